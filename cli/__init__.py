@@ -1,0 +1,1 @@
+"""The ``reason-interp`` command line (typer)."""

@@ -1,0 +1,286 @@
+"""``reason-interp``: commands only parse arguments, call the library and print.
+
+Errors: one line on stderr; exit 2 for bad input, 1 for failures at run time. Set
+``REASON_INTERP_DEBUG=1`` to see tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Run a command body, turning library errors into one-line messages and exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from nnsight_reasoning.errors import RunError, UsageError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UsageError as e:
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            _fail(str(e), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; no results file was written", 1)
+        except (RunError, Exception) as e:  # noqa: B014 - any other failure is a run-time one
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            _fail(f"{type(e).__name__}: {first} (set REASON_INTERP_DEBUG=1 for a traceback)", 1)
+
+    return wrapper
+
+
+def _task_params(params: List[str], **explicit) -> dict:
+    """Explicit task options that were given, plus generic ``--param key=value`` (JSON values)."""
+    from nnsight_reasoning.errors import UsageError
+
+    out_: dict = {k: v for k, v in explicit.items() if v not in (None, [], ())}
+    for item in params:
+        if "=" not in item:
+            raise UsageError(f"--param takes KEY=VALUE (got {item!r})")
+        k, v = item.split("=", 1)
+        try:
+            out_[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out_[k.strip()] = v
+    return out_
+
+
+def _out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
+    from nnsight_reasoning.errors import UsageError
+
+    if out_file is None:
+        safe = Path(model).name if model != "embedded" else "embedded"
+        out_file = Path("results") / f"{kind}_{task}_{safe}_{revision or 'main'}.nc"
+    if out_file.suffix != ".nc":
+        raise UsageError(f"--out must be a .nc file (got {out_file})")
+    return out_file
+
+
+@app.command()
+@_guard
+def patch(
+    task: str = typer.Option("arithmetic", help="task name (see `reason-interp tasks`)"),
+    model: Optional[str] = typer.Option(None, help="HF id or local directory; default: the embedded model"),
+    revision: Optional[str] = typer.Option(None, help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)"),
+    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: mlp, attn, resid, head (repeatable)"),
+    positions: str = typer.Option("last", help="last | all"),
+    layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
+    n_prompts: int = typer.Option(64, help="number of prompt pairs"),
+    seed: int = typer.Option(0, help="random seed: same seed -> same prompts -> same numbers"),
+    intervention_type: Optional[str] = typer.Option(None, help="arithmetic: operands | same_result | operation"),
+    n_operands: Optional[int] = typer.Option(None, help="arithmetic: 2 or 3 operands"),
+    n_shots: Optional[int] = typer.Option(None, help="arithmetic: few-shot exemplars"),
+    max_n: Optional[int] = typer.Option(None, help="arithmetic: largest operand"),
+    representation: Optional[str] = typer.Option(None, help="arithmetic: arabic | words"),
+    template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
+    param: List[str] = typer.Option([], help="any task parameter as KEY=VALUE (repeatable)"),
+    metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
+    batch_size: int = typer.Option(512, help="most sequences per forward pass"),
+    remote: bool = typer.Option(False, "--remote", help="run on NDIF (NDIF_HOST, NDIF_API_KEY)"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="results file (.nc)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.sites import check_sites
+
+    check_sites(site)
+    if positions not in ("last", "all"):
+        raise UsageError(f"--positions must be last or all (got {positions!r})")
+    if metric not in nr.METRICS:
+        raise UsageError(f"unknown metric {metric!r}; choose from: {', '.join(nr.METRICS)}")
+    info = nr.tasks.get_task(task)
+    if info.pairs is None:
+        raise UsageError(f"task {task!r} has no prompt pairs for patching yet; patchable: "
+                         f"{', '.join(n for n, t in nr.tasks.TASKS.items() if t.pairs)}")
+    params = _task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
+                          max_n=max_n, representation=representation, templates=template or None)
+    info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
+    path = _out_path(out_file, "patch", task, model or "embedded", revision or "main")
+    t0 = time.time()
+    m = nr.load_model(model, revision)
+    pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)
+    ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, layers=layer or None,
+                  batch_size=batch_size, remote=remote, progress=progress)
+    nr.save_result(ds, path)
+    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s "
+              f"({ds.attrs['n_forward_passes']} forward passes)", highlight=False)
+    _summary(ds)
+
+
+def _summary(ds, top: int = 8) -> None:
+    """Clean performance and the sites with the largest mean effect."""
+    import numpy as np
+
+    from nnsight_reasoning.results import site_variables
+
+    p = ds["clean_p_base"].values
+    out.print(f"{ds.attrs['task']} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} pairs · "
+              f"mean P(base answer) = {np.nanmean(p):.3f} · metric = {ds.attrs['metric']}", highlight=False)
+    rows = []
+    for v in site_variables(ds):
+        da = ds[v].mean("prompt")
+        if "checkpoint" in da.dims:
+            da = da.isel(checkpoint=-1)
+        for idx in np.ndindex(da.shape):
+            val = float(da.values[idx])
+            if np.isfinite(val):
+                coords = {d: da[d].values[i] for d, i in zip(da.dims, idx)}
+                rows.append((abs(val), val, v, coords))
+    rows.sort(key=lambda r: -r[0])
+    table = Table(title=f"top {top} sites by |mean effect|")
+    for col in ("site", "layer", "position", "token", "head", "mean effect"):
+        table.add_column(col)
+    for _, val, v, c in rows[:top]:
+        pos = int(c["position"])
+        j = list(ds["position"].values).index(pos)
+        tokens = set(str(t) for t in ds["token"].values[:, j] if t)
+        tok = tokens.pop() if len(tokens) == 1 else "(varies)"
+        table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
+                      str(c.get("head", "")), f"{val:+.4g}")
+    out.print(table)
+
+
+@app.command()
+@_guard
+def evaluate(
+    task: str = typer.Option("arithmetic", help="task name"),
+    model: Optional[str] = typer.Option(None, help="HF id or local directory; default: the embedded model"),
+    revision: Optional[str] = typer.Option(None, help="checkpoint, e.g. step1000"),
+    n_prompts: int = typer.Option(200, help="number of prompts"),
+    seed: int = typer.Option(0, help="random seed"),
+    param: List[str] = typer.Option([], help="task parameter as KEY=VALUE (repeatable)"),
+    remote: bool = typer.Option(False, "--remote", help="run on NDIF"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="also write the per-prompt results (.nc)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Task performance: accuracy, mean probability and rank of the correct answer."""
+    import nnsight_reasoning as nr
+
+    params = _task_params(param)
+    nr.tasks.get_task(task).check_params({**params, "seed": seed})
+    if out_file is not None:
+        _out_path(out_file, "evaluate", task, model or "embedded", revision or "main")
+    m = nr.load_model(model, revision)
+    ds = nr.evaluate(m, task, n_prompts, seed=seed, remote=remote, progress=progress, **params)
+    out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
+              f"accuracy {ds.attrs['accuracy']:.3f} · mean P(answer) {ds.attrs['mean_p_answer']:.3f} · "
+              f"mean rank {ds.attrs['mean_rank']:.2f}", highlight=False)
+    if out_file is not None:
+        out.print(f"wrote [bold]{nr.save_result(ds, out_file)}[/]", highlight=False)
+
+
+@app.command()
+@_guard
+def tasks(name: Optional[str] = typer.Argument(None, help="show one task's parameters")) -> None:
+    """List tasks, or document one task's parameters with their defaults."""
+    from nnsight_reasoning.tasks import TASKS, get_task
+
+    if name is None:
+        table = Table(title="tasks")
+        table.add_column("name")
+        table.add_column("what")
+        table.add_column("patch")
+        for t in TASKS.values():
+            table.add_row(t.name, t.summary, "yes" if t.pairs else "evaluate only")
+        out.print(table)
+        return
+    t = get_task(name)
+    table = Table(title=f"{t.name}: {t.summary}")
+    for col in ("parameter", "default", "meaning"):
+        table.add_column(col)
+    for k, (default, meaning) in t.params.items():
+        table.add_row(k, json.dumps(default), meaning)
+    out.print(table)
+
+
+@app.command()
+@_guard
+def models() -> None:
+    """List the embedded model's revisions and their measured accuracy."""
+    from nnsight_reasoning import embedded
+
+    card = embedded.card()
+    accs = card.get("accuracy", {})
+    task_names = sorted({t for r in accs.values() for t in r})
+    table = Table(title=f"embedded model ({card.get('parameters', '?')} parameters) — "
+                        f"nr.load_model(revision=...) / --revision")
+    table.add_column("revision")
+    for t in task_names:
+        table.add_column(t)
+    for rev in embedded.revisions():
+        table.add_row(rev, *[f"{accs.get(rev, {}).get(t, float('nan')):.3f}" for t in task_names])
+    out.print(table)
+    out.print(f"files: {embedded.REVISIONS_DIR}", highlight=False)
+    out.print("any other model: --model EleutherAI/pythia-160m --revision step3000, or a local directory",
+              highlight=False)
+
+
+@app.command()
+@_guard
+def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
+    """Summarise a results file: provenance, dimensions, top effects."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.results import site_variables
+
+    ds = nr.load_result(path)
+    table = Table(title=str(path), show_header=False)
+    for k, v in ds.attrs.items():
+        table.add_row(k, str(v))
+    table.add_row("dims", ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
+    table.add_row("variables", ", ".join(ds.data_vars))
+    out.print(table)
+    if site_variables(ds):
+        _summary(ds)
+
+
+@app.command()
+@_guard
+def plot(
+    path: Path = typer.Argument(..., help="results file (.nc)"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
+) -> None:
+    """Heatmap (layer × position, per site, mean over prompts) or accuracy plot, as PNG."""
+    import nnsight_reasoning as nr
+
+    ds = nr.load_result(path)
+    target = out_file or path.with_suffix(".png")
+    nr.plot_result(ds, target)
+    out.print(f"wrote [bold]{target}[/]", highlight=False)
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury ours
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""nnsight-reasoning: mechanistic interpretability of reasoning in language models.
+
+>>> import nnsight_reasoning as nr
+>>> model = nr.load_model()                                   # the embedded model
+>>> pairs = nr.tasks.arithmetic(intervention_type="operands", n_prompts=64, seed=0)
+>>> ds = nr.patch(model, pairs, sites=["mlp", "attn"], positions="last")
+>>> ds.mlp.mean("prompt").plot()
+"""
+from __future__ import annotations
+
+from . import tasks
+from .embedded import revisions as embedded_revisions
+from .errors import RunError, UsageError
+from .evaluate import evaluate
+from .metrics import METRICS
+from .models import ModelInfo, load_model
+from .patching import patch
+from .plotting import plot_result
+from .results import assert_valid_result, load_result, save_result
+from .sites import SITES
+from .tasks import PromptPair, PromptPairs
+
+__version__ = "0.1.0"
+__all__ = [
+    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "evaluate", "plot_result",
+    "save_result", "load_result", "assert_valid_result", "SITES", "METRICS", "PromptPair",
+    "PromptPairs", "UsageError", "RunError",
+]

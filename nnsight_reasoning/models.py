@@ -1,0 +1,101 @@
+"""Loading models through nnsight: the embedded model, a Hugging Face id, or a local path.
+
+Every model comes back as an ``nnsight.modeling.transformers.TransformersModel`` so users
+can also ``model.trace(...)`` it themselves. Provenance (name, local path, revision) is
+kept on the model for result files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import embedded
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model came from: ``name`` (HF id or "embedded"), ``path`` (local dir or "")."""
+
+    name: str
+    path: str
+    revision: str
+
+
+def load_model(
+    name: str | Path | None = None,
+    revision: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    **kwargs: Any,
+):
+    """Load a causal LM as an nnsight ``TransformersModel``.
+
+    Parameters
+    ----------
+    name : None or "embedded" for the project's embedded model; a Hugging Face id
+        (``"EleutherAI/pythia-160m"``) or a local model directory otherwise.
+    revision : embedded/Pythia-style revision (``"step0"``, ``"step3000"``, ``"main"``). For a
+        local directory holding one sub-directory per revision, picks that sub-directory.
+    device : e.g. ``"cuda"``; weights load lazily (nnsight meta model) and move on first use.
+    dtype : weight dtype; fp32 by default so numbers match a plain HF forward.
+    attn_implementation : "eager" (default) so attention probabilities can be read.
+
+    Examples
+    --------
+    >>> import nnsight_reasoning as nr
+    >>> model = nr.load_model()                       # embedded, revision "main"
+    >>> model = nr.load_model(revision="step0")       # the untrained checkpoint
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    name = "embedded" if name is None else str(name)
+    if name == embedded.EMBEDDED_NAME:
+        try:
+            path = embedded.revision_path(revision or "main")
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        info = ModelInfo(name, str(path), revision or "main")
+        source, load_kwargs = str(path), {}
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser().resolve()
+        if revision and (path / revision / "config.json").is_file():
+            path = path / revision
+        elif revision:
+            raise UsageError(f"local model {name} has no revision directory {revision!r} "
+                             f"(expected {path / revision}/config.json)")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{path} is not a Hugging Face model directory (no config.json)")
+        info = ModelInfo(name, str(path), revision or "")
+        source, load_kwargs = str(path), {}
+    elif name.startswith(("/", "./", "../", "~")):
+        raise UsageError(f"no such model directory: {name}")
+    else:
+        info = ModelInfo(name, "", revision or "main")
+        source, load_kwargs = name, ({"revision": revision} if revision else {})
+    if device is not None:
+        kwargs.setdefault("device_map", device)
+    try:
+        model = TransformersModel(source, task="text-generation", tokenizer=kwargs.pop("tokenizer", source),
+                                  dtype=dtype, attn_implementation=attn_implementation, **load_kwargs, **kwargs)
+    except Exception as e:  # transformers raises OSError, ValueError or a bare Exception here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"could not load model {name!r}"
+                         f"{' revision ' + repr(revision) if revision else ''}: {first[:200]} "
+                         f"(check the id/path; offline, use a local directory)") from None
+    model._nr_info = info
+    return model
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Provenance of a model from :func:`load_model`, or a best guess for one built by hand."""
+    info = getattr(model, "_nr_info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    repo = str(getattr(model, "repo_id", "") or getattr(model.config, "_name_or_path", "unknown"))
+    return ModelInfo(repo, repo if Path(repo).exists() else "", "")

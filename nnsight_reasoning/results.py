@@ -1,0 +1,136 @@
+"""Result files: provenance, schema validation and atomic netCDF I/O.
+
+A result is an ``xarray.Dataset`` (see SPEC): one variable per site with dims
+``(prompt, layer, position[, head])`` (a checkpoint sweep adds ``checkpoint`` first), the
+per-prompt ``clean_p_base`` / ``clean_p_source``, and provenance in ``attrs``. Files are
+plain netCDF4: ``xarray.open_dataset`` reads them; nothing is pickled.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import UsageError
+from .sites import SITES, var_name
+
+REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
+                  "remote", "version_nnsight_reasoning", "version_nnsight", "version_torch",
+                  "version_transformers", "created")
+_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "authorization")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for key, dist in (("nnsight_reasoning", "nnsight-reasoning"), ("nnsight", "nnsight"),
+                      ("torch", "torch"), ("transformers", "transformers")):
+        try:
+            out[f"version_{key}"] = version(dist)
+        except PackageNotFoundError:
+            out[f"version_{key}"] = "unknown"
+    return out
+
+
+def provenance(*, task: str, task_params: dict[str, Any] | str, model: str, model_path: str, revision: str,
+               method: str, metric: str, seed: int | None, remote: bool | str) -> dict[str, Any]:
+    """The attrs every result carries; all values netCDF-safe (str/int/float)."""
+    params = task_params if isinstance(task_params, str) else json.dumps(task_params, sort_keys=True)
+    attrs = {"task": task, "task_params": params, "model": model, "model_path": model_path,
+             "revision": revision, "method": method, "metric": metric,
+             "seed": -1 if seed is None else int(seed), "remote": int(bool(remote)), **versions(),
+             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return sanitize_attrs(attrs)
+
+
+def sanitize_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """netCDF attrs must be str/int/float: None -> "", bool -> int, containers -> JSON.
+
+    Keys that look like credentials are dropped: results never carry a secret.
+    """
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            continue
+        if v is None:
+            v = ""
+        elif isinstance(v, bool):
+            v = int(v)
+        elif isinstance(v, (dict, list, tuple)):
+            v = json.dumps(v, sort_keys=True)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def assert_valid_result(ds: xr.Dataset) -> None:
+    """Raise ``AssertionError`` naming the first way ``ds`` departs from the result schema."""
+    site_vars = site_variables(ds)
+    assert site_vars, f"no site variable ({[var_name(s) for s in SITES]}) in {list(ds.data_vars)}"
+    for a in REQUIRED_ATTRS:
+        assert a in ds.attrs, f"attrs[{a!r}] missing"
+    lead = ("checkpoint",) if "checkpoint" in ds.dims else ()
+    for v in site_vars:
+        want = lead + ("prompt", "layer", "position") + (("head",) if v == var_name("head") else ())
+        assert ds[v].dims == want, f"{v} has dims {ds[v].dims}, expected {want}"
+        assert ds[v].attrs.get("metric") == ds.attrs["metric"], f"{v}.attrs['metric'] != attrs['metric']"
+    for v in ("clean_p_base", "clean_p_source"):
+        assert v in ds.data_vars, f"{v} missing"
+        assert ds[v].dims == lead + ("prompt",), f"{v} has dims {ds[v].dims}"
+        vals = ds[v].values
+        assert np.all((vals >= 0) & (vals <= 1)), f"{v} outside [0, 1]"
+    for c in ("base", "source", "base_answer", "source_answer"):
+        assert c in ds.coords and ds[c].dims == ("prompt",), f"coordinate {c!r} along prompt missing"
+    assert "token" in ds.coords and ds["token"].dims == ("prompt", "position"), "token coordinate missing"
+    assert list(ds["prompt"].values) == list(range(ds.sizes["prompt"])), "prompt must be 0..N-1"
+    json.loads(ds.attrs["task_params"])
+
+
+def site_variables(ds: xr.Dataset) -> list[str]:
+    """Names of the site variables present in ``ds``, in forward order."""
+    return [var_name(s) for s in SITES if var_name(s) in ds.data_vars]
+
+
+def save_result(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write ``ds`` to netCDF atomically: a temp file in the same folder, then a rename.
+
+    A crash never leaves a half-written file at ``path``.
+    """
+    path = Path(path)
+    if path.suffix != ".nc":
+        raise UsageError(f"results file must end in .nc (got {path.name})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = ds.copy()
+    ds.attrs = sanitize_attrs(ds.attrs)
+    for name in list(ds.variables):
+        ds[name].attrs = sanitize_attrs(ds[name].attrs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_result(path: str | Path) -> xr.Dataset:
+    """Read a result file fully into memory (the file is closed afterwards)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such results file: {path}")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.load()
+    except Exception as e:  # netCDF4/HDF5 raise several unrelated types for corrupt files
+        raise UsageError(f"cannot read {path} as a netCDF results file ({type(e).__name__}); "
+                         f"was it written by reason-interp and copied completely?") from None

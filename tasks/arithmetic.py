@@ -1,0 +1,204 @@
+"""Arithmetic prompt pairs for causal mediation (Stolfo, Belinkov & Sachan, EMNLP 2023).
+
+Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answer r2):
+
+``operands``     operands differ, operators equal, r1 != r2   ("2 + 3 =" vs "4 + 5 =")
+``same_result``  operands differ, result equal (r1 == r2)      ("2 + 3 =" vs "4 + 1 =")
+``operation``    operands equal, every operator flipped        ("3 + 1 =" vs "3 - 1 =")
+
+Operands are drawn from 1..max_n; results must be >= 0. Few-shot exemplars are shared by
+the base and source prompt of a pair so that only the queried problem differs.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Any, Sequence
+
+from .base import (
+    Example,
+    PromptPair,
+    PromptPairs,
+    TaskError,
+    TaskInfo,
+    check_choice,
+    check_range,
+    generate_aligned,
+    register,
+)
+
+INTERVENTIONS = ("operands", "same_result", "operation")
+REPRESENTATIONS = ("arabic", "words")
+TEMPLATES: tuple[str, ...] = (
+    "{expr} =",
+    "Q : What is {expr} ? A :",
+    "The result of {expr} is",
+    "{expr} equals",
+)
+SHOT_SEPARATOR = " . "
+_OPS = {"arabic": {"+": "+", "-": "-"}, "words": {"+": "plus", "-": "minus"}}
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+MAX_WORD_NUMBER = 99
+
+
+def number_word(n: int) -> str | None:
+    """English word for 0..99 as one whitespace-free token ("twenty-three"); None beyond."""
+    if not 0 <= n <= MAX_WORD_NUMBER:
+        return None
+    if n < 20:
+        return _ONES[n]
+    tens, ones = divmod(n, 10)
+    return _TENS[tens] + ("" if ones == 0 else "-" + _ONES[ones])
+
+
+def is_heldout(operands: Sequence[int]) -> bool:
+    """Fixed ~10 % split of operand tuples never shown to the embedded model in training."""
+    return zlib.crc32(",".join(map(str, operands)).encode()) % 10 == 0
+
+
+def evaluate_expr(operands: Sequence[int], ops: Sequence[str]) -> int:
+    total = operands[0]
+    for op, x in zip(ops, operands[1:]):
+        total = total + x if op == "+" else total - x
+    return total
+
+
+def render_number(n: int, representation: str) -> str | None:
+    return str(n) if representation == "arabic" else number_word(n)
+
+
+def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, representation: str) -> str | None:
+    words = [render_number(x, representation) for x in operands]
+    if any(w is None for w in words):
+        return None
+    parts = [words[0]]
+    for op, w in zip(ops, words[1:]):
+        parts += [_OPS[representation][op], w]
+    return template.format(expr=" ".join(parts))  # type: ignore[arg-type]
+
+
+def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str = "all",
+                   ops: Sequence[str] | None = None) -> tuple[list[int], list[str], int]:
+    """Draw (operands, operators, result) with result >= 0, respecting the held-out split."""
+    while True:
+        operands = [rng.randint(1, max_n) for _ in range(n_operands)]
+        o = list(ops) if ops is not None else [rng.choice("+-") for _ in range(n_operands - 1)]
+        if split != "all" and is_heldout(operands) != (split == "heldout"):
+            continue
+        result = evaluate_expr(operands, o)
+        if result >= 0:
+            return operands, o, result
+
+
+def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
+           representation: str, split: str) -> str | None:
+    lines = []
+    for _ in range(n_shots):
+        operands, ops, result = sample_problem(rng, n_operands, max_n, split)
+        text, ans = render_problem(operands, ops, template, representation), render_number(result, representation)
+        if text is None or ans is None:
+            return None
+        lines.append(f"{text} {ans}")
+    return "".join(line + SHOT_SEPARATOR for line in lines)
+
+
+def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Sequence[str]) -> PromptPair | None:
+    template = templates[i % len(templates)]
+    n, m, rep, split = p["n_operands"], p["max_n"], p["representation"], p["split"]
+    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split)
+    kind = p["intervention_type"]
+    if kind == "operation":
+        b_operands, b_ops = a_ops, ["-" if o == "+" else "+" for o in a_ops_list]
+        r2 = evaluate_expr(b_operands, b_ops)
+        if r2 < 0 or r2 == r1:
+            return None
+    else:
+        b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list)
+        if b_operands == a_ops or (kind == "operands" and r2 == r1) or (kind == "same_result" and r2 != r1):
+            return None
+    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split)
+    base = render_problem(a_ops, a_ops_list, template, rep)
+    source = render_problem(b_operands, b_ops, template, rep)
+    ra, rb = render_number(r1, rep), render_number(r2, rep)
+    if None in (prefix, base, source, ra, rb):
+        return None
+    return PromptPair(prefix + base, prefix + source, ra, rb)  # type: ignore[operator, arg-type]
+
+
+def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, representation: str,
+           templates: Sequence[str] | None, split: str) -> list[str]:
+    check_choice("intervention_type", intervention_type, INTERVENTIONS)
+    check_choice("representation", representation, REPRESENTATIONS)
+    check_choice("split", split, ("all", "train", "heldout"))
+    check_range("n_operands", n_operands, 2, 3)
+    check_range("n_shots", n_shots, 0, 8)
+    check_range("max_n", max_n, 1)
+    if intervention_type in ("operands", "same_result") and max_n < 2:
+        raise TaskError(f"intervention_type={intervention_type!r} needs max_n >= 2 so operands can differ")
+    if intervention_type == "same_result" and n_operands == 2 and max_n < 2:
+        raise TaskError("same_result needs max_n >= 2")
+    if representation == "words" and max_n > MAX_WORD_NUMBER:
+        raise TaskError(f"representation='words' supports numbers up to {MAX_WORD_NUMBER}; lower max_n")
+    tpl = list(templates) if templates else list(TEMPLATES)
+    for t in tpl:
+        if "{expr}" not in t:
+            raise TaskError(f"template {t!r} must contain '{{expr}}' where the problem goes")
+    return tpl
+
+
+def arithmetic(
+    intervention_type: str = "operands",
+    n_prompts: int = 64,
+    n_operands: int = 2,
+    n_shots: int = 0,
+    max_n: int = 20,
+    representation: str = "arabic",
+    templates: Sequence[str] | None = None,
+    split: str = "all",
+    seed: int = 0,
+    tokenizer: Any | None = None,
+) -> PromptPairs:
+    """Aligned base/source arithmetic prompt pairs.
+
+    Parameters
+    ----------
+    intervention_type : "operands" | "same_result" | "operation"
+    n_prompts : number of pairs; templates are used in turn (pair i gets template i mod T).
+    n_operands : 2 or 3.   n_shots : solved exemplars before the query (shared by the pair).
+    max_n : largest operand (operands are 1..max_n; results are >= 0).
+    representation : "arabic" ("3 + 5 =") or "words" ("three plus five =").
+    templates : strings with "{expr}"; default: the four built-in templates.
+    split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
+    seed : same seed and tokenizer give the same pairs.
+    tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
+    """
+    tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split)
+    params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,
+                  n_shots=n_shots, max_n=max_n, representation=representation, templates=tpl,
+                  split=split, seed=seed)
+    hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
+            "model) or another intervention_type")
+    pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)
+    return PromptPairs("arithmetic", params, pairs, getattr(tokenizer, "name_or_path", "embedded") or "custom")
+
+
+def arithmetic_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, **params: Any) -> list[Example]:
+    """Single prompts (the base side of ``arithmetic`` pairs) for accuracy evaluation."""
+    pairs = arithmetic(n_prompts=n, seed=seed, tokenizer=tokenizer, **params)
+    return [Example(p.base, p.base_answer) for p in pairs]
+
+
+PARAMS = {
+    "intervention_type": ("operands", "operands | same_result | operation"),
+    "n_prompts": (64, "number of prompt pairs"),
+    "n_operands": (2, "operands per problem: 2 or 3"),
+    "n_shots": (0, "solved exemplars before the query, shared by base and source"),
+    "max_n": (20, "largest operand; operands are 1..max_n, results >= 0"),
+    "representation": ("arabic", "arabic ('3 + 5 =') or words ('three plus five =')"),
+    "templates": (list(TEMPLATES), "prompt templates containing {expr}; used in turn"),
+    "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),
+    "seed": (0, "random seed; same seed -> same prompts"),
+}
+register(TaskInfo("arithmetic", "arithmetic causal mediation pairs (Stolfo et al. 2023)",
+                  arithmetic, arithmetic_examples, PARAMS))

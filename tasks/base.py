@@ -1,0 +1,185 @@
+"""Prompt-pair containers, the task registry and tokenizer alignment.
+
+A task is a seeded generator of frozen :class:`PromptPair` objects. Pairs are checked
+against a tokenizer (the embedded model's unless one is given): base and source prompts
+must have the same token length and every answer must be one in-vocabulary token. Pairs
+that fail are regenerated, never padded or truncated.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+
+from nnsight_reasoning.errors import UsageError
+
+
+class TaskError(UsageError):
+    """Bad task name or parameter; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A base prompt and a source (counterfactual) prompt with their answers."""
+
+    base: str
+    source: str
+    base_answer: str
+    source_answer: str
+
+    def __post_init__(self) -> None:
+        for name in ("base", "source", "base_answer", "source_answer"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise TaskError(f"PromptPair.{name} must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt with its correct next-token answer (for evaluation and training)."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class PromptPairs(Sequence[PromptPair]):
+    """An ordered, immutable set of prompt pairs plus the task settings that made them.
+
+    ``params`` holds JSON-serialisable task parameters (including ``seed``); they are stored
+    in every result file as ``attrs["task_params"]``.
+    """
+
+    task: str
+    params: dict[str, Any]
+    pairs: tuple[PromptPair, ...]
+    tokenizer_name: str = field(default="embedded")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.pairs[i]
+
+    def __iter__(self) -> Iterator[PromptPair]:
+        return iter(self.pairs)
+
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True)
+
+    def __repr__(self) -> str:
+        return f"PromptPairs(task={self.task!r}, n={len(self)}, params={self.params_json()})"
+
+
+# --------------------------------------------------------------------------- tokenizer
+def default_tokenizer():
+    """The embedded model's tokenizer (loaded from package data, never the network)."""
+    from nnsight_reasoning.embedded import load_tokenizer
+
+    return load_tokenizer()
+
+
+class Aligner:
+    """Checks prompts and answers against one tokenizer, with a small cache."""
+
+    def __init__(self, tokenizer: Any | None) -> None:
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
+        self.unk = getattr(self.tokenizer, "unk_token_id", None)
+
+    def prompt_len(self, text: str) -> int | None:
+        """Token length of a prompt, or None if it contains an out-of-vocabulary word."""
+        ids = self.tokenizer(text)["input_ids"]
+        if self.unk is not None and self.unk in ids:
+            return None
+        return len(ids)
+
+    def is_single_token(self, answer: str) -> bool:
+        ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        return len(ids) == 1 and ids[0] != self.unk
+
+    def pair_ok(self, pair: PromptPair) -> bool:
+        n = self.prompt_len(pair.base)
+        return (
+            n is not None
+            and n == self.prompt_len(pair.source)
+            and self.is_single_token(pair.base_answer)
+            and self.is_single_token(pair.source_answer)
+        )
+
+
+def generate_aligned(
+    sample: Callable[[random.Random, int], PromptPair | None],
+    n: int,
+    seed: int,
+    tokenizer: Any | None,
+    hint: str,
+    max_tries_per_pair: int = 200,
+) -> tuple[PromptPair, ...]:
+    """Draw ``n`` pairs with ``sample(rng, i)``; redraw any that do not align.
+
+    ``sample`` returns None when its draw violates the task's own constraints. The same
+    seed and tokenizer always give the same pairs.
+    """
+    if n < 1:
+        raise TaskError(f"n_prompts must be >= 1 (got {n})")
+    rng = random.Random(seed)
+    aligner = Aligner(tokenizer)
+    out: list[PromptPair] = []
+    for i in range(n):
+        for _ in range(max_tries_per_pair):
+            pair = sample(rng, i)
+            if pair is not None and aligner.pair_ok(pair):
+                out.append(pair)
+                break
+        else:
+            raise TaskError(
+                f"could not generate aligned pair {i} in {max_tries_per_pair} tries "
+                f"(prompts must match in token length, answers be single in-vocabulary "
+                f"tokens); {hint}"
+            )
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class TaskInfo:
+    """Registry entry: the pair generator, an example generator and parameter docs."""
+
+    name: str
+    summary: str
+    pairs: Callable[..., PromptPairs] | None
+    examples: Callable[..., list[Example]]
+    params: dict[str, tuple[Any, str]]  # name -> (default, help)
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Refuse parameter names the task does not know (instead of a TypeError later)."""
+        for k in params:
+            if k not in self.params:
+                raise TaskError(f"unexpected keyword {k!r} for task {self.name!r}; "
+                                f"its parameters: {', '.join(self.params)}")
+
+
+TASKS: dict[str, TaskInfo] = {}
+
+
+def register(info: TaskInfo) -> TaskInfo:
+    TASKS[info.name] = info
+    return info
+
+
+def get_task(name: str) -> TaskInfo:
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise TaskError(f"{name} must be one of {list(choices)} (got {value!r})")
+
+
+def check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
+    if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise TaskError(f"{name} must be an integer {bound} (got {value!r})")

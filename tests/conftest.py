@@ -1,0 +1,67 @@
+"""Fixture ladder: tiny random models built here (no download), then the embedded model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    from nnsight_reasoning.embedded import load_tokenizer
+
+    return load_tokenizer()
+
+
+def _tiny(model_type: str, vocab_size: int):
+    """A small random model of one architecture family; init scaled up so effects are visible."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    common = dict(vocab_size=vocab_size, initializer_range=0.2)
+    if model_type == "gpt_neox":
+        cfg = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=128, use_parallel_residual=False, **common)
+        cls = GPTNeoXForCausalLM
+    elif model_type == "gpt2":
+        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
+        cls = GPT2LMHeadModel
+    else:
+        cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=64, max_position_embeddings=128, **common)
+        cls = LlamaForCausalLM
+    torch.manual_seed(0)
+    return cls(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
+    """Factory: model_type -> directory with a tiny random model and the embedded tokenizer."""
+    made = {}
+
+    def make(model_type: str):
+        if model_type not in made:
+            path = tmp_path_factory.mktemp(f"tiny_{model_type}")
+            _tiny(model_type, len(embedded_tokenizer)).save_pretrained(path)
+            embedded_tokenizer.save_pretrained(path)
+            made[model_type] = path
+        return made[model_type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    import nnsight_reasoning as nr
+
+    return nr.load_model(revision="step500")  # TEMP
+
+
+@pytest.fixture(scope="session")
+def small_pairs(embedded_tokenizer):
+    import nnsight_reasoning as nr
+
+    return nr.tasks.arithmetic(n_prompts=6, seed=3, tokenizer=embedded_tokenizer)

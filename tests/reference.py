@@ -1,0 +1,120 @@
+"""An independent activation-patching implementation: plain PyTorch hooks on the HF model.
+
+It shares no code with the toolkit (its own module map, its own metric formulas, one
+unbatched forward pass per patch), so agreement means the toolkit's batched nnsight
+engine computes what the SPEC says.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+MODULES = {  # model_type -> (layers, attention, o_proj, mlp)
+    "gpt_neox": ("gpt_neox.layers", "attention", "attention.dense", "mlp"),
+    "gpt2": ("transformer.h", "attn", "attn.c_proj", "mlp"),
+    "llama": ("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
+}
+
+
+def _get(root, dotted):
+    for part in dotted.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _module(hf, site, layer):
+    layers, attn, o_proj, mlp = MODULES[hf.config.model_type]
+    block = _get(hf, layers)[layer]
+    return {"resid": block, "attn": _get(block, attn), "mlp": _get(block, mlp), "head": _get(block, o_proj)}[site]
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def capture(hf, ids, site, layer):
+    """Activation of ``site`` at ``layer`` for one prompt: (T, d) or (T, n_heads, head_dim)."""
+    box = {}
+    mod = _module(hf, site, layer)
+
+    def keep(x):  # returns None so the hook never replaces the module's value
+        box["x"] = x.detach().clone()
+
+    if site == "head":
+        h = mod.register_forward_pre_hook(lambda m, args: keep(args[0]))
+    else:
+        h = mod.register_forward_hook(lambda m, i, o: keep(_first(o)))
+    try:
+        with torch.no_grad():
+            hf(torch.tensor([ids]))
+    finally:
+        h.remove()
+    x = box["x"][0]
+    if site == "head":
+        n_heads = hf.config.num_attention_heads
+        x = x.view(x.shape[0], n_heads, -1)
+    return x
+
+
+def last_scores(hf, ids, answers, site=None, layer=None, pos=None, value=None, head=None):
+    """(probabilities, logits) of ``answers`` at the last position, optionally with one patch."""
+    handle = None
+    if site == "head":
+        n_heads = hf.config.num_attention_heads
+
+        def pre(m, args):
+            x = args[0].clone()
+            x.view(x.shape[0], x.shape[1], n_heads, -1)[0, pos, head] = value
+            return (x,) + tuple(args[1:])
+
+        handle = _module(hf, site, layer).register_forward_pre_hook(pre)
+    elif site is not None:
+        def post(m, i, o):
+            t = _first(o).clone()
+            t[0, pos] = value
+            return (t,) + tuple(o[1:]) if isinstance(o, tuple) else t
+
+        handle = _module(hf, site, layer).register_forward_hook(post)
+    try:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].double()
+    finally:
+        if handle is not None:
+            handle.remove()
+    probs = torch.softmax(logits, -1)
+    return probs[answers].numpy(), logits[answers].numpy()
+
+
+def ie(p, p_star):
+    """Stolfo et al. 2023 indirect effect from (P(r1), P(r2)) clean and patched."""
+    return 0.5 * ((p_star[1] - p[1]) / p[1] + (p[0] - p_star[0]) / p_star[0])
+
+
+def reference_patch(hf, tokenizer, pairs, sites, positions, metric, n_heads):
+    """{site: array (prompt, layer, position[, head])} computed one patch at a time."""
+    L = hf.config.num_hidden_layers
+    base_ids = [tokenizer(p.base)["input_ids"] for p in pairs]
+    t_max = max(map(len, base_ids))
+    n_pos = t_max if positions == "all" else 1
+    out = {s: np.full((len(pairs), L, n_pos) + ((n_heads,) if s == "head" else ()), np.nan) for s in sites}
+    for i, pair in enumerate(pairs):
+        b = tokenizer(pair.base)["input_ids"]
+        s_ids = tokenizer(pair.source)["input_ids"]
+        ans = [tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer)]
+        p, lg = last_scores(hf, b, ans)
+        pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
+        for site in sites:
+            for layer in range(L):
+                src = capture(hf, s_ids, site, layer)
+                for j, pos in enumerate(pos_list):
+                    heads = range(n_heads) if site == "head" else [None]
+                    for h in heads:
+                        val = src[pos, h] if h is not None else src[pos]
+                        ps, ls = last_scores(hf, b, ans, site, layer, pos, val, h)
+                        v = ie(p, ps) if metric == "stolfo_ie" else (ls[1] - ls[0]) - (lg[1] - lg[0])
+                        k = j if positions == "all" else 0
+                        if h is None:
+                            out[site][i, layer, k] = v
+                        else:
+                            out[site][i, layer, k, h] = v
+    return out

@@ -1,0 +1,106 @@
+"""The reason-interp CLI, through typer's CliRunner and as a real subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def result_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "r.nc"
+    res = runner.invoke(app, ["patch", "--n-prompts", "4", "--site", "mlp", "--site", "attn", "--site", "resid",
+                              "--positions", "all", "--out", str(path), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {path}" in res.stdout.replace("\n", "") and "top 8 sites" in res.stdout
+    return path
+
+
+def test_patch_file_is_valid_and_matches_the_api(result_file, embedded_model):
+    ds = nr.load_result(result_file)
+    nr.assert_valid_result(ds)
+    assert set(ds.data_vars) >= {"mlp", "attn", "resid"} and ds.attrs["positions"] == "all"
+    api = nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=4, seed=0), sites=["mlp", "attn", "resid"],
+                   positions="all", progress=False)
+    np.testing.assert_array_equal(ds.mlp.values, api.mlp.values)  # same seed -> same numbers
+
+
+def test_show_and_plot(result_file, tmp_path):
+    res = runner.invoke(app, ["show", str(result_file)])
+    assert res.exit_code == 0 and "activation_patching" in res.stdout and "top 8 sites" in res.stdout
+    png = tmp_path / "heat.png"
+    res = runner.invoke(app, ["plot", str(result_file), "--out", str(png)])
+    assert res.exit_code == 0, res.output
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 200 and img.shape[1] > 400
+
+
+def test_tasks_models_evaluate(tmp_path):
+    res = runner.invoke(app, ["tasks"])
+    assert res.exit_code == 0 and "arithmetic" in res.stdout and "kth_smallest" in res.stdout
+    res = runner.invoke(app, ["tasks", "arithmetic"])
+    assert res.exit_code == 0
+    for name in ("intervention_type", "n_operands", "n_shots", "max_n", "representation", "templates", "seed"):
+        assert name in res.stdout
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "step0" in res.stdout and "main" in res.stdout
+    out = tmp_path / "ev.nc"
+    res = runner.invoke(app, ["evaluate", "--task", "ioi", "--n-prompts", "30", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0 and "accuracy" in res.stdout, res.output
+    assert nr.load_result(out).attrs["method"] == "evaluate"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["patch", "--task", "nope"], "unknown task 'nope'"),
+    (["patch", "--task", "ioi"], "no prompt pairs"),
+    (["patch", "--site", "banana"], "unknown site 'banana'"),
+    (["patch", "--metric", "kl"], "unknown metric"),
+    (["patch", "--positions", "middle"], "--positions must be"),
+    (["patch", "--layer", "7"], "layer 7 is out of range"),
+    (["patch", "--max-n", "1"], "max_n >= 2"),
+    (["patch", "--param", "n_operands=9"], "n_operands must be"),
+    (["patch", "--param", "colour=red"], "unexpected keyword"),
+    (["patch", "--revision", "step999"], "no revision 'step999'"),
+    (["patch", "--model", "/no/such/model/dir"], "no such model directory"),
+    (["patch", "--model", "nobody/no-such-model"], "could not load model"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, args, needle):
+    out = tmp_path / "r.nc"
+    res = runner.invoke(app, args + ["--n-prompts", "2", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_results_file(tmp_path):
+    bad = tmp_path / "bad.nc"
+    bad.write_text("hello")
+    for cmd in ("show", "plot"):
+        res = runner.invoke(app, [cmd, str(bad)])
+        assert res.exit_code == 2 and res.stderr.startswith("error: cannot read"), res.output
+
+
+def test_console_script_end_to_end(tmp_path):
+    """The installed `reason-interp` entry point, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    exe = os.path.join(os.path.dirname(sys.executable), "reason-interp")
+    out = tmp_path / "r.nc"
+    proc = subprocess.run([exe, "patch", "--task", "arithmetic", "--n-prompts", "8", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    nr.assert_valid_result(nr.load_result(out))
+    proc = subprocess.run([exe, "patch", "--site", "nope"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown site" in proc.stderr

@@ -1,0 +1,79 @@
+"""Model loading (embedded, local directories, revision layouts) and the model card."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+
+
+def test_embedded_revisions_are_shipped():
+    revs = nr.embedded_revisions()
+    assert len(revs) >= 5 and revs[0] == "step0" and revs[-1] == "main"
+    steps = [int(r[4:]) for r in revs[:-1]]
+    assert steps == sorted(steps)
+    size = sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file())
+    assert size <= 25 * 2**20
+    for r in revs:
+        assert (embedded.revision_path(r) / "model.safetensors").is_file()
+
+
+def test_load_embedded_and_provenance():
+    m = nr.load_model(revision="step0")
+    info = nr.models.model_info(m)
+    assert info == nr.ModelInfo("embedded", str(embedded.revision_path("step0")), "step0")
+    assert m.config.model_type == "gpt_neox" and m.config._attn_implementation == "eager"
+    with pytest.raises(nr.UsageError, match="no revision 'step7'"):
+        nr.load_model(revision="step7")
+
+
+def test_local_directory_and_revision_layout(tiny_model_dir, tmp_path):
+    src = tiny_model_dir("gpt2")
+    for rev in ("step0", "main"):
+        shutil.copytree(src, tmp_path / "pythia-like" / rev)
+    m = nr.load_model(tmp_path / "pythia-like", revision="step0")
+    assert nr.models.model_info(m).path.endswith("step0")
+    with pytest.raises(nr.UsageError, match="no revision directory 'step5'"):
+        nr.load_model(tmp_path / "pythia-like", revision="step5")
+    with pytest.raises(nr.UsageError, match="not a Hugging Face model directory"):
+        nr.load_model(tmp_path / "pythia-like")
+    plain = nr.load_model(src)
+    assert plain.config.model_type == "gpt2"
+
+
+def test_hub_ids_fail_cleanly_offline():
+    with pytest.raises(nr.UsageError, match="could not load model 'EleutherAI/pythia-160m' revision 'step3000'"):
+        nr.load_model("EleutherAI/pythia-160m", revision="step3000")
+
+
+def test_evaluate_matches_a_plain_forward(embedded_model):
+    ds = nr.evaluate(embedded_model, "arithmetic", 12, seed=4, progress=False)
+    hf = AutoModelForCausalLM.from_pretrained(nr.models.model_info(embedded_model).path, dtype=torch.float32).eval()
+    tok = embedded_model.tokenizer
+    for i in range(12):
+        ids = tok(str(ds.text.values[i]))["input_ids"]
+        ans = tok(" " + str(ds.answer.values[i]), add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            probs = torch.softmax(hf(torch.tensor([ids])).logits[0, -1].double(), -1)
+        assert ds.p_answer.values[i] == pytest.approx(float(probs[ans]), rel=1e-5, abs=1e-8)
+        assert ds.rank.values[i] == int((probs > probs[ans]).sum())
+        assert ds.correct.values[i] == int(int(probs.argmax()) == ans)
+    assert ds.attrs["accuracy"] == pytest.approx(float(ds.correct.mean()))
+
+
+def test_model_card_numbers_are_reproducible():
+    """The card is measured, not typed: re-measure main and step0 with the stored settings."""
+    card = embedded.card()
+    assert set(card["accuracy"]) == set(nr.embedded_revisions())
+    for rev in ("step0", "main"):
+        model = nr.load_model(revision=rev)
+        for col, spec in card["evals"].items():
+            ds = nr.evaluate(model, spec["task"], card["n_prompts"], seed=card["seed"], progress=False, **spec["params"])
+            assert round(ds.attrs["accuracy"], 4) == card["accuracy"][rev][col], (rev, col)
+    assert (embedded.ROOT / "MODEL_CARD.md").read_text().count("| main |") == 1

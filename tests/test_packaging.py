@@ -1,0 +1,22 @@
+"""The built wheel: cli/ and tasks/ live under nnsight_reasoning, the weights ship inside."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_layout(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"nnsight_reasoning", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    assert "nnsight_reasoning/cli/main.py" in names and "nnsight_reasoning/tasks/arithmetic.py" in names
+    assert "nnsight_reasoning/embedded/revisions/main/model.safetensors" in names
+    assert "nnsight_reasoning/embedded/card.json" in names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "reason-interp = nnsight_reasoning.cli.main:main" in entry

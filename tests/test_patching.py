@@ -1,0 +1,142 @@
+"""Activation patching: exact agreement with plain PyTorch hooks, plus invariants."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.sites import var_name
+from nnsight_reasoning.tasks import PromptPair, PromptPairs
+
+from .reference import last_scores, reference_patch
+
+SITES = ["head", "attn", "mlp", "resid"]
+
+
+def _hf(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def _compare(ds, ref, metric):
+    # A batched and an unbatched float32 forward differ by a few ulps: ~4e-6 on logits of
+    # magnitude ~30, which stolfo_ie (a ratio of probabilities down to ~1e-9) and logit_diff
+    # (a difference of four logits) turn into ~1e-5. Real bugs show up as O(1) errors.
+    tol = 5e-5
+    for site, want in ref.items():
+        got = ds[var_name(site)].values
+        assert got.shape == want.shape, site
+        assert np.array_equal(np.isnan(got), np.isnan(want)), site
+        m = ~np.isnan(want)
+        scale = np.maximum(1.0, np.abs(want[m]))
+        err = np.max(np.abs(got[m] - want[m]) / scale)
+        assert err < tol, f"{site} ({metric}): max relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("metric", ["stolfo_ie", "logit_diff"])
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_embedded_matches_hooks(embedded_model, small_pairs, metric, positions):
+    ds = nr.patch(embedded_model, small_pairs, sites=SITES, positions=positions, metric=metric,
+                  batch_size=64, progress=False)
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    ref = reference_patch(hf, embedded_model.tokenizer, list(small_pairs), SITES, positions, metric,
+                          embedded_model.config.num_attention_heads)
+    _compare(ds, ref, metric)
+    # clean probabilities are an independent plain forward too
+    for i, pair in enumerate(small_pairs):
+        tok = embedded_model.tokenizer
+        ans = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer)]
+        p, _ = last_scores(hf, tok(pair.base)["input_ids"], ans)
+        np.testing.assert_allclose([ds.clean_p_base[i], ds.clean_p_source[i]], p, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "gpt_neox"])
+def test_other_architectures_match_hooks(tiny_model_dir, embedded_tokenizer, model_type):
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=3, seed=1, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=SITES, positions="all", metric="logit_diff", batch_size=40, progress=False)
+    ref = reference_patch(_hf(path), model.tokenizer, list(pairs), SITES, "all", "logit_diff",
+                          model.config.num_attention_heads)
+    _compare(ds, ref, "logit_diff")
+    assert np.nanmax(np.abs(ds.resid.values)) > 1e-3  # the tiny model is not trivially inert
+
+
+def test_batch_size_does_not_change_numbers(embedded_model, small_pairs):
+    a = nr.patch(embedded_model, small_pairs, sites=["mlp", "resid"], positions="all", batch_size=3, progress=False)
+    b = nr.patch(embedded_model, small_pairs, sites=["mlp", "resid"], positions="all", batch_size=1000, progress=False)
+    assert a.attrs["n_forward_passes"] > b.attrs["n_forward_passes"]
+    for v in ("mlp", "resid", "clean_p_base"):
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=5e-5, atol=5e-5)  # float32 batch noise
+
+
+def test_identical_prompts_have_zero_effect(embedded_model):
+    pairs = PromptPairs("custom", {}, (PromptPair("12 + 7 =", "12 + 7 =", "19", "19"),
+                                       PromptPair("The result of 3 - 1 is", "The result of 3 - 1 is", "2", "2")))
+    ds = nr.patch(embedded_model, pairs, sites=SITES, positions="all", progress=False)
+    for v in ("heads", "attn", "mlp", "resid"):
+        vals = ds[v].values[~np.isnan(ds[v].values)]
+        assert vals.size and np.all(np.abs(vals) < 1e-6), v
+
+
+def test_patching_final_residual_gives_the_source_run(embedded_model, small_pairs):
+    """The last layer's residual at the last position determines the output: patching it
+    turns the base run into the source run (TransformerLens' restoration property)."""
+    ds = nr.patch(embedded_model, small_pairs, sites=["resid"], metric="logit_diff", progress=False)
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    tok = embedded_model.tokenizer
+    for i, pair in enumerate(small_pairs):
+        ans = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer)]
+        _, lb = last_scores(hf, tok(pair.base)["input_ids"], ans)
+        _, ls = last_scores(hf, tok(pair.source)["input_ids"], ans)
+        want = (ls[1] - ls[0]) - (lb[1] - lb[0])
+        assert ds.resid.isel(prompt=i, layer=-1, position=0).item() == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def test_trained_model_localises_the_result(embedded_model):
+    """On the trained model, operand patches at the last position move the answer:
+    the final residual carries essentially the whole effect, layer 0's MLP (which in the
+    parallel-residual GPT-NeoX only sees the '=' token itself) carries none."""
+    pairs = nr.tasks.arithmetic(n_prompts=16, seed=0)
+    ds = nr.patch(embedded_model, pairs, sites=["mlp", "resid"], metric="logit_diff", progress=False)
+    final = ds.resid.isel(layer=-1, position=0)
+    assert float(final.mean()) > 1.0
+    assert float(np.abs(ds.mlp.isel(layer=0, position=0)).max()) < 1e-5
+
+
+def test_remote_local_path_matches_local(embedded_model, small_pairs):
+    """nnsight's remote serialisation path (run on this machine) gives the same numbers."""
+    a = nr.patch(embedded_model, small_pairs, sites=["attn"], progress=False)
+    b = nr.patch(embedded_model, small_pairs, sites=["attn"], progress=False, remote="local")
+    np.testing.assert_allclose(a.attn.values, b.attn.values, rtol=1e-6)
+    assert b.attrs["remote"] == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sites": ["mlp", "banana"]}, "unknown site"),
+    ({"positions": "first"}, "positions must be"),
+    ({"metric": "kl"}, "unknown metric"),
+    ({"layers": [0, 9]}, "layer 9 is out of range"),
+])
+def test_bad_arguments(embedded_model, small_pairs, kwargs, match):
+    with pytest.raises(nr.UsageError, match=match):
+        nr.patch(embedded_model, small_pairs, progress=False, **kwargs)
+
+
+def test_misaligned_and_multitoken_pairs_are_refused(embedded_model):
+    bad_len = PromptPairs("custom", {}, (PromptPair("12 + 7 =", "The result of 1 + 2 is", "19", "3"),))
+    with pytest.raises(nr.UsageError, match="misaligned"):
+        nr.patch(embedded_model, bad_len, progress=False)
+    bad_ans = PromptPairs("custom", {}, (PromptPair("90 + 70 =", "12 + 7 =", "160", "19"),))
+    with pytest.raises(nr.UsageError, match="not a single token"):
+        nr.patch(embedded_model, bad_ans, progress=False)
+
+
+def test_remote_without_a_key_is_a_clear_error(embedded_model, small_pairs, monkeypatch):
+    import nnsight
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    with pytest.raises(nr.RunError, match="no NDIF API key: set NDIF_API_KEY"):
+        nr.patch(embedded_model, small_pairs, remote=True, progress=False)

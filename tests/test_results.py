@@ -1,0 +1,101 @@
+"""Result files: schema, netCDF round trip, atomic writes, no credentials."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import nnsight_reasoning as nr
+
+
+@pytest.fixture(scope="module")
+def result(embedded_model, small_pairs):
+    return nr.patch(embedded_model, small_pairs, sites=["mlp", "attn", "head"], positions="all", progress=False)
+
+
+def test_schema(result, small_pairs):
+    nr.assert_valid_result(result)
+    assert result.mlp.dims == ("prompt", "layer", "position")
+    assert result.heads.dims == ("prompt", "layer", "position", "head")
+    assert list(result.layer.values) == [0, 1, 2, 3]
+    assert list(result.prompt.values) == list(range(len(small_pairs)))
+    assert list(result.base.values) == [p.base for p in small_pairs]
+    assert list(result.source_answer.values) == [p.source_answer for p in small_pairs]
+    assert result.token.values[0, 0] == "<bos>"
+    assert json.loads(result.attrs["task_params"])["seed"] == small_pairs.params["seed"]
+    assert result.attrs["model"] == "embedded" and os.path.isdir(result.attrs["model_path"])
+    assert result.attrs["method"] == "activation_patching" and result.attrs["metric"] == "stolfo_ie"
+    # positions past a prompt's end are NaN, positions inside are finite
+    for i, n in enumerate(result.n_tokens.values):
+        assert np.isfinite(result.mlp.values[i, :, :n]).all() and np.isnan(result.mlp.values[i, :, n:]).all()
+
+
+def test_last_position_coordinate(embedded_model, small_pairs):
+    one_template = nr.tasks.arithmetic(n_prompts=3, templates=["{expr} ="], seed=0)
+    ds = nr.patch(embedded_model, one_template, sites=["mlp"], progress=False)
+    assert list(ds.position.values) == [ds.n_tokens.values[0] - 1] and ds.token.values[0, 0] == "="
+    mixed = nr.patch(embedded_model, small_pairs, sites=["mlp"], progress=False)
+    assert list(mixed.position.values) == [-1]
+
+
+def test_netcdf_round_trip(result, tmp_path):
+    path = nr.save_result(result, tmp_path / "r.nc")
+    back = xr.open_dataset(path)  # plain xarray, no toolkit code
+    xr.testing.assert_identical(back.load(), result)
+    back.close()
+    nr.assert_valid_result(nr.load_result(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no temp files left
+
+
+def test_failed_write_leaves_no_file(result, tmp_path):
+    bad = result.copy()
+    bad["oops"] = ("prompt", np.array([{"a": 1}] * result.sizes["prompt"], dtype=object))
+    with pytest.raises(Exception):
+        nr.save_result(bad, tmp_path / "r.nc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_survives_a_failed_overwrite(result, tmp_path):
+    path = nr.save_result(result, tmp_path / "r.nc")
+    before = path.read_bytes()
+    bad = result.copy()
+    bad["oops"] = ("prompt", np.array([{"a": 1}] * result.sizes["prompt"], dtype=object))
+    with pytest.raises(Exception):
+        nr.save_result(bad, path)
+    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_corrupt_and_missing_files(tmp_path, result):
+    garbage = tmp_path / "bad.nc"
+    garbage.write_bytes(b"not a netcdf file at all")
+    with pytest.raises(nr.UsageError, match="cannot read"):
+        nr.load_result(garbage)
+    truncated = tmp_path / "cut.nc"
+    truncated.write_bytes(nr.save_result(result, tmp_path / "full.nc").read_bytes()[:2000])
+    with pytest.raises(nr.UsageError, match="cannot read"):
+        nr.load_result(truncated)
+    with pytest.raises(nr.UsageError, match="no such results file"):
+        nr.load_result(tmp_path / "missing.nc")
+
+
+def test_attrs_never_hold_credentials(result, tmp_path, monkeypatch):
+    secret = "sk-test-0123456789-secret"
+    monkeypatch.setenv("NDIF_API_KEY", secret)
+    ds = result.copy()
+    ds.attrs["ndif_api_key"] = secret  # even if a caller puts one there, it is dropped on save
+    path = nr.save_result(ds, tmp_path / "r.nc")
+    assert secret.encode() not in path.read_bytes()
+    assert "ndif_api_key" not in nr.load_result(path).attrs
+
+
+def test_validator_catches_schema_errors(result):
+    broken = result.drop_vars("clean_p_base")
+    with pytest.raises(AssertionError, match="clean_p_base"):
+        nr.assert_valid_result(broken)
+    wrong = result.copy()
+    wrong.attrs = {k: v for k, v in result.attrs.items() if k != "revision"}
+    with pytest.raises(AssertionError, match="revision"):
+        nr.assert_valid_result(wrong)
