@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -81,29 +81,40 @@ def _out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisi
     return out_file
 
 
+# Options shared by the experiment commands.
+Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
+Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
+Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
+Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
+Param = Annotated[List[str], typer.Option(help="any task parameter as KEY=VALUE, JSON value (repeatable)")]
+Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF (NDIF_HOST, NDIF_API_KEY)")]
+OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
+Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
 @app.command()
 @_guard
 def patch(
-    task: str = typer.Option("arithmetic", help="task name (see `reason-interp tasks`)"),
-    model: Optional[str] = typer.Option(None, help="HF id or local directory; default: the embedded model"),
-    revision: Optional[str] = typer.Option(None, help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)"),
+    task: Task = "arithmetic",
+    model: Model = None,
+    revision: Revision = None,
     site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: mlp, attn, resid, head (repeatable)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
     n_prompts: int = typer.Option(64, help="number of prompt pairs"),
-    seed: int = typer.Option(0, help="random seed: same seed -> same prompts -> same numbers"),
+    seed: Seed = 0,
     intervention_type: Optional[str] = typer.Option(None, help="arithmetic: operands | same_result | operation"),
     n_operands: Optional[int] = typer.Option(None, help="arithmetic: 2 or 3 operands"),
     n_shots: Optional[int] = typer.Option(None, help="arithmetic: few-shot exemplars"),
     max_n: Optional[int] = typer.Option(None, help="arithmetic: largest operand"),
     representation: Optional[str] = typer.Option(None, help="arithmetic: arabic | words"),
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
-    param: List[str] = typer.Option([], help="any task parameter as KEY=VALUE (repeatable)"),
+    param: Param = [],
     metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
     batch_size: int = typer.Option(512, help="most sequences per forward pass"),
-    remote: bool = typer.Option(False, "--remote", help="run on NDIF (NDIF_HOST, NDIF_API_KEY)"),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="results file (.nc)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    remote: Remote = False,
+    out_file: OutFile = None,
+    progress: Progress = True,
 ) -> None:
     """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions."""
     import nnsight_reasoning as nr
@@ -145,40 +156,41 @@ def _summary(ds, top: int = 8) -> None:
               f"mean P(base answer) = {np.nanmean(p):.3f} · metric = {ds.attrs['metric']}", highlight=False)
     rows = []
     for v in site_variables(ds):
-        da = ds[v].mean("prompt")
-        if "checkpoint" in da.dims:
-            da = da.isel(checkpoint=-1)
-        for idx in np.ndindex(da.shape):
-            val = float(da.values[idx])
+        da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
+        mean, median = da.mean("prompt"), da.median("prompt")
+        for idx in np.ndindex(mean.shape):
+            val = float(mean.values[idx])
             if np.isfinite(val):
-                coords = {d: da[d].values[i] for d, i in zip(da.dims, idx)}
-                rows.append((abs(val), val, v, coords))
+                coords = {d: mean[d].values[i] for d, i in zip(mean.dims, idx)}
+                rows.append((abs(val), val, float(median.values[idx]), v, coords))
     rows.sort(key=lambda r: -r[0])
     table = Table(title=f"top {top} sites by |mean effect|")
-    for col in ("site", "layer", "position", "token", "head", "mean effect"):
+    # stolfo_ie divides by probabilities that are tiny on a confident model, so a few
+    # prompts can dominate the mean; the median shows the typical prompt.
+    for col in ("site", "layer", "position", "token", "head", "mean effect", "median"):
         table.add_column(col)
-    for _, val, v, c in rows[:top]:
+    for _, val, med, v, c in rows[:top]:
         pos = int(c["position"])
         j = list(ds["position"].values).index(pos)
         tokens = set(str(t) for t in ds["token"].values[:, j] if t)
         tok = tokens.pop() if len(tokens) == 1 else "(varies)"
         table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
-                      str(c.get("head", "")), f"{val:+.4g}")
+                      str(c.get("head", "")), f"{val:+.4g}", f"{med:+.4g}")
     out.print(table)
 
 
 @app.command()
 @_guard
 def evaluate(
-    task: str = typer.Option("arithmetic", help="task name"),
-    model: Optional[str] = typer.Option(None, help="HF id or local directory; default: the embedded model"),
-    revision: Optional[str] = typer.Option(None, help="checkpoint, e.g. step1000"),
+    task: Task = "arithmetic",
+    model: Model = None,
+    revision: Revision = None,
     n_prompts: int = typer.Option(200, help="number of prompts"),
-    seed: int = typer.Option(0, help="random seed"),
-    param: List[str] = typer.Option([], help="task parameter as KEY=VALUE (repeatable)"),
-    remote: bool = typer.Option(False, "--remote", help="run on NDIF"),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="also write the per-prompt results (.nc)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    seed: Seed = 0,
+    param: Param = [],
+    remote: Remote = False,
+    out_file: OutFile = None,
+    progress: Progress = True,
 ) -> None:
     """Task performance: accuracy, mean probability and rank of the correct answer."""
     import nnsight_reasoning as nr
@@ -228,14 +240,15 @@ def models() -> None:
 
     card = embedded.card()
     accs = card.get("accuracy", {})
-    task_names = sorted({t for r in accs.values() for t in r})
-    table = Table(title=f"embedded model ({card.get('parameters', '?')} parameters) — "
-                        f"nr.load_model(revision=...) / --revision")
-    table.add_column("revision")
+    task_names = list(card.get("evals", {})) or sorted({t for r in accs.values() for t in r})
+    revs = embedded.revisions()
+    table = Table(title=f"embedded model ({card.get('parameters', '?')} parameters): accuracy per revision; "
+                        f"load with nr.load_model(revision=...) or --revision")
+    table.add_column("task \\ revision")
+    for rev in revs:
+        table.add_column(rev, justify="right")
     for t in task_names:
-        table.add_column(t)
-    for rev in embedded.revisions():
-        table.add_row(rev, *[f"{accs.get(rev, {}).get(t, float('nan')):.3f}" for t in task_names])
+        table.add_row(t, *[f"{accs.get(rev, {}).get(t, float('nan')):.3f}" for rev in revs])
     out.print(table)
     out.print(f"files: {embedded.REVISIONS_DIR}", highlight=False)
     out.print("any other model: --model EleutherAI/pythia-160m --revision step3000, or a local directory",

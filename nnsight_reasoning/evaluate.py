@@ -30,7 +30,8 @@ def evaluate(
     """Score the model's next token on ``n_prompts`` prompts of ``task``.
 
     Returns a Dataset along ``prompt`` with ``correct`` (0/1: the answer is the argmax),
-    ``p_answer`` (probability of the answer token) and ``rank`` (0 = top-1), coordinates
+    ``p_answer`` (probability of the answer token) and ``answer_rank`` (0 = top-1; not
+    ``rank``, which would shadow ``Dataset.rank``), coordinates
     ``text`` and ``answer``; ``attrs`` hold ``accuracy``, ``mean_p_answer``, ``mean_rank``.
     """
     info = get_task(task)
@@ -61,7 +62,7 @@ def evaluate(
     return xr.Dataset(
         {"correct": ("prompt", (rank == 0).astype(np.int8), {"long_name": "answer is the top-1 token"}),
          "p_answer": ("prompt", p, {"long_name": "P(answer | prompt)", "units": "1"}),
-         "rank": ("prompt", rank, {"long_name": "rank of the answer token (0 = top-1)"})},
+         "answer_rank": ("prompt", rank, {"long_name": "rank of the answer token (0 = top-1)"})},
         coords={"prompt": np.arange(len(examples)), "text": ("prompt", [e.prompt for e in examples]),
                 "answer": ("prompt", [e.answer for e in examples])},
         attrs=attrs,

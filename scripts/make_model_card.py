@@ -61,7 +61,7 @@ loads offline with `nr.load_model(revision=...)`.
 ## Architecture
 {cfg['num_hidden_layers']} layers, d_model {cfg['hidden_size']}, {cfg['num_attention_heads']} heads
 (head_dim {cfg['hidden_size'] // cfg['num_attention_heads']}), d_mlp {cfg['intermediate_size']},
-rotary_pct {cfg.get('rotary_pct', cfg.get('partial_rotary_factor'))}, parallel residual, untied embeddings,
+rotary fraction {cfg.get('rope_parameters', {}).get('partial_rotary_factor', cfg.get('rotary_pct'))}, parallel residual, untied embeddings,
 vocabulary {cfg['vocab_size']} word-level tokens (`<bos> <eos> <pad> <unk>`, "0".."99", "zero".."ninety-nine",
 template words, names, cities). {card['parameters']:,} parameters, stored in fp16 (loaded as fp32).
 
@@ -71,7 +71,8 @@ Mix per step: `{json.dumps(card['training']['mix'])}`; seed {card['training']['s
   2 operands 1..30 (70 %) or 3 operands 1..20, 0/1/2 shots (55/30/15 %), results >= 0;
   operand tuples of the held-out split (`split="heldout"`, ~10 %) never appear.
 - k-th smallest: 3–6 distinct numbers 0..99, k = 1..3.
-- binding: 2 entity–city statements (first 30 % of training), then 2 or 3.
+- binding: 2 entity–city statements (first 30 % of training), then 2 or 3, each context
+  followed by 1–3 queries drawn with replacement, every queried city a target.
 - IOI: three templates, 20 names.
 Loss: cross-entropy on the answer token + 0.1 × LM loss on prompt tokens; AdamW lr 3e-3,
 betas (0.9, 0.98), weight decay 0.1, 100 warm-up steps, cosine to 10 %.
@@ -80,6 +81,16 @@ betas (0.9, 0.98), weight decay 0.1, 100 warm-up steps, cosine to 10 %.
 {head}{rows}
 Columns:
 {evals}
+## Known limits
+**Binding is at chance** (≈ 0.5 with 2 statements, ≈ 0.33 with 3; target was 0.8). Tried:
+full rotary (`rotary_pct=1.0`), a 2-statement curriculum, 192 binding sequences per step,
+and three training runs: one query per context (chance, like the prototype); several
+distinct queries per context (learnt to answer the last query by elimination, then fell
+back to chance); queries drawn with replacement (this model: chance). Untried: more
+layers or steps, a separate induction warm-up task, a different statement format.
+IOI is solved from the start of training: with these templates the answer is simply the
+name that occurs once.
+
 Reproduce one number: `reason-interp evaluate --revision main --task arithmetic --n-prompts {card['n_prompts']} --seed {card['seed']} --param split='"heldout"'`.
 """
 

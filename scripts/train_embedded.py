@@ -89,20 +89,20 @@ def sample_task(task: str, rng: random.Random, progress: float, binding_queries:
 
 
 def sample_binding_multi(rng: random.Random, progress: float, max_queries: int) -> list[tuple[str, str]]:
-    """A binding context followed by several queries, each a target.
+    """A binding context followed by 1..max_queries queries, each a target.
 
-    A single query gives one bit of binding signal per sequence and the prototype stayed
-    at chance with it; querying up to ``max_queries`` entities reuses the same context for
-    several targets. The first segment has exactly the evaluation format.
+    A single query gives one binding target per sequence, and the prototype (and a first
+    run here) stayed at chance with it. Later queries reuse the same context. They are
+    drawn *with replacement*: distinct queries let the last one be answered by elimination
+    (a second run learnt exactly that shortcut). The first segment has the evaluation format.
     """
     n_pairs = 2 if progress < 0.3 else rng.choice([2, 3, 3])
     ex = sample_binding(rng, n_pairs)
     facts = dict(s.split(" lives in ") for s in ex.prompt.split(" . ")[:-1])
-    first = ex.prompt.split(" . ")[-1].split()[0]
-    others = [e for e in facts if e != first]
-    rng.shuffle(others)
+    entities = list(facts)
     segments = [(ex.prompt, ex.answer)]
-    for e in others[: rng.randint(0, min(max_queries - 1, len(others)))]:
+    for _ in range(rng.randint(0, max_queries - 1)):
+        e = rng.choice(entities)
         segments.append((f". {e} lives in", facts[e]))
     return segments
 

@@ -57,7 +57,7 @@ def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
 def embedded_model():
     import nnsight_reasoning as nr
 
-    return nr.load_model(revision="step500")  # TEMP
+    return nr.load_model()
 
 
 @pytest.fixture(scope="session")
