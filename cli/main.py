@@ -33,7 +33,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nnsight_reasoning.errors import RunError, UsageError
+        from nnsight_reasoning.errors import UsageError
 
         try:
             return fn(*args, **kwargs)
@@ -45,7 +45,7 @@ def _guard(fn):
             _fail(str(e), 2)
         except KeyboardInterrupt:
             _fail("interrupted; no results file was written", 1)
-        except (RunError, Exception) as e:  # noqa: B014 - any other failure is a run-time one
+        except Exception as e:  # RunError or anything unexpected: a run-time failure
             if os.environ.get("REASON_INTERP_DEBUG"):
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -280,6 +280,9 @@ def plot(
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
 ) -> None:
     """Heatmap (layer × position, per site, mean over prompts) or accuracy plot, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
     import nnsight_reasoning as nr
 
     ds = nr.load_result(path)

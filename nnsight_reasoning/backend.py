@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import nnsight
 import torch
 
 from .sites import SITES, architecture, dims, resolve
@@ -97,7 +98,7 @@ def answer_scores(
         logits = model.output.logits[:, -1].double()  # ratios of tiny probabilities need it
         log_probs = logits.log_softmax(-1)
         chosen = torch.gather(log_probs, 1, answer_ids)
-        scores = nnsight_save((chosen, torch.gather(logits, 1, answer_ids),
+        scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
                                (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
     return Scores(*(t.detach().cpu() for t in scores))
 
@@ -106,8 +107,6 @@ def configure_remote() -> None:
     """Point nnsight at NDIF: host from ``NDIF_HOST``, key from ``NDIF_API_KEY`` (else nnsight's
     config). The key is only handed to nnsight; it is never printed or stored."""
     import os
-
-    import nnsight
 
     from .errors import RunError
 
@@ -119,13 +118,6 @@ def configure_remote() -> None:
     if not api.APIKEY:
         raise RunError("no NDIF API key: set NDIF_API_KEY (or nnsight.CONFIG.set_default_api_key) "
                        "or run without --remote")
-
-
-def nnsight_save(value: Any) -> Any:
-    """``nnsight.save`` keeps a value alive past the trace (and downloads it when remote)."""
-    import nnsight
-
-    return nnsight.save(value)
 
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -54,7 +54,7 @@ def evaluate(
         lp[chunk] = s.log_probs[:, 0].double().numpy()
         rank[chunk] = s.rank[:, 0].numpy()
     m = model_info(model)
-    params = {**{k: v for k, v in task_params.items()}, "n_prompts": n_prompts, "seed": seed}
+    params = {**task_params, "n_prompts": n_prompts, "seed": seed}
     attrs = provenance(task=task, task_params=params, model=m.name, model_path=m.path, revision=m.revision,
                        method="evaluate", metric="accuracy", seed=seed, remote=remote)
     p = np.exp(lp)

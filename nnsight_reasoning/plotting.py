@@ -28,10 +28,6 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None):
     """Plot a result: patching -> per-site heatmaps (layer × position, mean over prompts);
     evaluation -> accuracy. Returns the matplotlib Figure; writes a PNG if ``path`` is given.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     sites = site_variables(ds)

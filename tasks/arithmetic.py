@@ -136,8 +136,6 @@ def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, re
     check_range("max_n", max_n, 1)
     if intervention_type in ("operands", "same_result") and max_n < 2:
         raise TaskError(f"intervention_type={intervention_type!r} needs max_n >= 2 so operands can differ")
-    if intervention_type == "same_result" and n_operands == 2 and max_n < 2:
-        raise TaskError("same_result needs max_n >= 2")
     if representation == "words" and max_n > MAX_WORD_NUMBER:
         raise TaskError(f"representation='words' supports numbers up to {MAX_WORD_NUMBER}; lower max_n")
     tpl = list(templates) if templates else list(TEMPLATES)
@@ -180,7 +178,7 @@ def arithmetic(
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
     pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)
-    return PromptPairs("arithmetic", params, pairs, getattr(tokenizer, "name_or_path", "embedded") or "custom")
+    return PromptPairs("arithmetic", params, pairs)
 
 
 def arithmetic_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, **params: Any) -> list[Example]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 
@@ -54,7 +54,6 @@ class PromptPairs(Sequence[PromptPair]):
     task: str
     params: dict[str, Any]
     pairs: tuple[PromptPair, ...]
-    tokenizer_name: str = field(default="embedded")
 
     def __len__(self) -> int:
         return len(self.pairs)
