@@ -48,7 +48,7 @@ def naive_sweep(model, pairs, sites, layers):
                 patched = model.output.logits[0, -1].log_softmax(-1)[r].save()
             passes += 1
             pc, pp = np.exp(clean.double().numpy()), np.exp(patched.double().numpy())
-            out[site][i, layers.index(layer), 0] = 0.5 * ((pp[1] - pc[1]) / pc[1] + (pc[0] - pp[0]) / pp[0])
+            out[site][i, layers.index(layer), 0] = nr.metrics.stolfo_ie(pc[0], pc[1], pp[0], pp[1])
     return out, passes
 
 

@@ -13,6 +13,7 @@ import nnsight
 import torch
 
 from .sites import SITES, architecture, dims, resolve
+from .tasks.base import single_token_id
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,4 @@ def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:
 
 def answer_token(model: Any, answer: str) -> int | None:
     """The single token id of ``" " + answer``, or None if it is not exactly one known token."""
-    tok = model.tokenizer
-    ids = tok(" " + answer, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1 or ids[0] == getattr(tok, "unk_token_id", None):
-        return None
-    return ids[0]
+    return single_token_id(model.tokenizer, answer)

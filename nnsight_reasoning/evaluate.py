@@ -1,7 +1,6 @@
 """Task performance: next-token accuracy, probability and rank of the correct answer."""
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from .models import model_info
 from .progress import progress_bar
 from .results import provenance
 from .tasks import Example, get_task
+from .tasks.base import group_by_length
 
 
 def evaluate(
@@ -42,10 +42,8 @@ def evaluate(
     if None in answers:
         k = answers.index(None)
         raise UsageError(f"answer {examples[k].answer!r} is not a single token for this model")
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, x in enumerate(ids):
-        by_len[len(x)].append(i)
-    chunks = [idx[j : j + batch_size] for _, idx in sorted(by_len.items()) for j in range(0, len(idx), batch_size)]
+    chunks = [idx[j : j + batch_size] for idx in group_by_length([len(x) for x in ids])
+              for j in range(0, len(idx), batch_size)]
     lp = np.zeros(len(examples))
     rank = np.zeros(len(examples), dtype=np.int64)
     for chunk in progress_bar(chunks, f"evaluating {task}", enabled=progress):

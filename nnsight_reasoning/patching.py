@@ -27,6 +27,7 @@ from .progress import progress_bar
 from .results import provenance
 from .sites import POSITIONS, check_layers, check_sites, dims, var_name
 from .tasks import PromptPair, PromptPairs
+from .tasks.base import group_by_length
 
 
 def patch(
@@ -118,12 +119,8 @@ def _units(length: int, sites: list[str], layers: list[int], positions: str, n_h
 
 def _plan(lengths: list[int], sites, layers, positions, n_heads, batch_size):
     """Yield (pair indices, units) per forward pass; pairs in a pass share one length."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, t in enumerate(lengths):
-        by_len[t].append(i)
-    for t in sorted(by_len):
-        idx = by_len[t]
-        units = _units(t, sites, layers, positions, n_heads)
+    for idx in group_by_length(lengths):
+        units = _units(lengths[idx[0]], sites, layers, positions, n_heads)
         per_pair = min(len(units), batch_size - 2)
         n_pairs = max(1, batch_size // (per_pair + 2))
         for u0 in range(0, len(units), per_pair):

@@ -72,6 +72,22 @@ class PromptPairs(Sequence[PromptPair]):
 
 
 # --------------------------------------------------------------------------- tokenizer
+def single_token_id(tokenizer: Any, answer: str) -> int | None:
+    """Token id of ``" " + answer`` if it is exactly one known token, else None."""
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
+        return None
+    return ids[0]
+
+
+def group_by_length(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped by equal token length, shortest first: batches that need no padding."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [groups[n] for n in sorted(groups)]
+
+
 def default_tokenizer():
     """The embedded model's tokenizer (loaded from package data, never the network)."""
     from nnsight_reasoning.embedded import load_tokenizer
@@ -94,8 +110,7 @@ class Aligner:
         return len(ids)
 
     def is_single_token(self, answer: str) -> bool:
-        ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        return len(ids) == 1 and ids[0] != self.unk
+        return single_token_id(self.tokenizer, answer) is not None
 
     def pair_ok(self, pair: PromptPair) -> bool:
         n = self.prompt_len(pair.base)
