@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nnsight_reasoning.errors import UsageError
+        from nnsight_reasoning.errors import RunError, UsageError
 
         try:
             return fn(*args, **kwargs)
@@ -44,8 +45,13 @@ def _guard(fn):
                 raise
             _fail(str(e), 2)
         except KeyboardInterrupt:
-            _fail("interrupted; no results file was written", 1)
-        except Exception as e:  # RunError or anything unexpected: a run-time failure
+            _fail("interrupted; no results file was written (finished parts are kept beside --out: "
+                  "the same command resumes)", 1)
+        except RunError as e:  # already a one-line message written for the user
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            _fail(" ".join(str(e).split())[:800], 1)
+        except Exception as e:  # anything unexpected: a run-time failure
             if os.environ.get("REASON_INTERP_DEBUG"):
                 raise
             first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -87,7 +93,10 @@ Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; de
 Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
 Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
 Param = Annotated[List[str], typer.Option(help="any task parameter as KEY=VALUE, JSON value (repeatable)")]
-Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF (NDIF_HOST, NDIF_API_KEY)")]
+Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF: host NDIF_HOST, key NDIF_API_KEY "
+                                     "(see `reason-interp remote status`)")]
+Restart = Annotated[bool, typer.Option("--restart", help="discard finished parts of an earlier interrupted run "
+                                       "of this --out instead of resuming from them")]
 OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
 
@@ -111,9 +120,10 @@ def patch(
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
     param: Param = [],
     metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
-    batch_size: int = typer.Option(512, help="most sequences per forward pass"),
+    batch_size: int = typer.Option(512, help="most sequences per forward pass (remote: per request)"),
     remote: Remote = False,
     out_file: OutFile = None,
+    restart: Restart = False,
     progress: Progress = True,
 ) -> None:
     """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions."""
@@ -137,12 +147,36 @@ def patch(
     t0 = time.time()
     m = nr.load_model(model, revision)
     pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)
+    parts = _parts(path, restart)
     ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, layers=layer or None,
-                  batch_size=batch_size, remote=remote, progress=progress)
+                  batch_size=batch_size, remote=remote, progress=progress, resume_dir=parts)
     nr.save_result(ds, path)
+    shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s "
-              f"({ds.attrs['n_forward_passes']} forward passes)", highlight=False)
+              f"({ds.attrs['n_forward_passes']} forward passes{_resumed(ds)}{_traffic(ds)})", highlight=False)
     _summary(ds)
+
+
+def _parts(results: Path, restart: bool) -> Path:
+    """Where finished work of ``results`` is kept until the file is written (resume on rerun)."""
+    from nnsight_reasoning.parts import parts_dir
+
+    d = parts_dir(results)
+    if restart:
+        shutil.rmtree(d, ignore_errors=True)
+    return d
+
+
+def _resumed(ds) -> str:
+    n = ds.attrs.get("n_resumed_passes", 0)
+    return f", {n} of them resumed from finished parts" if n else ""
+
+
+def _traffic(ds) -> str:
+    if "remote_jobs" not in ds.attrs:
+        return ""
+    return (f"; NDIF: {ds.attrs['remote_jobs']} requests, {ds.attrs['remote_bytes_sent'] / 1e3:.1f} kB up, "
+            f"{ds.attrs['remote_bytes_received'] / 1e3:.1f} kB down")
 
 
 def _summary(ds, top: int = 8) -> None:
@@ -188,8 +222,10 @@ def evaluate(
     n_prompts: int = typer.Option(200, help="number of prompts"),
     seed: Seed = 0,
     param: Param = [],
+    batch_size: int = typer.Option(256, help="most prompts per forward pass (remote: per request)"),
     remote: Remote = False,
     out_file: OutFile = None,
+    restart: Restart = False,
     progress: Progress = True,
 ) -> None:
     """Task performance: accuracy, mean probability and rank of the correct answer."""
@@ -197,15 +233,18 @@ def evaluate(
 
     params = _task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
+    parts = None
     if out_file is not None:
-        _out_path(out_file, "evaluate", task, model or "embedded", revision or "main")
+        parts = _parts(_out_path(out_file, "evaluate", task, model or "embedded", revision or "main"), restart)
     m = nr.load_model(model, revision)
-    ds = nr.evaluate(m, task, n_prompts, seed=seed, remote=remote, progress=progress, **params)
+    ds = nr.evaluate(m, task, n_prompts, seed=seed, batch_size=batch_size, remote=remote, progress=progress,
+                     resume_dir=parts, **params)
     out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
               f"accuracy {ds.attrs['accuracy']:.3f} · mean P(answer) {ds.attrs['mean_p_answer']:.3f} · "
-              f"mean rank {ds.attrs['mean_rank']:.2f}", highlight=False)
+              f"mean rank {ds.attrs['mean_rank']:.2f}{_traffic(ds)}", highlight=False)
     if out_file is not None:
         out.print(f"wrote [bold]{nr.save_result(ds, out_file)}[/]", highlight=False)
+        shutil.rmtree(parts, ignore_errors=True)
 
 
 @app.command()
@@ -289,6 +328,32 @@ def plot(
     target = out_file or path.with_suffix(".png")
     nr.plot_result(ds, target)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
+
+
+remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("status")
+@_guard
+def remote_status(
+    host: Optional[str] = typer.Option(None, help="NDIF URL; default NDIF_HOST, else nnsight's config"),
+) -> None:
+    """Which NDIF host --remote uses, whether it answers, and which models it serves."""
+    from nnsight_reasoning import remote
+
+    st = remote.status(host or True)
+    out.print(f"host      {st['host']}", highlight=False)
+    out.print(f"api key   {st['api_key']}", highlight=False)
+    if not st["reachable"]:
+        _fail(f"NDIF at {st['host']} does not answer ({st['error']}); check NDIF_HOST or run locally", 1)
+    out.print(f"answers   yes ({st['latency_ms']} ms)", highlight=False)
+    table = Table(title=f"{len(st['models'])} models served (per repo and revision)")
+    for col in ("model", "revision", "state"):
+        table.add_column(col)
+    for m in st["models"]:
+        table.add_row(m["repo_id"], m["revision"], m["state"])
+    out.print(table)
 
 
 def main() -> None:

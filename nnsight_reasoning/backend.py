@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from . import remote as _remote
 from .sites import SITES, architecture, dims, resolve
 from .tasks.base import single_token_id
 
@@ -71,54 +72,55 @@ def answer_scores(
     """Run one forward pass over ``input_ids`` (rows, T) with ``patches`` applied.
 
     Only the scores of ``answer_ids`` (rows, K) at the last position come back, so remote
-    runs download a few numbers per row, never activations or full logits.
+    runs download a few numbers per row, never activations or full logits. ``remote``: False
+    (here), "local" (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
+    """
+    steps = _steps(model, merge(patches))
+    d = dims(model)
+    args = (model, input_ids, answer_ids, steps, d["n_heads"], d["head_dim"])
+    if remote is False or remote == "local":
+        saved = _trace_scores(*args, remote=remote)
+    else:
+        saved = _remote.run(model, lambda backend: _trace_scores(*args, backend=backend), remote)["scores"]
+    return Scores(*(t.detach().cpu() for t in saved))
+
+
+def _steps(model: Any, plan: Sequence[Patch]) -> list[tuple]:
+    """Patches as (kind, module, rows, src_rows, positions, heads), modules already resolved.
+
+    The trace body may only touch nnsight, torch and builtins: it is shipped to NDIF, where
+    this package is not installed.
     """
     arch = architecture(model)
-    d = dims(model)
-    plan = merge(patches)
-    if remote is True:
-        configure_remote()
     layers = resolve(model, arch.layers)
-    with torch.no_grad(), model.trace(input_ids, remote=remote, logits_to_keep=1):
-        for p in plan:
-            layer = layers[p.layer]
-            if p.site == "head":
-                x = resolve(layer, arch.o_proj).input
-                v = x.view(x.shape[0], x.shape[1], d["n_heads"], d["head_dim"])
-                v[p.rows, p.positions, p.heads] = v[p.src_rows, p.positions, p.heads]
+    paths = {"head": arch.o_proj, "attn": arch.attn, "mlp": arch.mlp}
+    steps = []
+    for p in plan:
+        layer = layers[p.layer]
+        module = resolve(layer, paths[p.site]) if p.site in paths else layer
+        steps.append((p.site, module, p.rows, p.src_rows, p.positions, p.heads))
+    return steps
+
+
+def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, remote=False, backend=None):
+    scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1):
+        for kind, module, rows, src, pos, heads in steps:
+            if kind == "head":
+                x = module.input
+                v = x.view(x.shape[0], x.shape[1], n_heads, head_dim)
+                v[rows, pos, heads] = v[src, pos, heads]
             else:
-                if p.site == "attn":
-                    x = resolve(layer, arch.attn).output[0]
-                elif p.site == "mlp":
-                    x = resolve(layer, arch.mlp).output
-                else:
-                    x = layer.output
-                    if isinstance(x, tuple):  # older decoder layers return (hidden, ...)
-                        x = x[0]
-                x[p.rows, p.positions] = x[p.src_rows, p.positions]
+                x = module.output
+                if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
+                    x = x[0]
+                x[rows, pos] = x[src, pos]
         logits = model.output.logits[:, -1].double()  # ratios of tiny probabilities need it
         log_probs = logits.log_softmax(-1)
         chosen = torch.gather(log_probs, 1, answer_ids)
         scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
                                (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
-    return Scores(*(t.detach().cpu() for t in scores))
-
-
-def configure_remote() -> None:
-    """Point nnsight at NDIF: host from ``NDIF_HOST``, key from ``NDIF_API_KEY`` (else nnsight's
-    config). The key is only handed to nnsight; it is never printed or stored."""
-    import os
-
-    from .errors import RunError
-
-    api = nnsight.CONFIG.API
-    if os.environ.get("NDIF_HOST"):
-        api.HOST = os.environ["NDIF_HOST"]
-    if os.environ.get("NDIF_API_KEY"):
-        api.APIKEY = os.environ["NDIF_API_KEY"]
-    if not api.APIKEY:
-        raise RunError("no NDIF API key: set NDIF_API_KEY (or nnsight.CONFIG.set_default_api_key) "
-                       "or run without --remote")
+    return scores
 
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """Task performance: next-token accuracy, probability and rank of the correct answer."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -8,8 +9,10 @@ import torch
 import xarray as xr
 
 from . import backend
+from . import remote as _remote
 from .errors import UsageError
 from .models import model_info
+from .parts import Parts, digest
 from .progress import progress_bar
 from .results import provenance
 from .tasks import Example, get_task
@@ -25,6 +28,7 @@ def evaluate(
     batch_size: int = 256,
     remote: bool | str = False,
     progress: bool = True,
+    resume_dir: str | Path | None = None,
     **task_params: Any,
 ) -> xr.Dataset:
     """Score the model's next token on ``n_prompts`` prompts of ``task``.
@@ -33,6 +37,8 @@ def evaluate(
     ``p_answer`` (probability of the answer token) and ``answer_rank`` (0 = top-1; not
     ``rank``, which would shadow ``Dataset.rank``), coordinates
     ``text`` and ``answer``; ``attrs`` hold ``accuracy``, ``mean_p_answer``, ``mean_rank``.
+    ``remote`` and ``resume_dir`` work as in :func:`nnsight_reasoning.patch` (one request and
+    one kept part per chunk of ``batch_size`` prompts).
     """
     info = get_task(task)
     info.check_params({**task_params, "seed": seed})
@@ -46,17 +52,29 @@ def evaluate(
               for j in range(0, len(idx), batch_size)]
     lp = np.zeros(len(examples))
     rank = np.zeros(len(examples), dtype=np.int64)
-    for chunk in progress_bar(chunks, f"evaluating {task}", enabled=progress):
-        s = backend.answer_scores(model, torch.tensor([ids[i] for i in chunk]),
-                                  torch.tensor([[answers[i]] for i in chunk]), remote=remote)
-        lp[chunk] = s.log_probs[:, 0].double().numpy()
-        rank[chunk] = s.rank[:, 0].numpy()
     m = model_info(model)
     params = {**task_params, "n_prompts": n_prompts, "seed": seed}
+    store = Parts(resume_dir, {"method": "evaluate", "model": m.name, "model_path": m.path, "revision": m.revision,
+                               "task": task, "task_params": params, "prompts": digest(ids, answers),
+                               "batch_size": batch_size})
+    traffic = _remote.TRAFFIC.copy()
+    with store.resume_hint_on_failure():
+        for k, chunk in enumerate(progress_bar(chunks, f"evaluating {task}", enabled=progress)):
+            rows, ans = [ids[i] for i in chunk], [[answers[i]] for i in chunk]
+
+            def compute(rows=rows, ans=ans):
+                s = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), remote=remote)
+                return {"log_prob": s.log_probs[:, 0].double().numpy(), "rank": s.rank[:, 0].numpy()}
+
+            got = store.fetch(f"chunk-{k:06d}", (rows, ans), compute)
+            lp[chunk], rank[chunk] = got["log_prob"], got["rank"]
     attrs = provenance(task=task, task_params=params, model=m.name, model_path=m.path, revision=m.revision,
                        method="evaluate", metric="accuracy", seed=seed, remote=remote)
     p = np.exp(lp)
-    attrs.update(accuracy=float((rank == 0).mean()), mean_p_answer=float(p.mean()), mean_rank=float(rank.mean()))
+    attrs.update(accuracy=float((rank == 0).mean()), mean_p_answer=float(p.mean()), mean_rank=float(rank.mean()),
+                 batch_size=batch_size, n_forward_passes=len(chunks), n_resumed_passes=store.resumed)
+    if remote not in (False, "local"):
+        attrs.update(_remote.TRAFFIC.since(traffic))
     return xr.Dataset(
         {"correct": ("prompt", (rank == 0).astype(np.int8), {"long_name": "answer is the top-1 token"}),
          "p_answer": ("prompt", p, {"long_name": "P(answer | prompt)", "units": "1"}),

@@ -6,6 +6,7 @@ kept on the model for result files.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ import torch
 
 from . import embedded
 from .errors import UsageError
+
+# Provenance lives beside the model, not on it: an attribute on the model would be pickled
+# into every NDIF request and fail to unpickle on a server without this package.
+_INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -88,14 +93,14 @@ def load_model(
         raise UsageError(f"could not load model {name!r}"
                          f"{' revision ' + repr(revision) if revision else ''}: {first[:200]} "
                          f"(check the id/path; offline, use a local directory)") from None
-    model._nr_info = info
+    _INFO[model] = info
     return model
 
 
 def model_info(model: Any) -> ModelInfo:
     """Provenance of a model from :func:`load_model`, or a best guess for one built by hand."""
-    info = getattr(model, "_nr_info", None)
-    if isinstance(info, ModelInfo):
+    info = _INFO.get(model)
+    if info is not None:
         return info
     repo = str(getattr(model, "repo_id", "") or getattr(model.config, "_name_or_path", "unknown"))
     return ModelInfo(repo, repo if Path(repo).exists() else "", "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 import xarray as xr
 
 from . import backend, metrics
+from . import remote as _remote
 from .errors import UsageError
 from .models import model_info
+from .parts import Parts, digest
 from .progress import progress_bar
 from .results import provenance
 from .sites import POSITIONS, check_layers, check_sites, dims, var_name
@@ -41,6 +44,7 @@ def patch(
     batch_size: int = 512,
     remote: bool | str = False,
     progress: bool = True,
+    resume_dir: str | Path | None = None,
 ) -> xr.Dataset:
     """Activation-patching sweep: the effect of each site's activation on the answer.
 
@@ -52,8 +56,12 @@ def patch(
     positions : "last" (the final prompt token) or "all" (every token).
     metric : "stolfo_ie" (default) or "logit_diff" (see :mod:`nnsight_reasoning.metrics`).
     layers : subset of layers; default all.
-    batch_size : most rows (sequences) in one forward pass.
-    remote : True to run on NDIF; "local" runs nnsight's remote serialisation locally.
+    batch_size : most rows (sequences) in one forward pass; remotely, one pass is one request,
+        so this is also the chunk of work per NDIF job.
+    remote : True (or a host URL) to run on NDIF, one request per forward pass; "local" runs
+        nnsight's remote serialisation path on this machine.
+    resume_dir : keep each finished forward pass there; a later call with the same arguments
+        skips them (see :mod:`nnsight_reasoning.parts`). The CLI uses ``<out>.nc.parts``.
 
     Returns
     -------
@@ -89,17 +97,32 @@ def patch(
     values = {s: np.full((n, n_layers, n_pos) + ((n_heads,) if s == "head" else ()), np.nan) for s in sites}
     clean = np.full((n, 2), np.nan)
 
-    jobs = list(_plan(lengths, sites, layer_list, positions, n_heads, batch_size))
-    for pair_idx, units in progress_bar(jobs, "patching", enabled=progress):
-        _run_pass(model, pair_idx, units, base_ids, source_ids, answers, metric, remote, values, clean, layer_list)
-
     info = model_info(model)
     task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
     params = pairs.params if isinstance(pairs, PromptPairs) else {}
+    jobs = list(_plan(lengths, sites, layer_list, positions, n_heads, batch_size))
+    store = Parts(resume_dir, {"method": "activation_patching", "model": info.name, "model_path": info.path,
+                               "revision": info.revision, "task": task, "task_params": params,
+                               "pairs": digest(base_ids, source_ids, answers), "sites": sites,
+                               "positions": positions, "metric": metric, "layers": layer_list,
+                               "batch_size": batch_size})
+    traffic = _remote.TRAFFIC.copy()
+    with store.resume_hint_on_failure():
+        for k, (pair_idx, units) in enumerate(progress_bar(jobs, "patching", enabled=progress)):
+            rows, ans, plan, where = _pass_inputs(pair_idx, units, base_ids, source_ids, answers, layer_list)
+
+            def compute(rows=rows, ans=ans, plan=plan):
+                s = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), plan, remote=remote)
+                return {"log_probs": s.log_probs.double().numpy(), "logits": s.logits.double().numpy()}
+
+            _fill(store.fetch(f"pass-{k:06d}", (rows, ans), compute), pair_idx, where, metric, values, clean)
+
     attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path,
                        revision=info.revision, method="activation_patching", metric=metric,
                        seed=params.get("seed"), remote=remote)
-    attrs.update(positions=positions, batch_size=batch_size, n_forward_passes=len(jobs))
+    attrs.update(positions=positions, batch_size=batch_size, n_forward_passes=len(jobs), n_resumed_passes=store.resumed)
+    if remote not in (False, "local"):
+        attrs.update(_remote.TRAFFIC.since(traffic))
     tokens = _token_strings(model, base_ids, positions, t_max)
     return _dataset(pair_list, values, clean, layer_list, pos_coord, n_heads, tokens, lengths, attrs, metric)
 
@@ -135,15 +158,14 @@ def n_forward_passes(n_pairs: int, n_units: int, batch_size: int = 512) -> int:
 
 
 # --------------------------------------------------------------------------- execution
-def _run_pass(model, pair_idx, units, base_ids, source_ids, answers, metric, remote, values, clean, layer_list):
+def _pass_inputs(pair_idx, units, base_ids, source_ids, answers, layer_list):
     """One forward pass: rows = p sources, p clean bases, then p·u patched bases.
 
-    Fills ``values[site][pair, layer, position(, head)]`` and ``clean[pair]`` in place.
+    Returns the rows, their answer ids, the patches, and where each patched row's value goes.
     """
-    p = len(pair_idx)
     rows = [source_ids[i] for i in pair_idx] + [base_ids[i] for i in pair_idx]
     ans = [answers[i] for i in pair_idx] * 2
-    patches: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
+    patches: dict[tuple, list[tuple[int, ...]]] = defaultdict(list)
     where = []
     for j, i in enumerate(pair_idx):
         for site, li, pos, pi, head in units:
@@ -151,15 +173,18 @@ def _run_pass(model, pair_idx, units, base_ids, source_ids, answers, metric, rem
             rows.append(base_ids[i])
             ans.append(answers[i])
             patches[(site, layer_list[li])].append((r, j, pos) if head is None else (r, j, pos, head))
-            where.append((r, i, site, li, pi, head, p + j))
+            where.append((r, i, site, li, pi, head, len(pair_idx) + j))
     plan = []
     for (site, layer), entries in patches.items():
-        cols = list(zip(*entries))
-        t = [torch.tensor(c) for c in cols]
+        t = [torch.tensor(c) for c in zip(*entries)]
         plan.append(backend.Patch(site, layer, t[0], t[1], t[2], t[3] if site == "head" else None))
-    scores = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), plan, remote=remote)
-    lp = scores.log_probs.double().numpy()
-    lg = scores.logits.double().numpy()
+    return rows, ans, plan, where
+
+
+def _fill(scores, pair_idx, where, metric, values, clean):
+    """Write one pass's metric values into ``values[site][pair, layer, position(, head)]``."""
+    lp, lg = scores["log_probs"], scores["logits"]
+    p = len(pair_idx)
     for j, i in enumerate(pair_idx):
         clean[i] = np.exp(lp[p + j])
     r, i, site, li, pi, head, c = (np.array(x, dtype=object) for x in zip(*where))

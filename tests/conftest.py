@@ -65,3 +65,41 @@ def small_pairs(embedded_tokenizer):
     import nnsight_reasoning as nr
 
     return nr.tasks.arithmetic(n_prompts=6, seed=3, tokenizer=embedded_tokenizer)
+
+
+# --------------------------------------------------------------------------- NDIF on loopback
+_STACKS: list = []
+
+
+@pytest.fixture(scope="session")
+def ndif(tmp_path_factory):
+    """A real NDIF server on 127.0.0.1 serving the embedded model (revision main).
+
+    Started once per session, stopped (every process it started, by session id) even when
+    tests fail. Without the server venv the remote tests skip, except under CI, where they
+    must run: `.ci/run` installs it with scripts/install_ndif.sh.
+    """
+    from nnsight_reasoning import embedded
+
+    from .ndif_stack import NDIFStack, installed
+
+    if not installed():
+        msg = "NDIF test stack not installed: run scripts/install_ndif.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    stack = NDIFStack(tmp_path_factory.mktemp("ndif"))
+    _STACKS.append(stack)
+    try:
+        stack.start([embedded.revision_path("main")])
+        yield stack
+    finally:
+        stack.stop()
+        assert not stack.alive(), f"NDIF processes left running: {stack.alive()}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    for stack in _STACKS:
+        t = ", ".join(f"{k} {v:.1f}" for k, v in stack.timings.items())
+        terminalreporter.write_line(f"NDIF test stack ({stack.host}): {t}; "
+                                    f"{stack.requests_received()} trace requests served")

@@ -1,0 +1,160 @@
+"""Finished work kept on disk, so an interrupted run resumes instead of starting over.
+
+A :class:`Parts` directory sits beside a results file (``results/x.nc.parts/``). It holds
+``manifest.json`` (the run's configuration) and one ``.npz`` per finished unit of work (a
+forward pass, a chunk of prompts), each written to a temp file, flushed and renamed, so a
+kill at any moment leaves only whole parts. A rerun with the same configuration reads the
+finished parts back and computes only the rest; a directory left by a different
+configuration is refused, never mixed in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import RunError, UsageError
+
+MANIFEST = "manifest.json"
+
+
+def parts_dir(results_file: str | Path) -> Path:
+    """Where the parts of ``results_file`` live: ``<results_file>.parts``."""
+    p = Path(results_file)
+    return p.with_name(p.name + ".parts")
+
+
+def digest(*items: Any) -> str:
+    """A short stable hash of JSON-able items or arrays (for configs and chunk inputs)."""
+    h = hashlib.sha256()
+    for it in items:
+        if isinstance(it, np.ndarray):
+            h.update(str(it.dtype).encode() + str(it.shape).encode() + np.ascontiguousarray(it).tobytes())
+        elif hasattr(it, "numpy"):  # torch tensors
+            h.update(np.ascontiguousarray(it.numpy()).tobytes())
+        else:
+            h.update(json.dumps(it, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class Parts:
+    """The finished parts of one run; see the module docstring.
+
+    Parameters
+    ----------
+    directory : where parts are kept (created with the first part); None keeps nothing, so
+        experiments use one code path with or without resuming.
+    config : JSON-able description of everything that determines the numbers (model, revision,
+        task parameters, prompts, sites, batching). Parts written under another config are refused.
+    restart : discard parts of an earlier run first.
+    """
+
+    def __init__(self, directory: str | Path | None, config: dict[str, Any], *, restart: bool = False):
+        self.dir = Path(directory) if directory is not None else None
+        self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
+        self.resumed = 0  # parts read back instead of computed
+        if self.dir is None:
+            return
+        if restart and self.dir.exists():
+            shutil.rmtree(self.dir)
+        manifest = self.dir / MANIFEST
+        if manifest.is_file():
+            try:
+                old = json.loads(manifest.read_text())["config"]
+            except (ValueError, KeyError):
+                raise UsageError(f"{manifest} is unreadable; delete {self.dir} or pass --restart") from None
+            if old != self.config:
+                diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
+                raise UsageError(f"{self.dir} holds parts of a different run (differs in: {', '.join(diff)}); "
+                                 f"use another --out, delete it, or pass --restart to discard it")
+
+    def _ensure(self) -> None:
+        # Created with the first finished part: a run that fails before any work leaves nothing.
+        if not (self.dir / MANIFEST).is_file():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.dir / MANIFEST, json.dumps({"config": self.config}, indent=1, sort_keys=True).encode())
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+    def fetch(self, key: str, inputs: tuple, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The part ``key`` if finished (and computed from the same ``inputs``), else ``compute()``d
+        and stored."""
+        check = digest(*inputs)
+        got = self.get(key, check)
+        if got is not None:
+            self.resumed += 1
+            return got
+        got = compute()
+        self.put(key, check, **got)
+        return got
+
+    @contextmanager
+    def resume_hint_on_failure(self) -> Iterator[None]:
+        """Append where the finished parts are to a :class:`RunError` raised inside."""
+        try:
+            yield
+        except RunError as e:
+            if self.dir is None:
+                raise
+            raise RunError(f"{e}; {self.resume_hint()}") from None
+
+    def get(self, key: str, check: str = "") -> dict[str, np.ndarray] | None:
+        """The arrays stored under ``key``, or None if that part is not finished.
+
+        ``check`` (a :func:`digest` of the part's inputs) must match what was stored with it.
+        """
+        if self.dir is None:
+            return None
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception:
+            raise UsageError(f"part {path} is corrupt; delete it (it will be recomputed) or pass --restart") from None
+        if check and str(arrays.pop("_check", "")) != check:
+            raise UsageError(f"part {path} was computed from other inputs; delete {self.dir} or pass --restart")
+        arrays.pop("_check", None)
+        return arrays
+
+    def put(self, key: str, check: str = "", **arrays: np.ndarray) -> None:
+        """Store a finished part durably (temp file, fsync, rename)."""
+        import io
+
+        if self.dir is None:
+            return
+        self._ensure()
+        buf = io.BytesIO()
+        np.savez(buf, _check=np.array(check), **arrays)
+        _atomic_write(self._path(key), buf.getvalue())
+
+    def count(self) -> int:
+        return len(list(self.dir.glob("*.npz"))) if self.dir is not None and self.dir.is_dir() else 0
+
+    def resume_hint(self) -> str:
+        n = self.count()
+        if not n:
+            return "no part had finished"
+        return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

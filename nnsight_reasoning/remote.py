@@ -1,0 +1,291 @@
+"""The connection to NDIF: host and key, one job per request, retries, time-outs, clear errors.
+
+:mod:`.backend` builds every trace; this module only decides where a remote trace goes and
+how the client waits for it. A job is submitted over HTTP and polled (nnsight's
+``blocking=False`` mode), so the client has a deadline of its own and a dropped connection
+never leaves it waiting forever.
+
+Settings (environment):
+``NDIF_HOST`` (else nnsight's ``CONFIG.API.HOST``), ``NDIF_API_KEY`` (else nnsight's
+config), ``REASON_INTERP_REMOTE_RETRIES`` (transient failures retried per job, default 3),
+``REASON_INTERP_REMOTE_BACKOFF`` (first back-off, seconds, doubled each retry, default 1),
+``REASON_INTERP_REMOTE_TIMEOUT`` (seconds a job may take, default 600).
+The key is only ever put in a request header: it is scrubbed from every message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import nnsight
+
+from .errors import RunError, UsageError
+
+
+@dataclass
+class Traffic:
+    """What remote runs of this process sent and received (reported in result attrs)."""
+
+    jobs: int = 0             # requests that carry a trace (one per forward pass)
+    polls: int = 0            # status checks while waiting
+    bytes_sent: int = 0       # serialised traces
+    bytes_received: int = 0   # result payloads (the saved values only)
+    retries: int = 0
+
+    def copy(self) -> "Traffic":
+        return Traffic(**vars(self))
+
+    def since(self, before: "Traffic") -> dict[str, int]:
+        return {f"remote_{k}": v - getattr(before, k) for k, v in vars(self).items()}
+
+
+TRAFFIC = Traffic()
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_SERVED: dict[tuple[str, str], bool] = {}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    key: str
+    retries: int
+    backoff_s: float
+    timeout_s: float
+
+
+def settings(remote: bool | str = True, *, need_key: bool = True) -> Settings:
+    """Host, key and limits for ``remote`` (True, or a host URL overriding ``NDIF_HOST``)."""
+    api = nnsight.CONFIG.API
+    host = remote if isinstance(remote, str) else (os.environ.get("NDIF_HOST") or api.HOST or "")
+    if not host.startswith(("http://", "https://")):
+        raise UsageError(f"NDIF host must start with http:// or https:// (got {host!r}); set NDIF_HOST")
+    key = os.environ.get("NDIF_API_KEY") or api.APIKEY or ""
+    if need_key and not key:
+        raise RunError("no NDIF API key: set NDIF_API_KEY (get one at https://login.ndif.us) "
+                       "or run without --remote")
+    try:
+        return Settings(host.rstrip("/"), key, int(os.environ.get("REASON_INTERP_REMOTE_RETRIES", 3)),
+                        float(os.environ.get("REASON_INTERP_REMOTE_BACKOFF", 1.0)),
+                        float(os.environ.get("REASON_INTERP_REMOTE_TIMEOUT", 600)))
+    except ValueError:
+        raise UsageError("REASON_INTERP_REMOTE_RETRIES/_BACKOFF/_TIMEOUT must be numbers") from None
+
+
+def model_key(model: Any) -> str:
+    """nnsight's key for ``model``. A local directory is its own id (no Hub lookup), which is
+    what a self-hosted NDIF serving that same path expects."""
+    import nnsight.modeling.huggingface as hf
+
+    repo = str(getattr(model, "repo_id", "") or "")
+    if repo and os.path.isdir(repo):
+        hf._ID_CACHE.setdefault(repo, repo)
+    try:
+        return model.to_model_key()
+    except Exception as e:
+        raise RunError(f"cannot name this model for NDIF ({_first_line(e)}); remote runs need a model "
+                       "loaded by id or local path with nr.load_model") from None
+
+
+def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> dict[str, Any]:
+    """Run ``trace(backend)`` (which records one ``model.trace(..., backend=backend)``) as one NDIF
+    job and return its saved values by variable name. Transient failures are retried with
+    exponential back-off; everything else becomes a one-line :class:`RunError`."""
+    s = settings(remote)
+    key = model_key(model)
+    try:
+        _check_served(s, key)
+        for attempt in range(s.retries + 1):
+            try:
+                backend = _Backend(key, host=s.host, api_key=s.key, blocking=False)
+                trace(backend)
+                return _wait(backend, s)
+            except Exception as e:
+                if not _transient(e) or attempt == s.retries:
+                    raise
+                TRAFFIC.retries += 1
+                time.sleep(s.backoff_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+    except RunError as e:
+        raise RunError(_scrub(str(e), s.key)) from None
+    except Exception as e:
+        raise RunError(_scrub(_explain(e, s, key), s.key)) from None
+
+
+def status(remote: bool | str = True) -> dict[str, Any]:
+    """Which host is used, whether it answers (and how fast), which models it serves, whether
+    a key is configured (never the key itself)."""
+    import httpx
+
+    s = settings(remote, need_key=False)
+    key_from = ("NDIF_API_KEY" if os.environ.get("NDIF_API_KEY")
+                else "nnsight config" if nnsight.CONFIG.API.APIKEY else "")
+    out: dict[str, Any] = {"host": s.host, "api_key": f"set ({key_from})" if key_from else "missing",
+                           "reachable": False, "latency_ms": None, "error": "", "models": []}
+    t0 = time.perf_counter()
+    try:
+        r = httpx.get(f"{s.host}/status", timeout=httpx.Timeout(5.0, read=30.0))
+        r.raise_for_status()
+        body = r.json()
+    except Exception as e:
+        out["error"] = _scrub(_first_line(e), s.key)
+        return out
+    out.update(reachable=True, latency_ms=round(1000 * (time.perf_counter() - t0), 1),
+               models=served_models(body))
+    return out
+
+
+def served_models(status_json: dict) -> list[dict[str, str]]:
+    """Deployments from NDIF's ``/status`` as rows of repo id, revision, state and model key."""
+    rows = {}
+    for name, value in (status_json.get("deployments") or {}).items():
+        value = value if isinstance(value, dict) else {}
+        key = value.get("model_key") or (name[name.find("nnsight."):] if "nnsight." in name else name)
+        suffix = key[key.find("{"):] if "{" in key else "{}"
+        try:
+            ident = json.loads(suffix)
+        except json.JSONDecodeError:
+            ident = {}
+        repo = value.get("repo_id") or ident.get("repo_id") or name
+        rows[key] = {"repo_id": str(repo), "revision": str(value.get("revision") or ident.get("revision") or "main"),
+                     "state": str(value.get("application_state") or value.get("deployment_level") or "?"),
+                     "model_key": key}
+    return sorted(rows.values(), key=lambda r: (r["repo_id"], r["revision"]))
+
+
+# --------------------------------------------------------------------------- internals
+def _backend_class():
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    class CountingBackend(RemoteBackend):
+        """nnsight's remote backend, counting jobs and bytes; its own status display off
+        (the toolkit shows one progress bar per sweep instead)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.display.enabled = False
+
+        def _post(self, request, blob):
+            response = super()._post(request, blob)
+            TRAFFIC.jobs += 1  # accepted ones only: a refused connection is a retry, not a job
+            TRAFFIC.bytes_sent += len(blob)
+            return response
+
+        def poll(self, tracer=None):
+            TRAFFIC.polls += 1
+            return super().poll(tracer)
+
+        def finalize(self, content):
+            TRAFFIC.bytes_received += len(content)
+            return super().finalize(content)
+
+    return CountingBackend
+
+
+def _Backend(*args, **kwargs):
+    return _backend_class()(*args, **kwargs)
+
+
+def _wait(backend: Any, s: Settings) -> dict[str, Any]:
+    """Poll a submitted job until it completes, fails or passes the deadline."""
+    deadline = time.monotonic() + s.timeout_s
+    delay, failures = 0.02, 0
+    while True:
+        try:
+            result = backend.poll()
+        except Exception as e:
+            if not _transient(e) or failures >= s.retries:
+                raise
+            failures += 1
+            TRAFFIC.retries += 1
+            time.sleep(s.backoff_s * 2 ** (failures - 1))
+            continue
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise RunError(f"NDIF job {backend.job_id} did not finish within {s.timeout_s:g} s "
+                           f"(last status {getattr(backend.status, 'name', '?')}); raise "
+                           "REASON_INTERP_REMOTE_TIMEOUT, use a smaller --batch-size, or run locally")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def _check_served(s: Settings, key: str) -> None:
+    """Fail fast, before any work, when the host answers but does not list the model.
+
+    NDIF serves models per repo id *and* revision, so e.g. Pythia ``stepN`` revisions are
+    usually absent. An unreadable ``/status`` is not an error here: the job itself decides.
+    """
+    if (s.host, key) in _SERVED:
+        return
+    import httpx
+
+    try:
+        r = httpx.get(f"{s.host}/status", timeout=httpx.Timeout(5.0, read=30.0))
+        r.raise_for_status()
+        models = served_models(r.json())
+    except Exception:
+        return
+    if not any("{" in m["model_key"] for m in models) and models:
+        return  # a /status layout this client cannot read: let the job itself decide
+    if any(m["model_key"] == key or m["model_key"].endswith(key) for m in models):
+        _SERVED[(s.host, key)] = True
+        return
+    ident = json.loads(key[key.find("{"):]) if "{" in key else {}
+    repo, rev = ident.get("repo_id", key), ident.get("revision") or "main"
+    if any(m["repo_id"] == repo and m["revision"] == rev for m in models):
+        _SERVED[(s.host, key)] = True
+        return
+    raise RunError(f"model {repo} (revision {rev}) is not deployed on {s.host}; NDIF serves selected "
+                   "models and revisions (Pythia stepN checkpoints usually not) - see `reason-interp "
+                   "remote status`, or run locally without --remote")
+
+
+def _transient(e: BaseException) -> bool:
+    """Connection problems and overload answers are worth retrying; job errors are not."""
+    import httpx
+
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, httpx.HTTPStatusError):
+            return err.response.status_code in _TRANSIENT_STATUS
+        if isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError)):
+            return True
+        try:
+            import websocket
+
+            if isinstance(err, websocket.WebSocketException):
+                return True
+        except ImportError:
+            pass
+    return False
+
+
+def _explain(e: BaseException, s: Settings, key: str) -> str:
+    import httpx
+
+    cause = e.__cause__ or e.__context__
+    status = None
+    for err in (e, cause):
+        if isinstance(err, httpx.HTTPStatusError):
+            status = err.response.status_code
+    if status in (401, 403):
+        return (f"NDIF at {s.host} refused the API key (HTTP {status}); check NDIF_API_KEY "
+                "(keys: https://login.ndif.us)")
+    if _transient(e):
+        return (f"NDIF at {s.host} is unreachable or overloaded ({_first_line(cause or e)}; "
+                f"{s.retries} retries); check NDIF_HOST (`reason-interp remote status`) or run without --remote")
+    text = _first_line(e)
+    if any(w in text.lower() for w in ("not deployed", "no deployment", "could not deploy")):
+        return f"{text} - see `reason-interp remote status`, or run locally without --remote"
+    return f"NDIF job failed: {text}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _scrub(text: str, key: str) -> str:
+    return text.replace(key, "***") if key else text

@@ -1,0 +1,102 @@
+"""Finished work kept on disk: resume after a real SIGKILL, refuse parts of another run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.parts import parts_dir
+
+
+def test_resume_dir_reuses_finished_passes_and_gives_identical_values(embedded_model, small_pairs, tmp_path):
+    kw = dict(sites=["mlp", "head"], batch_size=12, progress=False)
+    full = nr.patch(embedded_model, small_pairs, **kw)
+    d = tmp_path / "parts"
+    first = nr.patch(embedded_model, small_pairs, resume_dir=d, **kw)
+    stored = sorted(d.glob("pass-*.npz"))
+    assert len(stored) == full.attrs["n_forward_passes"] > 2
+    for p in stored[::2]:  # as if the run had died before these passes
+        p.unlink()
+    kept = len(list(d.glob("pass-*.npz")))
+    again = nr.patch(embedded_model, small_pairs, resume_dir=d, **kw)
+    assert again.attrs["n_resumed_passes"] == kept and first.attrs["n_resumed_passes"] == 0
+    for v in full.data_vars:
+        np.testing.assert_array_equal(again[v].values, full[v].values)
+
+
+def test_parts_of_another_configuration_are_refused(embedded_model, small_pairs, tmp_path):
+    d = tmp_path / "parts"
+    nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
+    other = nr.tasks.arithmetic(n_prompts=6, seed=4, tokenizer=embedded_model.tokenizer)
+    with pytest.raises(nr.UsageError, match=r"different run \(differs in: pairs, task_params\)"):
+        nr.patch(embedded_model, other, sites=["mlp"], resume_dir=d, progress=False)
+    with pytest.raises(nr.UsageError, match=r"differs in: sites"):
+        nr.patch(embedded_model, small_pairs, sites=["attn"], resume_dir=d, progress=False)
+    ev = tmp_path / "ev"
+    nr.evaluate(embedded_model, "arithmetic", 8, seed=1, resume_dir=ev, progress=False)
+    with pytest.raises(nr.UsageError, match=r"differs in: .*task_params"):
+        nr.evaluate(embedded_model, "arithmetic", 8, seed=2, resume_dir=ev, progress=False)
+
+
+def test_a_corrupt_part_is_a_clear_error(embedded_model, small_pairs, tmp_path):
+    d = tmp_path / "parts"
+    nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
+    next(d.glob("pass-*.npz")).write_bytes(b"not a numpy file")
+    with pytest.raises(nr.UsageError, match="is corrupt; delete it"):
+        nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nnsight_reasoning.cli.main", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_then_same_command_resumes_to_identical_values(tmp_path):
+    args = ["patch", "--n-prompts", "16", "--seed", "2", "--site", "mlp", "--site", "attn", "--site", "resid",
+            "--positions", "all", "--batch-size", "8", "--no-progress"]
+    out = tmp_path / "killed.nc"
+    parts = parts_dir(out)
+    proc = _cli(args + ["--out", str(out)])
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("*.npz"))) < 5:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    n_done = len(list(parts.glob("*.npz")))
+
+    resumed = _cli(args + ["--out", str(out)])
+    clean = _cli(args + ["--out", str(tmp_path / "clean.nc")])
+    for p in (resumed, clean):
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    a, b = nr.load_result(out), nr.load_result(tmp_path / "clean.nc")
+    assert a.attrs["n_resumed_passes"] >= n_done > 0 and b.attrs["n_resumed_passes"] == 0
+    assert a.attrs["n_resumed_passes"] < a.attrs["n_forward_passes"]
+    assert not parts.exists()
+    for v in b.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+def test_restart_discards_parts_of_another_run(tmp_path):
+    out = tmp_path / "r.nc"
+    base = ["patch", "--n-prompts", "4", "--site", "mlp", "--no-progress", "--out", str(out)]
+    parts = parts_dir(out)
+    parts.mkdir()
+    (parts / "manifest.json").write_text('{"config": {"method": "something else"}}')
+    refused = _cli(base)
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "pass --restart" in err and not out.exists()
+    ok = _cli(base + ["--restart"])
+    _, err = ok.communicate(timeout=120)
+    assert ok.returncode == 0, err
+    assert out.exists() and not parts.exists()

@@ -1,0 +1,160 @@
+"""Remote execution against a real NDIF server on 127.0.0.1 (see tests/ndif_stack.py).
+
+Every run here is real: the CLI in a subprocess or the API in-process, nnsight's remote
+client, NDIF's API, queue, controller and a model actor. Faults are produced for real
+(a port nobody listens on, an undeployed model, a deadline too short, the API stopped
+mid-sweep); nothing is mocked.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning.parts import parts_dir
+
+from .ndif_stack import free_port
+
+pytestmark = pytest.mark.remote
+KEY = "sk-test-0f1e2d3c-never-print-me"
+MAIN = str(embedded.revision_path("main"))
+
+
+def cli(args: list[str], ndif=None, timeout: float = 300, background: bool = False, **env: str):
+    """``reason-interp ARGS`` in a fresh process, pointed at the test server."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NDIF_", "REASON_INTERP_"))}
+    full_env.update(HF_HUB_OFFLINE="1", NDIF_API_KEY=KEY, REASON_INTERP_REMOTE_BACKOFF="0.2")
+    if ndif is not None:
+        full_env["NDIF_HOST"] = ndif.host
+    full_env.update(env)
+    cmd = [sys.executable, "-m", "nnsight_reasoning.cli.main", *args]
+    if background:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_values(a: xr.Dataset, b: xr.Dataset, tol: float = 1e-5) -> None:
+    """Equal to ``tol``, absolute or relative (stolfo_ie divides by probabilities near 1e-12)."""
+    assert sorted(a.data_vars) == sorted(b.data_vars)
+    for v in a.data_vars:
+        np.testing.assert_allclose(a[v].values, b[v].values, atol=tol, rtol=tol, err_msg=v)
+
+
+def no_secret(*texts: str) -> None:
+    for t in texts:
+        assert KEY not in t
+
+
+PATCH = ["patch", "--task", "arithmetic", "--model", MAIN, "--n-prompts", "12", "--seed", "5",
+         "--site", "mlp", "--site", "attn", "--site", "resid", "--site", "head", "--batch-size", "128",
+         "--no-progress"]
+
+
+def test_cli_patch_remote_equals_local_with_few_small_requests(ndif, tmp_path):
+    served_before = ndif.requests_received()
+    remote = cli(PATCH + ["--remote", "--out", str(tmp_path / "remote.nc")], ndif)
+    assert remote.returncode == 0, remote.stderr
+    local = cli(PATCH + ["--out", str(tmp_path / "local.nc")])
+    assert local.returncode == 0, local.stderr
+    r, l_ = nr.load_result(tmp_path / "remote.nc"), nr.load_result(tmp_path / "local.nc")
+    assert_same_values(r, l_)
+    assert r.attrs["remote"] == 1 and l_.attrs["remote"] == 0
+    # One request per forward pass, each holding many patches, counted on both ends.
+    units = 3 * 4 + 4 * 4  # mlp, attn, resid x 4 layers + 4 heads x 4 layers, last position
+    assert r.attrs["remote_jobs"] == r.attrs["n_forward_passes"] == ndif.requests_received() - served_before
+    assert r.attrs["remote_jobs"] < units  # a naive loop sends one request per unit at least
+    # Only per-row scores come back: far less than one row of logits per patched row.
+    rows = 12 * (units + 2)
+    assert r.attrs["remote_bytes_received"] < rows * len(nr.load_model().tokenizer) * 4 / 4
+    assert "NDIF:" in remote.stdout and "requests" in remote.stdout
+    no_secret(remote.stdout, remote.stderr, (tmp_path / "remote.nc").read_bytes().decode("latin-1"))
+    assert not parts_dir(tmp_path / "remote.nc").exists()  # merged, then dropped
+
+
+def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_model, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    monkeypatch.delenv("NDIF_HOST", raising=False)
+    local = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False)
+    remote = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False,
+                         remote=ndif.host)  # a URL instead of True: this host, this call
+    np.testing.assert_allclose(remote.p_answer.values, local.p_answer.values, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(remote.answer_rank.values, local.answer_rank.values)
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] >= 2
+
+
+def test_remote_status_names_host_and_served_models(ndif):
+    r = cli(["remote", "status"], ndif)
+    assert r.returncode == 0, r.stderr
+    assert ndif.host in r.stdout and "RUNNING" in r.stdout and "api key   set (NDIF_API_KEY)" in r.stdout
+    assert "revisions/main" in r.stdout.replace("\n", "")
+    no_secret(r.stdout, r.stderr)
+    down = cli(["remote", "status", "--host", f"http://127.0.0.1:{free_port()}"])
+    assert down.returncode == 1 and "does not answer" in down.stderr
+
+
+@pytest.mark.parametrize("fault, change, expect", [
+    ("unreachable host", {"NDIF_HOST": "port"}, "is unreachable"),
+    ("model not deployed", {"model": str(embedded.revision_path("step0"))}, "is not deployed on"),
+    ("job time-out", {"REASON_INTERP_REMOTE_TIMEOUT": "0.01"}, "did not finish within"),
+    ("missing key", {"NDIF_API_KEY": ""}, "no NDIF API key"),
+])
+def test_faults_are_one_line_exit_1_and_write_nothing(ndif, tmp_path, fault, change, expect):
+    env = dict(change)
+    args = ["patch", "--model", env.pop("model", MAIN), "--n-prompts", "4", "--site", "mlp", "--no-progress",
+            "--remote", "--out", str(tmp_path / "x.nc")]
+    if env.get("NDIF_HOST") == "port":
+        env["NDIF_HOST"] = f"http://127.0.0.1:{free_port()}"
+    r = cli(args, ndif, **env)
+    assert r.returncode == 1, (fault, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x.nc").exists() and not parts_dir(tmp_path / "x.nc").exists()
+    no_secret(r.stdout, r.stderr)
+
+
+def test_api_stopped_mid_sweep_then_same_command_resumes(ndif, tmp_path):
+    """A sweep of many requests loses its server half-way: finished passes stay on disk; the
+    same command, started while the server is still coming back, retries, resumes and ends
+    with the values of an uninterrupted run."""
+    out = tmp_path / "sweep.nc"
+    args = ["patch", "--model", MAIN, "--n-prompts", "24", "--seed", "1", "--site", "mlp", "--site", "attn",
+            "--batch-size", "12", "--no-progress", "--remote", "--out", str(out)]
+    parts = parts_dir(out)
+    first = cli(args, ndif, background=True, REASON_INTERP_REMOTE_RETRIES="1")
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("*.npz"))) < 3:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no parts appeared"
+        time.sleep(0.05)
+    ndif.stop_service("api")
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 1, (stdout, stderr)
+    assert len(stderr.strip().splitlines()) == 1 and "the same command resumes" in stderr, stderr
+    done = len(list(parts.glob("*.npz")))
+    assert done >= 3 and not out.exists()
+
+    second = cli(args, ndif, background=True, REASON_INTERP_REMOTE_RETRIES="8", REASON_INTERP_REMOTE_BACKOFF="0.5")
+    restart = threading.Thread(target=lambda: (ndif.start_api(), ndif.wait_api()))
+    restart.start()
+    stdout, stderr = second.communicate(timeout=240)
+    restart.join()
+    assert second.returncode == 0, stderr
+    resumed = nr.load_result(out)
+    assert resumed.attrs["n_resumed_passes"] == done
+    assert resumed.attrs["remote_jobs"] == resumed.attrs["n_forward_passes"] - done
+    assert "resumed from finished parts" in stdout
+    assert not parts.exists()
+    local = cli([a for a in args if a != "--remote"][:-1] + [str(tmp_path / "local.nc")])
+    assert local.returncode == 0, local.stderr
+    assert_same_values(resumed, nr.load_result(tmp_path / "local.nc"))
+    no_secret(stdout, stderr)

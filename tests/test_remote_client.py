@@ -1,0 +1,68 @@
+"""The NDIF client side that needs no server: settings, error wording, /status parsing.
+
+Server behaviour is tested for real in test_remote.py; here only what the loopback server
+cannot produce (it accepts any key) is built from real httpx objects.
+"""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import remote
+
+SECRET = "sk-unit-test-SECRET"
+
+
+def test_settings_read_host_and_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NDIF_HOST", "http://127.0.0.1:1234/")
+    monkeypatch.setenv("NDIF_API_KEY", SECRET)
+    s = remote.settings()
+    assert (s.host, s.key, s.retries) == ("http://127.0.0.1:1234", SECRET, 3)
+    assert remote.settings("http://127.0.0.1:9").host == "http://127.0.0.1:9"  # per-call URL wins
+    monkeypatch.setenv("NDIF_HOST", "127.0.0.1:1234")
+    with pytest.raises(nr.UsageError, match="must start with http"):
+        remote.settings()
+
+
+def test_missing_key_is_a_run_error(monkeypatch):
+    import nnsight
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    with pytest.raises(nr.RunError, match="no NDIF API key"):
+        remote.settings()
+    assert remote.settings(need_key=False).key == ""
+
+
+def _status_error(code: int) -> Exception:
+    req = httpx.Request("POST", "http://127.0.0.1:1/request")
+    cause = httpx.HTTPStatusError(f"{code}", request=req, response=httpx.Response(code, request=req))
+    try:
+        raise RuntimeError(f"Failed to send request: key {SECRET} rejected") from cause
+    except RuntimeError as e:
+        return e
+
+
+def test_rejected_key_is_explained_and_never_echoed(monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", SECRET)
+    s = remote.settings("http://127.0.0.1:1")
+    err = _status_error(401)
+    assert not remote._transient(err)
+    msg = remote._scrub(remote._explain(err, s, "k"), s.key)
+    assert "refused the API key (HTTP 401)" in msg and SECRET not in msg
+    assert remote._transient(_status_error(503)) and not remote._transient(_status_error(400))
+    assert SECRET not in remote._scrub(f"job failed for {SECRET}", SECRET)
+
+
+def test_served_models_reads_ndif_status_shapes():
+    key = 'nnsight.modeling.transformers.TransformersModel:{"repo_id": "/m/main", "revision": null, "task": "text-generation"}'
+    loopback = {"deployments": {f"aa243:ModelActor:{key}": {"application_state": "RUNNING"}}}
+    hosted = {"deployments": {"x": {"model_key": key.replace("/m/main", "EleutherAI/pythia-70m"),
+                                    "repo_id": "EleutherAI/pythia-70m", "revision": "main",
+                                    "application_state": "RUNNING", "deployment_level": "HOT"}}}
+    (a,) = remote.served_models(loopback)
+    assert (a["repo_id"], a["revision"], a["state"], a["model_key"]) == ("/m/main", "main", "RUNNING", key)
+    (b,) = remote.served_models(hosted)
+    assert b["repo_id"] == "EleutherAI/pythia-70m" and b["state"] == "RUNNING"
+    assert remote.served_models({}) == []
