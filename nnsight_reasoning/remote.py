@@ -283,8 +283,11 @@ def _explain(e: BaseException, s: Settings, key: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+    """The line that says what went wrong; for a server traceback that is its last line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
 
 
 def _scrub(text: str, key: str) -> str:

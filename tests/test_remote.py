@@ -158,3 +158,19 @@ def test_api_stopped_mid_sweep_then_same_command_resumes(ndif, tmp_path):
     assert local.returncode == 0, local.stderr
     assert_same_values(resumed, nr.load_result(tmp_path / "local.nc"))
     no_secret(stdout, stderr)
+
+
+def test_a_failing_job_is_one_run_error_and_not_retried(ndif, embedded_model, monkeypatch):
+    """A trace that fails on the server (an answer id outside the vocabulary) is a job error:
+    reported once, with the server's reason, and not sent again."""
+    import torch
+
+    from nnsight_reasoning import backend, remote
+
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    ids = torch.tensor([embedded_model.tokenizer("3 + 4 =")["input_ids"]])
+    before = remote.TRAFFIC.copy()
+    with pytest.raises(nr.RunError, match="NDIF job failed: .*index") as err:
+        backend.answer_scores(embedded_model, ids, torch.tensor([[10**6]]), remote=ndif.host)
+    assert remote.TRAFFIC.jobs - before.jobs == 1 and remote.TRAFFIC.retries == before.retries
+    assert KEY not in str(err.value)
