@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,16 +31,8 @@ def parts_dir(results_file: str | Path) -> Path:
 
 
 def digest(*items: Any) -> str:
-    """A short stable hash of JSON-able items or arrays (for configs and chunk inputs)."""
-    h = hashlib.sha256()
-    for it in items:
-        if isinstance(it, np.ndarray):
-            h.update(str(it.dtype).encode() + str(it.shape).encode() + np.ascontiguousarray(it).tobytes())
-        elif hasattr(it, "numpy"):  # torch tensors
-            h.update(np.ascontiguousarray(it.numpy()).tobytes())
-        else:
-            h.update(json.dumps(it, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    """A short stable hash of JSON-able items (a run's prompts, a part's inputs)."""
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Parts:
@@ -53,17 +44,14 @@ class Parts:
         experiments use one code path with or without resuming.
     config : JSON-able description of everything that determines the numbers (model, revision,
         task parameters, prompts, sites, batching). Parts written under another config are refused.
-    restart : discard parts of an earlier run first.
     """
 
-    def __init__(self, directory: str | Path | None, config: dict[str, Any], *, restart: bool = False):
+    def __init__(self, directory: str | Path | None, config: dict[str, Any]):
         self.dir = Path(directory) if directory is not None else None
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
         self.resumed = 0  # parts read back instead of computed
         if self.dir is None:
             return
-        if restart and self.dir.exists():
-            shutil.rmtree(self.dir)
         manifest = self.dir / MANIFEST
         if manifest.is_file():
             try:

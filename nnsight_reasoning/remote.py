@@ -97,17 +97,15 @@ def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> 
     key = model_key(model)
     try:
         _check_served(s, key)
-        for attempt in range(s.retries + 1):
+        attempt = 0
+        while True:
             try:
                 backend = _Backend(key, host=s.host, api_key=s.key, blocking=False)
                 trace(backend)
                 return _wait(backend, s)
             except Exception as e:
-                if not _transient(e) or attempt == s.retries:
-                    raise
-                TRAFFIC.retries += 1
-                time.sleep(s.backoff_s * 2 ** attempt)
-        raise AssertionError("unreachable")
+                _back_off(e, attempt, s)
+                attempt += 1
     except RunError as e:
         raise RunError(_scrub(str(e), s.key)) from None
     except Exception as e:
@@ -117,8 +115,6 @@ def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> 
 def status(remote: bool | str = True) -> dict[str, Any]:
     """Which host is used, whether it answers (and how fast), which models it serves, whether
     a key is configured (never the key itself)."""
-    import httpx
-
     s = settings(remote, need_key=False)
     key_from = ("NDIF_API_KEY" if os.environ.get("NDIF_API_KEY")
                 else "nnsight config" if nnsight.CONFIG.API.APIKEY else "")
@@ -126,9 +122,7 @@ def status(remote: bool | str = True) -> dict[str, Any]:
                            "reachable": False, "latency_ms": None, "error": "", "models": []}
     t0 = time.perf_counter()
     try:
-        r = httpx.get(f"{s.host}/status", timeout=httpx.Timeout(5.0, read=30.0))
-        r.raise_for_status()
-        body = r.json()
+        body = _get_status(s.host)
     except Exception as e:
         out["error"] = _scrub(_first_line(e), s.key)
         return out
@@ -195,12 +189,9 @@ def _wait(backend: Any, s: Settings) -> dict[str, Any]:
     while True:
         try:
             result = backend.poll()
-        except Exception as e:
-            if not _transient(e) or failures >= s.retries:
-                raise
+        except Exception as e:  # the job is still on the server: poll it again, don't resubmit
+            _back_off(e, failures, s)
             failures += 1
-            TRAFFIC.retries += 1
-            time.sleep(s.backoff_s * 2 ** (failures - 1))
             continue
         if result is not None:
             return result
@@ -220,27 +211,36 @@ def _check_served(s: Settings, key: str) -> None:
     """
     if (s.host, key) in _SERVED:
         return
-    import httpx
-
     try:
-        r = httpx.get(f"{s.host}/status", timeout=httpx.Timeout(5.0, read=30.0))
-        r.raise_for_status()
-        models = served_models(r.json())
+        models = served_models(_get_status(s.host))
     except Exception:
-        return
-    if not any("{" in m["model_key"] for m in models) and models:
-        return  # a /status layout this client cannot read: let the job itself decide
-    if any(m["model_key"] == key or m["model_key"].endswith(key) for m in models):
-        _SERVED[(s.host, key)] = True
-        return
+        models = None  # unreadable now: the job itself will tell
     ident = json.loads(key[key.find("{"):]) if "{" in key else {}
     repo, rev = ident.get("repo_id", key), ident.get("revision") or "main"
-    if any(m["repo_id"] == repo and m["revision"] == rev for m in models):
-        _SERVED[(s.host, key)] = True
+    if (models is None
+            or (models and not any("{" in m["model_key"] for m in models))  # a layout this client cannot read
+            or any(m["model_key"].endswith(key) or (m["repo_id"], m["revision"]) == (repo, rev) for m in models)):
+        _SERVED[(s.host, key)] = True  # asked once per host and model, not once per forward pass
         return
     raise RunError(f"model {repo} (revision {rev}) is not deployed on {s.host}; NDIF serves selected "
                    "models and revisions (Pythia stepN checkpoints usually not) - see `reason-interp "
                    "remote status`, or run locally without --remote")
+
+
+def _get_status(host: str) -> dict:
+    import httpx
+
+    r = httpx.get(f"{host}/status", timeout=httpx.Timeout(5.0, read=30.0))
+    r.raise_for_status()
+    return r.json()
+
+
+def _back_off(e: Exception, attempt: int, s: Settings) -> None:
+    """Re-raise ``e`` unless it is transient and retries are left; else wait, doubling each time."""
+    if not _transient(e) or attempt >= s.retries:
+        raise e
+    TRAFFIC.retries += 1
+    time.sleep(s.backoff_s * 2 ** attempt)
 
 
 def _transient(e: BaseException) -> bool:

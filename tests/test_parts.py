@@ -1,10 +1,7 @@
 """Finished work kept on disk: resume after a real SIGKILL, refuse parts of another run."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,6 +9,8 @@ import pytest
 
 import nnsight_reasoning as nr
 from nnsight_reasoning.parts import parts_dir
+
+from .clirun import reason_interp
 
 
 def test_resume_dir_reuses_finished_passes_and_gives_identical_values(embedded_model, small_pairs, tmp_path):
@@ -52,18 +51,12 @@ def test_a_corrupt_part_is_a_clear_error(embedded_model, small_pairs, tmp_path):
         nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "nnsight_reasoning.cli.main", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_sigkill_then_same_command_resumes_to_identical_values(tmp_path):
     args = ["patch", "--n-prompts", "16", "--seed", "2", "--site", "mlp", "--site", "attn", "--site", "resid",
             "--positions", "all", "--batch-size", "8", "--no-progress"]
     out = tmp_path / "killed.nc"
     parts = parts_dir(out)
-    proc = _cli(args + ["--out", str(out)])
+    proc = reason_interp(args + ["--out", str(out)], background=True)
     deadline = time.monotonic() + 120
     while len(list(parts.glob("*.npz"))) < 5:
         assert proc.poll() is None, proc.communicate()
@@ -74,8 +67,8 @@ def test_sigkill_then_same_command_resumes_to_identical_values(tmp_path):
     assert proc.returncode == -signal.SIGKILL and not out.exists()
     n_done = len(list(parts.glob("*.npz")))
 
-    resumed = _cli(args + ["--out", str(out)])
-    clean = _cli(args + ["--out", str(tmp_path / "clean.nc")])
+    resumed = reason_interp(args + ["--out", str(out)], background=True)
+    clean = reason_interp(args + ["--out", str(tmp_path / "clean.nc")], background=True)
     for p in (resumed, clean):
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr
@@ -93,10 +86,10 @@ def test_restart_discards_parts_of_another_run(tmp_path):
     parts = parts_dir(out)
     parts.mkdir()
     (parts / "manifest.json").write_text('{"config": {"method": "something else"}}')
-    refused = _cli(base)
+    refused = reason_interp(base, background=True)
     _, err = refused.communicate(timeout=120)
     assert refused.returncode == 2 and "pass --restart" in err and not out.exists()
-    ok = _cli(base + ["--restart"])
+    ok = reason_interp(base + ["--restart"], background=True)
     _, err = ok.communicate(timeout=120)
     assert ok.returncode == 0, err
     assert out.exists() and not parts.exists()

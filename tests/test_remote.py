@@ -8,8 +8,6 @@ mid-sweep); nothing is mocked.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
 from nnsight_reasoning.parts import parts_dir
 
+from .clirun import reason_interp
 from .ndif_stack import free_port
 
 pytestmark = pytest.mark.remote
@@ -29,17 +28,19 @@ KEY = "sk-test-0f1e2d3c-never-print-me"
 MAIN = str(embedded.revision_path("main"))
 
 
-def cli(args: list[str], ndif=None, timeout: float = 300, background: bool = False, **env: str):
+@pytest.fixture(autouse=True)
+def _no_outside_ndif_settings(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith(("NDIF_", "REASON_INTERP_")):
+            monkeypatch.delenv(k)
+
+
+def cli(args: list[str], ndif=None, background: bool = False, **env: str):
     """``reason-interp ARGS`` in a fresh process, pointed at the test server."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NDIF_", "REASON_INTERP_"))}
-    full_env.update(HF_HUB_OFFLINE="1", NDIF_API_KEY=KEY, REASON_INTERP_REMOTE_BACKOFF="0.2")
+    base = {"NDIF_API_KEY": KEY, "REASON_INTERP_REMOTE_BACKOFF": "0.2"}
     if ndif is not None:
-        full_env["NDIF_HOST"] = ndif.host
-    full_env.update(env)
-    cmd = [sys.executable, "-m", "nnsight_reasoning.cli.main", *args]
-    if background:
-        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        base["NDIF_HOST"] = ndif.host
+    return reason_interp(args, {**base, **env}, background=background)
 
 
 def assert_same_values(a: xr.Dataset, b: xr.Dataset, tol: float = 1e-5) -> None:
@@ -82,7 +83,6 @@ def test_cli_patch_remote_equals_local_with_few_small_requests(ndif, tmp_path):
 
 def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_model, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", KEY)
-    monkeypatch.delenv("NDIF_HOST", raising=False)
     local = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False)
     remote = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False,
                          remote=ndif.host)  # a URL instead of True: this host, this call
