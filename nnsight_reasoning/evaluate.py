@@ -42,6 +42,7 @@ def evaluate(
     """
     info = get_task(task)
     info.check_params({**task_params, "seed": seed})
+    _remote.preflight(model, remote)
     examples: list[Example] = info.examples(n=n_prompts, seed=seed, tokenizer=model.tokenizer, **task_params)
     ids = backend.tokenize(model, [e.prompt for e in examples])
     answers = [backend.answer_token(model, e.answer) for e in examples]

@@ -90,7 +90,7 @@ class Parts:
         try:
             yield
         except RunError as e:
-            if self.dir is None:
+            if not self.count():
                 raise
             raise RunError(f"{e}; {self.resume_hint()}") from None
 
@@ -130,8 +130,6 @@ class Parts:
 
     def resume_hint(self) -> str:
         n = self.count()
-        if not n:
-            return "no part had finished"
         return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
 
 

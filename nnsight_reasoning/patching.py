@@ -88,6 +88,7 @@ def patch(
     if not pair_list:
         raise UsageError("no prompt pairs given")
     base_ids, source_ids, answers = _tokenize_pairs(model, pair_list)
+    _remote.preflight(model, remote)
 
     lengths = [len(b) for b in base_ids]
     t_max = max(lengths)

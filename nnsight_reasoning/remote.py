@@ -89,6 +89,15 @@ def model_key(model: Any) -> str:
                        "loaded by id or local path with nr.load_model") from None
 
 
+def preflight(model: Any, remote: bool | str) -> None:
+    """Before any work: a key is configured, the host is well formed, and (when the host
+    answers) it serves ``model``. Nothing to check for local runs."""
+    if remote is False or remote == "local":
+        return
+    s = settings(remote)
+    _check_served(s, model_key(model))
+
+
 def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> dict[str, Any]:
     """Run ``trace(backend)`` (which records one ``model.trace(..., backend=backend)``) as one NDIF
     job and return its saved values by variable name. Transient failures are retried with
