@@ -14,6 +14,7 @@ The key is only ever put in a request header: it is scrubbed from every message.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -146,11 +147,7 @@ def served_models(status_json: dict) -> list[dict[str, str]]:
     for name, value in (status_json.get("deployments") or {}).items():
         value = value if isinstance(value, dict) else {}
         key = value.get("model_key") or (name[name.find("nnsight."):] if "nnsight." in name else name)
-        suffix = key[key.find("{"):] if "{" in key else "{}"
-        try:
-            ident = json.loads(suffix)
-        except json.JSONDecodeError:
-            ident = {}
+        ident = _identity(key)
         repo = value.get("repo_id") or ident.get("repo_id") or name
         rows[key] = {"repo_id": str(repo), "revision": str(value.get("revision") or ident.get("revision") or "main"),
                      "state": str(value.get("application_state") or value.get("deployment_level") or "?"),
@@ -159,6 +156,7 @@ def served_models(status_json: dict) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- internals
+@functools.cache
 def _backend_class():
     from nnsight.intervention.backends.remote import RemoteBackend
 
@@ -224,7 +222,7 @@ def _check_served(s: Settings, key: str) -> None:
         models = served_models(_get_status(s.host))
     except Exception:
         models = None  # unreadable now: the job itself will tell
-    ident = json.loads(key[key.find("{"):]) if "{" in key else {}
+    ident = _identity(key)
     repo, rev = ident.get("repo_id", key), ident.get("revision") or "main"
     if (models is None
             or (models and not any("{" in m["model_key"] for m in models))  # a layout this client cannot read
@@ -234,6 +232,14 @@ def _check_served(s: Settings, key: str) -> None:
     raise RunError(f"model {repo} (revision {rev}) is not deployed on {s.host}; NDIF serves selected "
                    "models and revisions (Pythia stepN checkpoints usually not) - see `reason-interp "
                    "remote status`, or run locally without --remote")
+
+
+def _identity(model_key: str) -> dict:
+    """The JSON half of a model key (``repo_id``, ``revision``, ``task``); {} if there is none."""
+    try:
+        return json.loads(model_key[model_key.index("{"):])
+    except ValueError:  # no "{" or not JSON
+        return {}
 
 
 def _get_status(host: str) -> dict:
@@ -261,13 +267,6 @@ def _transient(e: BaseException) -> bool:
             return err.response.status_code in _TRANSIENT_STATUS
         if isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError)):
             return True
-        try:
-            import websocket
-
-            if isinstance(err, websocket.WebSocketException):
-                return True
-        except ImportError:
-            pass
     return False
 
 
