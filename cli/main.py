@@ -348,12 +348,11 @@ def remote_status(
     if not st["reachable"]:
         _fail(f"NDIF at {st['host']} does not answer ({st['error']}); check NDIF_HOST or run locally", 1)
     out.print(f"answers   yes ({st['latency_ms']} ms)", highlight=False)
-    table = Table(title=f"{len(st['models'])} models served (per repo and revision)")
-    for col in ("model", "revision", "state"):
-        table.add_column(col)
+    # Plain lines, not a table: repo ids are often long local paths that a user copies,
+    # and a table would cut them to the terminal width.
+    out.print(f"serves    {len(st['models'])} models (state, revision, repo)", highlight=False)
     for m in st["models"]:
-        table.add_row(m["repo_id"], m["revision"], m["state"])
-    out.print(table)
+        out.print(f"  {m['state']:<12} {m['revision']:<12} {m['repo_id']}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

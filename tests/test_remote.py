@@ -95,7 +95,7 @@ def test_remote_status_names_host_and_served_models(ndif):
     r = cli(["remote", "status"], ndif)
     assert r.returncode == 0, r.stderr
     assert ndif.host in r.stdout and "RUNNING" in r.stdout and "api key   set (NDIF_API_KEY)" in r.stdout
-    assert "revisions/main" in r.stdout.replace("\n", "")
+    assert str(Path(MAIN).resolve()) in r.stdout  # the full repo id, never cut to the terminal width
     no_secret(r.stdout, r.stderr)
     down = cli(["remote", "status", "--host", f"http://127.0.0.1:{free_port()}"])
     assert down.returncode == 1 and "does not answer" in down.stderr
