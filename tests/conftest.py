@@ -7,6 +7,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# rich sizes tables to the terminal; tests read CLI output, so they must not depend on the
+# width of whatever terminal (or none, in CI) runs them.
+os.environ["COLUMNS"] = "160"
 torch.set_num_threads(2)
 
 
