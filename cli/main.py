@@ -91,6 +91,8 @@ def _out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisi
 Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
 Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
 Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
+Revisions = Annotated[Optional[str], typer.Option(
+    help="checkpoint sweep: R1,R2,… | all | stepSTART:STOP:EVERY; results gain a checkpoint dim (training order)")]
 Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
 Param = Annotated[List[str], typer.Option(help="any task parameter as KEY=VALUE, JSON value (repeatable)")]
 Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF: host NDIF_HOST, key NDIF_API_KEY "
@@ -107,6 +109,7 @@ def patch(
     task: Task = "arithmetic",
     model: Model = None,
     revision: Revision = None,
+    revisions: Revisions = None,
     site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: mlp, attn, resid, head (repeatable)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
@@ -143,18 +146,42 @@ def patch(
     params = _task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
                           max_n=max_n, representation=representation, templates=template or None)
     info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
-    path = _out_path(out_file, "patch", task, model or "embedded", revision or "main")
+    names = _revisions(model, revision, revisions)
+    path = _out_path(out_file, "patch", task, model or "embedded", _revision_label(revision, names))
     t0 = time.time()
-    m = nr.load_model(model, revision)
+    m = nr.load_model(model, names[-1] if names else revision)
     pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)
+    if names:
+        m = model  # a sweep loads each revision itself, one at a time
     parts = _parts(path, restart)
     ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, layers=layer or None,
-                  batch_size=batch_size, remote=remote, progress=progress, resume_dir=parts)
+                  batch_size=batch_size, remote=remote, progress=progress, resume_dir=parts, revisions=names)
     nr.save_result(ds, path)
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
-    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s "
-              f"({ds.attrs['n_forward_passes']} forward passes{_resumed(ds)}{_traffic(ds)})", highlight=False)
+    what = f"{ds.attrs['n_forward_passes']} forward passes"
+    if names:
+        what = f"{len(names)} checkpoints × {what}"
+    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({what}{_resumed(ds)}{_traffic(ds)})",
+              highlight=False)
     _summary(ds)
+
+
+def _revisions(model: Optional[str], revision: Optional[str], revisions: Optional[str]) -> Optional[list]:
+    """The checkpoints of a sweep (training order), or None for a single-revision run."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    if revisions is None:
+        return None
+    if revision is not None:
+        raise UsageError("give --revision (one checkpoint) or --revisions (a sweep), not both")
+    return nr.parse_revisions(revisions, model)
+
+
+def _revision_label(revision: Optional[str], names: Optional[list]) -> str:
+    if not names:
+        return revision or "main"
+    return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
 
 
 def _parts(results: Path, restart: bool) -> Path:
@@ -168,6 +195,9 @@ def _parts(results: Path, restart: bool) -> Path:
 
 
 def _resumed(ds) -> str:
+    if "checkpoint" in ds.dims:
+        n = ds.attrs.get("n_resumed_revisions", 0)
+        return f"; {n} checkpoints resumed from finished parts" if n else ""
     n = ds.attrs.get("n_resumed_passes", 0)
     return f", {n} of them resumed from finished parts" if n else ""
 
@@ -185,9 +215,12 @@ def _summary(ds, top: int = 8) -> None:
 
     from nnsight_reasoning.results import site_variables
 
-    p = ds["clean_p_base"].values
+    p = ds["clean_p_base"]
+    sweep = "checkpoint" in ds.dims
+    clean = (" · ".join(f"{c} {v:.3f}" for c, v in zip(ds["checkpoint"].values, p.mean("prompt").values))
+             if sweep else f"{float(p.mean()):.3f}")
     out.print(f"{ds.attrs['task']} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} pairs · "
-              f"mean P(base answer) = {np.nanmean(p):.3f} · metric = {ds.attrs['metric']}", highlight=False)
+              f"metric = {ds.attrs['metric']} · mean P(base answer) = {clean}", highlight=False)
     rows = []
     for v in site_variables(ds):
         da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
@@ -198,7 +231,8 @@ def _summary(ds, top: int = 8) -> None:
                 coords = {d: mean[d].values[i] for d, i in zip(mean.dims, idx)}
                 rows.append((abs(val), val, float(median.values[idx]), v, coords))
     rows.sort(key=lambda r: -r[0])
-    table = Table(title=f"top {top} sites by |mean effect|")
+    at = f" at checkpoint {ds['checkpoint'].values[-1]}" if sweep else ""
+    table = Table(title=f"top {top} sites by |mean effect|{at}")
     # stolfo_ie divides by probabilities that are tiny on a confident model, so a few
     # prompts can dominate the mean; the median shows the typical prompt.
     for col in ("site", "layer", "position", "token", "head", "mean effect", "median"):
@@ -219,6 +253,7 @@ def evaluate(
     task: Task = "arithmetic",
     model: Model = None,
     revision: Revision = None,
+    revisions: Revisions = None,
     n_prompts: int = typer.Option(200, help="number of prompts"),
     seed: Seed = 0,
     param: Param = [],
@@ -228,20 +263,39 @@ def evaluate(
     restart: Restart = False,
     progress: Progress = True,
 ) -> None:
-    """Task performance: accuracy, mean probability and rank of the correct answer."""
+    """Task performance: accuracy, mean probability and rank of the correct answer.
+
+    With --revisions, over training checkpoints (a learning curve; written to --out, default
+    under results/, and drawn by `reason-interp plot`).
+    """
     import nnsight_reasoning as nr
 
     params = _task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
+    names = _revisions(model, revision, revisions)
+    if names and out_file is None:
+        out_file = _out_path(None, "evaluate", task, model or "embedded", _revision_label(None, names))
     parts = None
     if out_file is not None:
         parts = _parts(_out_path(out_file, "evaluate", task, model or "embedded", revision or "main"), restart)
-    m = nr.load_model(model, revision)
+    m = model if names else nr.load_model(model, revision)
     ds = nr.evaluate(m, task, n_prompts, seed=seed, batch_size=batch_size, remote=remote, progress=progress,
-                     resume_dir=parts, **params)
-    out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
-              f"accuracy {ds.attrs['accuracy']:.3f} · mean P(answer) {ds.attrs['mean_p_answer']:.3f} · "
-              f"mean rank {ds.attrs['mean_rank']:.2f}{_traffic(ds)}", highlight=False)
+                     resume_dir=parts, revisions=names, **params)
+    if names:
+        table = Table(title=f"{task} · {ds.attrs['model']} · {n_prompts} prompts over training")
+        for col in ("checkpoint", "accuracy", "mean P(answer)", "mean rank", "load s", "run s"):
+            table.add_column(col, justify="right")
+        for c in ds["checkpoint"].values:
+            r = ds.sel(checkpoint=c)
+            table.add_row(str(c), f"{float(r.accuracy):.3f}", f"{float(r.mean_p_answer):.3f}",
+                          f"{float(r.mean_rank):.2f}", f"{float(r.seconds_load):.2f}", f"{float(r.seconds_run):.2f}")
+        out.print(table)
+        if ds.attrs.get("n_resumed_revisions"):
+            out.print(f"{ds.attrs['n_resumed_revisions']} checkpoints resumed from finished parts", highlight=False)
+    else:
+        out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
+                  f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
+                  f"mean rank {float(ds.mean_rank):.2f}{_traffic(ds)}", highlight=False)
     if out_file is not None:
         out.print(f"wrote [bold]{nr.save_result(ds, out_file)}[/]", highlight=False)
         shutil.rmtree(parts, ignore_errors=True)

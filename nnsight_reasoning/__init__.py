@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import tasks
 from .embedded import revisions as embedded_revisions
 from .errors import RunError, UsageError
+from .checkpoints import over_revisions, parse_revisions
 from .evaluate import evaluate
 from .metrics import METRICS
 from .models import ModelInfo, load_model
@@ -22,7 +23,8 @@ from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "evaluate", "plot_result",
+    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "evaluate", "over_revisions", "parse_revisions",
+    "plot_result",
     "save_result", "load_result", "assert_valid_result", "SITES", "METRICS", "PromptPair",
     "PromptPairs", "UsageError", "RunError",
 ]

@@ -7,7 +7,7 @@ kept on the model for result files.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,16 @@ _INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Where a model came from: ``name`` (HF id or "embedded"), ``path`` (local dir or "")."""
+    """Where a model came from: ``name`` (HF id or "embedded"), ``path`` (local dir or "").
+
+    ``load_kwargs`` are the options it was loaded with, so a checkpoint sweep can load the
+    other revisions the same way.
+    """
 
     name: str
     path: str
     revision: str
+    load_kwargs: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def load_model(
@@ -60,12 +65,13 @@ def load_model(
     from nnsight.modeling.transformers import TransformersModel
 
     name = "embedded" if name is None else str(name)
+    options = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation, **kwargs}
     if name == embedded.EMBEDDED_NAME:
         try:
             path = embedded.revision_path(revision or "main")
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
-        info = ModelInfo(name, str(path), revision or "main")
+        info = ModelInfo(name, str(path), revision or "main", options)
         source, load_kwargs = str(path), {}
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser().resolve()
@@ -76,12 +82,12 @@ def load_model(
                              f"(expected {path / revision}/config.json)")
         if not (path / "config.json").is_file():
             raise UsageError(f"{path} is not a Hugging Face model directory (no config.json)")
-        info = ModelInfo(name, str(path), revision or "")
+        info = ModelInfo(name, str(path), revision or "", options)
         source, load_kwargs = str(path), {}
     elif name.startswith(("/", "./", "../", "~")):
         raise UsageError(f"no such model directory: {name}")
     else:
-        info = ModelInfo(name, "", revision or "main")
+        info = ModelInfo(name, "", revision or "main", options)
         source, load_kwargs = name, ({"revision": revision} if revision else {})
     if device is not None:
         kwargs.setdefault("device_map", device)

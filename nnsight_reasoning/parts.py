@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,12 +126,51 @@ class Parts:
         np.savez(buf, _check=np.array(check), **arrays)
         _atomic_write(self._path(key), buf.getvalue())
 
+    def subdir(self, key: str) -> Path:
+        """A folder for the parts of one unit that has parts of its own (a revision of a sweep)."""
+        self._ensure()
+        return self.dir / _safe(key)
+
+    def get_dataset(self, key: str):
+        """The finished Dataset stored under ``key``, or None."""
+        from .results import load_result
+
+        if self.dir is None or not (self.dir / f"{_safe(key)}.nc").is_file():
+            return None
+        try:
+            return load_result(self.dir / f"{_safe(key)}.nc")
+        except UsageError:
+            raise UsageError(f"part {self.dir / _safe(key)}.nc is corrupt; delete it (it will be recomputed) "
+                             f"or pass --restart") from None
+
+    def put_dataset(self, key: str, ds):
+        """Store a finished Dataset durably and drop the unit's own parts; returns it as read back
+        (so a fresh run and a resumed one hand on identical objects), or None without a folder."""
+        import shutil
+
+        from .results import save_result
+
+        if self.dir is None:
+            return None
+        self._ensure()
+        save_result(ds, self.dir / f"{_safe(key)}.nc")
+        shutil.rmtree(self.dir / _safe(key), ignore_errors=True)
+        return self.get_dataset(key)
+
     def count(self) -> int:
-        return len(list(self.dir.glob("*.npz"))) if self.dir is not None and self.dir.is_dir() else 0
+        """Finished parts (at any depth)."""
+        if self.dir is None or not self.dir.is_dir():
+            return 0
+        return sum(1 for p in self.dir.rglob("*") if p.suffix in (".npz", ".nc"))
 
     def resume_hint(self) -> str:
         n = self.count()
         return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
+
+
+def _safe(key: str) -> str:
+    """A file name for a key such as a revision (branch names may hold "/")."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

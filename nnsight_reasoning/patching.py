@@ -24,7 +24,7 @@ import xarray as xr
 from . import backend, metrics
 from . import remote as _remote
 from .errors import UsageError
-from .models import model_info
+from .models import load_model, model_info
 from .parts import Parts, digest
 from .progress import progress_bar
 from .results import provenance
@@ -45,12 +45,14 @@ def patch(
     remote: bool | str = False,
     progress: bool = True,
     resume_dir: str | Path | None = None,
+    revisions: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Activation-patching sweep: the effect of each site's activation on the answer.
 
     Parameters
     ----------
-    model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``).
+    model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``), or
+        a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
     sites : any of "mlp", "attn", "resid", "head".
     positions : "last" (the final prompt token) or "all" (every token).
@@ -62,6 +64,8 @@ def patch(
         nnsight's remote serialisation path on this machine.
     resume_dir : keep each finished forward pass there; a later call with the same arguments
         skips them (see :mod:`nnsight_reasoning.parts`). The CLI uses ``<out>.nc.parts``.
+    revisions : run on each of these checkpoints of ``model`` (``"all"``, ``"step0,main"``,
+        a list; see :func:`nnsight_reasoning.over_revisions`); ``model`` may then be a name.
 
     Returns
     -------
@@ -69,6 +73,7 @@ def patch(
     ``head`` site is stored as variable ``heads`` with an extra ``head`` dim; values of ``metric``; ``clean_p_base`` and
     ``clean_p_source`` along ``prompt``. With ``positions="last"`` and prompts of different
     lengths, the single ``position`` coordinate is -1 ("each prompt's last token").
+    With ``revisions``, every variable gains a leading ``checkpoint`` dim.
 
     Examples
     --------
@@ -76,6 +81,11 @@ def patch(
     >>> ds.mlp.mean("prompt")
     """
     sites = check_sites(sites)
+    if revisions is not None:
+        return _over_revisions(model, pairs, revisions, resume_dir, progress, sites=sites, positions=positions,
+                               metric=metric, layers=layers, batch_size=batch_size, remote=remote)
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)} (got {positions!r})")
     if metric not in metrics.METRICS:
@@ -126,6 +136,23 @@ def patch(
         attrs.update(_remote.TRAFFIC.since(traffic))
     tokens = _token_strings(model, base_ids, positions, t_max)
     return _dataset(pair_list, values, clean, layer_list, pos_coord, n_heads, tokens, lengths, attrs, metric)
+
+
+def _over_revisions(model, pairs, revisions, resume_dir, progress, **kw) -> xr.Dataset:
+    from .checkpoints import over_revisions
+
+    pair_list = list(pairs)
+    task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
+    config = {"method": "activation_patching", "task": task,
+              "task_params": pairs.params if isinstance(pairs, PromptPairs) else {},
+              "pairs": digest([(p.base, p.source, p.base_answer, p.source_answer) for p in pair_list]),
+              **{k: v for k, v in kw.items() if k != "remote"}}
+
+    def run(m, resume_dir=None):
+        return patch(m, pairs, progress=progress, resume_dir=resume_dir, **kw)
+
+    return over_revisions(run, model, revisions, config=config, resume_dir=resume_dir, progress=progress,
+                          dispatch=kw["remote"] in (False, "local"))
 
 
 # --------------------------------------------------------------------------- planning

@@ -25,32 +25,78 @@ def _position_labels(ds: xr.Dataset) -> list[str]:
 
 
 def plot_result(ds: xr.Dataset, path: str | Path | None = None):
-    """Plot a result: patching -> per-site heatmaps (layer × position, mean over prompts);
-    evaluation -> accuracy. Returns the matplotlib Figure; writes a PNG if ``path`` is given.
+    """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
+
+    Patching: per-site heatmaps (layer × position, mean over prompts), one row per checkpoint
+    in a sweep (colour scale shared down each site's column). Evaluation: the distribution of
+    P(answer); over checkpoints, the learning curve (accuracy and mean P(answer)).
     """
     import matplotlib.pyplot as plt
 
     sites = site_variables(ds)
-    if not sites and "correct" in ds:
+    if not sites and "correct" in ds and "checkpoint" in ds.dims:
+        fig = _learning_curve(ds)
+    elif not sites and "correct" in ds:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.hist(ds["p_answer"].values, bins=20, range=(0, 1), color="tab:blue")
         ax.set_xlabel("P(correct answer)")
         ax.set_ylabel("prompts")
         ax.set_title(f"{ds.attrs.get('task')} on {ds.attrs.get('model')}@{ds.attrs.get('revision')}: "
-                     f"accuracy {ds.attrs.get('accuracy', float('nan')):.1%}", fontsize=9)
+                     f"accuracy {float(ds['accuracy']):.1%}", fontsize=9)
     else:
-        n_pos = ds.sizes.get("position", 1)
-        width = max(4.0, 0.55 * n_pos + 2.5)
-        fig, axes = plt.subplots(1, len(sites), figsize=(width * len(sites), 0.45 * ds.sizes["layer"] + 2.6),
-                                 squeeze=False)
-        from matplotlib.colors import Normalize, SymLogNorm
+        fig = _heatmaps(ds, sites)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
+
+def _learning_curve(ds: xr.Dataset):
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in ds["checkpoint"].values]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(names) + 2), 3.6))
+    ax.plot(x, ds["accuracy"].values, "o-", label="accuracy (top-1)")
+    ax.plot(x, ds["mean_p_answer"].values, "s--", label="mean P(answer)")
+    # Revisions are often log-spaced early in training (Pythia: 1, 2, 4, … 512), so they are
+    # spaced evenly and labelled rather than placed on a step axis.
+    ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center",
+                  fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("checkpoint (training order)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{ds.attrs.get('task')} on {ds.attrs.get('model')} over training "
+                 f"({ds.sizes['prompt']} prompts)", fontsize=9)
+    return fig
+
+
+def _heatmaps(ds: xr.Dataset, sites: list[str]):
+    """One panel per (checkpoint, site); in a sweep at one position, one layer × checkpoint panel per site."""
+    import matplotlib.pyplot as plt
+
+    sweep = "checkpoint" in ds.dims
+    if sweep and ds.sizes["position"] == 1 and var_name("head") not in sites:
+        fig, axes = plt.subplots(1, len(sites), figsize=(max(4.0, 0.6 * ds.sizes["checkpoint"] + 2.5) * len(sites),
+                                                         0.45 * ds.sizes["layer"] + 2.8), squeeze=False)
         for ax, site in zip(axes[0], sites):
-            da = ds[site]
-            if "checkpoint" in da.dims:
-                da = da.isel(checkpoint=-1)
-            xlabels = _position_labels(ds)
-            where = ""
+            vals = np.asarray(ds[site].isel(position=0).mean("prompt").transpose("layer", "checkpoint").values, float)
+            _panel(fig, ax, vals, [str(c) for c in ds["checkpoint"].values], ds, _norm([vals]),
+                   f"{site} at the last token: mean {ds.attrs.get('metric')} over {ds.sizes['prompt']} prompts")
+            ax.set_xlabel("checkpoint (training order)")
+        fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')} over training", fontsize=10)
+        return fig
+    checkpoints = list(ds["checkpoint"].values) if sweep else [None]
+    width = max(4.0, 0.55 * ds.sizes.get("position", 1) + 2.5)
+    height = 0.45 * ds.sizes["layer"] + 2.6
+    fig, axes = plt.subplots(len(checkpoints), len(sites), figsize=(width * len(sites), height * len(checkpoints)),
+                             squeeze=False)
+    for col, site in enumerate(sites):
+        means = []
+        for c in checkpoints:
+            da = ds[site] if c is None else ds[site].sel(checkpoint=c)
+            xlabels, where = _position_labels(ds), ""
             if site == var_name("head"):
                 if da.sizes["position"] > 1:  # each prompt's own last token
                     da = da.isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
@@ -58,21 +104,34 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None):
                     da = da.isel(position=0)
                 da = da.transpose("prompt", "layer", "head")
                 xlabels, where = [f"head {h}" for h in ds["head"].values], " (last token)"
-            vals = np.asarray(da.mean("prompt").values, dtype=float)
-            lim = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() and np.nanmax(np.abs(vals)) > 0 else 1.0
-            # stolfo_ie is a ratio of probabilities and spans many decades on confident
-            # models; a symmetric log scale keeps the small effects visible.
-            log = lim > 100
-            norm = SymLogNorm(linthresh=1.0, vmin=-lim, vmax=lim) if log else Normalize(-lim, lim)
-            im = ax.imshow(vals, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
-            ax.set_yticks(range(len(ds["layer"])), [str(l) for l in ds["layer"].values])
-            ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=8)
-            ax.set_ylabel("layer")
-            ax.set_title(f"{site}{where}: mean {ds.attrs.get('metric')} over {ds.sizes['prompt']} prompts"
-                         f"{' (symlog)' if log else ''}", fontsize=9)
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
+            means.append(np.asarray(da.mean("prompt").values, dtype=float))
+        norm = _norm(means)  # one colour scale down a column, so checkpoints compare
+        for row, (c, vals) in enumerate(zip(checkpoints, means)):
+            title = f"{site}{where}: mean {ds.attrs.get('metric')} over {ds.sizes['prompt']} prompts"
+            _panel(fig, axes[row][col], vals, xlabels, ds, norm, title if row == 0 else "")
+            if c is not None:
+                axes[row][col].set_ylabel(f"{c}\nlayer")
+    fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=10)
     return fig
+
+
+def _norm(arrays: list[np.ndarray]):
+    from matplotlib.colors import Normalize, SymLogNorm
+
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays])
+    lim = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+    # stolfo_ie is a ratio of probabilities and spans many decades on confident
+    # models; a symmetric log scale keeps the small effects visible.
+    return SymLogNorm(linthresh=1.0, vmin=-lim, vmax=lim) if lim > 100 else Normalize(-lim, lim)
+
+
+def _panel(fig, ax, vals, xlabels, ds, norm, title) -> None:
+    from matplotlib.colors import SymLogNorm
+
+    im = ax.imshow(vals, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
+    ax.set_yticks(range(len(ds["layer"])), [str(l) for l in ds["layer"].values])
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title + (" (symlog)" if isinstance(norm, SymLogNorm) else ""), fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)

@@ -1,23 +1,51 @@
-"""Progress bars that render in a terminal and in Jupyter (rich)."""
+"""Progress bars that render in a terminal and in Jupyter (rich).
+
+Bars nest: a bar started while another is running (a sweep's inner work under its bar over
+revisions) becomes a second line of the same display, since rich allows one live display.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+_live: Any = None  # the rich Progress currently on screen, if any
 
 
-def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None) -> Iterator[T]:
-    """Iterate ``items`` with a rich progress bar (to stderr) unless ``enabled`` is False."""
+def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,
+                 label: Callable[[T], str] | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a rich progress bar (to stderr) unless ``enabled`` is False.
+
+    ``label(item)`` is shown after the description while that item is worked on.
+    """
+    global _live
     if not enabled:
         yield from items
+        return
+    items = list(items) if total is None else items
+    n = total if total is not None else len(items)  # type: ignore[arg-type]
+    if _live is not None:
+        bar, task = _live, _live.add_task(description, total=n)
+        try:
+            for item in items:
+                if label is not None:
+                    bar.update(task, description=f"{description} {label(item)}")
+                yield item
+                bar.advance(task)
+        finally:
+            bar.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    items = list(items) if total is None else items
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=total if total is not None else len(items))  # type: ignore[arg-type]
-        for item in items:
-            yield item
-            bar.advance(task)
+        _live = bar
+        try:
+            task = bar.add_task(description, total=n)
+            for item in items:
+                if label is not None:
+                    bar.update(task, description=f"{description} {label(item)}")
+                yield item
+                bar.advance(task)
+        finally:
+            _live = None

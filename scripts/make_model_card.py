@@ -36,7 +36,7 @@ def main() -> None:
         acc[rev] = {}
         for col, (task, kw) in EVALS.items():
             ds = nr.evaluate(model, task, N, seed=SEED, progress=False, **kw)
-            acc[rev][col] = round(ds.attrs["accuracy"], 4)
+            acc[rev][col] = round(float(ds.accuracy), 4)
         print(rev, acc[rev], flush=True)
     cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     meta = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())

@@ -64,7 +64,7 @@ def test_evaluate_matches_a_plain_forward(embedded_model):
         assert ds.p_answer.values[i] == pytest.approx(float(probs[ans]), rel=1e-5, abs=1e-8)
         assert ds.answer_rank.values[i] == int((probs > probs[ans]).sum())
         assert ds.correct.values[i] == int(int(probs.argmax()) == ans)
-    assert ds.attrs["accuracy"] == pytest.approx(float(ds.correct.mean()))
+    assert float(ds.accuracy) == pytest.approx(float(ds.correct.mean()))
 
 
 def test_model_card_numbers_are_reproducible():
@@ -75,7 +75,7 @@ def test_model_card_numbers_are_reproducible():
         model = nr.load_model(revision=rev)
         for col, spec in card["evals"].items():
             ds = nr.evaluate(model, spec["task"], card["n_prompts"], seed=card["seed"], progress=False, **spec["params"])
-            assert round(ds.attrs["accuracy"], 4) == card["accuracy"][rev][col], (rev, col)
+            assert round(float(ds.accuracy), 4) == card["accuracy"][rev][col], (rev, col)
     assert (embedded.ROOT / "MODEL_CARD.md").read_text().count("| main |") == 1
 
 

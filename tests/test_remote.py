@@ -91,6 +91,19 @@ def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_mode
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] >= 2
 
 
+def test_checkpoint_sweep_runs_remotely_and_names_the_revision_not_served(ndif, tmp_path, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    local = nr.evaluate(None, "arithmetic", 12, revisions="main", progress=False)
+    remote = nr.evaluate(None, "arithmetic", 12, revisions="main", progress=False, remote=ndif.host)
+    np.testing.assert_allclose(remote.p_answer.values, local.p_answer.values, atol=1e-5, rtol=0)
+    assert remote.p_answer.dims == ("checkpoint", "prompt")
+    r = cli(["evaluate", "--revisions", "step0,main", "--n-prompts", "4", "--remote", "--no-progress",
+             "--out", str(tmp_path / "s.nc")], ndif)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "revisions/step0" in r.stderr and "is not deployed on" in r.stderr and "run locally" in r.stderr
+    assert not (tmp_path / "s.nc").exists()
+
+
 def test_remote_status_names_host_and_served_models(ndif):
     r = cli(["remote", "status"], ndif)
     assert r.returncode == 0, r.stderr

@@ -37,6 +37,12 @@ def card() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def training_meta(revision: str = "main") -> dict:
+    """How a revision was trained (step, task mix, seed), as the training script recorded it."""
+    path = REVISIONS_DIR / revision / "training_meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @lru_cache(maxsize=1)
 def load_tokenizer():
     """The embedded word-level tokenizer (same for every revision)."""
