@@ -37,7 +37,7 @@ def pythia_160m_like(root: Path, revisions: list[str]) -> None:
         embedded.load_tokenizer().save_pretrained(root / rev)
 
 
-def measure(model, revisions: str, n_prompts: int, parts: Path) -> dict:
+def measure(model, revisions: str, n_prompts: int, parts: Path, weights: Path) -> dict:
     pairs = nr.tasks.arithmetic(n_prompts=n_prompts, seed=0)
     ds = nr.patch(model, pairs, sites=["mlp", "attn"], revisions=revisions, resume_dir=parts, progress=False)
     sizes = [p.stat().st_size for p in parts.glob("*.nc")]
@@ -47,7 +47,8 @@ def measure(model, revisions: str, n_prompts: int, parts: Path) -> dict:
            "forward_passes_per_revision": int(ds.attrs["n_forward_passes"]),
            "load_s_median": statistics.median(ds.seconds_load.values[1:].tolist()),  # the first pays for imports
            "run_s_median": statistics.median(ds.seconds_run.values[1:].tolist()),
-           "part_kB": statistics.median(sizes) / 1e3, "merged_kB": Path(out).stat().st_size / 1e3}
+           "part_kB": statistics.median(sizes) / 1e3, "merged_kB": Path(out).stat().st_size / 1e3,
+           "weights_MB": sum(f.stat().st_size for f in weights.glob("*.safetensors")) / 1e6}
     Path(out).unlink()
     return row
 
@@ -60,21 +61,24 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
     try:
-        rows = {"embedded": measure("embedded", "all", args.n_prompts, work / "p1")}
+        rows = {"embedded": measure("embedded", "all", args.n_prompts, work / "p1",
+                                        embedded.revision_path("main"))}
         pythia_160m_like(work / "pythia-160m-like", ["step1000", "step2000", "step3000"])
-        rows["pythia-160m-like"] = measure(work / "pythia-160m-like", "all", args.n_prompts, work / "p2")
+        rows["pythia-160m-like"] = measure(work / "pythia-160m-like", "all", args.n_prompts, work / "p2",
+                                           work / "pythia-160m-like" / "step1000")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"checkpoint sweep, {args.n_prompts} arithmetic pairs, sites mlp+attn, last position, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'model':<18}{'revs':>5}{'passes/rev':>11}{'load s':>9}{'run s':>8}{'part kB':>9}{'merged kB':>11}")
+    print(f"{'model':<18}{'revs':>5}{'passes/rev':>11}{'load s':>9}{'run s':>8}{'part kB':>9}{'merged kB':>11}"
+          f"{'weights MB':>12}")
     for name, r in rows.items():
         print(f"{name:<18}{r['revisions']:>5}{r['forward_passes_per_revision']:>11}{r['load_s_median']:>9.2f}"
-              f"{r['run_s_median']:>8.2f}{r['part_kB']:>9.1f}{r['merged_kB']:>11.1f}")
+              f"{r['run_s_median']:>8.2f}{r['part_kB']:>9.1f}{r['merged_kB']:>11.1f}{r['weights_MB']:>12.1f}")
     p = rows["pythia-160m-like"]
     print(f"=> Pythia-160m, 154 checkpoints: {154 * p['forward_passes_per_revision']} forward passes, "
           f"~{154 * (p['load_s_median'] + p['run_s_median']) / 60:.0f} min of load+compute here (plus downloads), "
-          f"result ~{p['part_kB'] * 154 / 1e3:.1f} MB")
+          f"result ~{p['part_kB'] * 154 / 1e3:.1f} MB, downloads ~{p['weights_MB'] * 154 / 1e3:.0f} GB of fp16 weights")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
