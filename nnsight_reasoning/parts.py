@@ -6,6 +6,9 @@ forward pass, a chunk of prompts), each written to a temp file, flushed and rena
 kill at any moment leaves only whole parts. A rerun with the same configuration reads the
 finished parts back and computes only the rest; a directory left by a different
 configuration is refused, never mixed in.
+
+Parts nest: a checkpoint sweep keeps each finished revision as ``<revision>.nc`` and the
+finished passes of the revision in progress in ``<revision>/``, a Parts folder of its own.
 """
 from __future__ import annotations
 

@@ -223,8 +223,9 @@ def test_local_directory_of_revisions_sweeps_from_the_cli(tmp_path, embedded_tok
         (root / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
     out = tmp_path / "local.nc"
     r = reason_interp(["patch", "--model", str(root), "--revisions", "all", "--n-prompts", "6", "--site", "mlp",
-                       "--no-progress", "--out", str(out)])
+                       "--out", str(out)])
     assert r.returncode == 0, r.stderr
+    assert "checkpoint main" in r.stderr and "3/3" in r.stderr  # the outer bar, last drawn on the last revision
     ds = nr.load_result(out)
     assert list(ds.checkpoint.values) == ["step0", "step500", "main"] and ds.attrs["model_path"] == str(root.resolve())
     pairs = nr.tasks.arithmetic(n_prompts=6, seed=0, tokenizer=embedded_tokenizer)
