@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 import xarray as xr
 
 from . import embedded
@@ -184,13 +185,8 @@ def _name(model: Any) -> str:
 
 def _free_memory() -> None:
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 _PER_REVISION = ("model_path", "seconds_load", "seconds_run")  # always coordinates along checkpoint, even when equal

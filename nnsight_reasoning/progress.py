@@ -24,15 +24,11 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
     items = list(items) if total is None else items
     n = total if total is not None else len(items)  # type: ignore[arg-type]
     if _live is not None:
-        bar, task = _live, _live.add_task(description, total=n)
+        task = _live.add_task(description, total=n)
         try:
-            for item in items:
-                if label is not None:
-                    bar.update(task, description=f"{description} {label(item)}")
-                yield item
-                bar.advance(task)
+            yield from _advance(_live, task, items, description, label)
         finally:
-            bar.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
+            _live.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -41,11 +37,14 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
                   TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         _live = bar
         try:
-            task = bar.add_task(description, total=n)
-            for item in items:
-                if label is not None:
-                    bar.update(task, description=f"{description} {label(item)}")
-                yield item
-                bar.advance(task)
+            yield from _advance(bar, bar.add_task(description, total=n), items, description, label)
         finally:
             _live = None
+
+
+def _advance(bar: Any, task: Any, items: Iterable[T], description: str, label: Callable[[T], str] | None) -> Iterator[T]:
+    for item in items:
+        if label is not None:
+            bar.update(task, description=f"{description} {label(item)}")
+        yield item
+        bar.advance(task)
