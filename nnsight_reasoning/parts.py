@@ -90,13 +90,19 @@ class Parts:
 
     @contextmanager
     def resume_hint_on_failure(self) -> Iterator[None]:
-        """Append where the finished parts are to a :class:`RunError` raised inside."""
+        """Append where the finished parts are to a :class:`RunError` raised inside; a failure
+        before any part finished leaves no folder behind (a sweep makes its manifest early)."""
         try:
             yield
-        except RunError as e:
-            if not self.count():
-                raise
-            raise RunError(f"{e}; {self.resume_hint()}") from None
+        except BaseException as e:
+            if self.count():
+                if isinstance(e, RunError):
+                    raise RunError(f"{e}; {self.resume_hint()}") from None
+            elif self.dir is not None and self.dir.is_dir():
+                import shutil
+
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def get(self, key: str, check: str = "") -> dict[str, np.ndarray] | None:
         """The arrays stored under ``key``, or None if that part is not finished.

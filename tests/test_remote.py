@@ -101,7 +101,7 @@ def test_checkpoint_sweep_runs_remotely_and_names_the_revision_not_served(ndif, 
              "--out", str(tmp_path / "s.nc")], ndif)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "revisions/step0" in r.stderr and "is not deployed on" in r.stderr and "run locally" in r.stderr
-    assert not (tmp_path / "s.nc").exists()
+    assert not (tmp_path / "s.nc").exists() and not parts_dir(tmp_path / "s.nc").exists()
 
 
 def test_remote_status_names_host_and_served_models(ndif):
