@@ -273,11 +273,11 @@ def evaluate(
     params = _task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
     names = _revisions(model, revision, revisions)
-    if names and out_file is None:
-        out_file = _out_path(None, "evaluate", task, model or "embedded", _revision_label(None, names))
-    parts = None
-    if out_file is not None:
-        parts = _parts(_out_path(out_file, "evaluate", task, model or "embedded", revision or "main"), restart)
+    # a sweep always writes a file (default name under results/), so that it can resume
+    path = None
+    if out_file is not None or names:
+        path = _out_path(out_file, "evaluate", task, model or "embedded", _revision_label(revision, names))
+    parts = _parts(path, restart) if path is not None else None
     m = model if names else nr.load_model(model, revision)
     ds = nr.evaluate(m, task, n_prompts, seed=seed, batch_size=batch_size, remote=remote, progress=progress,
                      resume_dir=parts, revisions=names, **params)
@@ -296,8 +296,8 @@ def evaluate(
         out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
                   f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
                   f"mean rank {float(ds.mean_rank):.2f}{_traffic(ds)}", highlight=False)
-    if out_file is not None:
-        out.print(f"wrote [bold]{nr.save_result(ds, out_file)}[/]", highlight=False)
+    if path is not None:
+        out.print(f"wrote [bold]{nr.save_result(ds, path)}[/]", highlight=False)
         shutil.rmtree(parts, ignore_errors=True)
 
 

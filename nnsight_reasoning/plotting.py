@@ -27,8 +27,9 @@ def _position_labels(ds: xr.Dataset) -> list[str]:
 def plot_result(ds: xr.Dataset, path: str | Path | None = None):
     """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
 
-    Patching: per-site heatmaps (layer × position, mean over prompts), one row per checkpoint
-    in a sweep (colour scale shared down each site's column). Evaluation: the distribution of
+    Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
+    checkpoint at a single position, else one row per checkpoint (colour scale shared down
+    each site's column). Evaluation: the distribution of
     P(answer); over checkpoints, the learning curve (accuracy and mean P(answer)).
     """
     import matplotlib.pyplot as plt
