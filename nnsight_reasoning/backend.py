@@ -19,12 +19,14 @@ from .tasks.base import single_token_id
 
 @dataclass(frozen=True)
 class Patch:
-    """Copy one site's activation from ``src_rows`` into ``rows`` of the same batch.
+    """Patched copies of input rows: entry i adds one row to the batch, a copy of input row
+    ``rows[i]`` in which the ``site`` activation at ``layer``, position ``positions[i]`` (head
+    ``heads[i]``) is replaced by that of input row ``src_rows[i]``.
 
-    All index tensors have the same length k: entry i copies
-    ``act[src_rows[i], positions[i] (, heads[i])]`` into ``act[rows[i], positions[i] (, heads[i])]``
-    at ``layer``. Source rows are never patched themselves, so their activations are the
-    clean source-prompt values when the copy happens.
+    All index tensors have the same length k. A copy joins the batch only where its patch
+    happens (the input of ``layer``; after it for ``resid``): up to there it would equal its
+    original row, so the layers below are computed once per input row, not once per copy.
+    Source rows are input rows, which are never patched, so every copy reads clean values.
     """
 
     site: str
@@ -47,20 +49,6 @@ class Scores:
     rank: torch.Tensor
 
 
-def merge(patches: Sequence[Patch]) -> list[Patch]:
-    """One Patch per (layer, site), sorted in the order the forward pass reaches them."""
-    groups: dict[tuple[int, int], list[Patch]] = {}
-    for p in patches:
-        groups.setdefault((p.layer, SITES.index(p.site)), []).append(p)
-    out = []
-    for key in sorted(groups):
-        ps = groups[key]
-        heads = None if ps[0].heads is None else torch.cat([p.heads for p in ps])  # type: ignore[misc]
-        out.append(Patch(ps[0].site, ps[0].layer, torch.cat([p.rows for p in ps]),
-                         torch.cat([p.src_rows for p in ps]), torch.cat([p.positions for p in ps]), heads))
-    return out
-
-
 def answer_scores(
     model: Any,
     input_ids: torch.Tensor,
@@ -69,51 +57,124 @@ def answer_scores(
     *,
     remote: bool | str = False,
 ) -> Scores:
-    """Run one forward pass over ``input_ids`` (rows, T) with ``patches`` applied.
+    """One forward pass over ``input_ids`` (n, T) plus the patched copies ``patches`` describe.
 
-    Only the scores of ``answer_ids`` (rows, K) at the last position come back, so remote
-    runs download a few numbers per row, never activations or full logits. ``remote``: False
-    (here), "local" (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
+    ``answer_ids`` (n, K): candidate tokens per input row; a copy scores its original row's.
+    Returns scores for n + Σ len(patch.rows) rows: the input rows, then each patch's copies in
+    the order ``patches`` lists them. Only these scores come back, so remote runs download a
+    few numbers per row, never activations or full logits. ``remote``: False (here), "local"
+    (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
     """
-    steps = _steps(model, merge(patches))
+    plan, order = _plan(model, patches, len(input_ids))
     d = dims(model)
-    args = (model, input_ids, answer_ids, steps, d["n_heads"], d["head_dim"])
+    rows = torch.cat([torch.arange(len(input_ids))] + [p.rows for p in sorted(patches, key=_forward_key)])
+    args = (model, input_ids, answer_ids[rows], plan, d["n_heads"], d["head_dim"])
     if remote is False or remote == "local":
         saved = _trace_scores(*args, remote=remote)
     else:
         saved = _remote.run(model, lambda backend: _trace_scores(*args, backend=backend), remote)["scores"]
-    return Scores(*(t.detach().cpu() for t in saved))
+    return Scores(*(t.detach().cpu()[order] for t in saved))
 
 
-def _steps(model: Any, plan: Sequence[Patch]) -> list[tuple]:
-    """Patches as (kind, module, rows, src_rows, positions, heads), modules already resolved.
+def _forward_key(p: Patch) -> tuple[int, int]:
+    return p.layer, SITES.index(p.site)
 
-    The trace body may only touch nnsight, torch and builtins: it is shipped to NDIF, where
-    this package is not installed.
+
+def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tuple], torch.Tensor]:
+    """Per-layer trace steps, and the row order that puts the copies back in ``patches`` order.
+
+    A step is (layer module, origin, grow_in, inner, grow_out, outer):
+    ``origin`` maps each row entering the layer to its input row, for the layer's batch-shaped
+    arguments (the attention mask is built once for the input batch); ``grow_in``/``grow_out``
+    are the rows copied at the layer's input/output; ``inner`` holds (kind, module, rows, src,
+    positions, heads) for sites inside the layer, ``outer`` the same for ``resid``.
+    Modules are resolved here because the trace body may only touch nnsight, torch and
+    builtins: it is shipped to NDIF, where this package is not installed.
     """
     arch = architecture(model)
     layers = resolve(model, arch.layers)
     paths = {"head": arch.o_proj, "attn": arch.attn, "mlp": arch.mlp}
-    steps = []
-    for p in plan:
-        layer = layers[p.layer]
-        module = resolve(layer, paths[p.site]) if p.site in paths else layer
-        steps.append((p.site, module, p.rows, p.src_rows, p.positions, p.heads))
-    return steps
+    ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
+    groups: dict[tuple[int, int], list[Patch]] = {}  # one intervention per module and layer
+    for i in ordered:
+        groups.setdefault(_forward_key(patches[i]), []).append(patches[i])
+    merged: dict[int, list[Patch]] = {}
+    for (li, _), ps in groups.items():
+        heads = None if ps[0].heads is None else torch.cat([p.heads for p in ps])  # type: ignore[misc]
+        merged.setdefault(li, []).append(Patch(ps[0].site, li, *(torch.cat(t) for t in zip(
+            *[(p.rows, p.src_rows, p.positions) for p in ps])), heads))
+    origin = torch.arange(n_inputs)
+    steps, started = [], False
+    for li in range(len(layers)) if merged else []:
+        inner, outer, grow_in, grow_out = [], None, None, None
+        new_in = [p for p in merged.get(li, []) if p.site != "resid"]
+        if new_in:
+            grow_in = torch.cat([p.rows for p in new_in])
+            n = len(origin)
+            for p in new_in:
+                inner.append((p.site, resolve(layers[li], paths[p.site]), torch.arange(n, n + len(p.rows)),
+                              p.src_rows, p.positions, p.heads))
+                n += len(p.rows)
+            origin = torch.cat([origin, grow_in])
+            started = True
+        step_origin = origin if started else None
+        res = [p for p in merged.get(li, []) if p.site == "resid"]
+        if res:
+            grow_out = res[0].rows
+            copies = torch.arange(len(origin), len(origin) + len(grow_out))
+            outer = ("resid", None, copies, res[0].src_rows, res[0].positions, None)
+            origin = torch.cat([origin, grow_out])
+            started = True
+        if step_origin is not None or grow_out is not None:
+            steps.append((layers[li], step_origin, grow_in, inner, grow_out, outer))
+    sizes = [len(patches[i].rows) for i in ordered]
+    starts = n_inputs + torch.cumsum(torch.tensor([0] + sizes), 0)[:-1]
+    pos = {i: torch.arange(int(s), int(s) + k) for i, s, k in zip(ordered, starts, sizes)}
+    order = torch.cat([torch.arange(n_inputs)] + [pos[i] for i in range(len(patches))])
+    return steps, order
 
 
 def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, remote=False, backend=None):
     scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
-    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1):
-        for kind, module, rows, src, pos, heads in steps:
-            if kind == "head":
-                x = module.input
-                v = x.view(x.shape[0], x.shape[1], n_heads, head_dim)
-                v[rows, pos, heads] = v[src, pos, heads]
-            else:
-                x = module.output
-                if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
-                    x = x[0]
+    n_inputs = input_ids.shape[0]
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        for layer, origin, grow_in, inner, grow_out, outer in steps:
+            if origin is not None:
+                args, kwargs = layer.inputs
+                hidden = args[0]
+                if grow_in is not None:
+                    hidden = torch.cat([hidden, hidden[grow_in]])
+                # batch-shaped arguments (the attention mask) were built for the input rows;
+                # some layers take them by keyword, some (GPT-2) by position
+                rest = []
+                for value in args[1:]:
+                    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n_inputs > 1:
+                        value = value[origin]
+                    rest.append(value)
+                for key in list(kwargs):
+                    value = kwargs[key]
+                    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n_inputs > 1:
+                        kwargs[key] = value[origin]
+                layer.inputs = ((hidden,) + tuple(rest), kwargs)
+            for kind, module, rows, src, pos, heads in inner:
+                if kind == "head":
+                    x = module.input
+                    v = x.view(x.shape[0], x.shape[1], n_heads, head_dim)
+                    v[rows, pos, heads] = v[src, pos, heads]
+                else:
+                    x = module.output
+                    if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
+                        x = x[0]
+                    x[rows, pos] = x[src, pos]
+            if grow_out is not None:
+                out = layer.output
+                if isinstance(out, tuple):
+                    x = torch.cat([out[0], out[0][grow_out]])
+                    layer.output = (x,) + tuple(out[1:])
+                else:
+                    x = torch.cat([out, out[grow_out]])
+                    layer.output = x
+                rows, src, pos = outer[2], outer[3], outer[4]
                 x[rows, pos] = x[src, pos]
         logits = model.output.logits[:, -1].double()  # ratios of tiny probabilities need it
         log_probs = logits.log_softmax(-1)

@@ -4,11 +4,13 @@ For every prompt pair, site, layer, position (and head for ``head``), the base p
 run with that one activation replaced by its value on the source prompt, and the metric
 compares the answer scores with the clean base run.
 
-Batching: one forward pass holds ``p`` source rows, ``p`` clean base rows and ``p·u``
-patched copies of the base prompts (``u`` patch units per pair), ``p·(u+2) <= batch_size``.
-Each patched row copies its activation from its own pair's source row *in the same pass*,
-so source activations never leave the model (or the NDIF server). Pairs are grouped by
-token length, so no padding is ever used.
+Batching: one forward pass takes ``p`` source rows and ``p`` clean base rows as input, and
+grows to ``p·(u+2) <= batch_size`` rows (``u`` patch units per pair): each patched copy of a
+base row joins the batch at the layer of its site, because below it the copy would equal its
+base row. A sweep over all layers thus computes about half the layer-rows of one full
+forward per patch. Each copy reads its activation from its own pair's source row *in the
+same pass*, so source activations never leave the model (or the NDIF server). Pairs are
+grouped by token length, so no padding is ever used.
 """
 from __future__ import annotations
 
@@ -126,7 +128,7 @@ def patch(
                 s = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), plan, remote=remote)
                 return {"log_probs": s.log_probs.double().numpy(), "logits": s.logits.double().numpy()}
 
-            _fill(store.fetch(f"pass-{k:06d}", (rows, ans), compute), pair_idx, where, metric, values, clean)
+            _fill(store.fetch(f"pass-{k:06d}", (rows, ans, where), compute), pair_idx, where, metric, values, clean)
 
     attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path,
                        revision=info.revision, method="activation_patching", metric=metric,
@@ -187,25 +189,26 @@ def n_forward_passes(n_pairs: int, n_units: int, batch_size: int = 512) -> int:
 
 # --------------------------------------------------------------------------- execution
 def _pass_inputs(pair_idx, units, base_ids, source_ids, answers, layer_list):
-    """One forward pass: rows = p sources, p clean bases, then p·u patched bases.
+    """One forward pass: p source rows and p clean base rows go in; each unit of each pair adds
+    a patched copy of its base row where its site is (see :class:`backend.Patch`).
 
-    Returns the rows, their answer ids, the patches, and where each patched row's value goes.
+    Returns the input rows, their answer ids, the patches, and where each copy's value goes:
+    (output row, pair, site, layer index, position index, head, output row of its clean base).
     """
+    p = len(pair_idx)
     rows = [source_ids[i] for i in pair_idx] + [base_ids[i] for i in pair_idx]
     ans = [answers[i] for i in pair_idx] * 2
-    patches: dict[tuple, list[tuple[int, ...]]] = defaultdict(list)
-    where = []
+    entries: dict[tuple, list[tuple]] = defaultdict(list)
     for j, i in enumerate(pair_idx):
         for site, li, pos, pi, head in units:
-            r = len(rows)
-            rows.append(base_ids[i])
-            ans.append(answers[i])
-            patches[(site, layer_list[li])].append((r, j, pos) if head is None else (r, j, pos, head))
-            where.append((r, i, site, li, pi, head, len(pair_idx) + j))
-    plan = []
-    for (site, layer), entries in patches.items():
-        t = [torch.tensor(c) for c in zip(*entries)]
+            entries[(site, layer_list[li])].append(((p + j, j, pos) + (() if head is None else (head,)),
+                                                    (i, site, li, pi, head, p + j)))
+    plan, where = [], []
+    for (site, layer), es in entries.items():
+        t = [torch.tensor(c) for c in zip(*(e[0] for e in es))]
         plan.append(backend.Patch(site, layer, t[0], t[1], t[2], t[3] if site == "head" else None))
+        for e in es:
+            where.append((len(rows) + len(where),) + e[1])
     return rows, ans, plan, where
 
 
