@@ -53,34 +53,42 @@ def measure(model, revisions: str, n_prompts: int, parts: Path, weights: Path) -
     return row
 
 
+def measure_all(n_prompts: int = 64) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
+    try:
+        rows = {"embedded": measure("embedded", "all", n_prompts, work / "p1", embedded.revision_path("main"))}
+        pythia_160m_like(work / "pythia-160m-like", ["step1000", "step2000", "step3000"])
+        rows["pythia-160m-like"] = measure(work / "pythia-160m-like", "all", n_prompts, work / "p2",
+                                           work / "pythia-160m-like" / "step1000")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"n_prompts": n_prompts, "threads": torch.get_num_threads(), **rows}
+
+
+def report(res: dict) -> None:
+    print(f"\n[checkpoints] sweep cost per revision, {res['n_prompts']} arithmetic pairs, sites mlp+attn, "
+          f"last position, {res['threads']} threads")
+    print(f"  {'model':<18}{'revs':>5}{'passes/rev':>11}{'load s':>9}{'run s':>8}{'part kB':>9}{'merged kB':>11}"
+          f"{'weights MB':>12}")
+    for name in ("embedded", "pythia-160m-like"):
+        r = res[name]
+        print(f"  {name:<18}{r['revisions']:>5}{r['forward_passes_per_revision']:>11}{r['load_s_median']:>9.2f}"
+              f"{r['run_s_median']:>8.2f}{r['part_kB']:>9.1f}{r['merged_kB']:>11.1f}{r['weights_MB']:>12.1f}")
+    p = res["pythia-160m-like"]
+    print(f"  => Pythia-160m, 154 checkpoints: {154 * p['forward_passes_per_revision']} forward passes, "
+          f"~{154 * (p['load_s_median'] + p['run_s_median']) / 60:.0f} min of load+compute here (plus downloads), "
+          f"result ~{p['part_kB'] * 154 / 1e3:.1f} MB, downloads ~{p['weights_MB'] * 154 / 1e3:.0f} GB of fp16 weights")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    work = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
-    try:
-        rows = {"embedded": measure("embedded", "all", args.n_prompts, work / "p1",
-                                        embedded.revision_path("main"))}
-        pythia_160m_like(work / "pythia-160m-like", ["step1000", "step2000", "step3000"])
-        rows["pythia-160m-like"] = measure(work / "pythia-160m-like", "all", args.n_prompts, work / "p2",
-                                           work / "pythia-160m-like" / "step1000")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"checkpoint sweep, {args.n_prompts} arithmetic pairs, sites mlp+attn, last position, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<18}{'revs':>5}{'passes/rev':>11}{'load s':>9}{'run s':>8}{'part kB':>9}{'merged kB':>11}"
-          f"{'weights MB':>12}")
-    for name, r in rows.items():
-        print(f"{name:<18}{r['revisions']:>5}{r['forward_passes_per_revision']:>11}{r['load_s_median']:>9.2f}"
-              f"{r['run_s_median']:>8.2f}{r['part_kB']:>9.1f}{r['merged_kB']:>11.1f}{r['weights_MB']:>12.1f}")
-    p = rows["pythia-160m-like"]
-    print(f"=> Pythia-160m, 154 checkpoints: {154 * p['forward_passes_per_revision']} forward passes, "
-          f"~{154 * (p['load_s_median'] + p['run_s_median']) / 60:.0f} min of load+compute here (plus downloads), "
-          f"result ~{p['part_kB'] * 154 / 1e3:.1f} MB, downloads ~{p['weights_MB'] * 154 / 1e3:.0f} GB of fp16 weights")
+    res = measure_all(args.n_prompts)
+    report(res)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -67,19 +67,17 @@ def naive(model, pairs, layers):
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-prompts", type=int, default=64)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+def measure(n_prompts: int = 64) -> dict:
+    """Start the loopback NDIF server, run both sweeps, check they agree, stop the server."""
     if not installed():
-        sys.exit("needs the loopback NDIF server: bash scripts/install_ndif.sh")
+        return {"skipped": "needs the loopback NDIF server: bash scripts/install_ndif.sh"}
     stack = NDIFStack()
+    saved_env = {k: os.environ.get(k) for k in ("NDIF_HOST", "NDIF_API_KEY")}
     try:
         stack.start([embedded.revision_path("main")])
         os.environ.update(NDIF_HOST=stack.host, NDIF_API_KEY="benchmark")
         model = nr.load_model()
-        pairs = nr.tasks.arithmetic(n_prompts=args.n_prompts, seed=0, tokenizer=model.tokenizer)
+        pairs = nr.tasks.arithmetic(n_prompts=n_prompts, seed=0, tokenizer=model.tokenizer)
         layers = list(range(nr.sites.dims(model)["n_layers"]))
         rows = {}
         for name, fn in (("toolkit", lambda: nr.patch(model, pairs, sites=list(SITES), metric="logit_diff",
@@ -95,20 +93,44 @@ def main() -> None:
         for s in SITES:
             clean = ds[s].values[:, :, 0] - nv[s]
             assert np.allclose(clean, clean[:, :1], atol=1e-4), f"toolkit and naive disagree on {s}"
-        t, n = rows["toolkit"], rows["naive"]
-        print(f"NDIF stack up in {stack.timings['total_s']:.1f} s ({stack.timings})")
-        print(f"sweep: {args.n_prompts} pairs x {len(SITES)} sites x {len(layers)} layers, last position")
-        print(f"{'':10}{'requests':>10}{'kB up':>10}{'kB down':>10}{'seconds':>10}")
-        for name, r in rows.items():
-            print(f"{name:10}{r['remote_jobs']:>10}{r['remote_bytes_sent'] / 1e3:>10.1f}"
-                  f"{r['remote_bytes_received'] / 1e3:>10.1f}{r['seconds']:>10.2f}")
-        print(f"ratio naive/toolkit: requests {n['remote_jobs'] / t['remote_jobs']:.1f}x, "
-              f"download {n['remote_bytes_received'] / t['remote_bytes_received']:.1f}x, "
-              f"time {n['seconds'] / t['seconds']:.1f}x; same numbers: yes")
-        if args.json:
-            args.json.write_text(json.dumps({"n_prompts": args.n_prompts, "stack": stack.timings, **rows}, indent=1))
+        return {"n_prompts": n_prompts, "n_sites": len(SITES) * len(layers), "stack": stack.timings, **rows}
     finally:
         stack.stop()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def report(res: dict) -> None:
+    if "skipped" in res:
+        print(f"\n[remote] skipped: {res['skipped']}")
+        return
+    t, n = res["toolkit"], res["naive"]
+    print(f"\n[remote] loopback NDIF server up in {res['stack']['total_s']:.1f} s; sweep: {res['n_prompts']} pairs "
+          f"× {res['n_sites']} (site, layer), last position, logit_diff")
+    print(f"  {'':10}{'requests':>10}{'kB up':>10}{'kB down':>10}{'seconds':>10}")
+    for name in ("toolkit", "naive"):
+        r = res[name]
+        print(f"  {name:10}{r['remote_jobs']:>10}{r['remote_bytes_sent'] / 1e3:>10.1f}"
+              f"{r['remote_bytes_received'] / 1e3:>10.1f}{r['seconds']:>10.2f}")
+    print(f"  naive/toolkit: requests {n['remote_jobs'] / t['remote_jobs']:.1f}x, "
+          f"download {n['remote_bytes_received'] / t['remote_bytes_received']:.1f}x, "
+          f"time {n['seconds'] / t['seconds']:.1f}x; same numbers: yes")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-prompts", type=int, default=64)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    res = measure(args.n_prompts)
+    if "skipped" in res:
+        sys.exit(res["skipped"])
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -41,12 +41,13 @@ class Patch:
 class Scores:
     """Next-token scores at the last position for K candidate tokens per row.
 
-    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows, K) int64, 0 = argmax.
+    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows, K) int64, 0 = argmax, or
+    None when not asked for (it costs a comparison over the whole vocabulary per row).
     """
 
     log_probs: torch.Tensor
     logits: torch.Tensor
-    rank: torch.Tensor
+    rank: torch.Tensor | None = None
 
 
 def answer_scores(
@@ -55,6 +56,7 @@ def answer_scores(
     answer_ids: torch.Tensor,
     patches: Sequence[Patch] = (),
     *,
+    rank: bool = True,
     remote: bool | str = False,
 ) -> Scores:
     """One forward pass over ``input_ids`` (n, T) plus the patched copies ``patches`` describe.
@@ -68,7 +70,7 @@ def answer_scores(
     plan, order = _plan(model, patches, len(input_ids))
     d = dims(model)
     rows = torch.cat([torch.arange(len(input_ids))] + [p.rows for p in sorted(patches, key=_forward_key)])
-    args = (model, input_ids, answer_ids[rows], plan, d["n_heads"], d["head_dim"])
+    args = (model, input_ids, answer_ids[rows], plan, d["n_heads"], d["head_dim"], rank)
     if remote is False or remote == "local":
         saved = _trace_scores(*args, remote=remote)
     else:
@@ -134,7 +136,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     return steps, order
 
 
-def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, remote=False, backend=None):
+def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, remote=False, backend=None):
     scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
     n_inputs = input_ids.shape[0]
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
@@ -179,8 +181,11 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, remote
         logits = model.output.logits[:, -1].double()  # ratios of tiny probabilities need it
         log_probs = logits.log_softmax(-1)
         chosen = torch.gather(log_probs, 1, answer_ids)
-        scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
-                               (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
+        if rank:
+            scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
+                                   (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
+        else:
+            scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids)))
     return scores
 
 

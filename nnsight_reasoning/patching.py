@@ -125,7 +125,8 @@ def patch(
             rows, ans, plan, where = _pass_inputs(pair_idx, units, base_ids, source_ids, answers, layer_list)
 
             def compute(rows=rows, ans=ans, plan=plan):
-                s = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), plan, remote=remote)
+                s = backend.answer_scores(model, torch.tensor(rows), torch.tensor(ans), plan, rank=False,
+                                          remote=remote)
                 return {"log_probs": s.log_probs.double().numpy(), "logits": s.logits.double().numpy()}
 
             _fill(store.fetch(f"pass-{k:06d}", (rows, ans, where), compute), pair_idx, where, metric, values, clean)

@@ -1,0 +1,356 @@
+"""The performance suite: one command, one table, one JSON file.
+
+    pip install -e ".[bench]"      # adds TransformerLens 3.9.0, the last release with HookedTransformer
+    python benchmarks/run.py [--repeats 3] [--json benchmarks/results.json] [--skip remote,checkpoints]
+
+Sections, each measured side by side in this one process (memory in child processes):
+
+1. sweep: full activation-patching sweep (sites ``mlp`` and ``resid``, every layer × every
+   position, 64 arithmetic pairs, metric stolfo_ie) on (a) the embedded model and (b) a
+   randomly initialised GPT-NeoX with Pythia-160m's dimensions, four ways:
+   the toolkit (``nr.patch``); a naive nnsight loop (one trace per site, batched over the
+   prompts, with the same forward options as the toolkit); TransformerLens
+   ``patching.get_act_patch_resid_pre`` / ``get_act_patch_mlp_out`` on a ``HookedTransformer``
+   built from the same config and weights; and the compute limit, a bare batched
+   ``torch`` forward (no nnsight, no interventions) over as many token rows, in the same
+   batch shapes, as the toolkit's sweep. All four must agree; the script checks it.
+2. attribution vs exact: reported once attribution patching exists (issue 8).
+3. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
+4. remote: requests and bytes of a remote sweep (loopback NDIF server) vs one request per site.
+5. checkpoints: seconds per revision of a checkpoint sweep, load vs compute.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens draws one bar per patching sweep
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")  # 3.9 warns about 4.0
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import nnsight_reasoning as nr  # noqa: E402
+from nnsight_reasoning import patching  # noqa: E402
+from nnsight_reasoning.sites import architecture, dims, resolve  # noqa: E402
+from nnsight_reasoning.tasks.base import group_by_length, single_token_id  # noqa: E402
+
+SITES = ["mlp", "resid"]
+BATCH = 512
+
+
+def make_pairs(model, n: int):
+    # one template: every prompt has the same length, so the TransformerLens sweep (which
+    # cannot mix lengths) sees the same batches as the others
+    return nr.tasks.arithmetic(n_prompts=n, seed=0, templates=["{expr} ="], tokenizer=model.tokenizer)
+
+
+def encode(model, pairs):
+    tok = model.tokenizer
+    base = [tok(p.base)["input_ids"] for p in pairs]
+    src = [tok(p.source)["input_ids"] for p in pairs]
+    ans = [[single_token_id(tok, a) for a in (p.base_answer, p.source_answer)] for p in pairs]
+    return base, src, ans
+
+
+def ie(p_clean: torch.Tensor, p_patched: torch.Tensor) -> torch.Tensor:
+    """stolfo_ie from (rows, 2) probabilities of (base answer, source answer)."""
+    return 0.5 * ((p_patched[:, 1] - p_clean[:, 1]) / p_clean[:, 1] + (p_clean[:, 0] - p_patched[:, 0]) / p_patched[:, 0])
+
+
+# --------------------------------------------------------------------------- the four methods
+def toolkit(model, pairs):
+    return nr.patch(model, pairs, sites=SITES, positions="all", batch_size=BATCH, progress=False)
+
+
+def naive_loop(model, pairs):
+    """The one-off-script way: cache the source run, then one trace per (site, layer, position)."""
+    arch = architecture(model)
+    layers = resolve(model, arch.layers)
+    n_layers = dims(model)["n_layers"]
+    base, src, ans = encode(model, pairs)
+    t_max = max(map(len, base))
+    out = {s: np.full((len(pairs), n_layers, t_max), np.nan) for s in SITES}
+    opts = {"logits_to_keep": 1, "use_cache": False}  # what the toolkit uses: compare designs, not options
+    traces = 0
+    for idx in group_by_length([len(b) for b in base]):
+        b, s = torch.tensor([base[i] for i in idx]), torch.tensor([src[i] for i in idx])
+        a = torch.tensor([ans[i] for i in idx])
+        acts = {}
+        with torch.no_grad(), model.trace(s, **opts):
+            for layer in range(n_layers):
+                acts[("mlp", layer)] = resolve(layers[layer], arch.mlp).output.save()
+                acts[("resid", layer)] = layers[layer].output.save()
+        with torch.no_grad(), model.trace(b, **opts):
+            clean = model.output.logits[:, -1].save()
+        traces += 2
+        p_clean = clean.double().log_softmax(-1).gather(1, a).exp()
+        for site in SITES:
+            for layer in range(n_layers):
+                for pos in range(b.shape[1]):
+                    with torch.no_grad(), model.trace(b, **opts):
+                        x = resolve(layers[layer], arch.mlp).output if site == "mlp" else layers[layer].output
+                        x[:, pos] = acts[(site, layer)][:, pos]
+                        logits = model.output.logits[:, -1].save()
+                    traces += 1
+                    p = logits.double().log_softmax(-1).gather(1, a).exp()
+                    out[site][idx, layer, pos] = ie(p_clean, p).numpy()
+    return out, traces
+
+
+def hooked_transformer(model):
+    """A TransformerLens HookedTransformer with the same config and weights as a GPT-NeoX model."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
+
+    c = model.config
+    rope = c.rope_parameters
+    d_head = c.hidden_size // c.num_attention_heads
+    cfg = HookedTransformerConfig(
+        n_layers=c.num_hidden_layers, d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size, d_vocab=c.vocab_size, n_ctx=c.max_position_embeddings, act_fn="gelu",
+        normalization_type="LN", eps=c.layer_norm_eps, positional_embedding_type="rotary",
+        rotary_dim=int(d_head * rope.get("partial_rotary_factor", 1.0)), rotary_base=rope["rope_theta"],
+        rotary_adjacent_pairs=False, parallel_attn_mlp=c.use_parallel_residual,
+        original_architecture="GPTNeoXForCausalLM", default_prepend_bos=False, dtype=torch.float32)
+    tl = HookedTransformer(cfg)
+    tl.load_and_process_state_dict(convert_neox_weights(model._module, cfg), fold_ln=False,
+                                   center_writing_weights=False, center_unembed=False,
+                                   fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return tl.eval()
+
+
+def tl_sweep(tl, model, pairs):
+    """TransformerLens's own patching functions; their metric is one scalar per patch, so
+    this gives the prompt-mean per length group: {site: {group: (layer, position)}}."""
+    from transformer_lens import patching as tlp
+
+    base, src, ans = encode(model, pairs)
+    out = {s: {} for s in SITES}
+    with torch.no_grad():
+        for g, idx in enumerate(group_by_length([len(b) for b in base])):
+            b, s = torch.tensor([base[i] for i in idx]), torch.tensor([src[i] for i in idx])
+            a = torch.tensor([ans[i] for i in idx])
+            _, cache = tl.run_with_cache(s, names_filter=lambda n: n.endswith(("resid_pre", "mlp_out")))
+            p_clean = tl(b)[:, -1].double().log_softmax(-1).gather(1, a).exp()
+
+            def metric(logits, p_clean=p_clean, a=a):
+                return ie(p_clean, logits[:, -1].double().log_softmax(-1).gather(1, a).exp()).mean()
+
+            out["resid"][g] = tlp.get_act_patch_resid_pre(tl, b, cache, metric).numpy()
+            out["mlp"][g] = tlp.get_act_patch_mlp_out(tl, b, cache, metric).numpy()
+    return out
+
+
+def pass_shapes(model, pairs):
+    """(rows, tokens) of each forward pass of the toolkit's sweep, and its layer-rows."""
+    d = dims(model)
+    base, _, _ = encode(model, pairs)
+    lengths = [len(b) for b in base]
+    shapes, layer_rows = [], 0
+    for idx, units in patching._plan(lengths, SITES, list(range(d["n_layers"])), "all", d["n_heads"], BATCH):
+        shapes.append((len(idx) * (len(units) + 2), lengths[idx[0]]))
+        # inputs run every layer; a copy joins at its layer (mlp) or after it (resid)
+        layer_rows += len(idx) * (2 * d["n_layers"] + sum(d["n_layers"] - li - (s == "resid")
+                                                         for s, li, *_ in units))
+    return shapes, layer_rows
+
+
+def bare_forward(model, pairs, shapes):
+    """The compute limit: plain batched forwards of the same shapes, no nnsight, no interventions."""
+    hf = model._module
+    base, _, _ = encode(model, pairs)
+    by_len = {len(b): b for b in base}
+    with torch.inference_mode():
+        for rows, t in shapes:
+            hf(torch.tensor([by_len[t]] * rows), logits_to_keep=1, use_cache=False)
+
+
+# --------------------------------------------------------------------------- sections
+def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Run each function ``repeats`` times, interleaved so drift hits all alike."""
+    times = {k: [] for k in fns}
+    results = {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            results[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return results, {k: {"median_s": statistics.median(v), "min_s": min(v)} for k, v in times.items()}
+
+
+def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool) -> dict:
+    pairs = make_pairs(model, n_prompts)
+    shapes, layer_rows = pass_shapes(model, pairs)
+    n_layers = dims(model)["n_layers"]
+    fns = {"toolkit": lambda: toolkit(model, pairs), "naive_nnsight": lambda: naive_loop(model, pairs),
+           "compute_limit": lambda: bare_forward(model, pairs, shapes)}
+    tl = hooked_transformer(model) if with_tl else None
+    if tl is not None:
+        fns["transformer_lens"] = lambda: tl_sweep(tl, model, pairs)
+    toolkit(model, make_pairs(model, 2))  # warm-up: first-trace costs are not the sweep's
+    results, times = timed(fns, repeats)
+
+    ds = results["toolkit"]
+    naive, traces = results["naive_nnsight"]
+    for s in SITES:  # all methods must give the same numbers
+        np.testing.assert_allclose(ds[s].values, naive[s], rtol=1e-3, atol=1e-5, err_msg=f"naive {s}")
+    if tl is not None:
+        base, _, _ = encode(model, pairs)
+        for g, idx in enumerate(group_by_length([len(b) for b in base])):
+            mean = {s: ds[s].values[idx].mean(0) for s in SITES}
+            np.testing.assert_allclose(results["transformer_lens"]["mlp"][g], mean["mlp"], rtol=1e-3, atol=1e-5)
+            # our resid after layer l is TransformerLens's resid_pre of layer l + 1
+            np.testing.assert_allclose(results["transformer_lens"]["resid"][g][1:], mean["resid"][:-1],
+                                       rtol=1e-3, atol=1e-5)
+    rows = sum(r for r, _ in shapes)
+    t_tool = times["toolkit"]["median_s"]
+    out = {"model": name, "n_prompts": n_prompts, "sites": SITES, "positions": "all",
+           "n_layers": n_layers, "tokens_per_prompt": shapes[0][1], "patched_rows": rows,
+           "forward_passes": {"toolkit": int(ds.attrs["n_forward_passes"]), "naive_nnsight": traces,
+                              "compute_limit": len(shapes)},
+           "layer_rows_vs_limit": layer_rows / (rows * n_layers), "seconds": times, "agree": True,
+           "speedup_vs_naive": times["naive_nnsight"]["median_s"] / t_tool,
+           "throughput_vs_limit": times["compute_limit"]["median_s"] / t_tool}
+    if tl is not None:
+        n_groups = len(group_by_length([len(b) for b in encode(model, pairs)[0]]))
+        out["forward_passes"]["transformer_lens"] = n_groups * 2 + len(SITES) * n_layers * shapes[0][1] * n_groups
+        out["speedup_vs_transformer_lens"] = times["transformer_lens"]["median_s"] / t_tool
+    return out
+
+
+def memory_child(n_prompts: int) -> None:
+    """In a fresh process: peak RSS after loading, and after a sweep written as the CLI does."""
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    model = nr.load_model()
+    model.dispatch()
+    pairs = make_pairs(model, n_prompts)
+    loaded = peak_mb()
+    work = Path(tempfile.mkdtemp(prefix="mem-bench-"))
+    try:
+        ds = nr.patch(model, pairs, sites=SITES, positions="all", batch_size=BATCH, progress=False,
+                      resume_dir=work / "x.nc.parts")
+        nr.save_result(ds, work / "x.nc")
+        size = (work / "x.nc").stat().st_size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"n_prompts": n_prompts, "loaded_MB": loaded, "peak_MB": peak_mb(), "result_kB": size / 1e3}))
+
+
+def memory_section(sizes=(64, 256, 1024)) -> dict:
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True,
+                             text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {"model": "embedded", "runs": rows, "peak_ratio_max_vs_min": rows[-1]["peak_MB"] / rows[0]["peak_MB"]}
+
+
+def machine() -> dict:
+    return {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def report(res: dict) -> None:
+    m = res["machine"]
+    print(f"\nmachine: {m['cores']} cores ({m['torch_threads']} torch threads), {m['device']}, torch {m['torch']}")
+    for s in res.get("sweep", []):
+        print(f"\n[sweep] {s['model']}: {s['n_prompts']} pairs × {{mlp, resid}} × {s['n_layers']} layers × "
+              f"{s['tokens_per_prompt']} positions = {s['patched_rows']} patched rows")
+        print(f"  {'method':<20}{'median s':>10}{'min s':>10}{'traces':>9}{'toolkit faster':>16}")
+        for k, t in s["seconds"].items():
+            ratio = t["median_s"] / s["seconds"]["toolkit"]["median_s"]
+            passes = s["forward_passes"].get(k, "")
+            print(f"  {k:<20}{t['median_s']:>10.2f}{t['min_s']:>10.2f}{passes!s:>9}{ratio:>15.1f}x")
+        print(f"  toolkit throughput = {100 * s['throughput_vs_limit']:.0f}% of the compute limit "
+              f"(it computes {100 * s['layer_rows_vs_limit']:.0f}% of the limit's layer-rows); all methods agree")
+    print(f"\n[attribution vs exact] {res['attribution']['status']}")
+    if "memory" in res:
+        mem = res["memory"]
+        print("\n[memory] peak RSS of a sweep (embedded, mlp+resid, all positions, parts on disk):")
+        for r in mem["runs"]:
+            print(f"  {r['n_prompts']:>5} prompts: peak {r['peak_MB']:.0f} MB (after load {r['loaded_MB']:.0f} MB), "
+                  f"result {r['result_kB']:.0f} kB")
+        print(f"  peak at {mem['runs'][-1]['n_prompts']} / at {mem['runs'][0]['n_prompts']}: "
+              f"{mem['peak_ratio_max_vs_min']:.2f}x")
+    if "remote" in res:
+        import remote_requests
+
+        remote_requests.report(res["remote"])
+    if "checkpoints" in res:
+        import checkpoint_sweep
+
+        checkpoint_sweep.report(res["checkpoints"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-prompts", type=int, default=64)
+    ap.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
+    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, transformer_lens, memory, remote, "
+                                               "checkpoints")
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child)
+    skip = set(filter(None, args.skip.split(",")))
+    with_tl = "transformer_lens" not in skip
+    if with_tl:
+        try:
+            import transformer_lens  # noqa: F401
+        except ImportError:
+            sys.exit('TransformerLens is missing: pip install -e ".[bench]" (or --skip transformer_lens)')
+    res: dict = {"machine": machine(), "sweep": []}
+    if "embedded" not in skip:
+        model = nr.load_model()
+        model.dispatch()
+        res["sweep"].append(sweep_section("embedded", model, args.n_prompts, args.repeats, with_tl))
+    if "160m" not in skip:
+        import checkpoint_sweep
+
+        work = Path(tempfile.mkdtemp(prefix="bench-160m-"))
+        try:
+            checkpoint_sweep.pythia_160m_like(work, ["main"])
+            model = nr.load_model(work / "main")
+            model.dispatch()
+            res["sweep"].append(sweep_section("pythia-160m-shape (random)", model, args.n_prompts,
+                                              args.repeats, with_tl))
+            del model
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    res["attribution"] = {"status": "not measured: attribution patching is not in the toolkit yet (issue 8)"}
+    if "memory" not in skip:
+        res["memory"] = memory_section()
+    if "remote" not in skip:
+        import remote_requests
+
+        res["remote"] = remote_requests.measure(args.n_prompts)
+    if "checkpoints" not in skip:
+        import checkpoint_sweep
+
+        res["checkpoints"] = checkpoint_sweep.measure_all(args.n_prompts)
+    report(res)
+    args.json.write_text(json.dumps(res, indent=1, default=str))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
