@@ -235,7 +235,13 @@ def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool)
 def memory_child(n_prompts: int) -> None:
     """In a fresh process: peak RSS after loading, and after a sweep written as the CLI does."""
     def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM belongs to this process image; ru_maxrss would also count the parent's RSS at fork
+        status = Path("/proc/self/status")
+        if status.is_file():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
     model = nr.load_model()
     model.dispatch()
@@ -252,7 +258,7 @@ def memory_child(n_prompts: int) -> None:
     print(json.dumps({"n_prompts": n_prompts, "loaded_MB": loaded, "peak_MB": peak_mb(), "result_kB": size / 1e3}))
 
 
-def memory_section(sizes=(64, 256, 1024)) -> dict:
+def memory_section(sizes: list[int]) -> dict:
     rows = []
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True,
@@ -268,36 +274,24 @@ def machine() -> dict:
             "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
-def report(res: dict) -> None:
-    m = res["machine"]
-    print(f"\nmachine: {m['cores']} cores ({m['torch_threads']} torch threads), {m['device']}, torch {m['torch']}")
-    for s in res.get("sweep", []):
-        print(f"\n[sweep] {s['model']}: {s['n_prompts']} pairs × {{mlp, resid}} × {s['n_layers']} layers × "
-              f"{s['tokens_per_prompt']} positions = {s['patched_rows']} patched rows")
-        print(f"  {'method':<20}{'median s':>10}{'min s':>10}{'traces':>9}{'toolkit faster':>16}")
-        for k, t in s["seconds"].items():
-            ratio = t["median_s"] / s["seconds"]["toolkit"]["median_s"]
-            passes = s["forward_passes"].get(k, "")
-            print(f"  {k:<20}{t['median_s']:>10.2f}{t['min_s']:>10.2f}{passes!s:>9}{ratio:>15.1f}x")
-        print(f"  toolkit throughput = {100 * s['throughput_vs_limit']:.0f}% of the compute limit "
-              f"(it computes {100 * s['layer_rows_vs_limit']:.0f}% of the limit's layer-rows); all methods agree")
-    print(f"\n[attribution vs exact] {res['attribution']['status']}")
-    if "memory" in res:
-        mem = res["memory"]
-        print("\n[memory] peak RSS of a sweep (embedded, mlp+resid, all positions, parts on disk):")
-        for r in mem["runs"]:
-            print(f"  {r['n_prompts']:>5} prompts: peak {r['peak_MB']:.0f} MB (after load {r['loaded_MB']:.0f} MB), "
-                  f"result {r['result_kB']:.0f} kB")
-        print(f"  peak at {mem['runs'][-1]['n_prompts']} / at {mem['runs'][0]['n_prompts']}: "
-              f"{mem['peak_ratio_max_vs_min']:.2f}x")
-    if "remote" in res:
-        import remote_requests
+def report_sweep(s: dict) -> None:
+    print(f"\n[sweep] {s['model']}: {s['n_prompts']} pairs × {{mlp, resid}} × {s['n_layers']} layers × "
+          f"{s['tokens_per_prompt']} positions = {s['patched_rows']} patched rows")
+    print(f"  {'method':<20}{'median s':>10}{'min s':>10}{'traces':>9}{'toolkit faster':>16}")
+    for k, t in s["seconds"].items():
+        ratio = t["median_s"] / s["seconds"]["toolkit"]["median_s"]
+        print(f"  {k:<20}{t['median_s']:>10.2f}{t['min_s']:>10.2f}{s['forward_passes'][k]:>9}{ratio:>15.1f}x")
+    print(f"  toolkit throughput = {100 * s['throughput_vs_limit']:.0f}% of the compute limit "
+          f"(it computes {100 * s['layer_rows_vs_limit']:.0f}% of the limit's layer-rows); all methods agree")
 
-        remote_requests.report(res["remote"])
-    if "checkpoints" in res:
-        import checkpoint_sweep
 
-        checkpoint_sweep.report(res["checkpoints"])
+def report_memory(mem: dict) -> None:
+    print("\n[memory] peak RSS of a sweep (embedded, mlp+resid, all positions, parts on disk):")
+    for r in mem["runs"]:
+        print(f"  {r['n_prompts']:>5} prompts: peak {r['peak_MB']:.0f} MB (after load {r['loaded_MB']:.0f} MB), "
+              f"result {r['result_kB']:.0f} kB")
+    print(f"  peak at {mem['runs'][-1]['n_prompts']} / at {mem['runs'][0]['n_prompts']}: "
+          f"{mem['peak_ratio_max_vs_min']:.2f}x")
 
 
 def main() -> None:
@@ -307,8 +301,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
     ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, transformer_lens, memory, remote, "
                                                "checkpoints")
+    ap.add_argument("--memory-sizes", default="64,256,1024", help="prompt counts of the memory section")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # sections take minutes: show each when done
     if args.memory_child:
         return memory_child(args.memory_child)
     skip = set(filter(None, args.skip.split(",")))
@@ -319,10 +315,13 @@ def main() -> None:
         except ImportError:
             sys.exit('TransformerLens is missing: pip install -e ".[bench]" (or --skip transformer_lens)')
     res: dict = {"machine": machine(), "sweep": []}
+    m = res["machine"]
+    print(f"machine: {m['cores']} cores ({m['torch_threads']} torch threads), {m['device']}, torch {m['torch']}")
     if "embedded" not in skip:
         model = nr.load_model()
         model.dispatch()
         res["sweep"].append(sweep_section("embedded", model, args.n_prompts, args.repeats, with_tl))
+        report_sweep(res["sweep"][-1])
     if "160m" not in skip:
         import checkpoint_sweep
 
@@ -333,21 +332,25 @@ def main() -> None:
             model.dispatch()
             res["sweep"].append(sweep_section("pythia-160m-shape (random)", model, args.n_prompts,
                                               args.repeats, with_tl))
+            report_sweep(res["sweep"][-1])
             del model
         finally:
             shutil.rmtree(work, ignore_errors=True)
     res["attribution"] = {"status": "not measured: attribution patching is not in the toolkit yet (issue 8)"}
+    print(f"\n[attribution vs exact] {res['attribution']['status']}")
     if "memory" not in skip:
-        res["memory"] = memory_section()
+        res["memory"] = memory_section([int(n) for n in args.memory_sizes.split(",")])
+        report_memory(res["memory"])
     if "remote" not in skip:
         import remote_requests
 
         res["remote"] = remote_requests.measure(args.n_prompts)
+        remote_requests.report(res["remote"])
     if "checkpoints" not in skip:
         import checkpoint_sweep
 
         res["checkpoints"] = checkpoint_sweep.measure_all(args.n_prompts)
-    report(res)
+        checkpoint_sweep.report(res["checkpoints"])
     args.json.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {args.json}")
 

@@ -140,3 +140,39 @@ def test_remote_without_a_key_is_a_clear_error(embedded_model, small_pairs, monk
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
     with pytest.raises(nr.RunError, match="no NDIF API key: set NDIF_API_KEY"):
         nr.patch(embedded_model, small_pairs, remote=True, progress=False)
+
+
+def test_backend_copies_join_at_their_layer_and_come_back_in_patch_order(embedded_model):
+    """The backend's contract, one copy at a time against hooks: copies listed out of forward
+    order, two patches on one module, every site kind, with and without answer ranks."""
+    from nnsight_reasoning.backend import Patch, answer_scores
+
+    from .reference import capture
+
+    tok = embedded_model.tokenizer
+    src, base = tok("9 + 17 =")["input_ids"], tok("13 + 14 =")["input_ids"]
+    answers = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in ("27", "26")]
+    one = torch.tensor
+    patches = [Patch("resid", 3, one([1]), one([0]), one([2])),
+               Patch("mlp", 0, one([1, 0]), one([0, 1]), one([1, 3])),  # a copy of the source row too
+               Patch("head", 1, one([1]), one([0]), one([4]), one([2])),
+               Patch("attn", 1, one([1]), one([0]), one([0])),
+               Patch("mlp", 0, one([1]), one([0]), one([4]))]
+    ids = one([src, base])
+    s = answer_scores(embedded_model, ids, one([answers, answers]), patches, rank=False)
+    assert s.rank is None and s.log_probs.shape == (2 + 6, 2)
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    want = [last_scores(hf, src, answers)[0], last_scores(hf, base, answers)[0]]
+    for p in patches:
+        for row, src_row, pos, k in zip(p.rows.tolist(), p.src_rows.tolist(), p.positions.tolist(), range(len(p.rows))):
+            act = capture(hf, ids[src_row].tolist(), p.site, p.layer)
+            head = None if p.heads is None else int(p.heads[k])
+            value = act[pos] if head is None else act[pos, head]
+            want.append(last_scores(hf, ids[row].tolist(), answers, p.site, p.layer, pos, value, head)[0])
+    np.testing.assert_allclose(s.log_probs.exp().numpy(), np.array(want), rtol=1e-5, atol=1e-9)
+    ranked = answer_scores(embedded_model, ids, one([answers, answers]), patches)
+    np.testing.assert_array_equal(ranked.log_probs.numpy(), s.log_probs.numpy())
+    with torch.no_grad():
+        full = torch.softmax(hf(ids).logits[:, -1].double(), -1)
+    for r in range(2):  # rank = how many tokens are more likely than the answer
+        assert ranked.rank[r].tolist() == [int((full[r] > full[r, a]).sum()) for a in answers]

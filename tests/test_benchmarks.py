@@ -1,0 +1,28 @@
+"""The benchmark suite keeps running, and its methods keep agreeing (timings are not tested)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_suite_runs_and_methods_agree(tmp_path):
+    # TransformerLens is a benchmark-only extra, and the 160m model, remote server and
+    # checkpoint sections cost minutes: the smallest run of the rest, end to end.
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--n-prompts", "6", "--repeats", "1",
+                           "--skip", "160m,transformer_lens,remote,checkpoints", "--memory-sizes", "4,16",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    (sweep,) = res["sweep"]
+    assert sweep["agree"] and sweep["model"] == "embedded"
+    # 6 pairs x 2 sites x 4 layers x 5 positions, each a patched copy of its base prompt
+    assert sweep["patched_rows"] == 6 * (2 * 4 * 5 + 2)
+    assert sweep["forward_passes"]["naive_nnsight"] == 2 + 2 * 4 * 5
+    assert 0.4 < sweep["layer_rows_vs_limit"] < 0.6  # copies join at their layer: about half the work
+    assert [r["n_prompts"] for r in res["memory"]["runs"]] == [4, 16]
+    assert "toolkit faster" in proc.stdout and "compute limit" in proc.stdout
