@@ -67,10 +67,9 @@ def answer_scores(
     few numbers per row, never activations or full logits. ``remote``: False (here), "local"
     (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
     """
-    plan, order = _plan(model, patches, len(input_ids))
+    plan, origin, order = _plan(model, patches, len(input_ids))
     d = dims(model)
-    rows = torch.cat([torch.arange(len(input_ids))] + [p.rows for p in sorted(patches, key=_forward_key)])
-    args = (model, input_ids, answer_ids[rows], plan, d["n_heads"], d["head_dim"], rank)
+    args = (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank)
     if remote is False or remote == "local":
         saved = _trace_scores(*args, remote=remote)
     else:
@@ -82,8 +81,9 @@ def _forward_key(p: Patch) -> tuple[int, int]:
     return p.layer, SITES.index(p.site)
 
 
-def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tuple], torch.Tensor]:
-    """Per-layer trace steps, and the row order that puts the copies back in ``patches`` order.
+def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
+    """Per-layer trace steps; the input row of each output row; the order of output rows that
+    puts the copies back in ``patches`` order.
 
     A step is (layer module, origin, grow_in, inner, grow_out, outer):
     ``origin`` maps each row entering the layer to its input row, for the layer's batch-shaped
@@ -133,7 +133,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     starts = n_inputs + torch.cumsum(torch.tensor([0] + sizes), 0)[:-1]
     pos = {i: torch.arange(int(s), int(s) + k) for i, s, k in zip(ordered, starts, sizes)}
     order = torch.cat([torch.arange(n_inputs)] + [pos[i] for i in range(len(patches))])
-    return steps, order
+    return steps, origin, order
 
 
 def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, remote=False, backend=None):
