@@ -66,9 +66,14 @@ def encode(model, pairs):
     return base, src, ans
 
 
-def ie(p_clean: torch.Tensor, p_patched: torch.Tensor) -> torch.Tensor:
-    """stolfo_ie from (rows, 2) probabilities of (base answer, source answer)."""
-    return 0.5 * ((p_patched[:, 1] - p_clean[:, 1]) / p_clean[:, 1] + (p_clean[:, 0] - p_patched[:, 0]) / p_patched[:, 0])
+def answer_probs(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """(rows, 2) probabilities of (base answer, source answer) from last-position logits."""
+    return logits.double().log_softmax(-1).gather(1, answers).exp()
+
+
+def ie(p_clean: torch.Tensor, p_patched: torch.Tensor) -> np.ndarray:
+    """The toolkit's stolfo_ie, per row, from :func:`answer_probs` of the clean and patched runs."""
+    return nr.metrics.stolfo_ie(p_clean[:, 0], p_clean[:, 1], p_patched[:, 0], p_patched[:, 1])
 
 
 # --------------------------------------------------------------------------- the four methods
@@ -97,7 +102,7 @@ def naive_loop(model, pairs):
         with torch.no_grad(), model.trace(b, **opts):
             clean = model.output.logits[:, -1].save()
         traces += 2
-        p_clean = clean.double().log_softmax(-1).gather(1, a).exp()
+        p_clean = answer_probs(clean, a)
         for site in SITES:
             for layer in range(n_layers):
                 for pos in range(b.shape[1]):
@@ -106,8 +111,7 @@ def naive_loop(model, pairs):
                         x[:, pos] = acts[(site, layer)][:, pos]
                         logits = model.output.logits[:, -1].save()
                     traces += 1
-                    p = logits.double().log_softmax(-1).gather(1, a).exp()
-                    out[site][idx, layer, pos] = ie(p_clean, p).numpy()
+                    out[site][idx, layer, pos] = ie(p_clean, answer_probs(logits, a))
     return out, traces
 
 
@@ -135,31 +139,32 @@ def hooked_transformer(model):
 
 def tl_sweep(tl, model, pairs):
     """TransformerLens's own patching functions; their metric is one scalar per patch, so
-    this gives the prompt-mean per length group: {site: {group: (layer, position)}}."""
+    this gives the prompt-mean per length group: {site: {group: (layer, position)}}, and
+    the number of forward passes."""
     from transformer_lens import patching as tlp
 
     base, src, ans = encode(model, pairs)
     out = {s: {} for s in SITES}
+    passes = 0
     with torch.no_grad():
         for g, idx in enumerate(group_by_length([len(b) for b in base])):
             b, s = torch.tensor([base[i] for i in idx]), torch.tensor([src[i] for i in idx])
             a = torch.tensor([ans[i] for i in idx])
             _, cache = tl.run_with_cache(s, names_filter=lambda n: n.endswith(("resid_pre", "mlp_out")))
-            p_clean = tl(b)[:, -1].double().log_softmax(-1).gather(1, a).exp()
+            p_clean = answer_probs(tl(b)[:, -1], a)
 
             def metric(logits, p_clean=p_clean, a=a):
-                return ie(p_clean, logits[:, -1].double().log_softmax(-1).gather(1, a).exp()).mean()
+                return torch.tensor(ie(p_clean, answer_probs(logits[:, -1], a)).mean())
 
             out["resid"][g] = tlp.get_act_patch_resid_pre(tl, b, cache, metric).numpy()
             out["mlp"][g] = tlp.get_act_patch_mlp_out(tl, b, cache, metric).numpy()
-    return out
+            passes += 2 + len(SITES) * tl.cfg.n_layers * b.shape[1]  # source cache, clean, one per patch
+    return out, passes
 
 
-def pass_shapes(model, pairs):
+def pass_shapes(model, lengths):
     """(rows, tokens) of each forward pass of the toolkit's sweep, and its layer-rows."""
     d = dims(model)
-    base, _, _ = encode(model, pairs)
-    lengths = [len(b) for b in base]
     shapes, layer_rows = [], 0
     for idx, units in patching._plan(lengths, SITES, list(range(d["n_layers"])), "all", d["n_heads"], BATCH):
         shapes.append((len(idx) * (len(units) + 2), lengths[idx[0]]))
@@ -169,9 +174,9 @@ def pass_shapes(model, pairs):
     return shapes, layer_rows
 
 
-def limit_batches(model, pairs, shapes) -> list[torch.Tensor]:
+def limit_batches(base, shapes) -> list[torch.Tensor]:
     """Token batches of the toolkit's pass shapes, built outside the timed forward."""
-    by_len = {len(b): b for b in encode(model, pairs)[0]}
+    by_len = {len(b): b for b in base}
     return [torch.tensor([by_len[t]] * rows) for rows, t in shapes]
 
 
@@ -197,8 +202,10 @@ def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
 
 def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool) -> dict:
     pairs = make_pairs(model, n_prompts)
-    shapes, layer_rows = pass_shapes(model, pairs)
-    batches = limit_batches(model, pairs, shapes)
+    base = encode(model, pairs)[0]
+    groups = group_by_length([len(b) for b in base])
+    shapes, layer_rows = pass_shapes(model, [len(b) for b in base])
+    batches = limit_batches(base, shapes)
     n_layers = dims(model)["n_layers"]
     fns = {"toolkit": lambda: toolkit(model, pairs), "naive_nnsight": lambda: naive_loop(model, pairs),
            "compute_limit": lambda: bare_forward(model, batches)}
@@ -213,12 +220,12 @@ def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool)
     for s in SITES:  # all methods must give the same numbers
         np.testing.assert_allclose(ds[s].values, naive[s], rtol=1e-3, atol=1e-5, err_msg=f"naive {s}")
     if tl is not None:
-        base, _, _ = encode(model, pairs)
-        for g, idx in enumerate(group_by_length([len(b) for b in base])):
+        tl_out, tl_passes = results["transformer_lens"]
+        for g, idx in enumerate(groups):
             mean = {s: ds[s].values[idx].mean(0) for s in SITES}
-            np.testing.assert_allclose(results["transformer_lens"]["mlp"][g], mean["mlp"], rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(tl_out["mlp"][g], mean["mlp"], rtol=1e-3, atol=1e-5)
             # our resid after layer l is TransformerLens's resid_pre of layer l + 1
-            np.testing.assert_allclose(results["transformer_lens"]["resid"][g][1:], mean["resid"][:-1],
+            np.testing.assert_allclose(tl_out["resid"][g][1:], mean["resid"][:-1],
                                        rtol=1e-3, atol=1e-5)
     rows = sum(r for r, _ in shapes)
     t_tool = times["toolkit"]["median_s"]
@@ -230,8 +237,7 @@ def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool)
            "speedup_vs_naive": times["naive_nnsight"]["median_s"] / t_tool,
            "throughput_vs_limit": times["compute_limit"]["median_s"] / t_tool}
     if tl is not None:
-        n_groups = len(group_by_length([len(b) for b in encode(model, pairs)[0]]))
-        out["forward_passes"]["transformer_lens"] = n_groups * 2 + len(SITES) * n_layers * shapes[0][1] * n_groups
+        out["forward_passes"]["transformer_lens"] = tl_passes
         out["speedup_vs_transformer_lens"] = times["transformer_lens"]["median_s"] / t_tool
     return out
 
