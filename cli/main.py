@@ -6,105 +6,24 @@ Errors: one line on stderr; exit 2 for bad input, 1 for failures at run time. Se
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from . import reasoning
+from .common import (Model, OutFile, Param, Progress, Remote, Restart, Revision, Revisions, Seed, Task, fail, guard,
+                     out, out_path, revision_label, sweep_revisions, task_params)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn):
-    """Run a command body, turning library errors into one-line messages and exit codes."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from nnsight_reasoning.errors import RunError, UsageError
-
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except UsageError as e:
-            if os.environ.get("REASON_INTERP_DEBUG"):
-                raise
-            _fail(str(e), 2)
-        except KeyboardInterrupt:
-            _fail("interrupted; no results file was written (finished parts are kept beside --out: "
-                  "the same command resumes)", 1)
-        except RunError as e:  # already a one-line message written for the user
-            if os.environ.get("REASON_INTERP_DEBUG"):
-                raise
-            _fail(" ".join(str(e).split())[:800], 1)
-        except Exception as e:  # anything unexpected: a run-time failure
-            if os.environ.get("REASON_INTERP_DEBUG"):
-                raise
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            _fail(f"{type(e).__name__}: {first} (set REASON_INTERP_DEBUG=1 for a traceback)", 1)
-
-    return wrapper
-
-
-def _task_params(params: List[str], **explicit) -> dict:
-    """Explicit task options that were given, plus generic ``--param key=value`` (JSON values)."""
-    from nnsight_reasoning.errors import UsageError
-
-    out_: dict = {k: v for k, v in explicit.items() if v not in (None, [], ())}
-    for item in params:
-        if "=" not in item:
-            raise UsageError(f"--param takes KEY=VALUE (got {item!r})")
-        k, v = item.split("=", 1)
-        try:
-            out_[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out_[k.strip()] = v
-    return out_
-
-
-def _out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
-    from nnsight_reasoning.errors import UsageError
-
-    if out_file is None:
-        safe = Path(model).name if model != "embedded" else "embedded"
-        out_file = Path("results") / f"{kind}_{task}_{safe}_{revision or 'main'}.nc"
-    if out_file.suffix != ".nc":
-        raise UsageError(f"--out must be a .nc file (got {out_file})")
-    return out_file
-
-
-# Options shared by the experiment commands.
-Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
-Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
-Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
-Revisions = Annotated[Optional[str], typer.Option(
-    help="checkpoint sweep: R1,R2,… | all | stepSTART:STOP:EVERY; results gain a checkpoint dim (training order)")]
-Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
-Param = Annotated[List[str], typer.Option(help="any task parameter as KEY=VALUE, JSON value (repeatable)")]
-Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF: host NDIF_HOST, key NDIF_API_KEY "
-                                     "(see `reason-interp remote status`)")]
-Restart = Annotated[bool, typer.Option("--restart", help="discard finished parts of an earlier interrupted run "
-                                       "of this --out instead of resuming from them")]
-OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
-Progress = Annotated[bool, typer.Option(help="show a progress bar")]
-
 
 @app.command()
-@_guard
+@guard
 def patch(
     task: Task = "arithmetic",
     model: Model = None,
@@ -143,11 +62,11 @@ def patch(
     if info.pairs is None:
         raise UsageError(f"task {task!r} has no prompt pairs for patching yet; patchable: "
                          f"{', '.join(n for n, t in nr.tasks.TASKS.items() if t.pairs)}")
-    params = _task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
+    params = task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
                           max_n=max_n, representation=representation, templates=template or None)
     info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
-    names = _revisions(model, revision, revisions)
-    path = _out_path(out_file, "patch", task, model or "embedded", _revision_label(revision, names))
+    names = sweep_revisions(model, revision, revisions)
+    path = out_path(out_file, "patch", task, model or "embedded", revision_label(revision, names))
     t0 = time.time()
     m = nr.load_model(model, names[-1] if names else revision)
     pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)
@@ -164,24 +83,6 @@ def patch(
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({what}{_resumed(ds)}{_traffic(ds)})",
               highlight=False)
     _summary(ds)
-
-
-def _revisions(model: Optional[str], revision: Optional[str], revisions: Optional[str]) -> Optional[list]:
-    """The checkpoints of a sweep (training order), or None for a single-revision run."""
-    import nnsight_reasoning as nr
-    from nnsight_reasoning.errors import UsageError
-
-    if revisions is None:
-        return None
-    if revision is not None:
-        raise UsageError("give --revision (one checkpoint) or --revisions (a sweep), not both")
-    return nr.parse_revisions(revisions, model)
-
-
-def _revision_label(revision: Optional[str], names: Optional[list]) -> str:
-    if not names:
-        return revision or "main"
-    return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
 
 
 def _parts(results: Path, restart: bool) -> Path:
@@ -248,7 +149,7 @@ def _summary(ds, top: int = 8) -> None:
 
 
 @app.command()
-@_guard
+@guard
 def evaluate(
     task: Task = "arithmetic",
     model: Model = None,
@@ -270,13 +171,13 @@ def evaluate(
     """
     import nnsight_reasoning as nr
 
-    params = _task_params(param)
+    params = task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
-    names = _revisions(model, revision, revisions)
+    names = sweep_revisions(model, revision, revisions)
     # a sweep always writes a file (default name under results/), so that it can resume
     path = None
     if out_file is not None or names:
-        path = _out_path(out_file, "evaluate", task, model or "embedded", _revision_label(revision, names))
+        path = out_path(out_file, "evaluate", task, model or "embedded", revision_label(revision, names))
     parts = _parts(path, restart) if path is not None else None
     m = model if names else nr.load_model(model, revision)
     ds = nr.evaluate(m, task, n_prompts, seed=seed, batch_size=batch_size, remote=remote, progress=progress,
@@ -302,7 +203,7 @@ def evaluate(
 
 
 @app.command()
-@_guard
+@guard
 def tasks(name: Optional[str] = typer.Argument(None, help="show one task's parameters")) -> None:
     """List tasks, or document one task's parameters with their defaults."""
     from nnsight_reasoning.tasks import TASKS, get_task
@@ -311,9 +212,10 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
         table = Table(title="tasks")
         table.add_column("name")
         table.add_column("what")
-        table.add_column("patch")
+        table.add_column("commands")
         for t in TASKS.values():
-            table.add_row(t.name, t.summary, "yes" if t.pairs else "evaluate only")
+            table.add_row(t.name, t.summary, ", ".join(c for c, ok in (("patch", t.pairs), ("evaluate", True),
+                                                                     ("attention, probe", t.labelled)) if ok))
         out.print(table)
         return
     t = get_task(name)
@@ -326,7 +228,7 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
 
 
 @app.command()
-@_guard
+@guard
 def models() -> None:
     """List the embedded model's revisions and their measured accuracy."""
     from nnsight_reasoning import embedded
@@ -349,7 +251,7 @@ def models() -> None:
 
 
 @app.command()
-@_guard
+@guard
 def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
     """Summarise a results file: provenance, dimensions, top effects."""
     import nnsight_reasoning as nr
@@ -367,29 +269,35 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
 
 
 @app.command()
-@_guard
+@guard
 def plot(
     path: Path = typer.Argument(..., help="results file (.nc)"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
+    kind: Optional[str] = typer.Option(None, help="attention results: heatmap | entropy | mass"),
+    prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:
-    """Heatmap (layer × position, per site, mean over prompts) or accuracy plot, as PNG."""
+    """Patching heatmap (layer × position per site), accuracy, attention (heatmap of one prompt,
+    head entropy, mass per reasoning step) or probe F1 per layer, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     import nnsight_reasoning as nr
 
     ds = nr.load_result(path)
-    target = out_file or path.with_suffix(".png")
-    nr.plot_result(ds, target)
+    target = out_file or path.with_suffix(f".{kind}.png" if kind else ".png")
+    nr.plot_result(ds, target, kind=kind, prompt=prompt)
     out.print(f"wrote [bold]{target}[/]", highlight=False)
 
+
+app.command()(reasoning.attention)
+app.command()(reasoning.probe)
 
 remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
 app.add_typer(remote_app, name="remote")
 
 
 @remote_app.command("status")
-@_guard
+@guard
 def remote_status(
     host: Optional[str] = typer.Option(None, help="NDIF URL; default NDIF_HOST, else nnsight's config"),
 ) -> None:
@@ -400,7 +308,7 @@ def remote_status(
     out.print(f"host      {st['host']}", highlight=False)
     out.print(f"api key   {st['api_key']}", highlight=False)
     if not st["reachable"]:
-        _fail(f"NDIF at {st['host']} does not answer ({st['error']}); check NDIF_HOST or run locally", 1)
+        fail(f"NDIF at {st['host']} does not answer ({st['error']}); check NDIF_HOST or run locally", 1)
     out.print(f"answers   yes ({st['latency_ms']} ms)", highlight=False)
     # Plain lines, not a table: repo ids are often long local paths that a user copies,
     # and a table would cut them to the terminal width.

@@ -12,10 +12,12 @@ from . import tasks
 from .embedded import revisions as embedded_revisions
 from .errors import RunError, UsageError
 from .checkpoints import over_revisions, parse_revisions
+from .attention import attention
 from .evaluate import evaluate
 from .metrics import METRICS
 from .models import ModelInfo, load_model
 from .patching import patch
+from .probe import probe
 from .plotting import plot_result
 from .results import assert_valid_result, load_result, save_result
 from .sites import SITES
@@ -23,7 +25,7 @@ from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "evaluate", "over_revisions", "parse_revisions",
+    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "attention", "probe", "evaluate", "over_revisions", "parse_revisions",
     "plot_result",
     "save_result", "load_result", "assert_valid_result", "SITES", "METRICS", "PromptPair",
     "PromptPairs", "UsageError", "RunError",

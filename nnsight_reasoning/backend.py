@@ -13,6 +13,7 @@ import nnsight
 import torch
 
 from . import remote as _remote
+from .errors import UsageError
 from .sites import SITES, architecture, dims, resolve
 from .tasks.base import single_token_id
 
@@ -187,6 +188,40 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
         else:
             scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids)))
     return scores
+
+
+def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
+                    remote: bool | str = False) -> torch.Tensor:
+    """Attention probabilities of ``layers`` on ``input_ids`` (n, T), no padding.
+
+    Returns (n, len(layers), heads, Q, T) float32, Q = 1 (the last query position) with
+    ``last_only`` else T. The softmax output is read from the attention module, so the model
+    must run eager attention (fused kernels never form the matrix).
+    """
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl != "eager":
+        raise UsageError(f"attention patterns need eager attention, but this model runs {impl!r}: load it with "
+                         f"nr.load_model(..., attn_implementation='eager') (the default)")
+    arch = architecture(model)
+    mods = [resolve(resolve(model, arch.layers)[li], arch.attn) for li in sorted(layers)]
+    order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked
+    args = (model, input_ids, mods, last_only)
+    if remote is False or remote == "local":
+        saved = _trace_attention(*args, remote=remote)
+    else:
+        saved = _remote.run(model, lambda backend: _trace_attention(*args, backend=backend), remote)["probs"]
+    return saved.detach().cpu().float()[:, order]
+
+
+def _trace_attention(model, input_ids, mods, last_only, remote=False, backend=None):
+    probs = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        rows = []
+        for mod in mods:  # forward order: nnsight reads module outputs as the model computes them
+            weights = mod.output[1]
+            rows.append(weights[:, :, -1:] if last_only else weights)
+        probs = nnsight.save(torch.stack(rows, 1))
+    return probs
 
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:

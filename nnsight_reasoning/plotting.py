@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .errors import UsageError
 from .results import site_variables
 from .sites import var_name
 
@@ -24,8 +25,12 @@ def _position_labels(ds: xr.Dataset) -> list[str]:
     return labels
 
 
-def plot_result(ds: xr.Dataset, path: str | Path | None = None):
+def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | None = None, prompt: int = 0):
     """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
+
+    Attention results: ``kind`` "heatmap" (prompt ``prompt``, tokens on both axes; the
+    default when patterns were stored), "entropy" (layer × head grid) or "mass" (attention
+    per reasoning step). Probe results: F1 per layer, model vs baseline.
 
     Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
     checkpoint at a single position, else one row per checkpoint (colour scale shared down
@@ -34,8 +39,17 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None):
     """
     import matplotlib.pyplot as plt
 
+    from .plot_attention import attention_figure, probe_figure
+
     sites = site_variables(ds)
-    if not sites and "correct" in ds and "checkpoint" in ds.dims:
+    method = ds.attrs.get("method")
+    if kind is not None and method != "attention":
+        raise UsageError(f"kind={kind!r} applies to attention results; this is a {method} result")
+    if method == "attention":
+        fig = attention_figure(ds, kind, prompt)
+    elif method == "mechanistic_probe":
+        fig = probe_figure(ds)
+    elif not sites and "correct" in ds and "checkpoint" in ds.dims:
         fig = _learning_curve(ds)
     elif not sites and "correct" in ds:
         fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -158,13 +158,15 @@ def generate_aligned(
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class TaskInfo:
-    """Registry entry: the pair generator, an example generator and parameter docs."""
+    """Registry entry: the pair generator, an example generator, the labelled-prompt
+    generator (reasoning-tree tasks) and parameter docs."""
 
     name: str
     summary: str
     pairs: Callable[..., PromptPairs] | None
     examples: Callable[..., list[Example]]
     params: dict[str, tuple[Any, str]]  # name -> (default, help)
+    labelled: Callable[..., Any] | None = None  # -> ReasoningPrompts (attention, probe)
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Refuse parameter names the task does not know (instead of a TypeError later)."""

@@ -1,34 +1,118 @@
 """k-th smallest number in a list (the multi-step reasoning task of Hou et al. 2023).
 
 "Numbers : 12 5 30 7 . The second smallest is" -> "7". Numbers are distinct, 0..max_n.
+
+Reasoning tree (as in MechanisticProbe): to name the k-th smallest the model must find the
+k smallest numbers; the answer is the largest of them. Step 1 uses the k-1 numbers below
+the answer (the leaves), step 2 the answer itself (step 1 when k = 1); the other numbers
+are not useful (step 0).
 """
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from .base import Example, TaskInfo, check_range, register
+from .base import Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_range, generate_aligned, register
+from .reasoning import CORRUPTIONS, ReasoningPrompt, ReasoningPrompts, Statement, corrupted
 from .words import ORDINALS
+
+PREFIX = "Numbers :"
+
+
+def kth_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
+    """The prompt for ``numbers`` with each number labelled by the reasoning tree."""
+    answer = sorted(numbers)[k - 1]
+    last = 2 if k > 1 else 1
+    statements = tuple(Statement(str(x), x <= answer, last if x == answer else int(x < answer)) for x in numbers)
+    return ReasoningPrompt(statements, str(answer), PREFIX, f". The {ORDINALS[k - 1]} smallest is")
 
 
 def sample_kth(rng: random.Random, length: int, k: int, max_n: int) -> Example:
-    numbers = rng.sample(range(max_n + 1), length)
-    answer = sorted(numbers)[k - 1]
-    prompt = f"Numbers : {' '.join(map(str, numbers))} . The {ORDINALS[k - 1]} smallest is"
-    return Example(prompt, str(answer))
+    p = kth_prompt(rng.sample(range(max_n + 1), length), k)
+    return Example(p.text, p.answer)
 
 
-def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
-                          length: int = 5, k: int = 2, max_n: int = 99) -> list[Example]:
-    """``n`` k-th-smallest prompts: ``length`` distinct numbers in 0..max_n, query the k-th."""
+def _check(length: int, k: int, max_n: int) -> None:
     check_range("length", length, 2, 12)
     check_range("k", k, 1, min(length, len(ORDINALS)))
     check_range("max_n", max_n, length - 1, 99)
+
+
+def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int = 99,
+                 corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0) -> ReasoningPrompts:
+    """Labelled k-th-smallest prompts for attention analysis and MechanisticProbe.
+
+    Parameters
+    ----------
+    n_prompts : number of prompts.   length : numbers per list (2..12).
+    k : which smallest to ask for (1 = smallest; up to 6).
+    max_n : numbers are distinct, drawn from 0..max_n.
+    corrupt : None, "shuffle" (reorder the list), "drop" (remove ``n_corrupt`` numbers that
+        are not useful) or "perturb" (replace ``n_corrupt`` numbers by unused values; the
+        answer and labels are recomputed).
+    seed : same seed -> same prompts (the corruption draws from its own seeded stream).
+    """
+    _check(length, k, max_n)
+    check_range("n_prompts", n_prompts, 1)
+    if corrupt is not None and corrupt not in CORRUPTIONS:
+        raise TaskError(f"corrupt must be one of {list(CORRUPTIONS)} or None (got {corrupt!r})")
     rng = random.Random(seed)
-    return [sample_kth(rng, length, k, max_n) for _ in range(n)]
+    lists = [rng.sample(range(max_n + 1), length) for _ in range(n_prompts)]
+    if corrupt == "perturb":
+        check_range("n_corrupt", n_corrupt, 1, length)
+        if max_n + 1 < length + n_corrupt:
+            raise TaskError(f"perturb needs max_n >= length + n_corrupt - 1 (got max_n={max_n})")
+        crng = random.Random(f"{seed}-perturb")
+        for nums in lists:
+            fresh = crng.sample([x for x in range(max_n + 1) if x not in nums], n_corrupt)
+            for j, x in zip(crng.sample(range(length), n_corrupt), fresh):
+                nums[j] = x
+    elif corrupt == "drop" and length - n_corrupt < k:
+        raise TaskError(f"dropping {n_corrupt} of {length} numbers leaves fewer than k={k}; lower n_corrupt")
+    prompts = [kth_prompt(nums, k) for nums in lists]
+    if corrupt in ("shuffle", "drop"):
+        prompts = corrupted(prompts, corrupt, n_corrupt, seed)
+    params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
+                  n_corrupt=n_corrupt, seed=seed)
+    return ReasoningPrompts("kth_smallest", params, tuple(prompts))
+
+
+def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: int = 99, seed: int = 0,
+                       tokenizer: Any | None = None, corrupt: str | None = None, n_corrupt: int = 1) -> PromptPairs:
+    """Patching pairs: the source list is the base list with its answer replaced by another
+    value of the same rank, so only that one number (and the answer) differs."""
+    _check(length, k, max_n)
+    if corrupt is not None:
+        raise TaskError("corrupt applies to labelled prompts (reason-interp attention / probe), not to patching pairs")
+
+    def sample(rng: random.Random, i: int) -> PromptPair | None:
+        nums = rng.sample(range(max_n + 1), length)
+        s = sorted(nums)
+        lo = s[k - 2] + 1 if k > 1 else 0
+        hi = s[k] - 1 if k < length else max_n
+        free = [x for x in range(lo, hi + 1) if x != s[k - 1]]
+        if not free:
+            return None
+        src = [rng.choice(free) if x == s[k - 1] else x for x in nums]
+        base, source = kth_prompt(nums, k), kth_prompt(src, k)
+        return PromptPair(base.text, source.text, base.answer, source.answer)
+
+    params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, seed=seed)
+    pairs = generate_aligned(sample, n_prompts, seed, tokenizer, "numbers must be single tokens; lower max_n")
+    return PromptPairs("kth_smallest", params, pairs)
+
+
+def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, length: int = 5, k: int = 2,
+                          max_n: int = 99, corrupt: str | None = None, n_corrupt: int = 1) -> list[Example]:
+    """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
+    return [Example(p.text, p.answer) for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed)]
 
 
 register(TaskInfo(
-    "kth_smallest", "k-th smallest number in a list (Hou et al. 2023)", None, kth_smallest_examples,
-    {"length": (5, "numbers in the list"), "k": (2, "which smallest to ask for (1 = smallest)"),
-     "max_n": (99, "numbers are distinct, 0..max_n"), "seed": (0, "random seed")}))
+    "kth_smallest", "k-th smallest number in a list (Hou et al. 2023); labelled reasoning tree",
+    kth_smallest_pairs, kth_smallest_examples,
+    {"n_prompts": (64, "number of prompts (pairs for patch)"), "length": (5, "numbers in the list"), "k": (2, "which smallest to ask for (1 = smallest)"),
+     "max_n": (99, "numbers are distinct, 0..max_n"),
+     "corrupt": (None, "attention/probe only: shuffle | drop | perturb"),
+     "n_corrupt": (1, "numbers dropped or perturbed"), "seed": (0, "random seed")},
+    labelled=kth_smallest))

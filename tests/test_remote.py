@@ -187,3 +187,23 @@ def test_a_failing_job_is_one_run_error_and_not_retried(ndif, embedded_model, mo
         backend.answer_scores(embedded_model, ids, torch.tensor([[10**6]]), remote=ndif.host)
     assert remote.TRAFFIC.jobs - before.jobs == 1 and remote.TRAFFIC.retries == before.retries
     assert KEY not in str(err.value)
+
+
+def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    prompts = nr.tasks.kth_smallest(24, seed=3)
+    local = nr.attention(embedded_model, prompts, patterns="all", batch_size=16, progress=False)
+    remote = nr.attention(embedded_model, prompts, patterns="all", batch_size=16, progress=False, remote=ndif.host)
+    assert_same_values(remote, local)
+    assert remote.attrs["remote"] == 1 and remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] == 2
+    args = ["probe", "--n-prompts", "24", "--baseline", "none", "--no-progress"]
+    r = cli(args + ["--remote", "--out", str(tmp_path / "remote.nc")], ndif)
+    assert r.returncode == 0, r.stderr
+    assert cli(args + ["--out", str(tmp_path / "local.nc")]).returncode == 0
+    assert_same_values(nr.load_result(tmp_path / "remote.nc"), nr.load_result(tmp_path / "local.nc"))
+    no_secret(r.stdout, r.stderr, (tmp_path / "remote.nc").read_bytes().decode("latin-1"))
+    # the random baseline needs the weights here: refused before any request is sent
+    served = ndif.requests_received()
+    r = cli(args[:-3] + ["--baseline", "random", "--remote", "--out", str(tmp_path / "x.nc")], ndif)
+    assert r.returncode == 2 and "runs locally only" in r.stderr and not (tmp_path / "x.nc").exists()
+    assert ndif.requests_received() == served

@@ -1,0 +1,111 @@
+"""Pieces every ``reason-interp`` command shares: consoles, error handling, options, output paths."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guard(fn):
+    """Run a command body, turning library errors into one-line messages and exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from nnsight_reasoning.errors import RunError, UsageError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UsageError as e:
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            fail(str(e), 2)
+        except KeyboardInterrupt:
+            fail("interrupted; no results file was written (finished parts are kept beside --out: "
+                  "the same command resumes)", 1)
+        except RunError as e:  # already a one-line message written for the user
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            fail(" ".join(str(e).split())[:800], 1)
+        except Exception as e:  # anything unexpected: a run-time failure
+            if os.environ.get("REASON_INTERP_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            fail(f"{type(e).__name__}: {first} (set REASON_INTERP_DEBUG=1 for a traceback)", 1)
+
+    return wrapper
+
+
+def task_params(params: List[str], **explicit) -> dict:
+    """Explicit task options that were given, plus generic ``--param key=value`` (JSON values)."""
+    from nnsight_reasoning.errors import UsageError
+
+    out_: dict = {k: v for k, v in explicit.items() if v not in (None, [], ())}
+    for item in params:
+        if "=" not in item:
+            raise UsageError(f"--param takes KEY=VALUE (got {item!r})")
+        k, v = item.split("=", 1)
+        try:
+            out_[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out_[k.strip()] = v
+    return out_
+
+
+def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
+    from nnsight_reasoning.errors import UsageError
+
+    if out_file is None:
+        safe = Path(model).name if model != "embedded" else "embedded"
+        out_file = Path("results") / f"{kind}_{task}_{safe}_{revision or 'main'}.nc"
+    if out_file.suffix != ".nc":
+        raise UsageError(f"--out must be a .nc file (got {out_file})")
+    return out_file
+
+
+# Options shared by the experiment commands.
+Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
+Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
+Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
+Revisions = Annotated[Optional[str], typer.Option(
+    help="checkpoint sweep: R1,R2,… | all | stepSTART:STOP:EVERY; results gain a checkpoint dim (training order)")]
+Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
+Param = Annotated[List[str], typer.Option(help="any task parameter as KEY=VALUE, JSON value (repeatable)")]
+Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF: host NDIF_HOST, key NDIF_API_KEY "
+                                     "(see `reason-interp remote status`)")]
+Restart = Annotated[bool, typer.Option("--restart", help="discard finished parts of an earlier interrupted run "
+                                       "of this --out instead of resuming from them")]
+OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
+Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+
+
+def sweep_revisions(model: Optional[str], revision: Optional[str], revisions: Optional[str]) -> Optional[list]:
+    """The checkpoints of a sweep (training order), or None for a single-revision run."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    if revisions is None:
+        return None
+    if revision is not None:
+        raise UsageError("give --revision (one checkpoint) or --revisions (a sweep), not both")
+    return nr.parse_revisions(revisions, model)
+
+
+def revision_label(revision: Optional[str], names: Optional[list]) -> str:
+    if not names:
+        return revision or "main"
+    return names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"

@@ -1,0 +1,143 @@
+"""Figures for attention and probe results: attention heatmap of one prompt, head-entropy
+grid, attention mass per reasoning step, probe score per layer."""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .errors import UsageError
+
+ATTENTION_KINDS = ("heatmap", "entropy", "mass")
+
+
+def _title(ds: xr.Dataset) -> str:
+    return f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}"
+
+
+def _one_checkpoint(ds: xr.Dataset) -> xr.Dataset:
+    """A sweep's last checkpoint (the trained model), for figures that show one model."""
+    return ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
+
+
+def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    if kind is None:
+        kind = "heatmap" if "attention" in ds else "entropy"
+    if kind not in ATTENTION_KINDS:
+        raise UsageError(f"kind must be one of {', '.join(ATTENTION_KINDS)} for an attention result (got {kind!r})")
+    if kind == "heatmap":
+        if "attention" not in ds:
+            raise UsageError("this result holds no attention patterns (it was run with patterns='none')")
+        if not 0 <= prompt < ds.sizes["prompt"]:
+            raise UsageError(f"prompt {prompt} is out of range: the result has prompts 0..{ds.sizes['prompt'] - 1}")
+        return _heatmap(_one_checkpoint(ds), prompt)
+    return _entropy(ds) if kind == "entropy" else _mass(_one_checkpoint(ds))
+
+
+def _heatmap(ds: xr.Dataset, prompt: int):
+    """Full patterns: one query × key panel per (layer, head); answer row only: (layer, head) × key."""
+    import matplotlib.pyplot as plt
+
+    p = ds.isel(prompt=prompt)
+    n = int((p["token"].values != "").sum())
+    tokens = [str(t) for t in p["token"].values[:n]]
+    a = p["attention"].values[..., :n]  # (L, H, Q, n)
+    layers, heads = list(p["layer"].values), list(p["head"].values)
+    if ds.sizes["query"] > 1:
+        a = a[:, :, :n]
+        fig, axes = plt.subplots(len(layers), len(heads), figsize=(2.6 * len(heads) + 1, 2.5 * len(layers) + 1),
+                                 squeeze=False)
+        for i, layer in enumerate(layers):
+            for j, head in enumerate(heads):
+                ax = axes[i][j]
+                ax.imshow(a[i, j], cmap="Blues", vmin=0, vmax=1)
+                ax.set_title(f"L{layer} H{head}", fontsize=8)
+                ax.set_xticks(range(n), tokens if i == len(layers) - 1 else [""] * n, rotation=90, fontsize=6)
+                ax.set_yticks(range(n), tokens if j == 0 else [""] * n, fontsize=6)
+        fig.supxlabel("key (attended-to token)", fontsize=9)
+        fig.supylabel("query token", fontsize=9)
+    else:
+        rows = a[:, :, 0].reshape(len(layers) * len(heads), n)
+        fig, ax = plt.subplots(figsize=(0.45 * n + 2.5, 0.28 * len(rows) + 1.8))
+        im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(n), tokens, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), [f"L{l} H{h}" for l in layers for h in heads], fontsize=7)
+        ax.set_xlabel("key (attended-to token)")
+        ax.set_title("attention from the answer position", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"{_title(ds)}: {p['text'].item()!r} → {p['answer'].item()}", fontsize=9)
+    return fig
+
+
+def _entropy(ds: xr.Dataset):
+    """Layer × head grid of the answer position's attention entropy, mean over prompts."""
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [None]
+    vals = ds["entropy"].mean("prompt")
+    vmax = float(np.log(ds.sizes["key"]))  # uniform attention over the longest prompt
+    fig, axes = plt.subplots(1, len(names), figsize=(0.8 * ds.sizes["head"] * len(names) + 3.5,
+                                                     0.5 * ds.sizes["layer"] + 2.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        v = (vals if name is None else vals.sel(checkpoint=name)).transpose("layer", "head").values
+        im = ax.imshow(v, cmap="viridis", vmin=0, vmax=vmax, origin="lower", aspect="auto")
+        for (i, j), x in np.ndenumerate(v):
+            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if x < vmax / 2 else "k")
+        ax.set_xticks(range(ds.sizes["head"]), [str(h) for h in ds["head"].values])
+        ax.set_yticks(range(ds.sizes["layer"]), [str(l) for l in ds["layer"].values])
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(name or f"mean over {ds.sizes['prompt']} prompts", fontsize=9)
+    fig.colorbar(im, ax=axes[0][-1], shrink=0.8, label="entropy (nats)")
+    fig.suptitle(f"{_title(ds)}\nhead entropy at the answer position ({vmax:.2f} = uniform)", fontsize=9)
+    return fig
+
+
+def _mass(ds: xr.Dataset):
+    """(layer, head) × group: mean attention mass from the answer position per reasoning step."""
+    import matplotlib.pyplot as plt
+
+    v = ds["mass"].mean("prompt").stack(lh=("layer", "head")).transpose("lh", "group").values
+    per_token = v / np.maximum(ds["n_tokens"].mean("prompt").values, 1e-12)
+    groups = [str(g) for g in ds["group"].values]
+    labels = [f"L{l} H{h}" for l in ds["layer"].values for h in ds["head"].values]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.6 * len(groups) + 2.4), 0.28 * len(labels) + 2))
+    for ax, vals, name in ((axes[0], v, "attention mass"), (axes[1], per_token, "mass per token")):
+        im = ax.imshow(vals, cmap="magma", vmin=0, aspect="auto")
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"{_title(ds)}: attention from the answer position, mean over {ds.sizes['prompt']} prompts",
+                 fontsize=9)
+    return fig
+
+
+def probe_figure(ds: xr.Dataset):
+    """Macro F1 per layer for each probe; the baseline dashed; all layers' features at 'all'."""
+    import matplotlib.pyplot as plt
+
+    layers = [str(l) for l in ds["layer"].values] + ["all"]
+    x = np.arange(len(layers))
+    fig, axes = plt.subplots(1, ds.sizes["probe"], figsize=(4.2 * ds.sizes["probe"], 3.4), squeeze=False)
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [ds.attrs.get("revision")]
+    for ax, probe in zip(axes[0], ds["probe"].values):
+        p = ds.sel(probe=probe)
+        for k, name in enumerate(names):
+            q = p.isel(checkpoint=k) if "checkpoint" in ds.dims else p
+            ax.plot(x, np.append(q["f1"].values, float(q["f1_all"])), "o-", label=name or "model")
+        if "baseline_f1" in ds:
+            ax.plot(x, np.append(p["baseline_f1"].values, float(p["baseline_f1_all"])), "s--", color="gray",
+                    label=f"baseline ({ds.attrs.get('baseline')})")
+        ax.axhline(float(p["majority"].max()) if "checkpoint" in p["majority"].dims else float(p["majority"]),
+                   color="k", lw=0.8, ls=":", label="majority class (accuracy)")
+        ax.set_xticks(x, layers)
+        ax.set_xlabel("layer (attention features)")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("macro F1 (out-of-fold)")
+        ax.set_title(f"probe: {'is the statement useful?' if probe == 'useful' else 'at which step is it used?'}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"MechanisticProbe · {ds.attrs.get('task')} · {ds.attrs.get('model')} "
+                 f"({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})", fontsize=9)
+    return fig

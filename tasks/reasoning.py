@@ -1,0 +1,233 @@
+"""Prompts labelled with their reasoning tree (Hou et al. 2023, MechanisticProbe).
+
+A :class:`ReasoningPrompt` is a list of statements (numbers of a k-th-smallest list, facts of
+a ProofWriter theory) between a prefix and a question. Each statement carries two labels:
+``useful`` (the answer depends on it) and ``step`` (the reasoning step that uses it, 1 = the
+leaves of the tree, the answer's own statement last; 0 = not used). Texts are rendered from
+the statements, so corrupted variants (shuffled, dropped) keep their labels aligned.
+
+Files: ProofWriter- and ARC-style data are read from local JSON Lines or CSV files with
+``datasets`` (no network); the expected columns are in :func:`load_reasoning`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .base import Example, TaskError, TaskInfo, check_choice, check_range, register
+
+CORRUPTIONS = ("shuffle", "drop", "perturb")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a prompt with its reasoning-tree labels."""
+
+    text: str
+    useful: bool = False
+    step: int = 0  # 0 = not used; 1.. = the reasoning step that uses it
+
+
+@dataclass(frozen=True)
+class ReasoningPrompt:
+    """``prefix``, the statements joined by ``sep``, then ``question``; the answer follows."""
+
+    statements: tuple[Statement, ...]
+    answer: str
+    prefix: str = ""
+    question: str = ""
+    sep: str = " "
+
+    @property
+    def text(self) -> str:
+        return self._render()[0]
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Character span ``[start, end)`` of each statement in :attr:`text`."""
+        return self._render()[1]
+
+    def _render(self) -> tuple[str, list[tuple[int, int]]]:
+        text, spans = self.prefix, []
+        for i, s in enumerate(self.statements):
+            if text:
+                text += self.sep if i else " "
+            spans.append((len(text), len(text) + len(s.text)))
+            text += s.text
+        if self.question:
+            text += (" " if text else "") + self.question
+        return text, spans
+
+
+@dataclass(frozen=True)
+class ReasoningPrompts(Sequence[ReasoningPrompt]):
+    """Labelled prompts plus the settings that made them (stored in results as ``task_params``).
+
+    ``labelled`` is False when the source (a file without label columns) had no labels:
+    attention patterns still work, the probe refuses.
+    """
+
+    task: str
+    params: dict[str, Any]
+    prompts: tuple[ReasoningPrompt, ...]
+    labelled: bool = True
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.prompts[i]
+
+    def __iter__(self) -> Iterator[ReasoningPrompt]:
+        return iter(self.prompts)
+
+    @property
+    def n_steps(self) -> int:
+        return max((s.step for p in self.prompts for s in p.statements), default=0)
+
+    def __repr__(self) -> str:
+        return (f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, "
+                f"params={json.dumps(self.params, sort_keys=True)})")
+
+
+def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: int = 0) -> list[ReasoningPrompt]:
+    """Corrupted copies for the robustness experiment (answers stay correct).
+
+    ``shuffle``: statements in a random order; ``drop``: remove ``n`` statements that are not
+    useful. ``perturb`` changes statement contents and so the answer: only tasks that can
+    recompute it offer it (``kth_smallest``).
+    """
+    check_choice("corrupt", mode, CORRUPTIONS)
+    if mode == "perturb":
+        raise TaskError("corrupt='perturb' needs a task that can recompute the answer (kth_smallest); "
+                        "for data files use shuffle or drop")
+    check_range("n_corrupt", n, 1)
+    rng = random.Random(seed)
+    out = []
+    for i, p in enumerate(prompts):
+        st = list(p.statements)
+        if mode == "shuffle":
+            rng.shuffle(st)
+        else:
+            useless = [j for j, s in enumerate(st) if not s.useful]
+            if len(useless) < n:
+                raise TaskError(f"prompt {i} has {len(useless)} useless statements; cannot drop {n} "
+                                f"(lower n_corrupt)")
+            gone = set(rng.sample(useless, n))
+            st = [s for j, s in enumerate(st) if j not in gone]
+        out.append(replace(p, statements=tuple(st)))
+    return out
+
+
+# --------------------------------------------------------------------------- files
+STYLES = {
+    # style: (statements column, question column, answer column, prefix, question template)
+    "proofwriter": ("statements", "question", "answer", "", "Question : {question} Answer :"),
+    "arc": ("facts", "question", "answer", "", "Question : {question} {choices} Answer :"),
+}
+
+
+def _as_list(value: Any, column: str, row: int) -> list:
+    if isinstance(value, str):  # CSV cells hold JSON lists
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise TaskError(f"row {row}: column {column!r} must be a JSON list (got {value[:40]!r})") from None
+    if not isinstance(value, list):
+        raise TaskError(f"row {row}: column {column!r} must be a list (got {type(value).__name__})")
+    return value
+
+
+def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *, n_prompts: int | None = None,
+                   corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0) -> ReasoningPrompts:
+    """Read labelled reasoning prompts from a local ``.jsonl``/``.json`` or ``.csv`` file.
+
+    Columns (CSV cells with lists hold JSON):
+
+    - ``proofwriter``: ``statements`` (list of str), ``question`` (str), ``answer`` (str);
+      optional ``useful`` (list of 0/1) and ``steps`` (list of int, 0 = not used) per statement.
+    - ``arc``: ``facts`` (list of str), ``question`` (str), ``answer`` (str, e.g. the choice
+      label); optional ``choices`` (list of str, rendered "A ) ... B ) ..."), ``useful``, ``steps``.
+
+    Without ``useful`` a statement is useful where its step is > 0; without ``steps`` a
+    useful statement is step 1. Without either column the prompts are unlabelled. ``n_prompts`` keeps the first N rows.
+    """
+    check_choice("style", style, list(STYLES))
+    if path is None:
+        raise TaskError(f"task {style!r} reads a local file: give path=FILE (CLI: --param path=FILE)")
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"no such data file: {path}")
+    kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
+    if kind is None:
+        raise TaskError(f"{path.name}: use a .jsonl, .json or .csv file")
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a bar per tiny local file would bury ours
+    try:
+        rows = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises several types for malformed files
+        raise TaskError(f"cannot read {path.name} as {kind.upper()} ({type(e).__name__}); "
+                        f"check the file (columns: see `reason-interp tasks {style}`)") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    col_st, col_q, col_a, prefix, template = STYLES[style]
+    missing = [c for c in (col_st, col_q, col_a) if c not in rows.column_names]
+    if missing:
+        raise TaskError(f"{path.name} lacks column(s) {', '.join(missing)} for style {style!r}; "
+                        f"it has: {', '.join(rows.column_names)}")
+    labelled = "useful" in rows.column_names or "steps" in rows.column_names
+    out = []
+    for r, row in enumerate(rows):
+        if n_prompts is not None and r >= n_prompts:
+            break
+        texts = [str(t).strip() for t in _as_list(row[col_st], col_st, r)]
+        useful = _as_list(row["useful"], "useful", r) if row.get("useful") is not None else None
+        steps = _as_list(row["steps"], "steps", r) if row.get("steps") is not None else None
+        if useful is None:
+            useful = [s > 0 for s in steps] if steps is not None else [False] * len(texts)
+        if steps is None:
+            steps = [int(bool(u)) for u in useful]
+        if not (len(texts) == len(steps) == len(useful)) or not texts:
+            raise TaskError(f"row {r}: {col_st}, useful and steps must be non-empty lists of one length")
+        bad = [j for j, (u, s) in enumerate(zip(useful, steps)) if bool(u) != (int(s) > 0)]
+        if labelled and bad:
+            raise TaskError(f"row {r}: statement {bad[0]} has useful={useful[bad[0]]} but step={steps[bad[0]]}; "
+                            f"useful statements have step >= 1, the others step 0")
+        choices = ""
+        if row.get("choices"):
+            choices = " ".join(f"{chr(65 + i)} ) {c}" for i, c in enumerate(_as_list(row["choices"], "choices", r)))
+        question = template.format(question=str(row[col_q]).strip(), choices=choices).replace("  ", " ")
+        out.append(ReasoningPrompt(tuple(Statement(t, bool(u), int(s)) for t, u, s in zip(texts, useful, steps)),
+                                   str(row[col_a]).strip(), prefix, question))
+    if not out:
+        raise TaskError(f"{path.name} has no rows")
+    if corrupt is not None:
+        out = corrupted(out, corrupt, n_corrupt, seed)
+    params = {"path": str(path), "style": style, "n_prompts": len(out), "corrupt": corrupt,
+              "n_corrupt": n_corrupt, "seed": seed}
+    return ReasoningPrompts(style, params, tuple(out), labelled)
+
+
+def _file_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, style: str = "proofwriter",
+                   **params: Any) -> list[Example]:
+    return [Example(p.text, p.answer) for p in load_reasoning(style=style, n_prompts=n, seed=seed, **params)]
+
+
+for _style, _summary, _columns in (
+        ("proofwriter", "ProofWriter-style theories from a local .jsonl/.csv (Hou et al. 2023)",
+         "statements (list), question, answer; optional useful (0/1 list), steps (int list, 0 = unused)"),
+        ("arc", "ARC-style questions with supporting facts from a local .jsonl/.csv",
+         "facts (list), question, answer; optional choices (list), useful (0/1 list), steps (int list)")):
+    register(TaskInfo(
+        _style, _summary, None,
+        lambda n=200, seed=0, tokenizer=None, _s=_style, **kw: _file_examples(n, seed, tokenizer, _s, **kw),
+        {"path": (None, f"local .jsonl/.json/.csv file (required; CLI --data); columns: {_columns}; "
+                        f"CSV cells with lists hold JSON"),
+         "corrupt": (None, "shuffle | drop"), "n_corrupt": (1, "statements dropped"), "seed": (0, "random seed")},
+        labelled=lambda n_prompts=None, seed=0, _s=_style, **kw: load_reasoning(style=_s, n_prompts=n_prompts,
+                                                                               seed=seed, **kw)))

@@ -1,0 +1,199 @@
+"""Reasoning-tree tasks, attention patterns, head entropy, mass per step and per-head patching,
+checked against plain PyTorch (``output_attentions`` / forward hooks, no nnsight)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.tasks import ReasoningPrompts, TaskError
+
+from .reference import reference_patch
+from .test_patching import _compare
+
+DATA = Path(__file__).parent / "data"
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(":")[1].split(".")[0].split()]
+
+
+# --------------------------------------------------------------------------- tasks
+@pytest.mark.parametrize("k,length", [(1, 4), (2, 5), (3, 6)])
+def test_kth_labels_follow_the_reasoning_tree(k, length):
+    prompts = nr.tasks.kth_smallest(50, length=length, k=k, seed=3)
+    for p in prompts:
+        nums = _numbers(p.text)
+        assert [s.text for s in p.statements] == [str(x) for x in nums] and len(set(nums)) == length
+        answer = sorted(nums)[k - 1]
+        assert p.answer == str(answer) and p.text.endswith("smallest is")
+        for x, s in zip(nums, p.statements):
+            assert s.useful == (x <= answer)
+            assert s.step == (0 if x > answer else (2 if k > 1 else 1) if x == answer else 1)
+        assert [p.text[a:b] for a, b in p.spans()] == [str(x) for x in nums]
+    again = nr.tasks.kth_smallest(50, length=length, k=k, seed=3)
+    assert again.prompts == prompts.prompts and nr.tasks.kth_smallest(50, length=length, k=k, seed=4) != prompts
+    # evaluation prompts are the same texts the embedded model was scored on
+    ex = nr.tasks.kth_smallest_examples(50, seed=3, length=length, k=k)
+    assert [e.prompt for e in ex] == [p.text for p in prompts]
+
+
+def test_kth_corruptions_keep_answers_and_labels_right():
+    clean = nr.tasks.kth_smallest(40, seed=1)
+    shuffled = nr.tasks.kth_smallest(40, corrupt="shuffle", seed=1)
+    dropped = nr.tasks.kth_smallest(40, corrupt="drop", n_corrupt=2, seed=1)
+    perturbed = nr.tasks.kth_smallest(40, corrupt="perturb", n_corrupt=2, seed=1)
+    assert any(a.text != b.text for a, b in zip(clean, shuffled))
+    for c, s, d, p in zip(clean, shuffled, dropped, perturbed):
+        assert sorted(_numbers(s.text)) == sorted(_numbers(c.text)) and s.answer == c.answer
+        assert set(s.statements) == set(c.statements)  # labels travel with their numbers
+        nd = _numbers(d.text)
+        assert len(nd) == 3 and set(nd) < set(_numbers(c.text)) and d.answer == c.answer
+        assert not any(st.useful for st in set(c.statements) - set(d.statements))
+        npert = _numbers(p.text)
+        assert len(set(npert) - set(_numbers(c.text))) == 2 and p.answer == str(sorted(npert)[1])
+        assert [st.useful for st in p.statements] == [x <= sorted(npert)[1] for x in npert]
+    for bad, msg in [(dict(corrupt="twist"), "corrupt must be one of"),
+                     (dict(corrupt="drop", n_corrupt=4), "fewer than k"),
+                     (dict(k=7, length=8), "k must be")]:
+        with pytest.raises(TaskError, match=msg):
+            nr.tasks.kth_smallest(5, **bad)
+
+
+def test_kth_pairs_differ_only_in_the_answer_number(embedded_tokenizer):
+    pairs = nr.tasks.kth_smallest_pairs(30, seed=2)
+    for p in pairs:
+        b, s = _numbers(p.base), _numbers(p.source)
+        diff = [i for i in range(5) if b[i] != s[i]]
+        assert len(diff) == 1 and b[diff[0]] == int(p.base_answer) and s[diff[0]] == int(p.source_answer)
+        assert sorted(b).index(int(p.base_answer)) == sorted(s).index(int(p.source_answer)) == 1
+        assert len(embedded_tokenizer(p.base)["input_ids"]) == len(embedded_tokenizer(p.source)["input_ids"])
+
+
+def test_reasoning_files_load_with_labels_and_fail_clearly(tmp_path):
+    pw = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl")
+    assert len(pw) == 4 and pw.labelled and pw.n_steps == 3
+    rows = [json.loads(line) for line in (DATA / "proofwriter.jsonl").read_text().splitlines()]
+    for p, row in zip(pw, rows):
+        assert [s.text for s in p.statements] == row["statements"] and p.answer == row["answer"]
+        assert [s.step for s in p.statements] == row["steps"] and [int(s.useful) for s in p.statements] == row["useful"]
+        assert p.text.endswith(f"Question : {row['question']} Answer :")
+    csv = nr.tasks.load_reasoning(DATA / "proofwriter.csv")  # no useful column: useful = step > 0
+    assert [(s.useful, s.step) for s in csv[0].statements] == [(True, 1), (True, 2), (False, 0)]
+    arc = nr.tasks.load_reasoning(DATA / "arc.jsonl", "arc")
+    assert "A ) sand B ) sunlight C ) wind Answer :" in arc[0].text and arc[0].answer == "B"
+    assert [s.step for s in arc[0].statements] == [1, 0, 1]  # no steps column: useful = step 1
+    assert not nr.tasks.load_reasoning(DATA / "unlabelled.jsonl").labelled
+    dropped = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl", corrupt="drop", seed=0)
+    for p, d in zip(pw, dropped):
+        gone = set(p.statements) - set(d.statements)
+        assert len(d.statements) == 3 and len(gone) == 1 and not any(s.useful for s in gone)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"statements": ["a"], "answer": "x"}\n')
+    for call, msg in [(lambda: nr.tasks.load_reasoning(bad), "lacks column"),
+                      (lambda: nr.tasks.load_reasoning(tmp_path / "none.jsonl"), "no such data file"),
+                      (lambda: nr.tasks.load_reasoning(DATA / "arc.jsonl", "arc", corrupt="perturb"), "perturb"),
+                      (lambda: nr.tasks.load_reasoning(), "path=FILE")]:
+        with pytest.raises(TaskError, match=msg):
+            call()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"statements": ["a", "b"], "question": "q", "answer": "x", "steps": [1, 0], "useful": [0, 0]}\n')
+    with pytest.raises(TaskError, match="useful statements have step >= 1"):
+        nr.tasks.load_reasoning(broken)
+
+
+# --------------------------------------------------------------------------- attention
+def _reference(hf, tokenizer, prompts, statement_tokens):
+    """Plain HF forward with output_attentions, one prompt at a time: patterns, entropy, mass."""
+    out = []
+    for p, owner in zip(prompts, statement_tokens):
+        ids = torch.tensor([tokenizer(p.text)["input_ids"]])
+        with torch.no_grad():
+            att = torch.stack(hf(ids, output_attentions=True).attentions)[:, 0].double().numpy()  # (L, H, T, T)
+        last = att[:, :, -1]
+        ent = np.array([[-sum(x * np.log(x) for x in row if x > 0) for row in lh] for lh in last])
+        groups = {"other": [j for j, s in enumerate(owner) if s < 0]}
+        groups["useless"] = [j for j, s in enumerate(owner) if s >= 0 and not p.statements[s].useful]
+        for step in range(1, 4):
+            groups[f"step{step}"] = [j for j, s in enumerate(owner) if s >= 0 and p.statements[s].useful
+                                     and p.statements[s].step == step]
+        mass = {g: last[:, :, idx].sum(-1) for g, idx in groups.items()}
+        out.append((att, ent, mass))
+    return out
+
+
+def test_attention_matches_plain_pytorch(embedded_model, embedded_tokenizer):
+    # two list lengths: grouped into two passes, NaN padding, query coordinate -1
+    prompts = ReasoningPrompts("kth_smallest", {}, nr.tasks.kth_smallest(6, length=4, k=2, seed=0).prompts
+                               + nr.tasks.kth_smallest(5, length=6, k=3, seed=1).prompts)
+    ds = nr.attention(embedded_model, prompts, patterns="all", batch_size=4, progress=False)
+    # Independent token map: the embedded tokenizer is word-level and the numbers follow
+    # "<bos> Numbers :", so statement i is token 3 + i.
+    owners = [[-1, -1, -1] + list(range(len(p.statements))) + [-1] * 5 for p in prompts]
+    hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
+    ref = _reference(hf, embedded_tokenizer, prompts, owners)
+    assert ds.sizes["key"] == 14 and list(ds["query"].values) == list(range(14)) and ds.attrs["n_forward_passes"] == 4
+    for i, (att, ent, mass) in enumerate(ref):
+        t = att.shape[-1]
+        assert list(ds["statement"].values[i, :t]) == owners[i]
+        np.testing.assert_allclose(ds["attention"].values[i, :, :, :t, :t], att, atol=2e-6)
+        assert np.isnan(ds["attention"].values[i, :, :, t:]).all() and np.isnan(ds["attention"].values[i, ..., t:]).all()
+        np.testing.assert_allclose(ds["entropy"].values[i], ent, atol=1e-5)
+        for g in ds["group"].values:
+            np.testing.assert_allclose(ds["mass"].sel(group=g).values[i], mass[str(g)], atol=1e-6, err_msg=str(g))
+    np.testing.assert_allclose(ds["mass"].sum("group").values, 1.0, atol=1e-5)
+    last = nr.attention(embedded_model, prompts, layers=[2, 0], heads=[1], progress=False)
+    assert list(last["query"].values) == [-1] and list(last["layer"].values) == [0, 2]
+    for i, (att, _, _) in enumerate(ref):
+        t = att.shape[-1]
+        np.testing.assert_allclose(last["attention"].values[i, :, 0, 0, :t], att[[0, 2], 1, -1], atol=2e-6)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_attention_other_architectures_and_multi_token_statements(tiny_model_dir, model_type):
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(str(path))
+    prompts = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl")
+    ds = nr.attention(model, prompts, patterns="none", progress=False)
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok = model.tokenizer
+    owners = []
+    for p in prompts:  # independent map: count words (the tokenizer is word-level) per statement
+        words = ["<bos>"] + p.prefix.split()
+        owner = [-1] * len(words)
+        for s_i, s in enumerate(p.statements):
+            owner += [s_i] * len(tok(s.text, add_special_tokens=False)["input_ids"])
+        owner += [-1] * len(tok(p.question, add_special_tokens=False)["input_ids"])
+        owners.append(owner)
+    for i, (_, ent, mass) in enumerate(_reference(hf, tok, prompts, owners)):
+        np.testing.assert_allclose(ds["entropy"].values[i], ent, atol=1e-5)
+        for g in ds["group"].values:
+            np.testing.assert_allclose(ds["mass"].sel(group=g).values[i], mass[str(g)], atol=1e-6)
+    assert "attention" not in ds and ds["n_tokens"].sel(group="step3").values[1] == owners[1].count(3) > 1
+
+
+def test_attention_errors_are_clear(embedded_model, tiny_model_dir):
+    prompts = nr.tasks.kth_smallest(4)
+    for kwargs, msg in [(dict(heads=[4]), "head 4 is out of range"), (dict(layers=[9]), "layer 9"),
+                        (dict(patterns="some"), "patterns must be")]:
+        with pytest.raises(UsageError, match=msg):
+            nr.attention(embedded_model, prompts, progress=False, **kwargs)
+    sdpa = nr.load_model(str(tiny_model_dir("gpt_neox")), attn_implementation="sdpa")
+    with pytest.raises(UsageError, match="eager"):
+        nr.attention(sdpa, prompts, progress=False)
+
+
+# --------------------------------------------------------------------------- per-head patching
+def test_per_head_patching_on_kth_smallest_matches_hooks(embedded_model, embedded_tokenizer):
+    pairs = nr.tasks.kth_smallest_pairs(3, seed=0)
+    ds = nr.patch(embedded_model, pairs, sites=["head"], positions="last", progress=False)
+    assert ds["heads"].dims == ("prompt", "layer", "position", "head")
+    hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
+    _compare(ds, reference_patch(hf, embedded_tokenizer, list(pairs), ["head"], "last", "stolfo_ie", 4), "stolfo_ie")

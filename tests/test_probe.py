@@ -1,0 +1,137 @@
+"""MechanisticProbe: scores recomputed independently (hook-free HF attentions, a numpy kNN and
+a numpy macro F1), the trained model against its step0 baseline, the CLI and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.probe import fold_of_prompt
+
+from .clirun import reason_interp
+
+DATA = Path(__file__).parent / "data"
+
+
+def _features(revision: str, prompts) -> np.ndarray:
+    """(statements, L, H): attention from the last token to each number, divided by the prompt's max."""
+    hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path(revision), attn_implementation="eager").eval()
+    tok = nr.load_model().tokenizer
+    ids = torch.tensor([tok(p.text)["input_ids"] for p in prompts])  # one length: one batch
+    with torch.no_grad():
+        att = torch.stack(hf(ids, output_attentions=True).attentions, 1)[:, :, :, -1].double().numpy()
+    out = []
+    for i, p in enumerate(prompts):
+        f = att[i][:, :, 3:3 + len(p.statements)].transpose(2, 0, 1)  # numbers follow "<bos> Numbers :"
+        out.append(f / f.max())
+    return np.concatenate(out)
+
+
+def _knn_predict(x_tr, y_tr, x_te, k):
+    """Distance-weighted kNN as scikit-learn defines it: weight 1/d; exact matches win outright."""
+    pred = []
+    for x in x_te:
+        d = np.sqrt(((x_tr - x) ** 2).sum(1))
+        near = np.argsort(d, kind="stable")[:k]
+        w = 1 / d[near] if (d[near] > 0).all() else (d[near] == 0).astype(float)
+        classes = np.unique(y_tr)
+        votes = [w[y_tr[near] == c].sum() for c in classes]
+        pred.append(classes[int(np.argmax(votes))])
+    return np.array(pred)
+
+
+def _macro_f1(y, pred):
+    f1s = []
+    for c in np.unique(y):
+        tp = ((pred == c) & (y == c)).sum()
+        prec = tp / max((pred == c).sum(), 1)
+        rec = tp / (y == c).sum()
+        f1s.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
+    return float(np.mean(f1s))
+
+
+def test_probe_scores_match_an_independent_computation(embedded_model):
+    prompts = nr.tasks.kth_smallest(60, seed=4)
+    ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, progress=False)
+    feats = _features("main", prompts)
+    useful = np.array([s.useful for p in prompts for s in p.statements])
+    step = np.array([s.step for p in prompts for s in p.statements])
+    prompt_of = np.repeat(np.arange(60), 5)
+    fold = fold_of_prompt(60, 3, 7)[prompt_of]  # the documented split: the one thing shared
+    for name, y, keep in (("useful", useful.astype(int), np.ones_like(useful)), ("step", step, useful)):
+        y, f = y[keep], fold[keep]
+        for li in list(range(4)) + ["all"]:
+            x = feats[keep].reshape(len(y), -1) if li == "all" else feats[keep][:, li]
+            pred = np.empty_like(y)
+            for k in range(3):
+                pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 5)
+            got = float(ds["f1_all"].sel(probe=name)) if li == "all" else float(ds["f1"].sel(probe=name, layer=li))
+            assert got == pytest.approx(_macro_f1(y, pred), abs=1e-9), (name, li)
+        assert float(ds["majority"].sel(probe=name)) == pytest.approx(np.bincount(y).max() / len(y))
+    assert ds.attrs["baseline"] == "none" and "score" not in ds
+
+
+def test_trained_model_beats_step0_and_is_deterministic(embedded_model):
+    prompts = nr.tasks.kth_smallest(256, seed=0)
+    ds = nr.probe(embedded_model, prompts, progress=False)
+    again = nr.probe(embedded_model, prompts, progress=False)
+    for v in ds.data_vars:
+        np.testing.assert_array_equal(ds[v].values, again[v].values)
+    # step0 F1 stays near chance; the trained model reads both labels off its attention
+    assert (ds.f1_all - ds.baseline_f1_all).min() > 0.15, ds[["f1_all", "baseline_f1_all"]]
+    assert float(ds.score_all.sel(probe="step")) > 0.8
+    assert float(ds.f1.sel(probe="step").max()) > 0.9  # one layer alone names the answer
+    np.testing.assert_allclose(ds.score, (ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1))
+    rand = nr.probe(embedded_model, nr.tasks.kth_smallest(64, seed=0), baseline="random",
+                    pool="mean", progress=False)
+    assert rand.attrs["baseline"] == "random" and np.isfinite(rand.score.values).all()
+
+
+def test_probe_refuses_what_it_cannot_score(embedded_model):
+    for prompts, kwargs, msg in [
+        (nr.tasks.load_reasoning(DATA / "unlabelled.jsonl"), {}, "no useful/steps labels"),
+        (nr.tasks.kth_smallest(20, k=1), {}, "two or more steps"),
+        (nr.tasks.kth_smallest(3), {}, "at least 2 prompts per fold"),
+        (nr.tasks.kth_smallest(20), dict(baseline="scratch"), "baseline must be"),
+        (nr.tasks.kth_smallest(20), dict(pool="max"), "pool must be"),
+    ]:
+        with pytest.raises(UsageError, match=msg):
+            nr.probe(embedded_model, prompts, progress=False, **kwargs)
+    local = nr.load_model(str(embedded.revision_path("main")))  # a directory without revisions
+    with pytest.raises(UsageError, match="no step0 revision"):
+        nr.probe(local, nr.tasks.kth_smallest(20), progress=False)
+
+
+def test_cli_attention_probe_and_plots(tmp_path):
+    att, prb = tmp_path / "att.nc", tmp_path / "probe.nc"
+    r = reason_interp(["attention", "--n-prompts", "32", "--patterns", "all", "--corrupt", "shuffle", "--out", str(att),
+                       "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert "step2" in r.stdout and "entropy" in r.stdout
+    ds = nr.load_result(att)
+    assert ds.attrs["method"] == "attention" and '"corrupt": "shuffle"' in ds.attrs["task_params"]
+    assert ds["attention"].dims == ("prompt", "layer", "head", "query", "key")
+    for kind in ("heatmap", "entropy", "mass"):
+        r = reason_interp(["plot", str(att), "--kind", kind, "--prompt", "3"])
+        assert r.returncode == 0 and (tmp_path / f"att.{kind}.png").stat().st_size > 10_000, r.stderr
+    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step250,main", "--out", str(prb), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    ds = nr.load_result(prb)
+    assert ds["f1"].dims == ("checkpoint", "probe", "layer") and ds["baseline_f1"].dims == ("probe", "layer")
+    assert list(ds["checkpoint"].values) == ["step250", "main"] and "baseline F1" in r.stdout
+    r = reason_interp(["plot", str(prb)])
+    assert r.returncode == 0 and (tmp_path / "probe.png").exists()
+    r = reason_interp(["attention", "--task", "proofwriter", "--data", str(DATA / "arc.jsonl"), "--out",
+                       str(tmp_path / "pw.nc"), "--no-progress"])
+    assert r.returncode == 2 and "lacks column" in r.stderr and not (tmp_path / "pw.nc").exists()
+    for args, msg in [(["probe", "--task", "arithmetic"], "no reasoning-tree labels"),
+                      (["attention", "--head", "7"], "head 7 is out of range"),
+                      (["plot", str(prb), "--kind", "entropy"], "applies to attention results")]:
+        r = reason_interp(args + ["--out", str(tmp_path / "x.nc")] if args[0] != "plot" else args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
