@@ -31,7 +31,7 @@ from .parts import Parts, digest
 from .progress import progress_bar
 from .results import provenance
 from .sites import POSITIONS, check_layers, check_sites, dims, var_name
-from .tasks import PromptPair, PromptPairs
+from .tasks import PromptPair, PromptPairs, ReasoningPrompts
 from .tasks.base import group_by_length
 
 
@@ -83,6 +83,9 @@ def patch(
     >>> ds.mlp.mean("prompt")
     """
     sites = check_sites(sites)
+    if isinstance(pairs, ReasoningPrompts):
+        raise UsageError(f"{pairs.task} prompts are labelled single prompts (for attention/probe); patching needs "
+                         f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
     if revisions is not None:
         return _over_revisions(model, pairs, revisions, resume_dir, progress, sites=sites, positions=positions,
                                metric=metric, layers=layers, batch_size=batch_size, remote=remote)

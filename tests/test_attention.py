@@ -197,3 +197,5 @@ def test_per_head_patching_on_kth_smallest_matches_hooks(embedded_model, embedde
     assert ds["heads"].dims == ("prompt", "layer", "position", "head")
     hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
     _compare(ds, reference_patch(hf, embedded_tokenizer, list(pairs), ["head"], "last", "stolfo_ie", 4), "stolfo_ie")
+    with pytest.raises(UsageError, match="kth_smallest_pairs"):
+        nr.patch(embedded_model, nr.tasks.kth_smallest(4), sites=["head"])

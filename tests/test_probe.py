@@ -8,15 +8,22 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
+from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.probe import fold_of_prompt
 
-from .clirun import reason_interp
-
 DATA = Path(__file__).parent / "data"
+
+
+def reason_interp(args):
+    """The CLI in-process (typer's runner); stdout and stderr kept apart."""
+    res = CliRunner().invoke(app, args)
+    res.returncode = res.exit_code
+    return res
 
 
 def _features(revision: str, prompts) -> np.ndarray:
@@ -110,6 +117,7 @@ def test_probe_refuses_what_it_cannot_score(embedded_model):
 
 def test_cli_attention_probe_and_plots(tmp_path):
     att, prb = tmp_path / "att.nc", tmp_path / "probe.nc"
+    # in-process: the first subprocess test (test_cli.py) covers the installed entry point
     r = reason_interp(["attention", "--n-prompts", "32", "--patterns", "all", "--corrupt", "shuffle", "--out", str(att),
                        "--no-progress"])
     assert r.returncode == 0, r.stderr
