@@ -23,8 +23,11 @@ NCorrupt = typer.Option(None, help="statements dropped or perturbed (default 1)"
 BatchSize = typer.Option(64, help="most prompts per forward pass (remote: per request)")
 
 
-def _prompts(task: str, data: Optional[Path], n_prompts: Optional[int], seed: int, params: dict):
-    """Labelled prompts of ``task`` (the registry's generator) and the model to run them on."""
+def _setup(kind: str, task: str, data: Optional[Path], model: Optional[str], revision: Optional[str],
+           revisions: Optional[str], n_prompts: Optional[int], seed: int, param: List[str], out_file: Optional[Path],
+           **explicit):
+    """Labelled prompts of ``task`` (the registry's generator), the revisions of a sweep, the
+    results path and the model to run on (its name in a sweep, which loads each revision)."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
@@ -32,10 +35,14 @@ def _prompts(task: str, data: Optional[Path], n_prompts: Optional[int], seed: in
     if info.labelled is None:
         raise UsageError(f"task {task!r} has no reasoning-tree labels; use one of: "
                          f"{', '.join(n for n, t in nr.tasks.TASKS.items() if t.labelled)}")
+    params = task_params(param, **explicit)
     if data is not None:
         params["path"] = str(data)
     info.check_params({**params, "seed": seed})
-    return info.labelled(n_prompts=n_prompts, seed=seed, **params)
+    prompts = info.labelled(n_prompts=n_prompts, seed=seed, **params)
+    names = sweep_revisions(model, revision, revisions)
+    path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
+    return prompts, names, path, (model if names else nr.load_model(model, revision))
 
 
 @guard
@@ -64,12 +71,9 @@ def attention(
     """Attention patterns, head entropy and attention mass per reasoning step (Hou et al. 2023)."""
     import nnsight_reasoning as nr
 
-    params = task_params(param, length=length, k=k, max_n=max_n, corrupt=corrupt, n_corrupt=n_corrupt)
-    prompts = _prompts(task, data, n_prompts, seed, params)
-    names = sweep_revisions(model, revision, revisions)
-    path = out_path(out_file, "attention", task, model or "embedded", revision_label(revision, names))
     t0 = time.time()
-    m = model if names else nr.load_model(model, revision)
+    prompts, names, path, m = _setup("attention", task, data, model, revision, revisions, n_prompts, seed, param,
+                                     out_file, length=length, k=k, max_n=max_n, corrupt=corrupt, n_corrupt=n_corrupt)
     ds = nr.attention(m, prompts, layers=layer or None, heads=head or None, patterns=patterns,
                       batch_size=batch_size, remote=remote, progress=progress, revisions=names)
     nr.save_result(ds, path)
@@ -118,12 +122,9 @@ def probe(
     """MechanisticProbe: kNN probes for useful statements and reasoning steps on attention, per layer."""
     import nnsight_reasoning as nr
 
-    params = task_params(param, length=length, k=k, max_n=max_n, corrupt=corrupt, n_corrupt=n_corrupt)
-    prompts = _prompts(task, data, n_prompts, seed, params)
-    names = sweep_revisions(model, revision, revisions)
-    path = out_path(out_file, "probe", task, model or "embedded", revision_label(revision, names))
     t0 = time.time()
-    m = model if names else nr.load_model(model, revision)
+    prompts, names, path, m = _setup("probe", task, data, model, revision, revisions, n_prompts, seed, param,
+                                     out_file, length=length, k=k, max_n=max_n, corrupt=corrupt, n_corrupt=n_corrupt)
     ds = nr.probe(m, prompts, baseline=baseline, n_neighbors=n_neighbors, folds=folds, pool=pool, seed=seed,
                   batch_size=batch_size, remote=remote, progress=progress, revisions=names)
     nr.save_result(ds, path)

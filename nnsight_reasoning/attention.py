@@ -20,7 +20,7 @@ from .errors import UsageError
 from .models import load_model, model_info
 from .progress import progress_bar
 from .results import provenance
-from .sites import check_layers, dims
+from .sites import check_heads, check_layers, dims
 from .tasks.base import group_by_length
 from .tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 
@@ -81,7 +81,7 @@ def attention(
         raise UsageError("no prompts given")
     d = dims(model)
     layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
-    head_list = _check_heads(heads, d["n_heads"])
+    head_list = check_heads(list(heads) if heads is not None else None, d["n_heads"])
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1 (got {batch_size})")
     _remote.preflight(model, remote)
@@ -192,12 +192,3 @@ def _pad_q(rows: np.ndarray, t_max: int) -> np.ndarray:
     out = np.full(rows.shape[:2] + (t_max, rows.shape[-1]), np.nan)
     out[:, :, : rows.shape[2]] = rows
     return out
-
-
-def _check_heads(heads: Sequence[int] | None, n_heads: int) -> list[int]:
-    if heads is None:
-        return list(range(n_heads))
-    bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < n_heads]
-    if bad:
-        raise UsageError(f"head {bad[0]} is out of range: this model has heads 0..{n_heads - 1}")
-    return sorted(set(heads))

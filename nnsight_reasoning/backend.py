@@ -70,12 +70,17 @@ def answer_scores(
     """
     plan, origin, order = _plan(model, patches, len(input_ids))
     d = dims(model)
-    args = (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank)
-    if remote is False or remote == "local":
-        saved = _trace_scores(*args, remote=remote)
-    else:
-        saved = _remote.run(model, lambda backend: _trace_scores(*args, backend=backend), remote)["scores"]
+    saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank),
+                 remote, "scores")
     return Scores(*(t.detach().cpu()[order] for t in saved))
+
+
+def _run(model: Any, trace: Any, args: tuple, remote: bool | str, saved: str) -> Any:
+    """``trace(*args)`` here (``remote`` False or "local"), or as one NDIF job whose result holds
+    the trace's saved variable named ``saved``."""
+    if remote is False or remote == "local":
+        return trace(*args, remote=remote)
+    return _remote.run(model, lambda backend: trace(*args, backend=backend), remote)[saved]
 
 
 def _forward_key(p: Patch) -> tuple[int, int]:
@@ -205,11 +210,7 @@ def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], 
     arch = architecture(model)
     mods = [resolve(resolve(model, arch.layers)[li], arch.attn) for li in sorted(layers)]
     order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked
-    args = (model, input_ids, mods, last_only)
-    if remote is False or remote == "local":
-        saved = _trace_attention(*args, remote=remote)
-    else:
-        saved = _remote.run(model, lambda backend: _trace_attention(*args, backend=backend), remote)["probs"]
+    saved = _run(model, _trace_attention, (model, input_ids, mods, last_only), remote, "probs")
     return saved.detach().cpu().float()[:, order]
 
 

@@ -89,14 +89,12 @@ def probe(
 
         ds = over_revisions(lambda m: _probe_model(m, plist, labels, prompts, **opts), model, revisions,
                             progress=progress, dispatch=remote in (False, "local"))
-        ref_model = model
     else:
         if isinstance(model, (str, Path)):
             model = load_model(model)
         ds = _probe_model(model, plist, labels, prompts, **opts)
-        ref_model = model
     if baseline != "none":
-        base = _probe_model(_baseline_model(ref_model, baseline, seed, remote), plist, labels, prompts, **opts)
+        base = _probe_model(_baseline_model(model, baseline, seed), plist, labels, prompts, **opts)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
         ds["score"] = ((ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1)).assign_attrs(
@@ -179,7 +177,7 @@ def _probe_model(model, plist, labels, prompts, *, n_neighbors, folds, pool, see
     )
 
 
-def _baseline_model(model: Any, baseline: str, seed: int, remote: bool | str) -> Any:
+def _baseline_model(model: Any, baseline: str, seed: int) -> Any:
     """The untrained checkpoint of ``model``, or a seeded random initialisation of its config."""
     info = model_info(model) if not isinstance(model, (str, Path, type(None))) else None
     name = info.name if info else (str(model) if model is not None else "embedded")

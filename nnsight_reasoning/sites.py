@@ -14,7 +14,7 @@ Sites, in the order a decoder layer computes them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import UsageError
 
@@ -81,13 +81,23 @@ def check_sites(sites: list[str] | tuple[str, ...] | str) -> list[str]:
     return [s for s in SITES if s in sites]
 
 
-def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
-    if layers is None:
-        return list(range(n_layers))
-    bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < n_layers]
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """Sorted unique layer indices (all when None), or an error naming the valid range."""
+    return _check_indices("layer", layers, n_layers)
+
+
+def check_heads(heads: Sequence[int] | None, n_heads: int) -> list[int]:
+    """Sorted unique head indices (all when None), or an error naming the valid range."""
+    return _check_indices("head", heads, n_heads)
+
+
+def _check_indices(kind: str, values: Sequence[int] | None, n: int) -> list[int]:
+    if values is None:
+        return list(range(n))
+    bad = [v for v in values if not isinstance(v, int) or not 0 <= v < n]
     if bad:
-        raise UsageError(f"layer {bad[0]} is out of range: this model has layers 0..{n_layers - 1}")
-    return sorted(set(layers))
+        raise UsageError(f"{kind} {bad[0]} is out of range: this model has {kind}s 0..{n - 1}")
+    return sorted(set(values))
 
 
 def resolve(obj: Any, dotted: str) -> Any:
