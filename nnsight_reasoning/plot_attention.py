@@ -16,7 +16,9 @@ def _title(ds: xr.Dataset) -> str:
 
 def _one_checkpoint(ds: xr.Dataset) -> xr.Dataset:
     """A sweep's last checkpoint (the trained model), for figures that show one model."""
-    return ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
+    if "checkpoint" not in ds.dims:
+        return ds
+    return ds.isel(checkpoint=-1).assign_attrs(revision=str(ds["checkpoint"].values[-1]))
 
 
 def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):

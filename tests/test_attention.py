@@ -199,3 +199,17 @@ def test_per_head_patching_on_kth_smallest_matches_hooks(embedded_model, embedde
     _compare(ds, reference_patch(hf, embedded_tokenizer, list(pairs), ["head"], "last", "stolfo_ie", 4), "stolfo_ie")
     with pytest.raises(UsageError, match="kth_smallest_pairs"):
         nr.patch(embedded_model, nr.tasks.kth_smallest(4), sites=["head"])
+
+
+def test_attention_over_checkpoints_equals_single_runs(embedded_model):
+    prompts = nr.tasks.kth_smallest(8, seed=2)
+    sweep = nr.attention(None, prompts, revisions="step0,main", progress=False)
+    single = nr.attention(embedded_model, prompts, progress=False)
+    assert sweep["entropy"].dims == ("checkpoint", "prompt", "layer", "head")
+    for v in ("attention", "entropy", "mass"):
+        np.testing.assert_allclose(sweep[v].sel(checkpoint="main").values, single[v].values, atol=1e-6)
+    # the untrained checkpoint attends almost uniformly (entropy near ln T); trained heads focus
+    assert sweep["entropy"].sel(checkpoint="step0").min() > 0.99 * np.log(13)
+    assert sweep["entropy"].sel(checkpoint="main").mean("prompt").min() < 0.5
+    fig = nr.plot_result(sweep, kind="heatmap")  # one model per heatmap: the sweep's last
+    assert "embedded@main:" in fig._suptitle.get_text()
