@@ -14,7 +14,10 @@ Sections, each measured side by side in this one process (memory in child proces
    built from the same config and weights; and the compute limit, a bare batched
    ``torch`` forward (no nnsight, no interventions) over as many token rows, in the same
    batch shapes, as the toolkit's sweep. All four must agree; the script checks it.
-2. attribution vs exact: reported once attribution patching exists (issue 8).
+2. attribution vs exact: the same sweep (metric logit_diff) by exact activation patching, by
+   attribution patching (one forward + backward) and by attribution with integrated
+   gradients (5 steps): seconds, speed-up, and the Pearson r of each estimate against exact
+   per site (meaningful on the trained embedded model; the 160m shape is random weights).
 3. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
 4. remote: requests and bytes of a remote sweep (loopback NDIF server) vs one request per site.
 5. checkpoints: seconds per revision of a checkpoint sweep, load vs compute.
@@ -242,6 +245,34 @@ def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool)
     return out
 
 
+def attribution_section(name: str, model, n_prompts: int, repeats: int) -> dict:
+    pairs = make_pairs(model, n_prompts)
+    kw = dict(sites=SITES, positions="all", metric="logit_diff", progress=False)
+    fns = {"exact": lambda: nr.patch(model, pairs, **kw),
+           "attribution": lambda: nr.patch(model, pairs, method="attribution", **kw),
+           "attribution_ig5": lambda: nr.patch(model, pairs, method="attribution", ig_steps=5, **kw)}
+    nr.patch(model, make_pairs(model, 2), method="attribution", **kw)  # warm-up
+    results, times = timed(fns, repeats)
+    exact = results["exact"]
+    pearson = {k: {s: float(np.corrcoef(exact[s].values.ravel(), results[k][s].values.ravel())[0, 1]) for s in SITES}
+               for k in ("attribution", "attribution_ig5")}
+    return {"model": name, "n_prompts": n_prompts, "sites": SITES, "metric": "logit_diff", "seconds": times,
+            "speedup_vs_exact": {k: times["exact"]["median_s"] / times[k]["median_s"] for k in pearson},
+            "pearson_r_vs_exact": pearson,
+            "forward_passes": {k: int(v.attrs["n_forward_passes"]) for k, v in results.items()}}
+
+
+def report_attribution(a: dict) -> None:
+    print(f"\n[attribution vs exact] {a['model']}, {a['n_prompts']} pairs, {'+'.join(a['sites'])}, all positions, "
+          f"logit_diff")
+    print(f"  {'method':<18}{'median s':>10}{'passes':>8}{'faster':>9}  Pearson r vs exact")
+    for k, t in a["seconds"].items():
+        r = a["pearson_r_vs_exact"].get(k)
+        rs = "  ".join(f"{s} {v:.3f}" for s, v in r.items()) if r else ""
+        speed = f"{a['speedup_vs_exact'][k]:.1f}x" if k in a["speedup_vs_exact"] else ""
+        print(f"  {k:<18}{t['median_s']:>10.2f}{a['forward_passes'][k]:>8}{speed:>9}  {rs}")
+
+
 def memory_child(n_prompts: int) -> None:
     """In a fresh process: peak RSS after loading, and after a sweep written as the CLI does."""
     def peak_mb():
@@ -332,6 +363,8 @@ def main() -> None:
         model.dispatch()
         res["sweep"].append(sweep_section("embedded", model, args.n_prompts, args.repeats, with_tl))
         report_sweep(res["sweep"][-1])
+        res.setdefault("attribution", []).append(attribution_section("embedded", model, args.n_prompts, args.repeats))
+        report_attribution(res["attribution"][-1])
     if "160m" not in skip:
         import checkpoint_sweep
 
@@ -343,11 +376,12 @@ def main() -> None:
             res["sweep"].append(sweep_section("pythia-160m-shape (random)", model, args.n_prompts,
                                               args.repeats, with_tl))
             report_sweep(res["sweep"][-1])
+            res.setdefault("attribution", []).append(attribution_section("pythia-160m-shape (random)", model,
+                                                                         args.n_prompts, args.repeats))
+            report_attribution(res["attribution"][-1])
             del model
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    res["attribution"] = {"status": "not measured: attribution patching is not in the toolkit yet (issue 8)"}
-    print(f"\n[attribution vs exact] {res['attribution']['status']}")
     if "memory" not in skip:
         res["memory"] = memory_section([int(n) for n in args.memory_sizes.split(",")])
         report_memory(res["memory"])

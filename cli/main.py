@@ -42,13 +42,16 @@ def patch(
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
     param: Param = [],
     metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
+    method: str = typer.Option("exact", help="exact (activation patching) | attribution (gradient estimate)"),
+    ig_steps: int = typer.Option(1, help="attribution: 1 = plain; m > 1 = integrated gradients over m steps"),
     batch_size: int = typer.Option(512, help="most sequences per forward pass (remote: per request)"),
     remote: Remote = False,
     out_file: OutFile = None,
     restart: Restart = False,
     progress: Progress = True,
 ) -> None:
-    """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions."""
+    """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions;
+    --method attribution for the gradient estimate (one forward + backward per batch)."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.sites import check_sites
@@ -73,7 +76,8 @@ def patch(
     if names:
         m = model  # a sweep loads each revision itself, one at a time
     parts = _parts(path, restart)
-    ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, layers=layer or None,
+    ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, method=method, ig_steps=ig_steps,
+                  layers=layer or None,
                   batch_size=batch_size, remote=remote, progress=progress, resume_dir=parts, revisions=names)
     nr.save_result(ds, path)
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file

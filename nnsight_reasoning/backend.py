@@ -6,8 +6,9 @@ file has to know nnsight's rules (forward-order access, in-place edits, ``.save(
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import nnsight
 import torch
@@ -223,6 +224,97 @@ def _trace_attention(model, input_ids, mods, last_only, remote=False, backend=No
             rows.append(weights[:, :, -1:] if last_only else weights)
         probs = nnsight.save(torch.stack(rows, 1))
     return probs
+
+
+def attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, sites: Sequence[tuple[str, int]],
+                 target: str, *, ig_steps: int = 1, remote: bool | str = False) -> tuple[list[torch.Tensor], Scores]:
+    """Attribution patching (gradient × activation difference) in one forward and backward pass.
+
+    ``input_ids`` (2p, T): p source rows, then their p base rows. ``answer_ids`` (2p, 2): base
+    and source answer per row. The gradient of ``target``, "logit_diff" (logit r2 − logit r1)
+    or "log_prob_diff" (log P(r2) − log P(r1)), is taken at each (site, layer) in ``sites``
+    and dotted with the (source − base) activation. With ``ig_steps`` = 1 the gradient is the
+    base run's; with m > 1 it is the mean over m runs whose token embeddings are interpolated
+    from base to source at the midpoints α = (k + ½)/m (integrated gradients on the inputs,
+    as in EAP-IG); those runs are extra rows of the same pass.
+    Returns one tensor per site, (p, T) or (p, T, heads) for ``head``, in the order given, and
+    the clean scores of the 2p input rows. Only these come back, never activations or gradients.
+    """
+    arch = architecture(model)
+    layers = resolve(model, arch.layers)
+    paths = {"head": arch.o_proj, "attn": arch.attn, "mlp": arch.mlp}
+    ordered = sorted(range(len(sites)), key=lambda i: (sites[i][1], SITES.index(sites[i][0])))
+    mods = [(sites[i][0], layers[sites[i][1]] if sites[i][0] == "resid" else resolve(layers[sites[i][1]],
+             paths[sites[i][0]])) for i in ordered]
+    d = dims(model)
+    p = input_ids.shape[0] // 2
+    if ig_steps > 1:  # the interpolated rows follow the inputs: step k of pair j is row 2p + k·p + j
+        input_ids = torch.cat([input_ids, input_ids[p:].repeat(ig_steps, 1)])
+        answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(ig_steps, 1)])
+    alphas = ((torch.arange(ig_steps, dtype=torch.float32) + 0.5) / ig_steps).repeat_interleave(p)[:, None, None]
+    if (remote is False or remote == "local") and not model.dispatched:
+        model.dispatch()  # the real weights, so that _frozen freezes the ones the trace uses
+    with _frozen(model):
+        saved = _run(model, _trace_attributions, (model, input_ids, answer_ids, mods, target == "logit_diff",
+                                                  resolve(model, arch.embed), alphas, p, ig_steps, d["n_heads"],
+                                                  d["head_dim"]), remote, "saved")
+    attr = [a.detach().cpu().double() for a in saved[0]][::-1]  # gradients arrive in reverse order
+    back = {i: attr[k] for k, i in enumerate(ordered)}
+    return [back[i] for i in range(len(sites))], Scores(*(t.detach().cpu() for t in saved[1]))
+
+
+@contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    """Weights without ``requires_grad`` for the duration: the backward pass then computes only
+    activation gradients, and never writes ``.grad`` into the user's model."""
+    params = [w for w in model._module.parameters() if w.requires_grad]
+    for w in params:
+        w.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for w in params:
+            w.requires_grad_(True)
+
+
+def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed, alphas, p, steps, n_heads, head_dim,
+                        remote=False, backend=None):
+    saved = None
+    with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        # Gradients start at the embeddings, so they flow even where the weights are frozen
+        # (NDIF serves models without requires_grad); no gradient reaches the weights.
+        e = embed.output.detach().requires_grad_(True)
+        if steps > 1:
+            path = e[p:2 * p].repeat(steps, 1, 1) + alphas.to(e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
+            e = torch.cat([e[:2 * p], path])
+        embed.output = e
+        acts = []
+        for kind, module in mods:  # forward order
+            if kind == "head":
+                acts.append(module.input)
+            elif kind == "mlp":
+                acts.append(module.output)
+            else:  # attention and decoder layers may return tuples; [0] is the hidden state
+                out = module.output
+                acts.append(out[0] if isinstance(out, tuple) else out)
+        logits = model.output.logits[:, -1].double()
+        log_probs = logits.log_softmax(-1)
+        chosen_lp, chosen_lg = torch.gather(log_probs, 1, answer_ids), torch.gather(logits, 1, answer_ids)
+        chosen = chosen_lg if logit_target else chosen_lp
+        graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)  # the rows whose gradient counts
+        objective = (chosen[graded, 1] - chosen[graded, 0]).sum()
+        attr = nnsight.save([])
+        with objective.backward():
+            for x, (kind, _) in zip(acts[::-1], mods[::-1]):  # gradients in reverse order
+                grad = x.grad[graded]
+                if steps > 1:
+                    grad = grad.view((steps, p) + tuple(grad.shape[1:])).mean(0)
+                delta = (x[:p] - x[p:2 * p]).detach() * grad
+                if kind == "head":
+                    delta = delta.view(p, delta.shape[1], n_heads, head_dim)
+                attr.append(delta.sum(-1))
+        saved = nnsight.save((attr, (chosen_lp[:2 * p].detach(), chosen_lg[:2 * p].detach())))
+    return saved
 
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:

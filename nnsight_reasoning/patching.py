@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import backend, metrics
+from . import attribution, backend, metrics
 from . import remote as _remote
 from .errors import UsageError
 from .models import load_model, model_info
@@ -35,6 +35,9 @@ from .tasks import PromptPair, PromptPairs, ReasoningPrompts
 from .tasks.base import group_by_length
 
 
+METHODS = {"exact": "activation_patching", "attribution": "attribution_patching"}
+
+
 def patch(
     model: Any,
     pairs: PromptPairs | Sequence[PromptPair],
@@ -42,6 +45,8 @@ def patch(
     positions: str = "last",
     *,
     metric: str = "stolfo_ie",
+    method: str = "exact",
+    ig_steps: int = 1,
     layers: Sequence[int] | None = None,
     batch_size: int = 512,
     remote: bool | str = False,
@@ -59,6 +64,11 @@ def patch(
     sites : any of "mlp", "attn", "resid", "head".
     positions : "last" (the final prompt token) or "all" (every token).
     metric : "stolfo_ie" (default) or "logit_diff" (see :mod:`nnsight_reasoning.metrics`).
+    method : "exact" (activation patching) or "attribution" (attribution patching: the
+        gradient estimate of the same values from one forward + backward pass per batch; see
+        :mod:`nnsight_reasoning.attribution`).
+    ig_steps : attribution only: 1 = gradient at the base run; m > 1 = integrated gradients
+        over m interpolations of the input embeddings (more accurate, m extra rows per pair).
     layers : subset of layers; default all.
     batch_size : most rows (sequences) in one forward pass; remotely, one pass is one request,
         so this is also the chunk of work per NDIF job.
@@ -88,13 +98,18 @@ def patch(
                          f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
     if revisions is not None:
         return _over_revisions(model, pairs, revisions, resume_dir, progress, sites=sites, positions=positions,
-                               metric=metric, layers=layers, batch_size=batch_size, remote=remote)
+                               metric=metric, method=method, ig_steps=ig_steps, layers=layers, batch_size=batch_size,
+                               remote=remote)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)} (got {positions!r})")
     if metric not in metrics.METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from: {', '.join(metrics.METRICS)}")
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
+        raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
     if batch_size < 3:
         raise UsageError(f"batch_size must be >= 3 (got {batch_size})")
     d = dims(model)
@@ -116,15 +131,22 @@ def patch(
     info = model_info(model)
     task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
     params = pairs.params if isinstance(pairs, PromptPairs) else {}
-    jobs = list(_plan(lengths, sites, layer_list, positions, n_heads, batch_size))
-    store = Parts(resume_dir, {"method": "activation_patching", "model": info.name, "model_path": info.path,
+    exact = method == "exact"
+    jobs = list(_plan(lengths, sites, layer_list, positions, n_heads, batch_size)) if exact else \
+        attribution.plan(lengths, batch_size, ig_steps)
+    store = Parts(resume_dir, {"method": METHODS[method], "model": info.name, "model_path": info.path,
                                "revision": info.revision, "task": task, "task_params": params,
                                "pairs": digest(base_ids, source_ids, answers), "sites": sites,
-                               "positions": positions, "metric": metric, "layers": layer_list,
+                               "positions": positions, "metric": metric, "ig_steps": ig_steps, "layers": layer_list,
                                "batch_size": batch_size})
     traffic = _remote.TRAFFIC.copy()
     with store.resume_hint_on_failure():
-        for k, (pair_idx, units) in enumerate(progress_bar(jobs, "patching", enabled=progress)):
+        for k, job in enumerate(progress_bar(jobs, "patching" if exact else "attribution", enabled=progress)):
+            if not exact:
+                attribution.run_pass(model, k, job, base_ids, source_ids, answers, sites, layer_list, positions,
+                                     metric, ig_steps, remote, store, values, clean)
+                continue
+            pair_idx, units = job
             rows, ans, plan, where = _pass_inputs(pair_idx, units, base_ids, source_ids, answers, layer_list)
 
             def compute(rows=rows, ans=ans, plan=plan):
@@ -135,8 +157,10 @@ def patch(
             _fill(store.fetch(f"pass-{k:06d}", (rows, ans, where), compute), pair_idx, where, metric, values, clean)
 
     attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path,
-                       revision=info.revision, method="activation_patching", metric=metric,
+                       revision=info.revision, method=METHODS[method], metric=metric,
                        seed=params.get("seed"), remote=remote)
+    if not exact:
+        attrs.update(ig_steps=ig_steps)
     attrs.update(positions=positions, batch_size=batch_size, n_forward_passes=len(jobs), n_resumed_passes=store.resumed)
     if remote not in (False, "local"):
         attrs.update(_remote.TRAFFIC.since(traffic))
@@ -149,7 +173,7 @@ def _over_revisions(model, pairs, revisions, resume_dir, progress, **kw) -> xr.D
 
     pair_list = list(pairs)
     task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
-    config = {"method": "activation_patching", "task": task,
+    config = {"method": METHODS[kw["method"]], "task": task,
               "task_params": pairs.params if isinstance(pairs, PromptPairs) else {},
               "pairs": digest([(p.base, p.source, p.base_answer, p.source_answer) for p in pair_list]),
               **{k: v for k, v in kw.items() if k != "remote"}}
@@ -280,7 +304,7 @@ def _dataset(pairs, values, clean, layers, pos_coord, n_heads, tokens, lengths, 
     data = {}
     for s, v in values.items():
         dims_ = ("prompt", "layer", "position") + (("head",) if s == "head" else ())
-        data[var_name(s)] = (dims_, v, {"metric": metric, "long_name": f"{metric} of patching {s}",
+        data[var_name(s)] = (dims_, v, {"metric": metric, "long_name": f"{metric} of patching {s}" + (" (attribution estimate)" if attrs["method"] == METHODS["attribution"] else ""),
                               "units": "nats" if metric == "logit_diff" else "1"})
     if "head" in values:
         coords["head"] = np.arange(n_heads)

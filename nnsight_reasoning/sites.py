@@ -30,16 +30,17 @@ class Architecture:
     attn: str  # attention module, relative to a layer; output[0] is the block output
     o_proj: str  # attention output projection, relative to a layer; its input = heads
     mlp: str  # MLP module, relative to a layer
+    embed: str  # token embedding (its output is interpolated for integrated gradients)
     n_heads_attr: str = "num_attention_heads"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp"),
-    "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "n_head"),
-    "llama": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
-    "mistral": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
-    "qwen2": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
-    "gemma": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in"),
+    "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "n_head"),
+    "llama": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
+    "mistral": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
+    "qwen2": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
+    "gemma": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
 }
 
 

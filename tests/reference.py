@@ -118,3 +118,61 @@ def reference_patch(hf, tokenizer, pairs, sites, positions, metric, n_heads):
                         else:
                             out[site][i, layer, k, h] = v
     return out
+
+
+EMBEDDINGS = {"gpt_neox": "gpt_neox.embed_in", "gpt2": "transformer.wte", "llama": "model.embed_tokens"}
+
+
+def reference_attribution(hf, tokenizer, pairs, sites, metric, ig_steps=1):
+    """{site: array (prompt, layer, T[, head])}: (source − base activation) · gradient, one pair
+    at a time with autograd and hooks. ``ig_steps`` = m > 1 averages the gradient over m
+    separate runs whose token embeddings are base + α(source − base), α = (k + ½)/m."""
+    L = hf.config.num_hidden_layers
+    n_heads = hf.config.num_attention_heads
+    t_max = max(len(tokenizer(p.base)["input_ids"]) for p in pairs)
+    out = {}
+    for i, pair in enumerate(pairs):
+        b, s_ids = tokenizer(pair.base)["input_ids"], tokenizer(pair.source)["input_ids"]
+        r1, r2 = (tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer))
+        src = {(site, l): capture(hf, s_ids, site, l) for site in sites for l in range(L)}
+        base = {(site, l): capture(hf, b, site, l) for site in sites for l in range(L)}
+        alphas = [None] if ig_steps == 1 else [(k + 0.5) / ig_steps for k in range(ig_steps)]
+        grads = {key: 0.0 for key in src}
+        for alpha in alphas:
+            kept, hooks = {}, []
+            if alpha is not None:
+                with torch.no_grad():
+                    e_src = _get(hf, EMBEDDINGS[hf.config.model_type])(torch.tensor([s_ids]))
+                hooks.append(_get(hf, EMBEDDINGS[hf.config.model_type]).register_forward_hook(
+                    lambda m, i, o, a=alpha, e=e_src: o + a * (e - o)))
+            for site in sites:
+                for l in range(L):
+                    def keep(x, key=(site, l)):
+                        x.retain_grad()
+                        kept[key] = x
+                    mod = _module(hf, site, l)
+                    if site == "head":
+                        hooks.append(mod.register_forward_pre_hook(lambda m, args, f=keep: f(args[0])))
+                    else:
+                        hooks.append(mod.register_forward_hook(lambda m, i_, o, f=keep: f(_first(o))))
+            try:
+                logits = hf(torch.tensor([b])).logits[0, -1].double()
+            finally:
+                for h in hooks:
+                    h.remove()
+            if metric == "logit_diff":
+                obj = logits[r2] - logits[r1]
+            else:  # stolfo_ie linearised: ½ d[log P(r2) − log P(r1)]
+                lp = torch.log_softmax(logits, -1)
+                obj = 0.5 * (lp[r2] - lp[r1])
+            obj.backward()
+            for key, x in kept.items():
+                g = x.grad[0].detach()
+                grads[key] = grads[key] + g.view(g.shape[0], n_heads, -1) / len(alphas) if key[0] == "head" \
+                    else grads[key] + g / len(alphas)
+            hf.zero_grad()
+        for (site, l), g in grads.items():
+            val = ((src[(site, l)] - base[(site, l)]) * g).sum(-1).numpy()
+            arr = out.setdefault(site, np.full((len(pairs), L, t_max) + val.shape[1:], np.nan))
+            arr[i, l, : len(val)] = val
+    return out

@@ -25,4 +25,7 @@ def test_benchmark_suite_runs_and_methods_agree(tmp_path):
     assert sweep["forward_passes"]["naive_nnsight"] == 2 + 2 * 4 * 5
     assert 0.4 < sweep["layer_rows_vs_limit"] < 0.6  # copies join at their layer: about half the work
     assert [r["n_prompts"] for r in res["memory"]["runs"]] == [4, 16]
+    (attr,) = res["attribution"]
+    assert attr["forward_passes"]["attribution"] == 1 and set(attr["pearson_r_vs_exact"]) == {"attribution",
+                                                                                              "attribution_ig5"}
     assert "toolkit faster" in proc.stdout and "compute limit" in proc.stdout

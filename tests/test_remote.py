@@ -207,3 +207,15 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     r = cli(args[:-3] + ["--baseline", "random", "--remote", "--out", str(tmp_path / "x.nc")], ndif)
     assert r.returncode == 2 and "runs locally only" in r.stderr and not (tmp_path / "x.nc").exists()
     assert ndif.requests_received() == served
+
+
+def test_attribution_patching_runs_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    """The backward pass runs on the server too; only the per-site scores come back."""
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    pairs = nr.tasks.arithmetic(n_prompts=12, seed=4)
+    kw = dict(sites=["head", "attn", "mlp", "resid"], positions="all", method="attribution", ig_steps=3,
+              batch_size=40, progress=False)
+    local = nr.patch(embedded_model, pairs, **kw)
+    remote = nr.patch(embedded_model, pairs, remote=ndif.host, **kw)
+    assert_same_values(remote, local)
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] == local.attrs["n_forward_passes"] >= 2

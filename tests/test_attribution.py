@@ -1,0 +1,64 @@
+"""Attribution patching: values against autograd with plain PyTorch hooks, and agreement with
+exact activation patching on the embedded model (Pearson r, reported in the README)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.sites import var_name
+
+from .reference import reference_attribution
+
+SITES = ["head", "attn", "mlp", "resid"]
+
+
+@pytest.mark.parametrize("model_type,metric,ig_steps", [("gpt_neox", "stolfo_ie", 1), ("gpt2", "logit_diff", 3),
+                                                        ("llama", "logit_diff", 1), ("gpt_neox", "logit_diff", 4)])
+def test_attribution_matches_autograd_hooks(tiny_model_dir, small_pairs, model_type, metric, ig_steps):
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(str(path))
+    pairs = small_pairs[:3]
+    ds = nr.patch(model, pairs, sites=SITES, positions="all", metric=metric, method="attribution",
+                  ig_steps=ig_steps, batch_size=8, progress=False)  # 8 rows: pairs split over passes
+    assert ds.attrs["method"] == "attribution_patching" and ds.attrs["ig_steps"] == ig_steps
+    weights = list(model._module.parameters())
+    assert all(w.grad is None for w in weights) and all(w.requires_grad for w in weights)  # no side effects
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    ref = reference_attribution(hf, model.tokenizer, list(pairs), SITES, metric, ig_steps)
+    for site in SITES:
+        got, want = ds[var_name(site)].values, ref[site]
+        assert np.array_equal(np.isnan(got), np.isnan(want)), site  # NaN past each prompt's end
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)), err_msg=site)
+    nr.assert_valid_result(ds)
+    last = nr.patch(model, pairs, sites=["mlp"], method="attribution", ig_steps=ig_steps, metric=metric,
+                    progress=False)
+    lengths = ds["n_tokens"].values
+    np.testing.assert_allclose(last["mlp"].values[:, :, 0],
+                               ref["mlp"][np.arange(3), :, lengths - 1], rtol=1e-4, atol=1e-6)
+
+
+def test_attribution_tracks_exact_patching_on_the_embedded_model(embedded_model):
+    pairs = nr.tasks.arithmetic(n_prompts=64, seed=0)
+    exact = nr.patch(embedded_model, pairs, sites=["attn", "mlp"], metric="logit_diff", progress=False)
+    r = {}
+    for steps in (1, 5):
+        est = nr.patch(embedded_model, pairs, sites=["attn", "mlp"], metric="logit_diff", method="attribution",
+                       ig_steps=steps, progress=False)
+        r[steps] = {s: np.corrcoef(exact[s].values.ravel(), est[s].values.ravel())[0, 1] for s in ("attn", "mlp")}
+    # Measured 2026-11-23: AtP attn 0.007 / mlp 0.53; IG-5 attn 0.74 / mlp 0.86 (README).
+    # The embedded model is saturated (P(answer) ~ 0.999), where one gradient step is a poor
+    # linearisation; integrated gradients recover most of the agreement.
+    assert r[5]["attn"] > 0.65 and r[5]["mlp"] > 0.8, r
+    assert r[5]["attn"] > r[1]["attn"] + 0.4 and r[5]["mlp"] > r[1]["mlp"] + 0.2, r
+
+
+def test_attribution_errors(embedded_model, small_pairs):
+    for kwargs, msg in [(dict(method="gradient"), "method must be one of"),
+                        (dict(ig_steps=3), "only with method='attribution'"),
+                        (dict(method="attribution", ig_steps=0), "ig_steps must be")]:
+        with pytest.raises(UsageError, match=msg):
+            nr.patch(embedded_model, small_pairs, sites=["mlp"], progress=False, **kwargs)
