@@ -14,6 +14,7 @@ from .errors import RunError, UsageError
 from .checkpoints import over_revisions, parse_revisions
 from .attention import attention
 from .evaluate import evaluate
+from .heads import head_scores
 from .metrics import METRICS
 from .models import ModelInfo, load_model
 from .patching import patch
@@ -25,7 +26,7 @@ from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "attention", "probe", "evaluate", "over_revisions", "parse_revisions",
+    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "attention", "probe", "head_scores", "evaluate", "over_revisions", "parse_revisions",
     "plot_result",
     "save_result", "load_result", "assert_valid_result", "SITES", "METRICS", "PromptPair",
     "PromptPairs", "UsageError", "RunError",

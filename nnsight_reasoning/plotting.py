@@ -30,7 +30,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
 
     Attention results: ``kind`` "heatmap" (prompt ``prompt``, tokens on both axes; the
     default when patterns were stored), "entropy" (layer × head grid) or "mass" (attention
-    per reasoning step). Probe results: F1 per layer, model vs baseline.
+    per reasoning step). Probe results: F1 per layer, model vs baseline. Head scores: the
+    layer × head grids (and each head over checkpoints in a sweep).
 
     Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
     checkpoint at a single position, else one row per checkpoint (colour scale shared down
@@ -39,7 +40,7 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     """
     import matplotlib.pyplot as plt
 
-    from .plot_attention import attention_figure, probe_figure
+    from .plot_attention import attention_figure, heads_figure, probe_figure
 
     sites = site_variables(ds)
     method = ds.attrs.get("method")
@@ -49,6 +50,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
         fig = attention_figure(ds, kind, prompt)
     elif method == "mechanistic_probe":
         fig = probe_figure(ds)
+    elif method == "head_scores":
+        fig = heads_figure(ds)
     elif not sites and "correct" in ds and "checkpoint" in ds.dims:
         fig = _learning_curve(ds)
     elif not sites and "correct" in ds:
