@@ -16,7 +16,7 @@ from .attention import attention
 from .evaluate import evaluate
 from .heads import head_scores
 from .metrics import METRICS
-from .models import ModelInfo, load_model
+from .models import ModelInfo, load_model  # noqa: F401  (ModelInfo: importable, not listed)
 from .patching import patch
 from .probe import probe
 from .plotting import plot_result
@@ -26,8 +26,7 @@ from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "ModelInfo", "embedded_revisions", "patch", "attention", "probe", "head_scores", "evaluate", "over_revisions", "parse_revisions",
-    "plot_result",
-    "save_result", "load_result", "assert_valid_result", "SITES", "METRICS", "PromptPair",
-    "PromptPairs", "UsageError", "RunError",
+    "tasks", "load_model", "embedded_revisions", "patch", "attention", "probe", "head_scores", "evaluate",
+    "over_revisions", "parse_revisions", "plot_result", "save_result", "load_result", "assert_valid_result",
+    "SITES", "METRICS", "PromptPair", "PromptPairs", "UsageError", "RunError",
 ]
