@@ -69,7 +69,8 @@ def patch(
                           max_n=max_n, representation=representation, templates=template or None)
     info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
     names = sweep_revisions(model, revision, revisions)
-    path = out_path(out_file, "patch", task, model or "embedded", revision_label(revision, names))
+    kind = "patch" if method == "exact" else "attribution"  # its own default file: never overwrites exact results
+    path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
     t0 = time.time()
     m = nr.load_model(model, names[-1] if names else revision)
     pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)

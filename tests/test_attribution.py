@@ -62,3 +62,18 @@ def test_attribution_errors(embedded_model, small_pairs):
                         (dict(method="attribution", ig_steps=0), "ig_steps must be")]:
         with pytest.raises(UsageError, match=msg):
             nr.patch(embedded_model, small_pairs, sites=["mlp"], progress=False, **kwargs)
+
+
+def test_cli_attribution_writes_its_own_default_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nnsight_reasoning.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--method", "attribution", "--ig-steps", "2"]):
+        res = CliRunner().invoke(app, ["patch", "--n-prompts", "4", "--site", "mlp", "--no-progress", *extra])
+        assert res.exit_code == 0, res.output
+    exact = nr.load_result(tmp_path / "results" / "patch_arithmetic_embedded_main.nc")
+    est = nr.load_result(tmp_path / "results" / "attribution_arithmetic_embedded_main.nc")
+    assert exact.attrs["method"] == "activation_patching" and est.attrs["method"] == "attribution_patching"
+    assert est.attrs["ig_steps"] == 2
