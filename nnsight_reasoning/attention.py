@@ -73,7 +73,7 @@ def attention(
             return attention(m, prompts, layers=layers, heads=heads, patterns=patterns, batch_size=batch_size,
                              remote=remote, progress=progress)
 
-        return over_revisions(run, model, revisions, progress=progress, dispatch=remote in (False, "local"))
+        return over_revisions(run, model, revisions, progress=progress, remote=remote)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     plist = list(prompts)

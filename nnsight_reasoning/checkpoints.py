@@ -113,7 +113,7 @@ def over_revisions(
     config: dict[str, Any] | None = None,
     resume_dir: str | Path | None = None,
     progress: bool = True,
-    dispatch: bool = True,
+    remote: bool | str = False,
     **load_kwargs: Any,
 ) -> xr.Dataset:
     """Run ``experiment(model)`` on every revision and stack the results along ``checkpoint``.
@@ -128,8 +128,9 @@ def over_revisions(
     config : JSON-able description of everything besides the revision that determines the
         numbers; required with ``resume_dir`` so that parts of another run are refused.
     resume_dir : folder for finished revisions (``<revision>.nc``) and unfinished ones.
-    dispatch : load the weights before calling ``experiment`` (nnsight otherwise loads them
-        lazily, on the first trace); False for remote runs, whose weights stay on the server.
+    remote : where ``experiment`` runs (as its own ``remote``): each revision's weights are
+        loaded here before the call only for local runs (False or "local"); remote weights
+        stay on the server.
 
     Returns
     -------
@@ -157,7 +158,7 @@ def over_revisions(
             if done is None:
                 t0 = time.perf_counter()
                 m = load_model(model, rev, **load_kwargs)
-                if dispatch:
+                if remote in (False, "local"):
                     m.dispatch()
                 t1 = time.perf_counter()
                 kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}

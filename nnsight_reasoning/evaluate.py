@@ -55,7 +55,7 @@ def evaluate(
         config = {"method": "evaluate", "task": task, "task_params": {**task_params, "n_prompts": n_prompts, "seed": seed},
                   "batch_size": batch_size}
         return over_revisions(run, model, revisions, config=config, resume_dir=resume_dir, progress=progress,
-                              dispatch=remote in (False, "local"))
+                              remote=remote)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     _remote.preflight(model, remote)

@@ -73,7 +73,7 @@ def head_scores(
             return head_scores(m, n_sequences=n_sequences, seq_len=seq_len, seed=seed, batch_size=batch_size,
                                remote=remote, progress=progress)
 
-        return over_revisions(run, model, revisions, progress=progress, dispatch=remote in (False, "local"))
+        return over_revisions(run, model, revisions, progress=progress, remote=remote)
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if n_sequences < 1 or batch_size < 1:

@@ -182,7 +182,7 @@ def _over_revisions(model, pairs, revisions, resume_dir, progress, **kw) -> xr.D
         return patch(m, pairs, progress=progress, resume_dir=resume_dir, **kw)
 
     return over_revisions(run, model, revisions, config=config, resume_dir=resume_dir, progress=progress,
-                          dispatch=kw["remote"] in (False, "local"))
+                          remote=kw["remote"])
 
 
 # --------------------------------------------------------------------------- planning

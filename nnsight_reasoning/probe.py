@@ -88,7 +88,7 @@ def probe(
         from .checkpoints import over_revisions
 
         ds = over_revisions(lambda m: _probe_model(m, plist, labels, prompts, **opts), model, revisions,
-                            progress=progress, dispatch=remote in (False, "local"))
+                            progress=progress, remote=remote)
     else:
         if isinstance(model, (str, Path)):
             model = load_model(model)
