@@ -278,11 +278,13 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
 def plot(
     path: Path = typer.Argument(..., help="results file (.nc)"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
-    kind: Optional[str] = typer.Option(None, help="attention results: heatmap | entropy | mass"),
+    kind: Optional[str] = typer.Option(None, help="attention results: heatmap | entropy | mass; "
+                                                  "circuit results: circuit | faithfulness | overlap"),
     prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:
     """Patching heatmap (layer × position per site), accuracy, attention (heatmap of one prompt,
-    head entropy, mass per reasoning step) or probe F1 per layer, as PNG."""
+    head entropy, mass per reasoning step), probe F1 per layer, head scores or a circuit (graph,
+    faithfulness by size, overlap across checkpoints), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -297,6 +299,7 @@ def plot(
 app.command()(reasoning.attention)
 app.command()(reasoning.probe)
 app.command()(circuits.heads)
+app.command()(circuits.circuit)
 
 remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
 app.add_typer(remote_app, name="remote")

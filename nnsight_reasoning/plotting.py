@@ -31,7 +31,10 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     Attention results: ``kind`` "heatmap" (prompt ``prompt``, tokens on both axes; the
     default when patterns were stored), "entropy" (layer × head grid) or "mass" (attention
     per reasoning step). Probe results: F1 per layer, model vs baseline. Head scores: the
-    layer × head grids (and each head over checkpoints in a sweep).
+    layer × head grids (and each head over checkpoints in a sweep). Edge attribution
+    (:func:`nnsight_reasoning.circuits.eap`): ``kind`` "circuit" (the graph of the smallest
+    circuit with faithfulness >= 0.8, else the largest), "faithfulness" (by circuit size,
+    per checkpoint) or "overlap" (Jaccard across checkpoints).
 
     Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
     checkpoint at a single position, else one row per checkpoint (colour scale shared down
@@ -41,13 +44,16 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     import matplotlib.pyplot as plt
 
     from .plot_attention import attention_figure, heads_figure, probe_figure
+    from .plot_circuits import circuit_figure
 
     sites = site_variables(ds)
     method = ds.attrs.get("method")
-    if kind is not None and method != "attention":
-        raise UsageError(f"kind={kind!r} applies to attention results; this is a {method} result")
+    if kind is not None and method not in ("attention", "eap", "eap_ig"):
+        raise UsageError(f"kind={kind!r} applies to attention and edge-attribution results; this is a {method} result")
     if method == "attention":
         fig = attention_figure(ds, kind, prompt)
+    elif method in ("eap", "eap_ig"):
+        fig = circuit_figure(ds, kind)
     elif method == "mechanistic_probe":
         fig = probe_figure(ds)
     elif method == "head_scores":

@@ -31,17 +31,27 @@ class Architecture:
     o_proj: str  # attention output projection, relative to a layer; its input = heads
     mlp: str  # MLP module, relative to a layer
     embed: str  # token embedding (its output is interpolated for integrated gradients)
+    ln_attn: str  # the norm in front of attention, relative to a layer (edge graphs split its input per head)
+    ln_mlp: str  # the norm in front of the MLP, relative to a layer
+    final_norm: str  # the norm in front of the unembedding
     n_heads_attr: str = "num_attention_heads"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in"),
-    "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "n_head"),
-    "llama": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
-    "mistral": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
-    "qwen2": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
-    "gemma": Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens"),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in",
+                             "input_layernorm", "post_attention_layernorm", "gpt_neox.final_layer_norm"),
+    "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "ln_1", "ln_2",
+                         "transformer.ln_f", "n_head"),
+    **{name: Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens",
+                          "input_layernorm", "post_attention_layernorm", "model.norm")
+       for name in ("llama", "mistral", "qwen2", "gemma")},
 }
+
+
+def parallel_residual(model: Any) -> bool:
+    """Whether attention and MLP of a layer read the same residual stream (Pythia/GPT-NeoX),
+    so that a layer's heads feed only later layers' MLPs."""
+    return bool(getattr(model.config, "use_parallel_residual", False))
 
 
 def var_name(site: str) -> str:

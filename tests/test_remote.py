@@ -219,3 +219,16 @@ def test_attribution_patching_runs_remotely_like_locally(ndif, embedded_model, m
     remote = nr.patch(embedded_model, pairs, remote=ndif.host, **kw)
     assert_same_values(remote, local)
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] == local.attrs["n_forward_passes"] >= 2
+
+
+def test_edge_attribution_and_faithfulness_run_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    """EAP-IG's backward pass and the edge-patched circuit runs happen on the server."""
+    from nnsight_reasoning import circuits
+
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    pairs = nr.tasks.arithmetic(n_prompts=8, seed=4)
+    kw = dict(ig_steps=2, sizes=(10, 40), batch_size=16, progress=False)
+    local = circuits.eap(embedded_model, pairs, **kw)
+    remote = circuits.eap(embedded_model, pairs, remote=ndif.host, **kw)
+    assert_same_values(remote, local)
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] == local.attrs["n_forward_passes"] >= 3

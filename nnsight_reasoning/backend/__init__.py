@@ -13,10 +13,10 @@ from typing import Any, Iterator, Sequence
 import nnsight
 import torch
 
-from . import remote as _remote
-from .errors import UsageError
-from .sites import SITES, architecture, dims, resolve
-from .tasks.base import single_token_id
+from .. import remote as _remote
+from ..errors import UsageError
+from ..sites import SITES, architecture, dims, resolve
+from ..tasks.base import single_token_id
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,205 @@
+"""Independent edge-level references: plain PyTorch hooks on the HF model, one prompt at a time.
+
+Per-head inputs are made the direct way: the attention module is called once per head on that
+head's own input and only that head's output is kept (the toolkit instead batches H copies
+inside one nnsight trace). Per-head outputs come from calling the output projection on the
+head's slice alone, minus its bias (the toolkit reads the weight matrix). Gradients come from
+one autograd pass per downstream node with a leaf tensor in front of that node's norm.
+"""
+from __future__ import annotations
+
+import torch
+
+NORMS = {  # model_type -> (layers, ln_attn, attn, o_proj, ln_mlp, mlp, final norm, embedding)
+    "gpt_neox": ("gpt_neox.layers", "input_layernorm", "attention", "attention.dense", "post_attention_layernorm",
+                 "mlp", "gpt_neox.final_layer_norm", "gpt_neox.embed_in"),
+    "gpt2": ("transformer.h", "ln_1", "attn", "attn.c_proj", "ln_2", "mlp", "transformer.ln_f", "transformer.wte"),
+    "llama": ("model.layers", "input_layernorm", "self_attn", "self_attn.o_proj", "post_attention_layernorm", "mlp",
+              "model.norm", "model.embed_tokens"),
+}
+
+
+def _get(root, dotted):
+    for part in dotted.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _parts(hf):
+    layers, ln_a, attn, o_proj, ln_m, mlp, final, embed = NORMS[hf.config.model_type]
+    blocks = _get(hf, layers)
+    return ([(_get(b, ln_a), _get(b, attn), _get(b, o_proj), _get(b, ln_m), _get(b, mlp)) for b in blocks],
+            _get(hf, final), _get(hf, embed))
+
+
+def _heads(hf):
+    return hf.config.num_attention_heads
+
+
+def _with_hidden(args, kwargs, x):
+    if args:
+        return (x,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x}
+
+
+def node_names(n_layers, n_heads):
+    up = ["input"] + [f"{'m' if h == n_heads else 'a'}{l}{'' if h == n_heads else '.' + str(h)}"
+                      for l in range(n_layers) for h in range(n_heads + 1)]
+    down = [f"{'m' if h == n_heads else 'a'}{l}{'' if h == n_heads else '.' + str(h)}"
+            for l in range(n_layers) for h in range(n_heads + 1)] + ["logits"]
+    return up, down
+
+
+def patched_run(hf, ids, removed=None, corrupt=None):
+    """Last-position logits and {upstream node: output (T, d)} of one run in which downstream
+    node v reads its input plus Σ_u removed[u, v]·(corrupt[u] − this run's a_u)."""
+    n_heads = _heads(hf)
+    blocks, final, _ = _parts(hf)
+    up, down = node_names(len(blocks), n_heads)
+    acts, state, hooks = {}, {"bypass": False}, []
+
+    def corr(v, x):
+        if removed is None:
+            return x
+        col = down.index(v)
+        for i, u in enumerate(up):
+            if removed[i, col]:
+                x = x + (corrupt[u] - acts[u]).unsqueeze(0)
+        return x
+
+    first = blocks and (blocks[0][0])
+
+    def pre_first(m, args, kwargs):
+        if not state["bypass"] and "input" not in acts:
+            acts["input"] = (args[0] if args else kwargs["hidden_states"])[0].detach()
+
+    hooks.append(first.register_forward_pre_hook(pre_first, with_kwargs=True))
+    for l, (ln_a, attn, o_proj, ln_m, mlp) in enumerate(blocks):
+        def pre_ln(m, args, l=l):
+            if not state["bypass"]:
+                state["x"] = args[0]
+
+        def pre_attn(m, args, kwargs, l=l, ln_a=ln_a, attn=attn, o_proj=o_proj):
+            if state["bypass"]:
+                return None
+            zs = []
+            state["bypass"] = True
+            try:
+                for h in range(n_heads):
+                    xh = corr(f"a{l}.{h}", state["x"])
+                    box = {}
+                    cap = o_proj.register_forward_pre_hook(lambda m_, a_: box.setdefault("z", a_[0]))
+                    try:
+                        a2, k2 = _with_hidden(args, kwargs, ln_a(xh))
+                        attn(*a2, **k2)
+                    finally:
+                        cap.remove()
+                    zs.append(box["z"].view(box["z"].shape[0], box["z"].shape[1], n_heads, -1)[:, :, h])
+            finally:
+                state["bypass"] = False
+            state["z"] = torch.stack(zs, 2).flatten(2)
+            return None
+
+        def pre_o(m, args, l=l):
+            if state["bypass"]:
+                return None
+            z = state["z"]
+            state["bypass"] = True
+            try:
+                bias = m(torch.zeros_like(z))
+                for h in range(n_heads):
+                    zh = torch.zeros_like(z).view(z.shape[0], z.shape[1], n_heads, -1)
+                    zh[:, :, h] = z.view(z.shape[0], z.shape[1], n_heads, -1)[:, :, h]
+                    acts[f"a{l}.{h}"] = (m(zh.flatten(2)) - bias)[0].detach()
+            finally:
+                state["bypass"] = False
+            return (z,) + tuple(args[1:])
+
+        def pre_ln_m(m, args, l=l):
+            if state["bypass"]:
+                return None
+            return (corr(f"m{l}", args[0]),) + tuple(args[1:])
+
+        def post_mlp(m, i, o, l=l):
+            if not state["bypass"]:
+                acts[f"m{l}"] = o[0].detach()
+
+        hooks += [ln_a.register_forward_pre_hook(pre_ln), attn.register_forward_pre_hook(pre_attn, with_kwargs=True),
+                  o_proj.register_forward_pre_hook(pre_o), ln_m.register_forward_pre_hook(pre_ln_m),
+                  mlp.register_forward_hook(post_mlp)]
+    hooks.append(final.register_forward_pre_hook(lambda m, args: (corr("logits", args[0]),) + tuple(args[1:])))
+    try:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids]), use_cache=False).logits[0, -1].double()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, acts
+
+
+def node_gradients(hf, ids, r1, r2, embeds=None):
+    """{downstream node: ∂(logit r1 − logit r2)/∂(its input), (T, d)}, one backward per node.
+    ``embeds`` (T, d) replaces the token embeddings (integrated gradients)."""
+    n_heads = _heads(hf)
+    blocks, final, embed = _parts(hf)
+    _, down = node_names(len(blocks), n_heads)
+    out = {}
+    for v in down:
+        hooks, leaf = [], {}
+
+        def make_leaf(m, args):
+            x = args[0].detach().requires_grad_(True)
+            leaf["x"] = x
+            return (x,) + tuple(args[1:])
+
+        if embeds is not None:
+            hooks.append(embed.register_forward_hook(lambda m, i, o: embeds.unsqueeze(0).to(o.dtype)))
+        if v == "logits":
+            hooks.append(final.register_forward_pre_hook(make_leaf))
+        elif v.startswith("m"):
+            hooks.append(blocks[int(v[1:])][3].register_forward_pre_hook(make_leaf))
+        else:
+            l, h = map(int, v[1:].split("."))
+            hooks.append(blocks[l][0].register_forward_pre_hook(make_leaf))
+
+            def only_head(m, args, h=h):  # gradient through head h alone
+                z = args[0].view(args[0].shape[0], args[0].shape[1], n_heads, -1)
+                keep = torch.zeros(n_heads, 1)
+                keep[h] = 1
+                z = z.detach() * (1 - keep) + z * keep
+                return (z.flatten(2),) + tuple(args[1:])
+
+            hooks.append(blocks[l][2].register_forward_pre_hook(only_head))
+        try:
+            logits = hf(torch.tensor([ids]), use_cache=False).logits[0, -1].double()
+            (logits[r1] - logits[r2]).backward()
+        finally:
+            for hk in hooks:
+                hk.remove()
+        out[v] = leaf["x"].grad[0].detach()
+        hf.zero_grad()
+    return out
+
+
+def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1):
+    """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input."""
+    _, acts_clean = patched_run(hf, clean)
+    _, acts_corr = patched_run(hf, corrupt)
+    blocks, _, embed = _parts(hf)
+    up, down = node_names(len(blocks), _heads(hf))
+    if ig_steps == 1:
+        grads = node_gradients(hf, clean, r1, r2)
+    else:
+        with torch.no_grad():
+            e0, e1 = embed(torch.tensor([clean]))[0], embed(torch.tensor([corrupt]))[0]
+        grads = {v: 0.0 for v in down}
+        for k in range(ig_steps):
+            a = (k + 0.5) / ig_steps
+            for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0)).items():
+                grads[v] = grads[v] + g / ig_steps
+    out = torch.zeros(len(up), len(down), dtype=torch.float64)
+    for i, u in enumerate(up):
+        delta = (acts_corr[u] - acts_clean[u]).double()
+        for j, v in enumerate(down):
+            out[i, j] = (delta * grads[v].double()).sum()
+    return out
