@@ -27,7 +27,7 @@ def heads(
 ) -> None:
     """Previous-token, duplicate-token and induction score of every attention head."""
     import nnsight_reasoning as nr
-    from nnsight_reasoning.heads import SCORES
+    from nnsight_reasoning.heads import SCORES, grid
 
     names = sweep_revisions(model, revision, revisions)
     path = out_path(out_file, "heads", "repeated_tokens", model or "embedded", revision_label(revision, names))
@@ -40,10 +40,10 @@ def heads(
     last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
     rev = str(ds["checkpoint"].values[-1]) if "checkpoint" in ds.dims else ds.attrs["revision"]
     table = Table(title=f"top heads per score ({ds.attrs['model']}@{rev}, mean over sequences)")
-    for col in ("score", "uniform attention", "1st", "2nd", "3rd"):
+    for col in ("score", "chance", "1st", "2nd", "3rd"):
         table.add_column(col)
     for score in SCORES:
-        flat = last[score].mean("prompt").stack(lh=("layer", "head"))
+        flat = grid(last, score).stack(lh=("layer", "head"))
         top = flat.argsort().values[::-1][:3]
         table.add_row(score, f"{float(last['uniform'].sel(score=score)):.2f}",
                       *[f"L{flat['lh'].values[i][0]}H{flat['lh'].values[i][1]} {float(flat.values[i]):.2f}" for i in top])

@@ -13,6 +13,19 @@ from query i to key j, each score is a mean over the sequence's positions (0 = n
 - ``induction`` = mean over i = n+1..2n of A[i, i − n + 1]: the token *after* the earlier
   copy, which predicts the next token (Olsson et al. 2022, "In-context learning and
   induction heads"; the same patterns as TransformerLens' ``head_detector``).
+
+Two scores read what a head *writes*, through its direct logit effect DLE_h(q, v): the head's
+output at position q mapped to the logit of token v by the final norm (its scale frozen at the
+run's value) and the unembedding, centred over the vocabulary (``backend.graph.head_logit_effects``):
+
+- ``copy_suppression`` (CSPA-style; McDougall et al. 2023, "Copy suppression"): on the same
+  sequences, mean over i = n+1..2n of −Σ_{k≥1} A[i, k]·DLE_h(i, x_k), in logits: how much the
+  head lowers the logits of the tokens it attends to (negative = it copies them).
+- ``successor`` (Gould et al. 2023, "Successor heads"): the ordinal tokens 1, 2, 3, …
+  (``successor_tokens``, those that are single tokens) each run alone, so every head attends
+  only to it; the score is the fraction of tokens t_j (all but the last) for which, among all
+  the ordinal tokens, the head's output raises t_{j+1}'s logit most. Chance: 1/K. It has no
+  ``prompt`` dim.
 """
 from __future__ import annotations
 
@@ -24,14 +37,23 @@ import torch
 import xarray as xr
 
 from . import backend
+from .backend.graph import head_logit_effects
 from . import remote as _remote
 from .errors import UsageError
 from .models import load_model, model_info
 from .progress import progress_bar
 from .results import provenance
 from .sites import dims
+from .tasks.base import single_token_id
 
-SCORES = ("previous_token", "duplicate_token", "induction")
+SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression")
+ATTENTION_SCORES = SCORES[:3]
+
+
+def grid(ds: xr.Dataset, score: str) -> xr.DataArray:
+    """The (layer, head) grid of one score (mean over sequences where it has them)."""
+    v = ds[score]
+    return v.mean("prompt") if "prompt" in v.dims else v
 
 
 def repeated_tokens(tokenizer: Any, n_sequences: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -59,12 +81,15 @@ def head_scores(
     progress: bool = True,
     revisions: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
-    """Previous-token, duplicate-token and induction scores of every head (see module doc).
+    """Previous-token, duplicate-token, induction, successor and copy-suppression scores of
+    every head (definitions in the module doc).
 
     Returns a Dataset with one variable per score, dims ``(prompt, layer, head)`` (prompt =
-    sequence), values in [0, 1]; ``ds.induction.mean("prompt")`` is the layer × head grid.
-    ``uniform`` (along ``score``) is each score of a head attending uniformly (the chance level).
-    With ``revisions`` every variable gains a leading ``checkpoint`` dim.
+    sequence; ``successor``: ``(layer, head)``); attention scores and ``successor`` are
+    fractions in [0, 1], ``copy_suppression`` is in logits. ``ds.induction.mean("prompt")`` is
+    the layer × head grid. ``uniform`` (along ``score``) is each score's chance level: uniform
+    attention, a random ranking (successor), no effect (copy suppression). With ``revisions``
+    every variable gains a leading ``checkpoint`` dim.
     """
     if revisions is not None:
         from .checkpoints import over_revisions
@@ -82,7 +107,7 @@ def head_scores(
     ids = repeated_tokens(model.tokenizer, n_sequences, seq_len, seed)
     d = dims(model)
     n = seq_len
-    out = {k: np.zeros((n_sequences, d["n_layers"], d["n_heads"])) for k in SCORES}
+    out = {k: np.zeros((n_sequences, d["n_layers"], d["n_heads"])) for k in SCORES if k != "successor"}
     q_prev = np.arange(2, n + 1)
     q_rep = np.arange(n + 1, 2 * n + 1)
     chunks = [list(range(j, min(j + batch_size, n_sequences))) for j in range(0, n_sequences, batch_size)]
@@ -93,20 +118,55 @@ def head_scores(
         out["previous_token"][chunk] = a[..., q_prev, q_prev - 1].mean(-1)
         out["duplicate_token"][chunk] = a[..., q_rep, q_rep - n].mean(-1)
         out["induction"][chunk] = a[..., q_rep, q_rep - n + 1].mean(-1)
+        eff = head_logit_effects(model, ids[chunk], ids[chunk], remote=remote).numpy()  # (b,L,H,T,T)
+        written = (a[..., q_rep, 1:] * eff[..., q_rep, 1:]).sum(-1)  # attention-weighted effect on attended tokens
+        out["copy_suppression"][chunk] = -written.mean(-1)
+    ordinals = successor_tokens(model.tokenizer)
+    succ = successor_scores(model, ordinals, remote=remote)
     info = model_info(model)
     attrs = provenance(task="repeated_random_tokens", task_params={"n_sequences": n_sequences, "seq_len": seq_len,
                                                                    "seed": seed},
                        model=info.name, model_path=info.path, revision=info.revision, method="head_scores",
                        metric="attention_probability", seed=seed, remote=remote)
-    attrs.update(n_forward_passes=len(chunks), seq_len=seq_len)
+    attrs.update(n_forward_passes=2 * len(chunks) + 1, seq_len=seq_len,
+                 successor_tokens=model.tokenizer.convert_ids_to_tokens(ordinals))
     if remote not in (False, "local"):
         attrs.update(_remote.TRAFFIC.since(traffic))
     names = {"previous_token": "attention to the previous token", "duplicate_token": "attention to the earlier "
-             "copy of the same token", "induction": "attention to the token after the earlier copy"}
-    data = {k: (("prompt", "layer", "head"), v, {"long_name": names[k], "units": "1"}) for k, v in out.items()}
-    # the score of a head that attends uniformly to every position it can see (1/(i+1) at query i)
-    data["uniform"] = ("score", [np.mean(1 / (q_prev + 1)), np.mean(1 / (q_rep + 1)), np.mean(1 / (q_rep + 1))],
-                       {"long_name": "score under uniform attention (chance level)", "units": "1"})
+             "copy of the same token", "induction": "attention to the token after the earlier copy",
+             "copy_suppression": "lowering of the attended tokens' logits"}
+    data = {k: (("prompt", "layer", "head"), v, {"long_name": names[k], "units": "logits" if k == "copy_suppression"
+                                                  else "1"}) for k, v in out.items()}
+    data["successor"] = (("layer", "head"), succ, {"long_name": "fraction of ordinal tokens whose successor the "
+                                                                "head promotes most", "units": "1"})
+    # chance: a head attending uniformly to every position it can see (1/(i+1) at query i);
+    # a random ranking of the K ordinal tokens; no effect on the logits
+    data["uniform"] = ("score", [np.mean(1 / (q_prev + 1)), np.mean(1 / (q_rep + 1)), np.mean(1 / (q_rep + 1)),
+                                 1 / len(ordinals), 0.0],
+                       {"long_name": "chance level of each score", "units": "1"})
     return xr.Dataset(data, coords={"prompt": np.arange(n_sequences), "layer": np.arange(d["n_layers"]),
                                     "head": np.arange(d["n_heads"]), "score": np.array(SCORES, dtype=object)},
                       attrs=attrs)
+
+
+def successor_tokens(tokenizer: Any, limit: int = 100) -> list[int]:
+    """Token ids of the numbers 1, 2, 3, … (as the model writes them after a space), up to the
+    first that is not a single token or ``limit``."""
+    ids = []
+    for k in range(1, limit + 1):
+        t = single_token_id(tokenizer, str(k))
+        if t is None:
+            break
+        ids.append(t)
+    if len(ids) < 3:
+        raise UsageError("the successor score needs the numbers 1, 2, 3 as single tokens; this tokenizer splits them")
+    return ids
+
+
+def successor_scores(model: Any, ordinals: Sequence[int], *, remote: bool | str = False) -> np.ndarray:
+    """(layers, heads): the fraction of ``ordinals[j]`` (j < K − 1) for which the head's output,
+    on the one-token input ``ordinals[j]``, raises ``ordinals[j + 1]`` most among all of them."""
+    ids = torch.tensor(list(ordinals))
+    eff = head_logit_effects(model, ids[:, None], ids[None].repeat(len(ids), 1), remote=remote)
+    best = eff[:, :, :, 0].argmax(-1).numpy()  # (K, L, H)
+    return (best[:-1] == np.arange(1, len(ids))[:, None, None]).mean(0)

@@ -150,37 +150,43 @@ def heads_figure(ds: xr.Dataset):
     a second row follows every head's score over the checkpoints, coloured by layer."""
     import matplotlib.pyplot as plt
 
-    from .heads import SCORES
+    from .heads import SCORES, grid
 
     sweep = "checkpoint" in ds.dims
     last = _one_checkpoint(ds)
-    fig, axes = plt.subplots(2 if sweep else 1, len(SCORES), figsize=(4.2 * len(SCORES), 7.0 if sweep else 3.6),
+    fig, axes = plt.subplots(2 if sweep else 1, len(SCORES), figsize=(4.0 * len(SCORES), 7.0 if sweep else 3.6),
                              squeeze=False)
     for ax, score in zip(axes[0], SCORES):
-        v = last[score].mean("prompt").transpose("layer", "head").values
-        im = ax.imshow(v, cmap="viridis", vmin=0, vmax=max(0.2, float(v.max())), origin="lower", aspect="auto")
+        v = grid(last, score).transpose("layer", "head").values
+        signed = score == "copy_suppression"  # logits, either sign; the others are fractions
+        top = max(0.2, float(np.abs(v).max()))
+        im = ax.imshow(v, cmap="RdBu_r" if signed else "viridis", vmin=-top if signed else 0, vmax=top,
+                       origin="lower", aspect="auto")
         for (i, j), x in np.ndenumerate(v):
-            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if x < v.max() / 2 else "k")
+            dark = abs(x) > top / 2 if signed else x < top / 2
+            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
         ax.set_xticks(range(ds.sizes["head"]), [str(h) for h in ds["head"].values])
         ax.set_yticks(range(ds.sizes["layer"]), [str(l) for l in ds["layer"].values])
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(f"{score.replace('_', ' ')} score (uniform attention: {float(last['uniform'].sel(score=score)):.2f})",
+        unit = " (logits)" if signed else ""
+        ax.set_title(f"{score.replace('_', ' ')}{unit} (chance {float(last['uniform'].sel(score=score)):.2f})",
                      fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     if sweep:
         names = [str(c) for c in ds["checkpoint"].values]
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, ds.sizes["layer"]))
         for ax, score in zip(axes[1], SCORES):
-            m = ds[score].mean("prompt")
+            m = grid(ds, score)
             for li, layer in enumerate(ds["layer"].values):
                 for head in ds["head"].values:
                     ax.plot(range(len(names)), m.sel(layer=layer, head=head).values, color=colors[li], lw=1,
                             label=f"layer {layer}" if head == ds["head"].values[0] else None)
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-            ax.axhline(float(last["uniform"].sel(score=score)), color="k", ls=":", lw=0.8, label="uniform attention")
-            ax.set_ylim(0, 1)
-            ax.set_ylabel(f"{score.replace('_', ' ')} score")
+            ax.axhline(float(last["uniform"].sel(score=score)), color="k", ls=":", lw=0.8, label="chance")
+            if score != "copy_suppression":
+                ax.set_ylim(0, 1)
+            ax.set_ylabel(score.replace("_", " "))
             ax.grid(alpha=0.3)
         axes[1][0].legend(fontsize=7)
     fig.suptitle(f"head scores · {last.attrs.get('model')}@{last.attrs.get('revision')} "

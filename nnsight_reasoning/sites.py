@@ -35,6 +35,7 @@ class Architecture:
     ln_mlp: str  # the norm in front of the MLP, relative to a layer
     final_norm: str  # the norm in front of the unembedding
     n_heads_attr: str = "num_attention_heads"
+    unembed: str = "lm_head"
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -50,6 +50,64 @@ def test_head_scores_match_a_direct_computation(tiny_model_dir, model_type):
     assert uniform[2] == pytest.approx(np.mean([1 / (i + 1) for i in range(n + 1, 2 * n + 1)]))
 
 
+def _direct_logit_effects(hf, ids, tokens):
+    """(L, H, T, len(tokens)) from per-head outputs (tests/reference_edges.py) and the final norm's
+    scale recovered from its own input and output, by least squares (no eps, no variance formula)."""
+    from .reference_edges import NORMS, _get, patched_run
+
+    final = _get(hf, NORMS[hf.config.model_type][6])
+    box = {}
+    hook = final.register_forward_hook(lambda m, i, o: box.update(f=i[0][0].double(), y=o[0].double()))
+    try:
+        _, acts = patched_run(hf, ids)
+    finally:
+        hook.remove()
+    gamma = final.weight.detach().double()
+    beta = getattr(final, "bias", None)
+    beta = None if beta is None else beta.detach()
+    center = beta is not None  # LayerNorm; RMSNorm neither centres nor has a bias
+    f = box["f"] - box["f"].mean(-1, keepdim=True) if center else box["f"]
+    normed = (box["y"] - (beta.double() if center else 0)) / gamma  # = f / scale
+    scale = (f * f).sum(-1) / (f * normed).sum(-1)  # (T,)
+    u = hf.get_output_embeddings().weight.detach().double()
+    u = (u - u.mean(0))[tokens]
+    n_layers, n_heads = hf.config.num_hidden_layers, hf.config.num_attention_heads
+    out = np.zeros((n_layers, n_heads, len(ids), len(tokens)))
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            o = acts[f"a{layer}.{head}"].double()
+            if center:
+                o = o - o.mean(-1, keepdim=True)
+            out[layer, head] = ((o * gamma / scale[:, None]) @ u.T).numpy()
+    return out
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_successor_and_copy_suppression_match_a_direct_computation(tiny_model_dir, model_type):
+    from nnsight_reasoning.heads import successor_tokens
+
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(str(path))
+    ds = nr.head_scores(model, n_sequences=3, seq_len=6, seed=2, batch_size=2, progress=False)
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    ordinals = successor_tokens(model.tokenizer)
+    assert model.tokenizer.convert_ids_to_tokens(ordinals[:3]) == ["1", "2", "3"] and len(ordinals) == 99
+    best = np.stack([_direct_logit_effects(hf, [t], ordinals)[:, :, 0].argmax(-1) for t in ordinals])  # (K, L, H)
+    want = (best[:-1] == np.arange(1, len(ordinals))[:, None, None]).mean(0)
+    np.testing.assert_array_equal(ds["successor"].values, want)
+    ids = repeated_tokens(model.tokenizer, 3, 6, seed=2)
+    n = 6
+    with torch.no_grad():
+        att = torch.stack(hf(ids, output_attentions=True).attentions, 1).double().numpy()
+    for b in range(3):
+        eff = _direct_logit_effects(hf, ids[b].tolist(), ids[b].tolist())  # (L, H, q, k)
+        q = np.arange(n + 1, 2 * n + 1)
+        cs = -(att[b][:, :, q, 1:] * eff[:, :, q, 1:]).sum(-1).mean(-1)
+        np.testing.assert_allclose(ds["copy_suppression"].isel(prompt=b).values, cs, rtol=1e-5, atol=1e-7)
+    assert ds["uniform"].sel(score="successor") == pytest.approx(1 / 99) and ds["uniform"].sel(score="copy_suppression") == 0
+    assert np.abs(ds["copy_suppression"].values).max() > 1e-3  # a random init writes something
+
+
 def test_head_scores_over_checkpoints_and_cli(tmp_path):
     from typer.testing import CliRunner
 
@@ -59,7 +117,7 @@ def test_head_scores_over_checkpoints_and_cli(tmp_path):
                                    str(tmp_path / "h.nc"), "--no-progress"])
     assert res.exit_code == 0, res.output
     ds = nr.load_result(tmp_path / "h.nc")
-    assert ds["induction"].dims == ("checkpoint", "prompt", "layer", "head") and "uniform attention" in res.stdout
+    assert ds["induction"].dims == ("checkpoint", "prompt", "layer", "head") and "chance" in res.stdout and "copy_suppression" in res.stdout
     # step0 attends uniformly: every score sits at its chance level
     np.testing.assert_allclose(ds["previous_token"].sel(checkpoint="step0").mean("prompt"),
                                float(ds["uniform"].isel(checkpoint=0, score=0)), atol=0.01)

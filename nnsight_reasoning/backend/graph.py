@@ -22,6 +22,7 @@ from typing import Any
 import nnsight
 import torch
 
+from ..errors import UsageError
 from ..sites import architecture, dims, parallel_residual, resolve
 
 
@@ -227,3 +228,57 @@ def graph_shape(model: Any) -> tuple[int, int, bool]:
     d = dims(model)
     return d["n_layers"], d["n_heads"], parallel_residual(model)
 
+
+
+def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
+                       remote: bool | str = False) -> torch.Tensor:
+    """Direct effect of every head's output on the logits of chosen tokens, at every position.
+
+    ``input_ids`` (n, T); ``token_ids`` (n, K): the tokens whose logits are read for row i.
+    Returns (n, layers, heads, T, K) float64: W_U[v] · (γ ⊙ N(o_h) / s), where o_h is the head's
+    share of the attention output (without bias), s the final norm's scale on this run's
+    residual stream (frozen, the usual direct-logit attribution), N centres for LayerNorm and
+    is the identity for RMSNorm, and the unembedding rows W_U[v] are centred over the
+    vocabulary, so a shift of every logit alike counts as no effect.
+    """
+    from . import _run
+
+    mods, final, _, conv1d = _modules(model)
+    norm = final._module
+    kind = type(norm).__name__
+    if kind.startswith("Gemma") or not (kind == "LayerNorm" or kind.endswith("RMSNorm")):
+        raise UsageError(f"direct logit effects know LayerNorm and (non-Gemma) RMSNorm; this model's final norm is {kind}")
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+    d = dims(model)
+    unembed = resolve(model, architecture(model).unembed)
+    saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
+                                              d["head_dim"], kind == "LayerNorm", eps), remote, "saved")
+    return saved.detach().cpu().double()
+
+
+def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1d, n_heads, head_dim, center, eps,
+                        remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        outs = []
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
+            z = o_proj.input
+            z = z.view(z.shape[0], z.shape[1], n_heads, head_dim)
+            w = o_proj.weight
+            if conv1d:
+                outs.append(torch.einsum("nthk,hkd->nthd", z, w.view(n_heads, head_dim, -1)))
+            else:
+                outs.append(torch.einsum("nthk,dhk->nthd", z, w.view(-1, n_heads, head_dim)))
+        f = final.input.double()
+        if center:
+            f = f - f.mean(-1, keepdim=True)
+        scale = (f.pow(2).mean(-1) + eps).sqrt()  # (n, T)
+        u = unembed.weight.double()
+        u = u - u.mean(0, keepdim=True)
+        rows = u[token_ids] * final.weight.double()  # (n, K, d): γ folded into the unembedding
+        o = torch.stack(outs, 1).double()  # (n, L, T, H, d)
+        if center:
+            o = o - o.mean(-1, keepdim=True)
+        o = o / scale[:, None, :, None, None]
+        saved = nnsight.save(torch.einsum("nlthd,nkd->nlhtk", o, rows))
+    return saved
