@@ -262,6 +262,33 @@ def attribution_section(name: str, model, n_prompts: int, repeats: int) -> dict:
             "forward_passes": {k: int(v.attrs["n_forward_passes"]) for k, v in results.items()}}
 
 
+def edges_section(name: str, model, n_prompts: int, repeats: int) -> dict:
+    """EAP and EAP-IG edge scores against exact patching of every edge alone (one row per edge
+    and pair: the quantity EAP estimates), on the whole component graph."""
+    pairs = make_pairs(model, n_prompts)
+    fns = {"edge_patching": lambda: nr.circuits.edge_patching(model, pairs, progress=False),
+           "eap": lambda: nr.circuits.eap(model, pairs, ig_steps=1, sizes=(), progress=False),
+           "eap_ig5": lambda: nr.circuits.eap(model, pairs, ig_steps=5, sizes=(), progress=False)}
+    nr.circuits.eap(model, make_pairs(model, 2), ig_steps=1, sizes=(), progress=False)  # warm-up
+    results, times = timed(fns, repeats)
+    exact = results["edge_patching"]["score"].values
+    ok = np.isfinite(exact)
+    pearson = {k: float(np.corrcoef(exact[ok], results[k]["score"].values[ok])[0, 1]) for k in ("eap", "eap_ig5")}
+    return {"model": name, "n_prompts": n_prompts, "n_edges": int(ok.sum()), "seconds": times,
+            "speedup_vs_exact": {k: times["edge_patching"]["median_s"] / times[k]["median_s"] for k in pearson},
+            "pearson_r_vs_exact": pearson,
+            "forward_passes": {k: int(v.attrs["n_forward_passes"]) for k, v in results.items()}}
+
+
+def report_edges(a: dict) -> None:
+    print(f"\n[edge attribution vs exact edge patching] {a['model']}, {a['n_prompts']} pairs, {a['n_edges']} edges")
+    print(f"  {'method':<18}{'median s':>10}{'passes':>8}{'faster':>9}  Pearson r vs exact")
+    for k, t in a["seconds"].items():
+        r = a["pearson_r_vs_exact"].get(k)
+        speed = f"{a['speedup_vs_exact'][k]:.1f}x" if k in a["speedup_vs_exact"] else ""
+        print(f"  {k:<18}{t['median_s']:>10.2f}{a['forward_passes'][k]:>8}{speed:>9}  {'' if r is None else f'{r:.3f}'}")
+
+
 def report_attribution(a: dict) -> None:
     print(f"\n[attribution vs exact] {a['model']}, {a['n_prompts']} pairs, {'+'.join(a['sites'])}, all positions, "
           f"logit_diff")
@@ -365,6 +392,8 @@ def main() -> None:
         report_sweep(res["sweep"][-1])
         res.setdefault("attribution", []).append(attribution_section("embedded", model, args.n_prompts, args.repeats))
         report_attribution(res["attribution"][-1])
+        res["edges"] = edges_section("embedded", model, args.n_prompts, args.repeats)
+        report_edges(res["edges"])
     if "160m" not in skip:
         import checkpoint_sweep
 

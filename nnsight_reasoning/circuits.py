@@ -36,7 +36,7 @@ from . import remote as _remote
 from .backend import graph
 from .errors import UsageError
 from .models import load_model, model_info
-from .patching import _tokenize_pairs
+from .patching import tokenize_pairs
 from .progress import progress_bar
 from .results import provenance
 from .tasks import PromptPair, PromptPairs, ReasoningPrompts
@@ -99,11 +99,7 @@ def eap(
         model = load_model(model)
     if batch_size < 2 + (ig_steps if ig_steps > 1 else 0):
         raise UsageError(f"batch_size must hold one pair's rows: >= {2 + (ig_steps if ig_steps > 1 else 0)}")
-    pair_list = list(pairs)
-    if not pair_list:
-        raise UsageError("no prompt pairs given")
-    base_ids, source_ids, answers = _tokenize_pairs(model, pair_list)
-    _remote.preflight(model, remote)
+    pair_list, base_ids, source_ids, answers = _prepare(model, pairs, remote)
     n_layers, n_heads, parallel = graph.graph_shape(model)
     valid = graph.valid_edges(n_layers, n_heads, parallel).numpy()
     n = len(pair_list)
@@ -120,35 +116,92 @@ def eap(
         corrupt[job], clean[job] = diff[: len(job)], diff[len(job):]
     score = np.where(valid, per_prompt.mean(0), np.nan)
     circuits = np.stack([extract(score, s) for s in sizes]) if sizes else np.zeros((0,) + valid.shape, bool)
-    circuit_diff, n_faith = _edge_patched(model, base_ids, source_ids, answers, valid & ~circuits, batch_size,
-                                          remote, progress) if sizes else (np.zeros((0, n)), 0)
+    circuit_diff, _, n_faith = _edge_patched(model, base_ids, source_ids, answers, valid & ~circuits, batch_size,
+                                             remote, progress) if sizes else (np.zeros((0, n)), None, 0)
+    attrs = _attrs(model, pairs, remote, "eap_ig" if ig_steps > 1 else "eap", n_layers, n_heads, parallel, batch_size,
+                   len(jobs) + n_faith, traffic)
+    attrs.update(ig_steps=ig_steps, circuit_selection="top-n edges by |score|, pruned to input-to-logits paths")
+    return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, n_layers, n_heads, attrs)
+
+
+def _prepare(model, pairs, remote):
+    if isinstance(pairs, ReasoningPrompts):
+        raise UsageError(f"{pairs.task} prompts are single labelled prompts; edge attribution needs clean/corrupted "
+                         f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
+    pair_list = list(pairs)
+    if not pair_list:
+        raise UsageError("no prompt pairs given")
+    base_ids, source_ids, answers = tokenize_pairs(model, pair_list)
+    _remote.preflight(model, remote)
+    return pair_list, base_ids, source_ids, answers
+
+
+def _attrs(model, pairs, remote, method, n_layers, n_heads, parallel, batch_size, n_passes, traffic) -> dict:
     info = model_info(model)
     task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
     params = pairs.params if isinstance(pairs, PromptPairs) else {}
     attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path, revision=info.revision,
-                       method="eap_ig" if ig_steps > 1 else "eap", metric="logit_diff", seed=params.get("seed"),
-                       remote=remote)
-    attrs.update(ig_steps=ig_steps, n_layers=n_layers, n_heads=n_heads, parallel_residual=int(parallel),
-                 batch_size=batch_size, n_forward_passes=len(jobs) + n_faith, circuit_selection="top-n edges by |score|, pruned to input-to-logits paths")
+                       method=method, metric="logit_diff", seed=params.get("seed"), remote=remote)
+    attrs.update(n_layers=n_layers, n_heads=n_heads, parallel_residual=int(parallel), batch_size=batch_size,
+                 n_forward_passes=n_passes)
     if remote not in (False, "local"):
         attrs.update(_remote.TRAFFIC.since(traffic))
-    return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, n_layers, n_heads, attrs)
+    return attrs
 
 
-def _edge_patched(model, base_ids, source_ids, answers, removed, batch_size, remote, progress):
-    """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges), and
-    the number of passes."""
+def _edge_patched(model, base_ids, source_ids, answers, removed, batch_size, remote, progress, label="faithfulness"):
+    """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges), (prompt)
+    that of the corrupted run, and the number of passes. A pass takes p pairs and up to
+    ``batch_size`` − 1 circuits."""
     c = removed.shape[0]
-    out = np.zeros((c, len(base_ids)))
-    jobs = attribution.plan([len(b) for b in base_ids], 2 * max(1, batch_size // (1 + c)))
-    cut = torch.tensor(removed, dtype=torch.float32)
-    for job in progress_bar(jobs, "faithfulness", enabled=progress):
+    out, corrupt = np.zeros((c, len(base_ids))), np.zeros(len(base_ids))
+    per = max(1, batch_size - 1)
+    chunks = [list(range(k, min(k + per, c))) for k in range(0, c, per)]
+    lengths = [len(b) for b in base_ids]
+    jobs = [(ch, job) for ch in chunks for job in attribution.plan(lengths, 2 * max(1, batch_size // (1 + len(ch))))]
+    for ch, job in progress_bar(jobs, label, enabled=progress):
         ids = torch.tensor([source_ids[i] for i in job] + [base_ids[i] for i in job])
-        logits = graph.edge_patched_logits(model, ids, torch.tensor([answers[i] for i in job] * 2), cut,
-                                           remote=remote)
-        diff = (logits[len(job):, 0] - logits[len(job):, 1]).numpy().reshape(c, len(job))
-        out[:, job] = diff
-    return out, len(jobs)
+        logits = graph.edge_patched_logits(model, ids, torch.tensor([answers[i] for i in job] * 2),
+                                           torch.tensor(removed[ch], dtype=torch.float32), remote=remote)
+        diff = (logits[:, 0] - logits[:, 1]).numpy()
+        corrupt[job] = diff[: len(job)]
+        out[np.ix_(ch, job)] = diff[len(job):].reshape(len(ch), len(job))
+    return out, corrupt, len(jobs)
+
+
+def edge_patching(
+    model: Any,
+    pairs: PromptPairs | Sequence[PromptPair],
+    *,
+    batch_size: int = 256,
+    remote: bool | str = False,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Exact edge scores, the quantity EAP estimates: for every edge, the clean run with that
+    edge alone carrying its corrupted value, as (M_cut − M_clean), averaged over prompts.
+
+    One extra row per edge and pair (graph: :mod:`nnsight_reasoning.circuits`), so it costs
+    about n_edges forward passes' worth of rows; use it to validate EAP / EAP-IG on small
+    models. Same ``score`` layout as :func:`eap` (NaN where no edge exists), no circuits;
+    ``attrs["method"] = "edge_patching"``.
+    """
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    pair_list, base_ids, source_ids, answers = _prepare(model, pairs, remote)
+    n_layers, n_heads, parallel = graph.graph_shape(model)
+    valid = graph.valid_edges(n_layers, n_heads, parallel).numpy()
+    edges = np.argwhere(valid)
+    cuts = np.zeros((len(edges) + 1,) + valid.shape, bool)  # circuit 0 cuts nothing: the clean run
+    cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
+    traffic = _remote.TRAFFIC.copy()
+    diff, corrupt, n_passes = _edge_patched(model, base_ids, source_ids, answers, cuts, batch_size, remote, progress,
+                                            "edge patching")
+    score = np.full(valid.shape, np.nan)
+    score[edges[:, 0], edges[:, 1]] = (diff[1:] - diff[0]).mean(1)
+    attrs = _attrs(model, pairs, remote, "edge_patching", n_layers, n_heads, parallel, batch_size, n_passes, traffic)
+    empty = np.zeros((0,) + valid.shape, bool)
+    return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], n_layers, n_heads,
+                    attrs)
 
 
 def extract(score: np.ndarray | xr.DataArray, n_edges: int) -> np.ndarray:
@@ -235,7 +288,7 @@ def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_laye
                                                                   "units": "logits"}),
         "faithfulness": ("size", faith, {"long_name": "(circuit − corrupted) / (clean − corrupted)", "units": "1"}),
         "fraction": ("size", frac, {"long_name": "circuit / clean logit difference", "units": "1"}),
-        "n_edges": ("size", circuits.reshape(len(sizes), -1).sum(1), {"long_name": "edges kept after pruning"}),
+        "n_edges": ("size", circuits.sum((1, 2)), {"long_name": "edges kept after pruning"}),
         "n_nodes": ("size", np.array(n_nodes, dtype=int), {"long_name": "nodes touched by the pruned circuit "
                                                                         "(the logits count once)"}),
         "in_circuit": (("size", "upstream", "downstream"), circuits.astype(np.int8), {"long_name": "edge in the "

@@ -117,7 +117,7 @@ def patch(
     pair_list = list(pairs)
     if not pair_list:
         raise UsageError("no prompt pairs given")
-    base_ids, source_ids, answers = _tokenize_pairs(model, pair_list)
+    base_ids, source_ids, answers = tokenize_pairs(model, pair_list)
     _remote.preflight(model, remote)
 
     lengths = [len(b) for b in base_ids]
@@ -262,7 +262,9 @@ def _fill(scores, pair_idx, where, metric, values, clean):
             values[s][i[m], li[m], pi[m]] = val[m]
 
 
-def _tokenize_pairs(model, pairs: list[PromptPair]):
+def tokenize_pairs(model, pairs: list[PromptPair]):
+    """Base ids, source ids and [base, source] answer ids per pair, or a one-line error for a
+    misaligned pair, an out-of-vocabulary word or a multi-token answer."""
     base_ids = backend.tokenize(model, [p.base for p in pairs])
     source_ids = backend.tokenize(model, [p.source for p in pairs])
     unk = getattr(model.tokenizer, "unk_token_id", None)

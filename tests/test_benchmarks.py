@@ -29,3 +29,6 @@ def test_benchmark_suite_runs_and_methods_agree(tmp_path):
     assert attr["forward_passes"]["attribution"] == 1 and set(attr["pearson_r_vs_exact"]) == {"attribution",
                                                                                               "attribution_ig5"}
     assert "toolkit faster" in proc.stdout and "compute limit" in proc.stdout
+    edges = res["edges"]
+    assert edges["n_edges"] == 191 and set(edges["pearson_r_vs_exact"]) == {"eap", "eap_ig5"}
+    assert edges["forward_passes"]["eap"] == 1 and "edge attribution vs exact" in proc.stdout

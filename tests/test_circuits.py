@@ -102,6 +102,27 @@ def test_random_edge_cuts_match_the_hook_reference(case_model, small_pairs, name
     np.testing.assert_allclose(got[p + 2 * p:].numpy(), got[:p].numpy(), rtol=1e-5, atol=1e-4)
 
 
+def test_exact_edge_patching_matches_the_hook_reference(case_model, small_pairs):
+    model, hf = case_model("llama")
+    pairs = small_pairs[:2]
+    ds = circuits.edge_patching(model, pairs, batch_size=16, progress=False)  # several passes per pair
+    valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
+    want = np.zeros(valid.shape)
+    for pair in pairs:
+        base, source, (r1, r2) = _ids(model.tokenizer, pair)
+        _, acts_corr = patched_run(hf, source)
+        lg, _ = patched_run(hf, base)
+        for i, j in np.argwhere(valid):
+            cut = np.zeros(valid.shape, bool)
+            cut[i, j] = True
+            lc, _ = patched_run(hf, base, cut, acts_corr)
+            want[i, j] += float((lc[r1] - lc[r2]) - (lg[r1] - lg[r2])) / len(pairs)
+    got = ds["score"].values
+    assert np.array_equal(np.isnan(got), ~valid) and ds.attrs["method"] == "edge_patching"
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+    assert ds.sizes["size"] == 0 and np.abs(want[valid]).max() > 0.1
+
+
 def test_valid_edges_follow_the_residual_stream():
     up, down = node_names(2, 1)  # input a0.0 m0 a1.0 m1 | a0.0 m0 a1.0 m1 logits
     seq = graph.valid_edges(2, 1, parallel=False).numpy()
@@ -138,6 +159,13 @@ def test_eap_on_the_embedded_model_finds_a_faithful_circuit(embedded_model, tmp_
     assert ds["n_edges"].values[2] == np.isfinite(ds["score"].values).sum() == 191
     plain = circuits.eap(embedded_model, pairs, ig_steps=1, sizes=(20, 100), progress=False)
     assert plain["faithfulness"].values[1] < f[1]  # EAP-IG beats EAP here (0.91 vs 0.94 measured)
+    # against exact patching of each edge alone, on half the pairs: measured r = 0.96 (IG-5), 0.42 (EAP)
+    half = nr.tasks.arithmetic(n_prompts=16, seed=0)
+    exact = circuits.edge_patching(embedded_model, half, progress=False)["score"].values
+    ok = np.isfinite(exact)
+    r = {m: np.corrcoef(exact[ok], circuits.eap(embedded_model, half, ig_steps=m, sizes=(), progress=False)
+                        ["score"].values[ok])[0, 1] for m in (1, 5)}
+    assert r[5] > 0.9 and r[5] > r[1] + 0.3, r
     nr.save_result(ds, tmp_path / "c.nc")
     back = nr.load_result(tmp_path / "c.nc")
     np.testing.assert_array_equal(back["score"].values, ds["score"].values)
