@@ -18,9 +18,13 @@ Sections, each measured side by side in this one process (memory in child proces
    attribution patching (one forward + backward) and by attribution with integrated
    gradients (5 steps): seconds, speed-up, and the Pearson r of each estimate against exact
    per site (meaningful on the trained embedded model; the 160m shape is random weights).
-3. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
-4. remote: requests and bytes of a remote sweep (loopback NDIF server) vs one request per site.
-5. checkpoints: seconds per revision of a checkpoint sweep, load vs compute.
+3. edges: EAP and EAP-IG (5 steps) edge scores over the whole component graph against exact
+   patching of every edge alone (``nr.circuits.edge_patching``), on the embedded model only
+   (exact patching of the 160m shape's 11,467 edges is out of reach on a CPU): seconds,
+   speed-up and Pearson r.
+4. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
+5. remote: requests and bytes of a remote sweep (loopback NDIF server) vs one request per site.
+6. checkpoints: seconds per revision of a checkpoint sweep, load vs compute.
 """
 from __future__ import annotations
 
