@@ -25,7 +25,8 @@ def heads(
     out_file: OutFile = None,
     progress: Progress = True,
 ) -> None:
-    """Previous-token, duplicate-token and induction score of every attention head."""
+    """Previous-token, duplicate-token, induction, successor and copy-suppression score of every
+    attention head."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.heads import SCORES, grid
 

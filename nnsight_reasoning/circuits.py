@@ -79,9 +79,7 @@ def eap(
     ``upstream_kind`` (input/head/mlp), ``upstream_head`` (-1 if not a head), and the same
     for ``downstream`` (kind logits at layer n_layers).
     """
-    if isinstance(pairs, ReasoningPrompts):
-        raise UsageError(f"{pairs.task} prompts are single labelled prompts; edge attribution needs clean/corrupted "
-                         f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
+    _refuse_single_prompts(pairs)
     if not isinstance(ig_steps, int) or ig_steps < 1:
         raise UsageError(f"ig_steps must be an integer >= 1 (got {ig_steps})")
     sizes = sorted({int(s) for s in sizes})
@@ -124,10 +122,15 @@ def eap(
     return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, n_layers, n_heads, attrs)
 
 
-def _prepare(model, pairs, remote):
+def _refuse_single_prompts(pairs) -> None:
     if isinstance(pairs, ReasoningPrompts):
         raise UsageError(f"{pairs.task} prompts are single labelled prompts; edge attribution needs clean/corrupted "
                          f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
+
+
+def _prepare(model, pairs, remote):
+    """The pairs as a list, their token ids and answer ids; refuses bad pairs before any run."""
+    _refuse_single_prompts(pairs)
     pair_list = list(pairs)
     if not pair_list:
         raise UsageError("no prompt pairs given")

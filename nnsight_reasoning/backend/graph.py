@@ -152,9 +152,8 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     c = removed.shape[0]
     input_ids = torch.cat([input_ids[:p]] + [input_ids[p:]] * c)
     answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
-    with torch.no_grad():
-        return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, mods, final, conv1d, removed.float(), p,
-                                                 c, d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
+    return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, mods, final, conv1d, removed.float(), p, c,
+                                             d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, removed, p, c, n_heads, head_dim,
@@ -227,7 +226,6 @@ def graph_shape(model: Any) -> tuple[int, int, bool]:
     """n_layers, n_heads and whether the residual is parallel, for :func:`valid_edges`."""
     d = dims(model)
     return d["n_layers"], d["n_heads"], parallel_residual(model)
-
 
 
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
