@@ -300,6 +300,7 @@ app.command()(reasoning.attention)
 app.command()(reasoning.probe)
 app.command()(circuits.heads)
 app.command()(circuits.circuit)
+app.command()(circuits.neurons)
 
 remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
 app.add_typer(remote_app, name="remote")

@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-from . import circuits, tasks
-from .embedded import revisions as embedded_revisions
+from . import circuits, neurons, tasks
+from .embedded import revisions as embedded_revisions  # noqa: F401  (importable, not listed)
 from .errors import RunError, UsageError
 from .checkpoints import over_revisions, parse_revisions  # noqa: F401  (parse_revisions: importable, not listed)
 from .attention import attention
@@ -26,7 +26,7 @@ from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "embedded_revisions", "patch", "attention", "probe", "head_scores", "circuits",
+    "tasks", "load_model", "patch", "attention", "probe", "head_scores", "circuits", "neurons",
     "evaluate", "over_revisions", "plot_result", "save_result", "load_result", "assert_valid_result",
     "SITES", "METRICS", "PromptPair", "PromptPairs", "UsageError", "RunError",
 ]

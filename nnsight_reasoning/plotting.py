@@ -34,7 +34,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     layer × head grids (and each head over checkpoints in a sweep). Edge attribution
     (:func:`nnsight_reasoning.circuits.eap`): ``kind`` "circuit" (the graph of the smallest
     circuit with faithfulness >= 0.8, else the largest), "faithfulness" (by circuit size,
-    per checkpoint) or "overlap" (Jaccard across checkpoints).
+    per checkpoint) or "overlap" (Jaccard across checkpoints). CoT neurons: activation of the
+    discovered neurons per variant and accuracy per variant under ablation.
 
     Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
     checkpoint at a single position, else one row per checkpoint (colour scale shared down
@@ -45,6 +46,7 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
 
     from .plot_attention import attention_figure, heads_figure, probe_figure
     from .plot_circuits import circuit_figure
+    from .plot_neurons import neurons_figure
 
     sites = site_variables(ds)
     method = ds.attrs.get("method")
@@ -54,6 +56,10 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
         fig = attention_figure(ds, kind, prompt)
     elif method in ("eap", "eap_ig"):
         fig = circuit_figure(ds, kind)
+    elif method in ("cot_neurons", "neuron_discovery"):
+        fig = neurons_figure(ds)
+    elif method in ("neuron_activations", "edge_patching"):
+        raise UsageError(f"{method} results have no standard figure; plot their variables with xarray")
     elif method == "mechanistic_probe":
         fig = probe_figure(ds)
     elif method == "head_scores":

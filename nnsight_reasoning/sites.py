@@ -34,17 +34,19 @@ class Architecture:
     ln_attn: str  # the norm in front of attention, relative to a layer (edge graphs split its input per head)
     ln_mlp: str  # the norm in front of the MLP, relative to a layer
     final_norm: str  # the norm in front of the unembedding
+    mlp_out: str  # the MLP's output projection, relative to a layer; its input = the neurons
     n_heads_attr: str = "num_attention_heads"
     unembed: str = "lm_head"
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in",
-                             "input_layernorm", "post_attention_layernorm", "gpt_neox.final_layer_norm"),
+                             "input_layernorm", "post_attention_layernorm", "gpt_neox.final_layer_norm",
+                             "mlp.dense_4h_to_h"),
     "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "ln_1", "ln_2",
-                         "transformer.ln_f", "n_head"),
+                         "transformer.ln_f", "mlp.c_proj", "n_head"),
     **{name: Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens",
-                          "input_layernorm", "post_attention_layernorm", "model.norm")
+                          "input_layernorm", "post_attention_layernorm", "model.norm", "mlp.down_proj")
        for name in ("llama", "mistral", "qwen2", "gemma")},
 }
 

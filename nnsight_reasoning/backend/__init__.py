@@ -318,8 +318,15 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
 
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>)."""
-    return [model.tokenizer(t)["input_ids"] for t in texts]
+    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>); a prompt
+    longer than the model's context is refused (learned position tables would fail on it)."""
+    ids = [model.tokenizer(t)["input_ids"] for t in texts]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, ids), default=0)
+    if limit and longest > limit:
+        raise UsageError(f"a prompt is {longest} tokens, longer than this model's context of {limit}; "
+                         f"use fewer shots or steps, or shorter prompts")
+    return ids
 
 
 def answer_token(model: Any, answer: str) -> int | None:

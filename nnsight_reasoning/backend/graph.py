@@ -228,6 +228,18 @@ def graph_shape(model: Any) -> tuple[int, int, bool]:
     return d["n_layers"], d["n_heads"], parallel_residual(model)
 
 
+def final_norm(model: Any) -> tuple[Any, Any, bool, float]:
+    """The final norm, the unembedding, whether the norm centres (LayerNorm; RMSNorm does not)
+    and its epsilon: what a direct logit effect with the norm's scale frozen needs."""
+    arch = architecture(model)
+    final = resolve(model, arch.final_norm)
+    kind = type(final._module).__name__
+    if kind.startswith("Gemma") or not (kind == "LayerNorm" or kind.endswith("RMSNorm")):
+        raise UsageError(f"direct logit effects know LayerNorm and (non-Gemma) RMSNorm; this model's final norm is {kind}")
+    eps = float(getattr(final._module, "eps", getattr(final._module, "variance_epsilon", 1e-5)))
+    return final, resolve(model, arch.unembed), kind == "LayerNorm", eps
+
+
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
                        remote: bool | str = False) -> torch.Tensor:
     """Direct effect of every head's output on the logits of chosen tokens, at every position.
@@ -241,16 +253,11 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     """
     from . import _run
 
-    mods, final, _, conv1d = _modules(model)
-    norm = final._module
-    kind = type(norm).__name__
-    if kind.startswith("Gemma") or not (kind == "LayerNorm" or kind.endswith("RMSNorm")):
-        raise UsageError(f"direct logit effects know LayerNorm and (non-Gemma) RMSNorm; this model's final norm is {kind}")
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+    mods, _, _, conv1d = _modules(model)
+    final, unembed, center, eps = final_norm(model)
     d = dims(model)
-    unembed = resolve(model, architecture(model).unembed)
     saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
-                                              d["head_dim"], kind == "LayerNorm", eps), remote, "saved")
+                                              d["head_dim"], center, eps), remote, "saved")
     return saved.detach().cpu().double()
 
 

@@ -1,0 +1,46 @@
+"""Figures for neuron results: activation of the discovered neurons per prompt variant and
+accuracy per variant under ablation (``cot_neurons``); neuron recurrence (``discover``)."""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+
+def _labels(ds: xr.Dataset) -> list[str]:
+    return [f"L{int(l)}N{int(n)}" for l, n in zip(ds["layer"].values, ds["neuron"].values)]
+
+
+def neurons_figure(ds: xr.Dataset):
+    import matplotlib.pyplot as plt
+
+    title = f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}"
+    if ds.attrs.get("method") == "neuron_discovery":
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * ds.sizes["unit"] + 2), 3.6))
+        ax.bar(range(ds.sizes["unit"]), ds["frequency"].values, color="tab:blue")
+        ax.set_xticks(range(ds.sizes["unit"]), _labels(ds), rotation=90, fontsize=7)
+        ax.set_ylabel(f"fraction of prompts in the top {ds.attrs.get('top_k')}")
+        ax.set_title(f"recurring answer neurons · {title}", fontsize=9)
+        return fig
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 0.35 * ds.sizes["unit"] + 7), 3.8),
+                                      gridspec_kw={"width_ratios": [max(2, ds.sizes["unit"] // 3), 2]})
+    act = ds["activation"].values
+    top = max(1e-6, float(np.abs(act).max())) if act.size else 1.0
+    im = left.imshow(act, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
+    left.set_yticks(range(ds.sizes["variant"]), [str(v) for v in ds["variant"].values])
+    left.set_xticks(range(ds.sizes["unit"]), _labels(ds), rotation=90, fontsize=7)
+    left.set_title(f"mean activation of the {ds.sizes['unit']} discovered neurons (last position)", fontsize=9)
+    fig.colorbar(im, ax=left, shrink=0.8)
+    variants = [str(v) for v in ds["variant"].values]
+    ablations = [str(a) for a in ds["ablation"].values]
+    width = 0.8 / len(ablations)
+    colors = {"none": "0.3", "zero": "tab:red", "mean": "tab:orange", "random": "tab:gray"}
+    for k, a in enumerate(ablations):
+        right.bar(np.arange(len(variants)) + (k - (len(ablations) - 1) / 2) * width,
+                  ds["accuracy"].sel(ablation=a).values, width, label=a, color=colors.get(a))
+    right.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
+    right.set_ylim(0, 1)
+    right.set_ylabel("accuracy")
+    right.legend(title="ablation", fontsize=7, title_fontsize=7)
+    right.set_title("accuracy per variant, neurons ablated", fontsize=9)
+    fig.suptitle(f"CoT arithmetic neurons (discovered on {ds.attrs.get('discover_on')}) · {title}", fontsize=9)
+    return fig

@@ -1,0 +1,256 @@
+"""CoT arithmetic prompts and MLP neurons (Rai & Yao 2024): activations, contributions, logit
+lens, discovery and ablation against plain PyTorch hooks on tiny models; the variant effect on
+the embedded model; the ``neurons`` CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.backend import neurons as bn
+from nnsight_reasoning.cli.main import app
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.tasks import TaskError
+
+DATA = Path(__file__).parent / "data"
+DOWN = {"gpt2": "mlp.c_proj", "llama": "mlp.down_proj", "gpt_neox": "mlp.dense_4h_to_h"}
+
+
+def _get(root, dotted):
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _blocks(hf):
+    return hf.transformer.h if hf.config.model_type == "gpt2" else hf.model.layers
+
+
+def _final(hf):
+    return hf.transformer.ln_f if hf.config.model_type == "gpt2" else hf.model.norm
+
+
+def _run(hf, ids, ablate=None):
+    """Last-position logits, each layer's neuron activations (T, N), the final norm's input and
+    output; ``ablate`` {layer: (indices, values)} sets neurons at every position."""
+    acts, box, hooks = {}, {}, []
+    for li, block in enumerate(_blocks(hf)):
+        def pre(m, args, li=li):
+            x = args[0]
+            if ablate and li in ablate:
+                x = x.clone()
+                x[..., ablate[li][0]] = ablate[li][1].to(x.dtype)
+            acts[li] = x[0].detach().double()
+            return (x,) + tuple(args[1:])
+        hooks.append(_get(block, DOWN[hf.config.model_type]).register_forward_pre_hook(pre))
+    hooks.append(_final(hf).register_forward_hook(lambda m, i, o: box.update(f=i[0][0].double(), y=o[0].double())))
+    try:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].double()
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, acts, box
+
+
+def _directions(hf, layer):
+    """(N, d): each neuron's output direction, from calling the projection on unit vectors."""
+    proj = _get(_blocks(hf)[layer], DOWN[hf.config.model_type])
+    n = proj.weight.shape[0] if hf.config.model_type == "gpt2" else proj.weight.shape[1]
+    with torch.no_grad():
+        return (proj(torch.eye(n)) - proj(torch.zeros(1, n))).double()
+
+
+def _unembed_rows(hf, box):
+    """(γ-scaled, centred unembedding, scale at the last position, centring?) from the norm's own I/O."""
+    final = _final(hf)
+    gamma = final.weight.detach().double()
+    beta = getattr(final, "bias", None)
+    center = beta is not None
+    f = box["f"][-1] - box["f"][-1].mean() if center else box["f"][-1]
+    normed = (box["y"][-1] - (beta.detach().double() if center else 0)) / gamma
+    scale = float((f * f).sum() / (f * normed).sum())
+    u = hf.get_output_embeddings().weight.detach().double()
+    return gamma, u - u.mean(0), scale, center
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def tiny(request, tiny_model_dir):
+    path = tiny_model_dir(request.param)
+    return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def test_cot_variants_share_problems_and_end_where_the_answer_is_due():
+    sets = {v: nr.tasks.cot_arithmetic(30, v, n_steps=2, seed=4) for v in nr.tasks.COT_VARIANTS}
+    for k in range(30):
+        ps = [sets[v][k] for v in nr.tasks.COT_VARIANTS]
+        assert len({p.answer for p in ps}) == 1 and len({p.problem for p in ps}) == 1
+        full, text, eq, no = ps
+        q = full.prompt.rsplit("Q : ", 1)[1].split(" A : ")[0]
+        assert all(q in p.prompt for p in ps)  # the same question in every variant
+        owner, start = q.split()[0], int(q.split()[2])
+        total = start
+        for sentence in q.split(" . ")[1:-1]:
+            w = sentence.split()
+            total += int(w[3]) if w[2] == owner else -int(w[3])
+        assert str(total) == full.answer
+        assert full.prompt.endswith("=") and eq.prompt.endswith("=") and text.prompt.endswith(f"{owner} had")
+        assert no.prompt.endswith("A : The result is") and " = " not in text.prompt.split(" A : ")[-1]
+    assert nr.tasks.cot_arithmetic(30, "full", n_steps=2, seed=4) == sets["full"]  # seeded
+    with pytest.raises(TaskError, match="variant must be one of"):
+        nr.tasks.cot_arithmetic(3, "tree")
+
+
+def test_gsm8k_file_variants(tmp_path):
+    full = nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "full", n_shots=1)
+    assert [p.answer for p in full] == ["72", "10", "5", "624"]
+    nat = full[0].prompt.rsplit("Q : ", 1)[1]
+    assert nat.endswith("A : Natalia sold 48/2 = 24 clips in May . Natalia sold 48+24 =") and "<<" not in nat
+    text = nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "text_only", n_shots=1)[0].prompt.rsplit("Q : ", 1)[1]
+    assert text.endswith("A : Natalia sold 24 clips in May . Natalia sold")
+    eq = nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "equation_only", n_shots=1)[3].prompt.rsplit("Q : ", 1)[1]
+    assert eq.endswith("A : 3*2 = 6 . 6*2 = 12 . 12*52 =")
+    weng = nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "full", n_shots=1)[1].prompt
+    assert weng.endswith("= $10 . The answer is")  # "$10" is not " 10": the final phrase asks for it
+    with pytest.raises(TaskError, match="no such file"):
+        nr.tasks.load_gsm8k(DATA / "missing.jsonl")
+    (tmp_path / "q.jsonl").write_text('{"question": "How many?", "solution": "#### 3"}\n')
+    with pytest.raises(TaskError, match=r"q.jsonl lacks column\(s\) \['answer'\]"):
+        nr.tasks.load_gsm8k(tmp_path / "q.jsonl")
+    with pytest.raises(TaskError, match="arc.jsonl row 0: a GSM8K answer ends with '#### N'"):
+        nr.tasks.load_gsm8k(DATA / "arc.jsonl")  # question/answer columns, but not GSM8K answers
+
+
+def test_activations_match_hooks(tiny):
+    model, hf = tiny
+    prompts = nr.tasks.cot_arithmetic(5, "equation_only", n_steps=1, seed=2)
+    ds = nr.neurons.activations(model, prompts, positions="all", batch_size=2, progress=False)
+    top = nr.neurons.activations(model, prompts, layers=[1], top_k=7, progress=False)
+    ids = [model.tokenizer(p.prompt)["input_ids"] for p in prompts]
+    sums = 0
+    for i, x in enumerate(ids):
+        _, acts, _ = _run(hf, x)
+        for li in range(hf.config.num_hidden_layers):
+            got = ds["activation"].isel(prompt=i, layer=li).values[:, : len(x)].T
+            np.testing.assert_allclose(got, acts[li].numpy(), rtol=1e-5, atol=1e-5)
+        assert np.isnan(ds["activation"].isel(prompt=i).values[..., len(x):]).all()
+        sums = sums + acts[1][-1].abs()
+    want = np.sort(torch.topk(sums, 7).indices.numpy())
+    np.testing.assert_array_equal(top["neuron_id"].sel(layer=1).values, want)
+    last = np.stack([_run(hf, x)[1][1][-1, want].numpy() for x in ids])
+    np.testing.assert_allclose(top["activation"].sel(layer=1).values[:, :, 0], last, rtol=1e-5, atol=1e-5)
+
+
+def test_contributions_logit_lens_and_discovery_match_a_direct_computation(tiny):
+    model, hf = tiny
+    prompts = nr.tasks.cot_arithmetic(6, "full", n_steps=1, seed=3)
+    tok = model.tokenizer
+    ref = []
+    for p in prompts:
+        x = tok(p.prompt)["input_ids"]
+        ans = tok(" " + p.answer, add_special_tokens=False)["input_ids"][0]
+        _, acts, box = _run(hf, x)
+        gamma, u, scale, center = _unembed_rows(hf, box)
+        row = []
+        for li in range(hf.config.num_hidden_layers):
+            w = _directions(hf, li)
+            w = w - w.mean(-1, keepdim=True) if center else w
+            row.append(acts[li][-1] * ((w * gamma / scale) @ u[ans]))
+        ref.append(torch.stack(row).numpy())
+    ref = np.array(ref)  # (prompt, layer, neuron)
+    ids = torch.tensor([tok(p.prompt)["input_ids"] for p in prompts[:1]])
+    got = bn.neuron_contributions(model, ids, torch.tensor([tok(" " + prompts[0].answer, add_special_tokens=False)
+                                                            ["input_ids"][0]]), [0, 1]).numpy()
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-7)
+    found = nr.neurons.discover(model, prompts, top_k=5, min_frequency=0.3, n_tokens=4, progress=False)
+    flat = ref.reshape(len(prompts), -1)
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :5]
+    freq = np.array([(top == u).any(1).mean() for u in range(flat.shape[1])])
+    n = ref.shape[2]
+    want = {(u // n, u % n) for u in np.nonzero(freq >= 0.3 - 1e-12)[0]}
+    assert set(zip(found["layer"].values.tolist(), found["neuron"].values.tolist())) == want and want
+    for u in range(found.sizes["unit"]):
+        li, nn = int(found["layer"][u]), int(found["neuron"][u])
+        assert found["frequency"].values[u] == pytest.approx(freq[li * n + nn])
+        np.testing.assert_allclose(found["contribution"].values[:, u], ref[:, li, nn], rtol=1e-5, atol=1e-7)
+        gamma, uc, _, center = _unembed_rows(hf, _run(hf, ids[0].tolist())[2])
+        w = _directions(hf, li)[nn]
+        w = w - w.mean() if center else w
+        lens = ((w * gamma) @ uc.T).numpy()
+        assert list(found["promoted"].values[u]) == tok.convert_ids_to_tokens(np.argsort(-lens)[:4].tolist())
+        np.testing.assert_allclose(found["promoted_logit"].values[u], np.sort(lens)[::-1][:4], rtol=1e-5, atol=1e-7)
+
+
+def test_ablated_scores_match_hooks(tiny):
+    model, hf = tiny
+    p = nr.tasks.cot_arithmetic(1, "equation_only", seed=5)[0]
+    x = model.tokenizer(p.prompt)["input_ids"]
+    ans = torch.tensor([[7, 9, 11]])
+    plan = [(0, torch.tensor([1, 4]), torch.tensor([0.0, 0.0])), (1, torch.tensor([3]), torch.tensor([2.5]))]
+    s = bn.ablated_scores(model, torch.tensor([x]), ans, plan)
+    logits, _, _ = _run(hf, x, {0: (torch.tensor([1, 4]), torch.zeros(2)), 1: (torch.tensor([3]), torch.tensor([2.5]))})
+    np.testing.assert_allclose(s.logits[0].numpy(), logits[ans[0]].numpy(), rtol=1e-5, atol=1e-5)
+    lp = torch.log_softmax(logits, -1)
+    assert s.rank[0].tolist() == [int((lp > lp[a]).sum()) for a in ans[0]]
+    assert not np.allclose(logits[ans[0]].numpy(), _run(hf, x)[0][ans[0]].numpy())  # the ablation matters
+
+
+def test_cot_neurons_on_the_embedded_model(embedded_model, tmp_path):
+    ds = nr.neurons.cot_neurons(embedded_model, n_prompts=100, progress=False)
+    acc = ds["accuracy"].to_pandas()
+    # Measured 2026-11-23 (200 prompts): none 0.43 / 0 / 0.86 / 0.005; zero 0.34 / 0 / 0.54 / 0.015;
+    # random neurons zeroed 0.44 / 0 / 0.87 / 0.005 (full, text_only, equation_only, no_cot).
+    assert acc.loc["none", "equation_only"] > 0.7 and acc.loc["none", "text_only"] < 0.05
+    assert acc.loc["zero", "equation_only"] < acc.loc["none", "equation_only"] - 0.15
+    assert abs(acc.loc["random", "equation_only"] - acc.loc["none", "equation_only"]) < 0.06
+    act = ds["activation"].mean("unit").to_pandas()
+    assert act["full"] > act["text_only"] + 0.5 and act["equation_only"] > act["no_cot"] + 0.5
+    assert ds.sizes["unit"] >= 5 and (ds["layer"].values == 3).mean() > 0.5
+    # a direct recount of the accuracy: the answer is the argmax of a plain forward
+    tok = embedded_model.tokenizer
+    with torch.no_grad():
+        for k in range(5):
+            text = str(ds["text"].sel(variant="equation_only").values[k])
+            logits = embedded_model._module(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+            answer = tok(" " + str(ds["answer"].values[k]), add_special_tokens=False)["input_ids"][0]
+            assert ds["correct"].sel(ablation="none", variant="equation_only").values[k] == int(logits.argmax() == answer)
+    nr.save_result(ds, tmp_path / "n.nc")
+    assert list(nr.load_result(tmp_path / "n.nc")["promoted"].values[0]) == list(ds["promoted"].values[0])
+
+
+def test_cli_neurons_plot_and_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke
+    res = run(app, ["neurons", "--n-prompts", "40", "--variant", "equation_only", "--variant", "no_cot", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "discovered neurons" in res.output and "random" in res.output
+    path = tmp_path / "results" / "neurons_cot_arithmetic_embedded_main.nc"
+    ds = nr.load_result(path)
+    assert list(ds["variant"].values) == ["full", "equation_only", "no_cot"]  # discovery variant first
+    res = run(app, ["plot", str(path)])
+    assert res.exit_code == 0 and (tmp_path / "results" / "neurons_cot_arithmetic_embedded_main.png").stat().st_size > 5000
+    # GSM8K files run too (meaningful on real models; the embedded vocabulary lacks most words)
+    res = run(app, ["neurons", "--data", str(DATA / "gsm8k.jsonl"), "--n-shots", "0", "--no-progress", "--out",
+                    str(tmp_path / "g.nc")])
+    assert res.exit_code == 0, res.output
+    assert nr.load_result(tmp_path / "g.nc").sizes["prompt"] == 3  # 624 is two tokens here: left out
+    for args, msg in [(["--variant", "tree"], "unknown variant"), (["--min-frequency", "0"], "min_frequency"),
+                      (["--n-shots", "6", "--n-steps", "3"], "context")]:
+        res = run(app, ["neurons", "--n-prompts", "10", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
+        assert res.exit_code == 2 and msg in res.output, res.output
+        assert not (tmp_path / "bad.nc").exists()
+
+
+def test_neuron_bad_input(embedded_model):
+    prompts = nr.tasks.cot_arithmetic(4)
+    with pytest.raises(UsageError, match="top_k must be"):
+        nr.neurons.activations(embedded_model, prompts, top_k=0, progress=False)
+    with pytest.raises(UsageError, match="positions must be"):
+        nr.neurons.activations(embedded_model, prompts, positions="first", progress=False)
+    with pytest.raises(UsageError, match="layer 9 is out of range"):
+        nr.neurons.discover(embedded_model, prompts, layers=[9], progress=False)
