@@ -232,3 +232,13 @@ def test_edge_attribution_and_faithfulness_run_remotely_like_locally(ndif, embed
     remote = circuits.eap(embedded_model, pairs, remote=ndif.host, **kw)
     assert_same_values(remote, local)
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] == local.attrs["n_forward_passes"] >= 3
+
+
+def test_cot_neurons_run_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    """Contributions, logit lens, activations and ablations all run on the server."""
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    kw = dict(n_prompts=12, variants=("equation_only",), top_k=10, min_frequency=0.3, batch_size=16, progress=False)
+    local = nr.neurons.cot_neurons(embedded_model, **kw)
+    remote = nr.neurons.cot_neurons(embedded_model, remote=ndif.host, **kw)
+    assert local.sizes["unit"] > 0 and list(remote["promoted"].values.ravel()) == list(local["promoted"].values.ravel())
+    assert_same_values(remote.drop_vars("promoted"), local.drop_vars("promoted"))
