@@ -1,10 +1,8 @@
-"""``reason-interp heads``, ``circuit`` and ``neurons`` (registered in ``main``): attention-head
-scores and edge-attribution circuits (over checkpoints too), and CoT arithmetic neurons."""
+"""``reason-interp heads`` and ``reason-interp circuit`` (registered in ``main``): attention-head
+scores and edge-attribution circuits, over checkpoints too."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import typer
@@ -119,53 +117,3 @@ def circuit(
         out.print(f"overlap (Jaccard) of top-{size} circuits with the last checkpoint: " + ", ".join(
             f"{n} {jac[k, -1]:.2f}" for k, n in enumerate(steps)), highlight=False)
 
-
-@guard
-def neurons(
-    model: Model = None,
-    revision: Revision = None,
-    n_prompts: int = typer.Option(200, help="problems per variant"),
-    variant: List[str] = typer.Option([], help="prompt variant(s) to compare (repeatable); default all four"),
-    data: Optional[Path] = typer.Option(None, help="GSM8K-style JSON Lines (question/answer); default: synthetic "
-                                                   "word problems"),
-    n_shots: int = typer.Option(1, help="solved exemplars before each problem"),
-    n_steps: int = typer.Option(2, help="synthetic problems: steps per problem"),
-    seed: Seed = 0,
-    discover_on: str = typer.Option("full", help="the variant whose prompts the neurons are discovered on"),
-    top_k: int = typer.Option(20, help="neurons kept per prompt, by contribution to its answer"),
-    min_frequency: float = typer.Option(0.25, help="a neuron is discovered if in the top k of this fraction of "
-                                                   "prompts"),
-    batch_size: int = typer.Option(64, help="most prompts per forward pass (remote: per request)"),
-    remote: Remote = False,
-    out_file: OutFile = None,
-    progress: Progress = True,
-) -> None:
-    """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
-    them by the tokens they promote, and measure them and their ablation per prompt variant."""
-    import nnsight_reasoning as nr
-
-    path = out_path(out_file, "neurons", "cot_arithmetic", model or "embedded", revision or "main")
-    t0 = time.time()
-    m = nr.load_model(model, revision)
-    ds = nr.neurons.cot_neurons(m, n_prompts=n_prompts, variants=variant or nr.tasks.COT_VARIANTS, data=data,
-                                n_shots=n_shots, n_steps=n_steps, seed=seed, discover_on=discover_on, top_k=top_k,
-                                min_frequency=min_frequency, batch_size=batch_size, remote=remote, progress=progress)
-    nr.save_result(ds, path)
-    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({ds.sizes['unit']} neurons discovered on "
-              f"{discover_on})", highlight=False)
-    table = Table(title="discovered neurons (most recurrent first)")
-    for col in ("neuron", "frequency", "mean contribution", "promotes", *[str(v) for v in ds["variant"].values]):
-        table.add_column(col)
-    for u in range(min(12, ds.sizes["unit"])):
-        v = ds.isel(unit=u)
-        table.add_row(f"L{int(v['layer'])}N{int(v['neuron'])}", f"{float(v['frequency']):.2f}",
-                      f"{float(v['mean_contribution']):+.2f}", " ".join(map(str, v["promoted"].values[:4])),
-                      *[f"{x:.2f}" for x in v["activation"].values])
-    out.print(table)
-    acc = Table(title="accuracy per variant (rows: ablation of the discovered neurons; random = as many other neurons)")
-    acc.add_column("ablation")
-    for name in ds["variant"].values:
-        acc.add_column(str(name), justify="right")
-    for a in ds["ablation"].values:
-        acc.add_row(str(a), *[f"{x:.3f}" for x in ds["accuracy"].sel(ablation=a).values])
-    out.print(acc)

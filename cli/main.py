@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from . import circuits, reasoning
+from . import circuits, mechanisms, reasoning
 from .common import (Model, OutFile, Param, Progress, Remote, Restart, Revision, Revisions, Seed, Task, fail, guard,
                      out, out_path, revision_label, sweep_revisions, task_params)
 
@@ -300,7 +300,8 @@ app.command()(reasoning.attention)
 app.command()(reasoning.probe)
 app.command()(circuits.heads)
 app.command()(circuits.circuit)
-app.command()(circuits.neurons)
+app.command()(mechanisms.neurons)
+app.command()(mechanisms.binding)
 
 remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
 app.add_typer(remote_app, name="remote")

@@ -13,6 +13,7 @@ from .embedded import revisions as embedded_revisions  # noqa: F401  (importable
 from .errors import RunError, UsageError
 from .checkpoints import over_revisions, parse_revisions  # noqa: F401  (parse_revisions: importable, not listed)
 from .attention import attention
+from .binding import binding
 from .evaluate import evaluate
 from .heads import head_scores
 from .metrics import METRICS
@@ -20,13 +21,13 @@ from .models import ModelInfo, load_model  # noqa: F401  (ModelInfo: importable,
 from .patching import patch
 from .probe import probe
 from .plotting import plot_result
-from .results import assert_valid_result, load_result, save_result
+from .results import assert_valid_result, load_result, save_result  # noqa: F401  (assert_valid_result: not listed)
 from .sites import SITES
 from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "patch", "attention", "probe", "head_scores", "circuits", "neurons",
-    "evaluate", "over_revisions", "plot_result", "save_result", "load_result", "assert_valid_result",
+    "tasks", "load_model", "patch", "attention", "probe", "head_scores", "circuits", "neurons", "binding",
+    "evaluate", "over_revisions", "plot_result", "save_result", "load_result",
     "SITES", "METRICS", "PromptPair", "PromptPairs", "UsageError", "RunError",
 ]

@@ -1,5 +1,6 @@
 """Figures for neuron results: activation of the discovered neurons per prompt variant and
-accuracy per variant under ablation (``cot_neurons``); neuron recurrence (``discover``)."""
+accuracy per variant under ablation (``cot_neurons``); neuron recurrence (``discover``); and
+binding-ID results (``binding``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,4 +44,34 @@ def neurons_figure(ds: xr.Dataset):
     right.legend(title="ablation", fontsize=7, title_fontsize=7)
     right.set_title("accuracy per variant, neurons ablated", fontsize=9)
     fig.suptitle(f"CoT arithmetic neurons (discovered on {ds.attrs.get('discover_on')}) · {title}", fontsize=9)
+    return fig
+
+
+def binding_figure(ds: xr.Dataset):
+    """Accuracy of each binding measure against chance, and the binding-ID vectors' norms."""
+    import matplotlib.pyplot as plt
+
+    names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
+    for t in ds["target"].values:
+        names.append(f"factor:\n{t}")
+        values.append(float(ds["factor_accuracy"].sel(target=t)))
+    for i in ds["intervention"].values:
+        for v in ds["vector"].values:
+            names.append(f"swap {i}\n({v})")
+            values.append(float(ds["swap_accuracy"].sel(intervention=i, vector=v)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1.2]})
+    colors = ["0.3", "0.5"] + ["tab:blue"] * 2 + ["tab:red", "tab:gray"] * 2
+    left.bar(range(len(values)), values, color=colors[: len(values)])
+    left.axhline(float(ds.attrs.get("chance", 0.5)), color="k", ls=":", lw=0.8, label="chance")
+    left.set_xticks(range(len(names)), names, fontsize=7)
+    left.set_ylim(0, 1)
+    left.set_ylabel("accuracy")
+    left.legend(fontsize=7)
+    for i in ds["intervention"].values:
+        right.plot(ds["depth"].values, ds["delta_norm"].sel(intervention=i).values, "o-", ms=3, label=str(i))
+    right.set_xlabel("depth (0 = embeddings)")
+    right.set_ylabel("|Δ| (binding-ID vector)")
+    right.legend(fontsize=7)
+    fig.suptitle(f"binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+                 f"{ds.sizes['query']} pairs per context", fontsize=9)
     return fig

@@ -35,7 +35,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     (:func:`nnsight_reasoning.circuits.eap`): ``kind`` "circuit" (the graph of the smallest
     circuit with faithfulness >= 0.8, else the largest), "faithfulness" (by circuit size,
     per checkpoint) or "overlap" (Jaccard across checkpoints). CoT neurons: activation of the
-    discovered neurons per variant and accuracy per variant under ablation.
+    discovered neurons per variant and accuracy per variant under ablation. Binding IDs: each
+    measure's accuracy against chance, and the binding-ID vectors' norms by depth.
 
     Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
     checkpoint at a single position, else one row per checkpoint (colour scale shared down
@@ -46,7 +47,7 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
 
     from .plot_attention import attention_figure, heads_figure, probe_figure
     from .plot_circuits import circuit_figure
-    from .plot_neurons import neurons_figure
+    from .plot_neurons import binding_figure, neurons_figure
 
     sites = site_variables(ds)
     method = ds.attrs.get("method")
@@ -58,6 +59,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
         fig = circuit_figure(ds, kind)
     elif method in ("cot_neurons", "neuron_discovery"):
         fig = neurons_figure(ds)
+    elif method == "binding_ids":
+        fig = binding_figure(ds)
     elif method in ("neuron_activations", "edge_patching"):
         raise UsageError(f"{method} results have no standard figure; plot their variables with xarray")
     elif method == "mechanistic_probe":
