@@ -242,3 +242,10 @@ def test_cot_neurons_run_remotely_like_locally(ndif, embedded_model, monkeypatch
     remote = nr.neurons.cot_neurons(embedded_model, remote=ndif.host, **kw)
     assert local.sizes["unit"] > 0 and list(remote["promoted"].values.ravel()) == list(local["promoted"].values.ravel())
     assert_same_values(remote.drop_vars("promoted"), local.drop_vars("promoted"))
+
+
+def test_binding_runs_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    """Residual reads, edits and position-id changes on the server."""
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    kw = dict(n_contexts=6, n_estimate=6, batch_size=8, progress=False)
+    assert_same_values(nr.binding(embedded_model, remote=ndif.host, **kw), nr.binding(embedded_model, **kw))
