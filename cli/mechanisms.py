@@ -92,7 +92,7 @@ def binding(
     table.add_column("accuracy", justify="right")
     rows = [("clean", ds["accuracy"]), ("positions of pairs 0 and 1 exchanged", ds["position_accuracy"])]
     rows += [(f"factorizability: {t} substituted", ds["factor_accuracy"].sel(target=t)) for t in ds["target"].values]
-    rows += [(f"swap by {v} vector on {i}s", ds["swap_accuracy"].sel(intervention=i, vector=v))
+    rows += [(f"swap by {v} vector on {i} tokens", ds["swap_accuracy"].sel(intervention=i, vector=v))
              for i in ds["intervention"].values for v in ds["vector"].values]
     for name, value in rows:
         table.add_row(name, f"{float(value):.3f}")

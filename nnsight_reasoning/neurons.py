@@ -11,8 +11,9 @@ projection at index n, its output direction w_n that projection's column n.
   token, a_n · (w_n through the final norm, scale frozen) · (W_U[answer] − mean W_U), at the
   last position; its ``top_k`` neurons; (2) the neurons in the top k of at least
   ``min_frequency`` of the prompts; (3) each described by the tokens its output direction
-  promotes most (logit lens of w_n). An LLM labeller could name them from those tokens; none
-  is built in, so no key is ever needed or stored.
+  promotes most (logit lens of w_n). ``labeller``, a function you pass (for example one that
+  asks an LLM with your own key), can name each neuron from those tokens; it is off by
+  default, the toolkit never sees a key, and only the returned label is stored.
 - :func:`cot_neurons`: the paper's link between neurons and prompt variants. The same
   problems in every variant (``full``, ``text_only``, ``equation_only``, ``no_cot``; see
   ``nr.tasks.cot_arithmetic``); neurons discovered on one variant; their mean activation
@@ -21,7 +22,7 @@ projection at index n, its output direction w_n that projection's column n.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +152,7 @@ def discover(
     top_k: int = 20,
     min_frequency: float = 0.25,
     n_tokens: int = 8,
+    labeller: Callable[[list[str]], str] | None = None,
     batch_size: int = 64,
     remote: bool | str = False,
     progress: bool = True,
@@ -161,7 +163,8 @@ def discover(
     ``neuron``) with ``frequency`` (fraction of prompts with the unit in their top k),
     ``mean_contribution`` (logits, over all prompts), ``contribution`` (prompt, unit), and
     ``promoted`` / ``promoted_logit`` (unit, rank): the ``n_tokens`` tokens its output
-    direction raises most. ``prompts`` need ``.prompt`` and ``.answer`` (one token).
+    direction raises most; with ``labeller``, ``label`` (unit): ``labeller(promoted tokens)``.
+    ``prompts`` need ``.prompt`` and ``.answer`` (one token).
     """
     if isinstance(model, (str, Path)):
         model = load_model(model)
@@ -190,13 +193,15 @@ def discover(
         tok_val, promoted = torch.zeros((0, n_tokens)), np.zeros((0, n_tokens), dtype=object)
     attrs = _attrs(model, prompts, "neuron_discovery", "direct_logit_contribution", remote)
     attrs.update(top_k=top_k, min_frequency=min_frequency, n_candidates=int(flat.shape[1]))
+    labels = {} if labeller is None else {"label": ("unit", np.array([str(labeller([str(t) for t in row]))
+                                                                      for row in promoted], dtype=object))}
     return xr.Dataset(
         {"frequency": ("unit", freq[found], {"long_name": f"fraction of prompts with the neuron in their top {top_k}"}),
          "mean_contribution": ("unit", mean[found], {"long_name": "mean direct contribution to the answer logit",
                                                      "units": "logits"}),
          "contribution": (("prompt", "unit"), flat[:, found], {"units": "logits"}),
          "promoted": (("unit", "rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
-         "promoted_logit": (("unit", "rank"), tok_val.numpy(), {"units": "logits per unit activation"})},
+         "promoted_logit": (("unit", "rank"), tok_val.numpy(), {"units": "logits per unit activation"}), **labels},
         coords={"unit": np.arange(len(found)), "layer": ("unit", np.array(unit_layer, dtype=int)),
                 "neuron": ("unit", np.array(unit_neuron, dtype=int)), "rank": np.arange(n_tokens),
                 "prompt": np.arange(n), "text": ("prompt", _texts(prompts))},
@@ -218,6 +223,7 @@ def cot_neurons(
     discover_on: str = "full",
     top_k: int = 20,
     min_frequency: float = 0.25,
+    labeller: Callable[[list[str]], str] | None = None,
     batch_size: int = 64,
     remote: bool | str = False,
     progress: bool = True,
@@ -245,8 +251,8 @@ def cot_neurons(
         return cot_arithmetic(n_prompts, v, n_shots=n_shots, n_steps=n_steps, seed=seed, tokenizer=model.tokenizer)
 
     sets = {v: make(v) for v in variants}
-    found = discover(model, sets[discover_on], top_k=top_k, min_frequency=min_frequency, batch_size=batch_size,
-                     remote=remote, progress=progress)
+    found = discover(model, sets[discover_on], top_k=top_k, min_frequency=min_frequency, labeller=labeller,
+                     batch_size=batch_size, remote=remote, progress=progress)
     units = list(zip(found["layer"].values.tolist(), found["neuron"].values.tolist()))
     layers = sorted({li for li, _ in units})
     width = max([sum(1 for li, _ in units if li == layer) for layer in layers], default=0)

@@ -167,7 +167,16 @@ def test_contributions_logit_lens_and_discovery_match_a_direct_computation(tiny)
     got = bn.neuron_contributions(model, ids, torch.tensor([tok(" " + prompts[0].answer, add_special_tokens=False)
                                                             ["input_ids"][0]]), [0, 1]).numpy()
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-7)
-    found = nr.neurons.discover(model, prompts, top_k=5, min_frequency=0.3, n_tokens=4, progress=False)
+    seen = []
+
+    def labeller(tokens):  # what a user's LLM call would receive: the promoted tokens, no key
+        seen.append(tokens)
+        return "digits" if all(t.isdigit() for t in tokens) else "mixed"
+
+    found = nr.neurons.discover(model, prompts, top_k=5, min_frequency=0.3, n_tokens=4, labeller=labeller,
+                                progress=False)
+    assert [list(r) for r in found["promoted"].values] == seen and len(seen) == found.sizes["unit"]
+    assert set(found["label"].values) <= {"digits", "mixed"}
     flat = ref.reshape(len(prompts), -1)
     top = np.argsort(-flat, axis=1, kind="stable")[:, :5]
     freq = np.array([(top == u).any(1).mean() for u in range(flat.shape[1])])
