@@ -219,8 +219,11 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
         table.add_column("what")
         table.add_column("commands")
         for t in TASKS.values():
-            table.add_row(t.name, t.summary, ", ".join(c for c, ok in (("patch", t.pairs), ("evaluate", True),
-                                                                     ("attention, probe", t.labelled)) if ok))
+            # circuit takes any task with pairs; neurons and binding have their own prompt builders
+            extra = {"cot_arithmetic": "neurons", "binding": "binding"}.get(t.name)
+            table.add_row(t.name, t.summary, ", ".join(c for c, ok in (
+                ("patch, circuit", t.pairs), ("evaluate", True), ("attention, probe", t.labelled), (extra, extra))
+                if ok))
         out.print(table)
         return
     t = get_task(name)

@@ -47,8 +47,12 @@ def test_show_and_plot(result_file, tmp_path):
 
 
 def test_tasks_models_evaluate(tmp_path):
-    res = runner.invoke(app, ["tasks"])
+    res = runner.invoke(app, ["tasks"], terminal_width=200)
     assert res.exit_code == 0 and "arithmetic" in res.stdout and "kth_smallest" in res.stdout
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in res.stdout.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows["arithmetic"] == "patch, circuit, evaluate" and rows["cot_arithmetic"] == "evaluate, neurons"
+    assert rows["binding"] == "evaluate, binding" and rows["kth_smallest"].endswith("attention, probe")
     res = runner.invoke(app, ["tasks", "arithmetic"])
     assert res.exit_code == 0
     for name in ("intervention_type", "n_operands", "n_shots", "max_n", "representation", "templates", "seed"):
