@@ -33,8 +33,13 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    # In Jupyter, rich's capture of stdout/stderr re-enters its own display when an nnsight trace
+    # writes (RecursionError in every notebook cell with a bar), so output is left alone there.
+    redirect = not console.is_jupyter
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+                  TimeRemainingColumn(), console=console, transient=False, redirect_stdout=redirect,
+                  redirect_stderr=redirect) as bar:
         _live = bar
         try:
             yield from _advance(bar, bar.add_task(description, total=n), items, description, label)
