@@ -228,6 +228,36 @@ def test_cot_neurons_on_the_embedded_model(embedded_model, tmp_path):
             logits = embedded_model._module(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
             answer = tok(" " + str(ds["answer"].values[k]), add_special_tokens=False)["input_ids"][0]
             assert ds["correct"].sel(ablation="none", variant="equation_only").values[k] == int(logits.argmax() == answer)
+    # the per-variant activation and the zero ablation, recomputed with a hook on the MLP output projection
+    hf, proj = embedded_model._module, {}
+    layer, neuron = int(ds["layer"][0]), int(ds["neuron"][0])
+    units = {int(n) for l, n in zip(ds["layer"].values, ds["neuron"].values) if l == layer}
+    assert len(units) == ds.sizes["unit"]  # measured: all discovered units are in layer 3, so one hook ablates them
+
+    def pre(m, args):
+        proj["last"] = float(args[0][0, -1, neuron])
+        if proj.get("zero"):
+            x = args[0].clone()
+            x[..., sorted(units)] = 0
+            return (x,) + tuple(args[1:])
+
+    hook = hf.gpt_neox.layers[layer].mlp.dense_4h_to_h.register_forward_pre_hook(pre)
+    try:
+        acts = []
+        with torch.no_grad():
+            for text in ds["text"].sel(variant="equation_only").values:
+                hf(torch.tensor([tok(str(text))["input_ids"]]))
+                acts.append(proj["last"])
+            proj["zero"] = True
+            for k in range(5):
+                text = str(ds["text"].sel(variant="equation_only").values[k])
+                logits = hf(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+                answer = tok(" " + str(ds["answer"].values[k]), add_special_tokens=False)["input_ids"][0]
+                assert ds["correct"].sel(ablation="zero", variant="equation_only").values[k] == int(
+                    logits.argmax() == answer)
+    finally:
+        hook.remove()
+    assert float(ds["activation"].sel(variant="equation_only").values[0]) == pytest.approx(np.mean(acts), rel=1e-4)
     nr.save_result(ds, tmp_path / "n.nc")
     assert list(nr.load_result(tmp_path / "n.nc")["promoted"].values[0]) == list(ds["promoted"].values[0])
 
