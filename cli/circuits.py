@@ -29,6 +29,7 @@ def heads(
     attention head."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.heads import SCORES, grid
+    from nnsight_reasoning.results import last_checkpoint
 
     names = sweep_revisions(model, revision, revisions)
     path = out_path(out_file, "heads", "repeated_tokens", model or "embedded", revision_label(revision, names))
@@ -38,8 +39,8 @@ def heads(
                         remote=remote, progress=progress, revisions=names)
     nr.save_result(ds, path)
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({n_sequences} sequences)", highlight=False)
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
-    rev = str(ds["checkpoint"].values[-1]) if "checkpoint" in ds.dims else ds.attrs["revision"]
+    last = last_checkpoint(ds)
+    rev = last.attrs["revision"]
     table = Table(title=f"top heads per score ({ds.attrs['model']}@{rev}, mean over sequences)")
     for col in ("score", "chance", "1st", "2nd", "3rd"):
         table.add_column(col)
@@ -72,6 +73,7 @@ def circuit(
     faithfulness by real patching (Tigges et al. 2024); over checkpoints with --revisions."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.results import last_checkpoint
 
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -93,8 +95,8 @@ def circuit(
     nr.save_result(ds, path)
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({ds.attrs['method']}, {n_prompts} pairs)",
               highlight=False)
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
-    rev = str(ds["checkpoint"].values[-1]) if "checkpoint" in ds.dims else ds.attrs["revision"]
+    last = last_checkpoint(ds)
+    rev = last.attrs["revision"]
     table = Table(title=f"circuits of {ds.attrs['model']}@{rev}: clean logit diff "
                         f"{float(last['clean_logit_diff'].mean()):.2f}, corrupted {float(last['corrupt_logit_diff'].mean()):.2f}")
     for col in ("top-n", "edges kept", "nodes", "faithfulness", "circuit / clean"):

@@ -70,6 +70,7 @@ def attention(
 ) -> None:
     """Attention patterns, head entropy and attention mass per reasoning step (Hou et al. 2023)."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.results import last_checkpoint
 
     t0 = time.time()
     prompts, names, path, m = _setup("attention", task, data, model, revision, revisions, n_prompts, seed, param,
@@ -78,7 +79,7 @@ def attention(
                       batch_size=batch_size, remote=remote, progress=progress, revisions=names)
     nr.save_result(ds, path)
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({len(prompts)} prompts)", highlight=False)
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
+    last = last_checkpoint(ds)
     mass = last["mass"].mean("prompt")
     table = Table(title=f"heads by attention from the answer position to useful statements "
                         f"({last.attrs['revision']}, mean over prompts)")
@@ -121,6 +122,7 @@ def probe(
 ) -> None:
     """MechanisticProbe: kNN probes for useful statements and reasoning steps on attention, per layer."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.results import last_checkpoint
 
     t0 = time.time()
     prompts, names, path, m = _setup("probe", task, data, model, revision, revisions, n_prompts, seed, param,
@@ -129,8 +131,8 @@ def probe(
                   batch_size=batch_size, remote=remote, progress=progress, revisions=names)
     nr.save_result(ds, path)
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({len(prompts)} prompts)", highlight=False)
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
-    table = Table(title=f"macro F1 (out-of-fold) · {last.attrs['revision']} vs baseline {baseline}")
+    last = last_checkpoint(ds)
+    table = Table(title=f"macro F1 (out-of-fold) · {ds.attrs['revision']} vs baseline {baseline}")
     table.add_column("probe")
     table.add_column("layer", justify="right")
     for col in ("F1", "baseline F1", "score") if baseline != "none" else ("F1",):

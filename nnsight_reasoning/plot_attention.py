@@ -6,19 +6,13 @@ import numpy as np
 import xarray as xr
 
 from .errors import UsageError
+from .results import last_checkpoint
 
 ATTENTION_KINDS = ("heatmap", "entropy", "mass")
 
 
 def _title(ds: xr.Dataset) -> str:
     return f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}"
-
-
-def _one_checkpoint(ds: xr.Dataset) -> xr.Dataset:
-    """A sweep's last checkpoint (the trained model), for figures that show one model."""
-    if "checkpoint" not in ds.dims:
-        return ds
-    return ds.isel(checkpoint=-1).assign_attrs(revision=str(ds["checkpoint"].values[-1]))
 
 
 def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
@@ -31,8 +25,8 @@ def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
             raise UsageError("this result holds no attention patterns (it was run with patterns='none')")
         if not 0 <= prompt < ds.sizes["prompt"]:
             raise UsageError(f"prompt {prompt} is out of range: the result has prompts 0..{ds.sizes['prompt'] - 1}")
-        return _heatmap(_one_checkpoint(ds), prompt)
-    return _entropy(ds) if kind == "entropy" else _mass(_one_checkpoint(ds))
+        return _heatmap(last_checkpoint(ds), prompt)
+    return _entropy(ds) if kind == "entropy" else _mass(last_checkpoint(ds))
 
 
 def _heatmap(ds: xr.Dataset, prompt: int):
@@ -153,7 +147,7 @@ def heads_figure(ds: xr.Dataset):
     from .heads import SCORES, grid
 
     sweep = "checkpoint" in ds.dims
-    last = _one_checkpoint(ds)
+    last = last_checkpoint(ds)
     fig, axes = plt.subplots(2 if sweep else 1, len(SCORES), figsize=(4.0 * len(SCORES), 7.0 if sweep else 3.6),
                              squeeze=False)
     for ax, score in zip(axes[0], SCORES):

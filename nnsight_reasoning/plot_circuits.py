@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import UsageError
+from .results import last_checkpoint
 
 CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap")
 
@@ -13,7 +14,7 @@ CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap")
 def chosen_size(ds: xr.Dataset) -> int:
     """The circuit size a figure shows: the smallest whose faithfulness reaches 0.8 on the
     (last) checkpoint, else the largest measured."""
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
+    last = last_checkpoint(ds)
     if last.sizes["size"] == 0:
         raise UsageError("this result has no circuits (it was run with sizes=()); rerun with --sizes")
     ok = last["size"].values[last["faithfulness"].values >= 0.8]
@@ -51,9 +52,8 @@ def _graph(ds: xr.Dataset):
     import matplotlib.pyplot as plt
 
     size = chosen_size(ds)
-    sweep = "checkpoint" in ds.dims
-    last = ds.isel(checkpoint=-1) if sweep else ds
-    rev = str(ds["checkpoint"].values[-1]) if sweep else ds.attrs.get("revision")
+    last = last_checkpoint(ds)
+    rev = last.attrs.get("revision")
     n_layers, n_heads = int(ds.attrs["n_layers"]), int(ds.attrs["n_heads"])
     keep = last["in_circuit"].sel(size=size).values.astype(bool)
     score = last["score"].values

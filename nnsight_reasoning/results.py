@@ -94,6 +94,14 @@ def assert_valid_result(ds: xr.Dataset) -> None:
     json.loads(ds.attrs["task_params"])
 
 
+def last_checkpoint(ds: xr.Dataset) -> xr.Dataset:
+    """A sweep's last checkpoint (the trained model) with ``attrs["revision"]`` naming it; a
+    single-revision result as it is."""
+    if "checkpoint" not in ds.dims:
+        return ds
+    return ds.isel(checkpoint=-1).assign_attrs(revision=str(ds["checkpoint"].values[-1]))
+
+
 def site_variables(ds: xr.Dataset) -> list[str]:
     """Names of the site variables present in ``ds``, in forward order."""
     return [var_name(s) for s in SITES if var_name(s) in ds.data_vars]
