@@ -21,7 +21,7 @@ from .models import load_model, model_info
 from .progress import progress_bar
 from .results import provenance
 from .sites import check_heads, check_layers, dims
-from .tasks.base import group_by_length
+from .tasks.base import length_batches
 from .tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 
 PATTERNS = ("last", "all", "none")
@@ -96,7 +96,7 @@ def attention(
     entropy = np.zeros((n, n_l, n_h))
     mass = np.zeros((n, n_l, n_h, len(groups)))
     n_tokens = np.zeros((n, len(groups)), np.int64)
-    chunks = [g[j:j + batch_size] for g in group_by_length(lengths) for j in range(0, len(g), batch_size)]
+    chunks = length_batches(lengths, batch_size)
     traffic = _remote.TRAFFIC.copy()
     for chunk in progress_bar(chunks, "attention", enabled=progress):
         probs = backend.attention_probs(model, torch.tensor([ids[i] for i in chunk]), layer_list,

@@ -27,14 +27,14 @@ import torch
 
 from . import backend
 from .parts import Parts
-from .tasks.base import group_by_length
+from .tasks.base import length_batches
 
 
 def plan(lengths: list[int], batch_size: int, ig_steps: int = 1) -> list[list[int]]:
     """Pair indices per pass: equal-length pairs, each taking a source, a base and (with
     integrated gradients) ``ig_steps`` interpolated rows of the ``batch_size``."""
     per = max(1, batch_size // (2 + (ig_steps if ig_steps > 1 else 0)))
-    return [idx[j : j + per] for idx in group_by_length(lengths) for j in range(0, len(idx), per)]
+    return length_batches(lengths, per)
 
 
 def run_pass(model: Any, k: int, pair_idx: list[int], base_ids, source_ids, answers, sites: list[str],

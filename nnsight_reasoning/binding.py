@@ -50,8 +50,8 @@ def _positions(model: Any, ctx: BindingContext, text: str) -> tuple[list[int], l
 
     def find(word: str, start: int) -> int:
         at = text.index(word, start)
-        hits = [i for i, (a, b) in enumerate(spans) if a <= at < b or (a == at and b > a)]
-        if len(hits) != 1 or spans[hits[0]][1] - at > len(word) + 1 or text[spans[hits[0]][0]:spans[hits[0]][1]].strip() != word:
+        hits = [i for i, (a, b) in enumerate(spans) if a <= at < b]  # spans never overlap: at most one
+        if not hits or text[slice(*spans[hits[0]])].strip() != word:
             raise UsageError(f"{word!r} is not a single token for this tokenizer; binding needs one-token names")
         return hits[0]
 
@@ -61,13 +61,6 @@ def _positions(model: Any, ctx: BindingContext, text: str) -> tuple[list[int], l
         atts.append(find(a, text.index(e, cursor) + len(e)))
         cursor = text.index(a, cursor) + len(a)
     return ids, ents, atts
-
-
-def _answer_ids(model: Any, words) -> list[int]:
-    out = [backend.answer_token(model, w) for w in words]
-    if None in out:
-        raise UsageError(f"attribute {list(words)[out.index(None)]!r} is not a single token for this model")
-    return out
 
 
 def binding(
@@ -105,7 +98,7 @@ def binding(
             perm[ents[0]:ents[0] + span], perm[ents[1]:ents[1] + span] = perm[ents[1]:ents[1] + span], \
                 perm[ents[0]:ents[0] + span]
             rows.append({"ids": ids, "ents": ents, "atts": atts, "k": k, "perm": perm,
-                         "cand": _answer_ids(model, list(c.attributes) + [d.attributes[k]]),
+                         "cand": backend.answer_tokens(model, list(c.attributes) + [d.attributes[k]], "attribute"),
                          "donor": _positions(model, d, d.text(k))[0],
                          "renamed": _positions(model, c, c.text(k, entity=d.entities[k]))[0],
                          "valid": (d.entities[k] not in c.entities, d.attributes[k] not in c.attributes)})

@@ -40,6 +40,7 @@ from .patching import tokenize_pairs
 from .progress import progress_bar
 from .results import provenance
 from .tasks import PromptPair, PromptPairs, ReasoningPrompts
+from .tasks.base import length_batches
 
 DEFAULT_SIZES = (10, 20, 50, 100, 200)
 
@@ -161,7 +162,7 @@ def _edge_patched(model, base_ids, source_ids, answers, removed, batch_size, rem
     per = max(1, batch_size - 1)
     chunks = [list(range(k, min(k + per, c))) for k in range(0, c, per)]
     lengths = [len(b) for b in base_ids]
-    jobs = [(ch, job) for ch in chunks for job in attribution.plan(lengths, 2 * max(1, batch_size // (1 + len(ch))))]
+    jobs = [(ch, job) for ch in chunks for job in length_batches(lengths, max(1, batch_size // (1 + len(ch))))]
     for ch, job in progress_bar(jobs, label, enabled=progress):
         ids = torch.tensor([source_ids[i] for i in job] + [base_ids[i] for i in job])
         logits = graph.edge_patched_logits(model, ids, torch.tensor([answers[i] for i in job] * 2),

@@ -10,13 +10,12 @@ import xarray as xr
 
 from . import backend
 from . import remote as _remote
-from .errors import UsageError
 from .models import load_model, model_info
 from .parts import Parts, digest
 from .progress import progress_bar
 from .results import provenance
 from .tasks import Example, get_task
-from .tasks.base import group_by_length
+from .tasks.base import length_batches
 
 
 def evaluate(
@@ -61,12 +60,8 @@ def evaluate(
     _remote.preflight(model, remote)
     examples: list[Example] = info.examples(n=n_prompts, seed=seed, tokenizer=model.tokenizer, **task_params)
     ids = backend.tokenize(model, [e.prompt for e in examples])
-    answers = [backend.answer_token(model, e.answer) for e in examples]
-    if None in answers:
-        k = answers.index(None)
-        raise UsageError(f"answer {examples[k].answer!r} is not a single token for this model")
-    chunks = [idx[j : j + batch_size] for idx in group_by_length([len(x) for x in ids])
-              for j in range(0, len(idx), batch_size)]
+    answers = backend.answer_tokens(model, [e.answer for e in examples])
+    chunks = length_batches([len(x) for x in ids], batch_size)
     lp = np.zeros(len(examples))
     rank = np.zeros(len(examples), dtype=np.int64)
     m = model_info(model)

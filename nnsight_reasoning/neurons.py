@@ -36,27 +36,12 @@ from .models import load_model, model_info
 from .progress import progress_bar
 from .results import provenance
 from .sites import check_layers, dims
-from .tasks.base import group_by_length
+from .tasks.base import length_batches
 from .tasks.cot import VARIANTS, CotPrompt, cot_arithmetic, load_gsm8k
 
 
 def _texts(prompts: Sequence[Any]) -> list[str]:
     return [p if isinstance(p, str) else p.prompt for p in prompts]
-
-
-def _chunks(ids: list[list[int]], batch_size: int) -> list[list[int]]:
-    return [idx[j : j + batch_size] for idx in group_by_length([len(x) for x in ids])
-            for j in range(0, len(idx), batch_size)]
-
-
-def _answers(model: Any, prompts: Sequence[Any]) -> list[int]:
-    out = []
-    for k, p in enumerate(prompts):
-        t = backend.answer_token(model, p.answer)
-        if t is None:
-            raise UsageError(f"answer {p.answer!r} of prompt {k} is not a single token for this model")
-        out.append(t)
-    return out
 
 
 def _n_neurons(model: Any) -> int:
@@ -92,7 +77,7 @@ def activations(
         raise UsageError("no prompts given")
     ids = backend.tokenize(model, texts)
     _remote.preflight(model, remote)
-    chunks = _chunks(ids, batch_size)
+    chunks = length_batches([len(x) for x in ids], batch_size)
     last = positions == "last"
     n_all = _n_neurons(model)
     select = None
@@ -135,9 +120,10 @@ def _attrs(model, prompts, method, metric, remote, **params) -> dict:
 
 def _contributions(model, prompts, layer_list, batch_size, remote, progress) -> np.ndarray:
     ids = backend.tokenize(model, _texts(prompts))
-    answers = _answers(model, prompts)
+    answers = backend.answer_tokens(model, [p.answer for p in prompts])
     out = np.zeros((len(ids), len(layer_list), _n_neurons(model)))
-    for chunk in progress_bar(_chunks(ids, batch_size), "contributions", enabled=progress):
+    batches = length_batches([len(x) for x in ids], batch_size)
+    for chunk in progress_bar(batches, "contributions", enabled=progress):
         out[chunk] = _bn.neuron_contributions(model, torch.tensor([ids[i] for i in chunk]),
                                               torch.tensor([answers[i] for i in chunk]), layer_list,
                                               remote=remote).numpy()
@@ -268,17 +254,20 @@ def cot_neurons(
     act = np.zeros((len(variants), len(units)))
     correct = np.zeros((len(ABLATIONS), len(variants), n), dtype=np.int8)
     p_answer = np.zeros((len(ABLATIONS), len(variants), n))
-    tokens = {v: (backend.tokenize(model, _texts(sets[v])), _answers(model, sets[v])) for v in variants}
+    tokens = {v: (backend.tokenize(model, _texts(sets[v])), backend.answer_tokens(model, [p.answer for p in sets[v]]))
+              for v in variants}
     if units:  # activations first: mean ablation uses the discovery variant's means
         for vi, v in enumerate(variants):
             ids = tokens[v][0]
-            for chunk in progress_bar(_chunks(ids, batch_size), f"activations {v}", enabled=progress):
+            batches = length_batches([len(x) for x in ids], batch_size)
+            for chunk in progress_bar(batches, f"activations {v}", enabled=progress):
                 a = _bn.neuron_activations(model, torch.tensor([ids[i] for i in chunk]), layers, select=select,
                                            remote=remote).numpy()[:, :, 0]
                 act[vi] += np.stack([a[:, li, k] for li, k in where], 1).sum(0) / n
     for vi, v in enumerate(variants):
         ids, answers = tokens[v]
-        for chunk in progress_bar(_chunks(ids, batch_size), f"ablations {v}", enabled=progress):
+        batches = length_batches([len(x) for x in ids], batch_size)
+        for chunk in progress_bar(batches, f"ablations {v}", enabled=progress):
             rows, ans = torch.tensor([ids[i] for i in chunk]), torch.tensor([[answers[i]] for i in chunk])
             for ai, ablation in enumerate(ABLATIONS):
                 if ablation == "none" or not units:

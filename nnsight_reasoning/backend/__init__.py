@@ -332,3 +332,12 @@ def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:
 def answer_token(model: Any, answer: str) -> int | None:
     """The single token id of ``" " + answer``, or None if it is not exactly one known token."""
     return single_token_id(model.tokenizer, answer)
+
+
+def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> list[int]:
+    """The token id of each answer, or a one-line error naming the first that is not one token."""
+    ids = [answer_token(model, a) for a in answers]
+    if None in ids:
+        k = ids.index(None)
+        raise UsageError(f"{what} {answers[k]!r} (number {k}) is not a single token for this model")
+    return ids  # type: ignore[return-value]
