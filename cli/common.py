@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -91,6 +93,56 @@ Restart = Annotated[bool, typer.Option("--restart", help="discard finished parts
                                        "of this --out instead of resuming from them")]
 OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) per forward pass; remote: per NDIF request "
+                                                  "(default: the experiment's)")]
+
+
+def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
+                model: Optional[str], revision: Optional[str], revisions: Optional[str], out_file: Optional[Path],
+                restart: bool, remote: bool, progress: bool, batch_size: Optional[int], **options: Any) -> Any:
+    """What every experiment command does once its options are parsed: pick the revisions and
+    the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
+    run ``experiment(model, data, **options)`` with the harness options (finished passes kept
+    in ``<out>.parts`` until the file is written), write the file and print the experiment's
+    summary."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.experiments import summarize
+    from nnsight_reasoning.results.parts import parts_dir
+
+    names = sweep_revisions(model, revision, revisions)
+    path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
+    parts = parts_dir(path)
+    if restart:
+        shutil.rmtree(parts, ignore_errors=True)
+    t0 = time.time()
+    loaded = nr.load_model(model, names[-1] if names else revision)
+    made = data(loaded.tokenizer)
+    harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names}
+    if batch_size is not None:
+        harness["batch_size"] = batch_size
+    ds = experiment((model or "embedded") if names else loaded, made, **options, **harness)
+    nr.save_result(ds, path)
+    shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
+    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({_passes(ds)}{_traffic(ds)})", highlight=False)
+    for item in summarize(ds):
+        out.print(item, highlight=False)
+    return ds
+
+
+def _passes(ds: Any) -> str:
+    if "checkpoint" in ds.dims:
+        n = ds.attrs.get("n_resumed_revisions", 0)
+        return f"{ds.sizes['checkpoint']} checkpoints" + (f"; {n} resumed from finished parts" if n else "")
+    n = ds.attrs.get("n_resumed_passes", 0)
+    return f"{ds.attrs.get('n_forward_passes', '?')} forward passes" + (
+        f", {n} of them resumed from finished parts" if n else "")
+
+
+def _traffic(ds: Any) -> str:
+    if "remote_jobs" not in ds.attrs:
+        return ""
+    return (f"; NDIF: {ds.attrs['remote_jobs']} requests, {ds.attrs['remote_bytes_sent'] / 1e3:.1f} kB up, "
+            f"{ds.attrs['remote_bytes_received'] / 1e3:.1f} kB down")
 
 
 def sweep_revisions(model: Optional[str], revision: Optional[str], revisions: Optional[str]) -> Optional[list]:
@@ -102,7 +154,9 @@ def sweep_revisions(model: Optional[str], revision: Optional[str], revisions: Op
         return None
     if revision is not None:
         raise UsageError("give --revision (one checkpoint) or --revisions (a sweep), not both")
-    return nr.parse_revisions(revisions, model)
+    from nnsight_reasoning.results.checkpoints import parse_revisions
+
+    return parse_revisions(revisions, model)
 
 
 def revision_label(revision: Optional[str], names: Optional[list]) -> str:

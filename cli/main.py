@@ -6,9 +6,7 @@ Errors: one line on stderr; exit 2 for bad input, 1 for failures at run time. Se
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,8 +14,8 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import (Model, OutFile, Param, Progress, Remote, Restart, Revision, Revisions, Seed, Task, fail, guard,
-                     out, out_path, revision_label, sweep_revisions, task_params)
+from .common import (BatchSize, Model, OutFile, Param, Progress, Remote, Restart, Revision, Revisions, Seed, Task,
+                     fail, guard, out, run_command, task_params)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
@@ -44,7 +42,7 @@ def patch(
     metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
     method: str = typer.Option("exact", help="exact (activation patching) | attribution (gradient estimate)"),
     ig_steps: int = typer.Option(1, help="attribution: 1 = plain; m > 1 = integrated gradients over m steps"),
-    batch_size: int = typer.Option(512, help="most sequences per forward pass (remote: per request)"),
+    batch_size: BatchSize = None,
     remote: Remote = False,
     out_file: OutFile = None,
     restart: Restart = False,
@@ -54,13 +52,9 @@ def patch(
     --method attribution for the gradient estimate (one forward + backward per batch)."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
-    from nnsight_reasoning.sites import check_sites
 
-    check_sites(site)
-    if positions not in ("last", "all"):
+    if positions not in ("last", "all"):  # typer takes any string; say which option was wrong
         raise UsageError(f"--positions must be last or all (got {positions!r})")
-    if metric not in nr.METRICS:
-        raise UsageError(f"unknown metric {metric!r}; choose from: {', '.join(nr.METRICS)}")
     info = nr.tasks.get_task(task)
     if info.pairs is None:
         raise UsageError(f"task {task!r} has no prompt pairs for patching yet; patchable: "
@@ -68,89 +62,12 @@ def patch(
     params = task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
                           max_n=max_n, representation=representation, templates=template or None)
     info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
-    names = sweep_revisions(model, revision, revisions)
-    kind = "patch" if method == "exact" else "attribution"  # its own default file: never overwrites exact results
-    path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
-    t0 = time.time()
-    m = nr.load_model(model, names[-1] if names else revision)
-    pairs = info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=m.tokenizer, **params)
-    if names:
-        m = model  # a sweep loads each revision itself, one at a time
-    parts = _parts(path, restart)
-    ds = nr.patch(m, pairs, sites=site, positions=positions, metric=metric, method=method, ig_steps=ig_steps,
-                  layers=layer or None,
-                  batch_size=batch_size, remote=remote, progress=progress, resume_dir=parts, revisions=names)
-    nr.save_result(ds, path)
-    shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
-    what = f"{ds.attrs['n_forward_passes']} forward passes"
-    if names:
-        what = f"{len(names)} checkpoints × {what}"
-    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({what}{_resumed(ds)}{_traffic(ds)})",
-              highlight=False)
-    _summary(ds)
-
-
-def _parts(results: Path, restart: bool) -> Path:
-    """Where finished work of ``results`` is kept until the file is written (resume on rerun)."""
-    from nnsight_reasoning.parts import parts_dir
-
-    d = parts_dir(results)
-    if restart:
-        shutil.rmtree(d, ignore_errors=True)
-    return d
-
-
-def _resumed(ds) -> str:
-    if "checkpoint" in ds.dims:
-        n = ds.attrs.get("n_resumed_revisions", 0)
-        return f"; {n} checkpoints resumed from finished parts" if n else ""
-    n = ds.attrs.get("n_resumed_passes", 0)
-    return f", {n} of them resumed from finished parts" if n else ""
-
-
-def _traffic(ds) -> str:
-    if "remote_jobs" not in ds.attrs:
-        return ""
-    return (f"; NDIF: {ds.attrs['remote_jobs']} requests, {ds.attrs['remote_bytes_sent'] / 1e3:.1f} kB up, "
-            f"{ds.attrs['remote_bytes_received'] / 1e3:.1f} kB down")
-
-
-def _summary(ds, top: int = 8) -> None:
-    """Clean performance and the sites with the largest mean effect."""
-    import numpy as np
-
-    from nnsight_reasoning.results import site_variables
-
-    p = ds["clean_p_base"]
-    sweep = "checkpoint" in ds.dims
-    clean = (" · ".join(f"{c} {v:.3f}" for c, v in zip(ds["checkpoint"].values, p.mean("prompt").values))
-             if sweep else f"{float(p.mean()):.3f}")
-    out.print(f"{ds.attrs['task']} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} pairs · "
-              f"metric = {ds.attrs['metric']} · mean P(base answer) = {clean}", highlight=False)
-    rows = []
-    for v in site_variables(ds):
-        da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
-        mean, median = da.mean("prompt"), da.median("prompt")
-        for idx in np.ndindex(mean.shape):
-            val = float(mean.values[idx])
-            if np.isfinite(val):
-                coords = {d: mean[d].values[i] for d, i in zip(mean.dims, idx)}
-                rows.append((abs(val), val, float(median.values[idx]), v, coords))
-    rows.sort(key=lambda r: -r[0])
-    at = f" at checkpoint {ds['checkpoint'].values[-1]}" if sweep else ""
-    table = Table(title=f"top {top} sites by |mean effect|{at}")
-    # stolfo_ie divides by probabilities that are tiny on a confident model, so a few
-    # prompts can dominate the mean; the median shows the typical prompt.
-    for col in ("site", "layer", "position", "token", "head", "mean effect", "median"):
-        table.add_column(col)
-    for _, val, med, v, c in rows[:top]:
-        pos = int(c["position"])
-        j = list(ds["position"].values).index(pos)
-        tokens = set(str(t) for t in ds["token"].values[:, j] if t)
-        tok = tokens.pop() if len(tokens) == 1 else "(varies)"
-        table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
-                      str(c.get("head", "")), f"{val:+.4g}", f"{med:+.4g}")
-    out.print(table)
+    run_command(nr.patch, lambda tok: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tok, **params),
+                # attribution gets its own default file: it never overwrites exact results
+                kind="patch" if method == "exact" else "attribution", task=task, model=model, revision=revision,
+                revisions=revisions, out_file=out_file, restart=restart, remote=remote, progress=progress,
+                batch_size=batch_size, sites=site, positions=positions, metric=metric, method=method,
+                ig_steps=ig_steps, layers=layer or None)
 
 
 @app.command()
@@ -163,7 +80,7 @@ def evaluate(
     n_prompts: int = typer.Option(200, help="number of prompts"),
     seed: Seed = 0,
     param: Param = [],
-    batch_size: int = typer.Option(256, help="most prompts per forward pass (remote: per request)"),
+    batch_size: BatchSize = None,
     remote: Remote = False,
     out_file: OutFile = None,
     restart: Restart = False,
@@ -171,40 +88,15 @@ def evaluate(
 ) -> None:
     """Task performance: accuracy, mean probability and rank of the correct answer.
 
-    With --revisions, over training checkpoints (a learning curve; written to --out, default
-    under results/, and drawn by `reason-interp plot`).
+    With --revisions, over training checkpoints (a learning curve, drawn by `reason-interp plot`).
     """
     import nnsight_reasoning as nr
 
     params = task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
-    names = sweep_revisions(model, revision, revisions)
-    # a sweep always writes a file (default name under results/), so that it can resume
-    path = None
-    if out_file is not None or names:
-        path = out_path(out_file, "evaluate", task, model or "embedded", revision_label(revision, names))
-    parts = _parts(path, restart) if path is not None else None
-    m = model if names else nr.load_model(model, revision)
-    ds = nr.evaluate(m, task, n_prompts, seed=seed, batch_size=batch_size, remote=remote, progress=progress,
-                     resume_dir=parts, revisions=names, **params)
-    if names:
-        table = Table(title=f"{task} · {ds.attrs['model']} · {n_prompts} prompts over training")
-        for col in ("checkpoint", "accuracy", "mean P(answer)", "mean rank", "load s", "run s"):
-            table.add_column(col, justify="right")
-        for c in ds["checkpoint"].values:
-            r = ds.sel(checkpoint=c)
-            table.add_row(str(c), f"{float(r.accuracy):.3f}", f"{float(r.mean_p_answer):.3f}",
-                          f"{float(r.mean_rank):.2f}", f"{float(r.seconds_load):.2f}", f"{float(r.seconds_run):.2f}")
-        out.print(table)
-        if ds.attrs.get("n_resumed_revisions"):
-            out.print(f"{ds.attrs['n_resumed_revisions']} checkpoints resumed from finished parts", highlight=False)
-    else:
-        out.print(f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n_prompts} prompts: "
-                  f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
-                  f"mean rank {float(ds.mean_rank):.2f}{_traffic(ds)}", highlight=False)
-    if path is not None:
-        out.print(f"wrote [bold]{nr.save_result(ds, path)}[/]", highlight=False)
-        shutil.rmtree(parts, ignore_errors=True)
+    run_command(nr.evaluate, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
+                kind="evaluate", task=task, model=model, revision=revision, revisions=revisions, out_file=out_file,
+                restart=restart, remote=remote, progress=progress, batch_size=batch_size)
 
 
 @app.command()
@@ -263,7 +155,7 @@ def models() -> None:
 def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
     """Summarise a results file: provenance, dimensions, top effects."""
     import nnsight_reasoning as nr
-    from nnsight_reasoning.results import site_variables
+    from nnsight_reasoning.experiments import summarize
 
     ds = nr.load_result(path)
     table = Table(title=str(path), show_header=False)
@@ -272,8 +164,8 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
     table.add_row("dims", ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     table.add_row("variables", ", ".join(ds.data_vars))
     out.print(table)
-    if site_variables(ds):
-        _summary(ds)
+    for item in summarize(ds):
+        out.print(item, highlight=False)
 
 
 @app.command()

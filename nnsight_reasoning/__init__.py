@@ -5,29 +5,35 @@
 >>> pairs = nr.tasks.arithmetic(intervention_type="operands", n_prompts=64, seed=0)
 >>> ds = nr.patch(model, pairs, sites=["mlp", "attn"], positions="last")
 >>> ds.mlp.mean("prompt").plot()
+
+One noun per experiment, each ``nr.<noun>(model, data, *options, batch_size, remote,
+progress, resume_dir, revisions)`` returning a labelled ``xarray.Dataset``; data comes from
+``nr.tasks``; ``nr.testing.assert_valid_result(ds)`` checks any result's schema.
 """
 from __future__ import annotations
 
-from . import circuits, neurons, tasks
-from .embedded import revisions as embedded_revisions  # noqa: F401  (importable, not listed)
+from . import tasks, testing
 from .errors import RunError, UsageError
-from .checkpoints import over_revisions, parse_revisions  # noqa: F401  (parse_revisions: importable, not listed)
-from .attention import attention
-from .binding import binding
-from .evaluate import evaluate
-from .heads import head_scores
+from .experiments.attention import attention
+from .experiments.binding import binding
+from .experiments.circuit import circuit, edge_patching
+from .experiments.evaluate import evaluate
+from .experiments.heads import head_scores
+from .experiments.neurons import neurons
+from .experiments.patch import patch
+from .experiments.probe import probe
 from .metrics import METRICS
-from .models import ModelInfo, load_model  # noqa: F401  (ModelInfo: importable, not listed)
-from .patching import patch
-from .probe import probe
+from .models import load_model
 from .plotting import plot_result
-from .results import assert_valid_result, load_result, save_result  # noqa: F401  (assert_valid_result: not listed)
+from .results import load_result, save_result
+from .runner import over_revisions
 from .sites import SITES
-from .tasks import PromptPair, PromptPairs
 
 __version__ = "0.1.0"
 __all__ = [
-    "tasks", "load_model", "patch", "attention", "probe", "head_scores", "circuits", "neurons", "binding",
-    "evaluate", "over_revisions", "plot_result", "save_result", "load_result",
-    "SITES", "METRICS", "PromptPair", "PromptPairs", "UsageError", "RunError",
+    # experiments
+    "patch", "evaluate", "attention", "probe", "head_scores", "circuit", "edge_patching", "neurons", "binding",
+    # models, data, results
+    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "testing",
+    "SITES", "METRICS", "UsageError", "RunError",
 ]

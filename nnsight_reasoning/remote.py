@@ -14,21 +14,23 @@ The key is only ever put in a request header: it is scrubbed from every message.
 """
 from __future__ import annotations
 
-import functools
+import contextvars
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import nnsight
 
 from .errors import RunError, UsageError
+from .nnsight_shim import counting_backend, name_local_model
 
 
 @dataclass
 class Traffic:
-    """What remote runs of this process sent and received (reported in result attrs)."""
+    """What the remote jobs of one run sent and received (reported in its result's attrs)."""
 
     jobs: int = 0             # requests that carry a trace (one per forward pass)
     polls: int = 0            # status checks while waiting
@@ -36,16 +38,40 @@ class Traffic:
     bytes_received: int = 0   # result payloads (the saved values only)
     retries: int = 0
 
-    def copy(self) -> "Traffic":
-        return Traffic(**vars(self))
-
-    def since(self, before: "Traffic") -> dict[str, int]:
-        return {f"remote_{k}": v - getattr(before, k) for k, v in vars(self).items()}
+    def as_attrs(self) -> dict[str, int]:
+        return {f"remote_{k}": v for k, v in vars(self).items()}
 
 
-TRAFFIC = Traffic()
+# The Traffic of the run whose backend call is in progress (set by runner.Run.call): each run
+# counts its own jobs, and one that is not counted goes to a throwaway Traffic.
+_COUNTING: contextvars.ContextVar[Traffic | None] = contextvars.ContextVar("reason_interp_traffic", default=None)
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_SERVED: dict[tuple[str, str], bool] = {}
+
+
+@contextmanager
+def counting(traffic: Traffic) -> Iterator[Traffic]:
+    """Count the NDIF jobs started inside the block into ``traffic``."""
+    token = _COUNTING.set(traffic)
+    try:
+        yield traffic
+    finally:
+        _COUNTING.reset(token)
+
+
+def _traffic() -> Traffic:
+    return _COUNTING.get() or Traffic()
+
+
+def is_ndif(remote: bool | str) -> bool:
+    """Whether ``remote`` sends jobs to an NDIF server (True or a URL), not a local run."""
+    return remote is not False and remote != "local"
+
+
+def check_remote(remote: Any) -> None:
+    """Refuse a ``remote`` value that is none of False, True, "local" or an http(s) URL."""
+    if remote in (False, True, "local") or (isinstance(remote, str) and remote.startswith(("http://", "https://"))):
+        return
+    raise UsageError(f"remote must be False, True, 'local' or an NDIF URL such as http://host:port (got {remote!r})")
 
 
 @dataclass(frozen=True)
@@ -78,11 +104,9 @@ def settings(remote: bool | str = True, *, need_key: bool = True) -> Settings:
 def model_key(model: Any) -> str:
     """nnsight's key for ``model``. A local directory is its own id (no Hub lookup), which is
     what a self-hosted NDIF serving that same path expects."""
-    import nnsight.modeling.huggingface as hf
-
     repo = str(getattr(model, "repo_id", "") or "")
     if repo and os.path.isdir(repo):
-        hf._ID_CACHE.setdefault(repo, repo)
+        name_local_model(repo)
     try:
         return model.to_model_key()
     except Exception as e:
@@ -93,7 +117,7 @@ def model_key(model: Any) -> str:
 def preflight(model: Any, remote: bool | str) -> None:
     """Before any work: a key is configured, the host is well formed, and (when the host
     answers) it serves ``model``. Nothing to check for local runs."""
-    if remote is False or remote == "local":
+    if not is_ndif(remote):
         return
     s = settings(remote)
     _check_served(s, model_key(model))
@@ -105,16 +129,16 @@ def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> 
     exponential back-off; everything else becomes a one-line :class:`RunError`."""
     s = settings(remote)
     key = model_key(model)
+    traffic = _traffic()
     try:
-        _check_served(s, key)
         attempt = 0
         while True:
             try:
-                backend = _Backend(key, host=s.host, api_key=s.key, blocking=False)
+                backend = _Backend(key, host=s.host, api_key=s.key, blocking=False, traffic=traffic)
                 trace(backend)
-                return _wait(backend, s)
+                return _wait(backend, s, traffic)
             except Exception as e:
-                _back_off(e, attempt, s)
+                _back_off(e, attempt, s, traffic)
                 attempt += 1
     except RunError as e:
         raise RunError(_scrub(str(e), s.key)) from None
@@ -156,40 +180,14 @@ def served_models(status_json: dict) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- internals
-@functools.cache
-def _backend_class():
-    from nnsight.intervention.backends.remote import RemoteBackend
+def _Backend(*args: Any, traffic: Traffic, **kwargs: Any) -> Any:
+    def count(what: str, n: int) -> None:
+        setattr(traffic, what, getattr(traffic, what) + n)
 
-    class CountingBackend(RemoteBackend):
-        """nnsight's remote backend, counting jobs and bytes; its own status display off
-        (the toolkit shows one progress bar per sweep instead)."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.display.enabled = False
-
-        def _post(self, request, blob):
-            response = super()._post(request, blob)
-            TRAFFIC.jobs += 1  # accepted ones only: a refused connection is a retry, not a job
-            TRAFFIC.bytes_sent += len(blob)
-            return response
-
-        def poll(self, tracer=None):
-            TRAFFIC.polls += 1
-            return super().poll(tracer)
-
-        def finalize(self, content):
-            TRAFFIC.bytes_received += len(content)
-            return super().finalize(content)
-
-    return CountingBackend
+    return counting_backend(*args, count=count, **kwargs)
 
 
-def _Backend(*args, **kwargs):
-    return _backend_class()(*args, **kwargs)
-
-
-def _wait(backend: Any, s: Settings) -> dict[str, Any]:
+def _wait(backend: Any, s: Settings, traffic: Traffic) -> dict[str, Any]:
     """Poll a submitted job until it completes, fails or passes the deadline."""
     deadline = time.monotonic() + s.timeout_s
     delay, failures = 0.02, 0
@@ -197,7 +195,7 @@ def _wait(backend: Any, s: Settings) -> dict[str, Any]:
         try:
             result = backend.poll()
         except Exception as e:  # the job is still on the server: poll it again, don't resubmit
-            _back_off(e, failures, s)
+            _back_off(e, failures, s, traffic)
             failures += 1
             continue
         if result is not None:
@@ -216,8 +214,6 @@ def _check_served(s: Settings, key: str) -> None:
     NDIF serves models per repo id *and* revision, so e.g. Pythia ``stepN`` revisions are
     usually absent. An unreadable ``/status`` is not an error here: the job itself decides.
     """
-    if (s.host, key) in _SERVED:
-        return
     try:
         models = served_models(_get_status(s.host))
     except Exception:
@@ -227,7 +223,6 @@ def _check_served(s: Settings, key: str) -> None:
     if (models is None
             or (models and not any("{" in m["model_key"] for m in models))  # a layout this client cannot read
             or any(m["model_key"].endswith(key) or (m["repo_id"], m["revision"]) == (repo, rev) for m in models)):
-        _SERVED[(s.host, key)] = True  # asked once per host and model, not once per forward pass
         return
     raise RunError(f"model {repo} (revision {rev}) is not deployed on {s.host}; NDIF serves selected "
                    "models and revisions (Pythia stepN checkpoints usually not) - see `reason-interp "
@@ -250,11 +245,11 @@ def _get_status(host: str) -> dict:
     return r.json()
 
 
-def _back_off(e: Exception, attempt: int, s: Settings) -> None:
+def _back_off(e: Exception, attempt: int, s: Settings, traffic: Traffic) -> None:
     """Re-raise ``e`` unless it is transient and retries are left; else wait, doubling each time."""
     if not _transient(e) or attempt >= s.retries:
         raise e
-    TRAFFIC.retries += 1
+    traffic.retries += 1
     time.sleep(s.backoff_s * 2 ** attempt)
 
 

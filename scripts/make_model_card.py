@@ -35,7 +35,7 @@ def main() -> None:
         params = params or sum(p.numel() for p in model._module.parameters())
         acc[rev] = {}
         for col, (task, kw) in EVALS.items():
-            ds = nr.evaluate(model, task, N, seed=SEED, progress=False, **kw)
+            ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
             acc[rev][col] = round(float(ds.accuracy), 4)
         print(rev, acc[rev], flush=True)
     cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())

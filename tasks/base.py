@@ -71,6 +71,42 @@ class PromptPairs(Sequence[PromptPair]):
         return f"PromptPairs(task={self.task!r}, n={len(self)}, params={self.params_json()})"
 
 
+@dataclass(frozen=True)
+class Examples(Sequence[Example]):
+    """Prompts with their next-token answers plus the task settings that made them (stored in
+    results as ``task_params``); from :func:`examples`."""
+
+    task: str
+    params: dict[str, Any]
+    examples: tuple[Example, ...]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.examples[i]
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    def __repr__(self) -> str:
+        return f"Examples(task={self.task!r}, n={len(self)}, params={json.dumps(self.params, sort_keys=True)})"
+
+
+def examples(task: str = "arithmetic", n_prompts: int = 200, *, seed: int = 0, tokenizer: Any | None = None,
+             **params: Any) -> Examples:
+    """``n_prompts`` prompts of ``task`` with their answers (seeded), e.g. for ``nr.evaluate``.
+
+    ``params`` are the task's parameters (``reason-interp tasks NAME`` lists them); answers
+    are checked against ``tokenizer`` (the embedded model's by default) where the task does.
+    """
+    info = get_task(task)
+    info.check_params({**params, "seed": seed})
+    check_range("n_prompts", n_prompts, 1)
+    items = info.examples(n=n_prompts, seed=seed, tokenizer=tokenizer, **params)
+    return Examples(task, {**params, "n_prompts": n_prompts, "seed": seed}, tuple(items))
+
+
 # --------------------------------------------------------------------------- tokenizer
 def single_token_id(tokenizer: Any, answer: str) -> int | None:
     """Token id of ``" " + answer`` if it is exactly one known token, else None."""

@@ -29,7 +29,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)
     ds = namespace["ds"]
-    nr.assert_valid_result(ds)
+    nr.testing.assert_valid_result(ds)
     assert ds.sizes["prompt"] == 64 and set(ds.data_vars) >= {"mlp", "attn"}
     assert (tmp_path / "ie.nc").is_file()
 
@@ -38,6 +38,6 @@ def test_plot_result_for_patching_and_evaluation(embedded_model, small_pairs, tm
     ds = nr.patch(embedded_model, small_pairs, sites=["mlp", "head"], positions="all", progress=False)
     fig = nr.plot_result(ds, tmp_path / "p.png")
     assert len(fig.axes) >= 2 and (tmp_path / "p.png").stat().st_size > 10_000
-    ev = nr.evaluate(embedded_model, "kth_smallest", 20, progress=False)
+    ev = nr.evaluate(embedded_model, nr.tasks.examples("kth_smallest", 20), progress=False)
     fig = nr.plot_result(ev, tmp_path / "e.png")
     assert "accuracy" in fig.axes[0].get_title()

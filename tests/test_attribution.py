@@ -33,7 +33,7 @@ def test_attribution_matches_autograd_hooks(tiny_model_dir, small_pairs, model_t
         got, want = ds[var_name(site)].values, ref[site]
         assert np.array_equal(np.isnan(got), np.isnan(want)), site  # NaN past each prompt's end
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)), err_msg=site)
-    nr.assert_valid_result(ds)
+    nr.testing.assert_valid_result(ds)
     last = nr.patch(model, pairs, sites=["mlp"], method="attribution", ig_steps=ig_steps, metric=metric,
                     progress=False)
     lengths = ds["n_tokens"].values

@@ -19,8 +19,8 @@ import xarray as xr
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
-from nnsight_reasoning.checkpoints import PYTHIA_REVISIONS
-from nnsight_reasoning.parts import parts_dir
+from nnsight_reasoning.results.checkpoints import PYTHIA_REVISIONS, parse_revisions
+from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
 
@@ -45,34 +45,34 @@ def hf_scores(model_dir: Path, prompts: list[str], answers: list[str]):
 
 
 def test_parse_revisions_orders_expands_and_refuses_unknown_names(tmp_path):
-    assert nr.parse_revisions("all") == REVS and REVS[0] == "step0" and REVS[-1] == "main"
-    assert nr.parse_revisions("main,step1000,step0,step0") == ["step0", "step1000", "main"]
-    assert nr.parse_revisions("step0:1000:500") == ["step0", "step500", "step1000"]
+    assert parse_revisions("all") == REVS and REVS[0] == "step0" and REVS[-1] == "main"
+    assert parse_revisions("main,step1000,step0,step0") == ["step0", "step1000", "main"]
+    assert parse_revisions("step0:1000:500") == ["step0", "step500", "step1000"]
     with pytest.raises(nr.UsageError, match=r"has no revision step7; it has: step0, step250"):
-        nr.parse_revisions("step0,step7")
+        parse_revisions("step0,step7")
     assert len(PYTHIA_REVISIONS) == 154 and PYTHIA_REVISIONS[:3] == ["step0", "step1", "step2"]
-    assert nr.parse_revisions("all", "EleutherAI/pythia-160m") == PYTHIA_REVISIONS  # "main" is step143000
-    assert nr.parse_revisions("main,step512", "EleutherAI/pythia-160m") == ["step512", "main"]
-    assert nr.parse_revisions("step0:143000:10000", "EleutherAI/pythia-160m")[-1] == "step140000"
+    assert parse_revisions("all", "EleutherAI/pythia-160m") == PYTHIA_REVISIONS  # "main" is step143000
+    assert parse_revisions("main,step512", "EleutherAI/pythia-160m") == ["step512", "main"]
+    assert parse_revisions("step0:143000:10000", "EleutherAI/pythia-160m")[-1] == "step140000"
     with pytest.raises(nr.UsageError, match="has no revision step3"):
-        nr.parse_revisions("step3", "EleutherAI/pythia-410m-deduped")
+        parse_revisions("step3", "EleutherAI/pythia-410m-deduped")
     with pytest.raises(nr.UsageError, match="list the revisions"):
-        nr.parse_revisions("all", "gpt2")
-    assert nr.parse_revisions("v2,main,v1", "someone/model") == ["v2", "v1", "main"]  # unknown: as given
+        parse_revisions("all", "gpt2")
+    assert parse_revisions("v2,main,v1", "someone/model") == ["v2", "v1", "main"]  # unknown: as given
     with pytest.raises(nr.UsageError, match="bad revision range"):
-        nr.parse_revisions("step10:0:5")
+        parse_revisions("step10:0:5")
     (tmp_path / "step20").mkdir()
     (tmp_path / "step20" / "config.json").write_text("{}")
     (tmp_path / "step3").mkdir()
     (tmp_path / "step3" / "config.json").write_text("{}")
-    assert nr.parse_revisions("all", tmp_path) == ["step3", "step20"]
+    assert parse_revisions("all", tmp_path) == ["step3", "step20"]
 
 
 def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer):
     pairs = nr.tasks.arithmetic(n_prompts=10, seed=3, tokenizer=embedded_tokenizer)
     kw = dict(sites=["mlp", "attn", "head"], batch_size=64)
     sweep = nr.patch("embedded", pairs, revisions="all", progress=True, **kw)  # nested bars must not clash
-    nr.assert_valid_result(sweep)
+    nr.testing.assert_valid_result(sweep)
     assert list(sweep.checkpoint.values) == REVS and sweep.mlp.dims[0] == "checkpoint"
     assert sweep.attrs["revision"] == ",".join(REVS) and sweep.attrs["n_revisions"] == len(REVS)
     assert [Path(p).name for p in sweep.model_path.values] == REVS
@@ -81,7 +81,7 @@ def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer
         for v in single.data_vars:
             np.testing.assert_array_equal(sweep[v].sel(checkpoint=rev).values, single[v].values, err_msg=(rev, v))
 
-    ev = nr.evaluate(None, "arithmetic", 24, seed=5, revisions="step0,step500,main", progress=False)
+    ev = nr.evaluate(None, nr.tasks.examples("arithmetic", 24, seed=5), revisions="step0,step500,main", progress=False)
     assert ev.accuracy.dims == ("checkpoint",) and ev.p_answer.dims == ("checkpoint", "prompt")
     assert ev.step.values.tolist() == [0, 500, embedded.training_meta()["step"]]
     for rev in ("step0", "step500", "main"):
@@ -130,7 +130,7 @@ def test_sigkill_mid_sweep_resumes_to_identical_values_and_refuses_other_configs
     out = tmp_path / "sweep.nc"
     parts = parts_dir(out)
     finished = lambda: sorted(p.stem for p in parts.glob("*.nc"))  # noqa: E731
-    in_progress = lambda: list(parts.glob("*/pass-*.npz"))  # noqa: E731
+    in_progress = lambda: list(parts.glob("*/call-*.npz"))  # noqa: E731
 
     # 1: killed in the middle of a revision, after one revision finished
     kill_when(reason_interp(patch_cmd(out), background=True),

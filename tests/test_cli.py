@@ -27,7 +27,7 @@ def result_file(tmp_path_factory):
 
 def test_patch_file_is_valid_and_matches_the_api(result_file, embedded_model):
     ds = nr.load_result(result_file)
-    nr.assert_valid_result(ds)
+    nr.testing.assert_valid_result(ds)
     assert set(ds.data_vars) >= {"mlp", "attn", "resid"} and ds.attrs["positions"] == "all"
     api = nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=4, seed=0), sites=["mlp", "attn", "resid"],
                    positions="all", progress=False)
@@ -105,6 +105,6 @@ def test_console_script_end_to_end(tmp_path):
     proc = subprocess.run([exe, "patch", "--task", "arithmetic", "--n-prompts", "8", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    nr.assert_valid_result(nr.load_result(out))
+    nr.testing.assert_valid_result(nr.load_result(out))
     proc = subprocess.run([exe, "patch", "--site", "nope"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown site" in proc.stderr

@@ -53,7 +53,7 @@ def test_hub_ids_fail_cleanly_offline():
 
 
 def test_evaluate_matches_a_plain_forward(embedded_model):
-    ds = nr.evaluate(embedded_model, "arithmetic", 12, seed=4, progress=False)
+    ds = nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 12, seed=4), progress=False)
     hf = AutoModelForCausalLM.from_pretrained(nr.models.model_info(embedded_model).path, dtype=torch.float32).eval()
     tok = embedded_model.tokenizer
     for i in range(12):
@@ -74,7 +74,7 @@ def test_model_card_numbers_are_reproducible():
     for rev in ("step0", "main"):
         model = nr.load_model(revision=rev)
         for col, spec in card["evals"].items():
-            ds = nr.evaluate(model, spec["task"], card["n_prompts"], seed=card["seed"], progress=False, **spec["params"])
+            ds = nr.evaluate(model, nr.tasks.examples(spec["task"], card["n_prompts"], seed=card["seed"], **spec["params"]), progress=False)
             assert round(float(ds.accuracy), 4) == card["accuracy"][rev][col], (rev, col)
     assert (embedded.ROOT / "MODEL_CARD.md").read_text().count("| main |") == 1
 

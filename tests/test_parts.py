@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nnsight_reasoning as nr
-from nnsight_reasoning.parts import parts_dir
+from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
 
@@ -18,11 +18,11 @@ def test_resume_dir_reuses_finished_passes_and_gives_identical_values(embedded_m
     full = nr.patch(embedded_model, small_pairs, **kw)
     d = tmp_path / "parts"
     first = nr.patch(embedded_model, small_pairs, resume_dir=d, **kw)
-    stored = sorted(d.glob("pass-*.npz"))
+    stored = sorted(d.glob("call-*.npz"))
     assert len(stored) == full.attrs["n_forward_passes"] > 2
     for p in stored[::2]:  # as if the run had died before these passes
         p.unlink()
-    kept = len(list(d.glob("pass-*.npz")))
+    kept = len(list(d.glob("call-*.npz")))
     again = nr.patch(embedded_model, small_pairs, resume_dir=d, **kw)
     assert again.attrs["n_resumed_passes"] == kept and first.attrs["n_resumed_passes"] == 0
     for v in full.data_vars:
@@ -33,20 +33,20 @@ def test_parts_of_another_configuration_are_refused(embedded_model, small_pairs,
     d = tmp_path / "parts"
     nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
     other = nr.tasks.arithmetic(n_prompts=6, seed=4, tokenizer=embedded_model.tokenizer)
-    with pytest.raises(nr.UsageError, match=r"different run \(differs in: pairs, task_params\)"):
+    with pytest.raises(nr.UsageError, match=r"different run \(differs in: data, task_params\)"):
         nr.patch(embedded_model, other, sites=["mlp"], resume_dir=d, progress=False)
     with pytest.raises(nr.UsageError, match=r"differs in: sites"):
         nr.patch(embedded_model, small_pairs, sites=["attn"], resume_dir=d, progress=False)
     ev = tmp_path / "ev"
-    nr.evaluate(embedded_model, "arithmetic", 8, seed=1, resume_dir=ev, progress=False)
+    nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 8, seed=1), resume_dir=ev, progress=False)
     with pytest.raises(nr.UsageError, match=r"differs in: .*task_params"):
-        nr.evaluate(embedded_model, "arithmetic", 8, seed=2, resume_dir=ev, progress=False)
+        nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 8, seed=2), resume_dir=ev, progress=False)
 
 
 def test_a_corrupt_part_is_a_clear_error(embedded_model, small_pairs, tmp_path):
     d = tmp_path / "parts"
     nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
-    next(d.glob("pass-*.npz")).write_bytes(b"not a numpy file")
+    next(d.glob("call-*.npz")).write_bytes(b"not a numpy file")
     with pytest.raises(nr.UsageError, match="is corrupt; delete it"):
         nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
 

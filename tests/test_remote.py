@@ -18,7 +18,7 @@ import xarray as xr
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
-from nnsight_reasoning.parts import parts_dir
+from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
 from .ndif_stack import free_port
@@ -83,8 +83,8 @@ def test_cli_patch_remote_equals_local_with_few_small_requests(ndif, tmp_path):
 
 def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_model, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", KEY)
-    local = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False)
-    remote = nr.evaluate(embedded_model, "arithmetic", 40, seed=2, batch_size=16, progress=False,
+    local = nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 40, seed=2), batch_size=16, progress=False)
+    remote = nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 40, seed=2), batch_size=16, progress=False,
                          remote=ndif.host)  # a URL instead of True: this host, this call
     np.testing.assert_allclose(remote.p_answer.values, local.p_answer.values, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(remote.answer_rank.values, local.answer_rank.values)
@@ -93,8 +93,8 @@ def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_mode
 
 def test_checkpoint_sweep_runs_remotely_and_names_the_revision_not_served(ndif, tmp_path, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", KEY)
-    local = nr.evaluate(None, "arithmetic", 12, revisions="main", progress=False)
-    remote = nr.evaluate(None, "arithmetic", 12, revisions="main", progress=False, remote=ndif.host)
+    local = nr.evaluate(None, nr.tasks.examples("arithmetic", 12), revisions="main", progress=False)
+    remote = nr.evaluate(None, nr.tasks.examples("arithmetic", 12), revisions="main", progress=False, remote=ndif.host)
     np.testing.assert_allclose(remote.p_answer.values, local.p_answer.values, atol=1e-5, rtol=0)
     assert remote.p_answer.dims == ("checkpoint", "prompt")
     r = cli(["evaluate", "--revisions", "step0,main", "--n-prompts", "4", "--remote", "--no-progress",

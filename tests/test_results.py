@@ -17,7 +17,7 @@ def result(embedded_model, small_pairs):
 
 
 def test_schema(result, small_pairs):
-    nr.assert_valid_result(result)
+    nr.testing.assert_valid_result(result)
     assert result.mlp.dims == ("prompt", "layer", "position")
     assert result.heads.dims == ("prompt", "layer", "position", "head")
     assert list(result.layer.values) == [0, 1, 2, 3]
@@ -46,7 +46,7 @@ def test_netcdf_round_trip(result, tmp_path):
     back = xr.open_dataset(path)  # plain xarray, no toolkit code
     xr.testing.assert_identical(back.load(), result)
     back.close()
-    nr.assert_valid_result(nr.load_result(path))
+    nr.testing.assert_valid_result(nr.load_result(path))
     assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no temp files left
 
 
@@ -94,8 +94,8 @@ def test_attrs_never_hold_credentials(result, tmp_path, monkeypatch):
 def test_validator_catches_schema_errors(result):
     broken = result.drop_vars("clean_p_base")
     with pytest.raises(AssertionError, match="clean_p_base"):
-        nr.assert_valid_result(broken)
+        nr.testing.assert_valid_result(broken)
     wrong = result.copy()
     wrong.attrs = {k: v for k, v in result.attrs.items() if k != "revision"}
     with pytest.raises(AssertionError, match="revision"):
-        nr.assert_valid_result(wrong)
+        nr.testing.assert_valid_result(wrong)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import UsageError
-from .sites import SITES, var_name
+from ..errors import UsageError
+from ..sites import SITES, var_name
 
 REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
                   "remote", "version_nnsight_reasoning", "version_nnsight", "version_torch",
@@ -69,29 +69,6 @@ def sanitize_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
             v = v.item()
         out[k] = v
     return out
-
-
-def assert_valid_result(ds: xr.Dataset) -> None:
-    """Raise ``AssertionError`` naming the first way ``ds`` departs from the result schema."""
-    site_vars = site_variables(ds)
-    assert site_vars, f"no site variable ({[var_name(s) for s in SITES]}) in {list(ds.data_vars)}"
-    for a in REQUIRED_ATTRS:
-        assert a in ds.attrs, f"attrs[{a!r}] missing"
-    lead = ("checkpoint",) if "checkpoint" in ds.dims else ()
-    for v in site_vars:
-        want = lead + ("prompt", "layer", "position") + (("head",) if v == var_name("head") else ())
-        assert ds[v].dims == want, f"{v} has dims {ds[v].dims}, expected {want}"
-        assert ds[v].attrs.get("metric") == ds.attrs["metric"], f"{v}.attrs['metric'] != attrs['metric']"
-    for v in ("clean_p_base", "clean_p_source"):
-        assert v in ds.data_vars, f"{v} missing"
-        assert ds[v].dims == lead + ("prompt",), f"{v} has dims {ds[v].dims}"
-        vals = ds[v].values
-        assert np.all((vals >= 0) & (vals <= 1)), f"{v} outside [0, 1]"
-    for c in ("base", "source", "base_answer", "source_answer"):
-        assert c in ds.coords and ds[c].dims == ("prompt",), f"coordinate {c!r} along prompt missing"
-    assert "token" in ds.coords and ds["token"].dims == ("prompt", "position"), "token coordinate missing"
-    assert list(ds["prompt"].values) == list(range(ds.sizes["prompt"])), "prompt must be 0..N-1"
-    json.loads(ds.attrs["task_params"])
 
 
 def last_checkpoint(ds: xr.Dataset) -> xr.Dataset:

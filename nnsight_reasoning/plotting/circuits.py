@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .errors import UsageError
-from .results import last_checkpoint
+from ..errors import UsageError
+from ..results.io import last_checkpoint
 
 CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap")
 
@@ -21,7 +21,7 @@ def chosen_size(ds: xr.Dataset) -> int:
     return int(ok[0]) if len(ok) else int(last["size"].values[-1])
 
 
-def circuit_figure(ds: xr.Dataset, kind: str | None = None):
+def circuit_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     kind = kind or "circuit"
     if kind not in CIRCUIT_KINDS:
         raise UsageError(f"kind must be one of {', '.join(CIRCUIT_KINDS)} for an edge-attribution result "
@@ -113,7 +113,7 @@ def _faithfulness(ds: xr.Dataset):
 def _overlap(ds: xr.Dataset):
     import matplotlib.pyplot as plt
 
-    from .circuits import overlap
+    from ..experiments.circuit import overlap
 
     size = chosen_size(ds)
     jac = overlap(ds, size)

@@ -1,34 +1,18 @@
-"""Checkpoint sweeps: one experiment over a model's training revisions (Tigges et al. 2024).
-
-:func:`over_revisions` loads each revision in training order, runs an experiment on it and
-stacks the results along a leading ``checkpoint`` dim. It is written once for every
-experiment: ``patch`` and ``evaluate`` take ``revisions=`` by calling it, and any function
-``model -> xarray.Dataset`` can be swept the same way.
-
-Only one model is in memory at a time: a revision's model is dropped (and the CUDA cache
-emptied) before the next one loads. With ``resume_dir``, every finished revision is written
-there at once as ``<revision>.nc``, and a revision cut off midway keeps its finished passes
-in ``<revision>/``; the same call later skips the former and resumes the latter.
-"""
+"""Training revisions: which a model has, parsing ``--revisions``, and stacking per-revision
+results along ``checkpoint`` (the sweep itself is ``runner.over_revisions``)."""
 from __future__ import annotations
 
 import datetime as _dt
-import gc
-import inspect
 import re
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 import xarray as xr
 
-from . import embedded
-from .errors import UsageError
-from .models import load_model, model_info
-from .parts import Parts
-from .progress import progress_bar
+from .. import embedded
+from ..errors import UsageError
+from ..models import model_info
 
 # Pythia's 154 checkpoints (Biderman et al. 2023): step0, log-spaced steps 1..512, then every
 # 1000 steps to 143000, which is also "main".
@@ -56,7 +40,7 @@ def available_revisions(model: Any = None) -> list[str] | None:
     an ``EleutherAI/pythia-*`` id (its 154 checkpoints and "main", the same as step143000),
     or a loaded model.
     """
-    name = _name(model)
+    name = model_name(model)
     if name == embedded.EMBEDDED_NAME:
         return embedded.revisions()
     path = Path(name).expanduser()
@@ -88,8 +72,8 @@ def parse_revisions(spec: str | Sequence[str], model: Any = None) -> list[str]:
             if not have:
                 raise UsageError(f"--revisions all needs a model whose revisions are known: the embedded model, a local "
                                  f"directory with one sub-directory per revision, or an EleutherAI/pythia-* id; "
-                                 f"list the revisions of {_name(model)} instead")
-            out += PYTHIA_REVISIONS if _is_pythia(_name(model)) else have  # Pythia's "main" is step143000
+                                 f"list the revisions of {model_name(model)} instead")
+            out += PYTHIA_REVISIONS if _is_pythia(model_name(model)) else have  # Pythia's "main" is step143000
         elif m:
             start, stop, every = (int(g) for g in m.groups())
             if every <= 0 or stop < start:
@@ -101,82 +85,11 @@ def parse_revisions(spec: str | Sequence[str], model: Any = None) -> list[str]:
         missing = [r for r in out if r not in have]
         if missing:
             shown = ", ".join(have) if len(have) <= 12 else f"{', '.join(have[:12])}, … ({len(have)} in all)"
-            raise UsageError(f"{_name(model)} has no revision {', '.join(missing[:5])}; it has: {shown or 'none'}")
+            raise UsageError(f"{model_name(model)} has no revision {', '.join(missing[:5])}; it has: {shown or 'none'}")
     return training_order(out)
 
 
-def over_revisions(
-    experiment: Callable[..., xr.Dataset],
-    model: Any = None,
-    revisions: str | Sequence[str] = "all",
-    *,
-    config: dict[str, Any] | None = None,
-    resume_dir: str | Path | None = None,
-    progress: bool = True,
-    remote: bool | str = False,
-    **load_kwargs: Any,
-) -> xr.Dataset:
-    """Run ``experiment(model)`` on every revision and stack the results along ``checkpoint``.
-
-    Parameters
-    ----------
-    experiment : ``model -> Dataset``. If it takes a ``resume_dir`` keyword it gets one folder
-        per revision, so a revision interrupted midway resumes from its finished passes.
-    model : model name or directory as for :func:`load_model` (or a loaded model, whose name
-        and load options are reused; pass the name to hold only one model in memory).
-    revisions : list or string for :func:`parse_revisions` (``"all"``, ``"step0,main"``, a range).
-    config : JSON-able description of everything besides the revision that determines the
-        numbers; required with ``resume_dir`` so that parts of another run are refused.
-    resume_dir : folder for finished revisions (``<revision>.nc``) and unfinished ones.
-    remote : where ``experiment`` runs (as its own ``remote``): each revision's weights are
-        loaded here before the call only for local runs (False or "local"); remote weights
-        stay on the server.
-
-    Returns
-    -------
-    The experiment's Dataset with a leading ``checkpoint`` dim (revision names, training
-    order) on every variable; coordinates along ``checkpoint``: ``step`` (training step,
-    for plots: ``ds.accuracy.plot(x="step")``), ``model_path``,
-    ``seconds_load`` and ``seconds_run`` (wall time to load that revision and to run the
-    experiment on it, from its original run if resumed) and any attribute whose value differs
-    between revisions. ``attrs["revision"]`` lists the revisions.
-    """
-    if not isinstance(model, (str, Path, type(None))):
-        info = model_info(model)
-        model, load_kwargs = info.name, {**info.load_kwargs, **load_kwargs}
-    names = parse_revisions(revisions, model)
-    if resume_dir is not None and config is None:
-        raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
-                         "parts of a different run are never mixed in")
-    store = Parts(resume_dir, {**(config or {}), "model": _name(model),
-                              "dtype": str(load_kwargs.get("dtype", "torch.float32"))})
-    per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
-    results: list[xr.Dataset] = []
-    with store.resume_hint_on_failure():
-        for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
-            done = store.get_dataset(rev)
-            if done is None:
-                t0 = time.perf_counter()
-                m = load_model(model, rev, **load_kwargs)
-                if remote in (False, "local"):
-                    m.dispatch()
-                t1 = time.perf_counter()
-                kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
-                ds = experiment(m, **kwargs)
-                del m  # the only reference we hold: the next revision loads into freed memory
-                _free_memory()
-                done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
-                done = store.put_dataset(rev, done) or done
-            else:
-                store.resumed += 1
-            if done.attrs.get("revision") not in (rev, None):
-                raise UsageError(f"{store.dir}: the part for {rev} holds revision {done.attrs.get('revision')}; "
-                                 f"delete it or pass --restart")
-            results.append(done)
-    return _stack(results, names, _name(model), store.resumed)
-
-
-def _name(model: Any) -> str:
+def model_name(model: Any) -> str:
     if model is None:
         return embedded.EMBEDDED_NAME
     if isinstance(model, (str, Path)):
@@ -184,16 +97,14 @@ def _name(model: Any) -> str:
     return model_info(model).name
 
 
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 _PER_REVISION = ("model_path", "seconds_load", "seconds_run")  # always coordinates along checkpoint, even when equal
 
 
-def _stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int) -> xr.Dataset:
+def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, shared: Sequence[str] = ()) -> xr.Dataset:
+    """The revisions' Datasets along a leading ``checkpoint`` dim (see ``runner.over_revisions``);
+    variables in ``shared`` are taken from the first revision, without the dim."""
+    kept = {v: parts[0][v] for v in shared if v in parts[0]}
+    parts = [p.drop_vars(list(kept)) for p in parts]
     ref = parts[0]
     for name, p in zip(names[1:], parts[1:]):
         if sorted(p.data_vars) != sorted(ref.data_vars):
@@ -216,7 +127,7 @@ def _stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int) 
     attrs.update(revision=",".join(names), model_path=_root_path(model), n_revisions=len(names),
                  n_resumed_revisions=resumed, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     stacked.attrs = attrs
-    return stacked
+    return stacked.assign(kept)
 
 
 def _step(model: str, revision: str) -> float:

@@ -11,7 +11,7 @@ def _labels(ds: xr.Dataset) -> list[str]:
     return [f"L{int(l)}N{int(n)}" for l, n in zip(ds["layer"].values, ds["neuron"].values)]
 
 
-def neurons_figure(ds: xr.Dataset):
+def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     import matplotlib.pyplot as plt
 
     title = f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}"
@@ -47,7 +47,7 @@ def neurons_figure(ds: xr.Dataset):
     return fig
 
 
-def binding_figure(ds: xr.Dataset):
+def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """Accuracy of each binding measure against chance, and the binding-ID vectors' norms."""
     import matplotlib.pyplot as plt
 

@@ -23,11 +23,11 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .attention import attention
-from .errors import UsageError
-from .models import load_model, model_info
-from .results import provenance
-from .tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from ..experiments.attention import attention
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..results.io import provenance
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 
 PROBES = ("useful", "step")
 BASELINES = ("step0", "random", "none")
@@ -85,7 +85,7 @@ def probe(
     opts = dict(n_neighbors=n_neighbors, folds=folds, pool=pool, seed=seed, batch_size=batch_size, remote=remote,
                 progress=progress)
     if revisions is not None:
-        from .checkpoints import over_revisions
+        from ..runner import over_revisions
 
         ds = over_revisions(lambda m: _probe_model(m, plist, labels, prompts, **opts), model, revisions,
                             progress=progress, remote=remote)
@@ -182,7 +182,7 @@ def _baseline_model(model: Any, baseline: str, seed: int) -> Any:
     info = model_info(model) if not isinstance(model, (str, Path, type(None))) else None
     name = info.name if info else (str(model) if model is not None else "embedded")
     if baseline == "step0":
-        from .checkpoints import available_revisions
+        from ..results.checkpoints import available_revisions
 
         revs = available_revisions(name)
         if revs is not None and "step0" not in revs:

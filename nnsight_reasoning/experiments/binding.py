@@ -28,14 +28,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import backend
-from . import remote as _remote
-from .backend import resid as _br
-from .errors import UsageError
-from .models import load_model, model_info
-from .progress import progress_bar
-from .results import provenance
-from .tasks.binding import BindingContext, binding_contexts
+from .. import backend
+from .. import remote as _remote
+from ..backend import resid as _br
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..progress import progress_bar
+from ..results.io import provenance
+from ..tasks.binding import BindingContext, binding_contexts
 
 INTERVENTIONS = ("entity", "attribute")
 VECTORS = ("mean", "random")

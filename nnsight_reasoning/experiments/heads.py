@@ -36,15 +36,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import backend
-from .backend.graph import head_logit_effects
-from . import remote as _remote
-from .errors import UsageError
-from .models import load_model, model_info
-from .progress import progress_bar
-from .results import provenance
-from .sites import dims
-from .tasks.base import single_token_id
+from .. import backend
+from ..backend.graph import head_logit_effects
+from .. import remote as _remote
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..progress import progress_bar
+from ..results.io import provenance
+from ..sites import dims
+from ..tasks.base import single_token_id
 
 SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression")
 ATTENTION_SCORES = SCORES[:3]
@@ -92,7 +92,7 @@ def head_scores(
     every variable gains a leading ``checkpoint`` dim.
     """
     if revisions is not None:
-        from .checkpoints import over_revisions
+        from ..runner import over_revisions
 
         def run(m):
             return head_scores(m, n_sequences=n_sequences, seq_len=seq_len, seed=seed, batch_size=batch_size,
@@ -111,7 +111,7 @@ def head_scores(
     q_prev = np.arange(2, n + 1)
     q_rep = np.arange(n + 1, 2 * n + 1)
     chunks = [list(range(j, min(j + batch_size, n_sequences))) for j in range(0, n_sequences, batch_size)]
-    traffic = _remote.TRAFFIC.copy()
+    traffic = _remote.Traffic()
     for chunk in progress_bar(chunks, "head scores", enabled=progress):
         a = backend.attention_probs(model, ids[chunk], range(d["n_layers"]), last_only=False,
                                     remote=remote).double().numpy()  # (b, L, H, T, T)
@@ -131,7 +131,7 @@ def head_scores(
     attrs.update(n_forward_passes=2 * len(chunks) + 1, seq_len=seq_len,
                  successor_tokens=model.tokenizer.convert_ids_to_tokens(ordinals))
     if remote not in (False, "local"):
-        attrs.update(_remote.TRAFFIC.since(traffic))
+        attrs.update(traffic.as_attrs())
     names = {"previous_token": "attention to the previous token", "duplicate_token": "attention to the earlier "
              "copy of the same token", "induction": "attention to the token after the earlier copy",
              "copy_suppression": "lowering of the attended tokens' logits"}

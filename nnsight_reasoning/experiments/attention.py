@@ -14,15 +14,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import backend
-from . import remote as _remote
-from .errors import UsageError
-from .models import load_model, model_info
-from .progress import progress_bar
-from .results import provenance
-from .sites import check_heads, check_layers, dims
-from .tasks.base import length_batches
-from .tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from .. import backend
+from .. import remote as _remote
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..progress import progress_bar
+from ..results.io import provenance
+from ..sites import check_heads, check_layers, dims
+from ..tasks.base import length_batches
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 
 PATTERNS = ("last", "all", "none")
 
@@ -67,7 +67,7 @@ def attention(
     if patterns not in PATTERNS:
         raise UsageError(f"patterns must be one of {', '.join(PATTERNS)} (got {patterns!r})")
     if revisions is not None:
-        from .checkpoints import over_revisions
+        from ..runner import over_revisions
 
         def run(m):
             return attention(m, prompts, layers=layers, heads=heads, patterns=patterns, batch_size=batch_size,
@@ -97,7 +97,7 @@ def attention(
     mass = np.zeros((n, n_l, n_h, len(groups)))
     n_tokens = np.zeros((n, len(groups)), np.int64)
     chunks = length_batches(lengths, batch_size)
-    traffic = _remote.TRAFFIC.copy()
+    traffic = _remote.Traffic()
     for chunk in progress_bar(chunks, "attention", enabled=progress):
         probs = backend.attention_probs(model, torch.tensor([ids[i] for i in chunk]), layer_list,
                                         last_only=patterns != "all", remote=remote)[:, :, head_list].double().numpy()
@@ -124,7 +124,7 @@ def attention(
                        method="attention", metric="attention_probability", seed=params.get("seed"), remote=remote)
     attrs.update(patterns=patterns, batch_size=batch_size, n_forward_passes=len(chunks))
     if remote not in (False, "local"):
-        attrs.update(_remote.TRAFFIC.since(traffic))
+        attrs.update(traffic.as_attrs())
     data = {
         "entropy": (("prompt", "layer", "head"), entropy,
                     {"long_name": "entropy of the answer position's attention", "units": "nat"}),

@@ -1,4 +1,5 @@
-"""Figures for result Datasets (matplotlib)."""
+"""Figures for patching and evaluation results: layer × position heatmaps per site, the
+distribution of P(answer), learning curves."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .errors import UsageError
-from .results import site_variables
-from .sites import var_name
+from ..errors import UsageError
+from ..results.io import site_variables
+from ..sites import var_name
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -23,65 +24,6 @@ def _position_labels(ds: xr.Dataset) -> list[str]:
         where = "last" if pos == -1 else str(pos)
         labels.append(f"{where} {tok}{mark}")
     return labels
-
-
-def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | None = None, prompt: int = 0):
-    """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
-
-    Attention results: ``kind`` "heatmap" (prompt ``prompt``, tokens on both axes; the
-    default when patterns were stored), "entropy" (layer × head grid) or "mass" (attention
-    per reasoning step). Probe results: F1 per layer, model vs baseline. Head scores: the
-    layer × head grids (and each head over checkpoints in a sweep). Edge attribution
-    (:func:`nnsight_reasoning.circuits.eap`): ``kind`` "circuit" (the graph of the smallest
-    circuit with faithfulness >= 0.8, else the largest), "faithfulness" (by circuit size,
-    per checkpoint) or "overlap" (Jaccard across checkpoints). CoT neurons: activation of the
-    discovered neurons per variant and accuracy per variant under ablation. Binding IDs: each
-    measure's accuracy against chance, and the binding-ID vectors' norms by depth.
-
-    Patching: per-site heatmaps (layer × position, mean over prompts); in a sweep, layer ×
-    checkpoint at a single position, else one row per checkpoint (colour scale shared down
-    each site's column). Evaluation: the distribution of
-    P(answer); over checkpoints, the learning curve (accuracy and mean P(answer)).
-    """
-    import matplotlib.pyplot as plt
-
-    from .plot_attention import attention_figure, heads_figure, probe_figure
-    from .plot_circuits import circuit_figure
-    from .plot_neurons import binding_figure, neurons_figure
-
-    sites = site_variables(ds)
-    method = ds.attrs.get("method")
-    if kind is not None and method not in ("attention", "eap", "eap_ig"):
-        raise UsageError(f"kind={kind!r} applies to attention and edge-attribution results; this is a {method} result")
-    if method == "attention":
-        fig = attention_figure(ds, kind, prompt)
-    elif method in ("eap", "eap_ig"):
-        fig = circuit_figure(ds, kind)
-    elif method in ("cot_neurons", "neuron_discovery"):
-        fig = neurons_figure(ds)
-    elif method == "binding_ids":
-        fig = binding_figure(ds)
-    elif method in ("neuron_activations", "edge_patching"):
-        raise UsageError(f"{method} results have no standard figure; plot their variables with xarray")
-    elif method == "mechanistic_probe":
-        fig = probe_figure(ds)
-    elif method == "head_scores":
-        fig = heads_figure(ds)
-    elif not sites and "correct" in ds and "checkpoint" in ds.dims:
-        fig = _learning_curve(ds)
-    elif not sites and "correct" in ds:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.hist(ds["p_answer"].values, bins=20, range=(0, 1), color="tab:blue")
-        ax.set_xlabel("P(correct answer)")
-        ax.set_ylabel("prompts")
-        ax.set_title(f"{ds.attrs.get('task')} on {ds.attrs.get('model')}@{ds.attrs.get('revision')}: "
-                     f"accuracy {float(ds['accuracy']):.1%}", fontsize=9)
-    else:
-        fig = _heatmaps(ds, sites)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
 
 
 def _learning_curve(ds: xr.Dataset):
@@ -168,3 +110,24 @@ def _panel(fig, ax, vals, xlabels, ds, norm, title) -> None:
     if title:
         ax.set_title(title + (" (symlog)" if isinstance(norm, SymLogNorm) else ""), fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
+
+
+def patch_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Per-site heatmaps (layer × position, mean over prompts); in a sweep, layer × checkpoint
+    at a single position, else one row per checkpoint (colour scale shared down each column)."""
+    return _heatmaps(ds, site_variables(ds))
+
+
+def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """The distribution of P(answer); over checkpoints, the learning curve."""
+    import matplotlib.pyplot as plt
+
+    if "checkpoint" in ds.dims:
+        return _learning_curve(ds)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(ds["p_answer"].values, bins=20, range=(0, 1), color="tab:blue")
+    ax.set_xlabel("P(correct answer)")
+    ax.set_ylabel("prompts")
+    ax.set_title(f"{ds.attrs.get('task')} on {ds.attrs.get('model')}@{ds.attrs.get('revision')}: "
+                 f"accuracy {float(ds['accuracy']):.1%}", fontsize=9)
+    return fig

@@ -28,16 +28,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import backend
-from . import remote as _remote
-from .backend import neurons as _bn
-from .errors import UsageError
-from .models import load_model, model_info
-from .progress import progress_bar
-from .results import provenance
-from .sites import check_layers, dims
-from .tasks.base import length_batches
-from .tasks.cot import VARIANTS, CotPrompt, cot_arithmetic, load_gsm8k
+from .. import backend
+from .. import remote as _remote
+from ..backend import neurons as _bn
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..progress import progress_bar
+from ..results.io import provenance
+from ..sites import check_layers, dims
+from ..tasks.base import length_batches
+from ..tasks.cot import VARIANTS, CotPrompt, cot_arithmetic, load_gsm8k
 
 
 def _texts(prompts: Sequence[Any]) -> list[str]:
@@ -294,3 +294,4 @@ def cot_neurons(
     ds.attrs = {**_attrs(model, sets[discover_on], "cot_neurons", "accuracy", remote, **params),
                 "discover_on": discover_on, "top_k": top_k, "min_frequency": min_frequency}
     return ds
+neurons = cot_neurons  # until ported

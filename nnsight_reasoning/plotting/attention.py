@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .errors import UsageError
-from .results import last_checkpoint
+from ..errors import UsageError
+from ..results.io import last_checkpoint
 
 ATTENTION_KINDS = ("heatmap", "entropy", "mass")
 
@@ -108,7 +108,7 @@ def _mass(ds: xr.Dataset):
     return fig
 
 
-def probe_figure(ds: xr.Dataset):
+def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """Macro F1 per layer for each probe; the baseline dashed; all layers' features at 'all'."""
     import matplotlib.pyplot as plt
 
@@ -139,12 +139,12 @@ def probe_figure(ds: xr.Dataset):
     return fig
 
 
-def heads_figure(ds: xr.Dataset):
+def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """Head-score grids (layer × head, mean over sequences) for the (last) checkpoint; in a sweep
     a second row follows every head's score over the checkpoints, coloured by layer."""
     import matplotlib.pyplot as plt
 
-    from .heads import SCORES, grid
+    from ..experiments.heads import SCORES, grid
 
     sweep = "checkpoint" in ds.dims
     last = last_checkpoint(ds)

@@ -31,16 +31,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import attribution
-from . import remote as _remote
-from .backend import graph
-from .errors import UsageError
-from .models import load_model, model_info
-from .patching import tokenize_pairs
-from .progress import progress_bar
-from .results import provenance
-from .tasks import PromptPair, PromptPairs, ReasoningPrompts
-from .tasks.base import length_batches
+from ..runner import plan_batches
+from .. import remote as _remote
+from ..backend import graph
+from ..errors import UsageError
+from ..models import load_model, model_info
+from ..experiments.patch import tokenize_pairs
+from ..progress import progress_bar
+from ..results.io import provenance
+from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
+from ..tasks.base import length_batches
 
 DEFAULT_SIZES = (10, 20, 50, 100, 200)
 
@@ -87,7 +87,7 @@ def eap(
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
     if revisions is not None:
-        from .checkpoints import over_revisions
+        from ..runner import over_revisions
 
         def run(m):
             return eap(m, pairs, ig_steps=ig_steps, sizes=sizes, batch_size=batch_size, remote=remote,
@@ -104,8 +104,8 @@ def eap(
     n = len(pair_list)
     per_prompt = np.zeros((n,) + valid.shape)
     clean, corrupt = np.zeros(n), np.zeros(n)
-    traffic = _remote.TRAFFIC.copy()
-    jobs = attribution.plan([len(b) for b in base_ids], batch_size, ig_steps)
+    traffic = _remote.Traffic()
+    jobs = plan_batches([len(b) for b in base_ids], batch_size, 2 + (ig_steps if ig_steps > 1 else 0))
     for job in progress_bar(jobs, "edge scores", enabled=progress):
         ids = torch.tensor([source_ids[i] for i in job] + [base_ids[i] for i in job])
         scores, logits = graph.edge_attributions(model, ids, torch.tensor([answers[i] for i in job] * 2),
@@ -135,7 +135,8 @@ def _prepare(model, pairs, remote):
     pair_list = list(pairs)
     if not pair_list:
         raise UsageError("no prompt pairs given")
-    base_ids, source_ids, answers = tokenize_pairs(model, pair_list)
+    tok = tokenize_pairs(model, pair_list)
+    base_ids, source_ids, answers = tok.base, tok.source, tok.answers
     _remote.preflight(model, remote)
     return pair_list, base_ids, source_ids, answers
 
@@ -149,7 +150,7 @@ def _attrs(model, pairs, remote, method, n_layers, n_heads, parallel, batch_size
     attrs.update(n_layers=n_layers, n_heads=n_heads, parallel_residual=int(parallel), batch_size=batch_size,
                  n_forward_passes=n_passes)
     if remote not in (False, "local"):
-        attrs.update(_remote.TRAFFIC.since(traffic))
+        attrs.update(traffic.as_attrs())
     return attrs
 
 
@@ -197,7 +198,7 @@ def edge_patching(
     edges = np.argwhere(valid)
     cuts = np.zeros((len(edges) + 1,) + valid.shape, bool)  # circuit 0 cuts nothing: the clean run
     cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
-    traffic = _remote.TRAFFIC.copy()
+    traffic = _remote.Traffic()
     diff, corrupt, n_passes = _edge_patched(model, base_ids, source_ids, answers, cuts, batch_size, remote, progress,
                                             "edge patching")
     score = np.full(valid.shape, np.nan)
@@ -299,3 +300,4 @@ def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_laye
                                                                                                   "pruned circuit"}),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+circuit = eap  # until ported

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import RunError, UsageError
+from ..errors import RunError, UsageError
 
 MANIFEST = "manifest.json"
 
@@ -34,9 +34,94 @@ def parts_dir(results_file: str | Path) -> Path:
     return p.with_name(p.name + ".parts")
 
 
+MISSING = object()  # what Parts.get_tree returns for a part that is not finished
+
+
 def digest(*items: Any) -> str:
-    """A short stable hash of JSON-able items (a run's prompts, a part's inputs)."""
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short stable hash of items: JSON-able values, tensors and arrays (by dtype, shape and
+    bytes), dataclasses (by fields) and containers of them (a run's data, a part's inputs)."""
+    h = hashlib.sha256()
+    _feed(h, items)
+    return h.hexdigest()[:16]
+
+
+def _feed(h: Any, x: Any) -> None:
+    import dataclasses
+
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
+        h.update(x.contiguous().view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    elif isinstance(x, np.ndarray):
+        h.update(f"A{x.dtype}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).tobytes() if x.dtype != object else json.dumps(x.tolist(), default=str).encode())
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        h.update(f"D{type(x).__qualname__}(".encode())
+        for f in dataclasses.fields(x):
+            h.update(f.name.encode())
+            _feed(h, getattr(x, f.name))
+        h.update(b")")
+    elif isinstance(x, (list, tuple)):
+        h.update(f"L{len(x)}[".encode())
+        for v in x:
+            _feed(h, v)
+        h.update(b"]")
+    elif isinstance(x, dict):
+        h.update(f"M{len(x)}{{".encode())
+        for k in sorted(x, key=str):
+            h.update(json.dumps(str(k)).encode())
+            _feed(h, x[k])
+        h.update(b"}")
+    else:
+        h.update(json.dumps(x, sort_keys=True, default=str).encode())
+
+
+def _flatten(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """A JSON description of ``obj`` whose tensors and arrays are stored in ``arrays``."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        key = f"a{len(arrays)}"
+        arrays[key] = obj.detach().cpu().numpy()
+        return {"tensor": key}
+    if isinstance(obj, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = obj
+        return {"array": key}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"dataclass": f"{type(obj).__module__}:{type(obj).__qualname__}",
+                "fields": {f.name: _flatten(getattr(obj, f.name), arrays) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, (list, tuple)):
+        return {"list" if isinstance(obj, list) else "tuple": [_flatten(v, arrays) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot keep a part of type {type(obj).__name__}")
+
+
+def _unflatten(spec: Any, arrays: dict[str, np.ndarray]) -> Any:
+    import importlib
+
+    import torch
+
+    if "tensor" in spec:
+        return torch.from_numpy(arrays[spec["tensor"]])
+    if "array" in spec:
+        return arrays[spec["array"]]
+    if "dataclass" in spec:
+        module, name = spec["dataclass"].split(":")
+        cls = importlib.import_module(module)
+        for part in name.split("."):
+            cls = getattr(cls, part)
+        return cls(**{k: _unflatten(v, arrays) for k, v in spec["fields"].items()})
+    if "list" in spec:
+        return [_unflatten(v, arrays) for v in spec["list"]]
+    if "tuple" in spec:
+        return tuple(_unflatten(v, arrays) for v in spec["tuple"])
+    return spec["value"]
 
 
 class Parts:
@@ -135,6 +220,23 @@ class Parts:
         np.savez(buf, _check=np.array(check), **arrays)
         _atomic_write(self._path(key), buf.getvalue())
 
+    def get_tree(self, key: str, check: str = "") -> Any:
+        """The object (tensors, arrays, tuples, lists, dataclasses of them) kept under ``key`` by
+        :meth:`put_tree`, or :data:`MISSING`."""
+        got = self.get(key, check)
+        if got is None:
+            return MISSING
+        spec = json.loads(str(got.pop("_tree")))
+        return _unflatten(spec, got)
+
+    def put_tree(self, key: str, check: str, obj: Any) -> None:
+        """Keep ``obj`` (what a backend call returned) durably; exact values, dtypes kept."""
+        if self.dir is None:
+            return
+        arrays: dict[str, np.ndarray] = {}
+        spec = _flatten(obj, arrays)
+        self.put(key, check, _tree=np.array(json.dumps(spec)), **arrays)
+
     def subdir(self, key: str) -> Path:
         """A folder for the parts of one unit that has parts of its own (a revision of a sweep)."""
         self._ensure()
@@ -142,7 +244,7 @@ class Parts:
 
     def get_dataset(self, key: str):
         """The finished Dataset stored under ``key``, or None."""
-        from .results import load_result
+        from ..results.io import load_result
 
         if self.dir is None or not (self.dir / f"{_safe(key)}.nc").is_file():
             return None
@@ -157,7 +259,7 @@ class Parts:
         (so a fresh run and a resumed one hand on identical objects), or None without a folder."""
         import shutil
 
-        from .results import save_result
+        from ..results.io import save_result
 
         if self.dir is None:
             return None

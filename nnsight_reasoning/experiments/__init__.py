@@ -1,0 +1,21 @@
+"""One module per experiment. Each holds the experiment's whole computation: a compute
+function turned into the public ``nr.<noun>`` by :func:`nnsight_reasoning.runner.experiment`,
+and ``summarize(ds)``, what the CLI prints for its result (``reason-interp`` and ``show``)."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# attrs["method"] -> the module whose summarize(ds) describes such a result
+_MODULES = {"activation_patching": "patch", "attribution_patching": "patch", "evaluate": "evaluate",
+            "attention": "attention", "mechanistic_probe": "probe", "head_scores": "heads", "eap": "circuit",
+            "eap_ig": "circuit", "edge_patching": "circuit", "cot_neurons": "neurons", "binding_ids": "binding"}
+
+
+def summarize(ds: Any) -> list[Any]:
+    """Lines and rich tables that describe a result (its experiment's ``summarize``); [] for a
+    method without one."""
+    name = _MODULES.get(str(ds.attrs.get("method", "")))
+    if name is None:
+        return []
+    return importlib.import_module(f"{__name__}.{name}").summarize(ds)

@@ -1,0 +1,72 @@
+"""Task performance: next-token accuracy, probability and rank of the correct answer."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import backend
+from ..errors import UsageError
+from ..runner import Run, experiment
+from ..tasks import Example, Examples
+
+
+@experiment("evaluate", batch_size=256)
+def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
+    """Score the model's next token on each example (``nr.tasks.examples("arithmetic", 200)``).
+
+    Returns a Dataset along ``prompt`` with ``correct`` (0/1: the answer is the argmax),
+    ``p_answer`` (probability of the answer token) and ``answer_rank`` (0 = top-1; not
+    ``rank``, which would shadow ``Dataset.rank``), coordinates ``text`` and ``answer``, and
+    the aggregates ``accuracy``, ``mean_p_answer``, ``mean_rank`` (0-d). With ``revisions``
+    every variable gains a leading ``checkpoint`` dim: the learning curve is
+    ``ds.accuracy`` along ``checkpoint``.
+    """
+    if isinstance(examples, str):
+        raise UsageError(f"evaluate takes examples, not a task name: nr.evaluate(model, "
+                         f"nr.tasks.examples({examples!r}, n_prompts=200))")
+    items = list(examples)
+    if not items:
+        raise UsageError("no examples given")
+    ids = backend.tokenize(run.model, [e.prompt for e in items])
+    answers = backend.answer_tokens(run.model, [e.answer for e in items])
+    lp = np.zeros(len(items))
+    rank = np.zeros(len(items), dtype=np.int64)
+    label = f"evaluating {getattr(examples, 'task', '')}".rstrip()
+    for chunk in run.steps(run.batches([len(x) for x in ids]), label):
+        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
+                     torch.tensor([[answers[i]] for i in chunk]))
+        lp[chunk], rank[chunk] = s.log_probs[:, 0].double().numpy(), s.rank[:, 0].numpy()
+    p = np.exp(lp)
+    return xr.Dataset(
+        {"correct": ("prompt", (rank == 0).astype(np.int8), {"long_name": "answer is the top-1 token"}),
+         "p_answer": ("prompt", p, {"long_name": "P(answer | prompt)", "units": "1"}),
+         "answer_rank": ("prompt", rank, {"long_name": "rank of the answer token (0 = top-1)"}),
+         "accuracy": ((), (rank == 0).mean(), {"long_name": "accuracy (top-1)", "units": "1"}),
+         "mean_p_answer": ((), p.mean(), {"long_name": "mean P(answer | prompt)", "units": "1"}),
+         "mean_rank": ((), rank.mean(), {"long_name": "mean rank of the answer token"})},
+        coords={"prompt": np.arange(len(items)), "text": ("prompt", [e.prompt for e in items]),
+                "answer": ("prompt", [e.answer for e in items])},
+        attrs={"method": "evaluate", "metric": "accuracy"},
+    )
+
+
+def summarize(ds: xr.Dataset) -> list[Any]:
+    """Accuracy, mean P(answer) and mean rank; over checkpoints, one row per checkpoint."""
+    from rich.table import Table
+
+    task, n = ds.attrs.get("task"), ds.sizes["prompt"]
+    if "checkpoint" not in ds.dims:
+        return [f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n} prompts: "
+                f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
+                f"mean rank {float(ds.mean_rank):.2f}"]
+    table = Table(title=f"{task} · {ds.attrs['model']} · {n} prompts over training")
+    for col in ("checkpoint", "accuracy", "mean P(answer)", "mean rank", "load s", "run s"):
+        table.add_column(col, justify="right")
+    for c in ds["checkpoint"].values:
+        r = ds.sel(checkpoint=c)
+        table.add_row(str(c), f"{float(r.accuracy):.3f}", f"{float(r.mean_p_answer):.3f}",
+                      f"{float(r.mean_rank):.2f}", f"{float(r.seconds_load):.2f}", f"{float(r.seconds_run):.2f}")
+    return [table]

@@ -1,0 +1,61 @@
+"""Figures for results: a registry from ``attrs["method"]`` to the function that draws it.
+
+Each figure function takes ``(ds, kind, prompt)`` and returns a matplotlib Figure; adding an
+experiment's figure is one entry in :data:`FIGURES`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import xarray as xr
+
+from ..errors import UsageError
+
+
+def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
+    """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
+    from .attention import ATTENTION_KINDS, attention_figure, heads_figure, probe_figure
+    from .circuits import CIRCUIT_KINDS, circuit_figure
+    from .neurons import binding_figure, neurons_figure
+    from .patch import evaluate_figure, patch_figure
+
+    return {
+        "activation_patching": (patch_figure, ()),
+        "attribution_patching": (patch_figure, ()),
+        "evaluate": (evaluate_figure, ()),
+        "attention": (attention_figure, ATTENTION_KINDS),
+        "mechanistic_probe": (probe_figure, ()),
+        "head_scores": (heads_figure, ()),
+        "eap": (circuit_figure, CIRCUIT_KINDS),
+        "eap_ig": (circuit_figure, CIRCUIT_KINDS),
+        "cot_neurons": (neurons_figure, ()),
+        "neuron_discovery": (neurons_figure, ()),
+        "binding_ids": (binding_figure, ()),
+    }
+
+
+def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | None = None, prompt: int = 0):
+    """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
+
+    The figure follows ``attrs["method"]``. Patching: per-site heatmaps (layer × position,
+    mean over prompts; over checkpoints, layer × checkpoint). Evaluation: the distribution of
+    P(answer); over checkpoints, the learning curve. Attention: ``kind`` "heatmap" (prompt
+    ``prompt``), "entropy" or "mass". Probe: F1 per layer, model vs baseline. Head scores:
+    the layer × head grids. Circuits: ``kind`` "circuit", "faithfulness" or "overlap". CoT
+    neurons: activation per variant and accuracy under ablation. Binding IDs: each measure's
+    accuracy against chance.
+    """
+    method = str(ds.attrs.get("method", ""))
+    figures = _figures()
+    if method not in figures:
+        raise UsageError(f"{method or 'this'} results have no standard figure; plot their variables with xarray")
+    draw, kinds = figures[method]
+    if kind is not None and not kinds:
+        raise UsageError(f"kind={kind!r} does not apply to {method} results (kinds exist for attention and "
+                         f"edge-attribution results)")
+    fig = draw(ds, kind, prompt)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

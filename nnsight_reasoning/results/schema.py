@@ -1,0 +1,89 @@
+"""The schema of every experiment's result, by ``attrs["method"]``: which variables, with
+which dims, and the provenance every result carries. ``nr.testing.assert_valid_result(ds)``
+checks a Dataset against it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from ..sites import SITES, var_name
+from .io import site_variables
+
+REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
+                  "remote", "version_nnsight_reasoning", "version_nnsight", "version_torch",
+                  "version_transformers", "created")
+
+_PROMPT_COORDS = ("base", "source", "base_answer", "source_answer")
+_EDGES = {"score": ("upstream", "downstream"), "clean_logit_diff": ("prompt",), "corrupt_logit_diff": ("prompt",),
+          "circuit_logit_diff": ("size", "prompt"), "faithfulness": ("size",), "fraction": ("size",),
+          "n_edges": ("size",), "n_nodes": ("size",), "in_circuit": ("size", "upstream", "downstream")}
+_NEURONS = {"frequency": ("unit",), "mean_contribution": ("unit",), "contribution": ("prompt", "unit"),
+            "promoted": ("unit", "rank"), "promoted_logit": ("unit", "rank")}
+
+# method -> {variable: dims without a sweep's leading checkpoint}; variables marked optional may be absent
+SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
+    "evaluate": {"correct": ("prompt",), "p_answer": ("prompt",), "answer_rank": ("prompt",), "accuracy": (),
+                 "mean_p_answer": (), "mean_rank": ()},
+    "attention": {"entropy": ("prompt", "layer", "head"), "mass": ("prompt", "layer", "head", "group"),
+                  "n_tokens": ("prompt", "group")},
+    "mechanistic_probe": {"f1": ("probe", "layer"), "accuracy": ("probe", "layer"), "f1_all": ("probe",),
+                          "accuracy_all": ("probe",), "majority": ("probe",), "n_samples": ("probe",)},
+    "head_scores": {"previous_token": ("prompt", "layer", "head"), "duplicate_token": ("prompt", "layer", "head"),
+                    "induction": ("prompt", "layer", "head"), "copy_suppression": ("prompt", "layer", "head"),
+                    "successor": ("layer", "head"), "uniform": ("score",)},
+    "eap": _EDGES, "eap_ig": _EDGES, "edge_patching": _EDGES,
+    "cot_neurons": {**_NEURONS, "activation": ("variant", "unit"), "correct": ("ablation", "variant", "prompt"),
+                    "p_answer": ("ablation", "variant", "prompt"), "accuracy": ("ablation", "variant")},
+    "binding_ids": {"correct": ("prompt", "query"), "factor_correct": ("target", "prompt", "query"),
+                    "position_correct": ("prompt", "query"), "swap": ("intervention", "vector", "prompt", "query"),
+                    "accuracy": (), "factor_accuracy": ("target",), "position_accuracy": (),
+                    "swap_accuracy": ("intervention", "vector"), "delta_norm": ("intervention", "depth")},
+}
+OPTIONAL = {"attention": ("attention",), "mechanistic_probe": ("baseline_f1", "baseline_accuracy", "baseline_f1_all",
+                                                               "baseline_accuracy_all", "score", "score_all")}
+FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "clean_p_base",
+             "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency")
+
+
+def assert_valid_result(ds: xr.Dataset) -> None:
+    """Raise ``AssertionError`` naming the first way ``ds`` departs from its method's schema
+    (dims of every variable, provenance attrs, probabilities in [0, 1], coordinates)."""
+    for a in REQUIRED_ATTRS:
+        assert a in ds.attrs, f"attrs[{a!r}] missing"
+    json.loads(ds.attrs["task_params"])
+    method = ds.attrs["method"]
+    lead = ("checkpoint",) if "checkpoint" in ds.dims else ()
+    if method in ("activation_patching", "attribution_patching"):
+        _patching(ds, lead)
+    else:
+        assert method in SCHEMAS, f"unknown method {method!r}; known: {', '.join(sorted(SCHEMAS))}"
+        for v, dims in SCHEMAS[method].items():
+            assert v in ds.data_vars, f"{method} result lacks {v!r}"
+            assert ds[v].dims in (lead + dims, dims if v == "uniform" else lead + dims), \
+                f"{v} has dims {ds[v].dims}, expected {lead + dims}"
+    for v in FRACTIONS:
+        if v in ds.data_vars:
+            vals = np.asarray(ds[v].values, dtype=float)
+            vals = vals[np.isfinite(vals)]
+            assert np.all((vals >= 0) & (vals <= 1)), f"{v} outside [0, 1]"
+    if "prompt" in ds.dims:
+        assert list(ds["prompt"].values) == list(range(ds.sizes["prompt"])), "prompt must be 0..N-1"
+    if lead:
+        assert "step" in ds.coords and ds["step"].dims == ("checkpoint",), "a sweep needs the step coordinate"
+
+
+def _patching(ds: xr.Dataset, lead: tuple[str, ...]) -> None:
+    site_vars = site_variables(ds)
+    assert site_vars, f"no site variable ({[var_name(s) for s in SITES]}) in {list(ds.data_vars)}"
+    for v in site_vars:
+        want = lead + ("prompt", "layer", "position") + (("head",) if v == var_name("head") else ())
+        assert ds[v].dims == want, f"{v} has dims {ds[v].dims}, expected {want}"
+        assert ds[v].attrs.get("metric") == ds.attrs["metric"], f"{v}.attrs['metric'] != attrs['metric']"
+    for v in ("clean_p_base", "clean_p_source"):
+        assert v in ds.data_vars, f"{v} missing"
+        assert ds[v].dims == lead + ("prompt",), f"{v} has dims {ds[v].dims}"
+    for c in _PROMPT_COORDS:
+        assert c in ds.coords and ds[c].dims == ("prompt",), f"coordinate {c!r} along prompt missing"
+    assert "token" in ds.coords and ds["token"].dims == ("prompt", "position"), "token coordinate missing"

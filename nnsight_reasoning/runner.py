@@ -1,0 +1,326 @@
+"""The experiment harness: everything around an experiment's numbers, written once.
+
+An experiment is a function that only computes::
+
+    @experiment("activation_patching", data=PromptPairs, batch_size=512)
+    def patch(run: Run, pairs, sites=("mlp", "attn"), *, metric="stolfo_ie") -> xr.Dataset:
+        for chunk in run.steps(plan, "patching"):
+            scores = run.call(backend.answer_scores, ids, answers, patches)
+        ...
+
+and :func:`experiment` turns it into the public function ``nr.patch(model, pairs, sites, *,
+metric, batch_size, remote, progress, resume_dir, revisions)``. The harness gives every
+experiment the same way:
+
+- **model**: a loaded model, a Hugging Face id or a local directory (loaded here);
+- **remote**: NDIF preflight before any work (key, host, the model is served); traffic
+  counted per run (:class:`~nnsight_reasoning.remote.Traffic`), reported in ``attrs``;
+- **revisions**: one run per checkpoint, one model in memory at a time, stacked along a
+  leading ``checkpoint`` dim (:func:`over_revisions`);
+- **resume_dir**: every :meth:`Run.call` (one forward pass, one NDIF request) is kept as a
+  part; after a kill the same call reads finished parts back and computes the rest;
+- **batch_size**: rows (sequences) per forward pass, with one meaning everywhere;
+  :meth:`Run.batches` plans by it;
+- **progress** bars and **provenance** ``attrs`` (model, revision, task, versions, passes).
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import torch
+import xarray as xr
+
+from . import remote as _remote
+from .errors import UsageError
+from .models import load_model, model_info
+from .progress import progress_bar
+from .results.io import provenance
+from .results.parts import MISSING, Parts, digest
+
+T = TypeVar("T")
+
+HARNESS_DOC = """
+    Harness parameters (the same for every experiment)
+    ---------------------------------------------------
+    batch_size : most rows (sequences) in one forward pass; remotely one pass is one NDIF
+        request, so this is also the chunk of work per job.
+    remote : False (here), True (NDIF at ``NDIF_HOST``), a host URL, or "local" (nnsight's
+        remote serialisation path, run here).
+    progress : show a progress bar.
+    resume_dir : keep every finished forward pass there; the same call after a kill reads
+        them back and computes only the rest (the CLI uses ``<out>.nc.parts``).
+    revisions : run on each of these checkpoints of ``model`` (``"all"``, ``"step0,main"``,
+        ``"step0:1000:250"`` or a list) and stack the results along a leading
+        ``checkpoint`` dim; ``model`` may then be a name, so that one model is in memory at
+        a time.
+"""
+
+
+@dataclass
+class Run:
+    """One experiment on one model: what an experiment's compute function receives.
+
+    Attributes
+    ----------
+    model : the loaded nnsight model.
+    remote : where traces run (see :mod:`nnsight_reasoning.remote`).
+    batch_size : most rows per forward pass.
+    progress : whether bars are shown.
+    store : finished parts (resume); :meth:`call` uses it.
+    traffic : NDIF jobs and bytes of this run only.
+    """
+
+    model: Any
+    remote: bool | str = False
+    batch_size: int = 64
+    progress: bool = True
+    store: Parts = field(default_factory=lambda: Parts(None, {}))
+    traffic: _remote.Traffic = field(default_factory=_remote.Traffic)
+    calls: int = 0  # forward passes asked for (computed or read back)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(model, *args, remote=..., **kwargs)`` for a backend function ``fn`` (one trace).
+
+        The result is kept as a part of the run, keyed by the call's index and checked
+        against a digest of its inputs, so a resumed run reads it back instead of tracing
+        again, and a run whose inputs changed is refused instead of mixed.
+        """
+        key = f"call-{self.calls:06d}"
+        self.calls += 1
+        check = digest(getattr(fn, "__module__", ""), fn.__qualname__, args, kwargs)
+        got = self.store.get_tree(key, check)
+        if got is not MISSING:
+            self.store.resumed += 1
+            return got
+        with _remote.counting(self.traffic):
+            out = fn(self.model, *args, remote=self.remote, **kwargs)
+        self.store.put_tree(key, check, out)
+        return out
+
+    def steps(self, items: Iterable[T], label: str) -> Iterator[T]:
+        """``items`` with a progress bar (when enabled)."""
+        return progress_bar(items, label, enabled=self.progress)
+
+    def batches(self, lengths: Sequence[int], rows_per_item: int = 1) -> list[list[int]]:
+        """Item indices per forward pass: items of one token length (no padding), as many as fit
+        ``batch_size`` rows when each item takes ``rows_per_item`` rows (at least one item)."""
+        return plan_batches(lengths, self.batch_size, rows_per_item)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, rows_per_item: int = 1) -> list[list[int]]:
+    """The one batching planner: indices grouped by equal length (shortest first), then cut into
+    passes of at most ``max(1, batch_size // rows_per_item)`` items."""
+    per = max(1, batch_size // max(1, rows_per_item))
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [groups[n][j:j + per] for n in sorted(groups) for j in range(0, len(groups[n]), per)]
+
+
+# --------------------------------------------------------------------------- experiments
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment as the harness sees it.
+
+    ``name`` is the default ``attrs["method"]`` and the parts' key; ``compute(run, data,
+    **options)`` returns the Dataset; ``shared`` names variables that do not depend on the
+    checkpoint (a probe's baseline), kept without the ``checkpoint`` dim in sweeps;
+    ``batch_size`` is the default row budget.
+    """
+
+    name: str
+    compute: Callable[..., xr.Dataset]
+    batch_size: int = 64
+    shared: tuple[str, ...] = ()
+
+
+_HARNESS = ("batch_size", "remote", "progress", "resume_dir", "revisions")
+
+
+def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = ()) -> Callable:
+    """Turn ``compute(run, data, *options)`` into the public ``fn(model, data, *options, batch_size,
+    remote, progress, resume_dir, revisions)`` (see the module doc)."""
+
+    def wrap(compute: Callable[..., xr.Dataset]) -> Callable[..., xr.Dataset]:
+        exp = Experiment(name, compute, batch_size, tuple(shared))
+        sig = inspect.signature(compute)
+        params = list(sig.parameters.values())[1:]  # without `run`
+
+        @functools.wraps(compute)
+        def public(model: Any, *args: Any, batch_size: int = exp.batch_size, remote: bool | str = False,
+                   progress: bool = True, resume_dir: str | Path | None = None,
+                   revisions: str | Sequence[str] | None = None, **kwargs: Any) -> xr.Dataset:
+            try:
+                bound = sig.bind(None, *args, **kwargs)
+            except TypeError as e:
+                raise UsageError(f"{compute.__name__}(): {e}") from None
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            values.pop(next(iter(sig.parameters)))
+            data = values.pop(params[0].name)
+            return execute(exp, model, data, values, batch_size=batch_size, remote=remote, progress=progress,
+                           resume_dir=resume_dir, revisions=revisions)
+
+        harness = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Any")]
+        extra = [inspect.Parameter("batch_size", inspect.Parameter.KEYWORD_ONLY, default=exp.batch_size,
+                                   annotation="int"),
+                 inspect.Parameter("remote", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool | str"),
+                 inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"),
+                 inspect.Parameter("resume_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation="str | Path | None"),
+                 inspect.Parameter("revisions", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation="str | Sequence[str] | None")]
+        public.__signature__ = sig.replace(parameters=harness + params + extra)  # type: ignore[attr-defined]
+        public.__doc__ = (compute.__doc__ or "").rstrip() + "\n" + HARNESS_DOC
+        public.experiment = exp  # type: ignore[attr-defined]
+        return public
+
+    return wrap
+
+
+def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
+            remote: bool | str = False, progress: bool = True, resume_dir: str | Path | None = None,
+            revisions: str | Sequence[str] | None = None) -> xr.Dataset:
+    """Run ``exp`` on ``data`` with ``options``: once, or once per revision (see the module doc)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
+    _remote.check_remote(remote)
+
+    def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
+        return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir)
+
+    if revisions is None:
+        return once(model, resume_dir)
+    return over_revisions(once, model, revisions, config=_config(exp, data, options, batch_size), resume_dir=resume_dir, progress=progress,
+                          remote=remote, shared=exp.shared)
+
+
+def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any], batch_size: int,
+                  remote: bool | str, progress: bool, resume_dir: str | Path | None) -> xr.Dataset:
+    model = coerce_model(model)
+    _remote.preflight(model, remote)
+    info = model_info(model)
+    store = Parts(resume_dir, {**_config(exp, data, options, batch_size), "model": info.name,
+                               "model_path": info.path, "revision": info.revision})
+    run = Run(model, remote, batch_size, progress, store)
+    with store.resume_hint_on_failure():
+        ds = exp.compute(run, data, **options)
+    params = dict(getattr(data, "params", {}) or {})
+    seed = params.get("seed", options.get("seed"))
+    own = dict(ds.attrs)  # what the experiment says about itself (method, metric, its settings)
+    attrs = provenance(task=own.pop("task", getattr(data, "task", "custom")),
+                       task_params=own.pop("task_params", params), model=info.name, model_path=info.path,
+                       revision=info.revision, method=own.pop("method", exp.name), metric=own.pop("metric", ""),
+                       seed=seed, remote=remote)
+    attrs.update(own)
+    attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed)
+    if _remote.is_ndif(remote):
+        attrs.update(run.traffic.as_attrs())
+    ds.attrs = attrs
+    return ds
+
+
+def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Everything besides the model that determines a run's numbers and parts (a parts folder
+    made under another config is refused, naming the keys that differ)."""
+    return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
+            "data": digest(data), "batch_size": batch_size, **options}
+
+
+def coerce_model(model: Any) -> Any:
+    """A loaded model from a loaded model, a name or a directory (None: the embedded model)."""
+    if model is None or isinstance(model, (str, Path)):
+        return load_model(model)
+    return model
+
+
+# --------------------------------------------------------------------------- checkpoints
+def over_revisions(
+    experiment: Callable[..., xr.Dataset],
+    model: Any = None,
+    revisions: str | Sequence[str] = "all",
+    *,
+    config: dict[str, Any] | None = None,
+    resume_dir: str | Path | None = None,
+    progress: bool = True,
+    remote: bool | str = False,
+    shared: Sequence[str] = (),
+    **load_kwargs: Any,
+) -> xr.Dataset:
+    """Run ``experiment(model)`` on every revision and stack the results along ``checkpoint``.
+
+    Every experiment takes ``revisions=`` through this function; any function ``model ->
+    Dataset`` can be swept the same way.
+
+    Parameters
+    ----------
+    experiment : ``model -> Dataset``. If it takes a ``resume_dir`` keyword it gets one folder
+        per revision, so a revision interrupted midway resumes from its finished passes.
+    model : model name or directory as for :func:`load_model` (or a loaded model, whose name
+        and load options are reused; pass the name to hold only one model in memory).
+    revisions : list or string for :func:`~nnsight_reasoning.results.checkpoints.parse_revisions`.
+    config : JSON-able description of everything besides the revision that determines the
+        numbers; required with ``resume_dir`` so that parts of another run are refused.
+    resume_dir : folder for finished revisions (``<revision>.nc``) and unfinished ones.
+    remote : where ``experiment`` runs: weights are loaded here only for local runs.
+    shared : variables that do not depend on the checkpoint; kept from the first revision,
+        without the ``checkpoint`` dim.
+
+    Returns
+    -------
+    The experiment's Dataset with a leading ``checkpoint`` dim (revision names, training
+    order); coordinates along ``checkpoint``: ``step`` (training step), ``model_path``,
+    ``seconds_load`` and ``seconds_run`` and any attribute whose value differs between
+    revisions. ``attrs["revision"]`` lists the revisions.
+    """
+    from .results.checkpoints import model_name, parse_revisions, stack
+
+    if not isinstance(model, (str, Path, type(None))):
+        info = model_info(model)
+        model, load_kwargs = info.name, {**info.load_kwargs, **load_kwargs}
+    names = parse_revisions(revisions, model)
+    if resume_dir is not None and config is None:
+        raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
+                         "parts of a different run are never mixed in")
+    store = Parts(resume_dir, {**(config or {}), "model": model_name(model),
+                               "dtype": str(load_kwargs.get("dtype", "torch.float32"))})
+    per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
+    results: list[xr.Dataset] = []
+    with store.resume_hint_on_failure():
+        for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
+            done = store.get_dataset(rev)
+            if done is None:
+                t0 = time.perf_counter()
+                m = load_model(model, rev, **load_kwargs)
+                if not _remote.is_ndif(remote):
+                    m.dispatch()
+                t1 = time.perf_counter()
+                kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
+                ds = experiment(m, **kwargs)
+                del m  # the only reference we hold: the next revision loads into freed memory
+                _free_memory()
+                done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
+                done = store.put_dataset(rev, done) or done
+            else:
+                store.resumed += 1
+            if done.attrs.get("revision") not in (rev, None):
+                raise UsageError(f"{store.dir}: the part for {rev} holds revision {done.attrs.get('revision')}; "
+                                 f"delete it or pass --restart")
+            results.append(done)
+    return stack(results, names, model_name(model), store.resumed, shared)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
