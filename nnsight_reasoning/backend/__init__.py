@@ -319,14 +319,30 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
 
 def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>); a prompt
-    longer than the model's context is refused (learned position tables would fail on it)."""
-    ids = [model.tokenizer(t)["input_ids"] for t in texts]
+    longer than the model's context is refused (learned position tables would fail on it).
+    The one tokenisation path of the toolkit (see :func:`tokenize_with_offsets`)."""
+    return [ids for ids, _ in _encode(model, texts, offsets=False)]
+
+
+def tokenize_with_offsets(model: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """As :func:`tokenize`, with each token's character span ``[start, end)`` in its text
+    (for mapping statements, entities and attributes to tokens); needs a fast tokenizer."""
+    if not getattr(model.tokenizer, "is_fast", False):
+        raise UsageError("character offsets need a fast (Rust) tokenizer; load the model with its tokenizer.json")
+    return _encode(model, texts, offsets=True)
+
+
+def _encode(model: Any, texts: Sequence[str], offsets: bool) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    out = []
+    for t in texts:
+        enc = model.tokenizer(t, return_offsets_mapping=offsets)
+        out.append((list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []))
     limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(map(len, ids), default=0)
+    longest = max((len(ids) for ids, _ in out), default=0)
     if limit and longest > limit:
         raise UsageError(f"a prompt is {longest} tokens, longer than this model's context of {limit}; "
                          f"use fewer shots or steps, or shorter prompts")
-    return ids
+    return out
 
 
 def answer_token(model: Any, answer: str) -> int | None:

@@ -219,6 +219,7 @@ class Parts:
         buf = io.BytesIO()
         np.savez(buf, _check=np.array(check), **arrays)
         _atomic_write(self._path(key), buf.getvalue())
+        _maybe_die(self.dir)
 
     def get_tree(self, key: str, check: str = "") -> Any:
         """The object (tensors, arrays, tuples, lists, dataclasses of them) kept under ``key`` by
@@ -277,6 +278,17 @@ class Parts:
     def resume_hint(self) -> str:
         n = self.count()
         return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
+
+
+def _maybe_die(directory: Path) -> None:
+    """Fault injection for the kill-and-resume tests: with ``REASON_INTERP_TEST_KILL_AFTER=N``
+    the process SIGKILLs itself once N parts are on disk (a real kill at a known point,
+    instead of racing a fast run from outside)."""
+    limit = os.environ.get("REASON_INTERP_TEST_KILL_AFTER")
+    if limit and sum(1 for p in directory.rglob("*.npz")) >= int(limit):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _safe(key: str) -> str:
