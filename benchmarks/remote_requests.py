@@ -4,7 +4,7 @@
 
 Starts the loopback NDIF server of the tests (needs scripts/install_ndif.sh), deploys the
 embedded model, and runs the same sweep (arithmetic pairs; mlp, attn, resid at every layer,
-last position) two ways, both counted by the same meter (:data:`nnsight_reasoning.remote.TRAFFIC`):
+last position) two ways, both counted by the same meter (a :class:`nnsight_reasoning.remote.Traffic` per method):
 
 * toolkit: ``nr.patch(..., remote=True)``, one request per forward pass, scores only;
 * naive: what a one-off script does, one remote trace per (site, layer) and prompt-length
@@ -83,10 +83,10 @@ def measure(n_prompts: int = 64) -> dict:
         for name, fn in (("toolkit", lambda: nr.patch(model, pairs, sites=list(SITES), metric="logit_diff",
                                                        remote=True, progress=False)),
                          ("naive", lambda: naive(model, pairs, layers))):
-            before = remote.TRAFFIC.copy()
             t0 = time.perf_counter()
-            res = fn()
-            rows[name] = {"seconds": time.perf_counter() - t0, **remote.TRAFFIC.since(before), "result": res}
+            with remote.counting(remote.Traffic()) as traffic:
+                res = fn()
+            rows[name] = {"seconds": time.perf_counter() - t0, **traffic.as_attrs(), "result": res}
         ds = rows["toolkit"].pop("result")
         nv = rows["naive"].pop("result")
         # logit_diff of the patched run minus the clean base's constant: compare the patched part.

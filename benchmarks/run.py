@@ -19,7 +19,7 @@ Sections, each measured side by side in this one process (memory in child proces
    gradients (5 steps): seconds, speed-up, and the Pearson r of each estimate against exact
    per site (meaningful on the trained embedded model; the 160m shape is random weights).
 3. edges: EAP and EAP-IG (5 steps) edge scores over the whole component graph against exact
-   patching of every edge alone (``nr.circuits.edge_patching``), on the embedded model only
+   patching of every edge alone (``nr.edge_patching``), on the embedded model only
    (exact patching of the 160m shape's 11,467 edges is out of reach on a CPU): seconds,
    speed-up and Pearson r.
 4. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nnsight_reasoning as nr  # noqa: E402
-from nnsight_reasoning import patching  # noqa: E402
+from nnsight_reasoning.experiments.patch import Grid, plan_passes  # noqa: E402
 from nnsight_reasoning.sites import architecture, dims, resolve  # noqa: E402
 from nnsight_reasoning.tasks.base import group_by_length, single_token_id  # noqa: E402
 
@@ -173,11 +173,13 @@ def pass_shapes(model, lengths):
     """(rows, tokens) of each forward pass of the toolkit's sweep, and its layer-rows."""
     d = dims(model)
     shapes, layer_rows = [], 0
-    for idx, units in patching._plan(lengths, SITES, list(range(d["n_layers"])), "all", d["n_heads"], BATCH):
+    grid = Grid(list(SITES), list(range(d["n_layers"])), "all", d["n_heads"])
+    for job in plan_passes(lengths, grid, BATCH):
+        idx, units = job.pairs, job.units
         shapes.append((len(idx) * (len(units) + 2), lengths[idx[0]]))
         # inputs run every layer; a copy joins at its layer (mlp) or after it (resid)
-        layer_rows += len(idx) * (2 * d["n_layers"] + sum(d["n_layers"] - li - (s == "resid")
-                                                         for s, li, *_ in units))
+        layer_rows += len(idx) * (2 * d["n_layers"] + sum(d["n_layers"] - u.li - (u.site == "resid")
+                                                         for u in units))
     return shapes, layer_rows
 
 
@@ -270,10 +272,10 @@ def edges_section(name: str, model, n_prompts: int, repeats: int) -> dict:
     """EAP and EAP-IG edge scores against exact patching of every edge alone (one row per edge
     and pair: the quantity EAP estimates), on the whole component graph."""
     pairs = make_pairs(model, n_prompts)
-    fns = {"edge_patching": lambda: nr.circuits.edge_patching(model, pairs, progress=False),
-           "eap": lambda: nr.circuits.eap(model, pairs, ig_steps=1, sizes=(), progress=False),
-           "eap_ig5": lambda: nr.circuits.eap(model, pairs, ig_steps=5, sizes=(), progress=False)}
-    nr.circuits.eap(model, make_pairs(model, 2), ig_steps=1, sizes=(), progress=False)  # warm-up
+    fns = {"edge_patching": lambda: nr.edge_patching(model, pairs, progress=False),
+           "eap": lambda: nr.circuit(model, pairs, ig_steps=1, sizes=(), progress=False),
+           "eap_ig5": lambda: nr.circuit(model, pairs, ig_steps=5, sizes=(), progress=False)}
+    nr.circuit(model, make_pairs(model, 2), ig_steps=1, sizes=(), progress=False)  # warm-up
     results, times = timed(fns, repeats)
     exact = results["edge_patching"]["score"].values
     ok = np.isfinite(exact)

@@ -132,7 +132,7 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
 def _passes(ds: Any) -> str:
     if "checkpoint" in ds.dims:
         n = ds.attrs.get("n_resumed_revisions", 0)
-        return f"{ds.sizes['checkpoint']} checkpoints" + (f"; {n} resumed from finished parts" if n else "")
+        return f"{ds.sizes['checkpoint']} checkpoints" + (f"; {n} checkpoints resumed from finished parts" if n else "")
     n = ds.attrs.get("n_resumed_passes", 0)
     return f"{ds.attrs.get('n_forward_passes', '?')} forward passes" + (
         f", {n} of them resumed from finished parts" if n else "")

@@ -5,10 +5,12 @@ revisions) becomes a second line of the same display, since rich allows one live
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
-_live: Any = None  # the rich Progress currently on screen, if any
+# the rich Progress on screen in this context, if any (bars started under it become its lines)
+_LIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("reason_interp_progress", default=None)
 
 
 def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,
@@ -17,18 +19,18 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
 
     ``label(item)`` is shown after the description while that item is worked on.
     """
-    global _live
     if not enabled:
         yield from items
         return
     items = list(items) if total is None else items
     n = total if total is not None else len(items)  # type: ignore[arg-type]
-    if _live is not None:
-        task = _live.add_task(description, total=n)
+    live = _LIVE.get()
+    if live is not None:
+        task = live.add_task(description, total=n)
         try:
-            yield from _advance(_live, task, items, description, label)
+            yield from _advance(live, task, items, description, label)
         finally:
-            _live.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
+            live.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -40,11 +42,11 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False, redirect_stdout=redirect,
                   redirect_stderr=redirect) as bar:
-        _live = bar
+        token = _LIVE.set(bar)
         try:
             yield from _advance(bar, bar.add_task(description, total=n), items, description, label)
         finally:
-            _live = None
+            _LIVE.reset(token)
 
 
 def _advance(bar: Any, task: Any, items: Iterable[T], description: str, label: Callable[[T], str] | None) -> Iterator[T]:

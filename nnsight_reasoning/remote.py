@@ -42,24 +42,35 @@ class Traffic:
         return {f"remote_{k}": v for k, v in vars(self).items()}
 
 
-# The Traffic of the run whose backend call is in progress (set by runner.Run.call): each run
-# counts its own jobs, and one that is not counted goes to a throwaway Traffic.
-_COUNTING: contextvars.ContextVar[Traffic | None] = contextvars.ContextVar("reason_interp_traffic", default=None)
+# The meters of the block in progress, innermost last (runner.Run.call opens one per run; a
+# benchmark may open one around a whole experiment): every job is counted by all of them.
+_COUNTING: contextvars.ContextVar[tuple[Traffic, ...]] = contextvars.ContextVar("reason_interp_traffic", default=())
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 @contextmanager
 def counting(traffic: Traffic) -> Iterator[Traffic]:
-    """Count the NDIF jobs started inside the block into ``traffic``."""
-    token = _COUNTING.set(traffic)
+    """Count the NDIF jobs started inside the block into ``traffic`` (and any enclosing meters)."""
+    token = _COUNTING.set(_COUNTING.get() + (traffic,))
     try:
         yield traffic
     finally:
         _COUNTING.reset(token)
 
 
-def _traffic() -> Traffic:
-    return _COUNTING.get() or Traffic()
+class _Meters:
+    """The meters open now, counted as one (a job outside any block is counted nowhere)."""
+
+    def __init__(self) -> None:
+        self.meters = _COUNTING.get()
+
+    def add(self, what: str, n: int) -> None:
+        for t in self.meters:
+            setattr(t, what, getattr(t, what) + n)
+
+
+def _traffic() -> _Meters:
+    return _Meters()
 
 
 def is_ndif(remote: bool | str) -> bool:
@@ -180,14 +191,11 @@ def served_models(status_json: dict) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- internals
-def _Backend(*args: Any, traffic: Traffic, **kwargs: Any) -> Any:
-    def count(what: str, n: int) -> None:
-        setattr(traffic, what, getattr(traffic, what) + n)
-
-    return counting_backend(*args, count=count, **kwargs)
+def _Backend(*args: Any, traffic: _Meters, **kwargs: Any) -> Any:
+    return counting_backend(*args, count=traffic.add, **kwargs)
 
 
-def _wait(backend: Any, s: Settings, traffic: Traffic) -> dict[str, Any]:
+def _wait(backend: Any, s: Settings, traffic: _Meters) -> dict[str, Any]:
     """Poll a submitted job until it completes, fails or passes the deadline."""
     deadline = time.monotonic() + s.timeout_s
     delay, failures = 0.02, 0
@@ -245,11 +253,11 @@ def _get_status(host: str) -> dict:
     return r.json()
 
 
-def _back_off(e: Exception, attempt: int, s: Settings, traffic: Traffic) -> None:
+def _back_off(e: Exception, attempt: int, s: Settings, traffic: _Meters) -> None:
     """Re-raise ``e`` unless it is transient and retries are left; else wait, doubling each time."""
     if not _transient(e) or attempt >= s.retries:
         raise e
-    traffic.retries += 1
+    traffic.add("retries", 1)
     time.sleep(s.backoff_s * 2 ** attempt)
 
 

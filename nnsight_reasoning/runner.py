@@ -120,11 +120,10 @@ class Run:
 def plan_batches(lengths: Sequence[int], batch_size: int, rows_per_item: int = 1) -> list[list[int]]:
     """The one batching planner: indices grouped by equal length (shortest first), then cut into
     passes of at most ``max(1, batch_size // rows_per_item)`` items."""
+    from .tasks.base import group_by_length
+
     per = max(1, batch_size // max(1, rows_per_item))
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        groups.setdefault(n, []).append(i)
-    return [groups[n][j:j + per] for n in sorted(groups) for j in range(0, len(groups[n]), per)]
+    return [idx[j:j + per] for idx in group_by_length(lengths) for j in range(0, len(idx), per)]
 
 
 # --------------------------------------------------------------------------- experiments

@@ -1,10 +1,14 @@
 """The benchmark suite keeps running, and its methods keep agreeing (timings are not tested)."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -126,6 +126,7 @@ def kill_when(proc, ready, what: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_resumes_to_identical_values_and_refuses_other_configs(tmp_path):
     out = tmp_path / "sweep.nc"
     parts = parts_dir(out)
@@ -141,7 +142,7 @@ def test_sigkill_mid_sweep_resumes_to_identical_values_and_refuses_other_configs
     # a different configuration (seed) is refused, nothing of it is mixed in
     other = reason_interp(patch_cmd(out, seed=3))
     assert other.returncode == 2 and "holds parts of a different run" in other.stderr, other.stderr
-    assert "pairs" in other.stderr and "task_params" in other.stderr and finished() == done_before
+    assert "data" in other.stderr and "task_params" in other.stderr and finished() == done_before
 
     # 2: killed again just as a further revision is written
     kill_when(reason_interp(patch_cmd(out), background=True),

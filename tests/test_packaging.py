@@ -1,10 +1,14 @@
 """The built wheel: cli/ and tasks/ live under nnsight_reasoning, the weights ship inside."""
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -51,6 +51,7 @@ def test_a_corrupt_part_is_a_clear_error(embedded_model, small_pairs, tmp_path):
         nr.patch(embedded_model, small_pairs, sites=["mlp"], resume_dir=d, progress=False)
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_to_identical_values(tmp_path):
     args = ["patch", "--n-prompts", "16", "--seed", "2", "--site", "mlp", "--site", "attn", "--site", "resid",
             "--positions", "all", "--batch-size", "8", "--no-progress"]

@@ -28,6 +28,7 @@ from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import POSITIONS, check_layers, check_sites, dims, var_name
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
+from ..tasks.base import group_by_length
 
 
 METHODS = {"exact": "activation_patching", "attribution": "attribution_patching"}
@@ -168,7 +169,7 @@ def plan_passes(lengths: list[int], grid: Grid, batch_size: int) -> list[PatchPa
     """Passes of equal-length pairs: each pass holds ``p`` pairs' source and base rows plus one
     patched copy per (pair, unit), at most ``batch_size`` rows in all."""
     passes = []
-    for idx in _by_length(lengths):
+    for idx in group_by_length(lengths):
         units = grid.units(lengths[idx[0]])
         per_pair = min(len(units), batch_size - 2)
         n_pairs = max(1, batch_size // (per_pair + 2))
@@ -176,12 +177,6 @@ def plan_passes(lengths: list[int], grid: Grid, batch_size: int) -> list[PatchPa
             for p0 in range(0, len(idx), n_pairs):
                 passes.append(PatchPass(idx[p0:p0 + n_pairs], units[u0:u0 + per_pair]))
     return passes
-
-
-def _by_length(lengths: list[int]) -> list[list[int]]:
-    from ..runner import plan_batches
-
-    return plan_batches(lengths, len(lengths))  # one group per length, shortest first
 
 
 def n_forward_passes(n_pairs: int, n_units: int, batch_size: int = 512) -> int:
