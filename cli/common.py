@@ -1,10 +1,13 @@
 """Pieces every ``reason-interp`` command shares: consoles, error handling, options, output paths."""
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -95,6 +98,48 @@ OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.n
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
 BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) per forward pass; remote: per NDIF request "
                                                   "(default: the experiment's)")]
+# the options of every experiment command: name -> (type with its typer.Option, default)
+_HARNESS_OPTIONS: dict[str, Any] = dict(
+    model=(Model, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
+    remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True))
+
+
+@dataclass(frozen=True)
+class Harness:
+    """The options every experiment command shares, as parsed (see :func:`experiment_command`)."""
+
+    model: Optional[str] = None
+    revision: Optional[str] = None
+    revisions: Optional[str] = None
+    batch_size: Optional[int] = None
+    remote: bool = False
+    out_file: Optional[Path] = None
+    restart: bool = False
+    progress: bool = True
+
+    def run(self, experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
+            **options: Any) -> Any:
+        """:func:`run_command` with these options."""
+        return run_command(experiment, data, kind=kind, task=task, **vars(self), **options)
+
+
+def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """A typer command from ``fn(h: Harness, **own_options)``: the shared options (model,
+    revision, revisions, batch size, remote, out, restart, progress) are added after the
+    command's own, so no command repeats them, and errors become one line (:func:`guard`)."""
+    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "h"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in _HARNESS_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        h = Harness(**{name: kwargs.pop(name) for name in _HARNESS_OPTIONS})
+        return fn(h, **kwargs)
+
+    command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+    command.__annotations__ = {**{p.name: p.annotation for p in own},
+                               **{name: a for name, (a, _) in _HARNESS_OPTIONS.items()}}
+    return guard(command)
 
 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,

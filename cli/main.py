@@ -14,19 +14,16 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import (BatchSize, Model, OutFile, Param, Progress, Remote, Restart, Revision, Revisions, Seed, Task,
-                     fail, guard, out, run_command, task_params)
+from .common import Harness, Param, Seed, Task, experiment_command, fail, guard, out, task_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
 
 @app.command()
-@guard
+@experiment_command
 def patch(
+    h: Harness,
     task: Task = "arithmetic",
-    model: Model = None,
-    revision: Revision = None,
-    revisions: Revisions = None,
     site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: mlp, attn, resid, head (repeatable)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
@@ -42,11 +39,6 @@ def patch(
     metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
     method: str = typer.Option("exact", help="exact (activation patching) | attribution (gradient estimate)"),
     ig_steps: int = typer.Option(1, help="attribution: 1 = plain; m > 1 = integrated gradients over m steps"),
-    batch_size: BatchSize = None,
-    remote: Remote = False,
-    out_file: OutFile = None,
-    restart: Restart = False,
-    progress: Progress = True,
 ) -> None:
     """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions;
     --method attribution for the gradient estimate (one forward + backward per batch)."""
@@ -62,29 +54,20 @@ def patch(
     params = task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
                           max_n=max_n, representation=representation, templates=template or None)
     info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
-    run_command(nr.patch, lambda tok: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tok, **params),
-                # attribution gets its own default file: it never overwrites exact results
-                kind="patch" if method == "exact" else "attribution", task=task, model=model, revision=revision,
-                revisions=revisions, out_file=out_file, restart=restart, remote=remote, progress=progress,
-                batch_size=batch_size, sites=site, positions=positions, metric=metric, method=method,
-                ig_steps=ig_steps, layers=layer or None)
+    h.run(nr.patch, lambda tok: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tok, **params),
+          # attribution gets its own default file: it never overwrites exact results
+          kind="patch" if method == "exact" else "attribution", task=task, sites=site, positions=positions,
+          metric=metric, method=method, ig_steps=ig_steps, layers=layer or None)
 
 
 @app.command()
-@guard
+@experiment_command
 def evaluate(
+    h: Harness,
     task: Task = "arithmetic",
-    model: Model = None,
-    revision: Revision = None,
-    revisions: Revisions = None,
     n_prompts: int = typer.Option(200, help="number of prompts"),
     seed: Seed = 0,
     param: Param = [],
-    batch_size: BatchSize = None,
-    remote: Remote = False,
-    out_file: OutFile = None,
-    restart: Restart = False,
-    progress: Progress = True,
 ) -> None:
     """Task performance: accuracy, mean probability and rank of the correct answer.
 
@@ -94,9 +77,8 @@ def evaluate(
 
     params = task_params(param)
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
-    run_command(nr.evaluate, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
-                kind="evaluate", task=task, model=model, revision=revision, revisions=revisions, out_file=out_file,
-                restart=restart, remote=remote, progress=progress, batch_size=batch_size)
+    h.run(nr.evaluate, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
+          kind="evaluate", task=task)
 
 
 @app.command()
