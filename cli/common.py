@@ -98,15 +98,11 @@ OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.n
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
 BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) per forward pass; remote: per NDIF request "
                                                   "(default: the experiment's)")]
-# the options of every experiment command: name -> (type with its typer.Option, default)
-_HARNESS_OPTIONS: dict[str, Any] = dict(
-    model=(Model, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
-    remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True))
 
 
 @dataclass(frozen=True)
 class Harness:
-    """The options every experiment command shares, as parsed (see :func:`experiment_command`)."""
+    """The options every experiment command shares, as parsed (:data:`HARNESS`)."""
 
     model: Optional[str] = None
     revision: Optional[str] = None
@@ -123,23 +119,46 @@ class Harness:
         return run_command(experiment, data, kind=kind, task=task, **vars(self), **options)
 
 
-def experiment_command(fn: Callable[..., None]) -> Callable[..., None]:
-    """A typer command from ``fn(h: Harness, **own_options)``: the shared options (model,
-    revision, revisions, batch size, remote, out, restart, progress) are added after the
-    command's own, so no command repeats them, and errors become one line (:func:`guard`)."""
-    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "h"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, (annotation, default) in _HARNESS_OPTIONS.items()]
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options several commands share: ``options`` (name -> (annotated type, default)) are added
+    to each command's signature, and the command receives ``build(**values)`` as ``name``."""
 
-    @functools.wraps(fn)
-    def command(**kwargs: Any) -> None:
-        h = Harness(**{name: kwargs.pop(name) for name in _HARNESS_OPTIONS})
-        return fn(h, **kwargs)
+    name: str
+    options: dict[str, tuple[Any, Any]]
+    build: Callable[..., Any]
 
-    command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
-    command.__annotations__ = {**{p.name: p.annotation for p in own},
-                               **{name: a for name, (a, _) in _HARNESS_OPTIONS.items()}}
-    return guard(command)
+
+# the options of every experiment command
+HARNESS = OptionGroup("h", dict(
+    model=(Model, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
+    remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True)), Harness)
+
+
+def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A typer command from ``fn(h: Harness, <group names>, **own_options)``: the options of
+    :data:`HARNESS` (model, revision, revisions, batch size, remote, out, restart, progress) and
+    of ``groups`` are added after the command's own, so no command repeats them, and errors
+    become one line (:func:`guard`)."""
+    groups = groups + (HARNESS,)
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        names = {g.name for g in groups}
+        own = [p for name, p in inspect.signature(fn).parameters.items() if name not in names]
+        shared = [(name, a, d) for g in groups for name, (a, d) in g.options.items()]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+                 for name, a, d in shared]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            built = {g.name: g.build(**{k: kwargs.pop(k) for k in g.options}) for g in groups}
+            return fn(**built, **kwargs)
+
+        command.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        command.__annotations__ = {**{p.name: p.annotation for p in own}, **{n: a for n, a, _ in shared}}
+        return guard(command)
+
+    return wrap
 
 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
@@ -178,8 +197,8 @@ def _passes(ds: Any) -> str:
     if "checkpoint" in ds.dims:
         n = ds.attrs.get("n_resumed_revisions", 0)
         return f"{ds.sizes['checkpoint']} checkpoints" + (f"; {n} checkpoints resumed from finished parts" if n else "")
-    n = ds.attrs.get("n_resumed_passes", 0)
-    return f"{ds.attrs.get('n_forward_passes', '?')} forward passes" + (
+    n, k = ds.attrs.get("n_resumed_passes", 0), ds.attrs.get("n_forward_passes", 0)
+    return f"{k} forward pass{'es' if k != 1 else ''}" + (
         f", {n} of them resumed from finished parts" if n else "")
 
 

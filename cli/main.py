@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
 
 @app.command()
-@experiment_command
+@experiment_command()
 def patch(
     h: Harness,
     task: Task = "arithmetic",
@@ -61,7 +61,7 @@ def patch(
 
 
 @app.command()
-@experiment_command
+@experiment_command()
 def evaluate(
     h: Harness,
     task: Task = "arithmetic",

@@ -29,7 +29,8 @@ import functools
 import gc
 import inspect
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -106,6 +107,18 @@ class Run:
             out = fn(self.model, *args, remote=self.remote, **kwargs)
         self.store.put_tree(key, check, out)
         return out
+
+    @contextmanager
+    def with_model(self, model: Any) -> Iterator["Run"]:
+        """A run of ``model`` that shares this run's parts, traffic and options (a baseline
+        checkpoint, say): checked for NDIF like the main model, its calls numbered after this
+        run's, so they resume and count with it."""
+        _remote.preflight(model, self.remote)
+        other = replace(self, model=model)
+        try:
+            yield other
+        finally:
+            self.calls = other.calls
 
     def steps(self, items: Iterable[T], label: str) -> Iterator[T]:
         """``items`` with a progress bar (when enabled)."""

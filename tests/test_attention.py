@@ -134,12 +134,14 @@ def test_attention_matches_plain_pytorch(embedded_model, embedded_tokenizer):
     prompts = ReasoningPrompts("kth_smallest", {}, nr.tasks.kth_smallest(6, length=4, k=2, seed=0).prompts
                                + nr.tasks.kth_smallest(5, length=6, k=3, seed=1).prompts)
     ds = nr.attention(embedded_model, prompts, patterns="all", batch_size=4, progress=False)
+    nr.testing.assert_valid_result(ds)
     # Independent token map: the embedded tokenizer is word-level and the numbers follow
     # "<bos> Numbers :", so statement i is token 3 + i.
     owners = [[-1, -1, -1] + list(range(len(p.statements))) + [-1] * 5 for p in prompts]
     hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
     ref = _reference(hf, embedded_tokenizer, prompts, owners)
     assert ds.sizes["key"] == 14 and list(ds["query"].values) == list(range(14)) and ds.attrs["n_forward_passes"] == 4
+    assert ds.attrs["method"] == "attention" and ds.attrs["patterns"] == "all" and ds.attrs["batch_size"] == 4
     for i, (att, ent, mass) in enumerate(ref):
         t = att.shape[-1]
         assert list(ds["statement"].values[i, :t]) == owners[i]
@@ -150,6 +152,7 @@ def test_attention_matches_plain_pytorch(embedded_model, embedded_tokenizer):
             np.testing.assert_allclose(ds["mass"].sel(group=g).values[i], mass[str(g)], atol=1e-6, err_msg=str(g))
     np.testing.assert_allclose(ds["mass"].sum("group").values, 1.0, atol=1e-5)
     last = nr.attention(embedded_model, prompts, layers=[2, 0], heads=[1], progress=False)
+    nr.testing.assert_valid_result(last)
     assert list(last["query"].values) == [-1] and list(last["layer"].values) == [0, 2]
     for i, (att, _, _) in enumerate(ref):
         t = att.shape[-1]
@@ -162,6 +165,7 @@ def test_attention_other_architectures_and_multi_token_statements(tiny_model_dir
     model = nr.load_model(str(path))
     prompts = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl")
     ds = nr.attention(model, prompts, patterns="none", progress=False)
+    nr.testing.assert_valid_result(ds)
     hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     tok = model.tokenizer
     owners = []
@@ -205,6 +209,7 @@ def test_attention_over_checkpoints_equals_single_runs(embedded_model):
     prompts = nr.tasks.kth_smallest(8, seed=2)
     sweep = nr.attention(None, prompts, revisions="step0,main", progress=False)
     single = nr.attention(embedded_model, prompts, progress=False)
+    nr.testing.assert_valid_result(sweep)
     assert sweep["entropy"].dims == ("checkpoint", "prompt", "layer", "head")
     for v in ("attention", "entropy", "mass"):
         np.testing.assert_allclose(sweep[v].sel(checkpoint="main").values, single[v].values, atol=1e-6)

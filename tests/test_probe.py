@@ -14,7 +14,8 @@ import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.probe import fold_of_prompt
+from nnsight_reasoning.experiments.probe import BASELINE_VARIABLES, fold_of_prompt
+from nnsight_reasoning.results.parts import parts_dir
 
 DATA = Path(__file__).parent / "data"
 
@@ -66,6 +67,8 @@ def _macro_f1(y, pred):
 def test_probe_scores_match_an_independent_computation(embedded_model):
     prompts = nr.tasks.kth_smallest(60, seed=4)
     ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["method"] == "mechanistic_probe" and ds.attrs["seed"] == 7 and ds.attrs["n_forward_passes"] == 1
     feats = _features("main", prompts)
     useful = np.array([s.useful for p in prompts for s in p.statements])
     step = np.array([s.step for p in prompts for s in p.statements])
@@ -88,6 +91,8 @@ def test_trained_model_beats_step0_and_is_deterministic(embedded_model):
     prompts = nr.tasks.kth_smallest(256, seed=0)
     ds = nr.probe(embedded_model, prompts, progress=False)
     again = nr.probe(embedded_model, prompts, progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["n_forward_passes"] == 8  # 256 prompts, 64 per pass: 4 passes of the model, 4 of step0
     for v in ds.data_vars:
         np.testing.assert_array_equal(ds[v].values, again[v].values)
     # step0 F1 stays near chance; the trained model reads both labels off its attention
@@ -97,7 +102,49 @@ def test_trained_model_beats_step0_and_is_deterministic(embedded_model):
     np.testing.assert_allclose(ds.score, (ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1))
     rand = nr.probe(embedded_model, nr.tasks.kth_smallest(64, seed=0), baseline="random",
                     pool="mean", progress=False)
+    nr.testing.assert_valid_result(rand)
     assert rand.attrs["baseline"] == "random" and np.isfinite(rand.score.values).all()
+    state = torch.random.get_rng_state()
+    rand2 = nr.probe(embedded_model, nr.tasks.kth_smallest(64, seed=0), baseline="random", pool="mean", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the seeded init leaves the caller's RNG alone
+    np.testing.assert_array_equal(rand2.baseline_f1.values, rand.baseline_f1.values)
+
+
+def test_probe_over_revisions_shares_one_baseline(embedded_model):
+    prompts = nr.tasks.kth_smallest(24, seed=5)
+    sweep = nr.probe(None, prompts, revisions="step0,main", batch_size=16, progress=False)
+    nr.testing.assert_valid_result(sweep)
+    single = nr.probe(embedded_model, prompts, batch_size=16, progress=False)
+    step0 = nr.probe(nr.load_model(revision="step0"), prompts, baseline="none", batch_size=16, progress=False)
+    for v in BASELINE_VARIABLES:  # checkpoint-independent: no checkpoint dim, the step0 model's scores
+        assert "checkpoint" not in sweep[v].dims and sweep[v].dims == single[v].dims
+        np.testing.assert_array_equal(sweep[v].values, single[v].values)
+        np.testing.assert_array_equal(sweep[v].values, step0[v.removeprefix("baseline_")].values)
+    for v in ("f1", "accuracy", "f1_all", "accuracy_all", "majority", "n_samples", "score", "score_all"):
+        assert sweep[v].dims == ("checkpoint",) + single[v].dims, v
+        np.testing.assert_array_equal(sweep[v].sel(checkpoint="main").values, single[v].values)
+    np.testing.assert_array_equal(sweep.score_all.sel(checkpoint="step0").values, 0.0)
+    # step0 is its own baseline: neither loaded nor run again (24 prompts, 16 per pass: 2 passes a model)
+    assert list(sweep["n_forward_passes"].values) == [2, 4] and single.attrs["n_forward_passes"] == 4
+
+
+def test_probe_resumes_the_passes_of_model_and_baseline(embedded_model, tmp_path):
+    prompts = nr.tasks.kth_smallest(12, seed=1)
+    kw = dict(batch_size=4, progress=False)
+    d = tmp_path / "parts"
+    first = nr.probe(embedded_model, prompts, resume_dir=d, **kw)
+    stored = sorted(d.glob("call-*.npz"))
+    # three passes of the model, then three of the step0 baseline, numbered on
+    assert [p.stem for p in stored] == [f"call-{i:06d}" for i in range(6)] == [
+        f"call-{i:06d}" for i in range(first.attrs["n_forward_passes"])]
+    for p in stored[1::2]:  # as if the run had died before these passes (model and baseline)
+        p.unlink()
+    again = nr.probe(embedded_model, prompts, resume_dir=d, **kw)
+    assert again.attrs["n_resumed_passes"] == 3 and first.attrs["n_resumed_passes"] == 0
+    for v in first.data_vars:
+        np.testing.assert_array_equal(again[v].values, first[v].values)
+    with pytest.raises(UsageError, match="differs in: baseline"):
+        nr.probe(embedded_model, prompts, resume_dir=d, baseline="random", **kw)
 
 
 def test_probe_refuses_what_it_cannot_score(embedded_model):
@@ -119,27 +166,39 @@ def test_cli_attention_probe_and_plots(tmp_path):
     att, prb = tmp_path / "att.nc", tmp_path / "probe.nc"
     # in-process: the first subprocess test (test_cli.py) covers the installed entry point
     r = reason_interp(["attention", "--n-prompts", "32", "--patterns", "all", "--corrupt", "shuffle", "--out", str(att),
-                       "--no-progress"])
+                       "--batch-size", "16", "--no-progress"])
     assert r.returncode == 0, r.stderr
-    assert "step2" in r.stdout and "entropy" in r.stdout
+    assert "step2" in r.stdout and "entropy" in r.stdout and "2 forward passes" in r.stdout
     ds = nr.load_result(att)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["batch_size"] == 16 and not parts_dir(att).exists()
+    r = reason_interp(["show", str(att)])
+    assert r.returncode == 0 and "entropy (nats)" in r.stdout and "patterns = all" in r.stdout, r.stderr
     assert ds.attrs["method"] == "attention" and '"corrupt": "shuffle"' in ds.attrs["task_params"]
     assert ds["attention"].dims == ("prompt", "layer", "head", "query", "key")
     for kind in ("heatmap", "entropy", "mass"):
         r = reason_interp(["plot", str(att), "--kind", kind, "--prompt", "3"])
         assert r.returncode == 0 and (tmp_path / f"att.{kind}.png").stat().st_size > 10_000, r.stderr
+    parts_dir(prb).mkdir()
+    (parts_dir(prb) / "manifest.json").write_text('{"config": {"method": "another run"}}')
     r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step250,main", "--out", str(prb), "--no-progress"])
+    assert r.returncode == 2 and "--restart" in r.stderr  # parts of another run are refused ...
+    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step250,main", "--out", str(prb), "--no-progress",
+                       "--restart"])  # ... and discarded with --restart
     assert r.returncode == 0, r.stderr
     ds = nr.load_result(prb)
+    nr.testing.assert_valid_result(ds)
     assert ds["f1"].dims == ("checkpoint", "probe", "layer") and ds["baseline_f1"].dims == ("probe", "layer")
     assert list(ds["checkpoint"].values) == ["step250", "main"] and "baseline F1" in r.stdout
     r = reason_interp(["plot", str(prb)])
     assert r.returncode == 0 and (tmp_path / "probe.png").exists()
+    r = reason_interp(["show", str(prb)])
+    assert r.returncode == 0 and "baseline F1" in r.stdout and "vs baseline step0" in r.stdout, r.stderr
     r = reason_interp(["attention", "--task", "proofwriter", "--data", str(DATA / "arc.jsonl"), "--out",
                        str(tmp_path / "pw.nc"), "--no-progress"])
     assert r.returncode == 2 and "lacks column" in r.stderr and not (tmp_path / "pw.nc").exists()
     for args, msg in [(["probe", "--task", "arithmetic"], "no reasoning-tree labels"),
                       (["attention", "--head", "7"], "head 7 is out of range"),
-                      (["plot", str(prb), "--kind", "entropy"], "applies to attention and edge-attribution results")]:
+                      (["plot", str(prb), "--kind", "entropy"], "kinds exist for attention and edge-attribution results")]:
         r = reason_interp(args + ["--out", str(tmp_path / "x.nc")] if args[0] != "plot" else args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr

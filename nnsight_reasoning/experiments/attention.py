@@ -7,7 +7,7 @@ last token (where the model predicts the answer).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,41 +15,33 @@ import torch
 import xarray as xr
 
 from .. import backend
-from .. import remote as _remote
 from ..errors import UsageError
-from ..models import load_model, model_info
-from ..progress import progress_bar
-from ..results.io import provenance
+from ..runner import Run, experiment
 from ..sites import check_heads, check_layers, dims
-from ..tasks.base import length_batches
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 
 PATTERNS = ("last", "all", "none")
 
 
+@experiment("attention", batch_size=64)
 def attention(
-    model: Any,
+    run: Run,
     prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
     *,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     patterns: str = "last",
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
-    revisions: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Attention probabilities, head entropy and attention mass per reasoning step.
 
     Parameters
     ----------
+    model : from :func:`nnsight_reasoning.load_model`, or a name/directory to load; it must
+        run eager attention (the default of ``load_model``).
     prompts : labelled prompts, e.g. ``nr.tasks.kth_smallest(...)`` or ``nr.tasks.load_reasoning(...)``.
     layers, heads : subsets to keep (default all).
     patterns : which rows of the attention matrix to store as ``attention``: "last" (the
         answer position; default), "all" (every query; n·L·H·T² values) or "none".
-    batch_size : most prompts per forward pass (remotely: per request).
-    remote : as in :func:`nnsight_reasoning.patch`.
-    revisions : run on each checkpoint (see :func:`nnsight_reasoning.over_revisions`).
 
     Returns
     -------
@@ -64,30 +56,31 @@ def attention(
     - ``n_tokens`` (prompt, group); coordinates ``token`` and ``statement`` (index, -1 = none)
       along (prompt, key), ``text`` and ``answer`` along prompt.
     """
+    return measure(run, prompts, layers=layers, heads=heads, patterns=patterns)
+
+
+def measure(
+    run: Run,
+    prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    patterns: str = "last",
+    label: str = "attention",
+) -> xr.Dataset:
+    """:func:`attention` on ``run``'s model, its passes shown as ``label``: the probe measures its
+    model and its baseline with it, so that every forward pass is a part of the probe's run."""
     if patterns not in PATTERNS:
         raise UsageError(f"patterns must be one of {', '.join(PATTERNS)} (got {patterns!r})")
-    if revisions is not None:
-        from ..runner import over_revisions
-
-        def run(m):
-            return attention(m, prompts, layers=layers, heads=heads, patterns=patterns, batch_size=batch_size,
-                             remote=remote, progress=progress)
-
-        return over_revisions(run, model, revisions, progress=progress, remote=remote)
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
     plist = list(prompts)
     if not plist:
         raise UsageError("no prompts given")
+    model = run.model
     d = dims(model)
     layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
     head_list = check_heads(list(heads) if heads is not None else None, d["n_heads"])
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1 (got {batch_size})")
-    _remote.preflight(model, remote)
-
-    ids, stmt = zip(*(token_statements(model, p) for p in plist))
-    lengths = [len(x) for x in ids]
+    toks = token_statements(model, plist)
+    lengths = [len(t.ids) for t in toks]
     n, t_max, n_l, n_h = len(plist), max(lengths), len(layer_list), len(head_list)
     labelled = not isinstance(prompts, ReasoningPrompts) or prompts.labelled
     groups = _groups(plist, labelled)
@@ -96,16 +89,13 @@ def attention(
     entropy = np.zeros((n, n_l, n_h))
     mass = np.zeros((n, n_l, n_h, len(groups)))
     n_tokens = np.zeros((n, len(groups)), np.int64)
-    chunks = length_batches(lengths, batch_size)
-    traffic = _remote.Traffic()
-    for chunk in progress_bar(chunks, "attention", enabled=progress):
-        probs = backend.attention_probs(model, torch.tensor([ids[i] for i in chunk]), layer_list,
-                                        last_only=patterns != "all", remote=remote)[:, :, head_list].double().numpy()
+    for chunk in run.steps(run.batches(lengths), label):
+        probs = run.call(backend.attention_probs, torch.tensor([toks[i].ids for i in chunk]), layer_list,
+                         last_only=patterns != "all")[:, :, head_list].double().numpy()
         last = probs[:, :, :, -1]  # (b, L, H, T): the answer position's row
         entropy[chunk] = -(np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)).sum(-1)
         for b, i in enumerate(chunk):
-            member = _group_of_tokens(plist[i], stmt[i], labelled)
-            onehot = np.eye(len(groups))[member]  # (T, G)
+            onehot = np.eye(len(groups))[_group_of_tokens(plist[i], toks[i].statement, labelled)]  # (T, G)
             mass[i] = last[b] @ onehot
             n_tokens[i] = onehot.sum(0)
             if attn is not None:
@@ -114,17 +104,9 @@ def attention(
     query = list(range(t_max)) if patterns == "all" else [t_max - 1 if same_len else -1]
     tokens = np.full((n, t_max), "", dtype=object)
     statement = np.full((n, t_max), -1, np.int64)
-    for i in range(n):
-        tokens[i, : lengths[i]] = model.tokenizer.convert_ids_to_tokens(ids[i])
-        statement[i, : lengths[i]] = stmt[i]
-    info = model_info(model)
-    task = prompts.task if isinstance(prompts, ReasoningPrompts) else "custom"
-    params = prompts.params if isinstance(prompts, ReasoningPrompts) else {}
-    attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path, revision=info.revision,
-                       method="attention", metric="attention_probability", seed=params.get("seed"), remote=remote)
-    attrs.update(patterns=patterns, batch_size=batch_size, n_forward_passes=len(chunks))
-    if remote not in (False, "local"):
-        attrs.update(traffic.as_attrs())
+    for i, t in enumerate(toks):
+        tokens[i, : lengths[i]] = model.tokenizer.convert_ids_to_tokens(t.ids)
+        statement[i, : lengths[i]] = t.statement
     data = {
         "entropy": (("prompt", "layer", "head"), entropy,
                     {"long_name": "entropy of the answer position's attention", "units": "nat"}),
@@ -142,29 +124,35 @@ def attention(
                 "token": (("prompt", "key"), tokens), "statement": (("prompt", "key"), statement),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
-        attrs=attrs,
+        attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns},
     )
 
 
-def token_statements(model: Any, prompt: ReasoningPrompt) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt and, per token, the index of the statement it belongs to (-1:
-    none). A token belongs to a statement when their character spans overlap, so statements
-    may span several tokens (BPE) and a token's leading space does not matter."""
-    tok = model.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise UsageError("reasoning prompts need a fast (Rust) tokenizer for character offsets; "
-                         "load the model with its tokenizer.json")
-    enc = tok(prompt.text, return_offsets_mapping=True)
-    spans = prompt.spans()
-    owner = []
-    for a, b in enc["offset_mapping"]:
-        hit = [s for s, (lo, hi) in enumerate(spans) if b > a and a < hi and b > lo]
-        owner.append(hit[0] if hit else -1)
-    missing = sorted(set(range(len(spans))) - set(owner))
-    if missing:
-        raise UsageError(f"statement {missing[0]} ({prompt.statements[missing[0]].text!r}) of {prompt.text!r} "
-                         f"maps to no token")
-    return list(enc["input_ids"]), owner
+@dataclass(frozen=True)
+class PromptTokens:
+    """One prompt's token ids and, per token, the index of the statement it belongs to (-1: none)."""
+
+    ids: list[int]
+    statement: list[int]
+
+
+def token_statements(model: Any, prompts: Sequence[ReasoningPrompt]) -> list[PromptTokens]:
+    """Each prompt's tokens and their statements. A token belongs to a statement when their
+    character spans overlap, so statements may span several tokens (BPE) and a token's leading
+    space does not matter; a statement that owns no token is an error."""
+    out = []
+    for p, (ids, offsets) in zip(prompts, backend.tokenize_with_offsets(model, [p.text for p in prompts])):
+        spans = p.spans()
+        owner = []
+        for a, b in offsets:
+            hit = [s for s, (lo, hi) in enumerate(spans) if b > a and a < hi and b > lo]
+            owner.append(hit[0] if hit else -1)
+        missing = sorted(set(range(len(spans))) - set(owner))
+        if missing:
+            raise UsageError(f"statement {missing[0]} ({p.statements[missing[0]].text!r}) of {p.text!r} "
+                             f"maps to no token")
+        out.append(PromptTokens(ids, owner))
+    return out
 
 
 def _groups(prompts: list[ReasoningPrompt], labelled: bool) -> list[str]:
@@ -192,3 +180,29 @@ def _pad_q(rows: np.ndarray, t_max: int) -> np.ndarray:
     out = np.full(rows.shape[:2] + (t_max, rows.shape[-1]), np.nan)
     out[:, :, : rows.shape[2]] = rows
     return out
+
+
+def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
+    """The ``top`` heads by attention from the answer position to useful statements (at the
+    last checkpoint of a sweep): their entropy and mass per group, mean over prompts."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+            f"{ds.sizes['prompt']} prompts · patterns = {ds.attrs.get('patterns')}")
+    mass = last["mass"].mean("prompt")
+    table = Table(title=f"heads by attention from the answer position to useful statements "
+                        f"({last.attrs.get('revision')}, mean over prompts)")
+    for col in ("layer", "head", "entropy (nats)", *[str(g) for g in last["group"].values]):
+        table.add_column(col, justify="right")
+    useful = [g for g in last["group"].values if str(g).startswith("step")]
+    score = mass.sel(group=useful).sum("group") if useful else mass.sel(group=mass["group"].values[-1])
+    flat = score.stack(lh=("layer", "head"))
+    for idx in flat.argsort().values[::-1][:top]:
+        li, h = flat["lh"].values[idx]
+        row = mass.sel(layer=li, head=h)
+        table.add_row(str(li), str(h), f"{float(last['entropy'].sel(layer=li, head=h).mean()):.2f}",
+                      *[f"{float(v):.3f}" for v in row.values])
+    return [head, table]

@@ -17,24 +17,27 @@ the same probe; ``score = (F1 - F1_baseline) / (1 - F1_baseline)`` is the paper'
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
 
-from ..experiments.attention import attention
+from .. import remote as _remote
 from ..errors import UsageError
 from ..models import load_model, model_info
-from ..results.io import provenance
+from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from . import attention as _attention
 
 PROBES = ("useful", "step")
 BASELINES = ("step0", "random", "none")
+BASELINE_VARIABLES = ("baseline_f1", "baseline_accuracy", "baseline_f1_all", "baseline_accuracy_all")
 
 
+@experiment("mechanistic_probe", batch_size=64, shared=BASELINE_VARIABLES)
 def probe(
-    model: Any,
+    run: Run,
     prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
     *,
     baseline: str = "step0",
@@ -42,22 +45,18 @@ def probe(
     folds: int = 2,
     pool: str = "heads",
     seed: int = 0,
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
-    revisions: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
     """kNN probes for the reasoning tree on attention features, per layer and over all layers.
 
     Parameters
     ----------
+    model : from :func:`nnsight_reasoning.load_model`, or a name/directory to load (eager attention).
     prompts : labelled prompts (``nr.tasks.kth_smallest(...)``, a labelled data file).
     baseline : "step0" (the model's untrained checkpoint; embedded or Pythia-style revisions),
         "random" (a randomly initialised model of the same config, seeded) or "none".
     n_neighbors, folds : kNN neighbours and cross-validation folds (over prompts).
     pool : "heads" (each head a feature) or "mean" (mean over heads, as in the paper).
     seed : fold split and random baseline; same seed -> same scores.
-    revisions : probe each checkpoint (the baseline is computed once).
 
     Returns
     -------
@@ -65,11 +64,12 @@ def probe(
     ``accuracy`` per layer, ``f1_all`` / ``accuracy_all`` on all layers' features,
     ``baseline_*`` the same for the baseline, ``score`` / ``score_all`` the probing score,
     ``majority`` (accuracy of always guessing the most frequent class) and ``n_samples``.
-    With ``revisions``, the non-baseline variables gain a leading ``checkpoint`` dim.
+    With ``revisions``, every variable but ``baseline_*`` (the same baseline for all
+    checkpoints) gains a leading ``checkpoint`` dim.
     """
     if baseline not in BASELINES:
         raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
-    if baseline == "random" and remote not in (False, "local"):
+    if baseline == "random" and _remote.is_ndif(run.remote):
         raise UsageError("baseline='random' runs locally only; use baseline='step0' or 'none' with --remote")
     if pool not in ("heads", "mean"):
         raise UsageError(f"pool must be heads or mean (got {pool!r})")
@@ -79,37 +79,56 @@ def probe(
     if len(plist) < 2 * folds or folds < 2:
         raise UsageError(f"need folds >= 2 and at least 2 prompts per fold (got {len(plist)} prompts, {folds} folds)")
     labels = _labels(plist)
-    n_steps = len(set(labels["step"][labels["useful"] == 1]))
-    if n_steps < 2:
+    if len(set(labels.step[labels.useful == 1])) < 2:
         raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
-    opts = dict(n_neighbors=n_neighbors, folds=folds, pool=pool, seed=seed, batch_size=batch_size, remote=remote,
-                progress=progress)
-    if revisions is not None:
-        from ..runner import over_revisions
-
-        ds = over_revisions(lambda m: _probe_model(m, plist, labels, prompts, **opts), model, revisions,
-                            progress=progress, remote=remote)
-    else:
-        if isinstance(model, (str, Path)):
-            model = load_model(model)
-        ds = _probe_model(model, plist, labels, prompts, **opts)
+    data = prompts if isinstance(prompts, ReasoningPrompts) else plist
+    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed)
+    att = _attention.measure(run, data, patterns="last")
+    feats = statement_features(att, plist, pool)
+    layers = att["layer"].values
+    ds = _dataset(knn_scores(feats, **knn), layers)
     if baseline != "none":
-        base = _probe_model(_baseline_model(model, baseline, seed), plist, labels, prompts, **opts)
+        own = _is_own_baseline(run.model, baseline)
+        base_feats = feats if own else _baseline_features(run, data, plist, pool, baseline, seed)
+        base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
         ds["score"] = ((ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1)).assign_attrs(
             long_name="probing score (F1 - F1_baseline) / (1 - F1_baseline)", units="1")
         ds["score_all"] = ((ds.f1_all - ds.baseline_f1_all) / (1 - ds.baseline_f1_all)).assign_attrs(
             long_name="probing score on all layers", units="1")
-    ds.attrs["baseline"] = baseline
+    ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
+                "folds": folds, "pool": pool, "n_prompts": len(plist), "baseline": baseline}
     return ds
 
 
-def _labels(plist: list[ReasoningPrompt]) -> dict[str, np.ndarray]:
-    """Per statement (all prompts, in order): prompt index, useful (0/1), step."""
+@dataclass(frozen=True)
+class Labels:
+    """Per statement (all prompts, in order): its prompt's index, useful (0/1) and step;
+    ``n_prompts`` prompts in all."""
+
+    n_prompts: int
+    prompt: np.ndarray
+    useful: np.ndarray
+    step: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Out-of-fold scores per probe (rows, :data:`PROBES` order): ``f1`` and ``accuracy`` per
+    layer with all layers' features last (probe, layers + 1); ``majority`` (accuracy of the
+    most frequent class) and ``n_samples`` (statements classified) per probe."""
+
+    f1: np.ndarray
+    accuracy: np.ndarray
+    majority: np.ndarray
+    n_samples: np.ndarray
+
+
+def _labels(plist: list[ReasoningPrompt]) -> Labels:
     rows = [(i, int(s.useful), s.step) for i, p in enumerate(plist) for s in p.statements]
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    return {"prompt": arr[:, 0], "useful": arr[:, 1], "step": arr[:, 2]}
+    return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2])
 
 
 def statement_features(ds: xr.Dataset, plist: list[ReasoningPrompt], pool: str) -> np.ndarray:
@@ -133,21 +152,20 @@ def fold_of_prompt(n_prompts: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _probe_model(model, plist, labels, prompts, *, n_neighbors, folds, pool, seed, batch_size, remote, progress):
+def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: int, seed: int) -> Scores:
+    """Out-of-fold macro F1 and accuracy of both probes on ``feats`` (statements, layers, features),
+    per layer and on all layers' features together."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.neighbors import KNeighborsClassifier
 
-    att = attention(model, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="last",
-                    batch_size=batch_size, remote=remote, progress=progress)
-    feats = statement_features(att, plist, pool)  # (S, L, F)
-    fold = fold_of_prompt(len(plist), folds, seed)[labels["prompt"]]
+    fold = fold_of_prompt(labels.n_prompts, folds, seed)[labels.prompt]
     n_layers = feats.shape[1]
     f1 = np.zeros((len(PROBES), n_layers + 1))
     acc = np.zeros_like(f1)
     majority, n_samples = np.zeros(len(PROBES)), np.zeros(len(PROBES), np.int64)
     for j, name in enumerate(PROBES):
-        keep = np.ones(len(fold), bool) if name == "useful" else labels["useful"] == 1
-        y = labels[name][keep]
+        keep = np.ones(len(fold), bool) if name == "useful" else labels.useful == 1
+        y = getattr(labels, name)[keep]
         majority[j], n_samples[j] = np.bincount(y).max() / len(y), len(y)
         for li in range(n_layers + 1):
             x = feats[keep].reshape(len(y), -1) if li == n_layers else feats[keep][:, li]
@@ -157,42 +175,82 @@ def _probe_model(model, plist, labels, prompts, *, n_neighbors, folds, pool, see
                 knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int((~test).sum())), weights="distance")
                 pred[test] = knn.fit(x[~test], y[~test]).predict(x[test])
             f1[j, li], acc[j, li] = f1_score(y, pred, average="macro"), accuracy_score(y, pred)
-    info = model_info(model)
-    task = prompts.task if isinstance(prompts, ReasoningPrompts) else "custom"
-    params = prompts.params if isinstance(prompts, ReasoningPrompts) else {}
-    attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path, revision=info.revision,
-                       method="mechanistic_probe", metric="f1_macro", seed=seed, remote=remote)
-    attrs.update(n_neighbors=n_neighbors, folds=folds, pool=pool, n_prompts=len(plist),
-                 **{k: v for k, v in att.attrs.items() if k.startswith("remote_") or k == "n_forward_passes"})
+    return Scores(f1, acc, majority, n_samples)
+
+
+def _dataset(s: Scores, layers: np.ndarray) -> xr.Dataset:
     dims = ("probe", "layer")
     return xr.Dataset(
-        {"f1": (dims, f1[:, :-1], {"long_name": "macro F1 (out-of-fold)", "units": "1"}),
-         "accuracy": (dims, acc[:, :-1], {"long_name": "accuracy (out-of-fold)", "units": "1"}),
-         "f1_all": ("probe", f1[:, -1], {"long_name": "macro F1, all layers' features", "units": "1"}),
-         "accuracy_all": ("probe", acc[:, -1], {"long_name": "accuracy, all layers' features", "units": "1"}),
-         "majority": ("probe", majority, {"long_name": "accuracy of the majority class", "units": "1"}),
-         "n_samples": ("probe", n_samples, {"long_name": "statements classified"})},
-        coords={"probe": np.array(PROBES, dtype=object), "layer": att["layer"].values},
-        attrs=attrs,
+        {"f1": (dims, s.f1[:, :-1], {"long_name": "macro F1 (out-of-fold)", "units": "1"}),
+         "accuracy": (dims, s.accuracy[:, :-1], {"long_name": "accuracy (out-of-fold)", "units": "1"}),
+         "f1_all": ("probe", s.f1[:, -1], {"long_name": "macro F1, all layers' features", "units": "1"}),
+         "accuracy_all": ("probe", s.accuracy[:, -1], {"long_name": "accuracy, all layers' features", "units": "1"}),
+         "majority": ("probe", s.majority, {"long_name": "accuracy of the majority class", "units": "1"}),
+         "n_samples": ("probe", s.n_samples, {"long_name": "statements classified"})},
+        coords={"probe": np.array(PROBES, dtype=object), "layer": layers},
     )
+
+
+# --------------------------------------------------------------------------- baseline
+def _is_own_baseline(model: Any, baseline: str) -> bool:
+    """Whether ``model`` is its own baseline (the step0 checkpoint, e.g. in a sweep): its features
+    are the baseline's, so the baseline is neither loaded nor run again."""
+    return baseline == "step0" and model_info(model).revision == "step0"
+
+
+def _baseline_features(run: Run, data: Any, plist: list[ReasoningPrompt], pool: str, baseline: str,
+                       seed: int) -> np.ndarray:
+    """The baseline model's statement features, from a run that shares the probe's parts and
+    traffic (:meth:`Run.with_model`), so its passes resume and count with the probe's."""
+    with run.with_model(_baseline_model(run.model, baseline, seed)) as base:
+        att = _attention.measure(base, data, patterns="last", label=f"attention ({baseline} baseline)")
+    return statement_features(att, plist, pool)
 
 
 def _baseline_model(model: Any, baseline: str, seed: int) -> Any:
     """The untrained checkpoint of ``model``, or a seeded random initialisation of its config."""
-    info = model_info(model) if not isinstance(model, (str, Path, type(None))) else None
-    name = info.name if info else (str(model) if model is not None else "embedded")
+    info = model_info(model)
     if baseline == "step0":
         from ..results.checkpoints import available_revisions
 
-        revs = available_revisions(name)
+        revs = available_revisions(info.name)
         if revs is not None and "step0" not in revs:
-            raise UsageError(f"{name} has no step0 revision; use baseline='random' (or 'none')")
-        return load_model(name, "step0", **(info.load_kwargs if info else {}))
+            raise UsageError(f"{info.name} has no step0 revision; use baseline='random' (or 'none')")
+        return load_model(info.name, "step0", **info.load_kwargs)
     import torch
     from nnsight.modeling.transformers import TransformersModel
     from transformers import AutoModelForCausalLM
 
-    m = model if info else load_model(name)
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(m.config, attn_implementation="eager").eval()
-    return TransformersModel(hf, tokenizer=m.tokenizer)
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's random state is left as it was
+        torch.manual_seed(seed)
+        hf = AutoModelForCausalLM.from_config(model.config, attn_implementation="eager").eval()
+    return TransformersModel(hf, tokenizer=model.tokenizer)
+
+
+def summarize(ds: xr.Dataset) -> list[Any]:
+    """Macro F1 per probe and layer (and on all layers), with the baseline's F1 and the probing
+    score, at the last checkpoint of a sweep."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    baseline = ds.attrs.get("baseline", "none")
+    has_base = "baseline_f1" in ds
+    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+            f"{ds.attrs.get('n_prompts')} prompts · kNN k={ds.attrs.get('n_neighbors')}, {ds.attrs.get('folds')} "
+            f"folds, pool = {ds.attrs.get('pool')}")
+    majority = "majority-class accuracy: " + " · ".join(
+        f"{p} {float(last['majority'].sel(probe=p)):.3f}" for p in last["probe"].values)
+    table = Table(title=f"macro F1 (out-of-fold) · {last.attrs.get('revision')} vs baseline {baseline}")
+    table.add_column("probe")
+    table.add_column("layer", justify="right")
+    for col in ("F1", "baseline F1", "score") if has_base else ("F1",):
+        table.add_column(col, justify="right")
+    for p in last["probe"].values:
+        r = last.sel(probe=p)
+        for li in [*map(str, r["layer"].values), "all"]:
+            names = ("f1", "baseline_f1", "score") if has_base else ("f1",)
+            vals = [r[v + "_all"] if li == "all" else r[v].sel(layer=int(li)) for v in names]
+            table.add_row(str(p), li, *[f"{float(v):.3f}" for v in vals])
+    return [head, majority, table]
