@@ -71,6 +71,19 @@ def task_params(params: List[str], **explicit) -> dict:
     return out_
 
 
+def pair_data(task: str, n_prompts: int, seed: int, params: dict) -> Callable[[Any], Any]:
+    """``tokenizer -> prompt pairs`` of ``task`` with ``params``, checked before any model loads."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    info = nr.tasks.get_task(task)
+    if info.pairs is None:
+        raise UsageError(f"task {task!r} has no clean/corrupted prompt pairs; use one of: "
+                         f"{', '.join(n for n, t in nr.tasks.TASKS.items() if t.pairs)}")
+    info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
+    return lambda tokenizer: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tokenizer, **params)
+
+
 def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
     from nnsight_reasoning.errors import UsageError
 

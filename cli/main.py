@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import Harness, Param, Seed, Task, experiment_command, fail, guard, out, task_params
+from .common import Harness, Param, Seed, Task, experiment_command, fail, guard, out, pair_data, task_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
@@ -47,17 +47,12 @@ def patch(
 
     if positions not in ("last", "all"):  # typer takes any string; say which option was wrong
         raise UsageError(f"--positions must be last or all (got {positions!r})")
-    info = nr.tasks.get_task(task)
-    if info.pairs is None:
-        raise UsageError(f"task {task!r} has no prompt pairs for patching yet; patchable: "
-                         f"{', '.join(n for n, t in nr.tasks.TASKS.items() if t.pairs)}")
     params = task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
-                          max_n=max_n, representation=representation, templates=template or None)
-    info.check_params({**params, "n_prompts": n_prompts, "seed": seed})
-    h.run(nr.patch, lambda tok: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tok, **params),
-          # attribution gets its own default file: it never overwrites exact results
-          kind="patch" if method == "exact" else "attribution", task=task, sites=site, positions=positions,
-          metric=metric, method=method, ig_steps=ig_steps, layers=layer or None)
+                         max_n=max_n, representation=representation, templates=template or None)
+    # attribution gets its own default file: it never overwrites exact results
+    h.run(nr.patch, pair_data(task, n_prompts, seed, params), kind="patch" if method == "exact" else "attribution",
+          task=task, sites=site, positions=positions, metric=metric, method=method, ig_steps=ig_steps,
+          layers=layer or None)
 
 
 @app.command()

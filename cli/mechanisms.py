@@ -1,21 +1,22 @@
 """``reason-interp neurons`` and ``reason-interp binding`` (registered in ``main``): neurons of
-chain-of-thought arithmetic (Rai & Yao 2024) and binding IDs (Feng & Steinhardt 2024)."""
+chain-of-thought arithmetic (Rai & Yao 2024) and binding IDs (Feng & Steinhardt 2024). Each
+parses its options and hands them to :func:`.common.run_command`; the tables printed are the
+experiments' own ``summarize``."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from .common import Model, OutFile, Progress, Remote, Revision, Seed, guard, out, out_path
+from .common import BatchSize, Model, OutFile, Progress, Remote, Restart, Revision, Revisions, Seed, guard, run_command
 
 
 @guard
 def neurons(
     model: Model = None,
     revision: Revision = None,
+    revisions: Revisions = None,
     n_prompts: int = typer.Option(200, help="problems per variant"),
     variant: List[str] = typer.Option([], help="prompt variant(s) to compare (repeatable); default all four"),
     data: Optional[Path] = typer.Option(None, help="GSM8K-style JSON Lines (question/answer); default: synthetic "
@@ -27,73 +28,51 @@ def neurons(
     top_k: int = typer.Option(20, help="neurons kept per prompt, by contribution to its answer"),
     min_frequency: float = typer.Option(0.25, help="a neuron is discovered if in the top k of this fraction of "
                                                    "prompts"),
-    batch_size: int = typer.Option(64, help="most prompts per forward pass (remote: per request)"),
+    unit: List[str] = typer.Option([], help="measure this neuron, e.g. L3N488, instead of discovering them "
+                                            "(repeatable; needed with --revisions)"),
+    batch_size: BatchSize = None,
     remote: Remote = False,
     out_file: OutFile = None,
+    restart: Restart = False,
     progress: Progress = True,
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
     them by the tokens they promote, and measure them and their ablation per prompt variant."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.neurons import parse_units
 
-    path = out_path(out_file, "neurons", "cot_arithmetic", model or "embedded", revision or "main")
-    t0 = time.time()
-    m = nr.load_model(model, revision)
-    ds = nr.neurons.cot_neurons(m, n_prompts=n_prompts, variants=variant or nr.tasks.COT_VARIANTS, data=data,
-                                n_shots=n_shots, n_steps=n_steps, seed=seed, discover_on=discover_on, top_k=top_k,
-                                min_frequency=min_frequency, batch_size=batch_size, remote=remote, progress=progress)
-    nr.save_result(ds, path)
-    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({ds.sizes['unit']} neurons discovered on "
-              f"{discover_on})", highlight=False)
-    table = Table(title="discovered neurons (most recurrent first)")
-    for col in ("neuron", "frequency", "mean contribution", "promotes", *[str(v) for v in ds["variant"].values]):
-        table.add_column(col)
-    for u in range(min(12, ds.sizes["unit"])):
-        v = ds.isel(unit=u)
-        table.add_row(f"L{int(v['layer'])}N{int(v['neuron'])}", f"{float(v['frequency']):.2f}",
-                      f"{float(v['mean_contribution']):+.2f}", " ".join(map(str, v["promoted"].values[:4])),
-                      *[f"{x:.2f}" for x in v["activation"].values])
-    out.print(table)
-    acc = Table(title="accuracy per variant (rows: ablation of the discovered neurons; random = as many other neurons)")
-    acc.add_column("ablation")
-    for name in ds["variant"].values:
-        acc.add_column(str(name), justify="right")
-    for a in ds["ablation"].values:
-        acc.add_row(str(a), *[f"{x:.3f}" for x in ds["accuracy"].sel(ablation=a).values])
-    out.print(acc)
-
+    if revisions is not None and not unit:
+        raise UsageError("a checkpoint sweep measures fixed neurons: give --unit L3N488 (repeatable), e.g. those a "
+                         "run on the final checkpoint discovers (discovery picks other neurons per checkpoint)")
+    units = parse_units(unit) if unit else None
+    variants = [discover_on, *(variant or nr.tasks.COT_VARIANTS)]  # the discovery variant first
+    run_command(nr.neurons, lambda tok: nr.tasks.cot_variants(n_prompts, variants, n_shots=n_shots, n_steps=n_steps,
+                                                              seed=seed, data=data, tokenizer=tok),
+                kind="neurons", task="cot_arithmetic", model=model, revision=revision, revisions=revisions,
+                out_file=out_file, restart=restart, remote=remote, progress=progress, batch_size=batch_size,
+                discover_on=discover_on, top_k=top_k, min_frequency=min_frequency, units=units)
 
 
 @guard
 def binding(
     model: Model = None,
     revision: Revision = None,
+    revisions: Revisions = None,
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
     seed: Seed = 0,
-    batch_size: int = typer.Option(64, help="most rows per forward pass (remote: per request)"),
+    batch_size: BatchSize = None,
     remote: Remote = False,
     out_file: OutFile = None,
+    restart: Restart = False,
     progress: Progress = True,
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline."""
     import nnsight_reasoning as nr
 
-    path = out_path(out_file, "binding", f"{n_pairs}pairs", model or "embedded", revision or "main")
-    t0 = time.time()
-    ds = nr.binding(nr.load_model(model, revision), n_contexts=n_contexts, n_pairs=n_pairs, n_estimate=n_estimate,
-                    seed=seed, batch_size=batch_size, remote=remote, progress=progress)
-    nr.save_result(ds, path)
-    out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s", highlight=False)
-    table = Table(title=f"binding with {n_pairs} pairs (chance {ds.attrs['chance']:.2f})")
-    table.add_column("measure")
-    table.add_column("accuracy", justify="right")
-    rows = [("clean", ds["accuracy"]), ("positions of pairs 0 and 1 exchanged", ds["position_accuracy"])]
-    rows += [(f"factorizability: {t} substituted", ds["factor_accuracy"].sel(target=t)) for t in ds["target"].values]
-    rows += [(f"swap by {v} vector on {i} tokens", ds["swap_accuracy"].sel(intervention=i, vector=v))
-             for i in ds["intervention"].values for v in ds["vector"].values]
-    for name, value in rows:
-        table.add_row(name, f"{float(value):.3f}")
-    out.print(table)
+    run_command(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed),
+                kind="binding", task=f"{n_pairs}pairs", model=model, revision=revision, revisions=revisions,
+                out_file=out_file, restart=restart, remote=remote, progress=progress, batch_size=batch_size)

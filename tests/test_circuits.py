@@ -10,10 +10,13 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
-from nnsight_reasoning import circuits
 from nnsight_reasoning.backend import graph
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.experiments.circuit import extract, overlap
+from nnsight_reasoning.results.parts import parts_dir
+
+from .clirun import reason_interp
 
 from .reference_edges import node_names, patched_run, reference_edge_scores
 
@@ -48,8 +51,11 @@ def test_edge_scores_and_circuit_runs_match_the_hook_reference(case_model, small
     model, hf = case_model(name)
     pairs = small_pairs[:3]
     valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
-    ds = circuits.eap(model, pairs, ig_steps=ig_steps, sizes=(6, 25), batch_size=2 + (ig_steps if ig_steps > 1 else 0),
-                      progress=False)  # one pair per pass
+    ds = nr.circuit(model, pairs, ig_steps=ig_steps, sizes=(6, 25), batch_size=2 + (ig_steps if ig_steps > 1 else 0),
+                    progress=False)  # one pair per pass
+    nr.testing.assert_valid_result(ds)
+    # one scoring pass per pair, then one faithfulness pass per pair for both circuits (3 rows each)
+    assert ds.attrs["n_forward_passes"] == len(pairs) + len(pairs) * (1 if ig_steps > 1 else 2)
     tok = model.tokenizer
     ref, clean, corrupt, circuit = [], [], [], []
     for pair in pairs:
@@ -105,7 +111,8 @@ def test_random_edge_cuts_match_the_hook_reference(case_model, small_pairs, name
 def test_exact_edge_patching_matches_the_hook_reference(case_model, small_pairs):
     model, hf = case_model("llama")
     pairs = small_pairs[:2]
-    ds = circuits.edge_patching(model, pairs, batch_size=16, progress=False)  # several passes per pair
+    ds = nr.edge_patching(model, pairs, batch_size=16, progress=False)  # several passes per pair
+    nr.testing.assert_valid_result(ds)
     valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
     want = np.zeros(valid.shape)
     for pair in pairs:
@@ -145,25 +152,26 @@ def test_extract_takes_top_edges_and_prunes_dangling_ones():
     put("a0.0", "logits", 9)
     put("m0", "m1", -8)  # m0 is never reached from the input, m1 never reaches the logits
     put("a0.0", "a1.0", 7)  # a1.0 reaches nothing
-    kept = circuits.extract(score, 4)
+    kept = extract(score, 4)
     assert {(up[i], down[j]) for i, j in zip(*np.nonzero(kept))} == {("input", "a0.0"), ("a0.0", "logits")}
-    assert circuits.extract(score, 10 ** 6).sum() == np.isfinite(score).sum()  # everything connects via input
+    assert extract(score, 10 ** 6).sum() == np.isfinite(score).sum()  # everything connects via input
 
 
 def test_eap_on_the_embedded_model_finds_a_faithful_circuit(embedded_model, tmp_path):
     pairs = nr.tasks.arithmetic(n_prompts=32, seed=0)
-    ds = circuits.eap(embedded_model, pairs, ig_steps=5, sizes=(20, 100, 10 ** 4), progress=False)
+    ds = nr.circuit(embedded_model, pairs, ig_steps=5, sizes=(20, 100, 10 ** 4), progress=False)
+    nr.testing.assert_valid_result(ds)
     f = ds["faithfulness"].values
     # Measured 2026-11-23: 0.49 / 0.94 / 1.0 (README). All edges = the model itself.
     assert f[1] > 0.85 and abs(f[2] - 1) < 1e-6 and f[0] < f[1], f
     assert ds["n_edges"].values[2] == np.isfinite(ds["score"].values).sum() == 191
-    plain = circuits.eap(embedded_model, pairs, ig_steps=1, sizes=(20, 100), progress=False)
+    plain = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(20, 100), progress=False)
     assert plain["faithfulness"].values[1] < f[1]  # EAP-IG beats EAP here (0.91 vs 0.94 measured)
     # against exact patching of each edge alone, on half the pairs: measured r = 0.96 (IG-5), 0.42 (EAP)
     half = nr.tasks.arithmetic(n_prompts=16, seed=0)
-    exact = circuits.edge_patching(embedded_model, half, progress=False)["score"].values
+    exact = nr.edge_patching(embedded_model, half, progress=False)["score"].values
     ok = np.isfinite(exact)
-    r = {m: np.corrcoef(exact[ok], circuits.eap(embedded_model, half, ig_steps=m, sizes=(), progress=False)
+    r = {m: np.corrcoef(exact[ok], nr.circuit(embedded_model, half, ig_steps=m, sizes=(), progress=False)
                         ["score"].values[ok])[0, 1] for m in (1, 5)}
     assert r[5] > 0.9 and r[5] > r[1] + 0.3, r
     nr.save_result(ds, tmp_path / "c.nc")
@@ -174,25 +182,32 @@ def test_eap_on_the_embedded_model_finds_a_faithful_circuit(embedded_model, tmp_
 
 def test_overlap_is_jaccard_of_each_checkpoints_circuit(embedded_model):
     pairs = nr.tasks.arithmetic(n_prompts=8, seed=2)
-    ds = circuits.eap(None, pairs, ig_steps=2, sizes=(30,), progress=False, revisions="step250,main")
-    main = circuits.eap(embedded_model, pairs, ig_steps=2, sizes=(30,), progress=False)
+    ds = nr.circuit(None, pairs, ig_steps=2, sizes=(30,), progress=False, revisions="step250,main")
+    main = nr.circuit(embedded_model, pairs, ig_steps=2, sizes=(30,), progress=False)
+    nr.testing.assert_valid_result(ds)
     np.testing.assert_allclose(ds["score"].sel(checkpoint="main").values, main["score"].values, rtol=1e-6)
-    jac = circuits.overlap(ds, 30)
+    jac = overlap(ds, 30)
     sets = [{(i, j) for i, j in zip(*np.nonzero(ds["in_circuit"].sel(checkpoint=c, size=30).values))}
             for c in ("step250", "main")]
     assert jac.sel(checkpoint="step250", checkpoint_b="main") == len(sets[0] & sets[1]) / len(sets[0] | sets[1])
     assert np.allclose(np.diag(jac.values), 1) and np.allclose(jac.values, jac.values.T)
     with pytest.raises(UsageError, match="compares checkpoints"):
-        circuits.overlap(main, 30)
+        overlap(main, 30)
 
 
 def test_eap_bad_input(embedded_model, small_pairs):
     for kwargs, msg in [(dict(ig_steps=0), "ig_steps must be"), (dict(sizes=(0, 5)), "sizes must be >= 1"),
                         (dict(batch_size=3), "batch_size must hold")]:
         with pytest.raises(UsageError, match=msg):
-            circuits.eap(embedded_model, small_pairs, progress=False, **kwargs)
+            nr.circuit(embedded_model, small_pairs, progress=False, **kwargs)
     with pytest.raises(UsageError, match="single labelled prompts"):
-        circuits.eap(embedded_model, nr.tasks.kth_smallest(4), progress=False)
+        nr.circuit(embedded_model, nr.tasks.kth_smallest(4), progress=False)
+    with pytest.raises(UsageError, match="single labelled prompts"):
+        nr.edge_patching(embedded_model, nr.tasks.kth_smallest(4), progress=False)
+    with pytest.raises(UsageError, match="batch_size must hold"):
+        nr.edge_patching(embedded_model, small_pairs, batch_size=1, progress=False)
+    with pytest.raises(UsageError, match="no prompt pairs"):
+        nr.circuit(embedded_model, [], progress=False)
 
 
 def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
@@ -204,15 +219,53 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
     assert "faithfulness" in res.output and "overlap (Jaccard)" in res.output and "→" in res.output
     path = tmp_path / "results" / "circuit_arithmetic_embedded_step500-main.nc"
     ds = nr.load_result(path)
+    nr.testing.assert_valid_result(ds)
     assert ds.sizes["checkpoint"] == 2 and ds.attrs["method"] == "eap_ig"
+    res = run(app, ["show", str(path)])
+    assert res.exit_code == 0 and "faithfulness" in res.output and "overlap (Jaccard)" in res.output, res.output
     for kind in ("circuit", "faithfulness", "overlap"):
         res = run(app, ["plot", str(path), "--kind", kind])
         assert res.exit_code == 0, res.output
         assert (tmp_path / "results" / f"circuit_arithmetic_embedded_step500-main.{kind}.png").stat().st_size > 5000
     for args, msg in [(["--sizes", "ten"], "--sizes must be"), (["--task", "binding"], "no clean/corrupted"),
-                      (["--ig-steps", "0"], "ig_steps must be"), (["--model", "no/such-model"], "")]:
+                      (["--ig-steps", "0"], "ig_steps must be"), (["--model", "no/such-model"], ""),
+                      (["--exact", "--ig-steps", "2"], "--ig-steps and --sizes are for EAP"),
+                      (["--batch-size", "3"], "batch_size must hold")]:
         res = run(app, ["circuit", "--n-prompts", "4", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output
         assert not (tmp_path / "bad.nc").exists()
     res = run(app, ["plot", str(path), "--kind", "entropy"])
     assert res.exit_code == 2 and "circuit, faithfulness, overlap" in res.output
+
+
+def test_cli_exact_edge_patching_writes_its_own_file(tmp_path, monkeypatch, embedded_model):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["circuit", "--exact", "--n-prompts", "3", "--seed", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "exact edge patching" in res.output and "→" in res.output and "3 forward passes" in res.output
+    path = tmp_path / "results" / "edge_patching_arithmetic_embedded_main.nc"
+    ds = nr.load_result(path)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["method"] == "edge_patching" and ds.sizes["size"] == 0 and ds.attrs["batch_size"] == 256
+    want = nr.edge_patching(embedded_model, nr.tasks.arithmetic(n_prompts=3, seed=1), progress=False)
+    np.testing.assert_array_equal(ds["score"].values, want["score"].values)
+    assert not (tmp_path / "results" / "circuit_arithmetic_embedded_main.nc").exists()
+
+
+def test_sigkill_mid_circuit_resumes_to_the_same_values(tmp_path, embedded_model):
+    """A real SIGKILL after the third finished pass (the scoring passes), then the same command."""
+    out = tmp_path / "c.nc"
+    args = ["circuit", "--n-prompts", "4", "--seed", "5", "--ig-steps", "2", "--sizes", "10,40", "--batch-size", "4",
+            "--no-progress", "--out", str(out)]
+    killed = reason_interp(args, env={"REASON_INTERP_TEST_KILL_AFTER": "3"})
+    assert killed.returncode == -9 and not out.exists(), killed.stderr
+    n_done = len(list(parts_dir(out).glob("*.npz")))
+    resumed = reason_interp(args)
+    assert resumed.returncode == 0, resumed.stderr
+    ds = nr.load_result(out)
+    assert ds.attrs["n_resumed_passes"] == n_done == 3 and ds.attrs["n_forward_passes"] == 8
+    assert not parts_dir(out).exists()
+    want = nr.circuit(embedded_model, nr.tasks.arithmetic(n_prompts=4, seed=5), ig_steps=2, sizes=(10, 40),
+                      batch_size=4, progress=False)
+    for v in want.data_vars:  # another process (its own thread count): equal up to float summation order
+        np.testing.assert_allclose(ds[v].values, want[v].values, rtol=1e-9, atol=1e-9, err_msg=v)

@@ -67,7 +67,7 @@ def test_tasks_models_evaluate(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["patch", "--task", "nope"], "unknown task 'nope'"),
-    (["patch", "--task", "binding"], "no prompt pairs"),
+    (["patch", "--task", "binding"], "no clean/corrupted prompt pairs"),
     (["patch", "--site", "banana"], "unknown site 'banana'"),
     (["patch", "--metric", "kl"], "unknown metric"),
     (["patch", "--positions", "middle"], "--positions must be"),

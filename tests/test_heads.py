@@ -1,6 +1,8 @@
 """Head scores against a direct computation from HF attentions; IOI pairs."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,29 +10,42 @@ from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.heads import repeated_tokens
+from nnsight_reasoning.experiments.heads import successor_tokens
 from nnsight_reasoning.tasks import TaskError
 
 
+def _sequences(tokenizer, n_sequences, seq_len, seed):
+    seqs = nr.tasks.repeated_tokens(n_sequences, seq_len, seed, tokenizer=tokenizer)
+    return seqs, torch.tensor(seqs.ids)
+
+
 def test_repeated_tokens_are_bos_then_a_sequence_twice(embedded_tokenizer):
-    ids = repeated_tokens(embedded_tokenizer, 5, 12, seed=3).numpy()
+    seqs = nr.tasks.repeated_tokens(5, 12, seed=3, tokenizer=embedded_tokenizer)
+    assert seqs.task == "repeated_random_tokens" and seqs.params == {"n_sequences": 5, "seq_len": 12, "seed": 3}
+    assert isinstance(seqs.ids, tuple) and all(isinstance(r, tuple) for r in seqs.ids) and len(seqs) == 5
+    ids = np.array(seqs.ids)
     assert ids.shape == (5, 25) and (ids[:, 0] == embedded_tokenizer.bos_token_id).all()
     assert (ids[:, 1:13] == ids[:, 13:]).all()
     special = set(embedded_tokenizer.all_special_ids)
     for row in ids[:, 1:13]:
         assert len(set(row)) == 12 and not special & set(row.tolist())
-    assert (repeated_tokens(embedded_tokenizer, 5, 12, seed=3).numpy() == ids).all()
-    with pytest.raises(UsageError, match="seq_len"):
-        repeated_tokens(embedded_tokenizer, 2, 1, seed=0)
+    assert nr.tasks.repeated_tokens(5, 12, seed=3) == seqs  # the embedded tokenizer by default; same seed, same ids
+    assert nr.tasks.repeated_tokens(5, 12, seed=4) != seqs
+    for kwargs, msg in [(dict(seq_len=1), "seq_len"), (dict(n_sequences=0), "n_sequences"), (dict(seed=-1), "seed")]:
+        with pytest.raises(TaskError, match=msg):
+            nr.tasks.repeated_tokens(**kwargs)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
 def test_head_scores_match_a_direct_computation(tiny_model_dir, model_type):
     path = tiny_model_dir(model_type)
     model = nr.load_model(str(path))
-    ds = nr.head_scores(model, n_sequences=6, seq_len=7, seed=1, batch_size=4, progress=False)
+    seqs, ids = _sequences(model.tokenizer, 6, 7, seed=1)
+    ds = nr.head_scores(model, seqs, batch_size=4, progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["n_forward_passes"] == 2 * 2 + 1 and ds.attrs["task"] == "repeated_random_tokens"
+    assert ds.attrs["seed"] == 1 and ds.attrs["seq_len"] == 7 and ds.attrs["batch_size"] == 4
     hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    ids = repeated_tokens(model.tokenizer, 6, 7, seed=1)
     with torch.no_grad():
         att = torch.stack(hf(ids, output_attentions=True).attentions, 1).double().numpy()  # (b, L, H, T, T)
     n = 7
@@ -84,18 +99,17 @@ def _direct_logit_effects(hf, ids, tokens):
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_successor_and_copy_suppression_match_a_direct_computation(tiny_model_dir, model_type):
-    from nnsight_reasoning.heads import successor_tokens
-
     path = tiny_model_dir(model_type)
     model = nr.load_model(str(path))
-    ds = nr.head_scores(model, n_sequences=3, seq_len=6, seed=2, batch_size=2, progress=False)
+    seqs, ids = _sequences(model.tokenizer, 3, 6, seed=2)
+    ds = nr.head_scores(model, seqs, batch_size=2, progress=False)
+    nr.testing.assert_valid_result(ds)
     hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     ordinals = successor_tokens(model.tokenizer)
     assert model.tokenizer.convert_ids_to_tokens(ordinals[:3]) == ["1", "2", "3"] and len(ordinals) == 99
     best = np.stack([_direct_logit_effects(hf, [t], ordinals)[:, :, 0].argmax(-1) for t in ordinals])  # (K, L, H)
     want = (best[:-1] == np.arange(1, len(ordinals))[:, None, None]).mean(0)
     np.testing.assert_array_equal(ds["successor"].values, want)
-    ids = repeated_tokens(model.tokenizer, 3, 6, seed=2)
     n = 6
     with torch.no_grad():
         att = torch.stack(hf(ids, output_attentions=True).attentions, 1).double().numpy()
@@ -108,16 +122,36 @@ def test_successor_and_copy_suppression_match_a_direct_computation(tiny_model_di
     assert np.abs(ds["copy_suppression"].values).max() > 1e-3  # a random init writes something
 
 
+def test_head_scores_resume_and_refuse_other_data(tiny_model_dir, small_pairs, tmp_path):
+    model = nr.load_model(str(tiny_model_dir("gpt2")))
+    seqs, _ = _sequences(model.tokenizer, 5, 4, seed=0)
+    kw = dict(batch_size=2, progress=False, resume_dir=tmp_path / "parts")
+    first = nr.head_scores(model, seqs, **kw)
+    again = nr.head_scores(model, seqs, **kw)  # every pass read back
+    assert first.attrs["n_resumed_passes"] == 0 and again.attrs["n_resumed_passes"] == 7 == again.attrs["n_forward_passes"]
+    for v in first.data_vars:
+        np.testing.assert_array_equal(again[v].values, first[v].values)
+    with pytest.raises(UsageError, match="repeated random tokens"):
+        nr.head_scores(model, small_pairs, progress=False)
+    beyond = dataclasses.replace(seqs, ids=((len(model.tokenizer),) + seqs.ids[0][1:],) + seqs.ids[1:])
+    with pytest.raises(UsageError, match="beyond this model's vocabulary"):
+        nr.head_scores(model, beyond, progress=False)
+
+
 def test_head_scores_over_checkpoints_and_cli(tmp_path):
     from typer.testing import CliRunner
 
     from nnsight_reasoning.cli.main import app
 
-    res = CliRunner().invoke(app, ["heads", "--revisions", "step0,main", "--n-sequences", "8", "--out",
-                                   str(tmp_path / "h.nc"), "--no-progress"])
+    res = CliRunner().invoke(app, ["heads", "--revisions", "step0,main", "--n-sequences", "8", "--batch-size", "4",
+                                   "--out", str(tmp_path / "h.nc"), "--no-progress"])
     assert res.exit_code == 0, res.output
     ds = nr.load_result(tmp_path / "h.nc")
+    nr.testing.assert_valid_result(ds)
     assert ds["induction"].dims == ("checkpoint", "prompt", "layer", "head") and "chance" in res.stdout and "copy_suppression" in res.stdout
+    assert ds.attrs["batch_size"] == 4 and "2 checkpoints" in res.stdout
+    res = CliRunner().invoke(app, ["show", str(tmp_path / "h.nc")])
+    assert res.exit_code == 0 and "top heads per score" in res.stdout, res.output
     # step0 attends uniformly: every score sits at its chance level
     np.testing.assert_allclose(ds["previous_token"].sel(checkpoint="step0").mean("prompt"),
                                float(ds["uniform"].isel(checkpoint=0, score=0)), atol=0.01)

@@ -24,39 +24,33 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
-from ..runner import plan_batches
-from .. import remote as _remote
 from ..backend import graph
 from ..errors import UsageError
-from ..models import load_model, model_info
-from ..experiments.patch import tokenize_pairs
-from ..progress import progress_bar
-from ..results.io import provenance
+from ..runner import Run, experiment
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
-from ..tasks.base import length_batches
+from .patch import Tokens, tokenize_pairs
 
 DEFAULT_SIZES = (10, 20, 50, 100, 200)
+SELECTION = "top-n edges by |score|, pruned to input-to-logits paths"
 
 
-def eap(
-    model: Any,
+@experiment("eap", batch_size=64)
+def circuit(
+    run: Run,
     pairs: PromptPairs | Sequence[PromptPair],
     *,
     ig_steps: int = 5,
     sizes: Sequence[int] = DEFAULT_SIZES,
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
-    revisions: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
-    """Edge scores of the whole component graph and the faithfulness of its top-n circuits.
+    """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
+    circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
 
     Parameters
     ----------
@@ -66,10 +60,10 @@ def eap(
     ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 5).
     sizes : circuit sizes (edges before pruning) whose faithfulness is measured by real
         patching; empty for scores only.
-    batch_size : most input rows per pass (remote: per request); a pass of p pairs takes
-        (2 + ig_steps)·p rows, and attention runs once per head on them.
-    revisions : run on each checkpoint (see :func:`nnsight_reasoning.over_revisions`); every
-        variable gains a leading ``checkpoint`` dim and each checkpoint gets its own circuit.
+
+    Batching: a scoring pass of p pairs takes (2 + ig_steps)·p rows (2·p for EAP), and
+    attention runs once per head on them; a faithfulness pass of p pairs and c circuits
+    takes (1 + c)·p rows. With ``revisions`` each checkpoint gets its own circuit.
 
     Returns
     -------
@@ -78,49 +72,90 @@ def eap(
     prompt); ``faithfulness``, ``fraction``, ``n_edges``, ``n_nodes`` (size); ``in_circuit``
     (size, upstream, downstream) 0/1. Node coordinates: ``upstream_layer`` (-1 = input),
     ``upstream_kind`` (input/head/mlp), ``upstream_head`` (-1 if not a head), and the same
-    for ``downstream`` (kind logits at layer n_layers).
+    for ``downstream`` (kind logits at layer n_layers). ``attrs["method"]`` is "eap" or
+    "eap_ig".
+
+    Examples
+    --------
+    >>> ds = nr.circuit(model, nr.tasks.arithmetic(n_prompts=64), ig_steps=5, sizes=(20, 50, 100))
+    >>> ds.faithfulness
     """
-    _refuse_single_prompts(pairs)
     if not isinstance(ig_steps, int) or ig_steps < 1:
         raise UsageError(f"ig_steps must be an integer >= 1 (got {ig_steps})")
     sizes = sorted({int(s) for s in sizes})
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
-    if revisions is not None:
-        from ..runner import over_revisions
+    rows_per_pair = 2 + (ig_steps if ig_steps > 1 else 0)
+    if run.batch_size < rows_per_pair:
+        raise UsageError(f"batch_size must hold one pair's rows: >= {rows_per_pair}")
+    pair_list, tok = _prepare(run, pairs)
+    shape = Shape.of(run.model)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps)
+    circuits = np.stack([extract(score, s) for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
+    circuit_diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, "faithfulness")
+    attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": "logit_diff",
+             "ig_steps": ig_steps, "circuit_selection": SELECTION}
+    return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads,
+                    attrs)
 
-        def run(m):
-            return eap(m, pairs, ig_steps=ig_steps, sizes=sizes, batch_size=batch_size, remote=remote,
-                       progress=progress)
 
-        return over_revisions(run, model, revisions, progress=progress, remote=remote)
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
-    if batch_size < 2 + (ig_steps if ig_steps > 1 else 0):
-        raise UsageError(f"batch_size must hold one pair's rows: >= {2 + (ig_steps if ig_steps > 1 else 0)}")
-    pair_list, base_ids, source_ids, answers = _prepare(model, pairs, remote)
-    n_layers, n_heads, parallel = graph.graph_shape(model)
-    valid = graph.valid_edges(n_layers, n_heads, parallel).numpy()
-    n = len(pair_list)
-    per_prompt = np.zeros((n,) + valid.shape)
-    clean, corrupt = np.zeros(n), np.zeros(n)
-    traffic = _remote.Traffic()
-    jobs = plan_batches([len(b) for b in base_ids], batch_size, 2 + (ig_steps if ig_steps > 1 else 0))
-    for job in progress_bar(jobs, "edge scores", enabled=progress):
-        ids = torch.tensor([source_ids[i] for i in job] + [base_ids[i] for i in job])
-        scores, logits = graph.edge_attributions(model, ids, torch.tensor([answers[i] for i in job] * 2),
-                                                 ig_steps=ig_steps, remote=remote)
-        per_prompt[job] = scores.numpy()
-        diff = (logits[:, 0] - logits[:, 1]).numpy()
-        corrupt[job], clean[job] = diff[: len(job)], diff[len(job):]
-    score = np.where(valid, per_prompt.mean(0), np.nan)
-    circuits = np.stack([extract(score, s) for s in sizes]) if sizes else np.zeros((0,) + valid.shape, bool)
-    circuit_diff, _, n_faith = _edge_patched(model, base_ids, source_ids, answers, valid & ~circuits, batch_size,
-                                             remote, progress) if sizes else (np.zeros((0, n)), None, 0)
-    attrs = _attrs(model, pairs, remote, "eap_ig" if ig_steps > 1 else "eap", n_layers, n_heads, parallel, batch_size,
-                   len(jobs) + n_faith, traffic)
-    attrs.update(ig_steps=ig_steps, circuit_selection="top-n edges by |score|, pruned to input-to-logits paths")
-    return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, n_layers, n_heads, attrs)
+@experiment("edge_patching", batch_size=256)
+def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dataset:
+    """Exact edge scores, the quantity EAP estimates: for every edge, the clean run with that
+    edge alone carrying its corrupted value, as (M_cut − M_clean), averaged over prompts.
+
+    One extra row per edge and pair (a pass of p pairs and c edges takes (1 + c)·p rows), so
+    it costs about n_edges forward passes' worth of rows; use it to validate EAP / EAP-IG on
+    small models. Same ``score`` layout as :func:`circuit` (NaN where no edge exists), no
+    circuits (``size`` is empty); ``attrs["method"] = "edge_patching"``.
+
+    Examples
+    --------
+    >>> exact = nr.edge_patching(model, nr.tasks.arithmetic(n_prompts=16))
+    """
+    if run.batch_size < 2:
+        raise UsageError(f"batch_size must hold one pair's corrupted row and one patched row: >= 2 "
+                         f"(got {run.batch_size})")
+    pair_list, tok = _prepare(run, pairs)
+    shape = Shape.of(run.model)
+    edges = np.argwhere(shape.valid)
+    cuts = np.zeros((len(edges) + 1,) + shape.valid.shape, bool)  # circuit 0 cuts nothing: the clean run
+    cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
+    diff, corrupt = _edge_patched(run, tok, cuts, "edge patching")
+    score = np.full(shape.valid.shape, np.nan)
+    score[edges[:, 0], edges[:, 1]] = (diff[1:] - diff[0]).mean(1)
+    attrs = {**shape.attrs(), "method": "edge_patching", "metric": "logit_diff"}
+    empty = np.zeros((0,) + shape.valid.shape, bool)
+    return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], shape.n_layers,
+                    shape.n_heads, attrs)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The component graph of a model: layers, heads per layer, parallel residual, and the
+    (upstream, downstream) edges that exist (``valid``)."""
+
+    n_layers: int
+    n_heads: int
+    parallel: bool
+    valid: np.ndarray
+
+    @classmethod
+    def of(cls, model: Any) -> "Shape":
+        n_layers, n_heads, parallel = graph.graph_shape(model)
+        return cls(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel).numpy())
+
+    def attrs(self) -> dict[str, int]:
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel)}
+
+
+@dataclass(frozen=True)
+class EdgePass:
+    """One edge-patched forward pass: the ``circuits`` (indices into the cut sets) run on the
+    ``pairs`` (indices), all of one token length."""
+
+    circuits: list[int]
+    pairs: list[int]
 
 
 def _refuse_single_prompts(pairs) -> None:
@@ -129,84 +164,60 @@ def _refuse_single_prompts(pairs) -> None:
                          f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
 
 
-def _prepare(model, pairs, remote):
-    """The pairs as a list, their token ids and answer ids; refuses bad pairs before any run."""
+def _prepare(run: Run, pairs) -> tuple[list[PromptPair], Tokens]:
+    """The pairs as a list and their token ids; refuses bad pairs before any pass."""
     _refuse_single_prompts(pairs)
     pair_list = list(pairs)
     if not pair_list:
         raise UsageError("no prompt pairs given")
-    tok = tokenize_pairs(model, pair_list)
-    base_ids, source_ids, answers = tok.base, tok.source, tok.answers
-    _remote.preflight(model, remote)
-    return pair_list, base_ids, source_ids, answers
+    return pair_list, tokenize_pairs(run.model, pair_list)
 
 
-def _attrs(model, pairs, remote, method, n_layers, n_heads, parallel, batch_size, n_passes, traffic) -> dict:
-    info = model_info(model)
-    task = pairs.task if isinstance(pairs, PromptPairs) else "custom"
-    params = pairs.params if isinstance(pairs, PromptPairs) else {}
-    attrs = provenance(task=task, task_params=params, model=info.name, model_path=info.path, revision=info.revision,
-                       method=method, metric="logit_diff", seed=params.get("seed"), remote=remote)
-    attrs.update(n_layers=n_layers, n_heads=n_heads, parallel_residual=int(parallel), batch_size=batch_size,
-                 n_forward_passes=n_passes)
-    if remote not in (False, "local"):
-        attrs.update(traffic.as_attrs())
-    return attrs
+def _pass_rows(tok: Tokens, job: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input rows of a pass over pairs ``job`` (their corrupted rows, then their clean rows) and
+    the answers of every row ([clean answer r1, corrupted answer r2])."""
+    ids = torch.tensor([tok.source[i] for i in job] + [tok.base[i] for i in job])
+    return ids, torch.tensor([tok.answers[i] for i in job] * 2)
 
 
-def _edge_patched(model, base_ids, source_ids, answers, removed, batch_size, remote, progress, label="faithfulness"):
-    """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges), (prompt)
-    that of the corrupted run, and the number of passes. A pass takes p pairs and up to
-    ``batch_size`` − 1 circuits."""
-    c = removed.shape[0]
-    out, corrupt = np.zeros((c, len(base_ids))), np.zeros(len(base_ids))
-    per = max(1, batch_size - 1)
-    chunks = [list(range(k, min(k + per, c))) for k in range(0, c, per)]
-    lengths = [len(b) for b in base_ids]
-    jobs = [(ch, job) for ch in chunks for job in length_batches(lengths, max(1, batch_size // (1 + len(ch))))]
-    for ch, job in progress_bar(jobs, label, enabled=progress):
-        ids = torch.tensor([source_ids[i] for i in job] + [base_ids[i] for i in job])
-        logits = graph.edge_patched_logits(model, ids, torch.tensor([answers[i] for i in job] * 2),
-                                           torch.tensor(removed[ch], dtype=torch.float32), remote=remote)
+def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
+    (prompt) clean and corrupted logit differences; one pass per batch of pairs."""
+    n = len(tok.base)
+    per_prompt = np.zeros((n,) + valid.shape)
+    clean, corrupt = np.zeros(n), np.zeros(n)
+    jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
+    for job in run.steps(jobs, "edge scores"):
+        scores, logits = run.call(graph.edge_attributions, *_pass_rows(tok, job), ig_steps=ig_steps)
+        per_prompt[job] = scores.numpy()
         diff = (logits[:, 0] - logits[:, 1]).numpy()
-        corrupt[job] = diff[: len(job)]
-        out[np.ix_(ch, job)] = diff[len(job):].reshape(len(ch), len(job))
-    return out, corrupt, len(jobs)
+        corrupt[job], clean[job] = diff[: len(job)], diff[len(job):]
+    return np.where(valid, per_prompt.mean(0), np.nan), clean, corrupt
 
 
-def edge_patching(
-    model: Any,
-    pairs: PromptPairs | Sequence[PromptPair],
-    *,
-    batch_size: int = 256,
-    remote: bool | str = False,
-    progress: bool = True,
-) -> xr.Dataset:
-    """Exact edge scores, the quantity EAP estimates: for every edge, the clean run with that
-    edge alone carrying its corrupted value, as (M_cut − M_clean), averaged over prompts.
+def plan_edge_passes(run: Run, lengths: Sequence[int], n_circuits: int) -> list[EdgePass]:
+    """Passes over ``n_circuits`` cut sets: the circuits in chunks of at most ``batch_size`` − 1,
+    and for each chunk of c circuits the pairs in :meth:`Run.batches` of (1 + c) rows each
+    (a pair's corrupted row and one clean row per circuit)."""
+    per = max(1, run.batch_size - 1)
+    chunks = [list(range(k, min(k + per, n_circuits))) for k in range(0, n_circuits, per)]
+    return [EdgePass(ch, job) for ch in chunks for job in run.batches(lengths, rows_per_item=1 + len(ch))]
 
-    One extra row per edge and pair (graph: :mod:`nnsight_reasoning.circuits`), so it costs
-    about n_edges forward passes' worth of rows; use it to validate EAP / EAP-IG on small
-    models. Same ``score`` layout as :func:`eap` (NaN where no edge exists), no circuits;
-    ``attrs["method"] = "edge_patching"``.
-    """
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
-    pair_list, base_ids, source_ids, answers = _prepare(model, pairs, remote)
-    n_layers, n_heads, parallel = graph.graph_shape(model)
-    valid = graph.valid_edges(n_layers, n_heads, parallel).numpy()
-    edges = np.argwhere(valid)
-    cuts = np.zeros((len(edges) + 1,) + valid.shape, bool)  # circuit 0 cuts nothing: the clean run
-    cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
-    traffic = _remote.Traffic()
-    diff, corrupt, n_passes = _edge_patched(model, base_ids, source_ids, answers, cuts, batch_size, remote, progress,
-                                            "edge patching")
-    score = np.full(valid.shape, np.nan)
-    score[edges[:, 0], edges[:, 1]] = (diff[1:] - diff[0]).mean(1)
-    attrs = _attrs(model, pairs, remote, "edge_patching", n_layers, n_heads, parallel, batch_size, n_passes, traffic)
-    empty = np.zeros((0,) + valid.shape, bool)
-    return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], n_layers, n_heads,
-                    attrs)
+
+def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges) and
+    (prompt) that of the corrupted run (:func:`plan_edge_passes`; no pass for c = 0)."""
+    c, n = removed.shape[0], len(tok.base)
+    out, corrupt = np.zeros((c, n)), np.zeros(n)
+    for job in run.steps(plan_edge_passes(run, [len(b) for b in tok.base], c), label):
+        logits = run.call(graph.edge_patched_logits, *_pass_rows(tok, job.pairs),
+                          torch.tensor(removed[job.circuits], dtype=torch.float32))
+        diff = (logits[:, 0] - logits[:, 1]).numpy()
+        p = len(job.pairs)
+        corrupt[job.pairs] = diff[:p]
+        out[np.ix_(job.circuits, job.pairs)] = diff[p:].reshape(len(job.circuits), p)
+    return out, corrupt
 
 
 def extract(score: np.ndarray | xr.DataArray, n_edges: int) -> np.ndarray:
@@ -239,7 +250,7 @@ def overlap(ds: xr.Dataset, n_edges: int) -> xr.DataArray:
     """Jaccard similarity |A ∩ B| / |A ∪ B| of the checkpoints' circuits of ``n_edges`` edges
     (re-extracted from each checkpoint's ``score``), dims (checkpoint, checkpoint_b)."""
     if "checkpoint" not in ds.dims:
-        raise UsageError("circuit overlap compares checkpoints: run eap(..., revisions=...) first")
+        raise UsageError("circuit overlap compares checkpoints: run nr.circuit(..., revisions=...) first")
     sets = [extract(ds["score"].isel(checkpoint=k).values, n_edges) for k in range(ds.sizes["checkpoint"])]
     jac = np.array([[(a & b).sum() / max(1, (a | b).sum()) for b in sets] for a in sets])
     names = ds["checkpoint"].values
@@ -300,4 +311,52 @@ def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_laye
                                                                                                   "pruned circuit"}),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
-circuit = eap  # until ported
+
+
+def chosen_size(ds: xr.Dataset) -> int:
+    """The circuit size a figure or summary shows: the smallest whose faithfulness reaches 0.8
+    on the (last) checkpoint, else the largest measured."""
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    if last.sizes["size"] == 0:
+        raise UsageError("this result has no circuits (it was run with sizes=()); rerun with --sizes")
+    ok = last["size"].values[last["faithfulness"].values >= 0.8]
+    return int(ok[0]) if len(ok) else int(last["size"].values[-1])
+
+
+def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
+    """Clean and corrupted logit differences, each circuit's size and faithfulness, the ``top``
+    edges by |score| (at the last checkpoint of a sweep) and, over checkpoints, the overlap of
+    each checkpoint's circuit with the last one's."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    rev = last.attrs["revision"]
+    method = {"eap": "EAP", "eap_ig": f"EAP-IG ({ds.attrs.get('ig_steps')} steps)",
+              "edge_patching": "exact edge patching"}.get(str(ds.attrs.get("method")), str(ds.attrs.get("method")))
+    lines: list[Any] = [f"{method} · {ds.attrs.get('task')} · {ds.sizes['prompt']} pairs · {ds.attrs['model']}@{rev}: "
+                        f"clean logit diff {float(last['clean_logit_diff'].mean()):.2f}, corrupted "
+                        f"{float(last['corrupt_logit_diff'].mean()):.2f}"]
+    if last.sizes["size"]:
+        table = Table(title=f"circuits of {ds.attrs['model']}@{rev} (top-n edges by |score|, pruned)")
+        for col in ("top-n", "edges kept", "nodes", "faithfulness", "circuit / clean"):
+            table.add_column(col, justify="right")
+        for s in last["size"].values:
+            v = last.sel(size=s)
+            table.add_row(str(s), str(int(v["n_edges"])), str(int(v["n_nodes"])), f"{float(v['faithfulness']):.3f}",
+                          f"{float(v['fraction']):.3f}")
+        lines.append(table)
+    flat = last["score"].stack(edge=("upstream", "downstream")).dropna("edge")
+    best = np.argsort(-np.abs(flat.values))[:top]
+    lines.append("top edges: " + ", ".join(f"{u}→{d} {float(flat.values[i]):+.2f}"
+                                           for i, (u, d) in zip(best, flat["edge"].values[best])))
+    if "checkpoint" in ds.dims and ds.sizes["size"]:
+        size = chosen_size(ds)
+        jac = overlap(ds, size).values
+        steps = [str(c) for c in ds["checkpoint"].values]
+        lines.append(f"overlap (Jaccard) of top-{size} circuits with the last checkpoint: " + ", ".join(
+            f"{n} {jac[k, -1]:.2f}" for k, n in enumerate(steps)))
+    return lines

@@ -1,7 +1,7 @@
 """Attention-head scores per (layer, head) from attention patterns on repeated random tokens.
 
-Input: ``n_sequences`` sequences ``<bos> x_1 … x_n x_1 … x_n``, the x drawn uniformly
-without replacement from the vocabulary's non-special tokens (seeded). Positions: 0 is
+Input: sequences ``<bos> x_1 … x_n x_1 … x_n`` from ``nr.tasks.repeated_tokens``, the x
+drawn uniformly without replacement from the vocabulary's non-special tokens (seeded). Positions: 0 is
 ``<bos>``, 1..n the first copy, n+1..2n the second. With A[i, j] the attention probability
 from query i to key j, each score is a mean over the sequence's positions (0 = never,
 1 = always all attention on the pattern):
@@ -29,7 +29,6 @@ run's value) and the unembedding, centred over the vocabulary (``backend.graph.h
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,16 +37,19 @@ import xarray as xr
 
 from .. import backend
 from ..backend.graph import head_logit_effects
-from .. import remote as _remote
 from ..errors import UsageError
-from ..models import load_model, model_info
-from ..progress import progress_bar
-from ..results.io import provenance
+from ..runner import Run, experiment
 from ..sites import dims
 from ..tasks.base import single_token_id
+from ..tasks.tokens import RepeatedTokens
 
 SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression")
 ATTENTION_SCORES = SCORES[:3]
+PER_SEQUENCE = ("previous_token", "duplicate_token", "induction", "copy_suppression")  # the scores with a prompt dim
+_NAMES = {"previous_token": "attention to the previous token",
+          "duplicate_token": "attention to the earlier copy of the same token",
+          "induction": "attention to the token after the earlier copy",
+          "copy_suppression": "lowering of the attended tokens' logits"}
 
 
 def grid(ds: xr.Dataset, score: str) -> xr.DataArray:
@@ -56,97 +58,94 @@ def grid(ds: xr.Dataset, score: str) -> xr.DataArray:
     return v.mean("prompt") if "prompt" in v.dims else v
 
 
-def repeated_tokens(tokenizer: Any, n_sequences: int, seq_len: int, seed: int) -> torch.Tensor:
-    """(n_sequences, 1 + 2·seq_len) token ids: ``<bos>`` (else ``<eos>``), x, x."""
-    special = set(tokenizer.all_special_ids)
-    pool = np.array([i for i in range(len(tokenizer)) if i not in special])
-    if seq_len < 2 or seq_len > len(pool):
-        raise UsageError(f"seq_len must be between 2 and {len(pool)} (the tokenizer's ordinary tokens; got {seq_len})")
-    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if first is None:
-        raise UsageError("head scores start each sequence with the tokenizer's bos (or eos) token; it has neither")
-    rng = np.random.default_rng(seed)
-    x = np.stack([rng.choice(pool, seq_len, replace=False) for _ in range(n_sequences)])
-    return torch.tensor(np.concatenate([np.full((n_sequences, 1), first), x, x], 1), dtype=torch.long)
-
-
-def head_scores(
-    model: Any,
-    *,
-    n_sequences: int = 32,
-    seq_len: int = 20,
-    seed: int = 0,
-    batch_size: int = 32,
-    remote: bool | str = False,
-    progress: bool = True,
-    revisions: str | Sequence[str] | None = None,
-) -> xr.Dataset:
+@experiment("head_scores", batch_size=32)
+def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
     """Previous-token, duplicate-token, induction, successor and copy-suppression scores of
-    every head (definitions in the module doc).
+    every head (definitions in :mod:`nnsight_reasoning.experiments.heads`).
 
-    Returns a Dataset with one variable per score, dims ``(prompt, layer, head)`` (prompt =
-    sequence; ``successor``: ``(layer, head)``); attention scores and ``successor`` are
-    fractions in [0, 1], ``copy_suppression`` is in logits. ``ds.induction.mean("prompt")`` is
-    the layer × head grid. ``uniform`` (along ``score``) is each score's chance level: uniform
-    attention, a random ranking (successor), no effect (copy suppression). With ``revisions``
-    every variable gains a leading ``checkpoint`` dim.
+    Parameters
+    ----------
+    model : a loaded model or a name/directory (see :func:`nnsight_reasoning.load_model`).
+    sequences : repeated random tokens, ``nr.tasks.repeated_tokens(n_sequences, seq_len, seed,
+        tokenizer=model.tokenizer)``.
+
+    Batching: ``batch_size`` sequences per pass; each batch takes two passes (attention
+    patterns, then the heads' direct logit effects), and the successor score one more.
+
+    Returns
+    -------
+    Dataset with one variable per score, dims ``(prompt, layer, head)`` (prompt = sequence;
+    ``successor``: ``(layer, head)``); attention scores and ``successor`` are fractions in
+    [0, 1], ``copy_suppression`` is in logits. ``ds.induction.mean("prompt")`` is the
+    layer × head grid. ``uniform`` (along ``score``) is each score's chance level: uniform
+    attention, a random ranking (successor), no effect (copy suppression). With
+    ``revisions`` every variable gains a leading ``checkpoint`` dim.
+
+    Examples
+    --------
+    >>> ds = nr.head_scores(model, nr.tasks.repeated_tokens(n_sequences=32, seq_len=20))
+    >>> ds.induction.mean("prompt")
     """
-    if revisions is not None:
-        from ..runner import over_revisions
-
-        def run(m):
-            return head_scores(m, n_sequences=n_sequences, seq_len=seq_len, seed=seed, batch_size=batch_size,
-                               remote=remote, progress=progress)
-
-        return over_revisions(run, model, revisions, progress=progress, remote=remote)
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
-    if n_sequences < 1 or batch_size < 1:
-        raise UsageError("n_sequences and batch_size must be >= 1")
-    _remote.preflight(model, remote)
-    ids = repeated_tokens(model.tokenizer, n_sequences, seq_len, seed)
-    d = dims(model)
-    n = seq_len
-    out = {k: np.zeros((n_sequences, d["n_layers"], d["n_heads"])) for k in SCORES if k != "successor"}
-    q_prev = np.arange(2, n + 1)
-    q_rep = np.arange(n + 1, 2 * n + 1)
-    chunks = [list(range(j, min(j + batch_size, n_sequences))) for j in range(0, n_sequences, batch_size)]
-    traffic = _remote.Traffic()
-    for chunk in progress_bar(chunks, "head scores", enabled=progress):
-        a = backend.attention_probs(model, ids[chunk], range(d["n_layers"]), last_only=False,
-                                    remote=remote).double().numpy()  # (b, L, H, T, T)
-        out["previous_token"][chunk] = a[..., q_prev, q_prev - 1].mean(-1)
-        out["duplicate_token"][chunk] = a[..., q_rep, q_rep - n].mean(-1)
-        out["induction"][chunk] = a[..., q_rep, q_rep - n + 1].mean(-1)
-        eff = head_logit_effects(model, ids[chunk], ids[chunk], remote=remote).numpy()  # (b,L,H,T,T)
-        written = (a[..., q_rep, 1:] * eff[..., q_rep, 1:]).sum(-1)  # attention-weighted effect on attended tokens
-        out["copy_suppression"][chunk] = -written.mean(-1)
-    ordinals = successor_tokens(model.tokenizer)
-    succ = successor_scores(model, ordinals, remote=remote)
-    info = model_info(model)
-    attrs = provenance(task="repeated_random_tokens", task_params={"n_sequences": n_sequences, "seq_len": seq_len,
-                                                                   "seed": seed},
-                       model=info.name, model_path=info.path, revision=info.revision, method="head_scores",
-                       metric="attention_probability", seed=seed, remote=remote)
-    attrs.update(n_forward_passes=2 * len(chunks) + 1, seq_len=seq_len,
-                 successor_tokens=model.tokenizer.convert_ids_to_tokens(ordinals))
-    if remote not in (False, "local"):
-        attrs.update(traffic.as_attrs())
-    names = {"previous_token": "attention to the previous token", "duplicate_token": "attention to the earlier "
-             "copy of the same token", "induction": "attention to the token after the earlier copy",
-             "copy_suppression": "lowering of the attended tokens' logits"}
-    data = {k: (("prompt", "layer", "head"), v, {"long_name": names[k], "units": "logits" if k == "copy_suppression"
+    sequences = _check(run, sequences)
+    ids = torch.tensor(sequences.ids, dtype=torch.long)
+    n = sequences.seq_len
+    d = dims(run.model)
+    layers = list(range(d["n_layers"]))
+    out = {k: np.zeros((len(sequences), d["n_layers"], d["n_heads"])) for k in PER_SEQUENCE}
+    for chunk in run.steps(run.batches([ids.shape[1]] * len(sequences)), "head scores"):
+        a = run.call(backend.attention_probs, ids[chunk], layers, last_only=False).double().numpy()  # (b,L,H,T,T)
+        eff = run.call(head_logit_effects, ids[chunk], ids[chunk]).numpy()  # (b, L, H, T, T)
+        for k, v in sequence_scores(a, eff, n).items():
+            out[k][chunk] = v
+    ordinals = successor_tokens(run.tokenizer)
+    succ = successor_scores(run, ordinals)
+    data = {k: (("prompt", "layer", "head"), v, {"long_name": _NAMES[k], "units": "logits" if k == "copy_suppression"
                                                   else "1"}) for k, v in out.items()}
     data["successor"] = (("layer", "head"), succ, {"long_name": "fraction of ordinal tokens whose successor the "
                                                                 "head promotes most", "units": "1"})
-    # chance: a head attending uniformly to every position it can see (1/(i+1) at query i);
-    # a random ranking of the K ordinal tokens; no effect on the logits
-    data["uniform"] = ("score", [np.mean(1 / (q_prev + 1)), np.mean(1 / (q_rep + 1)), np.mean(1 / (q_rep + 1)),
-                                 1 / len(ordinals), 0.0],
-                       {"long_name": "chance level of each score", "units": "1"})
-    return xr.Dataset(data, coords={"prompt": np.arange(n_sequences), "layer": np.arange(d["n_layers"]),
+    data["uniform"] = ("score", chance_levels(n, len(ordinals)), {"long_name": "chance level of each score",
+                                                                   "units": "1"})
+    return xr.Dataset(data, coords={"prompt": np.arange(len(sequences)), "layer": np.arange(d["n_layers"]),
                                     "head": np.arange(d["n_heads"]), "score": np.array(SCORES, dtype=object)},
-                      attrs=attrs)
+                      attrs={"method": "head_scores", "metric": "attention_probability", "seq_len": n,
+                             "successor_tokens": run.tokenizer.convert_ids_to_tokens(ordinals)})
+
+
+def _check(run: Run, sequences: Any) -> RepeatedTokens:
+    """The sequences, or a one-line error: not repeated tokens, or ids outside this model's vocabulary."""
+    if not isinstance(sequences, RepeatedTokens):
+        raise UsageError(f"head_scores takes repeated random tokens, nr.tasks.repeated_tokens(n_sequences, seq_len, "
+                         f"seed, tokenizer=model.tokenizer) (got {type(sequences).__name__})")
+    vocab = len(run.tokenizer)
+    if max(max(row) for row in sequences.ids) >= vocab:
+        raise UsageError(f"the sequences hold token ids beyond this model's vocabulary ({vocab}); generate them with "
+                         f"nr.tasks.repeated_tokens(..., tokenizer=model.tokenizer)")
+    return sequences
+
+
+def query_positions(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The query positions the scores average over: 2..n (first copy, previous token) and
+    n+1..2n (second copy)."""
+    return np.arange(2, n + 1), np.arange(n + 1, 2 * n + 1)
+
+
+def sequence_scores(a: np.ndarray, eff: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The per-sequence scores (b, layers, heads) of a batch from its attention probabilities
+    ``a`` and direct logit effects ``eff`` (both (b, layers, heads, T, T)), ``n`` = seq_len."""
+    q_prev, q_rep = query_positions(n)
+    written = (a[..., q_rep, 1:] * eff[..., q_rep, 1:]).sum(-1)  # attention-weighted effect on attended tokens
+    return {"previous_token": a[..., q_prev, q_prev - 1].mean(-1),
+            "duplicate_token": a[..., q_rep, q_rep - n].mean(-1),
+            "induction": a[..., q_rep, q_rep - n + 1].mean(-1),
+            "copy_suppression": -written.mean(-1)}
+
+
+def chance_levels(n: int, n_ordinals: int) -> list[float]:
+    """Each score's chance level, in :data:`SCORES` order: a head attending uniformly to every
+    position it can see (1/(i+1) at query i); a random ranking of the K ordinal tokens; no
+    effect on the logits."""
+    q_prev, q_rep = query_positions(n)
+    return [np.mean(1 / (q_prev + 1)), np.mean(1 / (q_rep + 1)), np.mean(1 / (q_rep + 1)), 1 / n_ordinals, 0.0]
 
 
 def successor_tokens(tokenizer: Any, limit: int = 100) -> list[int]:
@@ -163,10 +162,34 @@ def successor_tokens(tokenizer: Any, limit: int = 100) -> list[int]:
     return ids
 
 
-def successor_scores(model: Any, ordinals: Sequence[int], *, remote: bool | str = False) -> np.ndarray:
+def successor_scores(run: Run, ordinals: Sequence[int]) -> np.ndarray:
     """(layers, heads): the fraction of ``ordinals[j]`` (j < K − 1) for which the head's output,
-    on the one-token input ``ordinals[j]``, raises ``ordinals[j + 1]`` most among all of them."""
+    on the one-token input ``ordinals[j]``, raises ``ordinals[j + 1]`` most among all of them
+    (one pass of K one-token rows)."""
     ids = torch.tensor(list(ordinals))
-    eff = head_logit_effects(model, ids[:, None], ids[None].repeat(len(ids), 1), remote=remote)
+    eff = run.call(head_logit_effects, ids[:, None], ids[None].repeat(len(ids), 1))
     best = eff[:, :, :, 0].argmax(-1).numpy()  # (K, L, H)
     return (best[:-1] == np.arange(1, len(ids))[:, None, None]).mean(0)
+
+
+def summarize(ds: xr.Dataset) -> list[Any]:
+    """The three top heads of every score (mean over sequences) at the (last) checkpoint, with
+    each score's chance level."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else []
+    where = f" over {len(names)} checkpoints ({names[0]} … {names[-1]})" if names else f"@{ds.attrs['revision']}"
+    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}{where} · {ds.sizes['prompt']} sequences of "
+            f"2 × {ds.attrs.get('seq_len')} tokens")
+    table = Table(title=f"top heads per score ({ds.attrs['model']}@{last.attrs['revision']}, mean over sequences)")
+    for col in ("score", "chance", "1st", "2nd", "3rd"):
+        table.add_column(col)
+    for score in SCORES:
+        flat = grid(last, score).stack(lh=("layer", "head"))
+        top = flat.argsort().values[::-1][:3]
+        table.add_row(score, f"{float(last['uniform'].sel(score=score)):.2f}",
+                      *[f"L{flat['lh'].values[i][0]}H{flat['lh'].values[i][1]} {float(flat.values[i]):.2f}" for i in top])
+    return [head, table]

@@ -6,19 +6,11 @@ import numpy as np
 import xarray as xr
 
 from ..errors import UsageError
+from ..experiments.circuit import chosen_size, overlap
 from ..results.io import last_checkpoint
 
 CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap")
-
-
-def chosen_size(ds: xr.Dataset) -> int:
-    """The circuit size a figure shows: the smallest whose faithfulness reaches 0.8 on the
-    (last) checkpoint, else the largest measured."""
-    last = last_checkpoint(ds)
-    if last.sizes["size"] == 0:
-        raise UsageError("this result has no circuits (it was run with sizes=()); rerun with --sizes")
-    ok = last["size"].values[last["faithfulness"].values >= 0.8]
-    return int(ok[0]) if len(ok) else int(last["size"].values[-1])
+__all__ = ["CIRCUIT_KINDS", "chosen_size", "circuit_figure"]
 
 
 def circuit_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
@@ -112,8 +104,6 @@ def _faithfulness(ds: xr.Dataset):
 
 def _overlap(ds: xr.Dataset):
     import matplotlib.pyplot as plt
-
-    from ..experiments.circuit import overlap
 
     size = chosen_size(ds)
     jac = overlap(ds, size)
