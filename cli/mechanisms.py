@@ -1,7 +1,7 @@
 """``reason-interp neurons`` and ``reason-interp binding`` (registered in ``main``): neurons of
 chain-of-thought arithmetic (Rai & Yao 2024) and binding IDs (Feng & Steinhardt 2024). Each
-parses its options and hands them to :func:`.common.run_command`; the tables printed are the
-experiments' own ``summarize``."""
+parses its own options and hands them to :meth:`.common.Harness.run`; the tables printed are
+the experiments' own ``summarize``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +9,12 @@ from typing import List, Optional
 
 import typer
 
-from .common import BatchSize, Model, OutFile, Progress, Remote, Restart, Revision, Revisions, Seed, guard, run_command
+from .common import Harness, Seed, experiment_command
 
 
-@guard
+@experiment_command()
 def neurons(
-    model: Model = None,
-    revision: Revision = None,
-    revisions: Revisions = None,
+    h: Harness,
     n_prompts: int = typer.Option(200, help="problems per variant"),
     variant: List[str] = typer.Option([], help="prompt variant(s) to compare (repeatable); default all four"),
     data: Optional[Path] = typer.Option(None, help="GSM8K-style JSON Lines (question/answer); default: synthetic "
@@ -29,50 +27,35 @@ def neurons(
     min_frequency: float = typer.Option(0.25, help="a neuron is discovered if in the top k of this fraction of "
                                                    "prompts"),
     unit: List[str] = typer.Option([], help="measure this neuron, e.g. L3N488, instead of discovering them "
-                                            "(repeatable; needed with --revisions)"),
-    batch_size: BatchSize = None,
-    remote: Remote = False,
-    out_file: OutFile = None,
-    restart: Restart = False,
-    progress: Progress = True,
+                                            "(repeatable); a sweep without it tracks those of the last revision"),
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
     them by the tokens they promote, and measure them and their ablation per prompt variant."""
     import nnsight_reasoning as nr
-    from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.experiments.neurons import parse_units
 
-    if revisions is not None and not unit:
-        raise UsageError("a checkpoint sweep measures fixed neurons: give --unit L3N488 (repeatable), e.g. those a "
-                         "run on the final checkpoint discovers (discovery picks other neurons per checkpoint)")
     units = parse_units(unit) if unit else None
     variants = [discover_on, *(variant or nr.tasks.COT_VARIANTS)]  # the discovery variant first
-    run_command(nr.neurons, lambda tok: nr.tasks.cot_variants(n_prompts, variants, n_shots=n_shots, n_steps=n_steps,
-                                                              seed=seed, data=data, tokenizer=tok),
-                kind="neurons", task="cot_arithmetic", model=model, revision=revision, revisions=revisions,
-                out_file=out_file, restart=restart, remote=remote, progress=progress, batch_size=batch_size,
-                discover_on=discover_on, top_k=top_k, min_frequency=min_frequency, units=units)
+
+    def prompts(tok):
+        return nr.tasks.cot_variants(n_prompts, variants, n_shots=n_shots, n_steps=n_steps, seed=seed, data=data,
+                                     tokenizer=tok)
+
+    h.run(nr.neurons, prompts, kind="neurons", task="cot_arithmetic", discover_on=discover_on, top_k=top_k,
+          min_frequency=min_frequency, units=units)
 
 
-@guard
+@experiment_command()
 def binding(
-    model: Model = None,
-    revision: Revision = None,
-    revisions: Revisions = None,
+    h: Harness,
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
     seed: Seed = 0,
-    batch_size: BatchSize = None,
-    remote: Remote = False,
-    out_file: OutFile = None,
-    restart: Restart = False,
-    progress: Progress = True,
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline."""
     import nnsight_reasoning as nr
 
-    run_command(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed),
-                kind="binding", task=f"{n_pairs}pairs", model=model, revision=revision, revisions=revisions,
-                out_file=out_file, restart=restart, remote=remote, progress=progress, batch_size=batch_size)
+    h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed), kind="binding",
+          task=f"{n_pairs}pairs")

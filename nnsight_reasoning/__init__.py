@@ -12,7 +12,7 @@ progress, resume_dir, revisions)`` returning a labelled ``xarray.Dataset``; data
 """
 from __future__ import annotations
 
-from . import tasks, testing
+from . import experiments, tasks, testing
 from .errors import RunError, UsageError
 from .experiments.attention import attention
 from .experiments.binding import binding
@@ -34,6 +34,6 @@ __all__ = [
     # experiments
     "patch", "evaluate", "attention", "probe", "head_scores", "circuit", "edge_patching", "neurons", "binding",
     # models, data, results
-    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "testing",
+    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "testing", "experiments",
     "SITES", "METRICS", "UsageError", "RunError",
 ]

@@ -84,6 +84,7 @@ class Run:
     store: Parts = field(default_factory=lambda: Parts(None, {}))
     traffic: _remote.Traffic = field(default_factory=_remote.Traffic)
     calls: int = 0  # forward passes asked for (computed or read back)
+    in_sweep: bool = False  # one revision of a checkpoint sweep (whose results must stack)
 
     @property
     def tokenizer(self) -> Any:
@@ -147,24 +148,30 @@ class Experiment:
     ``name`` is the default ``attrs["method"]`` and the parts' key; ``compute(run, data,
     **options)`` returns the Dataset; ``shared`` names variables that do not depend on the
     checkpoint (a probe's baseline), kept without the ``checkpoint`` dim in sweeps;
-    ``batch_size`` is the default row budget.
+    ``batch_size`` is the default row budget. ``fixed_in_sweeps`` = (option, choose): in a
+    checkpoint sweep where ``option`` is None, ``choose(run, data, **options)`` computes it
+    once on the last revision (the trained model), and every revision runs with that value
+    (``attrs["<option>_chosen_on"]`` names the revision) — e.g. the neurons a sweep tracks,
+    which discovery would otherwise pick anew per checkpoint, giving results that cannot stack.
     """
 
     name: str
     compute: Callable[..., xr.Dataset]
     batch_size: int = 64
     shared: tuple[str, ...] = ()
+    fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None
 
 
 _HARNESS = ("batch_size", "remote", "progress", "resume_dir", "revisions")
 
 
-def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = ()) -> Callable:
+def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
+               fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None) -> Callable:
     """Turn ``compute(run, data, *options)`` into the public ``fn(model, data, *options, batch_size,
-    remote, progress, resume_dir, revisions)`` (see the module doc)."""
+    remote, progress, resume_dir, revisions)`` (see the module doc and :class:`Experiment`)."""
 
     def wrap(compute: Callable[..., xr.Dataset]) -> Callable[..., xr.Dataset]:
-        exp = Experiment(name, compute, batch_size, tuple(shared))
+        exp = Experiment(name, compute, batch_size, tuple(shared), fixed_in_sweeps)
         sig = inspect.signature(compute)
         params = list(sig.parameters.values())[1:]  # without `run`
 
@@ -209,22 +216,60 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
     _remote.check_remote(remote)
 
     def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
-        return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir)
+        return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
 
     if revisions is None:
         return once(model, resume_dir)
-    return over_revisions(once, model, revisions, config=_config(exp, data, options, batch_size), resume_dir=resume_dir, progress=progress,
-                          remote=remote, shared=exp.shared)
+    chosen = None
+    if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
+        option, choose = exp.fixed_in_sweeps
+        chosen = _choose_on_last_revision(exp, choose, model, revisions, data, options, batch_size, remote, progress,
+                                          resume_dir)
+        options = {**options, option: chosen[1]}  # `once` reads `options` when called: every revision gets it
+    ds = over_revisions(once, model, revisions, config=_config(exp, data, options, batch_size),
+                        resume_dir=resume_dir, progress=progress, remote=remote, shared=exp.shared)
+    if chosen is not None:
+        ds.attrs[f"{exp.fixed_in_sweeps[0]}_chosen_on"] = chosen[0]  # type: ignore[index]
+    return ds
+
+
+def _choose_on_last_revision(exp: Experiment, choose: Callable[..., Any], model: Any, revisions: Any, data: Any,
+                             options: dict[str, Any], batch_size: int, remote: bool | str, progress: bool,
+                             resume_dir: str | Path | None) -> tuple[str, Any]:
+    """(revision, value): ``choose(run, data, **options)`` on the sweep's last revision, its
+    passes kept in ``<resume_dir>/_<option>`` like any run's."""
+    from .results.checkpoints import parse_revisions
+
+    name, load_kwargs = _sweep_model(model, {})
+    last = parse_revisions(revisions, name)[-1]
+    m = load_model(name, last, **load_kwargs)
+    _remote.preflight(m, remote)
+    option = exp.fixed_in_sweeps[0]  # type: ignore[index]
+    where = None if resume_dir is None else Path(resume_dir) / f"_{option}"
+    store = Parts(where, {**_config(exp, data, options, batch_size), "model": name, "revision": last,
+                          "choosing": option})
+    with store.resume_hint_on_failure():
+        return last, choose(Run(m, remote, batch_size, progress, store), data, **options)
+
+
+def _sweep_model(model: Any, load_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A sweep's model as a name (a loaded model gives its name and load options), so that each
+    revision is loaded alone."""
+    if not isinstance(model, (str, Path, type(None))):
+        info = model_info(model)
+        return info.name, {**info.load_kwargs, **load_kwargs}
+    return model, load_kwargs
 
 
 def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any], batch_size: int,
-                  remote: bool | str, progress: bool, resume_dir: str | Path | None) -> xr.Dataset:
+                  remote: bool | str, progress: bool, resume_dir: str | Path | None, in_sweep: bool = False
+                  ) -> xr.Dataset:
     model = coerce_model(model)
     _remote.preflight(model, remote)
     info = model_info(model)
     store = Parts(resume_dir, {**_config(exp, data, options, batch_size), "model": info.name,
                                "model_path": info.path, "revision": info.revision})
-    run = Run(model, remote, batch_size, progress, store)
+    run = Run(model, remote, batch_size, progress, store, in_sweep=in_sweep)
     with store.resume_hint_on_failure():
         ds = exp.compute(run, data, **options)
     params = dict(getattr(data, "params", {}) or {})
@@ -246,7 +291,17 @@ def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int
     """Everything besides the model that determines a run's numbers and parts (a parts folder
     made under another config is refused, naming the keys that differ)."""
     return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
-            "data": digest(data), "batch_size": batch_size, **options}
+            "data": digest(data), "batch_size": batch_size, **{k: named(v) for k, v in options.items()}}
+
+
+def named(value: Any) -> Any:
+    """An option as configs and attrs record it: a function (a labeller, say) by its qualified
+    name — never its repr, which holds a memory address, or anything it closes over."""
+    if callable(value) and not isinstance(value, type):
+        fn = getattr(value, "__func__", value)
+        return f"{getattr(fn, '__module__', '') or type(fn).__module__}." \
+               f"{getattr(fn, '__qualname__', None) or type(fn).__qualname__}"
+    return value
 
 
 def coerce_model(model: Any) -> Any:
@@ -297,9 +352,7 @@ def over_revisions(
     """
     from .results.checkpoints import model_name, parse_revisions, stack
 
-    if not isinstance(model, (str, Path, type(None))):
-        info = model_info(model)
-        model, load_kwargs = info.name, {**info.load_kwargs, **load_kwargs}
+    model, load_kwargs = _sweep_model(model, load_kwargs)
     names = parse_revisions(revisions, model)
     if resume_dir is not None and config is None:
         raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "

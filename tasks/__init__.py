@@ -1,5 +1,7 @@
-"""Seeded prompt generators: ``nr.tasks.arithmetic(...)``, ``nr.tasks.kth_smallest(...)`` and the
-task registry."""
+"""Data for every experiment: seeded generators and file loaders (``nr.tasks.arithmetic(...)``,
+``nr.tasks.kth_smallest(...)``, ``nr.tasks.examples("ioi", 200)`` …) and the task registry.
+Every generator returns a frozen container with ``.task`` and ``.params`` (stored in results
+as provenance); no experiment builds its own prompts."""
 from __future__ import annotations
 
 from .arithmetic import arithmetic
@@ -11,6 +13,17 @@ from .kth_smallest import kth_smallest, kth_smallest_examples, kth_smallest_pair
 from .reasoning import ReasoningPrompt, ReasoningPrompts, Statement, corrupted, load_reasoning
 from .tokens import RepeatedTokens, repeated_tokens
 
-__all__ = ["arithmetic", "cot_arithmetic", "load_gsm8k", "CotPrompt", "COT_VARIANTS", "ioi", "kth_smallest", "kth_smallest_pairs", "load_reasoning", "corrupted", "binding_examples", "binding_contexts", "BindingContext", "BindingContexts", "sample_contexts", "cot_variants", "CotVariants",
-           "ioi_examples", "kth_smallest_examples", "TASKS", "Example", "Examples", "examples", "PromptPair", "PromptPairs",
-           "ReasoningPrompt", "ReasoningPrompts", "Statement", "TaskError", "TaskInfo", "get_task"]
+__all__ = [
+    # data for each experiment
+    "arithmetic", "ioi", "kth_smallest_pairs",            # prompt pairs: patch, circuit, edge_patching
+    "examples",                                            # prompts with answers: evaluate
+    "kth_smallest", "load_reasoning", "corrupted",         # labelled reasoning prompts: attention, probe
+    "repeated_tokens",                                     # head_scores
+    "cot_variants", "cot_arithmetic", "load_gsm8k",        # neurons
+    "binding_contexts",                                    # binding
+    # containers and the registry
+    "PromptPair", "PromptPairs", "Example", "Examples", "ReasoningPrompt", "ReasoningPrompts", "Statement",
+    "RepeatedTokens", "CotPrompt", "CotVariants", "COT_VARIANTS", "BindingContext", "BindingContexts",
+    "binding_examples", "sample_contexts", "ioi_examples", "kth_smallest_examples",
+    "TASKS", "TaskInfo", "TaskError", "get_task",
+]

@@ -1,14 +1,17 @@
 """Entity-attribute binding in context (Feng & Steinhardt 2024).
 
 "Alice lives in Paris . Bob lives in Rome . Bob lives in" -> "Rome".
+
+:func:`binding_examples` gives plain prompts (``evaluate --task binding``);
+:func:`binding_contexts` gives the contexts of the binding-ID experiments (``nr.binding``).
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from .base import Example, TaskInfo, check_range, register
+from .base import Example, TaskError, TaskInfo, check_range, register
 from .words import CITIES, NAMES
 
 
@@ -46,9 +49,55 @@ class BindingContext:
         return f"{context} {self.entities[query] if entity is None else entity} lives in"
 
 
-def binding_contexts(n: int, n_pairs: int = 2, seed: int = 0) -> list[BindingContext]:
+def sample_contexts(n: int, n_pairs: int = 2, seed: int = 0) -> list[BindingContext]:
     """``n`` contexts of ``n_pairs`` distinct names and distinct cities (seeded)."""
     check_range("n", n, 1)
     check_range("n_pairs", n_pairs, 2, len(CITIES))
     rng = random.Random(seed)
     return [BindingContext(tuple(rng.sample(NAMES, n_pairs)), tuple(rng.sample(CITIES, n_pairs))) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class BindingContexts(Sequence[BindingContext]):
+    """The data of a binding-ID run (``nr.binding``): the measured ``contexts`` and the
+    ``estimate`` contexts over which the binding-ID difference vectors are averaged (an
+    independent draw, seed ``seed + 1``). Iterates over ``contexts``; ``params`` (with
+    ``seed``) are stored in results as ``task_params``."""
+
+    task: str
+    params: dict[str, Any]
+    contexts: tuple[BindingContext, ...]
+    estimate: tuple[BindingContext, ...]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.contexts[0].entities)
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.contexts[i]
+
+    def __iter__(self) -> Iterator[BindingContext]:
+        return iter(self.contexts)
+
+    def __repr__(self) -> str:
+        return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"
+
+
+def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0) -> BindingContexts:
+    """``n_contexts`` contexts of ``n_pairs`` entity–city statements (seed ``seed``) and
+    ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors."""
+    if isinstance(n_pairs, int) and n_pairs < 2:
+        raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
+    check_range("n_contexts", n_contexts, 1)
+    check_range("n_estimate", n_estimate, 1)
+    contexts = sample_contexts(n_contexts, n_pairs, seed)
+    estimate = sample_contexts(n_estimate, n_pairs, seed + 1)
+    params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
+    return BindingContexts("binding", params, tuple(contexts), tuple(estimate))

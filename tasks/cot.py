@@ -20,7 +20,8 @@ same exemplars are used for every variant (same seed), so variants differ only i
 
 Sources: :func:`cot_arithmetic` generates problems from the embedded model's vocabulary;
 :func:`load_gsm8k` reads GSM8K-style JSON Lines (``question``/``answer`` columns with
-``<<a*b=c>>`` annotations and a final ``#### N``) with ``datasets``.
+``<<a*b=c>>`` annotations and a final ``#### N``) with ``datasets``. :func:`cot_variants`
+gives the same problems in several variants at once (the data of ``nr.neurons``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import Example, TaskError, TaskInfo, check_choice, check_range, register, single_token_id
+from .base import Example, Examples, TaskError, TaskInfo, check_choice, check_range, register, single_token_id
 from .words import NAMES, OBJECTS
 
 VARIANTS = ("full", "text_only", "equation_only", "no_cot")
@@ -196,6 +197,61 @@ def load_gsm8k(path: str | Path, variant: str = "full", *, n_prompts: int | None
         problems = [p for p in problems if single_token_id(tokenizer, p.answer) is not None]
     prompts = render(problems, n_shots, variant, seed)
     return prompts[:n_prompts] if n_prompts else prompts
+
+
+# --------------------------------------------------------------------------- variants together
+@dataclass(frozen=True)
+class CotVariants:
+    """The same problems in several variants (the data of ``nr.neurons``): ``prompts[v]`` holds
+    variant ``v``'s prompts, problem k at index k in every variant. ``params`` (with ``seed``)
+    are stored in results as ``task_params``."""
+
+    task: str
+    params: dict[str, Any]
+    prompts: dict[str, tuple[CotPrompt, ...]]
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(self.prompts)
+
+    def variant(self, name: str) -> Examples:
+        """One variant's prompts with this object's task and params (plus ``variant``), for
+        ``nr.evaluate`` or the neuron experiments that take one prompt set."""
+        if name not in self.prompts:
+            raise TaskError(f"variant {name!r} is not in this data (it has {', '.join(self.prompts)})")
+        return Examples(self.task, {**self.params, "variant": name}, self.prompts[name])  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.prompts.values())))
+
+    def __repr__(self) -> str:
+        return f"CotVariants(n={len(self)}, variants={list(self.prompts)}, params={self.params})"
+
+
+def cot_variants(n_prompts: int = 200, variants: Sequence[str] = VARIANTS, *, n_shots: int = 1, n_steps: int = 2,
+                 seed: int = 0, data: str | Path | None = None, tokenizer: Any | None = None) -> CotVariants:
+    """``n_prompts`` problems in each of ``variants`` (in that order, duplicates dropped).
+
+    The problems are synthetic (:func:`cot_arithmetic`, ``n_steps`` per problem) or, with
+    ``data``, read from a GSM8K-style JSON Lines file (:func:`load_gsm8k`; with ``tokenizer``,
+    problems whose answer is not one token are left out); each prompt follows ``n_shots``
+    solved exemplars of the same variant.
+    """
+    names = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
+    if not names:
+        raise TaskError(f"give at least one variant; choose from: {', '.join(VARIANTS)}")
+    for v in names:
+        if v not in VARIANTS:
+            raise TaskError(f"unknown variant {v!r}; choose from: {', '.join(VARIANTS)}")
+    if data is not None:
+        sets = {v: load_gsm8k(data, v, n_prompts=n_prompts, n_shots=n_shots, seed=seed, tokenizer=tokenizer)
+                for v in names}
+    else:
+        sets = {v: cot_arithmetic(n_prompts, v, n_shots=n_shots, n_steps=n_steps, seed=seed, tokenizer=tokenizer)
+                for v in names}
+    params = {"n_prompts": n_prompts, "variants": names, "n_shots": n_shots, "n_steps": n_steps, "seed": seed,
+              "source": str(data) if data is not None else "synthetic"}
+    return CotVariants("cot_arithmetic", params, {v: tuple(p) for v, p in sets.items()})
 
 
 register(TaskInfo("cot_arithmetic", "chain-of-thought word problems in prompt variants (Rai & Yao 2024)", None,

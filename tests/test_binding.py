@@ -1,6 +1,7 @@
 """Binding-ID experiments (Feng & Steinhardt 2024) against plain PyTorch hooks on tiny models:
 separate donor and clean runs, hooks that overwrite the embeddings and every layer output
-at one position, HF's own ``position_ids``; and the ``binding`` CLI."""
+at one position, HF's own ``position_ids``; the data generator, the batching, sweeps and the
+``binding`` CLI."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,9 +11,14 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
-from nnsight_reasoning.binding import _positions, binding
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.experiments.binding import locate
+
+
+def _positions(model, ctx, text):
+    loc = locate(model, ctx, text)
+    return loc.ids, loc.entities, loc.attributes
 
 
 def _depth_modules(hf):
@@ -55,10 +61,25 @@ def tiny(request, tiny_model_dir):
     return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
 
 
+def test_binding_contexts_are_seeded_draws():
+    data = nr.tasks.binding_contexts(6, 3, 5, seed=3)
+    assert data.task == "binding" and data.params == {"n_contexts": 6, "n_pairs": 3, "n_estimate": 5, "seed": 3}
+    assert list(data) == nr.tasks.sample_contexts(6, 3, 3) and list(data.estimate) == nr.tasks.sample_contexts(5, 3, 4)
+    assert data.n_pairs == 3 and data.seed == 3 and len(data) == 6 and data == nr.tasks.binding_contexts(6, 3, 5, 3)
+    with pytest.raises(UsageError, match="at least 2 pairs"):
+        nr.tasks.binding_contexts(4, n_pairs=1)
+    with pytest.raises(UsageError, match="n_estimate must be"):
+        nr.tasks.binding_contexts(2, n_estimate=0)
+
+
 def test_binding_matches_hooks(tiny):
     model, hf = tiny
-    ds = binding(model, n_contexts=6, n_pairs=2, n_estimate=5, seed=3, batch_size=4, progress=False)
-    contexts = nr.tasks.binding_contexts(6, 2, 3)
+    data = nr.tasks.binding_contexts(6, 2, 5, seed=3)
+    ds = nr.binding(model, data, batch_size=4, progress=False)
+    nr.testing.assert_valid_result(ds)
+    # 12 queries, 2 per pass (each query takes 2 rows): 6 passes of 2 + 2 + 4 traces; the vectors: 5 contexts, 4 a pass
+    assert ds.attrs["n_forward_passes"] == 6 * 8 + 2 and ds.attrs["seed"] == 3
+    contexts = list(data)
     donors = contexts[1:] + contexts[:1]
     tok = model.tokenizer
 
@@ -67,7 +88,7 @@ def test_binding_matches_hooks(tiny):
 
     # binding-ID vectors from separate clean runs of the estimate contexts (seed + 1)
     diffs = []
-    for c in nr.tasks.binding_contexts(5, 2, 4):
+    for c in data.estimate:
         ids, e, a = _positions(model, c, c.text(0))
         _, h = _run(hf, ids, capture=(e[0], e[1], a[0], a[1]))
         diffs.append(torch.stack([h[:, 1] - h[:, 0], h[:, 3] - h[:, 2]]))
@@ -108,6 +129,10 @@ def test_binding_on_the_embedded_model_and_cli(tmp_path, monkeypatch):
     assert "swap" in res.output and "chance 0.50" in res.output
     path = tmp_path / "results" / "binding_2pairs_embedded_main.nc"
     ds = nr.load_result(path)
+    nr.testing.assert_valid_result(ds)
+    assert not (tmp_path / "results" / "binding_2pairs_embedded_main.nc.parts").exists()
+    res = CliRunner().invoke(app, ["show", str(path)])
+    assert res.exit_code == 0 and "factorizability: entity substituted" in res.output
     # The embedded model does not bind (model card: binding at chance); every measure sits near 0.5.
     assert abs(float(ds["accuracy"]) - 0.5) < 0.15 and ds.sizes["prompt"] == 40
     res = CliRunner().invoke(app, ["plot", str(path)])
@@ -117,8 +142,34 @@ def test_binding_on_the_embedded_model_and_cli(tmp_path, monkeypatch):
 
 
 def test_binding_bad_input(embedded_model):
-    with pytest.raises(UsageError, match="n_estimate must be"):
-        binding(embedded_model, n_contexts=2, n_estimate=0, progress=False)
+    with pytest.raises(UsageError, match="binding takes nr.tasks.binding_contexts"):
+        nr.binding(embedded_model, nr.tasks.sample_contexts(2), progress=False)
+
+
+def test_binding_sweeps_checkpoints_and_resumes(embedded_model, tmp_path, monkeypatch):
+    """--revisions stacks per checkpoint; the main checkpoint equals a plain run; a rerun of a
+    finished-but-unwritten sweep reads it back; the summary has one column per checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    data = nr.tasks.binding_contexts(6, 2, 6, seed=1)
+    single = nr.binding(embedded_model, data, batch_size=8, progress=False)
+    sweep = nr.binding("embedded", data, batch_size=8, revisions="step0,main", resume_dir=tmp_path / "parts",
+                       progress=False)
+    nr.testing.assert_valid_result(sweep)
+    assert list(sweep["checkpoint"].values) == ["step0", "main"] and sweep["swap"].dims[0] == "checkpoint"
+    for v in ("correct", "factor_correct", "position_correct", "swap", "delta_norm"):
+        np.testing.assert_array_equal(sweep[v].sel(checkpoint="main").values, single[v].values)
+    again = nr.binding("embedded", data, batch_size=8, revisions="step0,main", resume_dir=tmp_path / "parts",
+                       progress=False)
+    assert again.attrs["n_resumed_revisions"] == 2
+    np.testing.assert_array_equal(again["swap"].values, sweep["swap"].values)
+    res = CliRunner().invoke(app, ["binding", "--n-contexts", "6", "--n-estimate", "6", "--seed", "1", "--batch-size",
+                                   "8", "--revisions", "step0,main", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "2 checkpoints" in res.output and "step0" in res.output and "main" in res.output
+    path = tmp_path / "results" / "binding_2pairs_embedded_step0-main.nc"
+    np.testing.assert_array_equal(nr.load_result(path)["swap"].values, sweep["swap"].values)
+    res = CliRunner().invoke(app, ["plot", str(path)])
+    assert res.exit_code == 0 and path.with_suffix(".png").stat().st_size > 5000
 
 
 def test_residual_edits_and_reads_match_hooks(tiny):

@@ -1,8 +1,10 @@
 """CoT arithmetic prompts and MLP neurons (Rai & Yao 2024): activations, contributions, logit
 lens, discovery and ablation against plain PyTorch hooks on tiny models; the variant effect on
-the embedded model; the ``neurons`` CLI."""
+the embedded model; the labeller known by name (resume); fixed units and checkpoint sweeps;
+the ``neurons`` CLI."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ import nnsight_reasoning as nr
 from nnsight_reasoning.backend import neurons as bn
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.experiments import neurons as neurons_module
+from nnsight_reasoning.experiments.neurons import activations, discover
 from nnsight_reasoning.tasks import TaskError
 
 DATA = Path(__file__).parent / "data"
@@ -106,6 +110,24 @@ def test_cot_variants_share_problems_and_end_where_the_answer_is_due():
         nr.tasks.cot_arithmetic(3, "tree")
 
 
+def test_cot_variants_are_the_per_variant_prompts():
+    data = nr.tasks.cot_variants(12, ["equation_only", "full", "equation_only"], n_steps=1, seed=4)
+    assert data.task == "cot_arithmetic" and data.variants == ("equation_only", "full") and len(data) == 12
+    assert data.params == {"n_prompts": 12, "variants": ["equation_only", "full"], "n_shots": 1, "n_steps": 1,
+                           "seed": 4, "source": "synthetic"}
+    for v in data.variants:  # exactly what the single-variant generator gives
+        assert list(data.prompts[v]) == nr.tasks.cot_arithmetic(12, v, n_steps=1, seed=4)
+    one = data.variant("full")
+    assert one.task == "cot_arithmetic" and one.params["variant"] == "full" and list(one) == list(data.prompts["full"])
+    gsm = nr.tasks.cot_variants(10, ["full", "no_cot"], n_shots=1, data=DATA / "gsm8k.jsonl")
+    assert list(gsm.prompts["no_cot"]) == nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "no_cot", n_prompts=10, n_shots=1)
+    assert gsm.params["source"] == str(DATA / "gsm8k.jsonl")
+    with pytest.raises(TaskError, match="unknown variant 'tree'"):
+        nr.tasks.cot_variants(3, ["full", "tree"])
+    with pytest.raises(TaskError, match="not in this data"):
+        data.variant("no_cot")
+
+
 def test_gsm8k_file_variants(tmp_path):
     full = nr.tasks.load_gsm8k(DATA / "gsm8k.jsonl", "full", n_shots=1)
     assert [p.answer for p in full] == ["72", "10", "5", "624"]
@@ -129,8 +151,10 @@ def test_gsm8k_file_variants(tmp_path):
 def test_activations_match_hooks(tiny):
     model, hf = tiny
     prompts = nr.tasks.cot_arithmetic(5, "equation_only", n_steps=1, seed=2)
-    ds = nr.neurons.activations(model, prompts, positions="all", batch_size=2, progress=False)
-    top = nr.neurons.activations(model, prompts, layers=[1], top_k=7, progress=False)
+    ds = activations(model, prompts, positions="all", batch_size=2, progress=False)
+    top = activations(model, prompts, layers=[1], top_k=7, progress=False)
+    assert ds.attrs["method"] == "neuron_activations" and ds.attrs["n_forward_passes"] == 3  # 5 prompts, 2 per pass
+    assert top.attrs["n_forward_passes"] == 2  # the sums, then the 7 kept neurons
     ids = [model.tokenizer(p.prompt)["input_ids"] for p in prompts]
     sums = 0
     for i, x in enumerate(ids):
@@ -173,8 +197,9 @@ def test_contributions_logit_lens_and_discovery_match_a_direct_computation(tiny)
         seen.append(tokens)
         return "digits" if all(t.isdigit() for t in tokens) else "mixed"
 
-    found = nr.neurons.discover(model, prompts, top_k=5, min_frequency=0.3, n_tokens=4, labeller=labeller,
-                                progress=False)
+    found = discover(model, prompts, top_k=5, min_frequency=0.3, n_tokens=4, labeller=labeller, progress=False)
+    assert found.attrs["labeller"].endswith("test_contributions_logit_lens_and_discovery_match_a_direct_computation"
+                                            ".<locals>.labeller")
     assert [list(r) for r in found["promoted"].values] == seen and len(seen) == found.sizes["unit"]
     assert set(found["label"].values) <= {"digits", "mixed"}
     flat = ref.reshape(len(prompts), -1)
@@ -210,7 +235,10 @@ def test_ablated_scores_match_hooks(tiny):
 
 
 def test_cot_neurons_on_the_embedded_model(embedded_model, tmp_path):
-    ds = nr.neurons.cot_neurons(embedded_model, n_prompts=100, progress=False)
+    ds = nr.neurons(embedded_model, nr.tasks.cot_variants(100), progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds.attrs["task"] == "cot_arithmetic" and json.loads(ds.attrs["task_params"])["n_prompts"] == 100
+    assert ds.attrs["method"] == "cot_neurons" and list(ds["variant"].values) == list(nr.tasks.COT_VARIANTS)
     acc = ds["accuracy"].to_pandas()
     # Measured 2026-11-23 (200 prompts): none 0.43 / 0 / 0.86 / 0.005; zero 0.34 / 0 / 0.54 / 0.015;
     # random neurons zeroed 0.44 / 0 / 0.87 / 0.005 (full, text_only, equation_only, no_cot).
@@ -278,18 +306,102 @@ def test_cli_neurons_plot_and_errors(tmp_path, monkeypatch):
                     str(tmp_path / "g.nc")])
     assert res.exit_code == 0, res.output
     assert nr.load_result(tmp_path / "g.nc").sizes["prompt"] == 3  # 624 is two tokens here: left out
+    res = run(app, ["show", str(path)])
+    assert res.exit_code == 0 and "discovered neurons" in res.output and "accuracy per variant" in res.output
     for args, msg in [(["--variant", "tree"], "unknown variant"), (["--min-frequency", "0"], "min_frequency"),
-                      (["--n-shots", "6", "--n-steps", "3"], "context")]:
+                      (["--n-shots", "6", "--n-steps", "3"], "context"), (["--unit", "L3"], "named like L3N488")]:
         res = run(app, ["neurons", "--n-prompts", "10", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output
-        assert not (tmp_path / "bad.nc").exists()
+        assert not (tmp_path / "bad.nc").exists() and not (tmp_path / "bad.nc.parts").exists()
 
 
 def test_neuron_bad_input(embedded_model):
     prompts = nr.tasks.cot_arithmetic(4)
     with pytest.raises(UsageError, match="top_k must be"):
-        nr.neurons.activations(embedded_model, prompts, top_k=0, progress=False)
+        activations(embedded_model, prompts, top_k=0, progress=False)
     with pytest.raises(UsageError, match="positions must be"):
-        nr.neurons.activations(embedded_model, prompts, positions="first", progress=False)
+        activations(embedded_model, prompts, positions="first", progress=False)
     with pytest.raises(UsageError, match="layer 9 is out of range"):
-        nr.neurons.discover(embedded_model, prompts, layers=[9], progress=False)
+        discover(embedded_model, prompts, layers=[9], progress=False)
+    data = nr.tasks.cot_variants(4, ["equation_only"])
+    with pytest.raises(UsageError, match="discover_on='full' is not among the data's variants"):
+        nr.neurons(embedded_model, data, progress=False)
+    with pytest.raises(UsageError, match="prompt variants"):
+        nr.neurons(embedded_model, ["a prompt"], progress=False)
+    with pytest.raises(UsageError, match="min_frequency"):
+        nr.neurons(embedded_model, data, discover_on="equation_only", min_frequency=1.5, progress=False)
+    with pytest.raises(UsageError, match="neuron 9999 is out of range"):
+        nr.neurons(embedded_model, data, discover_on="equation_only", units=["L3N9999"], progress=False)
+    with pytest.raises(UsageError, match="named like L3N488"):
+        discover(embedded_model, prompts, units=["3.4"], progress=False)
+    with pytest.raises(UsageError, match="no neuron is in the top 1 of at least 1.0 of the prompts"):
+        nr.neurons(embedded_model, data, discover_on="equation_only", top_k=1, min_frequency=1.0,
+                   revisions="step0,main", progress=False)
+    with pytest.raises(UsageError, match="top_k picks other neurons per checkpoint"):
+        activations(embedded_model, prompts, top_k=3, revisions="step0,main", progress=False)
+    with pytest.raises(UsageError, match="labeller must be a function"):
+        discover(embedded_model, prompts, labeller="gpt", progress=False)
+
+
+def _label_digits(tokens):
+    return "digits" if all(t.strip().isdigit() for t in tokens) else "other"
+
+
+def test_labeller_is_known_by_name_so_runs_resume(embedded_model, tmp_path):
+    """A labeller is a function object; the resume config and attrs hold its qualified name only,
+    so a rerun (another object of the same function) reads every pass back."""
+    data = nr.tasks.cot_variants(6, ["equation_only"], n_steps=1, seed=1).variant("equation_only")
+    seen = []
+
+    def make():  # a new function object each time, as in a new process
+        def labeller(tokens):
+            seen.append(tokens)
+            return _label_digits(tokens)
+        return labeller
+
+    first = discover(embedded_model, data, top_k=5, min_frequency=0.5, labeller=make(), resume_dir=tmp_path,
+                     progress=False)
+    config = json.loads((tmp_path / "manifest.json").read_text())["config"]
+    want = "tests.test_neurons.test_labeller_is_known_by_name_so_runs_resume.<locals>.make.<locals>.labeller"
+    assert config["labeller"] == first.attrs["labeller"] == want
+    assert first.attrs["task"] == "cot_arithmetic" and json.loads(first.attrs["task_params"])["variant"] == "equation_only"
+    again = discover(embedded_model, data, top_k=5, min_frequency=0.5, labeller=make(), resume_dir=tmp_path,
+                     progress=False)
+    assert again.attrs["n_resumed_passes"] == again.attrs["n_forward_passes"] == first.attrs["n_forward_passes"] > 0
+    assert list(again["label"].values) == list(first["label"].values) and len(seen) == 2 * first.sizes["unit"]
+    for v in ("frequency", "contribution", "promoted_logit"):
+        np.testing.assert_array_equal(again[v].values, first[v].values)
+
+
+def test_fixed_units_are_scored_like_discovered_ones_and_sweeps_track_them(embedded_model, tmp_path):
+    """units= measures given neurons with discovery's own numbers; a sweep without units tracks
+    the neurons of its last revision, and equals a plain run there."""
+    data = nr.tasks.cot_variants(8, ["equation_only", "no_cot"], n_steps=1, seed=2)
+    kw = dict(discover_on="equation_only", top_k=10, min_frequency=0.25, batch_size=16, progress=False)
+    found = nr.neurons(embedded_model, data, **kw)
+    assert found.sizes["unit"] >= 2
+    pick = [found.sizes["unit"] - 1, 0]  # reordered: the given order is kept
+    names = [f"L{int(found['layer'][u])}N{int(found['neuron'][u])}" for u in pick]
+    given = nr.neurons(embedded_model, data, units=names, **kw)
+    nr.testing.assert_valid_result(given)
+    assert given.attrs["fixed_units"] == ",".join(names) and given.sizes["unit"] == 2
+    for k, u in enumerate(pick):
+        for v in ("frequency", "mean_contribution", "contribution", "promoted"):
+            np.testing.assert_array_equal(given[v].isel(unit=k).values, found[v].isel(unit=u).values)
+        # the logit lens is one matmul over the units asked for: other units, other BLAS blocking (last bits)
+        np.testing.assert_allclose(given["promoted_logit"].isel(unit=k).values,
+                                   found["promoted_logit"].isel(unit=u).values, rtol=1e-12)
+    np.testing.assert_array_equal(given["accuracy"].sel(ablation="none").values,
+                                  found["accuracy"].sel(ablation="none").values)
+    sweep = nr.neurons("embedded", data, revisions="step0,main", resume_dir=tmp_path / "parts", **kw)
+    nr.testing.assert_valid_result(sweep)
+    assert list(sweep["checkpoint"].values) == ["step0", "main"] and sweep["activation"].dims[0] == "checkpoint"
+    assert sweep.attrs["units_chosen_on"] == "main"
+    assert sweep.attrs["fixed_units"] == ",".join(f"L{a}N{b}" for a, b in zip(found["layer"].values, found["neuron"].values))
+    for v in found.data_vars:  # at main, exactly the plain run
+        np.testing.assert_array_equal(sweep[v].sel(checkpoint="main").values, found[v].values, err_msg=v)
+    again = nr.neurons("embedded", data, revisions="step0,main", resume_dir=tmp_path / "parts", **kw)
+    assert again.attrs["n_resumed_revisions"] == 2  # the discovery on main is read back too: nothing recomputed
+    np.testing.assert_array_equal(again["accuracy"].values, sweep["accuracy"].values)
+    lines = [str(x) for x in neurons_module.summarize(sweep) if isinstance(x, str)]
+    assert "discovered on equation_only at main, measured at every checkpoint" in lines[0]

@@ -9,7 +9,8 @@ from typing import Any
 # attrs["method"] -> the module whose summarize(ds) describes such a result
 _MODULES = {"activation_patching": "patch", "attribution_patching": "patch", "evaluate": "evaluate",
             "attention": "attention", "mechanistic_probe": "probe", "head_scores": "heads", "eap": "circuit",
-            "eap_ig": "circuit", "edge_patching": "circuit", "cot_neurons": "neurons", "binding_ids": "binding"}
+            "eap_ig": "circuit", "edge_patching": "circuit", "cot_neurons": "neurons", "neuron_discovery": "neurons",
+            "binding_ids": "binding"}
 
 
 def summarize(ds: Any) -> list[Any]:

@@ -3,25 +3,32 @@
 A neuron is a hidden unit of an MLP: its activation a_n is the input of the MLP's output
 projection at index n, its output direction w_n that projection's column n.
 
-- :func:`activations`: the ``neuron`` site, dims (prompt, layer, neuron, position), streamed
-  in batches; only the requested layers, positions and neurons leave the model (``top_k``
-  keeps the k neurons of each layer with the largest mean |activation|, found in a first
-  pass that returns only sums).
-- :func:`discover`: (1) per prompt, every neuron's direct contribution to the correct answer
-  token, a_n · (w_n through the final norm, scale frozen) · (W_U[answer] − mean W_U), at the
-  last position; its ``top_k`` neurons; (2) the neurons in the top k of at least
-  ``min_frequency`` of the prompts; (3) each described by the tokens its output direction
-  promotes most (logit lens of w_n). ``labeller``, a function you pass (for example one that
-  asks an LLM with your own key), can name each neuron from those tokens; it is off by
-  default, the toolkit never sees a key, and only the returned label is stored.
-- :func:`cot_neurons`: the paper's link between neurons and prompt variants. The same
-  problems in every variant (``full``, ``text_only``, ``equation_only``, ``no_cot``; see
-  ``nr.tasks.cot_arithmetic``); neurons discovered on one variant; their mean activation
-  per variant; accuracy per variant with them intact, zeroed, and set to their mean.
+- :func:`activations` (``neuron_activations``): the ``neuron`` site, dims (prompt, layer,
+  neuron, position), streamed in batches; only the requested layers, positions and neurons
+  leave the model (``top_k`` keeps the k neurons of each layer with the largest mean
+  |activation|, found in a first pass that returns only sums).
+- :func:`discover` (``neuron_discovery``): (1) per prompt, every neuron's direct contribution
+  to the correct answer token, a_n · (w_n through the final norm, scale frozen) · (W_U[answer]
+  − mean W_U), at the last position; its ``top_k`` neurons; (2) the neurons in the top k of
+  at least ``min_frequency`` of the prompts; (3) each described by the tokens its output
+  direction promotes most (logit lens of w_n). ``labeller``, a function you pass (for example
+  one that asks an LLM with your own key), can name each neuron from those tokens; it is off
+  by default, the toolkit never sees a key, and only the returned label is stored (the run
+  knows the function by its qualified name only).
+- :func:`neurons` (``cot_neurons``, the public ``nr.neurons``): the paper's link between
+  neurons and prompt variants. The same problems in every variant (``full``, ``text_only``,
+  ``equation_only``, ``no_cot``; data from ``nr.tasks.cot_variants``); neurons discovered on
+  one variant (:func:`discover`'s computation, in the same run); their mean activation per
+  variant; accuracy per variant with them intact, zeroed, set to their mean, and with as many
+  random other neurons of the same layers zeroed.
+
+Checkpoint sweeps (``revisions``) measure fixed neurons on every checkpoint, so results stack
+along ``checkpoint``: the ``units`` given, or else those :func:`discover` finds on the last
+revision (the trained model), whose development over training is then what the sweep shows.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,17 +36,16 @@ import torch
 import xarray as xr
 
 from .. import backend
-from .. import remote as _remote
 from ..backend import neurons as _bn
 from ..errors import UsageError
-from ..models import load_model, model_info
-from ..progress import progress_bar
-from ..results.io import provenance
+from ..runner import Run, experiment, named
 from ..sites import check_layers, dims
-from ..tasks.base import length_batches
-from ..tasks.cot import VARIANTS, CotPrompt, cot_arithmetic, load_gsm8k
+from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
+
+ABLATIONS = ("none", "zero", "mean", "random")
 
 
+# --------------------------------------------------------------------------- helpers
 def _texts(prompts: Sequence[Any]) -> list[str]:
     return [p if isinstance(p, str) else p.prompt for p in prompts]
 
@@ -49,118 +55,138 @@ def _n_neurons(model: Any) -> int:
                or 4 * dims(model)["d_model"])
 
 
+def parse_units(units: Sequence[Any]) -> list[tuple[int, int]]:
+    """Neurons as (layer, neuron) pairs, from pairs or from names as results print them ("L3N488")."""
+    import re
+
+    out = []
+    for u in units:
+        if isinstance(u, str):
+            m = re.fullmatch(r"\s*L?(\d+)\s*[N:/]\s*(\d+)\s*", u, re.IGNORECASE)
+            if m is None:
+                raise UsageError(f"a unit is a neuron named like L3N488 (layer 3, neuron 488); got {u!r}")
+            out.append((int(m.group(1)), int(m.group(2))))
+        else:
+            try:
+                layer, neuron = u
+                out.append((int(layer), int(neuron)))
+            except (TypeError, ValueError):
+                raise UsageError(f"a unit is a (layer, neuron) pair or a name like L3N488; got {u!r}") from None
+    if len(set(out)) != len(out):
+        raise UsageError(f"units lists a neuron twice: {[f'L{a}N{b}' for a, b in out]}")
+    return out
+
+
+def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    return check_layers(list(layers) if layers is not None else None, dims(model)["n_layers"])
+
+
+# --------------------------------------------------------------------------- activations
+@experiment("neuron_activations", batch_size=64)
 def activations(
-    model: Any,
+    run: Run,
     prompts: Sequence[Any],
     *,
     layers: Sequence[int] | None = None,
     positions: str = "last",
     top_k: int | None = None,
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
 ) -> xr.Dataset:
     """MLP neuron activations, dims (prompt, layer, neuron, position).
 
-    ``prompts``: strings or objects with ``.prompt``. ``positions``: "last" or "all" (NaN
-    past a prompt's end). ``top_k``: keep only the k neurons per layer with the largest mean
-    |activation| over the prompts and kept positions; ``neuron`` then counts 0..k−1 and the
-    coordinate ``neuron_id`` (layer, neuron) names them. Without it all neurons are kept.
+    ``prompts``: strings or objects with ``.prompt`` (e.g. ``nr.tasks.cot_variants(...).variant
+    ("full")``). ``positions``: "last" or "all" (NaN past a prompt's end). ``top_k``: keep only
+    the k neurons per layer with the largest mean |activation| over the prompts and kept
+    positions; ``neuron`` then counts 0..k−1 and the coordinate ``neuron_id`` (layer, neuron)
+    names them. Without it all neurons are kept.
     """
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
+    model = run.model
     if positions not in ("last", "all"):
         raise UsageError(f"positions must be last or all (got {positions!r})")
-    layer_list = check_layers(list(layers) if layers is not None else None, dims(model)["n_layers"])
+    layer_list = _layers(model, layers)
     texts = _texts(prompts)
     if not texts:
         raise UsageError("no prompts given")
-    ids = backend.tokenize(model, texts)
-    _remote.preflight(model, remote)
-    chunks = length_batches([len(x) for x in ids], batch_size)
-    last = positions == "last"
     n_all = _n_neurons(model)
+    if top_k is not None and run.in_sweep:
+        raise UsageError("top_k picks other neurons per checkpoint, so a sweep cannot stack them; sweep all neurons "
+                         "of a few layers (layers=...) instead")
+    if top_k is not None and not 1 <= top_k <= n_all:
+        raise UsageError(f"top_k must be between 1 and {n_all} (the neurons per layer; got {top_k})")
+    ids = backend.tokenize(model, texts)
+    chunks = run.batches([len(x) for x in ids])
+    last = positions == "last"
     select = None
     if top_k is not None:
-        if not 1 <= top_k <= n_all:
-            raise UsageError(f"top_k must be between 1 and {n_all} (the neurons per layer; got {top_k})")
         total = torch.zeros(len(layer_list), n_all)
-        for chunk in progress_bar(chunks, "neuron means", enabled=progress):
-            total += _bn.neuron_activations(model, torch.tensor([ids[i] for i in chunk]), layer_list, last_only=last,
-                                            abs_sum=True, remote=remote)
+        for chunk in run.steps(chunks, "neuron means"):
+            total += run.call(_bn.neuron_activations, torch.tensor([ids[i] for i in chunk]), layer_list,
+                              last_only=last, abs_sum=True)
         select = [row for row in total.topk(top_k, -1).indices.sort(-1).values]
     k = n_all if select is None else top_k
     t_max = 1 if last else max(map(len, ids))
     out = np.full((len(ids), len(layer_list), k, t_max), np.nan, dtype=np.float32)
-    for chunk in progress_bar(chunks, "neurons", enabled=progress):
-        a = _bn.neuron_activations(model, torch.tensor([ids[i] for i in chunk]), layer_list, last_only=last,
-                                   select=select, remote=remote).numpy()  # (b, L, T', k)
+    for chunk in run.steps(chunks, "neurons"):
+        a = run.call(_bn.neuron_activations, torch.tensor([ids[i] for i in chunk]), layer_list, last_only=last,
+                     select=select).numpy()  # (b, L, T', k)
         out[chunk, :, :, : a.shape[2]] = a.transpose(0, 1, 3, 2)
     coords: dict[str, Any] = {"prompt": np.arange(len(ids)), "layer": np.array(layer_list),
                               "neuron": np.arange(k), "position": np.array([-1] if last else range(t_max)),
                               "text": ("prompt", texts), "n_tokens": ("prompt", np.array([len(x) for x in ids]))}
     if select is not None:
         coords["neuron_id"] = (("layer", "neuron"), torch.stack(select).numpy())
-    attrs = _attrs(model, prompts, "neuron_activations", "activation", remote)
-    attrs.update(positions=positions, top_k=-1 if top_k is None else top_k, n_forward_passes=len(chunks) * (1 + (
-        top_k is not None)))
     return xr.Dataset({"activation": (("prompt", "layer", "neuron", "position"), out,
-                                      {"long_name": "input of the MLP output projection"})}, coords=coords, attrs=attrs)
+                                      {"long_name": "input of the MLP output projection"})}, coords=coords,
+                      attrs={"method": "neuron_activations", "metric": "activation", "positions": positions,
+                             "top_k": -1 if top_k is None else top_k})
 
 
-def _attrs(model, prompts, method, metric, remote, **params) -> dict:
-    info = model_info(model)
-    task = getattr(prompts, "task", "custom")
-    variants = sorted({p.variant for p in prompts if isinstance(p, CotPrompt)})
-    attrs = provenance(task="cot_arithmetic" if variants else task, task_params=params, model=info.name,
-                       model_path=info.path, revision=info.revision, method=method, metric=metric,
-                       seed=params.get("seed"), remote=remote)
-    return attrs
+# --------------------------------------------------------------------------- discovery
+def _check_discovery(top_k: int, min_frequency: float, n_tokens: int) -> None:
+    if not 0 < min_frequency <= 1:
+        raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    if not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
+        raise UsageError(f"n_tokens must be an integer >= 1 (got {n_tokens!r})")
 
 
-def _contributions(model, prompts, layer_list, batch_size, remote, progress) -> np.ndarray:
+def _check_units(units: list[tuple[int, int]], layer_list: list[int], n_neurons: int) -> list[tuple[int, int]]:
+    if not units:
+        raise UsageError("units is empty; give at least one (layer, neuron), or None to discover them")
+    for li, nn in units:
+        if li not in layer_list:
+            raise UsageError(f"unit L{li}N{nn}: layer {li} is not among the layers searched ({layer_list})")
+        if not 0 <= nn < n_neurons:
+            raise UsageError(f"unit L{li}N{nn}: neuron {nn} is out of range (layers have {n_neurons} neurons)")
+    return units
+
+
+def _contributions(run: Run, prompts: Sequence[Any], layer_list: list[int]) -> np.ndarray:
+    """(prompt, layer, neuron): each neuron's direct contribution to the prompt's answer logit."""
+    model = run.model
     ids = backend.tokenize(model, _texts(prompts))
     answers = backend.answer_tokens(model, [p.answer for p in prompts])
     out = np.zeros((len(ids), len(layer_list), _n_neurons(model)))
-    batches = length_batches([len(x) for x in ids], batch_size)
-    for chunk in progress_bar(batches, "contributions", enabled=progress):
-        out[chunk] = _bn.neuron_contributions(model, torch.tensor([ids[i] for i in chunk]),
-                                              torch.tensor([answers[i] for i in chunk]), layer_list,
-                                              remote=remote).numpy()
+    for chunk in run.steps(run.batches([len(x) for x in ids]), "contributions"):
+        out[chunk] = run.call(_bn.neuron_contributions, torch.tensor([ids[i] for i in chunk]),
+                              torch.tensor([answers[i] for i in chunk]), layer_list).numpy()
     return out
 
 
-def discover(
-    model: Any,
-    prompts: Sequence[Any],
-    *,
-    layers: Sequence[int] | None = None,
-    top_k: int = 20,
-    min_frequency: float = 0.25,
-    n_tokens: int = 8,
-    labeller: Callable[[list[str]], str] | None = None,
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
-) -> xr.Dataset:
-    """Neurons that recur among each prompt's ``top_k`` contributors to its answer (see module doc).
-
-    Returns dims ``unit`` (the discovered neurons, most frequent first; coords ``layer``,
-    ``neuron``) with ``frequency`` (fraction of prompts with the unit in their top k),
-    ``mean_contribution`` (logits, over all prompts), ``contribution`` (prompt, unit), and
-    ``promoted`` / ``promoted_logit`` (unit, rank): the ``n_tokens`` tokens its output
-    direction raises most; with ``labeller``, ``label`` (unit): ``labeller(promoted tokens)``.
-    ``prompts`` need ``.prompt`` and ``.answer`` (one token).
-    """
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
-    if not 0 < min_frequency <= 1:
-        raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
-    layer_list = check_layers(list(layers) if layers is not None else None, dims(model)["n_layers"])
+def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, top_k: int, min_frequency: float,
+              n_tokens: int, labeller: Callable[[list[str]], str] | None,
+              units: Sequence[Any] | None = None) -> xr.Dataset:
+    """The discovery computation (see :func:`discover`), shared with :func:`neurons`."""
+    model = run.model
+    _check_discovery(top_k, min_frequency, n_tokens)
+    if labeller is not None and not callable(labeller):
+        raise UsageError(f"labeller must be a function of the promoted tokens (got {type(labeller).__name__})")
+    layer_list = _layers(model, layers)
+    fixed = None if units is None else _check_units(parse_units(units), layer_list, _n_neurons(model))
+    prompts = list(prompts)
     if not prompts:
         raise UsageError("no prompts given")
-    _remote.preflight(model, remote)
-    contrib = _contributions(model, prompts, layer_list, batch_size, remote, progress)  # (n, L, N)
+    contrib = _contributions(run, prompts, layer_list)  # (n, L, N)
     n, n_layers, n_neurons = contrib.shape
     if not 1 <= top_k <= n_layers * n_neurons:
         raise UsageError(f"top_k must be between 1 and {n_layers * n_neurons} (got {top_k})")
@@ -169,18 +195,25 @@ def discover(
     freq = np.zeros(flat.shape[1])
     np.add.at(freq, top.ravel(), 1.0 / n)
     mean = flat.mean(0)
-    found = [u for u in np.lexsort((-mean, -freq)) if freq[u] >= min_frequency - 1e-12]
+    if fixed is None:
+        found = [u for u in np.lexsort((-mean, -freq)) if freq[u] >= min_frequency - 1e-12]
+    else:  # the given neurons, in the given order
+        found = [layer_list.index(li) * n_neurons + nn for li, nn in fixed]
     unit_layer = [layer_list[u // n_neurons] for u in found]
     unit_neuron = [int(u % n_neurons) for u in found]
     if found:
-        tok_ids, tok_val = _bn.neuron_logit_lens(model, unit_layer, unit_neuron, n_tokens, remote=remote)
+        tok_ids, tok_val = run.call(_bn.neuron_logit_lens, unit_layer, unit_neuron, n_tokens)
         promoted = np.array([model.tokenizer.convert_ids_to_tokens(r) for r in tok_ids.tolist()], dtype=object)
     else:
         tok_val, promoted = torch.zeros((0, n_tokens)), np.zeros((0, n_tokens), dtype=object)
-    attrs = _attrs(model, prompts, "neuron_discovery", "direct_logit_contribution", remote)
-    attrs.update(top_k=top_k, min_frequency=min_frequency, n_candidates=int(flat.shape[1]))
     labels = {} if labeller is None else {"label": ("unit", np.array([str(labeller([str(t) for t in row]))
                                                                       for row in promoted], dtype=object))}
+    attrs: dict[str, Any] = {"method": "neuron_discovery", "metric": "direct_logit_contribution", "top_k": top_k,
+                             "min_frequency": min_frequency, "n_candidates": int(flat.shape[1])}
+    if labeller is not None:
+        attrs["labeller"] = named(labeller)
+    if fixed is not None:
+        attrs["fixed_units"] = ",".join(f"L{li}N{nn}" for li, nn in fixed)
     return xr.Dataset(
         {"frequency": ("unit", freq[found], {"long_name": f"fraction of prompts with the neuron in their top {top_k}"}),
          "mean_contribution": ("unit", mean[found], {"long_name": "mean direct contribution to the answer logit",
@@ -194,91 +227,169 @@ def discover(
         attrs=attrs)
 
 
-ABLATIONS = ("none", "zero", "mean", "random")
+def _discovered_units(run: Run, prompts: Any, *, layers: Sequence[int] | None = None, top_k: int = 20,
+                      min_frequency: float = 0.25, discover_on: str | None = None, **_: Any) -> list[tuple[int, int]]:
+    """The neurons a checkpoint sweep tracks when none are given: those discovery finds on the
+    run's model (the harness runs this on the sweep's last revision) with the sweep's prompts
+    (for ``neurons``, its ``discover_on`` variant), ``top_k`` and ``min_frequency``."""
+    if discover_on is not None:
+        sets, _ = _by_variant(prompts)
+        if discover_on not in sets:
+            raise UsageError(f"discover_on={discover_on!r} is not among the data's variants ({', '.join(sets)}); "
+                             f"generate them with it")
+        prompts, layers = sets[discover_on], None
+    found = _discover(run, prompts, layers, top_k, min_frequency, 1, None, None)
+    units = list(zip(found["layer"].values.tolist(), found["neuron"].values.tolist()))
+    if not units:
+        raise UsageError(f"no neuron is in the top {top_k} of at least {min_frequency} of the prompts"
+                         f"{f' ({discover_on})' if discover_on else ''} on the sweep's last revision, where a sweep "
+                         f"discovers the neurons it tracks; lower min_frequency or pass units")
+    return units
 
 
-def cot_neurons(
-    model: Any,
+@experiment("neuron_discovery", batch_size=64, fixed_in_sweeps=("units", _discovered_units))
+def discover(
+    run: Run,
+    prompts: Sequence[Any],
     *,
-    n_prompts: int = 200,
-    variants: Sequence[str] = VARIANTS,
-    data: str | Path | None = None,
-    n_shots: int = 1,
-    n_steps: int = 2,
-    seed: int = 0,
+    layers: Sequence[int] | None = None,
+    top_k: int = 20,
+    min_frequency: float = 0.25,
+    n_tokens: int = 8,
+    labeller: Callable[[list[str]], str] | None = None,
+    units: Sequence[Any] | None = None,
+) -> xr.Dataset:
+    """Neurons that recur among each prompt's ``top_k`` contributors to its answer (see module doc).
+
+    Returns dims ``unit`` (the discovered neurons, most frequent first; coords ``layer``,
+    ``neuron``) with ``frequency`` (fraction of prompts with the unit in their top k),
+    ``mean_contribution`` (logits, over all prompts), ``contribution`` (prompt, unit), and
+    ``promoted`` / ``promoted_logit`` (unit, rank): the ``n_tokens`` tokens its output
+    direction raises most; with ``labeller``, ``label`` (unit): ``labeller(promoted tokens)``.
+    ``prompts`` need ``.prompt`` and ``.answer`` (one token), e.g.
+    ``nr.tasks.cot_variants(...).variant("full")``. ``units``: measure these neurons ((layer,
+    neuron) pairs or names like "L3N488"), in this order, instead of the recurring ones
+    (``min_frequency`` is then unused). A checkpoint sweep (``revisions``) measures fixed
+    neurons on every checkpoint: ``units``, or else those discovered on its last revision
+    (named in ``attrs["units_chosen_on"]``).
+    """
+    return _discover(run, prompts, layers, top_k, min_frequency, n_tokens, labeller, units)
+
+
+# --------------------------------------------------------------------------- CoT neurons
+@dataclass(frozen=True)
+class Units:
+    """The discovered neurons as the activation and ablation traces want them: ``pairs`` (layer,
+    neuron) per unit; ``layers`` (sorted); ``select``, per layer its units' neurons padded to
+    one length; ``where``, each unit's (layer index, slot) in ``select``; ``control``, as many
+    other neurons of the same layers (the random baseline)."""
+
+    pairs: list[tuple[int, int]]
+    layers: list[int]
+    select: list[torch.Tensor]
+    where: list[tuple[int, int]]
+    control: list[tuple[int, int]]
+
+    def ablation(self, chosen: list[tuple[int, int]], values: np.ndarray) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(layer, neuron indices, values) per layer: what :func:`backend.neurons.ablated_scores` takes."""
+        return [(layer, torch.tensor([nn for li, nn in chosen if li == layer]),
+                 torch.tensor([values[k] for k, (li, _) in enumerate(chosen) if li == layer]))
+                for layer in self.layers]
+
+
+def _units(found: xr.Dataset, n_neurons: int, seed: int) -> Units:
+    pairs = list(zip(found["layer"].values.tolist(), found["neuron"].values.tolist()))
+    layers = sorted({li for li, _ in pairs})
+    width = max([sum(1 for li, _ in pairs if li == layer) for layer in layers], default=0)
+    # per layer the units' neurons, padded to equal length (the activations trace wants a tensor per layer)
+    select = [torch.tensor(([n for li, n in pairs if li == layer] * width)[:width]) for layer in layers]
+    where = [(layers.index(li), [n for l2, n in pairs if l2 == li].index(n)) for li, n in pairs]
+    rng, taken, control = np.random.default_rng(seed), set(pairs), []
+    for li, _ in pairs:  # the random baseline: other neurons of the same layers, no repeats
+        pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
+        taken.add((li, pick))
+        control.append((li, pick))
+    return Units(pairs, layers, select, where, control)
+
+
+def _by_variant(prompts: Any) -> tuple[dict[str, list[CotPrompt]], dict[str, Any]]:
+    """Prompts per variant (problem k at index k in each) and the data's params."""
+    if isinstance(prompts, CotVariants):
+        return {v: list(ps) for v, ps in prompts.prompts.items()}, dict(prompts.params)
+    items = list(prompts)
+    if not items or not all(isinstance(p, CotPrompt) for p in items):
+        raise UsageError("neurons takes prompt variants: nr.tasks.cot_variants(n_prompts, variants, ...) (or "
+                         "CotPrompt objects of several variants)")
+    sets: dict[str, list[CotPrompt]] = {}
+    for p in items:
+        sets.setdefault(p.variant, []).append(p)
+    return sets, dict(getattr(prompts, "params", {}) or {})
+
+
+@experiment("cot_neurons", batch_size=64, fixed_in_sweeps=("units", _discovered_units))
+def neurons(
+    run: Run,
+    prompts: CotVariants,
+    *,
     discover_on: str = "full",
     top_k: int = 20,
     min_frequency: float = 0.25,
     labeller: Callable[[list[str]], str] | None = None,
-    batch_size: int = 64,
-    remote: bool | str = False,
-    progress: bool = True,
+    units: Sequence[Any] | None = None,
 ) -> xr.Dataset:
     """Discover arithmetic neurons on one prompt variant, then measure them on every variant.
 
-    The problems come from ``nr.tasks.cot_arithmetic`` (``n_steps``, seeded), or from a GSM8K
-    JSON Lines file ``data``; each variant renders the same problems with ``n_shots`` solved
-    exemplars. Returns the :func:`discover` variables (dim ``unit``) plus ``activation``
-    (variant, unit): mean activation at the last position; ``correct`` and ``p_answer``
-    (ablation, variant, prompt) and ``accuracy`` (ablation, variant), ablation ``none``,
-    ``zero`` (the units set to 0 at every position) or ``mean`` (set to their mean activation
-    at the last position over the ``discover_on`` prompts).
+    ``prompts``: ``nr.tasks.cot_variants(n_prompts, variants, n_shots=, n_steps=, seed=,
+    data=)``, the same problems in each variant (synthetic, or from a GSM8K JSON Lines file);
+    ``discover_on`` must be one of its variants. Returns the :func:`discover` variables (dim
+    ``unit``) plus ``activation`` (variant, unit): mean activation at the last position;
+    ``correct`` and ``p_answer`` (ablation, variant, prompt) and ``accuracy`` (ablation,
+    variant), ablation ``none``, ``zero`` (the units set to 0 at every position), ``mean`` (set
+    to their mean activation at the last position over the ``discover_on`` prompts) or
+    ``random`` (as many other neurons of the same layers set to 0). The ``variant`` dim starts
+    with ``discover_on``. ``units``: measure these neurons instead of discovering them (see
+    :func:`discover`). A checkpoint sweep (``revisions``) tracks fixed neurons: ``units``, or
+    else those discovered on its last revision (the trained model; ``attrs["fixed_units"]``
+    and ``attrs["units_chosen_on"]`` name them).
     """
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
-    for v in list(variants) + [discover_on]:
-        if v not in VARIANTS:
-            raise UsageError(f"unknown variant {v!r}; choose from: {', '.join(VARIANTS)}")
-    variants = list(dict.fromkeys([discover_on] + list(variants)))
-
-    def make(v):
-        if data is not None:
-            return load_gsm8k(data, v, n_prompts=n_prompts, n_shots=n_shots, seed=seed, tokenizer=model.tokenizer)
-        return cot_arithmetic(n_prompts, v, n_shots=n_shots, n_steps=n_steps, seed=seed, tokenizer=model.tokenizer)
-
-    sets = {v: make(v) for v in variants}
-    found = discover(model, sets[discover_on], top_k=top_k, min_frequency=min_frequency, labeller=labeller,
-                     batch_size=batch_size, remote=remote, progress=progress)
-    units = list(zip(found["layer"].values.tolist(), found["neuron"].values.tolist()))
-    layers = sorted({li for li, _ in units})
-    width = max([sum(1 for li, _ in units if li == layer) for layer in layers], default=0)
-    # per layer the units' neurons, padded to equal length (the activations trace wants a tensor per layer)
-    select = [torch.tensor(([n for li, n in units if li == layer] * width)[:width]) for layer in layers]
-    where = [(layers.index(li), [n for l2, n in units if l2 == li].index(n)) for li, n in units]
-    rng, taken, control = np.random.default_rng(seed), set(units), []
-    for li, _ in units:  # the random baseline: other neurons of the same layers, no repeats
-        pick = int(rng.choice([c for c in range(_n_neurons(model)) if (li, c) not in taken]))
-        taken.add((li, pick))
-        control.append((li, pick))
+    model = run.model
+    sets, params = _by_variant(prompts)
+    if discover_on not in VARIANTS:
+        raise UsageError(f"unknown variant {discover_on!r}; choose from: {', '.join(VARIANTS)}")
+    if discover_on not in sets:
+        raise UsageError(f"discover_on={discover_on!r} is not among the data's variants ({', '.join(sets)}); "
+                         f"generate them with it")
+    variants = [discover_on] + [v for v in sets if v != discover_on]
     n = len(sets[discover_on])
-    act = np.zeros((len(variants), len(units)))
-    correct = np.zeros((len(ABLATIONS), len(variants), n), dtype=np.int8)
-    p_answer = np.zeros((len(ABLATIONS), len(variants), n))
+    if any(len(sets[v]) != n for v in variants):
+        counts = ", ".join(f"{v}: {len(sets[v])}" for v in variants)
+        raise UsageError(f"every variant needs the same problems (got {counts} prompts)")
+    _check_discovery(top_k, min_frequency, 8)
     tokens = {v: (backend.tokenize(model, _texts(sets[v])), backend.answer_tokens(model, [p.answer for p in sets[v]]))
               for v in variants}
-    if units:  # activations first: mean ablation uses the discovery variant's means
+    found = _discover(run, sets[discover_on], None, top_k, min_frequency, 8, labeller, units)
+    picked = _units(found, _n_neurons(model), int(params.get("seed", 0)))
+    act = np.zeros((len(variants), len(picked.pairs)))
+    correct = np.zeros((len(ABLATIONS), len(variants), n), dtype=np.int8)
+    p_answer = np.zeros((len(ABLATIONS), len(variants), n))
+    if picked.pairs:  # activations first: mean ablation uses the discovery variant's means
         for vi, v in enumerate(variants):
             ids = tokens[v][0]
-            batches = length_batches([len(x) for x in ids], batch_size)
-            for chunk in progress_bar(batches, f"activations {v}", enabled=progress):
-                a = _bn.neuron_activations(model, torch.tensor([ids[i] for i in chunk]), layers, select=select,
-                                           remote=remote).numpy()[:, :, 0]
-                act[vi] += np.stack([a[:, li, k] for li, k in where], 1).sum(0) / n
+            for chunk in run.steps(run.batches([len(x) for x in ids]), f"activations {v}"):
+                a = run.call(_bn.neuron_activations, torch.tensor([ids[i] for i in chunk]), picked.layers,
+                             select=picked.select).numpy()[:, :, 0]
+                act[vi] += np.stack([a[:, li, k] for li, k in picked.where], 1).sum(0) / n
+    plans = {"zero": picked.ablation(picked.pairs, np.zeros(len(picked.pairs))),
+             "mean": picked.ablation(picked.pairs, act[0]),  # variants[0] is discover_on
+             "random": picked.ablation(picked.control, np.zeros(len(picked.pairs)))}
     for vi, v in enumerate(variants):
         ids, answers = tokens[v]
-        batches = length_batches([len(x) for x in ids], batch_size)
-        for chunk in progress_bar(batches, f"ablations {v}", enabled=progress):
+        for chunk in run.steps(run.batches([len(x) for x in ids]), f"ablations {v}"):
             rows, ans = torch.tensor([ids[i] for i in chunk]), torch.tensor([[answers[i]] for i in chunk])
+            clean = run.call(backend.answer_scores, rows, ans)
             for ai, ablation in enumerate(ABLATIONS):
-                if ablation == "none" or not units:
-                    s = backend.answer_scores(model, rows, ans, remote=remote)
-                else:
-                    chosen = control if ablation == "random" else units
-                    vals = act[0] if ablation == "mean" else np.zeros(len(units))  # variants[0] is discover_on
-                    plan = [(layer, torch.tensor([nn for li, nn in chosen if li == layer]),
-                             torch.tensor([vals[k] for k, (li, _) in enumerate(chosen) if li == layer]))
-                            for layer in layers]
-                    s = _bn.ablated_scores(model, rows, ans, plan, remote=remote)
+                s = clean if ablation == "none" or not picked.pairs else run.call(_bn.ablated_scores, rows, ans,
+                                                                                  plans[ablation])
                 correct[ai, vi, chunk] = (s.rank[:, 0] == 0).numpy()
                 p_answer[ai, vi, chunk] = np.exp(s.log_probs[:, 0].numpy())
     ds = found.drop_vars("text")
@@ -289,9 +400,64 @@ def cot_neurons(
     ds = ds.assign_coords(variant=np.array(variants, dtype=object), ablation=np.array(ABLATIONS, dtype=object),
                           text=(("variant", "prompt"), np.array([_texts(sets[v]) for v in variants], dtype=object)),
                           answer=("prompt", [p.answer for p in sets[discover_on]]))
-    params = {"n_prompts": n_prompts, "n_shots": n_shots, "n_steps": n_steps, "seed": seed,
-              "source": str(data) if data is not None else "synthetic"}
-    ds.attrs = {**_attrs(model, sets[discover_on], "cot_neurons", "accuracy", remote, **params),
-                "discover_on": discover_on, "top_k": top_k, "min_frequency": min_frequency}
+    attrs = {"method": "cot_neurons", "metric": "accuracy", "discover_on": discover_on, "top_k": top_k,
+             "min_frequency": min_frequency}
+    attrs.update({k: found.attrs[k] for k in ("labeller", "fixed_units") if k in found.attrs})
+    ds.attrs = attrs
     return ds
-neurons = cot_neurons  # until ported
+
+
+# --------------------------------------------------------------------------- summary
+def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
+    """The neurons (most recurrent first: frequency, mean contribution, the tokens they
+    promote, mean activation per variant) and accuracy per variant under each ablation; for a
+    sweep, these at its last checkpoint and the accuracy intact and zeroed over checkpoints."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    sweep = "checkpoint" in ds.dims
+    last = last_checkpoint(ds)
+    at = f" at checkpoint {last.attrs['revision']}" if sweep else ""
+    tracked = ds.attrs.get("units_chosen_on")  # a sweep of the neurons its last revision has
+    given = bool(ds.attrs.get("fixed_units")) and not tracked
+    which = "given neurons" if given else "discovered neurons"
+    on = f" on {ds.attrs['discover_on']}" if "discover_on" in ds.attrs else ""
+    n = ds.sizes["unit"]
+    found = f"{n} given neurons, scored{on}" if given else f"{n} neurons discovered{on}"
+    if tracked:
+        found += f" at {tracked}, measured at every checkpoint"
+    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} prompts"
+            f"{' per variant' if 'variant' in ds.dims else ''} · {found}")
+    variants = [str(v) for v in ds["variant"].values] if "variant" in ds.dims else []
+    table = Table(title=f"{which}{'' if given else ' (most recurrent first)'}{at}")
+    for col in ("neuron", "frequency", "mean contribution", "promotes", *variants,
+                *(["label"] if "label" in ds.data_vars else [])):
+        table.add_column(col)
+    for u in range(min(top, ds.sizes["unit"])):
+        v = last.isel(unit=u)
+        table.add_row(f"L{int(v['layer'])}N{int(v['neuron'])}", f"{float(v['frequency']):.2f}",
+                      f"{float(v['mean_contribution']):+.2f}", " ".join(map(str, v["promoted"].values[:4])),
+                      *([f"{x:.2f}" for x in v["activation"].values] if variants else []),
+                      *([str(v["label"].values)] if "label" in ds.data_vars else []))
+    items: list[Any] = [head, table]
+    if "accuracy" not in ds.data_vars:
+        return items
+    acc = Table(title=f"accuracy per variant{at} (rows: ablation of the {which}; random = as many other neurons)")
+    acc.add_column("ablation")
+    for name in variants:
+        acc.add_column(name, justify="right")
+    for a in ds["ablation"].values:
+        acc.add_row(str(a), *[f"{x:.3f}" for x in last["accuracy"].sel(ablation=a).values])
+    items.append(acc)
+    if sweep:
+        curve = Table(title=f"accuracy over checkpoints: intact → the {which} zeroed")
+        curve.add_column("checkpoint")
+        for name in variants:
+            curve.add_column(name, justify="right")
+        for c in ds["checkpoint"].values:
+            r = ds["accuracy"].sel(checkpoint=c)
+            curve.add_row(str(c), *[f"{float(r.sel(ablation='none', variant=v)):.3f} → "
+                                    f"{float(r.sel(ablation='zero', variant=v)):.3f}" for v in variants])
+        items.append(curve)
+    return items

@@ -1,6 +1,7 @@
 """Figures for neuron results: activation of the discovered neurons per prompt variant and
 accuracy per variant under ablation (``cot_neurons``); neuron recurrence (``discover``); and
-binding-ID results (``binding``)."""
+binding-ID results (``binding``). A checkpoint sweep is drawn at its last checkpoint (the
+figure title names it)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,6 +15,9 @@ def _labels(ds: xr.Dataset) -> list[str]:
 def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     import matplotlib.pyplot as plt
 
+    from ..results.io import last_checkpoint
+
+    ds = last_checkpoint(ds)
     title = f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}"
     if ds.attrs.get("method") == "neuron_discovery":
         fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * ds.sizes["unit"] + 2), 3.6))
@@ -29,7 +33,10 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     im = left.imshow(act, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
     left.set_yticks(range(ds.sizes["variant"]), [str(v) for v in ds["variant"].values])
     left.set_xticks(range(ds.sizes["unit"]), _labels(ds), rotation=90, fontsize=7)
-    left.set_title(f"mean activation of the {ds.sizes['unit']} discovered neurons (last position)", fontsize=9)
+    tracked = ds.attrs.get("units_discovered_on")  # a sweep of the neurons of its last revision
+    given = bool(ds.attrs.get("fixed_units")) and not tracked
+    which = "given" if given else "discovered"
+    left.set_title(f"mean activation of the {ds.sizes['unit']} {which} neurons (last position)", fontsize=9)
     fig.colorbar(im, ax=left, shrink=0.8)
     variants = [str(v) for v in ds["variant"].values]
     ablations = [str(a) for a in ds["ablation"].values]
@@ -43,7 +50,8 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     right.set_ylabel("accuracy")
     right.legend(title="ablation", fontsize=7, title_fontsize=7)
     right.set_title("accuracy per variant, neurons ablated", fontsize=9)
-    fig.suptitle(f"CoT arithmetic neurons (discovered on {ds.attrs.get('discover_on')}) · {title}", fontsize=9)
+    how = "given, scored" if given else f"discovered at {tracked}" if tracked else "discovered"
+    fig.suptitle(f"CoT arithmetic neurons ({how} on {ds.attrs.get('discover_on')}) · {title}", fontsize=9)
     return fig
 
 
@@ -51,6 +59,9 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """Accuracy of each binding measure against chance, and the binding-ID vectors' norms."""
     import matplotlib.pyplot as plt
 
+    from ..results.io import last_checkpoint
+
+    ds = last_checkpoint(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")

@@ -34,6 +34,8 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                     "induction": ("prompt", "layer", "head"), "copy_suppression": ("prompt", "layer", "head"),
                     "successor": ("layer", "head"), "uniform": ("score",)},
     "eap": _EDGES, "eap_ig": _EDGES, "edge_patching": _EDGES,
+    "neuron_discovery": _NEURONS,
+    "neuron_activations": {"activation": ("prompt", "layer", "neuron", "position")},
     "cot_neurons": {**_NEURONS, "activation": ("variant", "unit"), "correct": ("ablation", "variant", "prompt"),
                     "p_answer": ("ablation", "variant", "prompt"), "accuracy": ("ablation", "variant")},
     "binding_ids": {"correct": ("prompt", "query"), "factor_correct": ("target", "prompt", "query"),
