@@ -124,11 +124,6 @@ def group_by_length(lengths: Sequence[int]) -> list[list[int]]:
     return [groups[n] for n in sorted(groups)]
 
 
-def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
-    """Indices in batches of at most ``size`` that share one length (see :func:`group_by_length`)."""
-    return [idx[j : j + size] for idx in group_by_length(lengths) for j in range(0, len(idx), size)]
-
-
 def default_tokenizer():
     """The embedded model's tokenizer (loaded from package data, never the network)."""
     from nnsight_reasoning.embedded import load_tokenizer

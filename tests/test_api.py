@@ -13,13 +13,30 @@ import nnsight_reasoning as nr  # noqa: E402
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+EXPERIMENTS = ["patch", "evaluate", "attention", "probe", "head_scores", "circuit", "edge_patching", "neurons",
+               "binding"]
+
+
 def test_public_names_exist_and_are_documented():
     for name in nr.__all__:
         obj = getattr(nr, name)
         assert obj is not None
         if callable(obj) and not isinstance(obj, type):
             assert obj.__doc__ and len(obj.__doc__) > 20, name
-    assert 10 <= len(nr.__all__) <= 20
+
+
+def test_every_experiment_has_the_harness_keywords_and_documents_them():
+    """One noun per experiment, each nr.<noun>(model, data, *options, batch_size, remote, progress,
+    resume_dir, revisions), as its signature (what Jupyter's `?` shows) says."""
+    import inspect
+
+    for name in EXPERIMENTS:
+        fn = getattr(nr, name)
+        params = list(inspect.signature(fn).parameters)
+        assert params[:2] == ["model", params[1]] and params[1] != "run", name
+        assert params[-5:] == ["batch_size", "remote", "progress", "resume_dir", "revisions"], name
+        assert "resume_dir" in fn.__doc__ and "revisions" in fn.__doc__, name
+        assert fn.experiment.name in nr.testing.SCHEMAS or fn.experiment.name.endswith("patching"), name
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
