@@ -8,8 +8,9 @@ The toolkit uses nnsight's public API (``trace``, ``.input``/``.output``, ``save
   and switching off its own status display (``RemoteBackend.display``);
 - naming a model loaded from a local directory by its path for NDIF, without a Hub lookup
   (``nnsight.modeling.huggingface._ID_CACHE``);
-- the wrapped torch module of an Envoy (``Envoy._module``), to read a layer's class and
-  freeze weights outside a trace.
+- the wrapped torch module of an Envoy (``Envoy._module``), e.g. to freeze weights outside a
+  trace: :func:`torch_module` is the one accessor (architecture facts such as a transposed
+  weight layout come from ``sites.ARCHITECTURES``, never from module classes).
 
 :func:`check` verifies that these still exist; ``tests/test_nnsight_shim.py`` runs it, so
 another nnsight version fails loudly there rather than subtly in a run.

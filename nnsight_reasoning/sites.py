@@ -13,7 +13,7 @@ Sites, in the order a decoder layer computes them:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import UsageError
@@ -22,9 +22,30 @@ SITES: tuple[str, ...] = ("head", "attn", "mlp", "resid")
 POSITIONS: tuple[str, ...] = ("last", "all")
 
 
+#: Features an architecture can refuse (``Architecture.unsupported``), with the words used
+#: in the error message. Everything else (patching, attribution, attention, neuron reads and
+#: ablations, residual edits) works for every entry of :data:`ARCHITECTURES`.
+FEATURES: dict[str, str] = {
+    "edges": "the component graph (edge attribution, edge patching, circuits)",
+    "logit_effects": "direct logit effects (head effects, neuron contributions, neuron logit lens)",
+}
+
+#: Final norm kinds: whether the norm centres its input, and the offset of its gain (the
+#: norm multiplies by ``offset + weight``: Gemma's RMSNorm stores ``weight`` = γ − 1).
+NORMS: dict[str, tuple[bool, float]] = {
+    "layernorm": (True, 0.0),
+    "rmsnorm": (False, 0.0),
+    "gemma_rmsnorm": (False, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """Module paths of one model family, relative to the HF ``*ForCausalLM`` root."""
+    """Module paths and layout facts of one model family, relative to the HF ``*ForCausalLM`` root.
+
+    The backend reads these fields instead of inspecting module classes; a feature listed in
+    ``unsupported`` is refused (:func:`require`) with the reason given there.
+    """
 
     layers: str  # the ModuleList of decoder layers
     attn: str  # attention module, relative to a layer; output[0] is the block output
@@ -37,17 +58,46 @@ class Architecture:
     mlp_out: str  # the MLP's output projection, relative to a layer; its input = the neurons
     n_heads_attr: str = "num_attention_heads"
     unembed: str = "lm_head"
+    # the output projections (o_proj, mlp_out) store their weight as (in, out) rather than
+    # torch.nn.Linear's (out, in): GPT-2's Conv1D
+    transposed: bool = False
+    # config attribute holding the head width when it is set (Gemma-7B: 256, not 3072 / 16);
+    # None, or the attribute unset: d_model / n_heads
+    head_dim_attr: str | None = "head_dim"
+    # config attributes of the MLP width (the number of neurons), the first one set wins;
+    # none set: neuron_factor · d_model (GPT-2's n_inner = None means 4 · n_embd)
+    neuron_attrs: tuple[str, ...] = ("intermediate_size",)
+    neuron_factor: int | None = None
+    final_norm_kind: str = "rmsnorm"  # a key of NORMS
+    norm_eps_attr: str = "rms_norm_eps"  # config attribute of the final norm's epsilon
+    # feature (a key of FEATURES) -> why this family cannot do it
+    unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 
+
+_LLAMA_LIKE = dict(layers="model.layers", attn="self_attn", o_proj="self_attn.o_proj", mlp="mlp",
+                   embed="model.embed_tokens", ln_attn="input_layernorm", ln_mlp="post_attention_layernorm",
+                   final_norm="model.norm", mlp_out="mlp.down_proj")
+_GEMMA2_POST_NORMS = ("attention and MLP outputs pass through their own RMSNorm (post_attention_layernorm, "
+                      "post_feedforward_layernorm) before they join the residual stream, so a head's or "
+                      "neuron's share of the output projection is not what reaches the residual stream")
 
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in",
                              "input_layernorm", "post_attention_layernorm", "gpt_neox.final_layer_norm",
-                             "mlp.dense_4h_to_h"),
+                             "mlp.dense_4h_to_h", head_dim_attr=None, final_norm_kind="layernorm",
+                             norm_eps_attr="layer_norm_eps"),
     "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "ln_1", "ln_2",
-                         "transformer.ln_f", "mlp.c_proj", "n_head"),
-    **{name: Architecture("model.layers", "self_attn", "self_attn.o_proj", "mlp", "model.embed_tokens",
-                          "input_layernorm", "post_attention_layernorm", "model.norm", "mlp.down_proj")
-       for name in ("llama", "mistral", "qwen2", "gemma")},
+                         "transformer.ln_f", "mlp.c_proj", "n_head", transposed=True, head_dim_attr=None,
+                         neuron_attrs=("n_inner",), neuron_factor=4, final_norm_kind="layernorm",
+                         norm_eps_attr="layer_norm_epsilon"),
+    **{name: Architecture(**_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2")},
+    "gemma": Architecture(**_LLAMA_LIKE, final_norm_kind="gemma_rmsnorm"),
+    "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm",
+                           unsupported={
+                               "edges": _GEMMA2_POST_NORMS,
+                               "logit_effects": "the logits are soft-capped (tanh), so no component's effect on "
+                                                "them is linear; and the " + _GEMMA2_POST_NORMS,
+                           }),
 }
 
 
@@ -74,13 +124,41 @@ def architecture(model: Any) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+def require(model: Any, feature: str) -> Architecture:
+    """The :class:`Architecture` of ``model`` if it can do ``feature`` (a key of
+    :data:`FEATURES`), else a one-line error giving the reason."""
+    arch = architecture(model)
+    if feature in arch.unsupported:
+        raise UsageError(f"{FEATURES[feature]} is not supported for {model.config.model_type} models: "
+                         f"{arch.unsupported[feature]}")
+    return arch
+
+
 def dims(model: Any) -> dict[str, int]:
-    """n_layers, n_heads, d_model, head_dim of a loaded model."""
+    """n_layers, n_heads, d_model, head_dim (the per-head width of the output projection's
+    input, ``n_heads · head_dim`` in all) and n_neurons (the MLP output projection's input
+    width) of a loaded model, from its config as :data:`ARCHITECTURES` says to read it."""
     cfg = model.config
     arch = architecture(model)
     n_heads = getattr(cfg, arch.n_heads_attr)
-    return {"n_layers": cfg.num_hidden_layers, "n_heads": n_heads, "d_model": cfg.hidden_size,
-            "head_dim": cfg.hidden_size // n_heads}
+    d_model = cfg.hidden_size
+    head_dim = getattr(cfg, arch.head_dim_attr, None) if arch.head_dim_attr else None
+    n_neurons = next((getattr(cfg, a) for a in arch.neuron_attrs if getattr(cfg, a, None)), None)
+    if n_neurons is None:
+        if arch.neuron_factor is None:
+            raise UsageError(f"this {cfg.model_type} config sets none of {', '.join(arch.neuron_attrs)}: "
+                             f"cannot tell the MLP width")
+        n_neurons = arch.neuron_factor * d_model
+    return {"n_layers": cfg.num_hidden_layers, "n_heads": n_heads, "d_model": d_model,
+            "head_dim": int(head_dim) if head_dim else d_model // n_heads, "n_neurons": int(n_neurons)}
+
+
+def final_norm_spec(model: Any) -> tuple[bool, float, float]:
+    """Whether the final norm centres its input, its gain offset (the norm multiplies by
+    offset + weight) and its epsilon."""
+    arch = architecture(model)
+    center, offset = NORMS[arch.final_norm_kind]
+    return center, offset, float(getattr(model.config, arch.norm_eps_attr))
 
 
 def check_sites(sites: list[str] | tuple[str, ...] | str) -> list[str]:

@@ -22,22 +22,43 @@ def embedded_tokenizer():
 
 def _tiny(model_type: str, vocab_size: int):
     """A small random model of one architecture family; init scaled up so effects are visible."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+    import transformers as tf
 
     common = dict(vocab_size=vocab_size, initializer_range=0.2)
+    # llama-like families: grouped key/value heads; gemma/gemma2 with a head_dim that is not
+    # hidden / heads (as Gemma-7B: 256, not 3072 / 16), so code that derives it gets it wrong
+    rope = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=64, max_position_embeddings=128, **common)
     if model_type == "gpt_neox":
-        cfg = GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                            max_position_embeddings=128, use_parallel_residual=False, **common)
-        cls = GPTNeoXForCausalLM
+        cfg = tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                               max_position_embeddings=128, use_parallel_residual=False, **common)
+        cls = tf.GPTNeoXForCausalLM
     elif model_type == "gpt2":
-        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
-        cls = GPT2LMHeadModel
+        cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
+        cls = tf.GPT2LMHeadModel
+    elif model_type == "mistral":
+        cfg, cls = tf.MistralConfig(**rope), tf.MistralForCausalLM
+    elif model_type == "qwen2":
+        cfg, cls = tf.Qwen2Config(**rope), tf.Qwen2ForCausalLM
+    elif model_type == "gemma":
+        cfg, cls = tf.GemmaConfig(**{**rope, "num_key_value_heads": 1}, head_dim=16), tf.GemmaForCausalLM
+    elif model_type == "gemma2":
+        cfg = tf.Gemma2Config(**rope, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)
+        cls = tf.Gemma2ForCausalLM
     else:
-        cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, **common)
-        cls = LlamaForCausalLM
+        cfg = tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=64, max_position_embeddings=128, **common)
+        cls = tf.LlamaForCausalLM
     torch.manual_seed(0)
-    return cls(cfg).eval()
+    model = cls(cfg).eval()
+    if model_type in ("mistral", "qwen2", "gemma", "gemma2"):
+        # norms start at their identity (weight 1, or 0 for Gemma's 1 + weight); random gains
+        # make a wrong gain convention visible in direct logit effects
+        with torch.no_grad():
+            for name, w in model.named_parameters():
+                if "norm" in name:
+                    w.add_(0.3 * torch.randn_like(w))
+    return model
 
 
 @pytest.fixture(scope="session")

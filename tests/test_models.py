@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
+from nnsight_reasoning.models import ModelInfo
 
 
 def test_embedded_revisions_are_shipped():
-    revs = nr.embedded_revisions()
+    revs = embedded.revisions()
     assert len(revs) >= 5 and revs[0] == "step0" and revs[-1] == "main"
     steps = [int(r[4:]) for r in revs[:-1]]
     assert steps == sorted(steps)
@@ -27,7 +28,7 @@ def test_embedded_revisions_are_shipped():
 def test_load_embedded_and_provenance():
     m = nr.load_model(revision="step0")
     info = nr.models.model_info(m)
-    assert info == nr.ModelInfo("embedded", str(embedded.revision_path("step0")), "step0")
+    assert info == ModelInfo("embedded", str(embedded.revision_path("step0")), "step0")
     assert m.config.model_type == "gpt_neox" and m.config._attn_implementation == "eager"
     with pytest.raises(nr.UsageError, match="no revision 'step7'"):
         nr.load_model(revision="step7")
@@ -70,7 +71,7 @@ def test_evaluate_matches_a_plain_forward(embedded_model):
 def test_model_card_numbers_are_reproducible():
     """The card is measured, not typed: re-measure main and step0 with the stored settings."""
     card = embedded.card()
-    assert set(card["accuracy"]) == set(nr.embedded_revisions())
+    assert set(card["accuracy"]) == set(embedded.revisions())
     for rev in ("step0", "main"):
         model = nr.load_model(revision=rev)
         for col, spec in card["evals"].items():

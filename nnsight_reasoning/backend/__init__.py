@@ -3,6 +3,16 @@
 Experiments describe *what* to run as plain tensors (:class:`Patch`) and receive small
 tensors back, so the same code runs locally and on NDIF (``remote=True``) and no experiment
 file has to know nnsight's rules (forward-order access, in-place edits, ``.save()``).
+
+Trace bodies are shipped to NDIF, where this package is not installed: they call nnsight,
+torch, builtins and the helpers of :mod:`.trace_ops`, which is registered with
+``nnsight.register`` below so that its functions travel with each request as source. Module
+Envoys are resolved before a trace (from :mod:`..sites`), never inside one.
+
+A trace body that opens ``with loss.backward():`` keeps every statement before that line on
+one line of its own, with no comment-only or blank lines after its first statement: with
+``remote="local"`` nnsight re-runs the block from ``ast.unparse``'d source but reads the
+nested block from this file by line number (nnsight 0.8.1), so the two must line up.
 """
 from __future__ import annotations
 
@@ -15,8 +25,13 @@ import torch
 
 from .. import remote as _remote
 from ..errors import UsageError
+from ..nnsight_shim import torch_module
 from ..sites import SITES, architecture, dims, resolve
 from ..tasks.base import single_token_id
+from . import trace_ops
+from .trace_ops import batch_kwargs, batch_rows, interpolate, score_answers, split_heads
+
+nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them from their source
 
 
 @dataclass(frozen=True)
@@ -155,20 +170,11 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                     hidden = torch.cat([hidden, hidden[grow_in]])
                 # batch-shaped arguments (the attention mask) were built for the input rows;
                 # some layers take them by keyword, some (GPT-2) by position
-                rest = []
-                for value in args[1:]:
-                    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n_inputs > 1:
-                        value = value[origin]
-                    rest.append(value)
-                for key in list(kwargs):
-                    value = kwargs[key]
-                    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n_inputs > 1:
-                        kwargs[key] = value[origin]
-                layer.inputs = ((hidden,) + tuple(rest), kwargs)
+                layer.inputs = ((hidden,) + batch_rows(args[1:], n_inputs, origin),
+                                batch_kwargs(kwargs, n_inputs, origin))
             for kind, module, rows, src, pos, heads in inner:
                 if kind == "head":
-                    x = module.input
-                    v = x.view(x.shape[0], x.shape[1], n_heads, head_dim)
+                    v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
                     v[rows, pos, heads] = v[src, pos, heads]
                 else:
                     x = module.output
@@ -185,14 +191,7 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                     layer.output = x
                 rows, src, pos = outer[2], outer[3], outer[4]
                 x[rows, pos] = x[src, pos]
-        logits = model.output.logits[:, -1].double()  # ratios of tiny probabilities need it
-        log_probs = logits.log_softmax(-1)
-        chosen = torch.gather(log_probs, 1, answer_ids)
-        if rank:
-            scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
-                                   (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
-        else:
-            scores = nnsight.save((chosen, torch.gather(logits, 1, answer_ids)))
+        scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank))
     return scores
 
 
@@ -267,7 +266,7 @@ def attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, 
 def _frozen(model: Any) -> Iterator[None]:
     """Weights without ``requires_grad`` for the duration: the backward pass then computes only
     activation gradients, and never writes ``.grad`` into the user's model."""
-    params = [w for w in model._module.parameters() if w.requires_grad]
+    params = [w for w in torch_module(model).parameters() if w.requires_grad]
     for w in params:
         w.requires_grad_(False)
     try:
@@ -283,11 +282,7 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         # Gradients start at the embeddings, so they flow even where the weights are frozen
         # (NDIF serves models without requires_grad); no gradient reaches the weights.
-        e = embed.output.detach().requires_grad_(True)
-        if steps > 1:
-            path = e[p:2 * p].repeat(steps, 1, 1) + alphas.to(e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
-            e = torch.cat([e[:2 * p], path])
-        embed.output = e
+        embed.output = interpolate(embed.output.detach().requires_grad_(True), p, steps, alphas)
         acts = []
         for kind, module in mods:  # forward order
             if kind == "head":
@@ -297,9 +292,7 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
             else:  # attention and decoder layers may return tuples; [0] is the hidden state
                 out = module.output
                 acts.append(out[0] if isinstance(out, tuple) else out)
-        logits = model.output.logits[:, -1].double()
-        log_probs = logits.log_softmax(-1)
-        chosen_lp, chosen_lg = torch.gather(log_probs, 1, answer_ids), torch.gather(logits, 1, answer_ids)
+        chosen_lp, chosen_lg = score_answers(model.output.logits[:, -1], answer_ids, False)
         chosen = chosen_lg if logit_target else chosen_lp
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)  # the rows whose gradient counts
         objective = (chosen[graded, 1] - chosen[graded, 0]).sum()
@@ -311,7 +304,7 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
                     grad = grad.view((steps, p) + tuple(grad.shape[1:])).mean(0)
                 delta = (x[:p] - x[p:2 * p]).detach() * grad
                 if kind == "head":
-                    delta = delta.view(p, delta.shape[1], n_heads, head_dim)
+                    delta = split_heads(delta, n_heads, head_dim)
                 attr.append(delta.sum(-1))
         saved = nnsight.save((attr, (chosen_lp[:2 * p].detach(), chosen_lg[:2 * p].detach())))
     return saved

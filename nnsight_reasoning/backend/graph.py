@@ -6,7 +6,8 @@ MLP; downstream = per layer its heads and its MLP, then the logits. An edge u �
 u's output into v's input through the residual stream.
 
 The trace bodies are shipped to NDIF, where this package is not installed, so they call only
-nnsight, torch and builtins (no helper functions of ours).
+nnsight, torch, builtins and the helpers of :mod:`.trace_ops` (registered with nnsight, so
+they travel with each request).
 
 Each head needs an input of its own (edges into heads of one layer differ), but all heads of
 a layer read one tensor. So in these traces the attention block runs on H copies of its
@@ -22,19 +23,20 @@ from typing import Any
 import nnsight
 import torch
 
-from ..errors import UsageError
-from ..sites import architecture, dims, parallel_residual, resolve
+from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
+from .trace_ops import (batch_kwargs, batch_rows, centred, head_outputs, interpolate, norm_scale, own_heads,
+                        score_answers, split_heads, unembed_rows)
 
 
-def _modules(model: Any) -> tuple[list[tuple], Any, Any, bool]:
+def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
     """Per layer (layer, ln_attn, attention, o_proj, ln_mlp, mlp); the final norm; the
-    embedding; whether o_proj stores its weight transposed (GPT-2's Conv1D)."""
-    arch = architecture(model)
+    embedding; whether o_proj stores its weight transposed (GPT-2's Conv1D). Refuses a
+    model whose architecture cannot do ``feature`` (``sites.Architecture.unsupported``)."""
+    arch = require(model, feature)
     layers = resolve(model, arch.layers)
     mods = [(layer, resolve(layer, arch.ln_attn), resolve(layer, arch.attn), resolve(layer, arch.o_proj),
              resolve(layer, arch.ln_mlp), resolve(layer, arch.mlp)) for layer in layers]
-    conv1d = type(resolve(layers[0], arch.o_proj)._module).__name__ == "Conv1D"
-    return mods, resolve(model, arch.final_norm), resolve(model, arch.embed), conv1d
+    return mods, resolve(model, arch.final_norm), resolve(model, arch.embed), arch.transposed
 
 
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, *, ig_steps: int = 1,
@@ -71,12 +73,11 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
                  remote=False, backend=None):
     saved = None
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
-        e = embed.output.detach().requires_grad_(True)  # gradients start here: NDIF weights are frozen
-        if steps > 1:
-            path = e[p:2 * p].repeat(steps, 1, 1) + alphas.to(e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
-            e = torch.cat([e[:2 * p], path])
+        # gradients start at the embeddings: NDIF weights are frozen
+        e = interpolate(embed.output.detach().requires_grad_(True), p, steps, alphas)
         embed.output = e
         rows = e.shape[0]
+        copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is input row r
         ups = []  # (p, T, k, d) corrupted − clean output of upstream nodes, forward order
         inputs = []  # the private input copies whose gradients are the downstream nodes'
         first = True
@@ -89,22 +90,11 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
             ln_attn.input = x
             inputs.append(x)
             args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
-            for key in list(kwargs):
-                value = kwargs[key]
-                if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows > 1:
-                    kwargs[key] = value.repeat((n_heads,) + (1,) * (value.dim() - 1))
-            attn.inputs = (args, kwargs)
-            z = o_proj.input
-            t = z.shape[1]
-            z = torch.diagonal(z.view(n_heads, rows, t, n_heads, head_dim), dim1=0, dim2=3)  # copy h's head h
-            z = z.permute(0, 1, 3, 2)
-            o_proj.input = z.reshape(rows, t, n_heads * head_dim)
+            attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
+            z = own_heads(o_proj.input, n_heads, rows, head_dim)  # copy h's head h: (rows, T, H, k)
+            o_proj.input = z.reshape(rows, z.shape[1], n_heads * head_dim)
             dz = (z[:p] - z[p:2 * p]).detach()
-            w = o_proj.weight  # each head's share of the output projection, without its bias
-            if conv1d:
-                ups.append(torch.einsum("pthk,hkd->pthd", dz, w.view(n_heads, head_dim, -1)))
-            else:
-                ups.append(torch.einsum("pthk,dhk->pthd", dz, w.view(-1, n_heads, head_dim)))
+            ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))  # each head's share, no bias
             y = ln_mlp.input + 0.0
             ln_mlp.input = y
             inputs.append(y)
@@ -113,8 +103,7 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
         f = final.input + 0.0
         final.input = f
         inputs.append(f)
-        logits = model.output.logits[:, -1].double()
-        chosen = torch.gather(logits, 1, answer_ids)
+        chosen = score_answers(model.output.logits[:, -1], answer_ids, False)[1]
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)
         objective = (chosen[graded, 0] - chosen[graded, 1]).sum()
         delta = torch.cat(ups, 2).double()
@@ -161,6 +150,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, remov
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         rows = p + c * p
+        copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is input row r
         ups = []  # (c, p, T, k, d): corrupted − this run, per circuit
         col = 0
         first = True
@@ -177,20 +167,11 @@ def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, remov
             corr = torch.cat([torch.zeros_like(corr[:, 0, :]), corr.reshape(n_heads, c * p, t, x.shape[2])], 1)
             ln_attn.input = (x.unsqueeze(0) + corr).reshape(n_heads * rows, t, x.shape[2])
             args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
-            for key in list(kwargs):
-                value = kwargs[key]
-                if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows > 1:
-                    kwargs[key] = value.repeat((n_heads,) + (1,) * (value.dim() - 1))
-            attn.inputs = (args, kwargs)
-            z = o_proj.input
-            z = torch.diagonal(z.view(n_heads, rows, t, n_heads, head_dim), dim1=0, dim2=3).permute(0, 1, 3, 2)
+            attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
+            z = own_heads(o_proj.input, n_heads, rows, head_dim)
             o_proj.input = z.reshape(rows, t, n_heads * head_dim)
             dz = z[:p].unsqueeze(0) - z[p:].view((c, p) + tuple(z.shape[1:]))
-            w = o_proj.weight
-            if conv1d:
-                ups.append(torch.einsum("cpthk,hkd->cpthd", dz, w.view(n_heads, head_dim, -1)))
-            else:
-                ups.append(torch.einsum("cpthk,dhk->cpthd", dz, w.view(-1, n_heads, head_dim)))
+            ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))
             col += n_heads
             y = ln_mlp.input
             delta = torch.cat(ups, 3)
@@ -203,8 +184,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, remov
         delta = torch.cat(ups, 3)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
-        logits = model.output.logits[:, -1].double()
-        saved = nnsight.save(torch.gather(logits, 1, answer_ids))
+        saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, False)[1])
     return saved
 
 
@@ -230,14 +210,17 @@ def graph_shape(model: Any) -> tuple[int, int, bool]:
 
 def final_norm(model: Any) -> tuple[Any, Any, bool, float]:
     """The final norm, the unembedding, whether the norm centres (LayerNorm; RMSNorm does not)
-    and its epsilon: what a direct logit effect with the norm's scale frozen needs."""
-    arch = architecture(model)
-    final = resolve(model, arch.final_norm)
-    kind = type(final._module).__name__
-    if kind.startswith("Gemma") or not (kind == "LayerNorm" or kind.endswith("RMSNorm")):
-        raise UsageError(f"direct logit effects know LayerNorm and (non-Gemma) RMSNorm; this model's final norm is {kind}")
-    eps = float(getattr(final._module, "eps", getattr(final._module, "variance_epsilon", 1e-5)))
-    return final, resolve(model, arch.unembed), kind == "LayerNorm", eps
+    and its epsilon: what a direct logit effect with the norm's scale frozen needs. The norm's
+    gain offset (Gemma) is :func:`_gain_offset`. Refuses an architecture whose logits are no
+    linear function of the final norm's output (``sites.Architecture.unsupported``)."""
+    arch = require(model, "logit_effects")
+    center, _, eps = final_norm_spec(model)
+    return resolve(model, arch.final_norm), resolve(model, arch.unembed), center, eps
+
+
+def _gain_offset(model: Any) -> float:
+    """The final norm multiplies by offset + weight: 1 for Gemma's RMSNorm, else 0."""
+    return final_norm_spec(model)[1]
 
 
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
@@ -253,37 +236,27 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     """
     from . import _run
 
-    mods, _, _, conv1d = _modules(model)
     final, unembed, center, eps = final_norm(model)
+    mods, _, _, conv1d = _modules(model, "logit_effects")
     d = dims(model)
     saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
-                                              d["head_dim"], center, eps), remote, "saved")
+                                              d["head_dim"], center, eps, _gain_offset(model)), remote, "saved")
     return saved.detach().cpu().double()
 
 
 def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1d, n_heads, head_dim, center, eps,
-                        remote=False, backend=None):
+                        gain_offset, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         outs = []
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
-            z = o_proj.input
-            z = z.view(z.shape[0], z.shape[1], n_heads, head_dim)
-            w = o_proj.weight
-            if conv1d:
-                outs.append(torch.einsum("nthk,hkd->nthd", z, w.view(n_heads, head_dim, -1)))
-            else:
-                outs.append(torch.einsum("nthk,dhk->nthd", z, w.view(-1, n_heads, head_dim)))
-        f = final.input.double()
-        if center:
-            f = f - f.mean(-1, keepdim=True)
-        scale = (f.pow(2).mean(-1) + eps).sqrt()  # (n, T)
-        u = unembed.weight.double()
-        u = u - u.mean(0, keepdim=True)
-        rows = u[token_ids] * final.weight.double()  # (n, K, d): γ folded into the unembedding
+            outs.append(head_outputs(split_heads(o_proj.input, n_heads, head_dim), o_proj.weight, n_heads, head_dim,
+                                     conv1d))
+        scale = norm_scale(final.input, center, eps)  # (n, T)
+        rows = unembed_rows(unembed.weight, final.weight, gain_offset, token_ids)  # (n, K, d): γ folded in
         o = torch.stack(outs, 1).double()  # (n, L, T, H, d)
         if center:
-            o = o - o.mean(-1, keepdim=True)
+            o = centred(o)
         o = o / scale[:, None, :, None, None]
         saved = nnsight.save(torch.einsum("nlthd,nkd->nlhtk", o, rows))
     return saved

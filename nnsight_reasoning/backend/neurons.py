@@ -4,7 +4,8 @@ Neuron n of layer l has an activation a_n (the input of the output projection at
 and an output direction w_n (column n of that projection's weight). Only reduced results
 leave a trace (chosen neurons, last positions, sums), so large models stream through in
 batches and remote runs download little. As in ``graph.py``, the trace bodies call only
-torch and nnsight: they are shipped to NDIF, where this package is not installed.
+torch, nnsight and the helpers of :mod:`.trace_ops`: they are shipped to NDIF, where this
+package is not installed.
 """
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ import torch
 
 from ..sites import architecture, resolve
 from . import Scores
-from .graph import final_norm
+from .graph import _gain_offset, final_norm
+from .trace_ops import centred, neuron_directions, norm_gain, norm_scale, score_answers, unembed_rows
 
 
 def _outs(model: Any, layers: Sequence[int]) -> tuple[list, bool]:
-    """The output projections of ``layers`` (forward order) and whether they are Conv1D."""
+    """The output projections of ``layers`` (forward order) and whether they store their
+    weight transposed, (in, out) (GPT-2's Conv1D)."""
     arch = architecture(model)
     blocks = resolve(model, arch.layers)
-    mods = [resolve(blocks[li], arch.mlp_out) for li in layers]
-    return mods, type(mods[0]._module).__name__ == "Conv1D"
+    return [resolve(blocks[li], arch.mlp_out) for li in layers], arch.transposed
 
 
 def neuron_activations(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
@@ -70,33 +72,28 @@ def neuron_contributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.
     """
     from . import _run
 
-    mods, conv1d = _outs(model, layers)
     final, unembed, center, eps = final_norm(model)
-    saved = _run(model, _trace_contributions, (model, input_ids, answer_ids, mods, conv1d, final, unembed, center, eps),
-                 remote, "saved")
+    mods, conv1d = _outs(model, layers)
+    saved = _run(model, _trace_contributions, (model, input_ids, answer_ids, mods, conv1d, final, unembed, center, eps,
+                                               _gain_offset(model)), remote, "saved")
     return saved.detach().cpu().double()
 
 
-def _trace_contributions(model, input_ids, answer_ids, mods, conv1d, final, unembed, center, eps, remote=False,
-                         backend=None):
+def _trace_contributions(model, input_ids, answer_ids, mods, conv1d, final, unembed, center, eps, gain_offset,
+                         remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         acts = []
         for mod in mods:
             acts.append(mod.input[:, -1].double())
-        f = final.input[:, -1].double()
-        if center:
-            f = f - f.mean(-1, keepdim=True)
-        scale = (f.pow(2).mean(-1) + eps).sqrt()  # (n,)
-        u = unembed.weight.double()
-        v = (u[answer_ids] - u.mean(0)) * final.weight.double()  # (n, d)
+        scale = norm_scale(final.input[:, -1], center, eps)  # (n,)
+        v = unembed_rows(unembed.weight, final.weight, gain_offset, answer_ids)  # (n, d)
         if center:  # centring w_n is the same as centring v
-            v = v - v.mean(-1, keepdim=True)
+            v = centred(v)
         out = []
         k = 0
         for mod in mods:
-            w = mod.weight.double()
-            proj = v @ (w.T if conv1d else w)  # (n, N): w_n · v
+            proj = v @ neuron_directions(mod.weight.double(), conv1d).T  # (n, N): w_n · v
             out.append(acts[k] * proj / scale[:, None])
             k += 1
         saved = nnsight.save(torch.stack(out, 1))
@@ -111,28 +108,27 @@ def neuron_logit_lens(model: Any, layers: Sequence[int], neurons: Sequence[int],
     from . import _run
 
     order = sorted(set(layers))
-    mods, conv1d = _outs(model, order)
     final, unembed, center, _ = final_norm(model)
+    mods, conv1d = _outs(model, order)
     slot = torch.tensor([order.index(li) for li in layers])
     bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.eos_token_id
-    saved = _run(model, _trace_lens, (model, torch.tensor([[bos]]), mods, conv1d, final, unembed, center, slot,
-                                      torch.tensor(list(neurons)), top), remote, "saved")
+    saved = _run(model, _trace_lens, (model, torch.tensor([[bos]]), mods, conv1d, final, unembed, center,
+                                      _gain_offset(model), slot, torch.tensor(list(neurons)), top), remote, "saved")
     return saved[0].detach().cpu(), saved[1].detach().cpu().double()
 
 
-def _trace_lens(model, input_ids, mods, conv1d, final, unembed, center, slot, neurons, top, remote=False,
-                backend=None):
+def _trace_lens(model, input_ids, mods, conv1d, final, unembed, center, gain_offset, slot, neurons, top,
+                remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         dirs = []
         for mod in mods:
-            w = mod.weight.double()
-            dirs.append(w if conv1d else w.T)  # (N, d): row n = w_n
+            dirs.append(neuron_directions(mod.weight.double(), conv1d))  # (N, d): row n = w_n
         w = torch.stack(dirs)[slot, neurons]  # (k, d)
         if center:
-            w = w - w.mean(-1, keepdim=True)
+            w = centred(w)
         u = unembed.weight.double()
-        logits = (w * final.weight.double()) @ (u - u.mean(0)).T  # (k, V)
+        logits = (w * norm_gain(final.weight, gain_offset)) @ (u - u.mean(0)).T  # (k, V)
         best = logits.topk(top, -1)
         saved = nnsight.save((best.indices, best.values))
     return saved
@@ -158,9 +154,5 @@ def _trace_ablated(model, input_ids, answer_ids, plan, remote=False, backend=Non
         for mod, idx, val in plan:
             x = mod.input
             x[:, :, idx] = val.to(x.dtype)
-        logits = model.output.logits[:, -1].double()
-        log_probs = logits.log_softmax(-1)
-        chosen = torch.gather(log_probs, 1, answer_ids)
-        saved = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
-                              (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
+        saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved

@@ -1,6 +1,7 @@
 """Traces that read and edit the residual stream at chosen token positions, at every depth:
 the token embeddings (depth 0) and the output of each layer (depth l + 1). Used by the
-binding-ID experiments. The trace bodies call only torch and nnsight (they are shipped to NDIF).
+binding-ID experiments. The trace bodies call only torch, nnsight and the helpers of
+:mod:`.trace_ops` (they are shipped to NDIF).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..sites import architecture, resolve
 from . import Scores
+from .trace_ops import score_answers
 
 
 def _depths(model: Any) -> list:
@@ -74,9 +76,5 @@ def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions,
             if len(rows):
                 x[rows, positions] = x[src_rows, positions] + add[k].to(x.dtype)
             k += 1
-        logits = model.output.logits[:, -1].double()
-        log_probs = logits.log_softmax(-1)
-        chosen = torch.gather(log_probs, 1, answer_ids)
-        saved = nnsight.save((chosen, torch.gather(logits, 1, answer_ids),
-                              (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)))
+        saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved

@@ -51,8 +51,7 @@ def _texts(prompts: Sequence[Any]) -> list[str]:
 
 
 def _n_neurons(model: Any) -> int:
-    return int(getattr(model.config, "intermediate_size", None) or getattr(model.config, "n_inner", None)
-               or 4 * dims(model)["d_model"])
+    return dims(model)["n_neurons"]
 
 
 def parse_units(units: Sequence[Any]) -> list[tuple[int, int]]:

@@ -1,0 +1,115 @@
+"""Tensor helpers that run inside trace bodies, locally and on NDIF.
+
+A trace body is shipped to NDIF as source, with the objects it names; the server does not
+have this package installed. ``backend/__init__.py`` registers this module with
+``nnsight.register`` (cloudpickle's pickle-by-value), so a helper named in a trace body
+travels as its own source and is rebuilt on the server. Therefore this module holds only
+plain functions of tensors (and tuples of them) that need nothing but ``torch``: no
+nnsight Envoys, no imports from the rest of the package, no module-level state.
+
+``tests/test_nnsight_shim.py`` checks that traces using them give the same numbers on the
+loopback NDIF server as locally, and that without the registration the server cannot load
+them.
+"""
+import torch
+
+
+def score_answers(logits, answer_ids, rank=True):
+    """Scores of the candidate tokens ``answer_ids`` (n, K) given last-position ``logits`` (n, V).
+
+    Returns (log-probabilities, logits), each (n, K) float64, and with ``rank`` the (n, K)
+    rank of each candidate (0 = argmax; the number of tokens with a larger log-probability).
+    """
+    logits = logits.double()  # ratios of tiny probabilities need it
+    log_probs = logits.log_softmax(-1)
+    chosen = torch.gather(log_probs, 1, answer_ids)
+    if rank:
+        return chosen, torch.gather(logits, 1, answer_ids), (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
+    return chosen, torch.gather(logits, 1, answer_ids)
+
+
+def batch_rows(values, n, index):
+    """``values`` (a tuple of module arguments) with every batch-shaped tensor ``x`` (at least
+    2-d, ``x.shape[0] == n``, n > 1) replaced by ``x[index]``, also inside tuples and lists
+    (rotary embeddings come as a (cos, sin) pair). The attention mask is built once for the n
+    input rows; a layer that runs on other rows (patched copies, one copy per head) needs its
+    rows. Other values are returned as they are."""
+    out = []
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            value = type(value)(batch_rows(value, n, index))
+        elif isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == n > 1:
+            value = value[index]
+        out.append(value)
+    return tuple(out)
+
+
+def batch_kwargs(kwargs, n, index):
+    """:func:`batch_rows` for keyword arguments (the dict is updated in place and returned)."""
+    for key in list(kwargs):
+        kwargs[key] = batch_rows((kwargs[key],), n, index)[0]
+    return kwargs
+
+
+def interpolate(e, p, steps, alphas):
+    """Token embeddings ``e`` (2p + steps·p, T, d), rows: p sources, p bases, then steps
+    blocks of p rows (copies of the bases) replaced by base + α·(source − base) at
+    ``alphas`` (steps·p, 1, 1), the integrated-gradients path. Unchanged when steps == 1."""
+    if steps <= 1:
+        return e
+    base = e[p:2 * p].repeat(steps, 1, 1)
+    path = base + alphas.to(e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
+    return torch.cat([e[:2 * p], path])
+
+
+def split_heads(z, n_heads, head_dim):
+    """The output projection's input (..., n_heads·head_dim) as a view (..., n_heads, head_dim)."""
+    return z.view(tuple(z.shape[:-1]) + (n_heads, head_dim))
+
+
+def own_heads(z, n_heads, rows, head_dim):
+    """Head h of copy h: ``z`` (n_heads·rows, T, n_heads·head_dim), the output projection's
+    input when attention ran on one copy of its input per head, to (rows, T, n_heads, head_dim)."""
+    t = z.shape[1]
+    return torch.diagonal(z.view(n_heads, rows, t, n_heads, head_dim), dim1=0, dim2=3).permute(0, 1, 3, 2)
+
+
+def head_outputs(z, weight, n_heads, head_dim, transposed):
+    """Each head's share of the output projection's output, without its bias: ``z`` (..., H, k)
+    per-head inputs, ``weight`` the projection's weight, stored (in, out) when ``transposed``
+    (GPT-2's Conv1D) else (out, in). Returns (..., H, d)."""
+    if transposed:
+        return torch.einsum("...hk,hkd->...hd", z, weight.view(n_heads, head_dim, -1))
+    return torch.einsum("...hk,dhk->...hd", z, weight.view(-1, n_heads, head_dim))
+
+
+def neuron_directions(weight, transposed):
+    """The MLP output projection's weight as (N, d): row n = neuron n's output direction."""
+    return weight if transposed else weight.T
+
+
+def norm_scale(f, center, eps):
+    """The final norm's scale s (...,) of its input ``f`` (..., d): √(mean(f²) + ε), ``f``
+    centred first for LayerNorm. Frozen at this run's value, the norm is linear: x ↦ γ ⊙ N(x) / s."""
+    f = f.double()
+    if center:
+        f = centred(f)
+    return (f.pow(2).mean(-1) + eps).sqrt()
+
+
+def centred(x):
+    """``x`` minus its mean over the last axis (LayerNorm's centring, as a linear map)."""
+    return x - x.mean(-1, keepdim=True)
+
+
+def norm_gain(norm_weight, gain_offset):
+    """The final norm's gain γ = gain_offset + weight, float64 (Gemma stores γ − 1)."""
+    return norm_weight.double() + gain_offset
+
+
+def unembed_rows(unembed_weight, norm_weight, gain_offset, token_ids):
+    """The unembedding rows of ``token_ids`` (any shape), centred over the vocabulary, times the
+    final norm's gain: (..., d) float64. A direct logit effect of a vector o is then
+    N(o) / s · these rows (:func:`norm_scale`)."""
+    u = unembed_weight.double()
+    return (u[token_ids] - u.mean(0)) * norm_gain(norm_weight, gain_offset)
