@@ -224,7 +224,6 @@ def _traffic(ds: Any) -> str:
 
 def sweep_revisions(model: Optional[str], revision: Optional[str], revisions: Optional[str]) -> Optional[list]:
     """The checkpoints of a sweep (training order), or None for a single-revision run."""
-    import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
     if revisions is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 
 from nnsight_reasoning.errors import UsageError
@@ -43,54 +43,55 @@ class Example:
     answer: str
 
 
-@dataclass(frozen=True)
-class PromptPairs(Sequence[PromptPair]):
+class TaskData(Sequence):
+    """What every task's data container shares: a frozen dataclass (declared with
+    ``repr=False``) with ``task``, ``params`` (JSON-able settings, with ``seed``; stored in
+    results as ``task_params``) and its items in the field named by ``_items``, of which it is
+    a sequence."""
+
+    _items: ClassVar[str]
+    task: str
+    params: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(getattr(self, self._items))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return getattr(self, self._items)[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(getattr(self, self._items))
+
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=str)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task!r}, n={len(self)}, params={self.params_json()})"
+
+
+@dataclass(frozen=True, repr=False)
+class PromptPairs(TaskData):
     """An ordered, immutable set of prompt pairs plus the task settings that made them.
 
     ``params`` holds JSON-serialisable task parameters (including ``seed``); they are stored
     in every result file as ``attrs["task_params"]``.
     """
 
+    _items: ClassVar[str] = "pairs"
     task: str
     params: dict[str, Any]
     pairs: tuple[PromptPair, ...]
 
-    def __len__(self) -> int:
-        return len(self.pairs)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.pairs[i]
-
-    def __iter__(self) -> Iterator[PromptPair]:
-        return iter(self.pairs)
-
-    def params_json(self) -> str:
-        return json.dumps(self.params, sort_keys=True)
-
-    def __repr__(self) -> str:
-        return f"PromptPairs(task={self.task!r}, n={len(self)}, params={self.params_json()})"
-
-
-@dataclass(frozen=True)
-class Examples(Sequence[Example]):
+@dataclass(frozen=True, repr=False)
+class Examples(TaskData):
     """Prompts with their next-token answers plus the task settings that made them (stored in
     results as ``task_params``); from :func:`examples`."""
 
+    _items: ClassVar[str] = "examples"
     task: str
     params: dict[str, Any]
     examples: tuple[Example, ...]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.examples[i]
-
-    def __iter__(self) -> Iterator[Example]:
-        return iter(self.examples)
-
-    def __repr__(self) -> str:
-        return f"Examples(task={self.task!r}, n={len(self)}, params={json.dumps(self.params, sort_keys=True)})"
 
 
 def examples(task: str = "arithmetic", n_prompts: int = 200, *, seed: int = 0, tokenizer: Any | None = None,

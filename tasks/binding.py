@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
-from .base import Example, TaskError, TaskInfo, check_range, register
+from .base import Example, TaskData, TaskError, TaskInfo, check_range, register
 from .words import CITIES, NAMES
 
 
@@ -57,13 +57,14 @@ def sample_contexts(n: int, n_pairs: int = 2, seed: int = 0) -> list[BindingCont
     return [BindingContext(tuple(rng.sample(NAMES, n_pairs)), tuple(rng.sample(CITIES, n_pairs))) for _ in range(n)]
 
 
-@dataclass(frozen=True)
-class BindingContexts(Sequence[BindingContext]):
+@dataclass(frozen=True, repr=False)
+class BindingContexts(TaskData):
     """The data of a binding-ID run (``nr.binding``): the measured ``contexts`` and the
     ``estimate`` contexts over which the binding-ID difference vectors are averaged (an
     independent draw, seed ``seed + 1``). Iterates over ``contexts``; ``params`` (with
     ``seed``) are stored in results as ``task_params``."""
 
+    _items: ClassVar[str] = "contexts"
     task: str
     params: dict[str, Any]
     contexts: tuple[BindingContext, ...]
@@ -76,15 +77,6 @@ class BindingContexts(Sequence[BindingContext]):
     @property
     def seed(self) -> int:
         return int(self.params.get("seed", 0))
-
-    def __len__(self) -> int:
-        return len(self.contexts)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.contexts[i]
-
-    def __iter__(self) -> Iterator[BindingContext]:
-        return iter(self.contexts)
 
     def __repr__(self) -> str:
         return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"

@@ -15,9 +15,9 @@ import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
-from .base import Example, TaskError, TaskInfo, check_choice, check_range, register
+from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, register
 
 CORRUPTIONS = ("shuffle", "drop", "perturb")
 
@@ -61,35 +61,26 @@ class ReasoningPrompt:
         return text, spans
 
 
-@dataclass(frozen=True)
-class ReasoningPrompts(Sequence[ReasoningPrompt]):
+@dataclass(frozen=True, repr=False)
+class ReasoningPrompts(TaskData):
     """Labelled prompts plus the settings that made them (stored in results as ``task_params``).
 
     ``labelled`` is False when the source (a file without label columns) had no labels:
     attention patterns still work, the probe refuses.
     """
 
+    _items: ClassVar[str] = "prompts"
     task: str
     params: dict[str, Any]
     prompts: tuple[ReasoningPrompt, ...]
     labelled: bool = True
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.prompts[i]
-
-    def __iter__(self) -> Iterator[ReasoningPrompt]:
-        return iter(self.prompts)
 
     @property
     def n_steps(self) -> int:
         return max((s.step for p in self.prompts for s in p.statements), default=0)
 
     def __repr__(self) -> str:
-        return (f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, "
-                f"params={json.dumps(self.params, sort_keys=True)})")
+        return f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, params={self.params_json()})"
 
 
 def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: int = 0) -> list[ReasoningPrompt]:

@@ -1,23 +1,23 @@
 """Token-level data: repeated random tokens (the input of ``nr.head_scores``)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import TaskError, check_range, default_tokenizer
+from .base import TaskData, TaskError, check_range, default_tokenizer
 
 
-@dataclass(frozen=True)
-class RepeatedTokens(Sequence[tuple[int, ...]]):
+@dataclass(frozen=True, repr=False)
+class RepeatedTokens(TaskData):
     """Token-id sequences ``<bos> x_1 … x_n x_1 … x_n`` (from :func:`repeated_tokens`), with the
     settings that made them (stored in results as ``task_params``).
 
     ``ids`` holds one tuple of ``1 + 2·seq_len`` token ids per sequence; ``seq_len`` is n.
     """
 
+    _items: ClassVar[str] = "ids"
     task: str
     params: dict[str, Any]
     ids: tuple[tuple[int, ...], ...]
@@ -26,17 +26,6 @@ class RepeatedTokens(Sequence[tuple[int, ...]]):
     def seq_len(self) -> int:
         return int(self.params["seq_len"])
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self.ids[i]
-
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
-        return iter(self.ids)
-
-    def __repr__(self) -> str:
-        return f"RepeatedTokens(task={self.task!r}, n={len(self)}, params={json.dumps(self.params, sort_keys=True)})"
 
 
 def repeated_tokens(n_sequences: int = 32, seq_len: int = 20, seed: int = 0,

@@ -3,12 +3,10 @@ distribution of P(answer), learning curves."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from ..errors import UsageError
 from ..results.io import site_variables
 from ..sites import var_name
 
