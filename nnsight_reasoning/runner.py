@@ -162,9 +162,6 @@ class Experiment:
     fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None
 
 
-_HARNESS = ("batch_size", "remote", "progress", "resume_dir", "revisions")
-
-
 def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
                fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None) -> Callable:
     """Turn ``compute(run, data, *options)`` into the public ``fn(model, data, *options, batch_size,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,23 @@ def test_validator_catches_schema_errors(result):
     wrong.attrs = {k: v for k, v in result.attrs.items() if k != "revision"}
     with pytest.raises(AssertionError, match="revision"):
         nr.testing.assert_valid_result(wrong)
+
+
+OLD = sorted((Path(__file__).parent / "data" / "v0.1").glob("*.nc"))
+
+
+@pytest.mark.parametrize("path", OLD, ids=[p.stem for p in OLD])
+def test_result_files_written_before_the_harness_still_open_validate_show_and_plot(path, tmp_path):
+    """Files written by v0.1 (commit 28f7d90, before the experiment harness; one per method)."""
+    from typer.testing import CliRunner
+
+    from nnsight_reasoning.cli.main import app
+
+    ds = nr.load_result(path)
+    nr.testing.assert_valid_result(ds)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["show", str(path)])
+    assert shown.exit_code == 0 and ds.attrs["method"] in shown.stdout, shown.output
+    png = tmp_path / "fig.png"
+    drawn = runner.invoke(app, ["plot", str(path), "--out", str(png)])
+    assert drawn.exit_code == 0 and png.stat().st_size > 10_000, drawn.output
