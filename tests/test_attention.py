@@ -16,7 +16,7 @@ from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.tasks import ReasoningPrompts, TaskError
 
 from .reference import reference_patch
-from .test_patching import _compare
+from .test_patching import _compare, _logit_scale
 
 DATA = Path(__file__).parent / "data"
 
@@ -200,7 +200,8 @@ def test_per_head_patching_on_kth_smallest_matches_hooks(embedded_model, embedde
     ds = nr.patch(embedded_model, pairs, sites=["head"], positions="last", progress=False)
     assert ds["heads"].dims == ("prompt", "layer", "position", "head")
     hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
-    _compare(ds, reference_patch(hf, embedded_tokenizer, list(pairs), ["head"], "last", "stolfo_ie", 4), "stolfo_ie")
+    _compare(ds, reference_patch(hf, embedded_tokenizer, list(pairs), ["head"], "last", "stolfo_ie", 4), "stolfo_ie",
+             _logit_scale(hf, embedded_tokenizer, pairs))
     with pytest.raises(UsageError, match="kth_smallest_pairs"):
         nr.patch(embedded_model, nr.tasks.kth_smallest(4), sites=["head"])
 
