@@ -157,7 +157,9 @@ def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], 
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
         names = {g.name for g in groups}
-        own = [p for name, p in inspect.signature(fn).parameters.items() if name not in names]
+        # eval_str: the commands' annotations are strings (PEP 563), and typer keeps the
+        # help of an Annotated option only when it gets the evaluated type
+        own = [p for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name not in names]
         shared = [(name, a, d) for g in groups for name, (a, d) in g.options.items()]
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
                  for name, a, d in shared]

@@ -203,9 +203,18 @@ def _wait(backend: Any, s: Settings, traffic: _Meters) -> dict[str, Any]:
         try:
             result = backend.poll()
         except Exception as e:  # the job is still on the server: poll it again, don't resubmit
-            _back_off(e, failures, s, traffic)
+            if not _transient(e):
+                raise  # the job failed on the server: run() reports it
+            try:
+                _back_off(e, failures, s, traffic)
+            except Exception:
+                # out of retries: a final error, so that run() does not submit the job a second time
+                raise RunError(f"lost contact with NDIF at {s.host} while job {backend.job_id} ran "
+                               f"({_first_line(e)}; {s.retries} retries); check NDIF_HOST "
+                               "(`reason-interp remote status`) or run without --remote") from None
             failures += 1
             continue
+        failures = 0  # the server answered: later trouble gets its own retries
         if result is not None:
             return result
         if time.monotonic() > deadline:

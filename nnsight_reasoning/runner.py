@@ -41,7 +41,7 @@ from . import remote as _remote
 from .errors import UsageError
 from .models import load_model, model_info
 from .progress import progress_bar
-from .results.io import provenance
+from .results.io import provenance, sanitize_attrs
 from .results.parts import MISSING, Parts, digest
 
 T = TypeVar("T")
@@ -243,10 +243,14 @@ def _choose_on_last_revision(exp: Experiment, choose: Callable[..., Any], model:
     _remote.preflight(m, remote)
     option = exp.fixed_in_sweeps[0]  # type: ignore[index]
     where = None if resume_dir is None else Path(resume_dir) / f"_{option}"
-    store = Parts(where, {**_config(exp, data, options, batch_size), "model": name, "revision": last,
+    store = Parts(where, {**_config(exp, data, options, batch_size), **_model_config(model_info(m)),
                           "choosing": option})
-    with store.resume_hint_on_failure():
-        return last, choose(Run(m, remote, batch_size, progress, store), data, **options)
+    try:
+        with store.resume_hint_on_failure():
+            return last, choose(Run(m, remote, batch_size, progress, store), data, **options)
+    finally:
+        del m  # only one model in memory: the sweep loads its revisions next
+        _free_memory()
 
 
 def _sweep_model(model: Any, load_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -264,8 +268,7 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
     model = coerce_model(model)
     _remote.preflight(model, remote)
     info = model_info(model)
-    store = Parts(resume_dir, {**_config(exp, data, options, batch_size), "model": info.name,
-                               "model_path": info.path, "revision": info.revision})
+    store = Parts(resume_dir, {**_config(exp, data, options, batch_size), **_model_config(info)})
     run = Run(model, remote, batch_size, progress, store, in_sweep=in_sweep)
     with store.resume_hint_on_failure():
         ds = exp.compute(run, data, **options)
@@ -280,7 +283,7 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
     attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed)
     if _remote.is_ndif(remote):
         attrs.update(run.traffic.as_attrs())
-    ds.attrs = attrs
+    ds.attrs = sanitize_attrs({k: named(v) for k, v in attrs.items()})
     return ds
 
 
@@ -289,6 +292,16 @@ def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int
     made under another config is refused, naming the keys that differ)."""
     return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
             "data": digest(data), "batch_size": batch_size, **{k: named(v) for k, v in options.items()}}
+
+
+def _model_config(info: Any) -> dict[str, Any]:
+    """What of the model determines a run's numbers: where it is, its revision, the options it
+    was loaded with (dtype, attention) and this package's version (which shapes the passes)."""
+    from .results.io import versions
+
+    return {"model": info.name, "model_path": info.path, "revision": info.revision,
+            "load": {k: str(v) for k, v in info.load_kwargs.items() if k != "tokenizer"},
+            "version": versions()["version_nnsight_reasoning"]}
 
 
 def named(value: Any) -> Any:
@@ -355,7 +368,7 @@ def over_revisions(
         raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
                          "parts of a different run are never mixed in")
     store = Parts(resume_dir, {**(config or {}), "model": model_name(model),
-                               "dtype": str(load_kwargs.get("dtype", "torch.float32"))})
+                               "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})
     per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
     results: list[xr.Dataset] = []
     with store.resume_hint_on_failure():

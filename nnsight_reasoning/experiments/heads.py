@@ -39,7 +39,7 @@ from .. import backend
 from ..backend.graph import head_logit_effects
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import dims
+from ..sites import dims, require
 from ..tasks.base import single_token_id
 from ..tasks.tokens import RepeatedTokens
 
@@ -87,6 +87,7 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
     >>> ds.induction.mean("prompt")
     """
     sequences = _check(run, sequences)
+    require(run.model, "logit_effects")  # copy suppression and successor scores need it: refuse before any pass
     ids = torch.tensor(sequences.ids, dtype=torch.long)
     n = sequences.seq_len
     d = dims(run.model)

@@ -185,10 +185,10 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
     prompts = list(prompts)
     if not prompts:
         raise UsageError("no prompts given")
+    if not 1 <= top_k <= len(layer_list) * _n_neurons(model):  # before any pass
+        raise UsageError(f"top_k must be between 1 and {len(layer_list) * _n_neurons(model)} (got {top_k})")
     contrib = _contributions(run, prompts, layer_list)  # (n, L, N)
     n, n_layers, n_neurons = contrib.shape
-    if not 1 <= top_k <= n_layers * n_neurons:
-        raise UsageError(f"top_k must be between 1 and {n_layers * n_neurons} (got {top_k})")
     flat = contrib.reshape(n, -1)
     top = np.argsort(-flat, axis=1, kind="stable")[:, :top_k]
     freq = np.zeros(flat.shape[1])

@@ -83,13 +83,17 @@ def probe(
         raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
     data = prompts if isinstance(prompts, ReasoningPrompts) else plist
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed)
+    # the baseline model first: a missing checkpoint or one NDIF does not serve is refused before any work
+    base_model = None if baseline == "none" or _is_own_baseline(run.model, baseline) else \
+        _baseline_model(run.model, baseline, seed)
+    if base_model is not None:
+        _remote.preflight(base_model, run.remote)
     att = _attention.measure(run, data, patterns="last")
     feats = statement_features(att, plist, pool)
     layers = att["layer"].values
     ds = _dataset(knn_scores(feats, **knn), layers)
     if baseline != "none":
-        own = _is_own_baseline(run.model, baseline)
-        base_feats = feats if own else _baseline_features(run, data, plist, pool, baseline, seed)
+        base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, pool, baseline)
         base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
@@ -198,11 +202,11 @@ def _is_own_baseline(model: Any, baseline: str) -> bool:
     return baseline == "step0" and model_info(model).revision == "step0"
 
 
-def _baseline_features(run: Run, data: Any, plist: list[ReasoningPrompt], pool: str, baseline: str,
-                       seed: int) -> np.ndarray:
+def _baseline_features(run: Run, model: Any, data: Any, plist: list[ReasoningPrompt], pool: str,
+                       baseline: str) -> np.ndarray:
     """The baseline model's statement features, from a run that shares the probe's parts and
     traffic (:meth:`Run.with_model`), so its passes resume and count with the probe's."""
-    with run.with_model(_baseline_model(run.model, baseline, seed)) as base:
+    with run.with_model(model) as base:
         att = _attention.measure(base, data, patterns="last", label=f"attention ({baseline} baseline)")
     return statement_features(att, plist, pool)
 

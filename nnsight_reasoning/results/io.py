@@ -42,7 +42,7 @@ def versions() -> dict[str, str]:
 def provenance(*, task: str, task_params: dict[str, Any] | str, model: str, model_path: str, revision: str,
                method: str, metric: str, seed: int | None, remote: bool | str) -> dict[str, Any]:
     """The attrs every result carries; all values netCDF-safe (str/int/float)."""
-    params = task_params if isinstance(task_params, str) else json.dumps(task_params, sort_keys=True)
+    params = task_params if isinstance(task_params, str) else json.dumps(task_params, sort_keys=True, default=str)
     attrs = {"task": task, "task_params": params, "model": model, "model_path": model_path,
              "revision": revision, "method": method, "metric": metric,
              "seed": -1 if seed is None else int(seed), "remote": int(bool(remote)), **versions(),

@@ -53,7 +53,7 @@ def _feed(h: Any, x: Any) -> None:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
-        h.update(x.contiguous().view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        h.update(x.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if x.numel() else b"")
     elif isinstance(x, np.ndarray):
         h.update(f"A{x.dtype}{x.shape}".encode())
         h.update(np.ascontiguousarray(x).tobytes() if x.dtype != object else json.dumps(x.tolist(), default=str).encode())
@@ -74,8 +74,14 @@ def _feed(h: Any, x: Any) -> None:
             h.update(json.dumps(str(k)).encode())
             _feed(h, x[k])
         h.update(b"}")
-    else:
-        h.update(json.dumps(x, sort_keys=True, default=str).encode())
+    elif x is None or isinstance(x, (bool, int, float, str, np.generic, Path)):
+        h.update(json.dumps(x.item() if isinstance(x, np.generic) else str(x) if isinstance(x, Path) else x).encode())
+    elif callable(x):  # a function option: by its qualified name, never a repr with an address
+        from ..runner import named
+
+        h.update(f"F{named(x)}".encode())
+    else:  # a repr may hold memory addresses or be cut short: two inputs could share a digest
+        raise TypeError(f"cannot digest a {type(x).__name__}; give plain values, tensors, arrays or dataclasses")
 
 
 def _flatten(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -139,6 +145,8 @@ class Parts:
         self.dir = Path(directory) if directory is not None else None
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
         self.resumed = 0  # parts read back instead of computed
+        self.created = False  # whether this object made the folder (only then may it remove it)
+        self.written: list[Path] = []  # parts written by this object
         if self.dir is None:
             return
         manifest = self.dir / MANIFEST
@@ -155,6 +163,7 @@ class Parts:
     def _ensure(self) -> None:
         # Created with the first finished part: a run that fails before any work leaves nothing.
         if not (self.dir / MANIFEST).is_file():
+            self.created = self.created or not self.dir.exists()
             self.dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.dir / MANIFEST, json.dumps({"config": self.config}, indent=1, sort_keys=True).encode())
 
@@ -175,18 +184,26 @@ class Parts:
 
     @contextmanager
     def resume_hint_on_failure(self) -> Iterator[None]:
-        """Append where the finished parts are to a :class:`RunError` raised inside; a failure
-        before any part finished leaves no folder behind (a sweep makes its manifest early)."""
+        """Append where the finished parts are to a :class:`RunError` raised inside. Bad input
+        (a :class:`UsageError`, found however late) keeps none of this call's parts, so the
+        corrected command is not refused; a failure before any part finished leaves no folder
+        behind. Only a folder this object made is ever removed."""
         try:
             yield
         except BaseException as e:
+            if isinstance(e, UsageError):
+                for path in self.written:
+                    path.unlink(missing_ok=True)
             if self.count():
                 if isinstance(e, RunError):
                     raise RunError(f"{e}; {self.resume_hint()}") from None
             elif self.dir is not None and self.dir.is_dir():
                 import shutil
 
-                shutil.rmtree(self.dir, ignore_errors=True)
+                if self.created:
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                else:
+                    (self.dir / MANIFEST).unlink(missing_ok=True)
             raise
 
     def get(self, key: str, check: str = "") -> dict[str, np.ndarray] | None:
@@ -219,6 +236,7 @@ class Parts:
         buf = io.BytesIO()
         np.savez(buf, _check=np.array(check), **arrays)
         _atomic_write(self._path(key), buf.getvalue())
+        self.written.append(self._path(key))
         _maybe_die(self.dir)
 
     def get_tree(self, key: str, check: str = "") -> Any:
