@@ -94,3 +94,25 @@ def test_restart_discards_parts_of_another_run(tmp_path):
     _, err = ok.communicate(timeout=120)
     assert ok.returncode == 0, err
     assert out.exists() and not parts.exists()
+
+
+def test_a_failed_run_never_removes_a_folder_it_did_not_make(embedded_model, small_pairs, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(nr.UsageError, match="unknown site"):
+        nr.patch(embedded_model, small_pairs, sites=["bogus"], resume_dir=mine, progress=False)
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_bad_input_found_after_some_passes_keeps_no_parts_so_the_fix_is_not_refused(tmp_path):
+    """A sweep's neurons are discovered on its last revision before it starts; finding none is
+    bad input found only after passes ran: those passes go, and the corrected call runs."""
+    data = nr.tasks.cot_variants(6, ["equation_only"], n_steps=1, seed=1)
+    d = tmp_path / "parts"
+    kw = dict(discover_on="equation_only", revisions="step0,main", resume_dir=d, progress=False)
+    with pytest.raises(nr.UsageError, match="no neuron is in the top 1"):
+        nr.neurons("embedded", data, top_k=1, min_frequency=1.0, **kw)
+    assert not d.exists()
+    ds = nr.neurons("embedded", data, top_k=10, min_frequency=0.3, **kw)
+    assert list(ds["checkpoint"].values) == ["step0", "main"]

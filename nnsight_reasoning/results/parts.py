@@ -145,7 +145,7 @@ class Parts:
         self.dir = Path(directory) if directory is not None else None
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
         self.resumed = 0  # parts read back instead of computed
-        self.created = False  # whether this object made the folder (only then may it remove it)
+        self.created: Path | None = None  # the outermost folder this object made (only that it may remove)
         self.written: list[Path] = []  # parts written by this object
         if self.dir is None:
             return
@@ -163,7 +163,11 @@ class Parts:
     def _ensure(self) -> None:
         # Created with the first finished part: a run that fails before any work leaves nothing.
         if not (self.dir / MANIFEST).is_file():
-            self.created = self.created or not self.dir.exists()
+            if self.created is None and not self.dir.exists():
+                root = self.dir
+                while not root.parent.exists():
+                    root = root.parent
+                self.created = root
             self.dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.dir / MANIFEST, json.dumps({"config": self.config}, indent=1, sort_keys=True).encode())
 
@@ -200,8 +204,8 @@ class Parts:
             elif self.dir is not None and self.dir.is_dir():
                 import shutil
 
-                if self.created:
-                    shutil.rmtree(self.dir, ignore_errors=True)
+                if self.created is not None:
+                    shutil.rmtree(self.created, ignore_errors=True)
                 else:
                     (self.dir / MANIFEST).unlink(missing_ok=True)
             raise
