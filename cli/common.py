@@ -196,10 +196,12 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     t0 = time.time()
     loaded = nr.load_model(model, names[-1] if names else revision)
     made = data(loaded.tokenizer)
+    if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
+        loaded = model or "embedded"
     harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names}
     if batch_size is not None:
         harness["batch_size"] = batch_size
-    ds = experiment((model or "embedded") if names else loaded, made, **options, **harness)
+    ds = experiment(loaded, made, **options, **harness)
     nr.save_result(ds, path)
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({_passes(ds)}{_traffic(ds)})", highlight=False)
