@@ -2,7 +2,7 @@
 
 An experiment is a function that only computes::
 
-    @experiment("activation_patching", data=PromptPairs, batch_size=512)
+    @experiment("activation_patching", batch_size=512)
     def patch(run: Run, pairs, sites=("mlp", "attn"), *, metric="stolfo_ie") -> xr.Dataset:
         for chunk in run.steps(plan, "patching"):
             scores = run.call(backend.answer_scores, ids, answers, patches)
@@ -42,7 +42,7 @@ from .errors import UsageError
 from .models import load_model, model_info
 from .progress import progress_bar
 from .results.io import provenance, sanitize_attrs
-from .results.parts import MISSING, Parts, digest
+from .results.parts import Parts, digest
 
 T = TypeVar("T")
 
@@ -100,14 +100,12 @@ class Run:
         key = f"call-{self.calls:06d}"
         self.calls += 1
         check = digest(getattr(fn, "__module__", ""), fn.__qualname__, args, kwargs)
-        got = self.store.get_tree(key, check)
-        if got is not MISSING:
-            self.store.resumed += 1
-            return got
-        with _remote.counting(self.traffic):
-            out = fn(self.model, *args, remote=self.remote, **kwargs)
-        self.store.put_tree(key, check, out)
-        return out
+
+        def compute() -> T:
+            with _remote.counting(self.traffic):
+                return fn(self.model, *args, remote=self.remote, **kwargs)
+
+        return self.store.fetch(key, check, compute)
 
     @contextmanager
     def with_model(self, model: Any) -> Iterator["Run"]:

@@ -24,8 +24,8 @@ import nnsight
 import torch
 
 from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
-from .trace_ops import (batch_kwargs, batch_rows, centred, head_outputs, interpolate, norm_scale, own_heads,
-                        score_answers, split_heads, unembed_rows)
+from .trace_ops import (answer_logits, batch_kwargs, batch_rows, centred, head_outputs, interpolate, norm_scale,
+                        own_heads, split_heads, unembed_rows)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -103,7 +103,7 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
         f = final.input + 0.0
         final.input = f
         inputs.append(f)
-        chosen = score_answers(model.output.logits[:, -1], answer_ids, False)[1]
+        chosen = answer_logits(model.output.logits[:, -1], answer_ids)
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)
         objective = (chosen[graded, 0] - chosen[graded, 1]).sum()
         delta = torch.cat(ups, 2).double()
@@ -184,7 +184,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, remov
         delta = torch.cat(ups, 3)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
-        saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, False)[1])
+        saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids))
     return saved
 
 

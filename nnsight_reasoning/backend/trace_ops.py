@@ -24,8 +24,13 @@ def score_answers(logits, answer_ids, rank=True):
     log_probs = logits.log_softmax(-1)
     chosen = torch.gather(log_probs, 1, answer_ids)
     if rank:
-        return chosen, torch.gather(logits, 1, answer_ids), (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
-    return chosen, torch.gather(logits, 1, answer_ids)
+        return chosen, answer_logits(logits, answer_ids), (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
+    return chosen, answer_logits(logits, answer_ids)
+
+
+def answer_logits(logits, answer_ids):
+    """The logits (n, K) float64 of the candidate tokens ``answer_ids`` (n, K) in ``logits`` (n, V)."""
+    return torch.gather(logits.double(), 1, answer_ids)
 
 
 def batch_rows(values, n, index):

@@ -173,13 +173,6 @@ def _prepare(run: Run, pairs) -> tuple[list[PromptPair], Tokens]:
     return pair_list, tokenize_pairs(run.model, pair_list)
 
 
-def _pass_rows(tok: Tokens, job: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input rows of a pass over pairs ``job`` (their corrupted rows, then their clean rows) and
-    the answers of every row ([clean answer r1, corrupted answer r2])."""
-    ids = torch.tensor([tok.source[i] for i in job] + [tok.base[i] for i in job])
-    return ids, torch.tensor([tok.answers[i] for i in job] * 2)
-
-
 def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
@@ -189,7 +182,7 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int
     clean, corrupt = np.zeros(n), np.zeros(n)
     jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
-        scores, logits = run.call(graph.edge_attributions, *_pass_rows(tok, job), ig_steps=ig_steps)
+        scores, logits = run.call(graph.edge_attributions, *tok.rows(job), ig_steps=ig_steps)
         per_prompt[job] = scores.numpy()
         diff = (logits[:, 0] - logits[:, 1]).numpy()
         corrupt[job], clean[job] = diff[: len(job)], diff[len(job):]
@@ -211,7 +204,7 @@ def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str) -> tup
     c, n = removed.shape[0], len(tok.base)
     out, corrupt = np.zeros((c, n)), np.zeros(n)
     for job in run.steps(plan_edge_passes(run, [len(b) for b in tok.base], c), label):
-        logits = run.call(graph.edge_patched_logits, *_pass_rows(tok, job.pairs),
+        logits = run.call(graph.edge_patched_logits, *tok.rows(job.pairs),
                           torch.tensor(removed[job.circuits], dtype=torch.float32))
         diff = (logits[:, 0] - logits[:, 1]).numpy()
         p = len(job.pairs)

@@ -125,6 +125,12 @@ class Tokens:
     source: list[list[int]]
     answers: list[list[int]]
 
+    def rows(self, pairs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input rows of a pass over ``pairs`` (equal length): their source rows, then their
+        base rows, (2p, T); and every row's [base, source] answer ids, (2p, 2)."""
+        return (torch.tensor([self.source[i] for i in pairs] + [self.base[i] for i in pairs]),
+                torch.tensor([self.answers[i] for i in pairs] * 2))
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -189,8 +195,9 @@ def n_forward_passes(n_pairs: int, n_units: int, batch_size: int = 512) -> int:
 def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, shape: tuple[int, ...]):
     values, clean = grid.empty(shape), np.full((shape[0], 2), np.nan)
     for job in run.steps(plan_passes([len(b) for b in tok.base], grid, run.batch_size), "patching"):
-        rows, ans, patches, copies = _pass_inputs(job, tok, grid.layers)
-        s = run.call(backend.answer_scores, torch.tensor(rows), torch.tensor(ans), patches, rank=False)
+        rows, ans = tok.rows(job.pairs)
+        patches, copies = _patches(job, grid.layers)
+        s = run.call(backend.answer_scores, rows, ans, patches, rank=False)
         _fill(s.log_probs.double().numpy(), s.logits.double().numpy(), job.pairs, copies, metric, values, clean)
     return values, clean
 
@@ -206,12 +213,11 @@ class Copies:
     units: list[Unit]
 
 
-def _pass_inputs(job: PatchPass, tok: Tokens, layers: list[int]):
-    """One pass's input rows (p source rows, then p clean base rows), their answers, the
-    :class:`backend.Patch` per (site, layer) and the :class:`Copies` of the output rows."""
+def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Copies]:
+    """The :class:`backend.Patch` per (site, layer) of a pass whose input rows are
+    :meth:`Tokens.rows` (p source rows, then p clean base rows), and the :class:`Copies` of
+    its output rows."""
     p = len(job.pairs)
-    rows = [tok.source[i] for i in job.pairs] + [tok.base[i] for i in job.pairs]
-    ans = [tok.answers[i] for i in job.pairs] * 2
     entries: dict[tuple, list[tuple[int, int, Unit]]] = defaultdict(list)
     for j, i in enumerate(job.pairs):
         for u in job.units:
@@ -226,8 +232,8 @@ def _pass_inputs(job: PatchPass, tok: Tokens, layers: list[int]):
             pair.append(i)
             base.append(p + j)
             units.append(u)
-    row = len(rows) + np.arange(len(units))
-    return rows, ans, patches, Copies(row, np.array(pair, int), np.array(base, int), units)
+    row = 2 * p + np.arange(len(units))
+    return patches, Copies(row, np.array(pair, int), np.array(base, int), units)
 
 
 def _fill(lp: np.ndarray, lg: np.ndarray, pairs: list[int], c: Copies, metric: str,
@@ -262,11 +268,9 @@ def _attribution(run: Run, tok: Tokens, grid: Grid, metric: str, ig_steps: int, 
     scale = 1.0 if metric == "logit_diff" else 0.5
     rows_per_pair = 2 + (ig_steps if ig_steps > 1 else 0)
     for job in run.steps(run.batches([len(b) for b in tok.base], rows_per_pair), "attribution"):
-        rows = [tok.source[i] for i in job] + [tok.base[i] for i in job]
-        ans = [tok.answers[i] for i in job] * 2
-        attr, scores = run.call(backend.attributions, torch.tensor(rows), torch.tensor(ans), units, target,
-                                ig_steps=ig_steps)
-        p, t = len(job), len(rows[0])
+        rows, ans = tok.rows(job)
+        attr, scores = run.call(backend.attributions, rows, ans, units, target, ig_steps=ig_steps)
+        p, t = len(job), rows.shape[1]
         clean[job] = np.exp(scores.log_probs.double().numpy()[p:])
         for (s, layer), a in zip(units, attr):
             a = scale * a.numpy()  # (p, T) or (p, T, heads)

@@ -34,9 +34,6 @@ def parts_dir(results_file: str | Path) -> Path:
     return p.with_name(p.name + ".parts")
 
 
-MISSING = object()  # what Parts.get_tree returns for a part that is not finished
-
-
 def digest(*items: Any) -> str:
     """A short stable hash of items: JSON-able values, tensors and arrays (by dtype, shape and
     bytes), dataclasses (by fields) and containers of them (a run's data, a part's inputs)."""
@@ -174,17 +171,20 @@ class Parts:
     def _path(self, key: str) -> Path:
         return self.dir / f"{key}.npz"
 
-    def fetch(self, key: str, inputs: tuple, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The part ``key`` if finished (and computed from the same ``inputs``), else ``compute()``d
-        and stored."""
-        check = digest(*inputs)
+    def fetch(self, key: str, check: str, compute: Callable[[], Any]) -> Any:
+        """The object kept under ``key`` if that part is finished (and was computed from inputs
+        whose :func:`digest` is ``check``), else ``compute()``, kept as the part. Objects are
+        tensors, arrays, tuples, lists and dataclasses of them, kept exactly (dtypes too)."""
         got = self.get(key, check)
         if got is not None:
             self.resumed += 1
-            return got
-        got = compute()
-        self.put(key, check, **got)
-        return got
+            return _unflatten(json.loads(str(got.pop("_tree"))), got)
+        out = compute()
+        if self.dir is not None:
+            arrays: dict[str, np.ndarray] = {}
+            spec = _flatten(out, arrays)
+            self.put(key, check, _tree=np.array(json.dumps(spec)), **arrays)
+        return out
 
     @contextmanager
     def resume_hint_on_failure(self) -> Iterator[None]:
@@ -242,23 +242,6 @@ class Parts:
         _atomic_write(self._path(key), buf.getvalue())
         self.written.append(self._path(key))
         _maybe_die(self.dir)
-
-    def get_tree(self, key: str, check: str = "") -> Any:
-        """The object (tensors, arrays, tuples, lists, dataclasses of them) kept under ``key`` by
-        :meth:`put_tree`, or :data:`MISSING`."""
-        got = self.get(key, check)
-        if got is None:
-            return MISSING
-        spec = json.loads(str(got.pop("_tree")))
-        return _unflatten(spec, got)
-
-    def put_tree(self, key: str, check: str, obj: Any) -> None:
-        """Keep ``obj`` (what a backend call returned) durably; exact values, dtypes kept."""
-        if self.dir is None:
-            return
-        arrays: dict[str, np.ndarray] = {}
-        spec = _flatten(obj, arrays)
-        self.put(key, check, _tree=np.array(json.dumps(spec)), **arrays)
 
     def subdir(self, key: str) -> Path:
         """A folder for the parts of one unit that has parts of its own (a revision of a sweep)."""
