@@ -121,7 +121,15 @@ def models() -> None:
         table.add_column(rev, justify="right")
     for t in task_names:
         table.add_row(t, *[f"{accs.get(rev, {}).get(t, float('nan')):.3f}" for rev in revs])
+    heads = card.get("head_scores", {})
+    for score in ("previous_token", "duplicate_token", "induction"):
+        if heads:  # the best head's score on repeated random tokens (chance: uniform attention)
+            table.add_row(f"best {score} head", *[f"{heads.get(rev, {}).get(score, {}).get('max', float('nan')):.3f}"
+                                                  for rev in revs], style="dim")
     out.print(table)
+    if heads.get("main"):
+        out.print(f"head scores: mean attention on the pattern's key over repeated random tokens; uniform attention "
+                  f"scores {heads['main']['chance']:.3f}. Mean P(answer) per task: MODEL_CARD.md", highlight=False)
     out.print(f"files: {embedded.REVISIONS_DIR}", highlight=False)
     out.print("any other model: --model EleutherAI/pythia-160m --revision step3000, or a local directory",
               highlight=False)

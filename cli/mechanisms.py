@@ -51,11 +51,13 @@ def binding(
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
+    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | boxes"),
     seed: Seed = 0,
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline."""
     import nnsight_reasoning as nr
 
-    h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed), kind="binding",
-          task=f"{n_pairs}pairs")
+    name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
+    h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family),
+          kind="binding", task=name)

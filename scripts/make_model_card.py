@@ -2,95 +2,133 @@
 
     python scripts/make_model_card.py
 
-Every number in the card comes from ``nr.evaluate`` with the settings stored beside it in
-card.json, so ``reason-interp evaluate --revision R --task T --n-prompts N --seed S
---param k=v`` reproduces it (and tests/test_models.py checks that it does).
+Every number in the card is measured here: accuracy and mean P(answer) from ``nr.evaluate``
+with the settings stored beside them in card.json (so ``reason-interp evaluate --revision R
+--task T --n-prompts N --seed S --param k=v`` reproduces each, and tests/test_models.py
+checks that it does), and the best head's previous-token, duplicate-token and induction
+scores from ``nr.head_scores`` on repeated random tokens.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
+from nnsight_reasoning.tasks.binding import FAMILIES
 
 N, SEED = 500, 2026
-EVALS = {  # card column -> (task, parameters)
+HEAD_DATA = {"n_sequences": 32, "seq_len": 20, "seed": SEED}
+HEAD_SCORES = ("previous_token", "duplicate_token", "induction")
+EVALS: dict[str, tuple[str, dict]] = {  # card row -> (task, parameters)
     "arithmetic": ("arithmetic", {}),
     "arithmetic_heldout": ("arithmetic", {"split": "heldout"}),
     "arithmetic_words": ("arithmetic", {"representation": "words"}),
     "arithmetic_3op_2shot": ("arithmetic", {"n_operands": 3, "n_shots": 2}),
+    "arithmetic_times_over": ("arithmetic", {"operations": "*/"}),
+    "arithmetic_4ops_heldout": ("arithmetic", {"operations": "+-*/", "split": "heldout"}),
+    "arithmetic_stolfo_templates": ("arithmetic", {"operations": "+-*/", "templates": "stolfo", "split": "heldout"}),
+    "number_retrieval": ("number_retrieval", {}),
+    "factual_recall": ("factual_recall", {}),
     "kth_smallest": ("kth_smallest", {}),
-    "binding": ("binding", {}),
-    "binding_3": ("binding", {"n_pairs": 3}),
-    "ioi": ("ioi", {}),
+    "kth_smallest_8": ("kth_smallest", {"length": 8}),
+    "ioi_abba": ("ioi", {"order": "ABBA"}),
+    "ioi_baba": ("ioi", {"order": "BABA"}),
+    "greater_than": ("greater_than", {}),
+    "sentiment": ("sentiment", {}),
+    **{f"binding_{f}{'' if n == 2 else '_3'}": ("binding", {"family": f, "n_pairs": n} if f != "cities" or n != 2
+                                                   else {}) for f in FAMILIES for n in (2, 3)},
+    "binding_cities_width2": ("binding", {"entity_width": 2}),
+    "binding_cities_width2_3": ("binding", {"entity_width": 2, "n_pairs": 3}),
+    **{f"cot_{v}": ("cot_arithmetic", {"variant": v}) for v in ("full", "equation_only", "text_only", "no_cot")},
 }
 
 
+def measure(rev: str) -> tuple[dict, dict, dict]:
+    model = nr.load_model(revision=rev)
+    acc, p = {}, {}
+    for row, (task, kw) in EVALS.items():
+        ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
+        acc[row], p[row] = round(float(ds.accuracy), 4), round(float(ds.mean_p_answer), 4)
+    hs = nr.head_scores(model, nr.tasks.repeated_tokens(**HEAD_DATA, tokenizer=model.tokenizer), progress=False)
+    heads = {}
+    for score in HEAD_SCORES:
+        grid = hs[score].mean("prompt")
+        layer, head = np.unravel_index(int(grid.argmax()), grid.shape)
+        heads[score] = {"max": round(float(grid.max()), 4), "layer": int(layer), "head": int(head)}
+    heads["chance"] = round(float(hs["uniform"].sel(score="induction")), 4)
+    return acc, p, heads
+
+
 def main() -> None:
-    acc: dict[str, dict[str, float]] = {}
-    params = None
+    acc, p_answer, heads = {}, {}, {}
     for rev in embedded.revisions():
-        model = nr.load_model(revision=rev)
-        params = params or sum(p.numel() for p in model._module.parameters())
-        acc[rev] = {}
-        for col, (task, kw) in EVALS.items():
-            ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
-            acc[rev][col] = round(float(ds.accuracy), 4)
-        print(rev, acc[rev], flush=True)
-    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
-    meta = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())
-    card = {"parameters": params, "n_prompts": N, "seed": SEED,
+        acc[rev], p_answer[rev], heads[rev] = measure(rev)
+        print(rev, json.dumps(acc[rev]), json.dumps(heads[rev]), flush=True)
+    model = nr.load_model(revision="main")
+    card = {"parameters": sum(p.numel() for p in model._module.parameters()), "n_prompts": N, "seed": SEED,
             "evals": {k: {"task": t, "params": p} for k, (t, p) in EVALS.items()}, "accuracy": acc,
-            "training": meta}
+            "mean_p_answer": p_answer, "head_scores": heads, "head_data": HEAD_DATA,
+            "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
+            "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}
+    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     (embedded.ROOT / "MODEL_CARD.md").write_text(render(card, cfg))
 
 
+def _table(rows: list[str], revs: list[str], cell) -> str:
+    head = "| | " + " | ".join(revs) + " |\n|---|" + "---|" * len(revs) + "\n"
+    return head + "".join(f"| {r} | " + " | ".join(cell(rev, r) for rev in revs) + " |\n" for r in rows)
+
+
 def render(card: dict, cfg: dict) -> str:
-    cols = list(card["evals"])
-    head = "| revision | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    rows = "".join(f"| {rev} | " + " | ".join(f"{a[c]:.3f}" for c in cols) + " |\n" for rev, a in card["accuracy"].items())
-    evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'])}`\n" for c, e in card["evals"].items())
+    revs = list(card["accuracy"])
+    rows = list(card["evals"])
+    acc = _table(rows, revs, lambda rev, r: f"{card['accuracy'][rev][r]:.2f}")
+    pa = _table(rows, ["main"], lambda rev, r: f"{card['mean_p_answer'][rev][r]:.3f}")
+    hs = _table(list(HEAD_SCORES), revs, lambda rev, s: f"{card['head_scores'][rev][s]['max']:.2f}")
+    where = ", ".join(f"{s} L{card['head_scores']['main'][s]['layer']}H{card['head_scores']['main'][s]['head']}"
+                      for s in HEAD_SCORES)
+    evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'])}`\n"
+                    for c, e in card["evals"].items())
+    t = card["training"]
     return f"""# The embedded model
 
 A small GPT-NeoX (Pythia architecture) trained from scratch by `scripts/train_embedded.py` on
-this project's synthetic reasoning tasks. Default model of every `reason-interp` command;
-loads offline with `nr.load_model(revision=...)`.
+synthetic versions of the five papers' tasks. Default model of every `reason-interp` command;
+loads offline with `nr.load_model(revision=...)`. Every number below is measured by
+`scripts/make_model_card.py` (card.json holds them with the settings that reproduce them).
 
 ## Architecture
 {cfg['num_hidden_layers']} layers, d_model {cfg['hidden_size']}, {cfg['num_attention_heads']} heads
 (head_dim {cfg['hidden_size'] // cfg['num_attention_heads']}), d_mlp {cfg['intermediate_size']},
-rotary fraction {cfg.get('rope_parameters', {}).get('partial_rotary_factor', cfg.get('rotary_pct'))}, parallel residual, untied embeddings,
-vocabulary {cfg['vocab_size']} word-level tokens (`<bos> <eos> <pad> <unk>`, "0".."99", "zero".."ninety-nine",
-template words, names, cities). {card['parameters']:,} parameters, stored in fp16 (loaded as fp32).
+rotary fraction {cfg.get('rope_parameters', {}).get('partial_rotary_factor', cfg.get('rotary_pct'))}, parallel
+residual, untied embeddings, vocabulary {cfg['vocab_size']} word-level tokens. {card['parameters']:,} parameters;
+{len(revs)} revisions in fp16 (loaded as fp32), {card['size_mb']} MB in all.
 
-## Training data (one step)
-Mix per step: `{json.dumps(card['training']['mix'])}`; seed {card['training']['seed']}.
-- arithmetic: the arithmetic task's four templates, arabic (70 %) and words (30 %), + and −,
-  2 operands 1..30 (70 %) or 3 operands 1..20, 0/1/2 shots (55/30/15 %), results >= 0;
-  operand tuples of the held-out split (`split="heldout"`, ~10 %) never appear.
-- k-th smallest: 3–6 distinct numbers 0..99, k = 1..3.
-- binding: 2 entity–city statements (first 30 % of training), then 2 or 3, each context
-  followed by 1–3 queries drawn with replacement, every queried city a target.
-- IOI: three templates, 20 names.
-Loss: cross-entropy on the answer token + 0.1 × LM loss on prompt tokens; AdamW lr 3e-3,
-betas (0.9, 0.98), weight decay 0.1, 100 warm-up steps, cosine to 10 %.
+## Training
+{t['steps']} steps, seed {t['seed']}, {t['threads']} threads; sequences per step: `{json.dumps(t['mix'])}`;
+each task's loss counts in proportion to its sequences, times `{json.dumps(t.get('weights', {}))}`
+(induction and binding are phase changes that a small share of the loss delays).
+Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
+number words, names), so the model keeps real uncertainty among plausible answers; prompt
+tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay 0.1, 100
+warm-up steps, cosine to 10 %. Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
+The script's docstring gives each task's data.
 
-## Accuracy (next-token top-1, {card['n_prompts']} prompts each, seed {card['seed']})
-{head}{rows}
-Columns:
+## Accuracy per revision (next-token top-1, {card['n_prompts']} prompts each, seed {card['seed']})
+{acc}
+## Mean P(answer) at main
+For tasks with a set of correct answers (greater-than, sentiment) it is the set's probability.
+{pa}
+## Best head per score and revision
+Mean over {card['head_data']['n_sequences']} sequences of {card['head_data']['seq_len']} repeated random tokens
+(`nr.head_scores`); uniform attention scores {card['head_scores']['main']['chance']:.2f}. At main: {where}.
+{hs}
+Rows:
 {evals}
-## Known limits
-**Binding is at chance** (≈ 0.5 with 2 statements, ≈ 0.33 with 3; target was 0.8). Tried:
-full rotary (`rotary_pct=1.0`), a 2-statement curriculum, 192 binding sequences per step,
-and three training runs: one query per context (chance, like the prototype); several
-distinct queries per context (learnt to answer the last query by elimination, then fell
-back to chance); queries drawn with replacement (this model: chance). Untried: more
-layers or steps, a separate induction warm-up task, a different statement format.
-IOI is solved from the start of training: with these templates the answer is simply the
-name that occurs once.
-
 Reproduce one number: `reason-interp evaluate --revision main --task arithmetic --n-prompts {card['n_prompts']} --seed {card['seed']} --param split='"heldout"'`.
 """
 

@@ -1,11 +1,25 @@
-"""Build the embedded model: tokenizer + a small GPT-NeoX trained from scratch.
+"""Build the embedded model: a word-level tokenizer and a small GPT-NeoX trained from scratch
+on the synthetic tasks of the five papers (MODEL_CARD.md says what it learnt).
 
-Run by developers, not CI (about 25 minutes on 2 CPU cores):
+Run by developers, not CI (see --help for the time on 2 CPU cores):
 
     python scripts/train_embedded.py            # writes nnsight_reasoning/embedded/revisions/*
-    python scripts/make_model_card.py           # measures accuracy per task per revision
+    python scripts/make_model_card.py           # measures every task and head score per revision
 
-Deterministic: the same seed, settings and thread count give byte-identical weights.
+Deterministic: the same seed, settings and thread count give byte-identical weights (the
+thread count changes float summation order, so it is pinned).
+
+Recipe, and why:
+- Answer targets are label-smoothed *within their class* (numbers, number words, names):
+  the model keeps real uncertainty among plausible answers (P(answer) ~ 0.8, P(another
+  number) ~ 1e-3, not 1e-17), so causal effects and attribution patching are well
+  conditioned. Prompt tokens get a small LM loss.
+- Repeated random token sequences of *varying* length teach content-based induction heads
+  (with one fixed length the model copies by position offset instead, and nothing else can
+  reuse that head).
+- Binding contexts are followed by several queries drawn with replacement (dense targets
+  without an elimination shortcut).
+- Revisions like Pythia's: step0, 1, 2, 4, …, 512, then evenly spaced to main.
 """
 from __future__ import annotations
 
@@ -14,143 +28,238 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-import sys
+import nnsight_reasoning  # noqa: F401  (registers the tasks)
+from nnsight_reasoning.tasks import binding as B, cot as C, greater_than as G, recall as R, sentiment as S
+from nnsight_reasoning.tasks import words as W
 
-import nnsight_reasoning.tasks.arithmetic  # noqa: F401  (the package attribute is the function)
-from nnsight_reasoning.tasks.binding import sample_binding
-from nnsight_reasoning.tasks.ioi import IOI_TEMPLATES, sample_ioi
-from nnsight_reasoning.tasks.kth_smallest import sample_kth
-A = sys.modules["nnsight_reasoning.tasks.arithmetic"]
-from nnsight_reasoning.tasks.words import CITIES, NAMES, OBJECTS, ORDINALS, PLACES
+# these task modules share their name with the package attribute (the generator function)
+A, I, K = (sys.modules[f"nnsight_reasoning.tasks.{m}"] for m in ("arithmetic", "ioi", "kth_smallest"))
 
 OUT = Path(__file__).resolve().parents[1] / "nnsight_reasoning" / "embedded" / "revisions"
 SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
+Segments = list[tuple[str, str]]  # (text, answer): every answer token is a target
 
 
 # ----------------------------------------------------------------------------- tokenizer
+def _template_words(*templates: str) -> set[str]:
+    return {w for t in templates for w in t.split() if "{" not in w}
+
+
 def vocabulary() -> list[str]:
-    words: set[str] = set(NAMES) | set(CITIES) | set(PLACES) | set(OBJECTS) | set(ORDINALS)
-    for t in A.TEMPLATES + IOI_TEMPLATES:
-        words |= {w for w in t.split() if "{" not in w}
-    words |= set("Numbers : . The smallest is lives in + - plus minus".split())
-    words |= set(A.SHOT_SEPARATOR.split())
-    numbers = [str(i) for i in range(100)] + [A.number_word(i) for i in range(100)]
+    lists = (W.NAMES, W.SURNAMES, W.CITIES, W.PLACES, W.OBJECTS, W.ORDINALS, W.COUNTRIES, W.CAPITALS,
+             W.LANGUAGES, W.PEOPLE, W.FRUITS, W.COLORS, W.SHAPES, W.OCCUPATIONS, W.BOX_LABELS, W.EVENT_NOUNS,
+             W.POSITIVE_ADJECTIVES, W.NEGATIVE_ADJECTIVES, W.POSITIVE_ANSWERS, W.NEGATIVE_ANSWERS)
+    words: set[str] = {w for ws in lists for w in ws} | {w for pair in W.THINGS for w in pair}
+    words |= _template_words(*A.TEMPLATES, *A.STOLFO_TEMPLATES_FLAT, *I.IOI_TEMPLATES, *R.RETRIEVAL_TEMPLATES,
+                             *(t for t, _ in R.RELATIONS.values()), G.TEMPLATE, S.TEMPLATE,
+                             *(f.statement for f in B.FAMILIES.values()), *(f.query for f in B.FAMILIES.values()))
+    words |= set(A.SHOT_SEPARATOR.split()) | set(A._OPS["arabic"].values()) | set(A._OPS["words"].values())
+    words |= set("Numbers : . The smallest is Context : Question : Answer : Q A loved hated gave had What result ? "
+                 "lasted from the year to".split())
+    words |= C.VOCABULARY
+    numbers = [str(i) for i in range(100)] + [f"{i:02d}" for i in range(10)] + [A.number_word(i) for i in range(100)]
     return SPECIALS + numbers + sorted(words - set(numbers))
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Words split on whitespace; a four-digit year "1732" becomes "17" "32", as GPT-2 and
+    # Pythia tokenize the greater-than task's years.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex(r"\d\d"), "isolated")])
     # Every prompt starts with <bos> so position 0 is never a content token.
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", model_max_length=128)
+                                   pad_token="<pad>", unk_token="<unk>", model_max_length=256)
 
 
 # ----------------------------------------------------------------------------- data
-def sample_arith(rng: random.Random) -> tuple[str, str]:
-    n_ops = 2 if rng.random() < 0.7 else 3
-    max_n = 30 if n_ops == 2 else 20
+def arithmetic(rng: random.Random) -> Segments:
+    """lm-arithmetic's problems: + - * /, 2-3 operands, arabic and words, 0-2 shots, the
+    toolkit's templates and the repository's template families; held-out operands never."""
+    n_ops = 2 if rng.random() < 0.75 else 3
+    # operands up to 30 (the task's default is 20), some up to 99: CoT steps add to running totals
+    max_n = (99 if rng.random() < 0.3 else 30) if n_ops == 2 else 20
     rep = "arabic" if rng.random() < 0.7 else "words"
-    tpl = rng.choice(A.TEMPLATES)
     shots = rng.choices([0, 1, 2], weights=[0.55, 0.3, 0.15])[0]
     while True:
-        operands, ops, result = A.sample_problem(rng, n_ops, max_n, split="train")
-        prefix = A._shots(rng, shots, n_ops, max_n, tpl, rep, "train")
-        text, ans = A.render_problem(operands, ops, tpl, rep), A.render_number(result, rep)
-        if None not in (prefix, text, ans):
-            return prefix + text, ans
+        operands, ops, result = A.sample_problem(rng, n_ops, max_n, split="train", operations="+-*/")
+        if result > 99:
+            continue
+        if n_ops == 2 and rng.random() < 0.5:  # the repository's per-operation wording
+            tpl = f"stolfo:{rng.randrange(5 if rep == 'words' else 6)}"
+        else:
+            tpl = rng.choice(A.TEMPLATES)
+        render = lambda xs, o: A.render_problem(xs, o, tpl, rep)  # noqa: E731
+        lines = []
+        for _ in range(shots):
+            xs, o, r = A.sample_problem(rng, n_ops, max_n, split="train", operations=ops[0] if n_ops == 2 else "+-")
+            lines.append((render(xs, o), A.render_number(r, rep)) if r <= 99 else (None, None))
+        text, ans = render(operands, ops), A.render_number(result, rep)
+        if None not in (text, ans) and all(None not in ln for ln in lines):
+            prefix = "".join(f"{t} {a}{A.SHOT_SEPARATOR}" for t, a in lines)
+            return [(prefix + text, ans)]
 
 
-def sample_task(task: str, rng: random.Random, progress: float, binding_queries: int = 1) -> list[tuple[str, str]]:
-    """One training sequence as (text, answer) segments; every answer token is a target."""
-    if task == "arithmetic":
-        return [sample_arith(rng)]
-    if task == "kth_smallest":
-        length = rng.randint(3, 6)
-        ex = sample_kth(rng, length, rng.randint(1, 3), 99)
-    elif task == "binding" and binding_queries > 1:
-        return sample_binding_multi(rng, progress, binding_queries)
-    elif task == "binding":
-        # Curriculum: two statements first, up to three later.
-        ex = sample_binding(rng, 2 if progress < 0.3 or rng.random() < 0.4 else 3)
-    else:
-        ex = sample_ioi(rng, rng.choice(IOI_TEMPLATES))
+def number_retrieval(rng: random.Random) -> Segments:
+    ex = R.sample_retrieval(rng, rng.choice(R.RETRIEVAL_TEMPLATES), 30)
     return [(ex.prompt, ex.answer)]
 
 
-def sample_binding_multi(rng: random.Random, progress: float, max_queries: int) -> list[tuple[str, str]]:
-    """A binding context followed by 1..max_queries queries, each a target.
-
-    A single query gives one binding target per sequence, and the prototype (and a first
-    run here) stayed at chance with it. Later queries reuse the same context. They are
-    drawn *with replacement*: distinct queries let the last one be answered by elimination
-    (a second run learnt exactly that shortcut). The first segment has the evaluation format.
-    """
-    n_pairs = 2 if progress < 0.3 else rng.choice([2, 3, 3])
-    ex = sample_binding(rng, n_pairs)
-    facts = dict(s.split(" lives in ") for s in ex.prompt.split(" . ")[:-1])
-    entities = list(facts)
-    segments = [(ex.prompt, ex.answer)]
-    for _ in range(rng.randint(0, max_queries - 1)):
-        e = rng.choice(entities)
-        segments.append((f". {e} lives in", facts[e]))
-    return segments
+def factual_recall(rng: random.Random) -> Segments:
+    rel = rng.choice(list(R.RELATIONS))
+    subject, obj = rng.choice(list(R.FACTS[rel].items()))
+    return [(R.RELATIONS[rel][0].format(x=subject), obj)]
 
 
-def make_batches(tok, rng, task: str, n: int, progress: float, chunk: int = 128, binding_queries: int = 1):
-    """Length-bucketed, right-padded chunks (ids, is_answer, is_prompt) for one task.
+def kth_smallest(rng: random.Random) -> Segments:
+    length = rng.randint(3, 10)
+    ex = K.sample_kth(rng, length, rng.randint(1, min(3, length)), 99)
+    return [(ex.prompt, ex.answer)]
 
-    Sorting by length before chunking keeps padding (wasted compute) small: few-shot
-    prompts are 3-4x longer than zero-shot ones.
-    """
-    seqs = []
-    for _ in range(n):
-        ids, answer_at = [], []
-        for k, (text, answer) in enumerate(sample_task(task, rng, progress, binding_queries)):
-            ids += tok(text, add_special_tokens=(k == 0))["input_ids"]
-            answer_at.append(len(ids))
-            ids += tok(" " + answer, add_special_tokens=False)["input_ids"]
-        assert tok.unk_token_id not in ids, ids
-        seqs.append((ids, answer_at))
-    seqs.sort(key=lambda x: len(x[0]))
-    out = []
-    for c in range(0, n, chunk):
-        part = seqs[c : c + chunk]
+
+def ioi(rng: random.Random) -> Segments:
+    ex = I.sample_ioi(rng, rng.choice(I.IOI_TEMPLATES), rng.choice(["ABBA", "BABA"]))
+    return [(ex.prompt, ex.answer)]
+
+
+def greater_than(rng: random.Random) -> Segments:
+    prompt, yy = G.sample_greater_than(rng)
+    return [(prompt, f"{rng.randint(yy + 1, 99):02d}")]  # any later year, as in text
+
+
+def sentiment(rng: random.Random) -> Segments:
+    ex = S.sample_sentiment(rng, rng.random() < 0.5)
+    return [(ex.prompt, rng.choice(ex.answers))]
+
+
+def binding(rng: random.Random, max_queries: int = 4) -> Segments:
+    """A context of 2-4 statements of one family, then 1..max_queries queries drawn with
+    replacement (distinct queries would let the last be answered by elimination)."""
+    family = rng.choice(list(B.FAMILIES))
+    width = 2 if B.FAMILIES[family].people and rng.random() < 0.3 else 1
+    ctx = B.sample_context(rng, rng.choice([2, 2, 3, 3, 4]), family, width)
+    ks = [rng.randrange(len(ctx.entities)) for _ in range(rng.randint(1, max_queries))]
+    query = B.FAMILIES[family].query
+    return [(ctx.text(ks[0]), ctx.answers[ks[0]])] + [
+        (". " + query.format(e=ctx.entities[k]), ctx.answers[k]) for k in ks[1:]]
+
+
+def binding_gaps(rng: random.Random, max_queries: int = 4) -> Segments:
+    """A training aid, not a task: "E A ." statements with 0-5 filler words between entity
+    and attribute ("Alice Paris .", "Alice lives Paris .", … "Alice lives in the city of
+    Paris ."), then queries. With no filler, binding is plain induction, which the repeated
+    tokens teach; the shorter gaps lead the model to carry the entity forward to the longer
+    ones (in a prototype, gap 2 alone stayed at chance for 1,500 steps, the mixture of gaps
+    0-2 reached 0.99 by step 750)."""
+    filler = " ".join("lives in the city of".split()[: rng.randint(0, 5)])
+    n = rng.choice([2, 3, 4])
+    names, cities = rng.sample(W.NAMES, n), rng.sample(W.CITIES, n)
+    say = lambda e: f"{e} {filler}".strip()  # noqa: E731
+    context = " ".join(f"{say(e)} {a} ." for e, a in zip(names, cities))
+    ks = [rng.randrange(n) for _ in range(rng.randint(1, max_queries))]
+    return [(f"{context} {say(names[ks[0]])}", cities[ks[0]])] + [
+        (f". {say(names[k])}", cities[k]) for k in ks[1:]]
+
+
+def cot(rng: random.Random) -> Segments:
+    """Worked solutions in the full and equation-only variants (text-only and no-CoT are not
+    trained: Rai & Yao compare them as the weaker prompts)."""
+    problems = [C.sample_problem(rng, rng.randint(1, 3), 20) for _ in range(2)]
+    variant = rng.choice(["full", "equation_only"])
+    shot, p = problems
+    prefix = f"Q : {shot.question} A : {C.solution(shot, variant)} " if rng.random() < 0.7 else ""
+    return [(f"{prefix}Q : {p.question} A : {C.query(p, variant)}", p.answer)]
+
+
+TASKS: dict[str, Callable[[random.Random], Segments]] = {
+    "arithmetic": arithmetic, "number_retrieval": number_retrieval, "factual_recall": factual_recall,
+    "kth_smallest": kth_smallest, "ioi": ioi, "greater_than": greater_than, "sentiment": sentiment,
+    "binding": binding, "binding_gaps": binding_gaps, "cot": cot,
+}
+
+
+def encode(tok, segments: Segments) -> tuple[list[int], list[int]]:
+    ids, answer_at = [], []
+    for k, (text, answer) in enumerate(segments):
+        ids += tok(text, add_special_tokens=(k == 0))["input_ids"]
+        answer_at.append(len(ids))
+        ids += tok(" " + answer, add_special_tokens=False)["input_ids"]
+    if tok.unk_token_id in ids:
+        raise ValueError(f"out-of-vocabulary word in {segments}")
+    return ids, answer_at
+
+
+def repeated_tokens(rng: random.Random, pool: list[int], bos: int) -> tuple[list[int], list[int]]:
+    """<bos> x x for x of 4-24 distinct random tokens: every token of the second copy after
+    its first is a target (the varying length rules out copying by a fixed offset)."""
+    n = rng.randint(4, 24)
+    x = rng.sample(pool, n)
+    return [bos] + x + x, list(range(n + 2, 2 * n + 1))
+
+
+def batches(seqs: list[tuple[list[int], list[int]]], pad: int, chunk: int = 128):
+    """Length-bucketed, right-padded chunks (ids, is_answer, is_prompt)."""
+    seqs = sorted(seqs, key=lambda s: len(s[0]))
+    for c in range(0, len(seqs), chunk):
+        part = seqs[c: c + chunk]
         T = len(part[-1][0])
-        ids = torch.full((len(part), T), tok.pad_token_id)
+        ids = torch.full((len(part), T), pad)
         is_answer = torch.zeros(len(part), T - 1)
         is_prompt = torch.zeros(len(part), T - 1)
         for i, (s, answer_at) in enumerate(part):
             ids[i, : len(s)] = torch.tensor(s)
             is_prompt[i, : len(s) - 1] = 1  # target s[t + 1] at input position t
             for a in answer_at:
-                is_answer[i, a - 1] = 1
-                is_prompt[i, a - 1] = 0
-        out.append((ids, is_answer, is_prompt))
-    return out
+                is_answer[i, a - 1], is_prompt[i, a - 1] = 1, 0
+        yield ids, is_answer, is_prompt
+
+
+def smoothing_classes(tok) -> torch.Tensor:
+    """(V, V) target distribution of label smoothing: each answer class (arabic numbers,
+    number words, names) spreads over itself; other tokens are not smoothed."""
+    V = len(tok)
+    groups = [[str(i) for i in range(100)], [A.number_word(i) for i in range(100)], list(W.NAMES)]
+    table = torch.eye(V)
+    for g in groups:
+        ids = tok.convert_tokens_to_ids(g)
+        table[torch.tensor(ids)[:, None], torch.tensor(ids)[None, :]] = 1.0 / len(ids)
+    return table
 
 
 # ----------------------------------------------------------------------------- training
+def revision_steps(steps: int, every: int) -> list[int]:
+    early = [0] + [2 ** i for i in range(10) if 2 ** i < min(steps, every)]
+    return sorted(set(early + list(range(every, steps, every)) + [steps]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--save", default="0,250,500,1000,1500,main", help="steps to save; 'main' = final")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--every", type=int, default=500, help="revision spacing after the log-spaced early ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--mix", default="arithmetic=384,kth_smallest=128,binding=192,ioi=32")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
-    ap.add_argument("--binding-queries", type=int, default=3, help="queries per binding context (targets)")
+    ap.add_argument("--mix", default="arithmetic=192,number_retrieval=24,factual_recall=16,kth_smallest=48,ioi=32,"
+                                     "greater_than=16,sentiment=12,binding=64,binding_gaps=48,cot=16,repeated_tokens=64")
+    ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2",
+                    help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)  # the thread count changes the bits: pin it
@@ -158,19 +267,19 @@ def main() -> None:
     rng = random.Random(args.seed)
     tok = build_tokenizer()
     config = GPTNeoXConfig(
-        vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=512, max_position_embeddings=128, rotary_pct=1.0,
-        tie_word_embeddings=False, use_parallel_residual=True, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attention_dropout=0.0,
-        hidden_dropout=0.0,
+        vocab_size=len(tok), hidden_size=args.width, num_hidden_layers=args.layers,
+        num_attention_heads=args.width // 32, intermediate_size=4 * args.width, max_position_embeddings=256,
+        rotary_pct=0.25, tie_word_embeddings=False, use_parallel_residual=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attention_dropout=0.0, hidden_dropout=0.0,
     )
     config._attn_implementation = "eager"  # attention probabilities are part of the analyses
     model = GPTNeoXForCausalLM(config)
     mix = {k: int(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+    weight = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(",") if kv)}
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=3e-3, betas=(0.9, 0.98))
+                            lr=args.lr, betas=(0.9, 0.98))
     warmup = 100
 
     def lr_at(step: int) -> float:
@@ -180,32 +289,45 @@ def main() -> None:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    save_at = {int(s) if s != "main" else args.steps for s in args.save.split(",")}
+    smooth = smoothing_classes(tok)
+    pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
+    save_at = revision_steps(args.steps, args.every)
     if args.out.exists():
         shutil.rmtree(args.out)
+    meta = {"seed": args.seed, "mix": mix, "weights": weight, "steps": args.steps, "lr": args.lr, "smoothing": args.smoothing,
+            "lm_weight": args.lm_weight, "threads": args.threads, "revisions": save_at}
     log = []
     t0 = time.time()
+    n_total = sum(mix.values())
     for step in range(args.steps + 1):
         if step in save_at:
-            name = "main" if step == args.steps else f"step{step}"
-            save(model, tok, args.out / name, meta={"step": step, "seed": args.seed, "mix": mix})
+            save(model, tok, args.out / ("main" if step == args.steps else f"step{step}"), {**meta, "step": step})
         if step == args.steps:
             break
         model.train()
         opt.zero_grad(set_to_none=True)
         stats = {}
         for task, n in mix.items():
-            chunks = make_batches(tok, rng, task, n, step / args.steps, binding_queries=args.binding_queries)
-            n_prompt_tokens = sum(float(c[2].sum()) for c in chunks)
+            if task == "repeated_tokens":
+                seqs = [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
+            else:
+                seqs = [encode(tok, TASKS[task](rng)) for _ in range(n)]
+            chunks = list(batches(seqs, tok.pad_token_id))
             n_answers = sum(float(c[1].sum()) for c in chunks)
+            n_prompt = sum(float(c[2].sum()) for c in chunks)
             correct = 0.0
             for ids, is_answer, is_prompt in chunks:
                 logits = model(ids).logits[:, :-1]
-                ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                     reduction="none").view_as(is_answer)
-                loss = (ce * is_answer).sum() / n_answers + args.lm_weight * (ce * is_prompt).sum() / n_prompt_tokens
-                (loss * n / sum(mix.values())).backward()
-                correct += float(((logits.argmax(-1) == ids[:, 1:]).float() * is_answer).sum())
+                logp = F.log_softmax(logits.float(), -1)
+                target = ids[:, 1:]
+                nll = -logp.gather(-1, target[..., None])[..., 0]
+                # smoothed answer loss: cross-entropy against (1-ε)·onehot + ε·class distribution
+                at = is_answer.bool()
+                spread = -(logp[at] * smooth[target[at]]).sum(-1)
+                answer_loss = ((1 - args.smoothing) * nll[at] + args.smoothing * spread).sum()
+                loss = answer_loss / n_answers + args.lm_weight * (nll * is_prompt).sum() / n_prompt
+                (loss * weight.get(task, 1.0) * n / n_total).backward()
+                correct += float((logits[at].argmax(-1) == target[at]).sum())
             stats[task] = correct / n_answers
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -6,6 +6,11 @@ Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answ
 ``same_result``  operands differ, result equal (r1 == r2)      ("2 + 3 =" vs "4 + 1 =")
 ``operation``    operands equal, every operator flipped        ("3 + 1 =" vs "3 - 1 =")
 
+``operations`` chooses the operators among + - * / (lm-arithmetic's four; default "+-").
+Products and quotients take two operands; a quotient must be exact (the repository keeps
+only integer results the same way). The operation intervention swaps an operator for another
+of ``operations`` (+ and - for each other when those are the only two).
+
 Operands are drawn from 1..max_n; results must be >= 0. Few-shot exemplars are shared by
 the base and source prompt of a pair so that only the queried problem differs.
 """
@@ -36,7 +41,21 @@ TEMPLATES: tuple[str, ...] = (
     "{expr} equals",
 )
 SHOT_SEPARATOR = " . "
-_OPS = {"arabic": {"+": "+", "-": "-"}, "words": {"+": "plus", "-": "minus"}}
+# lm-arithmetic's two-operand template families (interventions/intervention.py), one list per
+# operator in the repository's order; the last is the symbolic one, which the repository drops
+# for number words. Tokens are space-separated here ("? A :"), as the embedded tokenizer splits.
+_WORD = {"+": "plus", "-": "minus", "*": "times", "/": "over"}
+_NOUN = {"+": ("sum of", "The sum of {x} and {y} is"), "-": ("difference between", "The difference between {x} and {y} is"),
+         "*": ("product of", "The product of {x} and {y} is"), "/": ("ratio between", "The ratio of {x} and {y} is")}
+STOLFO_TEMPLATES: dict[str, tuple[str, ...]] = {
+    op: ("Q : How much is {x} %s {y} ? A :" % w, "Q : What is {x} %s {y} ? A :" % w,
+         "Q : What is the result of {x} %s {y} ? A :" % w, "Q : What is the %s {x} and {y} ? A :" % _NOUN[op][0],
+         _NOUN[op][1], "{x} %s {y} =" % op)
+    for op, w in _WORD.items()}
+STOLFO_TEMPLATES_FLAT = tuple(t for ts in STOLFO_TEMPLATES.values() for t in ts)
+_OPS = {"arabic": {"+": "+", "-": "-", "*": "*", "/": "/"},
+        "words": {"+": "plus", "-": "minus", "*": "times", "/": "over"}}  # lm-arithmetic's operator words
+OPERATIONS = "+-*/"
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 MAX_WORD_NUMBER = 99
@@ -58,9 +77,15 @@ def is_heldout(operands: Sequence[int]) -> bool:
 
 
 def evaluate_expr(operands: Sequence[int], ops: Sequence[str]) -> int:
+    """Left to right; only + and - chain (products and quotients have two operands)."""
     total = operands[0]
     for op, x in zip(ops, operands[1:]):
-        total = total + x if op == "+" else total - x
+        if op == "*":
+            total *= x
+        elif op == "/":
+            total = total // x if total % x == 0 else -1  # inexact quotients are refused (< 0)
+        else:
+            total = total + x if op == "+" else total - x
     return total
 
 
@@ -69,9 +94,13 @@ def render_number(n: int, representation: str) -> str | None:
 
 
 def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, representation: str) -> str | None:
+    """The problem in ``template``: a string with "{expr}", or "stolfo:K", the repository's
+    K-th two-operand template of the problem's operator (see ``STOLFO_TEMPLATES``)."""
     words = [render_number(x, representation) for x in operands]
     if any(w is None for w in words):
         return None
+    if template.startswith("stolfo:"):
+        return STOLFO_TEMPLATES[ops[0]][int(template[7:])].format(x=words[0], y=words[1])
     parts = [words[0]]
     for op, w in zip(ops, words[1:]):
         parts += [_OPS[representation][op], w]
@@ -79,11 +108,13 @@ def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, r
 
 
 def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str = "all",
-                   ops: Sequence[str] | None = None) -> tuple[list[int], list[str], int]:
-    """Draw (operands, operators, result) with result >= 0, respecting the held-out split."""
+                   ops: Sequence[str] | None = None, operations: str = "+-") -> tuple[list[int], list[str], int]:
+    """Draw (operands, operators, result) with result >= 0, respecting the held-out split;
+    operators from ``operations`` (with 3 operands only its + and -)."""
+    pool = operations if n_operands == 2 else "".join(o for o in operations if o in "+-")
     while True:
         operands = [rng.randint(1, max_n) for _ in range(n_operands)]
-        o = list(ops) if ops is not None else [rng.choice("+-") for _ in range(n_operands - 1)]
+        o = list(ops) if ops is not None else [rng.choice(pool) for _ in range(n_operands - 1)]
         if split != "all" and is_heldout(operands) != (split == "heldout"):
             continue
         result = evaluate_expr(operands, o)
@@ -92,10 +123,10 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
 
 
 def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
-           representation: str, split: str) -> str | None:
+           representation: str, split: str, operations: str = "+-") -> str | None:
     lines = []
     for _ in range(n_shots):
-        operands, ops, result = sample_problem(rng, n_operands, max_n, split)
+        operands, ops, result = sample_problem(rng, n_operands, max_n, split, operations=operations)
         text, ans = render_problem(operands, ops, template, representation), render_number(result, representation)
         if text is None or ans is None:
             return None
@@ -103,13 +134,20 @@ def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, templa
     return "".join(line + SHOT_SEPARATOR for line in lines)
 
 
+def _swap(rng: random.Random, op: str, operations: str) -> str:
+    """Another operator of ``operations`` (+ and - swap for each other without a draw)."""
+    others = [o for o in (operations if len(operations) > 1 else "+-") if o != op] or ["-" if op == "+" else "+"]
+    return others[0] if len(others) == 1 else rng.choice(others)
+
+
 def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Sequence[str]) -> PromptPair | None:
     template = templates[i % len(templates)]
     n, m, rep, split = p["n_operands"], p["max_n"], p["representation"], p["split"]
-    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split)
+    ops = p.get("operations", "+-")
+    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops)
     kind = p["intervention_type"]
     if kind == "operation":
-        b_operands, b_ops = a_ops, ["-" if o == "+" else "+" for o in a_ops_list]
+        b_operands, b_ops = a_ops, [_swap(rng, o, ops if n == 2 else "+-") for o in a_ops_list]
         r2 = evaluate_expr(b_operands, b_ops)
         if r2 < 0 or r2 == r1:
             return None
@@ -117,7 +155,7 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
         b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list)
         if b_operands == a_ops or (kind == "operands" and r2 == r1) or (kind == "same_result" and r2 != r1):
             return None
-    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split)
+    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split, ops)
     base = render_problem(a_ops, a_ops_list, template, rep)
     source = render_problem(b_operands, b_ops, template, rep)
     ra, rb = render_number(r1, rep), render_number(r2, rep)
@@ -127,8 +165,14 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
 
 
 def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, representation: str,
-           templates: Sequence[str] | None, split: str) -> list[str]:
+           templates: Sequence[str] | None, split: str, operations: str = "+-") -> list[str]:
     check_choice("intervention_type", intervention_type, INTERVENTIONS)
+    if not isinstance(operations, str) or not operations or set(operations) - set(OPERATIONS) \
+            or len(set(operations)) != len(operations):
+        raise TaskError(f"operations must be distinct characters of {OPERATIONS!r}, e.g. '+-' or '*/' "
+                        f"(got {operations!r})")
+    if n_operands == 3 and not set(operations) & set("+-"):
+        raise TaskError("three-operand problems chain + and -; include one of them in operations")
     check_choice("representation", representation, REPRESENTATIONS)
     check_choice("split", split, ("all", "train", "heldout"))
     check_range("n_operands", n_operands, 2, 3)
@@ -138,6 +182,12 @@ def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, re
         raise TaskError(f"intervention_type={intervention_type!r} needs max_n >= 2 so operands can differ")
     if representation == "words" and max_n > MAX_WORD_NUMBER:
         raise TaskError(f"representation='words' supports numbers up to {MAX_WORD_NUMBER}; lower max_n")
+    if templates == "stolfo":  # the repository's families; number words drop the symbolic one
+        if n_operands != 2:
+            raise TaskError("templates='stolfo' are lm-arithmetic's two-operand templates; use n_operands=2")
+        return [f"stolfo:{k}" for k in range(5 if representation == "words" else 6)]
+    if isinstance(templates, str):
+        raise TaskError(f"templates must be a list of strings with '{{expr}}', or 'stolfo' (got {templates!r})")
     tpl = list(templates) if templates else list(TEMPLATES)
     for t in tpl:
         if "{expr}" not in t:
@@ -152,10 +202,11 @@ def arithmetic(
     n_shots: int = 0,
     max_n: int = 20,
     representation: str = "arabic",
-    templates: Sequence[str] | None = None,
+    templates: Sequence[str] | str | None = None,
     split: str = "all",
     seed: int = 0,
     tokenizer: Any | None = None,
+    operations: str = "+-",
 ) -> PromptPairs:
     """Aligned base/source arithmetic prompt pairs.
 
@@ -166,15 +217,20 @@ def arithmetic(
     n_operands : 2 or 3.   n_shots : solved exemplars before the query (shared by the pair).
     max_n : largest operand (operands are 1..max_n; results are >= 0).
     representation : "arabic" ("3 + 5 =") or "words" ("three plus five =").
-    templates : strings with "{expr}"; default: the four built-in templates.
+    templates : strings with "{expr}"; default: the four built-in templates. "stolfo": the
+        repository's six two-operand templates per operator (five with number words), e.g.
+        "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of its operator.
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
+    operations : operators to draw from, among "+-*/" (see module doc).
     seed : same seed and tokenizer give the same pairs.
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
-    tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split)
+    tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations)
     params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,
                   n_shots=n_shots, max_n=max_n, representation=representation, templates=tpl,
                   split=split, seed=seed)
+    if operations != "+-":  # default runs keep the task_params they always had
+        params["operations"] = operations
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
     pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)
@@ -194,7 +250,8 @@ PARAMS = {
     "n_shots": (0, "solved exemplars before the query, shared by base and source"),
     "max_n": (20, "largest operand; operands are 1..max_n, results >= 0"),
     "representation": ("arabic", "arabic ('3 + 5 =') or words ('three plus five =')"),
-    "templates": (list(TEMPLATES), "prompt templates containing {expr}; used in turn"),
+    "templates": (list(TEMPLATES), "prompt templates containing {expr}, or \"stolfo\" (lm-arithmetic's); used in turn"),
+    "operations": ("+-", "operators among + - * / (products and quotients: 2 operands, exact quotients)"),
     "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),
     "seed": (0, "random seed; same seed -> same prompts"),
 }

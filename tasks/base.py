@@ -37,10 +37,20 @@ class PromptPair:
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt with its correct next-token answer (for evaluation and training)."""
+    """One prompt with its correct next-token answer (for evaluation and training).
+
+    ``alternatives`` are further correct answers where a task has a set of them (greater-than:
+    every later year; sentiment: every word of the class); ``nr.evaluate`` then scores the set.
+    """
 
     prompt: str
     answer: str
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The answer, then the alternatives."""
+        return (self.answer, *self.alternatives)
 
 
 class TaskData(Sequence):

@@ -1,6 +1,30 @@
 """Entity-attribute binding in context (Feng & Steinhardt 2024).
 
-"Alice lives in Paris . Bob lives in Rome . Bob lives in" -> "Rome".
+A context states n entity–attribute pairs and a query asks for one entity's attribute.
+Families follow binding-iclr's tasks (``coref/datasets/``), in the embedded vocabulary:
+
+==============  =========================================  ==========================================================
+family          statement                                  query (the answer is the next token)
+==============  =========================================  ==========================================================
+``cities``      ``Alice lives in Paris .``                 ``Alice lives in`` (the plain form; default)
+``capitals``    ``Alice lives in the capital city of``     ``Question : Which city does Alice live in ? Answer : Alice
+                ``Zarovia .``                              lives in the city of`` -> the *capital* of Zarovia
+``fruits``      ``Alice likes eating the pear .``          ``Question : Which fruit does Alice like ? Answer : Alice
+                                                           likes the``
+``occupations`` ``Alice works as a baker .``               ``Question : What occupation does Alice have ? Answer :
+                                                           Alice has the occupation of``
+``boxes``       ``The ring is in box C .``                 ``Question : Which box is the ring in ? Answer : The ring
+                                                           is in box``
+``shapes``      ``The star is red .``                      ``Question : Which shape is colored red ? Answer : The red
+                                                           shape is the`` -> ``star`` (entity = the colour)
+==============  =========================================  ==========================================================
+
+Departures from binding-iclr: the framing sentence ("Answer the question based on the
+context below. Keep the answer short.") is left out and contexts start with ``Context :``
+(the embedded model is trained on exactly these forms); ``capitals`` uses invented countries
+whose capitals the embedded model learnt as facts (``factual_recall``); ``boxes`` is not in
+the repository (it is the objects-in-boxes task of the issue). ``entity_width=2`` names
+people by first name and surname ("Alice Smith") to test multi-token entities.
 
 :func:`binding_examples` gives plain prompts (``evaluate --task binding``);
 :func:`binding_contexts` gives the contexts of the binding-ID experiments (``nr.binding``).
@@ -11,50 +35,113 @@ import random
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
-from .base import Example, TaskData, TaskError, TaskInfo, check_range, register
-from .words import CITIES, NAMES
+from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, register
+from .words import (BOX_LABELS, CAPITALS, CITIES, COLORS, COUNTRIES, FRUITS, NAMES, OBJECTS, OCCUPATIONS, SHAPES,
+                    SURNAMES)
 
 
-def sample_binding(rng: random.Random, n_pairs: int) -> Example:
-    names = rng.sample(NAMES, n_pairs)
-    cities = rng.sample(CITIES, n_pairs)
-    context = " ".join(f"{e} lives in {a} ." for e, a in zip(names, cities))
-    q = rng.randrange(n_pairs)
-    return Example(f"{context} {names[q]} lives in", cities[q])
+@dataclass(frozen=True)
+class Family:
+    """How one binding family writes a statement and a query (``{e}`` entity, ``{a}`` attribute)."""
+
+    statement: str
+    query: str
+    entities: tuple[str, ...]
+    attributes: tuple[str, ...]
+    framed: bool = True  # "Context : … Question : … Answer : …"
+    people: bool = True  # entities are people (entity_width 2 adds a surname)
+    answer: dict[str, str] | None = None  # attribute -> answer when the answer is not the attribute
 
 
-def binding_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
-                     n_pairs: int = 2) -> list[Example]:
-    """``n`` binding prompts with ``n_pairs`` entity-city statements; one entity is queried."""
-    check_range("n_pairs", n_pairs, 2, len(CITIES))
-    rng = random.Random(seed)
-    return [sample_binding(rng, n_pairs) for _ in range(n)]
-
-
-register(TaskInfo("binding", "entity-attribute binding (Feng & Steinhardt 2024)", None, binding_examples,
-                  {"n_pairs": (2, "entity-attribute statements in the context"), "seed": (0, "random seed")}))
+FAMILIES: dict[str, Family] = {
+    "cities": Family("{e} lives in {a} .", "{e} lives in", NAMES, CITIES, framed=False),
+    "capitals": Family("{e} lives in the capital city of {a} .",
+                       "Question : Which city does {e} live in ? Answer : {e} lives in the city of", NAMES, COUNTRIES,
+                       answer=dict(zip(COUNTRIES, CAPITALS))),
+    "fruits": Family("{e} likes eating the {a} .", "Question : Which fruit does {e} like ? Answer : {e} likes the",
+                     NAMES, FRUITS),
+    "occupations": Family("{e} works as a {a} .",
+                          "Question : What occupation does {e} have ? Answer : {e} has the occupation of", NAMES,
+                          OCCUPATIONS),
+    "boxes": Family("The {e} is in box {a} .", "Question : Which box is the {e} in ? Answer : The {e} is in box",
+                    OBJECTS, BOX_LABELS, people=False),
+    "shapes": Family("The {a} is {e} .", "Question : Which shape is colored {e} ? Answer : The {e} shape is the",
+                     COLORS, SHAPES, people=False),
+}
 
 
 @dataclass(frozen=True)
 class BindingContext:
-    """n entity–attribute statements in order; ``text(query)`` asks for entity ``query``'s
-    attribute, ``text(query, order)`` states the pairs in another order."""
+    """n entity–attribute statements of one ``family`` in order; ``text(query)`` asks for
+    entity ``query``'s attribute, ``text(query, order)`` states the pairs in another order,
+    ``text(query, entity=name)`` asks about another entity. ``answers[k]`` is the answer for
+    entity k (the attribute, or for ``capitals`` the country's capital)."""
 
     entities: tuple[str, ...]
     attributes: tuple[str, ...]
+    family: str = "cities"
 
     def text(self, query: int, order: Sequence[int] | None = None, entity: str | None = None) -> str:
+        f = FAMILIES[self.family]
         order = range(len(self.entities)) if order is None else order
-        context = " ".join(f"{self.entities[k]} lives in {self.attributes[k]} ." for k in order)
-        return f"{context} {self.entities[query] if entity is None else entity} lives in"
+        context = " ".join(f.statement.format(e=self.entities[k], a=self.attributes[k]) for k in order)
+        q = f.query.format(e=self.entities[query] if entity is None else entity)
+        return f"Context : {context} {q}" if f.framed else f"{context} {q}"
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        table = FAMILIES[self.family].answer
+        return self.attributes if table is None else tuple(table[a] for a in self.attributes)
 
 
-def sample_contexts(n: int, n_pairs: int = 2, seed: int = 0) -> list[BindingContext]:
-    """``n`` contexts of ``n_pairs`` distinct names and distinct cities (seeded)."""
-    check_range("n", n, 1)
-    check_range("n_pairs", n_pairs, 2, len(CITIES))
+def _entities(rng: random.Random, family: Family, n: int, width: int) -> tuple[str, ...]:
+    if width == 1 or not family.people:
+        return tuple(rng.sample(family.entities, n))
+    # distinct first names and distinct surnames: no token tells two entities apart alone
+    return tuple(f"{a} {b}" for a, b in zip(rng.sample(family.entities, n), rng.sample(SURNAMES, n)))
+
+
+def sample_context(rng: random.Random, n_pairs: int, family: str = "cities", entity_width: int = 1) -> BindingContext:
+    f = FAMILIES[family]
+    return BindingContext(_entities(rng, f, n_pairs, entity_width), tuple(rng.sample(f.attributes, n_pairs)), family)
+
+
+def _check(n_pairs: int, family: str, entity_width: int) -> None:
+    check_choice("family", family, list(FAMILIES))
+    check_range("n_pairs", n_pairs, 2, 6)
+    check_range("entity_width", entity_width, 1, 2)
+    if entity_width == 2 and not FAMILIES[family].people:
+        raise TaskError(f"entity_width=2 needs a family whose entities are people "
+                        f"({', '.join(k for k, f in FAMILIES.items() if f.people)}); {family!r} names objects")
+
+
+def sample_binding(rng: random.Random, n_pairs: int, family: str = "cities", entity_width: int = 1) -> Example:
+    ctx = sample_context(rng, n_pairs, family, entity_width)
+    q = rng.randrange(n_pairs)
+    return Example(ctx.text(q), ctx.answers[q])
+
+
+def binding_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, n_pairs: int = 2,
+                     family: str = "cities", entity_width: int = 1) -> list[Example]:
+    """``n`` binding prompts with ``n_pairs`` statements of ``family``; one entity is queried."""
+    _check(n_pairs, family, entity_width)
     rng = random.Random(seed)
-    return [BindingContext(tuple(rng.sample(NAMES, n_pairs)), tuple(rng.sample(CITIES, n_pairs))) for _ in range(n)]
+    return [sample_binding(rng, n_pairs, family, entity_width) for _ in range(n)]
+
+
+register(TaskInfo("binding", "entity-attribute binding (Feng & Steinhardt 2024)", None, binding_examples,
+                  {"n_pairs": (2, "entity-attribute statements in the context (2-6)"),
+                   "family": ("cities", f"statement family: {' | '.join(FAMILIES)}"),
+                   "entity_width": (1, "tokens per entity: 1, or 2 (first name and surname)"),
+                   "seed": (0, "random seed")}))
+
+
+def sample_contexts(n: int, n_pairs: int = 2, seed: int = 0, family: str = "cities") -> list[BindingContext]:
+    """``n`` contexts of ``n_pairs`` distinct entities and distinct attributes (seeded)."""
+    check_range("n", n, 1)
+    _check(n_pairs, family, 1)
+    rng = random.Random(seed)
+    return [sample_context(rng, n_pairs, family) for _ in range(n)]
 
 
 @dataclass(frozen=True, repr=False)
@@ -82,14 +169,24 @@ class BindingContexts(TaskData):
         return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"
 
 
-def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0) -> BindingContexts:
-    """``n_contexts`` contexts of ``n_pairs`` entity–city statements (seed ``seed``) and
+# The binding-ID experiment locates each entity before its attribute within one statement.
+EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.index("{e}") < f.statement.index("{a}"))
+
+
+def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
+                     family: str = "cities") -> BindingContexts:
+    """``n_contexts`` contexts of ``n_pairs`` statements of ``family`` (seed ``seed``) and
     ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
     check_range("n_estimate", n_estimate, 1)
-    contexts = sample_contexts(n_contexts, n_pairs, seed)
-    estimate = sample_contexts(n_estimate, n_pairs, seed + 1)
+    if family in FAMILIES and family not in EXPERIMENT_FAMILIES:
+        raise TaskError(f"binding IDs need the entity before its attribute in each statement; family {family!r} "
+                        f"states the attribute first (choose from {', '.join(EXPERIMENT_FAMILIES)})")
+    contexts = sample_contexts(n_contexts, n_pairs, seed, family)
+    estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
+    if family != "cities":  # results of the default family keep their old task_params
+        params["family"] = family
     return BindingContexts("binding", params, tuple(contexts), tuple(estimate))

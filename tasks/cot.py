@@ -35,6 +35,8 @@ from .base import Example, Examples, TaskError, TaskInfo, check_choice, check_ra
 from .words import NAMES, OBJECTS
 
 VARIANTS = ("full", "text_only", "equation_only", "no_cot")
+# the words the synthetic problems use (the embedded tokenizer is built to contain them)
+VOCABULARY = frozenset("Q A : . , ? had gave What is the result The = + -".split()) | set(NAMES) | set(OBJECTS)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,24 @@ def test_evaluate_matches_a_plain_forward(embedded_model):
     assert float(ds.accuracy) == pytest.approx(float(ds.correct.mean()))
 
 
+def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
+    """Tasks with several correct answers (greater-than: every later year; sentiment: a word
+    class): P(answer) is the set's probability, correct means the top-1 token is in the set."""
+    hf = AutoModelForCausalLM.from_pretrained(nr.models.model_info(embedded_model).path, dtype=torch.float32).eval()
+    tok = embedded_model.tokenizer
+    for task in ("greater_than", "sentiment"):
+        data = nr.tasks.examples(task, 10, seed=1)
+        ds = nr.evaluate(embedded_model, data, batch_size=4, progress=False)
+        for i, e in enumerate(data):
+            with torch.no_grad():
+                probs = torch.softmax(hf(torch.tensor([tok(e.prompt)["input_ids"]])).logits[0, -1].double(), -1)
+            ids = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in e.answers]
+            assert len(set(ids)) == len(ids) == len(e.answers) > 1
+            assert ds.p_answer.values[i] == pytest.approx(float(probs[ids].sum()), rel=1e-5, abs=1e-8)
+            assert ds.correct.values[i] == int(int(probs.argmax()) in ids)
+            assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
+
+
 def test_model_card_numbers_are_reproducible():
     """The card is measured, not typed: re-measure main and step0 with the stored settings."""
     card = embedded.card()

@@ -121,3 +121,98 @@ def test_registry_and_other_tasks():
     for e in get_task("ioi").examples(n=9, seed=0):
         names = [w for w in e.prompt.split() if w in NAMES]
         assert len(names) == 3 and names.count(e.answer) == 1 and names[-1] != e.answer
+
+
+# --------------------------------------------------------------------------- the embedded model v2 tasks
+def test_arithmetic_operations_times_and_over_are_exact_single_token_problems():
+    pairs = nr.tasks.arithmetic(n_prompts=40, operations="*/", seed=1, templates=["{expr} ="])
+    for p in pairs:
+        for prompt, answer in ((p.base, p.base_answer), (p.source, p.source_answer)):
+            x, op, y = prompt.split()[:3]
+            assert op in "*/" and int(answer) == (int(x) * int(y) if op == "*" else int(x) / int(y))
+    ops = nr.tasks.arithmetic(n_prompts=30, intervention_type="operation", operations="+-*/", seed=2,
+                              templates=["{expr} ="])
+    for p in ops:
+        b, s = p.base.split(), p.source.split()
+        assert b[0] == s[0] and b[2] == s[2] and b[1] != s[1]  # same operands, another operator
+        assert int(p.source_answer) == evaluate_expr([int(s[0]), int(s[2])], [s[1]])
+    words = nr.tasks.arithmetic(n_prompts=5, operations="*", representation="words", seed=0, templates=["{expr} ="])
+    assert all(" times " in p.base for p in words)
+    assert nr.tasks.arithmetic(n_prompts=3).params.keys() == nr.tasks.arithmetic(n_prompts=3, operations="+-").params.keys()
+    for bad in ("+x", "", "++"):
+        with pytest.raises(TaskError, match="operations must be distinct characters"):
+            nr.tasks.arithmetic(n_prompts=2, operations=bad)
+    with pytest.raises(TaskError, match="three-operand problems chain"):
+        nr.tasks.arithmetic(n_prompts=2, operations="*", n_operands=3)
+
+
+def test_number_retrieval_asks_for_one_of_two_counts():
+    for e in get_task("number_retrieval").examples(n=40, seed=0):
+        m = re.search(r"(\d+) (\w+) and (\d+) (\w+) \. How many (\w+)", e.prompt)
+        assert m, e.prompt
+        counts = {m.group(2): m.group(1), m.group(4): m.group(3)}
+        plural = {p: p for _, p in nr.tasks.words.THINGS} | {s: p for s, p in nr.tasks.words.THINGS}
+        asked = [c for thing, c in counts.items() if plural[thing] == m.group(5)]
+        assert asked == [e.answer]
+
+
+def test_factual_recall_prompts_are_the_invented_facts():
+    from nnsight_reasoning.tasks.recall import FACTS, RELATIONS
+
+    ex = get_task("factual_recall").examples(n=50, seed=1, relation="P36")
+    assert {e.prompt for e in ex} <= {f"The capital of {c} is" for c in FACTS["P36"]}
+    for e in ex:
+        assert FACTS["P1376"][e.answer] == e.prompt.split()[3]  # P36 and P1376 are inverse
+    assert set(RELATIONS) == {"P36", "P1376", "P19", "P20", "P103"}
+    with pytest.raises(TaskError, match="relation must be one of"):
+        nr.tasks.examples("factual_recall", 3, relation="P999")
+
+
+def test_greater_than_answers_every_later_year(embedded_tokenizer):
+    for e in get_task("greater_than").examples(n=30, seed=2):
+        start = int(re.search(r"year \d\d(\d\d) to", e.prompt).group(1))
+        assert [int(a) for a in e.answers] == list(range(start + 1, 100))
+        toks = embedded_tokenizer.tokenize(e.prompt)
+        assert toks[-1] == toks[-6] and len(toks[-1]) == 2  # "17 32 to the year 17": the century is its own token
+
+
+def test_sentiment_answer_set_follows_the_verb():
+    from nnsight_reasoning.tasks.words import NEGATIVE_ANSWERS, POSITIVE_ANSWERS
+
+    ex = get_task("sentiment").examples(n=10, seed=0)
+    for e in ex:
+        assert set(e.answers) == set(POSITIVE_ANSWERS if " loved " in e.prompt else NEGATIVE_ANSWERS)
+    assert sum(" loved " in e.prompt for e in ex) == 5
+
+
+@pytest.mark.parametrize("family", list(nr.tasks.binding.FAMILIES))
+def test_binding_families_ask_for_the_bound_attribute(family, embedded_tokenizer):
+    from nnsight_reasoning.tasks.binding import FAMILIES
+
+    f = FAMILIES[family]
+    statement = re.compile(re.escape(f.statement).replace(r"\{e\}", r"(?P<e>[\w ]+?)").replace(r"\{a\}", r"(?P<a>\w+)"))
+    widths = (1, 2) if f.people else (1,)
+    for width in widths:
+        for e in get_task("binding").examples(n=20, seed=3, n_pairs=3, family=family, entity_width=width):
+            facts = {m["e"].strip(): m["a"] for m in statement.finditer(e.prompt.split(" Question")[0])}
+            assert len(facts) == 3 and all(len(k.split()) == width for k in facts)
+            asked = [k for k in facts if e.prompt.rstrip().endswith(f.query.format(e=k))]
+            answer = facts[asked[0]] if f.answer is None else f.answer[facts[asked[0]]]
+            assert len(asked) == 1 and answer == e.answer
+            assert embedded_tokenizer.unk_token_id not in embedded_tokenizer(e.prompt)["input_ids"]
+    if not f.people:
+        with pytest.raises(TaskError, match="entity_width=2 needs a family whose entities are people"):
+            nr.tasks.examples("binding", 2, family=family, entity_width=2)
+
+
+def test_ioi_orders():
+    from nnsight_reasoning.tasks.words import NAMES
+
+    for order in ("ABBA", "BABA", "mixed"):
+        ex = get_task("ioi").examples(n=30, seed=0, order=order)
+        firsts = [[w for w in e.prompt.split() if w in NAMES][0] == e.answer for e in ex]
+        assert sum(firsts) == {"ABBA": 30, "BABA": 0, "mixed": 15}[order]
+    pairs = nr.tasks.ioi(10, order="BABA")
+    assert pairs.params["order"] == "BABA"
+    with pytest.raises(TaskError, match="order must be one of"):
+        nr.tasks.ioi(4, order="AB")

@@ -19,7 +19,10 @@ depth (embeddings and every layer output), replacing it by a clean value (plus a
   tokens) should swap the bindings: the query for entity 0 then answers attribute 1 and vice
   versa (``swap``). Baseline: random vectors with the same norm at each depth.
 
-Data: ``nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed)``.
+Data: ``nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family)``: the
+family's statements (``cities`` by default; ``capitals``, ``fruits``, ``occupations`` and
+``boxes`` in the question-and-answer frame); candidates are the context's answers (for
+``capitals``, the capitals of the stated countries).
 """
 from __future__ import annotations
 
@@ -110,7 +113,7 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
         perm[ents[0]:ents[0] + span], perm[ents[1]:ents[1] + span] = perm[ents[1]:ents[1] + span], \
             perm[ents[0]:ents[0] + span]
         rows.append(Query(loc.ids, ents, loc.attributes, k, perm,
-                          backend.answer_tokens(model, list(c.attributes) + [d.attributes[k]], "attribute"),
+                          backend.answer_tokens(model, list(c.answers) + [d.answers[k]], "attribute"),
                           don.ids, ren.ids, (d.entities[k] not in c.entities, d.attributes[k] not in c.attributes)))
     return rows
 

@@ -19,7 +19,9 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
 
     Returns a Dataset along ``prompt`` with ``correct`` (0/1: the answer is the argmax),
     ``p_answer`` (probability of the answer token) and ``answer_rank`` (0 = top-1; not
-    ``rank``, which would shadow ``Dataset.rank``), coordinates ``text`` and ``answer``, and
+    ``rank``, which would shadow ``Dataset.rank``); for examples with ``alternatives`` (a set
+    of correct answers) ``correct`` means the top-1 token is in the set, ``p_answer`` is the
+    set's total probability and ``answer_rank`` the best rank of a member; coordinates ``text`` and ``answer``, and
     the aggregates ``accuracy``, ``mean_p_answer``, ``mean_rank`` (0-d). With ``revisions``
     every variable gains a leading ``checkpoint`` dim: the learning curve is
     ``ds.accuracy`` along ``checkpoint``.
@@ -31,15 +33,19 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
     if not items:
         raise UsageError("no examples given")
     ids = backend.tokenize(run.model, [e.prompt for e in items])
-    answers = backend.answer_tokens(run.model, [e.answer for e in items])
-    lp = np.zeros(len(items))
-    rank = np.zeros(len(items), dtype=np.int64)
+    sets = [backend.answer_tokens(run.model, list(getattr(e, "answers", (e.answer,)))) for e in items]
+    # answer sets of unequal size are padded with their first id and masked out of the sums
+    width = max(len(a) for a in sets)
+    answers = np.array([a + a[:1] * (width - len(a)) for a in sets])
+    member = np.arange(width)[None] < np.array([len(a) for a in sets])[:, None]
+    lp = np.zeros((len(items), width))
+    ranks = np.zeros((len(items), width), dtype=np.int64)
     label = f"evaluating {getattr(examples, 'task', '')}".rstrip()
     for chunk in run.steps(run.batches([len(x) for x in ids]), label):
-        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
-                     torch.tensor([[answers[i]] for i in chunk]))
-        lp[chunk], rank[chunk] = s.log_probs[:, 0].double().numpy(), s.rank[:, 0].numpy()
-    p = np.exp(lp)
+        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]), torch.from_numpy(answers[chunk]))
+        lp[chunk], ranks[chunk] = s.log_probs.double().numpy(), s.rank.numpy()
+    p = np.where(member, np.exp(lp), 0.0).sum(1)  # P(the answer set)
+    rank = np.where(member, ranks, np.iinfo(np.int64).max).min(1)  # the best-ranked member
     return xr.Dataset(
         {"correct": ("prompt", (rank == 0).astype(np.int8), {"long_name": "answer is the top-1 token"}),
          "p_answer": ("prompt", p, {"long_name": "P(answer | prompt)", "units": "1"}),

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Re-run the README's experiments on the embedded model and redraw every figure in docs/.
+#
+#     bash scripts/build_figures.sh [RESULTS_DIR]     # default: results/ (outputs go to RESULTS_DIR/log.txt)
+#
+# Run after retraining the embedded model (scripts/train_embedded.py); each command is the
+# one the README shows beside its figure, so the figures and the printed tables agree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-results}
+mkdir -p "$R" docs
+run() { echo "\$ reason-interp $*" | tee -a "$R/log.txt"; reason-interp "$@" 2>&1 | tee -a "$R/log.txt"; }
+: > "$R/log.txt"
+
+run patch --task arithmetic --out "$R/patch.nc"
+run evaluate --task arithmetic --revisions all --out "$R/curve.nc"
+run plot "$R/curve.nc" --out docs/learning_curve_arithmetic.png
+run patch --task arithmetic --revisions all --out "$R/patch_sweep.nc"
+run plot "$R/patch_sweep.nc" --out docs/patch_over_training_arithmetic.png
+run attention --n-prompts 256 --patterns all --out "$R/attention.nc"
+run plot "$R/attention.nc" --kind heatmap --out docs/attention_heatmap.png
+run plot "$R/attention.nc" --kind entropy --out docs/head_entropy.png
+run probe --n-prompts 512 --out "$R/probe.nc"
+run plot "$R/probe.nc" --out docs/probe_layers.png
+run probe --n-prompts 512 --revisions all --out "$R/probe_sweep.nc"
+run circuit --n-prompts 64 --revisions all --out "$R/circuit.nc"
+run plot "$R/circuit.nc" --kind circuit --out docs/circuit.png
+run plot "$R/circuit.nc" --kind faithfulness --out docs/circuit_faithfulness.png
+run plot "$R/circuit.nc" --kind overlap --out docs/circuit_overlap.png
+run circuit --task ioi --n-prompts 64 --out "$R/circuit_ioi.nc"
+run heads --revisions all --out "$R/heads.nc"
+run plot "$R/heads.nc" --out docs/head_scores.png
+run neurons --out "$R/neurons.nc"
+run plot "$R/neurons.nc" --out docs/cot_neurons.png
+run binding --n-contexts 200 --n-pairs 2 --out "$R/binding.nc"
+run plot "$R/binding.nc" --out docs/binding.png
+run binding --n-contexts 200 --n-pairs 3 --out "$R/binding3.nc"

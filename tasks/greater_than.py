@@ -1,0 +1,44 @@
+"""Greater-than (Hanna et al. 2023, as Tigges et al. 2024 track it over training).
+
+"The war lasted from the year 1732 to the year 17" -> any year after 32 ("33" … "99").
+
+Following circuits-over-time's ``greater_than_dataset``: centuries 11..17, the start year's
+two last digits YY in 02..98 (drawn uniformly here; the repository cycles through them), a
+noun from a fixed list. A year is written as one word ("1732") that the embedded tokenizer
+splits into the century and YY, as GPT-2/Pythia's tokenizers do for these years. Every YY'
+> YY is a correct answer (``Example.alternatives``), so ``nr.evaluate`` reports the share of
+prompts whose top-1 token is a later year and ``p_answer`` = P(later year), the positive half
+of the paper's probability difference.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .base import Example, TaskInfo, check_range, register
+from .words import EVENT_NOUNS
+
+CENTURIES = tuple(range(11, 18))
+TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to the year {century}"
+
+
+def sample_greater_than(rng: random.Random, lo: int = 2, hi: int = 98) -> tuple[str, int]:
+    """A prompt and its start year's last two digits."""
+    yy = rng.randint(lo, hi)
+    return TEMPLATE.format(noun=rng.choice(EVENT_NOUNS), century=rng.choice(CENTURIES), yy=yy), yy
+
+
+def greater_than_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None) -> list[Example]:
+    """``n`` prompts; the answer is YY + 1, the alternatives every later two-digit year."""
+    check_range("n", n, 1)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt, yy = sample_greater_than(rng)
+        later = [f"{y:02d}" for y in range(yy + 1, 100)]
+        out.append(Example(prompt, later[0], tuple(later[1:])))
+    return out
+
+
+register(TaskInfo("greater_than", "greater-than over years (Hanna et al. 2023; Tigges et al. 2024)", None,
+                  greater_than_examples, {"seed": (0, "random seed")}))
