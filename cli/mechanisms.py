@@ -51,7 +51,7 @@ def binding(
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
-    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | boxes"),
+    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations"),
     seed: Seed = 0,
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and

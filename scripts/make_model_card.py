@@ -56,23 +56,97 @@ def measure(rev: str) -> tuple[dict, dict, dict]:
     heads = {}
     for score in HEAD_SCORES:
         grid = hs[score].mean("prompt")
-        layer, head = np.unravel_index(int(grid.argmax()), grid.shape)
+        layer, head = np.unravel_index(int(grid.values.argmax()), grid.shape)
         heads[score] = {"max": round(float(grid.max()), 4), "layer": int(layer), "head": int(head)}
     heads["chance"] = round(float(hs["uniform"].sel(score="induction")), 4)
     return acc, p, heads
 
 
+PATCH_DATA = {"n_prompts": 64, "seed": 0}  # the headline command's pairs: reason-interp patch --task arithmetic
+
+
+def patching(model) -> dict:
+    """How well conditioned patching is at main: the Stolfo IE at the top site (last position)
+    and attribution patching (1 gradient step, and 5 IG steps) against exact patching, mlp and
+    attn at all positions, logit_diff (Pearson r over every prompt, layer and position)."""
+    pairs = nr.tasks.arithmetic(**PATCH_DATA)
+    ie = nr.patch(model, pairs, sites=["attn", "mlp"], progress=False)
+    top = max(("attn", "mlp"), key=lambda v: float(abs(ie[v].mean("prompt")).max()))
+    grid = abs(ie[top].mean("prompt")).isel(position=0)
+    layer = int(grid.values.argmax())
+    out = {"top_site": f"{top} L{layer}", "median_abs_ie": round(float(abs(ie[top].isel(layer=layer, position=0)).median()), 4),
+           "mean_p_base": round(float(ie["clean_p_base"].mean()), 4)}
+    exact = nr.patch(model, pairs, sites=["attn", "mlp"], positions="all", metric="logit_diff", progress=False)
+    for steps in (1, 5):
+        est = nr.patch(model, pairs, sites=["attn", "mlp"], positions="all", metric="logit_diff", method="attribution",
+                       ig_steps=steps, progress=False)
+        for v in ("attn", "mlp"):
+            x, y = exact[v].values.ravel(), est[v].values.ravel()
+            ok = np.isfinite(x) & np.isfinite(y)  # positions past a shorter prompt's end are NaN
+            out[f"r_{v}_ig{steps}"] = round(float(np.corrcoef(x[ok], y[ok])[0, 1]), 4)
+    return out
+
+
+# The issue's targets, checked on the measurements above: (what, value at main, the bound).
+def targets(card: dict) -> list[tuple[str, float, str, bool]]:
+    a, p, h, pt = card["accuracy"]["main"], card["mean_p_answer"]["main"], card["head_scores"], card["patching"]
+    chance = h["main"]["chance"]
+    rows = [("arithmetic accuracy", a["arithmetic"], ">= 0.95"),
+            ("arithmetic mean P(answer)", p["arithmetic"], "0.6-0.95"),
+            ("median abs(Stolfo IE) at the top site", pt["median_abs_ie"], "0.1-1000"),
+            ("attribution r, attn (1 step)", pt["r_attn_ig1"], ">= 0.9"),
+            ("attribution r, mlp (1 step)", pt["r_mlp_ig1"], ">= 0.9"),
+            ("arithmetic held-out (+-*/)", a["arithmetic_4ops_heldout"], ">= 0.9"),
+            ("arithmetic held-out, lm-arithmetic templates", a["arithmetic_stolfo_templates"], ">= 0.9"),
+            ("number retrieval", a["number_retrieval"], ">= 0.9"),
+            ("factual recall", a["factual_recall"], ">= 0.9"),
+            ("k-th smallest of 8", a["kth_smallest_8"], ">= 0.8"),
+            ("IOI ABBA", a["ioi_abba"], ">= 0.9"), ("IOI BABA", a["ioi_baba"], ">= 0.9"),
+            ("greater-than", a["greater_than"], ">= 0.9"), ("sentiment", a["sentiment"], ">= 0.9")]
+    rows += [(f"binding {k[8:]}", a[k], ">= 0.8" if k.endswith("_3") else ">= 0.9") for k in a if k.startswith("binding_")]
+    rows += [("CoT full", a["cot_full"], ">= 0.8"), ("CoT equation-only", a["cot_equation_only"], ">= 0.8"),
+             ("CoT text-only below equation-only - 0.2", a["cot_text_only"], f"<= {a['cot_equation_only'] - 0.2:.2f}"),
+             ("no CoT below equation-only - 0.2", a["cot_no_cot"], f"<= {a['cot_equation_only'] - 0.2:.2f}"),
+             ("best induction head at main", h["main"]["induction"]["max"], ">= 0.5"),
+             ("best previous-token head at main", h["main"]["previous_token"]["max"], ">= 0.5"),
+             ("best induction head at step0 (chance + 0.1)", h["step0"]["induction"]["max"], f"<= {chance + 0.1:.2f}")]
+
+    def ok(v: float, bound: str) -> bool:
+        if bound.startswith(">="):
+            return v >= float(bound[3:])
+        if bound.startswith("<="):
+            return v <= float(bound[3:])
+        lo, hi = map(float, bound.split("-"))
+        return lo <= v <= hi
+
+    return [(what, v, bound, ok(v, bound)) for what, v, bound in rows]
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reuse-revisions", action="store_true",
+                    help="keep card.json's per-revision measurements; re-measure patching and redraw the card")
+    args = ap.parse_args()
     acc, p_answer, heads = {}, {}, {}
+    old = embedded.card() if args.reuse_revisions else {}
     for rev in embedded.revisions():
+        if old:
+            acc[rev], p_answer[rev], heads[rev] = old["accuracy"][rev], old["mean_p_answer"][rev], old["head_scores"][rev]
+            continue
         acc[rev], p_answer[rev], heads[rev] = measure(rev)
         print(rev, json.dumps(acc[rev]), json.dumps(heads[rev]), flush=True)
     model = nr.load_model(revision="main")
+    patch = patching(model)
+    print("patching", json.dumps(patch), flush=True)
     card = {"parameters": sum(p.numel() for p in model._module.parameters()), "n_prompts": N, "seed": SEED,
             "evals": {k: {"task": t, "params": p} for k, (t, p) in EVALS.items()}, "accuracy": acc,
-            "mean_p_answer": p_answer, "head_scores": heads, "head_data": HEAD_DATA,
+            "mean_p_answer": p_answer, "head_scores": heads, "head_data": HEAD_DATA, "patching": patch,
+            "patch_data": PATCH_DATA,
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
             "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}
+    card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     (embedded.ROOT / "MODEL_CARD.md").write_text(render(card, cfg))
@@ -94,6 +168,10 @@ def render(card: dict, cfg: dict) -> str:
     evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'])}`\n"
                     for c, e in card["evals"].items())
     t = card["training"]
+    pt = card["patching"]
+    goals = "| target | at main | bound | met |\n|---|---|---|---|\n" + "".join(
+        f"| {g['target']} | {g['value']:.3g} | {g['bound']} | {'yes' if g['met'] else '**no**'} |\n" for g in card["targets"])
+    missed = [g["target"] for g in card["targets"] if not g["met"]]
     return f"""# The embedded model
 
 A small GPT-NeoX (Pythia architecture) trained from scratch by `scripts/train_embedded.py` on
@@ -117,6 +195,16 @@ number words, names), so the model keeps real uncertainty among plausible answer
 tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay 0.1, 100
 warm-up steps, cosine to 10 %. Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
+
+## Targets (issue 18), measured
+{goals}
+{"Missed: " + "; ".join(missed) + "." if missed else "Every target is met."}
+
+## Patching at main
+The headline command's pairs ({pt['mean_p_base']:.2f} mean P(base answer)): the top site by mean |Stolfo IE| is
+{pt['top_site']} (last position), median |IE| {pt['median_abs_ie']:.3g}. Attribution patching against exact
+patching (logit_diff, attn and mlp at every position, Pearson r): 1 gradient step attn {pt['r_attn_ig1']:.2f},
+mlp {pt['r_mlp_ig1']:.2f}; 5 IG steps attn {pt['r_attn_ig5']:.2f}, mlp {pt['r_mlp_ig5']:.2f}.
 
 ## Accuracy per revision (next-token top-1, {card['n_prompts']} prompts each, seed {card['seed']})
 {acc}

@@ -11,7 +11,13 @@ Products and quotients take two operands; a quotient must be exact (the reposito
 only integer results the same way). The operation intervention swaps an operator for another
 of ``operations`` (+ and - for each other when those are the only two).
 
-Operands are drawn from 1..max_n; results must be >= 0. Few-shot exemplars are shared by
+Operands are drawn from 1..max_n; results must be >= 0.
+
+Departures from lm-arithmetic (``interventions/intervention.py``): results may be 0 and are
+bounded by the tokenizer (an answer must be one token; 0..99 for the embedded model), not by
+``max_n``; number words are one hyphenated token ("twenty-three", the repository writes
+"twenty three"); exemplars end with " . " rather than a newline; punctuation is a separate
+word ("Q : What is 3 plus 5 ? A :"), as the embedded word-level tokenizer splits text. Few-shot exemplars are shared by
 the base and source prompt of a pair so that only the queried problem differs.
 """
 from __future__ import annotations
@@ -112,7 +118,7 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
     """Draw (operands, operators, result) with result >= 0, respecting the held-out split;
     operators from ``operations`` (with 3 operands only its + and -)."""
     pool = operations if n_operands == 2 else "".join(o for o in operations if o in "+-")
-    while True:
+    for _ in range(100_000):
         operands = [rng.randint(1, max_n) for _ in range(n_operands)]
         o = list(ops) if ops is not None else [rng.choice(pool) for _ in range(n_operands - 1)]
         if split != "all" and is_heldout(operands) != (split == "heldout"):
@@ -120,6 +126,8 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
         result = evaluate_expr(operands, o)
         if result >= 0:
             return operands, o, result
+    raise TaskError(f"no {n_operands}-operand problem with operators {''.join(ops or pool)!r} and operands "
+                    f"1..{max_n} has an integer result >= 0 in the {split!r} split; raise max_n or add '+'")
 
 
 def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
@@ -155,7 +163,8 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
         b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list)
         if b_operands == a_ops or (kind == "operands" and r2 == r1) or (kind == "same_result" and r2 != r1):
             return None
-    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split, ops)
+    # exemplars share the query's operator (lm-arithmetic's shots use the query's template)
+    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split, a_ops_list[0] if n == 2 else ops)
     base = render_problem(a_ops, a_ops_list, template, rep)
     source = render_problem(b_operands, b_ops, template, rep)
     ra, rb = render_number(r1, rep), render_number(r2, rep)
@@ -231,6 +240,8 @@ def arithmetic(
                   split=split, seed=seed)
     if operations != "+-":  # default runs keep the task_params they always had
         params["operations"] = operations
+    if templates == "stolfo":  # replayable: arithmetic(**params) draws the same pairs
+        params["templates"] = "stolfo"
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
     pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)

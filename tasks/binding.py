@@ -23,8 +23,14 @@ Departures from binding-iclr: the framing sentence ("Answer the question based o
 context below. Keep the answer short.") is left out and contexts start with ``Context :``
 (the embedded model is trained on exactly these forms); ``capitals`` uses invented countries
 whose capitals the embedded model learnt as facts (``factual_recall``); ``boxes`` is not in
-the repository (it is the objects-in-boxes task of the issue). ``entity_width=2`` names
-people by first name and surname ("Alice Smith") to test multi-token entities.
+the repository (it is the objects-in-boxes task of the issue); ``occupations`` states the
+occupation in one sentence where BIOSBIAS gives a biography. ``entity_width=2`` names
+people by first name and surname ("Alice Smith") to test multi-token entities (in prompts
+for ``evaluate``; the binding-ID experiment needs one-token entities).
+
+For ``capitals`` the context states a country and the answer is its capital, so binding is
+two hops (bind the person to the country, recall the country's capital) as in binding-iclr's
+CAPITALS; substituting the attribute in ``nr.binding`` edits the country token.
 
 :func:`binding_examples` gives plain prompts (``evaluate --task binding``);
 :func:`binding_contexts` gives the contexts of the binding-ID experiments (``nr.binding``).
@@ -169,8 +175,9 @@ class BindingContexts(TaskData):
         return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"
 
 
-# The binding-ID experiment locates each entity before its attribute within one statement.
-EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.index("{e}") < f.statement.index("{a}"))
+# The binding-ID experiment exchanges statements from their entity on and locates each
+# attribute after its entity: the statement must start with the entity.
+EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.startswith("{e}"))
 
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
@@ -181,9 +188,9 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
     check_range("n_estimate", n_estimate, 1)
-    if family in FAMILIES and family not in EXPERIMENT_FAMILIES:
-        raise TaskError(f"binding IDs need the entity before its attribute in each statement; family {family!r} "
-                        f"states the attribute first (choose from {', '.join(EXPERIMENT_FAMILIES)})")
+    if family not in EXPERIMENT_FAMILIES:
+        raise TaskError(f"binding IDs need statements that start with their entity; family must be one of "
+                        f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
     contexts = sample_contexts(n_contexts, n_pairs, seed, family)
     estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}

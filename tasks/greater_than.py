@@ -4,7 +4,8 @@
 
 Following circuits-over-time's ``greater_than_dataset``: centuries 11..17, the start year's
 two last digits YY in 02..98 (drawn uniformly here; the repository cycles through them), a
-noun from a fixed list. A year is written as one word ("1732") that the embedded tokenizer
+noun from a list of 16 (the repository's ``default_nouns`` has ~120). Corrupted ``XX01``
+prompts (for patching) are not generated yet. A year is written as one word ("1732") that the embedded tokenizer
 splits into the century and YY, as GPT-2/Pythia's tokenizers do for these years. Every YY'
 > YY is a correct answer (``Example.alternatives``), so ``nr.evaluate`` reports the share of
 prompts whose top-1 token is a later year and ``p_answer`` = P(later year), the positive half

@@ -1,6 +1,6 @@
 """Indirect-object identification (Wang et al. 2022; Tigges et al. 2024 over training).
 
-"When Mary and John went to the store , John gave a drink to" -> "Mary".
+"Then , Mary and John went to the store . John gave a drink to" -> "Mary".
 
 Templates are Wang et al.'s fifteen (as Tigges et al. use them through the IOI dataset of
 ``path_patching``), in the embedded vocabulary. ``order`` puts the indirect object (IO)
@@ -8,7 +8,9 @@ first ("ABBA": "When Mary and John …, John gave … to" -> Mary) or the subjec
 ("BABA": "When John and Mary …, John gave … to" -> Mary); "mixed" (Tigges et al.'s
 ``prompt_type="mixed"``) alternates the two. The answer is the name that occurs once either
 way, but which position it holds is not fixed, so a model that always names the first (or
-second) name fails half of the mixed prompts.
+second) name fails half of the mixed prompts. Departures: Tigges et al.'s "mixed" draws 70
+prompts from the first seven templates of each order, shuffled; here prompt i uses template
+i mod 15 and the orders alternate. Places and objects are the embedded vocabulary's.
 
 Patching pairs (``ioi``) corrupt the second mention of the subject (S2), keeping every token
 position: ``flip`` names the indirect object there instead ("…, Mary gave a drink to" ->

@@ -36,12 +36,13 @@ SHAPES = ("circle", "square", "triangle", "star", "heart", "diamond", "oval", "c
           "cross", "hexagon", "arrow", "moon", "ring", "cone", "sphere", "spiral")
 OCCUPATIONS = ("doctor", "teacher", "lawyer", "nurse", "farmer", "pilot", "baker", "painter",
                "writer", "singer", "dentist", "chef", "judge", "sailor", "tailor", "plumber")
-BOX_LABELS = tuple("ABCDEFGHJKLMNPQR")
+BOX_LABELS = tuple("BCDEFGHJKLMNPRST")  # not A or Q: those letters are the "Q : … A :" frame's tokens
 
 # Number retrieval (Stolfo et al.'s intervention type 11): counted things, singular and plural.
+# Five categories in turn (fruit, vegetable, vehicle, animal, tool): THINGS[i] is in category i % 5.
 THINGS = (("apple", "apples"), ("carrot", "carrots"), ("car", "cars"), ("dog", "dogs"), ("hammer", "hammers"),
-          ("potato", "potatoes"), ("banana", "bananas"), ("bike", "bikes"), ("cat", "cats"), ("saw", "saws"),
-          ("onion", "onions"), ("grape", "grapes"), ("truck", "trucks"), ("horse", "horses"), ("drill", "drills"))
+          ("banana", "bananas"), ("potato", "potatoes"), ("bike", "bikes"), ("cat", "cats"), ("saw", "saws"),
+          ("grape", "grapes"), ("onion", "onions"), ("truck", "trucks"), ("horse", "horses"), ("drill", "drills"))
 
 # Greater-than (Tigges et al.'s version of Hanna et al.): nouns for "The {noun} lasted ...".
 EVENT_NOUNS = ("war", "drought", "famine", "siege", "reign", "journey", "expedition", "strike",

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.experiments.binding import locate
@@ -133,8 +134,10 @@ def test_binding_on_the_embedded_model_and_cli(tmp_path, monkeypatch):
     assert not (tmp_path / "results" / "binding_2pairs_embedded_main.nc.parts").exists()
     res = CliRunner().invoke(app, ["show", str(path)])
     assert res.exit_code == 0 and "factorizability: entity substituted" in res.output
-    # The embedded model does not bind (model card: binding at chance); every measure sits near 0.5.
-    assert abs(float(ds["accuracy"]) - 0.5) < 0.15 and ds.sizes["prompt"] == 40
+    # Clean accuracy (the right city's logit tops the context's cities) is at least the card's
+    # top-1 accuracy over the whole vocabulary, less the sampling error of 80 queries.
+    card = embedded.card()["accuracy"]["main"]["binding_cities"]
+    assert float(ds["accuracy"]) >= card - 0.12 and ds.sizes["prompt"] == 40
     res = CliRunner().invoke(app, ["plot", str(path)])
     assert res.exit_code == 0 and (tmp_path / "results" / "binding_2pairs_embedded_main.png").stat().st_size > 5000
     res = CliRunner().invoke(app, ["binding", "--n-pairs", "1", "--no-progress", "--out", str(tmp_path / "x.nc")])

@@ -48,7 +48,7 @@ def test_parse_revisions_orders_expands_and_refuses_unknown_names(tmp_path):
     assert parse_revisions("all") == REVS and REVS[0] == "step0" and REVS[-1] == "main"
     assert parse_revisions("main,step1000,step0,step0") == ["step0", "step1000", "main"]
     assert parse_revisions("step0:1000:500") == ["step0", "step500", "step1000"]
-    with pytest.raises(nr.UsageError, match=r"has no revision step7; it has: step0, step250"):
+    with pytest.raises(nr.UsageError, match=r"has no revision step7; it has: step0, step1, step2"):
         parse_revisions("step0,step7")
     assert len(PYTHIA_REVISIONS) == 154 and PYTHIA_REVISIONS[:3] == ["step0", "step1", "step2"]
     assert parse_revisions("all", "EleutherAI/pythia-160m") == PYTHIA_REVISIONS  # "main" is step143000

@@ -182,14 +182,14 @@ def test_eap_on_the_embedded_model_finds_a_faithful_circuit(embedded_model, tmp_
 
 def test_overlap_is_jaccard_of_each_checkpoints_circuit(embedded_model):
     pairs = nr.tasks.arithmetic(n_prompts=8, seed=2)
-    ds = nr.circuit(None, pairs, ig_steps=2, sizes=(30,), progress=False, revisions="step250,main")
+    ds = nr.circuit(None, pairs, ig_steps=2, sizes=(30,), progress=False, revisions="step256,main")
     main = nr.circuit(embedded_model, pairs, ig_steps=2, sizes=(30,), progress=False)
     nr.testing.assert_valid_result(ds)
     np.testing.assert_allclose(ds["score"].sel(checkpoint="main").values, main["score"].values, rtol=1e-6)
     jac = overlap(ds, 30)
     sets = [{(i, j) for i, j in zip(*np.nonzero(ds["in_circuit"].sel(checkpoint=c, size=30).values))}
-            for c in ("step250", "main")]
-    assert jac.sel(checkpoint="step250", checkpoint_b="main") == len(sets[0] & sets[1]) / len(sets[0] | sets[1])
+            for c in ("step256", "main")]
+    assert jac.sel(checkpoint="step256", checkpoint_b="main") == len(sets[0] & sets[1]) / len(sets[0] | sets[1])
     assert np.allclose(np.diag(jac.values), 1) and np.allclose(jac.values, jac.values.T)
     with pytest.raises(UsageError, match="compares checkpoints"):
         overlap(main, 30)

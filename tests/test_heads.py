@@ -155,6 +155,14 @@ def test_head_scores_over_checkpoints_and_cli(tmp_path):
     # step0 attends uniformly: every score sits at its chance level
     np.testing.assert_allclose(ds["previous_token"].sel(checkpoint="step0").mean("prompt"),
                                float(ds["uniform"].isel(checkpoint=0, score=0)), atol=0.01)
+    # main has the heads its model card reports (the card averages 32 sequences, this run 8)
+    from nnsight_reasoning import embedded
+
+    card = embedded.card()["head_scores"]["main"]
+    for score in ("previous_token", "induction"):
+        best = ds[score].sel(checkpoint="main").mean("prompt")
+        assert float(best.max()) > card[score]["max"] - 0.1, (score, float(best.max()))
+        assert float(best[card[score]["layer"], card[score]["head"]]) > float(best.max()) - 0.05  # the card's head
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "h.nc")])
     assert res.exit_code == 0 and (tmp_path / "h.png").stat().st_size > 10_000
 

@@ -16,11 +16,11 @@ from nnsight_reasoning.models import ModelInfo
 
 def test_embedded_revisions_are_shipped():
     revs = embedded.revisions()
-    assert len(revs) >= 5 and revs[0] == "step0" and revs[-1] == "main"
+    assert len(revs) >= 12 and revs[0] == "step0" and revs[-1] == "main"
     steps = [int(r[4:]) for r in revs[:-1]]
     assert steps == sorted(steps)
     size = sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file())
-    assert size <= 25 * 2**20
+    assert size <= 40 * 2**20
     for r in revs:
         assert (embedded.revision_path(r) / "model.safetensors").is_file()
 
@@ -95,14 +95,71 @@ def test_model_card_numbers_are_reproducible():
         for col, spec in card["evals"].items():
             ds = nr.evaluate(model, nr.tasks.examples(spec["task"], card["n_prompts"], seed=card["seed"], **spec["params"]), progress=False)
             assert round(float(ds.accuracy), 4) == card["accuracy"][rev][col], (rev, col)
-    assert (embedded.ROOT / "MODEL_CARD.md").read_text().count("| main |") == 1
+            assert round(float(ds.mean_p_answer), 4) == card["mean_p_answer"][rev][col], (rev, col)
+        hs = nr.head_scores(model, nr.tasks.repeated_tokens(**card["head_data"]), progress=False)
+        for score in ("previous_token", "duplicate_token", "induction"):
+            grid = hs[score].mean("prompt").values
+            best = card["head_scores"][rev][score]
+            assert round(float(grid.max()), 4) == best["max"] and grid[best["layer"], best["head"]] == grid.max()
+    assert "| arithmetic | " in (embedded.ROOT / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.slow
+def test_model_card_patching_numbers_are_reproducible():
+    """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("card", embedded.ROOT.parents[1] / "scripts" / "make_model_card.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.patching(nr.load_model()) == embedded.card()["patching"]
+
+
+def _within(value: float, bound: str) -> bool:
+    if bound.startswith(">="):
+        return value >= float(bound[3:])
+    if bound.startswith("<="):
+        return value <= float(bound[3:])
+    lo, hi = map(float, bound.split("-"))
+    return lo <= value <= hi
+
+
+# The targets of issue 18 this model is shipped for (MODEL_CARD.md lists every target and the misses):
+# a retrained model that loses one of them fails here.
+SHIPPED = (
+    'arithmetic accuracy',
+    'arithmetic mean P(answer)',
+    'median abs(Stolfo IE) at the top site',
+    'arithmetic held-out (+-*/)',
+    'arithmetic held-out, lm-arithmetic templates',
+    'number retrieval',
+    'factual recall',
+    'k-th smallest of 8',
+    'IOI ABBA',
+    'IOI BABA',
+    'greater-than',
+    'sentiment',
+    'CoT full',
+    'CoT equation-only',
+    'CoT text-only below equation-only - 0.2',
+    'no CoT below equation-only - 0.2',
+    'best induction head at main',
+    'best previous-token head at main',
+    'best induction head at step0 (chance + 0.1)',
+)
 
 
 def test_model_card_targets():
-    """Targets from the core-slice issue that the shipped model meets (binding does not; see
-    MODEL_CARD.md). step0 is near chance."""
-    acc = embedded.card()["accuracy"]
-    main, step0 = acc["main"], acc["step0"]
-    assert main["arithmetic"] >= 0.95 and main["arithmetic_heldout"] >= 0.90
-    assert main["kth_smallest"] >= 0.80 and main["ioi"] >= 0.80
-    assert max(step0.values()) < 0.05
+    card = embedded.card()
+    targets = {t["target"]: t for t in card["targets"]}
+    for t in card["targets"]:  # each verdict follows from its value and bound
+        assert t["met"] == _within(t["value"], t["bound"]), t
+    assert [name for name in SHIPPED if not targets[name]["met"]] == []
+    missed = [t["target"] for t in card["targets"] if not t["met"]]
+    text = (embedded.ROOT / "MODEL_CARD.md").read_text()
+    assert all(m in text.split("Missed:")[1] for m in missed) if missed else "Every target is met" in text
+    # step0 answers at chance: below 5 % top-1 wherever one token is the answer (the set tasks'
+    # chance is the set's share of the vocabulary)
+    step0 = card["accuracy"]["step0"]
+    sets = {k for k, e in card["evals"].items() if e["task"] in ("greater_than", "sentiment")}
+    assert max(v for k, v in step0.items() if k not in sets) < 0.05

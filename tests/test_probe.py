@@ -181,15 +181,15 @@ def test_cli_attention_probe_and_plots(tmp_path):
         assert r.returncode == 0 and (tmp_path / f"att.{kind}.png").stat().st_size > 10_000, r.stderr
     parts_dir(prb).mkdir()
     (parts_dir(prb) / "manifest.json").write_text('{"config": {"method": "another run"}}')
-    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step250,main", "--out", str(prb), "--no-progress"])
+    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step256,main", "--out", str(prb), "--no-progress"])
     assert r.returncode == 2 and "--restart" in r.stderr  # parts of another run are refused ...
-    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step250,main", "--out", str(prb), "--no-progress",
+    r = reason_interp(["probe", "--n-prompts", "40", "--revisions", "step256,main", "--out", str(prb), "--no-progress",
                        "--restart"])  # ... and discarded with --restart
     assert r.returncode == 0, r.stderr
     ds = nr.load_result(prb)
     nr.testing.assert_valid_result(ds)
     assert ds["f1"].dims == ("checkpoint", "probe", "layer") and ds["baseline_f1"].dims == ("probe", "layer")
-    assert list(ds["checkpoint"].values) == ["step250", "main"] and "baseline F1" in r.stdout
+    assert list(ds["checkpoint"].values) == ["step256", "main"] and "baseline F1" in r.stdout
     r = reason_interp(["plot", str(prb)])
     assert r.returncode == 0 and (tmp_path / "probe.png").exists()
     r = reason_interp(["show", str(prb)])

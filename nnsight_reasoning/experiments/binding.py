@@ -75,8 +75,8 @@ def _find_words(ctx: BindingContext, text: str, ids: list[int], spans: list[tupl
     ents, atts, cursor = [], [], 0
     for e, a in zip(ctx.entities, ctx.attributes):
         ents.append(find(e, cursor))
-        atts.append(find(a, text.index(e, cursor) + len(e)))
-        cursor = text.index(a, cursor) + len(a)
+        atts.append(find(a, spans[ents[-1]][1]))  # the attribute after its entity
+        cursor = spans[atts[-1]][1]
     return Located(ids, ents, atts)
 
 
