@@ -49,11 +49,11 @@ def test_attribution_tracks_exact_patching_on_the_embedded_model(embedded_model)
         est = nr.patch(embedded_model, pairs, sites=["attn", "mlp"], metric="logit_diff", method="attribution",
                        ig_steps=steps, progress=False)
         r[steps] = {s: np.corrcoef(exact[s].values.ravel(), est[s].values.ravel())[0, 1] for s in ("attn", "mlp")}
-    # Measured 2026-11-23: AtP attn 0.007 / mlp 0.53; IG-5 attn 0.74 / mlp 0.86 (README).
-    # The embedded model is saturated (P(answer) ~ 0.999), where one gradient step is a poor
-    # linearisation; integrated gradients recover most of the agreement.
-    assert r[5]["attn"] > 0.65 and r[5]["mlp"] > 0.8, r
-    assert r[5]["attn"] > r[1]["attn"] + 0.4 and r[5]["mlp"] > r[1]["mlp"] + 0.2, r
+    # Measured 2026-11-29 on embedded v2 (P(answer) ~ 0.76, not saturated): AtP attn 0.09 / mlp 0.48;
+    # IG-5 attn 0.52 / mlp 0.80. One gradient step is still a poor linearisation of patching a
+    # whole attention or MLP output; integrated gradients recover much of the agreement.
+    assert r[5]["attn"] > 0.45 and r[5]["mlp"] > 0.7, r
+    assert r[5]["attn"] > r[1]["attn"] + 0.3 and r[5]["mlp"] > r[1]["mlp"] + 0.2, r
 
 
 def test_attribution_errors(embedded_model, small_pairs):
