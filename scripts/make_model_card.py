@@ -158,7 +158,7 @@ def _table(rows: list[str], revs: list[str], cell) -> str:
 
 
 def render(card: dict, cfg: dict) -> str:
-    revs = list(card["accuracy"])
+    revs = [r for r in embedded.revisions() if r in card["accuracy"]]  # training order (card.json sorts keys)
     rows = list(card["evals"])
     acc = _table(rows, revs, lambda rev, r: f"{card['accuracy'][rev][r]:.2f}")
     pa = _table(rows, ["main"], lambda rev, r: f"{card['mean_p_answer'][rev][r]:.3f}")
