@@ -128,8 +128,9 @@ def models() -> None:
                                                   for rev in revs], style="dim")
     out.print(table)
     if heads.get("main"):
-        out.print(f"head scores: mean attention on the pattern's key over repeated random tokens; uniform attention "
-                  f"scores {heads['main']['chance']:.3f}. Mean P(answer) per task: MODEL_CARD.md", highlight=False)
+        out.print(f"head scores: mean attention on the pattern's key over repeated random tokens (induction at "
+                  f"uniform attention: {heads['main']['chance']:.3f}). Mean P(answer) per task: MODEL_CARD.md",
+                  highlight=False)
     out.print(f"files: {embedded.REVISIONS_DIR}", highlight=False)
     out.print("any other model: --model EleutherAI/pythia-160m --revision step3000, or a local directory",
               highlight=False)
