@@ -114,7 +114,8 @@ def sample_context(rng: random.Random, n_pairs: int, family: str = "cities", ent
 
 def _check(n_pairs: int, family: str, entity_width: int) -> None:
     check_choice("family", family, list(FAMILIES))
-    check_range("n_pairs", n_pairs, 2, 6)
+    f = FAMILIES[family]
+    check_range("n_pairs", n_pairs, 2, min(len(f.entities), len(f.attributes)))  # distinct entities and attributes
     check_range("entity_width", entity_width, 1, 2)
     if entity_width == 2 and not FAMILIES[family].people:
         raise TaskError(f"entity_width=2 needs a family whose entities are people "
@@ -136,7 +137,7 @@ def binding_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, 
 
 
 register(TaskInfo("binding", "entity-attribute binding (Feng & Steinhardt 2024)", None, binding_examples,
-                  {"n_pairs": (2, "entity-attribute statements in the context (2-6)"),
+                  {"n_pairs": (2, "entity-attribute statements in the context (2-16)"),
                    "family": ("cities", f"statement family: {' | '.join(FAMILIES)}"),
                    "entity_width": (1, "tokens per entity: 1, or 2 (first name and surname)"),
                    "seed": (0, "random seed")}))

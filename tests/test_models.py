@@ -86,21 +86,22 @@ def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
             assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
 
 
-def test_model_card_numbers_are_reproducible():
-    """The card is measured, not typed: re-measure main and step0 with the stored settings."""
+# main in the fast tier; step0 (the same code on other weights) in the slow one, for time
+@pytest.mark.parametrize("rev", ["main", pytest.param("step0", marks=pytest.mark.slow)])
+def test_model_card_numbers_are_reproducible(rev):
+    """The card is measured, not typed: re-measure a revision with the stored settings."""
     card = embedded.card()
     assert set(card["accuracy"]) == set(embedded.revisions())
-    for rev in ("step0", "main"):
-        model = nr.load_model(revision=rev)
-        for col, spec in card["evals"].items():
-            ds = nr.evaluate(model, nr.tasks.examples(spec["task"], card["n_prompts"], seed=card["seed"], **spec["params"]), progress=False)
-            assert round(float(ds.accuracy), 4) == card["accuracy"][rev][col], (rev, col)
-            assert round(float(ds.mean_p_answer), 4) == card["mean_p_answer"][rev][col], (rev, col)
-        hs = nr.head_scores(model, nr.tasks.repeated_tokens(**card["head_data"]), progress=False)
-        for score in ("previous_token", "duplicate_token", "induction"):
-            grid = hs[score].mean("prompt").values
-            best = card["head_scores"][rev][score]
-            assert round(float(grid.max()), 4) == best["max"] and grid[best["layer"], best["head"]] == grid.max()
+    model = nr.load_model(revision=rev)
+    for col, spec in card["evals"].items():
+        ds = nr.evaluate(model, nr.tasks.examples(spec["task"], card["n_prompts"], seed=card["seed"], **spec["params"]), progress=False)
+        assert round(float(ds.accuracy), 4) == card["accuracy"][rev][col], (rev, col)
+        assert round(float(ds.mean_p_answer), 4) == card["mean_p_answer"][rev][col], (rev, col)
+    hs = nr.head_scores(model, nr.tasks.repeated_tokens(**card["head_data"]), progress=False)
+    for score in ("previous_token", "duplicate_token", "induction"):
+        grid = hs[score].mean("prompt").values
+        best = card["head_scores"][rev][score]
+        assert round(float(grid.max()), 4) == best["max"] and grid[best["layer"], best["head"]] == grid.max()
     assert "| arithmetic | " in (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
