@@ -47,7 +47,8 @@ TEMPLATES: tuple[str, ...] = (
     "{expr} equals",
 )
 SHOT_SEPARATOR = " . "
-# lm-arithmetic's two-operand template families (interventions/intervention.py), one list per
+# lm-arithmetic's two-operand template families (interventions/intervention.py:220-243; operator
+# words :244, operand and result ranges :29-71), one list per
 # operator in the repository's order; the last is the symbolic one, which the repository drops
 # for number words. Tokens are space-separated here ("? A :"), as the embedded tokenizer splits.
 _WORD = {"+": "plus", "-": "minus", "*": "times", "/": "over"}

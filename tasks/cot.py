@@ -1,6 +1,10 @@
 """Chain-of-thought arithmetic prompts in named variants (Rai & Yao 2024, "An investigation of
 neuron activation as a unified lens to explain chain-of-thought eliciting arithmetic reasoning").
 
+The variants follow neuron-analysis-cot-arithmetic-reasoning's prompt files: ``data/prompts/
+cot_prompt.txt:1-60`` (full), ``text_only.txt:1-60``, ``equation_only.txt:1-35`` and ``data/prompts.py:35-59``
+(``std_prompts``, no CoT); their exemplars are GSM8K problems in "Question: … The answer is N." blocks.
+
 A problem is a question plus worked steps; each step is a sentence with the equation it
 computes. A prompt is ``n_shots`` solved exemplars and one query, all in one variant:
 

@@ -3,7 +3,8 @@
 "Then , Mary and John went to the store . John gave a drink to" -> "Mary".
 
 Templates are Wang et al.'s fifteen (as Tigges et al. use them through the IOI dataset of
-``path_patching``), in the embedded vocabulary. ``order`` puts the indirect object (IO)
+``path_patching``; listed in circuits-over-time's ``circuit_sketches/ioi_dataset.py``, whose file index
+gives no line numbers), in the embedded vocabulary. ``order`` puts the indirect object (IO)
 first ("ABBA": "When Mary and John …, John gave … to" -> Mary) or the subject first
 ("BABA": "When John and Mary …, John gave … to" -> Mary); "mixed" (Tigges et al.'s
 ``prompt_type="mixed"``) alternates the two. The answer is the name that occurs once either

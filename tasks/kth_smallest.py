@@ -2,6 +2,11 @@
 
 "Numbers : 12 5 30 7 . The second smallest is" -> "7". Numbers are distinct, 0..max_n.
 
+Departure from MechanisticProbe (``src/utils.py:358-416``): there the input is 16 numbers
+with no instruction (``:414-416``), drawn with replacement (``:402``), and k is fixed per
+fine-tuned model (``--stask minKK``, ``:407-412``); here k is stated in the prompt so one
+model answers every k, and numbers are distinct so the reasoning tree is unambiguous.
+
 Reasoning tree (as in MechanisticProbe): to name the k-th smallest the model must find the
 k smallest numbers; the answer is the largest of them. Step 1 uses the k-1 numbers below
 the answer (the leaves), step 2 the answer itself (step 1 when k = 1); the other numbers

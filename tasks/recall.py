@@ -1,13 +1,15 @@
 """Stolfo et al.'s two control tasks: number retrieval and factual recall.
 
-**Number retrieval** (lm-arithmetic's intervention type 11): "Q : I have 3 apples and 5 cars
+**Number retrieval** (lm-arithmetic's intervention type 11, ``interventions/entity_intervention.py``:
+templates :50-57, counts :11, singular/plural :12-16): "Q : I have 3 apples and 5 cars
 . How many apples do I have ? A :" -> "3". The repository's eight templates, counts 0..max_n
 (two distinct draws), two things from different categories, singular for a count of 1.
 Departures: the things come from this vocabulary (15 in 5 categories, lower case), not
 ``entity_dict.json``; the question names the thing in the plural; template 7's seller is
 "Jane" (the repository's "Jasmin" is not in the vocabulary).
 
-**Factual recall** (type 20: LAMA cloze prompts, cut before [Y]): relations P36 "The capital
+**Factual recall** (type 20, ``interventions/lama_intervention.py``: relations :8, cloze cut before
+[Y] :61-62): relations P36 "The capital
 of [X] is", P1376 "[X] is the capital of", P19 "[X] was born in", P20 "[X] died in" and P103
 "The native language of [X] is", over *invented* countries and people whose facts exist only
 in the embedded model's training data (``FACTS``), so recall measures what it learnt. P279

@@ -5,7 +5,8 @@ and overall it was just very" -> a positive word ("great", "amazing", "awesome",
 "perfect"); the negative prompts (adjectives from the negative list, "hated") ask for
 "terrible", "awful", "bad", "horrible" or "disgusting".
 
-As in circuits-over-time: three adjectives in a row of a circular list (here a random start),
+As in circuits-over-time (``data/sentiment_datasets.py``, PromptType.COMPLETION_2, word lists in
+``prompts.yaml``; its file index gives no line numbers): three adjectives in a row of a circular list (here a random start),
 the verb "loved"/"hated", and a class of five answer words; every word of the class is a
 correct answer (``Example.alternatives``). Departure: the repository's adjective lists are
 cut to single tokens of its model; here they are the embedded vocabulary's (16 positive,
