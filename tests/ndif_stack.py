@@ -42,9 +42,23 @@ def installed() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1.
+
+    Every socket stays bound until all are picked: ports picked one at a time can repeat
+    (the kernel may hand a just-closed port out again), and then two services race for it.
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class NDIFStack:
@@ -57,8 +71,10 @@ class NDIFStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         # Ray puts unix sockets under its temp dir: keep the path short.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="ri-ray-", dir="/tmp"))
-        self.ports = {k: free_port() for k in ("redis", "s3", "ray", "ray_client", "dashboard", "agent", "api")}
+        names = ("redis", "s3", "ray", "ray_client", "dashboard", "agent", "api")
+        self.ports = dict(zip(names, free_ports(len(names))))
         self.sessions: dict[str, int] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
         self.timings: dict[str, float] = {}
         self._stopped = False
         atexit.register(self.stop)
@@ -98,8 +114,8 @@ class NDIFStack:
         self._spawn("redis", ["redis-server", "--port", str(p["redis"]), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"])
         self._spawn("s3", ["moto_server", "-H", "127.0.0.1", "-p", str(p["s3"])])
-        self._wait_port(p["redis"], 20, "redis")
-        self._wait_port(p["s3"], 60, "moto")
+        self._wait_port(p["redis"], 20, "redis", service="redis")
+        self._wait_port(p["s3"], 60, "moto", service="s3")
         resources = json.dumps({"head": 10, "cuda_memory_bytes": 4 * 1024**3,
                                 "cpu_memory_bytes": 8 * 1024**3})
         self._spawn("ray", ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -110,7 +126,7 @@ class NDIFStack:
                             f"--dashboard-agent-listen-port={p['agent']}", "--disable-usage-stats",
                             f"--temp-dir={self.ray_tmp}"])
         for port, name in ((p["ray"], "ray gcs"), (p["dashboard"], "ray dashboard"), (p["ray_client"], "ray client")):
-            self._wait_port(port, 120, name)
+            self._wait_port(port, 120, name, service="ray")
         self.timings["ray_s"] = time.perf_counter() - t0
         self.start_api()
         self._run("controller", [str(VENV / "bin" / "python"), "-m",
@@ -118,6 +134,7 @@ class NDIFStack:
                   extra_env={"RAY_ADDRESS": f"127.0.0.1:{p['ray']}"}, timeout=180)
         self.wait_api()
         self.timings["services_s"] = time.perf_counter() - t0
+        self._check_running()
         if models:
             self.deploy(models)
         self.timings["total_s"] = time.perf_counter() - t0
@@ -132,7 +149,7 @@ class NDIFStack:
 
     def wait_api(self, timeout: float = 150) -> None:
         """Until the API listens and its dispatcher has reached Ray (before that it answers 503)."""
-        self._wait_port(self.ports["api"], timeout, "NDIF API")
+        self._wait_port(self.ports["api"], timeout, "NDIF API", service="api")
         deadline = time.monotonic() + timeout
         while not self._redis("get", "ray:connected"):
             if time.monotonic() > deadline:
@@ -152,6 +169,7 @@ class NDIFStack:
     def stop_service(self, name: str) -> None:
         """Stop one service (its whole session), e.g. the API to test a host that went away."""
         sid = self.sessions.pop(name, None)
+        self._procs.pop(name, None)
         if sid is not None:
             _kill_sessions({sid})
 
@@ -176,6 +194,22 @@ class NDIFStack:
                                 env={**self.env, **(extra_env or {})}, start_new_session=True)
         log.close()
         self.sessions[name] = proc.pid  # == its session id (start_new_session)
+        self._procs[name] = proc
+
+    def _exited(self, name: str) -> str | None:
+        """``None`` while service ``name`` runs; else why it stopped (exit code, its log's tail)."""
+        proc = self._procs.get(name)
+        if proc is None or proc.poll() is None:
+            return None
+        tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
+        return f"{name} exited ({proc.returncode}): " + " | ".join(tail)
+
+    def _check_running(self) -> None:
+        # A service that lost its port to another program exits, while the port still
+        # answers (that program listens there): only its exit tells.
+        dead = [why for name in self.sessions if (why := self._exited(name))]
+        if dead:
+            raise RuntimeError("NDIF test stack: " + "; ".join(dead) + f"; logs in {self.logs}")
 
     def _run(self, name: str, cmd: list[str], extra_env: dict | None = None, timeout: float = 120) -> None:
         with open(self.logs / f"{name}.log", "ab") as log:
@@ -185,9 +219,11 @@ class NDIFStack:
             tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError(f"NDIF {name} failed (exit {r.returncode}): " + " | ".join(tail))
 
-    def _wait_port(self, port: int, timeout: float, name: str) -> None:
+    def _wait_port(self, port: int, timeout: float, name: str, service: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            if service and (why := self._exited(service)):
+                raise RuntimeError(f"NDIF test stack: {why}; logs in {self.logs}")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     return
