@@ -24,7 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def patch(
     h: Harness,
     task: Task = "arithmetic",
-    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: mlp, attn, resid, head (repeatable)"),
+    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, head, attn, mlp, resid "
+                                                            "(repeatable; embed is stored at layer -1)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
     n_prompts: int = typer.Option(64, help="number of prompt pairs"),
@@ -36,9 +37,13 @@ def patch(
     representation: Optional[str] = typer.Option(None, help="arithmetic: arabic | words"),
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
     param: Param = [],
-    metric: str = typer.Option("stolfo_ie", help="stolfo_ie | logit_diff"),
+    metric: Optional[str] = typer.Option(None, help="stolfo_ie | absolute | source_increase | relative_source_increase"
+                                                    " | same_result | logit_diff; default same_result for pairs with "
+                                                    "equal answers, else stolfo_ie"),
     method: str = typer.Option("exact", help="exact (activation patching) | attribution (gradient estimate)"),
     ig_steps: int = typer.Option(1, help="attribution: 1 = plain; m > 1 = integrated gradients over m steps"),
+    correct_only: bool = typer.Option(False, "--correct-only", help="only pairs the model answers correctly (base "
+                                      "and source); the others get NaN effects, as the paper filters"),
 ) -> None:
     """Activation patching / causal mediation (Stolfo et al. 2023) over layers and positions;
     --method attribution for the gradient estimate (one forward + backward per batch)."""
@@ -52,7 +57,7 @@ def patch(
     # attribution gets its own default file: it never overwrites exact results
     h.run(nr.patch, pair_data(task, n_prompts, seed, params), kind="patch" if method == "exact" else "attribution",
           task=task, sites=site, positions=positions, metric=metric, method=method, ig_steps=ig_steps,
-          layers=layer or None)
+          layers=layer or None, correct_only=correct_only)
 
 
 @app.command()
@@ -159,8 +164,9 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
 def plot(
     path: Path = typer.Argument(..., help="results file (.nc)"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
-    kind: Optional[str] = typer.Option(None, help="attention results: heatmap | entropy | mass; "
-                                                  "circuit results: circuit | faithfulness | overlap"),
+    kind: Optional[str] = typer.Option(None, help="patching: positions | roles | prediction; attention results: "
+                                                  "heatmap | entropy | mass; circuit results: circuit | "
+                                                  "faithfulness | overlap"),
     prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:
     """Patching heatmap (layer × position per site), accuracy, attention (heatmap of one prompt,

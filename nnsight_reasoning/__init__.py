@@ -20,7 +20,7 @@ from .experiments.circuit import circuit, edge_patching
 from .experiments.evaluate import evaluate
 from .experiments.heads import head_scores
 from .experiments.neurons import neurons
-from .experiments.patch import patch
+from .experiments.patch import by_token_role, patch, prediction_change
 from .experiments.probe import probe
 from .metrics import METRICS
 from .models import load_model
@@ -34,6 +34,7 @@ __all__ = [
     # experiments
     "patch", "evaluate", "attention", "probe", "head_scores", "circuit", "edge_patching", "neurons", "binding",
     # models, data, results
-    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "testing", "experiments",
+    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role",
+    "testing", "experiments",
     "SITES", "METRICS", "UsageError", "RunError",
 ]

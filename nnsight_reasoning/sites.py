@@ -3,8 +3,10 @@
 Per-architecture knowledge is data: one :class:`Architecture` entry per Hugging Face
 ``model_type``. Adding a family is one entry here plus one test parameter.
 
-Sites, in the order a decoder layer computes them:
+Sites, in the order the model computes them:
 
+``embed``  the token embeddings entering the first layer, ``(d_model,)``; lm-arithmetic's
+           "layer -1", stored at layer coordinate -1 (patching only)
 ``head``   one attention head's output before the output projection (input of ``o_proj``),
            shape per position ``(n_heads, head_dim)``
 ``attn``   attention block output (after the output projection), ``(d_model,)``
@@ -18,7 +20,9 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("head", "attn", "mlp", "resid")
+SITES: tuple[str, ...] = ("embed", "head", "attn", "mlp", "resid")
+#: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
+EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")
 
 

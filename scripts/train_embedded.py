@@ -239,6 +239,11 @@ def smoothing_classes(tok) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training
+def parse_mix(text: str) -> dict[str, int]:
+    """"task=n,…" → {task: sequences per step}."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+
+
 def revision_steps(steps: int, every: int) -> list[int]:
     early = [0] + [2 ** i for i in range(10) if 2 ** i < min(steps, every)]
     return sorted(set(early + list(range(every, steps, every)) + [steps]))
@@ -260,6 +265,9 @@ def main() -> None:
                                      "greater_than=16,sentiment=12,binding=64,binding_gaps=48,cot=16,repeated_tokens=64")
     ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
+    ap.add_argument("--early-mix", default="", help="a curriculum: the mix of the first --early-steps steps "
+                                                   "(same form as --mix; default: none)")
+    ap.add_argument("--early-steps", type=int, default=0)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)  # the thread count changes the bits: pin it
@@ -274,7 +282,8 @@ def main() -> None:
     )
     config._attn_implementation = "eager"  # attention probabilities are part of the analyses
     model = GPTNeoXForCausalLM(config)
-    mix = {k: int(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+    mix = parse_mix(args.mix)
+    early_mix = parse_mix(args.early_mix) if args.early_mix else mix
     weight = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(",") if kv)}
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -294,11 +303,11 @@ def main() -> None:
     save_at = revision_steps(args.steps, args.every)
     if args.out.exists():
         shutil.rmtree(args.out)
-    meta = {"seed": args.seed, "mix": mix, "weights": weight, "steps": args.steps, "lr": args.lr, "smoothing": args.smoothing,
+    meta = {"seed": args.seed, "mix": mix, "weights": weight,
+            **({"early_mix": early_mix, "early_steps": args.early_steps} if args.early_steps else {}), "steps": args.steps, "lr": args.lr, "smoothing": args.smoothing,
             "lm_weight": args.lm_weight, "threads": args.threads, "revisions": save_at}
     log = []
     t0 = time.time()
-    n_total = sum(mix.values())
     for step in range(args.steps + 1):
         if step in save_at:
             save(model, tok, args.out / ("main" if step == args.steps else f"step{step}"), {**meta, "step": step})
@@ -307,7 +316,9 @@ def main() -> None:
         model.train()
         opt.zero_grad(set_to_none=True)
         stats = {}
-        for task, n in mix.items():
+        step_mix = early_mix if step < args.early_steps else mix
+        n_total = sum(step_mix.values())
+        for task, n in step_mix.items():
             if task == "repeated_tokens":
                 seqs = [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
             else:

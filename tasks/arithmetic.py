@@ -6,19 +6,30 @@ Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answ
 ``same_result``  operands differ, result equal (r1 == r2)      ("2 + 3 =" vs "4 + 1 =")
 ``operation``    operands equal, every operator flipped        ("3 + 1 =" vs "3 - 1 =")
 
-``operations`` chooses the operators among + - * / (lm-arithmetic's four; default "+-").
-Products and quotients take two operands; a quotient must be exact (the repository keeps
-only integer results the same way). The operation intervention swaps an operator for another
-of ``operations`` (+ and - for each other when those are the only two).
+``operations`` chooses the operators among + - * / (lm-arithmetic's four). Products and
+quotients take two operands; a quotient must be exact (the repository keeps only integer
+results the same way). The default is "+-", except for the two-operand ``operation``
+intervention, which is built as lm-arithmetic builds it (``interventions/intervention.py``
+:307-399): all four operators, op2 drawn uniformly from the three others, the source prompt
+in op2's template of the same index, and the source prompt's exemplars solved in op2 (the
+base prompt's in op1). With three operands every + and - is flipped and exemplars are shared.
 
-Operands are drawn from 1..max_n; results must be >= 0.
+Operands are drawn from 1..max_n; results must be >= 0 and, with ``max_result``, at most
+that: the repository bounds the result by ``max_n`` for GPT-J and Pythia, and for LLaMA-style
+tokenisers that split numbers into digits it takes operands up to 300 with one-digit results
+(``max_n=300, max_result=9``: "164 - 159 =" answered by one token).
 
 Departures from lm-arithmetic (``interventions/intervention.py``): results may be 0 and are
 bounded by the tokenizer (an answer must be one token; 0..99 for the embedded model), not by
 ``max_n``; number words are one hyphenated token ("twenty-three", the repository writes
 "twenty three"); exemplars end with " . " rather than a newline; punctuation is a separate
-word ("Q : What is 3 plus 5 ? A :"), as the embedded word-level tokenizer splits text. Few-shot exemplars are shared by
-the base and source prompt of a pair so that only the queried problem differs.
+word ("Q : What is 3 plus 5 ? A :"), as the embedded word-level tokenizer splits text. Few-shot exemplars of the
+operands and same-result interventions are shared by the base and source prompt of a pair so
+that only the queried problem differs. In the operation intervention the repository means
+op2's exemplars to carry op2's results, but reuses op1's result by a slip
+(``intervention.py:364``: ``base_tuple`` for ``base_tuple2``, giving "3 - 1 = 4"); here they
+are solved correctly. The repository also keeps pairs whose two results are equal; here the
+two answers always differ, since the indirect effect is about moving r1 to r2.
 """
 from __future__ import annotations
 
@@ -115,9 +126,10 @@ def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, r
 
 
 def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str = "all",
-                   ops: Sequence[str] | None = None, operations: str = "+-") -> tuple[list[int], list[str], int]:
-    """Draw (operands, operators, result) with result >= 0, respecting the held-out split;
-    operators from ``operations`` (with 3 operands only its + and -)."""
+                   ops: Sequence[str] | None = None, operations: str = "+-",
+                   max_result: int | None = None) -> tuple[list[int], list[str], int]:
+    """Draw (operands, operators, result) with 0 <= result (<= ``max_result``), respecting the
+    held-out split; operators from ``operations`` (with 3 operands only its + and -)."""
     pool = operations if n_operands == 2 else "".join(o for o in operations if o in "+-")
     for _ in range(100_000):
         operands = [rng.randint(1, max_n) for _ in range(n_operands)]
@@ -125,17 +137,20 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
         if split != "all" and is_heldout(operands) != (split == "heldout"):
             continue
         result = evaluate_expr(operands, o)
-        if result >= 0:
+        if result >= 0 and (max_result is None or result <= max_result):
             return operands, o, result
+    bound = "" if max_result is None else f" and <= max_result={max_result}"
     raise TaskError(f"no {n_operands}-operand problem with operators {''.join(ops or pool)!r} and operands "
-                    f"1..{max_n} has an integer result >= 0 in the {split!r} split; raise max_n or add '+'")
+                    f"1..{max_n} has an integer result >= 0{bound} in the {split!r} split; raise max_n "
+                    f"or max_result, or add '+'")
 
 
 def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
-           representation: str, split: str, operations: str = "+-") -> str | None:
+           representation: str, split: str, operations: str = "+-", max_result: int | None = None) -> str | None:
     lines = []
     for _ in range(n_shots):
-        operands, ops, result = sample_problem(rng, n_operands, max_n, split, operations=operations)
+        operands, ops, result = sample_problem(rng, n_operands, max_n, split, operations=operations,
+                                               max_result=max_result)
         text, ans = render_problem(operands, ops, template, representation), render_number(result, representation)
         if text is None or ans is None:
             return None
@@ -152,31 +167,42 @@ def _swap(rng: random.Random, op: str, operations: str) -> str:
 def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Sequence[str]) -> PromptPair | None:
     template = templates[i % len(templates)]
     n, m, rep, split = p["n_operands"], p["max_n"], p["representation"], p["split"]
-    ops = p.get("operations", "+-")
-    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops)
+    ops, top = p.get("operations", "+-"), p.get("max_result")
+    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops, max_result=top)
     kind = p["intervention_type"]
     if kind == "operation":
         b_operands, b_ops = a_ops, [_swap(rng, o, ops if n == 2 else "+-") for o in a_ops_list]
         r2 = evaluate_expr(b_operands, b_ops)
-        if r2 < 0 or r2 == r1:
+        if r2 < 0 or r2 == r1 or (top is not None and r2 > top):
             return None
     else:
-        b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list)
+        b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list, max_result=top)
         if b_operands == a_ops or (kind == "operands" and r2 == r1) or (kind == "same_result" and r2 != r1):
             return None
-    # exemplars share the query's operator (lm-arithmetic's shots use the query's template)
-    prefix = _shots(rng, p["n_shots"], n, m, template, rep, split, a_ops_list[0] if n == 2 else ops)
+    # exemplars are solved in the query's operator (lm-arithmetic's shots use the query's
+    # template): shared by the pair, except the operation intervention's, one set per operator
+    shots = lambda operator: _shots(rng, p["n_shots"], n, m, template, rep, split, operator, top)  # noqa: E731
+    prefix = shots(a_ops_list[0] if n == 2 else ops)
+    source_prefix = shots(b_ops[0]) if kind == "operation" and n == 2 else prefix
     base = render_problem(a_ops, a_ops_list, template, rep)
     source = render_problem(b_operands, b_ops, template, rep)
     ra, rb = render_number(r1, rep), render_number(r2, rep)
-    if None in (prefix, base, source, ra, rb):
+    if None in (prefix, source_prefix, base, source, ra, rb):
         return None
-    return PromptPair(prefix + base, prefix + source, ra, rb)  # type: ignore[operator, arg-type]
+    return PromptPair(prefix + base, source_prefix + source, ra, rb)  # type: ignore[operator, arg-type]
+
+
+def default_operations(intervention_type: str, n_operands: int) -> str:
+    """The repository's four operators for the two-operand operation intervention, else "+-"."""
+    return OPERATIONS if intervention_type == "operation" and n_operands == 2 else "+-"
 
 
 def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, representation: str,
-           templates: Sequence[str] | None, split: str, operations: str = "+-") -> list[str]:
+           templates: Sequence[str] | None, split: str, operations: str = "+-",
+           max_result: int | None = None) -> list[str]:
     check_choice("intervention_type", intervention_type, INTERVENTIONS)
+    if max_result is not None:
+        check_range("max_result", max_result, 1)
     if not isinstance(operations, str) or not operations or set(operations) - set(OPERATIONS) \
             or len(set(operations)) != len(operations):
         raise TaskError(f"operations must be distinct characters of {OPERATIONS!r}, e.g. '+-' or '*/' "
@@ -192,16 +218,25 @@ def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, re
         raise TaskError(f"intervention_type={intervention_type!r} needs max_n >= 2 so operands can differ")
     if representation == "words" and max_n > MAX_WORD_NUMBER:
         raise TaskError(f"representation='words' supports numbers up to {MAX_WORD_NUMBER}; lower max_n")
-    if templates == "stolfo":  # the repository's families; number words drop the symbolic one
+    if templates is not None and not isinstance(templates, str) and list(templates) == ["stolfo"]:
+        templates = "stolfo"  # the CLI's --template stolfo
+    n_stolfo = 5 if representation == "words" else 6  # number words drop the symbolic template
+    if templates == "stolfo" or (not isinstance(templates, str) and any(str(t).startswith("stolfo") for t in
+                                                                        templates or ())):
         if n_operands != 2:
             raise TaskError("templates='stolfo' are lm-arithmetic's two-operand templates; use n_operands=2")
-        return [f"stolfo:{k}" for k in range(5 if representation == "words" else 6)]
+    if templates == "stolfo":  # the repository's families (template_type=all)
+        return [f"stolfo:{k}" for k in range(n_stolfo)]
     if isinstance(templates, str):
         raise TaskError(f"templates must be a list of strings with '{{expr}}', or 'stolfo' (got {templates!r})")
     tpl = list(templates) if templates else list(TEMPLATES)
     for t in tpl:
-        if "{expr}" not in t:
-            raise TaskError(f"template {t!r} must contain '{{expr}}' where the problem goes")
+        if t.startswith("stolfo:"):  # the repository's template_type=K
+            if t[7:] not in [str(k) for k in range(n_stolfo)]:
+                raise TaskError(f"template {t!r}: lm-arithmetic has templates stolfo:0..stolfo:{n_stolfo - 1} "
+                                f"with {representation} numbers")
+        elif "{expr}" not in t:
+            raise TaskError(f"template {t!r} must contain '{{expr}}' where the problem goes, or be stolfo:K")
     return tpl
 
 
@@ -216,7 +251,8 @@ def arithmetic(
     split: str = "all",
     seed: int = 0,
     tokenizer: Any | None = None,
-    operations: str = "+-",
+    operations: str | None = None,
+    max_result: int | None = None,
 ) -> PromptPairs:
     """Aligned base/source arithmetic prompt pairs.
 
@@ -231,22 +267,78 @@ def arithmetic(
         repository's six two-operand templates per operator (five with number words), e.g.
         "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of its operator.
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
-    operations : operators to draw from, among "+-*/" (see module doc).
+    operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
+        two-operand operation intervention (see module doc).
+    max_result : largest result (default: any the tokenizer has as one token); with
+        ``max_n=300, max_result=9``, lm-arithmetic's setting for digit-splitting tokenisers.
     seed : same seed and tokenizer give the same pairs.
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
-    tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations)
+    if operations is None:
+        operations = default_operations(intervention_type, n_operands)
+    tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations,
+                 max_result)
     params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,
                   n_shots=n_shots, max_n=max_n, representation=representation, templates=tpl,
                   split=split, seed=seed)
     if operations != "+-":  # default runs keep the task_params they always had
         params["operations"] = operations
-    if templates == "stolfo":  # replayable: arithmetic(**params) draws the same pairs
-        params["templates"] = "stolfo"
+    if max_result is not None:
+        params["max_result"] = max_result
+    if tpl == [f"stolfo:{k}" for k in range(6 if representation == "arabic" else 5)]:
+        params["templates"] = "stolfo"  # replayable: arithmetic(**params) draws the same pairs
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
     pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)
     return PromptPairs("arithmetic", params, pairs)
+
+
+#: Token roles of a prompt, in reading order (lm-arithmetic's position classes,
+#: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, with the older helper's operator
+#: class, ``notebooks_utils.py:371-394``).
+ROLES = ("early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
+_OPERATOR_WORDS = {*OPERATIONS, *_WORD.values(), "sum", "difference", "product", "ratio"}
+
+
+def token_roles(tokens: Sequence[str]) -> list[str]:
+    """The role of each token of an arithmetic prompt (the query is the last problem, after the
+    exemplars' " . "): "operand 1/2/3" (every token of the number, for tokenisers that split
+    digits; the repository marks the last one), "operator" (+ - * / or its word, "sum of"…),
+    "last" (the final token), and "early" / "middle" / "late" for the other tokens before the
+    first operand, between operands, and after the last. Padding ("") gets "".
+    """
+    words = [t.replace("Ġ", "").replace("▁", "").strip() for t in tokens]
+    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    start = max((i + 1 for i, w in enumerate(words[:n]) if w == "."), default=0)
+    is_number = [w.isdigit() or (w.replace("-", "").isalpha() and _word_value(w) is not None) for w in words]
+    groups: list[list[int]] = []
+    for i in range(start, n):
+        if is_number[i]:
+            if groups and groups[-1][-1] == i - 1 and words[i].isdigit() and words[i - 1].isdigit():
+                groups[-1].append(i)  # digits of one number
+            else:
+                groups.append([i])
+    roles = [""] * len(tokens)
+    first = groups[0][0] if groups else n
+    last_operand = groups[-1][-1] if groups else n
+    for i in range(n):
+        roles[i] = "early" if i < first else "late" if i > last_operand else "middle"
+    for k, g in enumerate(groups[:3]):
+        for i in g:
+            roles[i] = f"operand {k + 1}"
+    for i in range(start, n):
+        if words[i] in _OPERATOR_WORDS:
+            roles[i] = "operator"
+    if n:
+        roles[n - 1] = "last"
+    return roles
+
+
+def _word_value(w: str) -> int | None:
+    for k in range(MAX_WORD_NUMBER + 1):
+        if number_word(k) == w:
+            return k
+    return None
 
 
 def arithmetic_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, **params: Any) -> list[Example]:
@@ -263,7 +355,10 @@ PARAMS = {
     "max_n": (20, "largest operand; operands are 1..max_n, results >= 0"),
     "representation": ("arabic", "arabic ('3 + 5 =') or words ('three plus five =')"),
     "templates": (list(TEMPLATES), "prompt templates containing {expr}, or \"stolfo\" (lm-arithmetic's); used in turn"),
-    "operations": ("+-", "operators among + - * / (products and quotients: 2 operands, exact quotients)"),
+    "operations": ("+-", "operators among + - * / (products and quotients: 2 operands, exact quotients); "
+                         "the 2-operand operation intervention defaults to +-*/"),
+    "max_result": (None, "largest result (default: any single-token answer); max_n=300 max_result=9 is "
+                         "lm-arithmetic's setting for digit-splitting tokenizers"),
     "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),
     "seed": (0, "random seed; same seed -> same prompts"),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+EMBEDDINGS = {"gpt_neox": "gpt_neox.embed_in", "gpt2": "transformer.wte", "llama": "model.embed_tokens"}
 MODULES = {  # model_type -> (layers, attention, o_proj, mlp)
     "gpt_neox": ("gpt_neox.layers", "attention", "attention.dense", "mlp"),
     "gpt2": ("transformer.h", "attn", "attn.c_proj", "mlp"),
@@ -23,6 +24,8 @@ def _get(root, dotted):
 
 
 def _module(hf, site, layer):
+    if site == "embed":  # the token embedding (lm-arithmetic's "layer -1"); layer is ignored
+        return _get(hf, EMBEDDINGS[hf.config.model_type])
     layers, attn, o_proj, mlp = MODULES[hf.config.model_type]
     block = _get(hf, layers)[layer]
     return {"resid": block, "attn": _get(block, attn), "mlp": _get(block, mlp), "head": _get(block, o_proj)}[site]
@@ -58,6 +61,13 @@ def capture(hf, ids, site, layer):
 
 def last_scores(hf, ids, answers, site=None, layer=None, pos=None, value=None, head=None):
     """(probabilities, logits) of ``answers`` at the last position, optionally with one patch."""
+    probs, logits = last_distribution(hf, ids, site, layer, pos, value, head)
+    return probs[answers].numpy(), logits[answers].numpy()
+
+
+def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head=None):
+    """(probabilities, logits) over the whole vocabulary at the last position (float64),
+    optionally with one patch (``site`` "embed" patches the token embedding's output)."""
     handle = None
     if site == "head":
         n_heads = hf.config.num_attention_heads
@@ -81,8 +91,7 @@ def last_scores(hf, ids, answers, site=None, layer=None, pos=None, value=None, h
     finally:
         if handle is not None:
             handle.remove()
-    probs = torch.softmax(logits, -1)
-    return probs[answers].numpy(), logits[answers].numpy()
+    return torch.softmax(logits, -1), logits
 
 
 def ie(p, p_star):
@@ -120,7 +129,6 @@ def reference_patch(hf, tokenizer, pairs, sites, positions, metric, n_heads):
     return out
 
 
-EMBEDDINGS = {"gpt_neox": "gpt_neox.embed_in", "gpt2": "transformer.wte", "llama": "model.embed_tokens"}
 
 
 def reference_attribution(hf, tokenizer, pairs, sites, metric, ig_steps=1):
@@ -176,3 +184,31 @@ def reference_attribution(hf, tokenizer, pairs, sites, metric, ig_steps=1):
             arr = out.setdefault(site, np.full((len(pairs), L, t_max) + val.shape[1:], np.nan))
             arr[i, l, : len(val)] = val
     return out
+
+
+def reference_scores(hf, tokenizer, pairs, sites, positions):
+    """Per pair: the clean base and source runs and every single patch, one forward each.
+
+    Returns (clean, patched): ``clean[i]`` = {"base": (probs, logits, top), "source": (...)},
+    probs and logits of [r1, r2], top = the most probable token id and the gap between the
+    two largest logits; ``patched[(site, i, layer, k)]`` the same for the patched base run
+    (layer -1 for "embed", k the position index of the result)."""
+    L = hf.config.num_hidden_layers
+    clean, patched = [], {}
+
+    def scores(ids, ans, *patch):
+        probs, logits = last_distribution(hf, ids, *patch)
+        top2 = torch.topk(logits, 2).values
+        return probs[ans].numpy(), logits[ans].numpy(), int(logits.argmax()), float(top2[0] - top2[1])
+
+    for i, pair in enumerate(pairs):
+        b, s_ids = tokenizer(pair.base)["input_ids"], tokenizer(pair.source)["input_ids"]
+        ans = [tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer)]
+        clean.append({"base": scores(b, ans), "source": scores(s_ids, ans)})
+        pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
+        for site in sites:
+            for layer in ([-1] if site == "embed" else range(L)):
+                src = capture(hf, s_ids, site, layer)
+                for k, pos in enumerate(pos_list):
+                    patched[(site, i, layer, k)] = scores(b, ans, site, layer, pos, src[pos])
+    return clean, patched

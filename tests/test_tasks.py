@@ -47,7 +47,7 @@ def test_same_result_intervention():
 
 
 def test_operation_intervention():
-    for p in nr.tasks.arithmetic("operation", n_prompts=40, seed=3):
+    for p in nr.tasks.arithmetic("operation", n_prompts=40, seed=3, operations="+-"):
         (x, ox), (y, oy) = _problem(p.base), _problem(p.source)
         assert x == y and all(a != b for a, b in zip(ox, oy))
         assert p.base_answer != p.source_answer
@@ -216,3 +216,49 @@ def test_ioi_orders():
     assert pairs.params["order"] == "BABA"
     with pytest.raises(TaskError, match="order must be one of"):
         nr.tasks.ioi(4, order="AB")
+
+
+def test_operation_intervention_is_built_as_lm_arithmetic_builds_it():
+    """Two operands: op2 from the other three of + - * /, exemplars solved in each prompt's own
+    operator (intervention.py:307-399), correct answers (the repository's slip at :364 not kept)."""
+    pairs = nr.tasks.arithmetic("operation", n_prompts=60, n_shots=2, seed=4, templates=["{expr} ="])
+    assert pairs.params["operations"] == "+-*/"
+    seen = set()
+    for p in pairs:
+        for prompt, answer in ((p.base, p.base_answer), (p.source, p.source_answer)):
+            *shots, query = prompt.split(" . ")
+            x, op, y, eq = query.split()
+            assert eq == "=" and int(answer) == evaluate_expr([int(x), int(y)], [op])
+            for shot in shots:  # every exemplar in the query's operator, correctly solved
+                sx, sop, sy, _, r = shot.split()
+                assert sop == op and int(r) == evaluate_expr([int(sx), int(sy)], [sop])
+        b, s = p.base.split(" . ")[-1].split(), p.source.split(" . ")[-1].split()
+        assert (b[0], b[2]) == (s[0], s[2]) and b[1] != s[1] and p.base_answer != p.source_answer
+        seen.add((b[1], s[1]))
+    assert {a for a, _ in seen} == set("+-*/") and {b for _, b in seen} == set("+-*/")
+    # the other interventions keep + and - unless asked
+    assert "operations" not in nr.tasks.arithmetic(n_prompts=2).params
+
+
+def test_max_result_bounds_results_as_for_digit_splitting_tokenizers():
+    pairs = nr.tasks.arithmetic(n_prompts=20, max_n=300, max_result=9, seed=0, templates=["{expr} ="])
+    assert pairs.params["max_result"] == 9
+    big = 0
+    for p in pairs:
+        for prompt, answer in ((p.base, p.base_answer), (p.source, p.source_answer)):
+            x, op, y, _ = prompt.split()
+            assert 0 <= int(answer) <= 9 and int(answer) == evaluate_expr([int(x), int(y)], [op])
+            big = max(big, int(x), int(y))
+    assert big > 99  # operands beyond two digits, as in lm-arithmetic's LLaMA setting
+    with pytest.raises(TaskError, match="max_result must be"):
+        nr.tasks.arithmetic(n_prompts=2, max_result=0)
+
+
+def test_stolfo_template_type_k_and_all():
+    """lm-arithmetic's template_type: an index picks one template per operator, 'all' all six."""
+    one = nr.tasks.arithmetic(n_prompts=6, templates=["stolfo:3"], operations="+-", seed=0)
+    assert all(p.base.startswith("Q : What is the") and (" sum of " in p.base or " difference between " in p.base)
+               for p in one)
+    assert nr.tasks.arithmetic(n_prompts=2, templates=["stolfo"]).params["templates"] == "stolfo"
+    with pytest.raises(TaskError, match="stolfo:0..stolfo:4 with words"):
+        nr.tasks.arithmetic(n_prompts=2, templates=["stolfo:5"], representation="words")

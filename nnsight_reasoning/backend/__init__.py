@@ -58,13 +58,15 @@ class Patch:
 class Scores:
     """Next-token scores at the last position for K candidate tokens per row.
 
-    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows, K) int64, 0 = argmax, or
-    None when not asked for (it costs a comparison over the whole vocabulary per row).
+    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows, K) int64, 0 = argmax, and
+    ``top``: (rows,) int64, the id of the row's most probable token; both None when not asked
+    for (they cost a comparison over the whole vocabulary per row).
     """
 
     log_probs: torch.Tensor
     logits: torch.Tensor
     rank: torch.Tensor | None = None
+    top: torch.Tensor | None = None
 
 
 def answer_scores(
@@ -118,6 +120,8 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     arch = architecture(model)
     layers = resolve(model, arch.layers)
     paths = {"head": arch.o_proj, "attn": arch.attn, "mlp": arch.mlp}
+    if any(p.site == "embed" and p.layer != 0 for p in patches):
+        raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
     ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
     groups: dict[tuple[int, int], list[Patch]] = {}  # one intervention per module and layer
     for i in ordered:
@@ -136,8 +140,8 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             grow_in = torch.cat([p.rows for p in new_in])
             n = len(origin)
             for p in new_in:
-                inner.append((p.site, resolve(layers[li], paths[p.site]), torch.arange(n, n + len(p.rows)),
-                              p.src_rows, p.positions, p.heads))
+                inner.append((p.site, None if p.site == "embed" else resolve(layers[li], paths[p.site]),
+                              torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
                 n += len(p.rows)
             origin = torch.cat([origin, grow_in])
             started = True
@@ -168,11 +172,16 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                 hidden = args[0]
                 if grow_in is not None:
                     hidden = torch.cat([hidden, hidden[grow_in]])
+                for kind, module, rows, src, pos, heads in inner:
+                    if kind == "embed":  # the embeddings are this (first) layer's input
+                        hidden[rows, pos] = hidden[src, pos]
                 # batch-shaped arguments (the attention mask) were built for the input rows;
                 # some layers take them by keyword, some (GPT-2) by position
                 layer.inputs = ((hidden,) + batch_rows(args[1:], n_inputs, origin),
                                 batch_kwargs(kwargs, n_inputs, origin))
             for kind, module, rows, src, pos, heads in inner:
+                if kind == "embed":
+                    continue
                 if kind == "head":
                     v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
                     v[rows, pos, heads] = v[src, pos, heads]

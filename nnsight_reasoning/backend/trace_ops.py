@@ -18,13 +18,15 @@ def score_answers(logits, answer_ids, rank=True):
     """Scores of the candidate tokens ``answer_ids`` (n, K) given last-position ``logits`` (n, V).
 
     Returns (log-probabilities, logits), each (n, K) float64, and with ``rank`` the (n, K)
-    rank of each candidate (0 = argmax; the number of tokens with a larger log-probability).
+    rank of each candidate (0 = argmax; the number of tokens with a larger log-probability)
+    and the (n,) id of each row's top token.
     """
     logits = logits.double()  # ratios of tiny probabilities need it
     log_probs = logits.log_softmax(-1)
     chosen = torch.gather(log_probs, 1, answer_ids)
     if rank:
-        return chosen, answer_logits(logits, answer_ids), (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
+        ranks = (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
+        return chosen, answer_logits(logits, answer_ids), ranks, log_probs.argmax(-1)
     return chosen, answer_logits(logits, answer_ids)
 
 

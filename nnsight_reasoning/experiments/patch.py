@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +26,17 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import POSITIONS, check_layers, check_sites, dims, var_name
+from ..sites import EMBED_LAYER, POSITIONS, check_layers, check_sites, dims, var_name
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
 from ..tasks.base import group_by_length
 
 
 METHODS = {"exact": "activation_patching", "attribution": "attribution_patching"}
+#: Metrics attribution patching can estimate (a gradient of a difference of log-scores).
+ATTRIBUTION_METRICS = ("stolfo_ie", "logit_diff")
+#: Codes of the ``<site>_prediction`` variables: what the patch did to the top token of the
+#: base prompt (-1: no value, e.g. a position past the prompt's end).
+PREDICTION_CODES = {0: "unchanged", 1: "moved to the source answer", 2: "moved to another token"}
 
 
 @experiment("activation_patching", batch_size=512)
@@ -41,10 +46,11 @@ def patch(
     sites: Sequence[str] | str = ("mlp", "attn"),
     positions: str = "last",
     *,
-    metric: str = "stolfo_ie",
+    metric: str | None = None,
     method: str = "exact",
     ig_steps: int = 1,
     layers: Sequence[int] | None = None,
+    correct_only: bool = False,
 ) -> xr.Dataset:
     """Activation-patching sweep: the effect of each site's activation on the answer.
 
@@ -53,14 +59,24 @@ def patch(
     model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``), or
         a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
-    sites : any of "mlp", "attn", "resid", "head".
+    sites : any of "embed", "head", "attn", "mlp", "resid". ``embed`` (exact only) patches
+        the token embeddings entering the first layer; it is stored at layer -1, as
+        lm-arithmetic numbers it.
     positions : "last" (the final prompt token) or "all" (every token).
-    metric : "stolfo_ie" (default) or "logit_diff" (see :mod:`nnsight_reasoning.metrics`).
+    metric : a key of :data:`nnsight_reasoning.metrics.METRICS`: "stolfo_ie" (the paper's
+        indirect effect), "absolute", "source_increase", "relative_source_increase",
+        "same_result" (lm-arithmetic's effect for pairs with equal answers) or "logit_diff".
+        Default: "same_result" when every pair's two answers are equal, else "stolfo_ie".
     method : "exact" (activation patching) or "attribution" (attribution patching: the
-        gradient estimate of the same values from one forward + backward pass per batch).
+        gradient estimate of the same values from one forward + backward pass per batch;
+        metrics "stolfo_ie" and "logit_diff").
     ig_steps : attribution only: 1 = gradient at the base run; m > 1 = integrated gradients
         over m interpolations of the input embeddings (more accurate, m extra rows per pair).
     layers : subset of layers; default all.
+    correct_only : analyse only pairs the model answers correctly (its top token is r1 on
+        the base prompt and r2 on the source prompt), as the paper does; the others keep
+        their prompt index with NaN effects (so checkpoints of a sweep stack) and the
+        per-prompt ``correct`` says which. One clean pass per batch decides, before patching.
 
     Batching: one forward pass takes ``p`` source rows and ``p`` clean base rows and grows
     to ``p·(u+2) <= batch_size`` rows (``u`` patches per pair): each patched copy of a base
@@ -71,9 +87,14 @@ def patch(
     -------
     xarray.Dataset with one variable per site, dims ``(prompt, layer, position)``; the
     ``head`` site is stored as variable ``heads`` with an extra ``head`` dim; values of
-    ``metric``; ``clean_p_base`` and ``clean_p_source`` along ``prompt``. With
-    ``positions="last"`` and prompts of different lengths, the single ``position``
-    coordinate is -1 ("each prompt's last token").
+    ``metric``. Along ``prompt``: ``clean_p_base``, ``clean_p_source`` (P(r1), P(r2) on the
+    base prompt), ``source_prompt_p_base``, ``source_prompt_p_source`` (the same on the
+    source prompt) and ``total_effect`` (``metric`` of the input intervention alone: the
+    base prompt replaced by the source prompt, the paper's TE for "stolfo_ie"). Exact
+    patching also stores ``<site>_prediction`` (int8, :data:`PREDICTION_CODES`: whether the
+    patch moved the top token to the source answer or elsewhere; see
+    :func:`prediction_change`). With ``positions="last"`` and prompts of different lengths,
+    the single ``position`` coordinate is -1 ("each prompt's last token").
 
     Examples
     --------
@@ -86,10 +107,19 @@ def patch(
                          f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)} (got {positions!r})")
+    pair_list = list(pairs)
+    if not pair_list:
+        raise UsageError("no prompt pairs given")
+    metric = default_metric(pair_list) if metric is None else metric
     if metric not in metrics.METRICS:
         raise UsageError(f"unknown metric {metric!r}; choose from: {', '.join(metrics.METRICS)}")
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if method == "attribution" and metric not in ATTRIBUTION_METRICS:
+        raise UsageError(f"method='attribution' estimates {' or '.join(ATTRIBUTION_METRICS)} only (got "
+                         f"metric={metric!r}); use method='exact'")
+    if method == "attribution" and "embed" in sites:
+        raise UsageError("site 'embed' is patched exactly only; drop it or use method='exact'")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
         raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
     if method == "exact" and run.batch_size < 3:
@@ -97,24 +127,39 @@ def patch(
     model = run.model
     d = dims(model)
     layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
-    pair_list = list(pairs)
-    if not pair_list:
-        raise UsageError("no prompt pairs given")
+    if "embed" in sites:
+        layer_list = [EMBED_LAYER] + layer_list
     tok = tokenize_pairs(model, pair_list)
     lengths = [len(b) for b in tok.base]
     t_max = max(lengths)
     pos_coord = list(range(t_max)) if positions == "all" else [t_max - 1 if len(set(lengths)) == 1 else -1]
-    shape = (len(pair_list), len(layer_list), len(pos_coord))
     grid = Grid(sites, layer_list, positions, d["n_heads"])
+    out = Outputs.empty(grid, (len(pair_list), len(layer_list), len(pos_coord)))
+    keep = np.arange(len(pair_list))
+    if correct_only:
+        keep = np.flatnonzero(_correct(run, tok, out))
+        if not len(keep) and not run.in_sweep:
+            raise UsageError(f"the model answers none of the {len(pair_list)} pairs correctly (top token r1 on "
+                             f"the base prompt and r2 on the source prompt); run without correct_only")
     if method == "exact":
-        values, clean = _exact(run, tok, grid, metric, shape)
+        _exact(run, tok, grid, metric, out, keep)
     else:
-        values, clean = _attribution(run, tok, grid, metric, ig_steps, shape)
-    attrs = {"method": METHODS[method], "metric": metric, "positions": positions}
+        _attribution(run, tok, grid, metric, ig_steps, out, keep)
+    attrs = {"method": METHODS[method], "metric": metric, "positions": positions, "correct_only": int(correct_only)}
     if method == "attribution":
         attrs["ig_steps"] = ig_steps
+    else:
+        attrs["prediction_codes"] = "; ".join(f"{k} {v}" for k, v in PREDICTION_CODES.items())
     tokens = _token_strings(model, tok.base, positions, t_max)
-    return _dataset(pair_list, values, clean, layer_list, pos_coord, d["n_heads"], tokens, lengths, attrs, metric)
+    return _dataset(pair_list, out, layer_list, pos_coord, d["n_heads"], tokens, lengths, attrs, metric,
+                    method == "exact")
+
+
+def default_metric(pairs: Sequence[PromptPair]) -> str:
+    """"same_result" when every pair's two answers are equal (lm-arithmetic's measure for its
+    same-result intervention: the indirect effect's two terms would describe one token),
+    else "stolfo_ie"."""
+    return "same_result" if all(p.base_answer == p.source_answer for p in pairs) else "stolfo_ie"
 
 
 @dataclass(frozen=True)
@@ -132,6 +177,35 @@ class Tokens:
                 torch.tensor([self.answers[i] for i in pairs] * 2))
 
 
+@dataclass
+class Outputs:
+    """What a sweep fills, for every pair of the run: ``values`` and ``prediction`` per site
+    (prompt, layer, position(, head)); the clean scores (prompt, 2) [r1, r2] of the base
+    prompt (``base_lp``, ``base_lg``: log-probabilities, logits) and of the source prompt
+    (``source_lp``, ``source_lg``); ``correct`` (prompt,) when the run filtered on it."""
+
+    values: dict[str, np.ndarray]
+    prediction: dict[str, np.ndarray]
+    base_lp: np.ndarray
+    base_lg: np.ndarray
+    source_lp: np.ndarray
+    source_lg: np.ndarray
+    correct: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, grid: "Grid", shape: tuple[int, ...]) -> "Outputs":
+        n = shape[0]
+        return cls(grid.empty(shape), {k: np.full(v.shape, -1, np.int8) for k, v in grid.empty(shape).items()},
+                   *(np.full((n, 2), np.nan) for _ in range(4)))
+
+    def clean(self, pairs: Sequence[int], s: backend.Scores) -> None:
+        """The clean scores of a pass whose first 2p rows are :meth:`Tokens.rows` of ``pairs``."""
+        p = len(pairs)
+        lp, lg = s.log_probs.double().numpy(), s.logits.double().numpy()
+        self.source_lp[pairs], self.source_lg[pairs] = lp[:p], lg[:p]
+        self.base_lp[pairs], self.base_lg[pairs] = lp[p:2 * p], lg[p:2 * p]
+
+
 @dataclass(frozen=True)
 class Grid:
     """What a sweep patches: sites (forward order), layers, "last"/"all" positions, heads per layer."""
@@ -144,8 +218,12 @@ class Grid:
     def units(self, length: int) -> list["Unit"]:
         """Every patch of one prompt of ``length`` tokens, in forward order per pair."""
         pos = [(length - 1, 0)] if self.positions == "last" else [(p, p) for p in range(length)]
-        return [Unit(s, li, p, pi, h) for s in self.sites for li in range(len(self.layers)) for p, pi in pos
+        return [Unit(s, li, p, pi, h) for s in self.sites for li in self.layer_indices(s) for p, pi in pos
                 for h in (range(self.n_heads) if s == "head" else [None])]
+
+    def layer_indices(self, site: str) -> list[int]:
+        """Indices into ``layers`` a site is patched at: the embeddings only at layer -1."""
+        return [li for li, layer in enumerate(self.layers) if (layer == EMBED_LAYER) == (site == "embed")]
 
     def empty(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         return {s: np.full(shape + ((self.n_heads,) if s == "head" else ()), np.nan) for s in self.sites}
@@ -192,14 +270,29 @@ def n_forward_passes(n_pairs: int, n_units: int, batch_size: int = 512) -> int:
 
 
 # --------------------------------------------------------------------------- exact
-def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, shape: tuple[int, ...]):
-    values, clean = grid.empty(shape), np.full((shape[0], 2), np.nan)
-    for job in run.steps(plan_passes([len(b) for b in tok.base], grid, run.batch_size), "patching"):
-        rows, ans = tok.rows(job.pairs)
-        patches, copies = _patches(job, grid.layers)
-        s = run.call(backend.answer_scores, rows, ans, patches, rank=False)
-        _fill(s.log_probs.double().numpy(), s.logits.double().numpy(), job.pairs, copies, metric, values, clean)
-    return values, clean
+def _correct(run: Run, tok: Tokens, out: Outputs) -> np.ndarray:
+    """Whether the model's top token is r1 on each base prompt and r2 on its source prompt
+    (one clean pass per batch of pairs); also fills ``out``'s clean scores and ``correct``."""
+    correct = np.zeros(len(tok.base), bool)
+    for job in run.steps(run.batches([len(b) for b in tok.base], 2), "accuracy"):
+        rows, ans = tok.rows(job)
+        s = run.call(backend.answer_scores, rows, ans, rank=True)
+        out.clean(job, s)
+        p, top, a = len(job), s.top.numpy(), ans.numpy()
+        correct[job] = (top[p:] == a[p:, 0]) & (top[:p] == a[:p, 1])
+    out.correct = correct
+    return correct
+
+
+def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, out: Outputs, keep: np.ndarray) -> None:
+    lengths = [len(b) for b in tok.base]
+    passes = plan_passes([lengths[i] for i in keep], grid, run.batch_size)
+    for job in run.steps(passes, "patching"):
+        pairs = [int(keep[j]) for j in job.pairs]
+        rows, ans = tok.rows(pairs)
+        patches, copies = _patches(PatchPass(pairs, job.units), grid.layers)
+        s = run.call(backend.answer_scores, rows, ans, patches, rank=True)
+        _fill(s, ans.numpy(), pairs, copies, metric, out)
 
 
 @dataclass(frozen=True)
@@ -225,7 +318,7 @@ def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Co
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
         heads = torch.tensor([u.head for _, _, u in es]) if site == "head" else None
-        patches.append(backend.Patch(site, layer, torch.tensor([p + j for j, _, _ in es]),
+        patches.append(backend.Patch(site, 0 if site == "embed" else layer, torch.tensor([p + j for j, _, _ in es]),
                                      torch.tensor([j for j, _, _ in es]),
                                      torch.tensor([u.position for _, _, u in es]), heads))
         for j, i, u in es:
@@ -236,50 +329,49 @@ def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Co
     return patches, Copies(row, np.array(pair, int), np.array(base, int), units)
 
 
-def _fill(lp: np.ndarray, lg: np.ndarray, pairs: list[int], c: Copies, metric: str,
-          values: dict[str, np.ndarray], clean: np.ndarray) -> None:
-    """One pass's metric values into ``values[site][pair, layer, position(, head)]``."""
-    p = len(pairs)
-    clean[pairs] = np.exp(lp[p:2 * p])
+def _fill(s: backend.Scores, ans: np.ndarray, pairs: list[int], c: Copies, metric: str, out: Outputs) -> None:
+    """One pass's metric values and prediction codes into ``out`` at [pair, layer, position(, head)]."""
+    out.clean(pairs, s)
+    lp, lg, top = s.log_probs.double().numpy(), s.logits.double().numpy(), s.top.numpy()
     r, b = c.row, c.base
-    if metric == "stolfo_ie":
-        val = metrics.stolfo_ie(np.exp(lp[b, 0]), np.exp(lp[b, 1]), np.exp(lp[r, 0]), np.exp(lp[r, 1]))
-    else:
-        val = metrics.logit_diff(lg[b, 0], lg[b, 1], lg[r, 0], lg[r, 1])
+    val = metrics.effect(metric, lp[b], lg[b], lp[r], lg[r])
+    code = np.where(top[r] == top[b], 0, np.where(top[r] == ans[b, 1], 1, 2)).astype(np.int8)
     site = np.array([u.site for u in c.units])
     li, pi = np.array([u.li for u in c.units], int), np.array([u.pi for u in c.units], int)
     head = np.array([-1 if u.head is None else u.head for u in c.units], int)
-    for s, v in values.items():
-        m = site == s
-        index = (c.pair[m], li[m], pi[m]) + ((head[m],) if s == "head" else ())
+    for name, v in out.values.items():
+        m = site == name
+        index = (c.pair[m], li[m], pi[m]) + ((head[m],) if name == "head" else ())
         v[index] = val[m]
+        out.prediction[name][index] = code[m]
 
 
 # --------------------------------------------------------------------------- attribution
-def _attribution(run: Run, tok: Tokens, grid: Grid, metric: str, ig_steps: int, shape: tuple[int, ...]):
+def _attribution(run: Run, tok: Tokens, grid: Grid, metric: str, ig_steps: int, out: Outputs,
+                 keep: np.ndarray) -> None:
     """Attribution patching: per pass of ``p`` pairs, one forward and backward over the p source
     rows, the p base rows and (integrated gradients) ``ig_steps``·p interpolated rows; the
     gradient of the metric's target dotted with (source − base) activations (see
     :func:`backend.attributions`). ``stolfo_ie``'s first-order estimate is half the change of
     log P(r2) − log P(r1)."""
-    values, clean = grid.empty(shape), np.full((shape[0], 2), np.nan)
     units = [(s, layer) for s in grid.sites for layer in grid.layers]
     target = "logit_diff" if metric == "logit_diff" else "log_prob_diff"
     scale = 1.0 if metric == "logit_diff" else 0.5
     rows_per_pair = 2 + (ig_steps if ig_steps > 1 else 0)
-    for job in run.steps(run.batches([len(b) for b in tok.base], rows_per_pair), "attribution"):
+    lengths = [len(tok.base[i]) for i in keep]
+    for batch in run.steps(run.batches(lengths, rows_per_pair), "attribution"):
+        job = [int(keep[j]) for j in batch]
         rows, ans = tok.rows(job)
         attr, scores = run.call(backend.attributions, rows, ans, units, target, ig_steps=ig_steps)
-        p, t = len(job), rows.shape[1]
-        clean[job] = np.exp(scores.log_probs.double().numpy()[p:])
+        t = rows.shape[1]
+        out.clean(job, scores)
         for (s, layer), a in zip(units, attr):
             a = scale * a.numpy()  # (p, T) or (p, T, heads)
             li = grid.layers.index(layer)
             if grid.positions == "last":
-                values[s][job, li, 0] = a[:, t - 1]
+                out.values[s][job, li, 0] = a[:, t - 1]
             else:
-                values[s][job, li, :t] = a
-    return values, clean
+                out.values[s][job, li, :t] = a
 
 
 def tokenize_pairs(model, pairs: list[PromptPair]) -> Tokens:
@@ -311,7 +403,8 @@ def _token_strings(model, base_ids, positions, t_max):
     return [tok.convert_ids_to_tokens(b) + [""] * (t_max - len(b)) for b in base_ids]
 
 
-def _dataset(pairs, values, clean, layers, pos_coord, n_heads, tokens, lengths, attrs, metric) -> xr.Dataset:
+def _dataset(pairs, out: Outputs, layers, pos_coord, n_heads, tokens, lengths, attrs, metric,
+             predictions: bool) -> xr.Dataset:
     coords: dict[str, Any] = {
         "prompt": np.arange(len(pairs)),
         "layer": np.array(layers),
@@ -324,15 +417,95 @@ def _dataset(pairs, values, clean, layers, pos_coord, n_heads, tokens, lengths, 
         "token": (("prompt", "position"), np.array(tokens, dtype=object)),
     }
     data = {}
-    for s, v in values.items():
+    estimate = " (attribution estimate)" if attrs["method"] == METHODS["attribution"] else ""
+    for s, v in out.values.items():
         dims_ = ("prompt", "layer", "position") + (("head",) if s == "head" else ())
-        data[var_name(s)] = (dims_, v, {"metric": metric, "long_name": f"{metric} of patching {s}" + (" (attribution estimate)" if attrs["method"] == METHODS["attribution"] else ""),
-                              "units": "nats" if metric == "logit_diff" else "1"})
-    if "head" in values:
+        data[var_name(s)] = (dims_, v, {"metric": metric, "long_name": f"{metric} of patching {s}{estimate}",
+                                        "units": metrics.units(metric)})
+        if predictions:
+            data[f"{var_name(s)}_prediction"] = (dims_, out.prediction[s], {
+                "long_name": f"top token after patching {s}",
+                "flag_values": np.array([-1, *PREDICTION_CODES], np.int8),
+                "flag_meanings": " ".join(["no_value"] + [v.replace(" ", "_") for v in PREDICTION_CODES.values()])})
+    if "head" in out.values:
         coords["head"] = np.arange(n_heads)
-    data["clean_p_base"] = ("prompt", clean[:, 0], {"long_name": "P(base answer | base prompt)", "units": "1"})
-    data["clean_p_source"] = ("prompt", clean[:, 1], {"long_name": "P(source answer | base prompt)", "units": "1"})
+    p_base, p_source = np.exp(out.base_lp), np.exp(out.source_lp)
+    data["clean_p_base"] = ("prompt", p_base[:, 0], {"long_name": "P(base answer | base prompt)", "units": "1"})
+    data["clean_p_source"] = ("prompt", p_base[:, 1], {"long_name": "P(source answer | base prompt)", "units": "1"})
+    data["source_prompt_p_base"] = ("prompt", p_source[:, 0], {"long_name": "P(base answer | source prompt)",
+                                                               "units": "1"})
+    data["source_prompt_p_source"] = ("prompt", p_source[:, 1], {"long_name": "P(source answer | source prompt)",
+                                                                 "units": "1"})
+    total = metrics.effect(metric, out.base_lp, out.base_lg, out.source_lp, out.source_lg)
+    data["total_effect"] = ("prompt", total, {"long_name": f"{metric} of replacing the base prompt by the source "
+                                                           f"prompt (total effect)", "units": metrics.units(metric)})
+    if out.correct is not None:
+        data["correct"] = ("prompt", out.correct.astype(np.int8), {
+            "long_name": "top token is r1 on the base prompt and r2 on the source prompt (1) or not (0)"})
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def prediction_change(ds: xr.Dataset) -> xr.Dataset:
+    """Share of prompts whose top token a patch moved, per site: lm-arithmetic's
+    prediction-change plot (``notebooks/notebooks_utils.py:140-166``).
+
+    Returns a Dataset with one variable per site of ``ds`` (an exact patching result), dims
+    ``(change, [checkpoint,] layer, position[, head])``, ``change`` = "desired" (the top token
+    moved to the source answer r2) or "undesired" (it moved to another token); the share is
+    over the prompts with a value (NaN where there are none). Departures: the top token is
+    taken over the whole vocabulary (the repository: over the numbers 0..max_n), and the two
+    shares are disjoint (the repository's "undesired" counts every change of a prompt whose
+    base prediction was right, the desired ones included; with ``correct_only=True`` it is
+    desired + undesired here).
+    """
+    import pandas as pd
+
+    from ..results.io import site_variables
+
+    out = {}
+    for v in site_variables(ds):
+        if f"{v}_prediction" not in ds:
+            raise UsageError(f"{v}: this result has no prediction codes (they come from method='exact' patching)")
+        code = ds[f"{v}_prediction"]
+        n = (code >= 0).sum("prompt")
+        shares = [((code == k).sum("prompt") / n.where(n > 0)) for k in (1, 2)]
+        out[v] = xr.concat(shares, pd.Index(["desired", "undesired"], name="change"))
+        out[v].attrs = {"long_name": f"share of prompts whose top token patching {v} moved", "units": "1"}
+    return xr.Dataset(out, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
+
+
+def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None = None) -> xr.Dataset:
+    """Mean effect per token role and layer, lm-arithmetic's aggregation of its all-token runs.
+
+    ``ds``: a patching result with ``positions="all"``. ``roles(tokens) -> labels`` names the
+    role of each token of a base prompt (the ``token`` coordinate); default: the arithmetic
+    task's (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: early, operand 1,
+    operator, middle, operand 2, late, last). Returns one variable per site with dims
+    ``(role, [checkpoint,] layer[, head])``: the mean over every (prompt, position) of that role,
+    as the repository averages its rows per position class (``plot-all-tokens.ipynb``); the
+    ``n`` coordinate counts them.
+    """
+    import pandas as pd
+
+    from ..results.io import site_variables
+    from ..tasks.arithmetic import ROLES, token_roles
+
+    if ds.attrs.get("positions") != "all":
+        raise UsageError("token roles need a result over all positions (positions='all', --positions all)")
+    if roles is None:
+        if ds.attrs.get("task") != "arithmetic":
+            raise UsageError(f"token roles are known for arithmetic prompts; pass roles=… for {ds.attrs.get('task')}")
+        roles = token_roles
+    labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
+    order = [r for r in ROLES if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(ROLES) - {""})
+    masks = [xr.DataArray(labels == r, dims=("prompt", "position")) for r in order]
+    out = {}
+    for v in site_variables(ds):
+        means = [ds[v].where(m).mean(("prompt", "position")) for m in masks]
+        out[v] = xr.concat(means, pd.Index(order, name="role"))
+        out[v].attrs = {**ds[v].attrs, "long_name": f"mean {ds.attrs.get('metric')} of patching {v} per token role"}
+    result = xr.Dataset(out, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
+    return result.assign_coords(n=("role", [int(m.sum()) for m in masks]))
 
 
 def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
@@ -361,13 +534,23 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     rows.sort(key=lambda r: -r[0])
     at = f" at checkpoint {ds['checkpoint'].values[-1]}" if sweep else ""
     table = Table(title=f"top {top} sites by |mean effect|{at}")
-    for col in ("site", "layer", "position", "token", "head", "mean effect", "median"):
+    moved = prediction_change(ds) if f"{site_variables(ds)[0]}_prediction" in ds else None
+    for col in ("site", "layer", "position", "token", "head", "mean effect", "median") + (
+            ("→ source",) if moved is not None else ()):
         table.add_column(col)
     for _, val, med, v, c in rows[:top]:
         pos = int(c["position"])
         j = list(ds["position"].values).index(pos)
         tokens = set(str(t) for t in ds["token"].values[:, j] if t)
         tok = tokens.pop() if len(tokens) == 1 else "(varies)"
+        extra = []
+        if moved is not None:
+            share = moved[v].sel(change="desired", **c)
+            share = share.isel(checkpoint=-1) if "checkpoint" in share.dims else share
+            extra = [f"{float(share):.0%}"]
         table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
-                      str(c.get("head", "")), f"{val:+.4g}", f"{med:+.4g}")
+                      str(c.get("head", "")), f"{val:+.4g}", f"{med:+.4g}", *extra)
+    if "correct" in ds:
+        correct = ds["correct"].isel(checkpoint=-1) if "checkpoint" in ds["correct"].dims else ds["correct"]
+        head += f" · {int(correct.sum())} answered correctly (the others are NaN)"
     return [head, table]

@@ -18,11 +18,11 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     from .attention import ATTENTION_KINDS, attention_figure, heads_figure, probe_figure
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
-    from .patch import evaluate_figure, patch_figure
+    from .patch import PATCH_KINDS, evaluate_figure, patch_figure
 
     return {
-        "activation_patching": (patch_figure, ()),
-        "attribution_patching": (patch_figure, ()),
+        "activation_patching": (patch_figure, PATCH_KINDS),
+        "attribution_patching": (patch_figure, PATCH_KINDS[:2]),
         "evaluate": (evaluate_figure, ()),
         "attention": (attention_figure, ATTENTION_KINDS),
         "mechanistic_probe": (probe_figure, ()),
@@ -39,7 +39,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     """Plot a result and return the matplotlib Figure (a PNG too if ``path`` is given).
 
     The figure follows ``attrs["method"]``. Patching: per-site heatmaps (layer × position,
-    mean over prompts; over checkpoints, layer × checkpoint). Evaluation: the distribution of
+    mean over prompts; over checkpoints, layer × checkpoint); ``kind`` "roles" (by token role)
+    or "prediction" (prediction change). Evaluation: the distribution of
     P(answer); over checkpoints, the learning curve. Attention: ``kind`` "heatmap" (prompt
     ``prompt``), "entropy" or "mass". Probe: F1 per layer, model vs baseline. Head scores:
     the layer × head grids. Circuits: ``kind`` "circuit", "faithfulness" or "overlap". CoT
@@ -52,8 +53,10 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
         raise UsageError(f"{method or 'this'} results have no standard figure; plot their variables with xarray")
     draw, kinds = figures[method]
     if kind is not None and not kinds:
-        raise UsageError(f"kind={kind!r} does not apply to {method} results (kinds exist for attention and "
-                         f"edge-attribution results)")
+        raise UsageError(f"kind={kind!r} does not apply to {method} results (kinds exist for patching, attention "
+                         f"and edge-attribution results)")
+    if kind is not None and kind not in kinds:
+        raise UsageError(f"kind must be one of {', '.join(kinds)} for {method} results (got {kind!r})")
     fig = draw(ds, kind, prompt)
     fig.tight_layout()
     if path is not None:

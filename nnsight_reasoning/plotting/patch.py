@@ -110,10 +110,68 @@ def _panel(fig, ax, vals, xlabels, ds, norm, title) -> None:
     fig.colorbar(im, ax=ax, shrink=0.8)
 
 
+PATCH_KINDS = ("positions", "roles", "prediction")
+
+
 def patch_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """Per-site heatmaps (layer × position, mean over prompts); in a sweep, layer × checkpoint
-    at a single position, else one row per checkpoint (colour scale shared down each column)."""
-    return _heatmaps(ds, site_variables(ds))
+    """``kind`` "positions" (default): per-site heatmaps (layer × position, mean over prompts);
+    in a sweep, layer × checkpoint at a single position, else one row per checkpoint (colour
+    scale shared down each column). "roles": layer × token role (operands, operator, last …;
+    :func:`nnsight_reasoning.by_token_role`), the paper's figure. "prediction": the share of
+    prompts whose top token moved to the source answer or elsewhere, per layer at the last
+    token (lm-arithmetic's prediction-change plot). Sweeps draw their last checkpoint."""
+    if kind in (None, "positions"):
+        return _heatmaps(ds, site_variables(ds))
+    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
+    return _roles(last) if kind == "roles" else _prediction(last)
+
+
+def _roles(ds: xr.Dataset):
+    import matplotlib.pyplot as plt
+
+    from ..experiments.patch import by_token_role
+
+    roles = by_token_role(ds)
+    sites = [v for v in roles.data_vars if v != var_name("head")] or list(roles.data_vars)
+    fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 0.5 * ds.sizes["layer"] + 2.5), squeeze=False)
+    means = [np.asarray((roles[v].mean("head") if "head" in roles[v].dims else roles[v]).transpose("layer", "role"),
+                        float) for v in sites]
+    norm = _norm(means)
+    labels = [f"{r} ({n})" for r, n in zip(roles["role"].values, roles["n"].values)]
+    for ax, v, vals in zip(axes[0], sites, means):
+        _panel(fig, ax, vals, labels, roles, norm, f"{v}: mean {ds.attrs.get('metric')} per token role")
+    fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} "
+                 f"({ds.sizes['prompt']} pairs; role (positions))", fontsize=10)
+    return fig
+
+
+def _prediction(ds: xr.Dataset):
+    import matplotlib.pyplot as plt
+
+    from ..errors import UsageError
+
+    sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and v != var_name("head")]
+    if not sites:
+        raise UsageError("no prediction codes for mlp/attn/resid/embed in this result (exact patching stores them)")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    last = xr.DataArray(ds["n_tokens"].values - 1, dims="prompt") if ds.attrs.get("positions") == "all" else 0
+    for k, v in enumerate(sites):
+        code = ds[f"{v}_prediction"].isel(position=last)
+        valid = code >= 0
+        for value, style in ((1, "-"), (2, ":")):
+            share = (code == value).where(valid).mean("prompt")
+            keep = valid.any("prompt").values
+            ax.plot(ds["layer"].values[keep], share.values[keep], style, marker="o", color=f"C{k}",
+                    label=f"{v}: {'to the source answer' if value == 1 else 'elsewhere'}")
+    ax.set_xticks(ds["layer"].values)
+    ax.set_xlabel("layer (-1 = embeddings)")
+    ax.set_ylabel("share of prompts")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"prediction change at the last token · {ds.attrs.get('task')} · "
+                 f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+    return fig
 
 
 def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):

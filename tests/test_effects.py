@@ -1,0 +1,199 @@
+"""Stolfo et al.'s other effects, the embedding site, prediction change and accuracy filtering,
+against plain PyTorch hooks (tests/reference.py) and effect formulas written out here again
+from lm-arithmetic's notebooks (notebooks_utils.py:119-166), not imported from the toolkit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.tasks import PromptPair, PromptPairs
+
+from .reference import reference_scores
+
+EPS = np.finfo(np.float32).eps
+
+
+def _hf(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+# lm-arithmetic's compute_effects: p_g = P(r), p_g_prime = P(r'), p_prime_g = P_z(r), p_prime_g_prime = P_z(r')
+def _repo_effects(p_g, p_g_prime, p_prime_g, p_prime_g_prime):
+    return {
+        "stolfo_ie": ((p_g - p_prime_g) / p_prime_g + (p_prime_g_prime - p_g_prime) / p_g_prime) / 2,
+        "absolute": (p_g - p_prime_g) + (p_prime_g_prime - p_g_prime),
+        "source_increase": p_prime_g_prime - p_g_prime,
+        "relative_source_increase": (p_prime_g_prime - p_g_prime) / p_g_prime,
+        "same_result": abs(p_g - p_prime_g),
+    }
+
+
+def _logit_diff(lg, lg_star):
+    return (lg_star[1] - lg_star[0]) - (lg[1] - lg[0])
+
+
+def _close(got, want, scale, what):
+    # Each float32 logit may move by a few ulps of the largest logit between batched and
+    # single runs (tests/test_patching.py measures ~8): a probability by that much relative
+    # to itself, a ratio of two by twice that. Bound: 32 ulps of the logit scale, relative to
+    # max(1, |value|). A wrong row, site or formula is an O(1) error.
+    tol = 32 * EPS * max(1.0, scale)
+    err = abs(got - want) / max(1.0, abs(want))
+    assert err < tol, f"{what}: {got} vs {want} (relative error {err:.1e} > {tol:.1e})"
+
+
+@pytest.fixture(scope="module")
+def pairs(embedded_tokenizer):
+    return nr.tasks.arithmetic(n_prompts=4, seed=5, tokenizer=embedded_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def reference(embedded_model, pairs):
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    return reference_scores(hf, embedded_model.tokenizer, list(pairs), ["embed", "attn", "mlp", "resid"], "all")
+
+
+@pytest.mark.parametrize("metric", ["stolfo_ie", "absolute", "source_increase", "relative_source_increase",
+                                    "same_result", "logit_diff"])
+def test_every_effect_and_the_total_effect_match_hooks(embedded_model, pairs, reference, metric):
+    clean, patched = reference
+    ds = nr.patch(embedded_model, pairs, sites=["embed", "attn", "mlp", "resid"], positions="all", metric=metric,
+                  batch_size=64, progress=False)
+    assert ds.attrs["metric"] == metric and list(ds.layer.values) == [-1, 0, 1, 2, 3]
+    scale = max(abs(c[k][1]).max() for c in clean for k in ("base", "source")) * 2
+    for i, c in enumerate(clean):
+        (pb, lb, _, _), (ps, ls, _, _) = c["base"], c["source"]
+        te = _logit_diff(lb, ls) if metric == "logit_diff" else _repo_effects(pb[0], pb[1], ps[0], ps[1])[metric]
+        _close(float(ds.total_effect[i]), te, scale, f"total effect of pair {i}")
+        np.testing.assert_allclose([ds.source_prompt_p_base[i], ds.source_prompt_p_source[i]], ps, rtol=1e-5, atol=1e-7)
+    for (site, i, layer, k), (p_star, l_star, _, _) in patched.items():
+        pb, lb = clean[i]["base"][0], clean[i]["base"][1]
+        want = _logit_diff(lb, l_star) if metric == "logit_diff" else \
+            _repo_effects(pb[0], pb[1], p_star[0], p_star[1])[metric]
+        got = float(ds[site].sel(layer=layer).isel(prompt=i, position=k))
+        _close(got, want, scale, f"{site} layer {layer} position {k} of pair {i}")
+    n_values = sum(int(np.isfinite(ds[s].values).sum()) for s in ("embed", "attn", "mlp", "resid"))
+    assert n_values == len(patched)  # nothing the hooks did not compute, nothing missing
+    # the embeddings exist at layer -1 only, the blocks at 0..L-1 only
+    assert np.isnan(ds.embed.sel(layer=[0, 1, 2, 3]).values).all() and np.isnan(ds.mlp.sel(layer=-1).values).all()
+
+
+def test_prediction_codes_match_the_top_token_of_hooked_runs(embedded_model, pairs, reference):
+    clean, patched = reference
+    ds = nr.patch(embedded_model, pairs, sites=["embed", "attn", "mlp", "resid"], positions="all", progress=False)
+    tok = embedded_model.tokenizer
+    checked = set()
+    for (site, i, layer, k), (_, _, top, gap) in patched.items():
+        base_top, base_gap = clean[i]["base"][2], clean[i]["base"][3]
+        if min(gap, base_gap) < 1e-3:  # a near tie: float32 noise may pick either token
+            continue
+        r2 = tok(" " + pairs[i].source_answer, add_special_tokens=False)["input_ids"][0]
+        want = 0 if top == base_top else 1 if top == r2 else 2
+        assert int(ds[f"{site}_prediction"].sel(layer=layer).isel(prompt=i, position=k)) == want
+        checked.add(want)
+    assert checked == {0, 1, 2}  # the three outcomes all occur on these pairs
+    # past each prompt's end there is no value
+    assert (ds["mlp_prediction"].values[np.isnan(ds["mlp"].values)] == -1).all()
+    shares = nr.prediction_change(ds)
+    for position in range(ds.sizes["position"]):  # shares over the prompts that have the position
+        code = ds["mlp_prediction"].sel(layer=3, position=position).values
+        code = code[code >= 0]
+        np.testing.assert_allclose(shares["mlp"].sel(layer=3, position=position).values,
+                                   [(code == 1).mean(), (code == 2).mean()])
+
+
+def test_correct_only_keeps_the_pairs_the_model_gets_right(embedded_model, pairs):
+    # two pairs with a wrong label (on the base side, then on the source side) among right ones
+    wrong = [PromptPair(pairs[0].base, pairs[0].source, "0", pairs[0].source_answer),
+             PromptPair(pairs[1].base, pairs[1].source, pairs[1].base_answer, "0")]
+    mixed = PromptPairs("custom", {}, tuple(wrong) + tuple(pairs))
+    kw = dict(sites=["mlp"], metric="logit_diff", progress=False)
+    ds = nr.patch(embedded_model, mixed, correct_only=True, **kw)
+    full = nr.patch(embedded_model, mixed, **kw)
+    assert ds.attrs["correct_only"] == 1 and full.attrs["correct_only"] == 0 and "correct" not in full
+    assert ds.correct.values.tolist() == [0, 0, 1, 1, 1, 1]  # the embedded model answers these pairs right
+    assert np.isnan(ds.mlp.values[:2]).all() and (ds.mlp_prediction.values[:2] == -1).all()
+    np.testing.assert_allclose(ds.mlp.values[2:], full.mlp.values[2:], rtol=0, atol=32 * EPS * 30)
+    np.testing.assert_allclose(ds.clean_p_base.values, full.clean_p_base.values, rtol=1e-6)
+    with pytest.raises(UsageError, match="answers none of the 2 pairs correctly"):
+        nr.patch(embedded_model, PromptPairs("custom", {}, tuple(wrong)), correct_only=True, **kw)
+
+
+def test_same_result_pairs_default_to_the_repositorys_same_result_effect(embedded_model):
+    same = nr.tasks.arithmetic("same_result", n_prompts=2, seed=0)
+    assert nr.patch(embedded_model, same, sites=["mlp"], progress=False).attrs["metric"] == "same_result"
+    assert nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=2), sites=["mlp"],
+                    progress=False).attrs["metric"] == "stolfo_ie"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="attribution", metric="absolute"), "estimates stolfo_ie or logit_diff only"),
+    (dict(method="attribution", sites=["embed", "mlp"]), "'embed' is patched exactly only"),
+    (dict(metric="bogus"), "unknown metric 'bogus'"),
+])
+def test_bad_effect_options_are_one_line_errors(embedded_model, pairs, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        nr.patch(embedded_model, pairs, **{"sites": ["mlp"], **kwargs}, progress=False)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_embed_site_on_other_architectures_matches_hooks(tiny_model_dir, model_type):
+    """GPT-2 adds position embeddings after the token embedding; patching the first layer's
+    input at one position is patching the token embedding there, as the hooks do."""
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=1, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=["embed"], positions="all", metric="logit_diff", progress=False)
+    clean, patched = reference_scores(_hf(path), model.tokenizer, list(pairs), ["embed"], "all")
+    for (site, i, layer, k), (_, l_star, _, _) in patched.items():
+        _close(float(ds.embed.sel(layer=-1).isel(prompt=i, position=k)), _logit_diff(clean[i]["base"][1], l_star),
+               10.0, f"{model_type} embed pair {i} position {k}")
+
+
+def test_token_roles_of_arithmetic_prompts():
+    from nnsight_reasoning.tasks.arithmetic import token_roles
+
+    assert token_roles("<bos> 3 + 4 = 7 . Q : What is 12 minus 1 ? A :".split() + [""]) == [
+        "early"] * 11 + ["operand 1", "operator", "operand 2", "late", "late", "last", ""]
+    assert token_roles("The sum of twenty-one and six is".split()) == [
+        "early", "operator", "early", "operand 1", "middle", "operand 2", "last"]
+    # a tokenizer that splits digits (LLaMA's "▁" marks a word start): every digit is the operand
+    assert token_roles(["▁", "1", "6", "4", "▁-", "▁", "1", "5", "9", "▁="]) == [
+        "early", "operand 1", "operand 1", "operand 1", "operator", "middle", "operand 2", "operand 2", "operand 2",
+        "last"]
+
+
+def test_by_token_role_is_the_mean_over_every_position_of_the_role(embedded_model):
+    from nnsight_reasoning.tasks.arithmetic import token_roles
+
+    pairs = nr.tasks.arithmetic("operation", n_prompts=6, seed=2)
+    ds = nr.patch(embedded_model, pairs, sites=["embed", "mlp", "head"], positions="all", progress=False)
+    roles = nr.by_token_role(ds)
+    assert list(roles.role.values) == ["early", "operand 1", "operator", "operand 2", "late", "last"]
+    for role in roles.role.values:
+        for site in ("mlp", "heads"):
+            for layer in range(4):
+                vals = [ds[site].sel(layer=layer).values[i, j]
+                        for i in range(6) for j, r in enumerate(token_roles(list(ds.token.values[i]))) if r == role]
+                want = np.mean(vals, axis=0)  # (heads,) for the head site
+                np.testing.assert_allclose(roles[site].sel(role=role, layer=layer).values, want, rtol=1e-12)
+                assert int(roles.n.sel(role=role)) == len(vals)
+    # the operation intervention changes the operator token only: below it nothing can move
+    assert roles.embed.sel(layer=-1, role="operator") != 0
+    assert (roles.embed.sel(layer=-1).drop_sel(role="operator") == 0).all()
+    with pytest.raises(UsageError, match="positions='all'"):
+        nr.by_token_role(nr.patch(embedded_model, pairs, sites=["mlp"], progress=False))
+
+
+@pytest.mark.parametrize("kind", ["positions", "roles", "prediction"])
+def test_patching_figures(embedded_model, tmp_path, kind):
+    ds = nr.patch(embedded_model, nr.tasks.arithmetic("operation", n_prompts=4, seed=2),
+                  sites=["embed", "attn", "mlp"], positions="all", progress=False)
+    nr.plot_result(ds, tmp_path / f"{kind}.png", kind=kind)
+    assert (tmp_path / f"{kind}.png").stat().st_size > 10_000
+    with pytest.raises(UsageError, match="kind must be one of"):
+        nr.plot_result(ds, kind="bogus")
