@@ -99,6 +99,8 @@ def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisio
 Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
 Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
 Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
+Adapter = Annotated[Optional[str], typer.Option(help="PEFT adapter (LoRA …; directory or HF id) merged into --model "
+                                                     "at load, e.g. Goat over LLaMA-7B; local runs only")]
 Revisions = Annotated[Optional[str], typer.Option(
     help="checkpoint sweep: R1,R2,… | all | stepSTART:STOP:EVERY; results gain a checkpoint dim (training order)")]
 Seed = Annotated[int, typer.Option(help="random seed: same seed -> same prompts -> same numbers")]
@@ -118,6 +120,7 @@ class Harness:
     """The options every experiment command shares, as parsed (:data:`HARNESS`)."""
 
     model: Optional[str] = None
+    adapter: Optional[str] = None
     revision: Optional[str] = None
     revisions: Optional[str] = None
     batch_size: Optional[int] = None
@@ -144,7 +147,7 @@ class OptionGroup:
 
 # the options of every experiment command
 HARNESS = OptionGroup("h", dict(
-    model=(Model, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
+    model=(Model, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
     remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True)), Harness)
 
 
@@ -177,7 +180,7 @@ def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], 
 
 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
-                model: Optional[str], revision: Optional[str], revisions: Optional[str], out_file: Optional[Path],
+                model: Optional[str], adapter: Optional[str], revision: Optional[str], revisions: Optional[str], out_file: Optional[Path],
                 restart: bool, remote: bool, progress: bool, batch_size: Optional[int], **options: Any) -> Any:
     """What every experiment command does once its options are parsed: pick the revisions and
     the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
@@ -185,16 +188,19 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     in ``<out>.parts`` until the file is written), write the file and print the experiment's
     summary."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.experiments import summarize
     from nnsight_reasoning.results.parts import parts_dir
 
+    if adapter and revisions:
+        raise UsageError("--adapter is fine-tuned on one base checkpoint: use --revision, not --revisions")
     names = sweep_revisions(model, revision, revisions)
     path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
     parts = parts_dir(path)
     if restart:
         shutil.rmtree(parts, ignore_errors=True)
     t0 = time.time()
-    loaded = nr.load_model(model, names[-1] if names else revision)
+    loaded = nr.load_model(model, names[-1] if names else revision, **({"adapter": adapter} if adapter else {}))
     made = data(loaded.tokenizer)
     if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
         loaded = model or "embedded"

@@ -42,6 +42,7 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "eager",
+    adapter: str | Path | None = None,
     **kwargs: Any,
 ):
     """Load a causal LM as an nnsight ``TransformersModel``.
@@ -55,6 +56,10 @@ def load_model(
     device : e.g. ``"cuda"``; weights load lazily (nnsight meta model) and move on first use.
     dtype : weight dtype; fp32 by default so numbers match a plain HF forward.
     attn_implementation : "eager" (default) so attention probabilities can be read.
+    adapter : a PEFT adapter (LoRA …; a directory or Hugging Face id) fine-tuned on this base
+        model, merged into its weights at load (e.g. Goat, LoRA over LLaMA-7B, as
+        lm-arithmetic loads it). The merged model has the base model's modules, so every
+        site works; it runs locally only (NDIF serves base weights). Needs ``peft``.
 
     Examples
     --------
@@ -66,6 +71,8 @@ def load_model(
 
     name = "embedded" if name is None else str(name)
     options = {"device": device, "dtype": dtype, "attn_implementation": attn_implementation, **kwargs}
+    if adapter is not None:
+        options["adapter"] = str(adapter)
     if name == embedded.EMBEDDED_NAME:
         try:
             path = embedded.revision_path(revision or "main")
@@ -92,8 +99,14 @@ def load_model(
     if device is not None:
         kwargs.setdefault("device_map", device)
     try:
-        model = TransformersModel(source, task="text-generation", tokenizer=kwargs.pop("tokenizer", source),
-                                  dtype=dtype, attn_implementation=attn_implementation, **load_kwargs, **kwargs)
+        if adapter is not None:
+            model = _with_adapter(source, str(adapter), kwargs.pop("tokenizer", source), dtype, attn_implementation,
+                                  {**load_kwargs, **kwargs})
+        else:
+            model = TransformersModel(source, task="text-generation", tokenizer=kwargs.pop("tokenizer", source),
+                                      dtype=dtype, attn_implementation=attn_implementation, **load_kwargs, **kwargs)
+    except UsageError:
+        raise
     except Exception as e:  # transformers raises OSError, ValueError or a bare Exception here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"could not load model {name!r}"
@@ -101,6 +114,27 @@ def load_model(
                          f"(check the id/path; offline, use a local directory)") from None
     _INFO[model] = info
     return model
+
+
+def _with_adapter(source: str, adapter: str, tokenizer: Any, dtype: torch.dtype, attn_implementation: str,
+                  load_kwargs: dict[str, Any]) -> Any:
+    """The base model with the PEFT ``adapter`` merged into its weights, as a TransformersModel."""
+    try:
+        import peft
+    except ImportError:
+        raise UsageError("adapters need the peft package: pip install 'nnsight-reasoning[peft]'") from None
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation,
+                                                **load_kwargs)
+    try:
+        merged = peft.PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    except Exception as e:  # a missing directory or id, an adapter for other modules or shapes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"could not apply adapter {adapter!r} to {source}: {first[:200]}") from None
+    tok = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    return TransformersModel(merged.eval(), tokenizer=tok)
 
 
 def model_info(model: Any) -> ModelInfo:

@@ -264,8 +264,11 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
                   remote: bool | str, progress: bool, resume_dir: str | Path | None, in_sweep: bool = False
                   ) -> xr.Dataset:
     model = coerce_model(model)
-    _remote.preflight(model, remote)
     info = model_info(model)
+    adapter = info.load_kwargs.get("adapter")
+    if adapter and _remote.is_ndif(remote):
+        raise UsageError(f"a model with an adapter ({adapter}) runs locally only: NDIF serves base weights")
+    _remote.preflight(model, remote)
     store = Parts(resume_dir, {**_config(exp, data, options, batch_size), **_model_config(info)})
     run = Run(model, remote, batch_size, progress, store, in_sweep=in_sweep)
     with store.resume_hint_on_failure():
@@ -278,6 +281,8 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
                        revision=info.revision, method=own.pop("method", exp.name), metric=own.pop("metric", ""),
                        seed=seed, remote=remote)
     attrs.update(own)
+    if adapter:
+        attrs["adapter"] = adapter
     attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed)
     if _remote.is_ndif(remote):
         attrs.update(run.traffic.as_attrs())

@@ -10,6 +10,7 @@ Sites, in the order the model computes them:
 ``head``   one attention head's output before the output projection (input of ``o_proj``),
            shape per position ``(n_heads, head_dim)``
 ``attn``   attention block output (after the output projection), ``(d_model,)``
+``neuron`` one MLP hidden unit (input of the MLP's output projection), ``(n_neurons,)``
 ``mlp``    MLP block output, ``(d_model,)``
 ``resid``  residual stream after the layer, ``(d_model,)``
 """
@@ -20,7 +21,9 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("embed", "head", "attn", "mlp", "resid")
+SITES: tuple[str, ...] = ("embed", "head", "attn", "neuron", "mlp", "resid")
+#: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives).
+UNIT_DIMS: dict[str, str] = {"head": "head", "neuron": "neuron"}
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
 EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")
@@ -94,6 +97,12 @@ ARCHITECTURES: dict[str, Architecture] = {
                          "transformer.ln_f", "mlp.c_proj", "n_head", transposed=True, head_dim_attr=None,
                          neuron_attrs=("n_inner",), neuron_factor=4, final_norm_kind="layernorm",
                          norm_eps_attr="layer_norm_epsilon"),
+    # GPT-J (Stolfo et al.'s main model): attention and MLP run in parallel on one LayerNorm
+    "gptj": Architecture("transformer.h", "attn", "attn.out_proj", "mlp", "transformer.wte", "ln_1", "ln_1",
+                         "transformer.ln_f", "mlp.fc_out", "n_head", head_dim_attr=None, neuron_attrs=("n_inner",),
+                         neuron_factor=4, final_norm_kind="layernorm", norm_eps_attr="layer_norm_epsilon",
+                         unsupported={"edges": "attention and MLP read one shared LayerNorm (ln_1) in parallel, "
+                                               "which the component graph does not model yet"}),
     **{name: Architecture(**_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2")},
     "gemma": Architecture(**_LLAMA_LIKE, final_norm_kind="gemma_rmsnorm"),
     "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm",
@@ -112,9 +121,14 @@ def parallel_residual(model: Any) -> bool:
 
 
 def var_name(site: str) -> str:
-    """Result variable of a site. ``head`` is stored as ``heads``: xarray forbids a data
-    variable named like one of its own dimensions (the ``head`` dim)."""
-    return "heads" if site == "head" else site
+    """Result variable of a site. ``head`` and ``neuron`` are stored as ``heads`` and
+    ``neurons``: xarray forbids a data variable named like one of its own dimensions."""
+    return site + "s" if site in UNIT_DIMS else site
+
+
+def unit_dim(var: str) -> str | None:
+    """The unit dim (``head``, ``neuron``) of a site variable, None for whole-vector sites."""
+    return next((d for s, d in UNIT_DIMS.items() if var_name(s) == var), None)
 
 
 def architecture(model: Any) -> Architecture:

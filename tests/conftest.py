@@ -36,6 +36,9 @@ def _tiny(model_type: str, vocab_size: int):
     elif model_type == "gpt2":
         cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
         cls = tf.GPT2LMHeadModel
+    elif model_type == "gptj":
+        cfg = tf.GPTJConfig(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=128, **common)
+        cls = tf.GPTJForCausalLM
     elif model_type == "mistral":
         cfg, cls = tf.MistralConfig(**rope), tf.MistralForCausalLM
     elif model_type == "qwen2":

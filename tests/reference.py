@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-EMBEDDINGS = {"gpt_neox": "gpt_neox.embed_in", "gpt2": "transformer.wte", "llama": "model.embed_tokens"}
+EMBEDDINGS = {"gpt_neox": "gpt_neox.embed_in", "gpt2": "transformer.wte", "gptj": "transformer.wte",
+              "llama": "model.embed_tokens"}
 MODULES = {  # model_type -> (layers, attention, o_proj, mlp)
     "gpt_neox": ("gpt_neox.layers", "attention", "attention.dense", "mlp"),
     "gpt2": ("transformer.h", "attn", "attn.c_proj", "mlp"),
+    "gptj": ("transformer.h", "attn", "attn.out_proj", "mlp"),
     "llama": ("model.layers", "self_attn", "self_attn.o_proj", "mlp"),
 }
 
@@ -23,7 +25,12 @@ def _get(root, dotted):
     return root
 
 
+MLP_OUT = {"gpt_neox": "mlp.dense_4h_to_h", "gpt2": "mlp.c_proj", "gptj": "mlp.fc_out", "llama": "mlp.down_proj"}
+
+
 def _module(hf, site, layer):
+    if site == "neuron":  # MLP hidden units: the input of the MLP's output projection
+        return _get(_get(hf, MODULES[hf.config.model_type][0])[layer], MLP_OUT[hf.config.model_type])
     if site == "embed":  # the token embedding (lm-arithmetic's "layer -1"); layer is ignored
         return _get(hf, EMBEDDINGS[hf.config.model_type])
     layers, attn, o_proj, mlp = MODULES[hf.config.model_type]
@@ -43,7 +50,7 @@ def capture(hf, ids, site, layer):
     def keep(x):  # returns None so the hook never replaces the module's value
         box["x"] = x.detach().clone()
 
-    if site == "head":
+    if site in ("head", "neuron"):
         h = mod.register_forward_pre_hook(lambda m, args: keep(args[0]))
     else:
         h = mod.register_forward_hook(lambda m, i, o: keep(_first(o)))
@@ -78,6 +85,13 @@ def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head
             return (x,) + tuple(args[1:])
 
         handle = _module(hf, site, layer).register_forward_pre_hook(pre)
+    elif site == "neuron":
+        def pre_neuron(m, args):
+            x = args[0].clone()
+            x[0, pos, head] = value
+            return (x,) + tuple(args[1:])
+
+        handle = _module(hf, site, layer).register_forward_pre_hook(pre_neuron)
     elif site is not None:
         def post(m, i, o):
             t = _first(o).clone()
@@ -210,5 +224,9 @@ def reference_scores(hf, tokenizer, pairs, sites, positions):
             for layer in ([-1] if site == "embed" else range(L)):
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):
-                    patched[(site, i, layer, k)] = scores(b, ans, site, layer, pos, src[pos])
+                    if site == "neuron":  # one patch per unit: key (site, i, layer, k, unit)
+                        for u in range(src.shape[-1]):
+                            patched[(site, i, layer, k, u)] = scores(b, ans, site, layer, pos, src[pos, u], u)
+                    else:
+                        patched[(site, i, layer, k)] = scores(b, ans, site, layer, pos, src[pos])
     return clean, patched

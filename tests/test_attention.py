@@ -159,7 +159,7 @@ def test_attention_matches_plain_pytorch(embedded_model, embedded_tokenizer):
         np.testing.assert_allclose(last["attention"].values[i, :, 0, 0, :t], att[[0, 2], 1, -1], atol=2e-6)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama"])
 def test_attention_other_architectures_and_multi_token_statements(tiny_model_dir, model_type):
     path = tiny_model_dir(model_type)
     model = nr.load_model(str(path))

@@ -140,7 +140,7 @@ def test_bad_effect_options_are_one_line_errors(embedded_model, pairs, kwargs, m
         nr.patch(embedded_model, pairs, **{"sites": ["mlp"], **kwargs}, progress=False)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama"])
 def test_embed_site_on_other_architectures_matches_hooks(tiny_model_dir, model_type):
     """GPT-2 adds position embeddings after the token embedding; patching the first layer's
     input at one position is patching the token embedding there, as the hooks do."""
@@ -197,3 +197,36 @@ def test_patching_figures(embedded_model, tmp_path, kind):
     assert (tmp_path / f"{kind}.png").stat().st_size > 10_000
     with pytest.raises(UsageError, match="kind must be one of"):
         nr.plot_result(ds, kind="bogus")
+
+
+def test_neuron_site_matches_hooks_on_every_unit(embedded_model, pairs):
+    """Each MLP hidden unit patched alone (the input of the MLP's output projection), batched
+    into shared passes; the hooks run one forward per unit."""
+    one = PromptPairs("custom", {}, (pairs[0],))
+    ds = nr.patch(embedded_model, one, sites=["neuron", "mlp"], layers=[1, 3], metric="logit_diff", progress=False)
+    assert ds["neurons"].dims == ("prompt", "layer", "position", "neuron") and ds.sizes["neuron"] == 512
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    clean, patched = reference_scores(hf, embedded_model.tokenizer, [pairs[0]], ["neuron"], "last")
+    scale = 2 * max(abs(clean[0][k][1]).max() for k in ("base", "source"))
+    checked = 0
+    for (site, i, layer, k, unit), (_, l_star, _, _) in patched.items():
+        if layer in (1, 3):
+            _close(float(ds.neurons.sel(layer=layer, neuron=unit).isel(prompt=0, position=0)),
+                   _logit_diff(clean[0]["base"][1], l_star), scale, f"neuron {unit} of layer {layer}")
+            checked += 1
+    assert checked == 2 * 512 and np.abs(ds.neurons.values).max() > 0.1
+    units = nr.experiments.patch.summarize(ds, top=8)[1].columns[4]._cells
+    assert sum(u.startswith("N") for u in units) >= 6  # at most the two mlp rows are not single neurons
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama"])
+def test_neuron_site_on_other_architectures_matches_hooks(tiny_model_dir, model_type):
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=1, seed=1, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=["neuron"], metric="logit_diff", progress=False)
+    clean, patched = reference_scores(_hf(path), model.tokenizer, list(pairs), ["neuron"], "last")
+    for (_, i, layer, k, unit), (_, l_star, _, _) in patched.items():
+        _close(float(ds.neurons.sel(layer=layer, neuron=unit).isel(prompt=i, position=k)),
+               _logit_diff(clean[i]["base"][1], l_star), 10.0, f"{model_type} neuron {unit} layer {layer}")
+    assert len(patched) == ds.neurons.size

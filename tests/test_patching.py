@@ -61,7 +61,7 @@ def test_embedded_matches_hooks(embedded_model, small_pairs, metric, positions):
         np.testing.assert_allclose([ds.clean_p_base[i], ds.clean_p_source[i]], p, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama", "gpt_neox"])
 def test_other_architectures_match_hooks(tiny_model_dir, embedded_tokenizer, model_type):
     path = tiny_model_dir(model_type)
     model = nr.load_model(path)

@@ -17,7 +17,7 @@ from nnsight_reasoning.backend import Patch, answer_scores, graph
 from nnsight_reasoning.backend import neurons as bn
 from nnsight_reasoning.errors import UsageError
 
-FAMILIES = ["gpt_neox", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2"]
+FAMILIES = ["gpt_neox", "gpt2", "gptj", "llama", "mistral", "qwen2", "gemma", "gemma2"]
 PROMPTS = ["Alice has 3 apples and Bob has", "The cat sat on the mat and then"]
 
 
@@ -178,5 +178,5 @@ def test_unsupported_features_are_refused_with_the_reason(family):
         assert "\n" not in msg and reasons[feature] in msg and sites.FEATURES[feature] in msg and "gemma2" in msg
     # what it can do still works (patching through the soft-capped logits)
     assert answer_scores(model, ids, answers).logits.shape == (2, 2)
-    with pytest.raises(UsageError, match="has no site map yet; supported: gemma, gemma2, gpt2"):
+    with pytest.raises(UsageError, match="has no site map yet; supported: gemma, gemma2, gpt2, gpt_neox, gptj"):
         sites.architecture(SimpleNamespace(config=SimpleNamespace(model_type="mamba")))

@@ -38,7 +38,8 @@ nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them
 class Patch:
     """Patched copies of input rows: entry i adds one row to the batch, a copy of input row
     ``rows[i]`` in which the ``site`` activation at ``layer``, position ``positions[i]`` (head
-    ``heads[i]``) is replaced by that of input row ``src_rows[i]``.
+    or neuron ``heads[i]``) is replaced by that of input row ``src_rows[i]``. An ``embed``
+    patch has ``layer`` 0: it edits the first layer's input.
 
     All index tensors have the same length k. A copy joins the batch only where its patch
     happens (the input of ``layer``; after it for ``resid``): up to there it would equal its
@@ -119,7 +120,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     """
     arch = architecture(model)
     layers = resolve(model, arch.layers)
-    paths = {"head": arch.o_proj, "attn": arch.attn, "mlp": arch.mlp}
+    paths = {"head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
     if any(p.site == "embed" and p.layer != 0 for p in patches):
         raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
     ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
@@ -184,6 +185,9 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                     continue
                 if kind == "head":
                     v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
+                    v[rows, pos, heads] = v[src, pos, heads]
+                elif kind == "neuron":  # the MLP hidden units are the input of its output projection
+                    v = module.input
                     v[rows, pos, heads] = v[src, pos, heads]
                 else:
                     x = module.output

@@ -26,7 +26,7 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import EMBED_LAYER, POSITIONS, check_layers, check_sites, dims, var_name
+from ..sites import EMBED_LAYER, POSITIONS, UNIT_DIMS, check_layers, check_sites, dims, unit_dim, var_name
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
 from ..tasks.base import group_by_length
 
@@ -59,9 +59,10 @@ def patch(
     model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``), or
         a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
-    sites : any of "embed", "head", "attn", "mlp", "resid". ``embed`` (exact only) patches
-        the token embeddings entering the first layer; it is stored at layer -1, as
-        lm-arithmetic numbers it.
+    sites : any of "embed", "head", "attn", "neuron", "mlp", "resid". ``embed`` (exact only)
+        patches the token embeddings entering the first layer; it is stored at layer -1, as
+        lm-arithmetic numbers it. ``neuron`` (exact only) patches each MLP hidden unit alone
+        (every unit of every layer in ``layers``: one patched row each, batched).
     positions : "last" (the final prompt token) or "all" (every token).
     metric : a key of :data:`nnsight_reasoning.metrics.METRICS`: "stolfo_ie" (the paper's
         indirect effect), "absolute", "source_increase", "relative_source_increase",
@@ -118,8 +119,9 @@ def patch(
     if method == "attribution" and metric not in ATTRIBUTION_METRICS:
         raise UsageError(f"method='attribution' estimates {' or '.join(ATTRIBUTION_METRICS)} only (got "
                          f"metric={metric!r}); use method='exact'")
-    if method == "attribution" and "embed" in sites:
-        raise UsageError("site 'embed' is patched exactly only; drop it or use method='exact'")
+    for site in ("embed", "neuron"):
+        if method == "attribution" and site in sites:
+            raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
         raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
     if method == "exact" and run.batch_size < 3:
@@ -133,7 +135,7 @@ def patch(
     lengths = [len(b) for b in tok.base]
     t_max = max(lengths)
     pos_coord = list(range(t_max)) if positions == "all" else [t_max - 1 if len(set(lengths)) == 1 else -1]
-    grid = Grid(sites, layer_list, positions, d["n_heads"])
+    grid = Grid(sites, layer_list, positions, {"head": d["n_heads"], "neuron": d["n_neurons"]})
     out = Outputs.empty(grid, (len(pair_list), len(layer_list), len(pos_coord)))
     keep = np.arange(len(pair_list))
     if correct_only:
@@ -151,7 +153,7 @@ def patch(
     else:
         attrs["prediction_codes"] = "; ".join(f"{k} {v}" for k, v in PREDICTION_CODES.items())
     tokens = _token_strings(model, tok.base, positions, t_max)
-    return _dataset(pair_list, out, layer_list, pos_coord, d["n_heads"], tokens, lengths, attrs, metric,
+    return _dataset(pair_list, out, layer_list, pos_coord, grid.n_units, tokens, lengths, attrs, metric,
                     method == "exact")
 
 
@@ -208,31 +210,32 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Grid:
-    """What a sweep patches: sites (forward order), layers, "last"/"all" positions, heads per layer."""
+    """What a sweep patches: sites (forward order), layers, "last"/"all" positions, and the
+    units per layer of the unit sites ({"head": n_heads, "neuron": n_neurons})."""
 
     sites: list[str]
     layers: list[int]
     positions: str
-    n_heads: int
+    n_units: dict[str, int]
 
     def units(self, length: int) -> list["Unit"]:
         """Every patch of one prompt of ``length`` tokens, in forward order per pair."""
         pos = [(length - 1, 0)] if self.positions == "last" else [(p, p) for p in range(length)]
         return [Unit(s, li, p, pi, h) for s in self.sites for li in self.layer_indices(s) for p, pi in pos
-                for h in (range(self.n_heads) if s == "head" else [None])]
+                for h in (range(self.n_units[s]) if s in UNIT_DIMS else [None])]
 
     def layer_indices(self, site: str) -> list[int]:
         """Indices into ``layers`` a site is patched at: the embeddings only at layer -1."""
         return [li for li, layer in enumerate(self.layers) if (layer == EMBED_LAYER) == (site == "embed")]
 
     def empty(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        return {s: np.full(shape + ((self.n_heads,) if s == "head" else ()), np.nan) for s in self.sites}
+        return {s: np.full(shape + ((self.n_units[s],) if s in UNIT_DIMS else ()), np.nan) for s in self.sites}
 
 
 @dataclass(frozen=True)
 class Unit:
     """One patch of a pair: ``site`` at layer index ``li``, token ``position`` (stored at index
-    ``pi`` of the result's position axis), ``head`` (None unless the site is ``head``)."""
+    ``pi`` of the result's position axis), ``head``: the head or neuron (None for other sites)."""
 
     site: str
     li: int
@@ -317,7 +320,7 @@ def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Co
             entries[(u.site, layers[u.li])].append((j, i, u))
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
-        heads = torch.tensor([u.head for _, _, u in es]) if site == "head" else None
+        heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
         patches.append(backend.Patch(site, 0 if site == "embed" else layer, torch.tensor([p + j for j, _, _ in es]),
                                      torch.tensor([j for j, _, _ in es]),
                                      torch.tensor([u.position for _, _, u in es]), heads))
@@ -341,7 +344,7 @@ def _fill(s: backend.Scores, ans: np.ndarray, pairs: list[int], c: Copies, metri
     head = np.array([-1 if u.head is None else u.head for u in c.units], int)
     for name, v in out.values.items():
         m = site == name
-        index = (c.pair[m], li[m], pi[m]) + ((head[m],) if name == "head" else ())
+        index = (c.pair[m], li[m], pi[m]) + ((head[m],) if name in UNIT_DIMS else ())
         v[index] = val[m]
         out.prediction[name][index] = code[m]
 
@@ -403,7 +406,7 @@ def _token_strings(model, base_ids, positions, t_max):
     return [tok.convert_ids_to_tokens(b) + [""] * (t_max - len(b)) for b in base_ids]
 
 
-def _dataset(pairs, out: Outputs, layers, pos_coord, n_heads, tokens, lengths, attrs, metric,
+def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, attrs, metric,
              predictions: bool) -> xr.Dataset:
     coords: dict[str, Any] = {
         "prompt": np.arange(len(pairs)),
@@ -419,7 +422,7 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_heads, tokens, lengths, a
     data = {}
     estimate = " (attribution estimate)" if attrs["method"] == METHODS["attribution"] else ""
     for s, v in out.values.items():
-        dims_ = ("prompt", "layer", "position") + (("head",) if s == "head" else ())
+        dims_ = ("prompt", "layer", "position") + ((UNIT_DIMS[s],) if s in UNIT_DIMS else ())
         data[var_name(s)] = (dims_, v, {"metric": metric, "long_name": f"{metric} of patching {s}{estimate}",
                                         "units": metrics.units(metric)})
         if predictions:
@@ -427,8 +430,9 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_heads, tokens, lengths, a
                 "long_name": f"top token after patching {s}",
                 "flag_values": np.array([-1, *PREDICTION_CODES], np.int8),
                 "flag_meanings": " ".join(["no_value"] + [v.replace(" ", "_") for v in PREDICTION_CODES.values()])})
-    if "head" in out.values:
-        coords["head"] = np.arange(n_heads)
+    for s, dim in UNIT_DIMS.items():
+        if s in out.values:
+            coords[dim] = np.arange(n_units[s])
     p_base, p_source = np.exp(out.base_lp), np.exp(out.source_lp)
     data["clean_p_base"] = ("prompt", p_base[:, 0], {"long_name": "P(base answer | base prompt)", "units": "1"})
     data["clean_p_source"] = ("prompt", p_base[:, 1], {"long_name": "P(source answer | base prompt)", "units": "1"})
@@ -508,6 +512,10 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     return result.assign_coords(n=("role", [int(m.sum()) for m in masks]))
 
 
+def _unit(coords: dict[str, Any]) -> str:
+    return f"H{coords['head']}" if "head" in coords else f"N{coords['neuron']}" if "neuron" in coords else ""
+
+
 def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     """Clean performance and the ``top`` sites with the largest mean effect (at the last
     checkpoint of a sweep), with their median: ``stolfo_ie`` divides by probabilities that
@@ -535,7 +543,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     at = f" at checkpoint {ds['checkpoint'].values[-1]}" if sweep else ""
     table = Table(title=f"top {top} sites by |mean effect|{at}")
     moved = prediction_change(ds) if f"{site_variables(ds)[0]}_prediction" in ds else None
-    for col in ("site", "layer", "position", "token", "head", "mean effect", "median") + (
+    for col in ("site", "layer", "position", "token", "unit", "mean effect", "median") + (
             ("→ source",) if moved is not None else ()):
         table.add_column(col)
     for _, val, med, v, c in rows[:top]:
@@ -549,7 +557,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             share = share.isel(checkpoint=-1) if "checkpoint" in share.dims else share
             extra = [f"{float(share):.0%}"]
         table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
-                      str(c.get("head", "")), f"{val:+.4g}", f"{med:+.4g}", *extra)
+                      _unit(c), f"{val:+.4g}", f"{med:+.4g}", *extra)
     if "correct" in ds:
         correct = ds["correct"].isel(checkpoint=-1) if "checkpoint" in ds["correct"].dims else ds["correct"]
         head += f" · {int(correct.sum())} answered correctly (the others are NaN)"

@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ..results.io import site_variables
-from ..sites import var_name
+from ..sites import unit_dim
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -50,7 +50,7 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
     import matplotlib.pyplot as plt
 
     sweep = "checkpoint" in ds.dims
-    if sweep and ds.sizes["position"] == 1 and var_name("head") not in sites:
+    if sweep and ds.sizes["position"] == 1 and not any(unit_dim(s) for s in sites):
         fig, axes = plt.subplots(1, len(sites), figsize=(max(4.0, 0.6 * ds.sizes["checkpoint"] + 2.5) * len(sites),
                                                          0.45 * ds.sizes["layer"] + 2.8), squeeze=False)
         for ax, site in zip(axes[0], sites):
@@ -70,13 +70,17 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
         for c in checkpoints:
             da = ds[site] if c is None else ds[site].sel(checkpoint=c)
             xlabels, where = _position_labels(ds), ""
-            if site == var_name("head"):
+            unit = unit_dim(site)
+            if unit:
                 if da.sizes["position"] > 1:  # each prompt's own last token
                     da = da.isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
                 else:
                     da = da.isel(position=0)
-                da = da.transpose("prompt", "layer", "head")
-                xlabels, where = [f"head {h}" for h in ds["head"].values], " (last token)"
+                da = da.transpose("prompt", "layer", unit)
+                n = ds.sizes[unit]
+                step = max(1, n // 16)  # at most ~16 labelled ticks (a layer has hundreds of neurons)
+                xlabels = [f"{unit} {u}" if u % step == 0 else "" for u in ds[unit].values]
+                where = " (last token)"
             means.append(np.asarray(da.mean("prompt").values, dtype=float))
         norm = _norm(means)  # one colour scale down a column, so checkpoints compare
         for row, (c, vals) in enumerate(zip(checkpoints, means)):
@@ -132,9 +136,9 @@ def _roles(ds: xr.Dataset):
     from ..experiments.patch import by_token_role
 
     roles = by_token_role(ds)
-    sites = [v for v in roles.data_vars if v != var_name("head")] or list(roles.data_vars)
+    sites = [v for v in roles.data_vars if not unit_dim(v)] or list(roles.data_vars)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 0.5 * ds.sizes["layer"] + 2.5), squeeze=False)
-    means = [np.asarray((roles[v].mean("head") if "head" in roles[v].dims else roles[v]).transpose("layer", "role"),
+    means = [np.asarray((roles[v].mean(unit_dim(v)) if unit_dim(v) else roles[v]).transpose("layer", "role"),
                         float) for v in sites]
     norm = _norm(means)
     labels = [f"{r} ({n})" for r, n in zip(roles["role"].values, roles["n"].values)]
@@ -150,9 +154,9 @@ def _prediction(ds: xr.Dataset):
 
     from ..errors import UsageError
 
-    sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and v != var_name("head")]
+    sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and not unit_dim(v)]
     if not sites:
-        raise UsageError("no prediction codes for mlp/attn/resid/embed in this result (exact patching stores them)")
+        raise UsageError("no prediction codes for embed/attn/mlp/resid in this result (exact patching stores them)")
     fig, ax = plt.subplots(figsize=(6, 3.8))
     last = xr.DataArray(ds["n_tokens"].values - 1, dims="prompt") if ds.attrs.get("positions") == "all" else 0
     for k, v in enumerate(sites):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from ..sites import SITES, var_name
+from ..sites import SITES, unit_dim, var_name
 from .io import site_variables
 
 REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
@@ -80,7 +80,7 @@ def _patching(ds: xr.Dataset, lead: tuple[str, ...]) -> None:
     site_vars = site_variables(ds)
     assert site_vars, f"no site variable ({[var_name(s) for s in SITES]}) in {list(ds.data_vars)}"
     for v in site_vars:
-        want = lead + ("prompt", "layer", "position") + (("head",) if v == var_name("head") else ())
+        want = lead + ("prompt", "layer", "position") + ((unit_dim(v),) if unit_dim(v) else ())
         assert ds[v].dims == want, f"{v} has dims {ds[v].dims}, expected {want}"
         assert ds[v].attrs.get("metric") == ds.attrs["metric"], f"{v}.attrs['metric'] != attrs['metric']"
     for v in ("clean_p_base", "clean_p_source"):
