@@ -36,6 +36,8 @@ def patch(
     max_n: Optional[int] = typer.Option(None, help="arithmetic: largest operand"),
     representation: Optional[str] = typer.Option(None, help="arithmetic: arabic | words"),
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
+    data: Optional[Path] = typer.Option(None, help="factual_recall: a LAMA directory (relations.jsonl, TREx/) or a "
+                                                   "TREx .jsonl file"),
     param: Param = [],
     metric: Optional[str] = typer.Option(None, help="stolfo_ie | absolute | source_increase | relative_source_increase"
                                                     " | same_result | logit_diff; default same_result for pairs with "
@@ -53,7 +55,8 @@ def patch(
     if positions not in ("last", "all"):  # typer takes any string; say which option was wrong
         raise UsageError(f"--positions must be last or all (got {positions!r})")
     params = task_params(param, intervention_type=intervention_type, n_operands=n_operands, n_shots=n_shots,
-                         max_n=max_n, representation=representation, templates=template or None)
+                         max_n=max_n, representation=representation, templates=template or None,
+                         data=str(data) if data is not None else None)
     # attribution gets its own default file: it never overwrites exact results
     h.run(nr.patch, pair_data(task, n_prompts, seed, params), kind="patch" if method == "exact" else "attribution",
           task=task, sites=site, positions=positions, metric=metric, method=method, ig_steps=ig_steps,

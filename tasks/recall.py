@@ -6,21 +6,36 @@ templates :50-57, counts :11, singular/plural :12-16): "Q : I have 3 apples and 
 (two distinct draws), two things from different categories, singular for a count of 1.
 Departures: the things come from this vocabulary (15 in 5 categories, lower case), not
 ``entity_dict.json``; the question names the thing in the plural; template 7's seller is
-"Jane" (the repository's "Jasmin" is not in the vocabulary).
+"Jane" (the repository's "Jasmin" is not in the vocabulary). Pairs (``number_retrieval_pairs``)
+are the repository's: one context, the base question asks for the first thing's count (r),
+the source question for the second's (r'); the two things' names have equal token length.
 
 **Factual recall** (type 20, ``interventions/lama_intervention.py``: relations :8, cloze cut before
 [Y] :61-62): relations P36 "The capital
 of [X] is", P1376 "[X] is the capital of", P19 "[X] was born in", P20 "[X] died in" and P103
 "The native language of [X] is", over *invented* countries and people whose facts exist only
 in the embedded model's training data (``FACTS``), so recall measures what it learnt. P279
-(subclass of) is left out: it needs a taxonomy the invented world does not have.
+(subclass of) is left out: it needs a taxonomy the invented world does not have. Pairs
+(``factual_recall_pairs``) are the repository's (``lama_intervention.py:74-97``): two facts of
+one relation, different single-token objects, subjects of equal token length; r = the base
+subject's object, r' = the source subject's.
+
+**LAMA files** (``data=``): the published LAMA layout, as the repository reads it
+(``lama_intervention.py:11-30``): a directory with ``relations.jsonl`` (fields ``relation``,
+``template``) and ``TREx/<relation>.jsonl`` (fields ``sub_label``, ``obj_label``), or one
+TREx ``.jsonl`` file (``predicate_id`` names the relation; the LAMA templates of the
+repository's six relations are built in). The repository's relations are used
+(``RELATIONS_SUBSET``: P36, P1376, P279, P19, P103, P20) unless ``relation`` names one.
 """
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from .base import Example, TaskInfo, check_choice, check_range, register
+import json
+from pathlib import Path
+
+from .base import Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned, register
 from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
@@ -61,8 +76,30 @@ def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None
     return [sample_retrieval(rng, RETRIEVAL_TEMPLATES[i % len(RETRIEVAL_TEMPLATES)], max_n) for i in range(n)]
 
 
-register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11)", None,
-                  number_retrieval_examples, {"max_n": (20, "largest count (0..max_n)"), "seed": (0, "random seed")}))
+def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None,
+                           max_n: int = 20) -> PromptPairs:
+    """lm-arithmetic's type-11 pairs: one context "I have x e1 and y e2", the base asks for
+    e1 (answer x), the source for e2 (answer y); templates in turn."""
+    check_range("max_n", max_n, 1, 99)
+
+    def sample(rng: random.Random, k: int) -> PromptPair | None:
+        template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
+        i, j = rng.sample(range(len(THINGS)), 2)
+        if i % 5 == j % 5:
+            return None
+        x, y = rng.sample(range(max_n + 1), 2)
+        fill = dict(x=x, y=y, e1=_thing(i, x), e2=_thing(j, y))
+        return PromptPair(template.format(**fill, cls=THINGS[i][1]), template.format(**fill, cls=THINGS[j][1]),
+                          str(x), str(y))
+
+    pairs = generate_aligned(sample, n_prompts, seed, tokenizer, "lower max_n (counts must be single tokens)")
+    return PromptPairs("number_retrieval", {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}, pairs)
+
+
+register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11)",
+                  number_retrieval_pairs, number_retrieval_examples,
+                  {"n_prompts": (64, "number of prompt pairs (patch)"), "max_n": (20, "largest count (0..max_n)"),
+                   "seed": (0, "random seed")}))
 
 # ---------------------------------------------------------------------------- factual recall
 RELATIONS = {  # LAMA id -> (cloze template cut before [Y], the subjects' kind)
@@ -95,15 +132,112 @@ def fact_prompts(relation: str) -> list[Example]:
 
 
 def factual_recall_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
-                            relation: str = "all") -> list[Example]:
-    """``n`` cloze prompts drawn (seeded) from the facts of ``relation`` ("all": every relation)."""
+                            relation: str = "all", data: str | None = None) -> list[Example]:
+    """``n`` cloze prompts drawn (seeded) from the facts of ``relation`` ("all": every relation),
+    of the invented world or of a LAMA directory or file (``data``)."""
     check_range("n", n, 1)
-    check_choice("relation", relation, ["all", *RELATIONS])
-    pool = [e for r in (RELATIONS if relation == "all" else [relation]) for e in fact_prompts(r)]
+    if data is None:
+        check_choice("relation", relation, ["all", *RELATIONS])
+        pool = [e for r in (RELATIONS if relation == "all" else [relation]) for e in fact_prompts(r)]
+    else:
+        pool = [Example(t.format(x=sub), obj) for t, facts in read_lama(data, relation).values() for sub, obj in facts]
     rng = random.Random(seed)
     return [rng.choice(pool) for _ in range(n)]
 
 
+# LAMA's templates (relations.jsonl) of lm-arithmetic's relations (lama_intervention.py:8)
+LAMA_TEMPLATES = {"P36": "The capital of [X] is [Y] .", "P1376": "[X] is the capital of [Y] .",
+                  "P279": "[X] is a subclass of [Y] .", "P19": "[X] was born in [Y] .",
+                  "P103": "The native language of [X] is [Y] .", "P20": "[X] died in [Y] ."}
+
+
+def read_lama(path: str | Path, relation: str = "all") -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """relation -> (cloze template cut before [Y], [(sub_label, obj_label), …]) from a LAMA
+    directory (relations.jsonl + TREx/*.jsonl) or one TREx .jsonl file; one-line errors."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise TaskError(f"no such LAMA file or directory: {path}")
+    templates = dict(LAMA_TEMPLATES)
+    if path.is_dir():
+        rel_file, trex = path / "relations.jsonl", path / "TREx"
+        if not rel_file.is_file() or not trex.is_dir():
+            raise TaskError(f"{path} is not a LAMA directory: it needs relations.jsonl and TREx/ (or give one TREx "
+                            f".jsonl file)")
+        for k, row in enumerate(_jsonl(rel_file)):
+            if "relation" not in row or "template" not in row:
+                raise TaskError(f"{rel_file} line {k + 1}: a relation needs 'relation' and 'template'")
+            templates[row["relation"]] = row["template"]
+        files = {f.stem: f for f in sorted(trex.glob("*.jsonl"))}
+    else:
+        files = {None: path}
+    wanted = set(LAMA_TEMPLATES) if relation == "all" else {relation}
+    facts: dict[str, list[tuple[str, str]]] = {}
+    for stem, f in files.items():
+        for k, row in enumerate(_jsonl(f)):
+            rel = stem or row.get("predicate_id")
+            if not rel or "sub_label" not in row or "obj_label" not in row:
+                raise TaskError(f"{f} line {k + 1}: a LAMA fact needs 'sub_label', 'obj_label' and (in a single "
+                                f"file) 'predicate_id'")
+            if rel in wanted:
+                facts.setdefault(rel, []).append((str(row["sub_label"]), str(row["obj_label"])))
+    if not facts:
+        raise TaskError(f"{path} has no facts of {'the relations ' + ', '.join(sorted(wanted)) if relation == 'all' else relation}")
+    out = {}
+    for rel, pairs in facts.items():
+        t = templates.get(rel)
+        if t is None or "[X]" not in t or "[Y]" not in t:
+            raise TaskError(f"relation {rel} has no template with [X] and [Y]; give a LAMA directory with relations.jsonl")
+        out[rel] = (t[: t.index("[Y]")].strip().replace("[X]", "{x}"), pairs)
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    rows = []
+    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path} line {k + 1} is not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path} line {k + 1} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def factual_recall_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None, relation: str = "all",
+                         data: str | None = None) -> PromptPairs:
+    """lm-arithmetic's type-20 pairs: two facts of one relation (relations in turn) with
+    different single-token objects and subjects of equal token length. ``data``: a LAMA
+    directory or TREx file (default: the embedded model's invented facts, ``FACTS``)."""
+    if data is None:
+        check_choice("relation", relation, ["all", *RELATIONS])
+        world = {r: (RELATIONS[r][0], list(FACTS[r].items())) for r in (RELATIONS if relation == "all" else [relation])}
+    else:
+        world = read_lama(data, relation)
+    rels = sorted(world)
+
+    def sample(rng: random.Random, k: int) -> PromptPair | None:
+        template, facts = world[rels[k % len(rels)]]
+        if len(facts) < 2:
+            return None
+        (s1, o1), (s2, o2) = rng.sample(facts, 2)
+        if o1 == o2:
+            return None
+        return PromptPair(template.format(x=s1), template.format(x=s2), o1, o2)
+
+    pairs = generate_aligned(sample, n_prompts, seed, tokenizer,
+                             "the relations need facts with single-token objects and subjects of equal length")
+    params: dict[str, Any] = {"n_prompts": n_prompts, "relation": relation, "seed": seed}
+    if data is not None:
+        params["data"] = str(data)
+    return PromptPairs("factual_recall", params, pairs)
+
+
 register(TaskInfo("factual_recall", "LAMA-style cloze facts about invented entities (Stolfo et al. 2023, type 20)",
-                  None, factual_recall_examples,
-                  {"relation": ("all", f"all | {' | '.join(RELATIONS)}"), "seed": (0, "random seed")}))
+                  factual_recall_pairs, factual_recall_examples,
+                  {"n_prompts": (64, "number of prompt pairs (patch)"),
+                   "relation": ("all", f"all | {' | '.join(RELATIONS)} (with data: any LAMA relation id)"),
+                   "data": (None, "patch: a LAMA directory (relations.jsonl, TREx/) or TREx .jsonl file; default: "
+                                  "the embedded model's invented facts"),
+                   "seed": (0, "random seed")}))

@@ -74,6 +74,8 @@ def test_tasks_models_evaluate(tmp_path):
     (["patch", "--method", "attribution", "--site", "neuron"], "'neuron' is patched exactly only"),
     (["patch", "--method", "attribution", "--metric", "absolute"], "estimates stolfo_ie or logit_diff only"),
     (["patch", "--param", "max_result=0"], "max_result must be"),
+    (["patch", "--task", "factual_recall", "--data", "/no/such/lama"], "no such LAMA file or directory"),
+    (["patch", "--data", "lama.jsonl"], "unexpected keyword 'data' for task 'arithmetic'"),
     (["patch", "--positions", "middle"], "--positions must be"),
     (["patch", "--layer", "7"], "layer 7 is out of range"),
     (["patch", "--max-n", "1"], "max_n >= 2"),

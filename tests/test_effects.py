@@ -3,6 +3,8 @@ against plain PyTorch hooks (tests/reference.py) and effect formulas written out
 from lm-arithmetic's notebooks (notebooks_utils.py:119-166), not imported from the toolkit."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,25 @@ def test_neuron_site_on_other_architectures_matches_hooks(tiny_model_dir, model_
         _close(float(ds.neurons.sel(layer=layer, neuron=unit).isel(prompt=i, position=k)),
                _logit_diff(clean[i]["base"][1], l_star), 10.0, f"{model_type} neuron {unit} layer {layer}")
     assert len(patched) == ds.neurons.size
+
+
+def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
+    """lm-arithmetic's intervention types 20 (LAMA) and 11 (number retrieval) from the CLI."""
+    from typer.testing import CliRunner
+
+    from nnsight_reasoning.cli.main import app
+    from nnsight_reasoning.tasks.recall import FACTS
+
+    lama = tmp_path / "P36.jsonl"
+    lama.write_text("".join(json.dumps({"sub_label": s, "obj_label": o, "predicate_id": "P36"}) + "\n"
+                            for s, o in FACTS["P36"].items()))
+    for task, extra in (("factual_recall", ["--data", str(lama)]), ("number_retrieval", [])):
+        out = tmp_path / f"{task}.nc"
+        res = CliRunner().invoke(app, ["patch", "--task", task, *extra, "--n-prompts", "8", "--site", "attn",
+                                       "--site", "mlp", "--correct-only", "--out", str(out), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        ds = nr.load_result(out)
+        nr.testing.assert_valid_result(ds)
+        assert ds.attrs["task"] == task and int(ds.correct.sum()) >= 6  # the embedded model knows these
+        assert float(ds.total_effect.median()) > 10  # the source prompt moves the answer to r2
+    assert json.loads(nr.load_result(tmp_path / "factual_recall.nc").attrs["task_params"])["data"] == str(lama)

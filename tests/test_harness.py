@@ -27,6 +27,7 @@ MAIN = str(embedded.revision_path("main"))
 COMMANDS = {
     "patch": ["patch", "--n-prompts", "4", "--site", "embed", "--site", "mlp", "--site", "head", "--correct-only",
               "--batch-size", "8"],
+    "patch_neurons": ["patch", "--n-prompts", "2", "--site", "neuron", "--layer", "3", "--batch-size", "300"],
     "evaluate": ["evaluate", "--n-prompts", "16", "--batch-size", "4"],
     "attention": ["attention", "--n-prompts", "8", "--batch-size", "2"],
     "probe": ["probe", "--n-prompts", "8", "--batch-size", "2"],
@@ -36,7 +37,7 @@ COMMANDS = {
     "neurons": ["neurons", "--n-prompts", "8", "--variant", "equation_only", "--batch-size", "4"],
     "binding": ["binding", "--n-contexts", "6", "--n-estimate", "6", "--batch-size", "4"],
 }
-METHODS = {"patch": "activation_patching", "evaluate": "evaluate", "attention": "attention",
+METHODS = {"patch": "activation_patching", "patch_neurons": "activation_patching", "evaluate": "evaluate", "attention": "attention",
            "probe": "mechanistic_probe", "heads": "head_scores", "circuit": "eap_ig", "edge_patching": "edge_patching",
            "neurons": "cot_neurons", "binding": "binding_ids"}
 

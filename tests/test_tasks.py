@@ -1,6 +1,7 @@
 """Task generators: determinism, intervention semantics, alignment, clear errors."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -262,3 +263,65 @@ def test_stolfo_template_type_k_and_all():
     assert nr.tasks.arithmetic(n_prompts=2, templates=["stolfo"]).params["templates"] == "stolfo"
     with pytest.raises(TaskError, match="stolfo:0..stolfo:4 with words"):
         nr.tasks.arithmetic(n_prompts=2, templates=["stolfo:5"], representation="words")
+
+
+# --------------------------------------------------------------------------- Stolfo's control tasks as pairs
+def test_number_retrieval_pairs_ask_the_same_context_for_the_other_count():
+    pairs = get_task("number_retrieval").pairs(n_prompts=16, seed=1)
+    for p in pairs:
+        b, s = p.base.split(), p.source.split()
+        assert len(b) == len(s) and sum(x != y for x, y in zip(b, s)) == 1  # only the thing asked for differs
+        counts = [w for w in b if w.isdigit()]
+        assert [p.base_answer, p.source_answer] == counts[:2] and p.base_answer != p.source_answer
+
+
+def _lama(tmp_path, relations=("P36", "P19")):
+    from nnsight_reasoning.tasks.recall import FACTS, LAMA_TEMPLATES
+
+    d = tmp_path / "lama"
+    (d / "TREx").mkdir(parents=True)
+    (d / "relations.jsonl").write_text("".join(json.dumps({"relation": r, "template": t, "label": r}) + "\n"
+                                               for r, t in LAMA_TEMPLATES.items()))
+    lines = []
+    for r in relations:
+        rows = [{"sub_label": s, "obj_label": o, "predicate_id": r, "uuid": f"{r}-{k}"}
+                for k, (s, o) in enumerate(FACTS[r].items())]
+        (d / "TREx" / f"{r}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        lines += rows
+    single = tmp_path / "trex.jsonl"
+    single.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return d, single
+
+
+def test_factual_recall_pairs_read_lama_as_the_repository_does(tmp_path):
+    from nnsight_reasoning.tasks.recall import FACTS
+
+    d, single = _lama(tmp_path)
+    from_dir = get_task("factual_recall").pairs(n_prompts=12, seed=0, data=str(d))
+    from_file = get_task("factual_recall").pairs(n_prompts=12, seed=0, data=str(single))
+    assert from_dir.pairs == from_file.pairs and from_dir.params["data"] == str(d)
+    for p in from_dir:
+        if p.base.startswith("The capital of "):  # P36: the cloze cut before [Y]
+            subject = p.base[len("The capital of "):-len(" is")]
+            assert FACTS["P36"][subject] == p.base_answer
+        else:
+            assert p.base.endswith(" was born in") and FACTS["P19"][p.base.split()[0]] == p.base_answer
+        assert p.base_answer != p.source_answer
+    ex = get_task("factual_recall").examples(n=5, seed=0, data=str(single), relation="P19")
+    assert all(FACTS["P19"][e.prompt.split()[0]] == e.answer for e in ex)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda d: None, "no such LAMA file or directory"),
+    (lambda d: d.mkdir(), "is not a LAMA directory"),
+    (lambda d: d.with_suffix(".jsonl").write_text("{not json\n"), "line 1 is not JSON"),
+    (lambda d: d.with_suffix(".jsonl").write_text('{"sub_label": "a", "predicate_id": "P19"}\n'), "needs 'sub_label', 'obj_label'"),
+    (lambda d: d.with_suffix(".jsonl").write_text('{"sub_label": "a", "obj_label": "b", "predicate_id": "P1"}\n'),
+     "has no facts of the relations"),
+])
+def test_bad_lama_files_are_one_line_errors(tmp_path, write, message):
+    target = tmp_path / "lama"
+    write(target)
+    path = target.with_suffix(".jsonl") if target.with_suffix(".jsonl").exists() else target
+    with pytest.raises(TaskError, match=message):
+        get_task("factual_recall").pairs(n_prompts=2, data=str(path))
