@@ -7,6 +7,8 @@ Sites, in the order the model computes them:
 
 ``embed``  the token embeddings entering the first layer, ``(d_model,)``; lm-arithmetic's
            "layer -1", stored at layer coordinate -1 (patching only)
+``attn_weights`` one head's attention probabilities of one query position (the softmax row
+           that weights the values), ``(T,)``; patching it keeps the base run's values
 ``head``   one attention head's output before the output projection (input of ``o_proj``),
            shape per position ``(n_heads, head_dim)``
 ``attn``   attention block output (after the output projection), ``(d_model,)``
@@ -21,9 +23,9 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("embed", "head", "attn", "neuron", "mlp", "resid")
+SITES: tuple[str, ...] = ("embed", "attn_weights", "head", "attn", "neuron", "mlp", "resid")
 #: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives).
-UNIT_DIMS: dict[str, str] = {"head": "head", "neuron": "neuron"}
+UNIT_DIMS: dict[str, str] = {"attn_weights": "head", "head": "head", "neuron": "neuron"}
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
 EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")
@@ -77,6 +79,10 @@ class Architecture:
     neuron_factor: int | None = None
     final_norm_kind: str = "rmsnorm"  # a key of NORMS
     norm_eps_attr: str = "rms_norm_eps"  # config attribute of the final norm's epsilon
+    # nnsight ``.source`` path, from the attention module, to the operation whose output is the
+    # attention probabilities that multiply the values (transformers' eager_attention_forward:
+    # its dropout, the identity in eval mode); the trace edits that output in place
+    attn_probs: tuple[str, ...] = ("attention_interface_1", "nn_functional_dropout_0")
     # feature (a key of FEATURES) -> why this family cannot do it
     unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -123,7 +129,7 @@ def parallel_residual(model: Any) -> bool:
 def var_name(site: str) -> str:
     """Result variable of a site. ``head`` and ``neuron`` are stored as ``heads`` and
     ``neurons``: xarray forbids a data variable named like one of its own dimensions."""
-    return site + "s" if site in UNIT_DIMS else site
+    return site + "s" if site in ("head", "neuron") else site
 
 
 def unit_dim(var: str) -> str | None:

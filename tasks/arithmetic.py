@@ -334,6 +334,17 @@ def token_roles(tokens: Sequence[str]) -> list[str]:
     return roles
 
 
+_OPERATOR_OF = {"plus": "+", "sum": "+", "minus": "-", "difference": "-", "times": "*", "product": "*",
+                "over": "/", "ratio": "/", **{o: o for o in OPERATIONS}}
+
+
+def operator_of(tokens: Sequence[str]) -> str:
+    """The operator of an arithmetic prompt's query ("+", "-", "*", "/"; "" if none, several
+    joined for three operands), read from its operator tokens (see :func:`token_roles`)."""
+    words = [t.replace("Ġ", "").replace("▁", "").strip() for t in tokens]
+    return "".join(_OPERATOR_OF[w] for w, r in zip(words, token_roles(tokens)) if r == "operator" and w in _OPERATOR_OF)
+
+
 def _word_value(w: str) -> int | None:
     for k in range(MAX_WORD_NUMBER + 1):
         if number_word(k) == w:

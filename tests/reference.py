@@ -72,9 +72,57 @@ def last_scores(hf, ids, answers, site=None, layer=None, pos=None, value=None, h
     return probs[answers].numpy(), logits[answers].numpy()
 
 
+def attention_probs(hf, ids, layer):
+    """(n_heads, T, T) attention probabilities of ``layer`` (eager attention's second output)."""
+    box = {}
+    mod = _get(_get(hf, MODULES[hf.config.model_type][0])[layer], MODULES[hf.config.model_type][1])
+    h = mod.register_forward_hook(lambda m, i, o: box.update(w=o[1].detach().clone()))
+    try:
+        with torch.no_grad():
+            hf(torch.tensor([ids]))
+    finally:
+        h.remove()
+    return box["w"][0]
+
+
+def _with_attention_row(hf, layer, pos, row, head):
+    """A context: ``layer``'s attention of head ``head`` at query ``pos`` uses probabilities
+    ``row`` (T,), by wrapping the model file's eager attention function: its output is
+    recomputed from the edited probabilities and the values (repeated for grouped heads)."""
+    import contextlib
+    import importlib
+
+    target = _get(_get(hf, MODULES[hf.config.model_type][0])[layer], MODULES[hf.config.model_type][1])
+    file = importlib.import_module(type(hf).__module__)
+    orig = file.eager_attention_forward
+
+    def patched(module, query, key, value, attention_mask, **kw):
+        out, w = orig(module, query, key, value, attention_mask, **kw)
+        if module is target:
+            w = w.clone()
+            w[0, head, pos] = row
+            v = value if value.shape[1] == w.shape[1] else value.repeat_interleave(w.shape[1] // value.shape[1], 1)
+            out = torch.matmul(w.to(v.dtype), v).transpose(1, 2).contiguous()
+        return out, w
+
+    @contextlib.contextmanager
+    def ctx():
+        file.eager_attention_forward = patched
+        try:
+            yield
+        finally:
+            file.eager_attention_forward = orig
+
+    return ctx()
+
+
 def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head=None):
     """(probabilities, logits) over the whole vocabulary at the last position (float64),
-    optionally with one patch (``site`` "embed" patches the token embedding's output)."""
+    optionally with one patch (``site`` "embed" patches the token embedding's output;
+    "attn_weights" gives head ``head`` the attention probabilities ``value`` at query ``pos``)."""
+    if site == "attn_weights":
+        with _with_attention_row(hf, layer, pos, value, head):
+            return last_distribution(hf, ids)
     handle = None
     if site == "head":
         n_heads = hf.config.num_attention_heads
@@ -222,6 +270,12 @@ def reference_scores(hf, tokenizer, pairs, sites, positions):
         pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
         for site in sites:
             for layer in ([-1] if site == "embed" else range(L)):
+                if site == "attn_weights":  # (heads, T, T): key (site, i, layer, k, head)
+                    src = attention_probs(hf, s_ids, layer)
+                    for k, pos in enumerate(pos_list):
+                        for h in range(src.shape[0]):
+                            patched[(site, i, layer, k, h)] = scores(b, ans, site, layer, pos, src[h, pos], h)
+                    continue
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):
                     if site == "neuron":  # one patch per unit: key (site, i, layer, k, unit)

@@ -254,3 +254,34 @@ def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
         assert ds.attrs["task"] == task and int(ds.correct.sum()) >= 6  # the embedded model knows these
         assert float(ds.total_effect.median()) > 10  # the source prompt moves the answer to r2
     assert json.loads(nr.load_result(tmp_path / "factual_recall.nc").attrs["task_params"])["data"] == str(lama)
+
+
+@pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gptj", "llama"])
+def test_attention_weight_site_matches_a_wrapped_eager_attention(embedded_model, tiny_model_dir, model_type):
+    """One head's attention probabilities at one query position taken from the source run,
+    the values staying the base run's; the reference wraps the model file's eager attention
+    function and recomputes its output from the edited probabilities (tests/reference.py)."""
+    path = nr.models.model_info(embedded_model).path if model_type == "embedded" else tiny_model_dir(model_type)
+    model = embedded_model if model_type == "embedded" else nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=4, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=["attn_weights"], positions="all", metric="logit_diff", progress=False)
+    assert ds.attn_weights.dims == ("prompt", "layer", "position", "head")
+    clean, patched = reference_scores(_hf(path), model.tokenizer, list(pairs), ["attn_weights"], "all")
+    for (_, i, layer, k, h), (_, l_star, _, _) in patched.items():
+        _close(float(ds.attn_weights.sel(layer=layer, head=h).isel(prompt=i, position=k)),
+               _logit_diff(clean[i]["base"][1], l_star), 60.0, f"{model_type} layer {layer} head {h} query {k}")
+    assert int(np.isfinite(ds.attn_weights.values).sum()) == len(patched)
+    assert np.nanmax(np.abs(ds.attn_weights.values)) > 1e-3  # the tiny models' attention matters too
+
+
+def test_by_token_role_split_by_operator(embedded_model):
+    pairs = nr.tasks.arithmetic("operation", n_prompts=12, seed=3, templates=["{expr} ="])
+    ds = nr.patch(embedded_model, pairs, sites=["mlp"], positions="all", progress=False)
+    split = nr.by_token_role(ds, by_operator=True)
+    ops = np.array([p.base.split()[1] for p in pairs])  # "x op y =": the operator from the text
+    assert list(split.operator.values) == sorted(set(ops))
+    for op in split.operator.values:
+        alone = nr.by_token_role(ds.isel(prompt=np.flatnonzero(ops == op)))
+        got = split.mlp.sel(operator=op).sel(role=alone.role.values)
+        np.testing.assert_allclose(got.values, alone.mlp.values, rtol=1e-12)
+        assert split.n.sel(operator=op).sel(role=alone.role.values).values.tolist() == alone.n.values.tolist()

@@ -120,7 +120,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     """
     arch = architecture(model)
     layers = resolve(model, arch.layers)
-    paths = {"head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
+    paths = {"attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
     if any(p.site == "embed" and p.layer != 0 for p in patches):
         raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
     ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
@@ -141,8 +141,10 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             grow_in = torch.cat([p.rows for p in new_in])
             n = len(origin)
             for p in new_in:
-                inner.append((p.site, None if p.site == "embed" else resolve(layers[li], paths[p.site]),
-                              torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
+                module = None if p.site == "embed" else resolve(layers[li], paths[p.site])
+                if p.site == "attn_weights":  # the trace walks module.source along this path
+                    module = (module, arch.attn_probs)
+                inner.append((p.site, module, torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
                 n += len(p.rows)
             origin = torch.cat([origin, grow_in])
             started = True
@@ -183,7 +185,13 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
             for kind, module, rows, src, pos, heads in inner:
                 if kind == "embed":
                     continue
-                if kind == "head":
+                if kind == "attn_weights":  # one query row of one head's probabilities, before they weight the values
+                    op, path = module
+                    for name in path:
+                        op = getattr(op.source, name)
+                    w = op.output
+                    w[rows, heads, pos] = w[src, heads, pos]
+                elif kind == "head":
                     v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
                     v[rows, pos, heads] = v[src, pos, heads]
                 elif kind == "neuron":  # the MLP hidden units are the input of its output projection

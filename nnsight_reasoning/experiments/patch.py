@@ -59,10 +59,13 @@ def patch(
     model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``), or
         a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
-    sites : any of "embed", "head", "attn", "neuron", "mlp", "resid". ``embed`` (exact only)
-        patches the token embeddings entering the first layer; it is stored at layer -1, as
-        lm-arithmetic numbers it. ``neuron`` (exact only) patches each MLP hidden unit alone
-        (every unit of every layer in ``layers``: one patched row each, batched).
+    sites : any of "embed", "attn_weights", "head", "attn", "neuron", "mlp", "resid". ``embed``
+        (exact only) patches the token embeddings entering the first layer; it is stored at
+        layer -1, as lm-arithmetic numbers it. ``attn_weights`` (exact only) gives one head
+        the source run's attention probabilities at one query position, its values staying
+        the base run's (lm-arithmetic's attention-weight intervention, per query position).
+        ``neuron`` (exact only) patches each MLP hidden unit alone (every unit of every layer
+        in ``layers``: one patched row each, batched).
     positions : "last" (the final prompt token) or "all" (every token).
     metric : a key of :data:`nnsight_reasoning.metrics.METRICS`: "stolfo_ie" (the paper's
         indirect effect), "absolute", "source_increase", "relative_source_increase",
@@ -119,7 +122,7 @@ def patch(
     if method == "attribution" and metric not in ATTRIBUTION_METRICS:
         raise UsageError(f"method='attribution' estimates {' or '.join(ATTRIBUTION_METRICS)} only (got "
                          f"metric={metric!r}); use method='exact'")
-    for site in ("embed", "neuron"):
+    for site in ("embed", "attn_weights", "neuron"):
         if method == "attribution" and site in sites:
             raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
@@ -135,7 +138,8 @@ def patch(
     lengths = [len(b) for b in tok.base]
     t_max = max(lengths)
     pos_coord = list(range(t_max)) if positions == "all" else [t_max - 1 if len(set(lengths)) == 1 else -1]
-    grid = Grid(sites, layer_list, positions, {"head": d["n_heads"], "neuron": d["n_neurons"]})
+    grid = Grid(sites, layer_list, positions, {"attn_weights": d["n_heads"], "head": d["n_heads"],
+                                               "neuron": d["n_neurons"]})
     out = Outputs.empty(grid, (len(pair_list), len(layer_list), len(pos_coord)))
     keep = np.arange(len(pair_list))
     if correct_only:
@@ -478,7 +482,8 @@ def prediction_change(ds: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(out, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
 
 
-def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None = None) -> xr.Dataset:
+def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None = None, *,
+                  by_operator: bool = False) -> xr.Dataset:
     """Mean effect per token role and layer, lm-arithmetic's aggregation of its all-token runs.
 
     ``ds``: a patching result with ``positions="all"``. ``roles(tokens) -> labels`` names the
@@ -487,7 +492,9 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     operator, middle, operand 2, late, last). Returns one variable per site with dims
     ``(role, [checkpoint,] layer[, head])``: the mean over every (prompt, position) of that role,
     as the repository averages its rows per position class (``plot-all-tokens.ipynb``); the
-    ``n`` coordinate counts them.
+    ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
+    (arithmetic; read from the base prompt's tokens), adding a leading ``operator`` dim, as the
+    paper splits its figures by operation; ``n`` is then (operator, role).
     """
     import pandas as pd
 
@@ -502,14 +509,31 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
         roles = token_roles
     labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
     order = [r for r in ROLES if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(ROLES) - {""})
-    masks = [xr.DataArray(labels == r, dims=("prompt", "position")) for r in order]
-    out = {}
-    for v in site_variables(ds):
-        means = [ds[v].where(m).mean(("prompt", "position")) for m in masks]
-        out[v] = xr.concat(means, pd.Index(order, name="role"))
-        out[v].attrs = {**ds[v].attrs, "long_name": f"mean {ds.attrs.get('metric')} of patching {v} per token role"}
-    result = xr.Dataset(out, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
-    return result.assign_coords(n=("role", [int(m.sum()) for m in masks]))
+    role_index = pd.Index(np.array(order, dtype=object), name="role")
+    groups: dict[str, np.ndarray] = {"": np.ones(ds.sizes["prompt"], bool)}
+    if by_operator:
+        from ..tasks.arithmetic import operator_of
+
+        ops = np.array([operator_of([str(t) for t in row]) for row in ds["token"].values], dtype=object)
+        groups = {o: ops == o for o in sorted(set(ops) - {""})}
+        if not groups:
+            raise UsageError("no operator found in these prompts' tokens; use by_operator=False")
+    out: dict[str, list[xr.DataArray]] = {v: [] for v in site_variables(ds)}
+    counts = []
+    for keep in groups.values():
+        masks = [xr.DataArray((labels == r) & keep[:, None], dims=("prompt", "position")) for r in order]
+        counts.append([int(m.sum()) for m in masks])
+        for v in out:
+            out[v].append(xr.concat([ds[v].where(m).mean(("prompt", "position")) for m in masks], role_index))
+    data = {}
+    for v, per_group in out.items():
+        da = xr.concat(per_group, pd.Index(np.array(list(groups), dtype=object), name="operator")) if by_operator \
+            else per_group[0]
+        da.attrs = {**ds[v].attrs, "long_name": f"mean {ds.attrs.get('metric')} of patching {v} per token role"}
+        data[v] = da
+    result = xr.Dataset(data, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
+    n = (("operator", "role"), np.array(counts)) if by_operator else ("role", counts[0])
+    return result.assign_coords(n=n)
 
 
 def _unit(coords: dict[str, Any]) -> str:
