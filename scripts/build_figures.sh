@@ -15,6 +15,10 @@ run() { echo "\$ reason-interp $*" | tee -a "$R/log.txt"; reason-interp "$@" 2>&
 run patch --task arithmetic --out "$R/patch.nc"
 run evaluate --task arithmetic --revisions all --out "$R/curve.nc"
 run plot "$R/curve.nc" --out docs/learning_curve_arithmetic.png
+run patch --task arithmetic --intervention-type operands --param operations=+-*/ --template stolfo \
+    --site embed --site attn --site mlp --positions all --correct-only --out "$R/patch_roles.nc"
+run plot "$R/patch_roles.nc" --kind roles --out docs/patch_roles_arithmetic.png
+run plot "$R/patch_roles.nc" --kind prediction --out docs/patch_prediction_arithmetic.png
 run patch --task arithmetic --revisions all --out "$R/patch_sweep.nc"
 run plot "$R/patch_sweep.nc" --out docs/patch_over_training_arithmetic.png
 run attention --n-prompts 256 --patterns all --out "$R/attention.nc"
