@@ -138,12 +138,18 @@ def _roles(ds: xr.Dataset):
     roles = by_token_role(ds)
     sites = [v for v in roles.data_vars if not unit_dim(v)] or list(roles.data_vars)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 0.5 * ds.sizes["layer"] + 2.5), squeeze=False)
-    means = [np.asarray((roles[v].mean(unit_dim(v)) if unit_dim(v) else roles[v]).transpose("layer", "role"),
-                        float) for v in sites]
+    # the embeddings have layer -1 only, the blocks never: each panel keeps its own rows
+    parts = [roles if v == "embed" else roles.sel(layer=roles["layer"].values[roles["layer"].values >= 0])
+             for v in sites]
+    means = [np.asarray((p[v].mean(unit_dim(v)) if unit_dim(v) else p[v]).transpose("layer", "role"), float)
+             for p, v in zip(parts, sites)]
+    if "embed" in sites:
+        means[sites.index("embed")] = means[sites.index("embed")][:1]
+        parts[sites.index("embed")] = roles.sel(layer=[-1])
     norm = _norm(means)
     labels = [f"{r} ({n})" for r, n in zip(roles["role"].values, roles["n"].values)]
-    for ax, v, vals in zip(axes[0], sites, means):
-        _panel(fig, ax, vals, labels, roles, norm, f"{v}: mean {ds.attrs.get('metric')} per token role")
+    for ax, v, vals, p in zip(axes[0], sites, means, parts):
+        _panel(fig, ax, vals, labels, p, norm, f"{v}: mean {ds.attrs.get('metric')} per token role")
     fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} "
                  f"({ds.sizes['prompt']} pairs; role (positions))", fontsize=10)
     return fig
