@@ -215,6 +215,8 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
 
     if revisions is None:
         return once(model, resume_dir)
+    if not isinstance(model, (str, Path, type(None))) and model_info(model).load_kwargs.get("adapter"):
+        raise UsageError("a model with an adapter is fine-tuned on one base checkpoint: run it without revisions")
     chosen = None
     if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
         option, choose = exp.fixed_in_sweeps

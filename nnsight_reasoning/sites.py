@@ -26,6 +26,8 @@ from .errors import UsageError
 SITES: tuple[str, ...] = ("embed", "attn_weights", "head", "attn", "neuron", "mlp", "resid")
 #: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives).
 UNIT_DIMS: dict[str, str] = {"attn_weights": "head", "head": "head", "neuron": "neuron"}
+#: Sites that activation patching covers but attribution patching does not (yet).
+EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "attn_weights", "neuron")
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
 EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")

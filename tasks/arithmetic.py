@@ -17,7 +17,8 @@ base prompt's in op1). With three operands every + and - is flipped and exemplar
 Operands are drawn from 1..max_n; results must be >= 0 and, with ``max_result``, at most
 that: the repository bounds the result by ``max_n`` for GPT-J and Pythia, and for LLaMA-style
 tokenisers that split numbers into digits it takes operands up to 300 with one-digit results
-(``max_n=300, max_result=9``: "164 - 159 =" answered by one token).
+(``max_n=300, max_result=8``: the repository's results 1..8, "164 - 159 =" answered by one
+token; results of 0 stay allowed here).
 
 Departures from lm-arithmetic (``interventions/intervention.py``): results may be 0 and are
 bounded by the tokenizer (an answer must be one token; 0..99 for the embedded model), not by
@@ -270,7 +271,7 @@ def arithmetic(
     operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
         two-operand operation intervention (see module doc).
     max_result : largest result (default: any the tokenizer has as one token); with
-        ``max_n=300, max_result=9``, lm-arithmetic's setting for digit-splitting tokenisers.
+        ``max_n=300, max_result=8``, lm-arithmetic's setting for digit-splitting tokenisers.
     seed : same seed and tokenizer give the same pairs.
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
@@ -296,53 +297,61 @@ def arithmetic(
 #: Token roles of a prompt, in reading order (lm-arithmetic's position classes,
 #: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, with the older helper's operator
 #: class, ``notebooks_utils.py:371-394``).
-ROLES = ("early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
-_OPERATOR_WORDS = {*OPERATIONS, *_WORD.values(), "sum", "difference", "product", "ratio"}
+ROLES = ("shots", "early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
+# operator tokens -> the operator (the template words of _WORD and _NOUN, and the symbols)
+_OPERATOR_OF = {"plus": "+", "sum": "+", "minus": "-", "difference": "-", "times": "*", "product": "*",
+                "over": "/", "ratio": "/", **{o: o for o in OPERATIONS}}
+
+
+def _word(token: str) -> str:
+    """A token without its tokenizer's word-start mark (GPT-2's Ġ, SentencePiece's ▁)."""
+    return token.replace("Ġ", "").replace("▁", "").strip()
 
 
 def token_roles(tokens: Sequence[str]) -> list[str]:
-    """The role of each token of an arithmetic prompt (the query is the last problem, after the
-    exemplars' " . "): "operand 1/2/3" (every token of the number, for tokenisers that split
-    digits; the repository marks the last one), "operator" (+ - * / or its word, "sum of"…),
-    "last" (the final token), and "early" / "middle" / "late" for the other tokens before the
-    first operand, between operands, and after the last. Padding ("") gets "".
+    """The role of each token of an arithmetic prompt. The query is the last problem, after
+    the exemplars' " . "; the exemplars are "shots". In the query: "operand 1/2/3" (every
+    token of the number, for tokenisers that split digits or number words; the repository
+    marks the last one), "operator" (+ - * / or its word, "sum of"…), "last" (the final
+    token), and "early" / "middle" / "late" for the other tokens before the first operand,
+    between operands, and after the last. Padding ("") gets "".
     """
-    words = [t.replace("Ġ", "").replace("▁", "").strip() for t in tokens]
+    words = [_word(t) for t in tokens]
     n = max((i + 1 for i, w in enumerate(words) if w), default=0)
     start = max((i + 1 for i, w in enumerate(words[:n]) if w == "."), default=0)
     is_number = [w.isdigit() or (w.replace("-", "").isalpha() and _word_value(w) is not None) for w in words]
+    # a BPE tokenizer splits "twenty-one" into "twenty", "-", "one": the hyphen belongs to the number
+    linked = [0 < i < n - 1 and w == "-" and is_number[i - 1] and is_number[i + 1] and not words[i - 1].isdigit()
+              for i, w in enumerate(words)]
     groups: list[list[int]] = []
     for i in range(start, n):
-        if is_number[i]:
-            if groups and groups[-1][-1] == i - 1 and words[i].isdigit() and words[i - 1].isdigit():
-                groups[-1].append(i)  # digits of one number
+        if is_number[i] or linked[i]:
+            joined = groups and groups[-1][-1] == i - 1 and (
+                linked[i] or linked[i - 1] or (words[i].isdigit() and words[i - 1].isdigit()))
+            if joined:
+                groups[-1].append(i)  # digits, or the parts of a hyphenated number word
             else:
                 groups.append([i])
     roles = [""] * len(tokens)
     first = groups[0][0] if groups else n
     last_operand = groups[-1][-1] if groups else n
     for i in range(n):
-        roles[i] = "early" if i < first else "late" if i > last_operand else "middle"
+        roles[i] = "shots" if i < start else "early" if i < first else "late" if i > last_operand else "middle"
     for k, g in enumerate(groups[:3]):
         for i in g:
             roles[i] = f"operand {k + 1}"
     for i in range(start, n):
-        if words[i] in _OPERATOR_WORDS:
+        if words[i] in _OPERATOR_OF and not roles[i].startswith("operand"):
             roles[i] = "operator"
     if n:
         roles[n - 1] = "last"
     return roles
 
 
-_OPERATOR_OF = {"plus": "+", "sum": "+", "minus": "-", "difference": "-", "times": "*", "product": "*",
-                "over": "/", "ratio": "/", **{o: o for o in OPERATIONS}}
-
-
 def operator_of(tokens: Sequence[str]) -> str:
     """The operator of an arithmetic prompt's query ("+", "-", "*", "/"; "" if none, several
     joined for three operands), read from its operator tokens (see :func:`token_roles`)."""
-    words = [t.replace("Ġ", "").replace("▁", "").strip() for t in tokens]
-    return "".join(_OPERATOR_OF[w] for w, r in zip(words, token_roles(tokens)) if r == "operator" and w in _OPERATOR_OF)
+    return "".join(_OPERATOR_OF[_word(t)] for t, r in zip(tokens, token_roles(tokens)) if r == "operator")
 
 
 def _word_value(w: str) -> int | None:
@@ -368,7 +377,7 @@ PARAMS = {
     "templates": (list(TEMPLATES), "prompt templates containing {expr}, or \"stolfo\" (lm-arithmetic's); used in turn"),
     "operations": ("+-", "operators among + - * / (products and quotients: 2 operands, exact quotients); "
                          "the 2-operand operation intervention defaults to +-*/"),
-    "max_result": (None, "largest result (default: any single-token answer); max_n=300 max_result=9 is "
+    "max_result": (None, "largest result (default: any single-token answer); max_n=300 max_result=8 is "
                          "lm-arithmetic's setting for digit-splitting tokenizers"),
     "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),
     "seed": (0, "random seed; same seed -> same prompts"),

@@ -35,7 +35,8 @@ from typing import Any
 import json
 from pathlib import Path
 
-from .base import Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned, register
+from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
+                   generate_aligned, register)
 from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
@@ -56,12 +57,18 @@ def _thing(k: int, count: int) -> str:
     return THINGS[k][0] if count == 1 else THINGS[k][1]
 
 
-def sample_retrieval(rng: random.Random, template: str, max_n: int = 20) -> Example:
-    # five categories of three (THINGS is ordered by category in turn): two different ones
+def _draw(rng: random.Random, max_n: int) -> tuple[int, int, int, int]:
+    """Two things of different categories (THINGS is ordered by category in turn, five of
+    three) and their two distinct counts: (i, j, x, y)."""
     i, j = rng.sample(range(len(THINGS)), 2)
     while i % 5 == j % 5:
         i, j = rng.sample(range(len(THINGS)), 2)
     x, y = rng.sample(range(max_n + 1), 2)
+    return i, j, x, y
+
+
+def sample_retrieval(rng: random.Random, template: str, max_n: int = 20) -> Example:
+    i, j, x, y = _draw(rng, max_n)
     ask_first = rng.random() < 0.5
     prompt = template.format(x=x, y=y, e1=_thing(i, x), e2=_thing(j, y), cls=THINGS[i if ask_first else j][1])
     return Example(prompt, str(x if ask_first else y))
@@ -84,10 +91,7 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
         template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
-        i, j = rng.sample(range(len(THINGS)), 2)
-        if i % 5 == j % 5:
-            return None
-        x, y = rng.sample(range(max_n + 1), 2)
+        i, j, x, y = _draw(rng, max_n)
         fill = dict(x=x, y=y, e1=_thing(i, x), e2=_thing(j, y))
         return PromptPair(template.format(**fill, cls=THINGS[i][1]), template.format(**fill, cls=THINGS[j][1]),
                           str(x), str(y))
@@ -215,12 +219,18 @@ def factual_recall_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | No
         world = {r: (RELATIONS[r][0], list(FACTS[r].items())) for r in (RELATIONS if relation == "all" else [relation])}
     else:
         world = read_lama(data, relation)
+    # as the repository, only facts whose object is one token; a relation needs two objects
+    aligner = Aligner(tokenizer)
+    usable = {r: (t, [f for f in facts if aligner.is_single_token(f[1])]) for r, (t, facts) in world.items()}
+    dropped = sorted(r for r, (_, facts) in usable.items() if len({o for _, o in facts}) < 2)
+    world = {r: v for r, v in usable.items() if r not in dropped}
+    if not world:
+        raise TaskError(f"no relation has two facts with different single-token objects for this tokenizer "
+                        f"(checked: {', '.join(dropped)})")
     rels = sorted(world)
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
         template, facts = world[rels[k % len(rels)]]
-        if len(facts) < 2:
-            return None
         (s1, o1), (s2, o2) = rng.sample(facts, 2)
         if o1 == o2:
             return None
@@ -231,6 +241,8 @@ def factual_recall_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | No
     params: dict[str, Any] = {"n_prompts": n_prompts, "relation": relation, "seed": seed}
     if data is not None:
         params["data"] = str(data)
+    if dropped:  # said in the results' task_params: these relations could not be used
+        params["relations_dropped"] = dropped
     return PromptPairs("factual_recall", params, pairs)
 
 

@@ -156,6 +156,13 @@ def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head
     return torch.softmax(logits, -1), logits
 
 
+def logit_scale(hf, tok, pairs) -> float:
+    """The largest |logit| of the clean runs at the last position: what float32 noise scales with."""
+    with torch.no_grad():
+        return max(float(hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1].abs().max())
+                   for p in pairs for t in (p.base, p.source))
+
+
 def ie(p, p_star):
     """Stolfo et al. 2023 indirect effect from (P(r1), P(r2)) clean and patched."""
     return 0.5 * ((p_star[1] - p[1]) / p[1] + (p[0] - p_star[0]) / p_star[0])

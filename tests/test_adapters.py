@@ -56,6 +56,9 @@ def test_adapter_errors_are_one_line(lora, tmp_path):
     model = nr.load_model(base, adapter=path)
     with pytest.raises(UsageError, match="runs locally only"):
         nr.evaluate(model, nr.tasks.examples("arithmetic", 2, tokenizer=model.tokenizer), remote=True, progress=False)
+    with pytest.raises(UsageError, match="run it without revisions"):
+        nr.evaluate(model, nr.tasks.examples("arithmetic", 2, tokenizer=model.tokenizer), revisions="a,b",
+                    progress=False)
     res = CliRunner().invoke(app, ["evaluate", "--model", str(base), "--adapter", str(path), "--revisions", "a,b",
                                    "--n-prompts", "2", "--out", str(tmp_path / "x.nc"), "--no-progress"])
     assert res.exit_code == 2 and "use --revision, not --revisions" in res.output and not (tmp_path / "x.nc").exists()

@@ -10,20 +10,13 @@ import nnsight_reasoning as nr
 from nnsight_reasoning.sites import var_name
 from nnsight_reasoning.tasks import PromptPair, PromptPairs
 
-from .reference import last_scores, reference_patch
+from .reference import last_scores, logit_scale as _logit_scale, reference_patch
 
 SITES = ["head", "attn", "mlp", "resid"]
 
 
 def _hf(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
-
-
-def _logit_scale(hf, tok, pairs) -> float:
-    """The largest |logit| of the clean runs at the last position: what float32 noise scales with."""
-    with torch.no_grad():
-        return max(float(hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1].abs().max())
-                   for p in pairs for t in (p.base, p.source))
 
 
 def _compare(ds, ref, metric, logit_scale):

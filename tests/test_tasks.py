@@ -242,13 +242,13 @@ def test_operation_intervention_is_built_as_lm_arithmetic_builds_it():
 
 
 def test_max_result_bounds_results_as_for_digit_splitting_tokenizers():
-    pairs = nr.tasks.arithmetic(n_prompts=20, max_n=300, max_result=9, seed=0, templates=["{expr} ="])
-    assert pairs.params["max_result"] == 9
+    pairs = nr.tasks.arithmetic(n_prompts=20, max_n=300, max_result=8, seed=0, templates=["{expr} ="])
+    assert pairs.params["max_result"] == 8
     big = 0
     for p in pairs:
         for prompt, answer in ((p.base, p.base_answer), (p.source, p.source_answer)):
             x, op, y, _ = prompt.split()
-            assert 0 <= int(answer) <= 9 and int(answer) == evaluate_expr([int(x), int(y)], [op])
+            assert 0 <= int(answer) <= 8 and int(answer) == evaluate_expr([int(x), int(y)], [op])
             big = max(big, int(x), int(y))
     assert big > 99  # operands beyond two digits, as in lm-arithmetic's LLaMA setting
     with pytest.raises(TaskError, match="max_result must be"):
@@ -307,6 +307,12 @@ def test_factual_recall_pairs_read_lama_as_the_repository_does(tmp_path):
         else:
             assert p.base.endswith(" was born in") and FACTS["P19"][p.base.split()[0]] == p.base_answer
         assert p.base_answer != p.source_answer
+    # a relation whose objects are not single tokens is dropped, and the pairs say so
+    with open(single, "a") as f:
+        f.write("".join(json.dumps({"sub_label": s, "obj_label": "Unheard Of", "predicate_id": "P20"}) + "\n"
+                        for s in FACTS["P20"]))
+    mixed = get_task("factual_recall").pairs(n_prompts=4, seed=0, data=str(single))
+    assert mixed.params["relations_dropped"] == ["P20"] and not any(" died in" in p.base for p in mixed)
     ex = get_task("factual_recall").examples(n=5, seed=0, data=str(single), relation="P19")
     assert all(FACTS["P19"][e.prompt.split()[0]] == e.answer for e in ex)
 
@@ -318,6 +324,9 @@ def test_factual_recall_pairs_read_lama_as_the_repository_does(tmp_path):
     (lambda d: d.with_suffix(".jsonl").write_text('{"sub_label": "a", "predicate_id": "P19"}\n'), "needs 'sub_label', 'obj_label'"),
     (lambda d: d.with_suffix(".jsonl").write_text('{"sub_label": "a", "obj_label": "b", "predicate_id": "P1"}\n'),
      "has no facts of the relations"),
+    (lambda d: d.with_suffix(".jsonl").write_text("".join(
+        '{"sub_label": "Zarovia", "obj_label": "Qqq%d", "predicate_id": "P36"}\n' % k for k in range(3))),
+     r"no relation has two facts with different single-token objects for this tokenizer \(checked: P36\)"),
 ])
 def test_bad_lama_files_are_one_line_errors(tmp_path, write, message):
     target = tmp_path / "lama"

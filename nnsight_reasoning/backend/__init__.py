@@ -82,6 +82,7 @@ def answer_scores(
     """One forward pass over ``input_ids`` (n, T) plus the patched copies ``patches`` describe.
 
     ``answer_ids`` (n, K): candidate tokens per input row; a copy scores its original row's.
+    ``rank``: True (ranks and top tokens), "top" (top tokens only: one argmax per row), False.
     Returns scores for n + Σ len(patch.rows) rows: the input rows, then each patch's copies in
     the order ``patches`` lists them. Only these scores come back, so remote runs download a
     few numbers per row, never activations or full logits. ``remote``: False (here), "local"
@@ -91,7 +92,7 @@ def answer_scores(
     d = dims(model)
     saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank),
                  remote, "scores")
-    return Scores(*(t.detach().cpu()[order] for t in saved))
+    return Scores(*(None if t is None else t.detach().cpu()[order] for t in saved))
 
 
 def _run(model: Any, trace: Any, args: tuple, remote: bool | str, saved: str) -> Any:
@@ -216,6 +217,15 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
     return scores
 
 
+def require_eager(model: Any, what: str) -> None:
+    """Refuse ``what`` (it reads or edits the attention probabilities) unless the model runs
+    eager attention: fused kernels never form the probability matrix."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl != "eager":
+        raise UsageError(f"{what} need eager attention, but this model runs {impl!r}: load it with "
+                         f"nr.load_model(..., attn_implementation='eager') (the default)")
+
+
 def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
                     remote: bool | str = False) -> torch.Tensor:
     """Attention probabilities of ``layers`` on ``input_ids`` (n, T), no padding.
@@ -224,10 +234,7 @@ def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], 
     ``last_only`` else T. The softmax output is read from the attention module, so the model
     must run eager attention (fused kernels never form the matrix).
     """
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl != "eager":
-        raise UsageError(f"attention patterns need eager attention, but this model runs {impl!r}: load it with "
-                         f"nr.load_model(..., attn_implementation='eager') (the default)")
+    require_eager(model, "attention patterns")
     arch = architecture(model)
     mods = [resolve(resolve(model, arch.layers)[li], arch.attn) for li in sorted(layers)]
     order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked

@@ -17,13 +17,16 @@ import torch
 def score_answers(logits, answer_ids, rank=True):
     """Scores of the candidate tokens ``answer_ids`` (n, K) given last-position ``logits`` (n, V).
 
-    Returns (log-probabilities, logits), each (n, K) float64, and with ``rank`` the (n, K)
-    rank of each candidate (0 = argmax; the number of tokens with a larger log-probability)
-    and the (n,) id of each row's top token.
+    Returns (log-probabilities, logits), each (n, K) float64; with ``rank`` True also the
+    (n, K) rank of each candidate (0 = argmax; the number of tokens with a larger
+    log-probability) and the (n,) id of each row's top token; with ``rank`` "top" the top
+    tokens only (no rank: it costs a comparison of every candidate with the whole vocabulary).
     """
     logits = logits.double()  # ratios of tiny probabilities need it
     log_probs = logits.log_softmax(-1)
     chosen = torch.gather(log_probs, 1, answer_ids)
+    if rank == "top":
+        return chosen, answer_logits(logits, answer_ids), None, log_probs.argmax(-1)
     if rank:
         ranks = (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
         return chosen, answer_logits(logits, answer_ids), ranks, log_probs.argmax(-1)

@@ -26,7 +26,7 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import EMBED_LAYER, POSITIONS, UNIT_DIMS, check_layers, check_sites, dims, unit_dim, var_name
+from ..sites import EMBED_LAYER, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, check_layers, check_sites, dims, var_name
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
 from ..tasks.base import group_by_length
 
@@ -122,9 +122,11 @@ def patch(
     if method == "attribution" and metric not in ATTRIBUTION_METRICS:
         raise UsageError(f"method='attribution' estimates {' or '.join(ATTRIBUTION_METRICS)} only (got "
                          f"metric={metric!r}); use method='exact'")
-    for site in ("embed", "attn_weights", "neuron"):
+    for site in EXACT_ONLY_SITES:
         if method == "attribution" and site in sites:
             raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
+    if "attn_weights" in sites:
+        backend.require_eager(run.model, "attention-weight patches")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
         raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
     if method == "exact" and run.batch_size < 3:
@@ -138,8 +140,7 @@ def patch(
     lengths = [len(b) for b in tok.base]
     t_max = max(lengths)
     pos_coord = list(range(t_max)) if positions == "all" else [t_max - 1 if len(set(lengths)) == 1 else -1]
-    grid = Grid(sites, layer_list, positions, {"attn_weights": d["n_heads"], "head": d["n_heads"],
-                                               "neuron": d["n_neurons"]})
+    grid = Grid(sites, layer_list, positions, {s: d[f"n_{dim}s"] for s, dim in UNIT_DIMS.items()})
     out = Outputs.empty(grid, (len(pair_list), len(layer_list), len(pos_coord)))
     keep = np.arange(len(pair_list))
     if correct_only:
@@ -200,9 +201,9 @@ class Outputs:
 
     @classmethod
     def empty(cls, grid: "Grid", shape: tuple[int, ...]) -> "Outputs":
-        n = shape[0]
-        return cls(grid.empty(shape), {k: np.full(v.shape, -1, np.int8) for k, v in grid.empty(shape).items()},
-                   *(np.full((n, 2), np.nan) for _ in range(4)))
+        values = grid.empty(shape)
+        return cls(values, {k: np.full(v.shape, -1, np.int8) for k, v in values.items()},
+                   *(np.full((shape[0], 2), np.nan) for _ in range(4)))
 
     def clean(self, pairs: Sequence[int], s: backend.Scores) -> None:
         """The clean scores of a pass whose first 2p rows are :meth:`Tokens.rows` of ``pairs``."""
@@ -283,7 +284,7 @@ def _correct(run: Run, tok: Tokens, out: Outputs) -> np.ndarray:
     correct = np.zeros(len(tok.base), bool)
     for job in run.steps(run.batches([len(b) for b in tok.base], 2), "accuracy"):
         rows, ans = tok.rows(job)
-        s = run.call(backend.answer_scores, rows, ans, rank=True)
+        s = run.call(backend.answer_scores, rows, ans, rank="top")
         out.clean(job, s)
         p, top, a = len(job), s.top.numpy(), ans.numpy()
         correct[job] = (top[p:] == a[p:, 0]) & (top[:p] == a[:p, 1])
@@ -298,7 +299,7 @@ def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, out: Outputs, keep: n
         pairs = [int(keep[j]) for j in job.pairs]
         rows, ans = tok.rows(pairs)
         patches, copies = _patches(PatchPass(pairs, job.units), grid.layers)
-        s = run.call(backend.answer_scores, rows, ans, patches, rank=True)
+        s = run.call(backend.answer_scores, rows, ans, patches, rank="top")
         _fill(s, ans.numpy(), pairs, copies, metric, out)
 
 
@@ -445,6 +446,8 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, a
     data["source_prompt_p_source"] = ("prompt", p_source[:, 1], {"long_name": "P(source answer | source prompt)",
                                                                  "units": "1"})
     total = metrics.effect(metric, out.base_lp, out.base_lg, out.source_lp, out.source_lg)
+    if out.correct is not None:  # like every effect, only for the pairs the model gets right
+        total = np.where(out.correct, total, np.nan)
     data["total_effect"] = ("prompt", total, {"long_name": f"{metric} of replacing the base prompt by the source "
                                                            f"prompt (total effect)", "units": metrics.units(metric)})
     if out.correct is not None:
@@ -488,9 +491,9 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
 
     ``ds``: a patching result with ``positions="all"``. ``roles(tokens) -> labels`` names the
     role of each token of a base prompt (the ``token`` coordinate); default: the arithmetic
-    task's (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: early, operand 1,
-    operator, middle, operand 2, late, last). Returns one variable per site with dims
-    ``(role, [checkpoint,] layer[, head])``: the mean over every (prompt, position) of that role,
+    task's (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars),
+    early, operand 1, operator, middle, operand 2, late, last). Returns one variable per site with dims
+    ``([operator,] role, [checkpoint,] layer[, head])``: the mean over every (prompt, position) of that role,
     as the repository averages its rows per position class (``plot-all-tokens.ipynb``); the
     ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
     (arithmetic; read from the base prompt's tokens), adding a leading ``operator`` dim, as the
@@ -505,7 +508,8 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
         raise UsageError("token roles need a result over all positions (positions='all', --positions all)")
     if roles is None:
         if ds.attrs.get("task") != "arithmetic":
-            raise UsageError(f"token roles are known for arithmetic prompts; pass roles=… for {ds.attrs.get('task')}")
+            raise UsageError(f"token roles are known for arithmetic results only (this is {ds.attrs.get('task')}); "
+                             f"in Python, pass roles=a function from a prompt's tokens to their role names")
         roles = token_roles
     labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
     order = [r for r in ROLES if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(ROLES) - {""})
@@ -558,7 +562,10 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     for v in site_variables(ds):
         da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
         mean, median = da.mean("prompt"), da.median("prompt")
-        for idx in np.ndindex(mean.shape):
+        flat = np.abs(np.nan_to_num(mean.values, nan=-1.0)).ravel()  # NaN (no such site) sorts last
+        best = np.argsort(-flat, kind="stable")[:top]  # a neuron sweep has thousands of sites: rank in numpy
+        for k in best:
+            idx = np.unravel_index(k, mean.shape)
             val = float(mean.values[idx])
             if np.isfinite(val):
                 coords = {d: mean[d].values[i] for d, i in zip(mean.dims, idx)}

@@ -162,7 +162,8 @@ def _prediction(ds: xr.Dataset):
 
     sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and not unit_dim(v)]
     if not sites:
-        raise UsageError("no prediction codes for embed/attn/mlp/resid in this result (exact patching stores them)")
+        raise UsageError("the prediction figure needs embed, attn, mlp or resid patched exactly (head, neuron and "
+                         "attn_weights codes are per unit: read them with nr.prediction_change)")
     fig, ax = plt.subplots(figsize=(6, 3.8))
     last = xr.DataArray(ds["n_tokens"].values - 1, dims="prompt") if ds.attrs.get("positions") == "all" else 0
     for k, v in enumerate(sites):
