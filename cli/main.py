@@ -24,8 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def patch(
     h: Harness,
     task: Task = "arithmetic",
-    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, attn_weights, head, attn, neuron, "
-                                                            "mlp, resid (repeatable; embed is stored at layer -1)"),
+    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, attn_pattern, attn_weights, head, "
+                                                            "attn, neuron, mlp, resid (repeatable; embed is stored at "
+                                                            "layer -1)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
     n_prompts: int = typer.Option(64, help="number of prompt pairs"),

@@ -7,6 +7,8 @@ Sites, in the order the model computes them:
 
 ``embed``  the token embeddings entering the first layer, ``(d_model,)``; lm-arithmetic's
            "layer -1", stored at layer coordinate -1 (patching only)
+``attn_pattern`` one head's whole attention pattern (every query position), ``(T, T)``;
+           lm-arithmetic's attention-head intervention; stored at the last position
 ``attn_weights`` one head's attention probabilities of one query position (the softmax row
            that weights the values), ``(T,)``; patching it keeps the base run's values
 ``head``   one attention head's output before the output projection (input of ``o_proj``),
@@ -23,11 +25,13 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("embed", "attn_weights", "head", "attn", "neuron", "mlp", "resid")
+SITES: tuple[str, ...] = ("embed", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "resid")
 #: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives).
-UNIT_DIMS: dict[str, str] = {"attn_weights": "head", "head": "head", "neuron": "neuron"}
+UNIT_DIMS: dict[str, str] = {"attn_pattern": "head", "attn_weights": "head", "head": "head", "neuron": "neuron"}
 #: Sites that activation patching covers but attribution patching does not (yet).
-EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "attn_weights", "neuron")
+EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "attn_pattern", "attn_weights", "neuron")
+#: Sites patched at every position at once (stored at each prompt's last position).
+WHOLE_PROMPT_SITES: tuple[str, ...] = ("attn_pattern",)
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
 EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")

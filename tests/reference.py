@@ -87,8 +87,9 @@ def attention_probs(hf, ids, layer):
 
 def _with_attention_row(hf, layer, pos, row, head):
     """A context: ``layer``'s attention of head ``head`` at query ``pos`` uses probabilities
-    ``row`` (T,), by wrapping the model file's eager attention function: its output is
-    recomputed from the edited probabilities and the values (repeated for grouped heads)."""
+    ``row`` (T,) (``pos`` None: every query, ``row`` (T, T)), by wrapping the model file's
+    eager attention function: its output is recomputed from the edited probabilities and the
+    values (repeated for grouped heads)."""
     import contextlib
     import importlib
 
@@ -100,7 +101,10 @@ def _with_attention_row(hf, layer, pos, row, head):
         out, w = orig(module, query, key, value, attention_mask, **kw)
         if module is target:
             w = w.clone()
-            w[0, head, pos] = row
+            if pos is None:
+                w[0, head] = row
+            else:
+                w[0, head, pos] = row
             v = value if value.shape[1] == w.shape[1] else value.repeat_interleave(w.shape[1] // value.shape[1], 1)
             out = torch.matmul(w.to(v.dtype), v).transpose(1, 2).contiguous()
         return out, w
@@ -120,7 +124,7 @@ def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head
     """(probabilities, logits) over the whole vocabulary at the last position (float64),
     optionally with one patch (``site`` "embed" patches the token embedding's output;
     "attn_weights" gives head ``head`` the attention probabilities ``value`` at query ``pos``)."""
-    if site == "attn_weights":
+    if site in ("attn_weights", "attn_pattern"):  # a pattern patch has pos None
         with _with_attention_row(hf, layer, pos, value, head):
             return last_distribution(hf, ids)
     handle = None
@@ -282,6 +286,11 @@ def reference_scores(hf, tokenizer, pairs, sites, positions):
                     for k, pos in enumerate(pos_list):
                         for h in range(src.shape[0]):
                             patched[(site, i, layer, k, h)] = scores(b, ans, site, layer, pos, src[h, pos], h)
+                    continue
+                if site == "attn_pattern":  # the whole pattern; key (site, i, layer, k of the last token, head)
+                    src = attention_probs(hf, s_ids, layer)
+                    for h in range(src.shape[0]):
+                        patched[(site, i, layer, len(pos_list) - 1, h)] = scores(b, ans, site, layer, None, src[h], h)
                     continue
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):

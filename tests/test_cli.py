@@ -73,6 +73,7 @@ def test_tasks_models_evaluate(tmp_path):
     (["patch", "--method", "attribution", "--site", "embed"], "'embed' is patched exactly only"),
     (["patch", "--method", "attribution", "--site", "neuron"], "'neuron' is patched exactly only"),
     (["patch", "--method", "attribution", "--site", "attn_weights"], "'attn_weights' is patched exactly only"),
+    (["patch", "--method", "attribution", "--site", "attn_pattern"], "'attn_pattern' is patched exactly only"),
     (["patch", "--method", "attribution", "--metric", "absolute"], "estimates stolfo_ie or logit_diff only"),
     (["patch", "--param", "max_result=0"], "max_result must be"),
     (["patch", "--task", "factual_recall", "--data", "/no/such/lama"], "no such LAMA file or directory"),

@@ -121,7 +121,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     """
     arch = architecture(model)
     layers = resolve(model, arch.layers)
-    paths = {"attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
+    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
     if any(p.site == "embed" and p.layer != 0 for p in patches):
         raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
     ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
@@ -143,7 +143,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             n = len(origin)
             for p in new_in:
                 module = None if p.site == "embed" else resolve(layers[li], paths[p.site])
-                if p.site == "attn_weights":  # the trace walks module.source along this path
+                if p.site in ("attn_pattern", "attn_weights"):  # the trace walks module.source along this path
                     module = (module, arch.attn_probs)
                 inner.append((p.site, module, torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
                 n += len(p.rows)
@@ -186,12 +186,15 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
             for kind, module, rows, src, pos, heads in inner:
                 if kind == "embed":
                     continue
-                if kind == "attn_weights":  # one query row of one head's probabilities, before they weight the values
+                if kind in ("attn_pattern", "attn_weights"):  # probabilities, before they weight the values
                     op, path = module
                     for name in path:
                         op = getattr(op.source, name)
                     w = op.output
-                    w[rows, heads, pos] = w[src, heads, pos]
+                    if kind == "attn_weights":  # one query row of one head
+                        w[rows, heads, pos] = w[src, heads, pos]
+                    else:  # the head's whole pattern, every query row
+                        w[rows, heads] = w[src, heads]
                 elif kind == "head":
                     v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
                     v[rows, pos, heads] = v[src, pos, heads]

@@ -26,7 +26,8 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import EMBED_LAYER, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, check_layers, check_sites, dims, var_name
+from ..sites import (EMBED_LAYER, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES, check_layers,
+                     check_sites, dims, var_name)
 from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
 from ..tasks.base import group_by_length
 
@@ -63,7 +64,9 @@ def patch(
         (exact only) patches the token embeddings entering the first layer; it is stored at
         layer -1, as lm-arithmetic numbers it. ``attn_weights`` (exact only) gives one head
         the source run's attention probabilities at one query position, its values staying
-        the base run's (lm-arithmetic's attention-weight intervention, per query position).
+        the base run's. ``attn_pattern`` (exact only) gives one head the source run's whole
+        pattern, every query position at once (lm-arithmetic's attention-head intervention);
+        its value is stored at each prompt's last position.
         ``neuron`` (exact only) patches each MLP hidden unit alone (every unit of every layer
         in ``layers``: one patched row each, batched).
     positions : "last" (the final prompt token) or "all" (every token).
@@ -125,7 +128,7 @@ def patch(
     for site in EXACT_ONLY_SITES:
         if method == "attribution" and site in sites:
             raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
-    if "attn_weights" in sites:
+    if {"attn_pattern", "attn_weights"} & set(sites):
         backend.require_eager(run.model, "attention-weight patches")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
         raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
@@ -225,8 +228,10 @@ class Grid:
 
     def units(self, length: int) -> list["Unit"]:
         """Every patch of one prompt of ``length`` tokens, in forward order per pair."""
-        pos = [(length - 1, 0)] if self.positions == "last" else [(p, p) for p in range(length)]
-        return [Unit(s, li, p, pi, h) for s in self.sites for li in self.layer_indices(s) for p, pi in pos
+        last = [(length - 1, 0 if self.positions == "last" else length - 1)]
+        pos = last if self.positions == "last" else [(p, p) for p in range(length)]
+        return [Unit(s, li, p, pi, h) for s in self.sites for li in self.layer_indices(s)
+                for p, pi in (last if s in WHOLE_PROMPT_SITES else pos)
                 for h in (range(self.n_units[s]) if s in UNIT_DIMS else [None])]
 
     def layer_indices(self, site: str) -> list[int]:
