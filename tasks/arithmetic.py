@@ -10,9 +10,9 @@ Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answ
 quotients take two operands; a quotient must be exact (the repository keeps only integer
 results the same way). The default is "+-", except for the two-operand ``operation``
 intervention, which is built as lm-arithmetic builds it (``interventions/intervention.py``
-:307-399): all four operators, op2 drawn uniformly from the three others, the source prompt
-in op2's template of the same index, and the source prompt's exemplars solved in op2 (the
-base prompt's in op1). With three operands every + and - is flipped and exemplars are shared.
+:307-399): all four operators, op2 drawn uniformly from the three others, both results in
+1..max_n-1 (``generate_operands_pair_two_ops``, :74-101), the source prompt in op2's template
+of the same index, and the source prompt's exemplars solved in op2 (the base prompt's in op1). With three operands every + and - is flipped and exemplars are shared.
 
 Operands are drawn from 1..max_n; results must be >= 0 and, with ``max_result``, at most
 that: the repository bounds the result by ``max_n`` for GPT-J and Pythia, and for LLaMA-style
@@ -128,9 +128,9 @@ def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, r
 
 def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str = "all",
                    ops: Sequence[str] | None = None, operations: str = "+-",
-                   max_result: int | None = None) -> tuple[list[int], list[str], int]:
-    """Draw (operands, operators, result) with 0 <= result (<= ``max_result``), respecting the
-    held-out split; operators from ``operations`` (with 3 operands only its + and -)."""
+                   max_result: int | None = None, min_result: int = 0) -> tuple[list[int], list[str], int]:
+    """Draw (operands, operators, result) with ``min_result`` <= result (<= ``max_result``),
+    respecting the held-out split; operators from ``operations`` (3 operands: its + and -)."""
     pool = operations if n_operands == 2 else "".join(o for o in operations if o in "+-")
     for _ in range(100_000):
         operands = [rng.randint(1, max_n) for _ in range(n_operands)]
@@ -138,11 +138,11 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
         if split != "all" and is_heldout(operands) != (split == "heldout"):
             continue
         result = evaluate_expr(operands, o)
-        if result >= 0 and (max_result is None or result <= max_result):
+        if result >= min_result and (max_result is None or result <= max_result):
             return operands, o, result
     bound = "" if max_result is None else f" and <= max_result={max_result}"
     raise TaskError(f"no {n_operands}-operand problem with operators {''.join(ops or pool)!r} and operands "
-                    f"1..{max_n} has an integer result >= 0{bound} in the {split!r} split; raise max_n "
+                    f"1..{max_n} has an integer result >= {min_result}{bound} in the {split!r} split; raise max_n "
                     f"or max_result, or add '+'")
 
 
@@ -169,12 +169,13 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
     template = templates[i % len(templates)]
     n, m, rep, split = p["n_operands"], p["max_n"], p["representation"], p["split"]
     ops, top = p.get("operations", "+-"), p.get("max_result")
-    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops, max_result=top)
     kind = p["intervention_type"]
+    low = 1 if kind == "operation" else 0  # the repository's operation pairs: results 1..max_n-1
+    a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops, max_result=top, min_result=low)
     if kind == "operation":
         b_operands, b_ops = a_ops, [_swap(rng, o, ops if n == 2 else "+-") for o in a_ops_list]
         r2 = evaluate_expr(b_operands, b_ops)
-        if r2 < 0 or r2 == r1 or (top is not None and r2 > top):
+        if r2 < low or r2 == r1 or (top is not None and r2 > top):
             return None
     else:
         b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list, max_result=top)
@@ -270,13 +271,16 @@ def arithmetic(
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
     operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
         two-operand operation intervention (see module doc).
-    max_result : largest result (default: any the tokenizer has as one token); with
+    max_result : largest result (default: any the tokenizer has as one token; for the
+        two-operand operation intervention max_n - 1, as the repository, results >= 1); with
         ``max_n=300, max_result=8``, lm-arithmetic's setting for digit-splitting tokenisers.
     seed : same seed and tokenizer give the same pairs.
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
     if operations is None:
         operations = default_operations(intervention_type, n_operands)
+    if max_result is None and intervention_type == "operation" and n_operands == 2:
+        max_result = max_n - 1  # the repository's range for both results of an operation pair
     tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations,
                  max_result)
     params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,

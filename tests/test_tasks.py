@@ -334,3 +334,9 @@ def test_bad_lama_files_are_one_line_errors(tmp_path, write, message):
     path = target.with_suffix(".jsonl") if target.with_suffix(".jsonl").exists() else target
     with pytest.raises(TaskError, match=message):
         get_task("factual_recall").pairs(n_prompts=2, data=str(path))
+
+
+def test_operation_pairs_keep_both_results_in_the_repositorys_range():
+    pairs = nr.tasks.arithmetic("operation", n_prompts=40, max_n=12, seed=6)
+    assert pairs.params["max_result"] == 11
+    assert all(1 <= int(a) <= 11 for p in pairs for a in (p.base_answer, p.source_answer))
