@@ -231,7 +231,12 @@ def register(info: TaskInfo) -> TaskInfo:
     return info
 
 
+#: Other names a task answers to (lm-arithmetic's README calls type 20 "factual").
+ALIASES = {"factual": "factual_recall"}
+
+
 def get_task(name: str) -> TaskInfo:
+    name = ALIASES.get(name, name)
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
     return TASKS[name]
