@@ -312,3 +312,23 @@ def test_by_token_role_split_by_operator(embedded_model):
         got = split.mlp.sel(operator=op).sel(role=alone.role.values)
         np.testing.assert_allclose(got.values, alone.mlp.values, rtol=1e-12)
         assert split.n.sel(operator=op).sel(role=alone.role.values).values.tolist() == alone.n.values.tolist()
+
+
+@pytest.mark.parametrize("metric", ["stolfo_ie", "absolute", "same_result", "relative_source_increase"])
+def test_effects_on_a_tiny_model_match_hooks(tiny_model_dir, metric):
+    """The same effect formulas on a tiny random GPT-2, whose probabilities are far from the
+    embedded model's (no answer is likely), site by site against the hooks."""
+    path = tiny_model_dir("gpt2")
+    model = nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=2, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=["attn", "mlp"], metric=metric, progress=False)
+    hf = _hf(path)
+    clean, patched = reference_scores(hf, model.tokenizer, list(pairs), ["attn", "mlp"], "last")
+    scale = logit_scale(hf, model.tokenizer, pairs)
+    for i, c in enumerate(clean):
+        (pb, _, _, _), (ps, _, _, _) = c["base"], c["source"]
+        _close(float(ds.total_effect[i]), _repo_effects(pb[0], pb[1], ps[0], ps[1])[metric], scale, f"TE {i}")
+    for (site, i, layer, k), (p_star, _, _, _) in patched.items():
+        pb = clean[i]["base"][0]
+        _close(float(ds[site].sel(layer=layer).isel(prompt=i, position=k)),
+               _repo_effects(pb[0], pb[1], p_star[0], p_star[1])[metric], scale, f"{site} {layer} pair {i}")
