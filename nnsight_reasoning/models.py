@@ -108,7 +108,7 @@ def load_model(
     except UsageError:
         raise
     except Exception as e:  # transformers raises OSError, ValueError or a bare Exception here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _first_line(e)
         raise UsageError(f"could not load model {name!r}"
                          f"{' revision ' + repr(revision) if revision else ''}: {first[:200]} "
                          f"(check the id/path; offline, use a local directory)") from None
@@ -131,10 +131,15 @@ def _with_adapter(source: str, adapter: str, tokenizer: Any, dtype: torch.dtype,
     try:
         merged = peft.PeftModel.from_pretrained(base, adapter).merge_and_unload()
     except Exception as e:  # a missing directory or id, an adapter for other modules or shapes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _first_line(e)
         raise UsageError(f"could not apply adapter {adapter!r} to {source}: {first[:200]}") from None
     tok = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     return TransformersModel(merged.eval(), tokenizer=tok)
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's message (library errors run to many lines), or its type."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def model_info(model: Any) -> ModelInfo:

@@ -135,7 +135,7 @@ def parallel_residual(model: Any) -> bool:
 def var_name(site: str) -> str:
     """Result variable of a site. ``head`` and ``neuron`` are stored as ``heads`` and
     ``neurons``: xarray forbids a data variable named like one of its own dimensions."""
-    return site + "s" if site in ("head", "neuron") else site
+    return site + "s" if UNIT_DIMS.get(site) == site else site
 
 
 def unit_dim(var: str) -> str | None:

@@ -63,7 +63,7 @@ def vocabulary() -> list[str]:
     words |= _template_words(*A.TEMPLATES, *A.STOLFO_TEMPLATES_FLAT, *I.IOI_TEMPLATES, *R.RETRIEVAL_TEMPLATES,
                              *(t for t, _ in R.RELATIONS.values()), G.TEMPLATE, S.TEMPLATE,
                              *(f.statement for f in B.FAMILIES.values()), *(f.query for f in B.FAMILIES.values()))
-    words |= set(A.SHOT_SEPARATOR.split()) | set(A._OPS["arabic"].values()) | set(A._OPS["words"].values())
+    words |= set(A.SHOT_SEPARATOR.split()) | set(A.OPERATIONS) | set(A._WORD.values())
     words |= set("Numbers : . The smallest is Context : Question : Answer : Q A loved hated gave had What result ? "
                  "lasted from the year to".split())
     words |= C.VOCABULARY

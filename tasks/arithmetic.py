@@ -63,7 +63,7 @@ SHOT_SEPARATOR = " . "
 # words :244, operand and result ranges :29-71), one list per
 # operator in the repository's order; the last is the symbolic one, which the repository drops
 # for number words. Tokens are space-separated here ("? A :"), as the embedded tokenizer splits.
-_WORD = {"+": "plus", "-": "minus", "*": "times", "/": "over"}
+_WORD = {"+": "plus", "-": "minus", "*": "times", "/": "over"}  # also the operators of representation="words"
 _NOUN = {"+": ("sum of", "The sum of {x} and {y} is"), "-": ("difference between", "The difference between {x} and {y} is"),
          "*": ("product of", "The product of {x} and {y} is"), "/": ("ratio between", "The ratio of {x} and {y} is")}
 STOLFO_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -72,8 +72,6 @@ STOLFO_TEMPLATES: dict[str, tuple[str, ...]] = {
          _NOUN[op][1], "{x} %s {y} =" % op)
     for op, w in _WORD.items()}
 STOLFO_TEMPLATES_FLAT = tuple(t for ts in STOLFO_TEMPLATES.values() for t in ts)
-_OPS = {"arabic": {"+": "+", "-": "-", "*": "*", "/": "/"},
-        "words": {"+": "plus", "-": "minus", "*": "times", "/": "over"}}  # lm-arithmetic's operator words
 OPERATIONS = "+-*/"
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -122,7 +120,7 @@ def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, r
         return STOLFO_TEMPLATES[ops[0]][int(template[7:])].format(x=words[0], y=words[1])
     parts = [words[0]]
     for op, w in zip(ops, words[1:]):
-        parts += [_OPS[representation][op], w]
+        parts += [_WORD[op] if representation == "words" else op, w]  # lm-arithmetic's operator words
     return template.format(expr=" ".join(parts))  # type: ignore[arg-type]
 
 
@@ -194,6 +192,11 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
     return PromptPair(prefix + base, source_prefix + source, ra, rb)  # type: ignore[operator, arg-type]
 
 
+def _n_stolfo(representation: str) -> int:
+    """lm-arithmetic's templates per operator: six, five with number words (no symbolic one)."""
+    return 5 if representation == "words" else 6
+
+
 def default_operations(intervention_type: str, n_operands: int) -> str:
     """The repository's four operators for the two-operand operation intervention, else "+-"."""
     return OPERATIONS if intervention_type == "operation" and n_operands == 2 else "+-"
@@ -222,7 +225,7 @@ def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, re
         raise TaskError(f"representation='words' supports numbers up to {MAX_WORD_NUMBER}; lower max_n")
     if templates is not None and not isinstance(templates, str) and list(templates) == ["stolfo"]:
         templates = "stolfo"  # the CLI's --template stolfo
-    n_stolfo = 5 if representation == "words" else 6  # number words drop the symbolic template
+    n_stolfo = _n_stolfo(representation)
     if templates == "stolfo" or (not isinstance(templates, str) and any(str(t).startswith("stolfo") for t in
                                                                         templates or ())):
         if n_operands != 2:
@@ -290,7 +293,7 @@ def arithmetic(
         params["operations"] = operations
     if max_result is not None:
         params["max_result"] = max_result
-    if tpl == [f"stolfo:{k}" for k in range(6 if representation == "arabic" else 5)]:
+    if tpl == [f"stolfo:{k}" for k in range(_n_stolfo(representation))]:
         params["templates"] = "stolfo"  # replayable: arithmetic(**params) draws the same pairs
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
@@ -302,9 +305,9 @@ def arithmetic(
 #: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, with the older helper's operator
 #: class, ``notebooks_utils.py:371-394``).
 ROLES = ("shots", "early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
-# operator tokens -> the operator (the template words of _WORD and _NOUN, and the symbols)
-_OPERATOR_OF = {"plus": "+", "sum": "+", "minus": "-", "difference": "-", "times": "*", "product": "*",
-                "over": "/", "ratio": "/", **{o: o for o in OPERATIONS}}
+# operator tokens -> the operator: the symbols, the template words and nouns ("sum" of "sum of")
+_OPERATOR_OF = {**{o: o for o in OPERATIONS}, **{w: o for o, w in _WORD.items()},
+                **{noun.split()[0]: o for o, (noun, _) in _NOUN.items()}}
 
 
 def _word(token: str) -> str:

@@ -196,6 +196,9 @@ def read_lama(path: str | Path, relation: str = "all") -> dict[str, tuple[str, l
 
 
 def _jsonl(path: Path) -> list[dict]:
+    # read by hand, not with datasets' JSON loader: TREx lines carry nested "evidences" whose
+    # fields differ between lines (Arrow's schema inference can refuse them), and a bad line is
+    # named by its number
     rows = []
     for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if line.strip():

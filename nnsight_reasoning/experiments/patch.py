@@ -461,6 +461,11 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, a
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+def _provenance_of(ds: xr.Dataset) -> dict[str, Any]:
+    """The attrs an analysis of a patching result keeps from it (what was patched, where)."""
+    return {k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs}
+
+
 def prediction_change(ds: xr.Dataset) -> xr.Dataset:
     """Share of prompts whose top token a patch moved, per site: lm-arithmetic's
     prediction-change plot (``notebooks/notebooks_utils.py:140-166``).
@@ -487,7 +492,7 @@ def prediction_change(ds: xr.Dataset) -> xr.Dataset:
         shares = [((code == k).sum("prompt") / n.where(n > 0)) for k in (1, 2)]
         out[v] = xr.concat(shares, pd.Index(["desired", "undesired"], name="change"))
         out[v].attrs = {"long_name": f"share of prompts whose top token patching {v} moved", "units": "1"}
-    return xr.Dataset(out, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
+    return xr.Dataset(out, attrs=_provenance_of(ds))
 
 
 def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None = None, *,
@@ -540,7 +545,7 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
             else per_group[0]
         da.attrs = {**ds[v].attrs, "long_name": f"mean {ds.attrs.get('metric')} of patching {v} per token role"}
         data[v] = da
-    result = xr.Dataset(data, attrs={k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs})
+    result = xr.Dataset(data, attrs=_provenance_of(ds))
     n = (("operator", "role"), np.array(counts)) if by_operator else ("role", counts[0])
     return result.assign_coords(n=n)
 

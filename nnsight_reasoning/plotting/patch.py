@@ -139,13 +139,10 @@ def _roles(ds: xr.Dataset):
     sites = [v for v in roles.data_vars if not unit_dim(v)] or list(roles.data_vars)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 0.5 * ds.sizes["layer"] + 2.5), squeeze=False)
     # the embeddings have layer -1 only, the blocks never: each panel keeps its own rows
-    parts = [roles if v == "embed" else roles.sel(layer=roles["layer"].values[roles["layer"].values >= 0])
-             for v in sites]
+    layers = roles["layer"].values
+    parts = [roles.sel(layer=layers[(layers < 0) == (v == "embed")]) for v in sites]
     means = [np.asarray((p[v].mean(unit_dim(v)) if unit_dim(v) else p[v]).transpose("layer", "role"), float)
              for p, v in zip(parts, sites)]
-    if "embed" in sites:
-        means[sites.index("embed")] = means[sites.index("embed")][:1]
-        parts[sites.index("embed")] = roles.sel(layer=[-1])
     norm = _norm(means)
     labels = [f"{r} ({n})" for r, n in zip(roles["role"].values, roles["n"].values)]
     for ax, v, vals, p in zip(axes[0], sites, means, parts):
