@@ -302,8 +302,8 @@ def arithmetic(
 
 
 #: Token roles of a prompt, in reading order (lm-arithmetic's position classes,
-#: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, with the older helper's operator
-#: class, ``notebooks_utils.py:371-394``).
+#: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, lines 23-53 of its JSON, with the
+#: older helper's operator class, ``notebooks_utils.py:371-394``).
 ROLES = ("shots", "early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
 # operator tokens -> the operator: the symbols, the template words and nouns ("sum" of "sum of")
 _OPERATOR_OF = {**{o: o for o in OPERATIONS}, **{w: o for o, w in _WORD.items()},

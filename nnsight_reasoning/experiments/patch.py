@@ -503,9 +503,9 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     role of each token of a base prompt (the ``token`` coordinate); default: the arithmetic
     task's (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars),
     early, operand 1, operator, middle, operand 2, late, last). Returns one variable per site with dims
-    ``([operator,] role, [checkpoint,] layer[, head])``: the mean over every (prompt, position) of that role,
-    as the repository averages its rows per position class (``plot-all-tokens.ipynb``); the
-    ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
+    ``([operator,] role, [checkpoint,] layer[, head])``: the mean over every (prompt, position)
+    of that role, as the repository averages its rows per position class
+    (``plot-all-tokens.ipynb``, JSON lines 184-201); the ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
     (arithmetic; read from the base prompt's tokens), adding a leading ``operator`` dim, as the
     paper splits its figures by operation; ``n`` is then (operator, role).
     """
