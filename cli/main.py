@@ -115,25 +115,27 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
 
 @app.command()
 @guard
-def models() -> None:
+def models(all_revisions: bool = typer.Option(False, "--all", help="a column for every revision (a wide table)")) -> None:
     """List the embedded model's revisions and their measured accuracy."""
     from nnsight_reasoning import embedded
 
     card = embedded.card()
     accs = card.get("accuracy", {})
     task_names = list(card.get("evals", {})) or sorted({t for r in accs.values() for t in r})
-    revs = embedded.revisions()
-    table = Table(title=f"embedded model ({card.get('parameters', '?')} parameters): accuracy per revision; "
+    every = embedded.revisions()
+    revs = every if all_revisions else _fitting(every, (out.width - 32) // 10)
+    shown = "" if len(revs) == len(every) else f" ({len(revs)} of {len(every)} revisions; --all for every one)"
+    table = Table(title=f"embedded model ({card.get('parameters', '?'):,} parameters): accuracy per revision{shown}; "
                         f"load with nr.load_model(revision=...) or --revision")
-    table.add_column("task \\ revision")
+    table.add_column("task \\ revision", no_wrap=True)
     for rev in revs:
         table.add_column(rev, justify="right")
     for t in task_names:
-        table.add_row(t, *[f"{accs.get(rev, {}).get(t, float('nan')):.3f}" for rev in revs])
+        table.add_row(t, *[f"{accs.get(rev, {}).get(t, float('nan')):.2f}" for rev in revs])
     heads = card.get("head_scores", {})
     for score in ("previous_token", "duplicate_token", "induction"):
         if heads:  # the best head's score on repeated random tokens (chance: uniform attention)
-            table.add_row(f"best {score} head", *[f"{heads.get(rev, {}).get(score, {}).get('max', float('nan')):.3f}"
+            table.add_row(f"best {score} head", *[f"{heads.get(rev, {}).get(score, {}).get('max', float('nan')):.2f}"
                                                   for rev in revs], style="dim")
     out.print(table)
     if heads.get("main"):
@@ -143,6 +145,15 @@ def models() -> None:
     out.print(f"files: {embedded.REVISIONS_DIR}", highlight=False)
     out.print("any other model: --model EleutherAI/pythia-160m --revision step3000, or a local directory",
               highlight=False)
+
+
+def _fitting(revisions: list[str], n: int) -> list[str]:
+    """At most ``n`` (at least 3) of ``revisions``, evenly spread, the first and last included."""
+    n = max(3, n)
+    if len(revisions) <= n:
+        return revisions
+    picks = sorted({round(i * (len(revisions) - 1) / (n - 1)) for i in range(n)})
+    return [revisions[i] for i in picks]
 
 
 @app.command()
