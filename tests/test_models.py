@@ -164,3 +164,28 @@ def test_model_card_targets():
     step0 = card["accuracy"]["step0"]
     sets = {k for k, e in card["evals"].items() if e["task"] in ("greater_than", "sentiment")}
     assert max(v for k, v in step0.items() if k not in sets) < 0.05
+
+
+@pytest.mark.slow  # two short training runs in subprocesses (~15 s)
+def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
+    """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
+    every revision; the curriculum hands over to the full mixture at --early-max at the latest,
+    and every revision records the schedule it was trained on."""
+    import subprocess
+    import sys
+
+    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1"]
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)], check=True,
+                       capture_output=True, timeout=300)
+    revs = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
+    assert revs == ["main", "step0", "step1", "step2", "step4"]  # main is step 4 + 3 = 7
+    for rev in revs:
+        a, b = ((tmp_path / out / rev / "model.safetensors").read_bytes() for out in ("a", "b"))
+        assert a == b, rev
+    meta = json.loads((tmp_path / "a" / "main" / "training_meta.json").read_text())
+    assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (7, 7, 4, [0, 1, 2, 4, 7])
+    assert meta["curriculum_learnt_at"] is None
+    step2 = json.loads((tmp_path / "a" / "step2" / "training_meta.json").read_text())
+    assert step2 == {**meta, "step": 2}
