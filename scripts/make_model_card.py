@@ -301,8 +301,8 @@ Attribution patching (1 step) against exact patching per revision, the same meas
 {atp}
 ## Circuits and neurons at main
 EAP-IG (5 steps) on {card['circuit_data']['n_prompts']} arithmetic pairs: circuits of {' and '.join(map(str, card['circuit_data']['sizes']))} edges keep
-{' and '.join(f'{f:.2f}' for f in card['circuits']['faithfulness_ig5'])} of the logit difference (EAP, 1 step:
-{' and '.join(f'{f:.2f}' for f in card['circuits']['faithfulness_ig1'])}); edge scores against exact edge patching
+{' and '.join(f'{f + 0.0:.2f}' for f in card['circuits']['faithfulness_ig5'])} of the logit difference (EAP, 1 step:
+{' and '.join(f'{f + 0.0:.2f}' for f in card['circuits']['faithfulness_ig1'])}); edge scores against exact edge patching
 (half the pairs): r = {card['circuits']['r_exact_ig5']:.2f} (EAP: {card['circuits']['r_exact_ig1']:.2f}).
 
 CoT neurons (`nr.neurons` on 100 problems): {len(card['neurons']['units'])} discovered

@@ -191,8 +191,8 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
     n, n_layers, n_neurons = contrib.shape
     flat = contrib.reshape(n, -1)
     top = np.argsort(-flat, axis=1, kind="stable")[:, :top_k]
-    freq = np.zeros(flat.shape[1])
-    np.add.at(freq, top.ravel(), 1.0 / n)
+    # count, then divide: summing 1/n a hundred times gives 1.0000000000000007
+    freq = np.bincount(top.ravel(), minlength=flat.shape[1]) / n
     mean = flat.mean(0)
     if fixed is None:
         found = [u for u in np.lexsort((-mean, -freq)) if freq[u] >= min_frequency - 1e-12]
