@@ -125,7 +125,8 @@ def models(all_revisions: bool = typer.Option(False, "--all", help="a column for
     every = embedded.revisions()
     revs = every if all_revisions else _fitting(every, (out.width - 32) // 10)
     shown = "" if len(revs) == len(every) else f" ({len(revs)} of {len(every)} revisions; --all for every one)"
-    table = Table(title=f"embedded model ({card.get('parameters', '?'):,} parameters): accuracy per revision{shown}; "
+    n_params = f"{card['parameters']:,}" if "parameters" in card else "?"
+    table = Table(title=f"embedded model ({n_params} parameters): accuracy per revision{shown}; "
                         f"load with nr.load_model(revision=...) or --revision")
     table.add_column("task \\ revision", no_wrap=True)
     for rev in revs:
