@@ -195,9 +195,11 @@ def main() -> None:
         else:
             acc[rev], p_answer[rev], heads[rev] = measure(rev)
             print(rev, json.dumps(acc[rev]), json.dumps(heads[rev]), flush=True)
-        atp[rev] = old.get("attribution_r", {}).get(rev) or attribution_r(nr.load_model(revision=rev))[0]
+        if rev != "main":  # main's is part of patching() below
+            atp[rev] = old.get("attribution_r", {}).get(rev) or attribution_r(nr.load_model(revision=rev))[0]
     model = nr.load_model(revision="main")
     patch = patching(model)
+    atp["main"] = {v: patch[f"r_{v}_ig1"] for v in ("attn", "mlp")}
     print("patching", json.dumps(patch), flush=True)
     circ, neur = circuits(model), neurons(model)
     print("circuits", json.dumps(circ), "neurons", json.dumps(neur), flush=True)
@@ -220,10 +222,9 @@ def _table(rows: list[str], revs: list[str], cell) -> str:
 
 
 def _neuron_table(nd: dict) -> str:
-    variants = list(nd["activation"])
-    rows = [f"| {a} | " + " | ".join(f"{nd['accuracy'][a][v]:.2f}" for v in variants) + " |" for a in nd["accuracy"]]
-    rows.append("| mean activation | " + " | ".join(f"{nd['activation'][v]:.2f}" for v in variants) + " |")
-    return "| | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants) + "\n" + "\n".join(rows) + "\n"
+    rows = [*nd["accuracy"], "mean activation"]
+    value = lambda v, row: nd["accuracy"][row][v] if row in nd["accuracy"] else nd["activation"][v]  # noqa: E731
+    return _table(rows, list(nd["activation"]), lambda v, row: f"{value(v, row):.2f}")
 
 
 def _curriculum(t: dict) -> str:
