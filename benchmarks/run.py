@@ -25,6 +25,8 @@ Sections, each measured side by side in this one process (memory in child proces
 4. memory: peak RSS of the sweep at 64, 256 and 1024 prompts (embedded model, fresh process each).
 5. remote: requests and bytes of a remote sweep (loopback NDIF server) vs one request per site.
 6. checkpoints: seconds per revision of a checkpoint sweep, load vs compute.
+7. engine: patching engine v2 against v1, a plain forward and the minimal-work reference
+   (``benchmarks/engine.py``; its ``--skip embedded,160m`` choices follow this script's).
 """
 from __future__ import annotations
 
@@ -373,8 +375,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
-    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, transformer_lens, memory, remote, "
-                                               "checkpoints")
+    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, transformer_lens, engine, memory, "
+                                               "remote, checkpoints")
     ap.add_argument("--memory-sizes", default="64,256,1024", help="prompt counts of the memory section")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -417,6 +419,11 @@ def main() -> None:
             del model
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if "engine" not in skip:
+        import engine
+
+        res["engine"] = engine.measure_all(args.n_prompts, args.repeats, skip)
+        engine.report(res["engine"])
     if "memory" not in skip:
         res["memory"] = memory_section([int(n) for n in args.memory_sizes.split(",")])
         report_memory(res["memory"])

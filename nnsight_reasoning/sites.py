@@ -89,6 +89,10 @@ class Architecture:
     # attention probabilities that multiply the values (transformers' eager_attention_forward:
     # its dropout, the identity in eval mode); the trace edits that output in place
     attn_probs: tuple[str, ...] = ("attention_interface_1", "nn_functional_dropout_0")
+    # how a decoder layer receives its attention mask: a keyword, or a position among its
+    # arguments (GPT-2); None where layers take several masks (Gemma-2's sliding-window
+    # layers), which patching engine v2's packed batches cannot give them (it uses v1 there)
+    mask_arg: str | int | None = "attention_mask"
     # feature (a key of FEATURES) -> why this family cannot do it
     unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -108,7 +112,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "ln_1", "ln_2",
                          "transformer.ln_f", "mlp.c_proj", "n_head", transposed=True, head_dim_attr=None,
                          neuron_attrs=("n_inner",), neuron_factor=4, final_norm_kind="layernorm",
-                         norm_eps_attr="layer_norm_epsilon"),
+                         norm_eps_attr="layer_norm_epsilon", mask_arg=2),
     # GPT-J (Stolfo et al.'s main model): attention and MLP run in parallel on one LayerNorm
     "gptj": Architecture("transformer.h", "attn", "attn.out_proj", "mlp", "transformer.wte", "ln_1", "ln_1",
                          "transformer.ln_f", "mlp.fc_out", "n_head", head_dim_attr=None, neuron_attrs=("n_inner",),
@@ -117,7 +121,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                "which the component graph does not model yet"}),
     **{name: Architecture(**_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2")},
     "gemma": Architecture(**_LLAMA_LIKE, final_norm_kind="gemma_rmsnorm"),
-    "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm",
+    "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm", mask_arg=None,
                            unsupported={
                                "edges": _GEMMA2_POST_NORMS,
                                "logit_effects": "the logits are soft-capped (tanh), so no component's effect on "

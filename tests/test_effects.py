@@ -193,11 +193,19 @@ def test_by_token_role_is_the_mean_over_every_position_of_the_role(embedded_mode
                 vals = [ds[site].sel(layer=layer).values[i, j]
                         for i in range(6) for j, r in enumerate(token_roles(list(ds.token.values[i]))) if r == role]
                 want = np.mean(vals, axis=0)  # (heads,) for the head site
-                np.testing.assert_allclose(roles[site].sel(role=role, layer=layer).values, want, rtol=1e-12)
+                # two float64 means of the same values in another order: n·eps of the largest
+                # (a role whose effects cancel to ~1e-13 has no meaningful relative error)
+                np.testing.assert_allclose(roles[site].sel(role=role, layer=layer).values, want, rtol=1e-12,
+                                           atol=len(vals) * np.finfo(float).eps * np.abs(vals).max())
                 assert int(roles.n.sel(role=role)) == len(vals)
-    # the operation intervention changes the operator token only: below it nothing can move
-    assert roles.embed.sel(layer=-1, role="operator") != 0
-    assert (roles.embed.sel(layer=-1).drop_sel(role="operator") == 0).all()
+    # the operation intervention changes the operator token only: patching any other token's
+    # embedding puts the same vector back, so its effect is zero up to float32 noise (patching
+    # engine v2 computes the copy in another batch shape than its base row: a few ulps of the
+    # logits, the bound of tests/test_patching.py); the operator's effect is large
+    assert abs(float(roles.embed.sel(layer=-1, role="operator"))) > 1
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    noise = 32 * np.finfo(np.float32).eps * logit_scale(hf, embedded_model.tokenizer, pairs)
+    assert (abs(roles.embed.sel(layer=-1).drop_sel(role="operator")) < noise).all()
     with pytest.raises(UsageError, match="positions='all'"):
         nr.by_token_role(nr.patch(embedded_model, pairs, sites=["mlp"], progress=False))
 

@@ -28,8 +28,9 @@ from ..errors import UsageError
 from ..nnsight_shim import torch_module
 from ..sites import SITES, architecture, dims, resolve
 from ..tasks.base import single_token_id
-from . import trace_ops
-from .trace_ops import batch_kwargs, batch_rows, interpolate, score_answers, split_heads
+from . import packed, trace_ops
+from .trace_ops import (batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
+                        split_heads)
 
 nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them from their source
 
@@ -88,11 +89,109 @@ def answer_scores(
     few numbers per row, never activations or full logits. ``remote``: False (here), "local"
     (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
     """
-    plan, origin, order = _plan(model, patches, len(input_ids))
     d = dims(model)
+    if ENGINE == "v2" and packed.usable(model, architecture(model), patches):
+        return _packed_scores(model, input_ids, answer_ids, patches, rank, remote)
+    plan, origin, order = _plan(model, patches, len(input_ids))
     saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank),
                  remote, "scores")
     return Scores(*(None if t is None else t.detach().cpu()[order] for t in saved))
+
+
+#: The patching engine :func:`answer_scores` uses: "v2" (packed suffix rows, :mod:`.packed`,
+#: wherever :func:`.packed.usable` allows; else v1) or "v1" (each copy a whole row from the
+#: layer of its patch up). Switch it with :func:`engine`.
+ENGINE = "v2"
+
+
+@contextmanager
+def engine(name: str) -> Iterator[None]:
+    """Run :func:`answer_scores` with patching engine ``name`` ("v1" or "v2") for the duration
+    (tests and benchmarks compare the two)."""
+    global ENGINE
+    if name not in ("v1", "v2"):
+        raise ValueError(f"unknown patching engine {name!r}; choose v1 or v2")
+    old, ENGINE = ENGINE, name
+    try:
+        yield
+    finally:
+        ENGINE = old
+
+
+def _packed_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, patches: Sequence[Patch],
+                   rank: bool | str, remote: bool | str) -> Scores:
+    """:func:`answer_scores` by engine v2: one forward pass over the packed layout of
+    :func:`.packed.plan` (the copies' suffix columns beside their base rows)."""
+    arch = architecture(model)
+    layers = resolve(model, arch.layers)
+    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn,
+             "neuron": arch.mlp_out, "mlp": arch.mlp}
+    if any(p.site == "embed" and p.layer != 0 for p in patches):
+        raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
+    modules = {}
+    for p in patches:
+        if p.site in paths:
+            m = resolve(layers[p.layer], paths[p.site])
+            modules[(p.site, p.layer)] = (m, arch.attn_probs) if p.site in ("attn_pattern", "attn_weights") else m
+    d = dims(model)
+    plan = packed.plan(input_ids, patches, list(layers), modules, d["d_model"])
+    saved = _run(model, _trace_packed, (model, plan.ids, plan.pos, plan.seq, plan.pre, plan.lim, plan.n_seg, plan.steps,
+                                        plan.out_rows, plan.out_cols, answer_ids[plan.origin],
+                                        resolve(model, arch.unembed), arch.mask_arg, d["n_heads"], d["head_dim"],
+                                        rank), remote, "scores")
+    return Scores(*(None if t is None else t.detach().cpu() for t in saved))
+
+
+def _trace_packed(model, ids, pos, seq, pre, lim, n_seg, steps, out_rows, out_cols, answer_ids, unembed, mask_arg,
+                  n_heads, head_dim, rank, remote=False, backend=None):
+    scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
+    full = ids.shape[1]
+    with torch.no_grad(), model.trace(ids, position_ids=pos, remote=remote, backend=backend, logits_to_keep=0,
+                                      use_cache=False):
+        mask = None
+        for layer, width, join_in, inner, join_out, outer in steps:
+            args, kwargs = layer.inputs
+            hidden = args[0]
+            if mask is None:  # the first layer's input: every column's embedding; only the segments' are used
+                mask = packed_mask(seq, pre, lim, pos, hidden)
+                hidden = hidden[:, :n_seg]
+            if join_in is not None:  # copies patched in this layer join with their base row's values
+                hidden = join_columns(hidden, join_in)
+            for entry in inner:
+                if entry[0] == "embed":  # the embeddings are this (first) layer's input
+                    hidden[entry[2], entry[3]] = hidden[entry[4], entry[5]]
+            layer.inputs = packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg)
+            for entry in inner:
+                kind, module = entry[0], entry[1]
+                if kind == "embed":
+                    continue
+                if kind in ("attn_pattern", "attn_weights"):  # probabilities, before they weight the values
+                    op, path = module
+                    for name in path:
+                        op = getattr(op.source, name)
+                    w = op.output
+                    w[entry[2], entry[8], entry[3], entry[4]] = w[entry[5], entry[8], entry[6], entry[7]]
+                elif kind == "head":
+                    v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
+                    v[entry[2], entry[3], entry[6]] = v[entry[4], entry[5], entry[6]]
+                elif kind == "neuron":  # the MLP hidden units are the input of its output projection
+                    v = module.input
+                    v[entry[2], entry[3], entry[6]] = v[entry[4], entry[5], entry[6]]
+                else:
+                    x = module.output
+                    if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
+                        x = x[0]
+                    x[entry[2], entry[3]] = x[entry[4], entry[5]]
+            if join_out is not None:  # resid copies join after the layer, patched there
+                out = layer.output
+                x = join_columns(out[0] if isinstance(out, tuple) else out, join_out)
+                x[outer[0], outer[1]] = x[outer[2], outer[3]]
+                layer.output = (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
+        # the unembedding acts per column: it gets each output row's last column only
+        args, kwargs = unembed.inputs
+        unembed.inputs = ((args[0][out_rows, out_cols][None],) + tuple(args[1:]), kwargs)
+        scores = nnsight.save(score_answers(model.output.logits[0], answer_ids, rank))
+    return scores
 
 
 def _run(model: Any, trace: Any, args: tuple, remote: bool | str, saved: str) -> Any:

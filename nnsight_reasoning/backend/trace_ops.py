@@ -123,3 +123,54 @@ def unembed_rows(unembed_weight, norm_weight, gain_offset, token_ids):
     N(o) / s · these rows (:func:`norm_scale`)."""
     u = unembed_weight.double()
     return (u[token_ids] - u.mean(0)) * norm_gain(norm_weight, gain_offset)
+
+
+def packed_mask(seq, pre, lim, pos, like):
+    """The additive attention mask (R, 1, C, C) of a packed batch (``backend.packed``), in the
+    dtype and on the device of ``like``. Column q may read column k when both belong to the
+    same sequence ``seq`` and k's position is not later (causal), or when k belongs to q's
+    prefix sequence ``pre`` at a position before ``lim`` (a patched copy reads its base row's
+    prefix). ``seq``, ``pre``, ``lim``, ``pos``: (R, C) int64."""
+    seq, pre, lim, pos = (x.to(like.device) for x in (seq, pre, lim, pos))
+    own = (seq[:, None, :] == seq[:, :, None]) & (pos[:, None, :] <= pos[:, :, None])
+    prefix = (seq[:, None, :] == pre[:, :, None]) & (pos[:, None, :] < lim[:, :, None])
+    blocked = ~(own | prefix)
+    return torch.zeros(blocked.shape, dtype=like.dtype, device=like.device).masked_fill(
+        blocked, torch.finfo(like.dtype).min)[:, None]
+
+
+def join_columns(x, join):
+    """``x`` (R, C, d) at a join point of a packed batch: with N columns appended, new column j
+    of row r a copy of column ``index[r, j]`` of that row, and the columns (``rows``, ``cols``)
+    reset to columns ``src`` of their rows. ``join`` = (index (R, N), rows, cols, src), int64."""
+    index, rows, cols, src = join
+    index = index.to(x.device)
+    x = torch.cat([x, torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))], 1)
+    x[rows, cols] = x[rows, src]
+    return x
+
+
+def packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg):
+    """A decoder layer's (args, kwargs) for a packed batch ``width`` columns wide: ``hidden``
+    as its first argument, the attention mask (keyword or position ``mask_arg``) replaced by
+    the top-left ``width`` × ``width`` block of ``mask``, and every other tensor the model built
+    for all ``full`` input columns (positions, rotary cos/sin) cut to its first ``width``."""
+    def cut(v):
+        if isinstance(v, (tuple, list)):
+            return type(v)(cut(u) for u in v)
+        if isinstance(v, torch.Tensor):
+            if v.dim() == 1 and v.shape[0] == full:
+                return v[:width]
+            if v.dim() in (2, 3) and v.shape[1] == full:
+                return v[:, :width]
+        return v
+    args = [hidden] + [cut(a) for a in args[1:]]
+    kwargs = {key: cut(v) for key, v in kwargs.items()}
+    block = mask[:, :, :width, :width]
+    if isinstance(mask_arg, int):
+        while len(args) <= mask_arg:
+            args.append(None)
+        args[mask_arg] = block
+    else:
+        kwargs[mask_arg] = block
+    return tuple(args), kwargs

@@ -1,0 +1,212 @@
+"""Patching engine v2 (packed suffix rows) against v1 (whole copies) and the minimal work.
+
+    python benchmarks/engine.py [--repeats 3] [--n-prompts 64] [--skip 160m] [--json out.json]
+
+Also a section of ``benchmarks/run.py``. Cases (issue 20), each measured side by side in one
+process, interleaved:
+
+(a) last-position sweep (the paper's default): sites mlp + attn, every layer, 2-shot
+    arithmetic prompts of at least 20 tokens;
+(b) the all-position sweep of ``run.py``'s sweep section: mlp + resid, every layer and
+    position, ``"{expr} ="`` prompts (5 tokens);
+
+on a randomly initialised GPT-NeoX with Pythia-160m's dimensions and on the embedded model.
+For each: engine v1 and v2 (``nr.patch`` with ``backend.engine``), one plain forward over
+the base and source prompts, and the *minimal-work reference*: the (row, layer) units a
+sweep must compute — every base and source row at every layer, then for each patched copy
+the rows of its positions ≥ p from its layer up — timed as a bare batched forward (no
+nnsight) over exactly that many units, plus the unembedding and scoring of the same output
+rows. Every engine's units are counted the same way; v1 and v2 must agree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import backend
+from nnsight_reasoning.backend.trace_ops import score_answers
+from nnsight_reasoning.experiments.patch import Grid, plan_passes
+from nnsight_reasoning.sites import architecture, dims, resolve
+from nnsight_reasoning.tasks.base import group_by_length
+
+BATCH = 512  # nr.patch's default batch size
+CASES = {"a": {"sites": ["mlp", "attn"], "positions": "last"}, "b": {"sites": ["mlp", "resid"], "positions": "all"}}
+#: The targets of issue 20, as (what, key, bound): checked on the 160m shape.
+TARGETS = [("(a) v2 faster than v1", "a", "speedup_vs_v1", 5.0),
+           ("(a) v2 within 3x of a plain forward of base + source", "a", "vs_plain", 3.0),
+           ("(a) v2 throughput vs the minimal-work reference", "a", "vs_minimal", 0.7),
+           ("(b) v2 faster than v1", "b", "speedup_vs_v1", 1.7),
+           ("(b) v2 throughput vs the minimal-work reference", "b", "vs_minimal", 0.7)]
+
+
+def make_pairs(model, case: str, n: int):
+    if case == "b":
+        return nr.tasks.arithmetic(n_prompts=n, seed=0, templates=["{expr} ="], tokenizer=model.tokenizer)
+    # 2-shot prompts, kept where at least 20 tokens long (a realistic length)
+    pairs = nr.tasks.arithmetic(n_prompts=4 * n, seed=0, n_shots=2, tokenizer=model.tokenizer)
+    long = [p for p in pairs if len(model.tokenizer(p.base)["input_ids"]) >= 20][:n]
+    if len(long) < n:
+        raise SystemExit(f"only {len(long)} of {4 * n} 2-shot prompts have 20 tokens or more")
+    return long
+
+
+def units(model, pairs, sites: list[str], positions: str) -> dict:
+    """(row, layer) units each way of computing the sweep, per nr.patch's passes, and the
+    passes' shapes (tokens, units, output rows) for the reference forward."""
+    n_layers = dims(model)["n_layers"]
+    lengths = [len(model.tokenizer(p.base)["input_ids"]) for p in pairs]
+    grid = Grid(list(sites), list(range(n_layers)), positions, dims(model)["n_heads"])
+    out = {"plain": 0, "v1": 0, "minimal": 0, "passes": []}
+    for job in plan_passes(lengths, grid, BATCH):
+        t, p = lengths[job.pairs[0]], len(job.pairs)
+        inputs = 2 * p * t * n_layers
+        above = [n_layers - u.li - (u.site == "resid") for u in job.units]  # layers a copy computes
+        suffix = [t - u.position for u in job.units]
+        minimal = inputs + p * sum(a * s for a, s in zip(above, suffix))
+        out["plain"] += inputs
+        out["v1"] += inputs + p * t * sum(above)
+        out["minimal"] += minimal
+        out["passes"].append((t, minimal, 2 * p + p * len(job.units)))
+    return out
+
+
+def plain_forward(model, pairs):
+    """One plain forward over every base and source prompt (length groups, no nnsight)."""
+    tok = model.tokenizer
+    base = [tok(p.base)["input_ids"] for p in pairs]
+    src = [tok(p.source)["input_ids"] for p in pairs]
+    batches = [torch.tensor([base[i] for i in idx] + [src[i] for i in idx])
+               for idx in group_by_length([len(b) for b in base])]
+    return lambda: [model._module(ids, logits_to_keep=1, use_cache=False) for ids in batches]
+
+
+def minimal_reference(model, passes):
+    """A bare forward over exactly the minimal units of each pass (rows of its token length),
+    then the unembedding and scoring of as many output rows as the pass has."""
+    arch = architecture(model)
+    body = resolve(model._module, arch.layers.rsplit(".", 1)[0])  # the decoder stack without the head
+    head = resolve(model._module, arch.unembed)
+    n_layers = dims(model)["n_layers"]
+    jobs = []
+    for t, u, k in passes:
+        rows = math.ceil(u / (t * n_layers))
+        jobs.append((torch.randint(100, 1000, (rows, t)), k, torch.zeros(k, 2, dtype=torch.long)))
+
+    d_model = dims(model)["d_model"]
+
+    def run():
+        for ids, k, ans in jobs:
+            h = body(ids, use_cache=False).last_hidden_state.reshape(-1, d_model)
+            score_answers(head(h[torch.arange(k) % len(h)]), ans, "top")
+    return run
+
+
+def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
+    times = {k: [] for k in fns}
+    results = {}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            results[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return results, {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure_case(name: str, model, case: str, n_prompts: int, repeats: int) -> dict:
+    pairs = make_pairs(model, case, n_prompts)
+    kw = dict(CASES[case], metric="logit_diff", progress=False)
+    u = units(model, pairs, CASES[case]["sites"], CASES[case]["positions"])
+
+    def sweep(engine):
+        def go():
+            with backend.engine(engine):
+                return nr.patch(model, pairs, **kw)
+        return go
+
+    fns = {"v2": sweep("v2"), "v1": sweep("v1"), "plain": plain_forward(model, pairs),
+           "minimal": minimal_reference(model, u["passes"])}
+    with torch.inference_mode():
+        fns["minimal"]()  # warm-up
+    sweep("v2")(), sweep("v1")()
+    with torch.no_grad():
+        results, t = timed(fns, repeats)
+    for s in CASES[case]["sites"]:
+        np.testing.assert_allclose(results["v2"][s].values, results["v1"][s].values, rtol=1e-4, atol=1e-4,
+                                   err_msg=f"v1 and v2 disagree on {s}")
+    lengths = sorted({len(model.tokenizer(p.base)["input_ids"]) for p in pairs})
+    return {"model": name, "case": case, **CASES[case], "n_prompts": len(pairs), "tokens": [lengths[0], lengths[-1]],
+            "forward_passes": int(results["v2"].attrs["n_forward_passes"]), "seconds": t,
+            "units": {k: u[k] for k in ("plain", "v1", "minimal")},
+            "speedup_vs_v1": t["v1"] / t["v2"], "vs_plain": t["v2"] / t["plain"], "vs_minimal": t["minimal"] / t["v2"]}
+
+
+def report(rows: list[dict]) -> None:
+    print("\n[patching engine v2 vs v1] seconds (median); units = (row, layer) pairs computed")
+    print(f"  {'model':<28}{'case':<6}{'tokens':>8}{'v2':>8}{'v1':>8}{'plain':>8}{'minimal':>9}"
+          f"{'v2 vs v1':>10}{'v2/plain':>10}{'vs minimal':>12}{'v1 units/min':>14}")
+    for r in rows:
+        s = r["seconds"]
+        print(f"  {r['model']:<28}{r['case']:<6}{'-'.join(map(str, r['tokens'])):>8}{s['v2']:>8.2f}{s['v1']:>8.2f}"
+              f"{s['plain']:>8.2f}{s['minimal']:>9.2f}{r['speedup_vs_v1']:>9.1f}x{r['vs_plain']:>9.1f}x"
+              f"{100 * r['vs_minimal']:>11.0f}%{r['units']['v1'] / r['units']['minimal']:>13.2f}x")
+    shape = [r for r in rows if "160m" in r["model"]]
+    if shape:
+        print("  targets (160m shape):")
+        for what, case, key, bound in TARGETS:
+            r = next((x for x in shape if x["case"] == case), None)
+            if r is None:
+                continue
+            v = r[key]
+            ok = v <= bound if key == "vs_plain" else v >= bound
+            print(f"    {what:<58}{v:>8.2f}  {'<=' if key == 'vs_plain' else '>='} {bound}  {'met' if ok else 'MISSED'}")
+
+
+def measure_all(n_prompts: int, repeats: int, skip: set[str]) -> list[dict]:
+    rows = []
+    if "embedded" not in skip:
+        model = nr.load_model()
+        model.dispatch()
+        for case in CASES:
+            rows.append(measure_case("embedded", model, case, n_prompts, repeats))
+    if "160m" not in skip:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import checkpoint_sweep
+
+        work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+        try:
+            checkpoint_sweep.pythia_160m_like(work, ["main"])
+            model = nr.load_model(work / "main")
+            model.dispatch()
+            for case in CASES:
+                rows.append(measure_case("pythia-160m-shape (random)", model, case, n_prompts, repeats))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-prompts", type=int, default=64)
+    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    rows = measure_all(args.n_prompts, args.repeats, set(filter(None, args.skip.split(","))))
+    report(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Patching engine v2: each patched copy computes only the rows a patch can change.
+
+With causal attention, a patch at layer l and position p changes nothing at positions < p
+and nothing below layer l. A patched copy therefore needs only the *suffix* of its prompt,
+positions p … T−1, from layer l up; those rows attend to the keys and values of positions
+< p, which are its base row's.
+
+The engine gets this without a key/value cache, inside one ordinary forward pass, by
+*packing along the sequence axis*: a copy's suffix rows become extra columns of its base
+row's batch row, and a block attention mask lets them attend to their base's prefix columns
+and to themselves only. Columns join where their patch happens: the forward starts with the
+input rows' columns only, and at the input of layer l (after it for ``resid``) the copies
+patched there are appended, holding their base row's values at those positions; the layer's
+attention mask and rotary/absolute positions are the matching slice of the full ones. So each
+copy costs (T − p) rows for each layer from l up — the minimum — plus attention over its
+base's prefix, and the base's prefix is computed once, not once per copy.
+
+Layout (:func:`plan`): a *packed row* holds one or more *segments* (whole input rows, each
+with positions 0 … T−1) and the copies of one of them. A base row's copies fill its own
+packed row up to a width budget, then duplicates of the base row (one more segment each);
+input rows without copies (source prompts) ride along as extra segments of the least full
+rows, so they add no padding. Packed rows are padded to a common width with *dummy* columns
+that attend only to themselves. Output rows come back in :func:`backend.answer_scores` order.
+
+Requires an attention that honours an arbitrary mask (eager or sdpa) and an architecture
+whose decoder layers take one attention mask (``Architecture.mask_arg``); otherwise, and for a
+pass without patches, the caller uses engine v1 (:func:`backend._trace_scores`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..sites import SITES, WHOLE_PROMPT_SITES
+
+#: Attention implementations that add an arbitrary (additive float) 4-D mask.
+MASKED_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the trace body needs, as tensors and plain tuples.
+
+    ``ids``/``pos`` (R, C): token and position id of every column; ``seq``/``pre``/``lim``
+    (R, C): the mask's description (:func:`..trace_ops.packed_mask`); ``n_seg``: columns of the
+    input segments, the only ones taken from the embeddings; ``steps``: one per decoder layer
+    (layer module, width at its input, columns joining at its input, patches inside it,
+    columns joining at its output, resid patch); ``out_rows``/``out_cols``: where each output
+    row's last position is.
+    """
+
+    ids: torch.Tensor
+    pos: torch.Tensor
+    seq: torch.Tensor
+    pre: torch.Tensor
+    lim: torch.Tensor
+    n_seg: int
+    steps: list
+    out_rows: torch.Tensor
+    out_cols: torch.Tensor
+    origin: torch.Tensor  # (outputs,) the input row each output row scores
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+
+def usable(model: Any, arch: Any, patches: Sequence[Any]) -> bool:
+    """Whether engine v2 can run these patches on this model (else the caller uses v1)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    return bool(patches) and arch.mask_arg is not None and impl in MASKED_ATTENTION
+
+
+def plan(input_ids: torch.Tensor, patches: Sequence[Any], layers: list, modules: dict, d_model: int) -> Plan:
+    """The packed layout of ``input_ids`` (n, T) and its patched copies (see the module doc).
+
+    ``layers``: the decoder-layer Envoys; ``modules[(site, layer)]``: the Envoy (or, for the
+    attention-probability sites, (attention Envoy, ``.source`` path)) a site edits.
+    """
+    n, t = input_ids.shape
+    cat = (lambda f: np.concatenate([np.asarray(f(p), dtype=np.int64).reshape(-1) for p in patches]))
+    origin, src, position = cat(lambda p: p.rows), cat(lambda p: p.src_rows), cat(lambda p: p.positions)
+    head = cat(lambda p: np.full(len(p.rows), -1) if p.heads is None else p.heads)
+    site = cat(lambda p: np.full(len(p.rows), SITES.index(p.site)))
+    layer = cat(lambda p: np.full(len(p.rows), p.layer))
+    k = len(origin)
+    whole = np.isin(site, [SITES.index(s) for s in WHOLE_PROMPT_SITES])
+    start = np.where(whole, 0, position)
+    join = 2 * layer + (site == SITES.index("resid"))
+    width = t - start
+    # packed rows: a base row's copies split into ceil(width / cap) chunks; chunk 0 rides on
+    # the base row, the others on duplicates of it. Copies are dealt in join order, each to
+    # the chunk with the fewest columns so far, so the chunks grow alike at every join point.
+    cap = max(t, width_budget(t, d_model) - t)
+    order = np.lexsort((-width, join, origin))
+    o_s, w_s = origin[order], width[order]
+    chunk = np.zeros(k, np.int64)
+    n_chunks = -(-np.bincount(origin, weights=width, minlength=n).astype(np.int64) // cap)
+    load: dict[int, list[int]] = {}
+    for i in range(k):
+        loads = load.setdefault(int(o_s[i]), [0] * int(n_chunks[o_s[i]]))
+        c = loads.index(min(loads))
+        chunk[i] = c
+        loads[c] += int(w_s[i])
+    _, row_s = np.unique(o_s * (k + 1) + chunk, return_inverse=True)  # packed rows in (origin, chunk) order
+    n_rows = int(row_s.max()) + 1
+    row = np.empty(k, np.int64)
+    row[order] = row_s
+    row_origin = np.zeros(n_rows, np.int64)
+    row_origin[row] = origin
+    segs: list[list[int]] = [[int(o)] for o in row_origin]
+    used = (t + np.bincount(row, weights=width, minlength=n_rows)).tolist()
+    # passengers: input rows without copies (source prompts). Onto the least full rows; but
+    # when there are fewer than rows, one extra segment widens every row by T (the batch is as
+    # wide as its widest row), so each may get a row of its own instead, if that costs less.
+    riders = sorted(set(range(n)) - set(origin.tolist()))
+    if riders and len(riders) < n_rows and len(riders) * (max(used) - t) < t * (n_rows - len(riders)):
+        segs += [[i] for i in riders]
+        used += [t] * len(riders)
+        n_rows += len(riders)
+        riders = []
+    for i in riders:
+        r = min(range(n_rows), key=lambda r: (used[r], r))
+        segs[r].append(i)
+        used[r] += t
+    n_seg = t * max(len(x) for x in segs)
+    home_row, home_col = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for r in range(n_rows - 1, -1, -1):  # an input row's home: its first packed row (a duplicate's is a later one)
+        for j, i in enumerate(segs[r]):
+            home_row[i], home_col[i] = r, j * t
+    # columns: the row's segments, then its copies in join order. The batch is as wide as its
+    # widest row, so it starts as wide as the most segments and at a join point widens to the
+    # widest row's columns joined so far: a narrower row's later copies then start early, as
+    # copies of their base row's values (which they stay: same prefix, same inputs; from the
+    # embeddings, their tokens and positions are their base row's), and are reset to them at
+    # their own join point.
+    own = t * np.array([len(x) for x in segs])  # the row's segment columns
+    by_row = np.lexsort((-width, join, row))
+    r_b, w_b = row[by_row], width[by_row]
+    first = np.r_[True, r_b[1:] != r_b[:-1]]
+    cum = np.cumsum(w_b) - w_b
+    col = np.empty(k, np.int64)
+    col[by_row] = own[r_b] + cum - np.maximum.accumulate(np.where(first, cum, 0))
+    joins = np.unique(join)
+    reach = np.zeros((n_rows, len(joins)), np.int64)  # per row: columns joined by each join point
+    np.maximum.at(reach, (row, np.searchsorted(joins, join)), col + width)
+    reach = np.maximum.accumulate(np.maximum(reach, own[:, None]), 1)
+    at_join = dict(zip(joins.tolist(), reach.max(0).tolist()))
+    total = max(at_join.values())
+    ids = torch.zeros(n_rows, total, dtype=torch.long)
+    pos = torch.zeros(n_rows, total, dtype=torch.long)
+    seq = -2 - torch.arange(total).repeat(n_rows, 1)  # dummies: each a sequence of its own
+    pre = torch.full((n_rows, total), -1, dtype=torch.long)
+    lim = torch.zeros(n_rows, total, dtype=torch.long)
+    for r in range(n_rows):
+        for j, i in enumerate(segs[r]):
+            ids[r, j * t:(j + 1) * t], pos[r, j * t:(j + 1) * t], seq[r, j * t:(j + 1) * t] = input_ids[i], torch.arange(t), j
+    # every copy column: (row, column, position); the origin is segment 0 of its packed rows
+    cc = np.repeat(np.arange(k), width)
+    offset = np.arange(int(width.sum())) - np.repeat(np.cumsum(width) - width, width)
+    c_row, c_col, c_pos = (torch.from_numpy(x) for x in (row[cc], col[cc] + offset, start[cc] + offset))
+    ids[c_row, c_col] = input_ids[torch.from_numpy(origin[cc]), c_pos]
+    pos[c_row, c_col] = c_pos
+    seq[c_row, c_col] = torch.from_numpy(n + cc)  # above every segment index
+    pre[c_row, c_col] = 0
+    lim[c_row, c_col] = torch.from_numpy(start[cc])
+    # a join point: the columns that enter the batch there, and the copies joining there that
+    # entered earlier; both take their base row's values (the column at their position: the
+    # base is segment 0), dummies column 0's
+    joined, widths = {}, n_seg
+    c_join = torch.from_numpy(join[cc])
+    for jp in joins.tolist():
+        early = (c_join == jp) & (c_col < widths)
+        joined[jp] = (pos[:, widths:at_join[jp]], c_row[early], c_col[early], c_pos[early])
+        widths = at_join[jp]
+    # the patches: (dst row, dst col, src row, src col, head) for vector sites
+    edits = {}
+    for key_ in sorted(set(zip(site.tolist(), layer.tolist()))):
+        name, li = SITES[key_[0]], key_[1]
+        m = (site == key_[0]) & (layer == li)
+        if name in ("attn_weights", "attn_pattern"):
+            edits[(name, li)] = _prob_edits(name, row[m], col[m], position[m], head[m], home_row[src[m]],
+                                            home_col[src[m]], t)
+        else:
+            edits[(name, li)] = tuple(torch.from_numpy(x) for x in (
+                row[m], col[m] + position[m] - start[m], home_row[src[m]], home_col[src[m]] + position[m], head[m]))
+    steps = []
+    for li, lay in enumerate(layers):
+        inner = [(name, modules.get((name, li))) + edits[(name, li)]
+                 for name in SITES[:-1] if (name, li) in edits]
+        w_in = max([n_seg] + [w for jp, w in at_join.items() if jp <= 2 * li])
+        steps.append((lay, w_in, joined.get(2 * li), inner, joined.get(2 * li + 1), edits.get(("resid", li))))
+    out_rows = np.r_[home_row, row]
+    out_cols = np.r_[home_col + t - 1, col + width - 1]
+    return Plan(ids, pos, seq, pre, lim, n_seg, steps, torch.from_numpy(out_rows), torch.from_numpy(out_cols),
+                torch.from_numpy(np.r_[np.arange(n), origin]))
+
+
+def width_budget(t: int, d_model: int) -> int:
+    """Widest packed row, in columns. A row of C columns spends ~C/(6·d_model) of its work on
+    attention (4·C²·d flops against ~24·d² per column in the projections and MLP), and a
+    duplicate base row costs T columns per row: their sum is least at C = √(6·d_model·T). At
+    least 4·T, so that a row holds several copies even on tiny models (coarse rows balance badly)."""
+    return max(4 * t, int(math.sqrt(6 * d_model * t)))
+
+
+def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -> tuple:
+    """Index tensors (dst row, dst query, dst key, src row, src query, src key, head) of the
+    attention-probability patches: ``attn_weights`` copies one query row (keys: the origin's
+    prefix, then the copy's own column), ``attn_pattern`` the head's whole pattern (the copy
+    holds the whole prompt from its column ``col``)."""
+    fields = [[] for _ in range(7)]
+    for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
+        if name == "attn_weights":
+            dq, dk = [c] * (p + 1), list(range(p)) + [c]  # the origin is segment 0: prefix column = position
+            sq, sk = [sc + p] * (p + 1), [sc + x for x in range(p + 1)]
+        else:
+            q, k = (x.tolist() for x in torch.tril_indices(t, t))
+            dq, dk, sq, sk = [c + x for x in q], [c + x for x in k], [sc + x for x in q], [sc + x for x in k]
+        m = len(dq)
+        for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
+            f.extend(v)
+    return tuple(torch.tensor(f, dtype=torch.long) for f in fields)

@@ -1,0 +1,128 @@
+"""Patching engine v2 (packed suffix rows) against engine v1 (whole copies), site by site.
+
+Both engines compute the same patched runs; v2 computes only the rows a patch can change
+(``nnsight_reasoning/backend/packed.py``). The oracle tests (test_patching, test_effects)
+check v2, the default, against plain PyTorch hooks; these check that it equals v1 on every
+site, both position modes and several architectures (absolute positions, rotary, parallel
+residual, grouped key/value heads), on prompt groups of different lengths, and that it is
+really the engine that ran.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import backend
+from nnsight_reasoning.backend import packed
+from nnsight_reasoning.sites import SITES
+
+from .reference import logit_scale
+from .test_patching import _hf
+
+
+def _pairs(model):
+    # the default templates: prompts of 5, 8 and 11 tokens, so the sweep runs three length groups
+    return nr.tasks.arithmetic(n_prompts=4, seed=2, tokenizer=model.tokenizer)
+
+
+def _both(model, pairs, sites, positions, monkeypatch):
+    plans = []
+    real = packed.plan
+    monkeypatch.setattr(packed, "plan", lambda *a, **k: plans.append(real(*a, **k)) or plans[-1])
+    out = {}
+    for name in ("v1", "v2"):
+        with backend.engine(name):
+            out[name] = nr.patch(model, pairs, sites=sites, positions=positions, metric="logit_diff", batch_size=40,
+                                 progress=False)
+    return out["v1"], out["v2"], plans
+
+
+@pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gpt_neox", "llama", "gptj"])
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_v2_equals_v1_on_every_site(embedded_model, tiny_model_dir, model_type, positions, monkeypatch):
+    path = nr.models.model_info(embedded_model).path if model_type == "embedded" else tiny_model_dir(model_type)
+    model = embedded_model if model_type == "embedded" else nr.load_model(path)
+    pairs = _pairs(model)
+    # the embedded model's 512 neurons at every position are 20,000 copies a pair: the tiny
+    # models cover that case
+    sites = [s for s in SITES if not (model_type == "embedded" and positions == "all" and s == "neuron")]
+    v1, v2, plans = _both(model, pairs, sites, positions, monkeypatch)
+    assert plans, "engine v2 did not run"
+    assert v2.attrs["n_forward_passes"] == v1.attrs["n_forward_passes"]  # the same passes, so the same remote requests
+    assert len(set(v2.n_tokens.values.tolist())) > 1  # several length groups
+    # v1 and v2 reduce in different orders (other batch shapes, other attention widths): each
+    # float32 logit may move by a few ulps of the largest logit; a logit difference is four
+    # of them (as tests/test_patching.py's bound). A wrong row, column or mask is O(1).
+    tol = 32 * np.finfo(np.float32).eps * max(1.0, logit_scale(_hf(path), model.tokenizer, pairs))
+    for name, a in v1.data_vars.items():
+        b = v2[name].values
+        a = a.values
+        assert np.array_equal(np.isnan(a), np.isnan(b)) if a.dtype.kind == "f" else True, name
+        if a.dtype.kind == "f":
+            m = ~np.isnan(a)
+            err = float(np.max(np.abs(a[m] - b[m]), initial=0.0))
+            assert err < tol, f"{name}: max difference {err:.2e} (float32 bound {tol:.2e})"
+        elif name.endswith("_prediction"):  # the top token may only flip where two logits tie within noise
+            assert np.mean(a == b) > 0.99, name
+        else:
+            assert np.array_equal(a, b), name
+
+
+def test_layout_computes_the_minimal_rows(embedded_model):
+    """A last-position sweep (the paper's default): every copy is one column per layer from its
+    patch up, the source rows ride beside the bases (no padding), and the layer widths add
+    up to the minimal work: inputs at every layer plus, per copy, the layers from its own."""
+    n, t, n_layers = 6, 9, 4
+    ids = torch.randint(5, 100, (2 * n, t))
+    patches = [backend.Patch(site, layer, torch.arange(n, 2 * n), torch.arange(n), torch.full((n,), t - 1))
+               for site in ("attn", "mlp", "resid") for layer in range(n_layers)]
+    layers = list(range(n_layers))
+    plan = packed.plan(ids, patches, layers, {}, d_model=128)
+    assert plan.ids.shape[0] == n  # one packed row per base row: [base | source | its copies]
+    assert plan.n_seg == 2 * t and not (plan.seq < -1).any()  # no dummy column anywhere
+    computed = sum(step[1] for step in plan.steps) * plan.ids.shape[0]
+    # resid copies join after their layer: (n_layers - l - 1) layers each
+    minimal = 2 * n * t * n_layers + n * sum(2 * (n_layers - l) + (n_layers - l - 1) for l in layers)
+    assert computed == minimal
+    # each output row's last column holds its own token at the prompt's last position
+    assert torch.equal(plan.ids[plan.out_rows, plan.out_cols], ids[plan.origin, t - 1])
+    assert torch.equal(plan.pos[plan.out_rows, plan.out_cols], torch.full((len(plan.origin),), t - 1))
+
+
+def test_wide_sweeps_split_into_balanced_duplicate_rows():
+    """All positions of a long prompt: a base row's copies exceed one row's width budget, so
+    they spread over duplicates of the base row, balanced so that the batch computes little
+    beyond the minimal work (every input row at every layer, each copy's suffix from its layer).
+    At a real model's width (d_model 768, as Pythia-160m): the width budget holds many copies
+    per row, so rows grow alike at every join point (see packed.plan)."""
+    n, t, n_layers = 2, 12, 3
+    ids = torch.randint(5, 100, (2 * n, t))
+    pos = torch.arange(t).repeat(n)
+    rows = torch.arange(n, 2 * n).repeat_interleave(t)
+    patches = [backend.Patch("mlp", layer, rows, rows - n, pos) for layer in range(n_layers)]
+    plan = packed.plan(ids, patches, list(range(n_layers)), {}, d_model=768)
+    carriers = sum(any(torch.equal(plan.ids[r, :t], ids[i]) for i in range(n, 2 * n)) for r in range(len(plan.ids)))
+    assert carriers > n  # duplicates of the base rows exist
+    copy_cols = (plan.seq >= 2 * n).sum(1)  # copies are sequences numbered above the inputs
+    assert int(copy_cols.max()) <= packed.width_budget(t, 768)  # the budget (which may be overrun by one copy)
+    computed = sum(step[1] for step in plan.steps) * plan.ids.shape[0]
+    minimal = 2 * n * t * n_layers + n * sum((t - p) * (n_layers - layer) for p in range(t) for layer in range(n_layers))
+    assert computed < 1.2 * minimal, (computed, minimal)  # measured: 1.13
+    # every packed row starts with a base row (its own or a duplicate's) or a source row
+    for r in range(plan.ids.shape[0]):
+        assert any(torch.equal(plan.ids[r, :t], ids[i]) for i in range(2 * n))
+
+
+def test_v1_is_used_where_v2_cannot_run(tiny_model_dir, monkeypatch):
+    """Gemma-2's layers take two masks (global and sliding-window): v2 cannot give them one
+    packed mask, so the sweep runs on v1 and still matches the hooks (test_patching)."""
+    model = nr.load_model(tiny_model_dir("gemma2"))
+    called = []
+    monkeypatch.setattr(packed, "plan", lambda *a, **k: called.append(1))
+    ds = nr.patch(model, _pairs(model), sites=["mlp"], positions="last", progress=False)
+    assert not called and np.isfinite(ds.mlp.values).any()
+    with pytest.raises(ValueError, match="unknown patching engine"):
+        with backend.engine("v3"):
+            pass
