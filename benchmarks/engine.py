@@ -101,7 +101,7 @@ def minimal_reference(model, passes):
     jobs = []
     for t, u, k in passes:
         rows = math.ceil(u / (t * n_layers))
-        jobs.append((torch.randint(100, 1000, (rows, t)), k, torch.zeros(k, 2, dtype=torch.long)))
+        jobs.append((torch.randint(0, model.config.vocab_size, (rows, t)), k, torch.zeros(k, 2, dtype=torch.long)))
 
     d_model = dims(model)["d_model"]
 

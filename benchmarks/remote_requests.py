@@ -6,7 +6,9 @@ Starts the loopback NDIF server of the tests (needs scripts/install_ndif.sh), de
 embedded model, and runs the same sweep (arithmetic pairs; mlp, attn, resid at every layer,
 last position) two ways, both counted by the same meter (a :class:`nnsight_reasoning.remote.Traffic` per method):
 
-* toolkit: ``nr.patch(..., remote=True)``, one request per forward pass, scores only;
+* toolkit: ``nr.patch(..., remote=True)``, one request per forward pass, scores only (with
+  patching engine v2, the default, and again with engine v1: the same passes, so the same
+  requests; v2's requests carry its packed layout, a few small integer tables);
 * naive: what a one-off script does, one remote trace per (site, layer) and prompt-length
   group, patching the base rows from the source rows and saving last-position logits.
 
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.ndif_stack import NDIFStack, installed  # noqa: E402
 
 import nnsight_reasoning as nr  # noqa: E402
-from nnsight_reasoning import embedded, remote  # noqa: E402
+from nnsight_reasoning import backend, embedded, remote  # noqa: E402
 from nnsight_reasoning.sites import architecture, resolve  # noqa: E402
 from nnsight_reasoning.tasks.base import group_by_length  # noqa: E402
 
@@ -80,8 +82,12 @@ def measure(n_prompts: int = 64) -> dict:
         pairs = nr.tasks.arithmetic(n_prompts=n_prompts, seed=0, tokenizer=model.tokenizer)
         layers = list(range(nr.sites.dims(model)["n_layers"]))
         rows = {}
-        for name, fn in (("toolkit", lambda: nr.patch(model, pairs, sites=list(SITES), metric="logit_diff",
-                                                       remote=True, progress=False)),
+
+        def toolkit(engine):
+            with backend.engine(engine):
+                return nr.patch(model, pairs, sites=list(SITES), metric="logit_diff", remote=True, progress=False)
+
+        for name, fn in (("toolkit", lambda: toolkit("v2")), ("toolkit_v1", lambda: toolkit("v1")),
                          ("naive", lambda: naive(model, pairs, layers))):
             t0 = time.perf_counter()
             with remote.counting(remote.Traffic()) as traffic:
@@ -89,6 +95,9 @@ def measure(n_prompts: int = 64) -> dict:
             rows[name] = {"seconds": time.perf_counter() - t0, **traffic.as_attrs(), "result": res}
         ds = rows["toolkit"].pop("result")
         nv = rows["naive"].pop("result")
+        v1 = rows["toolkit_v1"].pop("result")
+        for s in SITES:
+            assert np.allclose(ds[s].values, v1[s].values, atol=1e-4, equal_nan=True), f"engines disagree on {s}"
         # logit_diff of the patched run minus the clean base's constant: compare the patched part.
         for s in SITES:
             clean = ds[s].values[:, :, 0] - nv[s]
@@ -111,7 +120,9 @@ def report(res: dict) -> None:
     print(f"\n[remote] loopback NDIF server up in {res['stack']['total_s']:.1f} s; sweep: {res['n_prompts']} pairs "
           f"× {res['n_sites']} (site, layer), last position, logit_diff")
     print(f"  {'':10}{'requests':>10}{'kB up':>10}{'kB down':>10}{'seconds':>10}")
-    for name in ("toolkit", "naive"):
+    for name in ("toolkit", "toolkit_v1", "naive"):
+        if name not in res:
+            continue
         r = res[name]
         print(f"  {name:10}{r['remote_jobs']:>10}{r['remote_bytes_sent'] / 1e3:>10.1f}"
               f"{r['remote_bytes_received'] / 1e3:>10.1f}{r['seconds']:>10.2f}")

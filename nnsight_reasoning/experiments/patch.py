@@ -4,13 +4,15 @@ For every prompt pair, site, layer, position (and head for ``head``), the base p
 run with that one activation replaced by its value on the source prompt, and the metric
 compares the answer scores with the clean base run.
 
-Batching: one forward pass takes ``p`` source rows and ``p`` clean base rows as input, and
-grows to ``p·(u+2) <= batch_size`` rows (``u`` patch units per pair): each patched copy of a
-base row joins the batch at the layer of its site, because below it the copy would equal its
-base row. A sweep over all layers thus computes about half the layer-rows of one full
-forward per patch. Each copy reads its activation from its own pair's source row *in the
-same pass*, so source activations never leave the model (or the NDIF server). Pairs are
-grouped by token length, so no padding is ever used.
+Batching: one forward pass takes ``p`` source rows and ``p`` clean base rows and ``p·u``
+patched copies (``u`` patch units per pair, ``p·(u+2) <= batch_size``). Patching engine v2
+(``backend/packed.py``, the default) computes each copy only where its patch can change
+something: the positions from the patched one on, from the patch's layer up, as extra
+columns beside its base row whose prefix keys and values they read; engine v1 (kept where v2
+cannot run) adds each copy as a whole row at the layer of its site. Each copy reads its
+activation from its own pair's source row *in the same pass*, so source activations never
+leave the model (or the NDIF server). Pairs are grouped by token length, so no padding is
+ever used.
 """
 from __future__ import annotations
 
