@@ -113,6 +113,8 @@ def minimal_reference(model, passes):
 
 
 def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Run each function ``repeats`` times, interleaved so drift hits all alike: the last
+    results, and {name: {"median_s", "min_s"}} (``run.py``'s sections use it too)."""
     times = {k: [] for k in fns}
     results = {}
     for _ in range(repeats):
@@ -120,7 +122,7 @@ def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
             t = time.perf_counter()
             results[k] = fn()
             times[k].append(time.perf_counter() - t)
-    return results, {k: statistics.median(v) for k, v in times.items()}
+    return results, {k: {"median_s": statistics.median(v), "min_s": min(v)} for k, v in times.items()}
 
 
 def measure_case(name: str, model, case: str, n_prompts: int, repeats: int) -> dict:
@@ -140,7 +142,8 @@ def measure_case(name: str, model, case: str, n_prompts: int, repeats: int) -> d
         fns["minimal"]()  # warm-up
     sweep("v2")(), sweep("v1")()
     with torch.no_grad():
-        results, t = timed(fns, repeats)
+        results, times = timed(fns, repeats)
+    t = {k: v["median_s"] for k, v in times.items()}
     for s in CASES[case]["sites"]:
         np.testing.assert_allclose(results["v2"][s].values, results["v1"][s].values, rtol=1e-4, atol=1e-4,
                                    err_msg=f"v1 and v2 disagree on {s}")

@@ -37,11 +37,9 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens draws one bar per patching sweep
@@ -56,6 +54,9 @@ import nnsight_reasoning as nr  # noqa: E402
 from nnsight_reasoning.experiments.patch import Grid, plan_passes  # noqa: E402
 from nnsight_reasoning.sites import architecture, dims, resolve  # noqa: E402
 from nnsight_reasoning.tasks.base import group_by_length, single_token_id  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling modules, also when imported from elsewhere
+from engine import timed  # noqa: E402
 
 SITES = ["mlp", "resid"]
 BATCH = 512
@@ -199,18 +200,6 @@ def bare_forward(model, batches):
 
 
 # --------------------------------------------------------------------------- sections
-def timed(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Run each function ``repeats`` times, interleaved so drift hits all alike."""
-    times = {k: [] for k in fns}
-    results = {}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            results[k] = fn()
-            times[k].append(time.perf_counter() - t)
-    return results, {k: {"median_s": statistics.median(v), "min_s": min(v)} for k, v in times.items()}
-
-
 def sweep_section(name: str, model, n_prompts: int, repeats: int, with_tl: bool) -> dict:
     pairs = make_pairs(model, n_prompts)
     base = encode(model, pairs)[0]

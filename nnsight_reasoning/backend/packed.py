@@ -16,11 +16,13 @@ copy costs (T − p) rows for each layer from l up — the minimum — plus atte
 base's prefix, and the base's prefix is computed once, not once per copy.
 
 Layout (:func:`plan`): a *packed row* holds one or more *segments* (whole input rows, each
-with positions 0 … T−1) and the copies of one of them. A base row's copies fill its own
-packed row up to a width budget, then duplicates of the base row (one more segment each);
-input rows without copies (source prompts) ride along as extra segments of the least full
-rows, so they add no padding. Packed rows are padded to a common width with *dummy* columns
-that attend only to themselves. Output rows come back in :func:`backend.answer_scores` order.
+with positions 0 … T−1) and then the copies of its first segment. A base row's copies are
+spread over its own packed row and, beyond a width budget, duplicates of it; input rows
+without copies (source prompts) ride along as extra segments of the least full rows (or get
+rows of their own when fewer than the rows, if cheaper). The batch is as wide as its widest
+row at each layer: a narrower row's later copies start early, as copies of their base row,
+and its spare columns are *dummies* that attend only to themselves. Output rows come back in
+:func:`backend.answer_scores` order. ``docs/engine.md`` has the design and the figures.
 
 Requires an attention that honours an arbitrary mask (eager or sdpa) and an architecture
 whose decoder layers take one attention mask (``Architecture.mask_arg``); otherwise, and for a
@@ -46,8 +48,9 @@ class Plan:
     """Everything the trace body needs, as tensors and plain tuples.
 
     ``ids``/``pos`` (R, C): token and position id of every column; ``seq``/``pre``/``lim``
-    (R, C): the mask's description (:func:`..trace_ops.packed_mask`); ``n_seg``: columns of the
-    input segments, the only ones taken from the embeddings; ``steps``: one per decoder layer
+    (R, C): the mask's description (:func:`..trace_ops.packed_mask`); ``n_seg``: the columns
+    taken from the embeddings (the most segments of any row; a row with fewer has copies there,
+    which start early); ``steps``: one per decoder layer
     (layer module, width at its input, columns joining at its input, patches inside it,
     columns joining at its output, resid patch); ``out_rows``/``out_cols``: where each output
     row's last position is.
@@ -63,10 +66,6 @@ class Plan:
     out_rows: torch.Tensor
     out_cols: torch.Tensor
     origin: torch.Tensor  # (outputs,) the input row each output row scores
-
-    @property
-    def width(self) -> int:
-        return int(self.ids.shape[1])
 
 
 def usable(model: Any, arch: Any, patches: Sequence[Any]) -> bool:
