@@ -188,3 +188,34 @@ def test_backend_copies_join_at_their_layer_and_come_back_in_patch_order(embedde
         full = torch.softmax(hf(ids).logits[:, -1].double(), -1)
     for r in range(2):  # rank = how many tokens are more likely than the answer
         assert ranked.rank[r].tolist() == [int((full[r] > full[r, a]).sum()) for a in answers]
+
+
+def test_patches_inside_the_shared_prefix_cost_no_forward_and_match_hooks(embedded_model, monkeypatch):
+    """Few-shot prompts share their exemplars: below the first token where base and source
+    differ, the source run's activations are the base run's, so those patches change nothing.
+    The sweep computes no copy for them (their value is the clean effect, 0 in logit_diff), and
+    every value, computed or not, matches patching by plain hooks."""
+    from nnsight_reasoning import backend
+
+    tok = embedded_model.tokenizer
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=0, n_shots=2, tokenizer=tok)
+    sites = ["attn", "mlp"]
+    copies = []
+    real = backend.answer_scores
+    monkeypatch.setattr(backend, "answer_scores", lambda model, ids, ans, patches=(), **kw: (
+        copies.append(sum(len(p.rows) for p in patches)), real(model, ids, ans, patches, **kw))[1])
+    ds = nr.patch(embedded_model, pairs, sites=sites, positions="all", metric="logit_diff", progress=False)
+    shared = []
+    for p in pairs:
+        b, s = tok(p.base)["input_ids"], tok(p.source)["input_ids"]
+        shared.append(next(i for i, (x, y) in enumerate(zip(b, s)) if x != y))
+    lengths = ds.n_tokens.values
+    assert min(shared) > 5  # the exemplars: most of each prompt
+    assert sum(copies) == sum(len(sites) * 4 * (int(t) - k) for t, k in zip(lengths, shared))
+    for i, k in enumerate(shared):
+        for site in sites:
+            assert (ds[site].values[i, :, :k] == 0).all()
+            assert (ds[f"{site}_prediction"].values[i, :, :k] == 0).all()
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    ref = reference_patch(hf, tok, list(pairs), sites, "all", "logit_diff", embedded_model.config.num_attention_heads)
+    _compare(ds, ref, "logit_diff", _logit_scale(hf, tok, pairs))

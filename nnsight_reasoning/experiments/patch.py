@@ -12,7 +12,8 @@ columns beside its base row whose prefix keys and values they read; engine v1 (k
 cannot run) adds each copy as a whole row at the layer of its site. Each copy reads its
 activation from its own pair's source row *in the same pass*, so source activations never
 leave the model (or the NDIF server). Pairs are grouped by token length, so no padding is
-ever used.
+ever used. A patch at a position inside the pair's common token prefix (few-shot exemplars)
+changes nothing and gets no copy: its value is the clean effect (:func:`_shared_prefix`).
 """
 from __future__ import annotations
 
@@ -302,18 +303,30 @@ def _correct(run: Run, tok: Tokens, out: Outputs) -> np.ndarray:
 def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, out: Outputs, keep: np.ndarray) -> None:
     lengths = [len(b) for b in tok.base]
     passes = plan_passes([lengths[i] for i in keep], grid, run.batch_size)
+    shared = [_shared_prefix(b, s) for b, s in zip(tok.base, tok.source)]
     for job in run.steps(passes, "patching"):
         pairs = [int(keep[j]) for j in job.pairs]
         rows, ans = tok.rows(pairs)
-        patches, copies = _patches(PatchPass(pairs, job.units), grid.layers)
+        patches, copies = _patches(PatchPass(pairs, job.units), grid.layers, shared)
         s = run.call(backend.answer_scores, rows, ans, patches, rank="top")
         _fill(s, ans.numpy(), pairs, copies, metric, out)
+
+
+def _shared_prefix(base: list[int], source: list[int]) -> int:
+    """How many leading tokens the two prompts share. Below that position every activation of
+    the source run equals the base run's (causal attention), so a patch there changes nothing:
+    its effect is the clean run's, known without a forward pass (few-shot exemplars are such a
+    prefix, often most of the prompt)."""
+    n = min(len(base), len(source))
+    differ = [i for i in range(n) if base[i] != source[i]]
+    return differ[0] if differ else n
 
 
 @dataclass(frozen=True)
 class Copies:
     """Where each patched copy of a pass sits and where its value goes, one entry per copy:
-    its output ``row``, its ``pair``, the output row of its clean ``base`` row, and its unit."""
+    its output ``row`` (its clean base row where the patch changes nothing), its ``pair``, the
+    output row of its clean ``base`` row, and its unit."""
 
     row: np.ndarray
     pair: np.ndarray
@@ -321,15 +334,20 @@ class Copies:
     units: list[Unit]
 
 
-def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Copies]:
+def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> tuple[list[backend.Patch], Copies]:
     """The :class:`backend.Patch` per (site, layer) of a pass whose input rows are
     :meth:`Tokens.rows` (p source rows, then p clean base rows), and the :class:`Copies` of
-    its output rows."""
+    its output rows. A unit at a position before pair i's ``shared[i]`` (its prompts' common
+    prefix, :func:`_shared_prefix`) gets no copy: its output row is the clean base row's."""
     p = len(job.pairs)
     entries: dict[tuple, list[tuple[int, int, Unit]]] = defaultdict(list)
+    noop: list[tuple[int, int, Unit]] = []
     for j, i in enumerate(job.pairs):
         for u in job.units:
-            entries[(u.site, layers[u.li])].append((j, i, u))
+            if shared and u.site not in WHOLE_PROMPT_SITES and u.position < shared[i]:
+                noop.append((j, i, u))
+            else:
+                entries[(u.site, layers[u.li])].append((j, i, u))
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
         heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
@@ -340,8 +358,13 @@ def _patches(job: PatchPass, layers: list[int]) -> tuple[list[backend.Patch], Co
             pair.append(i)
             base.append(p + j)
             units.append(u)
-    row = 2 * p + np.arange(len(units))
-    return patches, Copies(row, np.array(pair, int), np.array(base, int), units)
+    row = list(2 * p + np.arange(len(units)))
+    for j, i, u in noop:  # the clean base row stands for the patched run
+        row.append(p + j)
+        pair.append(i)
+        base.append(p + j)
+        units.append(u)
+    return patches, Copies(np.array(row, int), np.array(pair, int), np.array(base, int), units)
 
 
 def _fill(s: backend.Scores, ans: np.ndarray, pairs: list[int], c: Copies, metric: str, out: Outputs) -> None:
