@@ -14,7 +14,8 @@ on a randomly initialised GPT-NeoX with Pythia-160m's dimensions and on the embe
 For each: engine v1 and v2 (``nr.patch`` with ``backend.engine``), one plain forward over
 the base and source prompts, and the *minimal-work reference*: the (row, layer) units a
 sweep must compute — every base and source row at every layer, then for each patched copy
-the rows of its positions ≥ p from its layer up — timed as a bare batched forward (no
+the rows of its positions ≥ p from its layer up (no copy for a patch inside the pair's shared
+token prefix, which changes nothing) — timed as a bare batched forward (no
 nnsight) over exactly that many units, plus the unembedding and scoring of the same output
 rows. Every engine's units are counted the same way; v1 and v2 must agree.
 """
@@ -65,19 +66,24 @@ def units(model, pairs, sites: list[str], positions: str) -> dict:
     """(row, layer) units each way of computing the sweep, per nr.patch's passes, and the
     passes' shapes (tokens, units, output rows) for the reference forward."""
     n_layers = dims(model)["n_layers"]
-    lengths = [len(model.tokenizer(p.base)["input_ids"]) for p in pairs]
+    tok = model.tokenizer
+    base = [tok(p.base)["input_ids"] for p in pairs]
+    lengths = [len(b) for b in base]
+    # patches inside a pair's shared prefix change nothing: no engine computes them (nr.patch)
+    shared = [next((i for i, (x, y) in enumerate(zip(b, tok(p.source)["input_ids"])) if x != y), len(b))
+              for b, p in zip(base, pairs)]
     grid = Grid(list(sites), list(range(n_layers)), positions, dims(model)["n_heads"])
     out = {"plain": 0, "v1": 0, "minimal": 0, "passes": []}
     for job in plan_passes(lengths, grid, BATCH):
         t, p = lengths[job.pairs[0]], len(job.pairs)
         inputs = 2 * p * t * n_layers
-        above = [n_layers - u.li - (u.site == "resid") for u in job.units]  # layers a copy computes
-        suffix = [t - u.position for u in job.units]
-        minimal = inputs + p * sum(a * s for a, s in zip(above, suffix))
+        run = [(i, u) for i in job.pairs for u in job.units if u.position >= shared[i]]
+        above = [n_layers - u.li - (u.site == "resid") for _, u in run]  # layers a copy computes
+        minimal = inputs + sum(a * (t - u.position) for a, (_, u) in zip(above, run))
         out["plain"] += inputs
-        out["v1"] += inputs + p * t * sum(above)
+        out["v1"] += inputs + t * sum(above)
         out["minimal"] += minimal
-        out["passes"].append((t, minimal, 2 * p + p * len(job.units)))
+        out["passes"].append((t, minimal, 2 * p + len(run)))
     return out
 
 
