@@ -37,7 +37,7 @@ import torch
 import nnsight_reasoning as nr
 from nnsight_reasoning import backend
 from nnsight_reasoning.backend.trace_ops import score_answers
-from nnsight_reasoning.experiments.patch import Grid, plan_passes
+from nnsight_reasoning.experiments.patch import Grid, _shared_prefix, plan_passes
 from nnsight_reasoning.sites import architecture, dims, resolve
 from nnsight_reasoning.tasks.base import group_by_length
 
@@ -70,8 +70,7 @@ def units(model, pairs, sites: list[str], positions: str) -> dict:
     base = [tok(p.base)["input_ids"] for p in pairs]
     lengths = [len(b) for b in base]
     # patches inside a pair's shared prefix change nothing: no engine computes them (nr.patch)
-    shared = [next((i for i, (x, y) in enumerate(zip(b, tok(p.source)["input_ids"])) if x != y), len(b))
-              for b, p in zip(base, pairs)]
+    shared = [_shared_prefix(b, tok(p.source)["input_ids"]) for b, p in zip(base, pairs)]
     grid = Grid(list(sites), list(range(n_layers)), positions, dims(model)["n_heads"])
     out = {"plain": 0, "v1": 0, "minimal": 0, "passes": []}
     for job in plan_passes(lengths, grid, BATCH):

@@ -91,7 +91,7 @@ def answer_scores(
     """
     d = dims(model)
     if ENGINE == "v2" and packed.usable(model, architecture(model), patches):
-        return _packed_scores(model, input_ids, answer_ids, patches, rank, remote)
+        return _packed_scores(model, input_ids, answer_ids, patches, rank, remote, d)
     plan, origin, order = _plan(model, patches, len(input_ids))
     saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank),
                  remote, "scores")
@@ -119,21 +119,11 @@ def engine(name: str) -> Iterator[None]:
 
 
 def _packed_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, patches: Sequence[Patch],
-                   rank: bool | str, remote: bool | str) -> Scores:
+                   rank: bool | str, remote: bool | str, d: dict[str, int]) -> Scores:
     """:func:`answer_scores` by engine v2: one forward pass over the packed layout of
     :func:`.packed.plan` (the copies' suffix columns beside their base rows)."""
     arch = architecture(model)
-    layers = resolve(model, arch.layers)
-    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn,
-             "neuron": arch.mlp_out, "mlp": arch.mlp}
-    if any(p.site == "embed" and p.layer != 0 for p in patches):
-        raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
-    modules = {}
-    for p in patches:
-        if p.site in paths:
-            m = resolve(layers[p.layer], paths[p.site])
-            modules[(p.site, p.layer)] = (m, arch.attn_probs) if p.site in ("attn_pattern", "attn_weights") else m
-    d = dims(model)
+    layers, modules = _site_modules(model, patches)
     plan = packed.plan(input_ids, patches, list(layers), modules, d["d_model"])
     saved = _run(model, _trace_packed, (model, plan.ids, plan.pos, plan.seq, plan.pre, plan.lim, plan.n_seg, plan.steps,
                                         plan.out_rows, plan.out_cols, answer_ids[plan.origin],
@@ -202,6 +192,25 @@ def _run(model: Any, trace: Any, args: tuple, remote: bool | str, saved: str) ->
     return _remote.run(model, lambda backend: trace(*args, backend=backend), remote)[saved]
 
 
+def _site_modules(model: Any, patches: Sequence[Patch]) -> tuple[Any, dict]:
+    """The decoder-layer Envoys, and per (site, layer) of ``patches`` the Envoy its edit acts on
+    (for the attention-probability sites (attention Envoy, ``.source`` path), which the trace
+    walks; none for ``embed`` and ``resid``, which edit the layer's own input or output).
+    Resolved outside the trace body, which may only touch nnsight, torch and builtins."""
+    arch = architecture(model)
+    layers = resolve(model, arch.layers)
+    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn,
+             "neuron": arch.mlp_out, "mlp": arch.mlp}
+    if any(p.site == "embed" and p.layer != 0 for p in patches):
+        raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
+    modules = {}
+    for p in patches:
+        if p.site in paths:
+            m = resolve(layers[p.layer], paths[p.site])
+            modules[(p.site, p.layer)] = (m, arch.attn_probs) if p.site in ("attn_pattern", "attn_weights") else m
+    return layers, modules
+
+
 def _forward_key(p: Patch) -> tuple[int, int]:
     return p.layer, SITES.index(p.site)
 
@@ -218,11 +227,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     Modules are resolved here because the trace body may only touch nnsight, torch and
     builtins: it is shipped to NDIF, where this package is not installed.
     """
-    arch = architecture(model)
-    layers = resolve(model, arch.layers)
-    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn, "neuron": arch.mlp_out, "mlp": arch.mlp}
-    if any(p.site == "embed" and p.layer != 0 for p in patches):
-        raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
+    layers, modules = _site_modules(model, patches)
     ordered = sorted(range(len(patches)), key=lambda i: _forward_key(patches[i]))
     groups: dict[tuple[int, int], list[Patch]] = {}  # one intervention per module and layer
     for i in ordered:
@@ -241,10 +246,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             grow_in = torch.cat([p.rows for p in new_in])
             n = len(origin)
             for p in new_in:
-                module = None if p.site == "embed" else resolve(layers[li], paths[p.site])
-                if p.site in ("attn_pattern", "attn_weights"):  # the trace walks module.source along this path
-                    module = (module, arch.attn_probs)
-                inner.append((p.site, module, torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
+                inner.append((p.site, modules.get((p.site, li)), torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
                 n += len(p.rows)
             origin = torch.cat([origin, grow_in])
             started = True

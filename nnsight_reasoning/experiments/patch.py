@@ -317,9 +317,7 @@ def _shared_prefix(base: list[int], source: list[int]) -> int:
     the source run equals the base run's (causal attention), so a patch there changes nothing:
     its effect is the clean run's, known without a forward pass (few-shot exemplars are such a
     prefix, often most of the prompt)."""
-    n = min(len(base), len(source))
-    differ = [i for i in range(n) if base[i] != source[i]]
-    return differ[0] if differ else n
+    return next((i for i, (b, s) in enumerate(zip(base, source)) if b != s), min(len(base), len(source)))
 
 
 @dataclass(frozen=True)
