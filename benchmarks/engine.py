@@ -9,6 +9,8 @@ process, interleaved:
     arithmetic prompts of at least 20 tokens;
 (b) the all-position sweep of ``run.py``'s sweep section: mlp + resid, every layer and
     position, ``"{expr} ="`` prompts (5 tokens);
+(e) circuit faithfulness (the five default circuits of one EAP run) and (f) exact edge
+    patching of every edge (embedded model only), v2 against v1, on IOI pairs (16 at most);
 
 on a randomly initialised GPT-NeoX with Pythia-160m's dimensions and on the embedded model.
 For each: engine v1 and v2 (``nr.patch`` with ``backend.engine``), one plain forward over
@@ -160,6 +162,8 @@ def measure_case(name: str, model, case: str, n_prompts: int, repeats: int) -> d
 
 
 def report(rows: list[dict]) -> None:
+    edges = [r for r in rows if r["case"] in ("e", "f")]
+    rows = [r for r in rows if r["case"] in CASES]
     print("\n[patching engine v2 vs v1] seconds (median); units = (row, layer) pairs computed")
     print(f"  {'model':<28}{'case':<6}{'tokens':>8}{'v2':>8}{'v1':>8}{'plain':>8}{'minimal':>9}"
           f"{'v2 vs v1':>10}{'v2/plain':>10}{'vs minimal':>12}{'v1 units/min':>14}")
@@ -178,6 +182,61 @@ def report(rows: list[dict]) -> None:
             v = r[key]
             ok = v <= bound if key == "vs_plain" else v >= bound
             print(f"    {what:<58}{v:>8.2f}  {'<=' if key == 'vs_plain' else '>='} {bound}  {'met' if ok else 'MISSED'}")
+    if edges:
+        report_edges(edges)
+
+
+def measure_edges(name: str, model, n_prompts: int, repeats: int, exact: bool) -> list[dict]:
+    """Edge-patched passes, v2 against v1, on IOI pairs (they differ only at the second subject,
+    late in the prompt): (e) circuit faithfulness, the five default circuit sizes of one EAP run
+    (``nr.circuit``'s faithfulness passes, with its batching); (f) exact edge patching of every
+    edge alone (``nr.edge_patching``), when ``exact``."""
+    from nnsight_reasoning.experiments import circuit as circ
+    from nnsight_reasoning.runner import Run
+
+    pairs = nr.tasks.ioi(n_prompts=n_prompts, seed=0, tokenizer=model.tokenizer)
+    shape = circ.Shape.of(model)
+    ds = nr.circuit(model, pairs, ig_steps=1, progress=False)
+    removed = shape.valid & ~ds["in_circuit"].values.astype(bool)
+    tok = circ.tokenize_pairs(model, list(pairs))
+    lengths = sorted({len(b) for b in tok.base})
+
+    def faithfulness(engine):
+        def go():
+            with backend.engine(engine):
+                return circ._edge_patched(Run(model, progress=False, batch_size=64), tok, removed, "faithfulness")[0]
+        return go
+
+    def edge_patching(engine):
+        def go():
+            with backend.engine(engine):
+                return nr.edge_patching(model, pairs, progress=False)["score"].values
+        return go
+
+    cases = {"e": faithfulness}
+    if exact:
+        cases["f"] = edge_patching
+    rows = []
+    for case, make in cases.items():
+        make("v2")(), make("v1")()  # warm-up
+        with torch.no_grad():
+            results, times = timed({"v2": make("v2"), "v1": make("v1")}, repeats)
+        np.testing.assert_allclose(results["v2"], results["v1"], rtol=1e-4, atol=1e-4,
+                                   err_msg=f"v1 and v2 disagree on case {case}")
+        t = {k: v["median_s"] for k, v in times.items()}
+        rows.append({"model": name, "case": case, "what": "faithfulness, 5 circuits" if case == "e" else
+                     f"edge patching, {int(shape.valid.sum())} edges", "n_prompts": len(pairs),
+                     "tokens": [lengths[0], lengths[-1]], "seconds": t, "speedup_vs_v1": t["v1"] / t["v2"]})
+    return rows
+
+
+def report_edges(rows: list[dict]) -> None:
+    print("\n[edge-patched passes, engine v2 vs v1] seconds (median); IOI pairs")
+    print(f"  {'model':<28}{'case':<6}{'what':<30}{'tokens':>8}{'v2':>8}{'v1':>8}{'v2 vs v1':>10}")
+    for r in rows:
+        s = r["seconds"]
+        print(f"  {r['model']:<28}{r['case']:<6}{r['what']:<30}{'-'.join(map(str, r['tokens'])):>8}{s['v2']:>8.2f}"
+              f"{s['v1']:>8.2f}{r['speedup_vs_v1']:>9.1f}x")
 
 
 def measure_all(n_prompts: int, repeats: int, skip: set[str]) -> list[dict]:
@@ -187,6 +246,8 @@ def measure_all(n_prompts: int, repeats: int, skip: set[str]) -> list[dict]:
         model.dispatch()
         for case in CASES:
             rows.append(measure_case("embedded", model, case, n_prompts, repeats))
+        if "edges" not in skip:
+            rows += measure_edges("embedded", model, min(n_prompts, 16), repeats, exact=True)
     if "160m" not in skip:
         sys.path.insert(0, str(Path(__file__).parent))
         import checkpoint_sweep
@@ -198,6 +259,8 @@ def measure_all(n_prompts: int, repeats: int, skip: set[str]) -> list[dict]:
             model.dispatch()
             for case in CASES:
                 rows.append(measure_case("pythia-160m-shape (random)", model, case, n_prompts, repeats))
+            if "edges" not in skip:  # exact patching of its 11,467 edges is out of reach on a CPU
+                rows += measure_edges("pythia-160m-shape (random)", model, min(n_prompts, 16), repeats, exact=False)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return rows
@@ -207,7 +270,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n-prompts", type=int, default=64)
-    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m")
+    ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, edges")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = measure_all(args.n_prompts, args.repeats, set(filter(None, args.skip.split(","))))

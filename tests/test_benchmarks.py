@@ -35,10 +35,10 @@ def test_benchmark_suite_runs_and_methods_agree(tmp_path):
     assert "toolkit faster" in proc.stdout and "compute limit" in proc.stdout
     # patching engine v2 against v1 on the embedded model: both cases ran, agreed (the script
     # checks it) and v2 computed fewer (row, layer) units than v1
-    assert [(r["model"], r["case"]) for r in res["engine"]] == [("embedded", "a"), ("embedded", "b")]
-    for r in res["engine"]:
+    assert [(r["model"], r["case"]) for r in res["engine"]] == [("embedded", c) for c in "abef"]
+    for r in res["engine"][:2]:
         assert r["units"]["plain"] < r["units"]["minimal"] < r["units"]["v1"]
-    assert "patching engine v2 vs v1" in proc.stdout
+    assert "patching engine v2 vs v1" in proc.stdout and "edge-patched passes, engine v2 vs v1" in proc.stdout
     edges = res["edges"]
     assert edges["n_edges"] == 191 and set(edges["pearson_r_vs_exact"]) == {"eap", "eap_ig5"}
     assert edges["forward_passes"]["eap"] == 1 and "edge attribution vs exact" in proc.stdout

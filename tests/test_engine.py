@@ -15,7 +15,7 @@ import torch
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import backend
-from nnsight_reasoning.backend import packed
+from nnsight_reasoning.backend import graph, packed
 from nnsight_reasoning.sites import SITES
 
 from .reference import logit_scale
@@ -125,3 +125,103 @@ def test_v1_is_used_where_v2_cannot_run(tiny_model_dir, monkeypatch):
     with pytest.raises(ValueError, match="unknown patching engine"):
         with backend.engine("v3"):
             pass
+
+
+def _edge_rows(model, task):
+    """(2p, T) ids (corrupted rows, then clean ones) and (2p, 2) answers of the pairs of the most
+    common length: IOI pairs differ only at the second subject (a long shared prefix), two-shot
+    arithmetic pairs from the query's first operand, zero-shot ones from the first token."""
+    tok = model.tokenizer
+    pairs = (nr.tasks.ioi(n_prompts=8, seed=1, tokenizer=tok) if task == "ioi"
+             else nr.tasks.arithmetic(n_prompts=8, seed=1, tokenizer=tok, n_shots=task == "arithmetic_2shot" and 2))
+    rows = [(tok(p.base)["input_ids"], tok(p.source)["input_ids"],
+             [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in (p.base_answer, p.source_answer)])
+            for p in pairs]
+    t = max({len(r[0]) for r in rows}, key=[len(r[0]) for r in rows].count)
+    rows = [r for r in rows if len(r[0]) == len(r[1]) == t]
+    ids = torch.tensor([r[1] for r in rows] + [r[0] for r in rows])
+    return ids, torch.tensor([r[2] for r in rows] * 2)
+
+
+def _cuts(valid, n_layers, n_heads, n_single=0):
+    """Circuits of every kind: random cuts of three densities, nothing cut, everything cut,
+    single edges into a first-layer head, a last-layer MLP and the logits (so slots join at
+    layer 0, at the last layer and after it), and ``n_single`` random single edges."""
+    gen = torch.Generator().manual_seed(0)
+    cuts = [valid & (torch.rand(valid.shape, generator=gen) < q) for q in (0.05, 0.3, 0.6)]
+    cuts += [torch.zeros_like(valid), valid.clone()]
+    mlp_last = (n_layers - 1) * (n_heads + 1) + n_heads
+    for v in (1, mlp_last, valid.shape[1] - 1):
+        one = torch.zeros_like(valid)
+        one[torch.nonzero(valid[:, v])[-1], v] = True  # the latest upstream node feeding v
+        cuts.append(one)
+    edges = torch.nonzero(valid)
+    for i in torch.randperm(len(edges), generator=gen)[:n_single]:
+        one = torch.zeros_like(valid)
+        one[tuple(edges[i])] = True
+        cuts.append(one)
+    return torch.stack(cuts)
+
+
+@pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gpt_neox", "llama"])
+@pytest.mark.parametrize("task", ["ioi", "arithmetic_2shot"])
+def test_v2_edge_patching_equals_v1(embedded_model, tiny_model_dir, model_type, task, monkeypatch):
+    """Edge-patched runs (circuit faithfulness, exact edge patching): v2 computes a circuit only
+    from the pairs' first differing token and from the layer of its first cut edge up; with
+    several pairs, and more circuits than one row holds (chunks of duplicate rows)."""
+    path = nr.models.model_info(embedded_model).path if model_type == "embedded" else tiny_model_dir(model_type)
+    model = embedded_model if model_type == "embedded" else nr.load_model(path)
+    ids, answers = _edge_rows(model, task)
+    p = len(ids) // 2
+    assert p >= 2
+    n_layers, n_heads, parallel = graph.graph_shape(model)
+    valid = graph.valid_edges(n_layers, n_heads, parallel)
+    removed = _cuts(valid, n_layers, n_heads, n_single=40)
+    plans = []
+    real = packed.plan_edges
+    monkeypatch.setattr(packed, "plan_edges", lambda *a, **k: plans.append(real(*a, **k)) or plans[-1])
+    with backend.engine("v1"):
+        v1 = graph.edge_patched_logits(model, ids, answers, removed)
+    v2 = graph.edge_patched_logits(model, ids, answers, removed)  # the default engine
+    assert len(plans) == 1
+    plan = plans[0]
+    assert plan.cost < packed.edge_cost_v1(p, len(removed), ids.shape[1], n_layers, graph.dims(model)["d_model"])
+    shared = int(torch.cumprod((ids[:p] == ids[p:]).long(), 1).sum(1).min())
+    assert 0 < shared and plan.w == ids.shape[1] - shared
+    assert plan.removed.shape[0] > 1  # the circuits did not fit one row: chunks of duplicate rows
+    assert plan.n_at[0] < plan.removed.shape[1]  # some slots join above the first layer
+    # float32: each logit may move by a few ulps of the largest logit (other batch shapes)
+    tol = 32 * np.finfo(np.float32).eps * max(1.0, float(v1.abs().max()))
+    assert v2.shape == v1.shape == (p + len(removed) * p, 2)
+    err = float((v1 - v2).abs().max())
+    assert err < tol, (err, tol)
+    # nothing cut is the clean run, everything cut the corrupted one
+    nothing, everything = 3, 4
+    np.testing.assert_allclose(v2[p + everything * p:p + (everything + 1) * p], v2[:p], atol=tol)
+    assert not torch.allclose(v2[p + nothing * p:p + (nothing + 1) * p], v2[:p], atol=1e-3)
+
+
+def test_edge_layout_joins_each_circuit_where_its_cuts_begin():
+    """Two pairs sharing 6 of 9 tokens; circuits cutting an edge into layer 2's MLP, nothing, and
+    an edge into the logits: each gets 3 columns, joining at layer 2, after the last layer
+    (twice); the work is the two prompts at every layer plus each slot from its join."""
+    t, n_layers, n_heads = 9, 3, 2
+    clean = torch.randint(5, 100, (2, t))
+    corrupt = clean.clone()
+    corrupt[0, 6:] += 1
+    corrupt[1, 7:] += 1
+    n_down = n_layers * (n_heads + 1) + 1
+    removed = torch.zeros(3, 1 + n_layers * (n_heads + 1), n_down, dtype=torch.bool)
+    removed[0, 0, 2 * (n_heads + 1) + n_heads] = True  # input -> m2
+    removed[2, 0, n_down - 1] = True  # input -> logits
+    plan = packed.plan_edges(torch.cat([corrupt, clean]), removed, n_layers, n_heads, d_model=64)
+    assert plan.w == 3 and plan.removed.shape[:2] == (1, 3)
+    assert plan.n_at == [0, 0, 1, 3]  # the layer-2 cut first; the others join after layer 2
+    assert plan.joins[1] is None and plan.joins[2] is not None and plan.joins[3] is not None
+    assert torch.equal(plan.ids[:, :t], clean) and torch.equal(plan.ids[:, t:2 * t], corrupt)
+    assert torch.equal(plan.ids[:, 2 * t:], clean[:, 6:].repeat(1, 3))
+    assert torch.equal(plan.pos[0], torch.cat([torch.arange(t), torch.arange(t)] + [torch.arange(6, t)] * 3))
+    # outputs: the corrupted rows' last token, then circuits in the order given (slot 0: circuit 0)
+    assert plan.out_cols.tolist() == [2 * t - 1] * 2 + [2 * t + 2] * 2 + [2 * t + 5] * 2 + [2 * t + 8] * 2
+    assert torch.equal(plan.removed[0, 0], removed[0].float()) and torch.equal(plan.removed[0, 2], removed[2].float())
+    assert plan.cost == 2 * (2 * packed.layer_cost(2 * t, 64) + packed.layer_cost(2 * t + 3, 64))

@@ -106,13 +106,14 @@ def _backend_calls(model):
                backend.Patch("resid", 2, torch.tensor([0]), torch.tensor([1]), torch.tensor([t - 1]))]
     sites = [("head", 1), ("attn", 0), ("mlp", 2), ("resid", 1)]
     layers = [0, 2]
+    cuts = (torch.rand((2,) + graph.valid_edges(*graph.graph_shape(model)).shape,
+                       generator=torch.Generator().manual_seed(0)) < 0.3).float()
     return {
         "answer_scores": lambda r: backend.answer_scores(model, ids, ans, patches, remote=r),
         "attributions": lambda r: backend.attributions(model, ids, ans, sites, "log_prob_diff", ig_steps=2, remote=r),
         "edge_attributions": lambda r: graph.edge_attributions(model, ids, ans, ig_steps=2, remote=r),
-        "edge_patched_logits": lambda r: graph.edge_patched_logits(
-            model, ids, ans, (torch.rand((2,) + graph.valid_edges(*graph.graph_shape(model)).shape,
-                                         generator=torch.Generator().manual_seed(0)) < 0.3).float(), remote=r),
+        "edge_patched_logits": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, remote=r),  # engine v2
+        "edge_patched_logits_v1": lambda r: _on_v1(graph.edge_patched_logits, model, ids, ans, cuts, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
         "neuron_contributions": lambda r: neurons.neuron_contributions(model, ids, ans[:, 0], layers, remote=r),
         "neuron_logit_lens": lambda r: neurons.neuron_logit_lens(model, [0, 2], [5, 9], 4, remote=r),
@@ -122,6 +123,13 @@ def _backend_calls(model):
         "edited_scores": lambda r: resid.edited_scores(model, ids, ans, torch.tensor([0]), torch.tensor([1]),
                                                        torch.tensor([t - 1]), remote=r),
     }
+
+
+def _on_v1(fn, *args, **kwargs):
+    from nnsight_reasoning import backend
+
+    with backend.engine("v1"):
+        return fn(*args, **kwargs)
 
 
 def _flat(x):

@@ -104,6 +104,11 @@ def answer_scores(
 ENGINE = "v2"
 
 
+def engine_in_use() -> str:
+    """The patching engine now selected ("v1" or "v2"; see :func:`engine`)."""
+    return ENGINE
+
+
 @contextmanager
 def engine(name: str) -> Iterator[None]:
     """Run :func:`answer_scores` with patching engine ``name`` ("v1" or "v2") for the duration

@@ -24,8 +24,10 @@ import nnsight
 import torch
 
 from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
-from .trace_ops import (answer_logits, batch_kwargs, batch_rows, centred, head_outputs, interpolate, norm_scale,
-                        own_heads, split_heads, unembed_rows)
+from . import packed
+from .trace_ops import (answer_logits, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas, head_outputs,
+                        interpolate, join_columns, norm_scale, own_heads, packed_inputs, packed_mask, split_heads,
+                        unembed_rows)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -132,17 +134,99 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     rows run again, and each node v reads its input plus Σ_u removed[u, v]·(a_u(corrupt) −
     a_u(this run)), the activations of this run being the circuit's own (Hanna et al.'s
     evaluation). Returns (p + c·p, K) float64: the corrupted rows, then circuit by circuit.
+
+    Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
+    where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
+    every circuit's clean rows whole. v1 runs where v2 cannot (:func:`.packed.usable`), where its
+    layout would cost more (no shared prefix and few circuits per row) and under
+    ``backend.engine("v1")``.
     """
-    from . import _run
+    from . import _run, architecture, engine_in_use
 
     mods, final, _, conv1d = _modules(model)
     d = dims(model)
     p = input_ids.shape[0] // 2
     c = removed.shape[0]
+    arch = architecture(model)
+    plan = None
+    if engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
+        plan = packed.plan_edges(input_ids, removed, d["n_layers"], d["n_heads"], d["d_model"])
+        if plan.cost >= packed.edge_cost_v1(p, c, input_ids.shape[1], d["n_layers"], d["d_model"]):
+            plan = None  # no shared prefix and few circuits per row: v1's whole rows are cheaper
+    if plan is not None:
+        answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
+        return _run(model, _trace_edge_packed, (model, plan.ids, plan.pos, plan.seq, plan.pre, plan.lim, plan.mask_pos,
+                                                plan.t, plan.w, plan.joins, plan.n_at, mods, final,
+                                                resolve(model, arch.unembed), conv1d, plan.removed, plan.out_rows,
+                                                plan.out_cols, answer_ids, arch.mask_arg, d["n_heads"], d["head_dim"]),
+                    remote, "saved").double().cpu()
     input_ids = torch.cat([input_ids[:p]] + [input_ids[p:]] * c)
     answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
     return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, mods, final, conv1d, removed.float(), p, c,
                                              d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
+
+
+def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_at, mods, final, unembed, conv1d,
+                       removed, out_rows, out_cols, answer_ids, mask_arg, n_heads, head_dim, remote=False,
+                       backend=None):
+    saved = None
+    full = ids.shape[1]
+    rows = ids.shape[0]
+    copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is row r
+    with torch.no_grad(), model.trace(ids, position_ids=pos, remote=remote, backend=backend, logits_to_keep=0,
+                                      use_cache=False):
+        mask = None
+        ups = []  # per upstream group: (first node, own deltas, base deltas, slots then), trace_ops.edge_deltas
+        col = 0
+        li = 0
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
+            n = n_at[li]
+            args, kwargs = layer.inputs
+            hidden = args[0]
+            if mask is None:  # the first layer's input: every column's embedding; the two prompts' are used
+                mask = packed_mask(seq, pre, lim, mask_pos, hidden)
+                hidden = hidden[:, :2 * t]
+            if joins[li] is not None:  # slots whose first cut edge enters this layer join with clean values
+                hidden = join_columns(hidden, joins[li])
+            width = 2 * t + n * w
+            layer.inputs = packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg)
+            if li == 0:
+                ups.append((0,) + edge_deltas(hidden.unsqueeze(2), t, w, n) + (n,))
+            x = ln_attn.input
+            x = x.unsqueeze(0).repeat(n_heads, 1, 1, 1)  # one copy per head: head h reads copy h
+            if n:
+                x[:, :, 2 * t:] += edge_correction(ups, removed, slice(col, col + n_heads), n).to(x.dtype)
+            ln_attn.input = x.reshape(n_heads * rows, width, x.shape[3])
+            args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
+            attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
+            z = own_heads(o_proj.input, n_heads, rows, head_dim)
+            o_proj.input = z.reshape(rows, width, n_heads * head_dim)
+            own, base = edge_deltas(z, t, w, n)
+            ups.append((1 + li * (n_heads + 1), head_outputs(own, o_proj.weight, n_heads, head_dim, conv1d),
+                        head_outputs(base, o_proj.weight, n_heads, head_dim, conv1d), n))
+            col += n_heads
+            if n:  # out of place: in a parallel-residual layer this input is the residual stream
+                y = ln_mlp.input
+                corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(y.dtype)
+                ln_mlp.input = torch.cat([y[:, :2 * t], y[:, 2 * t:] + corr], 1)
+            col += 1
+            out = mlp.output
+            ups.append((1 + li * (n_heads + 1) + n_heads,) + edge_deltas(out.unsqueeze(2), t, w, n) + (n,))
+            li += 1
+        n = n_at[li]
+        if joins[li] is not None:  # slots cutting only edges into the logits join after the last layer
+            out = layer.output
+            x = join_columns(out[0] if isinstance(out, tuple) else out, joins[li])
+            layer.output = (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
+        if n:
+            f = final.input
+            corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(f.dtype)
+            final.input = torch.cat([f[:, :2 * t], f[:, 2 * t:] + corr], 1)
+        # the unembedding acts per column: it gets each output row's last column only
+        args, kwargs = unembed.inputs
+        unembed.inputs = ((args[0][out_rows, out_cols][None],) + tuple(args[1:]), kwargs)
+        saved = nnsight.save(answer_logits(model.output.logits[0], answer_ids))
+    return saved
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, removed, p, c, n_heads, head_dim,

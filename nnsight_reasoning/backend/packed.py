@@ -69,7 +69,9 @@ class Plan:
 
 
 def usable(model: Any, arch: Any, patches: Sequence[Any]) -> bool:
-    """Whether engine v2 can run these patches on this model (else the caller uses v1)."""
+    """Whether engine v2 can run these patches (or edge-patched circuits) on this model, else
+    the caller uses v1: there are some, the attention honours an arbitrary mask and the layers
+    take one mask."""
     impl = getattr(model.config, "_attn_implementation", None)
     return bool(patches) and arch.mask_arg is not None and impl in MASKED_ATTENTION
 
@@ -224,3 +226,117 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
         for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
             f.extend(v)
     return tuple(torch.tensor(f, dtype=torch.long) for f in fields)
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """The packed layout of an edge-patched pass (:func:`plan_edges`), as the trace body needs it.
+
+    Every packed row has the same columns: its pair's clean prompt (0 … T−1), its corrupted
+    prompt (T … 2T−1), then ``n_slots`` *slots* of ``w`` columns, each one circuit's clean run
+    at positions T−w … T−1 with edges cut. Row g·p + j holds pair j and the circuits of chunk g.
+    ``ids``/``pos`` (R, C); ``seq``/``pre``/``lim``/``mask_pos`` (1, C): the mask's tables
+    (:func:`..trace_ops.packed_mask`); ``joins[l]`` (l = 0 … n_layers; n_layers: after the
+    last layer) the :func:`..trace_ops.join_columns` argument of the slots that join there, or
+    None; ``n_at[l]``: slots present in layer l (l = n_layers: at the final norm); ``removed``
+    (G, n_slots, n_up, n_down) float32, 1 where slot i of chunk g cuts the edge (a spare slot
+    cuts nothing); ``out_rows``/``out_cols``: the corrupted rows' last columns, then each
+    circuit's, circuit by circuit in the caller's order.
+    """
+
+    ids: torch.Tensor
+    pos: torch.Tensor
+    seq: torch.Tensor
+    pre: torch.Tensor
+    lim: torch.Tensor
+    mask_pos: torch.Tensor
+    t: int
+    w: int
+    joins: list
+    n_at: list
+    removed: torch.Tensor
+    out_rows: torch.Tensor
+    out_cols: torch.Tensor
+    cost: float  # estimated work, in column-layers (:func:`layer_cost`)
+
+
+def layer_cost(width: int, d_model: int) -> float:
+    """Work of one decoder layer on a batch row ``width`` columns wide, in columns: the
+    projections and MLP cost ~24·d² per column, the attention scores and mix 4·width·d more
+    (:func:`width_budget`)."""
+    return width * (1.0 + width / (6.0 * d_model))
+
+
+def edge_cost_v1(p: int, c: int, t: int, n_layers: int, d_model: int) -> float:
+    """:func:`layer_cost` units of an edge-patched pass under engine v1: the corrupted rows and
+    one clean row per circuit, whole, at every layer."""
+    return (1 + c) * p * n_layers * layer_cost(t, d_model)
+
+
+def plan_edges(input_ids: torch.Tensor, removed: torch.Tensor, n_layers: int, n_heads: int, d_model: int) -> EdgePlan:
+    """The packed layout of an edge-patched pass: ``input_ids`` (2p, T), p corrupted rows then
+    their p clean rows; ``removed`` (c, n_up, n_down), the edges each circuit cuts
+    (:func:`..graph.edge_patched_logits`).
+
+    Two savings, both exact. (1) Positions before the first token where any pair's prompts
+    differ, s, carry the same activations in the corrupted run as in the clean one, so an edge
+    there carries no change and a circuit's run equals the clean run: a slot computes only
+    positions s … T−1 and reads the clean prompt's keys and values before s. (2) A circuit that
+    cuts no edge into a node below layer l equals the clean run below l: its slot joins the
+    batch at layer l (circuits are sorted by that layer and dealt round-robin to the chunks, so
+    a slot joins where the earliest of its circuits must; a later one entering early stays
+    equal to the clean run until its own cuts begin). Rows hold at most ``width_budget`` columns;
+    more circuits spread over chunks of duplicate rows.
+
+    Each row also carries its pair's clean and corrupted prompts (2T columns), so without a
+    shared prefix and with few slots per row the layout can cost more than engine v1's whole
+    rows: ``cost`` against :func:`edge_cost_v1` decides (``graph.edge_patched_logits``).
+    """
+    n2, t = input_ids.shape
+    p, c = n2 // 2, removed.shape[0]
+    if not c:
+        raise ValueError("an edge-patched pass needs at least one circuit")
+    corrupt, clean = input_ids[:p], input_ids[p:]
+    same = torch.cumprod((corrupt == clean).long(), 1).sum(1)  # leading tokens the pair shares
+    s = min(int(same.min()), t - 1)
+    w = t - s
+    # the layer of each downstream node: per layer its heads and MLP, then the logits
+    node_layer = torch.cat([torch.arange(n_layers).repeat_interleave(n_heads + 1), torch.tensor([n_layers])])
+    cut_into = removed.bool().any(1)  # (c, n_down)
+    join = torch.where(cut_into, node_layer, n_layers).min(1).values
+    order = torch.argsort(join, stable=True)
+    n_slots = max(1, min(c, (width_budget(t, d_model) - 2 * t) // w))
+    g = -(-c // n_slots)
+    n_slots = -(-c // g)  # as few slots as the chunks need: at most g − 1 spare ones, all in the last slot
+    # sorted circuit q goes to chunk q % g, slot q // g; spare slots (index >= c) cut nothing
+    slot_of = torch.arange(g * n_slots).view(n_slots, g).T  # (g, n_slots) sorted index
+    real = slot_of < c
+    rem = torch.zeros((g, n_slots) + tuple(removed.shape[1:]), dtype=torch.float32)
+    rem[real] = removed[order[slot_of[real]]].float()
+    slot_join = join[order[torch.arange(0, c, g)]]  # a slot joins where its chunk-0 circuit must (the earliest)
+    r = g * p
+    suffix = torch.arange(s, t)
+    ids = torch.cat([clean, corrupt] + [clean[:, s:]] * n_slots, 1).repeat(g, 1)
+    pos1 = torch.cat([torch.arange(t), torch.arange(t)] + [suffix] * n_slots)[None]
+    seq = torch.cat([torch.zeros(t), torch.ones(t), 2 + torch.arange(n_slots).repeat_interleave(w)]).long()[None]
+    pre = torch.cat([torch.full((2 * t,), -1), torch.zeros(n_slots * w)]).long()[None]
+    lim = torch.cat([torch.zeros(2 * t), torch.full((n_slots * w,), s)]).long()[None]
+    joins, n_at = [], []
+    for layer in range(n_layers + 1):
+        new = torch.nonzero(slot_join == layer).flatten()
+        n_at.append(int((slot_join <= layer).sum()))
+        if len(new):  # the joining slots take the clean prompt's columns s … T−1
+            index = suffix.repeat(len(new))[None].expand(r, -1).contiguous()
+            none = torch.zeros(0, dtype=torch.long)
+            joins.append((index, none, none, none))
+        else:
+            joins.append(None)
+    rank = torch.empty(c, dtype=torch.long)
+    rank[order] = torch.arange(c)
+    j = torch.arange(p)
+    out_rows = torch.cat([j] + [(int(rank[k]) % g) * p + j for k in range(c)])
+    out_cols = torch.cat([torch.full((p,), 2 * t - 1)]
+                         + [torch.full((p,), 2 * t + (int(rank[k]) // g + 1) * w - 1) for k in range(c)])
+    cost = r * sum(layer_cost(2 * t + n_at[layer] * w, d_model) for layer in range(n_layers))
+    return EdgePlan(ids, pos1.expand(r, -1).contiguous(), seq, pre, lim, pos1, t, w, joins, n_at, rem, out_rows,
+                    out_cols, cost)

@@ -174,3 +174,37 @@ def packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg):
     else:
         kwargs[mask_arg] = block
     return tuple(args), kwargs
+
+
+def edge_deltas(x, t, w, n):
+    """What cutting an edge from a node with output ``x`` (R, C, k, d) adds to a packed
+    edge-patched batch (``backend.packed.plan_edges``): the corrupted run's output minus this
+    run's, at positions T−w … T−1. Returns (own (R, n, w, k, d): for the n slots present, base
+    (R, w, k, d): corrupted minus clean, which is every later slot's, as those equal the clean
+    run where ``x`` is computed)."""
+    corrupt = x[:, 2 * t - w:2 * t]
+    base = corrupt - x[:, t - w:t]
+    own = corrupt.unsqueeze(1) - x[:, 2 * t:2 * t + n * w].reshape((x.shape[0], n, w) + tuple(x.shape[2:]))
+    return own, base
+
+
+def edge_correction(ups, removed, cols, n):
+    """Σ_u removed[g, slot, u, v] · δ_u for the downstream nodes ``cols`` (a slice of K nodes)
+    and the first n slots of a packed edge-patched batch: (K, R, n·w, d), R = G·p rows.
+    ``ups``: per upstream group (first node index, own, base, slots then), as from
+    :func:`edge_deltas`; ``removed`` (G, n_slots, n_up, n_down)."""
+    total = None
+    for start, own, base, n_then in ups:
+        r, w, k, d = base.shape
+        g = removed.shape[0]
+        rem = removed[:, :n, start:start + k, cols].to(base.dtype)  # (G, n, k, K)
+        base = base.reshape(g, r // g, w, k, d)
+        parts = []
+        if n_then:
+            parts.append(torch.einsum("gpnwkd,gnkh->hgpnwd", own.reshape((g, r // g) + tuple(own.shape[1:])),
+                                      rem[:, :n_then]))
+        if n > n_then:
+            parts.append(torch.einsum("gpwkd,gnkh->hgpnwd", base, rem[:, n_then:]))
+        part = torch.cat(parts, 3) if len(parts) > 1 else parts[0]
+        total = part if total is None else total + part
+    return total.reshape(total.shape[0], r, n * w, d)
