@@ -181,7 +181,7 @@ def plot(
     path: Path = typer.Argument(..., help="results file (.nc)"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
     kind: Optional[str] = typer.Option(None, help="patching: positions | roles | prediction; attention results: "
-                                                  "heatmap | entropy | mass; circuit results: circuit | "
+                                                  "heatmap | entropy | rank | mass; circuit results: circuit | "
                                                   "faithfulness | overlap"),
     prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:
@@ -201,6 +201,7 @@ def plot(
 
 app.command()(reasoning.attention)
 app.command()(reasoning.probe)
+app.command()(reasoning.prune)
 app.command()(circuits.heads)
 app.command()(circuits.circuit)
 app.command()(mechanisms.neurons)

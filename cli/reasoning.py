@@ -1,5 +1,5 @@
-"""``reason-interp attention`` and ``reason-interp probe`` (registered in ``main``): attention analysis and MechanisticProbe
-on labelled reasoning prompts (k-th smallest, ProofWriter/ARC files)."""
+"""``reason-interp attention``, ``probe`` and ``prune`` (registered in ``main``): attention analysis,
+MechanisticProbe and head pruning on labelled reasoning prompts (k-th smallest, ProofWriter/ARC files)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,10 +67,37 @@ def probe(
     baseline: str = typer.Option("step0", help="step0 (untrained checkpoint) | random (seeded init) | none"),
     n_neighbors: int = typer.Option(8, help="kNN neighbours"),
     folds: int = typer.Option(2, help="cross-validation folds over prompts"),
-    pool: str = typer.Option("heads", help="features per layer: heads (one per head) | mean (paper)"),
+    pool: str = typer.Option("mean", help="features per layer: mean over heads (paper) | heads (one per head)"),
+    cumulative: bool = typer.Option(True, "--cumulative/--single-layer",
+                                    help="the probe at layer l reads layers 0..l (paper) or layer l alone"),
+    distance: str = typer.Option("euclidean", help="kNN distance: euclidean (paper's k-th smallest) | manhattan "
+                                                   "(paper's ProofWriter/ARC)"),
+    query: str = typer.Option("last", help="attention from: last (answer position) | question_max | question_mean "
+                                           "(the question's tokens; paper's ProofWriter/ARC: max)"),
+    statement_pool: str = typer.Option("sum", help="over a statement's tokens: sum | mean (paper's ProofWriter/ARC)"),
+    normalise: bool = typer.Option(True, "--normalise/--no-normalise",
+                                   help="divide each prompt's features by their max (paper's k-th smallest)"),
 ) -> None:
     """MechanisticProbe: kNN probes for useful statements and reasoning steps on attention, per layer."""
     import nnsight_reasoning as nr
 
     h.run(nr.probe, lambda tokenizer: prompts, kind="probe", task=prompts.task, baseline=baseline,
-          n_neighbors=n_neighbors, folds=folds, pool=pool, seed=prompts.params.get("seed", 0))
+          n_neighbors=n_neighbors, folds=folds, pool=pool, cumulative=cumulative, distance=distance, query=query,
+          statement_pool=statement_pool, normalise=normalise, seed=prompts.params.get("seed", 0))
+
+
+@experiment_command(PROMPTS)
+def prune(
+    h: Harness,
+    prompts: Any,
+    fraction: List[float] = typer.Option([], help="fraction of all heads to prune (repeatable); default 0.1 .. 0.9"),
+    ordering: List[str] = typer.Option([], help="entropy_position | entropy_rank | random (repeatable); default all"),
+    n_random: int = typer.Option(3, help="random orders drawn (seeds --seed, --seed + 1, ...)"),
+) -> None:
+    """Head pruning (Hou et al. 2023): accuracy as 10 % .. 90 % of heads are pruned, lowest entropy first or at random."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.experiments.pruning import DEFAULT_FRACTIONS, ORDERINGS
+
+    h.run(nr.prune, lambda tokenizer: prompts, kind="pruning", task=prompts.task,
+          fractions=fraction or DEFAULT_FRACTIONS, orderings=ordering or ORDERINGS, n_random=n_random,
+          seed=prompts.params.get("seed", 0))

@@ -128,6 +128,24 @@ class Run:
         ``batch_size`` rows when each item takes ``rows_per_item`` rows (at least one item)."""
         return plan_batches(lengths, self.batch_size, rows_per_item)
 
+    def variant_batches(self, lengths: Sequence[int], n_variants: int, fixed_rows: int = 0) -> list[Pass]:
+        """Passes that run ``n_variants`` variants of every item (circuits, head masks), each a
+        row of its own, beside ``fixed_rows`` rows per item that every variant shares (a pair's
+        corrupted run): the variants in chunks of at most ``batch_size − fixed_rows``, and for
+        each chunk of v the items in :meth:`batches` of ``fixed_rows + v`` rows each."""
+        per = max(1, self.batch_size - fixed_rows)
+        chunks = [list(range(k, min(k + per, n_variants))) for k in range(0, n_variants, per)]
+        return [Pass(ch, job) for ch in chunks for job in self.batches(lengths, rows_per_item=fixed_rows + len(ch))]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass of :meth:`Run.variant_batches`: the ``variants`` (indices) run on the
+    ``items`` (indices), all of one token length."""
+
+    variants: list[int]
+    items: list[int]
+
 
 def plan_batches(lengths: Sequence[int], batch_size: int, rows_per_item: int = 1) -> list[list[int]]:
     """The one batching planner: indices grouped by equal length (shortest first), then cut into

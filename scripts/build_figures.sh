@@ -24,6 +24,9 @@ run plot "$R/patch_sweep.nc" --out docs/patch_over_training_arithmetic.png
 run attention --n-prompts 256 --patterns all --out "$R/attention.nc"
 run plot "$R/attention.nc" --kind heatmap --out docs/attention_heatmap.png
 run plot "$R/attention.nc" --kind entropy --out docs/head_entropy.png
+run plot "$R/attention.nc" --kind rank --out docs/attention_by_rank.png
+run prune --n-prompts 512 --out "$R/prune.nc"
+run plot "$R/prune.nc" --out docs/head_pruning.png
 run probe --n-prompts 512 --out "$R/probe.nc"
 run plot "$R/probe.nc" --out docs/probe_layers.png
 run probe --n-prompts 512 --revisions all --out "$R/probe_sweep.nc"

@@ -132,8 +132,13 @@ def _as_list(value: Any, column: str, row: int) -> list:
 
 
 def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *, n_prompts: int | None = None,
-                   corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0) -> ReasoningPrompts:
+                   corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, max_depth: int | None = None,
+                   n_shots: int = 0) -> ReasoningPrompts:
     """Read labelled reasoning prompts from a local ``.jsonl``/``.json`` or ``.csv`` file.
+
+    A ``proofwriter`` file may also be one of ProofWriter's published ``meta-*.jsonl`` files
+    (rows with ``theory``, ``triples``, ``rules``, ``questions``): see
+    :func:`proofwriter_questions` (``max_depth``, ``n_shots`` apply to those only).
 
     Columns (CSV cells with lists hold JSON):
 
@@ -151,6 +156,13 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"no such data file: {path}")
+    if style == "proofwriter" and _is_published_proofwriter(path):
+        out = proofwriter_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
+        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
+                       format="proofwriter_published")
+    if max_depth is not None or n_shots:
+        raise TaskError(f"max_depth and n_shots apply to ProofWriter's published files (rows with theory, triples, "
+                        f"rules, questions); {path.name} is not one")
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
     if kind is None:
         raise TaskError(f"{path.name}: use a .jsonl, .json or .csv file")
@@ -195,13 +207,159 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
         question = template.format(question=str(row[col_q]).strip(), choices=choices).replace("  ", " ")
         out.append(ReasoningPrompt(tuple(Statement(t, bool(u), int(s)) for t, u, s in zip(texts, useful, steps)),
                                    str(row[col_a]).strip(), prefix, question))
+    return _finish(out, path, style, corrupt, n_corrupt, seed, labelled)
+
+
+def _finish(out: list[ReasoningPrompt], path: Path, style: str, corrupt: str | None, n_corrupt: int, seed: int,
+            labelled: bool, **extra: Any) -> ReasoningPrompts:
     if not out:
         raise TaskError(f"{path.name} has no rows")
     if corrupt is not None:
         out = corrupted(out, corrupt, n_corrupt, seed)
     params = {"path": str(path), "style": style, "n_prompts": len(out), "corrupt": corrupt,
-              "n_corrupt": n_corrupt, "seed": seed}
+              "n_corrupt": n_corrupt, "seed": seed, **extra}
     return ReasoningPrompts(style, params, tuple(out), labelled)
+
+
+# --------------------------------------------------------------------------- ProofWriter's own files
+def _is_published_proofwriter(path: Path) -> bool:
+    """Whether ``path`` is ProofWriter's published JSON Lines (``theory`` and ``questions`` per row)."""
+    if path.suffix.lower() != ".jsonl":
+        return False
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "questions" in row and "triples" in row
+
+
+def parse_proof(proof: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The statement ids and the (premise, conclusion) edges of one ProofWriter proof string.
+
+    ``"[(((triple1 triple2) -> rule1))]"``: rule1 applies to triple1 and triple2;
+    ``"[(((((triple6) -> rule2) triple3) -> rule1))]"``: rule2 applies to triple6, then rule1 to
+    rule2's conclusion and triple3; ``"[(triple4)]"``: the fact itself (depth 0). A group
+    ``( … )`` followed by ``-> X`` makes every id of the group a premise of X, whose conclusion
+    then stands for the group."""
+    import re
+
+    tokens = re.findall(r"\(|\)|->|[A-Za-z]+\d+", proof)
+    stack: list[list] = [[]]
+    nodes: list[str] = []
+    edges: list[tuple[str, str]] = []
+    arrow = False
+
+    def flat(items):
+        for x in items:
+            yield from (flat(x) if isinstance(x, list) else (x,))
+
+    for tok in tokens:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            if len(stack) < 2:
+                raise TaskError(f"unbalanced proof {proof!r}")
+            done = stack.pop()
+            stack[-1].append(done[0] if len(done) == 1 else done)
+        elif tok == "->":
+            arrow = True
+        else:
+            if tok not in nodes:
+                nodes.append(tok)
+            if arrow:  # the group so far are the premises of this rule; its conclusion replaces them
+                edges += [(a, tok) for a in flat(stack[-1]) if (a, tok) not in edges]
+                stack[-1][:] = [tok]
+                arrow = False
+            else:
+                stack[-1].append(tok)
+    if len(stack) != 1 or not nodes:
+        raise TaskError(f"cannot parse proof {proof!r}")
+    return nodes, edges
+
+
+def proof_steps(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Reasoning step of each proof node: 1 + (depth − its longest path to the conclusion), so
+    the leaves of the deepest branch are step 1 and the final rule is step depth + 1 (the
+    repository's ``label_parser`` class, 1-based)."""
+    out_edges: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        out_edges[a].append(b)
+    dist: dict[str, int] = {}
+
+    def longest(n: str, seen: tuple = ()) -> int:
+        if n in seen:
+            raise TaskError(f"the proof has a cycle through {n}")
+        if n not in dist:
+            dist[n] = max((1 + longest(m, seen + (n,)) for m in out_edges[n]), default=0)
+        return dist[n]
+
+    depth = max(longest(n) for n in nodes)
+    return {n: depth - dist[n] + 1 for n in nodes}
+
+
+def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: int | None = None,
+                          n_shots: int = 0, seed: int = 0) -> list[ReasoningPrompt]:
+    """Labelled prompts from one of ProofWriter's published files (``meta-{train,dev,test}.jsonl``
+    of a ``depth-N`` folder): one prompt per question that has a proof, as the repository's
+    ``preprocess_proofwriter`` keeps them (no ``NAF`` — negation as failure —, a single proof,
+    no ``OR``).
+
+    Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
+    where the proof names them, with :func:`proof_steps` as steps; the question is rendered
+    "Question : {question} Answer :", the answer "True"/"False". ``max_depth`` keeps questions
+    of ``QDep`` ≤ it (the repository probes depth ≤ 1). ``n_shots`` prepends that many other
+    questions with their theory and answer (drawn with ``seed`` from the file, as the
+    repository's 4 in-context examples), so the statements probed are the last theory's.
+    """
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path.name}, line {line_no}: not JSON ({e.msg})") from None
+    items = []
+    for r, row in enumerate(rows):
+        try:
+            texts = {k: v["text"] for k, v in row["triples"].items()}
+            texts.update({k: v["text"] for k, v in row["rules"].items()})
+            questions = row["questions"]
+        except (KeyError, TypeError, AttributeError):
+            raise TaskError(f"{path.name}, row {r}: a ProofWriter row needs triples/rules with 'text' and "
+                            f"questions") from None
+        for qid, q in questions.items():
+            proof = str(q.get("proofs", ""))
+            if q.get("QLen", "") == "" or "NAF" in proof or "OR" in proof or not proof.strip():
+                continue  # no proof (unknown under CWA), negation as failure, or several proofs
+            depth = int(q.get("QDep", 0))
+            if max_depth is not None and depth > max_depth:
+                continue
+            nodes, edges = parse_proof(proof)
+            unknown = [n for n in nodes if n not in texts]
+            if unknown:
+                raise TaskError(f"{path.name}, row {r}, {qid}: the proof names {unknown[0]}, which the theory lacks")
+            steps = proof_steps(nodes, edges)
+            statements = tuple(Statement(t, k in steps, steps.get(k, 0)) for k, t in texts.items())
+            answer = "True" if q["answer"] in (True, "True", "true") else "False"
+            items.append((statements, str(q["question"]).strip(), answer))
+    if not items:
+        raise TaskError(f"{path.name} has no question with a single proof"
+                        + (f" of depth <= {max_depth}" if max_depth is not None else ""))
+    check_range("n_shots", n_shots, 0, len(items) - 1)
+    template = STYLES["proofwriter"][4]
+    rng = random.Random(seed)
+    out = []
+    for i, (statements, question, answer) in enumerate(items[:n_prompts]):
+        shots = [items[j] for j in rng.sample([j for j in range(len(items)) if j != i], n_shots)]
+        prefix = " ".join(" ".join(s.text for s in st) + " " + template.format(question=q) + " " + a
+                          for st, q, a in shots)
+        out.append(ReasoningPrompt(statements, answer, prefix, template.format(question=question)))
+    return out
 
 
 def _file_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, style: str = "proofwriter",
@@ -219,6 +377,9 @@ for _style, _summary, _columns in (
         lambda n=200, seed=0, tokenizer=None, _s=_style, **kw: _file_examples(n, seed, tokenizer, _s, **kw),
         {"path": (None, f"local .jsonl/.json/.csv file (required; CLI --data); columns: {_columns}; "
                         f"CSV cells with lists hold JSON"),
-         "corrupt": (None, "shuffle | drop"), "n_corrupt": (1, "statements dropped"), "seed": (0, "random seed")},
+         "corrupt": (None, "shuffle | drop"), "n_corrupt": (1, "statements dropped"), "seed": (0, "random seed"),
+         **({"max_depth": (None, "ProofWriter's published files: questions of QDep <= this"),
+             "n_shots": (0, "ProofWriter's published files: in-context questions before the prompt")}
+            if _style == "proofwriter" else {})},
         labelled=lambda n_prompts=None, seed=0, _s=_style, **kw: load_reasoning(style=_s, n_prompts=n_prompts,
                                                                                seed=seed, **kw)))

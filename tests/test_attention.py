@@ -109,6 +109,52 @@ def test_reasoning_files_load_with_labels_and_fail_clearly(tmp_path):
         nr.tasks.load_reasoning(broken)
 
 
+def test_proof_strings_parse_into_trees():
+    from nnsight_reasoning.tasks.reasoning import parse_proof, proof_steps
+
+    assert parse_proof("[(triple4)]") == (["triple4"], [])
+    nodes, edges = parse_proof("[(((triple1 triple2) -> rule1))]")
+    assert nodes == ["triple1", "triple2", "rule1"] and edges == [("triple1", "rule1"), ("triple2", "rule1")]
+    nodes, edges = parse_proof("[(((((triple6) -> rule2) triple3) -> rule1))]")
+    assert edges == [("triple6", "rule2"), ("rule2", "rule1"), ("triple3", "rule1")]
+    # rule1 concludes last (step 3); rule2's conclusion and triple3 feed it (step 2); triple6 first
+    assert proof_steps(nodes, edges) == {"triple6": 1, "rule2": 2, "triple3": 2, "rule1": 3}
+    with pytest.raises(TaskError, match="unbalanced"):
+        parse_proof("[(triple1))]")
+
+
+def test_proofwriter_published_files_load_as_the_repository_keeps_them(tmp_path):
+    """ProofWriter's own meta-*.jsonl: a prompt per question with one proof (none without a
+    proof, with negation as failure or with several proofs), statements = triples then rules."""
+    ds = nr.tasks.load_reasoning(DATA / "proofwriter_meta.jsonl")
+    assert len(ds) == 4 and ds.labelled and ds.params["format"] == "proofwriter_published"
+    first, second, fourth, deep = ds.prompts
+    assert [s.text for s in first.statements][:2] == ["Anne is kind.", "Bob is red."] and len(first.statements) == 5
+    assert first.question == "Question : Anne is kind. Answer :" and first.answer == "True"
+    assert [(s.useful, s.step) for s in first.statements] == [(True, 1)] + [(False, 0)] * 4
+    assert [s.step for s in second.statements] == [1, 0, 2, 0, 0] and second.text.startswith("Anne is kind. Bob")
+    assert [s.step for s in fourth.statements] == [0, 1, 0, 0, 2] and fourth.answer == "False"
+    assert [s.step for s in deep.statements] == [1, 2, 2, 3] and ds.n_steps == 3
+    assert len(nr.tasks.load_reasoning(DATA / "proofwriter_meta.jsonl", max_depth=1)) == 3
+    shots = nr.tasks.load_reasoning(DATA / "proofwriter_meta.jsonl", n_shots=2, seed=1)
+    p = shots.prompts[0]
+    assert p.prefix.count("Question :") == 2 and p.text.endswith(first.text) and p.statements == first.statements
+    lo, hi = p.spans()[0]
+    assert p.text[lo:hi] == "Anne is kind." and lo > len(p.prefix)  # the probed statements are the query's
+    for bad, msg in [('{"theory": "x", "triples": {}, "rules": {}, "questions": '
+                      '{"Q1": {"question": "q", "answer": true, "QDep": 0, "QLen": 1, "proofs": "[(triple9)]"}}}',
+                      "names triple9, which the theory lacks"),
+                     ('{"theory": "x", "triples": {}, "rules": {}, "questions": {}}\nnot json', "line 2: not JSON"),
+                     ('{"theory": "x", "triples": {"triple1": "no text"}, "rules": {}, "questions": {}}',
+                      "needs triples/rules with 'text'")]:
+        f = tmp_path / "meta.jsonl"
+        f.write_text(bad + "\n")
+        with pytest.raises(TaskError, match=msg):
+            nr.tasks.load_reasoning(f)
+    with pytest.raises(TaskError, match="apply to ProofWriter's published files"):
+        nr.tasks.load_reasoning(DATA / "proofwriter.jsonl", max_depth=1)
+
+
 # --------------------------------------------------------------------------- attention
 def _reference(hf, tokenizer, prompts, statement_tokens):
     """Plain HF forward with output_attentions, one prompt at a time: patterns, entropy, mass."""
@@ -147,10 +193,11 @@ def test_attention_matches_plain_pytorch(embedded_model, embedded_tokenizer):
         assert list(ds["statement"].values[i, :t]) == owners[i]
         np.testing.assert_allclose(ds["attention"].values[i, :, :, :t, :t], att, atol=2e-6)
         assert np.isnan(ds["attention"].values[i, :, :, t:]).all() and np.isnan(ds["attention"].values[i, ..., t:]).all()
-        np.testing.assert_allclose(ds["entropy"].values[i], ent, atol=1e-5)
+        np.testing.assert_allclose(ds["prompt_entropy"].values[i], ent, atol=1e-5)
         for g in ds["group"].values:
             np.testing.assert_allclose(ds["mass"].sel(group=g).values[i], mass[str(g)], atol=1e-6, err_msg=str(g))
     np.testing.assert_allclose(ds["mass"].sum("group").values, 1.0, atol=1e-5)
+    assert "head_entropy" not in ds  # lists of 4 and 6 numbers: no common distribution to average
     last = nr.attention(embedded_model, prompts, layers=[2, 0], heads=[1], progress=False)
     nr.testing.assert_valid_result(last)
     assert list(last["query"].values) == [-1] and list(last["layer"].values) == [0, 2]
@@ -177,10 +224,44 @@ def test_attention_other_architectures_and_multi_token_statements(tiny_model_dir
         owner += [-1] * len(tok(p.question, add_special_tokens=False)["input_ids"])
         owners.append(owner)
     for i, (_, ent, mass) in enumerate(_reference(hf, tok, prompts, owners)):
-        np.testing.assert_allclose(ds["entropy"].values[i], ent, atol=1e-5)
+        np.testing.assert_allclose(ds["prompt_entropy"].values[i], ent, atol=1e-5)
         for g in ds["group"].values:
             np.testing.assert_allclose(ds["mass"].sel(group=g).values[i], mass[str(g)], atol=1e-6)
     assert "attention" not in ds and ds["n_tokens"].sel(group="step3").values[1] == owners[1].count(3) > 1
+
+
+def test_head_entropy_by_position_and_rank_as_the_repository(embedded_model, embedded_tokenizer):
+    """MechanisticProbe's head entropy (src/stask/prune.py): the last query's attention over the
+    numbers averaged over the prompts first, in position order or reordered by size rank, then
+    scipy's entropy (which renormalises) / log N; checked against plain HF attentions."""
+    from scipy.stats import entropy
+
+    prompts = nr.tasks.kth_smallest(40, length=5, k=2, seed=3)
+    ds = nr.attention(embedded_model, prompts, patterns="none", progress=False)
+    nr.testing.assert_valid_result(ds)
+    hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
+    ids = torch.tensor([embedded_tokenizer(p.text)["input_ids"] for p in prompts])  # one length
+    with torch.no_grad():
+        last = torch.stack(hf(ids, output_attentions=True).attentions, 1)[:, :, :, -1].double().numpy()
+    numbers = last[..., 3:8]  # (prompt, L, H, 5): the numbers follow "<bos> Numbers :"
+    by_rank = np.stack([numbers[i][..., np.argsort([int(s.text) for s in p.statements])]
+                        for i, p in enumerate(prompts)])
+    for view, a in (("position", numbers), ("rank", by_rank)):
+        mean = a.mean(0)
+        np.testing.assert_allclose(ds["statement_attention"].sel(view=view).values, mean, atol=1e-6)
+        want = np.array([[entropy(mean[li, h]) / np.log(5) for h in range(4)] for li in range(4)])
+        np.testing.assert_allclose(ds["head_entropy"].sel(view=view).values, want, atol=1e-5)
+    # the answer is the 2nd smallest: some head puts most of its attention on rank 1
+    assert float(ds["statement_attention"].sel(view="rank", slot=1).max()) > 0.5
+    for kind in ("entropy", "rank"):
+        nr.plot_result(ds, kind=kind)
+    words = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl")  # statements are sentences: no rank view
+    ent = nr.attention(embedded_model, ReasoningPrompts("proofwriter", {}, words.prompts[:1]), patterns="none",
+                       progress=False)
+    assert np.isnan(ent["head_entropy"].sel(view="rank").values).all()
+    assert np.isfinite(ent["head_entropy"].sel(view="position").values).all()
+    with pytest.raises(UsageError, match="statements are numbers"):
+        nr.plot_result(ent, kind="rank")
 
 
 def test_attention_errors_are_clear(embedded_model, tiny_model_dir):
@@ -211,11 +292,13 @@ def test_attention_over_checkpoints_equals_single_runs(embedded_model):
     sweep = nr.attention(None, prompts, revisions="step0,main", progress=False)
     single = nr.attention(embedded_model, prompts, progress=False)
     nr.testing.assert_valid_result(sweep)
-    assert sweep["entropy"].dims == ("checkpoint", "prompt", "layer", "head")
-    for v in ("attention", "entropy", "mass"):
+    assert sweep["prompt_entropy"].dims == ("checkpoint", "prompt", "layer", "head")
+    for v in ("attention", "prompt_entropy", "mass", "head_entropy", "statement_attention"):
         np.testing.assert_allclose(sweep[v].sel(checkpoint="main").values, single[v].values, atol=1e-6)
     # the untrained checkpoint attends almost uniformly (entropy near ln T); trained heads focus
-    assert sweep["entropy"].sel(checkpoint="step0").min() > 0.99 * np.log(13)
-    assert sweep["entropy"].sel(checkpoint="main").mean("prompt").min() < 0.5
+    assert sweep["prompt_entropy"].sel(checkpoint="step0").min() > 0.99 * np.log(13)
+    assert sweep["prompt_entropy"].sel(checkpoint="main").mean("prompt").min() < 0.5
+    assert sweep["head_entropy"].sel(checkpoint="step0").min() > 0.95  # normalised: 1 = uniform
+    assert sweep["head_entropy"].sel(checkpoint="main", view="rank").min() < 0.5
     fig = nr.plot_result(sweep, kind="heatmap")  # one model per heatmap: the sweep's last
     assert "embedded@main:" in fig._suptitle.get_text()

@@ -27,25 +27,29 @@ def reason_interp(args):
     return res
 
 
-def _features(revision: str, prompts) -> np.ndarray:
-    """(statements, L, H): attention from the last token to each number, divided by the prompt's max."""
+def _features(revision: str, prompts, query="last", normalise=True) -> np.ndarray:
+    """(statements, L, H): attention from the last token (or the max / mean over the question's
+    tokens, after the numbers) to each number, divided by the prompt's max when ``normalise``."""
     hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path(revision), attn_implementation="eager").eval()
     tok = nr.load_model().tokenizer
     ids = torch.tensor([tok(p.text)["input_ids"] for p in prompts])  # one length: one batch
     with torch.no_grad():
-        att = torch.stack(hf(ids, output_attentions=True).attentions, 1)[:, :, :, -1].double().numpy()
+        att = torch.stack(hf(ids, output_attentions=True).attentions, 1).double().numpy()  # (n, L, H, T, T)
     out = []
     for i, p in enumerate(prompts):
-        f = att[i][:, :, 3:3 + len(p.statements)].transpose(2, 0, 1)  # numbers follow "<bos> Numbers :"
-        out.append(f / f.max())
+        s = len(p.statements)
+        rows = {"last": att[i][:, :, -1], "question_max": att[i][:, :, 3 + s:].max(2),
+                "question_mean": att[i][:, :, 3 + s:].mean(2)}[query]
+        f = rows[:, :, 3:3 + s].transpose(2, 0, 1)  # numbers follow "<bos> Numbers :", one token each
+        out.append(f / f.max() if normalise else f)
     return np.concatenate(out)
 
 
-def _knn_predict(x_tr, y_tr, x_te, k):
+def _knn_predict(x_tr, y_tr, x_te, k, distance="euclidean"):
     """Distance-weighted kNN as scikit-learn defines it: weight 1/d; exact matches win outright."""
     pred = []
     for x in x_te:
-        d = np.sqrt(((x_tr - x) ** 2).sum(1))
+        d = np.sqrt(((x_tr - x) ** 2).sum(1)) if distance == "euclidean" else np.abs(x_tr - x).sum(1)
         near = np.argsort(d, kind="stable")[:k]
         w = 1 / d[near] if (d[near] > 0).all() else (d[near] == 0).astype(float)
         classes = np.unique(y_tr)
@@ -64,12 +68,27 @@ def _macro_f1(y, pred):
     return float(np.mean(f1s))
 
 
-def test_probe_scores_match_an_independent_computation(embedded_model):
+@pytest.mark.parametrize("pool,cumulative,distance,query,normalise", [
+    ("mean", True, "euclidean", "last", True), ("heads", False, "euclidean", "last", True),
+    ("mean", True, "manhattan", "question_max", False), ("heads", True, "manhattan", "question_mean", True)])
+def test_probe_scores_match_an_independent_computation(embedded_model, pool, cumulative, distance, query, normalise):
+    """Every feature option: the paper's k-th smallest defaults (head mean, layers 0..l,
+    Euclidean, the last token, max-normalised), single layers, each head a feature, and the
+    repository's ProofWriter/ARC settings (Manhattan, the question's tokens by max, no
+    normalisation; statement_pool is moot here: a number is one token)."""
     prompts = nr.tasks.kth_smallest(60, seed=4)
-    ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, progress=False)
+    ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, pool=pool,
+                  cumulative=cumulative, distance=distance, query=query, normalise=normalise,
+                  statement_pool="mean" if query != "last" else "sum", progress=False)
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["method"] == "mechanistic_probe" and ds.attrs["seed"] == 7 and ds.attrs["n_forward_passes"] == 1
-    feats = _features("main", prompts)
+    assert (ds.attrs["pool"], ds.attrs["cumulative"], ds.attrs["distance"]) == (pool, int(cumulative), distance)
+    assert (ds.attrs["query"], ds.attrs["normalise"]) == (query, int(normalise))
+    feats = _features("main", prompts, query, normalise=normalise and pool == "heads")
+    if pool == "mean":  # the head mean, then (if asked) divided by the prompt's max
+        feats = feats.mean(-1, keepdims=True)
+        if normalise:
+            feats = feats / np.concatenate([np.repeat(feats[5 * i:5 * i + 5].max(), 5) for i in range(60)])[:, None, None]
     useful = np.array([s.useful for p in prompts for s in p.statements])
     step = np.array([s.step for p in prompts for s in p.statements])
     prompt_of = np.repeat(np.arange(60), 5)
@@ -77,10 +96,14 @@ def test_probe_scores_match_an_independent_computation(embedded_model):
     for name, y, keep in (("useful", useful.astype(int), np.ones_like(useful)), ("step", step, useful)):
         y, f = y[keep], fold[keep]
         for li in list(range(4)) + ["all"]:
-            x = feats[keep].reshape(len(y), -1) if li == "all" else feats[keep][:, li]
+            if li == "all":
+                x = feats[keep]
+            else:
+                x = feats[keep][:, :li + 1] if cumulative else feats[keep][:, li:li + 1]
+            x = x.reshape(len(y), -1)
             pred = np.empty_like(y)
             for k in range(3):
-                pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 5)
+                pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 5, distance)
             got = float(ds["f1_all"].sel(probe=name)) if li == "all" else float(ds["f1"].sel(probe=name, layer=li))
             assert got == pytest.approx(_macro_f1(y, pred), abs=1e-9), (name, li)
         assert float(ds["majority"].sel(probe=name)) == pytest.approx(np.bincount(y).max() / len(y))
@@ -173,10 +196,10 @@ def test_cli_attention_probe_and_plots(tmp_path):
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["batch_size"] == 16 and not parts_dir(att).exists()
     r = reason_interp(["show", str(att)])
-    assert r.returncode == 0 and "entropy (nats)" in r.stdout and "patterns = all" in r.stdout, r.stderr
+    assert r.returncode == 0 and "H position" in r.stdout and "patterns = all" in r.stdout, r.stderr
     assert ds.attrs["method"] == "attention" and '"corrupt": "shuffle"' in ds.attrs["task_params"]
     assert ds["attention"].dims == ("prompt", "layer", "head", "query", "key")
-    for kind in ("heatmap", "entropy", "mass"):
+    for kind in ("heatmap", "entropy", "rank", "mass"):
         r = reason_interp(["plot", str(att), "--kind", kind, "--prompt", "3"])
         assert r.returncode == 0 and (tmp_path / f"att.{kind}.png").stat().st_size > 10_000, r.stderr
     parts_dir(prb).mkdir()
@@ -202,3 +225,38 @@ def test_cli_attention_probe_and_plots(tmp_path):
                       (["plot", str(prb), "--kind", "entropy"], "kinds exist for patching, attention and edge-attribution results")]:
         r = reason_interp(args + ["--out", str(tmp_path / "x.nc")] if args[0] != "plot" else args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def test_question_and_statement_pooling_on_multi_token_statements(tiny_model_dir):
+    """The repository's ProofWriter/ARC features on sentences of several tokens: the max (or
+    mean) over the question's tokens of the attention to each statement, averaged (or summed)
+    over the statement's tokens, then over heads; against plain HF attentions and an
+    independent word-count token map."""
+    from nnsight_reasoning.experiments.probe import Features, statement_features
+
+    path = tiny_model_dir("gpt2")
+    model = nr.load_model(str(path))
+    prompts = list(nr.tasks.load_reasoning(DATA / "proofwriter.jsonl"))
+    att = nr.attention(model, prompts, patterns="all", progress=False)
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok = model.tokenizer
+    for how in (Features("mean", "question_max", "mean", False), Features("heads", "question_mean", "sum", True)):
+        got = statement_features(att, prompts, how)
+        want = []
+        for p in prompts:
+            owner = [-1] * (1 + len(p.prefix.split()))  # <bos> and the prefix's words
+            for s_i, s in enumerate(p.statements):
+                owner += [s_i] * len(tok(s.text, add_special_tokens=False)["input_ids"])
+            first = len(owner)  # the question starts after the last statement
+            ids = torch.tensor([tok(p.text)["input_ids"]])
+            with torch.no_grad():
+                a = torch.stack(hf(ids, output_attentions=True).attentions)[:, 0].double().numpy()  # (L, H, T, T)
+            q = a[:, :, first:]
+            rows = q.max(2) if how.query == "question_max" else q.mean(2)
+            owner = np.array(owner + [-1] * (a.shape[-1] - len(owner)))
+            f = np.stack([rows[:, :, owner == s].mean(-1) if how.statement_pool == "mean"
+                          else rows[:, :, owner == s].sum(-1) for s in range(len(p.statements))])
+            if how.pool == "mean":
+                f = f.mean(-1, keepdims=True)
+            want.append(f / f.max() if how.normalise else f)
+        np.testing.assert_allclose(got, np.concatenate(want), atol=1e-6)

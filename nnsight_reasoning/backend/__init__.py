@@ -326,6 +326,34 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
     return scores
 
 
+def head_masked_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, masks: torch.Tensor, *,
+                       rank: bool | str = "top", remote: bool | str = False) -> Scores:
+    """Scores of ``input_ids`` (n, T) under each head mask: ``masks`` (m, layers, heads), 0 where
+    a head is pruned. A pruned head's output is zero (its slice of the output projection's input;
+    the projection's bias stays), as transformers' ``head_mask`` multiplying its attention
+    probabilities by 0. ``answer_ids`` (n, K). Returns m·n rows, mask by mask."""
+    arch = architecture(model)
+    d = dims(model)
+    o_projs = [resolve(layer, arch.o_proj) for layer in resolve(model, arch.layers)]
+    m, n = masks.shape[0], input_ids.shape[0]
+    gates = masks.float().repeat_interleave(n, 0).repeat_interleave(d["head_dim"], -1)  # (m·n, L, H·head_dim)
+    saved = _run(model, _trace_head_masked, (model, input_ids.repeat(m, 1), answer_ids.repeat(m, 1), o_projs, gates,
+                                             rank), remote, "scores")
+    return Scores(*(None if t is None else t.detach().cpu() for t in saved))
+
+
+def _trace_head_masked(model, input_ids, answer_ids, o_projs, gates, rank, remote=False, backend=None):
+    scores = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        li = 0
+        for o_proj in o_projs:  # forward order
+            x = o_proj.input
+            o_proj.input = x * gates[:, li][:, None, :].to(x.device, x.dtype)
+            li += 1
+        scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank))
+    return scores
+
+
 def require_eager(model: Any, what: str) -> None:
     """Refuse ``what`` (it reads or edits the attention probabilities) unless the model runs
     eager attention: fused kernels never form the probability matrix."""

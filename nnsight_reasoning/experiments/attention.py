@@ -4,6 +4,18 @@ the attention mass from the answer position to the statements of each reasoning 
 Prompts are grouped by token length, so no padding ever shifts a position; in the result,
 shorter prompts are NaN-padded along ``query``/``key``. The answer position is each prompt's
 last token (where the model predicts the answer).
+
+**Head entropy as MechanisticProbe defines it** (``src/stask/prune.py:head_calculation``):
+the last query's attention over the numbers is first *averaged over the data*, then the
+entropy of that mean distribution is divided by log N (N numbers), in two views: numbers in
+their positions, and numbers ordered by size rank. A head that always looks at the same
+position has position entropy 0; one that always looks at the smallest number, wherever it
+is, has rank entropy 0. Here a statement's attention is the sum over its tokens (the
+repository's numbers are one token each), and the distribution is over the statements only
+(scipy's ``entropy`` renormalises the repository's vector the same way); the rank view needs
+statements that are numbers (k-th smallest), and both views need every prompt to have the
+same number of statements. ``prompt_entropy`` is the other quantity, the entropy of each
+prompt's whole attention row (all tokens), averaged afterwards if at all.
 """
 from __future__ import annotations
 
@@ -49,7 +61,14 @@ def attention(
 
     - ``attention`` (prompt, layer, head, query, key): probabilities; ``query`` is -1 for
       "each prompt's last token" when lengths differ;
-    - ``entropy`` (prompt, layer, head): entropy in nats of the answer position's attention;
+    - ``head_entropy`` (view, layer, head): the paper's head entropy, normalised to [0, 1]:
+      entropy of the prompt-mean attention from the answer position over the statements,
+      / log(statements); ``view`` "position" (statements in prompt order) or "rank" (by size,
+      numbers only; NaN otherwise); ``statement_attention`` (view, layer, head, slot): that
+      prompt-mean attention, slot = statement index or size rank (0 = smallest). Both are
+      absent when prompts have different numbers of statements;
+    - ``prompt_entropy`` (prompt, layer, head): entropy in nats of each prompt's answer-position
+      attention over all its tokens (not the paper's quantity);
     - ``mass`` (prompt, layer, head, group): attention from the answer position summed over the
       tokens of each ``group``: "other" (tokens outside statements), "useless", "step1", … (or
       "statement" for unlabelled prompts); sums to 1 over ``group``;
@@ -87,6 +106,7 @@ def measure(
     q_len = t_max if patterns == "all" else 1
     attn = np.full((n, n_l, n_h, q_len, t_max), np.nan, np.float32) if patterns != "none" else None
     entropy = np.zeros((n, n_l, n_h))
+    per_statement = [None] * n  # (L, H, statements) per prompt
     mass = np.zeros((n, n_l, n_h, len(groups)))
     n_tokens = np.zeros((n, len(groups)), np.int64)
     for chunk in run.steps(run.batches(lengths), label):
@@ -97,6 +117,8 @@ def measure(
         for b, i in enumerate(chunk):
             onehot = np.eye(len(groups))[_group_of_tokens(plist[i], toks[i].statement, labelled)]  # (T, G)
             mass[i] = last[b] @ onehot
+            owner = np.asarray(toks[i].statement)
+            per_statement[i] = last[b] @ (owner[:, None] == np.arange(len(plist[i].statements))[None])
             n_tokens[i] = onehot.sum(0)
             if attn is not None:
                 attn[i, :, :, :, : lengths[i]] = probs[b] if patterns == "last" else _pad_q(probs[b], t_max)
@@ -108,8 +130,9 @@ def measure(
         tokens[i, : lengths[i]] = model.tokenizer.convert_ids_to_tokens(t.ids)
         statement[i, : lengths[i]] = t.statement
     data = {
-        "entropy": (("prompt", "layer", "head"), entropy,
-                    {"long_name": "entropy of the answer position's attention", "units": "nat"}),
+        "prompt_entropy": (("prompt", "layer", "head"), entropy,
+                           {"long_name": "entropy of each prompt's answer-position attention over its tokens",
+                            "units": "nat"}),
         "mass": (("prompt", "layer", "head", "group"), mass,
                  {"long_name": "attention from the answer position to the group's tokens", "units": "1"}),
         "n_tokens": (("prompt", "group"), n_tokens, {"long_name": "tokens in the group"}),
@@ -117,15 +140,61 @@ def measure(
     if attn is not None:
         data["attention"] = (("prompt", "layer", "head", "query", "key"), attn,
                              {"long_name": "attention probability", "units": "1"})
+    coords = {}
+    views = statement_views(plist, per_statement)
+    if views is not None:
+        mean = np.stack(views)  # (view, L, H, slot)
+        data["statement_attention"] = (("view", "layer", "head", "slot"), mean,
+                                       {"long_name": "prompt-mean attention from the answer position to the statement "
+                                                     "in slot (position or size rank)", "units": "1"})
+        data["head_entropy"] = (("view", "layer", "head"), normalised_entropy(mean),
+                                {"long_name": "entropy of the prompt-mean attention over the statements / "
+                                              "log(statements) (Hou et al.)", "units": "1"})
+        coords = {"view": np.array(VIEWS, dtype=object), "slot": np.arange(mean.shape[-1])}
     return xr.Dataset(
         data,
-        coords={"prompt": np.arange(n), "layer": layer_list, "head": head_list, "query": query,
+        coords={**coords, "prompt": np.arange(n), "layer": layer_list, "head": head_list, "query": query,
                 "key": np.arange(t_max), "group": np.array(groups, dtype=object),
                 "token": (("prompt", "key"), tokens), "statement": (("prompt", "key"), statement),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns},
     )
+
+
+VIEWS = ("position", "rank")
+
+
+def statement_views(plist: Sequence[ReasoningPrompt], per_statement: Sequence[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prompt-mean attention to each statement, (L, H, S) in position order and in size-rank
+    order (NaN unless every statement is a number; equal numbers keep their order), from each
+    prompt's (L, H, S) attention per statement; None when prompts differ in S."""
+    if len({a.shape[-1] for a in per_statement}) != 1:
+        return None
+    a = np.stack(per_statement)  # (n, L, H, S)
+    values = [[_number(st.text) for st in p.statements] for p in plist]
+    if any(v is None for row in values for v in row):
+        by_rank = np.full(a.shape[1:], np.nan)
+    else:
+        order = np.argsort(np.array(values, dtype=float), axis=1, kind="stable")  # (n, S)
+        by_rank = np.take_along_axis(a, order[:, None, None, :], -1).mean(0)
+    return a.mean(0), by_rank
+
+
+def normalised_entropy(mean: np.ndarray) -> np.ndarray:
+    """Entropy of each distribution along the last axis, renormalised to sum to 1, divided by
+    log(its length): 0 = all mass on one slot, 1 = uniform. NaN rows stay NaN."""
+    p = mean / mean.sum(-1, keepdims=True)
+    h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+    return np.where(np.isnan(mean).any(-1), np.nan, h / np.log(mean.shape[-1]))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -184,7 +253,8 @@ def _pad_q(rows: np.ndarray, t_max: int) -> np.ndarray:
 
 def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     """The ``top`` heads by attention from the answer position to useful statements (at the
-    last checkpoint of a sweep): their entropy and mass per group, mean over prompts."""
+    last checkpoint of a sweep): their head entropy (the paper's, by position and by rank, when
+    present; else the prompt-mean entropy in nats) and mass per group, mean over prompts."""
     from rich.table import Table
 
     from ..results.io import last_checkpoint
@@ -195,7 +265,9 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     mass = last["mass"].mean("prompt")
     table = Table(title=f"heads by attention from the answer position to useful statements "
                         f"({last.attrs.get('revision')}, mean over prompts)")
-    for col in ("layer", "head", "entropy (nats)", *[str(g) for g in last["group"].values]):
+    paper = "head_entropy" in last
+    ent_cols = ("H position", "H rank") if paper else ("entropy (nats)",)
+    for col in ("layer", "head", *ent_cols, *[str(g) for g in last["group"].values]):
         table.add_column(col, justify="right")
     useful = [g for g in last["group"].values if str(g).startswith("step")]
     score = mass.sel(group=useful).sum("group") if useful else mass.sel(group=mass["group"].values[-1])
@@ -203,6 +275,9 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     for idx in flat.argsort().values[::-1][:top]:
         li, h = flat["lh"].values[idx]
         row = mass.sel(layer=li, head=h)
-        table.add_row(str(li), str(h), f"{float(last['entropy'].sel(layer=li, head=h).mean()):.2f}",
-                      *[f"{float(v):.3f}" for v in row.values])
-    return [head, table]
+        ent = (last["head_entropy"].sel(layer=li, head=h).values if paper
+               else [float(last["prompt_entropy"].sel(layer=li, head=h).mean())])
+        table.add_row(str(li), str(h), *[f"{float(v):.2f}" for v in ent], *[f"{float(v):.3f}" for v in row.values])
+    notes = ["H = entropy of the prompt-mean attention over the statements / log(statements) (Hou et al.): "
+             "0 = always the same statement, 1 = uniform"] if paper else []
+    return [head, table, *notes]

@@ -149,15 +149,6 @@ class Shape:
         return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel)}
 
 
-@dataclass(frozen=True)
-class EdgePass:
-    """One edge-patched forward pass: the ``circuits`` (indices into the cut sets) run on the
-    ``pairs`` (indices), all of one token length."""
-
-    circuits: list[int]
-    pairs: list[int]
-
-
 def _refuse_single_prompts(pairs) -> None:
     if isinstance(pairs, ReasoningPrompts):
         raise UsageError(f"{pairs.task} prompts are single labelled prompts; edge attribution needs clean/corrupted "
@@ -189,27 +180,19 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int
     return np.where(valid, per_prompt.mean(0), np.nan), clean, corrupt
 
 
-def plan_edge_passes(run: Run, lengths: Sequence[int], n_circuits: int) -> list[EdgePass]:
-    """Passes over ``n_circuits`` cut sets: the circuits in chunks of at most ``batch_size`` − 1,
-    and for each chunk of c circuits the pairs in :meth:`Run.batches` of (1 + c) rows each
-    (a pair's corrupted row and one clean row per circuit)."""
-    per = max(1, run.batch_size - 1)
-    chunks = [list(range(k, min(k + per, n_circuits))) for k in range(0, n_circuits, per)]
-    return [EdgePass(ch, job) for ch in chunks for job in run.batches(lengths, rows_per_item=1 + len(ch))]
-
-
 def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges) and
-    (prompt) that of the corrupted run (:func:`plan_edge_passes`; no pass for c = 0)."""
+    (prompt) that of the corrupted run (passes of :meth:`Run.variant_batches`: a pair's corrupted
+    row beside one clean row per circuit; no pass for c = 0)."""
     c, n = removed.shape[0], len(tok.base)
     out, corrupt = np.zeros((c, n)), np.zeros(n)
-    for job in run.steps(plan_edge_passes(run, [len(b) for b in tok.base], c), label):
-        logits = run.call(graph.edge_patched_logits, *tok.rows(job.pairs),
-                          torch.tensor(removed[job.circuits], dtype=torch.float32))
+    for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
+        logits = run.call(graph.edge_patched_logits, *tok.rows(job.items),
+                          torch.tensor(removed[job.variants], dtype=torch.float32))
         diff = (logits[:, 0] - logits[:, 1]).numpy()
-        p = len(job.pairs)
-        corrupt[job.pairs] = diff[:p]
-        out[np.ix_(job.circuits, job.pairs)] = diff[p:].reshape(len(job.circuits), p)
+        p = len(job.items)
+        corrupt[job.items] = diff[:p]
+        out[np.ix_(job.variants, job.items)] = diff[p:].reshape(len(job.variants), p)
     return out, corrupt
 
 

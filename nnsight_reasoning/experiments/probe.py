@@ -8,8 +8,13 @@ distance-weighted) are trained on them:
 - ``useful``: is the statement useful for the answer (all statements);
 - ``step``: at which reasoning step is it used (useful statements only).
 
-Each classifier is trained per layer (that layer's heads, or their mean with
-``pool="mean"``, the paper's feature) and on all layers together. Scores are out-of-fold:
+Each classifier is trained per layer and on all layers together. At layer l it reads, as the
+paper's layer-wise probe does (``src/stask/probe.py:118``, ``a[:, :(l+1)]``), the features of
+layers 0 … l (``cumulative=True``, the default), or those of layer l alone
+(``cumulative=False``). A layer's features are the mean over its heads (``pool="mean"``, the
+paper's, default) or one per head (``pool="heads"``). The kNN is distance-weighted with
+k = 8, Euclidean as the repository's k-th smallest probe or Manhattan (``distance``) as its
+ProofWriter/ARC probe. Scores are out-of-fold:
 prompts (never single statements, which would leak a prompt's other statements) are split
 into ``folds`` folds by a seeded permutation; every statement is predicted by a classifier
 that never saw its prompt. The baseline model (``step0`` or a random initialisation) runs
@@ -31,6 +36,23 @@ from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 from . import attention as _attention
 
 PROBES = ("useful", "step")
+DISTANCES = ("euclidean", "manhattan")
+QUERIES = ("last", "question_max", "question_mean")
+
+
+@dataclass(frozen=True)
+class Features:
+    """How a statement's features are read from the attention (:func:`statement_features`)."""
+
+    pool: str = "mean"
+    query: str = "last"
+    statement_pool: str = "sum"
+    normalise: bool = True
+
+    @property
+    def patterns(self) -> str:
+        """The attention rows the features need: the answer position's, or every query's."""
+        return "last" if self.query == "last" else "all"
 BASELINES = ("step0", "random", "none")
 BASELINE_VARIABLES = ("baseline_f1", "baseline_accuracy", "baseline_f1_all", "baseline_accuracy_all")
 
@@ -43,7 +65,12 @@ def probe(
     baseline: str = "step0",
     n_neighbors: int = 8,
     folds: int = 2,
-    pool: str = "heads",
+    pool: str = "mean",
+    cumulative: bool = True,
+    distance: str = "euclidean",
+    query: str = "last",
+    statement_pool: str = "sum",
+    normalise: bool = True,
     seed: int = 0,
 ) -> xr.Dataset:
     """kNN probes for the reasoning tree on attention features, per layer and over all layers.
@@ -54,8 +81,20 @@ def probe(
     prompts : labelled prompts (``nr.tasks.kth_smallest(...)``, a labelled data file).
     baseline : "step0" (the model's untrained checkpoint; embedded or Pythia-style revisions),
         "random" (a randomly initialised model of the same config, seeded) or "none".
-    n_neighbors, folds : kNN neighbours and cross-validation folds (over prompts).
-    pool : "heads" (each head a feature) or "mean" (mean over heads, as in the paper).
+    n_neighbors, folds : kNN neighbours and cross-validation folds (over prompts); the
+        repository uses 8 and 2 (k-th smallest) or 5 (ProofWriter, ARC).
+    pool : "mean" (mean over a layer's heads, as in the paper) or "heads" (each head a feature).
+    cumulative : the probe at layer l reads layers 0 … l (True, the paper's) or layer l alone.
+    distance : the kNN's, "euclidean" (the repository's k-th smallest probe) or "manhattan"
+        (its ProofWriter and ARC probes).
+    query : whose attention: "last" (the answer position, the repository's k-th smallest
+        probe), "question_max" or "question_mean" (every token of the question, after the last
+        statement, reduced by max or mean: its ProofWriter/ARC probe uses max in-context and mean
+        for its untrained baseline).
+    statement_pool : a statement's tokens "sum" (one token per number in the k-th smallest
+        probe) or "mean" (its ProofWriter/ARC probe).
+    normalise : divide each prompt's features by their maximum (the repository's k-th smallest
+        probe; its ProofWriter/ARC probe does not).
     seed : fold split and random baseline; same seed -> same scores.
 
     Returns
@@ -73,6 +112,12 @@ def probe(
         raise UsageError("baseline='random' runs locally only; use baseline='step0' or 'none' with --remote")
     if pool not in ("heads", "mean"):
         raise UsageError(f"pool must be heads or mean (got {pool!r})")
+    if distance not in DISTANCES:
+        raise UsageError(f"distance must be one of {', '.join(DISTANCES)} (got {distance!r})")
+    if query not in QUERIES:
+        raise UsageError(f"query must be one of {', '.join(QUERIES)} (got {query!r})")
+    if statement_pool not in ("sum", "mean"):
+        raise UsageError(f"statement_pool must be sum or mean (got {statement_pool!r})")
     if isinstance(prompts, ReasoningPrompts) and not prompts.labelled:
         raise UsageError("these prompts have no useful/steps labels; the probe needs them (add the columns to the file)")
     plist = list(prompts)
@@ -82,18 +127,19 @@ def probe(
     if len(set(labels.step[labels.useful == 1])) < 2:
         raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
     data = prompts if isinstance(prompts, ReasoningPrompts) else plist
-    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed)
+    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
     # the baseline model first: a missing checkpoint or one NDIF does not serve is refused before any work
     base_model = None if baseline == "none" or _is_own_baseline(run.model, baseline) else \
         _baseline_model(run.model, baseline, seed)
     if base_model is not None:
         _remote.preflight(base_model, run.remote)
-    att = _attention.measure(run, data, patterns="last")
-    feats = statement_features(att, plist, pool)
+    how = Features(pool, query, statement_pool, normalise)
+    att = _attention.measure(run, data, patterns=how.patterns)
+    feats = statement_features(att, plist, how)
     layers = att["layer"].values
     ds = _dataset(knn_scores(feats, **knn), layers)
     if baseline != "none":
-        base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, pool, baseline)
+        base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, how, baseline)
         base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
@@ -102,7 +148,9 @@ def probe(
         ds["score_all"] = ((ds.f1_all - ds.baseline_f1_all) / (1 - ds.baseline_f1_all)).assign_attrs(
             long_name="probing score on all layers", units="1")
     ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
-                "folds": folds, "pool": pool, "n_prompts": len(plist), "baseline": baseline}
+                "folds": folds, "pool": pool, "cumulative": int(cumulative), "distance": distance, "query": query,
+                "statement_pool": statement_pool, "normalise": int(normalise),
+                "n_prompts": len(plist), "baseline": baseline}
     return ds
 
 
@@ -135,17 +183,27 @@ def _labels(plist: list[ReasoningPrompt]) -> Labels:
     return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2])
 
 
-def statement_features(ds: xr.Dataset, plist: list[ReasoningPrompt], pool: str) -> np.ndarray:
-    """(statements, layers, features) from an ``attention`` result with patterns "last": each
-    statement's summed attention per head (or the head mean), divided by the prompt's max."""
-    last = np.nan_to_num(ds["attention"].values[:, :, :, 0, :])  # (prompt, L, H, key)
+def statement_features(ds: xr.Dataset, plist: list[ReasoningPrompt], how: Features = Features()) -> np.ndarray:
+    """(statements, layers, features) from an ``attention`` result (patterns ``how.patterns``):
+    per head, the attention from the answer position (or the question's tokens, reduced by max
+    or mean) to each statement's tokens (summed or averaged), then the mean over heads (or each
+    head), divided by the prompt's maximum when ``how.normalise``."""
+    att = ds["attention"].values
     owner = ds["statement"].values
     out = []
     for i, p in enumerate(plist):
-        f = np.stack([last[i][:, :, owner[i] == s].sum(-1) for s in range(len(p.statements))])  # (S, L, H)
-        if pool == "mean":
+        t = int((ds["token"].values[i] != "").sum())
+        if how.query == "last":
+            rows = np.nan_to_num(att[i][:, :, 0 if att.shape[3] == 1 else t - 1, :])  # (L, H, key)
+        else:  # the question: every token after the last statement's
+            first = int(np.flatnonzero(owner[i] >= 0).max()) + 1
+            q = np.nan_to_num(att[i][:, :, first:t, :])
+            rows = q.max(2) if how.query == "question_max" else q.mean(2)
+        f = np.stack([rows[:, :, owner[i] == s].sum(-1) if how.statement_pool == "sum"
+                      else rows[:, :, owner[i] == s].mean(-1) for s in range(len(p.statements))])  # (S, L, H)
+        if how.pool == "mean":
             f = f.mean(-1, keepdims=True)
-        out.append(f / max(f.max(), 1e-12))
+        out.append(f / max(f.max(), 1e-12) if how.normalise else f)
     return np.concatenate(out)
 
 
@@ -156,9 +214,10 @@ def fold_of_prompt(n_prompts: int, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: int, seed: int) -> Scores:
+def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: int, seed: int,
+               cumulative: bool = True, distance: str = "euclidean") -> Scores:
     """Out-of-fold macro F1 and accuracy of both probes on ``feats`` (statements, layers, features),
-    per layer and on all layers' features together."""
+    per layer (layers 0 … l with ``cumulative``, else layer l) and on all layers' features together."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -172,11 +231,13 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
         y = getattr(labels, name)[keep]
         majority[j], n_samples[j] = np.bincount(y).max() / len(y), len(y)
         for li in range(n_layers + 1):
-            x = feats[keep].reshape(len(y), -1) if li == n_layers else feats[keep][:, li]
+            upto = feats[keep][:, :li + 1] if cumulative else feats[keep][:, li:li + 1]
+            x = (feats[keep] if li == n_layers else upto).reshape(len(y), -1)
             pred = np.empty_like(y)
             for f in range(folds):
                 test = fold[keep] == f
-                knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int((~test).sum())), weights="distance")
+                knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int((~test).sum())), weights="distance",
+                                           metric=distance)
                 pred[test] = knn.fit(x[~test], y[~test]).predict(x[test])
             f1[j, li], acc[j, li] = f1_score(y, pred, average="macro"), accuracy_score(y, pred)
     return Scores(f1, acc, majority, n_samples)
@@ -202,13 +263,13 @@ def _is_own_baseline(model: Any, baseline: str) -> bool:
     return baseline == "step0" and model_info(model).revision == "step0"
 
 
-def _baseline_features(run: Run, model: Any, data: Any, plist: list[ReasoningPrompt], pool: str,
+def _baseline_features(run: Run, model: Any, data: Any, plist: list[ReasoningPrompt], how: Features,
                        baseline: str) -> np.ndarray:
     """The baseline model's statement features, from a run that shares the probe's parts and
     traffic (:meth:`Run.with_model`), so its passes resume and count with the probe's."""
     with run.with_model(model) as base:
-        att = _attention.measure(base, data, patterns="last", label=f"attention ({baseline} baseline)")
-    return statement_features(att, plist, pool)
+        att = _attention.measure(base, data, patterns=how.patterns, label=f"attention ({baseline} baseline)")
+    return statement_features(att, plist, how)
 
 
 def _baseline_model(model: Any, baseline: str, seed: int) -> Any:
@@ -243,7 +304,8 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     has_base = "baseline_f1" in ds
     head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
             f"{ds.attrs.get('n_prompts')} prompts · kNN k={ds.attrs.get('n_neighbors')}, {ds.attrs.get('folds')} "
-            f"folds, pool = {ds.attrs.get('pool')}")
+            f"folds, {ds.attrs.get('distance', 'euclidean')}, pool = {ds.attrs.get('pool')}, "
+            f"{'layers 0..l' if ds.attrs.get('cumulative', 0) else 'layer l alone'}")
     majority = "majority-class accuracy: " + " · ".join(
         f"{p} {float(last['majority'].sel(probe=p)):.3f}" for p in last["probe"].values)
     table = Table(title=f"macro F1 (out-of-fold) · {last.attrs.get('revision')} vs baseline {baseline}")

@@ -1,5 +1,6 @@
 """Figures for attention and probe results: attention heatmap of one prompt, head-entropy
-grid, attention mass per reasoning step, probe score per layer."""
+grids (position and size-rank views), attention by size rank, attention mass per reasoning
+step, probe score per layer."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import xarray as xr
 from ..errors import UsageError
 from ..results.io import last_checkpoint
 
-ATTENTION_KINDS = ("heatmap", "entropy", "mass")
+ATTENTION_KINDS = ("heatmap", "entropy", "rank", "mass")
 
 
 def _title(ds: xr.Dataset) -> str:
@@ -26,6 +27,11 @@ def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         if not 0 <= prompt < ds.sizes["prompt"]:
             raise UsageError(f"prompt {prompt} is out of range: the result has prompts 0..{ds.sizes['prompt'] - 1}")
         return _heatmap(last_checkpoint(ds), prompt)
+    if kind == "rank":
+        if "statement_attention" not in ds or np.isnan(ds["statement_attention"].sel(view="rank").values).all():
+            raise UsageError("attention by size rank needs prompts whose statements are numbers, all with the same "
+                             "count (e.g. kth_smallest)")
+        return _by_rank(ds)
     return _entropy(ds) if kind == "entropy" else _mass(last_checkpoint(ds))
 
 
@@ -65,15 +71,23 @@ def _heatmap(ds: xr.Dataset, prompt: int):
 
 
 def _entropy(ds: xr.Dataset):
-    """Layer × head grid of the answer position's attention entropy, mean over prompts."""
+    """Layer × head grids of head entropy: the paper's (normalised; by position and by size rank)
+    when the result has it, else each prompt's entropy in nats, mean over prompts."""
     import matplotlib.pyplot as plt
 
     names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [None]
-    vals = ds["entropy"].mean("prompt")
-    vmax = float(np.log(ds.sizes["key"]))  # uniform attention over the longest prompt
-    fig, axes = plt.subplots(1, len(names), figsize=(0.8 * ds.sizes["head"] * len(names) + 3.5,
-                                                     0.5 * ds.sizes["layer"] + 2.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    paper = "head_entropy" in ds
+    if paper:
+        views = [v for v in ds["view"].values if not np.isnan(ds["head_entropy"].sel(view=v).values).all()]
+        panels = [(name, v) for v in views for name in names]
+        vmax, unit = 1.0, "entropy / log(statements)"
+    else:
+        panels = [(name, None) for name in names]
+        vmax, unit = float(np.log(ds.sizes["key"])), "entropy (nats)"  # uniform over the longest prompt
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.8 * ds.sizes["head"] * len(panels) + 3.5,
+                                                      0.5 * ds.sizes["layer"] + 2.2), squeeze=False)
+    for ax, (name, view) in zip(axes[0], panels):
+        vals = ds["head_entropy"].sel(view=view) if paper else ds["prompt_entropy"].mean("prompt")
         v = (vals if name is None else vals.sel(checkpoint=name)).transpose("layer", "head").values
         im = ax.imshow(v, cmap="viridis", vmin=0, vmax=vmax, origin="lower", aspect="auto")
         for (i, j), x in np.ndenumerate(v):
@@ -82,9 +96,41 @@ def _entropy(ds: xr.Dataset):
         ax.set_yticks(range(ds.sizes["layer"]), [str(l) for l in ds["layer"].values])
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_title(name or f"mean over {ds.sizes['prompt']} prompts", fontsize=9)
-    fig.colorbar(im, ax=axes[0][-1], shrink=0.8, label="entropy (nats)")
-    fig.suptitle(f"{_title(ds)}\nhead entropy at the answer position ({vmax:.2f} = uniform)", fontsize=9)
+        where = f"by {view}" if view else f"mean over {ds.sizes['prompt']} prompts"
+        ax.set_title(f"{name} · {where}" if name else where, fontsize=9)
+    fig.colorbar(im, ax=axes[0][-1], shrink=0.8, label=unit)
+    what = ("entropy of the prompt-mean attention over the statements (Hou et al.; 1 = uniform)" if paper
+            else f"head entropy at the answer position ({vmax:.2f} = uniform)")
+    fig.suptitle(f"{_title(ds)}\n{what}", fontsize=9)
+    return fig
+
+
+def _by_rank(ds: xr.Dataset):
+    """The paper's figure of attention by size rank: the prompt- and head-mean attention from the
+    answer position to the number of each size rank (rows; 0 = smallest), per layer, beside the
+    same by position; one pair of panels per checkpoint."""
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [None]
+    a = ds["statement_attention"].mean("head")
+    fig, axes = plt.subplots(1, 2 * len(names), figsize=(2 * len(names) * (0.5 * ds.sizes["layer"] + 2.2),
+                                                         0.35 * ds.sizes["slot"] + 2.2), squeeze=False)
+    k = 0
+    for name in names:
+        for view in ("rank", "position"):
+            v = a.sel(view=view) if name is None else a.sel(view=view, checkpoint=name)
+            v = v.transpose("slot", "layer").values
+            ax = axes[0][k]
+            k += 1
+            im = ax.imshow(v, cmap="magma", vmin=0, origin="lower", aspect="auto")
+            ax.set_xticks(range(ds.sizes["layer"]), [str(l) for l in ds["layer"].values])
+            ax.set_yticks(range(ds.sizes["slot"]), [str(r) for r in ds["slot"].values])
+            ax.set_xlabel("layer")
+            ax.set_ylabel("size rank (0 = smallest)" if view == "rank" else "statement position")
+            ax.set_title(f"{name + ' · ' if name else ''}by {view}", fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"{_title(ds)}: attention from the answer position, mean over heads and "
+                 f"{ds.sizes['prompt']} prompts", fontsize=9)
     return fig
 
 
@@ -185,4 +231,33 @@ def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         axes[1][0].legend(fontsize=7)
     fig.suptitle(f"head scores · {last.attrs.get('model')}@{last.attrs.get('revision')} "
                  f"({ds.sizes['prompt']} repeated random sequences)", fontsize=9)
+    return fig
+
+
+def pruning_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Accuracy against the fraction of heads pruned (the paper's causal-analysis figure): each
+    entropy order a line, the random orders their mean with their range shaded, the unpruned
+    accuracy dotted; one panel per checkpoint of a sweep."""
+    import matplotlib.pyplot as plt
+
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [None]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.4), squeeze=False, sharey=True)
+    x = 100 * ds["fraction"].values
+    for ax, name in zip(axes[0], names):
+        d = ds if name is None else ds.sel(checkpoint=name)
+        for kind_ in dict.fromkeys(d["kind"].values):
+            acc = d["accuracy"].where(d["kind"] == kind_, drop=True)
+            if kind_ == "random":
+                line, = ax.plot(x, acc.mean("ordering"), "o--", color="gray",
+                                label=f"random ({acc.sizes['ordering']} orders)")
+                ax.fill_between(x, acc.min("ordering"), acc.max("ordering"), color=line.get_color(), alpha=0.2)
+            else:
+                ax.plot(x, acc.isel(ordering=0), "o-", label=f"{kind_.replace('_', ' by ')}, lowest first")
+        ax.axhline(float(d["accuracy_unpruned"]), color="k", lw=0.8, ls=":", label="no head pruned")
+        ax.set_xlabel("heads pruned (%)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name or f"{ds.sizes['prompt']} prompts", fontsize=9)
+    axes[0][0].set_ylabel("accuracy (top-1)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{_title(ds)}: head pruning", fontsize=9)
     return fig

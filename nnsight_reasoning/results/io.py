@@ -115,7 +115,18 @@ def load_result(path: str | Path) -> xr.Dataset:
         raise UsageError(f"no such results file: {path}")
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.load()
+            return _upgrade(ds.load())
     except Exception as e:  # netCDF4/HDF5 raise several unrelated types for corrupt files
         raise UsageError(f"cannot read {path} as a netCDF results file ({type(e).__name__}); "
                          f"was it written by reason-interp and copied completely?") from None
+
+
+#: attrs["method"] -> {old variable name: new}: variables renamed since files were first written
+RENAMED = {"attention": {"entropy": "prompt_entropy"}}  # 2026-11-30: the paper's head entropy took the name
+
+
+def _upgrade(ds: xr.Dataset) -> xr.Dataset:
+    """A result written by an older version, with today's variable names (:data:`RENAMED`)."""
+    names = {old: new for old, new in RENAMED.get(str(ds.attrs.get("method", "")), {}).items()
+             if old in ds.data_vars and new not in ds.data_vars}
+    return ds.rename(names) if names else ds

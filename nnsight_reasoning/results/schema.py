@@ -26,10 +26,14 @@ _NEURONS = {"frequency": ("unit",), "mean_contribution": ("unit",), "contributio
 SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
     "evaluate": {"correct": ("prompt",), "p_answer": ("prompt",), "answer_rank": ("prompt",), "accuracy": (),
                  "mean_p_answer": (), "mean_rank": ()},
-    "attention": {"entropy": ("prompt", "layer", "head"), "mass": ("prompt", "layer", "head", "group"),
+    "attention": {"prompt_entropy": ("prompt", "layer", "head"), "mass": ("prompt", "layer", "head", "group"),
                   "n_tokens": ("prompt", "group")},
     "mechanistic_probe": {"f1": ("probe", "layer"), "accuracy": ("probe", "layer"), "f1_all": ("probe",),
                           "accuracy_all": ("probe",), "majority": ("probe",), "n_samples": ("probe",)},
+    "head_pruning": {"accuracy": ("ordering", "fraction"), "p_answer": ("ordering", "fraction"),
+                     "correct": ("ordering", "fraction", "prompt"), "pruned": ("ordering", "fraction", "layer", "head"),
+                     "n_pruned": ("fraction",), "accuracy_unpruned": (), "p_answer_unpruned": (),
+                     "head_entropy": ("view", "layer", "head")},
     "head_scores": {"previous_token": ("prompt", "layer", "head"), "duplicate_token": ("prompt", "layer", "head"),
                     "induction": ("prompt", "layer", "head"), "copy_suppression": ("prompt", "layer", "head"),
                     "successor": ("layer", "head"), "uniform": ("score",)},
@@ -43,9 +47,15 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                     "accuracy": (), "factor_accuracy": ("target",), "position_accuracy": (),
                     "swap_accuracy": ("intervention", "vector"), "delta_norm": ("intervention", "depth")},
 }
-OPTIONAL = {"attention": ("attention",), "mechanistic_probe": ("baseline_f1", "baseline_accuracy", "baseline_f1_all",
-                                                               "baseline_accuracy_all", "score", "score_all")}
-FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "clean_p_base",
+# method -> {variable: dims}: variables that may be absent, checked when present
+OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
+    "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
+                  "statement_attention": ("view", "layer", "head", "slot")},
+    "mechanistic_probe": {**{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
+                          **{v: ("probe",) for v in ("baseline_f1_all", "baseline_accuracy_all", "score_all")}},
+}
+FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
+             "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency")
 
 
@@ -64,6 +74,10 @@ def assert_valid_result(ds: xr.Dataset) -> None:
         for v, dims in SCHEMAS[method].items():
             assert v in ds.data_vars, f"{method} result lacks {v!r}"
             assert ds[v].dims in (lead + dims, dims if v == "uniform" else lead + dims), \
+                f"{v} has dims {ds[v].dims}, expected {lead + dims}"
+        for v, dims in OPTIONAL.get(method, {}).items():
+            # a probe's baseline is the same for every checkpoint of a sweep: no checkpoint dim
+            assert v not in ds.data_vars or ds[v].dims in (lead + dims, dims), \
                 f"{v} has dims {ds[v].dims}, expected {lead + dims}"
     for v in FRACTIONS:
         if v in ds.data_vars:
