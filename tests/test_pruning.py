@@ -138,7 +138,7 @@ def test_cli_prune(tmp_path):
     r = reason_interp(["prune", "--n-prompts", "24", "--fraction", "0.25", "--fraction", "0.5", "--n-random", "2",
                        "--out", str(out), "--no-progress"])
     assert r.returncode == 0, r.stderr
-    assert "entropy_position (lowest first)" in r.stdout and "random (mean of 2" in r.stdout
+    assert "lowest H position first" in r.stdout and "random (mean [range] of 2)" in r.stdout
     ds = nr.load_result(out)
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["method"] == "head_pruning" and list(ds["fraction"].values) == [0.25, 0.5]

@@ -171,6 +171,7 @@ def _entropies(att: xr.Dataset, orderings: Sequence[str]) -> dict[str, np.ndarra
 def summarize(ds: xr.Dataset) -> list[Any]:
     """Accuracy per ordering and pruned fraction (the last checkpoint of a sweep); random draws
     as their mean and range."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..results.io import last_checkpoint
@@ -181,16 +182,17 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             f"{last.sizes['prompt']} prompts · {n_heads} heads · accuracy unpruned "
             f"{float(last.accuracy_unpruned):.3f}")
     table = Table(title="accuracy (top-1) with the first heads of each order pruned")
-    table.add_column("order")
-    for f, k in zip(last["fraction"].values, last["n_pruned"].values):
-        table.add_column(f"{f:.0%} ({int(k)})", justify="right")
+    table.add_column("pruned", justify="right")
+    columns = []
     for kind in dict.fromkeys(last["kind"].values):
         acc = last.accuracy.where(last["kind"] == kind, drop=True)
-        if kind == "random" and acc.sizes["ordering"] > 1:
-            cells = [f"{m:.3f} [{lo:.2f}-{hi:.2f}]" for m, lo, hi in
-                     zip(acc.mean("ordering").values, acc.min("ordering").values, acc.max("ordering").values)]
-            name = f"random (mean of {acc.sizes['ordering']} [range])"
+        if kind == "random":
+            table.add_column(escape(f"random (mean [range] of {acc.sizes['ordering']})"), justify="right")
+            columns.append([f"{m:.3f} [{lo:.2f}-{hi:.2f}]" for m, lo, hi in
+                            zip(acc.mean("ordering").values, acc.min("ordering").values, acc.max("ordering").values)])
         else:
-            cells, name = [f"{v:.3f}" for v in acc.isel(ordering=0).values], str(kind)
-        table.add_row(name + (" (lowest first)" if kind != "random" else ""), *cells)
+            table.add_column(f"lowest {str(kind).replace('entropy_', 'H ')} first", justify="right")
+            columns.append([f"{v:.3f}" for v in acc.isel(ordering=0).values])
+    for j, (f, k) in enumerate(zip(last["fraction"].values, last["n_pruned"].values)):
+        table.add_row(f"{f:.0%} ({int(k)})", *[c[j] for c in columns])
     return [head, table]
