@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import Harness, Param, Seed, Task, experiment_command, fail, guard, out, pair_data, task_params
+from .common import (Harness, Model, Param, Revision, Seed, Task, experiment_command, fail, guard, out, pair_data,
+                     task_params)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
@@ -83,6 +84,45 @@ def evaluate(
     nr.tasks.get_task(task).check_params({**params, "seed": seed})
     h.run(nr.evaluate, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
           kind="evaluate", task=task)
+
+
+@app.command()
+@guard
+def finetune(
+    out: Path = typer.Option(..., "--out", help="directory for the revisions (step0, step<k> ..., main)"),
+    task: Task = "kth_smallest",
+    model: Model = None,
+    revision: Revision = None,
+    tune: str = typer.Option("all", help="parameters trained: all | attn | mlp | ln (the repository's --tuning_param)"),
+    steps: int = typer.Option(1000, help="optimiser steps"),
+    batch_size: int = typer.Option(128, help="examples per step"),
+    lr: float = typer.Option(2e-5, help="AdamW learning rate"),
+    weight_decay: float = typer.Option(1e-3, help="AdamW weight decay"),
+    warmup: int = typer.Option(500, help="steps of linear warmup (then constant)"),
+    save_every: Optional[int] = typer.Option(None, help="steps between saved revisions (default steps / 10)"),
+    seed: Seed = 0,
+    param: Param = [],
+    restart: bool = typer.Option(False, "--restart", help="discard an interrupted or finished run in --out"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Fine-tune a model on a task (as MechanisticProbe fine-tunes GPT-2 on k-th smallest); the revisions
+    it writes are a model directory every command accepts (--model OUT --revisions all). A killed run
+    resumes from its last saved revision when the same command runs again."""
+    import time
+
+    import nnsight_reasoning as nr
+
+    from .common import out as console  # `out` is the option here
+
+    t0 = time.perf_counter()
+    path = nr.finetune(model, task, out=out, tune=tune, steps=steps, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, warmup=warmup, save_every=save_every, revision=revision, seed=seed,
+                       restart=restart, progress=progress, **task_params(param))
+    log = json.loads((path / "finetune.json").read_text())
+    loss = log["loss"]
+    console.print(f"wrote [bold]{path}[/] in {time.perf_counter() - t0:.1f} s: revisions "
+                  f"{', '.join(log['revisions'])}; loss {loss[0]:.3f} at step 1, {loss[-1]:.3f} at step {len(loss)}",
+                  highlight=False)
 
 
 @app.command()
@@ -202,6 +242,7 @@ def plot(
 app.command()(reasoning.attention)
 app.command()(reasoning.probe)
 app.command()(reasoning.prune)
+app.command()(reasoning.robustness)
 app.command()(circuits.heads)
 app.command()(circuits.circuit)
 app.command()(mechanisms.neurons)

@@ -38,9 +38,10 @@ PROMPTS = OptionGroup("prompts", dict(
     length=(Annotated[Optional[int], typer.Option(help="kth_smallest: numbers per list (default 5)")], None),
     k=(Annotated[Optional[int], typer.Option(help="kth_smallest: which smallest to ask for (default 2)")], None),
     max_n=(Annotated[Optional[int], typer.Option(help="kth_smallest: numbers are 0..max_n (default 99)")], None),
-    corrupt=(Annotated[Optional[str], typer.Option(help="robustness variant: shuffle | drop | perturb (kth_smallest "
-                                                        "only)")], None),
-    n_corrupt=(Annotated[Optional[int], typer.Option(help="statements dropped or perturbed (default 1)")], None),
+    corrupt=(Annotated[Optional[str], typer.Option(help="corrupted variant: shuffle | drop | perturb (kth_smallest "
+                                                        "only) | negate (files)")], None),
+    n_corrupt=(Annotated[Optional[int], typer.Option(help="statements dropped, perturbed or negated (default 1)")],
+               None),
     param=(Param, [])), lambda task, data, n_prompts, seed, param, **explicit: _prompts(task, data, n_prompts, seed,
                                                                                       param, **explicit))
 
@@ -101,3 +102,32 @@ def prune(
     h.run(nr.prune, lambda tokenizer: prompts, kind="pruning", task=prompts.task,
           fractions=fraction or DEFAULT_FRACTIONS, orderings=ordering or ORDERINGS, n_random=n_random,
           seed=prompts.params.get("seed", 0))
+
+
+# robustness: the same options, but --corrupt names the corruption measured against the clean prompts
+ROBUST_PROMPTS = OptionGroup("prompts", PROMPTS.options,
+                             lambda task, data, n_prompts, seed, param, corrupt, n_corrupt, **explicit: (
+                                 _prompts(task, data, n_prompts, seed, param, **explicit),
+                                 corrupt, n_corrupt or 1))
+
+
+@experiment_command(ROBUST_PROMPTS)
+def robustness(
+    h: Harness,
+    prompts: Any,
+    n_subsets: int = typer.Option(256, help="random subsets of prompts (the repository: 1024)"),
+    subset_min: int = typer.Option(64, help="smallest subset"),
+    subset_max: int = typer.Option(128, help="largest subset"),
+    n_bins: int = typer.Option(8, help="equal-width bins of the probing score"),
+    baseline: str = typer.Option("step0", help="step0 | random | none (score = F1)"),
+    folds: int = typer.Option(2, help="cross-validation folds over prompts"),
+    distance: str = typer.Option("euclidean", help="kNN distance: euclidean | manhattan"),
+) -> None:
+    """Probe score against robustness (Hou et al. 2023): over random subsets, the probing score and the accuracy
+    drop under --corrupt (default: negate for files, perturb for kth_smallest), binned, with their correlation."""
+    import nnsight_reasoning as nr
+
+    clean, corrupt, n_corrupt = prompts
+    h.run(nr.robustness, lambda tokenizer: clean, kind="robustness", task=clean.task, corrupt=corrupt,
+          n_corrupt=n_corrupt, n_subsets=n_subsets, subset_size=(subset_min, subset_max), n_bins=n_bins,
+          baseline=baseline, folds=folds, distance=distance, seed=clean.params.get("seed", 0))

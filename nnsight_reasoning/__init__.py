@@ -23,6 +23,8 @@ from .experiments.neurons import neurons
 from .experiments.patch import by_token_role, patch, prediction_change
 from .experiments.probe import probe
 from .experiments.pruning import prune
+from .experiments.robustness import robustness
+from .training import finetune
 from .metrics import METRICS
 from .models import load_model
 from .plotting import plot_result
@@ -33,9 +35,9 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "head_scores", "circuit", "edge_patching", "neurons", "binding",
+    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "circuit", "edge_patching", "neurons", "binding",
     # models, data, results
-    "load_model", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role",
+    "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role",
     "testing", "experiments",
     "SITES", "METRICS", "UsageError", "RunError",
 ]

@@ -6,6 +6,10 @@ Departure from MechanisticProbe (``src/utils.py:358-416``): there the input is 1
 with no instruction (``:414-416``), drawn with replacement (``:402``), and k is fixed per
 fine-tuned model (``--stask minKK``, ``:407-412``); here k is stated in the prompt so one
 model answers every k, and numbers are distinct so the reasoning tree is unambiguous.
+``style="repository"`` gives the repository's format instead: the numbers alone, drawn with
+repeats, k fixed (a model must be fine-tuned for it: ``reason-interp finetune --param
+style=repository``). Equal numbers are ranked in their order in the list, so the tree stays
+one statement per rank: the k − 1 lowest-ranked are step 1, the k-th is the answer (step 2).
 
 Reasoning tree (as in MechanisticProbe): to name the k-th smallest the model must find the
 k smallest numbers; the answer is the largest of them. Step 1 uses the k-1 numbers below
@@ -17,7 +21,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .base import Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_range, generate_aligned, register
+from .base import (Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned,
+                   register)
 from .reasoning import CORRUPTIONS, ReasoningPrompt, ReasoningPrompts, Statement, corrupted
 from .words import ORDINALS
 
@@ -37,14 +42,34 @@ def sample_kth(rng: random.Random, length: int, k: int, max_n: int) -> Example:
     return Example(p.text, p.answer)
 
 
-def _check(length: int, k: int, max_n: int) -> None:
+STYLES = ("toolkit", "repository")
+
+
+def repository_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
+    """The repository's format: the numbers alone ("17 5 40 5 …"), the answer the k-th smallest
+    counting repeats; statements ranked by (value, position)."""
+    order = sorted(range(len(numbers)), key=lambda i: (numbers[i], i))
+    rank = {i: r for r, i in enumerate(order)}
+    last = 2 if k > 1 else 1
+    statements = tuple(Statement(str(x), rank[i] < k, last if rank[i] == k - 1 else int(rank[i] < k - 1))
+                       for i, x in enumerate(numbers))
+    return ReasoningPrompt(statements, str(numbers[order[k - 1]]))
+
+
+def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:
+    check_choice("style", style, list(STYLES))
+    if style == "repository":  # no wording: any k, numbers repeat
+        check_range("length", length, 2, 64)
+        check_range("k", k, 1, length)
+        check_range("max_n", max_n, 1, 99)
+        return
     check_range("length", length, 2, 12)
     check_range("k", k, 1, min(length, len(ORDINALS)))
     check_range("max_n", max_n, length - 1, 99)
 
 
 def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int = 99,
-                 corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0) -> ReasoningPrompts:
+                 corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, style: str = "toolkit") -> ReasoningPrompts:
     """Labelled k-th-smallest prompts for attention analysis and MechanisticProbe.
 
     Parameters
@@ -56,12 +81,27 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
         are not useful) or "perturb" (replace ``n_corrupt`` numbers by unused values; the
         answer and labels are recomputed).
     seed : same seed -> same prompts (the corruption draws from its own seeded stream).
+    style : "toolkit" (the wording above, distinct numbers) or "repository" (MechanisticProbe's:
+        the numbers alone, drawn with repeats from 0..max_n, e.g. ``length=16``; k is not stated).
     """
-    _check(length, k, max_n)
+    _check(length, k, max_n, style)
     check_range("n_prompts", n_prompts, 1)
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise TaskError(f"corrupt must be one of {list(CORRUPTIONS)} or None (got {corrupt!r})")
+    if corrupt == "negate":
+        raise TaskError("corrupt='negate' rewrites a sentence as 'That ... is false.'; kth_smallest's statements are "
+                        "numbers: use shuffle, drop or perturb (negate applies to proofwriter/arc files)")
     rng = random.Random(seed)
+    if style == "repository":
+        if corrupt in ("perturb",):
+            raise TaskError("corrupt='perturb' is for the toolkit style (distinct numbers); use shuffle or drop")
+        lists = [rng.choices(range(max_n + 1), k=length) for _ in range(n_prompts)]
+        prompts = [repository_prompt(nums, k) for nums in lists]
+        if corrupt in ("shuffle", "drop"):
+            prompts = corrupted(prompts, corrupt, n_corrupt, seed)
+        params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
+                      n_corrupt=n_corrupt, seed=seed, style=style)
+        return ReasoningPrompts("kth_smallest", params, tuple(prompts))
     lists = [rng.sample(range(max_n + 1), length) for _ in range(n_prompts)]
     if corrupt == "perturb":
         check_range("n_corrupt", n_corrupt, 1, length)
@@ -83,10 +123,13 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
 
 
 def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: int = 99, seed: int = 0,
-                       tokenizer: Any | None = None, corrupt: str | None = None, n_corrupt: int = 1) -> PromptPairs:
+                       tokenizer: Any | None = None, corrupt: str | None = None, n_corrupt: int = 1,
+                       style: str = "toolkit") -> PromptPairs:
     """Patching pairs: the source list is the base list with its answer replaced by another
     value of the same rank, so only that one number (and the answer) differs."""
     _check(length, k, max_n)
+    if style != "toolkit":
+        raise TaskError("patching pairs use the toolkit style (distinct numbers, k in the prompt)")
     if corrupt is not None:
         raise TaskError("corrupt applies to labelled prompts (reason-interp attention / probe), not to patching pairs")
 
@@ -108,9 +151,10 @@ def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: 
 
 
 def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, length: int = 5, k: int = 2,
-                          max_n: int = 99, corrupt: str | None = None, n_corrupt: int = 1) -> list[Example]:
+                          max_n: int = 99, corrupt: str | None = None, n_corrupt: int = 1,
+                          style: str = "toolkit") -> list[Example]:
     """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
-    return [Example(p.text, p.answer) for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed)]
+    return [Example(p.text, p.answer) for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style)]
 
 
 register(TaskInfo(
@@ -119,5 +163,7 @@ register(TaskInfo(
     {"n_prompts": (64, "number of prompts (pairs for patch)"), "length": (5, "numbers in the list"), "k": (2, "which smallest to ask for (1 = smallest)"),
      "max_n": (99, "numbers are distinct, 0..max_n"),
      "corrupt": (None, "attention/probe only: shuffle | drop | perturb"),
-     "n_corrupt": (1, "numbers dropped or perturbed"), "seed": (0, "random seed")},
+     "n_corrupt": (1, "numbers dropped or perturbed"), "seed": (0, "random seed"),
+     "style": ("toolkit", "toolkit (wording, distinct numbers) | repository (MechanisticProbe's: numbers alone, "
+                          "repeats, k fixed)")},
     labelled=kth_smallest))

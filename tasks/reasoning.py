@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 
 from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, register
 
-CORRUPTIONS = ("shuffle", "drop", "perturb")
+CORRUPTIONS = ("shuffle", "drop", "perturb", "negate")
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,15 @@ def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: i
     """Corrupted copies for the robustness experiment (answers stay correct).
 
     ``shuffle``: statements in a random order; ``drop``: remove ``n`` statements that are not
-    useful. ``perturb`` changes statement contents and so the answer: only tasks that can
-    recompute it offer it (``kth_smallest``).
+    useful; ``negate``: rewrite ``n`` statements that are not useful as "That … is false." (the
+    repository's counterfactual corruption, ``corrput_func(..., "counter")``: the answer does not
+    depend on them, so it stays right). ``perturb`` changes statement contents and so the
+    answer: only tasks that can recompute it offer it (``kth_smallest``).
     """
     check_choice("corrupt", mode, CORRUPTIONS)
     if mode == "perturb":
         raise TaskError("corrupt='perturb' needs a task that can recompute the answer (kth_smallest); "
-                        "for data files use shuffle or drop")
+                        "for data files use shuffle, drop or negate")
     check_range("n_corrupt", n, 1)
     rng = random.Random(seed)
     out = []
@@ -104,10 +106,14 @@ def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: i
         else:
             useless = [j for j, s in enumerate(st) if not s.useful]
             if len(useless) < n:
-                raise TaskError(f"prompt {i} has {len(useless)} useless statements; cannot drop {n} "
+                raise TaskError(f"prompt {i} has {len(useless)} useless statements; cannot {mode} {n} "
                                 f"(lower n_corrupt)")
-            gone = set(rng.sample(useless, n))
-            st = [s for j, s in enumerate(st) if j not in gone]
+            chosen = set(rng.sample(useless, n))
+            if mode == "drop":
+                st = [s for j, s in enumerate(st) if j not in chosen]
+            else:
+                st = [replace(s, text=f"That {s.text.strip().rstrip('.').strip()} is false.") if j in chosen else s
+                      for j, s in enumerate(st)]
         out.append(replace(p, statements=tuple(st)))
     return out
 
@@ -377,7 +383,8 @@ for _style, _summary, _columns in (
         lambda n=200, seed=0, tokenizer=None, _s=_style, **kw: _file_examples(n, seed, tokenizer, _s, **kw),
         {"path": (None, f"local .jsonl/.json/.csv file (required; CLI --data); columns: {_columns}; "
                         f"CSV cells with lists hold JSON"),
-         "corrupt": (None, "shuffle | drop"), "n_corrupt": (1, "statements dropped"), "seed": (0, "random seed"),
+         "corrupt": (None, "shuffle | drop | negate"), "n_corrupt": (1, "statements dropped or negated"),
+         "seed": (0, "random seed"),
          **({"max_depth": (None, "ProofWriter's published files: questions of QDep <= this"),
              "n_shots": (0, "ProofWriter's published files: in-context questions before the prompt")}
             if _style == "proofwriter" else {})},

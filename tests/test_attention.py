@@ -109,6 +109,29 @@ def test_reasoning_files_load_with_labels_and_fail_clearly(tmp_path):
         nr.tasks.load_reasoning(broken)
 
 
+def test_kth_smallest_in_the_repositorys_format():
+    """MechanisticProbe's own format: the numbers alone, drawn with repeats, k not stated; equal
+    numbers ranked in list order, so exactly k statements are useful and one is the answer."""
+    ds = nr.tasks.kth_smallest(200, length=16, k=2, max_n=20, style="repository", seed=5)
+    assert ds.params["style"] == "repository" and ds.n_steps == 2
+    repeats = 0
+    for p in ds:
+        nums = [int(s.text) for s in p.statements]
+        assert p.text == " ".join(map(str, nums)) and len(nums) == 16
+        assert p.answer == str(sorted(nums)[1])
+        repeats += len(set(nums)) < 16
+        ranked = sorted(range(16), key=lambda i: (nums[i], i))
+        assert [(s.useful, s.step) for s in p.statements] == [
+            (i in ranked[:2], 2 if i == ranked[1] else int(i == ranked[0])) for i in range(16)]
+    assert repeats > 100  # drawn with repeats, as the repository
+    ex = nr.tasks.examples("kth_smallest", 3, style="repository", length=16, k=2)
+    assert ex[0].prompt == nr.tasks.kth_smallest(3, length=16, k=2, style="repository").prompts[0].text
+    with pytest.raises(TaskError, match="style"):
+        nr.tasks.kth_smallest(3, style="gpt2")
+    with pytest.raises(TaskError, match="toolkit style"):
+        nr.tasks.kth_smallest_pairs(3, style="repository")
+
+
 def test_proof_strings_parse_into_trees():
     from nnsight_reasoning.tasks.reasoning import parse_proof, proof_steps
 

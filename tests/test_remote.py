@@ -209,3 +209,11 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     r = cli(args[:-3] + ["--baseline", "random", "--remote", "--out", str(tmp_path / "x.nc")], ndif)
     assert r.returncode == 2 and "runs locally only" in r.stderr and not (tmp_path / "x.nc").exists()
     assert ndif.requests_received() == served
+    # head pruning: the head masks ship with the request
+    args = ["prune", "--n-prompts", "16", "--fraction", "0.25", "--fraction", "0.5", "--n-random", "1", "--no-progress"]
+    r = cli(args + ["--remote", "--out", str(tmp_path / "prune_remote.nc")], ndif)
+    assert r.returncode == 0, r.stderr
+    assert cli(args + ["--out", str(tmp_path / "prune_local.nc")]).returncode == 0
+    remote = nr.load_result(tmp_path / "prune_remote.nc")
+    assert_same_values(remote, nr.load_result(tmp_path / "prune_local.nc"))
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0

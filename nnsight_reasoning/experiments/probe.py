@@ -106,40 +106,14 @@ def probe(
     With ``revisions``, every variable but ``baseline_*`` (the same baseline for all
     checkpoints) gains a leading ``checkpoint`` dim.
     """
-    if baseline not in BASELINES:
-        raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
-    if baseline == "random" and _remote.is_ndif(run.remote):
-        raise UsageError("baseline='random' runs locally only; use baseline='step0' or 'none' with --remote")
-    if pool not in ("heads", "mean"):
-        raise UsageError(f"pool must be heads or mean (got {pool!r})")
-    if distance not in DISTANCES:
-        raise UsageError(f"distance must be one of {', '.join(DISTANCES)} (got {distance!r})")
-    if query not in QUERIES:
-        raise UsageError(f"query must be one of {', '.join(QUERIES)} (got {query!r})")
-    if statement_pool not in ("sum", "mean"):
-        raise UsageError(f"statement_pool must be sum or mean (got {statement_pool!r})")
-    if isinstance(prompts, ReasoningPrompts) and not prompts.labelled:
-        raise UsageError("these prompts have no useful/steps labels; the probe needs them (add the columns to the file)")
-    plist = list(prompts)
-    if len(plist) < 2 * folds or folds < 2:
-        raise UsageError(f"need folds >= 2 and at least 2 prompts per fold (got {len(plist)} prompts, {folds} folds)")
-    labels = _labels(plist)
-    if len(set(labels.step[labels.useful == 1])) < 2:
-        raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
-    data = prompts if isinstance(prompts, ReasoningPrompts) else plist
-    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
-    # the baseline model first: a missing checkpoint or one NDIF does not serve is refused before any work
-    base_model = None if baseline == "none" or _is_own_baseline(run.model, baseline) else \
-        _baseline_model(run.model, baseline, seed)
-    if base_model is not None:
-        _remote.preflight(base_model, run.remote)
     how = Features(pool, query, statement_pool, normalise)
-    att = _attention.measure(run, data, patterns=how.patterns)
-    feats = statement_features(att, plist, how)
+    check_options(run, baseline, how, distance)
+    plist, labels = labelled_prompts(prompts, folds)
+    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
+    att, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     layers = att["layer"].values
     ds = _dataset(knn_scores(feats, **knn), layers)
-    if baseline != "none":
-        base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, how, baseline)
+    if base_feats is not None:
         base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
@@ -152,6 +126,54 @@ def probe(
                 "statement_pool": statement_pool, "normalise": int(normalise),
                 "n_prompts": len(plist), "baseline": baseline}
     return ds
+
+
+def check_options(run: Run, baseline: str, how: Features, distance: str) -> None:
+    """Refuse bad probe options before any work (one-line errors)."""
+    if baseline not in BASELINES:
+        raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
+    if baseline == "random" and _remote.is_ndif(run.remote):
+        raise UsageError("baseline='random' runs locally only; use baseline='step0' or 'none' with --remote")
+    if how.pool not in ("heads", "mean"):
+        raise UsageError(f"pool must be heads or mean (got {how.pool!r})")
+    if distance not in DISTANCES:
+        raise UsageError(f"distance must be one of {', '.join(DISTANCES)} (got {distance!r})")
+    if how.query not in QUERIES:
+        raise UsageError(f"query must be one of {', '.join(QUERIES)} (got {how.query!r})")
+    if how.statement_pool not in ("sum", "mean"):
+        raise UsageError(f"statement_pool must be sum or mean (got {how.statement_pool!r})")
+
+
+def labelled_prompts(prompts: ReasoningPrompts | Sequence[ReasoningPrompt], folds: int
+                     ) -> tuple[list[ReasoningPrompt], "Labels"]:
+    """The prompts as a list and their statements' labels; refuses prompts a probe cannot use."""
+    if isinstance(prompts, ReasoningPrompts) and not prompts.labelled:
+        raise UsageError("these prompts have no useful/steps labels; the probe needs them (add the columns to the file)")
+    plist = list(prompts)
+    if len(plist) < 2 * folds or folds < 2:
+        raise UsageError(f"need folds >= 2 and at least 2 prompts per fold (got {len(plist)} prompts, {folds} folds)")
+    labels = _labels(plist)
+    if len(set(labels.step[labels.useful == 1])) < 2:
+        raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
+    return plist, labels
+
+
+def features(run: Run, prompts: Any, plist: list[ReasoningPrompt], how: Features, baseline: str, seed: int
+             ) -> tuple[xr.Dataset, np.ndarray, np.ndarray | None]:
+    """The ``attention`` result, the statements' features on the model and on the baseline (None
+    for "none"). The baseline model is loaded first: a missing checkpoint or one NDIF does not
+    serve is refused before any work."""
+    data = prompts if isinstance(prompts, ReasoningPrompts) else plist
+    base_model = None if baseline == "none" or _is_own_baseline(run.model, baseline) else \
+        _baseline_model(run.model, baseline, seed)
+    if base_model is not None:
+        _remote.preflight(base_model, run.remote)
+    att = _attention.measure(run, data, patterns=how.patterns)
+    feats = statement_features(att, plist, how)
+    if baseline == "none":
+        return att, feats, None
+    base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, how, baseline)
+    return att, feats, base_feats
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from ..errors import UsageError
 
 def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
-    from .attention import ATTENTION_KINDS, attention_figure, heads_figure, probe_figure, pruning_figure
+    from .attention import (ATTENTION_KINDS, attention_figure, heads_figure, probe_figure, pruning_figure,
+                            robustness_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
     from .patch import PATCH_KINDS, evaluate_figure, patch_figure
@@ -27,6 +28,7 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "attention": (attention_figure, ATTENTION_KINDS),
         "mechanistic_probe": (probe_figure, ()),
         "head_pruning": (pruning_figure, ()),
+        "probe_robustness": (robustness_figure, ()),
         "head_scores": (heads_figure, ()),
         "eap": (circuit_figure, CIRCUIT_KINDS),
         "eap_ig": (circuit_figure, CIRCUIT_KINDS),
@@ -45,7 +47,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     P(answer); over checkpoints, the learning curve. Attention: ``kind`` "heatmap" (prompt
     ``prompt``), "entropy" (the paper's head entropy by position and size rank), "rank"
     (attention by size rank per layer) or "mass". Probe: F1 per layer, model vs baseline. Head pruning: accuracy
-    against the fraction of heads pruned, per order. Head scores:
+    against the fraction of heads pruned, per order. Robustness: accuracy drop against the
+    probing score, per subset and per bin. Head scores:
     the layer × head grids. Circuits: ``kind`` "circuit", "faithfulness" or "overlap". CoT
     neurons: activation per variant and accuracy under ablation. Binding IDs: each measure's
     accuracy against chance.

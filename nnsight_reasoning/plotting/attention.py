@@ -261,3 +261,24 @@ def pruning_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{_title(ds)}: head pruning", fontsize=9)
     return fig
+
+
+def robustness_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Accuracy drop under the corruption against the probing score: each subset a dot, each
+    score bin's mean drop a line (the paper's robustness figure); one panel per probe."""
+    import matplotlib.pyplot as plt
+
+    d = last_checkpoint(ds)
+    fig, axes = plt.subplots(1, d.sizes["probe"], figsize=(4.4 * d.sizes["probe"], 3.4), squeeze=False, sharey=True)
+    for ax, probe in zip(axes[0], d["probe"].values):
+        r = d.sel(probe=probe)
+        ax.scatter(r["score"], d["drop"], s=6, alpha=0.4, color="gray", label="subsets")
+        mid = (r["bin_lo"] + r["bin_hi"]).values / 2
+        ax.plot(mid, r["bin_drop"].values, "o-", color="C3", label="mean per score bin")
+        ax.axhline(0, color="k", lw=0.8, ls=":")
+        ax.set_xlabel("probing score" if "baseline_f1" in d else "probe macro F1")
+        ax.set_title(f"{probe} probe · Pearson r {float(r['correlation']):+.2f}", fontsize=9)
+    axes[0][0].set_ylabel("accuracy drop (corrupted - clean)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{_title(ds)}: robustness to '{ds.attrs.get('corruption')}' against the probing score", fontsize=9)
+    return fig

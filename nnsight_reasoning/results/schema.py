@@ -34,6 +34,11 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                      "correct": ("ordering", "fraction", "prompt"), "pruned": ("ordering", "fraction", "layer", "head"),
                      "n_pruned": ("fraction",), "accuracy_unpruned": (), "p_answer_unpruned": (),
                      "head_entropy": ("view", "layer", "head")},
+    "probe_robustness": {"score": ("subset", "probe"), "f1": ("subset", "probe"), "accuracy": ("subset",),
+                         "accuracy_corrupt": ("subset",), "drop": ("subset",), "size": ("subset",),
+                         "correct": ("prompt",), "correct_corrupt": ("prompt",), "bin_drop": ("probe", "bin"),
+                         "bin_count": ("probe", "bin"), "bin_lo": ("probe", "bin"), "bin_hi": ("probe", "bin"),
+                         "correlation": ("probe",)},
     "head_scores": {"previous_token": ("prompt", "layer", "head"), "duplicate_token": ("prompt", "layer", "head"),
                     "induction": ("prompt", "layer", "head"), "copy_suppression": ("prompt", "layer", "head"),
                     "successor": ("layer", "head"), "uniform": ("score",)},
@@ -51,11 +56,12 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
 OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot")},
+    "probe_robustness": {"baseline_f1": ("subset", "probe")},
     "mechanistic_probe": {**{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
                           **{v: ("probe",) for v in ("baseline_f1_all", "baseline_accuracy_all", "score_all")}},
 }
 FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
-             "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "clean_p_base",
+             "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency")
 
 

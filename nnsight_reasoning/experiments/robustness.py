@@ -1,0 +1,213 @@
+"""Probe score against robustness (Hou et al. 2023, the repository's ``corrupt_proofwriter``).
+
+The paper asks whether the model is more robust where its attention follows the reasoning
+tree more closely. The repository draws 1024 random subsets of 64–128 examples; on each it
+measures the probing score S = (F1 − F1_baseline) / (1 − F1_baseline) of the depth probe and
+the accuracy before and after a corruption that leaves the answer right ("That … is false"
+for a sentence outside the proof), then bins S into 8 equal-width bins and reports the mean
+accuracy drop per bin.
+
+:func:`robustness` does the same for any labelled prompts and any corruption of them: the
+probe runs on the clean prompts (both probes: ``useful`` and ``step``; the repository's
+``sp1`` and ``sp2``), the accuracy (top-1 answer token) on the clean and the corrupted ones,
+per subset; the subsets are seeded. Departures: the repository's last bin leaves out the
+maximum (its bins are [min, max)); here it is included. It imports ``pearsonr`` but computes
+no correlation; here the Pearson correlation of S and the drop is reported (the issue's
+"correlation"). The probe's features and kNN are :func:`.probe`'s (the same options).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import backend
+from ..errors import UsageError
+from ..runner import Run, experiment
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from .probe import PROBES, Features, _labels, check_options, features, knn_scores, labelled_prompts
+
+
+@experiment("probe_robustness", batch_size=64)
+def robustness(
+    run: Run,
+    prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
+    *,
+    corrupt: str | None = None,
+    n_corrupt: int = 1,
+    n_subsets: int = 256,
+    subset_size: tuple[int, int] = (64, 128),
+    n_bins: int = 8,
+    baseline: str = "step0",
+    n_neighbors: int = 8,
+    folds: int = 2,
+    pool: str = "mean",
+    distance: str = "euclidean",
+    query: str = "last",
+    statement_pool: str = "sum",
+    normalise: bool = True,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Probing score against the accuracy drop under a corruption, over random subsets of prompts.
+
+    Parameters
+    ----------
+    model : a loaded model or a name/directory (eager attention).
+    prompts : labelled prompts, uncorrupted; answers must be single tokens.
+    corrupt, n_corrupt : the corruption the accuracy is measured under: "negate" (the
+        repository's "That … is false." for ``n_corrupt`` statements outside the proof; files),
+        "shuffle", "drop", or "perturb" (``kth_smallest`` only, which recomputes answers);
+        default perturb for ``kth_smallest``, negate otherwise.
+    n_subsets, subset_size : subsets drawn (without replacement within one), each of a size
+        drawn uniformly from [lo, hi] (the repository: 1024 of 64–128). With
+        ``rng = numpy.random.default_rng(seed)``, subset s is
+        ``sorted(rng.choice(n, rng.integers(lo, hi + 1), replace=False))`` and its folds are
+        the probe's with seed ``seed + s``.
+    n_bins : equal-width bins of the score (the repository: 8).
+    baseline, n_neighbors, folds, pool, distance, query, statement_pool, normalise : the
+        probe's (:func:`nnsight_reasoning.probe`); with baseline "none" the score is the F1.
+    seed : subsets and folds.
+
+    Returns
+    -------
+    xarray.Dataset with ``score`` and ``f1`` (subset, probe) (``baseline_f1`` too), ``accuracy``,
+    ``accuracy_corrupt``, ``drop`` (= corrupted − clean accuracy, the repository's sign) and
+    ``size`` (subset); ``correct``, ``correct_corrupt`` (prompt); ``bin_drop`` (mean drop),
+    ``bin_count``, ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of
+    score and drop.
+    """
+    how = Features(pool, query, statement_pool, normalise)
+    check_options(run, baseline, how, distance)
+    plist, labels = labelled_prompts(prompts, folds)
+    lo, hi = (int(x) for x in subset_size)
+    if not 2 * folds <= lo <= hi <= len(plist):
+        raise UsageError(f"subset_size must satisfy 2·folds <= lo <= hi <= the number of prompts ({len(plist)}); "
+                         f"got {subset_size}")
+    if n_subsets < 2 or n_bins < 1:
+        raise UsageError(f"need n_subsets >= 2 and n_bins >= 1 (got {n_subsets}, {n_bins})")
+    if corrupt is None:
+        corrupt = "perturb" if getattr(prompts, "task", None) == "kth_smallest" else "negate"
+    bad = _corrupted(prompts, plist, corrupt, n_corrupt, seed)
+    correct = _correct(run, plist, "accuracy (clean)")
+    correct_bad = _correct(run, bad, "accuracy (corrupted)")
+    _, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
+    # statement rows of each prompt in the feature matrix
+    start = np.r_[0, np.cumsum([len(p.statements) for p in plist])]
+    rng = np.random.default_rng(seed)
+    f1 = np.zeros((n_subsets, len(PROBES)))
+    base_f1 = np.zeros_like(f1)
+    sizes = np.zeros(n_subsets, np.int64)
+    acc, acc_bad = np.zeros(n_subsets), np.zeros(n_subsets)
+    for s in range(n_subsets):
+        idx = np.sort(rng.choice(len(plist), int(rng.integers(lo, hi + 1)), replace=False))
+        rows = np.concatenate([np.arange(start[i], start[i + 1]) for i in idx])
+        sub = _labels([plist[i] for i in idx])
+        knn = dict(labels=sub, n_neighbors=n_neighbors, folds=folds, seed=seed + s, distance=distance)
+        f1[s] = knn_scores(feats[rows], **knn).f1[:, -1]  # all layers' features
+        if base_feats is not None:
+            base_f1[s] = knn_scores(base_feats[rows], **knn).f1[:, -1]
+        sizes[s], acc[s], acc_bad[s] = len(idx), correct[idx].mean(), correct_bad[idx].mean()
+    score = f1 if base_feats is None else (f1 - base_f1) / (1 - base_f1)
+    drop = acc_bad - acc
+    bin_drop, bin_count, edges = _bins(score, drop, n_bins)
+    corr = np.array([np.corrcoef(score[:, j], drop)[0, 1] if np.std(score[:, j]) > 0 and np.std(drop) > 0
+                     else np.nan for j in range(len(PROBES))])
+    data = {
+        "score": (("subset", "probe"), score, {"long_name": "probing score (F1 - F1_baseline) / (1 - F1_baseline)"
+                                               if base_feats is not None else "macro F1 (no baseline)", "units": "1"}),
+        "f1": (("subset", "probe"), f1, {"long_name": "macro F1, all layers' features", "units": "1"}),
+        "accuracy": ("subset", acc, {"long_name": "accuracy (top-1), clean prompts", "units": "1"}),
+        "accuracy_corrupt": ("subset", acc_bad, {"long_name": "accuracy (top-1), corrupted prompts", "units": "1"}),
+        "drop": ("subset", drop, {"long_name": "accuracy corrupted - clean", "units": "1"}),
+        "size": ("subset", sizes, {"long_name": "prompts in the subset"}),
+        "correct": ("prompt", correct, {"long_name": "answer is the top-1 token (clean)"}),
+        "correct_corrupt": ("prompt", correct_bad, {"long_name": "answer is the top-1 token (corrupted)"}),
+        "bin_drop": (("probe", "bin"), bin_drop, {"long_name": "mean accuracy drop of the subsets in the score bin",
+                                                  "units": "1"}),
+        "bin_count": (("probe", "bin"), bin_count, {"long_name": "subsets in the score bin"}),
+        "bin_lo": (("probe", "bin"), edges[:, :-1], {"long_name": "score bin's lower edge", "units": "1"}),
+        "bin_hi": (("probe", "bin"), edges[:, 1:], {"long_name": "score bin's upper edge", "units": "1"}),
+        "correlation": ("probe", corr, {"long_name": "Pearson r of score and accuracy drop"}),
+    }
+    if base_feats is not None:
+        data["baseline_f1"] = (("subset", "probe"), base_f1, {"long_name": f"macro F1 of the {baseline} baseline",
+                                                             "units": "1"})
+    return xr.Dataset(
+        data,
+        coords={"subset": np.arange(n_subsets), "probe": np.array(PROBES, dtype=object), "bin": np.arange(n_bins),
+                "prompt": np.arange(len(plist)),
+                "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
+                "corrupted_text": ("prompt", np.array([p.text for p in bad], dtype=object))},
+        attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
+               "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
+               "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
+               "corruption": corrupt, "n_corrupt": n_corrupt},
+    )
+
+
+def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corrupt: int, seed: int
+               ) -> list[ReasoningPrompt]:
+    """The prompts corrupted, one to one: ``kth_smallest`` regenerates its lists with the
+    corruption (``perturb`` recomputes answers); other prompts go through
+    :func:`nnsight_reasoning.tasks.reasoning.corrupted`."""
+    from ..tasks import kth_smallest
+    from ..tasks.reasoning import corrupted
+
+    if isinstance(prompts, ReasoningPrompts) and prompts.task == "kth_smallest" and not prompts.params.get("corrupt"):
+        return list(kth_smallest(**{**prompts.params, "corrupt": corrupt, "n_corrupt": n_corrupt}))
+    return corrupted(plist, corrupt, n_corrupt, seed)
+
+
+def _correct(run: Run, plist: Sequence[Any], label: str) -> np.ndarray:
+    """(prompts,) 1 where the answer token is the top-1 next token."""
+    ids = backend.tokenize(run.model, [p.text for p in plist])
+    answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
+    out = np.zeros(len(plist), np.int8)
+    for chunk in run.steps(run.batches([len(x) for x in ids]), label):
+        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
+                     torch.from_numpy(answers[chunk, None]), rank="top")
+        out[chunk] = (s.top.numpy() == answers[chunk]).astype(np.int8)
+    return out
+
+
+def _bins(score: np.ndarray, drop: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probe: the mean drop and count in each of ``n_bins`` equal-width bins of the score
+    over [min, max] (the maximum in the last bin), and the (n_bins + 1) edges."""
+    n_probes = score.shape[1]
+    means, counts = np.full((n_probes, n_bins), np.nan), np.zeros((n_probes, n_bins), np.int64)
+    edges = np.zeros((n_probes, n_bins + 1))
+    for j in range(n_probes):
+        edges[j] = np.linspace(score[:, j].min(), score[:, j].max(), n_bins + 1)
+        which = np.clip(np.searchsorted(edges[j], score[:, j], side="right") - 1, 0, n_bins - 1)
+        for b in range(n_bins):
+            counts[j, b] = int((which == b).sum())
+            if counts[j, b]:
+                means[j, b] = drop[which == b].mean()
+    return means, counts, edges
+
+
+def summarize(ds: xr.Dataset) -> list[Any]:
+    """Mean accuracy drop per score bin, per probe, and the correlation."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+            f"{last.sizes['subset']} subsets of {ds.attrs.get('subset_size')} prompts · corruption "
+            f"{ds.attrs.get('corruption')} · accuracy {float(last.accuracy.mean()):.3f} -> "
+            f"{float(last.accuracy_corrupt.mean()):.3f}")
+    tables = [head]
+    for p in last["probe"].values:
+        r = last.sel(probe=p)
+        table = Table(title=f"{p} probe: mean accuracy drop per score bin (Pearson r {float(r.correlation):+.2f})")
+        for col in ("score bin", "subsets", "mean drop"):
+            table.add_column(col, justify="right")
+        for b in r["bin"].values:
+            q = r.sel(bin=b)
+            table.add_row(f"{float(q.bin_lo):.2f} .. {float(q.bin_hi):.2f}", str(int(q.bin_count)),
+                          "" if np.isnan(float(q.bin_drop)) else f"{float(q.bin_drop):+.3f}")
+        tables.append(table)
+    return tables

@@ -1,0 +1,180 @@
+"""Fine-tuning (MechanisticProbe's finetune_ksmallest): the weights against an independent
+plain-torch loop, parameter groups from the architecture table, revisions every experiment
+accepts, determinism, resume after an interruption, the CLI and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_constant_schedule_with_warmup
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning import training as ft
+from nnsight_reasoning.errors import UsageError
+
+from .test_probe import reason_interp
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def _plain_loop(path, steps, batch_size, lr, weight_decay, warmup, seed, train_prefixes, **params):
+    """The training loop written out in plain torch and transformers, from the task's public
+    generator: batch k = nr.tasks.examples(task, batch_size, seed=seed * 1000003 + k)."""
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(path)
+    names = [n for n, _ in hf.named_parameters() if any(n.startswith(p) for p in train_prefixes)]
+    for n, p in hf.named_parameters():
+        p.requires_grad_(n in names)
+    trained = [p for n, p in hf.named_parameters() if n in names]
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
+    sched = get_constant_schedule_with_warmup(opt, warmup)
+    hf.train()
+    losses = []
+    for k in range(steps):
+        ex = nr.tasks.examples("kth_smallest", batch_size, seed=seed * 1000003 + k, tokenizer=tok, **params)
+        ids = [tok(e.prompt)["input_ids"] for e in ex]
+        ans = torch.tensor([tok(" " + e.answer, add_special_tokens=False)["input_ids"][0] for e in ex])
+        width = max(map(len, ids))
+        x = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+        logits = hf(input_ids=x, attention_mask=mask).logits[torch.arange(len(ids)), [len(i) - 1 for i in ids]]
+        loss = torch.nn.functional.cross_entropy(logits, ans)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return {n: p.detach() for n, p in hf.state_dict().items()}, losses, names
+
+
+def test_finetuned_weights_match_a_plain_torch_loop(tmp_path):
+    """The embedded model (GPT-NeoX, no dropout), the MLPs only, 3 steps of 6 examples."""
+    out = nr.finetune(None, "kth_smallest", out=tmp_path / "ft", tune="mlp", steps=3, batch_size=6, lr=1e-3,
+                      warmup=2, save_every=2, seed=4, progress=False, length=5, k=2)
+    log = json.loads((out / "finetune.json").read_text())
+    assert log["complete"] and log["revisions"] == ["step0", "step2", "main"] and len(log["loss"]) == 3
+    want, losses, names = _plain_loop(embedded.revision_path("main"), 3, 6, 1e-3, 1e-3, 2, 4,
+                                      [f"gpt_neox.layers.{i}.mlp." for i in range(4)], length=5, k=2)
+    assert names and all(".mlp." in n for n in names)
+    np.testing.assert_allclose(log["loss"], losses, rtol=1e-5)
+    got = _weights(out / "main")
+    start = _weights(embedded.revision_path("main"))
+    for n, w in want.items():
+        if n not in got:
+            continue  # tied or buffer-only entries
+        torch.testing.assert_close(got[n], w, rtol=1e-5, atol=1e-6, msg=n)
+        assert torch.equal(got[n], start[n]) == (n not in names), n  # only the MLPs moved
+    assert torch.equal(_weights(out / "step0")["gpt_neox.embed_in.weight"], start["gpt_neox.embed_in.weight"])
+    # the revisions are a model directory every experiment accepts
+    curve = nr.evaluate(str(out), nr.tasks.examples("kth_smallest", 16), revisions="all", progress=False)
+    assert list(curve["checkpoint"].values) == ["step0", "step2", "main"]
+
+
+@pytest.mark.parametrize("tune,part", [("attn", ".attn."), ("ln", ".ln_")])
+def test_parameter_groups_come_from_the_architecture(tiny_model_dir, tmp_path, tune, part):
+    path = tiny_model_dir("gpt2")
+    out = nr.finetune(str(path), out=tmp_path / tune, tune=tune, steps=2, batch_size=4, lr=1e-2, warmup=0,
+                      progress=False)
+    before, after = _weights(path), _weights(out / "main")
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(part in n or (tune == "ln" and n.startswith("transformer.ln_f")) for n in moved), moved
+    if tune == "ln":
+        assert "transformer.ln_f.weight" in moved
+
+
+def test_same_seed_same_weights_and_resume_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch):
+    path = str(tiny_model_dir("gpt2"))
+    kw = dict(tune="all", steps=6, batch_size=4, lr=1e-3, warmup=2, save_every=2, seed=1, progress=False)
+    whole = nr.finetune(path, out=tmp_path / "a", **kw)
+    again = nr.finetune(path, out=tmp_path / "b", **kw)
+    for n, w in _weights(whole / "main").items():
+        assert torch.equal(w, _weights(again / "main")[n]), n
+    # interrupted after the step-4 revision: the same call resumes from it
+    real = ft._save_revision
+
+    def stop_after_step4(net, tok, out, name):
+        real(net, tok, out, name)
+        if name == "step4":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_save_revision", stop_after_step4)
+    with pytest.raises(KeyboardInterrupt):
+        nr.finetune(path, out=tmp_path / "c", **kw)
+    monkeypatch.setattr(ft, "_save_revision", real)
+    assert (tmp_path / "c" / "step4").is_dir() and not (tmp_path / "c" / "main").exists()
+    resumed = nr.finetune(path, out=tmp_path / "c", **kw)
+    for n, w in _weights(whole / "main").items():
+        assert torch.equal(w, _weights(resumed / "main")[n]), n
+    assert json.loads((resumed / "finetune.json").read_text())["loss"] == \
+        json.loads((whole / "finetune.json").read_text())["loss"]
+    assert not (resumed / ft.STATE).exists()
+
+
+def test_finetune_bad_input(tmp_path, tiny_model_dir):
+    path = str(tiny_model_dir("gpt2"))
+    for kwargs, msg in [(dict(tune="bias"), "tune must be one of"), (dict(steps=0), "steps must be"),
+                        (dict(lr=0.0), "lr must be > 0"), (dict(colour=1), "unexpected keyword 'colour'")]:
+        with pytest.raises(UsageError, match=msg):
+            nr.finetune(path, out=tmp_path / "x", progress=False, **kwargs)
+        assert not (tmp_path / "x").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds no fine-tuning run"):
+        nr.finetune(path, out=tmp_path / "busy", steps=1, progress=False)
+    done = nr.finetune(path, out=tmp_path / "done", steps=1, batch_size=2, warmup=0, progress=False)
+    with pytest.raises(UsageError, match="already holds this fine-tuning run"):
+        nr.finetune(path, out=done, steps=1, batch_size=2, warmup=0, progress=False)
+    with pytest.raises(UsageError, match="other settings"):
+        nr.finetune(path, out=done, steps=2, batch_size=2, warmup=0, progress=False)
+    nr.finetune(path, out=done, steps=2, batch_size=2, warmup=0, restart=True, progress=False)
+    assert len(json.loads((done / "finetune.json").read_text())["loss"]) == 2
+
+
+def test_cli_finetune_then_probe_its_revisions(tmp_path):
+    out = tmp_path / "ft"
+    r = reason_interp(["finetune", "--out", str(out), "--steps", "4", "--save-every", "2", "--batch-size", "4",
+                       "--tune", "mlp", "--warmup", "1", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert "revisions step0, step2, main" in r.stdout
+    res = tmp_path / "probe.nc"
+    r = reason_interp(["probe", "--model", str(out), "--revisions", "all", "--baseline", "none", "--n-prompts", "16",
+                       "--out", str(res), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert list(nr.load_result(res)["checkpoint"].values) == ["step0", "step2", "main"]
+    r = reason_interp(["finetune", "--out", str(tmp_path / "bad"), "--tune", "bias"])
+    assert r.returncode == 2 and "tune must be one of" in r.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_finetune_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
+    """A real process killed (SIGKILL) after its first saved revision; the same command again
+    finishes with the weights of an uninterrupted run."""
+    path = str(tiny_model_dir("gpt2"))
+    args = ["--model", path, "--steps", "40", "--save-every", "5", "--batch-size", "16", "--warmup", "3",
+            "--no-progress"]
+    cmd = [sys.executable, "-m", "nnsight_reasoning.cli.main", "finetune"]
+    whole = tmp_path / "whole"
+    subprocess.run(cmd + args + ["--out", str(whole)], check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "step10").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "step10").is_dir() and not (killed / "main").exists()
+    subprocess.run(cmd + args + ["--out", str(killed)], check=True, capture_output=True, timeout=600)
+    for n, w in _weights(whole / "main").items():
+        assert torch.equal(w, _weights(killed / "main")[n]), n
