@@ -144,7 +144,9 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
 
     A ``proofwriter`` file may also be one of ProofWriter's published ``meta-*.jsonl`` files
     (rows with ``theory``, ``triples``, ``rules``, ``questions``): see
-    :func:`proofwriter_questions` (``max_depth``, ``n_shots`` apply to those only).
+    :func:`proofwriter_questions`; an ``arc`` file one of STREET's reasoning-annotated ARC files
+    (rows with ``textual_logical_units``, ``reasoning_graph_edges``): see :func:`arc_questions`.
+    ``max_depth`` and ``n_shots`` apply to those only.
 
     Columns (CSV cells with lists hold JSON):
 
@@ -166,9 +168,13 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
         out = proofwriter_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
         return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
                        format="proofwriter_published")
+    if style == "arc" and _is_published_arc(path):
+        out = arc_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
+        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
+                       format="arc_street")
     if max_depth is not None or n_shots:
-        raise TaskError(f"max_depth and n_shots apply to ProofWriter's published files (rows with theory, triples, "
-                        f"rules, questions); {path.name} is not one")
+        raise TaskError(f"max_depth and n_shots apply to the published ProofWriter and ARC (STREET) files; "
+                        f"{path.name} is not one")
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
     if kind is None:
         raise TaskError(f"{path.name}: use a .jsonl, .json or .csv file")
@@ -230,14 +236,7 @@ def _finish(out: list[ReasoningPrompt], path: Path, style: str, corrupt: str | N
 # --------------------------------------------------------------------------- ProofWriter's own files
 def _is_published_proofwriter(path: Path) -> bool:
     """Whether ``path`` is ProofWriter's published JSON Lines (``theory`` and ``questions`` per row)."""
-    if path.suffix.lower() != ".jsonl":
-        return False
-    with path.open(encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        return False
+    row = _first_row(path)
     return isinstance(row, dict) and "questions" in row and "triples" in row
 
 
@@ -320,15 +319,7 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     repository's 4 in-context examples), so the statements probed are the last theory's.
     """
     path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path.name}, line {line_no}: not JSON ({e.msg})") from None
+    rows = _read_jsonl(path)
     items = []
     for r, row in enumerate(rows):
         try:
@@ -356,16 +347,98 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     if not items:
         raise TaskError(f"{path.name} has no question with a single proof"
                         + (f" of depth <= {max_depth}" if max_depth is not None else ""))
-    check_range("n_shots", n_shots, 0, len(items) - 1)
     template = STYLES["proofwriter"][4]
+    return _with_shots([(st, template.format(question=q), a) for st, q, a in items], n_prompts, n_shots, seed)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path.name}, line {line_no}: not JSON ({e.msg})") from None
+    return rows
+
+
+def _with_shots(items: list[tuple], n_prompts: int | None, n_shots: int, seed: int) -> list[ReasoningPrompt]:
+    """Prompts from (statements, question text, answer) items, each after ``n_shots`` other items
+    with their answers (drawn with ``seed``), as the repository's in-context examples."""
+    check_range("n_shots", n_shots, 0, len(items) - 1)
     rng = random.Random(seed)
     out = []
     for i, (statements, question, answer) in enumerate(items[:n_prompts]):
         shots = [items[j] for j in rng.sample([j for j in range(len(items)) if j != i], n_shots)]
-        prefix = " ".join(" ".join(s.text for s in st) + " " + template.format(question=q) + " " + a
-                          for st, q, a in shots)
-        out.append(ReasoningPrompt(statements, answer, prefix, template.format(question=question)))
+        prefix = " ".join(" ".join(s.text for s in st) + " " + q + " " + a for st, q, a in shots)
+        out.append(ReasoningPrompt(statements, answer, prefix, question))
     return out
+
+
+def _is_published_arc(path: Path) -> bool:
+    """Whether ``path`` is ARC's reasoning-annotated JSON Lines from STREET (Ribeiro et al. 2023),
+    which the repository reads: ``textual_logical_units`` and ``reasoning_graph_edges`` per row."""
+    row = _first_row(path)
+    return isinstance(row, dict) and "textual_logical_units" in row and "reasoning_graph_edges" in row
+
+
+def _first_row(path: Path) -> Any:
+    if path.suffix.lower() != ".jsonl":
+        return None
+    with path.open(encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        return json.loads(first)
+    except json.JSONDecodeError:
+        return None
+
+
+def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: int | None = None,
+                  n_shots: int = 0, seed: int = 0) -> list[ReasoningPrompt]:
+    """Labelled prompts from ARC's reasoning-annotated files of STREET
+    (``reasoning_annotated_{train,dev,test}.jsonl``), as the repository's ``preprocess_arc``
+    reads them: the textual logical units are the statements (in id order) but for the one
+    that says "The answer is …"; the reasoning graph's edges between them (both ends before the
+    answer unit) are the proof. A unit in the graph is useful, with :func:`proof_steps` as its
+    step (the whole graph: the repository keeps its longest path as a chain, and its parser of
+    that chain keeps only the first step, so every later unit gets no label); the others are
+    not used. The question is "Question : {question} {options} Answer :", the answer the
+    first of ``answer``. ``max_depth``, ``n_shots``: as :func:`proofwriter_questions` (the
+    repository probes depth ≤ 2).
+    """
+    path = Path(path)
+    items = []
+    for r, row in enumerate(_read_jsonl(path)):
+        try:
+            units = {str(k): str(v).strip() for k, v in row["textual_logical_units"].items()}
+            edges_in = row["reasoning_graph_edges"]
+            answer = row["answer"][0] if isinstance(row["answer"], list) else row["answer"]
+            question, options = str(row["question"]).strip(), row.get("options", [])
+        except (KeyError, TypeError, AttributeError, IndexError):
+            raise TaskError(f"{path.name}, row {r}: an ARC (STREET) row needs textual_logical_units (id -> text), "
+                            f"reasoning_graph_edges, question and answer") from None
+        answer_unit = next((k for k, v in units.items() if "The answer is" in v), None)
+        cut = int(answer_unit) if answer_unit is not None else max(map(int, units)) + 1
+        edges = []
+        for e in edges_in:
+            for a in e["antecedents"]:
+                if int(a) < cut and int(e["consequent"]) < cut and (str(a), str(e["consequent"])) not in edges:
+                    edges.append((str(a), str(e["consequent"])))
+        nodes = list(dict.fromkeys(n for edge in edges for n in edge))
+        steps = proof_steps(nodes, edges) if nodes else {}
+        if max_depth is not None and max(steps.values(), default=1) - 1 > max_depth:
+            continue
+        statements = tuple(Statement(t, k in steps, steps.get(k, 0))
+                           for k, t in sorted(units.items(), key=lambda kv: int(kv[0])) if k != answer_unit)
+        opts = " ".join(str(o).strip() for o in options)
+        template = STYLES["arc"][4]
+        items.append((statements, template.format(question=question, choices=opts).replace("  ", " "),
+                      str(answer).strip()))
+    if not items:
+        raise TaskError(f"{path.name} has no question" + (f" of depth <= {max_depth}" if max_depth is not None else ""))
+    return _with_shots(items, n_prompts, n_shots, seed)
 
 
 def _file_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, style: str = "proofwriter",
@@ -385,8 +458,7 @@ for _style, _summary, _columns in (
                         f"CSV cells with lists hold JSON"),
          "corrupt": (None, "shuffle | drop | negate"), "n_corrupt": (1, "statements dropped or negated"),
          "seed": (0, "random seed"),
-         **({"max_depth": (None, "ProofWriter's published files: questions of QDep <= this"),
-             "n_shots": (0, "ProofWriter's published files: in-context questions before the prompt")}
-            if _style == "proofwriter" else {})},
+         "max_depth": (None, "published ProofWriter / ARC (STREET) files: questions of proof depth <= this"),
+         "n_shots": (0, "published ProofWriter / ARC (STREET) files: in-context questions before the prompt")},
         labelled=lambda n_prompts=None, seed=0, _s=_style, **kw: load_reasoning(style=_s, n_prompts=n_prompts,
                                                                                seed=seed, **kw)))

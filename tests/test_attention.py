@@ -132,6 +132,23 @@ def test_kth_smallest_in_the_repositorys_format():
         nr.tasks.kth_smallest_pairs(3, style="repository")
 
 
+def test_arc_published_street_files_load_with_their_reasoning_graphs():
+    """STREET's reasoning-annotated ARC rows (the repository's --data_dir .../arc): the units but
+    the answer's are the statements; the graph's edges before the answer unit give the steps."""
+    ds = nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc")
+    assert len(ds) == 2 and ds.params["format"] == "arc_street"
+    one, two = ds.prompts
+    assert [s.text for s in one.statements] == ["Plants need sunlight to make food.", "A cactus is a plant.",
+                                                "Rocks are hard.", "A cactus needs sunlight to make food."]
+    assert [(s.useful, s.step) for s in one.statements] == [(True, 1), (True, 1), (False, 0), (True, 2)]
+    assert one.question == "Question : What does a cactus need to make food? (A) sunlight (B) rocks Answer :"
+    assert one.answer == "A"
+    assert [s.step for s in two.statements] == [2, 1, 2, 3, 0]  # 2 -> 3, then 1 and 3 -> 4
+    assert len(nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc", max_depth=1)) == 1
+    shots = nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc", n_shots=1)
+    assert shots.prompts[0].prefix.endswith("Answer : A") and shots.prompts[0].statements == one.statements
+
+
 def test_proof_strings_parse_into_trees():
     from nnsight_reasoning.tasks.reasoning import parse_proof, proof_steps
 
@@ -174,7 +191,7 @@ def test_proofwriter_published_files_load_as_the_repository_keeps_them(tmp_path)
         f.write_text(bad + "\n")
         with pytest.raises(TaskError, match=msg):
             nr.tasks.load_reasoning(f)
-    with pytest.raises(TaskError, match="apply to ProofWriter's published files"):
+    with pytest.raises(TaskError, match="apply to the published ProofWriter and ARC"):
         nr.tasks.load_reasoning(DATA / "proofwriter.jsonl", max_depth=1)
 
 
