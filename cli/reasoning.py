@@ -61,30 +61,37 @@ def attention(
           heads=head or None, patterns=patterns)
 
 
-@experiment_command(PROMPTS)
+# the probe's options, shared by `probe` and `robustness` (the same keywords as nr.probe)
+KNN = OptionGroup("knn", dict(
+    baseline=(Annotated[str, typer.Option(help="step0 (untrained checkpoint) | random (seeded init) | none")], "step0"),
+    n_neighbors=(Annotated[int, typer.Option(help="kNN neighbours")], 8),
+    folds=(Annotated[int, typer.Option(help="cross-validation folds over prompts")], 2),
+    pool=(Annotated[str, typer.Option(help="features per layer: mean over heads (paper) | heads (one per head)")],
+          "mean"),
+    distance=(Annotated[str, typer.Option(help="kNN distance: euclidean (paper's k-th smallest) | manhattan "
+                                               "(paper's ProofWriter/ARC)")], "euclidean"),
+    query=(Annotated[str, typer.Option(help="attention from: last (answer position) | question_max | question_mean "
+                                            "(the question's tokens; paper's ProofWriter/ARC: max)")], "last"),
+    statement_pool=(Annotated[str, typer.Option(help="over a statement's tokens: sum | mean (paper's ProofWriter/ARC)")],
+                    "sum"),
+    normalise=(Annotated[bool, typer.Option("--normalise/--no-normalise",
+                                            help="divide each prompt's features by their max (paper's k-th "
+                                                 "smallest)")], True)), lambda **options: options)
+
+
+@experiment_command(PROMPTS, KNN)
 def probe(
     h: Harness,
     prompts: Any,
-    baseline: str = typer.Option("step0", help="step0 (untrained checkpoint) | random (seeded init) | none"),
-    n_neighbors: int = typer.Option(8, help="kNN neighbours"),
-    folds: int = typer.Option(2, help="cross-validation folds over prompts"),
-    pool: str = typer.Option("mean", help="features per layer: mean over heads (paper) | heads (one per head)"),
+    knn: Any,
     cumulative: bool = typer.Option(True, "--cumulative/--single-layer",
                                     help="the probe at layer l reads layers 0..l (paper) or layer l alone"),
-    distance: str = typer.Option("euclidean", help="kNN distance: euclidean (paper's k-th smallest) | manhattan "
-                                                   "(paper's ProofWriter/ARC)"),
-    query: str = typer.Option("last", help="attention from: last (answer position) | question_max | question_mean "
-                                           "(the question's tokens; paper's ProofWriter/ARC: max)"),
-    statement_pool: str = typer.Option("sum", help="over a statement's tokens: sum | mean (paper's ProofWriter/ARC)"),
-    normalise: bool = typer.Option(True, "--normalise/--no-normalise",
-                                   help="divide each prompt's features by their max (paper's k-th smallest)"),
 ) -> None:
     """MechanisticProbe: kNN probes for useful statements and reasoning steps on attention, per layer."""
     import nnsight_reasoning as nr
 
-    h.run(nr.probe, lambda tokenizer: prompts, kind="probe", task=prompts.task, baseline=baseline,
-          n_neighbors=n_neighbors, folds=folds, pool=pool, cumulative=cumulative, distance=distance, query=query,
-          statement_pool=statement_pool, normalise=normalise, seed=prompts.params.get("seed", 0))
+    h.run(nr.probe, lambda tokenizer: prompts, kind="probe", task=prompts.task, cumulative=cumulative,
+          seed=prompts.params.get("seed", 0), **knn)
 
 
 @experiment_command(PROMPTS)
@@ -111,23 +118,21 @@ ROBUST_PROMPTS = OptionGroup("prompts", PROMPTS.options,
                                  corrupt, n_corrupt or 1))
 
 
-@experiment_command(ROBUST_PROMPTS)
+@experiment_command(ROBUST_PROMPTS, KNN)
 def robustness(
     h: Harness,
     prompts: Any,
+    knn: Any,
     n_subsets: int = typer.Option(256, help="random subsets of prompts (the repository: 1024)"),
     subset_min: int = typer.Option(64, help="smallest subset"),
     subset_max: int = typer.Option(128, help="largest subset"),
     n_bins: int = typer.Option(8, help="equal-width bins of the probing score"),
-    baseline: str = typer.Option("step0", help="step0 | random | none (score = F1)"),
-    folds: int = typer.Option(2, help="cross-validation folds over prompts"),
-    distance: str = typer.Option("euclidean", help="kNN distance: euclidean | manhattan"),
 ) -> None:
     """Probe score against robustness (Hou et al. 2023): over random subsets, the probing score and the accuracy
-    drop under --corrupt (default: negate for files, perturb for kth_smallest), binned, with their correlation."""
+    drop under --corrupt (default: negate for files, drop for kth_smallest), binned, with their correlation."""
     import nnsight_reasoning as nr
 
     clean, corrupt, n_corrupt = prompts
     h.run(nr.robustness, lambda tokenizer: clean, kind="robustness", task=clean.task, corrupt=corrupt,
           n_corrupt=n_corrupt, n_subsets=n_subsets, subset_size=(subset_min, subset_max), n_bins=n_bins,
-          baseline=baseline, folds=folds, distance=distance, seed=clean.params.get("seed", 0))
+          seed=clean.params.get("seed", 0), **knn)

@@ -103,19 +103,23 @@ def finetune(
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory for the revisions")
+    load_kwargs: dict[str, Any] = {}
     if model is not None and not isinstance(model, (str, Path)):  # a loaded model: train a fresh copy, not it
         loaded = model_info(model)
+        if loaded.load_kwargs.get("adapter"):
+            raise UsageError("this model has an adapter merged in; fine-tune its base model, or save the merged "
+                             "model to a directory and fine-tune that")
         model, revision = loaded.name, revision or loaded.revision or None
-    nn_model = load_model(model, revision)
+        load_kwargs = {k: v for k, v in loaded.load_kwargs.items() if k in ("dtype", "device")}
+    nn_model = load_model(model, revision, **load_kwargs)
     name = model_info(nn_model).name
     config = {"model": name, "revision": revision or model_info(nn_model).revision, "task": task,
               "task_params": task_params, "tune": tune, "steps": steps, "batch_size": batch_size, "lr": lr,
               "weight_decay": weight_decay, "warmup": warmup, "save_every": save_every, "seed": seed}
-    state = _prepare_out(out, config, restart)
-    # fail on the task's data before loading weights: the first batch must tokenise
+    # the task's data must tokenise before anything is written: the first batch is drawn here
     tok = nn_model.tokenizer
-    first = _batch(info, tok, nn_model, 0, batch_size, seed, task_params)
-    del first
+    _batch(info, tok, nn_model, 0, batch_size, seed, task_params)
+    state = _prepare_out(out, config, restart)
     if not nn_model.dispatched:
         nn_model.dispatch()
     net = torch_module(nn_model)
@@ -133,6 +137,8 @@ def finetune(
         optim.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
         torch.random.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start, losses = state["step"], state["losses"]
     else:
         torch.manual_seed(seed)
@@ -246,14 +252,17 @@ def _save_revision(net: Any, tok: Any, out: Path, name: str) -> None:
 def _save_state(out: Path, net: Any, optim: Any, schedule: Any, step: int, losses: list, config: dict) -> None:
     tmp = out / (STATE + ".tmp")
     torch.save({"model": net.state_dict(), "optimizer": optim.state_dict(), "scheduler": schedule.state_dict(),
-                "rng": torch.random.get_rng_state(), "step": step, "losses": losses, "config": config}, tmp)
+                "rng": torch.random.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "step": step, "losses": losses, "config": config}, tmp)
     os.replace(tmp, out / STATE)
 
 
 def _write_log(out: Path, config: dict, losses: list, complete: bool) -> None:
     from .results.checkpoints import training_order
 
-    revisions = training_order([p.name for p in out.iterdir() if (p / "config.json").is_file()])
+    revisions = training_order([p.name for p in out.iterdir()
+                                if (p / "config.json").is_file() and not p.name.startswith(".")])
     tmp = out / (LOG + ".tmp")
     tmp.write_text(json.dumps({"config": config, "complete": complete, "revisions": revisions,
                                "loss": losses}, indent=1))

@@ -83,14 +83,16 @@ class ReasoningPrompts(TaskData):
         return f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, params={self.params_json()})"
 
 
-def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: int = 0) -> list[ReasoningPrompt]:
+def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: int = 0,
+              strict: bool = True) -> list[ReasoningPrompt]:
     """Corrupted copies for the robustness experiment (answers stay correct).
 
     ``shuffle``: statements in a random order; ``drop``: remove ``n`` statements that are not
     useful; ``negate``: rewrite ``n`` statements that are not useful as "That … is false." (the
     repository's counterfactual corruption, ``corrput_func(..., "counter")``: the answer does not
     depend on them, so it stays right). ``perturb`` changes statement contents and so the
-    answer: only tasks that can recompute it offer it (``kth_smallest``).
+    answer: only tasks that can recompute it offer it (``kth_smallest``). A prompt with fewer
+    than ``n`` statements outside the proof is refused, or with ``strict`` False left as it is.
     """
     check_choice("corrupt", mode, CORRUPTIONS)
     if mode == "perturb":
@@ -106,6 +108,9 @@ def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: i
         else:
             useless = [j for j, s in enumerate(st) if not s.useful]
             if len(useless) < n:
+                if not strict:
+                    out.append(p)
+                    continue
                 raise TaskError(f"prompt {i} has {len(useless)} useless statements; cannot {mode} {n} "
                                 f"(lower n_corrupt)")
             chosen = set(rng.sample(useless, n))
@@ -309,7 +314,8 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     """Labelled prompts from one of ProofWriter's published files (``meta-{train,dev,test}.jsonl``
     of a ``depth-N`` folder): one prompt per question that has a proof, as the repository's
     ``preprocess_proofwriter`` keeps them (no ``NAF`` — negation as failure —, a single proof,
-    no ``OR``).
+    no ``OR``); a proof that applies one rule twice (its statement would sit at two steps) is
+    left out too.
 
     Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
     where the proof names them, with :func:`proof_steps` as steps; the question is rendered
@@ -340,7 +346,10 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
             unknown = [n for n in nodes if n not in texts]
             if unknown:
                 raise TaskError(f"{path.name}, row {r}, {qid}: the proof names {unknown[0]}, which the theory lacks")
-            steps = proof_steps(nodes, edges)
+            try:
+                steps = proof_steps(nodes, edges)
+            except TaskError:  # a rule applied twice in one chain: one statement at two steps, no single label
+                continue
             statements = tuple(Statement(t, k in steps, steps.get(k, 0)) for k, t in texts.items())
             answer = "True" if q["answer"] in (True, "True", "true") else "False"
             items.append((statements, str(q["question"]).strip(), answer))
@@ -371,7 +380,12 @@ def _with_shots(items: list[tuple], n_prompts: int | None, n_shots: int, seed: i
     rng = random.Random(seed)
     out = []
     for i, (statements, question, answer) in enumerate(items[:n_prompts]):
-        shots = [items[j] for j in rng.sample([j for j in range(len(items)) if j != i], n_shots)]
+        picked: list[int] = []
+        while len(picked) < n_shots:  # distinct other items, without listing all of them per prompt
+            j = rng.randrange(len(items))
+            if j != i and j not in picked:
+                picked.append(j)
+        shots = [items[j] for j in picked]
         prefix = " ".join(" ".join(s.text for s in st) + " " + q + " " + a for st, q, a in shots)
         out.append(ReasoningPrompt(statements, answer, prefix, question))
     return out

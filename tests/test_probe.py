@@ -232,16 +232,19 @@ def test_question_and_statement_pooling_on_multi_token_statements(tiny_model_dir
     mean) over the question's tokens of the attention to each statement, averaged (or summed)
     over the statement's tokens, then over heads; against plain HF attentions and an
     independent word-count token map."""
-    from nnsight_reasoning.experiments.probe import Features, statement_features
+    from nnsight_reasoning.experiments.probe import Features, statement_features, statement_rows
+    from nnsight_reasoning.runner import Run
 
     path = tiny_model_dir("gpt2")
     model = nr.load_model(str(path))
     prompts = list(nr.tasks.load_reasoning(DATA / "proofwriter.jsonl"))
-    att = nr.attention(model, prompts, patterns="all", progress=False)
     hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     tok = model.tokenizer
     for how in (Features("mean", "question_max", "mean", False), Features("heads", "question_mean", "sum", True)):
-        got = statement_features(att, prompts, how)
+        run = Run(model, progress=False)
+        layers, rows, owners = statement_rows(run, prompts, prompts, how, "attention")
+        assert run.calls == len({len(tok(p.text)["input_ids"]) for p in prompts})  # one pass per length
+        got = statement_features(rows, owners, prompts, how)
         want = []
         for p in prompts:
             owner = [-1] * (1 + len(p.prefix.split()))  # <bos> and the prefix's words
@@ -260,3 +263,6 @@ def test_question_and_statement_pooling_on_multi_token_statements(tiny_model_dir
                 f = f.mean(-1, keepdims=True)
             want.append(f / f.max() if how.normalise else f)
         np.testing.assert_allclose(got, np.concatenate(want), atol=1e-6)
+    with pytest.raises(UsageError, match="end with a statement"):  # no question: nothing to read from
+        nr.probe(model, nr.tasks.kth_smallest(8, style="repository", length=6), query="question_max",
+                 baseline="none", progress=False)

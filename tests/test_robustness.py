@@ -101,7 +101,7 @@ def test_robustness_bad_input_and_cli(embedded_model, tmp_path):
     r = reason_interp(["robustness", "--n-prompts", "24", "--n-subsets", "4", "--subset-min", "8", "--subset-max",
                        "12", "--baseline", "none", "--out", str(out), "--no-progress"])
     assert r.returncode == 0, r.stderr
-    assert "corruption perturb" in r.stdout and "step probe: mean accuracy drop" in r.stdout
+    assert "corruption drop" in r.stdout and "step probe: mean accuracy drop" in r.stdout
     ds = nr.load_result(out)
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["method"] == "probe_robustness" and ds.sizes["subset"] == 4 and "baseline_f1" not in ds

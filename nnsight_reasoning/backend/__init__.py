@@ -364,29 +364,43 @@ def require_eager(model: Any, what: str) -> None:
 
 
 def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
+                    question_from: torch.Tensor | None = None, reduce: str = "max",
                     remote: bool | str = False) -> torch.Tensor:
     """Attention probabilities of ``layers`` on ``input_ids`` (n, T), no padding.
 
-    Returns (n, len(layers), heads, Q, T) float32, Q = 1 (the last query position) with
-    ``last_only`` else T. The softmax output is read from the attention module, so the model
-    must run eager attention (fused kernels never form the matrix).
+    Returns (n, len(layers), heads, Q, T) float32: Q = 1 (the last query position) with
+    ``last_only`` else T. With ``question_from`` (n,) the one row is instead the ``reduce``
+    ("max" or "mean") over the query positions from ``question_from[i]`` to the end, computed in
+    the trace (so only n·L·H·T numbers leave it, locally or from NDIF). The softmax output is
+    read from the attention module, so the model must run eager attention (fused kernels never
+    form the matrix).
     """
     require_eager(model, "attention patterns")
     arch = architecture(model)
     mods = [resolve(resolve(model, arch.layers)[li], arch.attn) for li in sorted(layers)]
     order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked
-    saved = _run(model, _trace_attention, (model, input_ids, mods, last_only), remote, "probs")
+    if question_from is not None and reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be max or mean (got {reduce!r})")
+    rows = None if question_from is None else (torch.arange(input_ids.shape[1])[None] >= question_from[:, None])
+    saved = _run(model, _trace_attention, (model, input_ids, mods, last_only, rows, reduce), remote, "probs")
     return saved.detach().cpu().float()[:, order]
 
 
-def _trace_attention(model, input_ids, mods, last_only, remote=False, backend=None):
+def _trace_attention(model, input_ids, mods, last_only, rows, reduce, remote=False, backend=None):
     probs = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
-        rows = []
+        out = []
         for mod in mods:  # forward order: nnsight reads module outputs as the model computes them
             weights = mod.output[1]
-            rows.append(weights[:, :, -1:] if last_only else weights)
-        probs = nnsight.save(torch.stack(rows, 1))
+            if rows is not None:  # (n, H, T, T) -> the question's query rows reduced: (n, H, 1, T)
+                keep = rows.to(weights.device)[:, None, :, None]
+                if reduce == "max":  # probabilities are >= 0: masked rows at 0 never win
+                    out.append((weights * keep).amax(2, keepdim=True))
+                else:
+                    out.append((weights * keep).sum(2, keepdim=True) / keep.sum(2, keepdim=True))
+            else:
+                out.append(weights[:, :, -1:] if last_only else weights)
+        probs = nnsight.save(torch.stack(out, 1))
     return probs
 
 

@@ -185,6 +185,8 @@ def statement_views(plist: Sequence[ReasoningPrompt], per_statement: Sequence[np
 def normalised_entropy(mean: np.ndarray) -> np.ndarray:
     """Entropy of each distribution along the last axis, renormalised to sum to 1, divided by
     log(its length): 0 = all mass on one slot, 1 = uniform. NaN rows stay NaN."""
+    if mean.shape[-1] < 2:  # one statement: no distribution to spread
+        return np.full(mean.shape[:-1], np.nan)
     p = mean / mean.sum(-1, keepdims=True)
     h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
     return np.where(np.isnan(mean).any(-1), np.nan, h / np.log(mean.shape[-1]))

@@ -49,10 +49,6 @@ class Features:
     statement_pool: str = "sum"
     normalise: bool = True
 
-    @property
-    def patterns(self) -> str:
-        """The attention rows the features need: the answer position's, or every query's."""
-        return "last" if self.query == "last" else "all"
 BASELINES = ("step0", "random", "none")
 BASELINE_VARIABLES = ("baseline_f1", "baseline_accuracy", "baseline_f1_all", "baseline_accuracy_all")
 
@@ -110,8 +106,7 @@ def probe(
     check_options(run, baseline, how, distance)
     plist, labels = labelled_prompts(prompts, folds)
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
-    att, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
-    layers = att["layer"].values
+    layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     ds = _dataset(knn_scores(feats, **knn), layers)
     if base_feats is not None:
         base = _dataset(knn_scores(base_feats, **knn), layers)
@@ -159,21 +154,58 @@ def labelled_prompts(prompts: ReasoningPrompts | Sequence[ReasoningPrompt], fold
 
 
 def features(run: Run, prompts: Any, plist: list[ReasoningPrompt], how: Features, baseline: str, seed: int
-             ) -> tuple[xr.Dataset, np.ndarray, np.ndarray | None]:
-    """The ``attention`` result, the statements' features on the model and on the baseline (None
-    for "none"). The baseline model is loaded first: a missing checkpoint or one NDIF does not
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The layers, and the statements' features on the model and on the baseline (None for
+    "none"). The baseline model is loaded first: a missing checkpoint or one NDIF does not
     serve is refused before any work."""
     data = prompts if isinstance(prompts, ReasoningPrompts) else plist
+    if how.query != "last":
+        owners = [np.asarray(t.statement) for t in _attention.token_statements(run.model, plist)]
+        if any(o[-1] >= 0 for o in owners):
+            raise UsageError(f"query={how.query!r} reads the question's tokens, after the last statement; these "
+                             f"prompts end with a statement (no question): use query='last'")
     base_model = None if baseline == "none" or _is_own_baseline(run.model, baseline) else \
         _baseline_model(run.model, baseline, seed)
     if base_model is not None:
         _remote.preflight(base_model, run.remote)
-    att = _attention.measure(run, data, patterns=how.patterns)
-    feats = statement_features(att, plist, how)
+    layers, rows, owners = statement_rows(run, data, plist, how, "attention")
+    feats = statement_features(rows, owners, plist, how)
     if baseline == "none":
-        return att, feats, None
-    base_feats = feats if base_model is None else _baseline_features(run, base_model, data, plist, how, baseline)
-    return att, feats, base_feats
+        return layers, feats, None
+    if base_model is None:
+        return layers, feats, feats
+    with run.with_model(base_model) as base:  # shares the probe's parts and traffic: resumes and counts with it
+        _, rows, owners = statement_rows(base, data, plist, how, f"attention ({baseline} baseline)")
+    return layers, feats, statement_features(rows, owners, plist, how)
+
+
+def statement_rows(run: Run, data: Any, plist: list[ReasoningPrompt], how: Features, label: str
+                   ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The layers; per prompt the (L, H, T) attention row the features read (the answer
+    position's, or the question's rows reduced by max or mean, reduced in the trace) and each
+    token's statement (-1: none)."""
+    if how.query == "last":
+        att = _attention.measure(run, data, patterns="last", label=label)
+        owner = att["statement"].values
+        lengths = (att["token"].values != "").sum(1)
+        rows = [np.nan_to_num(att["attention"].values[i, :, :, 0, :t]) for i, t in enumerate(lengths)]
+        return att["layer"].values, rows, [owner[i, :t] for i, t in enumerate(lengths)]
+    import torch
+
+    from .. import backend
+    from ..sites import dims
+
+    toks = _attention.token_statements(run.model, plist)
+    layers = list(range(dims(run.model)["n_layers"]))
+    first = [int(np.flatnonzero(np.asarray(t.statement) >= 0).max()) + 1 for t in toks]
+    rows: list[np.ndarray] = [np.empty(0)] * len(plist)
+    for chunk in run.steps(run.batches([len(t.ids) for t in toks]), f"{label} ({how.query})"):
+        probs = run.call(backend.attention_probs, torch.tensor([toks[i].ids for i in chunk]), layers,
+                         question_from=torch.tensor([first[i] for i in chunk]),
+                         reduce=how.query.split("_")[1]).double().numpy()
+        for b, i in enumerate(chunk):
+            rows[i] = probs[b, :, :, 0]
+    return np.array(layers), rows, [np.asarray(t.statement) for t in toks]
 
 
 @dataclass(frozen=True)
@@ -205,24 +237,16 @@ def _labels(plist: list[ReasoningPrompt]) -> Labels:
     return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2])
 
 
-def statement_features(ds: xr.Dataset, plist: list[ReasoningPrompt], how: Features = Features()) -> np.ndarray:
-    """(statements, layers, features) from an ``attention`` result (patterns ``how.patterns``):
-    per head, the attention from the answer position (or the question's tokens, reduced by max
-    or mean) to each statement's tokens (summed or averaged), then the mean over heads (or each
-    head), divided by the prompt's maximum when ``how.normalise``."""
-    att = ds["attention"].values
-    owner = ds["statement"].values
+def statement_features(rows: Sequence[np.ndarray], owners: Sequence[np.ndarray], plist: list[ReasoningPrompt],
+                       how: Features = Features()) -> np.ndarray:
+    """(statements, layers, features) from each prompt's (L, H, T) attention row
+    (:func:`statement_rows`) and its tokens' statements: per head, the row's attention to each
+    statement's tokens (summed or averaged), then the mean over heads (or each head), divided by
+    the prompt's maximum when ``how.normalise``."""
     out = []
-    for i, p in enumerate(plist):
-        t = int((ds["token"].values[i] != "").sum())
-        if how.query == "last":
-            rows = np.nan_to_num(att[i][:, :, 0 if att.shape[3] == 1 else t - 1, :])  # (L, H, key)
-        else:  # the question: every token after the last statement's
-            first = int(np.flatnonzero(owner[i] >= 0).max()) + 1
-            q = np.nan_to_num(att[i][:, :, first:t, :])
-            rows = q.max(2) if how.query == "question_max" else q.mean(2)
-        f = np.stack([rows[:, :, owner[i] == s].sum(-1) if how.statement_pool == "sum"
-                      else rows[:, :, owner[i] == s].mean(-1) for s in range(len(p.statements))])  # (S, L, H)
+    for row, owner, p in zip(rows, owners, plist):
+        f = np.stack([row[:, :, owner == s].sum(-1) if how.statement_pool == "sum"
+                      else row[:, :, owner == s].mean(-1) for s in range(len(p.statements))])  # (S, L, H)
         if how.pool == "mean":
             f = f.mean(-1, keepdims=True)
         out.append(f / max(f.max(), 1e-12) if how.normalise else f)
@@ -283,15 +307,6 @@ def _is_own_baseline(model: Any, baseline: str) -> bool:
     """Whether ``model`` is its own baseline (the step0 checkpoint, e.g. in a sweep): its features
     are the baseline's, so the baseline is neither loaded nor run again."""
     return baseline == "step0" and model_info(model).revision == "step0"
-
-
-def _baseline_features(run: Run, model: Any, data: Any, plist: list[ReasoningPrompt], how: Features,
-                       baseline: str) -> np.ndarray:
-    """The baseline model's statement features, from a run that shares the probe's parts and
-    traffic (:meth:`Run.with_model`), so its passes resume and count with the probe's."""
-    with run.with_model(model) as base:
-        att = _attention.measure(base, data, patterns=how.patterns, label=f"attention ({baseline} baseline)")
-    return statement_features(att, plist, how)
 
 
 def _baseline_model(model: Any, baseline: str, seed: int) -> Any:

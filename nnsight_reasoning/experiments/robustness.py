@@ -58,8 +58,11 @@ def robustness(
     prompts : labelled prompts, uncorrupted; answers must be single tokens.
     corrupt, n_corrupt : the corruption the accuracy is measured under: "negate" (the
         repository's "That … is false." for ``n_corrupt`` statements outside the proof; files),
-        "shuffle", "drop", or "perturb" (``kth_smallest`` only, which recomputes answers);
-        default perturb for ``kth_smallest``, negate otherwise.
+        "shuffle", "drop" (``n_corrupt`` statements outside the proof removed), or "perturb"
+        (``kth_smallest`` only: numbers replaced and answers recomputed, so it measures another
+        thing: accuracy on other lists); default drop for ``kth_smallest``, negate otherwise. A
+        prompt with too few statements outside the proof stays as it is
+        (``attrs["n_uncorrupted"]`` counts them).
     n_subsets, subset_size : subsets drawn (without replacement within one), each of a size
         drawn uniformly from [lo, hi] (the repository: 1024 of 64–128). With
         ``rng = numpy.random.default_rng(seed)``, subset s is
@@ -88,8 +91,11 @@ def robustness(
     if n_subsets < 2 or n_bins < 1:
         raise UsageError(f"need n_subsets >= 2 and n_bins >= 1 (got {n_subsets}, {n_bins})")
     if corrupt is None:
-        corrupt = "perturb" if getattr(prompts, "task", None) == "kth_smallest" else "negate"
+        corrupt = "drop" if getattr(prompts, "task", None) == "kth_smallest" else "negate"
     bad = _corrupted(prompts, plist, corrupt, n_corrupt, seed)
+    if len(bad) != len(plist):
+        raise UsageError(f"the corrupted prompts are {len(bad)}, not {len(plist)}: give the prompts as the task made them")
+    unchanged = sum(a.text == b.text for a, b in zip(plist, bad)) if corrupt != "shuffle" else 0
     correct = _correct(run, plist, "accuracy (clean)")
     correct_bad = _correct(run, bad, "accuracy (corrupted)")
     _, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
@@ -109,11 +115,11 @@ def robustness(
         if base_feats is not None:
             base_f1[s] = knn_scores(base_feats[rows], **knn).f1[:, -1]
         sizes[s], acc[s], acc_bad[s] = len(idx), correct[idx].mean(), correct_bad[idx].mean()
-    score = f1 if base_feats is None else (f1 - base_f1) / (1 - base_f1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a perfect baseline leaves no room: NaN, not inf
+        score = f1 if base_feats is None else np.where(base_f1 < 1, (f1 - base_f1) / (1 - base_f1), np.nan)
     drop = acc_bad - acc
     bin_drop, bin_count, edges = _bins(score, drop, n_bins)
-    corr = np.array([np.corrcoef(score[:, j], drop)[0, 1] if np.std(score[:, j]) > 0 and np.std(drop) > 0
-                     else np.nan for j in range(len(PROBES))])
+    corr = np.array([_pearson(score[:, j], drop) for j in range(len(PROBES))])
     data = {
         "score": (("subset", "probe"), score, {"long_name": "probing score (F1 - F1_baseline) / (1 - F1_baseline)"
                                                if base_feats is not None else "macro F1 (no baseline)", "units": "1"}),
@@ -143,7 +149,7 @@ def robustness(
         attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
-               "corruption": corrupt, "n_corrupt": n_corrupt},
+               "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged},
     )
 
 
@@ -157,7 +163,7 @@ def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corru
 
     if isinstance(prompts, ReasoningPrompts) and prompts.task == "kth_smallest" and not prompts.params.get("corrupt"):
         return list(kth_smallest(**{**prompts.params, "corrupt": corrupt, "n_corrupt": n_corrupt}))
-    return corrupted(plist, corrupt, n_corrupt, seed)
+    return corrupted(plist, corrupt, n_corrupt, seed, strict=False)
 
 
 def _correct(run: Run, plist: Sequence[Any], label: str) -> np.ndarray:
@@ -172,19 +178,32 @@ def _correct(run: Run, plist: Sequence[Any], label: str) -> np.ndarray:
     return out
 
 
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r over the subsets with a score (NaN where either side does not vary)."""
+    ok = np.isfinite(x)
+    if ok.sum() < 2 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
 def _bins(score: np.ndarray, drop: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per probe: the mean drop and count in each of ``n_bins`` equal-width bins of the score
-    over [min, max] (the maximum in the last bin), and the (n_bins + 1) edges."""
+    over [min, max] (the maximum in the last bin; subsets without a score left out), and the
+    (n_bins + 1) edges."""
     n_probes = score.shape[1]
     means, counts = np.full((n_probes, n_bins), np.nan), np.zeros((n_probes, n_bins), np.int64)
-    edges = np.zeros((n_probes, n_bins + 1))
+    edges = np.full((n_probes, n_bins + 1), np.nan)
     for j in range(n_probes):
-        edges[j] = np.linspace(score[:, j].min(), score[:, j].max(), n_bins + 1)
-        which = np.clip(np.searchsorted(edges[j], score[:, j], side="right") - 1, 0, n_bins - 1)
+        ok = np.isfinite(score[:, j])
+        if not ok.any():
+            continue
+        x, d = score[ok, j], drop[ok]
+        edges[j] = np.linspace(x.min(), x.max(), n_bins + 1)
+        which = np.clip(np.searchsorted(edges[j], x, side="right") - 1, 0, n_bins - 1)
         for b in range(n_bins):
             counts[j, b] = int((which == b).sum())
             if counts[j, b]:
-                means[j, b] = drop[which == b].mean()
+                means[j, b] = d[which == b].mean()
     return means, counts, edges
 
 

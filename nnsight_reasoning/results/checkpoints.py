@@ -45,7 +45,9 @@ def available_revisions(model: Any = None) -> list[str] | None:
         return embedded.revisions()
     path = Path(name).expanduser()
     if path.is_dir():
-        return training_order([p.name for p in path.iterdir() if (p / "config.json").is_file()])
+        # a dot-name is a revision being written (fine-tuning saves through a temporary directory)
+        return training_order([p.name for p in path.iterdir()
+                               if (p / "config.json").is_file() and not p.name.startswith(".")])
     if _is_pythia(name):
         return PYTHIA_REVISIONS + ["main"]
     return None
