@@ -165,7 +165,8 @@ def test_proof_strings_parse_into_trees():
 
 def test_proofwriter_published_files_load_as_the_repository_keeps_them(tmp_path):
     """ProofWriter's own meta-*.jsonl: a prompt per question with one proof (none without a
-    proof, with negation as failure or with several proofs), statements = triples then rules."""
+    proof, with negation as failure, with several proofs or applying one rule twice),
+    statements = triples then rules."""
     ds = nr.tasks.load_reasoning(DATA / "proofwriter_meta.jsonl")
     assert len(ds) == 4 and ds.labelled and ds.params["format"] == "proofwriter_published"
     first, second, fourth, deep = ds.prompts
