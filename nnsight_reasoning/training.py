@@ -143,11 +143,13 @@ def finetune(
     else:
         torch.manual_seed(seed)
         _save_revision(net, tok, out, "step0")
+    device = next(net.parameters()).device  # batches follow the weights (a --device cuda model)
     net.train()
     try:
         for step in progress_bar(range(start, steps), f"fine-tuning {tune} on {task}", enabled=progress,
                                  total=steps - start):
-            ids, mask, last, answers = _batch(info, tok, nn_model, step, batch_size, seed, task_params)
+            ids, mask, last, answers = (x.to(device) for x in
+                                        _batch(info, tok, nn_model, step, batch_size, seed, task_params))
             logits = net(input_ids=ids, attention_mask=mask, use_cache=False).logits
             loss = torch.nn.functional.cross_entropy(logits[torch.arange(len(ids)), last].float(), answers)
             optim.zero_grad(set_to_none=True)
