@@ -115,6 +115,8 @@ def _backend_calls(model):
         "edge_patched_logits": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, remote=r),  # engine v2
         "edge_patched_logits_v1": lambda r: _on_v1(graph.edge_patched_logits, model, ids, ans, cuts, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
+        "attention_question_rows": lambda r: backend.attention_probs(model, ids, [0, 3], question_from=torch.tensor(
+            [t - 3, t - 2]), reduce="max", remote=r),
         "head_masked_scores": lambda r: backend.head_masked_scores(
             model, ids, ans, torch.tensor([[[1.0, 0, 1, 1]] * 4, [[0.0, 1, 1, 0]] * 4]), remote=r),
         "neuron_contributions": lambda r: neurons.neuron_contributions(model, ids, ans[:, 0], layers, remote=r),
