@@ -19,7 +19,7 @@ from nnsight_reasoning.backend import neurons as bn
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.experiments import neurons as neurons_module
-from nnsight_reasoning.experiments.neurons import activations, discover
+from nnsight_reasoning.experiments.neurons import CONCEPTS, activations, concept_matches, concept_min_layer, discover
 from nnsight_reasoning.tasks import TaskError
 
 DATA = Path(__file__).parent / "data"
@@ -219,6 +219,24 @@ def test_contributions_logit_lens_and_discovery_match_a_direct_computation(tiny)
         lens = ((w * gamma) @ uc.T).numpy()
         assert list(found["promoted"].values[u]) == tok.convert_ids_to_tokens(np.argsort(-lens)[:4].tolist())
         np.testing.assert_allclose(found["promoted_logit"].values[u], np.sort(lens)[::-1][:4], rtol=1e-5, atol=1e-7)
+        # the paper's concept rule on the top 20 promoted tokens, decoded, stripped, lowercased
+        words = [tok.decode([i]).strip().lower() for i in np.argsort(-lens)[:20].tolist()]
+        counts = [sum(w in tokens for w in words) for tokens in CONCEPTS.values()]
+        assert found["concept_matches"].values[u].tolist() == counts
+        first = round(6 * hf.config.num_hidden_layers / 32)
+        assert found["concepts"].values[u] == (",".join(c for c, k in zip(CONCEPTS, counts) if k > 1) if li >= first
+                                              else "")
+
+
+def test_concept_rule_counts_exact_members_of_the_papers_lists(embedded_tokenizer):
+    """Rai & Yao's filter: decoded alone, stripped, lowercased, equal to a list entry; more than one."""
+    tok = embedded_tokenizer
+    ids = {w: tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in ("sum", "plus", "+", "=", "*", "7")}
+    rows = [[ids["sum"], ids["plus"], ids["+"], ids["7"]], [ids["="], ids["*"], ids["7"], ids["7"]]]
+    m = concept_matches(tok, rows)
+    add, mult, eq = (list(CONCEPTS).index(c) for c in ("add", "multiply", "equals_to"))
+    assert m[0, add] == 3 and m[1, add] == 0 and m[1, mult] == 1 and m[1, eq] == 1 and m.sum() == 5
+    assert concept_min_layer(32) == 6 and concept_min_layer(4) == 1
 
 
 def test_ablated_scores_match_hooks(tiny):

@@ -11,7 +11,11 @@ projection at index n, its output direction w_n that projection's column n.
   to the correct answer token, a_n · (w_n through the final norm, scale frozen) · (W_U[answer]
   − mean W_U), at the last position; its ``top_k`` neurons; (2) the neurons in the top k of
   at least ``min_frequency`` of the prompts; (3) each described by the tokens its output
-  direction promotes most (logit lens of w_n). ``labeller``, a function you pass (for example
+  direction promotes most (logit lens of w_n); (4) labelled offline by the paper's rule:
+  ``concepts`` lists the concepts (:data:`CONCEPTS`, the repository's seven token lists) of
+  which more than one of the unit's top 20 promoted tokens is a member, for units from
+  :func:`concept_min_layer` up (the repository skips layers 0–5 of 32, then asks GPT-4 about
+  the neurons this rule keeps). ``labeller``, a function you pass (for example
   one that asks an LLM with your own key), can name each neuron from those tokens; it is off
   by default, the toolkit never sees a key, and only the returned label is stored (the run
   knows the function by its qualified name only).
@@ -43,6 +47,37 @@ from ..sites import check_layers, dims
 from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
 
 ABLATIONS = ("none", "zero", "mean", "random")
+
+#: Rai & Yao's seven concepts and their token lists (the repository's
+#: ``experiments/neuron_discovery/prompt_gpt.py:get_concept_token``), as data.
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "connections": ("first", "originally", "initially", "so", "meaning", "therefore", "then", "next", "hence", "now"),
+    "add": ("add", "addition", "+", "sum", "plus"),
+    "subtract": ("subtract", "-", "minus", "sub"),
+    "multiply": ("mult", "multiply", "product", "times", "*", "x"),
+    "division": ("divide", "division", "/", "%", "div"),
+    "equals_to": ("=", "total", "equals", "equal", "equivalent"),
+    "formula": ("formula", "equation", "calculation", "algorithm", "expression", "computation"),
+}
+CONCEPT_TOKENS = 20  # promoted tokens the rule reads (the repository's algorithm two: top 20)
+
+
+def concept_matches(tokenizer: Any, promoted_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """(units, concepts) how many of each unit's promoted tokens are in each concept's list: a
+    token is decoded alone, stripped and lowercased, and must equal a list entry (the
+    repository's ``filter_neurons``; two ids that decode alike count twice)."""
+    out = np.zeros((len(promoted_ids), len(CONCEPTS)), np.int64)
+    for u, ids in enumerate(promoted_ids):
+        words = [tokenizer.decode([int(i)]).strip().lower() for i in ids]
+        for c, tokens in enumerate(CONCEPTS.values()):
+            out[u, c] = sum(w in tokens for w in words)
+    return out
+
+
+def concept_min_layer(n_layers: int) -> int:
+    """The first layer whose neurons the concept rule labels: the repository skips layers 0–5 of
+    Llama-2-7B's 32; the same fraction of this model's layers."""
+    return int(round(6 * n_layers / 32))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -200,15 +235,23 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
         found = [layer_list.index(li) * n_neurons + nn for li, nn in fixed]
     unit_layer = [layer_list[u // n_neurons] for u in found]
     unit_neuron = [int(u % n_neurons) for u in found]
-    if found:
-        tok_ids, tok_val = run.call(_bn.neuron_logit_lens, unit_layer, unit_neuron, n_tokens)
-        promoted = np.array([model.tokenizer.convert_ids_to_tokens(r) for r in tok_ids.tolist()], dtype=object)
+    if found:  # the concept rule reads the top CONCEPT_TOKENS; the result keeps the top n_tokens
+        lens_ids, lens_val = run.call(_bn.neuron_logit_lens, unit_layer, unit_neuron, max(n_tokens, CONCEPT_TOKENS))
+        tok_val = lens_val[:, :n_tokens]
+        promoted = np.array([model.tokenizer.convert_ids_to_tokens(r[:n_tokens]) for r in lens_ids.tolist()],
+                            dtype=object)
+        matches = concept_matches(model.tokenizer, lens_ids[:, :CONCEPT_TOKENS].tolist())
     else:
         tok_val, promoted = torch.zeros((0, n_tokens)), np.zeros((0, n_tokens), dtype=object)
+        matches = np.zeros((0, len(CONCEPTS)), np.int64)
+    first = concept_min_layer(dims(model)["n_layers"])
+    concept = np.array([",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
+                        for row, li in zip(matches, unit_layer)], dtype=object)
     labels = {} if labeller is None else {"label": ("unit", np.array([str(labeller([str(t) for t in row]))
                                                                       for row in promoted], dtype=object))}
     attrs: dict[str, Any] = {"method": "neuron_discovery", "metric": "direct_logit_contribution", "top_k": top_k,
-                             "min_frequency": min_frequency, "n_candidates": int(flat.shape[1])}
+                             "min_frequency": min_frequency, "n_candidates": int(flat.shape[1]),
+                             "concept_min_layer": first}
     if labeller is not None:
         attrs["labeller"] = named(labeller)
     if fixed is not None:
@@ -219,8 +262,12 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
                                                      "units": "logits"}),
          "contribution": (("prompt", "unit"), flat[:, found], {"units": "logits"}),
          "promoted": (("unit", "rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
-         "promoted_logit": (("unit", "rank"), tok_val.numpy(), {"units": "logits per unit activation"}), **labels},
-        coords={"unit": np.arange(len(found)), "layer": ("unit", np.array(unit_layer, dtype=int)),
+         "promoted_logit": (("unit", "rank"), tok_val.numpy(), {"units": "logits per unit activation"}),
+         "concept_matches": (("unit", "concept"), matches,
+                             {"long_name": f"of the top {CONCEPT_TOKENS} promoted tokens, those in the concept's list"}),
+         "concepts": ("unit", concept, {"long_name": "concepts with more than one match, from layer "
+                                                    f"{first} up (Rai & Yao's rule; '' = none)"}), **labels},
+        coords={"concept": np.array(list(CONCEPTS), dtype=object), "unit": np.arange(len(found)), "layer": ("unit", np.array(unit_layer, dtype=int)),
                 "neuron": ("unit", np.array(unit_neuron, dtype=int)), "rank": np.arange(n_tokens),
                 "prompt": np.arange(n), "text": ("prompt", _texts(prompts))},
         attrs=attrs)
@@ -264,7 +311,9 @@ def discover(
     ``neuron``) with ``frequency`` (fraction of prompts with the unit in their top k),
     ``mean_contribution`` (logits, over all prompts), ``contribution`` (prompt, unit), and
     ``promoted`` / ``promoted_logit`` (unit, rank): the ``n_tokens`` tokens its output
-    direction raises most; with ``labeller``, ``label`` (unit): ``labeller(promoted tokens)``.
+    direction raises most; ``concept_matches`` (unit, concept) and ``concepts`` (unit): the paper's
+    offline concept rule (module doc; comma-separated names, '' for none); with ``labeller``, ``label`` (unit): ``labeller(promoted
+    tokens)``.
     ``prompts`` need ``.prompt`` and ``.answer`` (one token), e.g.
     ``nr.tasks.cot_variants(...).variant("full")``. ``units``: measure these neurons ((layer,
     neuron) pairs or names like "L3N488"), in this order, instead of the recurring ones
@@ -401,7 +450,7 @@ def neurons(
                           answer=("prompt", [p.answer for p in sets[discover_on]]))
     attrs = {"method": "cot_neurons", "metric": "accuracy", "discover_on": discover_on, "top_k": top_k,
              "min_frequency": min_frequency}
-    attrs.update({k: found.attrs[k] for k in ("labeller", "fixed_units") if k in found.attrs})
+    attrs.update({k: found.attrs[k] for k in ("labeller", "fixed_units", "concept_min_layer") if k in found.attrs})
     ds.attrs = attrs
     return ds
 
@@ -430,7 +479,8 @@ def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
             f"{' per variant' if 'variant' in ds.dims else ''} · {found}")
     variants = [str(v) for v in ds["variant"].values] if "variant" in ds.dims else []
     table = Table(title=f"{which}{'' if given else ' (most recurrent first)'}{at}")
-    for col in ("neuron", "frequency", "mean contribution", "promotes", *variants,
+    concepts = "concepts" in ds.data_vars
+    for col in ("neuron", "frequency", "mean contribution", "promotes", *variants, *(["concepts"] if concepts else []),
                 *(["label"] if "label" in ds.data_vars else [])):
         table.add_column(col)
     for u in range(min(top, ds.sizes["unit"])):
@@ -438,6 +488,7 @@ def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
         table.add_row(f"L{int(v['layer'])}N{int(v['neuron'])}", f"{float(v['frequency']):.2f}",
                       f"{float(v['mean_contribution']):+.2f}", " ".join(map(str, v["promoted"].values[:4])),
                       *([f"{x:.2f}" for x in v["activation"].values] if variants else []),
+                      *([str(v["concepts"].values) or "-"] if concepts else []),
                       *([str(v["label"].values)] if "label" in ds.data_vars else []))
     items: list[Any] = [head, table]
     if "accuracy" not in ds.data_vars:

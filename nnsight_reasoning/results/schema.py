@@ -57,6 +57,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot")},
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
+    # the concept rule's variables (2026-11-30): files written before lack them
+    **{m: {"concept_matches": ("unit", "concept"), "concepts": ("unit",)} for m in ("neuron_discovery", "cot_neurons")},
     "mechanistic_probe": {**{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
                           **{v: ("probe",) for v in ("baseline_f1_all", "baseline_accuracy_all", "score_all")}},
 }
