@@ -219,12 +219,12 @@ def _batch(info: Any, tok: Any, model: Any, step: int, n: int, seed: int, params
 def _group(model: Any, net: Any, tune: str) -> list:
     """The parameters of group ``tune``, from the architecture table: the attention or MLP
     block of every layer, or its norms and the final norm."""
-    from .sites import architecture
+    from .sites import architecture, resolve
 
     if tune == "all":
         return list(net.parameters())
     arch = architecture(model)
-    n_layers = len(_get(net, arch.layers))
+    n_layers = len(resolve(net, arch.layers))
     paths = {"attn": [arch.attn], "mlp": [arch.mlp], "ln": [arch.ln_attn, arch.ln_mlp]}[tune]
     prefixes = [f"{arch.layers}.{i}.{p}." for i in range(n_layers) for p in paths]
     if tune == "ln":
@@ -233,12 +233,6 @@ def _group(model: Any, net: Any, tune: str) -> list:
     if not chosen:
         raise UsageError(f"no {tune} parameters found in this {model.config.model_type} model")
     return chosen
-
-
-def _get(root: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
 
 
 def _save_revision(net: Any, tok: Any, out: Path, name: str) -> None:
