@@ -49,7 +49,7 @@ from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
 ABLATIONS = ("none", "zero", "mean", "random")
 
 #: Rai & Yao's seven concepts and their token lists (the repository's
-#: ``experiments/neuron_discovery/prompt_gpt.py:get_concept_token``), as data.
+#: ``experiments/neuron_discovery/prompt_gpt.py:16-48``; the rule: ``:78-93``), as data.
 CONCEPTS: dict[str, tuple[str, ...]] = {
     "connections": ("first", "originally", "initially", "so", "meaning", "therefore", "then", "next", "hence", "now"),
     "add": ("add", "addition", "+", "sum", "plus"),

@@ -1,4 +1,4 @@
-"""Causal analysis by head pruning (Hou et al. 2023; the repository's ``src/stask/prune.py``).
+"""Causal analysis by head pruning (Hou et al. 2023; the repository's ``src/stask/prune.py:100-143``).
 
 Heads are pruned in a fixed order, 10 % … 90 % of all of them, and the task accuracy is
 measured at each fraction. The orders are the paper's: the heads of **lowest head entropy
