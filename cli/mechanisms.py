@@ -16,25 +16,52 @@ from .common import Harness, Seed, experiment_command
 def neurons(
     h: Harness,
     n_prompts: int = typer.Option(200, help="problems per variant"),
-    variant: List[str] = typer.Option([], help="prompt variant(s) to compare (repeatable); default all four"),
+    variant: List[str] = typer.Option([], help="prompt variant(s) to compare (repeatable); default all four, or "
+                                               "with --generate cot, equation_only and text_only"),
     data: Optional[Path] = typer.Option(None, help="GSM8K-style JSON Lines (question/answer); default: synthetic "
                                                    "word problems"),
-    n_shots: int = typer.Option(1, help="solved exemplars before each problem"),
+    n_shots: int = typer.Option(1, help="solved exemplars before each problem (without --generate)"),
     n_steps: int = typer.Option(2, help="synthetic problems: steps per problem"),
     seed: Seed = 0,
-    discover_on: str = typer.Option("full", help="the variant whose prompts the neurons are discovered on"),
-    top_k: int = typer.Option(20, help="neurons kept per prompt, by contribution to its answer"),
+    discover_on: Optional[str] = typer.Option(None, help="the variant whose prompts the neurons are discovered on "
+                                                         "(default full; with --generate the first --variant)"),
+    top_k: int = typer.Option(20, help="neurons kept per prompt by contribution to its answer (with --generate: per "
+                                       "layer and generated token, by the ranking)"),
     min_frequency: float = typer.Option(0.25, help="a neuron is discovered if in the top k of this fraction of "
-                                                   "prompts"),
+                                                   "prompts (with --generate and --select frequency: of read steps)"),
     unit: List[str] = typer.Option([], help="measure this neuron, e.g. L3N488, instead of discovering them "
                                             "(repeatable); a sweep without it tracks those of the last revision"),
+    generate: bool = typer.Option(False, "--generate", help="Rai & Yao's pipeline: the model writes its own chain "
+                                                            "of thought from exemplar files (--variant: prompt types)"),
+    style: str = typer.Option("embedded", help="--generate: prompt style, embedded or repository"),
+    prompts_dir: Optional[Path] = typer.Option(None, help="--generate: exemplar files in the repository's layout "
+                                                          "(data/prompts/*.txt); default the style's shipped files"),
+    max_new_tokens: int = typer.Option(48, help="--generate: tokens generated per prompt"),
+    ranking: str = typer.Option("algorithm_one", help="--generate: algorithm_one (|a|·‖w‖) or direct_contribution"),
+    select: str = typer.Option("concepts", help="--generate: units are the concept neurons (concepts) or the "
+                                                "frequently ranked ones (frequency)"),
+    ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random (repeatable; default all)"),
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
-    them by the tokens they promote, and measure them and their ablation per prompt variant."""
+    them by the tokens they promote, and measure them and their ablation per prompt variant.
+    With --generate, the paper's pipeline: the model generates its chain of thought per prompt
+    type; algorithm one ranks neurons at every generated token; concept neurons are measured and
+    ablated during generation."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.experiments.neurons import parse_units
 
     units = parse_units(unit) if unit else None
+    if generate:
+        types = list(dict.fromkeys([*([discover_on] if discover_on else []),
+                                    *(variant or ["cot", "equation_only", "text_only"])]))
+        h.run(nr.cot_generation,
+              lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
+                                                  n_steps=n_steps, seed=seed),
+              kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
+              ranking=ranking, top_k=top_k, select=select, min_frequency=min_frequency,
+              ablations=tuple(ablation) or ("noise", "zero", "mean", "random"), units=units, seed=seed)
+        return
+    discover_on = discover_on or "full"
     variants = [discover_on, *(variant or nr.tasks.COT_VARIANTS)]  # the discovery variant first
 
     def prompts(tok):

@@ -9,6 +9,7 @@ from .base import TASKS, Example, Examples, PromptPair, PromptPairs, TaskError, 
 from .binding import BindingContext, BindingContexts, binding_contexts, binding_examples, sample_contexts
 from . import greater_than, recall, sentiment  # noqa: F401  (register their tasks)
 from .cot import VARIANTS as COT_VARIANTS, CotPrompt, CotVariants, cot_arithmetic, cot_variants, load_gsm8k
+from .cot_generation import PROMPT_TYPES as COT_PROMPT_TYPES, CotGeneration, GenPrompt, cot_generation
 from .ioi import ioi, ioi_examples
 from .kth_smallest import kth_smallest, kth_smallest_examples, kth_smallest_pairs
 from .reasoning import ReasoningPrompt, ReasoningPrompts, Statement, corrupted, load_reasoning
@@ -21,10 +22,11 @@ __all__ = [
     "kth_smallest", "load_reasoning", "corrupted",         # labelled reasoning prompts: attention, probe
     "repeated_tokens",                                     # head_scores
     "cot_variants", "cot_arithmetic", "load_gsm8k",        # neurons
+    "cot_generation",                                      # cot_generation (neurons --generate)
     "binding_contexts",                                    # binding
     # containers and the registry
     "PromptPair", "PromptPairs", "Example", "Examples", "ReasoningPrompt", "ReasoningPrompts", "Statement",
-    "RepeatedTokens", "CotPrompt", "CotVariants", "COT_VARIANTS", "BindingContext", "BindingContexts",
+    "RepeatedTokens", "CotPrompt", "CotVariants", "COT_VARIANTS", "CotGeneration", "GenPrompt", "COT_PROMPT_TYPES", "BindingContext", "BindingContexts",
     "binding_examples", "sample_contexts", "ioi_examples", "kth_smallest_examples",
     "TASKS", "TaskInfo", "TaskError", "get_task",
 ]

@@ -163,9 +163,7 @@ def parse_gsm8k(question: str, answer: str, phrase: str = "The answer is") -> Pr
     the line with inline equations replaced by their results, ``equation_only`` the
     annotations ("48/2 = 24")."""
     lines = [ln.strip() for ln in answer.split("\n") if ln.strip()]
-    if not lines or not lines[-1].startswith("####"):
-        raise TaskError(f"a GSM8K answer ends with '#### N' (got {answer[-40:]!r})")
-    final = lines[-1][4:].strip().replace(",", "")
+    final = _final_answer(answer)
     steps = []
     for ln in lines[:-1]:
         eqs = _ANNOTATION.findall(ln)
@@ -179,11 +177,11 @@ def parse_gsm8k(question: str, answer: str, phrase: str = "The answer is") -> Pr
     return Problem(question.strip(), tuple(steps), final, phrase)
 
 
-def load_gsm8k(path: str | Path, variant: str = "full", *, n_prompts: int | None = None, n_shots: int = 2,
-               seed: int = 0, tokenizer: Any | None = None) -> list[CotPrompt]:
-    """GSM8K-style problems from a local JSON Lines file (columns ``question``, ``answer``),
-    as ``variant`` prompts. With ``tokenizer``, problems whose answer is not a single token
-    are left out (the measurements need the answer to be the next token)."""
+def load_gsm8k_problems(path: str | Path, need_steps: bool = True) -> list[Problem]:
+    """The rows of a GSM8K-style JSON Lines file (columns ``question``, ``answer``) as
+    :class:`Problem` s. ``need_steps``: every answer needs ``<<a=b>>`` annotated steps (the
+    variants are built from them); without, a row needs only its final ``#### N`` (for
+    prompts the model completes itself)."""
     from datasets import load_dataset
 
     path = Path(path)
@@ -196,9 +194,26 @@ def load_gsm8k(path: str | Path, variant: str = "full", *, n_prompts: int | None
     problems = []
     for k, r in enumerate(rows):
         try:
-            problems.append(parse_gsm8k(r["question"], r["answer"]))
+            problems.append(parse_gsm8k(r["question"], r["answer"]) if need_steps else
+                            Problem(r["question"].strip(), (), _final_answer(r["answer"]), "The answer is"))
         except TaskError as e:
             raise TaskError(f"{path.name} row {k}: {e}") from None
+    return problems
+
+
+def _final_answer(answer: str) -> str:
+    lines = [ln.strip() for ln in answer.split("\n") if ln.strip()]
+    if not lines or not lines[-1].startswith("####"):
+        raise TaskError(f"a GSM8K answer ends with '#### N' (got {answer[-40:]!r})")
+    return lines[-1][4:].strip().replace(",", "")
+
+
+def load_gsm8k(path: str | Path, variant: str = "full", *, n_prompts: int | None = None, n_shots: int = 2,
+               seed: int = 0, tokenizer: Any | None = None) -> list[CotPrompt]:
+    """GSM8K-style problems from a local JSON Lines file (columns ``question``, ``answer``),
+    as ``variant`` prompts. With ``tokenizer``, problems whose answer is not a single token
+    are left out (the measurements need the answer to be the next token)."""
+    problems = load_gsm8k_problems(path)
     if tokenizer is not None:
         problems = [p for p in problems if single_token_id(tokenizer, p.answer) is not None]
     prompts = render(problems, n_shots, variant, seed)

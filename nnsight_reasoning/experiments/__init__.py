@@ -10,6 +10,7 @@ from typing import Any
 _MODULES = {"activation_patching": "patch", "attribution_patching": "patch", "evaluate": "evaluate",
             "attention": "attention", "mechanistic_probe": "probe", "head_pruning": "pruning", "probe_robustness": "robustness", "head_scores": "heads", "eap": "circuit",
             "eap_ig": "circuit", "edge_patching": "circuit", "cot_neurons": "neurons", "neuron_discovery": "neurons",
+            "cot_generation": "cot_generation",
             "binding_ids": "binding"}
 
 

@@ -1,0 +1,379 @@
+"""Neurons of chain-of-thought arithmetic while the model writes its own chain of thought
+(Rai & Yao 2024, the repository's pipeline: ``gsm8k_inference.py``, ``experiments/
+neuron_discovery/algorithm_one.py``, ``algorithm_two.py``, ``prompt_gpt.py``,
+``experiments/ablation_study/corrupt_inference.py``).
+
+:func:`cot_generation` (``nr.cot_generation``; CLI ``reason-interp neurons --generate``):
+
+1. **Generation.** Every prompt of every prompt type (``nr.tasks.cot_generation``) is
+   completed greedily for ``max_new_tokens`` tokens; the answer is parsed from the text
+   (:func:`nnsight_reasoning.tasks.cot_generation.parse_answer`) and compared with the gold
+   number: ``accuracy`` per prompt type. Steps are counted until the model starts a new
+   exemplar (``n_read``); later steps are not read.
+2. **Algorithm one** (``ranking="algorithm_one"``): at every generated step, per layer, the
+   ``top_k`` neurons by |a_n| · ‖w_n‖₂ (a_n the activation at the step's last position, w_n
+   the output weight's column). ``ranking="direct_contribution"`` ranks by the neuron's
+   direct effect on the logit of the token the step generates instead (this toolkit's
+   answer-logit ranking, applied at every step).
+3. **Candidates**: the neurons in some step's top k on the ``discover_on`` prompts the model
+   answered correctly (the repository samples 20 correct ones), with ``frequency`` = the
+   fraction of those read steps that rank them.
+4. **Algorithm two**: each candidate's 20 most promoted tokens (logit lens of w_n through the
+   final norm's gain; the repository's softmax(W_U w_n) ranks the same tokens, without the
+   gain), then the **concept rule** (``neurons.CONCEPTS``: more than one of the 20 in a
+   concept's list, from layer ``concept_min_layer`` up; the repository asks GPT-4 about the
+   neurons this rule keeps). ``select="concepts"`` keeps the concept neurons (the paper);
+   ``select="frequency"`` keeps the candidates ranked in at least ``min_frequency`` of the
+   read steps. Either way the units are ordered by frequency.
+5. **Activations**: each unit's activation at every step of every prompt type, and its mean
+   over the read steps (the paper compares these across prompt types).
+6. **Ablation during generation**, each a fresh generation of every prompt type:
+   ``noise`` adds ε ~ N(−1, 1) (the repository's ``normal(-1, 1)``, seeded) to every unit's
+   output-weight column, ``zero`` sets the units to 0 and ``mean`` to their mean activation
+   on the ``discover_on`` read steps, at every position; ``random`` is ``noise`` on as many
+   other neurons of the same layers (the baseline).
+
+Departures from the repository, and why, are listed in ``docs/rai_yao.md``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import backend
+from ..backend import generation as _bg
+from ..backend import neurons as _bn
+from ..errors import UsageError
+from ..runner import Run, experiment, named
+from ..sites import dims
+from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
+from .neurons import CONCEPT_TOKENS, CONCEPTS, concept_matches, concept_min_layer, parse_units
+
+ABLATIONS = ("noise", "zero", "mean", "random")
+SELECT = ("concepts", "frequency")
+
+
+def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations: Sequence[str], top_k: int,
+           max_new_tokens: int, min_frequency: float, n_neurons: int) -> list[str]:
+    if not isinstance(prompts, CotGeneration):
+        raise UsageError("cot_generation takes prompts the model completes: nr.tasks.cot_generation(n_prompts, "
+                         "variants, ...)")
+    if discover_on not in PROMPT_TYPES:
+        raise UsageError(f"unknown prompt type {discover_on!r}; choose from: {', '.join(PROMPT_TYPES)}")
+    if discover_on not in prompts.prompts:
+        raise UsageError(f"discover_on={discover_on!r} is not among the data's prompt types "
+                         f"({', '.join(prompts.prompts)}); generate them with it")
+    if ranking not in _bg.RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r}; choose from: {', '.join(_bg.RANKINGS)}")
+    if select not in SELECT:
+        raise UsageError(f"unknown select {select!r}; choose from: {', '.join(SELECT)}")
+    bad = [a for a in ablations if a not in ABLATIONS]
+    if bad:
+        raise UsageError(f"unknown ablation(s) {bad}; choose from: {', '.join(ABLATIONS)}")
+    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= n_neurons:
+        raise UsageError(f"top_k must be between 1 and {n_neurons} (the neurons per layer; got {top_k!r})")
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})")
+    if not 0 < min_frequency <= 1:
+        raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
+    return [discover_on] + [v for v in prompts.prompts if v != discover_on]
+
+
+def _read_steps(tokenizer: Any, tokens: torch.Tensor, style: Any) -> tuple[list[str], np.ndarray]:
+    """Each row's text up to its first end token, and the steps read: up to the step whose text
+    starts a new exemplar (``style.stop``) or ends the sequence."""
+    eos = tokenizer.eos_token_id
+    texts, n_read = [], np.zeros(len(tokens), np.int64)
+    for r, row in enumerate(tokens.tolist()):
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        texts.append(tokenizer.decode(row))
+        n = len(row)
+        if style.stop.strip() and style.stop in texts[-1]:
+            n = next(k for k in range(1, len(row) + 1) if style.stop in tokenizer.decode(row[:k])) - 1
+        n_read[r] = n
+    return texts, n_read
+
+
+def _generate(run: Run, prompts: Sequence[GenPrompt], max_new_tokens: int, **kw: Any) -> list[tuple[list[int], Any]]:
+    """Generation in batches of ``run.batch_size`` rows (any lengths: rows are left-padded)."""
+    ids = backend.tokenize(run.model, [p.prompt for p in prompts])
+    limit = getattr(run.model.config, "max_position_embeddings", None)
+    if limit is not None and max(map(len, ids)) + max_new_tokens > limit:
+        raise UsageError(f"the longest prompt ({max(map(len, ids))} tokens) plus max_new_tokens={max_new_tokens} "
+                         f"exceeds the model's context of {limit}; lower max_new_tokens or use fewer exemplars")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
+    chunks = [order[k:k + run.batch_size] for k in range(0, len(order), run.batch_size)]
+    return [(chunk, run.call(_bg.generate, [ids[i] for i in chunk], max_new_tokens, **kw)) for chunk in chunks]
+
+
+def _units_found(run: Run, top: np.ndarray, n_read: np.ndarray, correct: np.ndarray, select: str,
+                 min_frequency: float, n_tokens: int) -> dict[str, Any]:
+    """Candidates, their promoted tokens and concepts, and the units kept (see module doc, 3–4)."""
+    model = run.model
+    n_layers, n_neurons = dims(model)["n_layers"], dims(model)["n_neurons"]
+    counts = np.zeros((n_layers, n_neurons), np.int64)
+    rows = np.flatnonzero(correct)
+    total = int(n_read[rows].sum())
+    for p in rows:
+        for layer in range(n_layers):
+            np.add.at(counts[layer], top[p, : n_read[p], layer].ravel(), 1)
+    if total == 0:
+        raise UsageError("the model answered no discover_on prompt correctly (or wrote nothing before its answer), "
+                         "so no neuron can be discovered; check the accuracy (nr.cot_generation(..., units=...) "
+                         "measures given neurons)")
+    freq = counts / total
+    cand = [(li, nn) for li, nn in zip(*np.nonzero(counts))]
+    cand.sort(key=lambda u: (-freq[u], u))
+    ids, vals = run.call(_bn.neuron_logit_lens, [li for li, _ in cand], [nn for _, nn in cand],
+                         max(n_tokens, CONCEPT_TOKENS))
+    matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
+    first = concept_min_layer(n_layers)
+    concepts = [",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
+                for row, (li, _) in zip(matches, cand)]
+    keep = [k for k, u in enumerate(cand) if (concepts[k] if select == "concepts" else freq[u] >= min_frequency - 1e-12)]
+    return {"cand": cand, "freq": np.array([freq[u] for u in cand]), "ids": ids, "vals": vals, "matches": matches,
+            "concepts": concepts, "keep": keep, "first": first}
+
+
+@experiment("cot_generation", batch_size=16)
+def cot_generation(
+    run: Run,
+    prompts: CotGeneration,
+    *,
+    discover_on: str = "cot",
+    max_new_tokens: int = 48,
+    ranking: str = "algorithm_one",
+    top_k: int = 20,
+    select: str = "concepts",
+    min_frequency: float = 0.1,
+    ablations: Sequence[str] = ABLATIONS,
+    units: Sequence[Any] | None = None,
+    n_tokens: int = 8,
+    labeller: Callable[[list[str]], str] | None = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Generate chain-of-thought answers per prompt type; find, describe, measure and ablate
+    the neurons active while the model reasons (see the module doc for each step).
+
+    ``prompts``: ``nr.tasks.cot_generation(n_prompts, variants, style=, prompts_dir=, data=)``.
+    ``units``: measure and ablate these neurons ((layer, neuron) pairs or names like "L3N488")
+    instead of discovering them. ``seed``: the noise and the random baseline's neurons.
+    ``labeller``: a function of a unit's promoted tokens returning a label (e.g. one that asks
+    an LLM with your key); only its result is stored.
+
+    Returns dims ``variant`` (``discover_on`` first), ``prompt``, ``step`` (generated tokens),
+    ``layer``, ``rank``, ``unit``, ``ablation`` ("none" then ``ablations``), ``concept``,
+    ``token_rank``, ``candidate``, with
+
+    - ``generated`` / ``predicted`` / ``correct`` (ablation, variant, prompt): the text
+      (up to an end token), the parsed answer (−1: none) and whether it is the gold one;
+      ``accuracy`` (ablation, variant);
+    - ``n_read`` (variant, prompt): steps before the model starts a new exemplar;
+    - ``top_neuron`` / ``top_score`` (variant, prompt, step, layer, rank): the ranking;
+    - ``candidate_layer`` / ``candidate_neuron`` / ``candidate_frequency`` /
+      ``candidate_concepts`` (candidate): every neuron ranked on a correct ``discover_on`` step;
+    - per unit (coords ``layer_of``… see below): ``frequency``, ``promoted`` /
+      ``promoted_logit`` (unit, token_rank), ``concept_matches`` (unit, concept),
+      ``concepts``, ``label`` (with ``labeller``), ``activation`` (variant, prompt, step, unit;
+      NaN past ``n_read``) and ``mean_activation`` (variant, unit).
+    """
+    model = run.model
+    n_neurons = dims(model)["n_neurons"]
+    variants = _check(prompts, discover_on, ranking, select, ablations, top_k, max_new_tokens, min_frequency,
+                      n_neurons)
+    if labeller is not None and not callable(labeller):
+        raise UsageError(f"labeller must be a function of the promoted tokens (got {type(labeller).__name__})")
+    fixed = None if units is None else parse_units(units)
+    if fixed is not None:
+        n_layers = dims(model)["n_layers"]
+        for li, nn in fixed:
+            if not (0 <= li < n_layers and 0 <= nn < n_neurons):
+                raise UsageError(f"unit L{li}N{nn} is out of range (the model has {n_layers} layers of "
+                                 f"{n_neurons} neurons)")
+    style, n = prompts.style, len(prompts)
+    n_layers = dims(model)["n_layers"]
+    S, V = max_new_tokens, len(variants)
+    kinds = ["none", *dict.fromkeys(ablations)]
+    generated = np.full((len(kinds), V, n), "", dtype=object)
+    predicted = np.full((len(kinds), V, n), -1, np.int64)
+    n_read = np.zeros((V, n), np.int64)
+    top = np.zeros((V, n, S, n_layers, top_k), np.int64)
+    score = np.zeros((V, n, S, n_layers, top_k))
+
+    def record(ki: int, vi: int, results: list) -> None:
+        for chunk, g in results:
+            texts, read = _read_steps(model.tokenizer, g.tokens, style)
+            for j, i in enumerate(chunk):
+                generated[ki, vi, i] = texts[j]
+                got = parse_answer(texts[j], style)
+                predicted[ki, vi, i] = -1 if got is None else got
+                if ki == 0:
+                    n_read[vi, i] = read[j]
+                    if g.top_neurons is not None:
+                        top[vi, i], score[vi, i] = g.top_neurons[j].numpy(), g.top_scores[j].numpy()
+
+    gold = np.array([_gold(p.answer) for p in prompts.prompts[discover_on]])
+    for vi, v in enumerate(run.steps(variants, "generation")):
+        record(0, vi, _generate(run, prompts.prompts[v], S, ranking=ranking, top_k=top_k))
+    found = None
+    if fixed is None:
+        found = _units_found(run, top[0], n_read[0], predicted[0, 0] == gold, select, min_frequency, n_tokens)
+        pairs = [found["cand"][k] for k in found["keep"]]
+        if not pairs:
+            rule = ("matched a concept (more than one of its 20 promoted tokens in one list)" if select == "concepts"
+                    else f"was ranked in at least {min_frequency} of the read steps")
+            raise UsageError(f"no candidate neuron {rule}; try select='frequency' (--select frequency), a lower "
+                             f"min_frequency, or give units")
+    else:
+        pairs = fixed
+    # activations of the units at every step, clean (a second pass: the ranking pass does not know them)
+    U = len(pairs)
+    act = np.full((V, n, S, U), np.nan)
+    for vi, v in enumerate(run.steps(variants, "activations")):
+        for chunk, g in _generate(run, prompts.prompts[v], S, units=pairs):
+            a = g.activations.numpy().astype(np.float64)
+            for j, i in enumerate(chunk):
+                act[vi, i, : n_read[vi, i]] = a[j, : n_read[vi, i]]
+    mean_act = np.nanmean(act, axis=(1, 2)) if np.isfinite(act).any() else np.zeros((V, U))
+    on = predicted[0, 0] == gold
+    ref = act[0][on] if on.any() else act[0]
+    mean_ablate = np.nan_to_num(np.nanmean(ref, axis=(0, 1))) if np.isfinite(ref).any() else np.zeros(U)
+    rng = np.random.default_rng(seed)
+    d_model = dims(model)["d_model"]
+    noise = rng.normal(-1.0, 1.0, size=(U, d_model))  # the repository's numpy normal(-1, 1) per column entry
+    taken, control = set(pairs), []
+    for li, _ in pairs:
+        pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
+        taken.add((li, pick))
+        control.append((li, pick))
+    plans = {"noise": _edits(pairs, noise=noise), "zero": _edits(pairs, values=np.zeros(U)),
+             "mean": _edits(pairs, values=mean_ablate), "random": _edits(control, noise=noise)}
+    for ki, kind in enumerate(kinds[1:], 1):
+        for vi, v in enumerate(run.steps(variants, f"ablation {kind}")):
+            record(ki, vi, _generate(run, prompts.prompts[v], S, edits=plans[kind]))
+    golds = np.array([[_gold(p.answer) for p in prompts.prompts[v]] for v in variants])
+    correct = predicted == golds[None]
+    return _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, top, score, pairs, control,
+                    act, mean_act, mean_ablate, found, fixed, run, n_tokens, labeller,
+                    {"discover_on": discover_on, "max_new_tokens": S, "ranking": ranking, "top_k": top_k,
+                     "select": select, "min_frequency": min_frequency, "seed": seed,
+                     "noise": "normal(mean=-1, std=1) per output-weight entry, added once"})
+
+
+def _gold(answer: str) -> int:
+    try:
+        return int(float(answer))
+    except ValueError:
+        raise UsageError(f"a gold answer must be a number (got {answer!r})") from None
+
+
+def _edits(pairs: Sequence[tuple[int, int]], *, values: np.ndarray | None = None,
+           noise: np.ndarray | None = None) -> list[_bg.Edit]:
+    out = []
+    for layer in sorted({li for li, _ in pairs}):
+        idx = [k for k, (li, _) in enumerate(pairs) if li == layer]
+        neurons = torch.tensor([pairs[k][1] for k in idx])
+        if values is not None:
+            out.append(_bg.Edit(layer, set_neurons=neurons, set_values=torch.tensor(values[idx], dtype=torch.float32)))
+        else:
+            out.append(_bg.Edit(layer, noise_neurons=neurons, noise=torch.tensor(noise[idx], dtype=torch.float32)))
+    return out
+
+
+def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, top, score, pairs, control, act,
+             mean_act, mean_ablate, found, fixed, run, n_tokens, labeller, attrs) -> xr.Dataset:
+    model = run.model
+    U = len(pairs)
+    if found is not None:
+        index = {u: k for k, u in enumerate(found["cand"])}
+        ks = [index[u] for u in pairs]
+        ids, vals, matches = found["ids"][ks], found["vals"][ks], found["matches"][ks]
+        freq, concepts, first = found["freq"][ks], [found["concepts"][k] for k in ks], found["first"]
+    else:  # given units: describe them the same way
+        ids, vals = run.call(_bn.neuron_logit_lens, [li for li, _ in pairs], [nn for _, nn in pairs],
+                             max(n_tokens, CONCEPT_TOKENS))
+        matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
+        first = concept_min_layer(dims(model)["n_layers"])
+        concepts = [",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
+                    for row, (li, _) in zip(matches, pairs)]
+        freq = np.full(U, np.nan)
+    promoted = np.array([model.tokenizer.convert_ids_to_tokens(r[:n_tokens]) for r in ids.tolist()], dtype=object)
+    data: dict[str, Any] = {
+        "generated": (("ablation", "variant", "prompt"), generated),
+        "predicted": (("ablation", "variant", "prompt"), predicted, {"long_name": "parsed answer (-1: none)"}),
+        "correct": (("ablation", "variant", "prompt"), correct.astype(np.int8)),
+        "accuracy": (("ablation", "variant"), correct.mean(-1), {"units": "1"}),
+        "n_read": (("variant", "prompt"), n_read, {"long_name": "generated steps before a new exemplar starts"}),
+        "top_neuron": (("variant", "prompt", "step", "layer", "rank"), top),
+        "top_score": (("variant", "prompt", "step", "layer", "rank"), score,
+                      {"long_name": attrs["ranking"].replace("_", " ") + " score"}),
+        "frequency": ("unit", freq, {"long_name": "fraction of correct discover_on read steps ranking the unit"}),
+        "promoted": (("unit", "token_rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
+        "promoted_logit": (("unit", "token_rank"), vals[:, :n_tokens].numpy(), {"units": "logits per unit activation"}),
+        "concept_matches": (("unit", "concept"), matches),
+        "concepts": ("unit", np.array(concepts, dtype=object),
+                     {"long_name": f"concepts with more than one match, from layer {first} up ('' = none)"}),
+        "activation": (("variant", "prompt", "step", "unit"), act,
+                       {"long_name": "activation at the step's last position (NaN past n_read)"}),
+        "mean_activation": (("variant", "unit"), mean_act),
+        "ablation_value": ("unit", mean_ablate, {"long_name": "the mean ablation's value"}),
+    }
+    if labeller is not None:
+        data["label"] = ("unit", np.array([str(labeller([str(t) for t in row])) for row in promoted], dtype=object))
+        attrs["labeller"] = named(labeller)
+    coords: dict[str, Any] = {
+        "variant": np.array(variants, dtype=object), "ablation": np.array(kinds, dtype=object),
+        "prompt": np.arange(len(prompts)), "step": np.arange(top.shape[2]), "layer": np.arange(top.shape[3]),
+        "rank": np.arange(top.shape[4]), "unit": np.arange(U), "token_rank": np.arange(n_tokens),
+        "concept": np.array(list(CONCEPTS), dtype=object),
+        "unit_layer": ("unit", np.array([li for li, _ in pairs], dtype=int)),
+        "unit_neuron": ("unit", np.array([nn for _, nn in pairs], dtype=int)),
+        "control_layer": ("unit", np.array([li for li, _ in control], dtype=int)),
+        "control_neuron": ("unit", np.array([nn for _, nn in control], dtype=int)),
+        "answer": ("prompt", [p.answer for p in prompts.prompts[variants[0]]]),
+        "text": (("variant", "prompt"), np.array([[p.prompt for p in prompts.prompts[v]] for v in variants],
+                                                 dtype=object)),
+    }
+    if found is not None:
+        coords.update({"candidate_layer": ("candidate", np.array([li for li, _ in found["cand"]], dtype=int)),
+                       "candidate_neuron": ("candidate", np.array([nn for _, nn in found["cand"]], dtype=int))})
+        data["candidate_frequency"] = ("candidate", found["freq"])
+        data["candidate_concepts"] = ("candidate", np.array(found["concepts"], dtype=object))
+    attrs.update({"method": "cot_generation", "metric": "accuracy", "style": prompts.style.name,
+                  "concept_min_layer": first})
+    if fixed is not None:
+        attrs["fixed_units"] = ",".join(f"L{li}N{nn}" for li, nn in fixed)
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+# --------------------------------------------------------------------------- summary
+def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
+    """Accuracy per prompt type under each ablation, and the units (most frequent first) with
+    their concepts, promoted tokens and mean activation per prompt type."""
+    from rich.table import Table
+
+    variants = [str(v) for v in ds["variant"].values]
+    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} prompts per "
+            f"type · {ds.sizes['step']} generated tokens · {ds.sizes['unit']} units "
+            f"({'given' if ds.attrs.get('fixed_units') else ds.attrs['select'] + ' of ' + ds.attrs['ranking']} on "
+            f"{ds.attrs['discover_on']})")
+    acc = Table(title="accuracy of the generated answers (rows: ablation of the units during generation; "
+                      "random = the noise on as many other neurons)")
+    acc.add_column("ablation")
+    for v in variants:
+        acc.add_column(v, justify="right")
+    for a in ds["ablation"].values:
+        acc.add_row(str(a), *[f"{x:.3f}" for x in ds["accuracy"].sel(ablation=a).values])
+    units = Table(title="units (most frequent first)")
+    for col in ("neuron", "frequency", "concepts", "promotes", *variants):
+        units.add_column(col)
+    for u in range(min(top, ds.sizes["unit"])):
+        v = ds.isel(unit=u)
+        units.add_row(f"L{int(v['unit_layer'])}N{int(v['unit_neuron'])}", f"{float(v['frequency']):.3f}",
+                      str(v["concepts"].values) or "-", " ".join(map(str, v["promoted"].values[:4])),
+                      *[f"{x:.3f}" for x in v["mean_activation"].values])
+    return [head, acc, units]

@@ -1,0 +1,185 @@
+"""Chain-of-thought prompts the model completes itself (Rai & Yao 2024, the repository's
+``gsm8k_inference.py`` and ``data/prompts/``).
+
+A prompt is a file of solved exemplars followed by one question; the model *generates* its
+own chain of thought and its answer, which :func:`parse_answer` reads. The prompt types are
+the repository's (:data:`PROMPT_TYPES`): each is an exemplar file named as in its
+``data/prompts/`` directory (``cot_prompt.txt``, ``text_only.txt``, ``equation_only.txt``,
+``add_only.txt``, ``mult_only.txt``, ``incorrect_label.txt``, ``incorrect_ood_label.txt``;
+``repeat.txt`` and ``standard.txt`` hold its ``data/prompts.py`` strings ``repeat_prompts``
+and ``std_prompts``), plus ``zero_shot`` (no file). Files are read as the repository reads
+them (``scripts/utils.py:read_file``: each line stripped, joined by newlines, then a blank
+line), so its directory can be used as it is: ``prompts_dir="…/neuron-analysis-cot-arithmetic-
+reasoning/data/prompts"`` with ``style="repository"``.
+
+A :class:`PromptStyle` is the text around the exemplars: the repository's (``"Question: "``,
+then ``"\\nLet's think step by step\\n"``, or a blank line for ``equation_only``; answers as
+"The answer is N.") or the embedded model's (``"Q : "`` … ``"A :"``, "The result is N ."),
+whose vocabulary has no "Let's". The toolkit ships exemplar files for the embedded style
+(``prompts/embedded/``, two exemplars each: the embedded model's context is 256 tokens), built
+from :func:`cot.sample_problem`'s word problems; ``mult_only`` has none there (that
+vocabulary has no ×).
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .base import TaskError, check_range
+from .cot import Problem, load_gsm8k_problems, sample_problem
+
+#: prompt type -> exemplar file (None: no exemplars)
+PROMPT_TYPES: dict[str, str | None] = {
+    "cot": "cot_prompt.txt", "text_only": "text_only.txt", "equation_only": "equation_only.txt",
+    "add_only": "add_only.txt", "mult_only": "mult_only.txt", "incorrect_label": "incorrect_label.txt",
+    "incorrect_ood_label": "incorrect_ood_label.txt", "repeat": "repeat.txt", "standard": "standard.txt",
+    "zero_shot": None,
+}
+SHIPPED = Path(__file__).parent / "prompts"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """The text around the exemplars: ``question`` starts each question; ``trigger`` follows the
+    asked question (``bare`` instead for the prompt types in ``bare_types``); ``phrase``
+    introduces the answer; ``stop`` starts the next exemplar (generation past it is not read);
+    ``zero_shot`` is the whole prompt of the zero-shot type."""
+
+    name: str
+    question: str
+    trigger: str
+    bare: str
+    bare_types: tuple[str, ...]
+    phrase: str
+    stop: str
+    zero_shot: str
+
+
+STYLES = {
+    # gsm8k_inference.py:run_inference and the zero-shot "Q: … A: Let's think step by step."
+    "repository": PromptStyle("repository", "Question: ", "\nLet's think step by step\n", "\n\n", ("equation_only",),
+                              "The answer is", "\n\nQuestion:", "Q: {question} A: Let's think step by step."),
+    "embedded": PromptStyle("embedded", "Q : ", "\nA :", "\nA :", (), "The result is", "Q :", "Q : {question} A :"),
+}
+
+
+@dataclass(frozen=True)
+class GenPrompt:
+    """A prompt the model completes: ``answer`` is the gold final number (a string),
+    ``variant`` the prompt type, ``problem`` the index of the question (the same in every
+    variant)."""
+
+    prompt: str
+    answer: str
+    variant: str
+    problem: int
+
+
+@dataclass(frozen=True)
+class CotGeneration:
+    """The same questions under several prompt types (the data of ``nr.cot_generation``):
+    ``prompts[v]`` holds type ``v``'s prompts, question k at index k in each; ``style`` says
+    how to read the answers."""
+
+    task: str
+    params: dict[str, Any]
+    prompts: dict[str, tuple[GenPrompt, ...]]
+    style: PromptStyle
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(self.prompts)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.prompts.values())))
+
+    def __repr__(self) -> str:
+        return f"CotGeneration(n={len(self)}, variants={list(self.prompts)}, style={self.style.name!r})"
+
+
+def read_exemplars(variant: str, prompts_dir: str | Path | None = None, style: str = "embedded") -> str:
+    """The exemplar text of prompt type ``variant``: its file in ``prompts_dir`` (default the
+    shipped files of ``style``) read as the repository does, '' for ``zero_shot``."""
+    if variant not in PROMPT_TYPES:
+        raise TaskError(f"unknown prompt type {variant!r}; choose from: {', '.join(PROMPT_TYPES)}")
+    name = PROMPT_TYPES[variant]
+    if name is None:
+        return ""
+    folder = Path(prompts_dir) if prompts_dir is not None else SHIPPED / style
+    path = folder / name
+    if not path.is_file():
+        where = "" if prompts_dir is not None else f" (the {style} style ships no {name}; pass prompts_dir)"
+        raise TaskError(f"no exemplar file {path}{where}; a prompts directory holds the repository's "
+                        f"data/prompts/*.txt files")
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise TaskError(f"{path} is not UTF-8 text (an exemplar file is plain text)") from None
+    if not any(lines):
+        raise TaskError(f"{path} is empty; it should hold solved exemplars")
+    return "\n".join(lines) + "\n\n"
+
+
+def build_prompt(exemplars: str, question: str, variant: str, style: PromptStyle) -> str:
+    """The prompt of ``question`` after ``exemplars`` (``gsm8k_inference.py:run_inference``:
+    whitespace runs in the question collapsed to one space)."""
+    question = " ".join(question.split())
+    if variant == "zero_shot":
+        return style.zero_shot.format(question=question)
+    end = style.bare if variant in style.bare_types else style.trigger
+    return f"{exemplars}{style.question}{question}{end}"
+
+
+_NOT_NUMBER = re.compile(r"[a-zA-Z%$=\-.]")
+
+
+def parse_answer(generated: str, style: PromptStyle) -> int | None:
+    """The number the model answered in its ``generated`` text (the prompt not included), or
+    None. As the repository's ``extract_cot_with_example_pred_answers``: the text after the
+    first answer phrase, up to the next exemplar's start, with letters and ``% $ = - .``
+    blanked and commas removed; its last number. Failing a phrase: a GSM8K ``#### N``, else
+    the last number before the next exemplar (zero-shot answers; the repository asks a
+    second question there, "Therefore, the answer (arabic numerals) is", which is not done here)."""
+    text = generated.split(style.stop)[0] if style.stop.strip() else generated
+    if style.phrase in text:  # up to a second phrase too (the repository reads one split piece)
+        text = text.split(style.phrase)[1]
+    elif "####" in text:
+        text = text.split("####", 1)[1].split("\n")[0]
+    words = _NOT_NUMBER.sub(" ", text).replace(",", "").split()
+    numbers = [w for w in words if re.fullmatch(r"\d+", w)]
+    return int(numbers[-1]) if numbers else None
+
+
+def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equation_only", "text_only"), *,
+                   style: str = "embedded", prompts_dir: str | Path | None = None, data: str | Path | None = None,
+                   n_steps: int = 2, seed: int = 0) -> CotGeneration:
+    """``n_prompts`` questions under each prompt type of ``variants`` (in that order).
+
+    Questions: synthetic word problems (:func:`cot.sample_problem`, ``n_steps`` each, in the
+    embedded vocabulary) or, with ``data``, the first ``n_prompts`` rows of a GSM8K-style JSON
+    Lines file (the repository reads ``data/test.jsonl``). Exemplars: ``prompts_dir`` (the
+    repository's layout) or the files shipped for ``style``.
+    """
+    check_range("n_prompts", n_prompts, 1)
+    if style not in STYLES:
+        raise TaskError(f"unknown prompt style {style!r}; choose from: {', '.join(STYLES)}")
+    names = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
+    if not names:
+        raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}")
+    exemplars = {v: read_exemplars(v, prompts_dir, style) for v in names}
+    if data is not None:
+        problems: list[Problem] = load_gsm8k_problems(data)[:n_prompts]
+    else:
+        check_range("n_steps", n_steps, 1, 3)
+        rng = random.Random(seed)
+        problems = [sample_problem(rng, n_steps, 20) for _ in range(n_prompts)]
+    st = STYLES[style]
+    sets = {v: tuple(GenPrompt(build_prompt(exemplars[v], p.question, v, st), p.answer, v, k)
+                     for k, p in enumerate(problems)) for v in names}
+    params = {"n_prompts": len(problems), "variants": names, "style": style, "n_steps": n_steps, "seed": seed,
+              "prompts_dir": str(prompts_dir) if prompts_dir is not None else f"shipped:{style}",
+              "source": str(data) if data is not None else "synthetic"}
+    return CotGeneration("cot_generation", params, sets, st)

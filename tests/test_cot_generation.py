@@ -1,0 +1,352 @@
+"""Rai & Yao's pipeline with the model writing its own chain of thought (``nr.cot_generation``,
+``reason-interp neurons --generate``), against an independent greedy loop in plain PyTorch:
+one unpadded row at a time, the whole sequence recomputed at every step (no key/value cache),
+neurons read and set by forward hooks, and the weight-noise ablation made as the repository
+makes it, by adding the noise to the output weight's columns of a copy of the model."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning.backend import generation as bg
+from nnsight_reasoning.cli.main import app
+from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.tasks import TaskError
+from nnsight_reasoning.tasks.cot_generation import STYLES, build_prompt, parse_answer, read_exemplars
+
+LAYERS = {"gpt_neox": "gpt_neox.layers", "llama": "model.layers", "gpt2": "transformer.h"}
+DOWN = {"gpt_neox": "mlp.dense_4h_to_h", "llama": "mlp.down_proj", "gpt2": "mlp.c_proj"}
+FINAL = {"gpt_neox": "gpt_neox.final_layer_norm", "llama": "model.norm", "gpt2": "transformer.ln_f"}
+
+
+def _get(root, dotted):
+    for part in dotted.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _proj(hf, layer):
+    return _get(_get(hf, LAYERS[hf.config.model_type])[layer], DOWN[hf.config.model_type])
+
+
+def _directions(hf, layer):
+    """(N, d): neuron n's output direction, from calling the projection on unit vectors."""
+    proj = _proj(hf, layer)
+    n = proj.weight.shape[0] if hf.config.model_type == "gpt2" else proj.weight.shape[1]
+    with torch.no_grad():
+        eye = torch.eye(n, dtype=proj.weight.dtype)
+        return (proj(eye) - proj(torch.zeros(1, n, dtype=proj.weight.dtype))).double()
+
+
+def reference(hf, ids, steps, *, units=(), set_=None, noise=None, eos=None):
+    """Greedy continuation of one unpadded row: tokens, per step each layer's activations at the
+    last position (L, N), the final norm's input there, and the recorded units."""
+    model = hf
+    if noise:  # the repository's way: the noise is added to the weight's columns
+        model = copy.deepcopy(hf)
+        for layer, (idx, eps) in noise.items():
+            w = _proj(model, layer).weight
+            with torch.no_grad():
+                if model.config.model_type == "gpt2":  # Conv1D stores (in, out)
+                    w[idx] += eps.to(w.dtype)
+                else:
+                    w[:, idx] += eps.T.to(w.dtype)
+    seq, out, acts, finals = list(ids), [], [], []
+    n_layers = model.config.num_hidden_layers
+    for _ in range(steps):
+        step_acts, box, hooks = [None] * n_layers, {}, []
+        for li in range(n_layers):
+            def pre(m, args, li=li):
+                x = args[0].clone()
+                if set_ and li in set_:
+                    x[..., set_[li][0]] = set_[li][1].to(x.dtype)
+                step_acts[li] = x[0, -1].double()
+                return (x,) + tuple(args[1:])
+            hooks.append(_proj(model, li).register_forward_pre_hook(pre))
+        hooks.append(_get(model, FINAL[model.config.model_type]).register_forward_hook(
+            lambda m, i, o: box.update(f=i[0][0, -1].double())))
+        try:
+            with torch.no_grad():
+                logits = model(torch.tensor([seq])).logits[0, -1]
+        finally:
+            for h in hooks:
+                h.remove()
+        token = int(logits.argmax())
+        out.append(token)
+        acts.append(torch.stack(step_acts))
+        finals.append((box["f"], token))
+        seq.append(token)
+    rec = torch.tensor([[float(a[li, nn]) for li, nn in units] for a in acts])
+    return out, acts, finals, rec
+
+
+@torch.no_grad()
+def _scores(hf, acts, finals, ranking):
+    """(S, L, N) ranking scores from the reference's activations."""
+    n_layers = len(acts[0])
+    dirs = [_directions(hf, li) for li in range(n_layers)]
+    if ranking == "algorithm_one":
+        return torch.stack([a.abs() * torch.stack([d.norm(dim=-1) for d in dirs]) for a in acts])
+    norm = _get(hf, FINAL[hf.config.model_type])
+    u = hf.get_output_embeddings().weight.double()
+    out = []
+    for a, (f, token) in zip(acts, finals):
+        layer_norm = isinstance(norm, torch.nn.LayerNorm)
+        eps = norm.eps if layer_norm else norm.variance_epsilon
+        g = norm.weight.double()
+        fc = f - f.mean() if layer_norm else f
+        s = torch.sqrt(fc.pow(2).mean() + eps)
+        v = g * (u[token] - u.mean(0))
+        per = []
+        for li in range(n_layers):
+            d = dirs[li] - dirs[li].mean(-1, keepdim=True) if layer_norm else dirs[li]
+            per.append(a[li] * (d @ v) / s)
+        out.append(torch.stack(per))
+    return torch.stack(out)
+
+
+def _hf(path):
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_dir):
+    path = tiny_model_dir("llama")
+    return nr.load_model(str(path)), _hf(path)
+
+
+@pytest.fixture(scope="module")
+def neox(embedded_model):
+    return embedded_model, _hf(embedded.revision_path("main"))
+
+
+@pytest.mark.parametrize("which", ["neox", "llama"])
+@pytest.mark.parametrize("ranking", ["algorithm_one", "direct_contribution"])
+def test_generation_equals_plain_greedy_loop(which, ranking, request):
+    model, hf = request.getfixturevalue(which)
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(3, 600, size=n).tolist() for n in (5, 9, 7)]  # different lengths: left padding
+    units = [(0, 3), (1, 17), (1, 2)]
+    g = bg.generate(model, rows, 6, ranking=ranking, top_k=5, units=units)
+    assert g.tokens.shape == (3, 6) and g.top_neurons.shape == (3, 6, hf.config.num_hidden_layers, 5)
+    for r, row in enumerate(rows):
+        tokens, acts, finals, rec = reference(hf, row, 6, units=units)
+        assert g.tokens[r].tolist() == tokens
+        full = _scores(hf, acts, finals, ranking)  # (S, L, N)
+        got_at = torch.gather(full, 2, g.top_neurons[r])  # the reference's scores of the chosen neurons
+        scale = float(full.abs().max())
+        np.testing.assert_allclose(g.top_scores[r].numpy(), got_at.numpy(), rtol=1e-5, atol=1e-6 * scale)
+        np.testing.assert_allclose(g.top_scores[r].numpy(), full.topk(5, -1).values.numpy(), rtol=1e-5,
+                                   atol=1e-6 * scale)
+        # float32: the cached and the recomputed passes sum in other orders (~1e-7 of the layer's scale)
+        np.testing.assert_allclose(g.activations[r].numpy(), rec.numpy(), rtol=1e-5,
+                                   atol=1e-5 * float(torch.stack(acts).abs().max()))
+
+
+@pytest.mark.parametrize("which", ["neox", "llama"])
+def test_edits_during_generation_equal_hooks_and_noisy_weights(which, request):
+    model, hf = request.getfixturevalue(which)
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(3, 600, size=n).tolist() for n in (6, 4)]
+    d = hf.config.hidden_size
+    eps = torch.tensor(rng.normal(-1, 1, size=(2, d)), dtype=torch.float32) * 3
+    idx = torch.tensor([5, 11])
+    values = torch.tensor([2.5, -1.0])
+    edits = [bg.Edit(1, set_neurons=idx, set_values=values), bg.Edit(0, noise_neurons=idx, noise=eps)]
+    g = bg.generate(model, rows, 5, units=[(1, 5), (0, 11)], edits=edits)
+    clean = bg.generate(model, rows, 5)
+    for r, row in enumerate(rows):
+        tokens, acts, _, rec = reference(hf, row, 5, units=[(1, 5), (0, 11)], set_={1: (idx, values)},
+                                         noise={0: (idx, eps)})
+        assert g.tokens[r].tolist() == tokens
+        np.testing.assert_allclose(g.activations[r].numpy(), rec.numpy(), rtol=1e-5,
+                                   atol=1e-5 * float(torch.stack(acts).abs().max()))
+        np.testing.assert_allclose(g.activations[r, :, 0].numpy(), 2.5)  # the set value is what the layer reads
+    assert not torch.equal(g.tokens, clean.tokens)  # the edits change the continuation (else this tests nothing)
+
+
+def test_remote_local_path_equals_local(neox):
+    model, _ = neox
+    rows = [[0, 340, 220, 368, 494, 7], [0, 340, 220, 368]]
+    edit = [bg.Edit(2, noise_neurons=torch.tensor([1, 9]), noise=torch.ones(2, 128))]
+    a = bg.generate(model, rows, 4, ranking="algorithm_one", top_k=3, units=[(3, 2)], edits=edit)
+    b = bg.generate(model, rows, 4, ranking="algorithm_one", top_k=3, units=[(3, 2)], edits=edit, remote="local")
+    for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)):
+        torch.testing.assert_close(x, y)
+
+
+# --------------------------------------------------------------------------- prompts and answers
+def test_parse_answer_follows_the_repository():
+    rep = STYLES["repository"]
+    assert parse_answer("First 3 + 2 = 5.\nThe answer is 5.\n\nQuestion: Tom has 7", rep) == 5
+    assert parse_answer("So 74 - 35 = 39.\nThe answer is $1,200 dollars.\n\nQuestion: 9", rep) == 1200
+    assert parse_answer("The answer is 6. The answer is 8.", rep) == 6  # the first phrase
+    assert parse_answer("Natalia sold 48/2 = 24 clips.\n#### 72", rep) == 72  # GSM8K's mark
+    assert parse_answer("no number here\n\nQuestion: 4", rep) is None
+    emb = STYLES["embedded"]
+    assert parse_answer("5 + 3 = 8 . The result is 8 . Q : Tom had 3", emb) == 8
+    assert parse_answer("5 + 3 = 8 . Q : The result is 4", emb) == 8  # the next exemplar is not read
+
+
+def test_exemplar_files_are_read_as_the_repository_reads_them(tmp_path):
+    (tmp_path / "cot_prompt.txt").write_text("Question: A has 2. B gives 3.  \n  Let's think step by step\n"
+                                             "2 + 3 = 5.\nThe answer is 5.\n\n")
+    (tmp_path / "equation_only.txt").write_text("Question: A has 2.\n2 + 3 = 5.\nThe answer is 5.\n")
+    rep = STYLES["repository"]
+    text = read_exemplars("cot", tmp_path)
+    # utils.read_file strips each line; the caller joins them with newlines and adds a blank line
+    with open(tmp_path / "cot_prompt.txt") as f:
+        assert text == "\n".join(line.strip() for line in f) + "\n\n"
+    assert text.startswith("Question: A has 2. B gives 3.\nLet's think step by step\n")
+    assert build_prompt(text, "How   many?", "cot", rep) == text + "Question: How many?\nLet's think step by step\n"
+    eq = read_exemplars("equation_only", tmp_path)
+    assert build_prompt(eq, "How many?", "equation_only", rep) == eq + "Question: How many?\n\n"
+    assert build_prompt("", "How many?", "zero_shot", rep) == "Q: How many? A: Let's think step by step."
+    data = nr.tasks.cot_generation(3, ["cot", "equation_only"], style="repository", prompts_dir=tmp_path)
+    assert data.prompts["cot"][1].prompt.startswith(text + "Question: ")
+    with pytest.raises(TaskError, match="text_only.txt"):
+        nr.tasks.cot_generation(3, ["text_only"], style="repository", prompts_dir=tmp_path)
+    with pytest.raises(TaskError, match="mult_only"):
+        nr.tasks.cot_generation(3, ["mult_only"])  # no × in the embedded vocabulary
+    with pytest.raises(TaskError, match="unknown prompt type"):
+        nr.tasks.cot_generation(3, ["nope"])
+
+
+def test_shipped_exemplars_use_the_embedded_vocabulary(embedded_tokenizer):
+    unk = embedded_tokenizer.unk_token_id
+    for v in ("cot", "text_only", "equation_only", "add_only", "incorrect_label", "incorrect_ood_label", "repeat",
+              "standard"):
+        ids = embedded_tokenizer(read_exemplars(v))["input_ids"]
+        assert unk not in ids, v
+
+
+# --------------------------------------------------------------------------- the whole pipeline
+def _own_answers(model, hf, data, steps):
+    """The data with each gold answer replaced by the model's own parsed answer, so that every
+    prompt counts as correct and discovery has steps to count (the model is not trained to
+    write chains of thought; the test is about the computation)."""
+    style, prompts = data.style, {}
+    for v, ps in data.prompts.items():
+        new = []
+        for p in ps:
+            ids = model.tokenizer(p.prompt)["input_ids"]
+            tokens, *_ = reference(hf, ids, steps)
+            got = parse_answer(model.tokenizer.decode(tokens), style)
+            new.append(dataclasses.replace(p, answer=str(got if got is not None else 0)))
+        prompts[v] = tuple(new)
+    return dataclasses.replace(data, prompts=prompts)
+
+
+def test_pipeline_every_number_against_the_reference(neox):
+    model, hf = neox
+    S = 10
+    data = _own_answers(model, hf, nr.tasks.cot_generation(3, ["equation_only", "cot"], seed=4), S)
+    ds = nr.cot_generation(model, data, discover_on="equation_only", max_new_tokens=S, top_k=4, select="frequency",
+                           min_frequency=0.3, ablations=("noise", "zero", "mean", "random"), seed=1, progress=False,
+                           batch_size=2)
+    assert list(ds["variant"].values) == ["equation_only", "cot"]
+    tok, style = model.tokenizer, data.style
+    pairs = list(zip(ds["unit_layer"].values.tolist(), ds["unit_neuron"].values.tolist()))
+    assert pairs
+    n_read = ds["n_read"].values
+    counts = {}
+    for vi, v in enumerate(ds["variant"].values):
+        for i, p in enumerate(data.prompts[str(v)]):
+            ids = tok(p.prompt)["input_ids"]
+            tokens, acts, finals, rec = reference(hf, ids, S, units=pairs)
+            text = tok.decode(tokens)
+            assert ds["generated"].values[0, vi, i] == text
+            assert ds["predicted"].values[0, vi, i] == parse_answer(text, style)
+            stop = next((k for k in range(1, S + 1) if style.stop in tok.decode(tokens[:k])), S + 1) - 1
+            assert n_read[vi, i] == stop
+            np.testing.assert_allclose(ds["activation"].values[vi, i, :stop], rec[:stop].numpy(), rtol=1e-5,
+                                       atol=1e-5 * float(torch.stack(acts).abs().max()))
+            assert np.isnan(ds["activation"].values[vi, i, stop:]).all()
+            full = _scores(hf, acts, finals, "algorithm_one")
+            np.testing.assert_allclose(ds["top_score"].values[vi, i], full.topk(4, -1).values.numpy(), rtol=1e-5)
+            if vi == 0:  # discovery counts every ranked neuron on the read steps (all prompts correct here)
+                for s in range(stop):
+                    for li in range(full.shape[1]):
+                        for nn in ds["top_neuron"].values[vi, i, s, li]:
+                            counts[(li, int(nn))] = counts.get((li, int(nn)), 0) + 1
+    total = n_read[0].sum()
+    cand = list(zip(ds["candidate_layer"].values.tolist(), ds["candidate_neuron"].values.tolist()))
+    assert set(cand) == set(counts)
+    np.testing.assert_allclose(ds["candidate_frequency"].values, [counts[u] / total for u in cand])
+    assert pairs == [u for u in cand if counts[u] / total >= 0.3]
+    np.testing.assert_allclose(ds["frequency"].values, [counts[u] / total for u in pairs])
+    # mean activation per prompt type; the mean ablation's value from the discovery type's read steps
+    act = ds["activation"].values
+    np.testing.assert_allclose(ds["mean_activation"].values, np.nanmean(act, axis=(1, 2)))
+    np.testing.assert_allclose(ds["ablation_value"].values, np.nanmean(act[0], axis=(0, 1)))
+    # each ablation: a fresh generation, against the reference with hooks or noisy weights
+    rng = np.random.default_rng(1)
+    eps = torch.tensor(rng.normal(-1.0, 1.0, size=(len(pairs), hf.config.hidden_size)), dtype=torch.float32)
+    control = list(zip(ds["control_layer"].values.tolist(), ds["control_neuron"].values.tolist()))
+    assert not set(control) & set(pairs) and [li for li, _ in control] == [li for li, _ in pairs]
+
+    def by_layer(units, values):
+        out = {}
+        for layer in sorted({li for li, _ in units}):
+            k = [j for j, (li, _) in enumerate(units) if li == layer]
+            out[layer] = (torch.tensor([units[j][1] for j in k]), values[k])
+        return out
+
+    means = torch.tensor(ds["ablation_value"].values, dtype=torch.float32)
+    kinds = {"noise": dict(noise=by_layer(pairs, eps)), "zero": dict(set_=by_layer(pairs, torch.zeros(len(pairs)))),
+             "mean": dict(set_=by_layer(pairs, means)), "random": dict(noise=by_layer(control, eps))}
+    changed = 0
+    for kind, kw in kinds.items():
+        for vi, v in enumerate(ds["variant"].values):
+            for i, p in enumerate(data.prompts[str(v)]):
+                tokens, *_ = reference(hf, tok(p.prompt)["input_ids"], S, **kw)
+                assert ds["generated"].sel(ablation=kind).values[vi, i] == tok.decode(tokens), (kind, v, i)
+                changed += ds["generated"].sel(ablation=kind).values[vi, i] != ds["generated"].values[0, vi, i]
+    assert changed  # some ablation changes some continuation
+    golds = np.array([[int(p.answer) for p in data.prompts[str(v)]] for v in ds["variant"].values])
+    np.testing.assert_array_equal(ds["correct"].values, ds["predicted"].values == golds[None])
+    np.testing.assert_allclose(ds["accuracy"].values, ds["correct"].values.mean(-1))
+    assert ds["accuracy"].sel(ablation="none").values.tolist() == [1.0, 1.0]
+
+
+def test_concept_selection_and_errors(neox, tmp_path):
+    model, hf = neox
+    data = nr.tasks.cot_generation(2, ["cot"], seed=4)
+    with pytest.raises(UsageError, match="no discover_on prompt correctly"):
+        nr.cot_generation(model, data, max_new_tokens=4, progress=False)
+    with pytest.raises(UsageError, match="not among the data's prompt types"):
+        nr.cot_generation(model, data, discover_on="text_only", progress=False)
+    with pytest.raises(UsageError, match="unknown ranking"):
+        nr.cot_generation(model, data, ranking="nope", progress=False)
+    with pytest.raises(UsageError, match="context"):
+        nr.cot_generation(model, data, max_new_tokens=250, progress=False)
+    # given units are measured and described by the same rule as discovered ones
+    ds = nr.cot_generation(model, data, max_new_tokens=4, units=["L3N7", "L1N2"], ablations=("zero",), progress=False)
+    assert ds["unit_layer"].values.tolist() == [3, 1] and ds.attrs["fixed_units"] == "L3N7,L1N2"
+    assert np.isnan(ds["frequency"].values).all() and "candidate" not in ds.dims
+    path = tmp_path / "gen.nc"
+    nr.save_result(ds, path)
+    back = nr.load_result(path)
+    assert back["generated"].values.tolist() == ds["generated"].values.tolist()
+
+
+def test_cli_neurons_generate(tmp_path):
+    out = tmp_path / "gen.nc"
+    r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "equation_only", "--variant", "text_only",
+                                 "--n-prompts", "3", "--max-new-tokens", "6", "--unit", "L3N7", "--ablation", "zero",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    ds = nr.load_result(out)
+    assert list(ds["variant"].values) == ["equation_only", "text_only"] and ds.attrs["method"] == "cot_generation"
+    assert "accuracy of the generated answers" in r.output
+    bad = tmp_path / "bad.nc"
+    r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "nope", "--out", str(bad)])
+    assert r.exit_code == 2 and "unknown prompt type" in r.output and not bad.exists()
