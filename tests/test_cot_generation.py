@@ -350,3 +350,18 @@ def test_cli_neurons_generate(tmp_path):
     bad = tmp_path / "bad.nc"
     r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "nope", "--out", str(bad)])
     assert r.exit_code == 2 and "unknown prompt type" in r.output and not bad.exists()
+
+
+def test_sweep_tracks_the_units_of_the_last_revision(neox):
+    model, hf = neox
+    data = _own_answers(model, hf, nr.tasks.cot_generation(2, ["equation_only"], seed=5), 6)
+    opts = dict(discover_on="equation_only", max_new_tokens=6, top_k=3, select="frequency", min_frequency=0.4,
+                ablations=("zero",), progress=False)
+    sweep = nr.cot_generation("embedded", data, revisions=["step1000", "main"], **opts)
+    units = [f"L{li}N{nn}" for li, nn in zip(sweep["unit_layer"].values, sweep["unit_neuron"].values)]
+    assert sweep.attrs["units_chosen_on"] == "main" and units
+    for rev in ("step1000", "main"):
+        one = nr.cot_generation(nr.load_model(revision=rev), data, units=units, **opts)
+        got = sweep.sel(checkpoint=rev)
+        assert got["generated"].values.tolist() == one["generated"].values.tolist()
+        np.testing.assert_array_equal(got["activation"].values, one["activation"].values)

@@ -217,3 +217,20 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     remote = nr.load_result(tmp_path / "prune_remote.nc")
     assert_same_values(remote, nr.load_result(tmp_path / "prune_local.nc"))
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
+
+
+def test_cot_generation_runs_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    """Generation traced step by step, with neuron edits (set values and weight noise), as one
+    NDIF request per batch and prompt type."""
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    data = nr.tasks.cot_generation(4, ["cot", "equation_only"], seed=2)
+    opts = dict(units=["L3N7", "L1N20"], max_new_tokens=8, ranking="algorithm_one", progress=False, batch_size=4)
+    local = nr.cot_generation(embedded_model, data, **opts)
+    remote = nr.cot_generation(embedded_model, data, remote=ndif.host, **opts)
+    assert sorted(local.data_vars) == sorted(remote.data_vars)
+    for v in local.data_vars:
+        if local[v].dtype == object:
+            assert local[v].values.tolist() == remote[v].values.tolist(), v
+        else:
+            np.testing.assert_allclose(remote[v].values, local[v].values, rtol=1e-5, atol=1e-6, err_msg=v)
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0

@@ -139,7 +139,15 @@ def _units_found(run: Run, top: np.ndarray, n_read: np.ndarray, correct: np.ndar
             "concepts": concepts, "keep": keep, "first": first}
 
 
-@experiment("cot_generation", batch_size=16)
+def _sweep_units(run: Run, prompts: Any, **options: Any) -> list[tuple[int, int]]:
+    """The units a checkpoint sweep tracks when none are given: those this experiment discovers
+    on the sweep's last revision (the harness runs this there), with the sweep's options."""
+    options = {k: v for k, v in options.items() if k not in ("units", "ablations", "labeller")}
+    ds = _compute(run, prompts, ablations=(), **options)
+    return list(zip(ds["unit_layer"].values.tolist(), ds["unit_neuron"].values.tolist()))
+
+
+@experiment("cot_generation", batch_size=16, fixed_in_sweeps=("units", _sweep_units))
 def cot_generation(
     run: Run,
     prompts: CotGeneration,
@@ -163,7 +171,9 @@ def cot_generation(
     ``units``: measure and ablate these neurons ((layer, neuron) pairs or names like "L3N488")
     instead of discovering them. ``seed``: the noise and the random baseline's neurons.
     ``labeller``: a function of a unit's promoted tokens returning a label (e.g. one that asks
-    an LLM with your key); only its result is stored.
+    an LLM with your key); only its result is stored. A checkpoint sweep (``revisions``)
+    measures fixed units on every checkpoint: ``units``, or else those discovered on its last
+    revision.
 
     Returns dims ``variant`` (``discover_on`` first), ``prompt``, ``step`` (generated tokens),
     ``layer``, ``rank``, ``unit``, ``ablation`` ("none" then ``ablations``), ``concept``,
@@ -348,6 +358,9 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
     if fixed is not None:
         attrs["fixed_units"] = ",".join(f"L{li}N{nn}" for li, nn in fixed)
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+_compute = cot_generation.__wrapped__  # the compute function, for _sweep_units
 
 
 # --------------------------------------------------------------------------- summary
