@@ -332,6 +332,10 @@ def test_concept_selection_and_errors(neox, tmp_path):
     ds = nr.cot_generation(model, data, max_new_tokens=4, units=["L3N7", "L1N2"], ablations=("zero",), progress=False)
     assert ds["unit_layer"].values.tolist() == [3, 1] and ds.attrs["fixed_units"] == "L3N7,L1N2"
     assert np.isnan(ds["frequency"].values).all() and "candidate" not in ds.dims
+    fig = nr.plot_result(ds, tmp_path / "gen.png")  # activation per prompt type, accuracy per ablation
+    heat = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(heat, ds["mean_activation"].values)
+    assert (tmp_path / "gen.png").stat().st_size > 0
     path = tmp_path / "gen.nc"
     nr.save_result(ds, path)
     back = nr.load_result(path)

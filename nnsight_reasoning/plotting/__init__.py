@@ -33,6 +33,7 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "eap": (circuit_figure, CIRCUIT_KINDS),
         "eap_ig": (circuit_figure, CIRCUIT_KINDS),
         "cot_neurons": (neurons_figure, ()),
+        "cot_generation": (neurons_figure, ()),
         "neuron_discovery": (neurons_figure, ()),
         "binding_ids": (binding_figure, ()),
     }

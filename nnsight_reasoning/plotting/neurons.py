@@ -1,5 +1,6 @@
 """Figures for neuron results: activation of the discovered neurons per prompt variant and
-accuracy per variant under ablation (``cot_neurons``); neuron recurrence (``discover``); and
+accuracy per variant under ablation (``cot_neurons``, and ``cot_generation`` with the
+activation averaged over the generated tokens); neuron recurrence (``discover``); and
 binding-ID results (``binding``). A checkpoint sweep is drawn at its last checkpoint (the
 figure title names it)."""
 from __future__ import annotations
@@ -19,6 +20,13 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
 
     ds = last_checkpoint(ds)
     title = f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}"
+    generated = ds.attrs.get("method") == "cot_generation"
+    if generated:  # the same two panels: mean activation over the read generated steps, accuracy of the answers
+        view = ds[["mean_activation", "accuracy"]]
+        view = view.drop_vars([c for c in ("layer", "neuron") if c in view.coords])
+        ds = view.rename(mean_activation="activation").assign_coords(
+            layer=("unit", ds["unit_layer"].values), neuron=("unit", ds["unit_neuron"].values))
+        ds.attrs = dict(view.attrs)
     if ds.attrs.get("method") == "neuron_discovery":
         fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * ds.sizes["unit"] + 2), 3.6))
         ax.bar(range(ds.sizes["unit"]), ds["frequency"].values, color="tab:blue")
@@ -36,12 +44,13 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     tracked = ds.attrs.get("units_discovered_on")  # a sweep of the neurons of its last revision
     given = bool(ds.attrs.get("fixed_units")) and not tracked
     which = "given" if given else "discovered"
-    left.set_title(f"mean activation of the {ds.sizes['unit']} {which} neurons (last position)", fontsize=9)
+    where = "generated tokens" if generated else "last position"
+    left.set_title(f"mean activation of the {ds.sizes['unit']} {which} neurons ({where})", fontsize=9)
     fig.colorbar(im, ax=left, shrink=0.8)
     variants = [str(v) for v in ds["variant"].values]
     ablations = [str(a) for a in ds["ablation"].values]
     width = 0.8 / len(ablations)
-    colors = {"none": "0.3", "zero": "tab:red", "mean": "tab:orange", "random": "tab:gray"}
+    colors = {"none": "0.3", "noise": "tab:purple", "zero": "tab:red", "mean": "tab:orange", "random": "tab:gray"}
     for k, a in enumerate(ablations):
         right.bar(np.arange(len(variants)) + (k - (len(ablations) - 1) / 2) * width,
                   ds["accuracy"].sel(ablation=a).values, width, label=a, color=colors.get(a))
@@ -49,8 +58,11 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     right.set_ylim(0, 1)
     right.set_ylabel("accuracy")
     right.legend(title="ablation", fontsize=7, title_fontsize=7)
-    right.set_title("accuracy per variant, neurons ablated", fontsize=9)
+    right.set_title("generated answers, neurons ablated" if generated else
+                    "accuracy per variant, neurons ablated", fontsize=9)
     how = "given, scored" if given else f"discovered at {tracked}" if tracked else "discovered"
+    if generated and not given:
+        how = f"{ds.attrs.get('select')} of {ds.attrs.get('ranking')}"
     fig.suptitle(f"CoT arithmetic neurons ({how} on {ds.attrs.get('discover_on')}) · {title}", fontsize=9)
     return fig
 
