@@ -137,11 +137,12 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
         table.add_column("what")
         table.add_column("commands")
         for t in TASKS.values():
-            # circuit takes any task with pairs; neurons and binding have their own prompt builders
-            extra = {"cot_arithmetic": "neurons", "binding": "binding"}.get(t.name)
+            # circuit takes any task with pairs; neurons and binding have their own prompt builders;
+            # cot_solution's answers are whole solutions (several tokens): fine-tuning data only
+            extra = {"cot_arithmetic": "neurons", "binding": "binding", "cot_solution": "finetune"}.get(t.name)
             table.add_row(t.name, t.summary, ", ".join(c for c, ok in (
-                ("patch, circuit", t.pairs), ("evaluate", True), ("attention, probe", t.labelled), (extra, extra))
-                if ok))
+                ("patch, circuit", t.pairs), ("evaluate", t.name != "cot_solution"), ("attention, probe", t.labelled),
+                (extra, extra)) if ok))
         out.print(table)
         return
     t = get_task(name)

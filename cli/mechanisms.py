@@ -40,7 +40,8 @@ def neurons(
     ranking: str = typer.Option("algorithm_one", help="--generate: algorithm_one (|a|·‖w‖) or direct_contribution"),
     select: str = typer.Option("concepts", help="--generate: units are the concept neurons (concepts) or the "
                                                 "frequently ranked ones (frequency)"),
-    ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random (repeatable; default all)"),
+    ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random, random_zero (repeatable; default all)"),
+    noise_scale: float = typer.Option(1.0, help="--generate: multiplier of the N(-1, 1) noise (1: the repository's)"),
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
     them by the tokens they promote, and measure them and their ablation per prompt variant.
@@ -59,7 +60,8 @@ def neurons(
                                                   n_steps=n_steps, seed=seed),
               kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
               ranking=ranking, top_k=top_k, select=select, min_frequency=min_frequency,
-              ablations=tuple(ablation) or ("noise", "zero", "mean", "random"), units=units, seed=seed)
+              ablations=tuple(ablation) or ("noise", "zero", "mean", "random", "random_zero"), units=units, noise_scale=noise_scale,
+              seed=seed)
         return
     discover_on = discover_on or "full"
     variants = [discover_on, *(variant or nr.tasks.COT_VARIANTS)]  # the discovery variant first

@@ -4,7 +4,8 @@ MechanisticProbe fine-tunes GPT-2 on its k-th smallest task, all parameters or o
 (attention, MLP, layer norms: ``src/gpt2.py:finetune_gpt2``, ``src/utils.py:set_grad``),
 then probes the fine-tuned models. :func:`finetune` does that for any model and any task of
 :mod:`nnsight_reasoning.tasks`: it trains the next-token prediction of the answer at the
-prompt's last position, and writes the weights as one sub-directory per revision (``step0``,
+prompt's last position (of every answer token, for a worked solution: ``cot_solution``
+teaches a model to write its chain of thought, for ``nr.cot_generation``), and writes the weights as one sub-directory per revision (``step0``,
 ``step<k>`` every ``save_every`` steps, ``main`` at the end), so that
 ``nr.evaluate(OUT, examples, revisions="all")`` or ``reason-interp probe --model OUT
 --revisions all`` follow the model over its fine-tuning.
@@ -64,8 +65,10 @@ def finetune(
     ----------
     model : a name or directory (:func:`nnsight_reasoning.load_model`; default the embedded
         model), or a loaded model, whose weights are read afresh (it is not changed).
-    task : a task of ``nr.tasks`` with single-token answers (its examples generator);
-        ``task_params`` are its parameters (e.g. ``length=5, k=2``).
+    task : a task of ``nr.tasks`` (its examples generator); ``task_params`` are its
+        parameters (e.g. ``length=5, k=2``). A one-token answer is trained at the prompt's
+        last position; a longer one (``cot_solution``'s worked solutions) at each of its
+        tokens, after the prompt (loss: mean over the answer tokens of the batch).
     out : a new directory (or one holding an interrupted run of the same settings, resumed).
     tune : "all" parameters, or only those of the attention blocks ("attn"), the MLPs ("mlp")
         or the layer norms ("ln"), as the repository's ``--tuning_param``.
@@ -148,10 +151,10 @@ def finetune(
     try:
         for step in progress_bar(range(start, steps), f"fine-tuning {tune} on {task}", enabled=progress,
                                  total=steps - start):
-            ids, mask, last, answers = (x.to(device) for x in
-                                        _batch(info, tok, nn_model, step, batch_size, seed, task_params))
+            ids, mask, target = (x.to(device) for x in _batch(info, tok, nn_model, step, batch_size, seed, task_params))
             logits = net(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits[torch.arange(len(ids)), last].float(), answers)
+            keep = target >= 0  # the predicted answer tokens: one per example, or a whole worked solution
+            loss = torch.nn.functional.cross_entropy(logits[keep].float(), target[keep])
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -200,20 +203,37 @@ def _prepare_out(out: Path, config: dict, restart: bool) -> dict | None:
 
 def _batch(info: Any, tok: Any, model: Any, step: int, n: int, seed: int, params: dict) -> tuple:
     """Batch ``step``: ``n`` examples drawn with their own seed, right-padded token ids (n, T),
-    the attention mask, each row's last real position and its answer token."""
+    the attention mask, and the targets (n, T): at position t the token to predict after t,
+    −100 (ignored) except where the answer is predicted: the last prompt position for a
+    one-token answer; every answer position for an answer of several tokens (a worked
+    solution), which then follows the prompt in the row."""
     from . import backend
 
     examples = info.examples(n, seed=seed * 1_000_003 + step, tokenizer=tok, **params)
     ids = backend.tokenize(model, [e.prompt for e in examples])
-    answers = backend.answer_tokens(model, [e.answer for e in examples])
-    width = max(len(x) for x in ids)
+    single = [backend.answer_token(model, e.answer) for e in examples]
+    rows, targets = [], []
+    for e, x, a in zip(examples, ids, single):
+        if a is not None:
+            rows.append(x)
+            targets.append([-100] * (len(x) - 1) + [a])
+            continue
+        joined = e.prompt + (e.answer if e.answer[:1].isspace() else " " + e.answer)
+        full = backend.tokenize(model, [joined])[0]
+        if full[: len(x)] != x or len(full) == len(x):
+            raise UsageError(f"the answer {e.answer[:40]!r} does not tokenise as a continuation of its prompt")
+        rows.append(full[:-1])  # the last answer token is only predicted
+        targets.append([-100] * (len(x) - 1) + full[len(x):])
+    width = max(len(x) for x in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    batch = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
+    batch = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (x, t) in enumerate(zip(rows, targets)):
         batch[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
-    return batch, mask, torch.tensor([len(x) - 1 for x in ids]), torch.tensor(answers)
+        target[i, :len(t)] = torch.tensor(t)
+    return batch, mask, target
 
 
 def _group(model: Any, net: Any, tune: str) -> list:

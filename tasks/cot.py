@@ -275,6 +275,36 @@ def cot_variants(n_prompts: int = 200, variants: Sequence[str] = VARIANTS, *, n_
     return CotVariants("cot_arithmetic", params, {v: tuple(p) for v, p in sets.items()})
 
 
+def cot_solution_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, variant: str = "mixed",
+                          max_shots: int = 2, n_steps: int = 0, max_n: int = 20) -> list[Example]:
+    """Word problems whose answer is the whole worked solution (several tokens): 0 to
+    ``max_shots`` solved exemplars (drawn per example), then "Q : … A :", answered by "step . …
+    The result is N .". The data for
+    teaching a model to write its own chain of thought (``nr.finetune(model, "cot_solution")``,
+    then ``nr.cot_generation``). ``variant``: full, equation_only, or "mixed" (one of the two
+    per example, the variants the embedded model learnt); ``n_steps``: steps per problem, 0 for
+    1–3 at random."""
+    check_choice("variant", variant, ("mixed", "full", "equation_only", "text_only"))
+    check_range("max_shots", max_shots, 0, 3)
+    check_range("n_steps", n_steps, 0, 3)
+    check_range("max_n", max_n, 2, 30)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        v = rng.choice(["full", "equation_only"]) if variant == "mixed" else variant
+        shots = [sample_problem(rng, n_steps or rng.randint(1, 3), max_n) for _ in range(rng.randint(0, max_shots))]
+        p = sample_problem(rng, n_steps or rng.randint(1, 3), max_n)
+        text = " ".join(f"Q : {s.question} A : {solution(s, v)}" for s in shots)
+        out.append(Example(f"{text} Q : {p.question} A :".strip(), solution(p, v)))
+    return out
+
+
+register(TaskInfo("cot_solution", "word problems answered by their whole worked solution (fine-tuning data for "
+                  "chain-of-thought generation)", None, cot_solution_examples,
+                  {"variant": ("mixed", "full, equation_only, text_only or mixed (full or equation_only)"),
+                   "max_shots": (2, "solved exemplars, 0 to this many per example"),
+                   "n_steps": (0, "steps per problem (0: 1-3 at random)"),
+                   "max_n": (20, "largest number drawn"), "seed": (0, "random seed")}))
 register(TaskInfo("cot_arithmetic", "chain-of-thought word problems in prompt variants (Rai & Yao 2024)", None,
                   cot_examples,
                   {"variant": ("full", f"one of {', '.join(VARIANTS)}"), "n_shots": (1, "solved exemplars"),

@@ -82,6 +82,58 @@ def test_finetuned_weights_match_a_plain_torch_loop(tmp_path):
     assert list(curve["checkpoint"].values) == ["step0", "step2", "main"]
 
 
+def test_worked_solutions_train_every_answer_token(tmp_path):
+    """cot_solution: the answer is a whole worked solution; the loss is the mean cross-entropy
+    of its tokens after the prompt, here against a loop that builds the rows from words."""
+    out = nr.finetune(None, "cot_solution", out=tmp_path / "ft", tune="mlp", steps=2, batch_size=4, lr=1e-3,
+                      warmup=0, save_every=2, seed=3, progress=False)
+    log = json.loads((out / "finetune.json").read_text())
+    path = embedded.revision_path("main")
+    torch.manual_seed(3)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    for n, p in hf.named_parameters():
+        p.requires_grad_(".mlp." in n)
+    opt = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-3)
+    hf.train()
+    losses = []
+    tiny = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in hf.named_parameters() if p.requires_grad}
+    for k in range(2):
+        ex = nr.tasks.examples("cot_solution", 4, seed=3 * 1000003 + k, tokenizer=tok)
+        assert all(e.prompt.endswith(" A :") and e.answer.split()[-4:-1] == ["result", "is", e.answer.split()[-2]]
+                   for e in ex)
+        nll, count = 0.0, 0
+        for e in ex:  # one row at a time: the prompt's words, then the solution's; each solution word predicted
+            p = tok(e.prompt)["input_ids"]
+            a = tok(e.answer, add_special_tokens=False)["input_ids"]
+            assert len(a) == len(e.answer.split())  # word-level: one token per word
+            logits = hf(input_ids=torch.tensor([p + a[:-1]])).logits[0]
+            nll = nll + torch.nn.functional.cross_entropy(logits[len(p) - 1:], torch.tensor(a), reduction="sum")
+            count += len(a)
+        loss = nll / count
+        opt.zero_grad()
+        loss.backward()
+        for n, p in hf.named_parameters():
+            if p.requires_grad:
+                tiny[n] |= p.grad.abs() < 1e-2 * p.grad.abs().max()
+        opt.step()
+        losses.append(loss.item())
+    np.testing.assert_allclose(log["loss"], losses, rtol=1e-5)
+    # the weights where Adam's step is well-conditioned: every step's |g| at least 1 % of the
+    # tensor's largest (a gradient entry far smaller is a sum that cancelled, known to few
+    # digits), and no momentum cancelling to ~0 (|m| > 1 % of sqrt(v)); elsewhere
+    # m / (sqrt(v) + eps) turns the float32 noise of a padded batch against single rows into
+    # differences up to lr
+    got, state = _weights(out / "main"), hf.state_dict()
+    for n, p in hf.named_parameters():
+        if not p.requires_grad:
+            continue
+        m, v = opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+        ok = ~tiny[n] & (m.abs() > 0.01 * v.sqrt())
+        assert ok.float().mean() > 0.1, n
+        torch.testing.assert_close(got[n][ok], state[n].detach()[ok], rtol=1e-5, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize("tune,part", [("attn", ".attn."), ("ln", ".ln_")])
 def test_parameter_groups_come_from_the_architecture(tiny_model_dir, tmp_path, tune, part):
     path = tiny_model_dir("gpt2")

@@ -8,8 +8,8 @@ neuron_discovery/algorithm_one.py``, ``algorithm_two.py``, ``prompt_gpt.py``,
 1. **Generation.** Every prompt of every prompt type (``nr.tasks.cot_generation``) is
    completed greedily for ``max_new_tokens`` tokens; the answer is parsed from the text
    (:func:`nnsight_reasoning.tasks.cot_generation.parse_answer`) and compared with the gold
-   number: ``accuracy`` per prompt type. Steps are counted until the model starts a new
-   exemplar (``n_read``); later steps are not read.
+   number: ``accuracy`` per prompt type. Steps are read until the model starts a new
+   exemplar or a second answer phrase (``n_read``); later steps are not read.
 2. **Algorithm one** (``ranking="algorithm_one"``): at every generated step, per layer, the
    ``top_k`` neurons by |a_n| · ‖w_n‖₂ (a_n the activation at the step's last position, w_n
    the output weight's column). ``ranking="direct_contribution"`` ranks by the neuron's
@@ -28,10 +28,11 @@ neuron_discovery/algorithm_one.py``, ``algorithm_two.py``, ``prompt_gpt.py``,
 5. **Activations**: each unit's activation at every step of every prompt type, and its mean
    over the read steps (the paper compares these across prompt types).
 6. **Ablation during generation**, each a fresh generation of every prompt type:
-   ``noise`` adds ε ~ N(−1, 1) (the repository's ``normal(-1, 1)``, seeded) to every unit's
-   output-weight column, ``zero`` sets the units to 0 and ``mean`` to their mean activation
+   ``noise`` adds ε ~ N(−1, 1) (the repository's ``normal(-1, 1)``, seeded) times
+   ``noise_scale`` (1: the repository's) to every unit's output-weight column, ``zero`` sets the units to 0 and ``mean`` to their mean activation
    on the ``discover_on`` read steps, at every position; ``random`` is ``noise`` on as many
-   other neurons of the same layers (the baseline).
+   other neurons of the same layers (the repository's baseline), ``random_zero`` those
+   neurons zeroed (the baseline of ``zero``).
 
 Departures from the repository, and why, are listed in ``docs/rai_yao.md``.
 """
@@ -52,7 +53,7 @@ from ..sites import dims
 from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
 from .neurons import CONCEPT_TOKENS, CONCEPTS, concept_matches, concept_min_layer, parse_units
 
-ABLATIONS = ("noise", "zero", "mean", "random")
+ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
 SELECT = ("concepts", "frequency")
 
 
@@ -83,18 +84,25 @@ def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations:
 
 
 def _read_steps(tokenizer: Any, tokens: torch.Tensor, style: Any) -> tuple[list[str], np.ndarray]:
-    """Each row's text up to its first end token, and the steps read: up to the step whose text
-    starts a new exemplar (``style.stop``) or ends the sequence."""
+    """Each row's text up to its first end token, and the steps read: the tokens before the
+    model starts a new exemplar (``style.stop``) or a second answer phrase (the window
+    :func:`parse_answer` reads its answer from)."""
     eos = tokenizer.eos_token_id
     texts, n_read = [], np.zeros(len(tokens), np.int64)
     for r, row in enumerate(tokens.tolist()):
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
-        texts.append(tokenizer.decode(row))
-        n = len(row)
-        if style.stop.strip() and style.stop in texts[-1]:
-            n = next(k for k in range(1, len(row) + 1) if style.stop in tokenizer.decode(row[:k])) - 1
-        n_read[r] = n
+        text = tokenizer.decode(row)
+        texts.append(text)
+        ends = [text.find(style.stop)] if style.stop.strip() and style.stop in text else []
+        first = text.find(style.phrase)
+        if first >= 0 and style.phrase in text[first + 1:]:
+            ends.append(text.index(style.phrase, first + 1))
+        if not ends:
+            n_read[r] = len(row)
+            continue
+        end = min(ends)  # the tokens whose text lies before it
+        n_read[r] = max(k for k in range(len(row) + 1) if len(tokenizer.decode(row[:k]).rstrip()) <= end)
     return texts, n_read
 
 
@@ -162,6 +170,7 @@ def cot_generation(
     units: Sequence[Any] | None = None,
     n_tokens: int = 8,
     labeller: Callable[[list[str]], str] | None = None,
+    noise_scale: float = 1.0,
     seed: int = 0,
 ) -> xr.Dataset:
     """Generate chain-of-thought answers per prompt type; find, describe, measure and ablate
@@ -169,7 +178,9 @@ def cot_generation(
 
     ``prompts``: ``nr.tasks.cot_generation(n_prompts, variants, style=, prompts_dir=, data=)``.
     ``units``: measure and ablate these neurons ((layer, neuron) pairs or names like "L3N488")
-    instead of discovering them. ``seed``: the noise and the random baseline's neurons.
+    instead of discovering them. ``seed``: the noise and the random baseline's neurons;
+    ``noise_scale``: the noise's multiplier (1: the repository's N(−1, 1); a small model's
+    output weights are larger than Llama-2's, so the same noise is relatively smaller there).
     ``labeller``: a function of a unit's promoted tokens returning a label (e.g. one that asks
     an LLM with your key); only its result is stored. A checkpoint sweep (``revisions``)
     measures fixed units on every checkpoint: ``units``, or else those discovered on its last
@@ -254,14 +265,17 @@ def cot_generation(
     mean_ablate = np.nan_to_num(np.nanmean(ref, axis=(0, 1))) if np.isfinite(ref).any() else np.zeros(U)
     rng = np.random.default_rng(seed)
     d_model = dims(model)["d_model"]
-    noise = rng.normal(-1.0, 1.0, size=(U, d_model))  # the repository's numpy normal(-1, 1) per column entry
+    if not noise_scale > 0:
+        raise UsageError(f"noise_scale must be > 0 (got {noise_scale})")
+    noise = noise_scale * rng.normal(-1.0, 1.0, size=(U, d_model))  # the repository's normal(-1, 1) per entry
     taken, control = set(pairs), []
     for li, _ in pairs:
         pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
         taken.add((li, pick))
         control.append((li, pick))
     plans = {"noise": _edits(pairs, noise=noise), "zero": _edits(pairs, values=np.zeros(U)),
-             "mean": _edits(pairs, values=mean_ablate), "random": _edits(control, noise=noise)}
+             "mean": _edits(pairs, values=mean_ablate), "random": _edits(control, noise=noise),
+             "random_zero": _edits(control, values=np.zeros(U))}
     for ki, kind in enumerate(kinds[1:], 1):
         for vi, v in enumerate(run.steps(variants, f"ablation {kind}")):
             record(ki, vi, _generate(run, prompts.prompts[v], S, edits=plans[kind]))
@@ -270,8 +284,8 @@ def cot_generation(
     return _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, top, score, pairs, control,
                     act, mean_act, mean_ablate, found, fixed, run, n_tokens, labeller,
                     {"discover_on": discover_on, "max_new_tokens": S, "ranking": ranking, "top_k": top_k,
-                     "select": select, "min_frequency": min_frequency, "seed": seed,
-                     "noise": "normal(mean=-1, std=1) per output-weight entry, added once"})
+                     "select": select, "min_frequency": min_frequency, "seed": seed, "noise_scale": noise_scale,
+                     "noise": "noise_scale * normal(mean=-1, std=1) per output-weight entry, added once"})
 
 
 def _gold(answer: str) -> int:

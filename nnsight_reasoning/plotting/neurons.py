@@ -50,7 +50,8 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     variants = [str(v) for v in ds["variant"].values]
     ablations = [str(a) for a in ds["ablation"].values]
     width = 0.8 / len(ablations)
-    colors = {"none": "0.3", "noise": "tab:purple", "zero": "tab:red", "mean": "tab:orange", "random": "tab:gray"}
+    colors = {"none": "0.3", "noise": "tab:purple", "zero": "tab:red", "mean": "tab:orange", "random": "tab:gray",
+              "random_zero": "0.75"}
     for k, a in enumerate(ablations):
         right.bar(np.arange(len(variants)) + (k - (len(ablations) - 1) / 2) * width,
                   ds["accuracy"].sel(ablation=a).values, width, label=a, color=colors.get(a))
