@@ -9,6 +9,9 @@ import numpy as np
 import xarray as xr
 
 
+MAX_UNITS = 40  # neurons drawn at most (a column each)
+
+
 def _labels(ds: xr.Dataset) -> list[str]:
     return [f"L{int(l)}N{int(n)}" for l, n in zip(ds["layer"].values, ds["neuron"].values)]
 
@@ -27,6 +30,10 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         ds = view.rename(mean_activation="activation").assign_coords(
             layer=("unit", ds["unit_layer"].values), neuron=("unit", ds["unit_neuron"].values))
         ds.attrs = dict(view.attrs)
+    shown = f"{ds.sizes['unit']}"
+    if ds.sizes["unit"] > MAX_UNITS:  # units come most frequent first: draw those, say how many there are
+        shown = f"{MAX_UNITS} most frequent of the {ds.sizes['unit']}"
+        ds = ds.isel(unit=slice(0, MAX_UNITS))
     if ds.attrs.get("method") == "neuron_discovery":
         fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * ds.sizes["unit"] + 2), 3.6))
         ax.bar(range(ds.sizes["unit"]), ds["frequency"].values, color="tab:blue")
@@ -35,7 +42,8 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         ax.set_title(f"recurring answer neurons · {title}", fontsize=9)
         return fig
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 0.35 * ds.sizes["unit"] + 7), 3.8),
-                                      gridspec_kw={"width_ratios": [max(2, ds.sizes["unit"] // 3), 2]})
+                                      gridspec_kw={"width_ratios": [max(2, ds.sizes["unit"] // 3),
+                                                                    max(2.0, 0.8 * ds.sizes["variant"])]})
     act = ds["activation"].values
     top = max(1e-6, float(np.abs(act).max())) if act.size else 1.0
     im = left.imshow(act, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
@@ -45,7 +53,7 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     given = bool(ds.attrs.get("fixed_units")) and not tracked
     which = "given" if given else "discovered"
     where = "generated tokens" if generated else "last position"
-    left.set_title(f"mean activation of the {ds.sizes['unit']} {which} neurons ({where})", fontsize=9)
+    left.set_title(f"mean activation of the {shown} {which} neurons ({where})", fontsize=9)
     fig.colorbar(im, ax=left, shrink=0.8)
     variants = [str(v) for v in ds["variant"].values]
     ablations = [str(a) for a in ds["ablation"].values]
