@@ -51,7 +51,8 @@ from ..errors import UsageError
 from ..runner import Run, experiment, named
 from ..sites import dims
 from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
-from .neurons import CONCEPT_TOKENS, CONCEPTS, concept_matches, concept_min_layer, parse_units
+from .neurons import (CONCEPT_TOKENS, CONCEPTS, concept_labels, concept_matches, concept_min_layer, parse_units,
+                      random_control)
 
 ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
 SELECT = ("concepts", "frequency")
@@ -140,8 +141,7 @@ def _units_found(run: Run, top: np.ndarray, n_read: np.ndarray, correct: np.ndar
                          max(n_tokens, CONCEPT_TOKENS))
     matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
     first = concept_min_layer(n_layers)
-    concepts = [",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
-                for row, (li, _) in zip(matches, cand)]
+    concepts = concept_labels(matches, [li for li, _ in cand], first)
     keep = [k for k, u in enumerate(cand) if (concepts[k] if select == "concepts" else freq[u] >= min_frequency - 1e-12)]
     return {"cand": cand, "freq": np.array([freq[u] for u in cand]), "ids": ids, "vals": vals, "matches": matches,
             "concepts": concepts, "keep": keep, "first": first}
@@ -268,11 +268,7 @@ def cot_generation(
     if not noise_scale > 0:
         raise UsageError(f"noise_scale must be > 0 (got {noise_scale})")
     noise = noise_scale * rng.normal(-1.0, 1.0, size=(U, d_model))  # the repository's normal(-1, 1) per entry
-    taken, control = set(pairs), []
-    for li, _ in pairs:
-        pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
-        taken.add((li, pick))
-        control.append((li, pick))
+    control = random_control(pairs, n_neurons, rng)
     plans = {"noise": _edits(pairs, noise=noise), "zero": _edits(pairs, values=np.zeros(U)),
              "mean": _edits(pairs, values=mean_ablate), "random": _edits(control, noise=noise),
              "random_zero": _edits(control, values=np.zeros(U))}
@@ -322,8 +318,7 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
                              max(n_tokens, CONCEPT_TOKENS))
         matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
         first = concept_min_layer(dims(model)["n_layers"])
-        concepts = [",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
-                    for row, (li, _) in zip(matches, pairs)]
+        concepts = concept_labels(matches, [li for li, _ in pairs], first)
         freq = np.full(U, np.nan)
     promoted = np.array([model.tokenizer.convert_ids_to_tokens(r[:n_tokens]) for r in ids.tolist()], dtype=object)
     data: dict[str, Any] = {

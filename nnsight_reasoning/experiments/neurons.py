@@ -74,6 +74,23 @@ def concept_matches(tokenizer: Any, promoted_ids: Sequence[Sequence[int]]) -> np
     return out
 
 
+def concept_labels(matches: np.ndarray, layers: Sequence[int], first: int) -> list[str]:
+    """Per unit (``matches`` row, its layer) the concepts with more than one match, comma-joined;
+    '' for none or for a unit below layer ``first`` (:func:`concept_min_layer`)."""
+    return [",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
+            for row, li in zip(matches, layers)]
+
+
+def random_control(pairs: Sequence[tuple[int, int]], n_neurons: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """The random baseline: for each unit another neuron of its layer, none drawn twice."""
+    taken, control = set(pairs), []
+    for li, _ in pairs:
+        pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
+        taken.add((li, pick))
+        control.append((li, pick))
+    return control
+
+
 def concept_min_layer(n_layers: int) -> int:
     """The first layer whose neurons the concept rule labels: the repository skips layers 0–5 of
     Llama-2-7B's 32; the same fraction of this model's layers."""
@@ -245,8 +262,7 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
         tok_val, promoted = torch.zeros((0, n_tokens)), np.zeros((0, n_tokens), dtype=object)
         matches = np.zeros((0, len(CONCEPTS)), np.int64)
     first = concept_min_layer(dims(model)["n_layers"])
-    concept = np.array([",".join(c for c, m in zip(CONCEPTS, row) if m > 1) if li >= first else ""
-                        for row, li in zip(matches, unit_layer)], dtype=object)
+    concept = np.array(concept_labels(matches, unit_layer, first), dtype=object)
     labels = {} if labeller is None else {"label": ("unit", np.array([str(labeller([str(t) for t in row]))
                                                                       for row in promoted], dtype=object))}
     attrs: dict[str, Any] = {"method": "neuron_discovery", "metric": "direct_logit_contribution", "top_k": top_k,
@@ -352,12 +368,7 @@ def _units(found: xr.Dataset, n_neurons: int, seed: int) -> Units:
     # per layer the units' neurons, padded to equal length (the activations trace wants a tensor per layer)
     select = [torch.tensor(([n for li, n in pairs if li == layer] * width)[:width]) for layer in layers]
     where = [(layers.index(li), [n for l2, n in pairs if l2 == li].index(n)) for li, n in pairs]
-    rng, taken, control = np.random.default_rng(seed), set(pairs), []
-    for li, _ in pairs:  # the random baseline: other neurons of the same layers, no repeats
-        pick = int(rng.choice([c for c in range(n_neurons) if (li, c) not in taken]))
-        taken.add((li, pick))
-        control.append((li, pick))
-    return Units(pairs, layers, select, where, control)
+    return Units(pairs, layers, select, where, random_control(pairs, n_neurons, np.random.default_rng(seed)))
 
 
 def _by_variant(prompts: Any) -> tuple[dict[str, list[CotPrompt]], dict[str, Any]]:
