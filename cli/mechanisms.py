@@ -82,11 +82,20 @@ def binding(
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
     family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations"),
     seed: Seed = 0,
+    measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
+                                                 "(binding-iclr Fig. 3) | position (Fig. 4)"),
+    freeze_context: bool = typer.Option(True, "--freeze-context/--no-freeze-context",
+                                        help="factorization, position: the context keeps its clean values at every "
+                                             "layer (binding-iclr)"),
+    max_offset: int = typer.Option(10, help="position: offsets from -max_offset to max_offset + distance - 1"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
-    mean-intervention swaps against a random-vector baseline."""
+    mean-intervention swaps against a random-vector baseline; --measure factorization and
+    --measure position run binding-iclr's Fig. 3 and Fig. 4 tests."""
     import nnsight_reasoning as nr
 
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
+    extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context,
+                                              "max_offset": max_offset}
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family),
-          kind="binding", task=name)
+          kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

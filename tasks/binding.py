@@ -91,10 +91,16 @@ class BindingContext:
 
     def text(self, query: int, order: Sequence[int] | None = None, entity: str | None = None) -> str:
         f = FAMILIES[self.family]
+        q = f.query.format(e=self.entities[query] if entity is None else entity)
+        return f"{self.context(order)} {q}"
+
+    def context(self, order: Sequence[int] | None = None) -> str:
+        """The context section of every prompt of this context (the statements, framed): what
+        binding-iclr freezes during interventions."""
+        f = FAMILIES[self.family]
         order = range(len(self.entities)) if order is None else order
         context = " ".join(f.statement.format(e=self.entities[k], a=self.attributes[k]) for k in order)
-        q = f.query.format(e=self.entities[query] if entity is None else entity)
-        return f"Context : {context} {q}" if f.framed else f"{context} {q}"
+        return f"Context : {context}" if f.framed else context
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -155,9 +161,11 @@ def sample_contexts(n: int, n_pairs: int = 2, seed: int = 0, family: str = "citi
 
 @dataclass(frozen=True, repr=False)
 class BindingContexts(TaskData):
-    """The data of a binding-ID run (``nr.binding``): the measured ``contexts`` and the
+    """The data of a binding-ID run (``nr.binding``): the measured ``contexts``, the
     ``estimate`` contexts over which the binding-ID difference vectors are averaged (an
-    independent draw, seed ``seed + 1``). Iterates over ``contexts``; ``params`` (with
+    independent draw, seed ``seed + 1``), and per context a ``sources`` context of the same
+    family whose entities and attributes are all new to it (seed ``seed + 2``; binding-iclr's
+    E0', E1', A0', A1' of the factorizability test). Iterates over ``contexts``; ``params`` (with
     ``seed``) are stored in results as ``task_params``."""
 
     _items: ClassVar[str] = "contexts"
@@ -165,6 +173,7 @@ class BindingContexts(TaskData):
     params: dict[str, Any]
     contexts: tuple[BindingContext, ...]
     estimate: tuple[BindingContext, ...]
+    sources: tuple[BindingContext, ...] = ()  # per context: same family, none of its entities or attributes
 
     @property
     def n_pairs(self) -> int:
@@ -196,7 +205,14 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
                         f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
     contexts = sample_contexts(n_contexts, n_pairs, seed, family)
     estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
+    f, rng = FAMILIES[family], random.Random(seed + 2)
+    if 2 * n_pairs > min(len(f.entities), len(f.attributes)):
+        raise TaskError(f"the {family} family has words for at most {min(len(f.entities), len(f.attributes)) // 2} "
+                        f"pairs with a disjoint source context (got n_pairs={n_pairs})")
+    sources = tuple(BindingContext(tuple(rng.sample([e for e in f.entities if e not in c.entities], n_pairs)),
+                                   tuple(rng.sample([a for a in f.attributes if a not in c.attributes], n_pairs)),
+                                   family) for c in contexts)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
     if family != "cities":  # results of the default family keep their old task_params
         params["family"] = family
-    return BindingContexts("binding", params, tuple(contexts), tuple(estimate))
+    return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources)

@@ -199,3 +199,139 @@ def test_residual_edits_and_reads_match_hooks(tiny):
     h = resid.resid_at(model, torch.tensor([ids, d_ids]), torch.tensor([[e[1], a[0]], [e[1], a[0]]]))
     for row, x in enumerate((ids, d_ids)):
         np.testing.assert_allclose(h[row].numpy(), _run(hf, x, capture=(e[1], a[0]))[1].numpy(), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- binding-iclr's tests
+def _layers(hf):
+    return {"gpt2": lambda: hf.transformer.h, "gpt_neox": lambda: hf.gpt_neox.layers}.get(
+        hf.config.model_type, lambda: hf.model.layers)()
+
+
+def _resid_pre_run(hf, ids, position_ids=None, edit=None):
+    """binding-iclr's formulation: every layer's input (resid_pre), read whole (layer, T, d), and
+    optionally rewritten by ``edit(layer, h)`` before the layer runs; log-softmax at the end."""
+    seen, hooks = [], []
+    for li, layer in enumerate(_layers(hf)):
+        def pre(m, args, kwargs, li=li):
+            h = args[0] if args else kwargs["hidden_states"]
+            if edit is not None:
+                h = edit(li, h.clone())
+            seen.append(h[0].detach().double())
+            if args:
+                return (h,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+        hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            kw = {} if position_ids is None else {"position_ids": torch.tensor([position_ids])}
+            logp = hf(torch.tensor([ids]), **kw).logits[0, -1].double().log_softmax(-1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return logp, torch.stack(seen)
+
+
+@pytest.fixture(scope="module")
+def neox_hf():
+    return AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("which", ["neox", "llama"])
+@pytest.mark.parametrize("family", ["capitals", "cities"])
+def test_factorization_by_side_matches_a_frozen_context_run(which, family, request, tiny_model_dir, embedded_model):
+    if which == "neox":
+        model, hf = embedded_model, request.getfixturevalue("neox_hf")
+    else:
+        path = tiny_model_dir("llama")
+        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    data = nr.tasks.binding_contexts(3, 2, 2, seed=5, family=family)
+    ds = nr.binding(model, data, measure="factorization", batch_size=40, progress=False)
+    tok = model.tokenizer
+    for ci, (c, src) in enumerate(zip(data.contexts, data.sources)):
+        assert not set(c.entities) & set(src.entities) and not set(c.attributes) & set(src.attributes)
+        cand = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in list(c.answers) + list(src.answers)]
+        end = len(tok(c.context())["input_ids"])  # the context section's tokens (with <bos>)
+        s_ids, _, _ = _positions(model, src, src.text(0))
+        _, source = _resid_pre_run(hf, s_ids)
+        names = list(c.entities) + list(src.entities)
+        for q, name in enumerate(names):
+            ids, e, a = _positions(model, c, c.text(0, entity=name))
+            clean_lp, clean = _resid_pre_run(hf, ids)
+            np.testing.assert_allclose(ds["factor_logprob"].values[0, 0, 0, q, :, ci], clean_lp[cand].numpy(),
+                                       rtol=1e-5, atol=1e-5)
+            for side in (0, 1):
+                for se, sa in ((0, 1), (1, 0), (1, 1)):
+                    def edit(li, h, side=side, se=se, sa=sa):
+                        h[0, :end] = clean[li, :end].to(h.dtype)  # the context stays clean
+                        for on, pos in ((se, e[side]), (sa, a[side])):
+                            if on:
+                                h[0, pos] = source[li, pos].to(h.dtype)
+                        return h
+                    lp, _ = _resid_pre_run(hf, ids, edit=edit)
+                    np.testing.assert_allclose(ds["factor_logprob"].values[side, se, sa, q, :, ci], lp[cand].numpy(),
+                                               rtol=1e-5, atol=1e-5, err_msg=f"{side} {se} {sa} {name}")
+    # the outcome accuracy: the predicted answer is the argmax among the four
+    lp = ds["factor_logprob"].values
+    exp = ds["factor_expected"].values
+    for side, se, sa in ((0, 1, 1), (1, 0, 1)):
+        hits = [lp[side, se, sa, q, :, p].argmax() == exp[side, se, sa, q] for q in range(4) for p in range(3)
+                if exp[side, se, sa, q] >= 0]
+        assert float(ds["outcome_accuracy"].values[side, se, sa]) == pytest.approx(np.mean(hits))
+    assert exp[0, 1, 1].tolist() == [-1, 1, 2, -1] and exp[1, 1, 0].tolist() == [0, -1, -1, 1]
+
+
+@pytest.mark.parametrize("which", ["neox", "gpt2"])
+def test_position_sweep_matches_shifted_position_ids_with_a_frozen_context(which, request, tiny_model_dir,
+                                                                           embedded_model):
+    """Rotary models (the repository's): only the keys the question reads move. GPT-2 adds its
+    learned positions to the first layer's input, which the freeze leaves as it is (the shift
+    would vanish otherwise); from the first layer's output on the context is frozen."""
+    if which == "neox":
+        model, hf = embedded_model, request.getfixturevalue("neox_hf")
+    else:
+        path = tiny_model_dir("gpt2")
+        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    data = nr.tasks.binding_contexts(2 if which == "gpt2" else 1, 2, 2, seed=6, family="capitals")
+    ds = nr.binding(model, data, measure="position", max_offset=3, batch_size=64, progress=False)
+    tok = model.tokenizer
+    ids0, e, a = _positions(model, data.contexts[0], data.contexts[0].text(0))
+    assert ds["distance"].values.tolist() == [e[1] - e[0], a[1] - a[0]]
+    want = {t: list(range(max(-3, -p[0]), min(3 + p[1] - p[0] - 1, p[1]) + 1)) for t, p in (("entity", e),
+                                                                                             ("attribute", a))}
+    for ci, c in enumerate(data.contexts):
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
+        end = len(tok(c.context())["input_ids"])
+        for q in (0, 1):
+            ids, e, a = _positions(model, c, c.text(q))
+            _, clean = _resid_pre_run(hf, ids)
+            for t, (p0, p1) in (("entity", (e[0], e[1])), ("attribute", (a[0], a[1]))):
+                for o in ds["offset"].values:
+                    got = ds["position_logprob"].sel(target=t, offset=o).values[q, :, ci]
+                    if o not in want[t]:
+                        assert np.isnan(got).all()
+                        continue
+                    pos = list(range(len(ids)))
+                    pos[p0] += o
+                    pos[p1] -= o
+
+                    def edit(li, h):
+                        if li or which != "gpt2":
+                            h[0, :end] = clean[li, :end].to(h.dtype)
+                        return h
+                    lp, _ = _resid_pre_run(hf, ids, position_ids=pos, edit=edit)
+                    np.testing.assert_allclose(got, lp[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{t} {o}")
+
+
+def test_cli_factorization_and_position_write_their_figures(tmp_path):
+    for measure in ("factorization", "position"):
+        out = tmp_path / f"{measure}.nc"
+        res = CliRunner().invoke(app, ["binding", "--measure", measure, "--family", "capitals", "--n-contexts", "3",
+                                       "--n-estimate", "2", "--max-offset", "2", "--no-progress", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        ds = nr.load_result(out)
+        assert ds.attrs["measure"] == measure and ds.attrs["freeze_context"] == 1
+        fig = nr.plot_result(ds, tmp_path / f"{measure}.png")
+        assert fig.axes and (tmp_path / f"{measure}.png").stat().st_size > 0
+    assert "side 0" in res.output or "offset" in res.output
+    res = CliRunner().invoke(app, ["binding", "--measure", "nope", "--no-progress", "--out", str(tmp_path / "x.nc")])
+    assert res.exit_code == 2 and "unknown measure" in res.output and not (tmp_path / "x.nc").exists()

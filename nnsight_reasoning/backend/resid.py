@@ -44,13 +44,18 @@ def _trace_read(model, input_ids, depths, positions, remote=False, backend=None)
 
 def edited_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, rows: torch.Tensor,
                   src_rows: torch.Tensor, positions: torch.Tensor, add: torch.Tensor | None = None, *,
-                  position_ids: torch.Tensor | None = None, remote: bool | str = False) -> Scores:
+                  position_ids: torch.Tensor | None = None, freeze: tuple | None = None,
+                  remote: bool | str = False) -> Scores:
     """Scores of ``answer_ids`` (n, K) at the last position after residual edits at every depth.
 
     Edit j sets row ``rows[j]`` at position ``positions[j]`` to row ``src_rows[j]``'s value at
     the same position plus ``add[depth, j]`` ((L + 1, k, d); zero if None), at the embeddings
     and after every layer. Source rows must not be edited themselves (they are read clean).
     ``position_ids`` (n, T) replaces the positions the model sees (rotary or learned).
+    ``freeze`` = (rows (f,), clean rows (f,), mask (f, T) bool): at every depth, before the
+    edits, row ``rows[i]`` takes row ``clean[i]``'s values where ``mask[i]`` is set (binding-
+    iclr's frozen context: the context tokens keep their clean values at every layer, so only
+    the tokens after the context read an edit).
     """
     from . import _run
 
@@ -58,12 +63,12 @@ def edited_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
     if add is None:
         add = torch.zeros(len(depths), len(rows), 1)
     kwargs = {} if position_ids is None else {"position_ids": position_ids}
-    saved = _run(model, _trace_edit, (model, input_ids, answer_ids, depths, rows, src_rows, positions, add, kwargs),
-                 remote, "saved")
+    saved = _run(model, _trace_edit, (model, input_ids, answer_ids, depths, rows, src_rows, positions, add, kwargs,
+                                      freeze), remote, "saved")
     return Scores(*(t.detach().cpu() for t in saved))
 
 
-def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions, add, kwargs, remote=False,
+def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions, add, kwargs, freeze, remote=False,
                 backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False,
@@ -73,6 +78,8 @@ def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions,
             x = mod.output
             if isinstance(x, tuple):
                 x = x[0]
+            if freeze is not None:
+                x[freeze[0]] = torch.where(freeze[2][:, :, None], x[freeze[1]], x[freeze[0]])
             if len(rows):
                 x[rows, positions] = x[src_rows, positions] + add[k].to(x.dtype)
             k += 1

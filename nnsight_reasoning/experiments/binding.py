@@ -51,6 +51,7 @@ class Located:
     ids: list[int]
     entities: list[int]
     attributes: list[int]
+    context_end: int = 0  # tokens of the context section (binding-iclr freezes them)
 
 
 def locate(model: Any, ctx: BindingContext, text: str) -> Located:
@@ -77,7 +78,8 @@ def _find_words(ctx: BindingContext, text: str, ids: list[int], spans: list[tupl
         ents.append(find(e, cursor))
         atts.append(find(a, spans[ents[-1]][1]))  # the attribute after its entity
         cursor = spans[atts[-1]][1]
-    return Located(ids, ents, atts)
+    end = len(ctx.context())
+    return Located(ids, ents, atts, sum(1 for a, b in spans if b <= end))
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,41 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
+MEASURES = ("accuracy", "factorization", "position")
+
+
 @experiment("binding_ids", batch_size=64)
-def binding(run: Run, contexts: BindingContexts) -> xr.Dataset:
-    """Factorizability, position independence and mean interventions (see module doc).
+def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", freeze_context: bool = True,
+            max_offset: int = 10) -> xr.Dataset:
+    """Binding IDs; ``measure`` picks the experiment (see the module doc):
+
+    - "accuracy": factorizability, position independence and mean interventions as accuracies
+      (this toolkit's summary; edits propagate through the context);
+    - "factorization": binding-iclr's Fig. 3, the 2×2 substitution by side
+      (:func:`_factorization`);
+    - "position": binding-iclr's Fig. 4, the position sweep (:func:`_position`).
+
+    ``freeze_context`` (factorization, position): the context tokens keep their clean values at
+    every layer, as binding-iclr's interventions do, so only the question reads an edit.
+    ``max_offset``: the position sweep runs from −max_offset to max_offset + Δ − 1 (Δ the
+    distance between the two pairs), within the positions that exist.
+    """
+    if measure not in MEASURES:
+        raise UsageError(f"unknown measure {measure!r}; choose from: {', '.join(MEASURES)}")
+    if not isinstance(contexts, BindingContexts):
+        raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
+                         "contexts and the estimation contexts of the binding-ID vectors")
+    if measure == "factorization":
+        return _factorization(run, contexts, freeze_context)
+    if measure == "position":
+        if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
+            raise UsageError(f"max_offset must be an integer >= 0 (got {max_offset!r})")
+        return _position(run, contexts, freeze_context, int(max_offset))
+    return _accuracy(run, contexts)
+
+
+def _accuracy(run: Run, contexts: BindingContexts) -> xr.Dataset:
+    """Factorizability, position independence and mean interventions as accuracies.
 
     ``contexts``: ``nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed)``; each
     context is queried once per pair, and ``batch_size`` rows hold ``batch_size // 2`` queries
@@ -132,9 +166,6 @@ def binding(run: Run, contexts: BindingContexts) -> xr.Dataset:
     won); their means ``accuracy``, ``factor_accuracy``, ``position_accuracy``,
     ``swap_accuracy``; and ``delta_norm`` (intervention, depth): |Δ| per depth (0 = embeddings).
     """
-    if not isinstance(contexts, BindingContexts):
-        raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
-                         "contexts and the estimation contexts of the binding-ID vectors")
     model, n_pairs = run.model, contexts.n_pairs
     rows = _queries(model, contexts.contexts, n_pairs)
     if len({len(r.ids) for r in rows}) != 1:
@@ -182,6 +213,186 @@ def binding(run: Run, contexts: BindingContexts) -> xr.Dataset:
     return _dataset(contexts, n_pairs, correct, factor, position, swap, delta)
 
 
+def _labels(n: int) -> tuple[list[str], list[str]]:
+    """Query and answer labels of the substitution test: the context's entities and attributes,
+    then the source context's (primed)."""
+    return ([f"E{k}" for k in range(n)] + [f"E{k}'" for k in range(n)],
+            [f"A{k}" for k in range(n)] + [f"A{k}'" for k in range(n)])
+
+
+def _expected(n: int, side: int, swap_e: int, swap_a: int) -> list[int]:
+    """Per query (E0…, E0'…) the answer index (A0…, A0'…) binding IDs predict after the
+    substitution at ``side``, −1 where the queried entity is not in the edited context."""
+    entity = {k: k for k in range(n)}  # slot -> entity index among the 2n queries
+    attribute = {k: k for k in range(n)}
+    if swap_e:
+        entity[side] = n + side
+    if swap_a:
+        attribute[side] = n + side
+    out = [-1] * (2 * n)
+    for slot in range(n):
+        out[entity[slot]] = attribute[slot]
+    return out
+
+
+def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+    """binding-iclr's factorizability test by side (``factorization_parallel_exchange_by_side``,
+    ``coref/data_collection.py:203-317``). For each context c, side s and (swap entity, swap
+    attribute) in {0, 1}²: the residual stream at side s's entity token and/or attribute token
+    is replaced, at every depth, by the source context's (same family, new words, same
+    positions); each of the 2n entity names is asked; the log-probability (full vocabulary) of
+    each of the 2n attributes' answers is read at the last position."""
+    model, n = run.model, contexts.n_pairs
+    if not contexts.sources:
+        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    pairs = list(zip(contexts.contexts, contexts.sources))
+    # per context: the source row, then the clean row of each of the 2n queries
+    items = []
+    for c, src in pairs:
+        names = list(c.entities) + list(src.entities)
+        items.append([(src, src.text(0))] + [(c, c.text(0, entity=e)) for e in names])
+    located = _locate(model, [x for item in items for x in item])
+    width = 1 + 2 * n
+    rows = [located[i * width:(i + 1) * width] for i in range(len(pairs))]
+    if len({len(r.ids) for item in rows for r in item}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    for item in rows:  # the source's words sit where the context's do
+        if item[0].entities != item[1].entities or item[0].attributes != item[1].attributes:
+            raise UsageError("a source context's words are not at its context's positions (one-token words needed)")
+    cand = [backend.answer_tokens(model, list(c.answers) + list(src.answers), "attribute") for c, src in pairs]
+    cells = [(s, e, a) for s in range(n) for e in (0, 1) for a in (0, 1) if e or a]
+    per_item = width + len(cells) * 2 * n
+    logp = np.zeros((n, 2, 2, 2 * n, 2 * n, len(pairs)))
+    for chunk in run.steps(run.batches([len(r[0].ids) for r in rows], rows_per_item=per_item), "factorization"):
+        ids, answers, edits, frozen = [], [], [], []
+        for j, i in enumerate(chunk):
+            ids += [r.ids for r in rows[i]]
+            answers += [cand[i]] * width
+        first = len(ids)
+        for j, i in enumerate(chunk):
+            src_row, clean = j * width, j * width + 1
+            loc = rows[i][1]
+            for s, e, a in cells:
+                for q in range(2 * n):
+                    row = len(ids)
+                    ids.append(rows[i][1 + q].ids)
+                    answers.append(cand[i])
+                    frozen.append((row, clean + q, rows[i][1 + q].context_end))
+                    if e:
+                        edits.append((row, src_row, loc.entities[s]))
+                    if a:
+                        edits.append((row, src_row, loc.attributes[s]))
+        T = len(ids[0])
+        freeze_arg = None
+        if freeze:
+            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
+            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
+        e_rows, e_src, e_pos = (torch.tensor(list(x)) for x in zip(*edits))
+        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), e_rows, e_src, e_pos,
+                          freeze=freeze_arg)
+        lp = scores.log_probs.numpy()
+        k = first
+        for j, i in enumerate(chunk):
+            clean = lp[j * width + 1: j * width + 1 + 2 * n]  # (query, answer)
+            logp[:, 0, 0, :, :, i] = clean
+            for s, e, a in cells:
+                logp[s, e, a, :, :, i] = lp[k:k + 2 * n]
+                k += 2 * n
+    expected = np.array([[[_expected(n, s, e, a) for a in (0, 1)] for e in (0, 1)] for s in range(n)])
+    best = logp.argmax(axis=4)  # (side, e, a, query, prompt)
+    valid = expected >= 0
+    hits = (best == expected[..., None]) & valid[..., None]
+    acc = hits.sum(axis=(3, 4)) / (valid.sum(axis=3) * len(pairs))
+    queries, answers_ = _labels(n)
+    return xr.Dataset(
+        {"factor_logprob": (("side", "swap_entity", "swap_attribute", "query", "answer", "prompt"), logp,
+                            {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
+         "factor_mean": (("side", "swap_entity", "swap_attribute", "query", "answer"), logp.mean(-1),
+                         {"units": "nats"}),
+         "factor_expected": (("side", "swap_entity", "swap_attribute", "query"), expected,
+                             {"long_name": "the answer binding IDs predict (index into answer; -1: the entity is "
+                                           "not in the edited context)"}),
+         "outcome_accuracy": (("side", "swap_entity", "swap_attribute"), acc,
+                              {"long_name": "the predicted answer has the highest log-probability among the 2n"})},
+        coords={"side": np.arange(n), "swap_entity": [0, 1], "swap_attribute": [0, 1],
+                "query": np.array(queries, dtype=object), "answer": np.array(answers_, dtype=object),
+                "prompt": np.arange(len(pairs)), "text": ("prompt", [c.text(0) for c in contexts.contexts])},
+        attrs={"method": "binding_ids", "measure": "factorization", "metric": "log_prob",
+               "freeze_context": int(freeze)})
+
+
+def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int) -> xr.Dataset:
+    """binding-iclr's position test (``position_intervention``, ``coref/data_collection.py:332-403``):
+    the position ids of side 0's entity (or attribute) token move by +o and side 1's by −o,
+    o from −max_offset to max_offset + Δ − 1 (at o = Δ the two are exchanged); queries E0 and
+    E1; the log-probabilities of A0 and A1 (full vocabulary) at the last position. With the
+    context frozen, only the keys the question reads move (the repository rotates keys)."""
+    model = run.model
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
+    T = len(located[0].ids)
+    if len({len(r.ids) for r in located}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or T
+    spans = {}
+    for target, key in (("entity", "entities"), ("attribute", "attributes")):
+        p0 = {getattr(r, key)[0] for r in located}
+        p1 = {getattr(r, key)[1] for r in located}
+        if len(p0) != 1 or len(p1) != 1:
+            raise UsageError("the pairs must sit at the same positions in every context (one-token words)")
+        p0, p1 = p0.pop(), p1.pop()
+        d = p1 - p0
+        # the repository's range, within the positions that exist (ids >= 0 and below the context size)
+        lo, hi = max(-max_offset, -p0), min(max_offset + d - 1, p1, limit - 1 - p0)
+        spans[target] = (p0, p1, list(range(lo, hi + 1)))
+    offsets = sorted({o for _, _, offs in spans.values() for o in offs})
+    cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
+    logp = np.full((2, len(offsets), 2, 2, len(contexts)), np.nan)
+    plan = [(t, o) for t, target in enumerate(("entity", "attribute")) for o in spans[target][2]]
+    per_item = 2 + 2 * len(plan)
+    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=per_item), "position"):
+        ids, answers, pos, frozen = [], [], [], []
+        for i in chunk:
+            for q in (0, 1):
+                ids.append(located[2 * i + q].ids)
+                answers.append(cand[i])
+                pos.append(list(range(T)))
+        for j, i in enumerate(chunk):
+            for t, o in plan:
+                p0, p1, _ = spans[("entity", "attribute")[t]]
+                for q in (0, 1):
+                    frozen.append((len(ids), 2 * j + q, located[2 * i + q].context_end))
+                    ids.append(located[2 * i + q].ids)
+                    answers.append(cand[i])
+                    shifted = list(range(T))
+                    shifted[p0] += o
+                    shifted[p1] -= o
+                    pos.append(shifted)
+        freeze_arg = None
+        if freeze:
+            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
+            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
+        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), _NONE, _NONE, _NONE,
+                          position_ids=torch.tensor(pos), freeze=freeze_arg)
+        lp = scores.log_probs.numpy()
+        k = 2 * len(chunk)
+        for i in chunk:
+            for t, o in plan:
+                logp[t, offsets.index(o), :, :, i] = lp[k:k + 2]
+                k += 2
+    return xr.Dataset(
+        {"position_logprob": (("target", "offset", "query", "answer", "prompt"), logp,
+                              {"long_name": "log-probability of each answer (full vocabulary); NaN: offset not "
+                                            "run for this target", "units": "nats"}),
+         "position_mean": (("target", "offset", "query", "answer"), logp.mean(-1), {"units": "nats"})},
+        coords={"target": np.array(INTERVENTIONS, dtype=object), "offset": np.array(offsets),
+                "query": np.array(["E0", "E1"], dtype=object), "answer": np.array(["A0", "A1"], dtype=object),
+                "prompt": np.arange(len(contexts)), "text": ("prompt", [c.text(0) for c in contexts.contexts]),
+                "distance": ("target", np.array([spans[t][1] - spans[t][0] for t in INTERVENTIONS])),
+                "side0_position": ("target", np.array([spans[t][0] for t in INTERVENTIONS]))},
+        attrs={"method": "binding_ids", "measure": "position", "metric": "log_prob", "freeze_context": int(freeze),
+               "max_offset": max_offset})
+
+
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, depth, d): mean over contexts of h[pair 1] − h[pair 0] at the entity and attribute tokens."""
     located = _locate(run.model, [(c, c.text(0)) for c in estimate])
@@ -220,8 +431,41 @@ def _dataset(contexts: BindingContexts, n_pairs, correct, factor, position, swap
 
 
 def summarize(ds: xr.Dataset) -> list[Any]:
-    """Each binding measure's accuracy against chance; over checkpoints, one column each."""
+    """Each binding measure's accuracy against chance; over checkpoints, one column each. For
+    the factorization test, the outcome accuracy per side and substitution; for the position
+    sweep, the mean log-probabilities at the original and the exchanged positions."""
     from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    measure = ds.attrs.get("measure", "accuracy")
+    if measure in ("factorization", "position"):
+        ds = last_checkpoint(ds)
+        head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "
+                f"contexts · {measure} (binding-iclr{', context frozen' if ds.attrs.get('freeze_context') else ''})")
+        if measure == "factorization":
+            table = Table(title="accuracy of the answer binding IDs predict, per substitution (columns: side)")
+            table.add_column("substituted")
+            for s in ds["side"].values:
+                table.add_column(f"side {int(s)}", justify="right")
+            for e, a, name in ((0, 0, "none"), (0, 1, "attribute"), (1, 0, "entity"), (1, 1, "both")):
+                table.add_row(name, *[f"{float(x):.3f}" for x in
+                                      ds["outcome_accuracy"].sel(swap_entity=e, swap_attribute=a).values])
+            return [head, table]
+        table = Table(title="mean log-probability (query → answer) at the original and exchanged positions")
+        table.add_column("target")
+        table.add_column("offset")
+        for q in ds["query"].values:
+            for a in ds["answer"].values:
+                table.add_column(f"{q} → {a}", justify="right")
+        for t in ds["target"].values:
+            for o in (0, int(ds["distance"].sel(target=t))):
+                if o not in ds["offset"].values:
+                    continue
+                v = ds["position_mean"].sel(target=t, offset=o)
+                table.add_row(str(t), str(o), *[f"{float(v.sel(query=q, answer=a)):.2f}" for q in ds["query"].values
+                                                for a in ds["answer"].values])
+        return [head, table]
 
     sweep = "checkpoint" in ds.dims
     n_pairs = ds.sizes["query"]

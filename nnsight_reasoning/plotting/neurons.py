@@ -83,6 +83,10 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     from ..results.io import last_checkpoint
 
     ds = last_checkpoint(ds)
+    if ds.attrs.get("measure") == "factorization":
+        return _factorization_figure(ds)
+    if ds.attrs.get("measure") == "position":
+        return _position_figure(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")
@@ -106,4 +110,50 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     right.legend(fontsize=7)
     fig.suptitle(f"binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
                  f"{ds.sizes['query']} pairs per context", fontsize=9)
+    return fig
+
+
+def _factorization_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 3: per side, the 2×2 substitutions (none, attribute, entity, both),
+    each a heatmap of mean log-probability, query × answer."""
+    import matplotlib.pyplot as plt
+
+    sides = ds.sizes["side"]
+    cells = [(0, 0, "none"), (0, 1, "attribute"), (1, 0, "entity"), (1, 1, "both")]
+    fig, axes = plt.subplots(sides, 5, figsize=(10.5, 2.6 * sides), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1, 1, 0.06]})
+    low = float(ds["factor_mean"].min())
+    for s in range(sides):
+        for k, (e, a, name) in enumerate(cells):
+            ax = axes[s][k]
+            m = ds["factor_mean"].sel(side=s, swap_entity=e, swap_attribute=a)
+            im = ax.imshow(m.values, vmin=low, vmax=0, cmap="viridis")
+            ax.set_xticks(range(m.sizes["answer"]), [str(x) for x in m["answer"].values], fontsize=7)
+            ax.set_yticks(range(m.sizes["query"]), [str(x) for x in m["query"].values], fontsize=7)
+            acc = float(ds["outcome_accuracy"].sel(side=s, swap_entity=e, swap_attribute=a))
+            ax.set_title(f"side {s}: {name} substituted · acc {acc:.2f}", fontsize=8)
+        fig.colorbar(im, cax=axes[s][4], label="mean log-prob")
+    fig.suptitle(f"factorizability by side · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+                 f"{ds.sizes['prompt']} contexts", fontsize=9)
+    return fig
+
+
+def _position_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 4: mean log-probability of A0 and A1 for queries E0 and E1 against
+    the offset of side 0's token; dotted lines at the original (0) and exchanged (Δ) positions."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ds.sizes["target"], figsize=(5 * ds.sizes["target"], 3.4), squeeze=False)
+    for t, ax in zip(ds["target"].values, axes[0]):
+        sel = ds["position_mean"].sel(target=t)
+        for q in sel["query"].values:
+            for a, style in zip(sel["answer"].values, ("-", "--")):
+                ax.plot(sel["offset"].values, sel.sel(query=q, answer=a).values, style, marker="o", ms=2,
+                        label=f"{q} → {a}")
+        ax.axvline(0, color="k", ls=":", lw=0.8)
+        ax.axvline(int(ds["distance"].sel(target=t)), color="k", ls=":", lw=0.8)
+        ax.set_xlabel(f"offset of side 0's {t} (side 1 moves the other way)")
+        ax.set_ylabel("mean log-probability")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"position independence · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
     return fig
