@@ -193,9 +193,14 @@ EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.starts
 
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
-                     family: str = "cities") -> BindingContexts:
+                     family: str = "cities", split: bool = False) -> BindingContexts:
     """``n_contexts`` contexts of ``n_pairs`` statements of ``family`` (seed ``seed``) and
-    ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors."""
+    ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors.
+
+    ``split``: binding-iclr's train/test split of the vocabulary (``coref/datasets/common.py:
+    51-53, 271-283``: the first half of the family's entities and attributes, in list order, for
+    the estimate contexts, the second half for the measured contexts and their sources), so
+    that the mean vectors are tested on words they were not estimated from."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
@@ -203,16 +208,36 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
     if family not in EXPERIMENT_FAMILIES:
         raise TaskError(f"binding IDs need statements that start with their entity; family must be one of "
                         f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
-    contexts = sample_contexts(n_contexts, n_pairs, seed, family)
-    estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
-    f, rng = FAMILIES[family], random.Random(seed + 2)
+    f = FAMILIES[family]
+    if split:
+        _check(n_pairs, family, 1)
+        half = (len(f.entities) // 2, len(f.attributes) // 2)
+        train = (f.entities[:half[0]], f.attributes[:half[1]])
+        test = (f.entities[half[0]:], f.attributes[half[1]:])
+        if 2 * n_pairs > min(map(len, test)):
+            raise TaskError(f"with split=True the {family} family has words for at most {min(map(len, test)) // 2} "
+                            f"pairs per context and source (got n_pairs={n_pairs})")
+        rng_c, rng_e = random.Random(seed), random.Random(seed + 1)
+        contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
+        estimate = [_draw(rng_e, n_pairs, family, *train) for _ in range(n_estimate)]
+    else:
+        test = (f.entities, f.attributes)
+        contexts = sample_contexts(n_contexts, n_pairs, seed, family)
+        estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
+    rng = random.Random(seed + 2)
     if 2 * n_pairs > min(len(f.entities), len(f.attributes)):
         raise TaskError(f"the {family} family has words for at most {min(len(f.entities), len(f.attributes)) // 2} "
                         f"pairs with a disjoint source context (got n_pairs={n_pairs})")
-    sources = tuple(BindingContext(tuple(rng.sample([e for e in f.entities if e not in c.entities], n_pairs)),
-                                   tuple(rng.sample([a for a in f.attributes if a not in c.attributes], n_pairs)),
+    sources = tuple(BindingContext(tuple(rng.sample([e for e in test[0] if e not in c.entities], n_pairs)),
+                                   tuple(rng.sample([a for a in test[1] if a not in c.attributes], n_pairs)),
                                    family) for c in contexts)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
     if family != "cities":  # results of the default family keep their old task_params
         params["family"] = family
+    if split:
+        params["split"] = True
     return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources)
+
+
+def _draw(rng: random.Random, n: int, family: str, entities: Sequence[str], attributes: Sequence[str]) -> BindingContext:
+    return BindingContext(tuple(rng.sample(list(entities), n)), tuple(rng.sample(list(attributes), n)), family)

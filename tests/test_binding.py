@@ -335,3 +335,69 @@ def test_cli_factorization_and_position_write_their_figures(tmp_path):
     assert "side 0" in res.output or "offset" in res.output
     res = CliRunner().invoke(app, ["binding", "--measure", "nope", "--no-progress", "--out", str(tmp_path / "x.nc")])
     assert res.exit_code == 2 and "unknown measure" in res.output and not (tmp_path / "x.nc").exists()
+
+
+@pytest.mark.parametrize("which", ["neox", "llama"])
+def test_mean_interventions_with_the_repository_estimator(which, request, tiny_model_dir, embedded_model):
+    if which == "neox":
+        model, hf = embedded_model, request.getfixturevalue("neox_hf")
+    else:
+        path = tiny_model_dir("llama")
+        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    data = nr.tasks.binding_contexts(2, 2, 3, seed=7, family="capitals", split=True)
+    train = set(nr.tasks.binding.FAMILIES["capitals"].entities[:20])
+    assert all(set(c.entities) <= train for c in data.estimate) and not any(set(c.entities) & train for c in data)
+    ds = nr.binding(model, data, measure="means", batch_size=64, progress=False)
+    tok = model.tokenizer
+    L = hf.config.num_hidden_layers
+    # Δ: the same word at side 1 (as stated) minus at side 0 (statements shifted by one), per layer input
+    diffs = []
+    for c in data.estimate:
+        ids, e, a = _positions(model, c, c.text(0))
+        _, h = _resid_pre_run(hf, ids)
+        rev = nr.tasks.BindingContext(c.entities[::-1], c.attributes[::-1], c.family)
+        rids, re_, ra = _positions(model, rev, rev.text(0))
+        _, r = _resid_pre_run(hf, rids)
+        assert rev.entities[0] == c.entities[1]
+        diffs.append(torch.stack([h[:, e[1]] - r[:, re_[0]], h[:, a[1]] - r[:, ra[0]]]))
+    delta = torch.stack(diffs).mean(0)  # (2, L, d)
+    np.testing.assert_allclose(ds["delta"].values[:, :L], delta.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ds["random_vector"].values, axis=-1), ds["delta_norm"].values,
+                               rtol=1e-5, atol=1e-6)
+    vectors = {"mean": torch.tensor(ds["delta"].values), "random": torch.tensor(ds["random_vector"].values)}
+    for ci, (c, s) in enumerate(zip(data.contexts, data.sources)):
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
+        end = len(tok(c.context())["input_ids"])
+        for q, name in enumerate([c.entities[0], c.entities[1], s.entities[0]]):
+            ids, e, a = _positions(model, c, c.text(0, entity=name))
+            clean_lp, clean = _resid_pre_run(hf, ids)
+            for iv in ("none", "attribute", "entity", "both"):
+                for v in ("mean", "random"):
+                    vec = vectors[v]
+
+                    def edit(li, h, iv=iv, vec=vec):
+                        h[0, :end] = clean[li, :end].to(h.dtype)
+                        for kind, pos in ((0, e), (1, a)):
+                            if iv == "both" or iv == ("entity", "attribute")[kind]:
+                                h[0, pos[0]] = (clean[li, pos[0]] + vec[kind, li]).to(h.dtype)
+                                h[0, pos[1]] = (clean[li, pos[1]] - vec[kind, li]).to(h.dtype)
+                        return h
+                    lp = clean_lp if iv == "none" else _resid_pre_run(hf, ids, edit=edit)[0]
+                    np.testing.assert_allclose(ds["means_logprob"].sel(intervention=iv, vector=v).values[q, :, ci],
+                                               lp[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{iv} {v} {name}")
+    # the repository's accuracy: minus the null query's median per answer, then the original binding must win
+    lp = ds["means_logprob"].values
+    cal = lp[:, :, :2] - np.median(lp[:, :, 2:3], axis=-1, keepdims=True)
+    want = (cal.argmax(axis=3) == np.array([0, 1])[None, None, :, None]).mean(-1)
+    np.testing.assert_allclose(ds["means_accuracy"].values[:, :, :2], want)
+    assert np.isnan(ds["means_accuracy"].values[:, :, 2]).all()
+
+
+def test_cli_means_uses_split_words_and_summarizes(tmp_path):
+    out = tmp_path / "means.nc"
+    res = CliRunner().invoke(app, ["binding", "--measure", "means", "--family", "cities", "--n-contexts", "3",
+                                   "--n-estimate", "3", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = nr.load_result(out)
+    assert ds.attrs["measure"] == "means" and ds.attrs["split"] == 1 and "mean vector" in res.output
+    assert nr.plot_result(ds).axes

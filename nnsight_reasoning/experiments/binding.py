@@ -120,7 +120,8 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position")
+MEASURES = ("accuracy", "factorization", "position", "means")
+MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 
 @experiment("binding_ids", batch_size=64)
@@ -132,9 +133,11 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
       (this toolkit's summary; edits propagate through the context);
     - "factorization": binding-iclr's Fig. 3, the 2×2 substitution by side
       (:func:`_factorization`);
-    - "position": binding-iclr's Fig. 4, the position sweep (:func:`_position`).
+    - "position": binding-iclr's Fig. 4, the position sweep (:func:`_position`);
+    - "means": binding-iclr's Table 1, mean interventions with its Δ estimator and calibrated
+      accuracy (:func:`_means`; make the data with ``split=True`` for its train/test words).
 
-    ``freeze_context`` (factorization, position): the context tokens keep their clean values at
+    ``freeze_context`` (factorization, position, means): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
     ``max_offset``: the position sweep runs from −max_offset to max_offset + Δ − 1 (Δ the
     distance between the two pairs), within the positions that exist.
@@ -150,6 +153,8 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
         if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
             raise UsageError(f"max_offset must be an integer >= 0 (got {max_offset!r})")
         return _position(run, contexts, freeze_context, int(max_offset))
+    if measure == "means":
+        return _means(run, contexts, freeze_context)
     return _accuracy(run, contexts)
 
 
@@ -393,6 +398,109 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                "max_offset": max_offset})
 
 
+def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
+    """(2, depth, d): binding-iclr's binding-ID differences (``extract_k_means``,
+    ``coref/datascience.py:358-465``, n = 2): each estimate context is run as stated (E0A0,
+    E1A1) and with its statements shifted by one (E1A1, E0A0); Δ = mean over contexts of the
+    residual of E1 (A1) at side 1 in the first minus that of E1 (A1) at side 0 in the second,
+    at every depth: the same word, two binding IDs."""
+    shifted = [BindingContext(c.entities[::-1], c.attributes[::-1], c.family) for c in estimate]
+    located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
+    n = len(estimate)
+    total = None
+    for chunk in run.steps(run.batches([len(r.ids) for r in located[:n]], rows_per_item=2), "binding-ID vectors"):
+        rows = [located[i] for i in chunk] + [located[n + i] for i in chunk]
+        pos = torch.tensor([[r.entities[1], r.attributes[1]] for r in rows[:len(chunk)]] +
+                           [[r.entities[0], r.attributes[0]] for r in rows[len(chunk):]])
+        h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2, d)
+        part = (h[:len(chunk)] - h[len(chunk):]).sum(0).transpose(0, 1)  # (2, D, d): entity, attribute
+        total = part if total is None else total + part
+    return (total / n).float()
+
+
+def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+    """binding-iclr's mean interventions (Table 1; ``test_mean_interventions``,
+    ``coref/data_collection.py:502-575``): +Δ at side 0 and −Δ at side 1 on the attribute
+    tokens, the entity tokens or both, at every depth; queries E0, E1 and a name not in the
+    context (the null query); log-probabilities (full vocabulary) of A0 and A1. Accuracy as the
+    repository's ``reduce_distractor_acc``: from each answer's log-probability the median
+    (over contexts) of the null query's is subtracted; the query is right when the original
+    binding (E0 → A0, E1 → A1) wins. Binding IDs predict ≈ 0 for one swap and ≈ 1 for both
+    (two swaps restore it). Baseline: random vectors of Δ's norm at each depth (seeded)."""
+    model = run.model
+    if contexts.n_pairs != 2:
+        raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
+    if not contexts.sources:
+        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    delta = _repository_deltas(run, contexts.estimate)  # (2, D, d)
+    gen = torch.Generator().manual_seed(contexts.seed)
+    rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
+    rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)
+    names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
+    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
+    T = len(located[0].ids)
+    if len({len(r.ids) for r in located}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
+    plan = [(i, v) for i in (1, 2, 3) for v in (0, 1)]  # (intervention, vector), none = the clean rows
+    logp = np.zeros((4, 2, 3, 2, len(contexts)))
+    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=3 + 3 * len(plan)), "mean interventions"):
+        ids = [located[3 * i + q].ids for i in chunk for q in range(3)]
+        answers = [cand[i] for i in chunk for _ in range(3)]
+        e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
+        for j, i in enumerate(chunk):
+            for iv, v in plan:
+                vec = (delta, rand)[v]
+                for q in range(3):
+                    row, clean = len(ids), 3 * j + q
+                    loc = located[3 * i + q]
+                    ids.append(loc.ids)
+                    answers.append(cand[i])
+                    frozen.append((row, clean, loc.context_end))
+                    kinds = [k for k, on in ((0, iv in (2, 3)), (1, iv in (1, 3))) if on]  # 0 entity, 1 attribute
+                    for kind in kinds:
+                        pos = (loc.entities, loc.attributes)[kind]
+                        for side, sign in ((0, 1.0), (1, -1.0)):
+                            e_rows.append(row)
+                            e_src.append(clean)
+                            e_pos.append(pos[side])
+                            e_add.append(sign * vec[kind])  # (D, d)
+        freeze_arg = None
+        if freeze:
+            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
+            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
+        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
+                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1), freeze=freeze_arg)
+        lp = scores.log_probs.numpy()
+        k = 3 * len(chunk)
+        for j, i in enumerate(chunk):
+            logp[0, :, :, :, i] = lp[3 * j:3 * j + 3][None]  # none: the clean rows (both vector columns)
+            for iv, v in plan:
+                logp[iv, v, :, :, i] = lp[k:k + 3]
+                k += 3
+    calibrated = logp[:, :, :2] - np.median(logp[:, :, 2:3], axis=-1, keepdims=True)  # minus the null query's median
+    right = np.full((4, 2, 3, len(contexts)), np.nan)  # (intervention, vector, query, prompt); null: NaN
+    right[:, :, :2] = calibrated.argmax(axis=3) == np.arange(2)[None, None, :, None]
+    return xr.Dataset(
+        {"means_logprob": (("intervention", "vector", "query", "answer", "prompt"), logp,
+                           {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
+         "means_correct": (("intervention", "vector", "query", "prompt"), right,
+                           {"long_name": "the original binding wins after null-query calibration (NaN: null)"}),
+         "means_accuracy": (("intervention", "vector", "query"), right.mean(-1),
+                            {"long_name": "binding-iclr's distractor-calibrated accuracy (original binding)"}),
+         "delta": (("kind", "depth", "d_model"), delta.numpy(),
+                   {"long_name": "binding-ID difference: side 1 minus side 0 of the same word"}),
+         "random_vector": (("kind", "depth", "d_model"), rand.numpy()),
+         "delta_norm": (("kind", "depth"), delta.norm(dim=-1).numpy())},
+        coords={"intervention": np.array(MEAN_INTERVENTIONS, dtype=object),
+                "vector": np.array(VECTORS, dtype=object), "query": np.array(["E0", "E1", "null"], dtype=object),
+                "answer": np.array(["A0", "A1"], dtype=object), "kind": np.array(INTERVENTIONS, dtype=object),
+                "depth": np.arange(delta.shape[1]), "prompt": np.arange(len(contexts)),
+                "text": ("prompt", [c.text(0) for c in contexts.contexts])},
+        attrs={"method": "binding_ids", "measure": "means", "metric": "accuracy", "freeze_context": int(freeze),
+               "split": int(bool(contexts.params.get("split")))})
+
+
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, depth, d): mean over contexts of h[pair 1] − h[pair 0] at the entity and attribute tokens."""
     located = _locate(run.model, [(c, c.text(0)) for c in estimate])
@@ -439,6 +547,20 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     measure = ds.attrs.get("measure", "accuracy")
+    if measure == "means":
+        ds = last_checkpoint(ds)
+        head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "
+                f"contexts · mean interventions (binding-iclr Table 1{', train/test words' if ds.attrs.get('split') else ''}"
+                f"{', context frozen' if ds.attrs.get('freeze_context') else ''})")
+        table = Table(title="accuracy of the original binding after +Δ at side 0, −Δ at side 1 (binding IDs: "
+                            "≈ 0 for one swap, ≈ 1 for both)")
+        table.add_column("intervention")
+        for v in ds["vector"].values:
+            table.add_column(f"{v} vector", justify="right")
+        acc = ds["means_accuracy"].sel(query=["E0", "E1"]).mean("query")
+        for i in ds["intervention"].values:
+            table.add_row(str(i), *[f"{float(acc.sel(intervention=i, vector=v)):.3f}" for v in ds["vector"].values])
+        return [head, table]
     if measure in ("factorization", "position"):
         ds = last_checkpoint(ds)
         head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "

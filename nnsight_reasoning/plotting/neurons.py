@@ -87,6 +87,8 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _factorization_figure(ds)
     if ds.attrs.get("measure") == "position":
         return _position_figure(ds)
+    if ds.attrs.get("measure") == "means":
+        return _means_figure(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")
@@ -156,4 +158,30 @@ def _position_figure(ds: xr.Dataset):
         ax.set_ylabel("mean log-probability")
         ax.legend(fontsize=7)
     fig.suptitle(f"position independence · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+    return fig
+
+
+def _means_figure(ds: xr.Dataset):
+    """binding-iclr's Table 1 as bars: accuracy of the original binding per intervention, mean
+    vs random vectors; and the norm of the binding-ID differences per depth."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1.2]})
+    acc = ds["means_accuracy"].sel(query=["E0", "E1"]).mean("query")
+    names = [str(i) for i in ds["intervention"].values]
+    for k, (v, color) in enumerate(zip(ds["vector"].values, ("tab:red", "tab:gray"))):
+        left.bar(np.arange(len(names)) + (k - 0.5) * 0.4, acc.sel(vector=v).values, 0.4, label=f"{v} vector",
+                 color=color)
+    left.set_xticks(range(len(names)), names)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("accuracy of the original binding")
+    left.set_title("binding IDs predict ≈ 0 for one swap, ≈ 1 for both", fontsize=8)
+    left.legend(fontsize=7)
+    for kind in ds["kind"].values:
+        right.plot(ds["depth"].values, ds["delta_norm"].sel(kind=kind).values, "o-", ms=3, label=str(kind))
+    right.set_xlabel("depth (0 = embeddings)")
+    right.set_ylabel("|Δ|")
+    right.legend(fontsize=7)
+    fig.suptitle(f"mean interventions · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+                 f"{ds.sizes['prompt']} contexts", fontsize=9)
     return fig
