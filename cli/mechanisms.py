@@ -83,10 +83,11 @@ def binding(
     family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations"),
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
-                                                 "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1)"),
+                                                 "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "
+                                                 "(Fig. 6 right; --n-pairs 3)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
-                                              "the other (default: with --measure means)"),
+                                              "the other (default: with --measure means and cyclic)"),
     freeze_context: bool = typer.Option(True, "--freeze-context/--no-freeze-context",
                                         help="factorization, position: the context keeps its clean values at every "
                                              "layer (binding-iclr)"),
@@ -101,6 +102,6 @@ def binding(
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
     if measure == "position":
         extra["max_offset"] = max_offset
-    split = (measure == "means") if split is None else split
+    split = (measure in ("means", "cyclic")) if split is None else split
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split),
           kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

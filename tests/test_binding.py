@@ -401,3 +401,61 @@ def test_cli_means_uses_split_words_and_summarizes(tmp_path):
     ds = nr.load_result(out)
     assert ds.attrs["measure"] == "means" and ds.attrs["split"] == 1 and "mean vector" in res.output
     assert nr.plot_result(ds).axes
+    res = CliRunner().invoke(app, ["binding", "--measure", "cyclic", "--n-pairs", "3", "--n-contexts", "3",
+                                   "--n-estimate", "3", "--no-progress", "--out", str(tmp_path / "cyc.nc")])
+    assert res.exit_code == 0 and "cyclic swaps" in res.output, res.output
+    assert nr.load_result(tmp_path / "cyc.nc").attrs["split"] == 1
+    res = CliRunner().invoke(app, ["binding", "--measure", "cyclic", "--no-progress", "--out", str(tmp_path / "x.nc")])
+    assert res.exit_code == 2 and "3 pairs" in res.output and not (tmp_path / "x.nc").exists()
+
+
+@pytest.mark.parametrize("which", ["neox", "llama"])
+def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embedded_model):
+    if which == "neox":
+        model, hf = embedded_model, request.getfixturevalue("neox_hf")
+    else:
+        path = tiny_model_dir("llama")
+        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    data = nr.tasks.binding_contexts(2, 3, 2, seed=8, family="cities", split=True)
+    ds = nr.binding(model, data, measure="cyclic", batch_size=64, progress=False)
+    tok = model.tokenizer
+    L = hf.config.num_hidden_layers
+    # Δ_1 = E1 at side 1 (as stated) − at side 0 (shifted by one); Δ_2 = E0 at side 2 (shifted) − at side 0 (stated)
+    d1, d2 = [], []
+    for c in data.estimate:
+        ids, e, a = _positions(model, c, c.text(0))
+        _, h = _resid_pre_run(hf, ids)
+        sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+        sids, se, sa = _positions(model, sh, sh.text(0))
+        _, g = _resid_pre_run(hf, sids)
+        d1.append(torch.stack([h[:, e[1]] - g[:, se[0]], h[:, a[1]] - g[:, sa[0]]]))
+        d2.append(torch.stack([g[:, se[2]] - h[:, e[0]], g[:, sa[2]] - h[:, a[0]]]))
+    want = torch.stack([torch.stack(d1).mean(0), torch.stack(d2).mean(0)], 1)  # (kind, k, L, d)
+    np.testing.assert_allclose(ds["delta"].values[:, :, :L], want.numpy(), rtol=1e-4, atol=1e-5)
+    ids_ = torch.cat([torch.zeros(2, 1, *want.shape[2:], dtype=torch.float64),
+                      torch.tensor(ds["delta"].values, dtype=torch.float64)[:, :, :L]], 1)  # Δ_0 = 0
+    for ci, c in enumerate(data.contexts):
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
+        end = len(tok(c.context())["input_ids"])
+        for q in range(3):
+            ids, e, a = _positions(model, c, c.text(q))
+            clean_lp, clean = _resid_pre_run(hf, ids)
+            np.testing.assert_allclose(ds["cyclic_logprob"].values[0, 0, q, :, ci], clean_lp[cand].numpy(), rtol=1e-5,
+                                       atol=1e-5)
+            for p, cyc in enumerate(((1, 2, 0), (2, 0, 1))):
+                for kind, pos in ((0, e), (1, a)):
+                    def edit(li, h, kind=kind, pos=pos, cyc=cyc):
+                        h[0, :end] = clean[li, :end].to(h.dtype)
+                        for side in range(3):
+                            h[0, pos[side]] = (clean[li, pos[side]] + ids_[kind, cyc[side], li]
+                                               - ids_[kind, side, li]).to(h.dtype)
+                        return h
+                    lp, _ = _resid_pre_run(hf, ids, edit=edit)
+                    np.testing.assert_allclose(ds["cyclic_logprob"].values[p, 1 + kind, q, :, ci], lp[cand].numpy(),
+                                               rtol=1e-5, atol=1e-5, err_msg=f"{p} {kind} {q}")
+    # entities moved: E_i answers A_cyc(i); attributes moved: A_cyc⁻¹(i); balanced by the median over queries and contexts
+    assert ds["cyclic_intended"].values[0].tolist() == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    lp = ds["cyclic_logprob"].values
+    bal = lp - np.median(lp, axis=(2, 4), keepdims=True)
+    right = bal.argmax(axis=3) == ds["cyclic_intended"].values[..., None]
+    np.testing.assert_allclose(ds["cyclic_accuracy"].values, right.mean(axis=(0, 2, 3)))

@@ -120,7 +120,8 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position", "means")
+MEASURES = ("accuracy", "factorization", "position", "means", "cyclic")
+CYCLES = ((1, 2, 0), (2, 0, 1))
 MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 
@@ -135,7 +136,9 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
       (:func:`_factorization`);
     - "position": binding-iclr's Fig. 4, the position sweep (:func:`_position`);
     - "means": binding-iclr's Table 1, mean interventions with its Δ estimator and calibrated
-      accuracy (:func:`_means`; make the data with ``split=True`` for its train/test words).
+      accuracy (:func:`_means`; make the data with ``split=True`` for its train/test words);
+    - "cyclic": binding-iclr's Fig. 6 (right), cyclic swaps of 3 binding IDs (:func:`_cyclic`;
+      3 pairs).
 
     ``freeze_context`` (factorization, position, means): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
@@ -155,6 +158,8 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
         return _position(run, contexts, freeze_context, int(max_offset))
     if measure == "means":
         return _means(run, contexts, freeze_context)
+    if measure == "cyclic":
+        return _cyclic(run, contexts, freeze_context)
     return _accuracy(run, contexts)
 
 
@@ -399,21 +404,31 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
 
 
 def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
-    """(2, depth, d): binding-iclr's binding-ID differences (``extract_k_means``,
-    ``coref/datascience.py:358-465``, n = 2): each estimate context is run as stated (E0A0,
-    E1A1) and with its statements shifted by one (E1A1, E0A0); Δ = mean over contexts of the
-    residual of E1 (A1) at side 1 in the first minus that of E1 (A1) at side 0 in the second,
-    at every depth: the same word, two binding IDs."""
-    shifted = [BindingContext(c.entities[::-1], c.attributes[::-1], c.family) for c in estimate]
+    """(2, n − 1, depth, d): binding-iclr's binding-ID differences Δ_k = ID_k − ID_0 for
+    entities and attributes (``extract_k_means``, ``coref/datascience.py:358-465``; n = 2 or
+    3): each estimate context is run as stated (E0A0, E1A1, …) and with its statements shifted
+    by one (E1A1, …, E0A0), and Δ_k is the mean over contexts of the same word's residual at
+    side k minus at side 0, at every depth: Δ_1 = E1 at side 1 (as stated) − E1 at side 0
+    (shifted); for n = 3, Δ_2 = E0 at side 2 (shifted) − E0 at side 0 (as stated). The word's
+    content cancels; what is left is the difference of the two binding IDs."""
+    n_pairs = len(estimate[0].entities)
+    if n_pairs not in (2, 3):
+        raise UsageError(f"binding-ID differences are estimated for 2 or 3 pairs (got {n_pairs})")
+    shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+               for c in estimate]
     located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
     n = len(estimate)
     total = None
     for chunk in run.steps(run.batches([len(r.ids) for r in located[:n]], rows_per_item=2), "binding-ID vectors"):
         rows = [located[i] for i in chunk] + [located[n + i] for i in chunk]
-        pos = torch.tensor([[r.entities[1], r.attributes[1]] for r in rows[:len(chunk)]] +
-                           [[r.entities[0], r.attributes[0]] for r in rows[len(chunk):]])
-        h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2, d)
-        part = (h[:len(chunk)] - h[len(chunk):]).sum(0).transpose(0, 1)  # (2, D, d): entity, attribute
+        pos = torch.tensor([r.entities + r.attributes for r in rows])
+        h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2n, d)
+        h = h.reshape(h.shape[0], h.shape[1], 2, n_pairs, h.shape[-1])  # (2b, D, kind, side, d)
+        stated, moved = h[:len(chunk)], h[len(chunk):]
+        diffs = [stated[:, :, :, 1] - moved[:, :, :, 0]]
+        if n_pairs == 3:
+            diffs.append(moved[:, :, :, 2] - stated[:, :, :, 0])
+        part = torch.stack(diffs, 2).sum(0).permute(2, 1, 0, 3)  # (D, k, kind, d) -> (kind, k, D, d)
         total = part if total is None else total + part
     return (total / n).float()
 
@@ -432,7 +447,7 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
         raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
     if not contexts.sources:
         raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
-    delta = _repository_deltas(run, contexts.estimate)  # (2, D, d)
+    delta = _repository_deltas(run, contexts.estimate)[:, 0]  # (2, D, d): Δ_1
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
     rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)
@@ -501,6 +516,86 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                "split": int(bool(contexts.params.get("split")))})
 
 
+def _freeze_arg(frozen: list[tuple[int, int, int]], T: int) -> tuple:
+    """``edited_scores``' freeze argument from (row, clean row, context end) triples."""
+    mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
+    return torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask
+
+
+def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+    """binding-iclr's cyclic swaps of three binding IDs (Fig. 6 right; ``rx:598-670``,
+    ``coref/data_collection.py:789-861``): with Δ_0 = 0 and Δ_1, Δ_2 estimated as for the mean
+    interventions, a permutation π moves the binding ID of the entities (or of the attributes)
+    at side i to that of side π(i), adding Δ_π(i) − Δ_i there at every depth with the context
+    frozen. Binding IDs predict that E_i then answers A_π(i) (entities moved), or A_π⁻¹(i)
+    (attributes moved). Accuracy as the repository's ``reduce_balanced_acc``: each answer's
+    log-probability minus its median over the queries and contexts of that run, then the
+    argmax among the three answers; averaged over the two 3-cycles and the queries. The
+    control is the clean run scored the same way against the stated binding."""
+    model = run.model
+    if contexts.n_pairs != 3:
+        raise UsageError(f"the cyclic swaps are defined for 3 pairs (got {contexts.n_pairs}); use n_pairs=3")
+    delta = _repository_deltas(run, contexts.estimate)  # (kind, 2, D, d): Δ_1, Δ_2
+    ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, D, d): Δ_0 = 0
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
+    T = len(located[0].ids)
+    if len({len(r.ids) for r in located}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
+    plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
+    logp = np.zeros((len(CYCLES), 3, 3, 3, len(contexts)))  # (cycle, target: control/entity/attribute, query, answer)
+    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=3 + 3 * len(plan)), "cyclic swaps"):
+        ids = [located[3 * i + q].ids for i in chunk for q in range(3)]
+        answers = [cand[i] for i in chunk for _ in range(3)]
+        e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
+        for j, i in enumerate(chunk):
+            for p, kind in plan:
+                for q in range(3):
+                    row, clean = len(ids), 3 * j + q
+                    loc = located[3 * i + q]
+                    ids.append(loc.ids)
+                    answers.append(cand[i])
+                    frozen.append((row, clean, loc.context_end))
+                    for side in range(3):
+                        e_rows.append(row)
+                        e_src.append(clean)
+                        e_pos.append((loc.entities, loc.attributes)[kind][side])
+                        e_add.append(ids_[kind, CYCLES[p][side]] - ids_[kind, side])  # (D, d)
+        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
+                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
+                          freeze=_freeze_arg(frozen, T) if freeze else None)
+        lp = scores.log_probs.numpy()
+        k = 3 * len(chunk)
+        for j, i in enumerate(chunk):
+            logp[:, 0, :, :, i] = lp[3 * j:3 * j + 3][None]
+            for p, kind in plan:
+                logp[p, 1 + kind, :, :, i] = lp[k:k + 3]
+                k += 3
+    intended = np.zeros((len(CYCLES), 3, 3), np.int64)  # (cycle, target, query)
+    for p, cyc in enumerate(CYCLES):
+        inverse = [cyc.index(q) for q in range(3)]
+        intended[p, 0], intended[p, 1], intended[p, 2] = range(3), cyc, inverse
+    balanced = logp - np.median(logp, axis=(2, 4), keepdims=True)  # per answer, over queries and contexts
+    right = balanced.argmax(axis=3) == intended[..., None]  # (cycle, target, query, prompt)
+    return xr.Dataset(
+        {"cyclic_logprob": (("cycle", "target", "query", "answer", "prompt"), logp,
+                            {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
+         "cyclic_intended": (("cycle", "target", "query"), intended,
+                             {"long_name": "the answer binding IDs predict (index into answer)"}),
+         "cyclic_correct": (("cycle", "target", "query", "prompt"), right.astype(np.int8)),
+         "cyclic_accuracy": ("target", right.mean(axis=(0, 2, 3)),
+                             {"long_name": "binding-iclr's balanced accuracy, over both 3-cycles and the queries"}),
+         "delta": (("kind", "k", "depth", "d_model"), delta.numpy(),
+                   {"long_name": "binding-ID differences Δ_k = ID_k − ID_0, k = 1, 2"})},
+        coords={"cycle": np.array(["→".join(map(str, c)) for c in CYCLES], dtype=object),
+                "target": np.array(["control", "entity", "attribute"], dtype=object),
+                "query": np.array(["E0", "E1", "E2"], dtype=object), "answer": np.array(["A0", "A1", "A2"], dtype=object),
+                "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "depth": np.arange(delta.shape[2]),
+                "prompt": np.arange(len(contexts)), "text": ("prompt", [c.text(0) for c in contexts.contexts])},
+        attrs={"method": "binding_ids", "measure": "cyclic", "metric": "accuracy", "freeze_context": int(freeze),
+               "split": int(bool(contexts.params.get("split")))})
+
+
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, depth, d): mean over contexts of h[pair 1] − h[pair 0] at the entity and attribute tokens."""
     located = _locate(run.model, [(c, c.text(0)) for c in estimate])
@@ -547,6 +642,17 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     measure = ds.attrs.get("measure", "accuracy")
+    if measure == "cyclic":
+        ds = last_checkpoint(ds)
+        table = Table(title="balanced accuracy of the binding the cyclic swap predicts (control: the stated one)")
+        for col in ("target", *[str(c) for c in ds["cycle"].values], "mean"):
+            table.add_column(col, justify="right" if col != "target" else "left")
+        per = ds["cyclic_correct"].mean(("query", "prompt"))
+        for t in ds["target"].values:
+            table.add_row(str(t), *[f"{float(x):.3f}" for x in per.sel(target=t).values],
+                          f"{float(ds['cyclic_accuracy'].sel(target=t)):.3f}")
+        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+                f"of 3 pairs · cyclic swaps of binding IDs (binding-iclr Fig. 6 right)", table]
     if measure == "means":
         ds = last_checkpoint(ds)
         head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "

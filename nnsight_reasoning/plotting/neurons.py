@@ -89,6 +89,8 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _position_figure(ds)
     if ds.attrs.get("measure") == "means":
         return _means_figure(ds)
+    if ds.attrs.get("measure") == "cyclic":
+        return _cyclic_figure(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")
@@ -184,4 +186,21 @@ def _means_figure(ds: xr.Dataset):
     right.legend(fontsize=7)
     fig.suptitle(f"mean interventions · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
                  f"{ds.sizes['prompt']} contexts", fontsize=9)
+    return fig
+
+
+def _cyclic_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 6 (right) for one family: balanced accuracy of the control and of
+    the cyclic swaps of the entities' and the attributes' binding IDs."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    names = [str(t) for t in ds["target"].values]
+    ax.bar(range(len(names)), ds["cyclic_accuracy"].values, color=["0.4", "tab:blue", "tab:orange"][: len(names)])
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("balanced accuracy (intended binding)")
+    ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
+    ax.legend(fontsize=7)
+    ax.set_title(f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
     return fig
