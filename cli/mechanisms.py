@@ -92,6 +92,8 @@ def binding(
                                         help="factorization, position: the context keeps its clean values at every "
                                              "layer (binding-iclr)"),
     max_offset: int = typer.Option(10, help="position: offsets from -max_offset to max_offset + distance - 1"),
+    estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
+                                                             "another family (binding-iclr's cross-task means)"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
@@ -103,5 +105,6 @@ def binding(
     if measure == "position":
         extra["max_offset"] = max_offset
     split = (measure in ("means", "cyclic")) if split is None else split
-    h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split),
+    h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split,
+                                                            estimate_family),
           kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

@@ -193,14 +193,19 @@ EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.starts
 
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
-                     family: str = "cities", split: bool = False) -> BindingContexts:
+                     family: str = "cities", split: bool = False,
+                     estimate_family: str | None = None) -> BindingContexts:
     """``n_contexts`` contexts of ``n_pairs`` statements of ``family`` (seed ``seed``) and
     ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors.
 
     ``split``: binding-iclr's train/test split of the vocabulary (``coref/datasets/common.py:
     51-53, 271-283``: the first half of the family's entities and attributes, in list order, for
     the estimate contexts, the second half for the measured contexts and their sources), so
-    that the mean vectors are tested on words they were not estimated from."""
+    that the mean vectors are tested on words they were not estimated from.
+
+    ``estimate_family``: draw the estimate contexts from another family (binding-iclr's
+    cross-task means, ``scripts/run_experiment.py:536-596``: the binding-ID vectors of one task
+    applied to another)."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
@@ -209,21 +214,25 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         raise TaskError(f"binding IDs need statements that start with their entity; family must be one of "
                         f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
     f = FAMILIES[family]
+    source_family = family if estimate_family is None else estimate_family
+    if source_family not in EXPERIMENT_FAMILIES:
+        raise TaskError(f"estimate_family must be one of {', '.join(EXPERIMENT_FAMILIES)} (got {estimate_family!r})")
+    g = FAMILIES[source_family]
     if split:
         _check(n_pairs, family, 1)
         half = (len(f.entities) // 2, len(f.attributes) // 2)
-        train = (f.entities[:half[0]], f.attributes[:half[1]])
         test = (f.entities[half[0]:], f.attributes[half[1]:])
+        train = (g.entities[:len(g.entities) // 2], g.attributes[:len(g.attributes) // 2])
         if 2 * n_pairs > min(map(len, test)):
             raise TaskError(f"with split=True the {family} family has words for at most {min(map(len, test)) // 2} "
                             f"pairs per context and source (got n_pairs={n_pairs})")
         rng_c, rng_e = random.Random(seed), random.Random(seed + 1)
         contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
-        estimate = [_draw(rng_e, n_pairs, family, *train) for _ in range(n_estimate)]
+        estimate = [_draw(rng_e, n_pairs, source_family, *train) for _ in range(n_estimate)]
     else:
         test = (f.entities, f.attributes)
         contexts = sample_contexts(n_contexts, n_pairs, seed, family)
-        estimate = sample_contexts(n_estimate, n_pairs, seed + 1, family)
+        estimate = sample_contexts(n_estimate, n_pairs, seed + 1, source_family)
     rng = random.Random(seed + 2)
     if 2 * n_pairs > min(len(f.entities), len(f.attributes)):
         raise TaskError(f"the {family} family has words for at most {min(len(f.entities), len(f.attributes)) // 2} "
@@ -236,6 +245,8 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         params["family"] = family
     if split:
         params["split"] = True
+    if estimate_family is not None and estimate_family != family:
+        params["estimate_family"] = estimate_family
     return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources)
 
 

@@ -459,3 +459,15 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
     bal = lp - np.median(lp, axis=(2, 4), keepdims=True)
     right = bal.argmax(axis=3) == ds["cyclic_intended"].values[..., None]
     np.testing.assert_allclose(ds["cyclic_accuracy"].values, right.mean(axis=(0, 2, 3)))
+
+
+def test_cross_task_estimate_contexts_come_from_the_other_family_and_its_train_words():
+    fam = nr.tasks.binding.FAMILIES
+    data = nr.tasks.binding_contexts(4, 2, 5, seed=2, family="capitals", split=True, estimate_family="fruits")
+    assert all(c.family == "fruits" for c in data.estimate) and all(c.family == "capitals" for c in data)
+    assert all(set(c.attributes) <= set(fam["fruits"].attributes[:len(fam["fruits"].attributes) // 2])
+               for c in data.estimate)
+    assert all(set(c.attributes) <= set(fam["capitals"].attributes[8:]) for c in data)
+    assert data.params["estimate_family"] == "fruits"
+    with pytest.raises(UsageError, match="estimate_family must be one of"):
+        nr.tasks.binding_contexts(2, estimate_family="shapes")
