@@ -84,7 +84,7 @@ def binding(
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "
-                                                 "(Fig. 6 right; --n-pairs 3)"),
+                                                 "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
                                               "the other (default: with --measure means and cyclic)"),
@@ -104,7 +104,8 @@ def binding(
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
     if measure == "position":
         extra["max_offset"] = max_offset
-    split = (measure in ("means", "cyclic")) if split is None else split
+    split = (measure in ("means", "cyclic", "subspace")) if split is None else split
+    estimate_pairs = 3 if measure == "subspace" else None  # Δ_1 and Δ_2 come from 3 pairs
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split,
-                                                            estimate_family),
+                                                            estimate_family, estimate_pairs),
           kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

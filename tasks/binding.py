@@ -194,7 +194,7 @@ EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.starts
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
                      family: str = "cities", split: bool = False,
-                     estimate_family: str | None = None) -> BindingContexts:
+                     estimate_family: str | None = None, estimate_pairs: int | None = None) -> BindingContexts:
     """``n_contexts`` contexts of ``n_pairs`` statements of ``family`` (seed ``seed``) and
     ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors.
 
@@ -205,7 +205,8 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
 
     ``estimate_family``: draw the estimate contexts from another family (binding-iclr's
     cross-task means, ``scripts/run_experiment.py:536-596``: the binding-ID vectors of one task
-    applied to another)."""
+    applied to another). ``estimate_pairs``: pairs per estimate context (default ``n_pairs``;
+    the subspace test estimates Δ_1 and Δ_2 on 3 pairs and tests on 2)."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
@@ -214,6 +215,9 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         raise TaskError(f"binding IDs need statements that start with their entity; family must be one of "
                         f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
     f = FAMILIES[family]
+    m = n_pairs if estimate_pairs is None else estimate_pairs
+    if estimate_pairs is not None:
+        _check(estimate_pairs, family if estimate_family is None else estimate_family, 1)
     source_family = family if estimate_family is None else estimate_family
     if source_family not in EXPERIMENT_FAMILIES:
         raise TaskError(f"estimate_family must be one of {', '.join(EXPERIMENT_FAMILIES)} (got {estimate_family!r})")
@@ -228,11 +232,11 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
                             f"pairs per context and source (got n_pairs={n_pairs})")
         rng_c, rng_e = random.Random(seed), random.Random(seed + 1)
         contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
-        estimate = [_draw(rng_e, n_pairs, source_family, *train) for _ in range(n_estimate)]
+        estimate = [_draw(rng_e, m, source_family, *train) for _ in range(n_estimate)]
     else:
         test = (f.entities, f.attributes)
         contexts = sample_contexts(n_contexts, n_pairs, seed, family)
-        estimate = sample_contexts(n_estimate, n_pairs, seed + 1, source_family)
+        estimate = sample_contexts(n_estimate, m, seed + 1, source_family)
     rng = random.Random(seed + 2)
     if 2 * n_pairs > min(len(f.entities), len(f.attributes)):
         raise TaskError(f"the {family} family has words for at most {min(len(f.entities), len(f.attributes)) // 2} "
@@ -247,6 +251,8 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         params["split"] = True
     if estimate_family is not None and estimate_family != family:
         params["estimate_family"] = estimate_family
+    if estimate_pairs is not None and estimate_pairs != n_pairs:
+        params["estimate_pairs"] = estimate_pairs
     return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources)
 
 

@@ -405,6 +405,11 @@ def test_cli_means_uses_split_words_and_summarizes(tmp_path):
                                    "--n-estimate", "3", "--no-progress", "--out", str(tmp_path / "cyc.nc")])
     assert res.exit_code == 0 and "cyclic swaps" in res.output, res.output
     assert nr.load_result(tmp_path / "cyc.nc").attrs["split"] == 1
+    res = CliRunner().invoke(app, ["binding", "--measure", "subspace", "--n-contexts", "2", "--n-estimate", "2",
+                                   "--no-progress", "--out", str(tmp_path / "sub.nc")])
+    assert res.exit_code == 0 and "subspace" in res.output, res.output
+    sub = nr.load_result(tmp_path / "sub.nc")
+    assert sub.sizes["root"] == 8 and sub.sizes["x"] == 10 and nr.plot_result(sub).axes
     res = CliRunner().invoke(app, ["binding", "--measure", "cyclic", "--no-progress", "--out", str(tmp_path / "x.nc")])
     assert res.exit_code == 2 and "3 pairs" in res.output and not (tmp_path / "x.nc").exists()
 
@@ -471,3 +476,39 @@ def test_cross_task_estimate_contexts_come_from_the_other_family_and_its_train_w
     assert data.params["estimate_family"] == "fruits"
     with pytest.raises(UsageError, match="estimate_family must be one of"):
         nr.tasks.binding_contexts(2, estimate_family="shapes")
+
+
+def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_model, neox_hf):
+    model, hf = embedded_model, neox_hf
+    data = nr.tasks.binding_contexts(2, 2, 2, seed=9, family="cities", split=True, estimate_pairs=3)
+    ds = nr.binding(model, data, measure="subspace", roots=[(0.5, 0.7)], grid=2, batch_size=64, progress=False)
+    delta = torch.tensor(ds["delta"].values, dtype=torch.float64)  # (kind, k, D, d), checked in the cyclic test
+    s0, s1 = delta[:, 0], delta[:, 1]
+    ortho = s1 - (s0 * s1).sum() / (s0 * s0).sum() * s0  # one Gram–Schmidt step over everything at once
+    assert abs(float((ortho * s0).sum())) < 1e-6 * float(s0.norm() * s1.norm())
+    np.testing.assert_allclose(ds["delta2_coords"].values, [float((s1 * s0).sum() / (s0 * s0).sum()), 1.0], rtol=1e-6)
+    assert ds["x"].values.tolist() == [-0.5, 1.5]
+    tok = model.tokenizer
+    for ci, (c, s) in enumerate(zip(data.contexts, data.sources)):
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
+        end = len(tok(c.context())["input_ids"])
+        for q, name in enumerate([c.entities[0], c.entities[1], s.entities[0]]):
+            ids, e, a = _positions(model, c, c.text(0, entity=name))
+            _, clean = _resid_pre_run(hf, ids)
+            for xi, x in enumerate((-0.5, 1.5)):
+                for yi, y in enumerate((-0.5, 1.5)):
+                    vec = (0.5 * s0 + 0.7 * ortho, (x - 1) * s0 + y * ortho)
+
+                    def edit(li, h, vec=vec):
+                        h[0, :end] = clean[li, :end].to(h.dtype)
+                        for kind, pos in ((0, e), (1, a)):
+                            for side in (0, 1):
+                                h[0, pos[side]] = (clean[li, pos[side]] + vec[side][kind, li]).to(h.dtype)
+                        return h
+                    lp, _ = _resid_pre_run(hf, ids, edit=edit)
+                    np.testing.assert_allclose(ds["subspace_logprob"].values[0, xi, yi, q, :, ci], lp[cand].numpy(),
+                                               rtol=1e-5, atol=1e-5)
+    lp = ds["subspace_logprob"].values
+    cal = lp[:, :, :, :2] - np.median(lp[:, :, :, 2:3], axis=-1, keepdims=True)
+    want = (cal.argmax(axis=4) == np.array([0, 1])[None, None, None, :, None]).mean(axis=(3, 4))
+    np.testing.assert_allclose(ds["subspace_accuracy"].values, want)

@@ -120,14 +120,16 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position", "means", "cyclic")
+MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace")
+#: the roots of binding-iclr's Fig. 5 panels (``scripts/run_experiment.py:289-441``, without the unplotted (.2, .1))
+SUBSPACE_ROOTS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.5, 0.7), (0.7, 0.1), (0.0, 0.5))
 CYCLES = ((1, 2, 0), (2, 0, 1))
 MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 
 @experiment("binding_ids", batch_size=64)
 def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", freeze_context: bool = True,
-            max_offset: int = 10) -> xr.Dataset:
+            max_offset: int = 10, roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS, grid: int = 10) -> xr.Dataset:
     """Binding IDs; ``measure`` picks the experiment (see the module doc):
 
     - "accuracy": factorizability, position independence and mean interventions as accuracies
@@ -138,7 +140,10 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
     - "means": binding-iclr's Table 1, mean interventions with its Δ estimator and calibrated
       accuracy (:func:`_means`; make the data with ``split=True`` for its train/test words);
     - "cyclic": binding-iclr's Fig. 6 (right), cyclic swaps of 3 binding IDs (:func:`_cyclic`;
-      3 pairs).
+      3 pairs);
+    - "subspace": binding-iclr's Fig. 5, side 1's binding ID moved over a grid in the plane of
+      Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
+      ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5].
 
     ``freeze_context`` (factorization, position, means): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
@@ -160,6 +165,14 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
         return _means(run, contexts, freeze_context)
     if measure == "cyclic":
         return _cyclic(run, contexts, freeze_context)
+    if measure == "subspace":
+        try:
+            root_list = [(float(a), float(b)) for a, b in roots]
+        except (TypeError, ValueError):
+            raise UsageError(f"roots is a list of (x, y) pairs (got {roots!r})") from None
+        if not root_list or not isinstance(grid, (int, np.integer)) or grid < 2:
+            raise UsageError(f"subspace needs at least one root and grid >= 2 (got {len(root_list)} roots, grid={grid!r})")
+        return _subspace(run, contexts, freeze_context, root_list, int(grid))
     return _accuracy(run, contexts)
 
 
@@ -596,6 +609,82 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                "split": int(bool(contexts.params.get("split")))})
 
 
+def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tuple[float, float]],
+              grid: int) -> xr.Dataset:
+    """binding-iclr's binding subspace (Fig. 5; ``test_subspace``, ``coref/data_collection.py:
+    578-717``, ``scripts/run_experiment.py:240-441``): Δ_1 and Δ_2 from 3-pair estimate contexts;
+    the basis s0 = Δ_1 and o = Δ_2 − ⟨ŝ0, Δ_2⟩ ŝ0 (one Gram–Schmidt step over the entity and
+    attribute vectors of every depth together); in a 2-pair context, side 0's entity and
+    attribute get r0·Δ_1 + r1·o (the root) and side 1's get −Δ_1 + x·Δ_1 + y·o, for x and y on
+    ``grid`` points of [−0.5, 1.5], at every depth with the context frozen. Queries E0, E1 and a
+    null entity; the accuracy is the mean-interventions' calibrated one (the stated binding wins
+    after subtracting the null query's median), averaged over E0 and E1: high where side 1's
+    ID stays distinguishable from side 0's. Δ_2's own coordinates are ``delta2_coords``."""
+    model = run.model
+    if contexts.n_pairs != 2 or len(contexts.estimate[0].entities) != 3:
+        raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
+                         "nr.tasks.binding_contexts(n, 2, n_estimate, estimate_pairs=3, split=True)")
+    if not contexts.sources:
+        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    delta = _repository_deltas(run, contexts.estimate).double()  # (kind, 2, D, d)
+    s0, s1 = delta[:, 0], delta[:, 1]
+    unit = s0 / s0.norm()
+    ortho = s1 - (unit * s1).sum() * unit
+    coords = [float((s1 * s0).sum() / (s0 * s0).sum()), float((s1 * ortho).sum() / (ortho * ortho).sum())]
+    axis = np.linspace(-0.5, 1.5, grid)
+    names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
+    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
+    T = len(located[0].ids)
+    if len({len(r.ids) for r in located}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
+    cells = [(r, xi, yi) for r in range(len(roots)) for xi in range(grid) for yi in range(grid)]
+    logp = np.zeros((len(roots), grid, grid, 3, 2, len(contexts)))
+    per_pass = max(1, run.batch_size // 3 - 1)  # grid cells per pass (3 query rows each, plus the clean rows)
+    for i in run.steps(range(len(contexts)), "subspace"):
+        for start in range(0, len(cells), per_pass):
+            part = cells[start:start + per_pass]
+            ids = [located[3 * i + q].ids for q in range(3)]
+            answers = [cand[i]] * 3
+            e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
+            for r, xi, yi in part:
+                r0, r1 = roots[r]
+                side_vec = (r0 * s0 + r1 * ortho, -s0 + axis[xi] * s0 + axis[yi] * ortho)  # (kind, D, d) each
+                for q in range(3):
+                    row, loc = len(ids), located[3 * i + q]
+                    ids.append(loc.ids)
+                    answers.append(cand[i])
+                    frozen.append((row, q, loc.context_end))
+                    for kind, pos in ((0, loc.entities), (1, loc.attributes)):
+                        for side in (0, 1):
+                            e_rows.append(row)
+                            e_src.append(q)
+                            e_pos.append(pos[side])
+                            e_add.append(side_vec[side][kind].float())
+            scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
+                              torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
+                              freeze=_freeze_arg(frozen, T) if freeze else None)
+            lp = scores.log_probs.numpy()
+            for k, (r, xi, yi) in enumerate(part):
+                logp[r, xi, yi, :, :, i] = lp[3 + 3 * k:6 + 3 * k]
+    calibrated = logp[:, :, :, :2] - np.median(logp[:, :, :, 2:3], axis=-1, keepdims=True)
+    right = calibrated.argmax(axis=4) == np.arange(2)[None, None, None, :, None]  # (root, x, y, query, prompt)
+    return xr.Dataset(
+        {"subspace_logprob": (("root", "x", "y", "query", "answer", "prompt"), logp, {"units": "nats"}),
+         "subspace_accuracy": (("root", "x", "y"), right.mean(axis=(3, 4)),
+                               {"long_name": "calibrated accuracy of the stated binding, over E0 and E1"}),
+         "delta2_coords": ("basis", np.array(coords), {"long_name": "Δ_2 in the basis (Δ_1, o)"}),
+         "delta": (("kind", "k", "depth", "d_model"), delta.float().numpy())},
+        coords={"root": np.arange(len(roots)), "root_x": ("root", [a for a, _ in roots]),
+                "root_y": ("root", [b for _, b in roots]), "x": axis, "y": axis,
+                "query": np.array(["E0", "E1", "null"], dtype=object), "answer": np.array(["A0", "A1"], dtype=object),
+                "basis": np.array(["delta1", "ortho"], dtype=object), "kind": np.array(INTERVENTIONS, dtype=object),
+                "k": [1, 2], "depth": np.arange(delta.shape[2]), "prompt": np.arange(len(contexts)),
+                "text": ("prompt", [c.text(0) for c in contexts.contexts])},
+        attrs={"method": "binding_ids", "measure": "subspace", "metric": "accuracy", "freeze_context": int(freeze),
+               "split": int(bool(contexts.params.get("split")))})
+
+
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, depth, d): mean over contexts of h[pair 1] − h[pair 0] at the entity and attribute tokens."""
     located = _locate(run.model, [(c, c.text(0)) for c in estimate])
@@ -642,6 +731,19 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     measure = ds.attrs.get("measure", "accuracy")
+    if measure == "subspace":
+        ds = last_checkpoint(ds)
+        table = Table(title="calibrated accuracy over the grid of side 1's binding ID (x·Δ_1 + y·o − Δ_1), per root")
+        for col in ("root (side 0)", "mean", "min", "at Δ_2's coordinates"):
+            table.add_column(col, justify="right")
+        cx, cy = (float(v) for v in ds["delta2_coords"].values)
+        for r in ds["root"].values:
+            grid = ds["subspace_accuracy"].sel(root=r)
+            near = grid.sel(x=cx, y=cy, method="nearest")
+            table.add_row(f"({float(ds['root_x'][r]):.1f}, {float(ds['root_y'][r]):.1f})", f"{float(grid.mean()):.3f}",
+                          f"{float(grid.min()):.3f}", f"{float(near):.3f}")
+        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+                f"· binding subspace (binding-iclr Fig. 5); Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
     if measure == "cyclic":
         ds = last_checkpoint(ds)
         table = Table(title="balanced accuracy of the binding the cyclic swap predicts (control: the stated one)")

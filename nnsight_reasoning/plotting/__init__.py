@@ -65,7 +65,11 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     if kind is not None and kind not in kinds:
         raise UsageError(f"kind must be one of {', '.join(kinds)} for {method} results (got {kind!r})")
     fig = draw(ds, kind, prompt)
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # a colorbar shared by a grid of panels: tight_layout leaves it be, and says so
+        warnings.filterwarnings("ignore", message=".*not compatible with tight_layout.*")
+        fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

@@ -91,6 +91,8 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _means_figure(ds)
     if ds.attrs.get("measure") == "cyclic":
         return _cyclic_figure(ds)
+    if ds.attrs.get("measure") == "subspace":
+        return _subspace_figure(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")
@@ -203,4 +205,33 @@ def _cyclic_figure(ds: xr.Dataset):
     ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
     ax.legend(fontsize=7)
     ax.set_title(f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
+    return fig
+
+
+def _subspace_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 5: per root (side 0's coordinates), the calibrated accuracy over the
+    grid of side 1's coordinates in the basis (Δ_1, o); the root and Δ_2's coordinates marked."""
+    import matplotlib.pyplot as plt
+
+    n = ds.sizes["root"]
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.9 * rows), squeeze=False)
+    x, y = ds["x"].values, ds["y"].values
+    cx, cy = (float(v) for v in ds["delta2_coords"].values)
+    for r in range(rows * cols):
+        ax = axes[r // cols][r % cols]
+        if r >= n:
+            ax.axis("off")
+            continue
+        im = ax.imshow(ds["subspace_accuracy"].isel(root=r).values.T, origin="lower", cmap="bwr", vmin=0, vmax=1,
+                       extent=(x[0], x[-1], y[0], y[-1]), aspect="auto")
+        ax.plot([float(ds["root_x"][r])], [float(ds["root_y"][r])], "o", color="tab:green", ms=5)
+        ax.plot([1.0, cx], [0.0, cy], "x", color="k", ms=5)
+        ax.set_title(f"side 0 at ({float(ds['root_x'][r]):.1f}, {float(ds['root_y'][r]):.1f})", fontsize=8)
+        ax.set_xlabel("x (along Δ_1)", fontsize=7)
+        ax.set_ylabel("y (along o)", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mean calibrated accuracy")
+    fig.suptitle(f"binding subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+                 f"{ds.sizes['prompt']} contexts (x marks Δ_1 and Δ_2)", fontsize=9)
     return fig
