@@ -277,8 +277,7 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
     located = _locate(model, [x for item in items for x in item])
     width = 1 + 2 * n
     rows = [located[i * width:(i + 1) * width] for i in range(len(pairs))]
-    if len({len(r.ids) for item in rows for r in item}) != 1:
-        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    _one_length([r for item in rows for r in item])
     for item in rows:  # the source's words sit where the context's do
         if item[0].entities != item[1].entities or item[0].attributes != item[1].attributes:
             raise UsageError("a source context's words are not at its context's positions (one-token words needed)")
@@ -305,14 +304,9 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                         edits.append((row, src_row, loc.entities[s]))
                     if a:
                         edits.append((row, src_row, loc.attributes[s]))
-        T = len(ids[0])
-        freeze_arg = None
-        if freeze:
-            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
-            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
         e_rows, e_src, e_pos = (torch.tensor(list(x)) for x in zip(*edits))
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), e_rows, e_src, e_pos,
-                          freeze=freeze_arg)
+                          freeze=_freeze_arg(frozen, len(ids[0])) if freeze else None)
         lp = scores.log_probs.numpy()
         k = first
         for j, i in enumerate(chunk):
@@ -352,9 +346,7 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     context frozen, only the keys the question reads move (the repository rotates keys)."""
     model = run.model
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
-    T = len(located[0].ids)
-    if len({len(r.ids) for r in located}) != 1:
-        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    T = _one_length(located)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or T
     spans = {}
     for target, key in (("entity", "entities"), ("attribute", "attributes")):
@@ -390,12 +382,8 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                     shifted[p0] += o
                     shifted[p1] -= o
                     pos.append(shifted)
-        freeze_arg = None
-        if freeze:
-            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
-            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), _NONE, _NONE, _NONE,
-                          position_ids=torch.tensor(pos), freeze=freeze_arg)
+                          position_ids=torch.tensor(pos), freeze=_freeze_arg(frozen, T) if freeze else None)
         lp = scores.log_probs.numpy()
         k = 2 * len(chunk)
         for i in chunk:
@@ -458,18 +446,11 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     model = run.model
     if contexts.n_pairs != 2:
         raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
-    if not contexts.sources:
-        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    located, T, cand = _null_queries(model, contexts)
     delta = _repository_deltas(run, contexts.estimate)[:, 0]  # (2, D, d): Δ_1
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
     rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)
-    names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
-    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
-    T = len(located[0].ids)
-    if len({len(r.ids) for r in located}) != 1:
-        raise UsageError("binding contexts must all have the same token length for this tokenizer")
-    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(i, v) for i in (1, 2, 3) for v in (0, 1)]  # (intervention, vector), none = the clean rows
     logp = np.zeros((4, 2, 3, 2, len(contexts)))
     for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=3 + 3 * len(plan)), "mean interventions"):
@@ -493,12 +474,9 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                             e_src.append(clean)
                             e_pos.append(pos[side])
                             e_add.append(sign * vec[kind])  # (D, d)
-        freeze_arg = None
-        if freeze:
-            mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
-            freeze_arg = (torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask)
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
-                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1), freeze=freeze_arg)
+                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
+                          freeze=_freeze_arg(frozen, T) if freeze else None)
         lp = scores.log_probs.numpy()
         k = 3 * len(chunk)
         for j, i in enumerate(chunk):
@@ -506,9 +484,8 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
             for iv, v in plan:
                 logp[iv, v, :, :, i] = lp[k:k + 3]
                 k += 3
-    calibrated = logp[:, :, :2] - np.median(logp[:, :, 2:3], axis=-1, keepdims=True)  # minus the null query's median
     right = np.full((4, 2, 3, len(contexts)), np.nan)  # (intervention, vector, query, prompt); null: NaN
-    right[:, :, :2] = calibrated.argmax(axis=3) == np.arange(2)[None, None, :, None]
+    right[:, :, :2] = _calibrated_right(logp)
     return xr.Dataset(
         {"means_logprob": (("intervention", "vector", "query", "answer", "prompt"), logp,
                            {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
@@ -527,6 +504,33 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                 "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "means", "metric": "accuracy", "freeze_context": int(freeze),
                "split": int(bool(contexts.params.get("split")))})
+
+
+def _one_length(located: Sequence[Located]) -> int:
+    """The token length all the prompts share (the edits address positions), or an error."""
+    if len({len(r.ids) for r in located}) != 1:
+        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    return len(located[0].ids)
+
+
+def _null_queries(model: Any, contexts: BindingContexts) -> tuple[list[Located], int, list[list[int]]]:
+    """Per context its prompts asking for E0, E1 and a *null* entity (the source's E0, not in
+    the context): located prompts (3 per context), their token length, and the answer ids
+    (A0, A1) per context."""
+    if not contexts.sources:
+        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
+    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
+    cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
+    return located, _one_length(located), cand
+
+
+def _calibrated_right(logp: np.ndarray) -> np.ndarray:
+    """binding-iclr's ``reduce_distractor_acc`` on (..., query (E0, E1, null), answer (A0, A1),
+    prompt) log-probabilities: each answer minus the median over prompts of the null query's,
+    then whether the stated binding wins; (..., 2, prompt) booleans for E0 and E1."""
+    calibrated = logp[..., :2, :, :] - np.median(logp[..., 2:3, :, :], axis=-1, keepdims=True)
+    return calibrated.argmax(axis=-2) == np.arange(2)[:, None]
 
 
 def _freeze_arg(frozen: list[tuple[int, int, int]], T: int) -> tuple:
@@ -551,9 +555,7 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     delta = _repository_deltas(run, contexts.estimate)  # (kind, 2, D, d): Δ_1, Δ_2
     ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, D, d): Δ_0 = 0
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
-    T = len(located[0].ids)
-    if len({len(r.ids) for r in located}) != 1:
-        raise UsageError("binding contexts must all have the same token length for this tokenizer")
+    T = _one_length(located)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
     logp = np.zeros((len(CYCLES), 3, 3, 3, len(contexts)))  # (cycle, target: control/entity/attribute, query, answer)
@@ -624,20 +626,13 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     if contexts.n_pairs != 2 or len(contexts.estimate[0].entities) != 3:
         raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
                          "nr.tasks.binding_contexts(n, 2, n_estimate, estimate_pairs=3, split=True)")
-    if not contexts.sources:
-        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+    located, T, cand = _null_queries(model, contexts)
     delta = _repository_deltas(run, contexts.estimate).double()  # (kind, 2, D, d)
     s0, s1 = delta[:, 0], delta[:, 1]
     unit = s0 / s0.norm()
     ortho = s1 - (unit * s1).sum() * unit
     coords = [float((s1 * s0).sum() / (s0 * s0).sum()), float((s1 * ortho).sum() / (ortho * ortho).sum())]
     axis = np.linspace(-0.5, 1.5, grid)
-    names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
-    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
-    T = len(located[0].ids)
-    if len({len(r.ids) for r in located}) != 1:
-        raise UsageError("binding contexts must all have the same token length for this tokenizer")
-    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     cells = [(r, xi, yi) for r in range(len(roots)) for xi in range(grid) for yi in range(grid)]
     logp = np.zeros((len(roots), grid, grid, 3, 2, len(contexts)))
     per_pass = max(1, run.batch_size // 3 - 1)  # grid cells per pass (3 query rows each, plus the clean rows)
@@ -667,8 +662,7 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
             lp = scores.log_probs.numpy()
             for k, (r, xi, yi) in enumerate(part):
                 logp[r, xi, yi, :, :, i] = lp[3 + 3 * k:6 + 3 * k]
-    calibrated = logp[:, :, :, :2] - np.median(logp[:, :, :, 2:3], axis=-1, keepdims=True)
-    right = calibrated.argmax(axis=4) == np.arange(2)[None, None, None, :, None]  # (root, x, y, query, prompt)
+    right = _calibrated_right(logp)  # (root, x, y, query, prompt)
     return xr.Dataset(
         {"subspace_logprob": (("root", "x", "y", "query", "answer", "prompt"), logp, {"units": "nats"}),
          "subspace_accuracy": (("root", "x", "y"), right.mean(axis=(3, 4)),
