@@ -87,10 +87,10 @@ def binding(
                                                  "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
-                                              "the other (default: with --measure means and cyclic)"),
+                                              "the other (default: with --measure means, cyclic and subspace)"),
     freeze_context: bool = typer.Option(True, "--freeze-context/--no-freeze-context",
-                                        help="factorization, position: the context keeps its clean values at every "
-                                             "layer (binding-iclr)"),
+                                        help="every measure but accuracy: the context keeps its clean values at "
+                                             "every layer (binding-iclr)"),
     max_offset: int = typer.Option(10, help="position: offsets from -max_offset to max_offset + distance - 1"),
     estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
                                                              "another family (binding-iclr's cross-task means)"),
@@ -101,6 +101,8 @@ def binding(
     import nnsight_reasoning as nr
 
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
+    if estimate_family and estimate_family != family:  # cross-task runs get their own default file
+        name += f"_means_from_{estimate_family}"
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
     if measure == "position":
         extra["max_offset"] = max_offset

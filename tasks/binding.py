@@ -216,9 +216,9 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
                         f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
     f = FAMILIES[family]
     m = n_pairs if estimate_pairs is None else estimate_pairs
-    if estimate_pairs is not None:
-        _check(estimate_pairs, family if estimate_family is None else estimate_family, 1)
     source_family = family if estimate_family is None else estimate_family
+    if estimate_pairs is not None:
+        check_range("estimate_pairs", estimate_pairs, 2)
     if source_family not in EXPERIMENT_FAMILIES:
         raise TaskError(f"estimate_family must be one of {', '.join(EXPERIMENT_FAMILIES)} (got {estimate_family!r})")
     g = FAMILIES[source_family]
@@ -227,23 +227,28 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         half = (len(f.entities) // 2, len(f.attributes) // 2)
         test = (f.entities[half[0]:], f.attributes[half[1]:])
         train = (g.entities[:len(g.entities) // 2], g.attributes[:len(g.attributes) // 2])
-        if 2 * n_pairs > min(map(len, test)):
-            raise TaskError(f"with split=True the {family} family has words for at most {min(map(len, test)) // 2} "
-                            f"pairs per context and source (got n_pairs={n_pairs})")
+        if n_pairs > min(map(len, test)):
+            raise TaskError(f"with split=True the {family} family has test words for at most {min(map(len, test))} "
+                            f"pairs (got n_pairs={n_pairs})")
+        if m > min(map(len, train)):
+            raise TaskError(f"with split=True the {source_family} family has train words for at most "
+                            f"{min(map(len, train))} pairs per estimate context (got estimate_pairs={m})")
         rng_c, rng_e = random.Random(seed), random.Random(seed + 1)
         contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
         estimate = [_draw(rng_e, m, source_family, *train) for _ in range(n_estimate)]
     else:
         test = (f.entities, f.attributes)
         contexts = sample_contexts(n_contexts, n_pairs, seed, family)
+        if estimate_pairs is not None:
+            _check(m, source_family, 1)
         estimate = sample_contexts(n_estimate, m, seed + 1, source_family)
     rng = random.Random(seed + 2)
-    if 2 * n_pairs > min(len(f.entities), len(f.attributes)):
-        raise TaskError(f"the {family} family has words for at most {min(len(f.entities), len(f.attributes)) // 2} "
-                        f"pairs with a disjoint source context (got n_pairs={n_pairs})")
-    sources = tuple(BindingContext(tuple(rng.sample([e for e in test[0] if e not in c.entities], n_pairs)),
-                                   tuple(rng.sample([a for a in test[1] if a not in c.attributes], n_pairs)),
-                                   family) for c in contexts)
+    # source contexts (new words at the same positions) where the words suffice; the measures that
+    # use them say so when there are none
+    sources = () if 2 * n_pairs > min(map(len, test)) else tuple(
+        BindingContext(tuple(rng.sample([e for e in test[0] if e not in c.entities], n_pairs)),
+                       tuple(rng.sample([a for a in test[1] if a not in c.attributes], n_pairs)), family)
+        for c in contexts)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
     if family != "cities":  # results of the default family keep their old task_params
         params["family"] = family

@@ -171,7 +171,7 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
         raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}")
     exemplars = {v: read_exemplars(v, prompts_dir, style) for v in names}
     if data is not None:
-        problems: list[Problem] = load_gsm8k_problems(data)[:n_prompts]
+        problems: list[Problem] = load_gsm8k_problems(data, need_steps=False)[:n_prompts]
     else:
         check_range("n_steps", n_steps, 1, 3)
         rng = random.Random(seed)

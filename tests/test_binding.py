@@ -512,3 +512,21 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
     cal = lp[:, :, :, :2] - np.median(lp[:, :, :, 2:3], axis=-1, keepdims=True)
     want = (cal.argmax(axis=4) == np.array([0, 1])[None, None, None, :, None]).mean(axis=(3, 4))
     np.testing.assert_allclose(ds["subspace_accuracy"].values, want)
+
+
+def test_many_pairs_without_sources_and_small_row_budgets(embedded_model):
+    """Contexts with more pairs than a disjoint source allows still serve the accuracy measure;
+    the frozen-context tests split a context's rows over passes to honour batch_size."""
+    data = nr.tasks.binding_contexts(2, 9, 2, seed=1)
+    assert data.sources == () and data.n_pairs == 9
+    with pytest.raises(UsageError, match="no source contexts"):
+        nr.binding(embedded_model, data, measure="factorization", progress=False)
+    with pytest.raises(UsageError, match="estimate_pairs"):
+        nr.tasks.binding_contexts(2, 2, 2, split=True, estimate_pairs=30)
+    small = nr.tasks.binding_contexts(2, 2, 2, seed=3, family="capitals")
+    for measure in ("factorization", "position"):
+        a = nr.binding(embedded_model, small, measure=measure, max_offset=2, batch_size=7, progress=False)
+        b = nr.binding(embedded_model, small, measure=measure, max_offset=2, batch_size=512, progress=False)
+        assert a.attrs["n_forward_passes"] > b.attrs["n_forward_passes"] == 1
+        for v in a.data_vars:
+            np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-5, atol=1e-5, err_msg=v)

@@ -341,6 +341,16 @@ def test_concept_selection_and_errors(neox, tmp_path):
         nr.cot_generation(model, data, ranking="nope", progress=False)
     with pytest.raises(UsageError, match="context"):
         nr.cot_generation(model, data, max_new_tokens=250, progress=False)
+    with pytest.raises(UsageError, match="units is empty"):
+        nr.cot_generation(model, data, units=[], progress=False)
+    with pytest.raises(UsageError, match="noise_scale"):
+        nr.cot_generation(model, data, noise_scale=0, progress=False)
+    # GSM8K rows need only their final answer here (no <<a=b>> annotations)
+    rows = tmp_path / "gsm.jsonl"
+    rows.write_text('{"question": "Tom had 3 ball .", "answer": "He has 3.\\n#### 3"}\n'
+                    '{"question": "Mary had 5 ball .", "answer": "#### 5"}\n')
+    gsm = nr.tasks.cot_generation(2, ["cot"], data=rows)
+    assert [p.answer for p in gsm.prompts["cot"]] == ["3", "5"] and gsm.prompts["cot"][0].prompt.endswith("ball .\nA :")
     # given units are measured and described by the same rule as discovered ones
     ds = nr.cot_generation(model, data, max_new_tokens=4, units=["L3N7", "L1N2"], ablations=("zero",), progress=False)
     assert ds["unit_layer"].values.tolist() == [3, 1] and ds.attrs["fixed_units"] == "L3N7,L1N2"

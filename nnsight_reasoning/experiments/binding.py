@@ -145,7 +145,7 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
       Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
       ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5].
 
-    ``freeze_context`` (factorization, position, means): the context tokens keep their clean values at
+    ``freeze_context`` (every measure but "accuracy"): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
     ``max_offset``: the position sweep runs from −max_offset to max_offset + Δ − 1 (Δ the
     distance between the two pairs), within the positions that exist.
@@ -258,6 +258,24 @@ def _expected(n: int, side: int, swap_e: int, swap_a: int) -> list[int]:
     return out
 
 
+def _passes(run: Run, n_items: int, base_rows: int, n_entries: int, rows_per_entry: int) -> list[list[tuple]]:
+    """Passes of (item, entries) jobs within ``batch_size`` rows: an item's entries are split so
+    that a job (its ``base_rows`` clean rows plus ``rows_per_entry`` per entry) fits one pass,
+    and jobs are packed into passes in order (all prompts share one token length)."""
+    per = max(1, (run.batch_size - base_rows) // rows_per_entry)
+    jobs = [(i, list(range(k, min(k + per, n_entries)))) for i in range(n_items) for k in range(0, n_entries, per)]
+    passes: list[list[tuple]] = [[]]
+    used = 0
+    for job in jobs:
+        size = base_rows + rows_per_entry * len(job[1])
+        if passes[-1] and used + size > run.batch_size:
+            passes.append([])
+            used = 0
+        passes[-1].append(job)
+        used += size
+    return passes
+
+
 def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     """binding-iclr's factorizability test by side (``factorization_parallel_exchange_by_side``,
     ``coref/data_collection.py:203-317``). For each context c, side s and (swap entity, swap
@@ -267,7 +285,8 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
     each of the 2n attributes' answers is read at the last position."""
     model, n = run.model, contexts.n_pairs
     if not contexts.sources:
-        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+        raise UsageError("these binding contexts have no source contexts (a source needs 2 × n_pairs words of the "
+                         "family); use fewer pairs")
     pairs = list(zip(contexts.contexts, contexts.sources))
     # per context: the source row, then the clean row of each of the 2n queries
     items = []
@@ -283,18 +302,17 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
             raise UsageError("a source context's words are not at its context's positions (one-token words needed)")
     cand = [backend.answer_tokens(model, list(c.answers) + list(src.answers), "attribute") for c, src in pairs]
     cells = [(s, e, a) for s in range(n) for e in (0, 1) for a in (0, 1) if e or a]
-    per_item = width + len(cells) * 2 * n
     logp = np.zeros((n, 2, 2, 2 * n, 2 * n, len(pairs)))
-    for chunk in run.steps(run.batches([len(r[0].ids) for r in rows], rows_per_item=per_item), "factorization"):
+    for jobs in run.steps(_passes(run, len(pairs), width, len(cells), 2 * n), "factorization"):
         ids, answers, edits, frozen = [], [], [], []
-        for j, i in enumerate(chunk):
+        for i, _ in jobs:
             ids += [r.ids for r in rows[i]]
             answers += [cand[i]] * width
         first = len(ids)
-        for j, i in enumerate(chunk):
+        for j, (i, entries) in enumerate(jobs):
             src_row, clean = j * width, j * width + 1
             loc = rows[i][1]
-            for s, e, a in cells:
+            for s, e, a in (cells[c] for c in entries):
                 for q in range(2 * n):
                     row = len(ids)
                     ids.append(rows[i][1 + q].ids)
@@ -309,10 +327,9 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                           freeze=_freeze_arg(frozen, len(ids[0])) if freeze else None)
         lp = scores.log_probs.numpy()
         k = first
-        for j, i in enumerate(chunk):
-            clean = lp[j * width + 1: j * width + 1 + 2 * n]  # (query, answer)
-            logp[:, 0, 0, :, :, i] = clean
-            for s, e, a in cells:
+        for j, (i, entries) in enumerate(jobs):
+            logp[:, 0, 0, :, :, i] = lp[j * width + 1: j * width + 1 + 2 * n]  # the clean rows: (query, answer)
+            for s, e, a in (cells[c] for c in entries):
                 logp[s, e, a, :, :, i] = lp[k:k + 2 * n]
                 k += 2 * n
     expected = np.array([[[_expected(n, s, e, a) for a in (0, 1)] for e in (0, 1)] for s in range(n)])
@@ -335,7 +352,7 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                 "query": np.array(queries, dtype=object), "answer": np.array(answers_, dtype=object),
                 "prompt": np.arange(len(pairs)), "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "factorization", "metric": "log_prob",
-               "freeze_context": int(freeze)})
+               "freeze_context": int(freeze), "split": int(bool(contexts.params.get("split")))})
 
 
 def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int) -> xr.Dataset:
@@ -363,16 +380,15 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
     logp = np.full((2, len(offsets), 2, 2, len(contexts)), np.nan)
     plan = [(t, o) for t, target in enumerate(("entity", "attribute")) for o in spans[target][2]]
-    per_item = 2 + 2 * len(plan)
-    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=per_item), "position"):
+    for jobs in run.steps(_passes(run, len(contexts), 2, len(plan), 2), "position"):
         ids, answers, pos, frozen = [], [], [], []
-        for i in chunk:
+        for i, _ in jobs:
             for q in (0, 1):
                 ids.append(located[2 * i + q].ids)
                 answers.append(cand[i])
                 pos.append(list(range(T)))
-        for j, i in enumerate(chunk):
-            for t, o in plan:
+        for j, (i, entries) in enumerate(jobs):
+            for t, o in (plan[e] for e in entries):
                 p0, p1, _ = spans[("entity", "attribute")[t]]
                 for q in (0, 1):
                     frozen.append((len(ids), 2 * j + q, located[2 * i + q].context_end))
@@ -385,9 +401,9 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), _NONE, _NONE, _NONE,
                           position_ids=torch.tensor(pos), freeze=_freeze_arg(frozen, T) if freeze else None)
         lp = scores.log_probs.numpy()
-        k = 2 * len(chunk)
-        for i in chunk:
-            for t, o in plan:
+        k = 2 * len(jobs)
+        for i, entries in jobs:
+            for t, o in (plan[e] for e in entries):
                 logp[t, offsets.index(o), :, :, i] = lp[k:k + 2]
                 k += 2
     return xr.Dataset(
@@ -518,7 +534,8 @@ def _null_queries(model: Any, contexts: BindingContexts) -> tuple[list[Located],
     the context): located prompts (3 per context), their token length, and the answer ids
     (A0, A1) per context."""
     if not contexts.sources:
-        raise UsageError("these binding contexts have no source contexts; make them with nr.tasks.binding_contexts")
+        raise UsageError("these binding contexts have no source contexts (a source needs 2 × n_pairs words of the "
+                         "family); use fewer pairs")
     names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
     located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
     cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
@@ -550,8 +567,9 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     argmax among the three answers; averaged over the two 3-cycles and the queries. The
     control is the clean run scored the same way against the stated binding."""
     model = run.model
-    if contexts.n_pairs != 3:
-        raise UsageError(f"the cyclic swaps are defined for 3 pairs (got {contexts.n_pairs}); use n_pairs=3")
+    if contexts.n_pairs != 3 or len(contexts.estimate[0].entities) != 3:
+        raise UsageError(f"the cyclic swaps are defined for 3 pairs in the contexts and the estimate contexts (got "
+                         f"{contexts.n_pairs} and {len(contexts.estimate[0].entities)}); use n_pairs=3")
     delta = _repository_deltas(run, contexts.estimate)  # (kind, 2, D, d): Δ_1, Δ_2
     ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, D, d): Δ_0 = 0
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])

@@ -29,8 +29,9 @@ neuron_discovery/algorithm_one.py``, ``algorithm_two.py``, ``prompt_gpt.py``,
    over the read steps (the paper compares these across prompt types).
 6. **Ablation during generation**, each a fresh generation of every prompt type:
    ``noise`` adds ε ~ N(−1, 1) (the repository's ``normal(-1, 1)``, seeded) times
-   ``noise_scale`` (1: the repository's) to every unit's output-weight column, ``zero`` sets the units to 0 and ``mean`` to their mean activation
-   on the ``discover_on`` read steps, at every position; ``random`` is ``noise`` on as many
+   ``noise_scale`` (1: the repository's) to every unit's output-weight column; ``zero`` sets
+   the units to 0 and ``mean`` to their mean activation on the read steps of the correctly
+   answered ``discover_on`` prompts, at every position; ``random`` is ``noise`` on as many
    other neurons of the same layers (the repository's baseline), ``random_zero`` those
    neurons zeroed (the baseline of ``zero``).
 
@@ -59,7 +60,7 @@ SELECT = ("concepts", "frequency")
 
 
 def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations: Sequence[str], top_k: int,
-           max_new_tokens: int, min_frequency: float, n_neurons: int) -> list[str]:
+           max_new_tokens: int, min_frequency: float, noise_scale: float, n_neurons: int) -> list[str]:
     if not isinstance(prompts, CotGeneration):
         raise UsageError("cot_generation takes prompts the model completes: nr.tasks.cot_generation(n_prompts, "
                          "variants, ...)")
@@ -81,6 +82,8 @@ def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations:
         raise UsageError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})")
     if not 0 < min_frequency <= 1:
         raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
+    if not noise_scale > 0:
+        raise UsageError(f"noise_scale must be > 0 (got {noise_scale})")
     return [discover_on] + [v for v in prompts.prompts if v != discover_on]
 
 
@@ -179,8 +182,9 @@ def cot_generation(
     ``prompts``: ``nr.tasks.cot_generation(n_prompts, variants, style=, prompts_dir=, data=)``.
     ``units``: measure and ablate these neurons ((layer, neuron) pairs or names like "L3N488")
     instead of discovering them. ``seed``: the noise and the random baseline's neurons;
-    ``noise_scale``: the noise's multiplier (1: the repository's N(−1, 1); a small model's
-    output weights are larger than Llama-2's, so the same noise is relatively smaller there).
+    ``noise_scale``: the noise's multiplier (1: the repository's N(−1, 1), which is large
+    against a small model's output weights: on the embedded model it breaks every generation,
+    random neurons included).
     ``labeller``: a function of a unit's promoted tokens returning a label (e.g. one that asks
     an LLM with your key); only its result is stored. A checkpoint sweep (``revisions``)
     measures fixed units on every checkpoint: ``units``, or else those discovered on its last
@@ -205,10 +209,12 @@ def cot_generation(
     model = run.model
     n_neurons = dims(model)["n_neurons"]
     variants = _check(prompts, discover_on, ranking, select, ablations, top_k, max_new_tokens, min_frequency,
-                      n_neurons)
+                      noise_scale, n_neurons)
     if labeller is not None and not callable(labeller):
         raise UsageError(f"labeller must be a function of the promoted tokens (got {type(labeller).__name__})")
     fixed = None if units is None else parse_units(units)
+    if fixed is not None and not fixed:
+        raise UsageError("units is empty; give at least one (layer, neuron), or None to discover them")
     if fixed is not None:
         n_layers = dims(model)["n_layers"]
         for li, nn in fixed:
@@ -265,8 +271,6 @@ def cot_generation(
     mean_ablate = np.nan_to_num(np.nanmean(ref, axis=(0, 1))) if np.isfinite(ref).any() else np.zeros(U)
     rng = np.random.default_rng(seed)
     d_model = dims(model)["d_model"]
-    if not noise_scale > 0:
-        raise UsageError(f"noise_scale must be > 0 (got {noise_scale})")
     noise = noise_scale * rng.normal(-1.0, 1.0, size=(U, d_model))  # the repository's normal(-1, 1) per entry
     control = random_control(pairs, n_neurons, rng)
     plans = {"noise": _edits(pairs, noise=noise), "zero": _edits(pairs, values=np.zeros(U)),
