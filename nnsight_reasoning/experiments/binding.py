@@ -462,44 +462,25 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     model = run.model
     if contexts.n_pairs != 2:
         raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
-    located, T, cand = _null_queries(model, contexts)
+    located, _, cand = _null_queries(model, contexts)
     delta = _repository_deltas(run, contexts.estimate)[:, 0]  # (2, D, d): Δ_1
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
     rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)
     plan = [(i, v) for i in (1, 2, 3) for v in (0, 1)]  # (intervention, vector), none = the clean rows
+
+    def edits(entry, loc):  # +Δ at side 0, −Δ at side 1 of the entity (kind 0) and/or attribute (kind 1) tokens
+        iv, v = entry
+        vec = (delta, rand)[v]
+        kinds = [k for k, on in ((0, iv in (2, 3)), (1, iv in (1, 3))) if on]
+        return [((loc.entities, loc.attributes)[kind][side], sign * vec[kind]) for kind in kinds
+                for side, sign in ((0, 1.0), (1, -1.0))]
+
+    runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "mean interventions")
     logp = np.zeros((4, 2, 3, 2, len(contexts)))
-    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=3 + 3 * len(plan)), "mean interventions"):
-        ids = [located[3 * i + q].ids for i in chunk for q in range(3)]
-        answers = [cand[i] for i in chunk for _ in range(3)]
-        e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
-        for j, i in enumerate(chunk):
-            for iv, v in plan:
-                vec = (delta, rand)[v]
-                for q in range(3):
-                    row, clean = len(ids), 3 * j + q
-                    loc = located[3 * i + q]
-                    ids.append(loc.ids)
-                    answers.append(cand[i])
-                    frozen.append((row, clean, loc.context_end))
-                    kinds = [k for k, on in ((0, iv in (2, 3)), (1, iv in (1, 3))) if on]  # 0 entity, 1 attribute
-                    for kind in kinds:
-                        pos = (loc.entities, loc.attributes)[kind]
-                        for side, sign in ((0, 1.0), (1, -1.0)):
-                            e_rows.append(row)
-                            e_src.append(clean)
-                            e_pos.append(pos[side])
-                            e_add.append(sign * vec[kind])  # (D, d)
-        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
-                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
-                          freeze=_freeze_arg(frozen, T) if freeze else None)
-        lp = scores.log_probs.numpy()
-        k = 3 * len(chunk)
-        for j, i in enumerate(chunk):
-            logp[0, :, :, :, i] = lp[3 * j:3 * j + 3][None]  # none: the clean rows (both vector columns)
-            for iv, v in plan:
-                logp[iv, v, :, :, i] = lp[k:k + 3]
-                k += 3
+    logp[0] = runs[0][None]  # none: the clean rows (both vector columns)
+    for e, (iv, v) in enumerate(plan):
+        logp[iv, v] = runs[1 + e]
     right = np.full((4, 2, 3, len(contexts)), np.nan)  # (intervention, vector, query, prompt); null: NaN
     right[:, :, :2] = _calibrated_right(logp)
     return xr.Dataset(
@@ -550,6 +531,45 @@ def _calibrated_right(logp: np.ndarray) -> np.ndarray:
     return calibrated.argmax(axis=-2) == np.arange(2)[:, None]
 
 
+def _edited_runs(run: Run, located: Sequence[Located], cand: Sequence[list[int]], n_queries: int, plan: Sequence[Any],
+                 edits: Any, freeze: bool, label: str) -> np.ndarray:
+    """The vector interventions' shared runs: per context its ``n_queries`` clean prompts
+    (``located[n_queries · i + q]``) and, per entry of ``plan``, an edited copy of each, frozen
+    to its clean row; ``edits(entry, loc)`` lists the copy's (position, vector (D, d)) additions
+    to the clean values at every depth. Returns log-probabilities (1 + len(plan), query, answer,
+    context): index 0 the clean rows, 1 + e entry e's copies; passes within ``batch_size``."""
+    n_ctx = len(located) // n_queries
+    T = _one_length(located)
+    out = np.zeros((1 + len(plan), n_queries, len(cand[0]), n_ctx))
+    for jobs in run.steps(_passes(run, n_ctx, n_queries, len(plan), n_queries), label):
+        ids = [located[n_queries * i + q].ids for i, _ in jobs for q in range(n_queries)]
+        answers = [cand[i] for i, _ in jobs for _ in range(n_queries)]
+        e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
+        for j, (i, entries) in enumerate(jobs):
+            for e in entries:
+                for q in range(n_queries):
+                    row, clean, loc = len(ids), n_queries * j + q, located[n_queries * i + q]
+                    ids.append(loc.ids)
+                    answers.append(cand[i])
+                    frozen.append((row, clean, loc.context_end))
+                    for pos, vec in edits(plan[e], loc):
+                        e_rows.append(row)
+                        e_src.append(clean)
+                        e_pos.append(pos)
+                        e_add.append(vec.float())
+        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
+                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
+                          freeze=_freeze_arg(frozen, T) if freeze else None)
+        lp = scores.log_probs.numpy()
+        k = n_queries * len(jobs)
+        for j, (i, entries) in enumerate(jobs):
+            out[0, :, :, i] = lp[n_queries * j:n_queries * (j + 1)]
+            for e in entries:
+                out[1 + e, :, :, i] = lp[k:k + n_queries]
+                k += n_queries
+    return out
+
+
 def _freeze_arg(frozen: list[tuple[int, int, int]], T: int) -> tuple:
     """``edited_scores``' freeze argument from (row, clean row, context end) triples."""
     mask = torch.tensor([[t < end for t in range(T)] for _, _, end in frozen])
@@ -573,37 +593,19 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     delta = _repository_deltas(run, contexts.estimate)  # (kind, 2, D, d): Δ_1, Δ_2
     ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, D, d): Δ_0 = 0
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
-    T = _one_length(located)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
+
+    def edits(entry, loc):  # side i takes side π(i)'s binding ID
+        p, kind = entry
+        return [((loc.entities, loc.attributes)[kind][side], ids_[kind, CYCLES[p][side]] - ids_[kind, side])
+                for side in range(3)]
+
+    runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "cyclic swaps")
     logp = np.zeros((len(CYCLES), 3, 3, 3, len(contexts)))  # (cycle, target: control/entity/attribute, query, answer)
-    for chunk in run.steps(run.batches([T] * len(contexts), rows_per_item=3 + 3 * len(plan)), "cyclic swaps"):
-        ids = [located[3 * i + q].ids for i in chunk for q in range(3)]
-        answers = [cand[i] for i in chunk for _ in range(3)]
-        e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
-        for j, i in enumerate(chunk):
-            for p, kind in plan:
-                for q in range(3):
-                    row, clean = len(ids), 3 * j + q
-                    loc = located[3 * i + q]
-                    ids.append(loc.ids)
-                    answers.append(cand[i])
-                    frozen.append((row, clean, loc.context_end))
-                    for side in range(3):
-                        e_rows.append(row)
-                        e_src.append(clean)
-                        e_pos.append((loc.entities, loc.attributes)[kind][side])
-                        e_add.append(ids_[kind, CYCLES[p][side]] - ids_[kind, side])  # (D, d)
-        scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
-                          torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
-                          freeze=_freeze_arg(frozen, T) if freeze else None)
-        lp = scores.log_probs.numpy()
-        k = 3 * len(chunk)
-        for j, i in enumerate(chunk):
-            logp[:, 0, :, :, i] = lp[3 * j:3 * j + 3][None]
-            for p, kind in plan:
-                logp[p, 1 + kind, :, :, i] = lp[k:k + 3]
-                k += 3
+    logp[:, 0] = runs[0][None]
+    for e, (p, kind) in enumerate(plan):
+        logp[p, 1 + kind] = runs[1 + e]
     intended = np.zeros((len(CYCLES), 3, 3), np.int64)  # (cycle, target, query)
     for p, cyc in enumerate(CYCLES):
         inverse = [cyc.index(q) for q in range(3)]
@@ -644,7 +646,7 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     if contexts.n_pairs != 2 or len(contexts.estimate[0].entities) != 3:
         raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
                          "nr.tasks.binding_contexts(n, 2, n_estimate, estimate_pairs=3, split=True)")
-    located, T, cand = _null_queries(model, contexts)
+    located, _, cand = _null_queries(model, contexts)
     delta = _repository_deltas(run, contexts.estimate).double()  # (kind, 2, D, d)
     s0, s1 = delta[:, 0], delta[:, 1]
     unit = s0 / s0.norm()
@@ -652,34 +654,15 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     coords = [float((s1 * s0).sum() / (s0 * s0).sum()), float((s1 * ortho).sum() / (ortho * ortho).sum())]
     axis = np.linspace(-0.5, 1.5, grid)
     cells = [(r, xi, yi) for r in range(len(roots)) for xi in range(grid) for yi in range(grid)]
-    logp = np.zeros((len(roots), grid, grid, 3, 2, len(contexts)))
-    per_pass = max(1, run.batch_size // 3 - 1)  # grid cells per pass (3 query rows each, plus the clean rows)
-    for i in run.steps(range(len(contexts)), "subspace"):
-        for start in range(0, len(cells), per_pass):
-            part = cells[start:start + per_pass]
-            ids = [located[3 * i + q].ids for q in range(3)]
-            answers = [cand[i]] * 3
-            e_rows, e_src, e_pos, e_add, frozen = [], [], [], [], []
-            for r, xi, yi in part:
-                r0, r1 = roots[r]
-                side_vec = (r0 * s0 + r1 * ortho, -s0 + axis[xi] * s0 + axis[yi] * ortho)  # (kind, D, d) each
-                for q in range(3):
-                    row, loc = len(ids), located[3 * i + q]
-                    ids.append(loc.ids)
-                    answers.append(cand[i])
-                    frozen.append((row, q, loc.context_end))
-                    for kind, pos in ((0, loc.entities), (1, loc.attributes)):
-                        for side in (0, 1):
-                            e_rows.append(row)
-                            e_src.append(q)
-                            e_pos.append(pos[side])
-                            e_add.append(side_vec[side][kind].float())
-            scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
-                              torch.tensor(e_src), torch.tensor(e_pos), torch.stack(e_add, 1),
-                              freeze=_freeze_arg(frozen, T) if freeze else None)
-            lp = scores.log_probs.numpy()
-            for k, (r, xi, yi) in enumerate(part):
-                logp[r, xi, yi, :, :, i] = lp[3 + 3 * k:6 + 3 * k]
+
+    def edits(cell, loc):  # side 0 at the root, side 1 at (x, y), both kinds
+        r, xi, yi = cell
+        side_vec = (roots[r][0] * s0 + roots[r][1] * ortho, -s0 + axis[xi] * s0 + axis[yi] * ortho)
+        return [((loc.entities, loc.attributes)[kind][side], side_vec[side][kind]) for kind in (0, 1)
+                for side in (0, 1)]
+
+    runs = _edited_runs(run, located, cand, 3, cells, edits, freeze, "subspace")
+    logp = runs[1:].reshape(len(roots), grid, grid, *runs.shape[1:])
     right = _calibrated_right(logp)  # (root, x, y, query, prompt)
     return xr.Dataset(
         {"subspace_logprob": (("root", "x", "y", "query", "answer", "prompt"), logp, {"units": "nats"}),
