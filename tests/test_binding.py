@@ -231,6 +231,14 @@ def _resid_pre_run(hf, ids, position_ids=None, edit=None):
     return logp, torch.stack(seen)
 
 
+def _pair(which, request, tiny_model_dir, embedded_model):
+    """(nnsight model, plain HF model): the embedded NeoX, or a tiny model of family ``which``."""
+    if which == "neox":
+        return embedded_model, request.getfixturevalue("neox_hf")
+    path = tiny_model_dir(which)
+    return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
 @pytest.fixture(scope="module")
 def neox_hf():
     return AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
@@ -239,11 +247,7 @@ def neox_hf():
 @pytest.mark.parametrize("which", ["neox", "llama"])
 @pytest.mark.parametrize("family", ["capitals", "cities"])
 def test_factorization_by_side_matches_a_frozen_context_run(which, family, request, tiny_model_dir, embedded_model):
-    if which == "neox":
-        model, hf = embedded_model, request.getfixturevalue("neox_hf")
-    else:
-        path = tiny_model_dir("llama")
-        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(3, 2, 2, seed=5, family=family)
     ds = nr.binding(model, data, measure="factorization", batch_size=40, progress=False)
     tok = model.tokenizer
@@ -286,11 +290,7 @@ def test_position_sweep_matches_shifted_position_ids_with_a_frozen_context(which
     """Rotary models (the repository's): only the keys the question reads move. GPT-2 adds its
     learned positions to the first layer's input, which the freeze leaves as it is (the shift
     would vanish otherwise); from the first layer's output on the context is frozen."""
-    if which == "neox":
-        model, hf = embedded_model, request.getfixturevalue("neox_hf")
-    else:
-        path = tiny_model_dir("gpt2")
-        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(2 if which == "gpt2" else 1, 2, 2, seed=6, family="capitals")
     ds = nr.binding(model, data, measure="position", max_offset=3, batch_size=64, progress=False)
     tok = model.tokenizer
@@ -339,11 +339,7 @@ def test_cli_factorization_and_position_write_their_figures(tmp_path):
 
 @pytest.mark.parametrize("which", ["neox", "llama"])
 def test_mean_interventions_with_the_repository_estimator(which, request, tiny_model_dir, embedded_model):
-    if which == "neox":
-        model, hf = embedded_model, request.getfixturevalue("neox_hf")
-    else:
-        path = tiny_model_dir("llama")
-        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(2, 2, 3, seed=7, family="capitals", split=True)
     train = set(nr.tasks.binding.FAMILIES["capitals"].entities[:20])
     assert all(set(c.entities) <= train for c in data.estimate) and not any(set(c.entities) & train for c in data)
@@ -416,11 +412,7 @@ def test_cli_means_uses_split_words_and_summarizes(tmp_path):
 
 @pytest.mark.parametrize("which", ["neox", "llama"])
 def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embedded_model):
-    if which == "neox":
-        model, hf = embedded_model, request.getfixturevalue("neox_hf")
-    else:
-        path = tiny_model_dir("llama")
-        model, hf = nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+    model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(2, 3, 2, seed=8, family="cities", split=True)
     ds = nr.binding(model, data, measure="cyclic", batch_size=64, progress=False)
     tok = model.tokenizer
