@@ -187,6 +187,12 @@ def dims(model: Any) -> dict[str, int]:
             "head_dim": int(head_dim) if head_dim else d_model // n_heads, "n_neurons": int(n_neurons)}
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions the model takes (its config's ``max_position_embeddings``; GPT-2's
+    ``n_positions`` answers to that name), or None where the config sets none."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None) or None
+
+
 def final_norm_spec(model: Any) -> tuple[bool, float, float]:
     """Whether the final norm centres its input, its gain offset (the norm multiplies by
     offset + weight) and its epsilon."""

@@ -26,7 +26,7 @@ import torch
 from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
-from ..sites import SITES, architecture, dims, resolve
+from ..sites import SITES, architecture, context_length, dims, resolve
 from ..tasks.base import single_token_id
 from . import packed, trace_ops
 from .trace_ops import (batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
@@ -509,7 +509,7 @@ def _encode(model: Any, texts: Sequence[str], offsets: bool) -> list[tuple[list[
     for t in texts:
         enc = model.tokenizer(t, return_offsets_mapping=offsets)
         out.append((list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []))
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     longest = max((len(ids) for ids, _ in out), default=0)
     if limit and longest > limit:
         raise UsageError(f"a prompt is {longest} tokens, longer than this model's context of {limit}; "

@@ -37,6 +37,7 @@ from .. import backend
 from ..backend import resid as _br
 from ..errors import UsageError
 from ..runner import Run, experiment
+from ..sites import context_length
 from ..tasks.binding import BindingContext, BindingContexts
 
 INTERVENTIONS = ("entity", "attribute")
@@ -364,7 +365,7 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     model = run.model
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
     T = _one_length(located)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or T
+    limit = context_length(model) or T
     spans = {}
     for target, key in (("entity", "entities"), ("attribute", "attributes")):
         p0 = {getattr(r, key)[0] for r in located}

@@ -50,10 +50,10 @@ from ..backend import generation as _bg
 from ..backend import neurons as _bn
 from ..errors import UsageError
 from ..runner import Run, experiment, named
-from ..sites import dims
+from ..sites import context_length, dims
 from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
-from .neurons import (CONCEPT_TOKENS, CONCEPTS, concept_labels, concept_matches, concept_min_layer, parse_units,
-                      random_control)
+from .neurons import (CONCEPT_TOKENS, CONCEPTS, _check_units, concept_labels, concept_matches, concept_min_layer,
+                      parse_units, random_control)
 
 ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
 SELECT = ("concepts", "frequency")
@@ -113,7 +113,7 @@ def _read_steps(tokenizer: Any, tokens: torch.Tensor, style: Any) -> tuple[list[
 def _generate(run: Run, prompts: Sequence[GenPrompt], max_new_tokens: int, **kw: Any) -> list[tuple[list[int], Any]]:
     """Generation in batches of ``run.batch_size`` rows (any lengths: rows are left-padded)."""
     ids = backend.tokenize(run.model, [p.prompt for p in prompts])
-    limit = getattr(run.model.config, "max_position_embeddings", None)
+    limit = context_length(run.model)
     if limit is not None and max(map(len, ids)) + max_new_tokens > limit:
         raise UsageError(f"the longest prompt ({max(map(len, ids))} tokens) plus max_new_tokens={max_new_tokens} "
                          f"exceeds the model's context of {limit}; lower max_new_tokens or use fewer exemplars")
@@ -212,17 +212,9 @@ def cot_generation(
                       noise_scale, n_neurons)
     if labeller is not None and not callable(labeller):
         raise UsageError(f"labeller must be a function of the promoted tokens (got {type(labeller).__name__})")
-    fixed = None if units is None else parse_units(units)
-    if fixed is not None and not fixed:
-        raise UsageError("units is empty; give at least one (layer, neuron), or None to discover them")
-    if fixed is not None:
-        n_layers = dims(model)["n_layers"]
-        for li, nn in fixed:
-            if not (0 <= li < n_layers and 0 <= nn < n_neurons):
-                raise UsageError(f"unit L{li}N{nn} is out of range (the model has {n_layers} layers of "
-                                 f"{n_neurons} neurons)")
-    style, n = prompts.style, len(prompts)
     n_layers = dims(model)["n_layers"]
+    fixed = None if units is None else _check_units(parse_units(units), list(range(n_layers)), n_neurons)
+    style, n = prompts.style, len(prompts)
     S, V = max_new_tokens, len(variants)
     kinds = ["none", *dict.fromkeys(ablations)]
     generated = np.full((len(kinds), V, n), "", dtype=object)
