@@ -212,14 +212,17 @@ def _batch(info: Any, tok: Any, model: Any, step: int, n: int, seed: int, params
     examples = info.examples(n, seed=seed * 1_000_003 + step, tokenizer=tok, **params)
     ids = backend.tokenize(model, [e.prompt for e in examples])
     single = [backend.answer_token(model, e.answer) for e in examples]
+    multi = [k for k, a in enumerate(single) if a is None]  # answers of several tokens follow their prompt
+    joined = backend.tokenize(model, [examples[k].prompt + (examples[k].answer if examples[k].answer[:1].isspace()
+                                                            else " " + examples[k].answer) for k in multi])
+    continued = dict(zip(multi, joined))
     rows, targets = [], []
-    for e, x, a in zip(examples, ids, single):
+    for k, (e, x, a) in enumerate(zip(examples, ids, single)):
         if a is not None:
             rows.append(x)
             targets.append([-100] * (len(x) - 1) + [a])
             continue
-        joined = e.prompt + (e.answer if e.answer[:1].isspace() else " " + e.answer)
-        full = backend.tokenize(model, [joined])[0]
+        full = continued[k]
         if full[: len(x)] != x or len(full) == len(x):
             raise UsageError(f"the answer {e.answer[:40]!r} does not tokenise as a continuation of its prompt")
         rows.append(full[:-1])  # the last answer token is only predicted

@@ -122,6 +122,11 @@ def _trace_generate(model, ids, mask, max_new_tokens, pad, plan, transposed, ran
                                          min_new_tokens=0, do_sample=False, num_beams=1, eos_token_id=None,
                                          pad_token_id=pad, remote=remote, backend=backend) as tracer:
         steps = nnsight.save([])
+        dirs, norms = [], []  # each layer's output directions (N, d) and their norms, read once for every step
+        if ranking is not None:
+            for mod, set_idx, set_val, noise_idx, noise in plan:
+                dirs.append(neuron_directions(mod.weight.double(), transposed))
+                norms.append(dirs[-1].norm(dim=-1))
         for step in tracer.iter[:max_new_tokens]:
             acts = []
             for mod, set_idx, set_val, noise_idx, noise in plan:
@@ -134,9 +139,6 @@ def _trace_generate(model, ids, mask, max_new_tokens, pad, plan, transposed, ran
             a = torch.stack(acts, 1).double()  # (b, L, N)
             top = None
             if ranking == "algorithm_one":
-                norms = []
-                for mod, set_idx, set_val, noise_idx, noise in plan:
-                    norms.append(neuron_directions(mod.weight.double(), transposed).norm(dim=-1))
                 top = (a.abs() * torch.stack(norms)).topk(top_k, -1)
             elif ranking == "direct_contribution":
                 final, unembed, center, eps, gain_offset = lens
@@ -146,8 +148,8 @@ def _trace_generate(model, ids, mask, max_new_tokens, pad, plan, transposed, ran
                 if center:
                     v = centred(v)
                 proj = []
-                for mod, set_idx, set_val, noise_idx, noise in plan:
-                    proj.append(v @ neuron_directions(mod.weight.double(), transposed).T)  # (b, N)
+                for d in dirs:
+                    proj.append(v @ d.T)  # (b, N)
                 top = (a * torch.stack(proj, 1) / scale[:, None, None]).topk(top_k, -1)
             rec = a[:, unit_layer, unit_neuron] if len(unit_layer) else None
             steps.append((top, None, rec))
