@@ -11,7 +11,6 @@ scores from ``nr.head_scores`` on repeated random tokens.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +33,8 @@ EVALS: dict[str, tuple[str, dict]] = {  # card row -> (task, parameters)
     "factual_recall": ("factual_recall", {}),
     "kth_smallest": ("kth_smallest", {}),
     "kth_smallest_8": ("kth_smallest", {"length": 8}),
+    # MechanisticProbe's own format: 16 numbers alone, with repeats, the second smallest (--stask min01)
+    "kth_smallest_repository": ("kth_smallest", {"style": "repository", "length": 16, "k": 2}),
     "ioi_abba": ("ioi", {"order": "ABBA"}),
     "ioi_baba": ("ioi", {"order": "BABA"}),
     "greater_than": ("greater_than", {}),
@@ -142,6 +143,40 @@ def neurons(model) -> dict:
             "units": [f"L{int(l)}N{int(n)}" for l, n in zip(ds["layer"].values, ds["neuron"].values)]}
 
 
+GENERATION_DATA = {"n_prompts": 50, "variants": ["cot", "equation_only", "text_only", "standard"], "seed": 0}
+GENERATION_ABLATIONS = ("zero", "random_zero")
+
+
+def generation(model, units: list[str]) -> dict:
+    """Rai & Yao's generation pipeline (``nr.cot_generation``): the model writes its own chain of
+    thought from the shipped exemplars; accuracy of the parsed final answer per prompt type,
+    with the neurons found while it reasons zeroed, and as many random ones zeroed. When it
+    writes no correct chain of thought there is nothing to discover on, and ``units`` (those
+    ``nr.neurons`` found) are ablated instead."""
+    data = nr.tasks.cot_generation(**GENERATION_DATA)
+    try:
+        ds, found = nr.cot_generation(model, data, ablations=GENERATION_ABLATIONS, progress=False), "generation"
+    except nr.UsageError:  # no correct chain of thought to discover neurons on
+        ds, found = nr.cot_generation(model, data, ablations=GENERATION_ABLATIONS, units=units, progress=False), "neurons"
+    acc = ds["accuracy"]
+    return {"accuracy": {str(a): {str(v): round(float(acc.sel(ablation=a, variant=v)), 4) for v in acc.variant.values}
+                         for a in acc.ablation.values},
+            "units": [f"L{int(l)}N{int(n)}" for l, n in zip(ds["unit_layer"].values, ds["unit_neuron"].values)],
+            "units_from": found}
+
+
+def _generation_targets(gen: dict | None) -> list[tuple[str, float, str]]:
+    """Rai & Yao's claim on the model's own chains of thought: full and equation-only CoT answer
+    well, the text-only and standard (answer-only exemplars) prompts clearly worse."""
+    if not gen:
+        return []
+    g = gen["accuracy"]["none"]
+    return [("CoT generation, full", g["cot"], ">= 0.8"), ("CoT generation, equation-only", g["equation_only"], ">= 0.8"),
+            ("CoT generation, text-only below equation-only - 0.2", g["text_only"],
+             f"<= {g['equation_only'] - 0.2:.2f}"),
+            ("CoT generation, standard below equation-only - 0.2", g["standard"], f"<= {g['equation_only'] - 0.2:.2f}")]
+
+
 # The issue's targets, checked on the measurements above: (what, value at main, the bound).
 def targets(card: dict) -> list[tuple[str, float, str, bool]]:
     a, p, h, pt = card["accuracy"]["main"], card["mean_p_answer"]["main"], card["head_scores"], card["patching"]
@@ -156,6 +191,7 @@ def targets(card: dict) -> list[tuple[str, float, str, bool]]:
             ("number retrieval", a["number_retrieval"], ">= 0.9"),
             ("factual recall", a["factual_recall"], ">= 0.9"),
             ("k-th smallest of 8", a["kth_smallest_8"], ">= 0.8"),
+            ("k-th smallest, repository format (16 numbers)", a["kth_smallest_repository"], ">= 0.8"),
             ("IOI ABBA", a["ioi_abba"], ">= 0.9"), ("IOI BABA", a["ioi_baba"], ">= 0.9"),
             ("greater-than", a["greater_than"], ">= 0.9"), ("sentiment", a["sentiment"], ">= 0.9")]
     rows += [(f"binding {k[8:]}", a[k], ">= 0.8" if k.endswith("_3") else ">= 0.9") for k in a if k.startswith("binding_")]
@@ -165,6 +201,7 @@ def targets(card: dict) -> list[tuple[str, float, str, bool]]:
     rows += [("CoT full", a["cot_full"], ">= 0.8"), ("CoT equation-only", a["cot_equation_only"], ">= 0.8"),
              ("CoT text-only below equation-only - 0.2", a["cot_text_only"], f"<= {a['cot_equation_only'] - 0.2:.2f}"),
              ("no CoT below equation-only - 0.2", a["cot_no_cot"], f"<= {a['cot_equation_only'] - 0.2:.2f}"),
+             *_generation_targets(card.get("generation")),
              ("best induction head at main", h["main"]["induction"]["max"], ">= 0.5"),
              ("best previous-token head at main", h["main"]["previous_token"]["max"], ">= 0.5"),
              ("best induction head at step0 (chance + 0.1)", h["step0"]["induction"]["max"], f"<= {chance + 0.1:.2f}")]
@@ -202,12 +239,14 @@ def main() -> None:
     atp["main"] = {v: patch[f"r_{v}_ig1"] for v in ("attn", "mlp")}
     print("patching", json.dumps(patch), flush=True)
     circ, neur = circuits(model), neurons(model)
-    print("circuits", json.dumps(circ), "neurons", json.dumps(neur), flush=True)
+    gen = generation(model, neur["units"])
+    print("circuits", json.dumps(circ), "neurons", json.dumps(neur), "generation", json.dumps(gen), flush=True)
     card = {"parameters": sum(p.numel() for p in model._module.parameters()), "n_prompts": N, "seed": SEED,
             "evals": {k: {"task": t, "params": p} for k, (t, p) in EVALS.items()}, "accuracy": acc,
             "mean_p_answer": p_answer, "head_scores": heads, "head_data": HEAD_DATA, "patching": patch,
             "attribution_r": atp, "patch_data": PATCH_DATA,
             "circuits": circ, "circuit_data": {**CIRCUIT_DATA, "sizes": list(CIRCUIT_SIZES)}, "neurons": neur,
+            "generation": gen, "generation_data": {**GENERATION_DATA, "ablations": list(GENERATION_ABLATIONS)},
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
             "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
@@ -225,6 +264,18 @@ def _neuron_table(nd: dict) -> str:
     rows = [*nd["accuracy"], "mean activation"]
     value = lambda v, row: nd["accuracy"][row][v] if row in nd["accuracy"] else nd["activation"][v]  # noqa: E731
     return _table(rows, list(nd["activation"]), lambda v, row: f"{value(v, row):.2f}")
+
+
+def _generation(card: dict) -> str:
+    if "generation" not in card:
+        return ""
+    g, d = card["generation"], card["generation_data"]
+    table = _table(list(g["accuracy"]), d["variants"], lambda v, a: f"{g['accuracy'][a][v]:.2f}")
+    which = (f"{len(g['units'])} neurons found while it reasons" if g["units_from"] == "generation" else
+             f"it wrote no correct one to find neurons on, so the {len(g['units'])} that `nr.neurons` found")
+    return (f"\nThe model's own chains of thought (`nr.cot_generation`, {d['n_prompts']} problems, the shipped "
+            f"exemplars, greedy decoding): accuracy of the final answer per prompt type; {which}, "
+            f"zeroed (`zero`), and as many random ones zeroed (`random_zero`):\n{table}")
 
 
 def _curriculum(t: dict) -> str:
@@ -309,7 +360,7 @@ EAP-IG (5 steps) on {card['circuit_data']['n_prompts']} arithmetic pairs: circui
 CoT neurons (`nr.neurons` on 100 problems): {len(card['neurons']['units'])} discovered
 ({', '.join(card['neurons']['units'])}). Accuracy per ablation and variant, and the discovered
 neurons' mean activation at the answer position:
-{_neuron_table(card['neurons'])}
+{_neuron_table(card['neurons'])}{_generation(card)}
 ## Accuracy per revision (next-token top-1, {card['n_prompts']} prompts each, seed {card['seed']})
 {acc}
 ## Mean P(answer) at main

@@ -30,6 +30,22 @@ Recipe, and why:
   the curriculum ends on the measured accuracy, not at a fixed step.
 - Revisions like Pythia's: step0, then powers of two below --every (1, 2, 4, …, 256), then
   every --every steps, and main at the end.
+
+A trial for the next model (2026-11-30, not shipped; 2 threads, 82 min): three tasks this
+script defines but the default mixture leaves out, with ``--mix arithmetic=184,
+number_retrieval=24,factual_recall=16,kth_smallest=40,kth_repository=24,ioi=32,greater_than=16,
+sentiment=12,binding=64,binding_gaps=24,binding_reverse=40,cot_solution=16,
+repeated_tokens=40 --weights repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2``
+(``cot_solution`` in place of ``cot``; the reversed queries said "Who"). Measured at main, 500
+prompts: ``shapes`` 1.00 with 2 and 3 entities (v2: 0.48 / 0.33; ``binding_reverse`` training
+accuracy rose from chance at mixture step ~900 to 0.97), MechanisticProbe's format 0.986, every
+other binding, arithmetic, IOI, k-th smallest, greater-than and sentiment target kept. But CoT
+collapsed: finishing a gold solution 0.04 (v2: 1.00), writing its own 0.06. A task's loss is the
+mean over its answer tokens, so a solution's ~20 target tokens share the weight one token gets
+in the other tasks, and the one that matters (the result after "=") got a twentieth of it.
+Next: keep ``cot`` and add ``cot_solution`` weighted up; with the reversed rung in the
+curriculum too (48 per step), the forward rung stalled (0.59 at step 1,000) and the reversed
+one stayed at chance, so it belongs in the mixture.
 """
 from __future__ import annotations
 
@@ -139,6 +155,13 @@ def kth_smallest(rng: random.Random) -> Segments:
     return [(ex.prompt, ex.answer)]
 
 
+def kth_repository(rng: random.Random) -> Segments:
+    """MechanisticProbe's own format (``src/utils.py:395-416``): 16 numbers alone, drawn with
+    repeats, answered by the second smallest (``--stask min01``, the repository's default k)."""
+    p = K.repository_prompt(rng.choices(range(100), k=16), 2)
+    return [(p.text, p.answer)]
+
+
 def ioi(rng: random.Random) -> Segments:
     ex = I.sample_ioi(rng, rng.choice(I.IOI_TEMPLATES), rng.choice(["ABBA", "BABA"]))
     return [(ex.prompt, ex.answer)]
@@ -183,6 +206,24 @@ def binding_gaps(rng: random.Random, max_queries: int = 4, max_gap: int = 5) -> 
         (f". {say(names[k])}", cities[k]) for k in ks[1:]]
 
 
+def binding_reverse(rng: random.Random, max_queries: int = 4, max_gap: int = 5) -> Segments:
+    """A training aid for attribute-first statements (``shapes``: "The star is red ." asked by
+    the colour): the statements of :func:`binding_gaps` asked in reverse, "Which lives in Paris
+    ?" -> "Alice" (the trial in the module doc asked "Who …"; "Which" keeps the shipped
+    vocabulary). The answer comes *before* the word the query names, so copying what followed
+    an earlier occurrence (induction) cannot answer it; the model has to read the entity it
+    carried forward to the attribute's position. In the v2 recipe, which had no such rung,
+    ``shapes`` stayed at chance for 3,000 steps while every entity-first family bound. Not in
+    the default mixture yet (see the trial in the module doc)."""
+    filler = " ".join("lives in the city of".split()[: rng.randint(0, max_gap)])
+    n = rng.choice([2, 3, 4])
+    names, cities = rng.sample(W.NAMES, n), rng.sample(W.CITIES, n)
+    context = " ".join(f"{f'{e} {filler}'.strip()} {a} ." for e, a in zip(names, cities))
+    ask = lambda k: " ".join(w for w in ("Which", filler, cities[k], "?") if w)  # noqa: E731
+    ks = [rng.randrange(n) for _ in range(rng.randint(1, max_queries))]
+    return [(f"{context} {ask(ks[0])}", names[ks[0]])] + [(f". {ask(k)}", names[k]) for k in ks[1:]]
+
+
 def cot(rng: random.Random) -> Segments:
     """Worked solutions in the full and equation-only variants (text-only and no-CoT are not
     trained: Rai & Yao compare them as the weaker prompts)."""
@@ -193,10 +234,19 @@ def cot(rng: random.Random) -> Segments:
     return [(f"{prefix}Q : {p.question} A : {C.query(p, variant)}", p.answer)]
 
 
+def cot_solution(rng: random.Random) -> Segments:
+    """Word problems answered by their whole worked solution, every token a target (0-2 solved
+    exemplars; full or equation-only), so the model writes its own chain of thought
+    (``nr.cot_generation``). Not in the default mixture: see the trial in the module doc."""
+    ex = C.solution_example(rng)
+    return [(ex.prompt, ex.answer)]
+
+
 TASKS: dict[str, Callable[[random.Random], Segments]] = {
     "arithmetic": arithmetic, "number_retrieval": number_retrieval, "factual_recall": factual_recall,
     "kth_smallest": kth_smallest, "ioi": ioi, "greater_than": greater_than, "sentiment": sentiment,
-    "binding": binding, "binding_gaps": binding_gaps, "cot": cot,
+    "binding": binding, "binding_gaps": binding_gaps, "binding_reverse": binding_reverse, "cot": cot,
+    "cot_solution": cot_solution, "kth_repository": kth_repository,
     "binding_short": lambda rng: binding_gaps(rng, max_gap=2),  # gaps 0-2: the first rung of the curriculum
 }
 

@@ -275,6 +275,17 @@ def cot_variants(n_prompts: int = 200, variants: Sequence[str] = VARIANTS, *, n_
     return CotVariants("cot_arithmetic", params, {v: tuple(p) for v, p in sets.items()})
 
 
+def solution_example(rng: random.Random, variant: str = "mixed", max_shots: int = 2, n_steps: int = 0,
+                     max_n: int = 20) -> Example:
+    """One example of :func:`cot_solution_examples` drawn from ``rng`` (the embedded model's
+    training script draws its chain-of-thought sequences with it)."""
+    v = rng.choice(["full", "equation_only"]) if variant == "mixed" else variant
+    shots = [sample_problem(rng, n_steps or rng.randint(1, 3), max_n) for _ in range(rng.randint(0, max_shots))]
+    p = sample_problem(rng, n_steps or rng.randint(1, 3), max_n)
+    text = " ".join(f"Q : {s.question} A : {solution(s, v)}" for s in shots)
+    return Example(f"{text} Q : {p.question} A :".strip(), solution(p, v))
+
+
 def cot_solution_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, variant: str = "mixed",
                           max_shots: int = 2, n_steps: int = 0, max_n: int = 20) -> list[Example]:
     """Word problems whose answer is the whole worked solution (several tokens): 0 to
@@ -289,14 +300,7 @@ def cot_solution_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = N
     check_range("n_steps", n_steps, 0, 3)
     check_range("max_n", max_n, 2, 30)
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        v = rng.choice(["full", "equation_only"]) if variant == "mixed" else variant
-        shots = [sample_problem(rng, n_steps or rng.randint(1, 3), max_n) for _ in range(rng.randint(0, max_shots))]
-        p = sample_problem(rng, n_steps or rng.randint(1, 3), max_n)
-        text = " ".join(f"Q : {s.question} A : {solution(s, v)}" for s in shots)
-        out.append(Example(f"{text} Q : {p.question} A :".strip(), solution(p, v)))
-    return out
+    return [solution_example(rng, variant, max_shots, n_steps, max_n) for _ in range(n)]
 
 
 register(TaskInfo("cot_solution", "word problems answered by their whole worked solution (fine-tuning data for "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -105,15 +104,29 @@ def test_model_card_numbers_are_reproducible(rev):
     assert "| arithmetic | " in (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
+def _script(name: str):
+    """A module of scripts/ (the card and training scripts are not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, embedded.ROOT.parents[1] / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.mark.slow
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
-    import importlib.util
+    assert _script("make_model_card").patching(nr.load_model()) == embedded.card()["patching"]
 
-    spec = importlib.util.spec_from_file_location("card", embedded.ROOT.parents[1] / "scripts" / "make_model_card.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.patching(nr.load_model()) == embedded.card()["patching"]
+
+@pytest.mark.slow
+def test_model_card_generation_numbers_are_reproducible():
+    """The card's chain-of-thought generation figures (nr.cot_generation: accuracy per prompt
+    type and ablation, the neurons found) re-measured; tests/test_cot_generation.py checks the
+    pipeline itself against a plain greedy loop."""
+    card = embedded.card()
+    assert _script("make_model_card").generation(nr.load_model(), card["neurons"]["units"]) == card["generation"]
 
 
 def _within(value: float, bound: str) -> bool:
@@ -192,3 +205,32 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert meta["curriculum_learnt_at"] is None
     step2 = json.loads((tmp_path / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
+
+
+def test_training_sequences_answer_what_their_context_states():
+    """The training tasks the next embedded model needs (scripts/train_embedded.py's trial),
+    re-derived from each sequence's own text: a reversed
+    binding query is answered by the entity stated before the queried city; the repository-
+    format list by its second smallest number; a word problem by its worked solution, whose
+    every equation holds and whose last number is the answer. Every word is in the vocabulary."""
+    import random
+    import re
+
+    script = _script("train_embedded")
+    tok, rng = script.build_tokenizer(), random.Random(0)
+    for _ in range(200):
+        segments = script.binding_reverse(rng)
+        context = segments[0][0].split(" Which ")[0]
+        said = {s.split()[-1]: s.split()[0] for s in context.rstrip(" .").split(" . ")}  # city -> the person stating it
+        for text, answer in segments:
+            assert said[text.rstrip(" ?").split()[-1]] == answer, segments
+        script.encode(tok, segments)  # raises on an out-of-vocabulary word
+        [(text, answer)] = script.kth_repository(rng)
+        numbers = [int(x) for x in text.split()]
+        assert len(numbers) == 16 and int(answer) == sorted(numbers)[1]
+        [(question, solution)] = script.cot_solution(rng)
+        assert question.endswith("A :")
+        for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", solution):
+            assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)), solution
+        assert re.search(r"The result is (\d+) \.$", solution)
+        script.encode(tok, [(question, solution)])
