@@ -209,10 +209,10 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
 
 def test_training_sequences_answer_what_their_context_states():
     """The training tasks the next embedded model needs (scripts/train_embedded.py's trial),
-    re-derived from each sequence's own text: a reversed
-    binding query is answered by the entity stated before the queried city; the repository-
-    format list by its second smallest number; a word problem by its worked solution, whose
-    every equation holds and whose last number is the answer. Every word is in the vocabulary."""
+    re-derived from each sequence's own text: a reversed binding query is answered by the
+    entity stated before the queried city; the repository-format list by its second smallest
+    number; a word problem by its worked solution, whose every equation holds and whose stated
+    result is its last equation's. Every word is in the vocabulary."""
     import random
     import re
 
@@ -230,7 +230,8 @@ def test_training_sequences_answer_what_their_context_states():
         assert len(numbers) == 16 and int(answer) == sorted(numbers)[1]
         [(question, solution)] = script.cot_solution(rng)
         assert question.endswith("A :")
-        for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", solution):
+        equations = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", solution)
+        for a, op, b, c in equations:
             assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)), solution
-        assert re.search(r"The result is (\d+) \.$", solution)
+        assert solution.endswith(f"The result is {equations[-1][3]} ."), solution
         script.encode(tok, [(question, solution)])

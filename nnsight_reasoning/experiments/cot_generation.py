@@ -201,10 +201,11 @@ def cot_generation(
     - ``top_neuron`` / ``top_score`` (variant, prompt, step, layer, rank): the ranking;
     - ``candidate_layer`` / ``candidate_neuron`` / ``candidate_frequency`` /
       ``candidate_concepts`` (candidate): every neuron ranked on a correct ``discover_on`` step;
-    - per unit (coords ``unit_layer``, ``unit_neuron``, ``control_layer``, ``control_neuron``): ``frequency``, ``promoted`` /
-      ``promoted_logit`` (unit, token_rank), ``concept_matches`` (unit, concept),
-      ``concepts``, ``label`` (with ``labeller``), ``activation`` (variant, prompt, step, unit;
-      NaN past ``n_read``) and ``mean_activation`` (variant, unit).
+    - per unit (coords ``unit_layer``, ``unit_neuron`` and the random baseline's
+      ``control_layer``, ``control_neuron``): ``frequency``, ``promoted`` / ``promoted_logit``
+      (unit, token_rank), ``concept_matches`` (unit, concept), ``concepts``, ``label`` (with
+      ``labeller``), ``activation`` (variant, prompt, step, unit; NaN past ``n_read``) and
+      ``mean_activation`` (variant, unit).
     """
     model = run.model
     n_neurons = dims(model)["n_neurons"]
