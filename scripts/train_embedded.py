@@ -43,9 +43,13 @@ other binding, arithmetic, IOI, k-th smallest, greater-than and sentiment target
 collapsed: finishing a gold solution 0.04 (v2: 1.00), writing its own 0.06. A task's loss is the
 mean over its answer tokens, so a solution's ~20 target tokens share the weight one token gets
 in the other tasks, and the one that matters (the result after "=") got a twentieth of it.
-Next: keep ``cot`` and add ``cot_solution`` weighted up; with the reversed rung in the
-curriculum too (48 per step), the forward rung stalled (0.59 at step 1,000) and the reversed
-one stayed at chance, so it belongs in the mixture.
+Next: keep ``cot`` and add ``cot_solution`` weighted up, e.g. ``--mix arithmetic=176,
+number_retrieval=24,factual_recall=16,kth_smallest=32,kth_repository=24,ioi=32,greater_than=16,
+sentiment=12,binding=56,binding_gaps=16,binding_reverse=32,cot=16,cot_solution=12,
+repeated_tokens=32 --weights repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,
+cot_solution=8`` (13.7k tokens per step, as the default mixture's 13.8k: about the same time).
+With the reversed rung in the curriculum too (48 per step), the forward rung stalled (0.59 at
+step 1,000) and the reversed one stayed at chance, so it belongs in the mixture.
 """
 from __future__ import annotations
 
