@@ -47,13 +47,11 @@ import xarray as xr
 
 from .. import backend
 from ..backend import generation as _bg
-from ..backend import neurons as _bn
 from ..errors import UsageError
 from ..runner import Run, experiment, named
 from ..sites import context_length, dims
 from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
-from .neurons import (CONCEPT_TOKENS, CONCEPTS, _check_units, concept_labels, concept_matches, concept_min_layer,
-                      parse_units, random_control)
+from .neurons import CONCEPTS, _check_units, describe_units, parse_units, random_control
 
 ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
 SELECT = ("concepts", "frequency")
@@ -140,14 +138,10 @@ def _units_found(run: Run, top: np.ndarray, n_read: np.ndarray, correct: np.ndar
     freq = counts / total
     cand = [(li, nn) for li, nn in zip(*np.nonzero(counts))]
     cand.sort(key=lambda u: (-freq[u], u))
-    ids, vals = run.call(_bn.neuron_logit_lens, [li for li, _ in cand], [nn for _, nn in cand],
-                         max(n_tokens, CONCEPT_TOKENS))
-    matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
-    first = concept_min_layer(n_layers)
-    concepts = concept_labels(matches, [li for li, _ in cand], first)
-    keep = [k for k, u in enumerate(cand) if (concepts[k] if select == "concepts" else freq[u] >= min_frequency - 1e-12)]
-    return {"cand": cand, "freq": np.array([freq[u] for u in cand]), "ids": ids, "vals": vals, "matches": matches,
-            "concepts": concepts, "keep": keep, "first": first}
+    desc = describe_units(run, cand, n_tokens)
+    keep = [k for k, u in enumerate(cand)
+            if (desc.concepts[k] if select == "concepts" else freq[u] >= min_frequency - 1e-12)]
+    return {"cand": cand, "freq": np.array([freq[u] for u in cand]), "desc": desc, "keep": keep}
 
 
 def _sweep_units(run: Run, prompts: Any, **options: Any) -> list[tuple[int, int]]:
@@ -308,16 +302,11 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
     if found is not None:
         index = {u: k for k, u in enumerate(found["cand"])}
         ks = [index[u] for u in pairs]
-        ids, vals, matches = found["ids"][ks], found["vals"][ks], found["matches"][ks]
-        freq, concepts, first = found["freq"][ks], [found["concepts"][k] for k in ks], found["first"]
+        desc, freq = found["desc"].select(ks), found["freq"][ks]
     else:  # given units: describe them the same way
-        ids, vals = run.call(_bn.neuron_logit_lens, [li for li, _ in pairs], [nn for _, nn in pairs],
-                             max(n_tokens, CONCEPT_TOKENS))
-        matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
-        first = concept_min_layer(dims(model)["n_layers"])
-        concepts = concept_labels(matches, [li for li, _ in pairs], first)
-        freq = np.full(U, np.nan)
-    promoted = np.array([model.tokenizer.convert_ids_to_tokens(r[:n_tokens]) for r in ids.tolist()], dtype=object)
+        desc, freq = describe_units(run, pairs, n_tokens), np.full(U, np.nan)
+    matches, concepts, first = desc.matches, desc.concepts, desc.first
+    promoted = desc.promoted(model.tokenizer, n_tokens)
     data: dict[str, Any] = {
         "generated": (("ablation", "variant", "prompt"), generated),
         "predicted": (("ablation", "variant", "prompt"), predicted, {"long_name": "parsed answer (-1: none)"}),
@@ -329,7 +318,8 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
                       {"long_name": attrs["ranking"].replace("_", " ") + " score"}),
         "frequency": ("unit", freq, {"long_name": "fraction of correct discover_on read steps ranking the unit"}),
         "promoted": (("unit", "token_rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
-        "promoted_logit": (("unit", "token_rank"), vals[:, :n_tokens].numpy(), {"units": "logits per unit activation"}),
+        "promoted_logit": (("unit", "token_rank"), desc.logits[:, :n_tokens].numpy(),
+                           {"units": "logits per unit activation"}),
         "concept_matches": (("unit", "concept"), matches),
         "concepts": ("unit", np.array(concepts, dtype=object),
                      {"long_name": f"concepts with more than one match, from layer {first} up ('' = none)"}),
@@ -358,7 +348,7 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
         coords.update({"candidate_layer": ("candidate", np.array([li for li, _ in found["cand"]], dtype=int)),
                        "candidate_neuron": ("candidate", np.array([nn for _, nn in found["cand"]], dtype=int))})
         data["candidate_frequency"] = ("candidate", found["freq"])
-        data["candidate_concepts"] = ("candidate", np.array(found["concepts"], dtype=object))
+        data["candidate_concepts"] = ("candidate", np.array(found["desc"].concepts, dtype=object))
     attrs.update({"method": "cot_generation", "metric": "accuracy", "style": prompts.style.name,
                   "concept_min_layer": first})
     if fixed is not None:

@@ -81,6 +81,47 @@ def concept_labels(matches: np.ndarray, layers: Sequence[int], first: int) -> li
             for row, li in zip(matches, layers)]
 
 
+@dataclass(frozen=True)
+class UnitDescription:
+    """Algorithm two and the concept rule for some units (see :func:`describe_units`)."""
+
+    ids: torch.Tensor  # (unit, width) token ids each unit's output direction promotes most, best first
+    logits: torch.Tensor  # (unit, width) their logits per unit of activation
+    matches: np.ndarray  # (unit, concept) promoted tokens (of the top CONCEPT_TOKENS) in each concept's list
+    concepts: list[str]  # per unit: concepts with more than one match ('' below layer ``first``)
+    first: int  # the first layer the rule labels
+
+    def select(self, rows: Sequence[int]) -> "UnitDescription":
+        """The description of a subset of the units (rows in this one's order)."""
+        rows = list(rows)
+        return UnitDescription(self.ids[rows], self.logits[rows], self.matches[rows], [self.concepts[r] for r in rows],
+                               self.first)
+
+    def promoted(self, tokenizer: Any, n_tokens: int) -> np.ndarray:
+        """(unit, n_tokens) the top promoted tokens as strings."""
+        out = np.empty((len(self.concepts), n_tokens), dtype=object)
+        for u, row in enumerate(self.ids[:, :n_tokens].tolist()):
+            out[u] = tokenizer.convert_ids_to_tokens(row)
+        return out
+
+
+def describe_units(run: Run, units: Sequence[tuple[int, int]], n_tokens: int) -> UnitDescription:
+    """Each (layer, neuron) unit described as Rai & Yao describe a neuron: the tokens its output
+    direction promotes through the final norm and unembedding (at least ``n_tokens``; the rule
+    reads the top ``CONCEPT_TOKENS``), their concept matches, and the concepts from layer
+    :func:`concept_min_layer` up. One lens pass; none for no units."""
+    model = run.model
+    first = concept_min_layer(dims(model)["n_layers"])
+    width = max(n_tokens, CONCEPT_TOKENS)
+    if not units:
+        return UnitDescription(torch.zeros((0, width), dtype=torch.long), torch.zeros((0, width)),
+                               np.zeros((0, len(CONCEPTS)), np.int64), [], first)
+    layers = [li for li, _ in units]
+    ids, logits = run.call(_bn.neuron_logit_lens, layers, [nn for _, nn in units], width)
+    matches = concept_matches(model.tokenizer, ids[:, :CONCEPT_TOKENS].tolist())
+    return UnitDescription(ids, logits, matches, concept_labels(matches, layers, first), first)
+
+
 def random_control(pairs: Sequence[tuple[int, int]], n_neurons: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """The random baseline: for each unit another neuron of its layer, none drawn twice."""
     taken, control = set(pairs), []
@@ -252,17 +293,9 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
         found = [layer_list.index(li) * n_neurons + nn for li, nn in fixed]
     unit_layer = [layer_list[u // n_neurons] for u in found]
     unit_neuron = [int(u % n_neurons) for u in found]
-    if found:  # the concept rule reads the top CONCEPT_TOKENS; the result keeps the top n_tokens
-        lens_ids, lens_val = run.call(_bn.neuron_logit_lens, unit_layer, unit_neuron, max(n_tokens, CONCEPT_TOKENS))
-        tok_val = lens_val[:, :n_tokens]
-        promoted = np.array([model.tokenizer.convert_ids_to_tokens(r[:n_tokens]) for r in lens_ids.tolist()],
-                            dtype=object)
-        matches = concept_matches(model.tokenizer, lens_ids[:, :CONCEPT_TOKENS].tolist())
-    else:
-        tok_val, promoted = torch.zeros((0, n_tokens)), np.zeros((0, n_tokens), dtype=object)
-        matches = np.zeros((0, len(CONCEPTS)), np.int64)
-    first = concept_min_layer(dims(model)["n_layers"])
-    concept = np.array(concept_labels(matches, unit_layer, first), dtype=object)
+    desc = describe_units(run, list(zip(unit_layer, unit_neuron)), n_tokens)
+    promoted, first = desc.promoted(model.tokenizer, n_tokens), desc.first
+    concept = np.array(desc.concepts, dtype=object)
     labels = {} if labeller is None else {"label": ("unit", np.array([str(labeller([str(t) for t in row]))
                                                                       for row in promoted], dtype=object))}
     attrs: dict[str, Any] = {"method": "neuron_discovery", "metric": "direct_logit_contribution", "top_k": top_k,
@@ -278,8 +311,8 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
                                                      "units": "logits"}),
          "contribution": (("prompt", "unit"), flat[:, found], {"units": "logits"}),
          "promoted": (("unit", "rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
-         "promoted_logit": (("unit", "rank"), tok_val.numpy(), {"units": "logits per unit activation"}),
-         "concept_matches": (("unit", "concept"), matches,
+         "promoted_logit": (("unit", "rank"), desc.logits[:, :n_tokens].numpy(), {"units": "logits per unit activation"}),
+         "concept_matches": (("unit", "concept"), desc.matches,
                              {"long_name": f"of the top {CONCEPT_TOKENS} promoted tokens, those in the concept's list"}),
          "concepts": ("unit", concept, {"long_name": "concepts with more than one match, from layer "
                                                     f"{first} up (Rai & Yao's rule; '' = none)"}), **labels},
