@@ -98,6 +98,9 @@ def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisio
 # Options shared by the experiment commands.
 Task = Annotated[str, typer.Option(help="task name (see `reason-interp tasks`)")]
 Model = Annotated[Optional[str], typer.Option(help="HF id or local directory; default: the embedded model")]
+Models = Annotated[Optional[List[str]], typer.Option(
+    "--model", help="HF id or local directory; default: the embedded model. Repeat for several models (--model A "
+                    "--model B): one run each, results gain a leading model dim")]
 Revision = Annotated[Optional[str], typer.Option(help="checkpoint, e.g. step1000 (embedded) or step3000 (Pythia)")]
 Adapter = Annotated[Optional[str], typer.Option(help="PEFT adapter (LoRA …; directory or HF id) merged into --model "
                                                      "at load, e.g. Goat over LLaMA-7B; local runs only")]
@@ -119,7 +122,7 @@ BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) pe
 class Harness:
     """The options every experiment command shares, as parsed (:data:`HARNESS`)."""
 
-    model: Optional[str] = None
+    model: Optional[List[str]] = None
     adapter: Optional[str] = None
     revision: Optional[str] = None
     revisions: Optional[str] = None
@@ -147,7 +150,7 @@ class OptionGroup:
 
 # the options of every experiment command
 HARNESS = OptionGroup("h", dict(
-    model=(Model, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
+    model=(Models, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
     remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True)), Harness)
 
 
@@ -180,30 +183,47 @@ def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], 
 
 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
-                model: Optional[str], adapter: Optional[str], revision: Optional[str], revisions: Optional[str], out_file: Optional[Path],
-                restart: bool, remote: bool, progress: bool, batch_size: Optional[int], **options: Any) -> Any:
+                model: Optional[List[str]], adapter: Optional[str], revision: Optional[str], revisions: Optional[str],
+                out_file: Optional[Path], restart: bool, remote: bool, progress: bool, batch_size: Optional[int],
+                **options: Any) -> Any:
     """What every experiment command does once its options are parsed: pick the revisions and
     the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
     run ``experiment(model, data, **options)`` with the harness options (finished passes kept
     in ``<out>.parts`` until the file is written), write the file and print the experiment's
-    summary."""
+    summary. Several ``--model``: the harness runs each with data made by its own tokenizer,
+    one model in memory at a time (``runner.over_models``)."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.experiments import summarize
     from nnsight_reasoning.results.parts import parts_dir
 
+    if isinstance(model, str):  # a single name, as Python callers of Harness pass it
+        model = [model]
+    models = list(model or [None])
     if adapter and revisions:
         raise UsageError("--adapter is fine-tuned on one base checkpoint: use --revision, not --revisions")
-    names = sweep_revisions(model, revision, revisions)
-    path = out_path(out_file, kind, task, model or "embedded", revision_label(revision, names))
+    if adapter and len(models) > 1:
+        raise UsageError("--adapter is fine-tuned on one base model: give one --model with it")
+    names = [sweep_revisions(m, revision, revisions) for m in models][-1]
+    label = "+".join(Path(m).name if m else "embedded" for m in models)
+    path = out_path(out_file, kind, task, label, revision_label(revision, names))
     parts = parts_dir(path)
     if restart:
         shutil.rmtree(parts, ignore_errors=True)
     t0 = time.time()
-    loaded = nr.load_model(model, names[-1] if names else revision, **({"adapter": adapter} if adapter else {}))
-    made = data(loaded.tokenizer)
-    if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
-        loaded = model or "embedded"
+    if len(models) > 1:
+        if revision:
+            raise UsageError("with several --model, give a checkpoint as --revisions REV (every model has it) "
+                             "instead of --revision")
+        loaded, made = [m or "embedded" for m in models], data  # the harness makes each model's data
+        for m in models:  # every model loads (lazily: no weights) and makes its data before any work
+            data(nr.load_model(m, sweep_revisions(m, None, revisions)[-1] if revisions else None).tokenizer)
+        names = revisions  # each model parses the sweep against its own revisions
+    else:
+        loaded = nr.load_model(models[0], names[-1] if names else revision, **({"adapter": adapter} if adapter else {}))
+        made = data(loaded.tokenizer)
+        if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
+            loaded = models[0] or "embedded"
     harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names}
     if batch_size is not None:
         harness["batch_size"] = batch_size
@@ -217,6 +237,9 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
 
 
 def _passes(ds: Any) -> str:
+    if "model" in ds.dims:
+        n = ds.attrs.get("n_resumed_models", 0)
+        return f"{ds.sizes['model']} models" + (f"; {n} models resumed from finished parts" if n else "")
     if "checkpoint" in ds.dims:
         n = ds.attrs.get("n_resumed_revisions", 0)
         return f"{ds.sizes['checkpoint']} checkpoints" + (f"; {n} checkpoints resumed from finished parts" if n else "")

@@ -17,6 +17,9 @@ experiment the same way:
   counted per run (:class:`~nnsight_reasoning.remote.Traffic`), reported in ``attrs``;
 - **revisions**: one run per checkpoint, one model in memory at a time, stacked along a
   leading ``checkpoint`` dim (:func:`over_revisions`);
+- **several models** (a list for ``model``): one run per model, stacked along a leading
+  ``model`` dim (:func:`over_models`); data that depends on the tokenizer is given as a
+  function ``tokenizer -> data`` and made per model;
 - **resume_dir**: every :meth:`Run.call` (one forward pass, one NDIF request) is kept as a
   part; after a kill the same call reads finished parts back and computes the rest;
 - **batch_size**: rows (sequences) per forward pass, with one meaning everywhere;
@@ -29,6 +32,7 @@ import functools
 import gc
 import inspect
 import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +64,12 @@ HARNESS_DOC = """
         ``"step0:1000:250"`` or a list) and stack the results along a leading
         ``checkpoint`` dim; ``model`` may then be a name, so that one model is in memory at
         a time.
+
+    ``model`` may also be a list of models (names, directories or loaded models): the
+    experiment runs on each, one in memory at a time, and the results are stacked along a
+    leading ``model`` dim (before ``checkpoint`` with ``revisions``). The data argument may
+    be a function ``tokenizer -> data``, called with each model's tokenizer: prompt pairs
+    must be made per tokenizer (single-token answers differ between vocabularies).
 """
 
 
@@ -227,6 +237,20 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     _remote.check_remote(remote)
+    if isinstance(model, (list, tuple)):
+        return over_models(lambda m, where: execute(exp, m, data, options, batch_size=batch_size, remote=remote,
+                                                    progress=progress, resume_dir=where, revisions=revisions),
+                           model, config=_config(exp, data, options, batch_size), resume_dir=resume_dir,
+                           progress=progress)
+    if _per_tokenizer(data):
+        if revisions is None:
+            model = coerce_model(model)
+            data = data(model.tokenizer)
+        else:  # the sweep loads each revision itself; the last one's tokenizer (a lazy load: no weights)
+            from .results.checkpoints import parse_revisions
+
+            name, load_kwargs = _sweep_model(model, {})
+            data = data(load_model(name, parse_revisions(revisions, name)[-1], **load_kwargs).tokenizer)
 
     def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
         return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
@@ -303,16 +327,38 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
     attrs.update(own)
     if adapter:
         attrs["adapter"] = adapter
-    attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed)
+    attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed,
+                 n_parameters=_n_parameters(model))
     if _remote.is_ndif(remote):
         attrs.update(run.traffic.as_attrs())
     ds.attrs = sanitize_attrs({k: named(v) for k, v in attrs.items()})
     return ds
 
 
+def _per_tokenizer(data: Any) -> bool:
+    """Whether ``data`` is a function ``tokenizer -> data`` (made per model) rather than data."""
+    return isinstance(data, (types.FunctionType, types.MethodType, functools.partial))
+
+
+def _n_parameters(model: Any) -> int:
+    """The model's parameter count (0 when unknown): over several models, the size axis of a
+    scaling plot. Counted on the module, so a remote model's meta weights count too."""
+    from .nnsight_shim import torch_module
+
+    try:
+        return int(sum(w.numel() for w in torch_module(model).parameters()))
+    except Exception:  # a model built by hand without parameters()
+        return 0
+
+
 def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """Everything besides the model that determines a run's numbers and parts (a parts folder
-    made under another config is refused, naming the keys that differ)."""
+    made under another config is refused, naming the keys that differ). Data made per model
+    (a function) is described by the function's name; each model's own parts, made below this
+    level, record the data's digest."""
+    if _per_tokenizer(data):
+        return {"method": exp.name, "data": named(data), "batch_size": batch_size,
+                **{k: named(v) for k, v in options.items()}}
     return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
             "data": digest(data), "batch_size": batch_size, **{k: named(v) for k, v in options.items()}}
 
@@ -342,6 +388,44 @@ def coerce_model(model: Any) -> Any:
     if model is None or isinstance(model, (str, Path)):
         return load_model(model)
     return model
+
+
+# --------------------------------------------------------------------------- models
+def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *, config: dict[str, Any] | None = None,
+                resume_dir: str | Path | None = None, progress: bool = True) -> xr.Dataset:
+    """Run ``experiment(model, resume_dir)`` on each of ``models`` and stack the results along a
+    leading ``model`` dim (:func:`~nnsight_reasoning.results.checkpoints.stack_models`).
+
+    ``models``: names, directories or loaded models; pass names to hold one model in memory at
+    a time. With ``resume_dir`` each finished model's Dataset is kept there
+    (``model<i>_<name>.nc``) and each unfinished one has a folder of its own parts, so a killed
+    sweep resumes from the first unfinished pass. ``config``: as :func:`over_revisions`'s.
+    """
+    from .results.checkpoints import model_name, stack_models
+
+    if not models:
+        raise UsageError("no models given: pass a list of model names, directories or loaded models")
+    labels = [model_name(m) for m in models]
+    twice = sorted({n for n in labels if labels.count(n) > 1})
+    if twice:
+        raise UsageError(f"model {twice[0]} is given twice; each model once (a revision sweep is revisions=)")
+    if resume_dir is not None and config is None:
+        raise UsageError("over_models(resume_dir=...) needs config=: a description of the experiment")
+    store = Parts(resume_dir, {**(config or {}), "models": labels})
+    results: list[xr.Dataset] = []
+    with store.resume_hint_on_failure():
+        for i in progress_bar(range(len(models)), "model", enabled=progress and len(models) > 1,
+                              label=lambda i: labels[i]):
+            key = f"model{i}_{labels[i]}"
+            done = store.get_dataset(key)
+            if done is None:
+                done = experiment(models[i], None if store.dir is None else store.subdir(key))
+                _free_memory()
+                done = store.put_dataset(key, done) or done
+            else:
+                store.resumed += 1
+            results.append(done)
+    return stack_models(results, labels, store.resumed)
 
 
 # --------------------------------------------------------------------------- checkpoints

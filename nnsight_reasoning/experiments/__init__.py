@@ -20,4 +20,9 @@ def summarize(ds: Any) -> list[Any]:
     name = _MODULES.get(str(ds.attrs.get("method", "")))
     if name is None:
         return []
+    if "model" in ds.dims:  # several models: each one's summary under its name
+        from ..results.checkpoints import one_model
+
+        return [item for m in ds["model"].values
+                for item in [f"[bold]model {m}[/]", *summarize(one_model(ds, str(m)))]]
     return importlib.import_module(f"{__name__}.{name}").summarize(ds)

@@ -5,8 +5,13 @@ binding-ID results (``binding``). A checkpoint sweep is drawn at its last checkp
 figure title names it)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
+
+from ..errors import UsageError
 
 
 MAX_UNITS = 40  # neurons drawn at most (a column each)
@@ -83,6 +88,12 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     from ..results.io import last_checkpoint
 
     ds = last_checkpoint(ds)
+    if "model" in ds.dims and ds.attrs.get("measure") == "means":
+        return _means_over_models_figure(ds)
+    if "model" in ds.dims:
+        raise UsageError("a result over several models has a figure for --measure means (binding-iclr Fig. 6 left); "
+                         "plot one model's part: nr.plot_result(one_model(ds, name)) "
+                         "(from nnsight_reasoning.results.checkpoints)")
     if ds.attrs.get("measure") == "factorization":
         return _factorization_figure(ds)
     if ds.attrs.get("measure") == "position":
@@ -188,6 +199,37 @@ def _means_figure(ds: xr.Dataset):
     right.legend(fontsize=7)
     fig.suptitle(f"mean interventions · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
                  f"{ds.sizes['prompt']} contexts", fontsize=9)
+    return fig
+
+
+def _means_over_models_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 6 (left): accuracy of the original binding after each mean
+    intervention, per model, against the model's size (parameters, log scale) when every model
+    reports it, else in the order given."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    acc = ds["means_accuracy"].sel(query=["E0", "E1"]).mean("query")
+    sizes = ds["n_parameters"].values.astype(float) if "n_parameters" in ds.coords else None
+    by_size = sizes is not None and np.all(sizes > 0)
+    x = sizes if by_size else np.arange(ds.sizes["model"])
+    order = np.argsort(x, kind="stable")  # lines run from the smallest model up
+    for i, color in zip(ds["intervention"].values, ("black", "tab:blue", "tab:orange", "tab:red")):
+        for v, style in (("mean", "o-"), ("random", "x:")):
+            ax.plot(x[order], acc.sel(intervention=i, vector=v).values[order], style, color=color,
+                    alpha=1 if v == "mean" else 0.5, label=f"{i} (mean vector)" if v == "mean" else None)
+    if by_size:
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (dotted: random vectors)")
+    else:
+        ax.set_xticks(x, [Path(str(m)).name for m in ds["model"].values], fontsize=7)
+        ax.set_xlabel("model (dotted: random vectors)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("accuracy of the original binding")
+    ax.legend(fontsize=7)
+    family = json.loads(ds.attrs.get("task_params", "{}")).get("family", ds.attrs.get("task"))
+    ax.set_title(f"mean interventions over models · {family} · {ds.sizes['prompt']} contexts "
+                 "(binding IDs: ≈ 0 for one swap, ≈ 1 for both)", fontsize=8)
     return fig
 
 

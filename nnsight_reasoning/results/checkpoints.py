@@ -1,5 +1,6 @@
-"""Training revisions: which a model has, parsing ``--revisions``, and stacking per-revision
-results along ``checkpoint`` (the sweep itself is ``runner.over_revisions``)."""
+"""Sweeps: which training revisions a model has, parsing ``--revisions``, stacking per-revision
+results along ``checkpoint`` and per-model results along ``model`` (the sweeps themselves are
+``runner.over_revisions`` and ``runner.over_models``)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -116,8 +117,7 @@ def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, s
             if c not in p.coords or not p[c].equals(ref[c]):
                 raise UsageError(f"revision {name} gives other {c!r} values than {names[0]} (another tokenizer?); "
                                  f"a sweep needs revisions of one model")
-    varying = [k for k in ref.attrs if k not in ("revision", "created")
-               and (k in _PER_REVISION or any(p.attrs.get(k) != ref.attrs[k] for p in parts))]
+    varying = _varying_attrs(parts, _PER_REVISION, ("revision", "created"))
     stacked = xr.concat(parts, dim="checkpoint", data_vars="all", coords="minimal", compat="override",
                         join="exact", combine_attrs="override")
     # object strings, not numpy's StringDType that a pandas Index would bring: netCDF writes these
@@ -130,6 +130,73 @@ def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, s
                  n_resumed_revisions=resumed, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     stacked.attrs = attrs
     return stacked.assign(kept)
+
+
+def _varying_attrs(parts: Sequence[xr.Dataset], always: Sequence[str], never: Sequence[str]) -> list[str]:
+    """The attrs that become coordinates along a sweep's dim: those in ``always`` and those whose
+    value differs between the parts."""
+    ref = parts[0]
+    return [k for k in ref.attrs if k not in never
+            and (k in always or any(p.attrs.get(k) != ref.attrs[k] for p in parts))]
+
+
+_PER_MODEL = ("model_path", "revision", "n_parameters", "n_forward_passes", "n_resumed_passes", "seconds_load",
+              "seconds_run")
+
+
+def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -> xr.Dataset:
+    """Results of one experiment on several models along a leading ``model`` dim (``labels``:
+    the models' names, in the order given); see ``runner.over_models``.
+
+    Models differ in size, so dims are joined outer: a model with 4 layers has NaN at layers
+    4 and 5 of a 6-layer one (integer variables become floats), and a dim without an index
+    (``d_model``, say) gets one (0..n-1) first. Coordinates that differ between models
+    (token strings) gain the ``model`` dim; ``attrs["padded_dims"]`` names the dims whose
+    sizes differ (:func:`one_model` drops the padding again). Attrs that differ (revision, passes, seconds, the
+    model's path) become coordinates along ``model``; ``attrs["model"]`` lists the models.
+    """
+    ref = parts[0]
+    for label, p in zip(labels[1:], parts[1:]):
+        if sorted(p.data_vars) != sorted(ref.data_vars):
+            raise UsageError(f"model {label} gave variables {sorted(p.data_vars)}, {labels[0]} gave "
+                             f"{sorted(ref.data_vars)}; run one experiment configuration on every model")
+    sizes: dict[str, set[int]] = {}
+    for p in parts:
+        for d, n in p.sizes.items():
+            sizes.setdefault(d, set()).add(n)
+    unequal = sorted(d for d, ns in sizes.items() if len(ns) > 1 or any(d not in p.dims for p in parts))
+    parts = [p.assign_coords({d: np.arange(p.sizes[d]) for d in unequal if d in p.dims and d not in p.indexes})
+             for p in parts]
+    varying = _varying_attrs(parts, _PER_MODEL, ("model", "created"))
+    stacked = xr.concat(parts, dim="model", data_vars="all", coords="different", compat="equals", join="outer",
+                        combine_attrs="override")
+    stacked = stacked.assign_coords(model=np.array(labels, dtype=object))
+    # an attr a checkpoint sweep already made a coordinate (model_path) stays that coordinate
+    stacked = stacked.assign_coords({k: ("model", np.array([p.attrs.get(k, "") for p in parts])) for k in varying
+                                     if k not in stacked.variables})
+    attrs = {k: v for k, v in ref.attrs.items() if k not in varying}
+    attrs.update(model=",".join(labels), model_path="", revision="", n_models=len(labels), padded_dims=unequal,
+                 n_resumed_models=resumed, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    stacked.attrs = attrs
+    return stacked
+
+
+def one_model(ds: xr.Dataset, model: str) -> xr.Dataset:
+    """One model's result from :func:`stack_models`' Dataset: its slice, without the padding of
+    the other models' sizes, with its per-model coordinates back as attrs."""
+    import json
+
+    part = ds.sel(model=model)
+    per_model = [c for c in part.coords if c != "model" and part[c].dims == ()]
+    attrs = {**ds.attrs, "model": model, **{c: part[c].item() for c in per_model}}
+    part = part.drop_vars(per_model + ["model"])
+    padded = ds.attrs.get("padded_dims", "[]")
+    for d in (json.loads(padded) if isinstance(padded, str) else padded):
+        if d in part.dims:
+            part = part.dropna(d, how="all")
+    for k in ("n_models", "n_resumed_models", "padded_dims"):
+        attrs.pop(k, None)
+    return part.assign_attrs(attrs)
 
 
 def _step(model: str, revision: str) -> float:

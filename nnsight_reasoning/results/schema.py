@@ -51,6 +51,26 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                     "position_correct": ("prompt", "query"), "swap": ("intervention", "vector", "prompt", "query"),
                     "accuracy": (), "factor_accuracy": ("target",), "position_accuracy": (),
                     "swap_accuracy": ("intervention", "vector"), "delta_norm": ("intervention", "depth")},
+    # binding-iclr's tests (``attrs["measure"]``): the key is "<method>/<measure>"
+    "binding_ids/factorization": {
+        "factor_logprob": ("side", "swap_entity", "swap_attribute", "query", "answer", "prompt"),
+        "factor_mean": ("side", "swap_entity", "swap_attribute", "query", "answer"),
+        "factor_expected": ("side", "swap_entity", "swap_attribute", "query"),
+        "outcome_accuracy": ("side", "swap_entity", "swap_attribute")},
+    "binding_ids/position": {"position_logprob": ("target", "offset", "query", "answer", "prompt"),
+                             "position_mean": ("target", "offset", "query", "answer")},
+    "binding_ids/means": {"means_logprob": ("intervention", "vector", "query", "answer", "prompt"),
+                          "means_correct": ("intervention", "vector", "query", "prompt"),
+                          "means_accuracy": ("intervention", "vector", "query"),
+                          "delta": ("kind", "depth", "d_model"), "random_vector": ("kind", "depth", "d_model"),
+                          "delta_norm": ("kind", "depth")},
+    "binding_ids/cyclic": {"cyclic_logprob": ("cycle", "target", "query", "answer", "prompt"),
+                           "cyclic_intended": ("cycle", "target", "query"),
+                           "cyclic_correct": ("cycle", "target", "query", "prompt"), "cyclic_accuracy": ("target",),
+                           "delta": ("kind", "k", "depth", "d_model")},
+    "binding_ids/subspace": {"subspace_logprob": ("root", "x", "y", "query", "answer", "prompt"),
+                             "subspace_accuracy": ("root", "x", "y"), "delta2_coords": ("basis",),
+                             "delta": ("kind", "k", "depth", "d_model")},
 }
 # method -> {variable: dims}: variables that may be absent, checked when present
 OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
@@ -64,7 +84,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
 }
 FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
-             "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency")
+             "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
+             "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy")
 
 
 def assert_valid_result(ds: xr.Dataset) -> None:
@@ -74,10 +95,13 @@ def assert_valid_result(ds: xr.Dataset) -> None:
         assert a in ds.attrs, f"attrs[{a!r}] missing"
     json.loads(ds.attrs["task_params"])
     method = ds.attrs["method"]
-    lead = ("checkpoint",) if "checkpoint" in ds.dims else ()
+    # sweeps lead with ``model`` (several models) and/or ``checkpoint`` (revisions)
+    lead = tuple(d for d in ("model", "checkpoint") if d in ds.dims)
     if method in ("activation_patching", "attribution_patching"):
         _patching(ds, lead)
     else:
+        if ds.attrs.get("measure", "accuracy") != "accuracy":
+            method = f"{method}/{ds.attrs['measure']}"
         assert method in SCHEMAS, f"unknown method {method!r}; known: {', '.join(sorted(SCHEMAS))}"
         for v, dims in SCHEMAS[method].items():
             assert v in ds.data_vars, f"{method} result lacks {v!r}"
@@ -85,7 +109,7 @@ def assert_valid_result(ds: xr.Dataset) -> None:
                 f"{v} has dims {ds[v].dims}, expected {lead + dims}"
         for v, dims in OPTIONAL.get(method, {}).items():
             # a probe's baseline is the same for every checkpoint of a sweep: no checkpoint dim
-            assert v not in ds.data_vars or ds[v].dims in (lead + dims, dims), \
+            assert v not in ds.data_vars or ds[v].dims in (lead + dims, dims, lead[:1] + dims), \
                 f"{v} has dims {ds[v].dims}, expected {lead + dims}"
     for v in FRACTIONS:
         if v in ds.data_vars:
@@ -94,8 +118,11 @@ def assert_valid_result(ds: xr.Dataset) -> None:
             assert np.all((vals >= 0) & (vals <= 1)), f"{v} outside [0, 1]"
     if "prompt" in ds.dims:
         assert list(ds["prompt"].values) == list(range(ds.sizes["prompt"])), "prompt must be 0..N-1"
-    if lead:
-        assert "step" in ds.coords and ds["step"].dims == ("checkpoint",), "a sweep needs the step coordinate"
+    if "checkpoint" in lead:
+        assert "step" in ds.coords and ds["step"].dims in (("checkpoint",), ("model", "checkpoint")), \
+            "a sweep needs the step coordinate"
+    if "model" in lead:
+        assert list(ds["model"].values) == ds.attrs["model"].split(","), "attrs['model'] must list the models"
 
 
 def _patching(ds: xr.Dataset, lead: tuple[str, ...]) -> None:
@@ -108,6 +135,10 @@ def _patching(ds: xr.Dataset, lead: tuple[str, ...]) -> None:
     for v in ("clean_p_base", "clean_p_source"):
         assert v in ds.data_vars, f"{v} missing"
         assert ds[v].dims == lead + ("prompt",), f"{v} has dims {ds[v].dims}"
+    # tokens differ between models: over several models these coordinates may have the model dim
+    per_model = ("model",) if "model" in lead else ()
     for c in _PROMPT_COORDS:
-        assert c in ds.coords and ds[c].dims == ("prompt",), f"coordinate {c!r} along prompt missing"
-    assert "token" in ds.coords and ds["token"].dims == ("prompt", "position"), "token coordinate missing"
+        assert c in ds.coords and ds[c].dims in (("prompt",), per_model + ("prompt",)), \
+            f"coordinate {c!r} along prompt missing"
+    assert "token" in ds.coords and ds["token"].dims in (("prompt", "position"), per_model + ("prompt", "position")), \
+        "token coordinate missing"

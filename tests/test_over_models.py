@@ -1,0 +1,113 @@
+"""Several models in one run (``model=[...]``, ``--model A --model B``): results stacked along a
+leading ``model`` dim equal to each model's own run, sizes padded where models differ, data made
+per tokenizer, revisions within models, resume, the parameter count against a plain torch
+count, the CLI and its refusals, and binding-iclr's capitals-over-model-sizes figure."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import embedded
+from nnsight_reasoning.cli.main import app
+from nnsight_reasoning.results.checkpoints import one_model
+
+
+
+def _pairs(tok):
+    return nr.tasks.arithmetic(n_prompts=6, seed=3, tokenizer=tok)
+
+
+def _same(single, part, variables):
+    for v in variables:
+        np.testing.assert_array_equal(part[v].values, single[v].values, err_msg=v)
+
+
+def test_binding_means_over_two_models_equal_their_own_runs(tiny_model_dir):
+    models = ["embedded", str(tiny_model_dir("gpt2"))]
+    ctx = nr.tasks.binding_contexts(4, 2, 4, 0, "capitals", True)
+    ds = nr.binding(models, ctx, measure="means", progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds["means_accuracy"].dims[0] == "model" and list(ds["model"].values) == models
+    assert ds.attrs["model"] == ",".join(models) and ds.attrs["n_models"] == 2
+    # the embedded model has 5 depths and d_model 128, the tiny one 3 and 32: padded with NaN
+    assert ds.sizes["depth"] == 5 and ds.sizes["d_model"] == 128
+    assert np.isnan(ds["delta"].sel(model=models[1], depth=4)).all()
+    for m in models:
+        single = nr.binding(m, ctx, measure="means", progress=False)
+        part = one_model(ds, m)
+        assert part.sizes == single.sizes, m
+        _same(single, part, single.data_vars)
+        hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main") if m == "embedded" else m)
+        assert int(ds["n_parameters"].sel(model=m)) == sum(w.numel() for w in hf.parameters()) == \
+            single.attrs["n_parameters"]
+        assert part.attrs["model"] == m and part.attrs["revision"] == single.attrs["revision"]
+
+
+def test_data_made_per_tokenizer_revisions_within_models_and_resume(tmp_path, tiny_model_dir):
+    ladder = tmp_path / "ladder"  # a local model with revisions: two of the embedded model's
+    ladder.mkdir()
+    for rev in ("step0", "main"):
+        (ladder / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
+    models = ["embedded", str(ladder)]
+    ds = nr.evaluate(models, lambda tok: nr.tasks.examples("arithmetic", 6, tokenizer=tok),
+                     revisions="step0,main", progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert ds["p_answer"].dims == ("model", "checkpoint", "prompt")
+    # the same weights under two names: the same numbers
+    np.testing.assert_array_equal(ds["p_answer"].sel(model=models[0]), ds["p_answer"].sel(model=models[1]))
+    single = nr.evaluate("embedded", nr.tasks.examples("arithmetic", 6, tokenizer=embedded.load_tokenizer()),
+                         revisions="step0,main", progress=False)
+    _same(single, one_model(ds, "embedded"), ("p_answer", "correct", "answer_rank"))
+
+    # prompt pairs depend on the tokenizer: made per model from the function
+    where = tmp_path / "parts"
+    models = ["embedded", str(tiny_model_dir("gpt2"))]
+    first = nr.patch(models, _pairs, ("mlp",), progress=False, resume_dir=where)
+    assert first.attrs["n_resumed_models"] == 0 and sorted(p.name for p in where.glob("*.nc")) == \
+        ["model0_embedded.nc", f"model1_{models[1]}.nc".replace("/", "_")]
+    (where / f"model1_{models[1]}.nc".replace("/", "_")).unlink()  # as if killed during the second model
+    again = nr.patch(models, _pairs, ("mlp",), progress=False, resume_dir=where)
+    assert again.attrs["n_resumed_models"] == 1
+    for m in models:
+        single = nr.patch(m, _pairs(nr.load_model(m).tokenizer), ("mlp",), progress=False)
+        _same(single, one_model(first, m), single.data_vars)
+        _same(single, one_model(again, m), single.data_vars)
+    with pytest.raises(nr.UsageError, match="given twice"):
+        nr.patch(["embedded", "embedded"], _pairs, ("mlp",), progress=False)
+
+
+def test_cli_several_models_figure_and_refusals(tmp_path, tiny_model_dir):
+    tiny = str(tiny_model_dir("gpt2"))
+    out = tmp_path / "capitals.nc"
+    args = ["binding", "--measure", "means", "--family", "capitals", "--n-contexts", "4", "--n-estimate", "4",
+            "--no-progress", "--model", "embedded", "--model", tiny]
+    r = CliRunner().invoke(app, args + ["--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "2 models" in r.stdout and "model embedded" in r.stdout and f"model {tiny}" in r.stdout
+    ds = nr.load_result(out)
+    assert list(ds["model"].values) == ["embedded", tiny]
+    single = nr.binding(tiny, nr.tasks.binding_contexts(4, 2, 4, 0, "capitals", True), measure="means",
+                        progress=False)
+    _same(single, one_model(ds, tiny), ("means_logprob", "means_accuracy"))
+    r = CliRunner().invoke(app, ["plot", str(out), "--out", str(tmp_path / "capitals.png")])
+    assert r.exit_code == 0 and (tmp_path / "capitals.png").stat().st_size > 0, r.output
+
+    for bad, message in ((["--revision", "main"], "--revisions REV"), (["--model", tiny], "given twice"),
+                         (["--adapter", str(tmp_path)], "one --model")):
+        r = CliRunner().invoke(app, args + bad + ["--out", str(tmp_path / "bad.nc")])
+        assert r.exit_code == 2 and message in r.stderr, (bad, r.output)
+        assert not (tmp_path / "bad.nc").exists() and not (tmp_path / "bad.nc.parts").exists()
+
+
+def test_stacking_refuses_results_of_different_experiments():
+    import xarray as xr
+
+    from nnsight_reasoning.results.checkpoints import stack_models
+
+    a = xr.Dataset({"x": ("prompt", np.zeros(2))}, attrs={"model": "a"})
+    b = xr.Dataset({"y": ("prompt", np.zeros(2))}, attrs={"model": "b"})
+    with pytest.raises(nr.UsageError, match="one experiment configuration"):
+        stack_models([a, b], ["a", "b"])
