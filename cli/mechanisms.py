@@ -92,12 +92,14 @@ def binding(
                                         help="every measure but accuracy: the context keeps its clean values at "
                                              "every layer (binding-iclr)"),
     max_offset: int = typer.Option(10, help="position: offsets from -max_offset to max_offset + distance - 1"),
+    window: str = typer.Option("full", help="position: full (offsets as --max-offset says) | local (binding-iclr's "
+                                            "local test: -2..2 and distance-2..distance+2)"),
     estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
                                                              "another family (binding-iclr's cross-task means)"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
-    --measure position run binding-iclr's Fig. 3 and Fig. 4 tests."""
+    --measure position run binding-iclr's Fig. 3 and Fig. 4 tests (--window local: its local position test)."""
     import nnsight_reasoning as nr
 
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
@@ -105,7 +107,9 @@ def binding(
         name += f"_means_from_{estimate_family}"
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
     if measure == "position":
-        extra["max_offset"] = max_offset
+        extra.update(max_offset=max_offset, window=window)
+        if window == "local":  # its own default file beside the full sweep's
+            name += "_local"
     split = (measure in ("means", "cyclic", "subspace")) if split is None else split
     estimate_pairs = 3 if measure == "subspace" else None  # Δ_1 and Δ_2 come from 3 pairs
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split,

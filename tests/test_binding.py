@@ -322,6 +322,32 @@ def test_position_sweep_matches_shifted_position_ids_with_a_frozen_context(which
                     np.testing.assert_allclose(got, lp[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{t} {o}")
 
 
+def test_local_position_window_is_the_full_sweep_around_both_positions(embedded_model, tmp_path):
+    """binding-iclr's local test (offsets -2..2 and Δ-2..Δ+2 per target) reads the same numbers
+    as the full sweep (checked against hooks above) at those offsets, and NaN elsewhere."""
+    data = nr.tasks.binding_contexts(2, 2, 2, seed=6, family="capitals")
+    full = nr.binding(embedded_model, data, measure="position", max_offset=12, progress=False)
+    local = nr.binding(embedded_model, data, measure="position", window="local", progress=False)
+    nr.testing.assert_valid_result(local)
+    assert local.attrs["window"] == "local"
+    for t in ("entity", "attribute"):
+        d = int(local["distance"].sel(target=t))
+        want = sorted({*range(-2, 3), *range(d - 2, d + 3)})
+        got = local["position_logprob"].sel(target=t)
+        run = [int(o) for o in local["offset"].values if np.isfinite(got.sel(offset=o)).all()]
+        assert run == want, t
+        np.testing.assert_array_equal(got.sel(offset=want).values,
+                                      full["position_logprob"].sel(target=t, offset=want).values)
+    with pytest.raises(UsageError, match="window must be one of"):
+        nr.binding(embedded_model, data, measure="position", window="near", progress=False)
+    res = CliRunner().invoke(app, ["binding", "--measure", "position", "--window", "local", "--family", "capitals",
+                                   "--n-contexts", "2", "--n-estimate", "2", "--no-progress",
+                                   "--out", str(tmp_path / "local.nc")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "local.nc"), "--out", str(tmp_path / "local.png")])
+    assert res.exit_code == 0 and (tmp_path / "local.png").stat().st_size > 0, res.output
+
+
 def test_cli_factorization_and_position_write_their_figures(tmp_path):
     for measure in ("factorization", "position"):
         out = tmp_path / f"{measure}.nc"

@@ -42,6 +42,7 @@ from ..tasks.binding import BindingContext, BindingContexts
 
 INTERVENTIONS = ("entity", "attribute")
 VECTORS = ("mean", "random")
+WINDOWS = ("full", "local")  # the position sweep's offsets: binding-iclr's Fig. 4, or its local test
 _NONE = torch.zeros(0, dtype=torch.long)
 
 
@@ -130,7 +131,8 @@ MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 @experiment("binding_ids", batch_size=64)
 def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", freeze_context: bool = True,
-            max_offset: int = 10, roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS, grid: int = 10) -> xr.Dataset:
+            max_offset: int = 10, window: str = "full", roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS,
+            grid: int = 10) -> xr.Dataset:
     """Binding IDs; ``measure`` picks the experiment (see the module doc):
 
     - "accuracy": factorizability, position independence and mean interventions as accuracies
@@ -149,7 +151,9 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
     ``freeze_context`` (every measure but "accuracy"): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
     ``max_offset``: the position sweep runs from −max_offset to max_offset + Δ − 1 (Δ the
-    distance between the two pairs), within the positions that exist.
+    distance between the two pairs), within the positions that exist. ``window="local"``:
+    binding-iclr's local position test instead (``run_local_position_independence``: offsets
+    −2 … 2 around the stated positions and Δ − 2 … Δ + 2 around the exchanged ones, per target).
     """
     if measure not in MEASURES:
         raise UsageError(f"unknown measure {measure!r}; choose from: {', '.join(MEASURES)}")
@@ -161,7 +165,9 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
     if measure == "position":
         if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
             raise UsageError(f"max_offset must be an integer >= 0 (got {max_offset!r})")
-        return _position(run, contexts, freeze_context, int(max_offset))
+        if window not in WINDOWS:
+            raise UsageError(f"window must be one of {', '.join(WINDOWS)} (got {window!r})")
+        return _position(run, contexts, freeze_context, int(max_offset), window)
     if measure == "means":
         return _means(run, contexts, freeze_context)
     if measure == "cyclic":
@@ -356,12 +362,15 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                "freeze_context": int(freeze), "split": int(bool(contexts.params.get("split")))})
 
 
-def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int) -> xr.Dataset:
+def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int, window: str = "full"
+              ) -> xr.Dataset:
     """binding-iclr's position test (``position_intervention``, ``coref/data_collection.py:332-403``):
     the position ids of side 0's entity (or attribute) token move by +o and side 1's by −o,
     o from −max_offset to max_offset + Δ − 1 (at o = Δ the two are exchanged); queries E0 and
     E1; the log-probabilities of A0 and A1 (full vocabulary) at the last position. With the
-    context frozen, only the keys the question reads move (the repository rotates keys)."""
+    context frozen, only the keys the question reads move (the repository rotates keys).
+    ``window="local"``: o in −2 … 2 and Δ − 2 … Δ + 2 (``fixed_offset_start=-2,
+    fixed_offset_end=3`` with ``is_tail`` False and True)."""
     model = run.model
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
     T = _one_length(located)
@@ -375,8 +384,9 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
         p0, p1 = p0.pop(), p1.pop()
         d = p1 - p0
         # the repository's range, within the positions that exist (ids >= 0 and below the context size)
-        lo, hi = max(-max_offset, -p0), min(max_offset + d - 1, p1, limit - 1 - p0)
-        spans[target] = (p0, p1, list(range(lo, hi + 1)))
+        lo, hi = -p0, min(p1, limit - 1 - p0)
+        wanted = range(-max_offset, max_offset + d) if window == "full" else [*range(-2, 3), *range(d - 2, d + 3)]
+        spans[target] = (p0, p1, sorted({o for o in wanted if lo <= o <= hi}))
     offsets = sorted({o for _, _, offs in spans.values() for o in offs})
     cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
     logp = np.full((2, len(offsets), 2, 2, len(contexts)), np.nan)
@@ -418,7 +428,7 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                 "distance": ("target", np.array([spans[t][1] - spans[t][0] for t in INTERVENTIONS])),
                 "side0_position": ("target", np.array([spans[t][0] for t in INTERVENTIONS]))},
         attrs={"method": "binding_ids", "measure": "position", "metric": "log_prob", "freeze_context": int(freeze),
-               "max_offset": max_offset})
+               "max_offset": max_offset, "window": window})
 
 
 def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:

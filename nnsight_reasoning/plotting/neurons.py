@@ -160,6 +160,8 @@ def _position_figure(ds: xr.Dataset):
     the offset of side 0's token; dotted lines at the original (0) and exchanged (Δ) positions."""
     import matplotlib.pyplot as plt
 
+    if ds.attrs.get("window") == "local":
+        return _local_position_figure(ds)
     fig, axes = plt.subplots(1, ds.sizes["target"], figsize=(5 * ds.sizes["target"], 3.4), squeeze=False)
     for t, ax in zip(ds["target"].values, axes[0]):
         sel = ds["position_mean"].sel(target=t)
@@ -173,6 +175,33 @@ def _position_figure(ds: xr.Dataset):
         ax.set_ylabel("mean log-probability")
         ax.legend(fontsize=7)
     fig.suptitle(f"position independence · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+    return fig
+
+
+def _local_position_figure(ds: xr.Dataset):
+    """binding-iclr's local position plots: per target, the mean log-probability of each answer
+    around the stated positions (offset 0, left) and around the exchanged ones (offset Δ, right)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(ds.sizes["target"], 2, figsize=(9, 3 * ds.sizes["target"]), squeeze=False, sharey=True)
+    for row, t in zip(axes, ds["target"].values):
+        d = int(ds["distance"].sel(target=t))
+        sel = ds["position_mean"].sel(target=t)
+        for ax, centre, where in zip(row, (0, d), ("stated positions", "exchanged positions")):
+            near = sel.sel(offset=[o for o in sel["offset"].values if abs(o - centre) <= 2])
+            for q in near["query"].values:
+                for a, style in zip(near["answer"].values, ("-", "--")):
+                    ax.plot(near["offset"].values, near.sel(query=q, answer=a).values, style, marker="o", ms=3,
+                            label=f"{q} → {a}")
+            ax.axvline(centre, color="k", ls=":", lw=0.8)
+            ax.set_xticks(near["offset"].values)
+            ax.set_title(f"{t}: around the {where} (offset {centre})", fontsize=8)
+            ax.set_xlabel(f"offset of side 0's {t}")
+        row[0].set_ylabel("mean log-probability")
+        row[0].legend(fontsize=7)
+    family = json.loads(ds.attrs.get("task_params", "{}")).get("family", "")
+    fig.suptitle(f"local position independence · {family} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}",
+                 fontsize=9)
     return fig
 
 
