@@ -84,7 +84,8 @@ def binding(
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "
-                                                 "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5)"),
+                                                 "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5) | cross_subspace "
+                                                 "(Table 2; --n-pairs 3 --estimate-family F)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
                                               "the other (default: with --measure means, cyclic and subspace)"),
@@ -95,7 +96,8 @@ def binding(
     window: str = typer.Option("full", help="position: full (offsets as --max-offset says) | local (binding-iclr's "
                                             "local test: -2..2 and distance-2..distance+2)"),
     estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
-                                                             "another family (binding-iclr's cross-task means)"),
+                                                             "another family (binding-iclr's cross-task means); "
+                                                             "cross_subspace: the source task (default: --family)"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
@@ -104,14 +106,17 @@ def binding(
 
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
     if estimate_family and estimate_family != family:  # cross-task runs get their own default file
-        name += f"_means_from_{estimate_family}"
+        name += f"_from_{estimate_family}" if measure == "cross_subspace" else f"_means_from_{estimate_family}"
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
     if measure == "position":
         extra.update(max_offset=max_offset, window=window)
         if window == "local":  # its own default file beside the full sweep's
             name += "_local"
     split = (measure in ("means", "cyclic", "subspace")) if split is None else split
-    estimate_pairs = 3 if measure == "subspace" else None  # Δ_1 and Δ_2 come from 3 pairs
+    # Δ_1 and Δ_2 come from 3 pairs; the cross-task source's D_1 … D_3 from 4
+    estimate_pairs = {"subspace": 3, "cross_subspace": 4}.get(measure)
+    if measure == "cross_subspace" and not estimate_family:
+        name += f"_from_{family}"
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split,
                                                             estimate_family, estimate_pairs),
           kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

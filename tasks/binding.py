@@ -174,6 +174,9 @@ class BindingContexts(TaskData):
     contexts: tuple[BindingContext, ...]
     estimate: tuple[BindingContext, ...]
     sources: tuple[BindingContext, ...] = ()  # per context: same family, none of its entities or attributes
+    # estimate contexts of the measured family and size (seed + 3), drawn when ``estimate`` comes
+    # from another family or size: the cross-task subspace subtracts their binding IDs
+    base_estimate: tuple[BindingContext, ...] = ()
 
     @property
     def n_pairs(self) -> int:
@@ -206,7 +209,11 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
     ``estimate_family``: draw the estimate contexts from another family (binding-iclr's
     cross-task means, ``scripts/run_experiment.py:536-596``: the binding-ID vectors of one task
     applied to another). ``estimate_pairs``: pairs per estimate context (default ``n_pairs``;
-    the subspace test estimates Δ_1 and Δ_2 on 3 pairs and tests on 2)."""
+    the subspace test estimates Δ_1 and Δ_2 on 3 pairs and tests on 2). When either differs
+    from the measured contexts, ``base_estimate`` holds ``n_estimate`` estimate contexts of the
+    measured family and size as well (seed + 3, train words with ``split``): the cross-task
+    subspace test (Table 2) estimates the source's Δ_1 … Δ_3 on 4 pairs of one family and
+    subtracts the measured family's own binding IDs."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
@@ -233,15 +240,19 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         if m > min(map(len, train)):
             raise TaskError(f"with split=True the {source_family} family has train words for at most "
                             f"{min(map(len, train))} pairs per estimate context (got estimate_pairs={m})")
-        rng_c, rng_e = random.Random(seed), random.Random(seed + 1)
+        rng_c, rng_e, rng_b = random.Random(seed), random.Random(seed + 1), random.Random(seed + 3)
         contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
         estimate = [_draw(rng_e, m, source_family, *train) for _ in range(n_estimate)]
+        own_train = (f.entities[:half[0]], f.attributes[:half[1]])
+        base = lambda: [_draw(rng_b, n_pairs, family, *own_train) for _ in range(n_estimate)]  # noqa: E731
     else:
         test = (f.entities, f.attributes)
         contexts = sample_contexts(n_contexts, n_pairs, seed, family)
         if estimate_pairs is not None:
             _check(m, source_family, 1)
         estimate = sample_contexts(n_estimate, m, seed + 1, source_family)
+        base = lambda: sample_contexts(n_estimate, n_pairs, seed + 3, family)  # noqa: E731
+    base_estimate = tuple(base()) if (source_family != family or m != n_pairs) else ()
     rng = random.Random(seed + 2)
     # source contexts (new words at the same positions) where the words suffice; the measures that
     # use them say so when there are none
@@ -258,7 +269,7 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         params["estimate_family"] = estimate_family
     if estimate_pairs is not None and estimate_pairs != n_pairs:
         params["estimate_pairs"] = estimate_pairs
-    return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources)
+    return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources, base_estimate)
 
 
 def _draw(rng: random.Random, n: int, family: str, entities: Sequence[str], attributes: Sequence[str]) -> BindingContext:

@@ -484,6 +484,74 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
     np.testing.assert_allclose(ds["cyclic_accuracy"].values, right.mean(axis=(0, 2, 3)))
 
 
+@pytest.mark.parametrize("which", ["neox", "llama"])
+def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, request, tiny_model_dir,
+                                                                          embedded_model, tmp_path):
+    """Table 2: the measured family's own IDs B_i taken out, the source's D_1..D_3 (4 pairs; D_2,
+    D_3 subtract another word, as the repository's ``extract_k_means``) put in."""
+    model, hf = _pair(which, request, tiny_model_dir, embedded_model)
+    data = nr.tasks.binding_contexts(2, 3, 2, seed=9, family="capitals", estimate_family="fruits", estimate_pairs=4)
+    assert all(c.family == "capitals" and len(c.entities) == 3 for c in data.base_estimate)
+    ds = nr.binding(model, data, measure="cross_subspace", batch_size=64, progress=False)
+    nr.testing.assert_valid_result(ds)
+    tok = model.tokenizer
+    L = hf.config.num_hidden_layers
+
+    def stated_and_shifted(c):
+        ids, e, a = _positions(model, c, c.text(0))
+        sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+        sids, se, sa = _positions(model, sh, sh.text(0))
+        return (_resid_pre_run(hf, ids)[1], e, a), (_resid_pre_run(hf, sids)[1], se, sa)
+
+    src = []
+    for c in data.estimate:  # D_k = side k as stated − side 0 shifted, k = 1, 2, 3
+        (h, e, a), (g, se, sa) = stated_and_shifted(c)
+        src.append(torch.stack([torch.stack([h[:, e[k]] - g[:, se[0]] for k in (1, 2, 3)]),
+                                torch.stack([h[:, a[k]] - g[:, sa[0]] for k in (1, 2, 3)])]))
+    D = torch.stack(src).mean(0)  # (kind, 3, L, d)
+    np.testing.assert_allclose(ds["source_delta"].values[:, :, :L], D.numpy(), rtol=1e-4, atol=1e-5)
+    base = []
+    for c in data.base_estimate:  # B_1, B_2 as the cyclic swaps estimate them
+        (h, e, a), (g, se, sa) = stated_and_shifted(c)
+        base.append(torch.stack([torch.stack([h[:, e[1]] - g[:, se[0]], g[:, se[2]] - h[:, e[0]]]),
+                                 torch.stack([h[:, a[1]] - g[:, sa[0]], g[:, sa[2]] - h[:, a[0]]])]))
+    B = torch.stack(base).mean(0)
+    np.testing.assert_allclose(ds["delta"].values[:, :, :L], B.numpy(), rtol=1e-4, atol=1e-5)
+    B = torch.cat([torch.zeros_like(B[:, :1]), torch.tensor(ds["delta"].values, dtype=B.dtype)[:, :, :L]], 1)
+    vectors = {"fruits": torch.tensor(ds["source_delta"].values, dtype=B.dtype)[:, :, :L],
+               "zeros": torch.zeros_like(B)}
+    for ci, c in enumerate(data.contexts):
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
+        end = len(tok(c.context())["input_ids"])
+        for q in range(3):
+            ids, e, a = _positions(model, c, c.text(q))
+            _, clean = _resid_pre_run(hf, ids)
+            for src_name, vec in vectors.items():
+                for p, cyc in enumerate(((1, 2, 0), (2, 0, 1))):
+                    def edit(li, h, vec=vec, cyc=cyc):
+                        h[0, :end] = clean[li, :end].to(h.dtype)
+                        for side in range(3):
+                            h[0, e[side]] = (clean[li, e[side]] + vec[0, side, li] - B[0, side, li]).to(h.dtype)
+                            h[0, a[side]] = (clean[li, a[side]] + vec[1, cyc[side], li] - B[1, side, li]).to(h.dtype)
+                        return h
+                    lp, _ = _resid_pre_run(hf, ids, edit=edit)
+                    np.testing.assert_allclose(ds["cross_logprob"].sel(source=src_name).values[p, q, :, ci],
+                                               lp[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{src_name} {p} {q}")
+    assert list(ds["source"].values) == ["fruits", "zeros", "random"]
+    lp = ds["cross_logprob"].values
+    bal = lp - np.median(lp, axis=(2, 4), keepdims=True)
+    right = bal.argmax(axis=3) == np.array([[2, 0, 1], [1, 2, 0]])[None, :, :, None]  # E_i -> A_cyc^-1(i)
+    np.testing.assert_allclose(ds["cross_accuracy"].values, right.mean(axis=(1, 2, 3)))
+    res = CliRunner().invoke(app, ["binding", "--measure", "cross_subspace", "--n-pairs", "3", "--family", "capitals",
+                                   "--estimate-family", "fruits", "--n-contexts", "2", "--n-estimate", "2",
+                                   "--no-progress", "--out", str(tmp_path / "cross.nc")])
+    assert res.exit_code == 0 and "cross-task subspace" in res.output, res.output
+    assert nr.plot_result(nr.load_result(tmp_path / "cross.nc")).axes
+    res = CliRunner().invoke(app, ["binding", "--measure", "cross_subspace", "--no-progress",
+                                   "--out", str(tmp_path / "x.nc")])
+    assert res.exit_code == 2 and "--n-pairs 3" in res.output and not (tmp_path / "x.nc").exists()
+
+
 def test_cross_task_estimate_contexts_come_from_the_other_family_and_its_train_words():
     fam = nr.tasks.binding.FAMILIES
     data = nr.tasks.binding_contexts(4, 2, 5, seed=2, family="capitals", split=True, estimate_family="fruits")

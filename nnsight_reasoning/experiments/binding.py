@@ -122,7 +122,7 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace")
+MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace", "cross_subspace")
 #: the roots of binding-iclr's Fig. 5 panels (``scripts/run_experiment.py:289-441``, without the unplotted (.2, .1))
 SUBSPACE_ROOTS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.5, 0.7), (0.7, 0.1), (0.0, 0.5))
 CYCLES = ((1, 2, 0), (2, 0, 1))
@@ -146,7 +146,9 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
       3 pairs);
     - "subspace": binding-iclr's Fig. 5, side 1's binding ID moved over a grid in the plane of
       Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
-      ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5].
+      ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5];
+    - "cross_subspace": binding-iclr's Table 2, 3-pair contexts bound by another task's
+      binding-ID differences (:func:`_cross_subspace`; ``estimate_family=``, ``estimate_pairs=4``).
 
     ``freeze_context`` (every measure but "accuracy"): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
@@ -172,6 +174,8 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
         return _means(run, contexts, freeze_context)
     if measure == "cyclic":
         return _cyclic(run, contexts, freeze_context)
+    if measure == "cross_subspace":
+        return _cross_subspace(run, contexts, freeze_context)
     if measure == "subspace":
         try:
             root_list = [(float(a), float(b)) for a, b in roots]
@@ -433,15 +437,15 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
 
 def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, n − 1, depth, d): binding-iclr's binding-ID differences Δ_k = ID_k − ID_0 for
-    entities and attributes (``extract_k_means``, ``coref/datascience.py:358-465``; n = 2 or
-    3): each estimate context is run as stated (E0A0, E1A1, …) and with its statements shifted
-    by one (E1A1, …, E0A0), and Δ_k is the mean over contexts of the same word's residual at
-    side k minus at side 0, at every depth: Δ_1 = E1 at side 1 (as stated) − E1 at side 0
-    (shifted); for n = 3, Δ_2 = E0 at side 2 (shifted) − E0 at side 0 (as stated). The word's
-    content cancels; what is left is the difference of the two binding IDs."""
+    entities and attributes (``extract_k_means``, ``coref/datascience.py:358-465``): each
+    estimate context is run as stated (E0A0, E1A1, …) and with its statements shifted by one
+    (E1A1, …, E0A0), and Δ_k is a mean over contexts of a residual at side k minus one at
+    side 0, at every depth: Δ_1 = E1 at side 1 (as stated) − E1 at side 0 (shifted), the same
+    word, so its content cancels. For n = 3, Δ_2 = E0 at side 2 (shifted) − E0 at side 0 (as
+    stated), the same word again. For other n the repository takes Δ_k = side k as stated −
+    side 0 shifted for every k, which for k ≥ 2 subtracts *another* word (E_k − E1): its content
+    cancels only on average over the draws (the cross-task subspace's 4-pair sources)."""
     n_pairs = len(estimate[0].entities)
-    if n_pairs not in (2, 3):
-        raise UsageError(f"binding-ID differences are estimated for 2 or 3 pairs (got {n_pairs})")
     shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
                for c in estimate]
     located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
@@ -453,9 +457,10 @@ def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Te
         h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2n, d)
         h = h.reshape(h.shape[0], h.shape[1], 2, n_pairs, h.shape[-1])  # (2b, D, kind, side, d)
         stated, moved = h[:len(chunk)], h[len(chunk):]
-        diffs = [stated[:, :, :, 1] - moved[:, :, :, 0]]
         if n_pairs == 3:
-            diffs.append(moved[:, :, :, 2] - stated[:, :, :, 0])
+            diffs = [stated[:, :, :, 1] - moved[:, :, :, 0], moved[:, :, :, 2] - stated[:, :, :, 0]]
+        else:
+            diffs = [stated[:, :, :, k] - moved[:, :, :, 0] for k in range(1, n_pairs)]
         part = torch.stack(diffs, 2).sum(0).permute(2, 1, 0, 3)  # (D, k, kind, d) -> (kind, k, D, d)
         total = part if total is None else total + part
     return (total / n).float()
@@ -642,6 +647,78 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                "split": int(bool(contexts.params.get("split")))})
 
 
+def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+    """binding-iclr's cross-task subspace test (Table 2; ``rx:738-811``
+    ``run_cross_mean_interventions_cyclic_subspace``, ``coref/data_collection.py``
+    ``test_cross_mean_interventions_cyclic_subspace``): can binding IDs made from *another
+    task's* difference vectors bind the measured task's pairs?
+
+    The measured family's own IDs, ID_i − ID_0 = B_i (B_0 = 0; B_1, B_2 from
+    ``contexts.base_estimate``, 3 pairs), are taken out of every entity and attribute, and the
+    source's differences D_1, D_2, D_3 (``contexts.estimate``: 4 pairs of ``estimate_family``)
+    are put in: at side i the entity gets D_{i+1} − B_i and the attribute D_{π(i)+1} − B_i, for
+    each 3-cycle π, at every depth with the context frozen. No side keeps its old ID, so the
+    model can answer by the new IDs only: E_i answers A_π⁻¹(i) if the source's vectors span
+    binding IDs for this task. Baselines as the repository's: ``zeros`` (every D = 0, so all
+    six tokens get ID_0) and ``random`` (D_{i+1} a random vector of B_i's norm per depth,
+    seeded). Accuracy: ``reduce_balanced_acc`` as for the cyclic swaps; ``control`` is the
+    clean run against the stated binding."""
+    model = run.model
+    est = contexts.estimate
+    if contexts.n_pairs != 3 or len(est[0].entities) != 4 or not contexts.base_estimate:
+        raise UsageError(f"the cross-task subspace test measures 3 pairs with difference vectors of 4-pair "
+                         f"estimate contexts (got {contexts.n_pairs} and {len(est[0].entities)}); CLI: --n-pairs 3; Python: "
+                         f"binding_contexts(n, 3, m, seed, family, estimate_family=F, estimate_pairs=4)")
+    base = _repository_deltas(run, contexts.base_estimate)  # (kind, 2, D, d): B_1, B_2
+    base = torch.cat([torch.zeros_like(base[:, :1]), base], 1)  # (kind, 3, D, d), B_0 = 0
+    source = _repository_deltas(run, est)  # (kind, 3, D, d): D_1, D_2, D_3
+    gen = torch.Generator().manual_seed(contexts.seed)
+    rand = torch.randn(base.shape, generator=gen, dtype=torch.float64).float()
+    rand = rand / rand.norm(dim=-1, keepdim=True) * base.norm(dim=-1, keepdim=True)  # 0 where B_0 = 0
+    family = est[0].family
+    vectors = {family: source, "zeros": torch.zeros_like(base), "random": rand}
+    names = list(vectors)
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
+    cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
+    plan = [(s, p) for s in range(len(names)) for p in range(len(CYCLES))]
+
+    def edits(entry, loc):  # side i: entity D_{i+1} − B_i, attribute D_{π(i)+1} − B_i
+        s, p = entry
+        vec = vectors[names[s]]
+        return ([(loc.entities[i], vec[0, i] - base[0, i]) for i in range(3)]
+                + [(loc.attributes[i], vec[1, CYCLES[p][i]] - base[1, i]) for i in range(3)])
+
+    runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "cross-task subspace")
+    logp = np.zeros((len(names), len(CYCLES), 3, 3, len(contexts)))  # (source, cycle, query, answer, prompt)
+    for e, (s, p) in enumerate(plan):
+        logp[s, p] = runs[1 + e]
+    intended = np.array([[cyc.index(q) for q in range(3)] for cyc in CYCLES])  # (cycle, query): A_π⁻¹(i)
+    balanced = logp - np.median(logp, axis=(2, 4), keepdims=True)
+    right = balanced.argmax(axis=3) == intended[None, :, :, None]  # (source, cycle, query, prompt)
+    clean = runs[0] - np.median(runs[0], axis=(0, 2), keepdims=True)  # (query, answer, prompt)
+    control = clean.argmax(axis=1) == np.arange(3)[:, None]
+    return xr.Dataset(
+        {"cross_logprob": (("source", "cycle", "query", "answer", "prompt"), logp,
+                           {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
+         "cross_correct": (("source", "cycle", "query", "prompt"), right.astype(np.int8)),
+         "cross_accuracy": ("source", right.mean(axis=(1, 2, 3)),
+                            {"long_name": "binding-iclr's balanced accuracy of A_π⁻¹(i), over both 3-cycles"}),
+         "control_accuracy": ((), float(control.mean()),
+                              {"long_name": "balanced accuracy of the stated binding, clean run"}),
+         "delta": (("kind", "k", "depth", "d_model"), base[:, 1:].numpy(),
+                   {"long_name": "the measured family's binding-ID differences B_k, k = 1, 2"}),
+         "source_delta": (("kind", "j", "depth", "d_model"), source.numpy(),
+                          {"long_name": f"the source's ({family}) differences D_j, j = 1, 2, 3 (4 pairs)"})},
+        coords={"source": np.array(names, dtype=object),
+                "cycle": np.array(["→".join(map(str, c)) for c in CYCLES], dtype=object),
+                "query": np.array(["E0", "E1", "E2"], dtype=object), "answer": np.array(["A0", "A1", "A2"], dtype=object),
+                "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "j": [1, 2, 3],
+                "depth": np.arange(base.shape[2]), "prompt": np.arange(len(contexts)),
+                "text": ("prompt", [c.text(0) for c in contexts.contexts])},
+        attrs={"method": "binding_ids", "measure": "cross_subspace", "metric": "accuracy",
+               "freeze_context": int(freeze), "split": int(bool(contexts.params.get("split")))})
+
+
 def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tuple[float, float]],
               grid: int) -> xr.Dataset:
     """binding-iclr's binding subspace (Fig. 5; ``test_subspace``, ``coref/data_collection.py:
@@ -750,6 +827,18 @@ def summarize(ds: xr.Dataset) -> list[Any]:
                           f"{float(grid.min()):.3f}", f"{float(near):.3f}")
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
                 f"· binding subspace (binding-iclr Fig. 5); Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
+    if measure == "cross_subspace":
+        ds = last_checkpoint(ds)
+        table = Table(title="balanced accuracy of the binding the source's IDs predict (E_i → A_π⁻¹(i))")
+        for col in ("source of D_1…D_3", *[str(c) for c in ds["cycle"].values], "mean"):
+            table.add_column(col, justify="right" if col != "source of D_1…D_3" else "left")
+        per = ds["cross_correct"].mean(("query", "prompt"))
+        for src in ds["source"].values:
+            table.add_row(str(src), *[f"{float(x):.3f}" for x in per.sel(source=src).values],
+                          f"{float(ds['cross_accuracy'].sel(source=src)):.3f}")
+        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+                f"of 3 pairs · cross-task subspace (binding-iclr Table 2); control (clean run, stated binding) "
+                f"{float(ds['control_accuracy']):.3f}", table]
     if measure == "cyclic":
         ds = last_checkpoint(ds)
         table = Table(title="balanced accuracy of the binding the cyclic swap predicts (control: the stated one)")

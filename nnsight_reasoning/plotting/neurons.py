@@ -94,6 +94,8 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         raise UsageError("a result over several models has a figure for --measure means (binding-iclr Fig. 6 left); "
                          "plot one model's part: nr.plot_result(one_model(ds, name)) "
                          "(from nnsight_reasoning.results.checkpoints)")
+    if ds.attrs.get("measure") == "cross_subspace":
+        return _cross_subspace_figure(ds)
     if ds.attrs.get("measure") == "factorization":
         return _factorization_figure(ds)
     if ds.attrs.get("measure") == "position":
@@ -276,6 +278,25 @@ def _cyclic_figure(ds: xr.Dataset):
     ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
     ax.legend(fontsize=7)
     ax.set_title(f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
+    return fig
+
+
+def _cross_subspace_figure(ds: xr.Dataset):
+    """binding-iclr's Table 2 for one source as bars: balanced accuracy of the binding the
+    source's difference vectors predict, against the zeros and random baselines and the clean
+    control."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    names = ["control", *[str(s) for s in ds["source"].values]]
+    values = [float(ds["control_accuracy"]), *ds["cross_accuracy"].values]
+    ax.bar(range(len(names)), values, color=["0.4", "tab:blue", "tab:gray", "tab:gray"][: len(names)])
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("balanced accuracy")
+    ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
+    ax.legend(fontsize=7)
+    ax.set_title(f"cross-task subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
     return fig
 
 

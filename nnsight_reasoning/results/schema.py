@@ -68,6 +68,11 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                            "cyclic_intended": ("cycle", "target", "query"),
                            "cyclic_correct": ("cycle", "target", "query", "prompt"), "cyclic_accuracy": ("target",),
                            "delta": ("kind", "k", "depth", "d_model")},
+    "binding_ids/cross_subspace": {"cross_logprob": ("source", "cycle", "query", "answer", "prompt"),
+                                   "cross_correct": ("source", "cycle", "query", "prompt"),
+                                   "cross_accuracy": ("source",), "control_accuracy": (),
+                                   "delta": ("kind", "k", "depth", "d_model"),
+                                   "source_delta": ("kind", "j", "depth", "d_model")},
     "binding_ids/subspace": {"subspace_logprob": ("root", "x", "y", "query", "answer", "prompt"),
                              "subspace_accuracy": ("root", "x", "y"), "delta2_coords": ("basis",),
                              "delta": ("kind", "k", "depth", "d_model")},
@@ -85,7 +90,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
 FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
-             "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy")
+             "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy",
+             "cross_accuracy", "cross_correct", "control_accuracy")
 
 
 def assert_valid_result(ds: xr.Dataset) -> None:
