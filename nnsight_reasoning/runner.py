@@ -238,19 +238,17 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
         raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     _remote.check_remote(remote)
     if isinstance(model, (list, tuple)):
+        # parts of the whole run are checked against the data as the first model's tokenizer
+        # makes it (a function's name alone would not tell two data sizes apart)
+        probe = data(_tokenizer_of(model[0], revisions)) if _per_tokenizer(data) and model else data
         return over_models(lambda m, where: execute(exp, m, data, options, batch_size=batch_size, remote=remote,
                                                     progress=progress, resume_dir=where, revisions=revisions),
-                           model, config=_config(exp, data, options, batch_size), resume_dir=resume_dir,
+                           model, config=_config(exp, probe, options, batch_size), resume_dir=resume_dir,
                            progress=progress)
     if _per_tokenizer(data):
         if revisions is None:
             model = coerce_model(model)
-            data = data(model.tokenizer)
-        else:  # the sweep loads each revision itself; the last one's tokenizer (a lazy load: no weights)
-            from .results.checkpoints import parse_revisions
-
-            name, load_kwargs = _sweep_model(model, {})
-            data = data(load_model(name, parse_revisions(revisions, name)[-1], **load_kwargs).tokenizer)
+        data = data(_tokenizer_of(model, revisions))
 
     def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
         return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
@@ -335,6 +333,16 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
     return ds
 
 
+def _tokenizer_of(model: Any, revisions: Any) -> Any:
+    """The tokenizer of a model (a sweep's: its last revision's), loaded lazily (no weights)."""
+    if revisions is None:
+        return coerce_model(model).tokenizer
+    from .results.checkpoints import parse_revisions
+
+    name, load_kwargs = _sweep_model(model, {})
+    return load_model(name, parse_revisions(revisions, name)[-1], **load_kwargs).tokenizer
+
+
 def _per_tokenizer(data: Any) -> bool:
     """Whether ``data`` is a function ``tokenizer -> data`` (made per model) rather than data."""
     return isinstance(data, (types.FunctionType, types.MethodType, functools.partial))
@@ -353,12 +361,7 @@ def _n_parameters(model: Any) -> int:
 
 def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """Everything besides the model that determines a run's numbers and parts (a parts folder
-    made under another config is refused, naming the keys that differ). Data made per model
-    (a function) is described by the function's name; each model's own parts, made below this
-    level, record the data's digest."""
-    if _per_tokenizer(data):
-        return {"method": exp.name, "data": named(data), "batch_size": batch_size,
-                **{k: named(v) for k, v in options.items()}}
+    made under another config is refused, naming the keys that differ)."""
     return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
             "data": digest(data), "batch_size": batch_size, **{k: named(v) for k, v in options.items()}}
 

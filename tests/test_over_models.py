@@ -75,6 +75,9 @@ def test_data_made_per_tokenizer_revisions_within_models_and_resume(tmp_path, ti
         single = nr.patch(m, _pairs(nr.load_model(m).tokenizer), ("mlp",), progress=False)
         _same(single, one_model(first, m), single.data_vars)
         _same(single, one_model(again, m), single.data_vars)
+    other = lambda tok: nr.tasks.arithmetic(n_prompts=4, seed=3, tokenizer=tok)  # noqa: E731
+    with pytest.raises(nr.UsageError, match="different run"):  # other data: its parts are not reused
+        nr.patch(models, other, ("mlp",), progress=False, resume_dir=where)
     with pytest.raises(nr.UsageError, match="given twice"):
         nr.patch(["embedded", "embedded"], _pairs, ("mlp",), progress=False)
 
