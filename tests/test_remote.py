@@ -240,9 +240,10 @@ def test_binding_iclr_measures_run_remotely_like_locally(ndif, embedded_model, m
     """The frozen context (a row mask), the position ids and the Δ edits travel with each request."""
     monkeypatch.setenv("NDIF_API_KEY", KEY)
     data = nr.tasks.binding_contexts(3, 2, 3, family="capitals", split=True)
-    for measure in ("factorization", "position", "means"):
-        local = nr.binding(embedded_model, data, measure=measure, max_offset=2, progress=False)
-        remote = nr.binding(embedded_model, data, measure=measure, max_offset=2, progress=False, remote=ndif.host)
+    three = nr.tasks.binding_contexts(2, 3, 2, family="capitals", estimate_family="fruits", estimate_pairs=4)
+    for measure, d in (("factorization", data), ("position", data), ("means", data), ("cross_subspace", three)):
+        local = nr.binding(embedded_model, d, measure=measure, max_offset=2, progress=False)
+        remote = nr.binding(embedded_model, d, measure=measure, max_offset=2, progress=False, remote=ndif.host)
         for v in local.data_vars:
             np.testing.assert_allclose(remote[v].values, local[v].values, rtol=1e-5, atol=1e-6, err_msg=v)
         assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
