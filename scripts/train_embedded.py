@@ -1,7 +1,8 @@
 """Build the embedded model: a word-level tokenizer and a small GPT-NeoX trained from scratch
 on the synthetic tasks of the five papers (MODEL_CARD.md says what it learnt).
 
-Run by developers, not CI (about 82 minutes on 2 CPU cores, 2026-11-30):
+Run by developers, not CI (about 88 minutes on 2 otherwise idle CPU cores: the curriculum's
+608 steps, then 3,000 mixture steps at ~1.65 s each; 2026-11-30):
 
     python scripts/train_embedded.py            # writes nnsight_reasoning/embedded/revisions/*
     python scripts/make_model_card.py           # measures every task and head score per revision
@@ -30,26 +31,22 @@ Recipe, and why:
   the curriculum ends on the measured accuracy, not at a fixed step.
 - Revisions like Pythia's: step0, then powers of two below --every (1, 2, 4, …, 256), then
   every --every steps, and main at the end.
+- The mixture (v3 of the embedded model, 2026-11-30): besides every paper's task, reversed
+  binding queries (``binding_reverse``: "Which … ?" names the attribute and asks for the entity,
+  which teaches ``shapes``, whose statements name the attribute first), MechanisticProbe's own
+  k-th-smallest format (``kth_repository``: 16 numbers, the second smallest) and whole worked
+  solutions (``cot_solution``) weighted 8: a task's loss is the mean over its answer tokens, so
+  a solution's ~20 target tokens would otherwise share the weight one token gets elsewhere.
 
-A trial for the next model (2026-11-30, not shipped; 2 threads, 82 min): three tasks this
-script defines but the default mixture leaves out, with ``--mix arithmetic=184,
-number_retrieval=24,factual_recall=16,kth_smallest=40,kth_repository=24,ioi=32,greater_than=16,
-sentiment=12,binding=64,binding_gaps=24,binding_reverse=40,cot_solution=16,
-repeated_tokens=40 --weights repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2``
-(``cot_solution`` in place of ``cot``; the reversed queries said "Who"). Measured at main, 500
-prompts: ``shapes`` 1.00 with 2 and 3 entities (v2: 0.48 / 0.33; ``binding_reverse`` training
-accuracy rose from chance at mixture step ~900 to 0.97), MechanisticProbe's format 0.986, every
-other binding, arithmetic, IOI, k-th smallest, greater-than and sentiment target kept. But CoT
-collapsed: finishing a gold solution 0.04 (v2: 1.00), writing its own 0.06. A task's loss is the
-mean over its answer tokens, so a solution's ~20 target tokens share the weight one token gets
-in the other tasks, and the one that matters (the result after "=") got a twentieth of it.
-Next: keep ``cot`` and add ``cot_solution`` weighted up, e.g. ``--mix arithmetic=176,
-number_retrieval=24,factual_recall=16,kth_smallest=32,kth_repository=24,ioi=32,greater_than=16,
-sentiment=12,binding=56,binding_gaps=16,binding_reverse=32,cot=16,cot_solution=12,
-repeated_tokens=32 --weights repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,
-cot_solution=8`` (13.7k tokens per step, as the default mixture's 13.8k: about the same time).
-With the reversed rung in the curriculum too (48 per step), the forward rung stalled (0.59 at
-step 1,000) and the reversed one stayed at chance, so it belongs in the mixture.
+History. v2 (the mixture without those three tasks) missed ``shapes`` (0.48 / 0.33 with 2 / 3
+entities) and the repository's k-th-smallest format (0.03). A first trial with them
+(``cot_solution`` weight 1, no ``cot``; reversed queries in "Who") learnt both (1.00 and 0.986)
+but lost CoT arithmetic (finishing a gold solution 0.04; v2 1.00): the result after "=" got a
+twentieth of its weight. Keeping ``cot`` and weighting ``cot_solution`` 8 (this default) keeps
+every v2 target and learns both (model card). With the reversed rung in the curriculum too (48
+per step) the forward rung stalled (0.59 at step 1,000) and the reversed one stayed at chance,
+so it belongs in the mixture. Neither mixture teaches the model to *write* a correct solution
+after the paper's exemplars (``nr.cot_generation``: 0.08): the card lists those targets as missed.
 """
 from __future__ import annotations
 
@@ -327,9 +324,10 @@ def main() -> None:
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
-    ap.add_argument("--mix", default="arithmetic=192,number_retrieval=24,factual_recall=16,kth_smallest=48,ioi=32,"
-                                     "greater_than=16,sentiment=12,binding=64,binding_gaps=48,cot=16,repeated_tokens=64")
-    ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2",
+    ap.add_argument("--mix", default="arithmetic=176,number_retrieval=24,factual_recall=16,kth_smallest=32,"
+                                     "kth_repository=24,ioi=32,greater_than=16,sentiment=12,binding=56,binding_gaps=16,"
+                                     "binding_reverse=32,cot=16,cot_solution=12,repeated_tokens=32")
+    ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,cot_solution=8",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
     ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64",
                     help="the curriculum's mix (same form as --mix; empty: no curriculum)")
