@@ -805,6 +805,20 @@ def _dataset(contexts: BindingContexts, n_pairs, correct, factor, position, swap
         attrs={"method": "binding_ids", "metric": "accuracy", "chance": 1 / n_pairs})
 
 
+def _per_cycle_table(ds: xr.Dataset, title: str, row_dim: str, row_label: str, correct: str, accuracy: str) -> Any:
+    """A table of balanced accuracy per ``row_dim`` entry and 3-cycle, and their mean."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in (row_label, *[str(c) for c in ds["cycle"].values], "mean"):
+        table.add_column(col, justify="left" if col == row_label else "right")
+    per = ds[correct].mean(("query", "prompt"))
+    for r in ds[row_dim].values:
+        table.add_row(str(r), *[f"{float(x):.3f}" for x in per.sel({row_dim: r}).values],
+                      f"{float(ds[accuracy].sel({row_dim: r})):.3f}")
+    return table
+
+
 def summarize(ds: xr.Dataset) -> list[Any]:
     """Each binding measure's accuracy against chance; over checkpoints, one column each. For
     the factorization test, the outcome accuracy per side and substitution; for the position
@@ -829,25 +843,15 @@ def summarize(ds: xr.Dataset) -> list[Any]:
                 f"· binding subspace (binding-iclr Fig. 5); Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
     if measure == "cross_subspace":
         ds = last_checkpoint(ds)
-        table = Table(title="balanced accuracy of the binding the source's IDs predict (E_i → A_π⁻¹(i))")
-        for col in ("source of D_1…D_3", *[str(c) for c in ds["cycle"].values], "mean"):
-            table.add_column(col, justify="right" if col != "source of D_1…D_3" else "left")
-        per = ds["cross_correct"].mean(("query", "prompt"))
-        for src in ds["source"].values:
-            table.add_row(str(src), *[f"{float(x):.3f}" for x in per.sel(source=src).values],
-                          f"{float(ds['cross_accuracy'].sel(source=src)):.3f}")
+        table = _per_cycle_table(ds, "balanced accuracy of the binding the source's IDs predict (E_i → A_π⁻¹(i))",
+                                 "source", "source of D_1…D_3", "cross_correct", "cross_accuracy")
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
                 f"of 3 pairs · cross-task subspace (binding-iclr Table 2); control (clean run, stated binding) "
                 f"{float(ds['control_accuracy']):.3f}", table]
     if measure == "cyclic":
         ds = last_checkpoint(ds)
-        table = Table(title="balanced accuracy of the binding the cyclic swap predicts (control: the stated one)")
-        for col in ("target", *[str(c) for c in ds["cycle"].values], "mean"):
-            table.add_column(col, justify="right" if col != "target" else "left")
-        per = ds["cyclic_correct"].mean(("query", "prompt"))
-        for t in ds["target"].values:
-            table.add_row(str(t), *[f"{float(x):.3f}" for x in per.sel(target=t).values],
-                          f"{float(ds['cyclic_accuracy'].sel(target=t)):.3f}")
+        table = _per_cycle_table(ds, "balanced accuracy of the binding the cyclic swap predicts (control: the stated "
+                                     "one)", "target", "target", "cyclic_correct", "cyclic_accuracy")
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
                 f"of 3 pairs · cyclic swaps of binding IDs (binding-iclr Fig. 6 right)", table]
     if measure == "means":

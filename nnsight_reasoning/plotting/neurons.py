@@ -267,17 +267,23 @@ def _means_over_models_figure(ds: xr.Dataset):
 def _cyclic_figure(ds: xr.Dataset):
     """binding-iclr's Fig. 6 (right) for one family: balanced accuracy of the control and of
     the cyclic swaps of the entities' and the attributes' binding IDs."""
+    return _balanced_bars([str(t) for t in ds["target"].values], ds["cyclic_accuracy"].values,
+                          ["0.4", "tab:blue", "tab:orange"], "balanced accuracy (intended binding)",
+                          f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+
+
+def _balanced_bars(names: list[str], values, colors: list[str], ylabel: str, title: str):
+    """Bars of balanced accuracy (3 answers) with the chance line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
-    names = [str(t) for t in ds["target"].values]
-    ax.bar(range(len(names)), ds["cyclic_accuracy"].values, color=["0.4", "tab:blue", "tab:orange"][: len(names)])
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.bar(range(len(names)), values, color=colors[: len(names)])
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("balanced accuracy (intended binding)")
+    ax.set_ylabel(ylabel)
     ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
     ax.legend(fontsize=7)
-    ax.set_title(f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
+    ax.set_title(title, fontsize=8)
     return fig
 
 
@@ -285,19 +291,10 @@ def _cross_subspace_figure(ds: xr.Dataset):
     """binding-iclr's Table 2 for one source as bars: balanced accuracy of the binding the
     source's difference vectors predict, against the zeros and random baselines and the clean
     control."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    names = ["control", *[str(s) for s in ds["source"].values]]
-    values = [float(ds["control_accuracy"]), *ds["cross_accuracy"].values]
-    ax.bar(range(len(names)), values, color=["0.4", "tab:blue", "tab:gray", "tab:gray"][: len(names)])
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("balanced accuracy")
-    ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
-    ax.legend(fontsize=7)
-    ax.set_title(f"cross-task subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=8)
-    return fig
+    return _balanced_bars(["control", *[str(s) for s in ds["source"].values]],
+                          [float(ds["control_accuracy"]), *ds["cross_accuracy"].values],
+                          ["0.4", "tab:blue", "tab:gray", "tab:gray"], "balanced accuracy",
+                          f"cross-task subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
 
 
 def _subspace_figure(ds: xr.Dataset):
