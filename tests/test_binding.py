@@ -484,7 +484,7 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
     np.testing.assert_allclose(ds["cyclic_accuracy"].values, right.mean(axis=(0, 2, 3)))
 
 
-@pytest.mark.parametrize("which", ["neox", "llama"])
+@pytest.mark.parametrize("which", [pytest.param("neox", marks=pytest.mark.slow), "llama"])
 def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, request, tiny_model_dir,
                                                                           embedded_model, tmp_path):
     """Table 2: the measured family's own IDs B_i taken out, the source's D_1..D_3 (4 pairs; D_2,

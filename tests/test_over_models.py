@@ -46,6 +46,7 @@ def test_binding_means_over_two_models_equal_their_own_runs(tiny_model_dir):
         assert part.attrs["model"] == m and part.attrs["revision"] == single.attrs["revision"]
 
 
+@pytest.mark.slow  # four sweeps and two models twice (~12 s): the fast tier keeps the two-model oracle
 def test_data_made_per_tokenizer_revisions_within_models_and_resume(tmp_path, tiny_model_dir):
     ladder = tmp_path / "ladder"  # a local model with revisions: two of the embedded model's
     ladder.mkdir()
