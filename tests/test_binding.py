@@ -436,6 +436,26 @@ def test_cli_means_uses_split_words_and_summarizes(tmp_path):
     assert res.exit_code == 2 and "3 pairs" in res.output and not (tmp_path / "x.nc").exists()
 
 
+def _stated_and_shifted(model, hf, c):
+    """Residuals (layer inputs) and entity/attribute positions of a context as stated and with
+    its statements shifted by one (E1A1, …, E0A0): the runs binding-iclr's Δ estimator reads."""
+    ids, e, a = _positions(model, c, c.text(0))
+    sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+    sids, se, sa = _positions(model, sh, sh.text(0))
+    return (_resid_pre_run(hf, ids)[1], e, a), (_resid_pre_run(hf, sids)[1], se, sa)
+
+
+def _three_pair_deltas(model, hf, contexts):
+    """(kind, 2, L, d): Δ_1 = E1 at side 1 (as stated) − at side 0 (shifted by one); Δ_2 = E0 at
+    side 2 (shifted) − at side 0 (stated); the same at the attributes; mean over contexts."""
+    out = []
+    for c in contexts:
+        (h, e, a), (g, se, sa) = _stated_and_shifted(model, hf, c)
+        out.append(torch.stack([torch.stack([h[:, e[1]] - g[:, se[0]], g[:, se[2]] - h[:, e[0]]]),
+                                torch.stack([h[:, a[1]] - g[:, sa[0]], g[:, sa[2]] - h[:, a[0]]])]))
+    return torch.stack(out).mean(0)
+
+
 @pytest.mark.parametrize("which", ["neox", "llama"])
 def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embedded_model):
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
@@ -443,17 +463,7 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
     ds = nr.binding(model, data, measure="cyclic", batch_size=64, progress=False)
     tok = model.tokenizer
     L = hf.config.num_hidden_layers
-    # Δ_1 = E1 at side 1 (as stated) − at side 0 (shifted by one); Δ_2 = E0 at side 2 (shifted) − at side 0 (stated)
-    d1, d2 = [], []
-    for c in data.estimate:
-        ids, e, a = _positions(model, c, c.text(0))
-        _, h = _resid_pre_run(hf, ids)
-        sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
-        sids, se, sa = _positions(model, sh, sh.text(0))
-        _, g = _resid_pre_run(hf, sids)
-        d1.append(torch.stack([h[:, e[1]] - g[:, se[0]], h[:, a[1]] - g[:, sa[0]]]))
-        d2.append(torch.stack([g[:, se[2]] - h[:, e[0]], g[:, sa[2]] - h[:, a[0]]]))
-    want = torch.stack([torch.stack(d1).mean(0), torch.stack(d2).mean(0)], 1)  # (kind, k, L, d)
+    want = _three_pair_deltas(model, hf, data.estimate)  # (kind, k, L, d)
     np.testing.assert_allclose(ds["delta"].values[:, :, :L], want.numpy(), rtol=1e-4, atol=1e-5)
     ids_ = torch.cat([torch.zeros(2, 1, *want.shape[2:], dtype=torch.float64),
                       torch.tensor(ds["delta"].values, dtype=torch.float64)[:, :, :L]], 1)  # Δ_0 = 0
@@ -497,25 +507,14 @@ def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, 
     tok = model.tokenizer
     L = hf.config.num_hidden_layers
 
-    def stated_and_shifted(c):
-        ids, e, a = _positions(model, c, c.text(0))
-        sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
-        sids, se, sa = _positions(model, sh, sh.text(0))
-        return (_resid_pre_run(hf, ids)[1], e, a), (_resid_pre_run(hf, sids)[1], se, sa)
-
     src = []
     for c in data.estimate:  # D_k = side k as stated − side 0 shifted, k = 1, 2, 3
-        (h, e, a), (g, se, sa) = stated_and_shifted(c)
+        (h, e, a), (g, se, sa) = _stated_and_shifted(model, hf, c)
         src.append(torch.stack([torch.stack([h[:, e[k]] - g[:, se[0]] for k in (1, 2, 3)]),
                                 torch.stack([h[:, a[k]] - g[:, sa[0]] for k in (1, 2, 3)])]))
     D = torch.stack(src).mean(0)  # (kind, 3, L, d)
     np.testing.assert_allclose(ds["source_delta"].values[:, :, :L], D.numpy(), rtol=1e-4, atol=1e-5)
-    base = []
-    for c in data.base_estimate:  # B_1, B_2 as the cyclic swaps estimate them
-        (h, e, a), (g, se, sa) = stated_and_shifted(c)
-        base.append(torch.stack([torch.stack([h[:, e[1]] - g[:, se[0]], g[:, se[2]] - h[:, e[0]]]),
-                                 torch.stack([h[:, a[1]] - g[:, sa[0]], g[:, sa[2]] - h[:, a[0]]])]))
-    B = torch.stack(base).mean(0)
+    B = _three_pair_deltas(model, hf, data.base_estimate)  # B_1, B_2 as the cyclic swaps estimate them
     np.testing.assert_allclose(ds["delta"].values[:, :, :L], B.numpy(), rtol=1e-4, atol=1e-5)
     B = torch.cat([torch.zeros_like(B[:, :1]), torch.tensor(ds["delta"].values, dtype=B.dtype)[:, :, :L]], 1)
     vectors = {"fruits": torch.tensor(ds["source_delta"].values, dtype=B.dtype)[:, :, :L],
