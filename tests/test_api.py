@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -39,6 +40,7 @@ def test_every_experiment_has_the_harness_keywords_and_documents_them():
         assert fn.experiment.name in nr.testing.SCHEMAS or fn.experiment.name.endswith("patching"), name
 
 
+@pytest.mark.slow  # the whole README walk-through (~45 s on 2 cores), like the notebooks
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     """Execute the README's Python block verbatim (it writes ie.nc into the cwd)."""
     monkeypatch.chdir(tmp_path)

@@ -22,7 +22,7 @@ from nnsight_reasoning import embedded
 from nnsight_reasoning.results.checkpoints import PYTHIA_REVISIONS, parse_revisions
 from nnsight_reasoning.results.parts import parts_dir
 
-from .clirun import reason_interp
+from .clirun import in_process, reason_interp
 
 REVS = embedded.revisions()
 
@@ -164,7 +164,7 @@ def test_sigkill_mid_sweep_resumes_to_identical_values_and_refuses_other_configs
 
 def test_cli_evaluate_over_revisions_table_file_and_learning_curve(tmp_path):
     out = tmp_path / "curve.nc"
-    r = reason_interp(["evaluate", "--task", "arithmetic", "--n-prompts", "30", "--revisions", "step0,step1000,main",
+    r = in_process(["evaluate", "--task", "arithmetic", "--n-prompts", "30", "--revisions", "step0,step1000,main",
                        "--out", str(out), "--no-progress"])
     assert r.returncode == 0, r.stderr
     ds = nr.load_result(out)
@@ -174,12 +174,12 @@ def test_cli_evaluate_over_revisions_table_file_and_learning_curve(tmp_path):
     acc_line = fig.axes[0].lines[0]
     np.testing.assert_array_equal(acc_line.get_ydata(), ds.accuracy.values)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["step0", "step1000", "main"]
-    p = reason_interp(["plot", str(out)])
+    p = in_process(["plot", str(out)])
     assert p.returncode == 0 and out.with_suffix(".png").stat().st_size > 0
 
-    both = reason_interp(["patch", "--revision", "main", "--revisions", "all"])
+    both = in_process(["patch", "--revision", "main", "--revisions", "all"])
     assert both.returncode == 2 and "not both" in both.stderr
-    bad = reason_interp(["evaluate", "--revisions", "step0,step99"])
+    bad = in_process(["evaluate", "--revisions", "step0,step99"])
     assert bad.returncode == 2 and "has no revision step99; it has: step0" in bad.stderr
 
 

@@ -258,6 +258,7 @@ def test_cli_exact_edge_patching_writes_its_own_file(tmp_path, monkeypatch, embe
     assert not (tmp_path / "results" / "circuit_arithmetic_embedded_main.nc").exists()
 
 
+@pytest.mark.slow  # kill-and-resume: the slow tier's
 def test_sigkill_mid_circuit_resumes_to_the_same_values(tmp_path, embedded_model):
     """A real SIGKILL after the third finished pass (the scoring passes), then the same command."""
     out = tmp_path / "c.nc"

@@ -10,7 +10,7 @@ import pytest
 import nnsight_reasoning as nr
 from nnsight_reasoning.results.parts import parts_dir
 
-from .clirun import reason_interp
+from .clirun import in_process, reason_interp
 
 
 def test_resume_dir_reuses_finished_passes_and_gives_identical_values(embedded_model, small_pairs, tmp_path):
@@ -87,12 +87,10 @@ def test_restart_discards_parts_of_another_run(tmp_path):
     parts = parts_dir(out)
     parts.mkdir()
     (parts / "manifest.json").write_text('{"config": {"method": "something else"}}')
-    refused = reason_interp(base, background=True)
-    _, err = refused.communicate(timeout=120)
-    assert refused.returncode == 2 and "pass --restart" in err and not out.exists()
-    ok = reason_interp(base + ["--restart"], background=True)
-    _, err = ok.communicate(timeout=120)
-    assert ok.returncode == 0, err
+    refused = in_process(base)
+    assert refused.returncode == 2 and "pass --restart" in refused.stderr and not out.exists()
+    ok = in_process(base + ["--restart"])
+    assert ok.returncode == 0, ok.stderr
     assert out.exists() and not parts.exists()
 
 

@@ -8,23 +8,16 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
-from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.experiments.probe import BASELINE_VARIABLES, fold_of_prompt
 from nnsight_reasoning.results.parts import parts_dir
 
+from .clirun import in_process as reason_interp
+
 DATA = Path(__file__).parent / "data"
-
-
-def reason_interp(args):
-    """The CLI in-process (typer's runner); stdout and stderr kept apart."""
-    res = CliRunner().invoke(app, args)
-    res.returncode = res.exit_code
-    return res
 
 
 def _features(revision: str, prompts, query="last", normalise=True) -> np.ndarray:
