@@ -98,6 +98,10 @@ def binding(
     estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
                                                              "another family (binding-iclr's cross-task means); "
                                                              "cross_subspace: the source task (default: --family)"),
+    entity_tokens: int = typer.Option(2, help="every measure but accuracy: tokens edited from each entity's first "
+                                              "token (binding-iclr's --entity_width: the name and the token after it)"),
+    attribute_tokens: int = typer.Option(1, help="every measure but accuracy: tokens edited from each attribute's "
+                                                 "first token (binding-iclr's --country_width)"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
@@ -107,7 +111,8 @@ def binding(
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
     if estimate_family and estimate_family != family:  # cross-task runs get their own default file
         name += f"_from_{estimate_family}" if measure == "cross_subspace" else f"_means_from_{estimate_family}"
-    extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context}
+    extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context,
+                                              "entity_tokens": entity_tokens, "attribute_tokens": attribute_tokens}
     if measure == "position":
         extra.update(max_offset=max_offset, window=window)
         if window == "local":  # its own default file beside the full sweep's

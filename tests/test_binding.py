@@ -14,12 +14,29 @@ import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.experiments.binding import locate
+from nnsight_reasoning.experiments.binding import TOKENS, locate
 
 
 def _positions(model, ctx, text):
     loc = locate(model, ctx, text)
     return loc.ids, loc.entities, loc.attributes
+
+
+def _window(first, kind, tokens=TOKENS):
+    """The positions binding-iclr's tests edit for a word whose first token is ``first``:
+    ``entity_width`` (kind 0) or ``country_width`` (kind 1) tokens from it."""
+    return range(first, first + tokens[kind])
+
+
+def _vectors(ds, name, L):
+    """A Dataset's per-token vectors (…, token, depth, d) cut to the L layer inputs, with the
+    entries of tokens outside a kind's window (NaN in the file) as 0, as the edits use them."""
+    v = ds[name]
+    edited = (ds["token"] < ds["edited_tokens"]).transpose("kind", "token")
+    nan = np.isnan(v.values).all(axis=(-1, -2))  # (kind, [k,] token)
+    assert (nan == ~np.broadcast_to(edited.values.reshape(edited.shape[:1] + (1,) * (nan.ndim - 2) + edited.shape[1:]),
+                                    nan.shape)).all()
+    return torch.tensor(np.nan_to_num(v.values), dtype=torch.float64)[..., :L, :]
 
 
 def _depth_modules(hf):
@@ -267,8 +284,8 @@ def test_factorization_by_side_matches_a_frozen_context_run(which, family, reque
                 for se, sa in ((0, 1), (1, 0), (1, 1)):
                     def edit(li, h, side=side, se=se, sa=sa):
                         h[0, :end] = clean[li, :end].to(h.dtype)  # the context stays clean
-                        for on, pos in ((se, e[side]), (sa, a[side])):
-                            if on:
+                        for kind, on, first in ((0, se, e[side]), (1, sa, a[side])):
+                            for pos in _window(first, kind) if on else ():
                                 h[0, pos] = source[li, pos].to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
@@ -296,23 +313,27 @@ def test_position_sweep_matches_shifted_position_ids_with_a_frozen_context(which
     tok = model.tokenizer
     ids0, e, a = _positions(model, data.contexts[0], data.contexts[0].text(0))
     assert ds["distance"].values.tolist() == [e[1] - e[0], a[1] - a[0]]
-    want = {t: list(range(max(-3, -p[0]), min(3 + p[1] - p[0] - 1, p[1]) + 1)) for t, p in (("entity", e),
-                                                                                             ("attribute", a))}
+    limit = hf.config.max_position_embeddings  # GPT-2's n_positions answers to this name
+    # every token of both windows keeps an id in [0, limit)
+    want = {t: [o for o in range(-3, 3 + p[1] - p[0]) if p[0] + o >= 0 and p[1] - o >= 0
+                and p[0] + w - 1 + o < limit and p[1] + w - 1 - o < limit]
+            for t, p, w in (("entity", e, TOKENS[0]), ("attribute", a, TOKENS[1]))}
     for ci, c in enumerate(data.contexts):
         cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
         end = len(tok(c.context())["input_ids"])
         for q in (0, 1):
             ids, e, a = _positions(model, c, c.text(q))
             _, clean = _resid_pre_run(hf, ids)
-            for t, (p0, p1) in (("entity", (e[0], e[1])), ("attribute", (a[0], a[1]))):
+            for kind, (t, (p0, p1)) in enumerate((("entity", (e[0], e[1])), ("attribute", (a[0], a[1])))):
                 for o in ds["offset"].values:
                     got = ds["position_logprob"].sel(target=t, offset=o).values[q, :, ci]
                     if o not in want[t]:
                         assert np.isnan(got).all()
                         continue
                     pos = list(range(len(ids)))
-                    pos[p0] += o
-                    pos[p1] -= o
+                    for k in range(TOKENS[kind]):  # the whole window moves
+                        pos[p0 + k] += o
+                        pos[p1 + k] -= o
 
                     def edit(li, h):
                         if li or which != "gpt2":
@@ -372,7 +393,9 @@ def test_mean_interventions_with_the_repository_estimator(which, request, tiny_m
     ds = nr.binding(model, data, measure="means", batch_size=64, progress=False)
     tok = model.tokenizer
     L = hf.config.num_hidden_layers
-    # Δ: the same word at side 1 (as stated) minus at side 0 (statements shifted by one), per layer input
+    # Δ: the same word at side 1 (as stated) minus at side 0 (statements shifted by one), per layer
+    # input and per token of the window (the token after an entity: the same word follows the same name)
+    W = max(TOKENS)
     diffs = []
     for c in data.estimate:
         ids, e, a = _positions(model, c, c.text(0))
@@ -381,12 +404,15 @@ def test_mean_interventions_with_the_repository_estimator(which, request, tiny_m
         rids, re_, ra = _positions(model, rev, rev.text(0))
         _, r = _resid_pre_run(hf, rids)
         assert rev.entities[0] == c.entities[1]
-        diffs.append(torch.stack([h[:, e[1]] - r[:, re_[0]], h[:, a[1]] - r[:, ra[0]]]))
-    delta = torch.stack(diffs).mean(0)  # (2, L, d)
-    np.testing.assert_allclose(ds["delta"].values[:, :L], delta.numpy(), rtol=1e-4, atol=1e-5)
+        diffs.append(torch.stack([torch.stack([h[:, p + t] - r[:, q + t] if t < TOKENS[kind] else torch.zeros_like(h[:, 0])
+                                               for t in range(W)])
+                                  for kind, p, q in ((0, e[1], re_[0]), (1, a[1], ra[0]))]))
+    delta = torch.stack(diffs).mean(0)  # (kind, token, L, d)
+    got = _vectors(ds, "delta", L)
+    np.testing.assert_allclose(got.numpy(), delta.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(ds["random_vector"].values, axis=-1), ds["delta_norm"].values,
                                rtol=1e-5, atol=1e-6)
-    vectors = {"mean": torch.tensor(ds["delta"].values), "random": torch.tensor(ds["random_vector"].values)}
+    vectors = {"mean": got, "random": _vectors(ds, "random_vector", L)}
     for ci, (c, s) in enumerate(zip(data.contexts, data.sources)):
         cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
         end = len(tok(c.context())["input_ids"])
@@ -401,8 +427,9 @@ def test_mean_interventions_with_the_repository_estimator(which, request, tiny_m
                         h[0, :end] = clean[li, :end].to(h.dtype)
                         for kind, pos in ((0, e), (1, a)):
                             if iv == "both" or iv == ("entity", "attribute")[kind]:
-                                h[0, pos[0]] = (clean[li, pos[0]] + vec[kind, li]).to(h.dtype)
-                                h[0, pos[1]] = (clean[li, pos[1]] - vec[kind, li]).to(h.dtype)
+                                for t in range(TOKENS[kind]):
+                                    h[0, pos[0] + t] = (clean[li, pos[0] + t] + vec[kind, t, li]).to(h.dtype)
+                                    h[0, pos[1] + t] = (clean[li, pos[1] + t] - vec[kind, t, li]).to(h.dtype)
                         return h
                     lp = clean_lp if iv == "none" else _resid_pre_run(hf, ids, edit=edit)[0]
                     np.testing.assert_allclose(ds["means_logprob"].sel(intervention=iv, vector=v).values[q, :, ci],
@@ -445,14 +472,21 @@ def _stated_and_shifted(model, hf, c):
     return (_resid_pre_run(hf, ids)[1], e, a), (_resid_pre_run(hf, sids)[1], se, sa)
 
 
+def _per_token(kind, diff):
+    """(token, L, d): ``diff(t)`` for the tokens of a kind's window, 0 past it."""
+    return torch.stack([diff(t) if t < TOKENS[kind] else torch.zeros_like(diff(0)) for t in range(max(TOKENS))])
+
+
 def _three_pair_deltas(model, hf, contexts):
-    """(kind, 2, L, d): Δ_1 = E1 at side 1 (as stated) − at side 0 (shifted by one); Δ_2 = E0 at
-    side 2 (shifted) − at side 0 (stated); the same at the attributes; mean over contexts."""
+    """(kind, 2, token, L, d): Δ_1 = E1 at side 1 (as stated) − at side 0 (shifted by one); Δ_2 =
+    E0 at side 2 (shifted) − at side 0 (stated); per token of the window; the same at the
+    attributes; mean over contexts."""
     out = []
     for c in contexts:
         (h, e, a), (g, se, sa) = _stated_and_shifted(model, hf, c)
-        out.append(torch.stack([torch.stack([h[:, e[1]] - g[:, se[0]], g[:, se[2]] - h[:, e[0]]]),
-                                torch.stack([h[:, a[1]] - g[:, sa[0]], g[:, sa[2]] - h[:, a[0]]])]))
+        out.append(torch.stack([torch.stack([_per_token(kind, lambda t: h[:, p[1] + t] - g[:, q[0] + t]),
+                                             _per_token(kind, lambda t: g[:, q[2] + t] - h[:, p[0] + t])])
+                                for kind, p, q in ((0, e, se), (1, a, sa))]))
     return torch.stack(out).mean(0)
 
 
@@ -463,10 +497,10 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
     ds = nr.binding(model, data, measure="cyclic", batch_size=64, progress=False)
     tok = model.tokenizer
     L = hf.config.num_hidden_layers
-    want = _three_pair_deltas(model, hf, data.estimate)  # (kind, k, L, d)
-    np.testing.assert_allclose(ds["delta"].values[:, :, :L], want.numpy(), rtol=1e-4, atol=1e-5)
-    ids_ = torch.cat([torch.zeros(2, 1, *want.shape[2:], dtype=torch.float64),
-                      torch.tensor(ds["delta"].values, dtype=torch.float64)[:, :, :L]], 1)  # Δ_0 = 0
+    want = _three_pair_deltas(model, hf, data.estimate)  # (kind, k, token, L, d)
+    got = _vectors(ds, "delta", L)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    ids_ = torch.cat([torch.zeros_like(got[:, :1]), got], 1)  # Δ_0 = 0
     for ci, c in enumerate(data.contexts):
         cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
         end = len(tok(c.context())["input_ids"])
@@ -480,8 +514,8 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
                     def edit(li, h, kind=kind, pos=pos, cyc=cyc):
                         h[0, :end] = clean[li, :end].to(h.dtype)
                         for side in range(3):
-                            h[0, pos[side]] = (clean[li, pos[side]] + ids_[kind, cyc[side], li]
-                                               - ids_[kind, side, li]).to(h.dtype)
+                            for t, x in enumerate(_window(pos[side], kind)):
+                                h[0, x] = (clean[li, x] + ids_[kind, cyc[side], t, li] - ids_[kind, side, t, li]).to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
                     np.testing.assert_allclose(ds["cyclic_logprob"].values[p, 1 + kind, q, :, ci], lp[cand].numpy(),
@@ -508,17 +542,17 @@ def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, 
     L = hf.config.num_hidden_layers
 
     src = []
-    for c in data.estimate:  # D_k = side k as stated − side 0 shifted, k = 1, 2, 3
+    for c in data.estimate:  # D_k = side k as stated − side 0 shifted, k = 1, 2, 3, per token of the window
         (h, e, a), (g, se, sa) = _stated_and_shifted(model, hf, c)
-        src.append(torch.stack([torch.stack([h[:, e[k]] - g[:, se[0]] for k in (1, 2, 3)]),
-                                torch.stack([h[:, a[k]] - g[:, sa[0]] for k in (1, 2, 3)])]))
-    D = torch.stack(src).mean(0)  # (kind, 3, L, d)
-    np.testing.assert_allclose(ds["source_delta"].values[:, :, :L], D.numpy(), rtol=1e-4, atol=1e-5)
+        src.append(torch.stack([torch.stack([_per_token(kind, lambda t, k=k: h[:, p[k] + t] - g[:, q[0] + t])
+                                             for k in (1, 2, 3)]) for kind, p, q in ((0, e, se), (1, a, sa))]))
+    D = torch.stack(src).mean(0)  # (kind, 3, token, L, d)
+    np.testing.assert_allclose(_vectors(ds, "source_delta", L).numpy(), D.numpy(), rtol=1e-4, atol=1e-5)
     B = _three_pair_deltas(model, hf, data.base_estimate)  # B_1, B_2 as the cyclic swaps estimate them
-    np.testing.assert_allclose(ds["delta"].values[:, :, :L], B.numpy(), rtol=1e-4, atol=1e-5)
-    B = torch.cat([torch.zeros_like(B[:, :1]), torch.tensor(ds["delta"].values, dtype=B.dtype)[:, :, :L]], 1)
-    vectors = {"fruits": torch.tensor(ds["source_delta"].values, dtype=B.dtype)[:, :, :L],
-               "zeros": torch.zeros_like(B)}
+    got = _vectors(ds, "delta", L)
+    np.testing.assert_allclose(got.numpy(), B.numpy(), rtol=1e-4, atol=1e-5)
+    B = torch.cat([torch.zeros_like(got[:, :1]), got], 1)
+    vectors = {"fruits": _vectors(ds, "source_delta", L), "zeros": torch.zeros_like(B)}
     for ci, c in enumerate(data.contexts):
         cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.answers]
         end = len(tok(c.context())["input_ids"])
@@ -530,8 +564,10 @@ def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, 
                     def edit(li, h, vec=vec, cyc=cyc):
                         h[0, :end] = clean[li, :end].to(h.dtype)
                         for side in range(3):
-                            h[0, e[side]] = (clean[li, e[side]] + vec[0, side, li] - B[0, side, li]).to(h.dtype)
-                            h[0, a[side]] = (clean[li, a[side]] + vec[1, cyc[side], li] - B[1, side, li]).to(h.dtype)
+                            for t, x in enumerate(_window(e[side], 0)):
+                                h[0, x] = (clean[li, x] + vec[0, side, t, li] - B[0, side, t, li]).to(h.dtype)
+                            for t, x in enumerate(_window(a[side], 1)):
+                                h[0, x] = (clean[li, x] + vec[1, cyc[side], t, li] - B[1, side, t, li]).to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
                     np.testing.assert_allclose(ds["cross_logprob"].sel(source=src_name).values[p, q, :, ci],
@@ -567,7 +603,7 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
     model, hf = embedded_model, neox_hf
     data = nr.tasks.binding_contexts(2, 2, 2, seed=9, family="cities", split=True, estimate_pairs=3)
     ds = nr.binding(model, data, measure="subspace", roots=[(0.5, 0.7)], grid=2, batch_size=64, progress=False)
-    delta = torch.tensor(ds["delta"].values, dtype=torch.float64)  # (kind, k, D, d), checked in the cyclic test
+    delta = _vectors(ds, "delta", None)  # (kind, k, token, D, d), checked in the cyclic test
     s0, s1 = delta[:, 0], delta[:, 1]
     ortho = s1 - (s0 * s1).sum() / (s0 * s0).sum() * s0  # one Gram–Schmidt step over everything at once
     assert abs(float((ortho * s0).sum())) < 1e-6 * float(s0.norm() * s1.norm())
@@ -588,7 +624,8 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
                         h[0, :end] = clean[li, :end].to(h.dtype)
                         for kind, pos in ((0, e), (1, a)):
                             for side in (0, 1):
-                                h[0, pos[side]] = (clean[li, pos[side]] + vec[side][kind, li]).to(h.dtype)
+                                for t, x in enumerate(_window(pos[side], kind)):
+                                    h[0, x] = (clean[li, x] + vec[side][kind, t, li]).to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
                     np.testing.assert_allclose(ds["subspace_logprob"].values[0, xi, yi, q, :, ci], lp[cand].numpy(),
@@ -615,3 +652,32 @@ def test_many_pairs_without_sources_and_small_row_budgets(embedded_model):
         assert a.attrs["n_forward_passes"] > b.attrs["n_forward_passes"] == 1
         for v in a.data_vars:
             np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-5, atol=1e-5, err_msg=v)
+
+
+def test_edit_windows_are_checked_and_multi_token_names_are_located(embedded_model, tmp_path):
+    """Windows must stay inside the context and apart; a name of several tokens is located at its
+    first token; the CLI passes the widths on and records them."""
+    data = nr.tasks.binding_contexts(2, 2, 2, seed=4, family="cities")
+    for bad in ({"entity_tokens": 0}, {"attribute_tokens": 1.5}, {"entity_tokens": True}):
+        with pytest.raises(UsageError, match="integers >= 1"):
+            nr.binding(embedded_model, data, measure="factorization", progress=False, **bad)
+    # "Alice lives in Paris .": a 5-token entity window runs into the attribute
+    with pytest.raises(UsageError, match="overlap each other or leave the context"):
+        nr.binding(embedded_model, data, measure="means", entity_tokens=5, progress=False)
+    ctx = nr.tasks.BindingContext(("Alice Smith", "Bob Jones"), ("Paris", "Rome"), "cities")
+    ids, e, a = _positions(embedded_model, ctx, ctx.text(1))
+    tok = embedded_model.tokenizer
+    assert tok.convert_ids_to_tokens([ids[e[0]], ids[e[0] + 1], ids[a[0]], ids[e[1]], ids[a[1]]]) == \
+        ["Alice", "Smith", "Paris", "Bob", "Rome"]
+    out = tmp_path / "w.nc"
+    res = CliRunner().invoke(app, ["binding", "--measure", "factorization", "--n-contexts", "2", "--n-estimate", "2",
+                                   "--entity-tokens", "1", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ds = nr.load_result(out)
+    assert ds.attrs["entity_tokens"] == 1 and ds.attrs["attribute_tokens"] == 1
+    one = nr.binding(embedded_model, data, measure="factorization", entity_tokens=1, progress=False)
+    two = nr.binding(embedded_model, data, measure="factorization", progress=False)
+    assert two.attrs["entity_tokens"] == 2 and not np.allclose(one["factor_logprob"], two["factor_logprob"])
+    res = CliRunner().invoke(app, ["binding", "--measure", "means", "--n-contexts", "2", "--n-estimate", "2",
+                                   "--entity-tokens", "9", "--no-progress", "--out", str(tmp_path / "x.nc")])
+    assert res.exit_code == 2 and "use fewer tokens" in res.output and not (tmp_path / "x.nc").exists()

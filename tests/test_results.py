@@ -87,9 +87,13 @@ def test_attrs_never_hold_credentials(result, tmp_path, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", secret)
     ds = result.copy()
     ds.attrs["ndif_api_key"] = secret  # even if a caller puts one there, it is dropped on save
+    ds.attrs["hf_token"] = ds.attrs["token"] = secret
+    ds.attrs.update(max_new_tokens=48, entity_tokens=2)  # settings that count tokens are kept
     path = nr.save_result(ds, tmp_path / "r.nc")
     assert secret.encode() not in path.read_bytes()
-    assert "ndif_api_key" not in nr.load_result(path).attrs
+    back = nr.load_result(path).attrs
+    assert not {"ndif_api_key", "hf_token", "token"} & set(back)
+    assert back["max_new_tokens"] == 48 and back["entity_tokens"] == 2
 
 
 def test_validator_catches_schema_errors(result):

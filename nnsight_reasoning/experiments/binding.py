@@ -44,6 +44,10 @@ INTERVENTIONS = ("entity", "attribute")
 VECTORS = ("mean", "random")
 WINDOWS = ("full", "local")  # the position sweep's offsets: binding-iclr's Fig. 4, or its local test
 _NONE = torch.zeros(0, dtype=torch.long)
+#: tokens edited from each entity's and each attribute's first token: binding-iclr's
+#: ``entity_width=2`` and ``country_width=1`` (``scripts/run_experiment.py:868-869``): its names
+#: are one token, so the entity's window is the name and the token after it
+TOKENS = (2, 1)
 
 
 @dataclass(frozen=True)
@@ -68,18 +72,21 @@ def _locate(model: Any, items: Sequence[tuple[BindingContext, str]]) -> list[Loc
 
 
 def _find_words(ctx: BindingContext, text: str, ids: list[int], spans: list[tuple[int, int]]) -> Located:
-    def find(word: str, start: int) -> int:
+    def find(word: str, start: int) -> tuple[int, int]:  # (first token, one past the last)
         at = text.index(word, start)
-        hits = [i for i, (a, b) in enumerate(spans) if a <= at < b]  # spans never overlap: at most one
-        if not hits or text[slice(*spans[hits[0]])].strip() != word:
-            raise UsageError(f"{word!r} is not a single token for this tokenizer; binding needs one-token names")
-        return hits[0]
+        inside = [i for i, (a, b) in enumerate(spans) if a < at + len(word) and b > at]
+        if not inside or text[spans[inside[0]][0]:spans[inside[-1]][1]].strip() != word:
+            raise UsageError(f"{word!r} is not a whole number of tokens for this tokenizer (it shares a token with "
+                             f"its neighbours); binding needs words that tokenize on their own")
+        return inside[0], inside[-1] + 1
 
     ents, atts, cursor = [], [], 0
     for e, a in zip(ctx.entities, ctx.attributes):
-        ents.append(find(e, cursor))
-        atts.append(find(a, spans[ents[-1]][1]))  # the attribute after its entity
-        cursor = spans[atts[-1]][1]
+        first, past = find(e, cursor)
+        ents.append(first)
+        first, past = find(a, spans[past - 1][1])  # the attribute after its entity
+        atts.append(first)
+        cursor = spans[past - 1][1]
     end = len(ctx.context())
     return Located(ids, ents, atts, sum(1 for a, b in spans if b <= end))
 
@@ -132,7 +139,7 @@ MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 @experiment("binding_ids", batch_size=64)
 def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", freeze_context: bool = True,
             max_offset: int = 10, window: str = "full", roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS,
-            grid: int = 10) -> xr.Dataset:
+            grid: int = 10, entity_tokens: int = TOKENS[0], attribute_tokens: int = TOKENS[1]) -> xr.Dataset:
     """Binding IDs; ``measure`` picks the experiment (see the module doc):
 
     - "accuracy": factorizability, position independence and mean interventions as accuracies
@@ -156,26 +163,45 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
     distance between the two pairs), within the positions that exist. ``window="local"``:
     binding-iclr's local position test instead (``run_local_position_independence``: offsets
     −2 … 2 around the stated positions and Δ − 2 … Δ + 2 around the exchanged ones, per target).
+    ``entity_tokens``, ``attribute_tokens`` (every binding-iclr measure): how many tokens from
+    each entity's (attribute's) first token an edit covers — binding-iclr's ``entity_width=2``
+    and ``country_width=1``, so by default an entity's window is its name and the token after
+    it; substitution, position shifts and binding-ID vectors (one Δ per token of the window)
+    act on the whole window.
     """
     if measure not in MEASURES:
         raise UsageError(f"unknown measure {measure!r}; choose from: {', '.join(MEASURES)}")
+    tokens = (entity_tokens, attribute_tokens)
+    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 1 for t in tokens):
+        raise UsageError(f"entity_tokens and attribute_tokens are integers >= 1 (got {entity_tokens!r}, "
+                         f"{attribute_tokens!r})")
     if not isinstance(contexts, BindingContexts):
         raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
                          "contexts and the estimation contexts of the binding-ID vectors")
+    if measure == "accuracy":  # this toolkit's summary edits one token per word
+        return _accuracy(run, contexts)
+    tokens = tuple(int(t) for t in tokens)
+    return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens),
+                        tokens)
+
+
+def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: bool, max_offset: int, window: str,
+             roots: Sequence[Sequence[float]], grid: int, tokens: tuple[int, int]) -> xr.Dataset:
+    """binding-iclr's measures (the dispatch of :func:`binding`)."""
     if measure == "factorization":
-        return _factorization(run, contexts, freeze_context)
+        return _factorization(run, contexts, freeze_context, tokens)
     if measure == "position":
         if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
             raise UsageError(f"max_offset must be an integer >= 0 (got {max_offset!r})")
         if window not in WINDOWS:
             raise UsageError(f"window must be one of {', '.join(WINDOWS)} (got {window!r})")
-        return _position(run, contexts, freeze_context, int(max_offset), window)
+        return _position(run, contexts, freeze_context, int(max_offset), window, tokens)
     if measure == "means":
-        return _means(run, contexts, freeze_context)
+        return _means(run, contexts, freeze_context, tokens)
     if measure == "cyclic":
-        return _cyclic(run, contexts, freeze_context)
+        return _cyclic(run, contexts, freeze_context, tokens)
     if measure == "cross_subspace":
-        return _cross_subspace(run, contexts, freeze_context)
+        return _cross_subspace(run, contexts, freeze_context, tokens)
     if measure == "subspace":
         try:
             root_list = [(float(a), float(b)) for a, b in roots]
@@ -183,8 +209,8 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
             raise UsageError(f"roots is a list of (x, y) pairs (got {roots!r})") from None
         if not root_list or not isinstance(grid, (int, np.integer)) or grid < 2:
             raise UsageError(f"subspace needs at least one root and grid >= 2 (got {len(root_list)} roots, grid={grid!r})")
-        return _subspace(run, contexts, freeze_context, root_list, int(grid))
-    return _accuracy(run, contexts)
+        return _subspace(run, contexts, freeze_context, root_list, int(grid), tokens)
+    raise AssertionError(measure)  # every measure is dispatched above
 
 
 def _accuracy(run: Run, contexts: BindingContexts) -> xr.Dataset:
@@ -287,13 +313,13 @@ def _passes(run: Run, n_items: int, base_rows: int, n_entries: int, rows_per_ent
     return passes
 
 
-def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+def _factorization(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int]) -> xr.Dataset:
     """binding-iclr's factorizability test by side (``factorization_parallel_exchange_by_side``,
     ``coref/data_collection.py:203-317``). For each context c, side s and (swap entity, swap
-    attribute) in {0, 1}²: the residual stream at side s's entity token and/or attribute token
-    is replaced, at every depth, by the source context's (same family, new words, same
-    positions); each of the 2n entity names is asked; the log-probability (full vocabulary) of
-    each of the 2n attributes' answers is read at the last position."""
+    attribute) in {0, 1}²: the residual stream at side s's entity window and/or attribute
+    window (``tokens``) is replaced, at every depth, by the source context's (same family, new
+    words, same positions); each of the 2n entity names is asked; the log-probability (full
+    vocabulary) of each of the 2n attributes' answers is read at the last position."""
     model, n = run.model, contexts.n_pairs
     if not contexts.sources:
         raise UsageError("these binding contexts have no source contexts (a source needs 2 × n_pairs words of the "
@@ -308,6 +334,7 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
     width = 1 + 2 * n
     rows = [located[i * width:(i + 1) * width] for i in range(len(pairs))]
     _one_length([r for item in rows for r in item])
+    _check_spans([item[1] for item in rows], tokens)
     for item in rows:  # the source's words sit where the context's do
         if item[0].entities != item[1].entities or item[0].attributes != item[1].attributes:
             raise UsageError("a source context's words are not at its context's positions (one-token words needed)")
@@ -329,10 +356,9 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                     ids.append(rows[i][1 + q].ids)
                     answers.append(cand[i])
                     frozen.append((row, clean + q, rows[i][1 + q].context_end))
-                    if e:
-                        edits.append((row, src_row, loc.entities[s]))
-                    if a:
-                        edits.append((row, src_row, loc.attributes[s]))
+                    for kind, on in ((0, e), (1, a)):
+                        if on:
+                            edits += [(row, src_row, pos) for pos in _span(loc, kind, s, tokens)]
         e_rows, e_src, e_pos = (torch.tensor(list(x)) for x in zip(*edits))
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), e_rows, e_src, e_pos,
                           freeze=_freeze_arg(frozen, len(ids[0])) if freeze else None)
@@ -366,10 +392,10 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Data
                "freeze_context": int(freeze), "split": int(bool(contexts.params.get("split")))})
 
 
-def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int, window: str = "full"
-              ) -> xr.Dataset:
+def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int, window: str = "full",
+              tokens: tuple[int, int] = TOKENS) -> xr.Dataset:
     """binding-iclr's position test (``position_intervention``, ``coref/data_collection.py:332-403``):
-    the position ids of side 0's entity (or attribute) token move by +o and side 1's by −o,
+    the position ids of side 0's entity (or attribute) window (``tokens``) move by +o and side 1's by −o,
     o from −max_offset to max_offset + Δ − 1 (at o = Δ the two are exchanged); queries E0 and
     E1; the log-probabilities of A0 and A1 (full vocabulary) at the last position. With the
     context frozen, only the keys the question reads move (the repository rotates keys).
@@ -378,17 +404,19 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     model = run.model
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
     T = _one_length(located)
+    _check_spans(located, tokens)
     limit = context_length(model) or T
     spans = {}
-    for target, key in (("entity", "entities"), ("attribute", "attributes")):
+    for w, (target, key) in zip(tokens, (("entity", "entities"), ("attribute", "attributes"))):
         p0 = {getattr(r, key)[0] for r in located}
         p1 = {getattr(r, key)[1] for r in located}
         if len(p0) != 1 or len(p1) != 1:
             raise UsageError("the pairs must sit at the same positions in every context (one-token words)")
         p0, p1 = p0.pop(), p1.pop()
         d = p1 - p0
-        # the repository's range, within the positions that exist (ids >= 0 and below the context size)
-        lo, hi = -p0, min(p1, limit - 1 - p0)
+        # the repository's range, within the positions that exist (ids >= 0 and below the context
+        # size) for every token of both windows: p0 + o … p0 + w − 1 + o and p1 − o … p1 + w − 1 − o
+        lo, hi = max(-p0, p1 + w - limit), min(p1, limit - w - p0)
         wanted = range(-max_offset, max_offset + d) if window == "full" else [*range(-2, 3), *range(d - 2, d + 3)]
         spans[target] = (p0, p1, sorted({o for o in wanted if lo <= o <= hi}))
     offsets = sorted({o for _, _, offs in spans.values() for o in offs})
@@ -410,8 +438,9 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                     ids.append(located[2 * i + q].ids)
                     answers.append(cand[i])
                     shifted = list(range(T))
-                    shifted[p0] += o
-                    shifted[p1] -= o
+                    for k in range(tokens[t]):
+                        shifted[p0 + k] += o
+                        shifted[p1 + k] -= o
                     pos.append(shifted)
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), _NONE, _NONE, _NONE,
                           position_ids=torch.tensor(pos), freeze=_freeze_arg(frozen, T) if freeze else None)
@@ -435,9 +464,10 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                "max_offset": max_offset, "window": window})
 
 
-def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
-    """(2, n − 1, depth, d): binding-iclr's binding-ID differences Δ_k = ID_k − ID_0 for
-    entities and attributes (``extract_k_means``, ``coref/datascience.py:358-465``): each
+def _repository_deltas(run: Run, estimate: Sequence[BindingContext], tokens: tuple[int, int]) -> torch.Tensor:
+    """(2, n − 1, token, depth, d): binding-iclr's binding-ID differences Δ_k = ID_k − ID_0 for
+    entities and attributes, one per token of their windows (``tokens``; entries past a kind's
+    window are 0) (``extract_k_means``, ``coref/datascience.py:358-465``): each
     estimate context is run as stated (E0A0, E1A1, …) and with its statements shifted by one
     (E1A1, …, E0A0), and Δ_k is a mean over contexts of a residual at side k minus one at
     side 0, at every depth: Δ_1 = E1 at side 1 (as stated) − E1 at side 0 (shifted), the same
@@ -449,27 +479,34 @@ def _repository_deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Te
     shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
                for c in estimate]
     located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
-    n = len(estimate)
+    _check_spans(located, tokens)
+    n, W = len(estimate), max(tokens)
     total = None
     for chunk in run.steps(run.batches([len(r.ids) for r in located[:n]], rows_per_item=2), "binding-ID vectors"):
         rows = [located[i] for i in chunk] + [located[n + i] for i in chunk]
-        pos = torch.tensor([r.entities + r.attributes for r in rows])
-        h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2n, d)
-        h = h.reshape(h.shape[0], h.shape[1], 2, n_pairs, h.shape[-1])  # (2b, D, kind, side, d)
+        # every kind reads W tokens (a shorter window repeats its first token; zeroed below)
+        pos = torch.tensor([[p + k if k < tokens[kind] else p for kind, firsts in enumerate((r.entities, r.attributes))
+                             for p in firsts for k in range(W)] for r in rows])
+        h = run.call(_br.resid_at, torch.tensor([r.ids for r in rows]), pos).double()  # (2b, D, 2·n·W, d)
+        h = h.reshape(h.shape[0], h.shape[1], 2, n_pairs, W, h.shape[-1])  # (2b, D, kind, side, token, d)
         stated, moved = h[:len(chunk)], h[len(chunk):]
         if n_pairs == 3:
             diffs = [stated[:, :, :, 1] - moved[:, :, :, 0], moved[:, :, :, 2] - stated[:, :, :, 0]]
         else:
             diffs = [stated[:, :, :, k] - moved[:, :, :, 0] for k in range(1, n_pairs)]
-        part = torch.stack(diffs, 2).sum(0).permute(2, 1, 0, 3)  # (D, k, kind, d) -> (kind, k, D, d)
+        # (b, D, k, kind, token, d) summed over b -> (kind, k, token, D, d)
+        part = torch.stack(diffs, 2).sum(0).permute(2, 1, 3, 0, 4)
         total = part if total is None else total + part
-    return (total / n).float()
+    out = (total / n).float()
+    for kind, w in enumerate(tokens):
+        out[kind, :, w:] = 0.0
+    return out
 
 
-def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+def _means(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int]) -> xr.Dataset:
     """binding-iclr's mean interventions (Table 1; ``test_mean_interventions``,
     ``coref/data_collection.py:502-575``): +Δ at side 0 and −Δ at side 1 on the attribute
-    tokens, the entity tokens or both, at every depth; queries E0, E1 and a name not in the
+    windows, the entity windows or both (each token its own Δ), at every depth; queries E0, E1 and a name not in the
     context (the null query); log-probabilities (full vocabulary) of A0 and A1. Accuracy as the
     repository's ``reduce_distractor_acc``: from each answer's log-probability the median
     (over contexts) of the null query's is subtracted; the query is right when the original
@@ -479,18 +516,20 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     if contexts.n_pairs != 2:
         raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
     located, _, cand = _null_queries(model, contexts)
-    delta = _repository_deltas(run, contexts.estimate)[:, 0]  # (2, D, d): Δ_1
+    _check_spans(located, tokens)
+    delta = _repository_deltas(run, contexts.estimate, tokens)[:, 0]  # (2, token, D, d): Δ_1
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
+    # Δ's norm per token and depth (0 outside a window, where rand is 0 too)
     rand = rand / rand.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)
     plan = [(i, v) for i in (1, 2, 3) for v in (0, 1)]  # (intervention, vector), none = the clean rows
 
-    def edits(entry, loc):  # +Δ at side 0, −Δ at side 1 of the entity (kind 0) and/or attribute (kind 1) tokens
+    def edits(entry, loc):  # +Δ at side 0, −Δ at side 1 of the entity (kind 0) and/or attribute (kind 1) windows
         iv, v = entry
         vec = (delta, rand)[v]
         kinds = [k for k, on in ((0, iv in (2, 3)), (1, iv in (1, 3))) if on]
-        return [((loc.entities, loc.attributes)[kind][side], sign * vec[kind]) for kind in kinds
-                for side, sign in ((0, 1.0), (1, -1.0))]
+        return [(pos, sign * vec[kind, t]) for kind in kinds for side, sign in ((0, 1.0), (1, -1.0))
+                for t, pos in enumerate(_span(loc, kind, side, tokens))]
 
     runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "mean interventions")
     logp = np.zeros((4, 2, 3, 2, len(contexts)))
@@ -506,17 +545,49 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
                            {"long_name": "the original binding wins after null-query calibration (NaN: null)"}),
          "means_accuracy": (("intervention", "vector", "query"), right.mean(-1),
                             {"long_name": "binding-iclr's distractor-calibrated accuracy (original binding)"}),
-         "delta": (("kind", "depth", "d_model"), delta.numpy(),
-                   {"long_name": "binding-ID difference: side 1 minus side 0 of the same word"}),
-         "random_vector": (("kind", "depth", "d_model"), rand.numpy()),
-         "delta_norm": (("kind", "depth"), delta.norm(dim=-1).numpy())},
+         "delta": (("kind", "token", "depth", "d_model"), delta.numpy(),
+                   {"long_name": "binding-ID difference: side 1 minus side 0 of the same word, per token of the "
+                                 "window (NaN: not edited)"}),
+         "random_vector": (("kind", "token", "depth", "d_model"), rand.numpy()),
+         "delta_norm": (("kind", "token", "depth"), delta.norm(dim=-1).numpy())},
         coords={"intervention": np.array(MEAN_INTERVENTIONS, dtype=object),
                 "vector": np.array(VECTORS, dtype=object), "query": np.array(["E0", "E1", "null"], dtype=object),
                 "answer": np.array(["A0", "A1"], dtype=object), "kind": np.array(INTERVENTIONS, dtype=object),
-                "depth": np.arange(delta.shape[1]), "prompt": np.arange(len(contexts)),
+                "token": np.arange(delta.shape[1]), "depth": np.arange(delta.shape[2]), "prompt": np.arange(len(contexts)),
                 "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "means", "metric": "accuracy", "freeze_context": int(freeze),
                "split": int(bool(contexts.params.get("split")))})
+
+
+def _span(loc: Located, kind: int, side: int, tokens: Sequence[int]) -> range:
+    """The token positions edited for side ``side``'s entity (kind 0) or attribute (kind 1):
+    ``tokens[kind]`` of them from its first token (binding-iclr's widths)."""
+    first = (loc.entities, loc.attributes)[kind][side]
+    return range(first, first + tokens[kind])
+
+
+def _check_spans(located: Sequence[Located], tokens: Sequence[int]) -> None:
+    """Every edited window lies inside its prompt's context and no two windows overlap."""
+    for loc in located:
+        windows = [_span(loc, kind, side, tokens) for kind in (0, 1) for side in range(len(loc.entities))]
+        taken = [p for w in windows for p in w]
+        if max(taken) >= loc.context_end or len(set(taken)) != len(taken):
+            raise UsageError(f"entity_tokens={tokens[0]}, attribute_tokens={tokens[1]}: the edited windows overlap "
+                             f"each other or leave the context for this family; use fewer tokens")
+
+
+def _with_tokens(ds: xr.Dataset, tokens: Sequence[int]) -> xr.Dataset:
+    """Record the windows, and mark the vector entries of tokens a kind does not edit as NaN
+    (they are zero inside, where they add nothing)."""
+    ds.attrs.update(entity_tokens=int(tokens[0]), attribute_tokens=int(tokens[1]))
+    if "token" not in ds.dims:
+        return ds
+    ds = ds.assign_coords(edited_tokens=("kind", np.array(tokens, dtype=np.int64)))
+    edited = ds["token"] < ds["edited_tokens"]
+    for v in ds.data_vars:
+        if "token" in ds[v].dims and "kind" in ds[v].dims:
+            ds[v] = ds[v].where(edited)
+    return ds
 
 
 def _one_length(located: Sequence[Located]) -> int:
@@ -592,11 +663,11 @@ def _freeze_arg(frozen: list[tuple[int, int, int]], T: int) -> tuple:
     return torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask
 
 
-def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+def _cyclic(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int]) -> xr.Dataset:
     """binding-iclr's cyclic swaps of three binding IDs (Fig. 6 right; ``rx:598-670``,
     ``coref/data_collection.py:789-861``): with Δ_0 = 0 and Δ_1, Δ_2 estimated as for the mean
     interventions, a permutation π moves the binding ID of the entities (or of the attributes)
-    at side i to that of side π(i), adding Δ_π(i) − Δ_i there at every depth with the context
+    at side i to that of side π(i), adding Δ_π(i) − Δ_i there (per token of the window) at every depth with the context
     frozen. Binding IDs predict that E_i then answers A_π(i) (entities moved), or A_π⁻¹(i)
     (attributes moved). Accuracy as the repository's ``reduce_balanced_acc``: each answer's
     log-probability minus its median over the queries and contexts of that run, then the
@@ -606,16 +677,17 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
     if contexts.n_pairs != 3 or len(contexts.estimate[0].entities) != 3:
         raise UsageError(f"the cyclic swaps are defined for 3 pairs in the contexts and the estimate contexts (got "
                          f"{contexts.n_pairs} and {len(contexts.estimate[0].entities)}); use n_pairs=3")
-    delta = _repository_deltas(run, contexts.estimate)  # (kind, 2, D, d): Δ_1, Δ_2
-    ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, D, d): Δ_0 = 0
+    delta = _repository_deltas(run, contexts.estimate, tokens)  # (kind, 2, token, D, d): Δ_1, Δ_2
+    ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, token, D, d): Δ_0 = 0
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
+    _check_spans(located, tokens)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
 
     def edits(entry, loc):  # side i takes side π(i)'s binding ID
         p, kind = entry
-        return [((loc.entities, loc.attributes)[kind][side], ids_[kind, CYCLES[p][side]] - ids_[kind, side])
-                for side in range(3)]
+        return [(pos, ids_[kind, CYCLES[p][side], t] - ids_[kind, side, t]) for side in range(3)
+                for t, pos in enumerate(_span(loc, kind, side, tokens))]
 
     runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "cyclic swaps")
     logp = np.zeros((len(CYCLES), 3, 3, 3, len(contexts)))  # (cycle, target: control/entity/attribute, query, answer)
@@ -636,18 +708,19 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
          "cyclic_correct": (("cycle", "target", "query", "prompt"), right.astype(np.int8)),
          "cyclic_accuracy": ("target", right.mean(axis=(0, 2, 3)),
                              {"long_name": "binding-iclr's balanced accuracy, over both 3-cycles and the queries"}),
-         "delta": (("kind", "k", "depth", "d_model"), delta.numpy(),
-                   {"long_name": "binding-ID differences Δ_k = ID_k − ID_0, k = 1, 2"})},
+         "delta": (("kind", "k", "token", "depth", "d_model"), delta.numpy(),
+                   {"long_name": "binding-ID differences Δ_k = ID_k − ID_0, k = 1, 2, per token of the window"})},
         coords={"cycle": np.array(["→".join(map(str, c)) for c in CYCLES], dtype=object),
                 "target": np.array(["control", "entity", "attribute"], dtype=object),
                 "query": np.array(["E0", "E1", "E2"], dtype=object), "answer": np.array(["A0", "A1", "A2"], dtype=object),
-                "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "depth": np.arange(delta.shape[2]),
+                "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "token": np.arange(delta.shape[2]),
+                "depth": np.arange(delta.shape[3]),
                 "prompt": np.arange(len(contexts)), "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "cyclic", "metric": "accuracy", "freeze_context": int(freeze),
                "split": int(bool(contexts.params.get("split")))})
 
 
-def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dataset:
+def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int]) -> xr.Dataset:
     """binding-iclr's cross-task subspace test (Table 2; ``rx:738-811``
     ``run_cross_mean_interventions_cyclic_subspace``, ``coref/data_collection.py``
     ``test_cross_mean_interventions_cyclic_subspace``): can binding IDs made from *another
@@ -669,9 +742,9 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dat
         raise UsageError(f"the cross-task subspace test measures 3 pairs with difference vectors of 4-pair "
                          f"estimate contexts (got {contexts.n_pairs} and {len(est[0].entities)}); CLI: --n-pairs 3; Python: "
                          f"binding_contexts(n, 3, m, seed, family, estimate_family=F, estimate_pairs=4)")
-    base = _repository_deltas(run, contexts.base_estimate)  # (kind, 2, D, d): B_1, B_2
-    base = torch.cat([torch.zeros_like(base[:, :1]), base], 1)  # (kind, 3, D, d), B_0 = 0
-    source = _repository_deltas(run, est)  # (kind, 3, D, d): D_1, D_2, D_3
+    base = _repository_deltas(run, contexts.base_estimate, tokens)  # (kind, 2, token, D, d): B_1, B_2
+    base = torch.cat([torch.zeros_like(base[:, :1]), base], 1)  # (kind, 3, token, D, d), B_0 = 0
+    source = _repository_deltas(run, est, tokens)  # (kind, 3, token, D, d): D_1, D_2, D_3 (per-token, unspread)
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(base.shape, generator=gen, dtype=torch.float64).float()
     rand = rand / rand.norm(dim=-1, keepdim=True) * base.norm(dim=-1, keepdim=True)  # 0 where B_0 = 0
@@ -679,14 +752,16 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dat
     vectors = {family: source, "zeros": torch.zeros_like(base), "random": rand}
     names = list(vectors)
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
+    _check_spans(located, tokens)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(s, p) for s in range(len(names)) for p in range(len(CYCLES))]
 
-    def edits(entry, loc):  # side i: entity D_{i+1} − B_i, attribute D_{π(i)+1} − B_i
+    def edits(entry, loc):  # side i: entity D_{i+1} − B_i, attribute D_{π(i)+1} − B_i (per token)
         s, p = entry
         vec = vectors[names[s]]
-        return ([(loc.entities[i], vec[0, i] - base[0, i]) for i in range(3)]
-                + [(loc.attributes[i], vec[1, CYCLES[p][i]] - base[1, i]) for i in range(3)])
+        return ([(pos, vec[0, i, t] - base[0, i, t]) for i in range(3) for t, pos in enumerate(_span(loc, 0, i, tokens))]
+                + [(pos, vec[1, CYCLES[p][i], t] - base[1, i, t]) for i in range(3)
+                   for t, pos in enumerate(_span(loc, 1, i, tokens))])
 
     runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "cross-task subspace")
     logp = np.zeros((len(names), len(CYCLES), 3, 3, len(contexts)))  # (source, cycle, query, answer, prompt)
@@ -705,26 +780,26 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool) -> xr.Dat
                             {"long_name": "binding-iclr's balanced accuracy of A_π⁻¹(i), over both 3-cycles"}),
          "control_accuracy": ((), float(control.mean()),
                               {"long_name": "balanced accuracy of the stated binding, clean run"}),
-         "delta": (("kind", "k", "depth", "d_model"), base[:, 1:].numpy(),
+         "delta": (("kind", "k", "token", "depth", "d_model"), base[:, 1:].numpy(),
                    {"long_name": "the measured family's binding-ID differences B_k, k = 1, 2"}),
-         "source_delta": (("kind", "j", "depth", "d_model"), source.numpy(),
+         "source_delta": (("kind", "j", "token", "depth", "d_model"), source.numpy(),
                           {"long_name": f"the source's ({family}) differences D_j, j = 1, 2, 3 (4 pairs)"})},
         coords={"source": np.array(names, dtype=object),
                 "cycle": np.array(["→".join(map(str, c)) for c in CYCLES], dtype=object),
                 "query": np.array(["E0", "E1", "E2"], dtype=object), "answer": np.array(["A0", "A1", "A2"], dtype=object),
                 "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "j": [1, 2, 3],
-                "depth": np.arange(base.shape[2]), "prompt": np.arange(len(contexts)),
+                "token": np.arange(base.shape[2]), "depth": np.arange(base.shape[3]), "prompt": np.arange(len(contexts)),
                 "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "cross_subspace", "metric": "accuracy",
                "freeze_context": int(freeze), "split": int(bool(contexts.params.get("split")))})
 
 
 def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tuple[float, float]],
-              grid: int) -> xr.Dataset:
+              grid: int, tokens: tuple[int, int]) -> xr.Dataset:
     """binding-iclr's binding subspace (Fig. 5; ``test_subspace``, ``coref/data_collection.py:
     578-717``, ``scripts/run_experiment.py:240-441``): Δ_1 and Δ_2 from 3-pair estimate contexts;
     the basis s0 = Δ_1 and o = Δ_2 − ⟨ŝ0, Δ_2⟩ ŝ0 (one Gram–Schmidt step over the entity and
-    attribute vectors of every depth together); in a 2-pair context, side 0's entity and
+    attribute vectors of every token and depth together); in a 2-pair context, side 0's entity and
     attribute get r0·Δ_1 + r1·o (the root) and side 1's get −Δ_1 + x·Δ_1 + y·o, for x and y on
     ``grid`` points of [−0.5, 1.5], at every depth with the context frozen. Queries E0, E1 and a
     null entity; the accuracy is the mean-interventions' calibrated one (the stated binding wins
@@ -735,7 +810,8 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
         raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
                          "nr.tasks.binding_contexts(n, 2, n_estimate, estimate_pairs=3, split=True)")
     located, _, cand = _null_queries(model, contexts)
-    delta = _repository_deltas(run, contexts.estimate).double()  # (kind, 2, D, d)
+    _check_spans(located, tokens)
+    delta = _repository_deltas(run, contexts.estimate, tokens).double()  # (kind, 2, token, D, d)
     s0, s1 = delta[:, 0], delta[:, 1]
     unit = s0 / s0.norm()
     ortho = s1 - (unit * s1).sum() * unit
@@ -746,8 +822,8 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     def edits(cell, loc):  # side 0 at the root, side 1 at (x, y), both kinds
         r, xi, yi = cell
         side_vec = (roots[r][0] * s0 + roots[r][1] * ortho, -s0 + axis[xi] * s0 + axis[yi] * ortho)
-        return [((loc.entities, loc.attributes)[kind][side], side_vec[side][kind]) for kind in (0, 1)
-                for side in (0, 1)]
+        return [(pos, side_vec[side][kind, t]) for kind in (0, 1) for side in (0, 1)
+                for t, pos in enumerate(_span(loc, kind, side, tokens))]
 
     runs = _edited_runs(run, located, cand, 3, cells, edits, freeze, "subspace")
     logp = runs[1:].reshape(len(roots), grid, grid, *runs.shape[1:])
@@ -757,12 +833,13 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
          "subspace_accuracy": (("root", "x", "y"), right.mean(axis=(3, 4)),
                                {"long_name": "calibrated accuracy of the stated binding, over E0 and E1"}),
          "delta2_coords": ("basis", np.array(coords), {"long_name": "Δ_2 in the basis (Δ_1, o)"}),
-         "delta": (("kind", "k", "depth", "d_model"), delta.float().numpy())},
+         "delta": (("kind", "k", "token", "depth", "d_model"), delta.float().numpy())},
         coords={"root": np.arange(len(roots)), "root_x": ("root", [a for a, _ in roots]),
                 "root_y": ("root", [b for _, b in roots]), "x": axis, "y": axis,
                 "query": np.array(["E0", "E1", "null"], dtype=object), "answer": np.array(["A0", "A1"], dtype=object),
                 "basis": np.array(["delta1", "ortho"], dtype=object), "kind": np.array(INTERVENTIONS, dtype=object),
-                "k": [1, 2], "depth": np.arange(delta.shape[2]), "prompt": np.arange(len(contexts)),
+                "k": [1, 2], "token": np.arange(delta.shape[2]), "depth": np.arange(delta.shape[3]),
+                "prompt": np.arange(len(contexts)),
                 "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "subspace", "metric": "accuracy", "freeze_context": int(freeze),
                "split": int(bool(contexts.params.get("split")))})

@@ -223,8 +223,14 @@ def _means_figure(ds: xr.Dataset):
     left.set_ylabel("accuracy of the original binding")
     left.set_title("binding IDs predict ≈ 0 for one swap, ≈ 1 for both", fontsize=8)
     left.legend(fontsize=7)
+    norm = ds["delta_norm"]
     for kind in ds["kind"].values:
-        right.plot(ds["depth"].values, ds["delta_norm"].sel(kind=kind).values, "o-", ms=3, label=str(kind))
+        if "token" not in norm.dims:  # files written before the windows (2026-11-30)
+            right.plot(ds["depth"].values, norm.sel(kind=kind).values, "o-", ms=3, label=str(kind))
+            continue
+        for t in range(int(ds["edited_tokens"].sel(kind=kind))):
+            right.plot(ds["depth"].values, norm.sel(kind=kind, token=t).values, "o-" if t == 0 else "s--", ms=3,
+                       label=f"{kind}, token {t}")
     right.set_xlabel("depth (0 = embeddings)")
     right.set_ylabel("|Δ|")
     right.legend(fontsize=7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ from ..sites import SITES, var_name
 REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
                   "remote", "version_nnsight_reasoning", "version_nnsight", "version_torch",
                   "version_transformers", "created")
-_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "authorization")
+_SECRET_WORDS = ("api_key", "apikey", "secret", "password", "authorization", "credential")
+# "token", "hf_token", "access_token": a credential; counts of tokens ("max_new_tokens",
+# "entity_tokens") are settings and stay
+_SECRET_TOKEN = re.compile(r"(.*_)?token")
 
 
 def versions() -> dict[str, str]:
@@ -57,7 +61,7 @@ def sanitize_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for k, v in attrs.items():
-        if any(w in k.lower() for w in _SECRET_WORDS):
+        if any(w in k.lower() for w in _SECRET_WORDS) or _SECRET_TOKEN.fullmatch(k.lower()):
             continue
         if v is None:
             v = ""
