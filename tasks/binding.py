@@ -19,6 +19,9 @@ family          statement                                  query (the answer is 
                                                            is in box``
 ``shapes``      ``The star is red .``                      ``Question : Which shape is colored red ? Answer : The red
                                                            shape is the`` -> ``star`` (entity = the colour)
+``onehop``      as ``capitals``                            ``Question : The person living in Zarburg likes red . …
+                                                           What color does Alice like ? Answer : Alice likes`` -> the
+                                                           colour of the capital of Alice's country
 ==============  =========================================  ==========================================================
 
 Departures from binding-iclr: the framing sentence ("Answer the question based on the
@@ -30,6 +33,13 @@ occupation in one sentence where BIOSBIAS gives a biography. ``entity_width=2`` 
 people by first name and surname ("Alice Smith") to test multi-token entities (in prompts
 for ``evaluate``; the binding-ID experiment needs one-token entities).
 
+``onehop`` is binding-iclr's ONEHOP (``coref/datasets/onehop.py``): per context, one colour per
+capital is drawn and the question states them in a random order ("The person living in {city}
+likes {color} ."), covering the context's countries and its source context's (the repository's
+``num_qn_context``), so a substituted country has an answer too. Its words "person", "living" and
+"color" are not in the embedded model's vocabulary: it runs on user models (the experiments
+refuse prompts with unknown words).
+
 For ``capitals`` the context states a country and the answer is its capital, so binding is
 two hops (bind the person to the country, recall the country's capital) as in binding-iclr's
 CAPITALS; substituting the attribute in ``nr.binding`` edits the country token.
@@ -40,7 +50,7 @@ CAPITALS; substituting the attribute in ``nr.binding`` edits the country token.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Sequence
 
 from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, register
@@ -59,6 +69,10 @@ class Family:
     framed: bool = True  # "Context : … Question : … Answer : …"
     people: bool = True  # entities are people (entity_width 2 adds a surname)
     answer: dict[str, str] | None = None  # attribute -> answer when the answer is not the attribute
+    # one hop more (ONEHOP): the question states "{hop}" per (first answer, value) and the answer
+    # is the value of the entity's first answer; ``hop_values`` are drawn per context
+    hop: str | None = None
+    hop_values: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
@@ -75,6 +89,12 @@ FAMILIES: dict[str, Family] = {
                     OBJECTS, BOX_LABELS, people=False),
     "shapes": Family("The {a} is {e} .", "Question : Which shape is colored {e} ? Answer : The {e} shape is the",
                      COLORS, SHAPES, people=False),
+    # binding-iclr's ONEHOP (coref/datasets/onehop.py): CAPITALS' statements; the question first
+    # says which colour the person living in each capital likes, then asks for the entity's
+    "onehop": Family("{e} lives in the capital city of {a} .",
+                     "Question : {hops} What color does {e} like ? Answer : {e} likes", NAMES, COUNTRIES,
+                     answer=dict(zip(COUNTRIES, CAPITALS)), hop="The person living in {a} likes {v} .",
+                     hop_values=COLORS),
 }
 
 
@@ -88,10 +108,14 @@ class BindingContext:
     entities: tuple[str, ...]
     attributes: tuple[str, ...]
     family: str = "cities"
+    # ONEHOP: the question's (first answer, value) sentences in the order stated, covering this
+    # context's attributes (and its source context's, so substituted attributes have answers)
+    hops: tuple[tuple[str, str], ...] = ()
 
     def text(self, query: int, order: Sequence[int] | None = None, entity: str | None = None) -> str:
         f = FAMILIES[self.family]
-        q = f.query.format(e=self.entities[query] if entity is None else entity)
+        hops = " ".join(f.hop.format(a=a, v=v) for a, v in self.hops) if f.hop else ""
+        q = f.query.format(e=self.entities[query] if entity is None else entity, hops=hops)
         return f"{self.context(order)} {q}"
 
     def context(self, order: Sequence[int] | None = None) -> str:
@@ -104,8 +128,25 @@ class BindingContext:
 
     @property
     def answers(self) -> tuple[str, ...]:
-        table = FAMILIES[self.family].answer
-        return self.attributes if table is None else tuple(table[a] for a in self.attributes)
+        f = FAMILIES[self.family]
+        first = self.attributes if f.answer is None else tuple(f.answer[a] for a in self.attributes)
+        if f.hop is None:
+            return first
+        value = dict(self.hops)
+        return tuple(value[a] for a in first)
+
+
+def with_hops(rng: random.Random, ctx: BindingContext, also: Sequence[str] = ()) -> BindingContext:
+    """``ctx`` with its question's hop sentences (a family with ``hop``; others unchanged): one
+    distinct value per first answer of its attributes and of the attributes ``also`` (a source
+    context's), stated in a random order."""
+    f = FAMILIES[ctx.family]
+    if f.hop is None:
+        return ctx
+    keys = [f.answer[a] if f.answer else a for a in (*ctx.attributes, *also)]
+    pairs = list(zip(keys, rng.sample(f.hop_values, len(keys))))
+    rng.shuffle(pairs)
+    return replace(ctx, hops=tuple(pairs))
 
 
 def _entities(rng: random.Random, family: Family, n: int, width: int) -> tuple[str, ...]:
@@ -117,7 +158,8 @@ def _entities(rng: random.Random, family: Family, n: int, width: int) -> tuple[s
 
 def sample_context(rng: random.Random, n_pairs: int, family: str = "cities", entity_width: int = 1) -> BindingContext:
     f = FAMILIES[family]
-    return BindingContext(_entities(rng, f, n_pairs, entity_width), tuple(rng.sample(f.attributes, n_pairs)), family)
+    ctx = BindingContext(_entities(rng, f, n_pairs, entity_width), tuple(rng.sample(f.attributes, n_pairs)), family)
+    return with_hops(rng, ctx)
 
 
 def _check(n_pairs: int, family: str, entity_width: int) -> None:
@@ -260,6 +302,12 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         BindingContext(tuple(rng.sample([e for e in test[0] if e not in c.entities], n_pairs)),
                        tuple(rng.sample([a for a in test[1] if a not in c.attributes], n_pairs)), family)
         for c in contexts)
+    if f.hop or g.hop:  # ONEHOP: each question states the hops of its context's and its source's attributes
+        rng = random.Random(seed + 4)
+        contexts = [with_hops(rng, c, sources[i].attributes if sources else ()) for i, c in enumerate(contexts)]
+        sources = tuple(replace(s, hops=c.hops) for s, c in zip(sources, contexts))
+        estimate = [with_hops(rng, c) for c in estimate]
+        base_estimate = tuple(with_hops(rng, c) for c in base_estimate)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
     if family != "cities":  # results of the default family keep their old task_params
         params["family"] = family

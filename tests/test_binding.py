@@ -249,11 +249,26 @@ def _resid_pre_run(hf, ids, position_ids=None, edit=None):
 
 
 def _pair(which, request, tiny_model_dir, embedded_model):
-    """(nnsight model, plain HF model): the embedded NeoX, or a tiny model of family ``which``."""
+    """(nnsight model, plain HF model): the embedded NeoX, a tiny model of family ``which``, or
+    ("onehop") a tiny Llama whose vocabulary has ONEHOP's words, which the embedded one lacks."""
     if which == "neox":
         return embedded_model, request.getfixturevalue("neox_hf")
-    path = tiny_model_dir(which)
+    path = request.getfixturevalue("onehop_dir") if which == "onehop" else tiny_model_dir(which)
     return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def onehop_dir(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from .conftest import _tiny
+
+    path = tmp_path_factory.mktemp("tiny_onehop")
+    tok = AutoTokenizer.from_pretrained(embedded.revision_path("main"))
+    tok.add_tokens(["person", "living", "color"])
+    _tiny("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +276,8 @@ def neox_hf():
     return AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
 
 
-@pytest.mark.parametrize("which", ["neox", "llama"])
-@pytest.mark.parametrize("family", ["capitals", "cities"])
+@pytest.mark.parametrize("which,family", [("neox", "capitals"), ("neox", "cities"), ("llama", "capitals"),
+                                          ("llama", "cities"), ("onehop", "onehop")])
 def test_factorization_by_side_matches_a_frozen_context_run(which, family, request, tiny_model_dir, embedded_model):
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(3, 2, 2, seed=5, family=family)
@@ -384,11 +399,12 @@ def test_cli_factorization_and_position_write_their_figures(tmp_path):
     assert res.exit_code == 2 and "unknown measure" in res.output and not (tmp_path / "x.nc").exists()
 
 
-@pytest.mark.parametrize("which", ["neox", "llama"])
+@pytest.mark.parametrize("which", ["neox", "llama", "onehop"])
 def test_mean_interventions_with_the_repository_estimator(which, request, tiny_model_dir, embedded_model):
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
-    data = nr.tasks.binding_contexts(2, 2, 3, seed=7, family="capitals", split=True)
-    train = set(nr.tasks.binding.FAMILIES["capitals"].entities[:20])
+    family = "onehop" if which == "onehop" else "capitals"
+    data = nr.tasks.binding_contexts(2, 2, 3, seed=7, family=family, split=True)
+    train = set(nr.tasks.binding.FAMILIES[family].entities[:20])
     assert all(set(c.entities) <= train for c in data.estimate) and not any(set(c.entities) & train for c in data)
     ds = nr.binding(model, data, measure="means", batch_size=64, progress=False)
     tok = model.tokenizer
@@ -400,7 +416,7 @@ def test_mean_interventions_with_the_repository_estimator(which, request, tiny_m
     for c in data.estimate:
         ids, e, a = _positions(model, c, c.text(0))
         _, h = _resid_pre_run(hf, ids)
-        rev = nr.tasks.BindingContext(c.entities[::-1], c.attributes[::-1], c.family)
+        rev = nr.tasks.BindingContext(c.entities[::-1], c.attributes[::-1], c.family, c.hops)
         rids, re_, ra = _positions(model, rev, rev.text(0))
         _, r = _resid_pre_run(hf, rids)
         assert rev.entities[0] == c.entities[1]
@@ -467,7 +483,7 @@ def _stated_and_shifted(model, hf, c):
     """Residuals (layer inputs) and entity/attribute positions of a context as stated and with
     its statements shifted by one (E1A1, …, E0A0): the runs binding-iclr's Δ estimator reads."""
     ids, e, a = _positions(model, c, c.text(0))
-    sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+    sh = nr.tasks.BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family, c.hops)
     sids, se, sa = _positions(model, sh, sh.text(0))
     return (_resid_pre_run(hf, ids)[1], e, a), (_resid_pre_run(hf, sids)[1], se, sa)
 

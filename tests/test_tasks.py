@@ -197,10 +197,17 @@ def test_binding_families_ask_for_the_bound_attribute(family, embedded_tokenizer
         for e in get_task("binding").examples(n=20, seed=3, n_pairs=3, family=family, entity_width=width):
             facts = {m["e"].strip(): m["a"] for m in statement.finditer(e.prompt.split(" Question")[0])}
             assert len(facts) == 3 and all(len(k.split()) == width for k in facts)
-            asked = [k for k in facts if e.prompt.rstrip().endswith(f.query.format(e=k))]
+            asked = [k for k in facts if e.prompt.rstrip().endswith(f.query.split("{hops}")[-1].format(e=k))]
             answer = facts[asked[0]] if f.answer is None else f.answer[facts[asked[0]]]
+            if f.hop:  # ONEHOP: one hop more, through the question's sentences
+                hops = dict(re.findall(r"The person living in (\w+) likes (\w+) \.", e.prompt))
+                assert len(hops) == 3 and len(set(hops.values())) == 3
+                answer = hops[answer]
             assert len(asked) == 1 and answer == e.answer
-            assert embedded_tokenizer.unk_token_id not in embedded_tokenizer(e.prompt)["input_ids"]
+            # every word is in the embedded vocabulary but ONEHOP's own three
+            unknown = {w for w in e.prompt.split() if embedded_tokenizer.convert_tokens_to_ids(w) ==
+                       embedded_tokenizer.unk_token_id}
+            assert unknown == ({"person", "living", "color"} if f.hop else set())
     if not f.people:
         with pytest.raises(TaskError, match="entity_width=2 needs a family whose entities are people"):
             nr.tasks.examples("binding", 2, family=family, entity_width=2)

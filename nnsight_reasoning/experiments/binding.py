@@ -68,6 +68,12 @@ def locate(model: Any, ctx: BindingContext, text: str) -> Located:
 
 def _locate(model: Any, items: Sequence[tuple[BindingContext, str]]) -> list[Located]:
     encoded = backend.tokenize_with_offsets(model, [text for _, text in items])
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    for (ctx, text), (ids, spans) in zip(items, encoded):
+        if unk is not None and unk in ids:  # a word-level vocabulary without the family's words
+            words = sorted({text[a:b] for i, (a, b) in zip(ids, spans) if i == unk})
+            raise UsageError(f"the {ctx.family} prompts use words this tokenizer does not know ({', '.join(words)}); "
+                             f"use a model whose vocabulary has them, or another family")
     return [_find_words(ctx, text, ids, spans) for (ctx, text), (ids, spans) in zip(items, encoded)]
 
 
@@ -476,7 +482,7 @@ def _repository_deltas(run: Run, estimate: Sequence[BindingContext], tokens: tup
     side 0 shifted for every k, which for k ≥ 2 subtracts *another* word (E_k − E1): its content
     cancels only on average over the draws (the cross-task subspace's 4-pair sources)."""
     n_pairs = len(estimate[0].entities)
-    shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family)
+    shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family, c.hops)
                for c in estimate]
     located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
     _check_spans(located, tokens)
