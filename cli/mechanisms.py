@@ -86,7 +86,8 @@ def binding(
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "
                                                  "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5) | cross_subspace "
-                                                 "(Table 2; --n-pairs 3 --estimate-family F)"),
+                                                 "(Table 2; --n-pairs 3 --estimate-family F) | mcq (the multiple-"
+                                                 "choice exchange; SST-2 reviews from --data)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
                                               "the other (default: with --measure means, cyclic and subspace)"),
@@ -103,12 +104,23 @@ def binding(
                                               "token (binding-iclr's --entity_width: the name and the token after it)"),
     attribute_tokens: int = typer.Option(1, help="every measure but accuracy: tokens edited from each attribute's "
                                                  "first token (binding-iclr's --country_width)"),
+    data: Optional[str] = typer.Option(None, help="mcq: SST-2 reviews, a .tsv/.csv/.jsonl file with sentence and "
+                                                  "label columns, or a Hub dataset id (default stanfordnlp/sst2, "
+                                                  "which needs the Hub)"),
+    max_width: int = typer.Option(5, help="mcq: exchange the last 1..max_width tokens of each option's line"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
     --measure position run binding-iclr's Fig. 3 and Fig. 4 tests (--window local: its local position test)."""
     import nnsight_reasoning as nr
 
+    if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
+        source = data or nr.tasks.mcq.HUB_ID
+        h.run(nr.binding, lambda tok: nr.tasks.mcq_contexts(n_contexts, seed, source), kind="binding_mcq",
+              task="mcq", measure="mcq", max_width=max_width)
+        return
+    if data is not None:
+        raise nr.UsageError("--data is for --measure mcq (the other measures make their contexts)")
     name = f"{n_pairs}pairs" if family == "cities" else f"{family}_{n_pairs}pairs"
     if estimate_family and estimate_family != family:  # cross-task runs get their own default file
         name += f"_from_{estimate_family}" if measure == "cross_subspace" else f"_means_from_{estimate_family}"

@@ -12,6 +12,7 @@ from .cot import VARIANTS as COT_VARIANTS, CotPrompt, CotVariants, cot_arithmeti
 from .cot_generation import PROMPT_TYPES as COT_PROMPT_TYPES, CotGeneration, GenPrompt, cot_generation
 from .ioi import ioi, ioi_examples
 from .kth_smallest import kth_smallest, kth_smallest_examples, kth_smallest_pairs
+from .mcq import McqContext, McqContexts, mcq_contexts
 from .reasoning import ReasoningPrompt, ReasoningPrompts, Statement, corrupted, load_reasoning
 from .tokens import RepeatedTokens, repeated_tokens
 
@@ -23,10 +24,11 @@ __all__ = [
     "repeated_tokens",                                     # head_scores
     "cot_variants", "cot_arithmetic", "load_gsm8k",        # neurons
     "cot_generation",                                      # cot_generation (neurons --generate)
-    "binding_contexts",                                    # binding
+    "binding_contexts", "mcq_contexts",                    # binding
     # containers and the registry
     "PromptPair", "PromptPairs", "Example", "Examples", "ReasoningPrompt", "ReasoningPrompts", "Statement",
     "RepeatedTokens", "CotPrompt", "CotVariants", "COT_VARIANTS", "CotGeneration", "GenPrompt", "COT_PROMPT_TYPES", "BindingContext", "BindingContexts",
+    "McqContext", "McqContexts",
     "binding_examples", "sample_contexts", "ioi_examples", "kth_smallest_examples",
     "TASKS", "TaskInfo", "TaskError", "get_task",
 ]

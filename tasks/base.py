@@ -251,3 +251,35 @@ def check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
     if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise TaskError(f"{name} must be an integer {bound} (got {value!r})")
+
+
+def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
+    """A table of rows (a ``datasets.Dataset``) from a local ``.jsonl``/``.json``/``.csv``/``.tsv``
+    file, or from a Hugging Face Hub dataset id (``"stanfordnlp/sst2"``: the Hub needs a
+    connection; ``split`` picks the split). ``what`` names the expected columns in errors."""
+    from pathlib import Path
+
+    import datasets
+
+    path = Path(str(source))
+    kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"}.get(path.suffix.lower())
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a bar per tiny local file would bury ours
+    try:
+        if kind is not None:
+            if not path.is_file():
+                raise TaskError(f"no such file: {path} ({what})")
+            extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            return datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
+        if path.exists():
+            raise TaskError(f"{path.name}: use a .jsonl, .json, .csv or .tsv file ({what})")
+        return datasets.load_dataset(str(source), split=split)
+    except TaskError:
+        raise
+    except Exception as e:  # datasets raises several types for malformed files and unreachable hubs
+        where = f"{path.name} as {kind.upper()}" if kind else f"the Hub dataset {source!r} (split {split!r})"
+        raise TaskError(f"cannot read {where} ({type(e).__name__}); check the file or pass a local file "
+                        f"({what})") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, register
+from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, read_rows, register
 
 CORRUPTIONS = ("shuffle", "drop", "perturb", "negate")
 
@@ -180,21 +180,9 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     if max_depth is not None or n_shots:
         raise TaskError(f"max_depth and n_shots apply to the published ProofWriter and ARC (STREET) files; "
                         f"{path.name} is not one")
-    kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix.lower())
-    if kind is None:
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise TaskError(f"{path.name}: use a .jsonl, .json or .csv file")
-    import datasets
-
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # a bar per tiny local file would bury ours
-    try:
-        rows = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:  # datasets raises several types for malformed files
-        raise TaskError(f"cannot read {path.name} as {kind.upper()} ({type(e).__name__}); "
-                        f"check the file (columns: see `reason-interp tasks {style}`)") from None
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    rows = read_rows(path, what=f"columns: see `reason-interp tasks {style}`")
     col_st, col_q, col_a, prefix, template = STYLES[style]
     missing = [c for c in (col_st, col_q, col_a) if c not in rows.column_names]
     if missing:

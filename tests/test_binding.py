@@ -697,3 +697,87 @@ def test_edit_windows_are_checked_and_multi_token_names_are_located(embedded_mod
     res = CliRunner().invoke(app, ["binding", "--measure", "means", "--n-contexts", "2", "--n-estimate", "2",
                                    "--entity-tokens", "9", "--no-progress", "--out", str(tmp_path / "x.nc")])
     assert res.exit_code == 2 and "use fewer tokens" in res.output and not (tmp_path / "x.nc").exists()
+
+
+# --------------------------------------------------------------------------- binding-iclr's MCQ
+REVIEWS = [("a gripping , funny film .", 1), ("dull and far too long .", 0), ("the best thing this year", 1),
+           ("a mess from start to end", 0), ("warm , wise and moving .", 1), ("nothing here works .", 0),
+           ("smart fun", 1), ("it never finds its feet , and the jokes fall flat", 0)]
+
+
+@pytest.fixture(scope="module")
+def mcq_model(tmp_path_factory):
+    """A tiny Llama with a byte-level BPE tokenizer trained here on MCQ prompts (the embedded
+    word-level vocabulary has no "Classify" or reviews): newlines are tokens, as in GPT-2 and
+    Llama, so each option's line ends where the repository's exclusive end says."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nnsight_reasoning.tasks.mcq import LABELS, OPTIONS, STATEMENT, TEMPLATE
+
+    from .conftest import _tiny
+
+    corpus = [TEMPLATE.format(context="".join(STATEMENT.format(label=a, option=o) for a, o in zip(ls, OPTIONS)),
+                              question=r) + f" {ls[0]}" for r, _ in REVIEWS for ls in zip(LABELS, LABELS[1:])] * 20
+    corpus += [f"Answer: {x}" for x in LABELS] * 50  # every letter after a space is one token
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    path = tmp_path_factory.mktemp("tiny_mcq")
+    _tiny("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval(), path
+
+
+def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
+    model, hf, path = mcq_model
+    sst = tmp_path / "sst2.tsv"  # GLUE's SST-2 layout: sentence<TAB>label
+    sst.write_text("sentence\tlabel\n" + "".join(f"{r}\t{y}\n" for r, y in REVIEWS))
+    data = nr.tasks.mcq_contexts(3, seed=1, data=str(sst))
+    assert all(c.reviews[q] in [r for r, y in REVIEWS if y == ("Negative", "Positive").index(c.options[q])]
+               for c in data for q in (0, 1))
+    ds = nr.binding(model, data, measure="mcq", max_width=3, batch_size=7, progress=False)
+    nr.testing.assert_valid_result(ds)
+    tok = model.tokenizer
+    for ci, c in enumerate(data.contexts):
+        assert c.text(0, swapped=True).count(f"\n{c.labels[1]}. {c.options[0]}") == 1
+        cand = [tok(" " + x, add_special_tokens=False)["input_ids"][0] for x in c.labels]
+        for q in (0, 1):
+            enc = tok(c.text(q), return_offsets_mapping=True, add_special_tokens=False)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            src = tok(c.text(q, swapped=True), add_special_tokens=False)["input_ids"]
+            # the token after each option's line: the next line's newline
+            ends = [next(t for t, (a, b) in enumerate(offsets) if a >= end) for _, end in c.statement_spans()]
+            assert all(tok.decode([ids[e]]) == "\n" for e in ends)
+            _, source = _run(hf, src, capture=range(len(src)))
+            for w in range(4):
+                edits = {p: source[:, p] for e in ends for p in range(e - w + 1, e + 1)} if w else None
+                logits, _ = _run(hf, ids, edits=edits)
+                want = logits.double().log_softmax(-1)[cand].numpy()
+                np.testing.assert_allclose(ds["mcq_logprob"].values[w, q, :, ci], want, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"width {w} query {q} context {ci}")
+    lp = ds["mcq_logprob"].values
+    np.testing.assert_array_equal(ds["mcq_swapped"].values, lp.argmax(axis=2) == np.array([1, 0])[None, :, None])
+    np.testing.assert_allclose(ds["mcq_swap_accuracy"].values, ds["mcq_swapped"].values.mean(axis=(1, 2)))
+    assert float(ds["control_accuracy"]) == pytest.approx((lp[0].argmax(axis=1) == np.array([0, 1])[:, None]).mean())
+    assert nr.plot_result(ds).axes
+    with pytest.raises(UsageError, match="reaches past the start of an option's line"):
+        nr.binding(model, data, measure="mcq", max_width=40, progress=False)
+    with pytest.raises(UsageError, match="only it does"):
+        nr.binding(model, data, measure="means", progress=False)
+    with pytest.raises(nr.tasks.TaskError, match="lacks column"):
+        (tmp_path / "bad.csv").write_text("text,label\nhi,1\n")
+        nr.tasks.mcq_contexts(2, data=str(tmp_path / "bad.csv"))
+    with pytest.raises(nr.tasks.TaskError, match="cannot read the Hub dataset"):
+        nr.tasks.mcq_contexts(2, data="no-such-user/no-such-dataset")
+    out = tmp_path / "mcq.nc"
+    res = CliRunner().invoke(app, ["binding", "--measure", "mcq", "--model", str(path), "--data", str(sst),
+                                   "--n-contexts", "3", "--seed", "1", "--max-width", "3", "--no-progress",
+                                   "--out", str(out)])
+    assert res.exit_code == 0 and "MCQ exchange" in res.output, res.output
+    np.testing.assert_allclose(nr.load_result(out)["mcq_logprob"].values, ds["mcq_logprob"].values, rtol=1e-6)
+    res = CliRunner().invoke(app, ["binding", "--data", str(sst), "--no-progress", "--out", str(tmp_path / "x.nc")])
+    assert res.exit_code == 2 and "--data is for --measure mcq" in res.output and not (tmp_path / "x.nc").exists()

@@ -39,6 +39,7 @@ from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import context_length
 from ..tasks.binding import BindingContext, BindingContexts
+from ..tasks.mcq import McqContexts
 
 INTERVENTIONS = ("entity", "attribute")
 VECTORS = ("mean", "random")
@@ -135,7 +136,7 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace", "cross_subspace")
+MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace", "cross_subspace", "mcq")
 #: the roots of binding-iclr's Fig. 5 panels (``scripts/run_experiment.py:289-441``, without the unplotted (.2, .1))
 SUBSPACE_ROOTS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.5, 0.7), (0.7, 0.1), (0.0, 0.5))
 CYCLES = ((1, 2, 0), (2, 0, 1))
@@ -143,9 +144,10 @@ MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 
 @experiment("binding_ids", batch_size=64)
-def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", freeze_context: bool = True,
-            max_offset: int = 10, window: str = "full", roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS,
-            grid: int = 10, entity_tokens: int = TOKENS[0], attribute_tokens: int = TOKENS[1]) -> xr.Dataset:
+def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str = "accuracy",
+            freeze_context: bool = True, max_offset: int = 10, window: str = "full",
+            roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS, grid: int = 10, entity_tokens: int = TOKENS[0],
+            attribute_tokens: int = TOKENS[1], max_width: int = 5) -> xr.Dataset:
     """Binding IDs; ``measure`` picks the experiment (see the module doc):
 
     - "accuracy": factorizability, position independence and mean interventions as accuracies
@@ -161,7 +163,10 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
       Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
       ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5];
     - "cross_subspace": binding-iclr's Table 2, 3-pair contexts bound by another task's
-      binding-ID differences (:func:`_cross_subspace`; ``estimate_family=``, ``estimate_pairs=4``).
+      binding-ID differences (:func:`_cross_subspace`; ``estimate_family=``, ``estimate_pairs=4``);
+    - "mcq": binding-iclr's multiple-choice test, letters bound to options, the last 0 …
+      ``max_width`` tokens of each option's line exchanged with a context whose letters are
+      swapped (:func:`_mcq`; data ``nr.tasks.mcq_contexts(...)``, SST-2 reviews).
 
     ``freeze_context`` (every measure but "accuracy"): the context tokens keep their clean values at
     every layer, as binding-iclr's interventions do, so only the question reads an edit.
@@ -181,6 +186,12 @@ def binding(run: Run, contexts: BindingContexts, *, measure: str = "accuracy", f
     if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 1 for t in tokens):
         raise UsageError(f"entity_tokens and attribute_tokens are integers >= 1 (got {entity_tokens!r}, "
                          f"{attribute_tokens!r})")
+    if measure == "mcq" or isinstance(contexts, McqContexts):
+        if measure != "mcq" or not isinstance(contexts, McqContexts):
+            raise UsageError("the mcq measure takes nr.tasks.mcq_contexts(n_contexts, seed, data), and only it does")
+        if not isinstance(max_width, (int, np.integer)) or isinstance(max_width, bool) or max_width < 1:
+            raise UsageError(f"max_width must be an integer >= 1 (got {max_width!r})")
+        return _mcq(run, contexts, int(max_width))
     if not isinstance(contexts, BindingContexts):
         raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
                          "contexts and the estimation contexts of the binding-ID vectors")
@@ -851,6 +862,77 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
                "split": int(bool(contexts.params.get("split")))})
 
 
+def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
+    """binding-iclr's MCQ test (``mcq_parallel_exchange``, ``coref/data_collection.py:962-1076``;
+    ``run_mcq``, ``scripts/run_experiment.py:813-834``, ``max_width=5``). For width w = 1 …
+    ``max_width``, the residual stream (every depth) of the last w tokens of each option's line
+    — up to and including the first token after it, the repository's exclusive end — is
+    overwritten by the source context's, which states the same options with the two letters
+    exchanged; w = 0 is the clean run. Queries: each option's review; answers: the
+    log-probabilities (full vocabulary) of the two letters at the last position. If the lines'
+    last tokens carry which letter goes with which option, the model answers the *other*
+    letter: ``mcq_swap_accuracy`` (w) is the share of queries where it does; the source row
+    reads the same review (the options come first, so its edited positions are the
+    repository's)."""
+    model = run.model
+    items = [(i, q) for i in range(len(contexts)) for q in (0, 1)]
+    ctxs = contexts.contexts
+    encoded = backend.tokenize_with_offsets(model, [ctxs[i].text(q) for i, q in items]
+                                            + [ctxs[i].text(q, swapped=True) for i, q in items])
+    clean, source = encoded[:len(items)], encoded[len(items):]
+    windows = []  # per item and statement: (first token of the line, the first token after it)
+    for (i, q), (ids, spans), (sids, _) in zip(items, clean, source):
+        if len(sids) != len(ids):
+            raise UsageError("exchanging the letters changes the prompt's token length for this tokenizer; "
+                             "use letters of one token each")
+        lines = []
+        for a, b in ctxs[i].statement_spans():
+            first = next(t for t, (x, y) in enumerate(spans) if y > a)
+            after = next(t for t, (x, y) in enumerate(spans) if y > b)  # the token holding the line's end
+            if after - max_width + 1 < first:
+                raise UsageError(f"max_width={max_width} reaches past the start of an option's line ({after - first + 1} "
+                                 f"tokens with the next one) for this tokenizer; use a smaller max_width")
+            lines.append(after)
+        windows.append(lines)
+    cand = [backend.answer_tokens(model, list(ctxs[i].labels), "letter") for i, _ in items]
+    W = max_width
+    logp = np.zeros((W + 1, len(items), 2))
+    for chunk in run.steps(run.batches([len(ids) for ids, _ in clean], rows_per_item=2 + W), "mcq exchange"):
+        ids, answers, e_rows, e_src, e_pos = [], [], [], [], []
+        for k in chunk:  # the clean row, the source row, then one edited row per width
+            base = len(ids)
+            ids += [clean[k][0], source[k][0]] + [clean[k][0]] * W
+            answers += [cand[k]] * (2 + W)
+            for w in range(1, W + 1):
+                for end in windows[k]:
+                    for pos in range(end - w + 1, end + 1):
+                        e_rows.append(base + 1 + w)
+                        e_src.append(base + 1)
+                        e_pos.append(pos)
+        lp = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
+                      torch.tensor(e_src), torch.tensor(e_pos)).log_probs.numpy()
+        for j, k in enumerate(chunk):
+            row = j * (2 + W)
+            logp[0, k] = lp[row]
+            logp[1:, k] = lp[row + 2: row + 2 + W]
+    logp = logp.reshape(W + 1, len(contexts), 2, 2).transpose(0, 2, 3, 1)  # (width, query, answer, prompt)
+    best = logp.argmax(axis=2)  # (width, query, prompt)
+    swapped = best == (1 - np.arange(2))[None, :, None]
+    return xr.Dataset(
+        {"mcq_logprob": (("width", "query", "answer", "prompt"), logp,
+                         {"long_name": "log-probability of each statement's letter (full vocabulary)", "units": "nats"}),
+         "mcq_swapped": (("width", "query", "prompt"), swapped.astype(np.int8),
+                         {"long_name": "the other statement's letter wins (what the exchanged lines predict)"}),
+         "mcq_swap_accuracy": ("width", swapped.mean(axis=(1, 2)),
+                               {"long_name": "share of queries answered with the exchanged letter"}),
+         "control_accuracy": ((), float((best[0] == np.arange(2)[:, None]).mean()),
+                              {"long_name": "clean run: the queried option's own letter wins"})},
+        coords={"width": np.arange(W + 1), "query": np.array(["option 0", "option 1"], dtype=object),
+                "answer": np.array(["L0", "L1"], dtype=object), "prompt": np.arange(len(contexts)),
+                "text": ("prompt", [c.text(0) for c in ctxs])},
+        attrs={"method": "binding_ids", "measure": "mcq", "metric": "accuracy", "max_width": W})
+
+
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
     """(2, depth, d): mean over contexts of h[pair 1] − h[pair 0] at the entity and attribute tokens."""
     located = _locate(run.model, [(c, c.text(0)) for c in estimate])
@@ -911,6 +993,19 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     measure = ds.attrs.get("measure", "accuracy")
+    if measure == "mcq":
+        ds = last_checkpoint(ds)
+        table = Table(title="share of queries answered with the other option's letter after the last w tokens of "
+                            "each option's line come from the letter-swapped context")
+        for col in ("w", "exchanged letter wins", "mean log p(own letter)", "mean log p(other letter)"):
+            table.add_column(col, justify="right")
+        own = np.stack([ds["mcq_logprob"].values[:, q, q] for q in (0, 1)], 1).mean(axis=(1, 2))
+        other = np.stack([ds["mcq_logprob"].values[:, q, 1 - q] for q in (0, 1)], 1).mean(axis=(1, 2))
+        for w in ds["width"].values:
+            table.add_row(str(int(w)), f"{float(ds['mcq_swap_accuracy'].sel(width=w)):.3f}", f"{own[w]:.2f}",
+                          f"{other[w]:.2f}")
+        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+                f"· MCQ exchange (binding-iclr); clean accuracy {float(ds['control_accuracy']):.3f}", table]
     if measure == "subspace":
         ds = last_checkpoint(ds)
         table = Table(title="calibrated accuracy over the grid of side 1's binding ID (x·Δ_1 + y·o − Δ_1), per root")

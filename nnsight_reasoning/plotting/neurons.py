@@ -106,6 +106,8 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _cyclic_figure(ds)
     if ds.attrs.get("measure") == "subspace":
         return _subspace_figure(ds)
+    if ds.attrs.get("measure") == "mcq":
+        return _mcq_figure(ds)
     names, values = ["clean", "positions\nexchanged"], [float(ds["accuracy"]), float(ds["position_accuracy"])]
     for t in ds["target"].values:
         names.append(f"factor:\n{t}")
@@ -301,6 +303,23 @@ def _cross_subspace_figure(ds: xr.Dataset):
                           [float(ds["control_accuracy"]), *ds["cross_accuracy"].values],
                           ["0.4", "tab:blue", "tab:gray", "tab:gray"], "balanced accuracy",
                           f"cross-task subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+
+
+def _mcq_figure(ds: xr.Dataset):
+    """binding-iclr's MCQ test: the share of queries answered with the exchanged letter against
+    the number of tokens at the end of each option's line taken from the letter-swapped context."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(ds["width"].values, ds["mcq_swap_accuracy"].values, "o-")
+    ax.set_xlabel("tokens exchanged at the end of each option's line")
+    ax.set_ylabel("exchanged letter wins")
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.5, color="k", ls=":", lw=0.8, label="chance")
+    ax.legend(fontsize=7)
+    ax.set_title(f"MCQ exchange · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · {ds.sizes['prompt']} contexts",
+                 fontsize=8)
+    return fig
 
 
 def _subspace_figure(ds: xr.Dataset):
