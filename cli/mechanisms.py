@@ -80,8 +80,9 @@ def binding(
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
-    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | onehop (needs a "
-                                                   "vocabulary with person, living, color)"),
+    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | boxes | shapes | "
+                                                   "parallel, onehop (these two need a vocabulary with cities, "
+                                                   "respectively; person, living, color)"),
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "

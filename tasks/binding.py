@@ -19,6 +19,9 @@ family          statement                                  query (the answer is 
                                                            is in box``
 ``shapes``      ``The star is red .``                      ``Question : Which shape is colored red ? Answer : The red
                                                            shape is the`` -> ``star`` (entity = the colour)
+``parallel``    ``Alice , Bob and Eva live in the capital  as ``capitals``
+                cities of Zarovia , Belmora and Quelland
+                respectively .`` (one sentence)
 ``onehop``      as ``capitals``                            ``Question : The person living in Zarburg likes red . …
                                                            What color does Alice like ? Answer : Alice likes`` -> the
                                                            colour of the capital of Alice's country
@@ -32,6 +35,12 @@ the repository (it is the objects-in-boxes task of the issue); ``occupations`` s
 occupation in one sentence where BIOSBIAS gives a biography. ``entity_width=2`` names
 people by first name and surname ("Alice Smith") to test multi-token entities (in prompts
 for ``evaluate``; the binding-ID experiment needs one-token entities).
+
+``parallel`` is binding-iclr's PARALLEL (CAPITALS with ``is_parallel``): all pairs in one
+sentence. Its words "cities" and "respectively", like ONEHOP's, are not in the embedded
+vocabulary. Every family runs binding-iclr's measures (entities and attributes are found in
+the context in any order); the toolkit's summary measure needs one statement per pair starting
+with its entity (:data:`EXPERIMENT_FAMILIES`).
 
 ``onehop`` is binding-iclr's ONEHOP (``coref/datasets/onehop.py``): per context, one colour per
 capital is drawn and the question states them in a random order ("The person living in {city}
@@ -73,6 +82,9 @@ class Family:
     # is the value of the entity's first answer; ``hop_values`` are drawn per context
     hop: str | None = None
     hop_values: tuple[str, ...] = ()
+    # one statement for all pairs (PARALLEL): "{es}" the entities, "{as}" the attributes, each
+    # list as "X , Y and Z"; ``statement`` is unused then
+    joint: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -91,6 +103,10 @@ FAMILIES: dict[str, Family] = {
                      COLORS, SHAPES, people=False),
     # binding-iclr's ONEHOP (coref/datasets/onehop.py): CAPITALS' statements; the question first
     # says which colour the person living in each capital likes, then asks for the entity's
+    # binding-iclr's PARALLEL (CAPITALS' parallel_template): every pair in one sentence
+    "parallel": Family("", "Question : Which city does {e} live in ? Answer : {e} lives in the city of", NAMES,
+                       COUNTRIES, answer=dict(zip(COUNTRIES, CAPITALS)),
+                       joint="{es} live in the capital cities of {as} respectively ."),
     "onehop": Family("{e} lives in the capital city of {a} .",
                      "Question : {hops} What color does {e} like ? Answer : {e} likes", NAMES, COUNTRIES,
                      answer=dict(zip(COUNTRIES, CAPITALS)), hop="The person living in {a} likes {v} .",
@@ -123,7 +139,11 @@ class BindingContext:
         binding-iclr freezes during interventions."""
         f = FAMILIES[self.family]
         order = range(len(self.entities)) if order is None else order
-        context = " ".join(f.statement.format(e=self.entities[k], a=self.attributes[k]) for k in order)
+        if f.joint:
+            context = f.joint.format(es=_listed([self.entities[k] for k in order]),
+                                     **{"as": _listed([self.attributes[k] for k in order])})
+        else:
+            context = " ".join(f.statement.format(e=self.entities[k], a=self.attributes[k]) for k in order)
         return f"Context : {context}" if f.framed else context
 
     @property
@@ -134,6 +154,11 @@ class BindingContext:
             return first
         value = dict(self.hops)
         return tuple(value[a] for a in first)
+
+
+def _listed(words: Sequence[str]) -> str:
+    """binding-iclr's ``format_parallel``: "X , Y and Z" (punctuation as its own word)."""
+    return " , ".join(words[:-1]) + " and " + words[-1]
 
 
 def with_hops(rng: random.Random, ctx: BindingContext, also: Sequence[str] = ()) -> BindingContext:
@@ -232,9 +257,9 @@ class BindingContexts(TaskData):
         return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"
 
 
-# The binding-ID experiment exchanges statements from their entity on and locates each
-# attribute after its entity: the statement must start with the entity.
-EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.startswith("{e}"))
+# The toolkit's summary measure (``nr.binding(..., measure="accuracy")``) exchanges statements
+# from their entity on: its statements must start with the entity, one pair each.
+EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.startswith("{e}") and not f.joint)
 
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
@@ -260,16 +285,14 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
     check_range("n_estimate", n_estimate, 1)
-    if family not in EXPERIMENT_FAMILIES:
-        raise TaskError(f"binding IDs need statements that start with their entity; family must be one of "
-                        f"{', '.join(EXPERIMENT_FAMILIES)} (got {family!r})")
+    check_choice("family", family, list(FAMILIES))
     f = FAMILIES[family]
     m = n_pairs if estimate_pairs is None else estimate_pairs
     source_family = family if estimate_family is None else estimate_family
     if estimate_pairs is not None:
         check_range("estimate_pairs", estimate_pairs, 2)
-    if source_family not in EXPERIMENT_FAMILIES:
-        raise TaskError(f"estimate_family must be one of {', '.join(EXPERIMENT_FAMILIES)} (got {estimate_family!r})")
+    if source_family not in FAMILIES:
+        raise TaskError(f"estimate_family must be one of {', '.join(FAMILIES)} (got {estimate_family!r})")
     g = FAMILIES[source_family]
     if split:
         _check(n_pairs, family, 1)

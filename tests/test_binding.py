@@ -250,22 +250,25 @@ def _resid_pre_run(hf, ids, position_ids=None, edit=None):
 
 def _pair(which, request, tiny_model_dir, embedded_model):
     """(nnsight model, plain HF model): the embedded NeoX, a tiny model of family ``which``, or
-    ("onehop") a tiny Llama whose vocabulary has ONEHOP's words, which the embedded one lacks."""
+    ("words") a tiny Llama whose vocabulary has ONEHOP's and PARALLEL's words, which the embedded
+    one lacks."""
     if which == "neox":
         return embedded_model, request.getfixturevalue("neox_hf")
-    path = request.getfixturevalue("onehop_dir") if which == "onehop" else tiny_model_dir(which)
+    path = request.getfixturevalue("words_dir") if which == "words" else tiny_model_dir(which)
     return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 @pytest.fixture(scope="module")
-def onehop_dir(tmp_path_factory):
+def words_dir(tmp_path_factory):
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
     from .conftest import _tiny
 
-    path = tmp_path_factory.mktemp("tiny_onehop")
+    path = tmp_path_factory.mktemp("tiny_words")
     tok = AutoTokenizer.from_pretrained(embedded.revision_path("main"))
-    tok.add_tokens(["person", "living", "color"])
+    # whole words only: "color" must not split "colored" (shapes' question)
+    tok.add_tokens([AddedToken(w, single_word=True) for w in ("person", "living", "color", "cities", "respectively")])
     _tiny("llama", len(tok)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -276,8 +279,9 @@ def neox_hf():
     return AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), attn_implementation="eager").eval()
 
 
-@pytest.mark.parametrize("which,family", [("neox", "capitals"), ("neox", "cities"), ("llama", "capitals"),
-                                          ("llama", "cities"), ("onehop", "onehop")])
+@pytest.mark.parametrize("which,family", [("neox", "capitals"), ("neox", "cities"), ("neox", "shapes"),
+                                          ("llama", "capitals"), ("llama", "cities"), ("words", "onehop"),
+                                          ("words", "parallel")])
 def test_factorization_by_side_matches_a_frozen_context_run(which, family, request, tiny_model_dir, embedded_model):
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(3, 2, 2, seed=5, family=family)
@@ -399,10 +403,10 @@ def test_cli_factorization_and_position_write_their_figures(tmp_path):
     assert res.exit_code == 2 and "unknown measure" in res.output and not (tmp_path / "x.nc").exists()
 
 
-@pytest.mark.parametrize("which", ["neox", "llama", "onehop"])
+@pytest.mark.parametrize("which", ["neox", "llama", "words"])
 def test_mean_interventions_with_the_repository_estimator(which, request, tiny_model_dir, embedded_model):
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
-    family = "onehop" if which == "onehop" else "capitals"
+    family = "onehop" if which == "words" else "capitals"
     data = nr.tasks.binding_contexts(2, 2, 3, seed=7, family=family, split=True)
     train = set(nr.tasks.binding.FAMILIES[family].entities[:20])
     assert all(set(c.entities) <= train for c in data.estimate) and not any(set(c.entities) & train for c in data)
@@ -612,7 +616,7 @@ def test_cross_task_estimate_contexts_come_from_the_other_family_and_its_train_w
     assert all(set(c.attributes) <= set(fam["capitals"].attributes[8:]) for c in data)
     assert data.params["estimate_family"] == "fruits"
     with pytest.raises(UsageError, match="estimate_family must be one of"):
-        nr.tasks.binding_contexts(2, estimate_family="shapes")
+        nr.tasks.binding_contexts(2, estimate_family="nope")
 
 
 def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_model, neox_hf):
@@ -781,3 +785,21 @@ def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
     np.testing.assert_allclose(nr.load_result(out)["mcq_logprob"].values, ds["mcq_logprob"].values, rtol=1e-6)
     res = CliRunner().invoke(app, ["binding", "--data", str(sst), "--no-progress", "--out", str(tmp_path / "x.nc")])
     assert res.exit_code == 2 and "--data is for --measure mcq" in res.output and not (tmp_path / "x.nc").exists()
+
+
+@pytest.mark.parametrize("family", list(nr.tasks.binding.FAMILIES))
+def test_every_family_locates_its_words_whatever_the_statement_order(family, request):
+    """Entities and attributes found at their own tokens: attribute first (shapes), after an
+    article (boxes), all pairs in one sentence (parallel), a question with more words (onehop)."""
+    path = request.getfixturevalue("words_dir")
+    model = nr.load_model(str(path))
+    tok = model.tokenizer
+    for c in nr.tasks.binding_contexts(3, 3, 2, seed=11, family=family).contexts:
+        ids, e, a = _positions(model, c, c.text(2))
+        assert tok.convert_ids_to_tokens([ids[p] for p in e]) == list(c.entities)
+        assert tok.convert_ids_to_tokens([ids[p] for p in a]) == list(c.attributes)
+        assert len(set(e + a)) == 6 and max(e + a) < len(tok(c.context())["input_ids"])
+    accuracy_ok = family in nr.tasks.binding.EXPERIMENT_FAMILIES
+    if not accuracy_ok:
+        with pytest.raises(UsageError, match="takes the binding-iclr measures"):
+            nr.binding(model, nr.tasks.binding_contexts(2, 2, 2, family=family), progress=False)

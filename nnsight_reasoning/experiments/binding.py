@@ -26,6 +26,7 @@ family's statements (``cities`` by default; ``capitals``, ``fruits``, ``occupati
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,7 +39,7 @@ from ..backend import resid as _br
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import context_length
-from ..tasks.binding import BindingContext, BindingContexts
+from ..tasks.binding import EXPERIMENT_FAMILIES, BindingContext, BindingContexts
 from ..tasks.mcq import McqContexts
 
 INTERVENTIONS = ("entity", "attribute")
@@ -79,23 +80,22 @@ def _locate(model: Any, items: Sequence[tuple[BindingContext, str]]) -> list[Loc
 
 
 def _find_words(ctx: BindingContext, text: str, ids: list[int], spans: list[tuple[int, int]]) -> Located:
-    def find(word: str, start: int) -> tuple[int, int]:  # (first token, one past the last)
-        at = text.index(word, start)
-        inside = [i for i, (a, b) in enumerate(spans) if a < at + len(word) and b > at]
-        if not inside or text[spans[inside[0]][0]:spans[inside[-1]][1]].strip() != word:
+    """Each entity's and attribute's first token in the context section (a word stands alone,
+    between spaces, once there; any order of entity and attribute, one sentence or several)."""
+    end = len(ctx.context())
+
+    def find(word: str) -> int:
+        hit = re.search(rf"(?<!\S){re.escape(word)}(?!\S)", text[:end])
+        if hit is None:
+            raise UsageError(f"{word!r} is not in the context {text[:end]!r}")
+        inside = [i for i, (a, b) in enumerate(spans) if a < hit.end() and b > hit.start()]
+        if text[spans[inside[0]][0]:spans[inside[-1]][1]].strip() != word:
             raise UsageError(f"{word!r} is not a whole number of tokens for this tokenizer (it shares a token with "
                              f"its neighbours); binding needs words that tokenize on their own")
-        return inside[0], inside[-1] + 1
+        return inside[0]
 
-    ents, atts, cursor = [], [], 0
-    for e, a in zip(ctx.entities, ctx.attributes):
-        first, past = find(e, cursor)
-        ents.append(first)
-        first, past = find(a, spans[past - 1][1])  # the attribute after its entity
-        atts.append(first)
-        cursor = spans[past - 1][1]
-    end = len(ctx.context())
-    return Located(ids, ents, atts, sum(1 for a, b in spans if b <= end))
+    return Located(ids, [find(e) for e in ctx.entities], [find(a) for a in ctx.attributes],
+                   sum(1 for a, b in spans if b <= end))
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,10 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
         raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
                          "contexts and the estimation contexts of the binding-ID vectors")
     if measure == "accuracy":  # this toolkit's summary edits one token per word
+        if contexts.contexts[0].family not in EXPERIMENT_FAMILIES:
+            raise UsageError(f"the summary measure exchanges statements that start with their entity, one pair each "
+                             f"({', '.join(EXPERIMENT_FAMILIES)}); {contexts.contexts[0].family!r} takes the "
+                             f"binding-iclr measures (measure='factorization', 'position', 'means', …)")
         return _accuracy(run, contexts)
     tokens = tuple(int(t) for t in tokens)
     return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens),
