@@ -46,7 +46,10 @@ class PromptStyle:
     """The text around the exemplars: ``question`` starts each question; ``trigger`` follows the
     asked question (``bare`` instead for the prompt types in ``bare_types``); ``phrase``
     introduces the answer; ``stop`` starts the next exemplar (generation past it is not read);
-    ``zero_shot`` is the whole prompt of the zero-shot type."""
+    ``zero_shot`` is the whole prompt of the zero-shot type. ``answer_prompt``: the zero-shot
+    type's second question, asked after the model's reasoning up to ``zero_shot_stop`` (the
+    repository's "Therefore, the answer (arabic numerals) is"); empty: no second question, the
+    last number of the reasoning is read."""
 
     name: str
     question: str
@@ -56,12 +59,16 @@ class PromptStyle:
     phrase: str
     stop: str
     zero_shot: str
+    answer_prompt: str = ""
+    zero_shot_stop: str = ""
 
 
 STYLES = {
     # gsm8k_inference.py:run_inference and the zero-shot "Q: … A: Let's think step by step."
+    # its zero-shot answers: gsm8k_inference.py:164-186 (clean_cot_pred_answers, extract_pred_answers)
     "repository": PromptStyle("repository", "Question: ", "\nLet's think step by step\n", "\n\n", ("equation_only",),
-                              "The answer is", "\n\nQuestion:", "Q: {question} A: Let's think step by step."),
+                              "The answer is", "\n\nQuestion:", "Q: {question} A: Let's think step by step.",
+                              " Therefore, the answer (arabic numerals) is ", "\nQ:"),
     "embedded": PromptStyle("embedded", "Q : ", "\nA :", "\nA :", (), "The result is", "Q :", "Q : {question} A :"),
 }
 
@@ -141,8 +148,8 @@ def parse_answer(generated: str, style: PromptStyle) -> int | None:
     None. As the repository's ``extract_cot_with_example_pred_answers``: the text after the
     first answer phrase, up to the next exemplar's start, with letters and ``% $ = - .``
     blanked and commas removed; its last number. Failing a phrase: a GSM8K ``#### N``, else
-    the last number before the next exemplar (zero-shot answers; the repository asks a
-    second question there, "Therefore, the answer (arabic numerals) is", which is not done here)."""
+    the last number before the next exemplar (zero-shot answers in a style without a second
+    question; with one, :func:`zero_shot_followup` and :func:`parse_zero_shot`)."""
     text = generated.split(style.stop)[0] if style.stop.strip() else generated
     if style.phrase in text:  # up to a second phrase too (the repository reads one split piece)
         text = text.split(style.phrase)[1]
@@ -151,6 +158,24 @@ def parse_answer(generated: str, style: PromptStyle) -> int | None:
     words = _NOT_NUMBER.sub(" ", text).replace(",", "").split()
     numbers = [w for w in words if re.fullmatch(r"\d+", w)]
     return int(numbers[-1]) if numbers else None
+
+
+def zero_shot_followup(prompt: str, generated: str, style: PromptStyle) -> str:
+    """The zero-shot type's second prompt (the repository's ``clean_cot_pred_answers``): the
+    prompt and the model's reasoning up to ``zero_shot_stop``, stripped, then the second
+    question."""
+    return (prompt + generated).split(style.zero_shot_stop)[0].strip() + style.answer_prompt
+
+
+def parse_zero_shot(generated: str) -> int | None:
+    """The number answered to the zero-shot second question (the repository's
+    ``extract_pred_answers``: the text up to ".\n", letters and ``% $ = -`` blanked, commas
+    removed, the last word as a number); None where there is none (the repository scores 0)."""
+    words = re.sub(r"[a-zA-Z%$=\-]", " ", generated.split(".\n")[0]).replace(",", "").split()
+    try:
+        return int(float(words[-1]))
+    except (IndexError, ValueError, OverflowError):
+        return None
 
 
 def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equation_only", "text_only"), *,

@@ -392,3 +392,55 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
         got = sweep.sel(checkpoint=rev)
         assert got["generated"].values.tolist() == one["generated"].values.tolist()
         np.testing.assert_array_equal(got["activation"].values, one["activation"].values)
+
+
+@pytest.fixture(scope="module")
+def bpe_llama(tmp_path_factory):
+    """A tiny Llama with a byte-level BPE tokenizer trained here on the repository's zero-shot
+    prompts and its second question (the embedded vocabulary has no "Let's" or "Therefore")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .conftest import _tiny
+
+    rep = STYLES["repository"]
+    corpus = [p.prompt + rep.answer_prompt + f"{k}.\n" for k, p in
+              enumerate(nr.tasks.cot_generation(200, ["zero_shot"], style="repository", seed=9).prompts["zero_shot"])]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    path = tmp_path_factory.mktemp("tiny_bpe")
+    _tiny("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return nr.load_model(str(path)), _hf(path)
+
+
+def test_zero_shot_asks_the_second_question_as_the_repository(bpe_llama):
+    """gsm8k_inference.py's zero-shot pipeline: the reasoning up to the next "Q:", then
+    "Therefore, the answer (arabic numerals) is ", a second generation, its last number — both
+    generations under the same ablation; against two plain greedy loops."""
+    from nnsight_reasoning.tasks.cot_generation import parse_zero_shot, zero_shot_followup
+
+    model, hf = bpe_llama
+    S, units = 8, [(0, 3), (1, 17)]
+    data = nr.tasks.cot_generation(3, ["zero_shot"], style="repository", seed=2)
+    ds = nr.cot_generation(model, data, discover_on="zero_shot", max_new_tokens=S, units=units,
+                           ablations=("zero",), progress=False, batch_size=2)
+    tok, style = model.tokenizer, data.style
+    zero = {0: (torch.tensor([3]), torch.zeros(1)), 1: (torch.tensor([17]), torch.zeros(1))}
+    for ki, kw in enumerate(({}, {"set_": zero})):
+        for i, p in enumerate(data.prompts["zero_shot"]):
+            first, *_ = reference(hf, tok(p.prompt)["input_ids"], S, **kw)
+            text = tok.decode(first)
+            assert ds["generated"].values[ki, 0, i] == text
+            second = zero_shot_followup(p.prompt, text, style)
+            assert second.endswith(" Therefore, the answer (arabic numerals) is ") and "\nQ:" not in second
+            answer, *_ = reference(hf, tok(second)["input_ids"], S, **kw)
+            assert ds["answer_generated"].values[ki, 0, i] == tok.decode(answer)
+            got = parse_zero_shot(tok.decode(answer))
+            assert ds["predicted"].values[ki, 0, i] == (-1 if got is None else got)
+    assert parse_zero_shot(" 72.\nQ: next") == 72 and parse_zero_shot(" $1,200.\n") == 1200
+    assert parse_zero_shot(" no number") is None

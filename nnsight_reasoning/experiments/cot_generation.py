@@ -50,7 +50,8 @@ from ..backend import generation as _bg
 from ..errors import UsageError
 from ..runner import Run, experiment, named
 from ..sites import context_length, dims
-from ..tasks.cot_generation import PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer
+from ..tasks.cot_generation import (PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer, parse_zero_shot,
+                                    zero_shot_followup)
 from .neurons import CONCEPTS, _check_units, describe_units, parse_units, random_control
 
 ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
@@ -213,18 +214,31 @@ def cot_generation(
     S, V = max_new_tokens, len(variants)
     kinds = ["none", *dict.fromkeys(ablations)]
     generated = np.full((len(kinds), V, n), "", dtype=object)
+    answered = np.full((len(kinds), V, n), "", dtype=object)  # the zero-shot second answers
     predicted = np.full((len(kinds), V, n), -1, np.int64)
     n_read = np.zeros((V, n), np.int64)
     top = np.zeros((V, n, S, n_layers, top_k), np.int64)
     score = np.zeros((V, n, S, n_layers, top_k))
 
-    def record(ki: int, vi: int, results: list) -> None:
+    def record(ki: int, vi: int, results: list, **again: Any) -> None:
+        """Store one generation of variant ``vi`` under ablation ``ki``; the zero-shot type asks
+        its second question with the same ``again`` edits (the repository's two passes)."""
+        v = variants[vi]
         for chunk, g in results:
             texts, read = _read_steps(model.tokenizer, g.tokens, style)
+            got = [parse_answer(t, style) for t in texts]
+            if v == "zero_shot" and style.answer_prompt:
+                second = [GenPrompt(zero_shot_followup(prompts.prompts[v][i].prompt, texts[j], style), "", v, i)
+                          for j, i in enumerate(chunk)]
+                answers = [""] * len(second)
+                for sub, g2 in _generate(run, second, S, **again):
+                    for j2, k in enumerate(sub):
+                        answers[k] = _read_steps(model.tokenizer, g2.tokens[j2:j2 + 1], style)[0][0]
+                got = [parse_zero_shot(a) for a in answers]
+                answered[ki, vi, chunk] = answers
             for j, i in enumerate(chunk):
                 generated[ki, vi, i] = texts[j]
-                got = parse_answer(texts[j], style)
-                predicted[ki, vi, i] = -1 if got is None else got
+                predicted[ki, vi, i] = -1 if got[j] is None else got[j]
                 if ki == 0:
                     n_read[vi, i] = read[j]
                     if g.top_neurons is not None:
@@ -265,14 +279,18 @@ def cot_generation(
              "random_zero": _edits(control, values=np.zeros(U))}
     for ki, kind in enumerate(kinds[1:], 1):
         for vi, v in enumerate(run.steps(variants, f"ablation {kind}")):
-            record(ki, vi, _generate(run, prompts.prompts[v], S, edits=plans[kind]))
+            record(ki, vi, _generate(run, prompts.prompts[v], S, edits=plans[kind]), edits=plans[kind])
     golds = np.array([[_gold(p.answer) for p in prompts.prompts[v]] for v in variants])
     correct = predicted == golds[None]
-    return _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, top, score, pairs, control,
-                    act, mean_act, mean_ablate, found, fixed, run, n_tokens, labeller,
-                    {"discover_on": discover_on, "max_new_tokens": S, "ranking": ranking, "top_k": top_k,
-                     "select": select, "min_frequency": min_frequency, "seed": seed, "noise_scale": noise_scale,
-                     "noise": "noise_scale * normal(mean=-1, std=1) per output-weight entry, added once"})
+    ds = _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, top, score, pairs, control,
+                  act, mean_act, mean_ablate, found, fixed, run, n_tokens, labeller,
+                  {"discover_on": discover_on, "max_new_tokens": S, "ranking": ranking, "top_k": top_k,
+                   "select": select, "min_frequency": min_frequency, "seed": seed, "noise_scale": noise_scale,
+                   "noise": "noise_scale * normal(mean=-1, std=1) per output-weight entry, added once"})
+    if "zero_shot" in variants and style.answer_prompt:  # the text generated after the second question
+        ds["answer_generated"] = (("ablation", "variant", "prompt"), answered,
+                                  {"long_name": "zero-shot: the answer generated after the second question"})
+    return ds
 
 
 def _gold(answer: str) -> int:

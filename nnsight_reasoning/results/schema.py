@@ -94,7 +94,7 @@ FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
              "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy",
-             "cross_accuracy", "cross_correct", "control_accuracy")
+             "cross_accuracy", "cross_correct", "control_accuracy", "mcq_swap_accuracy", "mcq_swapped")
 
 
 def assert_valid_result(ds: xr.Dataset) -> None:
