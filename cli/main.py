@@ -223,12 +223,12 @@ def plot(
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
     kind: Optional[str] = typer.Option(None, help="patching: positions | roles | prediction; attention results: "
                                                   "heatmap | entropy | rank | mass; circuit results: circuit | "
-                                                  "faithfulness | overlap"),
+                                                  "faithfulness | overlap | stability"),
     prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:
     """Patching heatmap (layer × position per site), accuracy, attention (heatmap of one prompt,
     head entropy, mass per reasoning step), probe F1 per layer, head scores or a circuit (graph,
-    faithfulness by size, overlap across checkpoints), as PNG."""
+    faithfulness by size, overlap and stability across checkpoints), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed

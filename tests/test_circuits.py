@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -13,7 +14,7 @@ import nnsight_reasoning as nr
 from nnsight_reasoning.backend import graph
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.experiments.circuit import extract, overlap
+from nnsight_reasoning.experiments.circuit import extract, overlap, stability
 from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
@@ -199,6 +200,49 @@ def test_overlap_is_jaccard_of_each_checkpoints_circuit(embedded_model):
     assert np.allclose(np.diag(jac.values), 1) and np.allclose(jac.values, jac.values.T)
     with pytest.raises(UsageError, match="compares checkpoints"):
         overlap(main, 30)
+    # Tigges et al.'s stability measures on the same two circuits, from edge-name dictionaries
+    st = stability(ds, 30)
+    scores = [{(u, d): float(ds["score"].sel(checkpoint=c).values[u, d]) for u, d in edges}
+              for c, edges in zip(("step256", "main"), sets)]
+    a, b = scores
+    assert st["jaccard"].values.tolist() == [len(sets[0] & sets[1]) / len(sets[0] | sets[1])]
+    assert st["additions"].values.tolist() == [len(sets[1] - sets[0])] and st["ged"].values.tolist() == \
+        [len(sets[1] ^ sets[0])]
+    assert st["weighted_additions"].values[0] == pytest.approx(sum(b[e] for e in sets[1] - sets[0]))
+    assert st["weighted_deletions"].values[0] == pytest.approx(sum(a[e] for e in sets[0] - sets[1]))
+    union = sets[0] | sets[1]
+    wj = sum(min(abs(a.get(e, 0)), abs(b.get(e, 0))) for e in union) / sum(max(abs(a.get(e, 0)), abs(b.get(e, 0)))
+                                                                           for e in union)
+    assert st["weighted_jaccard"].values[0] == pytest.approx(wj) and st["ewma_change"].values[0] == pytest.approx(
+        0.5 * (1 - wj))
+    assert st["weighted_jaccard_to_final"].values.tolist() == pytest.approx([wj, 1.0])
+    with pytest.raises(UsageError, match="compares checkpoints"):
+        stability(main)
+
+
+def test_stability_over_several_checkpoints_follows_the_repository_definitions():
+    """EWMA over transitions and the summed score changes over every edge, on scores drawn here."""
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=(4, 6, 6))  # upstream node j + 1 is downstream node j
+    score[:, 4, 0] = np.nan  # an edge that does not exist
+    ds = xr.Dataset({"score": (("checkpoint", "upstream", "downstream"), score)},
+                    coords={"checkpoint": ["step0", "step1", "step2", "main"]})
+    st = stability(ds, 8, alpha=0.3)
+    sets = [extract(score[k], 8) for k in range(4)]
+    ewma = 0.0
+    for k in range(3):
+        a = {e: abs(score[k][e]) for e in zip(*np.nonzero(sets[k]))}
+        b = {e: abs(score[k + 1][e]) for e in zip(*np.nonzero(sets[k + 1]))}
+        union = set(a) | set(b)
+        wj = sum(min(a.get(e, 0), b.get(e, 0)) for e in union) / sum(max(a.get(e, 0), b.get(e, 0)) for e in union)
+        ewma = 0.3 * (1 - wj) + 0.7 * ewma
+        assert st["weighted_jaccard"].values[k] == pytest.approx(wj) and st["ewma_change"].values[k] == pytest.approx(ewma)
+        change = [score[k + 1][e] - score[k][e] for e in np.ndindex(6, 6) if np.isfinite(score[k][e])]
+        assert st["summed_increases"].values[k] == pytest.approx(sum(c for c in change if c > 0))
+        assert st["summed_decreases"].values[k] == pytest.approx(-sum(c for c in change if c < 0))
+    assert list(st["transition"].values) == ["step0→step1", "step1→step2", "step2→main"]
+    with pytest.raises(UsageError, match="alpha must be"):
+        stability(ds, 8, alpha=0)
 
 
 def test_eap_bad_input(embedded_model, small_pairs):
@@ -229,7 +273,8 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
     assert ds.sizes["checkpoint"] == 2 and ds.attrs["method"] == "eap_ig"
     res = run(app, ["show", str(path)])
     assert res.exit_code == 0 and "faithfulness" in res.output and "overlap (Jaccard)" in res.output, res.output
-    for kind in ("circuit", "faithfulness", "overlap"):
+    assert "stability (Tigges" in res.output
+    for kind in ("circuit", "faithfulness", "overlap", "stability"):
         res = run(app, ["plot", str(path), "--kind", kind])
         assert res.exit_code == 0, res.output
         assert (tmp_path / "results" / f"circuit_arithmetic_embedded_step500-main.{kind}.png").stat().st_size > 5000

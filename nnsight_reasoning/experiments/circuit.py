@@ -235,6 +235,74 @@ def overlap(ds: xr.Dataset, n_edges: int) -> xr.DataArray:
                                                "units": "1", "n_edges": n_edges})
 
 
+def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) -> xr.Dataset:
+    """Tigges et al.'s circuit-stability measures over a checkpoint sweep (their
+    ``utils/data_processing.py``), on each checkpoint's ``n_edges``-edge circuit (default: the
+    size :func:`chosen_size` picks), re-extracted from its ``score`` as :func:`overlap` does.
+
+    Per ``transition`` (checkpoint k → k + 1, the sweep's order):
+    ``jaccard`` (|A ∩ B| / |A ∪ B|), ``weighted_jaccard`` (Σ min / Σ max of |score| over the two
+    circuits' edges, 0 for an edge outside one), ``ewma_change`` (an exponentially weighted mean
+    of 1 − weighted_jaccard, weight ``alpha`` on the newest, starting from 0: ``compute_ewma_
+    weighted_jaccard_similarity``), ``additions``/``deletions``/``ged`` (edges entering, leaving,
+    both: the graph edit distance ``compute_ged``), ``weighted_additions``/``weighted_deletions``/
+    ``weighted_ged`` (the signed scores of those edges summed, ``compute_weighted_ged``) and, over
+    every edge of the graph, ``summed_increases``/``summed_decreases``/``summed_absolute_change``
+    of the scores (``compute_gtd``). Per ``checkpoint``: ``jaccard_to_final`` and
+    ``weighted_jaccard_to_final`` against the last checkpoint (``…_to_reference``)."""
+    if "checkpoint" not in ds.dims or ds.sizes["checkpoint"] < 2:
+        raise UsageError("circuit stability compares checkpoints: run nr.circuit(..., revisions=...) over two or more")
+    if not 0 < alpha <= 1:
+        raise UsageError(f"alpha must be in (0, 1] (got {alpha!r})")
+    n = chosen_size(ds) if n_edges is None else int(n_edges)
+    score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
+    sets = [extract(ds["score"].isel(checkpoint=k).values, n) for k in range(ds.sizes["checkpoint"])]
+    weights = [np.where(c, np.abs(sc), 0.0) for c, sc in zip(sets, score)]
+
+    def jaccard(a, b):
+        union = (a | b).sum()
+        return (a & b).sum() / union if union else 0.0
+
+    def weighted(a, b):
+        top = np.maximum(a, b).sum()
+        return np.minimum(a, b).sum() / top if top else 0.0
+
+    pairs = list(zip(range(len(sets) - 1), range(1, len(sets))))
+    wj = np.array([weighted(weights[i], weights[j]) for i, j in pairs])
+    ewma, prev = [], 0.0
+    for x in 1 - wj:
+        prev = alpha * x + (1 - alpha) * prev
+        ewma.append(prev)
+    added = [sets[j] & ~sets[i] for i, j in pairs]
+    removed = [sets[i] & ~sets[j] for i, j in pairs]
+    change = [score[j] - score[i] for i, j in pairs]
+    names = [str(c) for c in ds["checkpoint"].values]
+    t = ("transition",)
+    per = {
+        "jaccard": (t, [jaccard(sets[i], sets[j]) for i, j in pairs], {"long_name": "Jaccard similarity"}),
+        "weighted_jaccard": (t, wj, {"long_name": "Σ min |score| / Σ max |score| over the two circuits"}),
+        "ewma_change": (t, ewma, {"long_name": f"EWMA (alpha {alpha}) of 1 − weighted Jaccard"}),
+        "additions": (t, [int(a.sum()) for a in added], {"long_name": "edges entering the circuit"}),
+        "deletions": (t, [int(r.sum()) for r in removed], {"long_name": "edges leaving the circuit"}),
+        "weighted_additions": (t, [float(score[j][a].sum()) for (_, j), a in zip(pairs, added)],
+                               {"long_name": "summed scores of the entering edges", "units": "logits"}),
+        "weighted_deletions": (t, [float(score[i][r].sum()) for (i, _), r in zip(pairs, removed)],
+                               {"long_name": "summed scores of the leaving edges", "units": "logits"}),
+        "summed_increases": (t, [float(c[c > 0].sum()) for c in change], {"units": "logits"}),
+        "summed_decreases": (t, [float(-c[c < 0].sum()) for c in change], {"units": "logits"}),
+    }
+    out = xr.Dataset(per, coords={"transition": [f"{names[i]}→{names[j]}" for i, j in pairs],
+                                  "from_checkpoint": (t, [names[i] for i, _ in pairs]),
+                                  "to_checkpoint": (t, [names[j] for _, j in pairs]), "checkpoint": names})
+    out["ged"] = out["additions"] + out["deletions"]
+    out["weighted_ged"] = out["weighted_additions"] + out["weighted_deletions"]
+    out["summed_absolute_change"] = out["summed_increases"] + out["summed_decreases"]
+    out["jaccard_to_final"] = ("checkpoint", [jaccard(c, sets[-1]) for c in sets])
+    out["weighted_jaccard_to_final"] = ("checkpoint", [weighted(w, weights[-1]) for w in weights])
+    out.attrs.update(n_edges=n, alpha=alpha, source_method=str(ds.attrs.get("method", "")))
+    return out
+
+
 def node_table(n_layers: int, n_heads: int) -> tuple[dict, dict]:
     """Coordinates of the upstream and downstream axes: names, layer, kind, head."""
     up = {"name": ["input"], "layer": [-1], "kind": ["input"], "head": [-1]}
@@ -335,4 +403,8 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         steps = [str(c) for c in ds["checkpoint"].values]
         lines.append(f"overlap (Jaccard) of top-{size} circuits with the last checkpoint: " + ", ".join(
             f"{n} {jac[k, -1]:.2f}" for k, n in enumerate(steps)))
+        st = stability(ds, size)
+        lines.append("stability (Tigges et al.) per transition: " + ", ".join(
+            f"{str(t)} GED {int(g)}, weighted Jaccard {w:.2f}" for t, g, w in
+            zip(st["to_checkpoint"].values, st["ged"].values, st["weighted_jaccard"].values)))
     return lines

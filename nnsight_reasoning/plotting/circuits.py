@@ -6,10 +6,10 @@ import numpy as np
 import xarray as xr
 
 from ..errors import UsageError
-from ..experiments.circuit import chosen_size, overlap
+from ..experiments.circuit import chosen_size, overlap, stability
 from ..results.io import last_checkpoint
 
-CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap")
+CIRCUIT_KINDS = ("circuit", "faithfulness", "overlap", "stability")
 __all__ = ["CIRCUIT_KINDS", "chosen_size", "circuit_figure"]
 
 
@@ -22,6 +22,8 @@ def circuit_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _faithfulness(ds)
     if kind == "overlap":
         return _overlap(ds)
+    if kind == "stability":
+        return _stability(ds)
     return _graph(ds)
 
 
@@ -116,4 +118,29 @@ def _overlap(ds: xr.Dataset):
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(f"circuit overlap (Jaccard, top {size} edges)", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def _stability(ds: xr.Dataset):
+    """Tigges et al.'s stability panels: similarity with the final circuit per checkpoint and
+    the EWMA change rate per transition; edges entering and leaving per transition."""
+    import matplotlib.pyplot as plt
+
+    st = stability(ds)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(st.sizes["checkpoint"])
+    left.plot(x, st["jaccard_to_final"].values, "o-", label="Jaccard with the final circuit")
+    left.plot(x, st["weighted_jaccard_to_final"].values, "s--", label="weighted Jaccard with the final")
+    left.plot(x[1:], st["ewma_change"].values, "^:", label=f"EWMA change (alpha {st.attrs['alpha']})")
+    left.set_xticks(x, [str(c) for c in st["checkpoint"].values], rotation=45, ha="right", fontsize=7)
+    left.set_ylim(0, 1.05)
+    left.legend(fontsize=7)
+    t = np.arange(st.sizes["transition"])
+    right.bar(t - 0.2, st["additions"].values, 0.4, label="edges entering")
+    right.bar(t + 0.2, st["deletions"].values, 0.4, label="edges leaving")
+    right.set_xticks(t, [str(c) for c in st["to_checkpoint"].values], rotation=45, ha="right", fontsize=7)
+    right.set_ylabel("edges (graph edit distance = both)")
+    right.legend(fontsize=7)
+    fig.suptitle(f"circuit stability over training · top {st.attrs['n_edges']} edges · {ds.attrs.get('model')}",
+                 fontsize=9)
     return fig
