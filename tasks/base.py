@@ -41,11 +41,15 @@ class Example:
 
     ``alternatives`` are further correct answers where a task has a set of them (greater-than:
     every later year; sentiment: every word of the class); ``nr.evaluate`` then scores the set.
+    ``distractors`` are the wrong answers a task compares them with (IOI: the subject;
+    greater-than: the start year and every earlier one; sentiment: the other class's words):
+    ``nr.evaluate`` then adds Tigges et al.'s logit and probability differences.
     """
 
     prompt: str
     answer: str
     alternatives: tuple[str, ...] = ()
+    distractors: tuple[str, ...] = ()
 
     @property
     def answers(self) -> tuple[str, ...]:

@@ -38,7 +38,8 @@ def greater_than_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = N
     for _ in range(n):
         prompt, yy = sample_greater_than(rng)
         later = [f"{y:02d}" for y in range(yy + 1, 100)]
-        out.append(Example(prompt, later[0], tuple(later[1:])))
+        # the repository's year groups (get_year_indices): later years +1, the others −1
+        out.append(Example(prompt, later[0], tuple(later[1:]), tuple(f"{y:02d}" for y in range(yy + 1))))
     return out
 
 

@@ -59,7 +59,9 @@ def _order(order: str, i: int) -> str:
 
 def sample_ioi(rng: random.Random, template: str, order: str = "ABBA") -> Example:
     a, b = rng.sample(NAMES, 2)
-    return Example(fill(template, a, b, order, place=rng.choice(PLACES), object=rng.choice(OBJECTS)), a)
+    # the subject is the wrong answer Tigges et al.'s logit difference subtracts
+    return Example(fill(template, a, b, order, place=rng.choice(PLACES), object=rng.choice(OBJECTS)), a,
+                   distractors=(b,))
 
 
 def ioi_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, corruption: str | None = None,

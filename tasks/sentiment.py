@@ -29,8 +29,8 @@ def sample_sentiment(rng: random.Random, positive: bool) -> Example:
     i = rng.randrange(len(adjectives))
     a1, a2, a3 = (adjectives[(i + k) % len(adjectives)] for k in range(3))
     prompt = TEMPLATE.format(a1=a1, a2=a2, a3=a3, verb="loved" if positive else "hated")
-    answers = POSITIVE_ANSWERS if positive else NEGATIVE_ANSWERS
-    return Example(prompt, answers[0], answers[1:])
+    answers, other = (POSITIVE_ANSWERS, NEGATIVE_ANSWERS) if positive else (NEGATIVE_ANSWERS, POSITIVE_ANSWERS)
+    return Example(prompt, answers[0], answers[1:], tuple(other))
 
 
 def sentiment_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None) -> list[Example]:

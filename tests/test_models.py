@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -83,6 +84,36 @@ def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
             assert ds.p_answer.values[i] == pytest.approx(float(probs[ids].sum()), rel=1e-5, abs=1e-8)
             assert ds.correct.values[i] == int(int(probs.argmax()) in ids)
             assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
+
+
+@pytest.mark.parametrize("task", ["ioi", "greater_than", "sentiment"])
+def test_evaluate_adds_tigges_task_measures_against_a_plain_forward(task, embedded_model):
+    """circuits-over-time's measures from raw logits: the correct group's mean logit minus the
+    distractors' (IOI: IO − S; greater-than: later years − the others), the summed
+    probabilities' difference, and the share of prompts with a positive logit difference."""
+    hf = AutoModelForCausalLM.from_pretrained(nr.models.model_info(embedded_model).path, dtype=torch.float32).eval()
+    tok = embedded_model.tokenizer
+    data = nr.tasks.examples(task, 12, seed=2)
+    ds = nr.evaluate(embedded_model, data, batch_size=5, progress=False)
+    lds = []
+    for i, e in enumerate(data):
+        with torch.no_grad():
+            logits = hf(torch.tensor([tok(e.prompt)["input_ids"]])).logits[0, -1].double()
+        good = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in e.answers]
+        bad = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in e.distractors]
+        assert not set(good) & set(bad)
+        ld = float(logits[good].mean() - logits[bad].mean())
+        probs = logits.softmax(-1)
+        # the backend's float32 log-probabilities carry ~32 ulps of the row's logit scale (δ), as
+        # tests/test_effects.py bounds them: a difference of two group means is off by ≤ 2δ, a
+        # probability p by ≤ p·δ, so the difference of the two sums by ≤ δ
+        delta = 32 * np.finfo(np.float32).eps * float(logits.abs().max())
+        assert ds.logit_diff.values[i] == pytest.approx(ld, abs=2 * delta)
+        assert ds.prob_diff.values[i] == pytest.approx(float(probs[good].sum() - probs[bad].sum()), abs=delta)
+        lds.append(ld)
+    assert float(ds.accuracy_logit_diff) == np.mean(np.array(lds) > 0)
+    np.testing.assert_allclose(float(ds.mean_logit_diff), np.mean(ds.logit_diff.values))
+    assert "logit_diff" not in nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", 4), progress=False)
 
 
 # main in the fast tier; step0 (the same code on other weights) in the slow one, for time

@@ -25,6 +25,15 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
     the aggregates ``accuracy``, ``mean_p_answer``, ``mean_rank`` (0-d). With ``revisions``
     every variable gains a leading ``checkpoint`` dim: the learning curve is
     ``ds.accuracy`` along ``checkpoint``.
+
+    Where every example has ``distractors`` (IOI, greater-than, sentiment), Tigges et al.'s task
+    measures (circuits-over-time ``utils/metrics.py``, as ``get_model_task_performance.py`` runs
+    them) are added: ``logit_diff`` (prompt; mean logit of the correct answers − mean logit of
+    the distractors, logits), ``prob_diff`` (prompt; their summed probabilities' difference),
+    and the aggregates ``mean_logit_diff``, ``mean_prob_diff`` and ``accuracy_logit_diff`` (share
+    of prompts with ``logit_diff`` > 0, the repository's IOI accuracy). Its rank-0 rate is
+    ``accuracy`` (the top-1 token over the vocabulary is correct) and its probability mass is
+    ``p_answer``.
     """
     if isinstance(examples, str):
         raise UsageError(f"evaluate takes examples, not a task name: nr.evaluate(model, "
@@ -34,10 +43,15 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
         raise UsageError("no examples given")
     ids = backend.tokenize(run.model, [e.prompt for e in items])
     sets = [backend.answer_tokens(run.model, list(getattr(e, "answers", (e.answer,)))) for e in items]
-    # answer sets of unequal size are padded with their first id and masked out of the sums
-    width = max(len(a) for a in sets)
-    answers = np.array([a + a[:1] * (width - len(a)) for a in sets])
+    tigges = all(getattr(e, "distractors", ()) for e in items)
+    wrong = [backend.answer_tokens(run.model, list(e.distractors), "distractor") if tigges else [] for e in items]
+    # per row: the answer set, then the distractors; rows of unequal size are padded with their
+    # first id and masked out of the sums
+    width = max(len(a) + len(w) for a, w in zip(sets, wrong))
+    answers = np.array([a + w + a[:1] * (width - len(a) - len(w)) for a, w in zip(sets, wrong)])
     member = np.arange(width)[None] < np.array([len(a) for a in sets])[:, None]
+    against = (np.arange(width)[None] >= np.array([len(a) for a in sets])[:, None]) & \
+        (np.arange(width)[None] < np.array([len(a) + len(w) for a, w in zip(sets, wrong)])[:, None])
     lp = np.zeros((len(items), width))
     ranks = np.zeros((len(items), width), dtype=np.int64)
     label = f"evaluating {getattr(examples, 'task', '')}".rstrip()
@@ -46,13 +60,27 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
         lp[chunk], ranks[chunk] = s.log_probs.double().numpy(), s.rank.numpy()
     p = np.where(member, np.exp(lp), 0.0).sum(1)  # P(the answer set)
     rank = np.where(member, ranks, np.iinfo(np.int64).max).min(1)  # the best-ranked member
+    extra = {}
+    if tigges:
+        # means of log-probabilities differ as the means of logits do (log Z cancels in a row)
+        mean = lambda mask: np.where(mask, lp, 0.0).sum(1) / mask.sum(1)  # noqa: E731
+        ld = mean(member) - mean(against)
+        pd = p - np.where(against, np.exp(lp), 0.0).sum(1)
+        extra = {"logit_diff": ("prompt", ld, {"long_name": "mean logit of the correct answers − mean logit of the "
+                                                            "distractors (Tigges et al.)", "units": "logits"}),
+                 "prob_diff": ("prompt", pd, {"long_name": "P(correct answers) − P(distractors) (Tigges et al.)",
+                                              "units": "1"}),
+                 "mean_logit_diff": ((), ld.mean(), {"units": "logits"}),
+                 "mean_prob_diff": ((), pd.mean(), {"units": "1"}),
+                 "accuracy_logit_diff": ((), (ld > 0).mean(), {"long_name": "share of prompts with logit_diff > 0",
+                                                               "units": "1"})}
     return xr.Dataset(
         {"correct": ("prompt", (rank == 0).astype(np.int8), {"long_name": "answer is the top-1 token"}),
          "p_answer": ("prompt", p, {"long_name": "P(answer | prompt)", "units": "1"}),
          "answer_rank": ("prompt", rank, {"long_name": "rank of the answer token (0 = top-1)"}),
          "accuracy": ((), (rank == 0).mean(), {"long_name": "accuracy (top-1)", "units": "1"}),
          "mean_p_answer": ((), p.mean(), {"long_name": "mean P(answer | prompt)", "units": "1"}),
-         "mean_rank": ((), rank.mean(), {"long_name": "mean rank of the answer token"})},
+         "mean_rank": ((), rank.mean(), {"long_name": "mean rank of the answer token"}), **extra},
         coords={"prompt": np.arange(len(items)), "text": ("prompt", [e.prompt for e in items]),
                 "answer": ("prompt", [e.answer for e in items])},
         attrs={"method": "evaluate", "metric": "accuracy"},
@@ -64,15 +92,20 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from rich.table import Table
 
     task, n = ds.attrs.get("task"), ds.sizes["prompt"]
+    tigges = "mean_logit_diff" in ds
     if "checkpoint" not in ds.dims:
+        extra = (f" · logit diff {float(ds.mean_logit_diff):.2f} · prob diff {float(ds.mean_prob_diff):.3f}"
+                 if tigges else "")
         return [f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n} prompts: "
                 f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
-                f"mean rank {float(ds.mean_rank):.2f}"]
+                f"mean rank {float(ds.mean_rank):.2f}{extra}"]
     table = Table(title=f"{task} · {ds.attrs['model']} · {n} prompts over training")
-    for col in ("checkpoint", "accuracy", "mean P(answer)", "mean rank", "load s", "run s"):
+    cols = ["checkpoint", "accuracy", "mean P(answer)", "mean rank"] + (["logit diff", "prob diff"] if tigges else [])
+    for col in cols + ["load s", "run s"]:
         table.add_column(col, justify="right")
     for c in ds["checkpoint"].values:
         r = ds.sel(checkpoint=c)
-        table.add_row(str(c), f"{float(r.accuracy):.3f}", f"{float(r.mean_p_answer):.3f}",
-                      f"{float(r.mean_rank):.2f}", f"{float(r.seconds_load):.2f}", f"{float(r.seconds_run):.2f}")
+        more = [f"{float(r.mean_logit_diff):.2f}", f"{float(r.mean_prob_diff):.3f}"] if tigges else []
+        table.add_row(str(c), f"{float(r.accuracy):.3f}", f"{float(r.mean_p_answer):.3f}", f"{float(r.mean_rank):.2f}",
+                      *more, f"{float(r.seconds_load):.2f}", f"{float(r.seconds_run):.2f}")
     return [table]
