@@ -16,7 +16,7 @@ import numpy as np
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
-from nnsight_reasoning.tasks.binding import FAMILIES
+from nnsight_reasoning.tasks.binding import EMBEDDED_FAMILIES as FAMILIES
 
 N, SEED = 500, 2026
 HEAD_DATA = {"n_sequences": 32, "seq_len": 20, "seed": SEED}

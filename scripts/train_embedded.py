@@ -47,6 +47,11 @@ every v2 target and learns both (model card). With the reversed rung in the curr
 per step) the forward rung stalled (0.59 at step 1,000) and the reversed one stayed at chance,
 so it belongs in the mixture. Neither mixture teaches the model to *write* a correct solution
 after the paper's exemplars (``nr.cot_generation``: 0.08): the card lists those targets as missed.
+
+v4 (trained 2026-11-30, not shipped yet): the reason was a bug, not the mixture. ``encode``
+marked only the first token of each answer as a target, so a worked solution's other ~20 tokens
+got the 0.1 weight of prompt tokens. ``--answer-tokens all`` trains every token of an answer
+(single-token answers, every other task, are unchanged, so the curriculum's steps match v3's).
 """
 from __future__ import annotations
 
@@ -89,7 +94,8 @@ def vocabulary() -> list[str]:
     words: set[str] = {w for ws in lists for w in ws} | {w for pair in W.THINGS for w in pair}
     words |= _template_words(*A.TEMPLATES, *A.STOLFO_TEMPLATES_FLAT, *I.IOI_TEMPLATES, *R.RETRIEVAL_TEMPLATES,
                              *(t for t, _ in R.RELATIONS.values()), G.TEMPLATE, S.TEMPLATE,
-                             *(f.statement for f in B.FAMILIES.values()), *(f.query for f in B.FAMILIES.values()))
+                             *(B.FAMILIES[f].statement for f in B.EMBEDDED_FAMILIES),
+                             *(B.FAMILIES[f].query for f in B.EMBEDDED_FAMILIES))
     words |= set(A.SHOT_SEPARATOR.split()) | set(A.OPERATIONS) | set(A._WORD.values())
     words |= set("Numbers : . The smallest is Context : Question : Answer : Q A loved hated gave had What result ? "
                  "lasted from the year to".split())
@@ -181,7 +187,7 @@ def sentiment(rng: random.Random) -> Segments:
 def binding(rng: random.Random, max_queries: int = 4) -> Segments:
     """A context of 2-4 statements of one family, then 1..max_queries queries drawn with
     replacement (distinct queries would let the last be answered by elimination)."""
-    family = rng.choice(list(B.FAMILIES))
+    family = rng.choice(B.EMBEDDED_FAMILIES)  # the trained six (binding-iclr's PARALLEL, ONEHOP need other words)
     width = 2 if B.FAMILIES[family].people and rng.random() < 0.3 else 1
     ctx = B.sample_context(rng, rng.choice([2, 2, 3, 3, 4]), family, width)
     ks = [rng.randrange(len(ctx.entities)) for _ in range(rng.randint(1, max_queries))]
@@ -252,12 +258,18 @@ TASKS: dict[str, Callable[[random.Random], Segments]] = {
 }
 
 
-def encode(tok, segments: Segments) -> tuple[list[int], list[int]]:
+def encode(tok, segments: Segments, all_tokens: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and the positions of the answer tokens that are targets: the first token of
+    each answer, or with ``all_tokens`` every token of it (a worked solution learnt whole; only
+    ``cot_solution``'s answers have more than one token). v3 (shipped) trained the first token
+    only, which is why it finishes gold solutions but cannot write its own (found 2026-11-30;
+    ``--answer-tokens all`` is the fix, v4 in the module doc)."""
     ids, answer_at = [], []
     for k, (text, answer) in enumerate(segments):
         ids += tok(text, add_special_tokens=(k == 0))["input_ids"]
-        answer_at.append(len(ids))
-        ids += tok(" " + answer, add_special_tokens=False)["input_ids"]
+        answer_ids = tok(" " + answer, add_special_tokens=False)["input_ids"]
+        answer_at += range(len(ids), len(ids) + (len(answer_ids) if all_tokens else 1))
+        ids += answer_ids
     if tok.unk_token_id in ids:
         raise ValueError(f"out-of-vocabulary word in {segments}")
     return ids, answer_at
@@ -334,6 +346,8 @@ def main() -> None:
     ap.add_argument("--early-until", default="binding_short=0.9",
                     help="TASK=ACC: the curriculum lasts until TASK's training accuracy (mean of 10 steps) "
                          "reaches ACC, then --early-extra steps more, at most --early-max steps")
+    ap.add_argument("--answer-tokens", choices=("first", "all"), default="first",
+                    help="targets of a multi-token answer: its first token (v3, shipped) or all of them (v4)")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     args = ap.parse_args()
@@ -380,7 +394,8 @@ def main() -> None:
     pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
     if args.out.exists():
         shutil.rmtree(args.out)
-    meta = {"seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,
+    meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
+            "seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,
             "lm_weight": args.lm_weight, "threads": args.threads, "every": args.every,
             **({"early_mix": early_mix, "early_until": args.early_until, "early_extra": args.early_extra,
                 "early_max": args.early_max} if early_mix else {})}
@@ -403,7 +418,7 @@ def main() -> None:
             if task == "repeated_tokens":
                 seqs = [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
             else:
-                seqs = [encode(tok, TASKS[task](rng)) for _ in range(n)]
+                seqs = [encode(tok, TASKS[task](rng), args.answer_tokens == "all") for _ in range(n)]
             chunks = list(batches(seqs, tok.pad_token_id))
             n_answers = sum(float(c[1].sum()) for c in chunks)
             n_prompt = sum(float(c[2].sum()) for c in chunks)

@@ -257,6 +257,10 @@ class BindingContexts(TaskData):
         return f"BindingContexts(n={len(self)}, n_estimate={len(self.estimate)}, params={self.params})"
 
 
+# The families the embedded model is trained on and its vocabulary covers (scripts/train_embedded.py
+# draws from these, and the model card measures them); parallel and onehop need words it lacks.
+EMBEDDED_FAMILIES = ("cities", "capitals", "fruits", "occupations", "boxes", "shapes")
+
 # The toolkit's summary measure (``nr.binding(..., measure="accuracy")``) exchanges statements
 # from their entity on: its statements must start with the entity, one pair each.
 EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.startswith("{e}") and not f.joint)

@@ -195,7 +195,13 @@ def test_binding_families_ask_for_the_bound_attribute(family, embedded_tokenizer
     widths = (1, 2) if f.people else (1,)
     for width in widths:
         for e in get_task("binding").examples(n=20, seed=3, n_pairs=3, family=family, entity_width=width):
-            facts = {m["e"].strip(): m["a"] for m in statement.finditer(e.prompt.split(" Question")[0])}
+            context = e.prompt.split(" Question")[0]
+            if f.joint:  # PARALLEL: "A , B and C live in the capital cities of X , Y and Z respectively ."
+                es, as_ = re.search(r": (.+) live in the capital cities of (.+) respectively \.", context).groups()
+                split = lambda t: re.split(r" , | and ", t)  # noqa: E731
+                facts = dict(zip(split(es), split(as_)))
+            else:
+                facts = {m["e"].strip(): m["a"] for m in statement.finditer(context)}
             assert len(facts) == 3 and all(len(k.split()) == width for k in facts)
             asked = [k for k in facts if e.prompt.rstrip().endswith(f.query.split("{hops}")[-1].format(e=k))]
             answer = facts[asked[0]] if f.answer is None else f.answer[facts[asked[0]]]
@@ -207,7 +213,8 @@ def test_binding_families_ask_for_the_bound_attribute(family, embedded_tokenizer
             # every word is in the embedded vocabulary but ONEHOP's own three
             unknown = {w for w in e.prompt.split() if embedded_tokenizer.convert_tokens_to_ids(w) ==
                        embedded_tokenizer.unk_token_id}
-            assert unknown == ({"person", "living", "color"} if f.hop else set())
+            assert unknown == ({"person", "living", "color"} if f.hop else {"cities", "respectively"} if f.joint
+                               else set())
     if not f.people:
         with pytest.raises(TaskError, match="entity_width=2 needs a family whose entities are people"):
             nr.tasks.examples("binding", 2, family=family, entity_width=2)
