@@ -200,6 +200,7 @@ def pythia_cache(tmp_path_factory):
     return cache
 
 
+@pytest.mark.slow  # a fresh process (the Hub client reads its cache path at import): ~14 s on 2 cores
 def test_pythia_ids_load_revisions_through_the_hub_client(pythia_cache, tmp_path):
     # a fresh process: the Hub client reads HF_HUB_CACHE when it is imported
     env = {"HF_HUB_CACHE": str(pythia_cache), "HF_HUB_OFFLINE": "1"}
