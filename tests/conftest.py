@@ -64,6 +64,24 @@ def _tiny(model_type: str, vocab_size: int):
     return model
 
 
+def tiny_bpe_llama(path, corpus: list[str]):
+    """A tiny random Llama in ``path`` with a byte-level BPE tokenizer trained on ``corpus``
+    (newlines and spaces are tokens' bytes, as in GPT-2 and Llama): for prompts whose words the
+    embedded word-level vocabulary lacks. Returns ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    _tiny("llama", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
     """Factory: model_type -> directory with a tiny random model and the embedded tokenizer."""

@@ -714,25 +714,14 @@ def mcq_model(tmp_path_factory):
     """A tiny Llama with a byte-level BPE tokenizer trained here on MCQ prompts (the embedded
     word-level vocabulary has no "Classify" or reviews): newlines are tokens, as in GPT-2 and
     Llama, so each option's line ends where the repository's exclusive end says."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     from nnsight_reasoning.tasks.mcq import LABELS, OPTIONS, STATEMENT, TEMPLATE
 
-    from .conftest import _tiny
+    from .conftest import tiny_bpe_llama
 
     corpus = [TEMPLATE.format(context="".join(STATEMENT.format(label=a, option=o) for a, o in zip(ls, OPTIONS)),
                               question=r) + f" {ls[0]}" for r, _ in REVIEWS for ls in zip(LABELS, LABELS[1:])] * 20
     corpus += [f"Answer: {x}" for x in LABELS] * 50  # every letter after a space is one token
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    path = tmp_path_factory.mktemp("tiny_mcq")
-    _tiny("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
+    path = tiny_bpe_llama(tmp_path_factory.mktemp("tiny_mcq"), corpus)
     return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval(), path
 
 

@@ -398,23 +398,12 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
 def bpe_llama(tmp_path_factory):
     """A tiny Llama with a byte-level BPE tokenizer trained here on the repository's zero-shot
     prompts and its second question (the embedded vocabulary has no "Let's" or "Therefore")."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from .conftest import _tiny
+    from .conftest import tiny_bpe_llama
 
     rep = STYLES["repository"]
     corpus = [p.prompt + rep.answer_prompt + f"{k}.\n" for k, p in
               enumerate(nr.tasks.cot_generation(200, ["zero_shot"], style="repository", seed=9).prompts["zero_shot"])]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    path = tmp_path_factory.mktemp("tiny_bpe")
-    _tiny("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
+    path = tiny_bpe_llama(tmp_path_factory.mktemp("tiny_bpe"), corpus)
     return nr.load_model(str(path)), _hf(path)
 
 
