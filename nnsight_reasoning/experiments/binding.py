@@ -68,7 +68,9 @@ def locate(model: Any, ctx: BindingContext, text: str) -> Located:
     return _locate(model, [(ctx, text)])[0]
 
 
-def _locate(model: Any, items: Sequence[tuple[BindingContext, str]]) -> list[Located]:
+def _locate(model: Any, items: Sequence[tuple[BindingContext, str]], tokens: Sequence[int] | None = None
+            ) -> list[Located]:
+    """Located prompts; with ``tokens`` (the edit windows), each checked by :func:`_check_spans`."""
     encoded = backend.tokenize_with_offsets(model, [text for _, text in items])
     unk = getattr(model.tokenizer, "unk_token_id", None)
     for (ctx, text), (ids, spans) in zip(items, encoded):
@@ -76,7 +78,10 @@ def _locate(model: Any, items: Sequence[tuple[BindingContext, str]]) -> list[Loc
             words = sorted({text[a:b] for i, (a, b) in zip(ids, spans) if i == unk})
             raise UsageError(f"the {ctx.family} prompts use words this tokenizer does not know ({', '.join(words)}); "
                              f"use a model whose vocabulary has them, or another family")
-    return [_find_words(ctx, text, ids, spans) for (ctx, text), (ids, spans) in zip(items, encoded)]
+    located = [_find_words(ctx, text, ids, spans) for (ctx, text), (ids, spans) in zip(items, encoded)]
+    if tokens is not None:
+        _check_spans(located, tokens)
+    return located
 
 
 def _find_words(ctx: BindingContext, text: str, ids: list[int], spans: list[tuple[int, int]]) -> Located:
@@ -351,11 +356,10 @@ def _factorization(run: Run, contexts: BindingContexts, freeze: bool, tokens: tu
     for c, src in pairs:
         names = list(c.entities) + list(src.entities)
         items.append([(src, src.text(0))] + [(c, c.text(0, entity=e)) for e in names])
-    located = _locate(model, [x for item in items for x in item])
+    located = _locate(model, [x for item in items for x in item], tokens)
     width = 1 + 2 * n
     rows = [located[i * width:(i + 1) * width] for i in range(len(pairs))]
     _one_length([r for item in rows for r in item])
-    _check_spans([item[1] for item in rows], tokens)
     for item in rows:  # the source's words sit where the context's do
         if item[0].entities != item[1].entities or item[0].attributes != item[1].attributes:
             raise UsageError("a source context's words are not at its context's positions (one-token words needed)")
@@ -423,9 +427,8 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     ``window="local"``: o in −2 … 2 and Δ − 2 … Δ + 2 (``fixed_offset_start=-2,
     fixed_offset_end=3`` with ``is_tail`` False and True)."""
     model = run.model
-    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)])
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in (0, 1)], tokens)
     T = _one_length(located)
-    _check_spans(located, tokens)
     limit = context_length(model) or T
     spans = {}
     for w, (target, key) in zip(tokens, (("entity", "entities"), ("attribute", "attributes"))):
@@ -499,8 +502,7 @@ def _repository_deltas(run: Run, estimate: Sequence[BindingContext], tokens: tup
     n_pairs = len(estimate[0].entities)
     shifted = [BindingContext(c.entities[1:] + c.entities[:1], c.attributes[1:] + c.attributes[:1], c.family, c.hops)
                for c in estimate]
-    located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted])
-    _check_spans(located, tokens)
+    located = _locate(run.model, [(c, c.text(0)) for c in estimate] + [(c, c.text(0)) for c in shifted], tokens)
     n, W = len(estimate), max(tokens)
     total = None
     for chunk in run.steps(run.batches([len(r.ids) for r in located[:n]], rows_per_item=2), "binding-ID vectors"):
@@ -536,8 +538,7 @@ def _means(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int,
     model = run.model
     if contexts.n_pairs != 2:
         raise UsageError(f"the mean interventions are defined for 2 pairs (got {contexts.n_pairs})")
-    located, _, cand = _null_queries(model, contexts)
-    _check_spans(located, tokens)
+    located, _, cand = _null_queries(model, contexts, tokens)
     delta = _repository_deltas(run, contexts.estimate, tokens)[:, 0]  # (2, token, D, d): Δ_1
     gen = torch.Generator().manual_seed(contexts.seed)
     rand = torch.randn(delta.shape, generator=gen, dtype=torch.float64).float()
@@ -618,7 +619,8 @@ def _one_length(located: Sequence[Located]) -> int:
     return len(located[0].ids)
 
 
-def _null_queries(model: Any, contexts: BindingContexts) -> tuple[list[Located], int, list[list[int]]]:
+def _null_queries(model: Any, contexts: BindingContexts, tokens: Sequence[int]
+                  ) -> tuple[list[Located], int, list[list[int]]]:
     """Per context its prompts asking for E0, E1 and a *null* entity (the source's E0, not in
     the context): located prompts (3 per context), their token length, and the answer ids
     (A0, A1) per context."""
@@ -626,7 +628,7 @@ def _null_queries(model: Any, contexts: BindingContexts) -> tuple[list[Located],
         raise UsageError("these binding contexts have no source contexts (a source needs 2 × n_pairs words of the "
                          "family); use fewer pairs")
     names = [(c, [c.entities[0], c.entities[1], s.entities[0]]) for c, s in zip(contexts.contexts, contexts.sources)]
-    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es])
+    located = _locate(model, [(c, c.text(0, entity=e)) for c, es in names for e in es], tokens)
     cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
     return located, _one_length(located), cand
 
@@ -700,8 +702,7 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int
                          f"{contexts.n_pairs} and {len(contexts.estimate[0].entities)}); use n_pairs=3")
     delta = _repository_deltas(run, contexts.estimate, tokens)  # (kind, 2, token, D, d): Δ_1, Δ_2
     ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, token, D, d): Δ_0 = 0
-    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
-    _check_spans(located, tokens)
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)], tokens)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
 
@@ -772,8 +773,7 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool, tokens: t
     family = est[0].family
     vectors = {family: source, "zeros": torch.zeros_like(base), "random": rand}
     names = list(vectors)
-    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)])
-    _check_spans(located, tokens)
+    located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)], tokens)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
     plan = [(s, p) for s in range(len(names)) for p in range(len(CYCLES))]
 
@@ -830,8 +830,7 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     if contexts.n_pairs != 2 or len(contexts.estimate[0].entities) != 3:
         raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
                          "nr.tasks.binding_contexts(n, 2, n_estimate, estimate_pairs=3, split=True)")
-    located, _, cand = _null_queries(model, contexts)
-    _check_spans(located, tokens)
+    located, _, cand = _null_queries(model, contexts, tokens)
     delta = _repository_deltas(run, contexts.estimate, tokens).double()  # (kind, 2, token, D, d)
     s0, s1 = delta[:, 0], delta[:, 1]
     unit = s0 / s0.norm()

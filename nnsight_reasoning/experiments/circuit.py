@@ -222,12 +222,17 @@ def prune(edges: np.ndarray) -> np.ndarray:
     return edges & reached[:, None] & reaches[None, :]
 
 
+def _circuits(ds: xr.Dataset, n_edges: int) -> list[np.ndarray]:
+    """Each checkpoint's ``n_edges``-edge circuit, re-extracted from its ``score``."""
+    return [extract(ds["score"].isel(checkpoint=k).values, n_edges) for k in range(ds.sizes["checkpoint"])]
+
+
 def overlap(ds: xr.Dataset, n_edges: int) -> xr.DataArray:
     """Jaccard similarity |A ∩ B| / |A ∪ B| of the checkpoints' circuits of ``n_edges`` edges
     (re-extracted from each checkpoint's ``score``), dims (checkpoint, checkpoint_b)."""
     if "checkpoint" not in ds.dims:
         raise UsageError("circuit overlap compares checkpoints: run nr.circuit(..., revisions=...) first")
-    sets = [extract(ds["score"].isel(checkpoint=k).values, n_edges) for k in range(ds.sizes["checkpoint"])]
+    sets = _circuits(ds, n_edges)
     jac = np.array([[(a & b).sum() / max(1, (a | b).sum()) for b in sets] for a in sets])
     names = ds["checkpoint"].values
     return xr.DataArray(jac, dims=("checkpoint", "checkpoint_b"), coords={"checkpoint": names, "checkpoint_b": names},
@@ -256,7 +261,7 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
         raise UsageError(f"alpha must be in (0, 1] (got {alpha!r})")
     n = chosen_size(ds) if n_edges is None else int(n_edges)
     score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
-    sets = [extract(ds["score"].isel(checkpoint=k).values, n) for k in range(ds.sizes["checkpoint"])]
+    sets = _circuits(ds, n)
     weights = [np.where(c, np.abs(sc), 0.0) for c, sc in zip(sets, score)]
 
     def jaccard(a, b):
