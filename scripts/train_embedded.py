@@ -45,13 +45,16 @@ but lost CoT arithmetic (finishing a gold solution 0.04; v2 1.00): the result af
 twentieth of its weight. Keeping ``cot`` and weighting ``cot_solution`` 8 (this default) keeps
 every v2 target and learns both (model card). With the reversed rung in the curriculum too (48
 per step) the forward rung stalled (0.59 at step 1,000) and the reversed one stayed at chance,
-so it belongs in the mixture. Neither mixture teaches the model to *write* a correct solution
-after the paper's exemplars (``nr.cot_generation``: 0.08): the card lists those targets as missed.
+so it belongs in the mixture. Neither mixture taught v3 to *write* a correct solution
+after the paper's exemplars (``nr.cot_generation``: 0.08); v4 below does.
 
-v4 (trained 2026-11-30, not shipped yet): the reason was a bug, not the mixture. ``encode``
-marked only the first token of each answer as a target, so a worked solution's other ~20 tokens
-got the 0.1 weight of prompt tokens. ``--answer-tokens all`` trains every token of an answer
-(single-token answers, every other task, are unchanged, so the curriculum's steps match v3's).
+v4 (shipped; trained 2026-11-30): the reason was a bug, not the mixture. ``encode`` marked only
+the first token of each answer as a target, so a worked solution's other ~20 tokens got the 0.1
+weight of prompt tokens. ``--answer-tokens all`` (now the default) trains every token of an
+answer (single-token answers, every other task, are unchanged, so the curriculum's steps match
+v3's; ``--answer-tokens first`` rebuilds v3). v4 writes its own solutions (card: CoT generation),
+at a cost on ``shapes`` with three entities (0.78; v3 1.00), the one family whose statements name
+the attribute first.
 """
 from __future__ import annotations
 
@@ -346,8 +349,8 @@ def main() -> None:
     ap.add_argument("--early-until", default="binding_short=0.9",
                     help="TASK=ACC: the curriculum lasts until TASK's training accuracy (mean of 10 steps) "
                          "reaches ACC, then --early-extra steps more, at most --early-max steps")
-    ap.add_argument("--answer-tokens", choices=("first", "all"), default="first",
-                    help="targets of a multi-token answer: its first token (v3, shipped) or all of them (v4)")
+    ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",
+                    help="targets of a multi-token answer: all of them (v4, shipped) or its first token (v3)")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     args = ap.parse_args()
