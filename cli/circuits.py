@@ -39,8 +39,13 @@ def circuit(
                                                       "EAP; writes edge_patching_*.nc"),
     ig_steps: Optional[int] = typer.Option(None, help="1 = EAP; m > 1 = EAP-IG with m integration steps "
                                                       "(default 5)"),
-    sizes: Optional[str] = typer.Option(None, help="circuit sizes (top-n edges) whose faithfulness is measured; "
-                                                   f"'' for scores only (default {DEFAULT_SIZES})"),
+    sizes: Optional[str] = typer.Option(None, help="circuit sizes (edges before pruning) whose faithfulness is "
+                                                   f"measured; '' for scores only (default {DEFAULT_SIZES})"),
+    selection: str = typer.Option("topn", help="how a circuit of n edges is chosen: topn (largest |score|) or greedy "
+                                               "(from the logits up, EAP-IG's apply_greedy, as Tigges et al.)"),
+    min_fraction: Optional[float] = typer.Option(None, help="also search the smallest circuit whose circuit / clean "
+                                                            "logit difference reaches this (Tigges et al.: 0.8)"),
+    search: str = typer.Option("25:1600:25", help="START:STOP:STEP grid of that search, in edges"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -48,8 +53,15 @@ def circuit(
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
-    if exact and (ig_steps is not None or sizes is not None):
-        raise UsageError("--exact patches every edge and makes no circuits; --ig-steps and --sizes are for EAP")
+    if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"):
+        raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection and "
+                         "--min-fraction are for EAP")
+    try:
+        grid = tuple(int(v) for v in search.split(":"))
+        if len(grid) != 3:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--search must be START:STOP:STEP in edges, e.g. 25:1600:25 (got {search!r})") from None
     try:
         size_list = [int(s) for s in (DEFAULT_SIZES if sizes is None else sizes).split(",") if s.strip()]
     except ValueError:
@@ -59,4 +71,4 @@ def circuit(
         h.run(nr.edge_patching, data, kind="edge_patching", task=task)
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
-              sizes=size_list)
+              sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid)

@@ -14,7 +14,7 @@ import nnsight_reasoning as nr
 from nnsight_reasoning.backend import graph
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.experiments.circuit import extract, overlap, stability
+from nnsight_reasoning.experiments.circuit import extract, greedy, overlap, prune, stability
 from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
@@ -158,6 +158,103 @@ def test_extract_takes_top_edges_and_prunes_dangling_ones():
     assert extract(score, 10 ** 6).sum() == np.isfinite(score).sum()  # everything connects via input
 
 
+def _greedy_by_scanning(weight, valid, n_edges):
+    """EAP-IG's apply_greedy restated without a heap: n times, scan every edge into a node in
+    the graph (the logits, and each upstream node added so far) for the largest weight."""
+    n_up, n_down = weight.shape
+    nodes, keep = {"logits"}, np.zeros(weight.shape, bool)
+    name_up = ["input"] + [f"n{j}" for j in range(n_down - 1)]  # upstream u = downstream u - 1
+    name_down = [f"n{j}" for j in range(n_down - 1)] + ["logits"]
+    for _ in range(n_edges):
+        cands = [(weight[u, v], -(u * n_down + v), u, v) for u in range(n_up) for v in range(n_down)
+                 if valid[u, v] and not keep[u, v] and name_down[v] in nodes]
+        if not cands:
+            break
+        _, _, u, v = max(cands)
+        keep[u, v] = True
+        nodes.add(name_up[u])
+    return keep
+
+
+def _prune_like_eap_ig(edges):
+    """EAP-IG's Graph.prune restated: drop nodes without an incoming (the input excepted) or an
+    outgoing edge (the logits excepted), then the edges of dropped nodes, until nothing changes."""
+    edges = edges.copy()
+    while True:
+        has_out = edges.any(1)  # upstream node u
+        has_in = np.r_[True, edges.any(0)[:-1]]  # upstream node u is downstream node u - 1
+        alive = has_out & has_in
+        new = edges & alive[:, None] & np.r_[alive[1:], True][None, :]
+        if (new == edges).all():
+            return new
+        edges = new
+
+
+@pytest.mark.parametrize("shape", [(4, 4, True), (2, 3, False)])
+def test_greedy_selection_and_pruning_follow_eap_ig(shape):
+    valid = graph.valid_edges(*shape).numpy()
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        score = np.where(valid, rng.normal(size=valid.shape) * rng.choice([0.01, 1, 10], size=valid.shape), np.nan)
+        weight = np.nan_to_num(np.abs(score), nan=-1.0)
+        for n in (1, 3, 10, 40, int(valid.sum()), 10 ** 4):
+            got = greedy(weight, n)
+            want = _greedy_by_scanning(weight, valid, n)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(extract(score, n, "greedy"), _prune_like_eap_ig(want))
+            # the top-n circuit too is pruned as EAP-IG prunes
+            top = np.zeros(valid.shape, bool)
+            top.flat[np.argsort(-weight, axis=None, kind="stable")[:min(n, int(valid.sum()))]] = True
+            np.testing.assert_array_equal(extract(score, n), _prune_like_eap_ig(top))
+            np.testing.assert_array_equal(prune(top), _prune_like_eap_ig(top))
+    with pytest.raises(UsageError, match="selection must be one of topn, greedy"):
+        extract(score, 3, "best")
+
+
+def test_min_fraction_search_finds_the_smallest_circuit_by_the_documented_rule(embedded_model, small_pairs):
+    """The search's answer recomputed from the fractions of the sizes the rule looks at (measured
+    by separate nr.circuit calls): the first grid size reaching the threshold, then the smallest
+    size reaching it since the grid point before."""
+    pairs = small_pairs[:3]
+    n_valid = 191
+    searches = [(0.8, (10, 300, 10)), (0.5, (3, 50, 7)), (1.01, (25, 1600, 25))]
+    grids = {se: [s for s in range(*se) if s <= n_valid] + ([n_valid] if se[1] > n_valid else []) for _, se in searches}
+
+    def fractions(sizes):
+        ds = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=sorted(sizes), selection="greedy", progress=False)
+        return ds, dict(zip(ds["size"].values.tolist(), ds["fraction"].values))
+
+    _, frac = fractions(set().union(*grids.values()))
+    want = {}
+    for threshold, se in searches:
+        hits = [g for g in grids[se] if frac[g] >= threshold]
+        want[se] = None if not hits else (max([s for s in grids[se] if s < hits[0]], default=0), hits[0])
+    every, more = fractions({s for w in want.values() if w for s in range(w[0] + 1, w[1] + 1)})
+    frac.update(more)
+    for threshold, se in searches:
+        ds = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(), selection="greedy", min_fraction=threshold,
+                        search=se, progress=False)
+        nr.testing.assert_valid_result(ds)
+        if want[se] is None:
+            assert int(ds["min_size"]) == -1 and ds["min_circuit"].values.sum() == 0
+            continue
+        before, g = want[se]
+        size = min(s for s in range(before + 1, g + 1) if frac[s] >= threshold)
+        assert int(ds["min_size"]) == size, (threshold, se)
+        np.testing.assert_array_equal(ds["min_circuit"].values, every["in_circuit"].sel(size=size).values)
+        assert int(ds["min_n_edges"]) == int(every["n_edges"].sel(size=size))
+        assert float(ds["min_faithfulness"]) == pytest.approx(float(every["faithfulness"].sel(size=size)), abs=1e-5)
+        measured = np.isfinite(ds["search_fraction"].values)
+        sizes = ds["search_size"].values[measured]
+        assert set(sizes) == set(grids[se]) | set(range(before + 1, g))
+        np.testing.assert_allclose(ds["search_fraction"].values[measured], [frac[s] for s in sizes], rtol=1e-5,
+                                   atol=1e-6)
+    for kwargs, msg in [(dict(selection="best"), "selection must be one of"),
+                        (dict(min_fraction=0.8, search=(10, 5, 1)), "search must be")]:
+        with pytest.raises(UsageError, match=msg):
+            nr.circuit(embedded_model, pairs, progress=False, **kwargs)
+
+
 def test_eap_on_the_embedded_model_finds_a_faithful_circuit(embedded_model, tmp_path):
     """The model card's circuit figures re-measured: faithfulness of EAP-IG and EAP circuits, and
     the edge scores' Pearson r against exact edge patching (an independent numpy r)."""
@@ -264,13 +361,16 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = CliRunner().invoke
     res = run(app, ["circuit", "--n-prompts", "6", "--ig-steps", "2", "--sizes", "10,40", "--revisions",
-                    "step500,main", "--no-progress"])
+                    "step500,main", "--selection", "greedy", "--min-fraction", "0.8", "--search", "10:300:10",
+                    "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "faithfulness" in res.output and "overlap (Jaccard)" in res.output and "→" in res.output
     path = tmp_path / "results" / "circuit_arithmetic_embedded_step500-main.nc"
     ds = nr.load_result(path)
     nr.testing.assert_valid_result(ds)
-    assert ds.sizes["checkpoint"] == 2 and ds.attrs["method"] == "eap_ig"
+    assert ds.sizes["checkpoint"] == 2 and ds.attrs["method"] == "eap_ig" and ds.attrs["selection"] == "greedy"
+    assert ds["min_size"].dims == ("checkpoint",) and ds["search_fraction"].dims == ("checkpoint", "search_size")
+    assert "smallest circuit with circuit / clean >= 0.8" in res.output
     res = run(app, ["show", str(path)])
     assert res.exit_code == 0 and "faithfulness" in res.output and "overlap (Jaccard)" in res.output, res.output
     assert "stability (Tigges" in res.output
@@ -280,7 +380,9 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
         assert (tmp_path / "results" / f"circuit_arithmetic_embedded_step500-main.{kind}.png").stat().st_size > 5000
     for args, msg in [(["--sizes", "ten"], "--sizes must be"), (["--task", "binding"], "no clean/corrupted"),
                       (["--ig-steps", "0"], "ig_steps must be"), (["--model", "no/such-model"], ""),
-                      (["--exact", "--ig-steps", "2"], "--ig-steps and --sizes are for EAP"),
+                      (["--exact", "--ig-steps", "2"], "are for EAP"),
+                      (["--search", "10:20"], "--search must be START:STOP:STEP"),
+                      (["--selection", "best"], "selection must be one of"),
                       (["--batch-size", "3"], "batch_size must hold")]:
         res = run(app, ["circuit", "--n-prompts", "4", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output

@@ -14,8 +14,16 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 - **EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have faith in faithfulness"), ``ig_steps`` =
   m > 1: the gradient is averaged over m runs with input embeddings interpolated from clean to
   corrupted at α = (k + ½)/m (the input variant; the activation variant is not offered).
-- **Circuit** of size n: the n edges of largest |score|, then pruned to edges on a path from
-  the input to the logits (the number kept is reported).
+- **Circuit** of size n (``selection``): ``"topn"``, the n edges of largest |score|; or
+  ``"greedy"``, EAP-IG's ``Graph.apply_greedy`` as Tigges et al.'s ``get_circuits_over_time.py``
+  calls it: from the logits up, the edge of largest |score| among those entering a node already
+  in the circuit, n times (a new upstream node adds its incoming edges to the candidates). Both
+  are then pruned to edges on a path from the input to the logits (EAP-IG's ``prune``; the
+  number kept is reported).
+- **Smallest faithful circuit** (``min_fraction``, the repository's adaptive search): the
+  smallest greedy/top-n size whose ``fraction`` (M_circuit / M_clean, the repository's
+  faithfulness) reaches the threshold (0.8 there), searched on a grid and then at every size
+  just below the first grid size that reaches it.
 - **Faithfulness**: the clean prompts run with every edge outside the circuit carrying its
   corrupted value (real patching, :func:`backend.graph.edge_patched_logits`), as
   (M_circuit − M_corrupt) / (M_clean − M_corrupt) of the prompt means: 1 = the circuit
@@ -24,6 +32,7 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,7 +47,9 @@ from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
 from .patch import Tokens, tokenize_pairs
 
 DEFAULT_SIZES = (10, 20, 50, 100, 200)
-SELECTION = "top-n edges by |score|, pruned to input-to-logits paths"
+SELECTIONS = {"topn": "top-n edges by |score|, pruned to input-to-logits paths",
+              "greedy": "greedy from the logits up by |score| (EAP-IG apply_greedy), pruned to input-to-logits paths"}
+DEFAULT_SEARCH = (25, 1600, 25)  # get_circuits_over_time.py's --start, --end, --step
 
 
 @experiment("eap", batch_size=64)
@@ -48,6 +59,9 @@ def circuit(
     *,
     ig_steps: int = 5,
     sizes: Sequence[int] = DEFAULT_SIZES,
+    selection: str = "topn",
+    min_fraction: float | None = None,
+    search: tuple[int, int, int] = DEFAULT_SEARCH,
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -60,6 +74,15 @@ def circuit(
     ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 5).
     sizes : circuit sizes (edges before pruning) whose faithfulness is measured by real
         patching; empty for scores only.
+    selection : ``"topn"`` (default) or ``"greedy"`` (EAP-IG's ``apply_greedy``, what Tigges
+        et al. use); both pruned to input-to-logits paths.
+    min_fraction : if given (Tigges et al.: 0.8), also search the smallest circuit whose
+        ``fraction`` (circuit / clean logit difference) reaches it: every size of the grid
+        ``range(*search)`` (capped at the number of edges, which is added as the last point),
+        then every size between the first grid size that reaches it and the grid size before.
+        ``min_size`` is the answer (-1 if even the whole graph stays below it).
+    search : (start, stop, step) of that grid in edges; default (25, 1600, 25), the
+        repository's ``--start --end --step``.
 
     Batching: a scoring pass of p pairs takes (2 + ig_steps)·p rows (2·p for EAP), and
     attention runs once per head on them; a faithfulness pass of p pairs and c circuits
@@ -70,7 +93,10 @@ def circuit(
     Dataset with ``score`` (upstream, downstream) in logits, NaN where no edge exists;
     ``clean_logit_diff``, ``corrupt_logit_diff`` (prompt); ``circuit_logit_diff`` (size,
     prompt); ``faithfulness``, ``fraction``, ``n_edges``, ``n_nodes`` (size); ``in_circuit``
-    (size, upstream, downstream) 0/1. Node coordinates: ``upstream_layer`` (-1 = input),
+    (size, upstream, downstream) 0/1; with ``min_fraction`` also ``min_size`` (0-d, edges
+    before pruning; -1 if not reached), ``min_circuit`` (upstream, downstream) 0/1 (that circuit,
+    pruned), ``min_n_edges`` and ``min_faithfulness`` (0-d) and ``search_fraction``
+    (search_size: every size from 1 to the grid's last, NaN where the search did not measure it). Node coordinates: ``upstream_layer`` (-1 = input),
     ``upstream_kind`` (input/head/mlp), ``upstream_head`` (-1 if not a head), and the same
     for ``downstream`` (kind logits at layer n_layers). ``attrs["method"]`` is "eap" or
     "eap_ig".
@@ -85,18 +111,91 @@ def circuit(
     sizes = sorted({int(s) for s in sizes})
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
+    if selection not in SELECTIONS:
+        raise UsageError(f"selection must be one of {', '.join(SELECTIONS)} (got {selection!r})")
+    if min_fraction is not None:
+        start, stop, step = (int(v) for v in search)
+        if start < 1 or step < 1 or stop <= start:
+            raise UsageError(f"search must be (start, stop, step) with 1 <= start < stop and step >= 1 (got {search})")
     rows_per_pair = 2 + (ig_steps if ig_steps > 1 else 0)
     if run.batch_size < rows_per_pair:
         raise UsageError(f"batch_size must hold one pair's rows: >= {rows_per_pair}")
     pair_list, tok = _prepare(run, pairs)
     shape = Shape.of(run.model)
     score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps)
-    circuits = np.stack([extract(score, s) for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
-    circuit_diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, "faithfulness")
+    measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
+
+    def measure(new_sizes: Sequence[int], label: str) -> None:
+        new_sizes = [s for s in new_sizes if s not in measured]
+        if not new_sizes:
+            return
+        circuits = np.stack([extract(score, s, selection) for s in new_sizes])
+        diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label)
+        measured.update({s: (c, d) for s, c, d in zip(new_sizes, circuits, diff)})
+
+    measure(sizes, "faithfulness")
+    found = None
+    if min_fraction is not None:
+        found = _search(measure, measured, clean.mean(), int(shape.valid.sum()), float(min_fraction),
+                        (start, stop, step))
+    circuits = np.stack([measured[s][0] for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
+    circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": "logit_diff",
-             "ig_steps": ig_steps, "circuit_selection": SELECTION}
-    return _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads,
-                    attrs)
+             "ig_steps": ig_steps, "selection": selection, "circuit_selection": SELECTIONS[selection]}
+    ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
+    if found is not None:
+        ds = _with_search(ds, found, measured, clean.mean(), corrupt.mean(), float(min_fraction), (start, stop, step))
+    return ds
+
+
+def _with_search(ds: xr.Dataset, found: tuple[int, list[int]], measured: dict, clean_mean: float,
+                 corrupt_mean: float, threshold: float, search: tuple[int, int, int]) -> xr.Dataset:
+    """``ds`` with the search's variables. Their dims do not depend on what the search found
+    (``search_size`` runs from 1 to the grid's last size), so a checkpoint sweep stacks them."""
+    size, tried = found
+    top = max(tried)
+    frac = np.full(top, np.nan)
+    for s_ in tried:
+        frac[s_ - 1] = measured[s_][1].mean() / clean_mean
+    circuit = measured[size][0] if size > 0 else np.zeros(ds["score"].shape, bool)
+    faith = (measured[size][1].mean() - corrupt_mean) / (clean_mean - corrupt_mean) if size > 0 else np.nan
+    ds = ds.assign_coords(search_size=np.arange(1, top + 1))
+    ds["search_fraction"] = ("search_size", frac, {"long_name": "circuit / clean logit difference (NaN: not "
+                                                                "measured by the search)", "units": "1"})
+    ds["min_size"] = ((), size, {"long_name": f"smallest circuit (edges before pruning) whose fraction reaches "
+                                              f"{threshold} (-1: none)"})
+    ds["min_n_edges"] = ((), int(circuit.sum()), {"long_name": "edges of that circuit after pruning"})
+    ds["min_faithfulness"] = ((), faith, {"long_name": "(circuit − corrupted) / (clean − corrupted) of that circuit",
+                                          "units": "1"})
+    ds["min_circuit"] = (("upstream", "downstream"), circuit.astype(np.int8), {"long_name": "edge in that circuit"})
+    ds.attrs.update(min_fraction=threshold, search=list(search))
+    return ds
+
+
+def _search(measure, measured: dict, clean_mean: float, n_valid: int, threshold: float,
+            search: tuple[int, int, int]) -> tuple[int, list[int]]:
+    """The repository's adaptive search for the smallest circuit whose fraction (mean circuit
+    logit difference / mean clean one) reaches ``threshold``: the grid ``range(start, stop,
+    step)`` capped at ``n_valid`` edges (``n_valid`` itself appended when the grid stops short
+    of it and ``stop`` exceeds it), then every size between the first grid size that reaches
+    it and the grid point before (all measured in one pass each; the repository's binary search
+    with a local linear search approximates the same answer sequentially). Returns the size
+    (-1 if none reaches it) and the sizes measured."""
+    start, stop, step = search
+    grid = [s for s in range(start, stop, step) if s <= n_valid]
+    if stop > n_valid and (not grid or grid[-1] < n_valid):
+        grid.append(n_valid)
+
+    def frac(s):
+        return float(measured[s][1].mean() / clean_mean)
+
+    measure(grid, "faithfulness search")
+    hit = next((k for k, s_ in enumerate(grid) if frac(s_) >= threshold), None)
+    if hit is None:
+        return -1, grid
+    below = list(range((grid[hit - 1] + 1) if hit else 1, grid[hit]))
+    measure(below, "faithfulness search (fine)")
+    return next(s_ for s_ in below + [grid[hit]] if frac(s_) >= threshold), grid + below
 
 
 @experiment("edge_patching", batch_size=256)
@@ -196,14 +295,48 @@ def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str) -> tup
     return out, corrupt
 
 
-def extract(score: np.ndarray | xr.DataArray, n_edges: int) -> np.ndarray:
-    """(upstream, downstream) bool: the ``n_edges`` edges of largest |score| (NaN = no edge),
-    pruned to those on a path from the input to the logits."""
+def extract(score: np.ndarray | xr.DataArray, n_edges: int, selection: str = "topn") -> np.ndarray:
+    """(upstream, downstream) bool: the circuit of ``n_edges`` edges (NaN score = no edge) by
+    ``selection`` (``"topn"``: largest |score|; ``"greedy"``: :func:`greedy`), pruned to those on
+    a path from the input to the logits."""
     s = np.nan_to_num(np.abs(np.asarray(score, dtype=float)), nan=-1.0)
+    if selection == "greedy":
+        return prune(greedy(s, n_edges))
+    if selection != "topn":
+        raise UsageError(f"selection must be one of {', '.join(SELECTIONS)} (got {selection!r})")
     order = np.argsort(-s, axis=None, kind="stable")[: min(n_edges, int((s >= 0).sum()))]
     keep = np.zeros(s.shape, bool)
     keep.flat[order] = True
     return prune(keep)
+
+
+def greedy(weight: np.ndarray, n_edges: int) -> np.ndarray:
+    """(upstream, downstream) bool, unpruned: EAP-IG's greedy selection (``Graph.apply_greedy``,
+    absolute scores). The logits start in the circuit; n times, the edge of largest ``weight``
+    (|score|; negative = no edge) among those entering a node in the circuit is added, and a
+    newly added upstream node brings its incoming edges into the candidates. Ties go to the
+    lower flat index."""
+    n_up, n_down = weight.shape
+    heap: list[tuple[float, int]] = []
+
+    def enter(v: int) -> None:  # the edges into downstream node v become candidates
+        for u in np.nonzero(weight[:, v] >= 0)[0]:
+            heapq.heappush(heap, (-float(weight[u, v]), int(u) * n_down + v))
+
+    keep = np.zeros(weight.shape, bool)
+    in_circuit = np.zeros(n_up, bool)
+    in_circuit[0] = True  # the input has no incoming edges
+    enter(n_down - 1)
+    for _ in range(n_edges):
+        if not heap:
+            break
+        _, flat = heapq.heappop(heap)
+        u, v = divmod(flat, n_down)
+        keep[u, v] = True
+        if not in_circuit[u]:
+            in_circuit[u] = True
+            enter(u - 1)  # upstream node u is downstream node u - 1
+    return keep
 
 
 def prune(edges: np.ndarray) -> np.ndarray:
@@ -223,8 +356,10 @@ def prune(edges: np.ndarray) -> np.ndarray:
 
 
 def _circuits(ds: xr.Dataset, n_edges: int) -> list[np.ndarray]:
-    """Each checkpoint's ``n_edges``-edge circuit, re-extracted from its ``score``."""
-    return [extract(ds["score"].isel(checkpoint=k).values, n_edges) for k in range(ds.sizes["checkpoint"])]
+    """Each checkpoint's ``n_edges``-edge circuit, re-extracted from its ``score`` by the result's
+    ``selection``."""
+    selection = str(ds.attrs.get("selection", "topn"))
+    return [extract(ds["score"].isel(checkpoint=k).values, n_edges, selection) for k in range(ds.sizes["checkpoint"])]
 
 
 def overlap(ds: xr.Dataset, n_edges: int) -> xr.DataArray:
@@ -390,14 +525,21 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
                         f"clean logit diff {float(last['clean_logit_diff'].mean()):.2f}, corrupted "
                         f"{float(last['corrupt_logit_diff'].mean()):.2f}"]
     if last.sizes["size"]:
-        table = Table(title=f"circuits of {ds.attrs['model']}@{rev} (top-n edges by |score|, pruned)")
-        for col in ("top-n", "edges kept", "nodes", "faithfulness", "circuit / clean"):
+        how = "greedy by |score|" if ds.attrs.get("selection") == "greedy" else "top-n edges by |score|"
+        table = Table(title=f"circuits of {ds.attrs['model']}@{rev} ({how}, pruned)")
+        for col in ("size", "edges kept", "nodes", "faithfulness", "circuit / clean"):
             table.add_column(col, justify="right")
         for s in last["size"].values:
             v = last.sel(size=s)
             table.add_row(str(s), str(int(v["n_edges"])), str(int(v["n_nodes"])), f"{float(v['faithfulness']):.3f}",
                           f"{float(v['fraction']):.3f}")
         lines.append(table)
+    if "min_size" in ds:
+        sizes = np.atleast_1d(ds["min_size"].values)
+        names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [str(rev)]
+        lines.append(f"smallest circuit with circuit / clean >= {ds.attrs['min_fraction']} (search "
+                     f"{ds.attrs['search']}): " + ", ".join(f"{n} {int(s_) if s_ > 0 else 'none'}"
+                                                            for n, s_ in zip(names, sizes)))
     flat = last["score"].stack(edge=("upstream", "downstream")).dropna("edge")
     best = np.argsort(-np.abs(flat.values))[:top]
     lines.append("top edges: " + ", ".join(f"{u}→{d} {float(flat.values[i]):+.2f}"
