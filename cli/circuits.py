@@ -46,6 +46,8 @@ def circuit(
     min_fraction: Optional[float] = typer.Option(None, help="also search the smallest circuit whose circuit / clean "
                                                             "logit difference reaches this (Tigges et al.: 0.8)"),
     search: str = typer.Option("25:1600:25", help="START:STOP:STEP grid of that search, in edges"),
+    metric: Optional[str] = typer.Option(None, help="logit_diff or prob_diff (over answer sets for greater_than and "
+                                                    "sentiment); default prob_diff for greater_than, else logit_diff"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -53,9 +55,10 @@ def circuit(
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
-    if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"):
-        raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection and "
-                         "--min-fraction are for EAP")
+    if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"
+                  or metric is not None):
+        raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection, "
+                         "--min-fraction and --metric are for EAP")
     try:
         grid = tuple(int(v) for v in search.split(":"))
         if len(grid) != 3:
@@ -71,4 +74,4 @@ def circuit(
         h.run(nr.edge_patching, data, kind="edge_patching", task=task)
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
-              sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid)
+              sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric)

@@ -22,17 +22,28 @@ class TaskError(UsageError):
 
 @dataclass(frozen=True)
 class PromptPair:
-    """A base prompt and a source (counterfactual) prompt with their answers."""
+    """A base prompt and a source (counterfactual) prompt with their answers.
+
+    ``alternatives`` are further correct answers of the base prompt and ``distractors`` its
+    wrong ones, for tasks with answer sets (greater-than: every later year against the start
+    year and every earlier one; sentiment: the two classes' words): ``nr.circuit`` then scores
+    Tigges et al.'s set metrics; patching uses ``base_answer`` and ``source_answer`` only."""
 
     base: str
     source: str
     base_answer: str
     source_answer: str
+    alternatives: tuple[str, ...] = ()
+    distractors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("base", "source", "base_answer", "source_answer"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise TaskError(f"PromptPair.{name} must be a non-empty string")
+        for name in ("alternatives", "distractors"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(a, str) and a.strip() for a in value):
+                raise TaskError(f"PromptPair.{name} must be a tuple of non-empty strings")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .base import Example, TaskInfo, check_range, register
+from .base import Example, PromptPair, PromptPairs, TaskInfo, check_range, register
 from .words import NEGATIVE_ADJECTIVES, NEGATIVE_ANSWERS, POSITIVE_ADJECTIVES, POSITIVE_ANSWERS
 
 TEMPLATE = ("I thought this movie was {a1} , I {verb} it . The acting was {a2} , the plot was {a3} , "
@@ -40,5 +40,29 @@ def sentiment_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None
     return [sample_sentiment(rng, i % 2 == 0) for i in range(n)]
 
 
-register(TaskInfo("sentiment", "two-class movie-review sentiment (Tigges et al. 2024)", None, sentiment_examples,
-                  {"seed": (0, "random seed")}))
+def sentiment_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None) -> PromptPairs:
+    """``n_prompts`` clean/corrupted pairs, positive and negative clean prompts in turn: the
+    corrupted prompt is the other class's version (its adjectives, in the same places, and the
+    other verb), as the repository pairs them. The clean prompt's class words are its answers
+    (``base_answer`` and ``alternatives``), the other class's the ``distractors``: ``nr.circuit``
+    measures the mean logit of one class minus the other's (the repository's ``logit_diff``,
+    mode "pairs", for ``sentiment_cont``)."""
+    check_range("n_prompts", n_prompts, 1)
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n_prompts):
+        positive = i % 2 == 0
+        k = rng.randrange(len(POSITIVE_ADJECTIVES))
+        j = rng.randrange(len(NEGATIVE_ADJECTIVES))
+        pos = TEMPLATE.format(**{f"a{m + 1}": POSITIVE_ADJECTIVES[(k + m) % len(POSITIVE_ADJECTIVES)] for m in range(3)},
+                              verb="loved")
+        neg = TEMPLATE.format(**{f"a{m + 1}": NEGATIVE_ADJECTIVES[(j + m) % len(NEGATIVE_ADJECTIVES)] for m in range(3)},
+                              verb="hated")
+        (base, source), (good, bad) = ((pos, neg), (POSITIVE_ANSWERS, NEGATIVE_ANSWERS)) if positive else \
+            ((neg, pos), (NEGATIVE_ANSWERS, POSITIVE_ANSWERS))
+        pairs.append(PromptPair(base, source, good[0], bad[0], tuple(good[1:]), tuple(bad)))
+    return PromptPairs("sentiment", {"n_prompts": n_prompts, "seed": seed}, tuple(pairs))
+
+
+register(TaskInfo("sentiment", "two-class movie-review sentiment (Tigges et al. 2024)", sentiment_pairs, sentiment_examples,
+                  {"n_prompts": (64, "number of pairs (patch, circuit)"), "seed": (0, "random seed")}))

@@ -137,9 +137,10 @@ def patched_run(hf, ids, removed=None, corrupt=None):
     return logits, acts
 
 
-def node_gradients(hf, ids, r1, r2, embeds=None):
+def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
     """{downstream node: ∂(logit r1 − logit r2)/∂(its input), (T, d)}, one backward per node.
-    ``embeds`` (T, d) replaces the token embeddings (integrated gradients)."""
+    ``embeds`` (T, d) replaces the token embeddings (integrated gradients); ``metric`` (last
+    position's logits (V,) float64 -> scalar) replaces the logit difference."""
     n_heads = _heads(hf)
     blocks, final, embed = _parts(hf)
     _, down = node_names(len(blocks), n_heads)
@@ -172,7 +173,7 @@ def node_gradients(hf, ids, r1, r2, embeds=None):
             hooks.append(blocks[l][2].register_forward_pre_hook(only_head))
         try:
             logits = hf(torch.tensor([ids]), use_cache=False).logits[0, -1].double()
-            (logits[r1] - logits[r2]).backward()
+            (logits[r1] - logits[r2] if metric is None else metric(logits)).backward()
         finally:
             for hk in hooks:
                 hk.remove()
@@ -181,21 +182,22 @@ def node_gradients(hf, ids, r1, r2, embeds=None):
     return out
 
 
-def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1):
-    """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input."""
+def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None):
+    """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input (of
+    the logit difference of r1 and r2, or of ``metric``, see :func:`node_gradients`)."""
     _, acts_clean = patched_run(hf, clean)
     _, acts_corr = patched_run(hf, corrupt)
     blocks, _, embed = _parts(hf)
     up, down = node_names(len(blocks), _heads(hf))
     if ig_steps == 1:
-        grads = node_gradients(hf, clean, r1, r2)
+        grads = node_gradients(hf, clean, r1, r2, metric=metric)
     else:
         with torch.no_grad():
             e0, e1 = embed(torch.tensor([clean]))[0], embed(torch.tensor([corrupt]))[0]
         grads = {v: 0.0 for v in down}
         for k in range(ig_steps):
             a = (k + 0.5) / ig_steps
-            for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0)).items():
+            for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0), metric=metric).items():
                 grads[v] = grads[v] + g / ig_steps
     out = torch.zeros(len(up), len(down), dtype=torch.float64)
     for i, u in enumerate(up):

@@ -85,6 +85,61 @@ def test_edge_scores_and_circuit_runs_match_the_hook_reference(case_model, small
     assert all(w.grad is None and w.requires_grad for w in model._module.parameters())  # no side effects
 
 
+@pytest.mark.parametrize("task,metric,ig_steps", [("greater_than", "prob_diff", 2), ("sentiment", "logit_diff", 1),
+                                                   ("greater_than", "logit_diff", 1)])
+def test_answer_set_metrics_match_the_hook_reference(case_model, task, metric, ig_steps):
+    """Tigges et al.'s set metrics (greater-than: Σ P(later years) − Σ P(the others); sentiment:
+    mean logit of one class − of the other) as EAP's objective and in the circuit runs, against
+    autograd and hooks on the same metric computed here from the last position's logits."""
+    model, hf = case_model("embedded")
+    pairs = nr.tasks.get_task(task).pairs(n_prompts=2, seed=4, tokenizer=model.tokenizer)
+    ds = nr.circuit(model, pairs, ig_steps=ig_steps, sizes=(15,), metric=None if task == "greater_than" and
+                    metric == "prob_diff" else metric, progress=False)
+    assert ds.attrs["metric"] == metric and ds.attrs["answer_sets"] == 1
+    tok = model.tokenizer
+    valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
+    removed = valid & ~ds["in_circuit"].sel(size=15).values.astype(bool)
+    ref, clean, corrupt, circuit = [], [], [], []
+    for pair in pairs:
+        good = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, *pair.alternatives)]
+        bad = [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in pair.distractors]
+
+        def m(logits, good=good, bad=bad):
+            if metric == "prob_diff":
+                p = torch.softmax(logits.double(), -1)
+                return p[good].sum() - p[bad].sum()
+            return logits[good].double().mean() - logits[bad].double().mean()
+
+        base, source = tok(pair.base)["input_ids"], tok(pair.source)["input_ids"]
+        ref.append(reference_edge_scores(hf, base, source, 0, 0, ig_steps, metric=m).numpy())
+        lg_corr, acts_corr = patched_run(hf, source)
+        corrupt.append(float(m(lg_corr)))
+        clean.append(float(m(patched_run(hf, base)[0])))
+        circuit.append(float(m(patched_run(hf, base, removed, acts_corr)[0])))
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    np.testing.assert_allclose(ds["score"].values, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    np.testing.assert_allclose(ds["clean_logit_diff"].values, clean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds["corrupt_logit_diff"].values, corrupt, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds["circuit_logit_diff"].values[0], circuit, rtol=1e-4, atol=1e-5)
+
+
+def test_greater_than_and_sentiment_pairs_follow_the_repository():
+    for pair in nr.tasks.get_task("greater_than").pairs(n_prompts=20, seed=1).pairs:
+        yy = int(pair.base_answer) - 1
+        assert pair.source == pair.base.replace(f"{yy:02d} to the year", "01 to the year")
+        assert {pair.base_answer, *pair.alternatives} == {f"{y:02d}" for y in range(yy + 1, 100)}
+        assert set(pair.distractors) == {f"{y:02d}" for y in range(yy + 1)} and pair.source_answer == "02"
+    from nnsight_reasoning.tasks.words import NEGATIVE_ANSWERS, POSITIVE_ANSWERS
+
+    for k, pair in enumerate(nr.tasks.get_task("sentiment").pairs(n_prompts=6, seed=1).pairs):
+        good, bad = (POSITIVE_ANSWERS, NEGATIVE_ANSWERS) if k % 2 == 0 else (NEGATIVE_ANSWERS, POSITIVE_ANSWERS)
+        assert (pair.base_answer, *pair.alternatives) == tuple(good) and pair.distractors == tuple(bad)
+        assert ("loved" in pair.base) == (k % 2 == 0) and ("hated" in pair.source) == (k % 2 == 0)
+        assert len(pair.base.split()) == len(pair.source.split())
+    with pytest.raises(Exception, match="tuple of non-empty strings"):
+        nr.tasks.PromptPair("a", "b", "1", "2", alternatives=["3"])
+
+
 @pytest.mark.parametrize("name", ["embedded", "gpt2", "llama"])
 def test_random_edge_cuts_match_the_hook_reference(case_model, small_pairs, name):
     """Any set of cut edges (not only pruned circuits), several circuits in one pass."""
@@ -383,6 +438,7 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
                       (["--exact", "--ig-steps", "2"], "are for EAP"),
                       (["--search", "10:20"], "--search must be START:STOP:STEP"),
                       (["--selection", "best"], "selection must be one of"),
+                      (["--metric", "kl"], "metric must be one of logit_diff, prob_diff"),
                       (["--batch-size", "3"], "batch_size must hold")]:
         res = run(app, ["circuit", "--n-prompts", "4", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output

@@ -25,9 +25,9 @@ import torch
 
 from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
-from .trace_ops import (answer_logits, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas, head_outputs,
-                        interpolate, join_columns, norm_scale, own_heads, packed_inputs, packed_mask, split_heads,
-                        unembed_rows)
+from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
+                        head_outputs, interpolate, join_columns, norm_scale, own_heads, packed_inputs, packed_mask,
+                        split_heads, unembed_rows)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -41,38 +41,50 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
     return mods, resolve(model, arch.final_norm), resolve(model, arch.embed), arch.transposed
 
 
-def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, *, ig_steps: int = 1,
+def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
+                      weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EAP (``ig_steps`` = 1) or EAP-IG scores of every (upstream, downstream) node pair.
 
-    ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, 2):
-    the clean answer r1 and the corrupted answer r2 per row. The objective is the clean run's
-    logit difference M = logit r1 − logit r2 at the last position. Score (j, u, v) =
+    ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, K)
+    and ``weights`` (2p, K) define each row's metric at the last position, M = Σ_k w_k·logit_k
+    (``probs``: Σ_k w_k·P_k, P the softmax over the vocabulary). Default weights (+1, −1) for
+    K = 2: the logit difference of the clean answer r1 and the corrupted answer r2. The
+    objective is the clean runs' M. Score (j, u, v) =
     Σ_positions (a_u(corrupt) − a_u(clean)) · ∂M/∂(input of v), the first-order change of M if
     edge u → v carried the corrupted value; with m > 1 steps the gradient is the mean over
     token embeddings interpolated from clean to corrupted at α = (k + ½)/m.
     Returns (p, n_up, n_down) float64 for every node pair (invalid pairs, e.g. a later node
-    feeding an earlier one, are not masked here) and the (2p, 2) clean logits of the answers.
+    feeding an earlier one, are not masked here) and M of the 2p unpatched rows (2p,).
     """
     from . import _frozen, _run
 
     mods, final, embed, conv1d = _modules(model)
     d = dims(model)
     p = input_ids.shape[0] // 2
+    weights = default_weights(answer_ids) if weights is None else weights.double()
     if ig_steps > 1:  # interpolated rows follow the inputs: step k of pair j is row 2p + k·p + j
         input_ids = torch.cat([input_ids, input_ids[p:].repeat(ig_steps, 1)])
         answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(ig_steps, 1)])
+        weights = torch.cat([weights, weights[p:].repeat(ig_steps, 1)])
     alphas = ((torch.arange(ig_steps, dtype=torch.float32) + 0.5) / ig_steps).repeat_interleave(p)[:, None, None]
     if (remote is False or remote == "local") and not model.dispatched:
         model.dispatch()
     with _frozen(model):
-        saved = _run(model, _trace_edges, (model, input_ids, answer_ids, mods, final, embed, conv1d, alphas, p,
-                                           ig_steps, d["n_heads"], d["head_dim"]), remote, "saved")
+        saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
+                                           alphas, p, ig_steps, d["n_heads"], d["head_dim"]), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
 
 
-def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alphas, p, steps, n_heads, head_dim,
-                 remote=False, backend=None):
+def default_weights(answer_ids: torch.Tensor) -> torch.Tensor:
+    """(n, 2) weights (+1, −1): the logit difference of the two answers of each row."""
+    if answer_ids.shape[1] != 2:
+        raise ValueError(f"answer_ids has {answer_ids.shape[1]} columns: give weights for them")
+    return torch.tensor([[1.0, -1.0]], dtype=torch.float64).expand(answer_ids.shape[0], 2)
+
+
+def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d, alphas, p, steps, n_heads,
+                 head_dim, remote=False, backend=None):
     saved = None
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         # gradients start at the embeddings: NDIF weights are frozen
@@ -105,9 +117,9 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
         f = final.input + 0.0
         final.input = f
         inputs.append(f)
-        chosen = answer_logits(model.output.logits[:, -1], answer_ids)
+        chosen = answer_metric(model.output.logits[:, -1], answer_ids, weights, probs)
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)
-        objective = (chosen[graded, 0] - chosen[graded, 1]).sum()
+        objective = chosen[graded].sum()
         delta = torch.cat(ups, 2).double()
         parts = nnsight.save([])
         with objective.backward():
@@ -126,14 +138,16 @@ def _trace_edges(model, input_ids, answer_ids, mods, final, embed, conv1d, alpha
 
 
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
-                        remote: bool | str = False) -> torch.Tensor:
-    """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching).
+                        lse: bool = False, remote: bool | str = False) -> torch.Tensor:
+    """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching);
+    with ``lse`` a last column holds each row's logsumexp over the vocabulary (probabilities of
+    the answers are then exp(logit − lse)).
 
     ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, K).
     ``removed`` (c, n_up, n_down), 1 where an edge is cut: for each of the c circuits the clean
     rows run again, and each node v reads its input plus Σ_u removed[u, v]·(a_u(corrupt) −
     a_u(this run)), the activations of this run being the circuit's own (Hanna et al.'s
-    evaluation). Returns (p + c·p, K) float64: the corrupted rows, then circuit by circuit.
+    evaluation). Returns (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
@@ -158,16 +172,17 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
         return _run(model, _trace_edge_packed, (model, plan.ids, plan.pos, plan.seq, plan.pre, plan.lim, plan.mask_pos,
                                                 plan.t, plan.w, plan.joins, plan.n_at, mods, final,
                                                 resolve(model, arch.unembed), conv1d, plan.removed, plan.out_rows,
-                                                plan.out_cols, answer_ids, arch.mask_arg, d["n_heads"], d["head_dim"]),
+                                                plan.out_cols, answer_ids, lse, arch.mask_arg, d["n_heads"],
+                                                d["head_dim"]),
                     remote, "saved").double().cpu()
     input_ids = torch.cat([input_ids[:p]] + [input_ids[p:]] * c)
     answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
-    return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, mods, final, conv1d, removed.float(), p, c,
-                                             d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
+    return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
+                                             c, d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
 
 
 def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_at, mods, final, unembed, conv1d,
-                       removed, out_rows, out_cols, answer_ids, mask_arg, n_heads, head_dim, remote=False,
+                       removed, out_rows, out_cols, answer_ids, lse, mask_arg, n_heads, head_dim, remote=False,
                        backend=None):
     saved = None
     full = ids.shape[1]
@@ -225,11 +240,11 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
         # the unembedding acts per column: it gets each output row's last column only
         args, kwargs = unembed.inputs
         unembed.inputs = ((args[0][out_rows, out_cols][None],) + tuple(args[1:]), kwargs)
-        saved = nnsight.save(answer_logits(model.output.logits[0], answer_ids))
+        saved = nnsight.save(answer_logits(model.output.logits[0], answer_ids, lse))
     return saved
 
 
-def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, removed, p, c, n_heads, head_dim,
+def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, removed, p, c, n_heads, head_dim,
                         remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
@@ -268,7 +283,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, mods, final, conv1d, remov
         delta = torch.cat(ups, 3)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
-        saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids))
+        saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids, lse))
     return saved
 
 

@@ -33,9 +33,18 @@ def score_answers(logits, answer_ids, rank=True):
     return chosen, answer_logits(logits, answer_ids)
 
 
-def answer_logits(logits, answer_ids):
-    """The logits (n, K) float64 of the candidate tokens ``answer_ids`` (n, K) in ``logits`` (n, V)."""
-    return torch.gather(logits.double(), 1, answer_ids)
+def answer_metric(logits, answer_ids, weights, probs):
+    """(n,) float64: Σ_k weights[:, k]·f(logits)[answer_ids[:, k]], f the identity or, with
+    ``probs``, the softmax over the vocabulary; ``logits`` (n, V)."""
+    values = torch.softmax(logits.double(), -1) if probs else logits.double()
+    return (torch.gather(values, 1, answer_ids) * weights).sum(1)
+
+
+def answer_logits(logits, answer_ids, lse=False):
+    """The logits (n, K) float64 of the candidate tokens ``answer_ids`` (n, K) in ``logits`` (n, V);
+    with ``lse`` a last column holds each row's logsumexp (n, K + 1)."""
+    chosen = torch.gather(logits.double(), 1, answer_ids)
+    return torch.cat([chosen, torch.logsumexp(logits.double(), -1, keepdim=True)], 1) if lse else chosen
 
 
 def batch_rows(values, n, index):

@@ -9,7 +9,12 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 - **Score** of an edge (Syed, Rager & Conmy 2023, "Attribution patching outperforms automated
   circuit discovery"): (a_u(corrupt) − a_u(clean)) · ∂M/∂(input of v), summed over positions
   and averaged over prompts, with M = logit(r1) − logit(r2) on the clean prompt (r1 its answer,
-  r2 the corrupted prompt's). It estimates how M changes if that one edge carried its
+  r2 the corrupted prompt's). Pairs with answer sets (``PromptPair.alternatives`` /
+  ``distractors``: greater-than, sentiment) use Tigges et al.'s metrics on the sets: ``metric=
+  "logit_diff"`` is the mean logit of the correct answers minus that of the wrong ones
+  (``compute_logit_diff``, modes "groups"/"pairs"), ``"prob_diff"`` the summed probability of
+  the correct answers minus that of the wrong ones (``compute_probability_diff``, mode
+  "group_sum"; greater-than's default, as ``get_circuits_over_time.py``). It estimates how M changes if that one edge carried its
   corrupted value: strongly negative = the edge carries the answer.
 - **EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have faith in faithfulness"), ``ig_steps`` =
   m > 1: the gradient is averaged over m runs with input embeddings interpolated from clean to
@@ -50,6 +55,7 @@ DEFAULT_SIZES = (10, 20, 50, 100, 200)
 SELECTIONS = {"topn": "top-n edges by |score|, pruned to input-to-logits paths",
               "greedy": "greedy from the logits up by |score| (EAP-IG apply_greedy), pruned to input-to-logits paths"}
 DEFAULT_SEARCH = (25, 1600, 25)  # get_circuits_over_time.py's --start, --end, --step
+METRICS = ("logit_diff", "prob_diff")
 
 
 @experiment("eap", batch_size=64)
@@ -62,6 +68,7 @@ def circuit(
     selection: str = "topn",
     min_fraction: float | None = None,
     search: tuple[int, int, int] = DEFAULT_SEARCH,
+    metric: str | None = None,
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -83,6 +90,9 @@ def circuit(
         ``min_size`` is the answer (-1 if even the whole graph stays below it).
     search : (start, stop, step) of that grid in edges; default (25, 1600, 25), the
         repository's ``--start --end --step``.
+    metric : ``"logit_diff"`` or ``"prob_diff"`` (see the module doc); default
+        ``"prob_diff"`` for greater-than pairs, as the repository, else ``"logit_diff"``. The
+        ``*_logit_diff`` variables hold this metric (``attrs["metric"]``).
 
     Batching: a scoring pass of p pairs takes (2 + ig_steps)·p rows (2·p for EAP), and
     attention runs once per head on them; a faithfulness pass of p pairs and c circuits
@@ -121,8 +131,11 @@ def circuit(
     if run.batch_size < rows_per_pair:
         raise UsageError(f"batch_size must hold one pair's rows: >= {rows_per_pair}")
     pair_list, tok = _prepare(run, pairs)
+    if metric is None:
+        metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
+    answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
-    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers)
     measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
 
     def measure(new_sizes: Sequence[int], label: str) -> None:
@@ -130,7 +143,7 @@ def circuit(
         if not new_sizes:
             return
         circuits = np.stack([extract(score, s, selection) for s in new_sizes])
-        diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label)
+        diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label, answers)
         measured.update({s: (c, d) for s, c, d in zip(new_sizes, circuits, diff)})
 
     measure(sizes, "faithfulness")
@@ -140,8 +153,9 @@ def circuit(
                         (start, stop, step))
     circuits = np.stack([measured[s][0] for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
     circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
-    attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": "logit_diff",
-             "ig_steps": ig_steps, "selection": selection, "circuit_selection": SELECTIONS[selection]}
+    attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
+             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "selection": selection,
+             "circuit_selection": SELECTIONS[selection]}
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
     if found is not None:
         ds = _with_search(ds, found, measured, clean.mean(), corrupt.mean(), float(min_fraction), (start, stop, step))
@@ -216,14 +230,16 @@ def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dat
         raise UsageError(f"batch_size must hold one pair's corrupted row and one patched row: >= 2 "
                          f"(got {run.batch_size})")
     pair_list, tok = _prepare(run, pairs)
+    metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
+    answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
     edges = np.argwhere(shape.valid)
     cuts = np.zeros((len(edges) + 1,) + shape.valid.shape, bool)  # circuit 0 cuts nothing: the clean run
     cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
-    diff, corrupt = _edge_patched(run, tok, cuts, "edge patching")
+    diff, corrupt = _edge_patched(run, tok, cuts, "edge patching", answers)
     score = np.full(shape.valid.shape, np.nan)
     score[edges[:, 0], edges[:, 1]] = (diff[1:] - diff[0]).mean(1)
-    attrs = {**shape.attrs(), "method": "edge_patching", "metric": "logit_diff"}
+    attrs = {**shape.attrs(), "method": "edge_patching", "metric": metric, "answer_sets": int(answers.sets)}
     empty = np.zeros((0,) + shape.valid.shape, bool)
     return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], shape.n_layers,
                     shape.n_heads, attrs)
@@ -263,33 +279,90 @@ def _prepare(run: Run, pairs) -> tuple[list[PromptPair], Tokens]:
     return pair_list, tokenize_pairs(run.model, pair_list)
 
 
-def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int
+@dataclass(frozen=True)
+class Answers:
+    """Each pair's metric on its clean prompt's answers: token ids (pair, K), weights (pair, K)
+    (padding: weight 0), over probabilities or logits."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+    probs: bool
+    sets: bool
+
+    def rows(self, pairs, copies: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(copies·p, K) ids and weights: every row of a pass over ``pairs`` reads its pair's."""
+        return (torch.tensor(np.tile(self.ids[pairs], (copies, 1))),
+                torch.tensor(np.tile(self.weights[pairs], (copies, 1))))
+
+    def value(self, out: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(rows,) the metric from :func:`graph.edge_patched_logits`'s answer logits (and logsumexp)."""
+        k = self.ids.shape[1]
+        vals = np.exp(out[:, :k] - out[:, k:k + 1]) if self.probs else out[:, :k]
+        return (vals * weights).sum(1)
+
+
+def _answers(run: Run, pairs: list[PromptPair], tok: Tokens, metric: str) -> Answers:
+    """The metric's tokens and weights per pair: (r1, r2) with (+1, −1) for single answers; for
+    answer sets, the base answer and its alternatives against the distractors (or the source
+    answer), weighted 1/|set| (logit_diff: mean logits) or 1 (prob_diff: summed probabilities)."""
+    from ..backend import answer_token
+
+    if metric not in METRICS:
+        raise UsageError(f"metric must be one of {', '.join(METRICS)} for circuits (got {metric!r})")
+    sets = any(p.alternatives or p.distractors for p in pairs)
+    if not sets:
+        ids = np.array(tok.answers, dtype=np.int64)
+        return Answers(ids, np.tile([1.0, -1.0], (len(pairs), 1)), metric == "prob_diff", False)
+    rows = []
+    for k, p in enumerate(pairs):
+        good, bad = (p.base_answer, *p.alternatives), (p.distractors or (p.source_answer,))
+        ids = [answer_token(run.model, a) for a in (*good, *bad)]
+        if None in ids:
+            word = (*good, *bad)[ids.index(None)]
+            raise UsageError(f"answer {word!r} of pair {k} is not a single token for this model; generate pairs "
+                             f"with tokenizer=model.tokenizer")
+        if metric == "prob_diff":
+            w = [1.0] * len(good) + [-1.0] * len(bad)
+        else:
+            w = [1.0 / len(good)] * len(good) + [-1.0 / len(bad)] * len(bad)
+        rows.append((ids, w))
+    width = max(len(i) for i, _ in rows)
+    ids = np.array([i + [i[0]] * (width - len(i)) for i, _ in rows], dtype=np.int64)
+    weights = np.array([w + [0.0] * (width - len(w)) for _, w in rows])
+    return Answers(ids, weights, metric == "prob_diff", True)
+
+
+def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
-    (prompt) clean and corrupted logit differences; one pass per batch of pairs."""
+    (prompt) clean and corrupted metric; one pass per batch of pairs."""
     n = len(tok.base)
     per_prompt = np.zeros((n,) + valid.shape)
     clean, corrupt = np.zeros(n), np.zeros(n)
     jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
-        scores, logits = run.call(graph.edge_attributions, *tok.rows(job), ig_steps=ig_steps)
+        scores, values = run.call(graph.edge_attributions, tok.rows(job)[0], *answers.rows(job),
+                                  probs=answers.probs, ig_steps=ig_steps)
         per_prompt[job] = scores.numpy()
-        diff = (logits[:, 0] - logits[:, 1]).numpy()
-        corrupt[job], clean[job] = diff[: len(job)], diff[len(job):]
+        values = values.numpy()
+        corrupt[job], clean[job] = values[: len(job)], values[len(job):]
     return np.where(valid, per_prompt.mean(0), np.nan), clean, corrupt
 
 
-def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """(c, prompt) logit difference of each circuit (``removed`` (c, up, down): cut edges) and
-    (prompt) that of the corrupted run (passes of :meth:`Run.variant_batches`: a pair's corrupted
-    row beside one clean row per circuit; no pass for c = 0)."""
+def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answers: Answers
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(c, prompt) metric of each circuit (``removed`` (c, up, down): cut edges) and (prompt) that
+    of the corrupted run (passes of :meth:`Run.variant_batches`: a pair's corrupted row beside
+    one clean row per circuit; no pass for c = 0)."""
     c, n = removed.shape[0], len(tok.base)
     out, corrupt = np.zeros((c, n)), np.zeros(n)
     for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
-        logits = run.call(graph.edge_patched_logits, *tok.rows(job.items),
-                          torch.tensor(removed[job.variants], dtype=torch.float32))
-        diff = (logits[:, 0] - logits[:, 1]).numpy()
+        ids, weights = answers.rows(job.items)
+        logits = run.call(graph.edge_patched_logits, tok.rows(job.items)[0], ids,
+                          torch.tensor(removed[job.variants], dtype=torch.float32), lse=answers.probs)
         p = len(job.items)
+        w = weights.numpy()
+        diff = answers.value(logits.numpy(), np.concatenate([w[:p]] + [w[p:]] * len(job.variants)))
         corrupt[job.items] = diff[:p]
         out[np.ix_(job.variants, job.items)] = diff[p:].reshape(len(job.variants), p)
     return out, corrupt
@@ -477,15 +550,20 @@ def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_laye
         faith = (circuit_diff.mean(1) - corrupt.mean()) / gap
         frac = circuit_diff.mean(1) / clean.mean()
     n_nodes = [len(set(np.nonzero(c)[0]) | {j + 1 for j in np.nonzero(c)[1]}) for c in circuits]
-    logit = "logit(clean answer) − logit(corrupted answer)"
+    logit = {("logit_diff", 0): "logit(clean answer) − logit(corrupted answer)",
+             ("prob_diff", 0): "P(clean answer) − P(corrupted answer)",
+             ("logit_diff", 1): "mean logit of the correct answers − of the wrong ones",
+             ("prob_diff", 1): "summed P of the correct answers − of the wrong ones"}[
+        (attrs["metric"], attrs.get("answer_sets", 0))]
+    unit = "1" if attrs["metric"] == "prob_diff" else "logits"
     data = {
         "score": (("upstream", "downstream"), score, {"long_name": f"estimated change of {logit} when the edge is "
-                                                                  f"corrupted", "units": "logits"}),
-        "clean_logit_diff": ("prompt", clean, {"long_name": f"{logit}, clean run", "units": "logits"}),
-        "corrupt_logit_diff": ("prompt", corrupt, {"long_name": f"{logit}, corrupted run", "units": "logits"}),
+                                                                  f"corrupted", "units": unit}),
+        "clean_logit_diff": ("prompt", clean, {"long_name": f"{logit}, clean run", "units": unit}),
+        "corrupt_logit_diff": ("prompt", corrupt, {"long_name": f"{logit}, corrupted run", "units": unit}),
         "circuit_logit_diff": (("size", "prompt"), circuit_diff, {"long_name": f"{logit}, circuit only (edges "
                                                                               f"outside it corrupted)",
-                                                                  "units": "logits"}),
+                                                                  "units": unit}),
         "faithfulness": ("size", faith, {"long_name": "(circuit − corrupted) / (clean − corrupted)", "units": "1"}),
         "fraction": ("size", frac, {"long_name": "circuit / clean logit difference", "units": "1"}),
         "n_edges": ("size", circuits.sum((1, 2)), {"long_name": "edges kept after pruning"}),
@@ -522,7 +600,8 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     method = {"eap": "EAP", "eap_ig": f"EAP-IG ({ds.attrs.get('ig_steps')} steps)",
               "edge_patching": "exact edge patching"}.get(str(ds.attrs.get("method")), str(ds.attrs.get("method")))
     lines: list[Any] = [f"{method} · {ds.attrs.get('task')} · {ds.sizes['prompt']} pairs · {ds.attrs['model']}@{rev}: "
-                        f"clean logit diff {float(last['clean_logit_diff'].mean()):.2f}, corrupted "
+                        f"clean {str(ds.attrs.get('metric', 'logit_diff')).replace('_', ' ')} "
+                        f"{float(last['clean_logit_diff'].mean()):.2f}, corrupted "
                         f"{float(last['corrupt_logit_diff'].mean()):.2f}"]
     if last.sizes["size"]:
         how = "greedy by |score|" if ds.attrs.get("selection") == "greedy" else "top-n edges by |score|"
