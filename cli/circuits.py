@@ -48,6 +48,8 @@ def circuit(
     search: str = typer.Option("25:1600:25", help="START:STOP:STEP grid of that search, in edges"),
     metric: Optional[str] = typer.Option(None, help="logit_diff or prob_diff (over answer sets for greater_than and "
                                                     "sentiment); default prob_diff for greater_than, else logit_diff"),
+    ig_points: str = typer.Option("midpoint", help="EAP-IG's integration points: midpoint, eap_ig (k/m from the "
+                                                   "corrupted input, hannamw/EAP-IG) or clean_corrupted"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -56,9 +58,9 @@ def circuit(
     from nnsight_reasoning.errors import UsageError
 
     if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"
-                  or metric is not None):
+                  or metric is not None or ig_points != "midpoint"):
         raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection, "
-                         "--min-fraction and --metric are for EAP")
+                         "--min-fraction, --metric and --ig-points are for EAP")
     try:
         grid = tuple(int(v) for v in search.split(":"))
         if len(grid) != 3:
@@ -74,4 +76,5 @@ def circuit(
         h.run(nr.edge_patching, data, kind="edge_patching", task=task)
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
-              sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric)
+              sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
+              ig_points=ig_points)

@@ -182,9 +182,10 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
     return out
 
 
-def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None):
+def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, alphas=None):
     """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input (of
-    the logit difference of r1 and r2, or of ``metric``, see :func:`node_gradients`)."""
+    the logit difference of r1 and r2, or of ``metric``, see :func:`node_gradients`). The
+    integration points ``alphas`` (0 = clean, 1 = corrupted embeddings) default to (k + ½)/m."""
     _, acts_clean = patched_run(hf, clean)
     _, acts_corr = patched_run(hf, corrupt)
     blocks, _, embed = _parts(hf)
@@ -196,7 +197,7 @@ def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None):
             e0, e1 = embed(torch.tensor([clean]))[0], embed(torch.tensor([corrupt]))[0]
         grads = {v: 0.0 for v in down}
         for k in range(ig_steps):
-            a = (k + 0.5) / ig_steps
+            a = (k + 0.5) / ig_steps if alphas is None else alphas[k]
             for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0), metric=metric).items():
                 grads[v] = grads[v] + g / ig_steps
     out = torch.zeros(len(up), len(down), dtype=torch.float64)

@@ -123,6 +123,26 @@ def test_answer_set_metrics_match_the_hook_reference(case_model, task, metric, i
     np.testing.assert_allclose(ds["circuit_logit_diff"].values[0], circuit, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("points,steps,alphas", [("eap_ig", 3, [1, 2 / 3, 1 / 3]), ("clean_corrupted", 7, [0, 1])])
+def test_eap_ig_integration_points_match_the_hook_reference(case_model, small_pairs, points, steps, alphas):
+    """hannamw/EAP-IG's integration points (k/m of the way from the corrupted input, k = 0 … m − 1)
+    and its clean-corrupted method (both ends; ig_steps becomes 2) against autograd at those
+    embeddings."""
+    model, hf = case_model("embedded")
+    pairs = small_pairs[:2]
+    ds = nr.circuit(model, pairs, ig_steps=steps, ig_points=points, sizes=(), progress=False)
+    assert ds.attrs["ig_points"] == points and ds.attrs["ig_steps"] == len(alphas)
+    ref = []
+    for pair in pairs:
+        base, source, (r1, r2) = _ids(model.tokenizer, pair)
+        ref.append(reference_edge_scores(hf, base, source, r1, r2, len(alphas), alphas=alphas).numpy())
+    valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    np.testing.assert_allclose(ds["score"].values, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    with pytest.raises(UsageError, match="ig_points must be one of"):
+        nr.circuit(model, pairs, ig_points="ends", progress=False)
+
+
 def test_greater_than_and_sentiment_pairs_follow_the_repository():
     for pair in nr.tasks.get_task("greater_than").pairs(n_prompts=20, seed=1).pairs:
         yy = int(pair.base_answer) - 1
@@ -439,6 +459,7 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
                       (["--search", "10:20"], "--search must be START:STOP:STEP"),
                       (["--selection", "best"], "selection must be one of"),
                       (["--metric", "kl"], "metric must be one of logit_diff, prob_diff"),
+                      (["--ig-points", "ends"], "ig_points must be one of"),
                       (["--batch-size", "3"], "batch_size must hold")]:
         res = run(app, ["circuit", "--n-prompts", "4", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output

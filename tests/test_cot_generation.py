@@ -382,7 +382,7 @@ def test_cli_neurons_generate(tmp_path):
 def test_sweep_tracks_the_units_of_the_last_revision(neox):
     model, hf = neox
     data = _own_answers(model, hf, nr.tasks.cot_generation(2, ["equation_only"], seed=5), 6)
-    opts = dict(discover_on="equation_only", max_new_tokens=6, top_k=3, select="frequency", min_frequency=0.4,
+    opts = dict(discover_on="equation_only", max_new_tokens=6, top_k=3, select="frequency", min_frequency=0.2,
                 ablations=("zero",), progress=False)
     sweep = nr.cot_generation("embedded", data, revisions=["step1000", "main"], **opts)
     units = [f"L{li}N{nn}" for li, nn in zip(sweep["unit_layer"].values, sweep["unit_neuron"].values)]

@@ -43,7 +43,7 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
 
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
                       weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
-                      remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      ig_points: str = "midpoint", remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EAP (``ig_steps`` = 1) or EAP-IG scores of every (upstream, downstream) node pair.
 
     ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, K)
@@ -53,7 +53,10 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     objective is the clean runs' M. Score (j, u, v) =
     Σ_positions (a_u(corrupt) − a_u(clean)) · ∂M/∂(input of v), the first-order change of M if
     edge u → v carried the corrupted value; with m > 1 steps the gradient is the mean over
-    token embeddings interpolated from clean to corrupted at α = (k + ½)/m.
+    token embeddings interpolated from clean to corrupted at α = (k + ½)/m (``ig_points``
+    "midpoint"), or at α = 1 − k/m, k = 0 … m − 1, the points hannamw/EAP-IG uses (k/m of the
+    way from the corrupted input, ``"eap_ig"``), or at α = 0 and 1 for m = 2 (the clean and
+    the corrupted input, its ``clean-corrupted`` method, ``"clean_corrupted"``).
     Returns (p, n_up, n_down) float64 for every node pair (invalid pairs, e.g. a later node
     feeding an earlier one, are not masked here) and M of the 2p unpatched rows (2p,).
     """
@@ -67,13 +70,30 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
         input_ids = torch.cat([input_ids, input_ids[p:].repeat(ig_steps, 1)])
         answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(ig_steps, 1)])
         weights = torch.cat([weights, weights[p:].repeat(ig_steps, 1)])
-    alphas = ((torch.arange(ig_steps, dtype=torch.float32) + 0.5) / ig_steps).repeat_interleave(p)[:, None, None]
+    alphas = ig_alphas(ig_steps, ig_points).repeat_interleave(p)[:, None, None]
     if (remote is False or remote == "local") and not model.dispatched:
         model.dispatch()
     with _frozen(model):
         saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
                                            alphas, p, ig_steps, d["n_heads"], d["head_dim"]), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
+
+
+IG_POINTS = ("midpoint", "eap_ig", "clean_corrupted")
+
+
+def ig_alphas(steps: int, points: str = "midpoint") -> torch.Tensor:
+    """(steps,) the integration points α (0 = clean input, 1 = corrupted) of EAP-IG's path."""
+    k = torch.arange(steps, dtype=torch.float32)
+    if points == "midpoint":
+        return (k + 0.5) / steps
+    if points == "eap_ig":
+        return 1 - k / steps
+    if points == "clean_corrupted":
+        if steps != 2:
+            raise ValueError("clean_corrupted integrates over 2 points (the clean and the corrupted input)")
+        return torch.tensor([0.0, 1.0])
+    raise ValueError(f"ig_points must be one of {', '.join(IG_POINTS)} (got {points!r})")
 
 
 def default_weights(answer_ids: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,7 @@ def circuit(
     min_fraction: float | None = None,
     search: tuple[int, int, int] = DEFAULT_SEARCH,
     metric: str | None = None,
+    ig_points: str = "midpoint",
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -78,7 +79,13 @@ def circuit(
     model : a loaded model or a name/directory (see :func:`nnsight_reasoning.load_model`).
     pairs : clean (``base``) / corrupted (``source``) prompt pairs with single-token answers,
         e.g. ``nr.tasks.arithmetic(...)`` or ``nr.tasks.ioi(...)``.
-    ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 5).
+    ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 5;
+        Tigges et al. and hannamw/EAP-IG use 30).
+    ig_points : where EAP-IG takes its m gradients on the path of input embeddings from the
+        clean (α = 0) to the corrupted prompt (α = 1): ``"midpoint"`` (default), α = (k + ½)/m;
+        ``"eap_ig"``, α = 1 − k/m for k = 0 … m − 1, hannamw/EAP-IG's ``get_scores_eap_ig``;
+        ``"clean_corrupted"``, the clean and the corrupted input only (its
+        ``get_scores_clean_corrupted``; ``ig_steps`` becomes 2).
     sizes : circuit sizes (edges before pruning) whose faithfulness is measured by real
         patching; empty for scores only.
     selection : ``"topn"`` (default) or ``"greedy"`` (EAP-IG's ``apply_greedy``, what Tigges
@@ -118,6 +125,10 @@ def circuit(
     """
     if not isinstance(ig_steps, int) or ig_steps < 1:
         raise UsageError(f"ig_steps must be an integer >= 1 (got {ig_steps})")
+    if ig_points not in graph.IG_POINTS:
+        raise UsageError(f"ig_points must be one of {', '.join(graph.IG_POINTS)} (got {ig_points!r})")
+    if ig_points == "clean_corrupted":
+        ig_steps = 2
     sizes = sorted({int(s) for s in sizes})
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
@@ -135,7 +146,7 @@ def circuit(
         metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
     answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
-    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points)
     measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
 
     def measure(new_sizes: Sequence[int], label: str) -> None:
@@ -154,7 +165,7 @@ def circuit(
     circuits = np.stack([measured[s][0] for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
     circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
-             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "selection": selection,
+             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "selection": selection,
              "circuit_selection": SELECTIONS[selection]}
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
     if found is not None:
@@ -332,8 +343,8 @@ def _answers(run: Run, pairs: list[PromptPair], tok: Tokens, metric: str) -> Ans
     return Answers(ids, weights, metric == "prob_diff", True)
 
 
-def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers,
+                 ig_points: str = "midpoint") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
     (prompt) clean and corrupted metric; one pass per batch of pairs."""
     n = len(tok.base)
@@ -342,7 +353,7 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answer
     jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
         scores, values = run.call(graph.edge_attributions, tok.rows(job)[0], *answers.rows(job),
-                                  probs=answers.probs, ig_steps=ig_steps)
+                                  probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points)
         per_prompt[job] = scores.numpy()
         values = values.numpy()
         corrupt[job], clean[job] = values[: len(job)], values[len(job):]
