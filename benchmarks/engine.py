@@ -199,12 +199,14 @@ def measure_edges(name: str, model, n_prompts: int, repeats: int, exact: bool) -
     ds = nr.circuit(model, pairs, ig_steps=1, progress=False)
     removed = shape.valid & ~ds["in_circuit"].values.astype(bool)
     tok = circ.tokenize_pairs(model, list(pairs))
+    run = Run(model, progress=False, batch_size=64)
+    answers = circ._answers(run, list(pairs), tok, "logit_diff")
     lengths = sorted({len(b) for b in tok.base})
 
     def faithfulness(engine):
         def go():
             with backend.engine(engine):
-                return circ._edge_patched(Run(model, progress=False, batch_size=64), tok, removed, "faithfulness")[0]
+                return circ._edge_patched(run, tok, removed, "faithfulness", answers)[0]
         return go
 
     def edge_patching(engine):
