@@ -50,6 +50,9 @@ def circuit(
                                                     "sentiment); default prob_diff for greater_than, else logit_diff"),
     ig_points: str = typer.Option("midpoint", help="EAP-IG's integration points: midpoint, eap_ig (k/m from the "
                                                    "corrupted input, hannamw/EAP-IG) or clean_corrupted"),
+    ablation: str = typer.Option("patching", help="what a cut edge carries: patching (the corrupted prompt's "
+                                                  "value), zero, mean or mean_positional (means over the clean "
+                                                  "prompts; with --ig-steps 1)"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -58,9 +61,9 @@ def circuit(
     from nnsight_reasoning.errors import UsageError
 
     if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"
-                  or metric is not None or ig_points != "midpoint"):
+                  or metric is not None or ig_points != "midpoint" or ablation != "patching"):
         raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection, "
-                         "--min-fraction, --metric and --ig-points are for EAP")
+                         "--min-fraction, --metric, --ig-points and --ablation are for EAP")
     try:
         grid = tuple(int(v) for v in search.split(":"))
         if len(grid) != 3:
@@ -77,4 +80,4 @@ def circuit(
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
-              ig_points=ig_points)
+              ig_points=ig_points, ablation=ablation)

@@ -182,12 +182,13 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
     return out
 
 
-def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, alphas=None):
+def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, alphas=None, corrupt_acts=None):
     """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input (of
     the logit difference of r1 and r2, or of ``metric``, see :func:`node_gradients`). The
-    integration points ``alphas`` (0 = clean, 1 = corrupted embeddings) default to (k + ½)/m."""
+    integration points ``alphas`` (0 = clean, 1 = corrupted embeddings) default to (k + ½)/m;
+    ``corrupt_acts`` ({node: (T, d)}, zero or mean ablation) replaces the corrupted run's."""
     _, acts_clean = patched_run(hf, clean)
-    _, acts_corr = patched_run(hf, corrupt)
+    acts_corr = patched_run(hf, corrupt)[1] if corrupt_acts is None else corrupt_acts
     blocks, _, embed = _parts(hf)
     up, down = node_names(len(blocks), _heads(hf))
     if ig_steps == 1:

@@ -143,6 +143,61 @@ def test_eap_ig_integration_points_match_the_hook_reference(case_model, small_pa
         nr.circuit(model, pairs, ig_points="ends", progress=False)
 
 
+@pytest.mark.parametrize("name,ablation", [("embedded", "zero"), ("embedded", "mean"), ("llama", "mean_positional")])
+def test_zero_and_mean_ablation_match_the_hook_reference(case_model, name, ablation):
+    """hannamw/EAP-IG's zero / mean / per-position mean interventions: EAP scores with
+    a_u(corrupt) replaced by 0 or by the node's mean output over the ablation prompts (computed
+    here from hooked runs), the circuit runs with the cut edges carrying those values, and the
+    baseline with every edge cut."""
+    model, hf = case_model(name)
+    tok = model.tokenizer
+    pairs = nr.tasks.arithmetic(n_prompts=12, seed=2, tokenizer=tok)
+    by_len = {}
+    for pr in pairs:
+        by_len.setdefault(len(tok(pr.base)["input_ids"]), []).append(pr)
+    chosen = max(by_len.values(), key=len)[:3]  # one token length, for the per-position mean
+    others = [pr.base for pr in max(by_len.values(), key=len)[3:6]]
+    data = None if ablation == "zero" else others if ablation == "mean_positional" else others + [
+        "Q : How much is 3 plus 4 ? A :"]
+    ds = nr.circuit(model, chosen, ig_steps=1, sizes=(12,), ablation=ablation, ablation_data=data, progress=False)
+    assert ds.attrs["ablation"] == ablation
+    blocks = len(graph.valid_edges(*graph.graph_shape(model)))
+    up, _ = node_names(*graph.graph_shape(model)[:2])
+    runs = [patched_run(hf, tok(t)["input_ids"])[1] for t in (data or [])]
+    valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
+    removed = valid & ~ds["in_circuit"].sel(size=12).values.astype(bool)
+    ref, clean, base, circuit = [], [], [], []
+    for pair in chosen:
+        b, src, (r1, r2) = _ids(tok, pair)
+        t = len(b)
+        if ablation == "zero":
+            acts = {u: torch.zeros(t, hf.config.hidden_size) for u in up}
+        elif ablation == "mean":
+            acts = {u: torch.cat([r[u] for r in runs]).double().mean(0).expand(t, -1).float() for u in up}
+        else:
+            acts = {u: torch.stack([r[u] for r in runs]).double().mean(0).float() for u in up}
+        ref.append(reference_edge_scores(hf, b, src, r1, r2, corrupt_acts=acts).numpy())
+        lg = patched_run(hf, b)[0]
+        clean.append(float(lg[r1] - lg[r2]))
+        lg = patched_run(hf, b, valid, acts)[0]
+        base.append(float(lg[r1] - lg[r2]))
+        lg = patched_run(hf, b, removed, acts)[0]
+        circuit.append(float(lg[r1] - lg[r2]))
+    assert blocks == valid.shape[0]
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    np.testing.assert_allclose(ds["score"].values, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    np.testing.assert_allclose(ds["clean_logit_diff"].values, clean, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ds["corrupt_logit_diff"].values, base, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ds["circuit_logit_diff"].values[0], circuit, rtol=1e-4, atol=1e-4)
+    if ablation == "zero":
+        for kwargs, msg in [(dict(ablation="mean", ig_steps=5), "pass ig_steps=1"),
+                            (dict(ablation="none"), "ablation must be one of"),
+                            (dict(ablation_data=["a"]), "ablation_data is for zero and mean"),
+                            (dict(ablation="mean_positional", ig_steps=1), "one token length")]:
+            with pytest.raises(UsageError, match=msg):
+                nr.circuit(model, pairs, progress=False, **kwargs)
+
+
 def test_greater_than_and_sentiment_pairs_follow_the_repository():
     for pair in nr.tasks.get_task("greater_than").pairs(n_prompts=20, seed=1).pairs:
         yy = int(pair.base_answer) - 1
@@ -460,6 +515,7 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
                       (["--selection", "best"], "selection must be one of"),
                       (["--metric", "kl"], "metric must be one of logit_diff, prob_diff"),
                       (["--ig-points", "ends"], "ig_points must be one of"),
+                      (["--ablation", "mean"], "pass ig_steps=1 (--ig-steps 1)"),
                       (["--batch-size", "3"], "batch_size must hold")]:
         res = run(app, ["circuit", "--n-prompts", "4", "--no-progress", "--out", str(tmp_path / "bad.nc"), *args])
         assert res.exit_code == 2 and msg in res.output, res.output

@@ -108,12 +108,21 @@ def _backend_calls(model):
     layers = [0, 2]
     cuts = (torch.rand((2,) + graph.valid_edges(*graph.graph_shape(model)).shape,
                        generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    replace = torch.randn((1, cuts.shape[1], model.config.hidden_size), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.float64)
     return {
         "answer_scores": lambda r: backend.answer_scores(model, ids, ans, patches, remote=r),
         "attributions": lambda r: backend.attributions(model, ids, ans, sites, "log_prob_diff", ig_steps=2, remote=r),
         "edge_attributions": lambda r: graph.edge_attributions(model, ids, ans, ig_steps=2, remote=r),
         "edge_patched_logits": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, remote=r),  # engine v2
         "edge_patched_logits_v1": lambda r: _on_v1(graph.edge_patched_logits, model, ids, ans, cuts, remote=r),
+        # answer-set metrics over probabilities and mean ablation (replace), the circuit's options
+        "edge_attributions_ablated": lambda r: graph.edge_attributions(
+            model, ids, ans, torch.tensor([[0.5, -1.0]] * n, dtype=torch.float64), probs=True, replace=replace,
+            remote=r),
+        "edge_patched_logits_ablated": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, lse=True,
+                                                                           replace=replace, remote=r),
+        "node_output_sums": lambda r: graph.node_output_sums(model, ids, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
         "attention_question_rows": lambda r: backend.attention_probs(model, ids, [0, 3], question_from=torch.tensor(
             [t - 3, t - 2]), reduce="max", remote=r),

@@ -43,7 +43,8 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
 
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
                       weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
-                      ig_points: str = "midpoint", remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      ig_points: str = "midpoint", replace: torch.Tensor | None = None,
+                      remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EAP (``ig_steps`` = 1) or EAP-IG scores of every (upstream, downstream) node pair.
 
     ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, K)
@@ -57,6 +58,9 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     "midpoint"), or at α = 1 − k/m, k = 0 … m − 1, the points hannamw/EAP-IG uses (k/m of the
     way from the corrupted input, ``"eap_ig"``), or at α = 0 and 1 for m = 2 (the clean and
     the corrupted input, its ``clean-corrupted`` method, ``"clean_corrupted"``).
+    ``replace`` (T or 1, n_up, d): every upstream node's value under zero or mean ablation
+    (:func:`node_output_sums`); a_u(corrupt) is then replace[:, u] and the corrupted rows are
+    not read (EAP only: ``ig_steps`` 1, as hannamw/EAP-IG's ``get_scores_eap``).
     Returns (p, n_up, n_down) float64 for every node pair (invalid pairs, e.g. a later node
     feeding an earlier one, are not masked here) and M of the 2p unpatched rows (2p,).
     """
@@ -66,6 +70,8 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     d = dims(model)
     p = input_ids.shape[0] // 2
     weights = default_weights(answer_ids) if weights is None else weights.double()
+    if replace is not None and ig_steps > 1:
+        raise ValueError("zero and mean ablation score edges with EAP (ig_steps=1)")
     if ig_steps > 1:  # interpolated rows follow the inputs: step k of pair j is row 2p + k·p + j
         input_ids = torch.cat([input_ids, input_ids[p:].repeat(ig_steps, 1)])
         answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(ig_steps, 1)])
@@ -75,7 +81,7 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
         model.dispatch()
     with _frozen(model):
         saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
-                                           alphas, p, ig_steps, d["n_heads"], d["head_dim"]), remote, "saved")
+                                           alphas, p, ig_steps, d["n_heads"], d["head_dim"], replace), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
 
 
@@ -104,7 +110,7 @@ def default_weights(answer_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d, alphas, p, steps, n_heads,
-                 head_dim, remote=False, backend=None):
+                 head_dim, replace=None, remote=False, backend=None):
     saved = None
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         # gradients start at the embeddings: NDIF weights are frozen
@@ -115,10 +121,15 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
         ups = []  # (p, T, k, d) corrupted − clean output of upstream nodes, forward order
         inputs = []  # the private input copies whose gradients are the downstream nodes'
         first = True
+        node = 0  # the first upstream node of the layer (replace's column)
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
             if first:
                 h0 = layer.input
-                ups.append((h0[:p] - h0[p:2 * p]).detach().unsqueeze(2))
+                if replace is None:
+                    ups.append((h0[:p] - h0[p:2 * p]).detach().unsqueeze(2))
+                else:
+                    ups.append((replace[:, 0:1].to(h0.dtype) - h0[p:2 * p].unsqueeze(2)).detach())
+                node = 1
                 first = False
             x = ln_attn.input.repeat(n_heads, 1, 1)
             ln_attn.input = x
@@ -127,13 +138,22 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
             attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
             z = own_heads(o_proj.input, n_heads, rows, head_dim)  # copy h's head h: (rows, T, H, k)
             o_proj.input = z.reshape(rows, z.shape[1], n_heads * head_dim)
-            dz = (z[:p] - z[p:2 * p]).detach()
-            ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))  # each head's share, no bias
+            if replace is None:
+                dz = (z[:p] - z[p:2 * p]).detach()
+                ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))  # each head's share, no bias
+            else:
+                own = head_outputs(z[p:2 * p], o_proj.weight, n_heads, head_dim, conv1d)
+                ups.append((replace[:, node:node + n_heads].to(own.dtype) - own).detach())
+            node += n_heads
             y = ln_mlp.input + 0.0
             ln_mlp.input = y
             inputs.append(y)
             out = mlp.output
-            ups.append((out[:p] - out[p:2 * p]).detach().unsqueeze(2))
+            if replace is None:
+                ups.append((out[:p] - out[p:2 * p]).detach().unsqueeze(2))
+            else:
+                ups.append((replace[:, node:node + 1].to(out.dtype) - out[p:2 * p].unsqueeze(2)).detach())
+            node += 1
         f = final.input + 0.0
         final.input = f
         inputs.append(f)
@@ -158,7 +178,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
 
 
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
-                        lse: bool = False, remote: bool | str = False) -> torch.Tensor:
+                        lse: bool = False, replace: torch.Tensor | None = None,
+                        remote: bool | str = False) -> torch.Tensor:
     """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching);
     with ``lse`` a last column holds each row's logsumexp over the vocabulary (probabilities of
     the answers are then exp(logit − lse)).
@@ -167,7 +188,8 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     ``removed`` (c, n_up, n_down), 1 where an edge is cut: for each of the c circuits the clean
     rows run again, and each node v reads its input plus Σ_u removed[u, v]·(a_u(corrupt) −
     a_u(this run)), the activations of this run being the circuit's own (Hanna et al.'s
-    evaluation). Returns (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
+    evaluation); with ``replace`` (T or 1, n_up, d) the cut edges carry replace[:, u] instead of
+    a_u(corrupt) (zero or mean ablation; engine v1). Returns (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
@@ -183,7 +205,7 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     c = removed.shape[0]
     arch = architecture(model)
     plan = None
-    if engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
+    if replace is None and engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
         plan = packed.plan_edges(input_ids, removed, d["n_layers"], d["n_heads"], d["d_model"])
         if plan.cost >= packed.edge_cost_v1(p, c, input_ids.shape[1], d["n_layers"], d["d_model"]):
             plan = None  # no shared prefix and few circuits per row: v1's whole rows are cheaper
@@ -198,7 +220,7 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     input_ids = torch.cat([input_ids[:p]] + [input_ids[p:]] * c)
     answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
     return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
-                                             c, d["n_heads"], d["head_dim"]), remote, "saved").double().cpu()
+                                             c, d["n_heads"], d["head_dim"], replace), remote, "saved").double().cpu()
 
 
 def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_at, mods, final, unembed, conv1d,
@@ -265,18 +287,19 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, removed, p, c, n_heads, head_dim,
-                        remote=False, backend=None):
+                        replace=None, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         rows = p + c * p
         copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is input row r
-        ups = []  # (c, p, T, k, d): corrupted − this run, per circuit
+        ups = []  # (c, p, T, k, d): corrupted (or replace) − this run, per circuit
         col = 0
         first = True
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
             if first:
                 h0 = layer.input
-                ups.append((h0[:p].unsqueeze(0) - h0[p:].view((c, p) + tuple(h0.shape[1:]))).unsqueeze(3))
+                src = h0[:p].unsqueeze(0) if replace is None else replace[:, 0].to(h0.dtype)
+                ups.append((src - h0[p:].view((c, p) + tuple(h0.shape[1:]))).unsqueeze(3))
                 first = False
             x = ln_attn.input
             t = x.shape[1]
@@ -289,8 +312,12 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
             z = own_heads(o_proj.input, n_heads, rows, head_dim)
             o_proj.input = z.reshape(rows, t, n_heads * head_dim)
-            dz = z[:p].unsqueeze(0) - z[p:].view((c, p) + tuple(z.shape[1:]))
-            ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))
+            if replace is None:
+                dz = z[:p].unsqueeze(0) - z[p:].view((c, p) + tuple(z.shape[1:]))
+                ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))
+            else:
+                own = head_outputs(z[p:].view((c, p) + tuple(z.shape[1:])), o_proj.weight, n_heads, head_dim, conv1d)
+                ups.append(replace[:, 1 + col:1 + col + n_heads].to(own.dtype) - own)  # upstream 1 + col: head 0
             col += n_heads
             y = ln_mlp.input
             delta = torch.cat(ups, 3)
@@ -298,12 +325,43 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             ln_mlp.input = y + torch.cat([torch.zeros_like(y[:p]), corr.reshape((c * p,) + tuple(y.shape[1:]))]).to(y.dtype)
             col += 1
             out = mlp.output
-            ups.append((out[:p].unsqueeze(0) - out[p:].view((c, p) + tuple(out.shape[1:]))).unsqueeze(3))
+            src = out[:p].unsqueeze(0) if replace is None else replace[:, col].to(out.dtype)  # upstream col: this MLP
+            ups.append((src - out[p:].view((c, p) + tuple(out.shape[1:]))).unsqueeze(3))
         f = final.input
         delta = torch.cat(ups, 3)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
         saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids, lse))
+    return saved
+
+
+def node_output_sums(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> torch.Tensor:
+    """(T, n_up, d) float64: every upstream node's output summed over the rows of ``input_ids``
+    (n, T), per position: the input (the residual stream entering layer 0), each head's share
+    of its layer's output projection (no bias) and each MLP's output, in upstream order. The
+    means of zero/mean ablation (hannamw/EAP-IG's ``compute_mean_activations``) divide it by n
+    (and average it over positions unless per position)."""
+    from . import _run
+
+    mods, _, _, conv1d = _modules(model)
+    d = dims(model)
+    return _run(model, _trace_node_sums, (model, input_ids, mods, conv1d, d["n_heads"], d["head_dim"]), remote,
+                "saved").double().cpu()
+
+
+def _trace_node_sums(model, input_ids, mods, conv1d, n_heads, head_dim, remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        parts = nnsight.save([])
+        first = True
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
+            if first:
+                parts.append(layer.input.double().sum(0).unsqueeze(1))
+                first = False
+            z = split_heads(o_proj.input, n_heads, head_dim)
+            parts.append(head_outputs(z.double(), o_proj.weight.double(), n_heads, head_dim, conv1d).sum(0))
+            parts.append(mlp.output.double().sum(0).unsqueeze(1))
+        saved = nnsight.save(torch.cat(parts, 1))
     return saved
 
 

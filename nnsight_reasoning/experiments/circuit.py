@@ -56,6 +56,7 @@ SELECTIONS = {"topn": "top-n edges by |score|, pruned to input-to-logits paths",
               "greedy": "greedy from the logits up by |score| (EAP-IG apply_greedy), pruned to input-to-logits paths"}
 DEFAULT_SEARCH = (25, 1600, 25)  # get_circuits_over_time.py's --start, --end, --step
 METRICS = ("logit_diff", "prob_diff")
+ABLATIONS = ("patching", "zero", "mean", "mean_positional")
 
 
 @experiment("eap", batch_size=64)
@@ -70,6 +71,8 @@ def circuit(
     search: tuple[int, int, int] = DEFAULT_SEARCH,
     metric: str | None = None,
     ig_points: str = "midpoint",
+    ablation: str = "patching",
+    ablation_data: Sequence[str] | PromptPairs | None = None,
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -86,6 +89,14 @@ def circuit(
         ``"eap_ig"``, α = 1 − k/m for k = 0 … m − 1, hannamw/EAP-IG's ``get_scores_eap_ig``;
         ``"clean_corrupted"``, the clean and the corrupted input only (its
         ``get_scores_clean_corrupted``; ``ig_steps`` becomes 2).
+    ablation : what a corrupted edge carries (hannamw/EAP-IG's ``intervention``):
+        ``"patching"`` (default), the node's output on the corrupted prompt; ``"zero"``; ``"mean"``,
+        its mean over every token of ``ablation_data``; ``"mean_positional"``, its mean per
+        position (``ablation_data`` and the pairs of one token length). Zero and mean ablation
+        score with EAP (``ig_steps=1``), as ``get_scores_eap``; the corrupted baseline
+        (``corrupt_logit_diff``) is then the run with every edge ablated.
+    ablation_data : the prompts the means are taken over (strings, or pairs: their clean
+        prompts); default the pairs' clean prompts.
     sizes : circuit sizes (edges before pruning) whose faithfulness is measured by real
         patching; empty for scores only.
     selection : ``"topn"`` (default) or ``"greedy"`` (EAP-IG's ``apply_greedy``, what Tigges
@@ -129,6 +140,11 @@ def circuit(
         raise UsageError(f"ig_points must be one of {', '.join(graph.IG_POINTS)} (got {ig_points!r})")
     if ig_points == "clean_corrupted":
         ig_steps = 2
+    if ablation not in ABLATIONS:
+        raise UsageError(f"ablation must be one of {', '.join(ABLATIONS)} (got {ablation!r})")
+    if ablation != "patching" and ig_steps > 1:
+        raise UsageError(f"{ablation} ablation scores edges with EAP, as hannamw/EAP-IG's get_scores_eap: "
+                         f"pass ig_steps=1 (--ig-steps 1)")
     sizes = sorted({int(s) for s in sizes})
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
@@ -146,7 +162,10 @@ def circuit(
         metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
     answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
-    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points)
+    replace = _ablation_values(run, ablation, ablation_data, pair_list, tok, shape)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points, replace)
+    if replace is not None:  # the corrupted baseline: every edge ablated
+        corrupt = _edge_patched(run, tok, shape.valid[None], "ablated baseline", answers, replace)[0][0]
     measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
 
     def measure(new_sizes: Sequence[int], label: str) -> None:
@@ -154,7 +173,7 @@ def circuit(
         if not new_sizes:
             return
         circuits = np.stack([extract(score, s, selection) for s in new_sizes])
-        diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label, answers)
+        diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label, answers, replace)
         measured.update({s: (c, d) for s, c, d in zip(new_sizes, circuits, diff)})
 
     measure(sizes, "faithfulness")
@@ -165,7 +184,8 @@ def circuit(
     circuits = np.stack([measured[s][0] for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
     circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
-             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "selection": selection,
+             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "ablation": ablation,
+             "selection": selection,
              "circuit_selection": SELECTIONS[selection]}
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
     if found is not None:
@@ -343,8 +363,44 @@ def _answers(run: Run, pairs: list[PromptPair], tok: Tokens, metric: str) -> Ans
     return Answers(ids, weights, metric == "prob_diff", True)
 
 
+def _ablation_values(run: Run, ablation: str, data, pairs: list[PromptPair], tok: Tokens,
+                     shape: "Shape") -> torch.Tensor | None:
+    """(T or 1, n_up, d) what every upstream node carries when ablated (None for patching):
+    zeros, or its mean output over every token (or per position) of the ablation prompts."""
+    if ablation == "patching":
+        if data is not None:
+            raise UsageError("ablation_data is for zero and mean ablation; pass ablation='mean' too")
+        return None
+    from ..backend import tokenize
+    from ..sites import dims
+
+    d_model, n_up = dims(run.model)["d_model"], shape.valid.shape[0]
+    if ablation == "zero":
+        return torch.zeros(1, n_up, d_model, dtype=torch.float64)
+    if data is None:
+        ids = tok.base
+    else:
+        texts = [p.base for p in data] if isinstance(data, PromptPairs) or (data and isinstance(
+            list(data)[0], PromptPair)) else [str(t) for t in data]
+        if not texts:
+            raise UsageError("ablation_data is empty")
+        ids = tokenize(run.model, texts)
+    lengths = sorted({len(i) for i in ids})
+    if ablation == "mean_positional" and (len(lengths) > 1 or {len(b) for b in tok.base} != set(lengths)):
+        raise UsageError(f"mean_positional ablation needs the pairs and ablation_data of one token length (got "
+                         f"{sorted({len(b) for b in tok.base} | set(lengths))}); use ablation='mean'")
+    total, tokens = None, 0
+    for job in run.steps(run.batches([len(i) for i in ids]), "ablation means"):
+        sums = run.call(graph.node_output_sums, torch.tensor([ids[k] for k in job]))
+        tokens += len(job) * sums.shape[0]
+        sums = sums if ablation == "mean_positional" else sums.sum(0, keepdim=True)
+        total = sums if total is None else total + sums
+    return total / (tokens / total.shape[0] if ablation == "mean_positional" else tokens)
+
+
 def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers,
-                 ig_points: str = "midpoint") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ig_points: str = "midpoint", replace: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
     (prompt) clean and corrupted metric; one pass per batch of pairs."""
     n = len(tok.base)
@@ -353,15 +409,15 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answer
     jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
         scores, values = run.call(graph.edge_attributions, tok.rows(job)[0], *answers.rows(job),
-                                  probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points)
+                                  probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points, replace=replace)
         per_prompt[job] = scores.numpy()
         values = values.numpy()
         corrupt[job], clean[job] = values[: len(job)], values[len(job):]
     return np.where(valid, per_prompt.mean(0), np.nan), clean, corrupt
 
 
-def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answers: Answers
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answers: Answers,
+                  replace: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(c, prompt) metric of each circuit (``removed`` (c, up, down): cut edges) and (prompt) that
     of the corrupted run (passes of :meth:`Run.variant_batches`: a pair's corrupted row beside
     one clean row per circuit; no pass for c = 0)."""
@@ -370,7 +426,8 @@ def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answer
     for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
         ids, weights = answers.rows(job.items)
         logits = run.call(graph.edge_patched_logits, tok.rows(job.items)[0], ids,
-                          torch.tensor(removed[job.variants], dtype=torch.float32), lse=answers.probs)
+                          torch.tensor(removed[job.variants], dtype=torch.float32), lse=answers.probs,
+                          replace=replace)
         p = len(job.items)
         w = weights.numpy()
         diff = answers.value(logits.numpy(), np.concatenate([w[:p]] + [w[p:]] * len(job.variants)))
