@@ -7,7 +7,8 @@ Following circuits-over-time's ``data/greater_than_dataset.py`` (``generate_real
 two last digits YY in 02..98 (drawn uniformly here; the repository cycles through them), a
 noun from a list of 16 (the repository's ``default_nouns`` has ~120). Patching pairs
 (:func:`greater_than_pairs`) corrupt the start year to ``XX01`` (Hanna et al.'s corruption, the
-repository's ``UniversalPatchingDataset.from_greater_than``). A year is written as one word ("1732") that the embedded tokenizer
+repository's ``UniversalPatchingDataset.from_greater_than``). A year is written as one word
+("1732") that the embedded tokenizer
 splits into the century and YY, as GPT-2/Pythia's tokenizers do for these years. Every YY'
 > YY is a correct answer (``Example.alternatives``), so ``nr.evaluate`` reports the share of
 prompts whose top-1 token is a later year and ``p_answer`` = P(later year), the positive half
@@ -58,10 +59,11 @@ def greater_than_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None
         head = prompt[: prompt.index(" to the year")]
         century = head[-4:-2]
         source = prompt.replace(f"year {century}{yy:02d} ", f"year {century}01 ", 1)
-        pairs.append(PromptPair(prompt, source, f"{yy + 1:02d}", "02",
-                                tuple(f"{y:02d}" for y in range(yy + 2, 100)), tuple(f"{y:02d}" for y in range(yy + 1))))
+        later = tuple(f"{y:02d}" for y in range(yy + 2, 100))
+        pairs.append(PromptPair(prompt, source, f"{yy + 1:02d}", "02", later, tuple(f"{y:02d}" for y in range(yy + 1))))
     return PromptPairs("greater_than", {"n_prompts": n_prompts, "seed": seed}, tuple(pairs))
 
 
 register(TaskInfo("greater_than", "greater-than over years (Hanna et al. 2023; Tigges et al. 2024)", greater_than_pairs,
-                  greater_than_examples, {"n_prompts": (64, "number of pairs (patch, circuit)"), "seed": (0, "random seed")}))
+                  greater_than_examples,
+                  {"n_prompts": (64, "number of pairs (patch, circuit)"), "seed": (0, "random seed")}))

@@ -54,15 +54,16 @@ def sentiment_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = 
         positive = i % 2 == 0
         k = rng.randrange(len(POSITIVE_ADJECTIVES))
         j = rng.randrange(len(NEGATIVE_ADJECTIVES))
-        pos = TEMPLATE.format(**{f"a{m + 1}": POSITIVE_ADJECTIVES[(k + m) % len(POSITIVE_ADJECTIVES)] for m in range(3)},
-                              verb="loved")
-        neg = TEMPLATE.format(**{f"a{m + 1}": NEGATIVE_ADJECTIVES[(j + m) % len(NEGATIVE_ADJECTIVES)] for m in range(3)},
-                              verb="hated")
+        pos = TEMPLATE.format(verb="loved", **{f"a{m + 1}": POSITIVE_ADJECTIVES[(k + m) % len(POSITIVE_ADJECTIVES)]
+                                               for m in range(3)})
+        neg = TEMPLATE.format(verb="hated", **{f"a{m + 1}": NEGATIVE_ADJECTIVES[(j + m) % len(NEGATIVE_ADJECTIVES)]
+                                               for m in range(3)})
         (base, source), (good, bad) = ((pos, neg), (POSITIVE_ANSWERS, NEGATIVE_ANSWERS)) if positive else \
             ((neg, pos), (NEGATIVE_ANSWERS, POSITIVE_ANSWERS))
         pairs.append(PromptPair(base, source, good[0], bad[0], tuple(good[1:]), tuple(bad)))
     return PromptPairs("sentiment", {"n_prompts": n_prompts, "seed": seed}, tuple(pairs))
 
 
-register(TaskInfo("sentiment", "two-class movie-review sentiment (Tigges et al. 2024)", sentiment_pairs, sentiment_examples,
+register(TaskInfo("sentiment", "two-class movie-review sentiment (Tigges et al. 2024)", sentiment_pairs,
+                  sentiment_examples,
                   {"n_prompts": (64, "number of pairs (patch, circuit)"), "seed": (0, "random seed")}))

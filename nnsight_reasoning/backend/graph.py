@@ -189,7 +189,8 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     rows run again, and each node v reads its input plus Σ_u removed[u, v]·(a_u(corrupt) −
     a_u(this run)), the activations of this run being the circuit's own (Hanna et al.'s
     evaluation); with ``replace`` (T or 1, n_up, d) the cut edges carry replace[:, u] instead of
-    a_u(corrupt) (zero or mean ablation; engine v1). Returns (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
+    a_u(corrupt) (zero or mean ablation; engine v1). Returns (p + c·p, K [+ 1]) float64: the
+    corrupted rows, then circuit by circuit.
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs

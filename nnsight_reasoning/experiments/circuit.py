@@ -14,8 +14,9 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
   "logit_diff"`` is the mean logit of the correct answers minus that of the wrong ones
   (``compute_logit_diff``, modes "groups"/"pairs"), ``"prob_diff"`` the summed probability of
   the correct answers minus that of the wrong ones (``compute_probability_diff``, mode
-  "group_sum"; greater-than's default, as ``get_circuits_over_time.py``). It estimates how M changes if that one edge carried its
-  corrupted value: strongly negative = the edge carries the answer.
+  "group_sum"; greater-than's default, as ``get_circuits_over_time.py``). The score estimates
+  how M changes if that one edge carried its corrupted value: strongly negative = the edge
+  carries the answer.
 - **EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have faith in faithfulness"), ``ig_steps`` =
   m > 1: the gradient is averaged over m runs with input embeddings interpolated from clean to
   corrupted at α = (k + ½)/m (the input variant; the activation variant is not offered).
@@ -124,7 +125,8 @@ def circuit(
     (size, upstream, downstream) 0/1; with ``min_fraction`` also ``min_size`` (0-d, edges
     before pruning; -1 if not reached), ``min_circuit`` (upstream, downstream) 0/1 (that circuit,
     pruned), ``min_n_edges`` and ``min_faithfulness`` (0-d) and ``search_fraction``
-    (search_size: every size from 1 to the grid's last, NaN where the search did not measure it). Node coordinates: ``upstream_layer`` (-1 = input),
+    (search_size: every size from 1 to the grid's last, NaN where the search did not measure
+    it). Node coordinates: ``upstream_layer`` (-1 = input),
     ``upstream_kind`` (input/head/mlp), ``upstream_head`` (-1 if not a head), and the same
     for ``downstream`` (kind logits at layer n_layers). ``attrs["method"]`` is "eap" or
     "eap_ig".
@@ -185,8 +187,7 @@ def circuit(
     circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
              "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "ablation": ablation,
-             "selection": selection,
-             "circuit_selection": SELECTIONS[selection]}
+             "selection": selection, "circuit_selection": SELECTIONS[selection]}
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
     if found is not None:
         ds = _with_search(ds, found, measured, clean.mean(), corrupt.mean(), float(min_fraction), (start, stop, step))
@@ -210,7 +211,7 @@ def _with_search(ds: xr.Dataset, found: tuple[int, list[int]], measured: dict, c
     ds["min_size"] = ((), size, {"long_name": f"smallest circuit (edges before pruning) whose fraction reaches "
                                               f"{threshold} (-1: none)"})
     ds["min_n_edges"] = ((), int(circuit.sum()), {"long_name": "edges of that circuit after pruning"})
-    ds["min_faithfulness"] = ((), faith, {"long_name": "(circuit − corrupted) / (clean − corrupted) of that circuit",
+    ds["min_faithfulness"] = ((), faith, {"long_name": "(circuit − corrupted) / (clean − corrupted), that circuit",
                                           "units": "1"})
     ds["min_circuit"] = (("upstream", "downstream"), circuit.astype(np.int8), {"long_name": "edge in that circuit"})
     ds.attrs.update(min_fraction=threshold, search=list(search))
