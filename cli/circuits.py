@@ -29,6 +29,20 @@ def heads(
 
 
 @experiment_command()
+def successor_heads(
+    h: Harness,
+    variants: bool = typer.Option(True, "--variants/--no-variants", help="also each list with its capitals inverted "
+                                                                        "and/or a space before every word"),
+) -> None:
+    """Successor heads as Tigges et al. score them over training: each head's static OV circuit
+    between consecutive words of ordinal lists (numbers, days, months, …); local models only."""
+    import nnsight_reasoning as nr
+
+    h.run(nr.successor_heads, lambda tok: nr.tasks.ordinal_sequences(variants), kind="successor_heads",
+          task="ordinal_sequences")
+
+
+@experiment_command()
 def circuit(
     h: Harness,
     task: Task = "arithmetic",

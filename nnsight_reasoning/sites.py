@@ -93,6 +93,13 @@ class Architecture:
     # arguments (GPT-2); None where layers take several masks (Gemma-2's sliding-window
     # layers), which patching engine v2's packed batches cannot give them (it uses v1 there)
     mask_arg: str | int | None = "attention_mask"
+    # the value projection, relative to a layer, and how its weight holds the heads' values:
+    # "separate" (a v_proj Linear, n_kv_heads · head_dim outputs, grouped-query heads share one),
+    # "neox" (GPT-NeoX's fused query_key_value: per head q, k, v of head_dim each), "gpt2"
+    # (GPT-2's Conv1D c_attn, (in, out): q, k, v blocks of d_model each); read by the static
+    # OV circuit (successor heads)
+    v_proj: str = "self_attn.v_proj"
+    qkv_layout: str = "separate"
     # feature (a key of FEATURES) -> why this family cannot do it
     unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -108,15 +115,16 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture("gpt_neox.layers", "attention", "attention.dense", "mlp", "gpt_neox.embed_in",
                              "input_layernorm", "post_attention_layernorm", "gpt_neox.final_layer_norm",
                              "mlp.dense_4h_to_h", head_dim_attr=None, final_norm_kind="layernorm",
-                             norm_eps_attr="layer_norm_eps"),
+                             norm_eps_attr="layer_norm_eps", v_proj="attention.query_key_value", qkv_layout="neox"),
     "gpt2": Architecture("transformer.h", "attn", "attn.c_proj", "mlp", "transformer.wte", "ln_1", "ln_2",
                          "transformer.ln_f", "mlp.c_proj", "n_head", transposed=True, head_dim_attr=None,
                          neuron_attrs=("n_inner",), neuron_factor=4, final_norm_kind="layernorm",
-                         norm_eps_attr="layer_norm_epsilon", mask_arg=2),
+                         norm_eps_attr="layer_norm_epsilon", mask_arg=2, v_proj="attn.c_attn", qkv_layout="gpt2"),
     # GPT-J (Stolfo et al.'s main model): attention and MLP run in parallel on one LayerNorm
     "gptj": Architecture("transformer.h", "attn", "attn.out_proj", "mlp", "transformer.wte", "ln_1", "ln_1",
                          "transformer.ln_f", "mlp.fc_out", "n_head", head_dim_attr=None, neuron_attrs=("n_inner",),
                          neuron_factor=4, final_norm_kind="layernorm", norm_eps_attr="layer_norm_epsilon",
+                         v_proj="attn.v_proj",
                          unsupported={"edges": "attention and MLP read one shared LayerNorm (ln_1) in parallel, "
                                                "which the component graph does not model yet"}),
     **{name: Architecture(**_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2")},

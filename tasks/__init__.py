@@ -14,7 +14,7 @@ from .ioi import ioi, ioi_examples
 from .kth_smallest import kth_smallest, kth_smallest_examples, kth_smallest_pairs
 from .mcq import McqContext, McqContexts, mcq_contexts
 from .reasoning import ReasoningPrompt, ReasoningPrompts, Statement, corrupted, load_reasoning
-from .tokens import RepeatedTokens, repeated_tokens
+from .tokens import OrdinalSequences, RepeatedTokens, ordinal_sequences, repeated_tokens
 
 __all__ = [
     # data for each experiment
@@ -22,6 +22,7 @@ __all__ = [
     "examples",                                            # prompts with answers: evaluate
     "kth_smallest", "load_reasoning", "corrupted",         # labelled reasoning prompts: attention, probe
     "repeated_tokens",                                     # head_scores
+    "ordinal_sequences", "OrdinalSequences",               # successor_heads
     "cot_variants", "cot_arithmetic", "load_gsm8k",        # neurons
     "cot_generation",                                      # cot_generation (neurons --generate)
     "binding_contexts", "mcq_contexts",                    # binding

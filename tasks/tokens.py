@@ -53,3 +53,60 @@ def repeated_tokens(n_sequences: int = 32, seq_len: int = 20, seed: int = 0,
     ids = np.concatenate([np.full((n_sequences, 1), first), x, x], 1)
     return RepeatedTokens("repeated_random_tokens", {"n_sequences": n_sequences, "seq_len": seq_len, "seed": seed},
                           tuple(tuple(int(t) for t in row) for row in ids))
+
+
+# get_new_successor_head_scores_over_time.py's ordinal lists: (cyclic, words); a cyclic list's
+# last word is followed by its first
+_ORDINALS = {
+    "numbers_1_200": (False, [str(i) for i in range(1, 201)]),
+    "number_words_1_20": (False, ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                                  "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                                  "eighteen", "nineteen", "twenty"]),
+    "cardinal_words_1_10": (False, ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+                                    "ninth", "tenth"]),
+    "days": (True, ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]),
+    "days_short": (True, ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]),
+    "months": (True, ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+                      "October", "November", "December"]),
+    "months_short": (True, ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]),
+    "letters": (False, list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")),
+    "numerals": (False, ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIII", "XIV",
+                         "XV", "XVI", "XVII", "XVIII", "XIX", "XX"]),
+}
+
+
+@dataclass(frozen=True, repr=False)
+class OrdinalSequences(TaskData):
+    """Ordered word lists (``lists``: (name, words) pairs) whose consecutive words are
+    (input, successor) examples; from :func:`ordinal_sequences`."""
+
+    _items: ClassVar[str] = "lists"
+    task: str
+    params: dict[str, Any]
+    lists: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def ordinal_sequences(variants: bool = True) -> OrdinalSequences:
+    """The ordinal lists of Tigges et al.'s successor-head score
+    (``get_new_successor_head_scores_over_time.py``, after Gould et al. 2023): numbers 1–200,
+    number words, cardinal words, days, months (cyclic: the first follows the last), their
+    short forms, letters and Roman numerals; with ``variants`` also, as there, each list with
+    its capitalisation inverted and/or a space before every word (letters and numerals: the
+    space only). Words a tokenizer splits are left out by the score, not here."""
+    lists = []
+    for name, (cyclic, words) in _ORDINALS.items():
+        forms = [(name, words)]
+        if variants:
+            for invert in (True, False):
+                if name in ("letters", "numerals") and invert:
+                    continue
+                for space in (True, False):
+                    if not space and not invert:
+                        continue
+                    w = [x[0].lower() + x[1:] if x[0].isupper() else x[0].upper() + x[1:] for x in words] if invert \
+                        else list(words)
+                    w = [" " + x for x in w] if space else w
+                    forms.append((f"{'inverted_capital_' if invert else ''}{'space_' if space else ''}{name}", w))
+        for n, w in forms:
+            lists.append((n, tuple(w + w[:1] if cyclic else w)))
+    return OrdinalSequences("ordinal_sequences", {"variants": variants}, tuple(lists))

@@ -178,3 +178,97 @@ def test_ioi_pairs_corrupt_only_the_second_subject(embedded_tokenizer, corruptio
         assert (s[diff[0]] == p.base_answer) == (corruption == "flip")
     with pytest.raises(TaskError, match="corruption must be one of"):
         nr.tasks.ioi(4, corruption="swap")
+
+
+def _ov_by_running(hf, token_ids):
+    """(L, H, N, N): each head's OV circuit by running it: layer l's attention on N one-token
+    sequences whose input is layer 0's MLP applied to the embeddings (so attention is all on
+    the token itself), the head's share of the output projection (its input slice times the
+    weight, as in _direct_logit_effects), minus the same run on a zero input (the value
+    projection's bias), then the unembedding. No weight layout is read: the attention module's
+    own forward does the value projection (fused q/k/v, Conv1D or grouped heads alike)."""
+    from .reference_edges import _parts, _with_hidden
+
+    blocks, _, embed = _parts(hf)
+    n_heads = hf.config.num_attention_heads
+    ids = torch.tensor(token_ids)[:, None]
+    with torch.no_grad():
+        x = blocks[0][4](embed(ids)).double()  # (N, 1, d): layer 0's MLP on the raw embeddings
+        unembed = hf.get_output_embeddings().weight[ids[:, 0]].double()  # (N, d)
+    out = []
+    for layer, (_, attn, o_proj, _, _) in enumerate(blocks):
+        shares = []
+        for value in (x, torch.zeros_like(x)):
+            seen = {}
+            h1 = attn.register_forward_pre_hook(lambda m, a, k, v=value: _with_hidden(a, k, v.to(torch.float32)),
+                                                with_kwargs=True)
+            h2 = o_proj.register_forward_pre_hook(lambda m, a: seen.update(z=a[0][:, 0].double()))  # returns None
+            try:
+                with torch.no_grad():
+                    hf(ids, use_cache=False)
+            finally:
+                h1.remove()
+                h2.remove()
+            z = seen["z"].view(len(token_ids), n_heads, -1)  # (N, H, hd)
+            w = o_proj.weight.detach().double()
+            hd = z.shape[-1]
+            if hf.config.model_type == "gpt2":  # Conv1D: (in, out)
+                shares.append(torch.stack([z[:, h] @ w[h * hd:(h + 1) * hd] for h in range(n_heads)], 1))
+            else:
+                shares.append(torch.stack([z[:, h] @ w[:, h * hd:(h + 1) * hd].T for h in range(n_heads)], 1))
+        out.append(((shares[0] - shares[1]) @ unembed.T).permute(1, 0, 2))  # (H, N, N)
+    return torch.stack(out).numpy()
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "gpt2", "llama"])
+def test_successor_ov_scores_match_heads_run_on_one_token(tiny_model_dir, model_type):
+    """Tigges et al.'s static successor score (get_new_successor_head_scores_over_time.py): the
+    OV logits against running each head on one-token inputs, and the score recomputed from them
+    by the repository's rule (the successor among the list's next words scores highest)."""
+    from nnsight_reasoning.backend import graph
+
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(str(path))
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    tok = model.tokenizer
+    lists = nr.tasks.ordinal_sequences()
+    ds = nr.successor_heads(model, lists, progress=False)
+    nr.testing.assert_valid_result(ds)
+    words = [(n, [tok(w, add_special_tokens=False)["input_ids"] for w in ws]) for n, ws in lists]
+    vocab = sorted({i[0] for _, ids in words for i in ids if len(i) == 1 and i[0] != tok.unk_token_id})
+    ov = graph.ov_logits(model, vocab).numpy()  # float64 from the weights
+    # the reference runs the value projection in the model's float32: agreement to float32 precision
+    np.testing.assert_allclose(ov, _ov_by_running(hf, vocab), rtol=1e-5, atol=1e-6)
+    want = ov  # the score's rule restated on the checked logits (near-ties must not flip on float32 noise)
+    hits, total = 0, 0
+    for (name, ids), k in zip(words, range(len(words))):
+        ok = [len(i) == 1 and i[0] != tok.unk_token_id for i in ids]
+        pairs = [(vocab.index(a[0]), vocab.index(b[0])) for a, b, oa, ob in zip(ids, ids[1:], ok, ok[1:]) if oa and ob]
+        assert int(ds["n_examples"].isel(list=k)) == len(pairs)
+        if not pairs:
+            continue
+        targets = sorted({b for _, b in pairs})
+        got = np.array([[want[:, :, a, b] == want[:, :, a, targets].max(-1)] for a, b in pairs])[:, 0]  # (E, L, H)
+        hits, total = hits + got.sum(0), total + len(pairs)
+        np.testing.assert_allclose(ds["successor_ov_by_list"].isel(list=k).values, got.mean(0))
+    np.testing.assert_allclose(ds["successor_ov"].values, hits / total)
+    with pytest.raises(UsageError, match="ordinal lists"):
+        nr.successor_heads(model, nr.tasks.repeated_tokens(2, 3), progress=False)
+
+
+def test_cli_successor_heads_over_checkpoints(tmp_path, monkeypatch):
+    """The command sweeps revisions; the score needs the weights, so NDIF is refused."""
+    from typer.testing import CliRunner
+
+    from nnsight_reasoning.backend import graph
+    from nnsight_reasoning.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["successor-heads", "--revisions", "step0,main", "--no-variants", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "successor heads (static OV circuit)" in res.output and "best head per checkpoint" in res.output
+    ds = nr.load_result(tmp_path / "results" / "successor_heads_ordinal_sequences_embedded_step0-main.nc")
+    nr.testing.assert_valid_result(ds)
+    assert ds["successor_ov"].dims == ("checkpoint", "layer", "head") and ds.attrs["task_params"]
+    with pytest.raises(UsageError, match="run it locally"):
+        graph.ov_logits(nr.load_model(), [5, 6], remote="https://ndif.example")

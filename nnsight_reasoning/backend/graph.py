@@ -18,7 +18,7 @@ MLPs and the logits get a private copy of their input the same way (one copy eac
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import nnsight
 import torch
@@ -364,6 +364,53 @@ def _trace_node_sums(model, input_ids, mods, conv1d, n_heads, head_dim, remote=F
             parts.append(mlp.output.double().sum(0).unsqueeze(1))
         saved = nnsight.save(torch.cat(parts, 1))
     return saved
+
+
+def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = False) -> torch.Tensor:
+    """(L, H, N, N) float64: each head's static OV circuit between ``token_ids`` (N), as Tigges et
+    al.'s successor-head score reads it (after Gould et al. 2023): row i is token i's embedding
+    passed through layer 0's MLP (the module alone, no norm), then the head's value and output
+    weights (no biases), then the unembedding (no final norm), at column j's token. From the
+    weights of a local model; no forward pass, so not on NDIF."""
+    from . import architecture
+
+    from ..errors import UsageError
+
+    if remote not in (False, "local"):
+        raise UsageError("the static OV score reads the model's weights, which NDIF does not send; run it locally")
+    require(model, "logit_effects")
+    if not model.dispatched:  # the weights, not a trace: load them
+        model.dispatch()
+    arch = architecture(model)
+    d = dims(model)
+    root = model._module
+    n_heads, hd = d["n_heads"], d["head_dim"]
+    idx = torch.as_tensor(list(token_ids))
+    layers = root.get_submodule(arch.layers)
+    with torch.no_grad():
+        embed = root.get_submodule(arch.embed).weight
+        emb = embed[idx.to(embed.device)]
+        x = layers[0].get_submodule(arch.mlp)(emb[None])[0].double().cpu()  # (N, d), in the model's dtype
+        w_u = root.get_submodule(arch.unembed).weight[idx.to(embed.device)].double().cpu()  # (N, d)
+        out = []
+        for layer in layers:
+            w_v = _value_weights(layer.get_submodule(arch.v_proj).weight.double().cpu(), arch.qkv_layout, n_heads, hd,
+                                 d["d_model"])  # (H, hd, d)
+            w_o = layer.get_submodule(arch.o_proj).weight.double().cpu()
+            w_o = w_o.view(n_heads, hd, -1).transpose(1, 2) if arch.transposed else w_o.view(-1, n_heads, hd).transpose(0, 1)
+            ov = torch.einsum("nd,hkd,hek->hne", x, w_v, w_o)  # (H, N, d): value then output
+            out.append(ov @ w_u.T)
+    return torch.stack(out)
+
+
+def _value_weights(w: torch.Tensor, layout: str, n_heads: int, hd: int, d_model: int) -> torch.Tensor:
+    """(H, head_dim, d_model): each head's value weight, from the value (or fused qkv) weight."""
+    if layout == "neox":  # (3·H·hd, d): per head [q, k, v]
+        return w.view(n_heads, 3, hd, -1)[:, 2]
+    if layout == "gpt2":  # Conv1D (d, 3d): [q | k | v] along the output
+        return w[:, 2 * d_model:3 * d_model].view(-1, n_heads, hd).permute(1, 2, 0)
+    n_kv = w.shape[0] // hd  # grouped-query attention: head h reads value head h // (H / n_kv)
+    return w.view(n_kv, hd, -1).repeat_interleave(n_heads // n_kv, 0)
 
 
 def valid_edges(n_layers: int, n_heads: int, parallel: bool) -> torch.Tensor:

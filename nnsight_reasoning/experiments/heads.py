@@ -36,12 +36,13 @@ import torch
 import xarray as xr
 
 from .. import backend
+from ..backend import graph
 from ..backend.graph import head_logit_effects
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import dims, require
 from ..tasks.base import single_token_id
-from ..tasks.tokens import RepeatedTokens
+from ..tasks.tokens import OrdinalSequences, RepeatedTokens
 
 SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression")
 ATTENTION_SCORES = SCORES[:3]
@@ -110,6 +111,73 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
                                     "head": np.arange(d["n_heads"]), "score": np.array(SCORES, dtype=object)},
                       attrs={"method": "head_scores", "metric": "attention_probability", "seq_len": n,
                              "successor_tokens": run.tokenizer.convert_ids_to_tokens(ordinals)})
+
+
+@experiment("successor_ov", batch_size=1)
+def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
+    """Successor heads as Tigges et al. score them over training
+    (``get_new_successor_head_scores_over_time.py``, after Gould et al. 2023, "Successor
+    heads"): from the weights alone, each head's OV circuit between the words of ordinal lists
+    (:func:`nnsight_reasoning.tasks.ordinal_sequences`: numbers, number words, days, months, …)
+    — a word's embedding through layer 0's MLP, the head's value and output weights and the
+    unembedding (:func:`nnsight_reasoning.backend.graph.ov_logits`). An example is a word and the
+    next one of its list, both single tokens; it succeeds when, among the list's next words, the
+    head raises the true one most. No forward pass, so a local model only (not ``remote``).
+
+    Returns a Dataset with ``successor_ov`` (layer, head): the fraction of all examples that
+    succeed (the repository's score); ``successor_ov_by_list`` (list, layer, head) per list;
+    ``n_examples`` (list); ``chance`` (list): 1 / the list's number of distinct next words.
+    ``attrs["chance"]``: the examples' mean chance. With ``revisions`` it sweeps checkpoints.
+
+    Examples
+    --------
+    >>> ds = nr.successor_heads(model, nr.tasks.ordinal_sequences(), revisions="all")
+    >>> ds.successor_ov.max(("layer", "head"))
+    """
+    if not isinstance(sequences, OrdinalSequences):
+        raise UsageError(f"successor_heads takes ordinal lists, nr.tasks.ordinal_sequences() (got "
+                         f"{type(sequences).__name__})")
+    tok = run.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    lists = []
+    for name, words in sequences:
+        ids = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+        ids = [i if len(i) == 1 and i[0] != unk else None for i in ids]  # a word-level vocabulary's unknowns too
+        pairs = [(a[0], b[0]) for a, b in zip(ids[:-1], ids[1:]) if a and b]
+        lists.append((name, pairs))
+    vocab = sorted({t for _, pairs in lists for pair in pairs for t in pair})
+    if not vocab:
+        raise UsageError("no word of these lists is a single token for this model's tokenizer")
+    col = {t: k for k, t in enumerate(vocab)}
+    logits = run.call(graph.ov_logits, vocab).numpy()  # (L, H, N, N)
+    d = dims(run.model)
+    by_list = np.full((len(lists), d["n_layers"], d["n_heads"]), np.nan)
+    n_ex, chance, hits = [], [], np.zeros((d["n_layers"], d["n_heads"]))
+    for k, (name, pairs) in enumerate(lists):
+        n_ex.append(len(pairs))
+        targets = sorted({col[b] for _, b in pairs})
+        chance.append(1 / len(targets) if targets else np.nan)
+        if not pairs:
+            continue
+        rows = logits[:, :, [col[a] for a, _ in pairs]][..., targets]  # (L, H, examples, targets)
+        true = np.array([targets.index(col[b]) for _, b in pairs])
+        ok = rows[..., np.arange(len(pairs)), true] == rows.max(-1)  # ties count, as the repository's ==
+        by_list[k] = ok.mean(-1)
+        hits += ok.sum(-1)
+    total = sum(n_ex)
+    if total == 0:
+        raise UsageError("no two consecutive words of these lists are single tokens for this model's tokenizer")
+    data = {"successor_ov": (("layer", "head"), hits / total, {"long_name": "fraction of ordinal examples whose "
+                                                                           "successor the head's OV circuit "
+                                                                           "promotes most", "units": "1"}),
+            "successor_ov_by_list": (("list", "layer", "head"), by_list, {"units": "1"}),
+            "n_examples": ("list", np.array(n_ex, dtype=int), {"long_name": "single-token (word, next) pairs"}),
+            "chance": ("list", np.array(chance), {"long_name": "1 / distinct next words", "units": "1"})}
+    mean_chance = float(np.nansum(np.array(chance) * np.array(n_ex)) / total)
+    return xr.Dataset(data, coords={"layer": np.arange(d["n_layers"]), "head": np.arange(d["n_heads"]),
+                                    "list": np.array([n for n, _ in lists], dtype=object)},
+                      attrs={"method": "successor_ov", "metric": "ov_successor_accuracy", "chance": mean_chance,
+                             "n_examples": total})
 
 
 def _check(run: Run, sequences: Any) -> RepeatedTokens:
@@ -183,6 +251,17 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     last = last_checkpoint(ds)
     names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else []
     where = f" over {len(names)} checkpoints ({names[0]} … {names[-1]})" if names else f"@{ds.attrs['revision']}"
+    if ds.attrs.get("method") == "successor_ov":  # the static score (successor_heads)
+        flat = last["successor_ov"].stack(lh=("layer", "head"))
+        top = flat.argsort().values[::-1][:3]
+        lines = [f"successor heads (static OV circuit) · {ds.attrs['model']}{where} · {ds.attrs['n_examples']} "
+                 f"ordinal examples · chance {ds.attrs['chance']:.3f}",
+                 f"top heads at {last.attrs['revision']}: " + ", ".join(
+                     f"L{flat['lh'].values[i][0]}H{flat['lh'].values[i][1]} {float(flat.values[i]):.2f}" for i in top)]
+        if names:
+            best = ds["successor_ov"].max(("layer", "head")).values
+            lines.append("best head per checkpoint: " + ", ".join(f"{n} {b:.2f}" for n, b in zip(names, best)))
+        return lines
     head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}{where} · {ds.sizes['prompt']} sequences of "
             f"2 × {ds.attrs.get('seq_len')} tokens")
     table = Table(title=f"top heads per score ({ds.attrs['model']}@{last.attrs['revision']}, mean over sequences)")

@@ -42,6 +42,8 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
     "head_scores": {"previous_token": ("prompt", "layer", "head"), "duplicate_token": ("prompt", "layer", "head"),
                     "induction": ("prompt", "layer", "head"), "copy_suppression": ("prompt", "layer", "head"),
                     "successor": ("layer", "head"), "uniform": ("score",)},
+    "successor_ov": {"successor_ov": ("layer", "head"), "successor_ov_by_list": ("list", "layer", "head"),
+                     "n_examples": ("list",), "chance": ("list",)},
     "eap": _EDGES, "eap_ig": _EDGES, "edge_patching": _EDGES,
     "neuron_discovery": _NEURONS,
     "neuron_activations": {"activation": ("prompt", "layer", "neuron", "position")},
