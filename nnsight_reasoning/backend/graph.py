@@ -375,6 +375,7 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
     from . import architecture
 
     from ..errors import UsageError
+    from ..nnsight_shim import torch_module
 
     if remote not in (False, "local"):
         raise UsageError("the static OV score reads the model's weights, which NDIF does not send; run it locally")
@@ -383,7 +384,7 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
         model.dispatch()
     arch = architecture(model)
     d = dims(model)
-    root = model._module
+    root = torch_module(model)
     n_heads, hd = d["n_heads"], d["head_dim"]
     idx = torch.as_tensor(list(token_ids))
     layers = root.get_submodule(arch.layers)
