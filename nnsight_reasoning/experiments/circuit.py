@@ -160,8 +160,7 @@ def circuit(
     if run.batch_size < rows_per_pair:
         raise UsageError(f"batch_size must hold one pair's rows: >= {rows_per_pair}")
     pair_list, tok = _prepare(run, pairs)
-    if metric is None:
-        metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
+    metric = default_metric(pairs) if metric is None else metric
     answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
     replace = _ablation_values(run, ablation, ablation_data, pair_list, tok, shape)
@@ -262,7 +261,7 @@ def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dat
         raise UsageError(f"batch_size must hold one pair's corrupted row and one patched row: >= 2 "
                          f"(got {run.batch_size})")
     pair_list, tok = _prepare(run, pairs)
-    metric = "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
+    metric = default_metric(pairs)
     answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model)
     edges = np.argwhere(shape.valid)
@@ -333,6 +332,12 @@ class Answers:
         return (vals * weights).sum(1)
 
 
+def default_metric(pairs: Any) -> str:
+    """The repository's metric for these pairs: greater-than's probability difference, else the
+    logit difference (``get_circuits_over_time.py``, ``get_data_and_metrics``)."""
+    return "prob_diff" if getattr(pairs, "task", None) == "greater_than" else "logit_diff"
+
+
 def _answers(run: Run, pairs: list[PromptPair], tok: Tokens, metric: str) -> Answers:
     """The metric's tokens and weights per pair: (r1, r2) with (+1, −1) for single answers; for
     answer sets, the base answer and its alternatives against the distractors (or the source
@@ -381,8 +386,7 @@ def _ablation_values(run: Run, ablation: str, data, pairs: list[PromptPair], tok
     if data is None:
         ids = tok.base
     else:
-        texts = [p.base for p in data] if isinstance(data, PromptPairs) or (data and isinstance(
-            list(data)[0], PromptPair)) else [str(t) for t in data]
+        texts = [t.base if isinstance(t, PromptPair) else str(t) for t in data]  # pairs: their clean prompts
         if not texts:
             raise UsageError("ablation_data is empty")
         ids = tokenize(run.model, texts)
