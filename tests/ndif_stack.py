@@ -201,8 +201,7 @@ class NDIFStack:
         proc = self._procs.get(name)
         if proc is None or proc.poll() is None:
             return None
-        tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
-        return f"{name} exited ({proc.returncode}): " + " | ".join(tail)
+        return f"{name} exited ({proc.returncode}): " + " | ".join(_tail(self.logs / f"{name}.log", 3))
 
     def _check_running(self) -> None:
         # A service that lost its port to another program exits, while the port still
@@ -212,12 +211,34 @@ class NDIFStack:
             raise RuntimeError("NDIF test stack: " + "; ".join(dead) + f"; logs in {self.logs}")
 
     def _run(self, name: str, cmd: list[str], extra_env: dict | None = None, timeout: float = 120) -> None:
-        with open(self.logs / f"{name}.log", "ab") as log:
-            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env={**self.env, **(extra_env or {})}, timeout=timeout)
+        try:
+            with open(self.logs / f"{name}.log", "ab") as log:
+                r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**self.env, **(extra_env or {})}, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"NDIF {name} did not finish within {timeout:g} s; its log: "
+                               + (" | ".join(_tail(self.logs / f"{name}.log", 5)) or "(empty)")) from None
         if r.returncode != 0:
-            tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"NDIF {name} failed (exit {r.returncode}): " + " | ".join(tail))
+            raise RuntimeError(f"NDIF {name} failed (exit {r.returncode}): "
+                               + " | ".join(_tail(self.logs / f"{name}.log", 5)))
+
+    def diagnostics(self, lines: int = 15) -> str:
+        """The tails of every service's log and of Ray's own logs (serve, raylet, agents).
+
+        The stack's directories are removed on :meth:`stop`; a failed start prints this
+        first, so that a CI log says why (CI run 37: the controller hung for 180 s).
+        """
+        ray_logs = self.ray_tmp / "session_latest" / "logs"
+        files = sorted(self.logs.glob("*.log"))
+        for pattern in ("serve/*.log", "raylet.out", "raylet.err", "dashboard_agent.log",
+                        "gcs_server.err", "ray_process_exit.log"):
+            files += sorted(ray_logs.glob(pattern))
+        parts = []
+        for f in files:
+            tail = _tail(f, lines)
+            if tail:
+                parts.append(f"--- {f.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _wait_port(self, port: int, timeout: float, name: str, service: str | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -236,6 +257,13 @@ class NDIFStack:
         r = subprocess.run(["redis-cli", "-p", str(self.ports["redis"]), *args],
                            capture_output=True, text=True, timeout=10)
         return r.stdout.strip()
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").strip().splitlines()[-n:]
+    except OSError:
+        return []
 
 
 def _members(sessions: set[int]) -> list[int]:
