@@ -97,9 +97,11 @@ class Architecture:
     # "separate" (a v_proj Linear, n_kv_heads · head_dim outputs, grouped-query heads share one),
     # "neox" (GPT-NeoX's fused query_key_value: per head q, k, v of head_dim each), "gpt2"
     # (GPT-2's Conv1D c_attn, (in, out): q, k, v blocks of d_model each); read by the static
-    # OV circuit (successor heads)
+    # OV circuit (successor heads) and by path patching into a head's keys or values; with the
+    # "separate" layout ``k_proj`` is the key projection (the fused layouts hold it in v_proj)
     v_proj: str = "self_attn.v_proj"
     qkv_layout: str = "separate"
+    k_proj: str = "self_attn.k_proj"
     # feature (a key of FEATURES) -> why this family cannot do it
     unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 

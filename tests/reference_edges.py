@@ -50,9 +50,31 @@ def node_names(n_layers, n_heads):
     return up, down
 
 
-def patched_run(hf, ids, removed=None, corrupt=None):
+# model_type -> (the projection modules that make q, k, v, relative to the attention module;
+# a function giving the (q, k, v) column ranges of head h in a projection's output)
+QKV = {
+    "llama": (("q_proj", "k_proj", "v_proj"), lambda hd, h, H: [slice(h * hd, (h + 1) * hd)] * 3),
+    "gpt_neox": (("query_key_value",) * 3,
+                 lambda hd, h, H: [slice((3 * h + g) * hd, (3 * h + g + 1) * hd) for g in range(3)]),
+    "gpt2": (("c_attn",) * 3, lambda hd, h, H: [slice(g * H * hd + h * hd, g * H * hd + (h + 1) * hd) for g in range(3)]),
+}
+
+
+def _project(m, x):
+    """A projection applied directly (a hook on ``m`` must not call ``m``): Linear or Conv1D."""
+    if isinstance(m, torch.nn.Linear):
+        return torch.nn.functional.linear(x, m.weight, m.bias)
+    return x @ m.weight + m.bias  # GPT-2's Conv1D, weight (in, out)
+
+
+def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None):
     """Last-position logits and {upstream node: output (T, d)} of one run in which downstream
-    node v reads its input plus Σ_u removed[u, v]·(corrupt[u] − this run's a_u)."""
+    node v reads its input plus Σ_u removed[u, v]·(corrupt[u] − this run's a_u); with
+    ``removed_qkv`` (n_up, n_layers, n_heads, 3) head h of layer l computes its query (0), key (1)
+    and value (2) from that input plus Σ_u removed_qkv[u, l, h, g]·(corrupt[u] − a_u): the
+    attention module runs on the value's input while hooks on the projections put in the
+    head's query and key columns computed from theirs (heads are not separated by the
+    projections' layout: each hook writes only head h's columns)."""
     n_heads = _heads(hf)
     blocks, final, _ = _parts(hf)
     up, down = node_names(len(blocks), n_heads)
@@ -66,6 +88,35 @@ def patched_run(hf, ids, removed=None, corrupt=None):
             if removed[i, col]:
                 x = x + (corrupt[u] - acts[u]).unsqueeze(0)
         return x
+
+    def corr_qkv(l, h, g, x):
+        if removed_qkv is None:
+            return x
+        for i, u in enumerate(up):
+            if removed_qkv[i, l, h, g]:
+                x = x + (corrupt[u] - acts[u]).unsqueeze(0)
+        return x
+
+    def split_inputs(attn, ln_a, l, h, xh):
+        """Hooks putting head h's q and k columns, computed from their own inputs, into the
+        projections' outputs; returns them (to remove) and the values' normed input."""
+        names, cols = QKV[hf.config.model_type]
+        hd = hf.config.hidden_size // n_heads
+        own = []
+        for g in (0, 1):
+            m = _get(attn, names[g])
+            xg = ln_a(corr_qkv(l, h, g, xh))
+
+            def put(m_, i_, o_, xg=xg, g=g):
+                o_ = o_.clone()
+                sl = cols(hd, h, n_heads)[g]
+                if hf.config.model_type == "llama" and g == 1:  # grouped keys: head h reads key head h // group
+                    group = n_heads // hf.config.num_key_value_heads
+                    sl = slice((h // group) * hd, (h // group + 1) * hd)
+                o_[..., sl] = _project(m_, xg)[..., sl]
+                return o_
+            own.append(m.register_forward_hook(put))
+        return own, ln_a(corr_qkv(l, h, 2, xh))
 
     first = blocks and (blocks[0][0])
 
@@ -88,12 +139,17 @@ def patched_run(hf, ids, removed=None, corrupt=None):
                 for h in range(n_heads):
                     xh = corr(f"a{l}.{h}", state["x"])
                     box = {}
-                    cap = o_proj.register_forward_pre_hook(lambda m_, a_: box.setdefault("z", a_[0]))
+                    cap = [o_proj.register_forward_pre_hook(lambda m_, a_: box.setdefault("z", a_[0]))]
+                    normed = ln_a(xh)
+                    if removed_qkv is not None and removed_qkv[:, l, h].any():
+                        own, normed = split_inputs(attn, ln_a, l, h, xh)
+                        cap += own
                     try:
-                        a2, k2 = _with_hidden(args, kwargs, ln_a(xh))
+                        a2, k2 = _with_hidden(args, kwargs, normed)
                         attn(*a2, **k2)
                     finally:
-                        cap.remove()
+                        for c_ in cap:
+                            c_.remove()
                     zs.append(box["z"].view(box["z"].shape[0], box["z"].shape[1], n_heads, -1)[:, :, h])
             finally:
                 state["bypass"] = False

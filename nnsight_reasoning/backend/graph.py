@@ -27,7 +27,7 @@ from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
                         head_outputs, interpolate, join_columns, norm_scale, own_heads, packed_inputs, packed_mask,
-                        split_heads, unembed_rows)
+                        splice_qkv, split_heads, unembed_rows)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -179,7 +179,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
 
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
                         lse: bool = False, replace: torch.Tensor | None = None,
-                        remote: bool | str = False) -> torch.Tensor:
+                        removed_qkv: torch.Tensor | None = None, remote: bool | str = False) -> torch.Tensor:
     """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching);
     with ``lse`` a last column holds each row's logsumexp over the vocabulary (probabilities of
     the answers are then exp(logit − lse)).
@@ -189,8 +189,12 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     rows run again, and each node v reads its input plus Σ_u removed[u, v]·(a_u(corrupt) −
     a_u(this run)), the activations of this run being the circuit's own (Hanna et al.'s
     evaluation); with ``replace`` (T or 1, n_up, d) the cut edges carry replace[:, u] instead of
-    a_u(corrupt) (zero or mean ablation; engine v1). Returns (p + c·p, K [+ 1]) float64: the
-    corrupted rows, then circuit by circuit.
+    a_u(corrupt) (zero or mean ablation; engine v1). ``removed_qkv`` (c, n_up, n_layers,
+    n_heads, 3), 1 where the edge u → (layer, head) is cut at the head's query (0), key (1) or
+    value (2) input only (EAP-IG's q/k/v edges; engine v1): a layer with such a cut runs its
+    attention on three copies of its input per head, one for each of q, k and v
+    (:func:`.trace_ops.splice_qkv`). Returns (p + c·p, K [+ 1]) float64: the corrupted rows,
+    then circuit by circuit.
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
@@ -206,7 +210,7 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     c = removed.shape[0]
     arch = architecture(model)
     plan = None
-    if replace is None and engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
+    if replace is None and removed_qkv is None and engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
         plan = packed.plan_edges(input_ids, removed, d["n_layers"], d["n_heads"], d["d_model"])
         if plan.cost >= packed.edge_cost_v1(p, c, input_ids.shape[1], d["n_layers"], d["d_model"]):
             plan = None  # no shared prefix and few circuits per row: v1's whole rows are cheaper
@@ -220,8 +224,16 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
                     remote, "saved").double().cpu()
     input_ids = torch.cat([input_ids[:p]] + [input_ids[p:]] * c)
     answer_ids = torch.cat([answer_ids[:p]] + [answer_ids[p:]] * c)
+    qkv = None
+    if removed_qkv is not None:  # per layer: None, or (cuts (c, n_up, H, 3), the projections to splice)
+        qkv = []
+        for li, (layer, *_) in enumerate(mods):
+            cut = removed_qkv[:, :, li].float()
+            paths = (arch.k_proj, arch.v_proj) if arch.qkv_layout == "separate" else (arch.v_proj,)
+            qkv.append((cut, [resolve(layer, q) for q in paths]) if bool(cut.any()) else None)
     return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
-                                             c, d["n_heads"], d["head_dim"], replace), remote, "saved").double().cpu()
+                                             c, d["n_heads"], d["head_dim"], replace, qkv, arch.qkv_layout),
+                remote, "saved").double().cpu()
 
 
 def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_at, mods, final, unembed, conv1d,
@@ -288,13 +300,13 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, removed, p, c, n_heads, head_dim,
-                        replace=None, remote=False, backend=None):
+                        replace=None, qkv=None, layout=None, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         rows = p + c * p
-        copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is input row r
         ups = []  # (c, p, T, k, d): corrupted (or replace) − this run, per circuit
         col = 0
+        li = 0
         first = True
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
             if first:
@@ -302,16 +314,32 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
                 src = h0[:p].unsqueeze(0) if replace is None else replace[:, 0].to(h0.dtype)
                 ups.append((src - h0[p:].view((c, p) + tuple(h0.shape[1:]))).unsqueeze(3))
                 first = False
+            split = qkv[li] if qkv is not None else None  # (cuts (c, n_up, H, 3), projections) or None
             x = ln_attn.input
             t = x.shape[1]
             delta = torch.cat(ups, 3)
             corr = torch.einsum("cptud,cuh->hcptd", delta.to(removed.dtype),
                                 removed[:, : delta.shape[3], col:col + n_heads]).to(x.dtype)
             corr = torch.cat([torch.zeros_like(corr[:, 0, :]), corr.reshape(n_heads, c * p, t, x.shape[2])], 1)
-            ln_attn.input = (x.unsqueeze(0) + corr).reshape(n_heads * rows, t, x.shape[2])
+            x = x.unsqueeze(0) + corr  # (H, rows, T, d)
+            groups = 1
+            if split is not None:  # three groups of H copies: the queries', the keys' and the values' inputs
+                cut = split[0]
+                own = torch.einsum("cptud,cuhg->ghcptd", delta.to(cut.dtype), cut[:, : delta.shape[3]]).to(x.dtype)
+                own = torch.cat([torch.zeros_like(own[:, :, 0]), own.reshape(3, n_heads, c * p, t, x.shape[-1])], 2)
+                x = x.unsqueeze(0) + own
+                groups = 3
+            ln_attn.input = x.reshape(groups * n_heads * rows, t, x.shape[-1])
             args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
+            copies = torch.arange(rows).repeat(groups * n_heads)  # row r of copy h (of each group) is input row r
             attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
-            z = own_heads(o_proj.input, n_heads, rows, head_dim)
+            if split is not None:
+                parts = "kv" if layout == "separate" else "f"
+                for proj, part in zip(split[1], parts):  # forward order: k_proj then v_proj
+                    proj.output = splice_qkv(proj.output, layout, part, n_heads)
+                z = own_heads(o_proj.input[: n_heads * rows], n_heads, rows, head_dim)  # group 0 holds the spliced heads
+            else:
+                z = own_heads(o_proj.input, n_heads, rows, head_dim)
             o_proj.input = z.reshape(rows, t, n_heads * head_dim)
             if replace is None:
                 dz = z[:p].unsqueeze(0) - z[p:].view((c, p) + tuple(z.shape[1:]))
@@ -328,6 +356,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             out = mlp.output
             src = out[:p].unsqueeze(0) if replace is None else replace[:, col].to(out.dtype)  # upstream col: this MLP
             ups.append((src - out[p:].view((c, p) + tuple(out.shape[1:]))).unsqueeze(3))
+            li += 1
         f = final.input
         delta = torch.cat(ups, 3)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])

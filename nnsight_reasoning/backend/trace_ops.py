@@ -93,6 +93,28 @@ def own_heads(z, n_heads, rows, head_dim):
     return torch.diagonal(z.view(n_heads, rows, t, n_heads, head_dim), dim1=0, dim2=3).permute(0, 1, 3, 2)
 
 
+def splice_qkv(out, layout, part, n_heads):
+    """A projection's output ``out`` (3·n, T, width) when attention ran on three groups of n
+    rows, group 0 reading the queries' input, group 1 the keys', group 2 the values': group 0
+    gets group 1's keys and group 2's values, so that its heads attend with a query, a key and
+    a value each computed from its own input. ``layout`` (``sites.Architecture.qkv_layout``):
+    "separate" (``out`` is a k_proj or v_proj output, ``part`` "k" or "v"), "neox" (the fused
+    query_key_value, per head q, k, v of width/(3·n_heads) each), "gpt2" (the fused c_attn:
+    q, k, v blocks of width/3). Groups 1 and 2 are returned as they were (their outputs are
+    not used). Out of place."""
+    n = out.shape[0] // 3
+    g = out.view((3, n) + tuple(out.shape[1:]))
+    if layout == "separate":
+        first = g[1] if part == "k" else g[2]
+    elif layout == "neox":
+        v = g.view((3, n, out.shape[1], n_heads, 3, -1))
+        first = torch.stack([v[0, :, :, :, 0], v[1, :, :, :, 1], v[2, :, :, :, 2]], 3).reshape(g.shape[1:])
+    else:  # gpt2
+        v = g.view((3, n, out.shape[1], 3, -1))
+        first = torch.stack([v[0, :, :, 0], v[1, :, :, 1], v[2, :, :, 2]], 2).reshape(g.shape[1:])
+    return torch.cat([first, g[1], g[2]])
+
+
 def head_outputs(z, weight, n_heads, head_dim, transposed):
     """Each head's share of the output projection's output, without its bias: ``z`` (..., H, k)
     per-head inputs, ``weight`` the projection's weight, stored (in, out) when ``transposed``
