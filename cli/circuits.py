@@ -95,3 +95,30 @@ def circuit(
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
               ig_points=ig_points, ablation=ablation)
+
+
+@experiment_command()
+def path_patching(
+    h: Harness,
+    receivers: str = typer.Option(..., help="comma-separated receiver nodes, patched together: aL.H (layer L head H), "
+                                            "mL (MLP L) or logits"),
+    task: Task = "ioi",
+    n_prompts: int = typer.Option(32, help="number of clean/corrupted prompt pairs"),
+    seed: Seed = 0,
+    param: Param = [],
+    receiver_input: str = typer.Option("all", help="all (the whole input), or q, k, v: a head's query, key or value "
+                                                   "input alone"),
+    senders: Optional[str] = typer.Option(None, help="comma-separated sender nodes (input, aL.H, mL), each patched "
+                                                     "alone; default every node feeding a receiver"),
+    position: str = typer.Option("all", help="all, or last: the corrupted output reaches the receivers at the last "
+                                             "position only (as circuits-over-time)"),
+    metric: Optional[str] = typer.Option(None, help="logit_diff or prob_diff (default as circuit)"),
+) -> None:
+    """Path patching: each sender's corrupted output delivered to the receivers' input (q, k, v
+    or whole) through the residual stream alone, e.g. S-inhibition heads with --task ioi
+    --param corruption=swap --receivers <name movers> --receiver-input q --position last."""
+    import nnsight_reasoning as nr
+
+    data = pair_data(task, n_prompts, seed, task_params(param))
+    h.run(nr.path_patching, data, kind="path_patching", task=task, receivers=receivers, receiver_input=receiver_input,
+          senders=senders, position=position, metric=metric)

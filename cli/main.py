@@ -247,6 +247,7 @@ app.command()(reasoning.robustness)
 app.command()(circuits.heads)
 app.command("successor-heads")(circuits.successor_heads)
 app.command()(circuits.circuit)
+app.command("path-patching")(circuits.path_patching)
 app.command()(mechanisms.neurons)
 app.command()(mechanisms.binding)
 

@@ -17,6 +17,11 @@ Patching pairs (``ioi``) corrupt the second mention of the subject (S2), keeping
 position: ``flip`` names the indirect object there instead ("…, Mary gave a drink to" ->
 "John", the other name), ``abc`` a third name ("…, Tom gave a drink to"; its source answer is
 the base prompt's subject, so the metric measures the shift from IO to S as in Wang et al.).
+``swap`` instead trades the places of IO and S1 and keeps S2 ("When John and Mary …, John
+gave … to" for "When Mary and John …, John gave … to"): circuits-over-time's
+``token_same_pos_oppo`` (ABB->BAB, BAB->ABB), the corruption whose path-patching effect marks
+S-inhibition heads (``utils/component_evaluation.py``); the source answer is the subject, as
+``abc``.
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ def ioi_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, corr
             for i in range(n)]
 
 
-CORRUPTIONS = ("flip", "abc")
+CORRUPTIONS = ("flip", "abc", "swap")
 
 
 def ioi(n_prompts: int = 64, corruption: str = "flip", seed: int = 0, tokenizer: Any | None = None,
@@ -92,9 +97,12 @@ def ioi(n_prompts: int = 64, corruption: str = "flip", seed: int = 0, tokenizer:
         words = dict(place=rng.choice(PLACES), object=rng.choice(OBJECTS))
         o = _order(order, i)
         base = fill(template, a, b, o, **words)
-        s2 = a if corruption == "flip" else c
-        head, tail = template.rsplit("{B}", 1)  # the last {B} is S2
-        source = fill(head + s2 + tail, a, b, o, **words)
+        if corruption == "swap":  # IO and S1 trade places; S2 stays
+            source = fill(template, a, b, "BABA" if o == "ABBA" else "ABBA", **words)
+        else:
+            s2 = a if corruption == "flip" else c
+            head, tail = template.rsplit("{B}", 1)  # the last {B} is S2
+            source = fill(head + s2 + tail, a, b, o, **words)
         return PromptPair(base, source, a, b)
 
     pairs = generate_aligned(sample, n_prompts, seed, tokenizer, "names must be single tokens for this tokenizer")
@@ -103,6 +111,6 @@ def ioi(n_prompts: int = 64, corruption: str = "flip", seed: int = 0, tokenizer:
 
 register(TaskInfo("ioi", "indirect-object identification (Wang et al. 2022)", ioi, ioi_examples,
                   {"n_prompts": (64, "number of pairs (patch)"),
-                   "corruption": ("flip", "patch pairs: flip (S2 -> IO) | abc (S2 -> a third name)"),
+                   "corruption": ("flip", "patch pairs: flip (S2 -> IO) | abc (S2 -> a third name) | swap (IO and S1 trade places)"),
                    "order": ("mixed", "ABBA (IO named first) | BABA (subject first) | mixed (both in turn)"),
                    "seed": (0, "random seed")}))

@@ -67,18 +67,25 @@ def _project(m, x):
     return x @ m.weight + m.bias  # GPT-2's Conv1D, weight (in, out)
 
 
-def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None):
+def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None, last_only=False):
     """Last-position logits and {upstream node: output (T, d)} of one run in which downstream
     node v reads its input plus Σ_u removed[u, v]·(corrupt[u] − this run's a_u); with
     ``removed_qkv`` (n_up, n_layers, n_heads, 3) head h of layer l computes its query (0), key (1)
     and value (2) from that input plus Σ_u removed_qkv[u, l, h, g]·(corrupt[u] − a_u): the
     attention module runs on the value's input while hooks on the projections put in the
     head's query and key columns computed from theirs (heads are not separated by the
-    projections' layout: each hook writes only head h's columns)."""
+    projections' layout: each hook writes only head h's columns). ``last_only``: the cut edges
+    carry the corrupted value at the last position only."""
     n_heads = _heads(hf)
     blocks, final, _ = _parts(hf)
     up, down = node_names(len(blocks), n_heads)
     acts, state, hooks = {}, {"bypass": False}, []
+
+    def delta(u):
+        d = corrupt[u] - acts[u]
+        if last_only:
+            d = torch.cat([torch.zeros_like(d[:-1]), d[-1:]])
+        return d.unsqueeze(0)
 
     def corr(v, x):
         if removed is None:
@@ -86,7 +93,7 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None):
         col = down.index(v)
         for i, u in enumerate(up):
             if removed[i, col]:
-                x = x + (corrupt[u] - acts[u]).unsqueeze(0)
+                x = x + delta(u)
         return x
 
     def corr_qkv(l, h, g, x):
@@ -94,7 +101,7 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None):
             return x
         for i, u in enumerate(up):
             if removed_qkv[i, l, h, g]:
-                x = x + (corrupt[u] - acts[u]).unsqueeze(0)
+                x = x + delta(u)
         return x
 
     def split_inputs(attn, ln_a, l, h, xh):

@@ -108,6 +108,9 @@ def _backend_calls(model):
     layers = [0, 2]
     cuts = (torch.rand((2,) + graph.valid_edges(*graph.graph_shape(model)).shape,
                        generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    n_layers, n_heads, _ = graph.graph_shape(model)
+    cuts_qkv = (torch.rand((2, cuts.shape[1], n_layers, n_heads, 3), generator=torch.Generator().manual_seed(2))
+                < 0.2).float()
     replace = torch.randn((1, cuts.shape[1], model.config.hidden_size), generator=torch.Generator().manual_seed(1),
                           dtype=torch.float64)
     return {
@@ -122,6 +125,9 @@ def _backend_calls(model):
             remote=r),
         "edge_patched_logits_ablated": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, lse=True,
                                                                            replace=replace, remote=r),
+        # cuts at heads' q, k and v inputs (three copies per head), at the last position only
+        "edge_patched_logits_qkv": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, removed_qkv=cuts_qkv,
+                                                                       last_only=True, remote=r),
         "node_output_sums": lambda r: graph.node_output_sums(model, ids, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
         "attention_question_rows": lambda r: backend.attention_probs(model, ids, [0, 3], question_from=torch.tensor(

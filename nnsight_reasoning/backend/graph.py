@@ -26,8 +26,8 @@ import torch
 from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
-                        head_outputs, interpolate, join_columns, norm_scale, own_heads, packed_inputs, packed_mask,
-                        splice_qkv, split_heads, unembed_rows)
+                        head_outputs, interpolate, join_columns, last_position, norm_scale, own_heads, packed_inputs,
+                        packed_mask, splice_qkv, split_heads, unembed_rows)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -179,7 +179,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
 
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
                         lse: bool = False, replace: torch.Tensor | None = None,
-                        removed_qkv: torch.Tensor | None = None, remote: bool | str = False) -> torch.Tensor:
+                        removed_qkv: torch.Tensor | None = None, last_only: bool = False,
+                        remote: bool | str = False) -> torch.Tensor:
     """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching);
     with ``lse`` a last column holds each row's logsumexp over the vocabulary (probabilities of
     the answers are then exp(logit − lse)).
@@ -193,8 +194,9 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     n_heads, 3), 1 where the edge u → (layer, head) is cut at the head's query (0), key (1) or
     value (2) input only (EAP-IG's q/k/v edges; engine v1): a layer with such a cut runs its
     attention on three copies of its input per head, one for each of q, k and v
-    (:func:`.trace_ops.splice_qkv`). Returns (p + c·p, K [+ 1]) float64: the corrupted rows,
-    then circuit by circuit.
+    (:func:`.trace_ops.splice_qkv`). ``last_only``: a cut edge carries its corrupted value at
+    the last position only (the other positions keep this run's; engine v1). Returns
+    (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
@@ -210,7 +212,8 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     c = removed.shape[0]
     arch = architecture(model)
     plan = None
-    if replace is None and removed_qkv is None and engine_in_use() == "v2" and packed.usable(model, arch, range(c)):
+    if (replace is None and removed_qkv is None and not last_only and engine_in_use() == "v2"
+            and packed.usable(model, arch, range(c))):
         plan = packed.plan_edges(input_ids, removed, d["n_layers"], d["n_heads"], d["d_model"])
         if plan.cost >= packed.edge_cost_v1(p, c, input_ids.shape[1], d["n_layers"], d["d_model"]):
             plan = None  # no shared prefix and few circuits per row: v1's whole rows are cheaper
@@ -232,7 +235,7 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
             paths = (arch.k_proj, arch.v_proj) if arch.qkv_layout == "separate" else (arch.v_proj,)
             qkv.append((cut, [resolve(layer, q) for q in paths]) if bool(cut.any()) else None)
     return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
-                                             c, d["n_heads"], d["head_dim"], replace, qkv, arch.qkv_layout),
+                                             c, d["n_heads"], d["head_dim"], replace, qkv, arch.qkv_layout, last_only),
                 remote, "saved").double().cpu()
 
 
@@ -300,7 +303,7 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, removed, p, c, n_heads, head_dim,
-                        replace=None, qkv=None, layout=None, remote=False, backend=None):
+                        replace=None, qkv=None, layout=None, last_only=False, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         rows = p + c * p
@@ -317,7 +320,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             split = qkv[li] if qkv is not None else None  # (cuts (c, n_up, H, 3), projections) or None
             x = ln_attn.input
             t = x.shape[1]
-            delta = torch.cat(ups, 3)
+            delta = last_position(torch.cat(ups, 3), last_only)
             corr = torch.einsum("cptud,cuh->hcptd", delta.to(removed.dtype),
                                 removed[:, : delta.shape[3], col:col + n_heads]).to(x.dtype)
             corr = torch.cat([torch.zeros_like(corr[:, 0, :]), corr.reshape(n_heads, c * p, t, x.shape[2])], 1)
@@ -349,7 +352,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
                 ups.append(replace[:, 1 + col:1 + col + n_heads].to(own.dtype) - own)  # upstream 1 + col: head 0
             col += n_heads
             y = ln_mlp.input
-            delta = torch.cat(ups, 3)
+            delta = last_position(torch.cat(ups, 3), last_only)
             corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
             ln_mlp.input = y + torch.cat([torch.zeros_like(y[:p]), corr.reshape((c * p,) + tuple(y.shape[1:]))]).to(y.dtype)
             col += 1
@@ -358,7 +361,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             ups.append((src - out[p:].view((c, p) + tuple(out.shape[1:]))).unsqueeze(3))
             li += 1
         f = final.input
-        delta = torch.cat(ups, 3)
+        delta = last_position(torch.cat(ups, 3), last_only)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
         saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids, lse))

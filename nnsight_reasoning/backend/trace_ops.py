@@ -93,6 +93,13 @@ def own_heads(z, n_heads, rows, head_dim):
     return torch.diagonal(z.view(n_heads, rows, t, n_heads, head_dim), dim1=0, dim2=3).permute(0, 1, 3, 2)
 
 
+def last_position(delta, on):
+    """``delta`` (c, p, T, k, d) with every position but the last zeroed when ``on``."""
+    if not on:
+        return delta
+    return torch.cat([torch.zeros_like(delta[:, :, :-1]), delta[:, :, -1:]], 2)
+
+
 def splice_qkv(out, layout, part, n_heads):
     """A projection's output ``out`` (3·n, T, width) when attention ran on three groups of n
     rows, group 0 reading the queries' input, group 1 the keys', group 2 the values': group 0

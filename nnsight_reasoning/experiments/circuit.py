@@ -422,17 +422,21 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answer
 
 
 def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answers: Answers,
-                  replace: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(c, prompt) metric of each circuit (``removed`` (c, up, down): cut edges) and (prompt) that
-    of the corrupted run (passes of :meth:`Run.variant_batches`: a pair's corrupted row beside
-    one clean row per circuit; no pass for c = 0)."""
+                  replace: torch.Tensor | None = None, removed_qkv: np.ndarray | None = None,
+                  last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(c, prompt) metric of each circuit (``removed`` (c, up, down): cut edges; ``removed_qkv``
+    (c, up, layer, head, 3): edges cut at a head's q, k or v input, ``last_only``: at the last
+    position only, see :func:`graph.edge_patched_logits`) and (prompt) that of the corrupted
+    run (passes of :meth:`Run.variant_batches`: a pair's corrupted row beside one clean row per
+    circuit; no pass for c = 0)."""
     c, n = removed.shape[0], len(tok.base)
     out, corrupt = np.zeros((c, n)), np.zeros(n)
     for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
         ids, weights = answers.rows(job.items)
+        qkv = None if removed_qkv is None else torch.tensor(removed_qkv[job.variants], dtype=torch.float32)
         logits = run.call(graph.edge_patched_logits, tok.rows(job.items)[0], ids,
                           torch.tensor(removed[job.variants], dtype=torch.float32), lse=answers.probs,
-                          replace=replace)
+                          replace=replace, removed_qkv=qkv, last_only=last_only)
         p = len(job.items)
         w = weights.numpy()
         diff = answers.value(logits.numpy(), np.concatenate([w[:p]] + [w[p:]] * len(job.variants)))

@@ -45,6 +45,8 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
     "successor_ov": {"successor_ov": ("layer", "head"), "successor_ov_by_list": ("list", "layer", "head"),
                      "n_examples": ("list",), "chance": ("list",)},
     "eap": _EDGES, "eap_ig": _EDGES, "edge_patching": _EDGES,
+    "path_patching": {"effect": ("sender", "prompt"), "patched_logit_diff": ("sender", "prompt"),
+                      "relative_effect": ("sender",), "clean_logit_diff": ("prompt",), "corrupt_logit_diff": ("prompt",)},
     "neuron_discovery": _NEURONS,
     "neuron_activations": {"activation": ("prompt", "layer", "neuron", "position")},
     "cot_neurons": {**_NEURONS, "activation": ("variant", "unit"), "correct": ("ablation", "variant", "prompt"),
