@@ -2,6 +2,7 @@
 scores and edge-attribution circuits (or exact edge patching), over checkpoints too."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -122,3 +123,40 @@ def path_patching(
     data = pair_data(task, n_prompts, seed, task_params(param))
     h.run(nr.path_patching, data, kind="path_patching", task=task, receivers=receivers, receiver_input=receiver_input,
           senders=senders, position=position, metric=metric)
+
+
+@experiment_command()
+def ioi_components(
+    h: Harness,
+    n_prompts: int = typer.Option(70, help="IOI prompt pairs (the repository: 70, mixed orders)"),
+    seed: Seed = 0,
+    param: Param = [],
+    copy_threshold: float = typer.Option(10.0, help="a name mover's copy score must exceed this, in percent"),
+    top_k: int = typer.Option(5, help="a name counts as copied among the head's top-k OV tokens"),
+    circuit: Optional[Path] = typer.Option(None, help="a `reason-interp circuit` result: candidates are its heads "
+                                                      "(its min_circuit if searched, else the circuit of the size "
+                                                      "the summary shows; its last checkpoint)"),
+) -> None:
+    """Name movers (copy score, attention to IO) and S-inhibition heads (path patching into the
+    name movers' queries, IO and S1 swapped) as circuits-over-time's component evaluation; local
+    models only."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    params = {"corruption": "swap", **task_params(param)}
+    edges = None
+    if circuit is not None:
+        from nnsight_reasoning.experiments.circuit import chosen_size
+        from nnsight_reasoning.results.io import last_checkpoint
+
+        if not circuit.is_file():
+            raise UsageError(f"--circuit {circuit}: no such file; run reason-interp circuit --task ioi first")
+        ds = nr.load_result(circuit)
+        if ds.attrs.get("method") not in ("eap", "eap_ig"):
+            raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
+        last = last_checkpoint(ds)
+        edges = last["min_circuit"] if "min_circuit" in last else last["in_circuit"].sel(size=chosen_size(ds))
+        edges = edges.load()
+    data = pair_data("ioi", n_prompts, seed, params)
+    h.run(nr.ioi_components, data, kind="ioi_components", task="ioi", copy_threshold=copy_threshold, top_k=top_k,
+          circuit=edges)

@@ -248,6 +248,7 @@ app.command()(circuits.heads)
 app.command("successor-heads")(circuits.successor_heads)
 app.command()(circuits.circuit)
 app.command("path-patching")(circuits.path_patching)
+app.command("ioi-components")(circuits.ioi_components)
 app.command()(mechanisms.neurons)
 app.command()(mechanisms.binding)
 

@@ -20,6 +20,7 @@ from .experiments.circuit import circuit, edge_patching
 from .experiments.cot_generation import cot_generation
 from .experiments.evaluate import evaluate
 from .experiments.heads import head_scores, successor_heads
+from .experiments.ioi_components import ioi_components
 from .experiments.neurons import neurons
 from .experiments.path_patching import path_patching
 from .experiments.patch import by_token_role, patch, prediction_change
@@ -37,7 +38,7 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "neurons", "cot_generation", "binding",
+    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "neurons", "cot_generation", "binding",
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role",
     "testing", "experiments",

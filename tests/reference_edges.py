@@ -75,7 +75,8 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None, last_only
     attention module runs on the value's input while hooks on the projections put in the
     head's query and key columns computed from theirs (heads are not separated by the
     projections' layout: each hook writes only head h's columns). ``last_only``: the cut edges
-    carry the corrupted value at the last position only."""
+    carry the corrupted value at the last position only. ``acts`` also holds each head's
+    attention probabilities from the last query, (T,), as ``"pattern aL.H"``."""
     n_heads = _heads(hf)
     blocks, final, _ = _parts(hf)
     up, down = node_names(len(blocks), n_heads)
@@ -153,7 +154,9 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None, last_only
                         cap += own
                     try:
                         a2, k2 = _with_hidden(args, kwargs, normed)
-                        attn(*a2, **k2)
+                        res = attn(*a2, **k2)
+                        if isinstance(res, tuple) and res[1] is not None:  # head h's pattern from the last query
+                            acts[f"pattern a{l}.{h}"] = res[1][0, h, -1].detach()
                     finally:
                         for c_ in cap:
                             c_.remove()

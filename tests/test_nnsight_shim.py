@@ -128,6 +128,8 @@ def _backend_calls(model):
         # cuts at heads' q, k and v inputs (three copies per head), at the last position only
         "edge_patched_logits_qkv": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, removed_qkv=cuts_qkv,
                                                                        last_only=True, remote=r),
+        "edge_patched_logits_attention": lambda r: graph.edge_patched_logits(
+            model, ids, ans, cuts, removed_qkv=cuts_qkv, attention_layers=[1, 3], remote=r),
         "node_output_sums": lambda r: graph.node_output_sums(model, ids, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
         "attention_question_rows": lambda r: backend.attention_probs(model, ids, [0, 3], question_from=torch.tensor(

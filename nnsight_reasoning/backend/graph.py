@@ -180,7 +180,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
                         lse: bool = False, replace: torch.Tensor | None = None,
                         removed_qkv: torch.Tensor | None = None, last_only: bool = False,
-                        remote: bool | str = False) -> torch.Tensor:
+                        attention_layers: Sequence[int] | None = None,
+                        remote: bool | str = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits of the answers when the edges in ``removed`` carry corrupted values (real patching);
     with ``lse`` a last column holds each row's logsumexp over the vocabulary (probabilities of
     the answers are then exp(logit − lse)).
@@ -196,7 +197,9 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     attention on three copies of its input per head, one for each of q, k and v
     (:func:`.trace_ops.splice_qkv`). ``last_only``: a cut edge carries its corrupted value at
     the last position only (the other positions keep this run's; engine v1). Returns
-    (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit.
+    (p + c·p, K [+ 1]) float64: the corrupted rows, then circuit by circuit; with
+    ``attention_layers`` (engine v1, eager attention) also the attention probabilities of
+    every head of those layers from the last query position, (p + c·p, len(layers), H, T).
 
     Engine v2 (:func:`.packed.plan_edges`) computes a circuit's run only from the first token
     where the pair's prompts differ and from the layer of its first cut edge up; engine v1 runs
@@ -212,8 +215,12 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     c = removed.shape[0]
     arch = architecture(model)
     plan = None
-    if (replace is None and removed_qkv is None and not last_only and engine_in_use() == "v2"
-            and packed.usable(model, arch, range(c))):
+    if attention_layers is not None:
+        from . import require_eager
+
+        require_eager(model, "attention patterns")
+    if (replace is None and removed_qkv is None and not last_only and attention_layers is None
+            and engine_in_use() == "v2" and packed.usable(model, arch, range(c))):
         plan = packed.plan_edges(input_ids, removed, d["n_layers"], d["n_heads"], d["d_model"])
         if plan.cost >= packed.edge_cost_v1(p, c, input_ids.shape[1], d["n_layers"], d["d_model"]):
             plan = None  # no shared prefix and few circuits per row: v1's whole rows are cheaper
@@ -234,9 +241,13 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
             cut = removed_qkv[:, :, li].float()
             paths = (arch.k_proj, arch.v_proj) if arch.qkv_layout == "separate" else (arch.v_proj,)
             qkv.append((cut, [resolve(layer, q) for q in paths]) if bool(cut.any()) else None)
-    return _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
-                                             c, d["n_heads"], d["head_dim"], replace, qkv, arch.qkv_layout, last_only),
-                remote, "saved").double().cpu()
+    watch = None if attention_layers is None else [li in set(attention_layers) for li in range(len(mods))]
+    saved = _run(model, _trace_edge_patched, (model, input_ids, answer_ids, lse, mods, final, conv1d, removed.float(), p,
+                                              c, d["n_heads"], d["head_dim"], replace, qkv, arch.qkv_layout, last_only,
+                                              watch), remote, "saved")
+    if watch is None:
+        return saved.double().cpu()
+    return saved[0].double().cpu(), saved[1].float().cpu()
 
 
 def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_at, mods, final, unembed, conv1d,
@@ -303,10 +314,12 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
 
 
 def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, removed, p, c, n_heads, head_dim,
-                        replace=None, qkv=None, layout=None, last_only=False, remote=False, backend=None):
+                        replace=None, qkv=None, layout=None, last_only=False, watch=None, remote=False,
+                        backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         rows = p + c * p
+        probs = nnsight.save([])  # per watched layer: (rows, H, T) from the last query
         ups = []  # (c, p, T, k, d): corrupted (or replace) − this run, per circuit
         col = 0
         li = 0
@@ -344,6 +357,10 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
             else:
                 z = own_heads(o_proj.input, n_heads, rows, head_dim)
             o_proj.input = z.reshape(rows, t, n_heads * head_dim)
+            if watch is not None and watch[li]:  # head h's pattern is copy h's (group 0's where split)
+                w = attn.output[1][: n_heads * rows, :, -1]  # (H·rows, H, T)
+                w = w.view(n_heads, rows, n_heads, w.shape[-1])
+                probs.append(torch.diagonal(w, dim1=0, dim2=2).permute(0, 2, 1))
             if replace is None:
                 dz = z[:p].unsqueeze(0) - z[p:].view((c, p) + tuple(z.shape[1:]))
                 ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))
@@ -364,7 +381,11 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
         delta = last_position(torch.cat(ups, 3), last_only)
         corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
-        saved = nnsight.save(answer_logits(model.output.logits[:, -1], answer_ids, lse))
+        logits = answer_logits(model.output.logits[:, -1], answer_ids, lse)
+        if watch is None:
+            saved = nnsight.save(logits)
+        else:
+            saved = nnsight.save((logits, torch.stack(probs, 1)))
     return saved
 
 
@@ -434,6 +455,83 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
             ov = torch.einsum("nd,hkd,hek->hne", x, w_v, w_o)  # (H, N, d): value then output
             out.append(ov @ w_u.T)
     return torch.stack(out)
+
+
+def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor, k: int = 5, *,
+                    remote: bool | str = False) -> torch.Tensor:
+    """(L, H, n, m, k) int64: for every head, the ``k`` tokens its OV circuit promotes most from
+    the residual stream after layer 0 at ``positions`` (n, m) of ``input_ids`` (n, T), as
+    circuits-over-time's name-mover copy score reads them (``compute_copy_score``, on
+    TransformerLens weights with the norms folded in and writing weights centred): the
+    vector x goes through the head's norm without its scale (γ ⊙ N(x) + β, N centring for
+    LayerNorm), its value weights and bias, its output weights (no bias), then the final norm
+    without its scale and the unembedding (its bias too). The residual stream comes from a
+    forward pass; the rest from the weights of a local model (so not on NDIF)."""
+    from . import _run, architecture
+
+    from ..errors import UsageError
+    from ..nnsight_shim import torch_module
+
+    if remote not in (False, "local"):
+        raise UsageError("the copy score reads the model's weights, which NDIF does not send; run it locally")
+    final, unembed, center, _ = final_norm(model)
+    arch = architecture(model)
+    layers = resolve(model, arch.layers)
+    rows = torch.arange(input_ids.shape[0])[:, None].expand_as(positions)
+    x = _run(model, _trace_layer_output, (model, input_ids, layers[0], rows, positions), remote, "saved")
+    x = x.detach().double().cpu().reshape(-1, x.shape[-1])  # (n·m, d)
+    d = dims(model)
+    n_heads, hd = d["n_heads"], d["head_dim"]
+    offset = _gain_offset(model)
+    root = torch_module(model)
+
+    def unscaled(norm, v):  # the norm with its scale left out: what folding its weights keeps
+        v = v - v.mean(-1, keepdim=True) if center else v
+        v = v * (norm.weight.double().cpu() + offset)
+        return v + norm.bias.double().cpu() if getattr(norm, "bias", None) is not None else v
+
+    f_norm, w_u = root.get_submodule(arch.final_norm), root.get_submodule(arch.unembed)
+    b_u = w_u.bias.double().cpu() if getattr(w_u, "bias", None) is not None else 0.0
+    out = []
+    with torch.no_grad():
+        for li in range(d["n_layers"]):
+            layer = root.get_submodule(arch.layers)[li]
+            xn = unscaled(layer.get_submodule(arch.ln_attn), x)
+            proj = layer.get_submodule(arch.v_proj)
+            w_v = _value_weights(proj.weight.double().cpu(), arch.qkv_layout, n_heads, hd, d["d_model"])
+            b_v = _value_bias(proj, arch.qkv_layout, n_heads, hd, d["d_model"])
+            w_o = layer.get_submodule(arch.o_proj).weight.double().cpu()
+            w_o = w_o.view(n_heads, hd, -1) if arch.transposed else w_o.view(-1, n_heads, hd).permute(1, 2, 0)
+            tops = []
+            for h in range(n_heads):  # one head at a time: (n·m, V) logits each
+                o = (xn @ w_v[h].T + b_v[h]) @ w_o[h]
+                logits = unscaled(f_norm, o) @ w_u.weight.double().cpu().T + b_u
+                tops.append(logits.topk(k, -1).indices)
+            out.append(torch.stack(tops))
+    return torch.stack(out).view(d["n_layers"], n_heads, positions.shape[0], positions.shape[1], k)
+
+
+def _trace_layer_output(model, input_ids, layer, rows, cols, remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        out = layer.output
+        h = out[0] if isinstance(out, tuple) else out
+        saved = nnsight.save(h[rows, cols])
+    return saved
+
+
+def _value_bias(proj: Any, layout: str, n_heads: int, hd: int, d_model: int) -> torch.Tensor:
+    """(H, head_dim): each head's value bias (zeros where the projection has none)."""
+    b = getattr(proj, "bias", None)
+    if b is None:
+        return torch.zeros(n_heads, hd, dtype=torch.float64)
+    b = b.double().cpu()
+    if layout == "neox":
+        return b.view(n_heads, 3, hd)[:, 2]
+    if layout == "gpt2":
+        return b[2 * d_model:3 * d_model].view(n_heads, hd)
+    n_kv = b.shape[0] // hd
+    return b.view(n_kv, hd).repeat_interleave(n_heads // n_kv, 0)
 
 
 def _value_weights(w: torch.Tensor, layout: str, n_heads: int, hd: int, d_model: int) -> torch.Tensor:

@@ -423,26 +423,37 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answer
 
 def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answers: Answers,
                   replace: torch.Tensor | None = None, removed_qkv: np.ndarray | None = None,
-                  last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  last_only: bool = False, attention: tuple[list[int], np.ndarray] | None = None) -> tuple:
     """(c, prompt) metric of each circuit (``removed`` (c, up, down): cut edges; ``removed_qkv``
     (c, up, layer, head, 3): edges cut at a head's q, k or v input, ``last_only``: at the last
     position only, see :func:`graph.edge_patched_logits`) and (prompt) that of the corrupted
     run (passes of :meth:`Run.variant_batches`: a pair's corrupted row beside one clean row per
-    circuit; no pass for c = 0)."""
+    circuit; no pass for c = 0). With ``attention`` = (layers, positions (prompt, m)) also
+    (c, prompt, len(layers), H, m): each circuit's attention probabilities from the last
+    position to those positions."""
     c, n = removed.shape[0], len(tok.base)
     out, corrupt = np.zeros((c, n)), np.zeros(n)
+    probs = None
     for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
         ids, weights = answers.rows(job.items)
         qkv = None if removed_qkv is None else torch.tensor(removed_qkv[job.variants], dtype=torch.float32)
         logits = run.call(graph.edge_patched_logits, tok.rows(job.items)[0], ids,
                           torch.tensor(removed[job.variants], dtype=torch.float32), lse=answers.probs,
-                          replace=replace, removed_qkv=qkv, last_only=last_only)
+                          replace=replace, removed_qkv=qkv, last_only=last_only,
+                          attention_layers=None if attention is None else attention[0])
         p = len(job.items)
+        if attention is not None:
+            logits, pattern = logits
+            at = attention[1][job.items]  # (p, m)
+            pattern = pattern[p:].numpy().reshape((len(job.variants), p) + tuple(pattern.shape[1:]))  # (v, p, L, H, T)
+            if probs is None:
+                probs = np.zeros((c, n) + pattern.shape[2:4] + (at.shape[1],))
+            probs[np.ix_(job.variants, job.items)] = np.take_along_axis(pattern, at[None, :, None, None, :], 4)
         w = weights.numpy()
         diff = answers.value(logits.numpy(), np.concatenate([w[:p]] + [w[p:]] * len(job.variants)))
         corrupt[job.items] = diff[:p]
         out[np.ix_(job.variants, job.items)] = diff[p:].reshape(len(job.variants), p)
-    return out, corrupt
+    return (out, corrupt) if attention is None else (out, corrupt, probs)
 
 
 def extract(score: np.ndarray | xr.DataArray, n_edges: int, selection: str = "topn") -> np.ndarray:

@@ -1,0 +1,254 @@
+"""IOI components as circuits-over-time evaluates them over training
+(``utils/component_evaluation.py``, driven by ``get_circuit_components_over_time.py``).
+
+On IOI prompt pairs (clean: "When Mary and John …, John gave … to"; IO = Mary, S1 and S2 the
+two mentions of John, END the last position):
+
+- **Copy score** of a head (``compute_copy_score``): the residual stream after layer 0 at the
+  IO, S1 and S2 positions, through the head's OV circuit and the unembedding
+  (:func:`backend.graph.copy_top_tokens`: the norms without their scales, as the repository's
+  folded weights); the percentage of (prompt, position) cases whose name is among the top
+  ``top_k`` (5) tokens.
+- **Attention** from END to IO, S1 and S2 (mean probability over prompts).
+- **Name movers** (``filter_name_movers``): copy score > ``copy_threshold`` (10 %), and more
+  attention to IO than to S1 and than to S2. Candidates: every head, or with ``circuit`` the
+  heads with a circuit edge into the logits (the repository's candidates).
+- **S-inhibition heads** (``evaluate_s2i_candidates`` with ``S2I_token_pos``): each candidate
+  (a head that feeds a name mover; with ``circuit``, through a circuit edge) is path-patched
+  alone into the queries of all name movers at END (:mod:`.path_patching`, ``receiver_input="q"``,
+  ``position="last"``), the corrupted prompt being the pairs' source; with ``nr.tasks.ioi(n,
+  corruption="swap")`` that is the repository's ``token_same_pos_oppo`` (IO and S1 trade
+  places). Deltas relative to the clean run, (patched − clean) / clean, of the logit
+  difference and of the name movers' attention from END to IO, S1 and S2 (mean over prompts
+  and name movers). An S-inhibition head lowers the logit difference and the attention to IO
+  and raises the attention to S1 (the repository's sign rule, no magnitude threshold).
+
+Induction, duplicate-token and previous-token heads "inside the circuit" are
+:func:`nnsight_reasoning.head_scores` masked by :func:`circuit_heads`.
+
+Departures: the name movers' candidates without ``circuit`` are every head (the repository
+always has a circuit); the path from the S-inhibition candidate to the name movers is the
+residual stream alone (see :mod:`.path_patching`); with a checkpoint sweep, one ``circuit``
+applies to every checkpoint (the repository loads each checkpoint's own graph: run one
+checkpoint at a time for that).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..backend import attention_probs, graph
+from ..errors import UsageError
+from ..runner import Run, experiment
+from ..tasks import PromptPairs
+from .circuit import Shape, _answers, _edge_patched, _prepare, node_table
+
+WORDS = ("IO", "S1", "S2")
+
+
+def _positions(tok, pairs) -> np.ndarray:
+    """(prompt, 3) token positions of IO, S1 and S2 in each clean prompt."""
+    out = np.zeros((len(pairs), 3), dtype=np.int64)
+    for i, (ids, (io, s)) in enumerate(zip(tok.base, tok.answers)):
+        io_at = [k for k, t in enumerate(ids) if t == io]
+        s_at = [k for k, t in enumerate(ids) if t == s]
+        if len(io_at) != 1 or len(s_at) != 2:
+            raise UsageError(f"IOI pair {i} does not name the indirect object once and the subject twice as single "
+                             f"tokens ({pairs[i].base!r}); use nr.tasks.ioi(..., tokenizer=model.tokenizer)")
+        out[i] = [io_at[0], s_at[0], s_at[1]]
+    return out
+
+
+def circuit_heads(circuit: Any, n_layers: int | None = None, n_heads: int | None = None) -> xr.DataArray:
+    """(layer, head) bool: the heads a circuit touches (an edge into or out of them), from an
+    (upstream, downstream) 0/1 DataArray of :func:`nnsight_reasoning.circuit` (``ds.min_circuit``,
+    ``ds.in_circuit.sel(size=n)``), as the repository masks its induction, duplicate-token and
+    previous-token scores."""
+    arr = circuit
+    if not isinstance(arr, xr.DataArray) or "upstream" not in arr.dims:
+        raise UsageError("circuit must be an (upstream, downstream) DataArray of nr.circuit's result, e.g. "
+                         "ds.min_circuit or ds.in_circuit.sel(size=50)")
+    n_layers = int(arr["upstream_layer"].max()) + 1 if n_layers is None else n_layers
+    n_heads = int(arr["upstream_head"].max()) + 1 if n_heads is None else n_heads
+    out = np.zeros((n_layers, n_heads), bool)
+    a = np.asarray(arr.values, bool)
+    for axis, table in ((0, "upstream"), (1, "downstream")):
+        used = a.any(1 - axis)
+        heads = (arr[f"{table}_kind"].values == "head") & used
+        out[arr[f"{table}_layer"].values[heads].astype(int), arr[f"{table}_head"].values[heads].astype(int)] = True
+    return xr.DataArray(out, dims=("layer", "head"), coords={"layer": np.arange(n_layers), "head": np.arange(n_heads)},
+                        name="in_circuit")
+
+
+@experiment("ioi_components", batch_size=64)
+def ioi_components(
+    run: Run,
+    pairs: PromptPairs,
+    *,
+    copy_threshold: float = 10.0,
+    top_k: int = 5,
+    circuit: Any = None,
+) -> xr.Dataset:
+    """Name movers and S-inhibition heads on IOI pairs (definitions in
+    :mod:`nnsight_reasoning.experiments.ioi_components`).
+
+    Parameters
+    ----------
+    model : a loaded local model or a name/directory (the copy score reads its weights).
+    pairs : ``nr.tasks.ioi(70, corruption="swap", tokenizer=model.tokenizer)`` (the repository:
+        70 mixed prompts; ``swap`` is its S-inhibition corruption).
+    copy_threshold : a name mover's copy score must exceed it, in percent (repository: 10).
+    top_k : a name counts as copied when among the head's top-k tokens (repository: 5).
+    circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
+        (``ds.min_circuit``): name-mover candidates are then the heads with a circuit edge into
+        the logits, S-inhibition candidates those with a circuit edge into a name mover.
+
+    Batching: per batch of pairs, one pass for the residual stream after layer 0 and one for
+    the attention patterns; the path patching takes (1 + c)·p rows for c candidates, attention
+    three times per head in the name movers' layers.
+
+    Returns
+    -------
+    Dataset over (layer, head): ``copy_score`` (%), ``attention`` (word: IO, S1, S2; END's
+    attention probability, prompt mean), ``name_mover`` and ``s_inhibition`` (0/1),
+    ``s2i_logit_diff_delta`` and ``s2i_attention_delta`` (word) (relative changes under path
+    patching, NaN for heads that were not candidates); ``clean_logit_diff`` (prompt) in logits.
+    With ``revisions`` every variable gains a leading ``checkpoint`` dim.
+
+    Examples
+    --------
+    >>> ds = nr.ioi_components(model, nr.tasks.ioi(70, corruption="swap", tokenizer=model.tokenizer))
+    >>> ds.name_mover.where(ds.name_mover, drop=True)
+    """
+    if not isinstance(pairs, PromptPairs) or pairs.task != "ioi":
+        raise UsageError("ioi_components needs IOI pairs: nr.tasks.ioi(n, corruption='swap', "
+                         "tokenizer=model.tokenizer)")
+    if run.remote not in (False, "local"):
+        raise UsageError("ioi_components' copy score reads the model's weights, which NDIF does not send; run it "
+                         "locally")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    shape = Shape.of(run.model)
+    n_layers, n_heads = shape.n_layers, shape.n_heads
+    up, down = node_table(n_layers, n_heads)
+    head_of = {name: (layer, head) for name, layer, head in zip(up["name"], up["layer"], up["head"]) if head >= 0}
+    edges = None
+    if circuit is not None:
+        edges = circuit
+        if not isinstance(edges, xr.DataArray) or edges.dims != ("upstream", "downstream") or \
+                edges.shape != shape.valid.shape:
+            raise UsageError("circuit must be an (upstream, downstream) DataArray of this model's nr.circuit result, "
+                             "e.g. ds.min_circuit or ds.in_circuit.sel(size=50)")
+        edges = np.asarray(edges.values, bool)
+    pair_list, tok = _prepare(run, pairs)
+    pos = _positions(tok, pair_list)
+    n = len(pair_list)
+    hits = np.zeros((n_layers, n_heads))
+    attn = np.zeros((n, n_layers, n_heads, 3))
+    for job in run.steps(run.batches([len(b) for b in tok.base]), "copy scores and attention"):
+        ids = torch.tensor([tok.base[i] for i in job])
+        top = run.call(graph.copy_top_tokens, ids, torch.tensor(pos[job]), top_k)  # (L, H, p, 3, k)
+        names = torch.tensor([[tok.answers[i][0], tok.answers[i][1], tok.answers[i][1]] for i in job])
+        hits += (top == names[None, None, :, :, None]).any(-1).sum((2, 3)).numpy()
+        probs = run.call(attention_probs, ids, list(range(n_layers)))[:, :, :, 0]  # (p, L, H, T)
+        attn[job] = np.take_along_axis(probs.numpy(), pos[job][:, None, None, :], 3)
+    copy = 100 * hits / (3 * n)
+    mean_attn = attn.mean(0)  # (L, H, 3)
+    nmh_candidates = np.ones((n_layers, n_heads), bool)
+    if edges is not None:
+        into_logits = edges[:, -1]
+        nmh_candidates[:] = False
+        for u in np.nonzero(into_logits)[0]:
+            if up["name"][u] in head_of:
+                nmh_candidates[head_of[up["name"][u]]] = True
+    nmh = nmh_candidates & (copy > copy_threshold) & (mean_attn[..., 0] > mean_attn[..., 1]) & \
+        (mean_attn[..., 0] > mean_attn[..., 2])
+    ld_delta = np.full((n_layers, n_heads), np.nan)
+    attn_delta = np.full((n_layers, n_heads, 3), np.nan)
+    answers = _answers(run, pair_list, tok, "logit_diff")
+    clean = None
+    movers = [down["name"].index(f"a{layer}.{head}") for layer, head in zip(*np.nonzero(nmh))]
+    if movers:
+        feeds = shape.valid[:, movers] if edges is None else shape.valid[:, movers] & edges[:, movers]
+        cands = [u for u in np.nonzero(feeds.any(1))[0] if up["name"][u] in head_of]
+        cuts = np.zeros((len(cands) + 1,) + shape.valid.shape, bool)  # variant 0: the clean run
+        cuts_qkv = np.zeros((len(cands) + 1, len(up["name"]), n_layers, n_heads, 3), bool)
+        for k, u in enumerate(cands, 1):
+            for v in movers:
+                if feeds[u, movers.index(v)]:
+                    cuts_qkv[k, u, down["layer"][v], down["head"][v], 0] = True
+        layers = sorted({down["layer"][v] for v in movers})
+        patched, _, probs = _edge_patched(run, tok, cuts, "S-inhibition candidates", answers, removed_qkv=cuts_qkv,
+                                          last_only=True, attention=(layers, pos))
+        clean = patched[0]
+        # (variant, prompt, word): the name movers' mean attention from END
+        mover_attn = np.mean([probs[:, :, layers.index(down["layer"][v]), down["head"][v]] for v in movers], 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ld = (patched[1:].mean(1) - clean.mean()) / clean.mean()
+            ad = (mover_attn[1:].mean(1) - mover_attn[0].mean(0)) / mover_attn[0].mean(0)
+        for k, u in enumerate(cands):
+            ld_delta[head_of[up["name"][u]]] = ld[k]
+            attn_delta[head_of[up["name"][u]]] = ad[k]
+    if clean is None:  # no name movers: the clean metric still describes the run
+        clean, _ = _edge_patched(run, tok, np.zeros((1,) + shape.valid.shape, bool), "clean run", answers)
+        clean = clean[0]
+    s2i = (ld_delta < 0) & (attn_delta[..., 0] < 0) & (attn_delta[..., 1] > 0)
+    lh = ("layer", "head")
+    data = {
+        "copy_score": (lh, copy, {"long_name": f"IO/S1/S2 names among the head's top-{top_k} OV tokens", "units": "%"}),
+        "attention": (lh + ("word",), mean_attn, {"long_name": "attention probability from END", "units": "1"}),
+        "name_mover": (lh, nmh.astype(np.int8), {"long_name": f"copy score > {copy_threshold} %, attention to IO "
+                                                             f"above S1 and S2"}),
+        "s2i_logit_diff_delta": (lh, ld_delta, {"long_name": "logit difference, (path-patched − clean) / clean",
+                                                "units": "1"}),
+        "s2i_attention_delta": (lh + ("word",), attn_delta, {"long_name": "name movers' attention from END, "
+                                                                          "(path-patched − clean) / clean",
+                                                             "units": "1"}),
+        "s_inhibition": (lh, s2i.astype(np.int8), {"long_name": "lowers the logit difference and the name movers' "
+                                                                "attention to IO, raises it to S1"}),
+        "clean_logit_diff": ("prompt", clean, {"long_name": "logit(IO) − logit(S), clean run", "units": "logits"}),
+    }
+    coords = {"layer": np.arange(n_layers), "head": np.arange(n_heads), "word": np.array(WORDS, dtype=object),
+              "prompt": np.arange(n), "base": ("prompt", [p.base for p in pair_list]),
+              "source": ("prompt", [p.source for p in pair_list])}
+    attrs = {"method": "ioi_components", "metric": "logit_diff", "copy_threshold": float(copy_threshold),
+             "top_k": top_k, "candidates": "circuit" if edges is not None else "all heads"}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def summarize(ds: xr.Dataset) -> list[Any]:
+    """Name movers and S-inhibition heads (per checkpoint in a sweep) with their scores."""
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    lines: list[Any] = [f"IOI components · {ds.sizes['prompt']} pairs · {ds.attrs['model']}@{last.attrs['revision']}"
+                        f" (candidates: {ds.attrs['candidates']}); clean logit difference "
+                        f"{float(last['clean_logit_diff'].mean()):.2f}"]
+    if "checkpoint" in ds.dims:
+        for c in ds["checkpoint"].values:
+            one = ds.sel(checkpoint=c)
+            lines.append(f"{c}: name movers {_heads(one['name_mover'])}, S-inhibition {_heads(one['s_inhibition'])}")
+    for layer, head in zip(*np.nonzero(last["name_mover"].values)):
+        v = last.isel(layer=layer, head=head)
+        a = v["attention"].values
+        lines.append(f"name mover a{layer}.{head}: copy score {float(v['copy_score']):.0f} %, attention IO {a[0]:.2f} "
+                     f"S1 {a[1]:.2f} S2 {a[2]:.2f}")
+    for layer, head in zip(*np.nonzero(last["s_inhibition"].values)):
+        v = last.isel(layer=layer, head=head)
+        a = v["s2i_attention_delta"].values
+        lines.append(f"S-inhibition a{layer}.{head}: logit difference {float(v['s2i_logit_diff_delta']):+.3f}, "
+                     f"name movers' attention IO {a[0]:+.3f} S1 {a[1]:+.3f} S2 {a[2]:+.3f}")
+    if not last["name_mover"].values.any():
+        lines.append("no name movers (copy score and attention criteria)")
+    return lines
+
+
+def _heads(mask: xr.DataArray) -> str:
+    found = [f"a{layer}.{head}" for layer, head in zip(*np.nonzero(mask.values))]
+    return ", ".join(found) if found else "none"
+
+
+__all__: Sequence[str] = ("ioi_components", "circuit_heads", "summarize")
