@@ -68,6 +68,8 @@ def circuit(
     ablation: str = typer.Option("patching", help="what a cut edge carries: patching (the corrupted prompt's "
                                                   "value), zero, mean or mean_positional (means over the clean "
                                                   "prompts; with --ig-steps 1)"),
+    qkv: bool = typer.Option(False, "--qkv", help="EAP-IG's graph: separate edges into each head's query, key and "
+                                                  "value inputs (a3.1<q>, …)"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -91,11 +93,11 @@ def circuit(
         raise UsageError(f"--sizes must be comma-separated integers, e.g. 10,20,50 (got {sizes!r})") from None
     data = pair_data(task, n_prompts, seed, task_params(param))
     if exact:  # its own default file: it never overwrites an EAP result
-        h.run(nr.edge_patching, data, kind="edge_patching", task=task)
+        h.run(nr.edge_patching, data, kind="edge_patching", task=task, qkv=qkv)
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
-              ig_points=ig_points, ablation=ablation)
+              ig_points=ig_points, ablation=ablation, qkv=qkv)
 
 
 @experiment_command()

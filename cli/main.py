@@ -216,6 +216,29 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
         out.print(item, highlight=False)
 
 
+@app.command("export-graph")
+@guard
+def export_graph(
+    path: Path = typer.Argument(..., help="a circuit result (.nc) computed with --qkv"),
+    out_file: Path = typer.Argument(..., help="the graph file to write (.json)"),
+    size: Optional[int] = typer.Option(None, help="the circuit of this many edges (default: the searched smallest "
+                                                  "circuit, else the size the summary shows)"),
+    checkpoint: Optional[str] = typer.Option(None, help="which checkpoint of a sweep (default the last)"),
+) -> None:
+    """Write a circuit as hannamw/EAP-IG's Graph.to_json lays it out (scores and in_graph of
+    every edge), for EAP-IG and circuits-over-time's analyses."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.circuit import to_eap_ig_json
+
+    if out_file.suffix != ".json":
+        raise UsageError(f"the graph file must end in .json (got {out_file})")
+    if not out_file.parent.is_dir():
+        raise UsageError(f"{out_file.parent} is not a directory; create it first")
+    to_eap_ig_json(nr.load_result(path), out_file, size=size, checkpoint=checkpoint)
+    out.print(f"wrote [bold]{out_file}[/]", highlight=False)
+
+
 @app.command()
 @guard
 def plot(

@@ -42,9 +42,13 @@ def _with_hidden(args, kwargs, x):
     return args, {**kwargs, "hidden_states": x}
 
 
-def node_names(n_layers, n_heads):
+def node_names(n_layers, n_heads, qkv=False):
     up = ["input"] + [f"{'m' if h == n_heads else 'a'}{l}{'' if h == n_heads else '.' + str(h)}"
                       for l in range(n_layers) for h in range(n_heads + 1)]
+    if qkv:  # per layer the heads' q, their k, their v, then the MLP
+        down = [n for l in range(n_layers)
+                for n in [f"a{l}.{h}<{g}>" for g in "qkv" for h in range(n_heads)] + [f"m{l}"]] + ["logits"]
+        return up, down
     down = [f"{'m' if h == n_heads else 'a'}{l}{'' if h == n_heads else '.' + str(h)}"
             for l in range(n_layers) for h in range(n_heads + 1)] + ["logits"]
     return up, down
@@ -203,13 +207,16 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None, last_only
     return logits, acts
 
 
-def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
+def node_gradients(hf, ids, r1, r2, embeds=None, metric=None, qkv=False):
     """{downstream node: ∂(logit r1 − logit r2)/∂(its input), (T, d)}, one backward per node.
     ``embeds`` (T, d) replaces the token embeddings (integrated gradients); ``metric`` (last
-    position's logits (V,) float64 -> scalar) replaces the logit difference."""
+    position's logits (V,) float64 -> scalar) replaces the logit difference. ``qkv``: a head's
+    query, key and value inputs are nodes of their own (``a1.0<q>``): a leaf tensor copies the
+    layer's input, and a hook on the projection puts in head h's q (or k, v) columns computed
+    from it, so the gradient reaches the leaf through that projection of that head alone."""
     n_heads = _heads(hf)
     blocks, final, embed = _parts(hf)
-    _, down = node_names(len(blocks), n_heads)
+    _, down = node_names(len(blocks), n_heads, qkv)
     out = {}
     for v in down:
         hooks, leaf = [], {}
@@ -225,9 +232,33 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
             hooks.append(final.register_forward_pre_hook(make_leaf))
         elif v.startswith("m"):
             hooks.append(blocks[int(v[1:])][3].register_forward_pre_hook(make_leaf))
+        elif "<" in v:
+            l, h = map(int, v[1:v.index("<")].split("."))
+            g = "qkv".index(v[-2])
+            ln_a, attn = blocks[l][0], blocks[l][1]
+
+            def keep_input(m, args):
+                if "x" not in leaf:
+                    leaf["x"] = args[0].detach().requires_grad_(True)
+
+            names, cols = QKV[hf.config.model_type]
+            hd = hf.config.hidden_size // n_heads
+            sl = cols(hd, h, n_heads)[g]
+            if hf.config.model_type == "llama" and g > 0:  # grouped keys and values: head h reads h // group
+                group = n_heads // hf.config.num_key_value_heads
+                sl = slice((h // group) * hd, (h // group + 1) * hd)
+
+            def put(m, i, o, sl=sl, ln_a=ln_a):
+                o = o.clone()
+                o[..., sl] = _project(m, ln_a(leaf["x"]))[..., sl]
+                return o
+
+            hooks.append(ln_a.register_forward_pre_hook(keep_input))
+            hooks.append(_get(attn, names[g]).register_forward_hook(put))
         else:
             l, h = map(int, v[1:].split("."))
             hooks.append(blocks[l][0].register_forward_pre_hook(make_leaf))
+        if v.startswith("a"):
 
             def only_head(m, args, h=h):  # gradient through head h alone
                 z = args[0].view(args[0].shape[0], args[0].shape[1], n_heads, -1)
@@ -248,7 +279,8 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None):
     return out
 
 
-def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, alphas=None, corrupt_acts=None):
+def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, alphas=None, corrupt_acts=None,
+                          qkv=False):
     """(n_up, n_down) tensor: Σ_t (a_u(corrupt) − a_u(clean)) · mean gradient of v's input (of
     the logit difference of r1 and r2, or of ``metric``, see :func:`node_gradients`). The
     integration points ``alphas`` (0 = clean, 1 = corrupted embeddings) default to (k + ½)/m;
@@ -256,16 +288,16 @@ def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, a
     _, acts_clean = patched_run(hf, clean)
     acts_corr = patched_run(hf, corrupt)[1] if corrupt_acts is None else corrupt_acts
     blocks, _, embed = _parts(hf)
-    up, down = node_names(len(blocks), _heads(hf))
+    up, down = node_names(len(blocks), _heads(hf), qkv)
     if ig_steps == 1:
-        grads = node_gradients(hf, clean, r1, r2, metric=metric)
+        grads = node_gradients(hf, clean, r1, r2, metric=metric, qkv=qkv)
     else:
         with torch.no_grad():
             e0, e1 = embed(torch.tensor([clean]))[0], embed(torch.tensor([corrupt]))[0]
         grads = {v: 0.0 for v in down}
         for k in range(ig_steps):
             a = (k + 0.5) / ig_steps if alphas is None else alphas[k]
-            for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0), metric=metric).items():
+            for v, g in node_gradients(hf, clean, r1, r2, e0 + a * (e1 - e0), metric=metric, qkv=qkv).items():
                 grads[v] = grads[v] + g / ig_steps
     out = torch.zeros(len(up), len(down), dtype=torch.float64)
     for i, u in enumerate(up):

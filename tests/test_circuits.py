@@ -288,55 +288,59 @@ def test_extract_takes_top_edges_and_prunes_dangling_ones():
     assert extract(score, 10 ** 6).sum() == np.isfinite(score).sum()  # everything connects via input
 
 
-def _greedy_by_scanning(weight, valid, n_edges):
+def _node(name):
+    return name.split("<")[0]  # a head's q, k or v input belongs to the head
+
+
+def _greedy_by_scanning(weight, valid, n_edges, up, down):
     """EAP-IG's apply_greedy restated without a heap: n times, scan every edge into a node in
     the graph (the logits, and each upstream node added so far) for the largest weight."""
     n_up, n_down = weight.shape
     nodes, keep = {"logits"}, np.zeros(weight.shape, bool)
-    name_up = ["input"] + [f"n{j}" for j in range(n_down - 1)]  # upstream u = downstream u - 1
-    name_down = [f"n{j}" for j in range(n_down - 1)] + ["logits"]
     for _ in range(n_edges):
         cands = [(weight[u, v], -(u * n_down + v), u, v) for u in range(n_up) for v in range(n_down)
-                 if valid[u, v] and not keep[u, v] and name_down[v] in nodes]
+                 if valid[u, v] and not keep[u, v] and _node(down[v]) in nodes]
         if not cands:
             break
         _, _, u, v = max(cands)
         keep[u, v] = True
-        nodes.add(name_up[u])
+        nodes.add(up[u])
     return keep
 
 
-def _prune_like_eap_ig(edges):
+def _prune_like_eap_ig(edges, up, down):
     """EAP-IG's Graph.prune restated: drop nodes without an incoming (the input excepted) or an
     outgoing edge (the logits excepted), then the edges of dropped nodes, until nothing changes."""
     edges = edges.copy()
+    owner = [_node(v) for v in down]
     while True:
-        has_out = edges.any(1)  # upstream node u
-        has_in = np.r_[True, edges.any(0)[:-1]]  # upstream node u is downstream node u - 1
-        alive = has_out & has_in
-        new = edges & alive[:, None] & np.r_[alive[1:], True][None, :]
+        has_in = {"input"} | {owner[v] for v in np.nonzero(edges.any(0))[0]}
+        alive = {u for i, u in enumerate(up) if edges[i].any() and u in has_in} | {"logits"}
+        new = edges & np.array([u in alive for u in up])[:, None] & np.array([o in alive for o in owner])[None, :]
         if (new == edges).all():
             return new
         edges = new
 
 
-@pytest.mark.parametrize("shape", [(4, 4, True), (2, 3, False)])
-def test_greedy_selection_and_pruning_follow_eap_ig(shape):
-    valid = graph.valid_edges(*shape).numpy()
+@pytest.mark.parametrize("shape,qkv", [((4, 4, True), False), ((2, 3, False), False), ((3, 2, True), True),
+                                       ((2, 2, False), True)])
+def test_greedy_selection_and_pruning_follow_eap_ig(shape, qkv):
+    valid = graph.valid_edges(*shape, qkv=qkv).numpy()
+    up, down = node_names(*shape[:2], qkv)
     rng = np.random.default_rng(0)
     for trial in range(5):
         score = np.where(valid, rng.normal(size=valid.shape) * rng.choice([0.01, 1, 10], size=valid.shape), np.nan)
         weight = np.nan_to_num(np.abs(score), nan=-1.0)
         for n in (1, 3, 10, 40, int(valid.sum()), 10 ** 4):
             got = greedy(weight, n)
-            want = _greedy_by_scanning(weight, valid, n)
+            want = _greedy_by_scanning(weight, valid, n, up, down)
             np.testing.assert_array_equal(got, want)
-            np.testing.assert_array_equal(extract(score, n, "greedy"), _prune_like_eap_ig(want))
+            np.testing.assert_array_equal(extract(score, n, "greedy"), _prune_like_eap_ig(want, up, down))
             # the top-n circuit too is pruned as EAP-IG prunes
             top = np.zeros(valid.shape, bool)
             top.flat[np.argsort(-weight, axis=None, kind="stable")[:min(n, int(valid.sum()))]] = True
-            np.testing.assert_array_equal(extract(score, n), _prune_like_eap_ig(top))
-            np.testing.assert_array_equal(prune(top), _prune_like_eap_ig(top))
+            np.testing.assert_array_equal(extract(score, n), _prune_like_eap_ig(top, up, down))
+            np.testing.assert_array_equal(prune(top), _prune_like_eap_ig(top, up, down))
     with pytest.raises(UsageError, match="selection must be one of topn, greedy"):
         extract(score, 3, "best")
 

@@ -252,12 +252,14 @@ def test_ioi_components_match_the_hook_reference(case_model):
     np.testing.assert_array_equal(ds.s_inhibition.values, (d < 0) & (ad[..., 0] < 0) & (ad[..., 1] > 0))
 
 
-def test_ioi_components_with_a_circuit_take_its_heads_as_candidates(embedded_model):
+@pytest.mark.parametrize("qkv", [False, True])
+def test_ioi_components_with_a_circuit_take_its_heads_as_candidates(embedded_model, qkv):
     from nnsight_reasoning.experiments.ioi_components import circuit_heads
 
     pairs = nr.tasks.ioi(4, corruption="swap", tokenizer=embedded_model.tokenizer)
-    circ = nr.circuit(embedded_model, nr.tasks.ioi(8, tokenizer=embedded_model.tokenizer), ig_steps=1, sizes=(12,))
-    edges = circ.in_circuit.sel(size=12)
+    circ = nr.circuit(embedded_model, nr.tasks.ioi(8, tokenizer=embedded_model.tokenizer), ig_steps=1, sizes=(40,),
+                      qkv=qkv)
+    edges = circ.in_circuit.sel(size=40)
     ds = nr.ioi_components(embedded_model, pairs, circuit=edges)
     into_logits = {(int(l), int(h)) for l, h, k, on in zip(edges.upstream_layer.values, edges.upstream_head.values,
                                                           edges.upstream_kind.values, edges.sel(downstream="logits").values)
@@ -267,9 +269,14 @@ def test_ioi_components_with_a_circuit_take_its_heads_as_candidates(embedded_mod
     heads = circuit_heads(edges)
     touched = {(int(l), int(h)) for l, h in zip(*np.nonzero(heads.values))}
     assert into_logits <= touched and touched
-    # the S-inhibition candidates are heads with a circuit edge into a name mover
+    # the S-inhibition candidates are the heads with a circuit edge into a name mover (its query: qkv)
     cands = {(int(l), int(h)) for l, h in zip(*np.nonzero(~np.isnan(ds.s2i_logit_diff_delta.values)))}
-    assert cands <= touched
+    targets = {f"a{l}.{h}<q>" if qkv else f"a{l}.{h}" for l, h in movers}
+    feeding = {(int(l), int(h)) for l, h, k, d, on in zip(
+        np.repeat(edges.upstream_layer.values, edges.shape[1]), np.repeat(edges.upstream_head.values, edges.shape[1]),
+        np.repeat(edges.upstream_kind.values, edges.shape[1]), np.tile(edges.downstream.values, edges.shape[0]),
+        edges.values.ravel()) if k == "head" and on and d in targets}
+    assert cands == feeding and (cands or not movers)
 
 
 def test_ioi_components_bad_input(embedded_model, small_pairs, monkeypatch):
@@ -288,3 +295,144 @@ def test_ioi_components_bad_input(embedded_model, small_pairs, monkeypatch):
         nr.ioi_components(embedded_model, pairs, remote="https://ndif.example")
     with pytest.raises(UsageError, match="NDIF does not send"):
         graph.copy_top_tokens(embedded_model, torch.tensor([[1, 2]]), torch.tensor([[0]]), remote="https://ndif.example")
+
+
+# --------------------------------------------------------------------------- the q/k/v graph
+@pytest.mark.parametrize("name,ig_steps", [("embedded", 1), ("gpt2", 1), ("llama", 2)])
+def test_qkv_edge_scores_and_circuits_match_the_hook_reference(case_model, small_pairs, name, ig_steps):
+    """EAP(-IG) scores of edges into heads' q, k and v inputs against autograd through one
+    projection of one head at a time; greedy circuits over them run against hooked runs."""
+    from .reference_edges import node_names, reference_edge_scores
+
+    model, hf = case_model(name)
+    pairs = small_pairs[:2]
+    ds = nr.circuit(model, pairs, ig_steps=ig_steps, sizes=(8, 30), qkv=True, selection="greedy", progress=False)
+    nr.testing.assert_valid_result(ds)
+    n_layers, n_heads, parallel = graph.graph_shape(model)
+    valid = graph.valid_edges(n_layers, n_heads, parallel, qkv=True).numpy()
+    up, down = node_names(n_layers, n_heads, qkv=True)
+    assert list(ds.downstream.values) == down and ds.attrs["qkv"] == 1
+    _, plain_down = node_names(n_layers, n_heads)
+    tok = model.tokenizer
+    ref, circuit = [], []
+    for pair in pairs:
+        base, source = tok(pair.base)["input_ids"], tok(pair.source)["input_ids"]
+        r1, r2 = (tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in (pair.base_answer, pair.source_answer))
+        ref.append(reference_edge_scores(hf, base, source, r1, r2, ig_steps, qkv=True).numpy())
+        _, acts_corr = patched_run(hf, source)
+        row = []
+        for size in ds["size"].values:
+            cut = valid & ~ds["in_circuit"].sel(size=size).values.astype(bool)
+            removed = np.zeros((len(up), len(plain_down)), bool)
+            removed_qkv = np.zeros((len(up), n_layers, n_heads, 3), bool)
+            for u, v in zip(*np.nonzero(cut)):
+                if "<" in down[v]:
+                    layer, head = map(int, down[v][1:down[v].index("<")].split("."))
+                    removed_qkv[u, layer, head, "qkv".index(down[v][-2])] = True
+                else:
+                    removed[u, plain_down.index(down[v])] = True
+            lg, _ = patched_run(hf, base, removed, acts_corr, removed_qkv)
+            row.append(float(lg[r1] - lg[r2]))
+        circuit.append(row)
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    got = ds["score"].values
+    assert np.array_equal(np.isnan(got), ~valid)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    np.testing.assert_allclose(ds["circuit_logit_diff"].values, np.array(circuit).T, rtol=1e-4, atol=1e-4)
+    # the three inputs' scores of a (node, head) pair sum to the plain graph's score
+    plain = nr.circuit(model, pairs, ig_steps=ig_steps, sizes=(), progress=False)
+    summed = np.zeros(plain.score.shape)
+    np.add.at(summed.T, graph.qkv_columns(n_layers, n_heads), np.nan_to_num(got).T)
+    np.testing.assert_allclose(np.where(np.isnan(plain.score.values), 0, summed), np.nan_to_num(plain.score.values),
+                               rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+
+
+def _eap_ig_edge_names(n_layers, n_heads, parallel):
+    """The edge names EAP-IG's Graph.from_model makes (restated from its graph construction):
+    every node already in the residual stream feeds each head's q, k and v and the MLP; a
+    layer's heads join the stream before its MLP reads unless attention and MLP run in parallel."""
+    names, stream = set(), ["input"]
+    for layer in range(n_layers):
+        heads = [f"a{layer}.h{h}" for h in range(n_heads)]
+        names |= {f"{u}->{a}<{g}>" for u in stream for a in heads for g in "qkv"}
+        if parallel:
+            names |= {f"{u}->m{layer}" for u in stream}
+            stream += heads
+        else:
+            stream += heads
+            names |= {f"{u}->m{layer}" for u in stream}
+        stream.append(f"m{layer}")
+    return names | {f"{u}->logits" for u in stream}
+
+
+def test_circuits_move_to_and_from_eap_ig_json(tmp_path, embedded_model, tiny_model_dir):
+    import json
+
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.circuit import from_eap_ig_json, to_eap_ig_json
+    from nnsight_reasoning.experiments.ioi_components import circuit_heads
+
+    for model in (embedded_model, nr.load_model(str(tiny_model_dir("gpt2")))):
+        pairs = nr.tasks.ioi(4, tokenizer=model.tokenizer)
+        ds = nr.circuit(model, pairs, ig_steps=1, sizes=(15,), qkv=True, selection="greedy", progress=False)
+        path = to_eap_ig_json(ds, tmp_path / "graph.json")
+        doc = json.loads(path.read_text())
+        n_layers, n_heads, parallel = graph.graph_shape(model)
+        assert doc["cfg"] == {"n_layers": n_layers, "n_heads": n_heads, "parallel_attn_mlp": parallel}
+        assert set(doc["edges"]) == _eap_ig_edge_names(n_layers, n_heads, parallel)
+        kept = {k for k, e in doc["edges"].items() if e["in_graph"]}
+        assert len(kept) == int(ds.n_edges.sel(size=15))
+        # a node is in the graph when a kept edge touches it
+        touched = {n for k in kept for n in (k.split("->")[0], k.split("->")[1].split("<")[0])}
+        assert {n for n, on in doc["nodes"].items() if on} == touched
+        back = from_eap_ig_json(path)
+        np.testing.assert_array_equal(back.in_graph.values, ds.in_circuit.sel(size=15).values)
+        np.testing.assert_allclose(back.score.values, ds.score.values, equal_nan=True)
+        assert list(back.downstream.values) == list(ds.downstream.values)
+        assert circuit_heads(back.in_graph).equals(circuit_heads(ds.in_circuit.sel(size=15)))
+    with pytest.raises(UsageError, match="qkv=True"):
+        to_eap_ig_json(nr.circuit(embedded_model, pairs[:2], ig_steps=1, sizes=(5,), progress=False),
+                       tmp_path / "x.json")
+    (tmp_path / "bad.json").write_text('{"cfg": {"n_layers": 1, "n_heads": 1, "parallel_attn_mlp": false}, '
+                                       '"edges": {"input->a5.h0<q>": {"score": 1, "in_graph": true}}}')
+    with pytest.raises(UsageError, match="not an edge of a 1-layer, 1-head graph"):
+        from_eap_ig_json(tmp_path / "bad.json")
+    (tmp_path / "text.json").write_text("not json")
+    with pytest.raises(UsageError, match="is not an EAP-IG graph file"):
+        from_eap_ig_json(tmp_path / "text.json")
+
+
+def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
+    import json
+
+    from .clirun import in_process
+
+    monkeypatch.chdir(tmp_path)
+    res = in_process(["path-patching", "--receivers", "a3.0,a3.2", "--receiver-input", "q", "--position", "last",
+                      "--param", "corruption=swap", "--n-prompts", "6", "--no-progress"])
+    assert res.returncode == 0, res.output
+    ds = nr.load_result(tmp_path / "results" / "path_patching_ioi_embedded_main.nc")
+    assert ds.attrs["receivers"] == "a3.0,a3.2" and ds.attrs["receiver_input"] == "q" and ds.sizes["prompt"] == 6
+    assert "largest effects" in res.output
+    res = in_process(["circuit", "--task", "ioi", "--n-prompts", "6", "--ig-steps", "1", "--qkv", "--sizes", "30",
+                      "--selection", "greedy", "--out", "q.nc", "--no-progress"])
+    assert res.returncode == 0 and any(f"<{g}>" in res.output for g in "qkv"), res.output
+    res = in_process(["ioi-components", "--n-prompts", "6", "--circuit", "q.nc", "--revisions", "step500,main",
+                      "--no-progress"])
+    assert res.returncode == 0 and "IOI components" in res.output and "step500:" in res.output, res.output
+    comp = nr.load_result(tmp_path / "results" / "ioi_components_ioi_embedded_step500-main.nc")
+    nr.testing.assert_valid_result(comp)
+    assert comp.attrs["candidates"] == "circuit" and comp.name_mover.dims == ("checkpoint", "layer", "head")
+    res = in_process(["export-graph", "q.nc", "q.json"])
+    assert res.returncode == 0, res.output
+    assert json.loads((tmp_path / "q.json").read_text())["cfg"]["n_layers"] == 4
+    for args, msg in [(["path-patching", "--receivers", "a7.0"], "unknown receiver 'a7.0'"),
+                      (["path-patching", "--receivers", "m1", "--receiver-input", "q"], "must be a head"),
+                      (["ioi-components", "--circuit", "none.nc"], "no such file"),
+                      (["ioi-components", "--top-k", "0"], "top_k must be"),
+                      (["export-graph", "q.nc", "q.txt"], "must end in .json"),
+                      (["export-graph", "q.nc", "no/dir/q.json"], "is not a directory")]:
+        res = in_process([*args, "--no-progress", "--out", str(tmp_path / "bad.nc")] if args[0] != "export-graph"
+                         else args)
+        assert res.returncode == 2 and msg in res.output, (args, res.output)
+        assert not (tmp_path / "bad.nc").exists()

@@ -43,7 +43,7 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
 
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
                       weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
-                      ig_points: str = "midpoint", replace: torch.Tensor | None = None,
+                      ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False,
                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EAP (``ig_steps`` = 1) or EAP-IG scores of every (upstream, downstream) node pair.
 
@@ -61,6 +61,10 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     ``replace`` (T or 1, n_up, d): every upstream node's value under zero or mean ablation
     (:func:`node_output_sums`); a_u(corrupt) is then replace[:, u] and the corrupted rows are
     not read (EAP only: ``ig_steps`` 1, as hannamw/EAP-IG's ``get_scores_eap``).
+    ``qkv``: each head has three downstream inputs, its query's, key's and value's (EAP-IG's
+    graph; downstream order per layer: the heads' q, their k, their v, then the MLP, as
+    :func:`valid_edges`), the attention running on three copies per head
+    (:func:`.trace_ops.splice_qkv`); their scores sum to the head's whole-input score.
     Returns (p, n_up, n_down) float64 for every node pair (invalid pairs, e.g. a later node
     feeding an earlier one, are not masked here) and M of the 2p unpatched rows (2p,).
     """
@@ -79,10 +83,26 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     alphas = ig_alphas(ig_steps, ig_points).repeat_interleave(p)[:, None, None]
     if (remote is False or remote == "local") and not model.dispatched:
         model.dispatch()
+    split = _qkv_projections(model, mods) if qkv else None
     with _frozen(model):
         saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
-                                           alphas, p, ig_steps, d["n_heads"], d["head_dim"], replace), remote, "saved")
+                                           alphas, p, ig_steps, d["n_heads"], d["head_dim"], replace, split,
+                                           architecture_of(model).qkv_layout), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
+
+
+def _qkv_projections(model: Any, mods: list[tuple]) -> list[list[Any]]:
+    """Per layer, the projections whose outputs :func:`.trace_ops.splice_qkv` splices: k_proj
+    and v_proj ("separate" layout), or the fused qkv projection."""
+    arch = architecture_of(model)
+    paths = (arch.k_proj, arch.v_proj) if arch.qkv_layout == "separate" else (arch.v_proj,)
+    return [[resolve(layer, q) for q in paths] for layer, *_ in mods]
+
+
+def architecture_of(model: Any) -> Any:
+    from . import architecture
+
+    return architecture(model)
 
 
 IG_POINTS = ("midpoint", "eap_ig", "clean_corrupted")
@@ -110,14 +130,15 @@ def default_weights(answer_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d, alphas, p, steps, n_heads,
-                 head_dim, replace=None, remote=False, backend=None):
+                 head_dim, replace=None, split=None, layout=None, remote=False, backend=None):
     saved = None
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         # gradients start at the embeddings: NDIF weights are frozen
         e = interpolate(embed.output.detach().requires_grad_(True), p, steps, alphas)
         embed.output = e
         rows = e.shape[0]
-        copies = torch.arange(rows).repeat(n_heads)  # row r of head copy h is input row r
+        groups = 1 if split is None else 3  # with q/k/v inputs: the queries', keys' and values' copies
+        copies = torch.arange(rows).repeat(groups * n_heads)  # row r of head copy h (of each group) is input row r
         ups = []  # (p, T, k, d) corrupted − clean output of upstream nodes, forward order
         inputs = []  # the private input copies whose gradients are the downstream nodes'
         first = True
@@ -131,12 +152,16 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                     ups.append((replace[:, 0:1].to(h0.dtype) - h0[p:2 * p].unsqueeze(2)).detach())
                 node = 1
                 first = False
-            x = ln_attn.input.repeat(n_heads, 1, 1)
+            x = ln_attn.input.repeat(groups * n_heads, 1, 1)
             ln_attn.input = x
             inputs.append(x)
             args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
             attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
-            z = own_heads(o_proj.input, n_heads, rows, head_dim)  # copy h's head h: (rows, T, H, k)
+            if split is not None:  # group 0 attends with group 1's keys and group 2's values
+                parts = "kv" if layout == "separate" else "f"
+                for proj, part in zip(split[len(inputs) // 2], parts):
+                    proj.output = splice_qkv(proj.output, layout, part, n_heads)
+            z = own_heads(o_proj.input[: n_heads * rows], n_heads, rows, head_dim)  # copy h's head h: (rows, T, H, k)
             o_proj.input = z.reshape(rows, z.shape[1], n_heads * head_dim)
             if replace is None:
                 dz = (z[:p] - z[p:2 * p]).detach()
@@ -165,8 +190,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
         with objective.backward():
             for k in range(len(inputs) - 1, -1, -1):  # gradients in reverse order
                 g = inputs[k].grad
-                if k % 2 == 0 and k < len(inputs) - 1:  # a layer's head copies: (H·rows, T, d)
-                    g = g.view(n_heads, rows, g.shape[1], g.shape[2]).permute(1, 2, 0, 3)
+                if k % 2 == 0 and k < len(inputs) - 1:  # a layer's head copies: (G·H·rows, T, d), G groups
+                    g = g.view(groups * n_heads, rows, g.shape[1], g.shape[2]).permute(1, 2, 0, 3)
                 else:
                     g = g.unsqueeze(2)
                 g = g[graded]
@@ -544,8 +569,13 @@ def _value_weights(w: torch.Tensor, layout: str, n_heads: int, hd: int, d_model:
     return w.view(n_kv, hd, -1).repeat_interleave(n_heads // n_kv, 0)
 
 
-def valid_edges(n_layers: int, n_heads: int, parallel: bool) -> torch.Tensor:
-    """(n_up, n_down) bool: u's output reaches v's input (u computed before v reads)."""
+def valid_edges(n_layers: int, n_heads: int, parallel: bool, qkv: bool = False) -> torch.Tensor:
+    """(n_up, n_down) bool: u's output reaches v's input (u computed before v reads). With
+    ``qkv`` each head has three downstream inputs: per layer the heads' q, their k, their v,
+    then the MLP (EAP-IG's ``backward_index`` order)."""
+    if qkv:
+        plain = valid_edges(n_layers, n_heads, parallel)
+        return plain[:, torch.as_tensor(qkv_columns(n_layers, n_heads))]
     n_up, n_down = 1 + n_layers * (n_heads + 1), n_layers * (n_heads + 1) + 1
     up_layer = torch.tensor([-1] + [li for li in range(n_layers) for _ in range(n_heads + 1)])
     up_mlp = torch.tensor([False] + [k == n_heads for _ in range(n_layers) for k in range(n_heads + 1)])
@@ -556,6 +586,47 @@ def valid_edges(n_layers: int, n_heads: int, parallel: bool) -> torch.Tensor:
         valid |= (up_layer[:, None] == down_layer[None, :]) & ~up_mlp[:, None] & down_mlp[None, :]
     assert valid.shape == (n_up, n_down)
     return valid
+
+
+def qkv_columns(n_layers: int, n_heads: int) -> list[int]:
+    """For each downstream input of the q/k/v graph, its node's column in the plain graph."""
+    cols = []
+    for li in range(n_layers):
+        base = li * (n_heads + 1)
+        cols += [base + h for _ in "qkv" for h in range(n_heads)] + [base + n_heads]
+    return cols + [n_layers * (n_heads + 1)]
+
+
+def downstream_nodes(n_up: int, n_down: int) -> torch.Tensor:
+    """(n_down,) int64: the upstream index of the node each downstream input belongs to (n_up
+    for the logits), for the plain graph (n_down = n_up) or the q/k/v graph, told apart by
+    their sizes: n_up = 1 + L·(H + 1), n_down = 1 + L·(3H + 1)."""
+    if n_down == n_up:
+        return torch.arange(1, n_up + 1)
+    lh = (n_down - n_up) // 2
+    n_layers = n_up - 1 - lh
+    n_heads = lh // n_layers
+    if n_layers < 1 or n_layers * (3 * n_heads + 1) + 1 != n_down:
+        raise ValueError(f"({n_up}, {n_down}) is the shape of no component graph")
+    return torch.as_tensor(qkv_columns(n_layers, n_heads)) + 1
+
+
+def split_removed(removed: torch.Tensor, n_layers: int, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A q/k/v graph's cut edges (c, n_up, n_down) as :func:`edge_patched_logits` takes them: the
+    plain graph's cuts (MLPs and logits; heads' columns empty) and ``removed_qkv`` (c, n_up,
+    n_layers, n_heads, 3)."""
+    c, n_up, _ = removed.shape
+    plain = torch.zeros((c, n_up, n_up), dtype=removed.dtype)
+    qkv = torch.zeros((c, n_up, n_layers, n_heads, 3), dtype=removed.dtype)
+    col = 0
+    for li in range(n_layers):
+        block = removed[:, :, col:col + 3 * n_heads].reshape(c, n_up, 3, n_heads)
+        qkv[:, :, li] = block.permute(0, 1, 3, 2)
+        col += 3 * n_heads
+        plain[:, :, li * (n_heads + 1) + n_heads] = removed[:, :, col]
+        col += 1
+    plain[:, :, -1] = removed[:, :, col]
+    return plain, qkv
 
 
 def graph_shape(model: Any) -> tuple[int, int, bool]:

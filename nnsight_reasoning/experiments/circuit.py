@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -74,6 +75,7 @@ def circuit(
     ig_points: str = "midpoint",
     ablation: str = "patching",
     ablation_data: Sequence[str] | PromptPairs | None = None,
+    qkv: bool = False,
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -98,6 +100,11 @@ def circuit(
         (``corrupt_logit_diff``) is then the run with every edge ablated.
     ablation_data : the prompts the means are taken over (strings, or pairs: their clean
         prompts); default the pairs' clean prompts.
+    qkv : EAP-IG's graph: three edges from each upstream node into each head, into its query,
+        key and value inputs (downstream nodes ``a3.1<q>``, ``a3.1<k>``, ``a3.1<v>``); scores,
+        circuits and their faithfulness are over these edges, and the three scores of a
+        (node, head) pair sum to its score in the default graph. Attention runs three times per
+        head; engine v1 measures faithfulness.
     sizes : circuit sizes (edges before pruning) whose faithfulness is measured by real
         patching; empty for scores only.
     selection : ``"topn"`` (default) or ``"greedy"`` (EAP-IG's ``apply_greedy``, what Tigges
@@ -162,9 +169,9 @@ def circuit(
     pair_list, tok = _prepare(run, pairs)
     metric = default_metric(pairs) if metric is None else metric
     answers = _answers(run, pair_list, tok, metric)
-    shape = Shape.of(run.model)
+    shape = Shape.of(run.model, qkv)
     replace = _ablation_values(run, ablation, ablation_data, pair_list, tok, shape)
-    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points, replace)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points, replace, qkv)
     if replace is not None:  # the corrupted baseline: every edge ablated
         corrupt = _edge_patched(run, tok, shape.valid[None], "ablated baseline", answers, replace)[0][0]
     measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
@@ -187,7 +194,7 @@ def circuit(
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
              "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "ablation": ablation,
              "selection": selection, "circuit_selection": SELECTIONS[selection]}
-    ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape.n_layers, shape.n_heads, attrs)
+    ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape, attrs)
     if found is not None:
         ds = _with_search(ds, found, measured, clean.mean(), corrupt.mean(), float(min_fraction), (start, stop, step))
     return ds
@@ -244,14 +251,14 @@ def _search(measure, measured: dict, clean_mean: float, n_valid: int, threshold:
 
 
 @experiment("edge_patching", batch_size=256)
-def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dataset:
+def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair], *, qkv: bool = False) -> xr.Dataset:
     """Exact edge scores, the quantity EAP estimates: for every edge, the clean run with that
     edge alone carrying its corrupted value, as (M_cut − M_clean), averaged over prompts.
 
     One extra row per edge and pair (a pass of p pairs and c edges takes (1 + c)·p rows), so
     it costs about n_edges forward passes' worth of rows; use it to validate EAP / EAP-IG on
-    small models. Same ``score`` layout as :func:`circuit` (NaN where no edge exists), no
-    circuits (``size`` is empty); ``attrs["method"] = "edge_patching"``.
+    small models. Same ``score`` layout as :func:`circuit` (NaN where no edge exists; ``qkv``:
+    over the q/k/v graph), no circuits (``size`` is empty); ``attrs["method"] = "edge_patching"``.
 
     Examples
     --------
@@ -263,7 +270,7 @@ def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dat
     pair_list, tok = _prepare(run, pairs)
     metric = default_metric(pairs)
     answers = _answers(run, pair_list, tok, metric)
-    shape = Shape.of(run.model)
+    shape = Shape.of(run.model, qkv)
     edges = np.argwhere(shape.valid)
     cuts = np.zeros((len(edges) + 1,) + shape.valid.shape, bool)  # circuit 0 cuts nothing: the clean run
     cuts[np.arange(1, len(edges) + 1), edges[:, 0], edges[:, 1]] = True
@@ -272,8 +279,7 @@ def edge_patching(run: Run, pairs: PromptPairs | Sequence[PromptPair]) -> xr.Dat
     score[edges[:, 0], edges[:, 1]] = (diff[1:] - diff[0]).mean(1)
     attrs = {**shape.attrs(), "method": "edge_patching", "metric": metric, "answer_sets": int(answers.sets)}
     empty = np.zeros((0,) + shape.valid.shape, bool)
-    return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], shape.n_layers,
-                    shape.n_heads, attrs)
+    return _dataset(pair_list, score, diff[0], corrupt, empty, np.zeros((0, len(pair_list))), [], shape, attrs)
 
 
 @dataclass(frozen=True)
@@ -285,14 +291,16 @@ class Shape:
     n_heads: int
     parallel: bool
     valid: np.ndarray
+    qkv: bool = False  # heads' q, k and v inputs are downstream nodes of their own
 
     @classmethod
-    def of(cls, model: Any) -> "Shape":
+    def of(cls, model: Any, qkv: bool = False) -> "Shape":
         n_layers, n_heads, parallel = graph.graph_shape(model)
-        return cls(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel).numpy())
+        return cls(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel, qkv).numpy(), qkv)
 
     def attrs(self) -> dict[str, int]:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel)}
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel),
+                "qkv": int(self.qkv)}
 
 
 def _refuse_single_prompts(pairs) -> None:
@@ -404,7 +412,7 @@ def _ablation_values(run: Run, ablation: str, data, pairs: list[PromptPair], tok
 
 
 def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers,
-                 ig_points: str = "midpoint", replace: torch.Tensor | None = None
+                 ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
     (prompt) clean and corrupted metric; one pass per batch of pairs."""
@@ -414,7 +422,8 @@ def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answer
     jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
         scores, values = run.call(graph.edge_attributions, tok.rows(job)[0], *answers.rows(job),
-                                  probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points, replace=replace)
+                                  probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points, replace=replace,
+                                  qkv=qkv)
         per_prompt[job] = scores.numpy()
         values = values.numpy()
         corrupt[job], clean[job] = values[: len(job)], values[len(job):]
@@ -432,6 +441,10 @@ def _edge_patched(run: Run, tok: Tokens, removed: np.ndarray, label: str, answer
     (c, prompt, len(layers), H, m): each circuit's attention probabilities from the last
     position to those positions."""
     c, n = removed.shape[0], len(tok.base)
+    if removed.shape[2] != removed.shape[1]:  # a q/k/v graph's cuts
+        n_layers, n_heads, _ = graph.graph_shape(run.model)
+        plain, split = graph.split_removed(torch.as_tensor(removed), n_layers, n_heads)
+        removed, removed_qkv = plain.numpy(), split.numpy() if removed_qkv is None else removed_qkv | split.numpy()
     out, corrupt = np.zeros((c, n)), np.zeros(n)
     probs = None
     for job in run.steps(run.variant_batches([len(b) for b in tok.base], c, fixed_rows=1), label):
@@ -478,16 +491,18 @@ def greedy(weight: np.ndarray, n_edges: int) -> np.ndarray:
     newly added upstream node brings its incoming edges into the candidates. Ties go to the
     lower flat index."""
     n_up, n_down = weight.shape
+    inputs = _inputs_of(n_up, n_down)
     heap: list[tuple[float, int]] = []
 
-    def enter(v: int) -> None:  # the edges into downstream node v become candidates
-        for u in np.nonzero(weight[:, v] >= 0)[0]:
-            heapq.heappush(heap, (-float(weight[u, v]), int(u) * n_down + v))
+    def enter(u: int) -> None:  # the edges into node u's inputs become candidates
+        for v in inputs[u]:
+            for w in np.nonzero(weight[:, v] >= 0)[0]:
+                heapq.heappush(heap, (-float(weight[w, v]), int(w) * n_down + v))
 
     keep = np.zeros(weight.shape, bool)
     in_circuit = np.zeros(n_up, bool)
     in_circuit[0] = True  # the input has no incoming edges
-    enter(n_down - 1)
+    enter(n_up)  # the logits
     for _ in range(n_edges):
         if not heap:
             break
@@ -496,24 +511,35 @@ def greedy(weight: np.ndarray, n_edges: int) -> np.ndarray:
         keep[u, v] = True
         if not in_circuit[u]:
             in_circuit[u] = True
-            enter(u - 1)  # upstream node u is downstream node u - 1
+            enter(u)
     return keep
+
+
+def _inputs_of(n_up: int, n_down: int) -> list[list[int]]:
+    """Per upstream node (and the logits, index n_up), its inputs on the downstream axis: one
+    per node in the plain graph, a head's q, k and v in the q/k/v graph."""
+    inputs: list[list[int]] = [[] for _ in range(n_up + 1)]
+    for v, u in enumerate(graph.downstream_nodes(n_up, n_down).tolist()):
+        inputs[u].append(v)
+    return inputs
 
 
 def prune(edges: np.ndarray) -> np.ndarray:
     """Edges of ``edges`` whose upstream node is reached from the input and whose downstream
-    node reaches the logits, through edges of ``edges``. Node j of the downstream axis is node
-    j + 1 of the upstream axis (both in computation order), so one pass each way suffices."""
+    node reaches the logits, through edges of ``edges``. Both axes are in computation order
+    (a node's inputs come after every node feeding them), so one pass each way suffices."""
     n_up, n_down = edges.shape
-    reached = np.zeros(n_up, bool)
+    node = graph.downstream_nodes(n_up, n_down).numpy()  # the node each downstream input belongs to
+    inputs = _inputs_of(n_up, n_down)
+    reached = np.zeros(n_up + 1, bool)
     reached[0] = True
-    for v in range(n_down - 1):
-        reached[v + 1] = bool((edges[:, v] & reached).any())
-    reaches = np.zeros(n_down, bool)
-    reaches[-1] = True
-    for v in range(n_down - 2, -1, -1):
-        reaches[v] = bool((edges[v + 1] & reaches).any())
-    return edges & reached[:, None] & reaches[None, :]
+    for u in range(1, n_up):
+        reached[u] = any(bool((edges[:, v] & reached[:n_up]).any()) for v in inputs[u])
+    reaches = np.zeros(n_up + 1, bool)
+    reaches[n_up] = True  # the logits
+    for u in range(n_up - 1, 0, -1):
+        reaches[u] = bool(reaches[node[edges[u]]].any())
+    return edges & reached[:n_up, None] & reaches[node][None, :]
 
 
 def _circuits(ds: xr.Dataset, n_edges: int) -> list[np.ndarray]:
@@ -604,25 +630,43 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     return out
 
 
-def node_table(n_layers: int, n_heads: int) -> tuple[dict, dict]:
-    """Coordinates of the upstream and downstream axes: names, layer, kind, head."""
+def node_table(n_layers: int, n_heads: int, qkv: bool = False) -> tuple[dict, dict]:
+    """Coordinates of the upstream and downstream axes: names, layer, kind, head; downstream
+    also ``input`` (a head's "q", "k" or "v" in the q/k/v graph, "qkv" in the plain one, "" for
+    MLPs and the logits)."""
     up = {"name": ["input"], "layer": [-1], "kind": ["input"], "head": [-1]}
-    down: dict[str, list] = {"name": [], "layer": [], "kind": [], "head": []}
+    down: dict[str, list] = {"name": [], "layer": [], "kind": [], "head": [], "input": []}
     for li in range(n_layers):
         for h in range(n_heads + 1):
             mlp = h == n_heads
-            for t in (up, down):
-                t["name"].append(f"m{li}" if mlp else f"a{li}.{h}")
-                t["layer"].append(li)
-                t["kind"].append("mlp" if mlp else "head")
-                t["head"].append(-1 if mlp else h)
-    for k, v in (("name", "logits"), ("layer", n_layers), ("kind", "logits"), ("head", -1)):
+            up["name"].append(f"m{li}" if mlp else f"a{li}.{h}")
+            up["layer"].append(li)
+            up["kind"].append("mlp" if mlp else "head")
+            up["head"].append(-1 if mlp else h)
+        for name, h, which in ([(f"a{li}.{h}<{g}>", h, g) for g in "qkv" for h in range(n_heads)] if qkv else
+                               [(f"a{li}.{h}", h, "qkv") for h in range(n_heads)]) + [(f"m{li}", -1, "")]:
+            down["name"].append(name)
+            down["layer"].append(li)
+            down["kind"].append("head" if h >= 0 else "mlp")
+            down["head"].append(h)
+            down["input"].append(which)
+    for k, v in (("name", "logits"), ("layer", n_layers), ("kind", "logits"), ("head", -1), ("input", "")):
         down[k].append(v)
     return up, down
 
 
-def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_layers, n_heads, attrs) -> xr.Dataset:
-    up, down = node_table(n_layers, n_heads)
+def _node_coords(up: dict, down: dict) -> dict[str, Any]:
+    """The node axes' coordinates (``upstream_layer``, ``downstream_kind``, …) from :func:`node_table`."""
+    coords: dict[str, Any] = {}
+    for axis, table in (("upstream", up), ("downstream", down)):
+        for k in ("layer", "kind", "head", "input"):
+            if k in table:
+                coords[f"{axis}_{k}"] = (axis, np.array(table[k], dtype=int if k in ("layer", "head") else object))
+    return coords
+
+
+def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, shape: Shape, attrs) -> xr.Dataset:
+    up, down = node_table(shape.n_layers, shape.n_heads, shape.qkv)
     coords: dict[str, Any] = {"upstream": np.array(up["name"], dtype=object),
                               "downstream": np.array(down["name"], dtype=object),
                               "size": np.array(sizes, dtype=int), "prompt": np.arange(len(pairs)),
@@ -630,14 +674,13 @@ def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, n_laye
                               "source": ("prompt", [p.source for p in pairs]),
                               "base_answer": ("prompt", [p.base_answer for p in pairs]),
                               "source_answer": ("prompt", [p.source_answer for p in pairs])}
-    for axis, table in (("upstream", up), ("downstream", down)):
-        for k in ("layer", "kind", "head"):
-            coords[f"{axis}_{k}"] = (axis, np.array(table[k], dtype=object if k == "kind" else int))
+    coords.update(_node_coords(up, down))
     gap = clean.mean() - corrupt.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
         faith = (circuit_diff.mean(1) - corrupt.mean()) / gap
         frac = circuit_diff.mean(1) / clean.mean()
-    n_nodes = [len(set(np.nonzero(c)[0]) | {j + 1 for j in np.nonzero(c)[1]}) for c in circuits]
+    node = graph.downstream_nodes(*shape.valid.shape).numpy()
+    n_nodes = [len(set(np.nonzero(c)[0]) | set(node[np.nonzero(c)[1]])) for c in circuits]
     logit = {("logit_diff", 0): "logit(clean answer) − logit(corrupted answer)",
              ("prob_diff", 0): "P(clean answer) − P(corrupted answer)",
              ("logit_diff", 1): "mean logit of the correct answers − of the wrong ones",
@@ -722,3 +765,101 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             f"{str(t)} GED {int(g)}, weighted Jaccard {w:.2f}" for t, g, w in
             zip(st["to_checkpoint"].values, st["ged"].values, st["weighted_jaccard"].values)))
     return lines
+
+
+# --------------------------------------------------------------------------- EAP-IG's JSON graphs
+def _eap_ig_name(name: str) -> str:
+    """A node or downstream input in hannamw/EAP-IG's spelling: heads are ``a3.h1``."""
+    if name.startswith("a"):
+        head, _, rest = name.partition("<")
+        layer, h = head[1:].split(".")
+        return f"a{layer}.h{h}" + (f"<{rest}" if rest else "")
+    return name
+
+
+def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
+                   checkpoint: str | None = None) -> Path:
+    """Write a q/k/v circuit result (``nr.circuit(..., qkv=True)``) as hannamw/EAP-IG's
+    ``Graph.to_json`` lays a graph out, so that EAP-IG (``Graph.from_json``) and
+    circuits-over-time's analyses read it: ``cfg`` (``n_layers``, ``n_heads``,
+    ``parallel_attn_mlp``), ``nodes`` {name: in_graph} and ``edges`` {"parent->child" or
+    "parent->a3.h1<q>": {"score", "in_graph"}}. The circuit is the result's ``min_circuit`` if it
+    searched one, else its circuit of ``size`` edges (default: :func:`chosen_size`); a node is in
+    the graph when a circuit edge touches it. ``checkpoint``: which one of a sweep (default the
+    last). Scores are the result's (mean over prompts, its metric's units)."""
+    import json
+
+    if int(ds.attrs.get("qkv", 0)) != 1:
+        raise UsageError("EAP-IG's graphs have separate edges into each head's query, key and value: run "
+                         "nr.circuit(..., qkv=True) (reason-interp circuit --qkv) to export one")
+    if "checkpoint" in ds.dims:
+        names = [str(c) for c in ds["checkpoint"].values]
+        if checkpoint is not None and checkpoint not in names:
+            raise UsageError(f"no checkpoint {checkpoint!r} in this result; it has {', '.join(names)}")
+        one = ds.sel(checkpoint=checkpoint) if checkpoint is not None else ds.isel(checkpoint=-1)
+    else:
+        one = ds
+    if size is None and "min_circuit" in one and int(one["min_size"]) > 0:
+        keep = one["min_circuit"].values.astype(bool)
+    else:
+        if one.sizes.get("size", 0) == 0:
+            raise UsageError("this result has no circuits (sizes=()); rerun with --sizes")
+        size = chosen_size(ds) if size is None else int(size)
+        if size not in one["size"].values:
+            raise UsageError(f"no circuit of {size} edges in this result; it has sizes "
+                             f"{', '.join(str(s) for s in one['size'].values)}")
+        keep = one["in_circuit"].sel(size=size).values.astype(bool)
+    score = one["score"].values
+    up, down = [str(n) for n in one["upstream"].values], [str(n) for n in one["downstream"].values]
+    node = graph.downstream_nodes(len(up), len(down)).numpy()
+    used = set(np.nonzero(keep)[0]) | set(node[np.nonzero(keep)[1]].tolist())
+    nodes = {_eap_ig_name(n): k in used for k, n in enumerate(up)}
+    nodes["logits"] = bool(keep[:, -1].any())
+    edges = {f"{_eap_ig_name(up[u])}->{_eap_ig_name(down[v])}": {"score": float(score[u, v]), "in_graph": bool(keep[u, v])}
+             for u, v in zip(*np.nonzero(np.isfinite(score)))}
+    doc = {"cfg": {"n_layers": int(ds.attrs["n_layers"]), "n_heads": int(ds.attrs["n_heads"]),
+                   "parallel_attn_mlp": bool(int(ds.attrs["parallel_residual"]))},
+           "nodes": nodes, "edges": edges}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)  # never a half-written file
+    return path
+
+
+def from_eap_ig_json(path: str | Path) -> xr.Dataset:
+    """A graph written by hannamw/EAP-IG's ``Graph.to_json`` (or :func:`to_eap_ig_json`) as a
+    Dataset over the q/k/v graph's (upstream, downstream) axes: ``score`` (NaN where the file has
+    no score or no edge exists) and ``in_graph`` (0/1), with the axes' coordinates of
+    :func:`circuit` results; ``ds.in_graph`` serves as the ``circuit=`` of
+    :func:`nnsight_reasoning.ioi_components`."""
+    import json
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        cfg = doc["cfg"]
+        n_layers, n_heads, parallel = int(cfg["n_layers"]), int(cfg["n_heads"]), bool(cfg["parallel_attn_mlp"])
+        edges = doc["edges"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is not an EAP-IG graph file (JSON with cfg.n_layers, cfg.n_heads, "
+                         f"cfg.parallel_attn_mlp and edges): {e}") from None
+    shape = Shape(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel, qkv=True).numpy(), True)
+    up, down = node_table(n_layers, n_heads, qkv=True)
+    up_at = {_eap_ig_name(n): k for k, n in enumerate(up["name"])}
+    down_at = {_eap_ig_name(n): k for k, n in enumerate(down["name"])}
+    score = np.full(shape.valid.shape, np.nan)
+    keep = np.zeros(shape.valid.shape, np.int8)
+    for name, info in edges.items():
+        parent, _, child = name.partition("->")
+        u, v = up_at.get(parent), down_at.get(child)
+        if u is None or v is None or not shape.valid[u, v]:
+            raise UsageError(f"{path}: edge {name!r} is not an edge of a {n_layers}-layer, {n_heads}-head graph "
+                             f"(parallel_attn_mlp={parallel})")
+        score[u, v] = np.nan if info.get("score") is None else float(info["score"])
+        keep[u, v] = bool(info.get("in_graph", False))
+    coords: dict[str, Any] = {"upstream": np.array(up["name"], dtype=object),
+                              "downstream": np.array(down["name"], dtype=object), **_node_coords(up, down)}
+    return xr.Dataset({"score": (("upstream", "downstream"), score, {"long_name": "EAP-IG edge score"}),
+                       "in_graph": (("upstream", "downstream"), keep, {"long_name": "edge in the graph"})},
+                      coords=coords, attrs={**shape.attrs(), "source": str(path)})

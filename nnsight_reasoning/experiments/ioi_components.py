@@ -104,7 +104,8 @@ def ioi_components(
     top_k : a name counts as copied when among the head's top-k tokens (repository: 5).
     circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
         (``ds.min_circuit``): name-mover candidates are then the heads with a circuit edge into
-        the logits, S-inhibition candidates those with a circuit edge into a name mover.
+        the logits, S-inhibition candidates those with a circuit edge into a name mover's query
+        (``qkv=True`` circuits, the repository's rule) or its input (the default graph).
 
     Batching: per batch of pairs, one pass for the residual stream after layer 0 and one for
     the attention patterns; the path patching takes (1 + c)·p rows for c candidates, attention
@@ -136,13 +137,17 @@ def ioi_components(
     up, down = node_table(n_layers, n_heads)
     head_of = {name: (layer, head) for name, layer, head in zip(up["name"], up["layer"], up["head"]) if head >= 0}
     edges = None
+    qkv_shape = Shape.of(run.model, qkv=True).valid.shape
     if circuit is not None:
         edges = circuit
         if not isinstance(edges, xr.DataArray) or edges.dims != ("upstream", "downstream") or \
-                edges.shape != shape.valid.shape:
+                edges.shape not in (shape.valid.shape, qkv_shape):
             raise UsageError("circuit must be an (upstream, downstream) DataArray of this model's nr.circuit result, "
                              "e.g. ds.min_circuit or ds.in_circuit.sel(size=50)")
         edges = np.asarray(edges.values, bool)
+        if edges.shape == qkv_shape:  # EAP-IG's graph: a head's candidates feed its query (the repository's rule)
+            q_cols = [graph.qkv_columns(n_layers, n_heads).index(v) for v in range(shape.valid.shape[1])]
+            edges = edges[:, q_cols]  # the q input's column for a head, the MLP's or the logits' own
     pair_list, tok = _prepare(run, pairs)
     pos = _positions(tok, pair_list)
     n = len(pair_list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..backend.graph import downstream_nodes
 from ..errors import UsageError
 from ..experiments.circuit import chosen_size, overlap, stability
 from ..results.io import last_checkpoint
@@ -63,7 +64,8 @@ def _graph(ds: xr.Dataset):
                     arrowprops=dict(arrowstyle="-|>", lw=0.4 + 3.5 * abs(score[i, j]) / top, alpha=0.75,
                                     color="tab:red" if score[i, j] < 0 else "tab:blue",
                                     connectionstyle="arc3,rad=0.08"))
-    used = set(np.nonzero(keep)[0]) | {j + 1 for j in np.nonzero(keep)[1]}
+    node = downstream_nodes(*keep.shape).numpy()  # a head's q, k and v inputs belong to the head
+    used = set(np.nonzero(keep)[0]) | set(node[np.nonzero(keep)[1]].tolist())
     names = list(last["upstream"].values) + ["logits"]
     for k, (name, (x, y)) in enumerate(zip(names, up + [down[-1]])):
         on = k in used
