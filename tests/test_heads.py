@@ -177,7 +177,20 @@ def test_ioi_pairs_corrupt_only_the_second_subject(embedded_tokenizer, corruptio
         assert b.count(p.base_answer) == 1 and b.count(p.source_answer) == 2  # IO once, S twice
         assert (s[diff[0]] == p.base_answer) == (corruption == "flip")
     with pytest.raises(TaskError, match="corruption must be one of"):
-        nr.tasks.ioi(4, corruption="swap")
+        nr.tasks.ioi(4, corruption="shuffle")
+
+
+def test_ioi_swap_pairs_trade_the_places_of_io_and_s1():
+    """circuits-over-time's token_same_pos_oppo: ABB -> BAB, BAB -> ABB; S2 and the rest stay."""
+    pairs = nr.tasks.ioi(30, corruption="swap", seed=2)
+    for p in pairs:
+        b, s = p.base.split(), p.source.split()
+        io, subj = p.base_answer, p.source_answer
+        diff = [i for i in range(len(b)) if b[i] != s[i]]
+        assert len(b) == len(s) and len(diff) == 2 and {b[i] for i in diff} == {io, subj}
+        assert [s[i] for i in diff] == [b[i] for i in diff[::-1]]  # the two first mentions trade places
+        assert b.count(io) == s.count(io) == 1 and b.count(subj) == s.count(subj) == 2
+        assert b[max(i for i, w in enumerate(b) if w == subj)] == s[max(i for i, w in enumerate(s) if w == subj)]
 
 
 def _ov_by_running(hf, token_ids):
