@@ -162,3 +162,41 @@ def ioi_components(
     data = pair_data("ioi", n_prompts, seed, params)
     h.run(nr.ioi_components, data, kind="ioi_components", task="ioi", copy_threshold=copy_threshold, top_k=top_k,
           circuit=edges)
+
+
+@experiment_command()
+def copy_suppression(
+    h: Harness,
+    data: Optional[str] = typer.Option(None, help="texts: a .jsonl/.json/.csv/.tsv file or a Hugging Face dataset "
+                                                  "id (stas/openwebtext-10k, the repository's; needs the Hub); "
+                                                  "default: the toolkit's task prompts as documents"),
+    column: str = typer.Option("text", help="the column holding the texts"),
+    n_sequences: int = typer.Option(100, help="sequences read (the means are over --n-mean of them)"),
+    seq_len: int = typer.Option(61, help="tokens per sequence, bos included (the repository scores 61)"),
+    seed: Seed = 0,
+    heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H; default every head from "
+                                                   "--start-layer on"),
+    start_layer: int = typer.Option(0, help="first layer scored when --heads is not given"),
+    n_mean: int = typer.Option(100, help="sequences the per-position mean output of a head is taken over"),
+    n_eval: int = typer.Option(17, help="sequences CSPA is scored on"),
+    k_unembeddings: float = typer.Option(0.05, help="fraction of the positions up to a destination whose tokens "
+                                                    "count as suppressed"),
+) -> None:
+    """Copy suppression by CSPA (McDougall et al.; Tigges et al.'s get_model_cspa.py): the share
+    of each head's direct effect that survives keeping only its suppression of attended
+    tokens, 1 − KL(CSPA) / KL(mean ablation); local models only."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    if data is not None and Path(data).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") and \
+            not Path(data).is_file():
+        raise UsageError(f"--data {data}: no such file")
+    for name, v, lo in (("--n-sequences", n_sequences, 1), ("--seq-len", seq_len, 4)):
+        if v < lo:
+            raise UsageError(f"{name} must be >= {lo} (got {v})")
+
+    def sequences(tok):
+        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
+
+    h.run(nr.copy_suppression, sequences, kind="copy_suppression", task="text", heads=heads,
+          start_layer=start_layer, n_mean=n_mean, n_eval=n_eval, k_unembeddings=k_unembeddings)

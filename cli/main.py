@@ -272,6 +272,7 @@ app.command("successor-heads")(circuits.successor_heads)
 app.command()(circuits.circuit)
 app.command("path-patching")(circuits.path_patching)
 app.command("ioi-components")(circuits.ioi_components)
+app.command("copy-suppression")(circuits.copy_suppression)
 app.command()(mechanisms.neurons)
 app.command()(mechanisms.binding)
 

@@ -14,7 +14,8 @@ from .ioi import ioi, ioi_examples
 from .kth_smallest import kth_smallest, kth_smallest_examples, kth_smallest_pairs
 from .mcq import McqContext, McqContexts, mcq_contexts
 from .reasoning import ReasoningPrompt, ReasoningPrompts, Statement, corrupted, load_reasoning
-from .tokens import OrdinalSequences, RepeatedTokens, ordinal_sequences, repeated_tokens
+from .tokens import (OrdinalSequences, RepeatedTokens, TextSequences, ordinal_sequences, repeated_tokens,
+                     text_sequences)
 
 __all__ = [
     # data for each experiment
@@ -23,6 +24,7 @@ __all__ = [
     "kth_smallest", "load_reasoning", "corrupted",         # labelled reasoning prompts: attention, probe
     "repeated_tokens",                                     # head_scores
     "ordinal_sequences", "OrdinalSequences",               # successor_heads
+    "text_sequences", "TextSequences",                     # copy_suppression
     "cot_variants", "cot_arithmetic", "load_gsm8k",        # neurons
     "cot_generation",                                      # cot_generation (neurons --generate)
     "binding_contexts", "mcq_contexts",                    # binding

@@ -110,3 +110,81 @@ def ordinal_sequences(variants: bool = True) -> OrdinalSequences:
         for n, w in forms:
             lists.append((n, tuple(w + w[:1] if cyclic else w)))
     return OrdinalSequences("ordinal_sequences", {"variants": variants}, tuple(lists))
+
+
+@dataclass(frozen=True, repr=False)
+class TextSequences(TaskData):
+    """Token-id sequences of running text, each ``seq_len`` tokens starting with the tokenizer's
+    bos (or eos) token (from :func:`text_sequences`), with the settings that made them."""
+
+    _items: ClassVar[str] = "ids"
+    task: str
+    params: dict[str, Any]
+    ids: tuple[tuple[int, ...], ...]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.params["seq_len"])
+
+
+# the embedded vocabulary's documents: its tasks' prompts with their answers, in turn
+_DOCUMENT_TASKS = ("ioi", "arithmetic", "factual_recall", "sentiment", "greater_than")
+
+
+def text_sequences(n_sequences: int = 100, seq_len: int = 61, seed: int = 0, tokenizer: Any | None = None,
+                   source: str | None = None, column: str = "text", split: str = "train") -> TextSequences:
+    """``n_sequences`` sequences of ``seq_len`` tokens of text: ``<bos>`` then the text's first
+    ``seq_len − 1`` tokens. ``source``: a local ``.jsonl``/``.json``/``.csv``/``.tsv`` file or a
+    Hugging Face dataset id (``"stas/openwebtext-10k"``, circuits-over-time's CSPA data; the Hub
+    needs a connection) whose ``column`` holds the texts: they are shuffled with ``seed`` and
+    the first ``n_sequences`` long enough are kept (the repository keeps texts of more than 1000
+    tokens). Without ``source`` (offline): documents made of the toolkit's task prompts with
+    their answers (IOI, arithmetic, factual recall, sentiment, greater-than), drawn at random with
+    ``seed``, in the embedded model's vocabulary.
+
+    >>> seqs = nr.tasks.text_sequences(n_sequences=100, seq_len=61)
+    """
+    from .base import examples, read_rows
+
+    check_range("n_sequences", n_sequences, 1)
+    check_range("seq_len", seq_len, 4)
+    check_range("seed", seed, 0)
+    tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
+    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if first is None:
+        raise TaskError("text sequences start with the tokenizer's bos (or eos) token; it has neither")
+
+    def body(text: str) -> list[int]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(t) for t in ids]
+
+    rows: list[tuple[int, ...]] = []
+    if source is not None:
+        table = read_rows(source, split, what=f"a {column!r} column of texts")
+        if column not in table.column_names:
+            raise TaskError(f"{source}: no column {column!r} (it has {', '.join(table.column_names)}); pass --column")
+        order = np.random.default_rng(seed).permutation(len(table))
+        for i in order:
+            ids = body(str(table[int(i)][column]))
+            if len(ids) >= seq_len - 1:
+                rows.append(tuple([first] + ids[:seq_len - 1]))
+                if len(rows) == n_sequences:
+                    break
+        if len(rows) < n_sequences:
+            raise TaskError(f"{source}: only {len(rows)} texts have {seq_len - 1} tokens or more; lower "
+                            f"n_sequences or seq_len")
+    else:
+        per_task = max(8, (n_sequences * seq_len) // 20 // len(_DOCUMENT_TASKS) + 8)
+        pools = [[f"{e.prompt} {e.answer}" for e in examples(t, per_task, seed=seed + k, tokenizer=tokenizer)]
+                 for k, t in enumerate(_DOCUMENT_TASKS)]
+        rng = np.random.default_rng(seed)
+        for _ in range(n_sequences):
+            ids: list[int] = []
+            while len(ids) < seq_len - 1:
+                pool = pools[int(rng.integers(len(pools)))]
+                ids += body(pool[int(rng.integers(len(pool)))] + " .")
+            rows.append(tuple([first] + ids[:seq_len - 1]))
+    params = {"n_sequences": n_sequences, "seq_len": seq_len, "seed": seed, "source": source or "tasks"}
+    if source is not None:
+        params.update(column=column, split=split)
+    return TextSequences("text", params, tuple(rows))

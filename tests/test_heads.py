@@ -117,9 +117,9 @@ def test_successor_and_copy_suppression_match_a_direct_computation(tiny_model_di
         eff = _direct_logit_effects(hf, ids[b].tolist(), ids[b].tolist())  # (L, H, q, k)
         q = np.arange(n + 1, 2 * n + 1)
         cs = -(att[b][:, :, q, 1:] * eff[:, :, q, 1:]).sum(-1).mean(-1)
-        np.testing.assert_allclose(ds["copy_suppression"].isel(prompt=b).values, cs, rtol=1e-5, atol=1e-7)
-    assert ds["uniform"].sel(score="successor") == pytest.approx(1 / 99) and ds["uniform"].sel(score="copy_suppression") == 0
-    assert np.abs(ds["copy_suppression"].values).max() > 1e-3  # a random init writes something
+        np.testing.assert_allclose(ds["copy_suppression_proxy"].isel(prompt=b).values, cs, rtol=1e-5, atol=1e-7)
+    assert ds["uniform"].sel(score="successor") == pytest.approx(1 / 99) and ds["uniform"].sel(score="copy_suppression_proxy") == 0
+    assert np.abs(ds["copy_suppression_proxy"].values).max() > 1e-3  # a random init writes something
 
 
 def test_head_scores_resume_and_refuse_other_data(tiny_model_dir, small_pairs, tmp_path):
@@ -148,7 +148,7 @@ def test_head_scores_over_checkpoints_and_cli(tmp_path):
     assert res.exit_code == 0, res.output
     ds = nr.load_result(tmp_path / "h.nc")
     nr.testing.assert_valid_result(ds)
-    assert ds["induction"].dims == ("checkpoint", "prompt", "layer", "head") and "chance" in res.stdout and "copy_suppression" in res.stdout
+    assert ds["induction"].dims == ("checkpoint", "prompt", "layer", "head") and "chance" in res.stdout and "copy_suppression_proxy" in res.stdout
     assert ds.attrs["batch_size"] == 4 and "2 checkpoints" in res.stdout
     res = CliRunner().invoke(app, ["show", str(tmp_path / "h.nc")])
     assert res.exit_code == 0 and "top heads per score" in res.stdout, res.output

@@ -18,6 +18,7 @@ MLPs and the logits get a private copy of their input the same way (one copy eac
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import nnsight
@@ -27,7 +28,7 @@ from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
                         head_outputs, interpolate, join_columns, last_position, norm_scale, own_heads, packed_inputs,
-                        packed_mask, splice_qkv, split_heads, unembed_rows)
+                        packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -482,6 +483,62 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
     return torch.stack(out)
 
 
+@dataclass(frozen=True)
+class Readout:
+    """A local model's weights from the heads' outputs to the logits, float64 on the CPU: each
+    head's output weights ``w_o`` (L, H, head_dim, d), the final norm (``center``: LayerNorm,
+    ``eps``, gain ``gamma`` (d,) with Gemma's offset, ``beta`` (d,), zeros where it has none), the
+    unembedding ``w_u`` (V, d) and its bias ``b_u`` (V,)."""
+
+    w_o: torch.Tensor
+    center: bool
+    eps: float
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    w_u: torch.Tensor
+    b_u: torch.Tensor
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(...,) the final norm's scale on residual streams ``x`` (..., d)."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        return (x.pow(2).mean(-1) + self.eps).sqrt()
+
+    def logits(self, x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """(..., V) logits of residual streams ``x`` (..., d) through the final norm with its scale
+        frozen at ``scale`` (1: the norm's affine map alone, as folded weights apply it)."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        s = scale.unsqueeze(-1) if isinstance(scale, torch.Tensor) else scale
+        return (x / s * self.gamma + self.beta) @ self.w_u.T + self.b_u
+
+
+def readout(model: Any) -> Readout:
+    """The :class:`Readout` of a local model (its weights are read, so not on NDIF)."""
+    from . import architecture
+
+    from ..nnsight_shim import torch_module
+
+    final, _, center, eps = final_norm(model)
+    arch = architecture(model)
+    d = dims(model)
+    if not model.dispatched:
+        model.dispatch()
+    root = torch_module(model)
+    n_heads, hd = d["n_heads"], d["head_dim"]
+    w_o = []
+    for layer in root.get_submodule(arch.layers):
+        w = layer.get_submodule(arch.o_proj).weight.detach().double().cpu()
+        w_o.append(w.view(n_heads, hd, -1) if arch.transposed else w.view(-1, n_heads, hd).permute(1, 2, 0))
+    norm, unembed = root.get_submodule(arch.final_norm), root.get_submodule(arch.unembed)
+    gamma = norm.weight.detach().double().cpu() + _gain_offset(model)
+    beta = norm.bias.detach().double().cpu() if getattr(norm, "bias", None) is not None else torch.zeros_like(gamma)
+    w_u = unembed.weight.detach().double().cpu()
+    b_u = (unembed.bias.detach().double().cpu() if getattr(unembed, "bias", None) is not None
+           else torch.zeros(w_u.shape[0], dtype=torch.float64))
+    return Readout(torch.stack(w_o), center, eps, gamma, beta, w_u, b_u)
+
+
 def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor, k: int = 5, *,
                     remote: bool | str = False) -> torch.Tensor:
     """(L, H, n, m, k) int64: for every head, the ``k`` tokens its OV circuit promotes most from
@@ -499,7 +556,7 @@ def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor
 
     if remote not in (False, "local"):
         raise UsageError("the copy score reads the model's weights, which NDIF does not send; run it locally")
-    final, unembed, center, _ = final_norm(model)
+    _, _, center, _ = final_norm(model)
     arch = architecture(model)
     layers = resolve(model, arch.layers)
     rows = torch.arange(input_ids.shape[0])[:, None].expand_as(positions)
@@ -508,32 +565,74 @@ def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor
     d = dims(model)
     n_heads, hd = d["n_heads"], d["head_dim"]
     offset = _gain_offset(model)
+    weights = readout(model)
     root = torch_module(model)
-
-    def unscaled(norm, v):  # the norm with its scale left out: what folding its weights keeps
-        v = v - v.mean(-1, keepdim=True) if center else v
-        v = v * (norm.weight.double().cpu() + offset)
-        return v + norm.bias.double().cpu() if getattr(norm, "bias", None) is not None else v
-
-    f_norm, w_u = root.get_submodule(arch.final_norm), root.get_submodule(arch.unembed)
-    b_u = w_u.bias.double().cpu() if getattr(w_u, "bias", None) is not None else 0.0
     out = []
     with torch.no_grad():
         for li in range(d["n_layers"]):
             layer = root.get_submodule(arch.layers)[li]
-            xn = unscaled(layer.get_submodule(arch.ln_attn), x)
+            norm = layer.get_submodule(arch.ln_attn)  # applied without its scale, as folded weights apply it
+            xn = (x - x.mean(-1, keepdim=True) if center else x) * (norm.weight.double().cpu() + offset)
+            xn = xn + norm.bias.double().cpu() if getattr(norm, "bias", None) is not None else xn
             proj = layer.get_submodule(arch.v_proj)
             w_v = _value_weights(proj.weight.double().cpu(), arch.qkv_layout, n_heads, hd, d["d_model"])
             b_v = _value_bias(proj, arch.qkv_layout, n_heads, hd, d["d_model"])
-            w_o = layer.get_submodule(arch.o_proj).weight.double().cpu()
-            w_o = w_o.view(n_heads, hd, -1) if arch.transposed else w_o.view(-1, n_heads, hd).permute(1, 2, 0)
             tops = []
             for h in range(n_heads):  # one head at a time: (n·m, V) logits each
-                o = (xn @ w_v[h].T + b_v[h]) @ w_o[h]
-                logits = unscaled(f_norm, o) @ w_u.weight.double().cpu().T + b_u
-                tops.append(logits.topk(k, -1).indices)
+                o = (xn @ w_v[h].T + b_v[h]) @ weights.w_o[li, h]
+                tops.append(weights.logits(o).topk(k, -1).indices)
             out.append(torch.stack(tops))
     return torch.stack(out).view(d["n_layers"], n_heads, positions.shape[0], positions.shape[1], k)
+
+
+@dataclass(frozen=True)
+class HeadInternals:
+    """One clean run's internals, float64 on the CPU: ``resid_pre`` (n, L, T, d), the residual
+    stream entering each layer; ``pattern`` (n, L, H, T, T), attention probabilities (query, key);
+    ``value`` (n, L, T, H, k), each head's value vectors (bias included); ``z`` (n, L, T, H, k),
+    each head's attention output (the output projection's input); ``final_in`` (n, T, d), the
+    final norm's input."""
+
+    resid_pre: torch.Tensor
+    pattern: torch.Tensor
+    value: torch.Tensor
+    z: torch.Tensor
+    final_in: torch.Tensor
+
+    def row(self, i: int) -> "HeadInternals":
+        """Sequence ``i`` alone (its leading dim dropped)."""
+        return HeadInternals(*(getattr(self, f)[i] for f in self.__dataclass_fields__))
+
+
+def head_internals(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> HeadInternals:
+    """The :class:`HeadInternals` of a clean run of ``input_ids`` (n, T), what copy-suppression-
+    preserving ablation reads. Eager attention."""
+    from . import _run, architecture, require_eager
+
+    require_eager(model, "attention patterns")
+    mods, final, _, _ = _modules(model, "logit_effects")
+    arch = architecture(model)
+    d = dims(model)
+    values = [resolve(layer, arch.v_proj) for layer, *_ in mods]
+    saved = _run(model, _trace_internals, (model, input_ids, mods, values, final, arch.qkv_layout, d["n_heads"],
+                                           d["head_dim"]), remote, "saved")
+    return HeadInternals(*(v.detach().double().cpu() for v in saved))
+
+
+def _trace_internals(model, input_ids, mods, values, final, layout, n_heads, head_dim, remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        pre, pattern, value, z = nnsight.save([]), nnsight.save([]), nnsight.save([]), nnsight.save([])
+        li = 0
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
+            pre.append(layer.input)
+            value.append(value_heads(values[li].output, layout, n_heads, head_dim))
+            z.append(split_heads(o_proj.input, n_heads, head_dim))
+            pattern.append(attn.output[1])
+            li += 1
+        saved = nnsight.save((torch.stack(pre, 1), torch.stack(pattern, 1), torch.stack(value, 1), torch.stack(z, 1),
+                              final.input))
+    return saved
 
 
 def _trace_layer_output(model, input_ids, layer, rows, cols, remote=False, backend=None):

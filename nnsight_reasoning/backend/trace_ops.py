@@ -100,6 +100,19 @@ def last_position(delta, on):
     return torch.cat([torch.zeros_like(delta[:, :, :-1]), delta[:, :, -1:]], 2)
 
 
+def value_heads(out, layout, n_heads, head_dim):
+    """Each head's value vectors (n, T, n_heads, head_dim) from the value projection's output
+    ``out`` (n, T, width): ``layout`` "separate" (a v_proj of n_kv heads; grouped-query heads
+    repeat theirs), "neox" (fused per head [q, k, v]) or "gpt2" (fused [q | k | v])."""
+    n, t = out.shape[0], out.shape[1]
+    if layout == "neox":
+        return out.view(n, t, n_heads, 3, head_dim)[:, :, :, 2]
+    if layout == "gpt2":
+        return out[:, :, 2 * n_heads * head_dim:].reshape(n, t, n_heads, head_dim)
+    v = out.view(n, t, -1, head_dim)
+    return v.repeat_interleave(n_heads // v.shape[2], 2)
+
+
 def splice_qkv(out, layout, part, n_heads):
     """A projection's output ``out`` (3·n, T, width) when attention ran on three groups of n
     rows, group 0 reading the queries' input, group 1 the keys', group 2 the values': group 0

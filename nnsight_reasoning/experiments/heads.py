@@ -18,8 +18,8 @@ Two scores read what a head *writes*, through its direct logit effect DLE_h(q, v
 output at position q mapped to the logit of token v by the final norm (its scale frozen at the
 run's value) and the unembedding, centred over the vocabulary (``backend.graph.head_logit_effects``):
 
-- ``copy_suppression`` (CSPA-style; McDougall et al. 2023, "Copy suppression"): on the same
-  sequences, mean over i = n+1..2n of −Σ_{k≥1} A[i, k]·DLE_h(i, x_k), in logits: how much the
+- ``copy_suppression_proxy`` (McDougall et al. 2023, "Copy suppression"; a proxy: their CSPA is
+  :func:`nnsight_reasoning.copy_suppression`): on the same sequences, mean over i = n+1..2n of −Σ_{k≥1} A[i, k]·DLE_h(i, x_k), in logits: how much the
   head lowers the logits of the tokens it attends to (negative = it copies them).
 - ``successor`` (Gould et al. 2023, "Successor heads"): the ordinal tokens 1, 2, 3, …
   (``successor_tokens``, those that are single tokens) each run alone, so every head attends
@@ -44,13 +44,13 @@ from ..sites import dims, require
 from ..tasks.base import single_token_id
 from ..tasks.tokens import OrdinalSequences, RepeatedTokens
 
-SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression")
+SCORES = ("previous_token", "duplicate_token", "induction", "successor", "copy_suppression_proxy")
 ATTENTION_SCORES = SCORES[:3]
-PER_SEQUENCE = ("previous_token", "duplicate_token", "induction", "copy_suppression")  # the scores with a prompt dim
+PER_SEQUENCE = ("previous_token", "duplicate_token", "induction", "copy_suppression_proxy")  # with a prompt dim
 _NAMES = {"previous_token": "attention to the previous token",
           "duplicate_token": "attention to the earlier copy of the same token",
           "induction": "attention to the token after the earlier copy",
-          "copy_suppression": "lowering of the attended tokens' logits"}
+          "copy_suppression_proxy": "lowering of the attended tokens' logits"}
 
 
 def grid(ds: xr.Dataset, score: str) -> xr.DataArray:
@@ -77,7 +77,7 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
     -------
     Dataset with one variable per score, dims ``(prompt, layer, head)`` (prompt = sequence;
     ``successor``: ``(layer, head)``); attention scores and ``successor`` are fractions in
-    [0, 1], ``copy_suppression`` is in logits. ``ds.induction.mean("prompt")`` is the
+    [0, 1], ``copy_suppression_proxy`` is in logits. ``ds.induction.mean("prompt")`` is the
     layer × head grid. ``uniform`` (along ``score``) is each score's chance level: uniform
     attention, a random ranking (successor), no effect (copy suppression). With
     ``revisions`` every variable gains a leading ``checkpoint`` dim.
@@ -101,8 +101,9 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
             out[k][chunk] = v
     ordinals = successor_tokens(run.tokenizer)
     succ = successor_scores(run, ordinals)
-    data = {k: (("prompt", "layer", "head"), v, {"long_name": _NAMES[k], "units": "logits" if k == "copy_suppression"
-                                                  else "1"}) for k, v in out.items()}
+    data = {k: (("prompt", "layer", "head"), v, {"long_name": _NAMES[k],
+                                                 "units": "logits" if k == "copy_suppression_proxy" else "1"})
+            for k, v in out.items()}
     data["successor"] = (("layer", "head"), succ, {"long_name": "fraction of ordinal tokens whose successor the "
                                                                 "head promotes most", "units": "1"})
     data["uniform"] = ("score", chance_levels(n, len(ordinals)), {"long_name": "chance level of each score",
@@ -206,7 +207,7 @@ def sequence_scores(a: np.ndarray, eff: np.ndarray, n: int) -> dict[str, np.ndar
     return {"previous_token": a[..., q_prev, q_prev - 1].mean(-1),
             "duplicate_token": a[..., q_rep, q_rep - n].mean(-1),
             "induction": a[..., q_rep, q_rep - n + 1].mean(-1),
-            "copy_suppression": -written.mean(-1)}
+            "copy_suppression_proxy": -written.mean(-1)}
 
 
 def chance_levels(n: int, n_ordinals: int) -> list[float]:

@@ -198,7 +198,7 @@ def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
                              squeeze=False)
     for ax, score in zip(axes[0], SCORES):
         v = grid(last, score).transpose("layer", "head").values
-        signed = score == "copy_suppression"  # logits, either sign; the others are fractions
+        signed = score == "copy_suppression_proxy"  # logits, either sign; the others are fractions
         top = max(0.2, float(np.abs(v).max()))
         im = ax.imshow(v, cmap="RdBu_r" if signed else "viridis", vmin=-top if signed else 0, vmax=top,
                        origin="lower", aspect="auto")
@@ -224,7 +224,7 @@ def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
                             label=f"layer {layer}" if head == ds["head"].values[0] else None)
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
             ax.axhline(float(last["uniform"].sel(score=score)), color="k", ls=":", lw=0.8, label="chance")
-            if score != "copy_suppression":
+            if score != "copy_suppression_proxy":
                 ax.set_ylim(0, 1)
             ax.set_ylabel(score.replace("_", " "))
             ax.grid(alpha=0.3)

@@ -126,11 +126,20 @@ def load_result(path: str | Path) -> xr.Dataset:
 
 
 #: attrs["method"] -> {old variable name: new}: variables renamed since files were first written
-RENAMED = {"attention": {"entropy": "prompt_entropy"}}  # 2026-11-30: the paper's head entropy took the name
+RENAMED = {"attention": {"entropy": "prompt_entropy"},  # 2026-11-30: the paper's head entropy took the name
+           "head_scores": {"copy_suppression": "copy_suppression_proxy"}}  # 2026-12-01: CSPA is its own experiment
+#: attrs["method"] -> {coordinate: {old label: new}}: labels renamed with those variables
+RELABELLED = {"head_scores": {"score": {"copy_suppression": "copy_suppression_proxy"}}}
 
 
 def _upgrade(ds: xr.Dataset) -> xr.Dataset:
-    """A result written by an older version, with today's variable names (:data:`RENAMED`)."""
-    names = {old: new for old, new in RENAMED.get(str(ds.attrs.get("method", "")), {}).items()
+    """A result written by an older version, with today's variable names and coordinate labels
+    (:data:`RENAMED`, :data:`RELABELLED`)."""
+    method = str(ds.attrs.get("method", ""))
+    names = {old: new for old, new in RENAMED.get(method, {}).items()
              if old in ds.data_vars and new not in ds.data_vars}
-    return ds.rename(names) if names else ds
+    ds = ds.rename(names) if names else ds
+    for coord, labels in RELABELLED.get(method, {}).items():
+        if coord in ds.coords:
+            ds = ds.assign_coords({coord: [labels.get(str(v), v) for v in ds[coord].values]})
+    return ds
