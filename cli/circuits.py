@@ -70,6 +70,9 @@ def circuit(
                                                   "prompts; with --ig-steps 1)"),
     qkv: bool = typer.Option(False, "--qkv", help="EAP-IG's graph: separate edges into each head's query, key and "
                                                   "value inputs (a3.1<q>, …)"),
+    ig_variant: str = typer.Option("inputs", help="what EAP-IG interpolates: inputs (the token embeddings) or "
+                                                  "activations (each node group's output in turn, EAP-IG's "
+                                                  "get_scores_ig_activations)"),
 ) -> None:
     """Edge attribution (EAP / EAP-IG) over heads and MLPs, circuits of several sizes and their
     faithfulness by real patching (Tigges et al. 2024); --exact for exact edge patching; over
@@ -78,9 +81,9 @@ def circuit(
     from nnsight_reasoning.errors import UsageError
 
     if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"
-                  or metric is not None or ig_points != "midpoint" or ablation != "patching"):
+                  or metric is not None or ig_points != "midpoint" or ablation != "patching" or ig_variant != "inputs"):
         raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection, "
-                         "--min-fraction, --metric, --ig-points and --ablation are for EAP")
+                         "--min-fraction, --metric, --ig-points, --ig-variant and --ablation are for EAP")
     try:
         grid = tuple(int(v) for v in search.split(":"))
         if len(grid) != 3:
@@ -97,7 +100,7 @@ def circuit(
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
-              ig_points=ig_points, ablation=ablation, qkv=qkv)
+              ig_points=ig_points, ablation=ablation, qkv=qkv, ig_variant=ig_variant)
 
 
 @experiment_command()

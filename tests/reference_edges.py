@@ -207,13 +207,15 @@ def patched_run(hf, ids, removed=None, corrupt=None, removed_qkv=None, last_only
     return logits, acts
 
 
-def node_gradients(hf, ids, r1, r2, embeds=None, metric=None, qkv=False):
+def node_gradients(hf, ids, r1, r2, embeds=None, metric=None, qkv=False, install=None):
     """{downstream node: ∂(logit r1 − logit r2)/∂(its input), (T, d)}, one backward per node.
     ``embeds`` (T, d) replaces the token embeddings (integrated gradients); ``metric`` (last
     position's logits (V,) float64 -> scalar) replaces the logit difference. ``qkv``: a head's
     query, key and value inputs are nodes of their own (``a1.0<q>``): a leaf tensor copies the
     layer's input, and a hook on the projection puts in head h's q (or k, v) columns computed
-    from it, so the gradient reaches the leaf through that projection of that head alone."""
+    from it, so the gradient reaches the leaf through that projection of that head alone.
+    ``install``: a function registering further hooks (returns their handles), e.g. one group's
+    interpolated output (EAP-IG on activations)."""
     n_heads = _heads(hf)
     blocks, final, embed = _parts(hf)
     _, down = node_names(len(blocks), n_heads, qkv)
@@ -228,6 +230,8 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None, qkv=False):
 
         if embeds is not None:
             hooks.append(embed.register_forward_hook(lambda m, i, o: embeds.unsqueeze(0).to(o.dtype)))
+        if install is not None:
+            hooks += install()
         if v == "logits":
             hooks.append(final.register_forward_pre_hook(make_leaf))
         elif v.startswith("m"):
@@ -274,7 +278,8 @@ def node_gradients(hf, ids, r1, r2, embeds=None, metric=None, qkv=False):
         finally:
             for hk in hooks:
                 hk.remove()
-        out[v] = leaf["x"].grad[0].detach()
+        grad = leaf["x"].grad  # None where a hooked-in constant cuts every path from v to the logits
+        out[v] = grad[0].detach() if grad is not None else torch.zeros_like(leaf["x"][0]).detach()
         hf.zero_grad()
     return out
 
@@ -304,4 +309,63 @@ def reference_edge_scores(hf, clean, corrupt, r1, r2, ig_steps=1, metric=None, a
         delta = (acts_corr[u] - acts_clean[u]).double()
         for j, v in enumerate(down):
             out[i, j] = (delta * grads[v].double()).sum()
+    return out
+
+
+def group_outputs(hf, ids):
+    """The outputs of EAP-IG's node groups on one run: {"input": the residual stream entering
+    layer 0, ("attn", l): layer l's attention output, ("mlp", l): its MLP output}, each (T, d)."""
+    blocks, _, _ = _parts(hf)
+    out, hooks = {}, []
+
+    def keep_input(m, args, kwargs):
+        out.setdefault("input", (args[0] if args else kwargs["hidden_states"])[0].detach())
+
+    hooks.append(_get(hf, NORMS[hf.config.model_type][0])[0].register_forward_pre_hook(keep_input, with_kwargs=True))
+    for l, (_, attn, _, _, mlp) in enumerate(blocks):
+        hooks.append(attn.register_forward_hook(lambda m, i, o, l=l: out.__setitem__(("attn", l), o[0][0].detach())))
+        hooks.append(mlp.register_forward_hook(lambda m, i, o, l=l: out.__setitem__(("mlp", l), o[0].detach())))
+    try:
+        with torch.no_grad():
+            hf(torch.tensor([ids]), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def reference_activation_ig_scores(hf, clean, corrupt, r1, r2, alphas, metric=None):
+    """(n_up, n_down): Σ_t (a_u(corrupt) − a_u(clean)) · the mean, over every node group g (the
+    input, each layer's attention, each MLP) and every α, of ∂M/∂(input of v) on the clean prompt
+    with g's output set to clean + α·(corrupt − clean) by a hook (EAP-IG on activations)."""
+    _, acts_clean = patched_run(hf, clean)
+    acts_corr = patched_run(hf, corrupt)[1]
+    out_clean, out_corr = group_outputs(hf, clean), group_outputs(hf, corrupt)
+    blocks, _, _ = _parts(hf)
+    first = _get(hf, NORMS[hf.config.model_type][0])[0]
+    up, down = node_names(len(blocks), _heads(hf))
+    grads, runs = {v: 0.0 for v in down}, 0
+    for g in ["input"] + [(kind, l) for l in range(len(blocks)) for kind in ("attn", "mlp")]:
+        for a in alphas:
+            new = (out_clean[g] + a * (out_corr[g] - out_clean[g])).unsqueeze(0)
+
+            def install(g=g, new=new):
+                if g == "input":
+                    def pre(m, args, kwargs):
+                        return _with_hidden(args, kwargs, new.to(args[0].dtype if args else kwargs["hidden_states"].dtype))
+                    return [first.register_forward_pre_hook(pre, with_kwargs=True)]
+                kind, l = g
+                module = blocks[l][1] if kind == "attn" else blocks[l][4]
+                if kind == "attn":
+                    return [module.register_forward_hook(lambda m, i, o: (new,) + tuple(o[1:]))]
+                return [module.register_forward_hook(lambda m, i, o: new)]
+
+            for v, grad in node_gradients(hf, clean, r1, r2, metric=metric, install=install).items():
+                grads[v] = grads[v] + grad
+            runs += 1
+    out = torch.zeros(len(up), len(down), dtype=torch.float64)
+    for i, u in enumerate(up):
+        delta = (acts_corr[u] - acts_clean[u]).double()
+        for j, v in enumerate(down):
+            out[i, j] = (delta * grads[v].double() / runs).sum()
     return out

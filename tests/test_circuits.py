@@ -560,3 +560,27 @@ def test_sigkill_mid_circuit_resumes_to_the_same_values(tmp_path, embedded_model
                       batch_size=4, progress=False)
     for v in want.data_vars:  # another process (its own thread count): equal up to float summation order
         np.testing.assert_allclose(ds[v].values, want[v].values, rtol=1e-9, atol=1e-9, err_msg=v)
+
+
+@pytest.mark.parametrize("name,points,steps,alphas", [("embedded", "eap_ig", 2, [0.5, 0.0]),
+                                                      ("gpt2", "midpoint", 2, [0.25, 0.75])])
+def test_eap_ig_on_activations_matches_the_hook_reference(case_model, small_pairs, name, points, steps, alphas):
+    """hannamw/EAP-IG's get_scores_ig_activations: one node group's output interpolated at a time."""
+    from .reference_edges import reference_activation_ig_scores
+
+    model, hf = case_model(name)
+    pairs = small_pairs[:2]
+    ds = nr.circuit(model, pairs, ig_steps=steps, ig_points=points, ig_variant="activations", sizes=(), progress=False)
+    assert ds.attrs["ig_variant"] == "activations"
+    valid = graph.valid_edges(*graph.graph_shape(model)).numpy()
+    tok = model.tokenizer
+    ref = []
+    for pair in pairs:
+        base, source, (r1, r2) = _ids(tok, pair)
+        ref.append(reference_activation_ig_scores(hf, base, source, r1, r2, alphas).numpy())
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    np.testing.assert_allclose(ds["score"].values, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    with pytest.raises(UsageError, match="ig_variant='activations' integrates"):
+        nr.circuit(model, pairs, ig_steps=1, ig_variant="activations")
+    with pytest.raises(UsageError, match="ig_variant must be one of"):
+        nr.circuit(model, pairs, ig_variant="weights")

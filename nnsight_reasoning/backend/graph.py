@@ -27,7 +27,7 @@ import torch
 from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
-                        head_outputs, interpolate, join_columns, last_position, norm_scale, own_heads, packed_inputs,
+                        head_outputs, interpolate, join_columns, last_position, mix_group, norm_scale, own_heads, packed_inputs,
                         packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
 
 
@@ -45,7 +45,7 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
                       weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
                       ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False,
-                      remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      ig_variant: str = "inputs", remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EAP (``ig_steps`` = 1) or EAP-IG scores of every (upstream, downstream) node pair.
 
     ``input_ids`` (2p, T): p corrupted rows, then their p clean rows; ``answer_ids`` (2p, K)
@@ -62,6 +62,11 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     ``replace`` (T or 1, n_up, d): every upstream node's value under zero or mean ablation
     (:func:`node_output_sums`); a_u(corrupt) is then replace[:, u] and the corrupted rows are
     not read (EAP only: ``ig_steps`` 1, as hannamw/EAP-IG's ``get_scores_eap``).
+    ``ig_variant="activations"`` (hannamw/EAP-IG's ``get_scores_ig_activations``): instead of the
+    token embeddings, one node group at a time (the input, a layer's attention output, a layer's
+    MLP output; G = 1 + 2L groups) takes the interpolated value clean + α·(corrupt − clean) on
+    the clean prompt, and the gradient is the mean over all G·m runs (each run's gradient
+    counts for every edge, as there); with ``"eap_ig"`` points α = 1 − k/m for k = 1 … m.
     ``qkv``: each head has three downstream inputs, its query's, key's and value's (EAP-IG's
     graph; downstream order per layer: the heads' q, their k, their v, then the MLP, as
     :func:`valid_edges`), the attention running on three copies per head
@@ -77,18 +82,22 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     weights = default_weights(answer_ids) if weights is None else weights.double()
     if replace is not None and ig_steps > 1:
         raise ValueError("zero and mean ablation score edges with EAP (ig_steps=1)")
-    if ig_steps > 1:  # interpolated rows follow the inputs: step k of pair j is row 2p + k·p + j
-        input_ids = torch.cat([input_ids, input_ids[p:].repeat(ig_steps, 1)])
-        answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(ig_steps, 1)])
-        weights = torch.cat([weights, weights[p:].repeat(ig_steps, 1)])
-    alphas = ig_alphas(ig_steps, ig_points).repeat_interleave(p)[:, None, None]
+    if ig_variant not in IG_VARIANTS:
+        raise ValueError(f"ig_variant must be one of {', '.join(IG_VARIANTS)} (got {ig_variant!r})")
+    groups = 1 + 2 * d["n_layers"] if ig_variant == "activations" and ig_steps > 1 else 0
+    blocks = ig_steps * max(groups, 1) if ig_steps > 1 else 1
+    if ig_steps > 1:  # interpolated rows follow the inputs: block b of pair j is row 2p + b·p + j
+        input_ids = torch.cat([input_ids, input_ids[p:].repeat(blocks, 1)])
+        answer_ids = torch.cat([answer_ids, answer_ids[p:].repeat(blocks, 1)])
+        weights = torch.cat([weights, weights[p:].repeat(blocks, 1)])
+    alphas = ig_alphas(ig_steps, ig_points, ig_variant).repeat_interleave(p)[:, None, None]
     if (remote is False or remote == "local") and not model.dispatched:
         model.dispatch()
     split = _qkv_projections(model, mods) if qkv else None
     with _frozen(model):
         saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
                                            alphas, p, ig_steps, d["n_heads"], d["head_dim"], replace, split,
-                                           architecture_of(model).qkv_layout), remote, "saved")
+                                           architecture_of(model).qkv_layout, groups), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
 
 
@@ -107,15 +116,17 @@ def architecture_of(model: Any) -> Any:
 
 
 IG_POINTS = ("midpoint", "eap_ig", "clean_corrupted")
+IG_VARIANTS = ("inputs", "activations")
 
 
-def ig_alphas(steps: int, points: str = "midpoint") -> torch.Tensor:
-    """(steps,) the integration points α (0 = clean input, 1 = corrupted) of EAP-IG's path."""
+def ig_alphas(steps: int, points: str = "midpoint", variant: str = "inputs") -> torch.Tensor:
+    """(steps,) the integration points α (0 = clean, 1 = corrupted) of EAP-IG's path: of the
+    input embeddings, or (``variant="activations"``) of a node group's output."""
     k = torch.arange(steps, dtype=torch.float32)
     if points == "midpoint":
         return (k + 0.5) / steps
-    if points == "eap_ig":
-        return 1 - k / steps
+    if points == "eap_ig":  # get_scores_eap_ig: k = 0 … m − 1 from the corrupted end; _ig_activations: k = 1 … m
+        return 1 - (k + 1) / steps if variant == "activations" else 1 - k / steps
     if points == "clean_corrupted":
         if steps != 2:
             raise ValueError("clean_corrupted integrates over 2 points (the clean and the corrupted input)")
@@ -131,11 +142,13 @@ def default_weights(answer_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d, alphas, p, steps, n_heads,
-                 head_dim, replace=None, split=None, layout=None, remote=False, backend=None):
+                 head_dim, replace=None, split=None, layout=None, ig_groups=0, remote=False, backend=None):
     saved = None
     with model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         # gradients start at the embeddings: NDIF weights are frozen
-        e = interpolate(embed.output.detach().requires_grad_(True), p, steps, alphas)
+        e = embed.output.detach().requires_grad_(True)
+        if ig_groups == 0:  # EAP-IG on the inputs: the interpolated rows' embeddings
+            e = interpolate(e, p, steps, alphas)
         embed.output = e
         rows = e.shape[0]
         groups = 1 if split is None else 3  # with q/k/v inputs: the queries', keys' and values' copies
@@ -151,6 +164,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                     ups.append((h0[:p] - h0[p:2 * p]).detach().unsqueeze(2))
                 else:
                     ups.append((replace[:, 0:1].to(h0.dtype) - h0[p:2 * p].unsqueeze(2)).detach())
+                if ig_groups:  # group 0, the input, interpolated in its rows
+                    layer.input = mix_group(h0, p, steps, 0, alphas)
                 node = 1
                 first = False
             x = ln_attn.input.repeat(groups * n_heads, 1, 1)
@@ -171,6 +186,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 own = head_outputs(z[p:2 * p], o_proj.weight, n_heads, head_dim, conv1d)
                 ups.append((replace[:, node:node + n_heads].to(own.dtype) - own).detach())
             node += n_heads
+            if ig_groups:  # group 1 + 2l: the layer's attention output
+                o_proj.output = mix_group(o_proj.output, p, steps, len(inputs), alphas)
             y = ln_mlp.input + 0.0
             ln_mlp.input = y
             inputs.append(y)
@@ -179,6 +196,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 ups.append((out[:p] - out[p:2 * p]).detach().unsqueeze(2))
             else:
                 ups.append((replace[:, node:node + 1].to(out.dtype) - out[p:2 * p].unsqueeze(2)).detach())
+            if ig_groups:  # group 2 + 2l: the layer's MLP output
+                mlp.output = mix_group(out, p, steps, len(inputs), alphas)
             node += 1
         f = final.input + 0.0
         final.input = f
@@ -196,8 +215,8 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 else:
                     g = g.unsqueeze(2)
                 g = g[graded]
-                if steps > 1:
-                    g = g.view((steps, p) + tuple(g.shape[1:])).mean(0)
+                if steps > 1:  # the mean over the interpolated blocks (steps, or groups × steps)
+                    g = g.view((-1, p) + tuple(g.shape[1:])).mean(0)
                 parts.append(torch.einsum("ptud,ptvd->puv", delta, g.double()))
         saved = nnsight.save((torch.cat(parts[::-1], 2), chosen[:2 * p].detach()))
     return saved

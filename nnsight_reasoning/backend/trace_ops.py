@@ -81,6 +81,16 @@ def interpolate(e, p, steps, alphas):
     return torch.cat([e[:2 * p], path])
 
 
+def mix_group(x, p, steps, group, alphas):
+    """A node group's output ``x`` (2p + G·steps·p, T, d) in EAP-IG on activations: rows p sources,
+    p bases, then per group ``steps`` blocks of p base copies; the blocks of ``group`` get
+    base + α·(source − base) at ``alphas`` (steps·p, 1, 1), every other row stays."""
+    start = 2 * p + group * steps * p
+    clean = x[p:2 * p].repeat(steps, 1, 1)
+    mixed = clean + alphas.to(x.dtype) * (x[:p].repeat(steps, 1, 1) - clean)
+    return torch.cat([x[:start], mixed, x[start + steps * p:]])
+
+
 def split_heads(z, n_heads, head_dim):
     """The output projection's input (..., n_heads·head_dim) as a view (..., n_heads, head_dim)."""
     return z.view(tuple(z.shape[:-1]) + (n_heads, head_dim))

@@ -19,7 +19,9 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
   carries the answer.
 - **EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have faith in faithfulness"), ``ig_steps`` =
   m > 1: the gradient is averaged over m runs with input embeddings interpolated from clean to
-  corrupted at α = (k + ½)/m (the input variant; the activation variant is not offered).
+  corrupted at α = (k + ½)/m (``ig_variant="inputs"``), or over (1 + 2L)·m runs in which one node
+  group (the input, a layer's attention, a layer's MLP) at a time outputs its interpolated value
+  (``"activations"``, EAP-IG's ``get_scores_ig_activations``).
 - **Circuit** of size n (``selection``): ``"topn"``, the n edges of largest |score|; or
   ``"greedy"``, EAP-IG's ``Graph.apply_greedy`` as Tigges et al.'s ``get_circuits_over_time.py``
   calls it: from the logits up, the edge of largest |score| among those entering a node already
@@ -76,6 +78,7 @@ def circuit(
     ablation: str = "patching",
     ablation_data: Sequence[str] | PromptPairs | None = None,
     qkv: bool = False,
+    ig_variant: str = "inputs",
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -92,6 +95,10 @@ def circuit(
         ``"eap_ig"``, α = 1 − k/m for k = 0 … m − 1, hannamw/EAP-IG's ``get_scores_eap_ig``;
         ``"clean_corrupted"``, the clean and the corrupted input only (its
         ``get_scores_clean_corrupted``; ``ig_steps`` becomes 2).
+    ig_variant : ``"inputs"`` (default: the input embeddings are interpolated) or
+        ``"activations"`` (hannamw/EAP-IG's ``get_scores_ig_activations``: the input, each layer's
+        attention output and each MLP output in turn, on the clean prompt; (1 + 2L)·m gradient
+        runs per pair).
     ablation : what a corrupted edge carries (hannamw/EAP-IG's ``intervention``):
         ``"patching"`` (default), the node's output on the corrupted prompt; ``"zero"``; ``"mean"``,
         its mean over every token of ``ablation_data``; ``"mean_positional"``, its mean per
@@ -147,6 +154,11 @@ def circuit(
         raise UsageError(f"ig_steps must be an integer >= 1 (got {ig_steps})")
     if ig_points not in graph.IG_POINTS:
         raise UsageError(f"ig_points must be one of {', '.join(graph.IG_POINTS)} (got {ig_points!r})")
+    if ig_variant not in graph.IG_VARIANTS:
+        raise UsageError(f"ig_variant must be one of {', '.join(graph.IG_VARIANTS)} (got {ig_variant!r})")
+    if ig_variant == "activations" and (ig_steps < 2 or ig_points == "clean_corrupted" or ablation != "patching"):
+        raise UsageError("ig_variant='activations' integrates each node's output from the clean to the corrupted run: "
+                         "it needs ig_steps >= 2, ig_points midpoint or eap_ig, and ablation='patching'")
     if ig_points == "clean_corrupted":
         ig_steps = 2
     if ablation not in ABLATIONS:
@@ -163,7 +175,8 @@ def circuit(
         start, stop, step = (int(v) for v in search)
         if start < 1 or step < 1 or stop <= start:
             raise UsageError(f"search must be (start, stop, step) with 1 <= start < stop and step >= 1 (got {search})")
-    rows_per_pair = 2 + (ig_steps if ig_steps > 1 else 0)
+    groups = 1 + 2 * Shape.of(run.model).n_layers if ig_variant == "activations" else 1
+    rows_per_pair = 2 + (ig_steps * groups if ig_steps > 1 else 0)
     if run.batch_size < rows_per_pair:
         raise UsageError(f"batch_size must hold one pair's rows: >= {rows_per_pair}")
     pair_list, tok = _prepare(run, pairs)
@@ -171,7 +184,7 @@ def circuit(
     answers = _answers(run, pair_list, tok, metric)
     shape = Shape.of(run.model, qkv)
     replace = _ablation_values(run, ablation, ablation_data, pair_list, tok, shape)
-    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points, replace, qkv)
+    score, clean, corrupt = _edge_scores(run, tok, shape.valid, ig_steps, answers, ig_points, replace, qkv, ig_variant)
     if replace is not None:  # the corrupted baseline: every edge ablated
         corrupt = _edge_patched(run, tok, shape.valid[None], "ablated baseline", answers, replace)[0][0]
     measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # size -> (circuit, its (prompt) logit difference)
@@ -192,7 +205,8 @@ def circuit(
     circuits = np.stack([measured[s][0] for s in sizes]) if sizes else np.zeros((0,) + shape.valid.shape, bool)
     circuit_diff = np.stack([measured[s][1] for s in sizes]) if sizes else np.zeros((0, len(pair_list)))
     attrs = {**shape.attrs(), "method": "eap_ig" if ig_steps > 1 else "eap", "metric": metric,
-             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "ablation": ablation,
+             "answer_sets": int(answers.sets), "ig_steps": ig_steps, "ig_points": ig_points, "ig_variant": ig_variant,
+             "ablation": ablation,
              "selection": selection, "circuit_selection": SELECTIONS[selection]}
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape, attrs)
     if found is not None:
@@ -412,18 +426,19 @@ def _ablation_values(run: Run, ablation: str, data, pairs: list[PromptPair], tok
 
 
 def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers,
-                 ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False,
+                 ig_variant: str = "inputs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(upstream, downstream) edge scores averaged over prompts (NaN where no edge exists) and the
     (prompt) clean and corrupted metric; one pass per batch of pairs."""
     n = len(tok.base)
     per_prompt = np.zeros((n,) + valid.shape)
     clean, corrupt = np.zeros(n), np.zeros(n)
-    jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (ig_steps if ig_steps > 1 else 0))
+    blocks = ig_steps * (1 + 2 * graph.graph_shape(run.model)[0] if ig_variant == "activations" else 1)
+    jobs = run.batches([len(b) for b in tok.base], rows_per_item=2 + (blocks if ig_steps > 1 else 0))
     for job in run.steps(jobs, "edge scores"):
         scores, values = run.call(graph.edge_attributions, tok.rows(job)[0], *answers.rows(job),
                                   probs=answers.probs, ig_steps=ig_steps, ig_points=ig_points, replace=replace,
-                                  qkv=qkv)
+                                  qkv=qkv, ig_variant=ig_variant)
         per_prompt[job] = scores.numpy()
         values = values.numpy()
         corrupt[job], clean[job] = values[: len(job)], values[len(job):]
