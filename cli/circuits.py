@@ -70,6 +70,8 @@ def circuit(
                                                   "prompts; with --ig-steps 1)"),
     qkv: bool = typer.Option(False, "--qkv", help="EAP-IG's graph: separate edges into each head's query, key and "
                                                   "value inputs (a3.1<q>, …)"),
+    thresholds: Optional[str] = typer.Option(None, help="comma-separated |score| thresholds: each one's circuit is "
+                                                        "every edge at or above it, pruned (EAP-IG's apply_threshold)"),
     ig_variant: str = typer.Option("inputs", help="what EAP-IG interpolates: inputs (the token embeddings) or "
                                                   "activations (each node group's output in turn, EAP-IG's "
                                                   "get_scores_ig_activations)"),
@@ -94,13 +96,19 @@ def circuit(
         size_list = [int(s) for s in (DEFAULT_SIZES if sizes is None else sizes).split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--sizes must be comma-separated integers, e.g. 10,20,50 (got {sizes!r})") from None
+    try:
+        threshold_list = [float(t) for t in (thresholds or "").split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--thresholds must be comma-separated numbers, e.g. 0.1,0.5 (got {thresholds!r})") from None
+    if exact and threshold_list:
+        raise UsageError("--exact makes no circuits; --thresholds is for EAP")
     data = pair_data(task, n_prompts, seed, task_params(param))
     if exact:  # its own default file: it never overwrites an EAP result
         h.run(nr.edge_patching, data, kind="edge_patching", task=task, qkv=qkv)
     else:
         h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
-              ig_points=ig_points, ablation=ablation, qkv=qkv, ig_variant=ig_variant)
+              ig_points=ig_points, ablation=ablation, qkv=qkv, ig_variant=ig_variant, thresholds=threshold_list)
 
 
 @experiment_command()

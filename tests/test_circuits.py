@@ -584,3 +584,29 @@ def test_eap_ig_on_activations_matches_the_hook_reference(case_model, small_pair
         nr.circuit(model, pairs, ig_steps=1, ig_variant="activations")
     with pytest.raises(UsageError, match="ig_variant must be one of"):
         nr.circuit(model, pairs, ig_variant="weights")
+
+
+def test_threshold_circuits_are_every_edge_at_or_above_the_threshold(embedded_model, small_pairs):
+    """EAP-IG's apply_threshold(t, absolute=True), then pruned; measured like the sizes."""
+    ds = nr.circuit(embedded_model, small_pairs[:3], ig_steps=1, sizes=(20,), thresholds=(0.05, 0.5, 1e9),
+                    progress=False)
+    nr.testing.assert_valid_result(ds)
+    score = ds.score.values
+    for t in ds.threshold.values:
+        at = np.nan_to_num(np.abs(score), nan=-1) >= t
+        assert int(ds.threshold_size.sel(threshold=t)) == at.sum()
+        assert int(ds.threshold_n_edges.sel(threshold=t)) == prune(at).sum()
+    big = ds.sel(threshold=1e9)
+    assert int(big.threshold_size) == 0 and np.isnan(big.threshold_faithfulness)
+    # a threshold's circuit is measured as the size-n circuit with n its edge count
+    n = int(ds.threshold_size.sel(threshold=0.05))
+    again = nr.circuit(embedded_model, small_pairs[:3], ig_steps=1, sizes=(n,), progress=False)
+    # (float32 runs batched differently: a few ulps apart)
+    np.testing.assert_allclose(ds.threshold_faithfulness.sel(threshold=0.05), again.faithfulness.sel(size=n),
+                               rtol=1e-5)
+    np.testing.assert_allclose(ds.threshold_logit_diff.sel(threshold=0.05), again.circuit_logit_diff.sel(size=n),
+                               rtol=1e-5, atol=1e-5)
+    for kwargs, msg in [(dict(thresholds=(-1,)), "thresholds must be finite"),
+                        (dict(thresholds=(0.1,), selection="greedy"), "use it with selection='topn'")]:
+        with pytest.raises(UsageError, match=msg):
+            nr.circuit(embedded_model, small_pairs[:2], ig_steps=1, **kwargs)

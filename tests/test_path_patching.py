@@ -250,6 +250,16 @@ def test_ioi_components_match_the_hook_reference(case_model):
     assert checked >= 4
     d, ad = ds.s2i_logit_diff_delta.values, ds.s2i_attention_delta.values
     np.testing.assert_array_equal(ds.s_inhibition.values, (d < 0) & (ad[..., 0] < 0) & (ad[..., 1] > 0))
+    # tertiary heads: attention on the seeded repeated tokens, read from the HF model's own output
+    seqs = nr.tasks.repeated_tokens(2, 100, 0, tokenizer=tok)
+    with torch.no_grad():
+        att = torch.stack(hf(torch.tensor(seqs.ids), output_attentions=True).attentions, 1).double().numpy()
+    n = 100
+    rep = np.arange(n + 1, 2 * n + 1)
+    np.testing.assert_allclose(ds.induction.values, att[..., rep, rep - n + 1].mean((0, -1)), atol=1e-6)
+    np.testing.assert_allclose(ds.duplicate_token.values, att[..., rep, rep - n].mean((0, -1)), atol=1e-6)
+    prev = np.arange(2, n + 1)
+    np.testing.assert_allclose(ds.previous_token.values, att[..., prev, prev - 1].mean((0, -1)), atol=1e-6)
 
 
 @pytest.mark.parametrize("qkv", [False, True])
@@ -267,6 +277,7 @@ def test_ioi_components_with_a_circuit_take_its_heads_as_candidates(embedded_mod
     movers = {(int(l), int(h)) for l, h in zip(*np.nonzero(ds.name_mover.values))}
     assert movers <= into_logits
     heads = circuit_heads(edges)
+    np.testing.assert_array_equal(ds.in_circuit.values, heads.values)
     touched = {(int(l), int(h)) for l, h in zip(*np.nonzero(heads.values))}
     assert into_logits <= touched and touched
     # the S-inhibition candidates are the heads with a circuit edge into a name mover (its query: qkv)

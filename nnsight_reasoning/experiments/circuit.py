@@ -79,6 +79,7 @@ def circuit(
     ablation_data: Sequence[str] | PromptPairs | None = None,
     qkv: bool = False,
     ig_variant: str = "inputs",
+    thresholds: Sequence[float] = (),
 ) -> xr.Dataset:
     """Edge scores of the whole component graph (EAP / EAP-IG) and the faithfulness of its top-n
     circuits (definitions in :mod:`nnsight_reasoning.experiments.circuit`).
@@ -121,6 +122,9 @@ def circuit(
         ``range(*search)`` (capped at the number of edges, which is added as the last point),
         then every size between the first grid size that reaches it and the grid size before.
         ``min_size`` is the answer (-1 if even the whole graph stays below it).
+    thresholds : |score| thresholds (EAP-IG's ``apply_threshold(t, absolute=True)``): each one's
+        circuit is every edge with |score| ≥ t, pruned; its faithfulness is measured as the
+        sizes' (``threshold_*`` variables along ``threshold``).
     search : (start, stop, step) of that grid in edges; default (25, 1600, 25), the
         repository's ``--start --end --step``.
     metric : ``"logit_diff"`` or ``"prob_diff"`` (see the module doc); default
@@ -169,6 +173,12 @@ def circuit(
     sizes = sorted({int(s) for s in sizes})
     if any(s < 1 for s in sizes):
         raise UsageError(f"circuit sizes must be >= 1 edges (got {sizes})")
+    thresholds = sorted({float(t) for t in thresholds})
+    if any(not np.isfinite(t) or t < 0 for t in thresholds):
+        raise UsageError(f"thresholds must be finite |score| values >= 0 (got {thresholds})")
+    if thresholds and selection != "topn":
+        raise UsageError("a threshold's circuit is every edge with |score| >= t (apply_threshold): use it with "
+                         "selection='topn'")
     if selection not in SELECTIONS:
         raise UsageError(f"selection must be one of {', '.join(SELECTIONS)} (got {selection!r})")
     if min_fraction is not None:
@@ -197,7 +207,9 @@ def circuit(
         diff, _ = _edge_patched(run, tok, shape.valid & ~circuits, label, answers, replace)
         measured.update({s: (c, d) for s, c, d in zip(new_sizes, circuits, diff)})
 
-    measure(sizes, "faithfulness")
+    # a threshold's circuit is the top-n circuit with n = the edges at or above it
+    threshold_sizes = [int((np.nan_to_num(np.abs(score), nan=-1.0) >= t).sum()) for t in thresholds]
+    measure(sorted(set(sizes) | {n for n in threshold_sizes if n > 0}), "faithfulness")
     found = None
     if min_fraction is not None:
         found = _search(measure, measured, clean.mean(), int(shape.valid.sum()), float(min_fraction),
@@ -211,6 +223,27 @@ def circuit(
     ds = _dataset(pair_list, score, clean, corrupt, circuits, circuit_diff, sizes, shape, attrs)
     if found is not None:
         ds = _with_search(ds, found, measured, clean.mean(), corrupt.mean(), float(min_fraction), (start, stop, step))
+    if thresholds:
+        ds = _with_thresholds(ds, thresholds, threshold_sizes, measured, clean.mean(), corrupt.mean(), len(pair_list))
+    return ds
+
+
+def _with_thresholds(ds: xr.Dataset, thresholds: list[float], sizes: list[int], measured: dict, clean_mean: float,
+                     corrupt_mean: float, n_prompts: int) -> xr.Dataset:
+    """``ds`` with each threshold's circuit: its size before and after pruning, its metric and
+    faithfulness (NaN and 0 edges where no edge reaches the threshold)."""
+    diff = np.stack([measured[n][1] if n > 0 else np.full(n_prompts, np.nan) for n in sizes])
+    kept = [int(measured[n][0].sum()) if n > 0 else 0 for n in sizes]
+    t = ("threshold",)
+    ds = ds.assign_coords(threshold=np.array(thresholds))
+    ds["threshold_size"] = (t, np.array(sizes), {"long_name": "edges with |score| at or above the threshold"})
+    ds["threshold_n_edges"] = (t, np.array(kept), {"long_name": "edges kept after pruning"})
+    ds["threshold_logit_diff"] = (t + ("prompt",), diff, {"long_name": "metric, threshold circuit only",
+                                                          "units": ds["clean_logit_diff"].attrs.get("units", "")})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ds["threshold_faithfulness"] = (t, (diff.mean(1) - corrupt_mean) / (clean_mean - corrupt_mean),
+                                        {"long_name": "(circuit − corrupted) / (clean − corrupted)", "units": "1"})
+        ds["threshold_fraction"] = (t, diff.mean(1) / clean_mean, {"long_name": "circuit / clean", "units": "1"})
     return ds
 
 
@@ -759,6 +792,10 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             table.add_row(str(s), str(int(v["n_edges"])), str(int(v["n_nodes"])), f"{float(v['faithfulness']):.3f}",
                           f"{float(v['fraction']):.3f}")
         lines.append(table)
+    if "threshold" in last.dims:
+        lines.append("threshold circuits (|score| ≥ t, pruned): " + ", ".join(
+            f"t={t:g}: {int(n)} edges, faithfulness {f:.3f}" for t, n, f in
+            zip(last["threshold"].values, last["threshold_n_edges"].values, last["threshold_faithfulness"].values)))
     if "min_size" in ds:
         sizes = np.atleast_1d(ds["min_size"].values)
         names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [str(rev)]

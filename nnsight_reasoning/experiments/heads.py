@@ -199,15 +199,21 @@ def query_positions(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(2, n + 1), np.arange(n + 1, 2 * n + 1)
 
 
+def attention_scores(a: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """The previous-token, duplicate-token and induction scores (b, layers, heads) of a batch from
+    its attention probabilities ``a`` (b, layers, heads, T, T), ``n`` = seq_len."""
+    q_prev, q_rep = query_positions(n)
+    return {"previous_token": a[..., q_prev, q_prev - 1].mean(-1),
+            "duplicate_token": a[..., q_rep, q_rep - n].mean(-1),
+            "induction": a[..., q_rep, q_rep - n + 1].mean(-1)}
+
+
 def sequence_scores(a: np.ndarray, eff: np.ndarray, n: int) -> dict[str, np.ndarray]:
     """The per-sequence scores (b, layers, heads) of a batch from its attention probabilities
     ``a`` and direct logit effects ``eff`` (both (b, layers, heads, T, T)), ``n`` = seq_len."""
     q_prev, q_rep = query_positions(n)
     written = (a[..., q_rep, 1:] * eff[..., q_rep, 1:]).sum(-1)  # attention-weighted effect on attended tokens
-    return {"previous_token": a[..., q_prev, q_prev - 1].mean(-1),
-            "duplicate_token": a[..., q_rep, q_rep - n].mean(-1),
-            "induction": a[..., q_rep, q_rep - n + 1].mean(-1),
-            "copy_suppression_proxy": -written.mean(-1)}
+    return {**attention_scores(a, n), "copy_suppression_proxy": -written.mean(-1)}
 
 
 def chance_levels(n: int, n_ordinals: int) -> list[float]:

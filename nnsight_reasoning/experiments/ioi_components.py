@@ -23,8 +23,11 @@ two mentions of John, END the last position):
   and name movers). An S-inhibition head lowers the logit difference and the attention to IO
   and raises the attention to S1 (the repository's sign rule, no magnitude threshold).
 
-Induction, duplicate-token and previous-token heads "inside the circuit" are
-:func:`nnsight_reasoning.head_scores` masked by :func:`circuit_heads`.
+- **Tertiary heads** (``evaluate_induction_scores``): every head's induction, duplicate-token
+  and previous-token score (the definitions of :mod:`.heads`) on ``n_sequences`` seeded repeated
+  random-token sequences of ``seq_len`` (the repository: 2 × 100, unseeded); with ``circuit``
+  also ``in_circuit``, the heads the circuit touches (:func:`circuit_heads`), by which the
+  repository masks them.
 
 Departures: the name movers' candidates without ``circuit`` are every head (the repository
 always has a circuit); the path from the S-inhibition candidate to the name movers is the
@@ -44,7 +47,9 @@ from ..backend import attention_probs, graph
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
+from ..tasks.tokens import repeated_tokens
 from .circuit import Shape, _answers, _edge_patched, _prepare, node_table
+from .heads import ATTENTION_SCORES, attention_scores
 
 WORDS = ("IO", "S1", "S2")
 
@@ -91,6 +96,9 @@ def ioi_components(
     copy_threshold: float = 10.0,
     top_k: int = 5,
     circuit: Any = None,
+    n_sequences: int = 2,
+    seq_len: int = 100,
+    seed: int = 0,
 ) -> xr.Dataset:
     """Name movers and S-inhibition heads on IOI pairs (definitions in
     :mod:`nnsight_reasoning.experiments.ioi_components`).
@@ -106,6 +114,8 @@ def ioi_components(
         (``ds.min_circuit``): name-mover candidates are then the heads with a circuit edge into
         the logits, S-inhibition candidates those with a circuit edge into a name mover's query
         (``qkv=True`` circuits, the repository's rule) or its input (the default graph).
+    n_sequences, seq_len, seed : the repeated random tokens of the tertiary scores
+        (``nr.tasks.repeated_tokens``; the repository: 2 sequences of 100).
 
     Batching: per batch of pairs, one pass for the residual stream after layer 0 and one for
     the attention patterns; the path patching takes (1 + c)·p rows for c candidates, attention
@@ -116,7 +126,9 @@ def ioi_components(
     Dataset over (layer, head): ``copy_score`` (%), ``attention`` (word: IO, S1, S2; END's
     attention probability, prompt mean), ``name_mover`` and ``s_inhibition`` (0/1),
     ``s2i_logit_diff_delta`` and ``s2i_attention_delta`` (word) (relative changes under path
-    patching, NaN for heads that were not candidates); ``clean_logit_diff`` (prompt) in logits.
+    patching, NaN for heads that were not candidates); ``induction``, ``duplicate_token``,
+    ``previous_token`` (attention fractions) and, with ``circuit``, ``in_circuit`` (0/1);
+    ``clean_logit_diff`` (prompt) in logits.
     With ``revisions`` every variable gains a leading ``checkpoint`` dim.
 
     Examples
@@ -132,6 +144,7 @@ def ioi_components(
                          "locally")
     if not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    sequences = repeated_tokens(n_sequences, seq_len, seed, tokenizer=run.tokenizer)  # refused before any pass
     shape = Shape.of(run.model)
     n_layers, n_heads = shape.n_layers, shape.n_heads
     up, down = node_table(n_layers, n_heads)
@@ -201,6 +214,12 @@ def ioi_components(
         clean, _ = _edge_patched(run, tok, np.zeros((1,) + shape.valid.shape, bool), "clean run", answers)
         clean = clean[0]
     s2i = (ld_delta < 0) & (attn_delta[..., 0] < 0) & (attn_delta[..., 1] > 0)
+    ids = torch.tensor(sequences.ids)
+    tertiary = {k: np.zeros((n_layers, n_heads)) for k in ATTENTION_SCORES}
+    for job in run.steps(run.batches([ids.shape[1]] * len(sequences)), "induction scores"):
+        a = run.call(attention_probs, ids[job], list(range(n_layers)), last_only=False).double().numpy()
+        for k, v in attention_scores(a, seq_len).items():
+            tertiary[k] += v.sum(0) / len(sequences)
     lh = ("layer", "head")
     data = {
         "copy_score": (lh, copy, {"long_name": f"IO/S1/S2 names among the head's top-{top_k} OV tokens", "units": "%"}),
@@ -215,7 +234,12 @@ def ioi_components(
         "s_inhibition": (lh, s2i.astype(np.int8), {"long_name": "lowers the logit difference and the name movers' "
                                                                 "attention to IO, raises it to S1"}),
         "clean_logit_diff": ("prompt", clean, {"long_name": "logit(IO) − logit(S), clean run", "units": "logits"}),
+        **{k: (lh, v, {"long_name": f"{k.replace('_', '-')} score on repeated random tokens", "units": "1"})
+           for k, v in tertiary.items()},
     }
+    if edges is not None:
+        heads_in = circuit_heads(circuit, n_layers, n_heads)
+        data["in_circuit"] = (lh, heads_in.values.astype(np.int8), {"long_name": "head touched by the circuit"})
     coords = {"layer": np.arange(n_layers), "head": np.arange(n_heads), "word": np.array(WORDS, dtype=object),
               "prompt": np.arange(n), "base": ("prompt", [p.base for p in pair_list]),
               "source": ("prompt", [p.source for p in pair_list])}
@@ -248,6 +272,14 @@ def summarize(ds: xr.Dataset) -> list[Any]:
                      f"name movers' attention IO {a[0]:+.3f} S1 {a[1]:+.3f} S2 {a[2]:+.3f}")
     if not last["name_mover"].values.any():
         lines.append("no name movers (copy score and attention criteria)")
+    for k in ("induction", "duplicate_token"):
+        if k in last:
+            v = last[k].where(last["in_circuit"] > 0) if "in_circuit" in last else last[k]
+            if np.isfinite(v.values).any():
+                layer, head = np.unravel_index(np.nanargmax(v.values), v.shape)
+                where = " in the circuit" if "in_circuit" in last else ""
+                lines.append(f"strongest {k.replace('_', '-')} head{where}: a{layer}.{head} "
+                             f"({float(v.values[layer, head]):.2f})")
     return lines
 
 
