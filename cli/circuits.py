@@ -53,7 +53,7 @@ def circuit(
     exact: bool = typer.Option(False, "--exact", help="exact edge patching (every edge cut alone; costly) instead of "
                                                       "EAP; writes edge_patching_*.nc"),
     ig_steps: Optional[int] = typer.Option(None, help="1 = EAP; m > 1 = EAP-IG with m integration steps "
-                                                      "(default 5)"),
+                                                      "(default 30, as Tigges et al.)"),
     sizes: Optional[str] = typer.Option(None, help="circuit sizes (edges before pruning) whose faithfulness is "
                                                    f"measured; '' for scores only (default {DEFAULT_SIZES})"),
     selection: str = typer.Option("topn", help="how a circuit of n edges is chosen: topn (largest |score|) or greedy "
@@ -106,7 +106,7 @@ def circuit(
     if exact:  # its own default file: it never overwrites an EAP result
         h.run(nr.edge_patching, data, kind="edge_patching", task=task, qkv=qkv)
     else:
-        h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=5 if ig_steps is None else ig_steps,
+        h.run(nr.circuit, data, kind="circuit", task=task, ig_steps=30 if ig_steps is None else ig_steps,
               sizes=size_list, selection=selection, min_fraction=min_fraction, search=grid, metric=metric,
               ig_points=ig_points, ablation=ablation, qkv=qkv, ig_variant=ig_variant, thresholds=threshold_list)
 

@@ -30,11 +30,11 @@ run plot "$R/prune.nc" --out docs/head_pruning.png
 run probe --n-prompts 512 --out "$R/probe.nc"
 run plot "$R/probe.nc" --out docs/probe_layers.png
 run probe --n-prompts 512 --revisions all --out "$R/probe_sweep.nc"
-run circuit --n-prompts 64 --revisions all --out "$R/circuit.nc"
+run circuit --n-prompts 64 --ig-steps 5 --revisions all --out "$R/circuit.nc"
 run plot "$R/circuit.nc" --kind circuit --out docs/circuit.png
 run plot "$R/circuit.nc" --kind faithfulness --out docs/circuit_faithfulness.png
 run plot "$R/circuit.nc" --kind overlap --out docs/circuit_overlap.png
-run circuit --task ioi --n-prompts 64 --out "$R/circuit_ioi.nc"
+run circuit --task ioi --n-prompts 64 --ig-steps 5 --out "$R/circuit_ioi.nc"
 run heads --revisions all --out "$R/heads.nc"
 run plot "$R/heads.nc" --out docs/head_scores.png
 run neurons --out "$R/neurons.nc"

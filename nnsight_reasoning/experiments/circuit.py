@@ -68,7 +68,7 @@ def circuit(
     run: Run,
     pairs: PromptPairs | Sequence[PromptPair],
     *,
-    ig_steps: int = 5,
+    ig_steps: int = 30,
     sizes: Sequence[int] = DEFAULT_SIZES,
     selection: str = "topn",
     min_fraction: float | None = None,
@@ -89,8 +89,9 @@ def circuit(
     model : a loaded model or a name/directory (see :func:`nnsight_reasoning.load_model`).
     pairs : clean (``base``) / corrupted (``source``) prompt pairs with single-token answers,
         e.g. ``nr.tasks.arithmetic(...)`` or ``nr.tasks.ioi(...)``.
-    ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 5;
-        Tigges et al. and hannamw/EAP-IG use 30).
+    ig_steps : 1 = EAP (gradient at the clean run); m > 1 = EAP-IG with m steps (default 30, as
+        Tigges et al. and hannamw/EAP-IG; on the embedded model 5 midpoints give the same r
+        against exact patching at a sixth of the cost).
     ig_points : where EAP-IG takes its m gradients on the path of input embeddings from the
         clean (α = 0) to the corrupted prompt (α = 1): ``"midpoint"`` (default), α = (k + ½)/m;
         ``"eap_ig"``, α = 1 − k/m for k = 0 … m − 1, hannamw/EAP-IG's ``get_scores_eap_ig``;
