@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Re-run the README's experiments on the embedded model and redraw every figure in docs/.
+# Re-run the documented experiments on the embedded model and redraw every figure in docs/
 #
 #     bash scripts/build_figures.sh [RESULTS_DIR]     # default: results/ (outputs go to RESULTS_DIR/log.txt)
 #
 # Run after retraining the embedded model (scripts/train_embedded.py); each command is the
-# one the README shows beside its figure, so the figures and the printed tables agree.
+# one the docs pages show beside their figures, so the figures and the printed tables agree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results}

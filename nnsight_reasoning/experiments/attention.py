@@ -60,20 +60,20 @@ def attention(
     xarray.Dataset with
 
     - ``attention`` (prompt, layer, head, query, key): probabilities; ``query`` is -1 for
-      "each prompt's last token" when lengths differ;
+        "each prompt's last token" when lengths differ;
     - ``head_entropy`` (view, layer, head): the paper's head entropy, normalised to [0, 1]:
-      entropy of the prompt-mean attention from the answer position over the statements,
-      / log(statements); ``view`` "position" (statements in prompt order) or "rank" (by size,
-      numbers only; NaN otherwise); ``statement_attention`` (view, layer, head, slot): that
-      prompt-mean attention, slot = statement index or size rank (0 = smallest). Both are
-      absent when prompts have different numbers of statements;
+        entropy of the prompt-mean attention from the answer position over the statements,
+        / log(statements); ``view`` "position" (statements in prompt order) or "rank" (by size,
+        numbers only; NaN otherwise); ``statement_attention`` (view, layer, head, slot): that
+        prompt-mean attention, slot = statement index or size rank (0 = smallest). Both are
+        absent when prompts have different numbers of statements;
     - ``prompt_entropy`` (prompt, layer, head): entropy in nats of each prompt's answer-position
-      attention over all its tokens (not the paper's quantity);
+        attention over all its tokens (not the paper's quantity);
     - ``mass`` (prompt, layer, head, group): attention from the answer position summed over the
-      tokens of each ``group``: "other" (tokens outside statements), "useless", "step1", … (or
-      "statement" for unlabelled prompts); sums to 1 over ``group``;
+        tokens of each ``group``: "other" (tokens outside statements), "useless", "step1", … (or
+        "statement" for unlabelled prompts); sums to 1 over ``group``;
     - ``n_tokens`` (prompt, group); coordinates ``token`` and ``statement`` (index, -1 = none)
-      along (prompt, key), ``text`` and ``answer`` along prompt.
+        along (prompt, key), ``text`` and ``answer`` along prompt.
     """
     return measure(run, prompts, layers=layers, heads=heads, patterns=patterns)
 

@@ -132,6 +132,8 @@ def circuit(
         ``"prob_diff"`` for greater-than pairs, as the repository, else ``"logit_diff"``. The
         ``*_logit_diff`` variables hold this metric (``attrs["metric"]``).
 
+    Notes
+    -----
     Batching: a scoring pass of p pairs takes (2 + ig_steps)·p rows (2·p for EAP), and
     attention runs once per head on them; a faithfulness pass of p pairs and c circuits
     takes (1 + c)·p rows. With ``revisions`` each checkpoint gets its own circuit.

@@ -70,6 +70,8 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
     sequences : repeated random tokens, ``nr.tasks.repeated_tokens(n_sequences, seq_len, seed,
         tokenizer=model.tokenizer)``.
 
+    Notes
+    -----
     Batching: ``batch_size`` sequences per pass; each batch takes two passes (attention
     patterns, then the heads' direct logit effects), and the successor score one more.
 

@@ -117,6 +117,8 @@ def ioi_components(
     n_sequences, seq_len, seed : the repeated random tokens of the tertiary scores
         (``nr.tasks.repeated_tokens``; the repository: 2 sequences of 100).
 
+    Notes
+    -----
     Batching: per batch of pairs, one pass for the residual stream after layer 0 and one for
     the attention patterns; the path patching takes (1 + c)·p rows for c candidates, attention
     three times per head in the name movers' layers.

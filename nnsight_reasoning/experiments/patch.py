@@ -88,6 +88,8 @@ def patch(
         their prompt index with NaN effects (so checkpoints of a sweep stack) and the
         per-prompt ``correct`` says which. One clean pass per batch decides, before patching.
 
+    Notes
+    -----
     Batching: one forward pass takes ``p`` source rows and ``p`` clean base rows and grows
     to ``p·(u+2) <= batch_size`` rows (``u`` patches per pair): each patched copy of a base
     row joins the batch at the layer of its site, because below it the copy would equal its

@@ -86,6 +86,8 @@ def path_patching(
         position only).
     metric : ``"logit_diff"`` or ``"prob_diff"``, as :func:`nnsight_reasoning.circuit`.
 
+    Notes
+    -----
     Batching: a pass of p pairs takes (1 + c)·p rows for c senders (plus the clean run);
     attention runs once per head on them, three times where a receiver's q, k or v is cut.
 

@@ -21,7 +21,7 @@ class CPUModelDeployment(BaseModelDeployment):
     def load_from_disk(self) -> HuggingFaceModel:
         # Eager attention, as nr.load_model uses locally: the same experiment must give the
         # same numbers. (Stock NDIF loads with transformers' default, usually SDPA, whose
-        # logits differ from eager by ~1e-5; see README, Remote.)
+        # logits differ from eager by ~1e-5; see docs/remote.md.)
         kwargs = {"attn_implementation": "eager", **self.kwargs}
         model = HuggingFaceModel.from_model_key(self.model_key, dispatch=True, dtype=self.dtype_name,
                                                 device="cpu", **kwargs)
