@@ -10,12 +10,9 @@ from .base import TaskData, TaskError, check_range, default_tokenizer
 
 
 @dataclass(frozen=True, repr=False)
-class RepeatedTokens(TaskData):
-    """Token-id sequences ``<bos> x_1 … x_n x_1 … x_n`` (from :func:`repeated_tokens`), with the
-    settings that made them (stored in results as ``task_params``).
-
-    ``ids`` holds one tuple of ``1 + 2·seq_len`` token ids per sequence; ``seq_len`` is n.
-    """
+class TokenSequences(TaskData):
+    """Token-id sequences (``ids``: one tuple per sequence) with the settings that made them
+    (stored in results as ``task_params``, ``seq_len`` among them)."""
 
     _items: ClassVar[str] = "ids"
     task: str
@@ -25,6 +22,11 @@ class RepeatedTokens(TaskData):
     @property
     def seq_len(self) -> int:
         return int(self.params["seq_len"])
+
+
+class RepeatedTokens(TokenSequences):
+    """Token-id sequences ``<bos> x_1 … x_n x_1 … x_n`` (from :func:`repeated_tokens`): one
+    tuple of ``1 + 2·seq_len`` token ids per sequence; ``seq_len`` is n."""
 
 
 
@@ -112,19 +114,9 @@ def ordinal_sequences(variants: bool = True) -> OrdinalSequences:
     return OrdinalSequences("ordinal_sequences", {"variants": variants}, tuple(lists))
 
 
-@dataclass(frozen=True, repr=False)
-class TextSequences(TaskData):
+class TextSequences(TokenSequences):
     """Token-id sequences of running text, each ``seq_len`` tokens starting with the tokenizer's
-    bos (or eos) token (from :func:`text_sequences`), with the settings that made them."""
-
-    _items: ClassVar[str] = "ids"
-    task: str
-    params: dict[str, Any]
-    ids: tuple[tuple[int, ...], ...]
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.params["seq_len"])
+    bos (or eos) token (from :func:`text_sequences`)."""
 
 
 # the embedded vocabulary's documents: its tasks' prompts with their answers, in turn

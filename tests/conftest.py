@@ -105,6 +105,32 @@ def embedded_model():
     return nr.load_model()
 
 
+def eager_hf(path):
+    """The plain HF model of ``path``, float32, eager attention: the hook references' model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+@pytest.fixture(scope="session")
+def case_model(tiny_model_dir):
+    """Factory: "embedded" or a model_type -> (the toolkit's model, the plain HF model) of one
+    directory, for checks against hook references."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.embedded import revision_path
+
+    made = {}
+
+    def get(name):
+        if name not in made:
+            path = revision_path("main") if name == "embedded" else tiny_model_dir(name)
+            made[name] = (nr.load_model(str(path)), eager_hf(path))
+        return made[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def small_pairs(embedded_tokenizer):
     import nnsight_reasoning as nr

@@ -369,3 +369,15 @@ def reference_activation_ig_scores(hf, clean, corrupt, r1, r2, alphas, metric=No
         for j, v in enumerate(down):
             out[i, j] = (delta * grads[v].double() / runs).sum()
     return out
+
+
+def assert_scores_match(ds, ref, valid):
+    """A result's ``score`` equals the prompt mean of reference scores ``ref`` (prompt, up, down)
+    where an edge exists and is NaN elsewhere; returns (got, want)."""
+    import numpy as np
+
+    want = np.where(valid, np.mean(ref, 0), np.nan)
+    got = ds["score"].values
+    assert np.array_equal(np.isnan(got), ~valid)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    return got, want

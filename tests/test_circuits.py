@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import nnsight_reasoning as nr
@@ -19,11 +18,7 @@ from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
 
-from .reference_edges import node_names, patched_run, reference_edge_scores
-
-
-def _hf(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+from .reference_edges import assert_scores_match, node_names, patched_run, reference_edge_scores
 
 
 def _ids(tok, pair):
@@ -34,17 +29,6 @@ def _ids(tok, pair):
 # gpt_neox: the embedded model (parallel residual) and a tiny sequential one; gpt2: Conv1D
 # projections; llama: RMSNorm, rotary, grouped key/value heads.
 CASES = [("embedded", 1), ("gpt_neox", 3), ("gpt2", 1), ("llama", 2)]
-
-
-@pytest.fixture(scope="module")
-def case_model(tiny_model_dir):
-    from nnsight_reasoning.embedded import revision_path
-
-    def get(name):
-        path = revision_path("main") if name == "embedded" else tiny_model_dir(name)
-        return nr.load_model(str(path)), _hf(path)
-
-    return get
 
 
 @pytest.mark.parametrize("name,ig_steps", CASES)
@@ -72,10 +56,7 @@ def test_edge_scores_and_circuit_runs_match_the_hook_reference(case_model, small
             lg, _ = patched_run(hf, base, removed, acts_corr)
             row.append(float(lg[r1] - lg[r2]))
         circuit.append(row)
-    want = np.where(valid, np.mean(ref, 0), np.nan)
-    got = ds["score"].values
-    assert np.array_equal(np.isnan(got), ~valid)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    got, want = assert_scores_match(ds, ref, valid)
     np.testing.assert_allclose(ds["clean_logit_diff"].values, clean, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ds["corrupt_logit_diff"].values, corrupt, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ds["circuit_logit_diff"].values, np.array(circuit).T, rtol=1e-4, atol=1e-4)

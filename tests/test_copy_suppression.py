@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
 
+from .conftest import eager_hf
 from .reference_edges import NORMS, QKV, _get
 
 
@@ -110,8 +110,7 @@ def test_cspa_matches_a_restatement_of_the_repository_definition(embedded_model)
     from nnsight_reasoning.embedded import revision_path
     from nnsight_reasoning.experiments.copy_suppression import _function_ids
 
-    hf = AutoModelForCausalLM.from_pretrained(revision_path("main"), dtype=torch.float32,
-                                              attn_implementation="eager").eval()
+    hf = eager_hf(revision_path("main"))
     seqs = nr.tasks.text_sequences(5, 24, seed=1, tokenizer=embedded_model.tokenizer)
     heads = ["a2.2", "a3.1", "a0.0"]
     ds = nr.copy_suppression(embedded_model, seqs, heads=heads, n_mean=5, n_eval=2, progress=False)

@@ -37,3 +37,63 @@ def test_the_site_builds_strictly(tmp_path):
         assert (tmp_path / "site" / page).stat().st_size > 5000, page
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "path_patching" in api and "Parameters" in api  # the docstrings were rendered
+
+
+MARK = "<!-- runnable: the slow tier runs this block (tests/test_docs.py) -->"
+
+
+def runnable_blocks() -> list[tuple[str, str, str]]:
+    """(where, language, code) of every fenced block marked runnable in README.md and docs/."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = path.read_text()
+        for m in re.finditer(re.escape(MARK) + r"\n```(\w+)\n(.*?)```", text, re.S):
+            line = text[:m.start()].count("\n") + 2
+            found.append((f"{path.relative_to(ROOT)}:{line}", m.group(1), m.group(2)))
+    return found
+
+
+def shell_commands(language: str, code: str) -> list[str]:
+    """The commands of a bash block (comments dropped, continuations joined), or of a text
+    block the lines after a ``$`` prompt (the rest is their printed output)."""
+    lines, out = code.replace("\\\n", " ").splitlines(), []
+    for ln in lines:
+        if language == "text":
+            if ln.startswith("$ "):
+                out.append(ln[2:].split("  #")[0].strip())
+        elif ln.strip() and not ln.lstrip().startswith("#"):
+            out.append(ln.split("  #")[0].strip())
+    return out
+
+
+BLOCKS = runnable_blocks()
+
+
+def test_some_docs_blocks_are_marked_runnable():
+    assert len(BLOCKS) >= 6 and {lang for _, lang, _ in BLOCKS} >= {"python", "bash", "text"}
+    assert shell_commands("text", "$ a --x \\\n    --y  # note\nout\n$ b") == ["a --x      --y", "b"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where,language,code", BLOCKS, ids=[b[0] for b in BLOCKS])
+def test_runnable_docs_block_runs(where, language, code, tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    if language == "python":
+        (tmp_path / "block.py").write_text(code)
+        r = subprocess.run([sys.executable, "block.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"{where}: {r.stderr[-3000:]}"
+        return
+    commands = shell_commands(language, code)
+    assert commands, f"{where}: no command found"
+    for command in commands:
+        r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, f"{where}: `{command}` failed: {r.stderr[-3000:]}"
+
+
+def test_the_cli_reference_is_generated_from_the_commands():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_cli_reference import PAGE, render
+
+    assert PAGE.read_text() == render(), "docs/cli.md is stale: run python scripts/build_cli_reference.py"

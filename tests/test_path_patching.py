@@ -5,27 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
 from nnsight_reasoning.backend import graph
 
-from .reference_edges import patched_run
-
-
-def _hf(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
-
-
-@pytest.fixture(scope="module")
-def case_model(tiny_model_dir):
-    from nnsight_reasoning.embedded import revision_path
-
-    def get(name):
-        path = revision_path("main") if name == "embedded" else tiny_model_dir(name)
-        return nr.load_model(str(path)), _hf(path)
-
-    return get
+from .reference_edges import assert_scores_match, patched_run
 
 
 def _rows(tok, pairs):
@@ -345,10 +329,7 @@ def test_qkv_edge_scores_and_circuits_match_the_hook_reference(case_model, small
             lg, _ = patched_run(hf, base, removed, acts_corr, removed_qkv)
             row.append(float(lg[r1] - lg[r2]))
         circuit.append(row)
-    want = np.where(valid, np.mean(ref, 0), np.nan)
-    got = ds["score"].values
-    assert np.array_equal(np.isnan(got), ~valid)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(want)))
+    got, want = assert_scores_match(ds, ref, valid)
     np.testing.assert_allclose(ds["circuit_logit_diff"].values, np.array(circuit).T, rtol=1e-4, atol=1e-4)
     # the three inputs' scores of a (node, head) pair sum to the plain graph's score
     plain = nr.circuit(model, pairs, ig_steps=ig_steps, sizes=(), progress=False)
