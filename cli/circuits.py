@@ -147,8 +147,8 @@ def ioi_components(
     copy_threshold: float = typer.Option(10.0, help="a name mover's copy score must exceed this, in percent"),
     top_k: int = typer.Option(5, help="a name counts as copied among the head's top-k OV tokens"),
     circuit: Optional[Path] = typer.Option(None, help="a `reason-interp circuit` result: candidates are its heads "
-                                                      "(its min_circuit if searched, else the circuit of the size "
-                                                      "the summary shows; its last checkpoint)"),
+                                                      "(its searched smallest circuit if it found one, else the "
+                                                      "circuit of the size the summary shows; its last checkpoint)"),
 ) -> None:
     """Name movers (copy score, attention to IO) and S-inhibition heads (path patching into the
     name movers' queries, IO and S1 swapped) as circuits-over-time's component evaluation; local
@@ -168,7 +168,13 @@ def ioi_components(
         if ds.attrs.get("method") not in ("eap", "eap_ig"):
             raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
         last = last_checkpoint(ds)
-        edges = last["min_circuit"] if "min_circuit" in last else last["in_circuit"].sel(size=chosen_size(ds))
+        if "min_circuit" in last and int(last["min_size"]) > 0:
+            edges = last["min_circuit"]
+        elif last.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
+            edges = last["in_circuit"].sel(size=chosen_size(last))
+        else:
+            raise UsageError(f"--circuit {circuit} holds no circuit (it was run with --sizes ''): rerun circuit "
+                             f"with --sizes or --min-fraction")
         edges = edges.load()
     data = pair_data("ioi", n_prompts, seed, params)
     h.run(nr.ioi_components, data, kind="ioi_components", task="ioi", copy_threshold=copy_threshold, top_k=top_k,

@@ -86,7 +86,8 @@ CORRUPTIONS = ("flip", "abc", "swap")
 
 def ioi(n_prompts: int = 64, corruption: str = "flip", seed: int = 0, tokenizer: Any | None = None,
         order: str = "mixed") -> PromptPairs:
-    """IOI prompt pairs: the base is a clean IOI prompt, the source corrupts S2 (see module doc);
+    """IOI prompt pairs: the base is a clean IOI prompt, the source corrupts S2 (``flip``, ``abc``)
+    or swaps IO and S1 (``swap``; see the module doc);
     ``order``: "mixed" (ABBA and BABA in turn, as Tigges et al.), "ABBA" or "BABA"."""
     check_choice("corruption", corruption, CORRUPTIONS)
     check_choice("order", order, ORDERS)

@@ -125,12 +125,12 @@ def test_path_patching_bad_input(embedded_model, small_pairs):
 
 
 # --------------------------------------------------------------------------- IOI components
-def _unscaled(norm, x):
-    """γ ⊙ N(x) + β from the norm module itself: its output with the division by its scale undone."""
+def _unscaled(norm, x, bias=True):
+    """γ ⊙ N(x) (+ β) from the norm module itself: its output with the division by its scale undone."""
     eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None)
     if isinstance(norm, torch.nn.LayerNorm):
         sd = (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
-        return (norm(x) - norm.bias) * sd + norm.bias
+        return (norm(x) - norm.bias) * sd + (norm.bias if bias else 0)
     rms = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     return norm(x) * rms
 
@@ -150,7 +150,7 @@ def test_copy_top_tokens_match_the_modules_run_one_head_at_a_time(case_model, na
     with torch.no_grad():
         x = hf(ids, output_hidden_states=True).hidden_states[1][0, pos[0]]  # (3, d) after layer 0
         for li, block in enumerate(_get(hf, layers_path)):
-            xn = _unscaled(_get(block, ln_a), x)
+            xn = _unscaled(_get(block, ln_a), x, bias=False)  # folded: the norm's and the value bias go to b_O
             names, cols = QKV[hf.config.model_type]
             proj = _get(_get(block, attn_p), names[2])
             o_proj = _get(block, o_p)
@@ -159,7 +159,7 @@ def test_copy_top_tokens_match_the_modules_run_one_head_at_a_time(case_model, na
                 if hf.config.model_type == "llama":  # value head h // group
                     group = n_heads // hf.config.num_key_value_heads
                     sl = slice((h // group) * hd, (h // group + 1) * hd)
-                v = proj(xn)[:, sl]
+                v = (proj(xn) - proj(torch.zeros_like(xn)))[:, sl]
                 z = torch.zeros(3, n_heads * hd)
                 z[:, h * hd:(h + 1) * hd] = v
                 o = o_proj(z) - o_proj(torch.zeros_like(z))
@@ -370,7 +370,8 @@ def test_circuits_move_to_and_from_eap_ig_json(tmp_path, embedded_model, tiny_mo
         path = to_eap_ig_json(ds, tmp_path / "graph.json")
         doc = json.loads(path.read_text())
         n_layers, n_heads, parallel = graph.graph_shape(model)
-        assert doc["cfg"] == {"n_layers": n_layers, "n_heads": n_heads, "parallel_attn_mlp": parallel}
+        assert doc["cfg"] == {"n_layers": n_layers, "n_heads": n_heads, "parallel_attn_mlp": parallel,
+                              "d_model": model.config.hidden_size}
         assert set(doc["edges"]) == _eap_ig_edge_names(n_layers, n_heads, parallel)
         kept = {k for k, e in doc["edges"].items() if e["in_graph"]}
         assert len(kept) == int(ds.n_edges.sel(size=15))

@@ -563,11 +563,13 @@ def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor
     """(L, H, n, m, k) int64: for every head, the ``k`` tokens its OV circuit promotes most from
     the residual stream after layer 0 at ``positions`` (n, m) of ``input_ids`` (n, T), as
     circuits-over-time's name-mover copy score reads them (``compute_copy_score``, on
-    TransformerLens weights with the norms folded in and writing weights centred): the
-    vector x goes through the head's norm without its scale (γ ⊙ N(x) + β, N centring for
-    LayerNorm), its value weights and bias, its output weights (no bias), then the final norm
-    without its scale and the unembedding (its bias too). The residual stream comes from a
-    forward pass; the rest from the weights of a local model (so not on NDIF)."""
+    TransformerLens weights loaded with ``fold_ln``, ``center_writing_weights`` and, by default,
+    ``fold_value_biases``): the vector x goes through the head's norm gain without its scale or
+    bias (γ ⊙ N(x), N centring for LayerNorm), its value weights (no bias: folding moves the
+    value bias, the norm's bias with it, into the output bias, which the score leaves out), its
+    output weights, then the final norm without its scale (its bias kept: folded into the
+    unembedding's) and the unembedding with its bias. The residual stream comes from a forward
+    pass; the rest from the weights of a local model (so not on NDIF)."""
     from . import _run, architecture
 
     from ..errors import UsageError
@@ -592,13 +594,11 @@ def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor
             layer = root.get_submodule(arch.layers)[li]
             norm = layer.get_submodule(arch.ln_attn)  # applied without its scale, as folded weights apply it
             xn = (x - x.mean(-1, keepdim=True) if center else x) * (norm.weight.double().cpu() + offset)
-            xn = xn + norm.bias.double().cpu() if getattr(norm, "bias", None) is not None else xn
             proj = layer.get_submodule(arch.v_proj)
             w_v = _value_weights(proj.weight.double().cpu(), arch.qkv_layout, n_heads, hd, d["d_model"])
-            b_v = _value_bias(proj, arch.qkv_layout, n_heads, hd, d["d_model"])
             tops = []
             for h in range(n_heads):  # one head at a time: (n·m, V) logits each
-                o = (xn @ w_v[h].T + b_v[h]) @ weights.w_o[li, h]
+                o = (xn @ w_v[h].T) @ weights.w_o[li, h]
                 tops.append(weights.logits(o).topk(k, -1).indices)
             out.append(torch.stack(tops))
     return torch.stack(out).view(d["n_layers"], n_heads, positions.shape[0], positions.shape[1], k)
@@ -661,20 +661,6 @@ def _trace_layer_output(model, input_ids, layer, rows, cols, remote=False, backe
         h = out[0] if isinstance(out, tuple) else out
         saved = nnsight.save(h[rows, cols])
     return saved
-
-
-def _value_bias(proj: Any, layout: str, n_heads: int, hd: int, d_model: int) -> torch.Tensor:
-    """(H, head_dim): each head's value bias (zeros where the projection has none)."""
-    b = getattr(proj, "bias", None)
-    if b is None:
-        return torch.zeros(n_heads, hd, dtype=torch.float64)
-    b = b.double().cpu()
-    if layout == "neox":
-        return b.view(n_heads, 3, hd)[:, 2]
-    if layout == "gpt2":
-        return b[2 * d_model:3 * d_model].view(n_heads, hd)
-    n_kv = b.shape[0] // hd
-    return b.view(n_kv, hd).repeat_interleave(n_heads // n_kv, 0)
 
 
 def _value_weights(w: torch.Tensor, layout: str, n_heads: int, hd: int, d_model: int) -> torch.Tensor:

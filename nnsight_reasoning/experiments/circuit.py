@@ -342,15 +342,20 @@ class Shape:
     parallel: bool
     valid: np.ndarray
     qkv: bool = False  # heads' q, k and v inputs are downstream nodes of their own
+    d_model: int = 0  # the residual stream's width (0: unknown)
 
     @classmethod
     def of(cls, model: Any, qkv: bool = False) -> "Shape":
+        from ..sites import dims
+
         n_layers, n_heads, parallel = graph.graph_shape(model)
-        return cls(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel, qkv).numpy(), qkv)
+        return cls(n_layers, n_heads, parallel, graph.valid_edges(n_layers, n_heads, parallel, qkv).numpy(), qkv,
+                   dims(model)["d_model"])
 
     def attrs(self) -> dict[str, int]:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel),
-                "qkv": int(self.qkv)}
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_residual": int(self.parallel),
+               "qkv": int(self.qkv)}
+        return {**out, "d_model": self.d_model} if self.d_model else out
 
 
 def _refuse_single_prompts(pairs) -> None:
@@ -835,9 +840,10 @@ def _eap_ig_name(name: str) -> str:
 def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
                    checkpoint: str | None = None) -> Path:
     """Write a q/k/v circuit result (``nr.circuit(..., qkv=True)``) as hannamw/EAP-IG's
-    ``Graph.to_json`` lays a graph out, so that EAP-IG (``Graph.from_json``) and
-    circuits-over-time's analyses read it: ``cfg`` (``n_layers``, ``n_heads``,
-    ``parallel_attn_mlp``), ``nodes`` {name: in_graph} and ``edges`` {"parent->child" or
+    ``Graph.to_json`` lays a graph out in the version circuits-over-time pins (10035b8), so
+    that it (``Graph.from_json``) and circuits-over-time's analyses read it: ``cfg``
+    (``n_layers``, ``n_heads``, ``parallel_attn_mlp``, and ``d_model``, which later EAP-IG
+    versions also read), ``nodes`` {name: in_graph} and ``edges`` {"parent->child" or
     "parent->a3.h1<q>": {"score", "in_graph"}}. The circuit is the result's ``min_circuit`` if it
     searched one, else its circuit of ``size`` edges (default: :func:`chosen_size`); a node is in
     the graph when a circuit edge touches it. ``checkpoint``: which one of a sweep (default the
@@ -859,7 +865,7 @@ def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
     else:
         if one.sizes.get("size", 0) == 0:
             raise UsageError("this result has no circuits (sizes=()); rerun with --sizes")
-        size = chosen_size(ds) if size is None else int(size)
+        size = chosen_size(one) if size is None else int(size)
         if size not in one["size"].values:
             raise UsageError(f"no circuit of {size} edges in this result; it has sizes "
                              f"{', '.join(str(s) for s in one['size'].values)}")
@@ -872,9 +878,11 @@ def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
     nodes["logits"] = bool(keep[:, -1].any())
     edges = {f"{_eap_ig_name(up[u])}->{_eap_ig_name(down[v])}": {"score": float(score[u, v]), "in_graph": bool(keep[u, v])}
              for u, v in zip(*np.nonzero(np.isfinite(score)))}
-    doc = {"cfg": {"n_layers": int(ds.attrs["n_layers"]), "n_heads": int(ds.attrs["n_heads"]),
-                   "parallel_attn_mlp": bool(int(ds.attrs["parallel_residual"]))},
-           "nodes": nodes, "edges": edges}
+    cfg = {"n_layers": int(ds.attrs["n_layers"]), "n_heads": int(ds.attrs["n_heads"]),
+           "parallel_attn_mlp": bool(int(ds.attrs["parallel_residual"]))}
+    if "d_model" in ds.attrs:  # results written before 2026-12-01 lack it
+        cfg["d_model"] = int(ds.attrs["d_model"])
+    doc = {"cfg": cfg, "nodes": nodes, "edges": edges}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc))

@@ -14,7 +14,9 @@ stays the clean run's):
   L predicts most at q (the logit lens: that stream, centred for LayerNorm and divided by the
   final norm's scale at q, against the unembedding with the final norm's gain folded in and
   centred over the vocabulary) are kept: the top ⌈0.05·(q + 1)⌉ (``k_unembeddings``) among the
-  first occurrences of tokens that are not function words, and every repeat of a chosen token.
+  first occurrences of tokens that are not function words, and every repeat of a chosen token
+  (as the repository: where fewer sources qualify than that, e.g. at q = 0 where only the bos
+  token is there, its threshold falls to the mask value and every source up to q is kept).
   The head's output becomes the mean at q plus, for each kept source, the negative part of the
   projection of A[q, k]·(out_k − mean_q) on the source token's unit unembedding (out_k its value
   times its output weights): the head keeps only its suppression of the tokens it attends to.
