@@ -105,6 +105,7 @@ def test_unreadable_results_file(tmp_path):
         assert res.exit_code == 2 and res.stderr.startswith("error: cannot read"), res.output
 
 
+@pytest.mark.slow  # a fresh process (~15 s on 2 cores); the fast tier runs the same commands in-process
 def test_console_script_end_to_end(tmp_path):
     """The installed `reason-interp` entry point, as a user runs it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

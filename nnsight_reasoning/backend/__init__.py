@@ -363,6 +363,14 @@ def require_eager(model: Any, what: str) -> None:
                          f"nr.load_model(..., attn_implementation='eager') (the default)")
 
 
+def require_local(remote: bool | str, what: str) -> None:
+    """Refuse ``what`` on NDIF: it reads the model's weights, which a remote run never receives
+    (only saved activations come back). ``remote="local"`` (the serialisation path run here)
+    passes."""
+    if remote not in (False, "local"):
+        raise UsageError(f"{what} reads the model's weights, which NDIF does not send; run it locally")
+
+
 def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
                     question_from: torch.Tensor | None = None, reduce: str = "max",
                     remote: bool | str = False) -> torch.Tensor:

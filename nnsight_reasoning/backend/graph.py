@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
-from ..sites import dims, final_norm_spec, parallel_residual, require, resolve
+from ..sites import architecture, dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
-                        head_outputs, interpolate, join_columns, last_position, mix_group, norm_scale, own_heads, packed_inputs,
-                        packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
+                        head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale, own_heads,
+                        packed_inputs, packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -97,22 +97,16 @@ def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Ten
     with _frozen(model):
         saved = _run(model, _trace_edges, (model, input_ids, answer_ids, weights, probs, mods, final, embed, conv1d,
                                            alphas, p, ig_steps, d["n_heads"], d["head_dim"], replace, split,
-                                           architecture_of(model).qkv_layout, groups), remote, "saved")
+                                           architecture(model).qkv_layout, groups), remote, "saved")
     return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
 
 
 def _qkv_projections(model: Any, mods: list[tuple]) -> list[list[Any]]:
     """Per layer, the projections whose outputs :func:`.trace_ops.splice_qkv` splices: k_proj
     and v_proj ("separate" layout), or the fused qkv projection."""
-    arch = architecture_of(model)
+    arch = architecture(model)
     paths = (arch.k_proj, arch.v_proj) if arch.qkv_layout == "separate" else (arch.v_proj,)
     return [[resolve(layer, q) for q in paths] for layer, *_ in mods]
-
-
-def architecture_of(model: Any) -> Any:
-    from . import architecture
-
-    return architecture(model)
 
 
 IG_POINTS = ("midpoint", "eap_ig", "clean_corrupted")
@@ -252,7 +246,7 @@ def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.T
     layout would cost more (no shared prefix and few circuits per row) and under
     ``backend.engine("v1")``.
     """
-    from . import _run, architecture, engine_in_use
+    from . import _run, engine_in_use
 
     mods, final, _, conv1d = _modules(model)
     d = dims(model)
@@ -470,13 +464,10 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
     passed through layer 0's MLP (the module alone, no norm), then the head's value and output
     weights (no biases), then the unembedding (no final norm), at column j's token. From the
     weights of a local model; no forward pass, so not on NDIF."""
-    from . import architecture
-
-    from ..errors import UsageError
+    from . import require_local
     from ..nnsight_shim import torch_module
 
-    if remote not in (False, "local"):
-        raise UsageError("the static OV score reads the model's weights, which NDIF does not send; run it locally")
+    require_local(remote, "the static OV score")
     require(model, "logit_effects")
     if not model.dispatched:  # the weights, not a trace: load them
         model.dispatch()
@@ -519,23 +510,19 @@ class Readout:
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """(...,) the final norm's scale on residual streams ``x`` (..., d)."""
-        if self.center:
-            x = x - x.mean(-1, keepdim=True)
-        return (x.pow(2).mean(-1) + self.eps).sqrt()
+        return norm_scale(x, self.center, self.eps)
 
     def logits(self, x: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
         """(..., V) logits of residual streams ``x`` (..., d) through the final norm with its scale
         frozen at ``scale`` (1: the norm's affine map alone, as folded weights apply it)."""
         if self.center:
-            x = x - x.mean(-1, keepdim=True)
+            x = centred(x)
         s = scale.unsqueeze(-1) if isinstance(scale, torch.Tensor) else scale
         return (x / s * self.gamma + self.beta) @ self.w_u.T + self.b_u
 
 
 def readout(model: Any) -> Readout:
     """The :class:`Readout` of a local model (its weights are read, so not on NDIF)."""
-    from . import architecture
-
     from ..nnsight_shim import torch_module
 
     final, _, center, eps = final_norm(model)
@@ -550,7 +537,7 @@ def readout(model: Any) -> Readout:
         w = layer.get_submodule(arch.o_proj).weight.detach().double().cpu()
         w_o.append(w.view(n_heads, hd, -1) if arch.transposed else w.view(-1, n_heads, hd).permute(1, 2, 0))
     norm, unembed = root.get_submodule(arch.final_norm), root.get_submodule(arch.unembed)
-    gamma = norm.weight.detach().double().cpu() + _gain_offset(model)
+    gamma = norm_gain(norm.weight.detach().cpu(), _gain_offset(model))
     beta = norm.bias.detach().double().cpu() if getattr(norm, "bias", None) is not None else torch.zeros_like(gamma)
     w_u = unembed.weight.detach().double().cpu()
     b_u = (unembed.bias.detach().double().cpu() if getattr(unembed, "bias", None) is not None
@@ -570,13 +557,10 @@ def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor
     output weights, then the final norm without its scale (its bias kept: folded into the
     unembedding's) and the unembedding with its bias. The residual stream comes from a forward
     pass; the rest from the weights of a local model (so not on NDIF)."""
-    from . import _run, architecture
-
-    from ..errors import UsageError
+    from . import _run, require_local
     from ..nnsight_shim import torch_module
 
-    if remote not in (False, "local"):
-        raise UsageError("the copy score reads the model's weights, which NDIF does not send; run it locally")
+    require_local(remote, "the copy score")
     _, _, center, _ = final_norm(model)
     arch = architecture(model)
     layers = resolve(model, arch.layers)
@@ -626,7 +610,7 @@ class HeadInternals:
 def head_internals(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> HeadInternals:
     """The :class:`HeadInternals` of a clean run of ``input_ids`` (n, T), what copy-suppression-
     preserving ablation reads. Eager attention."""
-    from . import _run, architecture, require_eager
+    from . import _run, require_eager
 
     require_eager(model, "attention patterns")
     mods, final, _, _ = _modules(model, "logit_effects")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import graph
+from ..backend import graph, require_local
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import dims
@@ -121,9 +121,7 @@ def copy_suppression(
     >>> ds = nr.copy_suppression(model, nr.tasks.text_sequences(100, 61, tokenizer=model.tokenizer))
     >>> ds.cspa
     """
-    if run.remote not in (False, "local"):
-        raise UsageError("CSPA reads the model's unembedding and output weights, which NDIF does not send; run it "
-                         "locally")
+    require_local(run.remote, "CSPA (the unembedding and output weights)")
     if not isinstance(sequences, TextSequences):
         raise UsageError("copy_suppression reads running text: nr.tasks.text_sequences(..., "
                          "tokenizer=model.tokenizer)")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import attention_probs, graph
+from ..backend import attention_probs, graph, require_local
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
@@ -141,9 +141,7 @@ def ioi_components(
     if not isinstance(pairs, PromptPairs) or pairs.task != "ioi":
         raise UsageError("ioi_components needs IOI pairs: nr.tasks.ioi(n, corruption='swap', "
                          "tokenizer=model.tokenizer)")
-    if run.remote not in (False, "local"):
-        raise UsageError("ioi_components' copy score reads the model's weights, which NDIF does not send; run it "
-                         "locally")
+    require_local(run.remote, "ioi_components' copy score")
     if not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
     sequences = repeated_tokens(n_sequences, seq_len, seed, tokenizer=run.tokenizer)  # refused before any pass
