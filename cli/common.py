@@ -92,7 +92,33 @@ def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisio
         out_file = Path("results") / f"{kind}_{task}_{safe}_{revision or 'main'}.nc"
     if out_file.suffix != ".nc":
         raise UsageError(f"--out must be a .nc file (got {out_file})")
+    writable(out_file)
     return out_file
+
+
+def writable(path: Path) -> None:
+    """Refuse, before any work, a results path that cannot be written: a directory, a path under
+    a file, or a location where no file can be created (permissions, a read-only filesystem).
+    Missing directories are fine (they are created when the file is written) when their nearest
+    existing ancestor takes a file. A file is created and removed to find out, since permission
+    bits alone say nothing for root or on read-only mounts."""
+    import tempfile
+
+    from nnsight_reasoning.errors import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory: give a file name ending in .nc")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {path}: {ancestor} is a file, not a directory; choose another --out")
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".reason-interp-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot create files in {ancestor} ({e.strerror or e}); "
+                         "choose another --out") from None
 
 
 # Options shared by the experiment commands.

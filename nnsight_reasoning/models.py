@@ -6,6 +6,8 @@ kept on the model for result files.
 """
 from __future__ import annotations
 
+import functools
+import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,13 @@ def load_model(
     else:
         info = ModelInfo(name, "", revision or "main", options)
         source, load_kwargs = name, ({"revision": revision} if revision else {})
+        if not hub_offline() and not hub_reachable():  # do not let the Hub client retry for half a minute
+            snapshot = _cached_snapshot(name, revision)
+            if snapshot is None:
+                raise UsageError(f"model {name!r}{' revision ' + repr(revision) if revision else ''} is not a local "
+                                 f"directory, not in the local Hub cache, and the Hub ({_hub_endpoint()}) is "
+                                 "unreachable: pass a local model directory, or connect and run again")
+            source, load_kwargs = snapshot, {}  # the cached copy, read without waiting on the network
     if device is not None:
         kwargs.setdefault("device_map", device)
     try:
@@ -114,6 +123,41 @@ def load_model(
                          f"(check the id/path; offline, use a local directory)") from None
     _INFO[model] = info
     return model
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set: the Hub client reads only its cache, at once."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host takes a TCP connection within ``timeout`` seconds (once per
+    process). Offline, the Hub client would otherwise retry each file for ~30 s before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_snapshot(name: str, revision: str | None) -> str | None:
+    """The local Hub cache's snapshot directory of ``name`` at ``revision``, or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        return None
 
 
 def _with_adapter(source: str, adapter: str, tokenizer: Any, dtype: torch.dtype, attn_implementation: str,

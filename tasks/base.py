@@ -268,6 +268,34 @@ def check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
         raise TaskError(f"{name} must be an integer {bound} (got {value!r})")
 
 
+def json_lines(path: Any, what: str) -> list[dict]:
+    """The objects of a JSON Lines file, one per non-empty line. A file that is not UTF-8 text,
+    is empty, or has a line that is not a JSON object is refused naming the file and the line;
+    ``what`` says what the rows should hold."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TaskError(f"{path.name} is not UTF-8 text: expected {what}, one JSON object per line") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path.name} line {n} is not JSON ({e.msg}): expected {what}, one JSON object "
+                            "per line") from None
+        if not isinstance(row, dict):
+            raise TaskError(f"{path.name} line {n} is a JSON {type(row).__name__}, not an object: expected {what}")
+        rows.append(row)
+    if not rows:
+        raise TaskError(f"{path.name} is empty: expected {what}, one JSON object per line")
+    return rows
+
+
 def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
     """A table of rows (a ``datasets.Dataset``) from a local ``.jsonl``/``.json``/``.csv``/``.tsv``
     file, or from a Hugging Face Hub dataset id (``"stanfordnlp/sst2"``: the Hub needs a
@@ -284,6 +312,8 @@ def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
         if kind is not None:
             if not path.is_file():
                 raise TaskError(f"no such file: {path} ({what})")
+            if path.suffix.lower() == ".jsonl":
+                json_lines(path, what)  # a malformed line is named here; datasets would only say "error"
             extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             return datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
         if path.exists():

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import Example, Examples, TaskError, TaskInfo, check_choice, check_range, register, single_token_id
+from .base import (Example, Examples, TaskError, TaskInfo, check_choice, check_range, json_lines, register,
+                   single_token_id)
 from .words import NAMES, OBJECTS
 
 VARIANTS = ("full", "text_only", "equation_only", "no_cot")
@@ -182,15 +183,17 @@ def load_gsm8k_problems(path: str | Path, need_steps: bool = True) -> list[Probl
     :class:`Problem` s. ``need_steps``: every answer needs ``<<a=b>>`` annotated steps (the
     variants are built from them); without, a row needs only its final ``#### N`` (for
     prompts the model completes itself)."""
-    from datasets import load_dataset
-
     path = Path(path)
+    what = "GSM8K-style JSON Lines with question/answer columns"
     if not path.is_file():
-        raise TaskError(f"no such file: {path} (GSM8K-style JSON Lines with question/answer columns)")
-    rows = load_dataset("json", data_files=str(path), split="train")
-    missing = {"question", "answer"} - set(rows.column_names)
-    if missing:
-        raise TaskError(f"{path.name} lacks column(s) {sorted(missing)}; GSM8K files have question and answer")
+        raise TaskError(f"no such file: {path} ({what})")
+    rows = json_lines(path, what)
+    for k, r in enumerate(rows):
+        missing = {"question", "answer"} - set(r)
+        if missing:
+            raise TaskError(f"{path.name} row {k} lacks {sorted(missing)}: GSM8K files have question and answer")
+        if not all(isinstance(r[c], str) for c in ("question", "answer")):
+            raise TaskError(f"{path.name} row {k}: question and answer must be strings")
     problems = []
     for k, r in enumerate(rows):
         try:

@@ -219,6 +219,27 @@ def test_pythia_ids_load_revisions_through_the_hub_client(pythia_cache, tmp_path
     assert r.returncode == 2 and "could not load model 'EleutherAI/pythia-14m' revision 'step1'" in r.stderr
 
 
+@pytest.mark.slow  # fresh processes (the Hub client reads its settings at import)
+def test_an_unreachable_hub_is_detected_at_once(pythia_cache, tmp_path):
+    # HF_HUB_OFFLINE unset, as for a user whose network is down; port 9 refuses at once
+    env = {"HF_HUB_CACHE": str(pythia_cache), "HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t0 = time.time()
+    r = reason_interp(["patch", "--model", "does/not-exist", "--n-prompts", "2", "--out", str(tmp_path / "x.nc")], env=env)
+    assert r.returncode == 2 and "not a local directory, not in the local Hub cache, and the Hub" in r.stderr, r.stderr
+    assert time.time() - t0 < 25  # a fresh process, imports included; the Hub client's retries took ~30 s more
+    out = tmp_path / "cached.nc"  # a cached model loads from its snapshot, without waiting on the network
+    r = reason_interp(["evaluate", "--model", "EleutherAI/pythia-14m", "--revision", "step3000", "--n-prompts", "10",
+                       "--no-progress", "--out", str(out)], env=env)
+    assert r.returncode == 0, r.stderr
+    p, _ = hf_scores(embedded.revision_path("step1000"), list(nr.load_result(out).text.values),
+                     list(nr.load_result(out).answer.values))
+    np.testing.assert_allclose(nr.load_result(out).p_answer.values, p, rtol=1e-4, atol=1e-6)
+    assert nr.load_result(out).attrs["model"] == "EleutherAI/pythia-14m"
+    r = reason_interp(["evaluate", "--model", "EleutherAI/pythia-14m", "--revision", "step1", "--n-prompts", "5",
+                       "--out", str(tmp_path / "y.nc")], env=env)
+    assert r.returncode == 2 and "revision 'step1' is not a local directory" in r.stderr, r.stderr
+
+
 def test_local_directory_of_revisions_sweeps_from_the_cli(tmp_path, embedded_tokenizer):
     root = tmp_path / "my-run"
     root.mkdir()

@@ -97,6 +97,37 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, args, needle):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where,needle", [
+    ("/proc/r.nc", "cannot create files in /proc"),        # no file can be made there, root or not
+    ("{tmp}/a_file/r.nc", "is a file, not a directory"),
+    ("{tmp}/a_dir.nc", "is a directory"),
+])
+def test_unwritable_out_is_refused_before_any_work(tmp_path, where, needle):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir.nc").mkdir()
+    before = sorted(tmp_path.iterdir())
+    res = runner.invoke(app, ["patch", "--n-prompts", "2", "--no-progress", "--out", where.format(tmp=tmp_path)])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and needle in res.stderr, res.output
+    assert "wrote" not in res.stdout and sorted(tmp_path.iterdir()) == before  # no parts, no probe file left
+    assert not list(tmp_path.glob(".reason-interp-*"))
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"hello world\nthis is not json\n", "bad.jsonl line 1 is not JSON"),
+    (b'{"question": "q", "answer": "a #### 1"}\n[1, 2]\n', "bad.jsonl line 2 is a JSON list, not an object"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "bad.jsonl is not UTF-8 text"),
+    (b"\n\n", "bad.jsonl is empty"),
+    (b'{"question": "q"}\n', "row 0 lacks ['answer']"),
+])
+def test_neurons_data_file_errors_name_the_file_and_line(tmp_path, content, needle):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    out = tmp_path / "r.nc"
+    res = runner.invoke(app, ["neurons", "--data", str(bad), "--n-prompts", "2", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and needle in res.stderr, res.output
+    assert "GSM8K" in res.stderr and not out.exists()
+
+
 def test_unreadable_results_file(tmp_path):
     bad = tmp_path / "bad.nc"
     bad.write_text("hello")

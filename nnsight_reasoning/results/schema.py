@@ -9,11 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ..sites import SITES, unit_dim, var_name
-from .io import site_variables
-
-REQUIRED_ATTRS = ("task", "task_params", "model", "model_path", "revision", "method", "metric", "seed",
-                  "remote", "version_nnsight_reasoning", "version_nnsight", "version_torch",
-                  "version_transformers", "created")
+from .io import REQUIRED_ATTRS, site_variables
 
 _PROMPT_COORDS = ("base", "source", "base_answer", "source_answer")
 _EDGES = {"score": ("upstream", "downstream"), "clean_logit_diff": ("prompt",), "corrupt_logit_diff": ("prompt",),
