@@ -6,12 +6,14 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
 
 out = Console()
@@ -21,6 +23,38 @@ err = Console(stderr=True)
 def fail(message: str, code: int) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The command group whose parse errors (an unknown option, a value of the wrong type, a
+    missing argument) are one line on stderr with exit 2, like every other bad input, instead
+    of click's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:  # typer >= 0.24 vendors click; older versions use click itself
+            from typer import _click as click
+        except ImportError:
+            import click
+
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "reason-interp"
+            err.print(f"[bold red]error:[/] {' '.join(e.format_message().split())} (see {where} --help)",
+                      highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except click.exceptions.ClickException as e:
+            err.print(f"[bold red]error:[/] {' '.join(e.format_message().split())}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err.print("[bold red]error:[/] aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # non-standalone click returns an Exit's code
 
 
 def guard(fn):
@@ -138,6 +172,8 @@ Remote = Annotated[bool, typer.Option("--remote", help="run on NDIF: host NDIF_H
                                      "(see `reason-interp remote status`)")]
 Restart = Annotated[bool, typer.Option("--restart", help="discard finished parts of an earlier interrupted run "
                                        "of this --out instead of resuming from them")]
+Force = Annotated[bool, typer.Option("--force", help="overwrite --out if it exists (without it an existing results "
+                                     "file is refused)")]
 OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
 BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) per forward pass; remote: per NDIF request "
@@ -156,6 +192,7 @@ class Harness:
     remote: bool = False
     out_file: Optional[Path] = None
     restart: bool = False
+    force: bool = False
     progress: bool = True
 
     def run(self, experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
@@ -177,7 +214,8 @@ class OptionGroup:
 # the options of every experiment command
 HARNESS = OptionGroup("h", dict(
     model=(Models, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
-    remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), progress=(Progress, True)), Harness)
+    remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), force=(Force, False),
+    progress=(Progress, True)), Harness)
 
 
 def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -211,17 +249,15 @@ def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
                 model: Optional[List[str]], adapter: Optional[str], revision: Optional[str], revisions: Optional[str],
                 out_file: Optional[Path], restart: bool, remote: bool, progress: bool, batch_size: Optional[int],
-                **options: Any) -> Any:
+                force: bool = False, **options: Any) -> Any:
     """What every experiment command does once its options are parsed: pick the revisions and
     the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
     run ``experiment(model, data, **options)`` with the harness options (finished passes kept
     in ``<out>.parts`` until the file is written), write the file and print the experiment's
     summary. Several ``--model``: the harness runs each with data made by its own tokenizer,
     one model in memory at a time (``runner.over_models``)."""
-    import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
-    from nnsight_reasoning.experiments import summarize
-    from nnsight_reasoning.results.parts import parts_dir
+    from nnsight_reasoning.results.parts import writer_lock
 
     if isinstance(model, str):  # a single name, as Python callers of Harness pass it
         model = [model]
@@ -233,6 +269,24 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     names = [sweep_revisions(m, revision, revisions) for m in models][-1]
     label = "+".join(Path(m).name if m else "embedded" for m in models)
     path = out_path(out_file, kind, task, label, revision_label(revision, names))
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another --out")
+    with writer_lock(path):  # a second run on this --out is refused, never interleaved
+        return _run_locked(experiment, data, path=path, models=models, names=names, adapter=adapter, revision=revision,
+                           revisions=revisions, restart=restart, remote=remote, progress=progress,
+                           batch_size=batch_size, options=options)
+
+
+def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, path: Path, models: list,
+                names: Any, adapter: Optional[str], revision: Optional[str], revisions: Optional[str], restart: bool,
+                remote: bool, progress: bool, batch_size: Optional[int], options: dict) -> Any:
+    """:func:`run_command` once its output is checked and locked."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.errors import RunError
+    from nnsight_reasoning.experiments import summarize
+    from nnsight_reasoning.results.parts import disk_fault, parts_dir
+
     parts = parts_dir(path)
     if restart:
         shutil.rmtree(parts, ignore_errors=True)
@@ -254,7 +308,14 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     if batch_size is not None:
         harness["batch_size"] = batch_size
     ds = experiment(loaded, made, **options, **harness)
-    nr.save_result(ds, path)
+    try:
+        nr.save_result(ds, path)
+    except OSError as e:
+        if not disk_fault(e):
+            raise
+        kept = f"the finished parts are kept in {parts}" if parts.is_dir() else "nothing was kept"
+        raise RunError(f"cannot write {path} ({e.strerror}: is the disk full or read-only?); {kept}: the same "
+                       "command writes it once it can") from None
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({_passes(ds)}{_traffic(ds)})", highlight=False)
     for item in summarize(ds):

@@ -14,10 +14,10 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import (Harness, Model, Param, Revision, Seed, Task, experiment_command, fail, guard, out, pair_data,
-                     task_params)
+from .common import (Harness, Model, OneLineErrors, Param, Revision, Seed, Task, experiment_command, fail, guard, out,
+                     pair_data, task_params)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
 
 @app.command()
@@ -276,7 +276,7 @@ app.command("copy-suppression")(circuits.copy_suppression)
 app.command()(mechanisms.neurons)
 app.command()(mechanisms.binding)
 
-remote_app = typer.Typer(no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
+remote_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="NDIF remote execution: where runs go, what is served.")
 app.add_typer(remote_app, name="remote")
 
 

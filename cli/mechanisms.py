@@ -114,7 +114,15 @@ def binding(
     mean-intervention swaps against a random-vector baseline; --measure factorization and
     --measure position run binding-iclr's Fig. 3 and Fig. 4 tests (--window local: its local position test)."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.experiments.binding import WINDOWS
 
+    # checked whatever the measure, so that a typo is never silently ignored
+    for flag, value, least in (("--max-offset", max_offset, 0), ("--entity-tokens", entity_tokens, 1),
+                               ("--attribute-tokens", attribute_tokens, 1), ("--max-width", max_width, 1)):
+        if value < least:
+            raise nr.UsageError(f"{flag} must be >= {least} (got {value})")
+    if window not in WINDOWS:
+        raise nr.UsageError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
         source = data or nr.tasks.mcq.HUB_ID
         h.run(nr.binding, lambda tok: nr.tasks.mcq_contexts(n_contexts, seed, source), kind="binding_mcq",

@@ -98,6 +98,8 @@ def finetune(
             raise UsageError(f"{name} must be an integer >= {low} (got {value!r})")
     if not lr > 0 or weight_decay < 0:
         raise UsageError(f"lr must be > 0 and weight_decay >= 0 (got {lr}, {weight_decay})")
+    if save_every is not None and (not isinstance(save_every, int) or save_every < 1):
+        raise UsageError(f"save_every must be an integer >= 1 (got {save_every!r})")
     save_every = save_every or max(1, steps // 10)
     if save_every < 1:
         raise UsageError(f"save_every must be >= 1 (got {save_every})")

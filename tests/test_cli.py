@@ -65,67 +65,65 @@ def test_tasks_models_evaluate(tmp_path):
     assert nr.load_result(out).attrs["method"] == "evaluate"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["patch", "--task", "nope"], "unknown task 'nope'"),
-    (["patch", "--task", "binding"], "no clean/corrupted prompt pairs"),
-    (["patch", "--site", "banana"], "unknown site 'banana'"),
-    (["patch", "--metric", "kl"], "unknown metric"),
-    (["patch", "--method", "attribution", "--site", "embed"], "'embed' is patched exactly only"),
-    (["patch", "--method", "attribution", "--site", "neuron"], "'neuron' is patched exactly only"),
-    (["patch", "--method", "attribution", "--site", "attn_weights"], "'attn_weights' is patched exactly only"),
-    (["patch", "--method", "attribution", "--site", "attn_pattern"], "'attn_pattern' is patched exactly only"),
-    (["patch", "--method", "attribution", "--metric", "absolute"], "estimates stolfo_ie or logit_diff only"),
-    (["patch", "--param", "max_result=0"], "max_result must be"),
-    (["patch", "--task", "factual_recall", "--data", "/no/such/lama"], "no such LAMA file or directory"),
-    (["patch", "--data", "lama.jsonl"], "unexpected keyword 'data' for task 'arithmetic'"),
-    (["patch", "--positions", "middle"], "--positions must be"),
-    (["patch", "--layer", "7"], "layer 7 is out of range"),
-    (["patch", "--max-n", "1"], "max_n >= 2"),
-    (["patch", "--param", "n_operands=9"], "n_operands must be"),
-    (["patch", "--param", "colour=red"], "unexpected keyword"),
-    (["patch", "--revision", "step999"], "no revision 'step999'"),
-    (["patch", "--model", "/no/such/model/dir"], "no such model directory"),
-    (["patch", "--model", "nobody/no-such-model"], "could not load model"),
-])
-def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, args, needle):
+def test_an_existing_output_is_refused_unless_forced(tmp_path):
     out = tmp_path / "r.nc"
-    res = runner.invoke(app, args + ["--n-prompts", "2", "--out", str(out), "--no-progress"])
-    assert res.exit_code == 2, res.output
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
-    assert "Traceback" not in res.output
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    args = ["evaluate", "--task", "ioi", "--n-prompts", "4", "--no-progress", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = out.stat().st_mtime_ns
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and f"{out} exists: pass --force" in res.stderr and out.stat().st_mtime_ns == before
+    res = runner.invoke(app, args + ["--force"])
+    assert res.exit_code == 0 and out.stat().st_mtime_ns > before, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no lock, no parts
 
 
-@pytest.mark.parametrize("where,needle", [
-    ("/proc/r.nc", "cannot create files in /proc"),        # no file can be made there, root or not
-    ("{tmp}/a_file/r.nc", "is a file, not a directory"),
-    ("{tmp}/a_dir.nc", "is a directory"),
-])
-def test_unwritable_out_is_refused_before_any_work(tmp_path, where, needle):
-    (tmp_path / "a_file").write_text("x")
-    (tmp_path / "a_dir.nc").mkdir()
-    before = sorted(tmp_path.iterdir())
-    res = runner.invoke(app, ["patch", "--n-prompts", "2", "--no-progress", "--out", where.format(tmp=tmp_path)])
-    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and needle in res.stderr, res.output
-    assert "wrote" not in res.stdout and sorted(tmp_path.iterdir()) == before  # no parts, no probe file left
-    assert not list(tmp_path.glob(".reason-interp-*"))
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
+    import json
+    import socket
+
+    out = tmp_path / "sub" / "r.nc"
+    lock = tmp_path / "sub" / "r.nc.lock"
+    args = ["evaluate", "--task", "ioi", "--n-prompts", "4", "--no-progress", "--out", str(out)]
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))  # alive
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    assert f"another run (pid {os.getpid()} on {socket.gethostname()}, since now) is writing {out}" in res.stderr
+    assert not out.exists() and lock.exists() and not (tmp_path / "sub" / "r.nc.parts").exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}))  # killed writer
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and out.exists() and not lock.exists(), res.output
+    lock.write_text(json.dumps({"pid": 1, "host": "another-machine", "started": "now"}))  # cannot tell: refused
+    res = runner.invoke(app, args + ["--force"])
+    assert res.exit_code == 2 and "another-machine" in res.stderr
+    lock.unlink()
+    res = runner.invoke(app, ["evaluate", "--task", "nope", "--out", str(tmp_path / "a" / "b" / "r.nc")])
+    assert res.exit_code == 2 and not (tmp_path / "a").exists()  # directories made for the lock go with it
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"hello world\nthis is not json\n", "bad.jsonl line 1 is not JSON"),
-    (b'{"question": "q", "answer": "a #### 1"}\n[1, 2]\n', "bad.jsonl line 2 is a JSON list, not an object"),
-    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "bad.jsonl is not UTF-8 text"),
-    (b"\n\n", "bad.jsonl is empty"),
-    (b'{"question": "q"}\n', "row 0 lacks ['answer']"),
-])
-def test_neurons_data_file_errors_name_the_file_and_line(tmp_path, content, needle):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(content)
+@pytest.mark.slow  # two real processes on one --out
+def test_concurrent_runs_on_one_output_never_interleave(tmp_path):
+    import time
+
+    from tests.clirun import reason_interp
+
     out = tmp_path / "r.nc"
-    res = runner.invoke(app, ["neurons", "--data", str(bad), "--n-prompts", "2", "--out", str(out), "--no-progress"])
-    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and needle in res.stderr, res.output
-    assert "GSM8K" in res.stderr and not out.exists()
+    args = ["patch", "--n-prompts", "48", "--positions", "all", "--site", "head", "--no-progress", "--out", str(out)]
+    first = reason_interp(args, background=True)
+    lock = tmp_path / "r.nc.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), first.communicate()
+    second = reason_interp(args)
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr and "is writing" in second.stderr
+    assert second.stderr.count("\n") == 1, second.stderr
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert not lock.exists() and not (tmp_path / "r.nc.parts").exists()
+    nr.testing.assert_valid_result(nr.load_result(out))
 
 
 def test_unreadable_results_file(tmp_path):

@@ -97,3 +97,39 @@ def test_the_cli_reference_is_generated_from_the_commands():
     from build_cli_reference import PAGE, render
 
     assert PAGE.read_text() == render(), "docs/cli.md is stale: run python scripts/build_cli_reference.py"
+
+
+# CLI commands that are not experiments (tools around them), so have no page under docs/experiments
+NOT_EXPERIMENTS = {"tasks", "models", "show", "plot", "export-graph", "remote", "finetune"}
+
+
+def test_every_experiment_command_has_a_page_with_a_generated_schema():
+    from typer.main import get_command
+
+    from nnsight_reasoning.cli.main import app
+
+    commands = set(get_command(app).commands) - NOT_EXPERIMENTS
+    pages = {p.stem for p in (ROOT / "docs" / "experiments").glob("*.md")} - {"index"}
+    assert commands <= pages, f"experiments without a page under docs/experiments: {sorted(commands - pages)}"
+    index = (ROOT / "docs" / "experiments" / "index.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for page in pages:
+        text = (ROOT / "docs" / "experiments" / f"{page}.md").read_text()
+        assert text.count("<!-- schema: reason-interp ") == 1 and "<!-- /schema -->" in text, page
+        assert "| variable | dims |" in text, f"{page}: schema block empty: python scripts/build_experiment_pages.py"
+        block = text[text.index("<!-- schema: "):text.index("<!-- /schema -->")]
+        for row in re.findall(r"^\| `.*\|$", block, re.M):  # variable and coordinate rows
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+            assert cells[3], f"docs/experiments/{page}.md: {cells[0]} has no meaning: give it a long_name attr"
+        for heading in ("## Run it", "## Result", "## Gotchas", "## On the embedded model"):
+            assert heading in text, f"docs/experiments/{page}.md lacks {heading!r}"
+        assert f"({page}.md)" in index, f"docs/experiments/index.md does not link {page}"
+        assert f"docs/experiments/{page}.md" in readme, f"the README's table does not link {page}"
+
+
+@pytest.mark.slow  # runs each page's schema command on the embedded model (~2 min)
+def test_experiment_pages_show_what_the_code_writes():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_experiment_pages.py"), "--check"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1200, env={**__import__("os").environ,
+                                                                           "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

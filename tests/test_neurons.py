@@ -421,6 +421,8 @@ def test_fixed_units_are_scored_like_discovered_ones_and_sweeps_track_them(embed
     nr.testing.assert_valid_result(sweep)
     assert list(sweep["checkpoint"].values) == ["step0", "main"] and sweep["activation"].dims[0] == "checkpoint"
     assert sweep.attrs["units_chosen_on"] == "main"
+    title = nr.plot_result(sweep.sel(checkpoint="main")).axes[0].get_title()
+    assert "neurons discovered at main" in title, title  # tracked, not "given"
     assert sweep.attrs["fixed_units"] == ",".join(f"L{a}N{b}" for a, b in zip(found["layer"].values, found["neuron"].values))
     for v in found.data_vars:  # at main, exactly the plain run
         np.testing.assert_array_equal(sweep[v].sel(checkpoint="main").values, found[v].values, err_msg=v)

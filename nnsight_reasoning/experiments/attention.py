@@ -150,12 +150,21 @@ def measure(
         data["head_entropy"] = (("view", "layer", "head"), normalised_entropy(mean),
                                 {"long_name": "entropy of the prompt-mean attention over the statements / "
                                               "log(statements) (Hou et al.)", "units": "1"})
-        coords = {"view": np.array(VIEWS, dtype=object), "slot": np.arange(mean.shape[-1])}
+        coords = {"view": ("view", np.array(VIEWS, dtype=object), {"long_name": VIEW_NAME}),
+                  "slot": ("slot", np.arange(mean.shape[-1]),
+                           {"long_name": "statement index (view position) or size rank (view rank; 0 = smallest)"})}
     return xr.Dataset(
         data,
-        coords={**coords, "prompt": np.arange(n), "layer": layer_list, "head": head_list, "query": query,
-                "key": np.arange(t_max), "group": np.array(groups, dtype=object),
-                "token": (("prompt", "key"), tokens), "statement": (("prompt", "key"), statement),
+        coords={**coords, "prompt": ("prompt", np.arange(n), {"long_name": "prompt index"}),
+                "layer": layer_list, "head": head_list,
+                "query": ("query", query, {"long_name": "query token position (−1: each prompt's last token)"}),
+                "key": ("key", np.arange(t_max), {"long_name": "key token position"}),
+                "group": ("group", np.array(groups, dtype=object),
+                          {"long_name": "token group: other (outside statements), useless, stepK (useful at "
+                                        "reasoning step K) or statement (unlabelled prompts)"}),
+                "token": (("prompt", "key"), tokens),
+                "statement": (("prompt", "key"), statement,
+                              {"long_name": "statement the key token belongs to (−1: none)"}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns},
@@ -163,6 +172,7 @@ def measure(
 
 
 VIEWS = ("position", "rank")
+VIEW_NAME = "statements in prompt order (position) or by size rank (rank)"
 
 
 def statement_views(plist: Sequence[ReasoningPrompt], per_statement: Sequence[np.ndarray]

@@ -953,23 +953,43 @@ def _dataset(contexts: BindingContexts, n_pairs, correct, factor, position, swap
     shape = (len(contexts), n_pairs)
     f = factor
     return xr.Dataset(
-        {"correct": (("prompt", "query"), correct.reshape(shape)),
+        {"correct": (("prompt", "query"), correct.reshape(shape),
+                     {"long_name": "the queried pair's attribute wins among the candidates (clean run)"}),
          "factor_correct": (("target", "prompt", "query"), f.reshape((2,) + shape),
-                            {"long_name": "the attribute binding IDs predict wins after substitution (NaN: no "
-                                          "new entity in the donor)"}),
-         "position_correct": (("prompt", "query"), position.reshape(shape)),
+                            {"long_name": "the attribute binding IDs predict wins after substitution (NaN: the "
+                                          "donor's entity, for target attribute its attribute, is not new to the "
+                                          "context)"}),
+         "position_correct": (("prompt", "query"), position.reshape(shape),
+                              {"long_name": "the queried pair's attribute wins with the position ids of statements "
+                                            "0 and 1 exchanged"}),
          "swap": (("intervention", "vector", "prompt", "query"), swap.reshape((2, 2) + shape),
-                  {"long_name": "the other pair's attribute wins after the intervention"}),
-         "accuracy": ((), correct.mean()),
-         "factor_accuracy": ("target", np.nanmean(f, axis=1)),
-         "position_accuracy": ((), position.mean()),
-         "swap_accuracy": (("intervention", "vector"), swap.mean(-1)),
+                  {"long_name": "after +vector at pair 0 and −vector at pair 1, the expected attribute wins: "
+                                "pair 1's for query 0, pair 0's for query 1, its own for any other query"}),
+         "accuracy": ((), correct.mean(), {"long_name": "accuracy, clean run (mean of correct)", "units": "1"}),
+         "factor_accuracy": ("target", np.nanmean(f, axis=1),
+                             {"long_name": "accuracy after substitution (mean of factor_correct, NaN rows left out)",
+                              "units": "1"}),
+         "position_accuracy": ((), position.mean(),
+                               {"long_name": "accuracy with position ids exchanged (mean of position_correct)",
+                                "units": "1"}),
+         "swap_accuracy": (("intervention", "vector"), swap.mean(-1),
+                           {"long_name": "accuracy of the swap (mean of swap)", "units": "1"}),
          "delta_norm": (("intervention", "depth"), delta.norm(dim=-1).numpy(),
                         {"long_name": "norm of the binding-ID difference vector (depth 0 = embeddings)"})},
-        coords={"prompt": np.arange(len(contexts)), "query": np.arange(n_pairs),
-                "target": np.array(INTERVENTIONS, dtype=object), "intervention": np.array(INTERVENTIONS, dtype=object),
-                "vector": np.array(VECTORS, dtype=object), "depth": np.arange(delta.shape[1]),
-                "text": ("prompt", [c.text(0) for c in contexts])},
+        coords={"prompt": ("prompt", np.arange(len(contexts)),
+                           {"long_name": "context index (its donor is the next context)"}),
+                "query": ("query", np.arange(n_pairs), {"long_name": "queried pair: whose entity is asked about"}),
+                "target": ("target", np.array(INTERVENTIONS, dtype=object),
+                           {"long_name": "token substituted from the donor: the queried pair's entity or attribute"}),
+                "intervention": ("intervention", np.array(INTERVENTIONS, dtype=object),
+                                 {"long_name": "tokens the vector is added to: the entities or the attributes of "
+                                               "pairs 0 and 1"}),
+                "vector": ("vector", np.array(VECTORS, dtype=object),
+                           {"long_name": "vector added: mean (binding-ID difference Δ) or random (Δ's norm at each "
+                                         "depth)"}),
+                "depth": ("depth", np.arange(delta.shape[1]),
+                          {"long_name": "residual-stream depth: 0 = embeddings, d = output of layer d − 1"}),
+                "text": ("prompt", [c.text(0) for c in contexts], {"long_name": "prompt text (querying pair 0)"})},
         attrs={"method": "binding_ids", "metric": "accuracy", "chance": 1 / n_pairs})
 
 

@@ -185,6 +185,8 @@ def circuit(
     if selection not in SELECTIONS:
         raise UsageError(f"selection must be one of {', '.join(SELECTIONS)} (got {selection!r})")
     if min_fraction is not None:
+        if not (np.isfinite(min_fraction) and min_fraction > 0):  # above 1 is allowed: circuits can exceed it
+            raise UsageError(f"min_fraction is the share of the logit difference to keep, > 0 (got {min_fraction!r})")
         start, stop, step = (int(v) for v in search)
         if start < 1 or step < 1 or stop <= start:
             raise UsageError(f"search must be (start, stop, step) with 1 <= start < stop and step >= 1 (got {search})")
@@ -238,7 +240,9 @@ def _with_thresholds(ds: xr.Dataset, thresholds: list[float], sizes: list[int], 
     diff = np.stack([measured[n][1] if n > 0 else np.full(n_prompts, np.nan) for n in sizes])
     kept = [int(measured[n][0].sum()) if n > 0 else 0 for n in sizes]
     t = ("threshold",)
-    ds = ds.assign_coords(threshold=np.array(thresholds))
+    ds = ds.assign_coords(threshold=("threshold", np.array(thresholds),
+                                     {"long_name": "|score| threshold: the circuit is every edge at or above it",
+                                      "units": ds["score"].attrs.get("units", "")}))
     ds["threshold_size"] = (t, np.array(sizes), {"long_name": "edges with |score| at or above the threshold"})
     ds["threshold_n_edges"] = (t, np.array(kept), {"long_name": "edges kept after pruning"})
     ds["threshold_logit_diff"] = (t + ("prompt",), diff, {"long_name": "metric, threshold circuit only",
@@ -261,7 +265,8 @@ def _with_search(ds: xr.Dataset, found: tuple[int, list[int]], measured: dict, c
         frac[s_ - 1] = measured[s_][1].mean() / clean_mean
     circuit = measured[size][0] if size > 0 else np.zeros(ds["score"].shape, bool)
     faith = (measured[size][1].mean() - corrupt_mean) / (clean_mean - corrupt_mean) if size > 0 else np.nan
-    ds = ds.assign_coords(search_size=np.arange(1, top + 1))
+    ds = ds.assign_coords(search_size=("search_size", np.arange(1, top + 1),
+                                       {"long_name": "circuit size the search may measure: edges before pruning"}))
     ds["search_fraction"] = ("search_size", frac, {"long_name": "circuit / clean logit difference (NaN: not "
                                                                 "measured by the search)", "units": "1"})
     ds["min_size"] = ((), size, {"long_name": f"smallest circuit (edges before pruning) whose fraction reaches "
@@ -711,21 +716,41 @@ def node_table(n_layers: int, n_heads: int, qkv: bool = False) -> tuple[dict, di
     return up, down
 
 
+#: long names of the node axes and their coordinates (:func:`_node_coords`)
+NODE_NAMES = {
+    "upstream": "upstream node: input (embeddings), aL.H (head H of layer L) or mL (layer L's MLP)",
+    "downstream": "downstream node: aL.H (head; aL.H<q>, <k>, <v>: its inputs in the q/k/v graph), mL (MLP) or logits",
+    "upstream_layer": "the upstream node's layer (−1: input)",
+    "upstream_kind": "the upstream node's kind: input, head or mlp",
+    "upstream_head": "the upstream node's head index (−1: not a head)",
+    "downstream_layer": "the downstream node's layer (n_layers: the logits)",
+    "downstream_kind": "the downstream node's kind: head, mlp or logits",
+    "downstream_head": "the downstream node's head index (−1: not a head)",
+    "downstream_input": "the head input the edge enters: q, k or v (q/k/v graph), qkv (all three; plain graph), "
+                        "'' (MLP, logits)",
+}
+
+
 def _node_coords(up: dict, down: dict) -> dict[str, Any]:
     """The node axes' coordinates (``upstream_layer``, ``downstream_kind``, …) from :func:`node_table`."""
     coords: dict[str, Any] = {}
     for axis, table in (("upstream", up), ("downstream", down)):
         for k in ("layer", "kind", "head", "input"):
             if k in table:
-                coords[f"{axis}_{k}"] = (axis, np.array(table[k], dtype=int if k in ("layer", "head") else object))
+                coords[f"{axis}_{k}"] = (axis, np.array(table[k], dtype=int if k in ("layer", "head") else object),
+                                         {"long_name": NODE_NAMES[f"{axis}_{k}"]})
     return coords
 
 
 def _dataset(pairs, score, clean, corrupt, circuits, circuit_diff, sizes, shape: Shape, attrs) -> xr.Dataset:
     up, down = node_table(shape.n_layers, shape.n_heads, shape.qkv)
-    coords: dict[str, Any] = {"upstream": np.array(up["name"], dtype=object),
-                              "downstream": np.array(down["name"], dtype=object),
-                              "size": np.array(sizes, dtype=int), "prompt": np.arange(len(pairs)),
+    coords: dict[str, Any] = {"upstream": ("upstream", np.array(up["name"], dtype=object),
+                                           {"long_name": NODE_NAMES["upstream"]}),
+                              "downstream": ("downstream", np.array(down["name"], dtype=object),
+                                             {"long_name": NODE_NAMES["downstream"]}),
+                              "size": ("size", np.array(sizes, dtype=int),
+                                       {"long_name": "circuit size: edges selected before pruning"}),
+                              "prompt": ("prompt", np.arange(len(pairs)), {"long_name": "prompt pair index"}),
                               "base": ("prompt", [p.base for p in pairs]),
                               "source": ("prompt", [p.source for p in pairs]),
                               "base_answer": ("prompt", [p.base_answer for p in pairs]),
@@ -921,8 +946,10 @@ def from_eap_ig_json(path: str | Path) -> xr.Dataset:
                              f"(parallel_attn_mlp={parallel})")
         score[u, v] = np.nan if info.get("score") is None else float(info["score"])
         keep[u, v] = bool(info.get("in_graph", False))
-    coords: dict[str, Any] = {"upstream": np.array(up["name"], dtype=object),
-                              "downstream": np.array(down["name"], dtype=object), **_node_coords(up, down)}
+    coords: dict[str, Any] = {"upstream": ("upstream", np.array(up["name"], dtype=object),
+                                           {"long_name": NODE_NAMES["upstream"]}),
+                              "downstream": ("downstream", np.array(down["name"], dtype=object),
+                                             {"long_name": NODE_NAMES["downstream"]}), **_node_coords(up, down)}
     return xr.Dataset({"score": (("upstream", "downstream"), score, {"long_name": "EAP-IG edge score"}),
                        "in_graph": (("upstream", "downstream"), keep, {"long_name": "edge in the graph"})},
                       coords=coords, attrs={**shape.attrs(), "source": str(path)})

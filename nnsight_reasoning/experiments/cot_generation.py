@@ -52,7 +52,7 @@ from ..runner import Run, experiment, named
 from ..sites import context_length, dims
 from ..tasks.cot_generation import (PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer, parse_zero_shot,
                                     zero_shot_followup)
-from .neurons import CONCEPTS, _check_units, describe_units, parse_units, random_control
+from .neurons import CONCEPT_NAME, CONCEPT_TOKENS, CONCEPTS, _check_units, describe_units, parse_units, random_control
 
 ABLATIONS = ("noise", "zero", "mean", "random", "random_zero")
 SELECT = ("concepts", "frequency")
@@ -326,47 +326,76 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
     matches, concepts, first = desc.matches, desc.concepts, desc.first
     promoted = desc.promoted(model.tokenizer, n_tokens)
     data: dict[str, Any] = {
-        "generated": (("ablation", "variant", "prompt"), generated),
+        "generated": (("ablation", "variant", "prompt"), generated,
+                      {"long_name": "generated text (up to an end token)"}),
         "predicted": (("ablation", "variant", "prompt"), predicted, {"long_name": "parsed answer (-1: none)"}),
-        "correct": (("ablation", "variant", "prompt"), correct.astype(np.int8)),
-        "accuracy": (("ablation", "variant"), correct.mean(-1), {"units": "1"}),
+        "correct": (("ablation", "variant", "prompt"), correct.astype(np.int8),
+                    {"long_name": "parsed answer is the gold one"}),
+        "accuracy": (("ablation", "variant"), correct.mean(-1),
+                     {"long_name": "accuracy (parsed answer is the gold one)", "units": "1"}),
         "n_read": (("variant", "prompt"), n_read, {"long_name": "generated steps before a new exemplar starts"}),
-        "top_neuron": (("variant", "prompt", "step", "layer", "rank"), top),
+        "top_neuron": (("variant", "prompt", "step", "layer", "rank"), top,
+                       {"long_name": "index of the layer's neuron at this rank of the step's ranking"}),
         "top_score": (("variant", "prompt", "step", "layer", "rank"), score,
                       {"long_name": attrs["ranking"].replace("_", " ") + " score"}),
-        "frequency": ("unit", freq, {"long_name": "fraction of correct discover_on read steps ranking the unit"}),
+        "frequency": ("unit", freq, {"long_name": "fraction of correct discover_on read steps ranking the unit "
+                                                  "(NaN: given units)", "units": "1"}),
         "promoted": (("unit", "token_rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
         "promoted_logit": (("unit", "token_rank"), desc.logits[:, :n_tokens].numpy(),
-                           {"units": "logits per unit activation"}),
-        "concept_matches": (("unit", "concept"), matches),
+                           {"long_name": "the promoted token's logit", "units": "logits per unit activation"}),
+        "concept_matches": (("unit", "concept"), matches,
+                            {"long_name": f"of the top {CONCEPT_TOKENS} promoted tokens, those in the concept's list"}),
         "concepts": ("unit", np.array(concepts, dtype=object),
                      {"long_name": f"concepts with more than one match, from layer {first} up ('' = none)"}),
         "activation": (("variant", "prompt", "step", "unit"), act,
                        {"long_name": "activation at the step's last position (NaN past n_read)"}),
-        "mean_activation": (("variant", "unit"), mean_act),
+        "mean_activation": (("variant", "unit"), mean_act,
+                            {"long_name": "mean activation over the prompts' read steps"}),
         "ablation_value": ("unit", mean_ablate, {"long_name": "the mean ablation's value"}),
     }
     if labeller is not None:
-        data["label"] = ("unit", np.array([str(labeller([str(t) for t in row])) for row in promoted], dtype=object))
+        data["label"] = ("unit", np.array([str(labeller([str(t) for t in row])) for row in promoted], dtype=object),
+                         {"long_name": "the labeller's label of the promoted tokens"})
         attrs["labeller"] = named(labeller)
     coords: dict[str, Any] = {
-        "variant": np.array(variants, dtype=object), "ablation": np.array(kinds, dtype=object),
-        "prompt": np.arange(len(prompts)), "step": np.arange(top.shape[2]), "layer": np.arange(top.shape[3]),
-        "rank": np.arange(top.shape[4]), "unit": np.arange(U), "token_rank": np.arange(n_tokens),
-        "concept": np.array(list(CONCEPTS), dtype=object),
-        "unit_layer": ("unit", np.array([li for li, _ in pairs], dtype=int)),
-        "unit_neuron": ("unit", np.array([nn for _, nn in pairs], dtype=int)),
-        "control_layer": ("unit", np.array([li for li, _ in control], dtype=int)),
-        "control_neuron": ("unit", np.array([nn for _, nn in control], dtype=int)),
-        "answer": ("prompt", [p.answer for p in prompts.prompts[variants[0]]]),
+        "variant": ("variant", np.array(variants, dtype=object), {"long_name": "prompt type (discover_on first)"}),
+        "ablation": ("ablation", np.array(kinds, dtype=object),
+                     {"long_name": "ablation of the units during generation: none, noise, zero, mean, random (the "
+                                   "noise on as many other neurons of their layers) or random_zero (those zeroed)"}),
+        "prompt": ("prompt", np.arange(len(prompts)),
+                   {"long_name": "problem index (the same problem in every prompt type)"}),
+        "step": ("step", np.arange(top.shape[2]), {"long_name": "generated token index (0 = the first)"}),
+        "layer": np.arange(top.shape[3]),
+        "rank": ("rank", np.arange(top.shape[4]), {"long_name": "rank in the layer's top_k at the step (0 = highest "
+                                                               "score)"}),
+        "unit": ("unit", np.arange(U), {"long_name": "unit: a kept neuron (most frequent first; given units in their "
+                                                     "order)"}),
+        "token_rank": ("token_rank", np.arange(n_tokens), {"long_name": "rank of the promoted token (0 = most "
+                                                                        "promoted)"}),
+        "concept": ("concept", np.array(list(CONCEPTS), dtype=object), {"long_name": CONCEPT_NAME}),
+        "unit_layer": ("unit", np.array([li for li, _ in pairs], dtype=int), {"long_name": "the unit's layer"}),
+        "unit_neuron": ("unit", np.array([nn for _, nn in pairs], dtype=int),
+                        {"long_name": "the unit's MLP hidden unit index in its layer"}),
+        "control_layer": ("unit", np.array([li for li, _ in control], dtype=int),
+                          {"long_name": "layer of the unit's random-baseline neuron (the unit's own)"}),
+        "control_neuron": ("unit", np.array([nn for _, nn in control], dtype=int),
+                           {"long_name": "MLP hidden unit index of the unit's random-baseline neuron"}),
+        "answer": ("prompt", [p.answer for p in prompts.prompts[variants[0]]], {"long_name": "the gold answer"}),
         "text": (("variant", "prompt"), np.array([[p.prompt for p in prompts.prompts[v]] for v in variants],
                                                  dtype=object)),
     }
     if found is not None:
-        coords.update({"candidate_layer": ("candidate", np.array([li for li, _ in found["cand"]], dtype=int)),
-                       "candidate_neuron": ("candidate", np.array([nn for _, nn in found["cand"]], dtype=int))})
-        data["candidate_frequency"] = ("candidate", found["freq"])
-        data["candidate_concepts"] = ("candidate", np.array(found["desc"].concepts, dtype=object))
+        coords.update({"candidate_layer": ("candidate", np.array([li for li, _ in found["cand"]], dtype=int),
+                                           {"long_name": "the candidate neuron's layer"}),
+                       "candidate_neuron": ("candidate", np.array([nn for _, nn in found["cand"]], dtype=int),
+                                            {"long_name": "the candidate neuron's MLP hidden unit index in its "
+                                                          "layer"})})
+        data["candidate_frequency"] = ("candidate", found["freq"],
+                                       {"long_name": "fraction of correct discover_on read steps ranking the neuron",
+                                        "units": "1"})
+        data["candidate_concepts"] = ("candidate", np.array(found["desc"].concepts, dtype=object),
+                                      {"long_name": f"concepts with more than one match, from layer {first} up "
+                                                    "('' = none)"})
     attrs.update({"method": "cot_generation", "metric": "accuracy", "style": prompts.style.name,
                   "concept_min_layer": first})
     if fixed is not None:

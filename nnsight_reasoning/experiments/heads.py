@@ -110,8 +110,11 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
                                                                 "head promotes most", "units": "1"})
     data["uniform"] = ("score", chance_levels(n, len(ordinals)), {"long_name": "chance level of each score",
                                                                    "units": "1"})
-    return xr.Dataset(data, coords={"prompt": np.arange(len(sequences)), "layer": np.arange(d["n_layers"]),
-                                    "head": np.arange(d["n_heads"]), "score": np.array(SCORES, dtype=object)},
+    return xr.Dataset(data, coords={"prompt": ("prompt", np.arange(len(sequences)),
+                                               {"long_name": "repeated-random-token sequence"}),
+                                    "layer": np.arange(d["n_layers"]), "head": np.arange(d["n_heads"]),
+                                    "score": ("score", np.array(SCORES, dtype=object),
+                                              {"long_name": "head score (the variable of that name)"})},
                       attrs={"method": "head_scores", "metric": "attention_probability", "seq_len": n,
                              "successor_tokens": run.tokenizer.convert_ids_to_tokens(ordinals)})
 
@@ -173,12 +176,15 @@ def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
     data = {"successor_ov": (("layer", "head"), hits / total, {"long_name": "fraction of ordinal examples whose "
                                                                            "successor the head's OV circuit "
                                                                            "promotes most", "units": "1"}),
-            "successor_ov_by_list": (("list", "layer", "head"), by_list, {"units": "1"}),
+            "successor_ov_by_list": (("list", "layer", "head"), by_list,
+                                     {"long_name": "fraction of the list's examples whose successor the head's OV "
+                                                   "circuit promotes most (NaN: no example)", "units": "1"}),
             "n_examples": ("list", np.array(n_ex, dtype=int), {"long_name": "single-token (word, next) pairs"}),
             "chance": ("list", np.array(chance), {"long_name": "1 / distinct next words", "units": "1"})}
     mean_chance = float(np.nansum(np.array(chance) * np.array(n_ex)) / total)
     return xr.Dataset(data, coords={"layer": np.arange(d["n_layers"]), "head": np.arange(d["n_heads"]),
-                                    "list": np.array([n for n, _ in lists], dtype=object)},
+                                    "list": ("list", np.array([n for n, _ in lists], dtype=object),
+                                             {"long_name": "ordinal list (numbers, number words, days, months, …)"})},
                       attrs={"method": "successor_ov", "metric": "ov_successor_accuracy", "chance": mean_chance,
                              "n_examples": total})
 

@@ -144,6 +144,8 @@ def ioi_components(
     require_local(run.remote, "ioi_components' copy score")
     if not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    if not 0 <= copy_threshold < 100:
+        raise UsageError(f"copy_threshold is a copy score in percent, in [0, 100) (got {copy_threshold!r})")
     sequences = repeated_tokens(n_sequences, seq_len, seed, tokenizer=run.tokenizer)  # refused before any pass
     shape = Shape.of(run.model)
     n_layers, n_heads = shape.n_layers, shape.n_heads
@@ -240,8 +242,12 @@ def ioi_components(
     if edges is not None:
         heads_in = circuit_heads(circuit, n_layers, n_heads)
         data["in_circuit"] = (lh, heads_in.values.astype(np.int8), {"long_name": "head touched by the circuit"})
-    coords = {"layer": np.arange(n_layers), "head": np.arange(n_heads), "word": np.array(WORDS, dtype=object),
-              "prompt": np.arange(n), "base": ("prompt", [p.base for p in pair_list]),
+    coords = {"layer": np.arange(n_layers), "head": np.arange(n_heads),
+              "word": ("word", np.array(WORDS, dtype=object),
+                       {"long_name": "name token attended to: IO (indirect object), S1 / S2 (the subject's first / "
+                                     "second mention)"}),
+              "prompt": ("prompt", np.arange(n), {"long_name": "prompt pair index"}),
+              "base": ("prompt", [p.base for p in pair_list]),
               "source": ("prompt", [p.source for p in pair_list])}
     attrs = {"method": "ioi_components", "metric": "logit_diff", "copy_threshold": float(copy_threshold),
              "top_k": top_k, "candidates": "circuit" if edges is not None else "all heads"}

@@ -60,6 +60,7 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "formula": ("formula", "equation", "calculation", "algorithm", "expression", "computation"),
 }
 CONCEPT_TOKENS = 20  # promoted tokens the rule reads (the repository's algorithm two: top 20)
+CONCEPT_NAME = "Rai & Yao's concept (a list of tokens)"
 
 
 def concept_matches(tokenizer: Any, promoted_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -221,11 +222,17 @@ def activations(
         a = run.call(_bn.neuron_activations, torch.tensor([ids[i] for i in chunk]), layer_list, last_only=last,
                      select=select).numpy()  # (b, L, T', k)
         out[chunk, :, :, : a.shape[2]] = a.transpose(0, 1, 3, 2)
-    coords: dict[str, Any] = {"prompt": np.arange(len(ids)), "layer": np.array(layer_list),
-                              "neuron": np.arange(k), "position": np.array([-1] if last else range(t_max)),
+    coords: dict[str, Any] = {"prompt": ("prompt", np.arange(len(ids)), {"long_name": "prompt index"}),
+                              "layer": np.array(layer_list),
+                              "neuron": ("neuron", np.arange(k), {"long_name": "MLP hidden unit index in its layer"
+                                                                 if select is None else "slot among its layer's kept "
+                                                                 "neurons (neuron_id names it)"}),
+                              "position": ("position", np.array([-1] if last else range(t_max)),
+                                           {"long_name": "0-based token index (−1: each prompt's last token)"}),
                               "text": ("prompt", texts), "n_tokens": ("prompt", np.array([len(x) for x in ids]))}
     if select is not None:
-        coords["neuron_id"] = (("layer", "neuron"), torch.stack(select).numpy())
+        coords["neuron_id"] = (("layer", "neuron"), torch.stack(select).numpy(),
+                               {"long_name": "MLP hidden unit index in its layer"})
     return xr.Dataset({"activation": (("prompt", "layer", "neuron", "position"), out,
                                       {"long_name": "input of the MLP output projection"})}, coords=coords,
                       attrs={"method": "neuron_activations", "metric": "activation", "positions": positions,
@@ -306,19 +313,28 @@ def _discover(run: Run, prompts: Sequence[Any], layers: Sequence[int] | None, to
     if fixed is not None:
         attrs["fixed_units"] = ",".join(f"L{li}N{nn}" for li, nn in fixed)
     return xr.Dataset(
-        {"frequency": ("unit", freq[found], {"long_name": f"fraction of prompts with the neuron in their top {top_k}"}),
+        {"frequency": ("unit", freq[found], {"long_name": f"fraction of prompts with the neuron in their top {top_k}",
+                                             "units": "1"}),
          "mean_contribution": ("unit", mean[found], {"long_name": "mean direct contribution to the answer logit",
                                                      "units": "logits"}),
-         "contribution": (("prompt", "unit"), flat[:, found], {"units": "logits"}),
+         "contribution": (("prompt", "unit"), flat[:, found], {"long_name": "direct contribution to the answer logit",
+                                                               "units": "logits"}),
          "promoted": (("unit", "rank"), promoted, {"long_name": "tokens the output direction promotes most"}),
-         "promoted_logit": (("unit", "rank"), desc.logits[:, :n_tokens].numpy(), {"units": "logits per unit activation"}),
+         "promoted_logit": (("unit", "rank"), desc.logits[:, :n_tokens].numpy(),
+                            {"long_name": "the promoted token's logit", "units": "logits per unit activation"}),
          "concept_matches": (("unit", "concept"), desc.matches,
                              {"long_name": f"of the top {CONCEPT_TOKENS} promoted tokens, those in the concept's list"}),
          "concepts": ("unit", concept, {"long_name": "concepts with more than one match, from layer "
                                                     f"{first} up (Rai & Yao's rule; '' = none)"}), **labels},
-        coords={"concept": np.array(list(CONCEPTS), dtype=object), "unit": np.arange(len(found)), "layer": ("unit", np.array(unit_layer, dtype=int)),
-                "neuron": ("unit", np.array(unit_neuron, dtype=int)), "rank": np.arange(n_tokens),
-                "prompt": np.arange(n), "text": ("prompt", _texts(prompts))},
+        coords={"concept": ("concept", np.array(list(CONCEPTS), dtype=object), {"long_name": CONCEPT_NAME}),
+                "unit": ("unit", np.arange(len(found)),
+                         {"long_name": "neuron (most recurrent first; given units in their order)"}),
+                "layer": ("unit", np.array(unit_layer, dtype=int), {"long_name": "the unit's layer"}),
+                "neuron": ("unit", np.array(unit_neuron, dtype=int),
+                           {"long_name": "the unit's MLP hidden unit index in its layer"}),
+                "rank": ("rank", np.arange(n_tokens), {"long_name": "rank of the promoted token (0 = most promoted)"}),
+                "prompt": ("prompt", np.arange(n), {"long_name": "prompt index"}),
+                "text": ("prompt", _texts(prompts))},
         attrs=attrs)
 
 
@@ -487,11 +503,17 @@ def neurons(
     ds = found.drop_vars("text")
     ds["activation"] = (("variant", "unit"), act, {"long_name": "mean activation at the last position"})
     ds["correct"] = (("ablation", "variant", "prompt"), correct, {"long_name": "answer is the top-1 token"})
-    ds["p_answer"] = (("ablation", "variant", "prompt"), p_answer, {"units": "1"})
+    ds["p_answer"] = (("ablation", "variant", "prompt"), p_answer, {"long_name": "P(answer | prompt)", "units": "1"})
     ds["accuracy"] = (("ablation", "variant"), correct.mean(-1), {"long_name": "accuracy (top-1)", "units": "1"})
-    ds = ds.assign_coords(variant=np.array(variants, dtype=object), ablation=np.array(ABLATIONS, dtype=object),
+    ds = ds.assign_coords(variant=("variant", np.array(variants, dtype=object),
+                                   {"long_name": "prompt variant (discover_on first)"}),
+                          ablation=("ablation", np.array(ABLATIONS, dtype=object),
+                                    {"long_name": "ablation of the units: none, zero, mean (their mean last-position "
+                                                  "activation on discover_on) or random (as many other neurons of "
+                                                  "their layers zeroed)"}),
                           text=(("variant", "prompt"), np.array([_texts(sets[v]) for v in variants], dtype=object)),
                           answer=("prompt", [p.answer for p in sets[discover_on]]))
+    ds["prompt"].attrs["long_name"] = "problem index (the same problem in every variant)"
     attrs = {"method": "cot_neurons", "metric": "accuracy", "discover_on": discover_on, "top_k": top_k,
              "min_frequency": min_frequency}
     attrs.update({k: found.attrs[k] for k in ("labeller", "fixed_units", "concept_min_layer") if k in found.attrs})

@@ -444,9 +444,10 @@ def _token_strings(model, base_ids, positions, t_max):
 def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, attrs, metric,
              predictions: bool) -> xr.Dataset:
     coords: dict[str, Any] = {
-        "prompt": np.arange(len(pairs)),
-        "layer": np.array(layers),
-        "position": np.array(pos_coord),
+        "prompt": ("prompt", np.arange(len(pairs)), {"long_name": "prompt pair index"}),
+        "layer": ("layer", np.array(layers), {"long_name": "0-based layer (−1: the embeddings)"}),
+        "position": ("position", np.array(pos_coord),
+                     {"long_name": "0-based token index (−1: each prompt's last token)"}),
         "base": ("prompt", [p.base for p in pairs]),
         "source": ("prompt", [p.source for p in pairs]),
         "base_answer": ("prompt", [p.base_answer for p in pairs]),

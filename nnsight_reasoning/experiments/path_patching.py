@@ -152,10 +152,15 @@ def path_patching(
     names = [up["name"][u] for u in send]
     unit = "1" if metric == "prob_diff" else "logits"
     coords: dict[str, Any] = {
-        "sender": np.array(names, dtype=object), "prompt": np.arange(len(pair_list)),
-        "sender_layer": ("sender", np.array([up["layer"][u] for u in send], dtype=int)),
-        "sender_kind": ("sender", np.array([up["kind"][u] for u in send], dtype=object)),
-        "sender_head": ("sender", np.array([up["head"][u] for u in send], dtype=int)),
+        "sender": ("sender", np.array(names, dtype=object),
+                   {"long_name": "sender node: input (embeddings), aL.H (head H of layer L) or mL (layer L's MLP)"}),
+        "prompt": ("prompt", np.arange(len(pair_list)), {"long_name": "prompt pair index"}),
+        "sender_layer": ("sender", np.array([up["layer"][u] for u in send], dtype=int),
+                         {"long_name": "the sender's layer (−1: input)"}),
+        "sender_kind": ("sender", np.array([up["kind"][u] for u in send], dtype=object),
+                        {"long_name": "the sender's kind: input, head or mlp"}),
+        "sender_head": ("sender", np.array([up["head"][u] for u in send], dtype=int),
+                        {"long_name": "the sender's head index (−1: not a head)"}),
         "base": ("prompt", [p.base for p in pair_list]), "source": ("prompt", [p.source for p in pair_list]),
         "base_answer": ("prompt", [p.base_answer for p in pair_list]),
         "source_answer": ("prompt", [p.source_answer for p in pair_list])}

@@ -36,6 +36,7 @@ from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 from . import attention as _attention
 
 PROBES = ("useful", "step")
+PROBE_NAME = "classifier: useful (is the statement useful) or step (its reasoning step; useful statements only)"
 DISTANCES = ("euclidean", "manhattan")
 QUERIES = ("last", "question_max", "question_mean")
 
@@ -103,7 +104,7 @@ def probe(
     checkpoints) gains a leading ``checkpoint`` dim.
     """
     how = Features(pool, query, statement_pool, normalise)
-    check_options(run, baseline, how, distance)
+    check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
@@ -123,8 +124,10 @@ def probe(
     return ds
 
 
-def check_options(run: Run, baseline: str, how: Features, distance: str) -> None:
+def check_options(run: Run, baseline: str, how: Features, distance: str, n_neighbors: int) -> None:
     """Refuse bad probe options before any work (one-line errors)."""
+    if not isinstance(n_neighbors, (int, np.integer)) or isinstance(n_neighbors, bool) or n_neighbors < 1:
+        raise UsageError(f"n_neighbors must be an integer >= 1 (got {n_neighbors!r})")
     if baseline not in BASELINES:
         raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
     if baseline == "random" and _remote.is_ndif(run.remote):
@@ -298,7 +301,9 @@ def _dataset(s: Scores, layers: np.ndarray) -> xr.Dataset:
          "accuracy_all": ("probe", s.accuracy[:, -1], {"long_name": "accuracy, all layers' features", "units": "1"}),
          "majority": ("probe", s.majority, {"long_name": "accuracy of the majority class", "units": "1"}),
          "n_samples": ("probe", s.n_samples, {"long_name": "statements classified"})},
-        coords={"probe": np.array(PROBES, dtype=object), "layer": layers},
+        coords={"probe": ("probe", np.array(PROBES, dtype=object), {"long_name": PROBE_NAME}),
+                "layer": ("layer", layers, {"long_name": "0-based layer whose attention the probe reads (with the "
+                                                         "layers below it when cumulative)"})},
     )
 
 

@@ -139,11 +139,21 @@ def prune(
          "accuracy_unpruned": ((), correct[0].mean(), {"long_name": "accuracy (top-1), no head pruned", "units": "1"}),
          "p_answer_unpruned": ((), p_answer[0].mean(), {"long_name": "mean P(answer), no head pruned", "units": "1"}),
          "head_entropy": att["head_entropy"] if "head_entropy" in att else
-         (("view", "layer", "head"), np.full((2, n_layers, n_heads), np.nan), {"units": "1"})},
-        coords={"ordering": np.array(names, dtype=object), "kind": ("ordering", np.array(kinds, dtype=object)),
-                "draw": ("ordering", np.array(draws)), "fraction": fracs, "prompt": np.arange(len(plist)),
+         (("view", "layer", "head"), np.full((2, n_layers, n_heads), np.nan),
+          {"long_name": "entropy of the prompt-mean attention over the statements / log(statements) (Hou et al.; "
+                        "NaN: prompts differ in statements)", "units": "1"})},
+        coords={"ordering": ("ordering", np.array(names, dtype=object),
+                             {"long_name": "head order: entropy_position, entropy_rank (lowest entropy first) or "
+                                           "randomN (random order, seed N)"}),
+                "kind": ("ordering", np.array(kinds, dtype=object),
+                         {"long_name": "the ordering's kind: entropy_position, entropy_rank or random"}),
+                "draw": ("ordering", np.array(draws),
+                         {"long_name": "the random order's seed (−1: an entropy order)"}),
+                "fraction": ("fraction", fracs, {"long_name": "fraction of all heads pruned (n_pruned = "
+                                                              "round(fraction · heads))", "units": "1"}),
+                "prompt": ("prompt", np.arange(len(plist)), {"long_name": "prompt index"}),
                 "layer": att["layer"].values, "head": att["head"].values,
-                "view": np.array(_attention.VIEWS, dtype=object),
+                "view": ("view", np.array(_attention.VIEWS, dtype=object), {"long_name": _attention.VIEW_NAME}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "head_pruning", "metric": "accuracy", "seed": seed, "n_random": n_random,

@@ -27,7 +27,7 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
-from .probe import PROBES, Features, _labels, check_options, features, knn_scores, labelled_prompts
+from .probe import PROBE_NAME, PROBES, Features, _labels, check_options, features, knn_scores, labelled_prompts
 
 
 @experiment("probe_robustness", batch_size=64)
@@ -82,7 +82,7 @@ def robustness(
     score and drop.
     """
     how = Features(pool, query, statement_pool, normalise)
-    check_options(run, baseline, how, distance)
+    check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
     lo, hi = (int(x) for x in subset_size)
     if not 2 * folds <= lo <= hi <= len(plist):
@@ -135,17 +135,20 @@ def robustness(
         "bin_count": (("probe", "bin"), bin_count, {"long_name": "subsets in the score bin"}),
         "bin_lo": (("probe", "bin"), edges[:, :-1], {"long_name": "score bin's lower edge", "units": "1"}),
         "bin_hi": (("probe", "bin"), edges[:, 1:], {"long_name": "score bin's upper edge", "units": "1"}),
-        "correlation": ("probe", corr, {"long_name": "Pearson r of score and accuracy drop"}),
+        "correlation": ("probe", corr, {"long_name": "Pearson r of score and accuracy drop", "units": "1"}),
     }
     if base_feats is not None:
         data["baseline_f1"] = (("subset", "probe"), base_f1, {"long_name": f"macro F1 of the {baseline} baseline",
                                                              "units": "1"})
     return xr.Dataset(
         data,
-        coords={"subset": np.arange(n_subsets), "probe": np.array(PROBES, dtype=object), "bin": np.arange(n_bins),
-                "prompt": np.arange(len(plist)),
-                "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
-                "corrupted_text": ("prompt", np.array([p.text for p in bad], dtype=object))},
+        coords={"subset": ("subset", np.arange(n_subsets), {"long_name": "random subset of the prompts (seeded)"}),
+                "probe": ("probe", np.array(PROBES, dtype=object), {"long_name": PROBE_NAME}),
+                "bin": ("bin", np.arange(n_bins), {"long_name": "equal-width bin of the score (0 = lowest)"}),
+                "prompt": ("prompt", np.arange(len(plist)), {"long_name": "prompt index"}),
+                "text": ("prompt", np.array([p.text for p in plist], dtype=object), {"long_name": "clean prompt text"}),
+                "corrupted_text": ("prompt", np.array([p.text for p in bad], dtype=object),
+                                   {"long_name": f"prompt text after the {corrupt} corruption"})},
         attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",

@@ -54,11 +54,12 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     im = left.imshow(act, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
     left.set_yticks(range(ds.sizes["variant"]), [str(v) for v in ds["variant"].values])
     left.set_xticks(range(ds.sizes["unit"]), _labels(ds), rotation=90, fontsize=7)
-    tracked = ds.attrs.get("units_discovered_on")  # a sweep of the neurons of its last revision
+    tracked = ds.attrs.get("units_chosen_on")  # a sweep of the neurons of its last revision
     given = bool(ds.attrs.get("fixed_units")) and not tracked
     which = "given" if given else "discovered"
+    at = f" discovered at {tracked}" if tracked else ""
     where = "generated tokens" if generated else "last position"
-    left.set_title(f"mean activation of the {shown} {which} neurons ({where})", fontsize=9)
+    left.set_title(f"mean activation of the {shown} {'' if tracked else which + ' '}neurons{at} ({where})", fontsize=9)
     fig.colorbar(im, ax=left, shrink=0.8)
     variants = [str(v) for v in ds["variant"].values]
     ablations = [str(a) for a in ds["ablation"].values]

@@ -141,5 +141,6 @@ def _upgrade(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.rename(names) if names else ds
     for coord, labels in RELABELLED.get(method, {}).items():
         if coord in ds.coords:
-            ds = ds.assign_coords({coord: [labels.get(str(v), v) for v in ds[coord].values]})
+            ds = ds.assign_coords({coord: (ds[coord].dims, [labels.get(str(v), v) for v in ds[coord].values],
+                                           ds[coord].attrs)})  # its long_name stays
     return ds

@@ -201,6 +201,9 @@ class Parts:
             if self.count():
                 if isinstance(e, RunError):
                     raise RunError(f"{e}; {self.resume_hint()}") from None
+                if disk_fault(e):
+                    raise RunError(f"cannot write {e.filename or self.dir} ({e.strerror}: is the disk full or "
+                                   f"read-only?); {self.resume_hint()} once it can be written") from None
             elif self.dir is not None and self.dir.is_dir():
                 import shutil
 
@@ -283,6 +286,98 @@ class Parts:
     def resume_hint(self) -> str:
         n = self.count()
         return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
+
+
+def disk_fault(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to write to disk (full, read-only, no permission, quota, I/O),
+    which a rerun fixes once the disk can be written; HDF5 reports a full disk as EACCES."""
+    import errno
+
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.EDQUOT, errno.EIO)
+
+
+def lock_path(results_file: str | Path) -> Path:
+    """The lock of ``results_file``'s writer: ``<results_file>.lock``."""
+    p = Path(results_file)
+    return p.with_name(p.name + ".lock")
+
+
+@contextmanager
+def writer_lock(results_file: str | Path) -> Iterator[None]:
+    """Hold ``<results_file>.lock`` while a run computes and writes ``results_file``, so that a
+    second run on the same output is refused instead of interleaving its parts with the
+    first's. The lock names its writer (pid, host); one left by a writer that died (SIGKILL:
+    no ``finally`` ran) on this host is taken over. Directories made for the lock are removed
+    with it when nothing else was written there."""
+    import socket
+    import time
+
+    lock = lock_path(results_file)
+    made = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    held = False
+    try:
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _holder(lock)
+                if _stale(lock, holder, me["host"]):
+                    lock.unlink(missing_ok=True)  # its writer was killed: take over (its parts resume)
+                    continue
+                who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}"
+                raise UsageError(f"another run ({who}) is writing {results_file}: wait for it to finish, or delete "
+                                 f"{lock} if that run is gone") from None
+            held = True
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        else:  # another run took the stale lock over first
+            raise UsageError(f"another run is starting on {results_file}: wait for it to finish")
+        yield
+    finally:
+        if held:
+            try:
+                lock.unlink(missing_ok=True)
+            except OSError:  # a disk turned read-only: the next run finds the lock stale and takes it
+                pass
+        for d in made:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:  # not empty: the results (or someone else's files) are there
+                break
+
+
+def _holder(lock: Path) -> dict[str, Any]:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _stale(lock: Path, holder: dict[str, Any], host: str) -> bool:
+    """Whether ``lock``'s writer is gone: a process of this host that no longer runs, or a lock
+    left empty (a writer killed between creating and filling it) for more than 10 s."""
+    import time
+
+    if not holder:
+        try:
+            return time.time() - lock.stat().st_mtime > 10
+        except OSError:
+            return True
+    if holder.get("host") != host:
+        return False  # another machine's process: cannot tell, so never taken over
+    try:
+        os.kill(int(holder.get("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        return False
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return False
 
 
 def _maybe_die(directory: Path) -> None:
