@@ -89,6 +89,11 @@ def guard(fn):
     return wrapper
 
 
+def given(**options: Any) -> dict:
+    """The options that were given (not None), so that the library's own defaults apply to the rest."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def task_params(params: List[str], **explicit) -> dict:
     """Explicit task options that were given, plus generic ``--param key=value`` (JSON values)."""
     from nnsight_reasoning.errors import UsageError

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import Harness, Seed, experiment_command
+from .common import Harness, Seed, experiment_command, given
 
 
 @experiment_command()
@@ -27,8 +27,9 @@ def neurons(
                                                          "(default full; with --generate the first --variant)"),
     top_k: int = typer.Option(20, help="neurons kept per prompt by contribution to its answer (with --generate: per "
                                        "layer and generated token, by the ranking)"),
-    min_frequency: float = typer.Option(0.25, help="a neuron is discovered if in the top k of this fraction of "
-                                                   "prompts (with --generate and --select frequency: of read steps)"),
+    min_frequency: Optional[float] = typer.Option(None, help="a neuron is discovered if in the top k of this "
+                                                             "fraction of prompts (default 0.25); with --generate "
+                                                             "and --select frequency: of read steps (default 0.1)"),
     unit: List[str] = typer.Option([], help="measure this neuron, e.g. L3N488, instead of discovering them "
                                             "(repeatable); a sweep without it tracks those of the last revision"),
     generate: bool = typer.Option(False, "--generate", help="Rai & Yao's pipeline: the model writes its own chain "
@@ -59,7 +60,7 @@ def neurons(
               lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
                                                   n_steps=n_steps, seed=seed),
               kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
-              ranking=ranking, top_k=top_k, select=select, min_frequency=min_frequency,
+              ranking=ranking, top_k=top_k, select=select, **given(min_frequency=min_frequency),
               ablations=tuple(ablation) or ("noise", "zero", "mean", "random", "random_zero"), units=units, noise_scale=noise_scale,
               seed=seed)
         return
@@ -71,7 +72,7 @@ def neurons(
                                      tokenizer=tok)
 
     h.run(nr.neurons, prompts, kind="neurons", task="cot_arithmetic", discover_on=discover_on, top_k=top_k,
-          min_frequency=min_frequency, units=units)
+          units=units, **given(min_frequency=min_frequency))
 
 
 @experiment_command()

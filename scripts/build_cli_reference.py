@@ -42,7 +42,9 @@ def render() -> str:
             rows.append(f"| {flags} | {shown} | {helptext} |")
         args = [p for p in cmd.params if p.param_type_name == "argument"]
         if args:
-            out.extend(["Arguments: " + ", ".join(f"`{a.name.upper()}`" for a in args), ""])
+            out.extend(["Arguments: " + "; ".join(
+                f"`{a.name.upper()}`" + (f" ({' '.join(a.help.split())})" if getattr(a, "help", None) else "")
+                for a in args).replace("<", "&lt;").replace(">", "&gt;"), ""])
         if rows:
             out.extend(["| option | default | meaning |", "|---|---|---|", *rows, ""])
 

@@ -392,6 +392,26 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
         got = sweep.sel(checkpoint=rev)
         assert got["generated"].values.tolist() == one["generated"].values.tolist()
         np.testing.assert_array_equal(got["activation"].values, one["activation"].values)
+    # the generated tokens keep their own index beside the sweep's training step
+    assert sweep["generated_token"].values.tolist() == list(range(sweep.sizes["generated_token"]))
+    assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, 3608]
+
+
+def test_files_written_with_the_old_step_dim_are_read_with_generated_token(tmp_path):
+    import xarray as xr
+
+    acts = np.arange(6.0).reshape(1, 3, 2)
+    old = xr.Dataset({"activation": (("variant", "step", "unit"), acts)}, coords={"step": np.arange(3)},
+                     attrs={"method": "cot_generation"})
+    nr.save_result(old, tmp_path / "one.nc")
+    sweep = xr.Dataset({"activation": (("checkpoint", "variant", "step", "unit"), acts[None])},  # the index was lost
+                       coords={"step": ("checkpoint", [3608.0])}, attrs={"method": "cot_generation"})
+    nr.save_result(sweep, tmp_path / "sweep.nc")
+    for name, training_step in (("one.nc", False), ("sweep.nc", True)):
+        ds = nr.load_result(tmp_path / name)
+        assert ds["activation"].dims[-2] == "generated_token" and ds["generated_token"].values.tolist() == [0, 1, 2]
+        np.testing.assert_array_equal(ds["activation"].values.reshape(acts.shape), acts)
+        assert ("step" in ds.coords) == training_step
 
 
 @pytest.fixture(scope="module")

@@ -334,9 +334,9 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
         "accuracy": (("ablation", "variant"), correct.mean(-1),
                      {"long_name": "accuracy (parsed answer is the gold one)", "units": "1"}),
         "n_read": (("variant", "prompt"), n_read, {"long_name": "generated steps before a new exemplar starts"}),
-        "top_neuron": (("variant", "prompt", "step", "layer", "rank"), top,
+        "top_neuron": (("variant", "prompt", "generated_token", "layer", "rank"), top,
                        {"long_name": "index of the layer's neuron at this rank of the step's ranking"}),
-        "top_score": (("variant", "prompt", "step", "layer", "rank"), score,
+        "top_score": (("variant", "prompt", "generated_token", "layer", "rank"), score,
                       {"long_name": attrs["ranking"].replace("_", " ") + " score"}),
         "frequency": ("unit", freq, {"long_name": "fraction of correct discover_on read steps ranking the unit "
                                                   "(NaN: given units)", "units": "1"}),
@@ -347,7 +347,7 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
                             {"long_name": f"of the top {CONCEPT_TOKENS} promoted tokens, those in the concept's list"}),
         "concepts": ("unit", np.array(concepts, dtype=object),
                      {"long_name": f"concepts with more than one match, from layer {first} up ('' = none)"}),
-        "activation": (("variant", "prompt", "step", "unit"), act,
+        "activation": (("variant", "prompt", "generated_token", "unit"), act,
                        {"long_name": "activation at the step's last position (NaN past n_read)"}),
         "mean_activation": (("variant", "unit"), mean_act,
                             {"long_name": "mean activation over the prompts' read steps"}),
@@ -364,7 +364,9 @@ def _dataset(prompts, variants, kinds, generated, predicted, correct, n_read, to
                                    "noise on as many other neurons of their layers) or random_zero (those zeroed)"}),
         "prompt": ("prompt", np.arange(len(prompts)),
                    {"long_name": "problem index (the same problem in every prompt type)"}),
-        "step": ("step", np.arange(top.shape[2]), {"long_name": "generated token index (0 = the first)"}),
+        # not "step": a checkpoint sweep's training-step coordinate has that name
+        "generated_token": ("generated_token", np.arange(top.shape[2]),
+                            {"long_name": "generated token index (0 = the first)"}),
         "layer": np.arange(top.shape[3]),
         "rank": ("rank", np.arange(top.shape[4]), {"long_name": "rank in the layer's top_k at the step (0 = highest "
                                                                "score)"}),
@@ -414,7 +416,7 @@ def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
 
     variants = [str(v) for v in ds["variant"].values]
     head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} prompts per "
-            f"type · {ds.sizes['step']} generated tokens · {ds.sizes['unit']} units "
+            f"type · {ds.sizes['generated_token']} generated tokens · {ds.sizes['unit']} units "
             f"({'given' if ds.attrs.get('fixed_units') else ds.attrs['select'] + ' of ' + ds.attrs['ranking']} on "
             f"{ds.attrs['discover_on']})")
     acc = Table(title="accuracy of the generated answers (rows: ablation of the units during generation; "

@@ -113,9 +113,11 @@ def probe(
         base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
-        ds["score"] = ((ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1)).assign_attrs(
+        # NaN where the baseline is perfect (F1_baseline = 1): nothing is left to explain, as robustness does
+        ds["score"] = ((ds.f1 - ds.baseline_f1) / (1 - ds.baseline_f1).where(ds.baseline_f1 < 1)).assign_attrs(
             long_name="probing score (F1 - F1_baseline) / (1 - F1_baseline)", units="1")
-        ds["score_all"] = ((ds.f1_all - ds.baseline_f1_all) / (1 - ds.baseline_f1_all)).assign_attrs(
+        ds["score_all"] = ((ds.f1_all - ds.baseline_f1_all) /
+                           (1 - ds.baseline_f1_all).where(ds.baseline_f1_all < 1)).assign_attrs(
             long_name="probing score on all layers", units="1")
     ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
                 "folds": folds, "pool": pool, "cumulative": int(cumulative), "distance": distance, "query": query,

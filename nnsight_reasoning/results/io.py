@@ -128,17 +128,26 @@ def load_result(path: str | Path) -> xr.Dataset:
 #: attrs["method"] -> {old variable name: new}: variables renamed since files were first written
 RENAMED = {"attention": {"entropy": "prompt_entropy"},  # 2026-11-30: the paper's head entropy took the name
            "head_scores": {"copy_suppression": "copy_suppression_proxy"}}  # 2026-12-01: CSPA is its own experiment
+#: attrs["method"] -> {old dimension: new}: dimensions renamed since files were first written
+RENAMED_DIMS = {"cot_generation": {"step": "generated_token"}}  # 2026-12-01: a sweep's training step is `step`
 #: attrs["method"] -> {coordinate: {old label: new}}: labels renamed with those variables
 RELABELLED = {"head_scores": {"score": {"copy_suppression": "copy_suppression_proxy"}}}
 
 
 def _upgrade(ds: xr.Dataset) -> xr.Dataset:
-    """A result written by an older version, with today's variable names and coordinate labels
-    (:data:`RENAMED`, :data:`RELABELLED`)."""
+    """A result written by an older version, with today's variable names, dimensions and
+    coordinate labels (:data:`RENAMED`, :data:`RENAMED_DIMS`, :data:`RELABELLED`)."""
     method = str(ds.attrs.get("method", ""))
     names = {old: new for old, new in RENAMED.get(method, {}).items()
              if old in ds.data_vars and new not in ds.data_vars}
     ds = ds.rename(names) if names else ds
+    for old, new in RENAMED_DIMS.get(method, {}).items():
+        if old not in ds.dims or new in ds.dims:
+            continue
+        if old in ds.coords and ds[old].dims == (old,):  # its own index coordinate: renamed with it
+            ds = ds.rename({old: new})
+        else:  # a sweep's file: `step` is the training step along checkpoint, and the dim lost its index
+            ds = ds.rename_dims({old: new}).assign_coords({new: np.arange(ds.sizes[old])})
     for coord, labels in RELABELLED.get(method, {}).items():
         if coord in ds.coords:
             ds = ds.assign_coords({coord: (ds[coord].dims, [labels.get(str(v), v) for v in ds[coord].values],
