@@ -318,7 +318,8 @@ def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
             return datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
         if path.exists():
             raise TaskError(f"{path.name}: use a .jsonl, .json, .csv or .tsv file ({what})")
-        if str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1 or path.suffix:
+        if (str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1
+                or path.suffix.lower() in (".txt", ".parquet", ".arrow", ".gz", ".xz", ".bz2", ".zip")):
             # no Hub id looks like this (owner/name): a local file that is not there
             raise TaskError(f"no such file: {path} ({what})")
         return datasets.load_dataset(str(source), split=split)
