@@ -9,7 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results}
 mkdir -p "$R" docs
-run() { echo "\$ reason-interp $*" | tee -a "$R/log.txt"; reason-interp "$@" 2>&1 | tee -a "$R/log.txt"; }
+# experiments overwrite their earlier results (--force); plot takes no such option
+run() {
+  local force=(); [ "$1" != plot ] && force=(--force)
+  echo "\$ reason-interp $*" | tee -a "$R/log.txt"; reason-interp "$@" "${force[@]}" 2>&1 | tee -a "$R/log.txt"
+}
 : > "$R/log.txt"
 
 run patch --task arithmetic --out "$R/patch.nc"
@@ -42,3 +46,16 @@ run plot "$R/neurons.nc" --out docs/cot_neurons.png
 run binding --n-contexts 200 --n-pairs 2 --out "$R/binding.nc"
 run plot "$R/binding.nc" --out docs/binding.png
 run binding --n-contexts 200 --n-pairs 3 --out "$R/binding3.nc"
+run successor-heads --revisions all --out "$R/successor.nc"
+run plot "$R/successor.nc" --out docs/successor_heads.png
+run path-patching --param corruption=swap --receivers a3.3 --receiver-input q --position last --n-prompts 64 \
+    --out "$R/path_patching.nc"
+run plot "$R/path_patching.nc" --out docs/path_patching.png
+run ioi-components --revisions all --out "$R/ioi_components.nc"
+run plot "$R/ioi_components.nc" --out docs/ioi_components.png
+run copy-suppression --out "$R/cspa.nc"
+run plot "$R/cspa.nc" --out docs/cspa.png
+run robustness --out "$R/robustness.nc"
+run plot "$R/robustness.nc" --out docs/robustness.png
+run neurons --generate --n-prompts 50 --max-new-tokens 48 --out "$R/cot_generation.nc"
+run plot "$R/cot_generation.nc" --out docs/cot_generation.png

@@ -181,6 +181,8 @@ def test_cli_copy_suppression(tmp_path, monkeypatch):
     ds = nr.load_result(tmp_path / "results" / "copy_suppression_text_embedded_main.nc")
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["heads"] == "a2.2,a3.1" and int(np.isfinite(ds.cspa.values).sum()) == 2
+    shown = np.ma.filled(nr.plot_result(ds).axes[0].images[0].get_array(), np.nan)
+    np.testing.assert_array_equal(shown, ds.cspa.values)
     for args, msg in [(["--data", "none.jsonl"], "no such file"), (["--heads", "a9.9"], "outside this model"),
                       (["--seq-len", "2"], "--seq-len must be"), (["--n-eval", "400"], "n_eval must be")]:
         res = in_process(["copy-suppression", *args, "--no-progress", "--out", str(tmp_path / "bad.nc")])

@@ -283,5 +283,11 @@ def test_cli_successor_heads_over_checkpoints(tmp_path, monkeypatch):
     ds = nr.load_result(tmp_path / "results" / "successor_heads_ordinal_sequences_embedded_step0-main.nc")
     nr.testing.assert_valid_result(ds)
     assert ds["successor_ov"].dims == ("checkpoint", "layer", "head") and ds.attrs["task_params"]
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "results" /
+                                               "successor_heads_ordinal_sequences_embedded_step0-main.nc")])
+    assert res.exit_code == 0 and (tmp_path / "results" / "successor_heads_ordinal_sequences_embedded_step0-main.png"
+                                   ).stat().st_size > 10_000, res.output
+    np.testing.assert_array_equal(nr.plot_result(ds).axes[0].images[0].get_array(),
+                                  ds["successor_ov"].sel(checkpoint="main").values)
     with pytest.raises(UsageError, match="run it locally"):
         graph.ov_logits(nr.load_model(), [5, 6], remote="https://ndif.example")

@@ -407,6 +407,11 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
     ds = nr.load_result(tmp_path / "results" / "path_patching_ioi_embedded_main.nc")
     assert ds.attrs["receivers"] == "a3.0,a3.2" and ds.attrs["receiver_input"] == "q" and ds.sizes["prompt"] == 6
     assert "largest effects" in res.output
+    shown = np.ma.filled(nr.plot_result(ds).axes[0].images[0].get_array(), np.nan)  # the head senders' grid
+    heads = [(int(s[1]), int(s[3]), v) for s, v in zip(ds.sender.values, ds.relative_effect.values) if s[0] == "a"]
+    assert len(heads) == 12 and np.isnan(shown[3]).all()  # layer 3 sends nothing to layer 3
+    for layer, head, value in heads:
+        assert shown[layer, head] == pytest.approx(value)
     res = in_process(["circuit", "--task", "ioi", "--n-prompts", "6", "--ig-steps", "1", "--qkv", "--sizes", "30",
                       "--selection", "greedy", "--out", "q.nc", "--no-progress"])
     assert res.returncode == 0 and any(f"<{g}>" in res.output for g in "qkv"), res.output
@@ -416,6 +421,10 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
     comp = nr.load_result(tmp_path / "results" / "ioi_components_ioi_embedded_step500-main.nc")
     nr.testing.assert_valid_result(comp)
     assert comp.attrs["candidates"] == "circuit" and comp.name_mover.dims == ("checkpoint", "layer", "head")
+    fig = nr.plot_result(comp)  # grids at the last checkpoint, lines over the sweep
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), comp.copy_score.sel(checkpoint="main") / 100)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(),
+                               comp.attention.sel(checkpoint="main", word="IO"))
     res = in_process(["export-graph", "q.nc", "q.json"])
     assert res.returncode == 0, res.output
     assert json.loads((tmp_path / "q.json").read_text())["cfg"]["n_layers"] == 4

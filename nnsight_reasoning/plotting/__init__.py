@@ -15,8 +15,8 @@ from ..errors import UsageError
 
 def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
-    from .attention import (ATTENTION_KINDS, attention_figure, heads_figure, probe_figure, pruning_figure,
-                            robustness_figure)
+    from .attention import (ATTENTION_KINDS, attention_figure, cspa_figure, heads_figure, ioi_components_figure,
+                            path_patching_figure, probe_figure, pruning_figure, robustness_figure, successor_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
     from .patch import PATCH_KINDS, evaluate_figure, patch_figure
@@ -30,6 +30,10 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "head_pruning": (pruning_figure, ()),
         "probe_robustness": (robustness_figure, ()),
         "head_scores": (heads_figure, ()),
+        "successor_ov": (successor_figure, ()),
+        "path_patching": (path_patching_figure, ()),
+        "ioi_components": (ioi_components_figure, ()),
+        "cspa": (cspa_figure, ()),
         "eap": (circuit_figure, CIRCUIT_KINDS),
         "eap_ig": (circuit_figure, CIRCUIT_KINDS),
         "cot_neurons": (neurons_figure, ()),
@@ -50,7 +54,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     (attention by size rank per layer) or "mass". Probe: F1 per layer, model vs baseline. Head pruning: accuracy
     against the fraction of heads pruned, per order. Robustness: accuracy drop against the
     probing score, per subset and per bin. Head scores:
-    the layer × head grids. Circuits: ``kind`` "circuit", "faithfulness" or "overlap". CoT
+    the layer × head grids (also successor heads, path patching's head senders, IOI components
+    and CSPA). Circuits: ``kind`` "circuit", "faithfulness", "overlap" or "stability". CoT
     neurons: activation per variant and accuracy under ablation. Binding IDs: each measure's
     accuracy against chance.
     """

@@ -185,53 +185,102 @@ def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     return fig
 
 
-def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """Head-score grids (layer × head, mean over sequences) for the (last) checkpoint; in a sweep
-    a second row follows every head's score over the checkpoints, coloured by layer."""
+def grid_figure(panels: list[tuple[str, xr.DataArray, bool, float | None]], title: str):
+    """Layer × head grids, one panel each: ``(title, values, signed, chance)`` with ``values``
+    over (layer, head), or (checkpoint, layer, head) in a sweep. The grid shows the last
+    checkpoint, each value written in its cell (NaN: not measured); in a sweep a second row
+    follows every head over the checkpoints, coloured by layer, chance dotted. ``signed``: a
+    diverging scale around 0; otherwise 0 up (values in [0, 1] keep that range)."""
     import matplotlib.pyplot as plt
 
-    from ..experiments.heads import SCORES, grid
-
-    sweep = "checkpoint" in ds.dims
-    last = last_checkpoint(ds)
-    fig, axes = plt.subplots(2 if sweep else 1, len(SCORES), figsize=(4.0 * len(SCORES), 7.0 if sweep else 3.6),
+    sweep = any("checkpoint" in da.dims for _, da, _, _ in panels)
+    fig, axes = plt.subplots(2 if sweep else 1, len(panels), figsize=(4.0 * len(panels), 7.0 if sweep else 3.6),
                              squeeze=False)
-    for ax, score in zip(axes[0], SCORES):
-        v = grid(last, score).transpose("layer", "head").values
-        signed = score == "copy_suppression_proxy"  # logits, either sign; the others are fractions
-        top = max(0.2, float(np.abs(v).max()))
+    for ax, (name, da, signed, chance) in zip(axes[0], panels):
+        last = da.isel(checkpoint=-1) if "checkpoint" in da.dims else da
+        v = last.transpose("layer", "head").values.astype(float)
+        top = max(0.2 if not signed else 1e-9, float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0)
         im = ax.imshow(v, cmap="RdBu_r" if signed else "viridis", vmin=-top if signed else 0, vmax=top,
                        origin="lower", aspect="auto")
         for (i, j), x in np.ndenumerate(v):
-            dark = abs(x) > top / 2 if signed else x < top / 2
-            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
-        ax.set_xticks(range(ds.sizes["head"]), [str(h) for h in ds["head"].values])
-        ax.set_yticks(range(ds.sizes["layer"]), [str(l) for l in ds["layer"].values])
+            if np.isfinite(x):
+                dark = abs(x) > top / 2 if signed else x < top / 2
+                ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
+        ax.set_xticks(range(last.sizes["head"]), [str(h) for h in last["head"].values])
+        ax.set_yticks(range(last.sizes["layer"]), [str(l) for l in last["layer"].values])
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        unit = " (logits)" if signed else ""
-        ax.set_title(f"{score.replace('_', ' ')}{unit} (chance {float(last['uniform'].sel(score=score)):.2f})",
-                     fontsize=9)
+        ax.set_title(name + ("" if chance is None else f" (chance {chance:.2f})"), fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     if sweep:
-        names = [str(c) for c in ds["checkpoint"].values]
-        colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, ds.sizes["layer"]))
-        for ax, score in zip(axes[1], SCORES):
-            m = grid(ds, score)
-            for li, layer in enumerate(ds["layer"].values):
-                for head in ds["head"].values:
-                    ax.plot(range(len(names)), m.sel(layer=layer, head=head).values, color=colors[li], lw=1,
-                            label=f"layer {layer}" if head == ds["head"].values[0] else None)
+        for ax, (name, da, signed, chance) in zip(axes[1], panels):
+            names = [str(c) for c in da["checkpoint"].values]
+            colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, da.sizes["layer"]))
+            for li, layer in enumerate(da["layer"].values):
+                for head in da["head"].values:
+                    ax.plot(range(len(names)), da.sel(layer=layer, head=head).values, color=colors[li], lw=1,
+                            label=f"layer {layer}" if head == da["head"].values[0] else None)
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-            ax.axhline(float(last["uniform"].sel(score=score)), color="k", ls=":", lw=0.8, label="chance")
-            if score != "copy_suppression_proxy":
+            if chance is not None:
+                ax.axhline(chance, color="k", ls=":", lw=0.8, label="chance")
+            finite = da.values[np.isfinite(da.values)]
+            if not signed and finite.size and 0 <= finite.min() and finite.max() <= 1:
                 ax.set_ylim(0, 1)
-            ax.set_ylabel(score.replace("_", " "))
+            ax.set_ylabel(name, fontsize=8)
             ax.grid(alpha=0.3)
         axes[1][0].legend(fontsize=7)
-    fig.suptitle(f"head scores · {last.attrs.get('model')}@{last.attrs.get('revision')} "
-                 f"({ds.sizes['prompt']} repeated random sequences)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     return fig
+
+
+def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Head-score grids (layer × head, mean over sequences) for the (last) checkpoint; in a sweep
+    a second row follows every head's score over the checkpoints, coloured by layer."""
+    from ..experiments.heads import SCORES, grid
+
+    last = last_checkpoint(ds)
+    panels = [(score.replace("_", " ") + (" (logits)" if score == "copy_suppression_proxy" else ""), grid(ds, score),
+               score == "copy_suppression_proxy", float(last["uniform"].sel(score=score))) for score in SCORES]
+    return grid_figure(panels, f"head scores · {last.attrs.get('model')}@{last.attrs.get('revision')} "
+                               f"({ds.sizes['prompt']} repeated random sequences)")
+
+
+def _grid_title(ds: xr.Dataset, what: str) -> str:
+    last = last_checkpoint(ds)
+    return f"{what} · {last.attrs.get('model')}@{last.attrs.get('revision')}"
+
+
+def path_patching_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Each head sender's relative effect on the receivers (layer × head; NaN: not a sender)."""
+    from ..experiments.path_patching import grid
+
+    if "checkpoint" in ds.dims:
+        v = xr.concat([grid(ds.sel(checkpoint=c)) for c in ds["checkpoint"].values], "checkpoint")
+        v = v.assign_coords(checkpoint=ds["checkpoint"].values)
+    else:
+        v = grid(ds)
+    what = "input" if ds.attrs.get("receiver_input") == "all" else f"{ds.attrs.get('receiver_input')} input"
+    return grid_figure([("(patched − clean) / clean", v, True, None)],
+                       _grid_title(ds, f"path patching into {ds.attrs.get('receivers')} ({what})"))
+
+
+def ioi_components_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Copy score, END's attention to IO, and the S-inhibition candidates' logit-difference change."""
+    panels = [("copy score (fraction of names in the top 5)", ds["copy_score"] / 100, False, None),
+              ("attention END → IO", ds["attention"].sel(word="IO", drop=True), False, None),
+              ("S-inhibition: Δ logit diff (relative)", ds["s2i_logit_diff_delta"], True, None)]
+    return grid_figure(panels, _grid_title(ds, "IOI components"))
+
+
+def cspa_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """CSPA's performance recovered per head (1: CSPA explains all of the head's effect)."""
+    return grid_figure([("CSPA: performance recovered", ds["cspa"], True, None)], _grid_title(ds, "copy suppression"))
+
+
+def successor_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """The successor score per head (share of list items whose successor the OV circuit ranks first)."""
+    return grid_figure([("successor score", ds["successor_ov"], False, float(ds.attrs["chance"]))],
+                       _grid_title(ds, "successor heads"))
 
 
 def pruning_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
