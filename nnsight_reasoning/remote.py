@@ -9,7 +9,8 @@ Settings (environment):
 ``NDIF_HOST`` (else nnsight's ``CONFIG.API.HOST``), ``NDIF_API_KEY`` (else nnsight's
 config), ``REASON_INTERP_REMOTE_RETRIES`` (transient failures retried per job, default 3),
 ``REASON_INTERP_REMOTE_BACKOFF`` (first back-off, seconds, doubled each retry, default 1),
-``REASON_INTERP_REMOTE_TIMEOUT`` (seconds a job may take, default 600).
+``REASON_INTERP_REMOTE_TIMEOUT`` (seconds a job may take, default 600; also the longest any
+one HTTP call waits for the server's reply, so a hung connection cannot outlast it).
 The key is only ever put in a request header: it is scrubbed from every message.
 """
 from __future__ import annotations
@@ -146,7 +147,8 @@ def run(model: Any, trace: Callable[[Any], None], remote: bool | str = True) -> 
         while True:
             try:
                 backend = _Backend(key, host=s.host, api_key=s.key, blocking=False, traffic=traffic)
-                trace(backend)
+                with _replies_within(s.timeout_s):
+                    trace(backend)  # submits the job
                 return _wait(backend, s, traffic)
             except Exception as e:
                 _back_off(e, attempt, s, traffic)
@@ -201,10 +203,15 @@ def _wait(backend: Any, s: Settings, traffic: _Meters) -> dict[str, Any]:
     delay, failures = 0.02, 0
     while True:
         try:
-            result = backend.poll()
+            with _replies_within(deadline - time.monotonic()):
+                result = backend.poll()
         except Exception as e:  # the job is still on the server: poll it again, don't resubmit
             if not _transient(e):
                 raise  # the job failed on the server: run() reports it
+            if time.monotonic() > deadline:  # e.g. the poll itself hung until its read time-out
+                raise RunError(f"NDIF job {backend.job_id} did not finish within {s.timeout_s:g} s (NDIF at "
+                               f"{s.host} stopped answering: {_first_line(e)}); check NDIF_HOST (`reason-interp "
+                               "remote status`), raise REASON_INTERP_REMOTE_TIMEOUT, or run without --remote") from None
             try:
                 _back_off(e, failures, s, traffic)
             except Exception:
@@ -223,6 +230,22 @@ def _wait(backend: Any, s: Settings, traffic: _Meters) -> dict[str, Any]:
                            "REASON_INTERP_REMOTE_TIMEOUT, use a smaller --batch-size, or run locally")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
+
+
+@contextmanager
+def _replies_within(seconds: float) -> Iterator[None]:
+    """Make each HTTP call of nnsight's client inside the block wait at most ``seconds`` (at
+    least 1) for the server's reply. Its own read time-out is 600 s whatever the job's deadline,
+    so a connection that hangs would otherwise outlast REASON_INTERP_REMOTE_TIMEOUT; nnsight
+    (pinned) reads the module constant at each call, and remote runs are single-threaded."""
+    from nnsight.intervention.backends import remote as client
+
+    saved = getattr(client, "_READ_TIMEOUT", 600.0)
+    client._READ_TIMEOUT = min(saved, max(1.0, seconds))
+    try:
+        yield
+    finally:
+        client._READ_TIMEOUT = saved
 
 
 def _check_served(s: Settings, key: str) -> None:
@@ -274,6 +297,8 @@ def _transient(e: BaseException) -> bool:
     """Connection problems and overload answers are worth retrying; job errors are not."""
     import httpx
 
+    if isinstance(e, RunError):  # already final (its __context__ may be the transient error it ends)
+        return False
     for err in (e, e.__cause__, e.__context__):
         if isinstance(err, httpx.HTTPStatusError):
             return err.response.status_code in _TRANSIENT_STATUS
@@ -293,6 +318,12 @@ def _explain(e: BaseException, s: Settings, key: str) -> str:
     if status in (401, 403):
         return (f"NDIF at {s.host} refused the API key (HTTP {status}); check NDIF_API_KEY "
                 "(keys: https://login.ndif.us)")
+    if status == 413:
+        return (f"NDIF at {s.host} refused a request as too large (HTTP 413); lower --batch-size "
+                "(fewer prompts per request) or run without --remote")
+    if status in _TRANSIENT_STATUS:
+        return (f"NDIF at {s.host} is overloaded or failing (HTTP {status} after {s.retries} retries); "
+                "try again later (`reason-interp remote status`) or run without --remote")
     if _transient(e):
         return (f"NDIF at {s.host} is unreachable or overloaded ({_first_line(cause or e)}; "
                 f"{s.retries} retries); check NDIF_HOST (`reason-interp remote status`) or run without --remote")

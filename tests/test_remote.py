@@ -3,7 +3,9 @@
 Every run here is real: the CLI in a subprocess or the API in-process, nnsight's remote
 client, NDIF's API, queue, controller and a model actor. Faults are produced for real
 (a port nobody listens on, an undeployed model, a deadline too short, the API stopped
-mid-sweep); nothing is mocked.
+mid-sweep); those the loopback API never gives (overload, a refused key, a request too
+large, a reply that never comes) come from a real HTTP proxy in front of it
+(tests/fault_proxy.py). Nothing is mocked.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from nnsight_reasoning import embedded
 from nnsight_reasoning.results.parts import parts_dir
 
 from .clirun import reason_interp
+from .fault_proxy import FaultProxy
 from .ndif_stack import free_port
 
 pytestmark = [pytest.mark.remote, pytest.mark.slow]
@@ -247,3 +250,121 @@ def test_binding_iclr_measures_run_remotely_like_locally(ndif, embedded_model, m
         for v in local.data_vars:
             np.testing.assert_allclose(remote[v].values, local[v].values, rtol=1e-5, atol=1e-6, err_msg=v)
         assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
+
+
+# --------------------------------------------------------------------------- through a fault proxy
+# A sweep of 7 requests (12 pairs in 6 length groups, --batch-size 12), small enough to run
+# in seconds; the faults start after a few requests, so that finished parts exist.
+SWEEP = ["patch", "--model", MAIN, "--n-prompts", "12", "--seed", "1", "--site", "mlp", "--batch-size", "12",
+         "--no-progress", "--remote"]
+
+
+@pytest.fixture
+def proxy(ndif):
+    with FaultProxy(ndif.host) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def direct_sweep(ndif, tmp_path_factory):
+    """SWEEP run straight against the API, uninterrupted: the values every proxied run must give."""
+    out = tmp_path_factory.mktemp("direct") / "direct.nc"
+    r = cli(SWEEP + ["--out", str(out)], ndif)
+    assert r.returncode == 0, r.stderr
+    return nr.load_result(out)
+
+
+def no_secret_anywhere(r, folder: Path) -> None:
+    """The key is in neither output stream nor any file under ``folder`` (results, parts, locks)."""
+    no_secret(r.stdout, r.stderr)
+    for f in folder.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def one_error_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_proxy_forwards_plain_http_and_a_run_through_it_equals_a_direct_one(proxy, direct_sweep, tmp_path):
+    """nnsight's non-blocking client needs only POST /request and GET /response/<id> (no
+    websocket), plus the toolkit's GET /status: the proxy carries a normal run unchanged."""
+    r = cli(SWEEP + ["--out", str(tmp_path / "p.nc")], NDIF_HOST=proxy.host)
+    assert r.returncode == 0, r.stderr
+    res = nr.load_result(tmp_path / "p.nc")
+    assert_same_values(res, direct_sweep)
+    assert {(s.method, s.path.split("/")[1]) for s in proxy.seen} == {("GET", "status"), ("POST", "request"),
+                                                                     ("GET", "response")}
+    assert res.attrs["remote_jobs"] == proxy.count("POST", "/request") == 7
+    assert res.attrs["remote_polls"] == proxy.count("GET", "/response/")
+    no_secret_anywhere(r, tmp_path)
+
+
+def test_503_on_the_first_two_submissions_is_retried_and_the_run_succeeds(proxy, direct_sweep, tmp_path):
+    proxy.fail(503, "POST", "/request", times=2)
+    r = cli(SWEEP + ["--out", str(tmp_path / "p.nc")], REASON_INTERP_REMOTE_RETRIES="3", NDIF_HOST=proxy.host)
+    assert r.returncode == 0, r.stderr
+    res = nr.load_result(tmp_path / "p.nc")
+    assert_same_values(res, direct_sweep)
+    assert res.attrs["remote_retries"] >= 2 and proxy.count("POST", "/request", injected=True) == 2
+    assert res.attrs["remote_jobs"] == res.attrs["n_forward_passes"] == 7
+    no_secret_anywhere(r, tmp_path)
+
+
+def test_503_always_gives_up_after_the_retries_keeps_parts_and_the_same_command_resumes(
+        proxy, direct_sweep, tmp_path):
+    out = tmp_path / "p.nc"
+    args = SWEEP + ["--out", str(out)]
+    proxy.fail(503, "POST", "/request", after=3)  # 3 requests pass, then every one is refused
+    r = cli(args, REASON_INTERP_REMOTE_RETRIES="2", NDIF_HOST=proxy.host)
+    line = one_error_line(r)
+    assert "is overloaded or failing (HTTP 503 after 2 retries)" in line and "try again later" in line, line
+    assert f"3 finished parts are kept in {parts_dir(out)}; the same command resumes" in line, line
+    assert proxy.count("POST", "/request", injected=True) == 3  # one try and 2 retries, then no more
+    assert not out.exists()
+    no_secret_anywhere(r, tmp_path)
+
+    proxy.clear()  # the server recovers
+    again = cli(args, NDIF_HOST=proxy.host)
+    assert again.returncode == 0, again.stderr
+    res = nr.load_result(out)
+    assert res.attrs["n_resumed_passes"] == 3 and res.attrs["remote_jobs"] == 4
+    assert_same_values(res, direct_sweep)
+    assert not parts_dir(out).exists()
+    no_secret_anywhere(again, tmp_path)
+
+
+@pytest.mark.parametrize("status, expect", [
+    (401, "refused the API key (HTTP 401); check NDIF_API_KEY"),
+    (413, "refused a request as too large (HTTP 413); lower --batch-size"),
+])
+def test_refused_key_and_too_large_request_are_one_line_not_retried_parts_kept(proxy, tmp_path, status, expect):
+    out = tmp_path / "p.nc"
+    proxy.fail(status, "POST", "/request", after=2)
+    r = cli(SWEEP + ["--out", str(out)], NDIF_HOST=proxy.host)
+    line = one_error_line(r)
+    assert expect in line and f"2 finished parts are kept in {parts_dir(out)}" in line, line
+    assert proxy.count("POST", "/request", injected=True) == 1  # not retried
+    assert proxy.count("POST", "/request") == 3  # and not sent again after it
+    assert not out.exists()
+    no_secret_anywhere(r, tmp_path)
+
+
+def test_a_poll_that_hangs_ends_at_the_job_deadline(proxy, tmp_path):
+    """The status request itself hangs (the proxy holds it 60 s): nnsight's own read time-out
+    is 600 s, so without a bound the client would wait that long past
+    REASON_INTERP_REMOTE_TIMEOUT."""
+    proxy.stall(60, "GET", "/response/")
+    t0 = time.monotonic()
+    r = cli(SWEEP + ["--template", "{expr} =", "--out", str(tmp_path / "p.nc")], NDIF_HOST=proxy.host,
+            REASON_INTERP_REMOTE_TIMEOUT="3")
+    took = time.monotonic() - t0
+    line = one_error_line(r)
+    assert "did not finish within 3 s" in line and "stopped answering" in line, line
+    assert took < 45, took  # the CLI's start-up and a 3 s deadline, not the 60 s stall
+    assert proxy.count("POST", "/request") == 1  # the job is not submitted a second time
+    assert not (tmp_path / "p.nc").exists() and not parts_dir(tmp_path / "p.nc").exists()
+    no_secret_anywhere(r, tmp_path)

@@ -5,6 +5,9 @@ cannot produce (it accepts any key) is built from real httpx objects.
 """
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 import pytest
 
@@ -53,6 +56,44 @@ def test_rejected_key_is_explained_and_never_echoed(monkeypatch):
     assert "refused the API key (HTTP 401)" in msg and SECRET not in msg
     assert remote._transient(_status_error(503)) and not remote._transient(_status_error(400))
     assert SECRET not in remote._scrub(f"job failed for {SECRET}", SECRET)
+
+
+def test_overload_and_too_large_are_explained_and_only_overload_is_retried(monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", SECRET)
+    s = remote.settings("http://127.0.0.1:1")
+    assert not remote._transient(_status_error(413))
+    assert "too large (HTTP 413); lower --batch-size" in remote._explain(_status_error(413), s, "k")
+    msg = remote._explain(_status_error(503), s, "k")
+    assert "is overloaded or failing (HTTP 503 after 3 retries); try again later" in msg
+    try:  # a final error raised while handling a transient one is final all the same
+        try:
+            raise _status_error(503)
+        except RuntimeError:
+            raise nr.RunError("lost contact") from None
+    except nr.RunError as e:
+        assert e.__context__ is not None and not remote._transient(e)
+
+
+def test_a_hung_connection_ends_at_the_job_deadline(monkeypatch):
+    """A server that takes the connection and never answers: nnsight's own read time-out is
+    600 s; the poll is bounded by REASON_INTERP_REMOTE_TIMEOUT and the job is not resubmitted."""
+    from nnsight.intervention.backends import remote as client
+
+    monkeypatch.setenv("NDIF_API_KEY", SECRET)
+    monkeypatch.setenv("REASON_INTERP_REMOTE_TIMEOUT", "1.5")
+    with socket.socket() as server:  # listens (the kernel completes the handshake), never replies
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        s = remote.settings(f"http://127.0.0.1:{server.getsockname()[1]}")
+        backend = remote._Backend("k", host=s.host, api_key=s.key, blocking=False, traffic=remote._traffic())
+        backend.job_id = "job-1"
+        t0 = time.monotonic()
+        with pytest.raises(nr.RunError, match=r"job job-1 did not finish within 1.5 s \(NDIF at .* stopped "
+                                              r"answering: timed out\); check NDIF_HOST") as err:
+            remote._wait(backend, s, remote._traffic())
+    assert time.monotonic() - t0 < 10
+    assert SECRET not in str(err.value)
+    assert client._READ_TIMEOUT == 600.0  # nnsight's own setting is back
 
 
 def test_served_models_reads_ndif_status_shapes():
