@@ -40,7 +40,7 @@ class OneLineErrors(typer.core.TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # a bare group: its help (click >= 8.2)
             click.echo(e.ctx.get_help())
             sys.exit(0)
         except click.exceptions.UsageError as e:
@@ -83,6 +83,10 @@ def guard(fn):
         except Exception as e:  # anything unexpected: a run-time failure
             if os.environ.get("REASON_INTERP_DEBUG"):
                 raise
+            from nnsight_reasoning.results.parts import disk_fault, disk_fault_message
+
+            if disk_fault(e):  # before any part was kept (later ones say where the parts are)
+                fail(disk_fault_message(e, "a file", "the same command runs again"), 1)
             first = (str(e).strip().splitlines() or [""])[0][:300]
             fail(f"{type(e).__name__}: {first} (set REASON_INTERP_DEBUG=1 for a traceback)", 1)
 
@@ -279,19 +283,21 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     with writer_lock(path):  # a second run on this --out is refused, never interleaved
         return _run_locked(experiment, data, path=path, models=models, names=names, adapter=adapter, revision=revision,
                            revisions=revisions, restart=restart, remote=remote, progress=progress,
-                           batch_size=batch_size, options=options)
+                           batch_size=batch_size, force=force, options=options)
 
 
 def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, path: Path, models: list,
                 names: Any, adapter: Optional[str], revision: Optional[str], revisions: Optional[str], restart: bool,
-                remote: bool, progress: bool, batch_size: Optional[int], options: dict) -> Any:
+                remote: bool, progress: bool, batch_size: Optional[int], force: bool, options: dict) -> Any:
     """:func:`run_command` once its output is checked and locked."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.errors import RunError
     from nnsight_reasoning.experiments import summarize
-    from nnsight_reasoning.results.parts import disk_fault, parts_dir
+    from nnsight_reasoning.results.parts import disk_fault, disk_fault_message, parts_dir
 
+    if path.exists() and not force:  # again, now that no other run can be writing it
+        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another --out")
     parts = parts_dir(path)
     if restart:
         shutil.rmtree(parts, ignore_errors=True)
@@ -318,9 +324,9 @@ def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, p
     except OSError as e:
         if not disk_fault(e):
             raise
-        kept = f"the finished parts are kept in {parts}" if parts.is_dir() else "nothing was kept"
-        raise RunError(f"cannot write {path} ({e.strerror}: is the disk full or read-only?); {kept}: the same "
-                       "command writes it once it can") from None
+        kept = (f"the finished parts are kept in {parts}; the same command writes it from them" if parts.is_dir()
+                else "the same command runs again")
+        raise RunError(disk_fault_message(e, path, kept)) from None
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({_passes(ds)}{_traffic(ds)})", highlight=False)
     for item in summarize(ds):

@@ -104,7 +104,13 @@ def load_model(
                 raise UsageError(f"model {name!r}{' revision ' + repr(revision) if revision else ''} is not a local "
                                  f"directory, not in the local Hub cache, and the Hub ({_hub_endpoint()}) is "
                                  "unreachable: pass a local model directory, or connect and run again")
-            source, load_kwargs = snapshot, {}  # the cached copy, read without waiting on the network
+            # the cached copy, read from its folder without the network (transformers' own offline
+            # loading still asks the Hub for optional files); NDIF keys and provenance keep the id
+            # and the revision
+            from .nnsight_shim import name_local_model
+
+            source = snapshot
+            name_local_model(snapshot, name)
     if device is not None:
         kwargs.setdefault("device_map", device)
     try:
@@ -126,8 +132,9 @@ def load_model(
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE is set: the Hub client reads only its cache, at once."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the Hub client reads only its cache, at once."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_endpoint() -> str:
@@ -141,6 +148,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlsplit
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection says nothing: let the Hub client try
     url = urlsplit(_hub_endpoint())
     try:
         socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),

@@ -48,12 +48,13 @@ def torch_module(envoy: Any) -> Any:
     return getattr(envoy, "_module", envoy)
 
 
-def name_local_model(repo: str) -> None:
-    """Let nnsight name a model loaded from the local directory ``repo`` by that path (what a
-    self-hosted NDIF serving the same path expects) instead of asking the Hub for its id."""
+def name_local_model(repo: str, model_id: str | None = None) -> None:
+    """Let nnsight name a model loaded from the local directory ``repo`` by ``model_id`` (a
+    Hub cache's snapshot: its Hub id), or by that path (what a self-hosted NDIF serving the same
+    path expects), instead of asking the Hub for its id."""
     import nnsight.modeling.huggingface as hf
 
-    hf._ID_CACHE.setdefault(repo, repo)
+    hf._ID_CACHE.setdefault(repo, model_id or repo)
 
 
 @functools.cache

@@ -268,32 +268,44 @@ def check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
         raise TaskError(f"{name} must be an integer {bound} (got {value!r})")
 
 
-def json_lines(path: Any, what: str) -> list[dict]:
-    """The objects of a JSON Lines file, one per non-empty line. A file that is not UTF-8 text,
-    is empty, or has a line that is not a JSON object is refused naming the file and the line;
-    ``what`` says what the rows should hold."""
+def json_lines(path: Any, what: str) -> list[tuple[int, dict]]:
+    """The objects of a JSON Lines file, one per non-empty line, each with its 1-based line
+    number (a file holding one JSON array of objects is read too, numbered by position). A file
+    that is not UTF-8 text, is empty, or has a line that is not a JSON object is refused naming
+    the file and the line; ``what`` says what the rows should hold."""
     from pathlib import Path
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
     except UnicodeDecodeError:
         raise TaskError(f"{path.name} is not UTF-8 text: expected {what}, one JSON object per line") from None
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    if text.lstrip().startswith("["):
         try:
-            row = json.loads(line)
+            rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise TaskError(f"{path.name} line {n} is not JSON ({e.msg}): expected {what}, one JSON object "
-                            "per line") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{path.name} line {n} is a JSON {type(row).__name__}, not an object: expected {what}")
-        rows.append(row)
-    if not rows:
+            raise TaskError(f"{path.name} line {e.lineno} is not JSON ({e.msg}): expected {what}") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise TaskError(f"{path.name} holds a JSON array of other things than objects: expected {what}")
+        numbered = list(enumerate(rows, 1))
+    else:
+        numbered = []
+        # "\n" only: JSON strings may hold U+2028 and other characters that splitlines() breaks at
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path.name} line {n} is not JSON ({e.msg}): expected {what}, one JSON object "
+                                "per line") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path.name} line {n} is a JSON {type(row).__name__}, not an object: "
+                                f"expected {what}")
+            numbered.append((n, row))
+    if not numbered:
         raise TaskError(f"{path.name} is empty: expected {what}, one JSON object per line")
-    return rows
+    return numbered
 
 
 def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:

@@ -10,18 +10,18 @@ from typer.testing import CliRunner
 
 from nnsight_reasoning.cli.main import app
 
+from .clirun import TOOLS  # their arguments are given whole (no --out added)
+
 runner = CliRunner()
 
 # made in each case's folder before the command runs ({d} in a case's arguments)
 FILES = {
     "empty.jsonl": b"", "text.jsonl": b"hello world\nthis is not json\n", "binary.jsonl": bytes(range(256)),
-    "wrongcols.jsonl": b'{"a": 1}\n', "list.jsonl": b'{"question": "q", "answer": "a #### 1"}\n[1, 2]\n', "wrongcols.csv": b"a,b\n1,2\n", "notes.txt": b"hello\n",
+    "wrongcols.jsonl": b'{"a": 1}\n', "array.json": b'[{"question": "q"}]', "list.jsonl": b'{"question": "q", "answer": "a #### 1"}\n[1, 2]\n', "wrongcols.csv": b"a,b\n1,2\n", "notes.txt": b"hello\n",
     "junk.nc": b"not a netCDF file", "a_file": b"x", "exists.nc": b"an earlier result",
 }
 DIRS = ("a_dir.nc",)
 
-# the commands that are not experiments: their arguments are given whole (no --out added)
-TOOLS = {"tasks", "models", "show", "plot", "export-graph", "remote status", "finetune"}
 
 CASES: list[tuple[str, list[str], str]] = [
     # unknown names
@@ -134,8 +134,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("neurons", ["--data", "{d}/empty.jsonl"], "empty.jsonl is empty"),
     ("neurons", ["--data", "{d}/text.jsonl"], "text.jsonl line 1 is not JSON"),
     ("neurons", ["--data", "{d}/binary.jsonl"], "binary.jsonl is not UTF-8 text"),
-    ("neurons", ["--data", "{d}/wrongcols.jsonl"], "row 0 lacks ['answer', 'question']"),
+    ("neurons", ["--data", "{d}/wrongcols.jsonl"], "wrongcols.jsonl line 1 lacks ['answer', 'question']"),
     ("neurons", ["--data", "{d}/list.jsonl"], "list.jsonl line 2 is a JSON list, not an object"),
+    ("neurons", ["--data", "{d}/array.json"], "array.json line 1 lacks ['answer']"),  # a JSON array is read
     ("binding", ["--measure", "mcq", "--data", "{d}/missing.tsv"], "no such file"),
     ("binding", ["--measure", "mcq", "--data", "{d}/wrongcols.csv"], "lacks column(s) ['label', 'sentence']"),
     ("binding", ["--data", "{d}/wrongcols.csv"], "--data is for --measure mcq"),
@@ -204,7 +205,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, command, args
         (tmp_path / name).mkdir()
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     argv = [*command.split(), *(a.format(d=tmp_path) for a in args)]
-    if command not in TOOLS:
+    if command.split()[0] not in TOOLS:
         argv.append("--no-progress")
         if "--out" not in args:
             argv += ["--out", str(tmp_path / "r.nc")]

@@ -222,7 +222,8 @@ def test_pythia_ids_load_revisions_through_the_hub_client(pythia_cache, tmp_path
 @pytest.mark.slow  # fresh processes (the Hub client reads its settings at import)
 def test_an_unreachable_hub_is_detected_at_once(pythia_cache, tmp_path):
     # HF_HUB_OFFLINE unset, as for a user whose network is down; port 9 refuses at once
-    env = {"HF_HUB_CACHE": str(pythia_cache), "HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = {"HF_HUB_CACHE": str(pythia_cache), "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
     t0 = time.time()
     r = reason_interp(["patch", "--model", "does/not-exist", "--n-prompts", "2", "--out", str(tmp_path / "x.nc")], env=env)
     assert r.returncode == 2 and "not a local directory, not in the local Hub cache, and the Hub" in r.stderr, r.stderr

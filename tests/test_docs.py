@@ -99,8 +99,6 @@ def test_the_cli_reference_is_generated_from_the_commands():
     assert PAGE.read_text() == render(), "docs/cli.md is stale: run python scripts/build_cli_reference.py"
 
 
-# CLI commands that are not experiments (tools around them), so have no page under docs/experiments
-NOT_EXPERIMENTS = {"tasks", "models", "show", "plot", "export-graph", "remote", "finetune"}
 
 
 def test_every_experiment_command_has_a_page_with_a_generated_schema():
@@ -108,7 +106,9 @@ def test_every_experiment_command_has_a_page_with_a_generated_schema():
 
     from nnsight_reasoning.cli.main import app
 
-    commands = set(get_command(app).commands) - NOT_EXPERIMENTS
+    from .clirun import TOOLS
+
+    commands = set(get_command(app).commands) - TOOLS
     pages = {p.stem for p in (ROOT / "docs" / "experiments").glob("*.md")} - {"index"}
     assert commands <= pages, f"experiments without a page under docs/experiments: {sorted(commands - pages)}"
     index = (ROOT / "docs" / "experiments" / "index.md").read_text()

@@ -143,9 +143,9 @@ def test_gsm8k_file_variants(tmp_path):
     with pytest.raises(TaskError, match="no such file"):
         nr.tasks.load_gsm8k(DATA / "missing.jsonl")
     (tmp_path / "q.jsonl").write_text('{"question": "How many?", "solution": "#### 3"}\n')
-    with pytest.raises(TaskError, match=r"q.jsonl row 0 lacks \['answer'\]"):
+    with pytest.raises(TaskError, match=r"q.jsonl line 1 lacks \['answer'\]"):
         nr.tasks.load_gsm8k(tmp_path / "q.jsonl")
-    with pytest.raises(TaskError, match="arc.jsonl row 0: a GSM8K answer ends with '#### N'"):
+    with pytest.raises(TaskError, match="arc.jsonl line 1: a GSM8K answer ends with '#### N'"):
         nr.tasks.load_gsm8k(DATA / "arc.jsonl")  # question/answer columns, but not GSM8K answers
 
 

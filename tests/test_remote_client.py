@@ -67,11 +67,12 @@ def test_overload_and_too_large_are_explained_and_only_overload_is_retried(monke
     assert "is overloaded or failing (HTTP 503 after 3 retries); try again later" in msg
     try:  # a final error raised while handling a transient one is final all the same
         try:
-            raise _status_error(503)
-        except RuntimeError:
+            raise _status_error(503).__cause__  # the HTTP 503 itself, which _transient reads in a context
+        except httpx.HTTPStatusError:
             raise nr.RunError("lost contact") from None
     except nr.RunError as e:
-        assert e.__context__ is not None and not remote._transient(e)
+        assert isinstance(e.__context__, httpx.HTTPStatusError) and remote._transient(e.__context__)
+        assert not remote._transient(e)
 
 
 def test_a_hung_connection_ends_at_the_job_deadline(monkeypatch):

@@ -354,3 +354,18 @@ def test_operation_pairs_keep_both_results_in_the_repositorys_range():
     pairs = nr.tasks.arithmetic("operation", n_prompts=40, max_n=12, seed=6)
     assert pairs.params["max_result"] == 11
     assert all(1 <= int(a) <= 11 for p in pairs for a in (p.base_answer, p.source_answer))
+
+
+def test_json_lines_reads_what_json_allows_and_names_the_line(tmp_path):
+    from nnsight_reasoning.tasks.base import TaskError, json_lines
+
+    good = tmp_path / "good.jsonl"  # a BOM, a blank line, U+2028 inside a string (splitlines would cut it)
+    good.write_bytes("\ufeff{\"q\": \"a\u2028b\"}\n\n{\"q\": \"c\"}\n".encode())
+    assert json_lines(good, "rows") == [(1, {"q": "a\u2028b"}), (3, {"q": "c"})]
+    array = tmp_path / "array.json"
+    array.write_text('[{"q": 1}, {"q": 2}]')
+    assert json_lines(array, "rows") == [(1, {"q": 1}), (2, {"q": 2})]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": 1}\n\n{"q": \n')
+    with pytest.raises(TaskError, match="bad.jsonl line 3 is not JSON"):
+        json_lines(bad, "rows")

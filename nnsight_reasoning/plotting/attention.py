@@ -266,7 +266,8 @@ def path_patching_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 
 
 def ioi_components_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """Copy score, END's attention to IO, and the S-inhibition candidates' logit-difference change."""
-    panels = [("copy score (fraction of names in the top 5)", ds["copy_score"] / 100, False, None),
+    panels = [(f"copy score (fraction of names in the top {ds.attrs.get('top_k', 5)})", ds["copy_score"] / 100, False,
+               None),
               ("attention END → IO", ds["attention"].sel(word="IO", drop=True), False, None),
               ("S-inhibition: Δ logit diff (relative)", ds["s2i_logit_diff_delta"], True, None)]
     return grid_figure(panels, _grid_title(ds, "IOI components"))

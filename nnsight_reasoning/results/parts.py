@@ -202,8 +202,7 @@ class Parts:
                 if isinstance(e, RunError):
                     raise RunError(f"{e}; {self.resume_hint()}") from None
                 if disk_fault(e):
-                    raise RunError(f"cannot write {e.filename or self.dir} ({e.strerror}: is the disk full or "
-                                   f"read-only?); {self.resume_hint()} once it can be written") from None
+                    raise RunError(disk_fault_message(e, self.dir, self.resume_hint())) from None
             elif self.dir is not None and self.dir.is_dir():
                 import shutil
 
@@ -288,15 +287,6 @@ class Parts:
         return f"{n} finished parts are kept in {self.dir}; the same command resumes from them"
 
 
-def disk_fault(e: BaseException) -> bool:
-    """Whether ``e`` is a failure to write to disk (full, read-only, no permission, quota, I/O),
-    which a rerun fixes once the disk can be written; HDF5 reports a full disk as EACCES."""
-    import errno
-
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
-                                                  errno.EDQUOT, errno.EIO)
-
-
 def lock_path(results_file: str | Path) -> Path:
     """The lock of ``results_file``'s writer: ``<results_file>.lock``."""
     p = Path(results_file)
@@ -307,42 +297,48 @@ def lock_path(results_file: str | Path) -> Path:
 def writer_lock(results_file: str | Path) -> Iterator[None]:
     """Hold ``<results_file>.lock`` while a run computes and writes ``results_file``, so that a
     second run on the same output is refused instead of interleaving its parts with the
-    first's. The lock names its writer (pid, host); one left by a writer that died (SIGKILL:
-    no ``finally`` ran) on this host is taken over. Directories made for the lock are removed
-    with it when nothing else was written there."""
+    first's. The lock is the kernel's (``flock``), released when its process ends however it
+    ends, so a killed writer never blocks the next run; the file names the writer (pid, host)
+    for the refusal's message. Directories made for the lock are removed with it when nothing
+    else was written there."""
+    import fcntl
     import socket
     import time
 
     lock = lock_path(results_file)
     made = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    held = False
+    fd = None
     try:
-        for _ in range(2):
+        while fd is None:
+            # read-only: flock needs no more, and a file held open for writing would keep its
+            # filesystem from being remounted read-only under a run
+            fd = os.open(lock, os.O_CREAT | os.O_RDONLY, 0o644)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
                 holder = _holder(lock)
-                if _stale(lock, holder, me["host"]):
-                    lock.unlink(missing_ok=True)  # its writer was killed: take over (its parts resume)
-                    continue
+                os.close(fd)
+                fd = None
                 who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}"
-                raise UsageError(f"another run ({who}) is writing {results_file}: wait for it to finish, or delete "
-                                 f"{lock} if that run is gone") from None
-            held = True
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
-        else:  # another run took the stale lock over first
-            raise UsageError(f"another run is starting on {results_file}: wait for it to finish")
+                raise UsageError(f"another run ({who}) is writing {results_file}: wait for it to finish") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # its holder removed the file between our open and our lock: lock the new one
+                os.close(fd)
+                fd = None
+        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                    "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         yield
     finally:
-        if held:
+        if fd is not None:
             try:
-                lock.unlink(missing_ok=True)
-            except OSError:  # a disk turned read-only: the next run finds the lock stale and takes it
+                lock.unlink(missing_ok=True)  # while still locked: a waiting run then locks a new file
+            except OSError:  # a disk turned read-only: the file stays, unlocked, and is reused
                 pass
+            os.close(fd)
         for d in made:  # innermost first
             try:
                 d.rmdir()
@@ -357,27 +353,19 @@ def _holder(lock: Path) -> dict[str, Any]:
         return {}
 
 
-def _stale(lock: Path, holder: dict[str, Any], host: str) -> bool:
-    """Whether ``lock``'s writer is gone: a process of this host that no longer runs, or a lock
-    left empty (a writer killed between creating and filling it) for more than 10 s."""
-    import time
+def disk_fault(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to write to disk (full, read-only, no permission, quota, I/O),
+    which a rerun fixes once the disk can be written; HDF5 reports a full disk as EACCES."""
+    import errno
 
-    if not holder:
-        try:
-            return time.time() - lock.stat().st_mtime > 10
-        except OSError:
-            return True
-    if holder.get("host") != host:
-        return False  # another machine's process: cannot tell, so never taken over
-    try:
-        os.kill(int(holder.get("pid")), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's live process
-        return False
-    except (TypeError, ValueError, OverflowError):
-        return True
-    return False
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.EDQUOT, errno.EIO)
+
+
+def disk_fault_message(e: OSError, where: Any, kept: str) -> str:
+    """The one line a disk fault ends a run with: what could not be written, and what is kept."""
+    return (f"cannot write {e.filename or where} ({e.strerror}: is the disk full or read-only?); {kept} once it can "
+            "be written")
 
 
 def _maybe_die(directory: Path) -> None:
