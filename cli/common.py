@@ -278,8 +278,6 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
     names = [sweep_revisions(m, revision, revisions) for m in models][-1]
     label = "+".join(Path(m).name if m else "embedded" for m in models)
     path = out_path(out_file, kind, task, label, revision_label(revision, names))
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another --out")
     with writer_lock(path):  # a second run on this --out is refused, never interleaved
         return _run_locked(experiment, data, path=path, models=models, names=names, adapter=adapter, revision=revision,
                            revisions=revisions, restart=restart, remote=remote, progress=progress,
@@ -291,12 +289,11 @@ def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, p
                 remote: bool, progress: bool, batch_size: Optional[int], force: bool, options: dict) -> Any:
     """:func:`run_command` once its output is checked and locked."""
     import nnsight_reasoning as nr
-    from nnsight_reasoning.errors import UsageError
-    from nnsight_reasoning.errors import RunError
+    from nnsight_reasoning.errors import RunError, UsageError
     from nnsight_reasoning.experiments import summarize
     from nnsight_reasoning.results.parts import disk_fault, disk_fault_message, parts_dir
 
-    if path.exists() and not force:  # again, now that no other run can be writing it
+    if path.exists() and not force:  # checked under the lock: no other run can be writing it now
         raise UsageError(f"{path} exists: pass --force to overwrite it, or choose another --out")
     parts = parts_dir(path)
     if restart:

@@ -324,8 +324,8 @@ def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
         if kind is not None:
             if not path.is_file():
                 raise TaskError(f"no such file: {path} ({what})")
-            if path.suffix.lower() == ".jsonl":
-                json_lines(path, what)  # a malformed line is named here; datasets would only say "error"
+            if path.suffix.lower() == ".jsonl":  # read once, here: a malformed line is named (datasets says "error")
+                return datasets.Dataset.from_list([row for _, row in json_lines(path, what)])
             extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             return datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
         if path.exists():

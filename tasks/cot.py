@@ -187,15 +187,13 @@ def load_gsm8k_problems(path: str | Path, need_steps: bool = True) -> list[Probl
     what = "GSM8K-style JSON Lines with question/answer columns"
     if not path.is_file():
         raise TaskError(f"no such file: {path} ({what})")
-    rows = json_lines(path, what)
-    for line, r in rows:
+    problems = []
+    for line, r in json_lines(path, what):
         missing = {"question", "answer"} - set(r)
         if missing:
             raise TaskError(f"{path.name} line {line} lacks {sorted(missing)}: GSM8K files have question and answer")
         if not all(isinstance(r[c], str) for c in ("question", "answer")):
             raise TaskError(f"{path.name} line {line}: question and answer must be strings")
-    problems = []
-    for line, r in rows:
         try:
             problems.append(parse_gsm8k(r["question"], r["answer"]) if need_steps else
                             Problem(r["question"].strip(), (), _final_answer(r["answer"]), "The answer is"))
