@@ -185,6 +185,12 @@ Force = Annotated[bool, typer.Option("--force", help="overwrite --out if it exis
                                      "file is refused)")]
 OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="run the sweep's revisions and models as tasks on a local Dask cluster of N worker processes (one model "
+         "in memory each); results equal the serial run's")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="run them on a running Dask cluster instead: its scheduler's address, e.g. tcp://host:8786 (workers "
+         "write parts beside --out: on several machines, a shared filesystem)")]
 BatchSize = Annotated[Optional[int], typer.Option(help="most rows (sequences) per forward pass; remote: per NDIF request "
                                                   "(default: the experiment's)")]
 
@@ -203,6 +209,8 @@ class Harness:
     restart: bool = False
     force: bool = False
     progress: bool = True
+    workers: Optional[int] = None
+    scheduler: Optional[str] = None
 
     def run(self, experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
             **options: Any) -> Any:
@@ -224,7 +232,7 @@ class OptionGroup:
 HARNESS = OptionGroup("h", dict(
     model=(Models, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
     remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), force=(Force, False),
-    progress=(Progress, True)), Harness)
+    progress=(Progress, True), workers=(Workers, None), scheduler=(Scheduler, None)), Harness)
 
 
 def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -258,7 +266,8 @@ def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], 
 def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
                 model: Optional[List[str]], adapter: Optional[str], revision: Optional[str], revisions: Optional[str],
                 out_file: Optional[Path], restart: bool, remote: bool, progress: bool, batch_size: Optional[int],
-                force: bool = False, **options: Any) -> Any:
+                force: bool = False, workers: Optional[int] = None, scheduler: Optional[str] = None,
+                **options: Any) -> Any:
     """What every experiment command does once its options are parsed: pick the revisions and
     the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
     run ``experiment(model, data, **options)`` with the harness options (finished passes kept
@@ -275,18 +284,26 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
         raise UsageError("--adapter is fine-tuned on one base checkpoint: use --revision, not --revisions")
     if adapter and len(models) > 1:
         raise UsageError("--adapter is fine-tuned on one base model: give one --model with it")
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers N (a local Dask cluster) or --scheduler ADDRESS (a running one), not both")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1 (got {workers})")
+    if scheduler is not None and "://" not in scheduler:
+        raise UsageError(f"--scheduler takes an address such as tcp://127.0.0.1:8786 (got {scheduler!r})")
     names = [sweep_revisions(m, revision, revisions) for m in models][-1]
     label = "+".join(Path(m).name if m else "embedded" for m in models)
     path = out_path(out_file, kind, task, label, revision_label(revision, names))
     with writer_lock(path):  # a second run on this --out is refused, never interleaved
         return _run_locked(experiment, data, path=path, models=models, names=names, adapter=adapter, revision=revision,
                            revisions=revisions, restart=restart, remote=remote, progress=progress,
-                           batch_size=batch_size, force=force, options=options)
+                           batch_size=batch_size, force=force, options=options,
+                           cluster={"workers": workers, "scheduler": scheduler})
 
 
 def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, path: Path, models: list,
                 names: Any, adapter: Optional[str], revision: Optional[str], revisions: Optional[str], restart: bool,
-                remote: bool, progress: bool, batch_size: Optional[int], force: bool, options: dict) -> Any:
+                remote: bool, progress: bool, batch_size: Optional[int], force: bool, options: dict,
+                cluster: dict) -> Any:
     """:func:`run_command` once its output is checked and locked."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import RunError, UsageError
@@ -312,7 +329,7 @@ def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, p
         made = data(loaded.tokenizer)
         if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
             loaded = models[0] or "embedded"
-    harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names}
+    harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names, **cluster}
     if batch_size is not None:
         harness["batch_size"] = batch_size
     ds = experiment(loaded, made, **options, **harness)

@@ -6,11 +6,24 @@ revisions) becomes a second line of the same display, since rich allows one live
 from __future__ import annotations
 
 import contextvars
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 # the rich Progress on screen in this context, if any (bars started under it become its lines)
 _LIVE: contextvars.ContextVar[Any] = contextvars.ContextVar("reason_interp_progress", default=None)
+# bars off whatever callers ask (work running on a Dask worker, whose output is a log)
+_SILENT: contextvars.ContextVar[bool] = contextvars.ContextVar("reason_interp_silent", default=False)
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No progress bars inside (a unit of work on a cluster worker)."""
+    token = _SILENT.set(True)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
 
 
 def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,
@@ -19,18 +32,47 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
 
     ``label(item)`` is shown after the description while that item is worked on.
     """
-    if not enabled:
+    if not enabled or _SILENT.get():
         yield from items
         return
     items = list(items) if total is None else items
     n = total if total is not None else len(items)  # type: ignore[arg-type]
-    live = _LIVE.get()
-    if live is not None:
-        task = live.add_task(description, total=n)
+    with counter(description, n) as step:
+        for item in items:
+            if label is not None:
+                step(0, label(item))
+            yield item
+            step()
+
+
+@contextmanager
+def counter(description: str, total: int, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A bar advanced by hand: ``step(n=1, note=None)`` counts n items done and shows ``note``
+    after the description. Started under a bar on screen, it is a line of that display, gone
+    when its work is done; the outer one stays."""
+    nested = _LIVE.get() is not None  # a line of a display on screen already
+    with display(enabled) as live:
+        if live is None:
+            yield lambda n=1, note=None: None
+            return
+        task = live.add_task(description, total=total)
+
+        def step(n: int = 1, note: str | None = None) -> None:
+            live.update(task, advance=n, **({} if note is None else {"description": f"{description} {note}"}))
+
         try:
-            yield from _advance(live, task, items, description, label)
+            yield step
         finally:
-            live.remove_task(task)  # an inner bar goes when its work is done; the outer one stays
+            if nested:
+                live.remove_task(task)
+
+
+@contextmanager
+def display(enabled: bool = True) -> Iterator[Any]:
+    """The live display bars started inside join as lines of their own (also from threads that
+    run in a copy of this context), or None when disabled or one is already on screen."""
+    if not enabled or _SILENT.get() or _LIVE.get() is not None:
+        yield _LIVE.get()
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -44,14 +86,6 @@ def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, 
                   redirect_stderr=redirect) as bar:
         token = _LIVE.set(bar)
         try:
-            yield from _advance(bar, bar.add_task(description, total=n), items, description, label)
+            yield bar
         finally:
             _LIVE.reset(token)
-
-
-def _advance(bar: Any, task: Any, items: Iterable[T], description: str, label: Callable[[T], str] | None) -> Iterator[T]:
-    for item in items:
-        if label is not None:
-            bar.update(task, description=f"{description} {label(item)}")
-        yield item
-        bar.advance(task)

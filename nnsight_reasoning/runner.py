@@ -20,6 +20,8 @@ experiment the same way:
 - **several models** (a list for ``model``): one run per model, stacked along a leading
   ``model`` dim (:func:`over_models`); data that depends on the tokenizer is given as a
   function ``tokenizer -> data`` and made per model;
+- **scheduler / workers**: a sweep's units (each revision, each model) run as tasks on a Dask
+  cluster (:mod:`~nnsight_reasoning.cluster`) instead of one after another; same Dataset;
 - **resume_dir**: every :meth:`Run.call` (one forward pass, one NDIF request) is kept as a
   part; after a kill the same call reads finished parts back and computes the rest;
 - **batch_size**: rows (sequences) per forward pass, with one meaning everywhere;
@@ -46,6 +48,7 @@ from .errors import UsageError
 from .models import load_model, model_info
 from .progress import progress_bar
 from .results.io import provenance, sanitize_attrs
+from .cluster import Cluster, connect
 from .results.parts import Parts, digest
 
 T = TypeVar("T")
@@ -64,6 +67,11 @@ HARNESS_DOC = """
         ``"step0:1000:250"`` or a list) and stack the results along a leading
         ``checkpoint`` dim; ``model`` may then be a name, so that one model is in memory at
         a time.
+
+    scheduler : run the sweep's revisions (and models) as tasks on a running Dask cluster: its
+        address (``"tcp://host:8786"``) or a ``distributed.Client``. Same Dataset as serially.
+    workers : run them on a local Dask cluster of this many worker processes (one model in
+        memory per worker). Without scheduler or workers, one after another here.
 
     ``model`` may also be a list of models (names, directories or loaded models): the
     experiment runs on each, one in memory at a time, and the results are stacked along a
@@ -187,6 +195,27 @@ class Experiment:
     shared: tuple[str, ...] = ()
     fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # pickled as the name of its public function (a cluster task then ships a name, not the
+        # compute code); one defined where that name does not lead back to it goes by value
+        where = (self.compute.__module__, self.compute.__qualname__)
+        try:
+            if _experiment_named(*where) is self:
+                return _experiment_named, where
+        except (ImportError, AttributeError):
+            pass
+        return super().__reduce_ex__(protocol)
+
+
+def _experiment_named(module: str, qualname: str) -> Experiment:
+    """The :class:`Experiment` of the public function ``module.qualname``."""
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj.experiment
+
 
 def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
                fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None) -> Callable:
@@ -201,7 +230,8 @@ def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
         @functools.wraps(compute)
         def public(model: Any, *args: Any, batch_size: int = exp.batch_size, remote: bool | str = False,
                    progress: bool = True, resume_dir: str | Path | None = None,
-                   revisions: str | Sequence[str] | None = None, **kwargs: Any) -> xr.Dataset:
+                   revisions: str | Sequence[str] | None = None, scheduler: Any = None,
+                   workers: int | None = None, **kwargs: Any) -> xr.Dataset:
             try:
                 bound = sig.bind(None, *args, **kwargs)
             except TypeError as e:
@@ -211,7 +241,7 @@ def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
             values.pop(next(iter(sig.parameters)))
             data = values.pop(params[0].name)
             return execute(exp, model, data, values, batch_size=batch_size, remote=remote, progress=progress,
-                           resume_dir=resume_dir, revisions=revisions)
+                           resume_dir=resume_dir, revisions=revisions, scheduler=scheduler, workers=workers)
 
         harness = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Any")]
         extra = [inspect.Parameter("batch_size", inspect.Parameter.KEYWORD_ONLY, default=exp.batch_size,
@@ -221,7 +251,10 @@ def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
                  inspect.Parameter("resume_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
                                    annotation="str | Path | None"),
                  inspect.Parameter("revisions", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                   annotation="str | Sequence[str] | None")]
+                                   annotation="str | Sequence[str] | None"),
+                 inspect.Parameter("scheduler", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Any"),
+                 inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation="int | None")]
         public.__signature__ = sig.replace(parameters=harness + params + extra)  # type: ignore[attr-defined]
         public.__doc__ = (compute.__doc__ or "").rstrip() + "\n" + HARNESS_DOC
         public.experiment = exp  # type: ignore[attr-defined]
@@ -232,19 +265,33 @@ def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
 
 def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
             remote: bool | str = False, progress: bool = True, resume_dir: str | Path | None = None,
-            revisions: str | Sequence[str] | None = None) -> xr.Dataset:
-    """Run ``exp`` on ``data`` with ``options``: once, or once per revision (see the module doc)."""
+            revisions: str | Sequence[str] | None = None, scheduler: Any = None,
+            workers: int | None = None) -> xr.Dataset:
+    """Run ``exp`` on ``data`` with ``options``: once, or once per revision (see the module doc),
+    here or as tasks on a Dask cluster (``scheduler``/``workers``)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     _remote.check_remote(remote)
+    with connect(scheduler, workers) as cluster:
+        if cluster is not None and resume_dir is not None:
+            resume_dir = Path(resume_dir).resolve()  # workers write there, from their own working directory
+        return _execute(exp, model, data, options, batch_size=batch_size, remote=remote, progress=progress,
+                        resume_dir=resume_dir, revisions=revisions, cluster=cluster)
+
+
+def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
+             remote: bool | str, progress: bool, resume_dir: str | Path | None,
+             revisions: str | Sequence[str] | None, cluster: Cluster | None) -> xr.Dataset:
+    """:func:`execute` once its cluster (or None) is connected."""
     if isinstance(model, (list, tuple)):
         # parts of the whole run are checked against the data as the first model's tokenizer
         # makes it (a function's name alone would not tell two data sizes apart)
         probe = data(_tokenizer_of(model[0], revisions)) if _per_tokenizer(data) and model else data
-        return over_models(lambda m, where: execute(exp, m, data, options, batch_size=batch_size, remote=remote,
-                                                    progress=progress, resume_dir=where, revisions=revisions),
+        return over_models(lambda m, where: _execute(exp, m, data, options, batch_size=batch_size, remote=remote,
+                                                     progress=progress, resume_dir=where, revisions=revisions,
+                                                     cluster=cluster),
                            model, config=_config(exp, probe, options, batch_size), resume_dir=resume_dir,
-                           progress=progress)
+                           progress=progress, scheduler=cluster)
     if _per_tokenizer(data):
         if revisions is None:
             model = coerce_model(model)
@@ -254,20 +301,40 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
         return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
 
     if revisions is None:
-        return once(model, resume_dir)
+        if cluster is None:
+            return once(model, resume_dir)
+        name, revision, load_kwargs = _model_spec(model)
+        unit = functools.partial(_loaded_run, once, name, revision, load_kwargs, resume_dir)
+        return cluster.run({revision or "main": unit}, "model", progress=progress)[revision or "main"]
     if not isinstance(model, (str, Path, type(None))) and model_info(model).load_kwargs.get("adapter"):
         raise UsageError("a model with an adapter is fine-tuned on one base checkpoint: run it without revisions")
     chosen = None
     if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
         option, choose = exp.fixed_in_sweeps
-        chosen = _choose_on_last_revision(exp, choose, model, revisions, data, options, batch_size, remote, progress,
-                                          resume_dir)
+        unit = functools.partial(_choose_on_last_revision, exp, choose, model, revisions, data, options, batch_size,
+                                 remote, progress, resume_dir)
+        chosen = unit() if cluster is None else cluster.run({option: unit}, option, progress=progress)[option]
         options = {**options, option: chosen[1]}  # `once` reads `options` when called: every revision gets it
     ds = over_revisions(once, model, revisions, config=_config(exp, data, options, batch_size),
-                        resume_dir=resume_dir, progress=progress, remote=remote, shared=exp.shared)
+                        resume_dir=resume_dir, progress=progress, remote=remote, shared=exp.shared,
+                        scheduler=cluster)
     if chosen is not None:
         ds.attrs[f"{exp.fixed_in_sweeps[0]}_chosen_on"] = chosen[0]  # type: ignore[index]
     return ds
+
+
+def _loaded_run(experiment: Callable[..., xr.Dataset], name: Any, revision: str | None, load_kwargs: dict[str, Any],
+                resume_dir: str | Path | None) -> xr.Dataset:
+    """``experiment(model, resume_dir)`` on the model loaded by name (a unit of work on a worker)."""
+    return experiment(load_model(name, revision, **load_kwargs), resume_dir)
+
+
+def _model_spec(model: Any) -> tuple[Any, str | None, dict[str, Any]]:
+    """(name, revision, load options) that load ``model`` again elsewhere (on a worker)."""
+    if isinstance(model, (str, Path, type(None))):
+        return model, None, {}
+    info = model_info(model)
+    return info.name, info.revision or None, dict(info.load_kwargs)
 
 
 def _choose_on_last_revision(exp: Experiment, choose: Callable[..., Any], model: Any, revisions: Any, data: Any,
@@ -395,7 +462,8 @@ def coerce_model(model: Any) -> Any:
 
 # --------------------------------------------------------------------------- models
 def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *, config: dict[str, Any] | None = None,
-                resume_dir: str | Path | None = None, progress: bool = True) -> xr.Dataset:
+                resume_dir: str | Path | None = None, progress: bool = True, scheduler: Any = None,
+                workers: int | None = None) -> xr.Dataset:
     """Run ``experiment(model, resume_dir)`` on each of ``models`` and stack the results along a
     leading ``model`` dim (:func:`~nnsight_reasoning.results.checkpoints.stack_models`).
 
@@ -403,6 +471,9 @@ def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *,
     a time. With ``resume_dir`` each finished model's Dataset is kept there
     (``model<i>_<name>.nc``) and each unfinished one has a folder of its own parts, so a killed
     sweep resumes from the first unfinished pass. ``config``: as :func:`over_revisions`'s.
+    With ``scheduler`` or ``workers`` (a Dask cluster, as :func:`over_revisions`), the models
+    are sent at once: ``experiment`` is then a harness run that puts its units (each revision)
+    on that cluster, so every (model, revision) is one task.
     """
     from .results.checkpoints import model_name, stack_models
 
@@ -414,21 +485,44 @@ def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *,
         raise UsageError(f"model {twice[0]} is given twice; each model once (a revision sweep is revisions=)")
     if resume_dir is not None and config is None:
         raise UsageError("over_models(resume_dir=...) needs config=: a description of the experiment")
-    store = Parts(resume_dir, {**(config or {}), "models": labels})
-    results: list[xr.Dataset] = []
-    with store.resume_hint_on_failure():
-        for i in progress_bar(range(len(models)), "model", enabled=progress and len(models) > 1,
-                              label=lambda i: labels[i]):
-            key = f"model{i}_{labels[i]}"
-            done = store.get_dataset(key)
-            if done is None:
-                done = experiment(models[i], None if store.dir is None else store.subdir(key))
-                _free_memory()
-                done = store.put_dataset(key, done) or done
+    with connect(scheduler, workers) as cluster:
+        store = Parts(resume_dir, {**(config or {}), "models": labels})
+        keys = [f"model{i}_{label}" for i, label in enumerate(labels)]
+
+        def compute(i: int) -> xr.Dataset:
+            done = experiment(models[i], None if store.dir is None else store.subdir(keys[i]))
+            _free_memory()
+            return store.put_dataset(keys[i], done) or done
+
+        with store.resume_hint_on_failure():
+            done = {i: store.get_dataset(k) for i, k in enumerate(keys)}
+            missing = [i for i in done if done[i] is None]
+            store.resumed += len(models) - len(missing)
+            if cluster is None:
+                for i in progress_bar(missing, "model", enabled=progress and len(models) > 1,
+                                      label=lambda i: labels[i]):
+                    done[i] = compute(i)
             else:
-                store.resumed += 1
-            results.append(done)
-    return stack_models(results, labels, store.resumed)
+                done.update(_concurrently(compute, missing, progress))
+        return stack_models([done[i] for i in range(len(models))], labels, store.resumed)
+
+
+def _concurrently(fn: Callable[[int], T], items: Sequence[int], progress: bool) -> dict[int, T]:
+    """``{i: fn(i)}``, each call in a thread of its own (each waits on its tasks on the cluster),
+    all of their bars lines of one display; the first error is raised once all have ended."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .progress import display
+
+    if not items:
+        return {}
+    with display(progress), ThreadPoolExecutor(max_workers=len(items)) as pool:
+        futures = {i: pool.submit(contextvars.copy_context().run, fn, i) for i in items}
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return {i: f.result() for i, f in futures.items()}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -442,6 +536,8 @@ def over_revisions(
     progress: bool = True,
     remote: bool | str = False,
     shared: Sequence[str] = (),
+    scheduler: Any = None,
+    workers: int | None = None,
     **load_kwargs: Any,
 ) -> xr.Dataset:
     """Run ``experiment(model)`` on every revision and stack the results along ``checkpoint``.
@@ -462,6 +558,10 @@ def over_revisions(
     remote : where ``experiment`` runs: weights are loaded here only for local runs.
     shared : variables that do not depend on the checkpoint; kept from the first revision,
         without the ``checkpoint`` dim.
+    scheduler, workers : run each revision as one task on a Dask cluster (a running one's
+        address or ``distributed.Client``; or a local one of ``workers`` processes), see
+        :mod:`~nnsight_reasoning.cluster`; ``experiment`` must then pickle (cloudpickle: a
+        closure or lambda does). The Dataset is the serial run's.
 
     Returns
     -------
@@ -477,32 +577,46 @@ def over_revisions(
     if resume_dir is not None and config is None:
         raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
                          "parts of a different run are never mixed in")
-    store = Parts(resume_dir, {**(config or {}), "model": model_name(model),
-                               "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})
-    per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
-    results: list[xr.Dataset] = []
-    with store.resume_hint_on_failure():
-        for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
-            done = store.get_dataset(rev)
-            if done is None:
-                t0 = time.perf_counter()
-                m = load_model(model, rev, **load_kwargs)
-                if not _remote.is_ndif(remote):
-                    m.dispatch()
-                t1 = time.perf_counter()
-                kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
-                ds = experiment(m, **kwargs)
-                del m  # the only reference we hold: the next revision loads into freed memory
-                _free_memory()
-                done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
-                done = store.put_dataset(rev, done) or done
+    with connect(scheduler, workers) as cluster:
+        if cluster is not None and resume_dir is not None:
+            resume_dir = Path(resume_dir).resolve()  # workers write there, from their own working directory
+        store = Parts(resume_dir, {**(config or {}), "model": model_name(model),
+                                   "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})
+        per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
+        with store.resume_hint_on_failure():
+            done = {rev: store.get_dataset(rev) for rev in names}
+            missing = [rev for rev in names if done[rev] is None]
+            store.resumed += len(names) - len(missing)
+            units = {rev: functools.partial(_on_revision, experiment, model, rev, load_kwargs, remote, store,
+                                            per_revision_dir) for rev in missing}
+            if cluster is None:
+                for rev in progress_bar(missing, "checkpoint", enabled=progress, label=str):
+                    done[rev] = units[rev]()
             else:
-                store.resumed += 1
-            if done.attrs.get("revision") not in (rev, None):
-                raise UsageError(f"{store.dir}: the part for {rev} holds revision {done.attrs.get('revision')}; "
-                                 f"delete it or pass --restart")
-            results.append(done)
-    return stack(results, names, model_name(model), store.resumed, shared)
+                done.update(cluster.run(units, "checkpoint", progress=progress))
+            for rev in names:
+                if done[rev].attrs.get("revision") not in (rev, None):
+                    raise UsageError(f"{store.dir}: the part for {rev} holds revision {done[rev].attrs.get('revision')}; "
+                                     f"delete it or pass --restart")
+        return stack([done[rev] for rev in names], names, model_name(model), store.resumed, shared)
+
+
+def _on_revision(experiment: Callable[..., xr.Dataset], model: Any, rev: str, load_kwargs: dict[str, Any],
+                 remote: bool | str, store: Parts, per_revision_dir: bool) -> xr.Dataset:
+    """One unit of a checkpoint sweep, here or on a cluster worker: load ``rev``, run, time it,
+    keep the Dataset as the revision's part (read back, so that a fresh and a resumed run hand
+    on identical objects); only one model in memory."""
+    t0 = time.perf_counter()
+    m = load_model(model, rev, **load_kwargs)
+    if not _remote.is_ndif(remote):
+        m.dispatch()
+    t1 = time.perf_counter()
+    kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
+    ds = experiment(m, **kwargs)
+    del m  # the only reference we hold: the next revision loads into freed memory
+    _free_memory()
+    done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
+    return store.put_dataset(rev, done) or done
 
 
 def _free_memory() -> None:

@@ -1,0 +1,231 @@
+"""Sweeps on a Dask cluster: each (model, revision) is one task that loads, computes and keeps
+its part, on whichever worker is free.
+
+The harness hands a sweep's units of work to a :class:`Cluster` instead of running them one
+after another (``runner.over_revisions`` and ``runner.over_models``). A unit is the same code
+the serial path runs (load one revision, run the experiment, write ``<revision>.nc`` into the
+sweep's parts folder), so the Dataset a cluster returns is the serial run's, value for value,
+and the two share their parts: a sweep started on a cluster resumes serially and the other way
+round.
+
+- ``workers=N`` starts a ``distributed.LocalCluster`` of N single-threaded worker processes on
+  this machine (closed with the run); ``scheduler="tcp://host:8786"`` (or a
+  ``distributed.Client``) uses a running cluster.
+- Each worker runs one task at a time when started with ``--nthreads 1`` (a LocalCluster's
+  are): one model in memory per worker. Workers that advertise a ``GPU`` resource
+  (``dask-worker --resources GPU=1``) get one task at a time each whatever their threads.
+- A worker that dies mid-task loses only that task: the scheduler reruns it elsewhere, and it
+  resumes from the passes its first try kept. A scheduler lost mid-sweep ends the run with
+  the finished parts kept; the same command resumes from them.
+- Workers write parts into the sweep's folder themselves, so on several machines that folder
+  (``--out``'s) must be on a filesystem they share; relative paths are made absolute here.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+from .errors import RunError, UsageError
+from .progress import counter, silenced
+
+T = TypeVar("T")
+
+GPU = "GPU"  # the worker resource a GPU-owning worker advertises (dask-worker --resources GPU=1)
+
+
+class Cluster:
+    """A Dask client that the harness runs units of work on (see the module doc).
+
+    Parameters
+    ----------
+    client : a connected ``distributed.Client``.
+    owned : a LocalCluster started for this run, closed by :meth:`close` (None for a cluster
+        someone else runs).
+    """
+
+    def __init__(self, client: Any, owned: Any = None):
+        self.client = client
+        self.owned = owned
+        self.address = str(getattr(client.scheduler, "address", "") or client.scheduler_info().get("address", ""))
+        self.done_by: dict[str, int] = {}  # tasks finished per worker (shown on the progress bar)
+        self._lock = threading.Lock()
+
+    def resources(self) -> dict[str, float] | None:
+        """The resources a task asks for: one GPU where workers advertise GPUs (so a GPU worker
+        holds one model at a time), nothing otherwise."""
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        return {GPU: 1} if any(GPU in (w.get("resources") or {}) for w in workers) else None
+
+    def run(self, units: dict[str, Callable[[], T]], description: str, *, progress: bool = True) -> dict[str, T]:
+        """``{label: unit()}`` for every unit, each computed as one task on the cluster.
+
+        The bar counts tasks done and, per worker, how many each finished. A unit's own error
+        (bad input found late, an NDIF failure) is raised here as it was raised there; a unit
+        that killed its workers again and again, or a lost scheduler, ends the run with a
+        :class:`RunError` (the caller adds where the finished parts are).
+        """
+        from distributed import as_completed
+
+        if not units:
+            return {}
+        resources = self.resources()
+        run_id = uuid.uuid4().hex[:8]
+        try:
+            futures = {self.client.submit(_task, fn, key=f"{description}-{label}-{run_id}", pure=False,
+                                          resources=resources): label for label, fn in units.items()}
+        except Exception as e:  # the scheduler went away before the sweep started
+            raise self._lost(e) from None
+        results: dict[str, T] = {}
+        try:
+            with counter(description, len(futures), enabled=progress) as step:
+                for fut in as_completed(futures, raise_errors=False):
+                    worker, value = self._result(fut, futures[fut])
+                    results[futures[fut]] = value
+                    with self._lock:
+                        self.done_by[worker] = self.done_by.get(worker, 0) + 1
+                    step(1, f"(tasks done per worker: {self._tally()})")
+        finally:
+            left = [f for f in futures if not f.done()]
+            if left:  # a unit failed: the others stop being waited for (their parts stay)
+                try:
+                    self.client.cancel(left)
+                except Exception:
+                    pass
+        return results
+
+    def _result(self, fut: Any, label: str) -> tuple[str, Any]:
+        from distributed import KilledWorker
+
+        try:
+            return fut.result()
+        except (UsageError, RunError):
+            raise
+        except KilledWorker as e:
+            raise RunError(f"the task for {label} ended {_allowed_failures()} workers (killed, out of memory?): "
+                           f"{_first_line(e)}") from None
+        except Exception as e:
+            if _is_lost(e) or fut.status == "cancelled":
+                raise self._lost(e) from None
+            raise
+
+    def _lost(self, e: BaseException) -> RunError:
+        return RunError(f"lost the Dask scheduler at {self.address or '?'} ({type(e).__name__}: {_first_line(e)})")
+
+    def _tally(self) -> str:
+        with self._lock:
+            return " · ".join(f"{_short(w)}: {n}" for w, n in sorted(self.done_by.items()))
+
+    def close(self) -> None:
+        """Disconnect; a LocalCluster started for this run is shut down (its workers with it)."""
+        try:
+            self.client.close()
+        finally:
+            if self.owned is not None:
+                self.owned.close()
+
+
+@contextmanager
+def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Cluster | None]:
+    """The cluster a run uses: None (serial) without ``scheduler`` or ``workers``; a running
+    cluster at ``scheduler`` (an address, a ``distributed.Client`` or a :class:`Cluster`); or a
+    LocalCluster of ``workers`` single-threaded processes started here and shut down on exit."""
+    if scheduler is None and workers is None:
+        yield None
+        return
+    if scheduler is not None and workers is not None:
+        raise UsageError("give a scheduler (an existing cluster) or workers (a local one), not both")
+    if isinstance(scheduler, Cluster):
+        yield scheduler
+        return
+    with _quiet_logs():
+        yield from _connected(scheduler, workers)  # type: ignore[misc]
+
+
+def _connected(scheduler: Any, workers: int | None) -> Iterator[Cluster]:
+    """:func:`connect`'s body once a cluster is wanted."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("a Dask cluster needs the distributed package: pip install 'nnsight-reasoning[cluster]'") \
+            from None
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise UsageError(f"workers must be an integer >= 1 (got {workers!r})")
+        # one thread per worker: one task (one model) at a time in each worker process; no
+        # dashboard (it needs bokeh, and a port)
+        local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = Cluster(distributed.Client(local), owned=local)
+    elif isinstance(scheduler, distributed.Client):
+        cluster = Cluster(scheduler)
+        cluster.close = lambda: None  # type: ignore[method-assign]  # the caller's client: theirs to close
+    elif isinstance(scheduler, str):
+        if not scheduler.strip():
+            raise UsageError("scheduler is empty: give an address such as tcp://127.0.0.1:8786")
+        try:
+            cluster = Cluster(distributed.Client(scheduler, timeout="5s"))
+        except (OSError, TimeoutError, ValueError) as e:
+            raise UsageError(f"no Dask scheduler answers at {scheduler} ({_first_line(e)}): start one "
+                             "(dask-scheduler) or check the address") from None
+    else:
+        raise UsageError(f"scheduler must be an address (tcp://host:8786) or a distributed.Client "
+                         f"(got {type(scheduler).__name__})")
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.close()
+        except Exception:  # a scheduler already gone: nothing left to close
+            pass
+
+
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Dask's own log lines off in this process while it runs: what goes wrong reaches the user
+    as one error line (a lost scheduler, a task that killed its workers), not as log records."""
+    import distributed  # noqa: F401  (its loggers, with the levels its config gives them)
+
+    logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "distributed"]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
+
+
+def _task(fn: Callable[[], T]) -> tuple[str, T]:
+    """One unit of work on a worker: (the worker's name, ``fn()``), without progress bars (a
+    worker's output goes to its log, not the user's terminal)."""
+    from distributed import get_worker
+
+    with silenced():
+        value = fn()
+    return str(get_worker().name), value
+
+
+def _is_lost(e: BaseException) -> bool:
+    from distributed.comm.core import CommClosedError
+
+    return isinstance(e, (CommClosedError, OSError, TimeoutError)) or type(e).__name__ in (
+        "CancelledError", "FutureCancelledError")
+
+
+def _allowed_failures() -> int:
+    import dask.config
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
+
+
+def _short(worker: str) -> str:
+    """A worker's name as the bar shows it (an address without its scheme)."""
+    return worker.split("://")[-1]
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
