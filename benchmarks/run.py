@@ -1,7 +1,7 @@
 """The performance suite: one command, one table, one JSON file.
 
     pip install -e ".[bench]"      # adds TransformerLens 3.9.0, the last release with HookedTransformer
-    python benchmarks/run.py [--repeats 3] [--json benchmarks/results.json] [--skip remote,checkpoints]
+    python benchmarks/run.py [--repeats 3] [--json benchmarks/results.json] [--skip remote,checkpoints,cluster]
 
 Sections, each measured side by side in this one process (memory in child processes):
 
@@ -365,7 +365,7 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("results.json"))
     ap.add_argument("--skip", default="", help="comma list of: embedded, 160m, transformer_lens, engine, memory, "
-                                               "remote, checkpoints")
+                                               "remote, checkpoints, cluster")
     ap.add_argument("--memory-sizes", default="64,256,1024", help="prompt counts of the memory section")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -426,6 +426,11 @@ def main() -> None:
 
         res["checkpoints"] = checkpoint_sweep.measure_all(args.n_prompts)
         checkpoint_sweep.report(res["checkpoints"])
+    if "cluster" not in skip:
+        import cluster_sweep
+
+        res["cluster"] = cluster_sweep.measure(args.n_prompts)
+        cluster_sweep.report(res["cluster"])
     args.json.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {args.json}")
 

@@ -168,6 +168,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("robustness", ["--subset-min", "10", "--subset-max", "5"], "subset_size must satisfy"),
     ("circuit", ["--thresholds", "0.5", "--selection", "greedy"], "use it with selection='topn'"),
     ("patch", ["--adapter", "{d}/a_dir.nc", "--revisions", "all"], "--adapter is fine-tuned on one base checkpoint"),
+    # a Dask cluster: a local one of N workers, or a running one's address
+    ("evaluate", ["--revisions", "all", "--workers", "0"], "--workers must be >= 1"),
+    ("patch", ["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "not both"),
+    ("evaluate", ["--scheduler", "localhost"], "--scheduler takes an address such as tcp://"),
+    ("evaluate", ["--revisions", "step0,main", "--scheduler", "tcp://127.0.0.1:9"],
+     "no Dask scheduler answers at tcp://127.0.0.1:9"),
 ]
 
 # NDIF refuses commands that read the weights (a key and a host are set; nothing is contacted)

@@ -18,7 +18,7 @@ def test_benchmark_suite_runs_and_methods_agree(tmp_path):
     # checkpoint sections cost minutes: the smallest run of the rest, end to end.
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--n-prompts", "6", "--repeats", "1",
-                           "--skip", "160m,transformer_lens,remote,checkpoints", "--memory-sizes", "4,16",
+                           "--skip", "160m,transformer_lens,remote,checkpoints,cluster", "--memory-sizes", "4,16",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -42,3 +42,17 @@ def test_benchmark_suite_runs_and_methods_agree(tmp_path):
     edges = res["edges"]
     assert edges["n_edges"] == 191 and set(edges["pearson_r_vs_exact"]) == {"eap", "eap_ig5"}
     assert edges["forward_passes"]["eap"] == 1 and "edge attribution vs exact" in proc.stdout
+
+
+def test_cluster_benchmark_runs_and_its_runs_agree(tmp_path):
+    # 3 revisions, 8 prompts: serial, 1 and 2 local workers; the script exits 1 if any cluster
+    # run's values differ from the serial run's
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cluster_sweep.py"), "--n-prompts", "8",
+                           "--revisions", "3", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["revisions"] == ["step3000", "step3500", "main"]
+    for name in ("evaluate", "patch"):
+        assert res[name]["agree"] and set(res[name]) >= {"serial_s", "workers_1", "workers_2"}
+    assert "every cluster run equal to the serial run" in proc.stdout
