@@ -185,6 +185,9 @@ Force = Annotated[bool, typer.Option("--force", help="overwrite --out if it exis
                                      "file is refused)")]
 OutFile = Annotated[Optional[Path], typer.Option("--out", help="results file (.nc)")]
 Progress = Annotated[bool, typer.Option(help="show a progress bar")]
+DeviceMap = Annotated[Optional[str], typer.Option(
+    help="place the model across this machine's GPUs and CPU (accelerate): auto | balanced | sequential, or a JSON "
+         "object / JSON file mapping modules to devices (0, \"cuda:1\", \"cpu\", \"disk\")")]
 Workers = Annotated[Optional[int], typer.Option(
     help="run the sweep's revisions and models as tasks on a local Dask cluster of N worker processes (one model "
          "in memory each); results equal the serial run's")]
@@ -211,6 +214,7 @@ class Harness:
     progress: bool = True
     workers: Optional[int] = None
     scheduler: Optional[str] = None
+    device_map: Optional[str] = None
 
     def run(self, experiment: Callable[..., Any], data: Callable[[Any], Any], *, kind: str, task: str,
             **options: Any) -> Any:
@@ -232,7 +236,8 @@ class OptionGroup:
 HARNESS = OptionGroup("h", dict(
     model=(Models, None), adapter=(Adapter, None), revision=(Revision, None), revisions=(Revisions, None), batch_size=(BatchSize, None),
     remote=(Remote, False), out_file=(OutFile, None), restart=(Restart, False), force=(Force, False),
-    progress=(Progress, True), workers=(Workers, None), scheduler=(Scheduler, None)), Harness)
+    progress=(Progress, True), workers=(Workers, None), scheduler=(Scheduler, None),
+    device_map=(DeviceMap, None)), Harness)
 
 
 def experiment_command(*groups: OptionGroup) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -267,7 +272,7 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
                 model: Optional[List[str]], adapter: Optional[str], revision: Optional[str], revisions: Optional[str],
                 out_file: Optional[Path], restart: bool, remote: bool, progress: bool, batch_size: Optional[int],
                 force: bool = False, workers: Optional[int] = None, scheduler: Optional[str] = None,
-                **options: Any) -> Any:
+                device_map: Optional[str] = None, **options: Any) -> Any:
     """What every experiment command does once its options are parsed: pick the revisions and
     the results path, load the model (for its tokenizer), make the data with ``data(tokenizer)``,
     run ``experiment(model, data, **options)`` with the harness options (finished passes kept
@@ -290,6 +295,11 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
         raise UsageError(f"--workers must be >= 1 (got {workers})")
     if scheduler is not None and "://" not in scheduler:
         raise UsageError(f"--scheduler takes an address such as tcp://127.0.0.1:8786 (got {scheduler!r})")
+    from nnsight_reasoning.models import parse_device_map
+
+    load = {"device_map": parse_device_map(device_map)} if device_map is not None else {}
+    if load and remote:
+        raise UsageError("--device-map places the model here; NDIF places it on its own GPUs: drop one of them")
     names = [sweep_revisions(m, revision, revisions) for m in models][-1]
     label = "+".join(Path(m).name if m else "embedded" for m in models)
     path = out_path(out_file, kind, task, label, revision_label(revision, names))
@@ -297,13 +307,13 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
         return _run_locked(experiment, data, path=path, models=models, names=names, adapter=adapter, revision=revision,
                            revisions=revisions, restart=restart, remote=remote, progress=progress,
                            batch_size=batch_size, force=force, options=options,
-                           cluster={"workers": workers, "scheduler": scheduler})
+                           cluster={"workers": workers, "scheduler": scheduler}, load=load)
 
 
 def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, path: Path, models: list,
                 names: Any, adapter: Optional[str], revision: Optional[str], revisions: Optional[str], restart: bool,
                 remote: bool, progress: bool, batch_size: Optional[int], force: bool, options: dict,
-                cluster: dict) -> Any:
+                cluster: dict, load: dict) -> Any:
     """:func:`run_command` once its output is checked and locked."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import RunError, UsageError
@@ -320,15 +330,19 @@ def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, p
         if revision:
             raise UsageError("with several --model, give a checkpoint as --revisions REV (every model has it) "
                              "instead of --revision")
-        loaded, made = [m or "embedded" for m in models], data  # the harness makes each model's data
+        loaded, made = [], data  # the harness makes each model's data
         for m in models:  # every model loads (lazily: no weights) and makes its data before any work
-            data(nr.load_model(m, sweep_revisions(m, None, revisions)[-1] if revisions else None).tokenizer)
+            lazy = nr.load_model(m, sweep_revisions(m, None, revisions)[-1] if revisions else None, **load)
+            data(lazy.tokenizer)
+            # by name, unless load options must travel with it (a sweep loads each revision so)
+            loaded.append(lazy if load else m or "embedded")
         names = revisions  # each model parses the sweep against its own revisions
     else:
-        loaded = nr.load_model(models[0], names[-1] if names else revision, **({"adapter": adapter} if adapter else {}))
+        loaded = nr.load_model(models[0], names[-1] if names else revision, **({"adapter": adapter} if adapter else {}),
+                               **load)
         made = data(loaded.tokenizer)
-        if names:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at a time)
-            loaded = models[0] or "embedded"
+        if names and not load:  # a sweep loads each revision itself: hold no model meanwhile (one in memory at
+            loaded = models[0] or "embedded"  # a time); a lazily loaded model (no weights) carries load options
     harness = {"remote": remote, "progress": progress, "resume_dir": parts, "revisions": names, **cluster}
     if batch_size is not None:
         harness["batch_size"] = batch_size

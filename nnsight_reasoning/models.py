@@ -113,6 +113,7 @@ def load_model(
             name_local_model(snapshot, name)
     if device is not None:
         kwargs.setdefault("device_map", device)
+    offload = _offload_folder(kwargs)
     try:
         if adapter is not None:
             model = _with_adapter(source, str(adapter), kwargs.pop("tokenizer", source), dtype, attn_implementation,
@@ -128,7 +129,54 @@ def load_model(
                          f"{' revision ' + repr(revision) if revision else ''}: {first[:200]} "
                          f"(check the id/path; offline, use a local directory)") from None
     _INFO[model] = info
+    if offload is not None:  # the weights offloaded to disk live as long as the model
+        import shutil
+
+        weakref.finalize(model, shutil.rmtree, offload, True)
     return model
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(value: str | dict | None) -> str | dict | None:
+    """A device map as ``--device-map`` takes it: one of accelerate's strategies (``auto``,
+    ``balanced``, ``balanced_low_0``, ``sequential``), a JSON object ``{"module": device}``
+    (devices: ``0``, ``"cuda:1"``, ``"cpu"``, ``"disk"``) or the path of a JSON file holding one."""
+    import json
+
+    if value is None or isinstance(value, dict):
+        return value
+    text = str(value).strip()
+    if text in DEVICE_MAPS:
+        return text
+    if not text.startswith("{"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--device-map takes {', '.join(DEVICE_MAPS)}, a JSON object or a JSON file "
+                             f"(got {value!r}: no such file)")
+        text = path.read_text()
+    try:
+        dm = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--device-map: not JSON ({e})") from None
+    if not isinstance(dm, dict) or not dm or not all(isinstance(v, (int, str)) for v in dm.values()):
+        raise UsageError("--device-map must map module names to devices, e.g. {\"gpt_neox.layers.0\": 0, "
+                         "\"lm_head\": \"cpu\"}")
+    return dm
+
+
+def _offload_folder(kwargs: dict) -> str | None:
+    """A fresh folder for the weights a device map sends to ``"disk"`` (accelerate needs one),
+    unless the caller gave ``offload_folder``; one per load, so that revisions and workers
+    never share it."""
+    dm = kwargs.get("device_map")
+    if not isinstance(dm, dict) or "disk" not in dm.values() or kwargs.get("offload_folder"):
+        return None
+    import tempfile
+
+    kwargs["offload_folder"] = tempfile.mkdtemp(prefix="reason-interp-offload-")
+    return kwargs["offload_folder"]
 
 
 def hub_offline() -> bool:

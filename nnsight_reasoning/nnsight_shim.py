@@ -18,7 +18,10 @@ another nnsight version fails loudly there rather than subtly in a run.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 NNSIGHT_VERSION = "0.8.1"  # pyproject pins it; a new version means re-reading this file
 
@@ -92,3 +95,46 @@ def counting_backend(*args: Any, count: Callable[[str, int], None], **kwargs: An
     for every job posted (``jobs``, ``bytes_sent``), poll (``polls``) and result
     (``bytes_received``)."""
     return _counting_backend_class()(*args, count=count, **kwargs)
+
+
+@contextmanager
+def onloaded(model: Any, remote: bool | str = False) -> Iterator[None]:
+    """Inside, the weights of modules that accelerate offloads (a device map with ``"cpu"`` or
+    ``"disk"`` entries keeps them on the meta device between forward passes) are on their
+    execution devices, and forward passes leave them there; afterwards they are offloaded
+    again. For code that reads weights (``o_proj.weight``, the unembedding) rather than only
+    activations; a model without offloaded modules is untouched."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:  # without accelerate nothing is offloaded
+        yield
+        return
+    if not _is_ndif(remote) and not getattr(model, "dispatched", True):
+        model.dispatch()  # weights load (and offloading hooks attach) at dispatch
+    held = []
+    try:
+        for module in torch_module(model).modules():
+            if has_offloaded_params(module):
+                hook = module._hf_hook
+                hook.pre_forward(module)  # the weights onto the execution device
+                hook.offload = False  # forward passes inside leave them there
+                held.append((module, hook))
+        yield
+    finally:
+        for module, hook in reversed(held):
+            hook.offload = True
+            hook.post_forward(module, None)  # back to the meta device
+
+
+def reads_weights(fn: Callable[..., T]) -> Callable[..., T]:
+    """A backend function ``fn(model, ..., remote=...)`` that reads weights: run in :func:`onloaded`."""
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> T:
+        with onloaded(model, kwargs.get("remote", False)):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
+def _is_ndif(remote: bool | str) -> bool:
+    return remote not in (False, None, "local")

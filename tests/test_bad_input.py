@@ -174,6 +174,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate", ["--scheduler", "localhost"], "--scheduler takes an address such as tcp://"),
     ("evaluate", ["--revisions", "step0,main", "--scheduler", "tcp://127.0.0.1:9"],
      "no Dask scheduler answers at tcp://127.0.0.1:9"),
+    # a device map: a strategy, a JSON object or a JSON file of one
+    ("patch", ["--device-map", "everywhere"], "--device-map takes auto, balanced"),
+    ("patch", ["--device-map", "{d}/notes.txt"], "--device-map: not JSON"),
+    ("evaluate", ["--device-map", '{{"lm_head": [0]}}'], "--device-map must map module names to devices"),
 ]
 
 # NDIF refuses commands that read the weights (a key and a host are set; nothing is contacted)

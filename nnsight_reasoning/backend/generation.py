@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from ..nnsight_shim import reads_weights
 from ..sites import architecture, resolve
 from .graph import _gain_offset, final_norm
 from .trace_ops import centred, neuron_directions, norm_scale, unembed_rows
@@ -67,6 +68,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+@reads_weights
 def generate(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: int, *, ranking: str | None = None,
              top_k: int = 20, units: Sequence[tuple[int, int]] = (), edits: Sequence[Edit] = (),
              remote: bool | str = False) -> Generated:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from ..nnsight_shim import reads_weights
 from ..sites import architecture, dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
@@ -42,6 +43,7 @@ def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any,
     return mods, resolve(model, arch.final_norm), resolve(model, arch.embed), arch.transposed
 
 
+@reads_weights
 def edge_attributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor,
                       weights: torch.Tensor | None = None, *, probs: bool = False, ig_steps: int = 1,
                       ig_points: str = "midpoint", replace: torch.Tensor | None = None, qkv: bool = False,
@@ -216,6 +218,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
     return saved
 
 
+@reads_weights
 def edge_patched_logits(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, removed: torch.Tensor, *,
                         lse: bool = False, replace: torch.Tensor | None = None,
                         removed_qkv: torch.Tensor | None = None, last_only: bool = False,
@@ -428,6 +431,7 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
     return saved
 
 
+@reads_weights
 def node_output_sums(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> torch.Tensor:
     """(T, n_up, d) float64: every upstream node's output summed over the rows of ``input_ids``
     (n, T), per position: the input (the residual stream entering layer 0), each head's share
@@ -458,6 +462,7 @@ def _trace_node_sums(model, input_ids, mods, conv1d, n_heads, head_dim, remote=F
     return saved
 
 
+@reads_weights
 def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = False) -> torch.Tensor:
     """(L, H, N, N) float64: each head's static OV circuit between ``token_ids`` (N), as Tigges et
     al.'s successor-head score reads it (after Gould et al. 2023): row i is token i's embedding
@@ -521,6 +526,7 @@ class Readout:
         return (x / s * self.gamma + self.beta) @ self.w_u.T + self.b_u
 
 
+@reads_weights
 def readout(model: Any) -> Readout:
     """The :class:`Readout` of a local model (its weights are read, so not on NDIF)."""
     from ..nnsight_shim import torch_module
@@ -545,6 +551,7 @@ def readout(model: Any) -> Readout:
     return Readout(torch.stack(w_o), center, eps, gamma, beta, w_u, b_u)
 
 
+@reads_weights
 def copy_top_tokens(model: Any, input_ids: torch.Tensor, positions: torch.Tensor, k: int = 5, *,
                     remote: bool | str = False) -> torch.Tensor:
     """(L, H, n, m, k) int64: for every head, the ``k`` tokens its OV circuit promotes most from
@@ -607,6 +614,7 @@ class HeadInternals:
         return HeadInternals(*(getattr(self, f)[i] for f in self.__dataclass_fields__))
 
 
+@reads_weights
 def head_internals(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> HeadInternals:
     """The :class:`HeadInternals` of a clean run of ``input_ids`` (n, T), what copy-suppression-
     preserving ablation reads. Eager attention."""
@@ -738,6 +746,7 @@ def _gain_offset(model: Any) -> float:
     return final_norm_spec(model)[1]
 
 
+@reads_weights
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
                        remote: bool | str = False) -> torch.Tensor:
     """Direct effect of every head's output on the logits of chosen tokens, at every position.

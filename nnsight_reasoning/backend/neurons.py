@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from ..nnsight_shim import reads_weights
 from ..sites import architecture, resolve
 from . import Scores
 from .graph import _gain_offset, final_norm
@@ -61,6 +62,7 @@ def _trace_activations(model, input_ids, mods, last_only, select, abs_sum, remot
     return saved
 
 
+@reads_weights
 def neuron_contributions(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, layers: Sequence[int], *,
                          remote: bool | str = False) -> torch.Tensor:
     """Each neuron's direct contribution to its row's answer logit at the last position.
@@ -100,6 +102,7 @@ def _trace_contributions(model, input_ids, answer_ids, mods, conv1d, final, unem
     return saved
 
 
+@reads_weights
 def neuron_logit_lens(model: Any, layers: Sequence[int], neurons: Sequence[int], top: int, *,
                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``top`` tokens each neuron's output direction promotes most: W_U (centred over the

@@ -1,0 +1,69 @@
+"""A model placed by accelerate (``--device-map``, ``load_model(device_map=...)``): every
+experiment gives the numbers of the model in one piece. On CPU the map sends two layers to
+"disk", so accelerate's offloading hooks run for real: their weights sit on the meta device
+between forward passes and are loaded for each, and the experiments that read weights
+(OV circuits, head and neuron logit effects, EAP graphs) onload them first."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import nnsight_reasoning as nr
+from nnsight_reasoning.backend import graph
+
+from .clirun import in_process
+from .test_harness import COMMANDS, assert_same_values
+
+# the embedded model's modules: layers 2 and 3 offloaded to disk, the rest on the CPU
+MAP = {"gpt_neox.embed_in": "cpu", "gpt_neox.rotary_emb": "cpu", "gpt_neox.layers.0": "cpu",
+       "gpt_neox.layers.1": "cpu", "gpt_neox.layers.2": "disk", "gpt_neox.layers.3": "disk",
+       "gpt_neox.final_layer_norm": "cpu", "lm_head": "cpu"}
+# the commands that read weights besides the harness table's
+WEIGHT_READERS = {"successor_heads": ["successor-heads"], "copy_suppression": ["copy-suppression"],
+                  "ioi_components": ["ioi-components", "--n-prompts", "4"],
+                  "path_patching": ["path-patching", "--receivers", "a3.0", "--n-prompts", "4"]}
+
+
+@pytest.fixture(scope="module")
+def placed():
+    return nr.load_model(device_map=MAP)
+
+
+def test_offloaded_layers_give_the_same_patching_and_weight_reads(placed, embedded_model, small_pairs):
+    a = nr.patch(embedded_model, small_pairs, sites=["mlp", "attn", "head"], positions="all", progress=False)
+    b = nr.patch(placed, small_pairs, sites=["mlp", "attn", "head"], positions="all", progress=False)
+    assert_same_values(a, b)
+    layer = nr.nnsight_shim.torch_module(placed).gpt_neox.layers[3]
+    assert layer.attention.dense.weight.device.type == "meta"  # really offloaded
+    # reads o_proj weights inside a trace and the unembedding outside it
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    np.testing.assert_array_equal(graph.head_logit_effects(placed, ids, ids).numpy(),
+                                  graph.head_logit_effects(embedded_model, ids, ids).numpy())
+    np.testing.assert_array_equal(graph.ov_logits(placed, [5, 6, 7]).numpy(),
+                                  graph.ov_logits(embedded_model, [5, 6, 7]).numpy())
+    assert layer.attention.dense.weight.device.type == "meta"  # offloaded again afterwards
+
+
+def test_cli_device_map_file_travels_through_a_sweep(tmp_path):
+    (tmp_path / "map.json").write_text(json.dumps(MAP))
+    args = ["heads", "--n-sequences", "4", "--seq-len", "6", "--revisions", "step0,main", "--no-progress"]
+    a = in_process(args + ["--out", str(tmp_path / "a.nc")])
+    b = in_process(args + ["--out", str(tmp_path / "b.nc"), "--device-map", str(tmp_path / "map.json")])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    da, db = nr.load_result(tmp_path / "a.nc"), nr.load_result(tmp_path / "b.nc")
+    assert_same_values(da, db)
+    assert list(db.checkpoint.values) == ["step0", "main"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*COMMANDS, *WEIGHT_READERS])
+def test_every_experiment_on_a_placed_model_equals_the_whole_model(name, tmp_path):
+    (tmp_path / "map.json").write_text(json.dumps(MAP))
+    args = {**COMMANDS, **WEIGHT_READERS}[name] + ["--no-progress"]
+    a = in_process(args + ["--out", str(tmp_path / "whole.nc")])
+    b = in_process(args + ["--out", str(tmp_path / "placed.nc"), "--device-map", str(tmp_path / "map.json")])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert_same_values(nr.load_result(tmp_path / "whole.nc"), nr.load_result(tmp_path / "placed.nc"))
