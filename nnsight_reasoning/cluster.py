@@ -74,7 +74,7 @@ class Cluster:
         resources = self.resources()
         run_id = uuid.uuid4().hex[:8]
         try:
-            futures = {self.client.submit(_task, fn, key=f"{description}-{label}-{run_id}", pure=False,
+            futures = {self.client.submit(_task, fn, label, key=f"{description}-{label}-{run_id}", pure=False,
                                           resources=resources): label for label, fn in units.items()}
         except Exception as e:  # the scheduler went away before the sweep started
             raise self._lost(e) from None
@@ -140,17 +140,17 @@ def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Clust
     if isinstance(scheduler, Cluster):
         yield scheduler
         return
-    with _quiet_logs():
-        yield from _connected(scheduler, workers)  # type: ignore[misc]
-
-
-def _connected(scheduler: Any, workers: int | None) -> Iterator[Cluster]:
-    """:func:`connect`'s body once a cluster is wanted."""
     try:
-        import distributed
+        import distributed  # its loggers exist from here on, with the levels its config gives them
     except ImportError:
         raise UsageError("a Dask cluster needs the distributed package: pip install 'nnsight-reasoning[cluster]'") \
             from None
+    with _quiet_logs():
+        yield from _connected(distributed, scheduler, workers)  # type: ignore[misc]
+
+
+def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterator[Cluster]:
+    """:func:`connect`'s body once a cluster is wanted."""
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be an integer >= 1 (got {workers!r})")
@@ -186,8 +186,6 @@ def _connected(scheduler: Any, workers: int | None) -> Iterator[Cluster]:
 def _quiet_logs() -> Iterator[None]:
     """Dask's own log lines off in this process while it runs: what goes wrong reaches the user
     as one error line (a lost scheduler, a task that killed its workers), not as log records."""
-    import distributed  # noqa: F401  (its loggers, with the levels its config gives them)
-
     logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "distributed"]
     levels = [log.level for log in logs]
     for log in logs:
@@ -199,14 +197,24 @@ def _quiet_logs() -> Iterator[None]:
             log.setLevel(level)
 
 
-def _task(fn: Callable[[], T]) -> tuple[str, T]:
+EVENTS = "reason-interp"  # the scheduler's event topic of finished units: client.get_events(EVENTS)
+
+
+def _task(fn: Callable[[], T], label: str) -> tuple[str, T]:
     """One unit of work on a worker: (the worker's name, ``fn()``), without progress bars (a
-    worker's output goes to its log, not the user's terminal)."""
+    worker's output goes to its log, not the user's terminal). Each finished unit is an event
+    ``{"unit", "worker", "start", "end"}`` (Unix seconds) on the scheduler (topic
+    :data:`EVENTS`): where and when each revision ran."""
+    import time
+
     from distributed import get_worker
 
+    worker = get_worker()
+    start = time.time()
     with silenced():
         value = fn()
-    return str(get_worker().name), value
+    worker.log_event(EVENTS, {"unit": label, "worker": str(worker.name), "start": start, "end": time.time()})
+    return str(worker.name), value
 
 
 def _is_lost(e: BaseException) -> bool:

@@ -40,11 +40,12 @@ class DaskCluster:
                                                    "--no-dashboard"])
         return self
 
-    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_worker(self, name: str, env: dict[str, str] | None = None, extra: list[str] = ()) -> subprocess.Popen:
         """A worker without a nanny (the process that runs the tasks is the one a kill ends), one
-        thread, named ``name``; ``env`` is added to its environment."""
+        thread unless ``extra`` says otherwise, named ``name``; ``env`` is added to its environment."""
         # started in the logs folder: workers write parts by the absolute paths they are given
-        self.workers[name] = self._spawn(name, ["worker", self.address, "--name", name, "--nthreads", "1",
+        threads = [] if "--nthreads" in extra else ["--nthreads", "1"]
+        self.workers[name] = self._spawn(name, ["worker", self.address, "--name", name, *threads, *extra,
                                                 "--no-nanny", "--no-dashboard", "--death-timeout", "60"], env)
         return self.workers[name]
 

@@ -28,15 +28,17 @@ def test_public_names_exist_and_are_documented():
 
 def test_every_experiment_has_the_harness_keywords_and_documents_them():
     """One noun per experiment, each nr.<noun>(model, data, *options, batch_size, remote, progress,
-    resume_dir, revisions), as its signature (what Jupyter's `?` shows) says."""
+    resume_dir, revisions, scheduler, workers), as its signature (what Jupyter's `?` shows) says."""
     import inspect
 
     for name in EXPERIMENTS:
         fn = getattr(nr, name)
         params = list(inspect.signature(fn).parameters)
         assert params[:2] == ["model", params[1]] and params[1] != "run", name
-        assert params[-5:] == ["batch_size", "remote", "progress", "resume_dir", "revisions"], name
-        assert "resume_dir" in fn.__doc__ and "revisions" in fn.__doc__, name
+        assert params[-7:] == ["batch_size", "remote", "progress", "resume_dir", "revisions", "scheduler",
+                               "workers"], name
+        for keyword in params[-7:]:
+            assert f"    {keyword} :" in fn.__doc__, (name, keyword)
         assert fn.experiment.name in nr.testing.SCHEMAS or fn.experiment.name.endswith("patching"), name
 
 

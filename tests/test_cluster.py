@@ -104,6 +104,24 @@ def test_scheduler_of_a_running_cluster_equals_the_serial_run_on_both_workers(se
         assert_serial_values(one_model(on_cluster, m), one_model(here, m))
 
 
+def test_gpu_workers_get_the_tasks_one_at_a_time(dask, tmp_path):
+    # a worker that advertises a GPU is given every task (the others lack the resource), and
+    # one at a time although it has two threads: one model per GPU
+    dask.start_worker("gpu0", extra=["--resources", "GPU=1", "--nthreads", "2"])
+    dask.start_worker("cpu0")
+    dask.wait_for_workers(2)
+    from distributed import Client
+
+    with Client(dask.address, timeout="30s") as client:
+        ds = nr.evaluate("embedded", nr.tasks.examples("arithmetic", 8, seed=0), revisions="step0,step1,step2,main",
+                         progress=False, scheduler=client)
+        log = client.get_events("reason-interp")  # the tasks' (worker, start, end), reported by each task
+    assert list(ds.checkpoint.values) == ["step0", "step1", "step2", "main"]
+    spans = sorted((msg["start"], msg["end"], msg["worker"]) for _, msg in log)
+    assert [w for _, _, w in spans] == ["gpu0"] * 4, spans
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans  # never two at once
+
+
 def test_a_worker_sigkilled_mid_task_loses_only_that_task(serial, dask, tmp_path):
     # w1 SIGKILLs itself (a real kill, at a known point) once its revision has 2 passes on disk
     w1 = dask.start_worker("w1", env={"REASON_INTERP_TEST_KILL_AFTER": "2"})
