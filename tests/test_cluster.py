@@ -104,6 +104,20 @@ def test_scheduler_of_a_running_cluster_equals_the_serial_run_on_both_workers(se
         assert_serial_values(one_model(on_cluster, m), one_model(here, m))
 
 
+def test_a_sweep_that_fixes_its_units_on_the_last_revision_runs_that_choice_as_a_task_too(tmp_path):
+    # neurons: the units a sweep tracks are discovered once, on the last revision (a task of its
+    # own), then every revision runs with them
+    args = ["neurons", "--n-prompts", "8", "--variant", "equation_only", "--revisions", "step3000,main",
+            "--no-progress"]
+    serial, local = tmp_path / "serial.nc", tmp_path / "local.nc"
+    assert reason_interp(args + ["--out", str(serial)]).returncode == 0
+    r = reason_interp(args + ["--out", str(local), "--workers", "2"])
+    assert r.returncode == 0, r.stderr
+    a, b = nr.load_result(local), nr.load_result(serial)
+    assert a.attrs["units_chosen_on"] == b.attrs["units_chosen_on"] == "main"
+    assert_serial_values(a, b)
+
+
 def test_gpu_workers_get_the_tasks_one_at_a_time(dask, tmp_path):
     # a worker that advertises a GPU is given every task (the others lack the resource), and
     # one at a time although it has two threads: one model per GPU

@@ -29,7 +29,7 @@ from ..nnsight_shim import torch_module
 from ..sites import SITES, architecture, context_length, dims, resolve
 from ..tasks.base import single_token_id
 from . import packed, trace_ops
-from .trace_ops import (batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
+from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
                         split_heads)
 
 nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them from their source
@@ -408,7 +408,7 @@ def _trace_attention(model, input_ids, mods, last_only, rows, reduce, remote=Fal
                     out.append((weights * keep).sum(2, keepdim=True) / keep.sum(2, keepdim=True))
             else:
                 out.append(weights[:, :, -1:] if last_only else weights)
-        probs = nnsight.save(torch.stack(out, 1))
+        probs = nnsight.save(torch.stack(on_device(out, out[0]), 1))  # layers may sit on several devices
     return probs
 
 

@@ -29,7 +29,7 @@ import torch
 from ..nnsight_shim import reads_weights
 from ..sites import architecture, resolve
 from .graph import _gain_offset, final_norm
-from .trace_ops import centred, neuron_directions, norm_scale, unembed_rows
+from .trace_ops import on_device, centred, neuron_directions, norm_scale, unembed_rows
 
 RANKINGS = ("algorithm_one", "direct_contribution")
 
@@ -134,14 +134,14 @@ def _trace_generate(model, ids, mask, max_new_tokens, pad, plan, transposed, ran
             for mod, set_idx, set_val, noise_idx, noise in plan:
                 x = mod.input
                 if set_idx is not None:
-                    x[:, :, set_idx] = set_val.to(x.dtype)
+                    x[:, :, set_idx] = set_val.to(x.device, x.dtype)
                 acts.append(x[:, -1])
                 if noise_idx is not None:  # a_n · ε_n: what column n of the output weight plus ε_n adds
-                    mod.output = mod.output + x[:, :, noise_idx] @ noise.to(x.dtype)
-            a = torch.stack(acts, 1).double()  # (b, L, N)
+                    mod.output = mod.output + x[:, :, noise_idx] @ noise.to(x.device, x.dtype)
+            a = torch.stack(on_device(acts, acts[0]), 1).double()  # (b, L, N); layers may sit on several devices
             top = None
             if ranking == "algorithm_one":
-                top = (a.abs() * torch.stack(norms)).topk(top_k, -1)
+                top = (a.abs() * torch.stack(on_device(norms, a))).topk(top_k, -1)
             elif ranking == "direct_contribution":
                 final, unembed, center, eps, gain_offset = lens
                 scale = norm_scale(final.input[:, -1], center, eps)  # (b,)
@@ -151,8 +151,8 @@ def _trace_generate(model, ids, mask, max_new_tokens, pad, plan, transposed, ran
                     v = centred(v)
                 proj = []
                 for d in dirs:
-                    proj.append(v @ d.T)  # (b, N)
-                top = (a * torch.stack(proj, 1) / scale[:, None, None]).topk(top_k, -1)
+                    proj.append(v @ d.T.to(v.device))  # (b, N), on the unembedding's device
+                top = (a.to(v.device) * torch.stack(proj, 1) / scale.to(v.device)[:, None, None]).topk(top_k, -1)
             rec = a[:, unit_layer, unit_neuron] if len(unit_layer) else None
             steps.append((top, None, rec))
         out = tracer.result

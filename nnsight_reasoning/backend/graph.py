@@ -27,7 +27,7 @@ import torch
 from ..nnsight_shim import reads_weights
 from ..sites import architecture, dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
-from .trace_ops import (answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
+from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
                         head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale, own_heads,
                         packed_inputs, packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
 
@@ -159,7 +159,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 if replace is None:
                     ups.append((h0[:p] - h0[p:2 * p]).detach().unsqueeze(2))
                 else:
-                    ups.append((replace[:, 0:1].to(h0.dtype) - h0[p:2 * p].unsqueeze(2)).detach())
+                    ups.append((replace[:, 0:1].to(h0.device, h0.dtype) - h0[p:2 * p].unsqueeze(2)).detach())
                 if ig_groups:  # group 0, the input, interpolated in its rows
                     layer.input = mix_group(h0, p, steps, 0, alphas)
                 node = 1
@@ -180,7 +180,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))  # each head's share, no bias
             else:
                 own = head_outputs(z[p:2 * p], o_proj.weight, n_heads, head_dim, conv1d)
-                ups.append((replace[:, node:node + n_heads].to(own.dtype) - own).detach())
+                ups.append((replace[:, node:node + n_heads].to(own.device, own.dtype) - own).detach())
             node += n_heads
             if ig_groups:  # group 1 + 2l: the layer's attention output
                 o_proj.output = mix_group(o_proj.output, p, steps, len(inputs), alphas)
@@ -191,7 +191,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
             if replace is None:
                 ups.append((out[:p] - out[p:2 * p]).detach().unsqueeze(2))
             else:
-                ups.append((replace[:, node:node + 1].to(out.dtype) - out[p:2 * p].unsqueeze(2)).detach())
+                ups.append((replace[:, node:node + 1].to(out.device, out.dtype) - out[p:2 * p].unsqueeze(2)).detach())
             if ig_groups:  # group 2 + 2l: the layer's MLP output
                 mlp.output = mix_group(out, p, steps, len(inputs), alphas)
             node += 1
@@ -201,7 +201,10 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
         chosen = answer_metric(model.output.logits[:, -1], answer_ids, weights, probs)
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)
         objective = chosen[graded].sum()
-        delta = torch.cat(ups, 2).double()
+        on_one = []  # each layer's deltas on its own device (a model split by accelerate): onto the first's
+        for u in ups:
+            on_one.append(u.to(ups[0].device))
+        delta = torch.cat(on_one, 2).double()
         parts = nnsight.save([])
         with objective.backward():
             for k in range(len(inputs) - 1, -1, -1):  # gradients in reverse order
@@ -213,7 +216,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
                 g = g[graded]
                 if steps > 1:  # the mean over the interpolated blocks (steps, or groups × steps)
                     g = g.view((-1, p) + tuple(g.shape[1:])).mean(0)
-                parts.append(torch.einsum("ptud,ptvd->puv", delta, g.double()))
+                parts.append(torch.einsum("ptud,ptvd->puv", delta, g.double().to(delta.device)))
         saved = nnsight.save((torch.cat(parts[::-1], 2), chosen[:2 * p].detach()))
     return saved
 
@@ -321,7 +324,7 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
             x = ln_attn.input
             x = x.unsqueeze(0).repeat(n_heads, 1, 1, 1)  # one copy per head: head h reads copy h
             if n:
-                x[:, :, 2 * t:] += edge_correction(ups, removed, slice(col, col + n_heads), n).to(x.dtype)
+                x[:, :, 2 * t:] += edge_correction(ups, removed, slice(col, col + n_heads), n).to(x.device, x.dtype)
             ln_attn.input = x.reshape(n_heads * rows, width, x.shape[3])
             args, kwargs = attn.inputs  # the mask was built for `rows` rows; attention now runs on H copies
             attn.inputs = (args[:1] + batch_rows(args[1:], rows, copies), batch_kwargs(kwargs, rows, copies))
@@ -333,7 +336,7 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
             col += n_heads
             if n:  # out of place: in a parallel-residual layer this input is the residual stream
                 y = ln_mlp.input
-                corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(y.dtype)
+                corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(y.device, y.dtype)
                 ln_mlp.input = torch.cat([y[:, :2 * t], y[:, 2 * t:] + corr], 1)
             col += 1
             out = mlp.output
@@ -346,7 +349,7 @@ def _trace_edge_packed(model, ids, pos, seq, pre, lim, mask_pos, t, w, joins, n_
             layer.output = (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
         if n:
             f = final.input
-            corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(f.dtype)
+            corr = edge_correction(ups, removed, slice(col, col + 1), n)[0].to(f.device, f.dtype)
             final.input = torch.cat([f[:, :2 * t], f[:, 2 * t:] + corr], 1)
         # the unembedding acts per column: it gets each output row's last column only
         args, kwargs = unembed.inputs
@@ -369,21 +372,22 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
             if first:
                 h0 = layer.input
-                src = h0[:p].unsqueeze(0) if replace is None else replace[:, 0].to(h0.dtype)
+                src = h0[:p].unsqueeze(0) if replace is None else replace[:, 0].to(h0.device, h0.dtype)
                 ups.append((src - h0[p:].view((c, p) + tuple(h0.shape[1:]))).unsqueeze(3))
                 first = False
             split = qkv[li] if qkv is not None else None  # (cuts (c, n_up, H, 3), projections) or None
             x = ln_attn.input
             t = x.shape[1]
-            delta = last_position(torch.cat(ups, 3), last_only)
+            delta = last_position(torch.cat(on_device(ups, x), 3), last_only)
             corr = torch.einsum("cptud,cuh->hcptd", delta.to(removed.dtype),
-                                removed[:, : delta.shape[3], col:col + n_heads]).to(x.dtype)
+                                removed[:, : delta.shape[3], col:col + n_heads].to(x.device)).to(x.dtype)
             corr = torch.cat([torch.zeros_like(corr[:, 0, :]), corr.reshape(n_heads, c * p, t, x.shape[2])], 1)
             x = x.unsqueeze(0) + corr  # (H, rows, T, d)
             groups = 1
             if split is not None:  # three groups of H copies: the queries', the keys' and the values' inputs
                 cut = split[0]
-                own = torch.einsum("cptud,cuhg->ghcptd", delta.to(cut.dtype), cut[:, : delta.shape[3]]).to(x.dtype)
+                own = torch.einsum("cptud,cuhg->ghcptd", delta.to(cut.dtype),
+                                   cut[:, : delta.shape[3]].to(x.device)).to(x.dtype)
                 own = torch.cat([torch.zeros_like(own[:, :, 0]), own.reshape(3, n_heads, c * p, t, x.shape[-1])], 2)
                 x = x.unsqueeze(0) + own
                 groups = 3
@@ -408,26 +412,26 @@ def _trace_edge_patched(model, input_ids, answer_ids, lse, mods, final, conv1d, 
                 ups.append(head_outputs(dz, o_proj.weight, n_heads, head_dim, conv1d))
             else:
                 own = head_outputs(z[p:].view((c, p) + tuple(z.shape[1:])), o_proj.weight, n_heads, head_dim, conv1d)
-                ups.append(replace[:, 1 + col:1 + col + n_heads].to(own.dtype) - own)  # upstream 1 + col: head 0
+                ups.append(replace[:, 1 + col:1 + col + n_heads].to(own.device, own.dtype) - own)  # upstream 1 + col: head 0
             col += n_heads
             y = ln_mlp.input
-            delta = last_position(torch.cat(ups, 3), last_only)
-            corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
+            delta = last_position(torch.cat(on_device(ups, y), 3), last_only)
+            corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col].to(y.device))
             ln_mlp.input = y + torch.cat([torch.zeros_like(y[:p]), corr.reshape((c * p,) + tuple(y.shape[1:]))]).to(y.dtype)
             col += 1
             out = mlp.output
-            src = out[:p].unsqueeze(0) if replace is None else replace[:, col].to(out.dtype)  # upstream col: this MLP
+            src = out[:p].unsqueeze(0) if replace is None else replace[:, col].to(out.device, out.dtype)  # upstream col: this MLP
             ups.append((src - out[p:].view((c, p) + tuple(out.shape[1:]))).unsqueeze(3))
             li += 1
         f = final.input
-        delta = last_position(torch.cat(ups, 3), last_only)
-        corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col])
+        delta = last_position(torch.cat(on_device(ups, f), 3), last_only)
+        corr = torch.einsum("cptud,cu->cptd", delta.to(removed.dtype), removed[:, : delta.shape[3], col].to(f.device))
         final.input = f + torch.cat([torch.zeros_like(f[:p]), corr.reshape((c * p,) + tuple(f.shape[1:]))]).to(f.dtype)
         logits = answer_logits(model.output.logits[:, -1], answer_ids, lse)
         if watch is None:
             saved = nnsight.save(logits)
         else:
-            saved = nnsight.save((logits, torch.stack(probs, 1)))
+            saved = nnsight.save((logits, torch.stack(on_device(probs, logits), 1)))
     return saved
 
 
@@ -458,7 +462,7 @@ def _trace_node_sums(model, input_ids, mods, conv1d, n_heads, head_dim, remote=F
             z = split_heads(o_proj.input, n_heads, head_dim)
             parts.append(head_outputs(z.double(), o_proj.weight.double(), n_heads, head_dim, conv1d).sum(0))
             parts.append(mlp.output.double().sum(0).unsqueeze(1))
-        saved = nnsight.save(torch.cat(parts, 1))
+        saved = nnsight.save(torch.cat(on_device(parts, parts[0]), 1))
     return saved
 
 
@@ -486,7 +490,8 @@ def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = Fals
         embed = root.get_submodule(arch.embed).weight
         emb = embed[idx.to(embed.device)]
         x = layers[0].get_submodule(arch.mlp)(emb[None])[0].double().cpu()  # (N, d), in the model's dtype
-        w_u = root.get_submodule(arch.unembed).weight[idx.to(embed.device)].double().cpu()  # (N, d)
+        unembed = root.get_submodule(arch.unembed).weight  # not necessarily on the embedding's device
+        w_u = unembed[idx.to(unembed.device)].double().cpu()  # (N, d)
         out = []
         for layer in layers:
             w_v = _value_weights(layer.get_submodule(arch.v_proj).weight.double().cpu(), arch.qkv_layout, n_heads, hd,
@@ -641,7 +646,8 @@ def _trace_internals(model, input_ids, mods, values, final, layout, n_heads, hea
             z.append(split_heads(o_proj.input, n_heads, head_dim))
             pattern.append(attn.output[1])
             li += 1
-        saved = nnsight.save((torch.stack(pre, 1), torch.stack(pattern, 1), torch.stack(value, 1), torch.stack(z, 1),
+        saved = nnsight.save((torch.stack(on_device(pre, pre[0]), 1), torch.stack(on_device(pattern, pre[0]), 1),
+                              torch.stack(on_device(value, pre[0]), 1), torch.stack(on_device(z, pre[0]), 1),
                               final.input))
     return saved
 
@@ -778,9 +784,9 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
                                      conv1d))
         scale = norm_scale(final.input, center, eps)  # (n, T)
         rows = unembed_rows(unembed.weight, final.weight, gain_offset, token_ids)  # (n, K, d): γ folded in
-        o = torch.stack(outs, 1).double()  # (n, L, T, H, d)
+        o = torch.stack(on_device(outs, outs[0]), 1).double()  # (n, L, T, H, d)
         if center:
             o = centred(o)
-        o = o / scale[:, None, :, None, None]
-        saved = nnsight.save(torch.einsum("nlthd,nkd->nlhtk", o, rows))
+        o = o / scale[:, None, :, None, None].to(o.device)
+        saved = nnsight.save(torch.einsum("nlthd,nkd->nlhtk", o, rows.to(o.device)))
     return saved

@@ -18,7 +18,7 @@ from ..nnsight_shim import reads_weights
 from ..sites import architecture, resolve
 from . import Scores
 from .graph import _gain_offset, final_norm
-from .trace_ops import centred, neuron_directions, norm_gain, norm_scale, score_answers, unembed_rows
+from .trace_ops import on_device, centred, neuron_directions, norm_gain, norm_scale, score_answers, unembed_rows
 
 
 def _outs(model: Any, layers: Sequence[int]) -> tuple[list, bool]:
@@ -58,7 +58,7 @@ def _trace_activations(model, input_ids, mods, last_only, select, abs_sum, remot
                 a = a[:, :, select[k]]
             rows.append(a.abs().sum((0, 1)) if abs_sum else a)
             k += 1
-        saved = nnsight.save(torch.stack(rows, 0 if abs_sum else 1))
+        saved = nnsight.save(torch.stack(on_device(rows, rows[0]), 0 if abs_sum else 1))
     return saved
 
 
@@ -92,11 +92,12 @@ def _trace_contributions(model, input_ids, answer_ids, mods, conv1d, final, unem
         v = unembed_rows(unembed.weight, final.weight, gain_offset, answer_ids)  # (n, d)
         if center:  # centring w_n is the same as centring v
             v = centred(v)
+        scale = scale.to(v.device)  # everything on the unembedding's device (layers may sit elsewhere)
         out = []
         k = 0
         for mod in mods:
-            proj = v @ neuron_directions(mod.weight.double(), conv1d).T  # (n, N): w_n · v
-            out.append(acts[k] * proj / scale[:, None])
+            proj = v @ neuron_directions(mod.weight.double(), conv1d).T.to(v.device)  # (n, N): w_n · v
+            out.append(acts[k].to(v.device) * proj / scale[:, None])
             k += 1
         saved = nnsight.save(torch.stack(out, 1))
     return saved
@@ -127,11 +128,11 @@ def _trace_lens(model, input_ids, mods, conv1d, final, unembed, center, gain_off
         dirs = []
         for mod in mods:
             dirs.append(neuron_directions(mod.weight.double(), conv1d))  # (N, d): row n = w_n
-        w = torch.stack(dirs)[slot, neurons]  # (k, d)
+        u = unembed.weight.double()
+        w = torch.stack(on_device(dirs, u))[slot, neurons]  # (k, d)
         if center:
             w = centred(w)
-        u = unembed.weight.double()
-        logits = (w * norm_gain(final.weight, gain_offset)) @ (u - u.mean(0)).T  # (k, V)
+        logits = (w * norm_gain(final.weight.to(u.device), gain_offset)) @ (u - u.mean(0)).T  # (k, V)
         best = logits.topk(top, -1)
         saved = nnsight.save((best.indices, best.values))
     return saved
@@ -156,6 +157,6 @@ def _trace_ablated(model, input_ids, answer_ids, plan, remote=False, backend=Non
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         for mod, idx, val in plan:
             x = mod.input
-            x[:, :, idx] = val.to(x.dtype)
+            x[:, :, idx] = val.to(x.device, x.dtype)
         saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved

@@ -12,7 +12,7 @@ import torch
 
 from ..sites import architecture, resolve
 from . import Scores
-from .trace_ops import score_answers
+from .trace_ops import on_device, score_answers
 
 
 def _depths(model: Any) -> list:
@@ -38,7 +38,7 @@ def _trace_read(model, input_ids, depths, positions, remote=False, backend=None)
             if isinstance(x, tuple):
                 x = x[0]
             out.append(x[rows, positions])
-        saved = nnsight.save(torch.stack(out, 1))
+        saved = nnsight.save(torch.stack(on_device(out, out[0]), 1))  # depths may sit on several devices
     return saved
 
 
@@ -79,9 +79,9 @@ def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions,
             if isinstance(x, tuple):
                 x = x[0]
             if freeze is not None:
-                x[freeze[0]] = torch.where(freeze[2][:, :, None], x[freeze[1]], x[freeze[0]])
+                x[freeze[0]] = torch.where(freeze[2].to(x.device)[:, :, None], x[freeze[1]], x[freeze[0]])
             if len(rows):
-                x[rows, positions] = x[src_rows, positions] + add[k].to(x.dtype)
+                x[rows, positions] = x[src_rows, positions] + add[k].to(x.device, x.dtype)
             k += 1
         saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved

@@ -23,6 +23,7 @@ def score_answers(logits, answer_ids, rank=True):
     tokens only (no rank: it costs a comparison of every candidate with the whole vocabulary).
     """
     logits = logits.double()  # ratios of tiny probabilities need it
+    answer_ids = answer_ids.to(logits.device)  # passed in from the CPU; gather wants one device
     log_probs = logits.log_softmax(-1)
     chosen = torch.gather(log_probs, 1, answer_ids)
     if rank == "top":
@@ -37,14 +38,20 @@ def answer_metric(logits, answer_ids, weights, probs):
     """(n,) float64: Σ_k weights[:, k]·f(logits)[answer_ids[:, k]], f the identity or, with
     ``probs``, the softmax over the vocabulary; ``logits`` (n, V)."""
     values = torch.softmax(logits.double(), -1) if probs else logits.double()
-    return (torch.gather(values, 1, answer_ids) * weights).sum(1)
+    return (torch.gather(values, 1, answer_ids.to(values.device)) * weights.to(values.device)).sum(1)
 
 
 def answer_logits(logits, answer_ids, lse=False):
     """The logits (n, K) float64 of the candidate tokens ``answer_ids`` (n, K) in ``logits`` (n, V);
     with ``lse`` a last column holds each row's logsumexp (n, K + 1)."""
-    chosen = torch.gather(logits.double(), 1, answer_ids)
+    chosen = torch.gather(logits.double(), 1, answer_ids.to(logits.device))
     return torch.cat([chosen, torch.logsumexp(logits.double(), -1, keepdim=True)], 1) if lse else chosen
+
+
+def on_device(tensors, like):
+    """``tensors`` (a list), each moved to ``like``'s device: per-layer values of a model that
+    accelerate splits across devices, before they are stacked or combined (no-op on one device)."""
+    return [t.to(like.device) for t in tensors]
 
 
 def batch_rows(values, n, index):
@@ -77,7 +84,7 @@ def interpolate(e, p, steps, alphas):
     if steps <= 1:
         return e
     base = e[p:2 * p].repeat(steps, 1, 1)
-    path = base + alphas.to(e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
+    path = base + alphas.to(e.device, e.dtype) * (e[:p] - e[p:2 * p]).repeat(steps, 1, 1)
     return torch.cat([e[:2 * p], path])
 
 
@@ -87,7 +94,7 @@ def mix_group(x, p, steps, group, alphas):
     base + α·(source − base) at ``alphas`` (steps·p, 1, 1), every other row stays."""
     start = 2 * p + group * steps * p
     clean = x[p:2 * p].repeat(steps, 1, 1)
-    mixed = clean + alphas.to(x.dtype) * (x[:p].repeat(steps, 1, 1) - clean)
+    mixed = clean + alphas.to(x.device, x.dtype) * (x[:p].repeat(steps, 1, 1) - clean)
     return torch.cat([x[:start], mixed, x[start + steps * p:]])
 
 
@@ -183,7 +190,9 @@ def unembed_rows(unembed_weight, norm_weight, gain_offset, token_ids):
     final norm's gain: (..., d) float64. A direct logit effect of a vector o is then
     N(o) / s · these rows (:func:`norm_scale`)."""
     u = unembed_weight.double()
-    return (u[token_ids] - u.mean(0)) * norm_gain(norm_weight, gain_offset)
+    # the final norm and the unembedding may sit on different devices (a model split by
+    # accelerate), and token ids taken from the logits on a third
+    return (u[token_ids.to(u.device)] - u.mean(0)) * norm_gain(norm_weight.to(u.device), gain_offset)
 
 
 def packed_mask(seq, pre, lim, pos, like):
@@ -258,7 +267,7 @@ def edge_correction(ups, removed, cols, n):
     for start, own, base, n_then in ups:
         r, w, k, d = base.shape
         g = removed.shape[0]
-        rem = removed[:, :n, start:start + k, cols].to(base.dtype)  # (G, n, k, K)
+        rem = removed[:, :n, start:start + k, cols].to(base.device, base.dtype)  # (G, n, k, K)
         base = base.reshape(g, r // g, w, k, d)
         parts = []
         if n_then:
@@ -267,5 +276,5 @@ def edge_correction(ups, removed, cols, n):
         if n > n_then:
             parts.append(torch.einsum("gpwkd,gnkh->hgpnwd", base, rem[:, n_then:]))
         part = torch.cat(parts, 3) if len(parts) > 1 else parts[0]
-        total = part if total is None else total + part
+        total = part if total is None else total + part.to(total.device)  # groups of other layers' devices
     return total.reshape(total.shape[0], r, n * w, d)
