@@ -23,6 +23,7 @@ round.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import uuid
 from contextlib import contextmanager
@@ -154,6 +155,11 @@ def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterato
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be an integer >= 1 (got {workers!r})")
+        # worker processes killed mid-task leave their semaphores to Python's resource tracker,
+        # whose clean-up notice at exit would follow the run's one-line error (the tracker,
+        # started with the first worker, takes this interpreter's -W options)
+        if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+            sys.warnoptions.append("ignore:resource_tracker:UserWarning")
         # one thread per worker: one task (one model) at a time in each worker process; no
         # dashboard (it needs bokeh, and a port)
         local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -203,17 +209,21 @@ EVENTS = "reason-interp"  # the scheduler's event topic of finished units: clien
 def _task(fn: Callable[[], T], label: str) -> tuple[str, T]:
     """One unit of work on a worker: (the worker's name, ``fn()``), without progress bars (a
     worker's output goes to its log, not the user's terminal). Each finished unit is an event
-    ``{"unit", "worker", "start", "end"}`` (Unix seconds) on the scheduler (topic
-    :data:`EVENTS`): where and when each revision ran."""
+    ``{"unit", "name", "worker", "start", "end"}`` (the worker's name and address; Unix seconds)
+    on the scheduler (topic :data:`EVENTS`): where and when each revision ran."""
     import time
 
     from distributed import get_worker
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: a LocalCluster's go to the user's terminal
     worker = get_worker()
     start = time.time()
     with silenced():
         value = fn()
-    worker.log_event(EVENTS, {"unit": label, "worker": str(worker.name), "start": start, "end": time.time()})
+    # (the scheduler adds "worker", the worker's address)
+    worker.log_event(EVENTS, {"unit": label, "name": str(worker.name), "start": start, "end": time.time()})
     return str(worker.name), value
 
 

@@ -131,7 +131,7 @@ def test_gpu_workers_get_the_tasks_one_at_a_time(dask, tmp_path):
                          progress=False, scheduler=client)
         log = client.get_events("reason-interp")  # the tasks' (worker, start, end), reported by each task
     assert list(ds.checkpoint.values) == ["step0", "step1", "step2", "main"]
-    spans = sorted((msg["start"], msg["end"], msg["worker"]) for _, msg in log)
+    spans = sorted((msg["start"], msg["end"], msg["name"]) for _, msg in log)
     assert [w for _, _, w in spans] == ["gpu0"] * 4, spans
     assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans  # never two at once
 
@@ -151,6 +151,19 @@ def test_a_worker_sigkilled_mid_task_loses_only_that_task(serial, dask, tmp_path
     assert sorted(resumed.tolist()) == [0] * 17 + [2], resumed
     assert_serial_values(ds, serial["patch"], also_differ=("n_resumed_passes",))
     assert not parts_dir(out).exists()
+
+
+def test_a_task_that_kills_every_worker_it_meets_ends_the_run_with_one_line(tmp_path):
+    # every worker SIGKILLs itself at its first pass; the LocalCluster's nannies restart them,
+    # and after Dask's allowed failures (1 here: two deaths) the run gives up on that task
+    out = tmp_path / "doomed.nc"
+    r = reason_interp(PATCH + ["--workers", "1", "--out", str(out)],
+                      env={"REASON_INTERP_TEST_KILL_AFTER": "1", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    assert r.returncode == 1, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("checkpoint")]
+    assert len(lines) == 1, r.stderr
+    assert "ended 2 workers (killed, out of memory?)" in lines[0] and "the same command resumes" in lines[0], lines
+    assert not out.exists() and len(list(parts_dir(out).rglob("*.npz"))) >= 1
 
 
 def test_a_lost_scheduler_keeps_the_parts_and_the_same_command_resumes(serial, dask, tmp_path):
