@@ -289,12 +289,6 @@ def run_command(experiment: Callable[..., Any], data: Callable[[Any], Any], *, k
         raise UsageError("--adapter is fine-tuned on one base checkpoint: use --revision, not --revisions")
     if adapter and len(models) > 1:
         raise UsageError("--adapter is fine-tuned on one base model: give one --model with it")
-    if workers is not None and scheduler is not None:
-        raise UsageError("give --workers N (a local Dask cluster) or --scheduler ADDRESS (a running one), not both")
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be >= 1 (got {workers})")
-    if scheduler is not None and "://" not in scheduler:
-        raise UsageError(f"--scheduler takes an address such as tcp://127.0.0.1:8786 (got {scheduler!r})")
     from nnsight_reasoning.models import parse_device_map
 
     load = {"device_map": parse_device_map(device_map)} if device_map is not None else {}

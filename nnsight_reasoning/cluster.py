@@ -34,6 +34,10 @@ from .progress import counter, silenced
 
 T = TypeVar("T")
 
+class Stopped(Exception):
+    """A run whose tasks were cancelled by :meth:`Cluster.stop` (another unit of the sweep failed)."""
+
+
 GPU = "GPU"  # the worker resource a GPU-owning worker advertises (dask-worker --resources GPU=1)
 
 
@@ -53,64 +57,97 @@ class Cluster:
         self.address = str(getattr(client.scheduler, "address", "") or client.scheduler_info().get("address", ""))
         self.done_by: dict[str, int] = {}  # tasks finished per worker (shown on the progress bar)
         self._lock = threading.Lock()
+        self._pending: set = set()  # futures submitted and not yet finished, of every run() call
+        self._stopped = threading.Event()
 
     def resources(self) -> dict[str, float] | None:
         """The resources a task asks for: one GPU where workers advertise GPUs (so a GPU worker
-        holds one model at a time), nothing otherwise."""
-        workers = self.client.scheduler_info().get("workers", {}).values()
+        holds one model at a time), nothing otherwise. Decided on the workers connected when a
+        sweep starts (at least one is waited for)."""
+        self.client.wait_for_workers(1)
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
         return {GPU: 1} if any(GPU in (w.get("resources") or {}) for w in workers) else None
 
     def run(self, units: dict[str, Callable[[], T]], description: str, *, progress: bool = True) -> dict[str, T]:
         """``{label: unit()}`` for every unit, each computed as one task on the cluster.
 
         The bar counts tasks done and, per worker, how many each finished. A unit's own error
-        (bad input found late, an NDIF failure) is raised here as it was raised there; a unit
-        that killed its workers again and again, or a lost scheduler, ends the run with a
+        (bad input found late, a full disk, an NDIF failure) is raised here as the serial path
+        raises it; a unit that cannot be pickled is a :class:`UsageError`; a unit that killed
+        its workers again and again, or a lost scheduler, ends the run with a
         :class:`RunError` (the caller adds where the finished parts are).
         """
         from distributed import as_completed
 
         if not units:
             return {}
-        resources = self.resources()
-        run_id = uuid.uuid4().hex[:8]
         try:
-            futures = {self.client.submit(_task, fn, label, key=f"{description}-{label}-{run_id}", pure=False,
-                                          resources=resources): label for label, fn in units.items()}
+            resources = self.resources()
         except Exception as e:  # the scheduler went away before the sweep started
             raise self._lost(e) from None
+        run_id = uuid.uuid4().hex[:8]
+        futures: dict[Any, str] = {}
         results: dict[str, T] = {}
         try:
+            for label, fn in units.items():
+                futures[self._submit(fn, label, f"{description}-{label}-{run_id}", resources)] = label
             with counter(description, len(futures), enabled=progress) as step:
                 for fut in as_completed(futures, raise_errors=False):
                     worker, value = self._result(fut, futures[fut])
                     results[futures[fut]] = value
                     with self._lock:
+                        self._pending.discard(fut)
                         self.done_by[worker] = self.done_by.get(worker, 0) + 1
                     step(1, f"(tasks done per worker: {self._tally()})")
         finally:
             left = [f for f in futures if not f.done()]
             if left:  # a unit failed: the others stop being waited for (their parts stay)
-                try:
-                    self.client.cancel(left)
-                except Exception:
-                    pass
+                self._cancel(left)
         return results
+
+    def stop(self) -> None:
+        """Cancel every task not yet finished, of every :meth:`run` in progress (from other
+        threads: a sweep over models whose first failure ends it); those runs raise
+        :class:`Stopped`."""
+        self._stopped.set()
+        with self._lock:
+            left = list(self._pending)
+        self._cancel(left)
+
+    def _submit(self, fn: Callable[[], Any], label: str, key: str, resources: dict | None) -> Any:
+        if self._stopped.is_set():
+            raise Stopped()
+        try:
+            fut = self.client.submit(_task, fn, label, key=key, pure=False, resources=resources)
+        except Exception as e:
+            if _is_comm(e):
+                raise self._lost(e) from None
+            raise UsageError(f"the work for {label} cannot be sent to the workers ({type(e).__name__}: "
+                             f"{_first_line(e)}): give data and options that pickle") from None
+        with self._lock:
+            self._pending.add(fut)
+        return fut
+
+    def _cancel(self, futures: list) -> None:
+        try:
+            self.client.cancel(futures)
+        except Exception:  # a scheduler already gone cancels nothing
+            pass
 
     def _result(self, fut: Any, label: str) -> tuple[str, Any]:
         from distributed import KilledWorker
 
         try:
             return fut.result()
-        except (UsageError, RunError):
-            raise
         except KilledWorker as e:
-            raise RunError(f"the task for {label} ended {_allowed_failures()} workers (killed, out of memory?): "
+            raise RunError(f"the task for {label} killed every worker that ran it (out of memory?): "
                            f"{_first_line(e)}") from None
         except Exception as e:
-            if _is_lost(e) or fut.status == "cancelled":
-                raise self._lost(e) from None
-            raise
+            if fut.status == "error":  # the unit's own exception: raised as the serial path raises it
+                raise
+            if self._stopped.is_set():
+                raise Stopped() from None
+            raise self._lost(e) from None
 
     def _lost(self, e: BaseException) -> RunError:
         return RunError(f"lost the Dask scheduler at {self.address or '?'} ({type(e).__name__}: {_first_line(e)})")
@@ -163,19 +200,20 @@ def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterato
         # one thread per worker: one task (one model) at a time in each worker process; no
         # dashboard (it needs bokeh, and a port)
         local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=logging.ERROR)
+                                         dashboard_address=None, silence_logs=logging.CRITICAL)
         cluster = Cluster(distributed.Client(local), owned=local)
     elif isinstance(scheduler, distributed.Client):
         cluster = Cluster(scheduler)
         cluster.close = lambda: None  # type: ignore[method-assign]  # the caller's client: theirs to close
     elif isinstance(scheduler, str):
-        if not scheduler.strip():
-            raise UsageError("scheduler is empty: give an address such as tcp://127.0.0.1:8786")
+        if ":" not in scheduler:
+            raise UsageError(f"scheduler takes an address such as tcp://127.0.0.1:8786 or 127.0.0.1:8786 "
+                             f"(got {scheduler!r})")
         try:
             cluster = Cluster(distributed.Client(scheduler, timeout="5s"))
         except (OSError, TimeoutError, ValueError) as e:
             raise UsageError(f"no Dask scheduler answers at {scheduler} ({_first_line(e)}): start one "
-                             "(dask-scheduler) or check the address") from None
+                             "(dask scheduler) or check the address") from None
     else:
         raise UsageError(f"scheduler must be an address (tcp://host:8786) or a distributed.Client "
                          f"(got {type(scheduler).__name__})")
@@ -227,17 +265,12 @@ def _task(fn: Callable[[], T], label: str) -> tuple[str, T]:
     return str(worker.name), value
 
 
-def _is_lost(e: BaseException) -> bool:
+def _is_comm(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to talk to the scheduler (not an error of the work itself)."""
     from distributed.comm.core import CommClosedError
 
-    return isinstance(e, (CommClosedError, OSError, TimeoutError)) or type(e).__name__ in (
+    return isinstance(e, (CommClosedError, ConnectionError)) or type(e).__name__ in (
         "CancelledError", "FutureCancelledError")
-
-
-def _allowed_failures() -> int:
-    import dask.config
-
-    return int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
 
 
 def _short(worker: str) -> str:

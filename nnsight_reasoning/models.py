@@ -243,6 +243,20 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def is_loaded_by_name(model: Any) -> bool:
+    """Whether ``model`` came from :func:`load_model` (so loading its name again gives it back)."""
+    return model in _INFO
+
+
+def relabel(model: Any, name: str) -> Any:
+    """``model`` with the provenance name ``name`` (a local directory loaded by its absolute
+    path on a worker keeps the path the user gave); returns the model."""
+    import dataclasses
+
+    _INFO[model] = dataclasses.replace(model_info(model), name=str(name))
+    return model
+
+
 def model_info(model: Any) -> ModelInfo:
     """Provenance of a model from :func:`load_model`, or a best guess for one built by hand."""
     info = _INFO.get(model)

@@ -109,7 +109,9 @@ def onloaded(model: Any, remote: bool | str = False) -> Iterator[None]:
     except ImportError:  # without accelerate nothing is offloaded
         yield
         return
-    if not _is_ndif(remote) and not getattr(model, "dispatched", True):
+    from .remote import is_ndif
+
+    if not is_ndif(remote) and not getattr(model, "dispatched", True):
         model.dispatch()  # weights load (and offloading hooks attach) at dispatch
     held = []
     try:
@@ -134,7 +136,3 @@ def reads_weights(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(model, *args, **kwargs)
 
     return wrapper
-
-
-def _is_ndif(remote: bool | str) -> bool:
-    return remote not in (False, None, "local")

@@ -71,7 +71,10 @@ def counter(description: str, total: int, *, enabled: bool = True) -> Iterator[C
 def display(enabled: bool = True) -> Iterator[Any]:
     """The live display bars started inside join as lines of their own (also from threads that
     run in a copy of this context), or None when disabled or one is already on screen."""
-    if not enabled or _SILENT.get() or _LIVE.get() is not None:
+    if not enabled or _SILENT.get():
+        yield None
+        return
+    if _LIVE.get() is not None:
         yield _LIVE.get()
         return
     from rich.console import Console

@@ -45,7 +45,7 @@ import xarray as xr
 
 from . import remote as _remote
 from .errors import UsageError
-from .models import load_model, model_info
+from .models import is_loaded_by_name, load_model, model_info, relabel
 from .progress import progress_bar
 from .results.io import provenance, sanitize_attrs
 from .cluster import Cluster, connect
@@ -199,8 +199,8 @@ class Experiment:
         # pickled as the name of its public function (a cluster task then ships a name, not the
         # compute code); one defined where that name does not lead back to it goes by value
         where = (self.compute.__module__, self.compute.__qualname__)
-        try:
-            if _experiment_named(*where) is self:
+        try:  # a script's own __main__ is another module on a worker: by value
+            if where[0] != "__main__" and _experiment_named(*where) is self:
                 return _experiment_named, where
         except (ImportError, AttributeError):
             pass
@@ -273,10 +273,8 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
         raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     _remote.check_remote(remote)
     with connect(scheduler, workers) as cluster:
-        if cluster is not None and resume_dir is not None:
-            resume_dir = Path(resume_dir).resolve()  # workers write there, from their own working directory
         return _execute(exp, model, data, options, batch_size=batch_size, remote=remote, progress=progress,
-                        resume_dir=resume_dir, revisions=revisions, cluster=cluster)
+                        resume_dir=_for_workers(resume_dir, cluster), revisions=revisions, cluster=cluster)
 
 
 def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
@@ -291,7 +289,7 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
                                                      progress=progress, resume_dir=where, revisions=revisions,
                                                      cluster=cluster),
                            model, config=_config(exp, probe, options, batch_size), resume_dir=resume_dir,
-                           progress=progress, scheduler=cluster)
+                           progress=progress, cluster=cluster)
     if _per_tokenizer(data):
         if revisions is None:
             model = coerce_model(model)
@@ -303,17 +301,22 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
     if revisions is None:
         if cluster is None:
             return once(model, resume_dir)
-        name, revision, load_kwargs = _model_spec(model)
-        unit = functools.partial(_loaded_run, once, name, revision, load_kwargs, resume_dir)
-        return cluster.run({revision or "main": unit}, "model", progress=progress)[revision or "main"]
+        name, revision, load_kwargs = _model_spec(model, for_workers=True)
+        unit = functools.partial(_loaded_run, once, _where_for_workers(name, cluster), revision, load_kwargs,
+                                 resume_dir)
+        return _one_unit(cluster, revision or "main", unit, "model", progress)
     if not isinstance(model, (str, Path, type(None))) and model_info(model).load_kwargs.get("adapter"):
         raise UsageError("a model with an adapter is fine-tuned on one base checkpoint: run it without revisions")
     chosen = None
     if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
+        from .results.checkpoints import parse_revisions
+
         option, choose = exp.fixed_in_sweeps
-        unit = functools.partial(_choose_on_last_revision, exp, choose, model, revisions, data, options, batch_size,
+        name, load_kwargs = _sweep_model(model, {}, for_workers=cluster is not None)
+        unit = functools.partial(_choose_on_revision, exp, choose, _where_for_workers(name, cluster),
+                                 parse_revisions(revisions, name)[-1], load_kwargs, data, options, batch_size,
                                  remote, progress, resume_dir)
-        chosen = unit() if cluster is None else cluster.run({option: unit}, option, progress=progress)[option]
+        chosen = _one_unit(cluster, option, unit, option, progress)
         options = {**options, option: chosen[1]}  # `once` reads `options` when called: every revision gets it
     ds = over_revisions(once, model, revisions, config=_config(exp, data, options, batch_size),
                         resume_dir=resume_dir, progress=progress, remote=remote, shared=exp.shared,
@@ -323,30 +326,60 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
     return ds
 
 
+def _one_unit(cluster: Cluster | None, key: str, unit: Callable[[], T], description: str, progress: bool) -> T:
+    """``unit()``, here or as one task on ``cluster``."""
+    return unit() if cluster is None else cluster.run({key: unit}, description, progress=progress)[key]
+
+
+def _for_workers(resume_dir: str | Path | None, cluster: Cluster | None) -> str | Path | None:
+    """``resume_dir`` as workers are given it: absolute (they write there from their own
+    working directory)."""
+    return Path(resume_dir).resolve() if cluster is not None and resume_dir is not None else resume_dir
+
+
 def _loaded_run(experiment: Callable[..., xr.Dataset], name: Any, revision: str | None, load_kwargs: dict[str, Any],
                 resume_dir: str | Path | None) -> xr.Dataset:
     """``experiment(model, resume_dir)`` on the model loaded by name (a unit of work on a worker)."""
-    return experiment(load_model(name, revision, **load_kwargs), resume_dir)
+    return experiment(_load_named(name, revision, load_kwargs), resume_dir)
 
 
-def _model_spec(model: Any) -> tuple[Any, str | None, dict[str, Any]]:
-    """(name, revision, load options) that load ``model`` again elsewhere (on a worker)."""
+def _model_spec(model: Any, for_workers: bool = False) -> tuple[Any, str | None, dict[str, Any]]:
+    """(name, revision, load options) that load ``model`` again, one revision at a time or on a
+    worker. ``for_workers``: a model in memory must have come from :func:`load_model` (a
+    worker loads it by name: one built or edited by hand would be replaced by the checkpoint)."""
     if isinstance(model, (str, Path, type(None))):
         return model, None, {}
+    if for_workers and not is_loaded_by_name(model):
+        raise UsageError("a Dask cluster loads the model on its workers by name: pass a name or directory, or a "
+                         "model from nr.load_model (not one built or changed in memory)")
     info = model_info(model)
     return info.name, info.revision or None, dict(info.load_kwargs)
 
 
-def _choose_on_last_revision(exp: Experiment, choose: Callable[..., Any], model: Any, revisions: Any, data: Any,
-                             options: dict[str, Any], batch_size: int, remote: bool | str, progress: bool,
-                             resume_dir: str | Path | None) -> tuple[str, Any]:
-    """(revision, value): ``choose(run, data, **options)`` on the sweep's last revision, its
-    passes kept in ``<resume_dir>/_<option>`` like any run's."""
-    from .results.checkpoints import parse_revisions
+def _load_named(name: Any, revision: str | None, load_kwargs: dict[str, Any]) -> Any:
+    """:func:`load_model` of ``name``, where a relative local directory may have been made
+    absolute for a worker (``(absolute, as given)``): the model keeps the name it was given."""
+    if isinstance(name, tuple):
+        where, given = name
+        return relabel(load_model(where, revision, **load_kwargs), given)
+    return load_model(name, revision, **load_kwargs)
 
-    name, load_kwargs = _sweep_model(model, {})
-    last = parse_revisions(revisions, name)[-1]
-    m = load_model(name, last, **load_kwargs)
+
+def _where_for_workers(name: Any, cluster: Cluster | None) -> Any:
+    """A relative local model directory as workers load it: ``(absolute path, as given)``."""
+    if cluster is None or not isinstance(name, (str, Path)) or Path(name).expanduser().is_absolute():
+        return name
+    path = Path(name).expanduser()
+    return (str(path.resolve()), name) if path.exists() else name
+
+
+def _choose_on_revision(exp: Experiment, choose: Callable[..., Any], name: Any, last: str,
+                        load_kwargs: dict[str, Any], data: Any, options: dict[str, Any], batch_size: int,
+                        remote: bool | str, progress: bool, resume_dir: str | Path | None) -> tuple[str, Any]:
+    """(revision, value): ``choose(run, data, **options)`` on the sweep's last revision ``last``
+    of the model ``name`` (as :func:`_load_named` takes it), its passes kept in
+    ``<resume_dir>/_<option>`` like any run's."""
+    m = _load_named(name, last, load_kwargs)
     _remote.preflight(m, remote)
     option = exp.fixed_in_sweeps[0]  # type: ignore[index]
     where = None if resume_dir is None else Path(resume_dir) / f"_{option}"
@@ -360,13 +393,11 @@ def _choose_on_last_revision(exp: Experiment, choose: Callable[..., Any], model:
         _free_memory()
 
 
-def _sweep_model(model: Any, load_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _sweep_model(model: Any, load_kwargs: dict[str, Any], for_workers: bool = False) -> tuple[Any, dict[str, Any]]:
     """A sweep's model as a name (a loaded model gives its name and load options), so that each
     revision is loaded alone."""
-    if not isinstance(model, (str, Path, type(None))):
-        info = model_info(model)
-        return info.name, {**info.load_kwargs, **load_kwargs}
-    return model, load_kwargs
+    name, _, kwargs = _model_spec(model, for_workers)
+    return name, {**kwargs, **load_kwargs}
 
 
 def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any], batch_size: int,
@@ -392,6 +423,10 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
     attrs.update(own)
     if adapter:
         attrs["adapter"] = adapter
+    if info.load_kwargs.get("device_map") is not None:  # how the model was placed (accelerate)
+        import json
+
+        attrs["device_map"] = json.dumps(info.load_kwargs["device_map"], sort_keys=True, default=str)
     attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed,
                  n_parameters=_n_parameters(model))
     if _remote.is_ndif(remote):
@@ -462,8 +497,8 @@ def coerce_model(model: Any) -> Any:
 
 # --------------------------------------------------------------------------- models
 def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *, config: dict[str, Any] | None = None,
-                resume_dir: str | Path | None = None, progress: bool = True, scheduler: Any = None,
-                workers: int | None = None) -> xr.Dataset:
+                resume_dir: str | Path | None = None, progress: bool = True,
+                cluster: Cluster | None = None) -> xr.Dataset:
     """Run ``experiment(model, resume_dir)`` on each of ``models`` and stack the results along a
     leading ``model`` dim (:func:`~nnsight_reasoning.results.checkpoints.stack_models`).
 
@@ -471,9 +506,9 @@ def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *,
     a time. With ``resume_dir`` each finished model's Dataset is kept there
     (``model<i>_<name>.nc``) and each unfinished one has a folder of its own parts, so a killed
     sweep resumes from the first unfinished pass. ``config``: as :func:`over_revisions`'s.
-    With ``scheduler`` or ``workers`` (a Dask cluster, as :func:`over_revisions`), the models
-    are sent at once: ``experiment`` is then a harness run that puts its units (each revision)
-    on that cluster, so every (model, revision) is one task.
+    ``cluster`` (the harness's, on which ``experiment`` puts its own units): the models are
+    started at once, so that every (model, revision) is a task on it; the first failure
+    cancels the rest.
     """
     from .results.checkpoints import model_name, stack_models
 
@@ -485,41 +520,49 @@ def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *,
         raise UsageError(f"model {twice[0]} is given twice; each model once (a revision sweep is revisions=)")
     if resume_dir is not None and config is None:
         raise UsageError("over_models(resume_dir=...) needs config=: a description of the experiment")
-    with connect(scheduler, workers) as cluster:
-        store = Parts(resume_dir, {**(config or {}), "models": labels})
-        keys = [f"model{i}_{label}" for i, label in enumerate(labels)]
+    store = Parts(resume_dir, {**(config or {}), "models": labels})
+    keys = [f"model{i}_{label}" for i, label in enumerate(labels)]
 
-        def compute(i: int) -> xr.Dataset:
-            done = experiment(models[i], None if store.dir is None else store.subdir(keys[i]))
-            _free_memory()
-            return store.put_dataset(keys[i], done) or done
+    def compute(i: int) -> xr.Dataset:
+        done = experiment(models[i], None if store.dir is None else store.subdir(keys[i]))
+        _free_memory()
+        return store.put_dataset(keys[i], done) or done
 
-        with store.resume_hint_on_failure():
-            done = {i: store.get_dataset(k) for i, k in enumerate(keys)}
-            missing = [i for i in done if done[i] is None]
-            store.resumed += len(models) - len(missing)
-            if cluster is None:
-                for i in progress_bar(missing, "model", enabled=progress and len(models) > 1,
-                                      label=lambda i: labels[i]):
+    with store.resume_hint_on_failure():
+        done = {i: store.get_dataset(k) for i, k in enumerate(keys)}
+        store.resumed += sum(d is not None for d in done.values())
+        if cluster is None:
+            for i in progress_bar(range(len(models)), "model", enabled=progress and len(models) > 1,
+                                  label=lambda i: labels[i]):
+                if done[i] is None:
                     done[i] = compute(i)
-            else:
-                done.update(_concurrently(compute, missing, progress))
-        return stack_models([done[i] for i in range(len(models))], labels, store.resumed)
+        else:
+            done.update(_concurrently(compute, [i for i in done if done[i] is None], progress, cluster))
+    return stack_models([done[i] for i in range(len(models))], labels, store.resumed)
 
 
-def _concurrently(fn: Callable[[int], T], items: Sequence[int], progress: bool) -> dict[int, T]:
-    """``{i: fn(i)}``, each call in a thread of its own (each waits on its tasks on the cluster),
-    all of their bars lines of one display; the first error is raised once all have ended."""
+def _concurrently(fn: Callable[[int], T], items: Sequence[int], progress: bool, cluster: Cluster) -> dict[int, T]:
+    """``{i: fn(i)}``, each call in a thread of its own that waits on its tasks on ``cluster``,
+    all of their bars lines of one display. The first call to fail stops the others (their
+    tasks are cancelled; finished parts stay) and its error is raised."""
     import contextvars
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+    from .cluster import Stopped
     from .progress import display
 
     if not items:
         return {}
     with display(progress), ThreadPoolExecutor(max_workers=len(items)) as pool:
         futures = {i: pool.submit(contextvars.copy_context().run, fn, i) for i in items}
-    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+        done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+        first = next((f.exception() for f in done if f.exception() is not None), None)
+        if first is not None:
+            cluster.stop()
+    if first is not None:
+        raise first
+    errors = [f.exception() for f in futures.values() if f.exception() is not None
+              and not isinstance(f.exception(), Stopped)]
     if errors:
         raise errors[0]
     return {i: f.result() for i, f in futures.items()}
@@ -572,32 +615,37 @@ def over_revisions(
     """
     from .results.checkpoints import model_name, parse_revisions, stack
 
+    given = model
     model, load_kwargs = _sweep_model(model, load_kwargs)
     names = parse_revisions(revisions, model)
     if resume_dir is not None and config is None:
         raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
                          "parts of a different run are never mixed in")
     with connect(scheduler, workers) as cluster:
-        if cluster is not None and resume_dir is not None:
-            resume_dir = Path(resume_dir).resolve()  # workers write there, from their own working directory
-        store = Parts(resume_dir, {**(config or {}), "model": model_name(model),
-                                   "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})
+        if cluster is not None:
+            _model_spec(given, for_workers=True)  # a model in memory is one workers can load by name
+        store = Parts(_for_workers(resume_dir, cluster),
+                      {**(config or {}), "model": model_name(model),
+                       "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})
+        if cluster is not None:
+            store.open()  # workers write the parts: this run owns (and on failure removes) the folder
         per_revision_dir = "resume_dir" in inspect.signature(experiment).parameters
         with store.resume_hint_on_failure():
             done = {rev: store.get_dataset(rev) for rev in names}
-            missing = [rev for rev in names if done[rev] is None]
-            store.resumed += len(names) - len(missing)
-            units = {rev: functools.partial(_on_revision, experiment, model, rev, load_kwargs, remote, store,
-                                            per_revision_dir) for rev in missing}
+            for rev, part in done.items():  # checked before any work
+                if part is not None and part.attrs.get("revision") not in (rev, None):
+                    raise UsageError(f"{store.dir}: the part for {rev} holds revision {part.attrs.get('revision')}; "
+                                     f"delete it or pass --restart")
+            store.resumed += sum(part is not None for part in done.values())
+            units = {rev: functools.partial(_on_revision, experiment, _where_for_workers(model, cluster), rev,
+                                            load_kwargs, remote, store, per_revision_dir)
+                     for rev in names if done[rev] is None}
             if cluster is None:
-                for rev in progress_bar(missing, "checkpoint", enabled=progress, label=str):
-                    done[rev] = units[rev]()
+                for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
+                    if done[rev] is None:
+                        done[rev] = units[rev]()
             else:
                 done.update(cluster.run(units, "checkpoint", progress=progress))
-            for rev in names:
-                if done[rev].attrs.get("revision") not in (rev, None):
-                    raise UsageError(f"{store.dir}: the part for {rev} holds revision {done[rev].attrs.get('revision')}; "
-                                     f"delete it or pass --restart")
         return stack([done[rev] for rev in names], names, model_name(model), store.resumed, shared)
 
 
@@ -606,17 +654,20 @@ def _on_revision(experiment: Callable[..., xr.Dataset], model: Any, rev: str, lo
     """One unit of a checkpoint sweep, here or on a cluster worker: load ``rev``, run, time it,
     keep the Dataset as the revision's part (read back, so that a fresh and a resumed run hand
     on identical objects); only one model in memory."""
-    t0 = time.perf_counter()
-    m = load_model(model, rev, **load_kwargs)
-    if not _remote.is_ndif(remote):
-        m.dispatch()
-    t1 = time.perf_counter()
-    kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
-    ds = experiment(m, **kwargs)
-    del m  # the only reference we hold: the next revision loads into freed memory
-    _free_memory()
-    done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
-    return store.put_dataset(rev, done) or done
+    from .results.parts import within
+
+    with within(store.dir if store.opened else None):  # on a worker: only while the run's folder exists
+        t0 = time.perf_counter()
+        m = _load_named(model, rev, load_kwargs)
+        if not _remote.is_ndif(remote):
+            m.dispatch()
+        t1 = time.perf_counter()
+        kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
+        ds = experiment(m, **kwargs)
+        del m  # the only reference we hold: the next revision loads into freed memory
+        _free_memory()
+        done = ds.assign_attrs(seconds_load=round(t1 - t0, 3), seconds_run=round(time.perf_counter() - t1, 3))
+        return store.put_dataset(rev, done) or done
 
 
 def _free_memory() -> None:

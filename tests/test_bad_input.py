@@ -169,9 +169,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("circuit", ["--thresholds", "0.5", "--selection", "greedy"], "use it with selection='topn'"),
     ("patch", ["--adapter", "{d}/a_dir.nc", "--revisions", "all"], "--adapter is fine-tuned on one base checkpoint"),
     # a Dask cluster: a local one of N workers, or a running one's address
-    ("evaluate", ["--revisions", "all", "--workers", "0"], "--workers must be >= 1"),
+    ("evaluate", ["--revisions", "all", "--workers", "0"], "workers must be an integer >= 1"),
     ("patch", ["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "not both"),
-    ("evaluate", ["--scheduler", "localhost"], "--scheduler takes an address such as tcp://"),
+    ("evaluate", ["--scheduler", "localhost"], "scheduler takes an address such as tcp://"),
     ("evaluate", ["--revisions", "step0,main", "--scheduler", "tcp://127.0.0.1:9"],
      "no Dask scheduler answers at tcp://127.0.0.1:9"),
     # a device map: a strategy, a JSON object or a JSON file of one

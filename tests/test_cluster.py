@@ -95,8 +95,14 @@ def test_scheduler_of_a_running_cluster_equals_the_serial_run_on_both_workers(se
         (ladder / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
     models = ["embedded", str(ladder)]
     data = lambda tok: nr.tasks.examples("arithmetic", 6, tokenizer=tok)  # noqa: E731
-    on_cluster = nr.evaluate(models, data, revisions="step0,main", progress=False, scheduler=dask.address,
-                             resume_dir=tmp_path / "models.parts")
+    from distributed import Client
+
+    with Client(dask.address, timeout="30s") as client:
+        before = len(client.get_events("reason-interp"))
+        on_cluster = nr.evaluate(models, data, revisions="step0,main", progress=False, scheduler=client,
+                                 resume_dir=tmp_path / "models.parts")
+        units = client.get_events("reason-interp")[before:]
+    assert sorted(msg["unit"] for _, msg in units) == ["main", "main", "step0", "step0"]  # ran there
     here = nr.evaluate(models, data, revisions="step0,main", progress=False)
     assert on_cluster["p_answer"].dims == ("model", "checkpoint", "prompt")
     assert_serial_values(on_cluster, here)
@@ -153,7 +159,19 @@ def test_a_worker_sigkilled_mid_task_loses_only_that_task(serial, dask, tmp_path
     assert not parts_dir(out).exists()
 
 
-def test_a_task_that_kills_every_worker_it_meets_ends_the_run_with_one_line(tmp_path):
+def test_bad_input_found_inside_a_task_is_one_line_exit_2_and_leaves_nothing(tmp_path):
+    # the head is checked against the model, so on a worker: its UsageError reaches the user as
+    # it does serially, and the tasks still running write nothing after the run removed its folder
+    out = tmp_path / "bad.nc"
+    r = reason_interp(["attention", "--head", "7", "--revisions", "step0,step1,step2,main", "--workers", "2",
+                       "--no-progress", "--out", str(out)])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: head 7 is out of range: this model has heads 0..3"], r.stderr
+    time.sleep(3)  # any task left running has ended
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_a_task_that_kills_every_worker_it_meets_ends_the_run_with_one_line(serial, tmp_path):
     # every worker SIGKILLs itself at its first pass; the LocalCluster's nannies restart them,
     # and after Dask's allowed failures (1 here: two deaths) the run gives up on that task
     out = tmp_path / "doomed.nc"
@@ -162,8 +180,16 @@ def test_a_task_that_kills_every_worker_it_meets_ends_the_run_with_one_line(tmp_
     assert r.returncode == 1, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("checkpoint")]
     assert len(lines) == 1, r.stderr
-    assert "ended 2 workers (killed, out of memory?)" in lines[0] and "the same command resumes" in lines[0], lines
+    assert "killed every worker that ran it (out of memory?)" in lines[0] and "on 2 different workers" in lines[0]
+    assert "the same command resumes" in lines[0], lines
     assert not out.exists() and len(list(parts_dir(out).rglob("*.npz"))) >= 1
+
+    # started on a cluster, finished without one: the serial run resumes from the workers' parts
+    r = reason_interp(PATCH + ["--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    ds = nr.load_result(out)
+    assert ds["n_resumed_passes"].values.max() >= 1
+    assert_serial_values(ds, serial["patch"], also_differ=("n_resumed_passes", "n_resumed_revisions"))
 
 
 def test_a_lost_scheduler_keeps_the_parts_and_the_same_command_resumes(serial, dask, tmp_path):

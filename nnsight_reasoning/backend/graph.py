@@ -201,10 +201,7 @@ def _trace_edges(model, input_ids, answer_ids, weights, probs, mods, final, embe
         chosen = answer_metric(model.output.logits[:, -1], answer_ids, weights, probs)
         graded = slice(p, 2 * p) if steps == 1 else slice(2 * p, None)
         objective = chosen[graded].sum()
-        on_one = []  # each layer's deltas on its own device (a model split by accelerate): onto the first's
-        for u in ups:
-            on_one.append(u.to(ups[0].device))
-        delta = torch.cat(on_one, 2).double()
+        delta = torch.cat(on_device(ups, ups[0]), 2).double()  # each layer's on its device (a split model)
         parts = nnsight.save([])
         with objective.backward():
             for k in range(len(inputs) - 1, -1, -1):  # gradients in reverse order

@@ -12,6 +12,7 @@ finished passes of the revision in progress in ``<revision>/``, a Parts folder o
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -26,6 +27,21 @@ import numpy as np
 from ..errors import RunError, UsageError
 
 MANIFEST = "manifest.json"
+
+# While a cluster worker runs a unit of a sweep: the sweep's folder, under which the unit may
+# write only while it exists. A failed run removes the folder it made; a task of that run still
+# running on a worker must not make it again (the corrected command would find its manifest).
+_WITHIN: "contextvars.ContextVar[Path | None]" = contextvars.ContextVar("reason_interp_parts_within", default=None)
+
+
+@contextmanager
+def within(directory: Path | None) -> Iterator[None]:
+    """Parts made inside are written only while ``directory`` exists (None: no condition)."""
+    token = _WITHIN.set(directory)
+    try:
+        yield
+    finally:
+        _WITHIN.reset(token)
 
 
 def parts_dir(results_file: str | Path) -> Path:
@@ -144,6 +160,7 @@ class Parts:
         self.resumed = 0  # parts read back instead of computed
         self.created: Path | None = None  # the outermost folder this object made (only that it may remove)
         self.written: list[Path] = []  # parts written by this object
+        self.opened = False  # made by open(): written by other processes (a cluster's workers)
         if self.dir is None:
             return
         manifest = self.dir / MANIFEST
@@ -157,8 +174,19 @@ class Parts:
                 raise UsageError(f"{self.dir} holds parts of a different run (differs in: {', '.join(diff)}); "
                                  f"use another --out, delete it, or pass --restart to discard it")
 
+    def open(self) -> None:
+        """Make the folder and its manifest now, where the parts are written by other processes
+        (cluster workers, under :func:`within` it): it is then this object's to remove if the
+        run fails before any part."""
+        if self.dir is not None:
+            self._ensure()
+            self.opened = True
+
     def _ensure(self) -> None:
         # Created with the first finished part: a run that fails before any work leaves nothing.
+        root = _WITHIN.get()
+        if root is not None and not root.is_dir():
+            raise RunError(f"{root} was removed: the run this work belongs to has ended")
         if not (self.dir / MANIFEST).is_file():
             if self.created is None and not self.dir.exists():
                 root = self.dir
