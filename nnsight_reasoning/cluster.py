@@ -34,6 +34,7 @@ from .progress import counter, silenced
 
 T = TypeVar("T")
 
+
 class Stopped(Exception):
     """A run whose tasks were cancelled by :meth:`Cluster.stop` (another unit of the sweep failed)."""
 
@@ -252,7 +253,6 @@ def _task(fn: Callable[[], T], label: str) -> tuple[str, T]:
     import time
 
     from distributed import get_worker
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: a LocalCluster's go to the user's terminal
