@@ -87,7 +87,7 @@ def test_scheduler_of_a_running_cluster_equals_the_serial_run_on_both_workers(se
     assert sum(n) == 18, tally
     assert_serial_values(nr.load_result(out), serial["evaluate"])
 
-    # the Python API takes the address too; several models with revisions: each (model,
+    # the Python API takes a distributed.Client; several models with revisions: each (model,
     # revision) one task, stacked as the serial harness stacks them
     ladder = tmp_path / "ladder"  # a local model with revisions: two of the embedded model's
     ladder.mkdir()
