@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +139,13 @@ def load_model(
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def parse_device_map(value: str | dict | None) -> str | dict | None:
+def parse_device_map(value: str) -> str | dict:
     """A device map as ``--device-map`` takes it: one of accelerate's strategies (``auto``,
     ``balanced``, ``balanced_low_0``, ``sequential``), a JSON object ``{"module": device}``
     (devices: ``0``, ``"cuda:1"``, ``"cpu"``, ``"disk"``) or the path of a JSON file holding one."""
     import json
 
-    if value is None or isinstance(value, dict):
-        return value
-    text = str(value).strip()
+    text = value.strip()
     if text in DEVICE_MAPS:
         return text
     if not text.startswith("{"):
@@ -251,9 +249,7 @@ def is_loaded_by_name(model: Any) -> bool:
 def relabel(model: Any, name: str) -> Any:
     """``model`` with the provenance name ``name`` (a local directory loaded by its absolute
     path on a worker keeps the path the user gave); returns the model."""
-    import dataclasses
-
-    _INFO[model] = dataclasses.replace(model_info(model), name=str(name))
+    _INFO[model] = replace(model_info(model), name=str(name))
     return model
 
 

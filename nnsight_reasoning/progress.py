@@ -70,7 +70,8 @@ def counter(description: str, total: int, *, enabled: bool = True) -> Iterator[C
 @contextmanager
 def display(enabled: bool = True) -> Iterator[Any]:
     """The live display bars started inside join as lines of their own (also from threads that
-    run in a copy of this context), or None when disabled or one is already on screen."""
+    run in a copy of this context): the one on screen if there is one, else a new one; None
+    when disabled."""
     if not enabled or _SILENT.get():
         yield None
         return

@@ -615,15 +615,13 @@ def over_revisions(
     """
     from .results.checkpoints import model_name, parse_revisions, stack
 
-    given = model
-    model, load_kwargs = _sweep_model(model, load_kwargs)
+    # on a cluster, a model in memory must be one that workers can load by name
+    model, load_kwargs = _sweep_model(model, load_kwargs, for_workers=scheduler is not None or workers is not None)
     names = parse_revisions(revisions, model)
     if resume_dir is not None and config is None:
         raise UsageError("over_revisions(resume_dir=...) needs config=: a description of the experiment, so that "
                          "parts of a different run are never mixed in")
     with connect(scheduler, workers) as cluster:
-        if cluster is not None:
-            _model_spec(given, for_workers=True)  # a model in memory is one workers can load by name
         store = Parts(_for_workers(resume_dir, cluster),
                       {**(config or {}), "model": model_name(model),
                        "load": {k: str(v) for k, v in load_kwargs.items() if k != "tokenizer"}})

@@ -184,9 +184,9 @@ class Parts:
 
     def _ensure(self) -> None:
         # Created with the first finished part: a run that fails before any work leaves nothing.
-        root = _WITHIN.get()
-        if root is not None and not root.is_dir():
-            raise RunError(f"{root} was removed: the run this work belongs to has ended")
+        required = _WITHIN.get()
+        if required is not None and not required.is_dir():
+            raise RunError(f"{required} was removed: the run this work belongs to has ended")
         if not (self.dir / MANIFEST).is_file():
             if self.created is None and not self.dir.exists():
                 root = self.dir
