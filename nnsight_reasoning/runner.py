@@ -531,13 +531,18 @@ def over_models(experiment: Callable[..., xr.Dataset], models: Sequence[Any], *,
     with store.resume_hint_on_failure():
         done = {i: store.get_dataset(k) for i, k in enumerate(keys)}
         store.resumed += sum(d is not None for d in done.values())
-        if cluster is None:
-            for i in progress_bar(range(len(models)), "model", enabled=progress and len(models) > 1,
-                                  label=lambda i: labels[i]):
-                if done[i] is None:
-                    done[i] = compute(i)
-        else:
-            done.update(_concurrently(compute, [i for i in done if done[i] is None], progress, cluster))
+        missing = [i for i in done if done[i] is None]
+        try:
+            if cluster is None:
+                for i in progress_bar(range(len(models)), "model", enabled=progress and len(models) > 1,
+                                      label=lambda i: labels[i]):
+                    if done[i] is None:
+                        done[i] = compute(i)
+            else:
+                done.update(_concurrently(compute, missing, progress, cluster))
+        except UsageError:  # as over_revisions: bad input keeps none of this call's models
+            store.discard([keys[i] for i in missing])
+            raise
     return stack_models([done[i] for i in range(len(models))], labels, store.resumed)
 
 
@@ -638,12 +643,18 @@ def over_revisions(
             units = {rev: functools.partial(_on_revision, experiment, _where_for_workers(model, cluster), rev,
                                             load_kwargs, remote, store, per_revision_dir)
                      for rev in names if done[rev] is None}
-            if cluster is None:
-                for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
-                    if done[rev] is None:
-                        done[rev] = units[rev]()
-            else:
-                done.update(cluster.run(units, "checkpoint", progress=progress))
+            try:
+                if cluster is None:
+                    for rev in progress_bar(names, "checkpoint", enabled=progress, label=str):
+                        if done[rev] is None:
+                            done[rev] = units[rev]()
+                else:
+                    done.update(cluster.run(units, "checkpoint", progress=progress))
+            except UsageError:
+                # Bad input found in a late revision: the revisions this call finished belong to
+                # the bad command, and would make the corrected one a "different run".
+                store.discard(list(units))  # those missing when it started
+                raise
         return stack([done[rev] for rev in names], names, model_name(model), store.resumed, shared)
 
 

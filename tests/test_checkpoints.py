@@ -111,6 +111,47 @@ def test_any_experiment_sweeps_with_one_model_in_memory_at_a_time(tmp_path):
         nr.over_revisions(unembedding_norm, "embedded", "main", resume_dir=tmp_path / "p")
 
 
+def test_bad_input_found_in_a_late_revision_or_model_keeps_none_of_the_runs_parts(tmp_path):
+    """Bad input found only in the third revision (or the second model): the finished revisions
+    are not kept as parts, so the corrected command, a different run, is not refused; parts that
+    were there before the call stay."""
+    calls = []
+
+    def norm_unless_third(model) -> xr.Dataset:
+        calls.append(nr.models.model_info(model).revision)
+        if len(calls) == 3:
+            raise nr.UsageError("bad input found late")
+        w = model._module.get_output_embeddings().weight
+        return xr.Dataset({"norm": ("token", w.norm(dim=-1)[:3].detach().double().numpy())})
+
+    parts = tmp_path / "p"
+    with pytest.raises(nr.UsageError, match="found late"):
+        nr.over_revisions(norm_unless_third, "embedded", "step0,step1,step2", resume_dir=parts, config={"v": 1},
+                          progress=False)
+    assert calls == ["step0", "step1", "step2"] and not parts.exists()  # made by the call: removed with its parts
+    calls[:] = [None] * 3  # the corrected run (another config) fails no more
+    ds = nr.over_revisions(norm_unless_third, "embedded", "step0,step1", resume_dir=parts, config={"v": 2},
+                           progress=False)
+    assert ds.sizes["checkpoint"] == 2 and sorted(p.name for p in parts.glob("*.nc")) == ["step0.nc", "step1.nc"]
+    calls[:] = []  # a later bad call on the same folder: the parts it found stay, its own go
+    with pytest.raises(nr.UsageError, match="found late"):
+        nr.over_revisions(norm_unless_third, "embedded", "step0,step1,step4,step8,step16", resume_dir=parts,
+                          config={"v": 2}, progress=False)
+    assert calls == ["step4", "step8", "step16"]
+    assert sorted(p.name for p in parts.glob("*.nc")) == ["step0.nc", "step1.nc"]
+
+    def per_model(model, resume_dir) -> xr.Dataset:
+        loaded = nr.load_model(model)
+        loaded.dispatch()
+        return norm_unless_third(loaded)
+
+    calls[:] = [None]  # the second model's call is the third
+    with pytest.raises(nr.UsageError, match="found late"):
+        nr.runner.over_models(per_model, ["embedded", str(nr.embedded.REVISIONS_DIR / "step1")],
+                              resume_dir=tmp_path / "m", config={}, progress=False)
+    assert len(calls) == 3 and not (tmp_path / "m").exists()
+
+
 def patch_cmd(out: Path, seed: int = 2) -> list[str]:
     return ["patch", "--n-prompts", "12", "--seed", str(seed), "--site", "mlp", "--site", "resid",
             "--positions", "all", "--batch-size", "16", "--revisions", "all", "--no-progress", "--out", str(out)]

@@ -20,7 +20,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -303,6 +303,13 @@ class Parts:
         save_result(ds, self.dir / f"{_safe(key)}.nc")
         shutil.rmtree(self.dir / _safe(key), ignore_errors=True)
         return self.get_dataset(key)
+
+    def discard(self, keys: Sequence[str]) -> None:
+        """Remove the finished Datasets stored under ``keys`` (a unit's unfinished passes are
+        its own store's to remove)."""
+        if self.dir is not None:
+            for key in keys:
+                (self.dir / f"{_safe(key)}.nc").unlink(missing_ok=True)
 
     def count(self) -> int:
         """Finished parts (at any depth)."""
