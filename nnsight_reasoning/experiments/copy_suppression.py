@@ -28,7 +28,7 @@ Data: ``nr.tasks.text_sequences`` (the repository: OpenWebText, ``stas/openwebte
 seed 6; its means over 100 sequences, its scores on the first 17 at 61 tokens).
 
 Departures: the function words are the toolkit's list (:data:`FUNCTION_WORDS`, English function
-words and punctuation, plus the tokenizer's special tokens), not the repository's list of ~190
+words and punctuation, plus the tokenizer's special tokens), not the repository's list of 150
 GPT-2 strings; the offline default text is the toolkit's task prompts, on which the embedded
 model's heads are read.
 """
