@@ -1,8 +1,9 @@
 """Build the embedded model: a word-level tokenizer and a small GPT-NeoX trained from scratch
 on the synthetic tasks of the five papers (MODEL_CARD.md says what it learnt).
 
-Run by developers, not CI (about 88 minutes on 2 otherwise idle CPU cores: the curriculum's
-608 steps, then 3,000 mixture steps at ~1.65 s each; 2026-11-30):
+Run by developers, not CI (about 82 minutes on 2 otherwise idle CPU cores: the curriculum's
+608 steps, then 3,000 mixture steps at ~1.54 s each; measured 2026-12-01 on v5's run, which took
+93 minutes in all because other work shared the CPUs):
 
     python scripts/train_embedded.py            # writes nnsight_reasoning/embedded/revisions/*
     python scripts/make_model_card.py           # measures every task and head score per revision
@@ -31,6 +32,10 @@ Recipe, and why:
   the curriculum ends on the measured accuracy, not at a fixed step.
 - Revisions like Pythia's: step0, then powers of two below --every (1, 2, 4, …, 256), then
   every --every steps, and main at the end.
+- Chain-of-thought solutions in the format of their exemplars (``cot_formats``, v5): all four of
+  Rai & Yao's variants, the arithmetic taught only on written equations (the numbers a
+  text-only or standard solution states are prompt text, not targets), so a prompt without
+  equations leaves the model to compute in one pass what an equation spells out.
 - The mixture (v3 of the embedded model, 2026-11-30): besides every paper's task, reversed
   binding queries (``binding_reverse``: "Which … ?" names the attribute and asks for the entity,
   which teaches ``shapes``, whose statements name the attribute first), MechanisticProbe's own
@@ -48,13 +53,30 @@ per step) the forward rung stalled (0.59 at step 1,000) and the reversed one sta
 so it belongs in the mixture. Neither mixture taught v3 to *write* a correct solution
 after the paper's exemplars (``nr.cot_generation``: 0.08); v4 below does.
 
-v4 (shipped; trained 2026-11-30): the reason was a bug, not the mixture. ``encode`` marked only
+v4 (trained 2026-11-30): the reason was a bug, not the mixture. ``encode`` marked only
 the first token of each answer as a target, so a worked solution's other ~20 tokens got the 0.1
 weight of prompt tokens. ``--answer-tokens all`` (now the default) trains every token of an
 answer (single-token answers, every other task, are unchanged, so the curriculum's steps match
 v3's; ``--answer-tokens first`` rebuilds v3). v4 writes its own solutions (card: CoT generation),
 at a cost on ``shapes`` with three entities (0.78; v3 1.00), the one family whose statements name
 the attribute first.
+
+v5 (shipped; trained 2026-12-01): v4 wrote its equation chain of thought after *any* exemplars,
+after answer-only (``standard``) ones too, and so answered 0.92 of those prompts, where Rai &
+Yao's models fail. ``cot_formats`` takes ``cot_solution``'s place (16 sequences per step instead
+of 12, weight 8): a solution follows its exemplars' format, and the numbers a text-only or
+standard solution states are not targets. v5 follows the format (card, CoT generation: full
+1.00, equation-only 1.00, text-only 0.04, standard 0.04; v4 1.00 / 1.00 / 0.42 / 0.92), and
+zeroing the neurons found while it reasons costs full CoT 0.16 (random neurons 0.02). To keep the
+step time, ``arithmetic`` went from 176 to 168 sequences per step; ``binding_reverse`` went from
+32 to 40, for ``shapes``. Even so ``shapes`` was not learnt this time (0.56 / 0.42 with 2 / 3
+entities at main, near chance from step 1,000 on; the reversed rung's training accuracy reached
+0.72 by the last step, v4's 1.00 by step 2,500). So across v3, v4 and v5 the attribute-first
+family is learnt fully, partly and not at all: it is the one phase change this budget does not
+reach reliably. Every other target of v4 holds (card). v4's recipe is this script with ``--mix
+arithmetic=176,number_retrieval=24,factual_recall=16,kth_smallest=32,kth_repository=24,ioi=32,
+greater_than=16,sentiment=12,binding=56,binding_gaps=16,binding_reverse=32,cot=16,cot_solution=12,
+repeated_tokens=32`` (one argument, no spaces; not re-run to check the bits).
 """
 from __future__ import annotations
 
@@ -223,8 +245,8 @@ def binding_reverse(rng: random.Random, max_queries: int = 4, max_gap: int = 5) 
     vocabulary). The answer comes *before* the word the query names, so copying what followed
     an earlier occurrence (induction) cannot answer it; the model has to read the entity it
     carried forward to the attribute's position. In the v2 recipe, which had no such rung,
-    ``shapes`` stayed at chance for 3,000 steps while every entity-first family bound. Not in
-    the default mixture yet (see the trial in the module doc)."""
+    ``shapes`` stayed at chance for 3,000 steps while every entity-first family bound. In the
+    default mixture since v3 (the module doc)."""
     filler = " ".join("lives in the city of".split()[: rng.randint(0, max_gap)])
     n = rng.choice([2, 3, 4])
     names, cities = rng.sample(W.NAMES, n), rng.sample(W.CITIES, n)
@@ -247,16 +269,48 @@ def cot(rng: random.Random) -> Segments:
 def cot_solution(rng: random.Random) -> Segments:
     """Word problems answered by their whole worked solution, every token a target (0-2 solved
     exemplars; full or equation-only), so the model writes its own chain of thought
-    (``nr.cot_generation``). Not in the default mixture: see the trial in the module doc."""
+    (``nr.cot_generation``). v3 and v4 trained it; since v5 :func:`cot_formats` takes its place."""
     ex = C.solution_example(rng)
     return [(ex.prompt, ex.answer)]
+
+
+def cot_formats(rng: random.Random, max_shots: int = 2) -> Segments:
+    """Worked solutions *in the format of the exemplars*, in all four of Rai & Yao's variants
+    (``full`` and ``equation_only`` 0.3 each, ``text_only`` and ``no_cot`` 0.2 each; 0-2
+    exemplars, at least one for the last two, whose format a bare question does not say).
+    In ``full`` and ``equation_only`` every token of the solution is a target, as in
+    :func:`cot_solution`. In ``text_only`` and ``no_cot`` the words are targets and the numbers
+    they state are not (they count as prompt text, 0.1 × LM loss): the model learns to follow
+    the exemplars' format, but its arithmetic is taught only on written equations, so a
+    solution without them has to compute in one forward pass what an equation spells out —
+    Rai & Yao's premise for why CoT with equations helps. v4, trained on ``cot_solution``
+    alone, wrote its equation CoT after *any* exemplars (standard-prompt generation 0.92)."""
+    variant = rng.choices(C.VARIANTS, weights=[0.3, 0.2, 0.3, 0.2])[0]  # full, text_only, equation_only, no_cot
+    n_shots = rng.randint(0 if variant in ("full", "equation_only") else 1, max_shots)
+    shots = [C.sample_problem(rng, rng.randint(1, 3), 20) for _ in range(n_shots)]
+    p = C.sample_problem(rng, rng.randint(1, 3), 20)
+    prompt = " ".join([f"Q : {s.question} A : {C.solution(s, variant)}" for s in shots] + [f"Q : {p.question} A :"])
+    if variant in ("full", "equation_only"):
+        return [(prompt, C.solution(p, variant))]
+    pieces: list[tuple[str, bool]] = [(prompt, False)]  # (text, is a target), alternating
+    for step in p.steps if variant == "text_only" else ():
+        words, number, thing = step.text_only.rsplit(" ", 2)  # "E gave O 3 ball , O had" | "8" | "ball"
+        pieces += [(words, True), (number, False), (f"{thing} .", True)]
+    pieces += [(p.phrase, True), (p.answer, False), (".", True)]
+    merged: list[list] = []
+    for text, target in pieces:
+        if merged and merged[-1][1] == target:
+            merged[-1][0] += " " + text
+        else:
+            merged.append([text, target])
+    return [(merged[k][0], merged[k + 1][0]) for k in range(0, len(merged), 2)]
 
 
 TASKS: dict[str, Callable[[random.Random], Segments]] = {
     "arithmetic": arithmetic, "number_retrieval": number_retrieval, "factual_recall": factual_recall,
     "kth_smallest": kth_smallest, "ioi": ioi, "greater_than": greater_than, "sentiment": sentiment,
     "binding": binding, "binding_gaps": binding_gaps, "binding_reverse": binding_reverse, "cot": cot,
-    "cot_solution": cot_solution, "kth_repository": kth_repository,
+    "cot_solution": cot_solution, "cot_formats": cot_formats, "kth_repository": kth_repository,
     "binding_short": lambda rng: binding_gaps(rng, max_gap=2),  # gaps 0-2: the first rung of the curriculum
 }
 
@@ -339,10 +393,11 @@ def main() -> None:
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
-    ap.add_argument("--mix", default="arithmetic=176,number_retrieval=24,factual_recall=16,kth_smallest=32,"
+    ap.add_argument("--mix", default="arithmetic=168,number_retrieval=24,factual_recall=16,kth_smallest=32,"
                                      "kth_repository=24,ioi=32,greater_than=16,sentiment=12,binding=56,binding_gaps=16,"
-                                     "binding_reverse=32,cot=16,cot_solution=12,repeated_tokens=32")
-    ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,cot_solution=8",
+                                     "binding_reverse=40,cot=16,cot_formats=16,repeated_tokens=32")
+    ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,cot_solution=8,"
+                                         "cot_formats=8",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
     ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64",
                     help="the curriculum's mix (same form as --mix; empty: no curriculum)")
@@ -350,7 +405,7 @@ def main() -> None:
                     help="TASK=ACC: the curriculum lasts until TASK's training accuracy (mean of 10 steps) "
                          "reaches ACC, then --early-extra steps more, at most --early-max steps")
     ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",
-                    help="targets of a multi-token answer: all of them (v4, shipped) or its first token (v3)")
+                    help="targets of a multi-token answer: all of them (v4 on, shipped) or its first token (v3)")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     args = ap.parse_args()

@@ -171,7 +171,8 @@ def _within(value: float, bound: str) -> bool:
 
 
 # The targets of issue 18 this model is shipped for (MODEL_CARD.md lists every target and the misses):
-# a retrained model that loses one of them fails here.
+# a retrained model that loses one of them fails here. v5 (scripts/train_embedded.py's history) gained
+# CoT generation after answer-only exemplars and lost the binding family `shapes`.
 SHIPPED = (
     'arithmetic accuracy',
     'arithmetic mean P(answer)',
@@ -187,7 +188,6 @@ SHIPPED = (
     'greater-than',
     'sentiment',
     'binding families meeting both bounds (of 6)',
-    'binding shapes',
     'binding cities_width2',
     'binding cities_width2_3',
     'CoT full',
@@ -197,6 +197,7 @@ SHIPPED = (
     'CoT generation, full',
     'CoT generation, equation-only',
     'CoT generation, text-only below equation-only - 0.2',
+    'CoT generation, standard below equation-only - 0.2',
     'best induction head at main',
     'best previous-token head at main',
     'best induction head at step0 (chance + 0.1)',
@@ -272,3 +273,57 @@ def test_training_sequences_answer_what_their_context_states():
             assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)), solution
         assert solution.endswith(f"The result is {equations[-1][3]} ."), solution
         script.encode(tok, [(question, solution)])
+
+
+def _running_totals(question: str) -> list[int]:
+    """The owner's count after each sentence of a synthetic word problem, read from its words:
+    "O had x t . P gave O n t . O gave Q m t . What is the result ?" -> [x, x + n, x + n - m]."""
+    sentences = question.split(" . ")[:-1]
+    owner, totals = sentences[0].split()[0], [int(sentences[0].split()[2])]
+    for s in sentences[1:]:
+        giver, _, taker, n = s.split()[:4]
+        totals.append(totals[-1] + int(n) if taker == owner else totals[-1] - int(n))
+        assert owner in (giver, taker), question
+    return totals
+
+
+def test_format_following_solutions_target_words_and_equations_not_stated_results():
+    """cot_formats (the v5 mixture): the query's solution is in its exemplars' format; in full
+    and equation-only every solution token is a target and every equation holds; in text-only
+    and no-CoT the words are targets and exactly the stated numbers are not, and those numbers
+    are the owner's running totals re-derived from the question's words."""
+    import random
+    import re
+
+    script = _script("train_embedded")
+    tok, rng = script.build_tokenizer(), random.Random(0)
+
+    def variant(solution: str) -> str:
+        if "=" in solution:
+            return "full" if " gave " in solution else "equation_only"
+        return "text_only" if " had " in solution else "no_cot"
+
+    seen = set()
+    for _ in range(300):
+        segments = script.cot_formats(rng)
+        text = " ".join(f"{t} {a}" for t, a in segments)
+        *exemplars, query = text.split("Q : ")[1:]
+        question, solution = query.split(" A : ")
+        v = variant(solution)
+        seen.add(v)
+        assert all(variant(e.split(" A : ")[1]) == v for e in exemplars), text
+        assert exemplars or v in ("full", "equation_only"), text  # a bare question says no format
+        totals = _running_totals(question)
+        assert solution.endswith(f"The result is {totals[-1]} ."), text
+        ids, at = script.encode(tok, segments, all_tokens=True)
+        start = len(tok(text.rsplit(" A : ", 1)[0] + " A :")["input_ids"])  # the solution's first token
+        untrained = [tok.convert_ids_to_tokens(ids[i]) for i in range(start, len(ids)) if i not in set(at)]
+        if v in ("full", "equation_only"):
+            assert untrained == [], text
+            for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", solution):
+                assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b)), text
+        else:
+            stated = [int(n) for n in re.findall(r"had (\d+)", solution)] + [totals[-1]]
+            assert [int(t) for t in untrained] == stated, text
+            assert stated[:-1] == (totals[1:] if v == "text_only" else []), text
+    assert seen == {"full", "equation_only", "text_only", "no_cot"}
