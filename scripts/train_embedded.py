@@ -312,6 +312,7 @@ TASKS: dict[str, Callable[[random.Random], Segments]] = {
     "binding": binding, "binding_gaps": binding_gaps, "binding_reverse": binding_reverse, "cot": cot,
     "cot_solution": cot_solution, "cot_formats": cot_formats, "kth_repository": kth_repository,
     "binding_short": lambda rng: binding_gaps(rng, max_gap=2),  # gaps 0-2: the first rung of the curriculum
+    "binding_reverse_short": lambda rng: binding_reverse(rng, max_gap=2),
 }
 
 
@@ -393,6 +394,8 @@ def main() -> None:
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="dropout on each attention and MLP output before it joins the residual stream (training only)")
     ap.add_argument("--mix", default="arithmetic=168,number_retrieval=24,factual_recall=16,kth_smallest=32,"
                                      "kth_repository=24,ioi=32,greater_than=16,sentiment=12,binding=56,binding_gaps=16,"
                                      "binding_reverse=40,cot=16,cot_formats=16,repeated_tokens=32")
@@ -400,10 +403,11 @@ def main() -> None:
                                          "cot_formats=8",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
     ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64",
-                    help="the curriculum's mix (same form as --mix; empty: no curriculum)")
+                    help="the curriculum's mix (same form as --mix; empty: no curriculum); stages in turn are "
+                         "separated by ';'")
     ap.add_argument("--early-until", default="binding_short=0.9",
-                    help="TASK=ACC: the curriculum lasts until TASK's training accuracy (mean of 10 steps) "
-                         "reaches ACC, then --early-extra steps more, at most --early-max steps")
+                    help="TASK=ACC per stage (';'-separated): a stage lasts until TASK's training accuracy (mean "
+                         "of 10 steps) reaches ACC, then --early-extra steps more, at most --early-max steps")
     ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",
                     help="targets of a multi-token answer: all of them (v4 on, shipped) or its first token (v3)")
     ap.add_argument("--early-extra", type=int, default=100)
@@ -418,15 +422,18 @@ def main() -> None:
         vocab_size=len(tok), hidden_size=args.width, num_hidden_layers=args.layers,
         num_attention_heads=args.width // 32, intermediate_size=4 * args.width, max_position_embeddings=256,
         rotary_pct=args.rotary, tie_word_embeddings=False, use_parallel_residual=True, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attention_dropout=0.0, hidden_dropout=0.0,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attention_dropout=0.0, hidden_dropout=args.dropout,
     )
     config._attn_implementation = "eager"  # attention probabilities are part of the analyses
     model = GPTNeoXForCausalLM(config)
     mix = parse_mix(args.mix)
-    early_mix = parse_mix(args.early_mix) if args.early_mix else {}
-    until_task, until_acc = args.early_until.split("=")
-    if early_mix and until_task not in early_mix:
-        ap.error(f"--early-until names {until_task!r}, which is not in --early-mix")
+    stages = [parse_mix(m) for m in args.early_mix.split(";")] if args.early_mix else []
+    untils = [(t, float(a)) for t, a in (u.split("=") for u in args.early_until.split(";"))] if stages else []
+    if len(untils) != len(stages):
+        ap.error(f"--early-mix has {len(stages)} stages and --early-until {len(untils)}: give one TASK=ACC per stage")
+    for stage, (until_task, _) in zip(stages, untils):
+        if until_task not in stage:
+            ap.error(f"--early-until names {until_task!r}, which is not in its stage of --early-mix")
     weight = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(",") if kv)}
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -436,8 +443,9 @@ def main() -> None:
     # The curriculum ends when its task is learnt (a phase change whose step varies with the
     # seed and the thread count); the mixture's steps follow. Decided from the training
     # accuracy, so a run stays deterministic.
-    early_end = 0 if not early_mix else None  # the step the full mixture starts at, once known
-    learnt_at = None
+    early_end = 0 if not stages else None  # the step the full mixture starts at, once known
+    learnt_at: list[int | None] = []  # per stage: the step its task was learnt (None: not by --early-max)
+    stage_from = 0  # the step the current stage started at
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -453,11 +461,13 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
+            **({"dropout": args.dropout} if args.dropout else {}),
             "seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,
             "lm_weight": args.lm_weight, "threads": args.threads, "every": args.every,
-            **({"early_mix": early_mix, "early_until": args.early_until, "early_extra": args.early_extra,
-                "early_max": args.early_max} if early_mix else {})}
-    log, recent, saved = [], [], []
+            # one stage (every release to v5) keeps the original fields' form
+            **({"early_mix": stages[0] if len(stages) == 1 else stages, "early_until": args.early_until,
+                "early_extra": args.early_extra, "early_max": args.early_max} if stages else {})}
+    log, recent, saved, learnt = [], [], [], None
     t0 = time.time()
     step = 0
     while True:
@@ -470,7 +480,7 @@ def main() -> None:
         model.train()
         opt.zero_grad(set_to_none=True)
         stats = {}
-        step_mix = early_mix if early_end is None else mix
+        step_mix = stages[len(learnt_at)] if early_end is None else mix
         n_total = sum(step_mix.values())
         for task, n in step_mix.items():
             if task == "repeated_tokens":
@@ -496,12 +506,17 @@ def main() -> None:
             stats[task] = correct / n_answers
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if early_end is None:
+            until_task, until_acc = untils[len(learnt_at)]
             recent = (recent + [stats[until_task]])[-10:]
-            if learnt_at is None and len(recent) == 10 and sum(recent) / 10 >= float(until_acc):
-                learnt_at = step
-            if (learnt_at is not None and step >= learnt_at + args.early_extra) or step + 1 >= args.early_max:
-                early_end = step + 1
-                print(json.dumps({"curriculum_learnt_at": learnt_at, "mixture_from": early_end}), flush=True)
+            if learnt is None and len(recent) == 10 and sum(recent) / 10 >= until_acc:
+                learnt = step
+            if (learnt is not None and step >= learnt + args.early_extra) or step + 1 - stage_from >= args.early_max:
+                learnt_at.append(learnt)
+                learnt, recent, stage_from = None, [], step + 1
+                if len(learnt_at) == len(stages):
+                    early_end = step + 1
+                print(json.dumps({"curriculum_learnt_at": learnt_at[-1], "stage": len(learnt_at),
+                                  **({"mixture_from": early_end} if early_end is not None else {})}), flush=True)
         opt.step()
         sched.step()
         if step % 50 == 0:
@@ -509,7 +524,8 @@ def main() -> None:
             log.append(row)
             print(json.dumps(row), flush=True)
         step += 1
-    meta.update(steps=step, mixture_steps=args.steps, curriculum_learnt_at=learnt_at, mixture_from=early_end,
+    meta.update(steps=step, mixture_steps=args.steps, mixture_from=early_end,
+                curriculum_learnt_at=learnt_at[0] if len(learnt_at) == 1 else (learnt_at or None),
                 revisions=saved)
     for path in args.out.iterdir():  # every revision records the whole run's schedule
         if (path / "training_meta.json").exists():
