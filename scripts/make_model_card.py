@@ -281,12 +281,16 @@ def _generation(card: dict) -> str:
 def _curriculum(t: dict) -> str:
     if not t.get("early_mix"):
         return ""
-    learnt = (f"learnt at step {t['curriculum_learnt_at']}" if t.get("curriculum_learnt_at") is not None
-              else f"not learnt by step {t['early_max']}")
-    return (f" First a curriculum, `{json.dumps(t['early_mix'])}` per step until `{t['early_until']}` "
-            f"(training accuracy, mean of 10 steps) and {t['early_extra']} steps more: {learnt}, so the full "
-            f"mixture runs from step {t['mixture_from']} for {t['mixture_steps']} steps (the learning rate's "
-            f"cosine decay spans those).")
+    # one stage (v2-v5) is stored as a dict and an int; stages in turn as lists
+    mixes = t["early_mix"] if isinstance(t["early_mix"], list) else [t["early_mix"]]
+    untils = t["early_until"].split(";")
+    learnt = t["curriculum_learnt_at"] if isinstance(t["curriculum_learnt_at"], list) else [t["curriculum_learnt_at"]]
+    said = [f"`{json.dumps(m)}` per step until `{u}` (training accuracy, mean of 10 steps) and {t['early_extra']} "
+            f"steps more: " + (f"learnt at step {at}" if at is not None else f"not learnt within {t['early_max']} steps")
+            for m, u, at in zip(mixes, untils, learnt)]
+    return (f" First a curriculum{' in stages' if len(said) > 1 else ''}, " + "; then ".join(said) +
+            f", so the full mixture runs from step {t['mixture_from']} for {t['mixture_steps']} steps (the learning "
+            f"rate's cosine decay spans those).")
 
 
 def _by_layer(pt: dict) -> str:

@@ -245,6 +245,38 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert step2 == {**meta, "step": 2}
 
 
+@pytest.mark.slow  # two short training runs in subprocesses (~15 s)
+def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
+    """--early-mix with two ';'-separated stages: each stage ends at --early-max steps of its
+    own (counted from where it started), the second stage's mix is what trains next, the
+    mixture follows, and the meta records each stage's mix and outcome (stage 2 ends on
+    binding_reverse_short's accuracy, which only its own mix produces). A stage count that
+    --early-until does not match is refused before anything is written."""
+    import subprocess
+    import sys
+
+    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    stages = ["--early-mix", "binding_short=4,repeated_tokens=2;binding_reverse_short=4",
+              "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
+    args = ["--steps", "2", "--early-max", "3", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1",
+            "--mix", "arithmetic=2"]
+    done = subprocess.run([sys.executable, str(script), *args, *stages, "--out", str(tmp_path / "a")], check=True,
+                          capture_output=True, text=True, timeout=300)
+    ends = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith('{"curriculum_learnt_at"')]
+    assert ends == [{"curriculum_learnt_at": None, "stage": 1},
+                    {"curriculum_learnt_at": None, "stage": 2, "mixture_from": 6}]
+    first = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith('{"step": 0,')]
+    assert set(first[0]) == {"step", "s", "binding_short", "repeated_tokens"}  # step 0 trains stage 1's mix
+    meta = json.loads((tmp_path / "a" / "main" / "training_meta.json").read_text())
+    assert (meta["step"], meta["mixture_from"], meta["curriculum_learnt_at"]) == (8, 6, [None, None])
+    assert meta["early_mix"] == [{"binding_short": 4, "repeated_tokens": 2}, {"binding_reverse_short": 4}]
+    bad = subprocess.run([sys.executable, str(script), *args, "--early-mix", stages[1], "--early-until",
+                          "binding_short=0.9", "--out", str(tmp_path / "b")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "one TASK=ACC per stage" in bad.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_training_sequences_answer_what_their_context_states():
     """The training tasks the next embedded model needs (scripts/train_embedded.py's trial),
     re-derived from each sequence's own text: a reversed binding query is answered by the
