@@ -463,9 +463,9 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
     warmup = 100
-    # The curriculum ends when its task is learnt (a phase change whose step varies with the
-    # seed and the thread count); the mixture's steps follow. Decided from the training
-    # accuracy, so a run stays deterministic.
+    # Each curriculum stage ends when its task is learnt (a phase change whose step varies with
+    # the seed and the thread count), the next stage or the mixture's steps follow. Decided from
+    # the training accuracy, so a run stays deterministic.
     early_end = 0 if not stages else None  # the step the full mixture starts at, once known
     learnt_at: list[int | None] = []  # per stage: the step its task was learnt (None: not by --early-max)
     stage_from = 0  # the step the current stage started at
