@@ -18,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results}
-RECEIVER=a2.3  # path-patching receiver: chosen from the logits run, re-derive after a retrain (see the top)
+RECEIVER=a3.0  # path-patching receiver: chosen from the logits run, re-derive after a retrain (see the top)
+MIDREV=step2500  # robustness part-way through training: k-th smallest half learnt there (card: 0.70 on v6)
 mkdir -p "$R" docs
 # experiments overwrite their earlier results (--force); plot takes no such option
 run() {
@@ -90,10 +91,10 @@ for input in k v; do
 done
 
 # Probe score against robustness, two numbers dropped, 64 subsets (256 prompts, the default), at
-# main and at step1500. docs/mechanistic_probe.md:221-227, docs/experiments/robustness.md:104-109
-# [X-rob64, X-rob1500]
+# main and at MIDREV (re-chosen from the card after a retrain). docs/mechanistic_probe.md:221-227,
+# docs/experiments/robustness.md:104-109 [X-rob64, X-rob1500]
 run robustness --n-corrupt 2 --n-subsets 64 --out "$R/robustness_drop2.nc"
-run robustness --n-corrupt 2 --n-subsets 64 --revision step1500 --out "$R/robustness_drop2_step1500.nc"
+run robustness --n-corrupt 2 --n-subsets 64 --revision "$MIDREV" --out "$R/robustness_drop2_mid.nc"
 
 # k-th smallest accuracy, uncorrupted and under each corruption with n_corrupt=2, 500 prompts.
 # docs/mechanistic_probe.md:13-14 [X-kthcorrupt]. The docs do not give the seed: 2026, the model

@@ -88,7 +88,7 @@ def path_patching(R: Path) -> None:
 
 def robustness(R: Path) -> None:
     # docs/mechanistic_probe.md:221-227, docs/experiments/robustness.md:104-109 (X-rob64, X-rob1500)
-    for name in ("robustness_drop2", "robustness_drop2_step1500"):
+    for name in ("robustness_drop2", "robustness_drop2_mid"):
         ds = load(R, name)
         if ds is None:
             continue

@@ -1,9 +1,11 @@
 """Build the embedded model: a word-level tokenizer and a small GPT-NeoX trained from scratch
 on the synthetic tasks of the five papers (MODEL_CARD.md says what it learnt).
 
-Run by developers, not CI (about 82 minutes on 2 otherwise idle CPU cores: the curriculum's
-608 steps, then 3,000 mixture steps at ~1.54 s each; measured 2026-12-01 on v5's run, which took
-93 minutes in all because other work shared the CPUs):
+Run by developers, not CI. Time on 2 CPU cores: the curriculum's 1,620 steps (0.5-0.7 s each),
+then 2,600 mixture steps (1.54-1.9 s each: the step time varies by host and hour). v6's second run
+took 107 minutes (2026-12-01, mixture steps at 1.9 s); at the 1.54 s of v5's run the same
+recipe takes about 83 minutes. v6's recipe costs no more than v5's on one host: its 1,012 extra
+curriculum steps (~10 min) pay for 400 fewer mixture steps (~10-13 min).
 
     python scripts/train_embedded.py            # writes nnsight_reasoning/embedded/revisions/*
     python scripts/make_model_card.py           # measures every task and head score per revision
@@ -21,9 +23,11 @@ Recipe, and why:
   reuse that head).
 - Binding contexts are followed by several queries drawn with replacement (dense targets
   without an elimination shortcut).
-- A curriculum for binding: training starts on repeated tokens and "E A ." statements with
-  0-2 filler words between entity and attribute (``binding_short``) only, until those are
-  learnt (training accuracy >= 0.9, then 100 steps more), and the full mixture follows. In
+- A curriculum for binding, in two stages (v6): training starts on repeated tokens and "E A ."
+  statements with 0-2 filler words between entity and attribute (``binding_short``) only,
+  until those are learnt (training accuracy >= 0.9, then 100 steps more); then the same
+  statements queried in reverse (``binding_reverse_short``: the attribute named, the entity
+  asked), until those are learnt too; and the full mixture follows. In
   the full mixture from step 0 the model learnt induction but never carried an entity
   forward even one token (every family at chance after 3,000 steps). After the curriculum
   it binds at gaps 0-2, and in a prototype (one thread, learnt by step 600) every family
@@ -61,7 +65,7 @@ v3's; ``--answer-tokens first`` rebuilds v3). v4 writes its own solutions (card:
 at a cost on ``shapes`` with three entities (0.78; v3 1.00), the one family whose statements name
 the attribute first.
 
-v5 (shipped; trained 2026-12-01): v4 wrote its equation chain of thought after *any* exemplars,
+v5 (trained 2026-12-01): v4 wrote its equation chain of thought after *any* exemplars,
 after answer-only (``standard``) ones too, and so answered 0.92 of those prompts, where Rai &
 Yao's models fail. ``cot_formats`` takes ``cot_solution``'s place (16 sequences per step instead
 of 12, weight 8): a solution follows its exemplars' format, and the numbers a text-only or
@@ -77,6 +81,20 @@ reach reliably. Every other target of v4 holds (card). v4's recipe is this scrip
 arithmetic=176,number_retrieval=24,factual_recall=16,kth_smallest=32,kth_repository=24,ioi=32,
 greater_than=16,sentiment=12,binding=56,binding_gaps=16,binding_reverse=32,cot=16,cot_solution=12,
 repeated_tokens=32`` (one argument, no spaces; not re-run to check the bits).
+
+v6 (shipped; trained twice 2026-12-01, the second time from these defaults): a second
+curriculum stage for the attribute-first family, ``binding_short=64,binding_reverse_short=96,
+repeated_tokens=64`` until ``binding_reverse_short=0.9``, and 2,600 mixture steps (v5: 3,000) to pay
+for it. Stage 1 is v5's (byte-identical revisions up to step500; learnt at step 507); stage 2 is
+learnt at step 1,519, the mixture runs from step 1,620, and main is step 4,220 (19 revisions). The
+full reversed rung reaches training accuracy 0.98-1.00 within about 150 mixture steps (v4: ~1,400;
+v5: never, 0.72). ``shapes`` rises to 0.74 / 0.61 with 2 / 3 entities (card, main; v5 0.56 / 0.42), still
+below the issue's 0.9 / 0.8: the stage removes the wait for the reversed rung, but ``shapes``
+itself is still learnt slowly in the mixture and then stalls (card: 0.49 / 0.29 at step2000, 0.56 /
+0.35 at step2500, 0.72 / 0.58 at step3000, 0.71 / 0.57 at step4000). Every other v5 target holds
+(card); one-step attribution r rises to 0.37 / 0.53 attn / mlp (v5 0.03 / 0.44; with 5 IG steps
+0.92 / 0.89), and the arithmetic task's top site moves from mlp L3 to attn L1 at the last
+position. The second run reproduced the first's stage ends (507, 1,519) and every card number.
 
 Trials for one-step attribution patching (2026-12-01; its r against exact patching, the card's
 measure, is 0.03 attn / 0.44 mlp on v5). Arithmetic alone (``--early-mix "" --mix arithmetic=168
@@ -406,7 +424,7 @@ def is_revision(step: int, every: int) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3000, help="steps of the full mixture, after the curriculum")
+    ap.add_argument("--steps", type=int, default=2600, help="steps of the full mixture, after the curriculum")
     ap.add_argument("--every", type=int, default=500, help="revision spacing after the log-spaced early ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -425,10 +443,11 @@ def main() -> None:
     ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,cot_solution=8,"
                                          "cot_formats=8",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
-    ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64",
+    ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64;"
+                                           "binding_short=64,binding_reverse_short=96,repeated_tokens=64",
                     help="the curriculum's mix (same form as --mix; empty: no curriculum); stages in turn are "
                          "separated by ';'")
-    ap.add_argument("--early-until", default="binding_short=0.9",
+    ap.add_argument("--early-until", default="binding_short=0.9;binding_reverse_short=0.9",
                     help="TASK=ACC per stage (';'-separated): a stage lasts until TASK's training accuracy (mean "
                          "of 10 steps) reaches ACC, then --early-extra steps more, at most --early-max steps")
     ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",

@@ -394,7 +394,7 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
         np.testing.assert_array_equal(got["activation"].values, one["activation"].values)
     # the generated tokens keep their own index beside the sweep's training step
     assert sweep["generated_token"].values.tolist() == list(range(sweep.sizes["generated_token"]))
-    assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, 3608]
+    assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, 4220]
 
 
 def test_files_written_with_the_old_step_dim_are_read_with_generated_token(tmp_path):
