@@ -60,7 +60,7 @@ def invoke(args: list[str]) -> None:
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_revisions_sweep_stacks_every_checkpoint(name, tmp_path):
-    # "all" (16 revisions) once, for the cheapest command; three revisions for the others,
+    # "all" (every shipped revision) once, for the cheapest command; three revisions for the others,
     # the untrained one among them
     revisions = "all" if name == "evaluate" else "step0,step256,main"
     want = embedded.revisions() if revisions == "all" else revisions.split(",")
