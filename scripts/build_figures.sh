@@ -8,7 +8,7 @@
 # The last section re-measures the numbers the docs cite without a figure; scripts/docs_numbers.py
 # prints them (and the ones computed on top of the results) to RESULTS_DIR/docs_numbers.txt.
 #
-# NB: the path-patching receiver RECEIVER=a2.3 below is itself a finding: it was chosen from the
+# NB: the path-patching receiver RECEIVER below is itself a finding: it was chosen from the
 # logits run (path_patching_logits.nc: the head with the largest direct effect on the logits, the
 # one name-mover candidate). After a retrain re-derive it BEFORE trusting path_patching.png and the
 # k/v runs: run `reason-interp path-patching --receivers logits --n-prompts 64` (or read
