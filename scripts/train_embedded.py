@@ -118,6 +118,31 @@ learnt (default run: 0.44 / 0.59 at step 500, accuracy 0.28; 0.28 / 0.52 at step
 the lookup the last MLP does, and swapping one operand for another moves that lookup far outside
 a first-order estimate. So no recipe tried reaches r >= 0.9; a wider model (d = 256, 1.6 s a
 step with one thread) was started and stopped for time.
+
+Diagnostics and trials for ``shapes`` on v6 (2026-12-01, after shipping; ``binding_examples``
+prompts, one thread; the trials continue a shipped revision with a fresh AdamW, so they
+approximate the recipe rather than rerun it, and are measured on 200 prompts, seed 0):
+
+- **Errors.** At main every wrong answer is another shape of the context (300 prompts, seed 0;
+  2 entities: 220 right, 80 the other shape, none outside the context), about equally for each
+  statement, and strongly by shape (800 prompts, seed 5): as the answer "cone" is right 0.98
+  of the time, "triangle" 0.43; as the distractor "arrow" never wins, "hexagon" wins 0.62 of
+  the time: a weak binding signal plus a prior over shapes.
+- **The reversed rung does not transfer.** On shapes contexts (300, seed 5) the model answers
+  ``binding_reverse``'s own query ("… Which is red ?") 0.07 / 0.10 (2 / 3 entities), and
+  "… Question : Which shape is colored red ? Answer : The" 0.00: what it knows of ``shapes`` is
+  tied to the family's query, which the mixture trains directly (``binding``, one family in
+  six).
+- **Continuing from step3000** (shapes 0.73 / 0.56) for 200 steps at lr 1.5e-3:
+  the binding tasks alone (``binding=56,binding_gaps=16,binding_reverse=40``) 0.71 / 0.54, the
+  same plus 56 sequences of ``shapes`` contexts a step 0.79 / 0.60. Taking the other tasks
+  away does not help; doubling the family's data helps a little.
+- **In the curriculum.** Stage 2 plus 48 ``shapes`` sequences a step, continued from step500
+  for 1,000 steps at lr 3e-3: shapes stays at chance (0.48 / 0.36) and the reversed rung is not
+  learnt either (training accuracy 0.39; v6's own stage 2 learnt it after about 900 steps).
+
+Untried: a stage that ends on ``shapes`` itself (run until it is learnt, not a fixed count),
+reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider model.
 """
 from __future__ import annotations
 

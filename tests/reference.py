@@ -259,8 +259,9 @@ def reference_attribution(hf, tokenizer, pairs, sites, metric, ig_steps=1):
     return out
 
 
-def reference_scores(hf, tokenizer, pairs, sites, positions):
-    """Per pair: the clean base and source runs and every single patch, one forward each.
+def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
+    """Per pair: the clean base and source runs and every single patch, one forward each
+    (on ``layers`` only, when given: a neuron site costs one forward per unit).
 
     Returns (clean, patched): ``clean[i]`` = {"base": (probs, logits, top), "source": (...)},
     probs and logits of [r1, r2], top = the most probable token id and the gap between the
@@ -280,7 +281,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions):
         clean.append({"base": scores(b, ans), "source": scores(s_ids, ans)})
         pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
         for site in sites:
-            for layer in ([-1] if site == "embed" else range(L)):
+            for layer in ([-1] if site == "embed" else layers if layers is not None else range(L)):
                 if site == "attn_weights":  # (heads, T, T): key (site, i, layer, k, head)
                     src = attention_probs(hf, s_ids, layer)
                     for k, pos in enumerate(pos_list):

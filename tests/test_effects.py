@@ -239,14 +239,13 @@ def test_neuron_site_matches_hooks_on_every_unit(embedded_model, pairs):
     ds = nr.patch(embedded_model, one, sites=["neuron", "mlp"], layers=[1, 3], metric="logit_diff", progress=False)
     assert ds["neurons"].dims == ("prompt", "layer", "position", "neuron") and ds.sizes["neuron"] == 512
     hf = _hf(nr.models.model_info(embedded_model).path)
-    clean, patched = reference_scores(hf, embedded_model.tokenizer, [pairs[0]], ["neuron"], "last")
+    clean, patched = reference_scores(hf, embedded_model.tokenizer, [pairs[0]], ["neuron"], "last", layers=(1, 3))
     scale = logit_scale(hf, embedded_model.tokenizer, one)
     checked = 0
     for (site, i, layer, k, unit), (_, l_star, _, _) in patched.items():
-        if layer in (1, 3):
-            _close(float(ds.neurons.sel(layer=layer, neuron=unit).isel(prompt=0, position=0)),
-                   _logit_diff(clean[0]["base"][1], l_star), scale, f"neuron {unit} of layer {layer}")
-            checked += 1
+        _close(float(ds.neurons.sel(layer=layer, neuron=unit).isel(prompt=0, position=0)),
+               _logit_diff(clean[0]["base"][1], l_star), scale, f"neuron {unit} of layer {layer}")
+        checked += 1
     assert checked == 2 * 512 and np.abs(ds.neurons.values).max() > 0.1
     from rich.console import Console
 
