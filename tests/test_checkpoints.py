@@ -288,7 +288,7 @@ def test_local_directory_of_revisions_sweeps_from_the_cli(tmp_path, embedded_tok
     for rev in ("step0", "step500", "main"):
         (root / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
     out = tmp_path / "local.nc"
-    # in this process (the CLI's own entry point runs in the other CLI tests): the import costs half the time
+    # in this process (the CLI's own entry point runs in the other CLI tests): a subprocess's start costs half the time
     r = in_process(["patch", "--model", str(root), "--revisions", "all", "--n-prompts", "6", "--site", "mlp",
                     "--out", str(out)])
     assert r.returncode == 0, r.stderr

@@ -65,9 +65,7 @@ def test_revisions_sweep_stacks_every_checkpoint(name, tmp_path):
     revisions = "all" if name == "evaluate" else "step0,step256,main"
     want = embedded.revisions() if revisions == "all" else revisions.split(",")
     out = tmp_path / "sweep.nc"
-    # one pass per revision over all of them (the kill tests need COMMANDS' several passes)
-    batch = ["--batch-size", "16"] if revisions == "all" else []
-    invoke(COMMANDS[name] + batch + ["--revisions", revisions, "--out", str(out)])
+    invoke(COMMANDS[name] + ["--revisions", revisions, "--out", str(out)])
     ds = nr.load_result(out)
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["method"] == METHODS[name]
