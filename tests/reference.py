@@ -267,7 +267,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
     probs and logits of [r1, r2], top = the most probable token id and the gap between the
     two largest logits; ``patched[(site, i, layer, k)]`` the same for the patched base run
     (layer -1 for "embed", k the position index of the result)."""
-    L = hf.config.num_hidden_layers
+    layers = range(hf.config.num_hidden_layers) if layers is None else layers
     clean, patched = [], {}
 
     def scores(ids, ans, *patch):
@@ -281,7 +281,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
         clean.append({"base": scores(b, ans), "source": scores(s_ids, ans)})
         pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
         for site in sites:
-            for layer in ([-1] if site == "embed" else layers if layers is not None else range(L)):
+            for layer in ([-1] if site == "embed" else layers):
                 if site == "attn_weights":  # (heads, T, T): key (site, i, layer, k, head)
                     src = attention_probs(hf, s_ids, layer)
                     for k, pos in enumerate(pos_list):
