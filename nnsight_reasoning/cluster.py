@@ -211,6 +211,7 @@ def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterato
             raise UsageError(f"scheduler takes an address such as tcp://127.0.0.1:8786 or 127.0.0.1:8786 "
                              f"(got {scheduler!r})")
         try:
+            _refuses(scheduler)
             cluster = Cluster(distributed.Client(scheduler, timeout="5s"))
         except (OSError, TimeoutError, ValueError) as e:
             raise UsageError(f"no Dask scheduler answers at {scheduler} ({_first_line(e)}): start one "
@@ -225,6 +226,29 @@ def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterato
             cluster.close()
         except Exception:  # a scheduler already gone: nothing left to close
             pass
+
+
+def _refuses(address: str) -> None:
+    """Raise the OSError of a TCP scheduler address where nothing listens: the Dask client
+    would retry it for its whole timeout before saying so. Other schemes, and addresses that
+    answer or time out, are left to the client."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location) if scheme == "tcp" else (None, None)
+    except ValueError:
+        return  # the client says what is wrong with it
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise
+    except OSError:  # unreachable, unknown host or slow: the client's own error says which
+        return
 
 
 @contextmanager

@@ -93,19 +93,29 @@ def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer
     assert float(ev.accuracy.sel(checkpoint="main")) > float(ev.accuracy.sel(checkpoint="step0")) + 0.5
 
 
-def test_any_experiment_sweeps_with_one_model_in_memory_at_a_time(tmp_path):
+@pytest.mark.parametrize("cycle", [False, True], ids=["refcount", "cycle"])
+def test_any_experiment_sweeps_with_one_model_in_memory_at_a_time(tmp_path, monkeypatch, cycle):
+    # No gc.collect here: the harness itself must have freed the last revision's weights, also
+    # when a reference cycle holds them (then it runs the collector; otherwise it skips it, ~0.3 s
+    # a revision).
     seen: list[weakref.ref] = []
+    collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or collect(*a))
 
     def unembedding_norm(model) -> xr.Dataset:
-        gc.collect()
-        assert all(r() is None for r in seen), "the previous revision's model is still in memory"
-        seen.append(weakref.ref(model))
+        assert all(r() is None for r in seen), "the previous revision's weights are still in memory"
+        seen.append(weakref.ref(model._module))
+        if cycle:  # what an experiment's closure or a traceback can leave behind
+            loop: dict = {"model": model}
+            loop["self"] = loop
         w = model._module.get_output_embeddings().weight
         return xr.Dataset({"norm": ("token", w.norm(dim=-1)[:5].detach().double().numpy())},
                           attrs={"revision": nr.models.model_info(model).revision})
 
     ds = nr.over_revisions(unembedding_norm, "embedded", "step0,step1500,main", progress=False)
     assert ds.norm.dims == ("checkpoint", "token") and len(seen) == 3
+    assert len(collections) == (3 if cycle else 0)
     assert not np.allclose(ds.norm.sel(checkpoint="step0"), ds.norm.sel(checkpoint="main"))
     with pytest.raises(nr.UsageError, match="needs config="):
         nr.over_revisions(unembedding_norm, "embedded", "main", resume_dir=tmp_path / "p")
