@@ -141,8 +141,21 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   for 1,000 steps at lr 3e-3: shapes stays at chance (0.48 / 0.36) and the reversed rung is not
   learnt either (training accuracy 0.39; v6's own stage 2 learnt it after about 900 steps).
 
-Untried: a stage that ends on ``shapes`` itself (run until it is learnt, not a fixed count),
-reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider model.
+- **A stage that ends on ``shapes`` itself** (2026-12-02): from step1500 (inside stage 2; shapes
+  0.37 / 0.24 on these prompts, card 0.39 / 0.23), stage 2's mix plus 64 sequences a step of the
+  family (the ``shapes`` task, weight 2) at lr 3e-3, until its training accuracy (mean of 10
+  steps) reached 0.9: learnt after 292 steps, shapes 0.965 / 0.90 (2 / 3 entities; cities 0.975).
+  So the family is learnt quickly once the reversed rung is, when it is trained on its own; in
+  the mixture (one family in six of ``binding``) it is not. Whether the mixture keeps it is what a
+  full run answers: the candidate for v7 is this script with a third stage,
+  ``--early-mix "binding_short=160,repeated_tokens=64;binding_short=64,binding_reverse_short=96,
+  repeated_tokens=64;binding_short=64,binding_reverse_short=96,repeated_tokens=64,shapes=64"
+  --early-until "binding_short=0.9;binding_reverse_short=0.9;shapes=0.9"`` and ``shapes=2`` added
+  to ``--weights`` (stages 1-2 and their revisions are v6's bit for bit: ``binding`` draws its
+  family as before).
+
+Untried: reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider
+model.
 """
 from __future__ import annotations
 
@@ -275,10 +288,12 @@ def sentiment(rng: random.Random) -> Segments:
     return [(ex.prompt, rng.choice(ex.answers))]
 
 
-def binding(rng: random.Random, max_queries: int = 4) -> Segments:
-    """A context of 2-4 statements of one family, then 1..max_queries queries drawn with
-    replacement (distinct queries would let the last be answered by elimination)."""
-    family = rng.choice(B.EMBEDDED_FAMILIES)  # the trained six (binding-iclr's PARALLEL, ONEHOP need other words)
+def binding(rng: random.Random, max_queries: int = 4, family: str | None = None) -> Segments:
+    """A context of 2-4 statements of one family (``family``, or one of the trained six drawn
+    at random), then 1..max_queries queries drawn with replacement (distinct queries would let
+    the last be answered by elimination)."""
+    if family is None:  # drawn only here, so a run without the family stage keeps its bits
+        family = rng.choice(B.EMBEDDED_FAMILIES)  # the trained six (binding-iclr's PARALLEL, ONEHOP need other words)
     width = 2 if B.FAMILIES[family].people and rng.random() < 0.3 else 1
     ctx = B.sample_context(rng, rng.choice([2, 2, 3, 3, 4]), family, width)
     ks = [rng.randrange(len(ctx.entities)) for _ in range(rng.randint(1, max_queries))]
@@ -379,6 +394,9 @@ TASKS: dict[str, Callable[[random.Random], Segments]] = {
     "cot_solution": cot_solution, "cot_formats": cot_formats, "kth_repository": kth_repository,
     "binding_short": lambda rng: binding_gaps(rng, max_gap=2),  # gaps 0-2: the first rung of the curriculum
     "binding_reverse_short": lambda rng: binding_reverse(rng, max_gap=2),
+    # the attribute-first family alone, for a curriculum stage that ends when it is learnt
+    # (trial of 2026-12-02 in the module doc)
+    "shapes": lambda rng: binding(rng, family="shapes"),
 }
 
 
