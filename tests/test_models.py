@@ -309,6 +309,26 @@ def test_training_sequences_answer_what_their_context_states():
         script.encode(tok, [(question, solution)])
 
 
+
+def test_the_shapes_task_is_the_attribute_first_family_alone():
+    """``shapes`` (train_embedded's task for a curriculum stage that ends on that family): every
+    sequence is a context of "The <shape> is <colour> ." statements whose every query, "Which
+    shape is colored <colour> ?", is answered by the shape stated with that colour."""
+    import random
+    import re
+
+    script = _script("train_embedded")
+    tok, rng = script.build_tokenizer(), random.Random(1)
+    for _ in range(200):
+        segments = script.TASKS["shapes"](rng)
+        context = segments[0][0].split(" Question : ")[0]
+        shape_of = {colour: shape for shape, colour in re.findall(r"The (\w+) is (\w+) \.", context)}
+        assert 2 <= len(shape_of) <= 4 and context.count(" . ") + context.endswith(" .") == len(shape_of), context
+        for text, answer in segments:
+            [colour] = re.findall(r"Which shape is colored (\w+) \?", text)
+            assert shape_of[colour] == answer, segments
+        script.encode(tok, segments)  # raises on an out-of-vocabulary word
+
 def _running_totals(question: str) -> list[int]:
     """The owner's count after each sentence of a synthetic word problem, read from its words:
     "O had x t . P gave O n t . O gave Q m t . What is the result ?" -> [x, x + n, x + n - m]."""
