@@ -229,9 +229,9 @@ def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterato
 
 
 def _refuses(address: str) -> None:
-    """Raise the OSError of a TCP scheduler address where nothing listens: the Dask client
-    would retry it for its whole timeout before saying so. Other schemes, and addresses that
-    answer or time out, are left to the client."""
+    """Raise ``ConnectionRefusedError`` for a TCP scheduler address where nothing listens: the
+    Dask client would retry it for its whole timeout (5 s) before saying so. Other schemes, and
+    addresses that answer, time out or do not resolve, are left to the client's own error."""
     import socket
 
     from distributed.comm.addressing import parse_address, parse_host_port
@@ -248,7 +248,7 @@ def _refuses(address: str) -> None:
     except ConnectionRefusedError:
         raise
     except OSError:  # unreachable, unknown host or slow: the client's own error says which
-        return
+        pass
 
 
 @contextmanager

@@ -309,7 +309,6 @@ def test_training_sequences_answer_what_their_context_states():
         script.encode(tok, [(question, solution)])
 
 
-
 def test_the_shapes_task_is_the_attribute_first_family_alone():
     """``shapes`` (train_embedded's task for a curriculum stage that ends on that family): every
     sequence is a context of "The <shape> is <colour> ." statements whose every query, "Which
@@ -328,6 +327,7 @@ def test_the_shapes_task_is_the_attribute_first_family_alone():
             [colour] = re.findall(r"Which shape is colored (\w+) \?", text)
             assert shape_of[colour] == answer, segments
         script.encode(tok, segments)  # raises on an out-of-vocabulary word
+
 
 def _running_totals(question: str) -> list[int]:
     """The owner's count after each sentence of a synthetic word problem, read from its words:
