@@ -158,8 +158,9 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   1822, the mixture runs from 1923 and main is step 4523 (20 revisions, step4500 added). On the
   prompts above (``nr.evaluate``, 200, seed 0) shapes is 1.00 / 0.98 (2 / 3 entities) at step2000,
   1.00 / 0.995 at step2500 and 1.00 / 1.00 at step3000: the mixture keeps what the stage taught
-  (v6, its card: 0.49 / 0.29, 0.56 / 0.35, 0.72 / 0.58). Arithmetic trails v6 by the stage's ~300 steps
-  (0.505 at step3000; v6's card 0.93). Mixture steps took 2.0-2.3 s on this host and day.
+  (v6, its card: 0.49 / 0.29, 0.56 / 0.35, 0.72 / 0.58). Arithmetic is learnt later than in v6:
+  0.505 / 0.585 / 0.92 at step3000 / 3500 / 4000 (1,077 / 1,577 / 2,077 mixture steps; v6 on the
+  same prompts 0.93 after 1,380). Mixture steps took 2.0-2.3 s on this host and day.
 
 Untried: reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider
 model.
