@@ -238,13 +238,14 @@ def _refuses(address: str) -> None:
 
     try:
         scheme, location = parse_address(address)
-        host, port = parse_host_port(location) if scheme == "tcp" else (None, None)
+        if scheme != "tcp":
+            return
+        host, port = parse_host_port(location)
     except ValueError:
         return  # the client says what is wrong with it
-    if host is None:
-        return
     try:
-        socket.create_connection((host, port), timeout=5).close()
+        # a refusal is immediate; a short timeout keeps a slow host from waiting twice (here, then the client)
+        socket.create_connection((host, port), timeout=1).close()
     except ConnectionRefusedError:
         raise
     except OSError:  # unreachable, unknown host or slow: the client's own error says which
