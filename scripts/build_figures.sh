@@ -8,18 +8,15 @@
 # The last section re-measures the numbers the docs cite without a figure; scripts/docs_numbers.py
 # prints them (and the ones computed on top of the results) to RESULTS_DIR/docs_numbers.txt.
 #
-# NB: the path-patching receiver RECEIVER below is itself a finding: it was chosen from the
-# logits run (path_patching_logits.nc: the head with the largest direct effect on the logits, the
-# one name-mover candidate). After a retrain re-derive it BEFORE trusting path_patching.png and the
-# k/v runs: run `reason-interp path-patching --receivers logits --n-prompts 64` (or read
-# pathpatch.logits.top_head in docs_numbers.txt, which also prints
-# pathpatch.q.receiver_is_logits_top_head), edit RECEIVER here and the figure's caption and
-# commands in docs/experiments/path-patching.md.
+# Two choices are findings of the model, derived here rather than typed (scripts/docs_numbers.py):
+# the path-patching receiver RECEIVER is the head with the largest direct effect on the logits
+# (path_patching_logits.nc, run first: the one name-mover candidate), and the robustness
+# mid-training checkpoint MIDREV is the first revision whose model-card k-th smallest accuracy
+# reaches 0.5. After a retrain, the docs that name them (docs/experiments/path-patching.md, its
+# schema command; docs/mechanistic_probe.md, docs/experiments/robustness.md) follow the log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results}
-RECEIVER=a3.0  # path-patching receiver: chosen from the logits run, re-derive after a retrain (see the top)
-MIDREV=step2500  # robustness part-way through training: k-th smallest half learnt there (card: 0.70 on v6)
 mkdir -p "$R" docs
 # experiments overwrite their earlier results (--force); plot takes no such option
 run() {
@@ -27,6 +24,13 @@ run() {
   echo "\$ reason-interp $*" | tee -a "$R/log.txt"; reason-interp "$@" "${force[@]}" 2>&1 | tee -a "$R/log.txt"
 }
 : > "$R/log.txt"
+
+# Path patching at main, 64 IOI pairs, direct effects on the logits: RECEIVER is its largest head
+run path-patching --receivers logits --n-prompts 64 --out "$R/path_patching_logits.nc"
+RECEIVER=$(python scripts/docs_numbers.py --receiver "$R")
+MIDREV=$(python scripts/docs_numbers.py --midrev)
+echo "RECEIVER=$RECEIVER (largest head on the logits) MIDREV=$MIDREV (k-th smallest half learnt, model card)" \
+  | tee -a "$R/log.txt"
 
 run patch --task arithmetic --out "$R/patch.nc"
 run evaluate --task arithmetic --revisions all --out "$R/curve.nc"
@@ -79,19 +83,18 @@ run plot "$R/cot_generation.nc" --out docs/cot_generation.png
 # settings are the ones those lines state. scripts/docs_numbers.py (the end) prints every number,
 # including those computed on top of the files (Pearson r of edge scores, circuit stability, Δ norms).
 
-# Path patching at main, 64 IOI pairs: direct effects on the logits, flip pairs (the run RECEIVER
-# is chosen from) and into RECEIVER's keys and values at the last position, IO and S1 swapped.
+# Path patching at main, 64 IOI pairs, into RECEIVER's keys and values at the last position, IO
+# and S1 swapped (the logits run RECEIVER is chosen from is at the top).
 # docs/experiments/path-patching.md:92,100-104, docs/tigges.md:328-335 [X-pplogits, X-ppkv]. The
 # docs' k/v number ("under 0.2 % on 4 pairs", tigges.md:334) came from an ad-hoc run on 4 pairs;
 # this uses the 64 pairs of the q run and of path-patching.md:100.
-run path-patching --receivers logits --n-prompts 64 --out "$R/path_patching_logits.nc"
 for input in k v; do
   run path-patching --param corruption=swap --receivers "$RECEIVER" --receiver-input $input --position last \
       --n-prompts 64 --out "$R/path_patching_$input.nc"
 done
 
 # Probe score against robustness, two numbers dropped, 64 subsets (256 prompts, the default), at
-# main and at MIDREV (re-chosen from the card after a retrain). docs/mechanistic_probe.md:221-227,
+# main and at MIDREV (chosen from the card at the top). docs/mechanistic_probe.md:221-227,
 # docs/experiments/robustness.md:104-109 [X-rob64, X-rob1500]
 run robustness --n-corrupt 2 --n-subsets 64 --out "$R/robustness_drop2.nc"
 run robustness --n-corrupt 2 --n-subsets 64 --revision "$MIDREV" --out "$R/robustness_drop2_mid.nc"

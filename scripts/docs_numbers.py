@@ -3,6 +3,8 @@ scripts/build_figures.sh (its section "numbers the docs cite (no figure)", plus 
 path_patching.nc of the figures above it).
 
     python scripts/docs_numbers.py RESULTS_DIR        # build_figures.sh tees this to RESULTS_DIR/docs_numbers.txt
+    python scripts/docs_numbers.py --receiver RESULTS_DIR   # the path-patching receiver (build_figures.sh)
+    python scripts/docs_numbers.py --midrev                 # the robustness mid-training revision (same)
 
 One line per number, "label value", e.g. ``igpoints.r.midpoint5 0.9823``; the label names the
 result file's measure, and the comment above each block says which docs lines quote it. Every
@@ -55,14 +57,30 @@ def checkpoints(ds):
     return [str(c) for c in ds["checkpoint"].values]
 
 
+def logits_top_head(logits) -> str:
+    """The head with the largest direct effect on the logits (path patching, receivers logits): the
+    name-mover candidate, and the receiver of build_figures.sh's q/k/v runs."""
+    eff = logits["relative_effect"]
+    heads = eff.where(eff["sender_kind"] == "head", drop=True)
+    return str(heads["sender"].values[int(np.nanargmax(np.abs(heads.values)))])
+
+
+def mid_revision(card: dict) -> str:
+    """The first revision at which the model card's k-th smallest accuracy reaches 0.5 (the task
+    half learnt): where robustness is measured part-way through training."""
+    from nnsight_reasoning import embedded
+
+    acc = card["accuracy"]
+    return next(r for r in embedded.revisions() if acc[r]["kth_smallest"] >= 0.5)
+
+
 def path_patching(R: Path) -> None:
     # docs/experiments/path-patching.md:100-105, docs/tigges.md:328-335 (X-pplogits, BF-pp, X-ppkv)
     logits = load(R, "path_patching_logits")
     top_head = None
     if logits is not None:
         eff = logits["relative_effect"]
-        heads = eff.where(eff["sender_kind"] == "head", drop=True)
-        top_head = str(heads["sender"].values[int(np.nanargmax(np.abs(heads.values)))])
+        top_head = logits_top_head(logits)
         top_node = str(eff["sender"].values[int(np.nanargmax(np.abs(eff.values)))])
         out("pathpatch.logits.top_head", top_head)  # the receiver of the q/k/v runs below must be this head
         out(f"pathpatch.logits.{top_head}", float(eff.sel(sender=top_head)))
@@ -228,9 +246,21 @@ def sweeps(R: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/docs_numbers.py RESULTS_DIR")
-    R = Path(sys.argv[1])
+    args = sys.argv[1:]
+    if args == ["--midrev"]:
+        from nnsight_reasoning import embedded
+
+        print(mid_revision(embedded.card()))
+        return
+    if len(args) == 2 and args[0] == "--receiver":
+        ds = load(Path(args[1]), "path_patching_logits")
+        if ds is None:
+            sys.exit(f"no path_patching_logits.nc in {args[1]}")
+        print(logits_top_head(ds))
+        return
+    if len(args) != 1:
+        sys.exit("usage: python scripts/docs_numbers.py RESULTS_DIR | --receiver RESULTS_DIR | --midrev")
+    R = Path(args[0])
     for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps):
         block(R)
     if MISSING:

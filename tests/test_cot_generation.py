@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -394,7 +395,8 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
         np.testing.assert_array_equal(got["activation"].values, one["activation"].values)
     # the generated tokens keep their own index beside the sweep's training step
     assert sweep["generated_token"].values.tolist() == list(range(sweep.sizes["generated_token"]))
-    assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, 4220]
+    main_step = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())["step"]
+    assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, main_step]
 
 
 def test_files_written_with_the_old_step_dim_are_read_with_generated_token(tmp_path):

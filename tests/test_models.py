@@ -146,6 +146,23 @@ def _script(name: str):
     return script
 
 
+def test_build_figures_choices_follow_the_model(embedded_model):
+    """scripts/build_figures.sh derives two findings instead of typing them (docs_numbers.py): the
+    path-patching receiver is the head, never an MLP node, with the largest direct effect on the
+    logits; the robustness mid-training revision is the first whose card k-th smallest accuracy
+    reaches 0.5."""
+    numbers = _script("docs_numbers")
+    pp = nr.path_patching(embedded_model, nr.tasks.ioi(8, tokenizer=embedded_model.tokenizer), receivers="logits")
+    heads = [s for s, k in zip(pp.sender.values, pp.sender_kind.values) if k == "head"]
+    effect = {s: abs(float(pp.relative_effect.sel(sender=s))) for s in pp.sender.values}
+    assert len(heads) < len(effect)  # MLP nodes and the embeddings compete too, and must be skipped
+    assert numbers.logits_top_head(pp) == max(heads, key=effect.get)
+    card, revs = embedded.card(), embedded.revisions()
+    mid = numbers.mid_revision(card)
+    kth = [card["accuracy"][r]["kth_smallest"] for r in revs]
+    assert kth[revs.index(mid)] >= 0.5 > max(kth[:revs.index(mid)])
+
+
 @pytest.mark.slow
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
@@ -243,6 +260,11 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     meta = json.loads((tmp_path / "a" / "main" / "training_meta.json").read_text())
     assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (11, 11, 8, [0, 1, 2, 4, 8, 11])
     assert meta["curriculum_learnt_at"] == [None, None]
+    # the script's defaults are the shipped model's recipe (every setting this run did not override)
+    shipped = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())
+    same = ("answer_tokens", "early_extra", "early_mix", "early_until", "lm_weight", "lr", "mix", "seed", "smoothing",
+            "weights")
+    assert {k: meta[k] for k in same} == {k: shipped[k] for k in same}
     step2 = json.loads((tmp_path / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
 
