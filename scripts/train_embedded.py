@@ -172,9 +172,18 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   (5 IG steps 0.76 / 0.69; v6 0.37 / 0.53 and 0.92 / 0.89), the top site is attn L0 (median
   |IE| 152), mean P(answer) 0.646. It trades v6's two ``shapes`` misses for two arithmetic ones,
   on the task three of the five papers rest on, so v6 stays shipped.
-- **v8 candidate** (started 2026-12-02 05:01): the same command with ``--steps 3400`` (v7: 2,600),
-  so arithmetic has about the 1,200 steps after it is learnt that v6 had. The curriculum is v7's
-  (same seed and stages), so main should be step 5,323, about 150 minutes on this host.
+- **v8 candidate** (started 2026-12-02 05:21): the same command with ``--steps 3400`` (v7: 2,600),
+  so arithmetic has about the 1,200 steps after it is learnt that v6 had, and ``--batch-tokens
+  1024``. If the stages end at v7's steps, main is step 5,323.
+
+Chunking (``--batch-tokens``, 2026-12-02). A step is compute-bound (a profile of one mixture step:
+matrix products about half the time, attention another 15 %), and a task's sequences shared one
+chunk padded to its longest, so 40 % of the tokens a step computed were padding. Chunks of at
+most 1,024 tokens, length-sorted, cut that to 20 %: ``python benchmarks/train_chunks.py 0 1024
+512`` (v6 main's weights and mix, 3 steps, 2 threads, nothing else running) gives 2.16 s a step
+with the old chunks, 1.64 s at 1,024 and 1.75 s at 512 (more, smaller products). It changes the
+float summation order only (tests/test_models.py checks loss and gradients against the old
+chunks), so it is a new run's choice: the default 0 keeps v1-v7's bits.
 
 Untried: reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider
 model.
@@ -447,11 +456,21 @@ def repeated_tokens(rng: random.Random, pool: list[int], bos: int) -> tuple[list
     return [bos] + x + x, list(range(n + 2, 2 * n + 1))
 
 
-def batches(seqs: list[tuple[list[int], list[int]]], pad: int, chunk: int = 128):
-    """Length-bucketed, right-padded chunks (ids, is_answer, is_prompt)."""
+def batches(seqs: list[tuple[list[int], list[int]]], pad: int, max_tokens: int = 0):
+    """Length-sorted, right-padded chunks (ids, is_answer, is_prompt). ``max_tokens`` > 0 starts a
+    new chunk before one would hold more than that many tokens, padding included, so sequences of
+    very different lengths do not share a chunk (a task's sequences in one chunk are ~43 % padding
+    in the full mixture); 0 chunks every 128 sequences (v1-v7: their bits depend on it). A task's
+    loss is summed over its chunks with fixed normalisers, so the chunking changes the float
+    summation order only: causal attention never lets a token see the padding after it."""
     seqs = sorted(seqs, key=lambda s: len(s[0]))
-    for c in range(0, len(seqs), chunk):
-        part = seqs[c: c + chunk]
+    parts: list[list] = [[]]
+    for s in seqs:
+        full = (len(parts[-1]) + 1) * len(s[0]) > max_tokens if max_tokens else len(parts[-1]) == 128
+        if parts[-1] and full:
+            parts.append([])
+        parts[-1].append(s)
+    for part in parts:
         T = len(part[-1][0])
         ids = torch.full((len(part), T), pad)
         is_answer = torch.zeros(len(part), T - 1)
@@ -462,6 +481,27 @@ def batches(seqs: list[tuple[list[int], list[int]]], pad: int, chunk: int = 128)
             for a in answer_at:
                 is_answer[i, a - 1], is_prompt[i, a - 1] = 1, 0
         yield ids, is_answer, is_prompt
+
+
+def chunk_losses(model, chunks: list, smooth: torch.Tensor, smoothing: float, lm_weight: float):
+    """Per chunk of one task's sequences: its share of the task's loss (the answer tokens'
+    label-smoothed cross-entropy over all the task's answer tokens, plus ``lm_weight`` times the
+    prompt tokens' mean NLL; normalised over every chunk, so the shares sum to the task's loss)
+    and how many of its answer tokens the model ranks first. Yields (loss, correct) lazily, so a
+    caller can backpropagate each chunk before the next forward."""
+    n_answers = sum(float(c[1].sum()) for c in chunks)
+    n_prompt = sum(float(c[2].sum()) for c in chunks)
+    for ids, is_answer, is_prompt in chunks:
+        logits = model(ids).logits[:, :-1]
+        logp = F.log_softmax(logits.float(), -1)
+        target = ids[:, 1:]
+        nll = -logp.gather(-1, target[..., None])[..., 0]
+        # smoothed answer loss: cross-entropy against (1-ε)·onehot + ε·class distribution
+        at = is_answer.bool()
+        spread = -(logp[at] * smooth[target[at]]).sum(-1)
+        answer_loss = ((1 - smoothing) * nll[at] + smoothing * spread).sum()
+        loss = answer_loss / n_answers + lm_weight * (nll * is_prompt).sum() / n_prompt
+        yield loss, float((logits[at].argmax(-1) == target[at]).sum())
 
 
 def smoothing_classes(tok) -> torch.Tensor:
@@ -517,6 +557,9 @@ def main() -> None:
                          "of 10 steps) reaches ACC, then --early-extra steps more, at most --early-max steps")
     ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",
                     help="targets of a multi-token answer: all of them (v4 on, shipped) or its first token (v3)")
+    ap.add_argument("--batch-tokens", type=int, default=0,
+                    help="split each task's sequences into length-sorted chunks of at most this many tokens, "
+                         "padding included (0: chunks of 128 sequences, as v1-v7 were trained)")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     args = ap.parse_args()
@@ -569,6 +612,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
+            **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}),
             "seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,
             "lm_weight": args.lm_weight, "threads": args.threads, "every": args.every,
             # one stage (every release to v5) keeps the original fields' form
@@ -594,22 +638,12 @@ def main() -> None:
                 seqs = [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
             else:
                 seqs = [encode(tok, TASKS[task](rng), args.answer_tokens == "all") for _ in range(n)]
-            chunks = list(batches(seqs, tok.pad_token_id))
+            chunks = list(batches(seqs, tok.pad_token_id, args.batch_tokens))
             n_answers = sum(float(c[1].sum()) for c in chunks)
-            n_prompt = sum(float(c[2].sum()) for c in chunks)
             correct = 0.0
-            for ids, is_answer, is_prompt in chunks:
-                logits = model(ids).logits[:, :-1]
-                logp = F.log_softmax(logits.float(), -1)
-                target = ids[:, 1:]
-                nll = -logp.gather(-1, target[..., None])[..., 0]
-                # smoothed answer loss: cross-entropy against (1-ε)·onehot + ε·class distribution
-                at = is_answer.bool()
-                spread = -(logp[at] * smooth[target[at]]).sum(-1)
-                answer_loss = ((1 - args.smoothing) * nll[at] + args.smoothing * spread).sum()
-                loss = answer_loss / n_answers + args.lm_weight * (nll * is_prompt).sum() / n_prompt
+            for loss, right in chunk_losses(model, chunks, smooth, args.smoothing, args.lm_weight):
                 (loss * weight.get(task, 1.0) * n / n_total).backward()
-                correct += float((logits[at].argmax(-1) == target[at]).sum())
+                correct += right
             stats[task] = correct / n_answers
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if early_end is None:

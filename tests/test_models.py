@@ -262,9 +262,9 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert meta["curriculum_learnt_at"] == [None, None]
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())
-    same = ("answer_tokens", "early_extra", "early_mix", "early_until", "lm_weight", "lr", "mix", "seed", "smoothing",
-            "weights")
-    assert {k: meta[k] for k in same} == {k: shipped[k] for k in same}
+    same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
+            "mix", "seed", "smoothing", "weights")  # batch_tokens and dropout are recorded when set
+    assert {k: meta.get(k) for k in same} == {k: shipped.get(k) for k in same}
     step2 = json.loads((tmp_path / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
 
@@ -349,6 +349,48 @@ def test_the_shapes_task_is_the_attribute_first_family_alone():
             [colour] = re.findall(r"Which shape is colored (\w+) \?", text)
             assert shape_of[colour] == answer, segments
         script.encode(tok, segments)  # raises on an out-of-vocabulary word
+
+
+def test_token_budget_chunks_change_only_the_summation_order():
+    """train_embedded's ``--batch-tokens``: a task's sequences split into length-sorted chunks of at
+    most that many tokens (padding included; a longer sequence alone) give the task's loss and
+    every gradient of the 128-sequence chunks (``0``, v1-v7) up to float32 rounding: the chunk
+    losses share fixed normalisers, and causal attention never lets a token see the padding after
+    it. Every sequence is kept, unchanged, in exactly one chunk."""
+    import random
+
+    script = _script("train_embedded")
+    tok, rng = script.build_tokenizer(), random.Random(0)
+    seqs = [script.encode(tok, script.TASKS[t](rng), True) for t in ("binding",) * 24 + ("cot_formats",) * 4]
+    torch.manual_seed(0)
+    model = script.GPTNeoXForCausalLM(script.GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, rotary_pct=0.25)).float()
+    smooth = script.smoothing_classes(tok)
+
+    def unpadded(chunks):
+        return sorted(tuple(ids[i][: int((ids[i] != tok.pad_token_id).sum())].tolist())
+                      for ids, _, _ in chunks for i in range(len(ids)))
+
+    def loss_and_grads(chunks):
+        model.zero_grad()
+        total = 0.0
+        for loss, _ in script.chunk_losses(model, chunks, smooth, 0.2, 0.1):
+            loss.backward()
+            total += float(loss.detach())
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    whole = list(script.batches(seqs, tok.pad_token_id, 0))
+    split = list(script.batches(seqs, tok.pad_token_id, 256))
+    assert len(whole) == 1 and len(split) > 3
+    assert all(ids.numel() <= 256 or len(ids) == 1 for ids, _, _ in split)
+    assert sum(ids.numel() for ids, _, _ in split) < whole[0][0].numel()  # less padding
+    assert unpadded(split) == unpadded(whole) == sorted(tuple(s) for s, _ in seqs)
+    (l0, g0), (l1, g1) = loss_and_grads(whole), loss_and_grads(split)
+    assert l1 == pytest.approx(l0, rel=1e-6)
+    scale = max(float(g.abs().max()) for g in g0)  # reordered float32 sums differ by a few ulps of it
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=0, atol=32 * np.finfo(np.float32).eps * scale)
 
 
 def _running_totals(question: str) -> list[int]:

@@ -1,0 +1,70 @@
+"""Seconds per training step of scripts/train_embedded.py's full mixture, by chunking.
+
+    python benchmarks/train_chunks.py [--steps 3] [--threads 2] [BUDGET ...]   # default budgets: 0 1024
+
+A step's sequences (the shipped model's mix, drawn as the script draws them) are run through
+forward, the script's loss (``chunk_losses``) and backward on the shipped main's weights, once
+per chunking, side by side and twice in turn (the second round is the one to read: the first
+warms the allocator). ``0`` is the 128-sequence chunks v1-v7 were trained with; a budget N > 0 is
+``--batch-tokens N``. The weights are not updated, so every chunking sees the same model. Also
+prints the tokens a step computes, padding included, per chunking: the step time follows them
+(matrix products are about half of it, scripts/train_embedded.py's profile).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from nnsight_reasoning import embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("budgets", nargs="*", type=int, default=[0, 1024])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = importlib.util.spec_from_file_location("train_embedded", ROOT / "scripts" / "train_embedded.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tok, rng = script.build_tokenizer(), random.Random(0)
+    main_path = embedded.revision_path("main")
+    mix = json.loads((main_path / "training_meta.json").read_text())["mix"]
+    pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
+    model = AutoModelForCausalLM.from_pretrained(main_path, dtype=torch.float32).train()
+    smooth = script.smoothing_classes(tok)
+    steps = [{task: [script.repeated_tokens(rng, pool, tok.bos_token_id) if task == "repeated_tokens"
+                     else script.encode(tok, script.TASKS[task](rng), True) for _ in range(n)]
+              for task, n in mix.items()} for _ in range(args.steps)]
+
+    def step_seconds(budget: int) -> float:
+        t0 = time.perf_counter()
+        for data in steps:
+            model.zero_grad(set_to_none=True)
+            for seqs in data.values():
+                for loss, _ in script.chunk_losses(model, list(script.batches(seqs, tok.pad_token_id, budget)),
+                                                   smooth, 0.2, 0.1):
+                    loss.backward()
+        return (time.perf_counter() - t0) / len(steps)
+
+    tokens = {b: sum(c[0].numel() for data in steps for seqs in data.values()
+                     for c in script.batches(seqs, tok.pad_token_id, b)) // len(steps) for b in args.budgets}
+    real = sum(len(s[0]) for data in steps for seqs in data.values() for s in seqs) // len(steps)
+    print(f"{args.steps} steps of the shipped mix, {args.threads} threads; tokens per step without padding: {real}")
+    for round_ in (1, 2):
+        for b in args.budgets:
+            print(f"round {round_}  batch_tokens {b:>5}  tokens {tokens[b]:>6}  {step_seconds(b):.2f} s/step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
