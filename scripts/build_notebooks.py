@@ -1,6 +1,6 @@
 """Execute the notebooks and keep executed copies with their figures.
 
-    python scripts/build_notebooks.py [--out docs/notebooks] [NAME ...]
+    python scripts/build_notebooks.py [--out docs/notebooks] [--timeout 900] [NAME ...]
 
 The notebooks in ``notebooks/`` are stored without outputs (CI executes them, see
 tests/test_notebooks.py); this writes executed copies for reading on GitHub and prints each
@@ -31,6 +31,8 @@ def execute(path: Path, workdir: Path, timeout: int = 900):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "notebooks")
+    ap.add_argument("--timeout", type=int, default=900,
+                    help="seconds a cell may run (raise it on a loaded machine: the longest cells take minutes idle)")
     ap.add_argument("names", nargs="*", help="notebook names (default: all)")
     args = ap.parse_args()
     import nbformat
@@ -43,7 +45,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         with tempfile.TemporaryDirectory() as work:
-            nb, seconds = execute(path, Path(work))
+            nb, seconds = execute(path, Path(work), args.timeout)
         nbformat.write(nb, args.out / path.name)
         print(f"{path.stem:32s} {seconds:6.1f} s  -> {args.out / path.name}", flush=True)
 
