@@ -293,6 +293,14 @@ def _curriculum(t: dict) -> str:
             f"rate's cosine decay spans those).")
 
 
+def _chunks(t: dict) -> str:
+    """How a task's sequences were batched (``--batch-tokens``; unset: chunks of 128 sequences, said nowhere)."""
+    if not t.get("batch_tokens"):
+        return ""
+    return (f" A task's sequences go through the model in length-sorted chunks of at most {t['batch_tokens']} "
+            f"tokens, padding included.")
+
+
 def _by_layer(pt: dict) -> str:
     if "r_attn_ig1_by_layer" not in pt:
         return ""
@@ -340,7 +348,7 @@ each task's loss counts in proportion to its sequences, times `{json.dumps(t.get
 Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
 number words, names), so the model keeps real uncertainty among plausible answers; prompt
 tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay 0.1, 100
-warm-up steps, cosine to 10 %. Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
+warm-up steps, cosine to 10 %.{_chunks(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
 
 ## Targets (issue 18), measured
