@@ -305,10 +305,12 @@ def _by_layer(pt: dict) -> str:
     if "r_attn_ig1_by_layer" not in pt:
         return ""
     layers = lambda v: ", ".join(f"L{l} {r:.2f}" for l, r in enumerate(pt[f"r_{v}_ig1_by_layer"]))  # noqa: E731
+    share = pt["top_site_share"]
+    # the reading holds only when one site dominates: say it only then
+    why = (": in a model this small one component computes much of the answer, so swapping it is far outside "
+           "the range where a first-order estimate holds." if share >= 0.5 else ".")
     return (f"\nPer layer (1 step): attn {layers('attn')}; mlp {layers('mlp')}. The largest single site carries "
-            f"{pt['top_site_share']:.0%} of a prompt's total effect (median): in a model this small one "
-            f"component computes much of the answer, so swapping it is far outside the range where a "
-            f"first-order estimate holds.")
+            f"{share:.0%} of a prompt's total effect (median){why}")
 
 
 def render(card: dict, cfg: dict) -> str:

@@ -174,7 +174,9 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   on the task three of the five papers rest on, so v6 stays shipped.
 - **v8 candidate** (started 2026-12-02 05:21): the same command with ``--steps 3400`` (v7: 2,600),
   so arithmetic has about the 1,200 steps after it is learnt that v6 had, and ``--batch-tokens
-  1024``. If the stages end at v7's steps, main is step 5,323.
+  1024``. The new chunking changes the float order from step 1 on, and the stages end sooner:
+  learnt at steps 587, 875 and 1,000 (v7: 507, 1,519, 1,822), so the mixture runs from step 1,101
+  and main is step 4,501 (20 revisions).
 
 Chunking (``--batch-tokens``, 2026-12-02). A step is compute-bound (a profile of one mixture step:
 matrix products about half the time, attention another 15 %), and a task's sequences shared one
