@@ -1,6 +1,6 @@
 """Seconds per training step of scripts/train_embedded.py's full mixture, by chunking.
 
-    python benchmarks/train_chunks.py [--steps 3] [--threads 2] [BUDGET ...]   # default budgets: 0 1024
+    python benchmarks/train_chunks.py [--steps 3] [--threads 2] [--fraction 1] [BUDGET ...]   # budgets: 0 1024
 
 A step's sequences (the shipped model's mix, drawn as the script draws them) are run through
 forward, the script's loss (``chunk_losses``) and backward on the shipped main's weights, once
@@ -8,7 +8,8 @@ per chunking, side by side and twice in turn (the second round is the one to rea
 warms the allocator). ``0`` is the 128-sequence chunks v1-v7 were trained with; a budget N > 0 is
 ``--batch-tokens N``. The weights are not updated, so every chunking sees the same model. Also
 prints the tokens a step computes, padding included, per chunking: the step time follows them
-(matrix products are about half of it, scripts/train_embedded.py's profile).
+(matrix products are about half of it, scripts/train_embedded.py's profile), and checks that every
+chunking gives the same gradients (exit 1 if not).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("budgets", nargs="*", type=int, default=[0, 1024])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fraction", type=float, default=1.0, help="of each task's sequences (a smoke test: 0.05)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec = importlib.util.spec_from_file_location("train_embedded", ROOT / "scripts" / "train_embedded.py")
@@ -45,9 +47,10 @@ def main() -> None:
     smooth = script.smoothing_classes(tok)
     steps = [{task: [script.repeated_tokens(rng, pool, tok.bos_token_id) if task == "repeated_tokens"
                      else script.encode(tok, script.TASKS[task](rng), True) for _ in range(n)]
-              for task, n in mix.items()} for _ in range(args.steps)]
+              for task, n in ((t, max(1, round(n * args.fraction))) for t, n in mix.items())} for _ in range(args.steps)]
 
-    def step_seconds(budget: int) -> float:
+    def step_seconds(budget: int) -> tuple[float, list[torch.Tensor]]:
+        """Seconds a step, and the last step's gradients."""
         t0 = time.perf_counter()
         for data in steps:
             model.zero_grad(set_to_none=True)
@@ -55,15 +58,26 @@ def main() -> None:
                 for loss, _ in script.chunk_losses(model, list(script.batches(seqs, tok.pad_token_id, budget)),
                                                    smooth, 0.2, 0.1):
                     loss.backward()
-        return (time.perf_counter() - t0) / len(steps)
+        return (time.perf_counter() - t0) / len(steps), [p.grad.clone() for p in model.parameters()]
 
     tokens = {b: sum(c[0].numel() for data in steps for seqs in data.values()
                      for c in script.batches(seqs, tok.pad_token_id, b)) // len(steps) for b in args.budgets}
     real = sum(len(s[0]) for data in steps for seqs in data.values() for s in seqs) // len(steps)
-    print(f"{args.steps} steps of the shipped mix, {args.threads} threads; tokens per step without padding: {real}")
+    print(f"{args.steps} steps of the shipped mix (x {args.fraction}), {args.threads} threads; tokens per step "
+          f"without padding: {real}")
+    grads = {}
     for round_ in (1, 2):
         for b in args.budgets:
-            print(f"round {round_}  batch_tokens {b:>5}  tokens {tokens[b]:>6}  {step_seconds(b):.2f} s/step", flush=True)
+            seconds, grads[b] = step_seconds(b)
+            print(f"round {round_}  batch_tokens {b:>5}  tokens {tokens[b]:>6}  {seconds:.2f} s/step", flush=True)
+    # the chunkings must compute the same gradients (float32 summation order aside)
+    ref = grads[args.budgets[0]]
+    scale = max(float(g.abs().max()) for g in ref)
+    worst = max(float((g - r).abs().max()) for b in args.budgets for g, r in zip(grads[b], ref)) / scale
+    print(f"largest gradient difference between chunkings: {worst:.1e} of the largest gradient")
+    if worst > 1e-5:  # ~100 float32 ulps: a chunking that drops or double-counts a token is far beyond it
+        raise SystemExit("the chunkings' gradients differ")
+    print("gradients agree")
 
 
 if __name__ == "__main__":

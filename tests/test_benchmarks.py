@@ -58,3 +58,13 @@ def test_cluster_benchmark_runs_and_its_runs_agree(tmp_path):
     for name in ("evaluate", "patch"):
         assert res[name]["agree"] and set(res[name]) >= {"serial_s", "workers_1", "workers_2"}
     assert "every cluster run equal to the serial run" in proc.stdout
+
+
+def test_training_chunk_benchmark_runs_and_its_chunkings_agree():
+    # a twentieth of one mixture step: 128-sequence chunks against 256-token ones, same gradients
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_chunks.py"), "--steps", "1", "--fraction",
+                           "0.05", "--threads", "1", "0", "256"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tokens = [int(ln.split("tokens")[-1].split()[0]) for ln in proc.stdout.splitlines() if ln.startswith("round 2")]
+    assert len(tokens) == 2 and tokens[1] < tokens[0]  # less padding
+    assert "gradients agree" in proc.stdout
