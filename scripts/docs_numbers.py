@@ -13,6 +13,7 @@ here into the docs (rounded as the docs round them). Exit status 1 if a result f
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import sys
@@ -71,7 +72,10 @@ def mid_revision(card: dict) -> str:
     from nnsight_reasoning import embedded
 
     acc = card["accuracy"]
-    return next(r for r in embedded.revisions() if acc[r]["kth_smallest"] >= 0.5)
+    half = [r for r in embedded.revisions() if acc[r]["kth_smallest"] >= 0.5]
+    if not half:
+        sys.exit("no revision reaches k-th smallest accuracy 0.5 (model card): choose MIDREV by hand")
+    return half[0]
 
 
 def path_patching(R: Path) -> None:
@@ -246,21 +250,25 @@ def sweeps(R: Path) -> None:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if args == ["--midrev"]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("results", nargs="?", type=Path, help="the results dir build_figures.sh wrote")
+    group.add_argument("--receiver", type=Path, metavar="RESULTS_DIR",
+                       help="print the path-patching receiver from RESULTS_DIR/path_patching_logits.nc")
+    group.add_argument("--midrev", action="store_true", help="print the robustness mid-training revision (card)")
+    args = ap.parse_args()
+    if args.midrev:
         from nnsight_reasoning import embedded
 
         print(mid_revision(embedded.card()))
         return
-    if len(args) == 2 and args[0] == "--receiver":
-        ds = load(Path(args[1]), "path_patching_logits")
+    if args.receiver is not None:
+        ds = load(args.receiver, "path_patching_logits")
         if ds is None:
-            sys.exit(f"no path_patching_logits.nc in {args[1]}")
+            sys.exit(f"no path_patching_logits.nc in {args.receiver}")
         print(logits_top_head(ds))
         return
-    if len(args) != 1:
-        sys.exit("usage: python scripts/docs_numbers.py RESULTS_DIR | --receiver RESULTS_DIR | --midrev")
-    R = Path(args[0])
+    R = args.results
     for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps):
         block(R)
     if MISSING:
