@@ -573,6 +573,8 @@ def main() -> None:
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     args = ap.parse_args()
+    if args.batch_tokens < 0:
+        ap.error("--batch-tokens must be 0 (chunks of 128 sequences) or a positive token count")
 
     torch.set_num_threads(args.threads)  # the thread count changes the bits: pin it
     torch.manual_seed(args.seed)
