@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import random
 import time
 from pathlib import Path
@@ -40,14 +39,12 @@ def main() -> None:
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     tok, rng = script.build_tokenizer(), random.Random(0)
-    main_path = embedded.revision_path("main")
-    mix = json.loads((main_path / "training_meta.json").read_text())["mix"]
+    meta = embedded.training_meta("main")
     pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
-    model = AutoModelForCausalLM.from_pretrained(main_path, dtype=torch.float32).train()
+    model = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main"), dtype=torch.float32).train()
     smooth = script.smoothing_classes(tok)
-    steps = [{task: [script.repeated_tokens(rng, pool, tok.bos_token_id) if task == "repeated_tokens"
-                     else script.encode(tok, script.TASKS[task](rng), True) for _ in range(n)]
-              for task, n in ((t, max(1, round(n * args.fraction))) for t, n in mix.items())} for _ in range(args.steps)]
+    steps = [{task: script.draw(task, max(1, round(n * args.fraction)), rng, tok, pool, True)
+              for task, n in meta["mix"].items()} for _ in range(args.steps)]
 
     def step_seconds(budget: int) -> tuple[float, list[torch.Tensor]]:
         """Seconds a step, and the last step's gradients."""
@@ -55,8 +52,8 @@ def main() -> None:
         for data in steps:
             model.zero_grad(set_to_none=True)
             for seqs in data.values():
-                for loss, _ in script.chunk_losses(model, list(script.batches(seqs, tok.pad_token_id, budget)),
-                                                   smooth, 0.2, 0.1):
+                chunks = list(script.batches(seqs, tok.pad_token_id, budget))
+                for loss, _ in script.chunk_losses(model, chunks, smooth, meta["smoothing"], meta["lm_weight"]):
                     loss.backward()
         return (time.perf_counter() - t0) / len(steps), [p.grad.clone() for p in model.parameters()]
 

@@ -466,6 +466,14 @@ def repeated_tokens(rng: random.Random, pool: list[int], bos: int) -> tuple[list
     return [bos] + x + x, list(range(n + 2, 2 * n + 1))
 
 
+def draw(task: str, n: int, rng: random.Random, tok, pool: list[int], all_tokens: bool) -> list:
+    """``n`` training sequences of ``task`` as (token ids, answer positions), in the order a step
+    draws them from ``rng``; ``pool``: the tokens repeated sequences are made of."""
+    if task == "repeated_tokens":
+        return [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
+    return [encode(tok, TASKS[task](rng), all_tokens) for _ in range(n)]
+
+
 def batches(seqs: list[tuple[list[int], list[int]]], pad: int, max_tokens: int = 0):
     """Length-sorted, right-padded chunks (ids, is_answer, is_prompt). ``max_tokens`` > 0 starts a
     new chunk before one would hold more than that many tokens, padding included, so sequences of
@@ -646,10 +654,7 @@ def main() -> None:
         step_mix = stages[len(learnt_at)] if early_end is None else mix
         n_total = sum(step_mix.values())
         for task, n in step_mix.items():
-            if task == "repeated_tokens":
-                seqs = [repeated_tokens(rng, pool, tok.bos_token_id) for _ in range(n)]
-            else:
-                seqs = [encode(tok, TASKS[task](rng), args.answer_tokens == "all") for _ in range(n)]
+            seqs = draw(task, n, rng, tok, pool, args.answer_tokens == "all")
             chunks = list(batches(seqs, tok.pad_token_id, args.batch_tokens))
             n_answers = sum(float(c[1].sum()) for c in chunks)
             correct = 0.0

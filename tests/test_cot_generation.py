@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -395,7 +394,7 @@ def test_sweep_tracks_the_units_of_the_last_revision(neox):
         np.testing.assert_array_equal(got["activation"].values, one["activation"].values)
     # the generated tokens keep their own index beside the sweep's training step
     assert sweep["generated_token"].values.tolist() == list(range(sweep.sizes["generated_token"]))
-    main_step = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())["step"]
+    main_step = embedded.training_meta("main")["step"]
     assert sweep["step"].dims == ("checkpoint",) and sweep["step"].values.tolist() == [1000, main_step]
 
 

@@ -261,7 +261,7 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (11, 11, 8, [0, 1, 2, 4, 8, 11])
     assert meta["curriculum_learnt_at"] == [None, None]
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
-    shipped = json.loads((embedded.revision_path("main") / "training_meta.json").read_text())
+    shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
             "mix", "seed", "smoothing", "weights")  # batch_tokens and dropout are recorded when set
     assert {k: meta.get(k) for k in same} == {k: shipped.get(k) for k in same}
