@@ -13,6 +13,11 @@ curriculum steps (~10 min) pay for 400 fewer mixture steps (~10-13 min).
 Deterministic: the same seed, settings and thread count give byte-identical weights (the
 thread count changes float summation order, so it is pinned).
 
+Resumable: ``--checkpoint FILE`` saves the whole state (weights, AdamW, schedule, both random
+streams, the curriculum's progress) every ``--checkpoint-every`` steps; the same command with
+``--resume`` continues from it, byte-identical to a run that was never stopped (tests/test_models.py
+kills one twice). A run longer than a sitting can be stopped and continued.
+
 Recipe, and why:
 - Answer targets are label-smoothed *within their class* (numbers, number words, names):
   the model keeps real uncertainty among plausible answers (P(answer) ~ 0.8, P(another
@@ -203,6 +208,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -580,9 +586,29 @@ def main() -> None:
                          "padding included (0: chunks of 128 sequences, as v1-v7 were trained)")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="save the whole training state (weights, optimizer, schedule, random streams, curriculum "
+                         "progress) to this file every --checkpoint-every steps, so --resume can continue the run")
+    ap.add_argument("--checkpoint-every", type=int, default=50)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run saved in --checkpoint (the same settings): byte-identical to a run "
+                         "that was never stopped")
     args = ap.parse_args()
     if args.batch_tokens < 0:
         ap.error("--batch-tokens must be 0 (chunks of 128 sequences) or a positive token count")
+    if args.checkpoint_every < 1:
+        ap.error("--checkpoint-every must be a positive step count")
+    if args.resume and not (args.checkpoint and args.checkpoint.exists()):
+        ap.error("--resume needs --checkpoint FILE naming the state file of the run to continue")
+    # what a checkpoint must agree on to continue a run bit for bit (where it is saved and how often do not matter)
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("checkpoint", "checkpoint_every", "resume")}
+    state = None
+    if args.resume:
+        state = torch.load(args.checkpoint, weights_only=False)
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        if changed:
+            ap.error(f"--resume: {args.checkpoint} was saved with other settings ({', '.join(changed)}); "
+                     "give the run's own settings")
 
     torch.set_num_threads(args.threads)  # the thread count changes the bits: pin it
     torch.manual_seed(args.seed)
@@ -628,7 +654,7 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     smooth = smoothing_classes(tok)
     pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
-    if args.out.exists():
+    if args.out.exists() and state is None:
         shutil.rmtree(args.out)
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
@@ -641,13 +667,33 @@ def main() -> None:
     log, recent, saved, learnt = [], [], [], None
     t0 = time.time()
     step = 0
+    resumed_at = None  # the step a resumed run continues from: its revision, if any, is already written
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.setstate(state["rng"])
+        step = resumed_at = state["step"]
+        early_end, learnt_at, stage_from = state["early_end"], state["learnt_at"], state["stage_from"]
+        log, recent, saved, learnt = state["log"], state["recent"], state["saved"], state["learnt"]
+        t0 -= state["seconds"]  # the log's times count the whole run
+        print(json.dumps({"resumed_at": step}), flush=True)
     while True:
         end = None if early_end is None else early_end + args.steps
-        if is_revision(step, args.every) or step == end:
+        if step != resumed_at and (is_revision(step, args.every) or step == end):
             saved.append(step)
             save(model, tok, args.out / ("main" if step == end else f"step{step}"), {**meta, "step": step})
         if step == end:
             break
+        if args.checkpoint and step % args.checkpoint_every == 0 and step not in (0, resumed_at):
+            # written whole, then renamed: a run killed while saving leaves the previous checkpoint intact
+            tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
+            torch.save({"settings": settings, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "torch_rng": torch.get_rng_state(), "rng": rng.getstate(),
+                        "early_end": early_end, "learnt_at": learnt_at, "stage_from": stage_from, "log": log,
+                        "recent": recent, "saved": saved, "learnt": learnt, "seconds": time.time() - t0}, tmp)
+            os.replace(tmp, args.checkpoint)
         model.train()
         opt.zero_grad(set_to_none=True)
         stats = {}

@@ -301,6 +301,61 @@ def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # three short training runs, one of them killed twice (~60 s)
+def test_training_killed_and_resumed_is_byte_identical(tmp_path):
+    """train_embedded.py --checkpoint, killed (SIGKILL, a real process) in the curriculum and again
+    in the mixture, then --resume'd each time: every revision's weights and meta, and the training
+    log, equal an uninterrupted run's. --resume with other settings, or without a checkpoint, is a
+    one-line error (exit 2) that writes nothing."""
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    args = [sys.executable, str(script), "--steps", "6", "--early-max", "2", "--every", "4", "--width", "32",
+            "--layers", "1", "--threads", "1", "--checkpoint-every", "2"]
+    subprocess.run([*args, "--out", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "a.pt")], check=True,
+                   capture_output=True, timeout=300)
+    ckpt = tmp_path / "b.pt"
+    run_b = [*args, "--out", str(tmp_path / "b"), "--checkpoint", str(ckpt)]
+    killed_at = []
+    for extra in ([], ["--resume"]):  # killed at the first checkpoint it writes, twice
+        proc = subprocess.Popen([*run_b, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        last = killed_at[-1] if killed_at else 0
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] > last:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.kill()
+        proc.wait()
+        killed_at.append(torch.load(ckpt, weights_only=False)["step"])
+    assert killed_at[0] < 4 <= killed_at[1]  # once in the curriculum (mixture from step 4), once in the mixture
+    done = subprocess.run([*run_b, "--resume"], check=True, capture_output=True, text=True, timeout=300)
+    assert json.loads(done.stdout.splitlines()[0]) == {"resumed_at": killed_at[1]}
+    revs = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
+    assert revs == sorted(p.name for p in (tmp_path / "b").iterdir() if p.is_dir())
+    assert revs == ["main", "step0", "step1", "step2", "step4", "step8"]
+    for rev in revs:
+        for name in ("model.safetensors", "training_meta.json"):
+            assert (tmp_path / "a" / rev / name).read_bytes() == (tmp_path / "b" / rev / name).read_bytes(), rev
+
+    def losses(run):  # the log without its wall-clock times
+        rows = json.loads((tmp_path / run / "training_log.json").read_text())
+        return [{k: v for k, v in row.items() if k != "s"} for row in rows]
+
+    assert losses("a") == losses("b")
+    before = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    for bad, says in ((["--resume", "--lr", "0.001"], "other settings (lr)"),
+                      (["--resume", "--checkpoint", str(tmp_path / "none.pt")], "--resume needs --checkpoint")):
+        out = subprocess.run([*run_b, *bad], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1], out.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == before
+
+
 def test_training_sequences_answer_what_their_context_states():
     """The training tasks the next embedded model needs (scripts/train_embedded.py's trial),
     re-derived from each sequence's own text: a reversed binding query is answered by the
