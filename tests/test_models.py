@@ -315,7 +315,9 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
 
     script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
     args = [sys.executable, str(script), "--steps", "6", "--early-max", "2", "--every", "4", "--width", "32",
-            "--layers", "1", "--threads", "1", "--checkpoint-every", "2"]
+            "--layers", "1", "--threads", "1", "--checkpoint-every", "2", "--early-mix",
+            "binding_short=160,repeated_tokens=64;binding_reverse_short=96", "--early-until",
+            "binding_short=0.9;binding_reverse_short=0.9"]  # two stages of 2 steps: the mixture runs from step 4
     subprocess.run([*args, "--out", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "a.pt")], check=True,
                    capture_output=True, timeout=300)
     ckpt = tmp_path / "b.pt"
