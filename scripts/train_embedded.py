@@ -656,6 +656,8 @@ def main() -> None:
     pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
     if args.out.exists() and state is None:
         shutil.rmtree(args.out)
+    if args.checkpoint:  # every setting is checked by now; a missing folder is made now, not 50 steps in
+        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
             **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}),
