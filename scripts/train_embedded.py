@@ -181,6 +181,10 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   so arithmetic has about the 1,200 steps after it is learnt that v6 had. The curriculum is v7's
   bit for bit (same seed, stages and chunks), so main should be step 5,323 (21 revisions), about
   145 minutes on this host.
+  That run stopped at step 2,650 with the sitting it ran in (no state was saved then). It was rerun
+  from the start with ``--checkpoint`` (08:30): its revisions to step2500 and its log rows to step
+  2,650 equal the stopped run's, and so do those after a deliberate kill at step 1,050 and
+  ``--resume``. Mixture steps took 2.0-2.4 s.
 - **The same with ``--batch-tokens 1024``** (below; 05:21-06:15, stopped at step 2,000): the stages
   ended sooner (learnt at 587, 875 and 1,000; mixture from 1,101) and ``shapes`` was learnt (0.99 /
   0.99 at step1500), but the mixture's binding did not follow: its training accuracy stayed at
