@@ -136,11 +136,14 @@ def test_model_card_numbers_are_reproducible(rev):
     assert "| arithmetic | " in (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
+SCRIPTS = embedded.ROOT.parents[1] / "scripts"  # the card and training scripts (not part of the package)
+
+
 def _script(name: str):
     """A module of scripts/ (the card and training scripts are not part of the package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, embedded.ROOT.parents[1] / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -246,7 +249,7 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     import subprocess
     import sys
 
-    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    script = SCRIPTS / "train_embedded.py"
     args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1"]
     for out in ("a", "b"):
         subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)], check=True,
@@ -279,7 +282,7 @@ def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
     import subprocess
     import sys
 
-    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    script = SCRIPTS / "train_embedded.py"
     stages = ["--early-mix", "binding_short=4,repeated_tokens=2;binding_reverse_short=4",
               "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
     args = ["--steps", "2", "--early-max", "3", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1",
@@ -313,7 +316,7 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
 
     import torch
 
-    script = embedded.ROOT.parents[1] / "scripts" / "train_embedded.py"
+    script = SCRIPTS / "train_embedded.py"
     args = [sys.executable, str(script), "--steps", "6", "--early-max", "2", "--every", "4", "--width", "32",
             "--layers", "1", "--threads", "1", "--checkpoint-every", "2", "--early-mix",
             "binding_short=160,repeated_tokens=64;binding_reverse_short=96", "--early-until",
@@ -350,12 +353,12 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
         return [{k: v for k, v in row.items() if k != "s"} for row in rows]
 
     assert losses("a") == losses("b")
-    before = {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    before = {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()}
     for bad, says in ((["--resume", "--lr", "0.001"], "other settings (lr)"),
                       (["--resume", "--checkpoint", str(tmp_path / "none.pt")], "--resume needs --checkpoint")):
         out = subprocess.run([*run_b, *bad], capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1], out.stderr
-    assert {p: p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
 
 
 def test_training_sequences_answer_what_their_context_states():
