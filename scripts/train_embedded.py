@@ -557,7 +557,7 @@ def is_revision(step: int, every: int) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2600, help="steps of the full mixture, after the curriculum")
+    ap.add_argument("--steps", type=int, default=3400, help="steps of the full mixture, after the curriculum")
     ap.add_argument("--every", type=int, default=500, help="revision spacing after the log-spaced early ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -574,13 +574,14 @@ def main() -> None:
                                      "kth_repository=24,ioi=32,greater_than=16,sentiment=12,binding=56,binding_gaps=16,"
                                      "binding_reverse=40,cot=16,cot_formats=16,repeated_tokens=32")
     ap.add_argument("--weights", default="repeated_tokens=3,binding=2,binding_gaps=2,binding_reverse=2,cot_solution=8,"
-                                         "cot_formats=8",
+                                         "cot_formats=8,shapes=2",
                     help="loss multipliers per task (default 1): induction and binding are the slow phase changes")
     ap.add_argument("--early-mix", default="binding_short=160,repeated_tokens=64;"
-                                           "binding_short=64,binding_reverse_short=96,repeated_tokens=64",
+                                           "binding_short=64,binding_reverse_short=96,repeated_tokens=64;"
+                                           "binding_short=64,binding_reverse_short=96,repeated_tokens=64,shapes=64",
                     help="the curriculum's mix (same form as --mix; empty: no curriculum); stages in turn are "
                          "separated by ';'")
-    ap.add_argument("--early-until", default="binding_short=0.9;binding_reverse_short=0.9",
+    ap.add_argument("--early-until", default="binding_short=0.9;binding_reverse_short=0.9;shapes=0.9",
                     help="TASK=ACC per stage (';'-separated): a stage lasts until TASK's training accuracy (mean "
                          "of 10 steps) reaches ACC, then --early-extra steps more, at most --early-max steps")
     ap.add_argument("--answer-tokens", choices=("first", "all"), default="all",

@@ -255,14 +255,15 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
         subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)], check=True,
                        capture_output=True, timeout=300)
     revs = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
-    # the default curriculum has two stages, each cut at --early-max: main is step 4 + 4 + 3 = 11
-    assert revs == ["main", "step0", "step1", "step2", "step4", "step8"]
+    # the default curriculum has three stages, each cut at --early-max: main is step 4 + 4 + 4 + 3 = 15
+    assert revs == ["main", "step0", "step1", "step12", "step2", "step4", "step8"]
     for rev in revs:
         a, b = ((tmp_path / out / rev / "model.safetensors").read_bytes() for out in ("a", "b"))
         assert a == b, rev
     meta = json.loads((tmp_path / "a" / "main" / "training_meta.json").read_text())
-    assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (11, 11, 8, [0, 1, 2, 4, 8, 11])
-    assert meta["curriculum_learnt_at"] == [None, None]
+    assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (15, 15, 12,
+                                                                                      [0, 1, 2, 4, 8, 12, 15])
+    assert meta["curriculum_learnt_at"] == [None, None, None]
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
