@@ -248,7 +248,7 @@ def main() -> None:
             "circuits": circ, "circuit_data": {**CIRCUIT_DATA, "sizes": list(CIRCUIT_SIZES)}, "neurons": neur,
             "generation": gen, "generation_data": {**GENERATION_DATA, "ablations": list(GENERATION_ABLATIONS)},
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
-            "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}
+            "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}  # MiB
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
@@ -341,7 +341,7 @@ loads offline with `nr.load_model(revision=...)`. Every number below is measured
 (head_dim {cfg['hidden_size'] // cfg['num_attention_heads']}), d_mlp {cfg['intermediate_size']},
 rotary fraction {cfg.get('rope_parameters', {}).get('partial_rotary_factor', cfg.get('rotary_pct'))}, parallel
 residual, untied embeddings, vocabulary {cfg['vocab_size']} word-level tokens. {card['parameters']:,} parameters;
-{len(revs)} revisions in fp16 (loaded as fp32), {card['size_mb']} MB in all.
+{len(revs)} revisions in fp16 (loaded as fp32), {card['size_mb']} MiB in all.
 
 ## Training
 {t['steps']} steps, seed {t['seed']}, {t['threads']} threads.{_curriculum(t)} Sequences per step of the full mixture: `{json.dumps(t['mix'])}`;
