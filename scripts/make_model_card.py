@@ -16,7 +16,9 @@ import numpy as np
 
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
+from nnsight_reasoning.experiments.neurons import ABLATIONS as NEURON_ABLATIONS
 from nnsight_reasoning.tasks.binding import EMBEDDED_FAMILIES as FAMILIES
+from nnsight_reasoning.tasks.cot import VARIANTS as COT_VARIANTS
 
 N, SEED = 500, 2026
 HEAD_DATA = {"n_sequences": 32, "seq_len": 20, "seed": SEED}
@@ -223,7 +225,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reuse-revisions", action="store_true",
                     help="keep card.json's per-revision measurements; re-measure patching and redraw the card")
+    ap.add_argument("--render", action="store_true", help="only redraw MODEL_CARD.md from card.json (measures nothing)")
     args = ap.parse_args()
+    if args.render:
+        return write(embedded.card())
     acc, p_answer, heads, atp = {}, {}, {}, {}
     old = embedded.card() if args.reuse_revisions else {}
     for rev in embedded.revisions():
@@ -250,8 +255,12 @@ def main() -> None:
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
             "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}  # MiB
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
-    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    write(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
+
+
+def write(card: dict) -> None:
+    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
     (embedded.ROOT / "MODEL_CARD.md").write_text(render(card, cfg))
 
 
@@ -260,17 +269,26 @@ def _table(rows: list[str], revs: list[str], cell) -> str:
     return head + "".join(f"| {r} | " + " | ".join(cell(rev, r) for rev in revs) + " |\n" for r in rows)
 
 
+# card.json sorts its keys: the tables list rows and columns in these orders, so a card drawn from
+# the file (--render) reads as the one drawn from a fresh measurement
+ORDER = (*EVALS, *NEURON_ABLATIONS, *GENERATION_ABLATIONS, *COT_VARIANTS)
+
+
+def _ordered(keys) -> list[str]:
+    return sorted(keys, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))
+
+
 def _neuron_table(nd: dict) -> str:
-    rows = [*nd["accuracy"], "mean activation"]
+    rows = [*_ordered(nd["accuracy"]), "mean activation"]
     value = lambda v, row: nd["accuracy"][row][v] if row in nd["accuracy"] else nd["activation"][v]  # noqa: E731
-    return _table(rows, list(nd["activation"]), lambda v, row: f"{value(v, row):.2f}")
+    return _table(rows, _ordered(nd["activation"]), lambda v, row: f"{value(v, row):.2f}")
 
 
 def _generation(card: dict) -> str:
     if "generation" not in card:
         return ""
     g, d = card["generation"], card["generation_data"]
-    table = _table(list(g["accuracy"]), d["variants"], lambda v, a: f"{g['accuracy'][a][v]:.2f}")
+    table = _table(_ordered(g["accuracy"]), d["variants"], lambda v, a: f"{g['accuracy'][a][v]:.2f}")
     which = (f"{len(g['units'])} neurons found while it reasons" if g["units_from"] == "generation" else
              f"it wrote no correct one to find neurons on, so the {len(g['units'])} that `nr.neurons` found")
     return (f"\nThe model's own chains of thought (`nr.cot_generation`, {d['n_prompts']} problems, the shipped "
@@ -315,15 +333,15 @@ def _by_layer(pt: dict) -> str:
 
 def render(card: dict, cfg: dict) -> str:
     revs = [r for r in embedded.revisions() if r in card["accuracy"]]  # training order (card.json sorts keys)
-    rows = list(card["evals"])
+    rows = _ordered(card["evals"])
     acc = _table(rows, revs, lambda rev, r: f"{card['accuracy'][rev][r]:.2f}")
     pa = _table(rows, ["main"], lambda rev, r: f"{card['mean_p_answer'][rev][r]:.3f}")
     hs = _table(list(HEAD_SCORES), revs, lambda rev, s: f"{card['head_scores'][rev][s]['max']:.2f}")
     atp = _table(["attn", "mlp"], revs, lambda rev, v: f"{card['attribution_r'][rev][v]:.2f}") if "attribution_r" in card else ""
     where = ", ".join(f"{s} L{card['head_scores']['main'][s]['layer']}H{card['head_scores']['main'][s]['head']}"
                       for s in HEAD_SCORES)
-    evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'])}`\n"
-                    for c, e in card["evals"].items())
+    evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'], sort_keys=True)}`\n"
+                    for c, e in ((c, card["evals"][c]) for c in rows))
     t = card["training"]
     pt = card["patching"]
     goals = "| target | at main | bound | met |\n|---|---|---|---|\n" + "".join(

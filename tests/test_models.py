@@ -167,6 +167,14 @@ def test_build_figures_choices_follow_the_model(embedded_model):
 
 
 @pytest.mark.slow
+def test_model_card_text_is_drawn_from_card_json():
+    """MODEL_CARD.md is exactly what make_model_card.py draws from card.json (never edited by hand;
+    `make_model_card.py --render` redraws it)."""
+    card_script = _script("make_model_card")
+    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
+    assert card_script.render(embedded.card(), cfg) == (embedded.ROOT / "MODEL_CARD.md").read_text()
+
+
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
     assert _script("make_model_card").patching(nr.load_model()) == embedded.card()["patching"]
