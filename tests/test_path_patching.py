@@ -100,9 +100,11 @@ def test_path_patching_to_the_logits_is_exact_edge_patching(embedded_model):
     pairs = nr.tasks.ioi(4, tokenizer=embedded_model.tokenizer)
     pp = nr.path_patching(embedded_model, pairs, receivers="logits")
     exact = nr.edge_patching(embedded_model, pairs)
+    # the two add the same float32 terms in different orders, so they agree to a few ulps of the logits
+    # the effects are differences of (|logit| up to 17.7 on these prompts: one ulp is 1.9e-6)
     np.testing.assert_allclose(pp.effect.mean("prompt").values,
                                exact.score.sel(upstream=pp.sender.values, downstream="logits").values,
-                               rtol=1e-6, atol=1e-6)
+                               rtol=1e-6, atol=4 * np.spacing(np.float32(17.7)))
     grid = nr.experiments.path_patching.grid(pp)
     head = pp.sel(sender="a2.1")
     assert grid.sel(layer=2, head=1) == head.relative_effect
@@ -171,7 +173,9 @@ def test_copy_top_tokens_match_the_modules_run_one_head_at_a_time(case_model, na
 
 def test_ioi_components_match_the_hook_reference(case_model):
     model, hf = case_model("embedded")
-    pairs = nr.tasks.ioi(3, corruption="swap", tokenizer=model.tokenizer)
+    # 4 pairs: with 3, no head of v8 passes the name-mover rule (a1.2 and a1.3 do from 4 on), and the
+    # S-inhibition check below needs name movers to patch into
+    pairs = nr.tasks.ioi(4, corruption="swap", tokenizer=model.tokenizer)
     ds = nr.ioi_components(model, pairs, copy_threshold=10.0)
     nr.testing.assert_valid_result(ds)
     tok = model.tokenizer
