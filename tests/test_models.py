@@ -166,7 +166,6 @@ def test_build_figures_choices_follow_the_model(embedded_model):
     assert kth[revs.index(mid)] >= 0.5 > max(kth[:revs.index(mid)])
 
 
-@pytest.mark.slow
 def test_model_card_text_is_drawn_from_card_json():
     """MODEL_CARD.md is exactly what make_model_card.py draws from card.json (never edited by hand;
     `make_model_card.py --render` redraws it)."""
@@ -175,6 +174,7 @@ def test_model_card_text_is_drawn_from_card_json():
     assert card_script.render(embedded.card(), cfg) == (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
     assert _script("make_model_card").patching(nr.load_model()) == embedded.card()["patching"]
