@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only redraw MODEL_CARD.md from card.json (measures nothing)")
     args = ap.parse_args()
     if args.render:
-        return write(embedded.card())
+        return write_text(embedded.card())
     acc, p_answer, heads, atp = {}, {}, {}, {}
     old = embedded.card() if args.reuse_revisions else {}
     for rev in embedded.revisions():
@@ -256,12 +256,16 @@ def main() -> None:
             "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}  # MiB
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    write(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
+    write_text(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
 
 
-def write(card: dict) -> None:
-    cfg = json.loads((embedded.revision_path("main") / "config.json").read_text())
-    (embedded.ROOT / "MODEL_CARD.md").write_text(render(card, cfg))
+def text(card: dict) -> str:
+    """MODEL_CARD.md's text for ``card`` (the shipped main revision's architecture)."""
+    return render(card, json.loads((embedded.revision_path("main") / "config.json").read_text()))
+
+
+def write_text(card: dict) -> None:
+    (embedded.ROOT / "MODEL_CARD.md").write_text(text(card))
 
 
 def _table(rows: list[str], revs: list[str], cell) -> str:
@@ -340,8 +344,8 @@ def render(card: dict, cfg: dict) -> str:
     atp = _table(["attn", "mlp"], revs, lambda rev, v: f"{card['attribution_r'][rev][v]:.2f}") if "attribution_r" in card else ""
     where = ", ".join(f"{s} L{card['head_scores']['main'][s]['layer']}H{card['head_scores']['main'][s]['head']}"
                       for s in HEAD_SCORES)
-    evals = "".join(f"- `{c}`: task `{e['task']}`, parameters `{json.dumps(e['params'], sort_keys=True)}`\n"
-                    for c, e in ((c, card["evals"][c]) for c in rows))
+    evals = "".join(f"- `{c}`: task `{card['evals'][c]['task']}`, parameters "
+                    f"`{json.dumps(card['evals'][c]['params'], sort_keys=True)}`\n" for c in rows)
     t = card["training"]
     pt = card["patching"]
     goals = "| target | at main | bound | met |\n|---|---|---|---|\n" + "".join(

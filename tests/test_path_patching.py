@@ -100,8 +100,8 @@ def test_path_patching_to_the_logits_is_exact_edge_patching(embedded_model):
     pairs = nr.tasks.ioi(4, tokenizer=embedded_model.tokenizer)
     pp = nr.path_patching(embedded_model, pairs, receivers="logits")
     exact = nr.edge_patching(embedded_model, pairs)
-    # the two add the same float32 terms in different orders, so they agree to a few ulps of the logits
-    # the effects are differences of (|logit| up to 17.7 on these prompts: one ulp is 1.9e-6)
+    # the effects are differences of logits (|logit| up to 17.7 on these prompts, one float32 ulp 1.9e-6)
+    # that the two compute in different summation orders: they agree to a few of those ulps
     np.testing.assert_allclose(pp.effect.mean("prompt").values,
                                exact.score.sel(upstream=pp.sender.values, downstream="logits").values,
                                rtol=1e-6, atol=4 * np.spacing(np.float32(17.7)))
