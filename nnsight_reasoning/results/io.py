@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def site_variables(ds: xr.Dataset) -> list[str]:
     return [var_name(s) for s in SITES if var_name(s) in ds.data_vars]
 
 
+# HDF5, under netCDF4, is not thread-safe, and xarray's own locks do not cover every call: a cluster
+# sweep's worker threads writing their parts at once crashed the process in a file's close (SIGSEGV,
+# tests/test_cluster.py, 2026-12-02). So one netCDF read or write at a time per process; each is small.
+_NETCDF_IO = threading.Lock()
+
+
 def save_result(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to netCDF atomically: a temp file in the same folder, then a rename.
 
@@ -104,7 +111,8 @@ def save_result(ds: xr.Dataset, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        with _NETCDF_IO:
+            ds.to_netcdf(tmp, engine="netcdf4")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -118,7 +126,7 @@ def load_result(path: str | Path) -> xr.Dataset:
     if not path.is_file():
         raise UsageError(f"no such results file: {path}")
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        with _NETCDF_IO, xr.open_dataset(path, engine="netcdf4") as ds:
             return _upgrade(ds.load())
     except Exception as e:  # netCDF4/HDF5 raise several unrelated types for corrupt files
         raise UsageError(f"cannot read {path} as a netCDF results file ({type(e).__name__}); "
