@@ -61,10 +61,13 @@ def test_cluster_benchmark_runs_and_its_runs_agree(tmp_path):
 
 
 def test_training_chunk_benchmark_runs_and_its_chunkings_agree():
-    # a twentieth of one mixture step: 128-sequence chunks against 256-token ones, same gradients
+    # a twentieth of one mixture step: 128-sequence chunks against 256-token ones, in fp32 and bf16, same gradients
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_chunks.py"), "--steps", "1", "--fraction",
-                           "0.05", "--threads", "1", "0", "256"], capture_output=True, text=True, timeout=300)
+                           "0.05", "--threads", "1", "0", "256", "--precisions", "fp32", "bf16"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    tokens = [int(ln.split("tokens")[-1].split()[0]) for ln in proc.stdout.splitlines() if ln.startswith("round 2")]
-    assert len(tokens) == 2 and tokens[1] < tokens[0]  # less padding
-    assert "gradients agree" in proc.stdout
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("round 2")]
+    assert [(r[2], r[4]) for r in rows] == [("fp32", "0"), ("fp32", "256"), ("bf16", "0"), ("bf16", "256")]
+    tokens = [int(r[6]) for r in rows]
+    assert tokens[1] < tokens[0] and tokens[2:] == tokens[:2]  # less padding; the precision does not change it
+    assert "gradients agree" in proc.stdout and "bf16 against fp32: the gradient differs by" in proc.stdout

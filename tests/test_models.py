@@ -251,15 +251,17 @@ def test_model_card_targets():
 
 
 @pytest.mark.slow  # two short training runs in subprocesses (~15 s)
-def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path, precision):
     """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
-    every revision; the curriculum hands over to the full mixture at --early-max at the latest,
-    and every revision records the schedule it was trained on."""
+    every revision, in either ``--precision``; the curriculum hands over to the full mixture at
+    --early-max at the latest, and every revision records the schedule it was trained on."""
     import subprocess
     import sys
 
     script = SCRIPTS / "train_embedded.py"
-    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1"]
+    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1",
+            "--precision", precision]
     for out in ("a", "b"):
         subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)], check=True,
                        capture_output=True, timeout=300)
@@ -273,6 +275,7 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (15, 15, 12,
                                                                                       [0, 1, 2, 4, 8, 12, 15])
     assert meta["curriculum_learnt_at"] == [None, None, None]
+    assert meta.get("precision", "fp32") == precision  # recorded when not fp32, as v1-v8 were trained
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
@@ -461,6 +464,45 @@ def test_token_budget_chunks_change_only_the_summation_order():
     scale = max(float(g.abs().max()) for g in g0)  # reordered float32 sums differ by a few ulps of it
     for a, b in zip(g0, g1):
         torch.testing.assert_close(b, a, rtol=0, atol=32 * np.finfo(np.float32).eps * scale)
+
+
+def test_bf16_forward_is_the_fp32_loss_to_bfloat16_rounding():
+    """train_embedded's ``--precision bf16``: under ``forward_precision("bf16")`` the matrix products
+    run in bfloat16 (the unembedding's output is bf16) while the parameters and their gradients stay
+    float32, and the loss and every gradient are the fp32 ones up to bfloat16 rounding: relative
+    error a few units of its roundoff u = 2**-8 (rounding each product's inputs costs about u, and
+    backward chains a few such products), far below what a dropped token or a wrong target gives.
+    ``fp32`` changes nothing (v1-v8's bits)."""
+    import random
+
+    script = _script("train_embedded")
+    tok, rng = script.build_tokenizer(), random.Random(0)
+    seqs = [script.encode(tok, script.TASKS[t](rng), True) for t in ("binding",) * 24 + ("cot_formats",) * 4]
+    torch.manual_seed(0)
+    model = script.GPTNeoXForCausalLM(script.GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=512, rotary_pct=0.25, attn_implementation="eager")).float()
+    smooth = script.smoothing_classes(tok)
+    chunks = list(script.batches(seqs, tok.pad_token_id, 0))
+    dtypes = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+
+    def loss_and_grads(precision):
+        model.zero_grad()
+        total = 0.0
+        with script.forward_precision(precision):
+            for loss, _ in script.chunk_losses(model, chunks, smooth, 0.2, 0.1):
+                loss.backward()
+                total += float(loss.detach())
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    (l0, g0), (l1, g1) = loss_and_grads("fp32"), loss_and_grads("bf16")
+    assert dtypes == [torch.float32, torch.bfloat16]  # one chunk each: fp32 untouched, bf16 really lowered
+    u = 2.0 ** -8
+    assert l1 != l0 and l1 == pytest.approx(l0, rel=4 * u)
+    for a, b in zip(g0, g1):
+        assert b.dtype == torch.float32 and not torch.equal(a, b)
+        assert float((b - a).norm() / a.norm()) < 4 * u
 
 
 def _running_totals(question: str) -> list[int]:
