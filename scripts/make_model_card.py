@@ -10,7 +10,9 @@ scores from ``nr.head_scores`` on repeated random tokens.
 """
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -179,6 +181,29 @@ def _generation_targets(gen: dict | None) -> list[tuple[str, float, str]]:
             ("CoT generation, standard below equation-only - 0.2", g["standard"], f"<= {g['equation_only'] - 0.2:.2f}")]
 
 
+def sizes() -> dict:
+    """The shipped revisions' files (``revisions/*/*``, pyproject's package data; training_log.json
+    stays in the repository): ``files`` (count), ``bytes`` (on disk) and ``wheel_bytes`` (the sum of
+    their deflated sizes as zipfile writes them into a wheel, ZIP_DEFLATED at zlib's default level;
+    tests/test_packaging.py reads the same sums from a built wheel)."""
+    files = sorted(f for f in embedded.REVISIONS_DIR.glob("*/*") if f.is_file() and not f.name.startswith("."))
+    deflated = 0
+    with zipfile.ZipFile(io.BytesIO(), "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            name = f.relative_to(embedded.REVISIONS_DIR).as_posix()
+            z.writestr(name, f.read_bytes())
+            deflated += z.getinfo(name).compress_size
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "wheel_bytes": deflated}
+
+
+def training_time() -> dict:
+    """``seconds``: wall-clock seconds of training (time lost to a kill before ``--resume`` is not
+    counted) up to step ``by_step``, from training_log.json's last row. Runs since this card row
+    log their end there (``by_step`` is the last step); v1-v8's logs end on their last 50-step row."""
+    last = json.loads((embedded.REVISIONS_DIR / "training_log.json").read_text())[-1]
+    return {"seconds": last["s"], "by_step": last["step"]}
+
+
 # The issue's targets, checked on the measurements above: (what, value at main, the bound).
 def targets(card: dict) -> list[tuple[str, float, str, bool]]:
     a, p, h, pt = card["accuracy"]["main"], card["mean_p_answer"]["main"], card["head_scores"], card["patching"]
@@ -196,7 +221,9 @@ def targets(card: dict) -> list[tuple[str, float, str, bool]]:
             ("k-th smallest, repository format (16 numbers)", a["kth_smallest_repository"], ">= 0.8"),
             ("IOI ABBA", a["ioi_abba"], ">= 0.9"), ("IOI BABA", a["ioi_baba"], ">= 0.9"),
             ("greater-than", a["greater_than"], ">= 0.9"), ("sentiment", a["sentiment"], ">= 0.9")]
-    rows += [(f"binding {k[8:]}", a[k], ">= 0.8" if k.endswith("_3") else ">= 0.9") for k in a if k.startswith("binding_")]
+    # in EVALS' order, so a card measured afresh and one read back from card.json (sorted keys) agree
+    rows += [(f"binding {k[8:]}", a[k], ">= 0.8" if k.endswith("_3") else ">= 0.9") for k in EVALS
+             if k.startswith("binding_")]
     # the issue asks for at least four families that bind with 2 entities (>= 0.9) and 3 (>= 0.8)
     binding = sum(a[f"binding_{f}"] >= 0.9 and a[f"binding_{f}_3"] >= 0.8 for f in FAMILIES)
     rows += [(f"binding families meeting both bounds (of {len(FAMILIES)})", binding, ">= 4")]
@@ -207,6 +234,10 @@ def targets(card: dict) -> list[tuple[str, float, str, bool]]:
              ("best induction head at main", h["main"]["induction"]["max"], ">= 0.5"),
              ("best previous-token head at main", h["main"]["previous_token"]["max"], ">= 0.5"),
              ("best induction head at step0 (chance + 0.1)", h["step0"]["induction"]["max"], f"<= {chance + 0.1:.2f}")]
+    # MB are 10**6 bytes; the issue's 40 MB is read both as files on disk and as the wheel pip downloads
+    rows += [("size on disk, MB", round(card["size"]["bytes"] / 1e6, 2), "<= 40"),
+             ("size in the wheel (deflated), MB", round(card["size"]["wheel_bytes"] / 1e6, 2), "<= 40"),
+             ("training time, minutes", round(card["training_time"]["seconds"] / 60, 1), "<= 90")]
 
     def ok(v: float, bound: str) -> bool:
         if bound.startswith(">="):
@@ -253,7 +284,7 @@ def main() -> None:
             "circuits": circ, "circuit_data": {**CIRCUIT_DATA, "sizes": list(CIRCUIT_SIZES)}, "neurons": neur,
             "generation": gen, "generation_data": {**GENERATION_DATA, "ablations": list(GENERATION_ABLATIONS)},
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
-            "size_mb": round(sum(f.stat().st_size for f in embedded.REVISIONS_DIR.rglob("*") if f.is_file()) / 2**20, 1)}  # MiB
+            "size": sizes(), "training_time": training_time()}
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     write_text(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
@@ -315,12 +346,26 @@ def _curriculum(t: dict) -> str:
             f"rate's cosine decay spans those).")
 
 
+def _minutes(spent: dict, t: dict) -> str:
+    """The training time (card['training_time']: seconds, by_step) in minutes, and up to which step."""
+    to = "" if spent["by_step"] == t["steps"] else f" up to step {spent['by_step']:,} (the log's last timed step)"
+    return f"{spent['seconds'] / 60:.0f} minutes of training{to}, wall clock on the machine that trained it"
+
+
 def _chunks(t: dict) -> str:
     """How a task's sequences were batched (``--batch-tokens``; unset: chunks of 128 sequences, said nowhere)."""
     if not t.get("batch_tokens"):
         return ""
     return (f" A task's sequences go through the model in length-sorted chunks of at most {t['batch_tokens']} "
             f"tokens, padding included.")
+
+
+def _precision(t: dict) -> str:
+    """The forward's precision (``--precision``; unset: float32, said nowhere)."""
+    if t.get("precision") != "bf16":
+        return ""
+    return (" The forward's matrix products run in bfloat16 (torch.autocast); the weights, gradients and AdamW"
+            " state are float32, and so is the loss, computed from the bf16 logits.")
 
 
 def _by_layer(pt: dict) -> str:
@@ -363,16 +408,17 @@ loads offline with `nr.load_model(revision=...)`. Every number below is measured
 (head_dim {cfg['hidden_size'] // cfg['num_attention_heads']}), d_mlp {cfg['intermediate_size']},
 rotary fraction {cfg.get('rope_parameters', {}).get('partial_rotary_factor', cfg.get('rotary_pct'))}, parallel
 residual, untied embeddings, vocabulary {cfg['vocab_size']} word-level tokens. {card['parameters']:,} parameters;
-{len(revs)} revisions in fp16 (loaded as fp32), {card['size_mb']} MiB in all.
+{len(revs)} revisions in fp16 (loaded as fp32), {card['size']['bytes'] / 1e6:.1f} MB in all on disk
+({card['size']['bytes'] / 2**20:.1f} MiB), {card['size']['wheel_bytes'] / 1e6:.1f} MB deflated in the wheel.
 
 ## Training
-{t['steps']} steps, seed {t['seed']}, {t['threads']} threads.{_curriculum(t)} Sequences per step of the full mixture: `{json.dumps(t['mix'])}`;
+{t['steps']:,} steps, seed {t['seed']}, {t['threads']} threads: {_minutes(card['training_time'], t)}.{_curriculum(t)} Sequences per step of the full mixture: `{json.dumps(t['mix'])}`;
 each task's loss counts in proportion to its sequences, times `{json.dumps(t.get('weights', {}))}`
 (induction and binding are phase changes that a small share of the loss delays).
 Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
 number words, names), so the model keeps real uncertainty among plausible answers; prompt
 tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay 0.1, 100
-warm-up steps, cosine to 10 %.{_chunks(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
+warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
 
 ## Targets (issue 18), measured

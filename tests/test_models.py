@@ -172,6 +172,20 @@ def test_model_card_text_is_drawn_from_card_json():
     assert _script("make_model_card").text(embedded.card()) == (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
+def test_model_card_size_and_training_time_are_the_files():
+    """The card's size is the shipped revision files' (pyproject's ``revisions/*/*``; the wheel's
+    deflated sum: tests/test_packaging.py), its training time the training log's last row, and
+    its target rows are drawn from those."""
+    card = embedded.card()
+    files = [f for f in embedded.REVISIONS_DIR.glob("*/*") if f.is_file()]
+    assert (card["size"]["files"], card["size"]["bytes"]) == (len(files), sum(f.stat().st_size for f in files))
+    last = json.loads((embedded.REVISIONS_DIR / "training_log.json").read_text())[-1]
+    assert card["training_time"] == {"seconds": last["s"], "by_step": last["step"]}
+    # every target row (these three included) follows from the card's measurements
+    assert [tuple(t[k] for k in ("target", "value", "bound", "met")) for t in card["targets"]] == \
+        _script("make_model_card").targets(card)
+
+
 @pytest.mark.slow
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
@@ -250,38 +264,43 @@ def test_model_card_targets():
     assert max(v for k, v in step0.items() if k not in sets) < 0.05
 
 
-@pytest.mark.slow  # two short training runs in subprocesses (~15 s)
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path, precision):
+@pytest.mark.slow  # four short training runs in subprocesses (~40 s)
+def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
-    every revision, in either ``--precision``; the curriculum hands over to the full mixture at
-    --early-max at the latest, and every revision records the schedule it was trained on."""
+    every revision, in each ``--precision`` (and bf16's are not fp32's: the option reaches the
+    forward); the curriculum hands over to the full mixture at --early-max at the latest, and every
+    revision records the schedule it was trained on."""
     import subprocess
     import sys
 
     script = SCRIPTS / "train_embedded.py"
-    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1",
-            "--precision", precision]
-    for out in ("a", "b"):
-        subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)], check=True,
-                       capture_output=True, timeout=300)
-    revs = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
+    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1"]
+    for precision in ("fp32", "bf16"):
+        for out in ("a", "b"):
+            subprocess.run([sys.executable, str(script), *args, "--precision", precision, "--out",
+                            str(tmp_path / precision / out)], check=True, capture_output=True, timeout=300)
+    revs = sorted(p.name for p in (tmp_path / "fp32" / "a").iterdir() if p.is_dir())
     # the default curriculum has three stages, each cut at --early-max: main is step 4 + 4 + 4 + 3 = 15
     assert revs == ["main", "step0", "step1", "step12", "step2", "step4", "step8"]
-    for rev in revs:
-        a, b = ((tmp_path / out / rev / "model.safetensors").read_bytes() for out in ("a", "b"))
-        assert a == b, rev
-    meta = json.loads((tmp_path / "a" / "main" / "training_meta.json").read_text())
+    weights = {(p, out, rev): (tmp_path / p / out / rev / "model.safetensors").read_bytes()
+               for p in ("fp32", "bf16") for out in ("a", "b") for rev in revs}
+    for precision in ("fp32", "bf16"):
+        for rev in revs:
+            assert weights[precision, "a", rev] == weights[precision, "b", rev], (precision, rev)
+    assert weights["fp32", "a", "step0"] == weights["bf16", "a", "step0"]  # the same initialisation
+    assert weights["fp32", "a", "main"] != weights["bf16", "a", "main"]
+    assert json.loads((tmp_path / "bf16" / "a" / "main" / "training_meta.json").read_text())["precision"] == "bf16"
+    meta = json.loads((tmp_path / "fp32" / "a" / "main" / "training_meta.json").read_text())
+    assert "precision" not in meta  # recorded when not fp32, as v1-v8 were trained
     assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (15, 15, 12,
                                                                                       [0, 1, 2, 4, 8, 12, 15])
     assert meta["curriculum_learnt_at"] == [None, None, None]
-    assert meta.get("precision", "fp32") == precision  # recorded when not fp32, as v1-v8 were trained
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
             "mix", "seed", "smoothing", "weights")  # batch_tokens and dropout are recorded when set
     assert {k: meta.get(k) for k in same} == {k: shipped.get(k) for k in same}
-    step2 = json.loads((tmp_path / "a" / "step2" / "training_meta.json").read_text())
+    step2 = json.loads((tmp_path / "fp32" / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
 
 
@@ -467,12 +486,12 @@ def test_token_budget_chunks_change_only_the_summation_order():
 
 
 def test_bf16_forward_is_the_fp32_loss_to_bfloat16_rounding():
-    """train_embedded's ``--precision bf16``: under ``forward_precision("bf16")`` the matrix products
-    run in bfloat16 (the unembedding's output is bf16) while the parameters and their gradients stay
-    float32, and the loss and every gradient are the fp32 ones up to bfloat16 rounding: relative
-    error a few units of its roundoff u = 2**-8 (rounding each product's inputs costs about u, and
-    backward chains a few such products), far below what a dropped token or a wrong target gives.
-    ``fp32`` changes nothing (v1-v8's bits)."""
+    """train_embedded's ``--precision bf16``: ``chunk_losses(..., "bf16")`` runs the matrix products in
+    bfloat16 (the unembedding's logits are bf16) while the parameters and their gradients stay float32;
+    the loss is float32 arithmetic on those bf16 logits (a float64 recomputation of the script's loss
+    from them agrees to float32 rounding), and the whole gradient is fp32's up to bfloat16 rounding:
+    its relative error stays within a few units of bf16's roundoff u = 2**-8 (measured 3.2e-3 here),
+    where leaving one sequence out moves it by 0.33. ``fp32`` changes nothing (v1-v8's bits)."""
     import random
 
     script = _script("train_embedded")
@@ -483,26 +502,33 @@ def test_bf16_forward_is_the_fp32_loss_to_bfloat16_rounding():
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=512, rotary_pct=0.25, attn_implementation="eager")).float()
     smooth = script.smoothing_classes(tok)
-    chunks = list(script.batches(seqs, tok.pad_token_id, 0))
-    dtypes = []
-    model.get_output_embeddings().register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    logits = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: logits.append(o.detach()))
 
-    def loss_and_grads(precision):
+    def loss_and_grad(precision, sequences=seqs):
+        chunks = list(script.batches(sequences, tok.pad_token_id, 0))
         model.zero_grad()
         total = 0.0
-        with script.forward_precision(precision):
-            for loss, _ in script.chunk_losses(model, chunks, smooth, 0.2, 0.1):
-                loss.backward()
-                total += float(loss.detach())
-        return total, [p.grad.clone() for p in model.parameters()]
+        for loss, _ in script.chunk_losses(model, chunks, smooth, 0.2, 0.1, precision):
+            loss.backward()
+            total += float(loss.detach())
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        return total, torch.cat([p.grad.flatten() for p in model.parameters()]), chunks
 
-    (l0, g0), (l1, g1) = loss_and_grads("fp32"), loss_and_grads("bf16")
-    assert dtypes == [torch.float32, torch.bfloat16]  # one chunk each: fp32 untouched, bf16 really lowered
+    (l0, g0, chunks), (l1, g1, _) = loss_and_grad("fp32"), loss_and_grad("bf16")
+    assert len(chunks) == 1 and [x.dtype for x in logits] == [torch.float32, torch.bfloat16]
+    # the loss from the bf16 logits, in float64: label smoothing 0.2 within the answer's class, 0.1 x prompt NLL
+    ids, is_answer, is_prompt = chunks[0]
+    logp = logits[1].double()[:, :-1].log_softmax(-1)
+    target, at = ids[:, 1:], is_answer.bool()
+    nll = -logp.gather(-1, target[..., None])[..., 0]
+    spread = -(logp[at] * smooth[target[at]].double()).sum(-1)
+    expected = (0.8 * nll[at] + 0.2 * spread).sum() / is_answer.sum() + 0.1 * (nll * is_prompt).sum() / is_prompt.sum()
+    assert l1 != l0 and l1 == pytest.approx(float(expected), rel=1e-6)  # float32 sums of ~10^3 terms
     u = 2.0 ** -8
-    assert l1 != l0 and l1 == pytest.approx(l0, rel=4 * u)
-    for a, b in zip(g0, g1):
-        assert b.dtype == torch.float32 and not torch.equal(a, b)
-        assert float((b - a).norm() / a.norm()) < 4 * u
+    relative = float((g1 - g0).norm() / g0.norm())
+    _, g_fewer, _ = loss_and_grad("fp32", seqs[:-1])
+    assert 0 < relative < 4 * u < float((g_fewer - g0).norm() / g0.norm())
 
 
 def _running_totals(question: str) -> list[int]:

@@ -5,6 +5,8 @@ import pytest
 
 import subprocess
 import sys
+import importlib.util
+import json
 import zipfile
 from pathlib import Path
 
@@ -24,3 +26,16 @@ def test_wheel_layout(tmp_path):
     assert "nnsight_reasoning/embedded/card.json" in names
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "reason-interp = nnsight_reasoning.cli.main:main" in entry
+    # the model card's sizes are the wheel's: every revision file, as stored and as deflated in it
+    shipped = [i for i in zipfile.ZipFile(wheel).infolist() if i.filename.startswith(
+        "nnsight_reasoning/embedded/revisions/") and not i.is_dir()]
+    spec = importlib.util.spec_from_file_location("make_model_card", ROOT / "scripts" / "make_model_card.py")
+    card_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card_script)
+    measured = card_script.sizes()
+    assert measured == {"files": len(shipped), "bytes": sum(i.file_size for i in shipped),
+                        "wheel_bytes": sum(i.compress_size for i in shipped)}
+    # deflate's output depends on the zlib build: on a Python with another one, remeasure the card
+    # (make_model_card.py --reuse-revisions) before reading its wheel size
+    card = json.loads((ROOT / "nnsight_reasoning" / "embedded" / "card.json").read_text())["size"]
+    assert card == measured
