@@ -443,12 +443,10 @@ def test_the_shapes_task_is_the_attribute_first_family_alone():
         script.encode(tok, segments)  # raises on an out-of-vocabulary word
 
 
-def test_token_budget_chunks_change_only_the_summation_order():
-    """train_embedded's ``--batch-tokens``: a task's sequences split into length-sorted chunks of at
-    most that many tokens (padding included; a longer sequence alone) give the task's loss and
-    every gradient of the 128-sequence chunks (``0``, v1-v7) up to float32 rounding: the chunk
-    losses share fixed normalisers, and causal attention never lets a token see the padding after
-    it. Every sequence is kept, unchanged, in exactly one chunk."""
+def _small_training_batch(**config):
+    """train_embedded's script, tokenizer, 28 training sequences (24 binding, 4 worked solutions; seed
+    0), a 2-layer d=32 GPT-NeoX initialised from seed 0 (``config`` added to its config) and the
+    label-smoothing table: the small model the chunking and precision tests compute losses on."""
     import random
 
     script = _script("train_embedded")
@@ -457,8 +455,17 @@ def test_token_budget_chunks_change_only_the_summation_order():
     torch.manual_seed(0)
     model = script.GPTNeoXForCausalLM(script.GPTNeoXConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=512, rotary_pct=0.25)).float()
-    smooth = script.smoothing_classes(tok)
+        max_position_embeddings=512, rotary_pct=0.25, **config)).float()
+    return script, tok, seqs, model, script.smoothing_classes(tok)
+
+
+def test_token_budget_chunks_change_only_the_summation_order():
+    """train_embedded's ``--batch-tokens``: a task's sequences split into length-sorted chunks of at
+    most that many tokens (padding included; a longer sequence alone) give the task's loss and
+    every gradient of the 128-sequence chunks (``0``, v1-v7) up to float32 rounding: the chunk
+    losses share fixed normalisers, and causal attention never lets a token see the padding after
+    it. Every sequence is kept, unchanged, in exactly one chunk."""
+    script, tok, seqs, model, smooth = _small_training_batch()
 
     def unpadded(chunks):
         return sorted(tuple(ids[i][: int((ids[i] != tok.pad_token_id).sum())].tolist())
@@ -492,16 +499,7 @@ def test_bf16_forward_is_the_fp32_loss_to_bfloat16_rounding():
     from them agrees to float32 rounding), and the whole gradient is fp32's up to bfloat16 rounding:
     its relative error stays within a few units of bf16's roundoff u = 2**-8 (measured 3.2e-3 here),
     where leaving one sequence out moves it by 0.33. ``fp32`` changes nothing (v1-v8's bits)."""
-    import random
-
-    script = _script("train_embedded")
-    tok, rng = script.build_tokenizer(), random.Random(0)
-    seqs = [script.encode(tok, script.TASKS[t](rng), True) for t in ("binding",) * 24 + ("cot_formats",) * 4]
-    torch.manual_seed(0)
-    model = script.GPTNeoXForCausalLM(script.GPTNeoXConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=512, rotary_pct=0.25, attn_implementation="eager")).float()
-    smooth = script.smoothing_classes(tok)
+    script, tok, seqs, model, smooth = _small_training_batch(attn_implementation="eager")
     logits = []
     model.get_output_embeddings().register_forward_hook(lambda m, i, o: logits.append(o.detach()))
 
