@@ -203,8 +203,8 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   steps 550, 1,131 and 1,625 (v8: 507, 1,519, 1,822), the mixture ran from 1,726 and main is step 5,126 (21
   revisions, as v8). 6,690 s of training (111.5 min; the log's last row; a few minutes of tests shared the
   CPU): curriculum steps 0.42-0.8 s, mixture steps 1.5-1.8 s (v8: 2.0-2.4 s on its day). Faster than v8's
-  162 min, still over the issue's 90. Its card (``make_model_card.py``, kept in /work/v9state on the
-  training host): every target v8 met still holds (arithmetic 1.00, mean P(answer) 0.779, held-out (+-*/)
+  162 min, still over the issue's 90. Its card (``make_model_card.py`` on its revisions; neither
+  is committed): every target v8 met still holds (arithmetic 1.00, mean P(answer) 0.779, held-out (+-*/)
   0.972 and lm-arithmetic templates 0.974, v8 0.956 / 0.944; every binding family 1.00 with 2 and 3
   entities; CoT full / equation-only 0.99 / 0.994, text-only 0.146, no CoT 0.09; induction 0.948,
   previous-token 0.99); one-step attribution r 0.08 / 0.41 attn / mlp (5 IG steps 0.87 / 0.68), top site
@@ -232,7 +232,7 @@ was smaller than on the bench (mixture steps 1.93-2.05 s against v7's 2.0-2.3 s:
 clipping and the optimizer step are not chunked), and the one run with it (above) lost binding.
 
 Precision (``--precision``, 2026-12-02). ``bf16`` runs the forward's matrix products in bfloat16 under
-``torch.autocast`` (this CPU has AVX-512 BF16; without it bf16 products are emulated and slower); the
+``torch.autocast`` (measured on a CPU with AVX-512 BF16; one without it was not tried); the
 weights, gradients, AdamW and the loss's arithmetic stay float32. ``python benchmarks/train_chunks.py 0
 --precisions fp32 bf16`` times both side by side on v8 main's weights and mix and prints how far the bf16
 gradient is from fp32's (not yet run at full size on an idle CPU: the only whole-run comparison is v9's
