@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
 from nnsight_reasoning.models import ModelInfo
+from tests.script_modules import SCRIPTS, load_script
 
 
 def test_embedded_revisions_are_shipped():
@@ -136,17 +137,7 @@ def test_model_card_numbers_are_reproducible(rev):
     assert "| arithmetic | " in (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
-SCRIPTS = embedded.ROOT.parents[1] / "scripts"  # the card and training scripts (not part of the package)
-
-
-def _script(name: str):
-    """A module of scripts/ (the card and training scripts are not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+_script = load_script
 
 
 def test_build_figures_choices_follow_the_model(embedded_model):

@@ -5,10 +5,11 @@ import pytest
 
 import subprocess
 import sys
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
+
+from tests.script_modules import load_script
 
 pytestmark = pytest.mark.slow
 
@@ -19,20 +20,18 @@ def test_wheel_layout(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    wheel_zip = zipfile.ZipFile(wheel)
+    names = wheel_zip.namelist()
     assert {n.split("/")[0] for n in names} == {"nnsight_reasoning", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
     assert "nnsight_reasoning/cli/main.py" in names and "nnsight_reasoning/tasks/arithmetic.py" in names
     assert "nnsight_reasoning/embedded/revisions/main/model.safetensors" in names
     assert "nnsight_reasoning/embedded/card.json" in names
-    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    entry = wheel_zip.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "reason-interp = nnsight_reasoning.cli.main:main" in entry
     # the model card's sizes are the wheel's: every revision file, as stored and as deflated in it
-    shipped = [i for i in zipfile.ZipFile(wheel).infolist() if i.filename.startswith(
+    shipped = [i for i in wheel_zip.infolist() if i.filename.startswith(
         "nnsight_reasoning/embedded/revisions/") and not i.is_dir()]
-    spec = importlib.util.spec_from_file_location("make_model_card", ROOT / "scripts" / "make_model_card.py")
-    card_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(card_script)
-    measured = card_script.sizes()
+    measured = load_script("make_model_card").sizes()
     assert measured == {"files": len(shipped), "bytes": sum(i.file_size for i in shipped),
                         "wheel_bytes": sum(i.compress_size for i in shipped)}
     # deflate's output depends on the zlib build: on a Python with another one, remeasure the card
