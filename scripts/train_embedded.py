@@ -181,8 +181,8 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   on the task three of the five papers rest on, so v6 stays shipped.
 - **v8** (shipped before v10; started 2026-12-02 06:15; today ``--precision fp32 --steps 3400``): the
   same command with ``--steps 3400`` (v7: 2,600), so arithmetic has about the 1,200 steps after it
-  is learnt that v6 had. The curriculum is v7's bit for bit (stages learnt at 507, 1,519 and 1,822; mixture from 1,923), main
-  is step 5,323 (21 revisions, step4500 and step5000 new).
+  is learnt that v6 had. The curriculum is v7's bit for bit (stages learnt at 507, 1,519 and 1,822;
+  mixture from 1,923), main is step 5,323 (21 revisions, step4500 and step5000 new).
   That run stopped at step 2,650 with the sitting it ran in (no state was saved then). It was rerun
   from the start with ``--checkpoint`` (08:30): its revisions to step2500 and its log rows to step
   2,650 equal the stopped run's, and so do those after a deliberate kill at step 1,050 and
