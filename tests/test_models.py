@@ -391,12 +391,12 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     state = torch.load(ckpt, weights_only=False)
     del state["settings"]["precision"]
     torch.save(state, tmp_path / "old.pt")
-    old = [*args, "--out", str(tmp_path / "c"), "--checkpoint", str(tmp_path / "old.pt"), "--resume"]
+    old = [*args, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "old.pt"), "--resume"]  # b's own --out
     out = subprocess.run(old, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "other settings (precision)" in out.stderr, out.stderr
     out = subprocess.run([*old, "--precision", "fp32", "--lr", "0.001"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "other settings (lr)" in out.stderr, out.stderr  # precision fp32 agrees
-    assert not (tmp_path / "c").exists()
+    assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
 
 
 def test_training_sequences_answer_what_their_context_states():
