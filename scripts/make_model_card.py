@@ -449,8 +449,9 @@ neurons' mean activation at the answer position:
 For tasks with a set of correct answers (greater-than, sentiment) it is the set's probability.
 {pa}
 ## Best head per score and revision
-Mean over {card['head_data']['n_sequences']} sequences of {card['head_data']['seq_len']} repeated random tokens
-(`nr.head_scores`); uniform attention scores {card['head_scores']['main']['chance']:.2f}. At main: {where}.
+Mean over {card['head_data']['n_sequences']} sequences of {card['head_data']['seq_len']} repeated random tokens, seed {card['head_data']['seed']}
+(`nr.head_scores`; `reason-interp heads --revisions all --n-sequences {card['head_data']['n_sequences']} --seq-len {card['head_data']['seq_len']} --seed {card['head_data']['seed']}`
+reproduces the table; `heads` defaults to seed 0); uniform attention scores {card['head_scores']['main']['chance']:.2f}. At main: {where}.
 {hs}
 Rows:
 {evals}

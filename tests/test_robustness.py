@@ -106,5 +106,8 @@ def test_robustness_bad_input_and_cli(embedded_model, tmp_path):
     ds = nr.load_result(out)
     nr.testing.assert_valid_result(ds)
     assert ds.attrs["method"] == "probe_robustness" and ds.sizes["subset"] == 4 and "baseline_f1" not in ds
+    # the header's accuracies are over all prompts, not the mean of the subsets' (which overlap)
+    said = f"accuracy over all 24 prompts {float(ds.correct.mean()):.3f} -> {float(ds.correct_corrupt.mean()):.3f}"
+    assert said in " ".join(r.stdout.split()), r.stdout
     r = reason_interp(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "r.png").exists(), r.stderr

@@ -219,8 +219,8 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     last = last_checkpoint(ds)
     head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
             f"{last.sizes['subset']} subsets of {ds.attrs.get('subset_size')} prompts · corruption "
-            f"{ds.attrs.get('corruption')} · accuracy {float(last.accuracy.mean()):.3f} -> "
-            f"{float(last.accuracy_corrupt.mean()):.3f}")
+            f"{ds.attrs.get('corruption')} · accuracy over all {last.sizes['prompt']} prompts "
+            f"{float(last.correct.mean()):.3f} -> {float(last.correct_corrupt.mean()):.3f}")
     tables = [head]
     for p in last["probe"].values:
         r = last.sel(probe=p)
