@@ -79,28 +79,28 @@ run plot "$R/cot_generation.nc" --out docs/cot_generation.png
 # ---------------------------------------------------------------------------------------------
 # numbers the docs cite (no figure)
 # ---------------------------------------------------------------------------------------------
-# Each block names the docs lines that quote it (the inventory's X-* key in brackets); the
-# settings are the ones those lines state. scripts/docs_numbers.py (the end) prints every number,
+# Each block names the docs pages that quote it (the inventory's X-* key in brackets; grep a page
+# for the number, line numbers move); the settings are the ones those lines state. scripts/docs_numbers.py (the end) prints every number,
 # including those computed on top of the files (Pearson r of edge scores, circuit stability, Δ norms).
 
 # Path patching at main, 64 IOI pairs, into RECEIVER's keys and values at the last position, IO
 # and S1 swapped (the logits run RECEIVER is chosen from is at the top).
-# docs/experiments/path-patching.md:92,100-104, docs/tigges.md:328-335 [X-pplogits, X-ppkv]. The
-# docs' k/v number ("under 0.2 % on 4 pairs", tigges.md:334) came from an ad-hoc run on 4 pairs;
-# this uses the 64 pairs of the q run and of path-patching.md:100.
+# docs/experiments/path-patching.md, docs/tigges.md [X-pplogits, X-ppkv]. The
+# docs' k/v number ("under 0.2 % on 4 pairs", tigges.md) came from an ad-hoc run on 4 pairs;
+# this uses the 64 pairs of the q run and of path-patching.md.
 for input in k v; do
   run path-patching --param corruption=swap --receivers "$RECEIVER" --receiver-input $input --position last \
       --n-prompts 64 --out "$R/path_patching_$input.nc"
 done
 
 # Probe score against robustness, two numbers dropped, 64 subsets (256 prompts, the default), at
-# main and at MIDREV (chosen from the card at the top). docs/mechanistic_probe.md:221-227,
-# docs/experiments/robustness.md:104-109 [X-rob64, X-rob1500]
+# main and at MIDREV (chosen from the card at the top). docs/mechanistic_probe.md,
+# docs/experiments/robustness.md [X-rob64, X-rob1500]
 run robustness --n-corrupt 2 --n-subsets 64 --out "$R/robustness_drop2.nc"
 run robustness --n-corrupt 2 --n-subsets 64 --revision "$MIDREV" --out "$R/robustness_drop2_mid.nc"
 
 # k-th smallest accuracy, uncorrupted and under each corruption with n_corrupt=2, 500 prompts.
-# docs/mechanistic_probe.md:13-14 [X-kthcorrupt]. The docs do not give the seed: 2026, the model
+# docs/mechanistic_probe.md [X-kthcorrupt]. The docs do not give the seed: 2026, the model
 # card's (its kth_smallest accuracy at main, 0.992, is the uncorrupted one).
 run evaluate --task kth_smallest --n-prompts 500 --seed 2026 --out "$R/kth_smallest.nc"
 for corrupt in shuffle drop perturb; do
@@ -109,19 +109,19 @@ for corrupt in shuffle drop perturb; do
 done
 
 # The smallest greedy arithmetic circuit keeping 0.8 of the clean logit difference, 32 pairs (the
-# default), EAP-IG 5 steps. docs/tigges.md:86, docs/experiments/circuit.md:125-126 [X-mincirc].
-# The docs give no search grid: the default 25:1600:25 (tigges.md:80 shows it), capped at the 191 edges.
+# default), EAP-IG 5 steps. docs/tigges.md, docs/experiments/circuit.md [X-mincirc].
+# The docs give no search grid: the default 25:1600:25 (tigges.md shows it), capped at the 191 edges.
 run circuit --ig-steps 5 --selection greedy --min-fraction 0.8 --out "$R/circuit_min.nc"
 
 # The top-100 EAP circuit under each ablation, 16 arithmetic pairs, top-n.
-# docs/tigges.md:72-74,325-327, docs/experiments/circuit.md:127-128 [X-ablation]
+# docs/tigges.md, docs/experiments/circuit.md [X-ablation]
 for ablation in patching mean zero; do
   run circuit --n-prompts 16 --ig-steps 1 --sizes 100 --ablation $ablation --out "$R/circuit_ablation_$ablation.nc"
 done
 
 # Integration points against exact edge patching: edge scores only (--sizes ''), 16 arithmetic
 # pairs (the model card's half of its 32); docs_numbers.py gives Pearson r over the 191 edges.
-# docs/tigges.md:57-59,319-321, docs/experiments/circuit.md:103-105 [X-igpoints]. circuit.md
+# docs/tigges.md, docs/experiments/circuit.md [X-igpoints]. circuit.md
 # compares 5 midpoints with "the default 30" (midpoints), tigges.md lists 30 of EAP-IG's points:
 # both are run.
 run circuit --exact --n-prompts 16 --out "$R/edge_patching.nc"
@@ -134,7 +134,7 @@ run circuit --n-prompts 16 --sizes '' --ig-steps 1 --out "$R/scores_eap.nc"
 
 # EAP-IG on activations against the input variant (5 of EAP-IG's points), both against exact edge
 # patching, 16 pairs, IOI and arithmetic (arithmetic's input variant and exact run are above).
-# docs/tigges.md:322-324 [X-igact]
+# docs/tigges.md [X-igact]
 run circuit --n-prompts 16 --sizes '' --ig-steps 5 --ig-points eap_ig --ig-variant activations \
     --out "$R/scores_activations5.nc"
 run circuit --task ioi --exact --n-prompts 16 --out "$R/edge_patching_ioi.nc"
@@ -143,12 +143,12 @@ run circuit --task ioi --n-prompts 16 --sizes '' --ig-steps 5 --ig-points eap_ig
     --out "$R/scores_activations5_ioi.nc"
 
 # Sentiment: clean/corrupted logit difference and the top-50 circuit's faithfulness, 32 pairs,
-# EAP-IG 5 steps. docs/tigges.md:215-216 [X-sentiment]. The docs say "the top 50 edges": top-n
+# EAP-IG 5 steps. docs/tigges.md [X-sentiment]. The docs say "the top 50 edges": top-n
 # selection (the default), not greedy.
 run circuit --task sentiment --ig-steps 5 --out "$R/circuit_sentiment.nc"
 
 # Greater-than at main: the smallest greedy circuit keeping 0.8 of the clean probability
-# difference, 32 pairs, EAP-IG 5 steps. docs/tigges.md:211-215 [X-gt] (the circuits notebook's
+# difference, 32 pairs, EAP-IG 5 steps. docs/tigges.md [X-gt] (the circuits notebook's
 # cell 10 runs the same per checkpoint)
 run circuit --task greater_than --ig-steps 5 --selection greedy --min-fraction 0.8 --search 10:200:10 \
     --out "$R/circuit_greater_than.nc"
@@ -156,10 +156,10 @@ run circuit --task greater_than --ig-steps 5 --selection greedy --min-fraction 0
 # binding-iclr's tests per family: mean interventions (2 pairs) and cyclic swaps (3 pairs), 100
 # contexts, 200 estimate contexts (the default), train/test words (the default for these measures),
 # seed 0; factorization on shapes; Δ estimated on another family and applied to capitals.
-# docs/binding.md:61-70,348-379, docs/experiments/binding.md:118-123 [X-bindfam, X-bindcrossmeans].
+# docs/binding.md, docs/experiments/binding.md [X-bindfam, X-bindcrossmeans].
 # capitals is run too (the binding notebook's family): its Δ norms and log-probability shifts
-# (binding.md:350-354) are read from binding_means_capitals.nc. The cross-family runs are numbers
-# the docs give from v3 (binding.md:369-371).
+# (binding.md) are read from binding_means_capitals.nc. The cross-family runs are numbers
+# the docs give from v3 (binding.md).
 for family in capitals cities fruits occupations shapes; do
   run binding --measure means --family $family --n-contexts 100 --out "$R/binding_means_$family.nc"
   run binding --measure cyclic --n-pairs 3 --family $family --n-contexts 100 --out "$R/binding_cyclic_$family.nc"
@@ -173,11 +173,11 @@ for estimate in cities fruits occupations; do
 done
 
 # CSPA over all checkpoints (defaults: 17 × 61 tokens of task-prompt documents, every head).
-# docs/tigges.md:336-339, docs/experiments/copy-suppression.md:89-91 [X-cspasweep]
+# docs/tigges.md, docs/experiments/copy-suppression.md [X-cspasweep]
 run copy-suppression --revisions all --out "$R/cspa_sweep.nc"
 
 # Mean logit difference over training, 200 prompts, seed 0 (the defaults; the circuits notebook's
-# cell 8). docs/tigges.md:309-311, docs/experiments/evaluate.md:105-107 [X-evaltasks]
+# cell 8). docs/tigges.md, docs/experiments/evaluate.md [X-evaltasks]
 for task in ioi greater_than sentiment; do
   run evaluate --task $task --revisions all --out "$R/evaluate_$task.nc"
 done

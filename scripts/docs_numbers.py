@@ -79,7 +79,7 @@ def mid_revision(card: dict) -> str:
 
 
 def path_patching(R: Path) -> None:
-    # docs/experiments/path-patching.md:100-105, docs/tigges.md:328-335 (X-pplogits, BF-pp, X-ppkv)
+    # docs/experiments/path-patching.md, docs/tigges.md (X-pplogits, BF-pp, X-ppkv)
     logits = load(R, "path_patching_logits")
     top_head = None
     if logits is not None:
@@ -109,7 +109,7 @@ def path_patching(R: Path) -> None:
 
 
 def robustness(R: Path) -> None:
-    # docs/mechanistic_probe.md:221-227, docs/experiments/robustness.md:104-109 (X-rob64, X-rob1500)
+    # docs/mechanistic_probe.md, docs/experiments/robustness.md (X-rob64, X-rob1500)
     for name in ("robustness_drop2", "robustness_drop2_mid"):
         ds = load(R, name)
         if ds is None:
@@ -122,7 +122,7 @@ def robustness(R: Path) -> None:
 
 
 def kth_smallest(R: Path) -> None:
-    # docs/mechanistic_probe.md:13-14 (X-kthcorrupt): 500 prompts, seed 2026, n_corrupt=2
+    # docs/mechanistic_probe.md (X-kthcorrupt): 500 prompts, seed 2026, n_corrupt=2
     for corrupt in ("none", "shuffle", "drop", "perturb"):
         ds = load(R, "kth_smallest" if corrupt == "none" else f"kth_smallest_{corrupt}")
         if ds is not None:
@@ -130,18 +130,18 @@ def kth_smallest(R: Path) -> None:
 
 
 def circuits(R: Path) -> None:
-    # smallest greedy arithmetic circuit: docs/tigges.md:86, docs/experiments/circuit.md:125-126 (X-mincirc)
+    # smallest greedy arithmetic circuit: docs/tigges.md, docs/experiments/circuit.md (X-mincirc)
     ds = load(R, "circuit_min")
     if ds is not None:
         for v in ("min_size", "min_n_edges", "min_faithfulness"):
             out(f"mincirc.arithmetic.{v}", ds[v].item())
-    # top-100 EAP circuit per ablation: docs/tigges.md:72-74, 325-327, circuit.md:127-128 (X-ablation)
+    # top-100 EAP circuit per ablation: docs/tigges.md, circuit.md (X-ablation)
     for ablation in ("patching", "mean", "zero"):
         ds = load(R, f"circuit_ablation_{ablation}")
         if ds is not None:
             out(f"ablation.top100.faithfulness.{ablation}", float(ds["faithfulness"].sel(size=100)))
-    # integration points against exact edge patching, Pearson r over the edges: docs/tigges.md:57-59,
-    # 319-321, circuit.md:103-105 (X-igpoints); EAP-IG on activations: tigges.md:322-324 (X-igact)
+    # integration points against exact edge patching, Pearson r over the edges: docs/tigges.md, circuit.md
+    # (X-igpoints); EAP-IG on activations: tigges.md (X-igact)
     r = {}
     for task, suffix, runs in (("arithmetic", "", ("midpoint5", "midpoint30", "eap_ig5", "eap_ig30", "clean_corrupted",
                                                    "eap", "activations5")),
@@ -157,13 +157,13 @@ def circuits(R: Path) -> None:
     for (task, run), value in r.items():  # the input variant (EAP-IG's points, 5 steps) against activations
         if run in ("eap_ig5", "activations5"):
             out(f"igact.r.{task}.{'inputs' if run == 'eap_ig5' else 'activations'}", value)
-    # sentiment: docs/tigges.md:215-216 (X-sentiment)
+    # sentiment: docs/tigges.md (X-sentiment)
     ds = load(R, "circuit_sentiment")
     if ds is not None:
         out("circuit.sentiment.clean_logit_diff", float(ds["clean_logit_diff"].mean()))
         out("circuit.sentiment.corrupt_logit_diff", float(ds["corrupt_logit_diff"].mean()))
         out("circuit.sentiment.faithfulness.50", float(ds["faithfulness"].sel(size=50)))
-    # greater-than, greedy, smallest circuit >= 0.8 (prob_diff): docs/tigges.md:213-215 (X-gt)
+    # greater-than, greedy, smallest circuit >= 0.8 (prob_diff): docs/tigges.md (X-gt)
     ds = load(R, "circuit_greater_than")
     if ds is not None:
         out(f"circuit.greater_than.clean_{ds.attrs['metric']}", float(ds["clean_logit_diff"].mean()))
@@ -174,7 +174,7 @@ def circuits(R: Path) -> None:
         out("circuit.greater_than.min_circuit",
             ",".join(f"{u}->{d}" for u, d in edges["edge"].values[edges.values.astype(bool)]))
     # the arithmetic sweep of the figures (64 pairs): overlap with main and stability of the 50-edge
-    # circuits, docs/tigges.md:151-155, circuit.md:129-132 (BF-circ)
+    # circuits, docs/tigges.md, circuit.md (BF-circ)
     ds = load(R, "circuit")
     if ds is not None:
         jac = overlap(ds, 50)
@@ -188,7 +188,7 @@ def circuits(R: Path) -> None:
 
 
 def binding(R: Path) -> None:
-    # docs/binding.md:61-70, 348-379 (X-bindfam, X-bindcrossmeans): 100 contexts, 200 estimate
+    # docs/binding.md (X-bindfam, X-bindcrossmeans): 100 contexts, 200 estimate
     # contexts, train/test words (means, cyclic), the repository's windows; every family the script ran
     for kind in ("means", "cyclic", "factorization"):
         if not any(R.glob(f"binding_{kind}_*.nc")):
@@ -233,14 +233,14 @@ def binding(R: Path) -> None:
 
 
 def sweeps(R: Path) -> None:
-    # CSPA over training: docs/tigges.md:336-339, docs/experiments/copy-suppression.md:89-91 (X-cspasweep)
+    # CSPA over training: docs/tigges.md, docs/experiments/copy-suppression.md (X-cspasweep)
     ds = load(R, "cspa_sweep")
     if ds is not None:
         best = ds["cspa"].max(("layer", "head"))
         out("cspa.sweep.best_head.max_over_checkpoints", float(best.max()))
         out(f"cspa.sweep.best_head.{checkpoints(ds)[-1]}", float(best.isel(checkpoint=-1)))
         out("cspa.sweep.kl_ablated.max", float(ds["kl_ablated"].max()))
-    # mean logit difference over training: docs/tigges.md:309-311, docs/experiments/evaluate.md:105-107
+    # mean logit difference over training: docs/tigges.md, docs/experiments/evaluate.md
     # (X-evaltasks; 200 prompts, seed 0, as the circuits notebook's cell 8)
     for task in ("ioi", "greater_than", "sentiment"):
         ds = load(R, f"evaluate_{task}")
