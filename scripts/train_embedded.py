@@ -115,16 +115,34 @@ arithmetic only       accuracy    P(answer)     r attn / mlp     share
 4 layers (default)    1.00        0.51          0.15 / 0.36      1.00
 ``--dropout 0.1``     0.72        0.33          -0.05 / 0.13     0.95
 ``--layers 8``        0.99        0.64          0.00 / 0.08      0.96
+``--width 256``       0.885       0.42          -0.11 / 0.19     1.01
 ====================  ==========  ============  ===============  =====
 
-Neither spreads the computation: dropout slows learning and lowers r; twice the depth leaves one
+None of them spreads the computation: dropout slows learning and lowers r; twice the depth leaves one
 site carrying most of the effect and lowers r further (its attention layers 4-7 are estimated
 well, r 0.91-0.99; the layers that read and move the operands are not). r falls as the task is
 learnt (default run: 0.44 / 0.59 at step 500, accuracy 0.28; 0.28 / 0.52 at step 1000, 0.66;
 0.15 / 0.36 at main). The sites that dominate exact patching carry an operand's identity into
 the lookup the last MLP does, and swapping one operand for another moves that lookup far outside
-a first-order estimate. So no recipe tried reaches r >= 0.9; a wider model (d = 256, 1.6 s a
-step with one thread) was started and stopped for time.
+a first-order estimate. So no recipe tried reaches r >= 0.9.
+
+The wider model (2026-12-03, ``--width 256``: 8 heads of 32 dimensions, MLP 1,024, 4 layers;
+``--precision fp32`` as the rows above; 2,447 s for the 1,500 steps, tests sharing the CPU): it
+learns more slowly (accuracy 0.23 / 0.54 / 0.885 at step500 / step1000 / main) and r falls as
+in the default run, from 0.62 / 0.72 (attn / mlp) at step500 to 0.06 / 0.38 at step1000 and
+-0.11 / 0.19 at main; with 5 IG steps 0.93 / 0.93, 0.94 / 0.81 and 0.87 / 0.67 (v10 main 0.89 /
+0.68). Share is the median over prompts of the largest site's exact effect over the prompt's
+total effect (above 1 when another site pulls the other way). Width, like depth, leaves one
+site carrying the whole effect, and r falls as the answer becomes a lookup.
+
+Where v10 misses (main, the card's 64 pairs; prompts of 5, 8 and 11 tokens): layer 3 is estimated
+well (r over its cells: attn 0.89, mlp 0.94), layers 0-2 are not (attn -0.19 to 0.03, mlp 0.06
+to 0.42). Split by prompt length, the misses are two kinds of cell. At the last token, attn L1's
+exact effect averages 6.1 / 10.4 / 8.6 (logit difference; 5 / 8 / 11 tokens) where the estimate
+averages 0.5 / -0.9 / -1.8 (attn L2 and mlp L2 likewise, r -0.44 to 0.53); at the operand tokens
+mlp L0's exact effect averages 5.7-8.0 where the estimate is -2.9 to 1.9. Every other cell of
+attn L1-L2 and mlp L2 has r >= 0.92 but one whose effects are all near 0 (0.73). The misses are the sites that carry an operand
+(its embedding's MLP, its move to the last token), whose patch changes the answer.
 
 Diagnostics and trials for ``shapes`` on v6 (2026-12-01, after shipping; ``binding_examples``
 prompts, one thread; the trials continue a shipped revision with a fresh AdamW, so they
@@ -252,8 +270,7 @@ mixture steps, 1.5-1.8 s, against v8's 2.0-2.4 s, on different days of a host wh
 run's choice (its bits are not fp32's): v9 and v10 above used it, and it is the default since v10
 (``--precision fp32`` rebuilds v1-v8).
 
-Untried: reversed queries in the family's form ("… Answer : The Paris one is the"), and a wider
-model.
+Untried: reversed queries in the family's form ("… Answer : The Paris one is the").
 """
 from __future__ import annotations
 
