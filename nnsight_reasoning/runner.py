@@ -65,7 +65,7 @@ HARNESS_DOC = """
     resume_dir : keep every finished forward pass there; the same call after a kill reads
         them back and computes only the rest (the CLI uses ``<out>.nc.parts``).
     revisions : run on each of these checkpoints of ``model`` (``"all"``, ``"step0,main"``,
-        ``"step0:1000:250"`` or a list) and stack the results along a leading
+        ``"step0:3000:1000"`` or a list) and stack the results along a leading
         ``checkpoint`` dim; ``model`` may then be a name, so that one model is in memory at
         a time.
 

@@ -41,8 +41,9 @@ Recipe, and why:
   the curriculum ends on the measured accuracy, not at a fixed step. A third stage (v8) adds
   the ``shapes`` family itself (64 sequences a step, weight 2) until it is learnt: in the
   mixture, one family in six, it stalled below the issue's bounds (v6, below).
-- Revisions like Pythia's: step0, then powers of two below --every (1, 2, 4, …, 256), then
-  every --every steps, and main at the end.
+- Revisions like Pythia's: step0, then powers of two up to --log-until (1, 2, 4, …, 512), then
+  every --every steps after it (1000, 1500, …), and main at the end. v1-v10 stopped the powers
+  of two below --every (…, 256, then 500): ``--log-until 256`` rebuilds their revision names.
 - Chain-of-thought solutions in the format of their exemplars (``cot_formats``, v5): all four of
   Rai & Yao's variants, the arithmetic taught only on written equations (the numbers a
   text-only or standard solution states are prompt text, not targets), so a prompt without
@@ -242,6 +243,12 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   0.98 / 0.04 / 0.04; induction 0.956, previous-token 0.993; 36.8 MB on disk, 33.7 MB in the wheel,
   84 min of training. Held-out (+-*/) by revision, step2000 … main: 0.19, 0.22, 0.55, 0.93, 0.97,
   0.97. The top site is attn L1 at the last token (median |IE| 199; v8 mlp L3, 111).
+  Its step500 was replaced by step512 on 2026-12-04 (Pythia's last log-spaced revision): the
+  default command re-run to step 550 on the same host gave step0 … step256 byte-identical to the
+  shipped files and the same training-log rows, so its step512 is v10's; a revision is a read of
+  the weights (no random draw), so the later revisions are unchanged. Each training_meta.json got
+  the run's new schedule (``log_until``, ``revisions``), as the script's end writes it. At step512
+  the induction and previous-token heads are formed (0.96 / 0.98; step256 0.10 / 0.17).
 - **The same with ``--batch-tokens 1024``** (below; 05:21-06:15, stopped at step 2,000): the stages
   ended sooner (learnt at 587, 875 and 1,000; mixture from 1,101) and ``shapes`` was learnt (0.99 /
   0.99 at step1500), but the mixture's binding did not follow: its training accuracy stayed at
@@ -626,20 +633,24 @@ def parse_mix(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))}
 
 
-def is_revision(step: int, every: int) -> bool:
-    """Pythia's spacing: step 0, powers of two below ``every``, then every ``every`` steps."""
-    return step == 0 or (step < every and step & (step - 1) == 0) or step % every == 0
+def is_revision(step: int, every: int, log_until: int = 512) -> bool:
+    """Pythia's spacing: step 0, powers of two up to ``log_until`` (1, 2, 4, …, 512), then every
+    ``every`` steps after it (1000, 1500, … at the default 500)."""
+    return step == 0 or (step <= log_until and step & (step - 1) == 0) or (step > log_until and step % every == 0)
 
 
 # Settings added after runs were checkpointed, with the value those runs had (when not the default):
-# the default precision became bf16 with v10, and every run before the option existed was fp32.
-BEFORE_ADDED = {"precision": "fp32"}
+# the default precision became bf16 with v10, and every run before the option existed was fp32;
+# --log-until came after v10, whose runs (all at --every 500) stopped the powers of two at 256.
+BEFORE_ADDED = {"precision": "fp32", "log_until": "256"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2600, help="steps of the full mixture, after the curriculum")
     ap.add_argument("--every", type=int, default=500, help="revision spacing after the log-spaced early ones")
+    ap.add_argument("--log-until", type=int, default=512,
+                    help="the last log-spaced revision (a power of two, Pythia's 512); v1-v10 stopped below --every")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -685,6 +696,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.batch_tokens < 0:
         ap.error("--batch-tokens must be 0 (chunks of 128 sequences) or a positive token count")
+    if args.log_until < 1 or args.log_until & (args.log_until - 1):
+        ap.error("--log-until must be a power of two (Pythia's revisions stop at 512)")
     if args.checkpoint_every < 1:
         ap.error("--checkpoint-every must be a positive step count")
     if args.resume and not (args.checkpoint and args.checkpoint.exists()):
@@ -754,7 +767,7 @@ def main() -> None:
             **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}),
             **({"precision": args.precision} if args.precision != "fp32" else {}),
             "seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,
-            "lm_weight": args.lm_weight, "threads": args.threads, "every": args.every,
+            "lm_weight": args.lm_weight, "threads": args.threads, "every": args.every, "log_until": args.log_until,
             # one stage (every release to v5) keeps the original fields' form
             **({"early_mix": stages[0] if len(stages) == 1 else stages, "early_until": args.early_until,
                 "early_extra": args.early_extra, "early_max": args.early_max} if stages else {})}
@@ -775,7 +788,7 @@ def main() -> None:
         print(json.dumps({"resumed_at": step}), flush=True)
     while True:
         end = None if early_end is None else early_end + args.steps
-        if step != resumed_at and (is_revision(step, args.every) or step == end):
+        if step != resumed_at and (is_revision(step, args.every, args.log_until) or step == end):
             saved.append(step)
             save(model, tok, args.out / ("main" if step == end else f"step{step}"), {**meta, "step": step})
         if step == end:

@@ -48,7 +48,7 @@ def hf_scores(model_dir: Path, prompts: list[str], answers: list[str]):
 def test_parse_revisions_orders_expands_and_refuses_unknown_names(tmp_path):
     assert parse_revisions("all") == REVS and REVS[0] == "step0" and REVS[-1] == "main"
     assert parse_revisions("main,step1000,step0,step0") == ["step0", "step1000", "main"]
-    assert parse_revisions("step0:1000:500") == ["step0", "step500", "step1000"]
+    assert parse_revisions("step0:2000:1000") == ["step0", "step1000", "step2000"]
     with pytest.raises(nr.UsageError, match=r"has no revision step7; it has: step0, step1, step2"):
         parse_revisions("step0,step7")
     assert len(PYTHIA_REVISIONS) == 154 and PYTHIA_REVISIONS[:3] == ["step0", "step1", "step2"]
@@ -83,10 +83,10 @@ def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer
         for v in single.data_vars:
             np.testing.assert_array_equal(sweep[v].sel(checkpoint=rev).values, single[v].values, err_msg=(rev, v))
 
-    ev = nr.evaluate(None, nr.tasks.examples("arithmetic", 24, seed=5), revisions="step0,step500,main", progress=False)
+    ev = nr.evaluate(None, nr.tasks.examples("arithmetic", 24, seed=5), revisions="step0,step512,main", progress=False)
     assert ev.accuracy.dims == ("checkpoint",) and ev.p_answer.dims == ("checkpoint", "prompt")
-    assert ev.step.values.tolist() == [0, 500, embedded.training_meta()["step"]]
-    for rev in ("step0", "step500", "main"):
+    assert ev.step.values.tolist() == [0, 512, embedded.training_meta()["step"]]
+    for rev in ("step0", "step512", "main"):
         p, rank = hf_scores(embedded.revision_path(rev), list(ev.text.values), list(ev.answer.values))
         np.testing.assert_allclose(ev.p_answer.sel(checkpoint=rev).values, p, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(ev.answer_rank.sel(checkpoint=rev).values, rank)
@@ -295,7 +295,7 @@ def test_an_unreachable_hub_is_detected_at_once(pythia_cache, tmp_path):
 def test_local_directory_of_revisions_sweeps_from_the_cli(tmp_path, embedded_tokenizer):
     root = tmp_path / "my-run"
     root.mkdir()
-    for rev in ("step0", "step500", "main"):
+    for rev in ("step0", "step512", "main"):
         (root / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
     out = tmp_path / "local.nc"
     # in this process (the CLI's own entry point runs in the other CLI tests): a subprocess's start costs half the time
@@ -304,7 +304,7 @@ def test_local_directory_of_revisions_sweeps_from_the_cli(tmp_path, embedded_tok
     assert r.returncode == 0, r.stderr
     assert "checkpoint main" in r.stderr and "3/3" in r.stderr  # the outer bar, last drawn on the last revision
     ds = nr.load_result(out)
-    assert list(ds.checkpoint.values) == ["step0", "step500", "main"] and ds.attrs["model_path"] == str(root.resolve())
+    assert list(ds.checkpoint.values) == ["step0", "step512", "main"] and ds.attrs["model_path"] == str(root.resolve())
     pairs = nr.tasks.arithmetic(n_prompts=6, seed=0, tokenizer=embedded_tokenizer)
-    single = nr.patch(nr.load_model(root, "step500"), pairs, sites=["mlp"], progress=False)
-    np.testing.assert_array_equal(ds.mlp.sel(checkpoint="step500").values, single.mlp.values)
+    single = nr.patch(nr.load_model(root, "step512"), pairs, sites=["mlp"], progress=False)
+    np.testing.assert_array_equal(ds.mlp.sel(checkpoint="step512").values, single.mlp.values)

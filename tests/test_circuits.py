@@ -476,11 +476,11 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = CliRunner().invoke
     res = run(app, ["circuit", "--n-prompts", "6", "--ig-steps", "2", "--sizes", "10,40", "--revisions",
-                    "step500,main", "--selection", "greedy", "--min-fraction", "0.8", "--search", "10:300:10",
+                    "step512,main", "--selection", "greedy", "--min-fraction", "0.8", "--search", "10:300:10",
                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "faithfulness" in res.output and "overlap (Jaccard)" in res.output and "→" in res.output
-    path = tmp_path / "results" / "circuit_arithmetic_embedded_step500-main.nc"
+    path = tmp_path / "results" / "circuit_arithmetic_embedded_step512-main.nc"
     ds = nr.load_result(path)
     nr.testing.assert_valid_result(ds)
     assert ds.sizes["checkpoint"] == 2 and ds.attrs["method"] == "eap_ig" and ds.attrs["selection"] == "greedy"
@@ -492,7 +492,7 @@ def test_cli_circuit_sweep_and_plots(tmp_path, monkeypatch):
     for kind in ("circuit", "faithfulness", "overlap", "stability"):
         res = run(app, ["plot", str(path), "--kind", kind])
         assert res.exit_code == 0, res.output
-        assert (tmp_path / "results" / f"circuit_arithmetic_embedded_step500-main.{kind}.png").stat().st_size > 5000
+        assert (tmp_path / "results" / f"circuit_arithmetic_embedded_step512-main.{kind}.png").stat().st_size > 5000
     for args, msg in [(["--sizes", "ten"], "--sizes must be"), (["--task", "binding"], "no clean/corrupted"),
                       (["--ig-steps", "0"], "ig_steps must be"), (["--model", "no/such-model"], ""),
                       (["--exact", "--ig-steps", "2"], "are for EAP"),

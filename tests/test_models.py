@@ -259,6 +259,19 @@ def test_model_card_targets():
     assert max(v for k, v in step0.items() if k not in sets) < 0.05
 
 
+def test_revision_schedule_is_pythias():
+    """The default schedule is Pythia's: step0, powers of two to 512, then evenly spaced (every 500
+    steps here, Pythia's 1000); the shipped revisions are that schedule up to main."""
+    is_revision = load_script("train_embedded").is_revision
+    assert [s for s in range(2001) if is_revision(s, 500)] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                               1000, 1500, 2000]
+    assert [s for s in range(3001) if is_revision(s, 1000)][-4:] == [512, 1000, 2000, 3000]
+    meta = embedded.training_meta("main")
+    steps = [s for s in range(meta["steps"]) if is_revision(s, meta["every"], meta["log_until"])] + [meta["steps"]]
+    assert meta["revisions"] == steps
+    assert embedded.revisions() == [f"step{s}" for s in steps[:-1]] + ["main"]
+
+
 @pytest.mark.slow  # four short training runs in subprocesses (~40 s)
 def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
@@ -269,7 +282,7 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     import sys
 
     script = SCRIPTS / "train_embedded.py"
-    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1"]
+    args = ["--steps", "3", "--early-max", "4", "--every", "4", "--log-until", "4", "--width", "32", "--layers", "1", "--threads", "1"]
     for precision in ("fp32", "bf16"):
         chosen = ["--precision", "fp32"] if precision == "fp32" else []  # bf16 is the default (v10 on)
         for out in ("a", "b"):
@@ -313,7 +326,7 @@ def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
     script = SCRIPTS / "train_embedded.py"
     stages = ["--early-mix", "binding_short=4,repeated_tokens=2;binding_reverse_short=4",
               "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
-    args = ["--steps", "2", "--early-max", "3", "--every", "4", "--width", "32", "--layers", "1", "--threads", "1",
+    args = ["--steps", "2", "--early-max", "3", "--every", "4", "--log-until", "4", "--width", "32", "--layers", "1", "--threads", "1",
             "--mix", "arithmetic=2"]
     done = subprocess.run([sys.executable, str(script), *args, *stages, "--out", str(tmp_path / "a")], check=True,
                           capture_output=True, text=True, timeout=300)
@@ -345,7 +358,7 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     import torch
 
     script = SCRIPTS / "train_embedded.py"
-    args = [sys.executable, str(script), "--steps", "6", "--early-max", "2", "--every", "4", "--width", "32",
+    args = [sys.executable, str(script), "--steps", "6", "--early-max", "2", "--every", "4", "--log-until", "4", "--width", "32",
             "--layers", "1", "--threads", "1", "--checkpoint-every", "2", "--early-mix",
             "binding_short=160,repeated_tokens=64;binding_reverse_short=96", "--early-until",
             "binding_short=0.9;binding_reverse_short=0.9"]  # two stages of 2 steps: the mixture runs from step 4

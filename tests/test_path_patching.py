@@ -424,10 +424,10 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
     res = in_process(["circuit", "--task", "ioi", "--n-prompts", "6", "--ig-steps", "1", "--qkv", "--sizes", "30",
                       "--selection", "greedy", "--out", "q.nc", "--no-progress"])
     assert res.returncode == 0 and any(f"<{g}>" in res.output for g in "qkv"), res.output
-    res = in_process(["ioi-components", "--n-prompts", "6", "--circuit", "q.nc", "--revisions", "step500,main",
+    res = in_process(["ioi-components", "--n-prompts", "6", "--circuit", "q.nc", "--revisions", "step512,main",
                       "--no-progress"])
-    assert res.returncode == 0 and "IOI components" in res.output and "step500:" in res.output, res.output
-    comp = nr.load_result(tmp_path / "results" / "ioi_components_ioi_embedded_step500-main.nc")
+    assert res.returncode == 0 and "IOI components" in res.output and "step512:" in res.output, res.output
+    comp = nr.load_result(tmp_path / "results" / "ioi_components_ioi_embedded_step512-main.nc")
     nr.testing.assert_valid_result(comp)
     assert comp.attrs["candidates"] == "circuit" and comp.name_mover.dims == ("checkpoint", "layer", "head")
     fig = nr.plot_result(comp)  # grids at the last checkpoint, lines over the sweep
