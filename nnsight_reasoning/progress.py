@@ -26,6 +26,22 @@ def silenced() -> Iterator[None]:
         _SILENT.reset(token)
 
 
+@contextmanager
+def hf_bars_off() -> Iterator[None]:
+    """No Hugging Face progress bars inside (transformers' per-tensor "Loading weights", "Writing
+    model shards"); the user's setting is back afterwards. For work the toolkit shows a bar of its
+    own over: one such bar per revision of a sweep would bury it."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,
                  label: Callable[[T], str] | None = None) -> Iterator[T]:
     """Iterate ``items`` with a rich progress bar (to stderr) unless ``enabled`` is False.

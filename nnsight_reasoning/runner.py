@@ -47,7 +47,7 @@ import xarray as xr
 from . import remote as _remote
 from .errors import UsageError
 from .models import is_loaded_by_name, load_model, model_info, relabel
-from .progress import progress_bar
+from .progress import hf_bars_off, progress_bar
 from .results.io import provenance, sanitize_attrs
 from .cluster import Cluster, connect
 from .results.parts import Parts, digest
@@ -669,9 +669,12 @@ def _on_revision(experiment: Callable[..., xr.Dataset], model: Any, rev: str, lo
 
     with within(store.dir if store.opened else None):  # on a worker: only while the run's folder exists
         t0 = time.perf_counter()
-        m = _load_named(model, rev, load_kwargs)
-        if not _remote.is_ndif(remote):
-            m.dispatch()
+        # the weights are read at dispatch; transformers' per-tensor bar, one per revision, would
+        # bury the sweep's own bar over revisions (and a notebook keeps every one)
+        with hf_bars_off():
+            m = _load_named(model, rev, load_kwargs)
+            if not _remote.is_ndif(remote):
+                m.dispatch()
         t1 = time.perf_counter()
         kwargs = {"resume_dir": store.subdir(rev)} if per_revision_dir and store.dir is not None else {}
         ds = experiment(m, **kwargs)

@@ -262,17 +262,12 @@ def _group(model: Any, net: Any, tune: str) -> list:
 
 def _save_revision(net: Any, tok: Any, out: Path, name: str) -> None:
     """``out/name`` written whole or not at all (a temporary directory renamed into place)."""
-    from transformers.utils import logging as hf_logging
+    from .progress import hf_bars_off
 
     tmp = out / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # one "Writing model shards" bar per revision says nothing
-    try:
+    with hf_bars_off():  # one "Writing model shards" bar per revision says nothing
         net.save_pretrained(tmp)
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
     tok.save_pretrained(tmp)
     shutil.rmtree(out / name, ignore_errors=True)
     os.replace(tmp, out / name)

@@ -69,6 +69,24 @@ def test_parse_revisions_orders_expands_and_refuses_unknown_names(tmp_path):
     assert parse_revisions("all", tmp_path) == ["step3", "step20"]
 
 
+def test_a_sweep_loads_its_revisions_without_transformers_bars(capfd):
+    """A sweep shows one bar over revisions: transformers' per-tensor "Loading weights" bar, one
+    per revision, is off while it loads them, and the user's setting is back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # the CLI, run in-process by other tests, turns it off for good
+    try:
+        capfd.readouterr()
+        nr.load_model(revision="step0").dispatch()  # the weights are read here
+        assert "Loading weights" in capfd.readouterr().err  # a single load keeps it: the check below can fail
+        nr.evaluate(None, nr.tasks.examples("arithmetic", 4, seed=0), revisions="step0,main", progress=False)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer):
     pairs = nr.tasks.arithmetic(n_prompts=10, seed=3, tokenizer=embedded_tokenizer)
     kw = dict(sites=["mlp", "attn", "head"], batch_size=64)
