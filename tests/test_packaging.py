@@ -32,8 +32,11 @@ def test_wheel_layout(tmp_path):
     shipped = [i for i in wheel_zip.infolist() if i.filename.startswith(
         "nnsight_reasoning/embedded/revisions/") and not i.is_dir()]
     measured = load_script("make_model_card").sizes()
+    # pip builds in the tree's build/lib, which keeps files since removed (an old revision): a
+    # stale one would make the wheel larger than the card
     assert measured == {"files": len(shipped), "bytes": sum(i.file_size for i in shipped),
-                        "wheel_bytes": sum(i.compress_size for i in shipped)}
+                        "wheel_bytes": sum(i.compress_size for i in shipped)}, \
+        f"the wheel's revisions differ from the tree's; if {ROOT / 'build'} is stale, delete it"
     # deflate's output depends on the zlib build: on a Python with another one, remeasure the card
     # (make_model_card.py --reuse-revisions) before reading its wheel size
     card = json.loads((ROOT / "nnsight_reasoning" / "embedded" / "card.json").read_text())["size"]
