@@ -28,18 +28,26 @@ def silenced() -> Iterator[None]:
 
 @contextmanager
 def hf_bars_off() -> Iterator[None]:
-    """No Hugging Face progress bars inside (transformers' per-tensor "Loading weights", "Writing
-    model shards"); the user's setting is back afterwards. For work the toolkit shows a bar of its
-    own over: one such bar per revision of a sweep would bury it."""
+    """No transformers progress bars inside (its per-tensor "Loading weights", "Writing model
+    shards"); the user's setting is back afterwards. For work the toolkit shows a bar of its own
+    over: one such bar per revision of a sweep would bury it. The Hub's download bars stay as the
+    user set them (transformers' switch turns both off): a revision being downloaded is news."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    shown = hf_logging.is_progress_bar_enabled()
+    shown, downloads_shown = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()
     try:
         yield
     finally:
         if shown:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # also the Hub's: set them back as they were
+        if not downloads_shown:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
 
 
 def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,

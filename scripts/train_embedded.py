@@ -648,7 +648,8 @@ BEFORE_ADDED = {"precision": "fp32", "log_until": "256"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2600, help="steps of the full mixture, after the curriculum")
-    ap.add_argument("--every", type=int, default=500, help="revision spacing after the log-spaced early ones")
+    ap.add_argument("--every", type=int, default=500,
+                    help="revision spacing after --log-until (multiples of it up to --log-until are not revisions)")
     ap.add_argument("--log-until", type=int, default=512,
                     help="the last log-spaced revision (a power of two, Pythia's 512); v1-v10 stopped below --every")
     ap.add_argument("--seed", type=int, default=0)
@@ -696,6 +697,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.batch_tokens < 0:
         ap.error("--batch-tokens must be 0 (chunks of 128 sequences) or a positive token count")
+    if args.every < 1:
+        ap.error("--every must be a positive step count")
     if args.log_until < 1 or args.log_until & (args.log_until - 1):
         ap.error("--log-until must be a power of two (Pythia's revisions stop at 512)")
     if args.checkpoint_every < 1:

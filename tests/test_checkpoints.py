@@ -87,6 +87,28 @@ def test_a_sweep_loads_its_revisions_without_transformers_bars(capfd):
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
+def test_hf_bars_off_keeps_the_hubs_download_bars_and_restores_both():
+    """Inside: transformers' bars off, the Hub's download bars as the user set them (a revision
+    being downloaded is news); afterwards both as before, for each of the four settings."""
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    from nnsight_reasoning.progress import hf_bars_off
+
+    before = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    try:
+        for tf_on in (True, False):
+            for hub_on in (True, False):
+                (hf_logging.enable_progress_bar if tf_on else hf_logging.disable_progress_bar)()
+                (hub.enable_progress_bars if hub_on else hub.disable_progress_bars)()
+                with hf_bars_off():
+                    assert (hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()) == (False, hub_on)
+                assert (hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()) == (tf_on, hub_on)
+    finally:
+        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
+        (hub.enable_progress_bars if before[1] else hub.disable_progress_bars)()
+
+
 def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer):
     pairs = nr.tasks.arithmetic(n_prompts=10, seed=3, tokenizer=embedded_tokenizer)
     kw = dict(sites=["mlp", "attn", "head"], batch_size=64)
