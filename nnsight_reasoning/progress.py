@@ -32,22 +32,20 @@ def hf_bars_off() -> Iterator[None]:
     shards"); the user's setting is back afterwards. For work the toolkit shows a bar of its own
     over: one such bar per revision of a sweep would bury it. The Hub's download bars stay as the
     user set them (transformers' switch turns both off): a revision being downloaded is news."""
-    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    import huggingface_hub.utils as hub
     from transformers.utils import logging as hf_logging
 
-    shown, downloads_shown = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    shown, downloads_shown = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     if downloads_shown:
-        enable_progress_bars()
+        hub.enable_progress_bars()
     try:
         yield
     finally:
         if shown:
             hf_logging.enable_progress_bar()  # also the Hub's: set them back as they were
         if not downloads_shown:
-            from huggingface_hub.utils import disable_progress_bars
-
-            disable_progress_bars()
+            hub.disable_progress_bars()
 
 
 def progress_bar(items: Iterable[T], description: str, *, enabled: bool = True, total: int | None = None,
