@@ -302,10 +302,12 @@ def remote_status(
 
 
 def main() -> None:
-    from transformers.utils import logging as hf_logging
+    from nnsight_reasoning.progress import hf_bars_off
 
-    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars would bury ours
-    app()
+    # transformers' per-tensor "Loading weights" bars would bury ours; the Hub's download bars
+    # stay, so that a revision being downloaded (a Pythia sweep) is not a silent wait
+    with hf_bars_off():
+        app()
 
 
 if __name__ == "__main__":
