@@ -272,11 +272,11 @@ def test_revision_schedule_is_pythias():
     assert embedded.revisions() == [f"step{s}" for s in steps[:-1]] + ["main"]
 
 
-@pytest.mark.slow  # four short training runs in subprocesses (~40 s)
+@pytest.mark.slow  # five short training runs in subprocesses (~50 s)
 def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
     every revision, in each ``--precision`` (and bf16's are not fp32's: the option reaches the
-    forward); the curriculum hands over to the full mixture at --early-max at the latest, and every
+    forward; nor are another ``--weight-decay``'s); the curriculum hands over to the full mixture at --early-max at the latest, and every
     revision records the schedule it was trained on."""
     import subprocess
     import sys
@@ -299,6 +299,12 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     assert weights["fp32", "a", "step0"] == weights["bf16", "a", "step0"]  # the same initialisation
     assert weights["fp32", "a", "main"] != weights["bf16", "a", "main"]
     assert "precision" not in json.loads((tmp_path / "fp32" / "a" / "main" / "training_meta.json").read_text())
+    # --weight-decay reaches AdamW (other weights from the same start) and is recorded when not 0.1
+    subprocess.run([sys.executable, str(script), *args, "--precision", "fp32", "--weight-decay", "0.5", "--out",
+                    str(tmp_path / "wd")], check=True, capture_output=True, timeout=300)
+    assert (tmp_path / "wd" / "step0" / "model.safetensors").read_bytes() == weights["fp32", "a", "step0"]
+    assert (tmp_path / "wd" / "main" / "model.safetensors").read_bytes() != weights["fp32", "a", "main"]
+    assert json.loads((tmp_path / "wd" / "main" / "training_meta.json").read_text())["weight_decay"] == 0.5
     meta = json.loads((tmp_path / "bf16" / "a" / "main" / "training_meta.json").read_text())
     assert meta["precision"] == "bf16"  # recorded when not fp32, as v1-v8 were trained
     assert (meta["step"], meta["steps"], meta["mixture_from"], meta["revisions"]) == (15, 15, 12,
@@ -307,7 +313,7 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
-            "mix", "precision", "seed", "smoothing", "weights")  # batch_tokens and dropout are recorded when set
+            "mix", "precision", "seed", "smoothing", "weight_decay", "weights")  # those with a default: recorded when set
     assert {k: meta.get(k) for k in same} == {k: shipped.get(k) for k in same}
     step2 = json.loads((tmp_path / "bf16" / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
