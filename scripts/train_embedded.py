@@ -139,8 +139,9 @@ site carrying the whole effect, and r falls as the answer becomes a lookup.
 The optimiser and the targets (2026-12-04; the arithmetic-only command above, ``--precision fp32``,
 two runs at a time on one thread each, about 13 min each; the same measure, with the default
 rerun beside them: it reproduces its row above to the last digit). Stronger weight decay
-(``--weight-decay``, AdamW's on the weight matrices; default 0.1), wider label smoothing and a
-smaller learning rate each learn arithmetic less well and lower r; none spreads the effect:
+(``--weight-decay``, AdamW's on the weight matrices and embeddings; default 0.1), wider label
+smoothing and a smaller learning rate each learn arithmetic less well and lower one-step r; none
+spreads the effect:
 
 =========================  ==========  ============  ===============  ===============  =====
 arithmetic only            accuracy    P(answer)     r attn / mlp     5 IG steps       share
@@ -679,7 +680,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=0.1,
-                    help="AdamW's decoupled weight decay on the weight matrices (not on biases and norms)")
+                    help="AdamW's decoupled weight decay on the weight matrices and embeddings "
+                         "(not on biases and norms)")
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
@@ -762,8 +764,8 @@ def main() -> None:
     weight = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(",") if kv)}
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
     warmup = 100
     # Each curriculum stage ends when its task is learnt (a phase change whose step varies with
     # the seed and the thread count), the next stage or the mixture's steps follow. Decided from
