@@ -636,15 +636,20 @@ def forward_precision(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def smoothing_classes(tok) -> torch.Tensor:
+def smoothing_classes(tok, width: float = 0.0) -> torch.Tensor:
     """(V, V) target distribution of label smoothing: each answer class (arabic numbers,
-    number words, names) spreads over itself; other tokens are not smoothed."""
+    number words, names) spreads over itself; other tokens are not smoothed. ``width`` > 0
+    spreads a number's share by numeric distance instead of evenly (weight exp(-|n - m| / width)
+    on the number m), so that the numbers near the answer are the plausible other answers."""
     V = len(tok)
-    groups = [[str(i) for i in range(100)], [A.number_word(i) for i in range(100)], list(W.NAMES)]
+    numbers = torch.arange(100, dtype=torch.float32)
+    near = torch.softmax(-(numbers[:, None] - numbers[None, :]).abs() / width, -1) if width > 0 else None
+    groups = [([str(i) for i in range(100)], near), ([A.number_word(i) for i in range(100)], near),
+              (list(W.NAMES), None)]
     table = torch.eye(V)
-    for g in groups:
-        ids = tok.convert_tokens_to_ids(g)
-        table[torch.tensor(ids)[:, None], torch.tensor(ids)[None, :]] = 1.0 / len(ids)
+    for g, spread in groups:
+        ids = torch.tensor(tok.convert_tokens_to_ids(g))
+        table[ids[:, None], ids[None, :]] = 1.0 / len(ids) if spread is None else spread
     return table
 
 
@@ -684,6 +689,9 @@ def main() -> None:
                          "(not on biases and norms)")
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
+    ap.add_argument("--smoothing-width", type=float, default=0.0,
+                    help="spread a number answer's smoothing by numeric distance, exp(-|n - m| / WIDTH) "
+                         "(0: evenly over the class, v10's)")
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="dropout on each attention and MLP output before it joins the residual stream (training only)")
@@ -783,7 +791,7 @@ def main() -> None:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    smooth = smoothing_classes(tok)
+    smooth = smoothing_classes(tok, args.smoothing_width)
     pool = [i for i in range(len(tok)) if i not in tok.all_special_ids]
     if args.out.exists() and state is None:
         shutil.rmtree(args.out)
@@ -792,6 +800,7 @@ def main() -> None:
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
             **({"weight_decay": args.weight_decay} if args.weight_decay != 0.1 else {}),
+            **({"smoothing_width": args.smoothing_width} if args.smoothing_width else {}),
             **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}),
             **({"precision": args.precision} if args.precision != "fp32" else {}),
             "seed": args.seed, "mix": mix, "weights": weight, "lr": args.lr, "smoothing": args.smoothing,

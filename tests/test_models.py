@@ -418,6 +418,30 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
 
 
+def test_smoothing_spreads_within_the_class_evenly_or_by_numeric_distance():
+    """The label-smoothing targets: every row a distribution; by default (v10) an answer's share
+    is even over its class (100 numbers, 100 number words, the names) and a non-answer token is
+    not smoothed; --smoothing-width w spreads a number's share as exp(-|n - m| / w), normalised
+    over the class (numpy here), in both number classes, and leaves names even."""
+    script = _script("train_embedded")
+    tok = script.build_tokenizer()
+    even, near = script.smoothing_classes(tok).numpy(), script.smoothing_classes(tok, 2.0).numpy()
+    np.testing.assert_allclose(even.sum(-1), 1, atol=1e-6)
+    np.testing.assert_allclose(near.sum(-1), 1, atol=1e-6)
+    arabic = tok.convert_tokens_to_ids([str(i) for i in range(100)])
+    words = tok.convert_tokens_to_ids([script.A.number_word(i) for i in range(100)])
+    names = tok.convert_tokens_to_ids(list(script.W.NAMES))
+    n = np.arange(100)
+    expect = np.exp(-np.abs(n[:, None] - n[None, :]) / 2.0)
+    expect /= expect.sum(-1, keepdims=True)
+    for ids in (arabic, words):
+        np.testing.assert_allclose(even[np.ix_(ids, ids)], 1 / 100, atol=1e-7)
+        np.testing.assert_allclose(near[np.ix_(ids, ids)], expect, atol=1e-6)
+    np.testing.assert_allclose(near[np.ix_(names, names)], 1 / len(names), atol=1e-7)
+    other = tok.convert_tokens_to_ids("=")
+    assert even[other, other] == near[other, other] == 1 and even[other].sum() == 1
+
+
 def test_training_sequences_answer_what_their_context_states():
     """The training tasks the next embedded model needs (scripts/train_embedded.py's trial),
     re-derived from each sequence's own text: a reversed binding query is answered by the
