@@ -158,8 +158,8 @@ operand-carrying layers 0-2 are where each misses, as in v10 below.
 
 Smoothing by numeric distance (the same session and measure): ``--smoothing-width w`` spreads a
 number answer's smoothing share as exp(-|n - m| / w) over the numbers m instead of evenly, so that
-the numbers near the answer are its plausible rivals. It is the one change so far that raises
-one-step r, to about twice the default's, and 5-step r with it; not near 0.9, and narrow widths
+the numbers near the answer are its plausible rivals. Widths 1-4 are the one change so far that
+raises one-step r, to about twice the default's (width 8 does not); not near 0.9, and narrow widths
 bring back the saturation the even spread removed: the numbers far from the answer get almost no
 target mass, and the median Stolfo IE at the top site (the card's, bound 0.1-1000) grows with
 1 / w:
@@ -760,6 +760,8 @@ def main() -> None:
         ap.error("--log-until must be a power of two (Pythia's revisions stop at 512)")
     if args.checkpoint_every < 1:
         ap.error("--checkpoint-every must be a positive step count")
+    if args.weight_decay < 0 or args.smoothing_width < 0:
+        ap.error("--weight-decay and --smoothing-width must be 0 or more")
     if args.resume and not (args.checkpoint and args.checkpoint.exists()):
         ap.error("--resume needs --checkpoint FILE naming the state file of the run to continue")
     # what a checkpoint must agree on to continue a run bit for bit (where it is saved and how often do not matter)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -416,6 +417,23 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     out = subprocess.run([*old, "--precision", "fp32", "--lr", "0.001"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "other settings (lr)" in out.stderr, out.stderr  # precision fp32 agrees
     assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--every", "0"], "--every must be a positive step count"),
+    (["--log-until", "500"], "--log-until must be a power of two (Pythia's revisions stop at 512)"),
+    (["--weight-decay", "-0.1"], "--weight-decay and --smoothing-width must be 0 or more"),
+    (["--smoothing-width", "-2"], "--weight-decay and --smoothing-width must be 0 or more"),
+])
+def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
+    """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
+    saying which) before the output folder is made."""
+    script = _script("train_embedded")
+    monkeypatch.setattr(sys, "argv", ["train_embedded.py", *bad, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        script.main()
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(says)
+    assert not (tmp_path / "out").exists()
 
 
 def test_smoothing_spreads_within_the_class_evenly_or_by_numeric_distance():
