@@ -826,7 +826,7 @@ def main() -> None:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
-            **({"weight_decay": args.weight_decay} if args.weight_decay != 0.1 else {}),
+            **({"weight_decay": args.weight_decay} if args.weight_decay != ap.get_default("weight_decay") else {}),
             **({"smoothing_width": args.smoothing_width} if args.smoothing_width else {}),
             **({"batch_tokens": args.batch_tokens} if args.batch_tokens else {}),
             **({"precision": args.precision} if args.precision != "fp32" else {}),

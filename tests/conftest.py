@@ -98,6 +98,22 @@ def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
     return make
 
 
+@pytest.fixture
+def hf_bars():
+    """() -> (transformers' bars shown, the Hub's download bars shown); both switches are set back
+    as they were when the test ends (they are process-wide: a test that flips them must not leak)."""
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    def states():
+        return hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+
+    before = states()
+    yield states
+    (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()  # sets the Hub's too
+    (hub.enable_progress_bars if before[1] else hub.disable_progress_bars)()
+
+
 @pytest.fixture(scope="session")
 def embedded_model():
     import nnsight_reasoning as nr

@@ -69,25 +69,21 @@ def test_parse_revisions_orders_expands_and_refuses_unknown_names(tmp_path):
     assert parse_revisions("all", tmp_path) == ["step3", "step20"]
 
 
-def test_a_sweep_loads_its_revisions_without_transformers_bars(capfd):
+def test_a_sweep_loads_its_revisions_without_transformers_bars(capfd, hf_bars):
     """A sweep shows one bar over revisions: transformers' per-tensor "Loading weights" bar, one
     per revision, is off while it loads them, and the user's setting is back afterwards."""
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.is_progress_bar_enabled()
-    hf_logging.enable_progress_bar()  # the CLI, run in-process by other tests, turns it off for good
-    try:
-        capfd.readouterr()
-        nr.load_model(revision="step0").dispatch()  # the weights are read here
-        assert "Loading weights" in capfd.readouterr().err  # a single load keeps it: the check below can fail
-        nr.evaluate(None, nr.tasks.examples("arithmetic", 4, seed=0), revisions="step0,main", progress=False)
-        assert "Loading weights" not in capfd.readouterr().err
-        assert hf_logging.is_progress_bar_enabled()
-    finally:
-        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+    hf_logging.enable_progress_bar()  # the CLI, run in-process by other tests, may have turned it off
+    capfd.readouterr()
+    nr.load_model(revision="step0").dispatch()  # the weights are read here
+    assert "Loading weights" in capfd.readouterr().err  # a single load keeps it: the check below can fail
+    nr.evaluate(None, nr.tasks.examples("arithmetic", 4, seed=0), revisions="step0,main", progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_bars()[0]
 
 
-def test_hf_bars_off_keeps_the_hubs_download_bars_and_restores_both():
+def test_hf_bars_off_keeps_the_hubs_download_bars_and_restores_both(hf_bars):
     """Inside: transformers' bars off, the Hub's download bars as the user set them (a revision
     being downloaded is news); afterwards both as before, for each of the four settings."""
     import huggingface_hub.utils as hub
@@ -95,18 +91,13 @@ def test_hf_bars_off_keeps_the_hubs_download_bars_and_restores_both():
 
     from nnsight_reasoning.progress import hf_bars_off
 
-    before = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
-    try:
-        for tf_on in (True, False):
-            for hub_on in (True, False):
-                (hf_logging.enable_progress_bar if tf_on else hf_logging.disable_progress_bar)()
-                (hub.enable_progress_bars if hub_on else hub.disable_progress_bars)()
-                with hf_bars_off():
-                    assert (hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()) == (False, hub_on)
-                assert (hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()) == (tf_on, hub_on)
-    finally:
-        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
-        (hub.enable_progress_bars if before[1] else hub.disable_progress_bars)()
+    for tf_on in (True, False):
+        for hub_on in (True, False):
+            (hf_logging.enable_progress_bar if tf_on else hf_logging.disable_progress_bar)()
+            (hub.enable_progress_bars if hub_on else hub.disable_progress_bars)()
+            with hf_bars_off():
+                assert hf_bars() == (False, hub_on)
+            assert hf_bars() == (tf_on, hub_on)
 
 
 def test_sweep_slices_equal_single_runs_and_plain_hf_forwards(embedded_tokenizer):

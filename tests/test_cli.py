@@ -146,25 +146,16 @@ def test_console_script_end_to_end(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown site" in proc.stderr
 
 
-def test_the_console_script_hides_transformers_bars_and_keeps_the_hubs(monkeypatch):
+def test_the_console_script_hides_transformers_bars_and_keeps_the_hubs(monkeypatch, hf_bars):
     """`reason-interp` runs its commands with transformers' per-tensor bars off (they would bury
     the toolkit's own) and the Hub's download bars on (a Pythia revision being downloaded is
     news, not a silent wait), and leaves both as they were."""
-    import huggingface_hub.utils as hub
     from transformers.utils import logging as hf_logging
 
     import nnsight_reasoning.cli.main as cli
 
-    def states():
-        return hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
-
     seen = []
-    monkeypatch.setattr(cli, "app", lambda: seen.append(states()))  # the command: what it runs under
-    before = states()
+    monkeypatch.setattr(cli, "app", lambda: seen.append(hf_bars()))  # the command: what it runs under
     hf_logging.enable_progress_bar()  # transformers' switch sets the Hub's too: both on
-    try:
-        cli.main()
-        assert seen == [(False, True)] and states() == (True, True)
-    finally:
-        (hf_logging.enable_progress_bar if before[0] else hf_logging.disable_progress_bar)()
-        (hub.enable_progress_bars if before[1] else hub.disable_progress_bars)()
+    cli.main()
+    assert seen == [(False, True)] and hf_bars() == (True, True)

@@ -277,8 +277,8 @@ def test_revision_schedule_is_pythias():
 def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     """scripts/train_embedded.py twice with the same seed and threads: byte-identical weights at
     every revision, in each ``--precision`` (and bf16's are not fp32's: the option reaches the
-    forward; nor are another ``--weight-decay``'s); the curriculum hands over to the full mixture at --early-max at the latest, and every
-    revision records the schedule it was trained on."""
+    forward; nor are another ``--weight-decay``'s); the curriculum hands over to the full mixture
+    at --early-max at the latest, and every revision records the schedule it was trained on."""
     import subprocess
     import sys
 
