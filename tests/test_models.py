@@ -314,7 +314,8 @@ def test_training_script_is_deterministic_and_ends_its_curriculum(tmp_path):
     # the script's defaults are the shipped model's recipe (every setting this run did not override)
     shipped = embedded.training_meta("main")
     same = ("answer_tokens", "batch_tokens", "dropout", "early_extra", "early_mix", "early_until", "lm_weight", "lr",
-            "mix", "precision", "seed", "smoothing", "weight_decay", "weights")  # those with a default: recorded when set
+            "mix", "precision", "seed", "smoothing", "smoothing_floor", "smoothing_width", "weight_decay",
+            "weights")  # those with a default: recorded when set
     assert {k: meta.get(k) for k in same} == {k: shipped.get(k) for k in same}
     step2 = json.loads((tmp_path / "bf16" / "a" / "step2" / "training_meta.json").read_text())
     assert step2 == {**meta, "step": 2}
@@ -424,6 +425,9 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     (["--log-until", "500"], "--log-until must be a power of two (Pythia's revisions stop at 512)"),
     (["--weight-decay", "-0.1"], "--weight-decay and --smoothing-width must be 0 or more"),
     (["--smoothing-width", "-2"], "--weight-decay and --smoothing-width must be 0 or more"),
+    (["--smoothing-floor", "0.5"], "--smoothing-floor is a share from 0 to 1 and needs --smoothing-width"),
+    (["--smoothing-width", "2", "--smoothing-floor", "1.5"],
+     "--smoothing-floor is a share from 0 to 1 and needs --smoothing-width"),
 ])
 def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
     """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
@@ -440,12 +444,15 @@ def test_smoothing_spreads_within_the_class_evenly_or_by_numeric_distance():
     """The label-smoothing targets: every row a distribution; by default (v10) an answer's share
     is even over its class (100 numbers, 100 number words, the names) and a non-answer token is
     not smoothed; --smoothing-width w spreads a number's share as exp(-|n - m| / w), normalised
-    over the class (numpy here), in both number classes, and leaves names even."""
+    over the class (numpy here), in both number classes, and leaves names even; --smoothing-floor f
+    keeps f of it even over the class."""
     script = _script("train_embedded")
     tok = script.build_tokenizer()
     even, near = script.smoothing_classes(tok).numpy(), script.smoothing_classes(tok, 2.0).numpy()
+    floored = script.smoothing_classes(tok, 2.0, 0.25).numpy()
     np.testing.assert_allclose(even.sum(-1), 1, atol=1e-6)
     np.testing.assert_allclose(near.sum(-1), 1, atol=1e-6)
+    np.testing.assert_allclose(floored.sum(-1), 1, atol=1e-6)
     arabic = tok.convert_tokens_to_ids([str(i) for i in range(100)])
     words = tok.convert_tokens_to_ids([script.A.number_word(i) for i in range(100)])
     names = tok.convert_tokens_to_ids(list(script.W.NAMES))
@@ -455,6 +462,7 @@ def test_smoothing_spreads_within_the_class_evenly_or_by_numeric_distance():
     for ids in (arabic, words):
         np.testing.assert_allclose(even[np.ix_(ids, ids)], 1 / 100, atol=1e-7)
         np.testing.assert_allclose(near[np.ix_(ids, ids)], expect, atol=1e-6)
+        np.testing.assert_allclose(floored[np.ix_(ids, ids)], 0.75 * expect + 0.25 / 100, atol=1e-6)
     np.testing.assert_allclose(near[np.ix_(names, names)], 1 / len(names), atol=1e-7)
     other = tok.convert_tokens_to_ids("=")
     assert even[other, other] == near[other, other] == 1 and even[other].sum() == 1
