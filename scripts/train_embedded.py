@@ -191,9 +191,9 @@ width 1, floor 0.5              1.00        0.58          0.16 / 0.31      0.70 
 ==============================  ==========  ============  ===============  ===============  =====  ==========
 
 Width 4 in the full recipe (``python scripts/train_embedded.py --smoothing-width 4``, "v11", not
-shipped; 2026-12-04, 2 threads, 64 min with two nice-19 trial runs beside it: the curriculum was learnt by step 1,126, not 1,726, so
-3,726 steps in all and no step4000; main's model.safetensors sha256 bcc39024…c891a) keeps every
-other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976, k-th smallest
+shipped; 2026-12-04, 2 threads, 64 min with two nice-19 trial runs beside it: the curriculum was
+learnt by step 1,126, not 1,726, so 3,726 steps in all and no step4000; main's model.safetensors
+sha256 bcc39024…c891a) keeps every other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976, k-th smallest
 0.976 / 0.972, every binding family 1.0, CoT, heads, 34.9 MB) and moves one-step r the furthest
 of any run so far, still short of 0.9 (``make_model_card.py`` on it, v10's card beside it):
 
