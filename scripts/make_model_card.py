@@ -361,6 +361,18 @@ def _chunks(t: dict) -> str:
             f"tokens, padding included.")
 
 
+def _spread(t: dict) -> str:
+    """How a number answer's smoothing share is spread (``--smoothing-width``, ``--smoothing-floor``;
+    unset: evenly over the class, v10 and before)."""
+    width = t.get("smoothing_width")
+    if not width:
+        return ""
+    floor = t.get("smoothing_floor")
+    even = f", {floor:g} of it evenly" if floor else ""
+    return (f"; a number answer n's share goes to the numbers m in proportion to exp(-|n - m| / {width:g}){even},"
+            " names' evenly")
+
+
 def _precision(t: dict) -> str:
     """The forward's precision (``--precision``; unset: float32, said nowhere)."""
     if t.get("precision") != "bf16":
@@ -417,8 +429,8 @@ residual, untied embeddings, vocabulary {cfg['vocab_size']} word-level tokens. {
 each task's loss counts in proportion to its sequences, times `{json.dumps(t.get('weights', {}))}`
 (induction and binding are phase changes that a small share of the loss delays).
 Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
-number words, names), so the model keeps real uncertainty among plausible answers; prompt
-tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay 0.1, 100
+number words, names){_spread(t)}, so the model keeps real uncertainty among plausible answers; prompt
+tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay {t.get('weight_decay', 0.1)}, 100
 warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
 

@@ -2,10 +2,10 @@
 on the synthetic tasks of the five papers (MODEL_CARD.md says what it learnt).
 
 Run by developers, not CI. Time on 2 CPU cores (AMD EPYC with AVX-512 BF16, nothing else running):
-the curriculum's 1,726 steps (0.38-0.84 s each), then 2,600 mixture steps in bfloat16 (1.2-2.0 s
-each: the step time varies by host and hour). v10's run took 84 min of training (5,046 s,
-2026-12-03), within issue 18's 90 minutes; v8's fp32 recipe took 2 h 42 min. Use ``--checkpoint``
-(below) for a run longer than a sitting.
+the curriculum's 1,126 steps (0.36-0.84 s each), then 2,600 mixture steps in bfloat16 (1.1-2.0 s
+each: the step time varies by host and hour). v11's run took 62 min of training (3,701 s,
+2026-12-04), v10's 84 min (its curriculum ran 1,726 steps), within issue 18's 90 minutes; v8's
+fp32 recipe took 2 h 42 min. Use ``--checkpoint`` (below) for a run longer than a sitting.
 
     python scripts/train_embedded.py            # writes nnsight_reasoning/embedded/revisions/*
     python scripts/make_model_card.py           # measures every task and head score per revision
@@ -190,18 +190,18 @@ width 2, floor 0.5              0.96        0.53          0.09 / 0.29      0.75 
 width 1, floor 0.5              1.00        0.58          0.16 / 0.31      0.70 / 0.66      0.99   501
 ==============================  ==========  ============  ===============  ===============  =====  ==========
 
-Width 4 in the full recipe (``python scripts/train_embedded.py --smoothing-width 4``, "v11", not
-shipped; 2026-12-04, 2 threads, 64 min with two nice-19 trial runs beside it: the curriculum was
-learnt by step 1,126, not 1,726, so 3,726 steps in all and no step4000; main's model.safetensors
-sha256 bcc39024…c891a) keeps every other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976, k-th smallest
+Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
+scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
+its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
+1,726, so 3,726 steps in all and no step4000; main's model.safetensors sha256 bcc39024…c891a) keeps every other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976, k-th smallest
 0.976 / 0.972, every binding family 1.0, CoT, heads, 34.9 MB) and moves one-step r the furthest
 of any run so far, still short of 0.9 (``make_model_card.py`` on it, v10's card beside it):
 
 =================================  ===============  ===============  =====  ==========  ============
 full recipe, main                  r attn / mlp     5 IG steps       share  median IE   top site
 =================================  ===============  ===============  =====  ==========  ============
-v10 (even smoothing, shipped)      0.07 / 0.39      0.89 / 0.68      0.87   199         attn L1
-v11 (``--smoothing-width 4``)      0.33 / 0.57      0.87 / 0.88      0.75   33          attn L2
+v10 (even smoothing)               0.07 / 0.39      0.89 / 0.68      0.87   199         attn L1
+v11 (width 4, shipped)             0.33 / 0.57      0.87 / 0.88      0.75   33          attn L2
 =================================  ===============  ===============  =====  ==========  ============
 
 As in v10, layer 3 is estimated well (attn 0.85, mlp 0.94) and layers 0-2 are not (attn
@@ -304,7 +304,7 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   starts 200 earlier): held-out (+-*/) 0.17, 0.25, 0.75, 0.96, 0.98 at step2000 … step4000 (v8 0.05, 0.15,
   0.32, 0.47, 0.78). So a shorter mixture (``--steps`` about 2,600: an estimated 88 min at these step times,
   and 19 revisions, about 36.8 MB on disk) may meet the budget and the size; v10 below runs it.
-- **v10** (shipped; these defaults; 2026-12-03 05:53-07:18): v9's command with ``--steps 2600``. The
+- **v10** (shipped before v11; today ``--smoothing-width 0``; 2026-12-03 05:53-07:18): v9's command with ``--steps 2600``. The
   curriculum is v9's (stages learnt at 550, 1,131 and 1,625, on another host of the same kind), the
   mixture runs from 1,726 and main is step 4,326 (19 revisions: step4500 and step5000 are gone).
   5,046 s of training (84 min; nothing else ran): curriculum steps 0.38-0.84 s, mixture steps
@@ -746,9 +746,9 @@ def main() -> None:
                          "(not on biases and norms)")
     ap.add_argument("--rotary", type=float, default=0.25, help="fraction of each head's dims that rotate")
     ap.add_argument("--smoothing", type=float, default=0.2, help="label smoothing within an answer's class")
-    ap.add_argument("--smoothing-width", type=float, default=0.0,
+    ap.add_argument("--smoothing-width", type=float, default=4.0,
                     help="spread a number answer's smoothing by numeric distance, exp(-|n - m| / WIDTH) "
-                         "(0: evenly over the class, v10's)")
+                         "(0: evenly over the class, v10's; 4: the shipped v11)")
     ap.add_argument("--smoothing-floor", type=float, default=0.0,
                     help="with --smoothing-width: the share of a number's smoothing kept even over the class")
     ap.add_argument("--lm-weight", type=float, default=0.1)
@@ -797,7 +797,7 @@ def main() -> None:
     if args.weight_decay < 0 or args.smoothing_width < 0:
         ap.error("--weight-decay and --smoothing-width must be 0 or more")
     if not 0 <= args.smoothing_floor <= 1 or (args.smoothing_floor and not args.smoothing_width):
-        ap.error("--smoothing-floor is a share from 0 to 1 and needs --smoothing-width")
+        ap.error("--smoothing-floor is a share from 0 to 1 and needs a --smoothing-width above 0")
     if args.resume and not (args.checkpoint and args.checkpoint.exists()):
         ap.error("--resume needs --checkpoint FILE naming the state file of the run to continue")
     # what a checkpoint must agree on to continue a run bit for bit (where it is saved and how often do not matter)

@@ -35,9 +35,11 @@ def test_negation_rewrites_statements_outside_the_proof():
 
 
 def test_robustness_matches_an_independent_computation(embedded_tokenizer):
-    """On a checkpoint midway through training (step2500: k-th smallest half learnt, card 0.59),
-    where perturbing numbers costs accuracy."""
-    rev = "step2500"
+    """On a checkpoint midway through training (the first revision whose model-card k-th smallest
+    accuracy reaches 0.5, as scripts/docs_numbers.py --midrev picks it), where perturbing numbers
+    costs accuracy."""
+    kth = embedded.card()["accuracy"]
+    rev = next(r for r in embedded.revisions() if kth[r]["kth_smallest"] >= 0.5)
     prompts = nr.tasks.kth_smallest(40, seed=6)
     ds = nr.robustness(nr.load_model(revision=rev), prompts, corrupt="perturb", n_corrupt=2, n_subsets=5, subset_size=(12, 20),
                        n_bins=3, seed=3, progress=False)
