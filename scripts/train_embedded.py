@@ -193,9 +193,10 @@ width 1, floor 0.5              1.00        0.58          0.16 / 0.31      0.70 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
-1,726, so 3,726 steps in all and no step4000; main's model.safetensors sha256 bcc39024…c891a) keeps every other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976, k-th smallest
-0.976 / 0.972, every binding family 1.0, CoT, heads, 34.9 MB) and moves one-step r the furthest
-of any run so far, still short of 0.9 (``make_model_card.py`` on it, v10's card beside it):
+1,726, so 3,726 steps in all and no step4000; main's model.safetensors sha256 bcc39024…c891a)
+keeps every other target of the card (arithmetic 0.996, P(answer) 0.775, held-out 0.968 / 0.976,
+k-th smallest 0.976 / 0.972, every binding family 1.0, CoT, heads, 34.9 MB) and moves one-step r
+the furthest of any run so far, still short of 0.9 (``make_model_card.py`` on it, v10's card beside it):
 
 =================================  ===============  ===============  =====  ==========  ============
 full recipe, main                  r attn / mlp     5 IG steps       share  median IE   top site
@@ -271,7 +272,7 @@ approximate the recipe rather than rerun it, and are measured on 200 prompts, se
   (5 IG steps 0.76 / 0.69; v6 0.37 / 0.53 and 0.92 / 0.89), the top site is attn L0 (median
   |IE| 152), mean P(answer) 0.646. It trades v6's two ``shapes`` misses for two arithmetic ones,
   on the task three of the five papers rest on, so v6 stays shipped.
-- **v8** (shipped before v10; started 2026-12-02 06:15; today ``--precision fp32 --steps 3400``): the
+- **v8** (shipped before v10; started 2026-12-02 06:15; today ``--precision fp32 --steps 3400 --smoothing-width 0``): the
   same command with ``--steps 3400`` (v7: 2,600), so arithmetic has about the 1,200 steps after it
   is learnt that v6 had. The curriculum is v7's bit for bit (stages learnt at 507, 1,519 and 1,822;
   mixture from 1,923), main is step 5,323 (21 revisions, step4500 and step5000 new).
@@ -348,7 +349,7 @@ weights, gradients, AdamW and the loss's arithmetic stay float32. ``python bench
 gradient is from fp32's (not yet run at full size on an idle CPU: the only whole-run comparison is v9's
 mixture steps, 1.5-1.8 s, against v8's 2.0-2.4 s, on different days of a host whose speed varies). A new
 run's choice (its bits are not fp32's): v9 and v10 above used it, and it is the default since v10
-(``--precision fp32`` rebuilds v1-v8).
+(``--precision fp32 --smoothing-width 0`` rebuilds v1-v8).
 
 Untried: reversed queries in the family's form ("… Answer : The Paris one is the").
 """
@@ -724,8 +725,9 @@ def is_revision(step: int, every: int, log_until: int = 512) -> bool:
 
 # Settings added after runs were checkpointed, with the value those runs had (when not the default):
 # the default precision became bf16 with v10, and every run before the option existed was fp32;
-# --log-until came after v10, whose runs (all at --every 500) stopped the powers of two at 256.
-BEFORE_ADDED = {"precision": "fp32", "log_until": "256"}
+# --log-until came after v10, whose runs (all at --every 500) stopped the powers of two at 256;
+# --smoothing-width came with v11's trials and its default became 4 with v11: runs before it spread evenly.
+BEFORE_ADDED = {"precision": "fp32", "log_until": "256", "smoothing_width": "0.0"}
 
 
 def main() -> None:
@@ -775,7 +777,8 @@ def main() -> None:
                          "padding included (0: chunks of 128 sequences, as v1-v10 were trained)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                     help="bf16 (v10 on): the forward's matrix products in bfloat16 (torch.autocast; weights, gradients "
-                         "and AdamW stay float32, the loss is float32 from bf16 logits); fp32 rebuilds v1-v8's bits")
+                         "and AdamW stay float32, the loss is float32 from bf16 logits); fp32 (with --smoothing-width 0) "
+                         "rebuilds v1-v8's bits")
     ap.add_argument("--early-extra", type=int, default=100)
     ap.add_argument("--early-max", type=int, default=2500)
     ap.add_argument("--checkpoint", type=Path, default=None,

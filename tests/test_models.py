@@ -409,15 +409,17 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
         out = subprocess.run([*run_b, *bad], capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1], out.stderr
     assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
-    # a checkpoint from before --precision existed was trained in fp32, not in today's default (bf16)
+    # a checkpoint from before --precision and --smoothing-width existed was trained in fp32 with even
+    # smoothing, not in today's defaults (bf16, width 4)
     state = torch.load(ckpt, weights_only=False)
-    del state["settings"]["precision"]
+    del state["settings"]["precision"], state["settings"]["smoothing_width"]
     torch.save(state, tmp_path / "old.pt")
     old = [*args, "--out", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "old.pt"), "--resume"]  # b's own --out
     out = subprocess.run(old, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "other settings (precision)" in out.stderr, out.stderr
-    out = subprocess.run([*old, "--precision", "fp32", "--lr", "0.001"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "other settings (lr)" in out.stderr, out.stderr  # precision fp32 agrees
+    assert out.returncode == 2 and "other settings (precision, smoothing_width)" in out.stderr, out.stderr
+    out = subprocess.run([*old, "--precision", "fp32", "--smoothing-width", "0", "--lr", "0.001"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "other settings (lr)" in out.stderr, out.stderr  # precision and width agree
     assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
 
 

@@ -178,8 +178,9 @@ def test_copy_top_tokens_match_the_modules_run_one_head_at_a_time(case_model, na
 
 def test_ioi_components_match_the_hook_reference(case_model):
     model, hf = case_model("embedded")
-    # 4 pairs: the S-inhibition check below needs name movers to patch into (on v10 a1.0 and a2.0 pass
-    # the rule with 3 or 4 pairs; on v8 none did with 3), and `nmh.any()` below says when none does
+    # 4 pairs: the S-inhibition check below needs name movers to patch into (on v11 a1.0 and a1.3 pass
+    # the rule with 3 pairs, and a2.2 too with 4; v10 a1.0 and a2.0; on v8 none did with 3), and
+    # `nmh.any()` below says when none does
     pairs = nr.tasks.ioi(4, corruption="swap", tokenizer=model.tokenizer)
     ds = nr.ioi_components(model, pairs, copy_threshold=10.0)
     nr.testing.assert_valid_result(ds)
