@@ -37,7 +37,7 @@ def test_negation_rewrites_statements_outside_the_proof():
 def test_robustness_matches_an_independent_computation(embedded_tokenizer):
     """On a checkpoint midway through training (the first revision whose model-card k-th smallest
     accuracy reaches 0.5, as scripts/docs_numbers.py --midrev picks it), where perturbing numbers
-    costs accuracy."""
+    changes answers."""
     kth = embedded.card()["accuracy"]
     rev = next(r for r in embedded.revisions() if kth[r]["kth_smallest"] >= 0.5)
     prompts = nr.tasks.kth_smallest(40, seed=6)
