@@ -16,6 +16,7 @@ from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.experiments.probe import fold_of_prompt
 from nnsight_reasoning.tasks import TaskError
 
+from .script_modules import load_script
 from .test_probe import _features, _knn_predict, _macro_f1, reason_interp
 
 DATA = Path(__file__).parent / "data"
@@ -36,10 +37,9 @@ def test_negation_rewrites_statements_outside_the_proof():
 
 def test_robustness_matches_an_independent_computation(embedded_tokenizer):
     """On a checkpoint midway through training (the first revision whose model-card k-th smallest
-    accuracy reaches 0.5, as scripts/docs_numbers.py --midrev picks it), where perturbing numbers
-    changes answers."""
-    kth = embedded.card()["accuracy"]
-    rev = next(r for r in embedded.revisions() if kth[r]["kth_smallest"] >= 0.5)
+    accuracy reaches 0.5: the docs' robustness revision, scripts/docs_numbers.py's), where perturbing
+    numbers changes answers."""
+    rev = load_script("docs_numbers").mid_revision(embedded.card())
     prompts = nr.tasks.kth_smallest(40, seed=6)
     ds = nr.robustness(nr.load_model(revision=rev), prompts, corrupt="perturb", n_corrupt=2, n_subsets=5, subset_size=(12, 20),
                        n_bins=3, seed=3, progress=False)
