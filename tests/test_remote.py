@@ -10,6 +10,7 @@ large, a reply that never comes) come from a real HTTP proxy in front of it
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -161,12 +162,22 @@ def test_api_stopped_mid_sweep_then_same_command_resumes(ndif, tmp_path):
     done = len(list(parts.glob("*.npz")))
     assert done >= 3 and not out.exists()
 
-    second = cli(args, ndif, background=True, REASON_INTERP_REMOTE_RETRIES="8", REASON_INTERP_REMOTE_BACKOFF="0.5")
-    restart = threading.Thread(target=lambda: (ndif.start_api(), ndif.wait_api()))
+    # Each job may take 120 s (not the default 600): a job the restarted server never finishes
+    # then ends the command with its last status instead of outlasting the test (CI once waited
+    # 240 s here with nothing to show why). The back-offs (0.5 s doubling, 8 retries) span 127 s.
+    second = cli(args, ndif, background=True, REASON_INTERP_REMOTE_RETRIES="8", REASON_INTERP_REMOTE_BACKOFF="0.5",
+                 REASON_INTERP_REMOTE_TIMEOUT="120")
+    t0 = time.monotonic()
+    restart = Restart(ndif)
     restart.start()
-    stdout, stderr = second.communicate(timeout=240)
+    try:
+        stdout, stderr = second.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        stdout, stderr = second.communicate()
     restart.join()
-    assert second.returncode == 0, stderr
+    assert second.returncode == 0, (f"exit {second.returncode} after {time.monotonic() - t0:.0f} s; the API was back "
+                                    f"after {restart.took}; stderr: {stderr}\n{ndif.diagnostics(lines=40)}")
     resumed = nr.load_result(out)
     assert resumed.attrs["n_resumed_passes"] == done
     assert resumed.attrs["remote_jobs"] == resumed.attrs["n_forward_passes"] - done
@@ -176,6 +187,23 @@ def test_api_stopped_mid_sweep_then_same_command_resumes(ndif, tmp_path):
     assert local.returncode == 0, local.stderr
     assert_same_values(resumed, nr.load_result(tmp_path / "local.nc"))
     no_secret(stdout, stderr)
+
+
+class Restart(threading.Thread):
+    """Start the stopped API again and wait until it serves; ``took`` says how long (or why not)."""
+
+    def __init__(self, ndif):
+        super().__init__()
+        self.ndif, self.took = ndif, "(still restarting)"
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.ndif.start_api()
+            self.ndif.wait_api()
+            self.took = f"{time.monotonic() - t0:.0f} s"
+        except Exception as e:  # reported by the test's assertion, not lost in this thread
+            self.took = f"never ({e})"
 
 
 def test_a_failing_job_is_one_run_error_and_not_retried(ndif, embedded_model, monkeypatch):
