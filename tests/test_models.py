@@ -109,7 +109,7 @@ def test_evaluate_adds_tigges_task_measures_against_a_plain_forward(task, embedd
         # the backend's float32 log-probabilities carry ~32 ulps of the row's logit scale (δ), as
         # tests/test_effects.py bounds them: a difference of two group means is off by ≤ 2δ, a
         # probability p by ≤ p·δ, so the difference of the two sums by ≤ δ
-        delta = 32 * np.finfo(np.float32).eps * float(logits.abs().max())
+        delta = float(32 * np.finfo(np.float32).eps) * float(logits.abs().max())  # a Python float: pytest 9.2 refuses numpy tolerances
         assert ds.logit_diff.values[i] == pytest.approx(ld, abs=2 * delta)
         assert ds.prob_diff.values[i] == pytest.approx(float(probs[good].sum() - probs[bad].sum()), abs=delta)
         lds.append(ld)
