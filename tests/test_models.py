@@ -432,6 +432,8 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
      "--smoothing-floor is a share from 0 to 1 and needs a --smoothing-width above 0"),
     (["--smoothing-width", "2", "--smoothing-floor", "1.5"],
      "--smoothing-floor is a share from 0 to 1 and needs a --smoothing-width above 0"),
+    (["--site-drop", "1"], "--site-drop is a probability from 0 to below 1"),
+    (["--site-drop", "-0.1"], "--site-drop is a probability from 0 to below 1"),
 ])
 def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
     """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
@@ -536,6 +538,42 @@ def _small_training_batch(**config):
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=512, rotary_pct=0.25, **config)).float()
     return script, tok, seqs, model, script.smoothing_classes(tok)
+
+
+def test_site_drop_zeroes_whole_sites_while_training_and_nothing_in_eval():
+    """train_embedded's ``--site-drop p``: in training mode each attention and MLP output at each
+    (sequence, position) is either zeroed whole or kept and scaled by 1 / (1 - p), about p of them
+    zeroed; in eval mode (every measurement) the model computes what it computed without it."""
+    script, tok, seqs, model, _ = _small_training_batch()
+    ids = torch.tensor([list(s[0][:12]) for s in seqs])  # 28 sequences x 12 tokens
+
+    def outputs() -> dict[str, torch.Tensor]:
+        """Layer 0's attention and MLP outputs as the residual stream receives them (hooks run in
+        the order registered, so these see the drop); layer 0's input is the embeddings, which a
+        drop never changes, so a kept site must equal its plain value."""
+        seen = {}
+        hooks = [m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(
+            name, out[0] if isinstance(out, tuple) else out)) for name, m in
+            (("attn", model.gpt_neox.layers[0].attention), ("mlp", model.gpt_neox.layers[0].mlp))]
+        with torch.no_grad():
+            logits = model(ids).logits
+        for h in hooks:
+            h.remove()
+        return {**seen, "logits": logits}
+
+    model.eval()
+    plain = outputs()
+    script.add_site_drop(model, 0.25)
+    torch.testing.assert_close(outputs()["logits"], plain["logits"], rtol=0, atol=0)  # eval: untouched
+    model.train()
+    torch.manual_seed(1)
+    dropped = outputs()
+    shares = []
+    for site in ("attn", "mlp"):
+        zero = (dropped[site] == 0).all(-1)  # (sequence, position)
+        shares.append(float(zero.float().mean()))
+        torch.testing.assert_close(dropped[site][~zero], plain[site][~zero] / 0.75)
+    assert all(0.15 < share < 0.35 for share in shares), shares  # 336 draws each at p = 0.25
 
 
 def test_token_budget_chunks_change_only_the_summation_order():
