@@ -767,6 +767,11 @@ def main() -> None:
     ap.add_argument("--site-drop", type=float, default=0.0,
                     help="trial: zero each attention and MLP output at each (sequence, position) with this probability "
                          "while training (kept ones scaled by 1 / (1 - p)), so that no one site can carry an answer alone")
+    ap.add_argument("--linear-paths", type=float, default=0.0,
+                    help="trial: weight of a loss on how far logit_diff bends along one site's patch path, on "
+                         "--linear-pairs arithmetic pairs a step (path_linearity_loss), so that a first-order "
+                         "estimate of a patch (attribution patching) is close to the patch")
+    ap.add_argument("--linear-pairs", type=int, default=32)
     ap.add_argument("--smoothing-width", type=float, default=4.0,
                     help="spread a number answer's smoothing by numeric distance, exp(-|n - m| / WIDTH) "
                          "(0: evenly over the class, v10's; 4: the shipped v11)")
@@ -818,6 +823,8 @@ def main() -> None:
         ap.error("--checkpoint-every must be a positive step count")
     if not 0 <= args.site_drop < 1:
         ap.error("--site-drop is a probability from 0 to below 1")
+    if args.linear_paths < 0 or args.linear_pairs < 1:
+        ap.error("--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count")
     if args.weight_decay < 0 or args.smoothing_width < 0:
         ap.error("--weight-decay and --smoothing-width must be 0 or more")
     if not 0 <= args.smoothing_floor <= 1 or (args.smoothing_floor and not args.smoothing_width):
@@ -889,6 +896,7 @@ def main() -> None:
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
             **({"site_drop": args.site_drop} if args.site_drop else {}),
+            **({"linear_paths": args.linear_paths, "linear_pairs": args.linear_pairs} if args.linear_paths else {}),
             **({"weight_decay": args.weight_decay} if args.weight_decay != ap.get_default("weight_decay") else {}),
             **({"smoothing_width": args.smoothing_width} if args.smoothing_width else {}),
             **({"smoothing_floor": args.smoothing_floor} if args.smoothing_floor else {}),
@@ -943,6 +951,11 @@ def main() -> None:
                 (loss * weight.get(task, 1.0) * n / n_total).backward()
                 correct += right
             stats[task] = correct / n_answers
+        if args.linear_paths:  # drawn after the mixture, so the mixture's draws are those of a run without it
+            bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
+                                       args.precision)
+            (args.linear_paths * bend).backward()
+            stats["linear_paths"] = float(bend.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if early_end is None:
             until_task, until_acc = untils[len(learnt_at)]
@@ -990,6 +1003,101 @@ def add_site_drop(model, p: float) -> None:
     for layer in model.gpt_neox.layers:
         layer.attention.register_forward_hook(drop)
         layer.mlp.register_forward_hook(drop)
+
+
+
+# ----------------------------------------------------------------------------- path linearity (trial)
+def arithmetic_pairs(rng: random.Random, tok, n: int) -> list[tuple[list[int], list[int], int, int]]:
+    """``n`` patching pairs drawn as :func:`arithmetic` draws its problems (two operands, + - * /, the
+    training split, both template kinds, arabic and words, no shots): (base prompt ids, source prompt
+    ids, base answer id, source answer id), one operator, template and representation, equal token
+    lengths, different operands and answers (Stolfo's operands intervention)."""
+    out = []
+    while len(out) < n:
+        rep = "arabic" if rng.random() < 0.7 else "words"
+        max_n = 99 if rng.random() < 0.3 else 30
+        tpl = f"stolfo:{rng.randrange(5 if rep == 'words' else 6)}" if rng.random() < 0.5 else rng.choice(A.TEMPLATES)
+        a, ops, ra = A.sample_problem(rng, 2, max_n, split="train", operations="+-*/", max_result=99)
+        b, _, rb = A.sample_problem(rng, 2, max_n, split="train", ops=ops, max_result=99)
+        texts = [A.render_problem(x, ops, tpl, rep) for x in (a, b)]
+        answers = [A.render_number(r, rep) for r in (ra, rb)]
+        if ra == rb or None in texts or None in answers:
+            continue
+        (ids_a, at_a), (ids_b, at_b) = (encode(tok, [(t, x)]) for t, x in zip(texts, answers))
+        if len(ids_a) == len(ids_b):
+            out.append((ids_a[: at_a[0]], ids_b[: at_b[0]], ids_a[at_a[0]], ids_b[at_b[0]]))
+    return out
+
+
+def path_linearity_loss(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32") -> torch.Tensor:
+    """Trial (``--linear-paths``): how far the patching metric bends along one site's patch path
+    (:func:`patch_paths`): the mean over pairs of (f(t) - f(0) - t (f(1) - f(0)))^2 / (1 + (f(1) -
+    f(0))^2), zero when f is linear on [0, 1]; in units of the patch's own effect (the denominator is
+    detached). Attribution patching estimates f(1) - f(0) by f'(0), exact when f is linear."""
+    f0, f1, ft, t = patch_paths(model, pairs, rng, pad, precision)
+    effect = f1 - f0
+    return (((ft - f0) - t * effect) ** 2 / (1 + effect.detach() ** 2)).mean()
+
+
+def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32"):
+    """For pair i of :func:`arithmetic_pairs`, one site drawn from ``rng`` (an attention or MLP output,
+    uniform over the layers' 2L modules, at one position uniform from the first where the two prompts
+    differ to the last) and t_i ~ U(0, 1), in that order per pair: the base prompt run with that output
+    moved a share t of the way to its value on the source prompt gives f_i(t) = logit(source answer) -
+    logit(base answer) at the last position (patch's ``logit_diff`` plus a constant; nats). Returns
+    f(0), f(1), f(t), t, each (n,). Three forwards: base and source rows, then the t = 1 and t = t_i
+    copies of the base rows."""
+    n = len(pairs)
+    modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
+    ids = torch.full((2 * n, max(len(p[0]) for p in pairs)), pad)
+    for i, (base, source, _, _) in enumerate(pairs):
+        ids[i, : len(base)], ids[n + i, : len(source)] = torch.tensor(base), torch.tensor(source)
+    last = torch.tensor([len(p[0]) - 1 for p in pairs])
+    answers = torch.tensor([[p[2], p[3]] for p in pairs])
+    rows = torch.arange(n)
+
+    def f(logits: torch.Tensor) -> torch.Tensor:  # (n,) logit diff at each base prompt's last position
+        at = logits[rows, last].float()
+        return at[rows, answers[:, 1]] - at[rows, answers[:, 0]]
+
+    def output(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    acts: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: acts.__setitem__(k, output(out)))
+             for k, m in enumerate(modules)]
+    try:
+        with forward_precision(precision):
+            f0 = f(model(ids).logits[:n])
+    finally:
+        for h in hooks:
+            h.remove()
+    sites, positions, shares = [], [], []
+    for i, (base, source, _, _) in enumerate(pairs):
+        first = next(j for j, (x, y) in enumerate(zip(base, source)) if x != y)
+        sites.append(rng.randrange(len(modules)))
+        positions.append(rng.randint(first, len(base) - 1))
+        shares.append(rng.random())
+
+    def patch(mod, a, out, k):
+        o = output(out)
+        new = o
+        for r in range(2 * n):  # rows 0..n-1: t = 1; rows n..2n-1: t = t_i
+            i = r % n
+            if sites[i] == k:
+                new = new.clone() if new is o else new
+                t, p = (1.0 if r < n else shares[i]), positions[i]
+                new[r, p] = o[r, p] + t * (acts[k][n + i, p] - o[r, p])
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: patch(mod, a, out, k)) for k, m in enumerate(modules)]
+    try:
+        with forward_precision(precision):
+            logits = model(torch.cat([ids[:n], ids[:n]])).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    return f0, f(logits[:n]), f(logits[n:]), torch.tensor(shares)
 
 
 def save(model, tok, path: Path, meta: dict) -> None:

@@ -423,6 +423,9 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     assert {p: p.read_bytes() for p in [ckpt, *(tmp_path / "b").rglob("*")] if p.is_file()} == before
 
 
+LINEAR_PATHS_ERROR = "--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count"
+
+
 @pytest.mark.parametrize("bad, says", [
     (["--every", "0"], "--every must be a positive step count"),
     (["--log-until", "500"], "--log-until must be a power of two (Pythia's revisions stop at 512)"),
@@ -434,6 +437,8 @@ def test_training_killed_and_resumed_is_byte_identical(tmp_path):
      "--smoothing-floor is a share from 0 to 1 and needs a --smoothing-width above 0"),
     (["--site-drop", "1"], "--site-drop is a probability from 0 to below 1"),
     (["--site-drop", "-0.1"], "--site-drop is a probability from 0 to below 1"),
+    (["--linear-paths", "-1"], LINEAR_PATHS_ERROR),
+    (["--linear-paths", "1", "--linear-pairs", "0"], LINEAR_PATHS_ERROR),
 ])
 def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
     """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
@@ -574,6 +579,80 @@ def test_site_drop_zeroes_whole_sites_while_training_and_nothing_in_eval():
         shares.append(float(zero.float().mean()))
         torch.testing.assert_close(dropped[site][~zero], plain[site][~zero] / 0.75)
     assert all(0.15 < share < 0.35 for share in shares), shares  # 336 draws each at p = 0.25
+
+
+def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
+    """train_embedded's ``--linear-paths`` trial: for each arithmetic pair, the logit difference of the
+    base prompt with one site's output moved a share t of the way to the source prompt's, at t = 0, 1
+    and the drawn t, equals a one-prompt-at-a-time run with a plain hook that writes (1 - t)·base +
+    t·source into that output at that position; and the loss is its bend, from those numbers."""
+    import random
+
+    script, tok, _, model, _ = _small_training_batch()
+    with torch.no_grad():  # larger weights: a random model's paths bend measurably
+        for p in model.parameters():
+            p.mul_(4)
+    model.eval()
+    rng = random.Random(3)
+    pairs = script.arithmetic_pairs(rng, tok, 6)
+    for base, source, a_base, a_source in pairs:
+        assert len(base) == len(source) and base != source and a_base != a_source
+        assert base[0] == source[0] == tok.bos_token_id
+    state = rng.getstate()
+    draws = random.Random()
+    draws.setstate(state)
+    with torch.no_grad():
+        f0, f1, ft, t = script.patch_paths(model, pairs, rng, tok.pad_token_id)
+    modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
+
+    def output(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    def run(ids, module, edit=None):
+        """f on one prompt and the module's output, with ``edit(output)`` written into it."""
+        seen = {}
+
+        def hook(mod, args, out):
+            o = output(out)
+            if edit is not None:
+                o = edit(o.clone())
+            seen["out"] = o
+            return (o, *out[1:]) if isinstance(out, tuple) else o
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, -1]
+        finally:
+            handle.remove()
+        return logits, seen["out"]
+
+    expect = []
+    for i, (base, source, a_base, a_source) in enumerate(pairs):
+        first = next(j for j, (x, y) in enumerate(zip(base, source)) if x != y)
+        k, p, share = draws.randrange(len(modules)), draws.randint(first, len(base) - 1), draws.random()
+        assert float(t[i]) == pytest.approx(share)
+        _, base_out = run(base, modules[k])
+        _, source_out = run(source, modules[k])
+        row = []
+        for s in (0.0, 1.0, share):
+            def edit(o, s=s, p=p):
+                o[0, p] = (1 - s) * base_out[0, p] + s * source_out[0, p]
+                return o
+            logits, _ = run(base, modules[k], edit)
+            row.append(float(logits[a_source] - logits[a_base]))
+        expect.append(row)
+    expect = np.array(expect)
+    got = torch.stack([f0, f1, ft], 1).numpy()
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+    assert np.abs(expect[:, 1] - expect[:, 0]).max() > 0.1  # the patches move the answer: a real check
+    effect = expect[:, 1] - expect[:, 0]
+    bend = np.mean((expect[:, 2] - expect[:, 0] - t.numpy() * effect) ** 2 / (1 + effect ** 2))
+    same = random.Random()
+    same.setstate(state)
+    with torch.no_grad():
+        loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id)
+    assert float(loss) == pytest.approx(bend, rel=1e-3)
 
 
 def test_token_budget_chunks_change_only_the_summation_order():
