@@ -241,7 +241,7 @@ learnt (accuracy 0.705 and 0.48). Given 3,000 steps (``--steps 3000``, the same 
 again the misses, layer 3 0.93-0.995) while the bend on its own training pairs stays small (the log's last
 rows: 0.001 relative, 0.15 nats^2): the site drawn for a pair is uniform, and the few cells that carry an operand, where the
 step is, are seldom drawn. Training straight paths directly does not reach r >= 0.9 on a model that
-does arithmetic, so the option stays a trial (default 0) and no model was trained with it.
+does arithmetic, so the option stays a trial (default 0) and the full recipe was not run with it.
 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
