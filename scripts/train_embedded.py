@@ -991,7 +991,7 @@ def main() -> None:
                 (loss * weight.get(task, 1.0) * n / n_total).backward()
                 correct += right
             stats[task] = correct / n_answers
-        if args.linear_paths:  # drawn after the mixture, so the mixture's draws are those of a run without it
+        if args.linear_paths:  # drawn after the step's mixture: its first step draws what a run without it does
             bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
                                        args.precision, args.linear_scale == "relative")
             (args.linear_paths * bend).backward()

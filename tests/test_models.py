@@ -653,6 +653,10 @@ def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
     with torch.no_grad():
         loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id)
     assert float(loss) == pytest.approx(bend, rel=1e-3)
+    same.setstate(state)
+    with torch.no_grad():  # --linear-scale nats: the bend itself, not over 1 + effect^2
+        loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id, relative=False)
+    assert float(loss) == pytest.approx(np.mean((expect[:, 2] - expect[:, 0] - t.numpy() * effect) ** 2), rel=1e-3)
 
 
 def test_token_budget_chunks_change_only_the_summation_order():
