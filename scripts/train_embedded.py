@@ -811,6 +811,9 @@ def main() -> None:
     ap.add_argument("--linear-pairs", type=int, default=32)
     ap.add_argument("--linear-scale", choices=("relative", "nats"), default="relative",
                     help="--linear-paths' bend in units of each patch's effect, or in nats^2")
+    ap.add_argument("--linear-sites", choices=("uniform", "effect"), default="uniform",
+                    help="--linear-paths' site per pair: uniform over modules and positions, or drawn in "
+                         "proportion to its exact patching effect (a patch sweep per pair each step)")
     ap.add_argument("--smoothing-width", type=float, default=4.0,
                     help="spread a number answer's smoothing by numeric distance, exp(-|n - m| / WIDTH) "
                          "(0: evenly over the class, v10's; 4: the shipped v11)")
@@ -864,6 +867,8 @@ def main() -> None:
         ap.error("--site-drop is a probability from 0 to below 1")
     if args.linear_paths < 0 or args.linear_pairs < 1:
         ap.error("--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count")
+    if args.linear_sites != "uniform" and not args.linear_paths:
+        ap.error("--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0")
     if args.weight_decay < 0 or args.smoothing_width < 0:
         ap.error("--weight-decay and --smoothing-width must be 0 or more")
     if not 0 <= args.smoothing_floor <= 1 or (args.smoothing_floor and not args.smoothing_width):
@@ -936,7 +941,9 @@ def main() -> None:
             **({"dropout": args.dropout} if args.dropout else {}),
             **({"site_drop": args.site_drop} if args.site_drop else {}),
             **({"linear_paths": args.linear_paths, "linear_pairs": args.linear_pairs,
-                "linear_scale": args.linear_scale} if args.linear_paths else {}),
+                "linear_scale": args.linear_scale,
+                **({"linear_sites": args.linear_sites} if args.linear_sites != "uniform" else {})}
+               if args.linear_paths else {}),
             **({"weight_decay": args.weight_decay} if args.weight_decay != ap.get_default("weight_decay") else {}),
             **({"smoothing_width": args.smoothing_width} if args.smoothing_width else {}),
             **({"smoothing_floor": args.smoothing_floor} if args.smoothing_floor else {}),
@@ -993,7 +1000,7 @@ def main() -> None:
             stats[task] = correct / n_answers
         if args.linear_paths:  # drawn after the step's mixture: its first step draws what a run without it does
             bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
-                                       args.precision, args.linear_scale == "relative")
+                                       args.precision, args.linear_scale == "relative", args.linear_sites == "effect")
             (args.linear_paths * bend).backward()
             stats["linear_paths"] = float(bend.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -1070,27 +1077,30 @@ def arithmetic_pairs(rng: random.Random, tok, n: int) -> list[tuple[list[int], l
 
 
 def path_linearity_loss(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32",
-                        relative: bool = True) -> torch.Tensor:
+                        relative: bool = True, by_effect: bool = False) -> torch.Tensor:
     """Trial (``--linear-paths``): how far the patching metric bends along one site's patch path
     (:func:`patch_paths`): the mean over pairs of (f(t) - f(0) - t (f(1) - f(0)))^2, zero when f is
     linear on [0, 1]; ``relative``: each divided by 1 + (f(1) - f(0))^2 (detached), in units of the
     patch's own effect, else in nats^2, so that the sites with large effects, which dominate a
     correlation over sites, dominate it too. Attribution patching estimates f(1) - f(0) by f'(0),
     exact when f is linear."""
-    f0, f1, ft, t = patch_paths(model, pairs, rng, pad, precision)
+    f0, f1, ft, t = patch_paths(model, pairs, rng, pad, precision, by_effect)
     effect = f1 - f0
     bend = ((ft - f0) - t * effect) ** 2
     return (bend / (1 + effect.detach() ** 2) if relative else bend).mean()
 
 
-def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32"):
+def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32", by_effect: bool = False):
     """For pair i of :func:`arithmetic_pairs`, one site drawn from ``rng`` (an attention or MLP output,
     uniform over the layers' 2L modules, at one position uniform from the first where the two prompts
     differ to the last) and t_i ~ U(0, 1), in that order per pair: the base prompt run with that output
     moved a share t of the way to its value on the source prompt gives f_i(t) = logit(source answer) -
     logit(base answer) at the last position (patch's ``logit_diff`` plus a constant; nats). Returns
     f(0), f(1), f(t), t, each (n,). Three forwards: base and source rows, then the t = 1 and t = t_i
-    copies of the base rows."""
+    copies of the base rows. ``by_effect`` (``--linear-sites effect``): the site and position are
+    drawn together in proportion to the exact effect |f(1) - f(0)| of patching each candidate
+    (:func:`site_effects`), so that the few cells that carry the answer, where the paths bend, are
+    the ones drawn."""
     n = len(pairs)
     modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
     ids = torch.full((2 * n, max(len(p[0]) for p in pairs)), pad)
@@ -1116,11 +1126,18 @@ def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str
     finally:
         for h in hooks:
             h.remove()
+    spans = [range(next(j for j, (x, y) in enumerate(zip(b, s)) if x != y), len(b)) for b, s, _, _ in pairs]
+    if by_effect:
+        effects = site_effects(model, ids[:n], acts, spans, last, answers, f0.detach(), precision)
     sites, positions, shares = [], [], []
-    for i, (base, source, _, _) in enumerate(pairs):
-        first = next(j for j, (x, y) in enumerate(zip(base, source)) if x != y)
-        sites.append(rng.randrange(len(modules)))
-        positions.append(rng.randint(first, len(base) - 1))
+    for i, span in enumerate(spans):
+        if by_effect:  # one draw per pair, in proportion to |f(1) - f(0)| over its candidate cells
+            weight = effects[i].abs()
+            c = rng.choices(range(len(weight)), weights=weight.tolist())[0] if weight.sum() > 0 else rng.randrange(len(weight))
+            sites.append(c // len(span)), positions.append(span[c % len(span)])
+        else:
+            sites.append(rng.randrange(len(modules)))
+            positions.append(rng.randint(span.start, span.stop - 1))
         shares.append(rng.random())
 
     def patch(mod, a, out, k):
@@ -1142,6 +1159,46 @@ def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str
         for h in hooks:
             h.remove()
     return f0, f(logits[:n]), f(logits[n:]), torch.tensor(shares)
+
+
+def site_effects(model, ids: torch.Tensor, acts: dict, spans: list[range], last: torch.Tensor,
+                 answers: torch.Tensor, f0: torch.Tensor, precision: str = "fp32",
+                 rows_per_forward: int = 512) -> list[torch.Tensor]:
+    """Exact patching of every candidate cell of :func:`patch_paths`: for pair i, f(1) - f(0) in nats
+    of patching each of the 2L attention and MLP outputs (``acts``' keys, in order) at each position
+    of ``spans[i]``, one value per (module, position), module-major. ``ids``: the n base rows (n,
+    seq); ``acts[k]``: module k's output on the base rows then the source rows (2n, seq, d);
+    ``last``/``answers``/``f0``: each pair's last position, (base, source) answer ids and unpatched
+    f. No gradient; one base row per cell, ``rows_per_forward`` rows a forward."""
+    n = ids.shape[0]
+    cells = [(i, k, p) for i in range(n) for k in range(len(acts)) for p in spans[i]]
+    modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
+    values = []
+    for start in range(0, len(cells), rows_per_forward):
+        chunk = torch.tensor(cells[start:start + rows_per_forward])
+        pair, site, pos = chunk.unbind(1)
+        rows = torch.arange(len(chunk))
+
+        def patch(mod, a, out, k):
+            o = out[0] if isinstance(out, tuple) else out
+            hit = site == k
+            if not hit.any():
+                return out
+            o = o.clone()
+            o[rows[hit], pos[hit]] = acts[k][n + pair[hit], pos[hit]].to(o.dtype)
+            return (o, *out[1:]) if isinstance(out, tuple) else o
+
+        hooks = [m.register_forward_hook(lambda mod, a, out, k=k: patch(mod, a, out, k)) for k, m in enumerate(modules)]
+        try:
+            with torch.no_grad(), forward_precision(precision):
+                at = model(ids[pair]).logits[rows, last[pair]].float()
+        finally:
+            for h in hooks:
+                h.remove()
+        values.append(at[rows, answers[pair, 1]] - at[rows, answers[pair, 0]] - f0[pair])
+    flat = torch.cat(values)
+    sizes = [len(acts) * len(spans[i]) for i in range(n)]
+    return list(flat.split(sizes))
 
 
 def save(model, tok, path: Path, meta: dict) -> None:

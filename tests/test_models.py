@@ -1,6 +1,7 @@
 """Model loading (embedded, local directories, revision layouts) and the model card."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -439,6 +440,7 @@ LINEAR_PATHS_ERROR = "--linear-paths must be 0 (off) or a positive weight, and -
     (["--site-drop", "-0.1"], "--site-drop is a probability from 0 to below 1"),
     (["--linear-paths", "-1"], LINEAR_PATHS_ERROR),
     (["--linear-paths", "1", "--linear-pairs", "0"], LINEAR_PATHS_ERROR),
+    (["--linear-sites", "effect"], "--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0"),
 ])
 def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
     """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
@@ -581,6 +583,27 @@ def test_site_drop_zeroes_whole_sites_while_training_and_nothing_in_eval():
     assert all(0.15 < share < 0.35 for share in shares), shares  # 336 draws each at p = 0.25
 
 
+def _one_prompt_run(model, ids: list[int], module, edit=None):
+    """One prompt through ``model`` with a plain forward hook on ``module``: the last position's
+    logits and the module's output, with ``edit(output)`` written into it when given."""
+    seen = {}
+
+    def hook(mod, args, out):
+        o = out[0] if isinstance(out, tuple) else out
+        if edit is not None:
+            o = edit(o.clone())
+        seen["out"] = o
+        return (o, *out[1:]) if isinstance(out, tuple) else o
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+    finally:
+        handle.remove()
+    return logits, seen["out"]
+
+
 def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
     """train_embedded's ``--linear-paths`` trial: for each arithmetic pair, the logit difference of the
     base prompt with one site's output moved a share t of the way to the source prompt's, at t = 0, 1
@@ -604,29 +627,7 @@ def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
     with torch.no_grad():
         f0, f1, ft, t = script.patch_paths(model, pairs, rng, tok.pad_token_id)
     modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
-
-    def output(out):
-        return out[0] if isinstance(out, tuple) else out
-
-    def run(ids, module, edit=None):
-        """f on one prompt and the module's output, with ``edit(output)`` written into it."""
-        seen = {}
-
-        def hook(mod, args, out):
-            o = output(out)
-            if edit is not None:
-                o = edit(o.clone())
-            seen["out"] = o
-            return (o, *out[1:]) if isinstance(out, tuple) else o
-
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                logits = model(torch.tensor([ids])).logits[0, -1]
-        finally:
-            handle.remove()
-        return logits, seen["out"]
-
+    run = functools.partial(_one_prompt_run, model)
     expect = []
     for i, (base, source, a_base, a_source) in enumerate(pairs):
         first = next(j for j, (x, y) in enumerate(zip(base, source)) if x != y)
@@ -657,6 +658,71 @@ def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
     with torch.no_grad():  # --linear-scale nats: the bend itself, not over 1 + effect^2
         loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id, relative=False)
     assert float(loss) == pytest.approx(np.mean((expect[:, 2] - expect[:, 0] - t.numpy() * effect) ** 2), rel=1e-3)
+
+
+def test_linear_sites_effect_draws_each_pair_s_site_by_its_exact_patching_effect():
+    """train_embedded's ``--linear-sites effect``: ``site_effects`` gives, for each pair, f(1) - f(0) of
+    patching every attention and MLP output at every position from the first the prompts differ at to
+    the last (the source prompt's output written in whole), as one-prompt runs with plain hooks give
+    it; and ``patch_paths`` draws each pair's cell in proportion to those |effects| (then t), so a
+    replay of the same rng over the plain-hook effects draws the same cells and shares."""
+    import random
+
+    script, tok, _, model, _ = _small_training_batch()
+    with torch.no_grad():  # larger weights, as above: effects well away from zero
+        for p in model.parameters():
+            p.mul_(4)
+    model.eval()
+    pairs = script.arithmetic_pairs(random.Random(5), tok, 5)
+    modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
+    run = functools.partial(_one_prompt_run, model)
+    expect, spans = [], []
+    for base, source, a_base, a_source in pairs:
+        first = next(j for j, (x, y) in enumerate(zip(base, source)) if x != y)
+        spans.append(range(first, len(base)))
+        clean, _ = run(base, modules[0])
+        row = []
+        for module in modules:
+            _, source_out = run(source, module)
+            for p in spans[-1]:
+                def edit(o, p=p, source_out=source_out):
+                    o[0, p] = source_out[0, p]
+                    return o
+                logits, _ = run(base, module, edit)
+                row.append(float(logits[a_source] - logits[a_base] - clean[a_source] + clean[a_base]))
+        expect.append(np.array(row))
+    rng = random.Random(11)
+    state = rng.getstate()
+    with torch.no_grad():
+        f0, f1, ft, t = script.patch_paths(model, pairs, rng, tok.pad_token_id, by_effect=True)
+    replay = random.Random()
+    replay.setstate(state)
+    for i, (span, row) in enumerate(zip(spans, expect)):
+        assert np.abs(row).max() > 0.1  # the cells differ: the weights are a real choice
+        cell = replay.choices(range(len(row)), weights=np.abs(row).tolist())[0]
+        assert float(t[i]) == pytest.approx(replay.random())
+        # the drawn cell's full patch is the sweep's value for it
+        assert float(f1[i] - f0[i]) == pytest.approx(row[cell], rel=1e-4, abs=1e-4)
+    # the sweep itself, every cell, through the helper patch_paths calls
+    ids = torch.full((len(pairs), max(len(p[0]) for p in pairs)), tok.pad_token_id)
+    both = torch.full((2 * len(pairs), ids.shape[1]), tok.pad_token_id)
+    for i, (base, source, _, _) in enumerate(pairs):
+        ids[i, : len(base)] = both[i, : len(base)] = torch.tensor(base)
+        both[len(pairs) + i, : len(source)] = torch.tensor(source)
+    acts = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: acts.__setitem__(k, out[0] if isinstance(out, tuple)
+                                                                               else out)) for k, m in enumerate(modules)]
+    with torch.no_grad():
+        logits = model(both).logits
+    for h in hooks:
+        h.remove()
+    last = torch.tensor([len(p[0]) - 1 for p in pairs])
+    answers = torch.tensor([[p[2], p[3]] for p in pairs])
+    at = logits[torch.arange(len(pairs)), last]
+    clean = at[torch.arange(len(pairs)), answers[:, 1]] - at[torch.arange(len(pairs)), answers[:, 0]]
+    got = script.site_effects(model, ids, acts, spans, last, answers, clean, rows_per_forward=7)
+    for g, e in zip(got, expect):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-4)
 
 
 def test_token_budget_chunks_change_only_the_summation_order():
