@@ -30,7 +30,7 @@ from ..sites import SITES, architecture, context_length, dims, resolve
 from ..tasks.base import single_token_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
-                        split_heads)
+                        site_values, split_heads)
 
 nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them from their source
 
@@ -152,35 +152,18 @@ def _trace_packed(model, ids, pos, seq, pre, lim, n_seg, steps, out_rows, out_co
                 hidden = hidden[:, :n_seg]
             if join_in is not None:  # copies patched in this layer join with their base row's values
                 hidden = join_columns(hidden, join_in)
-            for entry in inner:
-                if entry[0] == "embed":  # the embeddings are this (first) layer's input
-                    hidden[entry[2], entry[3]] = hidden[entry[4], entry[5]]
+            for kind, module, dst, src in inner:
+                if kind == "embed":  # the embeddings are this (first) layer's input
+                    hidden[dst] = hidden[src]
             layer.inputs = packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg)
-            for entry in inner:
-                kind, module = entry[0], entry[1]
-                if kind == "embed":
-                    continue
-                if kind in ("attn_pattern", "attn_weights"):  # probabilities, before they weight the values
-                    op, path = module
-                    for name in path:
-                        op = getattr(op.source, name)
-                    w = op.output
-                    w[entry[2], entry[8], entry[3], entry[4]] = w[entry[5], entry[8], entry[6], entry[7]]
-                elif kind == "head":
-                    v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
-                    v[entry[2], entry[3], entry[6]] = v[entry[4], entry[5], entry[6]]
-                elif kind == "neuron":  # the MLP hidden units are the input of its output projection
-                    v = module.input
-                    v[entry[2], entry[3], entry[6]] = v[entry[4], entry[5], entry[6]]
-                else:
-                    x = module.output
-                    if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
-                        x = x[0]
-                    x[entry[2], entry[3]] = x[entry[4], entry[5]]
+            for kind, module, dst, src in inner:
+                if kind != "embed":
+                    x = site_values(kind, module, n_heads, head_dim)  # a view: the edit lands in the pass
+                    x[dst] = x[src]
             if join_out is not None:  # resid copies join after the layer, patched there
                 out = layer.output
                 x = join_columns(out[0] if isinstance(out, tuple) else out, join_out)
-                x[outer[0], outer[1]] = x[outer[2], outer[3]]
+                x[outer[0]] = x[outer[1]]
                 layer.output = (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
         # the unembedding acts per column: it gets each output row's last column only
         args, kwargs = unembed.inputs
@@ -227,8 +210,8 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     A step is (layer module, origin, grow_in, inner, grow_out, outer):
     ``origin`` maps each row entering the layer to its input row, for the layer's batch-shaped
     arguments (the attention mask is built once for the input batch); ``grow_in``/``grow_out``
-    are the rows copied at the layer's input/output; ``inner`` holds (kind, module, rows, src,
-    positions, heads) for sites inside the layer, ``outer`` the same for ``resid``.
+    are the rows copied at the layer's input/output; ``inner`` holds (kind, module, dst, src) for
+    sites inside the layer (:func:`_indices`), ``outer`` (dst, src) for ``resid``.
     Modules are resolved here because the trace body may only touch nnsight, torch and
     builtins: it is shipped to NDIF, where this package is not installed.
     """
@@ -251,7 +234,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             grow_in = torch.cat([p.rows for p in new_in])
             n = len(origin)
             for p in new_in:
-                inner.append((p.site, modules.get((p.site, li)), torch.arange(n, n + len(p.rows)), p.src_rows, p.positions, p.heads))
+                inner.append((p.site, modules.get((p.site, li)), *_indices(p, torch.arange(n, n + len(p.rows)))))
                 n += len(p.rows)
             origin = torch.cat([origin, grow_in])
             started = True
@@ -260,7 +243,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
         if res:
             grow_out = res[0].rows
             copies = torch.arange(len(origin), len(origin) + len(grow_out))
-            outer = ("resid", None, copies, res[0].src_rows, res[0].positions, None)
+            outer = _indices(res[0], copies)
             origin = torch.cat([origin, grow_out])
             started = True
         if step_origin is not None or grow_out is not None:
@@ -270,6 +253,18 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     pos = {i: torch.arange(int(s), int(s) + k) for i, s, k in zip(ordered, starts, sizes)}
     order = torch.cat([torch.arange(n_inputs)] + [pos[i] for i in range(len(patches))])
     return steps, origin, order
+
+
+def _indices(p: Patch, rows: torch.Tensor) -> tuple[tuple, tuple]:
+    """(dst, src) index tuples of patch ``p``, its copies at ``rows`` of the batch, into
+    :func:`.trace_ops.site_values`' tensor: ``attn_weights`` one query row of one head, (row, head,
+    query); ``attn_pattern`` the head's whole pattern, (row, head); the rest by
+    :func:`.packed.site_index` (position as the column)."""
+    if p.site == "attn_weights":
+        return (rows, p.heads, p.positions), (p.src_rows, p.heads, p.positions)
+    if p.site == "attn_pattern":
+        return (rows, p.heads), (p.src_rows, p.heads)
+    return packed.site_index(p.site, rows, p.positions, p.src_rows, p.positions, p.heads)
 
 
 def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, remote=False, backend=None):
@@ -282,36 +277,17 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                 hidden = args[0]
                 if grow_in is not None:
                     hidden = torch.cat([hidden, hidden[grow_in]])
-                for kind, module, rows, src, pos, heads in inner:
+                for kind, module, dst, src in inner:
                     if kind == "embed":  # the embeddings are this (first) layer's input
-                        hidden[rows, pos] = hidden[src, pos]
+                        hidden[dst] = hidden[src]
                 # batch-shaped arguments (the attention mask) were built for the input rows;
                 # some layers take them by keyword, some (GPT-2) by position
                 layer.inputs = ((hidden,) + batch_rows(args[1:], n_inputs, origin),
                                 batch_kwargs(kwargs, n_inputs, origin))
-            for kind, module, rows, src, pos, heads in inner:
-                if kind == "embed":
-                    continue
-                if kind in ("attn_pattern", "attn_weights"):  # probabilities, before they weight the values
-                    op, path = module
-                    for name in path:
-                        op = getattr(op.source, name)
-                    w = op.output
-                    if kind == "attn_weights":  # one query row of one head
-                        w[rows, heads, pos] = w[src, heads, pos]
-                    else:  # the head's whole pattern, every query row
-                        w[rows, heads] = w[src, heads]
-                elif kind == "head":
-                    v = split_heads(module.input, n_heads, head_dim)  # a view: the edit lands in the input
-                    v[rows, pos, heads] = v[src, pos, heads]
-                elif kind == "neuron":  # the MLP hidden units are the input of its output projection
-                    v = module.input
-                    v[rows, pos, heads] = v[src, pos, heads]
-                else:
-                    x = module.output
-                    if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
-                        x = x[0]
-                    x[rows, pos] = x[src, pos]
+            for kind, module, dst, src in inner:
+                if kind != "embed":
+                    x = site_values(kind, module, n_heads, head_dim)  # a view: the edit lands in the pass
+                    x[dst] = x[src]
             if grow_out is not None:
                 out = layer.output
                 if isinstance(out, tuple):
@@ -320,8 +296,7 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                 else:
                     x = torch.cat([out, out[grow_out]])
                     layer.output = x
-                rows, src, pos = outer[2], outer[3], outer[4]
-                x[rows, pos] = x[src, pos]
+                x[outer[0]] = x[outer[1]]
         scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank))
     return scores
 

@@ -178,7 +178,7 @@ def plan(input_ids: torch.Tensor, patches: Sequence[Any], layers: list, modules:
         early = (c_join == jp) & (c_col < widths)
         joined[jp] = (pos[:, widths:at_join[jp]], c_row[early], c_col[early], c_pos[early])
         widths = at_join[jp]
-    # the patches: (dst row, dst col, src row, src col, head) for vector sites
+    # the patches: (dst, src) index tuples into the site's tensor (trace_ops.site_values)
     edits = {}
     for key_ in sorted(set(zip(site.tolist(), layer.tolist()))):
         name, li = SITES[key_[0]], key_[1]
@@ -187,8 +187,8 @@ def plan(input_ids: torch.Tensor, patches: Sequence[Any], layers: list, modules:
             edits[(name, li)] = _prob_edits(name, row[m], col[m], position[m], head[m], home_row[src[m]],
                                             home_col[src[m]], t)
         else:
-            edits[(name, li)] = tuple(torch.from_numpy(x) for x in (
-                row[m], col[m] + position[m] - start[m], home_row[src[m]], home_col[src[m]] + position[m], head[m]))
+            edits[(name, li)] = site_index(name, *(torch.from_numpy(x) for x in (
+                row[m], col[m] + position[m] - start[m], home_row[src[m]], home_col[src[m]] + position[m], head[m])))
     steps = []
     for li, lay in enumerate(layers):
         inner = [(name, modules.get((name, li))) + edits[(name, li)]
@@ -209,11 +209,20 @@ def width_budget(t: int, d_model: int) -> int:
     return max(4 * t, int(math.sqrt(6 * d_model * t)))
 
 
-def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -> tuple:
-    """Index tensors (dst row, dst query, dst key, src row, src query, src key, head) of the
-    attention-probability patches: ``attn_weights`` copies one query row (keys: the origin's
-    prefix, then the copy's own column), ``attn_pattern`` the head's whole pattern (the copy
-    holds the whole prompt from its column ``col``)."""
+def site_index(kind: str, rows, cols, src_rows, src_cols, heads) -> tuple[tuple, tuple]:
+    """(dst, src) index tuples of a vector site's patch into :func:`.trace_ops.site_values`' tensor:
+    (row, column) of the residual stream, a module's output or the embeddings, and (row, column,
+    unit) of the heads and neurons (``heads`` holds the head or neuron index)."""
+    if kind in ("head", "neuron"):
+        return (rows, cols, heads), (src_rows, src_cols, heads)
+    return (rows, cols), (src_rows, src_cols)
+
+
+def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -> tuple[tuple, tuple]:
+    """(dst, src) index tuples, each (row, head, query, key), of the attention-probability
+    patches: ``attn_weights`` copies one query row (keys: the origin's prefix, then the copy's own
+    column), ``attn_pattern`` the head's whole pattern (the copy holds the whole prompt from its
+    column ``col``)."""
     fields = [[] for _ in range(7)]
     for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
         if name == "attn_weights":
@@ -225,7 +234,8 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
         m = len(dq)
         for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
             f.extend(v)
-    return tuple(torch.tensor(f, dtype=torch.long) for f in fields)
+    r, dq, dk, sr, sq, sk, h = (torch.tensor(f, dtype=torch.long) for f in fields)
+    return (r, h, dq, dk), (sr, h, sq, sk)
 
 
 @dataclass(frozen=True)

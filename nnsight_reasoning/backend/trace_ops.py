@@ -103,6 +103,28 @@ def split_heads(z, n_heads, head_dim):
     return z.view(tuple(z.shape[:-1]) + (n_heads, head_dim))
 
 
+def site_values(kind, module, n_heads, head_dim):
+    """Inside a trace: the tensor a patch at site ``kind`` writes into, as a view, so that
+    ``x[dst] = x[src]`` edits the forward pass: the attention probabilities (``module`` is the
+    attention Envoy and its ``.source`` path; (batch, heads, query, key)), the output
+    projection's input split into heads ((batch, T, heads, head_dim)), the MLP's hidden units
+    (its output projection's input, (batch, T, d_mlp)), or the module's output ((batch, T, d);
+    attention's first element)."""
+    if kind in ("attn_pattern", "attn_weights"):
+        op, path = module
+        for name in path:
+            op = getattr(op.source, name)
+        return op.output
+    if kind == "head":
+        return split_heads(module.input, n_heads, head_dim)
+    if kind == "neuron":
+        return module.input
+    x = module.output
+    if kind == "attn" or isinstance(x, tuple):  # attention returns (out, weights)
+        x = x[0]
+    return x
+
+
 def own_heads(z, n_heads, rows, head_dim):
     """Head h of copy h: ``z`` (n_heads·rows, T, n_heads·head_dim), the output projection's
     input when attention ran on one copy of its input per head, to (rows, T, n_heads, head_dim)."""
