@@ -214,6 +214,26 @@ logit difference is a step, not a line: for attn L2 at the last token of "19 + 1
 answer 5) it changes by 0, -0.15, 0.37, 2.4, 6.1, 9.8, 12.9, 15.5, 16.7, 17.2, 17.6 at t = 0, 0.1,
 …, 1, and for mlp L0 at an operand token likewise (0, -0.13, 0.27, 2.6, 7.2, 10.4, 12.4, … 13.2): the
 gradient at t = 0, which is all one step of attribution patching reads, sees the flat start.
+No one nonlinearity makes the step (session 59, the same 388 cells over 2 nats; each path at t = 0,
+0.2, … 1 with the layers downstream of the patch run with some nonlinearities frozen at the base
+run's values: the attention probabilities, the LayerNorms' scale 1 / std, the GELUs' gate
+gelu(x) / x). Share of paths within 10 % of their range of a straight line, attn / mlp cells:
+
+==========================  ============
+frozen                      straight
+==========================  ============
+nothing                     0.28 / 0.38
+attention                   0.37 / 0.43
+LayerNorm scales            0.50 / 0.50
+GELU gates                  0.35 / 0.41
+attention and LayerNorm     0.55 / 0.56
+attention and GELU          0.44 / 0.50
+LayerNorm and GELU          0.68 / 0.65
+==========================  ============
+
+The bend is shared by all three (with all three frozen the network is linear in the patch), so a
+change to one kind of layer, such as softer attention or another norm, is unlikely to straighten
+most paths on its own; none was trained.
 
 A loss on that bend (``--linear-paths w``, session 58: each step, ``--linear-pairs`` 32 arithmetic
 pairs drawn as the mixture draws its problems, one site each, uniform over the 2L attention and MLP

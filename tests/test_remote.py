@@ -95,6 +95,23 @@ def test_api_evaluate_remote_equals_local_and_host_url_works(ndif, embedded_mode
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] >= 2
 
 
+@pytest.mark.parametrize("engine", ["v1", "v2"])
+def test_every_patch_site_runs_remotely_like_locally(ndif, embedded_model, monkeypatch, engine):
+    """Each site's edit runs on the server through the helper NDIF rebuilds from trace_ops
+    (``site_values``: the attention probabilities through ``.source``, the heads' and neurons'
+    projection inputs, the outputs, the embeddings, the residual stream), with both engines."""
+    from nnsight_reasoning import backend
+
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    pairs = nr.tasks.arithmetic(n_prompts=6, seed=0)
+    sites = ["embed", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "resid"]
+    with backend.engine(engine):
+        local = nr.patch(embedded_model, pairs, sites=sites, progress=False)
+        remote = nr.patch(embedded_model, pairs, sites=sites, progress=False, remote=ndif.host)
+    assert_same_values(remote, local)
+    assert float(abs(local["neurons"]).max()) > 1 and float(abs(local["attn_pattern"]).max()) > 1  # edits that move
+
+
 def test_checkpoint_sweep_runs_remotely_and_names_the_revision_not_served(ndif, tmp_path, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", KEY)
     local = nr.evaluate(None, nr.tasks.examples("arithmetic", 12), revisions="main", progress=False)
