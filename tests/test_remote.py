@@ -138,14 +138,18 @@ def test_remote_status_names_host_and_served_models(ndif):
 @pytest.mark.parametrize("fault, change, expect", [
     ("unreachable host", {"NDIF_HOST": "port"}, "is unreachable"),
     ("model not deployed", {"model": str(embedded.revision_path("step0"))}, "is not deployed on"),
-    # 1 ms: far less than one forward pass through NDIF's queue, so the job cannot finish in time
-    ("job time-out", {"REASON_INTERP_REMOTE_TIMEOUT": "0.001"}, "did not finish within"),
+    # 1 ms: far less than one forward pass through NDIF's queue, so the job cannot finish in time;
+    # every neuron in one request (8,192 rows, seconds of the server's work), so that it has not
+    # finished either when the first poll reaches it from a client slowed by a loaded machine
+    ("job time-out", {"REASON_INTERP_REMOTE_TIMEOUT": "0.001", "site": "neuron", "batch": "8192"},
+     "did not finish within"),
     ("missing key", {"NDIF_API_KEY": ""}, "no NDIF API key"),
 ])
 def test_faults_are_one_line_exit_1_and_write_nothing(ndif, tmp_path, fault, change, expect):
     env = dict(change)
     # one template: pairs of one length, so the sweep is one request and nothing can finish before the fault
-    args = ["patch", "--model", env.pop("model", MAIN), "--n-prompts", "4", "--site", "mlp", "--template", "{expr} =",
+    args = ["patch", "--model", env.pop("model", MAIN), "--n-prompts", "4", "--site", env.pop("site", "mlp"),
+            "--batch-size", env.pop("batch", "512"), "--template", "{expr} =",
             "--no-progress", "--remote", "--out", str(tmp_path / "x.nc")]
     if env.get("NDIF_HOST") == "port":
         env["NDIF_HOST"] = f"http://127.0.0.1:{free_port()}"
