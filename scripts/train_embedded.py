@@ -1180,7 +1180,7 @@ def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str
             h.remove()
     spans = [range(next(j for j, (x, y) in enumerate(zip(b, s)) if x != y), len(b)) for b, s, _, _ in pairs]
     if by_effect:
-        effects = site_effects(model, ids[:n], acts, spans, last, answers, f0.detach(), precision)
+        effects = site_effects(model, modules, ids[:n], acts, spans, last, answers, f0.detach(), precision)
     sites, positions, shares = [], [], []
     for i, span in enumerate(spans):
         if by_effect:  # one draw per pair, in proportion to |f(1) - f(0)| over its candidate cells
@@ -1213,18 +1213,17 @@ def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str
     return f0, f(logits[:n]), f(logits[n:]), torch.tensor(shares)
 
 
-def site_effects(model, ids: torch.Tensor, acts: dict, spans: list[range], last: torch.Tensor,
+def site_effects(model, modules: list, ids: torch.Tensor, acts: dict, spans: list[range], last: torch.Tensor,
                  answers: torch.Tensor, f0: torch.Tensor, precision: str = "fp32",
                  rows_per_forward: int = 512) -> list[torch.Tensor]:
     """Exact patching of every candidate cell of :func:`patch_paths`: for pair i, f(1) - f(0) in nats
-    of patching each of the 2L attention and MLP outputs (``acts``' keys, in order) at each position
+    of patching each of the 2L attention and MLP outputs (``modules``, in order) at each position
     of ``spans[i]``, one value per (module, position), module-major. ``ids``: the n base rows (n,
     seq); ``acts[k]``: module k's output on the base rows then the source rows (2n, seq, d);
     ``last``/``answers``/``f0``: each pair's last position, (base, source) answer ids and unpatched
     f. No gradient; one base row per cell, ``rows_per_forward`` rows a forward."""
     n = ids.shape[0]
-    cells = [(i, k, p) for i in range(n) for k in range(len(acts)) for p in spans[i]]
-    modules = [m for layer in model.gpt_neox.layers for m in (layer.attention, layer.mlp)]
+    cells = [(i, k, p) for i in range(n) for k in range(len(modules)) for p in spans[i]]
     values = []
     for start in range(0, len(cells), rows_per_forward):
         chunk = torch.tensor(cells[start:start + rows_per_forward])
@@ -1249,7 +1248,7 @@ def site_effects(model, ids: torch.Tensor, acts: dict, spans: list[range], last:
                 h.remove()
         values.append(at[rows, answers[pair, 1]] - at[rows, answers[pair, 0]] - f0[pair])
     flat = torch.cat(values)
-    sizes = [len(acts) * len(spans[i]) for i in range(n)]
+    sizes = [len(modules) * len(spans[i]) for i in range(n)]
     return list(flat.split(sizes))
 
 

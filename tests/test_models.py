@@ -720,7 +720,7 @@ def test_linear_sites_effect_draws_each_pair_s_site_by_its_exact_patching_effect
     answers = torch.tensor([[p[2], p[3]] for p in pairs])
     at = logits[torch.arange(len(pairs)), last]
     clean = at[torch.arange(len(pairs)), answers[:, 1]] - at[torch.arange(len(pairs)), answers[:, 0]]
-    got = script.site_effects(model, ids, acts, spans, last, answers, clean, rows_per_forward=7)
+    got = script.site_effects(model, modules, ids, acts, spans, last, answers, clean, rows_per_forward=7)
     for g, e in zip(got, expect):
         np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-4)
 
