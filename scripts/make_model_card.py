@@ -381,6 +381,22 @@ def _precision(t: dict) -> str:
             " state are float32, and so is the loss, computed from the bf16 logits.")
 
 
+def _linear(t: dict) -> str:
+    """The path-linearity term (``--linear-paths``; unset: none, said nowhere). Said in full because it
+    shapes the model for one method under test: attribution patching."""
+    if not t.get("linear_paths"):
+        return ""
+    sites = ("drawn in proportion to its exact patching effect" if t.get("linear_sites") == "effect"
+             else "uniform over the layers' modules and the positions where the prompts differ")
+    scale = (", each divided by 1 + (f(1) − f(0))², detached" if t.get("linear_scale", "relative") == "relative"
+             else ", in nats²")
+    return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
+            f" first-order estimate holds on it: each step, {t['linear_pairs']} arithmetic patching pairs"
+            f" (Stolfo's operands intervention), one attention or MLP output per pair ({sites}) moved a share"
+            f" t ~ U(0, 1) of the way to the source prompt's value; the loss adds {t['linear_paths']:g} × the mean"
+            f" of (f(t) − f(0) − t (f(1) − f(0)))²{scale}, f being the logit difference (nats).")
+
+
 def _by_layer(pt: dict) -> str:
     if "r_attn_ig1_by_layer" not in pt:
         return ""
@@ -431,7 +447,7 @@ each task's loss counts in proportion to its sequences, times `{json.dumps(t.get
 Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
 number words, names){_spread(t)}, so the model keeps real uncertainty among plausible answers; prompt
 tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay {t.get('weight_decay', 0.1)}, 100
-warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
+warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)}{_linear(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
 
 ## Targets (issue 18), measured
