@@ -165,6 +165,23 @@ def test_model_card_text_is_drawn_from_card_json():
     assert _script("make_model_card").text(embedded.card()) == (embedded.ROOT / "MODEL_CARD.md").read_text()
 
 
+def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
+    """A model trained with ``--linear-paths`` is shaped for the method the card then measures; its
+    Training section says so, with the recipe's own settings (v11, trained without it, says nothing)."""
+    card = embedded.card()
+    mc = _script("make_model_card")
+    assert "patch paths" not in mc.text(card)
+    linear = {"linear_paths": 10.0, "linear_pairs": 16, "linear_scale": "relative", "linear_sites": "effect"}
+    text = mc.text({**card, "training": {**card["training"], **linear}})
+    training = text[text.index("## Training"): text.index("## Targets")]
+    assert "trained to make its patch paths straight" in training
+    assert "each step, 16 arithmetic patching pairs" in training and "10 × the mean" in training
+    assert "in proportion to its exact patching effect" in training and "divided by 1 + (f(1) − f(0))²" in training
+    uniform = mc.text({**card, "training": {**card["training"], **linear, "linear_sites": "uniform",
+                                            "linear_scale": "nats"}})
+    assert "uniform over the layers' modules" in uniform and "in nats²" in uniform
+
+
 def test_model_card_size_and_training_time_are_the_files():
     """The card's size is the shipped revision files' (pyproject's ``revisions/*/*``; the wheel's
     deflated sum: tests/test_packaging.py), its training time the training log's last row, and
