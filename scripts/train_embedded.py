@@ -295,6 +295,13 @@ beside both; the 16-pair run took 3,556 s for 4,000 steps). What it costs the fu
 budget, and what r it leaves there, is untested. It would also tailor the shipped model to the
 method under test, so the option stays a trial.
 
+The full recipe with it (session 60: ``--linear-paths 10 --linear-sites effect --linear-pairs 16``,
+2 threads, 4,487 s of training, 4,364 steps): the bend's loss, on from step 0, slowed the curriculum
+(learnt at step 1,764, v11's at 1,126), and in the mixture's 2,600 steps arithmetic was learnt at half
+v11's pace. Its main, by the measure above: accuracy 0.415, P(answer) 0.185, one-step r 0.85 / 0.97
+(5 IG steps 0.97 / 0.98), share 0.93, median IE 16.7: r high where little is learnt, as before; it
+misses the arithmetic target and was not shipped.
+
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
