@@ -387,8 +387,9 @@ def _linear(t: dict) -> str:
     if not t.get("linear_paths"):
         return ""
     sites = ("drawn in proportion to its exact patching effect" if t.get("linear_sites") == "effect"
-             else "uniform over the layers' modules and the positions where the prompts differ")
-    scale = (", each divided by 1 + (f(1) − f(0))², detached" if t.get("linear_scale", "relative") == "relative"
+             else "uniform over the layers' modules and over the positions from the first where the prompts differ to"
+                  " the last")
+    scale = (", each divided by 1 + (f(1) − f(0))², detached" if t["linear_scale"] == "relative"
              else ", in nats²")
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
             f" first-order estimate holds on it: each step, {t['linear_pairs']} arithmetic patching pairs"

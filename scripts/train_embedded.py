@@ -292,7 +292,7 @@ The trained bend slows learning (0.895 after 3,000 steps against the default's 0
 and the sweep costs time: the loss with 32 pairs took 0.49 s a step against 0.14 s with uniform
 sites (on v11, 2 threads), and the 3,000 steps 4,149 s against 1,861 s (one thread, other jobs
 beside both; the 16-pair run took 3,556 s for 4,000 steps). What it costs the full recipe's 90-minute
-budget, and what r it leaves there, is untested. It would also tailor the shipped model to the
+budget, and what r it leaves there, was tested next (below). It would also tailor the shipped model to the
 method under test, so the option stays a trial.
 
 The full recipe with it (session 60: ``--linear-paths 10 --linear-sites effect --linear-pairs 16``,
