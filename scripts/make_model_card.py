@@ -391,8 +391,11 @@ def _linear(t: dict) -> str:
                   " the last")
     scale = (", each divided by 1 + (f(1) − f(0))², detached" if t["linear_scale"] == "relative"
              else ", in nats²")
+    start = t.get("linear_from", "0")  # train_embedded's --linear-from: STEP, mixture or mixture+N
+    start = t["mixture_from"] + int(start.partition("+")[2] or 0) if start.startswith("mixture") else int(start)
+    when = "each step" if not start else f"each step from step {start} on (before it, none)"
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
-            f" first-order estimate holds on it: each step, {t['linear_pairs']} arithmetic patching pairs"
+            f" first-order estimate holds on it: {when}, {t['linear_pairs']} arithmetic patching pairs"
             f" (Stolfo's operands intervention), one attention or MLP output per pair ({sites}) moved a share"
             f" t ~ U(0, 1) of the way to the source prompt's value; the loss adds {t['linear_paths']:g} × the mean"
             f" of (f(t) − f(0) − t (f(1) − f(0)))²{scale}, f being the logit difference (nats).")

@@ -873,6 +873,10 @@ def main() -> None:
     ap.add_argument("--linear-sites", choices=("uniform", "effect"), default="uniform",
                     help="--linear-paths' site per pair: uniform over modules and positions, or drawn in "
                          "proportion to its exact patching effect (a patch sweep per pair each step)")
+    ap.add_argument("--linear-from", default="0", metavar="STEP | mixture[+N]",
+                    help="--linear-paths' first step: a step, or the step the mixture starts at (known only once "
+                         "the curriculum is learnt), plus N; before it no pair is drawn, so the run is the one "
+                         "without --linear-paths up to there")
     ap.add_argument("--smoothing-width", type=float, default=4.0,
                     help="spread a number answer's smoothing by numeric distance, exp(-|n - m| / WIDTH) "
                          "(0: evenly over the class, v10's; 4: the shipped v11)")
@@ -928,6 +932,12 @@ def main() -> None:
         ap.error("--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count")
     if args.linear_sites != "uniform" and not args.linear_paths:
         ap.error("--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0")
+    try:
+        linear_from = linear_start(args.linear_from)
+    except ValueError:
+        ap.error(f"--linear-from {args.linear_from!r}: give a step (0 or more), 'mixture' or 'mixture+N'")
+    if args.linear_from != "0" and not args.linear_paths:
+        ap.error("--linear-from starts --linear-paths: it needs --linear-paths above 0")
     if args.weight_decay < 0 or args.smoothing_width < 0:
         ap.error("--weight-decay and --smoothing-width must be 0 or more")
     if not 0 <= args.smoothing_floor <= 1 or (args.smoothing_floor and not args.smoothing_width):
@@ -1001,7 +1011,8 @@ def main() -> None:
             **({"site_drop": args.site_drop} if args.site_drop else {}),
             **({"linear_paths": args.linear_paths, "linear_pairs": args.linear_pairs,
                 "linear_scale": args.linear_scale,
-                **({"linear_sites": args.linear_sites} if args.linear_sites != "uniform" else {})}
+                **({"linear_sites": args.linear_sites} if args.linear_sites != "uniform" else {}),
+                **({"linear_from": args.linear_from} if args.linear_from != "0" else {})}
                if args.linear_paths else {}),
             **({"weight_decay": args.weight_decay} if args.weight_decay != ap.get_default("weight_decay") else {}),
             **({"smoothing_width": args.smoothing_width} if args.smoothing_width else {}),
@@ -1057,7 +1068,8 @@ def main() -> None:
                 (loss * weight.get(task, 1.0) * n / n_total).backward()
                 correct += right
             stats[task] = correct / n_answers
-        if args.linear_paths:  # drawn after the step's mixture: its first step draws what a run without it does
+        # drawn after the step's mixture: its first step draws what a run without it does
+        if args.linear_paths and linear_on(linear_from, step, early_end):
             bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
                                        args.precision, args.linear_scale == "relative", args.linear_sites == "effect")
             (args.linear_paths * bend).backward()
@@ -1113,6 +1125,28 @@ def add_site_drop(model, p: float) -> None:
 
 
 # ----------------------------------------------------------------------------- path linearity (trial)
+def linear_start(text: str) -> tuple[bool, int]:
+    """``--linear-from``: (counted from the mixture's first step?, steps), from "STEP", "mixture" or
+    "mixture+N"; ValueError on anything else (a negative count included)."""
+    base, plus, n = text.partition("+")
+    if base == "mixture":
+        if plus and not n.isdigit():
+            raise ValueError(text)
+        return True, int(n) if plus else 0
+    if not text.isdigit():
+        raise ValueError(text)
+    return False, int(text)
+
+
+def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None) -> bool:
+    """Whether ``--linear-paths`` trains at ``step``: from a fixed step, or from the mixture's first
+    step plus N (never while the curriculum runs, ``mixture_from`` None)."""
+    from_mixture, steps = start
+    if from_mixture:
+        return mixture_from is not None and step >= mixture_from + steps
+    return step >= steps
+
+
 def arithmetic_pairs(rng: random.Random, tok, n: int) -> list[tuple[list[int], list[int], int, int]]:
     """``n`` patching pairs drawn as :func:`arithmetic` draws its problems (two operands, + - * /, the
     training split, both template kinds, arabic and words, no shots): (base prompt ids, source prompt

@@ -180,6 +180,11 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
     uniform = mc.text({**card, "training": {**card["training"], **linear, "linear_sites": "uniform",
                                             "linear_scale": "nats"}})
     assert "uniform over the layers' modules" in uniform and "in nats²" in uniform
+    assert "each step, 16" in training  # --linear-from unset: from step 0
+    late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600"}})
+    assert f"each step from step {card['training']['mixture_from'] + 1600} on (before it, none), 16" in late
+    assert "each step from step 700 on" in mc.text({**card, "training": {**card["training"], **linear,
+                                                                         "linear_from": "700"}})
 
 
 def test_model_card_size_and_training_time_are_the_files():
@@ -372,6 +377,33 @@ def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # two short training runs in subprocesses (~20 s)
+def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
+    """--linear-from mixture+1: the run is byte for byte the one without --linear-paths up to that
+    step (no pair drawn, so the mixture draws what it draws without it) and another after it; the
+    meta records the setting."""
+    import subprocess
+    import sys
+
+    script = SCRIPTS / "train_embedded.py"
+    args = [sys.executable, str(script), "--steps", "2", "--early-max", "3", "--every", "1", "--log-until", "4",
+            "--width", "32", "--layers", "1", "--threads", "1", "--mix", "arithmetic=2", "--early-mix",
+            "binding_short=4;binding_reverse_short=4", "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
+    late = ["--linear-paths", "1", "--linear-pairs", "2", "--linear-sites", "effect", "--linear-from", "mixture+1"]
+    for out, extra in (("plain", []), ("late", late)):
+        subprocess.run([*args, *extra, "--out", str(tmp_path / out)], check=True, capture_output=True, timeout=300)
+    meta = json.loads((tmp_path / "late" / "main" / "training_meta.json").read_text())
+    assert (meta["mixture_from"], meta["step"], meta["linear_from"]) == (6, 8, "mixture+1")
+    assert "linear_from" not in json.loads((tmp_path / "plain" / "main" / "training_meta.json").read_text())
+
+    def weights(out, rev):
+        return (tmp_path / out / rev / "model.safetensors").read_bytes()
+
+    for rev in ("step1", "step6", "step7"):  # step7 holds steps 0-6: the bend starts at step 7
+        assert weights("late", rev) == weights("plain", rev), rev
+    assert weights("late", "main") != weights("plain", "main")
+
+
 @pytest.mark.slow  # three short training runs, one of them killed twice (~60 s)
 def test_training_killed_and_resumed_is_byte_identical(tmp_path):
     """train_embedded.py --checkpoint, killed (SIGKILL, a real process) in the curriculum and again
@@ -458,6 +490,11 @@ LINEAR_PATHS_ERROR = "--linear-paths must be 0 (off) or a positive weight, and -
     (["--linear-paths", "-1"], LINEAR_PATHS_ERROR),
     (["--linear-paths", "1", "--linear-pairs", "0"], LINEAR_PATHS_ERROR),
     (["--linear-sites", "effect"], "--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0"),
+    (["--linear-from", "mixture"], "--linear-from starts --linear-paths: it needs --linear-paths above 0"),
+    (["--linear-paths", "1", "--linear-from", "mixture+-5"],
+     "--linear-from 'mixture+-5': give a step (0 or more), 'mixture' or 'mixture+N'"),
+    (["--linear-paths", "1", "--linear-from", "-3"],
+     "--linear-from '-3': give a step (0 or more), 'mixture' or 'mixture+N'"),
 ])
 def test_training_script_refuses_bad_settings_before_writing(bad, says, tmp_path, monkeypatch, capsys):
     """A setting the schedule or the optimiser cannot use is an argparse error (exit 2, one line
