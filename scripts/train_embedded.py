@@ -302,6 +302,32 @@ v11's pace. Its main, by the measure above: accuracy 0.415, P(answer) 0.185, one
 (5 IG steps 0.97 / 0.98), share 0.93, median IE 16.7: r high where little is learnt, as before; it
 misses the arithmetic target and was not shipped.
 
+Started late (session 61: the same settings with ``--linear-from mixture+1600``, so the bend trains
+only over the mixture's last 1,000 steps, from step 2,726; 2 threads, 3,584 s). Up to step 2,726 the
+run is v11 byte for byte (no pair is drawn before; its step1000 … step2500 files equal the shipped
+ones), so the curriculum ends where v11's does (1,126) and the bend starts on a model that has
+learnt the task's format. The bend's first 50 steps cost training accuracy (arithmetic 0.49 → 0.29;
+v11 0.50 at step 2,750), which then recovers more slowly than v11's. By the measure above, v11's
+revisions beside it:
+
+===========================  ==========  ============  ===============  ===============  =====  ==========
+full recipe, late bend       accuracy    P(answer)     r attn / mlp     5 IG steps       share  median IE
+===========================  ==========  ============  ===============  ===============  =====  ==========
+v11 step3000                 0.99        0.71          0.33 / 0.62      0.88 / 0.88      0.74   14.6
+v11 main (3,726)             1.00        0.78          0.33 / 0.57      0.87 / 0.88      0.75   32.7
+w 10, step3000               0.745       0.18          0.91 / 0.91      0.97 / 0.95      0.74   1.5
+w 10, step3500               0.925       0.29          0.92 / 0.92      0.96 / 0.96      0.68   4.4
+w 10, main                   0.975       0.33          0.93 / 0.92      0.97 / 0.97      0.69   7.4
+===========================  ==========  ============  ===============  ===============  =====  ==========
+
+The first model on which one-step r >= 0.9 (every layer's r 0.85-0.99) and the model does the task.
+Its card (``make_model_card.py`` on a clone): 42 of 45 targets met, the two r targets now among them,
+but three missed that v11 meets: mean P(answer) 0.342 (0.6-0.95; v11 0.775), held-out +-*/ 0.85 and
+the lm-arithmetic templates 0.842 (>= 0.9; v11 0.968 / 0.976); every other target holds (binding 1.0,
+k-th smallest 0.96 / 0.95, CoT, heads, 59.7 min). The bend buys straight paths by flattening the
+answer's logit (P 0.78 → 0.34, median IE 33 → 7.4), which is what the calibration target forbids.
+Not shipped.
+
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
