@@ -318,6 +318,9 @@ v11 main (3,726)             1.00        0.78          0.33 / 0.57      0.87 / 0
 w 10, step3000               0.745       0.18          0.91 / 0.91      0.97 / 0.95      0.74   1.5
 w 10, step3500               0.925       0.29          0.92 / 0.92      0.96 / 0.96      0.68   4.4
 w 10, main                   0.975       0.33          0.93 / 0.92      0.97 / 0.97      0.69   7.4
+w 3, step3000                0.92        0.47          0.67 / 0.75      0.93 / 0.92      0.72   9.3
+w 3, step3500                0.995       0.54          0.78 / 0.82      0.94 / 0.94      0.66   13.0
+w 3, main                    0.995       0.58          0.77 / 0.84      0.95 / 0.94      0.70   10.4
 ===========================  ==========  ============  ===============  ===============  =====  ==========
 
 The first model on which one-step r >= 0.9 (every layer's r 0.85-0.99) and the model does the task.
@@ -326,7 +329,12 @@ but three missed that v11 meets: mean P(answer) 0.342 (0.6-0.95; v11 0.775), hel
 the lm-arithmetic templates 0.842 (>= 0.9; v11 0.968 / 0.976); every other target holds (binding 1.0,
 k-th smallest 0.96 / 0.95, CoT, heads, 59.7 min). The bend buys straight paths by flattening the
 answer's logit (P 0.78 → 0.34, median IE 33 → 7.4), which is what the calibration target forbids.
-Not shipped.
+Not shipped. Weight 3 (resumed from the w 10 run's step-2,500 checkpoint with the weight changed in
+its recorded settings, valid since no bend had run by then; the same 1,226 steps after it) sits
+between them: accuracy 0.995, P(answer) 0.58, one-step r 0.77 / 0.84; its card: 42 of 45, held-out
+0.952 / 0.95 met, missed mean P(answer) 0.597 (just under 0.6) and both r targets. Over v11, w 3 and w 10 the
+late bend moves along one curve, P(answer) 0.78 / 0.58 / 0.33 against r 0.33-0.57 / 0.77-0.84 /
+0.92-0.93: no weight tried meets P >= 0.6 and r >= 0.9 together.
 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
