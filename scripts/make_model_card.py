@@ -391,8 +391,7 @@ def _linear(t: dict) -> str:
                   " the last")
     scale = (", each divided by 1 + (f(1) − f(0))², detached" if t["linear_scale"] == "relative"
              else ", in nats²")
-    start = t.get("linear_from", "0")  # train_embedded's --linear-from: STEP, mixture or mixture+N
-    start = t["mixture_from"] + int(start.partition("+")[2] or 0) if start.startswith("mixture") else int(start)
+    start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
     when = "each step" if not start else f"each step from step {start} on (before it, none)"
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
             f" first-order estimate holds on it: {when}, {t['linear_pairs']} arithmetic patching pairs"

@@ -1132,7 +1132,8 @@ def main() -> None:
     print(json.dumps(log[-1]), flush=True)
     meta.update(steps=step, mixture_steps=args.steps, mixture_from=early_end,
                 curriculum_learnt_at=learnt_at[0] if len(learnt_at) == 1 else (learnt_at or None),
-                revisions=saved)
+                revisions=saved, **({"linear_from_step": linear_first_step(linear_from, early_end)}
+                                    if "linear_from" in meta else {}))  # the card says the step, resolved here
     for path in args.out.iterdir():  # every revision records the whole run's schedule
         if (path / "training_meta.json").exists():
             step_of = json.loads((path / "training_meta.json").read_text())["step"]
@@ -1172,13 +1173,19 @@ def linear_start(text: str) -> tuple[bool, int]:
     return False, int(text)
 
 
-def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None) -> bool:
-    """Whether ``--linear-paths`` trains at ``step``: from a fixed step, or from the mixture's first
-    step plus N (never while the curriculum runs, ``mixture_from`` None)."""
+def linear_first_step(start: tuple[bool, int], mixture_from: int | None) -> int | None:
+    """``--linear-paths``' first step: a fixed step, or the mixture's first step plus N (None while
+    the curriculum runs, ``mixture_from`` None: not known yet)."""
     from_mixture, steps = start
-    if from_mixture:
-        return mixture_from is not None and step >= mixture_from + steps
-    return step >= steps
+    if not from_mixture:
+        return steps
+    return None if mixture_from is None else mixture_from + steps
+
+
+def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None) -> bool:
+    """Whether ``--linear-paths`` trains at ``step`` (never before its first step is known)."""
+    first = linear_first_step(start, mixture_from)
+    return first is not None and step >= first
 
 
 def arithmetic_pairs(rng: random.Random, tok, n: int) -> list[tuple[list[int], list[int], int, int]]:

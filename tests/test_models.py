@@ -181,10 +181,9 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
                                             "linear_scale": "nats"}})
     assert "uniform over the layers' modules" in uniform and "in nats²" in uniform
     assert "each step, 16" in training  # --linear-from unset: from step 0
-    late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600"}})
-    assert f"each step from step {card['training']['mixture_from'] + 1600} on (before it, none), 16" in late
-    assert "each step from step 700 on" in mc.text({**card, "training": {**card["training"], **linear,
-                                                                         "linear_from": "700"}})
+    late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600",
+                                         "linear_from_step": 2726}})
+    assert "each step from step 2726 on (before it, none), 16" in late
 
 
 def test_model_card_size_and_training_time_are_the_files():
@@ -377,6 +376,17 @@ def test_training_curriculum_runs_its_stages_in_turn(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_linear_from_resolves_to_a_step():
+    """--linear-from's first step: a fixed step as given; mixture+N the mixture's first step plus N,
+    unknown (None: the bend does not train) while the curriculum runs."""
+    script = _script("train_embedded")
+    assert script.linear_first_step(script.linear_start("700"), None) == 700
+    assert script.linear_first_step(script.linear_start("mixture+1600"), 1126) == 2726
+    assert script.linear_first_step(script.linear_start("mixture"), None) is None
+    assert not script.linear_on(script.linear_start("mixture"), 5000, None)
+    assert [script.linear_on(script.linear_start("mixture+2"), s, 10) for s in (11, 12)] == [False, True]
+
+
 @pytest.mark.slow  # two short training runs in subprocesses (~20 s)
 def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     """--linear-from mixture+1: the run is byte for byte the one without --linear-paths up to that
@@ -393,7 +403,8 @@ def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     for out, extra in (("plain", []), ("late", late)):
         subprocess.run([*args, *extra, "--out", str(tmp_path / out)], check=True, capture_output=True, timeout=300)
     meta = json.loads((tmp_path / "late" / "main" / "training_meta.json").read_text())
-    assert (meta["mixture_from"], meta["step"], meta["linear_from"]) == (6, 8, "mixture+1")
+    assert (meta["mixture_from"], meta["step"], meta["linear_from"], meta["linear_from_step"]) == (6, 8, "mixture+1", 7)
+    assert json.loads((tmp_path / "late" / "step1" / "training_meta.json").read_text()) == {**meta, "step": 1}
     assert "linear_from" not in json.loads((tmp_path / "plain" / "main" / "training_meta.json").read_text())
 
     def weights(out, rev):
