@@ -389,8 +389,9 @@ def _linear(t: dict) -> str:
     sites = ("drawn in proportion to its exact patching effect" if t.get("linear_sites") == "effect"
              else "uniform over the layers' modules and over the positions from the first where the prompts differ to"
                   " the last")
-    scale = (", each divided by 1 + (f(1) − f(0))², detached" if t["linear_scale"] == "relative"
-             else ", in nats²")
+    scale = {"relative": ", each divided by 1 + (f(1) − f(0))², detached",
+             "invariant": ", each divided by 1 + (f(1) − f(0))², not detached (scaling f does not lower it)",
+             }.get(t["linear_scale"], ", in nats²")
     start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
     when = "each step" if not start else f"each step from step {start} on (before it, none)"
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"

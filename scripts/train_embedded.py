@@ -902,8 +902,9 @@ def main() -> None:
                          "--linear-pairs arithmetic pairs a step (path_linearity_loss), so that a first-order "
                          "estimate of a patch (attribution patching) is close to the patch")
     ap.add_argument("--linear-pairs", type=int, default=32)
-    ap.add_argument("--linear-scale", choices=("relative", "nats"), default="relative",
-                    help="--linear-paths' bend in units of each patch's effect, or in nats^2")
+    ap.add_argument("--linear-scale", choices=("relative", "invariant", "nats"), default="relative",
+                    help="--linear-paths' bend in units of each patch's effect (detached), the same with the "
+                         "effect not detached (so shrinking every effect does not lower it), or in nats^2")
     ap.add_argument("--linear-sites", choices=("uniform", "effect"), default="uniform",
                     help="--linear-paths' site per pair: uniform over modules and positions, or drawn in "
                          "proportion to its exact patching effect (a patch sweep per pair each step)")
@@ -1105,7 +1106,7 @@ def main() -> None:
         # drawn after the step's mixture: its first step draws what a run without it does
         if args.linear_paths and linear_on(linear_from, step, early_end):
             bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
-                                       args.precision, args.linear_scale == "relative", args.linear_sites == "effect")
+                                       args.precision, args.linear_scale, args.linear_sites == "effect")
             (args.linear_paths * bend).backward()
             stats["linear_paths"] = float(bend.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -1211,17 +1212,22 @@ def arithmetic_pairs(rng: random.Random, tok, n: int) -> list[tuple[list[int], l
 
 
 def path_linearity_loss(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32",
-                        relative: bool = True, by_effect: bool = False) -> torch.Tensor:
+                        scale: str = "relative", by_effect: bool = False) -> torch.Tensor:
     """Trial (``--linear-paths``): how far the patching metric bends along one site's patch path
     (:func:`patch_paths`): the mean over pairs of (f(t) - f(0) - t (f(1) - f(0)))^2, zero when f is
-    linear on [0, 1]; ``relative``: each divided by 1 + (f(1) - f(0))^2 (detached), in units of the
-    patch's own effect, else in nats^2, so that the sites with large effects, which dominate a
-    correlation over sites, dominate it too. Attribution patching estimates f(1) - f(0) by f'(0),
-    exact when f is linear."""
+    linear on [0, 1]. ``scale`` (``--linear-scale``): ``relative``, each divided by 1 + (f(1) - f(0))^2
+    (detached), in units of the patch's own effect; ``invariant``, the same with the effect not
+    detached, so that for large effects the term is unchanged when every logit difference is scaled
+    by c (the detached form falls by c^2, and it was seen to lower P(answer): the model shrinks its
+    answers to straighten them); ``nats``, the bend itself (nats^2), so that the sites with large
+    effects, which dominate a correlation over sites, dominate it too. Attribution patching
+    estimates f(1) - f(0) by f'(0), exact when f is linear."""
     f0, f1, ft, t = patch_paths(model, pairs, rng, pad, precision, by_effect)
     effect = f1 - f0
     bend = ((ft - f0) - t * effect) ** 2
-    return (bend / (1 + effect.detach() ** 2) if relative else bend).mean()
+    if scale == "nats":
+        return bend.mean()
+    return (bend / (1 + (effect if scale == "invariant" else effect.detach()) ** 2)).mean()
 
 
 def patch_paths(model, pairs: list, rng: random.Random, pad: int, precision: str = "fp32", by_effect: bool = False):

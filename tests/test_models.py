@@ -180,6 +180,8 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
     uniform = mc.text({**card, "training": {**card["training"], **linear, "linear_sites": "uniform",
                                             "linear_scale": "nats"}})
     assert "uniform over the layers' modules" in uniform and "in nats²" in uniform
+    invariant = mc.text({**card, "training": {**card["training"], **linear, "linear_scale": "invariant"}})
+    assert "divided by 1 + (f(1) − f(0))², not detached" in invariant
     assert "each step, 16" in training  # --linear-from unset: from step 0
     late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600",
                                          "linear_from_step": 2726}})
@@ -720,9 +722,25 @@ def test_linear_paths_trial_measures_the_patch_path_plain_hooks_measure():
         loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id)
     assert float(loss) == pytest.approx(bend, rel=1e-3)
     same.setstate(state)
+    raw = (expect[:, 2] - expect[:, 0] - t.numpy() * effect) ** 2
     with torch.no_grad():  # --linear-scale nats: the bend itself, not over 1 + effect^2
-        loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id, relative=False)
-    assert float(loss) == pytest.approx(np.mean((expect[:, 2] - expect[:, 0] - t.numpy() * effect) ** 2), rel=1e-3)
+        loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id, scale="nats")
+    assert float(loss) == pytest.approx(np.mean(raw), rel=1e-3)
+    # relative and invariant have one value and differ in the gradient. Every f is linear in the
+    # unembedding (no bias, untied), so scaling it by c scales f by c: the term is mean(b c^2 / (1 +
+    # e^2 c^2)) with e^2 detached (relative) or not (invariant), whose derivative in c at c = 1 is
+    # mean(2 b / (1 + e^2)) or mean(2 b / (1 + e^2)^2), and equals sum(W * dL/dW) for W the unembedding.
+    head = model.get_output_embeddings().weight
+    assert model.get_output_embeddings().bias is None and head.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    for scale, want in (("relative", np.mean(2 * raw / (1 + effect ** 2))),
+                        ("invariant", np.mean(2 * raw / (1 + effect ** 2) ** 2))):
+        same.setstate(state)
+        model.zero_grad()
+        loss = script.path_linearity_loss(model, pairs, same, tok.pad_token_id, scale=scale)
+        assert float(loss.detach()) == pytest.approx(bend, rel=1e-3)
+        loss.backward()
+        assert float((head.detach() * head.grad).sum()) == pytest.approx(want, rel=1e-3), scale
+    assert np.mean(2 * raw / (1 + effect ** 2) ** 2) < 0.9 * np.mean(2 * raw / (1 + effect ** 2))  # they differ here
 
 
 def test_linear_sites_effect_draws_each_pair_s_site_by_its_exact_patching_effect():
