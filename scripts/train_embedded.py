@@ -336,6 +336,34 @@ between them: accuracy 0.995, P(answer) 0.58, one-step r 0.77 / 0.84; its card: 
 late bend moves along one curve, P(answer) 0.78 / 0.58 / 0.33 against r 0.33-0.57 / 0.77-0.84 /
 0.92-0.93: no weight tried meets P >= 0.6 and r >= 0.9 together.
 
+Why the answer flattens: the relative bend is divided by 1 + (f(1) - f(0))^2 detached, so scaling
+every logit difference by c lowers it by c^2, and shrinking the answers is a way to straighten
+them. ``--linear-scale invariant`` (session 62) keeps the effect in the gradient: for large effects
+the term is then unchanged by that scaling (tests/test_models.py checks both gradients along the
+unembedding's scale against the closed form). The same late bend (``--linear-paths W --linear-sites
+effect --linear-pairs 16 --linear-from mixture+1600 --linear-scale invariant``); w 10 a whole run (2
+threads, 3,499 s of training), w 5 resumed from its step-2,700 checkpoint (no bend had run) with the
+weight and 1 thread set in its recorded settings, a card run beside it for its first 12 minutes.
+The measure above:
+
+===========================  ==========  ============  ===============  ===============  =====  ==========
+full recipe, invariant bend  accuracy    P(answer)     r attn / mlp     5 IG steps       share  median IE
+===========================  ==========  ============  ===============  ===============  =====  ==========
+w 10, step3000               0.755       0.31          0.85 / 0.89      0.96 / 0.96      0.72   4.3
+w 10, step3500               0.96        0.51          0.81 / 0.88      0.96 / 0.96      0.72   12.3
+w 10, main                   0.96        0.55          0.90 / 0.91      0.97 / 0.97      0.70   10.8
+w 5, step3000                0.89        0.48          0.71 / 0.77      0.94 / 0.94      0.77   9.1
+w 5, step3500                0.965       0.60          0.82 / 0.87      0.96 / 0.96      0.74   21.5
+w 5, main                    0.99        0.62          0.83 / 0.84      0.97 / 0.96      0.71   21.7
+===========================  ==========  ============  ===============  ===============  =====  ==========
+
+The invariant form moves the curve: at w 10 it keeps P(answer) 0.55 against the detached form's
+0.33 for about the same r (0.90 / 0.91 against 0.93 / 0.92), and at w 5 P(answer) is inside the
+calibration bound (0.62) with r 0.83 / 0.84 (detached w 3: 0.58, 0.77 / 0.84). It does not move
+it across both bounds. The w 10 card (a clone, 1 thread): 41 of 45, missing mean P(answer) 0.553,
+attn r 0.898 (mlp 0.912 met), held-out +-*/ 0.828 and the lm-arithmetic templates 0.816: the bend
+still costs held-out arithmetic, as the detached one did (0.85). Not shipped.
+
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
