@@ -362,7 +362,9 @@ The invariant form moves the curve: at w 10 it keeps P(answer) 0.55 against the 
 calibration bound (0.62) with r 0.83 / 0.84 (detached w 3: 0.58, 0.77 / 0.84). It does not move
 it across both bounds. The w 10 card (a clone, 1 thread): 41 of 45, missing mean P(answer) 0.553,
 attn r 0.898 (mlp 0.912 met), held-out +-*/ 0.828 and the lm-arithmetic templates 0.816: the bend
-still costs held-out arithmetic, as the detached one did (0.85). Not shipped.
+still costs held-out arithmetic, as the detached one did (0.85). The w 5 card (its revisions to
+step2500 the w 10 run's, equal before the bend; 1 thread, nice 19 beside a CI run): 41 of 45,
+P(answer) 0.636 met, missing r 0.832 / 0.842 and held-out 0.894 / 0.896, just under 0.9. Not shipped.
 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
