@@ -355,6 +355,7 @@ w 10, main                   0.96        0.55          0.90 / 0.91      0.97 / 0
 w 5, step3000                0.89        0.48          0.71 / 0.77      0.94 / 0.94      0.77   9.1
 w 5, step3500                0.965       0.60          0.82 / 0.87      0.96 / 0.96      0.74   21.5
 w 5, main                    0.99        0.62          0.83 / 0.84      0.96 / 0.96      0.71   21.7
+w 7, main                    0.99        0.61          0.87 / 0.90      0.97 / 0.97      0.73   18.1
 ===========================  ==========  ============  ===============  ===============  =====  ==========
 
 The invariant form moves the curve: at w 10 it keeps P(answer) 0.55 against the detached form's
@@ -364,7 +365,9 @@ it across both bounds. The w 10 card (a clone, 1 thread): 41 of 45, missing mean
 attn r 0.898 (mlp 0.912 met), held-out +-*/ 0.828 and the lm-arithmetic templates 0.816: the bend
 still costs held-out arithmetic, as the detached one did (0.85). The w 5 card (its revisions to
 step2500 the w 10 run's, equal before the bend; 1 thread, nice 19 beside a CI run): 41 of 45,
-P(answer) 0.636 met, missing r 0.832 / 0.842 and held-out 0.894 / 0.896, just under 0.9. Not shipped.
+P(answer) 0.636 met, missing r 0.832 / 0.842 and held-out 0.894 / 0.896, just under 0.9. W 7
+(resumed from the same checkpoint as w 5, 1 thread, beside a CI run) lands between them: accuracy
+0.99, P(answer) 0.61, r 0.87 / 0.90, the closest any run has come to both bounds. Not shipped.
 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
