@@ -367,7 +367,8 @@ still costs held-out arithmetic, as the detached one did (0.85). The w 5 card (i
 step2500 the w 10 run's, equal before the bend; 1 thread, nice 19 beside a CI run): 41 of 45,
 P(answer) 0.636 met, missing r 0.832 / 0.842 and held-out 0.894 / 0.896, just under 0.9. W 7
 (resumed from the same checkpoint as w 5, 1 thread, beside a CI run) lands between them: accuracy
-0.99, P(answer) 0.61, r 0.87 / 0.90, the closest any run has come to both bounds. Not shipped.
+0.99, P(answer) 0.61, r 0.87 / 0.90, the closest any run has come to both bounds; its card: 42 of
+45, P(answer) 0.623 and mlp r 0.900 met, missing attn r 0.871 and held-out 0.898 / 0.88. Not shipped.
 
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
