@@ -391,7 +391,7 @@ def _linear(t: dict) -> str:
                   " the last")
     scale = {"relative": ", each divided by 1 + (f(1) − f(0))², detached",
              "invariant": ", each divided by 1 + (f(1) − f(0))², not detached (scaling f does not lower it)",
-             }.get(t["linear_scale"], ", in nats²")
+             "nats": ", in nats²"}[t["linear_scale"]]  # train_embedded's --linear-scale choices, each named
     start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
     when = "each step" if not start else f"each step from step {start} on (before it, none)"
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
