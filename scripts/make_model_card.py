@@ -394,10 +394,12 @@ def _linear(t: dict) -> str:
              "nats": ", in nats²"}[t["linear_scale"]]  # train_embedded's --linear-scale choices, each named
     start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
     when = "each step" if not start else f"each step from step {start} on (before it, none)"
+    ramp = (f" (its weight rising linearly from 0 over the first {t['linear_ramp']} of those steps)"
+            if t.get("linear_ramp") else "")  # train_embedded's --linear-ramp
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
             f" first-order estimate holds on it: {when}, {t['linear_pairs']} arithmetic patching pairs"
             f" (Stolfo's operands intervention), one attention or MLP output per pair ({sites}) moved a share"
-            f" t ~ U(0, 1) of the way to the source prompt's value; the loss adds {t['linear_paths']:g} × the mean"
+            f" t ~ U(0, 1) of the way to the source prompt's value; the loss adds {t['linear_paths']:g} × the mean{ramp}"
             f" of (f(t) − f(0) − t (f(1) − f(0)))²{scale}, f being the logit difference (nats).")
 
 

@@ -185,7 +185,9 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
     assert "each step, 16" in training  # --linear-from unset: from step 0
     late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600",
                                          "linear_from_step": 2726}})
-    assert "each step from step 2726 on (before it, none), 16" in late
+    assert "each step from step 2726 on (before it, none), 16" in late and "rising linearly" not in late
+    ramped = mc.text({**card, "training": {**card["training"], **linear, "linear_ramp": 200}})
+    assert "10 × the mean (its weight rising linearly from 0 over the first 200 of those steps) of" in ramped
 
 
 def test_model_card_size_and_training_time_are_the_files():
@@ -387,6 +389,9 @@ def test_linear_from_resolves_to_a_step():
     assert script.linear_first_step(script.linear_start("mixture"), None) is None
     assert not script.linear_on(script.linear_start("mixture"), 5000, None)
     assert [script.linear_on(script.linear_start("mixture+2"), s, 10) for s in (11, 12)] == [False, True]
+    # --linear-ramp 4: a quarter of the weight on the bend's first step, all of it from its fourth on
+    assert [script.linear_weight(8.0, 4, since) for since in (0, 1, 3, 100)] == [2.0, 4.0, 8.0, 8.0]
+    assert script.linear_weight(8.0, 0, 0) == 8.0
 
 
 @pytest.mark.slow  # two short training runs in subprocesses (~20 s)
