@@ -370,6 +370,30 @@ P(answer) 0.636 met, missing r 0.832 / 0.842 and held-out 0.894 / 0.896, just un
 0.99, P(answer) 0.61, r 0.87 / 0.90, the closest any run has come to both bounds; its card: 42 of
 45, P(answer) 0.623 and mlp r 0.900 met, missing attn r 0.871 and held-out 0.898 / 0.88. Not shipped.
 
+Two more tries at w 7 (session 63): more mixture steps, since P(answer) and r were still rising at
+main, and a ramp-in of the bend's weight (``--linear-ramp``), since its first steps drop the
+step's arithmetic accuracy. One fresh run with ``--steps 3100`` (so the bend trains 1,500 steps,
+from step 2,726 to main at 4,226; 2 threads, 4,178 s of training), and the ramp resumed from that
+run's step-2,700 checkpoint with ``--linear-ramp 300`` set in its recorded settings (2 threads,
+4,176 s). Measured as the card measures (500 prompts, seed 2026; r on its 64 pairs):
+
+===========================  ==========  ============  ===============  ===============  =====  ==========
+w 7, 3,100 mixture steps     accuracy    P(answer)     r attn / mlp     5 IG steps       share  median IE
+===========================  ==========  ============  ===============  ===============  =====  ==========
+step3000                     0.49        0.22          0.80 / 0.87      0.95 / 0.96      0.76   9.9
+step3500                     0.94        0.48          0.83 / 0.89      0.96 / 0.97      0.73   9.6
+main                         0.998       0.59          0.86 / 0.91      0.97 / 0.97      0.74   43.6
+ramp 300, step3500           0.90        0.52          0.76 / 0.88      0.96 / 0.97      0.75   51.6
+ramp 300, main               0.986       0.61          0.82 / 0.90      0.96 / 0.97      0.73   34.9
+===========================  ==========  ============  ===============  ===============  =====  ==========
+
+Neither helps. With more steps P(answer) ends lower (0.59 against the 2,600-step card's 0.623) and
+held-out arithmetic falls further: +-*/ 0.882 and the lm-arithmetic templates 0.832 (2,600 steps:
+0.898 / 0.88), so a longer bend costs more of it. The ramp softens the first steps (the step's
+arithmetic 0.47 / 0.40 / 0.39 at steps 2,750 / 2,800 / 2,900 against 0.31 / 0.27 / 0.21) but ends
+worse on r and held-out (0.836 / 0.806). Every other target holds on both (binding 1.0, k-th
+smallest 0.95-0.98, IOI 1.0, CoT full / equation-only 0.96-0.97, text-only 0.16-0.17). Not shipped.
+
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
