@@ -1257,7 +1257,7 @@ def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None) -> b
 def linear_weight(weight: float, ramp: int, since: int) -> float:
     """``--linear-paths``' weight ``since`` steps after its first step: ``weight`` × (since + 1) / ramp
     for the first ``ramp`` steps (``--linear-ramp``), then ``weight``. Why a ramp: the whole weight at
-    once was seen to drop the step's arithmetic accuracy from 0.49 to 0.21 within 50 steps."""
+    once drops the step's arithmetic accuracy within 50 steps (0.49 → 0.29 at w 10, 0.42 → 0.31 at w 7)."""
     return weight * min(1.0, (since + 1) / ramp) if ramp else weight
 
 
