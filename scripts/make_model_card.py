@@ -393,7 +393,11 @@ def _linear(t: dict) -> str:
              "invariant": ", each divided by 1 + (f(1) − f(0))², not detached (scaling f does not lower it)",
              "nats": ", in nats²"}[t["linear_scale"]]  # train_embedded's --linear-scale choices, each named
     start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
-    when = "each step" if not start else f"each step from step {start} on (before it, none)"
+    until = t.get("linear_until_step")  # train_embedded's --linear-until, resolved likewise (its first step without)
+    if until is not None:
+        when = f"each step from step {start} to step {until - 1} (before and after, none)"
+    else:
+        when = f"each step from step {start} on (before it, none)" if start else "each step"
     ramp = (f" (its weight rising linearly from 0 over the first {t['linear_ramp']} of those steps)"
             if t.get("linear_ramp") else "")  # train_embedded's --linear-ramp
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"

@@ -970,6 +970,9 @@ def main() -> None:
                     help="--linear-paths' first step: a step, or the step the mixture starts at (known only once "
                          "the curriculum is learnt), plus N; before it no pair is drawn, so the run is the one "
                          "without --linear-paths up to there")
+    ap.add_argument("--linear-until", default=None, metavar="STEP | mixture[+N]",
+                    help="trial: --linear-paths' last step is the one before this (a step, or the mixture's first step "
+                         "plus N), so the run's last steps train without it (default: on to the end)")
     ap.add_argument("--linear-ramp", type=int, default=0, metavar="STEPS",
                     help="trial: --linear-paths' weight rises linearly from 0 to its value over its first STEPS steps"
                          " (0: the whole weight from its first step)")
@@ -1034,6 +1037,14 @@ def main() -> None:
         ap.error(f"--linear-from {args.linear_from!r}: give a step (0 or more), 'mixture' or 'mixture+N'")
     if args.linear_from != "0" and not args.linear_paths:
         ap.error("--linear-from starts --linear-paths: it needs --linear-paths above 0")
+    try:
+        linear_until = None if args.linear_until is None else linear_start(args.linear_until)
+    except ValueError:
+        ap.error(f"--linear-until {args.linear_until!r}: give a step (1 or more), 'mixture' or 'mixture+N'")
+    if linear_until is not None and not args.linear_paths:
+        ap.error("--linear-until ends --linear-paths: it needs --linear-paths above 0")
+    if linear_until is not None and linear_until[0] == linear_from[0] and linear_until[1] <= linear_from[1]:
+        ap.error(f"--linear-until {args.linear_until} must come after --linear-from {args.linear_from}")
     if args.linear_ramp < 0 or (args.linear_ramp and not args.linear_paths):
         ap.error("--linear-ramp is a step count (0 or more) that ramps in --linear-paths: it needs --linear-paths above 0")
     if args.weight_decay < 0 or args.smoothing_width < 0:
@@ -1111,6 +1122,7 @@ def main() -> None:
                 "linear_scale": args.linear_scale,
                 **({"linear_sites": args.linear_sites} if args.linear_sites != "uniform" else {}),
                 **({"linear_from": args.linear_from} if args.linear_from != "0" else {}),
+                **({"linear_until": args.linear_until} if args.linear_until is not None else {}),
                 **({"linear_ramp": args.linear_ramp} if args.linear_ramp else {})}
                if args.linear_paths else {}),
             **({"weight_decay": args.weight_decay} if args.weight_decay != ap.get_default("weight_decay") else {}),
@@ -1168,7 +1180,7 @@ def main() -> None:
                 correct += right
             stats[task] = correct / n_answers
         # drawn after the step's mixture: its first step draws what a run without it does
-        if args.linear_paths and linear_on(linear_from, step, early_end):
+        if args.linear_paths and linear_on(linear_from, step, early_end, linear_until):
             bend = path_linearity_loss(model, arithmetic_pairs(rng, tok, args.linear_pairs), rng, tok.pad_token_id,
                                        args.precision, args.linear_scale, args.linear_sites == "effect")
             (linear_weight(args.linear_paths, args.linear_ramp, step - linear_first_step(linear_from, early_end))
@@ -1199,7 +1211,8 @@ def main() -> None:
     meta.update(steps=step, mixture_steps=args.steps, mixture_from=early_end,
                 curriculum_learnt_at=learnt_at[0] if len(learnt_at) == 1 else (learnt_at or None),
                 revisions=saved, **({"linear_from_step": linear_first_step(linear_from, early_end)}
-                                    if "linear_from" in meta else {}))  # the card says the step, resolved here
+                                    if "linear_from" in meta else {}),  # the card says the step, resolved here
+                **({"linear_until_step": linear_first_step(linear_until, early_end)} if "linear_until" in meta else {}))
     for path in args.out.iterdir():  # every revision records the whole run's schedule
         if (path / "training_meta.json").exists():
             step_of = json.loads((path / "training_meta.json").read_text())["step"]
@@ -1248,10 +1261,13 @@ def linear_first_step(start: tuple[bool, int], mixture_from: int | None) -> int 
     return None if mixture_from is None else mixture_from + steps
 
 
-def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None) -> bool:
-    """Whether ``--linear-paths`` trains at ``step`` (never before its first step is known)."""
+def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None,
+              until: tuple[bool, int] | None = None) -> bool:
+    """Whether ``--linear-paths`` trains at ``step``: from its first step (never before that is known)
+    up to the step before ``until`` (``--linear-until``, parsed as ``--linear-from``; None: to the end)."""
     first = linear_first_step(start, mixture_from)
-    return first is not None and step >= first
+    end = None if until is None else linear_first_step(until, mixture_from)
+    return first is not None and step >= first and (end is None or step < end)
 
 
 def linear_weight(weight: float, ramp: int, since: int) -> float:

@@ -186,6 +186,10 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
     late = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600",
                                          "linear_from_step": 2726}})
     assert "each step from step 2726 on (before it, none), 16" in late and "rising linearly" not in late
+    window = mc.text({**card, "training": {**card["training"], **linear, "linear_from": "mixture+1600",
+                                           "linear_from_step": 2726, "linear_until": "mixture+2300",
+                                           "linear_until_step": 3426}})
+    assert "each step from step 2726 to step 3425 (before and after, none), 16" in window
     ramped = mc.text({**card, "training": {**card["training"], **linear, "linear_ramp": 200}})
     assert "10 × the mean (its weight rising linearly from 0 over the first 200 of those steps) of" in ramped
 
@@ -389,16 +393,23 @@ def test_linear_from_resolves_to_a_step():
     assert script.linear_first_step(script.linear_start("mixture"), None) is None
     assert not script.linear_on(script.linear_start("mixture"), 5000, None)
     assert [script.linear_on(script.linear_start("mixture+2"), s, 10) for s in (11, 12)] == [False, True]
+    # --linear-until mixture+4: the bend's last step is the one before the mixture's first step plus 4
+    window = (script.linear_start("mixture+2"), script.linear_start("mixture+4"))
+    assert [script.linear_on(window[0], s, 10, window[1]) for s in (11, 12, 13, 14, 15)] == [False, True, True, False, False]
+    # an end counted from the mixture is not reached while the curriculum runs (its step not known yet)
+    assert script.linear_on(script.linear_start("3"), 4, None, script.linear_start("mixture+0"))
     # --linear-ramp 4: a quarter of the weight on the bend's first step, all of it from its fourth on
     assert [script.linear_weight(8.0, 4, since) for since in (0, 1, 3, 100)] == [2.0, 4.0, 8.0, 8.0]
     assert script.linear_weight(8.0, 0, 0) == 8.0
 
 
-@pytest.mark.slow  # two short training runs in subprocesses (~20 s)
+@pytest.mark.slow  # four short training runs and three refused ones, in subprocesses (~40 s alone)
 def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     """--linear-from mixture+1: the run is byte for byte the one without --linear-paths up to that
     step (no pair drawn, so the mixture draws what it draws without it) and another after it; the
-    meta records the setting."""
+    meta records the setting. --linear-from mixture --linear-until mixture+1 trains the bend at the
+    mixture's first step only: to there it is the run with no end, after it another. Bad windows
+    are refused (exit 2) before anything is written."""
     import subprocess
     import sys
 
@@ -407,7 +418,8 @@ def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
             "--width", "32", "--layers", "1", "--threads", "1", "--mix", "arithmetic=2", "--early-mix",
             "binding_short=4;binding_reverse_short=4", "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
     late = ["--linear-paths", "1", "--linear-pairs", "2", "--linear-sites", "effect", "--linear-from", "mixture+1"]
-    for out, extra in (("plain", []), ("late", late)):
+    bend = ["--linear-paths", "1", "--linear-pairs", "2", "--linear-sites", "effect", "--linear-from", "mixture"]
+    for out, extra in (("plain", []), ("late", late), ("open", bend), ("window", [*bend, "--linear-until", "mixture+1"])):
         subprocess.run([*args, *extra, "--out", str(tmp_path / out)], check=True, capture_output=True, timeout=300)
     meta = json.loads((tmp_path / "late" / "main" / "training_meta.json").read_text())
     assert (meta["mixture_from"], meta["step"], meta["linear_from"], meta["linear_from_step"]) == (6, 8, "mixture+1", 7)
@@ -420,6 +432,16 @@ def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     for rev in ("step1", "step6", "step7"):  # step7 holds steps 0-6: the bend starts at step 7
         assert weights("late", rev) == weights("plain", rev), rev
     assert weights("late", "main") != weights("plain", "main")
+    window = json.loads((tmp_path / "window" / "main" / "training_meta.json").read_text())
+    assert (window["linear_from_step"], window["linear_until"], window["linear_until_step"]) == (6, "mixture+1", 7)
+    assert weights("window", "step7") == weights("open", "step7") != weights("plain", "step7")  # both bent at step 6
+    assert weights("window", "main") != weights("open", "main")  # only the open one bends at step 7
+    for extra, says in ((["--linear-until", "mixture+1"], "it needs --linear-paths above 0"),
+                        ([*bend, "--linear-until", "later"], "--linear-until 'later': give a step"),
+                        ([*late, "--linear-until", "mixture+1"], "must come after --linear-from mixture+1")):
+        out = subprocess.run([*args, *extra, "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and says in out.stderr.strip().splitlines()[-1], out.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # three short training runs, one of them killed twice (~60 s)
