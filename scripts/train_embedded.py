@@ -394,6 +394,37 @@ arithmetic 0.47 / 0.40 / 0.39 at steps 2,750 / 2,800 / 2,900 against 0.31 / 0.27
 worse on r and held-out (0.836 / 0.806). Every other target holds on both (binding 1.0, k-th
 smallest 0.95-0.98, IOI 1.0, CoT full / equation-only 0.96-0.97, text-only 0.16-0.17). Not shipped.
 
+Two more shapes of the bend (session 64, invariant, 16 pairs; each branched from the w 10 run's
+step-2,700 checkpoint, where no bend had run, with its settings edited in, two at a time on one
+thread each, 30-33 min; the measure above, "words" and "3 op" the card's arithmetic_words and
+arithmetic_3op_2shot rows, which have no bound but v11 main meets at 0.94 / 0.87). A short, strong
+bend at the end (``--linear-from mixture+2100``: the last 500 steps), and a window
+(``--linear-from mixture+1600 --linear-until mixture+2000`` or ``+2300``: 400 or 700 steps of w 10,
+then the mixture's last 600 or 300 steps without it), meant to let the last low-rate steps
+recover the held-out arithmetic the bend costs:
+
+==============================  ==========  ============  ===============  ===============  ===============  ===========
+trial, revision                 accuracy    P(answer)     r attn / mlp     5 IG steps       held-out +-*/    words / 3 op
+                                                                                            / lm-arith
+==============================  ==========  ============  ===============  ===============  ===============  ===========
+last 500 steps, w 10, main      0.98        0.64          0.72 / 0.80      0.96 / 0.95      0.884 / 0.864    0.49 / 0.51
+last 500 steps, w 20, main      0.97        0.55          0.85 / 0.89      0.97 / 0.97      0.838 / 0.792    0.51 / 0.40
+window to +2300, step3500       0.98        0.69          0.73 / 0.81      0.95 / 0.95      0.860 / 0.864    0.54 / 0.43
+window to +2300, main           0.99        0.74          0.63 / 0.75      0.94 / 0.93      0.948 / 0.956    0.67 / 0.49
+window to +2000, step3500       1.00        0.73          0.58 / 0.71      0.92 / 0.91      0.970 / 0.964    0.64 / 0.52
+window to +2000, main           1.00        0.76          0.55 / 0.69      0.91 / 0.90      0.984 / 0.982    0.77 / 0.59
+==============================  ==========  ============  ===============  ===============  ===============  ===========
+
+Neither shape crosses both bounds. The short bend straightens less than the 1,000-step one at the
+same weight (w 10: 0.72 / 0.80 against 0.90 / 0.91) and still costs held-out arithmetic; at w 20
+it costs more (0.838 / 0.792) for r 0.85 / 0.89. In the windows held-out arithmetic recovers, past
+v11's (0.984 / 0.982 with a 600-step tail; v11 0.968 / 0.976), and one-step r falls back as fast:
+74 steps after the bend stops (the +2300 window's step3500) it is 0.73 / 0.81, and at main 0.63 /
+0.75 and 0.55 / 0.69. The straight paths last only while the bend trains them. Every shape tried
+also costs arithmetic in words and with three operands and shots (0.49-0.77 and 0.40-0.59 against
+v11's 0.94 / 0.87), which the card tracks without a bound. Every other target holds in all four
+(binding 1.0, k-th smallest 0.93-0.97, IOI 1.0, CoT full / equation-only 0.93-0.97). Not shipped.
+
 Width 4 in the full recipe ("v11", shipped 2026-12-04 and the default since: ``python
 scripts/train_embedded.py``; 2 threads, 64 min with two nice-19 trial runs beside it, 62 min on
 its own in the rebuild that shipped, byte-identical: the curriculum was learnt by step 1,126, not
