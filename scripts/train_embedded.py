@@ -1003,7 +1003,9 @@ def main() -> None:
                          "without --linear-paths up to there")
     ap.add_argument("--linear-until", default=None, metavar="STEP | mixture[+N]",
                     help="trial: --linear-paths' last step is the one before this (a step, or the mixture's first step "
-                         "plus N), so the run's last steps train without it (default: on to the end)")
+                         "plus N), so the run's last steps train without it (default: on to the end); against a "
+                         "--linear-from of the other kind the order is known only once the mixture starts and "
+                         "is not checked")
     ap.add_argument("--linear-ramp", type=int, default=0, metavar="STEPS",
                     help="trial: --linear-paths' weight rises linearly from 0 to its value over its first STEPS steps"
                          " (0: the whole weight from its first step)")
