@@ -381,6 +381,19 @@ def _precision(t: dict) -> str:
             " state are float32, and so is the loss, computed from the bf16 logits.")
 
 
+def _dropped(t: dict) -> str:
+    """Dropout (``--dropout``) and whole sites dropped (``--site-drop``, ``--site-drop-from``) while
+    training; unset, as in every shipped model, said nowhere."""
+    out = f" Dropout {t['dropout']:g} on each attention and MLP output while training." if t.get("dropout") else ""
+    if t.get("site_drop"):
+        start = t.get("site_drop_from_step", 0)  # train_embedded's --site-drop-from, resolved by the run
+        when = f"from step {start} on (before it, none)" if start else "at every step"
+        out += (f" While training, {when}, each attention and MLP output at each (sequence, position) was zeroed"
+                f" with probability {t['site_drop']:g} (the kept ones scaled by 1 / (1 − p)), so that no one site"
+                f" carries an answer alone.")
+    return out
+
+
 def _linear(t: dict) -> str:
     """The path-linearity term (``--linear-paths``; unset: none, said nowhere). Said in full because it
     shapes the model for one method under test: attribution patching."""
@@ -457,7 +470,7 @@ each task's loss counts in proportion to its sequences, times `{json.dumps(t.get
 Answer tokens: cross-entropy with label smoothing {t['smoothing']} *within the answer's class* (numbers,
 number words, names){_spread(t)}, so the model keeps real uncertainty among plausible answers; prompt
 tokens: {t['lm_weight']} × LM loss. AdamW lr {t['lr']}, betas (0.9, 0.98), weight decay {t.get('weight_decay', 0.1)}, 100
-warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)}{_linear(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
+warm-up steps, cosine to 10 %.{_chunks(t)}{_precision(t)}{_dropped(t)}{_linear(t)} Revisions at steps {', '.join(map(str, t['revisions']))} (the last is `main`).
 The script's docstring gives each task's data.
 
 ## Targets (issue 18), measured

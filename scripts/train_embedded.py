@@ -463,6 +463,9 @@ def main() -> None:
     ap.add_argument("--site-drop", type=float, default=0.0,
                     help="trial: zero each attention and MLP output at each (sequence, position) with this probability "
                          "while training (kept ones scaled by 1 / (1 - p)), so that no one site can carry an answer alone")
+    ap.add_argument("--site-drop-from", default="0", metavar="STEP | mixture[+N]",
+                    help="trial: --site-drop's first step, as --linear-from's; before it nothing is dropped and no "
+                         "mask is drawn, so the run is the one without --site-drop up to there")
     ap.add_argument("--linear-paths", type=float, default=0.0,
                     help="trial: weight of a loss on how far logit_diff bends along one site's patch path, on "
                          "--linear-pairs arithmetic pairs a step (path_linearity_loss), so that a first-order "
@@ -537,6 +540,12 @@ def main() -> None:
         ap.error("--checkpoint-every must be a positive step count")
     if not 0 <= args.site_drop < 1:
         ap.error("--site-drop is a probability from 0 to below 1")
+    try:
+        site_drop_from = linear_start(args.site_drop_from)
+    except ValueError:
+        ap.error(f"--site-drop-from {args.site_drop_from!r}: give a step (0 or more), 'mixture' or 'mixture+N'")
+    if args.site_drop_from != "0" and not args.site_drop:
+        ap.error("--site-drop-from starts --site-drop: it needs --site-drop above 0")
     if args.linear_paths < 0 or args.linear_pairs < 1:
         ap.error("--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count")
     if args.linear_sites != "uniform" and not args.linear_paths:
@@ -587,8 +596,7 @@ def main() -> None:
     )
     config._attn_implementation = "eager"  # attention probabilities are part of the analyses
     model = GPTNeoXForCausalLM(config)
-    if args.site_drop:
-        add_site_drop(model, args.site_drop)
+    site_drop_on = add_site_drop(model, args.site_drop) if args.site_drop else None
     mix = parse_mix(args.mix)
     stages = [parse_mix(m) for m in args.early_mix.split(";")] if args.early_mix else []
     untils = [(t, float(a)) for t, a in (u.split("=") for u in args.early_until.split(";"))] if stages else []
@@ -628,6 +636,7 @@ def main() -> None:
     meta = {**({"answer_tokens": "all"} if args.answer_tokens == "all" else {}),
             **({"dropout": args.dropout} if args.dropout else {}),
             **({"site_drop": args.site_drop} if args.site_drop else {}),
+            **({"site_drop_from": args.site_drop_from} if args.site_drop_from != "0" else {}),
             **({"linear_paths": args.linear_paths, "linear_pairs": args.linear_pairs,
                 "linear_scale": args.linear_scale,
                 **({"linear_sites": args.linear_sites} if args.linear_sites != "uniform" else {}),
@@ -676,6 +685,8 @@ def main() -> None:
                         "recent": recent, "saved": saved, "learnt": learnt, "seconds": time.time() - t0}, tmp)
             os.replace(tmp, args.checkpoint)
         model.train()
+        if site_drop_on is not None:  # off before --site-drop-from: no mask is drawn, the run is the plain one
+            site_drop_on["on"] = linear_on(site_drop_from, step, early_end)
         opt.zero_grad(set_to_none=True)
         stats = {}
         step_mix = stages[len(learnt_at)] if early_end is None else mix
@@ -722,7 +733,9 @@ def main() -> None:
                 curriculum_learnt_at=learnt_at[0] if len(learnt_at) == 1 else (learnt_at or None),
                 revisions=saved, **({"linear_from_step": linear_first_step(linear_from, early_end)}
                                     if "linear_from" in meta else {}),  # the card says the step, resolved here
-                **({"linear_until_step": linear_first_step(linear_until, early_end)} if "linear_until" in meta else {}))
+                **({"linear_until_step": linear_first_step(linear_until, early_end)} if "linear_until" in meta else {}),
+                **({"site_drop_from_step": linear_first_step(site_drop_from, early_end)}
+                   if "site_drop_from" in meta else {}))
     for path in args.out.iterdir():  # every revision records the whole run's schedule
         if (path / "training_meta.json").exists():
             step_of = json.loads((path / "training_meta.json").read_text())["step"]
@@ -730,13 +743,16 @@ def main() -> None:
     (args.out / "training_log.json").write_text(json.dumps(log, indent=1))
 
 
-def add_site_drop(model, p: float) -> None:
+def add_site_drop(model, p: float) -> dict:
     """While training, zero each attention and MLP output at each (sequence, position) with
     probability ``p`` (the kept ones scaled by 1 / (1 - p)): a site in patching's sense, dropped
     whole, so that the model cannot leave one site to carry an answer (LayerDrop, per position).
-    The masks come from torch's generator, which checkpoints save: a resumed run draws the same."""
+    The masks come from torch's generator, which checkpoints save: a resumed run draws the same.
+    Returns the switch: set ``["on"]`` False and nothing is dropped and no mask drawn."""
+    switch = {"on": True}
+
     def drop(module, args, out):
-        if not module.training:
+        if not module.training or not switch["on"]:
             return out
         t = out[0] if isinstance(out, tuple) else out
         keep = (torch.rand(t.shape[:2], device=t.device) >= p).to(t.dtype).unsqueeze(-1) / (1 - p)
@@ -745,6 +761,7 @@ def add_site_drop(model, p: float) -> None:
     for layer in model.gpt_neox.layers:
         layer.attention.register_forward_hook(drop)
         layer.mlp.register_forward_hook(drop)
+    return switch
 
 
 
@@ -763,8 +780,9 @@ def linear_start(text: str) -> tuple[bool, int]:
 
 
 def linear_first_step(start: tuple[bool, int], mixture_from: int | None) -> int | None:
-    """``--linear-paths``' first step: a fixed step, or the mixture's first step plus N (None while
-    the curriculum runs, ``mixture_from`` None: not known yet)."""
+    """A trial term's first step (``--linear-from``, ``--linear-until``, ``--site-drop-from``): a fixed
+    step, or the mixture's first step plus N (None while the curriculum runs, ``mixture_from`` None:
+    not known yet)."""
     from_mixture, steps = start
     if not from_mixture:
         return steps
@@ -773,8 +791,9 @@ def linear_first_step(start: tuple[bool, int], mixture_from: int | None) -> int 
 
 def linear_on(start: tuple[bool, int], step: int, mixture_from: int | None,
               until: tuple[bool, int] | None = None) -> bool:
-    """Whether ``--linear-paths`` trains at ``step``: from its first step (never before that is known)
-    up to the step before ``until`` (``--linear-until``, parsed as ``--linear-from``; None: to the end)."""
+    """Whether a trial term (``--linear-paths``, ``--site-drop``) trains at ``step``: from its first step
+    (never before that is known) up to the step before ``until`` (``--linear-until``, parsed as
+    ``--linear-from``; None: to the end)."""
     first = linear_first_step(start, mixture_from)
     end = None if until is None else linear_first_step(until, mixture_from)
     return first is not None and step >= first and (end is None or step < end)

@@ -194,6 +194,23 @@ def test_model_card_says_when_the_model_was_trained_for_attribution_patching():
     assert "10 × the mean (its weight rising linearly from 0 over the first 200 of those steps) of" in ramped
 
 
+def test_model_card_says_when_sites_were_dropped_while_training():
+    """``--site-drop`` (and its ``--site-drop-from``) and ``--dropout`` change what the model learns, so
+    a model trained with them says so in its Training section; v11, trained without, says nothing."""
+    card = embedded.card()
+    mc = _script("make_model_card")
+    assert "zeroed with probability" not in mc.text(card) and "Dropout" not in mc.text(card)
+
+    def training(**extra) -> str:
+        text = mc.text({**card, "training": {**card["training"], **extra}})
+        return text[text.index("## Training"): text.index("## Targets")]
+    assert "at every step, each attention and MLP output at each (sequence, position) was zeroed with " \
+           "probability 0.1" in training(site_drop=0.1)
+    late = training(site_drop=0.25, site_drop_from="mixture+1600", site_drop_from_step=2726)
+    assert "from step 2726 on (before it, none), each attention" in late and "probability 0.25" in late
+    assert "Dropout 0.1 on each attention and MLP output" in training(dropout=0.1)
+
+
 def test_model_card_size_and_training_time_are_the_files():
     """The card's size is the shipped revision files' (pyproject's ``revisions/*/*``; the wheel's
     deflated sum: tests/test_packaging.py), its training time the training log's last row, and
@@ -403,13 +420,14 @@ def test_linear_from_resolves_to_a_step():
     assert script.linear_weight(8.0, 0, 0) == 8.0
 
 
-@pytest.mark.slow  # four short training runs and three refused ones, in subprocesses (~40 s alone)
+@pytest.mark.slow  # five short training runs and three refused ones, in subprocesses (~50 s alone)
 def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     """--linear-from mixture+1: the run is byte for byte the one without --linear-paths up to that
     step (no pair drawn, so the mixture draws what it draws without it) and another after it; the
     meta records the setting. --linear-from mixture --linear-until mixture+1 trains the bend at the
     mixture's first step only: to there it is the run with no end, after it another. Bad windows
-    are refused (exit 2) before anything is written."""
+    are refused (exit 2) before anything is written. --site-drop-from mixture+1 likewise: no mask is
+    drawn before its step, so the run is the plain one to there."""
     import subprocess
     import sys
 
@@ -419,7 +437,8 @@ def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
             "binding_short=4;binding_reverse_short=4", "--early-until", "binding_short=0.9;binding_reverse_short=0.9"]
     late = ["--linear-paths", "1", "--linear-pairs", "2", "--linear-sites", "effect", "--linear-from", "mixture+1"]
     bend = ["--linear-paths", "1", "--linear-pairs", "2", "--linear-sites", "effect", "--linear-from", "mixture"]
-    for out, extra in (("plain", []), ("late", late), ("open", bend), ("window", [*bend, "--linear-until", "mixture+1"])):
+    for out, extra in (("plain", []), ("late", late), ("open", bend), ("window", [*bend, "--linear-until", "mixture+1"]),
+                       ("dropped", ["--site-drop", "0.25", "--site-drop-from", "mixture+1"])):
         subprocess.run([*args, *extra, "--out", str(tmp_path / out)], check=True, capture_output=True, timeout=300)
     meta = json.loads((tmp_path / "late" / "main" / "training_meta.json").read_text())
     assert (meta["mixture_from"], meta["step"], meta["linear_from"], meta["linear_from_step"]) == (6, 8, "mixture+1", 7)
@@ -436,6 +455,9 @@ def test_linear_from_trains_the_bend_only_from_its_step(tmp_path):
     assert (window["linear_from_step"], window["linear_until"], window["linear_until_step"]) == (6, "mixture+1", 7)
     assert weights("window", "step7") == weights("open", "step7") != weights("plain", "step7")  # both bent at step 6
     assert weights("window", "main") != weights("open", "main")  # only the open one bends at step 7
+    dropped = json.loads((tmp_path / "dropped" / "main" / "training_meta.json").read_text())
+    assert (dropped["site_drop"], dropped["site_drop_from"], dropped["site_drop_from_step"]) == (0.25, "mixture+1", 7)
+    assert weights("dropped", "step7") == weights("plain", "step7") and weights("dropped", "main") != weights("plain", "main")
     for extra, says in ((["--linear-until", "mixture+1"], "it needs --linear-paths above 0"),
                         ([*bend, "--linear-until", "later"], "--linear-until 'later': give a step"),
                         ([*late, "--linear-until", "mixture+1"], "must come after --linear-from mixture+1")):
@@ -527,6 +549,9 @@ LINEAR_PATHS_ERROR = "--linear-paths must be 0 (off) or a positive weight, and -
      "--smoothing-floor is a share from 0 to 1 and needs a --smoothing-width above 0"),
     (["--site-drop", "1"], "--site-drop is a probability from 0 to below 1"),
     (["--site-drop", "-0.1"], "--site-drop is a probability from 0 to below 1"),
+    (["--site-drop-from", "mixture"], "--site-drop-from starts --site-drop: it needs --site-drop above 0"),
+    (["--site-drop", "0.1", "--site-drop-from", "mixture+x"],
+     "--site-drop-from 'mixture+x': give a step (0 or more), 'mixture' or 'mixture+N'"),
     (["--linear-paths", "-1"], LINEAR_PATHS_ERROR),
     (["--linear-paths", "1", "--linear-pairs", "0"], LINEAR_PATHS_ERROR),
     (["--linear-sites", "effect"], "--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0"),
@@ -664,9 +689,17 @@ def test_site_drop_zeroes_whole_sites_while_training_and_nothing_in_eval():
 
     model.eval()
     plain = outputs()
-    script.add_site_drop(model, 0.25)
+    switch = script.add_site_drop(model, 0.25)
     torch.testing.assert_close(outputs()["logits"], plain["logits"], rtol=0, atol=0)  # eval: untouched
     model.train()
+    # switched off (before --site-drop-from): the plain model, and no mask drawn from torch's generator
+    switch["on"] = False
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    off = outputs()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.testing.assert_close(off["logits"], plain["logits"], rtol=0, atol=0)  # training mode, no dropout
+    switch["on"] = True
     torch.manual_seed(1)
     dropped = outputs()
     shares = []
