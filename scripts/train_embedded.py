@@ -540,26 +540,25 @@ def main() -> None:
         ap.error("--checkpoint-every must be a positive step count")
     if not 0 <= args.site_drop < 1:
         ap.error("--site-drop is a probability from 0 to below 1")
-    try:
-        site_drop_from = linear_start(args.site_drop_from)
-    except ValueError:
-        ap.error(f"--site-drop-from {args.site_drop_from!r}: give a step (0 or more), 'mixture' or 'mixture+N'")
+
+    def start_arg(flag: str, value: str | None, least: int = 0) -> tuple[bool, int] | None:
+        """A STEP | mixture[+N] option parsed (None stays None), or its one-line error."""
+        try:
+            return None if value is None else linear_start(value)
+        except ValueError:
+            ap.error(f"{flag} {value!r}: give a step ({least} or more), 'mixture' or 'mixture+N'")
+
+    site_drop_from = start_arg("--site-drop-from", args.site_drop_from)
     if args.site_drop_from != "0" and not args.site_drop:
         ap.error("--site-drop-from starts --site-drop: it needs --site-drop above 0")
     if args.linear_paths < 0 or args.linear_pairs < 1:
         ap.error("--linear-paths must be 0 (off) or a positive weight, and --linear-pairs a positive count")
     if args.linear_sites != "uniform" and not args.linear_paths:
         ap.error("--linear-sites chooses --linear-paths' sites: it needs --linear-paths above 0")
-    try:
-        linear_from = linear_start(args.linear_from)
-    except ValueError:
-        ap.error(f"--linear-from {args.linear_from!r}: give a step (0 or more), 'mixture' or 'mixture+N'")
+    linear_from = start_arg("--linear-from", args.linear_from)
     if args.linear_from != "0" and not args.linear_paths:
         ap.error("--linear-from starts --linear-paths: it needs --linear-paths above 0")
-    try:
-        linear_until = None if args.linear_until is None else linear_start(args.linear_until)
-    except ValueError:
-        ap.error(f"--linear-until {args.linear_until!r}: give a step (1 or more), 'mixture' or 'mixture+N'")
+    linear_until = start_arg("--linear-until", args.linear_until, least=1)
     if linear_until is not None and not args.linear_paths:
         ap.error("--linear-until ends --linear-paths: it needs --linear-paths above 0")
     if linear_until is not None and linear_until[0] == linear_from[0] and linear_until[1] <= linear_from[1]:
