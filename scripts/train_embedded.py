@@ -61,8 +61,8 @@ Recipe, and why:
   solutions (``cot_solution``) weighted 8: a task's loss is the mean over its answer tokens, so
   a solution's ~20 target tokens would otherwise share the weight one token gets elsewhere.
 
-History: every version (v1-v11) and every trial for issue 18's targets, with its command,
-machine and measure, is in docs/embedded-history.md (the documentation site's "How the
+History: the versions v2-v11 and every trial for issue 18's targets, with its command,
+machine and measure, are in docs/embedded-history.md (the documentation site's "How the
 embedded model was made").
 """
 from __future__ import annotations
