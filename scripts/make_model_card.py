@@ -381,14 +381,21 @@ def _precision(t: dict) -> str:
             " state are float32, and so is the loss, computed from the bf16 logits.")
 
 
+def _steps(start: int = 0, until: int | None = None) -> str:
+    """Which training steps a trial term ran at: train_embedded's ``linear_on`` in words. ``start`` is the
+    first step with it (0: from the start), ``until`` the first step without it (None: to the end)."""
+    if until is not None:
+        return f"each step from step {start} to step {until - 1} (before and after, none)"
+    return f"each step from step {start} on (before it, none)" if start else "each step"
+
+
 def _dropped(t: dict) -> str:
     """Dropout (``--dropout``) and whole sites dropped (``--site-drop``, ``--site-drop-from``) while
     training; unset, as in every shipped model, said nowhere."""
     out = f" Dropout {t['dropout']:g} on each attention and MLP output while training." if t.get("dropout") else ""
     if t.get("site_drop"):
         start = t.get("site_drop_from_step", 0)  # train_embedded's --site-drop-from, resolved by the run
-        when = f"from step {start} on (before it, none)" if start else "at every step"
-        out += (f" While training, {when}, each attention and MLP output at each (sequence, position) was zeroed"
+        out += (f" While training, at {_steps(start)}, each attention and MLP output at each (sequence, position) was zeroed"
                 f" with probability {t['site_drop']:g} (the kept ones scaled by 1 / (1 − p)), so that no one site"
                 f" carries an answer alone.")
     return out
@@ -407,14 +414,10 @@ def _linear(t: dict) -> str:
              "nats": ", in nats²"}[t["linear_scale"]]  # train_embedded's --linear-scale choices, each named
     start = t.get("linear_from_step", 0)  # train_embedded's --linear-from, resolved to a step by the run
     until = t.get("linear_until_step")  # train_embedded's --linear-until, resolved likewise (its first step without)
-    if until is not None:
-        when = f"each step from step {start} to step {until - 1} (before and after, none)"
-    else:
-        when = f"each step from step {start} on (before it, none)" if start else "each step"
     ramp = (f" (its weight rising linearly from 0 over the first {t['linear_ramp']} of those steps)"
             if t.get("linear_ramp") else "")  # train_embedded's --linear-ramp
     return (f" **The model was also trained to make its patch paths straight**, so that attribution patching's"
-            f" first-order estimate holds on it: {when}, {t['linear_pairs']} arithmetic patching pairs"
+            f" first-order estimate holds on it: {_steps(start, until)}, {t['linear_pairs']} arithmetic patching pairs"
             f" (Stolfo's operands intervention), one attention or MLP output per pair ({sites}) moved a share"
             f" t ~ U(0, 1) of the way to the source prompt's value; the loss adds {t['linear_paths']:g} × the mean{ramp}"
             f" of (f(t) − f(0) − t (f(1) − f(0)))²{scale}, f being the logit difference (nats).")

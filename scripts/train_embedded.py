@@ -595,7 +595,7 @@ def main() -> None:
     )
     config._attn_implementation = "eager"  # attention probabilities are part of the analyses
     model = GPTNeoXForCausalLM(config)
-    site_drop_on = add_site_drop(model, args.site_drop) if args.site_drop else None
+    site_drop_switch = add_site_drop(model, args.site_drop) if args.site_drop else None
     mix = parse_mix(args.mix)
     stages = [parse_mix(m) for m in args.early_mix.split(";")] if args.early_mix else []
     untils = [(t, float(a)) for t, a in (u.split("=") for u in args.early_until.split(";"))] if stages else []
@@ -684,8 +684,8 @@ def main() -> None:
                         "recent": recent, "saved": saved, "learnt": learnt, "seconds": time.time() - t0}, tmp)
             os.replace(tmp, args.checkpoint)
         model.train()
-        if site_drop_on is not None:  # off before --site-drop-from: no mask is drawn, the run is the plain one
-            site_drop_on["on"] = linear_on(site_drop_from, step, early_end)
+        if site_drop_switch is not None:  # off before --site-drop-from: no mask is drawn, the run is the plain one
+            site_drop_switch["on"] = linear_on(site_drop_from, step, early_end)
         opt.zero_grad(set_to_none=True)
         stats = {}
         step_mix = stages[len(learnt_at)] if early_end is None else mix

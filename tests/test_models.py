@@ -204,7 +204,7 @@ def test_model_card_says_when_sites_were_dropped_while_training():
     def training(**extra) -> str:
         text = mc.text({**card, "training": {**card["training"], **extra}})
         return text[text.index("## Training"): text.index("## Targets")]
-    assert "at every step, each attention and MLP output at each (sequence, position) was zeroed with " \
+    assert "at each step, each attention and MLP output at each (sequence, position) was zeroed with " \
            "probability 0.1" in training(site_drop=0.1)
     late = training(site_drop=0.25, site_drop_from="mixture+1600", site_drop_from_step=2726)
     assert "from step 2726 on (before it, none), each attention" in late and "probability 0.25" in late
