@@ -259,7 +259,9 @@ def plot(
 
     ds = nr.load_result(path)
     target = out_file or path.with_suffix(f".{kind}.png" if kind else ".png")
-    nr.plot_result(ds, target, kind=kind, prompt=prompt)
+    import matplotlib.pyplot as plt
+
+    plt.close(nr.plot_result(ds, target, kind=kind, prompt=prompt))  # written: pyplot need not keep it open
     out.print(f"wrote [bold]{target}[/]", highlight=False)
 
 
