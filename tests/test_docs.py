@@ -99,6 +99,54 @@ def test_the_cli_reference_is_generated_from_the_commands():
     assert PAGE.read_text() == render(), "docs/cli.md is stale: run python scripts/build_cli_reference.py"
 
 
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) of every ``reason-interp …`` in README.md and docs/: in fenced blocks
+    (continuations joined, up to a comment, ``;`` or ``&``) and in inline code spans."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = path.read_text()
+        for block in re.findall(r"```\w*\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                found += [(str(path.relative_to(ROOT)), c) for c in re.findall(r"reason-interp\s[^#;&]*", line)]
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        found += [(str(path.relative_to(ROOT)), c) for c in re.findall(r"`(reason-interp [^`]*)`", prose)]
+    return found
+
+
+def unknown_options(command: str, root) -> list[str]:
+    """What in one documented command the CLI does not have: a command that does not exist, or an
+    option its command lacks. Synopsis notation is read too: ``[--a X\\|--b]`` names --a and --b."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unbalanced quote in prose: the words are still there
+        words = command.split()
+    cmd, i = root, 1
+    while i < len(words) and hasattr(cmd, "commands") and words[i] in cmd.commands:
+        cmd, i = cmd.commands[words[i]], i + 1
+    if cmd is root:
+        return [] if i == len(words) or words[i] in ("COMMAND", "--help") else [f"no command {words[i]!r}"]
+    options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+    names = (part.split("=")[0] for w in words[i:] for part in w.strip("[]").split("|"))
+    return [f"{cmd.name} has no {n}" for n in names if n.startswith("--") and n != "--" and n not in options]
+
+
+def test_every_documented_command_and_option_exists():
+    from typer.main import get_command
+
+    from nnsight_reasoning.cli.main import app
+
+    root = get_command(app)
+    # the check itself: a made-up option or command is caught, synopsis brackets included
+    assert unknown_options("reason-interp patch --task=arithmetic [--site attn\\|mlp] --out x.nc", root) == []
+    assert unknown_options("reason-interp patch [--cumulative\\|--sites all]", root) == [
+        "patch has no --cumulative", "patch has no --sites"]
+    assert unknown_options("reason-interp pach --task arithmetic", root) == ["no command 'pach'"]
+    commands = documented_commands()
+    assert len(commands) > 200
+    stale = [f"{where}: `{c.strip()}`: {', '.join(bad)}" for where, c in commands if (bad := unknown_options(c, root))]
+    assert not stale, "documented commands the CLI does not take:\n" + "\n".join(stale)
 
 
 def test_every_experiment_command_has_a_page_with_a_generated_schema():
