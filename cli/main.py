@@ -180,6 +180,8 @@ def models(all_revisions: bool = typer.Option(False, "--all", help="a column for
             table.add_row(f"best {score} head", *[f"{heads.get(rev, {}).get(score, {}).get('max', float('nan')):.2f}"
                                                   for rev in revs], style="dim")
     out.print(table)
+    if len(revs) < len(every):  # the table shows a sample: name them all, so any can be asked for
+        out.print(f"revisions: {', '.join(every)}", highlight=False, soft_wrap=True)
     if heads.get("main"):
         out.print(f"head scores: mean attention on the pattern's key over repeated random tokens (induction at "
                   f"uniform attention: {heads['main']['chance']:.3f}). Mean P(answer) per task: MODEL_CARD.md",

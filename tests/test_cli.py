@@ -46,7 +46,7 @@ def test_show_and_plot(result_file, tmp_path):
     assert img.shape[0] > 200 and img.shape[1] > 400
 
 
-def test_tasks_models_evaluate(tmp_path):
+def test_tasks_models_evaluate(tmp_path, monkeypatch):
     res = runner.invoke(app, ["tasks"], terminal_width=200)
     assert res.exit_code == 0 and "arithmetic" in res.stdout and "kth_smallest" in res.stdout
     rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in res.stdout.splitlines()
@@ -57,8 +57,14 @@ def test_tasks_models_evaluate(tmp_path):
     assert res.exit_code == 0
     for name in ("intervention_type", "n_operands", "n_shots", "max_n", "representation", "templates", "seed"):
         assert name in res.stdout
+    from nnsight_reasoning import embedded
+    from nnsight_reasoning.cli.common import out as console
+
+    monkeypatch.setattr(console, "width", 80)  # too narrow for a column per revision: all named below the table
     res = runner.invoke(app, ["models"])
-    assert res.exit_code == 0 and "step0" in res.stdout and "main" in res.stdout
+    assert res.exit_code == 0 and f"(4 of {len(embedded.revisions())} revisions; --all" in " ".join(res.stdout.split())
+    named = res.stdout.split("revisions: ")[1].split("\n")[0].replace(",", " ").split()
+    assert named == embedded.revisions() and named[0] == "step0" and named[-1] == "main"
     out = tmp_path / "ev.nc"
     res = runner.invoke(app, ["evaluate", "--task", "ioi", "--n-prompts", "30", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0 and "accuracy" in res.stdout, res.output
