@@ -194,7 +194,7 @@ def _prepare_out(out: Path, config: dict, restart: bool) -> dict | None:
             raise UsageError(f"{out} already holds this fine-tuning run, complete (revisions: "
                              f"{', '.join(old.get('revisions', []))}); use --restart to train it again")
         elif (out / STATE).is_file():
-            state = torch.load(out / STATE, weights_only=False)
+            state = torch.load(out / STATE, weights_only=True)  # tensors and plain data: no code runs on load
             return state
         else:  # killed before the first save: start again
             shutil.rmtree(out)
