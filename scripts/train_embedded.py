@@ -575,7 +575,7 @@ def main() -> None:
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("checkpoint", "checkpoint_every", "resume")}
     state = None
     if args.resume:
-        state = torch.load(args.checkpoint, weights_only=False)
+        state = torch.load(args.checkpoint, weights_only=True)  # tensors and plain data: no code runs on load
         # a setting added after the checkpoint was saved counts as what runs used before it existed
         saved = {k: state["settings"].get(k, BEFORE_ADDED.get(k, str(ap.get_default(k)))) for k in settings}
         changed = sorted(k for k in settings if saved[k] != settings[k])
