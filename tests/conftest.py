@@ -13,6 +13,16 @@ os.environ["COLUMNS"] = "160"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test drew (nr.plot_result returns them open, for Jupyter) are closed after it."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
     from nnsight_reasoning.embedded import load_tokenizer
