@@ -39,13 +39,14 @@ def test_the_site_builds_strictly(tmp_path):
     assert "path_patching" in api and "Parameters" in api  # the docstrings were rendered
 
 
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 MARK = "<!-- runnable: the slow tier runs this block (tests/test_docs.py) -->"
 
 
 def runnable_blocks() -> list[tuple[str, str, str]]:
     """(where, language, code) of every fenced block marked runnable in README.md and docs/."""
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+    for path in DOC_FILES:
         text = path.read_text()
         for m in re.finditer(re.escape(MARK) + r"\n```(\w+)\n(.*?)```", text, re.S):
             line = text[:m.start()].count("\n") + 2
@@ -103,7 +104,7 @@ def documented_commands() -> list[tuple[str, str]]:
     """(file, command) of every ``reason-interp …`` in README.md and docs/: in fenced blocks
     (continuations joined, up to a comment, ``;`` or ``&``) and in inline code spans."""
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+    for path in DOC_FILES:
         text = path.read_text()
         for block in re.findall(r"```\w*\n(.*?)```", text, re.S):
             for line in block.replace("\\\n", " ").splitlines():
@@ -147,6 +148,45 @@ def test_every_documented_command_and_option_exists():
     assert len(commands) > 200
     stale = [f"{where}: `{c.strip()}`: {', '.join(bad)}" for where, c in commands if (bad := unknown_options(c, root))]
     assert not stale, "documented commands the CLI does not take:\n" + "\n".join(stale)
+
+
+def unknown_python_names(code: str) -> list[str]:
+    """What the ``nr.…(…)`` calls in one Python snippet name that the package lacks: a function, or a
+    keyword its signature does not take (functions taking ``**kwargs`` pass any keyword)."""
+    import ast
+    import inspect
+
+    import nnsight_reasoning as nr
+
+    found = []
+    for call in (n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)):
+        path, node = [], call.func
+        while isinstance(node, ast.Attribute):
+            path, node = [node.attr, *path], node.value
+        if not (isinstance(node, ast.Name) and node.id == "nr" and path):
+            continue
+        obj = nr
+        for name in path:
+            obj = getattr(obj, name, None)
+        if obj is None:
+            found.append(f"no nr.{'.'.join(path)}")
+            continue
+        params = inspect.signature(obj).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            found += [f"nr.{'.'.join(path)} takes no {k.arg}=" for k in call.keywords if k.arg and k.arg not in params]
+    return found
+
+
+def test_every_documented_python_call_exists():
+    # the check itself: a made-up function or keyword is caught, a real call passes
+    assert unknown_python_names("ds = nr.patch(m, nr.tasks.arithmetic(n_prompts=4), sites=['mlp'])") == []
+    assert unknown_python_names("nr.patch(m, p, site='mlp'); nr.tasks.arith(); x.patch(q=1)") == [
+        "nr.patch takes no site=", "no nr.tasks.arith"]
+    blocks = [(path.relative_to(ROOT), code) for path in DOC_FILES
+              for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S)]
+    assert len(blocks) > 20
+    stale = [f"{where}: {bad}" for where, code in blocks for bad in unknown_python_names(code)]
+    assert not stale, "documented Python the package does not have:\n" + "\n".join(stale)
 
 
 def test_every_experiment_command_has_a_page_with_a_generated_schema():
