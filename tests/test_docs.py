@@ -123,11 +123,12 @@ def unknown_options(command: str, root) -> list[str]:
         words = shlex.split(command)
     except ValueError:  # an unbalanced quote in prose: the words are still there
         words = command.split()
+    words = words[:words.index("|")] if "|" in words else words  # a shell pipe ends the command
     cmd, i = root, 1
     while i < len(words) and hasattr(cmd, "commands") and words[i] in cmd.commands:
         cmd, i = cmd.commands[words[i]], i + 1
-    if cmd is root:
-        return [] if i == len(words) or words[i] in ("COMMAND", "--help") else [f"no command {words[i]!r}"]
+    if hasattr(cmd, "commands"):  # still at a group (the CLI, or `remote`): the next word must name one of its commands
+        return [] if i == len(words) or words[i] in ("COMMAND", "--help") else [f"no command {' '.join(words[1:i + 1])!r}"]
     options = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
     names = (part.split("=")[0] for w in words[i:] for part in w.strip("[]").split("|"))
     return [f"{cmd.name} has no {n}" for n in names if n.startswith("--") and n != "--" and n not in options]
@@ -144,6 +145,8 @@ def test_every_documented_command_and_option_exists():
     assert unknown_options("reason-interp patch [--cumulative\\|--sites all]", root) == [
         "patch has no --cumulative", "patch has no --sites"]
     assert unknown_options("reason-interp pach --task arithmetic", root) == ["no command 'pach'"]
+    assert unknown_options("reason-interp remote stauts", root) == ["no command 'remote stauts'"]
+    assert unknown_options("reason-interp remote status --host http://h:5001 | head --lines 3", root) == []
     commands = documented_commands()
     assert len(commands) > 200
     stale = [f"{where}: `{c.strip()}`: {', '.join(bad)}" for where, c in commands if (bad := unknown_options(c, root))]
