@@ -50,7 +50,7 @@ class DaskCluster:
         return self.workers[name]
 
     def wait_for_workers(self, n: int, timeout: float = 120) -> None:
-        """Until ``n`` workers are connected to the scheduler."""
+        """Until ``n`` workers are connected to the scheduler; fails at once if a started worker exited."""
         from distributed import Client
 
         deadline = time.time() + timeout
@@ -62,12 +62,14 @@ class DaskCluster:
                 time.sleep(0.2)
 
     def kill(self, proc: subprocess.Popen) -> None:
-        """SIGKILL a process of the cluster (and its session)."""
+        """SIGKILL a process of the cluster (and its session). A killed worker leaves ``workers``,
+        so that ``wait_for_workers`` counts only workers that died on their own as dead."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait(timeout=30)
+        self.workers = {k: p for k, p in self.workers.items() if p is not proc}
 
     def stop(self) -> None:
         for proc in [*self.workers.values(), *([self.scheduler] if self.scheduler else [])]:
