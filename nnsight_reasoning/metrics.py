@@ -99,7 +99,7 @@ def effect(metric: str, log_probs: np.ndarray, logits: np.ndarray, log_probs_sta
 
 
 def units(metric: str) -> str:
-    return "nats" if metric in LOGIT_METRICS else "1"
+    return "logits" if metric in LOGIT_METRICS else "1"  # as every logit difference in the results
 
 
 def _f64(*xs):

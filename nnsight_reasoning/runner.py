@@ -188,6 +188,8 @@ class Experiment:
     once on the last revision (the trained model), and every revision runs with that value
     (``attrs["<option>_chosen_on"]`` names the revision) — e.g. the neurons a sweep tracks,
     which discovery would otherwise pick anew per checkpoint, giving results that cannot stack.
+    ``reads_weights`` names what reads the model's weights (which NDIF never sends): such an
+    experiment is refused on NDIF before anything else, a missing key included.
     """
 
     name: str
@@ -195,6 +197,7 @@ class Experiment:
     batch_size: int = 64
     shared: tuple[str, ...] = ()
     fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None
+    reads_weights: str = ""
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # pickled as the name of its public function (a cluster task then ships a name, not the
@@ -219,12 +222,12 @@ def _experiment_named(module: str, qualname: str) -> Experiment:
 
 
 def experiment(name: str, *, batch_size: int = 64, shared: Sequence[str] = (),
-               fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None) -> Callable:
+               fixed_in_sweeps: tuple[str, Callable[..., Any]] | None = None, reads_weights: str = "") -> Callable:
     """Turn ``compute(run, data, *options)`` into the public ``fn(model, data, *options, batch_size,
     remote, progress, resume_dir, revisions)`` (see the module doc and :class:`Experiment`)."""
 
     def wrap(compute: Callable[..., xr.Dataset]) -> Callable[..., xr.Dataset]:
-        exp = Experiment(name, compute, batch_size, tuple(shared), fixed_in_sweeps)
+        exp = Experiment(name, compute, batch_size, tuple(shared), fixed_in_sweeps, reads_weights)
         sig = inspect.signature(compute)
         params = list(sig.parameters.values())[1:]  # without `run`
 
@@ -273,6 +276,10 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
     _remote.check_remote(remote)
+    if exp.reads_weights:
+        from .backend import require_local
+
+        require_local(remote, exp.reads_weights)
     with connect(scheduler, workers) as cluster:
         return _execute(exp, model, data, options, batch_size=batch_size, remote=remote, progress=progress,
                         resume_dir=_for_workers(resume_dir, cluster), revisions=revisions, cluster=cluster)
@@ -295,6 +302,7 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
         if revisions is None:
             model = coerce_model(model)
         data = data(_tokenizer_of(model, revisions))
+    check_data(exp.compute, data)
 
     def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
         return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
@@ -325,6 +333,73 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
     if chosen is not None:
         ds.attrs[f"{exp.fixed_in_sweeps[0]}_chosen_on"] = chosen[0]  # type: ignore[index]
     return ds
+
+
+def check_data(compute: Callable[..., Any], data: Any) -> None:
+    """A one-line :class:`UsageError` unless ``data`` is what ``compute`` declares for its data
+    parameter (its annotation, e.g. ``PromptPairs | Sequence[PromptPair]``), naming the generators
+    that make it: the experiment's own code then never meets another kind of data."""
+    hint = _data_hint(compute)
+    if _fits(hint, data):
+        return
+    made = [t.made_by for t in _classes(hint) if getattr(t, "made_by", "")]
+    raise UsageError(f"{compute.__name__}() takes {_described(hint)}" + (f", from {' or '.join(made)}" if made else "")
+                     + f" (got {_described_value(data)})")
+
+
+def _data_hint(compute: Callable[..., Any]) -> Any:
+    """The annotation of ``compute``'s data parameter (the one after ``run``), resolved in its
+    module; ``Any`` where it cannot be read (then nothing is checked)."""
+    ann = list(inspect.signature(compute).parameters.values())[1].annotation
+    if isinstance(ann, str):  # postponed annotations (from __future__ import annotations)
+        try:
+            ann = eval(ann, compute.__globals__)  # noqa: S307 (the module's own annotation text)
+        except Exception:
+            return Any
+    return Any if ann is inspect.Parameter.empty else ann
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether ``value`` is of type ``hint``: classes, unions and ``Sequence[X]`` (every item an X) are
+    read; any other annotation passes."""
+    import collections.abc
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arm, value) for arm in typing.get_args(hint))
+    if origin in (collections.abc.Sequence, list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Sequence):
+            return False
+        item = (typing.get_args(hint) or (Any,))[0]
+        return item is Any or all(_fits(item, v) for v in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _classes(hint: Any) -> list[type]:
+    """The classes an annotation names, outermost first (a union's arms, not a sequence's items)."""
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [c for arm in typing.get_args(hint) for c in _classes(arm)]
+    return [hint] if isinstance(hint, type) else []
+
+
+def _described(hint: Any) -> str:
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_described(arm) for arm in typing.get_args(hint))
+    args = typing.get_args(hint)
+    if args:  # Sequence[X]
+        return f"a list of {_described(args[0])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _described_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {type(value[0]).__name__}" if value else f"an empty {type(value).__name__}"
+    return type(value).__name__
 
 
 def _one_unit(cluster: Cluster | None, key: str, unit: Callable[[], T], description: str, progress: bool) -> T:

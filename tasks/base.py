@@ -75,6 +75,7 @@ class TaskData(Sequence):
     a sequence."""
 
     _items: ClassVar[str]
+    made_by: ClassVar[str] = ""  # the generators that make it, named in an experiment's error for other data
     task: str
     params: dict[str, Any]
 
@@ -103,6 +104,7 @@ class PromptPairs(TaskData):
     """
 
     _items: ClassVar[str] = "pairs"
+    made_by: ClassVar[str] = "nr.tasks.arithmetic(...), nr.tasks.ioi(...) or nr.tasks.kth_smallest_pairs(...)"
     task: str
     params: dict[str, Any]
     pairs: tuple[PromptPair, ...]
@@ -114,6 +116,7 @@ class Examples(TaskData):
     results as ``task_params``); from :func:`examples`."""
 
     _items: ClassVar[str] = "examples"
+    made_by: ClassVar[str] = 'nr.tasks.examples("arithmetic", n_prompts=200)'
     task: str
     params: dict[str, Any]
     examples: tuple[Example, ...]

@@ -33,7 +33,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .base import (Example, Examples, TaskError, TaskInfo, check_choice, check_range, json_lines, register,
                    single_token_id)
@@ -228,6 +228,7 @@ class CotVariants:
     variant ``v``'s prompts, problem k at index k in every variant. ``params`` (with ``seed``)
     are stored in results as ``task_params``."""
 
+    made_by: ClassVar[str] = "nr.tasks.cot_variants(...)"
     task: str
     params: dict[str, Any]
     prompts: dict[str, tuple[CotPrompt, ...]]

@@ -26,7 +26,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .base import TaskError, check_range
 from .cot import Problem, load_gsm8k_problems, sample_problem
@@ -91,6 +91,7 @@ class CotGeneration:
     ``prompts[v]`` holds type ``v``'s prompts, question k at index k in each; ``style`` says
     how to read the answers."""
 
+    made_by: ClassVar[str] = "nr.tasks.cot_generation(...)"
     task: str
     params: dict[str, Any]
     prompts: dict[str, tuple[GenPrompt, ...]]

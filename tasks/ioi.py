@@ -70,7 +70,7 @@ def sample_ioi(rng: random.Random, template: str, order: str = "ABBA") -> Exampl
 
 
 def ioi_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, corruption: str | None = None,
-                 n_prompts: int | None = None, order: str = "mixed") -> list[Example]:
+                 order: str = "mixed") -> list[Example]:
     """``n`` IOI prompts, templates used in turn (and orders, when mixed); the answer is the
     indirect object."""
     if corruption is not None:

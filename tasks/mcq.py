@@ -72,6 +72,7 @@ class McqContexts(TaskData):
     """The data of binding-iclr's MCQ test (``nr.binding(..., measure="mcq")``)."""
 
     _items: ClassVar[str] = "contexts"
+    made_by: ClassVar[str] = "nr.tasks.mcq_contexts(...)"
     task: str
     params: dict[str, Any]
     contexts: tuple[McqContext, ...]

@@ -70,6 +70,7 @@ class ReasoningPrompts(TaskData):
     """
 
     _items: ClassVar[str] = "prompts"
+    made_by: ClassVar[str] = "nr.tasks.kth_smallest(...) or nr.tasks.load_reasoning(...)"
     task: str
     params: dict[str, Any]
     prompts: tuple[ReasoningPrompt, ...]

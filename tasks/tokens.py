@@ -28,6 +28,8 @@ class RepeatedTokens(TokenSequences):
     """Token-id sequences ``<bos> x_1 … x_n x_1 … x_n`` (from :func:`repeated_tokens`): one
     tuple of ``1 + 2·seq_len`` token ids per sequence; ``seq_len`` is n."""
 
+    made_by: ClassVar[str] = "nr.tasks.repeated_tokens(n_sequences, seq_len, seed, tokenizer=model.tokenizer)"
+
 
 
 def repeated_tokens(n_sequences: int = 32, seq_len: int = 20, seed: int = 0,
@@ -83,6 +85,7 @@ class OrdinalSequences(TaskData):
     (input, successor) examples; from :func:`ordinal_sequences`."""
 
     _items: ClassVar[str] = "lists"
+    made_by: ClassVar[str] = "nr.tasks.ordinal_sequences()"
     task: str
     params: dict[str, Any]
     lists: tuple[tuple[str, tuple[str, ...]], ...]
@@ -117,6 +120,8 @@ def ordinal_sequences(variants: bool = True) -> OrdinalSequences:
 class TextSequences(TokenSequences):
     """Token-id sequences of running text, each ``seq_len`` tokens starting with the tokenizer's
     bos (or eos) token (from :func:`text_sequences`)."""
+
+    made_by: ClassVar[str] = "nr.tasks.text_sequences(n_sequences, seq_len, tokenizer=model.tokenizer)"
 
 
 # the embedded vocabulary's documents: its tasks' prompts with their answers, in turn

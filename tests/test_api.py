@@ -42,6 +42,47 @@ def test_every_experiment_has_the_harness_keywords_and_documents_them():
         assert fn.experiment.name in nr.testing.SCHEMAS or fn.experiment.name.endswith("patching"), name
 
 
+def test_other_data_stops_at_the_harness_with_one_line_naming_the_generators(embedded_model):
+    """Data of another kind (a string, pairs where single prompts belong) gets one line naming what the
+    experiment takes and what makes it, not an AttributeError from deep inside; the right data passes."""
+    import inspect
+
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.runner import check_data
+
+    pairs = nr.tasks.arithmetic(n_prompts=2)
+    every = [n for n in nr.__all__ if hasattr(getattr(nr, n), "experiment")]
+    assert set(EXPERIMENTS) < set(every)
+    for name in every:
+        fn = getattr(nr, name)
+        required = {p.name: None for p in list(inspect.signature(fn).parameters.values())[2:]
+                    if p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY}  # path_patching's receivers
+        with pytest.raises(UsageError, match=rf"^{fn.__name__}\(\) takes .+ \(got str\)$") as e:
+            fn(embedded_model, "1 + 2 =", progress=False, **required)
+        assert "\n" not in str(e.value), name
+    with pytest.raises(UsageError, match=r"takes ReasoningPrompts or a list of ReasoningPrompt, from "
+                                         r"nr.tasks.kth_smallest\(...\) .*\(got PromptPairs\)"):
+        nr.attention(embedded_model, pairs, progress=False)
+    with pytest.raises(UsageError, match=r"\(got a list of str\)"):
+        nr.patch(embedded_model, ["1 + 2 =", "3 + 4 ="], progress=False)
+    check_data(nr.patch.experiment.compute, list(pairs))  # a list of pairs is data too
+    check_data(nr.attention.experiment.compute, nr.tasks.kth_smallest(n_prompts=2))
+    check_data(nr.evaluate.experiment.compute, nr.tasks.examples("arithmetic", n_prompts=2))
+
+
+def test_what_reads_the_weights_is_refused_on_ndif_before_a_key_is_asked_for(embedded_model, monkeypatch):
+    """NDIF never sends weights: such an experiment says so at once, not "set NDIF_API_KEY" first."""
+    from nnsight_reasoning.errors import UsageError
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nr.remote.nnsight.CONFIG.API, "APIKEY", None)
+    reading = [n for n in nr.__all__ if getattr(getattr(getattr(nr, n), "experiment", None), "reads_weights", "")]
+    assert set(reading) == {"successor_heads", "ioi_components", "copy_suppression"}
+    for name in reading:
+        with pytest.raises(UsageError, match="reads the model's weights, which NDIF does not send; run it locally"):
+            getattr(nr, name)(embedded_model, None, remote=True, progress=False)
+
+
 @pytest.mark.slow  # the whole README walk-through (~45 s on 2 cores), like the notebooks
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     """Execute the README's Python block verbatim (it writes ie.nc into the cwd)."""

@@ -164,7 +164,7 @@ def test_copy_suppression_bad_input(embedded_model, monkeypatch):
                         (dict(k_unembeddings=0), "k_unembeddings must be")]:
         with pytest.raises(UsageError, match=msg):
             nr.copy_suppression(embedded_model, seqs, **{"n_mean": 2, "n_eval": 2, **kwargs})
-    with pytest.raises(UsageError, match="running text"):
+    with pytest.raises(UsageError, match=r"takes TextSequences, from nr.tasks.text_sequences\("):
         nr.copy_suppression(embedded_model, nr.tasks.repeated_tokens(2, 5))
     monkeypatch.setenv("NDIF_API_KEY", "not-a-key")
     with pytest.raises(UsageError, match="NDIF does not send"):

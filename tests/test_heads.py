@@ -131,7 +131,7 @@ def test_head_scores_resume_and_refuse_other_data(tiny_model_dir, small_pairs, t
     assert first.attrs["n_resumed_passes"] == 0 and again.attrs["n_resumed_passes"] == 7 == again.attrs["n_forward_passes"]
     for v in first.data_vars:
         np.testing.assert_array_equal(again[v].values, first[v].values)
-    with pytest.raises(UsageError, match="repeated random tokens"):
+    with pytest.raises(UsageError, match=r"takes RepeatedTokens, from nr.tasks.repeated_tokens\("):
         nr.head_scores(model, small_pairs, progress=False)
     beyond = dataclasses.replace(seqs, ids=((len(model.tokenizer),) + seqs.ids[0][1:],) + seqs.ids[1:])
     with pytest.raises(UsageError, match="beyond this model's vocabulary"):
@@ -265,7 +265,7 @@ def test_successor_ov_scores_match_heads_run_on_one_token(tiny_model_dir, model_
         hits, total = hits + got.sum(0), total + len(pairs)
         np.testing.assert_allclose(ds["successor_ov_by_list"].isel(list=k).values, got.mean(0))
     np.testing.assert_allclose(ds["successor_ov"].values, hits / total)
-    with pytest.raises(UsageError, match="ordinal lists"):
+    with pytest.raises(UsageError, match=r"takes OrdinalSequences, from nr.tasks.ordinal_sequences\(\) \(got RepeatedTokens\)"):
         nr.successor_heads(model, nr.tasks.repeated_tokens(2, 3), progress=False)
 
 

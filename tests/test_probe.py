@@ -103,6 +103,18 @@ def test_probe_scores_match_an_independent_computation(embedded_model, pool, cum
     assert ds.attrs["baseline"] == "none" and "score" not in ds
 
 
+def test_a_fold_smaller_than_n_neighbors_is_recorded(embedded_model):
+    """k is capped at a fold's training statements; the result says by how much (the smallest k)."""
+    prompts = nr.tasks.kth_smallest(6, seed=2)
+    useful = np.array([s.useful for p in prompts for s in p.statements])
+    fold = fold_of_prompt(6, 2, 0)[np.repeat(np.arange(6), [len(p.statements) for p in prompts])]
+    smallest = min(int(((fold != f) & keep).sum()) for keep in (np.ones_like(useful), useful) for f in range(2))
+    ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=500, folds=2, seed=0, progress=False)
+    assert ds.attrs["n_neighbors"] == 500 and ds.attrs["n_neighbors_used"] == smallest < 500
+    assert "n_neighbors_used" not in nr.probe(embedded_model, prompts, baseline="none", n_neighbors=2, folds=2,
+                                              seed=0, progress=False).attrs
+
+
 def test_trained_model_beats_step0_and_is_deterministic(embedded_model):
     prompts = nr.tasks.kth_smallest(256, seed=0)
     ds = nr.probe(embedded_model, prompts, progress=False)

@@ -271,6 +271,20 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
 
 
+def test_path_patching_and_robustness_run_remotely_like_locally(ndif, embedded_model, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    pairs = nr.tasks.ioi(8, corruption="swap", tokenizer=embedded_model.tokenizer)
+    kw = dict(receivers="a3.1", receiver_input="q", position="last", progress=False)
+    remote = nr.path_patching(embedded_model, pairs, remote=ndif.host, **kw)
+    assert_same_values(remote, nr.path_patching(embedded_model, pairs, **kw))
+    assert remote.attrs["remote"] == 1 and remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
+    prompts = nr.tasks.kth_smallest(12, seed=1)
+    kw = dict(n_subsets=3, subset_size=(4, 8), baseline="none", progress=False)
+    remote = nr.robustness(embedded_model, prompts, remote=ndif.host, **kw)
+    assert_same_values(remote, nr.robustness(embedded_model, prompts, **kw))
+    assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
+
+
 def test_cot_generation_runs_remotely_like_locally(ndif, embedded_model, monkeypatch):
     """Generation traced step by step, with neuron edits (set values and weight noise), as one
     NDIF request per batch and prompt type."""

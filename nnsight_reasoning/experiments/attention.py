@@ -132,7 +132,7 @@ def measure(
     data = {
         "prompt_entropy": (("prompt", "layer", "head"), entropy,
                            {"long_name": "entropy of each prompt's answer-position attention over its tokens",
-                            "units": "nat"}),
+                            "units": "nats"}),
         "mass": (("prompt", "layer", "head", "group"), mass,
                  {"long_name": "attention from the answer position to the group's tokens", "units": "1"}),
         "n_tokens": (("prompt", "group"), n_tokens, {"long_name": "tokens in the group"}),

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import graph, require_local
+from ..backend import graph
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import dims
@@ -83,7 +83,7 @@ def _check_heads(heads: Sequence[str] | str | None, n_layers: int, n_heads: int,
     return sorted(set(out))
 
 
-@experiment("cspa", batch_size=16)
+@experiment("cspa", batch_size=16, reads_weights="CSPA (the unembedding and output weights)")
 def copy_suppression(
     run: Run,
     sequences: TextSequences,
@@ -121,10 +121,6 @@ def copy_suppression(
     >>> ds = nr.copy_suppression(model, nr.tasks.text_sequences(100, 61, tokenizer=model.tokenizer))
     >>> ds.cspa
     """
-    require_local(run.remote, "CSPA (the unembedding and output weights)")
-    if not isinstance(sequences, TextSequences):
-        raise UsageError("copy_suppression reads running text: nr.tasks.text_sequences(..., "
-                         "tokenizer=model.tokenizer)")
     if not 0 < k_unembeddings <= 1:
         raise UsageError(f"k_unembeddings must be in (0, 1] (got {k_unembeddings!r})")
     for name, v in (("n_mean", n_mean), ("n_eval", n_eval)):

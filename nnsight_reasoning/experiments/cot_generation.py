@@ -185,21 +185,21 @@ def cot_generation(
     measures fixed units on every checkpoint: ``units``, or else those discovered on its last
     revision.
 
-    Returns dims ``variant`` (``discover_on`` first), ``prompt``, ``step`` (generated tokens),
+    Returns dims ``variant`` (``discover_on`` first), ``prompt``, ``generated_token``,
     ``layer``, ``rank``, ``unit``, ``ablation`` ("none" then ``ablations``), ``concept``,
     ``token_rank``, ``candidate``, with
 
     - ``generated`` / ``predicted`` / ``correct`` (ablation, variant, prompt): the text
       (up to an end token), the parsed answer (−1: none) and whether it is the gold one;
       ``accuracy`` (ablation, variant);
-    - ``n_read`` (variant, prompt): steps before the model starts a new exemplar;
-    - ``top_neuron`` / ``top_score`` (variant, prompt, step, layer, rank): the ranking;
+    - ``n_read`` (variant, prompt): generated tokens before the model starts a new exemplar;
+    - ``top_neuron`` / ``top_score`` (variant, prompt, generated_token, layer, rank): the ranking;
     - ``candidate_layer`` / ``candidate_neuron`` / ``candidate_frequency`` /
       ``candidate_concepts`` (candidate): every neuron ranked on a correct ``discover_on`` step;
     - per unit (coords ``unit_layer``, ``unit_neuron`` and the random baseline's
       ``control_layer``, ``control_neuron``): ``frequency``, ``promoted`` / ``promoted_logit``
       (unit, token_rank), ``concept_matches`` (unit, concept), ``concepts``, ``label`` (with
-      ``labeller``), ``activation`` (variant, prompt, step, unit; NaN past ``n_read``) and
+      ``labeller``), ``activation`` (variant, prompt, generated_token, unit; NaN past ``n_read``) and
       ``mean_activation`` (variant, unit).
     """
     model = run.model

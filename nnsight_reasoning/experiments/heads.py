@@ -119,7 +119,7 @@ def head_scores(run: Run, sequences: RepeatedTokens) -> xr.Dataset:
                              "successor_tokens": run.tokenizer.convert_ids_to_tokens(ordinals)})
 
 
-@experiment("successor_ov", batch_size=1)
+@experiment("successor_ov", batch_size=1, reads_weights="the successor score (the static OV circuit)")
 def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
     """Successor heads as Tigges et al. score them over training
     (``get_new_successor_head_scores_over_time.py``, after Gould et al. 2023, "Successor
@@ -140,9 +140,6 @@ def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
     >>> ds = nr.successor_heads(model, nr.tasks.ordinal_sequences(), revisions="all")
     >>> ds.successor_ov.max(("layer", "head"))
     """
-    if not isinstance(sequences, OrdinalSequences):
-        raise UsageError(f"successor_heads takes ordinal lists, nr.tasks.ordinal_sequences() (got "
-                         f"{type(sequences).__name__})")
     tok = run.tokenizer
     unk = getattr(tok, "unk_token_id", None)
     lists = []
@@ -190,10 +187,8 @@ def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
 
 
 def _check(run: Run, sequences: Any) -> RepeatedTokens:
-    """The sequences, or a one-line error: not repeated tokens, or ids outside this model's vocabulary."""
-    if not isinstance(sequences, RepeatedTokens):
-        raise UsageError(f"head_scores takes repeated random tokens, nr.tasks.repeated_tokens(n_sequences, seq_len, "
-                         f"seed, tokenizer=model.tokenizer) (got {type(sequences).__name__})")
+    """The sequences, or a one-line error: ids outside this model's vocabulary (the harness has checked
+    that they are repeated tokens)."""
     vocab = len(run.tokenizer)
     if max(max(row) for row in sequences.ids) >= vocab:
         raise UsageError(f"the sequences hold token ids beyond this model's vocabulary ({vocab}); generate them with "

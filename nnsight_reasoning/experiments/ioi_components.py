@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import attention_probs, graph, require_local
+from ..backend import attention_probs, graph
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
@@ -88,7 +88,7 @@ def circuit_heads(circuit: Any, n_layers: int | None = None, n_heads: int | None
                         name="in_circuit")
 
 
-@experiment("ioi_components", batch_size=64)
+@experiment("ioi_components", batch_size=64, reads_weights="ioi_components' copy score")
 def ioi_components(
     run: Run,
     pairs: PromptPairs,
@@ -141,7 +141,6 @@ def ioi_components(
     if not isinstance(pairs, PromptPairs) or pairs.task != "ioi":
         raise UsageError("ioi_components needs IOI pairs: nr.tasks.ioi(n, corruption='swap', "
                          "tokenizer=model.tokenizer)")
-    require_local(run.remote, "ioi_components' copy score")
     if not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
     if not 0 <= copy_threshold < 100:

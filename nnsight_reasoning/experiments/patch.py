@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import (EMBED_LAYER, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES, check_layers,
                      check_sites, dims, var_name)
-from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
+from ..tasks import PromptPair, PromptPairs
 from ..tasks.base import group_by_length
 
 
@@ -114,9 +114,6 @@ def patch(
     >>> ds.mlp.mean("prompt")
     """
     sites = check_sites(sites)
-    if isinstance(pairs, ReasoningPrompts):
-        raise UsageError(f"{pairs.task} prompts are labelled single prompts (for attention/probe); patching needs "
-                         f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
     if positions not in POSITIONS:
         raise UsageError(f"positions must be one of {', '.join(POSITIONS)} (got {positions!r})")
     pair_list = list(pairs)

@@ -79,7 +79,9 @@ def probe(
     baseline : "step0" (the model's untrained checkpoint; embedded or Pythia-style revisions),
         "random" (a randomly initialised model of the same config, seeded) or "none".
     n_neighbors, folds : kNN neighbours and cross-validation folds (over prompts); the
-        repository uses 8 and 2 (k-th smallest) or 5 (ProofWriter, ARC).
+        repository uses 8 and 2 (k-th smallest) or 5 (ProofWriter, ARC). A fold with fewer
+        training statements than ``n_neighbors`` uses them all (``attrs["n_neighbors_used"]``
+        then records the smallest k used).
     pool : "mean" (mean over a layer's heads, as in the paper) or "heads" (each head a feature).
     cumulative : the probe at layer l reads layers 0 … l (True, the paper's) or layer l alone.
     distance : the kNN's, "euclidean" (the repository's k-th smallest probe) or "manhattan"
@@ -108,7 +110,8 @@ def probe(
     plist, labels = labelled_prompts(prompts, folds)
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
-    ds = _dataset(knn_scores(feats, **knn), layers)
+    scores = knn_scores(feats, **knn)
+    ds = _dataset(scores, layers)
     if base_feats is not None:
         base = _dataset(knn_scores(base_feats, **knn), layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
@@ -122,7 +125,9 @@ def probe(
     ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
                 "folds": folds, "pool": pool, "cumulative": int(cumulative), "distance": distance, "query": query,
                 "statement_pool": statement_pool, "normalise": int(normalise),
-                "n_prompts": len(plist), "baseline": baseline}
+                "n_prompts": len(plist), "baseline": baseline,
+                # a fold with fewer training statements than n_neighbors uses them all: say so
+                **({"n_neighbors_used": scores.fewest_neighbors} if scores.fewest_neighbors < n_neighbors else {})}
     return ds
 
 
@@ -228,12 +233,14 @@ class Labels:
 class Scores:
     """Out-of-fold scores per probe (rows, :data:`PROBES` order): ``f1`` and ``accuracy`` per
     layer with all layers' features last (probe, layers + 1); ``majority`` (accuracy of the
-    most frequent class) and ``n_samples`` (statements classified) per probe."""
+    most frequent class) and ``n_samples`` (statements classified) per probe; ``fewest_neighbors``:
+    the smallest k any fold used (k is capped at a fold's training statements)."""
 
     f1: np.ndarray
     accuracy: np.ndarray
     majority: np.ndarray
     n_samples: np.ndarray
+    fewest_neighbors: int
 
 
 def _labels(plist: list[ReasoningPrompt]) -> Labels:
@@ -277,6 +284,7 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
     f1 = np.zeros((len(PROBES), n_layers + 1))
     acc = np.zeros_like(f1)
     majority, n_samples = np.zeros(len(PROBES)), np.zeros(len(PROBES), np.int64)
+    fewest = n_neighbors
     for j, name in enumerate(PROBES):
         keep = np.ones(len(fold), bool) if name == "useful" else labels.useful == 1
         y = getattr(labels, name)[keep]
@@ -287,11 +295,12 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
             pred = np.empty_like(y)
             for f in range(folds):
                 test = fold[keep] == f
-                knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int((~test).sum())), weights="distance",
-                                           metric=distance)
+                k = min(n_neighbors, int((~test).sum()))
+                fewest = min(fewest, k)
+                knn = KNeighborsClassifier(n_neighbors=k, weights="distance", metric=distance)
                 pred[test] = knn.fit(x[~test], y[~test]).predict(x[test])
             f1[j, li], acc[j, li] = f1_score(y, pred, average="macro"), accuracy_score(y, pred)
-    return Scores(f1, acc, majority, n_samples)
+    return Scores(f1, acc, majority, n_samples, fewest)
 
 
 def _dataset(s: Scores, layers: np.ndarray) -> xr.Dataset:

@@ -106,12 +106,14 @@ def robustness(
     base_f1 = np.zeros_like(f1)
     sizes = np.zeros(n_subsets, np.int64)
     acc, acc_bad = np.zeros(n_subsets), np.zeros(n_subsets)
+    fewest = n_neighbors
     for s in range(n_subsets):
         idx = np.sort(rng.choice(len(plist), int(rng.integers(lo, hi + 1)), replace=False))
         rows = np.concatenate([np.arange(start[i], start[i + 1]) for i in idx])
         sub = _labels([plist[i] for i in idx])
         knn = dict(labels=sub, n_neighbors=n_neighbors, folds=folds, seed=seed + s, distance=distance)
-        f1[s] = knn_scores(feats[rows], **knn).f1[:, -1]  # all layers' features
+        scores = knn_scores(feats[rows], **knn)
+        f1[s], fewest = scores.f1[:, -1], min(fewest, scores.fewest_neighbors)  # all layers' features
         if base_feats is not None:
             base_f1[s] = knn_scores(base_feats[rows], **knn).f1[:, -1]
         sizes[s], acc[s], acc_bad[s] = len(idx), correct[idx].mean(), correct_bad[idx].mean()
@@ -152,7 +154,8 @@ def robustness(
         attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
-               "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged},
+               "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged,
+               **({"n_neighbors_used": fewest} if fewest < n_neighbors else {})},  # as probe's
     )
 
 
