@@ -236,7 +236,7 @@ class BindingContexts(TaskData):
     ``seed``) are stored in results as ``task_params``."""
 
     _items: ClassVar[str] = "contexts"
-    made_by: ClassVar[str] = "nr.tasks.binding_contexts(...)"
+    made_by: ClassVar[str] = "nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed)"
     task: str
     params: dict[str, Any]
     contexts: tuple[BindingContext, ...]

@@ -162,7 +162,8 @@ def test_binding_on_the_embedded_model_and_cli(tmp_path, monkeypatch):
 
 
 def test_binding_bad_input(embedded_model):
-    with pytest.raises(UsageError, match="binding takes nr.tasks.binding_contexts"):
+    with pytest.raises(UsageError, match=r"takes BindingContexts or McqContexts, from nr.tasks.binding_contexts\(n_contexts, "
+                                         r"n_pairs, n_estimate, seed\) or nr.tasks.mcq_contexts.*\(got a list of BindingContext\)"):
         nr.binding(embedded_model, nr.tasks.sample_contexts(2), progress=False)
 
 

@@ -184,6 +184,16 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
     and ``country_width=1``, so by default an entity's window is its name and the token after
     it; substitution, position shifts and binding-ID vectors (one Δ per token of the window)
     act on the whole window.
+
+    Returns a Dataset whose variables are named by the measure (each measure's function above
+    documents its dims; docs/experiments/binding.md shows a schema): log-probabilities of the
+    answers over the full vocabulary in nats (``factor_logprob``, ``position_logprob``,
+    ``means_logprob``, ``cyclic_logprob``, ``cross_logprob``, ``subspace_logprob``,
+    ``mcq_logprob``), what the binding-ID account predicts and whether it won (``*_correct``,
+    ``*_expected``, ``*_intended``, ``mcq_swapped``), accuracies in [0, 1] (``*_accuracy``), and
+    the binding-ID vectors used (``delta``, per depth and d_model; ``delta_norm``). "accuracy"
+    gives per context (``prompt``) and queried entity (``query``) ``correct``,
+    ``factor_correct``, ``position_correct`` and ``swap``, with their accuracies.
     """
     if measure not in MEASURES:
         raise UsageError(f"unknown measure {measure!r}; choose from: {', '.join(MEASURES)}")
@@ -197,9 +207,6 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
         if not isinstance(max_width, (int, np.integer)) or isinstance(max_width, bool) or max_width < 1:
             raise UsageError(f"max_width must be an integer >= 1 (got {max_width!r})")
         return _mcq(run, contexts, int(max_width))
-    if not isinstance(contexts, BindingContexts):
-        raise UsageError("binding takes nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed): the "
-                         "contexts and the estimation contexts of the binding-ID vectors")
     if measure == "accuracy":  # this toolkit's summary edits one token per word
         if contexts.contexts[0].family not in EXPERIMENT_FAMILIES:
             raise UsageError(f"the summary measure exchanges statements that start with their entity, one pair each "

@@ -450,7 +450,8 @@ def neurons(
     ``prompts``: ``nr.tasks.cot_variants(n_prompts, variants, n_shots=, n_steps=, seed=,
     data=)``, the same problems in each variant (synthetic, or from a GSM8K JSON Lines file);
     ``discover_on`` must be one of its variants. Returns the :func:`discover` variables (dim
-    ``unit``) plus ``activation`` (variant, unit): mean activation at the last position;
+    ``unit``) plus ``activation`` (variant, unit): mean activation at the last position (the
+    MLP's hidden activation after its nonlinearity, in the model's units);
     ``correct`` and ``p_answer`` (ablation, variant, prompt) and ``accuracy`` (ablation,
     variant), ablation ``none``, ``zero`` (the units set to 0 at every position), ``mean`` (set
     to their mean activation at the last position over the ``discover_on`` prompts) or
