@@ -98,19 +98,30 @@ def given(**options: Any) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def task_params(params: List[str], **explicit) -> dict:
-    """Explicit task options that were given, plus generic ``--param key=value`` (JSON values)."""
+# task keywords the commands set with options of their own: a --param for one would reach the
+# generator twice (a TypeError), so it is refused with the option's name
+OWN_OPTIONS = {"n_prompts": "--n-prompts", "seed": "--seed", "tokenizer": "--model"}
+
+
+def task_params(params: List[str], *, own: dict | None = None, **explicit) -> dict:
+    """Explicit task options that were given, plus generic ``--param key=value`` (JSON values).
+    ``own``: keywords the command sets itself, to the option that does (default :data:`OWN_OPTIONS`)."""
     from nnsight_reasoning.errors import UsageError
 
+    own = OWN_OPTIONS if own is None else own
     out_: dict = {k: v for k, v in explicit.items() if v not in (None, [], ())}
     for item in params:
         if "=" not in item:
             raise UsageError(f"--param takes KEY=VALUE (got {item!r})")
-        k, v = item.split("=", 1)
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k in own:
+            raise UsageError(f"--param {k}: the command sets it with {own[k]}")
+        if k in out_ and k in explicit:
+            raise UsageError(f"--param {k} sets what one of the command's options already set: give it once")
         try:
-            out_[k.strip()] = json.loads(v)
+            out_[k] = json.loads(v)
         except json.JSONDecodeError:
-            out_[k.strip()] = v
+            out_[k] = v
     return out_
 
 
@@ -129,6 +140,7 @@ def pair_data(task: str, n_prompts: int, seed: int, params: dict) -> Callable[[A
 
 def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
     from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.results.io import writable
 
     if out_file is None:
         safe = Path(model).name if model != "embedded" else "embedded"
@@ -137,31 +149,6 @@ def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revisio
         raise UsageError(f"--out must be a .nc file (got {out_file})")
     writable(out_file)
     return out_file
-
-
-def writable(path: Path) -> None:
-    """Refuse, before any work, a results path that cannot be written: a directory, a path under
-    a file, or a location where no file can be created (permissions, a read-only filesystem).
-    Missing directories are fine (they are created when the file is written) when their nearest
-    existing ancestor takes a file. A file is created and removed to find out, since permission
-    bits alone say nothing for root or on read-only mounts."""
-    import tempfile
-
-    from nnsight_reasoning.errors import UsageError
-
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory: give a file name ending in .nc")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"--out {path}: {ancestor} is a file, not a directory; choose another --out")
-    try:
-        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".reason-interp-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {path}: cannot create files in {ancestor} ({e.strerror or e}); "
-                         "choose another --out") from None
 
 
 # Options shared by the experiment commands.

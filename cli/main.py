@@ -117,7 +117,8 @@ def finetune(
     t0 = time.perf_counter()
     path = nr.finetune(model, task, out=out, tune=tune, steps=steps, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, warmup=warmup, save_every=save_every, revision=revision, seed=seed,
-                       restart=restart, progress=progress, **task_params(param))
+                       restart=restart, progress=progress,
+                       **task_params(param, own={"n_prompts": "--batch-size", "seed": "--seed", "tokenizer": "--model"}))
     log = json.loads((path / "finetune.json").read_text())
     loss = log["loss"]
     console.print(f"wrote [bold]{path}[/] in {time.perf_counter() - t0:.1f} s: revisions "
@@ -259,8 +260,19 @@ def plot(
     matplotlib.use("Agg")  # files only; no display needed
     import nnsight_reasoning as nr
 
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from nnsight_reasoning.errors import UsageError
+
+    from nnsight_reasoning.results.io import writable
+
     ds = nr.load_result(path)
     target = out_file or path.with_suffix(f".{kind}.png" if kind else ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if target.suffix[1:].lower() not in formats:  # matplotlib would add .png to a bare name, or refuse
+        raise UsageError(f"--out {target}: give a figure file ending in .png (or {', '.join(f'.{f}' for f in sorted(formats) if f != 'png')})")
+    writable(target, ending=".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
     import matplotlib.pyplot as plt
 
     plt.close(nr.plot_result(ds, target, kind=kind, prompt=prompt))  # written: pyplot need not keep it open

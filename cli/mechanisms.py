@@ -53,6 +53,18 @@ def neurons(
     from nnsight_reasoning.experiments.neurons import parse_units
 
     units = parse_units(unit) if unit else None
+    # options of the other mode are refused, not ignored (a typo in one would otherwise pass unseen)
+    generate_only = {"--style": style != "embedded", "--prompts-dir": prompts_dir is not None,
+                     "--max-new-tokens": max_new_tokens != 48, "--ranking": ranking != "algorithm_one",
+                     "--select": select != "concepts", "--ablation": bool(ablation), "--noise-scale": noise_scale != 1.0}
+    if generate:
+        stray, where, fix = ["--n-shots"] if n_shots != 1 else [], "without", "drop"
+    else:
+        stray, where, fix = [f for f, set_ in generate_only.items() if set_], "with", "add --generate or drop"
+    if stray:
+        one = len(stray) == 1
+        raise nr.UsageError(f"{', '.join(stray)} only appl{'ies' if one else 'y'} {where} --generate: "
+                            f"{fix} {'it' if one else 'them'}")
     if generate:
         types = list(dict.fromkeys([*([discover_on] if discover_on else []),
                                     *(variant or ["cot", "equation_only", "text_only"])]))

@@ -115,7 +115,7 @@ def prune(
 ROBUST_PROMPTS = OptionGroup("prompts", PROMPTS.options,
                              lambda task, data, n_prompts, seed, param, corrupt, n_corrupt, **explicit: (
                                  _prompts(task, data, n_prompts, seed, param, **explicit),
-                                 corrupt, n_corrupt or 1))
+                                 corrupt, 1 if n_corrupt is None else n_corrupt))
 
 
 @experiment_command(ROBUST_PROMPTS, KNN)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .results.io import writable
 
 TUNE = ("all", "attn", "mlp", "ln")
 STATE = ".finetune-state.pt"
@@ -108,6 +109,7 @@ def finetune(
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory for the revisions")
+    writable(out, folder=True)  # before the model loads: a folder that cannot be made is bad usage
     load_kwargs: dict[str, Any] = {}
     if model is not None and not isinstance(model, (str, Path)):  # a loaded model: train a fresh copy, not it
         loaded = model_info(model)

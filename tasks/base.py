@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 
-from nnsight_reasoning.errors import UsageError
+from nnsight_reasoning.errors import RunError, UsageError
 
 
 class TaskError(UsageError):
@@ -337,9 +337,19 @@ def read_rows(source: Any, split: str = "train", *, what: str = "rows") -> Any:
                 or path.suffix.lower() in (".txt", ".parquet", ".arrow", ".gz", ".xz", ".bz2", ".zip")):
             # no Hub id looks like this (owner/name): a local file that is not there
             raise TaskError(f"no such file: {path} ({what})")
-        return datasets.load_dataset(str(source), split=split)
+        from huggingface_hub.utils import logging as hub_logging
+
+        level = hub_logging.get_verbosity()
+        hub_logging.set_verbosity_error()  # its retry warnings (one per attempt) would bury the one-line error
+        try:
+            return datasets.load_dataset(str(source), split=split)
+        finally:
+            hub_logging.set_verbosity(level)
     except TaskError:
         raise
+    except ConnectionError:  # the Hub unreachable: a failure at run time (exit 1), not bad usage
+        raise RunError(f"cannot reach the Hugging Face Hub for {source!r}; connect, or pass a local file "
+                       f"({what})") from None
     except Exception as e:  # datasets raises several types for malformed files and unreachable hubs
         where = f"{path.name} as {kind.upper()}" if kind else f"the Hub dataset {source!r} (split {split!r})"
         raise TaskError(f"cannot read {where} ({type(e).__name__}); check the file or pass a local file "

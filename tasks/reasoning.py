@@ -166,7 +166,7 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     """
     check_choice("style", style, list(STYLES))
     if path is None:
-        raise TaskError(f"task {style!r} reads a local file: give path=FILE (CLI: --param path=FILE)")
+        raise TaskError(f"task {style!r} reads a local file: give path=FILE (CLI: --data FILE; evaluate: --param path=FILE)")
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"no such data file: {path}")

@@ -765,8 +765,8 @@ def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
     with pytest.raises(nr.tasks.TaskError, match="lacks column"):
         (tmp_path / "bad.csv").write_text("text,label\nhi,1\n")
         nr.tasks.mcq_contexts(2, data=str(tmp_path / "bad.csv"))
-    with pytest.raises(nr.tasks.TaskError, match="cannot read the Hub dataset"):
-        nr.tasks.mcq_contexts(2, data="no-such-user/no-such-dataset")
+    with pytest.raises(nr.RunError, match="cannot reach the Hugging Face Hub for 'no-such-user/no-such-dataset'"):
+        nr.tasks.mcq_contexts(2, data="no-such-user/no-such-dataset")  # offline (the tests' setting): exit 1
     out = tmp_path / "mcq.nc"
     res = CliRunner().invoke(app, ["binding", "--measure", "mcq", "--model", str(path), "--data", str(sst),
                                    "--n-contexts", "3", "--seed", "1", "--max-width", "3", "--no-progress",

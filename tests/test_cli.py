@@ -44,6 +44,16 @@ def test_show_and_plot(result_file, tmp_path):
 
     img = matplotlib.image.imread(png)
     assert img.shape[0] > 200 and img.shape[1] > 400
+    # a new folder is made; a name matplotlib cannot write, or a folder, is one line and exit 2
+    res = runner.invoke(app, ["plot", str(result_file), "--out", str(tmp_path / "new" / "heat.pdf")])
+    assert res.exit_code == 0 and (tmp_path / "new" / "heat.pdf").stat().st_size > 0, res.output
+    for bad, needle in (("heat.txt", "give a figure file ending in .png"), ("heat", "ending in .png"),
+                        ("a_dir.png", "is a directory: give a file name ending in .png")):
+        (tmp_path / "a_dir.png").mkdir(exist_ok=True)
+        res = runner.invoke(app, ["plot", str(result_file), "--out", str(tmp_path / bad)])
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
+    assert not (tmp_path / "heat.txt").exists() and not (tmp_path / "heat").exists()
 
 
 def test_tasks_models_evaluate(tmp_path, monkeypatch):

@@ -438,12 +438,14 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
     res = in_process(["export-graph", "q.nc", "q.json"])
     assert res.returncode == 0, res.output
     assert json.loads((tmp_path / "q.json").read_text())["cfg"]["n_layers"] == 4
+    assert in_process(["export-graph", "q.nc", "q_main.json", "--checkpoint", "main"]).returncode == 0
     for args, msg in [(["path-patching", "--receivers", "a7.0"], "unknown receiver 'a7.0'"),
                       (["path-patching", "--receivers", "m1", "--receiver-input", "q"], "must be a head"),
                       (["ioi-components", "--circuit", "none.nc"], "no such file"),
                       (["ioi-components", "--top-k", "0"], "top_k must be"),
                       (["export-graph", "q.nc", "q.txt"], "must end in .json"),
-                      (["export-graph", "q.nc", "no/dir/q.json"], "is not a directory")]:
+                      (["export-graph", "q.nc", "no/dir/q.json"], "is not a directory"),
+                      (["export-graph", "q.nc", "q2.json", "--checkpoint", "step0"], "not a sweep: drop --checkpoint")]:
         res = in_process([*args, "--no-progress", "--out", str(tmp_path / "bad.nc")] if args[0] != "export-graph"
                          else args)
         assert res.returncode == 2 and msg in res.output, (args, res.output)

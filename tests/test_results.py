@@ -51,6 +51,21 @@ def test_netcdf_round_trip(result, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no temp files left
 
 
+def test_a_result_gets_the_mode_a_plain_open_gives(result, tmp_path):
+    """Written atomically but readable as any file the user writes (mkstemp alone gives 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        path = nr.save_result(result, tmp_path / "r.nc")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o640
+
+
 def test_failed_write_leaves_no_file(result, tmp_path):
     bad = result.copy()
     bad["oops"] = ("prompt", np.array([{"a": 1}] * result.sizes["prompt"], dtype=object))

@@ -883,7 +883,10 @@ def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
         if checkpoint is not None and checkpoint not in names:
             raise UsageError(f"no checkpoint {checkpoint!r} in this result; it has {', '.join(names)}")
         one = ds.sel(checkpoint=checkpoint) if checkpoint is not None else ds.isel(checkpoint=-1)
-    else:
+    else:  # one revision's result: a checkpoint named must be that one
+        if checkpoint is not None and checkpoint != str(ds.attrs.get("revision")):
+            raise UsageError(f"this result is of one revision, {ds.attrs.get('revision')!r}, not a sweep: drop "
+                             f"--checkpoint {checkpoint}")
         one = ds
     if size is None and "min_circuit" in one and int(one["min_size"]) > 0:
         keep = one["min_circuit"].values.astype(bool)

@@ -87,7 +87,7 @@ def robustness(
     lo, hi = (int(x) for x in subset_size)
     if not 2 * folds <= lo <= hi <= len(plist):
         raise UsageError(f"subset_size must satisfy 2·folds <= lo <= hi <= the number of prompts ({len(plist)}); "
-                         f"got {subset_size}")
+                         f"got {subset_size} (CLI: --subset-min, --subset-max)")
     if n_subsets < 2 or n_bins < 1:
         raise UsageError(f"need n_subsets >= 2 and n_bins >= 1 (got {n_subsets}, {n_bins})")
     if corrupt is None:

@@ -95,6 +95,40 @@ def site_variables(ds: xr.Dataset) -> list[str]:
 _NETCDF_IO = threading.Lock()
 
 
+def writable(path: Path, ending: str = ".nc", *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory (unless
+    ``folder``: a folder to write into), a path under a file, or a location where no file can
+    be created (permissions, a read-only filesystem). Missing directories are fine (they are
+    created when the file is written) when their nearest existing ancestor takes a file. A file
+    is created and removed to find out, since permission bits alone say nothing for root or on
+    read-only mounts."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise UsageError(f"--out {path} is a directory: give a file name ending in {ending}")
+    ancestor = path if folder else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {path}: {ancestor} is a file, not a directory; choose another --out")
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".reason-interp-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot create files in {ancestor} ({e.strerror or e}); "
+                         "choose another --out") from None
+
+
+def temp_beside(path: Path) -> tuple[int, str]:
+    """``mkstemp`` in ``path``'s folder for an atomic write, with the mode a plain ``open`` would
+    give (mkstemp's 0600 would make shared results unreadable to the rest of a group)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _NETCDF_IO:  # reading the umask sets it: one thread at a time
+        umask = os.umask(0o022)
+        os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def save_result(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to netCDF atomically: a temp file in the same folder, then a rename.
 
@@ -108,7 +142,7 @@ def save_result(ds: xr.Dataset, path: str | Path) -> Path:
     ds.attrs = sanitize_attrs(ds.attrs)
     for name in list(ds.variables):
         ds[name].attrs = sanitize_attrs(ds[name].attrs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         with _NETCDF_IO:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import RunError, UsageError
+from .io import temp_beside
 
 MANIFEST = "manifest.json"
 
@@ -420,7 +420,7 @@ def _safe(key: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
