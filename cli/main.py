@@ -26,8 +26,8 @@ def patch(
     h: Harness,
     task: Task = "arithmetic",
     site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, attn_pattern, attn_weights, head, "
-                                                            "attn, neuron, mlp, resid (repeatable; embed is stored at "
-                                                            "layer -1)"),
+                                                            "attn, neuron, mlp, resid (repeatable; embed is always "
+                                                            "patched, whatever --layer says, and stored at layer -1)"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
     n_prompts: int = typer.Option(64, help="number of prompt pairs"),

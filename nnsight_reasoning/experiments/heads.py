@@ -187,12 +187,17 @@ def successor_heads(run: Run, sequences: OrdinalSequences) -> xr.Dataset:
 
 
 def _check(run: Run, sequences: Any) -> RepeatedTokens:
-    """The sequences, or a one-line error: ids outside this model's vocabulary (the harness has checked
-    that they are repeated tokens)."""
+    """The sequences, or a one-line error: ids outside this model's vocabulary, or longer than its
+    context (the harness has checked that they are repeated tokens)."""
     vocab = len(run.tokenizer)
     if max(max(row) for row in sequences.ids) >= vocab:
         raise UsageError(f"the sequences hold token ids beyond this model's vocabulary ({vocab}); generate them with "
                          f"nr.tasks.repeated_tokens(..., tokenizer=model.tokenizer)")
+    context = getattr(run.model.config, "max_position_embeddings", None)
+    length = max(len(row) for row in sequences.ids)
+    if context is not None and length > context:  # positions it never saw: scores there mean nothing
+        raise UsageError(f"the sequences are {length} tokens, longer than this model's context ({context}): use "
+                         f"seq_len <= {(context - 1) // 2}")
     return sequences
 
 
