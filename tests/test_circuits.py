@@ -462,9 +462,9 @@ def test_eap_bad_input(embedded_model, small_pairs):
                         (dict(batch_size=3), "batch_size must hold")]:
         with pytest.raises(UsageError, match=msg):
             nr.circuit(embedded_model, small_pairs, progress=False, **kwargs)
-    with pytest.raises(UsageError, match="single labelled prompts"):
+    with pytest.raises(UsageError, match=r"circuit\(\) takes PromptPairs .*kth_smallest_pairs.* \(got ReasoningPrompts\)"):
         nr.circuit(embedded_model, nr.tasks.kth_smallest(4), progress=False)
-    with pytest.raises(UsageError, match="single labelled prompts"):
+    with pytest.raises(UsageError, match=r"edge_patching\(\) takes PromptPairs .* \(got ReasoningPrompts\)"):
         nr.edge_patching(embedded_model, nr.tasks.kth_smallest(4), progress=False)
     with pytest.raises(UsageError, match="batch_size must hold"):
         nr.edge_patching(embedded_model, small_pairs, batch_size=1, progress=False)

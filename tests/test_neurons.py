@@ -350,8 +350,10 @@ def test_neuron_bad_input(embedded_model):
     data = nr.tasks.cot_variants(4, ["equation_only"])
     with pytest.raises(UsageError, match="discover_on='full' is not among the data's variants"):
         nr.neurons(embedded_model, data, progress=False)
-    with pytest.raises(UsageError, match="prompt variants"):
+    with pytest.raises(UsageError, match=r"takes CotVariants or a list of CotPrompt, from nr.tasks.cot_variants"):
         nr.neurons(embedded_model, ["a prompt"], progress=False)
+    with pytest.raises(UsageError, match="no prompts given"):
+        nr.neurons(embedded_model, [], progress=False)
     with pytest.raises(UsageError, match="min_frequency"):
         nr.neurons(embedded_model, data, discover_on="equation_only", min_frequency=1.5, progress=False)
     with pytest.raises(UsageError, match="neuron 9999 is out of range"):

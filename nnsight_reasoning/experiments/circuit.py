@@ -52,7 +52,7 @@ import xarray as xr
 from ..backend import graph
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..tasks import PromptPair, PromptPairs, ReasoningPrompts
+from ..tasks import PromptPair, PromptPairs
 from .patch import Tokens, tokenize_pairs
 
 DEFAULT_SIZES = (10, 20, 50, 100, 200)
@@ -363,15 +363,8 @@ class Shape:
         return {**out, "d_model": self.d_model} if self.d_model else out
 
 
-def _refuse_single_prompts(pairs) -> None:
-    if isinstance(pairs, ReasoningPrompts):
-        raise UsageError(f"{pairs.task} prompts are single labelled prompts; edge attribution needs clean/corrupted "
-                         f"pairs, e.g. nr.tasks.kth_smallest_pairs(...)")
-
-
 def _prepare(run: Run, pairs) -> tuple[list[PromptPair], Tokens]:
     """The pairs as a list and their token ids; refuses bad pairs before any pass."""
-    _refuse_single_prompts(pairs)
     pair_list = list(pairs)
     if not pair_list:
         raise UsageError("no prompt pairs given")

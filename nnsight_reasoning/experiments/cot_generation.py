@@ -60,9 +60,6 @@ SELECT = ("concepts", "frequency")
 
 def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations: Sequence[str], top_k: int,
            max_new_tokens: int, min_frequency: float, noise_scale: float, n_neurons: int) -> list[str]:
-    if not isinstance(prompts, CotGeneration):
-        raise UsageError("cot_generation takes prompts the model completes: nr.tasks.cot_generation(n_prompts, "
-                         "variants, ...)")
     if discover_on not in PROMPT_TYPES:
         raise UsageError(f"unknown prompt type {discover_on!r}; choose from: {', '.join(PROMPT_TYPES)}")
     if discover_on not in prompts.prompts:

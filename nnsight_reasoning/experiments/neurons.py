@@ -424,10 +424,9 @@ def _by_variant(prompts: Any) -> tuple[dict[str, list[CotPrompt]], dict[str, Any
     """Prompts per variant (problem k at index k in each) and the data's params."""
     if isinstance(prompts, CotVariants):
         return {v: list(ps) for v, ps in prompts.prompts.items()}, dict(prompts.params)
-    items = list(prompts)
-    if not items or not all(isinstance(p, CotPrompt) for p in items):
-        raise UsageError("neurons takes prompt variants: nr.tasks.cot_variants(n_prompts, variants, ...) (or "
-                         "CotPrompt objects of several variants)")
+    items = list(prompts)  # CotPrompt objects (the harness checked): of several variants
+    if not items:
+        raise UsageError("no prompts given: nr.tasks.cot_variants(n_prompts, variants, ...)")
     sets: dict[str, list[CotPrompt]] = {}
     for p in items:
         sets.setdefault(p.variant, []).append(p)
@@ -437,7 +436,7 @@ def _by_variant(prompts: Any) -> tuple[dict[str, list[CotPrompt]], dict[str, Any
 @experiment("cot_neurons", batch_size=64, fixed_in_sweeps=("units", _discovered_units))
 def neurons(
     run: Run,
-    prompts: CotVariants,
+    prompts: CotVariants | Sequence[CotPrompt],
     *,
     discover_on: str = "full",
     top_k: int = 20,
