@@ -100,7 +100,8 @@ def settings(remote: bool | str = True, *, need_key: bool = True) -> Settings:
     api = nnsight.CONFIG.API
     host = remote if isinstance(remote, str) else (os.environ.get("NDIF_HOST") or api.HOST or "")
     if not host.startswith(("http://", "https://")):
-        raise UsageError(f"NDIF host must start with http:// or https:// (got {host!r}); set NDIF_HOST")
+        raise UsageError(f"NDIF host must start with http:// or https:// (got {host!r}): give such a URL "
+                         f"(NDIF_HOST, or --host)")
     key = os.environ.get("NDIF_API_KEY") or api.APIKEY or ""
     if need_key and not key:
         raise RunError("no NDIF API key: set NDIF_API_KEY (get one at https://login.ndif.us) "

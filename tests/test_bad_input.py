@@ -158,6 +158,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("show", [], "Missing argument 'path'"),
     ("plot", ["{d}/missing.nc"], "no such results file"),
     ("plot", ["{d}/junk.nc"], "cannot read"),
+    ("show", ["{d}/a_dir.nc"], "is a folder: give a results file (.nc)"),
     ("export-graph", ["{d}/missing.nc", "{d}/g.json"], "no such results file"),
     ("export-graph", ["{d}/junk.nc", "{d}/g.json"], "cannot read"),
     # output paths: unwritable, a directory, under a file, not .nc, existing

@@ -428,7 +428,8 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
     res = in_process(["ioi-components", "--n-prompts", "6", "--circuit", "q.nc", "--revisions", "step512,main",
                       "--no-progress"])
     assert res.returncode == 0 and "IOI components" in res.output and "step512:" in res.output, res.output
-    comp = nr.load_result(tmp_path / "results" / "ioi_components_ioi_embedded_step512-main.nc")
+    comp_path = tmp_path / "results" / "ioi_components_ioi_embedded_step512-main.nc"
+    comp = nr.load_result(comp_path)
     nr.testing.assert_valid_result(comp)
     assert comp.attrs["candidates"] == "circuit" and comp.name_mover.dims == ("checkpoint", "layer", "head")
     fig = nr.plot_result(comp)  # grids at the last checkpoint, lines over the sweep
@@ -445,7 +446,8 @@ def test_cli_path_patching_components_and_graph_export(tmp_path, monkeypatch):
                       (["ioi-components", "--top-k", "0"], "top_k must be"),
                       (["export-graph", "q.nc", "q.txt"], "must end in .json"),
                       (["export-graph", "q.nc", "no/dir/q.json"], "is not a directory"),
-                      (["export-graph", "q.nc", "q2.json", "--checkpoint", "step0"], "not a sweep: drop --checkpoint")]:
+                      (["export-graph", "q.nc", "q2.json", "--checkpoint", "step0"], "not a sweep: drop --checkpoint"),
+                      (["export-graph", str(comp_path), "q3.json"], "exported from a circuit result")]:
         res = in_process([*args, "--no-progress", "--out", str(tmp_path / "bad.nc")] if args[0] != "export-graph"
                          else args)
         assert res.returncode == 2 and msg in res.output, (args, res.output)

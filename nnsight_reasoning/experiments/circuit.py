@@ -868,6 +868,9 @@ def to_eap_ig_json(ds: xr.Dataset, path: str | Path, *, size: int | None = None,
     last). Scores are the result's (mean over prompts, its metric's units)."""
     import json
 
+    if ds.attrs.get("method") not in ("eap", "eap_ig"):
+        raise UsageError(f"a graph is exported from a circuit result (nr.circuit, reason-interp circuit --qkv); "
+                         f"this one is {ds.attrs.get('method')!r}")
     if int(ds.attrs.get("qkv", 0)) != 1:
         raise UsageError("EAP-IG's graphs have separate edges into each head's query, key and value: run "
                          "nr.circuit(..., qkv=True) (reason-interp circuit --qkv) to export one")

@@ -157,6 +157,8 @@ def save_result(ds: xr.Dataset, path: str | Path) -> Path:
 def load_result(path: str | Path) -> xr.Dataset:
     """Read a result file fully into memory (the file is closed afterwards)."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: give a results file (.nc)")
     if not path.is_file():
         raise UsageError(f"no such results file: {path}")
     try:
