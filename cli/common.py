@@ -116,8 +116,8 @@ def task_params(params: List[str], *, own: dict | None = None, **explicit) -> di
         k, v = (s.strip() for s in item.split("=", 1))
         if k in own:
             raise UsageError(f"--param {k}: the command sets it with {own[k]}")
-        if k in out_ and k in explicit:
-            raise UsageError(f"--param {k} sets what one of the command's options already set: give it once")
+        if explicit.get(k) not in (None, [], ()):  # given twice: by its own option and by --param
+            raise UsageError(f"--param {k} and the command's own option for {k} both set it: give it once")
         try:
             out_[k] = json.loads(v)
         except json.JSONDecodeError:

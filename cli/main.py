@@ -108,17 +108,21 @@ def finetune(
     """Fine-tune a model on a task (as MechanisticProbe fine-tunes GPT-2 on k-th smallest); the revisions
     it writes are a model directory every command accepts (--model OUT --revisions all). A killed run
     resumes from its last saved revision when the same command runs again."""
+    import inspect
     import time
 
     import nnsight_reasoning as nr
 
     from .common import out as console  # `out` is the option here
 
+    # a --param must not name one of finetune's own keywords (they would arrive twice)
+    own = {**{k: f"--{k.replace('_', '-')}" for k in inspect.signature(nr.finetune).parameters if k != "task_params"},
+           "n_prompts": "--batch-size", "tokenizer": "--model"}
     t0 = time.perf_counter()
     path = nr.finetune(model, task, out=out, tune=tune, steps=steps, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, warmup=warmup, save_every=save_every, revision=revision, seed=seed,
                        restart=restart, progress=progress,
-                       **task_params(param, own={"n_prompts": "--batch-size", "seed": "--seed", "tokenizer": "--model"}))
+                       **task_params(param, own=own))
     log = json.loads((path / "finetune.json").read_text())
     loss = log["loss"]
     console.print(f"wrote [bold]{path}[/] in {time.perf_counter() - t0:.1f} s: revisions "

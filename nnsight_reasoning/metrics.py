@@ -30,13 +30,13 @@ import numpy as np
 
 METRICS: dict[str, str] = {
     "stolfo_ie": "indirect effect of Stolfo et al. 2023 (dimensionless; 0 = no effect)",
-    "logit_diff": "change of logit(r2) - logit(r1) caused by the patch (nats)",
+    "logit_diff": "change of logit(r2) - logit(r1) caused by the patch (logits)",
     "absolute": "(P(r1) - P*(r1)) + (P*(r2) - P(r2)), lm-arithmetic's absolute change (probability)",
     "source_increase": "P*(r2) - P(r2), the rise of the source answer's probability",
     "relative_source_increase": "(P*(r2) - P(r2)) / P(r2), the relative rise of the source answer's probability",
     "same_result": "|P(r1) - P*(r1)|, lm-arithmetic's effect for same-result pairs (r1 = r2)",
 }
-#: Metrics read from logits (units: nats); the others from probabilities (units: 1).
+#: Metrics read from logits (units: logits); the others from probabilities (units: 1).
 LOGIT_METRICS = ("logit_diff",)
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -289,6 +290,8 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
              remote: bool | str, progress: bool, resume_dir: str | Path | None,
              revisions: str | Sequence[str] | None, cluster: Cluster | None) -> xr.Dataset:
     """:func:`execute` once its cluster (or None) is connected."""
+    if not _per_tokenizer(data):
+        check_data(exp.compute, data)  # before anything reads it (a list of models digests it first)
     if isinstance(model, (list, tuple)):
         # parts of the whole run are checked against the data as the first model's tokenizer
         # makes it (a function's name alone would not tell two data sizes apart)
@@ -302,7 +305,7 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
         if revisions is None:
             model = coerce_model(model)
         data = data(_tokenizer_of(model, revisions))
-    check_data(exp.compute, data)
+        check_data(exp.compute, data)
 
     def once(m: Any, resume_dir: str | Path | None = None) -> xr.Dataset:
         return _execute_once(exp, m, data, options, batch_size, remote, progress, resume_dir, revisions is not None)
@@ -369,7 +372,7 @@ def _fits(hint: Any, value: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_fits(arm, value) for arm in typing.get_args(hint))
     if origin in (collections.abc.Sequence, list, tuple):
-        if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (collections.abc.Sequence, np.ndarray)):
             return False
         item = (typing.get_args(hint) or (Any,))[0]
         return item is Any or all(_fits(item, v) for v in value)
@@ -398,7 +401,8 @@ def _described(hint: Any) -> str:
 
 def _described_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of {type(value[0]).__name__}" if value else f"an empty {type(value).__name__}"
+        kinds = " and ".join(dict.fromkeys(type(v).__name__ for v in value))  # each kind once, in order
+        return f"a {type(value).__name__} of {kinds}" if value else f"an empty {type(value).__name__}"
     return type(value).__name__
 
 

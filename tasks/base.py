@@ -104,7 +104,8 @@ class PromptPairs(TaskData):
     """
 
     _items: ClassVar[str] = "pairs"
-    made_by: ClassVar[str] = "nr.tasks.arithmetic(...), nr.tasks.ioi(...) or nr.tasks.kth_smallest_pairs(...)"
+    made_by: ClassVar[str] = ("nr.tasks.arithmetic(...), nr.tasks.ioi(...), nr.tasks.kth_smallest_pairs(...) or any "
+                              "task's pairs (nr.tasks.get_task(name).pairs)")
     task: str
     params: dict[str, Any]
     pairs: tuple[PromptPair, ...]

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 
 matplotlib.use("Agg")
@@ -65,7 +66,11 @@ def test_other_data_stops_at_the_harness_with_one_line_naming_the_generators(emb
         nr.attention(embedded_model, pairs, progress=False)
     with pytest.raises(UsageError, match=r"\(got a list of str\)"):
         nr.patch(embedded_model, ["1 + 2 =", "3 + 4 ="], progress=False)
+    with pytest.raises(UsageError, match=r"\(got a list of PromptPair and str\)$"):  # each kind named
+        nr.patch(embedded_model, [pairs[0], "oops"], progress=False)
     check_data(nr.patch.experiment.compute, list(pairs))  # a list of pairs is data too
+    check_data(nr.evaluate.experiment.compute, nr.tasks.cot_variants(2, ["full"]).variant("full")[:2])  # a tuple
+    check_data(nr.experiments.neurons.activations.experiment.compute, np.array(["1 + 2 =", "3 + 4 ="]))
     check_data(nr.attention.experiment.compute, nr.tasks.kth_smallest(n_prompts=2))
     check_data(nr.evaluate.experiment.compute, nr.tasks.examples("arithmetic", n_prompts=2))
 

@@ -129,8 +129,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("neurons", ["--ranking", "nosuch", "--ablation", "zero"], "--ranking, --ablation only apply with --generate"),
     ("neurons", ["--generate", "--n-shots", "3"], "--n-shots only applies without --generate: drop it"),
     ("attention", ["--param", "n_prompts=3"], "--param n_prompts: the command sets it with --n-prompts"),
-    ("patch", ["--max-n", "5", "--param", "max_n=7"], "--param max_n sets what one of the command's options"),
+    ("patch", ["--max-n", "5", "--param", "max_n=7"], "--param max_n and the command's own option for max_n both"),
     ("finetune", ["--out", "{d}/ft", "--param", "n_prompts=3"], "--param n_prompts: the command sets it with --batch-size"),
+    ("finetune", ["--out", "{d}/ft", "--param", "lr=0.1"], "--param lr: the command sets it with --lr"),
+    ("probe", ["--param", "max_n=5", "--param", "max_n=x"], "max_n must be"),  # the last --param counts
     ("evaluate", ["--param", "n_operands=["], "n_operands must be an integer between 2 and 3"),
     ("evaluate", ["--n-prompts", "abc"], "Invalid value for '--n-prompts'"),
     ("circuit", ["--sizes", "abc"], "--sizes must be comma-separated integers"),

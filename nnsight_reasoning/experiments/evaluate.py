@@ -10,11 +10,11 @@ import xarray as xr
 from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..tasks import Example, Examples
+from ..tasks import CotPrompt, Example, Examples
 
 
 @experiment("evaluate", batch_size=256)
-def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
+def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr.Dataset:
     """Score the model's next token on each example (``nr.tasks.examples("arithmetic", 200)``).
 
     Returns a Dataset along ``prompt`` with ``correct`` (0/1: the answer is the argmax),
@@ -35,9 +35,6 @@ def evaluate(run: Run, examples: Examples | Sequence[Example]) -> xr.Dataset:
     ``accuracy`` (the top-1 token over the vocabulary is correct) and its probability mass is
     ``p_answer``.
     """
-    if isinstance(examples, str):
-        raise UsageError(f"evaluate takes examples, not a task name: nr.evaluate(model, "
-                         f"nr.tasks.examples({examples!r}, n_prompts=200))")
     items = list(examples)
     if not items:
         raise UsageError("no examples given")

@@ -121,12 +121,14 @@ def writable(path: Path, ending: str = ".nc", *, folder: bool = False) -> None:
 def temp_beside(path: Path) -> tuple[int, str]:
     """``mkstemp`` in ``path``'s folder for an atomic write, with the mode a plain ``open`` would
     give (mkstemp's 0600 would make shared results unreadable to the rest of a group)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with _NETCDF_IO:  # reading the umask sets it: one thread at a time
-        umask = os.umask(0o022)
-        os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
+    import secrets
+
+    while True:  # as mkstemp, but with mode 0666 for the kernel to apply the umask to (no process-wide umask read)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), str(tmp)
+        except FileExistsError:
+            continue
 
 
 def save_result(ds: xr.Dataset, path: str | Path) -> Path:
