@@ -93,6 +93,21 @@ def guard(fn):
     return wrapper
 
 
+def typed(*names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that were given on the command line, as
+    ``--option`` spellings, whatever their value (a default restated is still given)."""
+    try:  # typer >= 0.24 vendors click, and its context is the one the command runs in
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+        from click.core import ParameterSource
+
+    ctx = get_current_context()
+    return [f"--{n.replace('_', '-')}" for n in names
+            if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
 def given(**options: Any) -> dict:
     """The options that were given (not None), so that the library's own defaults apply to the rest."""
     return {k: v for k, v in options.items() if v is not None}

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import Harness, Seed, experiment_command, given
+from .common import Harness, Seed, experiment_command, given, typed
 
 
 @experiment_command()
@@ -38,10 +38,12 @@ def neurons(
     prompts_dir: Optional[Path] = typer.Option(None, help="--generate: exemplar files in the repository's layout "
                                                           "(data/prompts/*.txt); default the style's shipped files"),
     max_new_tokens: int = typer.Option(48, help="--generate: tokens generated per prompt"),
-    ranking: str = typer.Option("algorithm_one", help="--generate: algorithm_one (|a|·‖w‖) or direct_contribution"),
+    ranking: str = typer.Option("algorithm_one",
+                                help="--generate: algorithm_one (|a|·‖w‖) or direct_contribution"),
     select: str = typer.Option("concepts", help="--generate: units are the concept neurons (concepts) or the "
                                                 "frequently ranked ones (frequency)"),
-    ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random, random_zero (repeatable; default all)"),
+    ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random, random_zero "
+                                                "(repeatable; default all)"),
     noise_scale: float = typer.Option(1.0, help="--generate: multiplier of the N(-1, 1) noise (1: the repository's)"),
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
@@ -54,13 +56,11 @@ def neurons(
 
     units = parse_units(unit) if unit else None
     # options of the other mode are refused, not ignored (a typo in one would otherwise pass unseen)
-    generate_only = {"--style": style != "embedded", "--prompts-dir": prompts_dir is not None,
-                     "--max-new-tokens": max_new_tokens != 48, "--ranking": ranking != "algorithm_one",
-                     "--select": select != "concepts", "--ablation": bool(ablation), "--noise-scale": noise_scale != 1.0}
     if generate:
-        stray, where, fix = ["--n-shots"] if n_shots != 1 else [], "without", "drop"
+        stray, where, fix = typed("n_shots"), "without", "drop"
     else:
-        stray, where, fix = [f for f, set_ in generate_only.items() if set_], "with", "add --generate or drop"
+        stray, where, fix = (typed("style", "prompts_dir", "max_new_tokens", "ranking", "select", "ablation",
+                                   "noise_scale"), "with", "add --generate or drop")
     if stray:
         one = len(stray) == 1
         raise nr.UsageError(f"{', '.join(stray)} only appl{'ies' if one else 'y'} {where} --generate: "
@@ -72,9 +72,8 @@ def neurons(
               lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
                                                   n_steps=n_steps, seed=seed),
               kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
-              ranking=ranking, top_k=top_k, select=select, **given(min_frequency=min_frequency),
-              ablations=tuple(ablation) or ("noise", "zero", "mean", "random", "random_zero"), units=units, noise_scale=noise_scale,
-              seed=seed)
+              ranking=ranking, top_k=top_k, select=select, units=units, noise_scale=noise_scale, seed=seed,
+              **given(min_frequency=min_frequency, ablations=tuple(ablation) or None))
         return
     discover_on = discover_on or "full"
     variants = [discover_on, *(variant or nr.tasks.COT_VARIANTS)]  # the discovery variant first
@@ -93,9 +92,9 @@ def binding(
     n_contexts: int = typer.Option(200, help="contexts (each queried once per entity)"),
     n_pairs: int = typer.Option(2, help="entity-attribute statements per context"),
     n_estimate: int = typer.Option(200, help="other contexts for the binding-ID difference vectors"),
-    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | boxes | shapes | "
-                                                   "parallel, onehop (these two need a vocabulary with cities, "
-                                                   "respectively; person, living, color)"),
+    family: str = typer.Option("cities", help="statement family: cities | capitals | fruits | occupations | boxes | "
+                                              "shapes | parallel, onehop (these two need a vocabulary with cities, "
+                                              "respectively; person, living, color)"),
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "

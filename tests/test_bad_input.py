@@ -128,6 +128,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("heads", ["--seq-len", "200"], "longer than this model's context (256): use seq_len <= 127"),
     ("neurons", ["--ranking", "nosuch", "--ablation", "zero"], "--ranking, --ablation only apply with --generate"),
     ("neurons", ["--generate", "--n-shots", "3"], "--n-shots only applies without --generate: drop it"),
+    # given on the command line, even at its default value, is given (click's parameter source)
+    ("neurons", ["--max-new-tokens", "48"], "--max-new-tokens only applies with --generate"),
+    ("neurons", ["--generate", "--n-shots", "1"], "--n-shots only applies without --generate: drop it"),
     ("attention", ["--param", "n_prompts=3"], "--param n_prompts: the command sets it with --n-prompts"),
     ("patch", ["--max-n", "5", "--param", "max_n=7"], "--param max_n and the command's own option for max_n both"),
     ("finetune", ["--out", "{d}/ft", "--param", "n_prompts=3"], "--param n_prompts: the command sets it with --batch-size"),

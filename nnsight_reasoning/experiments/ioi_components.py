@@ -138,7 +138,7 @@ def ioi_components(
     >>> ds = nr.ioi_components(model, nr.tasks.ioi(70, corruption="swap", tokenizer=model.tokenizer))
     >>> ds.name_mover.where(ds.name_mover, drop=True)
     """
-    if not isinstance(pairs, PromptPairs) or pairs.task != "ioi":
+    if pairs.task != "ioi":  # the harness has checked that these are PromptPairs
         raise UsageError("ioi_components needs IOI pairs: nr.tasks.ioi(n, corruption='swap', "
                          "tokenizer=model.tokenizer)")
     if not isinstance(top_k, int) or top_k < 1:
