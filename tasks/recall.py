@@ -25,7 +25,7 @@ subject's object, r' = the source subject's.
 ``template``) and ``TREx/<relation>.jsonl`` (fields ``sub_label``, ``obj_label``), or one
 TREx ``.jsonl`` file (``predicate_id`` names the relation; the LAMA templates of the
 repository's six relations are built in). The repository's relations are used
-(``RELATIONS_SUBSET``: P36, P1376, P279, P19, P103, P20) unless ``relation`` names one.
+(``RELS_SUBSET``: P36, P1376, P279, P19, P103, P20) unless ``relation`` names one.
 """
 from __future__ import annotations
 

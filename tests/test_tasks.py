@@ -251,8 +251,27 @@ def test_operation_intervention_is_built_as_lm_arithmetic_builds_it():
         assert (b[0], b[2]) == (s[0], s[2]) and b[1] != s[1] and p.base_answer != p.source_answer
         seen.add((b[1], s[1]))
     assert {a for a, _ in seen} == set("+-*/") and {b for _, b in seen} == set("+-*/")
-    # the other interventions keep + and - unless asked
+    # the other interventions keep + and - unless asked, or unless the templates are the repository's
     assert "operations" not in nr.tasks.arithmetic(n_prompts=2).params
+    for kind in ("operands", "same_result"):
+        assert nr.tasks.arithmetic(kind, n_prompts=2, templates="stolfo").params["operations"] == "+-*/"
+        assert nr.tasks.arithmetic(kind, n_prompts=2, templates=["stolfo:2"]).params["operations"] == "+-*/"
+
+
+def test_operation_pairs_loop_over_op1_and_draw_op2_once():
+    """lm-arithmetic's loop: op1 in turn (a block of pairs per operator, every template in each),
+    op2 drawn once per pair and only the operands redrawn, so operator pairs with few valid
+    operands (x and /) are drawn as often as the others (redrawing the operators with the operands
+    drew (*, /) twice in 480 pairs)."""
+    import collections
+
+    pairs = nr.tasks.arithmetic("operation", n_prompts=480, max_n=99, seed=0, templates=["{expr} ="])
+    ops = [(p.base.split()[1], p.source.split()[1]) for p in pairs]
+    assert [a for a, _ in ops[:4]] == list("+-*/")  # one template: op1 changes every pair
+    counts = collections.Counter(ops)
+    assert set(counts) == {(a, b) for a in "+-*/" for b in "+-*/" if a != b}
+    assert collections.Counter(a for a, _ in ops) == {o: 120 for o in "+-*/"}
+    assert min(counts.values()) >= 25  # 40 expected per ordered pair (binomial sd ~6)
 
 
 def test_max_result_bounds_results_as_for_digit_splitting_tokenizers():
