@@ -49,7 +49,9 @@ class PromptStyle:
     ``zero_shot`` is the whole prompt of the zero-shot type. ``answer_prompt``: the zero-shot
     type's second question, asked after the model's reasoning up to ``zero_shot_stop`` (the
     repository's "Therefore, the answer (arabic numerals) is"); empty: no second question, the
-    last number of the reasoning is read."""
+    last number of the reasoning is read. ``strict``: an answer is read only after the phrase and
+    must end in a number, as the repository reads it (else the lenient fallbacks of
+    :func:`parse_answer`)."""
 
     name: str
     question: str
@@ -61,14 +63,15 @@ class PromptStyle:
     zero_shot: str
     answer_prompt: str = ""
     zero_shot_stop: str = ""
+    strict: bool = False
 
 
 STYLES = {
     # gsm8k_inference.py:run_inference and the zero-shot "Q: … A: Let's think step by step."
-    # its zero-shot answers: gsm8k_inference.py:164-186 (clean_cot_pred_answers, extract_pred_answers)
+    # its zero-shot answers: gsm8k_inference.py:164-186 (clean_cot_pred_answers) and :38-55 (extract_pred_answers)
     "repository": PromptStyle("repository", "Question: ", "\nLet's think step by step\n", "\n\n", ("equation_only",),
                               "The answer is", "\n\nQuestion:", "Q: {question} A: Let's think step by step.",
-                              " Therefore, the answer (arabic numerals) is ", "\nQ:"),
+                              " Therefore, the answer (arabic numerals) is ", "\nQ:", strict=True),
     "embedded": PromptStyle("embedded", "Q : ", "\nA :", "\nA :", (), "The result is", "Q :", "Q : {question} A :"),
 }
 
@@ -146,11 +149,23 @@ _NOT_NUMBER = re.compile(r"[a-zA-Z%$=\-.]")
 
 def parse_answer(generated: str, style: PromptStyle) -> int | None:
     """The number the model answered in its ``generated`` text (the prompt not included), or
-    None. As the repository's ``extract_cot_with_example_pred_answers``: the text after the
-    first answer phrase, up to the next exemplar's start, with letters and ``% $ = - .``
-    blanked and commas removed; its last number. Failing a phrase: a GSM8K ``#### N``, else
+    None. A ``strict`` style (``repository``) reads it as the repository's
+    ``extract_cot_with_example_pred_answers`` does (``gsm8k_inference.py:100-120``): the text
+    after the first "phrase " (the generated one: the repository's piece 9, after its eight
+    exemplars'), up to the next exemplar's start, letters and ``% $ = - .`` blanked, commas
+    removed; its last word, which must be a number (else None, the repository's 234234, always
+    wrong). Otherwise the last number in that text, and failing a phrase a GSM8K ``#### N``, else
     the last number before the next exemplar (zero-shot answers in a style without a second
     question; with one, :func:`zero_shot_followup` and :func:`parse_zero_shot`)."""
+    if style.strict:
+        pieces = generated.split(style.phrase + " ")
+        if len(pieces) < 2:
+            return None
+        words = _NOT_NUMBER.sub(" ", pieces[1].split(style.stop)[0]).replace(",", "").split()
+        try:
+            return int(float(words[-1]))
+        except (IndexError, ValueError):
+            return None
     text = generated.split(style.stop)[0] if style.stop.strip() else generated
     if style.phrase in text:  # up to a second phrase too (the repository reads one split piece)
         text = text.split(style.phrase)[1]

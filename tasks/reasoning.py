@@ -302,8 +302,8 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
                           n_shots: int = 0, seed: int = 0) -> list[ReasoningPrompt]:
     """Labelled prompts from one of ProofWriter's published files (``meta-{train,dev,test}.jsonl``
     of a ``depth-N`` folder): one prompt per question that has a proof, as the repository's
-    ``preprocess_proofwriter`` keeps them (no ``NAF`` — negation as failure —, a single proof,
-    no ``OR``); a proof that applies one rule twice (its statement would sit at two steps) is
+    ``preprocess_proofwriter`` and probe script keep them (no ``NAF`` — negation as failure —, a
+    single proof, no ``OR``: ``src/rtask/proofwriter_probe.py:192, 259``); a proof that applies one rule twice (its statement would sit at two steps) is
     left out too.
 
     Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
@@ -406,7 +406,7 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
     that says "The answer is …"; the reasoning graph's edges between them (both ends before the
     answer unit) are the proof. A unit in the graph is useful, with :func:`proof_steps` as its
     step (the whole graph: the repository keeps its longest path as a chain, and its parser of
-    that chain keeps only the first step, so every later unit gets no label); the others are
+    that chain keeps only the first step, so every later unit lands in the final step's class); the others are
     not used. The question is "Question : {question} {options} Answer :", the answer the
     first of ``answer``. ``max_depth``, ``n_shots``: as :func:`proofwriter_questions` (the
     repository probes depth ≤ 2).

@@ -189,11 +189,19 @@ def test_parse_answer_follows_the_repository():
     assert parse_answer("First 3 + 2 = 5.\nThe answer is 5.\n\nQuestion: Tom has 7", rep) == 5
     assert parse_answer("So 74 - 35 = 39.\nThe answer is $1,200 dollars.\n\nQuestion: 9", rep) == 1200
     assert parse_answer("The answer is 6. The answer is 8.", rep) == 6  # the first phrase
-    assert parse_answer("Natalia sold 48/2 = 24 clips.\n#### 72", rep) == 72  # GSM8K's mark
     assert parse_answer("no number here\n\nQuestion: 4", rep) is None
-    emb = STYLES["embedded"]
+    # strict, as gsm8k_inference.py:100-120: no phrase, or a last word that is not a number, is no
+    # answer (the repository's 234234); "The answer is:" is not the phrase; the phrase is found
+    # before the text is cut at the next question
+    assert parse_answer("Natalia sold 48/2 = 24 clips.\n#### 72", rep) is None
+    assert parse_answer("So he earns $18 every day.\n\nQuestion: 4", rep) is None
+    assert parse_answer("The answer is 18 (dollars).", rep) is None
+    assert parse_answer("The answer is: 18. The answer is 7.", rep) == 7
+    assert parse_answer("\n\nQuestion: Tom has 2. The answer is 5.", rep) == 5
+    emb = STYLES["embedded"]  # the toolkit's own style reads leniently
     assert parse_answer("5 + 3 = 8 . The result is 8 . Q : Tom had 3", emb) == 8
     assert parse_answer("5 + 3 = 8 . Q : The result is 4", emb) == 8  # the next exemplar is not read
+    assert parse_answer("Natalia sold 48/2 = 24 clips.\n#### 72", emb) == 72  # GSM8K's mark
 
 
 def test_exemplar_files_are_read_as_the_repository_reads_them(tmp_path):

@@ -32,7 +32,8 @@ neuron_discovery/algorithm_one.py``, ``algorithm_two.py``, ``prompt_gpt.py``,
    ``noise_scale`` (1: the repository's) to every unit's output-weight column; ``zero`` sets
    the units to 0 and ``mean`` to their mean activation on the read steps of the correctly
    answered ``discover_on`` prompts, at every position; ``random`` is ``noise`` on as many
-   other neurons of the same layers (the repository's baseline), ``random_zero`` those
+   other neurons of the same layers (the repository's baseline draws 10 from any layers: see
+   docs/rai_yao.md), ``random_zero`` those
    neurons zeroed (the baseline of ``zero``).
 
 Departures from the repository, and why, are listed in ``docs/rai_yao.md``.

@@ -15,8 +15,8 @@ repository's evaluator.
 Departures from the repository, and why:
 
 - it masks ``int(p·N) + 1`` heads at p % (a ``<=`` loop, one head too many); here round(f·N);
-- its random order is one draw (seed 42); here ``n_random`` draws, seeds ``seed`` … (the
-  paper's figure shows one; several show the spread);
+- its random baseline draws fresh heads at each fraction (``prune.py:120-122, 135``: not nested);
+  here ``n_random`` random orders, each pruned in order, seeds ``seed`` … (several show the spread);
 - its entropy ties are broken at random; here by (layer, head) order, so a run is reproducible;
 - entropy and accuracy come from the same prompts, as there (its 10,000 test lists).
 """
