@@ -3,7 +3,7 @@
 "The war lasted from the year 1732 to the year 17" -> any year after 32 ("33" … "99").
 
 Following circuits-over-time's ``data/greater_than_dataset.py`` (``generate_real_sentence``,
-``get_valid_years``; its file index gives no line numbers): centuries 11..17, the start year's
+``get_valid_years``; the ``XX01`` corruption at :67-72): centuries 11..17, the start year's
 two last digits YY in 02..98 (drawn uniformly here; the repository cycles through them), a
 noun from a list of 16 (the repository's ``default_nouns`` has ~120). Patching pairs
 (:func:`greater_than_pairs`) corrupt the start year to ``XX01`` (Hanna et al.'s corruption, the

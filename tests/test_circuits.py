@@ -432,6 +432,24 @@ def test_overlap_is_jaccard_of_each_checkpoints_circuit(embedded_model):
         stability(main)
 
 
+def test_stability_compares_each_checkpoints_own_smallest_faithful_circuit(small_pairs):
+    """With a search over a sweep, the repository compares the graph each checkpoint's search chose
+    (get_circuits_over_time.py:471-476): stability() without n_edges uses each min_circuit, and
+    with n_edges one size for all."""
+    ds = nr.circuit(None, small_pairs[:3], ig_steps=1, sizes=(), selection="greedy", min_fraction=0.8,
+                    search=(10, 300, 10), progress=False, revisions="step1500,main")
+    sets = [{(i, j) for i, j in zip(*np.nonzero(ds["min_circuit"].sel(checkpoint=c).values))}
+            for c in ("step1500", "main")]
+    assert sets[0] and sets[1] and sets[0] != sets[1]  # two circuits, not one size for both
+    st = stability(ds)
+    assert st.attrs["circuits"] == "min_circuit" and st["min_size"].values.tolist() == ds["min_size"].values.tolist()
+    assert st["jaccard"].values.tolist() == [len(sets[0] & sets[1]) / len(sets[0] | sets[1])]
+    assert st["additions"].values.tolist() == [len(sets[1] - sets[0])]
+    assert st["deletions"].values.tolist() == [len(sets[0] - sets[1])]
+    fixed = stability(ds, 30)
+    assert fixed.attrs["circuits"] == "n_edges" and fixed.attrs["n_edges"] == 30 and "min_size" not in fixed
+
+
 def test_stability_over_several_checkpoints_follows_the_repository_definitions():
     """EWMA over transitions and the summed score changes over every edge, on scores drawn here."""
     rng = np.random.default_rng(0)

@@ -618,8 +618,12 @@ def overlap(ds: xr.Dataset, n_edges: int) -> xr.DataArray:
 
 def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) -> xr.Dataset:
     """Tigges et al.'s circuit-stability measures over a checkpoint sweep (their
-    ``utils/data_processing.py``), on each checkpoint's ``n_edges``-edge circuit (default: the
-    size :func:`chosen_size` picks), re-extracted from its ``score`` as :func:`overlap` does.
+    ``utils/data_processing.py``). The circuits compared: with ``n_edges``, each checkpoint's
+    ``n_edges``-edge circuit re-extracted from its ``score`` as :func:`overlap` does; without,
+    each checkpoint's own smallest faithful circuit where the sweep ran the search
+    (``min_fraction``: ``min_circuit``, as the repository saves the graph its search chose per
+    checkpoint, ``get_circuits_over_time.py:471-476``; a checkpoint whose search found none has
+    an empty circuit), else the size :func:`chosen_size` picks for every checkpoint.
 
     Per ``transition`` (checkpoint k → k + 1, the sweep's order):
     ``jaccard`` (|A ∩ B| / |A ∪ B|), ``weighted_jaccard`` (Σ min / Σ max of |score| over the two
@@ -635,9 +639,14 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
         raise UsageError("circuit stability compares checkpoints: run nr.circuit(..., revisions=...) over two or more")
     if not 0 < alpha <= 1:
         raise UsageError(f"alpha must be in (0, 1] (got {alpha!r})")
-    n = chosen_size(ds) if n_edges is None else int(n_edges)
     score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
-    sets = _circuits(ds, n)
+    own = n_edges is None and "min_circuit" in ds and "checkpoint" in ds["min_circuit"].dims
+    if own:
+        sets = [ds["min_circuit"].isel(checkpoint=k).values.astype(bool) for k in range(ds.sizes["checkpoint"])]
+        n = -1
+    else:
+        n = chosen_size(ds) if n_edges is None else int(n_edges)
+        sets = _circuits(ds, n)
     weights = [np.where(c, np.abs(sc), 0.0) for c, sc in zip(sets, score)]
 
     def jaccard(a, b):
@@ -680,7 +689,11 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     out["summed_absolute_change"] = out["summed_increases"] + out["summed_decreases"]
     out["jaccard_to_final"] = ("checkpoint", [jaccard(c, sets[-1]) for c in sets])
     out["weighted_jaccard_to_final"] = ("checkpoint", [weighted(w, weights[-1]) for w in weights])
-    out.attrs.update(n_edges=n, alpha=alpha, source_method=str(ds.attrs.get("method", "")))
+    out.attrs.update(n_edges=n, alpha=alpha, source_method=str(ds.attrs.get("method", "")),
+                     circuits="min_circuit" if own else "n_edges")
+    if own:  # n_edges -1: each checkpoint's own size, here
+        out["min_size"] = ("checkpoint", ds["min_size"].values.astype(int),
+                           {"long_name": "edges (before pruning) of the checkpoint's smallest faithful circuit"})
     return out
 
 

@@ -143,6 +143,8 @@ def _stability(ds: xr.Dataset):
     right.set_xticks(t, [str(c) for c in st["to_checkpoint"].values], rotation=45, ha="right", fontsize=7)
     right.set_ylabel("edges (graph edit distance = both)")
     right.legend(fontsize=7)
-    fig.suptitle(f"circuit stability over training · top {st.attrs['n_edges']} edges · {ds.attrs.get('model')}",
+    which = ("each checkpoint's smallest faithful circuit" if st.attrs["circuits"] == "min_circuit"
+             else f"top {st.attrs['n_edges']} edges")
+    fig.suptitle(f"circuit stability over training · {which} · {ds.attrs.get('model')}",
                  fontsize=9)
     return fig
