@@ -2,8 +2,8 @@
 
 A context states n entity–attribute pairs and a query asks for one entity's attribute.
 Families follow binding-iclr's tasks (``coref/datasets/``: CAPITALS ``compound_capitals.py:151-168``,
-FRUITS ``fruits.py:103-110``, SHAPES ``shapes.py:98-105``, BIOSBIAS ``biosbias.py:137-144``; the question
-frame ``coref/representations.py:301-306``), in the embedded vocabulary:
+FRUITS ``fruits.py:103-110``, SHAPES ``shapes.py:98-105``, BIOSBIAS ``biosbias.py:137-144``; each task's
+question frame is its dataset's ``template``, e.g. ``compound_capitals.py:151-157``), in the embedded vocabulary:
 
 ==============  =========================================  ==========================================================
 family          statement                                  query (the answer is the next token)

@@ -115,3 +115,23 @@ def test_stacking_refuses_results_of_different_experiments():
     b = xr.Dataset({"y": ("prompt", np.zeros(2))}, attrs={"model": "b"})
     with pytest.raises(nr.UsageError, match="one experiment configuration"):
         stack_models([a, b], ["a", "b"])
+
+
+def test_binding_fig6_left_is_the_cyclic_swaps_over_models(tiny_model_dir):
+    """binding-iclr's Fig. 6 (left; paper_plots.ipynb cells 31-32) puts the cyclic swaps of three
+    binding IDs and their control against model size, chance 1/3: one line per target whose points
+    are each model's own cyclic_accuracy, smallest model first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    models = ["embedded", str(tiny_model_dir("gpt2"))]
+    ds = nr.binding(models, nr.tasks.binding_contexts(4, 3, 4, 0, "capitals", True), measure="cyclic",
+                    progress=False)
+    fig = nr.plot_result(ds)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    smallest_first = sorted(models, key=lambda m: int(ds["n_parameters"].sel(model=m)))
+    for t in ds["target"].values:
+        want = [float(ds["cyclic_accuracy"].sel(model=m, target=t)) for m in smallest_first]
+        np.testing.assert_allclose(lines[str(t)].get_ydata(), want)
+    assert lines["chance"].get_ydata()[0] == pytest.approx(1 / 3) and ax.get_xscale() == "log"

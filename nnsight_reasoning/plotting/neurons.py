@@ -89,11 +89,13 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     from ..results.io import last_checkpoint
 
     ds = last_checkpoint(ds)
+    if "model" in ds.dims and ds.attrs.get("measure") == "cyclic":
+        return _cyclic_over_models_figure(ds)
     if "model" in ds.dims and ds.attrs.get("measure") == "means":
         return _means_over_models_figure(ds)
     if "model" in ds.dims:
-        raise UsageError("a result over several models has a figure for --measure means (binding-iclr Fig. 6 left); "
-                         "plot one model's part: nr.plot_result(one_model(ds, name)) "
+        raise UsageError("a result over several models has a figure for --measure cyclic (binding-iclr Fig. 6 left) "
+                         "and --measure means; plot one model's part: nr.plot_result(one_model(ds, name)) "
                          "(from nnsight_reasoning.results.checkpoints)")
     if ds.attrs.get("measure") == "cross_subspace":
         return _cross_subspace_figure(ds)
@@ -242,28 +244,58 @@ def _means_figure(ds: xr.Dataset):
     return fig
 
 
+def _model_axis(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, bool]:
+    """x positions of a result's models: their parameter counts when every model reports one
+    (log scale), else their order; the order from the smallest up; whether x is sizes."""
+    sizes = ds["n_parameters"].values.astype(float) if "n_parameters" in ds.coords else None
+    by_size = sizes is not None and bool(np.all(sizes > 0))
+    x = sizes if by_size else np.arange(ds.sizes["model"])
+    return x, np.argsort(x, kind="stable"), by_size
+
+
+def _label_models(ax, ds: xr.Dataset, x: np.ndarray, by_size: bool, note: str = "") -> None:
+    if by_size:
+        ax.set_xscale("log")
+        ax.set_xlabel(f"parameters{note}")
+    else:
+        ax.set_xticks(x, [Path(str(m)).name for m in ds["model"].values], fontsize=7)
+        ax.set_xlabel(f"model{note}")
+
+
+def _cyclic_over_models_figure(ds: xr.Dataset):
+    """binding-iclr's Fig. 6 (left; ``paper_plots.ipynb`` cells 31-32): balanced accuracy of the
+    control and of the cyclic swaps of the entities' and the attributes' binding IDs, per model,
+    against the model's size, with chance (1/3) dotted."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    x, order, by_size = _model_axis(ds)
+    for t, color in zip(ds["target"].values, ("0.4", "tab:blue", "tab:orange")):
+        ax.plot(x[order], ds["cyclic_accuracy"].sel(target=t).values[order], "o-", color=color, label=str(t))
+    ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
+    _label_models(ax, ds, x, by_size)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("balanced accuracy (intended binding)")
+    ax.legend(fontsize=7)
+    family = json.loads(ds.attrs.get("task_params", "{}")).get("family", ds.attrs.get("task"))
+    ax.set_title(f"cyclic swaps of 3 binding IDs over models · {family} · {ds.sizes['prompt']} contexts", fontsize=8)
+    return fig
+
+
 def _means_over_models_figure(ds: xr.Dataset):
-    """binding-iclr's Fig. 6 (left): accuracy of the original binding after each mean
-    intervention, per model, against the model's size (parameters, log scale) when every model
-    reports it, else in the order given."""
+    """The mean interventions of binding-iclr's Table 1 over models: accuracy of the original
+    binding after each, per model, against the model's size (parameters, log scale) when every
+    model reports it, else in the order given."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     acc = ds["means_accuracy"].sel(query=["E0", "E1"]).mean("query")
-    sizes = ds["n_parameters"].values.astype(float) if "n_parameters" in ds.coords else None
-    by_size = sizes is not None and np.all(sizes > 0)
-    x = sizes if by_size else np.arange(ds.sizes["model"])
-    order = np.argsort(x, kind="stable")  # lines run from the smallest model up
+    x, order, by_size = _model_axis(ds)
     for i, color in zip(ds["intervention"].values, ("black", "tab:blue", "tab:orange", "tab:red")):
         for v, style in (("mean", "o-"), ("random", "x:")):
             ax.plot(x[order], acc.sel(intervention=i, vector=v).values[order], style, color=color,
                     alpha=1 if v == "mean" else 0.5, label=f"{i} (mean vector)" if v == "mean" else None)
-    if by_size:
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters (dotted: random vectors)")
-    else:
-        ax.set_xticks(x, [Path(str(m)).name for m in ds["model"].values], fontsize=7)
-        ax.set_xlabel("model (dotted: random vectors)")
+    _label_models(ax, ds, x, by_size, " (dotted: random vectors)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("accuracy of the original binding")
     ax.legend(fontsize=7)
