@@ -86,12 +86,14 @@ def probe(
     knn: Any,
     cumulative: bool = typer.Option(True, "--cumulative/--single-layer",
                                     help="the probe at layer l reads layers 0..l (paper) or layer l alone"),
+    step_f1: str = typer.Option("classes", help="step probe's score: classes (macro F1 over the steps) or "
+                                                "repository (the k-th smallest probe's two labels, useful and answer)"),
 ) -> None:
     """MechanisticProbe: kNN probes for useful statements and reasoning steps on attention, per layer."""
     import nnsight_reasoning as nr
 
     h.run(nr.probe, lambda tokenizer: prompts, kind="probe", task=prompts.task, cumulative=cumulative,
-          seed=prompts.params.get("seed", 0), **knn)
+          step_f1=step_f1, seed=prompts.params.get("seed", 0), **knn)
 
 
 @experiment_command(PROMPTS)

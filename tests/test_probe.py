@@ -271,3 +271,31 @@ def test_question_and_statement_pooling_on_multi_token_statements(tiny_model_dir
     with pytest.raises(UsageError, match="end with a statement"):  # no question: nothing to read from
         nr.probe(model, nr.tasks.kth_smallest(8, style="repository", length=6), query="question_max",
                  baseline="none", progress=False)
+
+
+def test_step_f1_repository_scores_the_two_labels_as_the_k_th_smallest_probe(embedded_model):
+    """step_f1="repository" (src/stask/probe.py:46-61, 81-93): each useful number is labelled
+    (useful = 1, answer = 0/1); the kNN predicts both labels and the F1 is their mean, so
+    (1 + binary F1 of the answer label) / 2, recomputed here with the numpy kNN."""
+    prompts = nr.tasks.kth_smallest(60, seed=4)
+    ds = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, step_f1="repository",
+                  progress=False)
+    classes = nr.probe(embedded_model, prompts, baseline="none", n_neighbors=5, folds=3, seed=7, progress=False)
+    assert ds.attrs["step_f1"] == "repository"
+    np.testing.assert_array_equal(ds["f1"].sel(probe="useful").values, classes["f1"].sel(probe="useful").values)
+    feats = _features("main", prompts).mean(-1, keepdims=True)
+    feats = feats / np.concatenate([np.repeat(feats[5 * i:5 * i + 5].max(), 5) for i in range(60)])[:, None, None]
+    useful = np.array([s.useful for p in prompts for s in p.statements]).astype(bool)
+    answer = np.array([s.text == p.answer for p in prompts for s in p.statements])[useful].astype(int)
+    fold = fold_of_prompt(60, 3, 7)[np.repeat(np.arange(60), 5)][useful]
+    for li in range(4):
+        x = feats[useful][:, :li + 1].reshape(useful.sum(), -1)
+        pred = np.empty_like(answer)
+        for k in range(3):
+            pred[fold == k] = _knn_predict(x[fold != k], answer[fold != k], x[fold == k], 5)
+        tp = ((pred == 1) & (answer == 1)).sum()
+        f1_answer = 0.0 if tp == 0 else 2 * tp / ((pred == 1).sum() + (answer == 1).sum())
+        assert float(ds["f1"].sel(probe="step", layer=li)) == pytest.approx((1 + f1_answer) / 2, abs=1e-9), li
+        assert float(ds["accuracy"].sel(probe="step", layer=li)) == pytest.approx((pred == answer).mean(), abs=1e-9)
+    with pytest.raises(UsageError, match="step_f1 must be one of classes, repository"):
+        nr.probe(embedded_model, prompts, baseline="none", step_f1="labels", progress=False)

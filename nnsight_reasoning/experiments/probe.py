@@ -39,6 +39,7 @@ PROBES = ("useful", "step")
 PROBE_NAME = "classifier: useful (is the statement useful) or step (its reasoning step; useful statements only)"
 DISTANCES = ("euclidean", "manhattan")
 QUERIES = ("last", "question_max", "question_mean")
+STEP_F1 = ("classes", "repository")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def probe(
     query: str = "last",
     statement_pool: str = "sum",
     normalise: bool = True,
+    step_f1: str = "classes",
     seed: int = 0,
 ) -> xr.Dataset:
     """kNN probes for the reasoning tree on attention features, per layer and over all layers.
@@ -94,6 +96,11 @@ def probe(
         probe) or "mean" (its ProofWriter/ARC probe).
     normalise : divide each prompt's features by their maximum (the repository's k-th smallest
         probe; its ProofWriter/ARC probe does not).
+    step_f1 : how the step probe is scored. "classes": one classifier over the steps, macro F1
+        over them. "repository": as the k-th smallest probe scores it (``src/stask/probe.py:46-61,
+        81-93``): two labels per useful statement, "useful" (always 1) and "at the prompt's last
+        step" (the answer), one kNN over both, F1 averaged over the two labels, which is
+        (1 + F1 of the answer label) / 2; ``accuracy`` is then both labels right.
     seed : fold split and random baseline; same seed -> same scores.
 
     Returns
@@ -108,7 +115,10 @@ def probe(
     how = Features(pool, query, statement_pool, normalise)
     check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
-    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance)
+    if step_f1 not in STEP_F1:
+        raise UsageError(f"step_f1 must be one of {', '.join(STEP_F1)} (got {step_f1!r})")
+    knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance,
+               step_f1=step_f1)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     scores = knn_scores(feats, **knn)
     ds = _dataset(scores, layers)
@@ -124,7 +134,7 @@ def probe(
             long_name="probing score on all layers", units="1")
     ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
                 "folds": folds, "pool": pool, "cumulative": int(cumulative), "distance": distance, "query": query,
-                "statement_pool": statement_pool, "normalise": int(normalise),
+                "statement_pool": statement_pool, "normalise": int(normalise), "step_f1": step_f1,
                 "n_prompts": len(plist), "baseline": baseline,
                 # a fold with fewer training statements than n_neighbors uses them all: say so
                 **({"n_neighbors_used": scores.fewest_neighbors} if scores.fewest_neighbors < n_neighbors else {})}
@@ -273,9 +283,10 @@ def fold_of_prompt(n_prompts: int, folds: int, seed: int) -> np.ndarray:
 
 
 def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: int, seed: int,
-               cumulative: bool = True, distance: str = "euclidean") -> Scores:
+               cumulative: bool = True, distance: str = "euclidean", step_f1: str = "classes") -> Scores:
     """Out-of-fold macro F1 and accuracy of both probes on ``feats`` (statements, layers, features),
-    per layer (layers 0 … l with ``cumulative``, else layer l) and on all layers' features together."""
+    per layer (layers 0 … l with ``cumulative``, else layer l) and on all layers' features together;
+    the step probe scored as ``step_f1`` says (see :func:`probe`)."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -288,7 +299,12 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
     for j, name in enumerate(PROBES):
         keep = np.ones(len(fold), bool) if name == "useful" else labels.useful == 1
         y = getattr(labels, name)[keep]
-        majority[j], n_samples[j] = np.bincount(y).max() / len(y), len(y)
+        if name == "step" and step_f1 == "repository":  # (useful, at the prompt's last step) per statement
+            last = np.zeros(labels.n_prompts, y.dtype)
+            np.maximum.at(last, labels.prompt[keep], y)
+            y = np.stack([np.ones_like(y), (y == last[labels.prompt[keep]]).astype(y.dtype)], 1)
+        majority[j] = np.unique(y, axis=0, return_counts=True)[1].max() / len(y)
+        n_samples[j] = len(y)
         for li in range(n_layers + 1):
             upto = feats[keep][:, :li + 1] if cumulative else feats[keep][:, li:li + 1]
             x = (feats[keep] if li == n_layers else upto).reshape(len(y), -1)
