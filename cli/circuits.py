@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import Harness, Param, Seed, Task, experiment_command, pair_data, task_params
+from .common import Harness, Param, Seed, Task, experiment_command, pair_data, task_params, typed
 
 DEFAULT_SIZES = "10,20,50,100,200"
 
@@ -82,8 +82,8 @@ def circuit(
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
-    if exact and (ig_steps is not None or sizes is not None or min_fraction is not None or selection != "topn"
-                  or metric is not None or ig_points != "midpoint" or ablation != "patching" or ig_variant != "inputs"):
+    if exact and typed("ig_steps", "sizes", "min_fraction", "selection", "metric", "ig_points", "ig_variant",
+                       "ablation"):
         raise UsageError("--exact patches every edge and makes no circuits; --ig-steps, --sizes, --selection, "
                          "--min-fraction, --metric, --ig-points, --ig-variant and --ablation are for EAP")
     try:

@@ -103,7 +103,9 @@ def typed(*names: str) -> list[str]:
         from click import get_current_context
         from click.core import ParameterSource
 
-    ctx = get_current_context()
+    ctx = get_current_context(silent=True)
+    if ctx is None:  # called outside a command (from Python): nothing was typed
+        return []
     return [f"--{n.replace('_', '-')}" for n in names
             if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
 

@@ -8,13 +8,15 @@ Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answ
 
 ``operations`` chooses the operators among + - * / (lm-arithmetic's four). Products and
 quotients take two operands; a quotient must be exact (the repository keeps only integer
-results the same way). The default is "+-", except with the repository's templates
-(``templates="stolfo"`` or ``stolfo:K``: all four, as its loop over operators) and for the
-two-operand ``operation`` intervention, which is built as lm-arithmetic builds it (``interventions/intervention.py``
-:307-399): all four operators, op1 in turn, op2 drawn once from the three others and the
-operands redrawn until both results fit, both results in
-1..max_n-1 (``generate_operands_pair_two_ops``, :74-101), the source prompt in op2's template
-of the same index, and the source prompt's exemplars solved in op2 (the base prompt's in op1). With three operands every + and - is flipped and exemplars are shared.
+results the same way). The default is "+-" (pass ``operations="+-*/"`` with the repository's
+templates for its four operators; the operator is drawn with the operands, so operators with
+fewer valid operands, * and /, come up less often than in the repository's loop over them),
+except for the two-operand ``operation`` intervention, which is built as lm-arithmetic builds it
+(``interventions/intervention.py`` :307-399): all four operators, op1 in turn, op2 drawn once
+from the three others and the operands redrawn until both results fit, both results in 1..max_n-1
+(``generate_operands_pair_two_ops``, :74-101), the source prompt in op2's template of the same
+index, and the source prompt's exemplars solved in op2 (the base prompt's in op1). With three
+operands every + and - is flipped and exemplars are shared.
 
 Operands are drawn from 1..max_n; results must be >= 0 and, with ``max_result``, at most
 that: the repository bounds the result by ``max_n`` for GPT-J and Pythia, and for LLaMA-style
@@ -28,8 +30,8 @@ bounded by the tokenizer (an answer must be one token; 0..99 for the embedded mo
 "twenty three"); exemplars end with " . " rather than a newline; punctuation is a separate
 word ("Q : What is 3 plus 5 ? A :"), as the embedded word-level tokenizer splits text. Each pair
 draws its own exemplars (the repository one set per operator and template); base and source
-share them, as in the repository, except in the operation intervention. In the operation intervention the repository means
-op2's exemplars to carry op2's results, but reuses op1's result by a slip
+share them, as in the repository, except in the operation intervention. In the operation
+intervention the repository means op2's exemplars to carry op2's results, but reuses op1's result by a slip
 (``intervention.py:364``: ``base_tuple`` for ``base_tuple2``, giving "3 - 1 = 4"); here they
 are solved correctly. The repository also keeps pairs whose two results are equal; here the
 two answers always differ, since the indirect effect is about moving r1 to r2.
@@ -159,7 +161,7 @@ def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, templa
     return "".join(line + SHOT_SEPARATOR for line in lines)
 
 
-_OPERAND_TRIES = 10_000  # operand draws for one pair before its operators are given up
+_OPERAND_TRIES = 2_000  # operand draws for one pair of operators before op2 is drawn again
 
 
 def _swap(rng: random.Random, op: str, operations: str) -> str:
@@ -186,9 +188,8 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
             r2 = evaluate_expr(b_operands, b_ops)
             if 1 <= r2 != r1 and (top is None or r2 <= top):
                 break
-        else:
-            raise TaskError(f"no operands 1..{m} give different results in 1..{top} for {op1} and {op2}; "
-                            f"raise max_n or choose other operations")
+        else:  # no operands fit these two operators (small max_n): the pair is drawn again, op2 too
+            return None
     elif kind == "operation":  # three operands: every + and - flipped
         a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops, max_result=top, min_result=1)
         b_operands, b_ops = a_ops, [_swap(rng, o, "+-") for o in a_ops_list]
@@ -218,12 +219,9 @@ def _n_stolfo(representation: str) -> int:
     return 5 if representation == "words" else 6
 
 
-def default_operations(intervention_type: str, n_operands: int, templates: Any = None) -> str:
-    """The repository's four operators for the two-operand operation intervention and with its
-    templates (``"stolfo"`` or ``stolfo:K``: it loops over + - * / for every intervention), else "+-"."""
-    stolfo = templates == "stolfo" or (not isinstance(templates, str) and
-                                       any(str(t).startswith("stolfo") for t in templates or ()))
-    return OPERATIONS if n_operands == 2 and (intervention_type == "operation" or stolfo) else "+-"
+def default_operations(intervention_type: str, n_operands: int) -> str:
+    """The repository's four operators for the two-operand operation intervention, else "+-"."""
+    return OPERATIONS if intervention_type == "operation" and n_operands == 2 else "+-"
 
 
 def _check(intervention_type: str, n_operands: int, n_shots: int, max_n: int, representation: str,
@@ -297,7 +295,7 @@ def arithmetic(
         "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of its operator.
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
     operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
-        two-operand operation intervention and with the "stolfo" templates (see module doc).
+        two-operand operation intervention (see module doc).
     max_result : largest result (default: any the tokenizer has as one token; for the
         two-operand operation intervention max_n - 1, as the repository, results >= 1); with
         ``max_n=300, max_result=8``, lm-arithmetic's setting for digit-splitting tokenisers.
@@ -305,7 +303,7 @@ def arithmetic(
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
     if operations is None:
-        operations = default_operations(intervention_type, n_operands, templates)
+        operations = default_operations(intervention_type, n_operands)
     if max_result is None and intervention_type == "operation" and n_operands == 2:
         max_result = max_n - 1  # the repository's range for both results of an operation pair
     tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations,
@@ -407,7 +405,7 @@ PARAMS = {
     "representation": ("arabic", "arabic ('3 + 5 =') or words ('three plus five =')"),
     "templates": (list(TEMPLATES), "prompt templates containing {expr}, or \"stolfo\" (lm-arithmetic's); used in turn"),
     "operations": ("+-", "operators among + - * / (products and quotients: 2 operands, exact quotients); "
-                         "the 2-operand operation intervention and the stolfo templates default to +-*/"),
+                         "the 2-operand operation intervention defaults to +-*/"),
     "max_result": (None, "largest result (default: any single-token answer); max_n=300 max_result=8 is "
                          "lm-arithmetic's setting for digit-splitting tokenizers"),
     "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),

@@ -161,11 +161,7 @@ def parse_answer(generated: str, style: PromptStyle) -> int | None:
         pieces = generated.split(style.phrase + " ")
         if len(pieces) < 2:
             return None
-        words = _NOT_NUMBER.sub(" ", pieces[1].split(style.stop)[0]).replace(",", "").split()
-        try:
-            return int(float(words[-1]))
-        except (IndexError, ValueError):
-            return None
+        return _last_word_number(pieces[1].split(style.stop)[0], _NOT_NUMBER)
     text = generated.split(style.stop)[0] if style.stop.strip() else generated
     if style.phrase in text:  # up to a second phrase too (the repository reads one split piece)
         text = text.split(style.phrase)[1]
@@ -187,7 +183,17 @@ def parse_zero_shot(generated: str) -> int | None:
     """The number answered to the zero-shot second question (the repository's
     ``extract_pred_answers``: the text up to ".\n", letters and ``% $ = -`` blanked, commas
     removed, the last word as a number); None where there is none (the repository scores 0)."""
-    words = re.sub(r"[a-zA-Z%$=\-]", " ", generated.split(".\n")[0]).replace(",", "").split()
+    return _last_word_number(generated.split(".\n")[0], _NOT_NUMBER_ZERO_SHOT)
+
+
+_NOT_NUMBER_ZERO_SHOT = re.compile(r"[a-zA-Z%$=\-]")
+
+
+def _last_word_number(text: str, blank: re.Pattern) -> int | None:
+    """The repository's reading of an answer text: ``blank``'s characters blanked, commas
+    removed, the last word as a number (``int(float(w))``); None where it is not one (the
+    repository's bare ``except`` scores it wrong)."""
+    words = blank.sub(" ", text).replace(",", "").split()
     try:
         return int(float(words[-1]))
     except (IndexError, ValueError, OverflowError):

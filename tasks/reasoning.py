@@ -303,8 +303,8 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     """Labelled prompts from one of ProofWriter's published files (``meta-{train,dev,test}.jsonl``
     of a ``depth-N`` folder): one prompt per question that has a proof, as the repository's
     ``preprocess_proofwriter`` and probe script keep them (no ``NAF`` — negation as failure —, a
-    single proof, no ``OR``: ``src/rtask/proofwriter_probe.py:192, 259``); a proof that applies one rule twice (its statement would sit at two steps) is
-    left out too.
+    single proof, no ``OR``: ``src/rtask/proofwriter_probe.py:192, 259``); a proof that applies one
+    rule twice (its statement would sit at two steps) is left out too.
 
     Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
     where the proof names them, with :func:`proof_steps` as steps; the question is rendered

@@ -448,6 +448,13 @@ def test_stability_compares_each_checkpoints_own_smallest_faithful_circuit(small
     assert st["deletions"].values.tolist() == [len(sets[0] - sets[1])]
     fixed = stability(ds, 30)
     assert fixed.attrs["circuits"] == "n_edges" and fixed.attrs["n_edges"] == 30 and "min_size" not in fixed
+    # a checkpoint whose search found nothing: the repository's search returns its end, so the
+    # circuit of the search's stop size (here 290 after greedy selection and pruning) stands in
+    none = ds.copy()
+    none["min_size"] = none["min_size"].copy(data=[-1, int(ds["min_size"].sel(checkpoint="main"))])
+    end = extract(ds["score"].sel(checkpoint="step1500").values, 300, "greedy")
+    ends = {(i, j) for i, j in zip(*np.nonzero(end))}
+    assert stability(none)["jaccard"].values.tolist() == [len(ends & sets[1]) / len(ends | sets[1])]
 
 
 def test_stability_over_several_checkpoints_follows_the_repository_definitions():

@@ -198,6 +198,7 @@ def test_parse_answer_follows_the_repository():
     assert parse_answer("The answer is 18 (dollars).", rep) is None
     assert parse_answer("The answer is: 18. The answer is 7.", rep) == 7
     assert parse_answer("\n\nQuestion: Tom has 2. The answer is 5.", rep) == 5
+    assert parse_answer("The answer is " + "9" * 400, rep) is None  # int(float(...)) overflows: no answer
     emb = STYLES["embedded"]  # the toolkit's own style reads leniently
     assert parse_answer("5 + 3 = 8 . The result is 8 . Q : Tom had 3", emb) == 8
     assert parse_answer("5 + 3 = 8 . Q : The result is 4", emb) == 8  # the next exemplar is not read

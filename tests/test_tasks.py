@@ -251,11 +251,9 @@ def test_operation_intervention_is_built_as_lm_arithmetic_builds_it():
         assert (b[0], b[2]) == (s[0], s[2]) and b[1] != s[1] and p.base_answer != p.source_answer
         seen.add((b[1], s[1]))
     assert {a for a, _ in seen} == set("+-*/") and {b for _, b in seen} == set("+-*/")
-    # the other interventions keep + and - unless asked, or unless the templates are the repository's
+    # the other interventions keep + and - unless asked
     assert "operations" not in nr.tasks.arithmetic(n_prompts=2).params
-    for kind in ("operands", "same_result"):
-        assert nr.tasks.arithmetic(kind, n_prompts=2, templates="stolfo").params["operations"] == "+-*/"
-        assert nr.tasks.arithmetic(kind, n_prompts=2, templates=["stolfo:2"]).params["operations"] == "+-*/"
+    assert "operations" not in nr.tasks.arithmetic(n_prompts=2, templates="stolfo").params
 
 
 def test_operation_pairs_loop_over_op1_and_draw_op2_once():
@@ -272,6 +270,9 @@ def test_operation_pairs_loop_over_op1_and_draw_op2_once():
     assert set(counts) == {(a, b) for a in "+-*/" for b in "+-*/" if a != b}
     assert collections.Counter(a for a, _ in ops) == {o: 120 for o in "+-*/"}
     assert min(counts.values()) >= 25  # 40 expected per ordered pair (binomial sd ~6)
+    # operators with no valid operands at a small max_n: op2 is drawn again, as before
+    small = nr.tasks.arithmetic("operation", n_prompts=24, max_n=4, seed=0, templates=["{expr} ="])
+    assert [p.base.split()[1] for p in small][:4] == list("+-*/")
 
 
 def test_max_result_bounds_results_as_for_digit_splitting_tokenizers():

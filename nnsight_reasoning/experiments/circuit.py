@@ -41,6 +41,7 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 from __future__ import annotations
 
 import heapq
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -622,8 +623,9 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     ``n_edges``-edge circuit re-extracted from its ``score`` as :func:`overlap` does; without,
     each checkpoint's own smallest faithful circuit where the sweep ran the search
     (``min_fraction``: ``min_circuit``, as the repository saves the graph its search chose per
-    checkpoint, ``get_circuits_over_time.py:471-476``; a checkpoint whose search found none has
-    an empty circuit), else the size :func:`chosen_size` picks for every checkpoint.
+    checkpoint, ``get_circuits_over_time.py:471-476``; where the search found none, the circuit
+    of the search's ``stop`` size, as the repository's search then returns its end), else
+    the size :func:`chosen_size` picks for every checkpoint.
 
     Per ``transition`` (checkpoint k → k + 1, the sweep's order):
     ``jaccard`` (|A ∩ B| / |A ∪ B|), ``weighted_jaccard`` (Σ min / Σ max of |score| over the two
@@ -642,7 +644,12 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
     own = n_edges is None and "min_circuit" in ds and "checkpoint" in ds["min_circuit"].dims
     if own:
-        sets = [ds["min_circuit"].isel(checkpoint=k).values.astype(bool) for k in range(ds.sizes["checkpoint"])]
+        search = ds.attrs["search"]  # a list, an array read back from netCDF, or its text after a sweep
+        stop = int((json.loads(search) if isinstance(search, str) else list(search))[1])
+        selection = str(ds.attrs.get("selection", "topn"))
+        sets = [ds["min_circuit"].isel(checkpoint=k).values.astype(bool) if int(ds["min_size"][k]) >= 0
+                else extract(ds["score"].isel(checkpoint=k).values, stop, selection)  # pruned
+                for k in range(ds.sizes["checkpoint"])]
         n = -1
     else:
         n = chosen_size(ds) if n_edges is None else int(n_edges)
@@ -851,8 +858,10 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         steps = [str(c) for c in ds["checkpoint"].values]
         lines.append(f"overlap (Jaccard) of top-{size} circuits with the last checkpoint: " + ", ".join(
             f"{n} {jac[k, -1]:.2f}" for k, n in enumerate(steps)))
-        st = stability(ds, size)
-        lines.append("stability (Tigges et al.) per transition: " + ", ".join(
+        st = stability(ds)  # the circuits the stability plot compares
+        which = "each checkpoint's smallest faithful circuit" if st.attrs["circuits"] == "min_circuit" else \
+            f"top-{st.attrs['n_edges']} circuits"
+        lines.append(f"stability (Tigges et al.; {which}) per transition: " + ", ".join(
             f"{str(t)} GED {int(g)}, weighted Jaccard {w:.2f}" for t, g, w in
             zip(st["to_checkpoint"].values, st["ged"].values, st["weighted_jaccard"].values)))
     return lines
