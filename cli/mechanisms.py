@@ -103,7 +103,8 @@ def binding(
                                                  "choice exchange; SST-2 reviews from --data)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
-                                              "the other (default: with --measure means, cyclic and subspace)"),
+                                              "the other (default: with --measure means, cyclic and subspace, "
+                                              "not with another --estimate-family, as binding-iclr)"),
     freeze_context: bool = typer.Option(True, "--freeze-context/--no-freeze-context",
                                         help="every measure but accuracy: the context keeps its clean values at "
                                              "every layer (binding-iclr)"),
@@ -151,7 +152,10 @@ def binding(
         extra.update(max_offset=max_offset, window=window)
         if window == "local":  # its own default file beside the full sweep's
             name += "_local"
-    split = (measure in ("means", "cyclic", "subspace")) if split is None else split
+    # the repository splits the words for its own task's means, cyclic and subspace tests, not for
+    # the cross-task ones (rx:547, 550, 684, 687)
+    cross = bool(estimate_family) and estimate_family != family
+    split = (measure in ("means", "cyclic", "subspace") and not cross) if split is None else split
     # Δ_1 and Δ_2 come from 3 pairs; the cross-task source's D_1 … D_3 from 4
     estimate_pairs = {"subspace": 3, "cross_subspace": 4}.get(measure)
     if measure == "cross_subspace" and not estimate_family:

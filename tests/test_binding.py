@@ -793,3 +793,20 @@ def test_every_family_locates_its_words_whatever_the_statement_order(family, req
     if not accuracy_ok:
         with pytest.raises(UsageError, match="takes the binding-iclr measures"):
             nr.binding(model, nr.tasks.binding_contexts(2, 2, 2, family=family), progress=False)
+
+
+def test_cli_splits_the_words_for_one_familys_means_not_for_cross_task_means(tmp_path):
+    """binding-iclr splits the vocabulary for its own task's mean interventions but not for the
+    cross-task ones (rx:547, 550, 684, 687): --split's default follows; --split still forces it."""
+    import json
+
+    def split_of(*extra):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.nc"
+        res = CliRunner().invoke(app, ["binding", "--measure", "means", "--family", "capitals", "--n-contexts", "4",
+                                       "--n-estimate", "4", "--no-progress", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(nr.load_result(out).attrs["task_params"]).get("split", False)
+
+    assert split_of() is True
+    assert split_of("--estimate-family", "fruits") is False
+    assert split_of("--estimate-family", "fruits", "--split") is True
