@@ -7,7 +7,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from .common import Harness, OptionGroup, Param, Seed, experiment_command, task_params
+from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, task_params
 
 
 def _prompts(task: str, data: Optional[Path], n_prompts: Optional[int], seed: int, param: List[str],
@@ -129,6 +129,9 @@ def robustness(
     subset_min: int = typer.Option(64, help="smallest subset"),
     subset_max: int = typer.Option(128, help="largest subset"),
     n_bins: int = typer.Option(8, help="equal-width bins of the probing score"),
+    choices: Optional[str] = typer.Option(None, help="comma-separated answers, e.g. True,False: a prompt is right when "
+                                                     "its answer has the highest logit among them (the repository's); "
+                                                     "default: the top-1 token"),
 ) -> None:
     """Probe score against robustness (Hou et al. 2023): over random subsets, the probing score and the accuracy
     drop under --corrupt (default: negate for files, drop for kth_smallest), binned, with their correlation."""
@@ -137,4 +140,5 @@ def robustness(
     clean, corrupt, n_corrupt = prompts
     h.run(nr.robustness, lambda tokenizer: clean, kind="robustness", task=clean.task, corrupt=corrupt,
           n_corrupt=n_corrupt, n_subsets=n_subsets, subset_size=(subset_min, subset_max), n_bins=n_bins,
-          seed=clean.params.get("seed", 0), **knn)
+          seed=clean.params.get("seed", 0), **given(choices=None if choices is None else
+                                                    [c.strip() for c in choices.split(",") if c.strip()]), **knn)

@@ -126,6 +126,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("patch", ["--param", "seed=3"], "--param seed: the command sets it with --seed"),
     ("robustness", ["--n-corrupt", "0"], "n_corrupt must be an integer >= 1 (got 0)"),
     ("probe", ["--step-f1", "labels"], "step_f1 must be one of classes, repository"),
+    ("robustness", ["--choices", "True,False"], "every prompt's among them (missing: "),
     ("circuit", ["--exact", "--selection", "topn"], "--exact patches every edge and makes no circuits"),
     ("heads", ["--seq-len", "200"], "longer than this model's context (256): use seq_len <= 127"),
     ("neurons", ["--ranking", "nosuch", "--ablation", "zero"], "--ranking, --ablation only apply with --generate"),

@@ -113,3 +113,25 @@ def test_robustness_bad_input_and_cli(embedded_model, tmp_path):
     assert said in " ".join(r.stdout.split()), r.stdout
     r = reason_interp(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "r.png").exists(), r.stderr
+
+
+def test_robustness_choices_compare_the_answers_logits_as_the_repository(embedded_model, embedded_tokenizer):
+    """choices=: a prompt is right when its answer has the highest logit among the choices'
+    tokens (the repository compares P("True") with P("False"), src/llama.py:33-40), recomputed
+    from plain HF logits; an answer outside the choices is refused before any pass."""
+    prompts = nr.tasks.kth_smallest(40, seed=6)
+    choices = [str(i) for i in range(100)]
+    ds = nr.robustness(embedded_model, prompts, corrupt="perturb", n_corrupt=2, n_subsets=3, subset_size=(12, 20),
+                       n_bins=2, seed=3, choices=choices, progress=False)
+    assert ds.attrs["choices"] == ",".join(choices) and "among the choices" in ds["accuracy"].attrs["long_name"]
+    bad = nr.tasks.kth_smallest(40, seed=6, corrupt="perturb", n_corrupt=2)
+    hf = AutoModelForCausalLM.from_pretrained(embedded.revision_path("main")).eval()
+    cand = [embedded_tokenizer(" " + c, add_special_tokens=False)["input_ids"][0] for c in choices]
+    for data, var in ((prompts, "correct"), (bad, "correct_corrupt")):
+        ids = torch.tensor([embedded_tokenizer(p.text)["input_ids"] for p in data])
+        with torch.no_grad():
+            best = hf(ids).logits[:, -1, cand].argmax(-1).numpy()
+        np.testing.assert_array_equal(ds[var].values, best == np.array([choices.index(p.answer) for p in data]))
+    with pytest.raises(UsageError, match="every prompt's among them"):
+        nr.robustness(embedded_model, prompts, corrupt="perturb", n_subsets=3, subset_size=(12, 20),
+                      choices=["True", "False"], progress=False)

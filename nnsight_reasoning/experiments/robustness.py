@@ -48,6 +48,7 @@ def robustness(
     query: str = "last",
     statement_pool: str = "sum",
     normalise: bool = True,
+    choices: Sequence[str] | None = None,
     seed: int = 0,
 ) -> xr.Dataset:
     """Probing score against the accuracy drop under a corruption, over random subsets of prompts.
@@ -69,6 +70,10 @@ def robustness(
         ``sorted(rng.choice(n, rng.integers(lo, hi + 1), replace=False))`` and its folds are
         the probe's with seed ``seed + s``.
     n_bins : equal-width bins of the score (the repository: 8).
+    choices : None (default): a prompt is answered right when its answer is the top-1 token over
+        the vocabulary. A list of answers, e.g. ``("True", "False")``: when its answer has the
+        highest logit among theirs, as the repository compares P("True") with P("False")
+        (``src/llama.py:33-40``); every answer, clean and corrupted, must be one of them.
     baseline, n_neighbors, folds, pool, distance, query, statement_pool, normalise : the
         probe's (:func:`nnsight_reasoning.probe`); with baseline "none" the score is the F1.
     seed : subsets and folds.
@@ -96,8 +101,15 @@ def robustness(
     if len(bad) != len(plist):
         raise UsageError(f"the corrupted prompts are {len(bad)}, not {len(plist)}: give the prompts as the task made them")
     unchanged = sum(a.text == b.text for a, b in zip(plist, bad)) if corrupt != "shuffle" else 0
-    correct = _correct(run, plist, "accuracy (clean)")
-    correct_bad = _correct(run, bad, "accuracy (corrupted)")
+    if choices is not None:
+        choices = [str(c) for c in choices]
+        missing = sorted({p.answer for p in [*plist, *bad]} - set(choices))
+        if len(choices) < 2 or missing:
+            raise UsageError(f"choices must list two or more answers, every prompt's among them (missing: "
+                             f"{', '.join(missing[:5]) or 'none'}; got {choices[:5]})")
+    correct = _correct(run, plist, "accuracy (clean)", choices)
+    correct_bad = _correct(run, bad, "accuracy (corrupted)", choices)
+    judged = "top-1" if choices is None else "among the choices"
     _, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     # statement rows of each prompt in the feature matrix
     start = np.r_[0, np.cumsum([len(p.statements) for p in plist])]
@@ -126,12 +138,12 @@ def robustness(
         "score": (("subset", "probe"), score, {"long_name": "probing score (F1 - F1_baseline) / (1 - F1_baseline)"
                                                if base_feats is not None else "macro F1 (no baseline)", "units": "1"}),
         "f1": (("subset", "probe"), f1, {"long_name": "macro F1, all layers' features", "units": "1"}),
-        "accuracy": ("subset", acc, {"long_name": "accuracy (top-1), clean prompts", "units": "1"}),
-        "accuracy_corrupt": ("subset", acc_bad, {"long_name": "accuracy (top-1), corrupted prompts", "units": "1"}),
+        "accuracy": ("subset", acc, {"long_name": f"accuracy ({judged}), clean prompts", "units": "1"}),
+        "accuracy_corrupt": ("subset", acc_bad, {"long_name": f"accuracy ({judged}), corrupted prompts", "units": "1"}),
         "drop": ("subset", drop, {"long_name": "accuracy corrupted - clean", "units": "1"}),
         "size": ("subset", sizes, {"long_name": "prompts in the subset"}),
-        "correct": ("prompt", correct, {"long_name": "answer is the top-1 token (clean)"}),
-        "correct_corrupt": ("prompt", correct_bad, {"long_name": "answer is the top-1 token (corrupted)"}),
+        "correct": ("prompt", correct, {"long_name": f"answer right, {judged} (clean)"}),
+        "correct_corrupt": ("prompt", correct_bad, {"long_name": f"answer right, {judged} (corrupted)"}),
         "bin_drop": (("probe", "bin"), bin_drop, {"long_name": "mean accuracy drop of the subsets in the score bin",
                                                   "units": "1"}),
         "bin_count": (("probe", "bin"), bin_count, {"long_name": "subsets in the score bin"}),
@@ -155,6 +167,7 @@ def robustness(
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
                "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged,
+               **({"choices": ",".join(choices)} if choices is not None else {}),
                **({"n_neighbors_used": fewest} if fewest < n_neighbors else {})},  # as probe's
     )
 
@@ -172,11 +185,20 @@ def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corru
     return corrupted(plist, corrupt, n_corrupt, seed, strict=False)
 
 
-def _correct(run: Run, plist: Sequence[Any], label: str) -> np.ndarray:
-    """(prompts,) 1 where the answer token is the top-1 next token."""
+def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] | None = None) -> np.ndarray:
+    """(prompts,) 1 where the answer token is the top-1 next token, or with ``choices`` the one
+    of highest logit among the choices' tokens."""
     ids = backend.tokenize(run.model, [p.text for p in plist])
-    answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
     out = np.zeros(len(plist), np.int8)
+    if choices is not None:
+        cand = torch.tensor(backend.answer_tokens(run.model, list(choices)))
+        want = np.array([list(choices).index(p.answer) for p in plist])
+        for chunk in run.steps(run.batches([len(x) for x in ids]), label):
+            s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
+                         cand.expand(len(chunk), -1), rank=False)
+            out[chunk] = (s.logits.numpy().argmax(1) == want[chunk]).astype(np.int8)
+        return out
+    answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
     for chunk in run.steps(run.batches([len(x) for x in ids]), label):
         s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
                      torch.from_numpy(answers[chunk, None]), rank="top")
