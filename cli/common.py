@@ -25,17 +25,23 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _click() -> Any:
+    """The click the commands run under: typer >= 0.24 vendors it (its context is the one a
+    command sees); older versions use click itself."""
+    try:
+        from typer import _click as click
+    except ImportError:
+        import click
+    return click
+
+
 class OneLineErrors(typer.core.TyperGroup):
     """The command group whose parse errors (an unknown option, a value of the wrong type, a
     missing argument) are one line on stderr with exit 2, like every other bad input, instead
     of click's usage box."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        try:  # typer >= 0.24 vendors click; older versions use click itself
-            from typer import _click as click
-        except ImportError:
-            import click
-
+        click = _click()
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -96,18 +102,12 @@ def guard(fn):
 def typed(*names: str) -> list[str]:
     """The options among ``names`` (parameter names) that were given on the command line, as
     ``--option`` spellings, whatever their value (a default restated is still given)."""
-    try:  # typer >= 0.24 vendors click, and its context is the one the command runs in
-        from typer._click.core import ParameterSource
-        from typer._click.globals import get_current_context
-    except ImportError:
-        from click import get_current_context
-        from click.core import ParameterSource
-
-    ctx = get_current_context(silent=True)
+    click = _click()
+    ctx = click.globals.get_current_context(silent=True)
     if ctx is None:  # called outside a command (from Python): nothing was typed
         return []
     return [f"--{n.replace('_', '-')}" for n in names
-            if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
 
 
 def given(**options: Any) -> dict:

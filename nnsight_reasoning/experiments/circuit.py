@@ -41,7 +41,6 @@ later layers). Names: ``input``, ``a3.1`` (layer 3, head 1), ``m3`` (MLP 3), ``l
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -644,8 +643,9 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
     own = n_edges is None and "min_circuit" in ds and "checkpoint" in ds["min_circuit"].dims
     if own:
-        search = ds.attrs["search"]  # a list, an array read back from netCDF, or its text after a sweep
-        stop = int((json.loads(search) if isinstance(search, str) else list(search))[1])
+        from ..results.io import list_attr
+
+        stop = int(list_attr(ds.attrs["search"])[1])  # the search's (start, stop, step)
         selection = str(ds.attrs.get("selection", "topn"))
         sets = [ds["min_circuit"].isel(checkpoint=k).values.astype(bool) if int(ds["min_size"][k]) >= 0
                 else extract(ds["score"].isel(checkpoint=k).values, stop, selection)  # pruned

@@ -184,14 +184,13 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
 def one_model(ds: xr.Dataset, model: str) -> xr.Dataset:
     """One model's result from :func:`stack_models`' Dataset: its slice, without the padding of
     the other models' sizes, with its per-model coordinates back as attrs."""
-    import json
+    from .io import list_attr
 
     part = ds.sel(model=model)
     per_model = [c for c in part.coords if c != "model" and part[c].dims == ()]
     attrs = {**ds.attrs, "model": model, **{c: part[c].item() for c in per_model}}
     part = part.drop_vars(per_model + ["model"])
-    padded = ds.attrs.get("padded_dims", "[]")
-    for d in (json.loads(padded) if isinstance(padded, str) else padded):
+    for d in list_attr(ds.attrs.get("padded_dims", "[]")):
         if d in part.dims:
             part = part.dropna(d, how="all")
     for k in ("n_models", "n_resumed_models", "padded_dims"):

@@ -76,6 +76,12 @@ def sanitize_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def list_attr(value: Any) -> list:
+    """A list attribute as a list, however it was stored: the list itself (a result in memory),
+    an array (netCDF read back) or the JSON text :func:`sanitize_attrs` made of it."""
+    return json.loads(value) if isinstance(value, str) else list(value)
+
+
 def last_checkpoint(ds: xr.Dataset) -> xr.Dataset:
     """A sweep's last checkpoint (the trained model) with ``attrs["revision"]`` naming it; a
     single-revision result as it is."""
