@@ -3,7 +3,7 @@ scores and edge-attribution circuits (or exact edge patching), over checkpoints 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -138,6 +138,38 @@ def path_patching(
           senders=senders, position=position, metric=metric)
 
 
+def _circuit_file(circuit: Optional[Path]) -> Any:
+    """The circuit a `reason-interp circuit` result file holds, as an (upstream, downstream) 0/1
+    DataArray: its searched smallest circuit if it found one, else the circuit of the size its
+    summary shows; its last checkpoint. None without a file."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.circuit import chosen_size
+    from nnsight_reasoning.results.io import last_checkpoint
+
+    if circuit is None:
+        return None
+    if not circuit.is_file():
+        raise UsageError(f"--circuit {circuit}: no such file; run reason-interp circuit --task ioi first")
+    ds = nr.load_result(circuit)
+    if ds.attrs.get("method") not in ("eap", "eap_ig"):
+        raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
+    last = last_checkpoint(ds)
+    if "min_circuit" in last and int(last["min_size"]) > 0:
+        edges = last["min_circuit"]
+    elif last.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
+        edges = last["in_circuit"].sel(size=chosen_size(last))
+    else:
+        raise UsageError(f"--circuit {circuit} holds no circuit (it was run with --sizes ''): rerun circuit "
+                         f"with --sizes or --min-fraction")
+    return edges.load()
+
+
+CircuitFile = Annotated[Optional[Path], typer.Option(
+    help="a `reason-interp circuit` result: candidates are its heads (its searched smallest circuit if it found "
+         "one, else the circuit of the size the summary shows; its last checkpoint)")]
+
+
 @experiment_command()
 def ioi_components(
     h: Harness,
@@ -146,39 +178,41 @@ def ioi_components(
     param: Param = [],
     copy_threshold: float = typer.Option(10.0, help="a name mover's copy score must exceed this, in percent"),
     top_k: int = typer.Option(5, help="a name counts as copied among the head's top-k OV tokens"),
-    circuit: Optional[Path] = typer.Option(None, help="a `reason-interp circuit` result: candidates are its heads "
-                                                      "(its searched smallest circuit if it found one, else the "
-                                                      "circuit of the size the summary shows; its last checkpoint)"),
+    circuit: CircuitFile = None,
 ) -> None:
     """Name movers (copy score, attention to IO) and S-inhibition heads (path patching into the
     name movers' queries, IO and S1 swapped) as circuits-over-time's component evaluation; local
     models only."""
     import nnsight_reasoning as nr
-    from nnsight_reasoning.errors import UsageError
 
     params = {"corruption": "swap", **task_params(param)}
-    edges = None
-    if circuit is not None:
-        from nnsight_reasoning.experiments.circuit import chosen_size
-        from nnsight_reasoning.results.io import last_checkpoint
-
-        if not circuit.is_file():
-            raise UsageError(f"--circuit {circuit}: no such file; run reason-interp circuit --task ioi first")
-        ds = nr.load_result(circuit)
-        if ds.attrs.get("method") not in ("eap", "eap_ig"):
-            raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
-        last = last_checkpoint(ds)
-        if "min_circuit" in last and int(last["min_size"]) > 0:
-            edges = last["min_circuit"]
-        elif last.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
-            edges = last["in_circuit"].sel(size=chosen_size(last))
-        else:
-            raise UsageError(f"--circuit {circuit} holds no circuit (it was run with --sizes ''): rerun circuit "
-                             f"with --sizes or --min-fraction")
-        edges = edges.load()
+    edges = _circuit_file(circuit)
     data = pair_data("ioi", n_prompts, seed, params)
     h.run(nr.ioi_components, data, kind="ioi_components", task="ioi", copy_threshold=copy_threshold, top_k=top_k,
           circuit=edges)
+
+
+@experiment_command()
+def backup_heads(
+    h: Harness,
+    n_prompts: int = typer.Option(70, help="IOI prompts (the repository: 70, mixed orders)"),
+    seed: Seed = 0,
+    param: Param = [],
+    heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H to ablate; default the name movers "
+                                                   "found by the copy score"),
+    copy_threshold: float = typer.Option(75.0, help="a name mover's copy score is at least this, in percent"),
+    top_k: int = typer.Option(5, help="a name counts as copied among the head's top-k OV tokens"),
+    circuit: CircuitFile = None,
+) -> None:
+    """Backup name movers as circuits-over-time's backup analysis: every head's direct effect on
+    the logit difference before and after the name movers are zero-ablated; local models
+    only."""
+    import nnsight_reasoning as nr
+
+    edges = _circuit_file(circuit)
+    data = pair_data("ioi", n_prompts, seed, task_params(param))
+    h.run(nr.backup_heads, data, kind="backup_heads", task="ioi", heads=heads, copy_threshold=copy_threshold,
+          top_k=top_k, circuit=edges)
 
 
 @experiment_command()

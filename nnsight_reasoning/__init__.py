@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import experiments, tasks, testing
 from .errors import RunError, UsageError
 from .experiments.attention import attention
+from .experiments.backup_heads import backup_heads
 from .experiments.binding import binding
 from .experiments.circuit import circuit, edge_patching
 from .experiments.copy_suppression import copy_suppression
@@ -39,7 +40,7 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "copy_suppression", "neurons", "cot_generation", "binding",
+    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "backup_heads", "copy_suppression", "neurons", "cot_generation", "binding",
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role",
     "testing", "experiments",

@@ -8,11 +8,12 @@
 # The last section re-measures the numbers the docs cite without a figure; scripts/docs_numbers.py
 # prints them (and the ones computed on top of the results) to RESULTS_DIR/docs_numbers.txt.
 #
-# Two choices are findings of the model, derived here rather than typed (scripts/docs_numbers.py):
+# Three choices are findings of the model, derived here rather than typed (scripts/docs_numbers.py):
 # the path-patching receiver RECEIVER is the head with the largest direct effect on the logits
 # (path_patching_logits.nc, run first: the one name-mover candidate), and the robustness
 # mid-training checkpoint MIDREV is the first revision whose model-card k-th smallest accuracy
-# reaches 0.5. After a retrain, the docs that name them (docs/experiments/path-patching.md, its
+# reaches 0.5, and the heads backup-heads ablates MOVERS are ioi-components' name movers at main.
+# After a retrain, the docs that name them (docs/experiments/path-patching.md, its
 # schema command; docs/mechanistic_probe.md, docs/experiments/robustness.md) follow the log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,12 @@ run path-patching --param corruption=swap --receivers "$RECEIVER" --receiver-inp
 run plot "$R/path_patching.nc" --out docs/path_patching.png
 run ioi-components --revisions all --out "$R/ioi_components.nc"
 run plot "$R/ioi_components.nc" --out docs/ioi_components.png
+# backup name movers: the name movers ioi-components finds at main ablated at every checkpoint, and
+# the repository's own rule (copy score >= 75 %, each checkpoint's heads)
+MOVERS=$(python scripts/docs_numbers.py --name-movers "$R")
+run backup-heads --heads "$MOVERS" --revisions all --out "$R/backup_heads.nc"
+run plot "$R/backup_heads.nc" --out docs/backup_heads.png
+run backup-heads --revisions all --out "$R/backup_heads_copy.nc"
 run copy-suppression --out "$R/cspa.nc"
 run plot "$R/cspa.nc" --out docs/cspa.png
 run robustness --out "$R/robustness.nc"

@@ -5,6 +5,7 @@ path_patching.nc of the figures above it).
     python scripts/docs_numbers.py RESULTS_DIR        # build_figures.sh tees this to RESULTS_DIR/docs_numbers.txt
     python scripts/docs_numbers.py --receiver RESULTS_DIR   # the path-patching receiver (build_figures.sh)
     python scripts/docs_numbers.py --midrev                 # the robustness mid-training revision (same)
+    python scripts/docs_numbers.py --name-movers RESULTS_DIR  # the heads backup-heads ablates (same)
 
 One line per number, "label value", e.g. ``igpoints.r.midpoint5 0.9823``; the label names the
 result file's measure, and the comment above each block says which docs lines quote it. Every
@@ -64,6 +65,36 @@ def logits_top_head(logits) -> str:
     eff = logits["relative_effect"]
     heads = eff.where(eff["sender_kind"] == "head", drop=True)
     return str(heads["sender"].values[int(np.nanargmax(np.abs(heads.values)))])
+
+
+def name_movers(components) -> str:
+    """The name movers of ``ioi-components`` at its last checkpoint, aL.H comma-joined: the heads
+    build_figures.sh's backup-heads run ablates."""
+    from nnsight_reasoning.results.io import last_checkpoint
+
+    mask = last_checkpoint(components)["name_mover"].values
+    return ",".join(f"a{layer}.{head}" for layer, head in zip(*np.nonzero(mask)))
+
+
+def backup(R: Path) -> None:
+    """Backup name movers over training: docs/tigges.md, docs/experiments/backup-heads.md."""
+    for name in ("backup_heads", "backup_heads_copy"):
+        ds = load(R, name)
+        if ds is None:
+            continue
+        for c in checkpoints(ds):
+            one = ds.sel(checkpoint=c)
+            clean = float(one["logit_diff"].sel(condition="clean").mean())
+            out(f"{name}.{c}.ablated", ",".join(f"a{la}.{h}" for la, h in zip(*np.nonzero(one["name_mover"].values)))
+                or "none")
+            out(f"{name}.{c}.logit_diff.clean", clean)
+            out(f"{name}.{c}.logit_diff.ablated", float(one["logit_diff"].sel(condition="ablated").mean()))
+            out(f"{name}.{c}.summed_backup", float(one["summed_backup"]))
+            b = one["backup"].values
+            if np.isfinite(b).any():
+                layer, head = np.unravel_index(int(np.nanargmax(b)), b.shape)
+                out(f"{name}.{c}.largest", f"a{layer}.{head}")
+                out(f"{name}.{c}.largest.backup", float(b[layer, head]))
 
 
 def mid_revision(card: dict) -> str:
@@ -256,6 +287,8 @@ def main() -> None:
     group.add_argument("--receiver", type=Path, metavar="RESULTS_DIR",
                        help="print the path-patching receiver from RESULTS_DIR/path_patching_logits.nc")
     group.add_argument("--midrev", action="store_true", help="print the robustness mid-training revision (card)")
+    group.add_argument("--name-movers", type=Path, metavar="RESULTS_DIR",
+                       help="print the name movers at main from RESULTS_DIR/ioi_components.nc")
     args = ap.parse_args()
     if args.midrev:
         from nnsight_reasoning import embedded
@@ -268,8 +301,14 @@ def main() -> None:
             sys.exit(f"no path_patching_logits.nc in {args.receiver}")
         print(logits_top_head(ds))
         return
+    if args.name_movers is not None:
+        ds = load(args.name_movers, "ioi_components")
+        if ds is None:
+            sys.exit(f"no ioi_components.nc in {args.name_movers}")
+        print(name_movers(ds))
+        return
     R = args.results
-    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps):
+    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup):
         block(R)
     if MISSING:
         sys.exit("missing result files (run scripts/build_figures.sh first): " + ", ".join(MISSING))

@@ -97,6 +97,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("path-patching", ["--receivers", "a3.3", "--n-prompts", "0"], "n_prompts must be >= 1"),
     ("ioi-components", ["--top-k", "0"], "top_k must be an integer >= 1"),
     ("ioi-components", ["--copy-threshold", "-1"], "copy_threshold is a copy score in percent"),
+    ("backup-heads", ["--heads", "a9.0"], "head a9.0 is outside this model's 4 layers"),
+    ("backup-heads", ["--copy-threshold", "101"], "copy_threshold is a copy score in percent"),
     ("copy-suppression", ["--n-mean", "0"], "n_mean must be an integer from 1"),
     ("copy-suppression", ["--k-unembeddings", "2"], "k_unembeddings must be in (0, 1]"),
     ("copy-suppression", ["--seq-len", "1"], "--seq-len must be >= 4"),
@@ -161,6 +163,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("copy-suppression", ["--data", "{d}/missing.txt"], "no such file"),
     ("ioi-components", ["--circuit", "{d}/missing.nc"], "no such file"),
     ("ioi-components", ["--circuit", "{d}/notes.txt"], "cannot read"),
+    ("backup-heads", ["--circuit", "{d}/missing.nc"], "no such file"),
     ("show", ["{d}/missing.nc"], "no such results file"),
     ("show", ["{d}/junk.nc"], "cannot read"),
     ("show", [], "Missing argument 'path'"),
@@ -204,6 +207,7 @@ REMOTE_ENV = {"NDIF_API_KEY": "dummy-key-never-shown", "NDIF_HOST": "http://127.
 REMOTE_CASES = [
     ("successor-heads", ["--remote"], "NDIF does not send"),
     ("ioi-components", ["--remote"], "NDIF does not send"),
+    ("backup-heads", ["--remote"], "NDIF does not send"),
     ("copy-suppression", ["--remote"], "NDIF does not send"),
 ]
 

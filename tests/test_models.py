@@ -143,10 +143,10 @@ _script = load_script
 
 
 def test_build_figures_choices_follow_the_model(embedded_model):
-    """scripts/build_figures.sh derives two findings instead of typing them (docs_numbers.py): the
+    """scripts/build_figures.sh derives three findings instead of typing them (docs_numbers.py): the
     path-patching receiver is the head, never an MLP node, with the largest direct effect on the
     logits; the robustness mid-training revision is the first whose card k-th smallest accuracy
-    reaches 0.5."""
+    reaches 0.5; the heads backup-heads ablates are ioi-components' name movers."""
     numbers = _script("docs_numbers")
     pp = nr.path_patching(embedded_model, nr.tasks.ioi(8, tokenizer=embedded_model.tokenizer), receivers="logits")
     heads = [s for s, k in zip(pp.sender.values, pp.sender_kind.values) if k == "head"]
@@ -157,6 +157,12 @@ def test_build_figures_choices_follow_the_model(embedded_model):
     mid = numbers.mid_revision(card)
     kth = [card["accuracy"][r]["kth_smallest"] for r in revs]
     assert kth[revs.index(mid)] >= 0.5 > max(kth[:revs.index(mid)])
+    # the heads backup-heads ablates: ioi-components' name movers (at its last checkpoint)
+    comp = nr.ioi_components(embedded_model, nr.tasks.ioi(4, corruption="swap", tokenizer=embedded_model.tokenizer),
+                             n_sequences=1, seq_len=8, progress=False)
+    movers = [f"a{l}.{h}" for l in comp["layer"].values for h in comp["head"].values
+              if comp.name_mover.sel(layer=l, head=h)]
+    assert movers and numbers.name_movers(comp) == ",".join(movers)
 
 
 def test_model_card_text_is_drawn_from_card_json():

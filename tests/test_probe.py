@@ -227,7 +227,7 @@ def test_cli_attention_probe_and_plots(tmp_path):
     assert r.returncode == 2 and "lacks column" in r.stderr and not (tmp_path / "pw.nc").exists()
     for args, msg in [(["probe", "--task", "arithmetic"], "no reasoning-tree labels"),
                       (["attention", "--head", "7"], "head 7 is out of range"),
-                      (["plot", str(prb), "--kind", "entropy"], "kinds exist for patching, attention and edge-attribution results")]:
+                      (["plot", str(prb), "--kind", "entropy"], "kinds exist for patching, attention, edge-attribution and backup-heads results")]:
         r = reason_interp(args + ["--out", str(tmp_path / "x.nc")] if args[0] != "plot" else args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
 

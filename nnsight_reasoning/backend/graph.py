@@ -751,6 +751,7 @@ def _gain_offset(model: Any) -> float:
 
 @reads_weights
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
+                       gates: torch.Tensor | None = None, last_only: bool = False,
                        remote: bool | str = False) -> torch.Tensor:
     """Direct effect of every head's output on the logits of chosen tokens, at every position.
 
@@ -760,26 +761,44 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     residual stream (frozen, the usual direct-logit attribution), N centres for LayerNorm and
     is the identity for RMSNorm, and the unembedding rows W_U[v] are centred over the
     vocabulary, so a shift of every logit alike counts as no effect.
+
+    ``gates`` (n, layers, heads), optional: each head's output multiplied by it in the run
+    itself (0 zero-ablates a head: its slice of the output projection's input, as
+    :func:`nnsight_reasoning.backend.head_masked_scores`), so the later heads, o_h and s are
+    those of the ablated run. ``last_only``: the last position only (T = 1 in the result).
     """
     from . import _run
 
     final, unembed, center, eps = final_norm(model)
     mods, _, _, conv1d = _modules(model, "logit_effects")
     d = dims(model)
+    if gates is not None:  # (n, L, H·head_dim): one factor per input column of each o_proj
+        gates = gates.float().repeat_interleave(d["head_dim"], -1)
     saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
-                                              d["head_dim"], center, eps, _gain_offset(model)), remote, "saved")
+                                              d["head_dim"], center, eps, _gain_offset(model), gates, last_only),
+                 remote, "saved")
     return saved.detach().cpu().double()
 
 
 def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1d, n_heads, head_dim, center, eps,
-                        gain_offset, remote=False, backend=None):
+                        gain_offset, gates, last_only, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         outs = []
-        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
-            outs.append(head_outputs(split_heads(o_proj.input, n_heads, head_dim), o_proj.weight, n_heads, head_dim,
-                                     conv1d))
-        scale = norm_scale(final.input, center, eps)  # (n, T)
+        li = 0
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:  # forward order
+            z = o_proj.input
+            if gates is not None:
+                z = z * gates[:, li][:, None, :].to(z.device, z.dtype)
+                o_proj.input = z
+            if last_only:
+                z = z[:, -1:]
+            outs.append(head_outputs(split_heads(z, n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d))
+            li += 1
+        f = final.input
+        if last_only:
+            f = f[:, -1:]
+        scale = norm_scale(f, center, eps)  # (n, T)
         rows = unembed_rows(unembed.weight, final.weight, gain_offset, token_ids)  # (n, K, d): γ folded in
         o = torch.stack(on_device(outs, outs[0]), 1).double()  # (n, L, T, H, d)
         if center:

@@ -46,6 +46,7 @@ from ..errors import UsageError
 from ..runner import Run, experiment
 from ..sites import dims
 from ..tasks.tokens import TextSequences
+from .heads import parse_heads
 
 # tokens that never count as suppressed sources (matched after stripping spaces, lower case)
 FUNCTION_WORDS = frozenset(
@@ -68,19 +69,7 @@ def _check_heads(heads: Sequence[str] | str | None, n_layers: int, n_heads: int,
         raise UsageError(f"start_layer must be an integer from 0 to {n_layers - 1} (got {start_layer!r})")
     if heads is None:
         return [(layer, h) for layer in range(start_layer, n_layers) for h in range(n_heads)]
-    names = [n.strip() for n in (heads.split(",") if isinstance(heads, str) else heads) if n.strip()]
-    out = []
-    for name in names:
-        try:
-            layer, h = (int(v) for v in name.removeprefix("a").split("."))
-        except ValueError:
-            raise UsageError(f"heads are named aL.H (layer L, head H), e.g. a3.1 (got {name!r})") from None
-        if not (0 <= layer < n_layers and 0 <= h < n_heads):
-            raise UsageError(f"head {name} is outside this model's {n_layers} layers × {n_heads} heads")
-        out.append((layer, h))
-    if not out:
-        raise UsageError("give at least one head (aL.H) or none for every head")
-    return sorted(set(out))
+    return parse_heads(heads, n_layers, n_heads)
 
 
 @experiment("cspa", batch_size=16, reads_weights="CSPA (the unembedding and output weights)")

@@ -53,6 +53,24 @@ _NAMES = {"previous_token": "attention to the previous token",
           "copy_suppression_proxy": "lowering of the attended tokens' logits"}
 
 
+def parse_heads(heads: Sequence[str] | str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Heads named aL.H (layer L, head H; a comma-separated string or a list), checked against
+    the model's grid: sorted (layer, head) pairs, each once."""
+    names = [n.strip() for n in (heads.split(",") if isinstance(heads, str) else heads) if str(n).strip()]
+    out = []
+    for name in names:
+        try:
+            layer, h = (int(v) for v in str(name).removeprefix("a").split("."))
+        except ValueError:
+            raise UsageError(f"heads are named aL.H (layer L, head H), e.g. a3.1 (got {name!r})") from None
+        if not (0 <= layer < n_layers and 0 <= h < n_heads):
+            raise UsageError(f"head {name} is outside this model's {n_layers} layers × {n_heads} heads")
+        out.append((layer, h))
+    if not out:
+        raise UsageError("give at least one head (aL.H) or none for every head")
+    return sorted(set(out))
+
+
 def grid(ds: xr.Dataset, score: str) -> xr.DataArray:
     """The (layer, head) grid of one score (mean over sequences where it has them)."""
     v = ds[score]

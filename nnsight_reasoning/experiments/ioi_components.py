@@ -88,6 +88,66 @@ def circuit_heads(circuit: Any, n_layers: int | None = None, n_heads: int | None
                         name="in_circuit")
 
 
+def circuit_edges(run: Run, circuit: Any, shape: Shape) -> np.ndarray | None:
+    """``circuit`` (an (upstream, downstream) 0/1 DataArray of :func:`nnsight_reasoning.circuit`
+    on this model, the plain or the q/k/v graph) as an (upstream, downstream) bool array of the
+    plain graph; a q/k/v circuit keeps, for each head, the edges into its query (the
+    repository's rule for what feeds a name mover). None for no circuit."""
+    if circuit is None:
+        return None
+    n_layers, n_heads = shape.n_layers, shape.n_heads
+    qkv_shape = Shape.of(run.model, qkv=True).valid.shape
+    if not isinstance(circuit, xr.DataArray) or circuit.dims != ("upstream", "downstream") or \
+            circuit.shape not in (shape.valid.shape, qkv_shape):
+        raise UsageError("circuit must be an (upstream, downstream) DataArray of this model's nr.circuit result, "
+                         "e.g. ds.min_circuit or ds.in_circuit.sel(size=50)")
+    edges = np.asarray(circuit.values, bool)
+    if edges.shape == qkv_shape:  # EAP-IG's graph: a head's candidates feed its query (the repository's rule)
+        q_cols = [graph.qkv_columns(n_layers, n_heads).index(v) for v in range(shape.valid.shape[1])]
+        edges = edges[:, q_cols]  # the q input's column for a head, the MLP's or the logits' own
+    return edges
+
+
+def upstream_heads(rows: np.ndarray, n_layers: int, n_heads: int) -> np.ndarray:
+    """(layer, head) bool: the heads among the upstream nodes flagged in ``rows`` (n_upstream,),
+    e.g. ``edges[:, -1]`` (a circuit edge into the logits) or ``edges.any(1)`` (any circuit edge
+    out)."""
+    up, _ = node_table(n_layers, n_heads)
+    out = np.zeros((n_layers, n_heads), bool)
+    for u in np.nonzero(rows)[0]:
+        if up["kind"][u] == "head":
+            out[up["layer"][u], up["head"][u]] = True
+    return out
+
+
+def logit_candidates(edges: np.ndarray | None, n_layers: int, n_heads: int) -> np.ndarray:
+    """(layer, head) bool: the heads with a circuit edge into the logits (the repository's
+    name-mover candidates, ``candidate_nmh``), or every head without a circuit."""
+    if edges is None:
+        return np.ones((n_layers, n_heads), bool)
+    return upstream_heads(edges[:, -1], n_layers, n_heads)
+
+
+def check_copy_options(top_k: Any, copy_threshold: Any) -> None:
+    """Refuse a copy score's options that cannot be: ``top_k`` an integer >= 1, the threshold a
+    percentage."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    if not isinstance(copy_threshold, (int, float)) or not 0 <= copy_threshold <= 100:
+        raise UsageError(f"copy_threshold is a copy score in percent, in [0, 100] (got {copy_threshold!r})")
+
+
+def copy_hits(run: Run, ids: torch.Tensor, pos: np.ndarray, answers: Sequence[tuple[int, int]],
+              top_k: int) -> np.ndarray:
+    """(layer, head) counts, over the rows of one batch of clean prompts ``ids`` (p, T) and their
+    IO, S1, S2 positions ``pos`` (p, 3), of the cases whose name (IO at IO, S at S1 and S2; from
+    ``answers``, (IO, S) token ids per row) is among the head's top-``top_k`` OV tokens: the
+    copy score's numerator (``compute_copy_score``)."""
+    top = run.call(graph.copy_top_tokens, ids, torch.tensor(pos), top_k)  # (L, H, p, 3, k)
+    names = torch.tensor([[io, s, s] for io, s in answers])
+    return (top == names[None, None, :, :, None]).any(-1).sum((2, 3)).numpy()
+
+
 @experiment("ioi_components", batch_size=64, reads_weights="ioi_components' copy score")
 def ioi_components(
     run: Run,
@@ -141,27 +201,13 @@ def ioi_components(
     if pairs.task != "ioi":  # the harness has checked that these are PromptPairs
         raise UsageError("ioi_components needs IOI pairs: nr.tasks.ioi(n, corruption='swap', "
                          "tokenizer=model.tokenizer)")
-    if not isinstance(top_k, int) or top_k < 1:
-        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
-    if not 0 <= copy_threshold < 100:
-        raise UsageError(f"copy_threshold is a copy score in percent, in [0, 100) (got {copy_threshold!r})")
+    check_copy_options(top_k, copy_threshold)
     sequences = repeated_tokens(n_sequences, seq_len, seed, tokenizer=run.tokenizer)  # refused before any pass
     shape = Shape.of(run.model)
     n_layers, n_heads = shape.n_layers, shape.n_heads
     up, down = node_table(n_layers, n_heads)
     head_of = {name: (layer, head) for name, layer, head in zip(up["name"], up["layer"], up["head"]) if head >= 0}
-    edges = None
-    qkv_shape = Shape.of(run.model, qkv=True).valid.shape
-    if circuit is not None:
-        edges = circuit
-        if not isinstance(edges, xr.DataArray) or edges.dims != ("upstream", "downstream") or \
-                edges.shape not in (shape.valid.shape, qkv_shape):
-            raise UsageError("circuit must be an (upstream, downstream) DataArray of this model's nr.circuit result, "
-                             "e.g. ds.min_circuit or ds.in_circuit.sel(size=50)")
-        edges = np.asarray(edges.values, bool)
-        if edges.shape == qkv_shape:  # EAP-IG's graph: a head's candidates feed its query (the repository's rule)
-            q_cols = [graph.qkv_columns(n_layers, n_heads).index(v) for v in range(shape.valid.shape[1])]
-            edges = edges[:, q_cols]  # the q input's column for a head, the MLP's or the logits' own
+    edges = circuit_edges(run, circuit, shape)
     pair_list, tok = _prepare(run, pairs)
     pos = _positions(tok, pair_list)
     n = len(pair_list)
@@ -169,20 +215,12 @@ def ioi_components(
     attn = np.zeros((n, n_layers, n_heads, 3))
     for job in run.steps(run.batches([len(b) for b in tok.base]), "copy scores and attention"):
         ids = torch.tensor([tok.base[i] for i in job])
-        top = run.call(graph.copy_top_tokens, ids, torch.tensor(pos[job]), top_k)  # (L, H, p, 3, k)
-        names = torch.tensor([[tok.answers[i][0], tok.answers[i][1], tok.answers[i][1]] for i in job])
-        hits += (top == names[None, None, :, :, None]).any(-1).sum((2, 3)).numpy()
+        hits += copy_hits(run, ids, pos[job], [tok.answers[i] for i in job], top_k)
         probs = run.call(attention_probs, ids, list(range(n_layers)))[:, :, :, 0]  # (p, L, H, T)
         attn[job] = np.take_along_axis(probs.numpy(), pos[job][:, None, None, :], 3)
     copy = 100 * hits / (3 * n)
     mean_attn = attn.mean(0)  # (L, H, 3)
-    nmh_candidates = np.ones((n_layers, n_heads), bool)
-    if edges is not None:
-        into_logits = edges[:, -1]
-        nmh_candidates[:] = False
-        for u in np.nonzero(into_logits)[0]:
-            if up["name"][u] in head_of:
-                nmh_candidates[head_of[up["name"][u]]] = True
+    nmh_candidates = logit_candidates(edges, n_layers, n_heads)
     nmh = nmh_candidates & (copy > copy_threshold) & (mean_attn[..., 0] > mean_attn[..., 1]) & \
         (mean_attn[..., 0] > mean_attn[..., 2])
     ld_delta = np.full((n_layers, n_heads), np.nan)
@@ -293,4 +331,5 @@ def _heads(mask: xr.DataArray) -> str:
     return ", ".join(found) if found else "none"
 
 
-__all__: Sequence[str] = ("ioi_components", "circuit_heads", "summarize")
+__all__: Sequence[str] = ("ioi_components", "circuit_heads", "circuit_edges", "upstream_heads", "logit_candidates",
+                          "copy_hits", "check_copy_options", "summarize")

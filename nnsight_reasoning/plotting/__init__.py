@@ -15,7 +15,7 @@ from ..errors import UsageError
 
 def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
-    from .attention import (ATTENTION_KINDS, attention_figure, cspa_figure, heads_figure, ioi_components_figure,
+    from .attention import (ATTENTION_KINDS, BACKUP_KINDS, attention_figure, backup_heads_figure, cspa_figure, heads_figure, ioi_components_figure,
                             path_patching_figure, probe_figure, pruning_figure, robustness_figure, successor_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
@@ -33,6 +33,7 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "successor_ov": (successor_figure, ()),
         "path_patching": (path_patching_figure, ()),
         "ioi_components": (ioi_components_figure, ()),
+        "backup_heads": (backup_heads_figure, BACKUP_KINDS),
         "cspa": (cspa_figure, ()),
         "eap": (circuit_figure, CIRCUIT_KINDS),
         "eap_ig": (circuit_figure, CIRCUIT_KINDS),
@@ -57,7 +58,9 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     the layer × head grids (also successor heads, path patching's head senders, IOI components
     and CSPA). Circuits: ``kind`` "circuit", "faithfulness", "overlap" or "stability". CoT
     neurons: activation per variant and accuracy under ablation. Binding IDs: each measure's
-    accuracy against chance.
+    accuracy against chance. Backup heads: the grids of one checkpoint; over checkpoints the
+    summed backup and the largest backup heads, ``kind`` "logits" or "fraction" (of the clean
+    logit difference, as the repository).
     """
     method = str(ds.attrs.get("method", ""))
     figures = _figures()
@@ -65,8 +68,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
         raise UsageError(f"{method or 'this'} results have no standard figure; plot their variables with xarray")
     draw, kinds = figures[method]
     if kind is not None and not kinds:
-        raise UsageError(f"kind={kind!r} does not apply to {method} results (kinds exist for patching, attention "
-                         f"and edge-attribution results)")
+        raise UsageError(f"kind={kind!r} does not apply to {method} results (kinds exist for patching, attention, "
+                         f"edge-attribution and backup-heads results)")
     if kind is not None and kind not in kinds:
         raise UsageError(f"kind must be one of {', '.join(kinds)} for {method} results (got {kind!r})")
     fig = draw(ds, kind, prompt)

@@ -273,6 +273,72 @@ def ioi_components_figure(ds: xr.Dataset, kind: str | None = None, prompt: int =
     return grid_figure(panels, _grid_title(ds, "IOI components"))
 
 
+BACKUP_KINDS = ("logits", "fraction")
+
+
+def backup_heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """One checkpoint: each head's direct effect on the logit difference in the clean run, and its
+    change when the name movers are zero-ablated (blank: an ablated head). A sweep: the
+    repository's figures over training (``backup_experiments.ipynb``, cells 21-26): the logit
+    difference's change and the summed backup (in and outside the circuit when there is one),
+    and the backup heads (each checkpoint's five largest; the five with the largest mean over
+    their appearances), a marker where the head was ablated at that or an earlier checkpoint.
+    ``kind`` "logits" (default) or "fraction": divided by each checkpoint's clean logit
+    difference, as the repository plots them (large where that difference is near 0)."""
+    import matplotlib.pyplot as plt
+
+    kind = kind or "logits"
+    if kind not in BACKUP_KINDS:
+        raise UsageError(f"kind must be one of {', '.join(BACKUP_KINDS)} for a backup-heads result (got {kind!r})")
+    if "checkpoint" not in ds.dims:
+        panels = [("direct effect, clean run (logits)",
+                   ds["direct_effect"].sel(condition="clean", drop=True).mean("prompt"), True, None),
+                  ("backup: ablated − clean direct effect (logits)", ds["backup"], True, None)]
+        return grid_figure(panels, _grid_title(ds, "backup name movers"))
+    names = [str(c) for c in ds["checkpoint"].values]
+    x = np.arange(len(names))
+    clean = ds["logit_diff"].sel(condition="clean").mean("prompt")
+    scale = clean if kind == "fraction" else xr.ones_like(clean)
+    change = ds["logit_diff"].sel(condition="ablated").mean("prompt") - clean
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax = axes[0]
+    if kind == "logits":
+        ax.plot(x, clean, "--", color="gray", label="clean logit difference")
+    ax.plot(x, change / scale, "o-", color="k", label="logit difference's change")
+    for var, label in (("summed_backup", "backup, all heads"), ("summed_backup_in_circuit", "backup, circuit heads"),
+                       ("summed_backup_outside_circuit", "backup, other heads")):
+        if var in ds:
+            ax.plot(x, ds[var] / scale, "o-", label=label)
+    ax.axhline(0, color="gray", lw=0.8, ls=":")
+    unit = "/ clean logit difference" if kind == "fraction" else "(logits)"
+    ax.set_ylabel(f"change {unit}")
+    ax.set_title("after ablating the name movers", fontsize=9)
+    frac = (ds["backup"] / scale).transpose("checkpoint", "layer", "head").values
+    n_heads = ds.sizes["head"]
+    seen: dict[tuple[int, int], list[float]] = {}
+    for row in frac:  # each checkpoint's five largest, as plot_top_heads
+        flat = np.nan_to_num(row, nan=-np.inf).ravel()
+        for k in np.argsort(flat)[::-1][:5]:
+            if np.isfinite(flat[k]):
+                seen.setdefault(divmod(int(k), n_heads), []).append(float(flat[k]))
+    top = sorted(seen, key=lambda lh: -np.mean(seen[lh]))[:5]
+    ablated = np.maximum.accumulate(ds["name_mover"].transpose("checkpoint", "layer", "head").values > 0, axis=0)
+    for layer, head in top:
+        line, = axes[1].plot(x, frac[:, layer, head], "-", label=f"a{layer}.{head}")
+        was = ablated[:, layer, head]
+        axes[1].plot(x[was], frac[was, layer, head], "x", color=line.get_color())
+    axes[1].axhline(0, color="gray", lw=0.8, ls=":")
+    axes[1].set_ylabel(f"backup {unit}")
+    axes[1].set_title("largest backup heads (x: ablated then or before)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(_grid_title(ds, "backup name movers over training"), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def cspa_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """CSPA's performance recovered per head (1: CSPA explains all of the head's effect)."""
     return grid_figure([("CSPA: performance recovered", ds["cspa"], True, None)], _grid_title(ds, "copy suppression"))

@@ -49,6 +49,9 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                        "s2i_logit_diff_delta": ("layer", "head"), "s2i_attention_delta": ("layer", "head", "word"),
                        "clean_logit_diff": ("prompt",), "induction": ("layer", "head"),
                        "duplicate_token": ("layer", "head"), "previous_token": ("layer", "head")},
+    "backup_heads": {"copy_score": ("layer", "head"), "candidate": ("layer", "head"), "name_mover": ("layer", "head"),
+                     "direct_effect": ("condition", "prompt", "layer", "head"), "logit_diff": ("condition", "prompt"),
+                     "backup": ("layer", "head"), "summed_backup": ()},
     "neuron_discovery": _NEURONS,
     "neuron_activations": {"activation": ("prompt", "layer", "neuron", "position")},
     "cot_neurons": {**_NEURONS, "activation": ("variant", "unit"), "correct": ("ablation", "variant", "prompt"),
@@ -91,6 +94,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot")},
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
+    "backup_heads": {"in_circuit": ("layer", "head"), "summed_backup_in_circuit": (),
+                     "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
     **{m: {"concept_matches": ("unit", "concept"), "concepts": ("unit",)} for m in ("neuron_discovery", "cot_neurons")},
     "mechanistic_probe": {**{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
