@@ -139,7 +139,7 @@ def binding(
     if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
         source = data or nr.tasks.mcq.HUB_ID
         h.run(nr.binding, lambda tok: nr.tasks.mcq_contexts(n_contexts, seed, source), kind="binding_mcq",
-              task="mcq", measure="mcq", max_width=max_width)
+              task="mcq", measure="mcq", max_width=max_width, freeze_context=freeze_context)
         return
     if data is not None:
         raise nr.UsageError("--data is for --measure mcq (the other measures make their contexts)")

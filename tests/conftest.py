@@ -30,14 +30,15 @@ def embedded_tokenizer():
     return load_tokenizer()
 
 
-def _tiny(model_type: str, vocab_size: int):
-    """A small random model of one architecture family; init scaled up so effects are visible."""
+def _tiny(model_type: str, vocab_size: int, n_layers: int = 2):
+    """A small random model of one architecture family; init scaled up so effects are visible.
+    ``n_layers``: for Llama and the llama-like families (default 2)."""
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, initializer_range=0.2)
     # llama-like families: grouped key/value heads; gemma/gemma2 with a head_dim that is not
     # hidden / heads (as Gemma-7B: 256, not 3072 / 16), so code that derives it gets it wrong
-    rope = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    rope = dict(hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=64, max_position_embeddings=128, **common)
     if model_type == "gpt_neox":
         cfg = tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -59,8 +60,7 @@ def _tiny(model_type: str, vocab_size: int):
         cfg = tf.Gemma2Config(**rope, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)
         cls = tf.Gemma2ForCausalLM
     else:
-        cfg = tf.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             intermediate_size=64, max_position_embeddings=128, **common)
+        cfg = tf.LlamaConfig(**rope)  # the same settings as the llama-like families
         cls = tf.LlamaForCausalLM
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -74,10 +74,10 @@ def _tiny(model_type: str, vocab_size: int):
     return model
 
 
-def tiny_bpe_llama(path, corpus: list[str]):
-    """A tiny random Llama in ``path`` with a byte-level BPE tokenizer trained on ``corpus``
-    (newlines and spaces are tokens' bytes, as in GPT-2 and Llama): for prompts whose words the
-    embedded word-level vocabulary lacks. Returns ``path``."""
+def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2):
+    """A tiny random Llama of ``n_layers`` in ``path`` with a byte-level BPE tokenizer trained on
+    ``corpus`` (newlines and spaces are tokens' bytes, as in GPT-2 and Llama): for prompts whose
+    words the embedded word-level vocabulary lacks. Returns ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -87,7 +87,7 @@ def tiny_bpe_llama(path, corpus: list[str]):
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    _tiny("llama", len(tok)).save_pretrained(path)
+    _tiny("llama", len(tok), n_layers).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

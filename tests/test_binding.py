@@ -722,7 +722,9 @@ def mcq_model(tmp_path_factory):
     corpus = [TEMPLATE.format(context="".join(STATEMENT.format(label=a, option=o) for a, o in zip(ls, OPTIONS)),
                               question=r) + f" {ls[0]}" for r, _ in REVIEWS for ls in zip(LABELS, LABELS[1:])] * 20
     corpus += [f"Answer: {x}" for x in LABELS] * 50  # every letter after a space is one token
-    path = tiny_bpe_llama(tmp_path_factory.mktemp("tiny_mcq"), corpus)
+    # 3 layers: an edit of one line reaches another line's token by layer 1 and the answer through
+    # it by layer 2, so freezing the context makes a difference (with 2 it cannot)
+    path = tiny_bpe_llama(tmp_path_factory.mktemp("tiny_mcq"), corpus, n_layers=3)
     return nr.load_model(str(path)), AutoModelForCausalLM.from_pretrained(path).eval(), path
 
 
@@ -735,6 +737,8 @@ def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
                for c in data for q in (0, 1))
     ds = nr.binding(model, data, measure="mcq", max_width=3, batch_size=7, progress=False)
     nr.testing.assert_valid_result(ds)
+    loose = nr.binding(model, data, measure="mcq", max_width=3, batch_size=7, freeze_context=False, progress=False)
+    assert ds.attrs["freeze_context"] == 1 and loose.attrs["freeze_context"] == 0
     tok = model.tokenizer
     for ci, c in enumerate(data.contexts):
         assert c.text(0, swapped=True).count(f"\n{c.labels[1]}. {c.options[0]}") == 1
@@ -747,15 +751,36 @@ def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
             ends = [next(t for t, (a, b) in enumerate(offsets) if a >= end) for _, end in c.statement_spans()]
             assert all(tok.decode([ids[e]]) == "\n" for e in ends)
             _, source = _run(hf, src, capture=range(len(src)))
+            _, clean = _resid_pre_run(hf, ids)
+            _, source_pre = _resid_pre_run(hf, src)
             for w in range(4):
                 edits = {p: source[:, p] for e in ends for p in range(e - w + 1, e + 1)} if w else None
-                logits, _ = _run(hf, ids, edits=edits)
+                logits, _ = _run(hf, ids, edits=edits)  # unfrozen: an edit of line 0 reaches line 1's tokens
                 want = logits.double().log_softmax(-1)[cand].numpy()
-                np.testing.assert_allclose(ds["mcq_logprob"].values[w, q, :, ci], want, rtol=1e-5, atol=1e-5,
+                np.testing.assert_allclose(loose["mcq_logprob"].values[w, q, :, ci], want, rtol=1e-5, atol=1e-5,
                                            err_msg=f"width {w} query {q} context {ci}")
+
+                # the repository's runner: every layer's input keeps the context section (up to the token
+                # after the last option's line) clean, then the windows take the letter-swapped context's
+                def frozen(li, h, w=w):
+                    h[0, :ends[-1]] = clean[li, :ends[-1]].to(h.dtype)
+                    for e in ends if w else ():
+                        for p in range(e - w + 1, e + 1):
+                            h[0, p] = source_pre[li, p].to(h.dtype)
+                    return h
+                lp, _ = _resid_pre_run(hf, ids, edit=frozen)
+                np.testing.assert_allclose(ds["mcq_logprob"].values[w, q, :, ci], lp[cand].numpy(), rtol=1e-5,
+                                           atol=1e-5, err_msg=f"frozen: width {w} query {q} context {ci}")
+    assert not np.allclose(ds["mcq_logprob"].values[1:], loose["mcq_logprob"].values[1:], atol=1e-4)  # freezing matters
     lp = ds["mcq_logprob"].values
     np.testing.assert_array_equal(ds["mcq_swapped"].values, lp.argmax(axis=2) == np.array([1, 0])[None, :, None])
     np.testing.assert_allclose(ds["mcq_swap_accuracy"].values, ds["mcq_swapped"].values.mean(axis=(1, 2)))
+    # reduce_balanced_acc(t, [1, 0]) of the repository on t = (query, prompt, answer) per width
+    for w in range(4):
+        t = lp[w].transpose(0, 2, 1)  # (query, prompt, answer)
+        med = np.median(t.reshape(-1, 2), axis=0)
+        want = ((t - med).argmax(-1) == np.array([1, 0])[:, None]).mean()
+        assert float(ds["mcq_balanced_swap_accuracy"].values[w]) == pytest.approx(want)
     assert float(ds["control_accuracy"]) == pytest.approx((lp[0].argmax(axis=1) == np.array([0, 1])[:, None]).mean())
     assert nr.plot_result(ds).axes
     with pytest.raises(UsageError, match="reaches past the start of an option's line"):
@@ -773,6 +798,12 @@ def test_mcq_exchange_matches_hooks(mcq_model, tmp_path):
                                    "--out", str(out)])
     assert res.exit_code == 0 and "MCQ exchange" in res.output, res.output
     np.testing.assert_allclose(nr.load_result(out)["mcq_logprob"].values, ds["mcq_logprob"].values, rtol=1e-6)
+    res = CliRunner().invoke(app, ["binding", "--measure", "mcq", "--model", str(path), "--data", str(sst),
+                                   "--n-contexts", "3", "--seed", "1", "--max-width", "3", "--no-freeze-context",
+                                   "--no-progress", "--out", str(tmp_path / "loose.nc")])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(nr.load_result(tmp_path / "loose.nc")["mcq_logprob"].values,
+                               loose["mcq_logprob"].values, rtol=1e-6)
     res = CliRunner().invoke(app, ["binding", "--data", str(sst), "--no-progress", "--out", str(tmp_path / "x.nc")])
     assert res.exit_code == 2 and "--data is for --measure mcq" in res.output and not (tmp_path / "x.nc").exists()
 

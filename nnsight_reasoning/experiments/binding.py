@@ -206,7 +206,7 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
             raise UsageError("the mcq measure takes nr.tasks.mcq_contexts(n_contexts, seed, data), and only it does")
         if not isinstance(max_width, (int, np.integer)) or isinstance(max_width, bool) or max_width < 1:
             raise UsageError(f"max_width must be an integer >= 1 (got {max_width!r})")
-        return _mcq(run, contexts, int(max_width))
+        return _mcq(run, contexts, int(max_width), freeze_context)
     if measure == "accuracy":  # this toolkit's summary edits one token per word
         if contexts.contexts[0].family not in EXPERIMENT_FAMILIES:
             raise UsageError(f"the summary measure exchanges statements that start with their entity, one pair each "
@@ -872,7 +872,7 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
                "split": int(bool(contexts.params.get("split")))})
 
 
-def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
+def _mcq(run: Run, contexts: McqContexts, max_width: int, freeze: bool = True) -> xr.Dataset:
     """binding-iclr's MCQ test (``mcq_parallel_exchange``, ``coref/data_collection.py:962-1076``;
     ``run_mcq``, ``scripts/run_experiment.py:813-834``, ``max_width=5``). For width w = 1 …
     ``max_width``, the residual stream (every depth) of the last w tokens of each option's line
@@ -881,9 +881,15 @@ def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
     exchanged; w = 0 is the clean run. Queries: each option's review; answers: the
     log-probabilities (full vocabulary) of the two letters at the last position. If the lines'
     last tokens carry which letter goes with which option, the model answers the *other*
-    letter: ``mcq_swap_accuracy`` (w) is the share of queries where it does; the source row
-    reads the same review (the options come first, so its edited positions are the
-    repository's)."""
+    letter: ``mcq_swap_accuracy`` (w) is the share of queries where it does (argmax);
+    ``mcq_balanced_swap_accuracy`` (w) scores it as the repository (``reduce_balanced_acc(t, [1,
+    0])``, notebook cell 42: each letter's log-probability minus its median over the queries and
+    contexts of that width, then the argmax). The source row reads the same review (the options
+    come first, so its edited positions are the repository's). With ``freeze`` the context (the
+    option lines, up to the first token after them) keeps its clean values at every depth
+    before the edits, as the repository's runner does (``run_intervened_model``, dependent
+    start = the context section's end), so an edit of one line does not reach the other's
+    tokens; only the review and the answer read it."""
     model = run.model
     items = [(i, q) for i in range(len(contexts)) for q in (0, 1)]
     ctxs = contexts.contexts
@@ -908,19 +914,22 @@ def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
     W = max_width
     logp = np.zeros((W + 1, len(items), 2))
     for chunk in run.steps(run.batches([len(ids) for ids, _ in clean], rows_per_item=2 + W), "mcq exchange"):
-        ids, answers, e_rows, e_src, e_pos = [], [], [], [], []
+        ids, answers, e_rows, e_src, e_pos, frozen = [], [], [], [], [], []
         for k in chunk:  # the clean row, the source row, then one edited row per width
             base = len(ids)
             ids += [clean[k][0], source[k][0]] + [clean[k][0]] * W
             answers += [cand[k]] * (2 + W)
             for w in range(1, W + 1):
+                # the context section ends where the last option's line does (its window's end token)
+                frozen.append((base + 1 + w, base, windows[k][-1]))
                 for end in windows[k]:
                     for pos in range(end - w + 1, end + 1):
                         e_rows.append(base + 1 + w)
                         e_src.append(base + 1)
                         e_pos.append(pos)
         lp = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), torch.tensor(e_rows),
-                      torch.tensor(e_src), torch.tensor(e_pos)).log_probs.numpy()
+                      torch.tensor(e_src), torch.tensor(e_pos),
+                      freeze=_freeze_arg(frozen, len(ids[0])) if freeze else None).log_probs.numpy()
         for j, k in enumerate(chunk):
             row = j * (2 + W)
             logp[0, k] = lp[row]
@@ -928,6 +937,8 @@ def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
     logp = logp.reshape(W + 1, len(contexts), 2, 2).transpose(0, 2, 3, 1)  # (width, query, answer, prompt)
     best = logp.argmax(axis=2)  # (width, query, prompt)
     swapped = best == (1 - np.arange(2))[None, :, None]
+    # reduce_balanced_acc: per width and letter, the median over queries and contexts subtracted
+    balanced = (logp - np.median(logp, axis=(1, 3), keepdims=True)).argmax(axis=2) == (1 - np.arange(2))[None, :, None]
     return xr.Dataset(
         {"mcq_logprob": (("width", "query", "answer", "prompt"), logp,
                          {"long_name": "log-probability of each statement's letter (full vocabulary)", "units": "nats"}),
@@ -935,12 +946,16 @@ def _mcq(run: Run, contexts: McqContexts, max_width: int) -> xr.Dataset:
                          {"long_name": "the other statement's letter wins (what the exchanged lines predict)"}),
          "mcq_swap_accuracy": ("width", swapped.mean(axis=(1, 2)),
                                {"long_name": "share of queries answered with the exchanged letter"}),
+         "mcq_balanced_swap_accuracy": ("width", balanced.mean(axis=(1, 2)),
+                                        {"long_name": "binding-iclr's balanced accuracy of the exchanged letter (each "
+                                                      "letter's median over queries and contexts subtracted)"}),
          "control_accuracy": ((), float((best[0] == np.arange(2)[:, None]).mean()),
                               {"long_name": "clean run: the queried option's own letter wins"})},
         coords={"width": np.arange(W + 1), "query": np.array(["option 0", "option 1"], dtype=object),
                 "answer": np.array(["L0", "L1"], dtype=object), "prompt": np.arange(len(contexts)),
                 "text": ("prompt", [c.text(0) for c in ctxs])},
-        attrs={"method": "binding_ids", "measure": "mcq", "metric": "accuracy", "max_width": W})
+        attrs={"method": "binding_ids", "measure": "mcq", "metric": "accuracy", "max_width": W,
+               "freeze_context": int(freeze)})
 
 
 def _deltas(run: Run, estimate: Sequence[BindingContext]) -> torch.Tensor:
@@ -1027,13 +1042,14 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         ds = last_checkpoint(ds)
         table = Table(title="share of queries answered with the other option's letter after the last w tokens of "
                             "each option's line come from the letter-swapped context")
-        for col in ("w", "exchanged letter wins", "mean log p(own letter)", "mean log p(other letter)"):
+        for col in ("w", "exchanged letter wins", "balanced", "mean log p(own letter)", "mean log p(other letter)"):
             table.add_column(col, justify="right")
         own = np.stack([ds["mcq_logprob"].values[:, q, q] for q in (0, 1)], 1).mean(axis=(1, 2))
         other = np.stack([ds["mcq_logprob"].values[:, q, 1 - q] for q in (0, 1)], 1).mean(axis=(1, 2))
         for w in ds["width"].values:
-            table.add_row(str(int(w)), f"{float(ds['mcq_swap_accuracy'].sel(width=w)):.3f}", f"{own[w]:.2f}",
-                          f"{other[w]:.2f}")
+            balanced = ds["mcq_balanced_swap_accuracy"].sel(width=w) if "mcq_balanced_swap_accuracy" in ds else np.nan
+            table.add_row(str(int(w)), f"{float(ds['mcq_swap_accuracy'].sel(width=w)):.3f}", f"{float(balanced):.3f}",
+                          f"{own[w]:.2f}", f"{other[w]:.2f}")
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
                 f"· MCQ exchange (binding-iclr); clean accuracy {float(ds['control_accuracy']):.3f}", table]
     if measure == "subspace":

@@ -339,12 +339,16 @@ def _cross_subspace_figure(ds: xr.Dataset):
 
 
 def _mcq_figure(ds: xr.Dataset):
-    """binding-iclr's MCQ test: the share of queries answered with the exchanged letter against
-    the number of tokens at the end of each option's line taken from the letter-swapped context."""
+    """binding-iclr's MCQ test: the share of queries answered with the exchanged letter (by argmax,
+    and median-calibrated as the repository's cell 42) against the number of tokens at the end of
+    each option's line taken from the letter-swapped context."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    ax.plot(ds["width"].values, ds["mcq_swap_accuracy"].values, "o-")
+    ax.plot(ds["width"].values, ds["mcq_swap_accuracy"].values, "o-", label="argmax")
+    if "mcq_balanced_swap_accuracy" in ds:  # files written before 2026-12-06 lack it
+        ax.plot(ds["width"].values, ds["mcq_balanced_swap_accuracy"].values, "s--",
+                label="balanced (median-calibrated, as the repository)")
     ax.set_xlabel("tokens exchanged at the end of each option's line")
     ax.set_ylabel("exchanged letter wins")
     ax.set_ylim(0, 1.05)

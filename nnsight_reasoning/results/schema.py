@@ -84,6 +84,7 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                                    "source_delta": ("kind", "j", "token", "depth", "d_model")},
     "binding_ids/mcq": {"mcq_logprob": ("width", "query", "answer", "prompt"),
                         "mcq_swapped": ("width", "query", "prompt"), "mcq_swap_accuracy": ("width",),
+                        "mcq_balanced_swap_accuracy": ("width",),
                         "control_accuracy": ()},
     "binding_ids/subspace": {"subspace_logprob": ("root", "x", "y", "query", "answer", "prompt"),
                              "subspace_accuracy": ("root", "x", "y"), "delta2_coords": ("basis",),
@@ -105,7 +106,8 @@ FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
              "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy",
-             "cross_accuracy", "cross_correct", "control_accuracy", "mcq_swap_accuracy", "mcq_swapped")
+             "cross_accuracy", "cross_correct", "control_accuracy", "mcq_swap_accuracy", "mcq_swapped",
+             "mcq_balanced_swap_accuracy")
 
 
 def assert_valid_result(ds: xr.Dataset) -> None:
