@@ -98,12 +98,13 @@ def binding(
     seed: Seed = 0,
     measure: str = typer.Option("accuracy", help="accuracy (the summary of every measure) | factorization "
                                                  "(binding-iclr Fig. 3) | position (Fig. 4) | means (Table 1) | cyclic "
-                                                 "(Fig. 6 right; --n-pairs 3) | subspace (Fig. 5) | cross_subspace "
+                                                 "(Fig. 6 right; --n-pairs 3) | pairwise (Table 1 without --cyclic: "
+                                                 "two of 3 IDs switched; --n-pairs 3) | subspace (Fig. 5) | cross_subspace "
                                                  "(Table 2; --n-pairs 3 --estimate-family F) | mcq (the multiple-"
                                                  "choice exchange; SST-2 reviews from --data)"),
     split: Optional[bool] = typer.Option(None, "--split/--no-split",
                                          help="estimate the binding-ID vectors on one half of the words and test on "
-                                              "the other (default: with --measure means, cyclic and subspace, "
+                                              "the other (default: with --measure means, cyclic, pairwise and subspace, "
                                               "not with another --estimate-family, as binding-iclr)"),
     freeze_context: bool = typer.Option(True, "--freeze-context/--no-freeze-context",
                                         help="every measure but accuracy: the context keeps its clean values at "
@@ -111,7 +112,7 @@ def binding(
     max_offset: int = typer.Option(10, help="position: offsets from -max_offset to max_offset + distance - 1"),
     window: str = typer.Option("full", help="position: full (offsets as --max-offset says) | local (binding-iclr's "
                                             "local test: -2..2 and distance-2..distance+2)"),
-    estimate_family: Optional[str] = typer.Option(None, help="means, cyclic: estimate the binding-ID vectors on "
+    estimate_family: Optional[str] = typer.Option(None, help="means, cyclic, pairwise: estimate the binding-ID vectors on "
                                                              "another family (binding-iclr's cross-task means); "
                                                              "cross_subspace: the source task (default: --family)"),
     entity_tokens: int = typer.Option(2, help="every measure but accuracy: tokens edited from each entity's first "
@@ -155,7 +156,7 @@ def binding(
     # the repository splits the words for its own task's means, cyclic and subspace tests, not for
     # the cross-task ones (rx:547, 550, 684, 687)
     cross = bool(estimate_family) and estimate_family != family
-    split = (measure in ("means", "cyclic", "subspace") and not cross) if split is None else split
+    split = (measure in ("means", "cyclic", "pairwise", "subspace") and not cross) if split is None else split
     # Δ_1 and Δ_2 come from 3 pairs; the cross-task source's D_1 … D_3 from 4
     estimate_pairs = {"subspace": 3, "cross_subspace": 4}.get(measure)
     if measure == "cross_subspace" and not estimate_family:

@@ -475,13 +475,21 @@ def test_cli_means_uses_split_words_and_summarizes(tmp_path):
                                    "--n-estimate", "3", "--no-progress", "--out", str(tmp_path / "cyc.nc")])
     assert res.exit_code == 0 and "cyclic swaps" in res.output, res.output
     assert nr.load_result(tmp_path / "cyc.nc").attrs["split"] == 1
+    res = CliRunner().invoke(app, ["binding", "--measure", "pairwise", "--n-pairs", "3", "--n-contexts", "3",
+                                   "--n-estimate", "3", "--no-progress", "--out", str(tmp_path / "pw.nc")])
+    assert res.exit_code == 0 and "0↔2" in res.output and "switched" in res.output, res.output
+    pw = nr.load_result(tmp_path / "pw.nc")
+    assert pw.attrs["split"] == 1 and pw.attrs["measure"] == "pairwise"
+    bars = nr.plot_result(pw).axes[0].patches  # control, entity, attribute
+    np.testing.assert_allclose([b.get_height() for b in bars][:3], pw["pairwise_accuracy"].values)
     res = CliRunner().invoke(app, ["binding", "--measure", "subspace", "--n-contexts", "2", "--n-estimate", "2",
                                    "--no-progress", "--out", str(tmp_path / "sub.nc")])
     assert res.exit_code == 0 and "subspace" in res.output, res.output
     sub = nr.load_result(tmp_path / "sub.nc")
     assert sub.sizes["root"] == 8 and sub.sizes["x"] == 10 and nr.plot_result(sub).axes
-    res = CliRunner().invoke(app, ["binding", "--measure", "cyclic", "--no-progress", "--out", str(tmp_path / "x.nc")])
-    assert res.exit_code == 2 and "3 pairs" in res.output and not (tmp_path / "x.nc").exists()
+    for m in ("cyclic", "pairwise"):
+        res = CliRunner().invoke(app, ["binding", "--measure", m, "--no-progress", "--out", str(tmp_path / "x.nc")])
+        assert res.exit_code == 2 and "3 pairs" in res.output and not (tmp_path / "x.nc").exists()
 
 
 def _stated_and_shifted(model, hf, c):
@@ -511,11 +519,16 @@ def _three_pair_deltas(model, hf, contexts):
     return torch.stack(out).mean(0)
 
 
-@pytest.mark.parametrize("which", ["neox", "llama"])
-def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embedded_model):
+@pytest.mark.parametrize("which,measure", [("neox", "cyclic"), ("llama", "cyclic"), ("neox", "pairwise"),
+                                           ("llama", "pairwise")])
+def test_cyclic_swaps_of_three_binding_ids(which, measure, request, tiny_model_dir, embedded_model):
+    """Fig. 6 (right): the 3-cycles; "pairwise", Table 1 without --cyclic: the three switches of
+    two sides (the third side untouched), each its own inverse."""
     model, hf = _pair(which, request, tiny_model_dir, embedded_model)
     data = nr.tasks.binding_contexts(2, 3, 2, seed=8, family="cities", split=True)
-    ds = nr.binding(model, data, measure="cyclic", batch_size=64, progress=False)
+    ds = nr.binding(model, data, measure=measure, batch_size=64, progress=False)
+    nr.testing.assert_valid_result(ds)
+    perms = ((1, 2, 0), (2, 0, 1)) if measure == "cyclic" else ((1, 0, 2), (2, 1, 0), (0, 2, 1))
     tok = model.tokenizer
     L = hf.config.num_hidden_layers
     want = _three_pair_deltas(model, hf, data.estimate)  # (kind, k, token, L, d)
@@ -528,25 +541,28 @@ def test_cyclic_swaps_of_three_binding_ids(which, request, tiny_model_dir, embed
         for q in range(3):
             ids, e, a = _positions(model, c, c.text(q))
             clean_lp, clean = _resid_pre_run(hf, ids)
-            np.testing.assert_allclose(ds["cyclic_logprob"].values[0, 0, q, :, ci], clean_lp[cand].numpy(), rtol=1e-5,
+            np.testing.assert_allclose(ds[f"{measure}_logprob"].values[0, 0, q, :, ci], clean_lp[cand].numpy(), rtol=1e-5,
                                        atol=1e-5)
-            for p, cyc in enumerate(((1, 2, 0), (2, 0, 1))):
+            for p, cyc in enumerate(perms):
                 for kind, pos in ((0, e), (1, a)):
                     def edit(li, h, kind=kind, pos=pos, cyc=cyc):
                         h[0, :end] = clean[li, :end].to(h.dtype)
-                        for side in range(3):
+                        for side in (s for s in range(3) if cyc[s] != s):  # a side left in place: no edit
                             for t, x in enumerate(_window(pos[side], kind)):
                                 h[0, x] = (clean[li, x] + ids_[kind, cyc[side], t, li] - ids_[kind, side, t, li]).to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
-                    np.testing.assert_allclose(ds["cyclic_logprob"].values[p, 1 + kind, q, :, ci], lp[cand].numpy(),
+                    np.testing.assert_allclose(ds[f"{measure}_logprob"].values[p, 1 + kind, q, :, ci], lp[cand].numpy(),
                                                rtol=1e-5, atol=1e-5, err_msg=f"{p} {kind} {q}")
     # entities moved: E_i answers A_cyc(i); attributes moved: A_cyc⁻¹(i); balanced by the median over queries and contexts
-    assert ds["cyclic_intended"].values[0].tolist() == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
-    lp = ds["cyclic_logprob"].values
+    inverse = [[perm.index(q) for q in range(3)] for perm in perms]
+    assert ds[f"{measure}_intended"].values.tolist() == [[[0, 1, 2], list(perm), inv] for perm, inv in zip(perms, inverse)]
+    if measure == "pairwise":
+        assert list(ds["switch"].values) == ["0↔1", "0↔2", "1↔2"] and inverse == [list(p) for p in perms]
+    lp = ds[f"{measure}_logprob"].values
     bal = lp - np.median(lp, axis=(2, 4), keepdims=True)
-    right = bal.argmax(axis=3) == ds["cyclic_intended"].values[..., None]
-    np.testing.assert_allclose(ds["cyclic_accuracy"].values, right.mean(axis=(0, 2, 3)))
+    right = bal.argmax(axis=3) == ds[f"{measure}_intended"].values[..., None]
+    np.testing.assert_allclose(ds[f"{measure}_accuracy"].values, right.mean(axis=(0, 2, 3)))
 
 
 @pytest.mark.parametrize("which", [pytest.param("neox", marks=pytest.mark.slow), "llama"])

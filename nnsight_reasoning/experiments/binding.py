@@ -141,10 +141,13 @@ def _queries(model: Any, contexts: Sequence[BindingContext], n_pairs: int) -> li
     return rows
 
 
-MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "subspace", "cross_subspace", "mcq")
+MEASURES = ("accuracy", "factorization", "position", "means", "cyclic", "pairwise", "subspace", "cross_subspace",
+            "mcq")
 #: the roots of binding-iclr's Fig. 5 panels (``scripts/run_experiment.py:289-441``, without the unplotted (.2, .1))
 SUBSPACE_ROOTS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5), (0.5, 0.7), (0.7, 0.1), (0.0, 0.5))
 CYCLES = ((1, 2, 0), (2, 0, 1))
+# rep.get_pairwise_switches(3): (0, 1), (0, 2), (1, 2), as permutations of the three sides
+SWITCHES = ((1, 0, 2), (2, 1, 0), (0, 2, 1))
 MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 
 
@@ -164,6 +167,8 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
       accuracy (:func:`_means`; make the data with ``split=True`` for its train/test words);
     - "cyclic": binding-iclr's Fig. 6 (right), cyclic swaps of 3 binding IDs (:func:`_cyclic`;
       3 pairs);
+    - "pairwise": binding-iclr's Table 1 without ``--cyclic``, two of 3 binding IDs switched, each
+      pair of sides in turn (:func:`_cyclic` with ``measure="pairwise"``; 3 pairs);
     - "subspace": binding-iclr's Fig. 5, side 1's binding ID moved over a grid in the plane of
       Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
       ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5];
@@ -231,8 +236,8 @@ def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: 
         return _position(run, contexts, freeze_context, int(max_offset), window, tokens)
     if measure == "means":
         return _means(run, contexts, freeze_context, tokens)
-    if measure == "cyclic":
-        return _cyclic(run, contexts, freeze_context, tokens)
+    if measure in ("cyclic", "pairwise"):
+        return _cyclic(run, contexts, freeze_context, tokens, measure)
     if measure == "cross_subspace":
         return _cross_subspace(run, contexts, freeze_context, tokens)
     if measure == "subspace":
@@ -693,7 +698,8 @@ def _freeze_arg(frozen: list[tuple[int, int, int]], T: int) -> tuple:
     return torch.tensor([r for r, _, _ in frozen]), torch.tensor([c for _, c, _ in frozen]), mask
 
 
-def _cyclic(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int]) -> xr.Dataset:
+def _cyclic(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int, int],
+            measure: str = "cyclic") -> xr.Dataset:
     """binding-iclr's cyclic swaps of three binding IDs (Fig. 6 right; ``rx:598-670``,
     ``coref/data_collection.py:789-861``): with Δ_0 = 0 and Δ_1, Δ_2 estimated as for the mean
     interventions, a permutation π moves the binding ID of the entities (or of the attributes)
@@ -702,50 +708,61 @@ def _cyclic(run: Run, contexts: BindingContexts, freeze: bool, tokens: tuple[int
     (attributes moved). Accuracy as the repository's ``reduce_balanced_acc``: each answer's
     log-probability minus its median over the queries and contexts of that run, then the
     argmax among the three answers; averaged over the two 3-cycles and the queries. The
-    control is the clean run scored the same way against the stated binding."""
+    control is the clean run scored the same way against the stated binding.
+
+    ``measure="pairwise"``: the same with the three switches of two sides, (0, 1), (0, 2) and
+    (1, 2), instead of the 3-cycles (``run_category_means_interventions``,
+    ``test_category_mean_interventions``, ``coref/data_collection.py:720-786``: the sides i and j
+    get Δ_j − Δ_i and Δ_i − Δ_j, the third none; the notebook's ``build_intended_answers`` with
+    ``is_cyclic=False``). A switch is its own inverse, so E_i answers A_π(i) either way.
+    Variables ``pairwise_*`` over a ``switch`` dim."""
     model = run.model
     if contexts.n_pairs != 3 or len(contexts.estimate[0].entities) != 3:
-        raise UsageError(f"the cyclic swaps are defined for 3 pairs in the contexts and the estimate contexts (got "
+        raise UsageError(f"the {measure} swaps are defined for 3 pairs in the contexts and the estimate contexts (got "
                          f"{contexts.n_pairs} and {len(contexts.estimate[0].entities)}); use n_pairs=3")
+    perms, dim = (CYCLES, "cycle") if measure == "cyclic" else (SWITCHES, "switch")
     delta = _repository_deltas(run, contexts.estimate, tokens)  # (kind, 2, token, D, d): Δ_1, Δ_2
     ids_ = torch.cat([torch.zeros_like(delta[:, :1]), delta], 1)  # (kind, 3, token, D, d): Δ_0 = 0
     located = _locate(model, [(c, c.text(q)) for c in contexts.contexts for q in range(3)], tokens)
     cand = [backend.answer_tokens(model, list(c.answers), "attribute") for c in contexts.contexts]
-    plan = [(p, kind) for p in range(len(CYCLES)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
+    plan = [(p, kind) for p in range(len(perms)) for kind in (0, 1)]  # kind 0: entities, 1: attributes
 
-    def edits(entry, loc):  # side i takes side π(i)'s binding ID
+    def edits(entry, loc):  # side i takes side π(i)'s binding ID (a side π leaves in place gets nothing)
         p, kind = entry
-        return [(pos, ids_[kind, CYCLES[p][side], t] - ids_[kind, side, t]) for side in range(3)
-                for t, pos in enumerate(_span(loc, kind, side, tokens))]
+        return [(pos, ids_[kind, perms[p][side], t] - ids_[kind, side, t]) for side in range(3)
+                if perms[p][side] != side for t, pos in enumerate(_span(loc, kind, side, tokens))]
 
-    runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, "cyclic swaps")
-    logp = np.zeros((len(CYCLES), 3, 3, 3, len(contexts)))  # (cycle, target: control/entity/attribute, query, answer)
+    runs = _edited_runs(run, located, cand, 3, plan, edits, freeze, f"{measure} swaps")
+    logp = np.zeros((len(perms), 3, 3, 3, len(contexts)))  # (perm, target: control/entity/attribute, query, answer)
     logp[:, 0] = runs[0][None]
     for e, (p, kind) in enumerate(plan):
         logp[p, 1 + kind] = runs[1 + e]
-    intended = np.zeros((len(CYCLES), 3, 3), np.int64)  # (cycle, target, query)
-    for p, cyc in enumerate(CYCLES):
-        inverse = [cyc.index(q) for q in range(3)]
-        intended[p, 0], intended[p, 1], intended[p, 2] = range(3), cyc, inverse
+    intended = np.zeros((len(perms), 3, 3), np.int64)  # (perm, target, query)
+    for p, perm in enumerate(perms):
+        inverse = [perm.index(q) for q in range(3)]
+        intended[p, 0], intended[p, 1], intended[p, 2] = range(3), perm, inverse
     balanced = logp - np.median(logp, axis=(2, 4), keepdims=True)  # per answer, over queries and contexts
-    right = balanced.argmax(axis=3) == intended[..., None]  # (cycle, target, query, prompt)
+    right = balanced.argmax(axis=3) == intended[..., None]  # (perm, target, query, prompt)
+    over = "both 3-cycles" if measure == "cyclic" else "the three switches"
+    labels = ["→".join(map(str, c)) for c in perms] if measure == "cyclic" else \
+        ["↔".join(str(i) for i in range(3) if perm[i] != i) for perm in perms]
     return xr.Dataset(
-        {"cyclic_logprob": (("cycle", "target", "query", "answer", "prompt"), logp,
-                            {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
-         "cyclic_intended": (("cycle", "target", "query"), intended,
-                             {"long_name": "the answer binding IDs predict (index into answer)"}),
-         "cyclic_correct": (("cycle", "target", "query", "prompt"), right.astype(np.int8)),
-         "cyclic_accuracy": ("target", right.mean(axis=(0, 2, 3)),
-                             {"long_name": "binding-iclr's balanced accuracy, over both 3-cycles and the queries"}),
+        {f"{measure}_logprob": ((dim, "target", "query", "answer", "prompt"), logp,
+                                {"long_name": "log-probability of each answer (full vocabulary)", "units": "nats"}),
+         f"{measure}_intended": ((dim, "target", "query"), intended,
+                                 {"long_name": "the answer binding IDs predict (index into answer)"}),
+         f"{measure}_correct": ((dim, "target", "query", "prompt"), right.astype(np.int8)),
+         f"{measure}_accuracy": ("target", right.mean(axis=(0, 2, 3)),
+                                 {"long_name": f"binding-iclr's balanced accuracy, over {over} and the queries"}),
          "delta": (("kind", "k", "token", "depth", "d_model"), delta.numpy(),
                    {"long_name": "binding-ID differences Δ_k = ID_k − ID_0, k = 1, 2, per token of the window"})},
-        coords={"cycle": np.array(["→".join(map(str, c)) for c in CYCLES], dtype=object),
+        coords={dim: np.array(labels, dtype=object),
                 "target": np.array(["control", "entity", "attribute"], dtype=object),
                 "query": np.array(["E0", "E1", "E2"], dtype=object), "answer": np.array(["A0", "A1", "A2"], dtype=object),
                 "kind": np.array(INTERVENTIONS, dtype=object), "k": [1, 2], "token": np.arange(delta.shape[2]),
                 "depth": np.arange(delta.shape[3]),
                 "prompt": np.arange(len(contexts)), "text": ("prompt", [c.text(0) for c in contexts.contexts])},
-        attrs={"method": "binding_ids", "measure": "cyclic", "metric": "accuracy", "freeze_context": int(freeze),
+        attrs={"method": "binding_ids", "measure": measure, "metric": "accuracy", "freeze_context": int(freeze),
                "split": int(bool(contexts.params.get("split")))})
 
 
@@ -1016,11 +1033,13 @@ def _dataset(contexts: BindingContexts, n_pairs, correct, factor, position, swap
 
 
 def _per_cycle_table(ds: xr.Dataset, title: str, row_dim: str, row_label: str, correct: str, accuracy: str) -> Any:
-    """A table of balanced accuracy per ``row_dim`` entry and 3-cycle, and their mean."""
+    """A table of balanced accuracy per ``row_dim`` entry and permutation (3-cycle or switch), and
+    their mean."""
     from rich.table import Table
 
     table = Table(title=title)
-    for col in (row_label, *[str(c) for c in ds["cycle"].values], "mean"):
+    perms = ds["cycle"] if "cycle" in ds.dims else ds["switch"]
+    for col in (row_label, *[str(c) for c in perms.values], "mean"):
         table.add_column(col, justify="left" if col == row_label else "right")
     per = ds[correct].mean(("query", "prompt"))
     for r in ds[row_dim].values:
@@ -1072,12 +1091,14 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
                 f"of 3 pairs · cross-task subspace (binding-iclr Table 2); control (clean run, stated binding) "
                 f"{float(ds['control_accuracy']):.3f}", table]
-    if measure == "cyclic":
+    if measure in ("cyclic", "pairwise"):
         ds = last_checkpoint(ds)
-        table = _per_cycle_table(ds, "balanced accuracy of the binding the cyclic swap predicts (control: the stated "
-                                     "one)", "target", "target", "cyclic_correct", "cyclic_accuracy")
+        what = ("cyclic swap", "cyclic swaps of binding IDs (binding-iclr Fig. 6 right)") if measure == "cyclic" else \
+            ("switch", "two of three binding IDs switched (binding-iclr Table 1 without --cyclic)")
+        table = _per_cycle_table(ds, f"balanced accuracy of the binding the {what[0]} predicts (control: the stated "
+                                     "one)", "target", "target", f"{measure}_correct", f"{measure}_accuracy")
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
-                f"of 3 pairs · cyclic swaps of binding IDs (binding-iclr Fig. 6 right)", table]
+                f"of 3 pairs · {what[1]}", table]
     if measure == "means":
         ds = last_checkpoint(ds)
         head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "

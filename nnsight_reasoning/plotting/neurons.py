@@ -89,7 +89,7 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     from ..results.io import last_checkpoint
 
     ds = last_checkpoint(ds)
-    if "model" in ds.dims and ds.attrs.get("measure") == "cyclic":
+    if "model" in ds.dims and ds.attrs.get("measure") in ("cyclic", "pairwise"):
         return _cyclic_over_models_figure(ds)
     if "model" in ds.dims and ds.attrs.get("measure") == "means":
         return _means_over_models_figure(ds)
@@ -105,7 +105,7 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         return _position_figure(ds)
     if ds.attrs.get("measure") == "means":
         return _means_figure(ds)
-    if ds.attrs.get("measure") == "cyclic":
+    if ds.attrs.get("measure") in ("cyclic", "pairwise"):
         return _cyclic_figure(ds)
     if ds.attrs.get("measure") == "subspace":
         return _subspace_figure(ds)
@@ -265,20 +265,22 @@ def _label_models(ax, ds: xr.Dataset, x: np.ndarray, by_size: bool, note: str = 
 def _cyclic_over_models_figure(ds: xr.Dataset):
     """binding-iclr's Fig. 6 (left; ``paper_plots.ipynb`` cells 31-32): balanced accuracy of the
     control and of the cyclic swaps of the entities' and the attributes' binding IDs, per model,
-    against the model's size, with chance (1/3) dotted."""
+    against the model's size, with chance (1/3) dotted (the pairwise switches likewise)."""
     import matplotlib.pyplot as plt
 
+    measure = ds.attrs.get("measure", "cyclic")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     x, order, by_size = _model_axis(ds)
     for t, color in zip(ds["target"].values, ("0.4", "tab:blue", "tab:orange")):
-        ax.plot(x[order], ds["cyclic_accuracy"].sel(target=t).values[order], "o-", color=color, label=str(t))
+        ax.plot(x[order], ds[f"{measure}_accuracy"].sel(target=t).values[order], "o-", color=color, label=str(t))
     ax.axhline(1 / 3, color="k", ls=":", lw=0.8, label="chance")
     _label_models(ax, ds, x, by_size)
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("balanced accuracy (intended binding)")
     ax.legend(fontsize=7)
     family = json.loads(ds.attrs.get("task_params", "{}")).get("family", ds.attrs.get("task"))
-    ax.set_title(f"cyclic swaps of 3 binding IDs over models · {family} · {ds.sizes['prompt']} contexts", fontsize=8)
+    what = "cyclic swaps of 3 binding IDs" if measure == "cyclic" else "pairwise switches of 3 binding IDs"
+    ax.set_title(f"{what} over models · {family} · {ds.sizes['prompt']} contexts", fontsize=8)
     return fig
 
 
@@ -307,10 +309,12 @@ def _means_over_models_figure(ds: xr.Dataset):
 
 def _cyclic_figure(ds: xr.Dataset):
     """binding-iclr's Fig. 6 (right) for one family: balanced accuracy of the control and of
-    the cyclic swaps of the entities' and the attributes' binding IDs."""
-    return _balanced_bars([str(t) for t in ds["target"].values], ds["cyclic_accuracy"].values,
+    the cyclic swaps (or the pairwise switches) of the entities' and the attributes' binding IDs."""
+    measure = ds.attrs.get("measure", "cyclic")
+    what = "cyclic swaps of 3 binding IDs" if measure == "cyclic" else "pairwise switches of 3 binding IDs"
+    return _balanced_bars([str(t) for t in ds["target"].values], ds[f"{measure}_accuracy"].values,
                           ["0.4", "tab:blue", "tab:orange"], "balanced accuracy (intended binding)",
-                          f"cyclic swaps of 3 binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+                          f"{what} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
 
 
 def _balanced_bars(names: list[str], values, colors: list[str], ylabel: str, title: str):

@@ -77,6 +77,10 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                            "cyclic_intended": ("cycle", "target", "query"),
                            "cyclic_correct": ("cycle", "target", "query", "prompt"), "cyclic_accuracy": ("target",),
                            "delta": ("kind", "k", "token", "depth", "d_model")},
+    "binding_ids/pairwise": {"pairwise_logprob": ("switch", "target", "query", "answer", "prompt"),
+                             "pairwise_intended": ("switch", "target", "query"),
+                             "pairwise_correct": ("switch", "target", "query", "prompt"),
+                             "pairwise_accuracy": ("target",), "delta": ("kind", "k", "token", "depth", "d_model")},
     "binding_ids/cross_subspace": {"cross_logprob": ("source", "cycle", "query", "answer", "prompt"),
                                    "cross_correct": ("source", "cycle", "query", "prompt"),
                                    "cross_accuracy": ("source",), "control_accuracy": (),
@@ -105,7 +109,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
 FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
-             "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "subspace_accuracy",
+             "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "pairwise_accuracy",
+             "pairwise_correct", "subspace_accuracy",
              "cross_accuracy", "cross_correct", "control_accuracy", "mcq_swap_accuracy", "mcq_swapped",
              "mcq_balanced_swap_accuracy")
 
