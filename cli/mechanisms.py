@@ -123,6 +123,9 @@ def binding(
                                                   "label columns, or a Hub dataset id (default stanfordnlp/sst2, "
                                                   "which needs the Hub)"),
     max_width: int = typer.Option(5, help="mcq: exchange the last 1..max_width tokens of each option's line"),
+    cross_attributes: bool = typer.Option(False, "--cross-attributes",
+                                          help="subspace: the attributes' coordinates on the opposite sides "
+                                               "(binding-iclr's --cross_countries)"),
 ) -> None:
     """Binding IDs (Feng & Steinhardt 2024): factorizability, position independence and
     mean-intervention swaps against a random-vector baseline; --measure factorization and
@@ -137,6 +140,8 @@ def binding(
             raise nr.UsageError(f"{flag} must be >= {least} (got {value})")
     if window not in WINDOWS:
         raise nr.UsageError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
+    if cross_attributes and measure != "subspace":
+        raise nr.UsageError("--cross-attributes applies to --measure subspace only")
     if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
         source = data or nr.tasks.mcq.HUB_ID
         h.run(nr.binding, lambda tok: nr.tasks.mcq_contexts(n_contexts, seed, source), kind="binding_mcq",
@@ -149,6 +154,9 @@ def binding(
         name += f"_from_{estimate_family}" if measure == "cross_subspace" else f"_means_from_{estimate_family}"
     extra = {} if measure == "accuracy" else {"measure": measure, "freeze_context": freeze_context,
                                               "entity_tokens": entity_tokens, "attribute_tokens": attribute_tokens}
+    if cross_attributes:
+        extra["cross_attributes"] = True
+        name += "_cross"  # its own default file beside the uncrossed grid
     if measure == "position":
         extra.update(max_offset=max_offset, window=window)
         if window == "local":  # its own default file beside the full sweep's

@@ -110,6 +110,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("neurons", ["--generate", "--noise-scale", "-1"], "noise_scale must be > 0"),
     ("binding", ["--n-pairs", "1"], "at least 2 pairs per context"),
     ("binding", ["--n-contexts", "0"], "n_contexts must be an integer >= 1"),
+    ("binding", ["--measure", "means", "--cross-attributes"], "--cross-attributes applies to --measure subspace only"),
     ("binding", ["--n-estimate", "-1"], "n_estimate must be an integer >= 1"),
     ("binding", ["--entity-tokens", "0"], "--entity-tokens must be >= 1"),
     ("binding", ["--max-offset", "-2"], "--max-offset must be >= 0"),

@@ -225,9 +225,10 @@ def _layers(hf):
         hf.config.model_type, lambda: hf.model.layers)()
 
 
-def _resid_pre_run(hf, ids, position_ids=None, edit=None):
+def _resid_pre_run(hf, ids, position_ids=None, edit=None, raw=False):
     """binding-iclr's formulation: every layer's input (resid_pre), read whole (layer, T, d), and
-    optionally rewritten by ``edit(layer, h)`` before the layer runs; log-softmax at the end."""
+    optionally rewritten by ``edit(layer, h)`` before the layer runs; log-softmax at the end (the
+    raw logits with ``raw``)."""
     seen, hooks = [], []
     for li, layer in enumerate(_layers(hf)):
         def pre(m, args, kwargs, li=li):
@@ -242,7 +243,8 @@ def _resid_pre_run(hf, ids, position_ids=None, edit=None):
     try:
         with torch.no_grad():
             kw = {} if position_ids is None else {"position_ids": torch.tensor([position_ids])}
-            logp = hf(torch.tensor([ids]), **kw).logits[0, -1].double().log_softmax(-1)
+            logp = hf(torch.tensor([ids]), **kw).logits[0, -1].double()
+            logp = logp if raw else logp.log_softmax(-1)
     finally:
         for h in hooks:
             h.remove()
@@ -361,6 +363,10 @@ def test_position_sweep_matches_shifted_position_ids_with_a_frozen_context(which
                         return h
                     lp, _ = _resid_pre_run(hf, ids, position_ids=pos, edit=edit)
                     np.testing.assert_allclose(got, lp[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{t} {o}")
+                    # --no_normalize_logits' numbers: the raw logits of the same run
+                    lg, _ = _resid_pre_run(hf, ids, position_ids=pos, edit=edit, raw=True)
+                    np.testing.assert_allclose(ds["position_logit"].sel(target=t, offset=o).values[q, :, ci],
+                                               lg[cand].numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{t} {o}")
 
 
 def test_local_position_window_is_the_full_sweep_around_both_positions(embedded_model, tmp_path):
@@ -636,10 +642,15 @@ def test_cross_task_estimate_contexts_come_from_the_other_family_and_its_train_w
         nr.tasks.binding_contexts(2, estimate_family="nope")
 
 
-def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_model, neox_hf):
+@pytest.mark.parametrize("cross", [False, True])
+def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_model, neox_hf, cross):
+    """Fig. 5; ``cross``, the repository's --cross_countries: the attributes' coordinates on the
+    opposite sides (side 1's −Δ_1 stays at side 1)."""
     model, hf = embedded_model, neox_hf
     data = nr.tasks.binding_contexts(2, 2, 2, seed=9, family="cities", split=True, estimate_pairs=3)
-    ds = nr.binding(model, data, measure="subspace", roots=[(0.5, 0.7)], grid=2, batch_size=64, progress=False)
+    ds = nr.binding(model, data, measure="subspace", roots=[(0.5, 0.7)], grid=2, batch_size=64,
+                    cross_attributes=cross, progress=False)
+    assert ds.attrs["cross_attributes"] == int(cross)
     delta = _vectors(ds, "delta", None)  # (kind, k, token, D, d), checked in the cyclic test
     s0, s1 = delta[:, 0], delta[:, 1]
     ortho = s1 - (s0 * s1).sum() / (s0 * s0).sum() * s0  # one Gram–Schmidt step over everything at once
@@ -655,14 +666,16 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
             _, clean = _resid_pre_run(hf, ids)
             for xi, x in enumerate((-0.5, 1.5)):
                 for yi, y in enumerate((-0.5, 1.5)):
-                    vec = (0.5 * s0 + 0.7 * ortho, (x - 1) * s0 + y * ortho)
+                    root, point = 0.5 * s0 + 0.7 * ortho, x * s0 + y * ortho
+                    vec = {(kind, side): (root, point)[1 - side if cross and kind else side] - (s0 if side else 0)
+                           for kind in (0, 1) for side in (0, 1)}
 
                     def edit(li, h, vec=vec):
                         h[0, :end] = clean[li, :end].to(h.dtype)
                         for kind, pos in ((0, e), (1, a)):
                             for side in (0, 1):
                                 for t, x in enumerate(_window(pos[side], kind)):
-                                    h[0, x] = (clean[li, x] + vec[side][kind, t, li]).to(h.dtype)
+                                    h[0, x] = (clean[li, x] + vec[kind, side][kind, t, li]).to(h.dtype)
                         return h
                     lp, _ = _resid_pre_run(hf, ids, edit=edit)
                     np.testing.assert_allclose(ds["subspace_logprob"].values[0, xi, yi, q, :, ci], lp[cand].numpy(),

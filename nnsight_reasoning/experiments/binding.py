@@ -154,8 +154,8 @@ MEAN_INTERVENTIONS = ("none", "attribute", "entity", "both")
 @experiment("binding_ids", batch_size=64)
 def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str = "accuracy",
             freeze_context: bool = True, max_offset: int = 10, window: str = "full",
-            roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS, grid: int = 10, entity_tokens: int = TOKENS[0],
-            attribute_tokens: int = TOKENS[1], max_width: int = 5) -> xr.Dataset:
+            roots: Sequence[Sequence[float]] = SUBSPACE_ROOTS, grid: int = 10, cross_attributes: bool = False,
+            entity_tokens: int = TOKENS[0], attribute_tokens: int = TOKENS[1], max_width: int = 5) -> xr.Dataset:
     """Binding IDs; ``measure`` picks the experiment (see the module doc):
 
     - "accuracy": factorizability, position independence and mean interventions as accuracies
@@ -172,6 +172,8 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
     - "subspace": binding-iclr's Fig. 5, side 1's binding ID moved over a grid in the plane of
       Δ_1 and Δ_2 (:func:`_subspace`; 2 pairs, estimate contexts of 3: ``estimate_pairs=3``).
       ``roots``: side 0's coordinates, one panel each; ``grid``: points per axis on [−0.5, 1.5];
+      ``cross_attributes``: the attributes' coordinates on the opposite sides (binding-iclr's
+      ``--cross_countries``);
     - "cross_subspace": binding-iclr's Table 2, 3-pair contexts bound by another task's
       binding-ID differences (:func:`_cross_subspace`; ``estimate_family=``, ``estimate_pairs=4``);
     - "mcq": binding-iclr's multiple-choice test, letters bound to options, the last 0 …
@@ -219,12 +221,15 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
                              f"binding-iclr measures (measure='factorization', 'position', 'means', …)")
         return _accuracy(run, contexts)
     tokens = tuple(int(t) for t in tokens)
-    return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens),
-                        tokens)
+    if cross_attributes and measure != "subspace":
+        raise UsageError("cross_attributes applies to measure='subspace' only")
+    return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens,
+                                 bool(cross_attributes)), tokens)
 
 
 def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: bool, max_offset: int, window: str,
-             roots: Sequence[Sequence[float]], grid: int, tokens: tuple[int, int]) -> xr.Dataset:
+             roots: Sequence[Sequence[float]], grid: int, tokens: tuple[int, int],
+             cross_attributes: bool = False) -> xr.Dataset:
     """binding-iclr's measures (the dispatch of :func:`binding`)."""
     if measure == "factorization":
         return _factorization(run, contexts, freeze_context, tokens)
@@ -247,7 +252,7 @@ def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: 
             raise UsageError(f"roots is a list of (x, y) pairs (got {roots!r})") from None
         if not root_list or not isinstance(grid, (int, np.integer)) or grid < 2:
             raise UsageError(f"subspace needs at least one root and grid >= 2 (got {len(root_list)} roots, grid={grid!r})")
-        return _subspace(run, contexts, freeze_context, root_list, int(grid), tokens)
+        return _subspace(run, contexts, freeze_context, root_list, int(grid), tokens, cross_attributes)
     raise AssertionError(measure)  # every measure is dispatched above
 
 
@@ -434,8 +439,10 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     """binding-iclr's position test (``position_intervention``, ``coref/data_collection.py:332-403``):
     the position ids of side 0's entity (or attribute) window (``tokens``) move by +o and side 1's by −o,
     o from −max_offset to max_offset + Δ − 1 (at o = Δ the two are exchanged); queries E0 and
-    E1; the log-probabilities of A0 and A1 (full vocabulary) at the last position. With the
-    context frozen, only the keys the question reads move (the repository rotates keys).
+    E1; the log-probabilities of A0 and A1 (full vocabulary) at the last position, and their raw
+    logits (``position_logit``: what the repository records with ``--no_normalize_logits``,
+    ``lookup_answer_logits(normalize=False)``). With the context frozen, only the keys the
+    question reads move (the repository rotates keys).
     ``window="local"``: o in −2 … 2 and Δ − 2 … Δ + 2 (``fixed_offset_start=-2,
     fixed_offset_end=3`` with ``is_tail`` False and True)."""
     model = run.model
@@ -458,6 +465,7 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
     offsets = sorted({o for _, _, offs in spans.values() for o in offs})
     cand = [backend.answer_tokens(model, list(c.answers[:2]), "attribute") for c in contexts.contexts]
     logp = np.full((2, len(offsets), 2, 2, len(contexts)), np.nan)
+    logit = np.full_like(logp, np.nan)
     plan = [(t, o) for t, target in enumerate(("entity", "attribute")) for o in spans[target][2]]
     for jobs in run.steps(_passes(run, len(contexts), 2, len(plan), 2), "position"):
         ids, answers, pos, frozen = [], [], [], []
@@ -480,17 +488,21 @@ def _position(run: Run, contexts: BindingContexts, freeze: bool, max_offset: int
                     pos.append(shifted)
         scores = run.call(_br.edited_scores, torch.tensor(ids), torch.tensor(answers), _NONE, _NONE, _NONE,
                           position_ids=torch.tensor(pos), freeze=_freeze_arg(frozen, T) if freeze else None)
-        lp = scores.log_probs.numpy()
+        lp, lg = scores.log_probs.numpy(), scores.logits.numpy()
         k = 2 * len(jobs)
         for i, entries in jobs:
             for t, o in (plan[e] for e in entries):
                 logp[t, offsets.index(o), :, :, i] = lp[k:k + 2]
+                logit[t, offsets.index(o), :, :, i] = lg[k:k + 2]
                 k += 2
     return xr.Dataset(
         {"position_logprob": (("target", "offset", "query", "answer", "prompt"), logp,
                               {"long_name": "log-probability of each answer (full vocabulary); NaN: offset not "
                                             "run for this target", "units": "nats"}),
-         "position_mean": (("target", "offset", "query", "answer"), logp.mean(-1), {"units": "nats"})},
+         "position_mean": (("target", "offset", "query", "answer"), logp.mean(-1), {"units": "nats"}),
+         "position_logit": (("target", "offset", "query", "answer", "prompt"), logit,
+                            {"long_name": "each answer's raw logit (the repository's --no_normalize_logits); NaN: "
+                                          "offset not run for this target", "units": "logits"})},
         coords={"target": np.array(INTERVENTIONS, dtype=object), "offset": np.array(offsets),
                 "query": np.array(["E0", "E1"], dtype=object), "answer": np.array(["A0", "A1"], dtype=object),
                 "prompt": np.arange(len(contexts)), "text": ("prompt", [c.text(0) for c in contexts.contexts]),
@@ -840,7 +852,7 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool, tokens: t
 
 
 def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tuple[float, float]],
-              grid: int, tokens: tuple[int, int]) -> xr.Dataset:
+              grid: int, tokens: tuple[int, int], cross: bool = False) -> xr.Dataset:
     """binding-iclr's binding subspace (Fig. 5; ``test_subspace``, ``coref/data_collection.py:
     578-717``, ``scripts/run_experiment.py:240-441``): Δ_1 and Δ_2 from 3-pair estimate contexts;
     the basis s0 = Δ_1 and o = Δ_2 − ⟨ŝ0, Δ_2⟩ ŝ0 (one Gram–Schmidt step over the entity and
@@ -849,7 +861,11 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     ``grid`` points of [−0.5, 1.5], at every depth with the context frozen. Queries E0, E1 and a
     null entity; the accuracy is the mean-interventions' calibrated one (the stated binding wins
     after subtracting the null query's median), averaged over E0 and E1: high where side 1's
-    ID stays distinguishable from side 0's. Δ_2's own coordinates are ``delta2_coords``."""
+    ID stays distinguishable from side 0's. Δ_2's own coordinates are ``delta2_coords``.
+
+    ``cross`` (the repository's ``--cross_countries``, ``coref/data_collection.py:626-628``): the
+    attributes' coordinates go to the opposite sides, side 1's −Δ_1 staying where it is: side 0's
+    attribute gets x·Δ_1 + y·o and side 1's −Δ_1 + r0·Δ_1 + r1·o."""
     model = run.model
     if contexts.n_pairs != 2 or len(contexts.estimate[0].entities) != 3:
         raise UsageError("the subspace test uses contexts of 2 pairs and estimate contexts of 3: "
@@ -863,10 +879,13 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     axis = np.linspace(-0.5, 1.5, grid)
     cells = [(r, xi, yi) for r in range(len(roots)) for xi in range(grid) for yi in range(grid)]
 
-    def edits(cell, loc):  # side 0 at the root, side 1 at (x, y), both kinds
+    def edits(cell, loc):  # side 0 at the root, side 1 at (x, y) (the attributes' crossed with ``cross``)
         r, xi, yi = cell
-        side_vec = (roots[r][0] * s0 + roots[r][1] * ortho, -s0 + axis[xi] * s0 + axis[yi] * ortho)
-        return [(pos, side_vec[side][kind, t]) for kind in (0, 1) for side in (0, 1)
+        at = (roots[r][0] * s0 + roots[r][1] * ortho, axis[xi] * s0 + axis[yi] * ortho)  # coefficients' side
+
+        def vec(kind, side):  # side 1's base ID (Δ_1) is taken out where it is, the coordinates put in
+            return (-s0 if side == 1 else 0) + at[1 - side if cross and kind == 1 else side]
+        return [(pos, vec(kind, side)[kind, t]) for kind in (0, 1) for side in (0, 1)
                 for t, pos in enumerate(_span(loc, kind, side, tokens))]
 
     runs = _edited_runs(run, located, cand, 3, cells, edits, freeze, "subspace")
@@ -886,7 +905,7 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
                 "prompt": np.arange(len(contexts)),
                 "text": ("prompt", [c.text(0) for c in contexts.contexts])},
         attrs={"method": "binding_ids", "measure": "subspace", "metric": "accuracy", "freeze_context": int(freeze),
-               "split": int(bool(contexts.params.get("split")))})
+               "split": int(bool(contexts.params.get("split"))), "cross_attributes": int(cross)})
 
 
 def _mcq(run: Run, contexts: McqContexts, max_width: int, freeze: bool = True) -> xr.Dataset:
@@ -1082,8 +1101,10 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             near = grid.sel(x=cx, y=cy, method="nearest")
             table.add_row(f"({float(ds['root_x'][r]):.1f}, {float(ds['root_y'][r]):.1f})", f"{float(grid.mean()):.3f}",
                           f"{float(grid.min()):.3f}", f"{float(near):.3f}")
+        crossed = " (attributes' coordinates on the opposite sides, --cross_countries)" \
+            if ds.attrs.get("cross_attributes") else ""
         return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
-                f"· binding subspace (binding-iclr Fig. 5); Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
+                f"· binding subspace (binding-iclr Fig. 5){crossed}; Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
     if measure == "cross_subspace":
         ds = last_checkpoint(ds)
         table = _per_cycle_table(ds, "balanced accuracy of the binding the source's IDs predict (E_i → A_π⁻¹(i))",

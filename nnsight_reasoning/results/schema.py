@@ -99,6 +99,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot")},
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
+    # raw logits beside the log-probabilities (2026-12-06): files written before lack them
+    "binding_ids/position": {"position_logit": ("target", "offset", "query", "answer", "prompt")},
     "backup_heads": {"in_circuit": ("layer", "head"), "summed_backup_in_circuit": (),
                      "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
