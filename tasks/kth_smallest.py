@@ -8,8 +8,9 @@ fine-tuned model (``--stask minKK``, ``:407-412``); here k is stated in the prom
 model answers every k, and numbers are distinct so the reasoning tree is unambiguous.
 ``style="repository"`` gives the repository's format instead: the numbers alone, drawn with
 repeats, k fixed (a model must be fine-tuned for it: ``reason-interp finetune --param
-style=repository``). Equal numbers are ranked in their order in the list, so the tree stays
-one statement per rank: the k − 1 lowest-ranked are step 1, the k-th is the answer (step 2).
+style=repository``). Repeated values are labelled as the repository labels them: only a
+value's first copy (:func:`repository_prompt`), so with repeats fewer than k statements are
+useful.
 
 Reasoning tree (as in MechanisticProbe): to name the k-th smallest the model must find the
 k smallest numbers; the answer is the largest of them. Step 1 uses the k-1 numbers below
@@ -47,13 +48,17 @@ STYLES = ("toolkit", "repository")
 
 def repository_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
     """The repository's format: the numbers alone ("17 5 40 5 …"), the answer the k-th smallest
-    counting repeats; statements ranked by (value, position)."""
-    order = sorted(range(len(numbers)), key=lambda i: (numbers[i], i))
-    rank = {i: r for r, i in enumerate(order)}
+    counting repeats. Labels as its ``label_generator`` (``src/stask/probe.py:22-66``): only the
+    first copy of a value is labelled, so the useful statements are the first copies of the
+    distinct values among the k smallest, the answer the first copy of the k-th smallest's value
+    (step 2; the others step 1), and a later copy of a value is not useful (step 0)."""
+    ranked = sorted(numbers)
+    answer = ranked[k - 1]
+    first = {x: numbers.index(x) for x in set(ranked[:k])}  # the repository's data_num.index
     last = 2 if k > 1 else 1
-    statements = tuple(Statement(str(x), rank[i] < k, last if rank[i] == k - 1 else int(rank[i] < k - 1))
+    statements = tuple(Statement(str(x), first.get(x) == i, (last if x == answer else 1) if first.get(x) == i else 0)
                        for i, x in enumerate(numbers))
-    return ReasoningPrompt(statements, str(numbers[order[k - 1]]))
+    return ReasoningPrompt(statements, str(answer))
 
 
 def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:

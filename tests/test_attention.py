@@ -109,21 +109,45 @@ def test_reasoning_files_load_with_labels_and_fail_clearly(tmp_path):
         nr.tasks.load_reasoning(broken)
 
 
+def _repository_labels(nums, task_name):
+    """MechanisticProbe's label_generator (src/stask/probe.py:22-66, depth labels) restated:
+    each number's rank is the sorted index of its value's first occurrence; ranks 0..task_name
+    mark (column 0) the first number holding that rank, or the nearest lower rank a repeat left;
+    the answer (task_name) likewise in column 1."""
+    label_idx = [sorted(nums).index(x) for x in nums]
+    labels = [[0, 0] for _ in nums]
+
+    def holder(i):
+        while i not in label_idx:
+            i -= 1
+        return label_idx.index(i)
+    for i in range(task_name + 1):
+        labels[holder(i)][0] = 1
+    labels[holder(task_name)][1] = 1
+    return labels
+
+
 def test_kth_smallest_in_the_repositorys_format():
-    """MechanisticProbe's own format: the numbers alone, drawn with repeats, k not stated; equal
-    numbers ranked in list order, so exactly k statements are useful and one is the answer."""
+    """MechanisticProbe's own format: the numbers alone, drawn with repeats, k not stated; labels
+    as the repository's: only a value's first copy, so with repeats fewer than k are useful."""
     ds = nr.tasks.kth_smallest(200, length=16, k=2, max_n=20, style="repository", seed=5)
     assert ds.params["style"] == "repository" and ds.n_steps == 2
-    repeats = 0
+    repeats = short = 0
     for p in ds:
         nums = [int(s.text) for s in p.statements]
         assert p.text == " ".join(map(str, nums)) and len(nums) == 16
         assert p.answer == str(sorted(nums)[1])
         repeats += len(set(nums)) < 16
-        ranked = sorted(range(16), key=lambda i: (nums[i], i))
-        assert [(s.useful, s.step) for s in p.statements] == [
-            (i in ranked[:2], 2 if i == ranked[1] else int(i == ranked[0])) for i in range(16)]
+        # useful: any label; step: 2 for the answer's column, 1 for a leaf (the depth probe's labels)
+        want = [(bool(a or b), 2 if b else int(a)) for a, b in _repository_labels(nums, 1)]
+        assert [(s.useful, s.step) for s in p.statements] == want, nums
+        short += sum(s.useful for s in p.statements) < 2
     assert repeats > 100  # drawn with repeats, as the repository
+    assert short > 0  # the two smallest equal: one labelled statement (the repository's first copy)
+    p = nr.tasks.kth_smallest(1, length=6, k=3, style="repository", seed=0).prompts[0]
+    nums = [int(s.text) for s in p.statements]
+    assert [(s.useful, s.step) for s in p.statements] == [
+        (bool(a or b), 2 if b else int(a)) for a, b in _repository_labels(nums, 2)]
     ex = nr.tasks.examples("kth_smallest", 3, style="repository", length=16, k=2)
     assert ex[0].prompt == nr.tasks.kth_smallest(3, length=16, k=2, style="repository").prompts[0].text
     with pytest.raises(TaskError, match="style"):
@@ -296,6 +320,17 @@ def test_head_entropy_by_position_and_rank_as_the_repository(embedded_model, emb
     assert float(ds["statement_attention"].sel(view="rank", slot=1).max()) > 0.5
     for kind in ("entropy", "rank"):
         nr.plot_result(ds, kind=kind)
+    # repeated numbers (the repository's format): rank r reads the first copy of the r-th smallest
+    # value (head_calculation's data_num.index), so a repeated value's first copy fills all its ranks
+    rep = nr.tasks.kth_smallest(30, length=8, k=2, max_n=5, style="repository", seed=1)
+    rds = nr.attention(embedded_model, rep, patterns="none", progress=False)
+    rids = torch.tensor([embedded_tokenizer(p.text)["input_ids"] for p in rep])  # "<bos> n n …": one token each
+    with torch.no_grad():
+        rlast = torch.stack(hf(rids, output_attentions=True).attentions, 1)[:, :, :, -1, 1:9].double().numpy()
+    firsts = [[nums.index(v) for v in sorted(nums)] for nums in ([int(s.text) for s in p.statements] for p in rep)]
+    assert any(len(set(f)) < 8 for f in firsts)  # repeats happen
+    np.testing.assert_allclose(rds["statement_attention"].sel(view="rank").values,
+                               np.stack([rlast[i][..., f] for i, f in enumerate(firsts)]).mean(0), atol=1e-6)
     words = nr.tasks.load_reasoning(DATA / "proofwriter.jsonl")  # statements are sentences: no rank view
     ent = nr.attention(embedded_model, ReasoningPrompts("proofwriter", {}, words.prompts[:1]), patterns="none",
                        progress=False)

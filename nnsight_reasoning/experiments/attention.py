@@ -178,8 +178,11 @@ VIEW_NAME = "statements in prompt order (position) or by size rank (rank)"
 def statement_views(plist: Sequence[ReasoningPrompt], per_statement: Sequence[np.ndarray]
                     ) -> tuple[np.ndarray, np.ndarray] | None:
     """The prompt-mean attention to each statement, (L, H, S) in position order and in size-rank
-    order (NaN unless every statement is a number; equal numbers keep their order), from each
-    prompt's (L, H, S) attention per statement; None when prompts differ in S."""
+    order (NaN unless every statement is a number), from each prompt's (L, H, S) attention per
+    statement; None when prompts differ in S. Rank r reads the first statement holding the r-th
+    smallest value, as MechanisticProbe's ``head_calculation`` (``data_num.index``,
+    ``src/stask/prune.py:61``): with repeated values that statement fills every rank of its value
+    and the later copies fill none."""
     if len({a.shape[-1] for a in per_statement}) != 1:
         return None
     a = np.stack(per_statement)  # (n, L, H, S)
@@ -187,7 +190,7 @@ def statement_views(plist: Sequence[ReasoningPrompt], per_statement: Sequence[np
     if any(v is None for row in values for v in row):
         by_rank = np.full(a.shape[1:], np.nan)
     else:
-        order = np.argsort(np.array(values, dtype=float), axis=1, kind="stable")  # (n, S)
+        order = np.array([[row.index(v) for v in sorted(row)] for row in values])  # (n, S): first copy per rank
         by_rank = np.take_along_axis(a, order[:, None, None, :], -1).mean(0)
     return a.mean(0), by_rank
 
