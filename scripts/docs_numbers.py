@@ -295,18 +295,15 @@ def main() -> None:
 
         print(mid_revision(embedded.card()))
         return
-    if args.receiver is not None:
-        ds = load(args.receiver, "path_patching_logits")
-        if ds is None:
-            sys.exit(f"no path_patching_logits.nc in {args.receiver}")
-        print(logits_top_head(ds))
-        return
-    if args.name_movers is not None:
-        ds = load(args.name_movers, "ioi_components")
-        if ds is None:
-            sys.exit(f"no ioi_components.nc in {args.name_movers}")
-        print(name_movers(ds))
-        return
+    # a choice build_figures.sh derives from one result file
+    for where, name, finding in ((args.receiver, "path_patching_logits", logits_top_head),
+                                 (args.name_movers, "ioi_components", name_movers)):
+        if where is not None:
+            ds = load(where, name)
+            if ds is None:
+                sys.exit(f"no {name}.nc in {where}")
+            print(finding(ds))
+            return
     R = args.results
     for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup):
         block(R)

@@ -61,6 +61,15 @@ def repository_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
     return ReasoningPrompt(statements, str(answer))
 
 
+def _counted_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
+    """``numbers`` with the k smallest counted with their repeats (ranked by value, then
+    position) marked useful: what a corruption must keep for the answer to stay the same."""
+    order = sorted(range(len(numbers)), key=lambda i: (numbers[i], i))
+    rank = {i: r for r, i in enumerate(order)}
+    return ReasoningPrompt(tuple(Statement(str(x), rank[i] < k, int(rank[i] < k)) for i, x in enumerate(numbers)),
+                           str(numbers[order[k - 1]]))
+
+
 def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:
     check_choice("style", style, list(STYLES))
     if style == "repository":  # no wording: any k, numbers repeat
@@ -101,9 +110,13 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
         if corrupt in ("perturb",):
             raise TaskError("corrupt='perturb' is for the toolkit style (distinct numbers); use shuffle or drop")
         lists = [rng.choices(range(max_n + 1), k=length) for _ in range(n_prompts)]
-        prompts = [repository_prompt(nums, k) for nums in lists]
         if corrupt in ("shuffle", "drop"):
-            prompts = corrupted(prompts, corrupt, n_corrupt, seed)
+            # corrupt with every copy among the k smallest kept (the answer counts repeats, so
+            # dropping a later copy of a small value would change it), then label the list that is
+            # left as the repository does (first copies, in its new order)
+            kept = corrupted([_counted_prompt(nums, k) for nums in lists], corrupt, n_corrupt, seed)
+            lists = [[int(s.text) for s in p.statements] for p in kept]
+        prompts = [repository_prompt(nums, k) for nums in lists]
         params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
                       n_corrupt=n_corrupt, seed=seed, style=style)
         return ReasoningPrompts("kth_smallest", params, tuple(prompts))

@@ -148,6 +148,18 @@ def test_kth_smallest_in_the_repositorys_format():
     nums = [int(s.text) for s in p.statements]
     assert [(s.useful, s.step) for s in p.statements] == [
         (bool(a or b), 2 if b else int(a)) for a, b in _repository_labels(nums, 2)]
+    # corrupted lists keep their answer (no copy among the k smallest is dropped) and are labelled
+    # as the repository labels the list that is left
+    clean = nr.tasks.kth_smallest(300, length=16, k=2, max_n=20, style="repository", seed=5)
+    for corrupt in ("drop", "shuffle"):
+        bad = nr.tasks.kth_smallest(300, length=16, k=2, max_n=20, style="repository", seed=5, corrupt=corrupt,
+                                    n_corrupt=3)
+        for p, c in zip(bad, clean):
+            nums = [int(s.text) for s in p.statements]
+            assert p.answer == str(sorted(nums)[1]) == c.answer
+            assert len(nums) == 16 - 3 * (corrupt == "drop")
+            assert [(s.useful, s.step) for s in p.statements] == [
+                (bool(a or b), 2 if b else int(a)) for a, b in _repository_labels(nums, 1)]
     ex = nr.tasks.examples("kth_smallest", 3, style="repository", length=16, k=2)
     assert ex[0].prompt == nr.tasks.kth_smallest(3, length=16, k=2, style="repository").prompts[0].text
     with pytest.raises(TaskError, match="style"):

@@ -78,8 +78,9 @@ def backup_heads(
 
     Notes
     -----
-    Batching: per batch of prompts (one length), one pass for the copy score and two of 2·p
-    rows, the clean and the ablated run (their logits, and every head's output at END).
+    Batching: per batch of prompts (one length), one pass for the copy score; then per batch of
+    ``batch_size // 2`` prompts two passes of 2·p rows, the clean and the ablated run (their
+    logits, and every head's output at END).
 
     Returns
     -------
@@ -98,7 +99,7 @@ def backup_heads(
     """
     if pairs.task != "ioi":  # the harness has checked that these are PromptPairs
         raise UsageError("backup_heads needs IOI pairs: nr.tasks.ioi(n, tokenizer=model.tokenizer)")
-    check_copy_options(top_k, copy_threshold)
+    check_copy_options(top_k, copy_threshold, strict=False)
     shape = Shape.of(run.model)
     n_layers, n_heads = shape.n_layers, shape.n_heads
     chosen = None if heads is None else parse_heads(heads, n_layers, n_heads)
@@ -121,7 +122,7 @@ def backup_heads(
     masks = torch.stack([torch.ones(n_layers, n_heads), torch.tensor(~ablated, dtype=torch.float32)])  # (2, L, H)
     effect = np.zeros((2, n, n_layers, n_heads))
     logit_diff = np.zeros((2, n))
-    for job in run.steps(jobs, "clean and ablated runs"):
+    for job in run.steps(run.batches([len(b) for b in tok.base], rows_per_item=2), "clean and ablated runs"):
         ids = torch.tensor([tok.base[i] for i in job])
         answers = torch.tensor([tok.answers[i] for i in job])  # (p, 2): IO, S
         p = len(job)

@@ -208,6 +208,8 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
     if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 1 for t in tokens):
         raise UsageError(f"entity_tokens and attribute_tokens are integers >= 1 (got {entity_tokens!r}, "
                          f"{attribute_tokens!r})")
+    if cross_attributes and measure != "subspace":
+        raise UsageError("cross_attributes applies to measure='subspace' only")
     if measure == "mcq" or isinstance(contexts, McqContexts):
         if measure != "mcq" or not isinstance(contexts, McqContexts):
             raise UsageError("the mcq measure takes nr.tasks.mcq_contexts(n_contexts, seed, data), and only it does")
@@ -221,8 +223,6 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
                              f"binding-iclr measures (measure='factorization', 'position', 'means', …)")
         return _accuracy(run, contexts)
     tokens = tuple(int(t) for t in tokens)
-    if cross_attributes and measure != "subspace":
-        raise UsageError("cross_attributes applies to measure='subspace' only")
     return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens,
                                  bool(cross_attributes)), tokens)
 

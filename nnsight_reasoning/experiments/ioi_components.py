@@ -128,13 +128,19 @@ def logit_candidates(edges: np.ndarray | None, n_layers: int, n_heads: int) -> n
     return upstream_heads(edges[:, -1], n_layers, n_heads)
 
 
-def check_copy_options(top_k: Any, copy_threshold: Any) -> None:
+def check_copy_options(top_k: Any, copy_threshold: Any, strict: bool = True) -> None:
     """Refuse a copy score's options that cannot be: ``top_k`` an integer >= 1, the threshold a
-    percentage."""
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+    percentage a head can pass: below 100 when the rule is strict (copy score > threshold,
+    ioi_components'), up to 100 when it is not (>=, backup_heads')."""
+    import numbers
+
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
         raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
-    if not isinstance(copy_threshold, (int, float)) or not 0 <= copy_threshold <= 100:
-        raise UsageError(f"copy_threshold is a copy score in percent, in [0, 100] (got {copy_threshold!r})")
+    high = 100 if not strict else np.nextafter(100, 0)
+    if not isinstance(copy_threshold, numbers.Real) or isinstance(copy_threshold, bool) or \
+            not 0 <= copy_threshold <= high:
+        raise UsageError(f"copy_threshold is a copy score in percent, in [0, 100{')' if strict else ']'} "
+                         f"(got {copy_threshold!r})")
 
 
 def copy_hits(run: Run, ids: torch.Tensor, pos: np.ndarray, answers: Sequence[tuple[int, int]],

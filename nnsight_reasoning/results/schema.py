@@ -88,7 +88,6 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
                                    "source_delta": ("kind", "j", "token", "depth", "d_model")},
     "binding_ids/mcq": {"mcq_logprob": ("width", "query", "answer", "prompt"),
                         "mcq_swapped": ("width", "query", "prompt"), "mcq_swap_accuracy": ("width",),
-                        "mcq_balanced_swap_accuracy": ("width",),
                         "control_accuracy": ()},
     "binding_ids/subspace": {"subspace_logprob": ("root", "x", "y", "query", "answer", "prompt"),
                              "subspace_accuracy": ("root", "x", "y"), "delta2_coords": ("basis",),
@@ -101,6 +100,7 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
     # raw logits beside the log-probabilities (2026-12-06): files written before lack them
     "binding_ids/position": {"position_logit": ("target", "offset", "query", "answer", "prompt")},
+    "binding_ids/mcq": {"mcq_balanced_swap_accuracy": ("width",)},
     "backup_heads": {"in_circuit": ("layer", "head"), "summed_backup_in_circuit": (),
                      "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
