@@ -132,6 +132,9 @@ def robustness(
     choices: Optional[str] = typer.Option(None, help="comma-separated answers, e.g. True,False: a prompt is right when "
                                                      "its answer has the highest logit among them (the repository's); "
                                                      "default: the top-1 token"),
+    baseline_prompts: Optional[int] = typer.Option(None, help="measure the baseline's F1 once, on this many prompts, "
+                                                              "for every subset (the repository: 128); default: on "
+                                                              "each subset"),
 ) -> None:
     """Probe score against robustness (Hou et al. 2023): over random subsets, the probing score and the accuracy
     drop under --corrupt (default: negate for files, drop for kth_smallest), binned, with their correlation."""
@@ -141,4 +144,5 @@ def robustness(
     h.run(nr.robustness, lambda tokenizer: clean, kind="robustness", task=clean.task, corrupt=corrupt,
           n_corrupt=n_corrupt, n_subsets=n_subsets, subset_size=(subset_min, subset_max), n_bins=n_bins,
           seed=clean.params.get("seed", 0), **given(choices=None if choices is None else
-                                                    [c.strip() for c in choices.split(",") if c.strip()]), **knn)
+                                                    [c.strip() for c in choices.split(",") if c.strip()],
+                                                    baseline_prompts=baseline_prompts), **knn)

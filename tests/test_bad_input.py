@@ -87,6 +87,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune", ["--n-random", "-1"], "n_random must be >= 1"),
     ("robustness", ["--n-subsets", "0"], "need n_subsets >= 2"),
     ("robustness", ["--n-bins", "0"], "n_bins >= 1"),
+    ("robustness", ["--baseline-prompts", "1"], "baseline_prompts must be an integer from 2·folds"),
+    ("robustness", ["--baseline-prompts", "20", "--baseline", "none"], "with baseline='none' there is none"),
     ("robustness", ["--n-neighbors", "0"], "n_neighbors must be an integer >= 1"),
     ("heads", ["--n-sequences", "0"], "n_sequences must be an integer >= 1"),
     ("heads", ["--seq-len", "1"], "seq_len must be between 2 and"),

@@ -91,6 +91,24 @@ def test_robustness_matches_an_independent_computation(embedded_tokenizer):
         assert np.std(drop) > 0
         assert float(ds["correlation"][j]) == pytest.approx(np.corrcoef(score, drop)[0, 1])
     nr.plot_result(ds)
+    # the repository's scratch baseline: measured once, on one sample (its rule in the docstring), for every subset
+    once = nr.robustness(nr.load_model(revision=rev), prompts, corrupt="perturb", n_corrupt=2, n_subsets=5,
+                         subset_size=(12, 20), n_bins=3, seed=3, baseline_prompts=16, progress=False)
+    nr.testing.assert_valid_result(once)
+    idx = np.sort(np.random.default_rng(3 + 5).choice(40, 16, replace=False))
+    rows = np.concatenate([np.arange(5 * i, 5 * i + 5) for i in idx])
+    fold = fold_of_prompt(16, 2, 3 + 5)[np.repeat(np.arange(16), 5)]
+    for j, (y_all, keep_all) in enumerate(((useful, np.ones_like(useful, bool)), (step, useful == 1))):
+        keep = keep_all[rows]
+        x, y, f = feats["step0"][rows][keep].reshape(keep.sum(), -1), y_all[rows][keep], fold[keep]
+        pred = np.empty_like(y)
+        for k in range(2):
+            pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 8)
+        base = _macro_f1(y, pred)
+        np.testing.assert_allclose(once["baseline_f1"].values[:, j], base, atol=1e-12)
+        want = (ds["f1"].values[:, j] - base) / (1 - base)  # the model's F1 per subset is as before
+        np.testing.assert_allclose(once["score"].values[:, j], want, atol=1e-12)
+    assert once.attrs["baseline_prompts"] == 16 and not np.allclose(once["score"], ds["score"])
 
 
 def test_robustness_bad_input_and_cli(embedded_model, tmp_path):

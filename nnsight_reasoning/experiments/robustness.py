@@ -49,6 +49,7 @@ def robustness(
     statement_pool: str = "sum",
     normalise: bool = True,
     choices: Sequence[str] | None = None,
+    baseline_prompts: int | None = None,
     seed: int = 0,
 ) -> xr.Dataset:
     """Probing score against the accuracy drop under a corruption, over random subsets of prompts.
@@ -76,6 +77,12 @@ def robustness(
         (``src/llama.py:33-40``); every answer, clean and corrupted, must be one of them.
     baseline, n_neighbors, folds, pool, distance, query, statement_pool, normalise : the
         probe's (:func:`nnsight_reasoning.probe`); with baseline "none" the score is the F1.
+    baseline_prompts : None (default): the baseline's F1 is measured on each subset, beside the
+        model's. An integer m: once, on one sample of m prompts, and used for every subset, as
+        the repository measures its scratch baseline once on 128 examples
+        (``src/rtask/proofwriter_probe.py:260-266``); the sample is
+        ``sorted(numpy.random.default_rng(seed + n_subsets).choice(n, m, replace=False))``, its
+        folds the probe's with seed ``seed + n_subsets``.
     seed : subsets and folds.
 
     Returns
@@ -95,6 +102,12 @@ def robustness(
                          f"got {subset_size} (CLI: --subset-min, --subset-max)")
     if n_subsets < 2 or n_bins < 1:
         raise UsageError(f"need n_subsets >= 2 and n_bins >= 1 (got {n_subsets}, {n_bins})")
+    if baseline_prompts is not None and (not isinstance(baseline_prompts, int) or isinstance(baseline_prompts, bool)
+                                         or not 2 * folds <= baseline_prompts <= len(plist)):
+        raise UsageError(f"baseline_prompts must be an integer from 2·folds to the number of prompts ({len(plist)}), "
+                         f"or None (got {baseline_prompts!r})")
+    if baseline_prompts is not None and baseline == "none":
+        raise UsageError("baseline_prompts sizes the baseline's sample; with baseline='none' there is none")
     if corrupt is None:
         corrupt = "drop" if getattr(prompts, "task", None) == "kth_smallest" else "negate"
     bad = _corrupted(prompts, plist, corrupt, n_corrupt, seed)
@@ -113,6 +126,15 @@ def robustness(
     _, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     # statement rows of each prompt in the feature matrix
     start = np.r_[0, np.cumsum([len(p.statements) for p in plist])]
+
+    def rows_of(idx):
+        return np.concatenate([np.arange(start[i], start[i + 1]) for i in idx])
+
+    once = None
+    if base_feats is not None and baseline_prompts is not None:  # the repository's one scratch measurement
+        idx = np.sort(np.random.default_rng(seed + n_subsets).choice(len(plist), baseline_prompts, replace=False))
+        once = knn_scores(base_feats[rows_of(idx)], labels=_labels([plist[i] for i in idx]), n_neighbors=n_neighbors,
+                          folds=folds, seed=seed + n_subsets, distance=distance).f1[:, -1]
     rng = np.random.default_rng(seed)
     f1 = np.zeros((n_subsets, len(PROBES)))
     base_f1 = np.zeros_like(f1)
@@ -121,12 +143,14 @@ def robustness(
     fewest = n_neighbors
     for s in range(n_subsets):
         idx = np.sort(rng.choice(len(plist), int(rng.integers(lo, hi + 1)), replace=False))
-        rows = np.concatenate([np.arange(start[i], start[i + 1]) for i in idx])
+        rows = rows_of(idx)
         sub = _labels([plist[i] for i in idx])
         knn = dict(labels=sub, n_neighbors=n_neighbors, folds=folds, seed=seed + s, distance=distance)
         scores = knn_scores(feats[rows], **knn)
         f1[s], fewest = scores.f1[:, -1], min(fewest, scores.fewest_neighbors)  # all layers' features
-        if base_feats is not None:
+        if once is not None:
+            base_f1[s] = once
+        elif base_feats is not None:
             base_f1[s] = knn_scores(base_feats[rows], **knn).f1[:, -1]
         sizes[s], acc[s], acc_bad[s] = len(idx), correct[idx].mean(), correct_bad[idx].mean()
     with np.errstate(divide="ignore", invalid="ignore"):  # a perfect baseline leaves no room: NaN, not inf
@@ -152,8 +176,9 @@ def robustness(
         "correlation": ("probe", corr, {"long_name": "Pearson r of score and accuracy drop", "units": "1"}),
     }
     if base_feats is not None:
-        data["baseline_f1"] = (("subset", "probe"), base_f1, {"long_name": f"macro F1 of the {baseline} baseline",
-                                                             "units": "1"})
+        data["baseline_f1"] = (("subset", "probe"), base_f1, {
+            "long_name": f"macro F1 of the {baseline} baseline" + (f", once on {baseline_prompts} prompts"
+                                                                  if once is not None else ""), "units": "1"})
     return xr.Dataset(
         data,
         coords={"subset": ("subset", np.arange(n_subsets), {"long_name": "random subset of the prompts (seeded)"}),
@@ -168,6 +193,7 @@ def robustness(
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
                "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged,
                **({"choices": ",".join(choices)} if choices is not None else {}),
+               **({"baseline_prompts": baseline_prompts} if once is not None else {}),
                **({"n_neighbors_used": fewest} if fewest < n_neighbors else {})},  # as probe's
     )
 
