@@ -34,9 +34,9 @@ def patch(
     seed: Seed = 0,
     intervention_type: Optional[str] = typer.Option(None, help="arithmetic: operands | same_result | operation"),
     n_operands: Optional[int] = typer.Option(None, help="arithmetic: 2 or 3 operands"),
-    n_shots: Optional[int] = typer.Option(None, help="arithmetic: few-shot exemplars"),
+    n_shots: Optional[int] = typer.Option(None, help="arithmetic, number_retrieval: few-shot exemplars"),
     max_n: Optional[int] = typer.Option(None, help="arithmetic: largest operand"),
-    representation: Optional[str] = typer.Option(None, help="arithmetic: arabic | words"),
+    representation: Optional[str] = typer.Option(None, help="arithmetic, number_retrieval: arabic | words"),
     template: List[str] = typer.Option([], help="arithmetic: template with {expr} (repeatable)"),
     data: Optional[Path] = typer.Option(None, help="factual_recall: a LAMA directory (relations.jsonl, TREx/) or a "
                                                    "TREx .jsonl file"),

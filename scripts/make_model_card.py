@@ -258,9 +258,14 @@ def main() -> None:
     ap.add_argument("--reuse-revisions", action="store_true",
                     help="keep card.json's per-revision measurements; re-measure patching and redraw the card")
     ap.add_argument("--render", action="store_true", help="only redraw MODEL_CARD.md from card.json (measures nothing)")
+    ap.add_argument("--rows", metavar="ROW,...",
+                    help="re-measure only these evaluation rows at every revision (after a task's prompts change), "
+                         f"keep everything else; rows: {', '.join(EVALS)}")
     args = ap.parse_args()
     if args.render:
         return write_text(embedded.card())
+    if args.rows:
+        return remeasure_rows(args.rows.split(","))
     acc, p_answer, heads, atp = {}, {}, {}, {}
     old = embedded.card() if args.reuse_revisions else {}
     for rev in embedded.revisions():
@@ -289,6 +294,26 @@ def main() -> None:
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     write_text(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
+
+
+def remeasure_rows(rows: list[str]) -> None:
+    """Accuracy and mean P(answer) of ``rows`` measured again at every revision, as :func:`measure`
+    measures them; the rest of card.json kept; the card redrawn."""
+    unknown = sorted(set(rows) - set(EVALS))
+    if unknown:
+        raise SystemExit(f"unknown card rows {unknown}; rows: {', '.join(EVALS)}")
+    card = embedded.card()
+    for rev in embedded.revisions():
+        model = nr.load_model(revision=rev)
+        for row in rows:
+            task, kw = EVALS[row]
+            ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
+            card["accuracy"][rev][row] = round(float(ds.accuracy), 4)
+            card["mean_p_answer"][rev][row] = round(float(ds.mean_p_answer), 4)
+        print(rev, {row: card["accuracy"][rev][row] for row in rows}, flush=True)
+    card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
+    (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    write_text(embedded.card())
 
 
 def text(card: dict) -> str:

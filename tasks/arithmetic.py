@@ -9,9 +9,13 @@ Three interventions on a base prompt p1 (answer r1) and a source prompt p2 (answ
 ``operations`` chooses the operators among + - * / (lm-arithmetic's four). Products and
 quotients take two operands; a quotient must be exact (the repository keeps only integer
 results the same way). The default is "+-" (pass ``operations="+-*/"`` with the repository's
-templates for its four operators; the operator is drawn with the operands, so operators with
-fewer valid operands, * and /, come up less often than in the repository's loop over them),
-except for the two-operand ``operation`` intervention, which is built as lm-arithmetic builds it
+templates for its four operators). With the repository's templates (``templates="stolfo"`` or
+``stolfo:K``) the operands and same-result pairs follow its loop (``intervention.py``
+:248-261): pair i takes operator i // T in turn (T templates) and template i mod T; with the
+toolkit's templates the operator is drawn with the operands, so operators with fewer valid
+operands, - * and /, come up less often. A same-result source is drawn among every other
+operand tuple with the base's result (the repository redraws it until the result matches,
+:44-67). The two-operand ``operation`` intervention is built as lm-arithmetic builds it
 (``interventions/intervention.py`` :307-399): all four operators, op1 in turn, op2 drawn once
 from the three others and the operands redrawn until both results fit, both results in 1..max_n-1
 (``generate_operands_pair_two_ops``, :74-101), the source prompt in op2's template of the same
@@ -38,6 +42,7 @@ two answers always differ, since the indirect effect is about moving r1 to r2.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import zlib
 from typing import Any, Sequence
@@ -148,6 +153,29 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
                     f"or max_result, or add '+'")
 
 
+def same_result_operands(result: int, ops: Sequence[str], max_n: int, split: str = "all") -> list[list[int]]:
+    """Every operand tuple in 1..``max_n`` (of ``split``) whose problem with operators ``ops``
+    equals ``result``: all operands but the last enumerated, the last solved for."""
+    out = []
+    for head in itertools.product(range(1, max_n + 1), repeat=len(ops)):
+        partial, op = evaluate_expr(head, ops[:-1]), ops[-1]
+        if op in "+-":
+            last = result - partial if op == "+" else partial - result
+        else:  # two operands: partial is the first, >= 1; inexact solutions fail the check below
+            last = result // partial if op == "*" else partial // max(result, 1)
+        operands = [*head, last]
+        if 1 <= last <= max_n and evaluate_expr(operands, ops) == result \
+                and (split == "all" or is_heldout(operands) == (split == "heldout")):
+            out.append(operands)
+    return out
+
+
+def repository_design(templates: Sequence[str]) -> bool:
+    """Whether ``templates`` are all lm-arithmetic's (``stolfo:K``): pairs are then drawn in its
+    loop over (operator, template), each operator in turn."""
+    return all(t.startswith("stolfo:") for t in templates)
+
+
 def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
            representation: str, split: str, operations: str = "+-", max_result: int | None = None) -> str | None:
     lines = []
@@ -197,10 +225,22 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
         if r2 < 1 or r2 == r1 or (top is not None and r2 > top):
             return None
     else:
-        a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, operations=ops, max_result=top)
-        b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list, max_result=top)
-        if b_operands == a_ops or (kind == "operands" and r2 == r1) or (kind == "same_result" and r2 != r1):
-            return None
+        # With the repository's templates, its loop (intervention.py:248-261): the operator in turn,
+        # a block of pairs per operator with every template in each, as the operation intervention;
+        # otherwise the operator is drawn with the operands.
+        op = [ops[(i // len(templates)) % len(ops)]] if n == 2 and repository_design(templates) else None
+        a_ops, a_ops_list, r1 = sample_problem(rng, n, m, split, ops=op, operations=ops, max_result=top)
+        if kind == "same_result":
+            # the base's result kept, the source drawn among every other operand tuple with that
+            # result (lm-arithmetic redraws it until the result matches, :44-67); none: redraw the base
+            others = [x for x in same_result_operands(r1, a_ops_list, m, split) if x != a_ops]
+            if not others:
+                return None
+            b_operands, b_ops, r2 = rng.choice(others), a_ops_list, r1
+        else:
+            b_operands, b_ops, r2 = sample_problem(rng, n, m, split, ops=a_ops_list, max_result=top)
+            if b_operands == a_ops or r2 == r1:
+                return None
     # exemplars are solved in the query's operator (lm-arithmetic's shots use the query's
     # template): shared by the pair, except the operation intervention's, one set per operator
     shots = lambda operator: _shots(rng, p["n_shots"], n, m, template, rep, split, operator, top)  # noqa: E731
@@ -292,7 +332,8 @@ def arithmetic(
     representation : "arabic" ("3 + 5 =") or "words" ("three plus five =").
     templates : strings with "{expr}"; default: the four built-in templates. "stolfo": the
         repository's six two-operand templates per operator (five with number words), e.g.
-        "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of its operator.
+        "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of operator i // 6
+        (in turn over ``operations``), as the repository loops over (operator, template).
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
     operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
         two-operand operation intervention (see module doc).

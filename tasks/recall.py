@@ -9,6 +9,10 @@ Departures: the things come from this vocabulary (15 in 5 categories, lower case
 "Jane" (the repository's "Jasmin" is not in the vocabulary). Pairs (``number_retrieval_pairs``)
 are the repository's: one context, the base question asks for the first thing's count (r),
 the source question for the second's (r'); the two things' names have equal token length.
+``n_shots`` solved exemplars in the pair's template come first, each asking for its first
+thing's count (:67-71); the repository draws one set per template, here each pair draws its
+own, ended by " . " as the arithmetic task's. ``representation="words"`` writes the counts as
+number words (:27-29), one hyphenated token each ("twenty-three").
 
 **Factual recall** (type 20, ``interventions/lama_intervention.py``: relations :8, cloze cut before
 [Y] :61-62): relations P36 "The capital
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
                    generate_aligned, register)
+from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word
 from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
@@ -67,42 +72,81 @@ def _draw(rng: random.Random, max_n: int) -> tuple[int, int, int, int]:
     return i, j, x, y
 
 
-def sample_retrieval(rng: random.Random, template: str, max_n: int = 20) -> Example:
+def _count(n: int, representation: str) -> str:
+    return str(n) if representation == "arabic" else number_word(n)  # type: ignore[return-value]
+
+
+def _fill(template: str, i: int, j: int, x: int, y: int, asked: int, representation: str) -> str:
+    return template.format(x=_count(x, representation), y=_count(y, representation), e1=_thing(i, x),
+                           e2=_thing(j, y), cls=THINGS[asked][1])
+
+
+def sample_retrieval(rng: random.Random, template: str, max_n: int = 20, representation: str = "arabic") -> Example:
     i, j, x, y = _draw(rng, max_n)
     ask_first = rng.random() < 0.5
-    prompt = template.format(x=x, y=y, e1=_thing(i, x), e2=_thing(j, y), cls=THINGS[i if ask_first else j][1])
-    return Example(prompt, str(x if ask_first else y))
+    return Example(_fill(template, i, j, x, y, i if ask_first else j, representation),
+                   _count(x if ask_first else y, representation))
+
+
+def _retrieval_shots(rng: random.Random, template: str, max_n: int, n_shots: int, representation: str) -> str:
+    """``n_shots`` solved exemplars in ``template``, each asking for its first thing, as the
+    repository's (``entity_intervention.py:67-71``: the base string and its count)."""
+    shots = ""
+    for _ in range(n_shots):
+        i, j, x, y = _draw(rng, max_n)
+        shots += f"{_fill(template, i, j, x, y, i, representation)} {_count(x, representation)}{SHOT_SEPARATOR}"
+    return shots
+
+
+def _check_retrieval(max_n: int, n_shots: int, representation: str) -> None:
+    check_range("max_n", max_n, 1, 99)
+    check_range("n_shots", n_shots, 0, 8)
+    check_choice("representation", representation, REPRESENTATIONS)
 
 
 def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
-                              max_n: int = 20) -> list[Example]:
+                              max_n: int = 20, n_shots: int = 0, representation: str = "arabic") -> list[Example]:
     """``n`` prompts, the templates in turn; either of the two counts is asked for."""
     check_range("n", n, 1)
-    check_range("max_n", max_n, 1, 99)
+    _check_retrieval(max_n, n_shots, representation)
     rng = random.Random(seed)
-    return [sample_retrieval(rng, RETRIEVAL_TEMPLATES[i % len(RETRIEVAL_TEMPLATES)], max_n) for i in range(n)]
+    out = []
+    for k in range(n):
+        template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation)
+        ex = sample_retrieval(rng, template, max_n, representation)
+        out.append(Example(shots + ex.prompt, ex.answer))
+    return out
 
 
 def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None,
-                           max_n: int = 20) -> PromptPairs:
+                           max_n: int = 20, n_shots: int = 0, representation: str = "arabic") -> PromptPairs:
     """lm-arithmetic's type-11 pairs: one context "I have x e1 and y e2", the base asks for
-    e1 (answer x), the source for e2 (answer y); templates in turn."""
-    check_range("max_n", max_n, 1, 99)
+    e1 (answer x), the source for e2 (answer y); templates in turn. ``n_shots`` solved
+    exemplars in the pair's template come first, shared by base and source; ``representation``
+    "words" writes the counts as number words ("three", lm-arithmetic's ``convert_to_words``)."""
+    _check_retrieval(max_n, n_shots, representation)
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
         template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation)
         i, j, x, y = _draw(rng, max_n)
-        fill = dict(x=x, y=y, e1=_thing(i, x), e2=_thing(j, y))
-        return PromptPair(template.format(**fill, cls=THINGS[i][1]), template.format(**fill, cls=THINGS[j][1]),
-                          str(x), str(y))
+        return PromptPair(shots + _fill(template, i, j, x, y, i, representation),
+                          shots + _fill(template, i, j, x, y, j, representation),
+                          _count(x, representation), _count(y, representation))
 
     pairs = generate_aligned(sample, n_prompts, seed, tokenizer, "lower max_n (counts must be single tokens)")
-    return PromptPairs("number_retrieval", {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}, pairs)
+    params = {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}
+    if (n_shots, representation) != (0, "arabic"):  # default runs keep the task_params they always had
+        params.update(n_shots=n_shots, representation=representation)
+    return PromptPairs("number_retrieval", params, pairs)
 
 
 register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11)",
                   number_retrieval_pairs, number_retrieval_examples,
                   {"n_prompts": (64, "number of prompt pairs (patch)"), "max_n": (20, "largest count (0..max_n)"),
+                   "n_shots": (0, "solved exemplars in the prompt's template, before it (shared by base and source)"),
+                   "representation": ("arabic", "counts as arabic numerals or number words ('three')"),
                    "seed": (0, "random seed")}))
 
 # ---------------------------------------------------------------------------- factual recall

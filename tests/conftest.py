@@ -207,6 +207,18 @@ def ndif(tmp_path_factory):
         assert not stack.alive(), f"NDIF processes left running: {stack.alive()}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that used the NDIF stack and failed gets the stack's log tails in its report: its
+    directories go when the session ends, and a job once stayed QUEUED for 600 s in one CI run
+    (session 70) with nothing left to say why."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("ndif") if hasattr(item, "funcargs") else None
+    if report.failed and stack is not None and hasattr(stack, "diagnostics"):
+        report.sections.append(("NDIF test stack logs", stack.diagnostics(lines=40)))
+
+
 def pytest_terminal_summary(terminalreporter):
     for failure in _START_FAILURES:
         terminalreporter.write_line(f"NDIF test stack failed to start, {failure}")

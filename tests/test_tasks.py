@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 import nnsight_reasoning as nr
 from nnsight_reasoning.tasks import TaskError, get_task
-from nnsight_reasoning.tasks.arithmetic import evaluate_expr, is_heldout, number_word
+from nnsight_reasoning.tasks.arithmetic import STOLFO_TEMPLATES, evaluate_expr, is_heldout, number_word
 
 NUM = re.compile(r"\b\d+\b")
 
@@ -21,6 +21,16 @@ def _problem(text: str) -> tuple[list[int], list[str]]:
     nums = [int(x) for x in NUM.findall(last)]
     ops = re.findall(r" ([+-]) ", last)
     return nums, ops
+
+
+def _stolfo(text: str) -> tuple[str, int, list[int]]:
+    """(operator, template index, operands) of a prompt in one of lm-arithmetic's templates."""
+    for op, templates in STOLFO_TEMPLATES.items():
+        for k, t in enumerate(templates):
+            pattern = re.escape(t).replace(re.escape("{x}"), r"(\d+)").replace(re.escape("{y}"), r"(\d+)")
+            if m := re.fullmatch(pattern, text):
+                return op, k, [int(m[1]), int(m[2])]
+    raise AssertionError(f"not an lm-arithmetic template: {text!r}")
 
 
 def test_same_seed_same_prompts_and_different_seed_differs():
@@ -45,6 +55,46 @@ def test_same_result_intervention():
     for p in nr.tasks.arithmetic("same_result", n_prompts=40, seed=2):
         (x, ox), (y, oy) = _problem(p.base), _problem(p.source)
         assert x != y and ox == oy and p.base_answer == p.source_answer == str(evaluate_expr(x, ox))
+
+
+def test_same_result_sources_are_every_other_tuple_with_the_result_and_times_over_do_not_run_out():
+    """The source is drawn among every operand tuple with the base's result (lm-arithmetic redraws
+    it until the result matches, intervention.py:44-67), so x and / pairs are found, not hit by chance."""
+    import itertools
+
+    from nnsight_reasoning.tasks.arithmetic import is_heldout, same_result_operands
+
+    for result, ops, max_n, split in ((12, "*", 20, "all"), (3, "/", 30, "all"), (7, "+-", 9, "all"),
+                                      (10, "+", 40, "heldout"), (0, "-", 5, "train")):
+        brute = [list(t) for t in itertools.product(range(1, max_n + 1), repeat=len(ops) + 1)
+                 if evaluate_expr(t, ops) == result and (split == "all" or is_heldout(t) == (split == "heldout"))]
+        assert sorted(same_result_operands(result, ops, max_n, split)) == sorted(brute) and brute
+    pairs = nr.tasks.arithmetic("same_result", n_prompts=48, operations="*/", seed=0, templates=["{expr} ="])
+    assert {p.base.split()[1] for p in pairs} == set("*/")
+    for p in pairs:
+        (x, op, y, _), (x2, op2, y2, _) = p.base.split(), p.source.split()
+        assert (x, y) != (x2, y2) and op == op2
+        assert p.base_answer == p.source_answer == str(evaluate_expr([int(x2), int(y2)], [op]))
+
+
+@pytest.mark.parametrize("kind", ["operands", "same_result"])
+def test_repository_templates_loop_over_operator_and_template(kind):
+    """With lm-arithmetic's templates, its loop (intervention.py:248-261): every (operator, template)
+    gets the same number of pairs, operators in blocks; with the toolkit's templates the operator is
+    drawn with the operands (+ more often than -, whose results must stay >= 0)."""
+    import collections
+
+    pairs = nr.tasks.arithmetic(kind, n_prompts=96, operations="+-*/", templates="stolfo", seed=1)
+    cells = collections.Counter()
+    for i, p in enumerate(pairs):
+        (op, k, x), (op_s, k_s, y) = _stolfo(p.base), _stolfo(p.source)
+        assert (op, k) == (op_s, k_s) == ("+-*/"[(i // 6) % 4], i % 6) and x != y
+        assert int(p.base_answer) == evaluate_expr(x, [op]) and int(p.source_answer) == evaluate_expr(y, [op])
+        assert (p.base_answer == p.source_answer) == (kind == "same_result")
+        cells[op, k] += 1
+    assert set(cells.values()) == {4} and len(cells) == 24
+    drawn = collections.Counter(_problem(p.base)[1][0] for p in nr.tasks.arithmetic(kind, n_prompts=200, seed=1))
+    assert drawn["+"] > drawn["-"] > 0
 
 
 def test_operation_intervention():
@@ -307,6 +357,50 @@ def test_number_retrieval_pairs_ask_the_same_context_for_the_other_count():
         assert len(b) == len(s) and sum(x != y for x, y in zip(b, s)) == 1  # only the thing asked for differs
         counts = [w for w in b if w.isdigit()]
         assert [p.base_answer, p.source_answer] == counts[:2] and p.base_answer != p.source_answer
+
+
+def test_number_retrieval_shots_and_number_words_follow_lm_arithmetic():
+    """--n-shots: solved exemplars in the pair's template, each asking for its first thing's count
+    (entity_intervention.py:67-71), shared by base and source; --representation words: the
+    counts as number words (:27-29). The defaults draw the same prompts as before."""
+    from nnsight_reasoning.tasks.recall import RETRIEVAL_TEMPLATES
+
+    plural = {p: p for _, p in nr.tasks.words.THINGS} | {s: p for s, p in nr.tasks.words.THINGS}
+    value = {number_word(n): n for n in range(100)} | {str(n): n for n in range(100)}
+
+    def solved(template: str, text: str) -> tuple[str, str, str, str, str, str]:
+        """(x, e1, y, e2, class asked, the answer after "A :") of one exemplar in ``template``."""
+        pattern = re.escape(template + " ")
+        for field, group in (("{x}", r"(\S+)"), ("{y}", r"(\S+)"), ("{e1}", r"(\w+)"), ("{e2}", r"(\w+)"),
+                             ("{cls}", r"(\w+)")):
+            pattern = pattern.replace(re.escape(field), group)
+        m = re.fullmatch(pattern + r"(\S+)", text)
+        assert m, (template, text)
+        return m.groups()
+
+    info = get_task("number_retrieval")
+    pairs = info.pairs(n_prompts=16, seed=3, n_shots=2, representation="words")
+    assert pairs.params == {"n_prompts": 16, "max_n": 20, "seed": 3, "n_shots": 2, "representation": "words"}
+    for k, p in enumerate(pairs):
+        parts_b, parts_s = p.base.split(" . "), p.source.split(" . ")  # a template has its own " . "
+        shots_b, query_b, query_s = parts_b[:4], " . ".join(parts_b[4:]), " . ".join(parts_s[4:])
+        template = RETRIEVAL_TEMPLATES[k % 8]
+        assert len(parts_b) == 6 and shots_b == parts_s[:4] and query_b != query_s
+        for shot in (" . ".join(shots_b[:2]), " . ".join(shots_b[2:])):
+            x, e1, y, e2, asked, answer = solved(template, shot)
+            assert plural[e1] == asked and answer == x and x in value and y in value and value[x] <= 20
+        x, e1, y, e2, asked, _ = solved(template, query_b.replace(" A :", " A : ?"))
+        assert [p.base_answer, p.source_answer] == [x, y] and p.base_answer != p.source_answer
+        assert plural[e1] == asked and number_word(value[x]) == x
+    assert info.pairs(n_prompts=6, seed=1).pairs == info.pairs(n_prompts=6, seed=1, n_shots=0).pairs
+    for k, e in enumerate(info.examples(n=8, seed=0, n_shots=1)):
+        shot = " . ".join(e.prompt.split(" . ")[:2])
+        x, e1, _, _, asked, answer = solved(RETRIEVAL_TEMPLATES[k % 8], shot)
+        assert plural[e1] == asked and answer == x and x.isdigit()
+    with pytest.raises(TaskError, match="representation must be one of"):
+        info.pairs(n_prompts=2, representation="roman")
+    with pytest.raises(TaskError, match="n_shots"):
+        info.examples(n=2, n_shots=-1)
 
 
 def _lama(tmp_path, relations=("P36", "P19")):
