@@ -751,8 +751,8 @@ def _gain_offset(model: Any) -> float:
 
 @reads_weights
 def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
-                       gates: torch.Tensor | None = None, last_only: bool = False,
-                       remote: bool | str = False) -> torch.Tensor:
+                       gates: torch.Tensor | None = None, last_only: bool = False, logits: bool = False,
+                       remote: bool | str = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Direct effect of every head's output on the logits of chosen tokens, at every position.
 
     ``input_ids`` (n, T); ``token_ids`` (n, K): the tokens whose logits are read for row i.
@@ -766,6 +766,8 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     itself (0 zero-ablates a head: its slice of the output projection's input, as
     :func:`nnsight_reasoning.backend.head_masked_scores`), so the later heads, o_h and s are
     those of the ablated run. ``last_only``: the last position only (T = 1 in the result).
+    ``logits``: also return the same run's logits of ``token_ids`` at the last position, (n, K)
+    float64, as ``(effects, logits)`` (one pass gives both).
     """
     from . import _run
 
@@ -775,13 +777,15 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     if gates is not None:  # (n, L, H·head_dim): one factor per input column of each o_proj
         gates = gates.float().repeat_interleave(d["head_dim"], -1)
     saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
-                                              d["head_dim"], center, eps, _gain_offset(model), gates, last_only),
-                 remote, "saved")
+                                              d["head_dim"], center, eps, _gain_offset(model), gates, last_only,
+                                              logits), remote, "saved")
+    if logits:
+        return saved[0].detach().cpu().double(), saved[1].detach().cpu().double()
     return saved.detach().cpu().double()
 
 
 def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1d, n_heads, head_dim, center, eps,
-                        gain_offset, gates, last_only, remote=False, backend=None):
+                        gain_offset, gates, last_only, logits=False, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         outs = []
@@ -804,5 +808,10 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
         if center:
             o = centred(o)
         o = o / scale[:, None, :, None, None].to(o.device)
-        saved = nnsight.save(torch.einsum("nlthd,nkd->nlhtk", o, rows.to(o.device)))
+        effects = torch.einsum("nlthd,nkd->nlhtk", o, rows.to(o.device))
+        if logits:
+            last = model.output.logits[:, -1]
+            saved = nnsight.save((effects, torch.gather(last, 1, token_ids.to(last.device))))
+        else:
+            saved = nnsight.save(effects)
     return saved

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import head_masked_scores
 from ..backend.graph import head_logit_effects
 from ..errors import UsageError
 from ..runner import Run, experiment
@@ -126,11 +125,10 @@ def backup_heads(
         ids = torch.tensor([tok.base[i] for i in job])
         answers = torch.tensor([tok.answers[i] for i in job])  # (p, 2): IO, S
         p = len(job)
-        scores = run.call(head_masked_scores, ids, answers, masks, rank=False)
-        lg = scores.logits.numpy().reshape(2, p, 2)
+        eff, lg = run.call(head_logit_effects, ids.repeat(2, 1), answers.repeat(2, 1),
+                           gates=masks.repeat_interleave(p, 0), last_only=True, logits=True)
+        eff, lg = eff.numpy(), lg.numpy().reshape(2, p, 2)  # (2p, L, H, 1, 2); the runs' logits of IO, S
         logit_diff[:, job] = lg[..., 0] - lg[..., 1]
-        eff = run.call(head_logit_effects, ids.repeat(2, 1), answers.repeat(2, 1),
-                       gates=masks.repeat_interleave(p, 0), last_only=True).numpy()  # (2p, L, H, 1, 2)
         effect[:, job] = (eff[..., 0, 0] - eff[..., 0, 1]).reshape(2, p, n_layers, n_heads)
     backup = (effect[1] - effect[0]).mean(0)
     backup[ablated] = np.nan
