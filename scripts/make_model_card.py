@@ -262,10 +262,12 @@ def main() -> None:
                     help="re-measure only these evaluation rows at every revision (after a task's prompts change), "
                          f"keep everything else; rows: {', '.join(EVALS)}")
     args = ap.parse_args()
+    if args.render and args.rows is not None:
+        ap.error("--render measures nothing; give --rows alone")
     if args.render:
         return write_text(embedded.card())
-    if args.rows:
-        return remeasure_rows(args.rows.split(","))
+    if args.rows is not None:
+        return remeasure_rows([r.strip() for r in args.rows.split(",") if r.strip()])
     acc, p_answer, heads, atp = {}, {}, {}, {}
     old = embedded.card() if args.reuse_revisions else {}
     for rev in embedded.revisions():
@@ -300,9 +302,12 @@ def remeasure_rows(rows: list[str]) -> None:
     """Accuracy and mean P(answer) of ``rows`` measured again at every revision, as :func:`measure`
     measures them; the rest of card.json kept; the card redrawn."""
     unknown = sorted(set(rows) - set(EVALS))
-    if unknown:
-        raise SystemExit(f"unknown card rows {unknown}; rows: {', '.join(EVALS)}")
+    if unknown or not rows:
+        raise SystemExit(f"--rows: unknown card rows {unknown or 'none given'}; rows: {', '.join(EVALS)}")
     card = embedded.card()
+    for row in rows:  # the settings stored beside the numbers (tests re-measure with them)
+        task, kw = EVALS[row]
+        card["evals"][row] = {"task": task, "params": kw}
     for rev in embedded.revisions():
         model = nr.load_model(revision=rev)
         for row in rows:

@@ -42,6 +42,7 @@ two answers always differ, since the indirect effect is about moving r1 to r2.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import zlib
@@ -155,7 +156,15 @@ def sample_problem(rng: random.Random, n_operands: int, max_n: int, split: str =
 
 def same_result_operands(result: int, ops: Sequence[str], max_n: int, split: str = "all") -> list[list[int]]:
     """Every operand tuple in 1..``max_n`` (of ``split``) whose problem with operators ``ops``
-    equals ``result``: all operands but the last enumerated, the last solved for."""
+    equals ``result``: all operands but the last enumerated, the last solved for. ``ops``: one
+    operator of + - * /, or a chain of + and - (as :func:`evaluate_expr` takes them)."""
+    if len(ops) > 1 and set(ops) - set("+-"):
+        raise TaskError(f"products and quotients take two operands; chain only + and - (got {''.join(ops)!r})")
+    return [list(t) for t in _same_result(result, tuple(ops), max_n, split)]
+
+
+@functools.lru_cache(maxsize=4096)  # 3 operands enumerate max_n**2 heads: reused across a task's pairs
+def _same_result(result: int, ops: tuple[str, ...], max_n: int, split: str) -> tuple[tuple[int, ...], ...]:
     out = []
     for head in itertools.product(range(1, max_n + 1), repeat=len(ops)):
         partial, op = evaluate_expr(head, ops[:-1]), ops[-1]
@@ -166,8 +175,8 @@ def same_result_operands(result: int, ops: Sequence[str], max_n: int, split: str
         operands = [*head, last]
         if 1 <= last <= max_n and evaluate_expr(operands, ops) == result \
                 and (split == "all" or is_heldout(operands) == (split == "heldout")):
-            out.append(operands)
-    return out
+            out.append(tuple(operands))
+    return tuple(out)
 
 
 def repository_design(templates: Sequence[str]) -> bool:
@@ -332,8 +341,8 @@ def arithmetic(
     representation : "arabic" ("3 + 5 =") or "words" ("three plus five =").
     templates : strings with "{expr}"; default: the four built-in templates. "stolfo": the
         repository's six two-operand templates per operator (five with number words), e.g.
-        "Q : What is the sum of 3 and 5 ? A :"; pair i uses template i mod 6 of operator i // 6
-        (in turn over ``operations``), as the repository loops over (operator, template).
+        "Q : What is the sum of 3 and 5 ? A :"; with T of them, pair i uses template i mod T of
+        operator i // T (in turn over ``operations``), as the repository loops over (operator, template).
     split : "all", "train" or "heldout" operand tuples (the embedded model never saw "heldout").
     operations : operators to draw from, among "+-*/"; default "+-", and "+-*/" for the
         two-operand operation intervention (see module doc).

@@ -77,6 +77,51 @@ def test_same_result_sources_are_every_other_tuple_with_the_result_and_times_ove
         assert p.base_answer == p.source_answer == str(evaluate_expr([int(x2), int(y2)], [op]))
 
 
+def test_default_prompts_are_pinned():
+    """The README's and the docs' numbers, and the embedded model's training data
+    (scripts/train_embedded.py calls sample_retrieval), rest on these exact draws: an option
+    added to a task must leave its defaults' random stream alone."""
+    import random
+
+    from nnsight_reasoning.tasks.recall import RETRIEVAL_TEMPLATES, sample_retrieval
+
+    as_tuple = lambda p: (p.base, p.source, p.base_answer, p.source_answer)  # noqa: E731
+    assert [as_tuple(p) for p in nr.tasks.arithmetic(n_prompts=3, seed=0)] == [
+        ("13 + 14 =", "9 + 17 =", "27", "26"), ("Q : What is 16 - 13 ? A :", "Q : What is 16 - 12 ? A :", "3", "4"),
+        ("The result of 19 + 7 is", "The result of 10 + 5 is", "26", "15")]
+    retrieval = get_task("number_retrieval")
+    assert as_tuple(retrieval.pairs(n_prompts=1, seed=0)[0]) == (
+        "Q : I have 13 horses and 1 potato . How many horses do I have ? A :",
+        "Q : I have 13 horses and 1 potato . How many potatoes do I have ? A :", "13", "1")
+    assert [(e.prompt, e.answer) for e in retrieval.examples(n=2, seed=0)][1] == (
+        "Q : Paul has 12 cats and 9 bikes . How many bikes does Paul have ? A :", "9")
+    rng = random.Random(0)
+    assert sample_retrieval(rng, RETRIEVAL_TEMPLATES[0], 30).prompt == \
+        "Q : I have 24 horses and 28 potatoes . How many horses do I have ? A :"
+    assert rng.random() == 0.25891675029296335  # and leaves the stream where it did
+
+
+def test_same_result_sources_are_uniform_over_the_other_tuples():
+    """Base fixed, the source is each other tuple with the base's result about equally often."""
+    import collections
+    import random
+
+    from nnsight_reasoning.tasks.arithmetic import _sample_pair, same_result_operands
+
+    rng, seen = random.Random(0), collections.Counter()
+    params = dict(intervention_type="same_result", n_operands=2, max_n=12, representation="arabic", split="all",
+                  n_shots=0, operations="*")
+    for _ in range(20_000):  # the base 4 * 6 about 1 in 144
+        p = _sample_pair(rng, 0, params, ["{expr} ="])
+        if p is not None and p.base == "4 * 6 =":
+            seen[p.source] += 1
+    others = {f"{x} * {y} =" for x, y in same_result_operands(24, "*", 12) if (x, y) != (4, 6)}
+    assert set(seen) == others and len(others) == 5  # 2·12, 3·8, 6·4, 8·3, 12·2
+    assert max(seen.values()) < 2 * min(seen.values())  # ~28 each; "always the first" fails here
+    with pytest.raises(TaskError, match="products and quotients take two operands"):
+        same_result_operands(0, "-*", 20)
+
+
 @pytest.mark.parametrize("kind", ["operands", "same_result"])
 def test_repository_templates_loop_over_operator_and_template(kind):
     """With lm-arithmetic's templates, its loop (intervention.py:248-261): every (operator, template)
