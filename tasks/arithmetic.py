@@ -376,7 +376,7 @@ def arithmetic(
 #: Token roles of a prompt, in reading order (lm-arithmetic's position classes,
 #: ``notebooks/plot-all-tokens.ipynb`` ``add_position_class``, lines 23-53 of its JSON, with the
 #: older helper's operator class, ``notebooks_utils.py:371-394``).
-ROLES = ("shots", "early", "operand 1", "operator", "middle", "operand 2", "operand 3", "late", "last")
+ROLES = ("shots", "early", "operand 1", "operator", "middle", "operand 2", "middle 2", "operand 3", "late", "last")
 # operator tokens -> the operator: the symbols, the template words and nouns ("sum" of "sum of")
 _OPERATOR_OF = {**{o: o for o in OPERATIONS}, **{w: o for o, w in _WORD.items()},
                 **{noun.split()[0]: o for o, (noun, _) in _NOUN.items()}}
@@ -393,7 +393,9 @@ def token_roles(tokens: Sequence[str]) -> list[str]:
     token of the number, for tokenisers that split digits or number words; the repository
     marks the last one), "operator" (+ - * / or its word, "sum of"…), "last" (the final
     token), and "early" / "middle" / "late" for the other tokens before the first operand,
-    between operands, and after the last. Padding ("") gets "".
+    between operands, and after the last; with three operands the tokens between the second
+    and the third are "middle 2" (the repository's "Between Operands 1/2",
+    ``add_position_class_3_ops``, JSON lines 87-121). Padding ("") gets "".
     """
     words = [_word(t) for t in tokens]
     n = max((i + 1 for i, w in enumerate(words) if w), default=0)
@@ -414,8 +416,10 @@ def token_roles(tokens: Sequence[str]) -> list[str]:
     roles = [""] * len(tokens)
     first = groups[0][0] if groups else n
     last_operand = groups[-1][-1] if groups else n
+    second = groups[1][-1] if len(groups) > 2 else n  # three operands: after the second is "middle 2"
     for i in range(n):
-        roles[i] = "shots" if i < start else "early" if i < first else "late" if i > last_operand else "middle"
+        roles[i] = ("shots" if i < start else "early" if i < first else "late" if i > last_operand
+                    else "middle 2" if i > second else "middle")
     for k, g in enumerate(groups[:3]):
         for i in g:
             roles[i] = f"operand {k + 1}"
@@ -462,4 +466,4 @@ PARAMS = {
     "seed": (0, "random seed; same seed -> same prompts"),
 }
 register(TaskInfo("arithmetic", "arithmetic causal mediation pairs (Stolfo et al. 2023)",
-                  arithmetic, arithmetic_examples, PARAMS))
+                  arithmetic, arithmetic_examples, PARAMS, roles=token_roles, role_order=ROLES))

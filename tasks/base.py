@@ -233,6 +233,8 @@ class TaskInfo:
     examples: Callable[..., list[Example]]
     params: dict[str, tuple[Any, str]]  # name -> (default, help)
     labelled: Callable[..., Any] | None = None  # -> ReasoningPrompts (attention, probe)
+    roles: Callable[[Sequence[str]], list[str]] | None = None  # a prompt's tokens -> their roles (by_token_role)
+    role_order: tuple[str, ...] = ()  # the roles in reading order
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Refuse parameter names the task does not know (instead of a TypeError later)."""

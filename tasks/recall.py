@@ -34,14 +34,15 @@ repository's six relations are built in). The repository's relations are used
 from __future__ import annotations
 
 import random
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import json
 from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
                    generate_aligned, register)
-from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word
+from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, _word, number_word
 from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
@@ -142,12 +143,41 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
     return PromptPairs("number_retrieval", params, pairs)
 
 
+#: Token roles of a number-retrieval prompt, in reading order (lm-arithmetic's position classes for
+#: type 11, ``plot-all-tokens.ipynb`` ``add_position_class_int11``, JSON lines 122-153): e_q is the
+#: thing the question asks about ("How many apples"); "shots" are the exemplars (a toolkit role).
+RETRIEVAL_ROLES = ("shots", "early", "e_q first", "e_q middle", "e_q last", "late", "last")
+_QUESTION_VERBS = {"do", "does", "are", "did"}  # the word after {cls} in every RETRIEVAL_TEMPLATES entry
+
+
+def retrieval_roles(tokens: Sequence[str]) -> list[str]:
+    """The role of each token of a number-retrieval prompt: the query is the last "Q :" (before it,
+    "shots"); e_q is every token between its "many" and the verb after the thing ("do", "are" …);
+    then "early" before e_q, "late" after it, "last" the final token. A one-token e_q is "e_q
+    first", as the repository tests the first token before the last. Padding ("") gets "".
+    """
+    words = [_word(t) for t in tokens]
+    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    questions = [i for i in range(n - 1) if words[i] == "Q" and words[i + 1] == ":"]
+    start = questions[-1] if len(questions) > 1 else 0  # exemplars before the query's "Q :"
+    many = max((i for i in range(start, n) if words[i] == "many"), default=None)
+    if many is None:
+        raise TaskError(f"not a number-retrieval prompt (no 'How many' question): {' '.join(words[:n])!r}")
+    end = next((i for i in range(many + 1, n) if words[i] in _QUESTION_VERBS), n - 1)
+    first, last = many + 1, end - 1
+    roles = [""] * len(tokens)
+    for i in range(n):
+        roles[i] = ("shots" if i < start else "early" if i < first else "e_q first" if i == first
+                    else "e_q middle" if i < last else "e_q last" if i == last else "last" if i == n - 1 else "late")
+    return roles
+
+
 register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11)",
                   number_retrieval_pairs, number_retrieval_examples,
                   {"n_prompts": (64, "number of prompt pairs (patch)"), "max_n": (20, "largest count (0..max_n)"),
                    "n_shots": (0, "solved exemplars in the prompt's template, before it (shared by base and source)"),
                    "representation": ("arabic", "counts as arabic numerals or number words ('three')"),
-                   "seed": (0, "random seed")}))
+                   "seed": (0, "random seed")}, roles=retrieval_roles, role_order=RETRIEVAL_ROLES))
 
 # ---------------------------------------------------------------------------- factual recall
 RELATIONS = {  # LAMA id -> (cloze template cut before [Y], the subjects' kind)
@@ -293,10 +323,48 @@ def factual_recall_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | No
     return PromptPairs("factual_recall", params, pairs)
 
 
+#: Token roles of a cloze prompt, in reading order (lm-arithmetic's position classes for LAMA,
+#: ``plot-all-tokens.ipynb`` ``add_position_class_lama``, JSON lines 55-86).
+FACT_ROLES = ("early", "subject first", "subject middle", "subject last", "late", "last")
+
+
+def _cloze_templates() -> list[tuple[list[str], list[str]]]:
+    """(words before the subject, words after it) of every cloze template the task writes: the
+    invented world's and LAMA's for the repository's relations, longest first."""
+    cut = [t[: t.index("[Y]")].strip().replace("[X]", "{x}") for t in LAMA_TEMPLATES.values()]
+    parts = {tuple(t.split("{x}")) for t in [r[0] for r in RELATIONS.values()] + cut}
+    return sorted(([*map(str.split, p)] for p in parts), key=lambda p: -len(p[0]) - len(p[1]))  # type: ignore[misc]
+
+
+def fact_roles(tokens: Sequence[str]) -> list[str]:
+    """The role of each token of a factual-recall (cloze) prompt: the subject is what lies between
+    the words of its relation's template ("The capital of | Zorvia | is"); "subject first",
+    "subject middle", "subject last", then "early" before it, "late" after it, "last" the final
+    token. A one-token subject is "subject last", as the repository tests the last token before
+    the first. A leading special token (``<bos>``, ``<s>``, ``<|endoftext|>``) is "early". Prompts
+    of templates not written by this task (another LAMA relation) are refused.
+    """
+    words = [_word(t) for t in tokens]
+    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    lead = int(bool(words) and re.fullmatch(r"<\|?[^\s<>|]+\|?>", words[0]) is not None)  # <bos>, <s>, <|endoftext|>
+    for before, after in _cloze_templates():
+        first, last = lead + len(before), n - len(after) - 1
+        if first <= last and words[lead:first] == before and words[last + 1:n] == after:
+            break
+    else:
+        raise TaskError(f"{' '.join(words[:n])!r} matches none of the cloze templates of "
+                        f"{', '.join(sorted(set(RELATIONS) | set(LAMA_TEMPLATES)))}; in Python, pass roles=")
+    roles = [""] * len(tokens)
+    for i in range(n):
+        roles[i] = ("early" if i < first else "subject last" if i == last else "subject first" if i == first
+                    else "subject middle" if i < last else "last" if i == n - 1 else "late")
+    return roles
+
+
 register(TaskInfo("factual_recall", "LAMA-style cloze facts about invented entities (Stolfo et al. 2023, type 20)",
                   factual_recall_pairs, factual_recall_examples,
                   {"n_prompts": (64, "number of prompt pairs (patch)"),
                    "relation": ("all", f"all | {' | '.join(RELATIONS)} (with data: any LAMA relation id)"),
                    "data": (None, "patch: a LAMA directory (relations.jsonl, TREx/) or TREx .jsonl file; default: "
                                   "the embedded model's invented facts"),
-                   "seed": (0, "random seed")}))
+                   "seed": (0, "random seed")}, roles=fact_roles, role_order=FACT_ROLES))

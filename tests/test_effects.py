@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
 from nnsight_reasoning.errors import UsageError
-from nnsight_reasoning.tasks import PromptPair, PromptPairs
+from nnsight_reasoning.tasks import PromptPair, PromptPairs, TaskError
 
 from .reference import logit_scale, reference_scores
 
@@ -220,6 +220,68 @@ def test_by_token_role_is_the_mean_over_every_position_of_the_role(embedded_mode
     assert (abs(roles.embed.sel(layer=-1).drop_sel(role="operator")) < noise).all()
     with pytest.raises(UsageError, match="positions='all'"):
         nr.by_token_role(nr.patch(embedded_model, pairs, sites=["mlp"], progress=False))
+
+
+def test_token_roles_of_three_operands_retrieval_and_cloze_prompts():
+    """lm-arithmetic's position classes per task (plot-all-tokens.ipynb): three operands' two
+    "between" classes, number retrieval's e_q (the thing the question asks about; one token is
+    its "1st Tok") and LAMA's subject (one token is its "Last Tok")."""
+    from nnsight_reasoning.tasks.arithmetic import token_roles
+    from nnsight_reasoning.tasks.recall import fact_roles, retrieval_roles
+
+    assert token_roles("Q : What is 5 + 10 - 5 ? A :".split()) == [
+        "early", "early", "early", "early", "operand 1", "operator", "operand 2", "operator", "operand 3", "late",
+        "late", "last"]
+    assert token_roles("the sum of 2 and 3 and then 4 is".split())[4:9] == [
+        "middle", "operand 2", "middle 2", "middle 2", "operand 3"]
+    shot = "Q : I have 2 cats and 3 dogs . How many cats do I have ? A : 2 .".split()
+    query = "Q : Paul has 1 saw and 4 cars . How many cars does Paul have ? A :".split()
+    assert retrieval_roles(["<bos>"] + shot + query + ["", ""]) == (
+        ["shots"] * 22 + ["early"] * 12 + ["e_q first"] + ["late"] * 5 + ["last", "", ""])
+    assert retrieval_roles(["<bos>"] + query)[:2] == ["early", "early"]  # no exemplars: no shots
+    # GPT-2's BPE splits a thing: every piece between "many" and the verb is e_q
+    bpe = ["Q", ":", "ĠI", "Ġhave", "Ġ3", "Ġpot", "atoes", "Ġ.", "ĠHow", "Ġmany", "Ġpot", "atoes", "Ġare", "Ġthere",
+           "Ġ?", "ĠA", "Ġ:"]
+    assert retrieval_roles(bpe)[9:13] == ["early", "e_q first", "e_q last", "late"]
+    assert retrieval_roles(bpe[:10] + ["Ġgu", "ine", "as", "Ġdo", "ĠI", "Ġhave"])[10:] == [
+        "e_q first", "e_q middle", "e_q last", "late", "late", "last"]
+    assert fact_roles("<bos> The capital of Zorvia is".split()) == [
+        "early", "early", "early", "early", "subject last", "last"]
+    assert fact_roles(["ĠNew", "ĠYork", "Ġis", "Ġthe", "Ġcapital", "Ġof"]) == [
+        "subject first", "subject last", "late", "late", "late", "last"]
+    assert fact_roles("Ana Maria de Souza was born in".split())[:4] == [
+        "subject first", "subject middle", "subject middle", "subject last"]
+    with pytest.raises(TaskError, match="matches none of the cloze templates"):
+        fact_roles("Zorvia borders".split())
+    with pytest.raises(TaskError, match="not a number-retrieval prompt"):
+        retrieval_roles("3 + 4 =".split())
+
+
+@pytest.mark.parametrize("task", ["number_retrieval", "factual_recall"])
+def test_by_token_role_of_retrieval_and_facts_marks_what_the_pair_changes(embedded_model, task):
+    """On these pairs base and source differ in one token only (the thing asked about; the
+    subject): the role function must put e_q / the subject exactly there, found here by comparing
+    the two prompts' tokens; the per-role means are the means over those positions."""
+    pairs = nr.tasks.get_task(task).pairs(n_prompts=8, seed=3, tokenizer=embedded_model.tokenizer)
+    ds = nr.patch(embedded_model, pairs, sites=["mlp"], positions="all", progress=False)
+    roles = nr.by_token_role(ds)
+    key = {"number_retrieval": "e_q first", "factual_recall": "subject last"}[task]
+    tok = embedded_model.tokenizer
+    changed = []
+    for i, p in enumerate(pairs):
+        b, s = tok(p.base)["input_ids"], tok(p.source)["input_ids"]
+        (j,) = [k for k, (x, y) in enumerate(zip(b, s)) if x != y]
+        changed.append(ds.mlp.values[i, :, j])
+        assert len(b) == int(ds.n_tokens.values[i])
+    np.testing.assert_allclose(roles.mlp.sel(role=key).values, np.mean(changed, axis=0), rtol=1e-12, atol=1e-12)
+    assert int(roles.n.sel(role=key)) == len(pairs)
+    last = [ds.mlp.values[i, :, int(ds.n_tokens.values[i]) - 1] for i in range(len(pairs))]
+    np.testing.assert_allclose(roles.mlp.sel(role="last").values, np.mean(last, axis=0), rtol=1e-12, atol=1e-12)
+    with pytest.raises(UsageError, match="by_operator splits arithmetic results"):
+        nr.by_token_role(ds, by_operator=True)
+    kth = nr.patch(embedded_model, nr.tasks.ioi(2, tokenizer=tok), sites=["mlp"], positions="all", progress=False)
+    with pytest.raises(UsageError, match="token roles are known for arithmetic, number_retrieval, factual_recall"):
+        nr.by_token_role(kth)
 
 
 @pytest.mark.parametrize("kind", ["positions", "roles", "prediction"])

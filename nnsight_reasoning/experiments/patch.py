@@ -523,9 +523,13 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     """Mean effect per token role and layer, lm-arithmetic's aggregation of its all-token runs.
 
     ``ds``: a patching result with ``positions="all"``. ``roles(tokens) -> labels`` names the
-    role of each token of a base prompt (the ``token`` coordinate); default: the arithmetic
-    task's (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars),
-    early, operand 1, operator, middle, operand 2, late, last). Returns one variable per site with dims
+    role of each token of a base prompt (the ``token`` coordinate); default: the task's, as
+    lm-arithmetic classes positions per task (``plot-all-tokens.ipynb``): arithmetic
+    (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars), early,
+    operand 1, operator, middle, operand 2, [middle 2, operand 3,] late, last), number retrieval
+    (``tasks.recall.retrieval_roles``: shots, early, e_q first/middle/last — the thing the question
+    asks about —, late, last) and factual recall (``tasks.recall.fact_roles``: early, subject
+    first/middle/last, late, last). Returns one variable per site with dims
     ``([operator,] role, [checkpoint,] layer[, head])``: the mean over every (prompt, position)
     of that role, as the repository averages its rows per position class
     (``plot-all-tokens.ipynb``, JSON lines 184-201); the ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
@@ -535,17 +539,26 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     import pandas as pd
 
     from ..results.io import site_variables
-    from ..tasks.arithmetic import ROLES, token_roles
+    from ..tasks import TASKS, TaskError
 
     if ds.attrs.get("positions") != "all":
         raise UsageError("token roles need a result over all positions (positions='all', --positions all)")
+    task = TASKS.get(str(ds.attrs.get("task")))
+    known = getattr(task, "role_order", ())
     if roles is None:
-        if ds.attrs.get("task") != "arithmetic":
-            raise UsageError(f"token roles are known for arithmetic results only (this is {ds.attrs.get('task')}); "
-                             f"in Python, pass roles=a function from a prompt's tokens to their role names")
-        roles = token_roles
-    labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
-    order = [r for r in ROLES if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(ROLES) - {""})
+        if task is None or task.roles is None:
+            raise UsageError(f"token roles are known for {', '.join(n for n, t in TASKS.items() if t.roles)} results "
+                             f"(this is {ds.attrs.get('task')}); in Python, pass roles=a function from a prompt's "
+                             f"tokens to their role names")
+        roles = task.roles
+    if by_operator and ds.attrs.get("task") != "arithmetic":
+        raise UsageError("by_operator splits arithmetic results by their operator; this is "
+                         f"{ds.attrs.get('task')}: use by_operator=False")
+    try:
+        labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
+    except TaskError as e:
+        raise UsageError(str(e)) from None
+    order = [r for r in known if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(known) - {""})
     role_index = pd.Index(np.array(order, dtype=object), name="role")
     groups: dict[str, np.ndarray] = {"": np.ones(ds.sizes["prompt"], bool)}
     if by_operator:
