@@ -218,8 +218,6 @@ def test_by_token_role_is_the_mean_over_every_position_of_the_role(embedded_mode
     hf = _hf(nr.models.model_info(embedded_model).path)
     noise = 32 * np.finfo(np.float32).eps * logit_scale(hf, embedded_model.tokenizer, pairs)
     assert (abs(roles.embed.sel(layer=-1).drop_sel(role="operator")) < noise).all()
-    with pytest.raises(UsageError, match="positions='all'"):
-        nr.by_token_role(nr.patch(embedded_model, pairs, sites=["mlp"], progress=False))
 
 
 def test_token_roles_of_three_operands_retrieval_and_cloze_prompts():
@@ -393,6 +391,25 @@ def test_by_token_role_split_by_operator(embedded_model):
         got = split.mlp.sel(operator=op).sel(role=alone.role.values)
         np.testing.assert_allclose(got.values, alone.mlp.values, rtol=1e-12)
         assert split.n.sel(operator=op).sel(role=alone.role.values).values.tolist() == alone.n.values.tolist()
+
+
+def test_last_position_results_split_by_operator_as_the_repository_splits_them(embedded_model):
+    """notebooks_utils.py:307-321: last-token results averaged per operator. With lm-arithmetic's
+    templates pair i's operator is the (i // 6)-th in turn, known here without reading any text."""
+    pairs = nr.tasks.arithmetic("operands", n_prompts=48, seed=1, templates="stolfo", operations="+-*/")
+    ds = nr.patch(embedded_model, pairs, sites=["attn", "mlp"], progress=False)
+    split = nr.by_token_role(ds, by_operator=True)
+    ops = np.array(["+-*/"[(i // 6) % 4] for i in range(48)])
+    assert list(split.operator.values) == sorted("+-*/") and list(split.role.values) == ["last"]
+    for op in "+-*/":
+        for site in ("attn", "mlp"):
+            want = ds[site].values[ops == op, :, 0].mean(0)
+            np.testing.assert_allclose(split[site].sel(operator=op, role="last").values, want, rtol=1e-12)
+        assert int(split.n.sel(operator=op, role="last")) == 12
+    np.testing.assert_allclose(nr.by_token_role(ds).mlp.sel(role="last").values, ds.mlp.values[:, :, 0].mean(0),
+                               rtol=1e-12)
+    with pytest.raises(UsageError, match="holds the last position only"):
+        nr.by_token_role(ds, roles=lambda tokens: ["x"] * len(tokens))
 
 
 @pytest.mark.parametrize("metric", ["stolfo_ie", "absolute", "same_result", "relative_source_increase"])

@@ -522,7 +522,9 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
                   by_operator: bool = False) -> xr.Dataset:
     """Mean effect per token role and layer, lm-arithmetic's aggregation of its all-token runs.
 
-    ``ds``: a patching result with ``positions="all"``. ``roles(tokens) -> labels`` names the
+    ``ds``: a patching result with ``positions="all"``, or ``"last"``, whose one role is "last"
+    (with ``by_operator``, the repository's per-operator split of its last-token results,
+    ``notebooks_utils.py:307-321``). ``roles(tokens) -> labels`` names the
     role of each token of a base prompt (the ``token`` coordinate); default: the task's, as
     lm-arithmetic classes positions per task (``plot-all-tokens.ipynb``): arithmetic
     (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars), early,
@@ -534,15 +536,20 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     of that role, as the repository averages its rows per position class
     (``plot-all-tokens.ipynb``, JSON lines 184-201); the ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
     (arithmetic; read from the base prompt's tokens), adding a leading ``operator`` dim, as the
-    paper splits its figures by operation; ``n`` is then (operator, role).
+    paper splits its figures by operation (from the base prompt's text for a last-position
+    result); ``n`` is then (operator, role).
     """
     import pandas as pd
 
     from ..results.io import site_variables
     from ..tasks import TASKS, TaskError
 
-    if ds.attrs.get("positions") != "all":
-        raise UsageError("token roles need a result over all positions (positions='all', --positions all)")
+    positions = ds.attrs.get("positions")
+    if positions not in ("all", "last"):
+        raise UsageError(f"token roles need a result over all positions or the last (this one: {positions})")
+    if positions == "last" and roles is not None:
+        raise UsageError("roles= classes every token; this result holds the last position only: patch with "
+                         "positions='all' (--positions all)")
     task = TASKS.get(str(ds.attrs.get("task")))
     known = getattr(task, "role_order", ())
     if roles is None:
@@ -555,7 +562,8 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
         raise UsageError("by_operator splits arithmetic results by their operator; this is "
                          f"{ds.attrs.get('task')}: use by_operator=False")
     try:
-        labels = np.array([roles([str(t) for t in row]) for row in ds["token"].values], dtype=object)
+        labels = np.array([roles([str(t) for t in row]) if positions == "all" else ["last"] * len(row)
+                           for row in ds["token"].values], dtype=object)
     except TaskError as e:
         raise UsageError(str(e)) from None
     order = [r for r in known if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(known) - {""})
@@ -564,7 +572,8 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     if by_operator:
         from ..tasks.arithmetic import operator_of
 
-        ops = np.array([operator_of([str(t) for t in row]) for row in ds["token"].values], dtype=object)
+        words = ds["token"].values if positions == "all" else [str(b).split() for b in ds["base"].values]
+        ops = np.array([operator_of([str(t) for t in row]) for row in words], dtype=object)
         groups = {o: ops == o for o in sorted(set(ops) - {""})}
         if not groups:
             raise UsageError("no operator found in these prompts' tokens; use by_operator=False")
