@@ -115,6 +115,26 @@ def given(**options: Any) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def int_ranges(text: str, option: str) -> list[int]:
+    """``"17-18,20"`` -> ``[17, 18, 20]`` (comma-separated integers and inclusive ranges a-b); ""
+    -> []. Anything else is a one-line error naming ``option``."""
+    from nnsight_reasoning.errors import UsageError
+
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UsageError(f"{option} takes integers and ranges like 17-18,20 (got {text!r})") from None
+        if b < a:
+            raise UsageError(f"{option}: range {part} runs backwards; write {b}-{a}")
+        out += range(a, b + 1)
+    return out
+
+
 # task keywords the commands set with options of their own: a --param for one would reach the
 # generator twice (a TypeError), so it is refused with the option's name
 OWN_OPTIONS = {"n_prompts": "--n-prompts", "seed": "--seed", "tokenizer": "--model"}

@@ -7,7 +7,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, task_params
+from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, int_ranges, task_params
 
 
 def _prompts(task: str, data: Optional[Path], n_prompts: Optional[int], seed: int, param: List[str],
@@ -76,7 +76,10 @@ KNN = OptionGroup("knn", dict(
                     "sum"),
     normalise=(Annotated[bool, typer.Option("--normalise/--no-normalise",
                                             help="divide each prompt's features by their max (paper's k-th "
-                                                 "smallest)")], True)), lambda **options: options)
+                                                 "smallest)")], True),
+    drop_layers=(Annotated[str, typer.Option(help="layers the all-layers probe leaves out, e.g. 17-18,20-27,29-31 "
+                                                  "(the repository's LLaMA-7B choice); default none")], "")),
+    lambda drop_layers, **options: {**options, **given(drop_layers=int_ranges(drop_layers, "--drop-layers") or None)})
 
 
 @experiment_command(PROMPTS, KNN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -101,6 +102,27 @@ def test_probe_scores_match_an_independent_computation(embedded_model, pool, cum
             assert got == pytest.approx(_macro_f1(y, pred), abs=1e-9), (name, li)
         assert float(ds["majority"].sel(probe=name)) == pytest.approx(np.bincount(y).max() / len(y))
     assert ds.attrs["baseline"] == "none" and "score" not in ds
+
+
+def test_drop_layers_leaves_them_out_of_the_all_layers_probe_only(embedded_model):
+    """The repository's prune_list (proofwriter_probe.py:219): the all-layers probe reads the other
+    layers' features (here 0 and 3); the per-layer probes are the same as without it."""
+    prompts = nr.tasks.kth_smallest(60, seed=4)
+    kw = dict(baseline="none", n_neighbors=5, folds=3, seed=7, progress=False)
+    ds = nr.probe(embedded_model, prompts, drop_layers=[2, 1], **kw)
+    assert ds.attrs["drop_layers"] == "1,2"
+    xr.testing.assert_identical(ds.f1, nr.probe(embedded_model, prompts, **kw).f1)
+    feats = _features("main", prompts, "last", normalise=False).mean(-1, keepdims=True)
+    feats = feats / np.concatenate([np.repeat(feats[5 * i:5 * i + 5].max(), 5) for i in range(60)])[:, None, None]
+    useful = np.array([s.useful for p in prompts for s in p.statements])
+    step = np.array([s.step for p in prompts for s in p.statements])
+    fold = fold_of_prompt(60, 3, 7)[np.repeat(np.arange(60), 5)]
+    for name, y, keep in (("useful", useful.astype(int), np.ones_like(useful)), ("step", step, useful)):
+        y, f, x = y[keep], fold[keep], feats[keep][:, [0, 3]].reshape(int(keep.sum()), -1)
+        pred = np.empty_like(y)
+        for k in range(3):
+            pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 5, "euclidean")
+        assert float(ds["f1_all"].sel(probe=name)) == pytest.approx(_macro_f1(y, pred), abs=1e-9), name
 
 
 def test_a_fold_smaller_than_n_neighbors_is_recorded(embedded_model):

@@ -109,13 +109,38 @@ def test_robustness_matches_an_independent_computation(embedded_tokenizer):
         want = (ds["f1"].values[:, j] - base) / (1 - base)  # the model's F1 per subset is as before
         np.testing.assert_allclose(once["score"].values[:, j], want, atol=1e-12)
     assert once.attrs["baseline_prompts"] == 16 and not np.allclose(once["score"], ds["score"])
+    # the repository's dropped layers (proofwriter_probe.py:270): the features of layers 0 and 2
+    # only, the model's and the baseline's
+    dropped = nr.robustness(nr.load_model(revision=rev), prompts, corrupt="perturb", n_corrupt=2, n_subsets=5,
+                            subset_size=(12, 20), n_bins=3, seed=3, drop_layers=[3, 1], progress=False)
+    assert dropped.attrs["drop_layers"] == "1,3" and "drop_layers" not in ds.attrs
+    rng = np.random.default_rng(3)
+    for s in range(5):
+        idx = np.sort(rng.choice(40, rng.integers(12, 21), replace=False))
+        rows = np.concatenate([np.arange(5 * i, 5 * i + 5) for i in idx])
+        fold = fold_of_prompt(len(idx), 2, 3 + s)[np.repeat(np.arange(len(idx)), 5)]
+        for j, (y_all, keep_all) in enumerate(((useful, np.ones_like(useful, bool)), (step, useful == 1))):
+            keep = keep_all[rows]
+            f1 = []
+            for r in (rev, "step0"):
+                x = feats[r][:, [0, 2]][rows][keep].reshape(keep.sum(), -1)
+                y, f = y_all[rows][keep], fold[keep]
+                pred = np.empty_like(y)
+                for k in range(2):
+                    pred[f == k] = _knn_predict(x[f != k], y[f != k], x[f == k], 8)
+                f1.append(_macro_f1(y, pred))
+            assert float(dropped["f1"].isel(subset=s, probe=j)) == pytest.approx(f1[0], abs=1e-12)
+            assert float(dropped["baseline_f1"].isel(subset=s, probe=j)) == pytest.approx(f1[1], abs=1e-12)
+    assert not np.allclose(dropped["f1"], ds["f1"])
 
 
 def test_robustness_bad_input_and_cli(embedded_model, tmp_path):
     prompts = nr.tasks.kth_smallest(20)
     for kwargs, msg in [(dict(subset_size=(2, 10)), "subset_size must satisfy"),
                         (dict(subset_size=(10, 30)), "subset_size must satisfy"),
-                        (dict(n_subsets=1), "n_subsets >= 2"), (dict(corrupt="negate"), "numbers")]:
+                        (dict(n_subsets=1), "n_subsets >= 2"), (dict(corrupt="negate"), "numbers"),
+                        (dict(drop_layers=[0, 1, 2, 3]), "leaving at least one"),
+                        (dict(drop_layers=[4]), "distinct layers in 0..3"), (dict(drop_layers=[1, 1]), "distinct")]:
         with pytest.raises(UsageError, match=msg):
             nr.robustness(embedded_model, prompts, progress=False, **{"subset_size": (8, 12), **kwargs})
     out = tmp_path / "r.nc"
@@ -131,6 +156,12 @@ def test_robustness_bad_input_and_cli(embedded_model, tmp_path):
     assert said in " ".join(r.stdout.split()), r.stdout
     r = reason_interp(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "r.png").exists(), r.stderr
+    for spec, says in (("2-x", "integers and ranges like 17-18,20"), ("3-1", "runs backwards"),
+                       ("0-3", "leaving at least one")):
+        bad = tmp_path / "bad.nc"
+        r = reason_interp(["robustness", "--n-prompts", "24", "--subset-min", "8", "--subset-max", "12",
+                           "--drop-layers", spec, "--out", str(bad), "--no-progress"])
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1 and not bad.exists()
 
 
 def test_robustness_choices_compare_the_answers_logits_as_the_repository(embedded_model, embedded_tokenizer):

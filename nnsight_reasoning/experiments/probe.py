@@ -70,6 +70,7 @@ def probe(
     statement_pool: str = "sum",
     normalise: bool = True,
     step_f1: str = "classes",
+    drop_layers: Sequence[int] = (),
     seed: int = 0,
 ) -> xr.Dataset:
     """kNN probes for the reasoning tree on attention features, per layer and over all layers.
@@ -101,6 +102,10 @@ def probe(
         81-93``): two labels per useful statement, "useful" (always 1) and "at the prompt's last
         step" (the answer), one kNN over both, F1 averaged over the two labels, which is
         (1 + F1 of the answer label) / 2; ``accuracy`` is then both labels right.
+    drop_layers : layers the all-layers probe leaves out of its features (``f1_all``,
+        ``score_all``; the per-layer probes are unchanged), as the repository drops LLaMA-7B's
+        layers 17, 18, 20-27 and 29-31 (``src/rtask/proofwriter_probe.py:219, 270``); the
+        baseline's features drop them too.
     seed : fold split and random baseline; same seed -> same scores.
 
     Returns
@@ -117,8 +122,9 @@ def probe(
     plist, labels = labelled_prompts(prompts, folds)
     if step_f1 not in STEP_F1:
         raise UsageError(f"step_f1 must be one of {', '.join(STEP_F1)} (got {step_f1!r})")
+    read = kept_layers(run, drop_layers)
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance,
-               step_f1=step_f1)
+               step_f1=step_f1, all_layers=read)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     scores = knn_scores(feats, **knn)
     ds = _dataset(scores, layers)
@@ -135,7 +141,7 @@ def probe(
     ds.attrs = {"method": "mechanistic_probe", "metric": "f1_macro", "seed": seed, "n_neighbors": n_neighbors,
                 "folds": folds, "pool": pool, "cumulative": int(cumulative), "distance": distance, "query": query,
                 "statement_pool": statement_pool, "normalise": int(normalise), "step_f1": step_f1,
-                "n_prompts": len(plist), "baseline": baseline,
+                "n_prompts": len(plist), "baseline": baseline, **dropped_attr(drop_layers),
                 # a fold with fewer training statements than n_neighbors uses them all: say so
                 **({"n_neighbors_used": scores.fewest_neighbors} if scores.fewest_neighbors < n_neighbors else {})}
     return ds
@@ -157,6 +163,25 @@ def check_options(run: Run, baseline: str, how: Features, distance: str, n_neigh
         raise UsageError(f"query must be one of {', '.join(QUERIES)} (got {how.query!r})")
     if how.statement_pool not in ("sum", "mean"):
         raise UsageError(f"statement_pool must be sum or mean (got {how.statement_pool!r})")
+
+
+def kept_layers(run: Run, drop_layers: Sequence[int]) -> np.ndarray:
+    """The layers the all-layers probe reads: every layer but ``drop_layers`` (refused unless they
+    are distinct layers of the model and leave at least one)."""
+    from ..sites import dims
+
+    n = dims(run.model)["n_layers"]
+    drop = list(drop_layers)
+    if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n for x in drop) \
+            or len(set(drop)) != len(drop) or len(drop) >= n:
+        raise UsageError(f"drop_layers must be distinct layers in 0..{n - 1}, leaving at least one "
+                         f"(got {drop_layers!r})")
+    return np.array([layer for layer in range(n) if layer not in drop])
+
+
+def dropped_attr(drop_layers: Sequence[int]) -> dict[str, str]:
+    """The result attribute naming the dropped layers ("17,18,20"), none when nothing is dropped."""
+    return {"drop_layers": ",".join(str(int(x)) for x in sorted(drop_layers))} if len(drop_layers) else {}
 
 
 def labelled_prompts(prompts: ReasoningPrompts | Sequence[ReasoningPrompt], folds: int
@@ -283,10 +308,12 @@ def fold_of_prompt(n_prompts: int, folds: int, seed: int) -> np.ndarray:
 
 
 def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: int, seed: int,
-               cumulative: bool = True, distance: str = "euclidean", step_f1: str = "classes") -> Scores:
+               cumulative: bool = True, distance: str = "euclidean", step_f1: str = "classes",
+               all_layers: np.ndarray | None = None) -> Scores:
     """Out-of-fold macro F1 and accuracy of both probes on ``feats`` (statements, layers, features),
-    per layer (layers 0 … l with ``cumulative``, else layer l) and on all layers' features together;
-    the step probe scored as ``step_f1`` says (see :func:`probe`)."""
+    per layer (layers 0 … l with ``cumulative``, else layer l) and on the features of
+    ``all_layers`` (default: every layer) together; the step probe scored as ``step_f1`` says
+    (see :func:`probe`)."""
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -307,7 +334,8 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
         n_samples[j] = len(y)
         for li in range(n_layers + 1):
             upto = feats[keep][:, :li + 1] if cumulative else feats[keep][:, li:li + 1]
-            x = (feats[keep] if li == n_layers else upto).reshape(len(y), -1)
+            every = feats[keep] if all_layers is None else feats[keep][:, all_layers]
+            x = (every if li == n_layers else upto).reshape(len(y), -1)
             pred = np.empty_like(y)
             for f in range(folds):
                 test = fold[keep] == f

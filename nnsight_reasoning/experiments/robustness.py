@@ -27,7 +27,8 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
-from .probe import PROBE_NAME, PROBES, Features, _labels, check_options, features, knn_scores, labelled_prompts
+from .probe import (PROBE_NAME, PROBES, Features, _labels, check_options, dropped_attr, features, kept_layers,
+                    knn_scores, labelled_prompts)
 
 
 @experiment("probe_robustness", batch_size=64)
@@ -50,6 +51,7 @@ def robustness(
     normalise: bool = True,
     choices: Sequence[str] | None = None,
     baseline_prompts: int | None = None,
+    drop_layers: Sequence[int] = (),
     seed: int = 0,
 ) -> xr.Dataset:
     """Probing score against the accuracy drop under a corruption, over random subsets of prompts.
@@ -83,6 +85,10 @@ def robustness(
         (``src/rtask/proofwriter_probe.py:260-266``); the sample is
         ``sorted(numpy.random.default_rng(seed + n_subsets).choice(n, m, replace=False))``, its
         folds the probe's with seed ``seed + n_subsets``.
+    drop_layers : layers left out of the probe's features (model and baseline), as the
+        repository leaves LLaMA-7B's 17, 18, 20-27 and 29-31 out of its model's
+        (``src/rtask/proofwriter_probe.py:270``; its scratch baseline keeps them, here both drop
+        them so the score compares like with like).
     seed : subsets and folds.
 
     Returns
@@ -120,10 +126,13 @@ def robustness(
         if len(choices) < 2 or missing:
             raise UsageError(f"choices must list two or more answers, every prompt's among them (missing: "
                              f"{', '.join(missing[:5]) or 'none'}; got {choices[:5]})")
+    read = kept_layers(run, drop_layers)  # the score reads the all-layers probe only: drop them here
     correct = _correct(run, plist, "accuracy (clean)", choices)
     correct_bad = _correct(run, bad, "accuracy (corrupted)", choices)
     judged = "top-1" if choices is None else "among the choices"
     _, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
+    feats = feats[:, read]
+    base_feats = None if base_feats is None else base_feats[:, read]
     # statement rows of each prompt in the feature matrix
     start = np.r_[0, np.cumsum([len(p.statements) for p in plist])]
 
@@ -193,7 +202,7 @@ def robustness(
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
                "corruption": corrupt, "n_corrupt": n_corrupt, "n_uncorrupted": unchanged,
                **({"choices": ",".join(choices)} if choices is not None else {}),
-               **({"baseline_prompts": baseline_prompts} if once is not None else {}),
+               **({"baseline_prompts": baseline_prompts} if once is not None else {}), **dropped_attr(drop_layers),
                **({"n_neighbors_used": fewest} if fewest < n_neighbors else {})},  # as probe's
     )
 
