@@ -45,6 +45,9 @@ def neurons(
     ablation: List[str] = typer.Option([], help="--generate: noise, zero, mean, random, random_zero "
                                                 "(repeatable; default all)"),
     noise_scale: float = typer.Option(1.0, help="--generate: multiplier of the N(-1, 1) noise (1: the repository's)"),
+    trigger: Optional[str] = typer.Option(None, help="--generate, --variant zero_shot: the text after \"A:\" (default "
+                                                     "the style's; the repository's accuracy script: \"Let's think "
+                                                     "step by step\")"),
 ) -> None:
     """Neurons of chain-of-thought arithmetic (Rai & Yao 2024): discover answer neurons, describe
     them by the tokens they promote, and measure them and their ablation per prompt variant.
@@ -60,7 +63,7 @@ def neurons(
         stray, where, fix = typed("n_shots"), "without", "drop"
     else:
         stray, where, fix = (typed("style", "prompts_dir", "max_new_tokens", "ranking", "select", "ablation",
-                                   "noise_scale"), "with", "add --generate or drop")
+                                   "noise_scale", "trigger"), "with", "add --generate or drop")
     if stray:
         one = len(stray) == 1
         raise nr.UsageError(f"{', '.join(stray)} only appl{'ies' if one else 'y'} {where} --generate: "
@@ -70,7 +73,7 @@ def neurons(
                                     *(variant or ["cot", "equation_only", "text_only"])]))
         h.run(nr.cot_generation,
               lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
-                                                  n_steps=n_steps, seed=seed),
+                                                  n_steps=n_steps, trigger=trigger, seed=seed),
               kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
               ranking=ranking, top_k=top_k, select=select, units=units, noise_scale=noise_scale, seed=seed,
               **given(min_frequency=min_frequency, ablations=tuple(ablation) or None))

@@ -46,7 +46,8 @@ class PromptStyle:
     """The text around the exemplars: ``question`` starts each question; ``trigger`` follows the
     asked question (``bare`` instead for the prompt types in ``bare_types``); ``phrase``
     introduces the answer; ``stop`` starts the next exemplar (generation past it is not read);
-    ``zero_shot`` is the whole prompt of the zero-shot type. ``answer_prompt``: the zero-shot
+    ``zero_shot`` is the zero-shot type's prompt before its trigger, ``zero_shot_trigger`` the
+    default trigger ("Let's think step by step."), joined by a space. ``answer_prompt``: the zero-shot
     type's second question, asked after the model's reasoning up to ``zero_shot_stop`` (the
     repository's "Therefore, the answer (arabic numerals) is"); empty: no second question, the
     last number of the reasoning is read. ``strict``: an answer is read only after the phrase and
@@ -61,6 +62,7 @@ class PromptStyle:
     phrase: str
     stop: str
     zero_shot: str
+    zero_shot_trigger: str = ""
     answer_prompt: str = ""
     zero_shot_stop: str = ""
     strict: bool = False
@@ -70,7 +72,7 @@ STYLES = {
     # gsm8k_inference.py:run_inference and the zero-shot "Q: … A: Let's think step by step."
     # its zero-shot answers: gsm8k_inference.py:164-186 (clean_cot_pred_answers) and :38-55 (extract_pred_answers)
     "repository": PromptStyle("repository", "Question: ", "\nLet's think step by step\n", "\n\n", ("equation_only",),
-                              "The answer is", "\n\nQuestion:", "Q: {question} A: Let's think step by step.",
+                              "The answer is", "\n\nQuestion:", "Q: {question} A:", "Let's think step by step.",
                               " Therefore, the answer (arabic numerals) is ", "\nQ:", strict=True),
     "embedded": PromptStyle("embedded", "Q : ", "\nA :", "\nA :", (), "The result is", "Q :", "Q : {question} A :"),
 }
@@ -134,12 +136,14 @@ def read_exemplars(variant: str, prompts_dir: str | Path | None = None, style: s
     return "\n".join(lines) + "\n\n"
 
 
-def build_prompt(exemplars: str, question: str, variant: str, style: PromptStyle) -> str:
+def build_prompt(exemplars: str, question: str, variant: str, style: PromptStyle, trigger: str | None = None) -> str:
     """The prompt of ``question`` after ``exemplars`` (``gsm8k_inference.py:run_inference``:
-    whitespace runs in the question collapsed to one space)."""
+    whitespace runs in the question collapsed to one space). ``trigger``: the zero-shot type's
+    text after "A:" (default the style's; "" none)."""
     question = " ".join(question.split())
     if variant == "zero_shot":
-        return style.zero_shot.format(question=question)
+        trigger = style.zero_shot_trigger if trigger is None else trigger
+        return style.zero_shot.format(question=question) + (f" {trigger}" if trigger else "")
     end = style.bare if variant in style.bare_types else style.trigger
     return f"{exemplars}{style.question}{question}{end}"
 
@@ -202,8 +206,13 @@ def _last_word_number(text: str, blank: re.Pattern) -> int | None:
 
 def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equation_only", "text_only"), *,
                    style: str = "embedded", prompts_dir: str | Path | None = None, data: str | Path | None = None,
-                   n_steps: int = 2, seed: int = 0) -> CotGeneration:
+                   n_steps: int = 2, trigger: str | None = None, seed: int = 0) -> CotGeneration:
     """``n_prompts`` questions under each prompt type of ``variants`` (in that order).
+
+    ``trigger``: the zero-shot prompt's text after "A:" (``zero_shot`` only). Default the
+    style's: the repository style's "Let's think step by step." (``algorithm_one.py:58``); its
+    accuracy script appends its ``--prompt`` flag instead (``gsm8k_inference.py:204``; its
+    README's "Let's think step by step", without the period). The embedded style has none.
 
     Questions: synthetic word problems (:func:`cot.sample_problem`, ``n_steps`` each, in the
     embedded vocabulary) or, with ``data``, the first ``n_prompts`` rows of a GSM8K-style JSON
@@ -216,6 +225,9 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
     names = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
     if not names:
         raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}")
+    if trigger is not None and ("zero_shot" not in names or not isinstance(trigger, str)):
+        raise TaskError("trigger is the zero-shot prompt's text (a string); add zero_shot to the prompt types"
+                        if "zero_shot" not in names else f"trigger must be a string (got {trigger!r})")
     exemplars = {v: read_exemplars(v, prompts_dir, style) for v in names}
     if data is not None:
         problems: list[Problem] = load_gsm8k_problems(data, need_steps=False)[:n_prompts]
@@ -224,9 +236,10 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
         rng = random.Random(seed)
         problems = [sample_problem(rng, n_steps, 20) for _ in range(n_prompts)]
     st = STYLES[style]
-    sets = {v: tuple(GenPrompt(build_prompt(exemplars[v], p.question, v, st), p.answer, v, k)
+    sets = {v: tuple(GenPrompt(build_prompt(exemplars[v], p.question, v, st, trigger), p.answer, v, k)
                      for k, p in enumerate(problems)) for v in names}
     params = {"n_prompts": len(problems), "variants": names, "style": style, "n_steps": n_steps, "seed": seed,
               "prompts_dir": str(prompts_dir) if prompts_dir is not None else f"shipped:{style}",
-              "source": str(data) if data is not None else "synthetic"}
+              "source": str(data) if data is not None else "synthetic", **({"trigger": trigger} if trigger is not None
+                                                                           else {})}
     return CotGeneration("cot_generation", params, sets, st)

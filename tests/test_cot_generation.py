@@ -219,6 +219,17 @@ def test_exemplar_files_are_read_as_the_repository_reads_them(tmp_path):
     eq = read_exemplars("equation_only", tmp_path)
     assert build_prompt(eq, "How many?", "equation_only", rep) == eq + "Question: How many?\n\n"
     assert build_prompt("", "How many?", "zero_shot", rep) == "Q: How many? A: Let's think step by step."
+    # the accuracy script's prompt: 'Q: ' + question + " A: " + its --prompt flag (gsm8k_inference.py:204)
+    assert build_prompt("", "How   many?", "zero_shot", rep, "Let's think step by step") == \
+        "Q: How many? A: Let's think step by step"
+    assert build_prompt("", "How many?", "zero_shot", STYLES["embedded"]) == "Q : How many? A :"
+    assert build_prompt("", "How many?", "zero_shot", STYLES["embedded"], "Think .") == "Q : How many? A : Think ."
+    zs = nr.tasks.cot_generation(2, ["zero_shot", "cot"], style="repository", prompts_dir=tmp_path,
+                                 trigger="Let's solve it.", seed=1)
+    assert zs.prompts["zero_shot"][0].prompt.endswith(" A: Let's solve it.") and zs.params["trigger"] == "Let's solve it."
+    assert "trigger" not in nr.tasks.cot_generation(2, ["zero_shot"], style="repository", seed=1).params
+    with pytest.raises(TaskError, match="add zero_shot to the prompt types"):
+        nr.tasks.cot_generation(2, ["cot"], trigger="Let's think")
     data = nr.tasks.cot_generation(3, ["cot", "equation_only"], style="repository", prompts_dir=tmp_path)
     assert data.prompts["cot"][1].prompt.startswith(text + "Question: ")
     with pytest.raises(TaskError, match="text_only.txt"):
