@@ -620,6 +620,9 @@ def test_cross_task_subspace_binds_with_another_tasks_difference_vectors(which, 
     bal = lp - np.median(lp, axis=(2, 4), keepdims=True)
     right = bal.argmax(axis=3) == np.array([[2, 0, 1], [1, 2, 0]])[None, :, :, None]  # E_i -> A_cyc^-1(i)
     np.testing.assert_allclose(ds["cross_accuracy"].values, right.mean(axis=(1, 2, 3)))
+    intended = [[lp[s, c, q, [2, 0, 1][q] if c == 0 else [1, 2, 0][q], i] for c in range(2) for q in range(3)
+                 for i in range(lp.shape[4])] for s in range(3)]  # Table 2's second row
+    np.testing.assert_allclose(ds["cross_intended_logprob"].values, np.mean(intended, axis=1), rtol=1e-12)
     res = CliRunner().invoke(app, ["binding", "--measure", "cross_subspace", "--n-pairs", "3", "--family", "capitals",
                                    "--estimate-family", "fruits", "--n-contexts", "2", "--n-estimate", "2",
                                    "--no-progress", "--out", str(tmp_path / "cross.nc")])

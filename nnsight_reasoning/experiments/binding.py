@@ -835,6 +835,11 @@ def _cross_subspace(run: Run, contexts: BindingContexts, freeze: bool, tokens: t
          "cross_correct": (("source", "cycle", "query", "prompt"), right.astype(np.int8)),
          "cross_accuracy": ("source", right.mean(axis=(1, 2, 3)),
                             {"long_name": "binding-iclr's balanced accuracy of A_π⁻¹(i), over both 3-cycles"}),
+         # Table 2's second row: reduce_mean_correct_logit (paper_plots cell 36), unbalanced
+         "cross_intended_logprob": ("source", np.take_along_axis(logp, intended[None, :, :, None, None], 3)
+                                    .mean(axis=(1, 2, 3, 4)),
+                                    {"long_name": "mean log-probability of the intended answer A_π⁻¹(i)",
+                                     "units": "nats"}),
          "control_accuracy": ((), float(control.mean()),
                               {"long_name": "balanced accuracy of the stated binding, clean run"}),
          "delta": (("kind", "k", "token", "depth", "d_model"), base[:, 1:].numpy(),

@@ -101,6 +101,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     # raw logits beside the log-probabilities (2026-12-06): files written before lack them
     "binding_ids/position": {"position_logit": ("target", "offset", "query", "answer", "prompt")},
     "binding_ids/mcq": {"mcq_balanced_swap_accuracy": ("width",)},
+    # Table 2's second row (2026-12-06): files written before lack it
+    "binding_ids/cross_subspace": {"cross_intended_logprob": ("source",)},
     "backup_heads": {"in_circuit": ("layer", "head"), "summed_backup_in_circuit": (),
                      "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
