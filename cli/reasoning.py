@@ -77,9 +77,11 @@ KNN = OptionGroup("knn", dict(
     normalise=(Annotated[bool, typer.Option("--normalise/--no-normalise",
                                             help="divide each prompt's features by their max (paper's k-th "
                                                  "smallest)")], True),
-    drop_layers=(Annotated[str, typer.Option(help="layers the all-layers probe leaves out, e.g. 17-18,20-27,29-31 "
-                                                  "(the repository's LLaMA-7B choice); default none")], "")),
-    lambda drop_layers, **options: {**options, **given(drop_layers=int_ranges(drop_layers, "--drop-layers") or None)})
+    drop_layers=(Annotated[Optional[str], typer.Option(help="layers the all-layers probe leaves out, e.g. "
+                                                            "17-18,20-27,29-31 (the repository's LLaMA-7B choice); "
+                                                            "default none")], None)),
+    lambda drop_layers, **options: {**options, **given(drop_layers=int_ranges(drop_layers or "", "--drop-layers")
+                                                       or None)})
 
 
 @experiment_command(PROMPTS, KNN)

@@ -395,10 +395,10 @@ def token_roles(tokens: Sequence[str]) -> list[str]:
     token), and "early" / "middle" / "late" for the other tokens before the first operand,
     between operands, and after the last; with three operands the tokens between the second
     and the third are "middle 2" (the repository's "Between Operands 1/2",
-    ``add_position_class_3_ops``, JSON lines 87-121). Padding ("") gets "".
+    ``add_position_class_3_ops``, JSON lines 88-121). Padding ("") gets "".
     """
     words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
     start = max((i + 1 for i, w in enumerate(words[:n]) if w == "."), default=0)
     is_number = [w.isdigit() or (w.replace("-", "").isalpha() and _word_value(w) is not None) for w in words]
     # a BPE tokenizer splits "twenty-one" into "twenty", "-", "one": the hyphen belongs to the number

@@ -144,7 +144,7 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
 
 
 #: Token roles of a number-retrieval prompt, in reading order (lm-arithmetic's position classes for
-#: type 11, ``plot-all-tokens.ipynb`` ``add_position_class_int11``, JSON lines 122-153): e_q is the
+#: type 11, ``plot-all-tokens.ipynb`` ``add_position_class_int11``, JSON lines 124-154): e_q is the
 #: thing the question asks about ("How many apples"); "shots" are the exemplars (a toolkit role).
 RETRIEVAL_ROLES = ("shots", "early", "e_q first", "e_q middle", "e_q last", "late", "last")
 _QUESTION_VERBS = {"do", "does", "are", "did"}  # the word after {cls} in every RETRIEVAL_TEMPLATES entry
@@ -157,13 +157,17 @@ def retrieval_roles(tokens: Sequence[str]) -> list[str]:
     first", as the repository tests the first token before the last. Padding ("") gets "".
     """
     words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
     questions = [i for i in range(n - 1) if words[i] == "Q" and words[i + 1] == ":"]
     start = questions[-1] if len(questions) > 1 else 0  # exemplars before the query's "Q :"
     many = max((i for i in range(start, n) if words[i] == "many"), default=None)
-    if many is None:
-        raise TaskError(f"not a number-retrieval prompt (no 'How many' question): {' '.join(words[:n])!r}")
-    end = next((i for i in range(many + 1, n) if words[i] in _QUESTION_VERBS), n - 1)
+    # a verb starts a word: with a tokenizer that marks word starts (Ġ, ▁) a bare "do" is a piece
+    marked = any(t.startswith(("Ġ", "▁")) for t in tokens)
+    end = None if many is None else next((i for i in range(many + 2, n) if words[i] in _QUESTION_VERBS
+                                          and (not marked or tokens[i].startswith(("Ġ", "▁")))), None)
+    if end is None:
+        raise TaskError(f"not a number-retrieval prompt (no 'How many <things> do/does/are/did' question): "
+                        f"{' '.join(words[:n])!r}")
     first, last = many + 1, end - 1
     roles = [""] * len(tokens)
     for i in range(n):
@@ -345,7 +349,7 @@ def fact_roles(tokens: Sequence[str]) -> list[str]:
     of templates not written by this task (another LAMA relation) are refused.
     """
     words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, w in enumerate(words) if w), default=0)
+    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
     lead = int(bool(words) and re.fullmatch(r"<\|?[^\s<>|]+\|?>", words[0]) is not None)  # <bos>, <s>, <|endoftext|>
     for before, after in _cloze_templates():
         first, last = lead + len(before), n - len(after) - 1

@@ -253,6 +253,14 @@ def test_token_roles_of_three_operands_retrieval_and_cloze_prompts():
         fact_roles("Zorvia borders".split())
     with pytest.raises(TaskError, match="not a number-retrieval prompt"):
         retrieval_roles("3 + 4 =".split())
+    with pytest.raises(TaskError, match="not a number-retrieval prompt"):  # no verb after the thing
+        retrieval_roles("Q : How many apples ? A :".split())
+    # SentencePiece marks word starts with "▁": a bare "are" inside a word is a piece, not the verb
+    sp = ["<s>", "▁Q", "▁:", "▁How", "▁many", "▁squ", "are", "s", "▁are", "▁there", "▁?", "▁A", "▁:", ""]
+    assert retrieval_roles(sp) == ["early"] * 5 + ["e_q first", "e_q middle", "e_q last"] + ["late"] * 4 + [
+        "last", ""]
+    assert fact_roles(["<s>", "▁The", "▁capital", "▁of", "▁Z", "or", "via", "▁is", ""]) == [
+        "early"] * 4 + ["subject first", "subject middle", "subject last", "last", ""]
 
 
 @pytest.mark.parametrize("task", ["number_retrieval", "factual_recall"])
@@ -277,9 +285,25 @@ def test_by_token_role_of_retrieval_and_facts_marks_what_the_pair_changes(embedd
     np.testing.assert_allclose(roles.mlp.sel(role="last").values, np.mean(last, axis=0), rtol=1e-12, atol=1e-12)
     with pytest.raises(UsageError, match="by_operator splits arithmetic results"):
         nr.by_token_role(ds, by_operator=True)
-    kth = nr.patch(embedded_model, nr.tasks.ioi(2, tokenizer=tok), sites=["mlp"], positions="all", progress=False)
+    ioi = nr.tasks.ioi(2, tokenizer=tok)
     with pytest.raises(UsageError, match="token roles are known for arithmetic, number_retrieval, factual_recall"):
-        nr.by_token_role(kth)
+        nr.by_token_role(nr.patch(embedded_model, ioi, sites=["mlp"], positions="all", progress=False))
+    last = nr.patch(embedded_model, ioi, sites=["mlp"], progress=False)  # any task's last position: one role
+    np.testing.assert_allclose(nr.by_token_role(last).mlp.sel(role="last"), last.mlp.values[:, :, 0].mean(0),
+                               rtol=1e-12)
+
+
+def test_by_token_role_counts_only_the_prompts_with_a_value(embedded_model):
+    """correct_only leaves the prompts the model gets wrong NaN: n counts the others, as the means do."""
+    pairs = nr.tasks.get_task("number_retrieval").pairs(n_prompts=16, seed=0, n_shots=2,
+                                                        tokenizer=embedded_model.tokenizer)
+    ds = nr.patch(embedded_model, pairs, sites=["attn", "mlp"], positions="all", correct_only=True, progress=False)
+    kept = int(ds.correct.sum())
+    assert 0 < kept < 16  # the embedded model learnt zero-shot retrieval only: some pairs fail
+    roles = nr.by_token_role(ds)
+    assert int(roles.n.sel(role="e_q first")) == int(roles.n.sel(role="last")) == kept
+    last = [ds.mlp.values[i, :, int(ds.n_tokens.values[i]) - 1] for i in range(16) if ds.correct.values[i]]
+    np.testing.assert_allclose(roles.mlp.sel(role="last").values, np.mean(last, axis=0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["positions", "roles", "prediction"])

@@ -552,7 +552,7 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
                          "positions='all' (--positions all)")
     task = TASKS.get(str(ds.attrs.get("task")))
     known = getattr(task, "role_order", ())
-    if roles is None:
+    if roles is None and positions == "all":  # a last-position result needs no role function: every cell is "last"
         if task is None or task.roles is None:
             raise UsageError(f"token roles are known for {', '.join(n for n, t in TASKS.items() if t.roles)} results "
                              f"(this is {ds.attrs.get('task')}); in Python, pass roles=a function from a prompt's "
@@ -578,9 +578,14 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
         if not groups:
             raise UsageError("no operator found in these prompts' tokens; use by_operator=False")
     out: dict[str, list[xr.DataArray]] = {v: [] for v in site_variables(ds)}
+    # n counts the (prompt, position) cells with a value at some site (correct_only leaves filtered prompts NaN)
+    valid = np.zeros(labels.shape, bool)
+    for v in out:
+        valid |= ds[v].notnull().any([d for d in ds[v].dims if d not in ("prompt", "position")]).transpose(
+            "prompt", "position").values
     counts = []
     for keep in groups.values():
-        masks = [xr.DataArray((labels == r) & keep[:, None], dims=("prompt", "position")) for r in order]
+        masks = [xr.DataArray((labels == r) & keep[:, None] & valid, dims=("prompt", "position")) for r in order]
         counts.append([int(m.sum()) for m in masks])
         for v in out:
             out[v].append(xr.concat([ds[v].where(m).mean(("prompt", "position")) for m in masks], role_index))

@@ -105,7 +105,8 @@ def probe(
     drop_layers : layers the all-layers probe leaves out of its features (``f1_all``,
         ``score_all``; the per-layer probes are unchanged), as the repository drops LLaMA-7B's
         layers 17, 18, 20-27 and 29-31 (``src/rtask/proofwriter_probe.py:219, 270``); the
-        baseline's features drop them too.
+        baseline's features drop them too. With ``normalise`` the features are still divided by
+        the prompt's maximum over every layer (the repository's pruned features are not normalised).
     seed : fold split and random baseline; same seed -> same scores.
 
     Returns
@@ -127,9 +128,9 @@ def probe(
                step_f1=step_f1, all_layers=read)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     scores = knn_scores(feats, **knn)
-    ds = _dataset(scores, layers)
+    ds = _dataset(scores, layers, drop_layers)
     if base_feats is not None:
-        base = _dataset(knn_scores(base_feats, **knn), layers)
+        base = _dataset(knn_scores(base_feats, **knn), layers, drop_layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
         # NaN where the baseline is perfect (F1_baseline = 1): nothing is left to explain, as robustness does
@@ -332,10 +333,13 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
             y = np.stack([np.ones_like(y), (y == last[labels.prompt[keep]]).astype(y.dtype)], 1)
         majority[j] = np.unique(y, axis=0, return_counts=True)[1].max() / len(y)
         n_samples[j] = len(y)
+        kept = feats[keep]
         for li in range(n_layers + 1):
-            upto = feats[keep][:, :li + 1] if cumulative else feats[keep][:, li:li + 1]
-            every = feats[keep] if all_layers is None else feats[keep][:, all_layers]
-            x = (every if li == n_layers else upto).reshape(len(y), -1)
+            if li == n_layers:  # the all-layers probe
+                x = kept if all_layers is None else kept[:, all_layers]
+            else:
+                x = kept[:, :li + 1] if cumulative else kept[:, li:li + 1]
+            x = x.reshape(len(y), -1)
             pred = np.empty_like(y)
             for f in range(folds):
                 test = fold[keep] == f
@@ -347,13 +351,15 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
     return Scores(f1, acc, majority, n_samples, fewest)
 
 
-def _dataset(s: Scores, layers: np.ndarray) -> xr.Dataset:
+def _dataset(s: Scores, layers: np.ndarray, drop_layers: Sequence[int] = ()) -> xr.Dataset:
     dims = ("probe", "layer")
+    every = "all layers' features" + (f" but layers {dropped_attr(drop_layers)['drop_layers']}" if len(drop_layers)
+                                      else "")
     return xr.Dataset(
         {"f1": (dims, s.f1[:, :-1], {"long_name": "macro F1 (out-of-fold)", "units": "1"}),
          "accuracy": (dims, s.accuracy[:, :-1], {"long_name": "accuracy (out-of-fold)", "units": "1"}),
-         "f1_all": ("probe", s.f1[:, -1], {"long_name": "macro F1, all layers' features", "units": "1"}),
-         "accuracy_all": ("probe", s.accuracy[:, -1], {"long_name": "accuracy, all layers' features", "units": "1"}),
+         "f1_all": ("probe", s.f1[:, -1], {"long_name": f"macro F1, {every}", "units": "1"}),
+         "accuracy_all": ("probe", s.accuracy[:, -1], {"long_name": f"accuracy, {every}", "units": "1"}),
          "majority": ("probe", s.majority, {"long_name": "accuracy of the majority class", "units": "1"}),
          "n_samples": ("probe", s.n_samples, {"long_name": "statements classified"})},
         coords={"probe": ("probe", np.array(PROBES, dtype=object), {"long_name": PROBE_NAME}),
