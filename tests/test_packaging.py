@@ -26,6 +26,12 @@ def test_wheel_layout(tmp_path):
     assert "nnsight_reasoning/cli/main.py" in names and "nnsight_reasoning/tasks/arithmetic.py" in names
     assert "nnsight_reasoning/embedded/revisions/main/model.safetensors" in names
     assert "nnsight_reasoning/embedded/card.json" in names
+    # every module of the tree ships (pyproject lists the packages by name; a subpackage missing there
+    # ships only as package data, with setuptools' deprecation warning)
+    tree = {f"nnsight_reasoning/{prefix}{p.relative_to(ROOT / folder).as_posix()}"
+            for folder, prefix in (("nnsight_reasoning", ""), ("cli", "cli/"), ("tasks", "tasks/"))
+            for p in (ROOT / folder).rglob("*.py")}
+    assert tree <= set(names), f"modules missing from the wheel (pyproject's packages): {sorted(tree - set(names))}"
     entry = wheel_zip.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "reason-interp = nnsight_reasoning.cli.main:main" in entry
     # the model card's sizes are the wheel's: every revision file, as stored and as deflated in it
