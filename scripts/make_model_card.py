@@ -54,9 +54,8 @@ EVALS: dict[str, tuple[str, dict]] = {  # card row -> (task, parameters)
 def measure(rev: str) -> tuple[dict, dict, dict]:
     model = nr.load_model(revision=rev)
     acc, p = {}, {}
-    for row, (task, kw) in EVALS.items():
-        ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
-        acc[row], p[row] = round(float(ds.accuracy), 4), round(float(ds.mean_p_answer), 4)
+    for row in EVALS:
+        acc[row], p[row] = evaluate_row(model, row)
     hs = nr.head_scores(model, nr.tasks.repeated_tokens(**HEAD_DATA, tokenizer=model.tokenizer), progress=False)
     heads = {}
     for score in HEAD_SCORES:
@@ -65,6 +64,13 @@ def measure(rev: str) -> tuple[dict, dict, dict]:
         heads[score] = {"max": round(float(grid.max()), 4), "layer": int(layer), "head": int(head)}
     heads["chance"] = round(float(hs["uniform"].sel(score="induction")), 4)
     return acc, p, heads
+
+
+def evaluate_row(model, row: str) -> tuple[float, float]:
+    """Accuracy and mean P(answer) of card row ``row`` (its task and settings in EVALS), rounded as stored."""
+    task, kw = EVALS[row]
+    ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
+    return round(float(ds.accuracy), 4), round(float(ds.mean_p_answer), 4)
 
 
 PATCH_DATA = {"n_prompts": 64, "seed": 0}  # the headline command's pairs: reason-interp patch --task arithmetic
@@ -293,6 +299,11 @@ def main() -> None:
             "generation": gen, "generation_data": {**GENERATION_DATA, "ablations": list(GENERATION_ABLATIONS)},
             "training": json.loads((embedded.revision_path("main") / "training_meta.json").read_text()),
             "size": sizes(), "training_time": training_time()}
+    save(card)
+
+
+def save(card: dict) -> None:
+    """``card`` with its targets judged, written to card.json, and MODEL_CARD.md redrawn."""
     card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
     (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     write_text(embedded.card())  # drawn from the file as written (sorted keys), so --render redraws it identically
@@ -311,14 +322,9 @@ def remeasure_rows(rows: list[str]) -> None:
     for rev in embedded.revisions():
         model = nr.load_model(revision=rev)
         for row in rows:
-            task, kw = EVALS[row]
-            ds = nr.evaluate(model, nr.tasks.examples(task, N, seed=SEED, **kw), progress=False)
-            card["accuracy"][rev][row] = round(float(ds.accuracy), 4)
-            card["mean_p_answer"][rev][row] = round(float(ds.mean_p_answer), 4)
+            card["accuracy"][rev][row], card["mean_p_answer"][rev][row] = evaluate_row(model, row)
         print(rev, {row: card["accuracy"][rev][row] for row in rows}, flush=True)
-    card["targets"] = [{"target": w, "value": v, "bound": b, "met": m} for w, v, b, m in targets(card)]
-    (embedded.ROOT / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    write_text(embedded.card())
+    save(card)
 
 
 def text(card: dict) -> str:

@@ -387,6 +387,11 @@ def _word(token: str) -> str:
     return token.replace("Ġ", "").replace("▁", "").strip()
 
 
+def token_words(tokens: Sequence[str]) -> tuple[list[str], int]:
+    """Each token's word (:func:`_word`) and the prompt's length without its padding ("" tokens)."""
+    return [_word(t) for t in tokens], max((i + 1 for i, t in enumerate(tokens) if t), default=0)
+
+
 def token_roles(tokens: Sequence[str]) -> list[str]:
     """The role of each token of an arithmetic prompt. The query is the last problem, after
     the exemplars' " . "; the exemplars are "shots". In the query: "operand 1/2/3" (every
@@ -397,8 +402,7 @@ def token_roles(tokens: Sequence[str]) -> list[str]:
     and the third are "middle 2" (the repository's "Between Operands 1/2",
     ``add_position_class_3_ops``, JSON lines 88-121). Padding ("") gets "".
     """
-    words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
+    words, n = token_words(tokens)
     start = max((i + 1 for i, w in enumerate(words[:n]) if w == "."), default=0)
     is_number = [w.isdigit() or (w.replace("-", "").isalpha() and _word_value(w) is not None) for w in words]
     # a BPE tokenizer splits "twenty-one" into "twenty", "-", "one": the hyphen belongs to the number

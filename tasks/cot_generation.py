@@ -225,9 +225,10 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
     names = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
     if not names:
         raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}")
-    if trigger is not None and ("zero_shot" not in names or not isinstance(trigger, str)):
-        raise TaskError("trigger is the zero-shot prompt's text (a string); add zero_shot to the prompt types"
-                        if "zero_shot" not in names else f"trigger must be a string (got {trigger!r})")
+    if trigger is not None and "zero_shot" not in names:
+        raise TaskError("trigger is the zero-shot prompt's text (a string); add zero_shot to the prompt types")
+    if trigger is not None and not isinstance(trigger, str):
+        raise TaskError(f"trigger must be a string (got {trigger!r})")
     exemplars = {v: read_exemplars(v, prompts_dir, style) for v in names}
     if data is not None:
         problems: list[Problem] = load_gsm8k_problems(data, need_steps=False)[:n_prompts]

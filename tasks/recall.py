@@ -42,7 +42,7 @@ from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
                    generate_aligned, register)
-from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, _word, number_word
+from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word, token_words
 from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
@@ -156,8 +156,7 @@ def retrieval_roles(tokens: Sequence[str]) -> list[str]:
     then "early" before e_q, "late" after it, "last" the final token. A one-token e_q is "e_q
     first", as the repository tests the first token before the last. Padding ("") gets "".
     """
-    words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
+    words, n = token_words(tokens)
     questions = [i for i in range(n - 1) if words[i] == "Q" and words[i + 1] == ":"]
     start = questions[-1] if len(questions) > 1 else 0  # exemplars before the query's "Q :"
     many = max((i for i in range(start, n) if words[i] == "many"), default=None)
@@ -348,8 +347,7 @@ def fact_roles(tokens: Sequence[str]) -> list[str]:
     the first. A leading special token (``<bos>``, ``<s>``, ``<|endoftext|>``) is "early". Prompts
     of templates not written by this task (another LAMA relation) are refused.
     """
-    words = [_word(t) for t in tokens]
-    n = max((i + 1 for i, t in enumerate(tokens) if t), default=0)  # padding is ""
+    words, n = token_words(tokens)
     lead = int(bool(words) and re.fullmatch(r"<\|?[^\s<>|]+\|?>", words[0]) is not None)  # <bos>, <s>, <|endoftext|>
     for before, after in _cloze_templates():
         first, last = lead + len(before), n - len(after) - 1

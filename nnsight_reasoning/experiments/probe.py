@@ -180,6 +180,12 @@ def kept_layers(run: Run, drop_layers: Sequence[int]) -> np.ndarray:
     return np.array([layer for layer in range(n) if layer not in drop])
 
 
+def all_layers_label(drop_layers: Sequence[int]) -> str:
+    """What the all-layers probe reads, for its variables' long names."""
+    return "all layers' features" + (f" but layers {dropped_attr(drop_layers)['drop_layers']}" if len(drop_layers)
+                                     else "")
+
+
 def dropped_attr(drop_layers: Sequence[int]) -> dict[str, str]:
     """The result attribute naming the dropped layers ("17,18,20"), none when nothing is dropped."""
     return {"drop_layers": ",".join(str(int(x)) for x in sorted(drop_layers))} if len(drop_layers) else {}
@@ -353,8 +359,7 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
 
 def _dataset(s: Scores, layers: np.ndarray, drop_layers: Sequence[int] = ()) -> xr.Dataset:
     dims = ("probe", "layer")
-    every = "all layers' features" + (f" but layers {dropped_attr(drop_layers)['drop_layers']}" if len(drop_layers)
-                                      else "")
+    every = all_layers_label(drop_layers)
     return xr.Dataset(
         {"f1": (dims, s.f1[:, :-1], {"long_name": "macro F1 (out-of-fold)", "units": "1"}),
          "accuracy": (dims, s.accuracy[:, :-1], {"long_name": "accuracy (out-of-fold)", "units": "1"}),

@@ -27,8 +27,8 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
-from .probe import (PROBE_NAME, PROBES, Features, _labels, check_options, dropped_attr, features, kept_layers,
-                    knn_scores, labelled_prompts)
+from .probe import (PROBE_NAME, PROBES, Features, _labels, all_layers_label, check_options, dropped_attr, features,
+                    kept_layers, knn_scores, labelled_prompts)
 
 
 @experiment("probe_robustness", batch_size=64)
@@ -170,8 +170,7 @@ def robustness(
     data = {
         "score": (("subset", "probe"), score, {"long_name": "probing score (F1 - F1_baseline) / (1 - F1_baseline)"
                                                if base_feats is not None else "macro F1 (no baseline)", "units": "1"}),
-        "f1": (("subset", "probe"), f1, {"long_name": "macro F1, all layers' features" + (
-            f" but layers {dropped_attr(drop_layers)['drop_layers']}" if len(drop_layers) else ""), "units": "1"}),
+        "f1": (("subset", "probe"), f1, {"long_name": f"macro F1, {all_layers_label(drop_layers)}", "units": "1"}),
         "accuracy": ("subset", acc, {"long_name": f"accuracy ({judged}), clean prompts", "units": "1"}),
         "accuracy_corrupt": ("subset", acc_bad, {"long_name": f"accuracy ({judged}), corrupted prompts", "units": "1"}),
         "drop": ("subset", drop, {"long_name": "accuracy corrupted - clean", "units": "1"}),
