@@ -25,9 +25,11 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
 def patch(
     h: Harness,
     task: Task = "arithmetic",
-    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, attn_pattern, attn_weights, head, "
-                                                            "attn, neuron, mlp, resid (repeatable; embed is always "
-                                                            "patched, whatever --layer says, and stored at layer -1)"),
+    site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, embed_dim, attn_pattern, "
+                                                            "attn_weights, head, attn, neuron, mlp, mlp_dim, resid "
+                                                            "(repeatable; embed and embed_dim are always patched, "
+                                                            "whatever --layer says, and stored at layer -1; *_dim: one "
+                                                            "output dimension at a time, lm-arithmetic's 'neurons')"),
     positions: str = typer.Option("last", help="last | all"),
     layer: List[int] = typer.Option([], help="layer(s) to patch (repeatable); default all"),
     n_prompts: int = typer.Option(64, help="number of prompt pairs"),
@@ -221,6 +223,46 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
     out.print(table)
     for item in summarize(ds):
         out.print(item, highlight=False)
+
+
+@app.command("unit-overlap")
+@guard
+def unit_overlap(
+    paths: List[Path] = typer.Argument(..., help="patching results (.nc) with a unit site (--site mlp_dim, as "
+                                                  "lm-arithmetic's 'neurons'; or neuron, head)"),
+    top_k: int = typer.Option(100, help="top units (largest mean effect) per group"),
+    site: Optional[str] = typer.Option(None, help="the unit site to rank, when a result holds several"),
+    by_operator: bool = typer.Option(False, "--by-operator", help="one group per operator of an arithmetic result"),
+    drop_mult_by_one: bool = typer.Option(False, "--drop-mult-by-one", help="arithmetic: leave out × pairs with an "
+                                          "operand 1 (lm-arithmetic's mult_by_1_filter)"),
+) -> None:
+    """Share of top units two groups of prompts have in common (lm-arithmetic's neuron-overlap
+    analyses): between results (arithmetic and number retrieval, …) or operators (--by-operator)."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.sites import unit_dim
+
+    results = [nr.load_result(p) for p in paths]
+    if drop_mult_by_one:
+        results = [nr.drop_mult_by_one(ds) if ds.attrs.get("task") == "arithmetic" else ds for ds in results]
+    ov = nr.unit_overlap(*results, top_k=top_k, site=site, by_operator=by_operator)
+    groups = [str(g) for g in ov.group.values]
+    table = Table(title=f"share of the top {top_k} {ov.attrs['site']} units in common "
+                        f"({ov.attrs.get('metric')}, mean over each group's prompts)")
+    table.add_column("group (prompts)")
+    for k in range(len(groups)):  # columns by number: the rows name the groups
+        table.add_column(str(k + 1), justify="right")
+    for k, (g, n) in enumerate(zip(groups, ov.n.values)):
+        table.add_row(f"{k + 1} {g} ({int(n)})", *(f"{float(ov.overlap.sel(group=g, other=h)):.2f}" for h in groups))
+    out.print(table)
+    letter = {"dimension": "D", "neuron": "N", "head": "H"}.get(unit_dim(ov.attrs["site"]) or "", "")
+    top = Table(title="each group's top 3 units (layer, unit) and mean effect")
+    for col in ("group", *(f"#{r + 1}" for r in range(min(3, top_k)))):
+        top.add_column(col)
+    for g in groups:
+        sel = ov.sel(group=g)
+        top.add_row(g, *(f"L{int(layer)} {letter}{int(u)} {float(e):+.3g}" for layer, u, e in zip(
+            sel.top_layer.values[:3], sel.top_unit.values[:3], sel.top_effect.values[:3])))
+    out.print(top)
 
 
 @app.command("export-graph")

@@ -7,6 +7,7 @@ Sites, in the order the model computes them:
 
 ``embed``  the token embeddings entering the first layer, ``(d_model,)``; lm-arithmetic's
            "layer -1", stored at layer coordinate -1 (patching only)
+``embed_dim`` one dimension of ``embed`` (of ``d_model``), stored at layer -1 (patching only)
 ``attn_pattern`` one head's whole attention pattern (every query position), ``(T, T)``;
            lm-arithmetic's attention-head intervention; stored at the last position
 ``attn_weights`` one head's attention probabilities of one query position (the softmax row
@@ -16,6 +17,8 @@ Sites, in the order the model computes them:
 ``attn``   attention block output (after the output projection), ``(d_model,)``
 ``neuron`` one MLP hidden unit (input of the MLP's output projection), ``(n_neurons,)``
 ``mlp``    MLP block output, ``(d_model,)``
+``mlp_dim`` one dimension of ``mlp`` (of ``d_model``): with ``embed_dim``, lm-arithmetic's
+           single "neurons" (``intervention_loc=all|single_layer_N``; patching only)
 ``resid``  residual stream after the layer, ``(d_model,)``
 """
 from __future__ import annotations
@@ -25,11 +28,16 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("embed", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "resid")
-#: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives).
-UNIT_DIMS: dict[str, str] = {"attn_pattern": "head", "attn_weights": "head", "head": "head", "neuron": "neuron"}
+SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp",
+                          "mlp_dim", "resid")
+#: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives as
+#: ``n_<dim>s``).
+UNIT_DIMS: dict[str, str] = {"embed_dim": "dimension", "attn_pattern": "head", "attn_weights": "head", "head": "head",
+                             "neuron": "neuron", "mlp_dim": "dimension"}
 #: Sites that activation patching covers but attribution patching does not (yet).
-EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "attn_pattern", "attn_weights", "neuron")
+EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_weights", "neuron", "mlp_dim")
+#: Sites that edit the embeddings (the first layer's input), stored at layer ``EMBED_LAYER``.
+EMBED_SITES: tuple[str, ...] = ("embed", "embed_dim")
 #: Sites patched at every position at once (stored at each prompt's last position).
 WHOLE_PROMPT_SITES: tuple[str, ...] = ("attn_pattern",)
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
@@ -153,7 +161,7 @@ def var_name(site: str) -> str:
 
 
 def unit_dim(var: str) -> str | None:
-    """The unit dim (``head``, ``neuron``) of a site variable, None for whole-vector sites."""
+    """The unit dim (``head``, ``neuron``, ``dimension``) of a site variable, None for whole-vector sites."""
     return next((d for s, d in UNIT_DIMS.items() if var_name(s) == var), None)
 
 
@@ -180,8 +188,8 @@ def require(model: Any, feature: str) -> Architecture:
 
 def dims(model: Any) -> dict[str, int]:
     """n_layers, n_heads, d_model, head_dim (the per-head width of the output projection's
-    input, ``n_heads · head_dim`` in all) and n_neurons (the MLP output projection's input
-    width) of a loaded model, from its config as :data:`ARCHITECTURES` says to read it."""
+    input, ``n_heads · head_dim`` in all), n_neurons (the MLP output projection's input
+    width) and n_dimensions (= d_model, the units of ``embed_dim`` and ``mlp_dim``) of a loaded model, from its config as :data:`ARCHITECTURES` says to read it."""
     cfg = model.config
     arch = architecture(model)
     n_heads = getattr(cfg, arch.n_heads_attr)
@@ -194,7 +202,8 @@ def dims(model: Any) -> dict[str, int]:
                              f"cannot tell the MLP width")
         n_neurons = arch.neuron_factor * d_model
     return {"n_layers": cfg.num_hidden_layers, "n_heads": n_heads, "d_model": d_model,
-            "head_dim": int(head_dim) if head_dim else d_model // n_heads, "n_neurons": int(n_neurons)}
+            "head_dim": int(head_dim) if head_dim else d_model // n_heads, "n_neurons": int(n_neurons),
+            "n_dimensions": d_model}
 
 
 def context_length(model: Any) -> int | None:

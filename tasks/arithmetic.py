@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import re
 import zlib
 from typing import Any, Sequence
 
@@ -439,6 +440,33 @@ def operator_of(tokens: Sequence[str]) -> str:
     """The operator of an arithmetic prompt's query ("+", "-", "*", "/"; "" if none, several
     joined for three operands), read from its operator tokens (see :func:`token_roles`)."""
     return "".join(_OPERATOR_OF[_word(t)] for t, r in zip(tokens, token_roles(tokens)) if r == "operator")
+
+
+def query_operands(tokens: Sequence[str]) -> list[int]:
+    """The operands of an arithmetic prompt's query, in order, read from its "operand k" tokens
+    (:func:`token_roles`): digits joined, number words valued (None-free: a group that is no
+    number is skipped)."""
+    words, _ = token_words(tokens)
+    groups: dict[str, str] = {}
+    for w, r in zip(words, token_roles(tokens)):
+        if r.startswith("operand"):
+            groups[r] = groups.get(r, "") + (w if w.isdigit() or w == "-" or not groups.get(r) else "-" + w)
+    values = [int(g) if g.isdigit() else _word_value(g.strip("-")) for g in groups.values()]
+    return [v for v in values if v is not None]
+
+
+def text_words(text: str) -> list[str]:
+    """A prompt's text as the words :func:`token_roles` reads: words (hyphenated number words
+    whole) and each punctuation mark on its own ("7*1?" is "7", "*", "1", "?")."""
+    return re.findall(r"\w+(?:-\w+)*|[^\w\s]", text)
+
+
+def multiplies_by_one(text: str) -> bool:
+    """Whether a prompt's query is a multiplication with an operand 1 (lm-arithmetic's
+    ``mult_by_1_filter``, ``notebooks_utils.py:286-297``; see
+    :func:`nnsight_reasoning.experiments.patch_analysis.drop_mult_by_one`)."""
+    words = text_words(text)
+    return operator_of(words) == "*" and 1 in query_operands(words)
 
 
 def _word_value(w: str) -> int | None:

@@ -9,7 +9,7 @@ import sys
 
 # the commands that are not experiments (tools around them): no results file of their own,
 # no page under docs/experiments; "remote" is the group of `remote status`
-TOOLS = frozenset({"tasks", "models", "show", "plot", "export-graph", "remote", "finetune"})
+TOOLS = frozenset({"tasks", "models", "show", "plot", "unit-overlap", "export-graph", "remote", "finetune"})
 
 
 def reason_interp(args: list[str], env: dict[str, str] | None = None, background: bool = False,

@@ -31,11 +31,12 @@ MLP_OUT = {"gpt_neox": "mlp.dense_4h_to_h", "gpt2": "mlp.c_proj", "gptj": "mlp.f
 def _module(hf, site, layer):
     if site == "neuron":  # MLP hidden units: the input of the MLP's output projection
         return _get(_get(hf, MODULES[hf.config.model_type][0])[layer], MLP_OUT[hf.config.model_type])
-    if site == "embed":  # the token embedding (lm-arithmetic's "layer -1"); layer is ignored
+    if site in ("embed", "embed_dim"):  # the token embedding (lm-arithmetic's "layer -1"); layer is ignored
         return _get(hf, EMBEDDINGS[hf.config.model_type])
     layers, attn, o_proj, mlp = MODULES[hf.config.model_type]
     block = _get(hf, layers)[layer]
-    return {"resid": block, "attn": _get(block, attn), "mlp": _get(block, mlp), "head": _get(block, o_proj)}[site]
+    return {"resid": block, "attn": _get(block, attn), "mlp": _get(block, mlp), "mlp_dim": _get(block, mlp),
+            "head": _get(block, o_proj)}[site]
 
 
 def _first(x):
@@ -144,6 +145,13 @@ def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head
             return (x,) + tuple(args[1:])
 
         handle = _module(hf, site, layer).register_forward_pre_hook(pre_neuron)
+    elif site in ("embed_dim", "mlp_dim"):  # one dimension of the module's output
+        def post_dim(m, i, o):
+            t = _first(o).clone()
+            t[0, pos, head] = value
+            return (t,) + tuple(o[1:]) if isinstance(o, tuple) else t
+
+        handle = _module(hf, site, layer).register_forward_hook(post_dim)
     elif site is not None:
         def post(m, i, o):
             t = _first(o).clone()
@@ -281,7 +289,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
         clean.append({"base": scores(b, ans), "source": scores(s_ids, ans)})
         pos_list = range(len(b)) if positions == "all" else [len(b) - 1]
         for site in sites:
-            for layer in ([-1] if site == "embed" else layers):
+            for layer in ([-1] if site in ("embed", "embed_dim") else layers):
                 if site == "attn_weights":  # (heads, T, T): key (site, i, layer, k, head)
                     src = attention_probs(hf, s_ids, layer)
                     for k, pos in enumerate(pos_list):
@@ -295,7 +303,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
                     continue
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):
-                    if site == "neuron":  # one patch per unit: key (site, i, layer, k, unit)
+                    if site in ("neuron", "embed_dim", "mlp_dim"):  # one patch per unit: key (site, i, layer, k, unit)
                         for u in range(src.shape[-1]):
                             patched[(site, i, layer, k, u)] = scores(b, ans, site, layer, pos, src[pos, u], u)
                     else:

@@ -173,6 +173,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("plot", ["{d}/missing.nc"], "no such results file"),
     ("plot", ["{d}/junk.nc"], "cannot read"),
     ("show", ["{d}/a_dir.nc"], "is a folder: give a results file (.nc)"),
+    ("unit-overlap", ["{d}/missing.nc"], "no such results file"),
+    ("unit-overlap", ["{d}/junk.nc"], "cannot read"),
+    ("unit-overlap", [], "Missing argument 'paths'"),
     ("export-graph", ["{d}/missing.nc", "{d}/g.json"], "no such results file"),
     ("export-graph", ["{d}/junk.nc", "{d}/g.json"], "cannot read"),
     # output paths: unwritable, a directory, under a file, not .nc, existing
@@ -186,6 +189,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # conflicting options
     ("patch", ["--method", "attribution", "--site", "embed"], "'embed' is patched exactly only"),
     ("patch", ["--method", "attribution", "--site", "neuron"], "'neuron' is patched exactly only"),
+    ("patch", ["--method", "attribution", "--site", "mlp_dim"], "'mlp_dim' is patched exactly only"),
     ("patch", ["--method", "attribution", "--site", "attn_weights"], "'attn_weights' is patched exactly only"),
     ("patch", ["--method", "attribution", "--site", "attn_pattern"], "'attn_pattern' is patched exactly only"),
     ("patch", ["--method", "attribution", "--metric", "absolute"], "estimates stolfo_ie or logit_diff only"),

@@ -354,6 +354,123 @@ def test_neuron_site_on_other_architectures_matches_hooks(tiny_model_dir, model_
     assert len(patched) == ds.neurons.size
 
 
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_single_dimension_sites_match_hooks_on_every_unit(embedded_model, pairs, positions):
+    """lm-arithmetic's single "neurons" (intervention_loc=all: each output dimension of the
+    embeddings and of each MLP alone): ``embed_dim`` at layer -1 and ``mlp_dim``, batched into
+    shared passes; the hooks run one forward per dimension and position."""
+    one = PromptPairs("custom", {}, (pairs[0],))
+    layers = [0, 3]
+    ds = nr.patch(embedded_model, one, sites=["embed_dim", "mlp_dim"], layers=layers, positions=positions,
+                  metric="logit_diff", progress=False)
+    d_model = embedded_model.config.hidden_size
+    assert ds["mlp_dim"].dims == ("prompt", "layer", "position", "dimension") and ds.sizes["dimension"] == d_model
+    assert list(ds.layer.values) == [-1, *layers]
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    clean, patched = reference_scores(hf, embedded_model.tokenizer, [pairs[0]], ["embed_dim", "mlp_dim"], positions,
+                                      layers=layers)
+    scale = logit_scale(hf, embedded_model.tokenizer, one)
+    for (site, i, layer, k, unit), (_, l_star, _, _) in patched.items():
+        _close(float(ds[site].sel(layer=layer, dimension=unit).isel(prompt=0, position=k)),
+               _logit_diff(clean[0]["base"][1], l_star), scale, f"{site} {unit} of layer {layer} at {k}")
+    n_pos = ds.sizes["position"]
+    assert len(patched) == (1 + len(layers)) * d_model * n_pos
+    # the other site's layers hold no value: the embeddings only at -1, the MLPs never there
+    assert np.isnan(ds.embed_dim.sel(layer=layers).values).all() and np.isnan(ds.mlp_dim.sel(layer=-1).values).all()
+    assert np.abs(ds.mlp_dim.values[np.isfinite(ds.mlp_dim.values)]).max() > 0.1  # some dimension matters
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama"])
+def test_single_dimension_sites_on_other_architectures_match_hooks(tiny_model_dir, model_type):
+    path = tiny_model_dir(model_type)
+    model = nr.load_model(path)
+    pairs = nr.tasks.arithmetic(n_prompts=1, seed=1, tokenizer=model.tokenizer)
+    ds = nr.patch(model, pairs, sites=["embed_dim", "mlp_dim"], metric="logit_diff", progress=False)
+    hf = _hf(path)
+    clean, patched = reference_scores(hf, model.tokenizer, list(pairs), ["embed_dim", "mlp_dim"], "last")
+    scale = logit_scale(hf, model.tokenizer, pairs)
+    for (site, i, layer, k, unit), (_, l_star, _, _) in patched.items():
+        _close(float(ds[site].sel(layer=layer, dimension=unit).isel(prompt=i, position=k)),
+               _logit_diff(clean[i]["base"][1], l_star), scale, f"{model_type} {site} {unit} layer {layer}")
+    assert len(patched) == int(np.isfinite(ds.embed_dim).sum() + np.isfinite(ds.mlp_dim).sum())
+
+
+def _repo_top_units(ds, site, top_k, keep=None):
+    """lm-arithmetic's ranking (notebooks_utils.py:330-331, 459-461), written again in pandas: one
+    row per (prompt, layer, unit) at the last token, the mean effect per (layer, unit) over the
+    rows, ``sort_values('effect_mean')[-top_k:].index``."""
+    import pandas as pd
+
+    da = ds[site].isel(position=0)
+    unit = da.dims[-1]
+    rows = [(layer, u, float(da.values[i, li, ui])) for i in range(ds.sizes["prompt"]) if keep is None or keep[i]
+            for li, layer in enumerate(ds.layer.values) for ui, u in enumerate(ds[unit].values)]
+    df = pd.DataFrame(rows, columns=["layer", "neuron", "effect"])
+    agg = df.groupby(["layer", "neuron"]).effect.mean().rename("effect_mean").to_frame()
+    return agg.sort_values("effect_mean")[-top_k:]
+
+
+def test_unit_overlap_is_lm_arithmetic_neuron_overlap(embedded_model):
+    """The three overlap analyses (compute_neuron_overlap_for_operations, _single and
+    compute_neuron_overlap, notebooks_utils.py:452-497) on single MLP output dimensions of
+    arithmetic (the four operators, the repository's templates) and number retrieval."""
+    ar = nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=24, seed=0, templates=["stolfo"], operations="+-*/"),
+                  sites=["mlp_dim"], progress=False)
+    rt = nr.patch(embedded_model, nr.tasks.get_task("number_retrieval").pairs(n_prompts=8, seed=0),
+                  sites=["mlp_dim"], progress=False)
+    k = 20
+    ops = np.array(["+-*/"[(i // 6) % 4] for i in range(24)])  # the repository's loop: 6 templates per operator
+    top = {f"arithmetic {o}": _repo_top_units(ar, "mlp_dim", k, ops == o) for o in "+-*/"}
+    top["number_retrieval"] = _repo_top_units(rt, "mlp_dim", k)
+    top["arithmetic"] = _repo_top_units(ar, "mlp_dim", k)
+
+    def overlap(a, b):  # compute_overlap: |A ∩ B| / len(A)
+        return len(set(top[a].index) & set(top[b].index)) / len(top[a].index)
+
+    by_op = nr.unit_overlap(ar, top_k=k, by_operator=True)
+    assert sorted(by_op.group.values) == sorted(f"arithmetic {o}" for o in "+-*/")
+    assert by_op.n.values.tolist() == [6, 6, 6, 6]
+    for g in by_op.group.values:
+        for h in by_op.other.values:
+            assert float(by_op.overlap.sel(group=g, other=h)) == overlap(g, h), (g, h)
+        mine = list(zip(by_op.top_layer.sel(group=g).values.tolist(), by_op.top_unit.sel(group=g).values.tolist()))
+        assert mine == list(top[g].index[::-1])  # largest first
+        np.testing.assert_allclose(by_op.top_effect.sel(group=g).values, top[g].effect_mean.values[::-1], rtol=1e-12)
+    assert 0 < float(by_op.overlap.where(by_op.group != by_op.other).max()) < 1  # neither trivial nor disjoint
+
+    mixed = nr.unit_overlap(rt, ar, top_k=k, by_operator=True)  # number retrieval whole, arithmetic per operator
+    for o in "+-*/":
+        assert float(mixed.overlap.sel(group="number_retrieval", other=f"arithmetic {o}")) == \
+            overlap("number_retrieval", f"arithmetic {o}")
+    single = nr.unit_overlap(ar, rt, top_k=k)
+    assert float(single.overlap.sel(group="arithmetic", other="number_retrieval")) == \
+        overlap("arithmetic", "number_retrieval")
+    assert single.attrs["task"] == "arithmetic, number_retrieval" and single.attrs["site"] == "mlp_dim"
+
+    with pytest.raises(UsageError, match="top_k=9999 is more than the 512 mlp_dim units"):
+        nr.unit_overlap(ar, top_k=9999)
+    with pytest.raises(UsageError, match="patch a unit site"):
+        nr.unit_overlap(nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=2), sites=["mlp"], progress=False))
+    with pytest.raises(UsageError, match="select one revision"):
+        nr.unit_overlap(ar.expand_dims(checkpoint=["main"]))
+
+
+def test_drop_mult_by_one_is_the_repository_filter(embedded_model):
+    """mult_by_1_filter (notebooks_utils.py:286-297): a × pair goes when "1" is one of the base or
+    source prompt's words; the operator is known from the repository's loop (pair i: operator
+    i // 6 of + - * /), not read from the text."""
+    pairs = nr.tasks.arithmetic(n_prompts=96, seed=3, templates=["stolfo"], operations="+-*/")
+    ds = nr.patch(embedded_model, pairs, sites=["resid"], layers=[3], metric="logit_diff", progress=False)
+    ops = ["+-*/"[(i // 6) % 4] for i in range(96)]
+    dropped = [i for i, p in enumerate(pairs) if ops[i] == "*" and ("1" in p.base.split() or "1" in p.source.split())]
+    assert len(dropped) >= 2  # the draw holds some
+    kept = nr.drop_mult_by_one(ds)
+    assert kept.prompt.values.tolist() == [i for i in range(96) if i not in dropped]
+    np.testing.assert_array_equal(kept.resid.values, ds.resid.values[[i for i in range(96) if i not in dropped]])
+    with pytest.raises(UsageError, match="filters arithmetic results"):
+        nr.drop_mult_by_one(ds.assign_attrs(task="number_retrieval"))
+
+
 def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
     """lm-arithmetic's intervention types 20 (LAMA) and 11 (number retrieval) from the CLI."""
     from typer.testing import CliRunner

@@ -104,12 +104,13 @@ def test_every_patch_site_runs_remotely_like_locally(ndif, embedded_model, monke
 
     monkeypatch.setenv("NDIF_API_KEY", KEY)
     pairs = nr.tasks.arithmetic(n_prompts=6, seed=0)
-    sites = ["embed", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "resid"]
+    sites = ["embed", "embed_dim", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "mlp_dim", "resid"]
     with backend.engine(engine):
         local = nr.patch(embedded_model, pairs, sites=sites, progress=False)
         remote = nr.patch(embedded_model, pairs, sites=sites, progress=False, remote=ndif.host)
     assert_same_values(remote, local)
     assert float(abs(local["neurons"]).max()) > 1 and float(abs(local["attn_pattern"]).max()) > 1  # edits that move
+    assert float(abs(local["mlp_dim"]).max()) > 0.1  # (the last token's embedding is the same in both prompts)
 
 
 def test_checkpoint_sweep_runs_remotely_and_names_the_revision_not_served(ndif, tmp_path, monkeypatch):

@@ -153,7 +153,7 @@ def test_dims_read_head_dim_and_neuron_width_from_the_config():
     gemma_7b = GemmaConfig(hidden_size=3072, num_attention_heads=16, num_key_value_heads=16, head_dim=256,
                            intermediate_size=24576, num_hidden_layers=28)
     assert sites.dims(_config_only(gemma_7b)) == {"n_layers": 28, "n_heads": 16, "d_model": 3072, "head_dim": 256,
-                                                  "n_neurons": 24576}
+                                                  "n_neurons": 24576, "n_dimensions": 3072}
     assert sites.dims(_config_only(GPT2Config(n_embd=64, n_head=4, n_layer=2)))["n_neurons"] == 256  # 4·d
     assert sites.dims(_config_only(GPT2Config(n_embd=64, n_head=4, n_layer=2, n_inner=100)))["n_neurons"] == 100
 

@@ -26,7 +26,7 @@ import torch
 from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
-from ..sites import SITES, architecture, context_length, dims, resolve
+from ..sites import EMBED_SITES, SITES, architecture, context_length, dims, resolve
 from ..tasks.base import single_token_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
@@ -39,8 +39,8 @@ nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them
 class Patch:
     """Patched copies of input rows: entry i adds one row to the batch, a copy of input row
     ``rows[i]`` in which the ``site`` activation at ``layer``, position ``positions[i]`` (head
-    or neuron ``heads[i]``) is replaced by that of input row ``src_rows[i]``. An ``embed``
-    patch has ``layer`` 0: it edits the first layer's input.
+    or neuron or dimension ``heads[i]``) is replaced by that of input row ``src_rows[i]``. An
+    ``embed`` or ``embed_dim`` patch has ``layer`` 0: it edits the first layer's input.
 
     All index tensors have the same length k. A copy joins the batch only where its patch
     happens (the input of ``layer``; after it for ``resid``): up to there it would equal its
@@ -153,11 +153,11 @@ def _trace_packed(model, ids, pos, seq, pre, lim, n_seg, steps, out_rows, out_co
             if join_in is not None:  # copies patched in this layer join with their base row's values
                 hidden = join_columns(hidden, join_in)
             for kind, module, dst, src in inner:
-                if kind == "embed":  # the embeddings are this (first) layer's input
+                if kind in ("embed", "embed_dim"):  # the embeddings are this (first) layer's input
                     hidden[dst] = hidden[src]
             layer.inputs = packed_inputs(hidden, args, kwargs, full, width, mask, mask_arg)
             for kind, module, dst, src in inner:
-                if kind != "embed":
+                if kind not in ("embed", "embed_dim"):
                     x = site_values(kind, module, n_heads, head_dim)  # a view: the edit lands in the pass
                     x[dst] = x[src]
             if join_out is not None:  # resid copies join after the layer, patched there
@@ -188,8 +188,8 @@ def _site_modules(model: Any, patches: Sequence[Patch]) -> tuple[Any, dict]:
     arch = architecture(model)
     layers = resolve(model, arch.layers)
     paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn,
-             "neuron": arch.mlp_out, "mlp": arch.mlp}
-    if any(p.site == "embed" and p.layer != 0 for p in patches):
+             "neuron": arch.mlp_out, "mlp": arch.mlp, "mlp_dim": arch.mlp}
+    if any(p.site in EMBED_SITES and p.layer != 0 for p in patches):
         raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
     modules = {}
     for p in patches:
@@ -278,14 +278,14 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                 if grow_in is not None:
                     hidden = torch.cat([hidden, hidden[grow_in]])
                 for kind, module, dst, src in inner:
-                    if kind == "embed":  # the embeddings are this (first) layer's input
+                    if kind in ("embed", "embed_dim"):  # the embeddings are this (first) layer's input
                         hidden[dst] = hidden[src]
                 # batch-shaped arguments (the attention mask) were built for the input rows;
                 # some layers take them by keyword, some (GPT-2) by position
                 layer.inputs = ((hidden,) + batch_rows(args[1:], n_inputs, origin),
                                 batch_kwargs(kwargs, n_inputs, origin))
             for kind, module, dst, src in inner:
-                if kind != "embed":
+                if kind not in ("embed", "embed_dim"):
                     x = site_values(kind, module, n_heads, head_dim)  # a view: the edit lands in the pass
                     x[dst] = x[src]
             if grow_out is not None:

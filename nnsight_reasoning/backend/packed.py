@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..sites import SITES, WHOLE_PROMPT_SITES
+from ..sites import SITES, UNIT_DIMS, WHOLE_PROMPT_SITES
 
 #: Attention implementations that add an arbitrary (additive float) 4-D mask.
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -213,7 +213,7 @@ def site_index(kind: str, rows, cols, src_rows, src_cols, heads) -> tuple[tuple,
     """(dst, src) index tuples of a vector site's patch into :func:`.trace_ops.site_values`' tensor:
     (row, column) of the residual stream, a module's output or the embeddings, and (row, column,
     unit) of the heads and neurons (``heads`` holds the head or neuron index)."""
-    if kind in ("head", "neuron"):
+    if kind in UNIT_DIMS:
         return (rows, cols, heads), (src_rows, src_cols, heads)
     return (rows, cols), (src_rows, src_cols)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import (EMBED_LAYER, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES, check_layers,
-                     check_sites, dims, var_name)
+from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES,
+                     check_layers, check_sites, dims, var_name)
 from ..tasks import PromptPair, PromptPairs
 from ..tasks.base import group_by_length
 
@@ -63,7 +63,8 @@ def patch(
     model : from :func:`nnsight_reasoning.load_model` (or any nnsight ``TransformersModel``), or
         a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
-    sites : any of "embed", "attn_weights", "head", "attn", "neuron", "mlp", "resid". ``embed``
+    sites : any of :data:`nnsight_reasoning.sites.SITES`: "embed", "embed_dim", "attn_pattern",
+        "attn_weights", "head", "attn", "neuron", "mlp", "mlp_dim", "resid". ``embed``
         (exact only) patches the token embeddings entering the first layer; it is stored at
         layer -1, as lm-arithmetic numbers it. ``attn_weights`` (exact only) gives one head
         the source run's attention probabilities at one query position, its values staying
@@ -71,7 +72,10 @@ def patch(
         pattern, every query position at once (lm-arithmetic's attention-head intervention);
         its value is stored at each prompt's last position.
         ``neuron`` (exact only) patches each MLP hidden unit alone (every unit of every layer
-        in ``layers``: one patched row each, batched).
+        in ``layers``: one patched row each, batched). ``mlp_dim`` and ``embed_dim`` (exact
+        only) patch one dimension (of d_model) of the MLP's output or of the embeddings at a
+        time: lm-arithmetic's single "neurons" (``intervention_loc=all``, its default, and
+        ``single_layer_N``); stored along a ``dimension`` dim, the embeddings at layer -1.
     positions : "last" (the final prompt token) or "all" (every token).
     metric : a key of :data:`nnsight_reasoning.metrics.METRICS`: "stolfo_ie" (the paper's
         indirect effect), "absolute", "source_increase", "relative_source_increase",
@@ -97,8 +101,10 @@ def patch(
 
     Returns
     -------
-    xarray.Dataset with one variable per site, dims ``(prompt, layer, position)``; the
-    ``head`` site is stored as variable ``heads`` with an extra ``head`` dim; values of
+    xarray.Dataset with one variable per site, dims ``(prompt, layer, position)``; the unit
+    sites add their unit's dim: ``head`` is stored as variable ``heads`` (dim ``head``, as are
+    ``attn_pattern`` and ``attn_weights``), ``neuron`` as ``neurons`` (dim ``neuron``),
+    ``embed_dim`` and ``mlp_dim`` under their own names (dim ``dimension``); values of
     ``metric``. Along ``prompt``: ``clean_p_base``, ``clean_p_source`` (P(r1), P(r2) on the
     base prompt), ``source_prompt_p_base``, ``source_prompt_p_source`` (the same on the
     source prompt) and ``total_effect`` (``metric`` of the input intervention alone: the
@@ -139,7 +145,7 @@ def patch(
     model = run.model
     d = dims(model)
     layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
-    if "embed" in sites:
+    if set(EMBED_SITES) & set(sites):
         layer_list = [EMBED_LAYER] + layer_list
     tok = tokenize_pairs(model, pair_list)
     lengths = [len(b) for b in tok.base]
@@ -238,7 +244,7 @@ class Grid:
 
     def layer_indices(self, site: str) -> list[int]:
         """Indices into ``layers`` a site is patched at: the embeddings only at layer -1."""
-        return [li for li, layer in enumerate(self.layers) if (layer == EMBED_LAYER) == (site == "embed")]
+        return [li for li, layer in enumerate(self.layers) if (layer == EMBED_LAYER) == (site in EMBED_SITES)]
 
     def empty(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         return {s: np.full(shape + ((self.n_units[s],) if s in UNIT_DIMS else ()), np.nan) for s in self.sites}
@@ -348,7 +354,7 @@ def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> t
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
         heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
-        patches.append(backend.Patch(site, 0 if site == "embed" else layer, torch.tensor([p + j for j, _, _ in es]),
+        patches.append(backend.Patch(site, 0 if site in EMBED_SITES else layer, torch.tensor([p + j for j, _, _ in es]),
                                      torch.tensor([j for j, _, _ in es]),
                                      torch.tensor([u.position for _, _, u in es]), heads))
         for j, i, u in es:
@@ -484,124 +490,9 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, a
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def _provenance_of(ds: xr.Dataset) -> dict[str, Any]:
-    """The attrs an analysis of a patching result keeps from it (what was patched, where)."""
-    return {k: ds.attrs[k] for k in ("task", "model", "revision", "metric") if k in ds.attrs}
-
-
-def prediction_change(ds: xr.Dataset) -> xr.Dataset:
-    """Share of prompts whose top token a patch moved, per site: lm-arithmetic's
-    prediction-change plot (``notebooks/notebooks_utils.py:140-166``).
-
-    Returns a Dataset with one variable per site of ``ds`` (an exact patching result), dims
-    ``(change, [checkpoint,] layer, position[, head])``, ``change`` = "desired" (the top token
-    moved to the source answer r2) or "undesired" (it moved to another token); the share is
-    over the prompts with a value (NaN where there are none). Departures: the top token is
-    taken over the whole vocabulary (the repository: over the numbers 0..max_n), and the two
-    shares are disjoint (the repository's "undesired" counts every change of a prompt whose
-    base prediction was right, the desired ones included; with ``correct_only=True`` it is
-    desired + undesired here).
-    """
-    import pandas as pd
-
-    from ..results.io import site_variables
-
-    out = {}
-    for v in site_variables(ds):
-        if f"{v}_prediction" not in ds:
-            raise UsageError(f"{v}: this result has no prediction codes (they come from method='exact' patching)")
-        code = ds[f"{v}_prediction"]
-        n = (code >= 0).sum("prompt")
-        shares = [((code == k).sum("prompt") / n.where(n > 0)) for k in (1, 2)]
-        out[v] = xr.concat(shares, pd.Index(["desired", "undesired"], name="change"))
-        out[v].attrs = {"long_name": f"share of prompts whose top token patching {v} moved", "units": "1"}
-    return xr.Dataset(out, attrs=_provenance_of(ds))
-
-
-def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None = None, *,
-                  by_operator: bool = False) -> xr.Dataset:
-    """Mean effect per token role and layer, lm-arithmetic's aggregation of its all-token runs.
-
-    ``ds``: a patching result with ``positions="all"``, or ``"last"``, whose one role is "last"
-    (with ``by_operator``, the repository's per-operator split of its last-token results,
-    ``notebooks_utils.py:307-321``). ``roles(tokens) -> labels`` names the
-    role of each token of a base prompt (the ``token`` coordinate); default: the task's, as
-    lm-arithmetic classes positions per task (``plot-all-tokens.ipynb``): arithmetic
-    (:func:`nnsight_reasoning.tasks.arithmetic.token_roles`: shots (the exemplars), early,
-    operand 1, operator, middle, operand 2, [middle 2, operand 3,] late, last), number retrieval
-    (``tasks.recall.retrieval_roles``: shots, early, e_q first/middle/last — the thing the question
-    asks about —, late, last) and factual recall (``tasks.recall.fact_roles``: early, subject
-    first/middle/last, late, last). Returns one variable per site with dims
-    ``([operator,] role, [checkpoint,] layer[, head])``: the mean over every (prompt, position)
-    of that role, as the repository averages its rows per position class
-    (``plot-all-tokens.ipynb``, JSON lines 184-201); the ``n`` coordinate counts them. ``by_operator``: split the prompts by their query's operator
-    (arithmetic; read from the base prompt's tokens), adding a leading ``operator`` dim, as the
-    paper splits its figures by operation (from the base prompt's text for a last-position
-    result); ``n`` is then (operator, role).
-    """
-    import pandas as pd
-
-    from ..results.io import site_variables
-    from ..tasks import TASKS, TaskError
-
-    positions = ds.attrs.get("positions")
-    if positions not in ("all", "last"):
-        raise UsageError(f"token roles need a result over all positions or the last (this one: {positions})")
-    if positions == "last" and roles is not None:
-        raise UsageError("roles= classes every token; this result holds the last position only: patch with "
-                         "positions='all' (--positions all)")
-    task = TASKS.get(str(ds.attrs.get("task")))
-    known = getattr(task, "role_order", ())
-    if roles is None and positions == "all":  # a last-position result needs no role function: every cell is "last"
-        if task is None or task.roles is None:
-            raise UsageError(f"token roles are known for {', '.join(n for n, t in TASKS.items() if t.roles)} results "
-                             f"(this is {ds.attrs.get('task')}); in Python, pass roles=a function from a prompt's "
-                             f"tokens to their role names")
-        roles = task.roles
-    if by_operator and ds.attrs.get("task") != "arithmetic":
-        raise UsageError("by_operator splits arithmetic results by their operator; this is "
-                         f"{ds.attrs.get('task')}: use by_operator=False")
-    try:
-        labels = np.array([roles([str(t) for t in row]) if positions == "all" else ["last"] * len(row)
-                           for row in ds["token"].values], dtype=object)
-    except TaskError as e:
-        raise UsageError(str(e)) from None
-    order = [r for r in known if (labels == r).any()] + sorted({str(r) for r in labels.ravel()} - set(known) - {""})
-    role_index = pd.Index(np.array(order, dtype=object), name="role")
-    groups: dict[str, np.ndarray] = {"": np.ones(ds.sizes["prompt"], bool)}
-    if by_operator:
-        from ..tasks.arithmetic import operator_of
-
-        words = ds["token"].values if positions == "all" else [str(b).split() for b in ds["base"].values]
-        ops = np.array([operator_of([str(t) for t in row]) for row in words], dtype=object)
-        groups = {o: ops == o for o in sorted(set(ops) - {""})}
-        if not groups:
-            raise UsageError("no operator found in these prompts' tokens; use by_operator=False")
-    out: dict[str, list[xr.DataArray]] = {v: [] for v in site_variables(ds)}
-    # n counts the (prompt, position) cells with a value at some site (correct_only leaves filtered prompts NaN)
-    valid = np.zeros(labels.shape, bool)
-    for v in out:
-        valid |= ds[v].notnull().any([d for d in ds[v].dims if d not in ("prompt", "position")]).transpose(
-            "prompt", "position").values
-    counts = []
-    for keep in groups.values():
-        masks = [xr.DataArray((labels == r) & keep[:, None] & valid, dims=("prompt", "position")) for r in order]
-        counts.append([int(m.sum()) for m in masks])
-        for v in out:
-            out[v].append(xr.concat([ds[v].where(m).mean(("prompt", "position")) for m in masks], role_index))
-    data = {}
-    for v, per_group in out.items():
-        da = xr.concat(per_group, pd.Index(np.array(list(groups), dtype=object), name="operator")) if by_operator \
-            else per_group[0]
-        da.attrs = {**ds[v].attrs, "long_name": f"mean {ds.attrs.get('metric')} of patching {v} per token role"}
-        data[v] = da
-    result = xr.Dataset(data, attrs=_provenance_of(ds))
-    n = (("operator", "role"), np.array(counts)) if by_operator else ("role", counts[0])
-    return result.assign_coords(n=n)
-
-
 def _unit(coords: dict[str, Any]) -> str:
-    return f"H{coords['head']}" if "head" in coords else f"N{coords['neuron']}" if "neuron" in coords else ""
+    return (f"H{coords['head']}" if "head" in coords else f"N{coords['neuron']}" if "neuron" in coords
+            else f"D{coords['dimension']}" if "dimension" in coords else "")
 
 
 def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
@@ -611,6 +502,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     from rich.table import Table
 
     from ..results.io import site_variables
+    from .patch_analysis import prediction_change
 
     p = ds["clean_p_base"]
     sweep = "checkpoint" in ds.dims

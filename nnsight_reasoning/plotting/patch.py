@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ..results.io import site_variables
-from ..sites import unit_dim
+from ..sites import EMBED_SITES, unit_dim
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -133,14 +133,14 @@ def patch_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
 def _roles(ds: xr.Dataset):
     import matplotlib.pyplot as plt
 
-    from ..experiments.patch import by_token_role
+    from ..experiments.patch_analysis import by_token_role
 
     roles = by_token_role(ds)
     sites = [v for v in roles.data_vars if not unit_dim(v)] or list(roles.data_vars)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.5 * len(sites), 0.5 * ds.sizes["layer"] + 2.5), squeeze=False)
     # the embeddings have layer -1 only, the blocks never: each panel keeps its own rows
     layers = roles["layer"].values
-    parts = [roles.sel(layer=layers[(layers < 0) == (v == "embed")]) for v in sites]
+    parts = [roles.sel(layer=layers[(layers < 0) == (v in EMBED_SITES)]) for v in sites]
     means = [np.asarray((p[v].mean(unit_dim(v)) if unit_dim(v) else p[v]).transpose("layer", "role"), float)
              for p, v in zip(parts, sites)]
     norm = _norm(means)
