@@ -56,6 +56,26 @@ def test_show_and_plot(result_file, tmp_path):
     assert not (tmp_path / "heat.txt").exists() and not (tmp_path / "heat").exists()
 
 
+def test_unit_overlap_prints_the_api_numbers(tmp_path, embedded_model):
+    """``reason-interp unit-overlap`` on two patching files: the overlap table is nr.unit_overlap's."""
+    files = []
+    for task, extra in (("arithmetic", ["--param", "operations=+-*/", "--template", "stolfo", "--n-prompts", "24"]),
+                        ("number_retrieval", ["--n-prompts", "6"])):
+        files.append(tmp_path / f"{task}.nc")
+        res = runner.invoke(app, ["patch", "--task", task, *extra, "--site", "mlp_dim", "--out", str(files[-1]),
+                                  "--no-progress"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["unit-overlap", *map(str, files), "--top-k", "30", "--by-operator"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    ov = nr.unit_overlap(*(nr.load_result(f) for f in files), top_k=30, by_operator=True)
+    rows = {line.split("│")[1].strip(): line.split("│")[2:-1] for line in res.stdout.splitlines()
+            if line.startswith("│") and "(" in line.split("│")[1]}
+    assert len(rows) == 5  # four operators and number retrieval
+    for k, g in enumerate(ov.group.values):
+        cells = rows[f"{k + 1} {g} ({int(ov.n.values[k])})"]
+        assert [float(c) for c in cells] == [round(float(x), 2) for x in ov.overlap.sel(group=g).values]
+
+
 def test_tasks_models_evaluate(tmp_path, monkeypatch):
     res = runner.invoke(app, ["tasks"], terminal_width=200)
     assert res.exit_code == 0 and "arithmetic" in res.stdout and "kth_smallest" in res.stdout

@@ -378,6 +378,20 @@ def test_single_dimension_sites_match_hooks_on_every_unit(embedded_model, pairs,
     # the other site's layers hold no value: the embeddings only at -1, the MLPs never there
     assert np.isnan(ds.embed_dim.sel(layer=layers).values).all() and np.isnan(ds.mlp_dim.sel(layer=-1).values).all()
     assert np.abs(ds.mlp_dim.values[np.isfinite(ds.mlp_dim.values)]).max() > 0.1  # some dimension matters
+    # ranked together, as the repository's intervention_loc=all ranks its "neurons" (unit_overlap)
+    last = ds.sizes["position"] - 1
+    cells = {(-1, u): ds.embed_dim.values[0, 0, last, u] for u in range(d_model)}
+    cells.update({(layer, u): ds.mlp_dim.values[0, 1 + j, last, u] for j, layer in enumerate(layers)
+                  for u in range(d_model)})
+    want = sorted(cells, key=lambda c: -cells[c])[:5]
+    ov = nr.unit_overlap(ds, top_k=5)
+    assert ov.attrs["site"] == "embed_dim+mlp_dim" and ov.attrs["unit"] == "dimension"
+    assert list(zip(ov.top_layer.values[0].tolist(), ov.top_unit.values[0].tolist())) == want
+    from rich.console import Console  # the summary ranks cells with a value (embed_dim has none at layer 0)
+
+    console = Console(record=True, width=150)
+    console.print(nr.experiments.patch.summarize(ds, top=4)[1])
+    assert len([line for line in console.export_text().splitlines() if line.startswith("│")]) == 4
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gptj", "llama"])

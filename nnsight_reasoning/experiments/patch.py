@@ -514,7 +514,8 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     for v in site_variables(ds):
         da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
         mean, median = da.mean("prompt"), da.median("prompt")
-        flat = np.abs(np.nan_to_num(mean.values, nan=-1.0)).ravel()  # NaN (no such site) sorts last
+        flat = np.abs(mean.values).ravel()
+        flat = np.where(np.isfinite(flat), flat, -np.inf)  # NaN (no such site, e.g. embed_dim at layer 2) sorts last
         best = np.argsort(-flat, kind="stable")[:top]  # a neuron sweep has thousands of sites: rank in numpy
         for k in best:
             idx = np.unravel_index(k, mean.shape)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import xarray as xr
 
+from .. import metrics
 from ..errors import UsageError
 from ..sites import unit_dim
 
@@ -153,7 +154,9 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     lm-arithmetic's neuron-overlap analyses (``notebooks_utils.py:452-497``).
 
     ``results``: one or more patching results with a unit site (``mlp_dim``/``embed_dim``, the
-    repository's single "neurons"; also ``neuron``, or the head sites) at the last position
+    repository's single "neurons", ranked together when a result holds both, as its
+    ``intervention_loc=all`` does: ``site="embed_dim+mlp_dim"``; also ``neuron``, or the head
+    sites) at the last position
     (from a ``positions="all"`` result, each prompt's last token), without a ``checkpoint`` dim
     (select one first). Each result is one group of prompts, or with ``by_operator`` an
     arithmetic result is one group per operator of its queries (others stay whole): one result
@@ -167,7 +170,8 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     Returns a Dataset: ``overlap`` (group, other): the share of ``group``'s top_k units that are
     among ``other``'s (|A ∩ B| / top_k, 1 on the diagonal); ``top_layer``, ``top_unit`` and
     ``top_effect`` (group, rank): the units themselves, largest first; coordinate ``n``
-    (group): the prompts averaged. Group labels are the result's task ("arithmetic +" per
+    (group): the prompts averaged; ``attrs`` ``site``, ``unit`` (the unit's dim: ``dimension``,
+    ``neuron``, ``head``) and ``top_k``. Group labels are the result's task ("arithmetic +" per
     operator), numbered where two results share a task.
     """
     import pandas as pd
@@ -177,15 +181,15 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     if not isinstance(top_k, int) or top_k < 1:
         raise UsageError(f"top_k must be a positive integer (got {top_k!r})")
     site = _unit_site(results, site)
-    metrics = {str(ds.attrs.get("metric")) for ds in results}
-    if len(metrics) > 1:
-        raise UsageError(f"these results rank units by different metrics ({', '.join(sorted(metrics))}): patch "
+    used = {str(ds.attrs.get("metric")) for ds in results}
+    if len(used) > 1:
+        raise UsageError(f"these results rank units by different metrics ({', '.join(sorted(used))}): patch "
                          f"them with the same --metric")
     labels, means, counts = [], [], []
     tasks = [str(ds.attrs.get("task", f"result {i}")) for i, ds in enumerate(results)]
     for i, ds in enumerate(results):
         name = tasks[i] if tasks.count(tasks[i]) == 1 else f"{tasks[i]} ({i + 1})"
-        if "checkpoint" in ds[site].dims:
+        if "checkpoint" in ds.dims:
             raise UsageError("this result is a checkpoint sweep: select one revision first, e.g. "
                              "ds.isel(checkpoint=-1)")
         da = _last_token(ds, site)  # (prompt, layer, unit)
@@ -198,7 +202,7 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
             labels.append(f"{name} {op}".strip())
             means.append(sub.mean("prompt"))  # (layer, unit), NaN where no prompt has a value
             counts.append(int(sub.notnull().any([d for d in sub.dims if d != "prompt"]).sum()))
-    unit = unit_dim(site)
+    unit = "dimension" if site == DIMENSIONS else unit_dim(site)
     shapes = {m.shape for m in means}
     if len(shapes) > 1:
         raise UsageError(f"these results hold different {unit}s or layers ({sorted(shapes)}): patch the same "
@@ -221,21 +225,35 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
         "top_layer": (("group", "rank"), layer_values[layer_of], {"long_name": "layer of the top units"}),
         "top_unit": (("group", "rank"), unit_values[unit_of], {"long_name": f"{unit} index of the top units"}),
         "top_effect": (("group", "rank"), np.stack([m.values.ravel()[t] for m, t in zip(means, tops)]),
-                       {"long_name": f"mean {results[0].attrs.get('metric')} of the top units", **(
-                           {"units": results[0][site].attrs["units"]} if "units" in results[0][site].attrs else {})}),
+                       {"long_name": f"mean {results[0].attrs.get('metric')} of the top units",
+                        "units": metrics.units(str(results[0].attrs.get("metric")))}),
     }, coords={"group": index, "other": ("other", np.array(labels, dtype=object)), "rank": np.arange(top_k),
                "n": ("group", counts)},
-        attrs={**_provenance_of(results[0]), "task": ", ".join(dict.fromkeys(tasks)), "site": site, "top_k": top_k})
+        attrs={**_provenance_of(results[0]), "task": ", ".join(dict.fromkeys(tasks)), "site": site, "unit": unit,
+               "top_k": top_k})
     return out
+
+
+#: The repository's single "neurons" (``intervention_loc=all``): the embeddings' and every MLP's
+#: output dimensions, ranked together (embeddings at layer -1, where ``mlp_dim`` has no value).
+DIMENSIONS = "embed_dim+mlp_dim"
 
 
 def _unit_site(results: tuple[xr.Dataset, ...], site: str | None) -> str:
     """The unit-site variable the overlap ranks: ``site`` (checked in every result), or the one
-    unit site the first result holds."""
+    unit site the first result holds, or both dimension sites (:data:`DIMENSIONS`)."""
     from ..results.io import site_variables
     from ..sites import var_name
 
     found = [v for v in site_variables(results[0]) if unit_dim(v)]
+    if site is None and sorted(found) == ["embed_dim", "mlp_dim"]:
+        site = DIMENSIONS
+    if site == DIMENSIONS:
+        missing = [i for i, ds in enumerate(results) if not {"embed_dim", "mlp_dim"} <= set(ds.data_vars)]
+        if missing:
+            raise UsageError(f"result {missing[0] + 1} lacks embed_dim or mlp_dim: patch both sites (--site embed_dim "
+                             f"--site mlp_dim) or choose one with site=")
+        return site
     if site is not None:
         site = var_name(site) if var_name(site) in results[0] else site
         missing = [i for i, ds in enumerate(results) if site not in ds or not unit_dim(site)]
@@ -251,10 +269,12 @@ def _unit_site(results: tuple[xr.Dataset, ...], site: str | None) -> str:
 
 
 def _last_token(ds: xr.Dataset, v: str) -> xr.DataArray:
-    """``ds[v]`` at each prompt's last token: (prompt, layer, unit)."""
+    """``ds[v]`` at each prompt's last token: (prompt, layer, unit); :data:`DIMENSIONS` joins the
+    embeddings' dimensions (layer -1) and the MLPs' (the other layers)."""
+    da = ds["embed_dim"].combine_first(ds["mlp_dim"]) if v == DIMENSIONS else ds[v]
     if ds.attrs.get("positions") == "all" and ds.sizes["position"] > 1:
-        return ds[v].isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
-    return ds[v].isel(position=0)
+        return da.isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
+    return da.isel(position=0)
 
 
 def _operators(ds: xr.Dataset) -> np.ndarray:
