@@ -12,7 +12,9 @@ the source question for the second's (r'); the two things' names have equal toke
 ``n_shots`` solved exemplars in the pair's template come first, each asking for its first
 thing's count (:67-71); the repository draws one set per template, here each pair draws its
 own, ended by " . " as the arithmetic task's. ``representation="words"`` writes the counts as
-number words (:27-29), one hyphenated token each ("twenty-three").
+number words (:27-29), one hyphenated token each ("twenty-three"). ``ask="category"`` is type 10
+(:32-34): the question names the thing's class ("How many fruits"), ``entity_dict.json``'s five
+classes (vegetables, fruits, vehicles, animals, tools) for this vocabulary's things.
 
 **Factual recall** (type 20, ``interventions/lama_intervention.py``: relations :8, cloze cut before
 [Y] :61-62): relations P36 "The capital
@@ -43,7 +45,7 @@ from pathlib import Path
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
                    generate_aligned, register)
 from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word, token_words
-from .words import CAPITALS, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
+from .words import CAPITALS, CATEGORIES, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
 RETRIEVAL_TEMPLATES = (
@@ -77,69 +79,89 @@ def _count(n: int, representation: str) -> str:
     return str(n) if representation == "arabic" else number_word(n)  # type: ignore[return-value]
 
 
-def _fill(template: str, i: int, j: int, x: int, y: int, asked: int, representation: str) -> str:
+#: What a number-retrieval question names: the thing itself (lm-arithmetic's intervention type 11,
+#: "How many apples") or its category (type 10, "How many fruits", ``entity_intervention.py:32-34``).
+ASK = ("thing", "category")
+
+
+def _fill(template: str, i: int, j: int, x: int, y: int, asked: int, representation: str, ask: str = "thing") -> str:
     return template.format(x=_count(x, representation), y=_count(y, representation), e1=_thing(i, x),
-                           e2=_thing(j, y), cls=THINGS[asked][1])
+                           e2=_thing(j, y), cls=THINGS[asked][1] if ask == "thing" else CATEGORIES[asked % 5])
 
 
-def sample_retrieval(rng: random.Random, template: str, max_n: int = 20, representation: str = "arabic") -> Example:
+def sample_retrieval(rng: random.Random, template: str, max_n: int = 20, representation: str = "arabic",
+                     ask: str = "thing") -> Example:
     i, j, x, y = _draw(rng, max_n)
     ask_first = rng.random() < 0.5
-    return Example(_fill(template, i, j, x, y, i if ask_first else j, representation),
+    return Example(_fill(template, i, j, x, y, i if ask_first else j, representation, ask),
                    _count(x if ask_first else y, representation))
 
 
-def _retrieval_shots(rng: random.Random, template: str, max_n: int, n_shots: int, representation: str) -> str:
+def _retrieval_shots(rng: random.Random, template: str, max_n: int, n_shots: int, representation: str,
+                     ask: str = "thing") -> str:
     """``n_shots`` solved exemplars in ``template``, each asking for its first thing, as the
     repository's (``entity_intervention.py:67-71``: the base string and its count)."""
     shots = ""
     for _ in range(n_shots):
         i, j, x, y = _draw(rng, max_n)
-        shots += f"{_fill(template, i, j, x, y, i, representation)} {_count(x, representation)}{SHOT_SEPARATOR}"
+        shots += f"{_fill(template, i, j, x, y, i, representation, ask)} {_count(x, representation)}{SHOT_SEPARATOR}"
     return shots
 
 
-def _check_retrieval(max_n: int, n_shots: int, representation: str) -> None:
+def _check_retrieval(max_n: int, n_shots: int, representation: str, ask: str = "thing") -> None:
     check_range("max_n", max_n, 1, 99)
     check_range("n_shots", n_shots, 0, 8)
     check_choice("representation", representation, REPRESENTATIONS)
+    check_choice("ask", ask, ASK)
 
 
 def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
-                              max_n: int = 20, n_shots: int = 0, representation: str = "arabic") -> list[Example]:
+                              max_n: int = 20, n_shots: int = 0, representation: str = "arabic",
+                              ask: str = "thing") -> list[Example]:
     """``n`` prompts, the templates in turn; either of the two counts is asked for."""
     check_range("n", n, 1)
-    _check_retrieval(max_n, n_shots, representation)
+    _check_retrieval(max_n, n_shots, representation, ask)
     rng = random.Random(seed)
     out = []
     for k in range(n):
         template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
-        shots = _retrieval_shots(rng, template, max_n, n_shots, representation)
-        ex = sample_retrieval(rng, template, max_n, representation)
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask)
+        ex = sample_retrieval(rng, template, max_n, representation, ask)
         out.append(Example(shots + ex.prompt, ex.answer))
     return out
 
 
 def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None,
-                           max_n: int = 20, n_shots: int = 0, representation: str = "arabic") -> PromptPairs:
+                           max_n: int = 20, n_shots: int = 0, representation: str = "arabic",
+                           ask: str = "thing") -> PromptPairs:
     """lm-arithmetic's type-11 pairs: one context "I have x e1 and y e2", the base asks for
     e1 (answer x), the source for e2 (answer y); templates in turn. ``n_shots`` solved
     exemplars in the pair's template come first, shared by base and source; ``representation``
-    "words" writes the counts as number words ("three", lm-arithmetic's ``convert_to_words``)."""
-    _check_retrieval(max_n, n_shots, representation)
+    "words" writes the counts as number words ("three", lm-arithmetic's ``convert_to_words``).
+    ``ask="category"``: the question names the thing's category ("How many fruits"), the
+    repository's type 10 (the two things are always of different categories). The embedded
+    model's vocabulary has no category words, so its pairs are refused there; any model with
+    a subword tokenizer takes them."""
+    _check_retrieval(max_n, n_shots, representation, ask)
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
         template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
-        shots = _retrieval_shots(rng, template, max_n, n_shots, representation)
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask)
         i, j, x, y = _draw(rng, max_n)
-        return PromptPair(shots + _fill(template, i, j, x, y, i, representation),
-                          shots + _fill(template, i, j, x, y, j, representation),
+        return PromptPair(shots + _fill(template, i, j, x, y, i, representation, ask),
+                          shots + _fill(template, i, j, x, y, j, representation, ask),
                           _count(x, representation), _count(y, representation))
 
-    pairs = generate_aligned(sample, n_prompts, seed, tokenizer, "lower max_n (counts must be single tokens)")
+    hint = ("lower max_n (counts must be single tokens)" if ask == "thing" else
+            "with ask='category' the category words (fruits, vegetables, vehicles, animals, tools) must be in the "
+            "model's vocabulary, which the embedded model's is not: use a model with a subword tokenizer "
+            "(--model, tokenizer=)")
+    pairs = generate_aligned(sample, n_prompts, seed, tokenizer, hint)
     params = {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}
     if (n_shots, representation) != (0, "arabic"):  # default runs keep the task_params they always had
         params.update(n_shots=n_shots, representation=representation)
+    if ask != "thing":
+        params["ask"] = ask
     return PromptPairs("number_retrieval", params, pairs)
 
 
@@ -180,6 +202,8 @@ register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo
                   {"n_prompts": (64, "number of prompt pairs (patch)"), "max_n": (20, "largest count (0..max_n)"),
                    "n_shots": (0, "solved exemplars in the prompt's template, before it (shared by base and source)"),
                    "representation": ("arabic", "counts as arabic numerals or number words ('three')"),
+                   "ask": ("thing", "what the question names: thing ('How many apples', type 11) | category "
+                                    "('How many fruits', type 10)"),
                    "seed": (0, "random seed")}, roles=retrieval_roles, role_order=RETRIEVAL_ROLES))
 
 # ---------------------------------------------------------------------------- factual recall

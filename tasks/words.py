@@ -39,7 +39,9 @@ OCCUPATIONS = ("doctor", "teacher", "lawyer", "nurse", "farmer", "pilot", "baker
 BOX_LABELS = tuple("BCDEFGHJKLMNPRST")  # not A or Q: those letters are the "Q : … A :" frame's tokens
 
 # Number retrieval (Stolfo et al.'s intervention type 11): counted things, singular and plural.
-# Five categories in turn (fruit, vegetable, vehicle, animal, tool): THINGS[i] is in category i % 5.
+# Five categories in turn (fruit, vegetable, vehicle, animal, tool): THINGS[i] is in category i % 5,
+# named CATEGORIES[i % 5] (lm-arithmetic's entity_dict.json classes, for its intervention type 10).
+CATEGORIES = ("fruits", "vegetables", "vehicles", "animals", "tools")
 THINGS = (("apple", "apples"), ("carrot", "carrots"), ("car", "cars"), ("dog", "dogs"), ("hammer", "hammers"),
           ("banana", "bananas"), ("potato", "potatoes"), ("bike", "bikes"), ("cat", "cats"), ("saw", "saws"),
           ("grape", "grapes"), ("onion", "onions"), ("truck", "trucks"), ("horse", "horses"), ("drill", "drills"))

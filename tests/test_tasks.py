@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -402,6 +403,35 @@ def test_number_retrieval_pairs_ask_the_same_context_for_the_other_count():
         assert len(b) == len(s) and sum(x != y for x, y in zip(b, s)) == 1  # only the thing asked for differs
         counts = [w for w in b if w.isdigit()]
         assert [p.base_answer, p.source_answer] == counts[:2] and p.base_answer != p.source_answer
+
+
+def test_number_retrieval_asks_for_a_category_as_lm_arithmetic_type_10(tmp_path):
+    """ask="category" (entity_intervention.py:32-34): the base question names the first thing's
+    class, the source question the second's; the answers are their counts. The classes are
+    written out here again (the repository's entity_dict.json keys for these things)."""
+    from .conftest import tiny_bpe_llama
+
+    cls = {"apple": "fruits", "banana": "fruits", "grape": "fruits", "carrot": "vegetables", "potato": "vegetables",
+           "onion": "vegetables", "car": "vehicles", "bike": "vehicles", "truck": "vehicles", "dog": "animals",
+           "cat": "animals", "horse": "animals", "hammer": "tools", "saw": "tools", "drill": "tools"}
+    cls |= {p: cls[s] for s, p in nr.tasks.words.THINGS}
+    info = get_task("number_retrieval")
+    with pytest.raises(TaskError, match="category words .* must be in the model's vocabulary"):
+        info.pairs(n_prompts=2, ask="category")  # the embedded vocabulary has none
+    corpus = [f"{e.prompt} {e.answer}" for e in info.examples(n=800, seed=0, max_n=9, ask="category")]
+    model = nr.load_model(tiny_bpe_llama(tmp_path / "bpe", corpus))
+    pairs = info.pairs(n_prompts=12, seed=2, tokenizer=model.tokenizer, ask="category", max_n=9)
+    assert pairs.params["ask"] == "category"
+    for p in pairs:
+        mb = re.search(r"(\d+) (\w+) and (\d+) (\w+) \. How many (\w+)", p.base)
+        ms = re.search(r"(\d+) (\w+) and (\d+) (\w+) \. How many (\w+)", p.source)
+        assert mb.groups()[:4] == ms.groups()[:4]  # one context
+        assert mb.group(5) == cls[mb.group(2)] != ms.group(5) == cls[mb.group(4)]
+        assert (p.base_answer, p.source_answer) == (mb.group(1), mb.group(3))
+    ds = nr.patch(model, pairs, sites=["mlp"], metric="logit_diff", progress=False)
+    assert ds.attrs["task_params"] and np.isfinite(ds.mlp.values).all()
+    with pytest.raises(TaskError, match="ask must be one of"):
+        info.pairs(n_prompts=2, ask="class")
 
 
 def test_number_retrieval_shots_and_number_words_follow_lm_arithmetic():
