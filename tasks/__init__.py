@@ -7,7 +7,7 @@ from __future__ import annotations
 from .arithmetic import arithmetic
 from .base import TASKS, Example, Examples, PromptPair, PromptPairs, TaskError, TaskInfo, examples, get_task
 from .binding import BindingContext, BindingContexts, binding_contexts, binding_examples, sample_contexts
-from . import greater_than, recall, sentiment  # noqa: F401  (register their tasks)
+from . import greater_than, pronoun, recall, sentiment  # noqa: F401  (register their tasks)
 from .cot import VARIANTS as COT_VARIANTS, CotPrompt, CotVariants, cot_arithmetic, cot_variants, load_gsm8k
 from .cot_generation import PROMPT_TYPES as COT_PROMPT_TYPES, CotGeneration, GenPrompt, cot_generation
 from .ioi import ioi, ioi_examples

@@ -434,6 +434,32 @@ def test_number_retrieval_asks_for_a_category_as_lm_arithmetic_type_10(tmp_path)
         info.pairs(n_prompts=2, ask="class")
 
 
+def test_gender_pronoun_pairs_are_circuits_over_time_task(tmp_path):
+    """Tigges et al.'s gendered-pronoun task (data/gender-pronoun.csv): "So {name} is {predicate},
+    isn't" -> she/he; the corrupted prompt names someone of the other gender. The genders are
+    written out here again from the repository's rows; the embedded vocabulary refuses the task."""
+    from .conftest import tiny_bpe_llama
+
+    women = {"Judy", "Julie", "Mary", "Amy", "Lisa", "Sarah", "Anna", "Susan", "Karen", "Carol"}
+    men = {"Jack", "Mark", "John", "Joe", "Sean", "Paul", "David", "Gary", "Carl", "Ryan"}
+    info = get_task("gender_pronoun")
+    with pytest.raises(TaskError, match="lacks this task's words"):
+        info.pairs(n_prompts=2)
+    corpus = [f"{e.prompt} {e.answer}" for e in info.examples(n=400, seed=0)]
+    model = nr.load_model(tiny_bpe_llama(tmp_path / "bpe", corpus))
+    pairs = info.pairs(n_prompts=10, seed=1, tokenizer=model.tokenizer)
+    assert pairs.params == {"n_prompts": 10, "seed": 1}
+    for k, p in enumerate(pairs):
+        m, ms = re.fullmatch(r"So (\w+) is (.+), isn't", p.base), re.fullmatch(r"So (\w+) is (.+), isn't", p.source)
+        assert m and ms and m.group(2) == ms.group(2)  # the same sentence, another name
+        assert (m.group(1) in women) == (k % 2 == 0) and (ms.group(1) in women) != (m.group(1) in women)
+        assert p.base_answer == ("she" if m.group(1) in women else "he")
+        assert p.source_answer == ("she" if ms.group(1) in women else "he")
+    ds = nr.circuit(model, pairs, ig_steps=2, sizes=(5,), progress=False)
+    assert ds.attrs["task"] == "gender_pronoun" and np.isfinite(ds.clean_logit_diff.values).all()
+    assert set(men) & {p.base.split()[1] for p in pairs}  # both genders drawn
+
+
 def test_number_retrieval_shots_and_number_words_follow_lm_arithmetic():
     """--n-shots: solved exemplars in the pair's template, each asking for its first thing's count
     (entity_intervention.py:67-71), shared by base and source; --representation words: the
