@@ -146,6 +146,16 @@ def single_token_id(tokenizer: Any, answer: str) -> int | None:
     return ids[0]
 
 
+def splits_space(tokenizer: Any, answer: str = "5") -> bool:
+    """Whether ``tokenizer`` writes the space before ``answer`` as a token of its own (LLaMA's
+    SentencePiece with split digits, LLaMA-3's digit groups): then no " 5" is one token, and the
+    answer is the bare token after a space-ended prompt (lm-arithmetic appends the space for
+    LLaMA, ``interventions/__init__.py:54-61``), which the toolkit does not score yet."""
+    pre = tokenizer("x ", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x " + answer, add_special_tokens=False)["input_ids"]
+    return single_token_id(tokenizer, answer) is None and len(full) == len(pre) + 1 and full[:len(pre)] == pre
+
+
 def group_by_length(lengths: Sequence[int]) -> list[list[int]]:
     """Indices grouped by equal token length, shortest first: batches that need no padding."""
     groups: dict[int, list[int]] = {}
@@ -213,6 +223,10 @@ def generate_aligned(
                 out.append(pair)
                 break
         else:
+            if splits_space(aligner.tokenizer, pair.base_answer if pair is not None else "5"):
+                hint = ("this tokenizer writes the space before an answer as a token of its own (SentencePiece "
+                        "with split digits, as LLaMA's), so no answer is one token after a space; scoring the bare "
+                        "token after a space-ended prompt, as lm-arithmetic does for LLaMA, is not supported yet")
             raise TaskError(
                 f"could not generate aligned pair {i} in {max_tries_per_pair} tries "
                 f"(prompts must match in token length, answers be single in-vocabulary "
