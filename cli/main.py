@@ -231,8 +231,8 @@ def unit_overlap(
     paths: List[Path] = typer.Argument(..., help="patching results (.nc) with a unit site (--site mlp_dim, as "
                                                   "lm-arithmetic's 'neurons'; or neuron, head)"),
     top_k: int = typer.Option(100, help="top units (largest mean effect) per group"),
-    site: Optional[str] = typer.Option(None, help="the unit site to rank, when a result holds several (default: "
-                                                  "embed_dim and mlp_dim together, as lm-arithmetic ranks them)"),
+    site: Optional[str] = typer.Option(None, help="the unit site to rank, when a result holds several (default, or "
+                                                  "embed_dim+mlp_dim: both together, as lm-arithmetic ranks them)"),
     by_operator: bool = typer.Option(False, "--by-operator", help="one group per operator of an arithmetic result"),
     drop_mult_by_one: bool = typer.Option(False, "--drop-mult-by-one", help="arithmetic: leave out × pairs with an "
                                           "operand 1 (lm-arithmetic's mult_by_1_filter)"),
@@ -240,6 +240,7 @@ def unit_overlap(
     """Share of top units two groups of prompts have in common (lm-arithmetic's neuron-overlap
     analyses): between results (arithmetic and number retrieval, …) or operators (--by-operator)."""
     import nnsight_reasoning as nr
+    from nnsight_reasoning.experiments.patch import unit_label
 
     results = [nr.load_result(p) for p in paths]
     if drop_mult_by_one:
@@ -254,13 +255,12 @@ def unit_overlap(
     for k, (g, n) in enumerate(zip(groups, ov.n.values)):
         table.add_row(f"{k + 1} {g} ({int(n)})", *(f"{float(ov.overlap.sel(group=g, other=h)):.2f}" for h in groups))
     out.print(table)
-    letter = {"dimension": "D", "neuron": "N", "head": "H"}[ov.attrs["unit"]]
     top = Table(title="each group's top 3 units (layer, unit) and mean effect")
     for col in ("group", *(f"#{r + 1}" for r in range(min(3, top_k)))):
         top.add_column(col)
     for g in groups:
         sel = ov.sel(group=g)
-        top.add_row(g, *(f"L{int(layer)} {letter}{int(u)} {float(e):+.3g}" for layer, u, e in zip(
+        top.add_row(g, *(f"L{int(layer)} {unit_label({ov.attrs['unit']: int(u)})} {float(e):+.3g}" for layer, u, e in zip(
             sel.top_layer.values[:3], sel.top_unit.values[:3], sel.top_effect.values[:3])))
     out.print(top)
 

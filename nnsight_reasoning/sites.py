@@ -189,7 +189,8 @@ def require(model: Any, feature: str) -> Architecture:
 def dims(model: Any) -> dict[str, int]:
     """n_layers, n_heads, d_model, head_dim (the per-head width of the output projection's
     input, ``n_heads · head_dim`` in all), n_neurons (the MLP output projection's input
-    width) and n_dimensions (= d_model, the units of ``embed_dim`` and ``mlp_dim``) of a loaded model, from its config as :data:`ARCHITECTURES` says to read it."""
+    width) and n_dimensions (= d_model, the units of ``embed_dim`` and ``mlp_dim``) of a
+    loaded model, from its config as :data:`ARCHITECTURES` says to read it."""
     cfg = model.config
     arch = architecture(model)
     n_heads = getattr(cfg, arch.n_heads_attr)

@@ -450,14 +450,18 @@ def query_operands(tokens: Sequence[str]) -> list[int]:
     groups: dict[str, str] = {}
     for w, r in zip(words, token_roles(tokens)):
         if r.startswith("operand"):
-            groups[r] = groups.get(r, "") + (w if w.isdigit() or w == "-" or not groups.get(r) else "-" + w)
+            so_far = groups.get(r, "")
+            # digits join; the parts of a number word split by a tokenizer ("twenty", "-", "one") join by one "-"
+            joint = "" if w.isdigit() or w == "-" or not so_far or so_far.endswith("-") else "-"
+            groups[r] = so_far + joint + w
     values = [int(g) if g.isdigit() else _word_value(g.strip("-")) for g in groups.values()]
     return [v for v in values if v is not None]
 
 
 def text_words(text: str) -> list[str]:
     """A prompt's text as the words :func:`token_roles` reads: words (hyphenated number words
-    whole) and each punctuation mark on its own ("7*1?" is "7", "*", "1", "?")."""
+    whole) and each punctuation mark on its own ("7*1?" is "7", "*", "1", "?"). A minus between
+    digits with no spaces ("7-1") reads as one word, as a hyphenated number word does."""
     return re.findall(r"\w+(?:-\w+)*|[^\w\s]", text)
 
 

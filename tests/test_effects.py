@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from transformers import AutoModelForCausalLM
 
 import nnsight_reasoning as nr
@@ -410,7 +411,7 @@ def test_single_dimension_sites_on_other_architectures_match_hooks(tiny_model_di
 
 
 def _repo_top_units(ds, site, top_k, keep=None):
-    """lm-arithmetic's ranking (notebooks_utils.py:330-331, 459-461), written again in pandas: one
+    """lm-arithmetic's ranking (notebooks_utils.py:301-302, 461), written again in pandas: one
     row per (prompt, layer, unit) at the last token, the mean effect per (layer, unit) over the
     rows, ``sort_values('effect_mean')[-top_k:].index``."""
     import pandas as pd
@@ -465,8 +466,38 @@ def test_unit_overlap_is_lm_arithmetic_neuron_overlap(embedded_model):
         nr.unit_overlap(ar, top_k=9999)
     with pytest.raises(UsageError, match="patch a unit site"):
         nr.unit_overlap(nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=2), sites=["mlp"], progress=False))
-    with pytest.raises(UsageError, match="select one revision"):
-        nr.unit_overlap(ar.expand_dims(checkpoint=["main"]))
+
+
+def test_unit_overlap_refuses_groups_it_cannot_compare(embedded_model):
+    """One line saying what to change, never a silent answer: other layers, an empty group (all
+    NaN, as correct_only leaves an operator the model fails), a result without the site, no
+    operator to split by, a sweep; top_k as numpy's integer."""
+    pairs = nr.tasks.arithmetic(n_prompts=8, seed=0, operations="+-*/")
+    low = nr.patch(embedded_model, pairs, sites=["mlp_dim"], layers=[0, 1], progress=False)
+    high = nr.patch(embedded_model, pairs, sites=["mlp_dim"], layers=[2, 3], progress=False)
+    assert nr.unit_overlap(low, low, top_k=np.int64(5)).attrs["top_k"] == 5
+    with pytest.raises(UsageError, match=r"covers layers \[2, 3\] .* layers \[0, 1\] and 128: patch the same --layer"):
+        nr.unit_overlap(low, high, top_k=5)
+    from nnsight_reasoning.tasks.arithmetic import operator_of
+
+    ops = np.array([operator_of(b.split()) for b in low.base.values])
+    empty = low.copy()
+    empty["mlp_dim"] = low.mlp_dim.where(xr.DataArray(ops != "+", dims="prompt"))
+    with pytest.raises(UsageError, match="group 'arithmetic \\+' has no prompt with a value"):
+        nr.unit_overlap(empty, top_k=5, by_operator=True)
+    with pytest.raises(UsageError, match="top_k=300 is more than the 256 mlp_dim units with a value in group"):
+        nr.unit_overlap(low, top_k=300)
+    neurons = nr.patch(embedded_model, nr.tasks.arithmetic(n_prompts=1, seed=0), sites=["neuron"], layers=[0],
+                       progress=False)
+    with pytest.raises(UsageError, match="result 2 has no unit site 'mlp_dim'"):
+        nr.unit_overlap(low, neurons, top_k=5)
+    with pytest.raises(UsageError, match="result 1: no operator found"):
+        nr.unit_overlap(low.assign_coords(base=("prompt", ["no operator here"] * 8)), top_k=5, by_operator=True)
+    with pytest.raises(UsageError, match=r"result 1 is a checkpoint sweep: patch one revision \(--revision R\)"):
+        nr.unit_overlap(low.expand_dims(checkpoint=["main"]), top_k=5)
+    for bad in (0, True, 2.5):
+        with pytest.raises(UsageError, match="top_k must be a positive integer"):
+            nr.unit_overlap(low, top_k=bad)
 
 
 def test_drop_mult_by_one_is_the_repository_filter(embedded_model):

@@ -434,6 +434,20 @@ def test_number_retrieval_asks_for_a_category_as_lm_arithmetic_type_10(tmp_path)
         info.pairs(n_prompts=2, ask="class")
 
 
+def test_multiplies_by_one_reads_the_query_operands():
+    """drop_mult_by_one's rule: a × query with an operand 1, in digits or words, whatever the
+    punctuation; exemplars do not count. lm-arithmetic's filter (a "1" among the query's
+    space-separated words) misses the first two (its question templates end "{y}? A:")."""
+    from nnsight_reasoning.tasks.arithmetic import multiplies_by_one, query_operands
+
+    assert multiplies_by_one("Q: How much is 7 times 1? A:") and "1" not in "Q: How much is 7 times 1? A:".split()
+    assert multiplies_by_one("seven times one =")
+    assert multiplies_by_one("Q : What is the product of 1 and 9 ? A :")
+    assert not multiplies_by_one("4 * 1 = 4 . 6 * 3 =")  # the exemplar multiplies by one, the query does not
+    assert not multiplies_by_one("(2 + 1) * 3 =") and not multiplies_by_one("1 - 1 =") and not multiplies_by_one("5 / 1 =")
+    assert query_operands(["Ġtwenty", "-", "one", "Ġtimes", "Ġone", "Ġ="]) == [21, 1]  # a BPE-split number word
+
+
 def test_a_tokenizer_that_splits_the_space_before_digits_is_refused_with_the_reason():
     """LLaMA's SentencePiece (a dummy prefix, every digit its own piece) writes " 5" as "▁", "5":
     no answer is one token after a space. lm-arithmetic appends the space to the prompt for LLaMA

@@ -490,7 +490,8 @@ def _dataset(pairs, out: Outputs, layers, pos_coord, n_units, tokens, lengths, a
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def _unit(coords: dict[str, Any]) -> str:
+def unit_label(coords: dict[str, Any]) -> str:
+    """A unit's short name from its coordinates: H3 (head), N488 (neuron), D17 (dimension), '' for none."""
     return (f"H{coords['head']}" if "head" in coords else f"N{coords['neuron']}" if "neuron" in coords
             else f"D{coords['dimension']}" if "dimension" in coords else "")
 
@@ -541,7 +542,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             share = share.isel(checkpoint=-1) if "checkpoint" in share.dims else share
             extra = [f"{float(share):.0%}"]
         table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
-                      _unit(c), f"{val:+.4g}", f"{med:+.4g}", *extra)
+                      unit_label(c), f"{val:+.4g}", f"{med:+.4g}", *extra)
     if "correct" in ds:
         correct = ds["correct"].isel(checkpoint=-1) if "checkpoint" in ds["correct"].dims else ds["correct"]
         head += f" · {int(correct.sum())} answered correctly (the others are NaN)"

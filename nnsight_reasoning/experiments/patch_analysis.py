@@ -14,7 +14,7 @@ import xarray as xr
 
 from .. import metrics
 from ..errors import UsageError
-from ..sites import unit_dim
+from ..sites import unit_dim, var_name
 
 
 def _provenance_of(ds: xr.Dataset) -> dict[str, Any]:
@@ -27,7 +27,8 @@ def prediction_change(ds: xr.Dataset) -> xr.Dataset:
     prediction-change plot (``notebooks/notebooks_utils.py:140-166``).
 
     Returns a Dataset with one variable per site of ``ds`` (an exact patching result), dims
-    ``(change, [checkpoint,] layer, position[, head])``, ``change`` = "desired" (the top token
+    ``(change, [checkpoint,] layer, position[, unit])`` (a unit site's ``head``, ``neuron`` or
+    ``dimension``), ``change`` = "desired" (the top token
     moved to the source answer r2) or "undesired" (it moved to another token); the share is
     over the prompts with a value (NaN where there are none). Departures: the top token is
     taken over the whole vocabulary (the repository: over the numbers 0..max_n), and the two
@@ -132,13 +133,14 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
 
 def drop_mult_by_one(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` without the pairs whose query multiplies by one (an operand 1, in the base or the
-    source prompt, of a × query): lm-arithmetic's ``mult_by_1_filter`` (``notebooks_utils.py:
-    286-297``), which keeps multiplications by one out of its averages (there the answer is
-    the other operand, copied rather than computed). Operands are read from each prompt's
-    query (its last problem, after the exemplars); the repository looks for a "1" anywhere
-    among the prompt's space-separated words, so it also drops a × pair whose exemplar holds a
-    1, and keeps a pair that multiplies by "one" written as a word. Works on any arithmetic
-    patching result (prompt-level variables and coordinates are filtered alike)."""
+    source prompt, of a × query): lm-arithmetic's ``mult_by_1_filter``
+    (``notebooks_utils.py:286-297``), which keeps multiplications by one out of its averages
+    (there the answer is the other operand, copied rather than computed). Operands are read
+    from each prompt's query (its last problem, after the exemplars), whatever the punctuation,
+    in digits or words; the repository looks for a "1" among the query's space-separated words,
+    so it misses "7 times 1? A:" (its question templates, ``intervention.py:232-235``) and
+    "one" written as a word. Works on any arithmetic patching result (prompt-level variables and
+    coordinates are filtered alike)."""
     from ..tasks.arithmetic import multiplies_by_one
 
     if ds.attrs.get("task") != "arithmetic":
@@ -156,16 +158,17 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     ``results``: one or more patching results with a unit site (``mlp_dim``/``embed_dim``, the
     repository's single "neurons", ranked together when a result holds both, as its
     ``intervention_loc=all`` does: ``site="embed_dim+mlp_dim"``; also ``neuron``, or the head
-    sites) at the last position
-    (from a ``positions="all"`` result, each prompt's last token), without a ``checkpoint`` dim
-    (select one first). Each result is one group of prompts, or with ``by_operator`` an
+    sites) at the last position (from a ``positions="all"`` result, each prompt's last token),
+    without a ``checkpoint`` dim (select one first). Each result is one group of prompts, or with ``by_operator`` an
     arithmetic result is one group per operator of its queries (others stay whole): one result
     split by operator is ``compute_neuron_overlap_for_operations``, two whole results
     ``compute_neuron_overlap_single``, and a whole result beside an arithmetic one split by
     operator ``compute_neuron_overlap``. A group's top units are the (layer, unit) cells of
     ``site`` with the largest mean effect over its prompts (signed, as the repository sorts
-    ``effect_mean``; NaN prompts, e.g. ``correct_only``'s, skipped), over every layer the result
-    holds (one layer: the repository's ``single_layer_N``).
+    ``effect_mean``; NaN prompts, e.g. ``correct_only``'s, skipped; ties go to the lower layer and
+    unit), over every layer the result holds (one layer: the repository's ``single_layer_N``).
+    ``by_operator`` splits every arithmetic result given: a whole arithmetic result beside one
+    split by operator is not offered.
 
     Returns a Dataset: ``overlap`` (group, other): the share of ``group``'s top_k units that are
     among ``other``'s (|A ∩ B| / top_k, 1 on the diagonal); ``top_layer``, ``top_unit`` and
@@ -174,51 +177,66 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     ``neuron``, ``head``) and ``top_k``. Group labels are the result's task ("arithmetic +" per
     operator), numbered where two results share a task.
     """
+    import numbers
+
     import pandas as pd
 
     if not results:
         raise UsageError("give at least one patching result")
-    if not isinstance(top_k, int) or top_k < 1:
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
         raise UsageError(f"top_k must be a positive integer (got {top_k!r})")
+    top_k = int(top_k)
     site = _unit_site(results, site)
     used = {str(ds.attrs.get("metric")) for ds in results}
     if len(used) > 1:
         raise UsageError(f"these results rank units by different metrics ({', '.join(sorted(used))}): patch "
                          f"them with the same --metric")
+    sweeps = [i for i, ds in enumerate(results) if "checkpoint" in ds.dims]
+    if sweeps:
+        raise UsageError(f"result {sweeps[0] + 1} is a checkpoint sweep: patch one revision (--revision R), or in "
+                         f"Python select one, e.g. ds.isel(checkpoint=-1)")
     labels, means, counts = [], [], []
     tasks = [str(ds.attrs.get("task", f"result {i}")) for i, ds in enumerate(results)]
     for i, ds in enumerate(results):
         name = tasks[i] if tasks.count(tasks[i]) == 1 else f"{tasks[i]} ({i + 1})"
-        if "checkpoint" in ds.dims:
-            raise UsageError("this result is a checkpoint sweep: select one revision first, e.g. "
-                             "ds.isel(checkpoint=-1)")
         da = _last_token(ds, site)  # (prompt, layer, unit)
         groups = {"": np.ones(ds.sizes["prompt"], bool)}
         if by_operator and ds.attrs.get("task") == "arithmetic":
             ops = _operators(ds)
             groups = {o: ops == o for o in sorted(set(ops) - {""})}
+            if not groups:
+                raise UsageError(f"result {i + 1}: no operator found in its prompts; use by_operator=False")
         for op, keep in groups.items():
             sub = da.isel(prompt=np.flatnonzero(keep))
             labels.append(f"{name} {op}".strip())
             means.append(sub.mean("prompt"))  # (layer, unit), NaN where no prompt has a value
             counts.append(int(sub.notnull().any([d for d in sub.dims if d != "prompt"]).sum()))
     unit = "dimension" if site == DIMENSIONS else unit_dim(site)
-    shapes = {m.shape for m in means}
-    if len(shapes) > 1:
-        raise UsageError(f"these results hold different {unit}s or layers ({sorted(shapes)}): patch the same "
-                         f"layers of the same model")
-    n_units = int(np.isfinite(means[0].values).sum())
-    if top_k > n_units:
-        raise UsageError(f"top_k={top_k} is more than the {n_units} {site} units with a value")
+    first = means[0]
+    for label, m in zip(labels[1:], means[1:]):
+        if not (np.array_equal(m["layer"].values, first["layer"].values) and m.sizes[unit] == first.sizes[unit]):
+            raise UsageError(f"group {label!r} covers layers {m['layer'].values.tolist()} and {m.sizes[unit]} {unit}s, "
+                             f"group {labels[0]!r} layers {first['layer'].values.tolist()} and {first.sizes[unit]}: "
+                             f"patch the same --layer list of the same model")
+    valued = [int(np.isfinite(m.values).sum()) for m in means]
+    k = int(np.argmin(valued))
+    if valued[k] == 0:
+        raise UsageError(f"group {labels[k]!r} has no prompt with a value (correct_only left none): leave it out, or "
+                         f"patch without --correct-only")
+    if top_k > valued[k]:
+        raise UsageError(f"top_k={top_k} is more than the {valued[k]} {site} units with a value in group "
+                         f"{labels[k]!r}")
     tops = []
     for m in means:
         flat = np.nan_to_num(m.values, nan=-np.inf).ravel()
         tops.append(np.argsort(-flat, kind="stable")[:top_k])
     sets = [set(t.tolist()) for t in tops]
     overlap = np.array([[len(a & b) / top_k for b in sets] for a in sets])
-    layer_of, unit_of = (np.array(x) for x in np.unravel_index(np.stack(tops), means[0].shape))
+    layer_of, unit_of = (np.array(x) for x in np.unravel_index(np.stack(tops), first.shape))
     index = pd.Index(np.array(labels, dtype=object), name="group")
-    layer_values, unit_values = means[0]["layer"].values, means[0][unit].values
+    layer_values, unit_values = first["layer"].values, first[unit].values
+    joined = {key: ", ".join(dict.fromkeys(str(ds.attrs.get(key)) for ds in results))
+              for key in ("task", "model", "revision")}
     out = xr.Dataset({
         "overlap": (("group", "other"), overlap, {"long_name": f"share of the group's top {top_k} {site} units "
                                                               f"among the other's", "units": "1"}),
@@ -229,8 +247,7 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
                         "units": metrics.units(str(results[0].attrs.get("metric")))}),
     }, coords={"group": index, "other": ("other", np.array(labels, dtype=object)), "rank": np.arange(top_k),
                "n": ("group", counts)},
-        attrs={**_provenance_of(results[0]), "task": ", ".join(dict.fromkeys(tasks)), "site": site, "unit": unit,
-               "top_k": top_k})
+        attrs={**_provenance_of(results[0]), **joined, "site": site, "unit": unit, "top_k": top_k})
     return out
 
 
@@ -243,7 +260,6 @@ def _unit_site(results: tuple[xr.Dataset, ...], site: str | None) -> str:
     """The unit-site variable the overlap ranks: ``site`` (checked in every result), or the one
     unit site the first result holds, or both dimension sites (:data:`DIMENSIONS`)."""
     from ..results.io import site_variables
-    from ..sites import var_name
 
     found = [v for v in site_variables(results[0]) if unit_dim(v)]
     if site is None and sorted(found) == ["embed_dim", "mlp_dim"]:
@@ -265,7 +281,7 @@ def _unit_site(results: tuple[xr.Dataset, ...], site: str | None) -> str:
         raise UsageError("unit_overlap ranks single units: patch a unit site (--site mlp_dim, as lm-arithmetic's "
                          "'neurons', or neuron/head)" if not found else
                          f"this result holds several unit sites ({', '.join(found)}): choose one with site=")
-    return found[0]
+    return _unit_site(results, found[0])  # and check the other results hold it
 
 
 def _last_token(ds: xr.Dataset, v: str) -> xr.DataArray:

@@ -67,8 +67,11 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
                              squeeze=False)
     for col, site in enumerate(sites):
         means = []
+        # a unit site's rows: the layers it has values at (embed_dim: -1 only; mlp_dim: the blocks)
+        kept = ds[site].notnull().any([d for d in ds[site].dims if d != "layer"]).values
+        rows = ds.sel(layer=kept) if unit_dim(site) and kept.any() else ds
         for c in checkpoints:
-            da = ds[site] if c is None else ds[site].sel(checkpoint=c)
+            da = rows[site] if c is None else rows[site].sel(checkpoint=c)
             xlabels, where = _position_labels(ds), ""
             unit = unit_dim(site)
             if unit:
@@ -85,7 +88,7 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
         norm = _norm(means)  # one colour scale down a column, so checkpoints compare
         for row, (c, vals) in enumerate(zip(checkpoints, means)):
             title = f"{site}{where}: mean {ds.attrs.get('metric')} over {ds.sizes['prompt']} prompts"
-            _panel(fig, axes[row][col], vals, xlabels, ds, norm, title if row == 0 else "")
+            _panel(fig, axes[row][col], vals, xlabels, rows, norm, title if row == 0 else "")
             if c is not None:
                 axes[row][col].set_ylabel(f"{c}\nlayer")
     fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=10)
@@ -105,7 +108,8 @@ def _norm(arrays: list[np.ndarray]):
 def _panel(fig, ax, vals, xlabels, ds, norm, title) -> None:
     from matplotlib.colors import SymLogNorm
 
-    im = ax.imshow(vals, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
+    # nearest: a layer × 128-unit panel must not be smoothed across its few layer rows
+    im = ax.imshow(vals, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower", interpolation="nearest")
     ax.set_yticks(range(len(ds["layer"])), [str(l) for l in ds["layer"].values])
     ax.set_xticks(range(len(xlabels)), xlabels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("layer")
@@ -159,8 +163,9 @@ def _prediction(ds: xr.Dataset):
 
     sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and not unit_dim(v)]
     if not sites:
-        raise UsageError("the prediction figure needs embed, attn, mlp or resid patched exactly (head, neuron and "
-                         "attn_weights codes are per unit: read them with nr.prediction_change)")
+        raise UsageError("the prediction figure needs embed, attn, mlp or resid patched exactly (the unit sites' "
+                         "codes, head, neuron, embed_dim, mlp_dim and the attention weights', are per unit: read them "
+                         "with nr.prediction_change)")
     fig, ax = plt.subplots(figsize=(6, 3.8))
     last = xr.DataArray(ds["n_tokens"].values - 1, dims="prompt") if ds.attrs.get("positions") == "all" else 0
     for k, v in enumerate(sites):
