@@ -146,14 +146,25 @@ def single_token_id(tokenizer: Any, answer: str) -> int | None:
     return ids[0]
 
 
-def splits_space(tokenizer: Any, answer: str = "5") -> bool:
-    """Whether ``tokenizer`` writes the space before ``answer`` as a token of its own (LLaMA's
-    SentencePiece with split digits, LLaMA-3's digit groups): then no " 5" is one token, and the
-    answer is the bare token after a space-ended prompt (lm-arithmetic appends the space for
-    LLaMA, ``interventions/__init__.py:54-61``), which the toolkit does not score yet."""
+def spaced_answer_id(tokenizer: Any, answer: str) -> int | None:
+    """For a tokenizer that writes the space before ``answer`` as a token of its own (LLaMA's
+    SentencePiece with split digits: " 5" is "▁", "5"; LLaMA-3's digit groups), the one token
+    that follows that space, else None (also None where " " + answer is itself one token). Such
+    an answer is scored after a prompt ending with the space token (:func:`space_token_id`), as
+    lm-arithmetic scores LLaMA (``interventions/__init__.py:54-61``)."""
+    if single_token_id(tokenizer, answer) is not None:
+        return None
     pre = tokenizer("x ", add_special_tokens=False)["input_ids"]
     full = tokenizer("x " + answer, add_special_tokens=False)["input_ids"]
-    return single_token_id(tokenizer, answer) is None and len(full) == len(pre) + 1 and full[:len(pre)] == pre
+    if len(full) != len(pre) + 1 or full[:len(pre)] != pre or full[-1] == getattr(tokenizer, "unk_token_id", None):
+        return None
+    return full[-1]
+
+
+def space_token_id(tokenizer: Any) -> int:
+    """The token a trailing space is written as (the last token of "x "): what a prompt ends
+    with before a :func:`spaced_answer_id` answer."""
+    return tokenizer("x ", add_special_tokens=False)["input_ids"][-1]
 
 
 def group_by_length(lengths: Sequence[int]) -> list[list[int]]:
@@ -186,7 +197,10 @@ class Aligner:
         return len(ids)
 
     def is_single_token(self, answer: str) -> bool:
-        return single_token_id(self.tokenizer, answer) is not None
+        """One token after a space: " " + answer, or the token after a space token of its own
+        (:func:`spaced_answer_id`; a pair's two answers are digits alike, so they agree)."""
+        return (single_token_id(self.tokenizer, answer) is not None
+                or spaced_answer_id(self.tokenizer, answer) is not None)
 
     def pair_ok(self, pair: PromptPair) -> bool:
         n = self.prompt_len(pair.base)
@@ -223,10 +237,6 @@ def generate_aligned(
                 out.append(pair)
                 break
         else:
-            if splits_space(aligner.tokenizer, pair.base_answer if pair is not None else "5"):
-                hint = ("this tokenizer writes the space before an answer as a token of its own (SentencePiece "
-                        "with split digits, as LLaMA's), so no answer is one token after a space; scoring the bare "
-                        "token after a space-ended prompt, as lm-arithmetic does for LLaMA, is not supported yet")
             raise TaskError(
                 f"could not generate aligned pair {i} in {max_tries_per_pair} tries "
                 f"(prompts must match in token length, answers be single in-vocabulary "

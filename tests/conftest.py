@@ -92,6 +92,25 @@ def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2):
     return path
 
 
+def tiny_sentencepiece_llama(path, corpus: list[str], n_layers: int = 2):
+    """A tiny random Llama in ``path`` with a tokenizer built like LLaMA's SentencePiece (a "▁"
+    dummy prefix, spaces as "▁", every digit its own piece; BPE trained on ``corpus``), so " 5"
+    is "▁", "5" and no digit answer is one token with its space: for LLaMA's answer rule, since
+    no LLaMA tokenizer can be loaded offline. Returns ``path``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    sp.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("▁", "merged_with_next"),
+                                                pre_tokenizers.Digits(individual_digits=True)])
+    sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    _tiny("llama", len(tok), n_layers).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
     """Factory: model_type -> directory with a tiny random model and the embedded tokenizer."""

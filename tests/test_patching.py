@@ -224,3 +224,47 @@ def test_patches_inside_the_shared_prefix_cost_no_forward_and_match_hooks(embedd
     hf = _hf(nr.models.model_info(embedded_model).path)
     ref = reference_patch(hf, tok, list(pairs), sites, "all", "logit_diff", embedded_model.config.num_attention_heads)
     _compare(ds, ref, "logit_diff", _logit_scale(hf, tok, pairs))
+
+
+def test_llama_style_digits_are_scored_after_a_space_token(tmp_path):
+    """A tokenizer that writes the space before a digit as a token of its own (LLaMA's
+    SentencePiece: " 5" is "▁", "5"): every prompt ends with the space token and the answer is
+    the digit after it, as lm-arithmetic scores LLaMA (interventions/__init__.py:54-61).
+    Patching and evaluate against plain hooks on ids built here: the prompt's tokens, the "▁"
+    of "x " at the end, the digit of "x 5" as the answer."""
+    from .conftest import tiny_sentencepiece_llama
+    from .reference import capture
+
+    corpus = [f"{e.prompt} {e.answer}" for e in nr.tasks.examples("arithmetic", 300, max_n=9)]
+    path = tiny_sentencepiece_llama(tmp_path / "sp", corpus)
+    model = nr.load_model(path)
+    tok = model.tokenizer
+    assert tok.convert_ids_to_tokens(tok("= 5", add_special_tokens=False)["input_ids"])[-2:] == ["▁", "5"]
+    space = tok("x ", add_special_tokens=False)["input_ids"][-1]
+    digit = {str(d): tok(f"x {d}", add_special_tokens=False)["input_ids"][-1] for d in range(10)}
+    pairs = nr.tasks.arithmetic(n_prompts=4, seed=1, max_n=9, tokenizer=tok)
+    ds = nr.patch(model, pairs, sites=["attn", "mlp"], metric="logit_diff", progress=False)
+    hf = _hf(path)
+    scale = _logit_scale(hf, tok, pairs) + 1.0
+    for i, p in enumerate(pairs):
+        b, s = tok(p.base)["input_ids"] + [space], tok(p.source)["input_ids"] + [space]
+        assert ds.token.values[i, 0] == "▁"  # the last position is the space token
+        ans = [digit[p.base_answer], digit[p.source_answer]]
+        _, lg = last_scores(hf, b, ans)
+        for site in ("attn", "mlp"):
+            for layer in range(2):
+                _, ls = last_scores(hf, b, ans, site, layer, len(b) - 1, capture(hf, s, site, layer)[len(s) - 1])
+                want = (ls[1] - ls[0]) - (lg[1] - lg[0])
+                got = float(ds[site].sel(layer=layer).isel(prompt=i, position=0))
+                assert abs(got - want) < 32 * np.finfo(np.float32).eps * scale, (site, layer, got, want)
+    assert np.abs(ds.mlp.values).max() > 1e-3  # the patches move something
+    circuit = nr.circuit(model, pairs, ig_steps=1, sizes=(5,), progress=False)  # the circuit's answers and prompts
+    np.testing.assert_allclose(circuit.clean_logit_diff.values, [
+        float(np.subtract(*last_scores(hf, tok(p.base)["input_ids"] + [space],
+                                        [digit[p.base_answer], digit[p.source_answer]])[1])) for p in pairs], atol=1e-4)
+    ev = nr.evaluate(model, nr.tasks.examples("arithmetic", 6, max_n=9, max_result=9), progress=False)
+    for i in range(6):
+        ids = tok(str(ev.text.values[i]))["input_ids"] + [space]
+        with torch.no_grad():
+            probs = torch.softmax(hf(torch.tensor([ids])).logits[0, -1].double(), -1)
+        assert ev.p_answer.values[i] == pytest.approx(float(probs[digit[str(ev.answer.values[i])]]), rel=1e-5, abs=1e-8)

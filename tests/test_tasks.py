@@ -448,27 +448,6 @@ def test_multiplies_by_one_reads_the_query_operands():
     assert query_operands(["Ġtwenty", "-", "one", "Ġtimes", "Ġone", "Ġ="]) == [21, 1]  # a BPE-split number word
 
 
-def test_a_tokenizer_that_splits_the_space_before_digits_is_refused_with_the_reason():
-    """LLaMA's SentencePiece (a dummy prefix, every digit its own piece) writes " 5" as "▁", "5":
-    no answer is one token after a space. lm-arithmetic appends the space to the prompt for LLaMA
-    (interventions/__init__.py:54-61); until the toolkit does, pairs are refused saying so."""
-    from tokenizers import normalizers, trainers
-
-    from nnsight_reasoning.tasks.base import splits_space
-
-    corpus = [f"{e.prompt} {e.answer}" for e in nr.tasks.examples("arithmetic", 300)]
-    sp = Tokenizer(models.BPE(unk_token="<unk>"))
-    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    sp.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("▁", "merged_with_next"),
-                                                pre_tokenizers.Digits(individual_digits=True)])
-    sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", unk_token="<unk>")
-    assert tok.convert_ids_to_tokens(tok("= 5", add_special_tokens=False)["input_ids"]) == ["▁=", "▁", "5"]
-    assert splits_space(tok) and not splits_space(nr.tasks.base.default_tokenizer())
-    with pytest.raises(TaskError, match="writes the space before an answer as a token of its own"):
-        nr.tasks.arithmetic(n_prompts=2, max_n=9, tokenizer=tok)
-
-
 def test_gender_pronoun_pairs_are_circuits_over_time_task(tmp_path):
     """Tigges et al.'s gendered-pronoun task (data/gender-pronoun.csv): "So {name} is {predicate},
     isn't" -> she/he; the corrupted prompt names someone of the other gender. The genders are

@@ -27,7 +27,7 @@ from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
 from ..sites import EMBED_SITES, SITES, architecture, context_length, dims, resolve
-from ..tasks.base import single_token_id
+from ..tasks.base import single_token_id, space_token_id, spaced_answer_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
                         site_values, split_heads)
@@ -472,11 +472,12 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
     return saved
 
 
-def tokenize(model: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>); a prompt
-    longer than the model's context is refused (learned position tables would fail on it).
-    The one tokenisation path of the toolkit (see :func:`tokenize_with_offsets`)."""
-    return [ids for ids, _ in _encode(model, texts, offsets=False)]
+def tokenize(model: Any, texts: Sequence[str], suffix: Sequence[int] = ()) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>), then
+    ``suffix`` (:func:`answer_ids`' space token, where answers follow one); a prompt longer than
+    the model's context is refused (learned position tables would fail on it). The one
+    tokenisation path of the toolkit (see :func:`tokenize_with_offsets`)."""
+    return [ids + list(suffix) for ids, _ in _encode(model, texts, offsets=False, extra=len(suffix))]
 
 
 def tokenize_with_offsets(model: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -487,13 +488,14 @@ def tokenize_with_offsets(model: Any, texts: Sequence[str]) -> list[tuple[list[i
     return _encode(model, texts, offsets=True)
 
 
-def _encode(model: Any, texts: Sequence[str], offsets: bool) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def _encode(model: Any, texts: Sequence[str], offsets: bool,
+            extra: int = 0) -> list[tuple[list[int], list[tuple[int, int]]]]:
     out = []
     for t in texts:
         enc = model.tokenizer(t, return_offsets_mapping=offsets)
         out.append((list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []))
     limit = context_length(model)
-    longest = max((len(ids) for ids, _ in out), default=0)
+    longest = max((len(ids) for ids, _ in out), default=0) + extra
     if limit and longest > limit:
         raise UsageError(f"a prompt is {longest} tokens, longer than this model's context of {limit}; "
                          f"use fewer shots or steps, or shorter prompts")
@@ -506,9 +508,32 @@ def answer_token(model: Any, answer: str) -> int | None:
 
 
 def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> list[int]:
-    """The token id of each answer, or a one-line error naming the first that is not one token."""
+    """The token id of each answer, or a one-line error naming the first that is not one token.
+    Answers are the one token of " " + answer; where that is two tokens, a space and the answer
+    (LLaMA's digits), experiments that end their prompts with the space token use
+    :func:`answer_ids` instead, and this one says that it does not."""
     ids = [answer_token(model, a) for a in answers]
     if None in ids:
         k = ids.index(None)
-        raise UsageError(f"{what} {answers[k]!r} (number {k}) is not a single token for this model")
+        spaced = "" if spaced_answer_id(model.tokenizer, answers[k]) is None else (
+            ": this tokenizer writes the space before it as a token of its own (LLaMA-style), which patching, "
+            "circuits and evaluate score, this experiment not yet")
+        raise UsageError(f"{what} {answers[k]!r} (number {k}) is not a single token for this model{spaced}")
     return ids  # type: ignore[return-value]
+
+
+def answer_ids(model: Any, answers: Sequence[str]) -> tuple[list[int | None], list[int]]:
+    """Each answer's token id as the next token after a prompt (None where it is not one token),
+    and the ids every prompt must end with for that: ``[]`` where answers are the one token of
+    " " + answer (GPT-2, Pythia, the embedded model); ``[space]`` for a tokenizer that writes
+    the space before them as a token of its own (LLaMA's split digits), the answers then being
+    the bare tokens after it, as lm-arithmetic scores LLaMA (``interventions/__init__.py:54-61``).
+    One convention per call: the spaced one only when no answer is one token with its space."""
+    tok = model.tokenizer
+    plain = [single_token_id(tok, a) for a in answers]
+    if any(i is not None for i in plain) or not answers:
+        return plain, []
+    spaced = [spaced_answer_id(tok, a) for a in answers]
+    if all(i is None for i in spaced):
+        return plain, []
+    return spaced, [space_token_id(tok)]

@@ -38,10 +38,20 @@ def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr
     items = list(examples)
     if not items:
         raise UsageError("no examples given")
-    ids = backend.tokenize(run.model, [e.prompt for e in items])
-    sets = [backend.answer_tokens(run.model, list(getattr(e, "answers", (e.answer,)))) for e in items]
     tigges = all(getattr(e, "distractors", ()) for e in items)
-    wrong = [backend.answer_tokens(run.model, list(e.distractors), "distractor") if tigges else [] for e in items]
+    sets = [list(getattr(e, "answers", (e.answer,))) for e in items]
+    wrong = [list(e.distractors) if tigges else [] for e in items]
+    # one convention for every answer: each the token of " " + answer, or (LLaMA's digits) the
+    # token after a space that then ends every prompt (backend.answer_ids)
+    words = [(word, "answer" if j < len(a) else "distractor")
+             for a, w in zip(sets, wrong) for j, word in enumerate(a + w)]
+    flat, suffix = backend.answer_ids(run.model, [word for word, _ in words])
+    if None in flat:
+        word, what = words[flat.index(None)]
+        raise UsageError(f"{what} {word!r} is not a single token for this model")
+    ids = backend.tokenize(run.model, [e.prompt for e in items], suffix)
+    it = iter(flat)
+    sets, wrong = zip(*[([next(it) for _ in a], [next(it) for _ in w]) for a, w in zip(sets, wrong)])
     # per row: the answer set, then the distractors; rows of unequal size are padded with their
     # first id and masked out of the sums
     width = max(len(a) + len(w) for a, w in zip(sets, wrong))

@@ -417,9 +417,12 @@ def _attribution(run: Run, tok: Tokens, grid: Grid, metric: str, ig_steps: int, 
 
 def tokenize_pairs(model, pairs: list[PromptPair]) -> Tokens:
     """Base ids, source ids and [base, source] answer ids per pair, or a one-line error for a
-    misaligned pair, an out-of-vocabulary word or a multi-token answer."""
-    base_ids = backend.tokenize(model, [p.base for p in pairs])
-    source_ids = backend.tokenize(model, [p.source for p in pairs])
+    misaligned pair, an out-of-vocabulary word or a multi-token answer. Where the tokenizer
+    writes the space before an answer as a token of its own (LLaMA's digits), every prompt ends
+    with that space token and the answers are the tokens after it (:func:`backend.answer_ids`)."""
+    flat, suffix = backend.answer_ids(model, [a for p in pairs for a in (p.base_answer, p.source_answer)])
+    base_ids = backend.tokenize(model, [p.base for p in pairs], suffix)
+    source_ids = backend.tokenize(model, [p.source for p in pairs], suffix)
     unk = getattr(model.tokenizer, "unk_token_id", None)
     answers = []
     for k, (p, b, s) in enumerate(zip(pairs, base_ids, source_ids)):
@@ -428,7 +431,7 @@ def tokenize_pairs(model, pairs: list[PromptPair]) -> Tokens:
                              f"generate pairs with tokenizer=model.tokenizer")
         if unk is not None and (unk in b or unk in s):
             raise UsageError(f"pair {k} has words outside this model's vocabulary: {p.base!r}")
-        ids = [backend.answer_token(model, a) for a in (p.base_answer, p.source_answer)]
+        ids = flat[2 * k:2 * k + 2]
         if None in ids:
             bad = p.base_answer if ids[0] is None else p.source_answer
             raise UsageError(f"answer {bad!r} of pair {k} is not a single token for this model; "
