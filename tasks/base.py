@@ -212,6 +212,18 @@ class Aligner:
         )
 
 
+def check_vocabulary(items: Sequence[Example], tokenizer: Any | None, hint: str) -> list[Example]:
+    """``items`` if every prompt is in ``tokenizer``'s vocabulary (the embedded model's when None)
+    and every answer one token, else a one-line error ending in ``hint``: for tasks whose words
+    only subword tokenizers cover, so that ``evaluate`` never scores prompts of unknown words."""
+    aligner = Aligner(tokenizer)
+    for k, e in enumerate(items):
+        if aligner.prompt_len(e.prompt) is None or not aligner.is_single_token(e.answer):
+            raise TaskError(f"prompt {k} has words outside this tokenizer's vocabulary or a multi-token answer "
+                            f"({e.prompt!r} -> {e.answer!r}); {hint}")
+    return list(items)
+
+
 def generate_aligned(
     sample: Callable[[random.Random, int], PromptPair | None],
     n: int,

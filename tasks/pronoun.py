@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .base import Example, PromptPair, PromptPairs, TaskInfo, check_range, generate_aligned, register
+from .base import (Example, PromptPair, PromptPairs, TaskInfo, check_range, check_vocabulary, generate_aligned,
+                   register)
 
 TEMPLATE = "So {name} is {predicate}, isn't"
 PREDICATES = ("such a good cook", "a very good athlete", "a really great friend", "such a funny person",
@@ -24,8 +25,9 @@ PREDICATES = ("such a good cook", "a very good athlete", "a really great friend"
 WOMEN = ("Judy", "Julie", "Mary", "Amy", "Lisa", "Sarah", "Anna", "Susan", "Karen", "Carol")
 MEN = ("Jack", "Mark", "John", "Joe", "Sean", "Paul", "David", "Gary", "Carl", "Ryan")
 PRONOUN = {"woman": "she", "man": "he"}
-_HINT = ("the embedded model's vocabulary lacks this task's words (the sentence is the repository's): use a model "
-         "with a subword tokenizer (--model, tokenizer=)")
+_HINT = ("the sentence's words must be in the model's vocabulary, the names of a pair of equal token length and "
+         "'she'/'he' single tokens; the embedded model's word-level vocabulary lacks them: use a model with a subword "
+         "tokenizer (--model, tokenizer=)")
 
 
 def _sentence(rng: random.Random, woman: bool) -> tuple[str, str]:
@@ -35,10 +37,11 @@ def _sentence(rng: random.Random, woman: bool) -> tuple[str, str]:
 
 
 def pronoun_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None) -> list[Example]:
-    """``n`` prompts, a woman's and a man's name in turn; the answer is the pronoun."""
+    """``n`` prompts, a woman's and a man's name in turn; the answer is the pronoun. Checked
+    against ``tokenizer`` (the embedded model's when None, which refuses them)."""
     check_range("n", n, 1)
     rng = random.Random(seed)
-    return [Example(*_sentence(rng, i % 2 == 0)) for i in range(n)]
+    return check_vocabulary([Example(*_sentence(rng, i % 2 == 0)) for i in range(n)], tokenizer, _HINT)
 
 
 def pronoun_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None) -> PromptPairs:

@@ -43,7 +43,7 @@ import json
 from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
-                   generate_aligned, register)
+                   check_vocabulary, generate_aligned, register)
 from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word, token_words
 from .words import CAPITALS, CATEGORIES, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
@@ -79,6 +79,9 @@ def _count(n: int, representation: str) -> str:
     return str(n) if representation == "arabic" else number_word(n)  # type: ignore[return-value]
 
 
+_CATEGORY_HINT = ("with ask='category' the category words (fruits, vegetables, vehicles, animals, tools) must be in "
+                  "the model's vocabulary, a pair's two of equal token length; the embedded model's word-level "
+                  "vocabulary has none of them: use a model with a subword tokenizer (--model, tokenizer=)")
 #: What a number-retrieval question names: the thing itself (lm-arithmetic's intervention type 11,
 #: "How many apples") or its category (type 10, "How many fruits", ``entity_intervention.py:32-34``).
 ASK = ("thing", "category")
@@ -128,7 +131,7 @@ def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None
         shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask)
         ex = sample_retrieval(rng, template, max_n, representation, ask)
         out.append(Example(shots + ex.prompt, ex.answer))
-    return out
+    return out if ask == "thing" else check_vocabulary(out, tokenizer, _CATEGORY_HINT)
 
 
 def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None,
@@ -139,7 +142,9 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
     exemplars in the pair's template come first, shared by base and source; ``representation``
     "words" writes the counts as number words ("three", lm-arithmetic's ``convert_to_words``).
     ``ask="category"``: the question names the thing's category ("How many fruits"), the
-    repository's type 10 (the two things are always of different categories). The embedded
+    repository's type 10 (the two things are always of different categories; a draw whose two
+    category words differ in token length is redrawn, as the repository's prompts must align,
+    ``interventions/__init__.py:66-67``, though its type-10 draw does not redraw). The embedded
     model's vocabulary has no category words, so its pairs are refused there; any model with
     a subword tokenizer takes them."""
     _check_retrieval(max_n, n_shots, representation, ask)
@@ -152,10 +157,7 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
                           shots + _fill(template, i, j, x, y, j, representation, ask),
                           _count(x, representation), _count(y, representation))
 
-    hint = ("lower max_n (counts must be single tokens)" if ask == "thing" else
-            "with ask='category' the category words (fruits, vegetables, vehicles, animals, tools) must be in the "
-            "model's vocabulary, which the embedded model's is not: use a model with a subword tokenizer "
-            "(--model, tokenizer=)")
+    hint = "lower max_n (counts must be single tokens)" if ask == "thing" else _CATEGORY_HINT
     pairs = generate_aligned(sample, n_prompts, seed, tokenizer, hint)
     params = {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}
     if (n_shots, representation) != (0, "arabic"):  # default runs keep the task_params they always had
@@ -197,7 +199,8 @@ def retrieval_roles(tokens: Sequence[str]) -> list[str]:
     return roles
 
 
-register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11)",
+register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo et al. 2023, type 11; type 10 with "
+                  "ask=category)",
                   number_retrieval_pairs, number_retrieval_examples,
                   {"n_prompts": (64, "number of prompt pairs (patch)"), "max_n": (20, "largest count (0..max_n)"),
                    "n_shots": (0, "solved exemplars in the prompt's template, before it (shared by base and source)"),

@@ -418,7 +418,12 @@ def test_number_retrieval_asks_for_a_category_as_lm_arithmetic_type_10(tmp_path)
     info = get_task("number_retrieval")
     with pytest.raises(TaskError, match="category words .* must be in the model's vocabulary"):
         info.pairs(n_prompts=2, ask="category")  # the embedded vocabulary has none
-    corpus = [f"{e.prompt} {e.answer}" for e in info.examples(n=800, seed=0, max_n=9, ask="category")]
+    with pytest.raises(TaskError, match="category words .* must be in"):
+        info.examples(n=2, ask="category")  # evaluate never scores <unk> prompts either
+    corpus = [t.format(x=x, y=(x + 3) % 10, e1=a, e2=b, cls=c) + f" {x}" for t in nr.tasks.recall.RETRIEVAL_TEMPLATES
+              for x in range(10) for a, b, c in (("apples", "dogs", "fruits"), ("cars", "saws", "vehicles"),
+                                                 ("carrots", "cats", "vegetables"), ("horses", "drills", "animals"),
+                                                 ("hammers", "grapes", "tools"))]
     model = nr.load_model(tiny_bpe_llama(tmp_path / "bpe", corpus))
     pairs = info.pairs(n_prompts=12, seed=2, tokenizer=model.tokenizer, ask="category", max_n=9)
     assert pairs.params["ask"] == "category"
@@ -457,10 +462,16 @@ def test_gender_pronoun_pairs_are_circuits_over_time_task(tmp_path):
     women = {"Judy", "Julie", "Mary", "Amy", "Lisa", "Sarah", "Anna", "Susan", "Karen", "Carol"}
     men = {"Jack", "Mark", "John", "Joe", "Sean", "Paul", "David", "Gary", "Carl", "Ryan"}
     info = get_task("gender_pronoun")
-    with pytest.raises(TaskError, match="lacks this task's words"):
+    with pytest.raises(TaskError, match="lacks them"):
         info.pairs(n_prompts=2)
-    corpus = [f"{e.prompt} {e.answer}" for e in info.examples(n=400, seed=0)]
+    with pytest.raises(TaskError, match="lacks them"):
+        info.examples(n=2)
+    from nnsight_reasoning.tasks.pronoun import PREDICATES, TEMPLATE
+
+    corpus = [TEMPLATE.format(name=n, predicate=q) + (" she" if n in women else " he")
+              for n in sorted(women | men) for q in PREDICATES] * 4
     model = nr.load_model(tiny_bpe_llama(tmp_path / "bpe", corpus))
+    assert len(info.examples(n=6, tokenizer=model.tokenizer)) == 6
     pairs = info.pairs(n_prompts=10, seed=1, tokenizer=model.tokenizer)
     assert pairs.params == {"n_prompts": 10, "seed": 1}
     for k, p in enumerate(pairs):

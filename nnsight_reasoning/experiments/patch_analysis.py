@@ -235,8 +235,8 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     layer_of, unit_of = (np.array(x) for x in np.unravel_index(np.stack(tops), first.shape))
     index = pd.Index(np.array(labels, dtype=object), name="group")
     layer_values, unit_values = first["layer"].values, first[unit].values
-    joined = {key: ", ".join(dict.fromkeys(str(ds.attrs.get(key)) for ds in results))
-              for key in ("task", "model", "revision")}
+    joined = {key: ", ".join(dict.fromkeys(str(ds.attrs[key]) for ds in results if key in ds.attrs))
+              for key in ("task", "model", "revision") if any(key in ds.attrs for ds in results)}
     out = xr.Dataset({
         "overlap": (("group", "other"), overlap, {"long_name": f"share of the group's top {top_k} {site} units "
                                                               f"among the other's", "units": "1"}),
