@@ -26,7 +26,8 @@ from .experiments.ioi_components import ioi_components
 from .experiments.neurons import neurons
 from .experiments.path_patching import path_patching
 from .experiments.patch import patch
-from .experiments.patch_analysis import by_token_role, drop_mult_by_one, prediction_change, unit_overlap
+from .experiments.patch_analysis import (by_token_role, drop_mult_by_one, late_mlp_share, prediction_change,
+                                         unit_overlap)
 from .experiments.probe import probe
 from .experiments.pruning import prune
 from .experiments.robustness import robustness
@@ -43,7 +44,7 @@ __all__ = [
     # experiments
     "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "backup_heads", "copy_suppression", "neurons", "cot_generation", "binding",
     # models, data, results
-    "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "unit_overlap", "drop_mult_by_one",
+    "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "late_mlp_share", "unit_overlap", "drop_mult_by_one",
     "testing", "experiments",
     "SITES", "METRICS", "UsageError", "RunError",
 ]

@@ -500,6 +500,31 @@ def test_unit_overlap_refuses_groups_it_cannot_compare(embedded_model):
             nr.unit_overlap(low, top_k=bad)
 
 
+def test_late_mlp_share_is_the_heatmaps_number(embedded_model):
+    """plot-all-tokens.ipynb (JSON lines 212-224): rows = embeddings then MLPs, per position class
+    the mean IE, clamped at vmin 0.1 (relative_diff), Σ log(m + 1) over the last token's upper
+    half of the rows over the sum over every class and row; computed here from the cells."""
+    from nnsight_reasoning.tasks.arithmetic import token_roles
+
+    pairs = nr.tasks.arithmetic(n_prompts=8, seed=0, templates="stolfo", operations="+-*/", n_shots=1)
+    ds = nr.patch(embedded_model, pairs, sites=["embed", "mlp"], positions="all", progress=False)
+    table = {}  # (role, row) -> the cells' values
+    for i in range(ds.sizes["prompt"]):
+        tokens = [str(t) for t in ds.token.values[i]]
+        for j, role in enumerate(token_roles(tokens)):
+            if role in ("", "shots"):
+                continue
+            table.setdefault((role, 0), []).append(float(ds.embed.values[i, 0, j]))
+            for layer in range(4):
+                table.setdefault((role, layer + 1), []).append(float(ds.mlp.values[i, 1 + layer, j]))
+    logged = {k: np.log(max(np.mean(v), 0.1) + 1) for k, v in table.items()}
+    want = sum(logged[("last", r)] for r in range(2, 5)) / sum(logged.values())
+    got = nr.late_mlp_share(ds)
+    assert got.dims == () and float(got) == pytest.approx(want, rel=1e-12) and 0 < want < 1
+    with pytest.raises(UsageError, match="needs a positions='all' result with the mlp site"):
+        nr.late_mlp_share(nr.patch(embedded_model, pairs, sites=["mlp"], progress=False))
+
+
 def test_drop_mult_by_one_is_the_repository_filter(embedded_model):
     """mult_by_1_filter (notebooks_utils.py:286-297): a × pair goes when "1" is one of the base or
     source prompt's words; the operator is known from the repository's loop (pair i: operator

@@ -2,8 +2,9 @@
 
 They take a result Dataset and return a smaller labelled one; nothing here runs the model.
 ``prediction_change`` (the prediction-change plot), ``by_token_role`` (position classes and
-the per-operator split), ``unit_overlap`` (the neuron-overlap analyses of single units) and
-``drop_mult_by_one`` (the ``mult_by_1_filter``).
+the per-operator split), ``late_mlp_share`` (the all-token heatmap's mid-late MLP share),
+``unit_overlap`` (the neuron-overlap analyses of single units) and ``drop_mult_by_one`` (the
+``mult_by_1_filter``).
 """
 from __future__ import annotations
 
@@ -129,6 +130,39 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     result = xr.Dataset(data, attrs=_provenance_of(ds))
     n = (("operator", "role"), np.array(counts)) if by_operator else ("role", counts[0])
     return result.assign_coords(n=n)
+
+
+def late_mlp_share(ds: xr.Dataset, vmin: float = 0.1) -> xr.DataArray:
+    """The share of the MLPs' effect that the mid-late MLPs carry at the last token: the number
+    lm-arithmetic's all-token heatmap prints ("Contribution of mid-late MLPs at last token",
+    ``plot-all-tokens.ipynb``, JSON lines 212-224).
+
+    ``ds``: a ``positions="all"`` patching result with ``mlp`` (and ``embed``, as the repository's
+    ``intervention_loc=layer`` rows hold the embeddings first). Per token role and row (the
+    embeddings, then each MLP layer), the mean effect m (:func:`by_token_role`); for the ratio
+    metrics (``stolfo_ie``, ``relative_source_increase``) values at or below ``vmin`` are set to
+    ``vmin``, as the heatmap's log scale does; then Σ log(m + 1) over the upper half of the rows
+    at the last token, divided by the same sum over every role and row. The exemplars
+    (``shots``) are left out: the repository's runs start after them. Returns a 0-d DataArray
+    (``checkpoint`` in a sweep), units 1."""
+    if ds.attrs.get("positions") != "all" or "mlp" not in ds:
+        raise UsageError("late_mlp_share needs a positions='all' result with the mlp site (--positions all --site "
+                         "embed --site mlp)")
+    roles = by_token_role(ds)
+    rows = roles["mlp"].dropna("layer", how="all")
+    if "embed" in roles:
+        rows = xr.concat([roles["embed"].sel(layer=[-1]), rows.sel(layer=rows.layer >= 0)], "layer")
+    rows = rows.sel(role=[r for r in rows.role.values if r != "shots"])
+    if "last" not in rows.role.values:
+        raise UsageError("this result has no cell at the last token with a value")
+    if ds.attrs.get("metric") in ("stolfo_ie", "relative_source_increase"):
+        rows = rows.where(rows > vmin, vmin)
+    logged = np.log(rows + 1)
+    late = logged.sel(role="last").isel(layer=slice(rows.sizes["layer"] // 2, None)).sum("layer")
+    share = late / logged.sum(("role", "layer"))
+    share.attrs = {"long_name": "share of Σ log(IE + 1) over roles and layers carried by the upper half of the "
+                                "layers at the last token", "units": "1"}
+    return share.drop_vars([c for c in share.coords if c not in share.dims]).rename("late_mlp_share")
 
 
 def drop_mult_by_one(ds: xr.Dataset) -> xr.Dataset:
