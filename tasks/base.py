@@ -154,9 +154,13 @@ def spaced_answer_id(tokenizer: Any, answer: str) -> int | None:
     lm-arithmetic scores LLaMA (``interventions/__init__.py:54-61``)."""
     if single_token_id(tokenizer, answer) is not None:
         return None
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     pre = tokenizer("x ", add_special_tokens=False)["input_ids"]
     full = tokenizer("x " + answer, add_special_tokens=False)["input_ids"]
-    if len(full) != len(pre) + 1 or full[:len(pre)] != pre or full[-1] == getattr(tokenizer, "unk_token_id", None):
+    # the trailing space must be a token of its own (a word-level tokenizer drops it), and the
+    # answer one known token after it
+    if (len(pre) != len(bare) + 1 or len(full) != len(pre) + 1 or full[:len(pre)] != pre
+            or full[-1] == getattr(tokenizer, "unk_token_id", None)):
         return None
     return full[-1]
 
