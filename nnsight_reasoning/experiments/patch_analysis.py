@@ -105,10 +105,7 @@ def by_token_role(ds: xr.Dataset, roles: Callable[[list[str]], list[str]] | None
     role_index = pd.Index(np.array(order, dtype=object), name="role")
     groups: dict[str, np.ndarray] = {"": np.ones(ds.sizes["prompt"], bool)}
     if by_operator:
-        ops = _operators(ds)
-        groups = {o: ops == o for o in sorted(set(ops) - {""})}
-        if not groups:
-            raise UsageError("no operator found in these prompts' tokens; use by_operator=False")
+        groups = _operator_groups(ds, "this result")
     out: dict[str, list[xr.DataArray]] = {v: [] for v in site_variables(ds)}
     # n counts the (prompt, position) cells with a value at some site (correct_only leaves filtered prompts NaN)
     valid = np.zeros(labels.shape, bool)
@@ -236,10 +233,7 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
         da = _last_token(ds, site)  # (prompt, layer, unit)
         groups = {"": np.ones(ds.sizes["prompt"], bool)}
         if by_operator and ds.attrs.get("task") == "arithmetic":
-            ops = _operators(ds)
-            groups = {o: ops == o for o in sorted(set(ops) - {""})}
-            if not groups:
-                raise UsageError(f"result {i + 1}: no operator found in its prompts; use by_operator=False")
+            groups = _operator_groups(ds, f"result {i + 1}")
         for op, keep in groups.items():
             sub = da.isel(prompt=np.flatnonzero(keep))
             labels.append(f"{name} {op}".strip())
@@ -318,17 +312,27 @@ def _unit_site(results: tuple[xr.Dataset, ...], site: str | None) -> str:
     return _unit_site(results, found[0])  # and check the other results hold it
 
 
-def _last_token(ds: xr.Dataset, v: str) -> xr.DataArray:
-    """``ds[v]`` at each prompt's last token: (prompt, layer, unit); :data:`DIMENSIONS` joins the
-    embeddings' dimensions (layer -1) and the MLPs' (the other layers)."""
-    da = ds["embed_dim"].combine_first(ds["mlp_dim"]) if v == DIMENSIONS else ds[v]
-    if ds.attrs.get("positions") == "all" and ds.sizes["position"] > 1:
+def at_last_token(da: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
+    """``da`` (a variable of patching result ``ds``, or a selection of one) at each prompt's own
+    last token: the ``position`` dim dropped (a last-position result has one position)."""
+    if da.sizes["position"] > 1:
         return da.isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
     return da.isel(position=0)
 
 
-def _operators(ds: xr.Dataset) -> np.ndarray:
-    """Each pair's query operator, read from its base prompt's words."""
+def _last_token(ds: xr.Dataset, v: str) -> xr.DataArray:
+    """``ds[v]`` at each prompt's last token: (prompt, layer, unit); :data:`DIMENSIONS` joins the
+    embeddings' dimensions (layer -1) and the MLPs' (the other layers)."""
+    return at_last_token(ds["embed_dim"].combine_first(ds["mlp_dim"]) if v == DIMENSIONS else ds[v], ds)
+
+
+def _operator_groups(ds: xr.Dataset, where: str) -> dict[str, np.ndarray]:
+    """Operator -> a bool mask of the pairs whose query has it (read from the base prompt's
+    words), or a one-line error naming ``where`` when no prompt has an operator."""
     from ..tasks.arithmetic import operator_of, text_words
 
-    return np.array([operator_of(text_words(str(b))) for b in ds["base"].values], dtype=object)
+    ops = np.array([operator_of(text_words(str(b))) for b in ds["base"].values], dtype=object)
+    groups = {o: ops == o for o in sorted(set(ops) - {""})}
+    if not groups:
+        raise UsageError(f"{where}: no operator found in its prompts; use by_operator=False")
+    return groups

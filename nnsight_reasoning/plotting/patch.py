@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import xarray as xr
 
+from ..experiments.patch_analysis import at_last_token
 from ..results.io import site_variables
 from ..sites import EMBED_SITES, unit_dim
 
@@ -75,11 +76,7 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
             xlabels, where = _position_labels(ds), ""
             unit = unit_dim(site)
             if unit:
-                if da.sizes["position"] > 1:  # each prompt's own last token
-                    da = da.isel(position=xr.DataArray(ds["n_tokens"].values - 1, dims="prompt"))
-                else:
-                    da = da.isel(position=0)
-                da = da.transpose("prompt", "layer", unit)
+                da = at_last_token(da, ds).transpose("prompt", "layer", unit)
                 n = ds.sizes[unit]
                 step = max(1, n // 16)  # at most ~16 labelled ticks (a layer has hundreds of neurons)
                 xlabels = [f"{unit} {u}" if u % step == 0 else "" for u in ds[unit].values]
@@ -167,9 +164,8 @@ def _prediction(ds: xr.Dataset):
                          "codes, head, neuron, embed_dim, mlp_dim and the attention weights', are per unit: read them "
                          "with nr.prediction_change)")
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    last = xr.DataArray(ds["n_tokens"].values - 1, dims="prompt") if ds.attrs.get("positions") == "all" else 0
     for k, v in enumerate(sites):
-        code = ds[f"{v}_prediction"].isel(position=last)
+        code = at_last_token(ds[f"{v}_prediction"], ds)
         valid = code >= 0
         for value, style in ((1, "-"), (2, ":")):
             share = (code == value).where(valid).mean("prompt")
