@@ -138,36 +138,53 @@ def path_patching(
           senders=senders, position=position, metric=metric)
 
 
-def _circuit_file(circuit: Optional[Path]) -> Any:
+def _circuit_file(circuit: Optional[Path], h: Harness, task: str) -> Any:
     """The circuit a `reason-interp circuit` result file holds, as an (upstream, downstream) 0/1
     DataArray: its searched smallest circuit if it found one, else the circuit of the size its
-    summary shows; its last checkpoint. None without a file."""
+    summary shows. A sweep's file gives a run over --revisions each checkpoint's own circuit
+    (a checkpoint dim, which the harness reads per revision), any other run the checkpoint of
+    its --revision (main when none is given) if the file has it, else its last. None without a
+    file."""
+    import xarray as xr
+
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
-    from nnsight_reasoning.experiments.circuit import chosen_size
-    from nnsight_reasoning.results.io import last_checkpoint
 
     if circuit is None:
         return None
     if not circuit.is_file():
-        raise UsageError(f"--circuit {circuit}: no such file; run reason-interp circuit --task ioi first")
+        raise UsageError(f"--circuit {circuit}: no such file; run reason-interp circuit --task {task} first")
     ds = nr.load_result(circuit)
     if ds.attrs.get("method") not in ("eap", "eap_ig"):
         raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
-    last = last_checkpoint(ds)
-    if "min_circuit" in last and int(last["min_size"]) > 0:
-        edges = last["min_circuit"]
-    elif last.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
-        edges = last["in_circuit"].sel(size=chosen_size(last))
+    if "checkpoint" not in ds.dims:
+        return _one_circuit(ds, circuit)
+    names = [str(c) for c in ds["checkpoint"].values]
+    if h.revisions:
+        return xr.concat([_one_circuit(ds.isel(checkpoint=k), circuit) for k in range(len(names))],
+                         "checkpoint").assign_coords(checkpoint=names)
+    want = h.revision or "main"
+    return _one_circuit(ds.isel(checkpoint=names.index(want) if want in names else -1), circuit)
+
+
+def _one_circuit(one: Any, circuit: Path) -> Any:
+    """One checkpoint's circuit of a circuit result (see :func:`_circuit_file`)."""
+    from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.circuit import chosen_size
+
+    if "min_circuit" in one and int(one["min_size"]) > 0:
+        edges = one["min_circuit"]
+    elif one.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
+        edges = one["in_circuit"].sel(size=chosen_size(one))
     else:
         raise UsageError(f"--circuit {circuit} holds no circuit (it was run with --sizes ''): rerun circuit "
                          f"with --sizes or --min-fraction")
-    return edges.load()
+    return edges.drop_vars([c for c in edges.coords if edges[c].ndim == 0]).load()  # the sweep's per-checkpoint attrs
 
 
 CircuitFile = Annotated[Optional[Path], typer.Option(
-    help="a `reason-interp circuit` result: candidates are its heads (its searched smallest circuit if it found "
-         "one, else the circuit of the size the summary shows; its last checkpoint)")]
+    help="a `reason-interp circuit` result: its searched smallest circuit if it found one, else the circuit of the "
+         "size the summary shows; with --revisions, each checkpoint's own circuit from a sweep's file")]
 
 
 @experiment_command()
@@ -186,10 +203,28 @@ def ioi_components(
     import nnsight_reasoning as nr
 
     params = {"corruption": "swap", **task_params(param)}
-    edges = _circuit_file(circuit)
+    edges = _circuit_file(circuit, h, "ioi")
     data = pair_data("ioi", n_prompts, seed, params)
     h.run(nr.ioi_components, data, kind="ioi_components", task="ioi", copy_threshold=copy_threshold, top_k=top_k,
           circuit=edges)
+
+
+@experiment_command()
+def greater_than_components(
+    h: Harness,
+    n_prompts: int = typer.Option(1000, help="greater-than prompts (the repository: 1,000)"),
+    seed: Seed = 0,
+    param: Param = [],
+    circuit: CircuitFile = None,
+) -> None:
+    """Greater-than components as circuits-over-time's verify_greater_than: heads that attend to
+    the start year YY and copy it, MLPs that favour the later years; with --circuit the
+    circuit's MLPs into the logits and the heads feeding them; local models only."""
+    import nnsight_reasoning as nr
+
+    edges = _circuit_file(circuit, h, "greater_than")
+    data = pair_data("greater_than", n_prompts, seed, task_params(param))
+    h.run(nr.greater_than_components, data, kind="greater_than_components", task="greater_than", circuit=edges)
 
 
 @experiment_command()
@@ -209,7 +244,7 @@ def backup_heads(
     only."""
     import nnsight_reasoning as nr
 
-    edges = _circuit_file(circuit)
+    edges = _circuit_file(circuit, h, "ioi")
     data = pair_data("ioi", n_prompts, seed, task_params(param))
     h.run(nr.backup_heads, data, kind="backup_heads", task="ioi", heads=heads, copy_threshold=copy_threshold,
           top_k=top_k, circuit=edges)

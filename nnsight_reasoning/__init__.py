@@ -21,6 +21,7 @@ from .experiments.circuit import circuit, edge_patching
 from .experiments.copy_suppression import copy_suppression
 from .experiments.cot_generation import cot_generation
 from .experiments.evaluate import evaluate
+from .experiments.greater_than_components import greater_than_components
 from .experiments.heads import head_scores, successor_heads
 from .experiments.ioi_components import ioi_components
 from .experiments.neurons import neurons
@@ -42,7 +43,7 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "backup_heads", "copy_suppression", "neurons", "cot_generation", "binding",
+    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "greater_than_components", "backup_heads", "copy_suppression", "neurons", "cot_generation", "binding",
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "late_mlp_share", "unit_overlap", "drop_mult_by_one",
     "testing", "experiments",

@@ -319,10 +319,12 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
         return _one_unit(cluster, revision or "main", unit, "model", progress)
     if not isinstance(model, (str, Path, type(None))) and model_info(model).load_kwargs.get("adapter"):
         raise UsageError("a model with an adapter is fine-tuned on one base checkpoint: run it without revisions")
+    from .results.checkpoints import parse_revisions
+
+    for rev in parse_revisions(revisions, _sweep_model(model, {})[0]):  # refused before any revision runs
+        at_revision(options, rev)
     chosen = None
     if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
-        from .results.checkpoints import parse_revisions
-
         option, choose = exp.fixed_in_sweeps
         name, load_kwargs = _sweep_model(model, {}, for_workers=cluster is not None)
         unit = functools.partial(_choose_on_revision, exp, choose, _where_for_workers(name, cluster),
@@ -336,6 +338,23 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
     if chosen is not None:
         ds.attrs[f"{exp.fixed_in_sweeps[0]}_chosen_on"] = chosen[0]  # type: ignore[index]
     return ds
+
+
+def at_revision(options: dict[str, Any], revision: str | None) -> dict[str, Any]:
+    """``options`` as the run on ``revision`` gets them: an option given per checkpoint (an
+    xarray object with a ``checkpoint`` dim, such as a circuit sweep's ``ds.min_circuit``) is
+    read at that revision, so each checkpoint of a sweep gets its own (Tigges et al. analyse
+    each checkpoint with its own circuit); a one-line error where it has none for it."""
+    out = dict(options)
+    for key, value in options.items():
+        if isinstance(value, (xr.DataArray, xr.Dataset)) and "checkpoint" in value.dims:
+            names = [str(c) for c in value["checkpoint"].values]
+            rev = revision or "main"
+            if rev not in names:
+                raise UsageError(f"{key} is given per checkpoint ({', '.join(names)}) and has no value for revision "
+                                 f"{rev!r}: sweep the revisions it has, or pass one checkpoint's value")
+            out[key] = value.isel(checkpoint=names.index(rev))
+    return out
 
 
 def check_data(compute: Callable[..., Any], data: Any) -> None:
@@ -467,7 +486,7 @@ def _choose_on_revision(exp: Experiment, choose: Callable[..., Any], name: Any, 
                           "choosing": option})
     try:
         with store.resume_hint_on_failure():
-            return last, choose(Run(m, remote, batch_size, progress, store), data, **options)
+            return last, choose(Run(m, remote, batch_size, progress, store), data, **at_revision(options, last))
     finally:
         weights = _weights_ref(m)
         del m  # only one model in memory: the sweep loads its revisions next
@@ -486,6 +505,7 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
                   ) -> xr.Dataset:
     model = coerce_model(model)
     info = model_info(model)
+    options = at_revision(options, info.revision)
     adapter = info.load_kwargs.get("adapter")
     if adapter and _remote.is_ndif(remote):
         raise UsageError(f"a model with an adapter ({adapter}) runs locally only: NDIF serves base weights")

@@ -215,7 +215,7 @@ def _batch(info: Any, tok: Any, model: Any, step: int, n: int, seed: int, params
 
     examples = info.examples(n, seed=seed * 1_000_003 + step, tokenizer=tok, **params)
     ids = backend.tokenize(model, [e.prompt for e in examples])
-    single = [backend.answer_token(model, e.answer) for e in examples]
+    single = [backend.answer_token(model, e.answer, joined=getattr(e, "joined", False)) for e in examples]
     multi = [k for k, a in enumerate(single) if a is None]  # answers of several tokens follow their prompt
     joined = backend.tokenize(model, [examples[k].prompt + (examples[k].answer if examples[k].answer[:1].isspace()
                                                             else " " + examples[k].answer) for k in multi])

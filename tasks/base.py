@@ -27,7 +27,11 @@ class PromptPair:
     ``alternatives`` are further correct answers of the base prompt and ``distractors`` its
     wrong ones, for tasks with answer sets (greater-than: every later year against the start
     year and every earlier one; sentiment: the two classes' words): ``nr.circuit`` then scores
-    Tigges et al.'s set metrics; patching uses ``base_answer`` and ``source_answer`` only."""
+    Tigges et al.'s set metrics; patching uses ``base_answer`` and ``source_answer`` only.
+
+    ``joined``: the answers continue the prompt's last word, with no space before them
+    (greater-than's "… to the year 17" → "32"); an answer is then the one token of the answer
+    itself (:func:`joined_token_id`), not of " " + answer."""
 
     base: str
     source: str
@@ -35,6 +39,7 @@ class PromptPair:
     source_answer: str
     alternatives: tuple[str, ...] = ()
     distractors: tuple[str, ...] = ()
+    joined: bool = False
 
     def __post_init__(self) -> None:
         for name in ("base", "source", "base_answer", "source_answer"):
@@ -55,12 +60,14 @@ class Example:
     ``distractors`` are the wrong answers a task compares them with (IOI: the subject;
     greater-than: the start year and every earlier one; sentiment: the other class's words):
     ``nr.evaluate`` then adds Tigges et al.'s logit and probability differences.
+    ``joined``: the answers continue the prompt's last word (see :class:`PromptPair`).
     """
 
     prompt: str
     answer: str
     alternatives: tuple[str, ...] = ()
     distractors: tuple[str, ...] = ()
+    joined: bool = False
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -144,6 +151,27 @@ def single_token_id(tokenizer: Any, answer: str) -> int | None:
     if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
         return None
     return ids[0]
+
+
+def joined_token_id(tokenizer: Any, answer: str) -> int | None:
+    """Token id of ``answer`` itself, with no space before it, if it is exactly one known token,
+    else None: the answer of a prompt whose last word it continues (greater-than's "32" after
+    "17", as circuits-over-time's ``get_year_indices`` reads it; GPT-2 and Pythia write "32" and
+    " 32" as different tokens)."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_token_id", None):
+        return None
+    return ids[0]
+
+
+def joined_answers(items: Sequence[Any]) -> bool:
+    """Whether the answers of ``items`` (prompt pairs or examples) continue their prompts' last
+    word (``joined``, greater-than's years); one convention for all, else a one-line error."""
+    kinds = {bool(getattr(p, "joined", False)) for p in items}
+    if len(kinds) > 1:
+        raise UsageError("these items mix answers that follow a space with answers that continue the prompt's last "
+                         "word (joined=True); score them separately")
+    return kinds == {True}
 
 
 def spaced_answer_id(tokenizer: Any, answer: str) -> int | None:

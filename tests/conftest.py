@@ -111,6 +111,30 @@ def tiny_sentencepiece_llama(path, corpus: list[str], n_layers: int = 2):
     return path
 
 
+def tiny_year_bpe(path, model_type: str = "gpt_neox"):
+    """A tiny random model in ``path`` with a byte-level BPE tokenizer that writes years as GPT-2
+    and Pythia do: " 1732" is " 17", "32", and "32" and " 32" are different tokens (every pair of
+    digits is merged first, in numeric order, then a space and two digits), so greater-than's
+    answers must be read without their space. Every other word is its bytes. Returns ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    digits = [f"{i:02d}" for i in range(100)]
+    merges = [(d[0], d[1]) for d in digits] + [("Ġ", d) for d in digits]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    _tiny(model_type, len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer):
     """Factory: model_type -> directory with a tiny random model and the embedded tokenizer."""

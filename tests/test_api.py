@@ -82,7 +82,8 @@ def test_what_reads_the_weights_is_refused_on_ndif_before_a_key_is_asked_for(emb
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     monkeypatch.setattr(nr.remote.nnsight.CONFIG.API, "APIKEY", None)
     reading = [n for n in nr.__all__ if getattr(getattr(getattr(nr, n), "experiment", None), "reads_weights", "")]
-    assert set(reading) == {"successor_heads", "ioi_components", "backup_heads", "copy_suppression"}
+    assert set(reading) == {"successor_heads", "ioi_components", "greater_than_components", "backup_heads",
+                            "copy_suppression"}
     for name in reading:
         with pytest.raises(UsageError, match="reads the model's weights, which NDIF does not send; run it locally"):
             getattr(nr, name)(embedded_model, None, remote=True, progress=False)

@@ -166,6 +166,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("copy-suppression", ["--data", "{d}/missing.txt"], "no such file"),
     ("ioi-components", ["--circuit", "{d}/missing.nc"], "no such file"),
     ("ioi-components", ["--circuit", "{d}/notes.txt"], "cannot read"),
+    ("greater-than-components", ["--circuit", "{d}/missing.nc"], "run reason-interp circuit --task greater_than"),
+    ("greater-than-components", ["--n-prompts", "0"], "n_prompts must be an integer >= 1"),
     ("backup-heads", ["--circuit", "{d}/missing.nc"], "no such file"),
     ("show", ["{d}/missing.nc"], "no such results file"),
     ("show", ["{d}/junk.nc"], "cannot read"),
@@ -214,6 +216,7 @@ REMOTE_ENV = {"NDIF_API_KEY": "dummy-key-never-shown", "NDIF_HOST": "http://127.
 REMOTE_CASES = [
     ("successor-heads", ["--remote"], "NDIF does not send"),
     ("ioi-components", ["--remote"], "NDIF does not send"),
+    ("greater-than-components", ["--remote"], "NDIF does not send"),
     ("backup-heads", ["--remote"], "NDIF does not send"),
     ("copy-suppression", ["--remote"], "NDIF does not send"),
 ]

@@ -24,6 +24,7 @@ MAP = {"gpt_neox.embed_in": "cpu", "gpt_neox.rotary_emb": "cpu", "gpt_neox.layer
 # the commands that read weights besides the harness table's
 WEIGHT_READERS = {"successor_heads": ["successor-heads"], "copy_suppression": ["copy-suppression"],
                   "ioi_components": ["ioi-components", "--n-prompts", "4"],
+                  "greater_than_components": ["greater-than-components", "--n-prompts", "4"],
                   "backup_heads": ["backup-heads", "--n-prompts", "4", "--heads", "a1.0,a1.3"],
                   "path_patching": ["path-patching", "--receivers", "a3.0", "--n-prompts", "4"]}
 

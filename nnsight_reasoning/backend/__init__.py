@@ -27,7 +27,7 @@ from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
 from ..sites import EMBED_SITES, SITES, architecture, context_length, dims, resolve
-from ..tasks.base import single_token_id, space_token_id, spaced_answer_id
+from ..tasks.base import joined_token_id, single_token_id, space_token_id, spaced_answer_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
                         site_values, split_heads)
@@ -502,9 +502,11 @@ def _encode(model: Any, texts: Sequence[str], offsets: bool,
     return out
 
 
-def answer_token(model: Any, answer: str) -> int | None:
-    """The single token id of ``" " + answer``, or None if it is not exactly one known token."""
-    return single_token_id(model.tokenizer, answer)
+def answer_token(model: Any, answer: str, joined: bool = False) -> int | None:
+    """The single token id of ``" " + answer`` (``joined``: of ``answer`` itself, an answer that
+    continues the prompt's last word, :class:`~nnsight_reasoning.tasks.PromptPair`), or None if
+    it is not exactly one known token."""
+    return (joined_token_id if joined else single_token_id)(model.tokenizer, answer)
 
 
 def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> list[int]:
@@ -522,14 +524,18 @@ def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> l
     return ids  # type: ignore[return-value]
 
 
-def answer_ids(model: Any, answers: Sequence[str]) -> tuple[list[int | None], list[int]]:
+def answer_ids(model: Any, answers: Sequence[str], joined: bool = False) -> tuple[list[int | None], list[int]]:
     """Each answer's token id as the next token after a prompt (None where it is not one token),
     and the ids every prompt must end with for that: ``[]`` where answers are the one token of
     " " + answer (GPT-2, Pythia, the embedded model); ``[space]`` for a tokenizer that writes
     the space before them as a token of its own (LLaMA's split digits), the answers then being
     the bare tokens after it, as lm-arithmetic scores LLaMA (``interventions/__init__.py:54-61``).
-    One convention per call: the spaced one only when no answer is one token with its space."""
+    One convention per call: the spaced one only when no answer is one token with its space.
+    ``joined``: answers that continue the prompt's last word, each the one token of the answer
+    itself (:func:`~nnsight_reasoning.tasks.base.joined_token_id`), and no suffix."""
     tok = model.tokenizer
+    if joined:
+        return [joined_token_id(tok, a) for a in answers], []
     plain = [single_token_id(tok, a) for a in answers]
     if any(i is not None for i in plain) or not answers:
         return plain, []

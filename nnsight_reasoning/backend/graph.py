@@ -784,11 +784,31 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     return saved.detach().cpu().double()
 
 
+@reads_weights
+def component_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
+                            remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct effect of every head's and every MLP's output at the last position on the logits
+    of chosen tokens, read as :func:`head_logit_effects` reads a head's: W_U[v] · (γ ⊙ N(o) / s)
+    with the final norm's scale s frozen at this run's value and the unembedding rows centred
+    over the vocabulary. ``input_ids`` (n, T); ``token_ids`` (n, K). Returns float64 (heads
+    (n, layers, heads, K), MLPs (n, layers, K)); an MLP's output includes its bias."""
+    from . import _run
+
+    final, unembed, center, eps = final_norm(model)
+    mods, _, _, conv1d = _modules(model, "logit_effects")
+    d = dims(model)
+    heads, mlps = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d,
+                                                    d["n_heads"], d["head_dim"], center, eps, _gain_offset(model),
+                                                    None, True, False, True), remote, "saved")
+    return heads[:, :, :, 0].detach().cpu().double(), mlps[:, :, 0].detach().cpu().double()
+
+
 def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1d, n_heads, head_dim, center, eps,
-                        gain_offset, gates, last_only, logits=False, remote=False, backend=None):
+                        gain_offset, gates, last_only, logits=False, mlps=False, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         outs = []
+        mlp_outs = []
         li = 0
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:  # forward order
             z = o_proj.input
@@ -798,6 +818,9 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
             if last_only:
                 z = z[:, -1:]
             outs.append(head_outputs(split_heads(z, n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d))
+            if mlps:
+                m = mlp.output
+                mlp_outs.append(m[:, -1:] if last_only else m)
             li += 1
         f = final.input
         if last_only:
@@ -809,7 +832,13 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
             o = centred(o)
         o = o / scale[:, None, :, None, None].to(o.device)
         effects = torch.einsum("nlthd,nkd->nlhtk", o, rows.to(o.device))
-        if logits:
+        if mlps:  # (n, L, T, d): each MLP's output, bias included, read the same way
+            m = torch.stack(on_device(mlp_outs, outs[0]), 1).double()
+            if center:
+                m = centred(m)
+            m = m / scale[:, None, :, None].to(m.device)
+            saved = nnsight.save((effects, torch.einsum("nltd,nkd->nltk", m, rows.to(m.device))))
+        elif logits:
             last = model.output.logits[:, -1]
             saved = nnsight.save((effects, torch.gather(last, 1, token_ids.to(last.device))))
         else:

@@ -11,6 +11,7 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks import CotPrompt, Example, Examples
+from ..tasks.base import joined_answers
 
 
 @experiment("evaluate", batch_size=256)
@@ -41,11 +42,12 @@ def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr
     tigges = all(getattr(e, "distractors", ()) for e in items)
     sets = [list(getattr(e, "answers", (e.answer,))) for e in items]
     wrong = [list(e.distractors) if tigges else [] for e in items]
-    # one convention for every answer: each the token of " " + answer, or (LLaMA's digits) the
+    # one convention for every answer: each the token of " " + answer (of the answer itself where it
+    # continues the last word, greater-than's years), or (LLaMA's digits) the
     # token after a space that then ends every prompt (backend.answer_ids)
     words = [(word, "answer" if j < len(a) else "distractor")
              for a, w in zip(sets, wrong) for j, word in enumerate(a + w)]
-    flat, suffix = backend.answer_ids(run.model, [word for word, _ in words])
+    flat, suffix = backend.answer_ids(run.model, [word for word, _ in words], joined=joined_answers(items))
     if None in flat:
         word, what = words[flat.index(None)]
         raise UsageError(f"{what} {word!r} is not a single token for this model")

@@ -32,7 +32,7 @@ from ..runner import Run, experiment
 from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES,
                      check_layers, check_sites, dims, var_name)
 from ..tasks import PromptPair, PromptPairs
-from ..tasks.base import group_by_length
+from ..tasks.base import group_by_length, joined_answers
 
 
 METHODS = {"exact": "activation_patching", "attribution": "attribution_patching"}
@@ -420,7 +420,8 @@ def tokenize_pairs(model, pairs: list[PromptPair]) -> Tokens:
     misaligned pair, an out-of-vocabulary word or a multi-token answer. Where the tokenizer
     writes the space before an answer as a token of its own (LLaMA's digits), every prompt ends
     with that space token and the answers are the tokens after it (:func:`backend.answer_ids`)."""
-    flat, suffix = backend.answer_ids(model, [a for p in pairs for a in (p.base_answer, p.source_answer)])
+    flat, suffix = backend.answer_ids(model, [a for p in pairs for a in (p.base_answer, p.source_answer)],
+                                      joined=joined_answers(pairs))
     base_ids = backend.tokenize(model, [p.base for p in pairs], suffix)
     source_ids = backend.tokenize(model, [p.source for p in pairs], suffix)
     unk = getattr(model.tokenizer, "unk_token_id", None)

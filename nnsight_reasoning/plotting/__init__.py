@@ -15,8 +15,9 @@ from ..errors import UsageError
 
 def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
-    from .attention import (ATTENTION_KINDS, BACKUP_KINDS, attention_figure, backup_heads_figure, cspa_figure, heads_figure, ioi_components_figure,
-                            path_patching_figure, probe_figure, pruning_figure, robustness_figure, successor_figure)
+    from .attention import (ATTENTION_KINDS, BACKUP_KINDS, attention_figure, backup_heads_figure, cspa_figure,
+                            greater_than_components_figure, heads_figure, ioi_components_figure, path_patching_figure,
+                            probe_figure, pruning_figure, robustness_figure, successor_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
     from .patch import PATCH_KINDS, evaluate_figure, patch_figure
@@ -33,6 +34,7 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "successor_ov": (successor_figure, ()),
         "path_patching": (path_patching_figure, ()),
         "ioi_components": (ioi_components_figure, ()),
+        "greater_than_components": (greater_than_components_figure, ()),
         "backup_heads": (backup_heads_figure, BACKUP_KINDS),
         "cspa": (cspa_figure, ()),
         "eap": (circuit_figure, CIRCUIT_KINDS),
@@ -60,7 +62,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     neurons: activation per variant and accuracy under ablation. Binding IDs: each measure's
     accuracy against chance. Backup heads: the grids of one checkpoint; over checkpoints the
     summed backup and the largest backup heads, ``kind`` "logits" or "fraction" (of the clean
-    logit difference, as the repository).
+    logit difference, as the repository). Greater-than components: the heads' attention to
+    and copying of YY, the MLPs' later − earlier years effect.
     """
     method = str(ds.attrs.get("method", ""))
     figures = _figures()

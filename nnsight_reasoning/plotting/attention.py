@@ -273,6 +273,16 @@ def ioi_components_figure(ds: xr.Dataset, kind: str | None = None, prompt: int =
     return grid_figure(panels, _grid_title(ds, "IOI components"))
 
 
+def greater_than_components_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Each head's attention from END to YY and how often its output favours YY or YY + 1, and
+    each MLP's later-minus-earlier years direct effect; in a sweep, every one over training."""
+    mlp = ds["mlp_logit_diff"].expand_dims({"head": ["MLP"]}, axis=-1)
+    panels = [("share of prompts: attention END → YY largest", ds["yy_attention"], False, None),
+              ("share of prompts: output favours YY or YY + 1", ds["yy_logit"], False, None),
+              ("MLP: later − earlier years (logits)", mlp, True, None)]
+    return grid_figure(panels, _grid_title(ds, "greater-than components"))
+
+
 BACKUP_KINDS = ("logits", "fraction")
 
 

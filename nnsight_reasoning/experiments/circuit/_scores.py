@@ -95,7 +95,7 @@ def _answers(run: Run, pairs: list[PromptPair], tok: Tokens, metric: str) -> Ans
     rows = []
     for k, p in enumerate(pairs):
         good, bad = (p.base_answer, *p.alternatives), (p.distractors or (p.source_answer,))
-        ids = [answer_token(run.model, a) for a in (*good, *bad)]
+        ids = [answer_token(run.model, a, joined=p.joined) for a in (*good, *bad)]
         if None in ids:
             word = (*good, *bad)[ids.index(None)]
             raise UsageError(f"answer {word!r} of pair {k} is not a single token for this model; generate pairs "
