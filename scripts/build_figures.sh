@@ -70,6 +70,11 @@ run path-patching --param corruption=swap --receivers "$RECEIVER" --receiver-inp
 run plot "$R/path_patching.nc" --out docs/path_patching.png
 run ioi-components --revisions all --out "$R/ioi_components.nc"
 run plot "$R/ioi_components.nc" --out docs/ioi_components.png
+# greater-than components, each checkpoint read with its own smallest faithful circuit
+run circuit --task greater_than --n-prompts 200 --ig-steps 5 --selection greedy --min-fraction 0.8 --search 10:200:10 \
+    --revisions all --out "$R/gt_circuit.nc"
+run greater-than-components --circuit "$R/gt_circuit.nc" --revisions all --out "$R/gt_components.nc"
+run plot "$R/gt_components.nc" --out docs/greater_than_components.png
 # backup name movers: the name movers ioi-components finds at main ablated at every checkpoint, and
 # the repository's own rule (copy score >= 75 %, each checkpoint's heads)
 MOVERS=$(python scripts/docs_numbers.py --name-movers "$R")

@@ -190,11 +190,10 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     last = last_checkpoint(ds)
     lines: list[Any] = [f"greater-than components · {ds.sizes['prompt']} prompts · "
                         f"{ds.attrs['model']}@{last.attrs['revision']}"]
-    if "checkpoint" in ds.dims and "circuit_yy_attention" in ds:
-        for c in ds["checkpoint"].values:
-            one = ds.sel(checkpoint=c)
-            lines.append(f"{c}: circuit heads attend to YY {float(one['circuit_yy_attention']):.2f}, copy it "
-                         f"{float(one['circuit_yy_logit']):.2f}; circuit MLPs {float(one['circuit_mlp_logit_diff']):+.2f}")
+    if "circuit_yy_attention" in ds:
+        for c in (ds["checkpoint"].values if "checkpoint" in ds.dims else [None]):
+            one = ds if c is None else ds.sel(checkpoint=c)
+            lines.append(("" if c is None else f"{c}: ") + _circuit_line(one))
     found = (last["yy_attention"] > 0.5) & (last["yy_logit"] > 0.5)
     for layer, head in zip(*np.nonzero(found.values)):
         v = last.isel(layer=layer, head=head)
@@ -206,6 +205,19 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         flag = " (in circuit)" if "in_circuit_mlp" in last and int(last["in_circuit_mlp"][layer]) else ""
         lines.append(f"m{layer}: later − earlier years {float(last['mlp_logit_diff'][layer]):+.2f} logits{flag}")
     return lines
+
+
+def _circuit_line(one: xr.Dataset) -> str:
+    """One checkpoint's circuit components and their means."""
+    mlps = [f"m{layer}" for layer in np.nonzero(one["in_circuit_mlp"].values)[0]]
+    heads = [f"a{layer}.{head}" for layer, head in zip(*np.nonzero(one["in_circuit_head"].values))]
+    if not mlps:
+        return "no circuit MLP into the logits"
+    line = f"circuit MLPs {', '.join(mlps)} (later − earlier years {float(one['circuit_mlp_logit_diff']):+.2f})"
+    if not heads:
+        return line + ", no circuit head into them"
+    return (line + f"; heads {', '.join(heads)} attend to YY {float(one['circuit_yy_attention']):.2f}, copy it "
+                   f"{float(one['circuit_yy_logit']):.2f}")
 
 
 __all__: Sequence[str] = ("greater_than_components", "circuit_components", "summarize")
