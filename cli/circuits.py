@@ -139,16 +139,15 @@ def path_patching(
 
 
 def _circuit_file(circuit: Optional[Path], h: Harness, task: str) -> Any:
-    """The circuit a `reason-interp circuit` result file holds, as an (upstream, downstream) 0/1
-    DataArray: its searched smallest circuit if it found one, else the circuit of the size its
-    summary shows. A sweep's file gives a run over --revisions each checkpoint's own circuit
-    (a checkpoint dim, which the harness reads per revision), any other run the checkpoint of
-    its --revision (main when none is given) if the file has it, else its last. None without a
-    file."""
-    import xarray as xr
-
+    """The circuit a `reason-interp circuit` result file holds (``selected_circuit``: its searched
+    smallest circuit, else the search's stop size, else the size its summary shows), as an
+    (upstream, downstream) 0/1 DataArray. A sweep's file gives a run over --revisions each
+    checkpoint's own (a checkpoint dim, which the harness reads per revision); a run with
+    --revision R that checkpoint's (refused if the file lacks it); a run with neither its main
+    checkpoint, else its last. None without a file."""
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
+    from nnsight_reasoning.experiments.circuit import selected_circuit
 
     if circuit is None:
         return None
@@ -157,34 +156,26 @@ def _circuit_file(circuit: Optional[Path], h: Harness, task: str) -> Any:
     ds = nr.load_result(circuit)
     if ds.attrs.get("method") not in ("eap", "eap_ig"):
         raise UsageError(f"--circuit {circuit} is not a circuit result (method {ds.attrs.get('method')!r})")
-    if "checkpoint" not in ds.dims:
-        return _one_circuit(ds, circuit)
-    names = [str(c) for c in ds["checkpoint"].values]
-    if h.revisions:
-        return xr.concat([_one_circuit(ds.isel(checkpoint=k), circuit) for k in range(len(names))],
-                         "checkpoint").assign_coords(checkpoint=names)
+    if ds.attrs.get("task") != task:
+        raise UsageError(f"--circuit {circuit} is a circuit of the {ds.attrs.get('task')!r} task; this command needs "
+                         f"one found on {task}: reason-interp circuit --task {task}")
+    try:
+        edges = selected_circuit(ds)
+    except UsageError as e:
+        raise UsageError(f"--circuit {circuit}: {e}") from None
+    if "checkpoint" not in edges.dims or h.revisions:
+        return edges.load()
+    names = [str(c) for c in edges["checkpoint"].values]
+    if h.revision and h.revision not in names:
+        raise UsageError(f"--circuit {circuit} has no checkpoint {h.revision!r} (it has {', '.join(names)})")
     want = h.revision or "main"
-    return _one_circuit(ds.isel(checkpoint=names.index(want) if want in names else -1), circuit)
-
-
-def _one_circuit(one: Any, circuit: Path) -> Any:
-    """One checkpoint's circuit of a circuit result (see :func:`_circuit_file`)."""
-    from nnsight_reasoning.errors import UsageError
-    from nnsight_reasoning.experiments.circuit import chosen_size
-
-    if "min_circuit" in one and int(one["min_size"]) > 0:
-        edges = one["min_circuit"]
-    elif one.sizes.get("size", 0):  # no searched circuit (or the search found none): the summary's size
-        edges = one["in_circuit"].sel(size=chosen_size(one))
-    else:
-        raise UsageError(f"--circuit {circuit} holds no circuit (it was run with --sizes ''): rerun circuit "
-                         f"with --sizes or --min-fraction")
-    return edges.drop_vars([c for c in edges.coords if edges[c].ndim == 0]).load()  # the sweep's per-checkpoint attrs
+    return edges.isel(checkpoint=names.index(want) if want in names else -1).drop_vars("checkpoint").load()
 
 
 CircuitFile = Annotated[Optional[Path], typer.Option(
-    help="a `reason-interp circuit` result: its searched smallest circuit if it found one, else the circuit of the "
-         "size the summary shows; with --revisions, each checkpoint's own circuit from a sweep's file")]
+    help="a `reason-interp circuit` result of the same task: its searched smallest circuit (where the search found "
+         "none, its stop size; without a search, the size the summary shows); with --revisions, each checkpoint's "
+         "own from a sweep's file")]
 
 
 @experiment_command()

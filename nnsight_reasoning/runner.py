@@ -342,7 +342,7 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
 
 def at_revision(options: dict[str, Any], revision: str | None) -> dict[str, Any]:
     """``options`` as the run on ``revision`` gets them: an option given per checkpoint (an
-    xarray object with a ``checkpoint`` dim, such as a circuit sweep's ``ds.min_circuit``) is
+    xarray object with a ``checkpoint`` dim, such as a circuit sweep's ``selected_circuit(ds)``) is
     read at that revision, so each checkpoint of a sweep gets its own (Tigges et al. analyse
     each checkpoint with its own circuit); a one-line error where it has none for it."""
     out = dict(options)
@@ -566,7 +566,18 @@ def _config(exp: Experiment, data: Any, options: dict[str, Any], batch_size: int
     """Everything besides the model that determines a run's numbers and parts (a parts folder
     made under another config is refused, naming the keys that differ)."""
     return {"method": exp.name, "task": getattr(data, "task", "custom"), "task_params": getattr(data, "params", {}),
-            "data": digest(data), "batch_size": batch_size, **{k: named(v) for k, v in options.items()}}
+            "data": digest(data), "batch_size": batch_size, **{k: _configured(v) for k, v in options.items()}}
+
+
+def _configured(value: Any) -> Any:
+    """An option as a config records it: an xarray object (a circuit) by a digest of its dims,
+    values and coordinates (its text form is cut short above 1,000 values, so two circuits
+    differing in one edge would read the same), anything else as :func:`named` gives it."""
+    if isinstance(value, xr.DataArray):
+        return {"xarray": digest([list(value.dims), value.values, {str(c): value[c].values for c in value.coords}])}
+    if isinstance(value, xr.Dataset):
+        return {"xarray": digest({str(k): [list(v.dims), v.values] for k, v in value.variables.items()})}
+    return named(value)
 
 
 def _model_config(info: Any) -> dict[str, Any]:

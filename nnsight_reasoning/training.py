@@ -217,8 +217,11 @@ def _batch(info: Any, tok: Any, model: Any, step: int, n: int, seed: int, params
     ids = backend.tokenize(model, [e.prompt for e in examples])
     single = [backend.answer_token(model, e.answer, joined=getattr(e, "joined", False)) for e in examples]
     multi = [k for k, a in enumerate(single) if a is None]  # answers of several tokens follow their prompt
-    joined = backend.tokenize(model, [examples[k].prompt + (examples[k].answer if examples[k].answer[:1].isspace()
-                                                            else " " + examples[k].answer) for k in multi])
+    # an answer follows its prompt after a space, unless it already starts with one or continues the
+    # prompt's last word (greater-than's years, ``joined``)
+    joined = backend.tokenize(model, [examples[k].prompt + ("" if examples[k].answer[:1].isspace() or
+                                                            getattr(examples[k], "joined", False) else " ")
+                                      + examples[k].answer for k in multi])
     continued = dict(zip(multi, joined))
     rows, targets = [], []
     for k, (e, x, a) in enumerate(zip(examples, ids, single)):

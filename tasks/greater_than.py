@@ -4,7 +4,8 @@
 
 Following circuits-over-time's ``data/greater_than_dataset.py`` (``generate_real_sentence``,
 ``get_valid_years``; the ``XX01`` corruption at :67-72): centuries 11..17, the start year's
-two last digits YY in 02..98 (drawn uniformly here; the repository cycles through them), a
+two last digits YY in 02..98 (drawn uniformly here, over the valid (century, YY) pairs with a
+tokenizer; the repository cycles through them), a
 noun from a list of 16 (the repository's ``default_nouns`` has ~120). Patching pairs
 (:func:`greater_than_pairs`) corrupt the start year to ``XX01`` (Hanna et al.'s corruption, the
 repository's ``UniversalPatchingDataset.from_greater_than``). A year is written as one word
@@ -20,6 +21,7 @@ of the paper's probability difference.
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Any
 
 from .base import Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_range, register
@@ -29,15 +31,29 @@ CENTURIES = tuple(range(11, 18))
 TEMPLATE = "The {noun} lasted from the year {century}{yy:02d} to the year {century}"
 
 
-def valid_years(tokenizer: Any | None, source: bool = False) -> set[int] | None:
+def valid_years(tokenizer: Any | None, source: bool = False) -> frozenset[int] | None:
     """The years of :data:`CENTURIES` a prompt may start from with ``tokenizer``, by
     circuits-over-time's ``get_valid_years`` (``data/greater_than_dataset.py``): " XXYY" is two
     tokens, the second the two digits YY, and the first and the last such year of each century
-    are left out. ``source``: also the century's XX01 (the corrupted start year) must be two such
-    tokens, so that a pair's prompts align. None for no tokenizer (every year; the embedded
-    model's tokenizer also allows every year a prompt draws)."""
+    are left out; of those, the ones whose YY a prompt draws (02..98). ``source``: also the
+    century's XX01 (the corrupted start year) must be two such tokens, so that a pair's prompts
+    align. None for no tokenizer (every year; the embedded model's tokenizer also allows every
+    year a prompt draws). Kept per tokenizer (training asks every step)."""
     if tokenizer is None:
         return None
+    try:
+        per = _VALID.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: computed each time
+        per = {}
+    if source not in per:
+        per[source] = _valid_years(tokenizer, source)
+    return per[source]
+
+
+_VALID: "weakref.WeakKeyDictionary[Any, dict[bool, frozenset[int]]]" = weakref.WeakKeyDictionary()
+
+
+def _valid_years(tokenizer: Any, source: bool) -> frozenset[int]:
     from .base import joined_token_id
 
     def split(year: int) -> bool:
@@ -49,11 +65,11 @@ def valid_years(tokenizer: Any | None, source: bool = False) -> set[int] | None:
         if source and not split(century * 100 + 1):
             continue
         ok = [y for y in range(century * 100, century * 100 + 100) if split(y)]
-        out.update(ok[1:-1])
+        out.update(y for y in ok[1:-1] if 2 <= y % 100 <= 98)  # sample_greater_than's YY
     if not out:
         raise TaskError("this tokenizer writes no year of the 12th-18th centuries as the century and two digits "
                         "(\" 1732\" as \" 17\", \"32\"), which greater-than needs")
-    return out
+    return frozenset(out)
 
 
 def sample_greater_than(rng: random.Random, lo: int = 2, hi: int = 98,

@@ -61,6 +61,63 @@ def test_answers_continue_the_century_on_a_bpe_tokenizer(year_bpe):
         tokenize_pairs(model, [pairs[0], spaced])
 
 
+def test_greater_than_prompts_are_those_drawn_before_answers_were_joined(embedded_tokenizer):
+    # the first pairs of seed 0 as the task drew them before it took a tokenizer (b8737d9)
+    before = [("The treaty lasted from the year 1151 to the year 11", "The treaty lasted from the year 1101 to the year 11",
+               "52"),
+              ("The campaign lasted from the year 1435 to the year 14",
+               "The campaign lasted from the year 1401 to the year 14", "36"),
+              ("The campaign lasted from the year 1340 to the year 13",
+               "The campaign lasted from the year 1301 to the year 13", "41")]
+    for tok in (None, embedded_tokenizer):
+        pairs = nr.tasks.get_task("greater_than").pairs(n_prompts=3, seed=0, tokenizer=tok)
+        assert [(p.base, p.source, p.base_answer) for p in pairs] == before
+        assert [(e.prompt, e.answer) for e in nr.tasks.examples("greater_than", n_prompts=3, seed=0, tokenizer=tok)] \
+            == [(b, a) for b, _, a in before]
+
+
+def test_a_tokenizer_without_drawable_years_is_refused():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from nnsight_reasoning.tasks import TaskError
+
+    # only 00, 01 and 99 are digit pairs: every century's valid years are XX01 at most, outside 02..98
+    vocab = {"<|endoftext|>": 0}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    merges = [(d[0], d[1]) for d in ("00", "01", "99")] + [("Ġ", d) for d in ("00", "01", "99")] + [("Ġ", "1")] + \
+        [("Ġ1", str(c % 10)) for c in range(11, 18)]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    with pytest.raises(TaskError, match="writes no year"):
+        nr.tasks.get_task("greater_than").pairs(n_prompts=2, tokenizer=tok)
+
+
+def test_circuit_and_training_read_the_joined_answers(year_bpe):
+    model, hf, tok = year_bpe
+    pairs = _pairs(model, 5, seed=2)
+    ds = nr.circuit(model, pairs, ig_steps=1, sizes=(), progress=False)  # greater-than's prob_diff
+    for k, p in enumerate(pairs):
+        good = [tok(a)["input_ids"][0] for a in (p.base_answer, *p.alternatives)]
+        bad = [tok(a)["input_ids"][0] for a in p.distractors]
+        for text, var in ((p.base, "clean_logit_diff"), (p.source, "corrupt_logit_diff")):
+            with torch.no_grad():
+                probs = hf(torch.tensor([tok(text)["input_ids"]])).logits[0, -1].double().softmax(-1)
+            assert float(ds[var][k]) == pytest.approx(float(probs[good].sum() - probs[bad].sum()), abs=1e-6)
+    from nnsight_reasoning.tasks import get_task
+    from nnsight_reasoning.training import _batch
+
+    batch = _batch(get_task("greater_than"), tok, model, 0, 4, 0, {})
+    examples = get_task("greater_than").examples(4, seed=0, tokenizer=tok)
+    for e, row in zip(examples, batch[2]):  # (rows, mask, targets)
+        assert row[row != -100].tolist() == [tok(e.answer)["input_ids"][0]]  # "33", not " 33"
+
+
 def test_the_embedded_tokenizer_draws_the_same_greater_than_prompts(embedded_tokenizer):
     # every year is one the embedded tokenizer splits as century + YY: a tokenizer changes no draw
     plain = nr.tasks.get_task("greater_than").pairs(n_prompts=40, seed=5)
@@ -82,7 +139,8 @@ def _reference(hf, ids, years):
         hooks.append(_get(block, o_path).register_forward_pre_hook(
             lambda mod, args, li=li: z.__setitem__(li, args[0][0, -1].double())))
         hooks.append(_get(block, mlp_path).register_forward_hook(
-            lambda mod, args, out, li=li: m.__setitem__(li, (out[0] if isinstance(out, tuple) else out)[0, -1].double())))
+            lambda mod, args, out, li=li: m.__setitem__(li, (out[0] if isinstance(out, tuple) else out)[0, -1]
+                                                        .double())))
     hooks.append(final.register_forward_pre_hook(lambda mod, args: f.__setitem__("x", args[0][0, -1].double())))
     try:
         with torch.no_grad():
@@ -124,7 +182,9 @@ def test_greater_than_components_match_the_hook_reference(case_model, year_bpe, 
         ids, src = tok(p.base)["input_ids"], tok(p.source)["input_ids"]
         at = [i for i, (a, b) in enumerate(zip(ids, src)) if a != b]
         yy = int(p.base.split()[-5][2:])
-        assert len(at) == 1
+        # the token is YY, read as text, and it ends the start year ("… the year 17|32")
+        start = p.base.split()[-5]
+        assert tok.decode(ids[at[0]]).strip() == f"{yy:02d}" and tok.decode(ids[:at[0] + 1]).replace(" ", "").endswith(start)
         probs, heads, mlps = _reference(hf, ids, years)
         peak.append(probs.argmax(-1) == at[0])
         prob.append(probs[..., at[0]])
@@ -140,12 +200,13 @@ def test_greater_than_components_match_the_hook_reference(case_model, year_bpe, 
     assert np.abs(ds.mlp_logit_diff.values).max() > 1e-3  # a read of nothing could not fail
 
 
-def _circuit(model, edges):
-    """An (upstream, downstream) 0/1 DataArray of this model's graph with ``edges`` (names) set."""
+def _circuit(model, edges, qkv=False):
+    """An (upstream, downstream) 0/1 DataArray of this model's graph (EAP-IG's q/k/v graph with
+    ``qkv``) with ``edges`` (names) set."""
     from nnsight_reasoning.experiments.circuit import Shape, node_table
 
-    shape = Shape.of(model)
-    up, down = node_table(shape.n_layers, shape.n_heads)
+    shape = Shape.of(model, qkv=qkv)
+    up, down = node_table(shape.n_layers, shape.n_heads, qkv=qkv)
     a = np.zeros(shape.valid.shape, np.int8)
     for u, v in edges:
         a[up["name"].index(u), down["name"].index(v)] = 1
@@ -170,6 +231,11 @@ def test_a_circuit_marks_its_mlps_into_the_logits_and_the_heads_feeding_them(emb
     assert float(ds.circuit_yy_attention) == pytest.approx(float(ds.yy_attention.values[heads == 1].mean()))
     assert float(ds.circuit_yy_logit) == pytest.approx(float(ds.yy_logit.values[heads == 1].mean()))
     assert float(ds.circuit_mlp_logit_diff) == pytest.approx(float(ds.mlp_logit_diff.values[[1, 3]].mean()))
+    qkv = _circuit(embedded_model, [("m3", "logits"), ("m1", "logits"), ("a1.2", "m3"), ("a0.1", "m1"),
+                                    ("a2.0", "logits"), ("a1.0", "m2"), ("a1.1", "a2.0<q>")], qkv=True)
+    same = nr.greater_than_components(embedded_model, pairs, circuit=qkv, progress=False)
+    for v in ("in_circuit_mlp", "in_circuit_head", "circuit_yy_logit"):  # EAP-IG's graph: the same components
+        np.testing.assert_array_equal(same[v].values, ds[v].values)
     alone = nr.greater_than_components(embedded_model, pairs, circuit=_circuit(embedded_model, [("a3.0", "logits")]),
                                        progress=False)
     assert alone.in_circuit_mlp.values.sum() == 0 and np.isnan(float(alone.circuit_mlp_logit_diff))
@@ -213,7 +279,7 @@ def test_cli_greater_than_components_with_a_circuit_sweep(tmp_path, monkeypatch)
     circ = nr.load_result(tmp_path / "c.nc")
     res = in_process(["greater-than-components", "--n-prompts", "20", "--circuit", "c.nc", "--revisions",
                       "step512,main", "--out", "g.nc", "--no-progress"])
-    assert res.returncode == 0 and "step512: circuit heads attend to YY" in res.output, res.output
+    assert res.returncode == 0 and "step512: circuit MLPs" in res.output, res.output
     ds = nr.load_result(tmp_path / "g.nc")
     nr.testing.assert_valid_result(ds)
     for rev in ("step512", "main"):  # each checkpoint's own 20-edge circuit
@@ -222,7 +288,44 @@ def test_cli_greater_than_components_with_a_circuit_sweep(tmp_path, monkeypatch)
         assert ds.in_circuit_mlp.sel(checkpoint=rev).values.tolist() == mlps
     fig = nr.plot_result(ds)
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(), ds.yy_attention.sel(checkpoint="main"))
+    res = in_process(["greater-than-components", "--n-prompts", "20", "--circuit", "c.nc", "--revision", "step512",
+                      "--out", "one.nc", "--no-progress"])  # one revision: that checkpoint's circuit of the file
+    assert res.returncode == 0, res.output
+    np.testing.assert_array_equal(nr.load_result(tmp_path / "one.nc").in_circuit_mlp.values,
+                                  ds.in_circuit_mlp.sel(checkpoint="step512").values)
+    res = in_process(["greater-than-components", "--circuit", "c.nc", "--revision", "step1000", "--no-progress"])
+    assert res.returncode == 2 and "has no checkpoint 'step1000'" in res.output, res.output
+    res = in_process(["circuit", "--task", "ioi", "--n-prompts", "4", "--ig-steps", "1", "--sizes", "10", "--out",
+                      "ioi.nc", "--no-progress"])
+    assert res.returncode == 0, res.output
+    res = in_process(["greater-than-components", "--circuit", "ioi.nc", "--no-progress"])
+    assert res.returncode == 2 and "a circuit of the 'ioi' task" in res.output, res.output
     res = in_process(["greater-than-components", "--circuit", "g.nc", "--no-progress"])
     assert res.returncode == 2 and "is not a circuit result" in res.output
     res = in_process(["greater-than-components", "--circuit", "c.nc", "--revisions", "step0,main", "--no-progress"])
     assert res.returncode == 2 and "no value for revision 'step0'" in res.output
+
+
+def test_selected_circuit_is_the_search_s_stop_size_where_it_found_none(embedded_model):
+    from nnsight_reasoning.experiments.circuit import extract, selected_circuit
+
+    pairs = _pairs(embedded_model, 6)
+    ds = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(), min_fraction=0.99, search=(1, 3, 1), progress=False)
+    assert int(ds.min_size) == -1 and int(ds.min_circuit.sum()) == 0  # 3 edges keep less than 0.99
+    np.testing.assert_array_equal(selected_circuit(ds).values, extract(ds.score.values, 3, "topn"))
+    found = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(20,), min_fraction=0.5, search=(5, 60, 5),
+                       progress=False)
+    assert int(found.min_size) > 0
+    np.testing.assert_array_equal(selected_circuit(found).values, found.min_circuit.values)
+    plain = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(20,), progress=False)
+    np.testing.assert_array_equal(selected_circuit(plain).values, plain.in_circuit.sel(size=20).values)
+
+
+def test_resume_configs_tell_circuits_apart_by_every_edge():
+    from nnsight_reasoning.runner import _configured
+
+    a = xr.DataArray(np.zeros((157, 157), np.int8), dims=("upstream", "downstream"))
+    b = a.copy()
+    b[80, 80] = 1  # a graph the size of Pythia-160m's: its text form is cut short, so only a digest sees this
+    assert str(a) == str(b) and _configured(a) != _configured(b)
+    assert _configured(a) == _configured(a.copy())

@@ -790,7 +790,7 @@ def component_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torc
     """Direct effect of every head's and every MLP's output at the last position on the logits
     of chosen tokens, read as :func:`head_logit_effects` reads a head's: W_U[v] · (γ ⊙ N(o) / s)
     with the final norm's scale s frozen at this run's value and the unembedding rows centred
-    over the vocabulary. ``input_ids`` (n, T); ``token_ids`` (n, K). Returns float64 (heads
+    over the vocabulary. ``input_ids`` (n, T); ``token_ids`` (n, K). Returns float64 logits (heads
     (n, layers, heads, K), MLPs (n, layers, K)); an MLP's output includes its bias."""
     from . import _run
 

@@ -22,9 +22,9 @@ subject, END the last position):
   rest (``process_backup_results``: ``summed_in_circuit_head_delta``, ``…outside…``).
 
 Departures: without ``circuit`` every head is a candidate (the repository always has one);
-in a checkpoint sweep, a circuit with a ``checkpoint`` dim (a circuit sweep's ``min_circuit``)
-gives each checkpoint its own, as the repository reads each checkpoint's graph, and one
-without serves every checkpoint; the final norm's scale is read
+in a checkpoint sweep, a circuit with a ``checkpoint`` dim (a circuit sweep's
+``circuit.selected_circuit``) gives each checkpoint its own, as the repository reads each
+checkpoint's graph, and one without serves every checkpoint; the final norm's scale is read
 at END (the repository's ``apply_ln_to_stack(pos_slice=-1)`` reads it at the last position,
 END when no prompt is padded); the copy score runs on unfolded weights (see
 :mod:`.ioi_components`).
@@ -75,8 +75,8 @@ def backup_heads(
     circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
         (``ds.min_circuit``): candidates are then the heads with a circuit edge into the logits,
         and the backup sums split into the heads that send a circuit edge and the rest. With
-        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit gives each
-        checkpoint its own.
+        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit
+        (:func:`~nnsight_reasoning.experiments.circuit.selected_circuit`) gives each checkpoint its own.
 
     Notes
     -----

@@ -16,7 +16,7 @@ On the clean prompts of greater-than pairs ("The war lasted from the year 1732 t
 
 The year tokens are read as :func:`backend.graph.component_logit_effects` reads any direct
 effect: through the final norm with its scale frozen at the run's value (W_U[v] · (γ ⊙ N(o) /
-s)). With ``circuit`` (one checkpoint's circuit, or a circuit sweep's ``min_circuit``, each
+s)). With ``circuit`` (one checkpoint's circuit, or a circuit sweep's, each
 checkpoint then read with its own, as the repository loads each checkpoint's graph) the
 repository's components are marked: the MLPs with a circuit edge into the logits
 (``in_circuit_mlp``) and the heads with a circuit edge into one of those MLPs
@@ -25,11 +25,14 @@ repository's components are marked: the MLPs with a circuit edge into the logits
 Departures: the repository reads the year tokens with the unembedding alone, its weights
 loaded unfolded (``fold_ln=False``), so neither the final LayerNorm's centring nor its gain
 enters (``logit_lens``); here the final norm's affine map does, as in every direct effect of
-the toolkit (a head's argmax over years can differ where γ is far from uniform; the MLPs'
-difference of means also differs by the frozen scale 1 / s). The repository's attention test
-reads a fixed key position, the seventh from the end of the padded batch (``[:, -7]``), which
-is the YY token only for prompts of one padded length; here each prompt's own YY token (where
-the clean and corrupted prompts differ). Every head and MLP is scored; the circuit selects.
+the toolkit (a head's top year can differ where γ is far from uniform or the year tokens'
+unembedding rows differ in their sums, which centring weighs; the MLPs' difference of means
+also differs by the frozen scale 1 / s). The repository's attention test reads one key
+position for every prompt, the seventh from the end of its 1,000 prompts right-padded to the
+longest (``[:, -7]``): the YY token for prompts two tokens shorter than the longest, the first
+" year" for the longest; here each prompt's own YY token (where the clean and corrupted
+prompts differ). The repository runs in bfloat16, where ties at the maximum are more common;
+here the model's dtype, read in float64. Every head and MLP is scored; the circuit selects.
 """
 from __future__ import annotations
 
@@ -50,18 +53,24 @@ from .ioi_components import circuit_edges, upstream_heads
 YEARS = tuple(f"{y:02d}" for y in range(100))
 
 
-def _start_years(pair_list: Sequence[Any], tok: Any) -> tuple[np.ndarray, np.ndarray]:
+def _start_years(pair_list: Sequence[Any], tok: Any, years: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(prompt,) YY of each clean prompt (the largest distractor: the start year and the earlier
-    ones are the wrong answers) and (prompt,) the YY token's position (the one position where
-    the clean and corrupted prompts differ)."""
+    ones are the wrong answers, as the repository's flags) and (prompt,) the YY token's position
+    (the one position where the clean and corrupted prompts differ, which must hold the token
+    of YY: ``years`` are the tokens of 00 … 99)."""
     yy = np.zeros(len(pair_list), dtype=np.int64)
     pos = np.zeros(len(pair_list), dtype=np.int64)
     for k, (p, b, s) in enumerate(zip(pair_list, tok.base, tok.source)):
         diff = [i for i, (x, y) in enumerate(zip(b, s)) if x != y]
-        if len(diff) != 1 or not p.distractors:
-            raise UsageError(f"greater-than pair {k} does not differ in its start year alone ({p.base!r} / "
-                             f"{p.source!r}); use nr.tasks.get_task('greater_than').pairs(tokenizer=model.tokenizer)")
-        yy[k], pos[k] = max(int(d) for d in p.distractors), diff[0]
+        try:
+            yy[k] = max(int(d) for d in p.distractors)
+        except ValueError:  # no distractors, or one that is no year
+            diff = []
+        if len(diff) != 1 or not 0 <= yy[k] < 100 or b[diff[0]] != years[yy[k]]:
+            raise UsageError(f"greater-than pair {k} does not differ in its start year's two digits alone, or its "
+                             f"distractors are not YY and the earlier years ({p.base!r} / {p.source!r}); use "
+                             f"nr.tasks.get_task('greater_than').pairs(tokenizer=model.tokenizer)")
+        pos[k] = diff[0]
     return yy, pos
 
 
@@ -96,8 +105,8 @@ def greater_than_components(
         (the repository: 1,000 prompts); only the clean prompts are run, the corrupted ones
         locate the YY token.
     circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
-        on greater-than (``ds.min_circuit``); with ``revisions``, a sweep's
-        (checkpoint, upstream, downstream) ``ds.min_circuit`` gives each checkpoint its own.
+        on greater-than (``nr.experiments.circuit.selected_circuit(ds)``); with ``revisions``, that
+        of a circuit sweep, (checkpoint, upstream, downstream), gives each checkpoint its own.
 
     Notes
     -----
@@ -133,7 +142,7 @@ def greater_than_components(
         raise UsageError(f"the year {YEARS[years.index(None)]!r} is not one token for this model; greater-than reads "
                          f"the 100 two-digit year tokens")
     pair_list, tok = _prepare(run, pairs)
-    yy, pos = _start_years(pair_list, tok)
+    yy, pos = _start_years(pair_list, tok, years)
     n = len(pair_list)
     peak = np.zeros((n, n_layers, n_heads), bool)
     prob = np.zeros((n, n_layers, n_heads))
@@ -174,11 +183,13 @@ def greater_than_components(
                                    ("mlp_logit_diff", mlp_diff.mean(0), mlps_in)):
             mean = float(values[mask].mean()) if mask.any() else float("nan")
             data[f"circuit_{name}"] = ((), mean, {"long_name": f"{name} averaged over the circuit's "
-                                                               f"{'MLPs' if name.startswith('mlp') else 'heads'}"})
+                                                               f"{'MLPs' if name.startswith('mlp') else 'heads'}",
+                                                  "units": "logits" if name.startswith("mlp") else "1"})
     coords = {"layer": np.arange(n_layers), "head": np.arange(n_heads),
               "prompt": ("prompt", np.arange(n), {"long_name": "prompt pair index"}),
               "base": ("prompt", [p.base for p in pair_list])}
-    attrs = {"method": "greater_than_components", "metric": "logit_lens", "candidates": "circuit" if edges is not None else "none"}
+    attrs = {"method": "greater_than_components", "metric": "logit_lens",
+             "candidates": "circuit" if edges is not None else "none"}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 

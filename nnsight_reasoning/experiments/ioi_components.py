@@ -32,8 +32,8 @@ two mentions of John, END the last position):
 Departures: the name movers' candidates without ``circuit`` are every head (the repository
 always has a circuit); the path from the S-inhibition candidate to the name movers is the
 residual stream alone (see :mod:`.path_patching`). In a checkpoint sweep a circuit with a
-``checkpoint`` dim (a circuit sweep's ``min_circuit``) gives each checkpoint its own, as the
-repository loads each checkpoint's graph; one without serves every checkpoint.
+``checkpoint`` dim (a circuit sweep's ``circuit.selected_circuit``) gives each checkpoint its
+own, as the repository loads each checkpoint's graph; one without serves every checkpoint.
 """
 from __future__ import annotations
 
@@ -180,8 +180,8 @@ def ioi_components(
         (``ds.min_circuit``): name-mover candidates are then the heads with a circuit edge into
         the logits, S-inhibition candidates those with a circuit edge into a name mover's query
         (``qkv=True`` circuits, the repository's rule) or its input (the default graph). With
-        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit gives each
-        checkpoint its own.
+        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit
+        (:func:`~nnsight_reasoning.experiments.circuit.selected_circuit`) gives each checkpoint its own.
     n_sequences, seq_len, seed : the repeated random tokens of the tertiary scores
         (``nr.tasks.repeated_tokens``; the repository: 2 sequences of 100).
 

@@ -53,11 +53,11 @@ from ..patch import tokenize_pairs
 from ._result import NODE_NAMES, _dataset, node_table, summarize
 from ._scores import METRICS, Shape, _ablation_values, _answers, _edge_patched, _edge_scores, _prepare, default_metric
 from .eap_ig_json import from_eap_ig_json, to_eap_ig_json
-from .selection import SELECTIONS, chosen_size, extract, greedy, overlap, prune, stability
+from .selection import SELECTIONS, chosen_size, extract, greedy, overlap, prune, selected_circuit, stability
 
 # the package's parts (the experiments built on the graph import Shape, _prepare, _answers,
 # _edge_patched, default_metric, node_table from here, as the CLI and plots import the rest)
-__all__ = ["circuit", "edge_patching", "extract", "greedy", "prune", "overlap", "stability", "chosen_size",
+__all__ = ["circuit", "edge_patching", "extract", "greedy", "prune", "overlap", "stability", "chosen_size", "selected_circuit",
            "node_table", "NODE_NAMES", "summarize", "to_eap_ig_json", "from_eap_ig_json", "default_metric", "Shape",
            "tokenize_pairs", "METRICS", "SELECTIONS", "ABLATIONS", "DEFAULT_SIZES"]
 

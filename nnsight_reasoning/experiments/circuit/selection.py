@@ -135,13 +135,7 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
     score = np.nan_to_num(ds["score"].values.astype(float))  # (checkpoint, upstream, downstream); NaN: no edge
     own = n_edges is None and "min_circuit" in ds and "checkpoint" in ds["min_circuit"].dims
     if own:
-        from ...results.io import list_attr
-
-        stop = int(list_attr(ds.attrs["search"])[1])  # the search's (start, stop, step)
-        selection = str(ds.attrs.get("selection", "topn"))
-        sets = [ds["min_circuit"].isel(checkpoint=k).values.astype(bool) if int(ds["min_size"][k]) >= 0
-                else extract(ds["score"].isel(checkpoint=k).values, stop, selection)  # pruned
-                for k in range(ds.sizes["checkpoint"])]
+        sets = [selected_circuit(ds.isel(checkpoint=k)).values.astype(bool) for k in range(ds.sizes["checkpoint"])]
         n = -1
     else:
         n = chosen_size(ds) if n_edges is None else int(n_edges)
@@ -194,6 +188,35 @@ def stability(ds: xr.Dataset, n_edges: int | None = None, alpha: float = 0.5) ->
         out["min_size"] = ("checkpoint", ds["min_size"].values.astype(int),
                            {"long_name": "edges (before pruning) of the checkpoint's smallest faithful circuit"})
     return out
+
+
+def selected_circuit(ds: xr.Dataset) -> xr.DataArray:
+    """The circuit a result stands for, as an (upstream, downstream) 0/1 DataArray, per
+    checkpoint in a sweep ((checkpoint, upstream, downstream)): the searched smallest faithful
+    circuit (``min_fraction``: ``min_circuit``, the graph circuits-over-time saves per checkpoint,
+    ``get_circuits_over_time.py:471-476``), or where the search found none the circuit of its
+    ``stop`` size, as the repository's search then returns its end; without a search, the size
+    :func:`chosen_size` picks. What ``circuit=`` of ``ioi_components``, ``backup_heads`` and
+    ``greater_than_components`` takes (a sweep's gives each checkpoint its own)."""
+    if "checkpoint" in ds.dims:
+        per = [selected_circuit(ds.isel(checkpoint=k)) for k in range(ds.sizes["checkpoint"])]
+        return xr.concat(per, "checkpoint").assign_coords(checkpoint=ds["checkpoint"].values)
+    if "min_circuit" in ds:
+        if int(ds["min_size"]) >= 0:
+            edges = ds["min_circuit"]
+        else:
+            from ...results.io import list_attr
+
+            stop = int(list_attr(ds.attrs["search"])[1])  # the search's (start, stop, step)
+            keep = extract(ds["score"].values, stop, str(ds.attrs.get("selection", "topn")))  # pruned
+            edges = ds["min_circuit"].copy(data=keep.astype(np.int8))
+    elif ds.sizes.get("size", 0):
+        edges = ds["in_circuit"].sel(size=chosen_size(ds))
+    else:
+        raise UsageError("this circuit result holds no circuit (it was run with sizes=()); rerun with sizes or "
+                         "min_fraction")
+    edges = edges.drop_vars([c for c in edges.coords if edges[c].ndim == 0])  # a sweep's per-checkpoint values
+    return edges.astype(np.int8).rename("circuit").assign_attrs(long_name="edge in the circuit")
 
 
 def chosen_size(ds: xr.Dataset) -> int:
