@@ -224,20 +224,22 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
     """(prompts,) 1 where the answer token is the top-1 next token, or with ``choices`` the one
     of highest logit among the choices' tokens."""
     ids = backend.tokenize(run.model, [p.text for p in plist])
-    out = np.zeros(len(plist), np.int8)
-    if choices is not None:
+    if choices is not None:  # the repository's comparison of the choices' logits alone
         cand = torch.tensor(backend.answer_tokens(run.model, list(choices)))
         want = np.array([list(choices).index(p.answer) for p in plist])
-        for chunk in run.steps(run.batches([len(x) for x in ids]), label):
-            s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
-                         cand.expand(len(chunk), -1), rank=False)
-            out[chunk] = (s.logits.numpy().argmax(1) == want[chunk]).astype(np.int8)
-        return out
-    answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
+
+        def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:
+            s = run.call(backend.answer_scores, rows, cand.expand(len(chunk), -1), rank=False)
+            return s.logits.numpy().argmax(1) == want[chunk]
+    else:  # the top token over the vocabulary
+        answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
+
+        def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:
+            s = run.call(backend.answer_scores, rows, torch.from_numpy(answers[chunk, None]), rank="top")
+            return s.top.numpy() == answers[chunk]
+    out = np.zeros(len(plist), np.int8)
     for chunk in run.steps(run.batches([len(x) for x in ids]), label):
-        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]),
-                     torch.from_numpy(answers[chunk, None]), rank="top")
-        out[chunk] = (s.top.numpy() == answers[chunk]).astype(np.int8)
+        out[chunk] = right(chunk, torch.tensor([ids[i] for i in chunk]))
     return out
 
 
