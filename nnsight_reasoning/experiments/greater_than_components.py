@@ -205,13 +205,13 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         for c in (ds["checkpoint"].values if "checkpoint" in ds.dims else [None]):
             one = ds if c is None else ds.sel(checkpoint=c)
             lines.append(("" if c is None else f"{c}: ") + _circuit_line(one))
-    found = (last["yy_attention"] > 0.5) & (last["yy_logit"] > 0.5)
+    found = (last["yy_attention"] > 0.5) | (last["yy_logit"] > 0.5)  # either on most prompts
     for layer, head in zip(*np.nonzero(found.values)):
         v = last.isel(layer=layer, head=head)
-        lines.append(f"a{layer}.{head} attends to YY ({float(v['yy_attention']):.2f}) and copies it "
-                     f"({float(v['yy_logit']):.2f})")
+        lines.append(f"a{layer}.{head}: attention END → YY largest on {float(v['yy_attention']):.2f} of the prompts, "
+                     f"output favours YY or YY + 1 on {float(v['yy_logit']):.2f}")
     if not found.values.any():
-        lines.append("no head attends to YY and copies it on most prompts")
+        lines.append("no head attends to YY or copies it on most prompts")
     for layer in range(last.sizes["layer"]):
         flag = " (in circuit)" if "in_circuit_mlp" in last and int(last["in_circuit_mlp"][layer]) else ""
         lines.append(f"m{layer}: later − earlier years {float(last['mlp_logit_diff'][layer]):+.2f} logits{flag}")
