@@ -288,9 +288,10 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
 
 def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
              remote: bool | str, progress: bool, resume_dir: str | Path | None,
-             revisions: str | Sequence[str] | None, cluster: Cluster | None) -> xr.Dataset:
-    """:func:`execute` once its cluster (or None) is connected."""
-    if not _per_tokenizer(data):
+             revisions: str | Sequence[str] | None, cluster: Cluster | None, checked: bool = False) -> xr.Dataset:
+    """:func:`execute` once its cluster (or None) is connected; ``checked``: the data has been
+    checked (one model of a list: the list's call checked it)."""
+    if not _per_tokenizer(data) and not checked:
         check_data(exp.compute, data)  # before anything reads it (a list of models digests it first)
     if isinstance(model, (list, tuple)):
         # parts of the whole run are checked against the data as the first model's tokenizer
@@ -298,7 +299,7 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
         probe = data(_tokenizer_of(model[0], revisions)) if _per_tokenizer(data) and model else data
         return over_models(lambda m, where: _execute(exp, m, data, options, batch_size=batch_size, remote=remote,
                                                      progress=progress, resume_dir=where, revisions=revisions,
-                                                     cluster=cluster),
+                                                     cluster=cluster, checked=True),
                            model, config=_config(exp, probe, options, batch_size), resume_dir=resume_dir,
                            progress=progress, cluster=cluster)
     if _per_tokenizer(data):
