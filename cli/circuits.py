@@ -174,8 +174,9 @@ def _circuit_file(circuit: Optional[Path], h: Harness, task: str) -> Any:
 
 CircuitFile = Annotated[Optional[Path], typer.Option(
     help="a `reason-interp circuit` result of the same task: its searched smallest circuit (where the search found "
-         "none, its stop size; without a search, the size the summary shows); with --revisions, each checkpoint's "
-         "own from a sweep's file")]
+         "none, its stop size; without a search, the smallest measured size keeping a faithfulness of 0.8); from a "
+         "sweep's file, with --revisions each checkpoint's own, with --revision that checkpoint's, with neither "
+         "main's or else the last checkpoint's")]
 
 
 @experiment_command()

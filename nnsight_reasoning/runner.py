@@ -574,11 +574,18 @@ def _configured(value: Any) -> Any:
     """An option as a config records it: an xarray object (a circuit) by a digest of its dims,
     values and coordinates (its text form is cut short above 1,000 values, so two circuits
     differing in one edge would read the same), anything else as :func:`named` gives it."""
-    if isinstance(value, xr.DataArray):
-        return {"xarray": digest([list(value.dims), value.values, {str(c): value[c].values for c in value.coords}])}
-    if isinstance(value, xr.Dataset):
-        return {"xarray": digest({str(k): [list(v.dims), v.values] for k, v in value.variables.items()})}
+    if isinstance(value, (xr.DataArray, xr.Dataset)):
+        arrays = value.to_dataset(name="_") if isinstance(value, xr.DataArray) else value
+        return {"xarray": digest({str(k): [list(v.dims), _canonical(v.values)] for k, v in arrays.variables.items()})}
     return named(value)
+
+
+def _canonical(values: np.ndarray) -> np.ndarray:
+    """The same numbers or words in one dtype whatever the source (a result in memory holds
+    object strings and int8 edges, the same read from a file fixed-width strings): integers and
+    booleans as int64, floats as float64, anything else as str."""
+    kind = values.dtype.kind
+    return values.astype(np.int64 if kind in "biu" else np.float64 if kind == "f" else str)
 
 
 def _model_config(info: Any) -> dict[str, Any]:

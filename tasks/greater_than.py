@@ -45,12 +45,13 @@ def valid_years(tokenizer: Any | None, source: bool = False) -> frozenset[int] |
         per = _VALID.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be weakly referenced: computed each time
         per = {}
-    if source not in per:
-        per[source] = _valid_years(tokenizer, source)
-    return per[source]
+    key = (source, len(tokenizer))  # a tokenizer that gains tokens is read again
+    if key not in per:
+        per[key] = _valid_years(tokenizer, source)
+    return per[key]
 
 
-_VALID: "weakref.WeakKeyDictionary[Any, dict[bool, frozenset[int]]]" = weakref.WeakKeyDictionary()
+_VALID: "weakref.WeakKeyDictionary[Any, dict[tuple[bool, int], frozenset[int]]]" = weakref.WeakKeyDictionary()
 
 
 def _valid_years(tokenizer: Any, source: bool) -> frozenset[int]:
@@ -73,9 +74,11 @@ def _valid_years(tokenizer: Any, source: bool) -> frozenset[int]:
 
 
 def sample_greater_than(rng: random.Random, lo: int = 2, hi: int = 98,
-                        years: set[int] | None = None) -> tuple[str, int]:
+                        years: frozenset[int] | set[int] | None = None) -> tuple[str, int]:
     """A prompt and its start year's last two digits; with ``years`` (:func:`valid_years`) a draw
     outside them is drawn again (so a tokenizer that allows every year draws what none does)."""
+    if years is not None and not any(lo <= y % 100 <= hi and y // 100 in CENTURIES for y in years):
+        raise TaskError(f"no start year allowed by this tokenizer has its last two digits in {lo:02d}..{hi:02d}")
     while True:
         yy = rng.randint(lo, hi)
         noun, century = rng.choice(EVENT_NOUNS), rng.choice(CENTURIES)

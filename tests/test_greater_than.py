@@ -94,8 +94,19 @@ def test_a_tokenizer_without_drawable_years_is_refused():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
-    with pytest.raises(TaskError, match="writes no year"):
-        nr.tasks.get_task("greater_than").pairs(n_prompts=2, tokenizer=tok)
+    import signal
+
+    def hung(*_):  # a regression would redraw for ever: fail instead
+        raise AssertionError("greater-than pairs kept redrawing")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(TaskError, match="writes no year"):
+            nr.tasks.get_task("greater_than").pairs(n_prompts=2, tokenizer=tok)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_circuit_and_training_read_the_joined_answers(year_bpe):
@@ -116,6 +127,21 @@ def test_circuit_and_training_read_the_joined_answers(year_bpe):
     examples = get_task("greater_than").examples(4, seed=0, tokenizer=tok)
     for e, row in zip(examples, batch[2]):  # (rows, mask, targets)
         assert row[row != -100].tolist() == [tok(e.answer)["input_ids"][0]]  # "33", not " 33"
+
+
+def test_training_continues_a_joined_answer_of_several_tokens(year_bpe, monkeypatch):
+    # an answer of several tokens follows its prompt in the row; a joined one with no space before it
+    model, _, tok = year_bpe
+    from nnsight_reasoning import backend
+    from nnsight_reasoning.tasks import get_task
+    from nnsight_reasoning.training import _batch
+
+    monkeypatch.setattr(backend, "answer_token", lambda *a, **k: None)  # as if no answer were one token
+    rows, _, targets = _batch(get_task("greater_than"), tok, model, 0, 3, 0, {})
+    for e, row, target in zip(get_task("greater_than").examples(3, seed=0, tokenizer=tok), rows, targets):
+        full = tok(e.prompt + e.answer)["input_ids"]  # "… the year 17" + "33": the year written whole
+        n = len(tok(e.prompt)["input_ids"])
+        assert row[:len(full) - 1].tolist() == full[:-1] and target[target != -100].tolist() == full[n:]
 
 
 def test_the_embedded_tokenizer_draws_the_same_greater_than_prompts(embedded_tokenizer):
@@ -310,15 +336,20 @@ def test_selected_circuit_is_the_search_s_stop_size_where_it_found_none(embedded
     from nnsight_reasoning.experiments.circuit import extract, selected_circuit
 
     pairs = _pairs(embedded_model, 6)
-    ds = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(), min_fraction=0.99, search=(1, 3, 1), progress=False)
-    assert int(ds.min_size) == -1 and int(ds.min_circuit.sum()) == 0  # 3 edges keep less than 0.99
-    np.testing.assert_array_equal(selected_circuit(ds).values, extract(ds.score.values, 3, "topn"))
+    # no circuit of 5 … 30 edges keeps 100 times the clean probability difference
+    ds = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(), min_fraction=100.0, search=(5, 30, 5),
+                    progress=False)
+    assert int(ds.min_size) == -1 and int(ds.min_circuit.sum()) == 0
+    stop = extract(ds.score.values, 30, "topn")
+    assert stop.sum() > 0 and (stop != extract(ds.score.values, 25, "topn")).any()
+    np.testing.assert_array_equal(selected_circuit(ds).values, stop)
     found = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(20,), min_fraction=0.5, search=(5, 60, 5),
                        progress=False)
     assert int(found.min_size) > 0
     np.testing.assert_array_equal(selected_circuit(found).values, found.min_circuit.values)
-    plain = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(20,), progress=False)
-    np.testing.assert_array_equal(selected_circuit(plain).values, plain.in_circuit.sel(size=20).values)
+    plain = nr.circuit(embedded_model, pairs, ig_steps=1, sizes=(5, 20, 200), progress=False)
+    size = next(int(s) for s, f in zip(plain["size"].values, plain.faithfulness.values) if f >= 0.8)
+    np.testing.assert_array_equal(selected_circuit(plain).values, plain.in_circuit.sel(size=size).values)
 
 
 def test_resume_configs_tell_circuits_apart_by_every_edge():
@@ -329,3 +360,9 @@ def test_resume_configs_tell_circuits_apart_by_every_edge():
     b[80, 80] = 1  # a graph the size of Pythia-160m's: its text form is cut short, so only a digest sees this
     assert str(a) == str(b) and _configured(a) != _configured(b)
     assert _configured(a) == _configured(a.copy())
+    # the same circuit in memory (object strings, int8) and read back from a file (fixed-width, int64)
+    names = np.array([f"a{i}" for i in range(157)], dtype=object)
+    mem = a.assign_coords(upstream=names, downstream=names)
+    read = xr.DataArray(a.values.astype(np.int64), dims=a.dims,
+                        coords={"upstream": names.astype(str), "downstream": names.astype(str)})
+    assert _configured(mem) == _configured(read) != _configured(b.assign_coords(upstream=names, downstream=names))

@@ -72,11 +72,11 @@ def backup_heads(
     copy_threshold : a name mover's copy score is at least this, in percent (the repository's
         ``get_ablation_targets``: 75).
     top_k : a name counts as copied among the head's top-k OV tokens (repository: 5).
-    circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
-        (``ds.min_circuit``): candidates are then the heads with a circuit edge into the logits,
-        and the backup sums split into the heads that send a circuit edge and the rest. With
-        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit
-        (:func:`~nnsight_reasoning.experiments.circuit.selected_circuit`) gives each checkpoint its own.
+    circuit : optional (upstream, downstream) 0/1 DataArray of a :func:`nnsight_reasoning.circuit`
+        result ``ds``, ``nr.experiments.circuit.selected_circuit(ds)``: candidates are then the
+        heads with a circuit edge into the logits, and the backup sums split into the heads that
+        send a circuit edge and the rest. With ``revisions``, that of a circuit sweep,
+        (checkpoint, upstream, downstream), gives each checkpoint its own.
 
     Notes
     -----

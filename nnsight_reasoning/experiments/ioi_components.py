@@ -176,12 +176,12 @@ def ioi_components(
         70 mixed prompts; ``swap`` is its S-inhibition corruption).
     copy_threshold : a name mover's copy score must exceed it, in percent (repository: 10).
     top_k : a name counts as copied when among the head's top-k tokens (repository: 5).
-    circuit : optional (upstream, downstream) 0/1 DataArray from :func:`nnsight_reasoning.circuit`
-        (``ds.min_circuit``): name-mover candidates are then the heads with a circuit edge into
-        the logits, S-inhibition candidates those with a circuit edge into a name mover's query
-        (``qkv=True`` circuits, the repository's rule) or its input (the default graph). With
-        ``revisions``, a sweep's (checkpoint, upstream, downstream) circuit
-        (:func:`~nnsight_reasoning.experiments.circuit.selected_circuit`) gives each checkpoint its own.
+    circuit : optional (upstream, downstream) 0/1 DataArray of a :func:`nnsight_reasoning.circuit`
+        result ``ds``, ``nr.experiments.circuit.selected_circuit(ds)``: name-mover candidates are
+        then the heads with a circuit edge into the logits, S-inhibition candidates those with a
+        circuit edge into a name mover's query (``qkv=True`` circuits, the repository's rule) or
+        its input (the default graph). With ``revisions``, that of a circuit sweep,
+        (checkpoint, upstream, downstream), gives each checkpoint its own.
     n_sequences, seq_len, seed : the repeated random tokens of the tertiary scores
         (``nr.tasks.repeated_tokens``; the repository: 2 sequences of 100).
 

@@ -196,8 +196,12 @@ def selected_circuit(ds: xr.Dataset) -> xr.DataArray:
     circuit (``min_fraction``: ``min_circuit``, the graph circuits-over-time saves per checkpoint,
     ``get_circuits_over_time.py:471-476``), or where the search found none the circuit of its
     ``stop`` size, as the repository's search then returns its end; without a search, the size
-    :func:`chosen_size` picks. What ``circuit=`` of ``ioi_components``, ``backup_heads`` and
-    ``greater_than_components`` takes (a sweep's gives each checkpoint its own)."""
+    :func:`chosen_size` picks for that checkpoint (the smallest measured size whose faithfulness
+    reaches 0.8 there, else the largest). What ``circuit=`` of ``ioi_components``,
+    ``backup_heads`` and ``greater_than_components`` takes (a sweep's gives each checkpoint its
+    own)."""
+    if "model" in ds.dims:
+        raise UsageError("this circuit result holds several models; pick one first: ds.sel(model=NAME)")
     if "checkpoint" in ds.dims:
         per = [selected_circuit(ds.isel(checkpoint=k)) for k in range(ds.sizes["checkpoint"])]
         return xr.concat(per, "checkpoint").assign_coords(checkpoint=ds["checkpoint"].values)
