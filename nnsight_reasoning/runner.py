@@ -322,8 +322,9 @@ def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *,
         raise UsageError("a model with an adapter is fine-tuned on one base checkpoint: run it without revisions")
     from .results.checkpoints import parse_revisions
 
-    for rev in parse_revisions(revisions, _sweep_model(model, {})[0]):  # refused before any revision runs
-        at_revision(options, rev)
+    if any(isinstance(v, (xr.DataArray, xr.Dataset)) and "checkpoint" in v.dims for v in options.values()):
+        for rev in parse_revisions(revisions, _sweep_model(model, {})[0]):  # refused before any revision runs
+            at_revision(options, rev)
     chosen = None
     if exp.fixed_in_sweeps is not None and options.get(exp.fixed_in_sweeps[0]) is None:
         option, choose = exp.fixed_in_sweeps
