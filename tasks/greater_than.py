@@ -54,12 +54,21 @@ def valid_years(tokenizer: Any | None, source: bool = False) -> frozenset[int] |
 _VALID: "weakref.WeakKeyDictionary[Any, dict[tuple[bool, int], frozenset[int]]]" = weakref.WeakKeyDictionary()
 
 
-def _valid_years(tokenizer: Any, source: bool) -> frozenset[int]:
+def year_token_ids(tokenizer: Any) -> list[int | None]:
+    """The token of each two-digit year 00 … 99 as it follows its century ("32" in " 17", "32";
+    the repository's ``get_year_indices``): the one token of the digits with no space before
+    them, None where they are not one token. The answers of greater-than prompts."""
     from .base import joined_token_id
+
+    return [joined_token_id(tokenizer, f"{y:02d}") for y in range(100)]
+
+
+def _valid_years(tokenizer: Any, source: bool) -> frozenset[int]:
+    years = year_token_ids(tokenizer)
 
     def split(year: int) -> bool:
         ids = tokenizer(f" {year}", add_special_tokens=False)["input_ids"]
-        return len(ids) == 2 and ids[1] == joined_token_id(tokenizer, f"{year % 100:02d}")
+        return len(ids) == 2 and ids[1] == years[year % 100]
 
     out: set[int] = set()
     for century in CENTURIES:

@@ -42,15 +42,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..backend import answer_token, attention_probs
+from ..backend import attention_probs
 from ..backend.graph import component_logit_effects
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
+from ..tasks.greater_than import year_token_ids
 from .circuit import Shape, _prepare, node_table
 from .ioi_components import circuit_edges, upstream_heads
-
-YEARS = tuple(f"{y:02d}" for y in range(100))
 
 
 def _start_years(pair_list: Sequence[Any], tok: Any, years: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +136,9 @@ def greater_than_components(
     shape = Shape.of(run.model)
     n_layers, n_heads = shape.n_layers, shape.n_heads
     edges = circuit_edges(run, circuit, shape)
-    years = [answer_token(run.model, y, joined=True) for y in YEARS]
+    years = year_token_ids(run.tokenizer)
     if None in years:
-        raise UsageError(f"the year {YEARS[years.index(None)]!r} is not one token for this model; greater-than reads "
+        raise UsageError(f"the year '{years.index(None):02d}' is not one token for this model; greater-than reads "
                          f"the 100 two-digit year tokens")
     pair_list, tok = _prepare(run, pairs)
     yy, pos = _start_years(pair_list, tok, years)
