@@ -33,13 +33,18 @@ class Statement:
 
 @dataclass(frozen=True)
 class ReasoningPrompt:
-    """``prefix``, the statements joined by ``sep``, then ``question``; the answer follows."""
+    """``prefix``, then ``lead`` (where there is a prefix), the statements joined by ``sep``, then
+    " " and ``question``; the answer follows. ``group``: the set the prompt is probed in (the
+    repository's ProofWriter protocol probes each number of statements m apart,
+    :func:`load_reasoning` with ``by_size``); None: one probe over all prompts."""
 
     statements: tuple[Statement, ...]
     answer: str
     prefix: str = ""
     question: str = ""
     sep: str = " "
+    lead: str = " "
+    group: int | None = None
 
     @property
     def text(self) -> str:
@@ -53,7 +58,7 @@ class ReasoningPrompt:
         text, spans = self.prefix, []
         for i, s in enumerate(self.statements):
             if text:
-                text += self.sep if i else " "
+                text += self.sep if i else self.lead
             spans.append((len(text), len(text) + len(s.text)))
             text += s.text
         if self.question:
@@ -145,14 +150,17 @@ def _as_list(value: Any, column: str, row: int) -> list:
 
 def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *, n_prompts: int | None = None,
                    corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, max_depth: int | None = None,
-                   n_shots: int = 0) -> ReasoningPrompts:
+                   n_shots: int = 0, form: str = "toolkit", by_size: Sequence[int] | str | None = None
+                   ) -> ReasoningPrompts:
     """Read labelled reasoning prompts from a local ``.jsonl``/``.json`` or ``.csv`` file.
 
     A ``proofwriter`` file may also be one of ProofWriter's published ``meta-*.jsonl`` files
     (rows with ``theory``, ``triples``, ``rules``, ``questions``): see
     :func:`proofwriter_questions`; an ``arc`` file one of STREET's reasoning-annotated ARC files
     (rows with ``textual_logical_units``, ``reasoning_graph_edges``): see :func:`arc_questions`.
-    ``max_depth`` and ``n_shots`` apply to those only.
+    ``max_depth`` and ``n_shots`` apply to those only; ``form`` and ``by_size`` (the repository's
+    prompt text and its per-m probing sets) to ProofWriter's, which ``path`` may also name as a
+    folder (its ``CWA`` folder: every depth's train, dev and test pooled).
 
     Columns (CSV cells with lists hold JSON):
 
@@ -168,12 +176,18 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     if path is None:
         raise TaskError(f"task {style!r} reads a local file: give path=FILE (CLI: --data FILE; evaluate: --param path=FILE)")
     path = Path(path)
+    if style == "proofwriter" and (path.is_dir() or path.is_file() and _is_published_proofwriter(path)):
+        out = proofwriter_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed,
+                                    form=form, by_size=by_size)
+        sized = {} if by_size is None else {"by_size": ",".join(map(str, _sizes(by_size))), "group": GROUP_NAME}
+        if by_size is not None and max_depth is None:
+            max_depth = 1  # the protocol's
+        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
+                       format="proofwriter_published", form=form, **sized)
     if not path.is_file():
         raise TaskError(f"no such data file: {path}")
-    if style == "proofwriter" and _is_published_proofwriter(path):
-        out = proofwriter_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
-        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
-                       format="proofwriter_published")
+    if form != "toolkit" or by_size is not None:
+        raise TaskError(f"form and by_size apply to ProofWriter's published files; {path.name} is not one")
     if style == "arc" and _is_published_arc(path):
         out = arc_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
         return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
@@ -298,55 +312,164 @@ def proof_steps(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[
     return {n: depth - dist[n] + 1 for n in nodes}
 
 
+FORMS = ("toolkit", "repository")
+# the repository's numbers of statements m, one probe each (src/rtask/proofwriter_probe.py:193)
+SIZES = (1, 2, 4, 8, 12, 16, 20, 24)
+PER_SIZE = 1024  # its data_num (proofwriter_probe.py:194)
+GROUP_NAME = ("statements in the context, m (the repository's ProofWriter probe, proofwriter_probe.py:193-209; "
+              "m = 1 holds its depth-0 questions, whatever their context)")
+
+
+def proofwriter_files(path: str | Path) -> list[Path]:
+    """The published files a path stands for: the file itself, or for a folder its
+    ``meta-{train,dev,test}.jsonl`` and those of its ``depth-*`` folders (ProofWriter's ``CWA``
+    folder: every depth's splits, pooled as the repository's ``data_loader`` pools them,
+    ``src/utils.py:450-548`` and ``proofwriter_probe.py:192``)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise TaskError(f"no such data file or folder: {path}")
+    folders = [path, *sorted(d for d in path.glob("depth-*") if d.is_dir())]
+    files = [f for d in folders for f in (d / f"meta-{s}.jsonl" for s in ("train", "dev", "test")) if f.is_file()]
+    if not files:
+        raise TaskError(f"{path} holds no meta-train/dev/test.jsonl (nor depth-*/ folders with them): give "
+                        f"ProofWriter's CWA folder, one of its depth-N folders, or one file")
+    return files
+
+
 def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: int | None = None,
-                          n_shots: int = 0, seed: int = 0) -> list[ReasoningPrompt]:
-    """Labelled prompts from one of ProofWriter's published files (``meta-{train,dev,test}.jsonl``
-    of a ``depth-N`` folder): one prompt per question that has a proof, as the repository's
-    ``preprocess_proofwriter`` and probe script keep them (no ``NAF`` — negation as failure —, a
-    single proof, no ``OR``: ``src/rtask/proofwriter_probe.py:192, 259``); a proof that applies one
-    rule twice (its statement would sit at two steps) is left out too.
+                          n_shots: int = 0, seed: int = 0, form: str = "toolkit",
+                          by_size: Sequence[int] | None = None) -> list[ReasoningPrompt]:
+    """Labelled prompts from ProofWriter's published files (``meta-{train,dev,test}.jsonl`` of a
+    ``depth-N`` folder, or a folder of them: :func:`proofwriter_files`): one prompt per question
+    that has a proof, as the repository's ``preprocess_proofwriter`` and probe script keep them
+    (no ``NAF`` — negation as failure —, a single proof, no ``OR``:
+    ``src/rtask/proofwriter_probe.py:192, 259``); a proof that applies one rule twice (its
+    statement would sit at two steps) is left out too.
 
     Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
-    where the proof names them, with :func:`proof_steps` as steps; the question is rendered
-    "Question : {question} Answer :", the answer "True"/"False". ``max_depth`` keeps questions
-    of ``QDep`` ≤ it (the repository probes depth ≤ 1). ``n_shots`` prepends that many other
-    questions with their theory and answer (drawn with ``seed`` from the file, as the
-    repository's 4 in-context examples), so the statements probed are the last theory's.
+    where the proof names them, with :func:`proof_steps` as steps; the answer is "True"/"False".
+    ``max_depth`` keeps questions of ``QDep`` ≤ it (the repository probes depth ≤ 1).
+    ``n_shots`` prepends that many other questions with their theory and answer, so the
+    statements probed are the last theory's.
+
+    ``form``: "toolkit" renders "{statements joined by spaces} Question : {question} Answer :",
+    shots drawn with ``seed`` from the questions kept, distinct; "repository" renders as its probe
+    (``proofwriter_probe.py:79-93``): the statements joined with nothing between them, then
+    " {question} True or False?", after shots "{theory} {question}: True or False?{answer}" each
+    ending a line, drawn with replacement from every question with a proof (any depth, ``OR``
+    kept), as ``random.choices(train_data, k=icl_num)`` draws them.
+
+    ``by_size``: the repository's probing sets (``proofwriter_probe.py:192-209``): questions of
+    depth ≤ 1, those of depth 1 grouped by their number of statements m (triples + rules), those
+    of depth 0 in group 1; each depth shuffled with ``seed`` and its questions dealt into the
+    listed groups, at most ``n_prompts`` per group (default 1024, its ``data_num``), keeping a
+    question only if its proof names at least depth + 1 statements (``:200``). Each prompt's
+    ``group`` is its m; the prompts come group by group, smallest m first.
     """
-    path = Path(path)
-    rows = _read_jsonl(path)
-    items = []
-    for r, row in enumerate(rows):
-        try:
-            texts = {k: v["text"] for k, v in row["triples"].items()}
-            texts.update({k: v["text"] for k, v in row["rules"].items()})
-            questions = row["questions"]
-        except (KeyError, TypeError, AttributeError):
-            raise TaskError(f"{path.name}, row {r}: a ProofWriter row needs triples/rules with 'text' and "
-                            f"questions") from None
-        for qid, q in questions.items():
-            proof = str(q.get("proofs", ""))
-            if q.get("QLen", "") == "" or "NAF" in proof or "OR" in proof or not proof.strip():
-                continue  # no proof (unknown under CWA), negation as failure, or several proofs
-            depth = int(q.get("QDep", 0))
-            if max_depth is not None and depth > max_depth:
-                continue
-            nodes, edges = parse_proof(proof)
-            unknown = [n for n in nodes if n not in texts]
-            if unknown:
-                raise TaskError(f"{path.name}, row {r}, {qid}: the proof names {unknown[0]}, which the theory lacks")
+    check_choice("form", form, FORMS)
+    if by_size is not None:
+        by_size = _sizes(by_size)
+        if max_depth not in (None, 0, 1):
+            raise TaskError(f"by_size follows the repository's depth <= 1 protocol; max_depth must be 0 or 1 "
+                            f"(got {max_depth})")
+        max_depth = 1 if max_depth is None else max_depth
+    files = proofwriter_files(path)
+    items, shot_pool = [], []
+    for f in files:
+        for r, row in enumerate(_read_jsonl(f)):
             try:
-                steps = proof_steps(nodes, edges)
-            except TaskError:  # a rule applied twice in one chain: one statement at two steps, no single label
-                continue
-            statements = tuple(Statement(t, k in steps, steps.get(k, 0)) for k, t in texts.items())
-            answer = "True" if q["answer"] in (True, "True", "true") else "False"
-            items.append((statements, str(q["question"]).strip(), answer))
+                texts = {k: v["text"] for k, v in row["triples"].items()}
+                texts.update({k: v["text"] for k, v in row["rules"].items()})
+                questions = row["questions"]
+            except (KeyError, TypeError, AttributeError):
+                raise TaskError(f"{f.name}, row {r}: a ProofWriter row needs triples/rules with 'text' and "
+                                f"questions") from None
+            theory = str(row.get("theory", " ".join(texts.values())))
+            for qid, q in questions.items():
+                proof = str(q.get("proofs", ""))
+                if q.get("QLen", "") == "" or "NAF" in proof or not proof.strip():
+                    continue  # no proof (unknown under CWA) or negation as failure
+                answer = "True" if q["answer"] in (True, "True", "true") else "False"
+                question = str(q["question"]).strip()
+                shot_pool.append((theory, question, answer))  # the repository's in-context pool keeps OR proofs
+                depth = int(q.get("QDep", 0))
+                if "OR" in proof or (max_depth is not None and depth > max_depth):
+                    continue  # several proofs
+                nodes, edges = parse_proof(proof)
+                unknown = [n for n in nodes if n not in texts]
+                if unknown:
+                    raise TaskError(f"{f.name}, row {r}, {qid}: the proof names {unknown[0]}, which the theory lacks")
+                try:
+                    steps = proof_steps(nodes, edges)
+                except TaskError:  # a rule applied twice in one chain: one statement at two steps, no single label
+                    continue
+                statements = tuple(Statement(t, k in steps, steps.get(k, 0)) for k, t in texts.items())
+                items.append((statements, question, answer, depth))
+    where = files[0].name if len(files) == 1 else str(path)
     if not items:
-        raise TaskError(f"{path.name} has no question with a single proof"
+        raise TaskError(f"{where} has no question with a single proof"
                         + (f" of depth <= {max_depth}" if max_depth is not None else ""))
-    template = STYLES["proofwriter"][4]
-    return _with_shots([(st, template.format(question=q), a) for st, q, a in items], n_prompts, n_shots, seed)
+    groups: list[int | None] = [None] * len(items)
+    if by_size is not None:
+        items, groups = _by_size(items, by_size, PER_SIZE if n_prompts is None else n_prompts, seed, where)
+        n_prompts = None
+    if form == "toolkit":
+        template = STYLES["proofwriter"][4]
+        out = _with_shots([(st, template.format(question=q), a) for st, q, a, _ in items], n_prompts, n_shots, seed)
+    else:
+        out = _repository_shots(items[:n_prompts], shot_pool, n_shots, seed)
+    return [replace(p, group=g) for p, g in zip(out, groups)]
+
+
+def _sizes(by_size: Sequence[int] | str) -> tuple[int, ...]:
+    """The groups asked for, ascending ("repository": the repository's eight)."""
+    if isinstance(by_size, str) and by_size.strip() == "repository":
+        return SIZES
+    values = [by_size] if isinstance(by_size, (int, str)) else list(by_size)
+    try:
+        sizes = [int(v) for part in values for v in (str(part).split(",") if isinstance(part, str) else [part])]
+    except ValueError:
+        raise TaskError(f"by_size must be statement counts such as 1,2,4,8 or 'repository' (got {by_size!r})") from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise TaskError(f"by_size must be distinct statement counts >= 1 (got {by_size!r})")
+    return tuple(sorted(sizes))
+
+
+def _by_size(items: list[tuple], sizes: tuple[int, ...], per: int, seed: int, where: str
+             ) -> tuple[list[tuple], list[int | None]]:
+    """The repository's sampling (``proofwriter_probe.py:195-209``): depth 0 then depth 1, each
+    shuffled, dealt into groups of m (depth 0: group 1) while a group has fewer than ``per``."""
+    check_range("n_prompts", per, 1)
+    rng = random.Random(seed)
+    chosen: dict[int, list[tuple]] = {m: [] for m in sizes}
+    for depth in (0, 1):
+        pool = [it for it in items if it[3] == depth]
+        rng.shuffle(pool)
+        for it in pool:
+            if sum(s.useful for s in it[0]) < depth + 1:
+                continue  # the proof must name a statement per label column (its :200 check)
+            m = 1 if depth == 0 else len(it[0])
+            if m in chosen and len(chosen[m]) < per:
+                chosen[m].append(it)
+    if not any(chosen.values()):
+        raise TaskError(f"{where} has no depth-0/1 question in the groups m = {', '.join(map(str, sizes))}")
+    out = [(it, m) for m in sizes for it in chosen[m]]
+    return [it for it, _ in out], [m for _, m in out]
+
+
+def _repository_shots(items: list[tuple], pool: list[tuple], n_shots: int, seed: int) -> list[ReasoningPrompt]:
+    """Prompts as the repository's probe renders them (``proofwriter_probe.py:79-93``): shots
+    "{theory} {question}: True or False?{answer}\\n" drawn with replacement from ``pool``, the
+    statements with nothing between them, then " {question} True or False?"."""
+    check_range("n_shots", n_shots, 0)
+    rng = random.Random(seed)
+    out = []
+    for statements, question, answer, _ in items:
+        shots = "".join(f"{t} {q}: True or False?{a}\n" for t, q, a in rng.choices(pool, k=n_shots))
+        out.append(ReasoningPrompt(statements, answer, shots, f"{question} True or False?", sep="", lead=""))
+    return out
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -462,6 +585,11 @@ for _style, _summary, _columns in (
          "corrupt": (None, "shuffle | drop | negate"), "n_corrupt": (1, "statements dropped or negated"),
          "seed": (0, "random seed"),
          "max_depth": (None, "published ProofWriter / ARC (STREET) files: questions of proof depth <= this"),
-         "n_shots": (0, "published ProofWriter / ARC (STREET) files: in-context questions before the prompt")},
+         "n_shots": (0, "published ProofWriter / ARC (STREET) files: in-context questions before the prompt"),
+         **({"form": ("toolkit", "published ProofWriter files: toolkit ('Question : … Answer :') | repository "
+                                 "(its probe's text: statements unseparated, '… True or False?')"),
+             "by_size": (None, "published ProofWriter files (or their CWA folder): the repository's per-m probing "
+                               "sets, e.g. 1,2,4,8 or 'repository' (1,2,4,…,24); --n-prompts is then per group")}
+            if _style == "proofwriter" else {})},
         labelled=lambda n_prompts=None, seed=0, _s=_style, **kw: load_reasoning(style=_s, n_prompts=n_prompts,
                                                                                seed=seed, **kw)))

@@ -269,3 +269,42 @@ def pytest_terminal_summary(terminalreporter):
         t = ", ".join(f"{k} {v:.1f}" for k, v in stack.timings.items())
         terminalreporter.write_line(f"NDIF test stack ({stack.host}): {t}; "
                                     f"{stack.requests_received()} trace requests served")
+
+
+NAMES = ("Anne", "Bob", "Charlie", "Dave", "Erin", "Fiona", "Gary", "Harry")
+ADJECTIVES = ("kind", "red", "green", "big", "round", "blue", "cold", "nice", "quiet", "rough", "smart", "young")
+
+
+def write_proofwriter_theories(folder, n_theories: int, sizes, seed: int) -> None:
+    """ProofWriter-format rows (``meta-*.jsonl``) in ``folder``: theories of m statements (m
+    cycling through ``sizes``, half facts "Name is adj." and half rules "If someone is A then
+    they are B."), each with one depth-0 question (a fact) and one depth-1 question (a rule
+    applied to a fact), plus one with negation as failure that loaders drop."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": [], "dev": [], "test": []}
+    for t in range(n_theories):
+        m = sizes[t % len(sizes)]
+        n_facts = max(1, m // 2)
+        facts = [(rng.choice(NAMES), rng.choice(ADJECTIVES)) for _ in range(n_facts)]
+        rules = [(rng.choice([a for _, a in facts]), rng.choice(ADJECTIVES)) for _ in range(m - n_facts)]
+        triples = {f"triple{i + 1}": {"text": f"{n} is {a}."} for i, (n, a) in enumerate(facts)}
+        rule_rows = {f"rule{i + 1}": {"text": f"If someone is {a} then they are {b}."}
+                     for i, (a, b) in enumerate(rules)}
+        k = rng.randrange(n_facts)
+        j = next((i for i, (a, _) in enumerate(rules) if a == facts[k][1]), None)
+        questions = {"Q1": {"question": f"{facts[k][0]} is {facts[k][1]}.", "answer": True, "QDep": 0, "QLen": 1,
+                            "proofs": f"[(triple{k + 1})]"},
+                     "Q2": {"question": f"{facts[0][0]} is not smart.", "answer": True, "QDep": 0, "QLen": 1,
+                            "proofs": "[(NAF)]"}}
+        if j is not None:
+            questions["Q3"] = {"question": f"{facts[k][0]} is {rules[j][1]}.", "answer": rng.random() < 0.5,
+                               "QDep": 1, "QLen": 2, "proofs": f"[(((triple{k + 1}) -> rule{j + 1}))]"}
+        theory = " ".join(v["text"] for v in [*triples.values(), *rule_rows.values()])
+        rows[("train", "dev", "test")[t % 3]].append({"id": f"T{t}", "theory": theory, "triples": triples,
+                                                      "rules": rule_rows, "questions": questions})
+    for split, items in rows.items():
+        (folder / f"meta-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))

@@ -19,6 +19,10 @@ prompts (never single statements, which would leak a prompt's other statements) 
 into ``folds`` folds by a seeded permutation; every statement is predicted by a classifier
 that never saw its prompt. The baseline model (``step0`` or a random initialisation) runs
 the same probe; ``score = (F1 - F1_baseline) / (1 - F1_baseline)`` is the paper's probing score.
+Prompts that carry a ``group`` (the repository's ProofWriter sets of m statements,
+``nr.tasks.load_reasoning(..., by_size=...)``) are probed group by group, as the repository
+runs one probe per m (``src/rtask/proofwriter_probe.py:119-123``): one pass reads every
+prompt's features, then each group's classifiers see only that group's prompts.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ BASELINES = ("step0", "random", "none")
 BASELINE_VARIABLES = ("baseline_f1", "baseline_accuracy", "baseline_f1_all", "baseline_accuracy_all")
 
 
-@experiment("mechanistic_probe", batch_size=64, shared=BASELINE_VARIABLES)
+@experiment("mechanistic_probe", batch_size=64, shared=BASELINE_VARIABLES + ("group_prompts",))
 def probe(
     run: Run,
     prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
@@ -116,7 +120,9 @@ def probe(
     ``baseline_*`` the same for the baseline, ``score`` / ``score_all`` the probing score,
     ``majority`` (accuracy of always guessing the most frequent class) and ``n_samples``.
     With ``revisions``, every variable but ``baseline_*`` (the same baseline for all
-    checkpoints) gains a leading ``checkpoint`` dim.
+    checkpoints) gains a leading ``checkpoint`` dim. Prompts with a ``group`` add a ``group`` dim
+    after it (one probe per group; ``group_prompts`` counts each group's prompts): a probe
+    whose labels have one class in a group (group m = 1's steps, m = 2's usefulness) is NaN there.
     """
     how = Features(pool, query, statement_pool, normalise)
     check_options(run, baseline, how, distance, n_neighbors)
@@ -127,10 +133,10 @@ def probe(
     knn = dict(labels=labels, n_neighbors=n_neighbors, folds=folds, seed=seed, cumulative=cumulative, distance=distance,
                step_f1=step_f1, all_layers=read)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
-    scores = knn_scores(feats, **knn)
+    scores = grouped_scores(feats, **knn)
     ds = _dataset(scores, layers, drop_layers)
     if base_feats is not None:
-        base = _dataset(knn_scores(base_feats, **knn), layers, drop_layers)
+        base = _dataset(grouped_scores(base_feats, **knn), layers, drop_layers)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
         # NaN where the baseline is perfect (F1_baseline = 1): nothing is left to explain, as robustness does
@@ -144,7 +150,8 @@ def probe(
                 "statement_pool": statement_pool, "normalise": int(normalise), "step_f1": step_f1,
                 "n_prompts": len(plist), "baseline": baseline, **dropped_attr(drop_layers),
                 # a fold with fewer training statements than n_neighbors uses them all: say so
-                **({"n_neighbors_used": scores.fewest_neighbors} if scores.fewest_neighbors < n_neighbors else {})}
+                **({"n_neighbors_used": fewest} if (fewest := min(s.fewest_neighbors for _, s in scores)) < n_neighbors
+                   else {})}
     return ds
 
 
@@ -197,10 +204,14 @@ def labelled_prompts(prompts: ReasoningPrompts | Sequence[ReasoningPrompt], fold
     if isinstance(prompts, ReasoningPrompts) and not prompts.labelled:
         raise UsageError("these prompts have no useful/steps labels; the probe needs them (add the columns to the file)")
     plist = list(prompts)
-    if len(plist) < 2 * folds or folds < 2:
-        raise UsageError(f"need folds >= 2 and at least 2 prompts per fold (got {len(plist)} prompts, {folds} folds)")
     labels = _labels(plist)
-    if len(set(labels.step[labels.useful == 1])) < 2:
+    sets = [labels] if labels.group is None else [labels.subset(g) for g in np.unique(labels.group)]
+    for sub in sets:
+        where = "" if labels.group is None else f" in group {sub.group[0]}"
+        if sub.n_prompts < 2 * folds or folds < 2:
+            raise UsageError(f"need folds >= 2 and at least 2 prompts per fold{where} (got {sub.n_prompts} prompts, "
+                             f"{folds} folds)")
+    if not any(len(set(sub.step[sub.useful == 1])) >= 2 for sub in sets):
         raise UsageError("the step probe needs useful statements at two or more steps (kth_smallest: k >= 2)")
     return plist, labels
 
@@ -263,12 +274,24 @@ def statement_rows(run: Run, data: Any, plist: list[ReasoningPrompt], how: Featu
 @dataclass(frozen=True)
 class Labels:
     """Per statement (all prompts, in order): its prompt's index, useful (0/1) and step;
-    ``n_prompts`` prompts in all."""
+    ``n_prompts`` prompts in all; ``group``: per statement its prompt's group (None: ungrouped)."""
 
     n_prompts: int
     prompt: np.ndarray
     useful: np.ndarray
     step: np.ndarray
+    group: np.ndarray | None = None
+
+    def rows(self, group: int) -> np.ndarray:
+        """Boolean mask of the statements of ``group``'s prompts."""
+        assert self.group is not None
+        return self.group == group
+
+    def subset(self, group: int) -> "Labels":
+        """The labels of ``group``'s statements, its prompts numbered 0.. in order."""
+        keep = self.rows(group)
+        owners, prompt = np.unique(self.prompt[keep], return_inverse=True)
+        return Labels(len(owners), prompt, self.useful[keep], self.step[keep], self.group[keep])
 
 
 @dataclass(frozen=True)
@@ -283,12 +306,28 @@ class Scores:
     majority: np.ndarray
     n_samples: np.ndarray
     fewest_neighbors: int
+    n_prompts: int = 0
 
 
 def _labels(plist: list[ReasoningPrompt]) -> Labels:
     rows = [(i, int(s.useful), s.step) for i, p in enumerate(plist) for s in p.statements]
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2])
+    groups = [p.group for p in plist]
+    if all(g is None for g in groups):
+        return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2])
+    if any(g is None for g in groups):
+        raise UsageError("some prompts have a group and some do not; probe one kind (load_reasoning(by_size=...) "
+                         "groups every prompt)")
+    return Labels(len(plist), arr[:, 0], arr[:, 1], arr[:, 2], np.asarray(groups, np.int64)[arr[:, 0]])
+
+
+def grouped_scores(feats: np.ndarray, *, labels: Labels, **knn: Any) -> list[tuple[int | None, "Scores"]]:
+    """:func:`knn_scores` on every prompt (group None), or group by group on its prompts alone
+    (ascending groups); each group's folds are drawn from its own prompts."""
+    if labels.group is None:
+        return [(None, knn_scores(feats, labels=labels, **knn))]
+    return [(int(g), knn_scores(feats[labels.rows(g)], labels=labels.subset(g), **knn))
+            for g in np.unique(labels.group)]
 
 
 def statement_features(rows: Sequence[np.ndarray], owners: Sequence[np.ndarray], plist: list[ReasoningPrompt],
@@ -337,8 +376,11 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
             last = np.zeros(labels.n_prompts, y.dtype)
             np.maximum.at(last, labels.prompt[keep], y)
             y = np.stack([np.ones_like(y), (y == last[labels.prompt[keep]]).astype(y.dtype)], 1)
-        majority[j] = np.unique(y, axis=0, return_counts=True)[1].max() / len(y)
+        majority[j] = np.unique(y, axis=0, return_counts=True)[1].max() / len(y) if len(y) else np.nan
         n_samples[j] = len(y)
+        if len(np.unique(y, axis=0)) < 2:  # one class (a group's every statement useful, one step): nothing to tell
+            f1[j], acc[j] = np.nan, np.nan
+            continue
         kept = feats[keep]
         for li in range(n_layers + 1):
             if li == n_layers:  # the all-layers probe
@@ -354,10 +396,25 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
                 knn = KNeighborsClassifier(n_neighbors=k, weights="distance", metric=distance)
                 pred[test] = knn.fit(x[~test], y[~test]).predict(x[test])
             f1[j, li], acc[j, li] = f1_score(y, pred, average="macro"), accuracy_score(y, pred)
-    return Scores(f1, acc, majority, n_samples, fewest)
+    return Scores(f1, acc, majority, n_samples, fewest, labels.n_prompts)
 
 
-def _dataset(s: Scores, layers: np.ndarray, drop_layers: Sequence[int] = ()) -> xr.Dataset:
+def _dataset(scores: list[tuple[int | None, Scores]], layers: np.ndarray, drop_layers: Sequence[int] = ()
+             ) -> xr.Dataset:
+    """The result of :func:`grouped_scores`: one group (None) as before, or a ``group`` dim."""
+    one = [_group_dataset(s, layers, drop_layers) for _, s in scores]
+    if scores[0][0] is None:
+        return one[0]
+    from ..tasks.reasoning import GROUP_NAME
+
+    ds = xr.concat(one, dim="group", coords="minimal", compat="override")
+    ds = ds.assign_coords(group=("group", np.array([g for g, _ in scores]), {"long_name": GROUP_NAME}))
+    ds["group_prompts"] = ("group", np.array([s.n_prompts for _, s in scores]),
+                           {"long_name": "prompts probed in the group"})
+    return ds
+
+
+def _group_dataset(s: Scores, layers: np.ndarray, drop_layers: Sequence[int] = ()) -> xr.Dataset:
     dims = ("probe", "layer")
     every = all_layers_label(drop_layers)
     return xr.Dataset(
@@ -414,6 +471,8 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             f"{ds.attrs.get('n_prompts')} prompts · kNN k={ds.attrs.get('n_neighbors')}, {ds.attrs.get('folds')} "
             f"folds, {ds.attrs.get('distance', 'euclidean')}, pool = {ds.attrs.get('pool')}, "
             f"{'layers 0..l' if ds.attrs.get('cumulative', 0) else 'layer l alone'}")
+    if "group" in last.dims:
+        return [head, _group_table(last, baseline, has_base)]
     majority = "majority-class accuracy: " + " · ".join(
         f"{p} {float(last['majority'].sel(probe=p)):.3f}" for p in last["probe"].values)
     table = Table(title=f"macro F1 (out-of-fold) · {last.attrs.get('revision')} vs baseline {baseline}")
@@ -428,3 +487,21 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             vals = [r[v + "_all"] if li == "all" else r[v].sel(layer=int(li)) for v in names]
             table.add_row(str(p), li, *[f"{float(v):.3f}" for v in vals])
     return [head, majority, table]
+
+
+def _group_table(last: xr.Dataset, baseline: str, has_base: bool) -> Any:
+    """One row per group and probe: all layers' F1, the baseline's, the score (the repository's
+    printout per m, ``proofwriter_probe.py:123``)."""
+    from rich.table import Table
+
+    table = Table(title=f"macro F1 on all layers' features, per group · {last.attrs.get('revision')} "
+                        f"vs baseline {baseline} (NaN: one class in the group)")
+    for col in ("m", "prompts", "probe", "F1", "majority", *(("baseline F1", "score") if has_base else ())):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    for g in last["group"].values:
+        r = last.sel(group=g)
+        for p in r["probe"].values:
+            q = r.sel(probe=p)
+            vals = [q["f1_all"], q["majority"], *((q["baseline_f1_all"], q["score_all"]) if has_base else ())]
+            table.add_row(str(int(g)), str(int(r["group_prompts"])), str(p), *[f"{float(v):.3f}" for v in vals])
+    return table

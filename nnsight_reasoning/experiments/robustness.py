@@ -102,6 +102,10 @@ def robustness(
     how = Features(pool, query, statement_pool, normalise)
     check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
+    if labels.group is not None and len(np.unique(labels.group)) > 1:
+        raise UsageError(f"robustness draws its subsets from one set; these prompts are in groups "
+                         f"{', '.join(map(str, np.unique(labels.group)))}: load one (by_size=4, the set the "
+                         f"repository corrupts)")
     lo, hi = (int(x) for x in subset_size)
     if not 2 * folds <= lo <= hi <= len(plist):
         raise UsageError(f"subset_size must satisfy 2·folds <= lo <= hi <= the number of prompts ({len(plist)}); "

@@ -155,8 +155,12 @@ def _mass(ds: xr.Dataset):
 
 
 def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """Macro F1 per layer for each probe; the baseline dashed; all layers' features at 'all'."""
+    """Macro F1 per layer for each probe; the baseline dashed; all layers' features at 'all'.
+    A result with a ``group`` dim (one probe per m) draws all layers' F1 against m instead."""
     import matplotlib.pyplot as plt
+
+    if "group" in ds.dims:
+        return _probe_group_figure(ds)
 
     layers = [str(l) for l in ds["layer"].values] + ["all"]
     x = np.arange(len(layers))
@@ -181,6 +185,37 @@ def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"MechanisticProbe · {ds.attrs.get('task')} · {ds.attrs.get('model')} "
+                 f"({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})", fontsize=9)
+    return fig
+
+
+def _probe_group_figure(ds: xr.Dataset):
+    """All layers' macro F1 against the group (m statements) per probe: one line per checkpoint,
+    the baseline dashed, the majority class dotted (the repository's per-m probe, the paper's
+    ProofWriter figure)."""
+    import matplotlib.pyplot as plt
+
+    m = ds["group"].values
+    fig, axes = plt.subplots(1, ds.sizes["probe"], figsize=(4.2 * ds.sizes["probe"], 3.4), squeeze=False)
+    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [ds.attrs.get("revision")]
+    for ax, probe in zip(axes[0], ds["probe"].values):
+        p = ds.sel(probe=probe)
+        for k, name in enumerate(names):
+            q = p.isel(checkpoint=k) if "checkpoint" in ds.dims else p
+            ax.plot(m, q["f1_all"].values, "o-", label=name or "model")
+        if "baseline_f1_all" in ds:
+            ax.plot(m, p["baseline_f1_all"].values, "s--", color="gray", label=f"baseline ({ds.attrs.get('baseline')})")
+        major = p["majority"].max("checkpoint") if "checkpoint" in p["majority"].dims else p["majority"]
+        ax.plot(m, major.values, ":", color="k", lw=0.8, label="majority class (accuracy)")
+        ax.set_xticks(m, [str(int(v)) for v in m])
+        ax.set_xlabel("m (statements in the context; 1: depth-0 questions)")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("macro F1, all layers (out-of-fold)")
+        ax.set_title(f"probe: {'is the statement useful?' if probe == 'useful' else 'at which step is it used?'}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"MechanisticProbe per group · {ds.attrs.get('task')} · {ds.attrs.get('model')} "
                  f"({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})", fontsize=9)
     return fig
 

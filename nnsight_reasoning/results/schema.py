@@ -110,7 +110,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
                      "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
     **{m: {"concept_matches": ("unit", "concept"), "concepts": ("unit",)} for m in ("neuron_discovery", "cot_neurons")},
-    "mechanistic_probe": {**{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
+    "mechanistic_probe": {"group_prompts": (),
+                          **{v: ("probe", "layer") for v in ("baseline_f1", "baseline_accuracy", "score")},
                           **{v: ("probe",) for v in ("baseline_f1_all", "baseline_accuracy_all", "score_all")}},
 }
 FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all", "majority", "head_entropy",
@@ -131,6 +132,8 @@ def assert_valid_result(ds: xr.Dataset) -> None:
     method = ds.attrs["method"]
     # sweeps lead with ``model`` (several models) and/or ``checkpoint`` (revisions)
     lead = tuple(d for d in ("model", "checkpoint") if d in ds.dims)
+    if ds.attrs["method"] == "mechanistic_probe" and "group" in ds.dims:
+        lead += ("group",)  # one probe per group of prompts (the repository's ProofWriter sets of m statements)
     if method in ("activation_patching", "attribution_patching"):
         _patching(ds, lead)
     else:
@@ -143,7 +146,8 @@ def assert_valid_result(ds: xr.Dataset) -> None:
                 f"{v} has dims {ds[v].dims}, expected {lead + dims}"
         for v, dims in OPTIONAL.get(method, {}).items():
             # a probe's baseline is the same for every checkpoint of a sweep: no checkpoint dim
-            assert v not in ds.data_vars or ds[v].dims in (lead + dims, dims, lead[:1] + dims), \
+            shared = tuple(d for d in lead if d != "checkpoint") + dims
+            assert v not in ds.data_vars or ds[v].dims in (lead + dims, dims, lead[:1] + dims, shared), \
                 f"{v} has dims {ds[v].dims}, expected {lead + dims}"
     for v in FRACTIONS:
         if v in ds.data_vars:
