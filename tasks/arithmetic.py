@@ -70,18 +70,23 @@ TEMPLATES: tuple[str, ...] = (
     "{expr} equals",
 )
 SHOT_SEPARATOR = " . "
-# lm-arithmetic's two-operand template families (interventions/intervention.py:220-243; operator
-# words :244, operand and result ranges :29-71), one list per
-# operator in the repository's order; the last is the symbolic one, which the repository drops
-# for number words. Tokens are space-separated here ("? A :"), as the embedded tokenizer splits.
+# lm-arithmetic's two-operand template families, as the repository writes them
+# (interventions/intervention.py:220-243; operator words :244, operand and result ranges :29-71), one
+# list per operator in the repository's order; the last is the symbolic one, which the repository
+# drops for number words. TEXTS: "repository" renders these strings; "toolkit" (the default) the same
+# with "?" and ":" as words of their own ("? A :"), as the embedded model's tokenizer splits.
+TEXTS = ("toolkit", "repository")
 _WORD = {"+": "plus", "-": "minus", "*": "times", "/": "over"}  # also the operators of representation="words"
 _NOUN = {"+": ("sum of", "The sum of {x} and {y} is"), "-": ("difference between", "The difference between {x} and {y} is"),
          "*": ("product of", "The product of {x} and {y} is"), "/": ("ratio between", "The ratio of {x} and {y} is")}
-STOLFO_TEMPLATES: dict[str, tuple[str, ...]] = {
-    op: ("Q : How much is {x} %s {y} ? A :" % w, "Q : What is {x} %s {y} ? A :" % w,
-         "Q : What is the result of {x} %s {y} ? A :" % w, "Q : What is the %s {x} and {y} ? A :" % _NOUN[op][0],
+STOLFO_TEXT: dict[str, tuple[str, ...]] = {
+    op: ("Q: How much is {x} %s {y}? A:" % w, "Q: What is {x} %s {y}? A:" % w,
+         "Q: What is the result of {x} %s {y}? A:" % w, "Q: What is the %s {x} and {y}? A:" % _NOUN[op][0],
          _NOUN[op][1], "{x} %s {y} =" % op)
     for op, w in _WORD.items()}
+STOLFO_TEMPLATES: dict[str, tuple[str, ...]] = {
+    op: tuple(re.sub(r"(?<! )([?:])", r" \1", t) for t in ts) for op, ts in STOLFO_TEXT.items()}
+REPOSITORY_SHOT_END = "\n"  # the repository ends each exemplar with a newline (intervention.py:268)
 STOLFO_TEMPLATES_FLAT = tuple(t for ts in STOLFO_TEMPLATES.values() for t in ts)
 OPERATIONS = "+-*/"
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
@@ -121,14 +126,17 @@ def render_number(n: int, representation: str) -> str | None:
     return str(n) if representation == "arabic" else number_word(n)
 
 
-def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, representation: str) -> str | None:
+def render_problem(operands: Sequence[int], ops: Sequence[str], template: str, representation: str,
+                   text: str = "toolkit") -> str | None:
     """The problem in ``template``: a string with "{expr}", or "stolfo:K", the repository's
-    K-th two-operand template of the problem's operator (see ``STOLFO_TEMPLATES``)."""
+    K-th two-operand template of the problem's operator (``STOLFO_TEMPLATES``, or with
+    ``text="repository"`` its own strings, ``STOLFO_TEXT``)."""
     words = [render_number(x, representation) for x in operands]
     if any(w is None for w in words):
         return None
     if template.startswith("stolfo:"):
-        return STOLFO_TEMPLATES[ops[0]][int(template[7:])].format(x=words[0], y=words[1])
+        family = STOLFO_TEXT if text == "repository" else STOLFO_TEMPLATES
+        return family[ops[0]][int(template[7:])].format(x=words[0], y=words[1])
     parts = [words[0]]
     for op, w in zip(ops, words[1:]):
         parts += [_WORD[op] if representation == "words" else op, w]  # lm-arithmetic's operator words
@@ -187,16 +195,24 @@ def repository_design(templates: Sequence[str]) -> bool:
 
 
 def _shots(rng: random.Random, n_shots: int, n_operands: int, max_n: int, template: str,
-           representation: str, split: str, operations: str = "+-", max_result: int | None = None) -> str | None:
+           representation: str, split: str, operations: str = "+-", max_result: int | None = None,
+           text: str = "toolkit") -> str | None:
+    """``n_shots`` solved exemplars, each ended by " . "; with ``text="repository"`` each ended by a
+    newline and in arabic numerals whatever the representation, as the repository writes them
+    (``intervention.py:263-269``: its exemplars are formatted before the query's numbers become words)."""
+    if text == "repository":
+        representation = "arabic"
     lines = []
     for _ in range(n_shots):
         operands, ops, result = sample_problem(rng, n_operands, max_n, split, operations=operations,
                                                max_result=max_result)
-        text, ans = render_problem(operands, ops, template, representation), render_number(result, representation)
-        if text is None or ans is None:
+        problem = render_problem(operands, ops, template, representation, text)
+        ans = render_number(result, representation)
+        if problem is None or ans is None:
             return None
-        lines.append(f"{text} {ans}")
-    return "".join(line + SHOT_SEPARATOR for line in lines)
+        lines.append(f"{problem} {ans}")
+    end = REPOSITORY_SHOT_END if text == "repository" else SHOT_SEPARATOR
+    return "".join(line + end for line in lines)
 
 
 _OPERAND_TRIES = 2_000  # operand draws for one pair of operators before op2 is drawn again
@@ -253,11 +269,12 @@ def _sample_pair(rng: random.Random, i: int, p: dict[str, Any], templates: Seque
                 return None
     # exemplars are solved in the query's operator (lm-arithmetic's shots use the query's
     # template): shared by the pair, except the operation intervention's, one set per operator
-    shots = lambda operator: _shots(rng, p["n_shots"], n, m, template, rep, split, operator, top)  # noqa: E731
+    text = p.get("text", "toolkit")
+    shots = lambda operator: _shots(rng, p["n_shots"], n, m, template, rep, split, operator, top, text)  # noqa: E731
     prefix = shots(a_ops_list[0] if n == 2 else ops)
     source_prefix = shots(b_ops[0]) if kind == "operation" and n == 2 else prefix
-    base = render_problem(a_ops, a_ops_list, template, rep)
-    source = render_problem(b_operands, b_ops, template, rep)
+    base = render_problem(a_ops, a_ops_list, template, rep, text)
+    source = render_problem(b_operands, b_ops, template, rep, text)
     ra, rb = render_number(r1, rep), render_number(r2, rep)
     if None in (prefix, source_prefix, base, source, ra, rb):
         return None
@@ -330,6 +347,7 @@ def arithmetic(
     tokenizer: Any | None = None,
     operations: str | None = None,
     max_result: int | None = None,
+    text: str = "toolkit",
 ) -> PromptPairs:
     """Aligned base/source arithmetic prompt pairs.
 
@@ -350,6 +368,11 @@ def arithmetic(
     max_result : largest result (default: any the tokenizer has as one token; for the
         two-operand operation intervention max_n - 1, as the repository, results >= 1); with
         ``max_n=300, max_result=8``, lm-arithmetic's setting for digit-splitting tokenisers.
+    text : with the repository's templates, "toolkit" ("Q : How much is 3 plus 5 ? A :",
+        exemplars ended by " . ") or "repository", its own strings ("Q: How much is 3 plus 5? A:",
+        exemplars ended by a newline and written in arabic numerals, ``intervention.py:220-269``),
+        for subword tokenizers (GPT-2, GPT-J, Pythia, LLaMA); the embedded model's tokenizer has
+        no "Q:" or newline and refuses them.
     seed : same seed and tokenizer give the same pairs.
     tokenizer : HF tokenizer the pairs must align with; default the embedded model's.
     """
@@ -359,6 +382,9 @@ def arithmetic(
         max_result = max_n - 1  # the repository's range for both results of an operation pair
     tpl = _check(intervention_type, n_operands, n_shots, max_n, representation, templates, split, operations,
                  max_result)
+    check_choice("text", text, TEXTS)
+    if text == "repository" and not repository_design(tpl):
+        raise TaskError("text='repository' writes lm-arithmetic's own strings; use templates='stolfo' (or stolfo:K)")
     params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,
                   n_shots=n_shots, max_n=max_n, representation=representation, templates=tpl,
                   split=split, seed=seed)
@@ -366,10 +392,15 @@ def arithmetic(
         params["operations"] = operations
     if max_result is not None:
         params["max_result"] = max_result
+    if text != "toolkit":  # default runs keep the task_params they always had
+        params["text"] = text
     if tpl == [f"stolfo:{k}" for k in range(_n_stolfo(representation))]:
         params["templates"] = "stolfo"  # replayable: arithmetic(**params) draws the same pairs
     hint = ("try a smaller max_n (answers must be single tokens, e.g. <= 99 for the embedded "
             "model) or another intervention_type")
+    if text == "repository":
+        hint = ("text='repository' needs a tokenizer that reads '?' and ':' attached to words and newlines "
+                "(GPT-2, GPT-J, Pythia, LLaMA: --model); the embedded model reads text='toolkit'; or " + hint)
     pairs = generate_aligned(lambda rng, i: _sample_pair(rng, i, params, tpl), n_prompts, seed, tokenizer, hint)
     return PromptPairs("arithmetic", params, pairs)
 
@@ -388,6 +419,11 @@ def _word(token: str) -> str:
     return token.replace("Ġ", "").replace("▁", "").strip()
 
 
+def _is_newline(token: str) -> bool:
+    """Whether a token is line breaks only ("\\n", byte-level BPE's "Ċ", SentencePiece's "<0x0A>")."""
+    return bool(token) and (set(token) <= {"\n", "Ċ"} or token == "<0x0A>")
+
+
 def token_words(tokens: Sequence[str]) -> tuple[list[str], int]:
     """Each token's word (:func:`_word`) and the prompt's length without its padding ("" tokens)."""
     return [_word(t) for t in tokens], max((i + 1 for i, t in enumerate(tokens) if t), default=0)
@@ -395,16 +431,18 @@ def token_words(tokens: Sequence[str]) -> tuple[list[str], int]:
 
 def token_roles(tokens: Sequence[str]) -> list[str]:
     """The role of each token of an arithmetic prompt. The query is the last problem, after
-    the exemplars' " . "; the exemplars are "shots". In the query: "operand 1/2/3" (every
-    token of the number, for tokenisers that split digits or number words; the repository
-    marks the last one), "operator" (+ - * / or its word, "sum of"…), "last" (the final
+    the exemplars' " . " (or, in the repository's text, their newline); the exemplars are
+    "shots". In the query: "operand 1/2/3" (every token of the number, for tokenisers that
+    split digits or number words; the repository marks the last one), "operator" (+ - * / or its word, "sum of"…), "last" (the final
     token), and "early" / "middle" / "late" for the other tokens before the first operand,
     between operands, and after the last; with three operands the tokens between the second
     and the third are "middle 2" (the repository's "Between Operands 1/2",
     ``add_position_class_3_ops``, JSON lines 88-121). Padding ("") gets "".
     """
     words, n = token_words(tokens)
-    start = max((i + 1 for i, w in enumerate(words[:n]) if w == "."), default=0)
+    # the query starts after the last exemplar's end: " . ", or the repository's newline (GPT-2's
+    # "Ċ", SentencePiece's "<0x0A>")
+    start = max((i + 1 for i, (w, t) in enumerate(zip(words[:n], tokens)) if w == "." or _is_newline(t)), default=0)
     is_number = [w.isdigit() or (w.replace("-", "").isalpha() and _word_value(w) is not None) for w in words]
     # a BPE tokenizer splits "twenty-one" into "twenty", "-", "one": the hyphen belongs to the number
     linked = [0 < i < n - 1 and w == "-" and is_number[i - 1] and is_number[i + 1] and not words[i - 1].isdigit()
@@ -499,6 +537,8 @@ PARAMS = {
     "max_result": (None, "largest result (default: any single-token answer); max_n=300 max_result=8 is "
                          "lm-arithmetic's setting for digit-splitting tokenizers"),
     "split": ("all", "operand tuples: all | train | heldout (never seen by the embedded model)"),
+    "text": ("toolkit", "with --template stolfo: toolkit ('Q : How much is 3 plus 5 ? A :') | repository (its own "
+                        "strings, 'Q: How much is 3 plus 5? A:', exemplars on their own lines; subword tokenizers)"),
     "seed": (0, "random seed; same seed -> same prompts"),
 }
 register(TaskInfo("arithmetic", "arithmetic causal mediation pairs (Stolfo et al. 2023)",

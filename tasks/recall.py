@@ -11,7 +11,9 @@ are the repository's: one context, the base question asks for the first thing's 
 the source question for the second's (r'); the two things' names have equal token length.
 ``n_shots`` solved exemplars in the pair's template come first, each asking for its first
 thing's count (:67-71); the repository draws one set per template, here each pair draws its
-own, ended by " . " as the arithmetic task's. ``representation="words"`` writes the counts as
+own, ended by " . " as the arithmetic task's (``text="repository"``: the repository's own strings,
+"…and 5 cars. How many apples do I have? A:", "Jasmin", exemplars ended by a newline, for subword
+tokenizers). ``representation="words"`` writes the counts as
 number words (:27-29), one hyphenated token each ("twenty-three"). ``ask="category"`` is type 10
 (:32-34): the question names the thing's class ("How many fruits"), ``entity_dict.json``'s five
 classes (vegetables, fruits, vehicles, animals, tools) for this vocabulary's things.
@@ -44,20 +46,23 @@ from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
                    check_vocabulary, generate_aligned, register)
-from .arithmetic import REPRESENTATIONS, SHOT_SEPARATOR, number_word, token_words
+from .arithmetic import REPOSITORY_SHOT_END, REPRESENTATIONS, SHOT_SEPARATOR, TEXTS, number_word, token_words
 from .words import CAPITALS, CATEGORIES, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
 # ---------------------------------------------------------------------------- number retrieval
-RETRIEVAL_TEMPLATES = (
-    "Q : I have {x} {e1} and {y} {e2} . How many {cls} do I have ? A :",
-    "Q : Paul has {x} {e1} and {y} {e2} . How many {cls} does Paul have ? A :",
-    "Q : I can see {x} {e1} and {y} {e2} . How many {cls} are there ? A :",
-    "Q : I have {x} {e1} and {y} {e2} . How many {cls} are there ? A :",
-    "Q : Alice received {x} {e1} and {y} {e2} . How many {cls} did she receive ? A :",
-    "Q : Mark bought {x} {e1} and {y} {e2} . How many {cls} did he buy ? A :",
-    "Q : Jane sold {x} {e1} and {y} {e2} . How many {cls} did she sell ? A :",
-    "Q : Sarah owns {x} {e1} and {y} {e2} . How many {cls} does she own ? A :",
+#: lm-arithmetic's number-retrieval templates as the repository writes them (entity_intervention.py:50-57)
+RETRIEVAL_TEXT = (
+    "Q: I have {x} {e1} and {y} {e2}. How many {cls} do I have? A:",
+    "Q: Paul has {x} {e1} and {y} {e2}. How many {cls} does Paul have? A:",
+    "Q: I can see {x} {e1} and {y} {e2}. How many {cls} are there? A:",
+    "Q: I have {x} {e1} and {y} {e2}. How many {cls} are there? A:",
+    "Q: Alice received {x} {e1} and {y} {e2}. How many {cls} did she receive? A:",
+    "Q: Mark bought {x} {e1} and {y} {e2}. How many {cls} did he buy? A:",
+    "Q: Jasmin sold {x} {e1} and {y} {e2}. How many {cls} did she sell? A:",
+    "Q: Sarah owns {x} {e1} and {y} {e2}. How many {cls} does she own? A:",
 )
+#: the same in the toolkit's text: punctuation a word of its own, "Jane" for "Jasmin" (the embedded vocabulary's)
+RETRIEVAL_TEMPLATES = tuple(re.sub(r"(?<! )([.?:])", r" \1", t).replace("Jasmin", "Jane") for t in RETRIEVAL_TEXT)
 assert {"Paul", "Alice", "Mark", "Jane", "Sarah"} <= set(NAMES)
 
 
@@ -101,42 +106,54 @@ def sample_retrieval(rng: random.Random, template: str, max_n: int = 20, represe
 
 
 def _retrieval_shots(rng: random.Random, template: str, max_n: int, n_shots: int, representation: str,
-                     ask: str = "thing") -> str:
+                     ask: str = "thing", text: str = "toolkit") -> str:
     """``n_shots`` solved exemplars in ``template``, each asking for its first thing, as the
-    repository's (``entity_intervention.py:67-71``: the base string and its count)."""
+    repository's (``entity_intervention.py:67-71``: the base string and its count), each ended by
+    " . " or, with ``text="repository"``, a newline (:70)."""
+    end = REPOSITORY_SHOT_END if text == "repository" else SHOT_SEPARATOR
     shots = ""
     for _ in range(n_shots):
         i, j, x, y = _draw(rng, max_n)
-        shots += f"{_fill(template, i, j, x, y, i, representation, ask)} {_count(x, representation)}{SHOT_SEPARATOR}"
+        shots += f"{_fill(template, i, j, x, y, i, representation, ask)} {_count(x, representation)}{end}"
     return shots
 
 
-def _check_retrieval(max_n: int, n_shots: int, representation: str, ask: str = "thing") -> None:
+def _check_retrieval(max_n: int, n_shots: int, representation: str, ask: str = "thing",
+                     text: str = "toolkit") -> tuple[str, ...]:
+    """Refuses bad options; returns the templates of ``text``."""
     check_range("max_n", max_n, 1, 99)
     check_range("n_shots", n_shots, 0, 8)
     check_choice("representation", representation, REPRESENTATIONS)
     check_choice("ask", ask, ASK)
+    check_choice("text", text, TEXTS)
+    return RETRIEVAL_TEXT if text == "repository" else RETRIEVAL_TEMPLATES
+
+
+_TEXT_HINT = ("text='repository' needs a tokenizer that reads '.', '?' and ':' attached to words and newlines "
+              "(GPT-2, GPT-J, Pythia, LLaMA: --model); the embedded model reads text='toolkit'")
 
 
 def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None,
                               max_n: int = 20, n_shots: int = 0, representation: str = "arabic",
-                              ask: str = "thing") -> list[Example]:
+                              ask: str = "thing", text: str = "toolkit") -> list[Example]:
     """``n`` prompts, the templates in turn; either of the two counts is asked for."""
     check_range("n", n, 1)
-    _check_retrieval(max_n, n_shots, representation, ask)
+    templates = _check_retrieval(max_n, n_shots, representation, ask, text)
     rng = random.Random(seed)
     out = []
     for k in range(n):
-        template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
-        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask)
+        template = templates[k % len(templates)]
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask, text)
         ex = sample_retrieval(rng, template, max_n, representation, ask)
         out.append(Example(shots + ex.prompt, ex.answer))
-    return out if ask == "thing" else check_vocabulary(out, tokenizer, _CATEGORY_HINT)
+    if ask == "thing" and text == "toolkit":
+        return out
+    return check_vocabulary(out, tokenizer, _CATEGORY_HINT if ask != "thing" else _TEXT_HINT)
 
 
 def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | None = None,
                            max_n: int = 20, n_shots: int = 0, representation: str = "arabic",
-                           ask: str = "thing") -> PromptPairs:
+                           ask: str = "thing", text: str = "toolkit") -> PromptPairs:
     """lm-arithmetic's type-11 pairs: one context "I have x e1 and y e2", the base asks for
     e1 (answer x), the source for e2 (answer y); templates in turn. ``n_shots`` solved
     exemplars in the pair's template come first, shared by base and source; ``representation``
@@ -146,24 +163,30 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
     category words differ in token length is redrawn, as the repository's prompts must align,
     ``interventions/__init__.py:66-67``, though its type-10 draw does not redraw). The embedded
     model's vocabulary has no category words, so its pairs are refused there; any model with
-    a subword tokenizer takes them."""
-    _check_retrieval(max_n, n_shots, representation, ask)
+    a subword tokenizer takes them. ``text="repository"``: the repository's own strings ("Q: I
+    have 3 apples and 5 cars. How many apples do I have? A:", "Jasmin", exemplars ended by a
+    newline), for subword tokenizers."""
+    templates = _check_retrieval(max_n, n_shots, representation, ask, text)
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
-        template = RETRIEVAL_TEMPLATES[k % len(RETRIEVAL_TEMPLATES)]
-        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask)
+        template = templates[k % len(templates)]
+        shots = _retrieval_shots(rng, template, max_n, n_shots, representation, ask, text)
         i, j, x, y = _draw(rng, max_n)
         return PromptPair(shots + _fill(template, i, j, x, y, i, representation, ask),
                           shots + _fill(template, i, j, x, y, j, representation, ask),
                           _count(x, representation), _count(y, representation))
 
     hint = "lower max_n (counts must be single tokens)" if ask == "thing" else _CATEGORY_HINT
+    if text == "repository":
+        hint = f"{_TEXT_HINT}; or {hint}"
     pairs = generate_aligned(sample, n_prompts, seed, tokenizer, hint)
     params = {"n_prompts": n_prompts, "max_n": max_n, "seed": seed}
     if (n_shots, representation) != (0, "arabic"):  # default runs keep the task_params they always had
         params.update(n_shots=n_shots, representation=representation)
     if ask != "thing":
         params["ask"] = ask
+    if text != "toolkit":
+        params["text"] = text
     return PromptPairs("number_retrieval", params, pairs)
 
 
@@ -207,6 +230,8 @@ register(TaskInfo("number_retrieval", "retrieve a count from the context (Stolfo
                    "representation": ("arabic", "counts as arabic numerals or number words ('three')"),
                    "ask": ("thing", "what the question names: thing ('How many apples', type 11) | category "
                                     "('How many fruits', type 10)"),
+                   "text": ("toolkit", "toolkit ('… cars . How many apples do I have ? A :') | repository (its own "
+                                       "strings, '… cars. How many apples do I have? A:'; subword tokenizers)"),
                    "seed": (0, "random seed")}, roles=retrieval_roles, role_order=RETRIEVAL_ROLES))
 
 # ---------------------------------------------------------------------------- factual recall
