@@ -513,15 +513,29 @@ def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> l
     """The token id of each answer, or a one-line error naming the first that is not one token.
     Answers are the one token of " " + answer; where that is two tokens, a space and the answer
     (LLaMA's digits), experiments that end their prompts with the space token use
-    :func:`answer_ids` instead, and this one says that it does not."""
+    :func:`scored_prompts` instead, and this one says that it does not."""
     ids = [answer_token(model, a) for a in answers]
     if None in ids:
         k = ids.index(None)
         spaced = "" if spaced_answer_id(model.tokenizer, answers[k]) is None else (
             ": this tokenizer writes the space before it as a token of its own (LLaMA-style), which patching, "
-            "circuits and evaluate score, this experiment not yet")
+            "circuits, evaluate, neurons, pruning and robustness score, this experiment not yet")
         raise UsageError(f"{what} {answers[k]!r} (number {k}) is not a single token for this model{spaced}")
     return ids  # type: ignore[return-value]
+
+
+def scored_prompts(model: Any, texts: Sequence[str], answers: Sequence[str], what: str = "answer",
+                   choices: Sequence[str] = ()) -> tuple[list[list[int]], list[int], list[int]]:
+    """Token ids of each prompt and of each answer as the next token (:func:`answer_ids`: where
+    the tokenizer writes the space before answers as a token of its own, LLaMA's digits, every
+    prompt ends with it, as lm-arithmetic scores LLaMA), plus the ids of ``choices`` (candidate
+    answers, the same convention). A one-line error names the first answer that is not one token."""
+    ids, suffix = answer_ids(model, [*answers, *choices])
+    if None in ids:
+        k = ids.index(None)
+        name = f"{what} {answers[k]!r} (number {k})" if k < len(answers) else f"choice {choices[k - len(answers)]!r}"
+        raise UsageError(f"{name} is not a single token for this model")
+    return tokenize(model, texts, suffix), ids[:len(answers)], ids[len(answers):]  # type: ignore[return-value]
 
 
 def answer_ids(model: Any, answers: Sequence[str], joined: bool = False) -> tuple[list[int | None], list[int]]:

@@ -263,8 +263,7 @@ def _check_units(units: list[tuple[int, int]], layer_list: list[int], n_neurons:
 def _contributions(run: Run, prompts: Sequence[Any], layer_list: list[int]) -> np.ndarray:
     """(prompt, layer, neuron): each neuron's direct contribution to the prompt's answer logit."""
     model = run.model
-    ids = backend.tokenize(model, _texts(prompts))
-    answers = backend.answer_tokens(model, [p.answer for p in prompts])
+    ids, answers, _ = backend.scored_prompts(model, _texts(prompts), [p.answer for p in prompts])
     out = np.zeros((len(ids), len(layer_list), _n_neurons(model)))
     for chunk in run.steps(run.batches([len(x) for x in ids]), "contributions"):
         out[chunk] = run.call(_bn.neuron_contributions, torch.tensor([ids[i] for i in chunk]),
@@ -473,8 +472,7 @@ def neurons(
         counts = ", ".join(f"{v}: {len(sets[v])}" for v in variants)
         raise UsageError(f"every variant needs the same problems (got {counts} prompts)")
     _check_discovery(top_k, min_frequency, 8)
-    tokens = {v: (backend.tokenize(model, _texts(sets[v])), backend.answer_tokens(model, [p.answer for p in sets[v]]))
-              for v in variants}
+    tokens = {v: backend.scored_prompts(model, _texts(sets[v]), [p.answer for p in sets[v]])[:2] for v in variants}
     found = _discover(run, sets[discover_on], None, top_k, min_frequency, 8, labeller, units)
     picked = _units(found, _n_neurons(model), int(params.get("seed", 0)))
     act = np.zeros((len(variants), len(picked.pairs)))

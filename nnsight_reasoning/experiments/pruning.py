@@ -90,8 +90,8 @@ def prune(
     if not isinstance(plist[0], ReasoningPrompt):
         raise UsageError("head pruning needs prompts with statements, e.g. nr.tasks.kth_smallest(...)")
     model = run.model
-    ids = backend.tokenize(model, [p.text for p in plist])
-    answers = np.array(backend.answer_tokens(model, [p.answer for p in plist]))
+    ids, answer_ids, _ = backend.scored_prompts(model, [p.text for p in plist], [p.answer for p in plist])
+    answers = np.array(answer_ids)
     att = _attention.measure(run, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="none",
                              label="head entropy")
     entropy = _entropies(att, orderings)

@@ -227,16 +227,18 @@ def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corru
 def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] | None = None) -> np.ndarray:
     """(prompts,) 1 where the answer token is the top-1 next token, or with ``choices`` the one
     of highest logit among the choices' tokens."""
-    ids = backend.tokenize(run.model, [p.text for p in plist])
+    texts = [p.text for p in plist]
     if choices is not None:  # the repository's comparison of the choices' logits alone
-        cand = torch.tensor(backend.answer_tokens(run.model, list(choices)))
+        ids, _, cand_ids = backend.scored_prompts(run.model, texts, [], choices=list(choices))
+        cand = torch.tensor(cand_ids)
         want = np.array([list(choices).index(p.answer) for p in plist])
 
         def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:
             s = run.call(backend.answer_scores, rows, cand.expand(len(chunk), -1), rank=False)
             return s.logits.numpy().argmax(1) == want[chunk]
     else:  # the top token over the vocabulary
-        answers = np.array(backend.answer_tokens(run.model, [p.answer for p in plist]))
+        ids, answer_ids, _ = backend.scored_prompts(run.model, texts, [p.answer for p in plist])
+        answers = np.array(answer_ids)
 
         def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:
             s = run.call(backend.answer_scores, rows, torch.from_numpy(answers[chunk, None]), rank="top")

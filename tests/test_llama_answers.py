@@ -1,0 +1,97 @@
+"""LLaMA-style answers (the space before a digit a token of its own: " 5" is "▁", "5") in the
+experiments that score a next token beside patching, circuits and evaluate: head pruning,
+robustness and the CoT neurons. Every prompt ends with the space token and the answer is the
+digit after it, as lm-arithmetic scores LLaMA (``interventions/__init__.py:54-61``); checked
+against plain HF forwards on ids built here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import nnsight_reasoning as nr
+from nnsight_reasoning import backend
+from nnsight_reasoning.errors import UsageError
+
+from .conftest import tiny_sentencepiece_llama
+from .test_pruning import _masked_logits
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    """(model, hf, tokenizer, space id, digit ids): a tiny Llama with LLaMA-like SentencePiece digits."""
+    corpus = [f"{p.text} {p.answer}" for p in nr.tasks.kth_smallest(300, length=5, k=2, max_n=9, seed=0)]
+    corpus += [f"{e.prompt} {e.answer}" for e in nr.tasks.examples("arithmetic", 300, max_n=9, max_result=9)]
+    path = tiny_sentencepiece_llama(tmp_path_factory.mktemp("sp_answers") / "sp", corpus)
+    model = nr.load_model(path)
+    tok = model.tokenizer
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    space = tok("x ", add_special_tokens=False)["input_ids"][-1]
+    digit = {str(d): tok(f"x {d}", add_special_tokens=False)["input_ids"][-1] for d in range(10)}
+    assert tok.convert_ids_to_tokens([space, digit["5"]]) == ["▁", "5"]
+    assert backend.answer_token(model, "5") is None  # no digit is one token with its space
+    return model, hf, tok, space, digit
+
+
+def _last(hf, ids, mask=None):
+    """Last-position logits of one prompt (heads masked as ``mask`` says, if given)."""
+    if mask is not None:
+        return _masked_logits(hf, torch.tensor([ids]), mask)[0]
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0, -1].double()
+
+
+def test_pruning_scores_the_digit_after_the_space_token(sp):
+    model, hf, tok, space, digit = sp
+    prompts = nr.tasks.kth_smallest(8, length=5, k=2, max_n=9, seed=1)
+    ds = nr.prune(model, prompts, fractions=(0.5,), orderings=("random",), n_random=1, progress=False)
+    nr.testing.assert_valid_result(ds)
+    ids = [tok(p.text)["input_ids"] + [space] for p in prompts]
+    ans = [digit[p.answer] for p in prompts]
+    unpruned = [_last(hf, i) for i in ids]
+    assert float(ds.accuracy_unpruned) == pytest.approx(np.mean([int(lg.argmax()) == a for lg, a in zip(unpruned, ans)]))
+    assert float(ds.p_answer_unpruned) == pytest.approx(
+        np.mean([float(lg.softmax(-1)[a]) for lg, a in zip(unpruned, ans)]), rel=1e-5)
+    mask = 1 - ds.pruned.isel(ordering=0, fraction=0).values
+    pruned = [_last(hf, i, mask) for i in ids]
+    np.testing.assert_array_equal(ds.correct.isel(ordering=0, fraction=0).values,
+                                  [int(int(lg.argmax()) == a) for lg, a in zip(pruned, ans)])
+    assert float(ds.p_answer.isel(ordering=0, fraction=0)) == pytest.approx(
+        np.mean([float(lg.softmax(-1)[a]) for lg, a in zip(pruned, ans)]), rel=1e-5)
+
+
+def test_robustness_scores_the_digit_after_the_space_token(sp):
+    model, hf, tok, space, digit = sp
+    prompts = nr.tasks.kth_smallest(12, length=5, k=2, max_n=9, seed=2)
+    ds = nr.robustness(model, prompts, corrupt="drop", n_subsets=3, subset_size=(6, 8), baseline="none",
+                       n_neighbors=3, progress=False)
+    corrupt = nr.tasks.kth_smallest(12, length=5, k=2, max_n=9, seed=2, corrupt="drop")
+    for got, plist in ((ds.correct.values, prompts), (ds.correct_corrupt.values, corrupt)):
+        want = [int(int(_last(hf, tok(p.text)["input_ids"] + [space]).argmax()) == digit[p.answer]) for p in plist]
+        np.testing.assert_array_equal(got, want)
+    # the repository's choices: their logits compared, after the space token too
+    choice = nr.robustness(model, prompts, corrupt="drop", n_subsets=2, subset_size=(6, 8), baseline="none",
+                           n_neighbors=3, choices=[str(d) for d in range(10)], progress=False)
+    cand = [digit[str(d)] for d in range(10)]
+    want = [int(int(_last(hf, tok(p.text)["input_ids"] + [space])[cand].argmax()) == int(p.answer)) for p in prompts]
+    np.testing.assert_array_equal(choice.correct.values, want)
+
+
+def test_cot_neurons_score_the_digit_after_the_space_token(sp):
+    """The neurons' two token paths: discovery's direct contributions and the ablations' scores
+    read the position of the space token and the digit after it."""
+    from nnsight_reasoning.backend import neurons as bn
+    from nnsight_reasoning.experiments.neurons import _contributions
+    from nnsight_reasoning.runner import Run
+
+    model, hf, tok, space, digit = sp
+    examples = nr.tasks.examples("arithmetic", 6, max_n=9, max_result=9, seed=3)
+    prompts = [nr.tasks.base.Example(e.prompt, e.answer) for e in examples]
+    got = _contributions(Run(model, progress=False), prompts, [0, 1])
+    ids = [tok(e.prompt)["input_ids"] + [space] for e in prompts]
+    for i, e in enumerate(prompts):
+        want = bn.neuron_contributions(model, torch.tensor([ids[i]]), torch.tensor([digit[e.answer]]), [0, 1])
+        np.testing.assert_allclose(got[i], want.numpy()[0], atol=1e-6)
+    with pytest.raises(UsageError, match="answer '12' \\(number 1\\) is not a single token"):
+        backend.scored_prompts(model, ["a", "b"], ["5", "12"])
