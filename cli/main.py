@@ -95,7 +95,8 @@ def finetune(
     task: Task = "kth_smallest",
     model: Model = None,
     revision: Revision = None,
-    tune: str = typer.Option("all", help="parameters trained: all | attn | mlp | ln (the repository's --tuning_param)"),
+    tune: str = typer.Option("all", help="parameters trained: all | attn | mlp | ln | lora (r=8, alpha=16, "
+                                          "merged into each revision; needs peft); the repository's --tuning_param"),
     steps: int = typer.Option(1000, help="optimiser steps"),
     batch_size: int = typer.Option(128, help="examples per step"),
     lr: float = typer.Option(2e-5, help="AdamW learning rate"),

@@ -22,7 +22,9 @@ probabilities* (a second softmax); here the cross-entropy of the logits, the sta
 means. It keeps the checkpoint of best validation accuracy; here every ``save_every`` steps
 is kept (``evaluate --revisions all`` shows which is best). Its parameter groups match
 names by substring (``attn``, ``mlp``, ``ln``), which are GPT-2's; here the groups come from
-the architecture table (:mod:`nnsight_reasoning.sites`), so they work for every family.
+the architecture table (:mod:`nnsight_reasoning.sites`), so they work for every family. Its
+LoRA (adapter-transformers) adapts GPT-2's query and value; peft's default for GPT-2 adapts its
+fused query-key-value projection whole (Llama's: query and value, as the repository's).
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ import torch
 from .errors import UsageError
 from .results.io import writable
 
-TUNE = ("all", "attn", "mlp", "ln")
+TUNE = ("all", "attn", "mlp", "ln", "lora")
+# the repository's LoRA (src/utils.py:57-61: adapter-transformers' LoRAConfig(r=8, alpha=16)); peft's
+# defaults otherwise (no dropout; B = 0 at the start, so step0 is the model itself)
+LORA = {"r": 8, "lora_alpha": 16}
 STATE = ".finetune-state.pt"
 LOG = "finetune.json"
 
@@ -72,7 +77,10 @@ def finetune(
         tokens, after the prompt (loss: mean over the answer tokens of the batch).
     out : a new directory (or one holding an interrupted run of the same settings, resumed).
     tune : "all" parameters, or only those of the attention blocks ("attn"), the MLPs ("mlp")
-        or the layer norms ("ln"), as the repository's ``--tuning_param``.
+        or the layer norms ("ln"), as the repository's ``--tuning_param``; or "lora": low-rank
+        adapters (r = 8, alpha = 16, the repository's) on the attention projections peft targets
+        for the architecture (GPT-2's fused query-key-value, Llama's query and value), trained
+        alone and merged into the weights of every saved revision (needs ``peft``).
     steps, batch_size : optimiser steps and examples per step (the repository: 2 epochs of
         980,000 lists at 128 per step).
     lr, weight_decay, warmup : AdamW and the constant schedule's linear warmup (the
@@ -122,7 +130,10 @@ def finetune(
     name = model_info(nn_model).name
     config = {"model": name, "revision": revision or model_info(nn_model).revision, "task": task,
               "task_params": task_params, "tune": tune, "steps": steps, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "warmup": warmup, "save_every": save_every, "seed": seed}
+              "weight_decay": weight_decay, "warmup": warmup, "save_every": save_every, "seed": seed,
+              **({"lora": LORA} if tune == "lora" else {})}
+    if tune == "lora":
+        _peft()  # before anything is written
     # the task's data must tokenise before anything is written: the first batch is drawn here
     tok = nn_model.tokenizer
     _batch(info, tok, nn_model, 0, batch_size, seed, task_params)
@@ -130,6 +141,9 @@ def finetune(
     if not nn_model.dispatched:
         nn_model.dispatch()
     net = torch_module(nn_model)
+    if tune == "lora":  # its random A matrices drawn from the seed, so a run is the same every time
+        torch.manual_seed(seed)
+        _add_lora(net)
     params = _group(nn_model, net, tune)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -253,6 +267,8 @@ def _group(model: Any, net: Any, tune: str) -> list:
 
     if tune == "all":
         return list(net.parameters())
+    if tune == "lora":
+        return [p for name, p in net.named_parameters() if ".lora_" in name]
     arch = architecture(model)
     n_layers = len(resolve(net, arch.layers))
     paths = {"attn": [arch.attn], "mlp": [arch.mlp], "ln": [arch.ln_attn, arch.ln_mlp]}[tune]
@@ -272,10 +288,48 @@ def _save_revision(net: Any, tok: Any, out: Path, name: str) -> None:
     tmp = out / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with hf_bars_off():  # one "Writing model shards" bar per revision says nothing
-        net.save_pretrained(tmp)
+        net.save_pretrained(tmp, state_dict=_merged_lora(net))
     tok.save_pretrained(tmp)
     shutil.rmtree(out / name, ignore_errors=True)
     os.replace(tmp, out / name)
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise UsageError("tune='lora' needs peft: pip install 'nnsight-reasoning[peft]'") from None
+    return peft
+
+
+def _add_lora(net: Any) -> None:
+    """LoRA adapters (:data:`LORA`) injected into ``net`` in place, on the modules peft targets
+    for its architecture; every other parameter stays as it is."""
+    import warnings
+
+    peft = _peft()
+    try:
+        with warnings.catch_warnings():  # GPT-2's Conv1D: peft sets fan_in_fan_out itself, and says so
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+            peft.inject_adapter_in_model(peft.LoraConfig(**LORA), net)
+    except ValueError as e:  # an architecture peft has no default target modules for
+        raise UsageError(f"tune='lora': peft cannot place adapters in this {net.config.model_type} model ({e}); "
+                         f"use tune='attn' or 'all'") from None
+
+
+def _merged_lora(net: Any) -> dict | None:
+    """The state dict of ``net`` with its LoRA adapters merged, W + (alpha / r)·B·A, under the
+    model's own parameter names (a plain model every experiment loads); None without adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, LoraLayer)}
+    if not layers:
+        return None
+    state = {k.replace(".base_layer.", "."): v for k, v in net.state_dict().items() if ".lora_" not in k}
+    with torch.no_grad():
+        for name, m in layers.items():
+            state[f"{name}.weight"] = m.base_layer.weight + m.get_delta_weight("default").to(m.base_layer.weight.dtype)
+    return state
 
 
 def _save_state(out: Path, net: Any, optim: Any, schedule: Any, step: int, losses: list, config: dict) -> None:

@@ -134,6 +134,82 @@ def test_worked_solutions_train_every_answer_token(tmp_path):
         torch.testing.assert_close(got[n][ok], state[n].detach()[ok], rtol=1e-5, atol=1e-6, msg=n)
 
 
+def _plain_lora_loop(path, targets, steps, batch_size, lr, weight_decay, warmup, seed, r=8, alpha=16, **params):
+    """LoRA written out in plain torch: a forward hook adds (alpha / r)·B·A·x to each targeted
+    projection (A kaiming-uniform, B zero, drawn in module order as peft draws them), AdamW on A
+    and B alone, and the merged weights W + (alpha / r)·B·A (transposed for GPT-2's Conv1D)."""
+    import math
+
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(path)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    adapters = {}
+    for name, mod in hf.named_modules():
+        if name.split(".")[-1] in targets:
+            conv = not isinstance(mod, torch.nn.Linear)  # GPT-2's Conv1D: weight (in, out), y = x W + b
+            n_in, n_out = mod.weight.shape if conv else (mod.in_features, mod.out_features)
+            a, b = torch.nn.Linear(n_in, r, bias=False), torch.nn.Linear(r, n_out, bias=False)
+            torch.nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            torch.nn.init.zeros_(b.weight)
+            adapters[name] = (a, b, conv)
+            mod.register_forward_hook(lambda m, args, out, a=a, b=b: out + (alpha / r) * b(a(args[0])))
+    trained = [p for a, b, _ in adapters.values() for p in (a.weight, b.weight)]
+    for p in trained:
+        p.requires_grad_(True)
+    torch.manual_seed(seed)  # training starts from the seed (dropout draws), as documented
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
+    sched = get_constant_schedule_with_warmup(opt, warmup)
+    hf.train()
+    losses = []
+    for k in range(steps):
+        ex = nr.tasks.examples("kth_smallest", batch_size, seed=seed * 1000003 + k, tokenizer=tok, **params)
+        ids = [tok(e.prompt)["input_ids"] for e in ex]
+        ans = torch.tensor([tok(" " + e.answer, add_special_tokens=False)["input_ids"][0] for e in ex])
+        width = max(map(len, ids))
+        x = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+        logits = hf(input_ids=x, attention_mask=mask).logits[torch.arange(len(ids)), [len(i) - 1 for i in ids]]
+        loss = torch.nn.functional.cross_entropy(logits, ans)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    merged = {n: p.detach().clone() for n, p in hf.state_dict().items()}
+    for name, (a, b, conv) in adapters.items():
+        delta = (alpha / r) * (b.weight @ a.weight).detach()
+        merged[f"{name}.weight"] += delta.T if conv else delta
+    return merged, losses, set(adapters)
+
+
+@pytest.mark.parametrize("model_type,targets", [("embedded", {"query_key_value"}), ("gpt2", {"c_attn"})])
+def test_lora_matches_a_plain_torch_lora_loop(tiny_model_dir, tmp_path, model_type, targets):
+    """tune="lora" (the repository's src/utils.py:57-61, r = 8, alpha = 16): the loss at every
+    step and the merged weights of the saved revision against a hook-based LoRA; only the adapted
+    projections move, by a change of rank <= 8, and step0 is the model itself."""
+    path = embedded.revision_path("main") if model_type == "embedded" else tiny_model_dir("gpt2")
+    out = nr.finetune(str(path), "kth_smallest", out=tmp_path / "lora", tune="lora", steps=3, batch_size=6, lr=1e-2,
+                      warmup=1, save_every=2, seed=4, progress=False, length=5, k=2)
+    log = json.loads((out / "finetune.json").read_text())
+    assert log["config"]["tune"] == "lora" and log["config"]["lora"] == {"r": 8, "lora_alpha": 16}
+    want, losses, adapted = _plain_lora_loop(path, targets, 3, 6, 1e-2, 1e-3, 1, 4, length=5, k=2)
+    assert len(adapted) == AutoModelForCausalLM.from_pretrained(path).config.num_hidden_layers
+    np.testing.assert_allclose(log["loss"], losses, rtol=1e-5)
+    got, start = _weights(out / "main"), _weights(path)
+    assert set(got) == set(start)  # a plain model: no adapter parameters, the model's own names
+    assert adapted and all(f"{a}.weight" in want for a in adapted)
+    for n, w in got.items():
+        if n in want:  # a tied unembedding is written under one name here, another there
+            torch.testing.assert_close(w, want[n], rtol=1e-5, atol=1e-6, msg=n)
+        moved = n.rsplit(".", 1)[0] in adapted and n.endswith(".weight")
+        assert torch.equal(w, start[n]) != moved, n
+        if moved:
+            assert torch.linalg.matrix_rank((w - start[n]).double(), rtol=1e-6) <= 8, n
+    assert all(torch.equal(w, start[n]) for n, w in _weights(out / "step0").items())
+
+
 @pytest.mark.parametrize("tune,part", [("attn", ".attn."), ("ln", ".ln_")])
 def test_parameter_groups_come_from_the_architecture(tiny_model_dir, tmp_path, tune, part):
     path = tiny_model_dir("gpt2")
@@ -146,9 +222,11 @@ def test_parameter_groups_come_from_the_architecture(tiny_model_dir, tmp_path, t
         assert "transformer.ln_f.weight" in moved
 
 
-def test_same_seed_same_weights_and_resume_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tune", ["all", "lora"])
+def test_same_seed_same_weights_and_resume_after_an_interruption(tiny_model_dir, tmp_path, monkeypatch, tune):
+    """LoRA too: its adapters are in the saved state, so a resumed run ends on the same weights."""
     path = str(tiny_model_dir("gpt2"))
-    kw = dict(tune="all", steps=6, batch_size=4, lr=1e-3, warmup=2, save_every=2, seed=1, progress=False)
+    kw = dict(tune=tune, steps=6, batch_size=4, lr=1e-3, warmup=2, save_every=2, seed=1, progress=False)
     whole = nr.finetune(path, out=tmp_path / "a", **kw)
     again = nr.finetune(path, out=tmp_path / "b", **kw)
     for n, w in _weights(whole / "main").items():
