@@ -50,7 +50,8 @@ def test_pruning_scores_the_digit_after_the_space_token(sp):
     ids = [tok(p.text)["input_ids"] + [space] for p in prompts]
     ans = [digit[p.answer] for p in prompts]
     unpruned = [_last(hf, i) for i in ids]
-    assert float(ds.accuracy_unpruned) == pytest.approx(np.mean([int(lg.argmax()) == a for lg, a in zip(unpruned, ans)]))
+    top1 = [int(lg.argmax()) == a for lg, a in zip(unpruned, ans)]
+    assert float(ds.accuracy_unpruned) == pytest.approx(np.mean(top1))
     assert float(ds.p_answer_unpruned) == pytest.approx(
         np.mean([float(lg.softmax(-1)[a]) for lg, a in zip(unpruned, ans)]), rel=1e-5)
     mask = 1 - ds.pruned.isel(ordering=0, fraction=0).values
