@@ -46,19 +46,21 @@ def sample_kth(rng: random.Random, length: int, k: int, max_n: int) -> Example:
 STYLES = ("toolkit", "repository")
 
 
-def repository_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
+def repository_prompt(numbers: list[int], k: int, joined: bool = False) -> ReasoningPrompt:
     """The repository's format: the numbers alone ("17 5 40 5 …"), the answer the k-th smallest
     counting repeats. Labels as its ``label_generator`` (``src/stask/probe.py:22-66``): only the
     first copy of a value is labelled, so the useful statements are the first copies of the
     distinct values among the k smallest, the answer the first copy of the k-th smallest's value
-    (step 2; the others step 1), and a later copy of a value is not useful (step 0)."""
+    (step 2; the others step 1), and a later copy of a value is not useful (step 0). ``joined``:
+    the answer scored as its own token, "7" not " 7", as the repository's GPT-2 labels are
+    tokenised alone (``src/gpt2.py:31, 73``, ``tokenizer(tmp_label)``)."""
     ranked = sorted(numbers)
     answer = ranked[k - 1]
     first = {x: numbers.index(x) for x in set(ranked[:k])}  # the repository's data_num.index
     last = 2 if k > 1 else 1
     statements = tuple(Statement(str(x), first.get(x) == i, (last if x == answer else 1) if first.get(x) == i else 0)
                        for i, x in enumerate(numbers))
-    return ReasoningPrompt(statements, str(answer))
+    return ReasoningPrompt(statements, str(answer), joined=joined)
 
 
 def _counted_prompt(numbers: list[int], k: int) -> ReasoningPrompt:
@@ -83,7 +85,8 @@ def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:
 
 
 def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int = 99,
-                 corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, style: str = "toolkit") -> ReasoningPrompts:
+                 corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, style: str = "toolkit",
+                 joined: bool = False) -> ReasoningPrompts:
     """Labelled k-th-smallest prompts for attention analysis and MechanisticProbe.
 
     Parameters
@@ -97,8 +100,14 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     seed : same seed -> same prompts (the corruption draws from its own seeded stream).
     style : "toolkit" (the wording above, distinct numbers) or "repository" (MechanisticProbe's:
         the numbers alone, drawn with repeats from 0..max_n, e.g. ``length=16``; k is not stated).
+    joined : repository style only: the answer is the number's own token, "7" and not " 7", as
+        the repository's GPT-2 labels are tokenised alone (``src/gpt2.py:31, 73``: on GPT-2 these are
+        two different tokens; the default scores " 7", the token that follows a space).
     """
     _check(length, k, max_n, style)
+    if joined and style != "repository":
+        raise TaskError("joined applies to style='repository' (a prompt of numbers alone); the toolkit style's "
+                        "prompt ends with a word, and its answer follows a space")
     check_range("n_prompts", n_prompts, 1)
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise TaskError(f"corrupt must be one of {list(CORRUPTIONS)} or None (got {corrupt!r})")
@@ -116,9 +125,9 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
             # left as the repository does (first copies, in its new order)
             kept = corrupted([_counted_prompt(nums, k) for nums in lists], corrupt, n_corrupt, seed)
             lists = [[int(s.text) for s in p.statements] for p in kept]
-        prompts = [repository_prompt(nums, k) for nums in lists]
+        prompts = [repository_prompt(nums, k, joined) for nums in lists]
         params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
-                      n_corrupt=n_corrupt, seed=seed, style=style)
+                      n_corrupt=n_corrupt, seed=seed, style=style, **({"joined": True} if joined else {}))
         return ReasoningPrompts("kth_smallest", params, tuple(prompts))
     lists = [rng.sample(range(max_n + 1), length) for _ in range(n_prompts)]
     if corrupt == "perturb":
@@ -170,9 +179,10 @@ def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: 
 
 def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, length: int = 5, k: int = 2,
                           max_n: int = 99, corrupt: str | None = None, n_corrupt: int = 1,
-                          style: str = "toolkit") -> list[Example]:
+                          style: str = "toolkit", joined: bool = False) -> list[Example]:
     """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
-    return [Example(p.text, p.answer) for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style)]
+    return [Example(p.text, p.answer, joined=p.joined)
+            for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style, joined)]
 
 
 register(TaskInfo(
@@ -183,5 +193,7 @@ register(TaskInfo(
      "corrupt": (None, "attention/probe only: shuffle | drop | perturb"),
      "n_corrupt": (1, "numbers dropped or perturbed"), "seed": (0, "random seed"),
      "style": ("toolkit", "toolkit (wording, distinct numbers) | repository (MechanisticProbe's: numbers alone, "
-                          "repeats, k fixed)")},
+                          "repeats, k fixed)"),
+     "joined": (False, "style=repository: the answer is the number's own token ('7', not ' 7'), as the "
+                       "repository's GPT-2 labels")},
     labelled=kth_smallest))

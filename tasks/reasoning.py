@@ -36,7 +36,9 @@ class ReasoningPrompt:
     """``prefix``, then ``lead`` (where there is a prefix), the statements joined by ``sep``, then
     " " and ``question``; the answer follows. ``group``: the set the prompt is probed in (the
     repository's ProofWriter protocol probes each number of statements m apart,
-    :func:`load_reasoning` with ``by_size``); None: one probe over all prompts."""
+    :func:`load_reasoning` with ``by_size``); None: one probe over all prompts. ``joined``: the
+    answer continues the prompt's last word, scored as its own token without a space (see
+    :class:`~nnsight_reasoning.tasks.PromptPair`)."""
 
     statements: tuple[Statement, ...]
     answer: str
@@ -45,6 +47,7 @@ class ReasoningPrompt:
     sep: str = " "
     lead: str = " "
     group: int | None = None
+    joined: bool = False
 
     @property
     def text(self) -> str:

@@ -96,3 +96,30 @@ def test_cot_neurons_score_the_digit_after_the_space_token(sp):
         np.testing.assert_allclose(got[i], want.numpy()[0], atol=1e-6)
     with pytest.raises(UsageError, match="answer '12' \\(number 1\\) is not a single token"):
         backend.scored_prompts(model, ["a", "b"], ["5", "12"])
+
+
+def test_repository_kth_answers_are_the_numbers_own_tokens(tmp_path):
+    """kth_smallest(style="repository", joined=True): the answer is scored as "32", not " 32"
+    (the repository's GPT-2 labels, src/gpt2.py:31, 73, are tokenised alone), on a byte-level BPE
+    where the two are different tokens: pruning's and evaluate's scores against HF forwards."""
+    from .conftest import tiny_year_bpe
+
+    path = tiny_year_bpe(tmp_path / "bpe")
+    model = nr.load_model(str(path))
+    tok = model.tokenizer
+    assert tok("32", add_special_tokens=False)["input_ids"] != tok(" 32", add_special_tokens=False)["input_ids"]
+    prompts = nr.tasks.kth_smallest(8, length=6, k=2, style="repository", joined=True, seed=3)
+    assert prompts.params["joined"] is True and all(p.joined for p in prompts)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    own = [tok(p.answer, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert all(len(o) == 1 for o in own)
+    logits = [_last(hf, tok(p.text)["input_ids"]) for p in prompts]  # no space token after the list
+    ds = nr.prune(model, prompts, fractions=(0.25,), orderings=("random",), n_random=1, progress=False)
+    assert float(ds.p_answer_unpruned) == pytest.approx(
+        np.mean([float(lg.softmax(-1)[o[0]]) for lg, o in zip(logits, own)]), rel=1e-5)
+    ev = nr.evaluate(model, nr.tasks.examples("kth_smallest", 8, length=6, k=2, style="repository", joined=True,
+                                              seed=3), progress=False)
+    np.testing.assert_allclose(ev.p_answer.values, [float(lg.softmax(-1)[o[0]]) for lg, o in zip(logits, own)],
+                               rtol=1e-5)
+    with pytest.raises(nr.tasks.TaskError, match="joined applies to style='repository'"):
+        nr.tasks.kth_smallest(4, joined=True)

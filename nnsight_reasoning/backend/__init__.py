@@ -525,12 +525,13 @@ def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> l
 
 
 def scored_prompts(model: Any, texts: Sequence[str], answers: Sequence[str], what: str = "answer",
-                   choices: Sequence[str] = ()) -> tuple[list[list[int]], list[int], list[int]]:
+                   choices: Sequence[str] = (), joined: bool = False) -> tuple[list[list[int]], list[int], list[int]]:
     """Token ids of each prompt and of each answer as the next token (:func:`answer_ids`: where
     the tokenizer writes the space before answers as a token of its own, LLaMA's digits, every
-    prompt ends with it, as lm-arithmetic scores LLaMA), plus the ids of ``choices`` (candidate
-    answers, the same convention). A one-line error names the first answer that is not one token."""
-    ids, suffix = answer_ids(model, [*answers, *choices])
+    prompt ends with it, as lm-arithmetic scores LLaMA; ``joined``: each answer's own token),
+    plus the ids of ``choices`` (candidate answers, the same convention). A one-line error names
+    the first answer that is not one token."""
+    ids, suffix = answer_ids(model, [*answers, *choices], joined=joined)
     if None in ids:
         k = ids.index(None)
         name = f"{what} {answers[k]!r} (number {k})" if k < len(answers) else f"choice {choices[k - len(answers)]!r}"

@@ -31,6 +31,7 @@ import xarray as xr
 from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
+from ..tasks.base import joined_answers
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 from . import attention as _attention
 
@@ -90,7 +91,8 @@ def prune(
     if not isinstance(plist[0], ReasoningPrompt):
         raise UsageError("head pruning needs prompts with statements, e.g. nr.tasks.kth_smallest(...)")
     model = run.model
-    ids, answer_ids, _ = backend.scored_prompts(model, [p.text for p in plist], [p.answer for p in plist])
+    ids, answer_ids, _ = backend.scored_prompts(model, [p.text for p in plist], [p.answer for p in plist],
+                                                joined=joined_answers(plist))
     answers = np.array(answer_ids)
     att = _attention.measure(run, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="none",
                              label="head entropy")

@@ -26,6 +26,7 @@ import xarray as xr
 from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
+from ..tasks.base import joined_answers
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 from .probe import (PROBE_NAME, PROBES, Features, _labels, all_layers_label, check_options, dropped_attr, features,
                     kept_layers, knn_scores, labelled_prompts)
@@ -229,7 +230,8 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
     of highest logit among the choices' tokens."""
     texts = [p.text for p in plist]
     if choices is not None:  # the repository's comparison of the choices' logits alone
-        ids, _, cand_ids = backend.scored_prompts(run.model, texts, [], choices=list(choices))
+        ids, _, cand_ids = backend.scored_prompts(run.model, texts, [], choices=list(choices),
+                                                  joined=joined_answers(plist))
         cand = torch.tensor(cand_ids)
         want = np.array([list(choices).index(p.answer) for p in plist])
 
@@ -237,7 +239,8 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
             s = run.call(backend.answer_scores, rows, cand.expand(len(chunk), -1), rank=False)
             return s.logits.numpy().argmax(1) == want[chunk]
     else:  # the top token over the vocabulary
-        ids, answer_ids, _ = backend.scored_prompts(run.model, texts, [p.answer for p in plist])
+        ids, answer_ids, _ = backend.scored_prompts(run.model, texts, [p.answer for p in plist],
+                                                    joined=joined_answers(plist))
         answers = np.array(answer_ids)
 
         def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:
