@@ -134,9 +134,12 @@ def probe(
                step_f1=step_f1, all_layers=read)
     layers, feats, base_feats = features(run, prompts, plist, how, baseline, seed)
     scores = grouped_scores(feats, **knn)
-    ds = _dataset(scores, layers, drop_layers)
+    # what a group is: the loader's description (load_reasoning(by_size=...): m statements)
+    group_name = prompts.params.get("group", "prompt group") if isinstance(prompts, ReasoningPrompts) else \
+        "prompt group"
+    ds = _dataset(scores, layers, drop_layers, group_name)
     if base_feats is not None:
-        base = _dataset(grouped_scores(base_feats, **knn), layers, drop_layers)
+        base = _dataset(grouped_scores(base_feats, **knn), layers, drop_layers, group_name)
         for v in ("f1", "accuracy", "f1_all", "accuracy_all"):
             ds[f"baseline_{v}"] = base[v].assign_attrs(long_name=f"{base[v].attrs['long_name']}, {baseline} baseline")
         # NaN where the baseline is perfect (F1_baseline = 1): nothing is left to explain, as robustness does
@@ -399,16 +402,14 @@ def knn_scores(feats: np.ndarray, *, labels: Labels, n_neighbors: int, folds: in
     return Scores(f1, acc, majority, n_samples, fewest, labels.n_prompts)
 
 
-def _dataset(scores: list[tuple[int | None, Scores]], layers: np.ndarray, drop_layers: Sequence[int] = ()
-             ) -> xr.Dataset:
+def _dataset(scores: list[tuple[int | None, Scores]], layers: np.ndarray, drop_layers: Sequence[int] = (),
+             group_name: str = "prompt group") -> xr.Dataset:
     """The result of :func:`grouped_scores`: one group (None) as before, or a ``group`` dim."""
     one = [_group_dataset(s, layers, drop_layers) for _, s in scores]
     if scores[0][0] is None:
         return one[0]
-    from ..tasks.reasoning import GROUP_NAME
-
     ds = xr.concat(one, dim="group", coords="minimal", compat="override")
-    ds = ds.assign_coords(group=("group", np.array([g for g, _ in scores]), {"long_name": GROUP_NAME}))
+    ds = ds.assign_coords(group=("group", np.array([g for g, _ in scores]), {"long_name": group_name}))
     ds["group_prompts"] = ("group", np.array([s.n_prompts for _, s in scores]),
                            {"long_name": "prompts probed in the group"})
     return ds

@@ -208,7 +208,7 @@ def _probe_group_figure(ds: xr.Dataset):
         major = p["majority"].max("checkpoint") if "checkpoint" in p["majority"].dims else p["majority"]
         ax.plot(m, major.values, ":", color="k", lw=0.8, label="majority class (accuracy)")
         ax.set_xticks(m, [str(int(v)) for v in m])
-        ax.set_xlabel("m (statements in the context; 1: depth-0 questions)")
+        ax.set_xlabel(str(ds["group"].attrs.get("long_name", "group")).split(" (")[0])
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("macro F1, all layers (out-of-fold)")
         ax.set_title(f"probe: {'is the statement useful?' if probe == 'useful' else 'at which step is it used?'}",
