@@ -30,16 +30,16 @@ def embedded_tokenizer():
     return load_tokenizer()
 
 
-def _tiny(model_type: str, vocab_size: int, n_layers: int = 2):
+def _tiny(model_type: str, vocab_size: int, n_layers: int = 2, positions: int = 128):
     """A small random model of one architecture family; init scaled up so effects are visible.
-    ``n_layers``: for Llama and the llama-like families (default 2)."""
+    ``n_layers``: for Llama and the llama-like families (default 2); ``positions``: their context."""
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, initializer_range=0.2)
     # llama-like families: grouped key/value heads; gemma/gemma2 with a head_dim that is not
     # hidden / heads (as Gemma-7B: 256, not 3072 / 16), so code that derives it gets it wrong
     rope = dict(hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, max_position_embeddings=128, **common)
+                intermediate_size=64, max_position_embeddings=positions, **common)
     if model_type == "gpt_neox":
         cfg = tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                                max_position_embeddings=128, use_parallel_residual=False, **common)
@@ -74,20 +74,21 @@ def _tiny(model_type: str, vocab_size: int, n_layers: int = 2):
     return model
 
 
-def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2):
-    """A tiny random Llama of ``n_layers`` in ``path`` with a byte-level BPE tokenizer trained on
-    ``corpus`` (newlines and spaces are tokens' bytes, as in GPT-2 and Llama): for prompts whose
-    words the embedded word-level vocabulary lacks. Returns ``path``."""
+def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2, vocab_size: int = 1000, positions: int = 128):
+    """A tiny random Llama of ``n_layers`` and a context of ``positions`` in ``path`` with a
+    byte-level BPE tokenizer of ``vocab_size`` trained on ``corpus`` (newlines and spaces are
+    tokens' bytes, as in GPT-2 and Llama): for prompts whose words the embedded word-level
+    vocabulary lacks. Returns ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    _tiny("llama", len(tok), n_layers).save_pretrained(path)
+    _tiny("llama", len(tok), n_layers, positions).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -38,6 +38,14 @@ def _plain_loop(path, steps, batch_size, lr, weight_decay, warmup, seed, train_p
     for n, p in hf.named_parameters():
         p.requires_grad_(n in names)
     trained = [p for n, p in hf.named_parameters() if n in names]
+    losses = _train(hf, tok, trained, steps, batch_size, lr, weight_decay, warmup, seed, **params)
+    return {n: p.detach() for n, p in hf.state_dict().items()}, losses, names
+
+
+def _train(hf, tok, trained, steps, batch_size, lr, weight_decay, warmup, seed, **params):
+    """AdamW with transformers' constant schedule on ``trained``, batch k the task's examples
+    drawn with seed · 1000003 + k, right-padded, the answer after a space at the last token;
+    returns the loss per step."""
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     sched = get_constant_schedule_with_warmup(opt, warmup)
     hf.train()
@@ -56,7 +64,7 @@ def _plain_loop(path, steps, batch_size, lr, weight_decay, warmup, seed, train_p
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return {n: p.detach() for n, p in hf.state_dict().items()}, losses, names
+    return losses
 
 
 def test_finetuned_weights_match_a_plain_torch_loop(tmp_path):
@@ -159,24 +167,7 @@ def _plain_lora_loop(path, targets, steps, batch_size, lr, weight_decay, warmup,
     for p in trained:
         p.requires_grad_(True)
     torch.manual_seed(seed)  # training starts from the seed (dropout draws), as documented
-    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
-    sched = get_constant_schedule_with_warmup(opt, warmup)
-    hf.train()
-    losses = []
-    for k in range(steps):
-        ex = nr.tasks.examples("kth_smallest", batch_size, seed=seed * 1000003 + k, tokenizer=tok, **params)
-        ids = [tok(e.prompt)["input_ids"] for e in ex]
-        ans = torch.tensor([tok(" " + e.answer, add_special_tokens=False)["input_ids"][0] for e in ex])
-        width = max(map(len, ids))
-        x = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i in ids])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
-        logits = hf(input_ids=x, attention_mask=mask).logits[torch.arange(len(ids)), [len(i) - 1 for i in ids]]
-        loss = torch.nn.functional.cross_entropy(logits, ans)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    losses = _train(hf, tok, trained, steps, batch_size, lr, weight_decay, warmup, seed, **params)
     merged = {n: p.detach().clone() for n, p in hf.state_dict().items()}
     for name, (a, b, conv) in adapters.items():
         delta = (alpha / r) * (b.weight @ a.weight).detach()

@@ -18,7 +18,7 @@ from nnsight_reasoning.experiments.probe import fold_of_prompt
 from nnsight_reasoning.tasks.base import TaskError
 
 from .clirun import in_process as reason_interp
-from .conftest import write_proofwriter_theories
+from .conftest import tiny_bpe_llama, write_proofwriter_theories
 from .test_probe import _knn_predict, _macro_f1
 
 DATA = Path(__file__).parent / "data"
@@ -130,25 +130,13 @@ def test_by_size_needs_published_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_llama(cwa, tmp_path_factory) -> Path:
-    """A tiny random Llama (the repository probes LLaMA-7B) with a byte-level BPE trained on the
-    theories, so words are tokens and a statement's tokens alone are its tokens in context."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+    """A tiny random Llama (the repository probes LLaMA-7B) of 3 layers with a byte-level BPE
+    trained on the theories, so words are tokens and a statement's tokens alone are its tokens
+    in context."""
     texts = [p.text for p in nr.tasks.load_reasoning(cwa, by_size="1,2,4,8", form="repository", n_shots=1)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512, initializer_range=0.2)
-    path = tmp_path_factory.mktemp("tiny_llama_bpe")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_bpe_llama(tmp_path_factory.mktemp("tiny_llama_bpe"), texts, n_layers=3, vocab_size=400,
+                          positions=512)
 
 
 def _reference_features(path: Path, prompts) -> np.ndarray:

@@ -155,68 +155,47 @@ def _mass(ds: xr.Dataset):
 
 
 def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """Macro F1 per layer for each probe; the baseline dashed; all layers' features at 'all'.
-    A result with a ``group`` dim (one probe per m) draws all layers' F1 against m instead."""
+    """Macro F1 per layer for each probe (all layers' features at 'all'), one line per
+    checkpoint, the baseline dashed, the majority class dotted. A result with a ``group`` dim
+    (one probe per group: the repository's ProofWriter probe per m) draws all layers' F1
+    against the group instead (the paper's ProofWriter figure)."""
     import matplotlib.pyplot as plt
 
-    if "group" in ds.dims:
-        return _probe_group_figure(ds)
-
-    layers = [str(l) for l in ds["layer"].values] + ["all"]
-    x = np.arange(len(layers))
+    grouped = "group" in ds.dims
+    if grouped:
+        x = ds["group"].values
+        ticks = [str(int(v)) for v in x]
+        xlabel = str(ds["group"].attrs.get("long_name", "group")).split(" (")[0]
+        curve = lambda q, pre: q[f"{pre}f1_all"].values  # noqa: E731
+    else:
+        ticks = [str(l) for l in ds["layer"].values] + ["all"]
+        x = np.arange(len(ticks))
+        xlabel = "layer (attention features)"
+        curve = lambda q, pre: np.append(q[f"{pre}f1"].values, float(q[f"{pre}f1_all"]))  # noqa: E731
     fig, axes = plt.subplots(1, ds.sizes["probe"], figsize=(4.2 * ds.sizes["probe"], 3.4), squeeze=False)
     names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [ds.attrs.get("revision")]
     for ax, probe in zip(axes[0], ds["probe"].values):
         p = ds.sel(probe=probe)
         for k, name in enumerate(names):
-            q = p.isel(checkpoint=k) if "checkpoint" in ds.dims else p
-            ax.plot(x, np.append(q["f1"].values, float(q["f1_all"])), "o-", label=name or "model")
+            ax.plot(x, curve(p.isel(checkpoint=k) if "checkpoint" in ds.dims else p, ""), "o-", label=name or "model")
         if "baseline_f1" in ds:
-            ax.plot(x, np.append(p["baseline_f1"].values, float(p["baseline_f1_all"])), "s--", color="gray",
-                    label=f"baseline ({ds.attrs.get('baseline')})")
-        ax.axhline(float(p["majority"].max()) if "checkpoint" in p["majority"].dims else float(p["majority"]),
-                   color="k", lw=0.8, ls=":", label="majority class (accuracy)")
-        ax.set_xticks(x, layers)
-        ax.set_xlabel("layer (attention features)")
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel("macro F1 (out-of-fold)")
-        ax.set_title(f"probe: {'is the statement useful?' if probe == 'useful' else 'at which step is it used?'}",
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"MechanisticProbe · {ds.attrs.get('task')} · {ds.attrs.get('model')} "
-                 f"({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})", fontsize=9)
-    return fig
-
-
-def _probe_group_figure(ds: xr.Dataset):
-    """All layers' macro F1 against the group (m statements) per probe: one line per checkpoint,
-    the baseline dashed, the majority class dotted (the repository's per-m probe, the paper's
-    ProofWriter figure)."""
-    import matplotlib.pyplot as plt
-
-    m = ds["group"].values
-    fig, axes = plt.subplots(1, ds.sizes["probe"], figsize=(4.2 * ds.sizes["probe"], 3.4), squeeze=False)
-    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [ds.attrs.get("revision")]
-    for ax, probe in zip(axes[0], ds["probe"].values):
-        p = ds.sel(probe=probe)
-        for k, name in enumerate(names):
-            q = p.isel(checkpoint=k) if "checkpoint" in ds.dims else p
-            ax.plot(m, q["f1_all"].values, "o-", label=name or "model")
-        if "baseline_f1_all" in ds:
-            ax.plot(m, p["baseline_f1_all"].values, "s--", color="gray", label=f"baseline ({ds.attrs.get('baseline')})")
+            ax.plot(x, curve(p, "baseline_"), "s--", color="gray", label=f"baseline ({ds.attrs.get('baseline')})")
         major = p["majority"].max("checkpoint") if "checkpoint" in p["majority"].dims else p["majority"]
-        ax.plot(m, major.values, ":", color="k", lw=0.8, label="majority class (accuracy)")
-        ax.set_xticks(m, [str(int(v)) for v in m])
-        ax.set_xlabel(str(ds["group"].attrs.get("long_name", "group")).split(" (")[0])
+        if grouped:
+            ax.plot(x, major.values, ":", color="k", lw=0.8, label="majority class (accuracy)")
+        else:
+            ax.axhline(float(major), color="k", lw=0.8, ls=":", label="majority class (accuracy)")
+        ax.set_xticks(x, ticks)
+        ax.set_xlabel(xlabel)
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel("macro F1, all layers (out-of-fold)")
+        ax.set_ylabel("macro F1" + (", all layers" if grouped else "") + " (out-of-fold)")
         ax.set_title(f"probe: {'is the statement useful?' if probe == 'useful' else 'at which step is it used?'}",
                      fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"MechanisticProbe per group · {ds.attrs.get('task')} · {ds.attrs.get('model')} "
-                 f"({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})", fontsize=9)
+    fig.suptitle(f"MechanisticProbe{' per group' if grouped else ''} · {ds.attrs.get('task')} · "
+                 f"{ds.attrs.get('model')} ({ds.attrs.get('n_prompts')} prompts, kNN k={ds.attrs.get('n_neighbors')})",
+                 fontsize=9)
     return fig
 
 
