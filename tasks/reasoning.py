@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -153,17 +154,18 @@ def _as_list(value: Any, column: str, row: int) -> list:
 
 def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *, n_prompts: int | None = None,
                    corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, max_depth: int | None = None,
-                   n_shots: int = 0, form: str = "toolkit", by_size: Sequence[int] | str | None = None
-                   ) -> ReasoningPrompts:
+                   n_shots: int = 0, form: str = "toolkit", by_size: Sequence[int] | str | None = None,
+                   min_depth: int | None = None) -> ReasoningPrompts:
     """Read labelled reasoning prompts from a local ``.jsonl``/``.json`` or ``.csv`` file.
 
     A ``proofwriter`` file may also be one of ProofWriter's published ``meta-*.jsonl`` files
     (rows with ``theory``, ``triples``, ``rules``, ``questions``): see
     :func:`proofwriter_questions`; an ``arc`` file one of STREET's reasoning-annotated ARC files
     (rows with ``textual_logical_units``, ``reasoning_graph_edges``): see :func:`arc_questions`.
-    ``max_depth`` and ``n_shots`` apply to those only; ``form`` and ``by_size`` (the repository's
-    prompt text and its per-m probing sets) to ProofWriter's, which ``path`` may also name as a
-    folder (its ``CWA`` folder: every depth's train, dev and test pooled).
+    ``max_depth`` and ``n_shots`` apply to those only; ``form``, ``by_size`` (the repository's
+    prompt text and its per-m probing sets) and ``min_depth`` to ProofWriter's, which ``path``
+    may also name as a folder (its ``CWA`` folder: the repository's depths' train, dev and test
+    pooled). ``min_depth=1, max_depth=1`` is the pool its robustness experiment samples.
 
     Columns (CSV cells with lists hold JSON):
 
@@ -181,16 +183,18 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     path = Path(path)
     if style == "proofwriter" and (path.is_dir() or path.is_file() and _is_published_proofwriter(path)):
         out = proofwriter_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed,
-                                    form=form, by_size=by_size)
+                                    form=form, by_size=by_size, min_depth=min_depth)
         sized = {} if by_size is None else {"by_size": ",".join(map(str, _sizes(by_size))), "group": GROUP_NAME}
         if by_size is not None and max_depth is None:
             max_depth = 1  # the protocol's
+        if min_depth is not None:
+            sized["min_depth"] = min_depth
         return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
                        format="proofwriter_published", form=form, **sized)
     if not path.is_file():
         raise TaskError(f"no such data file: {path}")
-    if form != "toolkit" or by_size is not None:
-        raise TaskError(f"form and by_size apply to ProofWriter's published files; {path.name} is not one")
+    if form != "toolkit" or by_size is not None or min_depth is not None:
+        raise TaskError(f"form, by_size and min_depth apply to ProofWriter's published files; {path.name} is not one")
     if style == "arc" and _is_published_arc(path):
         out = arc_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
         return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
@@ -323,27 +327,35 @@ GROUP_NAME = ("statements in the context, m (the repository's ProofWriter probe,
               "m = 1 holds its depth-0 questions, whatever their context)")
 
 
+# the folders of ProofWriter's CWA folder the repository reads (src/utils.py:451; not depth-3ext,
+# depth-3ext-NatLang, NatLang or birds-electricity, which repeat or paraphrase these theories)
+DEPTH_FOLDERS = ("depth-0", "depth-1", "depth-2", "depth-3", "depth-5")
+
+
 def proofwriter_files(path: str | Path) -> list[Path]:
     """The published files a path stands for: the file itself, or for a folder its
-    ``meta-{train,dev,test}.jsonl`` and those of its ``depth-*`` folders (ProofWriter's ``CWA``
-    folder: every depth's splits, pooled as the repository's ``data_loader`` pools them,
-    ``src/utils.py:450-548`` and ``proofwriter_probe.py:192``)."""
+    ``meta-{test,dev,train}.jsonl`` and those of the repository's ``depth-N`` folders
+    (:data:`DEPTH_FOLDERS`; ProofWriter's ``CWA`` folder), in the order its probe pools them:
+    every test file, then every dev file, then every train file, each in the folders' order
+    (``src/utils.py:450-548``, ``proofwriter_probe.py:192``: ``test_dict[d] + dev_dict[d] +
+    train_dict[d]``), so that ``by_size`` with its seed (42) draws its very sets."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise TaskError(f"no such data file or folder: {path}")
-    folders = [path, *sorted(d for d in path.glob("depth-*") if d.is_dir())]
-    files = [f for d in folders for f in (d / f"meta-{s}.jsonl" for s in ("train", "dev", "test")) if f.is_file()]
+    folders = [path, *(path / d for d in DEPTH_FOLDERS if (path / d).is_dir())]
+    files = [d / f"meta-{s}.jsonl" for s in ("test", "dev", "train") for d in folders]
+    files = [f for f in files if f.is_file()]
     if not files:
-        raise TaskError(f"{path} holds no meta-train/dev/test.jsonl (nor depth-*/ folders with them): give "
-                        f"ProofWriter's CWA folder, one of its depth-N folders, or one file")
+        raise TaskError(f"{path} holds no meta-train/dev/test.jsonl (nor {', '.join(DEPTH_FOLDERS)} folders with "
+                        f"them): give ProofWriter's CWA folder, one of its depth-N folders, or one file")
     return files
 
 
 def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: int | None = None,
                           n_shots: int = 0, seed: int = 0, form: str = "toolkit",
-                          by_size: Sequence[int] | None = None) -> list[ReasoningPrompt]:
+                          by_size: Sequence[int] | None = None, min_depth: int | None = None) -> list[ReasoningPrompt]:
     """Labelled prompts from ProofWriter's published files (``meta-{train,dev,test}.jsonl`` of a
     ``depth-N`` folder, or a folder of them: :func:`proofwriter_files`): one prompt per question
     that has a proof, as the repository's ``preprocess_proofwriter`` and probe script keep them
@@ -353,7 +365,8 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
 
     Statements are the theory's ``triples`` then its ``rules`` (in the file's order), useful
     where the proof names them, with :func:`proof_steps` as steps; the answer is "True"/"False".
-    ``max_depth`` keeps questions of ``QDep`` ≤ it (the repository probes depth ≤ 1).
+    ``max_depth`` keeps questions of ``QDep`` ≤ it (the repository probes depth ≤ 1), ``min_depth``
+    those of ``QDep`` ≥ it (its robustness experiment samples depth 1 alone, ``:259``).
     ``n_shots`` prepends that many other questions with their theory and answer, so the
     statements probed are the last theory's.
 
@@ -398,8 +411,9 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
                 question = str(q["question"]).strip()
                 shot_pool.append((theory, question, answer))  # the repository's in-context pool keeps OR proofs
                 depth = int(q.get("QDep", 0))
-                if "OR" in proof or (max_depth is not None and depth > max_depth):
-                    continue  # several proofs
+                if "OR" in proof or (max_depth is not None and depth > max_depth) or \
+                        (min_depth is not None and depth < min_depth):
+                    continue  # several proofs, or a depth not asked for
                 nodes, edges = parse_proof(proof)
                 unknown = [n for n in nodes if n not in texts]
                 if unknown:
@@ -413,7 +427,8 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     where = files[0].name if len(files) == 1 else str(path)
     if not items:
         raise TaskError(f"{where} has no question with a single proof"
-                        + (f" of depth <= {max_depth}" if max_depth is not None else ""))
+                        + (f" of depth <= {max_depth}" if max_depth is not None else "")
+                        + (f" and >= {min_depth}" if min_depth is not None else ""))
     groups: list[int | None] = [None] * len(items)
     if by_size is not None:
         items, groups = _by_size(items, by_size, PER_SIZE if n_prompts is None else n_prompts, seed, where)
@@ -458,6 +473,10 @@ def _by_size(items: list[tuple], sizes: tuple[int, ...], per: int, seed: int, wh
                 chosen[m].append(it)
     if not any(chosen.values()):
         raise TaskError(f"{where} has no depth-0/1 question in the groups m = {', '.join(map(str, sizes))}")
+    empty = [str(m) for m in sizes if not chosen[m]]
+    if empty:  # the repository would fail on an empty set; here the other groups are probed, and this is said
+        warnings.warn(f"{where}: no depth-0/1 question for m = {', '.join(empty)}; those groups are left out",
+                      stacklevel=3)
     out = [(it, m) for m in sizes for it in chosen[m]]
     return [it for it, _ in out], [m for _, m in out]
 
@@ -589,6 +608,8 @@ for _style, _summary, _columns in (
          "seed": (0, "random seed"),
          "max_depth": (None, "published ProofWriter / ARC (STREET) files: questions of proof depth <= this"),
          "n_shots": (0, "published ProofWriter / ARC (STREET) files: in-context questions before the prompt"),
+         **({"min_depth": (None, "published ProofWriter files: questions of proof depth >= this (min_depth=1 "
+                                 "max_depth=1: the repository's robustness pool)")} if _style == "proofwriter" else {}),
          **({"form": ("toolkit", "published ProofWriter files: toolkit ('Question : … Answer :') | repository "
                                  "(its probe's text: statements unseparated, '… True or False?')"),
              "by_size": (None, "published ProofWriter files (or their CWA folder): the repository's per-m probing "

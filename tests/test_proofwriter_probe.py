@@ -5,6 +5,7 @@ features and the kNN on a tiny Llama with a byte-level BPE."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -24,28 +25,97 @@ from .test_probe import _knn_predict, _macro_f1
 DATA = Path(__file__).parent / "data"
 
 
+FOLDERS = ("depth-0", "depth-1", "depth-2", "depth-3", "depth-5")  # src/utils.py:451, the repository's list
+
+
+def _odd_row() -> dict:
+    """A theory whose questions the probe must leave out (a proof with OR, none, or naming fewer
+    statements than depth + 1) or keep for shots only (OR)."""
+    texts = {"triple1": {"text": "Gary is cold."}, "triple2": {"text": "Gary is big."}}
+    rules = {"rule1": {"text": "If someone is cold then they are red."}}
+    qs = {"Q1": {"question": "Gary is red.", "answer": True, "QDep": 1, "QLen": 2,
+                 "proofs": "[(((triple1) -> rule1)) OR (((triple2) -> rule1))]"},
+          "Q2": {"question": "Gary is blue.", "answer": False, "QDep": 1, "QLen": "", "proofs": "[@0: Gary is blue.]"},
+          "Q3": {"question": "Gary is big.", "answer": True, "QDep": 1, "QLen": 1, "proofs": "[(triple2)]"}}
+    return {"id": "odd", "theory": "Gary is cold. Gary is big. If someone is cold then they are red.",
+            "triples": texts, "rules": rules, "questions": qs}
+
+
 @pytest.fixture(scope="module")
 def cwa(tmp_path_factory) -> Path:
     """A ProofWriter ``CWA`` folder: depth-1 theories of 2, 4 and 8 statements and depth-0
-    theories of 4, each with train/dev/test splits."""
+    theories of 4, each with train/dev/test splits; a theory with an OR proof, one without a
+    proof and one too short; and a ``depth-3ext`` folder the repository does not read."""
     root = tmp_path_factory.mktemp("proofwriter") / "CWA"
     write_proofwriter_theories(root / "depth-1", 90, (2, 4, 8), seed=0)
     write_proofwriter_theories(root / "depth-0", 12, (4,), seed=1)
+    write_proofwriter_theories(root / "depth-3ext", 30, (4,), seed=2)
+    with (root / "depth-1" / "meta-dev.jsonl").open("a") as f:
+        f.write(json.dumps(_odd_row()) + "\n")
     return root
 
 
-def _questions(root: Path) -> list[dict]:
-    """Every question the protocol may draw, read straight from the files: (depth, m, theory
-    row, question) for depth <= 1 with a proof, no NAF and no OR."""
+def _questions(root: Path, short: bool = False) -> list[dict]:
+    """Every question the protocol may draw, read straight from the repository's folders in its
+    order (test, dev, train, each over FOLDERS): (depth, m, theory row, question) for depth <= 1
+    with a proof, no NAF and no OR, whose proof names at least depth + 1 statements (``short``:
+    those that do not too, which the repository's pools hold until it deals them, :200)."""
     out = []
-    for f in sorted(root.rglob("meta-*.jsonl")):
-        for line in f.read_text().splitlines():
-            row = json.loads(line)
-            for q in row["questions"].values():
-                if q["QLen"] == "" or "NAF" in q["proofs"] or "OR" in q["proofs"] or q["QDep"] > 1:
-                    continue
-                out.append({"depth": q["QDep"], "m": len(row["triples"]) + len(row["rules"]), "row": row, "q": q})
+    for split in ("test", "dev", "train"):
+        for folder in ("", *FOLDERS):
+            f = root / folder / f"meta-{split}.jsonl"
+            if not f.is_file():
+                continue
+            for line in f.read_text().splitlines():
+                row = json.loads(line)
+                for q in row["questions"].values():
+                    if q["QLen"] == "" or "NAF" in q["proofs"] or "OR" in q["proofs"] or q["QDep"] > 1:
+                        continue
+                    enough = len(set(re.findall(r"(?:triple|rule)\d+", q["proofs"]))) >= q["QDep"] + 1
+                    if enough or short:
+                        out.append({"depth": q["QDep"], "m": len(row["triples"]) + len(row["rules"]), "row": row,
+                                    "q": q, "enough": enough})
     return out
+
+
+def test_seed_42_draws_the_repository_s_very_sets(cwa):
+    """proofwriter_probe.py:192-209 written out again: random.seed(42) (fix_seed), depth 0's pool
+    then depth 1's (test + dev + train, the depth folders in order) shuffled, questions dealt
+    into m's (depth 0: m = 1) until a set has N; the toolkit's sets, prompt for prompt."""
+    import random
+
+    rng = random.Random(42)
+    want: dict[int, list[str]] = {m: [] for m in (1, 2, 4, 8)}
+    qs = _questions(cwa, short=True)
+    assert not all(q["enough"] for q in qs)  # the fixture's short proof is in the pool
+    for depth in (0, 1):
+        pool = [q for q in qs if q["depth"] == depth]
+        rng.shuffle(pool)
+        for q in pool:
+            m = 1 if depth == 0 else q["m"]
+            if q["enough"] and m in want and len(want[m]) < 10:
+                want[m].append(q["q"]["question"] + "|" + q["row"]["theory"])
+    got = nr.tasks.load_reasoning(cwa, by_size="1,2,4,8", n_prompts=10, seed=42)
+    for m in want:
+        texts = [p.question.removeprefix("Question : ").removesuffix(" Answer :") + "|"
+                 + " ".join(s.text for s in p.statements) for p in got if p.group == m]
+        assert texts == want[m], m
+
+
+def test_the_robustness_pool_and_the_shots_pool(cwa, tmp_path):
+    """min_depth=1, max_depth=1 is the repository's robustness pool (:259: every depth-1 question
+    without OR, whatever its m or proof size); shots are drawn with replacement from every
+    question with a proof, OR proofs included (random.choices(train_data), :81)."""
+    pool = nr.tasks.load_reasoning(cwa, min_depth=1, max_depth=1)
+    assert pool.params["min_depth"] == 1 and all(p.group is None for p in pool)
+    assert len(pool) == sum(q["depth"] == 1 for q in _questions(cwa, short=True))
+    one = tmp_path / "meta-test.jsonl"
+    one.write_text(json.dumps(_odd_row()) + "\n")
+    shots = nr.tasks.load_reasoning(one, form="repository", n_shots=6, seed=0)
+    assert [p.question for p in shots] == ["Gary is big. True or False?"]  # OR and no-proof questions are not probed
+    lines = shots.prompts[0].prefix.splitlines()
+    assert len(lines) == 6 and len(set(lines)) == 2  # two questions to draw from: repeats
+    assert any(line.endswith("Gary is red.: True or False?True") for line in lines)  # the OR question
 
 
 def test_by_size_draws_the_repository_s_sets_from_every_split_and_depth(cwa):
@@ -65,7 +135,8 @@ def test_by_size_draws_the_repository_s_sets_from_every_split_and_depth(cwa):
             assert len(useful) == 1 and useful[0].step == 1
         else:  # a depth-1 question: a fact (step 1), then the rule (step 2)
             assert len(p.statements) == p.group and sorted(s.step for s in useful) == [1, 2]
-    every = nr.tasks.load_reasoning(cwa, by_size="repository", n_prompts=1000)  # no group left out
+    with pytest.warns(UserWarning, match="no depth-0/1 question for m = 12, 16, 20, 24; those groups are left out"):
+        every = nr.tasks.load_reasoning(cwa, by_size="repository", n_prompts=1000)  # no group left out
     assert Counter(p.group for p in every) == {m: per_m[m] for m in (1, 2, 4, 8)}
     assert every.params["by_size"] == "1,2,4,8,12,16,20,24"
     # the draw is seeded: same seed, same prompts; another seed, another subset
@@ -118,9 +189,9 @@ def test_by_size_refuses_bad_options(cwa, kwargs, msg):
 
 
 def test_by_size_needs_published_files(tmp_path):
-    with pytest.raises(TaskError, match="form and by_size apply to ProofWriter's published files"):
+    with pytest.raises(TaskError, match="form, by_size and min_depth apply to ProofWriter's published files"):
         nr.tasks.load_reasoning(DATA / "proofwriter.jsonl", by_size="1")
-    with pytest.raises(TaskError, match="form and by_size apply"):
+    with pytest.raises(TaskError, match="form, by_size and min_depth apply"):
         nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc", form="repository")
     with pytest.raises(TaskError, match="holds no meta-train/dev/test.jsonl"):
         nr.tasks.load_reasoning(tmp_path)
@@ -139,15 +210,11 @@ def tiny_llama(cwa, tmp_path_factory) -> Path:
                           positions=512)
 
 
-def _reference_features(path: Path, prompts) -> np.ndarray:
+def _reference_features(hf, tok, prompts) -> np.ndarray:
     """(statements, L, 1): the repository's in-context features (proofwriter_probe.py:79-106) with
     plain HF attentions: per layer the max over the question's tokens (after the last statement)
     of the attention to each token, the mean over heads, the mean over a statement's tokens,
     statements found by counting each statement's tokens alone after the shots' tokens."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(path)
     out = []
     for p in prompts:
         bounds = [len(tok(p.prefix, add_special_tokens=False)["input_ids"])]
@@ -161,54 +228,88 @@ def _reference_features(path: Path, prompts) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _group_f1(feats, plist, group, name, folds, seed):
+    """{layer or "all": macro F1} of the numpy kNN (k = 4, Manhattan, layers 0..l) on ``group``'s
+    prompts alone, folds drawn from them; None where the labels have one class."""
+    owner = np.repeat(np.arange(len(plist)), [len(p.statements) for p in plist])
+    useful = np.array([s.useful for p in plist for s in p.statements]).astype(int)
+    members = [i for i, p in enumerate(plist) if p.group == group]
+    rows = np.isin(owner, members)
+    fold_of = dict(zip(members, fold_of_prompt(len(members), folds, seed)))
+    fold = np.array([fold_of[i] for i in owner[rows]])
+    y = useful[rows] if name == "useful" else np.array([s.step for p in plist for s in p.statements])[rows]
+    keep = np.ones(rows.sum(), bool) if name == "useful" else useful[rows] == 1
+    x_all, yk, fk = feats[rows][keep], y[keep], fold[keep]
+    if len(np.unique(yk)) < 2:
+        return None
+    out = {}
+    for li in [*range(feats.shape[1]), "all"]:
+        x = (x_all if li == "all" else x_all[:, :li + 1]).reshape(len(yk), -1)
+        pred = np.empty_like(yk)
+        for k in range(folds):
+            pred[fk == k] = _knn_predict(x[fk != k], yk[fk != k], x[fk == k], 4, "manhattan")
+        out[li] = _macro_f1(yk, pred)
+    return out
+
+
 def test_probe_per_group_matches_an_independent_computation(cwa, tiny_llama, tmp_path):
     """One probe per m (proofwriter_probe.py:119-123) with the repository's ProofWriter features
     (the question's tokens by max, head mean, statement mean, no normalisation, Manhattan): each
-    group's F1 per layer and on all layers against a numpy kNN on hook-free features, its folds
-    drawn from its own prompts; a probe with one class in a group is NaN. Then the CLI."""
+    group's F1 per layer and on all layers, the model's and the random baseline's, against a
+    numpy kNN on hook-free features, its folds drawn from its own prompts; a probe with one
+    class in a group is NaN. Then the per-m table and figure, and the CLI."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from nnsight_reasoning.experiments.probe import summarize
+    from nnsight_reasoning.plotting.attention import probe_figure
+
     prompts = nr.tasks.load_reasoning(cwa, by_size="1,2,4,8", n_prompts=10, form="repository", n_shots=1, seed=5)
     model = nr.load_model(str(tiny_llama))
-    ds = nr.probe(model, prompts, baseline="none", query="question_max", statement_pool="mean", normalise=False,
+    ds = nr.probe(model, prompts, baseline="random", query="question_max", statement_pool="mean", normalise=False,
                   distance="manhattan", n_neighbors=4, folds=2, seed=5, progress=False)
     nr.testing.assert_valid_result(ds)
     assert list(ds["group"].values) == [1, 2, 4, 8] and ds["f1"].dims == ("group", "probe", "layer")
-    feats = _reference_features(tiny_llama, prompts)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    feats = _reference_features(AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager").eval(),
+                                tok, prompts)
+    torch.manual_seed(5)  # the random baseline: the config initialised from the seed
+    random_init = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama), attn_implementation="eager")
+    base_feats = _reference_features(random_init.eval(), tok, prompts)
     plist = list(prompts)
-    owner = np.repeat(np.arange(len(plist)), [len(p.statements) for p in plist])
-    useful = np.array([s.useful for p in plist for s in p.statements]).astype(int)
-    step = np.array([s.step for p in plist for s in p.statements])
     for g in (1, 2, 4, 8):
-        members = [i for i, p in enumerate(plist) if p.group == g]
-        assert int(ds["group_prompts"].sel(group=g)) == len(members)
-        rows = np.isin(owner, members)
-        fold_of = dict(zip(members, fold_of_prompt(len(members), 2, 5)))
-        fold = np.array([fold_of[i] for i in owner[rows]])
-        for name, y, keep in (("useful", useful[rows], np.ones(rows.sum(), bool)),
-                              ("step", step[rows], useful[rows] == 1)):
+        assert int(ds["group_prompts"].sel(group=g)) == sum(p.group == g for p in plist)
+        for name in ("useful", "step"):
             got = ds.sel(group=g, probe=name)
-            if len(np.unique(y[keep])) < 2:  # m = 1: every useful fact is step 1; m = 2: both statements useful
-                assert (g, name) in ((1, "step"), (2, "useful"))
-                assert np.isnan(got["f1"]).all() and np.isnan(float(got["f1_all"]))
-                continue
-            x_all, yk, fk = feats[rows][keep], y[keep], fold[keep]
-            for li in [0, 1, 2, "all"]:
-                x = (x_all if li == "all" else x_all[:, :li + 1]).reshape(len(yk), -1)
-                pred = np.empty_like(yk)
-                for k in range(2):
-                    pred[fk == k] = _knn_predict(x[fk != k], yk[fk != k], x[fk == k], 4, "manhattan")
-                value = float(got["f1_all"]) if li == "all" else float(got["f1"].sel(layer=li))
-                assert value == pytest.approx(_macro_f1(yk, pred), abs=1e-9), (g, name, li)
+            for prefix, f in (("", feats), ("baseline_", base_feats)):
+                want = _group_f1(f, plist, g, name, 2, 5)
+                if want is None:  # m = 1: every useful fact is step 1; m = 2: both statements useful
+                    assert (g, name) in ((1, "step"), (2, "useful"))
+                    assert np.isnan(got[f"{prefix}f1"]).all() and np.isnan(float(got[f"{prefix}f1_all"]))
+                    continue
+                for li, value in want.items():
+                    v = got[f"{prefix}f1_all"] if li == "all" else got[f"{prefix}f1"].sel(layer=li)
+                    assert float(v) == pytest.approx(value, abs=1e-9), (g, name, prefix, li)
+    # the per-m table and the figure show all layers' F1 of each group
+    table = summarize(ds)[-1]
+    rows = list(zip(*[list(c.cells) for c in table.columns]))
+    f1 = lambda g, p: f"{float(ds.f1_all.sel(group=g, probe=p)):.3f}"  # noqa: E731
+    assert [(r[0], r[2], r[3]) for r in rows[:4]] == [("1", "useful", f1(1, "useful")), ("1", "step", "nan"),
+                                                      ("2", "useful", "nan"), ("2", "step", f1(2, "step"))]
+    fig = probe_figure(ds)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), ds.f1_all.sel(probe="useful").values)
+    np.testing.assert_allclose(fig.axes[1].lines[1].get_ydata(), ds.baseline_f1_all.sel(probe="step").values)
     # the CLI: the same sets and probe, a group dim in the file, a per-m table and figure
     out = tmp_path / "pw.nc"
     r = reason_interp(["probe", "--model", str(tiny_llama), "--task", "proofwriter", "--data", str(cwa),
                        "--param", "by_size=1,2,4,8", "--param", "form=repository", "--param", "n_shots=1",
                        "--n-prompts", "10", "--query", "question_max", "--statement-pool", "mean", "--no-normalise",
                        "--distance", "manhattan", "--n-neighbors", "4", "--folds", "2", "--seed", "5",
-                       "--baseline", "none", "--out", str(out)])
+                       "--baseline", "random", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "per group" in r.output and "m" in r.output
+    assert "per group" in r.output
     back = nr.load_result(out)
     np.testing.assert_allclose(back["f1_all"].values, ds["f1_all"].values, equal_nan=True)
+    np.testing.assert_allclose(back["baseline_f1_all"].values, ds["baseline_f1_all"].values, equal_nan=True)
     assert reason_interp(["plot", str(out), "--out", str(tmp_path / "pw.png")]).exit_code == 0
 
 

@@ -121,8 +121,9 @@ def probe(
     ``majority`` (accuracy of always guessing the most frequent class) and ``n_samples``.
     With ``revisions``, every variable but ``baseline_*`` (the same baseline for all
     checkpoints) gains a leading ``checkpoint`` dim. Prompts with a ``group`` add a ``group`` dim
-    after it (one probe per group; ``group_prompts`` counts each group's prompts): a probe
-    whose labels have one class in a group (group m = 1's steps, m = 2's usefulness) is NaN there.
+    after it (one probe per group; ``group_prompts`` counts each group's prompts). A probe whose
+    labels have one class (in a group: m = 1's steps, m = 2's usefulness; or in all the prompts,
+    or a robustness subset) is NaN: there is nothing to classify (scikit-learn would report 1.0).
     """
     how = Features(pool, query, statement_pool, normalise)
     check_options(run, baseline, how, distance, n_neighbors)

@@ -181,8 +181,9 @@ def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         if "baseline_f1" in ds:
             ax.plot(x, curve(p, "baseline_"), "s--", color="gray", label=f"baseline ({ds.attrs.get('baseline')})")
         major = p["majority"].max("checkpoint") if "checkpoint" in p["majority"].dims else p["majority"]
-        if grouped:
-            ax.plot(x, major.values, ":", color="k", lw=0.8, label="majority class (accuracy)")
+        if grouped:  # not where a group's labels have one class (F1 NaN): nothing to compare there
+            seen = np.isfinite(p["f1_all"].values).reshape(-1, len(x)).any(0)
+            ax.plot(x, np.where(seen, major.values, np.nan), ":", color="k", lw=0.8, label="majority class (accuracy)")
         else:
             ax.axhline(float(major), color="k", lw=0.8, ls=":", label="majority class (accuracy)")
         ax.set_xticks(x, ticks)
