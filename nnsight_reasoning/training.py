@@ -304,7 +304,9 @@ def _peft() -> Any:
 
 def _add_lora(net: Any) -> None:
     """LoRA adapters (:data:`LORA`) injected into ``net`` in place, on the modules peft targets
-    for its architecture; every other parameter stays as it is."""
+    for its architecture (GPT-2's and GPT-NeoX's fused query-key-value, Llama's query and value),
+    in float32 (peft casts a layer's input to its adapter's precision); every other parameter
+    stays as it is."""
     import warnings
 
     peft = _peft()
@@ -315,20 +317,24 @@ def _add_lora(net: Any) -> None:
     except ValueError as e:  # an architecture peft has no default target modules for
         raise UsageError(f"tune='lora': peft cannot place adapters in this {net.config.model_type} model ({e}); "
                          f"use tune='attn' or 'all'") from None
+    for name, p in net.named_parameters():  # adapters train in float32 on a half-precision model too
+        if ".lora_" in name:
+            p.data = p.data.float()
 
 
 def _merged_lora(net: Any) -> dict | None:
     """The state dict of ``net`` with its LoRA adapters merged, W + (alpha / r)·B·A, under the
     model's own parameter names (a plain model every experiment loads); None without adapters."""
+    if not any(".lora_" in name for name, _ in net.named_parameters()):
+        return None  # no adapters: peft (an optional install) is not needed
     from peft.tuners.lora import LoraLayer
 
     layers = {name: m for name, m in net.named_modules() if isinstance(m, LoraLayer)}
-    if not layers:
-        return None
     state = {k.replace(".base_layer.", "."): v for k, v in net.state_dict().items() if ".lora_" not in k}
-    with torch.no_grad():
+    with torch.no_grad():  # merged in float32, then stored in the model's own precision
         for name, m in layers.items():
-            state[f"{name}.weight"] = m.base_layer.weight + m.get_delta_weight("default").to(m.base_layer.weight.dtype)
+            w = m.base_layer.weight
+            state[f"{name}.weight"] = (w.float() + m.get_delta_weight("default").float()).to(w.dtype)
     return state
 
 

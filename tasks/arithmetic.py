@@ -58,6 +58,7 @@ from .base import (
     check_choice,
     check_range,
     generate_aligned,
+    keeps_newlines,
     register,
 )
 
@@ -385,6 +386,10 @@ def arithmetic(
     check_choice("text", text, TEXTS)
     if text == "repository" and not repository_design(tpl):
         raise TaskError("text='repository' writes lm-arithmetic's own strings; use templates='stolfo' (or stolfo:K)")
+    if text == "repository" and n_shots and not keeps_newlines(tokenizer):
+        raise TaskError("text='repository' ends each exemplar with a newline, which this tokenizer drops (the "
+                        "embedded model's): use a subword tokenizer (GPT-2, GPT-J, Pythia, LLaMA: --model) or "
+                        "text='toolkit'")
     params = dict(intervention_type=intervention_type, n_prompts=n_prompts, n_operands=n_operands,
                   n_shots=n_shots, max_n=max_n, representation=representation, templates=tpl,
                   split=split, seed=seed)
@@ -499,8 +504,9 @@ def query_operands(tokens: Sequence[str]) -> list[int]:
 def text_words(text: str) -> list[str]:
     """A prompt's text as the words :func:`token_roles` reads: words (hyphenated number words
     whole) and each punctuation mark on its own ("7*1?" is "7", "*", "1", "?"). A minus between
-    digits with no spaces ("7-1") reads as one word, as a hyphenated number word does."""
-    return re.findall(r"\w+(?:-\w+)*|[^\w\s]", text)
+    digits with no spaces ("7-1") reads as one word, as a hyphenated number word does. A line
+    break is a word of its own: it ends an exemplar in the repository's text."""
+    return re.findall(r"\w+(?:-\w+)*|[^\w\s]|\n", text)
 
 
 def multiplies_by_one(text: str) -> bool:

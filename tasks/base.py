@@ -193,6 +193,13 @@ def spaced_answer_id(tokenizer: Any, answer: str) -> int | None:
     return full[-1]
 
 
+def keeps_newlines(tokenizer: Any | None) -> bool:
+    """Whether ``tokenizer`` (default: the embedded model's) writes a line break as a token
+    (GPT-2's "Ċ", SentencePiece's "<0x0A>"), not as a mere word boundary (a word-level vocabulary)."""
+    tok = tokenizer if tokenizer is not None else default_tokenizer()
+    return len(tok("a\nb", add_special_tokens=False)["input_ids"]) > len(tok("a b", add_special_tokens=False)["input_ids"])
+
+
 def space_token_id(tokenizer: Any) -> int:
     """The token a trailing space is written as (the last token of "x "): what a prompt ends
     with before a :func:`spaced_answer_id` answer."""

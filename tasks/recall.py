@@ -45,7 +45,7 @@ import json
 from pathlib import Path
 
 from .base import (Aligner, Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range,
-                   check_vocabulary, generate_aligned, register)
+                   check_vocabulary, generate_aligned, keeps_newlines, register)
 from .arithmetic import REPOSITORY_SHOT_END, REPRESENTATIONS, SHOT_SEPARATOR, TEXTS, number_word, token_words
 from .words import CAPITALS, CATEGORIES, COUNTRIES, LANGUAGES, NAMES, PEOPLE, THINGS
 
@@ -119,13 +119,15 @@ def _retrieval_shots(rng: random.Random, template: str, max_n: int, n_shots: int
 
 
 def _check_retrieval(max_n: int, n_shots: int, representation: str, ask: str = "thing",
-                     text: str = "toolkit") -> tuple[str, ...]:
+                     text: str = "toolkit", tokenizer: Any | None = None) -> tuple[str, ...]:
     """Refuses bad options; returns the templates of ``text``."""
     check_range("max_n", max_n, 1, 99)
     check_range("n_shots", n_shots, 0, 8)
     check_choice("representation", representation, REPRESENTATIONS)
     check_choice("ask", ask, ASK)
     check_choice("text", text, TEXTS)
+    if text == "repository" and n_shots and not keeps_newlines(tokenizer):
+        raise TaskError(f"{_TEXT_HINT} (this tokenizer drops the newline that ends each exemplar)")
     return RETRIEVAL_TEXT if text == "repository" else RETRIEVAL_TEMPLATES
 
 
@@ -138,7 +140,7 @@ def number_retrieval_examples(n: int = 200, seed: int = 0, tokenizer: Any | None
                               ask: str = "thing", text: str = "toolkit") -> list[Example]:
     """``n`` prompts, the templates in turn; either of the two counts is asked for."""
     check_range("n", n, 1)
-    templates = _check_retrieval(max_n, n_shots, representation, ask, text)
+    templates = _check_retrieval(max_n, n_shots, representation, ask, text, tokenizer)
     rng = random.Random(seed)
     out = []
     for k in range(n):
@@ -166,7 +168,7 @@ def number_retrieval_pairs(n_prompts: int = 64, seed: int = 0, tokenizer: Any | 
     a subword tokenizer takes them. ``text="repository"``: the repository's own strings ("Q: I
     have 3 apples and 5 cars. How many apples do I have? A:", "Jasmin", exemplars ended by a
     newline), for subword tokenizers."""
-    templates = _check_retrieval(max_n, n_shots, representation, ask, text)
+    templates = _check_retrieval(max_n, n_shots, representation, ask, text, tokenizer)
 
     def sample(rng: random.Random, k: int) -> PromptPair | None:
         template = templates[k % len(templates)]

@@ -299,3 +299,18 @@ def test_sigkill_mid_finetune_resumes_to_the_same_weights(tmp_path, tiny_model_d
     subprocess.run(cmd + args + ["--out", str(killed)], check=True, capture_output=True, timeout=600)
     for n, w in _weights(whole / "main").items():
         assert torch.equal(w, _weights(killed / "main")[n]), n
+
+
+def test_finetune_without_peft(tiny_model_dir, tmp_path, monkeypatch):
+    """peft is an optional install: fine-tuning without it works, tune="lora" says what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora", None)
+    out = nr.finetune(str(tiny_model_dir("gpt2")), out=tmp_path / "ft", tune="mlp", steps=1, batch_size=2,
+                      progress=False)
+    assert (out / "main").is_dir()
+    with pytest.raises(UsageError, match="tune='lora' needs peft"):
+        nr.finetune(str(tiny_model_dir("gpt2")), out=tmp_path / "lora", tune="lora", steps=1, batch_size=2,
+                    progress=False)
+    assert not (tmp_path / "lora").exists() or not any((tmp_path / "lora").iterdir())

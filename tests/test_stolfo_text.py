@@ -186,3 +186,29 @@ def test_number_retrieval_repository_text(bpe_dir):
     assert any("Jasmin sold" in p.base for p in pairs)
     with pytest.raises(TaskError, match="needs a tokenizer that reads"):
         nr.tasks.get_task("number_retrieval").pairs(n_prompts=2, text="repository")
+
+
+def test_repository_text_is_read_from_its_query_line():
+    """The exemplars' newline ends them for every reader: the operator and the ×1 filter read
+    the query (text_words), token roles start after a SentencePiece "<0x0A>" too."""
+    from nnsight_reasoning.tasks.arithmetic import multiplies_by_one, operator_of, text_words
+
+    text = "Q: How much is 3 times 4? A: 12\nQ: How much is 7 times 1? A:"
+    assert operator_of(text_words(text)) == "*" and multiplies_by_one(text)
+    assert operator_of(text_words("Q: How much is 3 times 4? A: 12\nQ: How much is 7 plus 1? A:")) == "+"
+    assert not multiplies_by_one("Q: How much is 3 times 1? A: 3\nQ: How much is 7 times 2? A:")
+    pieces = ["<s>", "▁Q", ":", "▁How", "▁much", "▁is", "▁", "3", "▁plus", "▁", "4", "?", "▁A", ":", "▁", "7",
+              "<0x0A>", "Q", ":", "▁How", "▁much", "▁is", "▁", "2", "▁plus", "▁", "5", "?", "▁A", ":"]
+    roles = token_roles(pieces)
+    assert set(roles[:17]) == {"shots"} and roles[23] == "operand 1" and roles[24] == "operator"
+    assert roles[26] == "operand 2" and roles[-1] == "last"
+
+
+def test_repository_text_with_exemplars_needs_newlines():
+    """The embedded word-level tokenizer drops the newline: exemplars would run into the query,
+    even in the templates without "?" or ":" (stolfo:4, stolfo:5)."""
+    with pytest.raises(TaskError, match="ends each exemplar with a newline, which this tokenizer drops"):
+        nr.tasks.arithmetic(n_prompts=2, templates=["stolfo:5"], text="repository", n_shots=1)
+    with pytest.raises(TaskError, match="drops the newline"):
+        nr.tasks.get_task("number_retrieval").pairs(n_prompts=2, text="repository", n_shots=1)
+    assert len(nr.tasks.arithmetic(n_prompts=2, templates=["stolfo:5"], text="repository")) == 2  # no exemplar
