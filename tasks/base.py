@@ -197,7 +197,8 @@ def keeps_newlines(tokenizer: Any | None) -> bool:
     """Whether ``tokenizer`` (default: the embedded model's) writes a line break as a token
     (GPT-2's "Ċ", SentencePiece's "<0x0A>"), not as a mere word boundary (a word-level vocabulary)."""
     tok = tokenizer if tokenizer is not None else default_tokenizer()
-    return len(tok("a\nb", add_special_tokens=False)["input_ids"]) > len(tok("a b", add_special_tokens=False)["input_ids"])
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return count("a\nb") > count("a b")
 
 
 def space_token_id(tokenizer: Any) -> int:
