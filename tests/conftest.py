@@ -93,18 +93,19 @@ def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2, vocab_size: int =
     return path
 
 
-def tiny_sentencepiece_llama(path, corpus: list[str], n_layers: int = 2):
+def tiny_sentencepiece_llama(path, corpus: list[str], n_layers: int = 2, individual_digits: bool = True):
     """A tiny random Llama in ``path`` with a tokenizer built like LLaMA's SentencePiece (a "▁"
     dummy prefix, spaces as "▁", every digit its own piece; BPE trained on ``corpus``), so " 5"
     is "▁", "5" and no digit answer is one token with its space: for LLaMA's answer rule, since
-    no LLaMA tokenizer can be loaded offline. Returns ``path``."""
+    no LLaMA tokenizer can be loaded offline. ``individual_digits=False``: digits stay together
+    and apart from the space (" 18" is "▁", "18"), as Llama-3 writes numbers. Returns ``path``."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     sp = Tokenizer(models.BPE(unk_token="<unk>"))
     sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     sp.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("▁", "merged_with_next"),
-                                                pre_tokenizers.Digits(individual_digits=True)])
+                                                pre_tokenizers.Digits(individual_digits=individual_digits)])
     sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
     tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     _tiny("llama", len(tok), n_layers).save_pretrained(path)

@@ -123,3 +123,32 @@ def test_repository_kth_answers_are_the_numbers_own_tokens(tmp_path):
                                rtol=1e-5)
     with pytest.raises(nr.tasks.TaskError, match="joined applies to style='repository'"):
         nr.tasks.kth_smallest(4, joined=True)
+
+
+def test_cot_neurons_score_and_read_at_the_space_token(tmp_path):
+    """nr.neurons end to end on a LLaMA-style tokenizer: P(answer) without ablation is the digit's
+    probability after the space token, and the units' activations are read there too."""
+    from nnsight_reasoning.backend import neurons as bn
+
+    data = nr.tasks.cot_variants(6, ["full", "no_cot"], seed=1)
+    corpus = [f"{p.prompt} {p.answer}" for v in data.variants for p in data.prompts[v]] * 3
+    path = tiny_sentencepiece_llama(tmp_path / "sp", corpus, individual_digits=False)  # " 18" is "▁", "18"
+    model = nr.load_model(path)
+    tok = model.tokenizer
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    space = tok("x ", add_special_tokens=False)["input_ids"][-1]
+    ds = nr.neurons(model, data, top_k=4, min_frequency=0.01, progress=False)
+    for vi, v in enumerate(ds["variant"].values):
+        for i, p in enumerate(data.prompts[str(v)]):
+            ids = tok(p.prompt)["input_ids"] + [space]
+            digit = tok(f"x {p.answer}", add_special_tokens=False)["input_ids"][-1]
+            want = float(_last(hf, ids).softmax(-1)[digit])
+            got = float(ds.p_answer.sel(ablation="none", variant=v).isel(prompt=i))
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-9), (v, i)
+    units = list(zip(ds["layer"].values.tolist(), ds["neuron"].values.tolist()))
+    got = ds.activation.sel(variant="full").values
+    rows = [tok(p.prompt)["input_ids"] + [space] for p in data.prompts["full"]]
+    acts = np.mean([bn.neuron_activations(model, torch.tensor([r]), sorted({l for l, _ in units}))
+                     .numpy()[0, :, 0] for r in rows], 0)  # (layers, neurons) at the last position
+    layer_index = {l: k for k, l in enumerate(sorted({l for l, _ in units}))}
+    np.testing.assert_allclose(got, [acts[layer_index[l], n] for l, n in units], rtol=1e-5, atol=1e-7)
