@@ -321,3 +321,18 @@ def test_step_f1_repository_scores_the_two_labels_as_the_k_th_smallest_probe(emb
         assert float(ds["accuracy"].sel(probe="step", layer=li)) == pytest.approx((pred == answer).mean(), abs=1e-9)
     with pytest.raises(UsageError, match="step_f1 must be one of classes, repository"):
         nr.probe(embedded_model, prompts, baseline="none", step_f1="labels", progress=False)
+
+
+def test_probe_figure_of_several_models(embedded_model):
+    """A result over several models (a model dim) draws one line per model, their F1 values."""
+    from nnsight_reasoning.plotting.attention import probe_figure
+
+    local = str(embedded.revision_path("main"))
+    ds = nr.probe([embedded_model, local], nr.tasks.kth_smallest(20, seed=2), baseline="none", progress=False)
+    assert ds["f1"].dims[0] == "model"
+    fig = probe_figure(ds)
+    lines = [ln for ln in fig.axes[1].lines if ln.get_linestyle() == "-"]
+    assert len(lines) == 2
+    for k, line in enumerate(lines):
+        r = ds.isel(model=k).sel(probe="step")
+        np.testing.assert_allclose(line.get_ydata(), np.append(r["f1"].values, float(r["f1_all"])))

@@ -173,16 +173,21 @@ def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
         xlabel = "layer (attention features)"
         curve = lambda q, pre: np.append(q[f"{pre}f1"].values, float(q[f"{pre}f1_all"]))  # noqa: E731
     fig, axes = plt.subplots(1, ds.sizes["probe"], figsize=(4.2 * ds.sizes["probe"], 3.4), squeeze=False)
-    names = [str(c) for c in ds["checkpoint"].values] if "checkpoint" in ds.dims else [ds.attrs.get("revision")]
+    # one line per model and checkpoint (a sweep over either or both), the baseline per model
+    models = [{"model": k} for k in range(ds.sizes["model"])] if "model" in ds.dims else [{}]
+    checkpoints = [{"checkpoint": k} for k in range(ds.sizes["checkpoint"])] if "checkpoint" in ds.dims else [{}]
+    label = lambda sel: "@".join(str(ds[d].values[k]) for d, k in sel.items()) or ds.attrs.get("revision") or "model"  # noqa: E731,E501
     for ax, probe in zip(axes[0], ds["probe"].values):
         p = ds.sel(probe=probe)
-        for k, name in enumerate(names):
-            ax.plot(x, curve(p.isel(checkpoint=k) if "checkpoint" in ds.dims else p, ""), "o-", label=name or "model")
-        if "baseline_f1" in ds:
-            ax.plot(x, curve(p, "baseline_"), "s--", color="gray", label=f"baseline ({ds.attrs.get('baseline')})")
-        major = p["majority"].max("checkpoint") if "checkpoint" in p["majority"].dims else p["majority"]
+        for m in models:
+            for c in checkpoints:
+                ax.plot(x, curve(p.isel(**m, **c), ""), "o-", label=label({**m, **c}))
+            if "baseline_f1" in ds:
+                ax.plot(x, curve(p.isel(**m), "baseline_"), "s--", color="gray",
+                        label=f"baseline ({ds.attrs.get('baseline')})" + (f", {label(m)}" if m else ""))
+        major = p["majority"].max([d for d in ("model", "checkpoint") if d in p["majority"].dims])
         if grouped:  # not where a group's labels have one class (F1 NaN): nothing to compare there
-            seen = np.isfinite(p["f1_all"].values).reshape(-1, len(x)).any(0)
+            seen = np.isfinite(p["f1_all"].values).reshape(-1, len(x)).any(0)  # group last
             ax.plot(x, np.where(seen, major.values, np.nan), ":", color="k", lw=0.8, label="majority class (accuracy)")
         else:
             ax.axhline(float(major), color="k", lw=0.8, ls=":", label="majority class (accuracy)")
