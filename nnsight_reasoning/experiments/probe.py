@@ -498,7 +498,8 @@ def _group_table(last: xr.Dataset, baseline: str, has_base: bool) -> Any:
 
     table = Table(title=f"macro F1 on all layers' features, per group · {last.attrs.get('revision')} "
                         f"vs baseline {baseline} (NaN: one class in the group)")
-    for col in ("m", "prompts", "probe", "F1", "majority", *(("baseline F1", "score") if has_base else ())):
+    first = "m" if ", m" in str(last["group"].attrs.get("long_name", "")) else "group"  # ProofWriter's sets: m
+    for col in (first, "prompts", "probe", "F1", "majority", *(("baseline F1", "score") if has_base else ())):
         table.add_column(col, justify="left" if col == "probe" else "right")
     for g in last["group"].values:
         r = last.sel(group=g)
