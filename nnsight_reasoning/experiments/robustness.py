@@ -228,10 +228,11 @@ def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corru
 def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] | None = None) -> np.ndarray:
     """(prompts,) 1 where the answer token is the top-1 next token, or with ``choices`` the one
     of highest logit among the choices' tokens."""
-    texts = [p.text for p in plist]
+    # one tokenisation for both reads: the answers' tokens, or with choices the choices' alone
+    ids, answer_ids, cand_ids = backend.scored_prompts(
+        run.model, [p.text for p in plist], [] if choices is not None else [p.answer for p in plist],
+        choices=list(choices or ()), joined=joined_answers(plist))
     if choices is not None:  # the repository's comparison of the choices' logits alone
-        ids, _, cand_ids = backend.scored_prompts(run.model, texts, [], choices=list(choices),
-                                                  joined=joined_answers(plist))
         cand = torch.tensor(cand_ids)
         want = np.array([list(choices).index(p.answer) for p in plist])
 
@@ -239,8 +240,6 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
             s = run.call(backend.answer_scores, rows, cand.expand(len(chunk), -1), rank=False)
             return s.logits.numpy().argmax(1) == want[chunk]
     else:  # the top token over the vocabulary
-        ids, answer_ids, _ = backend.scored_prompts(run.model, texts, [p.answer for p in plist],
-                                                    joined=joined_answers(plist))
         answers = np.array(answer_ids)
 
         def right(chunk: list[int], rows: torch.Tensor) -> np.ndarray:

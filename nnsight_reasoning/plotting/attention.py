@@ -176,7 +176,10 @@ def probe_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     # one line per model and checkpoint (a sweep over either or both), the baseline per model
     models = [{"model": k} for k in range(ds.sizes["model"])] if "model" in ds.dims else [{}]
     checkpoints = [{"checkpoint": k} for k in range(ds.sizes["checkpoint"])] if "checkpoint" in ds.dims else [{}]
-    label = lambda sel: "@".join(str(ds[d].values[k]) for d, k in sel.items()) or ds.attrs.get("revision") or "model"  # noqa: E731,E501
+
+    def label(sel: dict[str, int]) -> str:
+        return "@".join(str(ds[d].values[k]) for d, k in sel.items()) or ds.attrs.get("revision") or "model"
+
     for ax, probe in zip(axes[0], ds["probe"].values):
         p = ds.sel(probe=probe)
         for m in models:
