@@ -295,7 +295,7 @@ def plot(
     path: Path = typer.Argument(..., help="results file (.nc)"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="PNG file; default: beside the results file"),
     kind: Optional[str] = typer.Option(None, help="patching: positions | roles | prediction; attention results: "
-                                                  "heatmap | entropy | rank | mass; circuit results: circuit | "
+                                                  "heatmap | entropy | rank | mass | flow; circuit results: circuit | "
                                                   "faithfulness | overlap | stability"),
     prompt: int = typer.Option(0, help="attention heatmap: which prompt"),
 ) -> None:

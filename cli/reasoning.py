@@ -53,12 +53,43 @@ def attention(
     layer: List[int] = typer.Option([], help="layer(s) to keep (repeatable); default all"),
     head: List[int] = typer.Option([], help="head(s) to keep (repeatable); default all"),
     patterns: str = typer.Option("last", help="attention rows stored: last (answer position) | all | none"),
+    pruned: Optional[Path] = typer.Option(None, help="a `reason-interp prune` result: its heads pruned at "
+                                                     "--pruned-order and --pruned-fraction are zeroed in every pass"),
+    pruned_order: str = typer.Option("entropy_position", help="with --pruned: the result's ordering (e.g. "
+                                                              "entropy_position, random0)"),
+    pruned_fraction: float = typer.Option(0.4, help="with --pruned: the result's pruned fraction (the repository's "
+                                                    "case study: 0.4)"),
 ) -> None:
-    """Attention patterns, head entropy and attention mass per reasoning step (Hou et al. 2023)."""
+    """Attention patterns, head entropy and attention mass per reasoning step (Hou et al. 2023); with --pruned,
+    of the model with a head-pruning result's heads pruned (the repository's attention-flow case study:
+    `plot --kind flow`)."""
     import nnsight_reasoning as nr
 
+    mask = None if pruned is None else _pruned_heads(pruned, pruned_order, pruned_fraction)
     h.run(nr.attention, lambda tokenizer: prompts, kind="attention", task=prompts.task, layers=layer or None,
-          heads=head or None, patterns=patterns)
+          heads=head or None, patterns=patterns, **given(pruned=mask))
+
+
+def _pruned_heads(path: Path, order: str, fraction: float) -> Any:
+    """The (layer, head) mask of a head-pruning result at one ordering and fraction."""
+    import nnsight_reasoning as nr
+    from nnsight_reasoning.errors import UsageError
+
+    ds = nr.load_result(path)
+    if ds.attrs.get("method") != "head_pruning":
+        raise UsageError(f"--pruned {path}: not a head-pruning result (method {ds.attrs.get('method')!r}); make one "
+                         f"with `reason-interp prune`")
+    if "checkpoint" in ds.dims or "model" in ds.dims:
+        raise UsageError(f"--pruned {path}: a result over several checkpoints or models; prune one revision of one "
+                         f"model")
+    if order not in ds["ordering"].values:
+        raise UsageError(f"--pruned-order {order!r}: {path} has {', '.join(map(str, ds['ordering'].values))}")
+    fractions = ds["fraction"].values
+    near = fractions[abs(fractions - fraction) < 1e-9]
+    if not len(near):
+        raise UsageError(f"--pruned-fraction {fraction}: {path} has {', '.join(f'{f:g}' for f in fractions)}")
+    return ds["pruned"].sel(ordering=order, fraction=near[0]).drop_vars(["kind", "draw", "fraction", "ordering"],
+                                                                        errors="ignore")
 
 
 # the probe's options, shared by `probe` and `robustness` (the same keywords as nr.probe)

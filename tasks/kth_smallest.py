@@ -19,8 +19,9 @@ are not useful (step 0).
 """
 from __future__ import annotations
 
+import math
 import random
-from typing import Any
+from typing import Any, Sequence
 
 from .base import (Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned,
                    register)
@@ -86,7 +87,7 @@ def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:
 
 def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int = 99,
                  corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, style: str = "toolkit",
-                 joined: bool = False) -> ReasoningPrompts:
+                 joined: bool = False, place: Sequence[int] | str | int | None = None) -> ReasoningPrompts:
     """Labelled k-th-smallest prompts for attention analysis and MechanisticProbe.
 
     Parameters
@@ -103,8 +104,18 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     joined : repository style only: the answer is the number's own token, "7" and not " 7", as
         the repository's GPT-2 labels are tokenised alone (``src/gpt2.py:31, 73``: on GPT-2 these are
         two different tokens; the default scores " 7", the token that follows a space).
+    place : 1-based list positions, e.g. ``(8, 12)``: the smallest number is moved to the first,
+        the second smallest to the second, … (each swapped with the number there, in turn), so
+        that the reasoning tree sits at the same positions in every prompt; the attention-flow
+        case study of MechanisticProbe (``src/stask/prune.py:197, 211-220``: k = 2, 16 numbers,
+        positions 8 and 12). As there, only lists of distinct numbers are placed: in the
+        repository style, lists with a repeat are drawn again until ``n_prompts`` are distinct.
     """
     _check(length, k, max_n, style)
+    places = _places(place, length, style, max_n)
+    if places and corrupt is not None:
+        raise TaskError("place fixes where the smallest numbers stand; corrupt (shuffle, drop, perturb) would move "
+                        "them: give one of the two")
     if joined and style != "repository":
         raise TaskError("joined applies to style='repository' (a prompt of numbers alone); the toolkit style's "
                         "prompt ends with a word, and its answer follows a space")
@@ -118,7 +129,14 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     if style == "repository":
         if corrupt in ("perturb",):
             raise TaskError("corrupt='perturb' is for the toolkit style (distinct numbers); use shuffle or drop")
-        lists = [rng.choices(range(max_n + 1), k=length) for _ in range(n_prompts)]
+        if places:  # the repository's case study keeps the lists whose numbers are distinct (:212)
+            lists = []
+            while len(lists) < n_prompts:
+                nums = rng.choices(range(max_n + 1), k=length)
+                if len(set(nums)) == length:
+                    lists.append(placed(nums, places))
+        else:
+            lists = [rng.choices(range(max_n + 1), k=length) for _ in range(n_prompts)]
         if corrupt in ("shuffle", "drop"):
             # corrupt with every copy among the k smallest kept (the answer counts repeats, so
             # dropping a later copy of a small value would change it), then label the list that is
@@ -127,9 +145,10 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
             lists = [[int(s.text) for s in p.statements] for p in kept]
         prompts = [repository_prompt(nums, k, joined) for nums in lists]
         params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
-                      n_corrupt=n_corrupt, seed=seed, style=style, **({"joined": True} if joined else {}))
+                      n_corrupt=n_corrupt, seed=seed, style=style, **({"joined": True} if joined else {}),
+                      **({"place": list(places)} if places else {}))
         return ReasoningPrompts("kth_smallest", params, tuple(prompts))
-    lists = [rng.sample(range(max_n + 1), length) for _ in range(n_prompts)]
+    lists = [placed(rng.sample(range(max_n + 1), length), places) for _ in range(n_prompts)]
     if corrupt == "perturb":
         check_range("n_corrupt", n_corrupt, 1, length)
         if max_n + 1 < length + n_corrupt:
@@ -145,18 +164,52 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     if corrupt in ("shuffle", "drop"):
         prompts = corrupted(prompts, corrupt, n_corrupt, seed)
     params = dict(n_prompts=n_prompts, length=length, k=k, max_n=max_n, corrupt=corrupt,
-                  n_corrupt=n_corrupt, seed=seed)
+                  n_corrupt=n_corrupt, seed=seed, **({"place": list(places)} if places else {}))
     return ReasoningPrompts("kth_smallest", params, tuple(prompts))
+
+
+def placed(numbers: list[int], places: Sequence[int]) -> list[int]:
+    """``numbers`` (distinct) with the r-th smallest swapped into position ``places[r - 1]``
+    (1-based), r = 1, 2, … in turn, as MechanisticProbe's case study swaps them
+    (``src/stask/prune.py:213-219``)."""
+    nums = list(numbers)
+    for value, pos in zip(sorted(nums), places):
+        i = nums.index(value)
+        nums[i], nums[pos - 1] = nums[pos - 1], value
+    return nums
+
+
+def _places(place: Sequence[int] | str | int | None, length: int, style: str, max_n: int) -> tuple[int, ...]:
+    """``place`` as a tuple of 1-based positions ("8,12", 8 or [8, 12]), checked."""
+    if place is None or place == "" or (not isinstance(place, (str, int)) and len(place) == 0):
+        return ()
+    try:
+        out = (int(place),) if isinstance(place, int) else tuple(
+            int(x) for x in (place.split(",") if isinstance(place, str) else place))
+    except (TypeError, ValueError):
+        raise TaskError(f"place takes 1-based list positions, e.g. place=8,12 (got {place!r})") from None
+    if len(set(out)) != len(out) or any(not 1 <= p <= length for p in out):
+        raise TaskError(f"place needs distinct positions in 1..length={length} (got {list(out)})")
+    if style == "repository" and math.prod((max_n + 1 - i) / (max_n + 1) for i in range(length)) < 1e-4:
+        # lists with a repeat are drawn again: refuse where nearly every draw has one
+        raise TaskError(f"place needs lists of distinct numbers, and fewer than 1 in 10,000 lists of {length} numbers "
+                        f"from 0..{max_n} are: lower length")
+    return out
 
 
 def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: int = 99, seed: int = 0,
                        tokenizer: Any | None = None, corrupt: str | None = None, n_corrupt: int = 1,
-                       style: str = "toolkit") -> PromptPairs:
+                       style: str = "toolkit", joined: bool = False,
+                       place: Sequence[int] | str | int | None = None) -> PromptPairs:
     """Patching pairs: the source list is the base list with its answer replaced by another
     value of the same rank, so only that one number (and the answer) differs."""
     _check(length, k, max_n)
-    if style != "toolkit":
-        raise TaskError("patching pairs use the toolkit style (distinct numbers, k in the prompt)")
+    if style != "toolkit" or joined:
+        raise TaskError("patching pairs use the toolkit style (distinct numbers, k in the prompt); style and joined "
+                        "apply to labelled prompts and examples")
+    if place is not None:
+        raise TaskError("place applies to labelled prompts (reason-interp attention / probe / prune), not to patching "
+                        "pairs")
     if corrupt is not None:
         raise TaskError("corrupt applies to labelled prompts (reason-interp attention / probe), not to patching pairs")
 
@@ -179,10 +232,11 @@ def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: 
 
 def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, length: int = 5, k: int = 2,
                           max_n: int = 99, corrupt: str | None = None, n_corrupt: int = 1,
-                          style: str = "toolkit", joined: bool = False) -> list[Example]:
+                          style: str = "toolkit", joined: bool = False,
+                          place: Sequence[int] | str | int | None = None) -> list[Example]:
     """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
     return [Example(p.text, p.answer, joined=p.joined)
-            for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style, joined)]
+            for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style, joined, place)]
 
 
 register(TaskInfo(
@@ -195,5 +249,7 @@ register(TaskInfo(
      "style": ("toolkit", "toolkit (wording, distinct numbers) | repository (MechanisticProbe's: numbers alone, "
                           "repeats, k fixed)"),
      "joined": (False, "style=repository: the answer is the number's own token ('7', not ' 7'), as the "
-                       "repository's GPT-2 labels")},
+                       "repository's GPT-2 labels"),
+     "place": (None, "1-based positions the smallest, second smallest, … numbers are moved to (the repository's "
+                     "attention-flow case study: 8,12)")},
     labelled=kth_smallest))

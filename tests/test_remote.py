@@ -270,6 +270,13 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     remote = nr.load_result(tmp_path / "prune_remote.nc")
     assert_same_values(remote, nr.load_result(tmp_path / "prune_local.nc"))
     assert remote.attrs["remote_jobs"] == remote.attrs["n_forward_passes"] > 0
+    # attention with those heads pruned (the attention-flow case study): the mask ships with the request
+    mask = remote["pruned"].sel(ordering="entropy_position", fraction=0.5)
+    placed = nr.tasks.kth_smallest(8, seed=4, place=[2, 4])
+    local = nr.attention(embedded_model, placed, patterns="all", pruned=mask, progress=False)
+    far = nr.attention(embedded_model, placed, patterns="all", pruned=mask, progress=False, remote=ndif.host)
+    assert_same_values(far, local)
+    assert far.attrs["remote_jobs"] == 1 and int(far["pruned"].sum()) == 8
 
 
 def test_path_patching_and_robustness_run_remotely_like_locally(ndif, embedded_model, monkeypatch):

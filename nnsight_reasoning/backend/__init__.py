@@ -348,7 +348,7 @@ def require_local(remote: bool | str, what: str) -> None:
 
 def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], *, last_only: bool = True,
                     question_from: torch.Tensor | None = None, reduce: str = "max",
-                    remote: bool | str = False) -> torch.Tensor:
+                    head_mask: torch.Tensor | None = None, remote: bool | str = False) -> torch.Tensor:
     """Attention probabilities of ``layers`` on ``input_ids`` (n, T), no padding.
 
     Returns (n, len(layers), heads, Q, T) float32: Q = 1 (the last query position) with
@@ -356,11 +356,20 @@ def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], 
     ("max" or "mean") over the query positions from ``question_from[i]`` to the end, computed in
     the trace (so only n·L·H·T numbers leave it, locally or from NDIF). The softmax output is
     read from the attention module, so the model must run eager attention (fused kernels never
-    form the matrix).
+    form the matrix). ``head_mask`` (all layers, heads), 0 where a head is pruned: the patterns of
+    the model with those heads' outputs zeroed, as :func:`head_masked_scores` prunes them (a
+    pruned head's own pattern is still read; only the layers after it change).
     """
     require_eager(model, "attention patterns")
     arch = architecture(model)
-    mods = [resolve(resolve(model, arch.layers)[li], arch.attn) for li in sorted(layers)]
+    blocks = resolve(model, arch.layers)
+    wanted = sorted(layers)
+    if head_mask is None:
+        mods = [(resolve(blocks[li], arch.attn), None, None) for li in wanted]
+    else:  # every layer up to the last read, in forward order: (attention or None, o_proj, gate)
+        gates = head_mask.float().repeat_interleave(dims(model)["head_dim"], -1)  # (L, H·head_dim)
+        mods = [(resolve(blocks[li], arch.attn) if li in wanted else None, resolve(blocks[li], arch.o_proj), gates[li])
+                for li in range(max(wanted) + 1)]
     order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked
     if question_from is not None and reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be max or mean (got {reduce!r})")
@@ -373,7 +382,12 @@ def _trace_attention(model, input_ids, mods, last_only, rows, reduce, remote=Fal
     probs = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         out = []
-        for mod in mods:  # forward order: nnsight reads module outputs as the model computes them
+        for mod, o_proj, gate in mods:  # forward order: nnsight reads module outputs as the model computes them
+            if o_proj is not None:  # the head mask: o_proj runs inside the attention module, before its output
+                x = o_proj.input
+                o_proj.input = x * gate.to(x.device, x.dtype)
+            if mod is None:
+                continue
             weights = mod.output[1]
             if rows is not None:  # (n, H, T, T) -> the question's query rows reduced: (n, H, 1, T)
                 keep = rows.to(weights.device)[:, None, :, None]

@@ -43,6 +43,7 @@ def attention(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     patterns: str = "last",
+    pruned: Any = None,
 ) -> xr.Dataset:
     """Attention probabilities, head entropy and attention mass per reasoning step.
 
@@ -54,6 +55,12 @@ def attention(
     layers, heads : subsets to keep (default all).
     patterns : which rows of the attention matrix to store as ``attention``: "last" (the
         answer position; default), "all" (every query; n·L·H·T² values) or "none".
+    pruned : (layer, head) 1 where a head is pruned, over all the model's layers and heads, e.g.
+        ``nr.prune(...).pruned.sel(ordering="entropy_position", fraction=0.4)``: every number is
+        then that of the model with those heads' outputs zeroed (as ``prune`` prunes them; a
+        pruned head's own pattern is still stored), and the result keeps ``pruned`` for
+        ``plot(kind="flow")``, which averages the unpruned heads (MechanisticProbe's case study,
+        ``src/stask/prune.py:195-204``).
 
     Returns
     -------
@@ -72,10 +79,11 @@ def attention(
     - ``mass`` (prompt, layer, head, group): attention from the answer position summed over the
         tokens of each ``group``: "other" (tokens outside statements), "useless", "step1", … (or
         "statement" for unlabelled prompts); sums to 1 over ``group``;
-    - ``n_tokens`` (prompt, group); coordinates ``token`` and ``statement`` (index, -1 = none)
-        along (prompt, key), ``text`` and ``answer`` along prompt.
+    - ``n_tokens`` (prompt, group); coordinates ``token``, ``statement`` (index, -1 = none) and
+        ``step`` (the statement's reasoning step, 0 = not useful, -1 = none) along (prompt, key),
+        ``text`` and ``answer`` along prompt; ``pruned`` (layer, head) with ``pruned``.
     """
-    return measure(run, prompts, layers=layers, heads=heads, patterns=patterns)
+    return measure(run, prompts, layers=layers, heads=heads, patterns=patterns, pruned=pruned)
 
 
 def measure(
@@ -86,6 +94,7 @@ def measure(
     heads: Sequence[int] | None = None,
     patterns: str = "last",
     label: str = "attention",
+    pruned: Any = None,
 ) -> xr.Dataset:
     """:func:`attention` on ``run``'s model, its passes shown as ``label``: the probe measures its
     model and its baseline with it, so that every forward pass is a part of the probe's run."""
@@ -98,6 +107,7 @@ def measure(
     d = dims(model)
     layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
     head_list = check_heads(list(heads) if heads is not None else None, d["n_heads"])
+    mask = None if pruned is None else head_grid(pruned, d["n_layers"], d["n_heads"])
     toks = token_statements(model, plist)
     lengths = [len(t.ids) for t in toks]
     n, t_max, n_l, n_h = len(plist), max(lengths), len(layer_list), len(head_list)
@@ -111,7 +121,9 @@ def measure(
     n_tokens = np.zeros((n, len(groups)), np.int64)
     for chunk in run.steps(run.batches(lengths), label):
         probs = run.call(backend.attention_probs, torch.tensor([toks[i].ids for i in chunk]), layer_list,
-                         last_only=patterns != "all")[:, :, head_list].double().numpy()
+                         last_only=patterns != "all",
+                         head_mask=None if mask is None else torch.from_numpy(1 - mask)
+                         )[:, :, head_list].double().numpy()
         last = probs[:, :, :, -1]  # (b, L, H, T): the answer position's row
         entropy[chunk] = -(np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)).sum(-1)
         for b, i in enumerate(chunk):
@@ -126,9 +138,11 @@ def measure(
     query = list(range(t_max)) if patterns == "all" else [t_max - 1 if same_len else -1]
     tokens = np.full((n, t_max), "", dtype=object)
     statement = np.full((n, t_max), -1, np.int64)
+    step = np.full((n, t_max), -1, np.int64)
     for i, t in enumerate(toks):
         tokens[i, : lengths[i]] = model.tokenizer.convert_ids_to_tokens(t.ids)
         statement[i, : lengths[i]] = t.statement
+        step[i, : lengths[i]] = np.array(_group_of_tokens(plist[i], t.statement, labelled)) - 1
     data = {
         "prompt_entropy": (("prompt", "layer", "head"), entropy,
                            {"long_name": "entropy of each prompt's answer-position attention over its tokens",
@@ -140,6 +154,9 @@ def measure(
     if attn is not None:
         data["attention"] = (("prompt", "layer", "head", "query", "key"), attn,
                              {"long_name": "attention probability", "units": "1"})
+    if mask is not None:
+        data["pruned"] = (("layer", "head"), mask[np.ix_(layer_list, head_list)],
+                          {"long_name": "head pruned (1): its output zeroed in every pass"})
     coords = {}
     views = statement_views(plist, per_statement)
     if views is not None:
@@ -165,10 +182,38 @@ def measure(
                 "token": (("prompt", "key"), tokens),
                 "statement": (("prompt", "key"), statement,
                               {"long_name": "statement the key token belongs to (−1: none)"}),
+                "step": (("prompt", "key"), step,
+                         {"long_name": "reasoning step of the key token's statement (0: not useful, or unlabelled; "
+                                       "−1: no statement)"}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
-        attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns},
+        attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns,
+               **({"n_pruned": int(mask.sum())} if mask is not None else {})},
     )
+
+
+def head_grid(pruned: Any, n_layers: int, n_heads: int) -> np.ndarray:
+    """``pruned`` as an (n_layers, n_heads) int8 array of 0/1: an array of that shape, or a
+    DataArray over exactly (layer, head), such as a ``prune`` result's ``pruned`` at one ordering
+    and fraction (its layer and head labels are checked against the model's)."""
+    if isinstance(pruned, xr.DataArray):
+        extra = [dim for dim in pruned.dims if dim not in ("layer", "head")]
+        if extra:
+            raise UsageError(f"pruned must be one (layer, head) mask: select one value along {', '.join(extra)} "
+                             f"(e.g. .sel(ordering='entropy_position', fraction=0.4))")
+        if set(pruned.dims) != {"layer", "head"}:
+            raise UsageError(f"pruned must have dims (layer, head) (got {pruned.dims})")
+        if list(pruned["layer"].values) != list(range(n_layers)) or \
+                list(pruned["head"].values) != list(range(n_heads)):
+            raise UsageError(f"pruned must cover the model's {n_layers} layers × {n_heads} heads, in order")
+        pruned = pruned.transpose("layer", "head").values
+    grid = np.asarray(pruned)
+    if grid.shape != (n_layers, n_heads):
+        raise UsageError(f"pruned must be a (layer, head) mask of shape ({n_layers}, {n_heads}) for this model "
+                         f"(got shape {grid.shape})")
+    if not np.isin(grid, (0, 1)).all():
+        raise UsageError("pruned holds 1 (pruned) or 0 (kept) per head")
+    return grid.astype(np.int8)
 
 
 VIEWS = ("position", "rank")
@@ -277,6 +322,10 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     last = last_checkpoint(ds)
     head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
             f"{ds.sizes['prompt']} prompts · patterns = {ds.attrs.get('patterns')}")
+    if "pruned" in last:
+        pruned = last["pruned"].stack(lh=("layer", "head"))
+        head += (f" · {int(pruned.sum())} heads pruned: " +
+                 " ".join(f"L{li}H{h}" for (li, h), p in zip(pruned["lh"].values, pruned.values) if p))
     mass = last["mass"].mean("prompt")
     table = Table(title=f"heads by attention from the answer position to useful statements "
                         f"({last.attrs.get('revision')}, mean over prompts)")
@@ -286,7 +335,9 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         table.add_column(col, justify="right")
     useful = [g for g in last["group"].values if str(g).startswith("step")]
     score = mass.sel(group=useful).sum("group") if useful else mass.sel(group=mass["group"].values[-1])
-    flat = score.stack(lh=("layer", "head"))
+    if "pruned" in last:  # a pruned head's pattern is read, but its output is not part of the model
+        score = score.where(last["pruned"] == 0)
+    flat = score.stack(lh=("layer", "head")).dropna("lh")
     for idx in flat.argsort().values[::-1][:top]:
         li, h = flat["lh"].values[idx]
         row = mass.sel(layer=li, head=h)

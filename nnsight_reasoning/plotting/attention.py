@@ -9,7 +9,7 @@ import xarray as xr
 from ..errors import UsageError
 from ..results.io import last_checkpoint
 
-ATTENTION_KINDS = ("heatmap", "entropy", "rank", "mass")
+ATTENTION_KINDS = ("heatmap", "entropy", "rank", "mass", "flow")
 
 
 def _title(ds: xr.Dataset) -> str:
@@ -32,6 +32,8 @@ def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
             raise UsageError("attention by size rank needs prompts whose statements are numbers, all with the same "
                              "count (e.g. kth_smallest)")
         return _by_rank(ds)
+    if kind == "flow":
+        return _flow(last_checkpoint(ds))
     return _entropy(ds) if kind == "entropy" else _mass(last_checkpoint(ds))
 
 
@@ -67,6 +69,80 @@ def _heatmap(ds: xr.Dataset, prompt: int):
         ax.set_title("attention from the answer position", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"{_title(ds)}: {p['text'].item()!r} → {p['answer'].item()}", fontsize=9)
+    return fig
+
+
+def flow_weights(ds: xr.Dataset) -> xr.DataArray:
+    """(layer, query, key): the prompt-mean attention pattern, averaged over each layer's heads
+    that are not ``pruned`` (NaN where a layer has none left), as MechanisticProbe's case study
+    averages its masked patterns (``src/stask/prune.py:203-204, 232``). Needs full patterns
+    (``patterns="all"``) of prompts of one token length, so that a position is the same token
+    role in every prompt."""
+    if "attention" not in ds or ds.sizes["query"] < 2:
+        raise UsageError("the attention flow needs every query's pattern: run attention with patterns='all' "
+                         "(--patterns all)")
+    lengths = set((ds["token"].values != "").sum(-1).ravel().tolist())
+    if len(lengths) != 1:
+        raise UsageError("the attention flow averages positions over prompts, so every prompt must have the same "
+                         f"number of tokens (these have {sorted(lengths)}): use prompts of one format and length")
+    mean = ds["attention"].mean("prompt")  # (layer, head, query, key)
+    if "pruned" in ds:
+        mean = mean.where(ds["pruned"] == 0)
+    return mean.mean("head", skipna=True).transpose("layer", "query", "key")
+
+
+def _flow(ds: xr.Dataset):
+    """MechanisticProbe's attention flow (``src/utils.py:287-323``): token positions (rows, first
+    at the top) at each layer's input (columns), an edge from key k at layer l to query q at
+    l + 1 drawn with opacity = ``flow_weights``; the last layer only into the answer position.
+    Keys whose statement has the same reasoning step in every prompt (numbers placed with
+    ``kth_smallest(place=...)``) are coloured: the answer's statement (the last step) red, the
+    earlier steps' blue (the repository's root and leaf)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    w = flow_weights(ds).values  # (L, T, T)
+    n_layers, t = w.shape[0], w.shape[-1]
+    steps = ds["step"].values if "step" in ds.coords else np.full((1, t), -1)
+    fixed = np.where((steps == steps[:1]).all(0) & (steps[0] > 0), steps[0], 0)  # (T,) a step shared by all
+    last_step = fixed.max()
+    colour = {0: (0.5, 0.5, 0.5), 1: (0.12, 0.35, 0.85), 2: (0.85, 0.15, 0.15)}
+    segments, rgba = [], []
+    for li in range(n_layers):
+        queries = [t - 1] if li == n_layers - 1 else range(t)
+        for q in queries:
+            for k in range(q + 1):
+                a = w[li, q, k]
+                if not np.isfinite(a) or a <= 0:
+                    continue
+                kind = 0 if fixed[k] == 0 else 2 if fixed[k] == last_step else 1
+                segments.append([(li, t - 1 - k), (li + 1, t - 1 - q)])
+                rgba.append((*colour[kind], float(min(a, 1.0))))
+    fig, ax = plt.subplots(figsize=(1.1 * n_layers + 3.2, 0.32 * t + 1.8))
+    ax.add_collection(LineCollection(segments, colors=rgba, linewidths=1.2))
+    nodes = [(x, y) for x in range(n_layers + 1) for y in range(t) if x < n_layers or y == 0]
+    ax.scatter(*zip(*nodes), s=10, color="k", zorder=3)
+    tokens = [str(x) for x in ds["token"].values[0]]
+    statement = ds["statement"].values[0]
+    labels = []
+    for i in range(t):
+        name = f"#{statement[i] + 1}" if statement[i] >= 0 else tokens[i]
+        if fixed[i]:
+            name += " (root)" if fixed[i] == last_step else " (leaf)"
+        labels.append(f"{i} {name}")
+    ax.set_yticks(range(t), labels[::-1], fontsize=7)
+    layer_names = [str(x) for x in ds["layer"].values]
+    ax.set_xticks(range(n_layers + 1), ["input"] + [f"after L{x}" for x in layer_names], fontsize=8)
+    ax.set_xlim(-0.3, n_layers + 0.3)
+    ax.set_ylim(-0.7, t - 0.3)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("token position (#i: the i-th statement)")
+    for li in range(n_layers):
+        if np.isnan(w[li]).all():
+            ax.text(li + 0.5, (t - 1) / 2, "all heads\npruned", ha="center", va="center", fontsize=8, color="0.3")
+    pruned = f", {int(ds['pruned'].sum())} heads pruned" if "pruned" in ds else ""
+    fig.suptitle(f"{_title(ds)}: attention flow, mean over {ds.sizes['prompt']} prompts and the layer's "
+                 f"heads{pruned}", fontsize=9)
     return fig
 
 

@@ -99,7 +99,7 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
 # method -> {variable: dims}: variables that may be absent, checked when present
 OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
-                  "statement_attention": ("view", "layer", "head", "slot")},
+                  "statement_attention": ("view", "layer", "head", "slot"), "pruned": ("layer", "head")},
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
     # raw logits beside the log-probabilities (2026-12-06): files written before lack them
     "binding_ids/position": {"position_logit": ("target", "offset", "query", "answer", "prompt")},
