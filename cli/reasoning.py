@@ -36,7 +36,8 @@ PROMPTS = OptionGroup("prompts", dict(
     n_prompts=(Annotated[Optional[int], typer.Option(help="number of prompts (files: at most the first N rows)")], 256),
     seed=(Seed, 0),
     length=(Annotated[Optional[int], typer.Option(help="kth_smallest: numbers per list (default 5)")], None),
-    k=(Annotated[Optional[int], typer.Option(help="kth_smallest: which smallest to ask for (default 2)")], None),
+    k=(Annotated[Optional[int], typer.Option(help="kth_smallest: which smallest to ask for (default 2; several, one "
+                                                 "probe each: --param k=1-8)")], None),
     max_n=(Annotated[Optional[int], typer.Option(help="kth_smallest: numbers are 0..max_n (default 99)")], None),
     corrupt=(Annotated[Optional[str], typer.Option(help="corrupted variant: shuffle | drop | perturb (kth_smallest "
                                                         "only) | negate (files)")], None),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any, Sequence
 
 from .base import (Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned,
@@ -85,7 +86,7 @@ def _check(length: int, k: int, max_n: int, style: str = "toolkit") -> None:
     check_range("max_n", max_n, length - 1, 99)
 
 
-def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int = 99,
+def kth_smallest(n_prompts: int = 200, length: int = 5, k: int | Sequence[int] | str = 2, max_n: int = 99,
                  corrupt: str | None = None, n_corrupt: int = 1, seed: int = 0, style: str = "toolkit",
                  joined: bool = False, place: Sequence[int] | str | int | None = None) -> ReasoningPrompts:
     """Labelled k-th-smallest prompts for attention analysis and MechanisticProbe.
@@ -93,7 +94,11 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     Parameters
     ----------
     n_prompts : number of prompts.   length : numbers per list (2..12).
-    k : which smallest to ask for (1 = smallest; up to 6).
+    k : which smallest to ask for (1 = smallest; up to 6 in the toolkit style). Several (a
+        sequence, or "1-8", "1,2,4"): the same lists labelled for each k in turn, each prompt's
+        ``group`` its k, so that ``nr.probe`` probes every k on its own prompts in one run, as
+        MechanisticProbe probes its pretrained model for k = 1 … 8 on one sample of lists
+        (``src/stask/probe.py:124-131``, ``min00`` … ``min07``).
     max_n : numbers are distinct, drawn from 0..max_n.
     corrupt : None, "shuffle" (reorder the list), "drop" (remove ``n_corrupt`` numbers that
         are not useful) or "perturb" (replace ``n_corrupt`` numbers by unused values; the
@@ -111,6 +116,11 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
         positions 8 and 12). As there, only lists of distinct numbers are placed: in the
         repository style, lists with a repeat are drawn again until ``n_prompts`` are distinct.
     """
+    if not isinstance(k, int):  # several k: the same draws (they do not depend on k), one group each
+        parts = [kth_smallest(n_prompts, length, kk, max_n, corrupt, n_corrupt, seed, style, joined, place)
+                 for kk in _ks(k)]
+        return ReasoningPrompts("kth_smallest", {**parts[0].params, "k": _ks(k), "group": K_GROUP},
+                                tuple(replace(p, group=part.params["k"]) for part in parts for p in part))
     _check(length, k, max_n, style)
     places = _places(place, length, style, max_n)
     if places and corrupt is not None:
@@ -168,6 +178,27 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int = 2, max_n: int =
     return ReasoningPrompts("kth_smallest", params, tuple(prompts))
 
 
+K_GROUP = "which smallest is asked for, k (MechanisticProbe's probe of a pretrained model, src/stask/probe.py:124-131)"
+
+
+def _ks(k: Sequence[int] | str) -> list[int]:
+    """Several k as a list: a sequence of ints or a string "1-8" / "1,2,4" (the CLI's
+    ``--param k=1-8``)."""
+    try:
+        if isinstance(k, str):
+            out = []
+            for part in k.split(","):
+                lo, _, hi = part.partition("-")
+                out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        else:
+            out = [int(x) for x in k]
+    except (TypeError, ValueError):
+        raise TaskError(f"k takes an integer, or several as 1-8 or 1,2,4 (got {k!r})") from None
+    if not out or len(set(out)) != len(out):
+        raise TaskError(f"k takes distinct values, e.g. 1-8 (got {k!r})")
+    return out
+
+
 def placed(numbers: list[int], places: Sequence[int]) -> list[int]:
     """``numbers`` (distinct) with the r-th smallest swapped into position ``places[r - 1]``
     (1-based), r = 1, 2, … in turn, as MechanisticProbe's case study swaps them
@@ -203,6 +234,8 @@ def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: 
                        place: Sequence[int] | str | int | None = None) -> PromptPairs:
     """Patching pairs: the source list is the base list with its answer replaced by another
     value of the same rank, so only that one number (and the answer) differs."""
+    if not isinstance(k, int):
+        raise TaskError("patching pairs take one k; several k apply to labelled prompts (reason-interp probe)")
     _check(length, k, max_n)
     if style != "toolkit" or joined:
         raise TaskError("patching pairs use the toolkit style (distinct numbers, k in the prompt); style and joined "
@@ -242,7 +275,8 @@ def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = N
 register(TaskInfo(
     "kth_smallest", "k-th smallest number in a list (Hou et al. 2023); labelled reasoning tree",
     kth_smallest_pairs, kth_smallest_examples,
-    {"n_prompts": (64, "number of prompts (pairs for patch)"), "length": (5, "numbers in the list"), "k": (2, "which smallest to ask for (1 = smallest)"),
+    {"n_prompts": (64, "number of prompts (pairs for patch)"), "length": (5, "numbers in the list"),
+     "k": (2, "which smallest to ask for (1 = smallest); attention/probe: several, e.g. 1-8, one prompt group each"),
      "max_n": (99, "numbers are distinct, 0..max_n"),
      "corrupt": (None, "attention/probe only: shuffle | drop | perturb"),
      "n_corrupt": (1, "numbers dropped or perturbed"), "seed": (0, "random seed"),

@@ -119,14 +119,21 @@ def measure(
     per_statement = [None] * n  # (L, H, statements) per prompt
     mass = np.zeros((n, n_l, n_h, len(groups)))
     n_tokens = np.zeros((n, len(groups)), np.int64)
-    for chunk in run.steps(run.batches(lengths), label):
-        probs = run.call(backend.attention_probs, torch.tensor([toks[i].ids for i in chunk]), layer_list,
+    copies: dict[tuple[int, ...], list[int]] = {}  # each token sequence is read once: prompts that differ only in
+    for i, t in enumerate(toks):                   # their labels (the same lists for several k) share a pass
+        copies.setdefault(tuple(t.ids), []).append(i)
+    unique = list(copies.values())
+    for chunk in run.steps(run.batches([lengths[c[0]] for c in unique]), label):
+        probs = run.call(backend.attention_probs, torch.tensor([toks[unique[j][0]].ids for j in chunk]), layer_list,
                          last_only=patterns != "all",
                          head_mask=None if mask is None else torch.from_numpy(1 - mask)
                          )[:, :, head_list].double().numpy()
+        rows = [b for b, j in enumerate(chunk) for _ in unique[j]]  # the pass's row of each prompt
+        items = [i for j in chunk for i in unique[j]]
+        probs = probs[rows]
         last = probs[:, :, :, -1]  # (b, L, H, T): the answer position's row
-        entropy[chunk] = -(np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)).sum(-1)
-        for b, i in enumerate(chunk):
+        entropy[items] = -(np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)).sum(-1)
+        for b, i in enumerate(items):
             onehot = np.eye(len(groups))[_group_of_tokens(plist[i], toks[i].statement, labelled)]  # (T, G)
             mass[i] = last[b] @ onehot
             owner = np.asarray(toks[i].statement)

@@ -26,6 +26,7 @@ prompt's features, then each group's classifiers see only that group's prompts.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -498,7 +499,9 @@ def _group_table(last: xr.Dataset, baseline: str, has_base: bool) -> Any:
 
     table = Table(title=f"macro F1 on all layers' features, per group · {last.attrs.get('revision')} "
                         f"vs baseline {baseline} (NaN: one class in the group)")
-    first = "m" if ", m" in str(last["group"].attrs.get("long_name", "")) else "group"  # ProofWriter's sets: m
+    # the group's symbol where its description names one ("…, m (…)": ProofWriter's sets; "…, k (…)": several k)
+    named = re.search(r", (\w+) \(", str(last["group"].attrs.get("long_name", "")))
+    first = named.group(1) if named else "group"
     for col in (first, "prompts", "probe", "F1", "majority", *(("baseline F1", "score") if has_base else ())):
         table.add_column(col, justify="left" if col == "probe" else "right")
     for g in last["group"].values:

@@ -105,8 +105,8 @@ def robustness(
     plist, labels = labelled_prompts(prompts, folds)
     if labels.group is not None and len(np.unique(labels.group)) > 1:
         raise UsageError(f"robustness draws its subsets from one set; these prompts are in groups "
-                         f"{', '.join(map(str, np.unique(labels.group)))}: load them without by_size (the "
-                         f"repository's pool: min_depth=1, max_depth=1)")
+                         f"{', '.join(map(str, np.unique(labels.group)))}: give one k (kth_smallest), or load "
+                         f"them without by_size (the repository's pool: min_depth=1, max_depth=1)")
     lo, hi = (int(x) for x in subset_size)
     if not 2 * folds <= lo <= hi <= len(plist):
         raise UsageError(f"subset_size must satisfy 2·folds <= lo <= hi <= the number of prompts ({len(plist)}); "
