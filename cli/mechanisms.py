@@ -126,6 +126,9 @@ def binding(
                                                   "label columns, or a Hub dataset id (default stanfordnlp/sst2, "
                                                   "which needs the Hub)"),
     max_width: int = typer.Option(5, help="mcq: exchange the last 1..max_width tokens of each option's line"),
+    hops: Optional[int] = typer.Option(None, help="--family onehop: hop sentences per question (binding-iclr's "
+                                                   "num_qn_context; default its count for the measure: factorization "
+                                                   "2n, position n, means n + 1, cyclic n, others 2n)"),
     cross_attributes: bool = typer.Option(False, "--cross-attributes",
                                           help="subspace: the attributes' coordinates on the opposite sides "
                                                "(binding-iclr's --cross_countries)"),
@@ -145,6 +148,8 @@ def binding(
         raise nr.UsageError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     if cross_attributes and measure != "subspace":
         raise nr.UsageError("--cross-attributes applies to --measure subspace only")
+    if hops is not None and "onehop" not in (family, estimate_family):
+        raise nr.UsageError("--hops applies to --family onehop (its question's hop sentences)")
     if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
         source = data or nr.tasks.mcq.HUB_ID
         h.run(nr.binding, lambda tok: nr.tasks.mcq_contexts(n_contexts, seed, source), kind="binding_mcq",
@@ -170,8 +175,10 @@ def binding(
     split = (measure in ("means", "cyclic", "pairwise", "subspace") and not cross) if split is None else split
     # Δ_1 and Δ_2 come from 3 pairs; the cross-task source's D_1 … D_3 from 4
     estimate_pairs = {"subspace": 3, "cross_subspace": 4}.get(measure)
+    if hops is None and "onehop" in (family, estimate_family):  # rx:21, 91, 134, 200, 617 (2 pairs; cyclic 3)
+        hops = {"position": n_pairs, "means": n_pairs + 1, "cyclic": n_pairs}.get(measure)
     if measure == "cross_subspace" and not estimate_family:
         name += f"_from_{family}"
     h.run(nr.binding, lambda tok: nr.tasks.binding_contexts(n_contexts, n_pairs, n_estimate, seed, family, split,
-                                                            estimate_family, estimate_pairs),
+                                                            estimate_family, estimate_pairs, hops),
           kind="binding" if measure == "accuracy" else f"binding_{measure}", task=name, **extra)

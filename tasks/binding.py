@@ -161,15 +161,21 @@ def _listed(words: Sequence[str]) -> str:
     return " , ".join(words[:-1]) + " and " + words[-1]
 
 
-def with_hops(rng: random.Random, ctx: BindingContext, also: Sequence[str] = ()) -> BindingContext:
+def with_hops(rng: random.Random, ctx: BindingContext, also: Sequence[str] = (), n: int | None = None,
+              pool: Sequence[str] = (), values: Sequence[str] | None = None) -> BindingContext:
     """``ctx`` with its question's hop sentences (a family with ``hop``; others unchanged): one
-    distinct value per first answer of its attributes and of the attributes ``also`` (a source
-    context's), stated in a random order."""
+    distinct value (from ``values``, default the family's) per first answer of its attributes and
+    of the attributes ``also`` (a source context's), stated in a random order. ``n``: state
+    exactly n (binding-iclr's ``num_qn_context``, ``coref/datasets/onehop.py:71-80``): the first
+    n of those, then attributes drawn from ``pool`` that neither context holds."""
     f = FAMILIES[ctx.family]
     if f.hop is None:
         return ctx
-    keys = [f.answer[a] if f.answer else a for a in (*ctx.attributes, *also)]
-    pairs = list(zip(keys, rng.sample(f.hop_values, len(keys))))
+    attrs = [*ctx.attributes, *also]
+    if n is not None:
+        attrs = attrs[:n] + rng.sample([a for a in pool if a not in attrs], max(0, n - len(attrs)))
+    keys = [f.answer[a] if f.answer else a for a in attrs]
+    pairs = list(zip(keys, rng.sample(f.hop_values if values is None else list(values), len(keys))))
     rng.shuffle(pairs)
     return replace(ctx, hops=tuple(pairs))
 
@@ -269,7 +275,8 @@ EXPERIMENT_FAMILIES = tuple(k for k, f in FAMILIES.items() if f.statement.starts
 
 def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 200, seed: int = 0,
                      family: str = "cities", split: bool = False,
-                     estimate_family: str | None = None, estimate_pairs: int | None = None) -> BindingContexts:
+                     estimate_family: str | None = None, estimate_pairs: int | None = None,
+                     hops: int | None = None) -> BindingContexts:
     """``n_contexts`` contexts of ``n_pairs`` statements of ``family`` (seed ``seed``) and
     ``n_estimate`` other contexts (seed ``seed + 1``) for the binding-ID vectors.
 
@@ -285,7 +292,15 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
     from the measured contexts, ``base_estimate`` holds ``n_estimate`` estimate contexts of the
     measured family and size as well (seed + 3, train words with ``split``): the cross-task
     subspace test (Table 2) estimates the source's Δ_1 … Δ_3 on 4 pairs of one family and
-    subtracts the measured family's own binding IDs."""
+    subtracts the measured family's own binding IDs.
+
+    ``hops`` (``onehop`` only): the hop sentences each question states, binding-iclr's
+    ``num_qn_context`` (4 for its factorization test, 2 for position, 3 for means and cyclic:
+    ``scripts/run_experiment.py:21, 91, 134, 200, 617``): the context's capitals first, then its
+    source's, then others of the same words, each with its own colour. Default: the context's and
+    the source's (2 × n_pairs; so that every substituted country has an answer). With ``split``
+    the estimate contexts' colours come from the first half of the colours, as the repository's
+    train vocabulary (``onehop.py:39-40``)."""
     if isinstance(n_pairs, int) and n_pairs < 2:
         raise TaskError(f"binding needs at least 2 pairs per context (got {n_pairs})")
     check_range("n_contexts", n_contexts, 1)
@@ -301,9 +316,8 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
     g = FAMILIES[source_family]
     if split:
         _check(n_pairs, family, 1)
-        half = (len(f.entities) // 2, len(f.attributes) // 2)
-        test = (f.entities[half[0]:], f.attributes[half[1]:])
-        train = (g.entities[:len(g.entities) // 2], g.attributes[:len(g.attributes) // 2])
+        own_train, train = train_words(f, True), train_words(g, True)
+        test = (f.entities[len(own_train[0]):], f.attributes[len(own_train[1]):])
         if n_pairs > min(map(len, test)):
             raise TaskError(f"with split=True the {family} family has test words for at most {min(map(len, test))} "
                             f"pairs (got n_pairs={n_pairs})")
@@ -313,7 +327,6 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         rng_c, rng_e, rng_b = random.Random(seed), random.Random(seed + 1), random.Random(seed + 3)
         contexts = [_draw(rng_c, n_pairs, family, *test) for _ in range(n_contexts)]
         estimate = [_draw(rng_e, m, source_family, *train) for _ in range(n_estimate)]
-        own_train = (f.entities[:half[0]], f.attributes[:half[1]])
         base = lambda: [_draw(rng_b, n_pairs, family, *own_train) for _ in range(n_estimate)]  # noqa: E731
     else:
         test = (f.entities, f.attributes)
@@ -330,12 +343,22 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         BindingContext(tuple(rng.sample([e for e in test[0] if e not in c.entities], n_pairs)),
                        tuple(rng.sample([a for a in test[1] if a not in c.attributes], n_pairs)), family)
         for c in contexts)
+    if hops is not None:
+        if not (f.hop or g.hop):
+            raise TaskError(f"hops applies to a family whose question states hops (onehop), not {family!r}")
+        fewest = max(n_pairs, m) if g.hop and f.hop else n_pairs if f.hop else m
+        colours = len(FAMILIES["onehop"].hop_values) // (2 if split else 1)
+        check_range("hops", hops, fewest, min(colours, min(map(len, (test[1], train_words(g, split)[1])))))
     if f.hop or g.hop:  # ONEHOP: each question states the hops of its context's and its source's attributes
         rng = random.Random(seed + 4)
-        contexts = [with_hops(rng, c, sources[i].attributes if sources else ()) for i, c in enumerate(contexts)]
+        contexts = [with_hops(rng, c, sources[i].attributes if sources else (), hops, test[1])
+                    for i, c in enumerate(contexts)]
         sources = tuple(replace(s, hops=c.hops) for s, c in zip(sources, contexts))
-        estimate = [with_hops(rng, c) for c in estimate]
-        base_estimate = tuple(with_hops(rng, c) for c in base_estimate)
+        train_colours = (lambda v: v[:len(v) // 2]) if split else (lambda v: None)  # noqa: E731
+        estimate = [with_hops(rng, c, (), hops, train_words(g, split)[1], train_colours(g.hop_values))
+                    for c in estimate]
+        base_estimate = tuple(with_hops(rng, c, (), hops, train_words(f, split)[1], train_colours(f.hop_values))
+                              for c in base_estimate)
     params = {"n_contexts": n_contexts, "n_pairs": n_pairs, "n_estimate": n_estimate, "seed": seed}
     if family != "cities":  # results of the default family keep their old task_params
         params["family"] = family
@@ -345,7 +368,17 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         params["estimate_family"] = estimate_family
     if estimate_pairs is not None and estimate_pairs != n_pairs:
         params["estimate_pairs"] = estimate_pairs
+    if hops is not None:
+        params["hops"] = hops
     return BindingContexts("binding", params, tuple(contexts), tuple(estimate), sources, base_estimate)
+
+
+def train_words(family: Family, split: bool) -> tuple[Sequence[str], Sequence[str]]:
+    """The entities and attributes estimate contexts are drawn from: the first halves with
+    ``split`` (binding-iclr's ``train_test_split``), else all."""
+    if not split:
+        return family.entities, family.attributes
+    return family.entities[:len(family.entities) // 2], family.attributes[:len(family.attributes) // 2]
 
 
 def _draw(rng: random.Random, n: int, family: str, entities: Sequence[str], attributes: Sequence[str]) -> BindingContext:

@@ -873,3 +873,63 @@ def test_cli_splits_the_words_for_one_familys_means_not_for_cross_task_means(tmp
     assert split_of() is True
     assert split_of("--estimate-family", "fruits") is False
     assert split_of("--estimate-family", "fruits", "--split") is True
+
+
+def _hop_keys(c) -> list[str]:
+    """The capitals a ONEHOP question states a colour for, in the order stated."""
+    return [k for k, _ in c.hops]
+
+
+def test_onehop_states_the_repositorys_number_of_hops():
+    """binding-iclr's num_qn_context (coref/datasets/onehop.py:71-80; 4 for factorization, 2 for
+    position, 3 for means and cyclic, scripts/run_experiment.py:21, 91, 134, 200, 617): the question
+    covers the first attribute ids, the context's, then the source's, then others."""
+    capital = dict(zip(nr.tasks.binding.COUNTRIES, nr.tasks.binding.CAPITALS))
+    colours = nr.tasks.binding.FAMILIES["onehop"].hop_values
+    default = nr.tasks.binding_contexts(5, 2, 4, seed=3, family="onehop")
+    assert "hops" not in default.params
+    for c, s in zip(default.contexts, default.sources):  # default: the context's and the source's (2n)
+        assert sorted(_hop_keys(c)) == sorted(capital[a] for a in c.attributes + s.attributes) and s.hops == c.hops
+    for hops in (2, 3, 4, 6):
+        d = nr.tasks.binding_contexts(5, 2, 4, seed=3, family="onehop", hops=hops)
+        assert d.params["hops"] == hops
+        for c, s in zip(d.contexts, d.sources):
+            keys = _hop_keys(c)
+            assert len(keys) == len(set(keys)) == hops and len({v for _, v in c.hops}) == hops
+            want = [capital[a] for a in (c.attributes + s.attributes)[:hops]]
+            assert set(want) <= set(keys) and s.hops == c.hops
+            assert set(keys) <= set(nr.tasks.binding.CAPITALS)
+        for e in d.estimate:  # no source: the context's capitals, then others
+            assert {capital[a] for a in e.attributes} <= set(_hop_keys(e)) and len(e.hops) == hops
+    # with split, the estimate (train) contexts' colours are the first half (onehop.py:39-40); the measured
+    # contexts' extra capitals come from the test half
+    d = nr.tasks.binding_contexts(20, 2, 20, seed=5, family="onehop", split=True, hops=4)
+    train = set(colours[:len(colours) // 2])
+    assert all({v for _, v in e.hops} <= train for e in d.estimate)
+    assert any({v for _, v in c.hops} - train for c in d.contexts)
+    test_capitals = {capital[a] for a in nr.tasks.binding.COUNTRIES[len(nr.tasks.binding.COUNTRIES) // 2:]}
+    assert all(set(_hop_keys(c)) <= test_capitals for c in d.contexts)
+    with pytest.raises(nr.tasks.TaskError, match="between 3"):
+        nr.tasks.binding_contexts(2, 3, 2, family="onehop", hops=2)
+    with pytest.raises(nr.tasks.TaskError, match="onehop"):
+        nr.tasks.binding_contexts(2, 2, 2, family="capitals", hops=2)
+
+
+def test_cli_states_the_repositorys_hops_per_measure(tmp_path, words_dir):
+    import json
+
+    def hops_of(measure, *extra):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.nc"
+        res = CliRunner().invoke(app, ["binding", "--measure", measure, "--family", "onehop", "--model",
+                                       str(words_dir), "--n-contexts", "2", "--n-estimate", "2", "--max-offset", "1",
+                                       "--no-progress", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(nr.load_result(out).attrs["task_params"]).get("hops")
+
+    assert hops_of("factorization") is None  # 2n, the default
+    assert hops_of("position") == 2 and hops_of("means") == 3 and hops_of("cyclic", "--n-pairs", "3") == 3
+    assert hops_of("position", "--hops", "4") == 4
+    bad = tmp_path / "bad.nc"
+    res = CliRunner().invoke(app, ["binding", "--measure", "means", "--family", "capitals", "--hops", "3",
+                                   "--out", str(bad)])
+    assert res.exit_code == 2 and "--hops applies to --family onehop" in res.output and not bad.exists()
