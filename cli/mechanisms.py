@@ -33,7 +33,8 @@ def neurons(
     unit: List[str] = typer.Option([], help="measure this neuron, e.g. L3N488, instead of discovering them "
                                             "(repeatable); a sweep without it tracks those of the last revision"),
     generate: bool = typer.Option(False, "--generate", help="Rai & Yao's pipeline: the model writes its own chain "
-                                                            "of thought from exemplar files (--variant: prompt types)"),
+                                                            "of thought from exemplar files (--variant: prompt types, "
+                                                            "or any FILE.txt of exemplars, named by its stem)"),
     style: str = typer.Option("embedded", help="--generate: prompt style, embedded or repository"),
     prompts_dir: Optional[Path] = typer.Option(None, help="--generate: exemplar files in the repository's layout "
                                                           "(data/prompts/*.txt); default the style's shipped files"),
@@ -69,12 +70,14 @@ def neurons(
         raise nr.UsageError(f"{', '.join(stray)} only appl{'ies' if one else 'y'} {where} --generate: "
                             f"{fix} {'it' if one else 'them'}")
     if generate:
+        from nnsight_reasoning.tasks.cot_generation import prompt_type
+
         types = list(dict.fromkeys([*([discover_on] if discover_on else []),
                                     *(variant or ["cot", "equation_only", "text_only"])]))
         h.run(nr.cot_generation,
               lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
                                                   n_steps=n_steps, trigger=trigger, seed=seed),
-              kind="neurons", task="cot_generation", discover_on=types[0], max_new_tokens=max_new_tokens,
+              kind="neurons", task="cot_generation", discover_on=prompt_type(types[0]), max_new_tokens=max_new_tokens,
               ranking=ranking, top_k=top_k, select=select, units=units, noise_scale=noise_scale, seed=seed,
               **given(min_frequency=min_frequency, ablations=tuple(ablation) or None))
         return

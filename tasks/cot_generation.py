@@ -113,18 +113,33 @@ class CotGeneration:
         return f"CotGeneration(n={len(self)}, variants={list(self.prompts)}, style={self.style.name!r})"
 
 
+def prompt_type(variant: str) -> str:
+    """The prompt type's name: ``variant`` itself, or for an exemplar file (``….txt``) its stem, as
+    the repository names a ``--prompt`` file's results (``gsm8k_inference.py:244``)."""
+    return Path(variant).stem if variant.endswith(".txt") else variant
+
+
 def read_exemplars(variant: str, prompts_dir: str | Path | None = None, style: str = "embedded") -> str:
     """The exemplar text of prompt type ``variant``: its file in ``prompts_dir`` (default the
-    shipped files of ``style``) read as the repository does, '' for ``zero_shot``."""
-    if variant not in PROMPT_TYPES:
-        raise TaskError(f"unknown prompt type {variant!r}; choose from: {', '.join(PROMPT_TYPES)}")
-    name = PROMPT_TYPES[variant]
-    if name is None:
+    shipped files of ``style``) read as the repository does, '' for ``zero_shot``. A ``variant``
+    ending in ".txt" is an exemplar file of its own (a path, or a name in ``prompts_dir``), as the
+    repository's ``--prompt FILE.txt`` takes any file (``gsm8k_inference.py:239-244``): e.g. its
+    ``data/prompts.py`` strings ``cot_prompts`` (Wei et al.'s exemplars) or ``recall_infer_prompt``
+    written to a file."""
+    if variant.endswith(".txt"):
+        given = Path(variant)
+        path = given if given.is_file() or prompts_dir is None else Path(prompts_dir) / variant
+    elif variant not in PROMPT_TYPES:
+        raise TaskError(f"unknown prompt type {variant!r}; choose from: {', '.join(PROMPT_TYPES)}, or an exemplar "
+                        f"file FILE.txt")
+    elif PROMPT_TYPES[variant] is None:
         return ""
-    folder = Path(prompts_dir) if prompts_dir is not None else SHIPPED / style
-    path = folder / name
+    else:
+        path = (Path(prompts_dir) if prompts_dir is not None else SHIPPED / style) / PROMPT_TYPES[variant]
     if not path.is_file():
-        where = "" if prompts_dir is not None else f" (the {style} style ships no {name}; pass prompts_dir)"
+        if variant.endswith(".txt"):
+            raise TaskError(f"no exemplar file {variant}{'' if prompts_dir is None else f' (nor {path})'}")
+        where = "" if prompts_dir is not None else f" (the {style} style ships no {path.name}; pass prompts_dir)"
         raise TaskError(f"no exemplar file {path}{where}; a prompts directory holds the repository's "
                         f"data/prompts/*.txt files")
     try:
@@ -222,14 +237,17 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
     check_range("n_prompts", n_prompts, 1)
     if style not in STYLES:
         raise TaskError(f"unknown prompt style {style!r}; choose from: {', '.join(STYLES)}")
-    names = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
-    if not names:
-        raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}")
+    given = list(dict.fromkeys([variants] if isinstance(variants, str) else variants))
+    if not given:
+        raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}, or FILE.txt")
+    names = [prompt_type(v) for v in given]
+    if len(set(names)) != len(names):
+        raise TaskError(f"two prompt types share a name ({', '.join(given)}): exemplar files are named by their stem")
     if trigger is not None and "zero_shot" not in names:
         raise TaskError("trigger is the zero-shot prompt's text (a string); add zero_shot to the prompt types")
     if trigger is not None and not isinstance(trigger, str):
         raise TaskError(f"trigger must be a string (got {trigger!r})")
-    exemplars = {v: read_exemplars(v, prompts_dir, style) for v in names}
+    exemplars = {prompt_type(v): read_exemplars(v, prompts_dir, style) for v in given}
     if data is not None:
         problems: list[Problem] = load_gsm8k_problems(data, need_steps=False)[:n_prompts]
     else:
@@ -239,7 +257,9 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
     st = STYLES[style]
     sets = {v: tuple(GenPrompt(build_prompt(exemplars[v], p.question, v, st, trigger), p.answer, v, k)
                      for k, p in enumerate(problems)) for v in names}
+    files = {prompt_type(v): v for v in given if v.endswith(".txt")}
     params = {"n_prompts": len(problems), "variants": names, "style": style, "n_steps": n_steps, "seed": seed,
+              **({"prompt_files": files} if files else {}),
               "prompts_dir": str(prompts_dir) if prompts_dir is not None else f"shipped:{style}",
               "source": str(data) if data is not None else "synthetic", **({"trigger": trigger} if trigger is not None
                                                                            else {})}

@@ -20,7 +20,7 @@ from nnsight_reasoning.backend import generation as bg
 from nnsight_reasoning.cli.main import app
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.tasks import TaskError
-from nnsight_reasoning.tasks.cot_generation import STYLES, build_prompt, parse_answer, read_exemplars
+from nnsight_reasoning.tasks.cot_generation import SHIPPED, STYLES, build_prompt, parse_answer, read_exemplars
 
 LAYERS = {"gpt_neox": "gpt_neox.layers", "llama": "model.layers", "gpt2": "transformer.h"}
 DOWN = {"gpt_neox": "mlp.dense_4h_to_h", "llama": "mlp.down_proj", "gpt2": "mlp.c_proj"}
@@ -385,6 +385,42 @@ def test_concept_selection_and_errors(neox, tmp_path):
     assert back["generated"].values.tolist() == ds["generated"].values.tolist()
 
 
+# the repository's data/prompts.py strings that no data/prompts/ file holds (cot_prompts: Wei et al.'s exemplars,
+# lines 61-120; recall_infer_prompt, 185-246); their first exemplar, as a user writes one to a file
+WEI = ("Question: There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are "
+       "done, there will be 21 trees. How many trees did the grove workers plant today?\nLet's think step by step\n"
+       "There are 15 trees originally.\nThen there were 21 trees after some more were planted.\n"
+       "So there must have been 21 - 15 = 6.\nThe answer is 6.\n\n")
+
+
+def test_any_exemplar_file_is_a_prompt_type_named_by_its_stem(tmp_path):
+    """gsm8k_inference.py:239-244: --prompt takes any .txt file, its stem the prompt type (and the
+    blank-line end for a file named equation_only.txt, :198)."""
+    (tmp_path / "wei_cot.txt").write_text(WEI)
+    (tmp_path / "cot_prompt.txt").write_text("Question: A has 2.\nLet's think step by step\n2 + 3 = 5.\n"
+                                             "The answer is 5.\n")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "equation_only.txt").write_text("Question: A has 2.\n2 + 3 = 5.\nThe answer is 5.\n")
+    shipped = nr.tasks.cot_generation(3, ["cot", str(tmp_path / "wei_cot.txt"), str(own / "equation_only.txt")],
+                                      style="repository", prompts_dir=tmp_path, seed=2)
+    assert shipped.variants == ("cot", "wei_cot", "equation_only")
+    assert shipped.params["prompt_files"] == {"wei_cot": str(tmp_path / "wei_cot.txt"),
+                                              "equation_only": str(own / "equation_only.txt")}
+    wei = "\n".join(line.strip() for line in WEI.splitlines()) + "\n\n"
+    for p, q, e in zip(shipped.prompts["wei_cot"], shipped.prompts["cot"], shipped.prompts["equation_only"]):
+        question = q.prompt.rsplit("Question: ", 1)[1]
+        assert p.prompt == wei + "Question: " + question and p.variant == "wei_cot" and p.answer == q.answer
+        assert e.prompt.endswith(question.replace("\nLet's think step by step\n", "\n\n"))
+    # a bare name ending in .txt is looked up in prompts_dir
+    assert nr.tasks.cot_generation(3, ["wei_cot.txt"], style="repository", prompts_dir=tmp_path,
+                                   seed=2).prompts["wei_cot"] == shipped.prompts["wei_cot"]
+    with pytest.raises(TaskError, match="no exemplar file nope.txt"):
+        nr.tasks.cot_generation(3, ["nope.txt"], prompts_dir=tmp_path)
+    with pytest.raises(TaskError, match="share a name"):
+        nr.tasks.cot_generation(3, [str(own / "equation_only.txt"), "equation_only"], prompts_dir=own)
+
+
 def test_cli_neurons_generate(tmp_path):
     out = tmp_path / "gen.nc"
     r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "equation_only", "--variant", "text_only",
@@ -397,6 +433,17 @@ def test_cli_neurons_generate(tmp_path):
     bad = tmp_path / "bad.nc"
     r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "nope", "--out", str(bad)])
     assert r.exit_code == 2 and "unknown prompt type" in r.output and not bad.exists()
+    # an exemplar file of one's own, first: the neurons are discovered on it
+    mine = tmp_path / "mine.txt"
+    mine.write_text((SHIPPED / "embedded" / "equation_only.txt").read_text())  # the same exemplars, another name
+    out = tmp_path / "mine.nc"
+    r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", str(mine), "--variant", "equation_only",
+                                 "--n-prompts", "3", "--max-new-tokens", "6", "--unit", "L3N7", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    ds = nr.load_result(out)
+    assert list(ds["variant"].values) == ["mine", "equation_only"]
+    for v in ("correct", "generated"):  # the same exemplars give the same generations
+        np.testing.assert_array_equal(ds[v].sel(variant="mine").values, ds[v].sel(variant="equation_only").values)
 
 
 def test_sweep_tracks_the_units_of_the_last_revision(neox):

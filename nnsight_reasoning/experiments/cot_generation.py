@@ -61,7 +61,7 @@ SELECT = ("concepts", "frequency")
 
 def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations: Sequence[str], top_k: int,
            max_new_tokens: int, min_frequency: float, noise_scale: float, n_neurons: int) -> list[str]:
-    if discover_on not in PROMPT_TYPES:
+    if discover_on not in PROMPT_TYPES and discover_on not in prompts.prompts:  # (an exemplar file's stem is one)
         raise UsageError(f"unknown prompt type {discover_on!r}; choose from: {', '.join(PROMPT_TYPES)}")
     if discover_on not in prompts.prompts:
         raise UsageError(f"discover_on={discover_on!r} is not among the data's prompt types "
