@@ -264,6 +264,46 @@ def copy_suppression(
     of each head's direct effect that survives keeping only its suppression of attended
     tokens, 1 − KL(CSPA) / KL(mean ablation); local models only."""
     import nnsight_reasoning as nr
+
+    _text_options(data, n_sequences, seq_len)
+
+    def sequences(tok):
+        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
+
+    h.run(nr.copy_suppression, sequences, kind="copy_suppression", task="text", heads=heads,
+          start_layer=start_layer, n_mean=n_mean, n_eval=n_eval, k_unembeddings=k_unembeddings)
+
+
+@experiment_command()
+def self_repair(
+    h: Harness,
+    data: Optional[str] = typer.Option(None, help="texts: a .jsonl/.json/.csv/.tsv file or a Hugging Face dataset "
+                                                  "id (e.g. NeelNanda/pile-10k; the repository reads the Pile; needs "
+                                                  "the Hub); default: the toolkit's task prompts as documents"),
+    column: str = typer.Option("text", help="the column holding the texts"),
+    n_sequences: int = typer.Option(120, help="texts read"),
+    seq_len: int = typer.Option(128, help="tokens per text, bos included (the repository: 128)"),
+    seed: Seed = 0,
+    heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H; default every head"),
+    ablation: str = typer.Option("resample", help="resample (the head's output on another text; the repository's "
+                                                  "figures) | zero"),
+    threshold: float = typer.Option(0.0, help="count tokens where the head's |direct effect| exceeds this (logits)"),
+) -> None:
+    """Self-repair (Tigges et al.'s backup_research, after Rushing & Nanda): each head's direct effect on the next
+    token against the change of that token's logit when the head alone is ablated, on running text."""
+    import nnsight_reasoning as nr
+
+    _text_options(data, n_sequences, seq_len)
+
+    def sequences(tok):
+        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
+
+    h.run(nr.self_repair, sequences, kind="self_repair", task="text", heads=heads, ablation=ablation,
+          threshold=threshold)
+
+
+def _text_options(data: Optional[str], n_sequences: int, seq_len: int) -> None:
+    """Refuse a missing text file and sizes out of range before any model loads."""
     from nnsight_reasoning.errors import UsageError
 
     if data is not None and Path(data).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") and \
@@ -272,9 +312,3 @@ def copy_suppression(
     for name, v, lo in (("--n-sequences", n_sequences, 1), ("--seq-len", seq_len, 4)):
         if v < lo:
             raise UsageError(f"{name} must be >= {lo} (got {v})")
-
-    def sequences(tok):
-        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
-
-    h.run(nr.copy_suppression, sequences, kind="copy_suppression", task="text", heads=heads,
-          start_layer=start_layer, n_mean=n_mean, n_eval=n_eval, k_unembeddings=k_unembeddings)

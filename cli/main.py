@@ -338,6 +338,7 @@ app.command("ioi-components")(circuits.ioi_components)
 app.command("greater-than-components")(circuits.greater_than_components)
 app.command("backup-heads")(circuits.backup_heads)
 app.command("copy-suppression")(circuits.copy_suppression)
+app.command("self-repair")(circuits.self_repair)
 app.command()(mechanisms.neurons)
 app.command()(mechanisms.binding)
 

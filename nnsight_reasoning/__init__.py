@@ -32,6 +32,7 @@ from .experiments.patch_analysis import (by_token_role, drop_mult_by_one, late_m
 from .experiments.probe import probe
 from .experiments.pruning import prune
 from .experiments.robustness import robustness
+from .experiments.self_repair import self_repair
 from .training import finetune
 from .metrics import METRICS
 from .models import load_model
@@ -43,7 +44,7 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "greater_than_components", "backup_heads", "copy_suppression", "neurons", "cot_generation", "binding",
+    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "greater_than_components", "backup_heads", "copy_suppression", "self_repair", "neurons", "cot_generation", "binding",
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "late_mlp_share", "unit_overlap", "drop_mult_by_one",
     "testing", "experiments",

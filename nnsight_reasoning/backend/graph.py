@@ -785,6 +785,83 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
 
 
 @reads_weights
+def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Tensor | None,
+                       heads: Sequence[tuple[int, int]], *, remote: bool | str = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each head's direct effect on the next token, and the next token's logit with the head
+    ablated, at every position: the two sides of a self-repair measurement.
+
+    ``input_ids`` (b, T). ``heads`` (v of (layer, head)): one ablated copy of the batch per head,
+    its output (its slice of the output projection's input, every position) replaced by that of
+    the same head on ``source_ids`` (b, T), row for row (resample ablation), or zeroed when
+    ``source_ids`` is None. Returns float64 (``direct`` (b, L, H, T − 1), ``clean`` (b, T − 1),
+    ``ablated`` (v, b, T − 1)): at position t the token t + 1 is read; a direct effect is
+    :func:`head_logit_effects`' (the final norm's scale frozen at the clean run's value, the
+    unembedding rows centred over the vocabulary) and a logit is centred too (minus the mean over
+    the vocabulary), so the two are in one unit.
+    """
+    from . import _run
+
+    final, unembed, center, eps = final_norm(model)
+    mods, _, _, conv1d = _modules(model, "logit_effects")
+    d = dims(model)
+    b, v = input_ids.shape[0], len(heads)
+    rows = [input_ids] + ([] if source_ids is None else [source_ids]) + [input_ids] * v
+    first = b * (len(rows) - v)  # the ablated copies start here
+    width = d["n_heads"] * d["head_dim"]
+    plan = []  # per layer: None, or (row -> its source row, (rows, width) True where a head is replaced)
+    for li in range(d["n_layers"]):
+        at = [(j, h) for j, (layer, h) in enumerate(heads) if layer == li]
+        if not at:
+            plan.append(None)
+            continue
+        src = torch.arange(first + b * v)
+        mask = torch.zeros(first + b * v, width, dtype=torch.bool)
+        for j, h in at:
+            copies = torch.arange(first + j * b, first + (j + 1) * b)
+            if source_ids is not None:
+                src[copies] = torch.arange(b, 2 * b)  # the source rows, run clean
+            mask[copies, h * d["head_dim"]:(h + 1) * d["head_dim"]] = True
+        plan.append((src, mask))
+    saved = _run(model, _trace_self_repair, (model, torch.cat(rows), input_ids[:, 1:], mods, final, unembed, conv1d,
+                                             d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, b,
+                                             source_ids is None), remote, "saved")
+    direct, logits = (t.detach().cpu().double() for t in saved)
+    return direct, logits[:b], logits[first:].reshape(v, b, -1)
+
+
+def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_heads, head_dim, center, eps, gain_offset,
+                       plan, b, zero, remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(ids, remote=remote, backend=backend, use_cache=False):
+        outs = []
+        li = 0
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:  # forward order
+            z = o_proj.input
+            step = plan[li]
+            if step is not None:
+                keep = step[1].to(z.device)[:, None, :]
+                z = torch.where(keep, torch.zeros_like(z) if zero else z[step[0].to(z.device)], z)
+                o_proj.input = z
+            outs.append(head_outputs(split_heads(z[:b, :-1], n_heads, head_dim), o_proj.weight, n_heads, head_dim,
+                                     conv1d))
+            li += 1
+        f = final.input[:b, :-1]
+        scale = norm_scale(f, center, eps)  # (b, T - 1)
+        rows = unembed_rows(unembed.weight, final.weight, gain_offset, targets)  # (b, T - 1, d)
+        o = torch.stack(on_device(outs, outs[0]), 1).double()  # (b, L, T - 1, H, d)
+        if center:
+            o = centred(o)
+        o = o / scale[:, None, :, None, None].to(o.device)
+        direct = torch.einsum("nlthd,ntd->nlht", o, rows.to(o.device))
+        lg = model.output.logits[:, :-1].double()  # (rows, T - 1, V)
+        every = targets.repeat(lg.shape[0] // b, 1).to(lg.device)
+        picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0] - lg.mean(-1)
+        saved = nnsight.save((direct, picked))
+    return saved
+
+
+@reads_weights
 def component_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, *,
                             remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Direct effect of every head's and every MLP's output at the last position on the logits

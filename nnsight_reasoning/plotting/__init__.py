@@ -17,7 +17,8 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
     """method -> (figure function, the ``kind`` values it knows; () = no kinds)."""
     from .attention import (ATTENTION_KINDS, BACKUP_KINDS, attention_figure, backup_heads_figure, cspa_figure,
                             greater_than_components_figure, heads_figure, ioi_components_figure, path_patching_figure,
-                            probe_figure, pruning_figure, robustness_figure, successor_figure)
+                            probe_figure, pruning_figure, robustness_figure, self_repair_figure,
+                            successor_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
     from .patch import PATCH_KINDS, evaluate_figure, patch_figure
@@ -37,6 +38,7 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
         "greater_than_components": (greater_than_components_figure, ()),
         "backup_heads": (backup_heads_figure, BACKUP_KINDS),
         "cspa": (cspa_figure, ()),
+        "self_repair": (self_repair_figure, ()),
         "eap": (circuit_figure, CIRCUIT_KINDS),
         "eap_ig": (circuit_figure, CIRCUIT_KINDS),
         "cot_neurons": (neurons_figure, ()),

@@ -453,6 +453,33 @@ def cspa_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     return grid_figure([("CSPA: performance recovered", ds["cspa"], True, None)], _grid_title(ds, "copy suppression"))
 
 
+def self_repair_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """The repository's self-repair scatter (``create_layered_scatter``): each head's direct effect
+    against the change of the logit when it is ablated, coloured by layer (the last checkpoint of a
+    sweep). On the dashed line y = −x the logit loses the whole direct effect; above it, the rest
+    of the model makes up part of it (self-repair)."""
+    import matplotlib.pyplot as plt
+
+    last = last_checkpoint(ds)
+    x = last["direct_effect"].values.ravel()
+    y = last["logit_change"].values.ravel()
+    layer = np.repeat(last["layer"].values, last.sizes["head"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ok = np.isfinite(x) & np.isfinite(y)
+    sc = ax.scatter(x[ok], y[ok], c=layer[ok], cmap="viridis", s=28, edgecolors="0.3", linewidths=0.5)
+    span = float(np.nanmax(np.abs(np.concatenate([x[ok], y[ok]])))) if ok.any() else 1.0
+    ax.plot([-span, span], [span, -span], ls="--", c="0.5", lw=1, label="no self-repair (change = −direct effect)")
+    ax.axhline(0, c="0.8", lw=0.8)
+    ax.axvline(0, c="0.8", lw=0.8)
+    ax.set_xlabel("direct effect of the head (logits)")
+    ax.set_ylabel(f"change in logits upon {ds.attrs.get('ablation', '')} ablation")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.colorbar(sc, ax=ax, label="layer", ticks=last["layer"].values)
+    fig.suptitle(_grid_title(last, "self-repair"), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def successor_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """The successor score per head (share of list items whose successor the OV circuit ranks first)."""
     return grid_figure([("successor score", ds["successor_ov"], False, float(ds.attrs["chance"]))],

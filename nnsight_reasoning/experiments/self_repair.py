@@ -1,0 +1,169 @@
+"""Self-repair: how much of a head's direct effect shows in the logits when the head is ablated
+(Tigges et al. 2024, ``curt-tigges/circuits-over-time``, ``backup_research/FINAL_figure_files/
+GOOD_self_repair_graph_generator.py`` and ``run_files.py``; the self-repair measurement of Rushing &
+Nanda 2024).
+
+On running text, for every head alone and every position t (the token t + 1 is the "correct" one):
+
+- **Direct effect** (``collect_direct_effect``): the head's output at t (its share of the output
+  projection, without bias) through the final norm with the clean run's scale, on the correct
+  token's unembedding, centred over the vocabulary (TransformerLens' ``center_unembed``, which the
+  repository's model loads with).
+- **Change in logits** (``get_thresholded_change_in_logits``): the correct token's logit, centred over
+  the vocabulary, with the head ablated at every position, minus the same in the clean run. The
+  repository's figures resample-ablate (``ABLATION_TYPE = 'sample'``, ``run_files.py``): the head's
+  output is that of another text at the same positions (its ``shuffle_owt_tokens_by_batch``, a roll
+  of the batch by one); ``ablation="zero"`` zeroes it.
+- Both are averaged over the tokens whose |direct effect| exceeds ``threshold`` (the repository's
+  figures: 0.0). **Self-repair** is change + direct effect: what the logit does not lose of what the
+  head wrote directly (0: the logit drops by the direct effect; equal to the direct effect: the rest
+  of the model makes up for all of it).
+
+Departures: the resample source of text i is text i − 1 of all the texts (a roll over the whole
+set), where the repository rolls within each batch of 30, so the numbers do not depend on the
+batch size; the means pool every selected token, where the repository averages per batch and then
+over batches (equal at threshold 0 with equal batches). Its ``prepare_dataset`` (Pile, 128-token
+prompts, ~100,000 tokens) is :func:`nnsight_reasoning.tasks.text_sequences` with a source given;
+offline, the toolkit's task prompts. Its mean ablation (one head's mean output over the batch and
+positions) is not offered.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ..backend import graph
+from ..errors import UsageError
+from ..runner import Run, experiment
+from ..sites import dims
+from ..tasks.tokens import TextSequences
+from .heads import parse_heads
+
+ABLATIONS = ("resample", "zero")
+
+
+@experiment("self_repair", batch_size=64)
+def self_repair(
+    run: Run,
+    sequences: TextSequences,
+    *,
+    heads: Sequence[str] | str | None = None,
+    ablation: str = "resample",
+    threshold: float = 0.0,
+) -> xr.Dataset:
+    """Every head's direct effect on the next token against the change of that token's logit when
+    the head alone is ablated (definitions in :mod:`nnsight_reasoning.experiments.self_repair`).
+
+    Parameters
+    ----------
+    model : a loaded model or a name/directory.
+    sequences : ``nr.tasks.text_sequences(n_sequences=120, seq_len=128, tokenizer=model.tokenizer,
+        source=...)`` (the repository: Pile text, 128 tokens, batches of 30).
+    heads : ``["a3.1", …]`` or "a3.1,a2.0"; default every head.
+    ablation : "resample" (the head's output on the previous text; the repository's figures) or
+        "zero".
+    threshold : tokens count where the head's |direct effect| exceeds it (logits; the repository's
+        figures: 0.0).
+
+    Returns
+    -------
+    Dataset over (layer, head), in logits centred over the vocabulary: ``direct_effect`` and
+    ``logit_change`` (mean over the selected tokens), ``self_repair`` (their sum), ``n_tokens``;
+    per text ``sequence_direct_effect`` and ``sequence_logit_change`` (sequence, layer, head;
+    NaN where a text has no selected token); NaN for heads not measured. With ``revisions`` every
+    variable gains a leading ``checkpoint`` dim.
+
+    Examples
+    --------
+    >>> ds = nr.self_repair(model, nr.tasks.text_sequences(60, 64, tokenizer=model.tokenizer))
+    >>> (ds.logit_change + ds.direct_effect).to_pandas()      # = ds.self_repair
+    """
+    if ablation not in ABLATIONS:
+        raise UsageError(f"ablation must be one of {', '.join(ABLATIONS)} (got {ablation!r})")
+    if not (isinstance(threshold, (int, float)) and threshold >= 0):
+        raise UsageError(f"threshold must be a number >= 0 (logits; got {threshold!r})")
+    d = dims(run.model)
+    n_layers, n_heads = d["n_layers"], d["n_heads"]
+    chosen = parse_heads(heads, n_layers, n_heads) if heads is not None else \
+        [(li, h) for li in range(n_layers) for h in range(n_heads)]
+    ids = torch.tensor([list(s) for s in sequences])
+    n = len(ids)
+    if n < 2 and ablation == "resample":
+        raise UsageError("resample ablation takes each head's output from another text: give at least 2 sequences")
+    source = torch.roll(ids, 1, 0)  # text i reads text i - 1's outputs
+    de_sum = np.zeros((n, n_layers, n_heads))
+    change_sum = np.zeros((n, n_layers, n_heads))
+    count = np.zeros((n, n_layers, n_heads))
+    passes = run.variant_batches([ids.shape[1]] * n, len(chosen), fixed_rows=2 if ablation == "resample" else 1)
+    for job in run.steps(passes, "self-repair"):
+        items = torch.tensor(job.items)
+        at = [chosen[j] for j in job.variants]
+        direct, clean, ablated = run.call(graph.self_repair_logits, ids[items],
+                                          source[items] if ablation == "resample" else None, at)
+        for k, (li, h) in enumerate(at):
+            de = direct[:, li, h].numpy()  # (b, T - 1)
+            keep = np.abs(de) > threshold
+            de_sum[job.items, li, h] = np.where(keep, de, 0.0).sum(-1)
+            change_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean).numpy(), 0.0).sum(-1)
+            count[job.items, li, h] = keep.sum(-1)
+    measured = np.zeros((n_layers, n_heads), bool)
+    for li, h in chosen:
+        measured[li, h] = True
+    total = count.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        direct_mean = np.where(measured & (total > 0), de_sum.sum(0) / total, np.nan)
+        change_mean = np.where(measured & (total > 0), change_sum.sum(0) / total, np.nan)
+        seq_de = np.where(measured & (count > 0), de_sum / count, np.nan)
+        seq_change = np.where(measured & (count > 0), change_sum / count, np.nan)
+    unit = "logits (centred over the vocabulary)"
+    return xr.Dataset(
+        {"direct_effect": (("layer", "head"), direct_mean,
+                           {"long_name": "head's direct effect on the next token, mean over selected tokens",
+                            "units": unit}),
+         "logit_change": (("layer", "head"), change_mean,
+                          {"long_name": "change of the next token's logit when the head is ablated, mean over "
+                                        "selected tokens", "units": unit}),
+         "self_repair": (("layer", "head"), change_mean + direct_mean,
+                         {"long_name": "logit change + direct effect: the direct effect the logit does not lose",
+                          "units": unit}),
+         "n_tokens": (("layer", "head"), np.where(measured, total, 0).astype(np.int64),
+                      {"long_name": "tokens with |direct effect| > threshold"}),
+         "sequence_direct_effect": (("sequence", "layer", "head"), seq_de,
+                                    {"long_name": "direct effect, mean over the text's selected tokens",
+                                     "units": unit}),
+         "sequence_logit_change": (("sequence", "layer", "head"), seq_change,
+                                   {"long_name": "logit change on ablation, mean over the text's selected tokens",
+                                    "units": unit})},
+        coords={"layer": ("layer", np.arange(n_layers), {"long_name": "0-based layer"}),
+                "head": ("head", np.arange(n_heads), {"long_name": "head index in its layer"}),
+                "sequence": ("sequence", np.arange(n), {"long_name": "text index"})},
+        attrs={"method": "self_repair", "metric": "centred_logit", "ablation": ablation,
+               "threshold": float(threshold), "heads": ",".join(f"a{li}.{h}" for li, h in chosen)},
+    )
+
+
+def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
+    """The ``top`` heads by |direct effect| (the last checkpoint of a sweep): direct effect, logit
+    change and self-repair."""
+    from rich.table import Table
+
+    from ..results.io import last_checkpoint
+
+    last = last_checkpoint(ds)
+    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{last.attrs.get('revision')} · "
+            f"{ds.sizes['sequence']} texts · {ds.attrs.get('ablation')} ablation · tokens with |direct effect| > "
+            f"{ds.attrs.get('threshold')}")
+    table = Table(title="heads by |direct effect| on the next token (logits, centred over the vocabulary)")
+    for col in ("head", "direct effect", "logit change", "self-repair", "tokens"):
+        table.add_column(col, justify="right")
+    flat = abs(last["direct_effect"]).stack(lh=("layer", "head")).dropna("lh")
+    for idx in flat.argsort().values[::-1][:top]:
+        li, h = flat["lh"].values[idx]
+        r = last.sel(layer=li, head=h)
+        table.add_row(f"a{li}.{h}", f"{float(r.direct_effect):+.3f}", f"{float(r.logit_change):+.3f}",
+                      f"{float(r.self_repair):+.3f}", str(int(r.n_tokens)))
+    return [head, table, "self-repair = logit change + direct effect: 0 = the logit loses the head's whole direct "
+                         "effect; = direct effect: other components make up for all of it"]
