@@ -72,8 +72,9 @@ def neurons(
     if generate:
         from nnsight_reasoning.tasks.cot_generation import prompt_type
 
-        types = list(dict.fromkeys([*([discover_on] if discover_on else []),
-                                    *(variant or ["cot", "equation_only", "text_only"])]))
+        asked = list(variant or ["cot", "equation_only", "text_only"])
+        named = [v for v in asked if discover_on and prompt_type(v) == discover_on]  # --discover-on by a file's stem
+        types = list(dict.fromkeys([*(named or ([discover_on] if discover_on else [])), *asked]))
         h.run(nr.cot_generation,
               lambda tok: nr.tasks.cot_generation(n_prompts, types, style=style, prompts_dir=prompts_dir, data=data,
                                                   n_steps=n_steps, trigger=trigger, seed=seed),
@@ -151,7 +152,7 @@ def binding(
         raise nr.UsageError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     if cross_attributes and measure != "subspace":
         raise nr.UsageError("--cross-attributes applies to --measure subspace only")
-    if hops is not None and "onehop" not in (family, estimate_family):
+    if hops is not None and ("onehop" not in (family, estimate_family) or measure == "mcq"):
         raise nr.UsageError("--hops applies to --family onehop (its question's hop sentences)")
     if measure == "mcq":  # its own data: letters bound to options, SST-2 reviews
         source = data or nr.tasks.mcq.HUB_ID

@@ -7,7 +7,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, int_ranges, task_params
+from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, int_ranges, task_params, typed
 
 
 def _prompts(task: str, data: Optional[Path], n_prompts: Optional[int], seed: int, param: List[str],
@@ -54,8 +54,9 @@ def attention(
     layer: List[int] = typer.Option([], help="layer(s) to keep (repeatable); default all"),
     head: List[int] = typer.Option([], help="head(s) to keep (repeatable); default all"),
     patterns: str = typer.Option("last", help="attention rows stored: last (answer position) | all | none"),
-    pruned: Optional[Path] = typer.Option(None, help="a `reason-interp prune` result: its heads pruned at "
-                                                     "--pruned-order and --pruned-fraction are zeroed in every pass"),
+    pruned: Optional[Path] = typer.Option(None, help="a `reason-interp prune` result (of this model and revision): its "
+                                                     "heads pruned at --pruned-order and --pruned-fraction are zeroed "
+                                                     "in every pass"),
     pruned_order: str = typer.Option("entropy_position", help="with --pruned: the result's ordering (e.g. "
                                                               "entropy_position, random0)"),
     pruned_fraction: float = typer.Option(0.4, help="with --pruned: the result's pruned fraction (the repository's "
@@ -66,6 +67,10 @@ def attention(
     `plot --kind flow`)."""
     import nnsight_reasoning as nr
 
+    stray = typed("pruned_order", "pruned_fraction")
+    if stray and pruned is None:
+        raise nr.UsageError(f"{', '.join(stray)} choose{'s' if len(stray) == 1 else ''} heads of a --pruned result: "
+                            f"add --pruned PRUNE.nc")
     mask = None if pruned is None else _pruned_heads(pruned, pruned_order, pruned_fraction)
     h.run(nr.attention, lambda tokenizer: prompts, kind="attention", task=prompts.task, layers=layer or None,
           heads=head or None, patterns=patterns, **given(pruned=mask))

@@ -364,6 +364,8 @@ def binding_contexts(n_contexts: int = 200, n_pairs: int = 2, n_estimate: int = 
         params["family"] = family
     if split:
         params["split"] = True
+        if f.hop or g.hop:  # the estimate contexts' hop colours are the first half (since 2026-12-07)
+            params["split_colours"] = True
     if estimate_family is not None and estimate_family != family:
         params["estimate_family"] = estimate_family
     if estimate_pairs is not None and estimate_pairs != n_pairs:

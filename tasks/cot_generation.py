@@ -241,6 +241,9 @@ def cot_generation(n_prompts: int = 50, variants: Sequence[str] = ("cot", "equat
     if not given:
         raise TaskError(f"give at least one prompt type; choose from: {', '.join(PROMPT_TYPES)}, or FILE.txt")
     names = [prompt_type(v) for v in given]
+    if any(v.endswith(".txt") and PROMPT_TYPES.get(prompt_type(v), "") is None for v in given):
+        raise TaskError("an exemplar file named zero_shot.txt would be taken for the zero-shot prompt type (which has "
+                        "no exemplars): rename it")
     if len(set(names)) != len(names):
         raise TaskError(f"two prompt types share a name ({', '.join(given)}): exemplar files are named by their stem")
     if trigger is not None and "zero_shot" not in names:

@@ -95,10 +95,12 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int | Sequence[int] |
     ----------
     n_prompts : number of prompts.   length : numbers per list (2..12).
     k : which smallest to ask for (1 = smallest; up to 6 in the toolkit style). Several (a
-        sequence, or "1-8", "1,2,4"): the same lists labelled for each k in turn, each prompt's
-        ``group`` its k, so that ``nr.probe`` probes every k on its own prompts in one run, as
-        MechanisticProbe probes its pretrained model for k = 1 … 8 on one sample of lists
-        (``src/stask/probe.py:124-131``, ``min00`` … ``min07``).
+        sequence, or "1-8", "1,2,4"): the same draws labelled for each k in turn (the same lists,
+        unless ``corrupt`` drops numbers, which depends on k), each prompt's ``group`` its k, so
+        that ``nr.probe`` probes every k on its own prompts in one run, as MechanisticProbe
+        probes its pretrained model for k = 1 … 8 on one sample of lists
+        (``src/stask/probe.py:124-131``, ``min00`` … ``min07``). Only for labelled prompts:
+        scoring answers (evaluate, prune, finetune) takes one k.
     max_n : numbers are distinct, drawn from 0..max_n.
     corrupt : None, "shuffle" (reorder the list), "drop" (remove ``n_corrupt`` numbers that
         are not useful) or "perturb" (replace ``n_corrupt`` numbers by unused values; the
@@ -268,6 +270,9 @@ def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = N
                           style: str = "toolkit", joined: bool = False,
                           place: Sequence[int] | str | int | None = None) -> list[Example]:
     """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
+    if not isinstance(k, int):  # one text would carry several answers (the repository style does not state k)
+        raise TaskError("scoring answers takes one k; several k apply to labelled prompts (reason-interp attention, "
+                        "probe)")
     return [Example(p.text, p.answer, joined=p.joined)
             for p in kth_smallest(n, length, k, max_n, corrupt, n_corrupt, seed, style, joined, place)]
 

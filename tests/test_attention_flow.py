@@ -169,7 +169,7 @@ def test_flow_weights_average_the_unpruned_heads(embedded_model):
         else:
             assert np.isnan(w[li]).all()
     # the placed leaf (3rd number) and root (6th) carry steps 1 and 2 in every prompt
-    assert (ds["step"].values[:, 3 + 2] == 1).all() and (ds["step"].values[:, 3 + 5] == 2).all()
+    assert (ds["key_step"].values[:, 3 + 2] == 1).all() and (ds["key_step"].values[:, 3 + 5] == 2).all()
     fig = nr.plot_result(ds, kind="flow")
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "5 #3 (leaf)" in labels and "8 #6 (root)" in labels
@@ -177,6 +177,18 @@ def test_flow_weights_average_the_unpruned_heads(embedded_model):
     plain = nr.attention(embedded_model, prompts, patterns="all", progress=False)
     np.testing.assert_allclose(flow_weights(plain).values, plain["attention"].values.astype(np.float64).mean((0, 2)),
                                atol=tol)
+    # the answer's statement is the root even where it is not placed: a placed leaf stays a leaf
+    for k, place, want in ((2, [3], ["5 #3 (leaf)"]), (3, [2, 4], ["4 #2 (leaf)", "6 #4 (leaf)"])):
+        part = nr.attention(embedded_model, nr.tasks.kth_smallest(6, length=6, k=k, seed=1, place=place),
+                            patterns="all", progress=False)
+        marked = [t.get_text() for t in nr.plot_result(part, kind="flow").axes[0].get_yticklabels() if "(" in t.get_text()]
+        assert sorted(marked) == want
+    # over checkpoints: the per-key steps keep their own name beside the sweep's training step
+    sweep = nr.attention(embedded_model, prompts, patterns="all", pruned=mask, revisions=["step512", "main"],
+                         progress=False)
+    assert sweep["key_step"].dims == ("prompt", "key") and sweep["step"].dims == ("checkpoint",)
+    labels = [t.get_text() for t in nr.plot_result(sweep, kind="flow").axes[0].get_yticklabels()]
+    assert "5 #3 (leaf)" in labels and "8 #6 (root)" in labels
     with pytest.raises(UsageError, match="patterns='all'"):
         flow_weights(nr.attention(embedded_model, prompts, progress=False))
     mixed = nr.tasks.ReasoningPrompts("kth_smallest", {}, nr.tasks.kth_smallest(2, length=4).prompts
@@ -219,3 +231,5 @@ def test_attention_flow_from_the_cli(tmp_path):
     assert r.returncode == 2 and "not a head-pruning result" in r.stderr
     r = reason_interp(["patch", "--task", "kth_smallest", "--param", "joined=true", "--out", str(tmp_path / "p.nc")])
     assert r.returncode == 2 and "labelled prompts" in r.stderr
+    r = reason_interp(["attention", "--pruned-fraction", "0.2", "--out", str(tmp_path / "c.nc")])
+    assert r.returncode == 2 and "add --pruned" in r.stderr and not (tmp_path / "c.nc").exists()

@@ -930,6 +930,6 @@ def test_cli_states_the_repositorys_hops_per_measure(tmp_path, words_dir):
     assert hops_of("position") == 2 and hops_of("means") == 3 and hops_of("cyclic", "--n-pairs", "3") == 3
     assert hops_of("position", "--hops", "4") == 4
     bad = tmp_path / "bad.nc"
-    res = CliRunner().invoke(app, ["binding", "--measure", "means", "--family", "capitals", "--hops", "3",
-                                   "--out", str(bad)])
-    assert res.exit_code == 2 and "--hops applies to --family onehop" in res.output and not bad.exists()
+    for args in (["--measure", "means", "--family", "capitals"], ["--measure", "mcq", "--family", "onehop"]):
+        res = CliRunner().invoke(app, ["binding", *args, "--hops", "3", "--out", str(bad)])
+        assert res.exit_code == 2 and "--hops applies to --family onehop" in res.output and not bad.exists()

@@ -417,6 +417,9 @@ def test_any_exemplar_file_is_a_prompt_type_named_by_its_stem(tmp_path):
                                    seed=2).prompts["wei_cot"] == shipped.prompts["wei_cot"]
     with pytest.raises(TaskError, match="no exemplar file nope.txt"):
         nr.tasks.cot_generation(3, ["nope.txt"], prompts_dir=tmp_path)
+    (tmp_path / "zero_shot.txt").write_text(WEI)
+    with pytest.raises(TaskError, match="rename it"):
+        nr.tasks.cot_generation(3, [str(tmp_path / "zero_shot.txt")])
     with pytest.raises(TaskError, match="share a name"):
         nr.tasks.cot_generation(3, [str(own / "equation_only.txt"), "equation_only"], prompts_dir=own)
 
@@ -444,6 +447,11 @@ def test_cli_neurons_generate(tmp_path):
     assert list(ds["variant"].values) == ["mine", "equation_only"]
     for v in ("correct", "generated"):  # the same exemplars give the same generations
         np.testing.assert_array_equal(ds[v].sel(variant="mine").values, ds[v].sel(variant="equation_only").values)
+    r = CliRunner().invoke(app, ["neurons", "--generate", "--variant", "equation_only", "--variant", str(mine),
+                                 "--discover-on", "mine", "--n-prompts", "3", "--max-new-tokens", "6", "--unit", "L3N7",
+                                 "--out", str(tmp_path / "mine2.nc")])
+    assert r.exit_code == 0, r.output
+    assert list(nr.load_result(tmp_path / "mine2.nc")["variant"].values) == ["mine", "equation_only"]
 
 
 def test_sweep_tracks_the_units_of_the_last_revision(neox):

@@ -29,8 +29,8 @@ from ..nnsight_shim import torch_module
 from ..sites import EMBED_SITES, SITES, architecture, context_length, dims, resolve
 from ..tasks.base import joined_token_id, single_token_id, space_token_id, spaced_answer_id
 from . import packed, trace_ops
-from .trace_ops import (on_device, batch_kwargs, batch_rows, interpolate, join_columns, packed_inputs, packed_mask, score_answers,
-                        site_values, split_heads)
+from .trace_ops import (on_device, batch_kwargs, batch_rows, gate_heads, head_columns, interpolate, join_columns,
+                        packed_inputs, packed_mask, score_answers, site_values, split_heads)
 
 nnsight.register(trace_ops)  # trace bodies name its helpers; NDIF rebuilds them from their source
 
@@ -311,7 +311,7 @@ def head_masked_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Te
     d = dims(model)
     o_projs = [resolve(layer, arch.o_proj) for layer in resolve(model, arch.layers)]
     m, n = masks.shape[0], input_ids.shape[0]
-    gates = masks.float().repeat_interleave(n, 0).repeat_interleave(d["head_dim"], -1)  # (m·n, L, H·head_dim)
+    gates = head_columns(masks.repeat_interleave(n, 0), d["head_dim"])  # (m·n, L, H·head_dim)
     saved = _run(model, _trace_head_masked, (model, input_ids.repeat(m, 1), answer_ids.repeat(m, 1), o_projs, gates,
                                              rank), remote, "scores")
     return Scores(*(None if t is None else t.detach().cpu() for t in saved))
@@ -322,8 +322,7 @@ def _trace_head_masked(model, input_ids, answer_ids, o_projs, gates, rank, remot
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         li = 0
         for o_proj in o_projs:  # forward order
-            x = o_proj.input
-            o_proj.input = x * gates[:, li][:, None, :].to(x.device, x.dtype)
+            gate_heads(o_proj, gates[:, li][:, None, :])
             li += 1
         scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank))
     return scores
@@ -367,7 +366,7 @@ def attention_probs(model: Any, input_ids: torch.Tensor, layers: Sequence[int], 
     if head_mask is None:
         mods = [(resolve(blocks[li], arch.attn), None, None) for li in wanted]
     else:  # every layer up to the last read, in forward order: (attention or None, o_proj, gate)
-        gates = head_mask.float().repeat_interleave(dims(model)["head_dim"], -1)  # (L, H·head_dim)
+        gates = head_columns(head_mask, dims(model)["head_dim"])  # (L, H·head_dim)
         mods = [(resolve(blocks[li], arch.attn) if li in wanted else None, resolve(blocks[li], arch.o_proj), gates[li])
                 for li in range(max(wanted) + 1)]
     order = torch.argsort(torch.argsort(torch.tensor(list(layers))))  # forward order -> the order asked
@@ -384,8 +383,7 @@ def _trace_attention(model, input_ids, mods, last_only, rows, reduce, remote=Fal
         out = []
         for mod, o_proj, gate in mods:  # forward order: nnsight reads module outputs as the model computes them
             if o_proj is not None:  # the head mask: o_proj runs inside the attention module, before its output
-                x = o_proj.input
-                o_proj.input = x * gate.to(x.device, x.dtype)
+                gate_heads(o_proj, gate)
             if mod is None:
                 continue
             weights = mod.output[1]

@@ -28,8 +28,8 @@ from ..nnsight_shim import reads_weights
 from ..sites import architecture, dims, final_norm_spec, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
-                        head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale, own_heads,
-                        packed_inputs, packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
+                        head_columns, head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale,
+                        own_heads, packed_inputs, packed_mask, splice_qkv, split_heads, unembed_rows, value_heads)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -775,7 +775,7 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
     mods, _, _, conv1d = _modules(model, "logit_effects")
     d = dims(model)
     if gates is not None:  # (n, L, H·head_dim): one factor per input column of each o_proj
-        gates = gates.float().repeat_interleave(d["head_dim"], -1)
+        gates = head_columns(gates, d["head_dim"])
     saved = _run(model, _trace_head_effects, (model, input_ids, token_ids, mods, final, unembed, conv1d, d["n_heads"],
                                               d["head_dim"], center, eps, _gain_offset(model), gates, last_only,
                                               logits), remote, "saved")

@@ -98,6 +98,20 @@ def mix_group(x, p, steps, group, alphas):
     return torch.cat([x[:start], mixed, x[start + steps * p:]])
 
 
+def head_columns(mask, head_dim):
+    """A per-head factor (..., n_heads) as one factor per input column of the output projection,
+    (..., n_heads·head_dim): how a head is pruned (0) or kept (1)."""
+    return mask.float().repeat_interleave(head_dim, -1)
+
+
+def gate_heads(o_proj, gate):
+    """Multiply the output projection's input by ``gate`` (broadcast over rows and positions; see
+    :func:`head_columns`): a pruned head's output is zero, the projection's bias stays, as
+    transformers' ``head_mask`` did. The one place ``prune`` and ``attention(pruned=...)`` prune."""
+    x = o_proj.input
+    o_proj.input = x * gate.to(x.device, x.dtype)
+
+
 def split_heads(z, n_heads, head_dim):
     """The output projection's input (..., n_heads·head_dim) as a view (..., n_heads, head_dim)."""
     return z.view(tuple(z.shape[:-1]) + (n_heads, head_dim))

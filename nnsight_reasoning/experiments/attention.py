@@ -80,7 +80,7 @@ def attention(
         tokens of each ``group``: "other" (tokens outside statements), "useless", "step1", … (or
         "statement" for unlabelled prompts); sums to 1 over ``group``;
     - ``n_tokens`` (prompt, group); coordinates ``token``, ``statement`` (index, -1 = none) and
-        ``step`` (the statement's reasoning step, 0 = not useful, -1 = none) along (prompt, key),
+        ``key_step`` (the statement's reasoning step, 0 = not useful, -1 = none) along (prompt, key),
         ``text`` and ``answer`` along prompt; ``pruned`` (layer, head) with ``pruned``.
     """
     return measure(run, prompts, layers=layers, heads=heads, patterns=patterns, pruned=pruned)
@@ -145,11 +145,11 @@ def measure(
     query = list(range(t_max)) if patterns == "all" else [t_max - 1 if same_len else -1]
     tokens = np.full((n, t_max), "", dtype=object)
     statement = np.full((n, t_max), -1, np.int64)
-    step = np.full((n, t_max), -1, np.int64)
+    key_step = np.full((n, t_max), -1, np.int64)
     for i, t in enumerate(toks):
         tokens[i, : lengths[i]] = model.tokenizer.convert_ids_to_tokens(t.ids)
         statement[i, : lengths[i]] = t.statement
-        step[i, : lengths[i]] = np.array(_group_of_tokens(plist[i], t.statement, labelled)) - 1
+        key_step[i, : lengths[i]] = np.array(_group_of_tokens(plist[i], t.statement, labelled)) - 1
     data = {
         "prompt_entropy": (("prompt", "layer", "head"), entropy,
                            {"long_name": "entropy of each prompt's answer-position attention over its tokens",
@@ -189,9 +189,9 @@ def measure(
                 "token": (("prompt", "key"), tokens),
                 "statement": (("prompt", "key"), statement,
                               {"long_name": "statement the key token belongs to (−1: none)"}),
-                "step": (("prompt", "key"), step,
-                         {"long_name": "reasoning step of the key token's statement (0: not useful, or unlabelled; "
-                                       "−1: no statement)"}),
+                "key_step": (("prompt", "key"), key_step,  # "step" is a sweep's training step
+                             {"long_name": "reasoning step of the key token's statement (0: not useful, or "
+                                           "unlabelled; −1: no statement)"}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns,

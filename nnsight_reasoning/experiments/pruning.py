@@ -90,6 +90,12 @@ def prune(
         raise UsageError("no prompts given")
     if not isinstance(plist[0], ReasoningPrompt):
         raise UsageError("head pruning needs prompts with statements, e.g. nr.tasks.kth_smallest(...)")
+    answers_of: dict[str, set[str]] = {}
+    for p in plist:
+        answers_of.setdefault(p.text, set()).add(p.answer)
+    if any(len(a) > 1 for a in answers_of.values()):  # kth_smallest(k=[...]) in the repository style
+        raise UsageError("head pruning scores each prompt's answer, and these prompts repeat a text with different "
+                         "answers (several k): give one k")
     model = run.model
     ids, answer_ids, _ = backend.scored_prompts(model, [p.text for p in plist], [p.answer for p in plist],
                                                 joined=joined_answers(plist))

@@ -92,20 +92,21 @@ def flow_weights(ds: xr.Dataset) -> xr.DataArray:
 
 
 def _flow(ds: xr.Dataset):
-    """MechanisticProbe's attention flow (``src/utils.py:287-323``): token positions (rows, first
+    """MechanisticProbe's attention flow (``src/utils.py:287-328``): token positions (rows, first
     at the top) at each layer's input (columns), an edge from key k at layer l to query q at
     l + 1 drawn with opacity = ``flow_weights``; the last layer only into the answer position.
     Keys whose statement has the same reasoning step in every prompt (numbers placed with
     ``kth_smallest(place=...)``) are coloured: the answer's statement (the last step) red, the
-    earlier steps' blue (the repository's root and leaf)."""
+    earlier steps' blue (the repository's root and leaf). The coordinate ``key_step`` holds the
+    steps."""
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
     w = flow_weights(ds).values  # (L, T, T)
     n_layers, t = w.shape[0], w.shape[-1]
-    steps = ds["step"].values if "step" in ds.coords else np.full((1, t), -1)
+    steps = ds["key_step"].values if "key_step" in ds.coords else np.full((1, t), -1)
     fixed = np.where((steps == steps[:1]).all(0) & (steps[0] > 0), steps[0], 0)  # (T,) a step shared by all
-    last_step = fixed.max()
+    last_step = steps.max()  # the answer's statement: the deepest step of every prompt, placed or not
     colour = {0: (0.5, 0.5, 0.5), 1: (0.12, 0.35, 0.85), 2: (0.85, 0.15, 0.15)}
     segments, rgba = [], []
     for li in range(n_layers):
