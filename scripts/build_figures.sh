@@ -48,6 +48,12 @@ run plot "$R/attention.nc" --kind entropy --out docs/head_entropy.png
 run plot "$R/attention.nc" --kind rank --out docs/attention_by_rank.png
 run prune --n-prompts 512 --out "$R/prune.nc"
 run plot "$R/prune.nc" --out docs/head_pruning.png
+# MechanisticProbe's attention-flow case study (docs/mechanistic_probe.md): the figure is the unpruned flow
+run prune --task kth_smallest --length 10 --n-prompts 512 --out "$R/prune10.nc"
+run attention --task kth_smallest --length 10 --n-prompts 256 --param place=5,8 --patterns all \
+    --pruned "$R/prune10.nc" --pruned-fraction 0.4 --out "$R/flow_pruned.nc"
+run attention --task kth_smallest --length 10 --n-prompts 256 --param place=5,8 --patterns all --out "$R/flow.nc"
+run plot "$R/flow.nc" --kind flow --out docs/attention_flow.png
 run probe --n-prompts 512 --out "$R/probe.nc"
 run plot "$R/probe.nc" --out docs/probe_layers.png
 run probe --n-prompts 512 --revisions all --out "$R/probe_sweep.nc"
@@ -87,6 +93,8 @@ fi
 run backup-heads --revisions all --out "$R/backup_heads_copy.nc"
 run copy-suppression --out "$R/cspa.nc"
 run plot "$R/cspa.nc" --out docs/cspa.png
+run self-repair --out "$R/self_repair.nc"
+run plot "$R/self_repair.nc" --out docs/self_repair.png
 run robustness --out "$R/robustness.nc"
 run plot "$R/robustness.nc" --out docs/robustness.png
 run neurons --generate --n-prompts 50 --max-new-tokens 48 --out "$R/cot_generation.nc"
@@ -191,6 +199,8 @@ done
 # CSPA over all checkpoints (defaults: 17 × 61 tokens of task-prompt documents, every head).
 # docs/tigges.md, docs/experiments/copy-suppression.md [X-cspasweep]
 run copy-suppression --revisions all --out "$R/cspa_sweep.nc"
+# docs/experiments/self-repair.md (the share of the later heads' direct effect made up, per checkpoint)
+run self-repair --n-sequences 60 --seq-len 64 --revisions all --out "$R/self_repair_sweep.nc"
 
 # Mean logit difference over training, 200 prompts, seed 0 (the defaults; the circuits notebook's
 # cell 8). docs/tigges.md, docs/experiments/evaluate.md [X-evaltasks]

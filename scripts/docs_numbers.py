@@ -271,6 +271,18 @@ def sweeps(R: Path) -> None:
         out("cspa.sweep.best_head.max_over_checkpoints", float(best.max()))
         out(f"cspa.sweep.best_head.{checkpoints(ds)[-1]}", float(best.isel(checkpoint=-1)))
         out("cspa.sweep.kl_ablated.max", float(ds["kl_ablated"].max()))
+    # self-repair over training: docs/experiments/self-repair.md (the share of the direct effect of the
+    # heads of layers 2 and later with |direct effect| > 0.1 that the logit does not lose)
+    ds = load(R, "self_repair_sweep")
+    if ds is not None:
+        late = ds.where(ds["layer"] >= 2)
+        strong = abs(late["direct_effect"]) > 0.1
+        for c in checkpoints(ds):
+            s = strong.sel(checkpoint=c)
+            share = float(late["self_repair"].sel(checkpoint=c).where(s).sum() /
+                          late["direct_effect"].sel(checkpoint=c).where(s).sum()) if bool(s.any()) else float("nan")
+            out(f"self_repair.sweep.late_share.{c}", share)
+            out(f"self_repair.sweep.max_direct.{c}", float(abs(ds["direct_effect"].sel(checkpoint=c)).max()))
     # mean logit difference over training: docs/tigges.md, docs/experiments/evaluate.md
     # (X-evaltasks; 200 prompts, seed 0, as the circuits notebook's cell 8)
     for task in ("ioi", "greater_than", "sentiment"):
