@@ -8,6 +8,8 @@ one autograd pass per downstream node with a leaf tensor in front of that node's
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 NORMS = {  # model_type -> (layers, ln_attn, attn, o_proj, ln_mlp, mlp, final norm, embedding)
@@ -23,6 +25,27 @@ def _get(root, dotted):
     for part in dotted.split("."):
         root = root[int(part)] if part.isdigit() else getattr(root, part)
     return root
+
+
+@contextmanager
+def heads_kept(hf, keep):
+    """Within the block, head h of layer l outputs zero where ``keep[l, h] == 0``: a pre-hook on each
+    layer's output projection zeroes the head's slice of its input (as transformers' old
+    ``head_mask``; the projection's bias stays)."""
+    layers, o_proj = NORMS[hf.config.model_type][0], NORMS[hf.config.model_type][3]
+    n_heads = hf.config.num_attention_heads
+    hooks = []
+    for li, block in enumerate(_get(hf, layers)):
+        def pre(module, args, li=li):
+            x = args[0]
+            gate = torch.tensor(keep[li], dtype=x.dtype).repeat_interleave(x.shape[-1] // n_heads)
+            return (x * gate,) + tuple(args[1:])
+        hooks.append(_get(block, o_proj).register_forward_pre_hook(pre))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _parts(hf):

@@ -20,7 +20,7 @@ from nnsight_reasoning.tasks import TaskError
 from nnsight_reasoning.tasks.kth_smallest import placed
 
 from .clirun import in_process as reason_interp
-from .reference_edges import NORMS, _get
+from .reference_edges import heads_kept
 
 
 def _hf(path):
@@ -29,23 +29,9 @@ def _hf(path):
 
 def _masked_attentions(hf, ids, mask):
     """(L, H, T, T) attention probabilities of one prompt with head h of layer l zeroed where
-    mask[l, h] == 1: a pre-hook on each layer's output projection zeroes the head's slice of its
-    input, as transformers' old ``head_mask`` did; ``output_attentions`` reads the patterns."""
-    layers, _, _, o_proj = NORMS[hf.config.model_type][:4]
-    n_heads = hf.config.num_attention_heads
-    hooks = []
-    for li, block in enumerate(_get(hf, layers)):
-        def pre(module, args, li=li):
-            x = args[0]
-            gate = torch.tensor(1 - mask[li], dtype=x.dtype).repeat_interleave(x.shape[-1] // n_heads)
-            return (x * gate,) + tuple(args[1:])
-        hooks.append(_get(block, o_proj).register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            return torch.stack(hf(torch.tensor([ids]), output_attentions=True).attentions)[:, 0].double().numpy()
-    finally:
-        for h in hooks:
-            h.remove()
+    mask[l, h] == 1 (plain hooks); ``output_attentions`` reads the patterns."""
+    with heads_kept(hf, 1 - mask), torch.no_grad():
+        return torch.stack(hf(torch.tensor([ids]), output_attentions=True).attentions)[:, 0].double().numpy()
 
 
 def _repository_place(numbers: list[int], pos_00: int = 8, pos_01: int = 12) -> list[str]:

@@ -16,7 +16,7 @@ from nnsight_reasoning import backend, embedded
 from nnsight_reasoning.errors import UsageError
 from nnsight_reasoning.results.parts import parts_dir
 
-from .reference_edges import NORMS, _get
+from .reference_edges import heads_kept
 from .test_probe import reason_interp
 
 DATA = Path(__file__).parent / "data"
@@ -27,24 +27,9 @@ def _hf(path):
 
 
 def _masked_logits(hf, ids, mask):
-    """Last-position logits with head h of layer l zeroed where mask[l, h] == 0: a pre-hook on
-    each layer's output projection zeroes the head's slice of its input."""
-    layers, _, _, o_proj = NORMS[hf.config.model_type][:4]
-    n_heads = hf.config.num_attention_heads
-    hooks = []
-    for li, block in enumerate(_get(hf, layers)):
-        def pre(module, args, li=li):
-            x = args[0]
-            hd = x.shape[-1] // n_heads
-            gate = torch.tensor(mask[li], dtype=x.dtype).repeat_interleave(hd)
-            return (x * gate,) + tuple(args[1:])
-        hooks.append(_get(block, o_proj).register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            return hf(ids).logits[:, -1].double()
-    finally:
-        for h in hooks:
-            h.remove()
+    """Last-position logits with head h of layer l zeroed where mask[l, h] == 0 (plain hooks)."""
+    with heads_kept(hf, mask), torch.no_grad():
+        return hf(ids).logits[:, -1].double()
 
 
 @pytest.mark.parametrize("model_type", ["embedded", "gpt2", "llama"])
