@@ -834,6 +834,12 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
                        plan, b, zero, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(ids, remote=remote, backend=backend, use_cache=False):
+        # each layer's head outputs are read on the next tokens' unembedding rows at once, (b, H, T - 1):
+        # keeping them whole, (b, L, T, H, d) in float64, would not fit for a model of Pythia's size.
+        # Centring is linear, so centring the rows instead of the outputs gives the same products.
+        rows = unembed_rows(unembed.weight, final.weight, gain_offset, targets)  # (b, T - 1, d)
+        if center:
+            rows = centred(rows)
         outs = []
         li = 0
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:  # forward order
@@ -843,20 +849,14 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
                 keep = step[1].to(z.device)[:, None, :]
                 z = torch.where(keep, torch.zeros_like(z) if zero else z[step[0].to(z.device)], z)
                 o_proj.input = z
-            outs.append(head_outputs(split_heads(z[:b, :-1], n_heads, head_dim), o_proj.weight, n_heads, head_dim,
-                                     conv1d))
+            o = head_outputs(split_heads(z[:b, :-1], n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d)
+            outs.append(torch.einsum("nthd,ntd->nht", o.double(), rows.to(o.device)))
             li += 1
-        f = final.input[:b, :-1]
-        scale = norm_scale(f, center, eps)  # (b, T - 1)
-        rows = unembed_rows(unembed.weight, final.weight, gain_offset, targets)  # (b, T - 1, d)
-        o = torch.stack(on_device(outs, outs[0]), 1).double()  # (b, L, T - 1, H, d)
-        if center:
-            o = centred(o)
-        o = o / scale[:, None, :, None, None].to(o.device)
-        direct = torch.einsum("nlthd,ntd->nlht", o, rows.to(o.device))
-        lg = model.output.logits[:, :-1].double()  # (rows, T - 1, V)
+        scale = norm_scale(final.input[:b, :-1], center, eps)  # (b, T - 1)
+        direct = torch.stack(on_device(outs, outs[0]), 1) / scale[:, None, None, :].to(outs[0].device)
+        lg = model.output.logits[:, :-1]  # (rows, T - 1, V) in the model's dtype: no float64 copy of every logit
         every = targets.repeat(lg.shape[0] // b, 1).to(lg.device)
-        picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0] - lg.mean(-1)
+        picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0].double() - lg.float().mean(-1).double()
         saved = nnsight.save((direct, picked))
     return saved
 
