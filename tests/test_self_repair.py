@@ -144,6 +144,14 @@ def test_self_repair_from_the_cli(tmp_path):
     assert "self-repair = logit change + direct effect" in r.stdout
     r = in_process(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "sr.png").exists(), r.stderr
+    both = tmp_path / "models.nc"  # two models in one result: one marker set each
+    r = in_process(["self-repair", "--model", str(embedded.revision_path("main")), "--model",
+                    str(embedded.revision_path("step1000")), "--n-sequences", "4", "--seq-len", "12", "--heads", "a0.1",
+                    "--out", str(both)])
+    assert r.returncode == 0, r.stderr
+    assert nr.load_result(both).sizes["model"] == 2
+    r = in_process(["plot", str(both)])
+    assert r.returncode == 0 and (tmp_path / "models.png").exists(), r.stderr
     for extra, match in ((["--ablation", "mean"], "ablation must be"), (["--data", "nope.jsonl"], "no such file"),
                          (["--seq-len", "2"], "--seq-len must be >= 4")):
         bad = tmp_path / "bad.nc"

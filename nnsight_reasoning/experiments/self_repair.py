@@ -20,15 +20,17 @@ On running text, for every head alone and every position t (the token t + 1 is t
   of the model makes up for all of it).
 
 Departures: the resample source of text i is text i − 1 of all the texts (a roll over the whole
-set), where the repository rolls within each batch of 30, so the numbers do not depend on the
-batch size; the means pool every selected token, where the repository averages per batch and then
-over batches (equal at threshold 0 with equal batches). Its ``prepare_dataset`` (Pile, 128-token
-prompts, ~100,000 tokens) is :func:`nnsight_reasoning.tasks.text_sequences` with a source given;
-offline, the toolkit's task prompts. Its mean ablation (one head's mean output over the batch and
-positions) is not offered.
+set), where the repository takes the next batch of 30 rolled by one, so the numbers do not depend
+on the batch size; the means pool every selected token, where the repository averages per batch
+and then over batches (equal at threshold 0 with equal batches). Its ``prepare_dataset`` cuts the
+Pile, joined into one token stream, into 128-token rows (103,680 tokens); here
+:func:`nnsight_reasoning.tasks.text_sequences` takes the first tokens of each long enough text (so
+rows start at a document's start), and offline the toolkit's task prompts. Its mean ablation (one
+head's mean output over the batch and positions) is not offered.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -83,7 +85,7 @@ def self_repair(
     """
     if ablation not in ABLATIONS:
         raise UsageError(f"ablation must be one of {', '.join(ABLATIONS)} (got {ablation!r})")
-    if not (isinstance(threshold, (int, float)) and threshold >= 0):
+    if isinstance(threshold, bool) or not (isinstance(threshold, numbers.Real) and threshold >= 0):
         raise UsageError(f"threshold must be a number >= 0 (logits; got {threshold!r})")
     d = dims(run.model)
     n_layers, n_heads = d["n_layers"], d["n_heads"]

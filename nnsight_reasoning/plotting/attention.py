@@ -462,13 +462,19 @@ def self_repair_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0)
     import matplotlib.pyplot as plt
 
     last = last_checkpoint(ds)
-    x = last["direct_effect"].values.ravel()
-    y = last["logit_change"].values.ravel()
-    layer = np.repeat(last["layer"].values, last.sizes["head"])
+    models = [str(m) for m in last["model"].values] if "model" in last.dims else [None]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ok = np.isfinite(x) & np.isfinite(y)
-    sc = ax.scatter(x[ok], y[ok], c=layer[ok], cmap="viridis", s=28, edgecolors="0.3", linewidths=0.5)
-    span = float(np.nanmax(np.abs(np.concatenate([x[ok], y[ok]])))) if ok.any() else 1.0
+    span = 1e-9
+    for marker, name in zip("os^Dv<>p", models):  # several models: one marker each
+        one = last if name is None else last.sel(model=name)
+        x = one["direct_effect"].transpose("layer", "head").values.ravel()
+        y = one["logit_change"].transpose("layer", "head").values.ravel()
+        layer = np.repeat(one["layer"].values, one.sizes["head"])
+        ok = np.isfinite(x) & np.isfinite(y)
+        sc = ax.scatter(x[ok], y[ok], c=layer[ok], cmap="viridis", s=28, edgecolors="0.3", linewidths=0.5,
+                        marker=marker, label=name, vmin=0, vmax=max(1, last.sizes["layer"] - 1))
+        if ok.any():
+            span = max(span, float(np.abs(np.concatenate([x[ok], y[ok]])).max()))
     ax.plot([-span, span], [span, -span], ls="--", c="0.5", lw=1, label="no self-repair (change = −direct effect)")
     ax.axhline(0, c="0.8", lw=0.8)
     ax.axvline(0, c="0.8", lw=0.8)
