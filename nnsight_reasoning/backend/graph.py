@@ -884,6 +884,12 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
                         gain_offset, gates, last_only, logits=False, mlps=False, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        # each layer's outputs are read on the tokens' rows at once, (n, H, T, K): stacking them whole,
+        # (n, L, T, H, d) in float64, would not fit for a large model at every position. Centring is
+        # linear, so centring the rows instead of the outputs gives the same products.
+        rows = unembed_rows(unembed.weight, final.weight, gain_offset, token_ids)  # (n, K, d): γ folded in
+        if center:
+            rows = centred(rows)
         outs = []
         mlp_outs = []
         li = 0
@@ -894,27 +900,21 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
                 o_proj.input = z
             if last_only:
                 z = z[:, -1:]
-            outs.append(head_outputs(split_heads(z, n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d))
-            if mlps:
+            o = head_outputs(split_heads(z, n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d)
+            outs.append(torch.einsum("nthd,nkd->nhtk", o.double(), rows.to(o.device)))
+            if mlps:  # each MLP's output, bias included, read the same way
                 m = mlp.output
-                mlp_outs.append(m[:, -1:] if last_only else m)
+                m = m[:, -1:] if last_only else m
+                mlp_outs.append(torch.einsum("ntd,nkd->ntk", m.double(), rows.to(m.device)))
             li += 1
         f = final.input
         if last_only:
             f = f[:, -1:]
         scale = norm_scale(f, center, eps)  # (n, T)
-        rows = unembed_rows(unembed.weight, final.weight, gain_offset, token_ids)  # (n, K, d): γ folded in
-        o = torch.stack(on_device(outs, outs[0]), 1).double()  # (n, L, T, H, d)
-        if center:
-            o = centred(o)
-        o = o / scale[:, None, :, None, None].to(o.device)
-        effects = torch.einsum("nlthd,nkd->nlhtk", o, rows.to(o.device))
-        if mlps:  # (n, L, T, d): each MLP's output, bias included, read the same way
-            m = torch.stack(on_device(mlp_outs, outs[0]), 1).double()
-            if center:
-                m = centred(m)
-            m = m / scale[:, None, :, None].to(m.device)
-            saved = nnsight.save((effects, torch.einsum("nltd,nkd->nltk", m, rows.to(m.device))))
+        effects = torch.stack(on_device(outs, outs[0]), 1) / scale[:, None, None, :, None].to(outs[0].device)
+        if mlps:  # (n, L, T, K)
+            m = torch.stack(on_device(mlp_outs, outs[0]), 1) / scale[:, None, :, None].to(outs[0].device)
+            saved = nnsight.save((effects, m))
         elif logits:
             last = model.output.logits[:, -1]
             saved = nnsight.save((effects, torch.gather(last, 1, token_ids.to(last.device))))
