@@ -20,6 +20,7 @@ are not useful (step 0).
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from dataclasses import replace
 from typing import Any, Sequence
@@ -118,7 +119,9 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int | Sequence[int] |
         positions 8 and 12). As there, only lists of distinct numbers are placed: in the
         repository style, lists with a repeat are drawn again until ``n_prompts`` are distinct.
     """
-    if not isinstance(k, int):  # several k: the same draws (they do not depend on k), one group each
+    if _one_k(k):
+        k = int(k)  # numpy integers too
+    else:  # several k: the same draws (they do not depend on k), one group each
         parts = [kth_smallest(n_prompts, length, kk, max_n, corrupt, n_corrupt, seed, style, joined, place)
                  for kk in _ks(k)]
         return ReasoningPrompts("kth_smallest", {**parts[0].params, "k": _ks(k), "group": K_GROUP},
@@ -183,6 +186,11 @@ def kth_smallest(n_prompts: int = 200, length: int = 5, k: int | Sequence[int] |
 K_GROUP = "which smallest is asked for, k (MechanisticProbe's probe of a pretrained model, src/stask/probe.py:124-131)"
 
 
+def _one_k(k: Any) -> bool:
+    """``k`` is one integer (numpy's too), not several."""
+    return isinstance(k, numbers.Integral) and not isinstance(k, bool)
+
+
 def _ks(k: Sequence[int] | str) -> list[int]:
     """Several k as a list: a sequence of ints or a string "1-8" / "1,2,4" (the CLI's
     ``--param k=1-8``)."""
@@ -214,11 +222,13 @@ def placed(numbers: list[int], places: Sequence[int]) -> list[int]:
 
 def _places(place: Sequence[int] | str | int | None, length: int, style: str, max_n: int) -> tuple[int, ...]:
     """``place`` as a tuple of 1-based positions ("8,12", 8 or [8, 12]), checked."""
-    if place is None or place == "" or (not isinstance(place, (str, int)) and len(place) == 0):
+    if place is None or place == "":
         return ()
     try:
-        out = (int(place),) if isinstance(place, int) else tuple(
+        out = (int(place),) if isinstance(place, numbers.Integral) else tuple(
             int(x) for x in (place.split(",") if isinstance(place, str) else place))
+        if not out:
+            return ()
     except (TypeError, ValueError):
         raise TaskError(f"place takes 1-based list positions, e.g. place=8,12 (got {place!r})") from None
     if len(set(out)) != len(out) or any(not 1 <= p <= length for p in out):
@@ -236,7 +246,7 @@ def kth_smallest_pairs(n_prompts: int = 64, length: int = 5, k: int = 2, max_n: 
                        place: Sequence[int] | str | int | None = None) -> PromptPairs:
     """Patching pairs: the source list is the base list with its answer replaced by another
     value of the same rank, so only that one number (and the answer) differs."""
-    if not isinstance(k, int):
+    if not _one_k(k):
         raise TaskError("patching pairs take one k; several k apply to labelled prompts (reason-interp probe)")
     _check(length, k, max_n)
     if style != "toolkit" or joined:
@@ -270,7 +280,7 @@ def kth_smallest_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = N
                           style: str = "toolkit", joined: bool = False,
                           place: Sequence[int] | str | int | None = None) -> list[Example]:
     """The prompts of :func:`kth_smallest` with their answers (for accuracy, e.g. under corruption)."""
-    if not isinstance(k, int):  # one text would carry several answers (the repository style does not state k)
+    if not _one_k(k):  # one text would carry several answers (the repository style does not state k)
         raise TaskError("scoring answers takes one k; several k apply to labelled prompts (reason-interp attention, "
                         "probe)")
     return [Example(p.text, p.answer, joined=p.joined)
