@@ -277,6 +277,12 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     far = nr.attention(embedded_model, placed, patterns="all", pruned=mask, progress=False, remote=ndif.host)
     assert_same_values(far, local)
     assert far.attrs["remote_jobs"] == 1 and int(far["pruned"].sum()) == 8
+    # self-repair: the weights are read inside the trace, on the server
+    texts = nr.tasks.text_sequences(4, 10, seed=1, tokenizer=embedded_model.tokenizer)
+    local = nr.self_repair(embedded_model, texts, heads="a0.1,a2.3", progress=False)
+    far = nr.self_repair(embedded_model, texts, heads="a0.1,a2.3", progress=False, remote=ndif.host)
+    assert_same_values(far, local)
+    assert far.attrs["remote_jobs"] == far.attrs["n_forward_passes"] == 1
 
 
 def test_path_patching_and_robustness_run_remotely_like_locally(ndif, embedded_model, monkeypatch):
