@@ -3,11 +3,11 @@ scores and edge-attribution circuits (or exact edge patching), over checkpoints 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from .common import Harness, Param, Seed, Task, experiment_command, pair_data, task_params, typed
+from .common import Harness, OptionGroup, Param, Seed, Task, experiment_command, pair_data, task_params, typed
 
 DEFAULT_SIZES = "10,20,50,100,200"
 
@@ -242,16 +242,40 @@ def backup_heads(
           top_k=top_k, circuit=edges)
 
 
-@experiment_command()
+def text_options(n_sequences: int, seq_len: int, n_help: str, len_help: str, hub: str) -> OptionGroup:
+    """The running-text options of copy-suppression and self-repair (their defaults and the data
+    each repository read differ): the command receives ``texts``, tokenizer -> ``TextSequences``,
+    after a missing file and sizes out of range are refused, before any model loads."""
+
+    def build(data: Optional[str], column: str, n_sequences: int, seq_len: int, seed: int) -> Callable[[Any], Any]:
+        import nnsight_reasoning as nr
+        from nnsight_reasoning.errors import UsageError
+
+        if data is not None and Path(data).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") and \
+                not Path(data).is_file():
+            raise UsageError(f"--data {data}: no such file")
+        for name, v, lo in (("--n-sequences", n_sequences, 1), ("--seq-len", seq_len, 4)):
+            if v < lo:
+                raise UsageError(f"{name} must be >= {lo} (got {v})")
+        return lambda tok: nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data,
+                                                   column=column)
+
+    return OptionGroup("texts", dict(
+        data=(Annotated[Optional[str], typer.Option(help=f"texts: a .jsonl/.json/.csv/.tsv file or a Hugging Face "
+                                                         f"dataset id ({hub}; needs the Hub); default: the toolkit's "
+                                                         f"task prompts as documents")], None),
+        column=(Annotated[str, typer.Option(help="the column holding the texts")], "text"),
+        n_sequences=(Annotated[int, typer.Option(help=n_help)], n_sequences),
+        seq_len=(Annotated[int, typer.Option(help=len_help)], seq_len),
+        seed=(Seed, 0)), build)
+
+
+@experiment_command(text_options(100, 61, "sequences read (the means are over --n-mean of them)",
+                                 "tokens per sequence, bos included (the repository scores 61)",
+                                 "stas/openwebtext-10k, the repository's"))
 def copy_suppression(
     h: Harness,
-    data: Optional[str] = typer.Option(None, help="texts: a .jsonl/.json/.csv/.tsv file or a Hugging Face dataset "
-                                                  "id (stas/openwebtext-10k, the repository's; needs the Hub); "
-                                                  "default: the toolkit's task prompts as documents"),
-    column: str = typer.Option("text", help="the column holding the texts"),
-    n_sequences: int = typer.Option(100, help="sequences read (the means are over --n-mean of them)"),
-    seq_len: int = typer.Option(61, help="tokens per sequence, bos included (the repository scores 61)"),
-    seed: Seed = 0,
+    texts: Any,
     heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H; default every head from "
                                                    "--start-layer on"),
     start_layer: int = typer.Option(0, help="first layer scored when --heads is not given"),
@@ -265,25 +289,15 @@ def copy_suppression(
     tokens, 1 − KL(CSPA) / KL(mean ablation); local models only."""
     import nnsight_reasoning as nr
 
-    _text_options(data, n_sequences, seq_len)
-
-    def sequences(tok):
-        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
-
-    h.run(nr.copy_suppression, sequences, kind="copy_suppression", task="text", heads=heads,
+    h.run(nr.copy_suppression, texts, kind="copy_suppression", task="text", heads=heads,
           start_layer=start_layer, n_mean=n_mean, n_eval=n_eval, k_unembeddings=k_unembeddings)
 
 
-@experiment_command()
+@experiment_command(text_options(120, 128, "texts read", "tokens per text, bos included (the repository: 128)",
+                                 "e.g. NeelNanda/pile-10k; the repository reads the Pile"))
 def self_repair(
     h: Harness,
-    data: Optional[str] = typer.Option(None, help="texts: a .jsonl/.json/.csv/.tsv file or a Hugging Face dataset "
-                                                  "id (e.g. NeelNanda/pile-10k; the repository reads the Pile; needs "
-                                                  "the Hub); default: the toolkit's task prompts as documents"),
-    column: str = typer.Option("text", help="the column holding the texts"),
-    n_sequences: int = typer.Option(120, help="texts read"),
-    seq_len: int = typer.Option(128, help="tokens per text, bos included (the repository: 128)"),
-    seed: Seed = 0,
+    texts: Any,
     heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H; default every head"),
     ablation: str = typer.Option("resample", help="resample (the head's output on another text; the repository's "
                                                   "figures) | zero"),
@@ -293,22 +307,5 @@ def self_repair(
     token against the change of that token's logit when the head alone is ablated, on running text."""
     import nnsight_reasoning as nr
 
-    _text_options(data, n_sequences, seq_len)
-
-    def sequences(tok):
-        return nr.tasks.text_sequences(n_sequences, seq_len, seed, tokenizer=tok, source=data, column=column)
-
-    h.run(nr.self_repair, sequences, kind="self_repair", task="text", heads=heads, ablation=ablation,
+    h.run(nr.self_repair, texts, kind="self_repair", task="text", heads=heads, ablation=ablation,
           threshold=threshold)
-
-
-def _text_options(data: Optional[str], n_sequences: int, seq_len: int) -> None:
-    """Refuse a missing text file and sizes out of range before any model loads."""
-    from nnsight_reasoning.errors import UsageError
-
-    if data is not None and Path(data).suffix.lower() in (".jsonl", ".json", ".csv", ".tsv") and \
-            not Path(data).is_file():
-        raise UsageError(f"--data {data}: no such file")
-    for name, v, lo in (("--n-sequences", n_sequences, 1), ("--seq-len", seq_len, 4)):
-        if v < lo:
-            raise UsageError(f"{name} must be >= {lo} (got {v})")
