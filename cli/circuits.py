@@ -300,7 +300,8 @@ def self_repair(
     texts: Any,
     heads: Optional[str] = typer.Option(None, help="comma-separated heads aL.H; default every head"),
     ablation: str = typer.Option("resample", help="resample (the head's output on another text; the repository's "
-                                                  "figures) | zero"),
+                                                  "figures) | zero | mean (its mean over every text and "
+                                                  "position)"),
     threshold: float = typer.Option(0.0, help="count tokens where the head's |direct effect| exceeds this (logits)"),
 ) -> None:
     """Self-repair (Tigges et al.'s backup_research, after Rushing & Nanda): each head's direct effect on the next

@@ -131,6 +131,7 @@ def _backend_calls(model):
         "edge_patched_logits_attention": lambda r: graph.edge_patched_logits(
             model, ids, ans, cuts, removed_qkv=cuts_qkv, attention_layers=[1, 3], remote=r),
         "node_output_sums": lambda r: graph.node_output_sums(model, ids, remote=r),
+        "head_input_sums": lambda r: graph.head_input_sums(model, ids, remote=r),
         "head_logit_effects": lambda r: graph.head_logit_effects(model, ids, ans, remote=r),
         "attention_question_rows": lambda r: backend.attention_probs(model, ids, [0, 3], question_from=torch.tensor(
             [t - 3, t - 2]), reduce="max", remote=r),

@@ -283,6 +283,10 @@ def test_attention_and_probe_run_remotely_like_locally(ndif, embedded_model, mon
     far = nr.self_repair(embedded_model, texts, heads="a0.1,a2.3", progress=False, remote=ndif.host)
     assert_same_values(far, local)
     assert far.attrs["remote_jobs"] == far.attrs["n_forward_passes"] == 1
+    local = nr.self_repair(embedded_model, texts, heads="a0.1", ablation="mean", progress=False)  # + the means' pass
+    far = nr.self_repair(embedded_model, texts, heads="a0.1", ablation="mean", progress=False, remote=ndif.host)
+    assert_same_values(far, local)
+    assert far.attrs["remote_jobs"] == far.attrs["n_forward_passes"] == 2
 
 
 def test_path_patching_and_robustness_run_remotely_like_locally(ndif, embedded_model, monkeypatch):

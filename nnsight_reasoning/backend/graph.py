@@ -463,6 +463,26 @@ def _trace_node_sums(model, input_ids, mods, conv1d, n_heads, head_dim, remote=F
     return saved
 
 
+def head_input_sums(model: Any, input_ids: torch.Tensor, *, remote: bool | str = False) -> torch.Tensor:
+    """(L, H · head_dim) float64: each layer's output-projection input (every head's output before
+    the projection, TransformerLens' ``z``) summed over the rows of ``input_ids`` (n, T) and their
+    positions; divided by n · T, the means of :func:`self_repair_logits`' mean ablation."""
+    from . import _run
+
+    mods, _, _, _ = _modules(model, "logit_effects")
+    return _run(model, _trace_head_input_sums, (model, input_ids, mods), remote, "saved").double().cpu()
+
+
+def _trace_head_input_sums(model, input_ids, mods, remote=False, backend=None):
+    saved = None
+    with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
+        parts = nnsight.save([])
+        for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:
+            parts.append(o_proj.input.double().sum((0, 1)))
+        saved = nnsight.save(torch.stack(on_device(parts, parts[0])))
+    return saved
+
+
 @reads_weights
 def ov_logits(model: Any, token_ids: Sequence[int], *, remote: bool | str = False) -> torch.Tensor:
     """(L, H, N, N) float64: each head's static OV circuit between ``token_ids`` (N), as Tigges et
@@ -786,15 +806,17 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
 
 @reads_weights
 def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Tensor | None,
-                       heads: Sequence[tuple[int, int]], *, remote: bool | str = False
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       heads: Sequence[tuple[int, int]], *, means: torch.Tensor | None = None,
+                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each head's direct effect on the next token, and the next token's logit with the head
     ablated, at every position: the two sides of a self-repair measurement.
 
     ``input_ids`` (b, T). ``heads`` (v of (layer, head)): one ablated copy of the batch per head,
     its output (its slice of the output projection's input, every position) replaced by that of
-    the same head on ``source_ids`` (b, T), row for row (resample ablation), or zeroed when
-    ``source_ids`` is None. Returns float64 (``direct`` (b, L, H, T − 1), ``clean`` (b, T − 1),
+    the same head on ``source_ids`` (b, T), row for row (resample ablation); with ``source_ids``
+    None, by ``means`` (L, H · head_dim), the layer's row at every position (mean ablation, e.g.
+    :func:`head_input_sums` over the texts divided by their tokens), or zeroed when ``means`` is
+    None too. Returns float64 (``direct`` (b, L, H, T − 1), ``clean`` (b, T − 1),
     ``ablated`` (v, b, T − 1)): at position t the token t + 1 is read; a direct effect is
     :func:`head_logit_effects`' (the final norm's scale frozen at the clean run's value, the
     unembedding rows centred over the vocabulary) and a logit is centred too (minus the mean over
@@ -809,7 +831,10 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     rows = [input_ids] + ([] if source_ids is None else [source_ids]) + [input_ids] * v
     first = b * (len(rows) - v)  # the ablated copies start here
     width = d["n_heads"] * d["head_dim"]
-    plan = []  # per layer: None, or (row -> its source row, (rows, width) True where a head is replaced)
+    if means is not None and tuple(means.shape) != (d["n_layers"], width):
+        raise ValueError(f"means must be (layers, heads x head_dim) = ({d['n_layers']}, {width}), "
+                         f"not {tuple(means.shape)}")
+    plan = []  # per layer: None, or (row -> its source row, (rows, width) True where a head is replaced, fill)
     for li in range(d["n_layers"]):
         at = [(j, h) for j, (layer, h) in enumerate(heads) if layer == li]
         if not at:
@@ -822,16 +847,18 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
             if source_ids is not None:
                 src[copies] = torch.arange(b, 2 * b)  # the source rows, run clean
             mask[copies, h * d["head_dim"]:(h + 1) * d["head_dim"]] = True
-        plan.append((src, mask))
+        # a fixed value at every position (zero or mean ablation), or None: the source rows' own
+        fill = None if source_ids is not None else (torch.zeros(width) if means is None else means[li].float())
+        plan.append((src, mask, fill))
     saved = _run(model, _trace_self_repair, (model, torch.cat(rows), input_ids[:, 1:], mods, final, unembed, conv1d,
-                                             d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, b,
-                                             source_ids is None), remote, "saved")
+                                             d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, b),
+                 remote, "saved")
     direct, logits = (t.detach().cpu().double() for t in saved)
     return direct, logits[:b], logits[first:].reshape(v, b, -1)
 
 
 def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_heads, head_dim, center, eps, gain_offset,
-                       plan, b, zero, remote=False, backend=None):
+                       plan, b, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(ids, remote=remote, backend=backend, use_cache=False):
         # each layer's head outputs are read on the next tokens' unembedding rows at once, (b, H, T - 1):
@@ -847,7 +874,7 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
             step = plan[li]
             if step is not None:
                 keep = step[1].to(z.device)[:, None, :]
-                z = torch.where(keep, torch.zeros_like(z) if zero else z[step[0].to(z.device)], z)
+                z = torch.where(keep, z[step[0].to(z.device)] if step[2] is None else step[2].to(z.device, z.dtype), z)
                 o_proj.input = z
             o = head_outputs(split_heads(z[:b, :-1], n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d)
             outs.append(torch.einsum("nthd,ntd->nht", o.double(), rows.to(o.device)))

@@ -13,7 +13,8 @@ On running text, for every head alone and every position t (the token t + 1 is t
   the vocabulary, with the head ablated at every position, minus the same in the clean run. The
   repository's figures resample-ablate (``ABLATION_TYPE = 'sample'``, ``run_files.py``): the head's
   output is that of another text at the same positions (its ``shuffle_owt_tokens_by_batch``, a roll
-  of the batch by one); ``ablation="zero"`` zeroes it.
+  of the batch by one); ``ablation="zero"`` zeroes it, and ``ablation="mean"`` sets it to its mean
+  over the texts' tokens at every position (the repository's ``mean``, ``:82-97``).
 - Both are averaged over the tokens whose |direct effect| exceeds ``threshold`` (the repository's
   figures: 0.0). **Self-repair** is change + direct effect: what the logit does not lose of what the
   head wrote directly (0: the logit drops by the direct effect; equal to the direct effect: the rest
@@ -25,8 +26,9 @@ on the batch size; the means pool every selected token, where the repository ave
 and then over batches (equal at threshold 0 with equal batches). Its ``prepare_dataset`` cuts the
 Pile, joined into one token stream, into 128-token rows (103,680 tokens); here
 :func:`nnsight_reasoning.tasks.text_sequences` takes the first tokens of each long enough text (so
-rows start at a document's start), and offline the toolkit's task prompts. Its mean ablation (one
-head's mean output over the batch and positions) is not offered.
+rows start at a document's start), and offline the toolkit's task prompts. Its mean ablation takes
+the head's mean output over the batch of 30 and its positions (``:87``); here over every text and
+position, for the same reason as the resample source.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from ..sites import dims
 from ..tasks.tokens import TextSequences
 from .heads import parse_heads
 
-ABLATIONS = ("resample", "zero")
+ABLATIONS = ("resample", "zero", "mean")
 
 
 @experiment("self_repair", batch_size=64)
@@ -65,8 +67,8 @@ def self_repair(
     sequences : ``nr.tasks.text_sequences(n_sequences=120, seq_len=128, tokenizer=model.tokenizer,
         source=...)`` (the repository: Pile text, 128 tokens, batches of 30).
     heads : ``["a3.1", …]`` or "a3.1,a2.0"; default every head.
-    ablation : "resample" (the head's output on the previous text; the repository's figures) or
-        "zero".
+    ablation : "resample" (the head's output on the previous text; the repository's figures),
+        "zero", or "mean" (the head's mean output over every text and position).
     threshold : tokens count where the head's |direct effect| exceeds it (logits; the repository's
         figures: 0.0).
 
@@ -99,12 +101,16 @@ def self_repair(
     de_sum = np.zeros((n, n_layers, n_heads))
     change_sum = np.zeros((n, n_layers, n_heads))
     count = np.zeros((n, n_layers, n_heads))
+    means = None
+    if ablation == "mean":  # every head's output (before the projection) averaged over all the texts' tokens
+        means = sum(run.call(graph.head_input_sums, ids[job]) for job in run.steps(run.batches([ids.shape[1]] * n),
+                                                                                   "head means")) / ids.numel()
     passes = run.variant_batches([ids.shape[1]] * n, len(chosen), fixed_rows=2 if ablation == "resample" else 1)
     for job in run.steps(passes, "self-repair"):
         items = torch.tensor(job.items)
         at = [chosen[j] for j in job.variants]
         direct, clean, ablated = run.call(graph.self_repair_logits, ids[items],
-                                          source[items] if ablation == "resample" else None, at)
+                                          source[items] if ablation == "resample" else None, at, means=means)
         for k, (li, h) in enumerate(at):
             de = direct[:, li, h].numpy()  # (b, T - 1)
             keep = np.abs(de) > threshold
