@@ -95,6 +95,7 @@ run copy-suppression --out "$R/cspa.nc"
 run plot "$R/cspa.nc" --out docs/cspa.png
 run self-repair --out "$R/self_repair.nc"
 run plot "$R/self_repair.nc" --out docs/self_repair.png
+run self-repair --ablation mean --out "$R/self_repair_mean.nc"   # docs/experiments/self-repair.md
 run robustness --out "$R/robustness.nc"
 run plot "$R/robustness.nc" --out docs/robustness.png
 run neurons --generate --n-prompts 50 --max-new-tokens 48 --out "$R/cot_generation.nc"

@@ -97,6 +97,18 @@ def backup(R: Path) -> None:
                 out(f"{name}.{c}.largest.backup", float(b[layer, head]))
 
 
+def self_repair(R: Path) -> None:
+    """Self-repair at main, every head, resample and mean ablation: docs/experiments/self-repair.md."""
+    for name in ("self_repair", "self_repair_mean"):
+        ds = load(R, name)
+        if ds is None:
+            continue
+        for la, h in zip(*np.nonzero(np.isfinite(ds["direct_effect"].values))):
+            one = ds.sel(layer=la, head=h)
+            out(f"{name}.a{la}.{h}", f"direct {float(one.direct_effect):+.3f}, change {float(one.logit_change):+.3f}, "
+                                     f"self-repair {float(one.self_repair):+.3f}")
+
+
 def mid_revision(card: dict) -> str:
     """The first revision at which the model card's k-th smallest accuracy reaches 0.5 (the task
     half learnt): where robustness is measured part-way through training."""
@@ -317,7 +329,7 @@ def main() -> None:
             print(finding(ds))
             return
     R = args.results
-    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup):
+    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup, self_repair):
         block(R)
     if MISSING:
         sys.exit("missing result files (run scripts/build_figures.sh first): " + ", ".join(MISSING))
