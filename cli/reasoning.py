@@ -54,7 +54,8 @@ def attention(
     layer: List[int] = typer.Option([], help="layer(s) to keep (repeatable); default all"),
     head: List[int] = typer.Option([], help="head(s) to keep (repeatable); default all"),
     patterns: str = typer.Option("last", help="attention rows stored: last (answer position) | all | none"),
-    pruned: Optional[Path] = typer.Option(None, help="a `reason-interp prune` result (of this model and revision): its "
+    pruned: Optional[Path] = typer.Option(None, help="a `reason-interp prune` result (of this model and revision: "
+                                                     "only its shape is checked; attrs pruned_from records it): its "
                                                      "heads pruned at --pruned-order and --pruned-fraction are zeroed "
                                                      "in every pass"),
     pruned_order: str = typer.Option("entropy_position", help="with --pruned: the result's ordering (e.g. "
@@ -94,8 +95,12 @@ def _pruned_heads(path: Path, order: str, fraction: float) -> Any:
     near = fractions[abs(fractions - fraction) < 1e-9]
     if not len(near):
         raise UsageError(f"--pruned-fraction {fraction}: {path} has {', '.join(f'{f:g}' for f in fractions)}")
-    return ds["pruned"].sel(ordering=order, fraction=near[0]).drop_vars(["kind", "draw", "fraction", "ordering"],
+    mask = ds["pruned"].sel(ordering=order, fraction=near[0]).drop_vars(["kind", "draw", "fraction", "ordering"],
                                                                         errors="ignore")
+    # only the shape is checked against the model: the result records which model's heads these are
+    mask.attrs["pruned_from"] = (f"{path.name}: {ds.attrs.get('model')}@{ds.attrs.get('revision')}, {order} at "
+                                 f"{near[0]:g}")
+    return mask
 
 
 # the probe's options, shared by `probe` and `robustness` (the same keywords as nr.probe)

@@ -204,7 +204,8 @@ def test_attention_flow_from_the_cli(tmp_path):
     ds = nr.load_result(flow)
     want = nr.load_result(prune)["pruned"].sel(ordering="entropy_position", fraction=0.4)
     np.testing.assert_array_equal(ds["pruned"].values, want.values)
-    assert "heads pruned: L" in r.stdout
+    assert ds.attrs["pruned_from"] == "prune.nc: embedded@main, entropy_position at 0.4"  # the mask's provenance
+    assert "heads pruned: L" in r.stdout and "(from prune.nc: embedded@main" in r.stdout
     r = reason_interp(["plot", str(flow), "--kind", "flow"])
     assert r.returncode == 0 and (tmp_path / "flow.flow.png").exists(), r.stderr
     for extra, match in ((["--pruned-fraction", "0.45"], "has 0.1, 0.2"), (["--pruned-order", "random7"], "has "),

@@ -105,7 +105,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("copy-suppression", ["--k-unembeddings", "2"], "k_unembeddings must be in (0, 1]"),
     ("copy-suppression", ["--seq-len", "1"], "--seq-len must be >= 4"),
     ("self-repair", ["--heads", "a9.9"], "head a9.9 is outside this model's 4 layers"),
-    ("self-repair", ["--ablation", "mean"], "ablation must be one of resample, zero"),
+    ("self-repair", ["--ablation", "bogus"], "ablation must be one of resample, zero, mean"),
     ("self-repair", ["--threshold", "-1"], "threshold must be a number >= 0"),
     ("neurons", ["--top-k", "0"], "top_k must be an integer >= 1"),
     ("neurons", ["--min-frequency", "2"], "min_frequency must be in (0, 1]"),

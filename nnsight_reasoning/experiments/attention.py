@@ -195,7 +195,10 @@ def measure(
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "attention", "metric": "attention_probability", "patterns": patterns,
-               **({"n_pruned": int(mask.sum())} if mask is not None else {})},
+               **({"n_pruned": int(mask.sum())} if mask is not None else {}),
+               # where a mask read from a prune result came from (the CLI's --pruned): its model and revision
+               **({"pruned_from": str(pruned.attrs["pruned_from"])}
+                  if isinstance(pruned, xr.DataArray) and "pruned_from" in pruned.attrs else {})},
     )
 
 
@@ -333,6 +336,8 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         pruned = last["pruned"].stack(lh=("layer", "head"))
         head += (f" · {int(pruned.sum())} heads pruned: " +
                  " ".join(f"L{li}H{h}" for (li, h), p in zip(pruned["lh"].values, pruned.values) if p))
+        if "pruned_from" in ds.attrs:
+            head += f" (from {ds.attrs['pruned_from']})"
     mass = last["mass"].mean("prompt")
     table = Table(title=f"heads by attention from the answer position to useful statements "
                         f"({last.attrs.get('revision')}, mean over prompts)")
