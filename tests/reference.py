@@ -187,6 +187,28 @@ def reference_patch(hf, tokenizer, pairs, sites, positions, metric, n_heads):
     t_max = max(map(len, base_ids))
     n_pos = t_max if positions == "all" else 1
     out = {s: np.full((len(pairs), L, n_pos) + ((n_heads,) if s == "head" else ()), np.nan) for s in sites}
+    for (site, i, layer, k, h), (p, lg, ps, ls) in _patched_scores(hf, tokenizer, pairs, sites, positions,
+                                                                   n_heads).items():
+        v = ie(p, ps) if metric == "stolfo_ie" else (ls[1] - ls[0]) - (lg[1] - lg[0])
+        if h is None:
+            out[site][i, layer, k] = v
+        else:
+            out[site][i, layer, k, h] = v
+    return out
+
+
+_PATCHED: dict = {}  # the same model's patches for another metric are the same forwards
+
+
+def _patched_scores(hf, tokenizer, pairs, sites, positions, n_heads):
+    """{(site, i, layer, k, head or None): (clean probs, clean logits, patched probs, patched
+    logits)} of the two answers, one plain forward per patch; kept per model weights and pairs."""
+    key = (hf.config._name_or_path, id(hf) if not hf.config._name_or_path else None, tuple(sites), positions, n_heads,
+           tuple((p.base, p.source, p.base_answer, p.source_answer) for p in pairs))
+    if key in _PATCHED:
+        return _PATCHED[key]
+    L = hf.config.num_hidden_layers
+    got = {}
     for i, pair in enumerate(pairs):
         b = tokenizer(pair.base)["input_ids"]
         s_ids = tokenizer(pair.source)["input_ids"]
@@ -197,17 +219,12 @@ def reference_patch(hf, tokenizer, pairs, sites, positions, metric, n_heads):
             for layer in range(L):
                 src = capture(hf, s_ids, site, layer)
                 for j, pos in enumerate(pos_list):
-                    heads = range(n_heads) if site == "head" else [None]
-                    for h in heads:
+                    for h in (range(n_heads) if site == "head" else [None]):
                         val = src[pos, h] if h is not None else src[pos]
-                        ps, ls = last_scores(hf, b, ans, site, layer, pos, val, h)
-                        v = ie(p, ps) if metric == "stolfo_ie" else (ls[1] - ls[0]) - (lg[1] - lg[0])
-                        k = j if positions == "all" else 0
-                        if h is None:
-                            out[site][i, layer, k] = v
-                        else:
-                            out[site][i, layer, k, h] = v
-    return out
+                        got[(site, i, layer, j if positions == "all" else 0, h)] = \
+                            (p, lg) + tuple(last_scores(hf, b, ans, site, layer, pos, val, h))
+    _PATCHED[key] = got
+    return got
 
 
 
@@ -267,9 +284,10 @@ def reference_attribution(hf, tokenizer, pairs, sites, metric, ig_steps=1):
     return out
 
 
-def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
+def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None, units=None):
     """Per pair: the clean base and source runs and every single patch, one forward each
-    (on ``layers`` only, when given: a neuron site costs one forward per unit).
+    (on ``layers`` only, when given: a neuron site costs one forward per unit; on the unit
+    indices ``units`` only, when given).
 
     Returns (clean, patched): ``clean[i]`` = {"base": (probs, logits, top), "source": (...)},
     probs and logits of [r1, r2], top = the most probable token id and the gap between the
@@ -304,7 +322,7 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None):
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):
                     if site in ("neuron", "embed_dim", "mlp_dim"):  # one patch per unit: key (site, i, layer, k, unit)
-                        for u in range(src.shape[-1]):
+                        for u in (range(src.shape[-1]) if units is None else units):
                             patched[(site, i, layer, k, u)] = scores(b, ans, site, layer, pos, src[pos, u], u)
                     else:
                         patched[(site, i, layer, k)] = scores(b, ans, site, layer, pos, src[pos])

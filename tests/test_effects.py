@@ -368,14 +368,18 @@ def test_single_dimension_sites_match_hooks_on_every_unit(embedded_model, pairs,
     assert ds["mlp_dim"].dims == ("prompt", "layer", "position", "dimension") and ds.sizes["dimension"] == d_model
     assert list(ds.layer.values) == [-1, *layers]
     hf = _hf(nr.models.model_info(embedded_model).path)
+    # every unit at the last position; at every position a seeded sample of them, the first and last
+    # included (one plain forward per unit and position: all of them would be 4,000 forwards)
+    units = None if positions == "last" else \
+        sorted({0, d_model - 1, *np.random.default_rng(0).choice(d_model, 14, replace=False).tolist()})
     clean, patched = reference_scores(hf, embedded_model.tokenizer, [pairs[0]], ["embed_dim", "mlp_dim"], positions,
-                                      layers=layers)
+                                      layers=layers, units=units)
     scale = logit_scale(hf, embedded_model.tokenizer, one)
     for (site, i, layer, k, unit), (_, l_star, _, _) in patched.items():
         _close(float(ds[site].sel(layer=layer, dimension=unit).isel(prompt=0, position=k)),
                _logit_diff(clean[0]["base"][1], l_star), scale, f"{site} {unit} of layer {layer} at {k}")
     n_pos = ds.sizes["position"]
-    assert len(patched) == (1 + len(layers)) * d_model * n_pos
+    assert len(patched) == (1 + len(layers)) * (d_model if units is None else len(units)) * n_pos
     # the other site's layers hold no value: the embeddings only at -1, the MLPs never there
     assert np.isnan(ds.embed_dim.sel(layer=layers).values).all() and np.isnan(ds.mlp_dim.sel(layer=-1).values).all()
     assert np.abs(ds.mlp_dim.values[np.isfinite(ds.mlp_dim.values)]).max() > 0.1  # some dimension matters
