@@ -72,13 +72,16 @@ def attention(
     if stray and pruned is None:
         raise nr.UsageError(f"{', '.join(stray)} choose{'s' if len(stray) == 1 else ''} heads of a --pruned result: "
                             f"add --pruned PRUNE.nc")
-    mask = None if pruned is None else _pruned_heads(pruned, pruned_order, pruned_fraction)
+    mask = None if pruned is None else _pruned_heads(pruned, pruned_order, pruned_fraction, h.model)
     h.run(nr.attention, lambda tokenizer: prompts, kind="attention", task=prompts.task, layers=layer or None,
           heads=head or None, patterns=patterns, **given(pruned=mask))
 
 
-def _pruned_heads(path: Path, order: str, fraction: float) -> Any:
-    """The (layer, head) mask of a head-pruning result at one ordering and fraction."""
+def _pruned_heads(path: Path, order: str, fraction: float, models: Optional[List[str]]) -> Any:
+    """The (layer, head) mask of a head-pruning result at one ordering and fraction; a warning when
+    it was pruned on another model than ``models`` (--model; None: the embedded model)."""
+    import warnings
+
     import nnsight_reasoning as nr
     from nnsight_reasoning.errors import UsageError
 
@@ -97,7 +100,12 @@ def _pruned_heads(path: Path, order: str, fraction: float) -> Any:
         raise UsageError(f"--pruned-fraction {fraction}: {path} has {', '.join(f'{f:g}' for f in fractions)}")
     mask = ds["pruned"].sel(ordering=order, fraction=near[0]).drop_vars(["kind", "draw", "fraction", "ordering"],
                                                                         errors="ignore")
-    # only the shape is checked against the model: the result records which model's heads these are
+    # only the shape is checked against the model (the mask may be another revision's, in a sweep or on purpose):
+    # the result records which model's heads these are, and another model is worth a word
+    source = str(ds.attrs.get("model"))
+    if source not in (models or ["embedded"]):
+        warnings.warn(f"--pruned {path}: its heads were pruned on {source}, not on {', '.join(models or ['embedded'])}",
+                      stacklevel=2)
     mask.attrs["pruned_from"] = (f"{path.name}: {ds.attrs.get('model')}@{ds.attrs.get('revision')}, {order} at "
                                  f"{near[0]:g}")
     return mask

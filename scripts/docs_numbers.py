@@ -105,8 +105,9 @@ def self_repair(R: Path) -> None:
             continue
         for la, h in zip(*np.nonzero(np.isfinite(ds["direct_effect"].values))):
             one = ds.sel(layer=la, head=h)
-            out(f"{name}.a{la}.{h}", f"direct {float(one.direct_effect):+.3f}, change {float(one.logit_change):+.3f}, "
-                                     f"self-repair {float(one.self_repair):+.3f}")
+            for v in ("direct_effect", "logit_change", "self_repair", "replaced_direct_effect"):
+                if v in one:  # results written before replaced_direct_effect existed lack it
+                    out(f"{name}.a{la}.{h}.{v}", float(one[v]))
 
 
 def mid_revision(card: dict) -> str:

@@ -205,7 +205,12 @@ def test_attention_flow_from_the_cli(tmp_path):
     want = nr.load_result(prune)["pruned"].sel(ordering="entropy_position", fraction=0.4)
     np.testing.assert_array_equal(ds["pruned"].values, want.values)
     assert ds.attrs["pruned_from"] == "prune.nc: embedded@main, entropy_position at 0.4"  # the mask's provenance
-    assert "heads pruned: L" in r.stdout and "(from prune.nc: embedded@main" in r.stdout
+    assert "heads pruned: L" in r.stdout and "pruned heads from prune.nc" in r.stdout
+    with pytest.warns(UserWarning, match=r"heads were pruned on embedded, not on .*step1000"):  # another model
+        r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
+                           str(embedded.revision_path("step1000")), "--pruned", str(prune), "--out",
+                           str(tmp_path / "other.nc")])
+    assert r.returncode == 0, r.stderr
     r = reason_interp(["plot", str(flow), "--kind", "flow"])
     assert r.returncode == 0 and (tmp_path / "flow.flow.png").exists(), r.stderr
     for extra, match in ((["--pruned-fraction", "0.45"], "has 0.1, 0.2"), (["--pruned-order", "random7"], "has "),

@@ -48,11 +48,12 @@ def _run(hf, ids, replace=None):
 
 @torch.no_grad()
 def _reference(hf, ids, source, ablation, threshold):
-    """(direct, change, count) per (sequence, layer, head), summed over tokens with |direct| > threshold:
+    """(direct, change, count, replaced) per (sequence, layer, head), summed over tokens with |direct| > threshold:
     the direct effect as TransformerLens reads it with center_unembed (the head's output, centred for
     LayerNorm, over the final norm's clean scale, on the next token's unembedding row minus the mean
     row, times the norm's gain) and the change of the next token's centred logit, the head's output
-    replaced by its output on ``source``, by zeros or by its mean over every row and position."""
+    replaced by its output on ``source``, by zeros or by its mean over every row and position, and the
+    direct effect of that replacement read the same way."""
     layers, *_, o_proj, _, _, final, _ = NORMS[hf.config.model_type]
     n_layers, n_heads = hf.config.num_hidden_layers, hf.config.num_attention_heads
     layernorm = hf.config.model_type != "llama"
@@ -73,17 +74,20 @@ def _reference(hf, ids, source, ablation, threshold):
     scale = (f.pow(2).mean(-1) + eps).sqrt()
     rows = (unembed[target] - unembed.mean(0)) * norm.weight.double()
     clean = centred_logit(logits)
-    out = np.zeros((3, ids.shape[0], n_layers, n_heads))
+    out = np.zeros((4, ids.shape[0], n_layers, n_heads))
     for li, block in enumerate(_get(hf, layers)):
         proj = _get(block, o_proj)
         w = proj.weight.double()
         w = w.T if hf.config.model_type == "gpt2" else w  # Conv1D stores (in, out)
         hd = w.shape[1] // n_heads
-        for h in range(n_heads):
-            o = z[li][:, :-1, h * hd:(h + 1) * hd].double() @ w[:, h * hd:(h + 1) * hd].T
+        def direct(zz, h):  # the head's share of the projection of zz, through the clean final norm
+            o = zz[:, :-1, h * hd:(h + 1) * hd].double() @ w[:, h * hd:(h + 1) * hd].T
             if layernorm:
                 o = o - o.mean(-1, keepdim=True)
-            de = ((o / scale[..., None]) * rows).sum(-1)
+            return ((o / scale[..., None]) * rows).sum(-1)
+
+        for h in range(n_heads):
+            de = direct(z[li], h)
             values = {"resample": z_src[li], "zero": torch.zeros_like(z[li]),
                       "mean": z[li].double().mean((0, 1)).expand(z[li].shape)}[ablation]
             change = centred_logit(_run(hf, ids, (li, h, values))[0]) - clean
@@ -91,6 +95,8 @@ def _reference(hf, ids, source, ablation, threshold):
             out[0, :, li, h] = torch.where(keep, de, 0).sum(-1).numpy()
             out[1, :, li, h] = torch.where(keep, change, 0).sum(-1).numpy()
             out[2, :, li, h] = keep.sum(-1).numpy()
+            # the model runs in float32: the replacement it writes is the float32 value
+            out[3, :, li, h] = torch.where(keep, direct(values.float(), h), 0).sum(-1).numpy()
     return out
 
 
@@ -104,10 +110,16 @@ def test_self_repair_matches_hooks(embedded_model, tiny_model_dir, model_type):
     for ablation, threshold in (("resample", 0.0), ("zero", 0.05), ("mean", 0.0)):
         ds = nr.self_repair(model, seqs, ablation=ablation, threshold=threshold, batch_size=16, progress=False)
         nr.testing.assert_valid_result(ds)
-        de, change, count = _reference(hf, ids, torch.roll(ids, 1, 0), ablation, threshold)
+        de, change, count, replaced = _reference(hf, ids, torch.roll(ids, 1, 0), ablation, threshold)
         total = count.sum(0)
-        tol = 1e-4 * max(1.0, float(np.abs(change).max()))  # float32 forward passes, sums over tokens
+        # float32 forward passes: a few ulps of the largest centred logit per token, in means over tokens
+        tol = 1e-5 * max(1.0, float(np.abs(change / np.maximum(count, 1)).max()))
         np.testing.assert_array_equal(ds["n_tokens"].values, total)
+        np.testing.assert_allclose(ds["replaced_direct_effect"].values, replaced.sum(0) / total, atol=tol)
+        if ablation == "zero":
+            assert (ds["replaced_direct_effect"].values == 0).all()
+        else:  # what takes the head's place writes something of its own on the next token
+            assert np.abs(ds["replaced_direct_effect"].values).max() > 1e-3
         np.testing.assert_allclose(ds["direct_effect"].values, de.sum(0) / total, atol=tol)
         np.testing.assert_allclose(ds["logit_change"].values, change.sum(0) / total, atol=tol)
         np.testing.assert_allclose(ds["self_repair"].values, (de.sum(0) + change.sum(0)) / total, atol=2 * tol)

@@ -817,10 +817,12 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     None, by ``means`` (L, H · head_dim), the layer's row at every position (mean ablation, e.g.
     :func:`head_input_sums` over the texts divided by their tokens), or zeroed when ``means`` is
     None too. Returns float64 (``direct`` (b, L, H, T − 1), ``clean`` (b, T − 1),
-    ``ablated`` (v, b, T − 1)): at position t the token t + 1 is read; a direct effect is
-    :func:`head_logit_effects`' (the final norm's scale frozen at the clean run's value, the
-    unembedding rows centred over the vocabulary) and a logit is centred too (minus the mean over
-    the vocabulary), so the two are in one unit.
+    ``ablated`` (v, b, T − 1), ``replaced`` (b, L, H, T − 1)): at position t the token t + 1 is
+    read; a direct effect is :func:`head_logit_effects`' (the final norm's scale frozen at the clean
+    run's value, the unembedding rows centred over the vocabulary) and a logit is centred too
+    (minus the mean over the vocabulary), so the two are in one unit. ``replaced`` is the direct
+    effect, read the same way, of what the ablation writes in each head's place (the source text's
+    output, the mean, or zero): the part of ``direct`` an ablation leaves in place.
     """
     from . import _run
 
@@ -834,7 +836,9 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     if means is not None and tuple(means.shape) != (d["n_layers"], width):
         raise ValueError(f"means must be (layers, heads x head_dim) = ({d['n_layers']}, {width}), "
                          f"not {tuple(means.shape)}")
-    plan = []  # per layer: None, or (row -> its source row, (rows, width) True where a head is replaced, fill)
+    # what takes a head's place, per layer: the source rows' own outputs (None), or a fixed value at every position
+    fills = None if source_ids is not None else (torch.zeros(d["n_layers"], width) if means is None else means.float())
+    plan = []  # per layer: None, or (row -> its source row, (rows, width) True where a head is replaced)
     for li in range(d["n_layers"]):
         at = [(j, h) for j, (layer, h) in enumerate(heads) if layer == li]
         if not at:
@@ -847,18 +851,16 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
             if source_ids is not None:
                 src[copies] = torch.arange(b, 2 * b)  # the source rows, run clean
             mask[copies, h * d["head_dim"]:(h + 1) * d["head_dim"]] = True
-        # a fixed value at every position (zero or mean ablation), or None: the source rows' own
-        fill = None if source_ids is not None else (torch.zeros(width) if means is None else means[li].float())
-        plan.append((src, mask, fill))
+        plan.append((src, mask))
     saved = _run(model, _trace_self_repair, (model, torch.cat(rows), input_ids[:, 1:], mods, final, unembed, conv1d,
-                                             d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, b),
-                 remote, "saved")
-    direct, logits = (t.detach().cpu().double() for t in saved)
-    return direct, logits[:b], logits[first:].reshape(v, b, -1)
+                                             d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, fills,
+                                             b), remote, "saved")
+    direct, logits, replaced = (t.detach().cpu().double() for t in saved)
+    return direct, logits[:b], logits[first:].reshape(v, b, -1), replaced
 
 
 def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_heads, head_dim, center, eps, gain_offset,
-                       plan, b, remote=False, backend=None):
+                       plan, fills, b, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(ids, remote=remote, backend=backend, use_cache=False):
         # each layer's head outputs are read on the next tokens' unembedding rows at once, (b, H, T - 1):
@@ -867,24 +869,29 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
         rows = unembed_rows(unembed.weight, final.weight, gain_offset, targets)  # (b, T - 1, d)
         if center:
             rows = centred(rows)
-        outs = []
+        outs, reps = [], []
         li = 0
         for layer, ln_attn, attn, o_proj, ln_mlp, mlp in mods:  # forward order
             z = o_proj.input
+            # what an ablation writes in the heads' place at the clean rows' positions: the source rows' outputs
+            # (rows b..2b, never replaced) or the layer's fixed value
+            rep = z[b:2 * b, :-1] if fills is None else fills[li].to(z.device, z.dtype).expand(b, z.shape[1] - 1, -1)
             step = plan[li]
             if step is not None:
                 keep = step[1].to(z.device)[:, None, :]
-                z = torch.where(keep, z[step[0].to(z.device)] if step[2] is None else step[2].to(z.device, z.dtype), z)
+                z = torch.where(keep, z[step[0].to(z.device)] if fills is None else fills[li].to(z.device, z.dtype), z)
                 o_proj.input = z
-            o = head_outputs(split_heads(z[:b, :-1], n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d)
-            outs.append(torch.einsum("nthd,ntd->nht", o.double(), rows.to(o.device)))
+            for part, into in ((z[:b, :-1], outs), (rep, reps)):
+                o = head_outputs(split_heads(part, n_heads, head_dim), o_proj.weight, n_heads, head_dim, conv1d)
+                into.append(torch.einsum("nthd,ntd->nht", o.double(), rows.to(o.device)))
             li += 1
-        scale = norm_scale(final.input[:b, :-1], center, eps)  # (b, T - 1)
-        direct = torch.stack(on_device(outs, outs[0]), 1) / scale[:, None, None, :].to(outs[0].device)
+        scale = norm_scale(final.input[:b, :-1], center, eps)[:, None, None, :]  # (b, 1, 1, T - 1)
+        direct = torch.stack(on_device(outs, outs[0]), 1) / scale.to(outs[0].device)
+        replaced = torch.stack(on_device(reps, outs[0]), 1) / scale.to(outs[0].device)
         lg = model.output.logits[:, :-1]  # (rows, T - 1, V) in the model's dtype: no float64 copy of every logit
         every = targets.repeat(lg.shape[0] // b, 1).to(lg.device)
         picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0].double() - lg.float().mean(-1).double()
-        saved = nnsight.save((direct, picked))
+        saved = nnsight.save((direct, picked, replaced))
     return saved
 
 

@@ -336,8 +336,6 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         pruned = last["pruned"].stack(lh=("layer", "head"))
         head += (f" · {int(pruned.sum())} heads pruned: " +
                  " ".join(f"L{li}H{h}" for (li, h), p in zip(pruned["lh"].values, pruned.values) if p))
-        if "pruned_from" in ds.attrs:
-            head += f" (from {ds.attrs['pruned_from']})"
     mass = last["mass"].mean("prompt")
     table = Table(title=f"heads by attention from the answer position to useful statements "
                         f"({last.attrs.get('revision')}, mean over prompts)")
@@ -358,4 +356,6 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         table.add_row(str(li), str(h), *[f"{float(v):.2f}" for v in ent], *[f"{float(v):.3f}" for v in row.values])
     notes = ["H = entropy of the prompt-mean attention over the statements / log(statements) (Hou et al.): "
              "0 = always the same statement, 1 = uniform"] if paper else []
+    if "pruned_from" in ds.attrs:
+        notes.append(f"pruned heads from {ds.attrs['pruned_from']}")
     return [head, table, *notes]

@@ -18,7 +18,9 @@ On running text, for every head alone and every position t (the token t + 1 is t
 - Both are averaged over the tokens whose |direct effect| exceeds ``threshold`` (the repository's
   figures: 0.0). **Self-repair** is change + direct effect: what the logit does not lose of what the
   head wrote directly (0: the logit drops by the direct effect; equal to the direct effect: the rest
-  of the model makes up for all of it).
+  of the model makes up for all of it). No ablation removes the whole direct effect: what it writes
+  in the head's place has a direct effect of its own (on average a resampled output's is the
+  mean's), which that sum counts as made up; ``replaced_direct_effect`` measures it.
 
 Departures: the resample source of text i is text i − 1 of all the texts (a roll over the whole
 set), where the repository takes the next batch of 30 rolled by one, so the numbers do not depend
@@ -75,7 +77,10 @@ def self_repair(
     Returns
     -------
     Dataset over (layer, head), in logits centred over the vocabulary: ``direct_effect`` and
-    ``logit_change`` (mean over the selected tokens), ``self_repair`` (their sum), ``n_tokens``;
+    ``logit_change`` (mean over the selected tokens), ``self_repair`` (their sum, the repository's
+    measure), ``replaced_direct_effect`` (the direct effect of what the ablation writes in the
+    head's place: ``self_repair`` counts it as made up, so ``self_repair − replaced_direct_effect``
+    is what the rest of the model makes up of the direct effect the ablation removes), ``n_tokens``;
     per text ``sequence_direct_effect`` and ``sequence_logit_change`` (sequence, layer, head;
     NaN where a text has no selected token); NaN for heads not measured. With ``revisions`` every
     variable gains a leading ``checkpoint`` dim.
@@ -100,6 +105,7 @@ def self_repair(
     source = torch.roll(ids, 1, 0)  # text i reads text i - 1's outputs
     de_sum = np.zeros((n, n_layers, n_heads))
     change_sum = np.zeros((n, n_layers, n_heads))
+    replaced_sum = np.zeros((n, n_layers, n_heads))
     count = np.zeros((n, n_layers, n_heads))
     means = None
     if ablation == "mean":  # every head's output (before the projection) averaged over all the texts' tokens
@@ -109,13 +115,14 @@ def self_repair(
     for job in run.steps(passes, "self-repair"):
         items = torch.tensor(job.items)
         at = [chosen[j] for j in job.variants]
-        direct, clean, ablated = run.call(graph.self_repair_logits, ids[items],
-                                          source[items] if ablation == "resample" else None, at, means=means)
+        direct, clean, ablated, replaced = run.call(graph.self_repair_logits, ids[items],
+                                                    source[items] if ablation == "resample" else None, at, means=means)
         for k, (li, h) in enumerate(at):
             de = direct[:, li, h].numpy()  # (b, T - 1)
             keep = np.abs(de) > threshold
             de_sum[job.items, li, h] = np.where(keep, de, 0.0).sum(-1)
             change_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean).numpy(), 0.0).sum(-1)
+            replaced_sum[job.items, li, h] = np.where(keep, replaced[:, li, h].numpy(), 0.0).sum(-1)
             count[job.items, li, h] = keep.sum(-1)
     measured = np.zeros((n_layers, n_heads), bool)
     for li, h in chosen:
@@ -124,6 +131,7 @@ def self_repair(
     with np.errstate(invalid="ignore", divide="ignore"):
         direct_mean = np.where(measured & (total > 0), de_sum.sum(0) / total, np.nan)
         change_mean = np.where(measured & (total > 0), change_sum.sum(0) / total, np.nan)
+        replaced_mean = np.where(measured & (total > 0), replaced_sum.sum(0) / total, np.nan)
         seq_de = np.where(measured & (count > 0), de_sum / count, np.nan)
         seq_change = np.where(measured & (count > 0), change_sum / count, np.nan)
     unit = "logits (centred over the vocabulary)"
@@ -137,6 +145,11 @@ def self_repair(
          "self_repair": (("layer", "head"), change_mean + direct_mean,
                          {"long_name": "logit change + direct effect: the direct effect the logit does not lose",
                           "units": unit}),
+         "replaced_direct_effect": (("layer", "head"), replaced_mean,
+                                    {"long_name": "direct effect of what the ablation writes in the head's place "
+                                                  "(the source text's output, the mean, or zero), mean over selected "
+                                                  "tokens: the part of direct_effect the ablation leaves",
+                                     "units": unit}),
          "n_tokens": (("layer", "head"), np.where(measured, total, 0).astype(np.int64),
                       {"long_name": "tokens with |direct effect| > threshold"}),
          "sequence_direct_effect": (("sequence", "layer", "head"), seq_de,
