@@ -295,6 +295,11 @@ def sweeps(R: Path) -> None:
             share = float(late["self_repair"].sel(checkpoint=c).where(s).sum() /
                           late["direct_effect"].sel(checkpoint=c).where(s).sum()) if bool(s.any()) else float("nan")
             out(f"self_repair.sweep.late_share.{c}", share)
+            if "replaced_direct_effect" in late and bool(s.any()):  # of what the ablation removes, net of the replacement
+                one = late.sel(checkpoint=c).where(s)
+                out(f"self_repair.sweep.late_share_of_removed.{c}",
+                    float((one["self_repair"] - one["replaced_direct_effect"]).sum() /
+                          (one["direct_effect"] - one["replaced_direct_effect"]).sum()))
             out(f"self_repair.sweep.max_direct.{c}", float(abs(ds["direct_effect"].sel(checkpoint=c)).max()))
     # mean logit difference over training: docs/tigges.md, docs/experiments/evaluate.md
     # (X-evaltasks; 200 prompts, seed 0, as the circuits notebook's cell 8)
