@@ -295,7 +295,8 @@ def sweeps(R: Path) -> None:
             share = float(late["self_repair"].sel(checkpoint=c).where(s).sum() /
                           late["direct_effect"].sel(checkpoint=c).where(s).sum()) if bool(s.any()) else float("nan")
             out(f"self_repair.sweep.late_share.{c}", share)
-            if "replaced_direct_effect" in late and bool(s.any()):  # of what the ablation removes, net of the replacement
+            # of what the ablation removes: net of the replacement's own direct effect
+            if "replaced_direct_effect" in late and bool(s.any()):
                 one = late.sel(checkpoint=c).where(s)
                 out(f"self_repair.sweep.late_share_of_removed.{c}",
                     float((one["self_repair"] - one["replaced_direct_effect"]).sum() /
