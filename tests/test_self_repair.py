@@ -160,7 +160,7 @@ def test_self_repair_from_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     ds = nr.load_result(out)
     assert ds.attrs["method"] == "self_repair" and ds.attrs["ablation"] == "resample"
-    assert "self-repair = logit change + direct effect" in r.stdout
+    assert "self-repair = logit change + direct effect" in r.stdout and "replaced = the direct effect" in r.stdout
     r = in_process(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "sr.png").exists(), r.stderr
     both = tmp_path / "models.nc"  # two models in one result: one marker set each

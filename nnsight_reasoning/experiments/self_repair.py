@@ -178,13 +178,20 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             f"{ds.sizes['sequence']} texts · {ds.attrs.get('ablation')} ablation · tokens with |direct effect| > "
             f"{ds.attrs.get('threshold')}")
     table = Table(title="heads by |direct effect| on the next token (logits, centred over the vocabulary)")
-    for col in ("head", "direct effect", "logit change", "self-repair", "tokens"):
+    replaced = "replaced_direct_effect" in last  # absent from results written before it existed
+    cols = ("head", "direct effect", "logit change", "self-repair") + (("replaced",) if replaced else ()) + ("tokens",)
+    for col in cols:
         table.add_column(col, justify="right")
     flat = abs(last["direct_effect"]).stack(lh=("layer", "head")).dropna("lh")
     for idx in flat.argsort().values[::-1][:top]:
         li, h = flat["lh"].values[idx]
         r = last.sel(layer=li, head=h)
         table.add_row(f"a{li}.{h}", f"{float(r.direct_effect):+.3f}", f"{float(r.logit_change):+.3f}",
-                      f"{float(r.self_repair):+.3f}", str(int(r.n_tokens)))
-    return [head, table, "self-repair = logit change + direct effect: 0 = the logit loses the head's whole direct "
-                         "effect; = direct effect: other components make up for all of it"]
+                      f"{float(r.self_repair):+.3f}", *([f"{float(r.replaced_direct_effect):+.3f}"] if replaced else []),
+                      str(int(r.n_tokens)))
+    notes = ["self-repair = logit change + direct effect: 0 = the logit loses the head's whole direct effect; = direct "
+             "effect: other components make up for all of it"]
+    if replaced:
+        notes.append("replaced = the direct effect of what the ablation writes in the head's place, which self-repair "
+                     "counts as made up (self-repair − replaced: what the rest of the model makes up)")
+    return [head, table, *notes]
