@@ -807,7 +807,7 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
 @reads_weights
 def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Tensor | None,
                        heads: Sequence[tuple[int, int]], *, means: torch.Tensor | None = None,
-                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each head's direct effect on the next token, and the next token's logit with the head
     ablated, at every position: the two sides of a self-repair measurement.
 
