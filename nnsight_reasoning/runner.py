@@ -148,6 +148,22 @@ class Run:
         ``batch_size`` rows when each item takes ``rows_per_item`` rows (at least one item)."""
         return plan_batches(lengths, self.batch_size, rows_per_item)
 
+    def summed(self, fn: Callable[..., torch.Tensor], rows: torch.Tensor | Sequence[Sequence[int]], label: str,
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+        """A backend reading ``fn`` that sums over its batch's rows (activation sums for mean
+        ablation), summed over every row of ``rows`` (token ids, batched by length, one
+        :meth:`call` per batch), and the number of tokens it covers (rows × their length).
+        ``reduce`` applies to each batch's sum first: pooling the positions of rows of
+        different lengths, whose per-position sums cannot be added."""
+        total, tokens = None, 0
+        for job in self.steps(self.batches([len(r) for r in rows]), label):
+            batch = rows[job] if isinstance(rows, torch.Tensor) else torch.tensor([list(rows[k]) for k in job])
+            part = self.call(fn, batch)
+            part = part if reduce is None else reduce(part)
+            tokens += batch.numel()
+            total = part if total is None else total + part
+        return total, tokens
+
     def variant_batches(self, lengths: Sequence[int], n_variants: int, fixed_rows: int = 0) -> list[Pass]:
         """Passes that run ``n_variants`` variants of every item (circuits, head masks), each a
         row of its own, beside ``fixed_rows`` rows per item that every variant shares (a pair's

@@ -122,10 +122,7 @@ def copy_suppression(
     t = ids.shape[1]
     weights = graph.readout(run.model)
     # per-position mean of every head's output over the first n_mean sequences: (T, L, H, d)
-    total = None
-    for job in run.steps(run.batches([t] * n_mean), "head means"):
-        sums = run.call(graph.node_output_sums, ids[job])  # (T, n_up, d): input, then per layer heads and MLP
-        total = sums if total is None else total + sums
+    total, _ = run.summed(graph.node_output_sums, ids[:n_mean], "head means")  # (T, n_up, d): input, heads, MLP
     mean = total[:, 1:].reshape(t, n_layers, n_heads + 1, -1)[:, :, :n_heads] / n_mean
     function = torch.tensor(sorted(_function_ids(run.tokenizer)))
     kl_c = np.zeros((n_layers, n_heads))

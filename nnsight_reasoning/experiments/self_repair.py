@@ -109,8 +109,8 @@ def self_repair(
     count = np.zeros((n, n_layers, n_heads))
     means = None
     if ablation == "mean":  # every head's output (before the projection) averaged over all the texts' tokens
-        means = sum(run.call(graph.head_input_sums, ids[job]) for job in run.steps(run.batches([ids.shape[1]] * n),
-                                                                                   "head means")) / ids.numel()
+        total, tokens = run.summed(graph.head_input_sums, ids, "head means")
+        means = total / tokens
     passes = run.variant_batches([ids.shape[1]] * n, len(chosen), fixed_rows=2 if ablation == "resample" else 1)
     for job in run.steps(passes, "self-repair"):
         items = torch.tensor(job.items)

@@ -136,13 +136,10 @@ def _ablation_values(run: Run, ablation: str, data, pairs: list[PromptPair], tok
     if ablation == "mean_positional" and (len(lengths) > 1 or {len(b) for b in tok.base} != set(lengths)):
         raise UsageError(f"mean_positional ablation needs the pairs and ablation_data of one token length (got "
                          f"{sorted({len(b) for b in tok.base} | set(lengths))}); use ablation='mean'")
-    total, tokens = None, 0
-    for job in run.steps(run.batches([len(i) for i in ids]), "ablation means"):
-        sums = run.call(graph.node_output_sums, torch.tensor([ids[k] for k in job]))
-        tokens += len(job) * sums.shape[0]
-        sums = sums if ablation == "mean_positional" else sums.sum(0, keepdim=True)
-        total = sums if total is None else total + sums
-    return total / (tokens / total.shape[0] if ablation == "mean_positional" else tokens)
+    positional = ablation == "mean_positional"  # else the positions pooled: prompts of several lengths add up
+    total, tokens = run.summed(graph.node_output_sums, ids, "ablation means",
+                               reduce=None if positional else lambda s: s.sum(0, keepdim=True))
+    return total / (tokens / total.shape[0] if positional else tokens)
 
 
 def _edge_scores(run: Run, tok: Tokens, valid: np.ndarray, ig_steps: int, answers: Answers,
