@@ -102,8 +102,13 @@ def _pruned_heads(path: Path, order: str, fraction: float, models: Optional[List
                                                                         errors="ignore")
     # only the shape is checked against the model (the mask may be another revision's, in a sweep or on purpose):
     # the result records which model's heads these are, and another model is worth a word
-    source = str(ds.attrs.get("model"))
-    if source not in (models or ["embedded"]):
+    source, source_path = str(ds.attrs.get("model")), str(ds.attrs.get("model_path") or "")
+
+    def same(model: str) -> bool:  # by name, or a local directory by where it is (./m and /abs/m are one model)
+        local = Path(model).expanduser()
+        return model == source or bool(source_path) and local.is_dir() and local.resolve() == Path(source_path).resolve()
+
+    if not any(same(m) for m in models or ["embedded"]):
         warnings.warn(f"--pruned {path}: its heads were pruned on {source}, not on {', '.join(models or ['embedded'])}",
                       stacklevel=2)
     mask.attrs["pruned_from"] = (f"{path.name}: {ds.attrs.get('model')}@{ds.attrs.get('revision')}, {order} at "

@@ -6,6 +6,7 @@ repository's swaps written out again, the flow against numpy."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -210,6 +211,12 @@ def test_attention_flow_from_the_cli(tmp_path):
         r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
                            str(embedded.revision_path("step1000")), "--pruned", str(prune), "--out",
                            str(tmp_path / "other.nc")])
+    assert r.returncode == 0, r.stderr
+    with warnings.catch_warnings():  # the same model given by its directory is no other model
+        warnings.simplefilter("error")
+        r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
+                           str(embedded.revision_path("main")), "--pruned", str(prune), "--out",
+                           str(tmp_path / "same.nc")])
     assert r.returncode == 0, r.stderr
     r = reason_interp(["plot", str(flow), "--kind", "flow"])
     assert r.returncode == 0 and (tmp_path / "flow.flow.png").exists(), r.stderr
