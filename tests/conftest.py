@@ -10,7 +10,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 # rich sizes tables to the terminal; tests read CLI output, so they must not depend on the
 # width of whatever terminal (or none, in CI) runs them.
 os.environ["COLUMNS"] = "160"
-torch.set_num_threads(2)
+# The fast tier runs on every core with pytest-xdist (`-n auto` in pyproject's addopts), one
+# process per core: each process, and the CLI processes its tests start, then gets its share
+# of the cores instead of all of them (oversubscribed threads only wait on each other).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core for the fast tier, none (this process) for the slow tier,
+    whose benchmarks time runs side by side and whose NDIF tests share one loopback server."""
+    expr = config.getoption("markexpr", "") or ""
+    if "slow" in expr.replace("not slow", ""):
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @pytest.fixture(autouse=True)
