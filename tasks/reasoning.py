@@ -49,10 +49,22 @@ class ReasoningPrompt:
     lead: str = " "
     group: int | None = None
     joined: bool = False
+    scored_as: tuple[str, str] | None = None
 
     @property
     def text(self) -> str:
         return self._render()[0]
+
+    @property
+    def scored_text(self) -> str:
+        """The text whose next token is scored for accuracy (``evaluate``, ``robustness``): :attr:`text`,
+        or where ``scored_as`` = (sep, question) is set, the same prefix and statements joined by
+        ``sep``, then " " and that question: MechanisticProbe scores its answers after another
+        rendering than the one it probes (``src/llama.py:33``: "{theory} {question}: True or False?")."""
+        if self.scored_as is None:
+            return self.text
+        sep, question = self.scored_as
+        return replace(self, sep=sep, question=question, scored_as=None).text
 
     def spans(self) -> list[tuple[int, int]]:
         """Character span ``[start, end)`` of each statement in :attr:`text`."""
@@ -375,7 +387,9 @@ def proofwriter_questions(path: str | Path, *, n_prompts: int | None = None, max
     (``proofwriter_probe.py:79-93``): the statements joined with nothing between them, then
     " {question} True or False?", after shots "{theory} {question}: True or False?{answer}" each
     ending a line, drawn with replacement from every question with a proof (any depth, ``OR``
-    kept), as ``random.choices(train_data, k=icl_num)`` draws them.
+    kept), as ``random.choices(train_data, k=icl_num)`` draws them; its answers are scored after
+    its evaluator's text (``src/llama.py:33``), each prompt's ``scored_text``: the same shots,
+    the statements joined by spaces, then " {question}: True or False?".
 
     ``by_size``: the repository's probing sets (``proofwriter_probe.py:192-209``): questions of
     depth ≤ 1, those of depth 1 grouped by their number of statements m (triples + rules), those
@@ -490,7 +504,10 @@ def _repository_shots(items: list[tuple], pool: list[tuple], n_shots: int, seed:
     out = []
     for statements, question, answer, _ in items:
         shots = "".join(f"{t} {q}: True or False?{a}\n" for t, q, a in rng.choices(pool, k=n_shots))
-        out.append(ReasoningPrompt(statements, answer, shots, f"{question} True or False?", sep="", lead=""))
+        # scored as the repository's evaluator renders it: the theory (its statements joined by spaces), then
+        # "{question}: True or False?" (src/llama.py:33; shots are the probe's here, not a second draw)
+        out.append(ReasoningPrompt(statements, answer, shots, f"{question} True or False?", sep="", lead="",
+                                   scored_as=(" ", f"{question}: True or False?")))
     return out
 
 
@@ -591,7 +608,7 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
 
 def _file_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, style: str = "proofwriter",
                    **params: Any) -> list[Example]:
-    return [Example(p.text, p.answer) for p in load_reasoning(style=style, n_prompts=n, seed=seed, **params)]
+    return [Example(p.scored_text, p.answer) for p in load_reasoning(style=style, n_prompts=n, seed=seed, **params)]
 
 
 for _style, _summary, _columns in (
@@ -611,7 +628,8 @@ for _style, _summary, _columns in (
          **({"min_depth": (None, "published ProofWriter files: questions of proof depth >= this (min_depth=1 "
                                  "max_depth=1: the repository's robustness pool)")} if _style == "proofwriter" else {}),
          **({"form": ("toolkit", "published ProofWriter files: toolkit ('Question : … Answer :') | repository "
-                                 "(its probe's text: statements unseparated, '… True or False?')"),
+                                 "(its probe's text: statements unseparated, '… True or False?'; answers scored "
+                                 "after its evaluator's '{theory} {question}: True or False?')"),
              "by_size": (None, "published ProofWriter files (or their CWA folder): the repository's per-m probing "
                                "sets, e.g. 1,2,4,8 or 'repository' (1,2,4,…,24); --n-prompts is then per group")}
             if _style == "proofwriter" else {})},

@@ -19,7 +19,7 @@ from nnsight_reasoning.experiments.probe import fold_of_prompt
 from nnsight_reasoning.tasks.base import TaskError
 
 from .clirun import in_process as reason_interp
-from .conftest import tiny_bpe_llama, write_proofwriter_theories
+from .conftest import eager_hf, tiny_bpe_llama, write_proofwriter_theories
 from .test_probe import _knn_predict, _macro_f1
 
 DATA = Path(__file__).parent / "data"
@@ -311,6 +311,48 @@ def test_probe_per_group_matches_an_independent_computation(cwa, tiny_llama, tmp
     np.testing.assert_allclose(back["f1_all"].values, ds["f1_all"].values, equal_nan=True)
     np.testing.assert_allclose(back["baseline_f1_all"].values, ds["baseline_f1_all"].values, equal_nan=True)
     assert reason_interp(["plot", str(out), "--out", str(tmp_path / "pw.png")]).exit_code == 0
+
+
+def test_repository_form_scores_answers_after_the_evaluator_s_prompt(cwa, tiny_llama):
+    """The repository probes one rendering and scores answers after another (src/llama.py:33:
+    "{theory} {question}: True or False?", its theory's sentences joined by spaces): the scored
+    text is checked against the file's theory, and robustness's accuracy (clean and negated,
+    choices True/False) and evaluate's against plain HF logits after it."""
+    from transformers import AutoTokenizer
+
+    from nnsight_reasoning.tasks.reasoning import corrupted
+
+    prompts = nr.tasks.load_reasoning(cwa, min_depth=1, max_depth=1, form="repository", n_shots=1, n_prompts=16,
+                                      seed=2)
+    theories: dict[str, set[str]] = {}
+    for q in _questions(cwa):
+        theories.setdefault(q["q"]["question"], set()).add(q["row"]["theory"])
+    for p in prompts:
+        question = p.question.removesuffix(" True or False?")
+        assert p.text == p.prefix + "".join(s.text for s in p.statements) + f" {question} True or False?"
+        body = p.scored_text.removeprefix(p.prefix)
+        assert body.endswith(f" {question}: True or False?")
+        assert body.removesuffix(f" {question}: True or False?") in theories[question]
+    ds = nr.robustness(nr.load_model(str(tiny_llama)), prompts, corrupt="negate", n_subsets=2, subset_size=(8, 12),
+                       baseline="none", n_neighbors=2, folds=2, choices=("True", "False"), progress=False)
+    bad = corrupted(list(prompts), "negate", 1, 0, strict=False)
+    assert sum(a.statements != b.statements for a, b in zip(prompts, bad)) >= 8  # most prompts are negated
+    tok, hf = AutoTokenizer.from_pretrained(tiny_llama), eager_hf(tiny_llama)
+    cand = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in ("True", "False")]
+    assert all(len(c) == 1 for c in cand)
+    for data, var in ((list(prompts), "correct"), (bad, "correct_corrupt")):
+        texts = [p.prefix + " ".join(s.text for s in p.statements) + " " + p.question.replace(" True or", ": True or")
+                 for p in data]
+        assert list(ds["scored_text" if var == "correct" else "corrupted_scored_text"].values) == texts
+        with torch.no_grad():
+            last = [hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1, [c[0] for c in cand]] for t in texts]
+        best = torch.stack(last).argmax(-1).numpy()
+        np.testing.assert_array_equal(ds[var].values, best == np.array([p.answer != "True" for p in data]))
+    assert list(ds["text"].values) == [p.text for p in prompts]  # the probe reads the probe's text
+    examples = nr.tasks.get_task("proofwriter").examples(n=16, seed=2, path=cwa, min_depth=1, max_depth=1,
+                                                         form="repository", n_shots=1)  # as `evaluate --task` makes them
+    ev = nr.evaluate(str(tiny_llama), examples, progress=False)
+    assert list(ev["text"].values) == [p.scored_text for p in prompts]
 
 
 def test_probe_refuses_groups_it_cannot_score(cwa, embedded_model):

@@ -92,12 +92,13 @@ def prune(
         raise UsageError("head pruning needs prompts with statements, e.g. nr.tasks.kth_smallest(...)")
     answers_of: dict[str, set[str]] = {}
     for p in plist:
-        answers_of.setdefault(p.text, set()).add(p.answer)
+        answers_of.setdefault(p.scored_text, set()).add(p.answer)
     if any(len(a) > 1 for a in answers_of.values()):  # kth_smallest(k=[...]) in the repository style
         raise UsageError("head pruning scores each prompt's answer, and these prompts repeat a text with different "
                          "answers (several k): give one k")
     model = run.model
-    ids, answer_ids, _ = backend.scored_prompts(model, [p.text for p in plist], [p.answer for p in plist],
+    # accuracy after the text the answer is scored after (the repository's evaluator's, for its ProofWriter form)
+    ids, answer_ids, _ = backend.scored_prompts(model, [p.scored_text for p in plist], [p.answer for p in plist],
                                                 joined=joined_answers(plist))
     answers = np.array(answer_ids)
     att = _attention.measure(run, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="none",

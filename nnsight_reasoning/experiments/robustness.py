@@ -98,7 +98,9 @@ def robustness(
     ``accuracy_corrupt``, ``drop`` (= corrupted − clean accuracy, the repository's sign) and
     ``size`` (subset); ``correct``, ``correct_corrupt`` (prompt); ``bin_drop`` (mean drop),
     ``bin_count``, ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of
-    score and drop.
+    score and drop. Coordinates ``text`` and ``corrupted_text`` (prompt), and where answers are
+    scored after another text than the probed one (ProofWriter's ``form="repository"``, the
+    repository's evaluator prompt) ``scored_text`` and ``corrupted_scored_text``.
     """
     how = Features(pool, query, statement_pool, normalise)
     check_options(run, baseline, how, distance, n_neighbors)
@@ -201,7 +203,12 @@ def robustness(
                 "prompt": ("prompt", np.arange(len(plist)), {"long_name": "prompt index"}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object), {"long_name": "clean prompt text"}),
                 "corrupted_text": ("prompt", np.array([p.text for p in bad], dtype=object),
-                                   {"long_name": f"prompt text after the {corrupt} corruption"})},
+                                   {"long_name": f"prompt text after the {corrupt} corruption"}),
+                **({"scored_text": ("prompt", np.array([p.scored_text for p in plist], dtype=object),
+                                    {"long_name": "clean prompt as its answer is scored"}),
+                    "corrupted_scored_text": ("prompt", np.array([p.scored_text for p in bad], dtype=object),
+                                              {"long_name": "corrupted prompt as its answer is scored"})}
+                   if any(p.scored_text != p.text for p in plist) else {})},
         attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",
@@ -226,11 +233,12 @@ def _corrupted(prompts: Any, plist: list[ReasoningPrompt], corrupt: str, n_corru
 
 
 def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] | None = None) -> np.ndarray:
-    """(prompts,) 1 where the answer token is the top-1 next token, or with ``choices`` the one
-    of highest logit among the choices' tokens."""
+    """(prompts,) 1 where the answer token is the top-1 next token after the prompt's scored text
+    (its text, or the repository's accuracy prompt: :attr:`ReasoningPrompt.scored_text`), or with
+    ``choices`` the one of highest logit among the choices' tokens."""
     # one tokenisation for both reads: the answers' tokens, or with choices the choices' alone
     ids, answer_ids, cand_ids = backend.scored_prompts(
-        run.model, [p.text for p in plist], [] if choices is not None else [p.answer for p in plist],
+        run.model, [p.scored_text for p in plist], [] if choices is not None else [p.answer for p in plist],
         choices=list(choices or ()), joined=joined_answers(plist))
     if choices is not None:  # the repository's comparison of the choices' logits alone
         cand = torch.tensor(cand_ids)
