@@ -105,9 +105,12 @@ def self_repair(R: Path) -> None:
             continue
         for la, h in zip(*np.nonzero(np.isfinite(ds["direct_effect"].values))):
             one = ds.sel(layer=la, head=h)
-            for v in ("direct_effect", "logit_change", "self_repair", "replaced_direct_effect"):
-                if v in one:  # results written before replaced_direct_effect existed lack it
+            for v in ("direct_effect", "logit_change", "self_repair", "replaced_direct_effect", "norm_rescaling"):
+                if v in one:  # results written before replaced_direct_effect / norm_rescaling existed lack them
                     out(f"{name}.a{la}.{h}.{v}", float(one[v]))
+            if "norm_rescaling" in one:  # what the components after the head make up
+                out(f"{name}.a{la}.{h}.after", float(one["self_repair"] - one["replaced_direct_effect"]
+                                                     - one["norm_rescaling"]))
 
 
 def mid_revision(card: dict) -> str:
@@ -298,9 +301,12 @@ def sweeps(R: Path) -> None:
             # of what the ablation removes: net of the replacement's own direct effect
             if "replaced_direct_effect" in late and bool(s.any()):
                 one = late.sel(checkpoint=c).where(s)
+                removed = (one["direct_effect"] - one["replaced_direct_effect"]).sum()
                 out(f"self_repair.sweep.late_share_of_removed.{c}",
-                    float((one["self_repair"] - one["replaced_direct_effect"]).sum() /
-                          (one["direct_effect"] - one["replaced_direct_effect"]).sum()))
+                    float((one["self_repair"] - one["replaced_direct_effect"]).sum() / removed))
+                if "norm_rescaling" in one:  # of that, the final norm's rescaling alone
+                    out(f"self_repair.sweep.late_norm_share_of_removed.{c}",
+                        float(one["norm_rescaling"].sum() / removed))
             out(f"self_repair.sweep.max_direct.{c}", float(abs(ds["direct_effect"].sel(checkpoint=c)).max()))
     # mean logit difference over training: docs/tigges.md, docs/experiments/evaluate.md
     # (X-evaltasks; 200 prompts, seed 0, as the circuits notebook's cell 8)

@@ -48,12 +48,14 @@ def _run(hf, ids, replace=None):
 
 @torch.no_grad()
 def _reference(hf, ids, source, ablation, threshold):
-    """(direct, change, count, replaced) per (sequence, layer, head), summed over tokens with |direct| > threshold:
+    """(direct, change, count, replaced, norm) per (sequence, layer, head), summed over tokens with
+    |direct| > threshold:
     the direct effect as TransformerLens reads it with center_unembed (the head's output, centred for
     LayerNorm, over the final norm's clean scale, on the next token's unembedding row minus the mean
     row, times the norm's gain) and the change of the next token's centred logit, the head's output
     replaced by its output on ``source``, by zeros or by its mean over every row and position, and the
-    direct effect of that replacement read the same way."""
+    direct effect of that replacement read the same way, and the change minus the change of the final norm's
+    input read through the clean scale (what the norm's rescaling alone changes)."""
     layers, *_, o_proj, _, _, final, _ = NORMS[hf.config.model_type]
     n_layers, n_heads = hf.config.num_hidden_layers, hf.config.num_attention_heads
     layernorm = hf.config.model_type != "llama"
@@ -74,7 +76,7 @@ def _reference(hf, ids, source, ablation, threshold):
     scale = (f.pow(2).mean(-1) + eps).sqrt()
     rows = (unembed[target] - unembed.mean(0)) * norm.weight.double()
     clean = centred_logit(logits)
-    out = np.zeros((4, ids.shape[0], n_layers, n_heads))
+    out = np.zeros((5, ids.shape[0], n_layers, n_heads))
     for li, block in enumerate(_get(hf, layers)):
         proj = _get(block, o_proj)
         w = proj.weight.double()
@@ -90,13 +92,19 @@ def _reference(hf, ids, source, ablation, threshold):
             de = direct(z[li], h)
             values = {"resample": z_src[li], "zero": torch.zeros_like(z[li]),
                       "mean": z[li].double().mean((0, 1)).expand(z[li].shape)}[ablation]
-            change = centred_logit(_run(hf, ids, (li, h, values))[0]) - clean
+            logits_ablated, _, f_ablated = _run(hf, ids, (li, h, values))
+            change = centred_logit(logits_ablated) - clean
+            f_ablated = f_ablated[:, :-1]
+            if layernorm:
+                f_ablated = f_ablated - f_ablated.mean(-1, keepdim=True)
+            at_clean_scale = (((f_ablated - f) / scale[..., None]) * rows).sum(-1)
             keep = de.abs() > threshold
             out[0, :, li, h] = torch.where(keep, de, 0).sum(-1).numpy()
             out[1, :, li, h] = torch.where(keep, change, 0).sum(-1).numpy()
             out[2, :, li, h] = keep.sum(-1).numpy()
             # the model runs in float32: the replacement it writes is the float32 value
             out[3, :, li, h] = torch.where(keep, direct(values.float(), h), 0).sum(-1).numpy()
+            out[4, :, li, h] = torch.where(keep, change - at_clean_scale, 0).sum(-1).numpy()
     return out
 
 
@@ -110,7 +118,7 @@ def test_self_repair_matches_hooks(embedded_model, tiny_model_dir, model_type):
     for ablation, threshold in (("resample", 0.0), ("zero", 0.05), ("mean", 0.0)):
         ds = nr.self_repair(model, seqs, ablation=ablation, threshold=threshold, batch_size=16, progress=False)
         nr.testing.assert_valid_result(ds)
-        de, change, count, replaced = _reference(hf, ids, torch.roll(ids, 1, 0), ablation, threshold)
+        de, change, count, replaced, norm = _reference(hf, ids, torch.roll(ids, 1, 0), ablation, threshold)
         total = count.sum(0)
         # float32 forward passes: a few ulps of the largest centred logit per token, in means over tokens
         tol = 1e-5 * max(1.0, float(np.abs(change / np.maximum(count, 1)).max()))
@@ -120,6 +128,13 @@ def test_self_repair_matches_hooks(embedded_model, tiny_model_dir, model_type):
             assert (ds["replaced_direct_effect"].values == 0).all()
         else:  # what takes the head's place writes something of its own on the next token
             assert np.abs(ds["replaced_direct_effect"].values).max() > 1e-3
+        np.testing.assert_allclose(ds["norm_rescaling"].values, norm.sum(0) / total, atol=tol)
+        assert np.abs(ds["norm_rescaling"].values).max() > 1e-3  # the ablated runs' final residuals rescale
+        if model_type == "embedded":  # parallel attention and MLP: nothing reads the last layer's heads but the norm,
+            # so all they "make up" is what replaces them and the norm's rescaling (the decomposition is exact)
+            last = ds.isel(layer=-1)
+            np.testing.assert_allclose(last.self_repair - last.replaced_direct_effect - last.norm_rescaling, 0,
+                                       atol=2 * tol)
         np.testing.assert_allclose(ds["direct_effect"].values, de.sum(0) / total, atol=tol)
         np.testing.assert_allclose(ds["logit_change"].values, change.sum(0) / total, atol=tol)
         np.testing.assert_allclose(ds["self_repair"].values, (de.sum(0) + change.sum(0)) / total, atol=2 * tol)
@@ -142,7 +157,7 @@ def test_self_repair_does_not_depend_on_batching_and_runs_remotely(embedded_mode
         # the means are summed in float64 batch by batch, then cast to float32: the last bit may differ
         tol = 1e-9 if ablation == "resample" else 1e-5
         for other in (small, far):
-            for v in ("direct_effect", "logit_change", "sequence_direct_effect"):
+            for v in ("direct_effect", "logit_change", "norm_rescaling", "sequence_direct_effect"):
                 np.testing.assert_allclose(other[v].values, big[v].values, atol=tol, equal_nan=True)
     measured = np.isfinite(big["direct_effect"].values)
     assert measured.sum() == 2 and measured[0, 1] and measured[2, 3] and big.attrs["heads"] == "a0.1,a2.3"
@@ -161,6 +176,7 @@ def test_self_repair_from_the_cli(tmp_path):
     ds = nr.load_result(out)
     assert ds.attrs["method"] == "self_repair" and ds.attrs["ablation"] == "resample"
     assert "self-repair = logit change + direct effect" in r.stdout and "replaced = the direct effect" in r.stdout
+    assert "final norm" in r.stdout and "the final norm's rescaling alone" in r.stdout
     r = in_process(["plot", str(out)])
     assert r.returncode == 0 and (tmp_path / "sr.png").exists(), r.stderr
     both = tmp_path / "models.nc"  # two models in one result: one marker set each

@@ -807,7 +807,8 @@ def head_logit_effects(model: Any, input_ids: torch.Tensor, token_ids: torch.Ten
 @reads_weights
 def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Tensor | None,
                        heads: Sequence[tuple[int, int]], *, means: torch.Tensor | None = None,
-                       remote: bool | str = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                       remote: bool | str = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each head's direct effect on the next token, and the next token's logit with the head
     ablated, at every position: the two sides of a self-repair measurement.
 
@@ -817,12 +818,16 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     None, by ``means`` (L, H · head_dim), the layer's row at every position (mean ablation, e.g.
     :func:`head_input_sums` over the texts divided by their tokens), or zeroed when ``means`` is
     None too. Returns float64 (``direct`` (b, L, H, T − 1), ``clean`` (b, T − 1),
-    ``ablated`` (v, b, T − 1), ``replaced`` (b, L, H, T − 1)): at position t the token t + 1 is
-    read; a direct effect is :func:`head_logit_effects`' (the final norm's scale frozen at the clean
-    run's value, the unembedding rows centred over the vocabulary) and a logit is centred too
+    ``ablated`` (v, b, T − 1), ``replaced`` (b, L, H, T − 1), ``frozen`` (v, b, T − 1)): at
+    position t the token t + 1 is read; a direct effect is :func:`head_logit_effects`' (the final
+    norm's scale frozen at the clean run's value, the unembedding rows centred over the vocabulary)
+    and a logit is centred too
     (minus the mean over the vocabulary), so the two are in one unit. ``replaced`` is the direct
     effect, read the same way, of what the ablation writes in each head's place (the source text's
-    output, the mean, or zero): the part of ``direct`` an ablation leaves in place.
+    output, the mean, or zero): the part of ``direct`` an ablation leaves in place. ``frozen`` is
+    ``ablated − clean`` with the final norm's scale frozen at the clean run's: the change of the
+    final residual stream read the same way, so that ``ablated − clean − frozen`` is what the
+    final norm's rescaling alone changes.
     """
     from . import _run
 
@@ -854,13 +859,13 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
         plan.append((src, mask))
     saved = _run(model, _trace_self_repair, (model, torch.cat(rows), input_ids[:, 1:], mods, final, unembed, conv1d,
                                              d["n_heads"], d["head_dim"], center, eps, _gain_offset(model), plan, fills,
-                                             b), remote, "saved")
-    direct, logits, replaced = (t.detach().cpu().double() for t in saved)
-    return direct, logits[:b], logits[first:].reshape(v, b, -1), replaced
+                                             b, first), remote, "saved")
+    direct, logits, replaced, frozen = (t.detach().cpu().double() for t in saved)
+    return direct, logits[:b], logits[first:].reshape(v, b, -1), replaced, frozen.reshape(v, b, -1)
 
 
 def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_heads, head_dim, center, eps, gain_offset,
-                       plan, fills, b, remote=False, backend=None):
+                       plan, fills, b, first, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(ids, remote=remote, backend=backend, use_cache=False):
         # each layer's head outputs are read on the next tokens' unembedding rows at once, (b, H, T - 1):
@@ -888,10 +893,17 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
         scale = norm_scale(final.input[:b, :-1], center, eps)[:, None, None, :]  # (b, 1, 1, T - 1)
         direct = torch.stack(on_device(outs, outs[0]), 1) / scale.to(outs[0].device)
         replaced = torch.stack(on_device(reps, outs[0]), 1) / scale.to(outs[0].device)
+        # the ablated copies' final residual minus the clean one, on the same rows at the clean scale: the logit
+        # change the final norm would pass on if it did not rescale (centring, for LayerNorm, is in the rows)
+        x = final.input[:, :-1]
+        copies = (x.shape[0] - first) // b
+        moved = (x[first:] - x[:b].repeat(copies, 1, 1)).double()
+        frozen = torch.einsum("ntd,ntd->nt", moved, rows.to(moved.device).repeat(copies, 1, 1))
+        frozen = frozen / scale[:, 0, 0].to(frozen.device).repeat(copies, 1)
         lg = model.output.logits[:, :-1]  # (rows, T - 1, V) in the model's dtype: no float64 copy of every logit
         every = targets.repeat(lg.shape[0] // b, 1).to(lg.device)
         picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0].double() - lg.float().mean(-1).double()
-        saved = nnsight.save((direct, picked, replaced))
+        saved = nnsight.save((direct, picked, replaced, frozen))
     return saved
 
 

@@ -21,6 +21,10 @@ On running text, for every head alone and every position t (the token t + 1 is t
   of the model makes up for all of it). No ablation removes the whole direct effect: what it writes
   in the head's place has a direct effect of its own (on average a resampled output's is the
   mean's), which that sum counts as made up; ``replaced_direct_effect`` measures it.
+- The final norm makes up part of it too (Rushing & Nanda's LayerNorm share): the ablated run's
+  final residual stream has another scale. ``norm_rescaling`` is the logit change minus the same
+  change with the final norm's scale frozen at the clean run's. So ``self_repair`` =
+  ``replaced_direct_effect`` + ``norm_rescaling`` + what the components after the head make up.
 
 Departures: the resample source of text i is text i − 1 of all the texts (a roll over the whole
 set), where the repository takes the next batch of 30 rolled by one, so the numbers do not depend
@@ -80,7 +84,10 @@ def self_repair(
     ``logit_change`` (mean over the selected tokens), ``self_repair`` (their sum, the repository's
     measure), ``replaced_direct_effect`` (the direct effect of what the ablation writes in the
     head's place: ``self_repair`` counts it as made up, so ``self_repair − replaced_direct_effect``
-    is what the rest of the model makes up of the direct effect the ablation removes), ``n_tokens``;
+    is what the rest of the model makes up of the direct effect the ablation removes),
+    ``norm_rescaling`` (the part of ``logit_change`` due to the final norm's scale alone: the change
+    minus the change at the clean run's scale; ``self_repair − replaced_direct_effect −
+    norm_rescaling`` is what the components after the head make up), ``n_tokens``;
     per text ``sequence_direct_effect`` and ``sequence_logit_change`` (sequence, layer, head;
     NaN where a text has no selected token); NaN for heads not measured. With ``revisions`` every
     variable gains a leading ``checkpoint`` dim.
@@ -106,6 +113,7 @@ def self_repair(
     de_sum = np.zeros((n, n_layers, n_heads))
     change_sum = np.zeros((n, n_layers, n_heads))
     replaced_sum = np.zeros((n, n_layers, n_heads))
+    norm_sum = np.zeros((n, n_layers, n_heads))
     count = np.zeros((n, n_layers, n_heads))
     means = None
     if ablation == "mean":  # every head's output (before the projection) averaged over all the texts' tokens
@@ -115,7 +123,7 @@ def self_repair(
     for job in run.steps(passes, "self-repair"):
         items = torch.tensor(job.items)
         at = [chosen[j] for j in job.variants]
-        direct, clean, ablated, replaced = run.call(graph.self_repair_logits, ids[items],
+        direct, clean, ablated, replaced, frozen = run.call(graph.self_repair_logits, ids[items],
                                                     source[items] if ablation == "resample" else None, at, means=means)
         for k, (li, h) in enumerate(at):
             de = direct[:, li, h].numpy()  # (b, T - 1)
@@ -123,6 +131,7 @@ def self_repair(
             de_sum[job.items, li, h] = np.where(keep, de, 0.0).sum(-1)
             change_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean).numpy(), 0.0).sum(-1)
             replaced_sum[job.items, li, h] = np.where(keep, replaced[:, li, h].numpy(), 0.0).sum(-1)
+            norm_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean - frozen[k]).numpy(), 0.0).sum(-1)
             count[job.items, li, h] = keep.sum(-1)
     measured = np.zeros((n_layers, n_heads), bool)
     for li, h in chosen:
@@ -132,6 +141,7 @@ def self_repair(
         direct_mean = np.where(measured & (total > 0), de_sum.sum(0) / total, np.nan)
         change_mean = np.where(measured & (total > 0), change_sum.sum(0) / total, np.nan)
         replaced_mean = np.where(measured & (total > 0), replaced_sum.sum(0) / total, np.nan)
+        norm_mean = np.where(measured & (total > 0), norm_sum.sum(0) / total, np.nan)
         seq_de = np.where(measured & (count > 0), de_sum / count, np.nan)
         seq_change = np.where(measured & (count > 0), change_sum / count, np.nan)
     unit = "logits (centred over the vocabulary)"
@@ -150,6 +160,10 @@ def self_repair(
                                                   "(the source text's output, the mean, or zero), mean over selected "
                                                   "tokens: the part of direct_effect the ablation leaves",
                                      "units": unit}),
+         "norm_rescaling": (("layer", "head"), norm_mean,
+                            {"long_name": "part of logit_change due to the final norm's rescaling: the change minus "
+                                          "the change at the clean run's norm scale, mean over selected tokens",
+                             "units": unit}),
          "n_tokens": (("layer", "head"), np.where(measured, total, 0).astype(np.int64),
                       {"long_name": "tokens with |direct effect| > threshold"}),
          "sequence_direct_effect": (("sequence", "layer", "head"), seq_de,
@@ -179,7 +193,10 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             f"{ds.attrs.get('threshold')}")
     table = Table(title="heads by |direct effect| on the next token (logits, centred over the vocabulary)")
     replaced = "replaced_direct_effect" in last  # absent from results written before it existed
-    cols = ("head", "direct effect", "logit change", "self-repair") + (("replaced",) if replaced else ()) + ("tokens",)
+    norm = "norm_rescaling" in last  # likewise (2026-12-07)
+    # two-word headers on two lines: eight columns fit 80 characters
+    cols = ("head", "direct\neffect", "logit\nchange", "self-repair") + (("replaced",) if replaced else ()) + \
+        (("final\nnorm",) if norm else ()) + ("tokens",)
     for col in cols:
         table.add_column(col, justify="right")
     flat = abs(last["direct_effect"]).stack(lh=("layer", "head")).dropna("lh")
@@ -188,10 +205,13 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         r = last.sel(layer=li, head=h)
         table.add_row(f"a{li}.{h}", f"{float(r.direct_effect):+.3f}", f"{float(r.logit_change):+.3f}",
                       f"{float(r.self_repair):+.3f}", *([f"{float(r.replaced_direct_effect):+.3f}"] if replaced else []),
-                      str(int(r.n_tokens)))
+                      *([f"{float(r.norm_rescaling):+.3f}"] if norm else []), str(int(r.n_tokens)))
     notes = ["self-repair = logit change + direct effect: 0 = the logit loses the head's whole direct effect; = direct "
              "effect: other components make up for all of it"]
     if replaced:
         notes.append("replaced = the direct effect of what the ablation writes in the head's place, which self-repair "
                      "counts as made up (self-repair − replaced: what the rest of the model makes up)")
+    if norm:
+        notes.append("final norm = the part of the logit change due to the final norm's rescaling alone (self-repair "
+                     "− replaced − final norm: what the components after the head make up)")
     return [head, table, *notes]

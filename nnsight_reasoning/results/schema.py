@@ -105,6 +105,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot"), "pruned": ("layer", "head")},
     "probe_robustness": {"baseline_f1": ("subset", "probe")},
+    # what the ablation leaves in place (2026-12-06) and the final norm's share (2026-12-07): older files lack them
+    "self_repair": {"replaced_direct_effect": ("layer", "head"), "norm_rescaling": ("layer", "head")},
     # raw logits beside the log-probabilities (2026-12-06): files written before lack them
     "binding_ids/position": {"position_logit": ("target", "offset", "query", "answer", "prompt")},
     "binding_ids/mcq": {"mcq_balanced_swap_accuracy": ("width",)},
