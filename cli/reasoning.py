@@ -104,9 +104,16 @@ def _pruned_heads(path: Path, order: str, fraction: float, models: Optional[List
     # the result records which model's heads these are, and another model is worth a word
     source, source_path = str(ds.attrs.get("model")), str(ds.attrs.get("model_path") or "")
 
-    def same(model: str) -> bool:  # by name, or a local directory by where it is (./m and /abs/m are one model)
+    def same(model: str) -> bool:
         local = Path(model).expanduser()
-        return model == source or bool(source_path) and local.is_dir() and local.resolve() == Path(source_path).resolve()
+        if local.is_dir():  # a local directory (loaded before any Hub id): by where it is, ./m and /abs/m alike
+            if not source_path:
+                return False
+            here, there = local.resolve(), Path(source_path).resolve()
+            # a revision's subdirectory (load_model(dir, revision=r) reads dir/r): the model is dir, any revision
+            root = there.parent if there.name == str(ds.attrs.get("revision")) else there
+            return here in (there, root) or (root != there and here.parent == root)
+        return model == source  # a Hub id (or "embedded"): by name, any revision
 
     if not any(same(m) for m in models or ["embedded"]):
         warnings.warn(f"--pruned {path}: its heads were pruned on {source}, not on {', '.join(models or ['embedded'])}",

@@ -39,7 +39,8 @@ class ReasoningPrompt:
     repository's ProofWriter protocol probes each number of statements m apart,
     :func:`load_reasoning` with ``by_size``); None: one probe over all prompts. ``joined``: the
     answer continues the prompt's last word, scored as its own token without a space (see
-    :class:`~nnsight_reasoning.tasks.PromptPair`)."""
+    :class:`~nnsight_reasoning.tasks.PromptPair`). ``scored_as``: (sep, question) of another
+    rendering the answer is scored after (:attr:`scored_text`); None: :attr:`text`."""
 
     statements: tuple[Statement, ...]
     answer: str
@@ -57,7 +58,7 @@ class ReasoningPrompt:
 
     @property
     def scored_text(self) -> str:
-        """The text whose next token is scored for accuracy (``evaluate``, ``robustness``): :attr:`text`,
+        """The text whose next token is scored for accuracy (``evaluate``, ``robustness``, ``prune``): :attr:`text`,
         or where ``scored_as`` = (sep, question) is set, the same prefix and statements joined by
         ``sep``, then " " and that question: MechanisticProbe scores its answers after another
         rendering than the one it probes (``src/llama.py:33``: "{theory} {question}: True or False?")."""

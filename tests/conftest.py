@@ -13,20 +13,39 @@ os.environ["COLUMNS"] = "160"
 # The fast tier runs on every core with pytest-xdist (`-n auto` in pyproject's addopts), one
 # process per core: each process, and the CLI processes its tests start, then gets its share
 # of the cores instead of all of them (oversubscribed threads only wait on each other).
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+_THREADS = max(1, min(2, _cores() // _WORKERS))
 if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
 
 
+def _selects_slow(expr: str) -> bool:
+    """Whether the ``-m`` expression selects tests marked slow (alone or with remote)."""
+    if not expr.strip():  # no selection: every test, the slow ones included
+        return True
+    try:
+        from _pytest.mark.expression import Expression  # pytest's own evaluator (not public API)
+
+        compiled = Expression.compile(expr)
+        return any(compiled.evaluate(lambda name, *_, marks=marks, **__: name in marks)
+                   for marks in ({"slow"}, {"slow", "remote"}))
+    except Exception:  # another pytest: by the name
+        return "slow" in expr.replace("not slow", "")
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist it is never called
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker per core for the fast tier, none (this process) for the slow tier,
-    whose benchmarks time runs side by side and whose NDIF tests share one loopback server."""
-    expr = config.getoption("markexpr", "") or ""
-    if "slow" in expr.replace("not slow", ""):
+    """``-n auto``: one worker per core for the fast tier, none (this process) when slow tests
+    are selected (`-m slow`, `-m remote`, `-m ""`): benchmarks time runs side by side and the
+    NDIF tests share one loopback server. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still sets it."""
+    if _selects_slow(config.getoption("markexpr", "") or ""):
         return 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or _cores())
 
 
 @pytest.fixture(autouse=True)

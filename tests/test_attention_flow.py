@@ -6,6 +6,7 @@ repository's swaps written out again, the flow against numpy."""
 from __future__ import annotations
 
 import random
+import shutil
 import warnings
 
 import numpy as np
@@ -193,7 +194,7 @@ def test_pruned_masks_are_checked(embedded_model):
             nr.attention(embedded_model, prompts, pruned=bad, progress=False)
 
 
-def test_attention_flow_from_the_cli(tmp_path):
+def test_attention_flow_from_the_cli(tmp_path, monkeypatch):
     prune = tmp_path / "prune.nc"
     r = reason_interp(["prune", "--task", "kth_smallest", "--length", "6", "--n-prompts", "24", "--n-random", "1",
                        "--out", str(prune)])
@@ -207,17 +208,19 @@ def test_attention_flow_from_the_cli(tmp_path):
     np.testing.assert_array_equal(ds["pruned"].values, want.values)
     assert ds.attrs["pruned_from"] == "prune.nc: embedded@main, entropy_position at 0.4"  # the mask's provenance
     assert "heads pruned: L" in r.stdout and "pruned heads from prune.nc" in r.stdout
-    with pytest.warns(UserWarning, match=r"heads were pruned on embedded, not on .*step1000"):  # another model
+    other = shutil.copytree(embedded.revision_path("main"), tmp_path / "copy")  # the same weights, another model
+    with pytest.warns(UserWarning, match=r"heads were pruned on embedded, not on .*copy"):
         r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
-                           str(embedded.revision_path("step1000")), "--pruned", str(prune), "--out",
-                           str(tmp_path / "other.nc")])
+                           str(other), "--pruned", str(prune), "--out", str(tmp_path / "other.nc")])
     assert r.returncode == 0, r.stderr
-    with warnings.catch_warnings():  # the same model given by its directory is no other model
-        warnings.simplefilter("error")
-        r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
-                           str(embedded.revision_path("main")), "--pruned", str(prune), "--out",
-                           str(tmp_path / "same.nc")])
-    assert r.returncode == 0, r.stderr
+    # the same model by its directory, written relative to the cwd, and another revision of it: no warning
+    monkeypatch.chdir(embedded.revision_path("main").parent)
+    for k, model in enumerate(("./main", str(embedded.revision_path("step1000")))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = reason_interp(["attention", "--task", "kth_smallest", "--length", "6", "--n-prompts", "4", "--model",
+                               model, "--pruned", str(prune), "--out", str(tmp_path / f"same{k}.nc")])
+        assert r.returncode == 0, r.stderr
     r = reason_interp(["plot", str(flow), "--kind", "flow"])
     assert r.returncode == 0 and (tmp_path / "flow.flow.png").exists(), r.stderr
     for extra, match in ((["--pruned-fraction", "0.45"], "has 0.1, 0.2"), (["--pruned-order", "random7"], "has "),

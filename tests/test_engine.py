@@ -75,7 +75,7 @@ def test_layout_computes_the_minimal_rows(embedded_model):
     patch up, the source rows ride beside the bases (no padding), and the layer widths add
     up to the minimal work: inputs at every layer plus, per copy, the layers from its own."""
     n, t, n_layers = 6, 9, 4
-    ids = torch.randint(5, 100, (2 * n, t))
+    ids = torch.randint(5, 100, (2 * n, t), generator=torch.Generator().manual_seed(0))
     patches = [backend.Patch(site, layer, torch.arange(n, 2 * n), torch.arange(n), torch.full((n,), t - 1))
                for site in ("attn", "mlp", "resid") for layer in range(n_layers)]
     layers = list(range(n_layers))
@@ -98,7 +98,7 @@ def test_wide_sweeps_split_into_balanced_duplicate_rows():
     At a real model's width (d_model 768, as Pythia-160m): the width budget holds many copies
     per row, so rows grow alike at every join point (see packed.plan)."""
     n, t, n_layers = 2, 12, 3
-    ids = torch.randint(5, 100, (2 * n, t))
+    ids = torch.randint(5, 100, (2 * n, t), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(t).repeat(n)
     rows = torch.arange(n, 2 * n).repeat_interleave(t)
     patches = [backend.Patch("mlp", layer, rows, rows - n, pos) for layer in range(n_layers)]
@@ -207,7 +207,7 @@ def test_edge_layout_joins_each_circuit_where_its_cuts_begin():
     an edge into the logits: each gets 3 columns, joining at layer 2, after the last layer
     (twice); the work is the two prompts at every layer plus each slot from its join."""
     t, n_layers, n_heads = 9, 3, 2
-    clean = torch.randint(5, 100, (2, t))
+    clean = torch.randint(5, 100, (2, t), generator=torch.Generator().manual_seed(0))
     corrupt = clean.clone()
     corrupt[0, 6:] += 1
     corrupt[1, 7:] += 1

@@ -333,7 +333,16 @@ def test_repository_form_scores_answers_after_the_evaluator_s_prompt(cwa, tiny_l
         body = p.scored_text.removeprefix(p.prefix)
         assert body.endswith(f" {question}: True or False?")
         assert body.removesuffix(f" {question}: True or False?") in theories[question]
-    ds = nr.robustness(nr.load_model(str(tiny_llama)), prompts, corrupt="negate", n_subsets=2, subset_size=(8, 12),
+    # on rows in ProofWriter's published format (tests/data) the theory is the file's own string, not rebuilt
+    rows = [json.loads(line) for line in (DATA / "proofwriter_meta.jsonl").read_text().splitlines()]
+    published = nr.tasks.load_reasoning(DATA / "proofwriter_meta.jsonl", form="repository")
+    assert len(published) >= 3
+    for p in published:
+        question = p.question.removesuffix(" True or False?")
+        assert p.scored_text in {f"{r['theory']} {question}: True or False?" for r in rows
+                                 if any(q["question"] == question for q in r["questions"].values())}
+    model = nr.load_model(str(tiny_llama))
+    ds = nr.robustness(model, prompts, corrupt="negate", n_subsets=2, subset_size=(8, 12),
                        baseline="none", n_neighbors=2, folds=2, choices=("True", "False"), progress=False)
     bad = corrupted(list(prompts), "negate", 1, 0, strict=False)
     assert sum(a.statements != b.statements for a, b in zip(prompts, bad)) >= 8  # most prompts are negated
@@ -345,9 +354,14 @@ def test_repository_form_scores_answers_after_the_evaluator_s_prompt(cwa, tiny_l
                  for p in data]
         assert list(ds["scored_text" if var == "correct" else "corrupted_scored_text"].values) == texts
         with torch.no_grad():
-            last = [hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1, [c[0] for c in cand]] for t in texts]
-        best = torch.stack(last).argmax(-1).numpy()
+            last = torch.stack([hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1] for t in texts])
+        best = last[:, [c[0] for c in cand]].argmax(-1).numpy()
         np.testing.assert_array_equal(ds[var].values, best == np.array([p.answer != "True" for p in data]))
+        if var == "correct":  # prune scores the same text: its unpruned P(answer) over the whole vocabulary
+            pr = nr.prune(model, prompts, orderings=("random",), fractions=(0.5,), n_random=1, progress=False)
+            assert list(pr["scored_text"].values) == texts
+            p_answer = last.softmax(-1)[torch.arange(len(data)), [cand[p.answer != "True"][0] for p in data]]
+            assert float(pr["p_answer_unpruned"]) == pytest.approx(float(p_answer.mean()), abs=1e-6)
     assert list(ds["text"].values) == [p.text for p in prompts]  # the probe reads the probe's text
     examples = nr.tasks.get_task("proofwriter").examples(n=16, seed=2, path=cwa, min_depth=1, max_depth=1,
                                                          form="repository", n_shots=1)  # as `evaluate --task` makes them

@@ -133,6 +133,7 @@ def test_self_repair_matches_hooks(embedded_model, tiny_model_dir, model_type):
         if model_type == "embedded":  # parallel attention and MLP: nothing reads the last layer's heads but the norm,
             # so all they "make up" is what replaces them and the norm's rescaling (the decomposition is exact)
             last = ds.isel(layer=-1)
+            assert (last.n_tokens > 0).all()  # every last-layer head has tokens over the threshold: no NaN
             np.testing.assert_allclose(last.self_repair - last.replaced_direct_effect - last.norm_rescaling, 0,
                                        atol=2 * tol)
         np.testing.assert_allclose(ds["direct_effect"].values, de.sum(0) / total, atol=tol)

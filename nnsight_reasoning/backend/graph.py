@@ -894,12 +894,11 @@ def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_head
         direct = torch.stack(on_device(outs, outs[0]), 1) / scale.to(outs[0].device)
         replaced = torch.stack(on_device(reps, outs[0]), 1) / scale.to(outs[0].device)
         # the ablated copies' final residual minus the clean one, on the same rows at the clean scale: the logit
-        # change the final norm would pass on if it did not rescale (centring, for LayerNorm, is in the rows)
+        # change if the final norm's scale stayed at the clean run's (centring, for LayerNorm, is in the rows)
         x = final.input[:, :-1]
         copies = (x.shape[0] - first) // b
-        moved = (x[first:] - x[:b].repeat(copies, 1, 1)).double()
-        frozen = torch.einsum("ntd,ntd->nt", moved, rows.to(moved.device).repeat(copies, 1, 1))
-        frozen = frozen / scale[:, 0, 0].to(frozen.device).repeat(copies, 1)
+        moved = x[first:].reshape(copies, b, *x.shape[1:]).double() - x[:b].double()  # (v, b, T - 1, d)
+        frozen = torch.einsum("cbtd,btd->cbt", moved, rows.to(moved.device)) / scale[:, 0, 0].to(moved.device)
         lg = model.output.logits[:, :-1]  # (rows, T - 1, V) in the model's dtype: no float64 copy of every logit
         every = targets.repeat(lg.shape[0] // b, 1).to(lg.device)
         picked = torch.gather(lg, 2, every[:, :, None])[:, :, 0].double() - lg.float().mean(-1).double()
