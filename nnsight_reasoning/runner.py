@@ -114,12 +114,16 @@ class Run:
         """``fn(model, *args, remote=..., **kwargs)`` for a backend function ``fn`` (one trace).
 
         The result is kept as a part of the run, keyed by the call's index and checked
-        against a digest of its inputs, so a resumed run reads it back instead of tracing
-        again, and a run whose inputs changed is refused instead of mixed.
+        against a digest of its inputs (and of ``fn.parts_format``, where set), so a resumed run
+        reads it back instead of tracing again, and a run whose inputs changed is refused instead
+        of mixed.
         """
         key = f"call-{self.calls:06d}"
         self.calls += 1
-        check = digest(getattr(fn, "__module__", ""), fn.__qualname__, args, kwargs)
+        # A backend function whose return value changed shape carries a ``parts_format`` (2, 3, …),
+        # so that parts kept by an earlier version are refused as other inputs, not misread.
+        fmt = getattr(fn, "parts_format", None)
+        check = digest(getattr(fn, "__module__", ""), fn.__qualname__, *([] if fmt is None else [fmt]), args, kwargs)
 
         def compute() -> T:
             with _remote.counting(self.traffic):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
+
 from .base import Example, TaskData, TaskError, TaskInfo, check_choice, check_range, read_rows, register
 
 CORRUPTIONS = ("shuffle", "drop", "perturb", "negate")
@@ -104,6 +106,16 @@ class ReasoningPrompts(TaskData):
 
     def __repr__(self) -> str:
         return f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, params={self.params_json()})"
+
+
+def scored_text_coords(named: dict[str, tuple[Sequence[ReasoningPrompt], str]]) -> dict[str, tuple]:
+    """Result coordinates (dim ``prompt``) holding each list's :attr:`ReasoningPrompt.scored_text`:
+    ``{name: (prompts, long_name)}`` → ``{name: ("prompt", texts, {"long_name": ...})}``, or ``{}``
+    where every prompt is scored after its own text (only the repository's accuracy prompt differs)."""
+    if not any(p.scored_text != p.text for prompts, _ in named.values() for p in prompts):
+        return {}
+    return {name: ("prompt", np.array([p.scored_text for p in prompts], dtype=object), {"long_name": long_name})
+            for name, (prompts, long_name) in named.items()}
 
 
 def corrupted(prompts: Sequence[ReasoningPrompt], mode: str, n: int = 1, seed: int = 0,

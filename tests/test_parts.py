@@ -1,6 +1,7 @@
 """Finished work kept on disk: resume after a real SIGKILL, refuse parts of another run."""
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 
@@ -114,3 +115,22 @@ def test_bad_input_found_after_some_passes_keeps_no_parts_so_the_fix_is_not_refu
     assert not d.exists()
     ds = nr.neurons("embedded", data, top_k=10, min_frequency=0.3, **kw)
     assert list(ds["checkpoint"].values) == ["step0", "main"]
+
+
+def test_parts_kept_before_a_backend_function_changed_shape_are_refused(embedded_model, tmp_path, monkeypatch):
+    """``self_repair_logits`` returns five tensors since its ``parts_format`` 2 (four before): a
+    folder kept by the older version, whose digests had no format, is refused, not misread."""
+    from nnsight_reasoning.backend import graph
+
+    seqs = nr.tasks.text_sequences(3, 8, seed=1, tokenizer=embedded_model.tokenizer)
+    d = tmp_path / "parts"
+    kw = dict(heads="a1.0", resume_dir=d, progress=False)
+    with monkeypatch.context() as m:
+        m.delattr(graph.self_repair_logits, "parts_format")  # the version before the fifth tensor
+        nr.self_repair(embedded_model, seqs, **kw)
+    with pytest.raises(nr.UsageError, match="was computed from other inputs; delete .* or pass --restart"):
+        nr.self_repair(embedded_model, seqs, **kw)
+    shutil.rmtree(d)  # what the error says to do
+    again = nr.self_repair(embedded_model, seqs, **kw)
+    assert again.attrs["n_resumed_passes"] == 0
+    assert nr.self_repair(embedded_model, seqs, **kw).attrs["n_resumed_passes"] == again.attrs["n_forward_passes"]

@@ -821,8 +821,7 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     ``ablated`` (v, b, T − 1), ``replaced`` (b, L, H, T − 1), ``frozen`` (v, b, T − 1)): at
     position t the token t + 1 is read; a direct effect is :func:`head_logit_effects`' (the final
     norm's scale frozen at the clean run's value, the unembedding rows centred over the vocabulary)
-    and a logit is centred too
-    (minus the mean over the vocabulary), so the two are in one unit. ``replaced`` is the direct
+    and a logit is centred too (minus the mean over the vocabulary), so the two are in one unit. ``replaced`` is the direct
     effect, read the same way, of what the ablation writes in each head's place (the source text's
     output, the mean, or zero): the part of ``direct`` an ablation leaves in place. ``frozen`` is
     ``ablated − clean`` with the final norm's scale frozen at the clean run's: the change of the
@@ -862,6 +861,10 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
                                              b, first), remote, "saved")
     direct, logits, replaced, frozen = (t.detach().cpu().double() for t in saved)
     return direct, logits[:b], logits[first:].reshape(v, b, -1), replaced, frozen.reshape(v, b, -1)
+
+
+# Five tensors since `frozen` was added (four before): parts kept by a run before then are refused.
+self_repair_logits.parts_format = 2
 
 
 def _trace_self_repair(model, ids, targets, mods, final, unembed, conv1d, n_heads, head_dim, center, eps, gain_offset,

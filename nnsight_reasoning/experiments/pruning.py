@@ -32,7 +32,7 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
-from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
 from . import attention as _attention
 
 ORDERINGS = ("entropy_position", "entropy_rank", "random")
@@ -164,9 +164,7 @@ def prune(
                 "layer": att["layer"].values, "head": att["head"].values,
                 "view": ("view", np.array(_attention.VIEWS, dtype=object), {"long_name": _attention.VIEW_NAME}),
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object)),
-                **({"scored_text": ("prompt", np.array([p.scored_text for p in plist], dtype=object),
-                                    {"long_name": "prompt as its answer is scored"})}
-                   if any(p.scored_text != p.text for p in plist) else {}),
+                **scored_text_coords({"scored_text": (plist, "prompt as its answer is scored")}),
                 "answer": ("prompt", np.array([p.answer for p in plist], dtype=object))},
         attrs={"method": "head_pruning", "metric": "accuracy", "seed": seed, "n_random": n_random,
                "pruned_output": "zero (head_mask)"},

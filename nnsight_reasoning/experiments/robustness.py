@@ -27,7 +27,7 @@ from .. import backend
 from ..errors import UsageError
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
-from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
 from .probe import (PROBE_NAME, PROBES, Features, _labels, all_layers_label, check_options, dropped_attr, features,
                     kept_layers, knn_scores, labelled_prompts)
 
@@ -204,11 +204,8 @@ def robustness(
                 "text": ("prompt", np.array([p.text for p in plist], dtype=object), {"long_name": "clean prompt text"}),
                 "corrupted_text": ("prompt", np.array([p.text for p in bad], dtype=object),
                                    {"long_name": f"prompt text after the {corrupt} corruption"}),
-                **({"scored_text": ("prompt", np.array([p.scored_text for p in plist], dtype=object),
-                                    {"long_name": "clean prompt as its answer is scored"}),
-                    "corrupted_scored_text": ("prompt", np.array([p.scored_text for p in bad], dtype=object),
-                                              {"long_name": "corrupted prompt as its answer is scored"})}
-                   if any(p.scored_text != p.text for p in plist) else {})},
+                **scored_text_coords({"scored_text": (plist, "clean prompt as its answer is scored"),
+                                      "corrupted_scored_text": (bad, "corrupted prompt as its answer is scored")})},
         attrs={"method": "probe_robustness", "metric": "accuracy_drop", "seed": seed, "baseline": baseline,
                "n_neighbors": n_neighbors, "folds": folds, "pool": pool, "distance": distance, "query": query,
                "statement_pool": statement_pool, "normalise": int(normalise), "subset_size": f"{lo}-{hi}",

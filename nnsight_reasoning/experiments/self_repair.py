@@ -124,14 +124,16 @@ def self_repair(
         items = torch.tensor(job.items)
         at = [chosen[j] for j in job.variants]
         direct, clean, ablated, replaced, frozen = run.call(graph.self_repair_logits, ids[items],
-                                                    source[items] if ablation == "resample" else None, at, means=means)
+                                                            source[items] if ablation == "resample" else None, at,
+                                                            means=means)
         for k, (li, h) in enumerate(at):
             de = direct[:, li, h].numpy()  # (b, T - 1)
             keep = np.abs(de) > threshold
+            change = (ablated[k] - clean).numpy()  # (b, T - 1)
             de_sum[job.items, li, h] = np.where(keep, de, 0.0).sum(-1)
-            change_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean).numpy(), 0.0).sum(-1)
+            change_sum[job.items, li, h] = np.where(keep, change, 0.0).sum(-1)
             replaced_sum[job.items, li, h] = np.where(keep, replaced[:, li, h].numpy(), 0.0).sum(-1)
-            norm_sum[job.items, li, h] = np.where(keep, (ablated[k] - clean - frozen[k]).numpy(), 0.0).sum(-1)
+            norm_sum[job.items, li, h] = np.where(keep, change - frozen[k].numpy(), 0.0).sum(-1)
             count[job.items, li, h] = keep.sum(-1)
     measured = np.zeros((n_layers, n_heads), bool)
     for li, h in chosen:
