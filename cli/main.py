@@ -26,7 +26,8 @@ def patch(
     h: Harness,
     task: Task = "arithmetic",
     site: List[str] = typer.Option(["mlp", "attn"], help="site(s) to patch: embed, embed_dim, attn_pattern, "
-                                                            "attn_weights, head, attn, neuron, mlp, mlp_dim, resid "
+                                                            "attn_layer_pattern, attn_weights, head, attn, neuron, "
+                                                            "mlp, mlp_dim, resid "
                                                             "(repeatable; embed and embed_dim are always patched, "
                                                             "whatever --layer says, and stored at layer -1; *_dim: one "
                                                             "output dimension at a time, lm-arithmetic's 'neurons')"),

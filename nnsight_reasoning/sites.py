@@ -10,6 +10,8 @@ Sites, in the order the model computes them:
 ``embed_dim`` one dimension of ``embed`` (of ``d_model``), stored at layer -1 (patching only)
 ``attn_pattern`` one head's whole attention pattern (every query position), ``(T, T)``;
            lm-arithmetic's attention-head intervention; stored at the last position
+``attn_layer_pattern`` every head's whole attention pattern of a layer at once, ``(heads, T, T)``;
+           lm-arithmetic's attention-layer intervention; stored at the last position
 ``attn_weights`` one head's attention probabilities of one query position (the softmax row
            that weights the values), ``(T,)``; patching it keeps the base run's values
 ``head``   one attention head's output before the output projection (input of ``o_proj``),
@@ -28,18 +30,21 @@ from typing import Any, Sequence
 
 from .errors import UsageError
 
-SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp",
-                          "mlp_dim", "resid")
+SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_pattern", "attn_weights", "head", "attn",
+                          "neuron", "mlp", "mlp_dim", "resid")
 #: Sites made of units, with the dim that indexes them (and whose size ``dims`` gives as
 #: ``n_<dim>s``).
 UNIT_DIMS: dict[str, str] = {"embed_dim": "dimension", "attn_pattern": "head", "attn_weights": "head", "head": "head",
                              "neuron": "neuron", "mlp_dim": "dimension"}
 #: Sites that activation patching covers but attribution patching does not (yet).
-EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_weights", "neuron", "mlp_dim")
+EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_pattern", "attn_weights", "neuron",
+                                     "mlp_dim")
 #: Sites that edit the embeddings (the first layer's input), stored at layer ``EMBED_LAYER``.
 EMBED_SITES: tuple[str, ...] = ("embed", "embed_dim")
 #: Sites patched at every position at once (stored at each prompt's last position).
-WHOLE_PROMPT_SITES: tuple[str, ...] = ("attn_pattern",)
+WHOLE_PROMPT_SITES: tuple[str, ...] = ("attn_pattern", "attn_layer_pattern")
+#: Sites that edit the attention probabilities (they need eager attention); the values stay the base run's.
+PROB_SITES: tuple[str, ...] = ("attn_pattern", "attn_layer_pattern", "attn_weights")
 #: The layer coordinate of the ``embed`` site (lm-arithmetic numbers the embeddings layer -1).
 EMBED_LAYER = -1
 POSITIONS: tuple[str, ...] = ("last", "all")

@@ -88,7 +88,8 @@ def attention_probs(hf, ids, layer):
 
 def _with_attention_row(hf, layer, pos, row, head):
     """A context: ``layer``'s attention of head ``head`` at query ``pos`` uses probabilities
-    ``row`` (T,) (``pos`` None: every query, ``row`` (T, T)), by wrapping the model file's
+    ``row`` (T,) (``pos`` None: every query, ``row`` (T, T); ``head`` ``slice(None)``: every
+    head, ``row`` (heads, T, T)), by wrapping the model file's
     eager attention function: its output is recomputed from the edited probabilities and the
     values (repeated for grouped heads)."""
     import contextlib
@@ -125,7 +126,7 @@ def last_distribution(hf, ids, site=None, layer=None, pos=None, value=None, head
     """(probabilities, logits) over the whole vocabulary at the last position (float64),
     optionally with one patch (``site`` "embed" patches the token embedding's output;
     "attn_weights" gives head ``head`` the attention probabilities ``value`` at query ``pos``)."""
-    if site in ("attn_weights", "attn_pattern"):  # a pattern patch has pos None
+    if site in ("attn_weights", "attn_pattern", "attn_layer_pattern"):  # a pattern patch has pos None
         with _with_attention_row(hf, layer, pos, value, head):
             return last_distribution(hf, ids)
     handle = None
@@ -318,6 +319,10 @@ def reference_scores(hf, tokenizer, pairs, sites, positions, layers=None, units=
                     src = attention_probs(hf, s_ids, layer)
                     for h in range(src.shape[0]):
                         patched[(site, i, layer, len(pos_list) - 1, h)] = scores(b, ans, site, layer, None, src[h], h)
+                    continue
+                if site == "attn_layer_pattern":  # every head's whole pattern; key (site, i, layer, k of the last)
+                    src = attention_probs(hf, s_ids, layer)
+                    patched[(site, i, layer, len(pos_list) - 1)] = scores(b, ans, site, layer, None, src, slice(None))
                     continue
                 src = capture(hf, s_ids, site, layer)
                 for k, pos in enumerate(pos_list):

@@ -11,6 +11,7 @@ import pytest
 matplotlib.use("Agg")
 
 import nnsight_reasoning as nr  # noqa: E402
+from nnsight_reasoning.experiments.patch_analysis import at_last_token  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -103,9 +104,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 
 def test_plot_result_for_patching_and_evaluation(embedded_model, small_pairs, tmp_path):
-    ds = nr.patch(embedded_model, small_pairs, sites=["mlp", "head"], positions="all", progress=False)
+    ds = nr.patch(embedded_model, small_pairs, sites=["attn_layer_pattern", "head", "mlp"], positions="all",
+                  progress=False)
     fig = nr.plot_result(ds, tmp_path / "p.png")
-    assert len(fig.axes) >= 2 and (tmp_path / "p.png").stat().st_size > 10_000
+    assert len(fig.axes) >= 3 and (tmp_path / "p.png").stat().st_size > 10_000
+    # a whole-prompt site is drawn at each prompt's last token: one column, the mean over the prompts
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("attn_layer_pattern (last token)"))
+    last = at_last_token(ds.attn_layer_pattern, ds).mean("prompt").values
+    np.testing.assert_allclose(np.asarray(panel.images[0].get_array()).ravel(), last, rtol=1e-12)
     ev = nr.evaluate(embedded_model, nr.tasks.examples("kth_smallest", 20), progress=False)
     fig = nr.plot_result(ev, tmp_path / "e.png")
     assert "accuracy" in fig.axes[0].get_title()

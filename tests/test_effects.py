@@ -572,27 +572,30 @@ def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
 def test_attention_weight_sites_match_a_wrapped_eager_attention(embedded_model, tiny_model_dir, model_type):
     """One head's attention probabilities taken from the source run, the values staying the
     base run's: at one query position (attn_weights) or at every one (attn_pattern, stored at
-    the last). The reference wraps the model file's eager attention function and recomputes
+    the last); every head's at every query (attn_layer_pattern, stored at the last). The reference wraps the model file's eager attention function and recomputes
     its output from the edited probabilities (tests/reference.py)."""
     path = nr.models.model_info(embedded_model).path if model_type == "embedded" else tiny_model_dir(model_type)
     model = embedded_model if model_type == "embedded" else nr.load_model(path)
     pairs = nr.tasks.arithmetic(n_prompts=2, seed=4, tokenizer=model.tokenizer)
-    sites = ["attn_pattern", "attn_weights"]
+    sites = ["attn_pattern", "attn_layer_pattern", "attn_weights"]
     ds = nr.patch(model, pairs, sites=sites, positions="all", metric="logit_diff", progress=False)
     assert ds.attn_weights.dims == ds.attn_pattern.dims == ("prompt", "layer", "position", "head")
+    assert ds.attn_layer_pattern.dims == ("prompt", "layer", "position")
     hf = _hf(path)
     clean, patched = reference_scores(hf, model.tokenizer, list(pairs), sites, "all")
     scale = logit_scale(hf, model.tokenizer, pairs)
-    for (site, i, layer, k, h), (_, l_star, _, _) in patched.items():
-        _close(float(ds[site].sel(layer=layer, head=h).isel(prompt=i, position=k)),
+    for (site, i, layer, k, *h), (_, l_star, _, _) in patched.items():
+        _close(float(ds[site].sel(layer=layer, **({"head": h[0]} if h else {})).isel(prompt=i, position=k)),
                _logit_diff(clean[i]["base"][1], l_star), scale, f"{model_type} {site} layer {layer} head {h} query {k}")
     assert sum(int(np.isfinite(ds[s].values).sum()) for s in sites) == len(patched)
     assert np.nanmax(np.abs(ds.attn_weights.values)) > 1e-3  # the tiny models' attention matters too
     # the whole pattern: one value per (layer, head), at each prompt's last token
     last = ds.n_tokens.values - 1
     for i in range(2):
-        assert np.isfinite(ds.attn_pattern.values[i, :, last[i]]).all()
-        assert np.isnan(np.delete(ds.attn_pattern.values[i], last[i], axis=1)).all()
+        for site in ("attn_pattern", "attn_layer_pattern"):
+            assert np.isfinite(ds[site].values[i, :, last[i]]).all()
+            assert np.isnan(np.delete(ds[site].values[i], last[i], axis=1)).all()
+    assert np.nanmax(np.abs(ds.attn_layer_pattern.values)) > 1e-3  # the patch moves the answer
 
 
 def test_by_token_role_split_by_operator(embedded_model):

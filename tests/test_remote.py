@@ -22,6 +22,7 @@ import xarray as xr
 import nnsight_reasoning as nr
 from nnsight_reasoning import embedded
 from nnsight_reasoning.results.parts import parts_dir
+from nnsight_reasoning.sites import SITES
 
 from .clirun import reason_interp
 from .fault_proxy import FaultProxy
@@ -104,12 +105,13 @@ def test_every_patch_site_runs_remotely_like_locally(ndif, embedded_model, monke
 
     monkeypatch.setenv("NDIF_API_KEY", KEY)
     pairs = nr.tasks.arithmetic(n_prompts=6, seed=0)
-    sites = ["embed", "embed_dim", "attn_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "mlp_dim", "resid"]
+    sites = list(SITES)  # every one
     with backend.engine(engine):
         local = nr.patch(embedded_model, pairs, sites=sites, progress=False)
         remote = nr.patch(embedded_model, pairs, sites=sites, progress=False, remote=ndif.host)
     assert_same_values(remote, local)
     assert float(abs(local["neurons"]).max()) > 1 and float(abs(local["attn_pattern"]).max()) > 1  # edits that move
+    assert float(abs(local["attn_layer_pattern"]).max()) > 1
     assert float(abs(local["mlp_dim"]).max()) > 0.1  # (the last token's embedding is the same in both prompts)
 
 

@@ -26,7 +26,7 @@ import torch
 from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
-from ..sites import EMBED_SITES, SITES, architecture, context_length, dims, resolve
+from ..sites import EMBED_SITES, PROB_SITES, SITES, architecture, context_length, dims, resolve
 from ..tasks.base import joined_token_id, single_token_id, space_token_id, spaced_answer_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, gate_heads, head_columns, interpolate, join_columns,
@@ -187,7 +187,7 @@ def _site_modules(model: Any, patches: Sequence[Patch]) -> tuple[Any, dict]:
     Resolved outside the trace body, which may only touch nnsight, torch and builtins."""
     arch = architecture(model)
     layers = resolve(model, arch.layers)
-    paths = {"attn_pattern": arch.attn, "attn_weights": arch.attn, "head": arch.o_proj, "attn": arch.attn,
+    paths = {**{s: arch.attn for s in PROB_SITES}, "head": arch.o_proj, "attn": arch.attn,
              "neuron": arch.mlp_out, "mlp": arch.mlp, "mlp_dim": arch.mlp}
     if any(p.site in EMBED_SITES and p.layer != 0 for p in patches):
         raise ValueError("an embed patch applies at layer 0 (the first layer's input)")
@@ -195,7 +195,7 @@ def _site_modules(model: Any, patches: Sequence[Patch]) -> tuple[Any, dict]:
     for p in patches:
         if p.site in paths:
             m = resolve(layers[p.layer], paths[p.site])
-            modules[(p.site, p.layer)] = (m, arch.attn_probs) if p.site in ("attn_pattern", "attn_weights") else m
+            modules[(p.site, p.layer)] = (m, arch.attn_probs) if p.site in PROB_SITES else m
     return layers, modules
 
 
@@ -258,12 +258,15 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
 def _indices(p: Patch, rows: torch.Tensor) -> tuple[tuple, tuple]:
     """(dst, src) index tuples of patch ``p``, its copies at ``rows`` of the batch, into
     :func:`.trace_ops.site_values`' tensor: ``attn_weights`` one query row of one head, (row, head,
-    query); ``attn_pattern`` the head's whole pattern, (row, head); the rest by
+    query); ``attn_pattern`` the head's whole pattern, (row, head); ``attn_layer_pattern`` every
+    head's, (row,); the rest by
     :func:`.packed.site_index` (position as the column)."""
     if p.site == "attn_weights":
         return (rows, p.heads, p.positions), (p.src_rows, p.heads, p.positions)
     if p.site == "attn_pattern":
         return (rows, p.heads), (p.src_rows, p.heads)
+    if p.site == "attn_layer_pattern":
+        return (rows,), (p.src_rows,)
     return packed.site_index(p.site, rows, p.positions, p.src_rows, p.positions, p.heads)
 
 

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..sites import SITES, UNIT_DIMS, WHOLE_PROMPT_SITES
+from ..sites import PROB_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES
 
 #: Attention implementations that add an arbitrary (additive float) 4-D mask.
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -183,7 +183,7 @@ def plan(input_ids: torch.Tensor, patches: Sequence[Any], layers: list, modules:
     for key_ in sorted(set(zip(site.tolist(), layer.tolist()))):
         name, li = SITES[key_[0]], key_[1]
         m = (site == key_[0]) & (layer == li)
-        if name in ("attn_weights", "attn_pattern"):
+        if name in PROB_SITES:
             edits[(name, li)] = _prob_edits(name, row[m], col[m], position[m], head[m], home_row[src[m]],
                                             home_col[src[m]], t)
         else:
@@ -222,7 +222,7 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
     """(dst, src) index tuples, each (row, head, query, key), of the attention-probability
     patches: ``attn_weights`` copies one query row (keys: the origin's prefix, then the copy's own
     column), ``attn_pattern`` the head's whole pattern (the copy holds the whole prompt from its
-    column ``col``)."""
+    column ``col``), ``attn_layer_pattern`` every head's."""
     fields = [[] for _ in range(7)]
     for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
         if name == "attn_weights":
@@ -235,6 +235,8 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
         for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
             f.extend(v)
     r, dq, dk, sr, sq, sk, h = (torch.tensor(f, dtype=torch.long) for f in fields)
+    if name == "attn_layer_pattern":  # every head (the slice keeps them in place)
+        return (r, slice(None), dq, dk), (sr, slice(None), sq, sk)
     return (r, h, dq, dk), (sr, h, sq, sk)
 
 

@@ -29,8 +29,8 @@ import xarray as xr
 from .. import backend, metrics
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, UNIT_DIMS, WHOLE_PROMPT_SITES,
-                     check_layers, check_sites, dims, var_name)
+from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, PROB_SITES, UNIT_DIMS,
+                     WHOLE_PROMPT_SITES, check_layers, check_sites, dims, var_name)
 from ..tasks import PromptPair, PromptPairs
 from ..tasks.base import group_by_length, joined_answers
 
@@ -64,13 +64,14 @@ def patch(
         a name/directory to load.
     pairs : aligned prompt pairs, e.g. ``nr.tasks.arithmetic(...)``.
     sites : any of :data:`nnsight_reasoning.sites.SITES`: "embed", "embed_dim", "attn_pattern",
-        "attn_weights", "head", "attn", "neuron", "mlp", "mlp_dim", "resid". ``embed``
+        "attn_layer_pattern", "attn_weights", "head", "attn", "neuron", "mlp", "mlp_dim", "resid". ``embed``
         (exact only) patches the token embeddings entering the first layer; it is stored at
         layer -1, as lm-arithmetic numbers it. ``attn_weights`` (exact only) gives one head
         the source run's attention probabilities at one query position, its values staying
         the base run's. ``attn_pattern`` (exact only) gives one head the source run's whole
         pattern, every query position at once (lm-arithmetic's attention-head intervention);
-        its value is stored at each prompt's last position.
+        ``attn_layer_pattern`` (exact only) every head of the layer at once (its
+        attention-layer intervention). Both are stored at each prompt's last position.
         ``neuron`` (exact only) patches each MLP hidden unit alone (every unit of every layer
         in ``layers``: one patched row each, batched). ``mlp_dim`` and ``embed_dim`` (exact
         only) patch one dimension (of d_model) of the MLP's output or of the embeddings at a
@@ -136,7 +137,7 @@ def patch(
     for site in EXACT_ONLY_SITES:
         if method == "attribution" and site in sites:
             raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
-    if {"attn_pattern", "attn_weights"} & set(sites):
+    if set(PROB_SITES) & set(sites):
         backend.require_eager(run.model, "attention-weight patches")
     if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
         raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")

@@ -9,7 +9,7 @@ import xarray as xr
 
 from ..experiments.patch_analysis import at_last_token
 from ..results.io import site_variables
-from ..sites import EMBED_SITES, unit_dim
+from ..sites import EMBED_SITES, WHOLE_PROMPT_SITES, unit_dim
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -81,6 +81,9 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
                 step = max(1, n // 16)  # at most ~16 labelled ticks (a layer has hundreds of neurons)
                 xlabels = [f"{unit} {u}" if u % step == 0 else "" for u in ds[unit].values]
                 where = " (last token)"
+            elif site in WHOLE_PROMPT_SITES and ds.sizes["position"] > 1:  # one value per layer, at the last token
+                da = at_last_token(da, ds).drop_vars("position").expand_dims("position", axis=-1)
+                xlabels, where = ["last"], " (last token)"
             means.append(np.asarray(da.mean("prompt").values, dtype=float))
         norm = _norm(means)  # one colour scale down a column, so checkpoints compare
         for row, (c, vals) in enumerate(zip(checkpoints, means)):
