@@ -37,8 +37,8 @@ SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_patt
 UNIT_DIMS: dict[str, str] = {"embed_dim": "dimension", "attn_pattern": "head", "attn_weights": "head", "head": "head",
                              "neuron": "neuron", "mlp_dim": "dimension"}
 #: Sites that activation patching covers but attribution patching does not (yet).
-EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_pattern", "attn_weights", "neuron",
-                                     "mlp_dim")
+EXACT_ONLY_SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_pattern", "attn_weights",
+                                     "neuron", "mlp_dim")
 #: Sites that edit the embeddings (the first layer's input), stored at layer ``EMBED_LAYER``.
 EMBED_SITES: tuple[str, ...] = ("embed", "embed_dim")
 #: Sites patched at every position at once (stored at each prompt's last position).

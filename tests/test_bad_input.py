@@ -200,6 +200,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("patch", ["--method", "attribution", "--site", "mlp_dim"], "'mlp_dim' is patched exactly only"),
     ("patch", ["--method", "attribution", "--site", "attn_weights"], "'attn_weights' is patched exactly only"),
     ("patch", ["--method", "attribution", "--site", "attn_pattern"], "'attn_pattern' is patched exactly only"),
+    ("patch", ["--method", "attribution", "--site", "attn_layer_pattern"],
+     "'attn_layer_pattern' is patched exactly only"),
     ("patch", ["--method", "attribution", "--metric", "absolute"], "estimates stolfo_ie or logit_diff only"),
     ("patch", ["--revision", "main", "--revisions", "all"], "--revision"),
     ("robustness", ["--subset-min", "10", "--subset-max", "5"], "subset_size must satisfy"),

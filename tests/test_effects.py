@@ -315,6 +315,11 @@ def test_patching_figures(embedded_model, tmp_path, kind):
     assert (tmp_path / f"{kind}.png").stat().st_size > 10_000
     with pytest.raises(UsageError, match="kind must be one of"):
         nr.plot_result(ds, kind="bogus")
+    if kind == "prediction":  # the unit sites' codes are per unit: none of them makes the figure
+        heads = nr.patch(embedded_model, nr.tasks.arithmetic("operation", n_prompts=2, seed=2), sites=["attn_pattern"],
+                         progress=False)
+        with pytest.raises(UsageError, match=r"needs embed, attn_layer_pattern, attn, mlp or resid .*attn_pattern"):
+            nr.plot_result(heads, kind="prediction")
 
 
 def test_neuron_site_matches_hooks_on_every_unit(embedded_model, pairs):
@@ -572,8 +577,9 @@ def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
 def test_attention_weight_sites_match_a_wrapped_eager_attention(embedded_model, tiny_model_dir, model_type):
     """One head's attention probabilities taken from the source run, the values staying the
     base run's: at one query position (attn_weights) or at every one (attn_pattern, stored at
-    the last); every head's at every query (attn_layer_pattern, stored at the last). The reference wraps the model file's eager attention function and recomputes
-    its output from the edited probabilities (tests/reference.py)."""
+    the last); every head's at every query (attn_layer_pattern, stored at the last). The
+    reference wraps the model file's eager attention function and recomputes its output from
+    the edited probabilities (tests/reference.py)."""
     path = nr.models.model_info(embedded_model).path if model_type == "embedded" else tiny_model_dir(model_type)
     model = embedded_model if model_type == "embedded" else nr.load_model(path)
     pairs = nr.tasks.arithmetic(n_prompts=2, seed=4, tokenizer=model.tokenizer)
@@ -596,6 +602,22 @@ def test_attention_weight_sites_match_a_wrapped_eager_attention(embedded_model, 
             assert np.isfinite(ds[site].values[i, :, last[i]]).all()
             assert np.isnan(np.delete(ds[site].values[i], last[i], axis=1)).all()
     assert np.nanmax(np.abs(ds.attn_layer_pattern.values)) > 1e-3  # the patch moves the answer
+    if model_type == "embedded":  # the top-sites table reads a whole-prompt site at each prompt's last token
+        from rich.console import Console
+
+        console = Console(record=True, width=200)
+        only = ds.drop_vars([v for v in ds.data_vars if v.startswith(("attn_pattern", "attn_weights"))])
+        console.print(nr.experiments.patch.summarize(only, top=4)[1])
+        rows = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines()
+                if line.startswith("│")]
+        assert len(rows) == 4
+        code = ds.attn_layer_pattern_prediction.values
+        for site, layer, position, _, _, mean, _, moved in rows:
+            j = list(ds.layer.values).index(int(layer))
+            assert site == "attn_layer_pattern" and position == "last"
+            want = np.mean([ds.attn_layer_pattern.values[i, j, last[i]] for i in range(2)])
+            np.testing.assert_allclose(float(mean), want, rtol=1e-3)
+            assert moved == f"{np.mean([code[i, j, last[i]] == 1 for i in range(2)]):.0%}"
 
 
 def test_by_token_role_split_by_operator(embedded_model):

@@ -25,8 +25,8 @@ MAIN = str(embedded.revision_path("main"))
 
 # command line of each experiment at a small size, with a row budget that makes several passes
 COMMANDS = {
-    "patch": ["patch", "--n-prompts", "4", "--site", "embed", "--site", "attn_pattern", "--site", "attn_weights",
-              "--site", "mlp", "--site", "head", "--correct-only", "--batch-size", "8"],
+    "patch": ["patch", "--n-prompts", "4", "--site", "embed", "--site", "attn_pattern", "--site", "attn_layer_pattern",
+              "--site", "attn_weights", "--site", "mlp", "--site", "head", "--correct-only", "--batch-size", "8"],
     "patch_neurons": ["patch", "--n-prompts", "2", "--site", "neuron", "--layer", "3", "--batch-size", "300"],
     "evaluate": ["evaluate", "--n-prompts", "16", "--batch-size", "4"],
     "attention": ["attention", "--n-prompts", "8", "--batch-size", "2"],

@@ -40,7 +40,10 @@ class Patch:
     """Patched copies of input rows: entry i adds one row to the batch, a copy of input row
     ``rows[i]`` in which the ``site`` activation at ``layer``, position ``positions[i]`` (head
     or neuron or dimension ``heads[i]``) is replaced by that of input row ``src_rows[i]``. An
-    ``embed`` or ``embed_dim`` patch has ``layer`` 0: it edits the first layer's input.
+    ``embed`` or ``embed_dim`` patch has ``layer`` 0: it edits the first layer's input. The
+    whole-prompt sites (``attn_pattern``, ``attn_layer_pattern``) replace every query of the
+    pattern; their ``positions`` is the last token, where the result is stored, and
+    ``attn_layer_pattern`` (every head) has ``heads`` None.
 
     All index tensors have the same length k. A copy joins the batch only where its patch
     happens (the input of ``layer``; after it for ``resid``): up to there it would equal its

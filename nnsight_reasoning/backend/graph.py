@@ -821,12 +821,12 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     ``ablated`` (v, b, T − 1), ``replaced`` (b, L, H, T − 1), ``frozen`` (v, b, T − 1)): at
     position t the token t + 1 is read; a direct effect is :func:`head_logit_effects`' (the final
     norm's scale frozen at the clean run's value, the unembedding rows centred over the vocabulary)
-    and a logit is centred too (minus the mean over the vocabulary), so the two are in one unit. ``replaced`` is the direct
-    effect, read the same way, of what the ablation writes in each head's place (the source text's
-    output, the mean, or zero): the part of ``direct`` an ablation leaves in place. ``frozen`` is
-    ``ablated − clean`` with the final norm's scale frozen at the clean run's: the change of the
-    final residual stream read the same way, so that ``ablated − clean − frozen`` is what the
-    final norm's rescaling alone changes.
+    and a logit is centred too (minus the mean over the vocabulary), so the two are in one unit.
+    ``replaced`` is the direct effect, read the same way, of what the ablation writes in each
+    head's place (the source text's output, the mean, or zero): the part of ``direct`` an
+    ablation leaves in place. ``frozen`` is ``ablated − clean`` with the final norm's scale
+    frozen at the clean run's: the change of the final residual stream read the same way, so
+    that ``ablated − clean − frozen`` is what the final norm's rescaling alone changes.
     """
     from . import _run
 
@@ -863,7 +863,8 @@ def self_repair_logits(model: Any, input_ids: torch.Tensor, source_ids: torch.Te
     return direct, logits[:b], logits[first:].reshape(v, b, -1), replaced, frozen.reshape(v, b, -1)
 
 
-# Five tensors since `frozen` was added (four before): parts kept by a run before then are refused.
+# Five tensors since `frozen` was added (four before). Every part kept before the format was set is
+# refused (those with four tensors, and those with five but no format in their digest): recomputed, never misread.
 self_repair_logits.parts_format = 2
 
 

@@ -222,7 +222,8 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
     """(dst, src) index tuples, each (row, head, query, key), of the attention-probability
     patches: ``attn_weights`` copies one query row (keys: the origin's prefix, then the copy's own
     column), ``attn_pattern`` the head's whole pattern (the copy holds the whole prompt from its
-    column ``col``), ``attn_layer_pattern`` every head's."""
+    column ``col``), ``attn_layer_pattern`` every head's: its head index is ``slice(None)``, so
+    both sides select (entries, heads), head h of an entry written from head h."""
     fields = [[] for _ in range(7)]
     for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
         if name == "attn_weights":

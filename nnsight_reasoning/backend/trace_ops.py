@@ -124,7 +124,7 @@ def site_values(kind, module, n_heads, head_dim):
     projection's input split into heads ((batch, T, heads, head_dim)), the MLP's hidden units
     (its output projection's input, (batch, T, d_mlp)), or the module's output ((batch, T, d);
     attention's first element)."""
-    if kind in ("attn_pattern", "attn_layer_pattern", "attn_weights"):
+    if isinstance(module, tuple):  # (attention Envoy, .source path): the attention-probability sites
         op, path = module
         for name in path:
             op = getattr(op.source, name)

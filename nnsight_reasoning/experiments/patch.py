@@ -105,7 +105,8 @@ def patch(
     xarray.Dataset with one variable per site, dims ``(prompt, layer, position)``; the unit
     sites add their unit's dim: ``head`` is stored as variable ``heads`` (dim ``head``, as are
     ``attn_pattern`` and ``attn_weights``), ``neuron`` as ``neurons`` (dim ``neuron``),
-    ``embed_dim`` and ``mlp_dim`` under their own names (dim ``dimension``); values of
+    ``embed_dim`` and ``mlp_dim`` under their own names (dim ``dimension``); ``attn_pattern``
+    and ``attn_layer_pattern`` hold a value at each prompt's last position only; values of
     ``metric``. Along ``prompt``: ``clean_p_base``, ``clean_p_source`` (P(r1), P(r2) on the
     base prompt), ``source_prompt_p_base``, ``source_prompt_p_source`` (the same on the
     source prompt) and ``total_effect`` (``metric`` of the input intervention alone: the
@@ -508,7 +509,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     from rich.table import Table
 
     from ..results.io import site_variables
-    from .patch_analysis import prediction_change
+    from .patch_analysis import at_last_token, prediction_change
 
     p = ds["clean_p_base"]
     sweep = "checkpoint" in ds.dims
@@ -517,8 +518,14 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     head = (f"{ds.attrs['task']} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} pairs · "
             f"metric = {ds.attrs['metric']} · mean P(base answer) = {clean}")
     rows = []
+    last = (lambda x: x.isel(checkpoint=-1) if "checkpoint" in x.dims else x)
+    # a whole-prompt site holds one value per prompt, at that prompt's own last token: with prompts of
+    # several lengths an all-position result spreads it over positions, so it is read back first
+    pooled = {v for v in site_variables(ds) if v in WHOLE_PROMPT_SITES and ds.sizes["position"] > 1}
     for v in site_variables(ds):
-        da = ds[v].isel(checkpoint=-1) if "checkpoint" in ds[v].dims else ds[v]
+        da = last(ds[v])
+        if v in pooled:
+            da = at_last_token(da, ds).drop_vars("position").expand_dims(position=[-1], axis=2)
         mean, median = da.mean("prompt"), da.median("prompt")
         flat = np.abs(mean.values).ravel()
         flat = np.where(np.isfinite(flat), flat, -np.inf)  # NaN (no such site, e.g. embed_dim at layer 2) sorts last
@@ -538,14 +545,17 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
         table.add_column(col)
     for _, val, med, v, c in rows[:top]:
         pos = int(c["position"])
-        j = list(ds["position"].values).index(pos)
-        tokens = set(str(t) for t in ds["token"].values[:, j] if t)
+        if v in pooled:  # each prompt's last token
+            tokens = {str(ds["token"].values[i, n - 1]) for i, n in enumerate(ds["n_tokens"].values)}
+        else:
+            tokens = set(str(t) for t in ds["token"].values[:, list(ds["position"].values).index(pos)] if t)
         tok = tokens.pop() if len(tokens) == 1 else "(varies)"
         extra = []
-        if moved is not None:
-            share = moved[v].sel(change="desired", **c)
-            share = share.isel(checkpoint=-1) if "checkpoint" in share.dims else share
-            extra = [f"{float(share):.0%}"]
+        if v in pooled and moved is not None:
+            code = at_last_token(last(ds[f"{v}_prediction"]), ds).sel({d: x for d, x in c.items() if d != "position"})
+            extra = [f"{float((code == 1).sum() / (code >= 0).sum()):.0%}"]
+        elif moved is not None:
+            extra = [f"{float(last(moved[v].sel(change='desired', **c))):.0%}"]
         table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
                       unit_label(c), f"{val:+.4g}", f"{med:+.4g}", *extra)
     if "correct" in ds:

@@ -9,7 +9,7 @@ import xarray as xr
 
 from ..experiments.patch_analysis import at_last_token
 from ..results.io import site_variables
-from ..sites import EMBED_SITES, WHOLE_PROMPT_SITES, unit_dim
+from ..sites import EMBED_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES, unit_dim
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -163,9 +163,10 @@ def _prediction(ds: xr.Dataset):
 
     sites = [v for v in site_variables(ds) if f"{v}_prediction" in ds and not unit_dim(v)]
     if not sites:
-        raise UsageError("the prediction figure needs embed, attn, mlp or resid patched exactly (the unit sites' "
-                         "codes, head, neuron, embed_dim, mlp_dim and the attention weights', are per unit: read them "
-                         "with nr.prediction_change)")
+        whole = [s for s in SITES if s not in UNIT_DIMS]
+        raise UsageError(f"the prediction figure needs {', '.join(whole[:-1])} or {whole[-1]} patched exactly "
+                         f"(the unit sites' codes, {', '.join(UNIT_DIMS)}, are per unit: read them with "
+                         f"nr.prediction_change)")
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for k, v in enumerate(sites):
         code = at_last_token(ds[f"{v}_prediction"], ds)
