@@ -40,12 +40,21 @@ def _selects_slow(expr: str) -> bool:
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist it is never called
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker per core for the fast tier, none (this process) when slow tests
-    are selected (`-m slow`, `-m remote`, `-m ""`): benchmarks time runs side by side and the
-    NDIF tests share one loopback server. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still sets it."""
-    if _selects_slow(config.getoption("markexpr", "") or ""):
-        return 0
+    """``-n auto``: one worker per core (``PYTEST_XDIST_AUTO_NUM_WORKERS`` still sets it)."""
     return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or _cores())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (``--dist loadgroup``, pyproject's addopts)
+def pytest_collection_modifyitems(config, items):
+    """When slow tests are selected (`-m slow`, `-m remote`, `-m ""`), each worker takes whole
+    test files (their tests were written to run one after another: kill-and-resume, clusters,
+    notebooks) and one worker every test that uses the loopback NDIF server, so that one
+    server is started, not one per worker. The fast tier's tests are spread one by one."""
+    if not _selects_slow(config.getoption("markexpr", "") or ""):
+        return
+    for item in items:
+        group = "ndif" if "ndif" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
