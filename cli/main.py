@@ -89,6 +89,31 @@ def evaluate(
           kind="evaluate", task=task)
 
 
+@app.command("logit-lens")
+@experiment_command()
+def logit_lens(
+    h: Harness,
+    task: Task = "arithmetic",
+    n_prompts: int = typer.Option(64, help="number of prompts"),
+    seed: Seed = 0,
+    layer: List[int] = typer.Option([], help="layer(s) whose output is read (repeatable; -1: the embeddings); "
+                                             "default all"),
+    top_k: int = typer.Option(10, help="top tokens kept per prompt and layer (Rai & Yao's TOP_K)"),
+    param: Param = [],
+) -> None:
+    """The logit lens: the answer's probability and rank, and the top tokens, as each layer's residual
+    stream at the last position predicts them through the final norm and the unembedding.
+
+    With --revisions, over training checkpoints (a layer × checkpoint map, drawn by `reason-interp plot`).
+    """
+    import nnsight_reasoning as nr
+
+    params = task_params(param)
+    nr.tasks.get_task(task).check_params({**params, "seed": seed})
+    h.run(nr.logit_lens, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
+          kind="logit_lens", task=task, layers=layer or None, top_k=top_k)
+
+
 @app.command()
 @guard
 def finetune(

@@ -24,6 +24,7 @@ from .experiments.evaluate import evaluate
 from .experiments.greater_than_components import greater_than_components
 from .experiments.heads import head_scores, successor_heads
 from .experiments.ioi_components import ioi_components
+from .experiments.lens import logit_lens
 from .experiments.neurons import neurons
 from .experiments.path_patching import path_patching
 from .experiments.patch import patch
@@ -44,7 +45,7 @@ from .sites import SITES
 __version__ = "0.1.0"
 __all__ = [
     # experiments
-    "patch", "evaluate", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "greater_than_components", "backup_heads", "copy_suppression", "self_repair", "neurons", "cot_generation", "binding",
+    "patch", "evaluate", "logit_lens", "attention", "probe", "prune", "robustness", "head_scores", "successor_heads", "circuit", "edge_patching", "path_patching", "ioi_components", "greater_than_components", "backup_heads", "copy_suppression", "self_repair", "neurons", "cot_generation", "binding",
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "late_mlp_share", "unit_overlap", "drop_mult_by_one",
     "testing", "experiments",

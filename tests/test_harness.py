@@ -29,6 +29,7 @@ COMMANDS = {
               "--site", "attn_weights", "--site", "mlp", "--site", "head", "--correct-only", "--batch-size", "8"],
     "patch_neurons": ["patch", "--n-prompts", "2", "--site", "neuron", "--layer", "3", "--batch-size", "300"],
     "evaluate": ["evaluate", "--n-prompts", "16", "--batch-size", "4"],
+    "logit_lens": ["logit-lens", "--n-prompts", "8", "--batch-size", "2"],
     "attention": ["attention", "--n-prompts", "8", "--batch-size", "2"],
     "probe": ["probe", "--n-prompts", "8", "--batch-size", "2"],
     "heads": ["heads", "--n-sequences", "4", "--seq-len", "6", "--batch-size", "1"],
@@ -37,7 +38,8 @@ COMMANDS = {
     "neurons": ["neurons", "--n-prompts", "8", "--variant", "equation_only", "--batch-size", "4"],
     "binding": ["binding", "--n-contexts", "6", "--n-estimate", "6", "--batch-size", "4"],
 }
-METHODS = {"patch": "activation_patching", "patch_neurons": "activation_patching", "evaluate": "evaluate", "attention": "attention",
+METHODS = {"patch": "activation_patching", "patch_neurons": "activation_patching", "evaluate": "evaluate", "logit_lens": "logit_lens",
+           "attention": "attention",
            "probe": "mechanistic_probe", "heads": "head_scores", "circuit": "eap_ig", "edge_patching": "edge_patching",
            "neurons": "cot_neurons", "binding": "binding_ids"}
 

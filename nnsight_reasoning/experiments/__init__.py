@@ -8,6 +8,7 @@ from typing import Any
 
 # attrs["method"] -> the module whose summarize(ds) describes such a result
 _MODULES = {"activation_patching": "patch", "attribution_patching": "patch", "evaluate": "evaluate",
+            "logit_lens": "lens",
             "attention": "attention", "mechanistic_probe": "probe", "head_pruning": "pruning", "probe_robustness": "robustness", "head_scores": "heads", "successor_ov": "heads", "eap": "circuit",
             "eap_ig": "circuit", "edge_patching": "circuit", "path_patching": "path_patching",
             "ioi_components": "ioi_components", "greater_than_components": "greater_than_components", "backup_heads": "backup_heads", "cspa": "copy_suppression", "self_repair": "self_repair", "cot_neurons": "neurons", "neuron_discovery": "neurons",

@@ -21,12 +21,13 @@ def _figures() -> dict[str, tuple[Callable, tuple[str, ...]]]:
                             successor_figure)
     from .circuits import CIRCUIT_KINDS, circuit_figure
     from .neurons import binding_figure, neurons_figure
-    from .patch import PATCH_KINDS, evaluate_figure, patch_figure
+    from .patch import PATCH_KINDS, evaluate_figure, lens_figure, patch_figure
 
     return {
         "activation_patching": (patch_figure, PATCH_KINDS),
         "attribution_patching": (patch_figure, PATCH_KINDS[:2]),
         "evaluate": (evaluate_figure, ()),
+        "logit_lens": (lens_figure, ()),
         "attention": (attention_figure, ATTENTION_KINDS),
         "mechanistic_probe": (probe_figure, ()),
         "head_pruning": (pruning_figure, ()),

@@ -9,7 +9,7 @@ import xarray as xr
 
 from ..experiments.patch_analysis import at_last_token
 from ..results.io import site_variables
-from ..sites import EMBED_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES, unit_dim
+from ..sites import EMBED_LAYER, EMBED_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES, unit_dim
 
 
 def _position_labels(ds: xr.Dataset) -> list[str]:
@@ -184,6 +184,38 @@ def _prediction(ds: xr.Dataset):
     ax.legend(fontsize=7)
     ax.set_title(f"prediction change at the last token · {ds.attrs.get('task')} · "
                  f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+    return fig
+
+
+def lens_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Accuracy and mean P(answer) under the logit lens, per layer; over checkpoints, mean
+    P(answer) as a layer × checkpoint heatmap."""
+    import matplotlib.pyplot as plt
+
+    title = f"logit lens · {ds.attrs.get('task')} · {ds.attrs.get('model')}"
+    labels = ["embed" if li == EMBED_LAYER else str(li) for li in ds["layer"].values]
+    if "checkpoint" in ds.dims:
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * ds.sizes["checkpoint"] + 2.5), 0.45 * ds.sizes["layer"] + 2.6))
+        im = ax.imshow(ds["mean_p_answer"].transpose("layer", "checkpoint").values, origin="lower", aspect="auto",
+                       vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(ds.sizes["checkpoint"]), [str(c) for c in ds["checkpoint"].values], rotation=60,
+                      ha="right", fontsize=8)
+        ax.set_yticks(range(ds.sizes["layer"]), labels)
+        ax.set_xlabel("checkpoint (training order)")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="mean P(answer)")
+        ax.set_title(f"{title} over training ({ds.sizes['prompt']} prompts)", fontsize=9)
+        return fig
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = np.arange(ds.sizes["layer"])
+    ax.plot(x, ds["accuracy"].values, "o-", label="accuracy (lens top-1 = answer)")
+    ax.plot(x, ds["mean_p_answer"].values, "s--", label="mean P(answer)")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("layer whose output is read")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}@{ds.attrs.get('revision')} ({ds.sizes['prompt']} prompts)", fontsize=9)
     return fig
 
 

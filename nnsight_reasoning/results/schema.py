@@ -22,6 +22,10 @@ _NEURONS = {"frequency": ("unit",), "mean_contribution": ("unit",), "contributio
 SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
     "evaluate": {"correct": ("prompt",), "p_answer": ("prompt",), "answer_rank": ("prompt",), "accuracy": (),
                  "mean_p_answer": (), "mean_rank": ()},
+    "logit_lens": {"p_answer": ("prompt", "layer"), "answer_rank": ("prompt", "layer"),
+                   "top_token": ("prompt", "layer", "k"), "top_text": ("prompt", "layer", "k"),
+                   "top_p": ("prompt", "layer", "k"), "accuracy": ("layer",), "mean_p_answer": ("layer",),
+                   "mean_rank": ("layer",)},
     "attention": {"prompt_entropy": ("prompt", "layer", "head"), "mass": ("prompt", "layer", "head", "group"),
                   "n_tokens": ("prompt", "group")},
     "mechanistic_probe": {"f1": ("probe", "layer"), "accuracy": ("probe", "layer"), "f1_all": ("probe",),
