@@ -38,8 +38,8 @@ COMMANDS = {
     "neurons": ["neurons", "--n-prompts", "8", "--variant", "equation_only", "--batch-size", "4"],
     "binding": ["binding", "--n-contexts", "6", "--n-estimate", "6", "--batch-size", "4"],
 }
-METHODS = {"patch": "activation_patching", "patch_neurons": "activation_patching", "evaluate": "evaluate", "logit_lens": "logit_lens",
-           "attention": "attention",
+METHODS = {"patch": "activation_patching", "patch_neurons": "activation_patching", "evaluate": "evaluate",
+           "logit_lens": "logit_lens", "attention": "attention",
            "probe": "mechanistic_probe", "heads": "head_scores", "circuit": "eap_ig", "edge_patching": "edge_patching",
            "neurons": "cot_neurons", "binding": "binding_ids"}
 
