@@ -80,7 +80,14 @@ def test_lens_runs_remotely_like_locally_and_takes_chosen_layers(embedded_model)
     # other batches: each float32 logit may move by a few ulps, so each log-probability by about that much
     np.testing.assert_allclose(np.log(some.p_answer.values), np.log(sel.p_answer.values), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(some.answer_rank.values, sel.answer_rank.values)
-    np.testing.assert_array_equal(some.top_token.values, sel.top_token.isel(k=slice(0, 3)).values)
+    logs = np.log(sel.top_p.values.astype(float))  # (prompt, layer, k), descending along k
+    np.testing.assert_allclose(np.log(some.top_p.values.astype(float)), logs[..., :3], atol=1e-5, rtol=0)
+    # the same tokens, but for neighbours tied within what other batches may move (their order may swap)
+    tied = np.zeros(logs.shape, bool)
+    tied[..., :-1] |= np.abs(np.diff(logs, axis=-1)) < 1e-4
+    tied[..., 1:] |= tied[..., :-1].copy()
+    same = some.top_token.values == sel.top_token.values[..., :3]
+    assert (same | tied[..., :3]).all() and same.mean() > 0.9
     # the embedded model's answer appears at its last layer: the lens there is its output
     assert float(full.accuracy.sel(layer=3)) > 0.9 > float(full.accuracy.sel(layer=-1))
     with pytest.raises(nr.UsageError, match="layers must lie in -1..3"):
