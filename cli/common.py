@@ -175,6 +175,15 @@ def pair_data(task: str, n_prompts: int, seed: int, params: dict) -> Callable[[A
     return lambda tokenizer: info.pairs(n_prompts=n_prompts, seed=seed, tokenizer=tokenizer, **params)
 
 
+def example_data(task: str, n_prompts: int, seed: int, param: list[str]) -> Callable[[Any], Any]:
+    """``tokenizer -> examples`` of ``task`` with the ``--param`` values, checked before any model loads."""
+    import nnsight_reasoning as nr
+
+    params = task_params(param)
+    nr.tasks.get_task(task).check_params({**params, "seed": seed})
+    return lambda tokenizer: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tokenizer, **params)
+
+
 def out_path(out_file: Optional[Path], kind: str, task: str, model: str, revision: str) -> Path:
     from nnsight_reasoning.errors import UsageError
     from nnsight_reasoning.results.io import writable

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
-from .common import (Harness, Model, OneLineErrors, Param, Revision, Seed, Task, experiment_command, fail, guard, out,
-                     pair_data, task_params)
+from .common import (Harness, Model, OneLineErrors, Param, Revision, Seed, Task, example_data, experiment_command,
+                     fail, guard, out, pair_data, task_params)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
@@ -83,10 +83,7 @@ def evaluate(
     """
     import nnsight_reasoning as nr
 
-    params = task_params(param)
-    nr.tasks.get_task(task).check_params({**params, "seed": seed})
-    h.run(nr.evaluate, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
-          kind="evaluate", task=task)
+    h.run(nr.evaluate, example_data(task, n_prompts, seed, param), kind="evaluate", task=task)
 
 
 @app.command("logit-lens")
@@ -99,6 +96,8 @@ def logit_lens(
     layer: List[int] = typer.Option([], help="layer(s) whose output is read (repeatable; -1: the embeddings); "
                                              "default all"),
     top_k: int = typer.Option(10, help="top tokens kept per prompt and layer (Rai & Yao's TOP_K)"),
+    read: str = typer.Option("output", help="output (each layer's output) | mid (between attention and MLP: "
+                                            "Rai & Yao's layer_residual; not for parallel-residual models)"),
     param: Param = [],
 ) -> None:
     """The logit lens: the answer's probability and rank, and the top tokens, as each layer's residual
@@ -108,10 +107,8 @@ def logit_lens(
     """
     import nnsight_reasoning as nr
 
-    params = task_params(param)
-    nr.tasks.get_task(task).check_params({**params, "seed": seed})
-    h.run(nr.logit_lens, lambda tok: nr.tasks.examples(task, n_prompts, seed=seed, tokenizer=tok, **params),
-          kind="logit_lens", task=task, layers=layer or None, top_k=top_k)
+    h.run(nr.logit_lens, example_data(task, n_prompts, seed, param), kind="logit_lens", task=task,
+          layers=layer or None, top_k=top_k, read=read)
 
 
 @app.command()

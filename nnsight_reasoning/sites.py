@@ -55,7 +55,7 @@ POSITIONS: tuple[str, ...] = ("last", "all")
 #: ablations, residual edits) works for every entry of :data:`ARCHITECTURES`.
 FEATURES: dict[str, str] = {
     "edges": "the component graph (edge attribution, edge patching, circuits)",
-    "logit_effects": "direct logit effects (head effects, neuron contributions, neuron logit lens)",
+    "logit_effects": "direct logit effects (head effects, neuron contributions, neuron and residual logit lens)",
 }
 
 #: Final norm kinds: whether the norm centres its input, and the offset of its gain (the

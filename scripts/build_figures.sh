@@ -36,6 +36,8 @@ echo "RECEIVER=$RECEIVER (largest head on the logits) MIDREV=$MIDREV (k-th small
 run patch --task arithmetic --out "$R/patch.nc"
 run evaluate --task arithmetic --revisions all --out "$R/curve.nc"
 run plot "$R/curve.nc" --out docs/learning_curve_arithmetic.png
+run logit-lens --task arithmetic --n-prompts 64 --revisions all --out "$R/lens_all.nc"
+run plot "$R/lens_all.nc" --out docs/logit_lens_arithmetic.png
 run patch --task arithmetic --intervention-type operands --param operations=+-*/ --template stolfo \
     --site embed --site attn --site mlp --positions all --correct-only --out "$R/patch_roles.nc"
 run plot "$R/patch_roles.nc" --kind roles --out docs/patch_roles_arithmetic.png

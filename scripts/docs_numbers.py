@@ -113,6 +113,17 @@ def self_repair(R: Path) -> None:
                                                      - one["norm_rescaling"]))
 
 
+def logit_lens(R: Path) -> None:
+    """The logit lens over training (64 arithmetic prompts): docs/experiments/logit-lens.md."""
+    ds = load(R, "lens_all")
+    if ds is None:
+        return
+    for c in ds["checkpoint"].values:
+        for v in ("accuracy", "mean_p_answer", "mean_rank"):
+            for li, x in zip(ds["layer"].values, ds[v].sel(checkpoint=c).values):
+                out(f"logit_lens.{c}.{v}.layer{li}", float(x))
+
+
 def mid_revision(card: dict) -> str:
     """The first revision at which the model card's k-th smallest accuracy reaches 0.5 (the task
     half learnt): where robustness is measured part-way through training."""
@@ -342,7 +353,7 @@ def main() -> None:
             print(finding(ds))
             return
     R = args.results
-    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup, self_repair):
+    for block in (path_patching, robustness, kth_smallest, circuits, binding, sweeps, backup, self_repair, logit_lens):
         block(R)
     if MISSING:
         sys.exit("missing result files (run scripts/build_figures.sh first): " + ", ".join(MISSING))

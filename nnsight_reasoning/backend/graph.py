@@ -29,7 +29,7 @@ from ..sites import architecture, dims, final_norm_spec, parallel_residual, requ
 from . import packed
 from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
                         head_columns, head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale,
-                        own_heads, packed_inputs, packed_mask, score_answers, site_values, splice_qkv, split_heads,
+                        own_heads, packed_inputs, packed_mask, site_values, splice_qkv, split_heads,
                         unembed_rows, value_heads)
 
 
@@ -975,24 +975,31 @@ def _trace_head_effects(model, input_ids, token_ids, mods, final, unembed, conv1
 
 @reads_weights
 def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, layers: Sequence[int], *,
-                  top_k: int = 10, remote: bool | str = False
+                  top_k: int = 10, read: str = "output", remote: bool | str = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The logit lens at the last position: the residual stream after each layer of ``layers``
-    (-1: the embeddings, the first layer's input) read through the final norm and the
-    unembedding, as the model reads its last layer's output (so the last layer's lens is the
-    model's own next-token distribution).
+    """The logit lens at the last position: the residual stream at each layer of ``layers`` read
+    through the final norm and the unembedding, as the model reads its last layer's output.
 
-    ``input_ids`` (n, T); ``token_ids`` (n, K): the tokens whose log-probabilities are read.
-    Returns (``log_probs`` (n, m, K) float64, ``rank`` (n, m, K) int64, 0 = the top token over
-    the vocabulary, ``top_ids`` (n, m, top_k) int64, ``top_log_probs`` (n, m, top_k) float64),
-    m = len(layers): natural-log probabilities under the lens's softmax.
+    ``read`` "output": the layer's output (so the last layer's lens is the model's own
+    next-token distribution); "mid": the residual between the layer's attention and its MLP
+    (the input of the MLP's norm, Rai & Yao's ``layer_residual``; the caller refuses it for
+    parallel-residual models, which have no such stream). Layer -1 is the embeddings, the first
+    layer's input, either way.
+
+    ``input_ids`` (n, T); ``token_ids`` (n, K): a set of tokens per row (pad with a repeat of
+    one). Returns (``log_probs`` (n, m, K) float64 natural-log probabilities under the lens,
+    ``rank`` (n, m) int64: the best-ranked token of the row's set, 0 = top-1 over the
+    vocabulary, ``top_ids`` (n, m, top_k) int64, ``top_log_probs`` (n, m, top_k) float64),
+    m = len(layers).
     """
     from . import _run
 
     final, unembed, center, eps = final_norm(model)
-    blocks = resolve(model, architecture(model).layers)
+    arch = architecture(model)
+    blocks = resolve(model, arch.layers)
     # resolved here: the trace body may only touch nnsight, torch and builtins
-    reads = [(li < 0, blocks[max(li, 0)]) for li in layers]
+    reads = [("embed", blocks[0]) if li < 0 else ("mid", resolve(blocks[li], arch.ln_mlp)) if read == "mid"
+             else ("output", blocks[li]) for li in layers]
     return tuple(t.detach().cpu() for t in _run(
         model, _trace_lens, (model, input_ids, token_ids, reads, final, unembed, center, eps, _gain_offset(model),
                              getattr(final, "bias", None) is not None, getattr(unembed, "bias", None) is not None,
@@ -1005,8 +1012,8 @@ def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps,
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         xs = []
-        for before, block in reads:  # forward order
-            x = block.inputs[0][0] if before else site_values("resid", block, 0, 0)
+        for kind, module in reads:  # forward order
+            x = site_values("resid", module, 0, 0) if kind == "output" else module.input
             xs.append(x[:, -1])
         x = torch.stack(on_device(xs, xs[0]), 1).double()  # (n, m, d)
         # the final norm, in float64: centre (LayerNorm), divide by the scale, times the gain, plus the bias
@@ -1015,14 +1022,15 @@ def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps,
         if norm_bias:
             y = y + final.bias.double().to(y.device)
         w = unembed.weight
-        logits = torch.matmul(y.to(w.device, w.dtype), w.T).double()  # (n, m, V), the unembedding's own dtype
+        flat = torch.matmul(y.to(w.device, w.dtype), w.T).reshape(-1, w.shape[0])  # (n·m, V), the model's dtype
         if unembed_bias:
-            logits = logits + unembed.bias.double().to(logits.device)
-        n, m = logits.shape[0], logits.shape[1]
-        flat = logits.reshape(n * m, -1)
-        chosen, _, rank, _ = score_answers(flat, token_ids.repeat_interleave(m, 0))
-        top = flat.topk(top_k, -1)
-        lse = flat.logsumexp(-1, keepdim=True)
-        saved = nnsight.save((chosen.reshape(n, m, -1), rank.reshape(n, m, -1), top.indices.reshape(n, m, -1),
-                              (top.values - lse).reshape(n, m, -1)))
+            flat = flat + unembed.bias
+        lp = flat.double().log_softmax(-1)  # ratios of tiny probabilities need float64
+        n, m = x.shape[0], x.shape[1]
+        chosen = torch.gather(lp, 1, token_ids.to(lp.device).repeat_interleave(m, 0))  # (n·m, K)
+        # the set's best-ranked member: the tokens above its most probable one (one (n·m, V) comparison)
+        rank = (lp > chosen.max(-1, keepdim=True).values).sum(-1)
+        top = lp.topk(top_k, -1)
+        saved = nnsight.save((chosen.reshape(n, m, -1), rank.reshape(n, m), top.indices.reshape(n, m, -1),
+                              top.values.reshape(n, m, -1)))
     return saved

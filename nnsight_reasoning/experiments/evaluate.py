@@ -40,27 +40,8 @@ def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr
     if not items:
         raise UsageError("no examples given")
     tigges = all(getattr(e, "distractors", ()) for e in items)
-    sets = [list(getattr(e, "answers", (e.answer,))) for e in items]
-    wrong = [list(e.distractors) if tigges else [] for e in items]
-    # one convention for every answer: each the token of " " + answer (of the answer itself where it
-    # continues the last word, greater-than's years), or (LLaMA's digits) the
-    # token after a space that then ends every prompt (backend.answer_ids)
-    words = [(word, "answer" if j < len(a) else "distractor")
-             for a, w in zip(sets, wrong) for j, word in enumerate(a + w)]
-    flat, suffix = backend.answer_ids(run.model, [word for word, _ in words], joined=joined_answers(items))
-    if None in flat:
-        word, what = words[flat.index(None)]
-        raise UsageError(f"{what} {word!r} is not a single token for this model")
-    ids = backend.tokenize(run.model, [e.prompt for e in items], suffix)
-    it = iter(flat)
-    sets, wrong = zip(*[([next(it) for _ in a], [next(it) for _ in w]) for a, w in zip(sets, wrong)])
-    # per row: the answer set, then the distractors; rows of unequal size are padded with their
-    # first id and masked out of the sums
-    width = max(len(a) + len(w) for a, w in zip(sets, wrong))
-    answers = np.array([a + w + a[:1] * (width - len(a) - len(w)) for a, w in zip(sets, wrong)])
-    member = np.arange(width)[None] < np.array([len(a) for a in sets])[:, None]
-    against = (np.arange(width)[None] >= np.array([len(a) for a in sets])[:, None]) & \
-        (np.arange(width)[None] < np.array([len(a) + len(w) for a, w in zip(sets, wrong)])[:, None])
+    ids, answers, member, against = scored_tokens(run.model, items, distractors=tigges)
+    width = answers.shape[1]
     lp = np.zeros((len(items), width))
     ranks = np.zeros((len(items), width), dtype=np.int64)
     label = f"evaluating {getattr(examples, 'task', '')}".rstrip()
@@ -97,6 +78,34 @@ def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr
                 "answer": ("prompt", [e.answer for e in items])},
         attrs={"method": "evaluate", "metric": "accuracy"},
     )
+
+
+def scored_tokens(model: Any, items: Sequence[Example | CotPrompt], distractors: bool = False
+                  ) -> tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray]:
+    """What scoring ``items`` reads: each prompt's token ids, and per prompt its answer set's
+    tokens then (``distractors``) its distractors', ``answers`` (n, K) int64, rows of unequal size
+    padded with their first id; ``member`` and ``against`` (n, K) bool mark the set's and the
+    distractors' columns (padding in neither). One convention for every answer: each the token
+    of " " + answer (of the answer itself where it continues the last word, greater-than's
+    years), or (LLaMA's digits) the token after a space that then ends every prompt
+    (:func:`nnsight_reasoning.backend.answer_ids`)."""
+    sets = [list(getattr(e, "answers", (e.answer,))) for e in items]
+    wrong = [list(e.distractors) if distractors else [] for e in items]
+    words = [(word, "answer" if j < len(a) else "distractor")
+             for a, w in zip(sets, wrong) for j, word in enumerate(a + w)]
+    flat, suffix = backend.answer_ids(model, [word for word, _ in words], joined=joined_answers(items))
+    if None in flat:
+        word, what = words[flat.index(None)]
+        raise UsageError(f"{what} {word!r} is not a single token for this model")
+    ids = backend.tokenize(model, [e.prompt for e in items], suffix)
+    it = iter(flat)
+    sets, wrong = zip(*[([next(it) for _ in a], [next(it) for _ in w]) for a, w in zip(sets, wrong)])
+    width = max(len(a) + len(w) for a, w in zip(sets, wrong))
+    answers = np.array([a + w + a[:1] * (width - len(a) - len(w)) for a, w in zip(sets, wrong)])
+    col = np.arange(width)[None]
+    member = col < np.array([len(a) for a in sets])[:, None]
+    against = ~member & (col < np.array([len(a) + len(w) for a, w in zip(sets, wrong)])[:, None])
+    return ids, answers, member, against
 
 
 def summarize(ds: xr.Dataset) -> list[Any]:

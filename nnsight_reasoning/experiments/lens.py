@@ -2,12 +2,16 @@
 
 At each prompt's last position the residual stream after every layer (and the embeddings,
 layer -1) is read through the model's own final norm and unembedding, the map the model applies
-to its last layer's output (nostalgebraist 2020). Rai & Yao's repository reads each layer's
-residual this way, top ``TOP_K = 10`` tokens and their probabilities at the position being
-predicted (``scripts/Llama_refined.py`` ``extract_mlp_updates``, ``model.norm`` then
-``output.weight``, softmax); so does this module, with the answer's probability and rank added,
-so that "where does the answer appear" is a curve over layers (and over checkpoints with
-``revisions``).
+to its last layer's output (nostalgebraist 2020), with the answer's probability and rank, so that
+"where does the answer appear" is a curve over layers (and over checkpoints with ``revisions``).
+
+Rai & Yao's repository reads the residual stream in the middle of each layer, after its
+attention and before its MLP: ``layer_residual_L`` is the input of layer L's ``ffn_norm``
+(``scripts/Llama_refined.py:290-305``), read through ``model.norm`` and ``output.weight``,
+softmax, top ``TOP_K = 10`` (``extract_mlp_updates``, ``:362-385``). ``read="mid"`` reads that
+stream; the default, ``read="output"``, reads each layer's output, whose last layer is the
+model's own output (a parallel-residual model, as the embedded one, has no stream between its
+attention and MLP).
 
 The lens of the last layer is the model's own next-token distribution: ``p_answer`` there equals
 ``nr.evaluate``'s (checked in ``tests/test_lens.py`` against plain Hugging Face hooks).
@@ -21,67 +25,74 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .. import backend
 from ..backend import graph
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import EMBED_LAYER, dims
+from ..sites import EMBED_LAYER, architecture, dims, parallel_residual
 from ..tasks import Example, Examples
-from ..tasks.base import joined_answers
+from .evaluate import scored_tokens
+
+#: What ``read`` reads at layer L (layer -1 is the embeddings, the first layer's input, for both).
+READS = {"output": "layer whose output is read (-1: the embeddings)",
+         "mid": "layer whose residual between attention and MLP is read (-1: the embeddings)"}
 
 
-@experiment("logit_lens", batch_size=64)
+@experiment("logit_lens", batch_size=256)
 def logit_lens(run: Run, examples: Examples | Sequence[Example], *, layers: Sequence[int] | None = None,
-               top_k: int = 10) -> xr.Dataset:
+               top_k: int = 10, read: str = "output") -> xr.Dataset:
     """The answer's probability and rank, and the top tokens, under the logit lens of each layer.
+
+    ``batch_size`` counts rows of the unembedding: a prompt takes one per layer read.
 
     Parameters
     ----------
-    examples : prompts with one answer each (``nr.tasks.examples("arithmetic", 64)``).
+    examples : prompts with an answer each (``nr.tasks.examples("arithmetic", 64)``); where an
+        example has a set of correct answers (greater-than, sentiment), the set counts.
     layers : layers to read (-1: the embeddings; default every layer and the embeddings).
     top_k : top tokens kept per prompt and layer (Rai & Yao's ``TOP_K = 10``).
+    read : "output" (each layer's output; the last layer's lens is the model's own output) or
+        "mid" (the residual between the layer's attention and its MLP, the input of the MLP's
+        norm: Rai & Yao's ``layer_residual``; refused for parallel-residual models).
 
     Returns
     -------
     xarray.Dataset with dims ``prompt``, ``layer`` (-1 = the embeddings) and ``k`` (0 = the most
-    probable): ``p_answer`` and ``answer_rank`` (prompt, layer; probability under the lens's
-    softmax, rank 0 = top-1 over the vocabulary), ``top_token`` (prompt, layer, k; token ids),
-    ``top_text`` (the same decoded), ``top_p`` (their probabilities), and per layer ``accuracy``
-    (share of prompts whose top-1 token is the answer), ``mean_p_answer`` and ``mean_rank``;
-    coordinates ``text`` and ``answer``. With ``revisions`` every variable gains a leading
-    ``checkpoint`` dim.
+    probable): ``p_answer`` and ``answer_rank`` (prompt, layer; the answer's (set's) probability
+    under the lens's softmax, and the rank of its best-ranked member, 0 = top-1 over the
+    vocabulary), ``top_token`` (prompt, layer, k; token ids), ``top_text`` (the same decoded),
+    ``top_p`` (their probabilities), and per layer ``accuracy`` (share of prompts whose top-1
+    token is the answer), ``mean_p_answer`` and ``mean_rank``; coordinates ``text`` and
+    ``answer``. With ``revisions`` every variable gains a leading ``checkpoint`` dim.
     """
     items = list(examples)
     if not items:
         raise UsageError("no examples given")
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    if read not in READS:
+        raise UsageError(f"read must be one of {', '.join(READS)} (got {read!r})")
+    if read == "mid" and (parallel_residual(run.model) or architecture(run.model).ln_mlp
+                          == architecture(run.model).ln_attn):
+        raise UsageError("read='mid' needs a residual stream between each layer's attention and MLP; this model's "
+                         "attention and MLP read the same stream in parallel: use read='output'")
+    vocab = run.tokenizer.__len__()
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= vocab:
+        raise UsageError(f"top_k must be an integer in 1..{vocab} (the vocabulary) (got {top_k!r})")
     n_layers = dims(run.model)["n_layers"]
-    layer_list = sorted(set(range(EMBED_LAYER, n_layers) if layers is None else layers))
-    bad = [li for li in layer_list if not isinstance(li, (int, np.integer)) or not EMBED_LAYER <= li < n_layers]
-    if bad or not layer_list:
-        raise UsageError(f"layers must lie in {EMBED_LAYER}..{n_layers - 1} (-1: the embeddings; got {list(layers or [])})")
-    # as evaluate's: every answer the token of " " + answer (or after a space suffix); an example with a
-    # set of correct answers (``answers``) counts the set's probability and its best-ranked member
-    sets = [list(getattr(e, "answers", (e.answer,))) for e in items]
-    words = [a for s in sets for a in s]
-    flat, suffix = backend.answer_ids(run.model, words, joined=joined_answers(items))
-    if None in flat:
-        raise UsageError(f"answer {words[flat.index(None)]!r} is not a single token for this model")
-    ids = backend.tokenize(run.model, [e.prompt for e in items], suffix)
-    width = max(len(s) for s in sets)
-    starts = np.cumsum([0] + [len(s) for s in sets])
-    answers = np.array([flat[a:b] + flat[a:a + 1] * (width - (b - a)) for a, b in zip(starts[:-1], starts[1:])])
-    member = np.arange(width)[None] < np.array([len(s) for s in sets])[:, None]  # (n, K): padding excluded
+    given = list(range(EMBED_LAYER, n_layers)) if layers is None else list(layers)
+    if not given or any(not isinstance(li, (int, np.integer)) or isinstance(li, bool)
+                        or not EMBED_LAYER <= li < n_layers for li in given):
+        raise UsageError(f"layers must be integers in {EMBED_LAYER}..{n_layers - 1} (-1: the embeddings; "
+                         f"got {given})")
+    layer_list = sorted({int(li) for li in given})
+    ids, answers, member, _ = scored_tokens(run.model, items)
     n, m = len(items), len(layer_list)
-    lp, ranks = np.zeros((n, m, width)), np.zeros((n, m, width), np.int64)
+    lp, rank = np.zeros((n, m, answers.shape[1])), np.zeros((n, m), np.int64)
     top_ids, top_lp = np.zeros((n, m, top_k), np.int64), np.zeros((n, m, top_k))
-    for chunk in run.steps(run.batches([len(x) for x in ids]), f"logit lens {getattr(examples, 'task', '')}".rstrip()):
+    label = f"logit lens {getattr(examples, 'task', '')}".rstrip()
+    for chunk in run.steps(run.batches([len(x) for x in ids], rows_per_item=m), label):
         got = run.call(graph.residual_lens, torch.tensor([ids[i] for i in chunk]), torch.from_numpy(answers[chunk]),
-                       layer_list, top_k=top_k)
-        lp[chunk], ranks[chunk], top_ids[chunk], top_lp[chunk] = (t.numpy() for t in got)
+                       layer_list, top_k=int(top_k), read=read)
+        lp[chunk], rank[chunk], top_ids[chunk], top_lp[chunk] = (t.numpy() for t in got)
     p = np.where(member[:, None], np.exp(lp), 0.0).sum(-1)  # (n, m): P(the answer set)
-    rank = np.where(member[:, None], ranks, np.iinfo(np.int64).max).min(-1)
     tok = run.tokenizer
     text = np.array([tok.decode([int(i)]) for i in top_ids.ravel()], dtype=object).reshape(top_ids.shape)
     return xr.Dataset(
@@ -97,13 +108,11 @@ def logit_lens(run: Run, examples: Examples | Sequence[Example], *, layers: Sequ
          "mean_p_answer": ("layer", p.mean(0), {"long_name": "mean P(answer) under the lens", "units": "1"}),
          "mean_rank": ("layer", rank.mean(0), {"long_name": "mean rank of the answer under the lens", "units": "1"})},
         coords={"prompt": ("prompt", np.arange(n), {"long_name": "prompt (example) index"}),
-                "layer": ("layer", np.array(layer_list), {"long_name": "layer whose output is read (-1: the "
-                                                                        "embeddings)"}),
+                "layer": ("layer", np.array(layer_list), {"long_name": READS[read]}),
                 "k": ("k", np.arange(top_k), {"long_name": "rank among the lens's top tokens (0 = most probable)"}),
                 "text": ("prompt", [e.prompt for e in items]),
                 "answer": ("prompt", [e.answer for e in items])},
-        attrs={"method": "logit_lens", "metric": "p_answer", "top_k": int(top_k),
-               "read": "residual stream at the last position, through the final norm and the unembedding"},
+        attrs={"method": "logit_lens", "metric": "p_answer", "top_k": int(top_k), "read": read},
     )
 
 
@@ -112,16 +121,20 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     the last checkpoint of a sweep)."""
     from rich.table import Table
 
-    last = ds.isel(checkpoint=-1) if "checkpoint" in ds.dims else ds
-    at = f" at checkpoint {ds['checkpoint'].values[-1]}" if "checkpoint" in ds.dims else ""
-    table = Table(title=f"logit lens · {ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
-                        f"{ds.sizes['prompt']} prompts{at}")
+    sweep = "checkpoint" in ds.dims
+    last = ds.isel(checkpoint=-1) if sweep else ds
+    where = (f"{ds.attrs.get('model')} at checkpoint {ds['checkpoint'].values[-1]}" if sweep
+             else f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+    table = Table(title=f"logit lens ({ds.attrs.get('read', 'output')}) · {ds.attrs.get('task')} · {where} · "
+                        f"{ds.sizes['prompt']} prompts")
     for col in ("layer", "accuracy", "mean P(answer)", "mean rank", "most common top-1"):
         table.add_column(col, justify="left" if col.startswith("most") else "right")
     for li in last["layer"].values:
         r = last.sel(layer=li)
-        word, count = Counter(str(t) for t in r["top_text"].isel(k=0).values).most_common(1)[0]
+        first = r["top_token"].isel(k=0).values
+        token, count = Counter(first.tolist()).most_common(1)[0]  # by id: distinct tokens may decode alike
+        word = str(r["top_text"].isel(k=0).values[list(first).index(token)])
         table.add_row("embed" if li == EMBED_LAYER else str(li), f"{float(r.accuracy):.3f}",
                       f"{float(r.mean_p_answer):.3f}", f"{float(r.mean_rank):.1f}",
-                      f"{word!r} ({count}/{ds.sizes['prompt']})")
+                      f"{word!r} ({count}/{ds.sizes['prompt']})" if count > 1 else "— (each its own)")
     return [table]

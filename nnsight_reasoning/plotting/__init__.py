@@ -55,7 +55,8 @@ def plot_result(ds: xr.Dataset, path: str | Path | None = None, *, kind: str | N
     The figure follows ``attrs["method"]``. Patching: per-site heatmaps (layer × position,
     mean over prompts; over checkpoints, layer × checkpoint); ``kind`` "roles" (by token role)
     or "prediction" (prediction change). Evaluation: the distribution of
-    P(answer); over checkpoints, the learning curve. Attention: ``kind`` "heatmap" (prompt
+    P(answer); over checkpoints, the learning curve. Logit lens: accuracy and mean P(answer)
+    per layer; over checkpoints, a layer × checkpoint map. Attention: ``kind`` "heatmap" (prompt
     ``prompt``), "entropy" (the paper's head entropy by position and size rank), "rank"
     (attention by size rank per layer) or "mass". Probe: F1 per layer, model vs baseline. Head pruning: accuracy
     against the fraction of heads pruned, per order. Robustness: accuracy drop against the

@@ -192,7 +192,11 @@ def lens_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     P(answer) as a layer × checkpoint heatmap."""
     import matplotlib.pyplot as plt
 
-    title = f"logit lens · {ds.attrs.get('task')} · {ds.attrs.get('model')}"
+    from ..errors import UsageError
+
+    if "model" in ds.dims:
+        raise UsageError("the logit-lens figure draws one model: select one (ds.sel(model=...)) and plot it")
+    title = f"logit lens ({ds.attrs.get('read', 'output')}) · {ds.attrs.get('task')} · {ds.attrs.get('model')}"
     labels = ["embed" if li == EMBED_LAYER else str(li) for li in ds["layer"].values]
     if "checkpoint" in ds.dims:
         fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * ds.sizes["checkpoint"] + 2.5), 0.45 * ds.sizes["layer"] + 2.6))
