@@ -73,7 +73,7 @@ def logit_lens(run: Run, examples: Examples | Sequence[Example], *, layers: Sequ
                           == architecture(run.model).ln_attn):
         raise UsageError("read='mid' needs a residual stream between each layer's attention and MLP; this model's "
                          "attention and MLP read the same stream in parallel: use read='output'")
-    vocab = run.tokenizer.__len__()
+    vocab = len(run.tokenizer)
     if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= vocab:
         raise UsageError(f"top_k must be an integer in 1..{vocab} (the vocabulary) (got {top_k!r})")
     n_layers = dims(run.model)["n_layers"]

@@ -227,6 +227,10 @@ def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     """The distribution of P(answer); over checkpoints, the learning curve."""
     import matplotlib.pyplot as plt
 
+    from ..errors import UsageError
+
+    if "model" in ds.dims:
+        raise UsageError("the evaluation figure draws one model: select one (ds.sel(model=...)) and plot it")
     if "checkpoint" in ds.dims:
         return _learning_curve(ds)
     fig, ax = plt.subplots(figsize=(5, 3.5))
