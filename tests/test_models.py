@@ -89,6 +89,22 @@ def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
             assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
 
 
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_ranks_count_the_tokens_above_each_candidate(k):
+    """One candidate is ranked by a comparison with the row, several by one sort of it: both
+    count the tokens strictly above, ties (here many) included, as the (n, K, V) comparison did."""
+    from nnsight_reasoning.backend.trace_ops import score_answers
+
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randint(-6, 6, (5, 300), generator=g).float() / 4  # many exact ties
+    ids = torch.randint(0, 300, (5, k), generator=g)
+    lp, lg, rank, top = score_answers(logits, ids, True)
+    want = (logits.double().log_softmax(-1)[:, None, :] > lp[:, :, None]).sum(-1)
+    assert torch.equal(rank, want) and rank.shape == (5, k)
+    assert torch.equal(lg, logits.double().gather(1, ids)) and torch.equal(top, logits.argmax(-1))
+    assert int(want.max()) > 0 and len({int(r) for r in want.flatten()}) > min(k, 3) - 1  # not all top-1
+
+
 @pytest.mark.parametrize("task", ["ioi", "greater_than", "sentiment"])
 def test_evaluate_adds_tigges_task_measures_against_a_plain_forward(task, embedded_model):
     """circuits-over-time's measures from raw logits: the correct group's mean logit minus the
