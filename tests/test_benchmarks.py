@@ -71,3 +71,14 @@ def test_training_chunk_benchmark_runs_and_its_chunkings_agree():
     tokens = [int(r[6]) for r in rows]
     assert tokens[1] < tokens[0]  # less padding
     assert "gradients agree" in proc.stdout and "bf16 against fp32: the gradient differs by" in proc.stdout
+
+
+def test_answer_rank_benchmark_runs_and_its_ways_agree():
+    # small rows and vocabulary; both sides of RANK_BY_COMPARISON (8); the script exits 1 if any ranks differ
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "answer_ranks.py"), "--rows", "16", "--vocab",
+                           "2000", "--k", "1", "8", "9", "100", "--repeats", "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit() and "rows" not in ln]
+    assert [(r[0], r[-1]) for r in rows] == [(k, "True") for k in ("1", "8", "9", "100")]
+    assert "every way gives the same ranks" in proc.stdout

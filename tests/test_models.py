@@ -89,12 +89,13 @@ def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
             assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
 
 
-@pytest.mark.parametrize("k", [1, 3, 40])
+@pytest.mark.parametrize("k", [1, 8, 9, 40])
 def test_ranks_count_the_tokens_above_each_candidate(k):
-    """One candidate is ranked by a comparison with the row, several by one sort of it: both
-    count the tokens strictly above, ties (here many) included, as the (n, K, V) comparison did."""
-    from nnsight_reasoning.backend.trace_ops import score_answers
+    """A few candidates are ranked by one comparison with the row, more by one sort of it: both
+    count the tokens strictly above, ties (here many) included."""
+    from nnsight_reasoning.backend.trace_ops import RANK_BY_COMPARISON, score_answers
 
+    assert RANK_BY_COMPARISON == 8  # so that k = 9 and 40 take the sort
     g = torch.Generator().manual_seed(k)
     logits = torch.randint(-6, 6, (5, 300), generator=g).float() / 4  # many exact ties
     ids = torch.randint(0, 300, (5, k), generator=g)

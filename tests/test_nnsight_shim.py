@@ -114,8 +114,9 @@ def _backend_calls(model):
     replace = torch.randn((1, cuts.shape[1], model.config.hidden_size), generator=torch.Generator().manual_seed(1),
                           dtype=torch.float64)
     return {
-        "answer_scores": lambda r: backend.answer_scores(model, ids, ans, patches, remote=r),  # ranks by a sort
-        "answer_scores_one": lambda r: backend.answer_scores(model, ids, ans[:, :1], remote=r),  # by a comparison
+        "answer_scores": lambda r: backend.answer_scores(model, ids, ans, patches, remote=r),
+        # more candidates than trace_ops.RANK_BY_COMPARISON: ranked by a sort of each row
+        "answer_scores_sorted": lambda r: backend.answer_scores(model, ids, ans.repeat(1, 6), remote=r),
         "attributions": lambda r: backend.attributions(model, ids, ans, sites, "log_prob_diff", ig_steps=2, remote=r),
         "edge_attributions": lambda r: graph.edge_attributions(model, ids, ans, ig_steps=2, remote=r),
         "edge_patched_logits": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, remote=r),  # engine v2

@@ -14,6 +14,12 @@ them.
 import torch
 
 
+#: Up to this many candidates per row, :func:`score_answers` ranks them by one (n, K, V) comparison;
+#: more, by a sort of each row, faster from about 12 and never more than n·V·16 bytes
+#: (``benchmarks/answer_ranks.py``).
+RANK_BY_COMPARISON = 8
+
+
 def score_answers(logits, answer_ids, rank=True):
     """Scores of the candidate tokens ``answer_ids`` (n, K) given last-position ``logits`` (n, V).
 
@@ -29,11 +35,11 @@ def score_answers(logits, answer_ids, rank=True):
     if rank == "top":
         return chosen, answer_logits(logits, answer_ids), None, log_probs.argmax(-1)
     if rank:
-        if answer_ids.shape[1] == 1:
-            ranks = (log_probs > chosen).sum(-1, keepdim=True)
+        if answer_ids.shape[1] <= RANK_BY_COMPARISON:
+            ranks = (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
         else:
-            # an (n, K, V) comparison would take K·n·V bytes (1.3 GB, 30 s on a CPU for an answer set of 100
-            # years over Pythia's vocabulary at 256 rows); one sort per row counts the same tokens: those
+            # the (n, K, V) comparison takes K·n·V bytes (1.3 GB and 5 s on 2 CPU cores for greater-than's 100
+            # candidates over Pythia's vocabulary at 256 rows); one sort per row counts the same tokens: those
             # above a candidate are V minus those at or below it (its own value is in the row, bit for bit)
             ranks = log_probs.shape[-1] - torch.searchsorted(log_probs.sort(-1).values, chosen, right=True)
         return chosen, answer_logits(logits, answer_ids), ranks, log_probs.argmax(-1)
