@@ -26,7 +26,9 @@ Sites, in the order the model computes them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -154,9 +156,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def parallel_residual(model: Any) -> bool:
-    """Whether attention and MLP of a layer read the same residual stream (Pythia/GPT-NeoX),
-    so that a layer's heads feed only later layers' MLPs."""
-    return bool(getattr(model.config, "use_parallel_residual", False))
+    """Whether attention and MLP of a layer read the same residual stream (Pythia/GPT-NeoX with
+    ``use_parallel_residual``; GPT-J, whose one norm feeds both), so that a layer's heads feed
+    only later layers' MLPs and no stream lies between a layer's attention and its MLP."""
+    arch = architecture(model)
+    return bool(getattr(model.config, "use_parallel_residual", False)) or arch.ln_mlp == arch.ln_attn
 
 
 def var_name(site: str) -> str:
@@ -238,23 +242,32 @@ def check_sites(sites: list[str] | tuple[str, ...] | str) -> list[str]:
     return [s for s in SITES if s in sites]
 
 
-def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
-    """Sorted unique layer indices (all when None), or an error naming the valid range."""
-    return _check_indices("layer", layers, n_layers)
+def check_layers(layers: Iterable[int] | None, n_layers: int, *, embeddings: bool = False) -> list[int]:
+    """Sorted unique layer indices (all when None), or an error naming the valid range;
+    ``embeddings``: -1 (:data:`EMBED_LAYER`, the embeddings) is a layer too."""
+    low = EMBED_LAYER if embeddings else 0
+    return _check_indices("layer", layers, n_layers, low, " (-1: the embeddings)" if embeddings else "")
 
 
-def check_heads(heads: Sequence[int] | None, n_heads: int) -> list[int]:
+def check_heads(heads: Iterable[int] | None, n_heads: int) -> list[int]:
     """Sorted unique head indices (all when None), or an error naming the valid range."""
     return _check_indices("head", heads, n_heads)
 
 
-def _check_indices(kind: str, values: Sequence[int] | None, n: int) -> list[int]:
+def _check_indices(kind: str, values: Iterable[int] | None, n: int, low: int = 0, note: str = "") -> list[int]:
     if values is None:
-        return list(range(n))
-    bad = [v for v in values if not isinstance(v, int) or not 0 <= v < n]
-    if bad:
-        raise UsageError(f"{kind} {bad[0]} is out of range: this model has {kind}s 0..{n - 1}")
-    return sorted(set(values))
+        return list(range(low, n))
+    values = [values] if isinstance(values, (str, bytes)) else list(values)
+    if not values:
+        raise UsageError(f"no {kind}s given: this model has {kind}s {low}..{n - 1}{note}; leave the choice out "
+                         f"for all of them")
+    for v in values:
+        # a bool is an int to Python, and would silently select layer or head 1
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise UsageError(f"{kind} {v!r} is not an integer: this model has {kind}s {low}..{n - 1}{note}")
+        if not low <= v < n:
+            raise UsageError(f"{kind} {v} is out of range: this model has {kind}s {low}..{n - 1}{note}")
+    return sorted({int(v) for v in values})
 
 
 def resolve(obj: Any, dotted: str) -> Any:

@@ -77,7 +77,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("patch", ["--max-n", "1"], "max_n >= 2"),
     ("evaluate", ["--n-prompts", "0"], "n_prompts must be an integer >= 1"),
     ("evaluate", ["--n-prompts", "-3"], "n_prompts must be an integer >= 1"),
-    ("logit-lens", ["--layer", "9"], "layers must be integers in -1..3"),
+    ("logit-lens", ["--layer", "9"], "layer 9 is out of range: this model has layers -1..3 (-1: the embeddings)"),
     ("logit-lens", ["--top-k", "0"], "top_k must be an integer in 1.."),
     ("logit-lens", ["--read", "mid"], "read the same stream in parallel: use read='output'"),
     ("logit-lens", ["--task", "nope"], "unknown task 'nope'"),

@@ -135,9 +135,13 @@ def test_lens_runs_remotely_like_locally_and_takes_chosen_layers(embedded_model)
     assert (same | tied[..., :3]).all() and same.mean() > 0.9
     # the embedded model's answer appears at its last layer: the lens there is its output
     assert float(full.accuracy.sel(layer=3)) > 0.9 > float(full.accuracy.sel(layer=-1))
-    for bad in ([4], [True], [0.5], []):
-        with pytest.raises(nr.UsageError, match=r"layers must be integers in -1\.\.3"):
+    for bad, message in (([4], "layer 4 is out of range"), ([-2], "layer -2 is out of range"),
+                         ([True], "layer True is not an integer"), ([0.5], "layer 0.5 is not an integer"),
+                         ([], "no layers given")):
+        with pytest.raises(nr.UsageError, match=message + r".* layers -1\.\.3 \(-1: the embeddings\)"):
             nr.logit_lens(embedded_model, examples, layers=bad, progress=False)
+    assert nr.logit_lens(embedded_model, examples, layers=np.array([3, -1]), progress=False).layer.values.tolist() \
+        == [-1, 3]  # numpy integers are layers too
     for bad in (0, 10**6, 2.0):
         with pytest.raises(nr.UsageError, match=r"top_k must be an integer in 1\.\."):
             nr.logit_lens(embedded_model, examples, top_k=bad, progress=False)

@@ -126,6 +126,17 @@ def test_table_matches_the_model_and_backend_calls_match_hooks(family, model_typ
     acts = bn.neuron_activations(model, ids, [1], last_only=False)
     np.testing.assert_allclose(acts[:, 0].numpy(), seen["neurons"].numpy(), rtol=1e-5, atol=1e-6)
 
+    # parallel_residual is what the forward does: in parallel, the MLP's norm reads the layer's input whatever the
+    # attention writes (GPT-J: the one norm both read); in sequence, a stream the attention's output has joined
+    def mlp_norm_input(bump):
+        got = []
+        hooks = [(sites.resolve(layers[1], arch.ln_mlp), "pre", lambda m, a: got.append(a[0].clone()))]
+        _forward(hf, ids, hooks + ([(o_proj, "post", lambda m, a, o: o + 1.0)] if bump else []))
+        return got[0]
+
+    assert sites.parallel_residual(model) == torch.equal(mlp_norm_input(False), mlp_norm_input(True))
+    assert sites.parallel_residual(model) == (model_type == "gptj")  # the tiny GPT-NeoX is built sequential
+
     if "logit_effects" in arch.unsupported:
         return
     # direct logit effects of heads: W_U (centred) · (γ ⊙ N(o_h) / s), γ as the norm behaves
@@ -181,3 +192,30 @@ def test_unsupported_features_are_refused_with_the_reason(family):
     assert answer_scores(model, ids, answers).logits.shape == (2, 2)
     with pytest.raises(UsageError, match="has no site map yet; supported: gemma, gemma2, gpt2, gpt_neox, gptj"):
         sites.architecture(SimpleNamespace(config=SimpleNamespace(model_type="mamba")))
+
+
+def test_layer_and_head_choices_are_checked_in_one_place(embedded_model):
+    """check_layers / check_heads, which every experiment that takes layers or heads calls: a
+    bool (an int to Python: True would be layer 1), a float, an empty choice and an index out of
+    range are one-line errors naming the range; numpy integers and any iterable are taken."""
+    assert sites.check_layers(None, 4) == [0, 1, 2, 3] and sites.check_layers(None, 4, embeddings=True)[0] == -1
+    assert sites.check_layers(np.array([3, 1, 3]), 4) == [1, 3] and sites.check_heads(range(2), 4) == [0, 1]
+    assert sites.check_layers((-1, 2), 4, embeddings=True) == [-1, 2]
+    for bad, message in (([True], "layer True is not an integer"), ([1.0], "layer 1.0 is not an integer"),
+                         ("1", "layer '1' is not an integer"), ([], "no layers given"),
+                         ([-1], "layer -1 is out of range"), ([4], "layer 4 is out of range")):
+        with pytest.raises(UsageError, match=message + r".*this model has layers 0\.\.3\b"):
+            sites.check_layers(bad, 4)
+    with pytest.raises(UsageError, match=r"head False is not an integer: this model has heads 0\.\.3$"):
+        sites.check_heads([False], 4)
+    # through the experiments: a bool used to reach the model as a module name, [] a zero range step
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=0)
+    with pytest.raises(UsageError, match="layer True is not an integer"):
+        nr.patch(embedded_model, pairs, sites=["mlp"], layers=[True], progress=False)
+    with pytest.raises(UsageError, match="no layers given"):
+        nr.patch(embedded_model, pairs, sites=["mlp"], layers=[], progress=False)
+    prompts = nr.tasks.kth_smallest(2, length=5, k=2, seed=4)
+    with pytest.raises(UsageError, match="no heads given"):
+        nr.attention(embedded_model, prompts, heads=[], progress=False)
+    ds = nr.patch(embedded_model, pairs, sites=["mlp"], layers=np.array([2]), progress=False)
+    assert ds["layer"].values.tolist() == [2]

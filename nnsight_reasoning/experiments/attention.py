@@ -105,8 +105,8 @@ def measure(
         raise UsageError("no prompts given")
     model = run.model
     d = dims(model)
-    layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
-    head_list = check_heads(list(heads) if heads is not None else None, d["n_heads"])
+    layer_list = check_layers(layers, d["n_layers"])
+    head_list = check_heads(heads, d["n_heads"])
     mask = None if pruned is None else head_grid(pruned, d["n_layers"], d["n_heads"])
     toks = token_statements(model, plist)
     lengths = [len(t.ids) for t in toks]

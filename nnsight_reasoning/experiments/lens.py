@@ -28,7 +28,7 @@ import xarray as xr
 from ..backend import graph
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import EMBED_LAYER, architecture, dims, parallel_residual
+from ..sites import EMBED_LAYER, check_layers, dims, parallel_residual
 from ..tasks import Example, Examples
 from .evaluate import scored_tokens
 
@@ -69,20 +69,13 @@ def logit_lens(run: Run, examples: Examples | Sequence[Example], *, layers: Sequ
         raise UsageError("no examples given")
     if read not in READS:
         raise UsageError(f"read must be one of {', '.join(READS)} (got {read!r})")
-    if read == "mid" and (parallel_residual(run.model) or architecture(run.model).ln_mlp
-                          == architecture(run.model).ln_attn):
+    if read == "mid" and parallel_residual(run.model):
         raise UsageError("read='mid' needs a residual stream between each layer's attention and MLP; this model's "
                          "attention and MLP read the same stream in parallel: use read='output'")
     vocab = len(run.tokenizer)
     if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= vocab:
         raise UsageError(f"top_k must be an integer in 1..{vocab} (the vocabulary) (got {top_k!r})")
-    n_layers = dims(run.model)["n_layers"]
-    given = list(range(EMBED_LAYER, n_layers)) if layers is None else list(layers)
-    if not given or any(not isinstance(li, (int, np.integer)) or isinstance(li, bool)
-                        or not EMBED_LAYER <= li < n_layers for li in given):
-        raise UsageError(f"layers must be integers in {EMBED_LAYER}..{n_layers - 1} (-1: the embeddings; "
-                         f"got {given})")
-    layer_list = sorted({int(li) for li in given})
+    layer_list = check_layers(layers, dims(run.model)["n_layers"], embeddings=True)
     ids, answers, member, _ = scored_tokens(run.model, items)
     n, m = len(items), len(layer_list)
     lp, rank = np.zeros((n, m, answers.shape[1])), np.zeros((n, m), np.int64)

@@ -171,7 +171,7 @@ def parse_units(units: Sequence[Any]) -> list[tuple[int, int]]:
 
 
 def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    return check_layers(list(layers) if layers is not None else None, dims(model)["n_layers"])
+    return check_layers(layers, dims(model)["n_layers"])
 
 
 # --------------------------------------------------------------------------- activations

@@ -146,7 +146,7 @@ def patch(
         raise UsageError(f"batch_size must be >= 3 (got {run.batch_size})")
     model = run.model
     d = dims(model)
-    layer_list = check_layers(list(layers) if layers is not None else None, d["n_layers"])
+    layer_list = check_layers(layers, d["n_layers"])
     if set(EMBED_SITES) & set(sites):
         layer_list = [EMBED_LAYER] + layer_list
     tok = tokenize_pairs(model, pair_list)
