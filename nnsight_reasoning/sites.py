@@ -57,7 +57,7 @@ POSITIONS: tuple[str, ...] = ("last", "all")
 #: ablations, residual edits) works for every entry of :data:`ARCHITECTURES`.
 FEATURES: dict[str, str] = {
     "edges": "the component graph (edge attribution, edge patching, circuits)",
-    "logit_effects": "direct logit effects (head effects, neuron contributions, neuron and residual logit lens)",
+    "logit_effects": "direct logit effects (head effects, neuron contributions, neuron logit lens)",
 }
 
 #: Final norm kinds: whether the norm centres its input, and the offset of its gain (the
@@ -117,6 +117,9 @@ class Architecture:
     v_proj: str = "self_attn.v_proj"
     qkv_layout: str = "separate"
     k_proj: str = "self_attn.k_proj"
+    # config attribute of the cap c on the final logits, c·tanh(logits / c) (Gemma 2's
+    # final_logit_softcapping); None, or the attribute unset: the logits are not capped
+    logit_softcap_attr: str | None = None
     # feature (a key of FEATURES) -> why this family cannot do it
     unsupported: dict[str, str] = field(default_factory=dict, hash=False)
 
@@ -146,7 +149,8 @@ ARCHITECTURES: dict[str, Architecture] = {
                                                "which the component graph does not model yet"}),
     **{name: Architecture(**_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2")},
     "gemma": Architecture(**_LLAMA_LIKE, final_norm_kind="gemma_rmsnorm"),
-    "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm", mask_arg=None,
+    "gemma2": Architecture(**{**_LLAMA_LIKE, "ln_mlp": "pre_feedforward_layernorm"}, final_norm_kind="gemma_rmsnorm",
+                           mask_arg=None, logit_softcap_attr="final_logit_softcapping",
                            unsupported={
                                "edges": _GEMMA2_POST_NORMS,
                                "logit_effects": "the logits are soft-capped (tanh), so no component's effect on "
@@ -228,6 +232,13 @@ def final_norm_spec(model: Any) -> tuple[bool, float, float]:
     arch = architecture(model)
     center, offset = NORMS[arch.final_norm_kind]
     return center, offset, float(getattr(model.config, arch.norm_eps_attr))
+
+
+def logit_softcap(model: Any) -> float | None:
+    """The cap c of the model's final logits, c·tanh(logits / c) (Gemma 2), or None."""
+    attr = architecture(model).logit_softcap_attr
+    cap = getattr(model.config, attr, None) if attr else None
+    return float(cap) if cap else None
 
 
 def check_sites(sites: list[str] | tuple[str, ...] | str) -> list[str]:

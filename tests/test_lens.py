@@ -18,7 +18,8 @@ EPS = float(np.finfo(np.float32).eps)
 BLOCKS = {"gpt_neox": "gpt_neox.layers", "gpt2": "transformer.h", "gptj": "transformer.h"}  # else model.layers
 FINAL_NORM = {"gpt_neox": "gpt_neox.final_layer_norm", "gpt2": "transformer.ln_f", "gptj": "transformer.ln_f"}
 MID = {"gpt2": "ln_2", "llama": "post_attention_layernorm", "gemma": "post_attention_layernorm",
-       "qwen2": "post_attention_layernorm"}  # the MLP's norm: its input is the residual between attention and MLP
+       "qwen2": "post_attention_layernorm", "gemma2": "pre_feedforward_layernorm"}  # the MLP's norm: its input is
+# the residual between attention and MLP (Gemma 2's post_attention_layernorm normalises the attention's output)
 
 
 def _lens_log_probs(hf, ids, read="output"):
@@ -41,7 +42,9 @@ def _lens_log_probs(hf, ids, read="output"):
     try:
         with torch.no_grad():
             hf(torch.tensor([ids]))
-            return torch.log_softmax(unembed(norm(torch.stack(seen))).double(), -1)
+            logits = unembed(norm(torch.stack(seen)))
+            cap = getattr(hf.config, "final_logit_softcapping", None)  # Gemma 2 caps its logits: c·tanh(x / c)
+            return torch.log_softmax((torch.tanh(logits / cap) * cap if cap else logits).double(), -1)
     finally:
         for h in hooks:
             h.remove()
@@ -49,8 +52,11 @@ def _lens_log_probs(hf, ids, read="output"):
 
 def _with_random_head(path, out):
     """A copy of the model at ``path`` whose final norm has a random gain and bias and whose
-    unembedding a random bias (where it has one): the tiny models are built with the identity."""
+    unembedding a random bias (where it has one): the tiny models are built with the identity.
+    Gemma 2's logit cap is lowered to 0.5, under its tiny logits, so that the cap bends them."""
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if getattr(hf.config, "final_logit_softcapping", None):
+        hf.config.final_logit_softcapping = 0.5
     g = torch.Generator().manual_seed(0)
     norm = _get(hf, FINAL_NORM.get(hf.config.model_type, "model.norm"))
     with torch.no_grad():
@@ -62,7 +68,7 @@ def _with_random_head(path, out):
     return out
 
 
-@pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gptj", "llama", "gemma", "qwen2"])
+@pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gptj", "llama", "gemma", "gemma2", "qwen2"])
 def test_lens_matches_the_final_norm_and_unembedding_applied_by_hooks(embedded_model, tiny_model_dir, model_type,
                                                                       tmp_path):
     path = (nr.models.model_info(embedded_model).path if model_type == "embedded"

@@ -25,7 +25,7 @@ import nnsight
 import torch
 
 from ..nnsight_shim import reads_weights
-from ..sites import architecture, dims, final_norm_spec, parallel_residual, require, resolve
+from ..sites import architecture, dims, final_norm_spec, logit_softcap, parallel_residual, require, resolve
 from . import packed
 from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
                         head_columns, head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale,
@@ -978,7 +978,8 @@ def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, 
                   top_k: int = 10, read: str = "output", remote: bool | str = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logit lens at the last position: the residual stream at each layer of ``layers`` read
-    through the final norm and the unembedding, as the model reads its last layer's output.
+    through the final norm and the unembedding (then the soft cap, where the model caps its
+    logits: Gemma 2), as the model reads its last layer's output.
 
     ``read`` "output": the layer's output (so the last layer's lens is the model's own
     next-token distribution); "mid": the residual between the layer's attention and its MLP
@@ -994,8 +995,11 @@ def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, 
     """
     from . import _run
 
-    final, unembed, center, eps = final_norm(model)
+    # not final_norm(): the lens reads the residual stream itself, so a family whose components are
+    # post-normed (Gemma 2) reads it exactly; its soft cap is a last step of the map
     arch = architecture(model)
+    final, unembed, (center, _, eps) = resolve(model, arch.final_norm), resolve(model, arch.unembed), \
+        final_norm_spec(model)
     blocks = resolve(model, arch.layers)
     # resolved here: the trace body may only touch nnsight, torch and builtins
     reads = [("embed", blocks[0]) if li < 0 else ("mid", resolve(blocks[li], arch.ln_mlp)) if read == "mid"
@@ -1003,12 +1007,12 @@ def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, 
     return tuple(t.detach().cpu() for t in _run(
         model, _trace_lens, (model, input_ids, token_ids, reads, final, unembed, center, eps, _gain_offset(model),
                              getattr(final, "bias", None) is not None, getattr(unembed, "bias", None) is not None,
-                             top_k),
+                             logit_softcap(model), top_k),
         remote, "saved"))
 
 
 def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps, gain_offset, norm_bias,
-                unembed_bias, top_k, remote=False, backend=None):
+                unembed_bias, softcap, top_k, remote=False, backend=None):
     saved = None
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
         xs = []
@@ -1025,6 +1029,8 @@ def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps,
         flat = torch.matmul(y.to(w.device, w.dtype), w.T).reshape(-1, w.shape[0])  # (n·m, V), the model's dtype
         if unembed_bias:
             flat = flat + unembed.bias
+        if softcap:  # as the model caps its own logits (Gemma 2), in its dtype
+            flat = torch.tanh(flat / softcap) * softcap
         lp = flat.double().log_softmax(-1)  # ratios of tiny probabilities need float64
         n, m = x.shape[0], x.shape[1]
         chosen = torch.gather(lp, 1, token_ids.to(lp.device).repeat_interleave(m, 0))  # (n·m, K)
