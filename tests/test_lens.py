@@ -153,8 +153,3 @@ def test_lens_runs_remotely_like_locally_and_takes_chosen_layers(embedded_model)
             nr.logit_lens(embedded_model, examples, top_k=bad, progress=False)
     with pytest.raises(nr.UsageError, match="read must be one of output, mid"):
         nr.logit_lens(embedded_model, examples, read="after", progress=False)
-    with pytest.raises(nr.UsageError, match="draws one model"):
-        nr.plot_result(full.expand_dims(model=["a", "b"]))
-    ev = nr.evaluate(embedded_model, examples, progress=False)
-    with pytest.raises(nr.UsageError, match="evaluation figure draws one model"):
-        nr.plot_result(ev.expand_dims(model=["a", "b"]))

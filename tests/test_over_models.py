@@ -83,6 +83,56 @@ def test_data_made_per_tokenizer_revisions_within_models_and_resume(tmp_path, ti
         nr.patch(["embedded", "embedded"], _pairs, ("mlp",), progress=False)
 
 
+def test_models_with_other_revisions_stack_in_training_order_and_plot_a_curve_each(tmp_path):
+    """A sweep over models whose revisions differ: the outer join would sort the names as strings
+    ("main" first); the stacked result keeps training order, each model's part is its own run,
+    and the figure draws each model's learning curve at its own checkpoints."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ladder = tmp_path / "ladder"  # three of the embedded model's revisions under another name
+    ladder.mkdir()
+    for rev in ("step0", "step1500", "main"):
+        (ladder / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
+    models, data = ["embedded", str(ladder)], lambda tok: nr.tasks.examples("arithmetic", 4, seed=1, tokenizer=tok)
+    ds = nr.evaluate(models, data, revisions="all", progress=False)
+    nr.testing.assert_valid_result(ds)
+    assert list(ds["checkpoint"].values) == embedded.revisions()  # the ladder's three are among them
+    single = nr.evaluate(str(ladder), data(embedded.load_tokenizer()), revisions="all", progress=False)
+    part = one_model(ds, str(ladder))
+    assert list(part["checkpoint"].values) == ["step0", "step1500", "main"]
+    _same(single, part, ("p_answer", "accuracy", "mean_p_answer"))
+    fig = nr.plot_result(ds)
+    names = list(ds["checkpoint"].values)
+    for ax, var in zip(fig.axes, ("accuracy", "mean_p_answer")):
+        for line, m in zip(ax.lines, models):
+            own = one_model(ds, m)
+            assert line.get_xdata().tolist() == [names.index(c) for c in own["checkpoint"].values]
+            np.testing.assert_array_equal(line.get_ydata(), own[var].values)
+    assert float(ds.mean_p_answer.sel(model=str(ladder), checkpoint="step1500")) == \
+        float(ds.mean_p_answer.sel(model="embedded", checkpoint="step1500"))  # the same weights
+
+
+def test_lens_and_evaluate_figures_draw_each_model(tiny_model_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    models, data = ["embedded", str(tiny_model_dir("gpt2"))], lambda tok: nr.tasks.examples("arithmetic", 4,
+                                                                                              tokenizer=tok)
+    lens = nr.logit_lens(models, data, progress=False)
+    assert lens["layer"].values.tolist() == [-1, 0, 1, 2, 3]  # the tiny model's 2 layers padded
+    fig = nr.plot_result(lens)
+    for ax, var in zip(fig.axes, ("mean_p_answer", "accuracy")):
+        for line, m in zip(ax.lines, models):
+            own = one_model(lens, m)
+            assert line.get_xdata().tolist() == own["layer"].values.tolist() and line.get_label() == m
+            np.testing.assert_array_equal(line.get_ydata(), own[var].values)
+    ev = nr.evaluate(models, data, progress=False)
+    fig = nr.plot_result(ev)
+    for ax, var in zip(fig.axes, ("accuracy", "mean_p_answer")):
+        assert [b.get_height() for b in ax.patches] == [float(ev[var].sel(model=m)) for m in models]
+
+
 def test_cli_several_models_figure_and_refusals(tmp_path, tiny_model_dir):
     tiny = str(tiny_model_dir("gpt2"))
     out = tmp_path / "capitals.nc"

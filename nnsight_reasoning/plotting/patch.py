@@ -187,26 +187,70 @@ def _prediction(ds: xr.Dataset):
     return fig
 
 
-def lens_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """Accuracy and mean P(answer) under the logit lens, per layer; over checkpoints, mean
-    P(answer) as a layer × checkpoint heatmap."""
+def _models(ds: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
+    """(name, that model's part without the other models' padding) for each model of a result."""
+    from ..results.checkpoints import one_model
+
+    return [(str(name), one_model(ds, name)) for name in ds["model"].values]
+
+
+def _lens_over_models(ds: xr.Dataset):
+    """Per model, mean P(answer) against the layer (left) and accuracy (right); over checkpoints,
+    one layer × checkpoint map of mean P(answer) per model."""
     import matplotlib.pyplot as plt
 
-    from ..errors import UsageError
+    parts = _models(ds)
+    read = ds.attrs.get("read", "output")
+    if "checkpoint" in ds.dims:
+        fig, axes = plt.subplots(1, len(parts), squeeze=False, figsize=(
+            len(parts) * max(4.0, 0.6 * ds.sizes["checkpoint"] + 2.0), 0.45 * ds.sizes["layer"] + 2.8))
+        for ax, (name, part) in zip(axes[0], parts):
+            im = _lens_map(ax, part)
+            ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=axes[0][-1], shrink=0.8, label="mean P(answer)")  # every map spans 0..1
+        fig.suptitle(f"logit lens ({read}) · {ds.attrs.get('task')} over training", fontsize=10)
+        return fig
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, part in parts:
+        for ax, var in zip(axes, ("mean_p_answer", "accuracy")):
+            ax.plot(part["layer"].values, part[var].values, "o-", label=name)
+    layers = ds["layer"].values  # every model's
+    for ax, label in zip(axes, ("mean P(answer)", "accuracy (lens top-1 = answer)")):
+        ax.set_xticks(layers, ["embed" if li == EMBED_LAYER else str(li) for li in layers])
+        ax.set_xlabel("layer read")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"logit lens ({read}) · {ds.attrs.get('task')} · {ds.sizes['prompt']} prompts", fontsize=10)
+    return fig
+
+
+def _lens_map(ax, ds: xr.Dataset):
+    """Mean P(answer) as a layer × checkpoint map on ``ax``."""
+    labels = ["embed" if li == EMBED_LAYER else str(li) for li in ds["layer"].values]
+    im = ax.imshow(ds["mean_p_answer"].transpose("layer", "checkpoint").values, origin="lower", aspect="auto",
+                   vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(ds.sizes["checkpoint"]), [str(c) for c in ds["checkpoint"].values], rotation=60,
+                  ha="right", fontsize=8)
+    ax.set_yticks(range(ds.sizes["layer"]), labels)
+    ax.set_xlabel("checkpoint (training order)")
+    ax.set_ylabel("layer")
+    return im
+
+
+def lens_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """Accuracy and mean P(answer) under the logit lens, per layer; over checkpoints, mean
+    P(answer) as a layer × checkpoint heatmap; over models, one line (or map) per model."""
+    import matplotlib.pyplot as plt
 
     if "model" in ds.dims:
-        raise UsageError("the logit-lens figure draws one model: select one (ds.sel(model=...)) and plot it")
+        return _lens_over_models(ds)
     title = f"logit lens ({ds.attrs.get('read', 'output')}) · {ds.attrs.get('task')} · {ds.attrs.get('model')}"
     labels = ["embed" if li == EMBED_LAYER else str(li) for li in ds["layer"].values]
     if "checkpoint" in ds.dims:
         fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * ds.sizes["checkpoint"] + 2.5), 0.45 * ds.sizes["layer"] + 2.6))
-        im = ax.imshow(ds["mean_p_answer"].transpose("layer", "checkpoint").values, origin="lower", aspect="auto",
-                       vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(ds.sizes["checkpoint"]), [str(c) for c in ds["checkpoint"].values], rotation=60,
-                      ha="right", fontsize=8)
-        ax.set_yticks(range(ds.sizes["layer"]), labels)
-        ax.set_xlabel("checkpoint (training order)")
-        ax.set_ylabel("layer")
+        im = _lens_map(ax, ds)
         fig.colorbar(im, ax=ax, shrink=0.8, label="mean P(answer)")
         ax.set_title(f"{title} over training ({ds.sizes['prompt']} prompts)", fontsize=9)
         return fig
@@ -223,14 +267,49 @@ def lens_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     return fig
 
 
-def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
-    """The distribution of P(answer); over checkpoints, the learning curve."""
+def _evaluate_over_models(ds: xr.Dataset):
+    """Accuracy and mean P(answer) of each model (bars); over checkpoints, one learning curve per
+    model (Tigges et al.'s task performance over training across model sizes)."""
     import matplotlib.pyplot as plt
 
-    from ..errors import UsageError
+    parts = _models(ds)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    labels = ("accuracy (top-1)", "mean P(answer)")
+    if "checkpoint" in ds.dims:
+        names = [str(c) for c in ds["checkpoint"].values]  # every model's, in training order
+        for name, part in parts:
+            x = [names.index(str(c)) for c in part["checkpoint"].values]
+            for ax, var in zip(axes, ("accuracy", "mean_p_answer")):
+                ax.plot(x, part[var].values, "o-", label=name)
+        for ax in axes:
+            ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0,
+                          ha="right" if len(names) > 6 else "center", fontsize=8)
+            ax.set_xlabel("checkpoint (training order)")
+        title = f"{ds.attrs.get('task')} over training"
+    else:
+        x = np.arange(len(parts))
+        for ax, var in zip(axes, ("accuracy", "mean_p_answer")):
+            ax.bar(x, [float(part[var]) for _, part in parts], color="tab:blue")
+            ax.set_xticks(x, [name for name, _ in parts], rotation=30 if len(parts) > 3 else 0,
+                          ha="right" if len(parts) > 3 else "center", fontsize=8)
+        title = f"{ds.attrs.get('task')}"
+    for ax, label in zip(axes, labels):
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if "checkpoint" in ds.dims:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title} · {len(parts)} models · {ds.sizes['prompt']} prompts", fontsize=10)
+    return fig
+
+
+def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
+    """The distribution of P(answer); over checkpoints, the learning curve; over models, their
+    accuracy and mean P(answer) side by side, or one learning curve per model."""
+    import matplotlib.pyplot as plt
 
     if "model" in ds.dims:
-        raise UsageError("the evaluation figure draws one model: select one (ds.sel(model=...)) and plot it")
+        return _evaluate_over_models(ds)
     if "checkpoint" in ds.dims:
         return _learning_curve(ds)
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -171,6 +171,9 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
     stacked = xr.concat(parts, dim="model", data_vars="all", coords="different", compat="equals", join="outer",
                         combine_attrs="override")
     stacked = stacked.assign_coords(model=np.array(labels, dtype=object))
+    if "checkpoint" in stacked.indexes:  # the outer join sorts revisions as strings ("main" first)
+        stacked = stacked.reindex(checkpoint=training_order(
+            [str(c) for p in parts if "checkpoint" in p.indexes for c in p["checkpoint"].values]))
     # an attr a checkpoint sweep already made a coordinate (model_path) stays that coordinate
     stacked = stacked.assign_coords({k: ("model", np.array([p.attrs.get(k, "") for p in parts])) for k in varying
                                      if k not in stacked.variables})
