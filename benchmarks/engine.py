@@ -9,6 +9,8 @@ process, interleaved:
     arithmetic prompts of at least 20 tokens;
 (b) the all-position sweep of ``run.py``'s sweep section: mlp + resid, every layer and
     position, ``"{expr} ="`` prompts (5 tokens);
+(g) whole attention patterns (``attn_pattern``: every head of every layer) on the prompts of
+    (a): v2's copies start at the pair's first differing token, v1's hold the whole prompt;
 (e) circuit faithfulness (the five default circuits of one EAP run) and (f) exact edge
     patching of every edge (embedded model only), v2 against v1, on IOI pairs (16 at most);
 
@@ -40,11 +42,12 @@ import nnsight_reasoning as nr
 from nnsight_reasoning import backend
 from nnsight_reasoning.backend.trace_ops import score_answers
 from nnsight_reasoning.experiments.patch import Grid, _shared_prefix, plan_passes
-from nnsight_reasoning.sites import architecture, dims, resolve
+from nnsight_reasoning.sites import UNIT_DIMS, WHOLE_PROMPT_SITES, architecture, dims, resolve
 from nnsight_reasoning.tasks.base import group_by_length
 
 BATCH = 512  # nr.patch's default batch size
-CASES = {"a": {"sites": ["mlp", "attn"], "positions": "last"}, "b": {"sites": ["mlp", "resid"], "positions": "all"}}
+CASES = {"a": {"sites": ["mlp", "attn"], "positions": "last"}, "b": {"sites": ["mlp", "resid"], "positions": "all"},
+         "g": {"sites": ["attn_pattern"], "positions": "last"}}
 #: The targets of issue 20, as (what, key, bound): checked on the 160m shape.
 TARGETS = [("(a) v2 faster than v1", "a", "speedup_vs_v1", 5.0),
            ("(a) v2 within 3x of a plain forward of base + source", "a", "vs_plain", 3.0),
@@ -73,14 +76,17 @@ def units(model, pairs, sites: list[str], positions: str) -> dict:
     lengths = [len(b) for b in base]
     # patches inside a pair's shared prefix change nothing: no engine computes them (nr.patch)
     shared = [_shared_prefix(b, tok(p.source)["input_ids"]) for b, p in zip(base, pairs)]
-    grid = Grid(list(sites), list(range(n_layers)), positions, dims(model)["n_heads"])
+    d = dims(model)
+    grid = Grid(list(sites), list(range(n_layers)), positions, {s: d[f"n_{dim}s"] for s, dim in UNIT_DIMS.items()})
     out = {"plain": 0, "v1": 0, "minimal": 0, "passes": []}
     for job in plan_passes(lengths, grid, BATCH):
         t, p = lengths[job.pairs[0]], len(job.pairs)
         inputs = 2 * p * t * n_layers
-        run = [(i, u) for i in job.pairs for u in job.units if u.position >= shared[i]]
-        above = [n_layers - u.li - (u.site == "resid") for _, u in run]  # layers a copy computes
-        minimal = inputs + sum(a * (t - u.position) for a, (_, u) in zip(above, run))
+        # a whole pattern is replaced from the first differing token on (the rows above are the same)
+        run = [(u, min(shared[i], u.position) if u.site in WHOLE_PROMPT_SITES else u.position)
+               for i in job.pairs for u in job.units if u.site in WHOLE_PROMPT_SITES or u.position >= shared[i]]
+        above = [n_layers - u.li - (u.site == "resid") for u, _ in run]  # layers a copy computes
+        minimal = inputs + sum(a * (t - start) for a, (_, start) in zip(above, run))
         out["plain"] += inputs
         out["v1"] += inputs + t * sum(above)
         out["minimal"] += minimal

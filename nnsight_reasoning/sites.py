@@ -25,8 +25,10 @@ Sites, in the order the model computes them:
 """
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -253,32 +255,48 @@ def check_sites(sites: list[str] | tuple[str, ...] | str) -> list[str]:
     return [s for s in SITES if s in sites]
 
 
-def check_layers(layers: Iterable[int] | None, n_layers: int, *, embeddings: bool = False) -> list[int]:
-    """Sorted unique layer indices (all when None), or an error naming the valid range;
-    ``embeddings``: -1 (:data:`EMBED_LAYER`, the embeddings) is a layer too."""
+def check_layers(layers: Sequence[int] | int | None, n_layers: int, *, embeddings: bool = False) -> list[int]:
+    """Sorted unique layer indices (all when None; one integer is one layer), or an error naming
+    the valid range; ``embeddings``: -1 (:data:`EMBED_LAYER`, the embeddings) is a layer too."""
     low = EMBED_LAYER if embeddings else 0
     return _check_indices("layer", layers, n_layers, low, " (-1: the embeddings)" if embeddings else "")
 
 
-def check_heads(heads: Iterable[int] | None, n_heads: int) -> list[int]:
-    """Sorted unique head indices (all when None), or an error naming the valid range."""
+def check_heads(heads: Sequence[int] | int | None, n_heads: int) -> list[int]:
+    """Sorted unique head indices (all when None; one integer is one head), or an error naming
+    the valid range."""
     return _check_indices("head", heads, n_heads)
 
 
-def _check_indices(kind: str, values: Iterable[int] | None, n: int, low: int = 0, note: str = "") -> list[int]:
+def _check_indices(kind: str, values: Any, n: int, low: int = 0, note: str = "") -> list[int]:
     if values is None:
         return list(range(low, n))
-    values = [values] if isinstance(values, (str, bytes)) else list(values)
+    if not isinstance(values, Iterable) or isinstance(values, (str, bytes)) or getattr(values, "ndim", 1) == 0:
+        values = [values]  # one value (refused below unless it is an integer)
+    values = list(values)
     if not values:
         raise UsageError(f"no {kind}s given: this model has {kind}s {low}..{n - 1}{note}; leave the choice out "
                          f"for all of them")
+    out = []
     for v in values:
-        # a bool is an int to Python, and would silently select layer or head 1
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        i = as_index(v)
+        if i is None:
             raise UsageError(f"{kind} {v!r} is not an integer: this model has {kind}s {low}..{n - 1}{note}")
-        if not low <= v < n:
-            raise UsageError(f"{kind} {v} is out of range: this model has {kind}s {low}..{n - 1}{note}")
-    return sorted({int(v) for v in values})
+        if not low <= i < n:
+            raise UsageError(f"{kind} {i} is out of range: this model has {kind}s {low}..{n - 1}{note}")
+        out.append(i)
+    return sorted(set(out))
+
+
+def as_index(v: Any) -> int | None:
+    """``v`` as an int if it is one (Python's, numpy's, a 0-d integer tensor), else None; a bool
+    is not (Python counts True as 1, which would silently select index 1)."""
+    if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def resolve(obj: Any, dotted: str) -> Any:

@@ -573,6 +573,40 @@ def test_cli_patches_lama_facts_and_number_retrieval(tmp_path):
     assert json.loads(nr.load_result(tmp_path / "factual.nc").attrs["task_params"])["data"] == str(lama)
 
 
+@pytest.mark.parametrize("engine", ["v1", "v2"])
+def test_whole_pattern_copies_start_where_few_shot_prompts_differ(embedded_model, engine, monkeypatch):
+    """Few-shot prompts share their exemplars, and below their first difference the pattern's
+    query rows are the same in both runs: a whole-pattern copy starts there, so it holds a few
+    tokens, not the prompt, and gives what replacing the whole pattern gives (the wrapped eager
+    attention of tests/reference.py), on both engines."""
+    from nnsight_reasoning import backend
+
+    tok = embedded_model.tokenizer
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=1, n_shots=2, tokenizer=tok)
+    shared = [next(i for i, (x, y) in enumerate(zip(tok(p.base)["input_ids"], tok(p.source)["input_ids"])) if x != y)
+              for p in pairs]
+    assert min(shared) > 5  # the exemplars
+    starts = []
+    real = backend.answer_scores
+    monkeypatch.setattr(backend, "answer_scores", lambda model, ids, ans, patches=(), **kw: (
+        starts.extend((p.site, int(x)) for p in patches for x in p.positions),
+        real(model, ids, ans, patches, **kw))[1])
+    sites = ["attn_pattern", "attn_layer_pattern"]
+    with backend.engine(engine):
+        ds = nr.patch(embedded_model, pairs, sites=sites, metric="logit_diff", batch_size=8, progress=False)
+    n_layers, n_heads = embedded_model.config.num_hidden_layers, embedded_model.config.num_attention_heads
+    assert sorted(starts) == sorted([("attn_pattern", k) for k in shared for _ in range(n_layers * n_heads)]
+                                    + [("attn_layer_pattern", k) for k in shared for _ in range(n_layers)])
+    hf = _hf(nr.models.model_info(embedded_model).path)
+    clean, patched = reference_scores(hf, tok, list(pairs), sites, "last")
+    scale = logit_scale(hf, tok, pairs)
+    for (site, i, layer, k, *h), (_, l_star, _, _) in patched.items():
+        _close(float(ds[site].sel(layer=layer, **({"head": h[0]} if h else {})).isel(prompt=i, position=k)),
+               _logit_diff(clean[i]["base"][1], l_star), scale, f"{engine} {site} layer {layer} head {h}")
+    assert len(patched) == 2 * (n_layers * n_heads + n_layers)
+    assert np.nanmax(np.abs(ds.attn_layer_pattern.values)) > 1e-2  # the patches move the answer
+
+
 @pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gptj", "llama"])
 def test_attention_weight_sites_match_a_wrapped_eager_attention(embedded_model, tiny_model_dir, model_type):
     """One head's attention probabilities taken from the source run, the values staying the

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import nnsight_reasoning as nr
-from nnsight_reasoning import backend
+from nnsight_reasoning import backend, sites
 
 from .reference import _first, _get
 from .test_effects import _hf
@@ -76,6 +76,7 @@ def test_lens_matches_the_final_norm_and_unembedding_applied_by_hooks(embedded_m
     model = embedded_model if model_type == "embedded" else nr.load_model(path)
     examples = nr.tasks.examples("arithmetic", 5, seed=2, tokenizer=model.tokenizer)
     hf = _hf(path)
+    assert sites.logit_softcap(model) == (0.5 if model_type == "gemma2" else None)  # the lowered cap, reloaded
     n_layers = hf.config.num_hidden_layers
     answers, suffix = backend.answer_ids(model, [e.answer for e in examples])
     for read in ("output", "mid") if model_type in MID else ("output",):

@@ -89,21 +89,30 @@ def test_evaluate_scores_answer_sets_against_a_plain_forward(embedded_model):
             assert ds.answer_rank.values[i] == min(int((probs > probs[j]).sum()) for j in ids)
 
 
-@pytest.mark.parametrize("k", [1, 8, 9, 40])
-def test_ranks_count_the_tokens_above_each_candidate(k):
-    """A few candidates are ranked by one comparison with the row, more by one sort of it: both
-    count the tokens strictly above, ties (here many) included."""
-    from nnsight_reasoning.backend.trace_ops import RANK_BY_COMPARISON, score_answers
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_the_rank_is_the_best_marked_candidates(k):
+    """The rank of a row's best candidate among those marked (an answer set's members, not its
+    distractors): the fewest tokens above any marked one, as an (n, K, V) comparison of every
+    candidate counts them, ties (here many) included; a row of NaN logits ranks last."""
+    from nnsight_reasoning.backend.trace_ops import score_answers
 
-    assert RANK_BY_COMPARISON == 8  # so that k = 9 and 40 take the sort
     g = torch.Generator().manual_seed(k)
-    logits = torch.randint(-6, 6, (5, 300), generator=g).float() / 4  # many exact ties
-    ids = torch.randint(0, 300, (5, k), generator=g)
-    lp, lg, rank, top = score_answers(logits, ids, True)
-    want = (logits.double().log_softmax(-1)[:, None, :] > lp[:, :, None]).sum(-1)
-    assert torch.equal(rank, want) and rank.shape == (5, k)
-    assert torch.equal(lg, logits.double().gather(1, ids)) and torch.equal(top, logits.argmax(-1))
-    assert int(want.max()) > 0 and len({int(r) for r in want.flatten()}) > min(k, 3) - 1  # not all top-1
+    logits = torch.randint(-6, 6, (6, 300), generator=g).float() / 4  # many exact ties
+    logits[5] = float("nan")  # an overflowed row
+    ids = torch.randint(0, 300, (6, k), generator=g)
+    marked = torch.rand((6, k), generator=g) < 0.5
+    marked[:, 0] = True  # at least one member per row
+    lp = logits.double().log_softmax(-1)
+    every = (lp[:, None, :] > lp.gather(1, ids)[:, :, None]).sum(-1)  # (n, K): each candidate's rank
+    for best_of, want in ((None, every.min(1).values), (marked, torch.where(marked, every, 10**6).min(1).values)):
+        got_lp, got_lg, rank, top = score_answers(logits, ids, True, best_of)
+        want[5] = 300  # NaN: last, never counted correct (a comparison with NaN would give 0)
+        assert torch.equal(rank, want) and rank.shape == (6,)
+        assert torch.equal(got_lg[:5], logits[:5].double().gather(1, ids[:5]))
+        assert torch.equal(top[:5], logits[:5].argmax(-1))
+    if k > 1:  # the mask matters: some row's best candidate is an unmarked one
+        assert (every.min(1).values[:5] != torch.where(marked, every, 10**6).min(1).values[:5]).any()
+    assert int(every[:5].max()) > 0
 
 
 @pytest.mark.parametrize("task", ["ioi", "greater_than", "sentiment"])

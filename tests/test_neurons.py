@@ -249,7 +249,7 @@ def test_ablated_scores_match_hooks(tiny):
     logits, _, _ = _run(hf, x, {0: (torch.tensor([1, 4]), torch.zeros(2)), 1: (torch.tensor([3]), torch.tensor([2.5]))})
     np.testing.assert_allclose(s.logits[0].numpy(), logits[ans[0]].numpy(), rtol=1e-5, atol=1e-5)
     lp = torch.log_softmax(logits, -1)
-    assert s.rank[0].tolist() == [int((lp > lp[a]).sum()) for a in ans[0]]
+    assert int(s.rank[0]) == min(int((lp > lp[a]).sum()) for a in ans[0])  # the best candidate's
     assert not np.allclose(logits[ans[0]].numpy(), _run(hf, x)[0][ans[0]].numpy())  # the ablation matters
 
 

@@ -115,8 +115,10 @@ def _backend_calls(model):
                           dtype=torch.float64)
     return {
         "answer_scores": lambda r: backend.answer_scores(model, ids, ans, patches, remote=r),
-        # more candidates than trace_ops.RANK_BY_COMPARISON: ranked by a sort of each row
-        "answer_scores_sorted": lambda r: backend.answer_scores(model, ids, ans.repeat(1, 6), remote=r),
+        # the rank of the best of some candidates (an answer set's members among distractors)
+        "answer_scores_best_of": lambda r: backend.answer_scores(
+            model, ids, torch.arange(12).repeat(n, 1) + ans[:, :1], best_of=torch.arange(12).repeat(n, 1) % 3 == 1,
+            remote=r),
         "attributions": lambda r: backend.attributions(model, ids, ans, sites, "log_prob_diff", ig_steps=2, remote=r),
         "edge_attributions": lambda r: graph.edge_attributions(model, ids, ans, ig_steps=2, remote=r),
         "edge_patched_logits": lambda r: graph.edge_patched_logits(model, ids, ans, cuts, remote=r),  # engine v2

@@ -105,12 +105,25 @@ def test_models_with_other_revisions_stack_in_training_order_and_plot_a_curve_ea
     fig = nr.plot_result(ds)
     names = list(ds["checkpoint"].values)
     for ax, var in zip(fig.axes, ("accuracy", "mean_p_answer")):
+        assert len(ax.lines) == len(models)
         for line, m in zip(ax.lines, models):
             own = one_model(ds, m)
             assert line.get_xdata().tolist() == [names.index(c) for c in own["checkpoint"].values]
             np.testing.assert_array_equal(line.get_ydata(), own[var].values)
     assert float(ds.mean_p_answer.sel(model=str(ladder), checkpoint="step1500")) == \
         float(ds.mean_p_answer.sel(model="embedded", checkpoint="step1500"))  # the same weights
+    # as many revisions, other ones: each model's part is its own three, its curve unbroken
+    other = tmp_path / "other"
+    other.mkdir()
+    for rev in ("step0", "step1000", "main"):
+        (other / rev).symlink_to(embedded.revision_path(rev), target_is_directory=True)
+    two = nr.evaluate([str(ladder), str(other)], data, revisions="all", progress=False)
+    assert list(two["checkpoint"].values) == ["step0", "step1000", "step1500", "main"]
+    assert "checkpoint" in two.attrs["padded_dims"]
+    for m, revs in ((ladder, ["step0", "step1500", "main"]), (other, ["step0", "step1000", "main"])):
+        assert list(one_model(two, str(m))["checkpoint"].values) == revs
+    for ax in nr.plot_result(two).axes:
+        assert len(ax.lines) == 2 and all(np.isfinite(line.get_ydata()).all() for line in ax.lines)
 
 
 def test_lens_and_evaluate_figures_draw_each_model(tiny_model_dir):
@@ -123,6 +136,7 @@ def test_lens_and_evaluate_figures_draw_each_model(tiny_model_dir):
     assert lens["layer"].values.tolist() == [-1, 0, 1, 2, 3]  # the tiny model's 2 layers padded
     fig = nr.plot_result(lens)
     for ax, var in zip(fig.axes, ("mean_p_answer", "accuracy")):
+        assert len(ax.lines) == len(models)
         for line, m in zip(ax.lines, models):
             own = one_model(lens, m)
             assert line.get_xdata().tolist() == own["layer"].values.tolist() and line.get_label() == m
@@ -130,6 +144,7 @@ def test_lens_and_evaluate_figures_draw_each_model(tiny_model_dir):
     ev = nr.evaluate(models, data, progress=False)
     fig = nr.plot_result(ev)
     for ax, var in zip(fig.axes, ("accuracy", "mean_p_answer")):
+        assert len(ax.patches) == len(models)
         assert [b.get_height() for b in ax.patches] == [float(ev[var].sel(model=m)) for m in models]
 
 

@@ -191,8 +191,23 @@ def test_backend_copies_join_at_their_layer_and_come_back_in_patch_order(embedde
     np.testing.assert_array_equal(ranked.log_probs.numpy(), s.log_probs.numpy())
     with torch.no_grad():
         full = torch.softmax(hf(ids).logits[:, -1].double(), -1)
-    for r in range(2):  # rank = how many tokens are more likely than the answer
-        assert ranked.rank[r].tolist() == [int((full[r] > full[r, a]).sum()) for a in answers]
+    for r in range(2):  # rank = how many tokens are more likely than the better of the answers
+        assert int(ranked.rank[r]) == min(int((full[r] > full[r, a]).sum()) for a in answers)
+    # best_of marks each input row's candidates, and a copy ranks its origin's: input row 0 the
+    # first answer, row 1 the second; each copy's rank is then its origin's column's own
+    origin = torch.cat([one([0, 1])] + [p.rows for p in patches])
+    from nnsight_reasoning import backend
+
+    for engine in ("v1", "v2"):
+        with backend.engine(engine):
+            by_column = [answer_scores(embedded_model, ids, one([answers, answers]), patches,
+                                       best_of=one([[c == 0, c == 1]] * 2)).rank for c in (0, 1)]
+            mixed = answer_scores(embedded_model, ids, one([answers, answers]), patches,
+                                  best_of=one([[True, False], [False, True]])).rank
+            both = answer_scores(embedded_model, ids, one([answers, answers]), patches).rank
+        assert torch.equal(mixed, torch.where(origin == 0, by_column[0], by_column[1])), engine
+        assert torch.equal(torch.minimum(*by_column), both), engine  # unmarked: the best of all
+        assert not torch.equal(by_column[0], by_column[1])  # the columns rank apart
 
 
 def test_patches_inside_the_shared_prefix_cost_no_forward_and_match_hooks(embedded_model, monkeypatch):

@@ -55,6 +55,28 @@ def _forward(hf, ids, hooks):
             h.remove()
 
 
+def _mlp_reads_the_layer_input(hf, arch, ids) -> bool:
+    """Whether layer 1's MLP norm reads the same stream whatever its attention writes (attention
+    and MLP in parallel; GPT-J: the one norm both read), not a stream the attention's output has
+    joined: its input with the attention's output projection shifted by 1, against without."""
+    layer = sites.resolve(hf, arch.layers)[1]
+
+    def mlp_norm_input(bump):
+        got = []
+        hooks = [(sites.resolve(layer, arch.ln_mlp), "pre", lambda m, a: got.append(a[0].clone()))]
+        _forward(hf, ids, hooks + ([(sites.resolve(layer, arch.o_proj), "post", lambda m, a, o: o + 1.0)]
+                                   if bump else []))
+        return got[0]
+
+    return torch.equal(mlp_norm_input(False), mlp_norm_input(True))
+
+
+def test_pythia_style_parallel_residual_is_what_the_forward_does(embedded_model):
+    hf = AutoModelForCausalLM.from_pretrained(nr.models.model_info(embedded_model).path).eval()
+    assert hf.config.use_parallel_residual and sites.parallel_residual(embedded_model)
+    assert _mlp_reads_the_layer_input(hf, sites.architecture(embedded_model), _ids(embedded_model))
+
+
 def _norm_behaviour(norm, d):
     """What the final norm does, read off its outputs alone: whether it centres, its gain γ,
     its bias β, with norm(x) = γ ⊙ N(x) / √(mean N(x)² + ε) + β."""
@@ -119,22 +141,14 @@ def test_table_matches_the_model_and_backend_calls_match_hooks(family, model_typ
         np.testing.assert_allclose(scores.logits[row].numpy(), logits[answers[0]].numpy(), rtol=1e-5, atol=1e-5)
         lp = logits.log_softmax(-1)
         np.testing.assert_allclose(scores.log_probs[row].numpy(), lp[answers[0]].numpy(), rtol=1e-5, atol=1e-5)
-        assert scores.rank[row].tolist() == [int((lp > lp[a]).sum()) for a in answers[0]]
+        assert int(scores.rank[row]) == min(int((lp > lp[a]).sum()) for a in answers[0])  # the best candidate's
     assert not np.allclose(scores.logits[2].numpy(), scores.logits[0].numpy())  # the patch matters
 
     # neuron activations: the MLP output projection's input
     acts = bn.neuron_activations(model, ids, [1], last_only=False)
     np.testing.assert_allclose(acts[:, 0].numpy(), seen["neurons"].numpy(), rtol=1e-5, atol=1e-6)
 
-    # parallel_residual is what the forward does: in parallel, the MLP's norm reads the layer's input whatever the
-    # attention writes (GPT-J: the one norm both read); in sequence, a stream the attention's output has joined
-    def mlp_norm_input(bump):
-        got = []
-        hooks = [(sites.resolve(layers[1], arch.ln_mlp), "pre", lambda m, a: got.append(a[0].clone()))]
-        _forward(hf, ids, hooks + ([(o_proj, "post", lambda m, a, o: o + 1.0)] if bump else []))
-        return got[0]
-
-    assert sites.parallel_residual(model) == torch.equal(mlp_norm_input(False), mlp_norm_input(True))
+    assert sites.parallel_residual(model) == _mlp_reads_the_layer_input(hf, arch, ids)
     assert sites.parallel_residual(model) == (model_type == "gptj")  # the tiny GPT-NeoX is built sequential
 
     if "logit_effects" in arch.unsupported:
@@ -196,17 +210,19 @@ def test_unsupported_features_are_refused_with_the_reason(family):
 def test_layer_and_head_choices_are_checked_in_one_place(embedded_model):
     """check_layers / check_heads, which every experiment that takes layers or heads calls: a
     bool (an int to Python: True would be layer 1), a float, an empty choice and an index out of
-    range are one-line errors naming the range; numpy integers and any iterable are taken."""
+    range are one-line errors naming the range; one integer, numpy integers and any iterable are taken."""
     assert sites.check_layers(None, 4) == [0, 1, 2, 3] and sites.check_layers(None, 4, embeddings=True)[0] == -1
     assert sites.check_layers(np.array([3, 1, 3]), 4) == [1, 3] and sites.check_heads(range(2), 4) == [0, 1]
     assert sites.check_layers((-1, 2), 4, embeddings=True) == [-1, 2]
+    assert sites.check_layers(2, 4) == sites.check_layers(np.int64(2), 4) == sites.check_heads(torch.tensor(2), 4) == [2]
     for bad, message in (([True], "layer True is not an integer"), ([1.0], "layer 1.0 is not an integer"),
                          ("1", "layer '1' is not an integer"), ([], "no layers given"),
                          ([-1], "layer -1 is out of range"), ([4], "layer 4 is out of range")):
         with pytest.raises(UsageError, match=message + r".*this model has layers 0\.\.3\b"):
             sites.check_layers(bad, 4)
-    with pytest.raises(UsageError, match=r"head False is not an integer: this model has heads 0\.\.3$"):
-        sites.check_heads([False], 4)
+    for bad in ([False], False, np.bool_(True), torch.tensor([True])):
+        with pytest.raises(UsageError, match=r"head .* is not an integer: this model has heads 0\.\.3$"):
+            sites.check_heads(bad, 4)
     # through the experiments: a bool used to reach the model as a module name, [] a zero range step
     pairs = nr.tasks.arithmetic(n_prompts=2, seed=0)
     with pytest.raises(UsageError, match="layer True is not an integer"):
@@ -218,3 +234,15 @@ def test_layer_and_head_choices_are_checked_in_one_place(embedded_model):
         nr.attention(embedded_model, prompts, heads=[], progress=False)
     ds = nr.patch(embedded_model, pairs, sites=["mlp"], layers=np.array([2]), progress=False)
     assert ds["layer"].values.tolist() == [2]
+    # the experiments that take a layer their own way refuse a bool too
+    from nnsight_reasoning.experiments.neurons import parse_units
+
+    assert parse_units([(np.int64(1), 2), "L3N4"]) == [(1, 2), (3, 4)]
+    for bad in ((True, 2), (1.7, 2), 3):
+        with pytest.raises(UsageError, match="a unit is a .layer, neuron. pair"):
+            parse_units([bad])
+    sequences = nr.tasks.text_sequences(n_sequences=2, seq_len=8, tokenizer=embedded_model.tokenizer)
+    with pytest.raises(UsageError, match="start_layer must be an integer from 0 to 3 .got True."):
+        nr.copy_suppression(embedded_model, sequences, start_layer=True, n_mean=1, n_eval=1, progress=False)
+    with pytest.raises(UsageError, match="drop_layers must be distinct layers in 0..3"):
+        nr.probe(embedded_model, nr.tasks.kth_smallest(6, seed=2), drop_layers=[True], progress=False)

@@ -42,8 +42,9 @@ class Patch:
     or neuron or dimension ``heads[i]``) is replaced by that of input row ``src_rows[i]``. An
     ``embed`` or ``embed_dim`` patch has ``layer`` 0: it edits the first layer's input. The
     whole-prompt sites (``attn_pattern``, ``attn_layer_pattern``) replace every query of the
-    pattern; their ``positions`` is the last token, where the result is stored, and
-    ``attn_layer_pattern`` (every head) has ``heads`` None.
+    pattern from ``positions[i]`` on: 0 for the whole pattern, or the first token where the two
+    prompts differ (the rows above it are the same in both runs, so the copy need not hold
+    them); ``attn_layer_pattern`` (every head) has ``heads`` None.
 
     All index tensors have the same length k. A copy joins the batch only where its patch
     happens (the input of ``layer``; after it for ``resid``): up to there it would equal its
@@ -63,9 +64,10 @@ class Patch:
 class Scores:
     """Next-token scores at the last position for K candidate tokens per row.
 
-    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows, K) int64, 0 = argmax, and
-    ``top``: (rows,) int64, the id of the row's most probable token; both None when not asked
-    for (they cost a comparison over the whole vocabulary per row).
+    ``log_probs``, ``logits``: (rows, K) float64; ``rank``: (rows,) int64, the rank of the row's
+    best candidate (of those :func:`answer_scores`' ``best_of`` marks), 0 = argmax, and ``top``:
+    (rows,) int64, the id of the row's most probable token; both None when not asked for (they
+    cost a comparison over the whole vocabulary per row).
     """
 
     log_probs: torch.Tensor
@@ -80,13 +82,16 @@ def answer_scores(
     answer_ids: torch.Tensor,
     patches: Sequence[Patch] = (),
     *,
-    rank: bool = True,
+    rank: bool | str = True,
+    best_of: torch.Tensor | None = None,
     remote: bool | str = False,
 ) -> Scores:
     """One forward pass over ``input_ids`` (n, T) plus the patched copies ``patches`` describe.
 
     ``answer_ids`` (n, K): candidate tokens per input row; a copy scores its original row's.
-    ``rank``: True (ranks and top tokens), "top" (top tokens only: one argmax per row), False.
+    ``rank``: True (the rank of each row's best candidate, and top tokens), "top" (top tokens
+    only: one argmax per row), False. ``best_of`` (n, K) bool: the candidates the rank is the
+    best of (an answer set's members, not its distractors); all when None.
     Returns scores for n + Σ len(patch.rows) rows: the input rows, then each patch's copies in
     the order ``patches`` lists them. Only these scores come back, so remote runs download a
     few numbers per row, never activations or full logits. ``remote``: False (here), "local"
@@ -94,10 +99,10 @@ def answer_scores(
     """
     d = dims(model)
     if ENGINE == "v2" and packed.usable(model, architecture(model), patches):
-        return _packed_scores(model, input_ids, answer_ids, patches, rank, remote, d)
-    plan, origin, order = _plan(model, patches, len(input_ids))
-    saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank),
-                 remote, "scores")
+        return _packed_scores(model, input_ids, answer_ids, patches, rank, best_of, remote, d)
+    plan, origin, order = _plan(model, patches, *input_ids.shape)
+    saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank,
+                                        None if best_of is None else best_of[origin]), remote, "scores")
     return Scores(*(None if t is None else t.detach().cpu()[order] for t in saved))
 
 
@@ -127,7 +132,7 @@ def engine(name: str) -> Iterator[None]:
 
 
 def _packed_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor, patches: Sequence[Patch],
-                   rank: bool | str, remote: bool | str, d: dict[str, int]) -> Scores:
+                   rank: bool | str, best_of: torch.Tensor | None, remote: bool | str, d: dict[str, int]) -> Scores:
     """:func:`answer_scores` by engine v2: one forward pass over the packed layout of
     :func:`.packed.plan` (the copies' suffix columns beside their base rows)."""
     arch = architecture(model)
@@ -136,12 +141,12 @@ def _packed_scores(model: Any, input_ids: torch.Tensor, answer_ids: torch.Tensor
     saved = _run(model, _trace_packed, (model, plan.ids, plan.pos, plan.seq, plan.pre, plan.lim, plan.n_seg, plan.steps,
                                         plan.out_rows, plan.out_cols, answer_ids[plan.origin],
                                         resolve(model, arch.unembed), arch.mask_arg, d["n_heads"], d["head_dim"],
-                                        rank), remote, "scores")
+                                        rank, None if best_of is None else best_of[plan.origin]), remote, "scores")
     return Scores(*(None if t is None else t.detach().cpu() for t in saved))
 
 
 def _trace_packed(model, ids, pos, seq, pre, lim, n_seg, steps, out_rows, out_cols, answer_ids, unembed, mask_arg,
-                  n_heads, head_dim, rank, remote=False, backend=None):
+                  n_heads, head_dim, rank, best_of, remote=False, backend=None):
     scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
     full = ids.shape[1]
     with torch.no_grad(), model.trace(ids, position_ids=pos, remote=remote, backend=backend, logits_to_keep=0,
@@ -171,7 +176,7 @@ def _trace_packed(model, ids, pos, seq, pre, lim, n_seg, steps, out_rows, out_co
         # the unembedding acts per column: it gets each output row's last column only
         args, kwargs = unembed.inputs
         unembed.inputs = ((args[0][out_rows, out_cols][None],) + tuple(args[1:]), kwargs)
-        scores = nnsight.save(score_answers(model.output.logits[0], answer_ids, rank))
+        scores = nnsight.save(score_answers(model.output.logits[0], answer_ids, rank, best_of))
     return scores
 
 
@@ -206,9 +211,10 @@ def _forward_key(p: Patch) -> tuple[int, int]:
     return p.layer, SITES.index(p.site)
 
 
-def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
-    """Per-layer trace steps; the input row of each output row; the order of output rows that
-    puts the copies back in ``patches`` order.
+def _plan(model: Any, patches: Sequence[Patch], n_inputs: int, t: int) -> tuple[list[tuple], torch.Tensor,
+                                                                               torch.Tensor]:
+    """Per-layer trace steps for ``n_inputs`` input rows of ``t`` tokens; the input row of each
+    output row; the order of output rows that puts the copies back in ``patches`` order.
 
     A step is (layer module, origin, grow_in, inner, grow_out, outer):
     ``origin`` maps each row entering the layer to its input row, for the layer's batch-shaped
@@ -237,7 +243,8 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
             grow_in = torch.cat([p.rows for p in new_in])
             n = len(origin)
             for p in new_in:
-                inner.append((p.site, modules.get((p.site, li)), *_indices(p, torch.arange(n, n + len(p.rows)))))
+                inner.append((p.site, modules.get((p.site, li)),
+                              *_indices(p, torch.arange(n, n + len(p.rows)), t)))
                 n += len(p.rows)
             origin = torch.cat([origin, grow_in])
             started = True
@@ -246,7 +253,7 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
         if res:
             grow_out = res[0].rows
             copies = torch.arange(len(origin), len(origin) + len(grow_out))
-            outer = _indices(res[0], copies)
+            outer = _indices(res[0], copies, t)
             origin = torch.cat([origin, grow_out])
             started = True
         if step_origin is not None or grow_out is not None:
@@ -258,22 +265,26 @@ def _plan(model: Any, patches: Sequence[Patch], n_inputs: int) -> tuple[list[tup
     return steps, origin, order
 
 
-def _indices(p: Patch, rows: torch.Tensor) -> tuple[tuple, tuple]:
-    """(dst, src) index tuples of patch ``p``, its copies at ``rows`` of the batch, into
-    :func:`.trace_ops.site_values`' tensor: ``attn_weights`` one query row of one head, (row, head,
-    query); ``attn_pattern`` the head's whole pattern, (row, head); ``attn_layer_pattern`` every
-    head's, (row,); the rest by
-    :func:`.packed.site_index` (position as the column)."""
+def _indices(p: Patch, rows: torch.Tensor, t: int) -> tuple[tuple, tuple]:
+    """(dst, src) index tuples of patch ``p``, its copies at ``rows`` of the batch (prompts of
+    ``t`` tokens), into :func:`.trace_ops.site_values`' tensor: ``attn_weights`` one query row of
+    one head, (row, head, query); ``attn_pattern`` the head's query rows from its position on,
+    (row, head, query) per row; ``attn_layer_pattern`` every head's, (row, all heads, query); the
+    rest by :func:`.packed.site_index` (position as the column)."""
     if p.site == "attn_weights":
         return (rows, p.heads, p.positions), (p.src_rows, p.heads, p.positions)
-    if p.site == "attn_pattern":
-        return (rows, p.heads), (p.src_rows, p.heads)
-    if p.site == "attn_layer_pattern":
-        return (rows,), (p.src_rows,)
+    if p.site in ("attn_pattern", "attn_layer_pattern"):
+        n = t - p.positions  # query rows per copy
+        q = torch.cat([torch.arange(int(s), t) for s in p.positions])
+        dst, src = rows.repeat_interleave(n), p.src_rows.repeat_interleave(n)
+        if p.site == "attn_layer_pattern":
+            return (dst, slice(None), q), (src, slice(None), q)
+        heads = p.heads.repeat_interleave(n)
+        return (dst, heads, q), (src, heads, q)
     return packed.site_index(p.site, rows, p.positions, p.src_rows, p.positions, p.heads)
 
 
-def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, remote=False, backend=None):
+def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, best_of, remote=False, backend=None):
     scores = None  # a non-blocking remote backend leaves it unset; the job's result holds it
     n_inputs = input_ids.shape[0]
     with torch.no_grad(), model.trace(input_ids, remote=remote, backend=backend, logits_to_keep=1, use_cache=False):
@@ -303,7 +314,7 @@ def _trace_scores(model, input_ids, answer_ids, steps, n_heads, head_dim, rank, 
                     x = torch.cat([out, out[grow_out]])
                     layer.output = x
                 x[outer[0]] = x[outer[1]]
-        scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank))
+        scores = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids, rank, best_of))
     return scores
 
 

@@ -27,10 +27,10 @@ import torch
 from ..nnsight_shim import reads_weights
 from ..sites import architecture, dims, final_norm_spec, logit_softcap, parallel_residual, require, resolve
 from . import packed
-from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, centred, edge_correction, edge_deltas,
-                        head_columns, head_outputs, interpolate, join_columns, last_position, mix_group, norm_gain, norm_scale,
-                        own_heads, packed_inputs, packed_mask, site_values, splice_qkv, split_heads,
-                        unembed_rows, value_heads)
+from .trace_ops import (on_device, answer_logits, answer_metric, batch_kwargs, batch_rows, best_rank, centred,
+                        edge_correction, edge_deltas, head_columns, head_outputs, interpolate, join_columns,
+                        last_position, mix_group, norm_gain, norm_scale, own_heads, packed_inputs, packed_mask,
+                        site_values, splice_qkv, split_heads, unembed_rows, value_heads)
 
 
 def _modules(model: Any, feature: str = "edges") -> tuple[list[tuple], Any, Any, bool]:
@@ -755,12 +755,13 @@ def graph_shape(model: Any) -> tuple[int, int, bool]:
     return d["n_layers"], d["n_heads"], parallel_residual(model)
 
 
-def final_norm(model: Any) -> tuple[Any, Any, bool, float]:
+def final_norm(model: Any, feature: str | None = "logit_effects") -> tuple[Any, Any, bool, float]:
     """The final norm, the unembedding, whether the norm centres (LayerNorm; RMSNorm does not)
     and its epsilon: what a direct logit effect with the norm's scale frozen needs. The norm's
-    gain offset (Gemma) is :func:`_gain_offset`. Refuses an architecture whose logits are no
-    linear function of the final norm's output (``sites.Architecture.unsupported``)."""
-    arch = require(model, "logit_effects")
+    gain offset (Gemma) is :func:`_gain_offset`. Refuses an architecture that cannot do
+    ``feature`` (``sites.Architecture.unsupported``; direct logit effects: one whose logits are
+    no linear function of the final norm's output); None refuses none."""
+    arch = architecture(model) if feature is None else require(model, feature)
     center, _, eps = final_norm_spec(model)
     return resolve(model, arch.final_norm), resolve(model, arch.unembed), center, eps
 
@@ -995,11 +996,10 @@ def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, 
     """
     from . import _run
 
-    # not final_norm(): the lens reads the residual stream itself, so a family whose components are
-    # post-normed (Gemma 2) reads it exactly; its soft cap is a last step of the map
+    # no direct-logit refusal: the lens reads the residual stream itself, so a family whose components
+    # are post-normed (Gemma 2) reads it exactly; its soft cap is a last step of the map
+    final, unembed, center, eps = final_norm(model, feature=None)
     arch = architecture(model)
-    final, unembed, (center, _, eps) = resolve(model, arch.final_norm), resolve(model, arch.unembed), \
-        final_norm_spec(model)
     blocks = resolve(model, arch.layers)
     # resolved here: the trace body may only touch nnsight, torch and builtins
     reads = [("embed", blocks[0]) if li < 0 else ("mid", resolve(blocks[li], arch.ln_mlp)) if read == "mid"
@@ -1034,8 +1034,7 @@ def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps,
         lp = flat.double().log_softmax(-1)  # ratios of tiny probabilities need float64
         n, m = x.shape[0], x.shape[1]
         chosen = torch.gather(lp, 1, token_ids.to(lp.device).repeat_interleave(m, 0))  # (n·m, K)
-        # the set's best-ranked member: the tokens above its most probable one (one (n·m, V) comparison)
-        rank = (lp > chosen.max(-1, keepdim=True).values).sum(-1)
+        rank = best_rank(lp, chosen)  # the set's best-ranked member (rows are padded with a member)
         top = lp.topk(top_k, -1)
         saved = nnsight.save((chosen.reshape(n, m, -1), rank.reshape(n, m), top.indices.reshape(n, m, -1),
                               top.values.reshape(n, m, -1)))

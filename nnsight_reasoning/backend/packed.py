@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..sites import PROB_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES
+from ..sites import PROB_SITES, SITES, UNIT_DIMS
 
 #: Attention implementations that add an arbitrary (additive float) 4-D mask.
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -89,8 +89,7 @@ def plan(input_ids: torch.Tensor, patches: Sequence[Any], layers: list, modules:
     site = cat(lambda p: np.full(len(p.rows), SITES.index(p.site)))
     layer = cat(lambda p: np.full(len(p.rows), p.layer))
     k = len(origin)
-    whole = np.isin(site, [SITES.index(s) for s in WHOLE_PROMPT_SITES])
-    start = np.where(whole, 0, position)
+    start = position  # a whole-prompt site's copy starts at the first query it replaces
     join = 2 * layer + (site == SITES.index("resid"))
     width = t - start
     # packed rows: a base row's copies split into ceil(width / cap) chunks; chunk 0 rides on
@@ -220,18 +219,19 @@ def site_index(kind: str, rows, cols, src_rows, src_cols, heads) -> tuple[tuple,
 
 def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -> tuple[tuple, tuple]:
     """(dst, src) index tuples, each (row, head, query, key), of the attention-probability
-    patches: ``attn_weights`` copies one query row (keys: the origin's prefix, then the copy's own
-    column), ``attn_pattern`` the head's whole pattern (the copy holds the whole prompt from its
-    column ``col``), ``attn_layer_pattern`` every head's: its head index is ``slice(None)``, so
-    both sides select (entries, heads), head h of an entry written from head h."""
+    patches, a copy holding positions p… from its column ``col`` (p its ``position``), the keys
+    below p being its origin's prefix (segment 0: column = key): ``attn_weights`` copies query p's
+    row; ``attn_pattern`` the head's whole pattern from query p on (the rows above are the same in
+    both runs when p is at most the first token where the prompts differ); ``attn_layer_pattern``
+    every head's: its head index is ``slice(None)``, so both sides select (entries, heads), head h
+    of an entry written from head h."""
     fields = [[] for _ in range(7)]
+    lower = torch.tril_indices(t, t)
     for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
-        if name == "attn_weights":
-            dq, dk = [c] * (p + 1), list(range(p)) + [c]  # the origin is segment 0: prefix column = position
-            sq, sk = [sc + p] * (p + 1), [sc + x for x in range(p + 1)]
-        else:
-            q, k = (x.tolist() for x in torch.tril_indices(t, t))
-            dq, dk, sq, sk = [c + x for x in q], [c + x for x in k], [sc + x for x in q], [sc + x for x in k]
+        q, k = lower[:, lower[0] >= p] if name != "attn_weights" else (torch.full((p + 1,), p), torch.arange(p + 1))
+        q, k = q.tolist(), k.tolist()
+        dq, dk = [c + x - p for x in q], [x if x < p else c + x - p for x in k]
+        sq, sk = [sc + x for x in q], [sc + x for x in k]
         m = len(dq)
         for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
             f.extend(v)

@@ -14,19 +14,13 @@ them.
 import torch
 
 
-#: Up to this many candidates per row, :func:`score_answers` ranks them by one (n, K, V) comparison;
-#: more, by a sort of each row, faster from about 12 and never more than n·V·16 bytes
-#: (``benchmarks/answer_ranks.py``).
-RANK_BY_COMPARISON = 8
-
-
-def score_answers(logits, answer_ids, rank=True):
+def score_answers(logits, answer_ids, rank=True, best_of=None):
     """Scores of the candidate tokens ``answer_ids`` (n, K) given last-position ``logits`` (n, V).
 
-    Returns (log-probabilities, logits), each (n, K) float64; with ``rank`` True also the
-    (n, K) rank of each candidate (0 = argmax; the number of tokens with a larger
-    log-probability) and the (n,) id of each row's top token; with ``rank`` "top" the top
-    tokens only (no rank: it costs a comparison of every candidate with the whole vocabulary).
+    Returns (log-probabilities, logits), each (n, K) float64; with ``rank`` True also the (n,)
+    rank of the best candidate (of those ``best_of`` (n, K) bool marks; all when None) by
+    :func:`best_rank`, and the (n,) id of each row's top token; with ``rank`` "top" the top
+    tokens only (no rank: it costs a comparison of each row with the whole vocabulary).
     """
     logits = logits.double()  # ratios of tiny probabilities need it
     answer_ids = answer_ids.to(logits.device)  # passed in from the CPU; gather wants one device
@@ -35,15 +29,22 @@ def score_answers(logits, answer_ids, rank=True):
     if rank == "top":
         return chosen, answer_logits(logits, answer_ids), None, log_probs.argmax(-1)
     if rank:
-        if answer_ids.shape[1] <= RANK_BY_COMPARISON:
-            ranks = (log_probs.unsqueeze(1) > chosen.unsqueeze(-1)).sum(-1)
-        else:
-            # the (n, K, V) comparison takes K·n·V bytes (1.3 GB and 5 s on 2 CPU cores for greater-than's 100
-            # candidates over Pythia's vocabulary at 256 rows); one sort per row counts the same tokens: those
-            # above a candidate are V minus those at or below it (its own value is in the row, bit for bit)
-            ranks = log_probs.shape[-1] - torch.searchsorted(log_probs.sort(-1).values, chosen, right=True)
-        return chosen, answer_logits(logits, answer_ids), ranks, log_probs.argmax(-1)
+        return chosen, answer_logits(logits, answer_ids), best_rank(log_probs, chosen, best_of), log_probs.argmax(-1)
     return chosen, answer_logits(logits, answer_ids)
+
+
+def best_rank(log_probs, chosen, best_of=None):
+    """(n,) int64: how many tokens of each row of ``log_probs`` (n, V) score above the best of
+    its candidates' ``chosen`` (n, K) (of those ``best_of`` (n, K) bool marks; all when None):
+    the rank of an answer set's best member, 0 = top-1. One (n, V) comparison, whatever K (an
+    (n, K, V) one would take K·n·V bytes: 1.3 GB for greater-than's 100 years over Pythia's
+    vocabulary at 256 rows). A NaN best (a row whose logits overflowed) ranks last, V, so that
+    it never counts as correct (a comparison with NaN is false, which would give 0)."""
+    if best_of is not None:
+        chosen = torch.where(best_of.to(chosen.device), chosen, torch.full_like(chosen, float("-inf")))
+    best = chosen.max(-1, keepdim=True).values
+    count = (log_probs > best).sum(-1)
+    return torch.where(best[:, 0].isnan(), torch.full_like(count, log_probs.shape[-1]), count)
 
 
 def answer_metric(logits, answer_ids, weights, probs):

@@ -44,7 +44,7 @@ import xarray as xr
 from ..backend import graph
 from ..errors import UsageError
 from ..runner import Run, experiment
-from ..sites import dims
+from ..sites import as_index, dims
 from ..tasks.tokens import TextSequences
 from .heads import parse_heads
 
@@ -65,8 +65,9 @@ def _function_ids(tokenizer: Any) -> set[int]:
 
 
 def _check_heads(heads: Sequence[str] | str | None, n_layers: int, n_heads: int, start_layer: int) -> list[tuple]:
-    if not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
+    if as_index(start_layer) is None or not 0 <= start_layer < n_layers:  # not a bool: True is no layer 1
         raise UsageError(f"start_layer must be an integer from 0 to {n_layers - 1} (got {start_layer!r})")
+    start_layer = as_index(start_layer)
     if heads is None:
         return [(layer, h) for layer in range(start_layer, n_layers) for h in range(n_heads)]
     return parse_heads(heads, n_layers, n_heads)

@@ -43,13 +43,13 @@ def evaluate(run: Run, examples: Examples | Sequence[Example | CotPrompt]) -> xr
     ids, answers, member, against = scored_tokens(run.model, items, distractors=tigges)
     width = answers.shape[1]
     lp = np.zeros((len(items), width))
-    ranks = np.zeros((len(items), width), dtype=np.int64)
+    rank = np.zeros(len(items), dtype=np.int64)  # the best-ranked member's
     label = f"evaluating {getattr(examples, 'task', '')}".rstrip()
     for chunk in run.steps(run.batches([len(x) for x in ids]), label):
-        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]), torch.from_numpy(answers[chunk]))
-        lp[chunk], ranks[chunk] = s.log_probs.double().numpy(), s.rank.numpy()
+        s = run.call(backend.answer_scores, torch.tensor([ids[i] for i in chunk]), torch.from_numpy(answers[chunk]),
+                     best_of=torch.from_numpy(member[chunk]))
+        lp[chunk], rank[chunk] = s.log_probs.double().numpy(), s.rank.numpy()
     p = np.where(member, np.exp(lp), 0.0).sum(1)  # P(the answer set)
-    rank = np.where(member, ranks, np.iinfo(np.int64).max).min(1)  # the best-ranked member
     extra = {}
     if tigges:
         # means of log-probabilities differ as the means of logits do (log Z cancels in a row)

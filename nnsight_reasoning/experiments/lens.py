@@ -1,8 +1,9 @@
 """The logit lens: the answer as each layer's residual stream predicts it.
 
 At each prompt's last position the residual stream after every layer (and the embeddings,
-layer -1) is read through the model's own final norm and unembedding, the map the model applies
-to its last layer's output (nostalgebraist 2020), with the answer's probability and rank, so that
+layer -1) is read through the model's own final norm and unembedding (and its logit soft cap,
+Gemma 2's), the map the model applies to its last layer's output (nostalgebraist 2020), with the
+answer's probability and rank, so that
 "where does the answer appear" is a curve over layers (and over checkpoints with ``revisions``).
 
 Rai & Yao's repository reads the residual stream in the middle of each layer, after its

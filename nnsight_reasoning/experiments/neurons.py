@@ -43,7 +43,7 @@ from .. import backend
 from ..backend import neurons as _bn
 from ..errors import UsageError
 from ..runner import Run, experiment, named
-from ..sites import check_layers, dims
+from ..sites import as_index, check_layers, dims
 from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
 
 ABLATIONS = ("none", "zero", "mean", "random")
@@ -161,10 +161,12 @@ def parse_units(units: Sequence[Any]) -> list[tuple[int, int]]:
             out.append((int(m.group(1)), int(m.group(2))))
         else:
             try:
-                layer, neuron = u
-                out.append((int(layer), int(neuron)))
-            except (TypeError, ValueError):
-                raise UsageError(f"a unit is a (layer, neuron) pair or a name like L3N488; got {u!r}") from None
+                pair = [as_index(x) for x in u]
+            except TypeError:  # not a pair at all
+                pair = []
+            if len(pair) != 2 or None in pair:  # integers, not floats or bools (int() would take 1.7 and True)
+                raise UsageError(f"a unit is a (layer, neuron) pair or a name like L3N488; got {u!r}")
+            out.append((pair[0], pair[1]))
     if len(set(out)) != len(out):
         raise UsageError(f"units lists a neuron twice: {[f'L{a}N{b}' for a, b in out]}")
     return out
@@ -496,7 +498,7 @@ def neurons(
             for ai, ablation in enumerate(ABLATIONS):
                 s = clean if ablation == "none" or not picked.pairs else run.call(_bn.ablated_scores, rows, ans,
                                                                                   plans[ablation])
-                correct[ai, vi, chunk] = (s.rank[:, 0] == 0).numpy()
+                correct[ai, vi, chunk] = (s.rank == 0).numpy()
                 p_answer[ai, vi, chunk] = np.exp(s.log_probs[:, 0].numpy())
     ds = found.drop_vars("text")
     ds["activation"] = (("variant", "unit"), act, {"long_name": "mean activation at the last position"})

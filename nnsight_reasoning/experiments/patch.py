@@ -343,7 +343,8 @@ def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> t
     """The :class:`backend.Patch` per (site, layer) of a pass whose input rows are
     :meth:`Tokens.rows` (p source rows, then p clean base rows), and the :class:`Copies` of
     its output rows. A unit at a position before pair i's ``shared[i]`` (its prompts' common
-    prefix, :func:`_shared_prefix`) gets no copy: its output row is the clean base row's."""
+    prefix, :func:`_shared_prefix`) gets no copy: its output row is the clean base row's. A
+    whole-pattern unit's copy starts there: the pattern's rows above are the same in both runs."""
     p = len(job.pairs)
     entries: dict[tuple, list[tuple[int, int, Unit]]] = defaultdict(list)
     noop: list[tuple[int, int, Unit]] = []
@@ -356,9 +357,11 @@ def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> t
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
         heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
+        # a whole-pattern patch replaces the queries from the prompts' first difference on (at most the last)
+        whole = site in WHOLE_PROMPT_SITES
+        starts = [(min(shared[i], u.position) if shared else 0) if whole else u.position for _, i, u in es]
         patches.append(backend.Patch(site, 0 if site in EMBED_SITES else layer, torch.tensor([p + j for j, _, _ in es]),
-                                     torch.tensor([j for j, _, _ in es]),
-                                     torch.tensor([u.position for _, _, u in es]), heads))
+                                     torch.tensor([j for j, _, _ in es]), torch.tensor(starts), heads))
         for j, i, u in es:
             pair.append(i)
             base.append(p + j)

@@ -181,12 +181,11 @@ def check_options(run: Run, baseline: str, how: Features, distance: str, n_neigh
 def kept_layers(run: Run, drop_layers: Sequence[int]) -> np.ndarray:
     """The layers the all-layers probe reads: every layer but ``drop_layers`` (refused unless they
     are distinct layers of the model and leave at least one)."""
-    from ..sites import dims
+    from ..sites import as_index, dims
 
     n = dims(run.model)["n_layers"]
-    drop = list(drop_layers)
-    if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n for x in drop) \
-            or len(set(drop)) != len(drop) or len(drop) >= n:
+    drop = [as_index(x) for x in drop_layers]
+    if any(x is None or not 0 <= x < n for x in drop) or len(set(drop)) != len(drop) or len(drop) >= n:
         raise UsageError(f"drop_layers must be distinct layers in 0..{n - 1}, leaving at least one "
                          f"(got {drop_layers!r})")
     return np.array([layer for layer in range(n) if layer not in drop])

@@ -194,6 +194,14 @@ def _models(ds: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
     return [(str(name), one_model(ds, name)) for name in ds["model"].values]
 
 
+def _prompts(ds: xr.Dataset) -> str:
+    """"N prompts"; over models whose prompt counts differ (data made per tokenizer), "up to N"."""
+    from ..results.io import list_attr
+
+    return ("up to " if "prompt" in list_attr(ds.attrs.get("padded_dims", "[]")) else "") + \
+        f"{ds.sizes['prompt']} prompts"
+
+
 def _lens_over_models(ds: xr.Dataset):
     """Per model, mean P(answer) against the layer (left) and accuracy (right); over checkpoints,
     one layer × checkpoint map of mean P(answer) per model."""
@@ -222,7 +230,7 @@ def _lens_over_models(ds: xr.Dataset):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"logit lens ({read}) · {ds.attrs.get('task')} · {ds.sizes['prompt']} prompts", fontsize=10)
+    fig.suptitle(f"logit lens ({read}) · {ds.attrs.get('task')} · {_prompts(ds)}", fontsize=10)
     return fig
 
 
@@ -299,7 +307,7 @@ def _evaluate_over_models(ds: xr.Dataset):
         ax.grid(alpha=0.3)
     if "checkpoint" in ds.dims:
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title} · {len(parts)} models · {ds.sizes['prompt']} prompts", fontsize=10)
+    fig.suptitle(f"{title} · {len(parts)} models · {_prompts(ds)}", fontsize=10)
     return fig
 
 

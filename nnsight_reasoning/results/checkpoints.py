@@ -18,17 +18,19 @@ from ..models import model_info
 # Pythia's 154 checkpoints (Biderman et al. 2023): step0, log-spaced steps 1..512, then every
 # 1000 steps to 143000, which is also "main".
 PYTHIA_REVISIONS = ["step0"] + [f"step{2 ** i}" for i in range(10)] + [f"step{s}" for s in range(1000, 143001, 1000)]
+_STEP = re.compile(r"step(\d+)(?:$|-)")  # stepN, or stepN-… (OLMo: step1000-tokens4B)
 _RANGE = re.compile(r"^step(\d+):(?:step)?(\d+):(\d+)$")
 
 
 def training_order(names: Sequence[str]) -> list[str]:
-    """Unique revision names sorted as trained: ``stepN`` by N, other names as given, ``main`` last."""
+    """Unique revision names sorted as trained: ``stepN`` (and ``stepN-…``, OLMo's
+    ``stepN-tokensM``) by N, other names as given, ``main`` last."""
     seen = list(dict.fromkeys(names))
 
     def key(n: str) -> tuple:
         if n == "main":
             return (2, 0)
-        m = re.fullmatch(r"step(\d+)", n)
+        m = _STEP.match(n)
         return (0, int(m.group(1))) if m else (1, seen.index(n))
 
     return sorted(seen, key=key)
@@ -164,7 +166,9 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
     for p in parts:
         for d, n in p.sizes.items():
             sizes.setdefault(d, set()).add(n)
-    unequal = sorted(d for d, ns in sizes.items() if len(ns) > 1 or any(d not in p.dims for p in parts))
+    # padded: sizes differ, a model lacks the dim, or the labels differ (other revisions, as many)
+    unequal = sorted(d for d, ns in sizes.items() if len(ns) > 1 or any(d not in p.dims for p in parts)
+                     or d in ref.indexes and any(not p.indexes[d].equals(ref.indexes[d]) for p in parts))
     parts = [p.assign_coords({d: np.arange(p.sizes[d]) for d in unequal if d in p.dims and d not in p.indexes})
              for p in parts]
     varying = _varying_attrs(parts, _PER_MODEL, ("model", "created"))
@@ -172,8 +176,12 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
                         combine_attrs="override")
     stacked = stacked.assign_coords(model=np.array(labels, dtype=object))
     if "checkpoint" in stacked.indexes:  # the outer join sorts revisions as strings ("main" first)
-        stacked = stacked.reindex(checkpoint=training_order(
-            [str(c) for p in parts if "checkpoint" in p.indexes for c in p["checkpoint"].values]))
+        index = stacked.indexes["checkpoint"]
+        at = index.get_indexer(training_order([c for p in parts if "checkpoint" in p.indexes
+                                               for c in p.indexes["checkpoint"]]))
+        if (at < 0).any() or len(at) != len(index):  # the union's labels, each once: a slip would drop data
+            raise RuntimeError(f"stacking lost checkpoints: {list(index)}")
+        stacked = stacked.isel(checkpoint=at)
     # an attr a checkpoint sweep already made a coordinate (model_path) stays that coordinate
     stacked = stacked.assign_coords({k: ("model", np.array([p.attrs.get(k, "") for p in parts])) for k in varying
                                      if k not in stacked.variables})
@@ -202,8 +210,8 @@ def one_model(ds: xr.Dataset, model: str) -> xr.Dataset:
 
 
 def _step(model: str, revision: str) -> float:
-    """The training step of a revision: N for "stepN"; for "main", where the model says."""
-    m = re.fullmatch(r"step(\d+)", revision)
+    """The training step of a revision: N for "stepN" (or "stepN-…"); for "main", where the model says."""
+    m = _STEP.match(revision)
     if m:
         return float(m.group(1))
     if revision == "main" and _is_pythia(model):
