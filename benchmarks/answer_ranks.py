@@ -6,7 +6,7 @@ What ``evaluate`` reads for an answer set (greater-than: up to 99 later years; w
 distractors K = 100 candidates on Pythia's vocabulary of 50,304): the rank of the set's best
 member, the number of tokens with a larger log-probability than any member's. (a) rank every
 candidate by one (rows, K, V) comparison, which holds rows·K·V booleans at once, and take the
-members' least (what the backend did before); (b) the toolkit's ``trace_ops.score_answers`` with
+members' least (what the backend did for every K until 2026-12-07); (b) the toolkit's ``trace_ops.score_answers`` with
 ``best_of`` marking the members: one (rows, V) comparison with the best member's log-probability
 (``best_rank``). Both are timed side by side from the same float32 logits, ties included (the
 logits are quantised; both take the log-softmax, the toolkit also gathers the candidates' logits

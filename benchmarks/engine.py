@@ -41,8 +41,8 @@ import torch
 import nnsight_reasoning as nr
 from nnsight_reasoning import backend
 from nnsight_reasoning.backend.trace_ops import score_answers
-from nnsight_reasoning.experiments.patch import Grid, _shared_prefix, plan_passes
-from nnsight_reasoning.sites import UNIT_DIMS, WHOLE_PROMPT_SITES, architecture, dims, resolve
+from nnsight_reasoning.experiments.patch import Grid, _shared_prefix, patch_start, plan_passes
+from nnsight_reasoning.sites import UNIT_DIMS, architecture, dims, resolve
 from nnsight_reasoning.tasks.base import group_by_length
 
 BATCH = 512  # nr.patch's default batch size
@@ -82,9 +82,8 @@ def units(model, pairs, sites: list[str], positions: str) -> dict:
     for job in plan_passes(lengths, grid, BATCH):
         t, p = lengths[job.pairs[0]], len(job.pairs)
         inputs = 2 * p * t * n_layers
-        # a whole pattern is replaced from the first differing token on (the rows above are the same)
-        run = [(u, min(shared[i], u.position) if u.site in WHOLE_PROMPT_SITES else u.position)
-               for i in job.pairs for u in job.units if u.site in WHOLE_PROMPT_SITES or u.position >= shared[i]]
+        starts = [(u, patch_start(u.site, u.position, shared[i])) for i in job.pairs for u in job.units]
+        run = [(u, start) for u, start in starts if start is not None]  # as nr.patch: no copy for a no-op
         above = [n_layers - u.li - (u.site == "resid") for u, _ in run]  # layers a copy computes
         minimal = inputs + sum(a * (t - start) for a, (_, start) in zip(above, run))
         out["plain"] += inputs

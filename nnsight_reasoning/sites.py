@@ -289,9 +289,11 @@ def _check_indices(kind: str, values: Any, n: int, low: int = 0, note: str = "")
 
 
 def as_index(v: Any) -> int | None:
-    """``v`` as an int if it is one (Python's, numpy's, a 0-d integer tensor), else None; a bool
-    is not (Python counts True as 1, which would silently select index 1)."""
-    if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
+    """``v`` as an int if it is one (Python's, numpy's, a 0-d integer array or tensor), else None;
+    a bool is not (Python counts True as 1, which would silently select index 1), nor an array
+    of one element."""
+    if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool") or \
+            getattr(v, "ndim", 0) != 0:
         return None
     try:
         return operator.index(v)

@@ -605,6 +605,12 @@ def test_whole_pattern_copies_start_where_few_shot_prompts_differ(embedded_model
                _logit_diff(clean[i]["base"][1], l_star), scale, f"{engine} {site} layer {layer} head {h}")
     assert len(patched) == 2 * (n_layers * n_heads + n_layers)
     assert np.nanmax(np.abs(ds.attn_layer_pattern.values)) > 1e-2  # the patches move the answer
+    # the rule: a whole pattern (stored at the last token, 9) starts where the prompts differ and is
+    # no patch at all where they do not; other sites patch their own position, none in the shared prefix
+    from nnsight_reasoning.experiments.patch import patch_start
+
+    assert [patch_start("attn_pattern", 9, k) for k in (0, 4, 9, 10)] == [0, 4, 9, None]
+    assert [patch_start("mlp", 5, k) for k in (0, 5, 6)] == [5, 5, None]
 
 
 @pytest.mark.parametrize("model_type", ["embedded", "gpt2", "gptj", "llama"])

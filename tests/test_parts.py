@@ -134,3 +134,24 @@ def test_parts_kept_before_a_backend_function_changed_shape_are_refused(embedded
     again = nr.self_repair(embedded_model, seqs, **kw)
     assert again.attrs["n_resumed_passes"] == 0
     assert nr.self_repair(embedded_model, seqs, **kw).attrs["n_resumed_passes"] == again.attrs["n_forward_passes"]
+
+
+@pytest.mark.parametrize("fn", ["answer_scores", "residual_lens"])
+def test_parts_kept_before_the_rank_became_the_best_candidates_are_refused(embedded_model, tmp_path, monkeypatch,
+                                                                          fn):
+    """``Scores.rank`` is (rows,) since ``answer_scores``' format 2 ((rows, K) before), and the lens
+    ranks a NaN row last since ``residual_lens``' format 2: a folder kept by the older versions is
+    refused, not misread."""
+    from nnsight_reasoning import backend
+    from nnsight_reasoning.backend import graph
+
+    owner = backend if fn == "answer_scores" else graph
+    run = nr.evaluate if fn == "answer_scores" else nr.logit_lens
+    data = nr.tasks.examples("arithmetic", 4, seed=1)
+    d = tmp_path / "parts"
+    with monkeypatch.context() as m:
+        m.delattr(getattr(owner, fn), "parts_format")
+        run(embedded_model, data, resume_dir=d, progress=False)
+    with pytest.raises(nr.UsageError, match="was computed from other inputs; delete .* or pass --restart"):
+        run(embedded_model, data, resume_dir=d, progress=False)
+

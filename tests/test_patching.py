@@ -208,6 +208,16 @@ def test_backend_copies_join_at_their_layer_and_come_back_in_patch_order(embedde
         assert torch.equal(mixed, torch.where(origin == 0, by_column[0], by_column[1])), engine
         assert torch.equal(torch.minimum(*by_column), both), engine  # unmarked: the best of all
         assert not torch.equal(by_column[0], by_column[1])  # the columns rank apart
+    # a whole pattern starts at a query above which the row and its source agree, or it is refused
+    # (Patch.positions' old meaning, the last token, would silently patch one query's weights)
+    for site, heads in (("attn_pattern", one([1])), ("attn_layer_pattern", None)):
+        ok = answer_scores(embedded_model, ids, one([answers, answers]), [Patch(site, 1, one([1]), one([0]), one([0]),
+                                                                                heads)])
+        assert ok.log_probs.shape == (3, 2)
+        for start in (len(base) - 1, len(base), -1):
+            with pytest.raises(ValueError, match=f"a {site} patch starts at query p"):
+                answer_scores(embedded_model, ids, one([answers, answers]),
+                              [Patch(site, 1, one([1]), one([0]), one([start]), heads)])
 
 
 def test_patches_inside_the_shared_prefix_cost_no_forward_and_match_hooks(embedded_model, monkeypatch):

@@ -26,7 +26,7 @@ import torch
 from .. import remote as _remote
 from ..errors import UsageError
 from ..nnsight_shim import torch_module
-from ..sites import EMBED_SITES, PROB_SITES, SITES, architecture, context_length, dims, resolve
+from ..sites import EMBED_SITES, PROB_SITES, SITES, WHOLE_PROMPT_SITES, architecture, context_length, dims, resolve
 from ..tasks.base import joined_token_id, single_token_id, space_token_id, spaced_answer_id
 from . import packed, trace_ops
 from .trace_ops import (on_device, batch_kwargs, batch_rows, gate_heads, head_columns, interpolate, join_columns,
@@ -97,6 +97,7 @@ def answer_scores(
     few numbers per row, never activations or full logits. ``remote``: False (here), "local"
     (nnsight's serialisation path, run here), True or a host URL (one NDIF job).
     """
+    _check_pattern_starts(input_ids, patches)
     d = dims(model)
     if ENGINE == "v2" and packed.usable(model, architecture(model), patches):
         return _packed_scores(model, input_ids, answer_ids, patches, rank, best_of, remote, d)
@@ -104,6 +105,26 @@ def answer_scores(
     saved = _run(model, _trace_scores, (model, input_ids, answer_ids[origin], plan, d["n_heads"], d["head_dim"], rank,
                                         None if best_of is None else best_of[origin]), remote, "scores")
     return Scores(*(None if t is None else t.detach().cpu()[order] for t in saved))
+
+
+def _check_pattern_starts(input_ids: torch.Tensor, patches: Sequence[Patch]) -> None:
+    """A whole-pattern patch may start at query p only where its row and source row share their
+    first p tokens (the rows of the pattern above are then the same in both runs); otherwise it
+    would silently be another intervention (at p = T - 1, one query's weights)."""
+    t = input_ids.shape[1]
+    for p in patches:
+        if p.site in WHOLE_PROMPT_SITES and len(p.rows):
+            starts = p.positions.to(torch.long)
+            before = torch.arange(t)[None] < starts[:, None]  # (k, T): the rows left as they are
+            if (starts < 0).any() or (starts >= t).any() or \
+                    ((input_ids[p.rows] != input_ids[p.src_rows]) & before).any():
+                raise ValueError(f"a {p.site} patch starts at query p (Patch.positions) only where its row and "
+                                 f"source row share their first p tokens, 0 <= p < {t}")
+
+
+# Scores.rank is (rows,), the best marked candidate's, since format 2 ((rows, K) before): parts kept
+# by the older version are refused by a resumed run (runner.Run.call), recomputed, never misread.
+answer_scores.parts_format = 2
 
 
 #: The patching engine :func:`answer_scores` uses: "v2" (packed suffix rows, :mod:`.packed`,

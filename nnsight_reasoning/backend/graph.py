@@ -1011,6 +1011,10 @@ def residual_lens(model: Any, input_ids: torch.Tensor, token_ids: torch.Tensor, 
         remote, "saved"))
 
 
+# A row of NaN logits ranks last (V) since format 2 (0 before): see backend.answer_scores.parts_format
+residual_lens.parts_format = 2
+
+
 def _trace_lens(model, input_ids, token_ids, reads, final, unembed, center, eps, gain_offset, norm_bias,
                 unembed_bias, softcap, top_k, remote=False, backend=None):
     saved = None

@@ -160,3 +160,7 @@ def _trace_ablated(model, input_ids, answer_ids, plan, remote=False, backend=Non
             x[:, :, idx] = val.to(x.device, x.dtype)
         saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved
+
+
+# Scores.rank (rows,) since format 2 ((rows, K) before): see backend.answer_scores.parts_format
+ablated_scores.parts_format = 2

@@ -225,17 +225,18 @@ def _prob_edits(name: str, row, col, position, head, src_row, src_col, t: int) -
     both runs when p is at most the first token where the prompts differ); ``attn_layer_pattern``
     every head's: its head index is ``slice(None)``, so both sides select (entries, heads), head h
     of an entry written from head h."""
-    fields = [[] for _ in range(7)]
+    row, col, position, head, src_row, src_col = (torch.as_tensor(x, dtype=torch.long) for x in (
+        row, col, position, head, src_row, src_col))
     lower = torch.tril_indices(t, t)
-    for r, c, p, h, sr, sc in zip(row, col, position, head, src_row, src_col):
-        q, k = lower[:, lower[0] >= p] if name != "attn_weights" else (torch.full((p + 1,), p), torch.arange(p + 1))
-        q, k = q.tolist(), k.tolist()
-        dq, dk = [c + x - p for x in q], [x if x < p else c + x - p for x in k]
-        sq, sk = [sc + x for x in q], [sc + x for x in k]
-        m = len(dq)
-        for f, v in zip(fields, ([r] * m, dq, dk, [sr] * m, sq, sk, [h] * m)):
-            f.extend(v)
-    r, dq, dk, sr, sq, sk, h = (torch.tensor(f, dtype=torch.long) for f in fields)
+    parts = []
+    for p in torch.unique(position).tolist():  # the entries starting at p share their (query, key) pairs
+        e = position == p
+        q, k = (torch.full((p + 1,), p), torch.arange(p + 1)) if name == "attn_weights" else lower[:, lower[0] >= p]
+        c, sc = col[e, None], src_col[e, None]  # (entries, 1) against (pairs,)
+        dk = torch.where(k < p, k, c + k - p)
+        parts.append([x.reshape(-1) for x in torch.broadcast_tensors(
+            row[e, None], c + q - p, dk, src_row[e, None], sc + q, sc + k, head[e, None])])
+    r, dq, dk, sr, sq, sk, h = (torch.cat(f) for f in zip(*parts))
     if name == "attn_layer_pattern":  # every head (the slice keeps them in place)
         return (r, slice(None), dq, dk), (sr, slice(None), sq, sk)
     return (r, h, dq, dk), (sr, h, sq, sk)

@@ -85,3 +85,7 @@ def _trace_edit(model, input_ids, answer_ids, depths, rows, src_rows, positions,
             k += 1
         saved = nnsight.save(score_answers(model.output.logits[:, -1], answer_ids))
     return saved
+
+
+# Scores.rank (rows,) since format 2 ((rows, K) before): see backend.answer_scores.parts_format
+edited_scores.parts_format = 2

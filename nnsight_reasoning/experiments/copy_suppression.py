@@ -65,9 +65,10 @@ def _function_ids(tokenizer: Any) -> set[int]:
 
 
 def _check_heads(heads: Sequence[str] | str | None, n_layers: int, n_heads: int, start_layer: int) -> list[tuple]:
-    if as_index(start_layer) is None or not 0 <= start_layer < n_layers:  # not a bool: True is no layer 1
+    first = as_index(start_layer)  # not a bool: True is no layer 1
+    if first is None or not 0 <= first < n_layers:
         raise UsageError(f"start_layer must be an integer from 0 to {n_layers - 1} (got {start_layer!r})")
-    start_layer = as_index(start_layer)
+    start_layer = first
     if heads is None:
         return [(layer, h) for layer in range(start_layer, n_layers) for h in range(n_heads)]
     return parse_heads(heads, n_layers, n_heads)

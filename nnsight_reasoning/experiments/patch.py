@@ -319,6 +319,16 @@ def _exact(run: Run, tok: Tokens, grid: Grid, metric: str, out: Outputs, keep: n
         _fill(s, ans.numpy(), pairs, copies, metric, out)
 
 
+def patch_start(site: str, position: int, shared: int) -> int | None:
+    """Where a unit's patched copy starts (:attr:`backend.Patch.positions`) for prompts sharing
+    their first ``shared`` tokens, or None where the patch changes nothing (no copy): its
+    ``position``, None below ``shared``; a whole pattern's (``position`` its last token) at
+    ``shared``, its first query that can differ, None when the prompts are the same."""
+    if position < shared:
+        return None
+    return shared if site in WHOLE_PROMPT_SITES else position
+
+
 def _shared_prefix(base: list[int], source: list[int]) -> int:
     """How many leading tokens the two prompts share. Below that position every activation of
     the source run equals the base run's (causal attention), so a patch there changes nothing:
@@ -350,16 +360,14 @@ def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> t
     noop: list[tuple[int, int, Unit]] = []
     for j, i in enumerate(job.pairs):
         for u in job.units:
-            if shared and u.site not in WHOLE_PROMPT_SITES and u.position < shared[i]:
+            if patch_start(u.site, u.position, shared[i] if shared else 0) is None:
                 noop.append((j, i, u))
             else:
                 entries[(u.site, layers[u.li])].append((j, i, u))
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
         heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
-        # a whole-pattern patch replaces the queries from the prompts' first difference on (at most the last)
-        whole = site in WHOLE_PROMPT_SITES
-        starts = [(min(shared[i], u.position) if shared else 0) if whole else u.position for _, i, u in es]
+        starts = [patch_start(site, u.position, shared[i] if shared else 0) for _, i, u in es]
         patches.append(backend.Patch(site, 0 if site in EMBED_SITES else layer, torch.tensor([p + j for j, _, _ in es]),
                                      torch.tensor([j for j, _, _ in es]), torch.tensor(starts), heads))
         for j, i, u in es:

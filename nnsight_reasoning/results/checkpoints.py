@@ -168,7 +168,8 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
             sizes.setdefault(d, set()).add(n)
     # padded: sizes differ, a model lacks the dim, or the labels differ (other revisions, as many)
     unequal = sorted(d for d, ns in sizes.items() if len(ns) > 1 or any(d not in p.dims for p in parts)
-                     or d in ref.indexes and any(not p.indexes[d].equals(ref.indexes[d]) for p in parts))
+                     or d in ref.indexes and any(d not in p.indexes or not p.indexes[d].equals(ref.indexes[d])
+                                                 for p in parts))
     parts = [p.assign_coords({d: np.arange(p.sizes[d]) for d in unequal if d in p.dims and d not in p.indexes})
              for p in parts]
     varying = _varying_attrs(parts, _PER_MODEL, ("model", "created"))
