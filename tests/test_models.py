@@ -257,10 +257,29 @@ def test_model_card_size_and_training_time_are_the_files():
         _script("make_model_card").targets(card)
 
 
+def _as_rounded(got, want, unit=1e-4):
+    """``got`` equals the card's ``want`` as rounded numbers may: each float within one unit of the
+    card's last rounded place (4 decimals; the float32 kernels of another CPU can move a value
+    across a rounding boundary: the median |IE| read 32.7086 on the machine that made the card,
+    32.7087 on session 79's), strings and list lengths exactly."""
+    if isinstance(want, dict):
+        assert set(got) == set(want)
+        for k in want:
+            _as_rounded(got[k], want[k], unit)
+    elif isinstance(want, list):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            _as_rounded(g, w, unit)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1.01 * unit, rel=0), (got, want)
+    else:
+        assert got == want
+
+
 @pytest.mark.slow
 def test_model_card_patching_numbers_are_reproducible():
     """The card's patching figures (median Stolfo IE at the top site, attribution r) re-measured."""
-    assert _script("make_model_card").patching(nr.load_model()) == embedded.card()["patching"]
+    _as_rounded(_script("make_model_card").patching(nr.load_model()), embedded.card()["patching"])
 
 
 @pytest.mark.slow
