@@ -356,21 +356,21 @@ def _patches(job: PatchPass, layers: list[int], shared: Sequence[int] = ()) -> t
     prefix, :func:`_shared_prefix`) gets no copy: its output row is the clean base row's. A
     whole-pattern unit's copy starts there: the pattern's rows above are the same in both runs."""
     p = len(job.pairs)
-    entries: dict[tuple, list[tuple[int, int, Unit]]] = defaultdict(list)
+    entries: dict[tuple, list[tuple[int, int, Unit, int]]] = defaultdict(list)
     noop: list[tuple[int, int, Unit]] = []
     for j, i in enumerate(job.pairs):
         for u in job.units:
-            if patch_start(u.site, u.position, shared[i] if shared else 0) is None:
+            start = patch_start(u.site, u.position, shared[i] if shared else 0)
+            if start is None:
                 noop.append((j, i, u))
             else:
-                entries[(u.site, layers[u.li])].append((j, i, u))
+                entries[(u.site, layers[u.li])].append((j, i, u, start))
     patches, pair, base, units = [], [], [], []
     for (site, layer), es in entries.items():
-        heads = torch.tensor([u.head for _, _, u in es]) if site in UNIT_DIMS else None
-        starts = [patch_start(site, u.position, shared[i] if shared else 0) for _, i, u in es]
-        patches.append(backend.Patch(site, 0 if site in EMBED_SITES else layer, torch.tensor([p + j for j, _, _ in es]),
-                                     torch.tensor([j for j, _, _ in es]), torch.tensor(starts), heads))
-        for j, i, u in es:
+        heads = torch.tensor([e[2].head for e in es]) if site in UNIT_DIMS else None
+        patches.append(backend.Patch(site, 0 if site in EMBED_SITES else layer, torch.tensor([p + e[0] for e in es]),
+                                     torch.tensor([e[0] for e in es]), torch.tensor([e[3] for e in es]), heads))
+        for j, i, u, _ in es:
             pair.append(i)
             base.append(p + j)
             units.append(u)
