@@ -63,16 +63,25 @@ class OneLineErrors(typer.core.TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)  # non-standalone click returns an Exit's code
 
 
+def warn_line(message: Warning | str, category: type, *_: Any, **__: Any) -> None:
+    """A warning as one line on stderr, as errors are (Python's shows its file and source line)."""
+    err.print(f"[bold yellow]warning:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+
+
 def guard(fn):
-    """Run a command body, turning library errors into one-line messages and exit codes."""
+    """Run a command body, turning library errors into one-line messages and exit codes, and
+    warnings into one-line notes."""
     import functools
+    import warnings
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from nnsight_reasoning.errors import RunError, UsageError
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = warn_line
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except UsageError as e:

@@ -13,7 +13,7 @@ progress, resume_dir, revisions)`` returning a labelled ``xarray.Dataset``; data
 from __future__ import annotations
 
 from . import experiments, tasks, testing
-from .errors import RunError, UsageError
+from .errors import NaNWarning, RunError, UsageError
 from .experiments.attention import attention
 from .experiments.backup_heads import backup_heads
 from .experiments.binding import binding
@@ -49,5 +49,5 @@ __all__ = [
     # models, data, results
     "load_model", "finetune", "tasks", "over_revisions", "save_result", "load_result", "plot_result", "prediction_change", "by_token_role", "late_mlp_share", "unit_overlap", "drop_mult_by_one",
     "testing", "experiments",
-    "SITES", "METRICS", "UsageError", "RunError",
+    "SITES", "METRICS", "UsageError", "RunError", "NaNWarning",
 ]

@@ -37,7 +37,7 @@ import time
 import types
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -46,7 +46,7 @@ import torch
 import xarray as xr
 
 from . import remote as _remote
-from .errors import UsageError
+from .errors import NaNWarning, UsageError
 from .models import is_loaded_by_name, load_model, model_info, relabel
 from .progress import hf_bars_off, progress_bar
 from .results.io import provenance, sanitize_attrs
@@ -104,6 +104,7 @@ class Run:
     store: Parts = field(default_factory=lambda: Parts(None, {}))
     traffic: _remote.Traffic = field(default_factory=_remote.Traffic)
     calls: int = 0  # forward passes asked for (computed or read back)
+    nan_values: int = 0  # NaN numbers in what those passes returned (a model whose numbers overflowed)
     in_sweep: bool = False  # one revision of a checkpoint sweep (whose results must stack)
 
     @property
@@ -129,7 +130,9 @@ class Run:
             with _remote.counting(self.traffic):
                 return fn(self.model, *args, remote=self.remote, **kwargs)
 
-        return self.store.fetch(key, check, compute)
+        value = self.store.fetch(key, check, compute)
+        self.nan_values += nan_count(value)
+        return value
 
     @contextmanager
     def with_model(self, model: Any) -> Iterator["Run"]:
@@ -185,6 +188,58 @@ class Pass:
 
     variants: list[int]
     items: list[int]
+
+
+def warn_nan(ds: xr.Dataset) -> None:
+    """A :class:`~nnsight_reasoning.errors.NaNWarning` when a result counts NaN numbers returned
+    by its model (``n_nan_values``: an attr, or a coordinate along ``checkpoint`` / ``model`` in a
+    sweep): one line saying how many, where, and what to do. Said once per experiment call, here
+    in the caller's process, also when the revisions ran on a Dask cluster."""
+    import warnings
+
+    if "n_nan_values" in ds.coords:
+        counts = ds.coords["n_nan_values"]
+        cells = np.argwhere(np.atleast_1d(counts.values.astype(np.int64)) > 0)
+        where = [" ".join(f"{d} {ds[d].values[i]}" for d, i in zip(counts.dims, cell)) for cell in cells]
+        total = int(counts.values.astype(np.int64).sum())
+    else:
+        total, where = int(ds.attrs.get("n_nan_values", 0) or 0), []
+    if not total:
+        return
+    dtypes = {str(v) for v in np.atleast_1d(ds.coords["dtype"].values)} if "dtype" in ds.coords else {
+        str(ds.attrs.get("dtype", ""))}
+    fix = ("load it in float32 or bfloat16 (float16 overflows past 65,504)" if "float16" in dtypes
+           else f"it runs in {', '.join(sorted(dtypes))}: check its weights and inputs for NaN or inf")
+    at = f" (at {'; '.join(where[:4])}{' …' if len(where) > 4 else ''})" if where else ""
+    warnings.warn(f"{ds.attrs.get('model')} returned {total:,} NaN numbers{at}; the result holds NaN where they "
+                  f"went (attrs n_nan_values): {fix}", NaNWarning, stacklevel=4)
+
+
+def _dtype(model: Any) -> str:
+    """The model's weight dtype ("float32", "bfloat16"; "" when it has no parameters)."""
+    from .nnsight_shim import torch_module
+
+    try:
+        return str(next(torch_module(model).parameters()).dtype).replace("torch.", "")
+    except Exception:  # a model built by hand without parameters()
+        return ""
+
+
+def nan_count(value: Any) -> int:
+    """How many NaN numbers a backend call returned: its floating tensors and arrays, also inside
+    tuples, lists, dicts and dataclasses (``Scores``). No backend function makes a NaN on purpose,
+    so one is a model whose numbers overflowed (float16 logits past 65,504, an inf minus an inf)."""
+    if isinstance(value, torch.Tensor):
+        return int(torch.isnan(value).sum()) if value.is_floating_point() or value.is_complex() else 0
+    if isinstance(value, np.ndarray):
+        return int(np.isnan(value).sum()) if value.dtype.kind in "fc" else 0
+    if isinstance(value, (tuple, list)):
+        return sum(nan_count(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nan_count(v) for v in value.values())
+    if is_dataclass(value) and not isinstance(value, type):
+        return sum(nan_count(getattr(value, f.name)) for f in fields(value))
+    return 0
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, rows_per_item: int = 1) -> list[list[int]]:
@@ -302,8 +357,10 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
 
         require_local(remote, exp.reads_weights)
     with connect(scheduler, workers) as cluster:
-        return _execute(exp, model, data, options, batch_size=batch_size, remote=remote, progress=progress,
-                        resume_dir=_for_workers(resume_dir, cluster), revisions=revisions, cluster=cluster)
+        ds = _execute(exp, model, data, options, batch_size=batch_size, remote=remote, progress=progress,
+                      resume_dir=_for_workers(resume_dir, cluster), revisions=revisions, cluster=cluster)
+    warn_nan(ds)
+    return ds
 
 
 def _execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, batch_size: int,
@@ -551,7 +608,7 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
 
         attrs["device_map"] = json.dumps(info.load_kwargs["device_map"], sort_keys=True, default=str)
     attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed,
-                 n_parameters=_n_parameters(model))
+                 n_parameters=_n_parameters(model), dtype=_dtype(model), n_nan_values=run.nan_values)
     if _remote.is_ndif(remote):
         attrs.update(run.traffic.as_attrs())
     ds.attrs = sanitize_attrs({k: named(v) for k, v in attrs.items()})
