@@ -29,7 +29,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import RunError, UsageError
+from .errors import RunError, UsageError, checked_int
 from .progress import counter, silenced
 
 T = TypeVar("T")
@@ -191,8 +191,7 @@ def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Clust
 def _connected(distributed: Any, scheduler: Any, workers: int | None) -> Iterator[Cluster]:
     """:func:`connect`'s body once a cluster is wanted."""
     if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise UsageError(f"workers must be an integer >= 1 (got {workers!r})")
+        workers = checked_int("workers", workers, 1)
         # worker processes killed mid-task leave their semaphores to Python's resource tracker,
         # whose clean-up notice at exit would follow the run's one-line error (the tracker,
         # started with the first worker, takes this interpreter's -W options)

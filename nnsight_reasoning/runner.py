@@ -46,7 +46,7 @@ import torch
 import xarray as xr
 
 from . import remote as _remote
-from .errors import NaNWarning, UsageError
+from .errors import NaNWarning, UsageError, checked_int
 from .models import is_loaded_by_name, load_model, model_info, relabel
 from .progress import hf_bars_off, progress_bar
 from .results.io import provenance, sanitize_attrs
@@ -349,8 +349,7 @@ def execute(exp: Experiment, model: Any, data: Any, options: dict[str, Any], *, 
             workers: int | None = None) -> xr.Dataset:
     """Run ``exp`` on ``data`` with ``options``: once, or once per revision (see the module doc),
     here or as tasks on a Dask cluster (``scheduler``/``workers``)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
+    batch_size = checked_int("batch_size", batch_size, 1)
     _remote.check_remote(remote)
     if exp.reads_weights:
         from .backend import require_local

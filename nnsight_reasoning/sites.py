@@ -25,14 +25,11 @@ Sites, in the order the model computes them:
 """
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
-from .errors import UsageError
+from .errors import UsageError, as_index
 
 SITES: tuple[str, ...] = ("embed", "embed_dim", "attn_pattern", "attn_layer_pattern", "attn_weights", "head", "attn",
                           "neuron", "mlp", "mlp_dim", "resid")
@@ -286,19 +283,6 @@ def _check_indices(kind: str, values: Any, n: int, low: int = 0, note: str = "")
             raise UsageError(f"{kind} {i} is out of range: this model has {kind}s {low}..{n - 1}{note}")
         out.append(i)
     return sorted(set(out))
-
-
-def as_index(v: Any) -> int | None:
-    """``v`` as an int if it is one (Python's, numpy's, a 0-d integer array or tensor), else None;
-    a bool is not (Python counts True as 1, which would silently select index 1), nor an array
-    of one element."""
-    if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool") or \
-            getattr(v, "ndim", 0) != 0:
-        return None
-    try:
-        return operator.index(v)
-    except TypeError:
-        return None
 
 
 def resolve(obj: Any, dotted: str) -> Any:

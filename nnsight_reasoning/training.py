@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, checked_int
 from .results.io import writable
 
 TUNE = ("all", "attn", "mlp", "ln", "lora")
@@ -102,13 +102,12 @@ def finetune(
 
     if tune not in TUNE:
         raise UsageError(f"tune must be one of {', '.join(TUNE)} (got {tune!r})")
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"{name} must be an integer >= {low} (got {value!r})")
+    steps, batch_size, warmup = (checked_int(name, value, low) for name, value, low in
+                                 (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0)))
     if not lr > 0 or weight_decay < 0:
         raise UsageError(f"lr must be > 0 and weight_decay >= 0 (got {lr}, {weight_decay})")
-    if save_every is not None and (not isinstance(save_every, int) or save_every < 1):
-        raise UsageError(f"save_every must be an integer >= 1 (got {save_every!r})")
+    if save_every is not None:
+        save_every = checked_int("save_every", save_every, 1)
     save_every = save_every or max(1, steps // 10)
     if save_every < 1:
         raise UsageError(f"save_every must be >= 1 (got {save_every})")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 
-from nnsight_reasoning.errors import RunError, UsageError
+from nnsight_reasoning.errors import RunError, UsageError, checked_int
 
 
 class TaskError(UsageError):
@@ -277,8 +277,7 @@ def generate_aligned(
     ``sample`` returns None when its draw violates the task's own constraints. The same
     seed and tokenizer always give the same pairs.
     """
-    if n < 1:
-        raise TaskError(f"n_prompts must be >= 1 (got {n})")
+    n = checked_int("n_prompts", n, 1, error=TaskError)
     rng = random.Random(seed)
     aligner = Aligner(tokenizer)
     out: list[PromptPair] = []
@@ -345,9 +344,8 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def check_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
-    if not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise TaskError(f"{name} must be an integer {bound} (got {value!r})")
+    """A TaskError unless ``value`` is an integer (numpy's too; not a bool) in ``lo``..``hi``."""
+    checked_int(name, value, lo, hi, bound=None if hi is None else f"between {lo} and {hi}", error=TaskError)
 
 
 def json_lines(path: Any, what: str) -> list[tuple[int, dict]]:

@@ -25,6 +25,8 @@ import random
 from dataclasses import replace
 from typing import Any, Sequence
 
+from nnsight_reasoning.errors import as_index
+
 from .base import (Example, PromptPair, PromptPairs, TaskError, TaskInfo, check_choice, check_range, generate_aligned,
                    register)
 from .reasoning import CORRUPTIONS, ReasoningPrompt, ReasoningPrompts, Statement, corrupted
@@ -187,8 +189,8 @@ K_GROUP = "which smallest is asked for, k (MechanisticProbe's probe of a pretrai
 
 
 def _one_k(k: Any) -> bool:
-    """``k`` is one integer (numpy's too), not several."""
-    return isinstance(k, numbers.Integral) and not isinstance(k, bool)
+    """``k`` is one integer (numpy's too; not a bool), not several."""
+    return as_index(k) is not None
 
 
 def _ks(k: Sequence[int] | str) -> list[int]:

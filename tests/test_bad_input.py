@@ -100,7 +100,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("circuit", ["--sizes", "0"], "circuit sizes must be >= 1 edges"),
     ("circuit", ["--ig-steps", "0"], "ig_steps must be an integer >= 1"),
     ("circuit", ["--min-fraction", "-0.5"], "min_fraction is the share of the logit difference to keep"),
-    ("path-patching", ["--receivers", "a3.3", "--n-prompts", "0"], "n_prompts must be >= 1"),
+    ("path-patching", ["--receivers", "a3.3", "--n-prompts", "0"], "n_prompts must be an integer >= 1"),
     ("ioi-components", ["--top-k", "0"], "top_k must be an integer >= 1"),
     ("ioi-components", ["--copy-threshold", "-1"], "copy_threshold is a copy score in percent"),
     ("backup-heads", ["--heads", "a9.0"], "head a9.0 is outside this model's 4 layers"),

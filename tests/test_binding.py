@@ -712,7 +712,7 @@ def test_edit_windows_are_checked_and_multi_token_names_are_located(embedded_mod
     first token; the CLI passes the widths on and records them."""
     data = nr.tasks.binding_contexts(2, 2, 2, seed=4, family="cities")
     for bad in ({"entity_tokens": 0}, {"attribute_tokens": 1.5}, {"entity_tokens": True}):
-        with pytest.raises(UsageError, match="integers >= 1"):
+        with pytest.raises(UsageError, match=r"(entity|attribute)_tokens must be an integer >= 1 \(got "):
             nr.binding(embedded_model, data, measure="factorization", progress=False, **bad)
     # "Alice lives in Paris .": a 5-token entity window runs into the attribute
     with pytest.raises(UsageError, match="overlap each other or leave the context"):

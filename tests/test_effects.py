@@ -505,7 +505,7 @@ def test_unit_overlap_refuses_groups_it_cannot_compare(embedded_model):
     with pytest.raises(UsageError, match=r"result 1 is a checkpoint sweep: patch one revision \(--revision R\)"):
         nr.unit_overlap(low.expand_dims(checkpoint=["main"]), top_k=5)
     for bad in (0, True, 2.5):
-        with pytest.raises(UsageError, match="top_k must be a positive integer"):
+        with pytest.raises(UsageError, match="top_k must be an integer >= 1"):
             nr.unit_overlap(low, top_k=bad)
 
 

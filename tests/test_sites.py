@@ -207,6 +207,50 @@ def test_unsupported_features_are_refused_with_the_reason(family):
         sites.architecture(SimpleNamespace(config=SimpleNamespace(model_type="mamba")))
 
 
+def test_integer_options_are_checked_in_one_place(embedded_model, tmp_path):
+    """errors.checked_int, which every integer option goes through (sizes, counts, steps): numpy's
+    integers and 0-d tensors are taken as ints (a Jupyter loop over np.arange used to be refused
+    by batch_size, n_prompts, workers, ig_steps, finetune's steps); a bool (True would be one
+    prompt, one step), a float, a string and a one-element array are one-line errors."""
+    from nnsight_reasoning.errors import checked_int
+    from nnsight_reasoning.tasks import TaskError
+
+    for good in (3, np.int64(3), np.uint8(3), torch.tensor(3), np.array(3)):
+        got = checked_int("n", good, 1)
+        assert got == 3 and type(got) is int
+    for bad in (True, np.bool_(True), 3.0, "3", np.array([3]), None, 0):
+        with pytest.raises(UsageError, match=r"^n must be an integer >= 1 \(got "):
+            checked_int("n", bad, 1)
+    with pytest.raises(UsageError, match=r"^n must be an integer from 1 to 4 \(got 5\)$"):
+        checked_int("n", 5, 1, 4)
+    with pytest.raises(TaskError, match=r"^n must be an integer in 1\.\.4 \(the range\) \(got 5\)$"):
+        checked_int("n", 5, 1, 4, bound="in 1..4 (the range)", error=TaskError)
+    # through the entry points: numpy integers work as Python's, bools are refused
+    assert nr.tasks.arithmetic(n_prompts=np.int64(2), seed=0) == nr.tasks.arithmetic(n_prompts=2, seed=0)
+    with pytest.raises(TaskError, match="n_prompts must be an integer"):
+        nr.tasks.arithmetic(n_prompts=True, seed=0)
+    examples = nr.tasks.examples("arithmetic", 4, seed=0)
+    a = nr.evaluate(embedded_model, examples, batch_size=np.int64(2), progress=False)
+    b = nr.evaluate(embedded_model, examples, batch_size=2, progress=False)
+    assert a.attrs["batch_size"] == 2 and a.attrs["n_forward_passes"] == b.attrs["n_forward_passes"]
+    np.testing.assert_array_equal(a["p_answer"].values, b["p_answer"].values)
+    pairs = nr.tasks.arithmetic(n_prompts=2, seed=0)
+    sequences = nr.tasks.text_sequences(n_sequences=2, seq_len=8, tokenizer=embedded_model.tokenizer)
+    for call, message in (
+            (lambda: nr.evaluate(embedded_model, examples, batch_size=True), "batch_size must be an integer >= 1"),
+            (lambda: nr.patch(embedded_model, pairs, method="attribution", ig_steps=True), "ig_steps must be"),
+            (lambda: nr.logit_lens(embedded_model, examples, top_k=True), "top_k must be an integer in 1.."),
+            (lambda: nr.copy_suppression(embedded_model, sequences, n_mean=True, n_eval=1),
+             "n_mean must be an integer from 1 to the 2 sequences"),
+            (lambda: nr.binding(embedded_model, nr.tasks.binding_contexts(4, seed=0), entity_tokens=True),
+             "entity_tokens must be an integer >= 1"),
+            (lambda: nr.finetune(embedded_model, out=tmp_path / "ft", steps=True), "steps must be an integer >= 1"),
+            (lambda: nr.evaluate(embedded_model, examples, workers=True), "workers must be an integer >= 1")):
+        with pytest.raises(UsageError, match=message):
+            call()
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_layer_and_head_choices_are_checked_in_one_place(embedded_model):
     """check_layers / check_heads, which every experiment that takes layers or heads calls: a
     bool (an int to Python: True would be layer 1), a float, an empty choice and an index out of

@@ -194,7 +194,7 @@ def test_pairs_are_regenerated_for_a_tokenizer_lacking_some_numbers():
     ({"representation": "roman"}, "representation must be one of"),
     ({"representation": "words", "max_n": 150}, "supports numbers up to 99"),
     ({"templates": ["no placeholder"]}, "must contain"),
-    ({"n_prompts": 0}, "n_prompts must be >= 1"),
+    ({"n_prompts": 0}, "n_prompts must be an integer >= 1"),
     ({"n_shots": 9}, "n_shots must be an integer between 0 and 8"),
 ])
 def test_bad_parameters_give_clear_errors(kwargs, match):

@@ -42,7 +42,7 @@ import torch
 import xarray as xr
 
 from ..backend import graph
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment
 from ..sites import as_index, dims
 from ..tasks.tokens import TextSequences
@@ -114,9 +114,8 @@ def copy_suppression(
     """
     if not 0 < k_unembeddings <= 1:
         raise UsageError(f"k_unembeddings must be in (0, 1] (got {k_unembeddings!r})")
-    for name, v in (("n_mean", n_mean), ("n_eval", n_eval)):
-        if not isinstance(v, int) or not 1 <= v <= len(sequences):
-            raise UsageError(f"{name} must be an integer from 1 to the {len(sequences)} sequences (got {v!r})")
+    n_mean, n_eval = (checked_int(name, v, 1, len(sequences), bound=f"from 1 to the {len(sequences)} sequences")
+                      for name, v in (("n_mean", n_mean), ("n_eval", n_eval)))
     d = dims(run.model)
     n_layers, n_heads = d["n_layers"], d["n_heads"]
     chosen = _check_heads(heads, n_layers, n_heads, start_layer)

@@ -48,7 +48,7 @@ import xarray as xr
 
 from .. import backend
 from ..backend import generation as _bg
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment, named
 from ..sites import context_length, dims
 from ..tasks.cot_generation import (PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer, parse_zero_shot,
@@ -73,10 +73,8 @@ def _check(prompts: Any, discover_on: str, ranking: str, select: str, ablations:
     bad = [a for a in ablations if a not in ABLATIONS]
     if bad:
         raise UsageError(f"unknown ablation(s) {bad}; choose from: {', '.join(ABLATIONS)}")
-    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= n_neurons:
-        raise UsageError(f"top_k must be between 1 and {n_neurons} (the neurons per layer; got {top_k!r})")
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise UsageError(f"max_new_tokens must be an integer >= 1 (got {max_new_tokens!r})")
+    checked_int("top_k", top_k, 1, n_neurons, bound=f"between 1 and {n_neurons} (the neurons per layer)")
+    checked_int("max_new_tokens", max_new_tokens, 1)
     if not 0 < min_frequency <= 1:
         raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
     if not noise_scale > 0:

@@ -44,7 +44,7 @@ import torch
 import xarray as xr
 
 from ..backend import attention_probs, graph
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
 from ..tasks.tokens import repeated_tokens
@@ -134,8 +134,7 @@ def check_copy_options(top_k: Any, copy_threshold: Any, strict: bool = True) -> 
     ioi_components'), up to 100 when it is not (>=, backup_heads')."""
     import numbers
 
-    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
+    checked_int("top_k", top_k, 1)
     high = 100 if not strict else np.nextafter(100, 0)
     if not isinstance(copy_threshold, numbers.Real) or isinstance(copy_threshold, bool) or \
             not 0 <= copy_threshold <= high:

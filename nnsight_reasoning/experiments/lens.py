@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from ..backend import graph
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment
 from ..sites import EMBED_LAYER, check_layers, dims, parallel_residual
 from ..tasks import Example, Examples
@@ -74,8 +74,7 @@ def logit_lens(run: Run, examples: Examples | Sequence[Example], *, layers: Sequ
         raise UsageError("read='mid' needs a residual stream between each layer's attention and MLP; this model's "
                          "attention and MLP read the same stream in parallel: use read='output'")
     vocab = len(run.tokenizer)
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= vocab:
-        raise UsageError(f"top_k must be an integer in 1..{vocab} (the vocabulary) (got {top_k!r})")
+    top_k = checked_int("top_k", top_k, 1, vocab, bound=f"in 1..{vocab} (the vocabulary)")
     layer_list = check_layers(layers, dims(run.model)["n_layers"], embeddings=True)
     ids, answers, member, _ = scored_tokens(run.model, items)
     n, m = len(items), len(layer_list)

@@ -41,7 +41,7 @@ import xarray as xr
 
 from .. import backend
 from ..backend import neurons as _bn
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment, named
 from ..sites import as_index, check_layers, dims
 from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
@@ -245,10 +245,8 @@ def activations(
 def _check_discovery(top_k: int, min_frequency: float, n_tokens: int) -> None:
     if not 0 < min_frequency <= 1:
         raise UsageError(f"min_frequency must be in (0, 1] (got {min_frequency})")
-    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise UsageError(f"top_k must be an integer >= 1 (got {top_k!r})")
-    if not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
-        raise UsageError(f"n_tokens must be an integer >= 1 (got {n_tokens!r})")
+    checked_int("top_k", top_k, 1)
+    checked_int("n_tokens", n_tokens, 1)
 
 
 def _check_units(units: list[tuple[int, int]], layer_list: list[int], n_neurons: int) -> list[tuple[int, int]]:

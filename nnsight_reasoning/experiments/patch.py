@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from .. import backend, metrics
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment
 from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, PROB_SITES, UNIT_DIMS,
                      WHOLE_PROMPT_SITES, check_layers, check_sites, dims, var_name)
@@ -140,8 +140,9 @@ def patch(
             raise UsageError(f"site {site!r} is patched exactly only; drop it or use method='exact'")
     if set(PROB_SITES) & set(sites):
         backend.require_eager(run.model, "attention-weight patches")
-    if not isinstance(ig_steps, int) or ig_steps < 1 or (ig_steps > 1 and method != "attribution"):
-        raise UsageError(f"ig_steps must be an integer >= 1, and > 1 only with method='attribution' (got {ig_steps})")
+    ig_steps = checked_int("ig_steps", ig_steps, 1)
+    if ig_steps > 1 and method != "attribution":
+        raise UsageError(f"ig_steps > 1 only with method='attribution' (got {ig_steps} with method={method!r})")
     if method == "exact" and run.batch_size < 3:
         raise UsageError(f"batch_size must be >= 3 (got {run.batch_size})")
     model = run.model

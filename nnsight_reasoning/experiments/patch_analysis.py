@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from .. import metrics
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..sites import unit_dim, var_name
 
 
@@ -208,15 +208,11 @@ def unit_overlap(*results: xr.Dataset, top_k: int = 100, site: str | None = None
     ``neuron``, ``head``) and ``top_k``. Group labels are the result's task ("arithmetic +" per
     operator), numbered where two results share a task.
     """
-    import numbers
-
     import pandas as pd
 
     if not results:
         raise UsageError("give at least one patching result")
-    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"top_k must be a positive integer (got {top_k!r})")
-    top_k = int(top_k)
+    top_k = checked_int("top_k", top_k, 1)
     site = _unit_site(results, site)
     used = {str(ds.attrs.get("metric")) for ds in results}
     if len(used) > 1:

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from .. import remote as _remote
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..models import load_model, model_info
 from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
@@ -162,8 +162,7 @@ def probe(
 
 def check_options(run: Run, baseline: str, how: Features, distance: str, n_neighbors: int) -> None:
     """Refuse bad probe options before any work (one-line errors)."""
-    if not isinstance(n_neighbors, (int, np.integer)) or isinstance(n_neighbors, bool) or n_neighbors < 1:
-        raise UsageError(f"n_neighbors must be an integer >= 1 (got {n_neighbors!r})")
+    checked_int("n_neighbors", n_neighbors, 1)
     if baseline not in BASELINES:
         raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
     if baseline == "random" and _remote.is_ndif(run.remote):

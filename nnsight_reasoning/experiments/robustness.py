@@ -24,7 +24,7 @@ import torch
 import xarray as xr
 
 from .. import backend
-from ..errors import UsageError
+from ..errors import UsageError, checked_int
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
@@ -115,10 +115,9 @@ def robustness(
                          f"got {subset_size} (CLI: --subset-min, --subset-max)")
     if n_subsets < 2 or n_bins < 1:
         raise UsageError(f"need n_subsets >= 2 and n_bins >= 1 (got {n_subsets}, {n_bins})")
-    if baseline_prompts is not None and (not isinstance(baseline_prompts, int) or isinstance(baseline_prompts, bool)
-                                         or not 2 * folds <= baseline_prompts <= len(plist)):
-        raise UsageError(f"baseline_prompts must be an integer from 2·folds to the number of prompts ({len(plist)}), "
-                         f"or None (got {baseline_prompts!r})")
+    if baseline_prompts is not None:
+        baseline_prompts = checked_int("baseline_prompts", baseline_prompts, 2 * folds, len(plist),
+                                       bound=f"from 2·folds to the number of prompts ({len(plist)}), or None")
     if baseline_prompts is not None and baseline == "none":
         raise UsageError("baseline_prompts sizes the baseline's sample; with baseline='none' there is none")
     if corrupt is None:

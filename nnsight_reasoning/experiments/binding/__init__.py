@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from ...errors import UsageError
+from ...errors import UsageError, checked_int
 from ...runner import Run, experiment
 from ...tasks.binding import EXPERIMENT_FAMILIES, BindingContexts
 from ...tasks.mcq import McqContexts
@@ -99,25 +99,19 @@ def binding(run: Run, contexts: BindingContexts | McqContexts, *, measure: str =
     """
     if measure not in MEASURES:
         raise UsageError(f"unknown measure {measure!r}; choose from: {', '.join(MEASURES)}")
-    tokens = (entity_tokens, attribute_tokens)
-    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 1 for t in tokens):
-        raise UsageError(f"entity_tokens and attribute_tokens are integers >= 1 (got {entity_tokens!r}, "
-                         f"{attribute_tokens!r})")
+    tokens = (checked_int("entity_tokens", entity_tokens, 1), checked_int("attribute_tokens", attribute_tokens, 1))
     if cross_attributes and measure != "subspace":
         raise UsageError("cross_attributes applies to measure='subspace' only")
     if measure == "mcq" or isinstance(contexts, McqContexts):
         if measure != "mcq" or not isinstance(contexts, McqContexts):
             raise UsageError("the mcq measure takes nr.tasks.mcq_contexts(n_contexts, seed, data), and only it does")
-        if not isinstance(max_width, (int, np.integer)) or isinstance(max_width, bool) or max_width < 1:
-            raise UsageError(f"max_width must be an integer >= 1 (got {max_width!r})")
-        return _mcq(run, contexts, int(max_width), freeze_context)
+        return _mcq(run, contexts, checked_int("max_width", max_width, 1), freeze_context)
     if measure == "accuracy":  # this toolkit's summary edits one token per word
         if contexts.contexts[0].family not in EXPERIMENT_FAMILIES:
             raise UsageError(f"the summary measure exchanges statements that start with their entity, one pair each "
                              f"({', '.join(EXPERIMENT_FAMILIES)}); {contexts.contexts[0].family!r} takes the "
                              f"binding-iclr measures (measure='factorization', 'position', 'means', …)")
         return _accuracy(run, contexts)
-    tokens = tuple(int(t) for t in tokens)
     return _with_tokens(_measure(run, contexts, measure, freeze_context, max_offset, window, roots, grid, tokens,
                                  bool(cross_attributes)), tokens)
 
@@ -129,11 +123,10 @@ def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: 
     if measure == "factorization":
         return _factorization(run, contexts, freeze_context, tokens)
     if measure == "position":
-        if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
-            raise UsageError(f"max_offset must be an integer >= 0 (got {max_offset!r})")
+        max_offset = checked_int("max_offset", max_offset, 0)
         if window not in WINDOWS:
             raise UsageError(f"window must be one of {', '.join(WINDOWS)} (got {window!r})")
-        return _position(run, contexts, freeze_context, int(max_offset), window, tokens)
+        return _position(run, contexts, freeze_context, max_offset, window, tokens)
     if measure == "means":
         return _means(run, contexts, freeze_context, tokens)
     if measure in ("cyclic", "pairwise"):
@@ -145,9 +138,10 @@ def _measure(run: Run, contexts: BindingContexts, measure: str, freeze_context: 
             root_list = [(float(a), float(b)) for a, b in roots]
         except (TypeError, ValueError):
             raise UsageError(f"roots is a list of (x, y) pairs (got {roots!r})") from None
-        if not root_list or not isinstance(grid, (int, np.integer)) or grid < 2:
-            raise UsageError(f"subspace needs at least one root and grid >= 2 (got {len(root_list)} roots, grid={grid!r})")
-        return _subspace(run, contexts, freeze_context, root_list, int(grid), tokens, cross_attributes)
+        if not root_list:
+            raise UsageError("subspace needs at least one root (x, y) (got none)")
+        return _subspace(run, contexts, freeze_context, root_list, checked_int("grid", grid, 2), tokens,
+                         cross_attributes)
     raise AssertionError(measure)  # every measure is dispatched above
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import xarray as xr
 
 from ...backend import graph
-from ...errors import UsageError
+from ...errors import UsageError, checked_int
 from ...runner import Run, experiment
 from ...tasks import PromptPair, PromptPairs
 from ..patch import tokenize_pairs
@@ -161,8 +161,7 @@ def circuit(
     >>> ds = nr.circuit(model, nr.tasks.arithmetic(n_prompts=64), ig_steps=5, sizes=(20, 50, 100))
     >>> ds.faithfulness
     """
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise UsageError(f"ig_steps must be an integer >= 1 (got {ig_steps})")
+    ig_steps = checked_int("ig_steps", ig_steps, 1)
     if ig_points not in graph.IG_POINTS:
         raise UsageError(f"ig_points must be one of {', '.join(graph.IG_POINTS)} (got {ig_points!r})")
     if ig_variant not in graph.IG_VARIANTS:
