@@ -20,6 +20,30 @@ out = Console()
 err = Console(stderr=True)
 
 
+def show_item(item: Any, console: Console | None = None) -> None:
+    """Print a summary item; a table with none of its values cut off. Rich shortens any column
+    that does not fit the terminal with "…" (a mean effect of +3.221e+05 read "+3.221e…", a
+    revision column of `models --all` nothing at all): here every column keeps its longest short
+    cell (numbers, labels, up to 24 characters) whole, longer text folds within 16 or more, and a
+    table that does not fit so is printed as wide as it needs (the terminal wraps it; piped, it is
+    whole)."""
+    from rich.table import Table
+
+    console = console or out
+    if not isinstance(item, Table):
+        console.print(item, highlight=False)
+        return
+    need = 1 + 3 * len(item.columns)  # borders and padding
+    for column in item.columns:
+        column.overflow = "fold"
+        texts = [column.header, *column.cells]
+        longest = max(len(text.plain if hasattr(text, "plain") else str(text)) for text in texts)
+        # short cells whole; longer text gets a readable share (16) and folds within it
+        column.min_width = max(column.min_width or 0, longest if longest <= 24 else 16)
+        need += column.min_width or 1
+    console.print(item, highlight=False, width=max(console.width, need), crop=False)
+
+
 def fail(message: str, code: int) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -38,7 +62,18 @@ def _click() -> Any:
 class OneLineErrors(typer.core.TyperGroup):
     """The command group whose parse errors (an unknown option, a value of the wrong type, a
     missing argument) are one line on stderr with exit 2, like every other bad input, instead
-    of click's usage box."""
+    of click's usage box; and whose help shows no value slot (typer >= 0.2x: ``<bool>``) for a
+    flag, which takes none."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_without_metavar(command, ctx)
+        return command
+
+    def get_help(self, ctx: Any) -> str:
+        _flags_without_metavar(self, ctx)
+        return super().get_help(ctx)
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         click = _click()
@@ -47,7 +82,11 @@ class OneLineErrors(typer.core.TyperGroup):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # a bare group: its help (click >= 8.2)
-            click.echo(e.ctx.get_help())
+            # the error was made with the help as its message; typer's rich help is printed while it is
+            # made (and the message is then empty), a plain help is the message: printed once either way
+            message = e.format_message()
+            if message.strip():
+                click.echo(message)
             sys.exit(0)
         except click.exceptions.UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "reason-interp"
@@ -66,6 +105,13 @@ class OneLineErrors(typer.core.TyperGroup):
 def warn_line(message: Warning | str, category: type, *_: Any, **__: Any) -> None:
     """A warning as one line on stderr, as errors are (Python's shows its file and source line)."""
     err.print(f"[bold yellow]warning:[/] {' '.join(str(message).split())}", highlight=False, soft_wrap=True)
+
+
+def _flags_without_metavar(command: Any, ctx: Any) -> None:
+    """A flag's (``--force``, ``--no-progress``, ``--help``) empty value slot in the help."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 def guard(fn):
@@ -394,7 +440,7 @@ def _run_locked(experiment: Callable[..., Any], data: Callable[[Any], Any], *, p
     shutil.rmtree(parts, ignore_errors=True)  # merged into the results file
     out.print(f"wrote [bold]{path}[/] in {time.time() - t0:.1f} s ({_passes(ds)}{_traffic(ds)})", highlight=False)
     for item in summarize(ds):
-        out.print(item, highlight=False)
+        show_item(item)
     return ds
 
 

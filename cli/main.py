@@ -15,7 +15,7 @@ from rich.table import Table
 
 from . import circuits, mechanisms, reasoning
 from .common import (Harness, Model, OneLineErrors, Param, Revision, Seed, Task, example_data, experiment_command,
-                     fail, guard, out, pair_data, task_params)
+                     fail, guard, out, pair_data, show_item, task_params)
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of reasoning in language models (nnsight; local or NDIF).")
@@ -210,7 +210,7 @@ def models(all_revisions: bool = typer.Option(False, "--all", help="a column for
         if heads:  # the best head's score on repeated random tokens (chance: uniform attention)
             table.add_row(f"best {score} head", *[f"{heads.get(rev, {}).get(score, {}).get('max', float('nan')):.2f}"
                                                   for rev in revs], style="dim")
-    out.print(table)
+    show_item(table)
     if len(revs) < len(every):  # the table shows a sample: name them all, so any can be asked for
         out.print(f"revisions: {', '.join(every)}", highlight=False, soft_wrap=True)
     if heads.get("main"):
@@ -246,7 +246,7 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
     table.add_row("variables", ", ".join(ds.data_vars))
     out.print(table)
     for item in summarize(ds):
-        out.print(item, highlight=False)
+        show_item(item)
 
 
 @app.command("unit-overlap")

@@ -168,6 +168,47 @@ def test_unreadable_results_file(tmp_path):
         assert res.exit_code == 2 and res.stderr.startswith("error: cannot read"), res.output
 
 
+def test_help_is_printed_once_and_flags_show_no_value_slot():
+    """A bare group prints its help once (typer's rich help printed itself while click made the
+    error, and was printed again); a flag (--force, --correct-only) shows no value slot (typer's
+    "<bool>", which suggested `--force true`)."""
+    for args in ([], ["remote"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and res.stdout.count("Usage:") == 1, res.stdout
+    res = runner.invoke(app, ["patch", "--help"])
+    assert res.exit_code == 0 and "--correct-only" in res.stdout and "<int>" in res.stdout  # values keep theirs
+    assert "<bool>" not in res.stdout, res.stdout
+
+
+def test_tables_never_cut_a_number_or_a_revision(result_file):
+    """Rich shortens a column that does not fit the terminal with "…": a mean effect of +3.2e+05
+    read "+3.221e…", and `models --all` printed 18 empty revision columns at 80 columns (the
+    runner's console). Every value is printed whole, however narrow the terminal."""
+    from nnsight_reasoning import embedded
+
+    res = runner.invoke(app, ["models", "--all"])
+    assert res.exit_code == 0 and "…" not in res.stdout, res.stdout
+    assert all(f" {rev} " in res.stdout for rev in embedded.revisions()), res.stdout
+    res = runner.invoke(app, ["show", str(result_file)])
+    assert res.exit_code == 0 and "…" not in res.stdout, res.stdout
+    # the summaries' tables as show_item prints them, on a terminal of 40 columns
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from nnsight_reasoning.cli.common import show_item
+
+    table = Table(title="top sites")
+    for col in ("site", "layer", "token", "mean effect", "median", "→ source"):
+        table.add_column(col)
+    table.add_row("embed", "-1", "a long prompt text that has to fold " * 2, "+3.221e+05", "+2.503e-06", "11%")
+    console = Console(file=io.StringIO(), width=40)
+    show_item(table, console)
+    text = console.file.getvalue()
+    assert "…" not in text and "+3.221e+05" in text and "+2.503e-06" in text and "→ source" in text, text
+
+
 @pytest.mark.slow  # a fresh process (~15 s on 2 cores); the fast tier runs the same commands in-process
 def test_console_script_end_to_end(tmp_path):
     """The installed `reason-interp` entry point, as a user runs it."""
