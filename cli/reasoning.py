@@ -7,6 +7,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
+from nnsight_reasoning.results.io import model_at
 from .common import Harness, OptionGroup, Param, Seed, experiment_command, given, int_ranges, task_params, typed
 
 
@@ -118,7 +119,7 @@ def _pruned_heads(path: Path, order: str, fraction: float, models: Optional[List
     if not any(same(m) for m in models or ["embedded"]):
         warnings.warn(f"--pruned {path}: its heads were pruned on {source}, not on {', '.join(models or ['embedded'])}",
                       stacklevel=2)
-    mask.attrs["pruned_from"] = (f"{path.name}: {ds.attrs.get('model')}@{ds.attrs.get('revision')}, {order} at "
+    mask.attrs["pruned_from"] = (f"{path.name}: {model_at(ds)}, {order} at "
                                  f"{near[0]:g}")
     return mask
 

@@ -139,3 +139,17 @@ def test_result_files_written_before_the_harness_still_open_validate_show_and_pl
     png = tmp_path / "fig.png"
     drawn = runner.invoke(app, ["plot", str(path), "--out", str(png)])
     assert drawn.exit_code == 0 and png.stat().st_size > 10_000, drawn.output
+
+
+def test_summaries_name_a_local_model_without_an_empty_revision(tiny_model_dir, embedded_tokenizer):
+    """A local directory has no revision name: summaries said "path@ · 12 prompts"."""
+    from nnsight_reasoning.experiments import summarize
+    from nnsight_reasoning.results.io import model_at
+
+    path = str(tiny_model_dir("gpt_neox"))
+    ds = nr.evaluate(nr.load_model(path), nr.tasks.examples("arithmetic", 4, tokenizer=embedded_tokenizer),
+                     progress=False)
+    assert ds.attrs["revision"] == "" and model_at(ds) == path
+    first = str(summarize(ds)[0])
+    assert f"{path} · " in first and "@" not in first, first
+    assert model_at(ds.assign_attrs(revision="step3000")) == f"{path}@step3000"

@@ -28,6 +28,7 @@ import xarray as xr
 
 from .. import backend
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import check_heads, check_layers, dims
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
@@ -330,7 +331,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     from ..results.io import last_checkpoint
 
     last = last_checkpoint(ds)
-    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · "
             f"{ds.sizes['prompt']} prompts · patterns = {ds.attrs.get('patterns')}")
     if "pruned" in last:
         pruned = last["pruned"].stack(lh=("layer", "head"))

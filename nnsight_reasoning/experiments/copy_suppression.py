@@ -43,6 +43,7 @@ import xarray as xr
 
 from ..backend import graph
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import as_index, dims
 from ..tasks.tokens import TextSequences
@@ -210,7 +211,7 @@ def summarize(ds: xr.Dataset, top: int = 6) -> list[Any]:
     v = last["cspa"].values
     order = [i for i in np.argsort(-np.nan_to_num(v, nan=-np.inf), axis=None)[:top] if np.isfinite(v.flat[i])]
     lines: list[Any] = [f"CSPA · {ds.attrs.get('n_eval')} sequences of {ds.attrs.get('seq_len')} tokens · "
-                        f"{ds.attrs['model']}@{last.attrs['revision']}"]
+                        f"{model_at(last)}"]
     lines.append("most copy suppression (performance recovered): " + ", ".join(
         f"a{i // v.shape[1]}.{i % v.shape[1]} {v.flat[i]:.2f} (KL {last['kl_cspa'].values.flat[i]:.3f} vs "
         f"{last['kl_ablated'].values.flat[i]:.3f})" for i in order))

@@ -49,6 +49,7 @@ import xarray as xr
 from .. import backend
 from ..backend import generation as _bg
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment, named
 from ..sites import context_length, dims
 from ..tasks.cot_generation import (PROMPT_TYPES, CotGeneration, GenPrompt, parse_answer, parse_zero_shot,
@@ -411,7 +412,7 @@ def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
     from rich.table import Table
 
     variants = [str(v) for v in ds["variant"].values]
-    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} prompts per "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} prompts per "
             f"type · {ds.sizes['generated_token']} generated tokens · {ds.sizes['unit']} units "
             f"({'given' if ds.attrs.get('fixed_units') else ds.attrs['select'] + ' of ' + ds.attrs['ranking']} on "
             f"{ds.attrs['discover_on']})")

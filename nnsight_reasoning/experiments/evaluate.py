@@ -9,6 +9,7 @@ import xarray as xr
 
 from .. import backend
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks import CotPrompt, Example, Examples
 from ..tasks.base import joined_answers
@@ -117,7 +118,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     if "checkpoint" not in ds.dims:
         extra = (f" · logit diff {float(ds.mean_logit_diff):.2f} · prob diff {float(ds.mean_prob_diff):.3f}"
                  if tigges else "")
-        return [f"{task} · {ds.attrs['model']}@{ds.attrs['revision']} · {n} prompts: "
+        return [f"{task} · {model_at(ds)} · {n} prompts: "
                 f"accuracy {float(ds.accuracy):.3f} · mean P(answer) {float(ds.mean_p_answer):.3f} · "
                 f"mean rank {float(ds.mean_rank):.2f}{extra}"]
     table = Table(title=f"{task} · {ds.attrs['model']} · {n} prompts over training")

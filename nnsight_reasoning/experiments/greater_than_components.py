@@ -45,6 +45,7 @@ import xarray as xr
 from ..backend import attention_probs
 from ..backend.graph import component_logit_effects
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
 from ..tasks.greater_than import year_token_ids
@@ -199,7 +200,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
 
     last = last_checkpoint(ds)
     lines: list[Any] = [f"greater-than components · {ds.sizes['prompt']} prompts · "
-                        f"{ds.attrs['model']}@{last.attrs['revision']}"]
+                        f"{model_at(last)}"]
     if "circuit_yy_attention" in ds:
         for c in (ds["checkpoint"].values if "checkpoint" in ds.dims else [None]):
             one = ds if c is None else ds.sel(checkpoint=c)

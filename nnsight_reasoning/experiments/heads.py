@@ -39,6 +39,7 @@ from .. import backend
 from ..backend import graph
 from ..backend.graph import head_logit_effects
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import dims, require
 from ..tasks.base import single_token_id
@@ -297,7 +298,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         return lines
     head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}{where} · {ds.sizes['prompt']} sequences of "
             f"2 × {ds.attrs.get('seq_len')} tokens")
-    table = Table(title=f"top heads per score ({ds.attrs['model']}@{last.attrs['revision']}, mean over sequences)")
+    table = Table(title=f"top heads per score ({model_at(last)}, mean over sequences)")
     for col in ("score", "chance", "1st", "2nd", "3rd"):
         table.add_column(col)
     for score in SCORES:

@@ -45,6 +45,7 @@ import xarray as xr
 
 from ..backend import attention_probs, graph
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks import PromptPairs
 from ..tasks.tokens import repeated_tokens
@@ -303,7 +304,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     last = last_checkpoint(ds)
-    lines: list[Any] = [f"IOI components · {ds.sizes['prompt']} pairs · {ds.attrs['model']}@{last.attrs['revision']}"
+    lines: list[Any] = [f"IOI components · {ds.sizes['prompt']} pairs · {model_at(last)}"
                         f" (candidates: {ds.attrs['candidates']}); clean logit difference "
                         f"{float(last['clean_logit_diff'].mean()):.2f}"]
     if "checkpoint" in ds.dims:

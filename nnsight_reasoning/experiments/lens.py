@@ -28,6 +28,7 @@ import xarray as xr
 
 from ..backend import graph
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import EMBED_LAYER, check_layers, dims, parallel_residual
 from ..tasks import Example, Examples
@@ -117,7 +118,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     sweep = "checkpoint" in ds.dims
     last = ds.isel(checkpoint=-1) if sweep else ds
     where = (f"{ds.attrs.get('model')} at checkpoint {ds['checkpoint'].values[-1]}" if sweep
-             else f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+             else f"{model_at(ds)}")
     table = Table(title=f"logit lens ({ds.attrs.get('read', 'output')}) · {ds.attrs.get('task')} · {where} · "
                         f"{ds.sizes['prompt']} prompts")
     for col in ("layer", "accuracy", "mean P(answer)", "mean rank", "most common top-1"):

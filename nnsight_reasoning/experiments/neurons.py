@@ -42,6 +42,7 @@ import xarray as xr
 from .. import backend
 from ..backend import neurons as _bn
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment, named
 from ..sites import as_index, check_layers, dims
 from ..tasks.cot import VARIANTS, CotPrompt, CotVariants
@@ -539,7 +540,7 @@ def summarize(ds: xr.Dataset, top: int = 12) -> list[Any]:
     found = f"{n} given neurons, scored{on}" if given else f"{n} neurons discovered{on}"
     if tracked:
         found += f" at {tracked}, measured at every checkpoint"
-    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} prompts"
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} prompts"
             f"{' per variant' if 'variant' in ds.dims else ''} · {found}")
     variants = [str(v) for v in ds["variant"].values] if "variant" in ds.dims else []
     table = Table(title=f"{which}{'' if given else ' (most recurrent first)'}{at}")

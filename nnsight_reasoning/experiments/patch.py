@@ -28,6 +28,7 @@ import xarray as xr
 
 from .. import backend, metrics
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import (EMBED_LAYER, EMBED_SITES, EXACT_ONLY_SITES, POSITIONS, PROB_SITES, UNIT_DIMS,
                      WHOLE_PROMPT_SITES, check_layers, check_sites, dims, var_name)
@@ -527,7 +528,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     sweep = "checkpoint" in ds.dims
     clean = (" · ".join(f"{c} {v:.3f}" for c, v in zip(ds["checkpoint"].values, p.mean("prompt").values))
              if sweep else f"{float(p.mean()):.3f}")
-    head = (f"{ds.attrs['task']} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} pairs · "
+    head = (f"{ds.attrs['task']} · {model_at(ds)} · {ds.sizes['prompt']} pairs · "
             f"metric = {ds.attrs['metric']} · mean P(base answer) = {clean}")
     rows = []
     last = (lambda x: x.isel(checkpoint=-1) if "checkpoint" in x.dims else x)

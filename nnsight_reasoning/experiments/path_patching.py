@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks import PromptPair, PromptPairs
 from .circuit import Shape, _answers, _edge_patched, _prepare, default_metric, node_table
@@ -204,7 +205,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     rel = last["relative_effect"].values
     order = np.argsort(-np.abs(np.nan_to_num(rel)))[:top]
     return [f"path patching · {ds.attrs.get('task')} · {ds.sizes['prompt']} pairs · "
-            f"{ds.attrs['model']}@{last.attrs['revision']}: receivers {ds.attrs['receivers']} ({what}, "
+            f"{model_at(last)}: receivers {ds.attrs['receivers']} ({what}, "
             f"{'every position' if ds.attrs['position'] == 'all' else 'last position'}); clean {str(ds.attrs['metric']).replace('_', ' ')} "
             f"{float(last['clean_logit_diff'].mean()):.2f}, corrupted {float(last['corrupt_logit_diff'].mean()):.2f}",
             "largest effects (patched − clean) / clean: " + ", ".join(

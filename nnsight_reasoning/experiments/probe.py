@@ -36,6 +36,7 @@ import xarray as xr
 from .. import remote as _remote
 from ..errors import UsageError, checked_int
 from ..models import load_model, model_info
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
 from . import attention as _attention
@@ -468,7 +469,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     last = last_checkpoint(ds)
     baseline = ds.attrs.get("baseline", "none")
     has_base = "baseline_f1" in ds
-    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · "
             f"{ds.attrs.get('n_prompts')} prompts · kNN k={ds.attrs.get('n_neighbors')}, {ds.attrs.get('folds')} "
             f"folds, {ds.attrs.get('distance', 'euclidean')}, pool = {ds.attrs.get('pool')}, "
             f"{'layers 0..l' if ds.attrs.get('cumulative', 0) else 'layer l alone'}")

@@ -30,6 +30,7 @@ import xarray as xr
 
 from .. import backend
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
@@ -198,7 +199,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
 
     last = last_checkpoint(ds)
     n_heads = last.sizes["layer"] * last.sizes["head"]
-    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · "
             f"{last.sizes['prompt']} prompts · {n_heads} heads · accuracy unpruned "
             f"{float(last.accuracy_unpruned):.3f}")
     table = Table(title="accuracy (top-1) with the first heads of each order pruned")

@@ -25,6 +25,7 @@ import xarray as xr
 
 from .. import backend
 from ..errors import UsageError, checked_int
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
 from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
@@ -291,7 +292,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
     from ..results.io import last_checkpoint
 
     last = last_checkpoint(ds)
-    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · "
             f"{last.sizes['subset']} subsets of {ds.attrs.get('subset_size')} prompts · corruption "
             f"{ds.attrs.get('corruption')} · accuracy over all {last.sizes['prompt']} prompts "
             f"{float(last.correct.mean()):.3f} -> {float(last.correct_corrupt.mean()):.3f}")

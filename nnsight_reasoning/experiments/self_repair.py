@@ -47,6 +47,7 @@ import xarray as xr
 
 from ..backend import graph
 from ..errors import UsageError
+from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import dims
 from ..tasks.tokens import TextSequences
@@ -190,7 +191,7 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
     from ..results.io import last_checkpoint
 
     last = last_checkpoint(ds)
-    head = (f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{last.attrs.get('revision')} · "
+    head = (f"{ds.attrs.get('task')} · {model_at(last)} · "
             f"{ds.sizes['sequence']} texts · {ds.attrs.get('ablation')} ablation · tokens with |direct effect| > "
             f"{ds.attrs.get('threshold')}")
     table = Table(title="heads by |direct effect| on the next token (logits, centred over the vocabulary)")

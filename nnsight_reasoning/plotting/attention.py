@@ -7,13 +7,13 @@ import numpy as np
 import xarray as xr
 
 from ..errors import UsageError
-from ..results.io import last_checkpoint
+from ..results.io import last_checkpoint, model_at
 
 ATTENTION_KINDS = ("heatmap", "entropy", "rank", "mass", "flow")
 
 
 def _title(ds: xr.Dataset) -> str:
-    return f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}"
+    return f"{ds.attrs.get('task')} · {model_at(ds)}"
 
 
 def attention_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
@@ -341,13 +341,13 @@ def heads_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     last = last_checkpoint(ds)
     panels = [(score.replace("_", " ") + (" (logits)" if score == "copy_suppression_proxy" else ""), grid(ds, score),
                score == "copy_suppression_proxy", float(last["uniform"].sel(score=score))) for score in SCORES]
-    return grid_figure(panels, f"head scores · {last.attrs.get('model')}@{last.attrs.get('revision')} "
+    return grid_figure(panels, f"head scores · {model_at(last)} "
                                f"({ds.sizes['prompt']} repeated random sequences)")
 
 
 def _grid_title(ds: xr.Dataset, what: str) -> str:
     last = last_checkpoint(ds)
-    return f"{what} · {last.attrs.get('model')}@{last.attrs.get('revision')}"
+    return f"{what} · {model_at(last)}"
 
 
 def path_patching_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import UsageError
+from ..results.io import model_at
 
 
 MAX_UNITS = 40  # neurons drawn at most (a column each)
@@ -27,7 +28,7 @@ def neurons_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     from ..results.io import last_checkpoint
 
     ds = last_checkpoint(ds)
-    title = f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}"
+    title = f"{model_at(ds)}"
     generated = ds.attrs.get("method") == "cot_generation"
     if generated:  # the same two panels: mean activation over the read generated steps, accuracy of the answers
         view = ds[["mean_activation", "accuracy"]]
@@ -132,7 +133,7 @@ def binding_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     right.set_xlabel("depth (0 = embeddings)")
     right.set_ylabel("|Δ| (binding-ID vector)")
     right.legend(fontsize=7)
-    fig.suptitle(f"binding IDs · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    fig.suptitle(f"binding IDs · {model_at(ds)} · "
                  f"{ds.sizes['query']} pairs per context", fontsize=9)
     return fig
 
@@ -157,7 +158,7 @@ def _factorization_figure(ds: xr.Dataset):
             acc = float(ds["outcome_accuracy"].sel(side=s, swap_entity=e, swap_attribute=a))
             ax.set_title(f"side {s}: {name} substituted · acc {acc:.2f}", fontsize=8)
         fig.colorbar(im, cax=axes[s][4], label="mean log-prob")
-    fig.suptitle(f"factorizability by side · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    fig.suptitle(f"factorizability by side · {model_at(ds)} · "
                  f"{ds.sizes['prompt']} contexts", fontsize=9)
     return fig
 
@@ -181,7 +182,7 @@ def _position_figure(ds: xr.Dataset):
         ax.set_xlabel(f"offset of side 0's {t} (side 1 moves the other way)")
         ax.set_ylabel("mean log-probability")
         ax.legend(fontsize=7)
-    fig.suptitle(f"position independence · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+    fig.suptitle(f"position independence · {model_at(ds)}", fontsize=9)
     return fig
 
 
@@ -207,7 +208,7 @@ def _local_position_figure(ds: xr.Dataset):
         row[0].set_ylabel("mean log-probability")
         row[0].legend(fontsize=7)
     family = json.loads(ds.attrs.get("task_params", "{}")).get("family", "")
-    fig.suptitle(f"local position independence · {family} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}",
+    fig.suptitle(f"local position independence · {family} · {model_at(ds)}",
                  fontsize=9)
     return fig
 
@@ -239,7 +240,7 @@ def _means_figure(ds: xr.Dataset):
     right.set_xlabel("depth (0 = embeddings)")
     right.set_ylabel("|Δ|")
     right.legend(fontsize=7)
-    fig.suptitle(f"mean interventions · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    fig.suptitle(f"mean interventions · {model_at(ds)} · "
                  f"{ds.sizes['prompt']} contexts", fontsize=9)
     return fig
 
@@ -314,7 +315,7 @@ def _cyclic_figure(ds: xr.Dataset):
     what = "cyclic swaps of 3 binding IDs" if measure == "cyclic" else "pairwise switches of 3 binding IDs"
     return _balanced_bars([str(t) for t in ds["target"].values], ds[f"{measure}_accuracy"].values,
                           ["0.4", "tab:blue", "tab:orange"], "balanced accuracy (intended binding)",
-                          f"{what} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+                          f"{what} · {model_at(ds)}")
 
 
 def _balanced_bars(names: list[str], values, colors: list[str], ylabel: str, title: str):
@@ -339,7 +340,7 @@ def _cross_subspace_figure(ds: xr.Dataset):
     return _balanced_bars(["control", *[str(s) for s in ds["source"].values]],
                           [float(ds["control_accuracy"]), *ds["cross_accuracy"].values],
                           ["0.4", "tab:blue", "tab:gray", "tab:gray"], "balanced accuracy",
-                          f"cross-task subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')}")
+                          f"cross-task subspace · {model_at(ds)}")
 
 
 def _mcq_figure(ds: xr.Dataset):
@@ -358,7 +359,7 @@ def _mcq_figure(ds: xr.Dataset):
     ax.set_ylim(0, 1.05)
     ax.axhline(0.5, color="k", ls=":", lw=0.8, label="chance")
     ax.legend(fontsize=7)
-    ax.set_title(f"MCQ exchange · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · {ds.sizes['prompt']} contexts",
+    ax.set_title(f"MCQ exchange · {model_at(ds)} · {ds.sizes['prompt']} contexts",
                  fontsize=8)
     return fig
 
@@ -387,6 +388,6 @@ def _subspace_figure(ds: xr.Dataset):
         ax.set_xlabel("x (along Δ_1)", fontsize=7)
         ax.set_ylabel("y (along o)", fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.8, label="mean calibrated accuracy")
-    fig.suptitle(f"binding subspace · {ds.attrs.get('model')}@{ds.attrs.get('revision')} · "
+    fig.suptitle(f"binding subspace · {model_at(ds)} · "
                  f"{ds.sizes['prompt']} contexts (x marks Δ_1 and Δ_2)", fontsize=9)
     return fig

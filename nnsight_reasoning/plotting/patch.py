@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 from ..experiments.patch_analysis import at_last_token
-from ..results.io import site_variables
+from ..results.io import model_at, site_variables
 from ..sites import EMBED_LAYER, EMBED_SITES, SITES, UNIT_DIMS, WHOLE_PROMPT_SITES, unit_dim
 
 
@@ -91,7 +91,7 @@ def _heatmaps(ds: xr.Dataset, sites: list[str]):
             _panel(fig, axes[row][col], vals, xlabels, rows, norm, title if row == 0 else "")
             if c is not None:
                 axes[row][col].set_ylabel(f"{c}\nlayer")
-    fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=10)
+    fig.suptitle(f"{ds.attrs.get('task')} · {model_at(ds)}", fontsize=10)
     return fig
 
 
@@ -151,7 +151,7 @@ def _roles(ds: xr.Dataset):
     labels = [f"{r} ({n})" for r, n in zip(roles["role"].values, roles["n"].values)]
     for ax, v, vals, p in zip(axes[0], sites, means, parts):
         _panel(fig, ax, vals, labels, p, norm, f"{v}: mean {ds.attrs.get('metric')} per token role")
-    fig.suptitle(f"{ds.attrs.get('task')} · {ds.attrs.get('model')}@{ds.attrs.get('revision')} "
+    fig.suptitle(f"{ds.attrs.get('task')} · {model_at(ds)} "
                  f"({ds.sizes['prompt']} pairs; role (positions))", fontsize=10)
     return fig
 
@@ -183,7 +183,7 @@ def _prediction(ds: xr.Dataset):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"prediction change at the last token · {ds.attrs.get('task')} · "
-                 f"{ds.attrs.get('model')}@{ds.attrs.get('revision')}", fontsize=9)
+                 f"{model_at(ds)}", fontsize=9)
     return fig
 
 
@@ -324,6 +324,6 @@ def evaluate_figure(ds: xr.Dataset, kind: str | None = None, prompt: int = 0):
     ax.hist(ds["p_answer"].values, bins=20, range=(0, 1), color="tab:blue")
     ax.set_xlabel("P(correct answer)")
     ax.set_ylabel("prompts")
-    ax.set_title(f"{ds.attrs.get('task')} on {ds.attrs.get('model')}@{ds.attrs.get('revision')}: "
+    ax.set_title(f"{ds.attrs.get('task')} on {model_at(ds)}: "
                  f"accuracy {float(ds['accuracy']):.1%}", fontsize=9)
     return fig

@@ -82,6 +82,13 @@ def list_attr(value: Any) -> list:
     return json.loads(value) if isinstance(value, str) else list(value)
 
 
+def model_at(ds: xr.Dataset) -> str:
+    """"model@revision" as summaries and figures name a result's model; the model alone where the
+    revision has no name (a local directory)."""
+    model, revision = ds.attrs.get("model"), ds.attrs.get("revision")
+    return f"{model}@{revision}" if revision else str(model)
+
+
 def last_checkpoint(ds: xr.Dataset) -> xr.Dataset:
     """A sweep's last checkpoint (the trained model) with ``attrs["revision"]`` naming it; a
     single-revision result as it is."""

@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from ...errors import UsageError, checked_int
+from ...results.io import model_at
 from ...runner import Run, experiment
 from ...tasks.binding import EXPERIMENT_FAMILIES, BindingContexts
 from ...tasks.mcq import McqContexts
@@ -182,7 +183,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             balanced = ds["mcq_balanced_swap_accuracy"].sel(width=w) if "mcq_balanced_swap_accuracy" in ds else np.nan
             table.add_row(str(int(w)), f"{float(ds['mcq_swap_accuracy'].sel(width=w)):.3f}", f"{float(balanced):.3f}",
                           f"{own[w]:.2f}", f"{other[w]:.2f}")
-        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+        return [f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} contexts "
                 f"· MCQ exchange (binding-iclr); clean accuracy {float(ds['control_accuracy']):.3f}", table]
     if measure == "subspace":
         ds = last_checkpoint(ds)
@@ -197,13 +198,13 @@ def summarize(ds: xr.Dataset) -> list[Any]:
                           f"{float(grid.min()):.3f}", f"{float(near):.3f}")
         crossed = " (attributes' coordinates on the opposite sides, --cross_countries)" \
             if ds.attrs.get("cross_attributes") else ""
-        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+        return [f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} contexts "
                 f"· binding subspace (binding-iclr Fig. 5){crossed}; Δ_2 = {cx:.2f}·Δ_1 + {cy:.2f}·o", table]
     if measure == "cross_subspace":
         ds = last_checkpoint(ds)
         table = _per_cycle_table(ds, "balanced accuracy of the binding the source's IDs predict (E_i → A_π⁻¹(i))",
                                  "source", "source of D_1…D_3", "cross_correct", "cross_accuracy")
-        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+        return [f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} contexts "
                 f"of 3 pairs · cross-task subspace (binding-iclr Table 2); control (clean run, stated binding) "
                 f"{float(ds['control_accuracy']):.3f}", table]
     if measure in ("cyclic", "pairwise"):
@@ -212,11 +213,11 @@ def summarize(ds: xr.Dataset) -> list[Any]:
             ("switch", "two of three binding IDs switched (binding-iclr Table 1 without --cyclic)")
         table = _per_cycle_table(ds, f"balanced accuracy of the binding the {what[0]} predicts (control: the stated "
                                      "one)", "target", "target", f"{measure}_correct", f"{measure}_accuracy")
-        return [f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+        return [f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} contexts "
                 f"of 3 pairs · {what[1]}", table]
     if measure == "means":
         ds = last_checkpoint(ds)
-        head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "
+        head = (f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} "
                 f"contexts · mean interventions (binding-iclr Table 1{', train/test words' if ds.attrs.get('split') else ''}"
                 f"{', context frozen' if ds.attrs.get('freeze_context') else ''})")
         table = Table(title="accuracy of the original binding after +Δ at side 0, −Δ at side 1 (binding IDs: "
@@ -230,7 +231,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
         return [head, table]
     if measure in ("factorization", "position"):
         ds = last_checkpoint(ds)
-        head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} "
+        head = (f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} "
                 f"contexts · {measure} (binding-iclr{', context frozen' if ds.attrs.get('freeze_context') else ''})")
         if measure == "factorization":
             table = Table(title="accuracy of the answer binding IDs predict, per substitution (columns: side)")
@@ -258,7 +259,7 @@ def summarize(ds: xr.Dataset) -> list[Any]:
 
     sweep = "checkpoint" in ds.dims
     n_pairs = ds.sizes["query"]
-    head = (f"{ds.attrs.get('task')} · {ds.attrs['model']}@{ds.attrs['revision']} · {ds.sizes['prompt']} contexts "
+    head = (f"{ds.attrs.get('task')} · {model_at(ds)} · {ds.sizes['prompt']} contexts "
             f"of {n_pairs} pairs, each queried once per pair")
     table = Table(title=f"binding with {n_pairs} pairs (chance {float(ds.attrs.get('chance', 1 / n_pairs)):.2f})")
     table.add_column("measure")
