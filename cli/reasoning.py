@@ -126,7 +126,9 @@ def _pruned_heads(path: Path, order: str, fraction: float, models: Optional[List
 
 # the probe's options, shared by `probe` and `robustness` (the same keywords as nr.probe)
 KNN = OptionGroup("knn", dict(
-    baseline=(Annotated[str, typer.Option(help="step0 (untrained checkpoint) | random (seeded init) | none")], "step0"),
+    baseline=(Annotated[str, typer.Option(help="auto (an untrained model: step0 where it is an untrained checkpoint, "
+                                               "else random, e.g. GPT-2 or a finetune directory) | step0 (the step0 "
+                                               "revision) | random (seeded init) | none")], "auto"),
     n_neighbors=(Annotated[int, typer.Option(help="kNN neighbours")], 8),
     folds=(Annotated[int, typer.Option(help="cross-validation folds over prompts")], 2),
     pool=(Annotated[str, typer.Option(help="features per layer: mean over heads (paper) | heads (one per head)")],

@@ -656,9 +656,12 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
     assert ds.attrs["cross_attributes"] == int(cross)
     delta = _vectors(ds, "delta", None)  # (kind, k, token, D, d), checked in the cyclic test
     s0, s1 = delta[:, 0], delta[:, 1]
-    ortho = s1 - (s0 * s1).sum() / (s0 * s0).sum() * s0  # one Gram–Schmidt step over everything at once
-    assert abs(float((ortho * s0).sum())) < 1e-6 * float(s0.norm() * s1.norm())
-    np.testing.assert_allclose(ds["delta2_coords"].values, [float((s1 * s0).sum() / (s0 * s0).sum()), 1.0], rtol=1e-6)
+    # one Gram–Schmidt step over every token and the repository's depths, resid_pre of blocks 0..L-1
+    # (``coref/datascience.py:128-147``): the toolkit's last depth, the last block's output, left out
+    r0, r1 = s0[:, :, :-1], s1[:, :, :-1]
+    ortho = s1 - (r0 * r1).sum() / (r0 * r0).sum() * s0
+    assert abs(float((ortho[:, :, :-1] * r0).sum())) < 1e-6 * float(r0.norm() * r1.norm())
+    np.testing.assert_allclose(ds["delta2_coords"].values, [float((r1 * r0).sum() / (r0 * r0).sum()), 1.0], rtol=1e-6)
     assert ds["x"].values.tolist() == [-0.5, 1.5]
     tok = model.tokenizer
     for ci, (c, s) in enumerate(zip(data.contexts, data.sources)):

@@ -160,6 +160,34 @@ def test_trained_model_beats_step0_and_is_deterministic(embedded_model):
     np.testing.assert_array_equal(rand2.baseline_f1.values, rand.baseline_f1.values)
 
 
+def test_the_default_baseline_is_an_untrained_model(embedded_model, tiny_model_dir, tmp_path):
+    """baseline="auto": the paper's scratch baseline. step0 where that is an untrained checkpoint
+    (the embedded model's); a random init of the config for a model without revisions (GPT-2,
+    the repository's model) and for a finetune directory, whose step0 is the model before
+    fine-tuning (with "step0" there, the score would measure what fine-tuning added)."""
+    import shutil
+
+    from nnsight_reasoning.experiments.probe import untrained_baseline
+
+    ft = nr.finetune(None, "kth_smallest", out=tmp_path / "ft", tune="mlp", steps=1, batch_size=2, warmup=0,
+                     progress=False, length=5, k=2)
+    runs = tmp_path / "runs"  # a training run's revisions, without finetune.json
+    shutil.copytree(ft / "step0", runs / "step0")
+    shutil.copytree(ft / "main", runs / "main")
+    model = nr.load_model(str(ft), revision="main")
+    assert untrained_baseline(embedded_model) == untrained_baseline(nr.load_model(str(runs), revision="main")) == "step0"
+    assert untrained_baseline(nr.load_model(str(tiny_model_dir("gpt_neox")))) == untrained_baseline(model) == "random"
+    prompts = nr.tasks.kth_smallest(32, length=5, k=2, seed=0)
+    auto = nr.probe(model, prompts, progress=False)
+    rand = nr.probe(model, prompts, baseline="random", progress=False)
+    assert auto.attrs["baseline"] == "random"
+    for v in BASELINE_VARIABLES:
+        np.testing.assert_array_equal(auto[v].values, rand[v].values)
+    step0 = nr.probe(model, prompts, baseline="step0", progress=False)  # still there when asked for
+    assert step0.attrs["baseline"] == "step0" and not np.array_equal(step0.baseline_f1_all, rand.baseline_f1_all)
+    assert nr.probe(embedded_model, prompts, progress=False).attrs["baseline"] == "step0"
+
+
 def test_probe_over_revisions_shares_one_baseline(embedded_model):
     prompts = nr.tasks.kth_smallest(24, seed=5)
     sweep = nr.probe(None, prompts, revisions="step0,main", batch_size=16, progress=False)
@@ -209,7 +237,8 @@ def test_probe_refuses_what_it_cannot_score(embedded_model):
             nr.probe(embedded_model, prompts, progress=False, **kwargs)
     local = nr.load_model(str(embedded.revision_path("main")))  # a directory without revisions
     with pytest.raises(UsageError, match="no step0 revision"):
-        nr.probe(local, nr.tasks.kth_smallest(20), progress=False)
+        nr.probe(local, nr.tasks.kth_smallest(20), baseline="step0", progress=False)
+    assert nr.probe(local, nr.tasks.kth_smallest(20), progress=False).attrs["baseline"] == "random"  # "auto"
 
 
 def test_cli_attention_probe_and_plots(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ class Features:
     statement_pool: str = "sum"
     normalise: bool = True
 
-BASELINES = ("step0", "random", "none")
+BASELINES = ("auto", "step0", "random", "none")
 BASELINE_VARIABLES = ("baseline_f1", "baseline_accuracy", "baseline_f1_all", "baseline_accuracy_all")
 
 
@@ -66,7 +67,7 @@ def probe(
     run: Run,
     prompts: ReasoningPrompts | Sequence[ReasoningPrompt],
     *,
-    baseline: str = "step0",
+    baseline: str = "auto",
     n_neighbors: int = 8,
     folds: int = 2,
     pool: str = "mean",
@@ -85,8 +86,13 @@ def probe(
     ----------
     model : from :func:`nnsight_reasoning.load_model`, or a name/directory to load (eager attention).
     prompts : labelled prompts (``nr.tasks.kth_smallest(...)``, a labelled data file).
-    baseline : "step0" (the model's untrained checkpoint; embedded or Pythia-style revisions),
-        "random" (a randomly initialised model of the same config, seeded) or "none".
+    baseline : "auto" (the default: an untrained model, as the paper's "scratch" baseline is:
+        ``step0`` where that is an untrained checkpoint, the embedded model's and Pythia's, and
+        "random" otherwise: a model without revisions such as GPT-2, and a directory of
+        :func:`nnsight_reasoning.finetune`, whose step0 is the model before fine-tuning), "step0"
+        (the model's step0 revision, whatever it is: on a fine-tuned directory the score is then
+        what fine-tuning added), "random" (a randomly initialised model of the same config,
+        seeded) or "none". ``attrs["baseline"]`` records the one used.
     n_neighbors, folds : kNN neighbours and cross-validation folds (over prompts); the
         repository uses 8 and 2 (k-th smallest) or 5 (ProofWriter, ARC). A fold with fewer
         training statements than ``n_neighbors`` uses them all (``attrs["n_neighbors_used"]``
@@ -128,7 +134,7 @@ def probe(
     or a robustness subset) is NaN: there is nothing to classify (scikit-learn would report 1.0).
     """
     how = Features(pool, query, statement_pool, normalise)
-    check_options(run, baseline, how, distance, n_neighbors)
+    baseline = check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
     if step_f1 not in STEP_F1:
         raise UsageError(f"step_f1 must be one of {', '.join(STEP_F1)} (got {step_f1!r})")
@@ -161,13 +167,18 @@ def probe(
     return ds
 
 
-def check_options(run: Run, baseline: str, how: Features, distance: str, n_neighbors: int) -> None:
-    """Refuse bad probe options before any work (one-line errors)."""
+def check_options(run: Run, baseline: str, how: Features, distance: str, n_neighbors: int) -> str:
+    """Refuse bad probe options before any work (one-line errors); the baseline to use ("auto"
+    resolved by :func:`untrained_baseline`)."""
     checked_int("n_neighbors", n_neighbors, 1)
     if baseline not in BASELINES:
         raise UsageError(f"baseline must be one of {', '.join(BASELINES)} (got {baseline!r})")
+    auto = baseline == "auto"
+    if auto:
+        baseline = untrained_baseline(run.model)
     if baseline == "random" and _remote.is_ndif(run.remote):
-        raise UsageError("baseline='random' runs locally only; use baseline='step0' or 'none' with --remote")
+        why = f" (baseline='auto': {model_info(run.model).name} has no untrained step0 checkpoint)" if auto else ""
+        raise UsageError(f"baseline='random' runs locally only{why}; use baseline='step0' or 'none' with --remote")
     if how.pool not in ("heads", "mean"):
         raise UsageError(f"pool must be heads or mean (got {how.pool!r})")
     if distance not in DISTANCES:
@@ -176,6 +187,7 @@ def check_options(run: Run, baseline: str, how: Features, distance: str, n_neigh
         raise UsageError(f"query must be one of {', '.join(QUERIES)} (got {how.query!r})")
     if how.statement_pool not in ("sum", "mean"):
         raise UsageError(f"statement_pool must be sum or mean (got {how.statement_pool!r})")
+    return baseline
 
 
 def kept_layers(run: Run, drop_layers: Sequence[int]) -> np.ndarray:
@@ -433,6 +445,24 @@ def _group_dataset(s: Scores, layers: np.ndarray, drop_layers: Sequence[int] = (
 
 
 # --------------------------------------------------------------------------- baseline
+def untrained_baseline(model: Any) -> str:
+    """What ``baseline="auto"`` means for ``model``: "step0" where its step0 revision is an
+    untrained checkpoint (the embedded model's, Pythia's, a directory of revisions from a training
+    run), else "random": a model without known revisions (GPT-2, the repository's model, whose
+    probing score is taken against a random GPT-2, ``src/stask/probe.py:162-179``) and a
+    directory written by :func:`~nnsight_reasoning.finetune`, whose step0 is the model before
+    fine-tuning (it leaves ``finetune.json`` at its root)."""
+    from ..results.checkpoints import available_revisions
+    from ..training import LOG
+
+    info = model_info(model)
+    root = Path(info.name).expanduser()
+    if root.is_dir() and (root / LOG).is_file():
+        return "random"
+    revisions = available_revisions(info.name)
+    return "step0" if revisions and "step0" in revisions else "random"
+
+
 def _is_own_baseline(model: Any, baseline: str) -> bool:
     """Whether ``model`` is its own baseline (the step0 checkpoint, e.g. in a sweep): its features
     are the baseline's, so the baseline is neither loaded nor run again."""

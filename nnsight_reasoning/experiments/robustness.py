@@ -43,7 +43,7 @@ def robustness(
     n_subsets: int = 256,
     subset_size: tuple[int, int] = (64, 128),
     n_bins: int = 8,
-    baseline: str = "step0",
+    baseline: str = "auto",
     n_neighbors: int = 8,
     folds: int = 2,
     pool: str = "mean",
@@ -104,7 +104,7 @@ def robustness(
     repository's evaluator prompt) ``scored_text`` and ``corrupted_scored_text``.
     """
     how = Features(pool, query, statement_pool, normalise)
-    check_options(run, baseline, how, distance, n_neighbors)
+    baseline = check_options(run, baseline, how, distance, n_neighbors)
     plist, labels = labelled_prompts(prompts, folds)
     if labels.group is not None and len(np.unique(labels.group)) > 1:
         raise UsageError(f"robustness draws its subsets from one set; these prompts are in groups "

@@ -222,7 +222,8 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     """binding-iclr's binding subspace (Fig. 5; ``test_subspace``, ``coref/data_collection.py:
     578-717``, ``scripts/run_experiment.py:240-441``): Δ_1 and Δ_2 from 3-pair estimate contexts;
     the basis s0 = Δ_1 and o = Δ_2 − ⟨ŝ0, Δ_2⟩ ŝ0 (one Gram–Schmidt step over the entity and
-    attribute vectors of every token and depth together); in a 2-pair context, side 0's entity and
+    attribute vectors of every token and of the repository's L depths, resid_pre of blocks 0..L−1,
+    together); in a 2-pair context, side 0's entity and
     attribute get r0·Δ_1 + r1·o (the root) and side 1's get −Δ_1 + x·Δ_1 + y·o, for x and y on
     ``grid`` points of [−0.5, 1.5], at every depth with the context frozen. Queries E0, E1 and a
     null entity; the accuracy is the mean-interventions' calibrated one (the stated binding wins
@@ -239,9 +240,15 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     located, _, cand = _null_queries(model, contexts, tokens)
     delta = _repository_deltas(run, contexts.estimate, tokens).double()  # (kind, 2, token, D, d)
     s0, s1 = delta[:, 0], delta[:, 1]
-    unit = s0 / s0.norm()
-    ortho = s1 - (unit * s1).sum() * unit
-    coords = [float((s1 * s0).sum() / (s0 * s0).sum()), float((s1 * ortho).sum() / (ortho * ortho).sum())]
+    # The basis is the repository's: inner products over its L depths, resid_pre at blocks 0..L-1
+    # (``coref/datascience.py:128-147``), not the last block's output, the toolkit's depth L. That
+    # depth is edited too (as every depth is) but never read in a frozen context; in the products it
+    # would weigh in (61 % of ‖Δ_1‖² on the embedded model) and tilt o.
+    r0, r1 = s0[..., :-1, :], s1[..., :-1, :]
+    along = float((r1 * r0).sum() / (r0 * r0).sum())
+    ortho = s1 - along * s0  # orthogonal to Δ_1 over the repository's depths
+    shared = ortho[..., :-1, :]
+    coords = [along, float((r1 * shared).sum() / (shared * shared).sum())]
     axis = np.linspace(-0.5, 1.5, grid)
     cells = [(r, xi, yi) for r in range(len(roots)) for xi in range(grid) for yi in range(grid)]
 
