@@ -42,7 +42,11 @@ class ReasoningPrompt:
     :func:`load_reasoning` with ``by_size``); None: one probe over all prompts. ``joined``: the
     answer continues the prompt's last word, scored as its own token without a space (see
     :class:`~nnsight_reasoning.tasks.PromptPair`). ``scored_as``: (sep, question) of another
-    rendering the answer is scored after (:attr:`scored_text`); None: :attr:`text`."""
+    rendering the answer is scored after (:attr:`scored_text`); None: :attr:`text`.
+    ``special_tokens``: the tokenizer's special tokens (<bos>) go before the text; False for
+    MechanisticProbe's repository rendering, which it tokenises with ``add_special_tokens=False``
+    (``src/rtask/proofwriter_probe.py:99, 151``, ``src/llama.py:39``): on LLaMA the <bos> would
+    be an attention sink the repository's input does not have."""
 
     statements: tuple[Statement, ...]
     answer: str
@@ -53,6 +57,7 @@ class ReasoningPrompt:
     group: int | None = None
     joined: bool = False
     scored_as: tuple[str, str] | None = None
+    special_tokens: bool = True
 
     @property
     def text(self) -> str:
@@ -520,7 +525,7 @@ def _repository_shots(items: list[tuple], pool: list[tuple], n_shots: int, seed:
         # scored as the repository's evaluator renders it: the theory (its statements joined by spaces), then
         # "{question}: True or False?" (src/llama.py:33; shots are the probe's here, not a second draw)
         out.append(ReasoningPrompt(statements, answer, shots, f"{question} True or False?", sep="", lead="",
-                                   scored_as=(" ", f"{question}: True or False?")))
+                                   scored_as=(" ", f"{question}: True or False?"), special_tokens=False))
     return out
 
 

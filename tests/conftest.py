@@ -118,20 +118,27 @@ def _tiny(model_type: str, vocab_size: int, n_layers: int = 2, positions: int = 
     return model
 
 
-def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2, vocab_size: int = 1000, positions: int = 128):
+def tiny_bpe_llama(path, corpus: list[str], n_layers: int = 2, vocab_size: int = 1000, positions: int = 128,
+                   bos: bool = False):
     """A tiny random Llama of ``n_layers`` and a context of ``positions`` in ``path`` with a
     byte-level BPE tokenizer of ``vocab_size`` trained on ``corpus`` (newlines and spaces are
     tokens' bytes, as in GPT-2 and Llama): for prompts whose words the embedded word-level
-    vocabulary lacks. Returns ``path``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    vocabulary lacks. ``bos``: the tokenizer puts ``<s>`` before every text, as LLaMA's does
+    (``add_special_tokens=False`` leaves it out). Returns ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+    special = ["<|endoftext|>", "<s>"] if bos else ["<|endoftext|>"]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    if bos:
+        bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                  **({"bos_token": "<s>"} if bos else {}))
     _tiny("llama", len(tok), n_layers, positions).save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -203,11 +203,12 @@ def test_by_size_needs_published_files(tmp_path):
 def tiny_llama(cwa, tmp_path_factory) -> Path:
     """A tiny random Llama (the repository probes LLaMA-7B) of 3 layers with a byte-level BPE
     trained on the theories, so words are tokens and a statement's tokens alone are its tokens
-    in context."""
+    in context; its tokenizer puts <s> first, as LLaMA's does, which the repository's input
+    leaves out (``add_special_tokens=False``) and so must the repository form's here."""
     texts = [p.text for p in nr.tasks.load_reasoning(cwa, by_size="1,2,4,8", form="repository", n_shots=1)]
     torch.manual_seed(0)
     return tiny_bpe_llama(tmp_path_factory.mktemp("tiny_llama_bpe"), texts, n_layers=3, vocab_size=400,
-                          positions=512)
+                          positions=512, bos=True)
 
 
 def _reference_features(hf, tok, prompts) -> np.ndarray:
@@ -220,7 +221,7 @@ def _reference_features(hf, tok, prompts) -> np.ndarray:
         bounds = [len(tok(p.prefix, add_special_tokens=False)["input_ids"])]
         for s in p.statements:
             bounds.append(bounds[-1] + len(tok(s.text, add_special_tokens=False)["input_ids"]))
-        ids = torch.tensor([tok(p.text)["input_ids"]])
+        ids = torch.tensor([tok(p.text, add_special_tokens=False)["input_ids"]])  # proofwriter_probe.py:99
         with torch.no_grad():
             att = torch.stack(hf(ids, output_attentions=True).attentions)[:, 0].double().numpy()  # (L, H, T, T)
         flow = att[:, :, bounds[-1]:, :bounds[-1]].max(2).mean(1)  # (L, context tokens)
@@ -354,7 +355,9 @@ def test_repository_form_scores_answers_after_the_evaluator_s_prompt(cwa, tiny_l
                  for p in data]
         assert list(ds["scored_text" if var == "correct" else "corrupted_scored_text"].values) == texts
         with torch.no_grad():
-            last = torch.stack([hf(torch.tensor([tok(t)["input_ids"]])).logits[0, -1] for t in texts])
+            # src/llama.py:39: no special tokens
+            last = torch.stack([hf(torch.tensor([tok(t, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+                                for t in texts])
         best = last[:, [c[0] for c in cand]].argmax(-1).numpy()
         np.testing.assert_array_equal(ds[var].values, best == np.array([p.answer != "True" for p in data]))
         if var == "correct":  # prune scores the same text: its unpruned P(answer) over the whole vocabulary

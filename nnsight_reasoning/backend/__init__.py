@@ -522,27 +522,32 @@ def _trace_attributions(model, input_ids, answer_ids, mods, logit_target, embed,
     return saved
 
 
-def tokenize(model: Any, texts: Sequence[str], suffix: Sequence[int] = ()) -> list[list[int]]:
-    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>), then
-    ``suffix`` (:func:`answer_ids`' space token, where answers follow one); a prompt longer than
-    the model's context is refused (learned position tables would fail on it). The one
-    tokenisation path of the toolkit (see :func:`tokenize_with_offsets`)."""
-    return [ids + list(suffix) for ids, _ in _encode(model, texts, offsets=False, extra=len(suffix))]
+def tokenize(model: Any, texts: Sequence[str], suffix: Sequence[int] = (),
+             special_tokens: bool | Sequence[bool] = True) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's own special tokens (e.g. <bos>; per text,
+    ``special_tokens`` False leaves them out, as MechanisticProbe's repository tokenises its
+    ProofWriter prompts), then ``suffix`` (:func:`answer_ids`' space token, where answers follow
+    one); a prompt longer than the model's context is refused (learned position tables would fail
+    on it). The one tokenisation path of the toolkit (see :func:`tokenize_with_offsets`)."""
+    return [ids + list(suffix) for ids, _ in _encode(model, texts, offsets=False, extra=len(suffix),
+                                                     special_tokens=special_tokens)]
 
 
-def tokenize_with_offsets(model: Any, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def tokenize_with_offsets(model: Any, texts: Sequence[str], special_tokens: bool | Sequence[bool] = True
+                          ) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """As :func:`tokenize`, with each token's character span ``[start, end)`` in its text
     (for mapping statements, entities and attributes to tokens); needs a fast tokenizer."""
     if not getattr(model.tokenizer, "is_fast", False):
         raise UsageError("character offsets need a fast (Rust) tokenizer; load the model with its tokenizer.json")
-    return _encode(model, texts, offsets=True)
+    return _encode(model, texts, offsets=True, special_tokens=special_tokens)
 
 
-def _encode(model: Any, texts: Sequence[str], offsets: bool,
-            extra: int = 0) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def _encode(model: Any, texts: Sequence[str], offsets: bool, extra: int = 0,
+            special_tokens: bool | Sequence[bool] = True) -> list[tuple[list[int], list[tuple[int, int]]]]:
     out = []
-    for t in texts:
-        enc = model.tokenizer(t, return_offsets_mapping=offsets)
+    special = [special_tokens] * len(texts) if isinstance(special_tokens, bool) else list(special_tokens)
+    for t, add in zip(texts, special, strict=True):
+        enc = model.tokenizer(t, return_offsets_mapping=offsets, add_special_tokens=add)
         out.append((list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]] if offsets else []))
     limit = context_length(model)
     longest = max((len(ids) for ids, _ in out), default=0) + extra
@@ -575,7 +580,8 @@ def answer_tokens(model: Any, answers: Sequence[str], what: str = "answer") -> l
 
 
 def scored_prompts(model: Any, texts: Sequence[str], answers: Sequence[str], what: str = "answer",
-                   choices: Sequence[str] = (), joined: bool = False) -> tuple[list[list[int]], list[int], list[int]]:
+                   choices: Sequence[str] = (), joined: bool = False, special_tokens: bool | Sequence[bool] = True
+                   ) -> tuple[list[list[int]], list[int], list[int]]:
     """Token ids of each prompt and of each answer as the next token (:func:`answer_ids`: where
     the tokenizer writes the space before answers as a token of its own, LLaMA's digits, every
     prompt ends with it, as lm-arithmetic scores LLaMA; ``joined``: each answer's own token),
@@ -586,7 +592,8 @@ def scored_prompts(model: Any, texts: Sequence[str], answers: Sequence[str], wha
         k = ids.index(None)
         name = f"{what} {answers[k]!r} (number {k})" if k < len(answers) else f"choice {choices[k - len(answers)]!r}"
         raise UsageError(f"{name} is not a single token for this model")
-    return tokenize(model, texts, suffix), ids[:len(answers)], ids[len(answers):]  # type: ignore[return-value]
+    return (tokenize(model, texts, suffix, special_tokens),  # type: ignore[return-value]
+            ids[:len(answers)], ids[len(answers):])
 
 
 def answer_ids(model: Any, answers: Sequence[str], joined: bool = False) -> tuple[list[int | None], list[int]]:

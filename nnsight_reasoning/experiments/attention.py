@@ -281,7 +281,9 @@ def token_statements(model: Any, prompts: Sequence[ReasoningPrompt]) -> list[Pro
     character spans overlap, so statements may span several tokens (BPE) and a token's leading
     space does not matter; a statement that owns no token is an error."""
     out = []
-    for p, (ids, offsets) in zip(prompts, backend.tokenize_with_offsets(model, [p.text for p in prompts])):
+    encoded = backend.tokenize_with_offsets(model, [p.text for p in prompts],
+                                            [getattr(p, "special_tokens", True) for p in prompts])
+    for p, (ids, offsets) in zip(prompts, encoded):
         spans = p.spans()
         owner = []
         for a, b in offsets:

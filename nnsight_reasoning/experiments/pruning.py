@@ -100,7 +100,8 @@ def prune(
     model = run.model
     # accuracy after the text the answer is scored after (the repository's evaluator's, for its ProofWriter form)
     ids, answer_ids, _ = backend.scored_prompts(model, [p.scored_text for p in plist], [p.answer for p in plist],
-                                                joined=joined_answers(plist))
+                                                joined=joined_answers(plist),
+                                                special_tokens=[getattr(p, "special_tokens", True) for p in plist])
     answers = np.array(answer_ids)
     att = _attention.measure(run, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="none",
                              label="head entropy")

@@ -236,7 +236,8 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
     # one tokenisation for both reads: the answers' tokens, or with choices the choices' alone
     ids, answer_ids, cand_ids = backend.scored_prompts(
         run.model, [p.scored_text for p in plist], [] if choices is not None else [p.answer for p in plist],
-        choices=list(choices or ()), joined=joined_answers(plist))
+        choices=list(choices or ()), joined=joined_answers(plist),
+        special_tokens=[getattr(p, "special_tokens", True) for p in plist])
     if choices is not None:  # the repository's comparison of the choices' logits alone
         cand = torch.tensor(cand_ids)
         want = np.array([list(choices).index(p.answer) for p in plist])
