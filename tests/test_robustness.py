@@ -88,6 +88,9 @@ def test_robustness_matches_an_independent_computation(embedded_tokenizer):
             assert int(ds["bin_count"].values[j, b]) == int((which == b).sum())
             if (which == b).any():
                 assert float(ds["bin_drop"].values[j, b]) == pytest.approx(drop[which == b].mean())
+                assert float(ds["bin_accuracy"].values[j, b]) == pytest.approx(ds["accuracy"].values[which == b].mean())
+            else:
+                assert np.isnan(ds["bin_accuracy"].values[j, b])
         assert np.std(drop) > 0
         assert float(ds["correlation"][j]) == pytest.approx(np.corrcoef(score, drop)[0, 1])
     nr.plot_result(ds)

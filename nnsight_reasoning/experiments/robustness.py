@@ -98,7 +98,7 @@ def robustness(
     xarray.Dataset with ``score`` and ``f1`` (subset, probe) (``baseline_f1`` too), ``accuracy``,
     ``accuracy_corrupt``, ``drop`` (= corrupted − clean accuracy, the repository's sign) and
     ``size`` (subset); ``correct``, ``correct_corrupt`` (prompt); ``bin_drop`` (mean drop),
-    ``bin_count``, ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of
+    ``bin_accuracy`` (mean clean accuracy, the repository's ``bins_acc``), ``bin_count``, ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of
     score and drop. Coordinates ``text`` and ``corrupted_text`` (prompt), and where answers are
     scored after another text than the probed one (ProofWriter's ``form="repository"``, the
     repository's evaluator prompt) ``scored_text`` and ``corrupted_scored_text``.
@@ -173,6 +173,7 @@ def robustness(
         score = f1 if base_feats is None else np.where(base_f1 < 1, (f1 - base_f1) / (1 - base_f1), np.nan)
     drop = acc_bad - acc
     bin_drop, bin_count, edges = _bins(score, drop, n_bins)
+    bin_accuracy = _bins(score, acc, n_bins)[0]  # the repository's bins_acc (proofwriter_probe.py:305-310)
     corr = np.array([_pearson(score[:, j], drop) for j in range(len(PROBES))])
     data = {
         "score": (("subset", "probe"), score, {"long_name": "probing score (F1 - F1_baseline) / (1 - F1_baseline)"
@@ -186,6 +187,8 @@ def robustness(
         "correct_corrupt": ("prompt", correct_bad, {"long_name": f"answer right, {judged} (corrupted)"}),
         "bin_drop": (("probe", "bin"), bin_drop, {"long_name": "mean accuracy drop of the subsets in the score bin",
                                                   "units": "1"}),
+        "bin_accuracy": (("probe", "bin"), bin_accuracy, {"long_name": "mean clean accuracy of the subsets in the "
+                                                                        "score bin", "units": "1"}),
         "bin_count": (("probe", "bin"), bin_count, {"long_name": "subsets in the score bin"}),
         "bin_lo": (("probe", "bin"), edges[:, :-1], {"long_name": "score bin's lower edge", "units": "1"}),
         "bin_hi": (("probe", "bin"), edges[:, 1:], {"long_name": "score bin's upper edge", "units": "1"}),
