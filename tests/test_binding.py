@@ -687,6 +687,8 @@ def test_subspace_grid_moves_side_one_in_the_plane_of_the_two_deltas(embedded_mo
                     np.testing.assert_allclose(ds["subspace_logprob"].values[0, xi, yi, q, :, ci], lp[cand].numpy(),
                                                rtol=1e-5, atol=1e-5)
     lp = ds["subspace_logprob"].values
+    m = lp.mean(-1)  # (root, x, y, query, answer): the mean over contexts
+    np.testing.assert_allclose(ds["subspace_margin"].values, m[..., 0, 0] + m[..., 1, 1] - m[..., 0, 1] - m[..., 1, 0])
     cal = lp[:, :, :, :2] - np.median(lp[:, :, :, 2:3], axis=-1, keepdims=True)
     want = (cal.argmax(axis=4) == np.array([0, 1])[None, None, None, :, None]).mean(axis=(3, 4))
     np.testing.assert_allclose(ds["subspace_accuracy"].values, want)

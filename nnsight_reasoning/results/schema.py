@@ -108,7 +108,8 @@ SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
 OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "attention": {"attention": ("prompt", "layer", "head", "query", "key"), "head_entropy": ("view", "layer", "head"),
                   "statement_attention": ("view", "layer", "head", "slot"), "pruned": ("layer", "head")},
-    "probe_robustness": {"baseline_f1": ("subset", "probe")},
+    # bin_accuracy, the repository's bins_acc (2026-12-08): files written before lack it
+    "probe_robustness": {"baseline_f1": ("subset", "probe"), "bin_accuracy": ("probe", "bin")},
     # what the ablation leaves in place (2026-12-06) and the final norm's share (2026-12-07): older files lack them
     "self_repair": {"replaced_direct_effect": ("layer", "head"), "norm_rescaling": ("layer", "head")},
     # raw logits beside the log-probabilities (2026-12-06): files written before lack them
@@ -116,6 +117,8 @@ OPTIONAL: dict[str, dict[str, tuple[str, ...]]] = {
     "binding_ids/mcq": {"mcq_balanced_swap_accuracy": ("width",)},
     # Table 2's second row (2026-12-06): files written before lack it
     "binding_ids/cross_subspace": {"cross_intended_logprob": ("source",)},
+    # Fig. 5's logit-difference statistic (2026-12-08): files written before lack it
+    "binding_ids/subspace": {"subspace_margin": ("root", "x", "y")},
     "backup_heads": {"in_circuit": ("layer", "head"), "summed_backup_in_circuit": (),
                      "summed_backup_outside_circuit": ()},
     # the concept rule's variables (2026-11-30): files written before lack them
@@ -128,7 +131,7 @@ FRACTIONS = ("accuracy", "p_answer", "correct", "mean_p_answer", "f1", "f1_all",
              "statement_attention", "accuracy_unpruned", "p_answer_unpruned", "accuracy_corrupt", "clean_p_base",
              "clean_p_source", "factor_accuracy", "position_accuracy", "swap_accuracy", "frequency", "outcome_accuracy",
              "means_accuracy", "means_correct", "cyclic_accuracy", "cyclic_correct", "pairwise_accuracy",
-             "pairwise_correct", "subspace_accuracy",
+             "pairwise_correct", "subspace_accuracy", "bin_accuracy",
              "cross_accuracy", "cross_correct", "control_accuracy", "mcq_swap_accuracy", "mcq_swapped",
              "mcq_balanced_swap_accuracy")
 

@@ -264,8 +264,15 @@ def _subspace(run: Run, contexts: BindingContexts, freeze: bool, roots: list[tup
     runs = _edited_runs(run, located, cand, 3, cells, edits, freeze, "subspace")
     logp = runs[1:].reshape(len(roots), grid, grid, *runs.shape[1:])
     right = _calibrated_right(logp)  # (root, x, y, query, prompt)
+    # the figure's other statistic (paper_plots.ipynb plot_grid_logits): over the contexts' mean
+    # log-probabilities, L(E0 -> A0) + L(E1 -> A1) - L(E0 -> A1) - L(E1 -> A0)
+    mean = logp.mean(-1)  # (root, x, y, query, answer)
+    margin = mean[..., 0, 0] + mean[..., 1, 1] - mean[..., 0, 1] - mean[..., 1, 0]
     return xr.Dataset(
         {"subspace_logprob": (("root", "x", "y", "query", "answer", "prompt"), logp, {"units": "nats"}),
+         "subspace_margin": (("root", "x", "y"), margin,
+                             {"long_name": "mean log P(E0->A0) + log P(E1->A1) - log P(E0->A1) - log P(E1->A0) "
+                                           "(the figure's logit-difference panel)", "units": "nats"}),
          "subspace_accuracy": (("root", "x", "y"), right.mean(axis=(3, 4)),
                                {"long_name": "calibrated accuracy of the stated binding, over E0 and E1"}),
          "delta2_coords": ("basis", np.array(coords), {"long_name": "Δ_2 in the basis (Δ_1, o)"}),
