@@ -192,10 +192,12 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
     (rows with ``theory``, ``triples``, ``rules``, ``questions``): see
     :func:`proofwriter_questions`; an ``arc`` file one of STREET's reasoning-annotated ARC files
     (rows with ``textual_logical_units``, ``reasoning_graph_edges``): see :func:`arc_questions`.
-    ``max_depth`` and ``n_shots`` apply to those only; ``form``, ``by_size`` (the repository's
-    prompt text and its per-m probing sets) and ``min_depth`` to ProofWriter's, which ``path``
+    ``max_depth`` and ``n_shots`` apply to those only; ``form`` (the repository's prompt text) to
+    both; ``by_size`` (its per-m probing sets) and ``min_depth`` to ProofWriter's, which ``path``
     may also name as a folder (its ``CWA`` folder: the repository's depths' train, dev and test
-    pooled). ``min_depth=1, max_depth=1`` is the pool its robustness experiment samples.
+    pooled). ``min_depth=1, max_depth=1`` is the pool its robustness experiment samples. An ARC
+    ``path`` may be STREET's folder (``reasoning_annotated_{train,dev,test}.jsonl``, pooled);
+    with ``form="repository"`` its prompts are probed per proof depth (``group``), depth <= 2.
 
     Columns (CSV cells with lists hold JSON):
 
@@ -221,14 +223,20 @@ def load_reasoning(path: str | Path | None = None, style: str = "proofwriter", *
             sized["min_depth"] = min_depth
         return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
                        format="proofwriter_published", form=form, **sized)
+    if style == "arc" and (path.is_dir() or path.is_file() and _is_published_arc(path)) and by_size is None \
+            and min_depth is None:
+        check_choice("form", form, FORMS)
+        if form == "repository" and max_depth is None:
+            max_depth = 2  # the repository probes depth <= 2 (arc_probe.py:180)
+        out = arc_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed, form=form)
+        grouped = {"group": ARC_GROUP_NAME} if form == "repository" else {}
+        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
+                       format="arc_street", form=form, **grouped)
     if not path.is_file():
         raise TaskError(f"no such data file: {path}")
     if form != "toolkit" or by_size is not None or min_depth is not None:
-        raise TaskError(f"form, by_size and min_depth apply to ProofWriter's published files; {path.name} is not one")
-    if style == "arc" and _is_published_arc(path):
-        out = arc_questions(path, n_prompts=n_prompts, max_depth=max_depth, n_shots=n_shots, seed=seed)
-        return _finish(out, path, style, corrupt, n_corrupt, seed, True, max_depth=max_depth, n_shots=n_shots,
-                       format="arc_street")
+        raise TaskError(f"form applies to ProofWriter's and ARC's (STREET) published files, by_size and min_depth to "
+                        f"ProofWriter's; {path.name} is not one")
     if max_depth is not None or n_shots:
         raise TaskError(f"max_depth and n_shots apply to the published ProofWriter and ARC (STREET) files; "
                         f"{path.name} is not one")
@@ -578,8 +586,24 @@ def _first_row(path: Path) -> Any:
         return None
 
 
+ARC_SPLITS = ("train", "dev", "test")
+ARC_GROUP_NAME = ("proof depth (the repository's ARC probe, one probe per depth <= 2 over train, dev and test "
+                  "pooled: arc_probe.py:180)")
+
+
+def _arc_files(path: Path) -> list[Path]:
+    """STREET's ARC files: ``path`` itself, or a folder's reasoning_annotated_{train,dev,test}.jsonl
+    (the repository's ``preprocess_arc``, ``src/utils.py:550-692``), train first."""
+    if path.is_file():
+        return [path]
+    files = [path / f"reasoning_annotated_{s}.jsonl" for s in ARC_SPLITS]
+    if not any(f.is_file() for f in files):
+        raise TaskError(f"{path} holds no reasoning_annotated_train/dev/test.jsonl (STREET's ARC files)")
+    return [f for f in files if f.is_file()]
+
+
 def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: int | None = None,
-                  n_shots: int = 0, seed: int = 0) -> list[ReasoningPrompt]:
+                  n_shots: int = 0, seed: int = 0, form: str = "toolkit") -> list[ReasoningPrompt]:
     """Labelled prompts from ARC's reasoning-annotated files of STREET
     (``reasoning_annotated_{train,dev,test}.jsonl``), as the repository's ``preprocess_arc``
     reads them: the textual logical units are the statements (in id order) but for the one
@@ -590,17 +614,28 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
     not used. The question is "Question : {question} {options} Answer :", the answer the
     first of ``answer``. ``max_depth``, ``n_shots``: as :func:`proofwriter_questions` (the
     repository probes depth ≤ 2).
+
+    ``form="repository"`` renders as the repository's ARC probe (``arc_probe.py:66-93``): the
+    units with nothing between them, then " " and the question with its options appended
+    (``question + " ".join(options)``, ``src/utils.py:576``); ``n_shots`` shots
+    "{context} {question}{answer}\\n" drawn with replacement from the train split (the folder's
+    train file; a single file's own rows) before it; no special tokens; each prompt's ``group``
+    its proof depth (the longest chain of the graph's edges, ``dag_longest_path``), all splits
+    pooled, as the repository probes each depth apart.
     """
     path = Path(path)
-    items = []
-    for r, row in enumerate(_read_jsonl(path)):
+    check_choice("form", form, FORMS)
+    files = _arc_files(path)
+    items, shots_pool = [], []
+    rows = [(f, r, row) for f in files for r, row in enumerate(_read_jsonl(f))]
+    for f, r, row in rows:
         try:
             units = {str(k): str(v).strip() for k, v in row["textual_logical_units"].items()}
             edges_in = row["reasoning_graph_edges"]
             answer = row["answer"][0] if isinstance(row["answer"], list) else row["answer"]
             question, options = str(row["question"]).strip(), row.get("options", [])
         except (KeyError, TypeError, AttributeError, IndexError):
-            raise TaskError(f"{path.name}, row {r}: an ARC (STREET) row needs textual_logical_units (id -> text), "
+            raise TaskError(f"{f.name}, row {r}: an ARC (STREET) row needs textual_logical_units (id -> text), "
                             f"reasoning_graph_edges, question and answer") from None
         answer_unit = next((k for k, v in units.items() if "The answer is" in v), None)
         cut = int(answer_unit) if answer_unit is not None else max(map(int, units)) + 1
@@ -611,17 +646,46 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
                     edges.append((str(a), str(e["consequent"])))
         nodes = list(dict.fromkeys(n for edge in edges for n in edge))
         steps = proof_steps(nodes, edges) if nodes else {}
-        if max_depth is not None and max(steps.values(), default=1) - 1 > max_depth:
+        depth = max(steps.values(), default=1) - 1  # the longest chain's edges
+        repo_question = str(row["question"]) + " ".join(str(o) for o in options)  # src/utils.py:576, as it is
+        if f == files[0]:  # the repository's shots come from the train split
+            shots_pool.append((str(row.get("context", "")), repo_question, str(answer)))
+        if max_depth is not None and depth > max_depth:
             continue
         statements = tuple(Statement(t, k in steps, steps.get(k, 0))
                            for k, t in sorted(units.items(), key=lambda kv: int(kv[0])) if k != answer_unit)
+        if form == "repository":  # the units as they are, nothing between them (arc_probe.py:79-85)
+            raw = {str(k): str(v) for k, v in row["textual_logical_units"].items()}
+            statements = tuple(replace(s, text=raw[k]) for s, k in zip(
+                statements, [k for k in sorted(units, key=int) if k != answer_unit]))
+            items.append((statements, repo_question, str(answer).strip(), depth))
+            continue
         opts = " ".join(str(o).strip() for o in options)
         template = STYLES["arc"][4]
         items.append((statements, template.format(question=question, choices=opts).replace("  ", " "),
                       str(answer).strip()))
     if not items:
         raise TaskError(f"{path.name} has no question" + (f" of depth <= {max_depth}" if max_depth is not None else ""))
+    if form == "repository":
+        return _arc_repository_prompts(items[:n_prompts], shots_pool, n_shots, seed)
     return _with_shots(items, n_prompts, n_shots, seed)
+
+
+def _arc_repository_prompts(items: list[tuple], pool: list[tuple], n_shots: int, seed: int) -> list[ReasoningPrompt]:
+    """ARC prompts as the repository's probe renders them (``arc_probe.py:66-93``): shots
+    "{context} {question}{answer}\\n" drawn with replacement from ``pool`` (the train split), the
+    units with nothing between them, then " {question}"; tokenised without special tokens; the
+    group is the proof depth."""
+    check_range("n_shots", n_shots, 0)
+    if n_shots and not pool:
+        raise TaskError("n_shots needs the train split (reasoning_annotated_train.jsonl) to draw shots from")
+    rng = random.Random(seed)
+    out = []
+    for statements, question, answer, depth in items:
+        shots = "".join(f"{c} {q}{a}\n" for c, q, a in rng.choices(pool, k=n_shots)) if n_shots else ""
+        out.append(ReasoningPrompt(statements, answer, shots, question, sep="", lead="", group=depth,
+                                   special_tokens=False))
+    return out
 
 
 def _file_examples(n: int = 200, seed: int = 0, tokenizer: Any | None = None, style: str = "proofwriter",
@@ -650,6 +714,9 @@ for _style, _summary, _columns in (
                                  "after its evaluator's '{theory} {question}: True or False?')"),
              "by_size": (None, "published ProofWriter files (or their CWA folder): the repository's per-m probing "
                                "sets, e.g. 1,2,4,8 or 'repository' (1,2,4,…,24); --n-prompts is then per group")}
-            if _style == "proofwriter" else {})},
+            if _style == "proofwriter" else {}),
+         **({"form": ("toolkit", "ARC (STREET) files or their folder: toolkit ('Question : … Answer :') | repository "
+                                 "(its probe's protocol: train, dev and test pooled, one probe per proof depth <= 2, "
+                                 "units unseparated, shots from the train split)")} if _style == "arc" else {})},
         labelled=lambda n_prompts=None, seed=0, _s=_style, **kw: load_reasoning(style=_s, n_prompts=n_prompts,
                                                                                seed=seed, **kw)))

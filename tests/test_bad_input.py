@@ -140,7 +140,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("probe", ["--step-f1", "labels"], "step_f1 must be one of classes, repository"),
     ("probe", ["--task", "proofwriter", "--data", "{d}/a_dir.nc"], "holds no meta-train/dev/test.jsonl"),
     ("probe", ["--task", "proofwriter", "--data", "{d}/wrongcols.jsonl", "--param", "by_size=1,2"],
-     "form, by_size and min_depth apply to ProofWriter's published files"),
+     "by_size and min_depth to ProofWriter's; wrongcols.jsonl is not one"),
     ("robustness", ["--choices", "True,False"], "every prompt's among them (missing: "),
     ("circuit", ["--exact", "--selection", "topn"], "--exact patches every edge and makes no circuits"),
     ("heads", ["--seq-len", "200"], "longer than this model's context (256): use seq_len <= 127"),

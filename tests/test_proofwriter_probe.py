@@ -189,10 +189,14 @@ def test_by_size_refuses_bad_options(cwa, kwargs, msg):
 
 
 def test_by_size_needs_published_files(tmp_path):
-    with pytest.raises(TaskError, match="form, by_size and min_depth apply to ProofWriter's published files"):
+    with pytest.raises(TaskError, match="by_size and min_depth to ProofWriter's; proofwriter.jsonl is not one"):
         nr.tasks.load_reasoning(DATA / "proofwriter.jsonl", by_size="1")
-    with pytest.raises(TaskError, match="form, by_size and min_depth apply"):
-        nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc", form="repository")
+    with pytest.raises(TaskError, match="by_size and min_depth to ProofWriter's"):
+        nr.tasks.load_reasoning(DATA / "arc_street.jsonl", "arc", by_size="1")
+    with pytest.raises(TaskError, match="form applies to ProofWriter's and ARC's"):
+        nr.tasks.load_reasoning(DATA / "arc.jsonl", "arc", form="repository")
+    with pytest.raises(TaskError, match="holds no reasoning_annotated_train/dev/test.jsonl"):
+        nr.tasks.load_reasoning(tmp_path, "arc")
     with pytest.raises(TaskError, match="holds no meta-train/dev/test.jsonl"):
         nr.tasks.load_reasoning(tmp_path)
     with pytest.raises(TaskError, match="no such data file"):
@@ -384,3 +388,78 @@ def test_probe_refuses_groups_it_cannot_score(cwa, embedded_model):
         nr.probe(embedded_model, mixed, baseline="none", progress=False)
     with pytest.raises(UsageError, match="robustness draws its subsets from one set; these prompts are in groups 1, 4"):
         nr.robustness(embedded_model, prompts, corrupt="negate", progress=False)
+
+
+def _street_rows(n: int) -> list[dict]:
+    """``n`` STREET rows of depth 1 and ``n`` of depth 2, built from tests/data/arc_street.jsonl's two
+    by renaming the plant and the ice (new words for the tokenizer, the same graphs)."""
+    import json
+
+    base = [json.loads(line) for line in (DATA / "arc_street.jsonl").read_text().splitlines()]
+    names = ["cactus", "fern", "tulip", "oak", "moss", "vine", "rose", "palm", "ivy", "reed", "sage", "mint"]
+    out = []
+    for i in range(n):
+        for row, old in zip(base, ("cactus", "ice")):
+            new = names[i % len(names)] if old == "cactus" else f"{names[i % len(names)]} frost"
+            out.append(json.loads(json.dumps(row).replace(old, new)) | {"id": f"{row['id']}-{i}"})
+    return out
+
+
+def _longest_chain(row: dict) -> int:
+    """Edges of the longest path in the row's reasoning graph below the answer unit (networkx's
+    dag_longest_path, as the repository's preprocess_arc takes it), by a plain DFS."""
+    units = row["textual_logical_units"]
+    cut = int(next(k for k, v in units.items() if "The answer is" in v))
+    edges = {(a, e["consequent"]) for e in row["reasoning_graph_edges"] for a in e["antecedents"]
+             if int(a) < cut and int(e["consequent"]) < cut}
+
+    def longest(node: str) -> int:
+        return max((1 + longest(b) for a, b in edges if a == node), default=0)
+
+    return max(longest(a) for a, _ in edges)
+
+
+def test_arc_repository_protocol_pools_the_splits_and_probes_each_depth(tmp_path, tiny_llama):
+    """MechanisticProbe's ARC probe (arc_probe.py:66-93, 180; src/utils.py:550-692): train, dev and
+    test pooled, depth <= 2, one probe per depth; the units with nothing between them, then " "
+    and the question with its options appended; shots "{context} {question}{answer}\\n" from the
+    train split; no special tokens (the tiny Llama puts <s> first, as LLaMA does)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "arc"
+    folder.mkdir()
+    splits = {s: _street_rows(4) for s in ("train", "dev", "test")}
+    for s, rows in splits.items():
+        (folder / f"reasoning_annotated_{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = nr.tasks.load_reasoning(folder, "arc", form="repository")
+    pooled = [r for s in ("train", "dev", "test") for r in splits[s]]
+    assert len(prompts) == len(pooled) and prompts.params["form"] == "repository" and prompts.params["max_depth"] == 2
+    for p, row in zip(prompts, pooled):
+        units = row["textual_logical_units"]
+        body = "".join(v for k, v in units.items() if "The answer is" not in v)
+        assert p.text == body + " " + row["question"] + " ".join(row["options"])
+        assert p.group == _longest_chain(row) and p.special_tokens is False and p.answer == row["answer"][0]
+    assert sorted({p.group for p in prompts}) == [1, 2]
+    shots = nr.tasks.load_reasoning(folder, "arc", form="repository", n_shots=2, seed=3)
+    train_shots = {f"{r['context']} {r['question']}{' '.join(r['options'])}{r['answer'][0]}\n" for r in splits["train"]}
+    for p, plain in zip(shots, prompts):
+        assert p.text.endswith(plain.text) and p.prefix.count("\n") == 2
+        assert all(line + "\n" in train_shots for line in p.prefix.splitlines())
+    # one probe per depth, its features read from the repository's input (no <s>)
+    model = nr.load_model(str(tiny_llama))
+    ds = nr.probe(model, prompts, baseline="none", query="question_max", statement_pool="mean", normalise=False,
+                  distance="manhattan", n_neighbors=2, folds=2, seed=1, progress=False)
+    assert list(ds["group"].values) == [1, 2]
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    feats = _reference_features(AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="eager").eval(),
+                                tok, prompts)
+    plist = list(prompts)
+    for g in (1, 2):
+        want = _group_f1(feats, plist, g, "useful", 2, 1)
+        assert want is not None
+        for li, value in want.items():
+            got = ds["f1_all"].sel(group=g, probe="useful") if li == "all" else \
+                ds["f1"].sel(group=g, probe="useful", layer=li)
+            assert float(got) == pytest.approx(value, abs=1e-9), (g, li)
