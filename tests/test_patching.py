@@ -293,3 +293,16 @@ def test_llama_style_digits_are_scored_after_a_space_token(tmp_path):
         with torch.no_grad():
             probs = torch.softmax(hf(torch.tensor([ids])).logits[0, -1].double(), -1)
         assert ev.p_answer.values[i] == pytest.approx(float(probs[digit[str(ev.answer.values[i])]]), rel=1e-5, abs=1e-8)
+
+
+def test_the_summary_names_the_last_token_as_such(embedded_model):
+    """positions="last" over prompts of one length holds position T-1: the table says "4 (last)",
+    not a bare 4 that reads like a chosen position; positions="all" gives bare positions."""
+    from nnsight_reasoning.experiments.patch import summarize
+
+    pairs = nr.tasks.arithmetic(n_prompts=4, seed=0, templates=["{expr} ="])
+    last = nr.patch(embedded_model, pairs, sites=["mlp"], progress=False)
+    t = int(last["position"].values[0])
+    assert set(summarize(last)[1].columns[2].cells) == {f"{t} (last)"}
+    every = nr.patch(embedded_model, pairs, sites=["mlp"], positions="all", progress=False)
+    assert all(c.isdigit() for c in summarize(every)[1].columns[2].cells)

@@ -569,7 +569,9 @@ def summarize(ds: xr.Dataset, top: int = 8) -> list[Any]:
             extra = [f"{float((code == 1).sum() / (code >= 0).sum()):.0%}"]
         elif moved is not None:
             extra = [f"{float(last(moved[v].sel(change='desired', **c))):.0%}"]
-        table.add_row(v, str(c["layer"]), "last" if pos == -1 else str(pos), tok,
+        # positions="last" with prompts of one length T holds position T-1: say it is the last token
+        where = "last" if pos == -1 else f"{pos} (last)" if ds.attrs.get("positions") == "last" else str(pos)
+        table.add_row(v, str(c["layer"]), where, tok,
                       unit_label(c), f"{val:+.4g}", f"{med:+.4g}", *extra)
     if "correct" in ds:
         correct = ds["correct"].isel(checkpoint=-1) if "checkpoint" in ds["correct"].dims else ds["correct"]
