@@ -2,6 +2,7 @@
 option goes through. Messages are one line and say how to fix it."""
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Any
 
@@ -36,10 +37,12 @@ def as_index(v: Any) -> int | None:
 
 def checked_int(name: str, value: Any, low: int, high: int | None = None, *, bound: str | None = None,
                 error: type[UsageError] = UsageError) -> int:
-    """``value`` as an int in ``low``..``high`` (``high`` None: no upper bound), by :func:`as_index`
-    (numpy's integers pass, bools and floats do not); otherwise ``error`` saying "NAME must be an
-    integer >= LOW" or "... from LOW to HIGH" (``bound`` replaces that last part)."""
-    v = as_index(value)
+    """``value`` as an int in ``low``..``high`` (``high`` None: no upper bound): Python's and numpy's
+    integers pass (they behave alike downstream, in ranges, slices and scikit-learn); bools, floats,
+    and tensors or arrays (which do not, and would be recorded as "tensor(6)") do not. Otherwise
+    ``error`` saying "NAME must be an integer >= LOW" or "... from LOW to HIGH" (``bound`` replaces
+    that last part)."""
+    v = as_index(value) if isinstance(value, numbers.Integral) else None
     if v is None or v < low or (high is not None and v > high):
         bound = bound or (f">= {low}" if high is None else f"from {low} to {high}")
         raise error(f"{name} must be an integer {bound} (got {value!r})")

@@ -144,7 +144,7 @@ class Run:
         try:
             yield other
         finally:
-            self.calls = other.calls
+            self.calls, self.nan_values = other.calls, other.nan_values  # the baseline's NaN count too
 
     def steps(self, items: Iterable[T], label: str) -> Iterator[T]:
         """``items`` with a progress bar (when enabled)."""
@@ -192,27 +192,42 @@ class Pass:
 
 def warn_nan(ds: xr.Dataset) -> None:
     """A :class:`~nnsight_reasoning.errors.NaNWarning` when a result counts NaN numbers returned
-    by its model (``n_nan_values``: an attr, or a coordinate along ``checkpoint`` / ``model`` in a
-    sweep): one line saying how many, where, and what to do. Said once per experiment call, here
-    in the caller's process, also when the revisions ran on a Dask cluster."""
+    by its model (``n_nan_values``: an attr, or in a sweep a coordinate along ``checkpoint`` and/or
+    ``model``, whose cells are summed; a padded cell, NaN, and a part written before the count, -1,
+    count nothing): one line saying how many, where, and what to do. Said once per experiment call,
+    here in the caller's process, also when the revisions ran on a Dask cluster."""
     import warnings
 
     if "n_nan_values" in ds.coords:
         counts = ds.coords["n_nan_values"]
-        cells = np.argwhere(np.atleast_1d(counts.values.astype(np.int64)) > 0)
+        values = np.atleast_1d(np.array([_count(v) for v in np.ravel(counts.values)]).reshape(counts.shape))
+        cells = np.argwhere(values > 0)
         where = [" ".join(f"{d} {ds[d].values[i]}" for d, i in zip(counts.dims, cell)) for cell in cells]
-        total = int(counts.values.astype(np.int64).sum())
+        total = int(values[values > 0].sum())
     else:
-        total, where = int(ds.attrs.get("n_nan_values", 0) or 0), []
+        total, where = max(_count(ds.attrs.get("n_nan_values", 0)), 0), []
     if not total:
         return
-    dtypes = {str(v) for v in np.atleast_1d(ds.coords["dtype"].values)} if "dtype" in ds.coords else {
-        str(ds.attrs.get("dtype", ""))}
-    fix = ("load it in float32 or bfloat16 (float16 overflows past 65,504)" if "float16" in dtypes
-           else f"it runs in {', '.join(sorted(dtypes))}: check its weights and inputs for NaN or inf")
+    dtypes = ({str(v) for v in np.ravel(ds.coords["dtype"].values)} if "dtype" in ds.coords
+              else {str(ds.attrs.get("dtype", ""))}) - {"", "nan"}
+    if not dtypes:  # an NDIF run: the server's dtype is not known here
+        fix = "the server runs it in a dtype not known here; float16 overflows past 65,504, bfloat16 and float32 do not"
+    elif "float16" in dtypes:
+        fix = "load it in float32 or bfloat16 (float16 overflows past 65,504)"
+    else:
+        fix = f"it runs in {', '.join(sorted(dtypes))}: check its weights and inputs for NaN or inf"
     at = f" (at {'; '.join(where[:4])}{' …' if len(where) > 4 else ''})" if where else ""
     warnings.warn(f"{ds.attrs.get('model')} returned {total:,} NaN numbers{at}; the result holds NaN where they "
                   f"went (attrs n_nan_values): {fix}", NaNWarning, stacklevel=4)
+
+
+def _count(value: Any) -> int:
+    """A cell of ``n_nan_values`` as a count: -1 where unknown (padding, a part written before it)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return -1
+    return int(number) if np.isfinite(number) else -1
 
 
 def _dtype(model: Any) -> str:
@@ -607,7 +622,9 @@ def _execute_once(exp: Experiment, model: Any, data: Any, options: dict[str, Any
 
         attrs["device_map"] = json.dumps(info.load_kwargs["device_map"], sort_keys=True, default=str)
     attrs.update(batch_size=batch_size, n_forward_passes=run.calls, n_resumed_passes=store.resumed,
-                 n_parameters=_n_parameters(model), dtype=_dtype(model), n_nan_values=run.nan_values)
+                 n_parameters=_n_parameters(model), n_nan_values=run.nan_values,
+                 # the weights' dtype; on NDIF the server's, which is not known here (the local copy is meta)
+                 dtype="" if _remote.is_ndif(remote) else _dtype(model))
     if _remote.is_ndif(remote):
         attrs.update(run.traffic.as_attrs())
     ds.attrs = sanitize_attrs({k: named(v) for k, v in attrs.items()})

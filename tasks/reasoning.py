@@ -621,7 +621,8 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
     "{context} {question}{answer}\\n" drawn with replacement from the train split (the folder's
     train file; a single file's own rows) before it; no special tokens; each prompt's ``group``
     its proof depth (the longest chain of the graph's edges, ``dag_longest_path``), all splits
-    pooled, as the repository probes each depth apart.
+    pooled, as the repository probes each depth apart; ``n_prompts`` then counts per depth (a
+    seeded sample where a depth has more; None: every question, as the repository probes).
     """
     path = Path(path)
     check_choice("form", form, FORMS)
@@ -637,8 +638,9 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
         except (KeyError, TypeError, AttributeError, IndexError):
             raise TaskError(f"{f.name}, row {r}: an ARC (STREET) row needs textual_logical_units (id -> text), "
                             f"reasoning_graph_edges, question and answer") from None
-        answer_unit = next((k for k, v in units.items() if "The answer is" in v), None)
-        cut = int(answer_unit) if answer_unit is not None else max(map(int, units)) + 1
+        # as preprocess_arc (src/utils.py:566-571): every "The answer is" unit left out, the last one the cut
+        answers = [k for k, v in units.items() if "The answer is" in v]
+        cut = int(answers[-1]) if answers else max(map(int, units)) + 1
         edges = []
         for e in edges_in:
             for a in e["antecedents"]:
@@ -648,16 +650,16 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
         steps = proof_steps(nodes, edges) if nodes else {}
         depth = max(steps.values(), default=1) - 1  # the longest chain's edges
         repo_question = str(row["question"]) + " ".join(str(o) for o in options)  # src/utils.py:576, as it is
-        if f == files[0]:  # the repository's shots come from the train split
+        if f.name == "reasoning_annotated_train.jsonl" or path.is_file():  # shots from the train split
             shots_pool.append((str(row.get("context", "")), repo_question, str(answer)))
         if max_depth is not None and depth > max_depth:
             continue
         statements = tuple(Statement(t, k in steps, steps.get(k, 0))
-                           for k, t in sorted(units.items(), key=lambda kv: int(kv[0])) if k != answer_unit)
+                           for k, t in sorted(units.items(), key=lambda kv: int(kv[0])) if k not in answers)
         if form == "repository":  # the units as they are, nothing between them (arc_probe.py:79-85)
             raw = {str(k): str(v) for k, v in row["textual_logical_units"].items()}
             statements = tuple(replace(s, text=raw[k]) for s, k in zip(
-                statements, [k for k in sorted(units, key=int) if k != answer_unit]))
+                statements, [k for k in sorted(units, key=int) if k not in answers]))
             items.append((statements, repo_question, str(answer).strip(), depth))
             continue
         opts = " ".join(str(o).strip() for o in options)
@@ -667,8 +669,21 @@ def arc_questions(path: str | Path, *, n_prompts: int | None = None, max_depth: 
     if not items:
         raise TaskError(f"{path.name} has no question" + (f" of depth <= {max_depth}" if max_depth is not None else ""))
     if form == "repository":
-        return _arc_repository_prompts(items[:n_prompts], shots_pool, n_shots, seed)
+        return _arc_repository_prompts(_per_depth(items, n_prompts, seed), shots_pool, n_shots, seed)
     return _with_shots(items, n_prompts, n_shots, seed)
+
+
+def _per_depth(items: list[tuple], n_prompts: int | None, seed: int) -> list[tuple]:
+    """At most ``n_prompts`` items of each depth (the last field), a seeded sample where a depth has
+    more, in their order; all with None (the repository probes every question)."""
+    if n_prompts is None:
+        return items
+    rng = random.Random(seed)
+    keep: set[int] = set()
+    for depth in sorted({it[-1] for it in items}):
+        at = [i for i, it in enumerate(items) if it[-1] == depth]
+        keep.update(at if len(at) <= n_prompts else rng.sample(at, n_prompts))
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def _arc_repository_prompts(items: list[tuple], pool: list[tuple], n_shots: int, seed: int) -> list[ReasoningPrompt]:

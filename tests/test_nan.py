@@ -93,6 +93,69 @@ def test_in_a_sweep_the_count_is_per_checkpoint(poisoned, tmp_path):
     np.testing.assert_array_equal(ds["n_nan_values"].values, [0, alone])
 
 
+def test_a_sweep_sums_its_checkpoints_and_models(poisoned, tmp_path):
+    """Per-run counts are coordinates in every sweep (an attr holding one run's count hid the
+    others': 6 + 6 read 6), and the warning sums them; two models whose sweeps differ in where
+    their NaN are stack (one model's count varied over checkpoints, the other's did not: xarray
+    refused to merge)."""
+    path, clean, _, examples = poisoned
+    both, mixed, none = (tmp_path / n for n in ("both", "mixed", "none"))
+    for folder, step0, main in ((both, path, path), (mixed, clean, path), (none, clean, clean)):
+        shutil.copytree(step0, folder / "step0")
+        shutil.copytree(main, folder / "main")
+    with pytest.warns(nr.NaNWarning) as said:
+        alone = nr.evaluate(nr.load_model(str(path)), examples, progress=False).attrs["n_nan_values"]
+    assert said[0].filename == __file__  # the warning points at the caller's line
+    with pytest.warns(nr.NaNWarning, match=rf"returned {2 * alone:,} NaN numbers \(at checkpoint step0; checkpoint main\)"):
+        ds = nr.evaluate(str(both), examples, revisions="all", progress=False)
+    np.testing.assert_array_equal(ds["n_nan_values"].values, [alone, alone])
+    with pytest.warns(nr.NaNWarning, match=rf"returned {alone:,} NaN numbers \(at model {mixed} checkpoint main\)"):
+        ds = nr.evaluate([str(none), str(mixed)], examples, revisions="all", progress=False)
+    assert ds["n_nan_values"].dims == ("model", "checkpoint")
+    np.testing.assert_array_equal(ds["n_nan_values"].values, [[0, 0], [0, alone]])
+    assert set(ds["dtype"].values.ravel().tolist()) == {"float32"}
+
+
+def test_the_count_reads_padding_and_older_parts_as_nothing():
+    """A padded cell (models with other revisions: NaN) and a part written before the count (-1)
+    add nothing; the rest is summed."""
+    import xarray as xr
+
+    from nnsight_reasoning.runner import warn_nan
+
+    ds = xr.Dataset(coords={"checkpoint": ["a", "b", "c", "d"],
+                            "n_nan_values": ("checkpoint", np.array([np.nan, 3.0, -1.0, 4.0]))}, attrs={"model": "m"})
+    with pytest.warns(nr.NaNWarning, match=r"m returned 7 NaN numbers \(at checkpoint b; checkpoint d\)"):
+        warn_nan(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nr.NaNWarning)
+        warn_nan(ds.assign_coords(n_nan_values=("checkpoint", np.array(["", "0", "-1", "0"]))))
+
+
+def test_tuples_and_a_baseline_model_are_counted(poisoned, tmp_path):
+    """The logit lens's backend returns a tuple; the probe's step0 baseline runs through
+    Run.with_model: NaN from either is counted."""
+    path, clean, _, examples = poisoned
+    with pytest.warns(nr.NaNWarning):
+        assert nr.logit_lens(nr.load_model(str(path)), examples, progress=False).attrs["n_nan_values"] > 0
+    runs = tmp_path / "runs"  # a spoilt step0 (the baseline), a clean main (the probed model)
+    shutil.copytree(path, runs / "step0")
+    shutil.copytree(clean, runs / "main")
+    prompts = nr.tasks.kth_smallest(16, length=5, k=2, seed=0)
+    tok = nr.load_model(str(clean)).tokenizer
+    ids = {t for p in prompts for t in tok(p.text)["input_ids"]}
+    hf = eager_hf(clean)
+    with torch.no_grad():
+        hf.get_input_embeddings().weight[sorted(ids)[1]] = float("nan")  # a token every list's text may hold
+    hf.save_pretrained(runs / "step0")
+    main = nr.load_model(str(runs), revision="main")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nr.NaNWarning)
+        assert nr.probe(main, prompts, baseline="none", progress=False).attrs["n_nan_values"] == 0
+    with pytest.warns(nr.NaNWarning):
+        assert nr.probe(main, prompts, baseline="step0", progress=False).attrs["n_nan_values"] > 0
+
+
 def test_a_float16_model_is_told_to_load_in_float32_or_bfloat16(poisoned):
     path, _, _, examples = poisoned
     with pytest.warns(nr.NaNWarning, match=r"load it in float32 or bfloat16 \(float16 overflows past 65,504\)"):

@@ -433,7 +433,7 @@ def test_arc_repository_protocol_pools_the_splits_and_probes_each_depth(tmp_path
     splits = {s: _street_rows(4) for s in ("train", "dev", "test")}
     for s, rows in splits.items():
         (folder / f"reasoning_annotated_{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prompts = nr.tasks.load_reasoning(folder, "arc", form="repository")
+    prompts = nr.tasks.load_reasoning(folder, "arc", form="repository", n_prompts=None)
     pooled = [r for s in ("train", "dev", "test") for r in splits[s]]
     assert len(prompts) == len(pooled) and prompts.params["form"] == "repository" and prompts.params["max_depth"] == 2
     for p, row in zip(prompts, pooled):
@@ -447,6 +447,22 @@ def test_arc_repository_protocol_pools_the_splits_and_probes_each_depth(tmp_path
     for p, plain in zip(shots, prompts):
         assert p.text.endswith(plain.text) and p.prefix.count("\n") == 2
         assert all(line + "\n" in train_shots for line in p.prefix.splitlines())
+    # n_prompts counts per depth: a seeded sample of each, from every split, in the pooled order
+    few = nr.tasks.load_reasoning(folder, "arc", form="repository", n_prompts=5, seed=2)
+    assert [sum(p.group == g for p in few) for g in (1, 2)] == [5, 5]
+    assert few.params["n_prompts"] == 10 and all(p in prompts.prompts for p in few)
+    assert nr.tasks.load_reasoning(folder, "arc", form="repository", n_prompts=5, seed=2).prompts == few.prompts
+    # as preprocess_arc: every "The answer is" unit left out, the last one the cut (src/utils.py:566-571)
+    odd = {"id": "odd", "context": "c", "question": "Q?", "options": ["(A) a"], "answer": ["A"],
+           "textual_logical_units": {"1": "One.", "2": "The answer is A.", "3": "Three.", "4": "The answer is A."},
+           "reasoning_graph_edges": [{"antecedents": ["1"], "consequent": "3"}]}
+    (tmp_path / "odd.jsonl").write_text(json.dumps(odd) + "\n")
+    (one,) = nr.tasks.load_reasoning(tmp_path / "odd.jsonl", "arc", form="repository").prompts
+    assert [(s.text, s.step) for s in one.statements] == [("One.", 1), ("Three.", 2)] and one.group == 1
+    # shots come from the train file alone: without it there are none to draw
+    (folder / "reasoning_annotated_train.jsonl").unlink()
+    with pytest.raises(TaskError, match="n_shots needs the train split"):
+        nr.tasks.load_reasoning(folder, "arc", form="repository", n_shots=1)
     # one probe per depth, its features read from the repository's input (no <s>)
     model = nr.load_model(str(tiny_llama))
     ds = nr.probe(model, prompts, baseline="none", query="question_max", statement_pool="mean", normalise=False,

@@ -209,24 +209,27 @@ def test_unsupported_features_are_refused_with_the_reason(family):
 
 def test_integer_options_are_checked_in_one_place(embedded_model, tmp_path):
     """errors.checked_int, which every integer option goes through (sizes, counts, steps): numpy's
-    integers and 0-d tensors are taken as ints (a Jupyter loop over np.arange used to be refused
-    by batch_size, n_prompts, workers, ig_steps, finetune's steps); a bool (True would be one
-    prompt, one step), a float, a string and a one-element array are one-line errors."""
+    integers are taken as ints (a Jupyter loop over np.arange used to be refused by batch_size,
+    n_prompts, workers, ig_steps, finetune's steps); a bool (True would be one prompt, one step), a
+    float, a string, a tensor and an array are one-line errors."""
     from nnsight_reasoning.errors import checked_int
     from nnsight_reasoning.tasks import TaskError
 
-    for good in (3, np.int64(3), np.uint8(3), torch.tensor(3), np.array(3)):
+    for good in (3, np.int64(3), np.uint8(3)):
         got = checked_int("n", good, 1)
         assert got == 3 and type(got) is int
-    for bad in (True, np.bool_(True), 3.0, "3", np.array([3]), None, 0):
+    # a tensor or an array would pass range() but not scikit-learn, and be recorded as "tensor(3)"
+    for bad in (True, np.bool_(True), 3.0, "3", np.array([3]), np.array(3), torch.tensor(3), None, 0):
         with pytest.raises(UsageError, match=r"^n must be an integer >= 1 \(got "):
             checked_int("n", bad, 1)
     with pytest.raises(UsageError, match=r"^n must be an integer from 1 to 4 \(got 5\)$"):
         checked_int("n", 5, 1, 4)
     with pytest.raises(TaskError, match=r"^n must be an integer in 1\.\.4 \(the range\) \(got 5\)$"):
         checked_int("n", 5, 1, 4, bound="in 1..4 (the range)", error=TaskError)
-    # through the entry points: numpy integers work as Python's, bools are refused
+    # through the entry points: numpy integers work as Python's (and are recorded as numbers), bools are refused
     assert nr.tasks.arithmetic(n_prompts=np.int64(2), seed=0) == nr.tasks.arithmetic(n_prompts=2, seed=0)
+    rec = nr.evaluate(embedded_model, nr.tasks.examples("arithmetic", np.int64(3), seed=0), progress=False)
+    assert '"n_prompts": 3' in rec.attrs["task_params"], rec.attrs["task_params"]
     with pytest.raises(TaskError, match="n_prompts must be an integer"):
         nr.tasks.arithmetic(n_prompts=True, seed=0)
     examples = nr.tasks.examples("arithmetic", 4, seed=0)

@@ -102,7 +102,11 @@ def model_name(model: Any) -> str:
     return model_info(model).name
 
 
-_PER_REVISION = ("model_path", "seconds_load", "seconds_run")  # always coordinates along checkpoint, even when equal
+# always coordinates along checkpoint, even when equal: per-run facts (a count over a sweep is their sum,
+# which an attr holding one run's value would hide)
+_PER_REVISION = ("model_path", "seconds_load", "seconds_run", "dtype", "n_nan_values")
+# a part written before an attr existed: what it stands for there (n_nan_values: not counted)
+_UNKNOWN = {"n_nan_values": -1}
 
 
 def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, shared: Sequence[str] = ()) -> xr.Dataset:
@@ -126,7 +130,7 @@ def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, s
     stacked = stacked.assign_coords(checkpoint=np.array(names, dtype=object))
     stacked = stacked.assign_coords(step=("checkpoint", np.array([_step(model, n) for n in names], dtype=float),
                                           {"long_name": "training step (NaN: unknown)"}))
-    stacked = stacked.assign_coords({k: ("checkpoint", np.array([p.attrs.get(k, "") for p in parts])) for k in varying})
+    stacked = stacked.assign_coords({k: ("checkpoint", _attr_values(parts, k)) for k in varying})
     attrs = {k: v for k, v in ref.attrs.items() if k not in varying}
     attrs.update(revision=",".join(names), model_path=_root_path(model), n_revisions=len(names),
                  n_resumed_revisions=resumed, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -135,15 +139,21 @@ def stack(parts: list[xr.Dataset], names: list[str], model: str, resumed: int, s
 
 
 def _varying_attrs(parts: Sequence[xr.Dataset], always: Sequence[str], never: Sequence[str]) -> list[str]:
-    """The attrs that become coordinates along a sweep's dim: those in ``always`` and those whose
-    value differs between the parts."""
+    """The attrs that become coordinates along a sweep's dim: those in ``always`` (held by any part:
+    one written before the attr existed lacks it) and those whose value differs between the parts."""
     ref = parts[0]
-    return [k for k in ref.attrs if k not in never
+    held = [k for k in always if k not in ref.attrs and any(k in p.attrs for p in parts)]
+    return [k for k in [*ref.attrs, *held] if k not in never
             and (k in always or any(p.attrs.get(k) != ref.attrs[k] for p in parts))]
 
 
+def _attr_values(parts: Sequence[xr.Dataset], key: str) -> np.ndarray:
+    """One attr of every part, for its coordinate (a part without it: :data:`_UNKNOWN`'s value or "")."""
+    return np.array([p.attrs.get(key, _UNKNOWN.get(key, "")) for p in parts])
+
+
 _PER_MODEL = ("model_path", "revision", "n_parameters", "n_forward_passes", "n_resumed_passes", "seconds_load",
-              "seconds_run")
+              "seconds_run", "dtype", "n_nan_values")
 
 
 def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -> xr.Dataset:
@@ -184,7 +194,7 @@ def stack_models(parts: list[xr.Dataset], labels: list[str], resumed: int = 0) -
             raise RuntimeError(f"stacking lost checkpoints: {list(index)}")
         stacked = stacked.isel(checkpoint=at)
     # an attr a checkpoint sweep already made a coordinate (model_path) stays that coordinate
-    stacked = stacked.assign_coords({k: ("model", np.array([p.attrs.get(k, "") for p in parts])) for k in varying
+    stacked = stacked.assign_coords({k: ("model", _attr_values(parts, k)) for k in varying
                                      if k not in stacked.variables})
     attrs = {k: v for k, v in ref.attrs.items() if k not in varying}
     attrs.update(model=",".join(labels), model_path="", revision="", n_models=len(labels), padded_dims=unequal,

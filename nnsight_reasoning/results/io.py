@@ -47,12 +47,18 @@ def versions() -> dict[str, str]:
 def provenance(*, task: str, task_params: dict[str, Any] | str, model: str, model_path: str, revision: str,
                method: str, metric: str, seed: int | None, remote: bool | str) -> dict[str, Any]:
     """The attrs every result carries; all values netCDF-safe (str/int/float)."""
-    params = task_params if isinstance(task_params, str) else json.dumps(task_params, sort_keys=True, default=str)
+    params = task_params if isinstance(task_params, str) else json.dumps(task_params, sort_keys=True, default=_plain)
     attrs = {"task": task, "task_params": params, "model": model, "model_path": model_path,
              "revision": revision, "method": method, "metric": metric,
              "seed": -1 if seed is None else int(seed), "remote": int(bool(remote)), **versions(),
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     return sanitize_attrs(attrs)
+
+
+def _plain(value: Any) -> Any:
+    """A task parameter JSON cannot write: a numpy scalar as its number (np.int64(6) is 6, not "6"),
+    anything else as its text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
 
 
 def sanitize_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
