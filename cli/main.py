@@ -174,7 +174,7 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
             table.add_row(t.name, t.summary, ", ".join(c for c, ok in (
                 ("patch, circuit", t.pairs), ("evaluate", t.name != "cot_solution"), ("attention, probe", t.labelled),
                 (extra, extra)) if ok))
-        out.print(table)
+        show_item(table)
         return
     t = get_task(name)
     table = Table(title=f"{t.name}: {t.summary}")
@@ -182,7 +182,7 @@ def tasks(name: Optional[str] = typer.Argument(None, help="show one task's param
         table.add_column(col)
     for k, (default, meaning) in t.params.items():
         table.add_row(k, json.dumps(default), meaning)
-    out.print(table)
+    show_item(table)
 
 
 @app.command()
@@ -244,7 +244,7 @@ def show(path: Path = typer.Argument(..., help="results file (.nc)")) -> None:
         table.add_row(k, str(v))
     table.add_row("dims", ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     table.add_row("variables", ", ".join(ds.data_vars))
-    out.print(table)
+    show_item(table)
     for item in summarize(ds):
         show_item(item)
 
@@ -278,7 +278,7 @@ def unit_overlap(
         table.add_column(str(k + 1), justify="right")
     for k, (g, n) in enumerate(zip(groups, ov.n.values)):
         table.add_row(f"{k + 1} {g} ({int(n)})", *(f"{float(ov.overlap.sel(group=g, other=h)):.2f}" for h in groups))
-    out.print(table)
+    show_item(table)
     top = Table(title="each group's top 3 units (layer, unit) and mean effect")
     for col in ("group", *(f"#{r + 1}" for r in range(min(3, top_k)))):
         top.add_column(col)
@@ -286,7 +286,7 @@ def unit_overlap(
         sel = ov.sel(group=g)
         top.add_row(g, *(f"L{int(layer)} {unit_label({ov.attrs['unit']: int(u)})} {float(e):+.3g}" for layer, u, e in zip(
             sel.top_layer.values[:3], sel.top_unit.values[:3], sel.top_effect.values[:3])))
-    out.print(top)
+    show_item(top)
 
 
 @app.command("export-graph")
