@@ -98,10 +98,11 @@ def robustness(
     xarray.Dataset with ``score`` and ``f1`` (subset, probe) (``baseline_f1`` too), ``accuracy``,
     ``accuracy_corrupt``, ``drop`` (= corrupted − clean accuracy, the repository's sign) and
     ``size`` (subset); ``correct``, ``correct_corrupt`` (prompt); ``bin_drop`` (mean drop),
-    ``bin_accuracy`` (mean clean accuracy, the repository's ``bins_acc``), ``bin_count``, ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of
-    score and drop. Coordinates ``text`` and ``corrupted_text`` (prompt), and where answers are
-    scored after another text than the probed one (ProofWriter's ``form="repository"``, the
-    repository's evaluator prompt) ``scored_text`` and ``corrupted_scored_text``.
+    ``bin_accuracy`` (mean clean accuracy, the repository's ``bins_acc``), ``bin_count``,
+    ``bin_lo``, ``bin_hi`` (probe, bin); ``correlation`` (probe): Pearson r of score and drop.
+    Coordinates ``text`` and ``corrupted_text`` (prompt), and where answers are scored after
+    another text than the probed one (ProofWriter's ``form="repository"``, the repository's
+    evaluator prompt) ``scored_text`` and ``corrupted_scored_text``.
     """
     how = Features(pool, query, statement_pool, normalise)
     baseline = check_options(run, baseline, how, distance, n_neighbors)
