@@ -113,6 +113,12 @@ class ReasoningPrompts(TaskData):
         return f"ReasoningPrompts(task={self.task!r}, n={len(self)}, steps={self.n_steps}, params={self.params_json()})"
 
 
+def special_tokens_of(prompts: Sequence[Any]) -> list[bool]:
+    """Per prompt, whether its text is tokenised with the tokenizer's special tokens
+    (:attr:`ReasoningPrompt.special_tokens`; True for any other kind of prompt)."""
+    return [getattr(p, "special_tokens", True) for p in prompts]
+
+
 def scored_text_coords(named: dict[str, tuple[Sequence[ReasoningPrompt], str]]) -> dict[str, tuple]:
     """Result coordinates (dim ``prompt``) holding each list's :attr:`ReasoningPrompt.scored_text`:
     ``{name: (prompts, long_name)}`` → ``{name: ("prompt", texts, {"long_name": ...})}``, or ``{}``

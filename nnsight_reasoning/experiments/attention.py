@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..results.io import model_at
 from ..runner import Run, experiment
 from ..sites import check_heads, check_layers, dims
-from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, special_tokens_of
 
 PATTERNS = ("last", "all", "none")
 
@@ -281,8 +281,7 @@ def token_statements(model: Any, prompts: Sequence[ReasoningPrompt]) -> list[Pro
     character spans overlap, so statements may span several tokens (BPE) and a token's leading
     space does not matter; a statement that owns no token is an error."""
     out = []
-    encoded = backend.tokenize_with_offsets(model, [p.text for p in prompts],
-                                            [getattr(p, "special_tokens", True) for p in prompts])
+    encoded = backend.tokenize_with_offsets(model, [p.text for p in prompts], special_tokens_of(prompts))
     for p, (ids, offsets) in zip(prompts, encoded):
         spans = p.spans()
         owner = []

@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
-from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords, special_tokens_of
 from . import attention as _attention
 
 ORDERINGS = ("entropy_position", "entropy_rank", "random")
@@ -101,7 +101,7 @@ def prune(
     # accuracy after the text the answer is scored after (the repository's evaluator's, for its ProofWriter form)
     ids, answer_ids, _ = backend.scored_prompts(model, [p.scored_text for p in plist], [p.answer for p in plist],
                                                 joined=joined_answers(plist),
-                                                special_tokens=[getattr(p, "special_tokens", True) for p in plist])
+                                                special_tokens=special_tokens_of(plist))
     answers = np.array(answer_ids)
     att = _attention.measure(run, prompts if isinstance(prompts, ReasoningPrompts) else plist, patterns="none",
                              label="head entropy")

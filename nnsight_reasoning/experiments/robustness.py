@@ -28,7 +28,7 @@ from ..errors import UsageError, checked_int
 from ..results.io import model_at
 from ..runner import Run, experiment
 from ..tasks.base import joined_answers
-from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords
+from ..tasks.reasoning import ReasoningPrompt, ReasoningPrompts, scored_text_coords, special_tokens_of
 from .probe import (PROBE_NAME, PROBES, Features, _labels, all_layers_label, check_options, dropped_attr, features,
                     kept_layers, knn_scores, labelled_prompts)
 
@@ -241,7 +241,7 @@ def _correct(run: Run, plist: Sequence[Any], label: str, choices: Sequence[str] 
     ids, answer_ids, cand_ids = backend.scored_prompts(
         run.model, [p.scored_text for p in plist], [] if choices is not None else [p.answer for p in plist],
         choices=list(choices or ()), joined=joined_answers(plist),
-        special_tokens=[getattr(p, "special_tokens", True) for p in plist])
+        special_tokens=special_tokens_of(plist))
     if choices is not None:  # the repository's comparison of the choices' logits alone
         cand = torch.tensor(cand_ids)
         want = np.array([list(choices).index(p.answer) for p in plist])
